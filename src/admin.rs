@@ -1,0 +1,247 @@
+//! The admin endpoint: HTTP/JSON on loopback, authenticated with the token in
+//! the data directory. The CLI is its client.
+
+use crate::auth::{constant_time_eq, hash_password, Secret};
+use crate::event::Event;
+use crate::mutate;
+use crate::store::{Store, StoreError};
+use crate::views::ViewRead;
+use axum::extract::{Path, Query, Request, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, put};
+use axum::{Json, Router};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+/// Everything the status command shows.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Status {
+    pub node_id: String,
+    pub origin: String,
+    pub role: String,
+    pub version: String,
+    pub uptime_secs: u64,
+    pub listeners: BTreeMap<String, String>,
+    pub log: LogStatus,
+    pub users: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LogStatus {
+    /// `{origin: last seq}`.
+    pub heads: BTreeMap<String, u64>,
+    pub apply_order: u64,
+    pub entries_appended: u64,
+    pub fsyncs: u64,
+    pub transactions: u64,
+    pub bytes: u64,
+    pub appends_per_fsync: f64,
+    pub max_group: u64,
+    pub unclean_shutdown_recovered: bool,
+    pub poisoned: Option<String>,
+}
+
+/// One log entry, readable.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TailEntry {
+    pub order: u64,
+    pub origin: String,
+    pub seq: u64,
+    pub time_ms: u64,
+    pub event: String,
+}
+
+/// State behind the admin routes.
+pub struct AdminState {
+    pub store: Store,
+    pub token: String,
+    pub started: Instant,
+    pub role: String,
+    pub listeners: BTreeMap<String, String>,
+}
+
+type Shared = Arc<AdminState>;
+
+struct ApiError(StatusCode, String);
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.0, Json(serde_json::json!({ "error": self.1 }))).into_response()
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        use mutate::MutationError as M;
+        let code = match &e {
+            StoreError::Mutation(M::NoSuchUser(_) | M::NoSuchMailbox(_)) => StatusCode::NOT_FOUND,
+            StoreError::Mutation(M::UserExists(_) | M::MailboxExists(_)) => StatusCode::CONFLICT,
+            StoreError::Mutation(M::InvalidName { .. } | M::NotAllowed(_)) => StatusCode::BAD_REQUEST,
+            _ => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        ApiError(code, e.to_string())
+    }
+}
+
+impl From<crate::views::read::ViewError> for ApiError {
+    fn from(e: crate::views::read::ViewError) -> Self {
+        ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
+    }
+}
+
+async fn require_token(State(st): State<Shared>, headers: HeaderMap, req: Request, next: Next) -> Response {
+    let given = headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    if !constant_time_eq(given.as_bytes(), st.token.as_bytes()) {
+        tracing::warn!("admin request with a missing or wrong token");
+        return ApiError(StatusCode::UNAUTHORIZED, "missing or wrong admin token".into()).into_response();
+    }
+    next.run(req).await
+}
+
+/// Build the status block.
+pub fn status(st: &AdminState) -> Result<Status, crate::views::read::ViewError> {
+    let wal = st.store.wal();
+    let s = wal.stats();
+    Ok(Status {
+        node_id: st.store.node_id().to_string(),
+        origin: wal.local_origin().to_string(),
+        role: st.role.clone(),
+        version: env!("CARGO_PKG_VERSION").to_string(),
+        uptime_secs: st.started.elapsed().as_secs(),
+        listeners: st.listeners.clone(),
+        log: LogStatus {
+            heads: wal.heads().0.iter().map(|(o, s)| (o.to_string(), *s)).collect(),
+            apply_order: wal.last_order(),
+            entries_appended: s.entries,
+            fsyncs: s.groups,
+            transactions: s.jobs,
+            bytes: s.bytes,
+            appends_per_fsync: if s.groups == 0 { 0.0 } else { s.entries as f64 / s.groups as f64 },
+            max_group: s.max_group_jobs,
+            unclean_shutdown_recovered: wal.recovery_report().unclean_shutdown,
+            poisoned: wal.poisoned(),
+        },
+        users: st.store.views().users()?.len() as u64,
+    })
+}
+
+async fn get_status(State(st): State<Shared>) -> Result<Json<Status>, ApiError> {
+    Ok(Json(status(&st)?))
+}
+
+#[derive(Deserialize)]
+struct NewUser {
+    user: String,
+    password: String,
+}
+
+#[derive(Deserialize)]
+struct NewPassword {
+    password: String,
+}
+
+async fn hash(password: String) -> Result<String, ApiError> {
+    if password.is_empty() {
+        return Err(ApiError(StatusCode::BAD_REQUEST, "empty password".into()));
+    }
+    tokio::task::spawn_blocking(move || hash_password(&Secret::new(password)))
+        .await
+        .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
+        .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e))
+}
+
+fn now_secs() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+async fn list_users(State(st): State<Shared>) -> Result<Json<Vec<String>>, ApiError> {
+    Ok(Json(st.store.views().users()?))
+}
+
+async fn add_user(State(st): State<Shared>, Json(req): Json<NewUser>) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
+    let user = mutate::normalize_user(&req.user).map_err(|e| ApiError(StatusCode::BAD_REQUEST, e.to_string()))?;
+    let phc = hash(req.password).await?;
+    let u = user.clone();
+    let now = now_secs();
+    st.store.run(move |txn, cfs| mutate::create_user(txn, cfs, &u, phc, now)).await?;
+    tracing::info!(user = %user, "user created");
+    Ok((StatusCode::CREATED, Json(serde_json::json!({ "user": user }))))
+}
+
+async fn set_password(
+    State(st): State<Shared>,
+    Path(user): Path<String>,
+    Json(req): Json<NewPassword>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let phc = hash(req.password).await?;
+    let u = user.clone();
+    st.store.run(move |txn, cfs| mutate::set_password(txn, cfs, &u, phc)).await?;
+    tracing::info!(user = %user, "password changed");
+    Ok(Json(serde_json::json!({ "user": user })))
+}
+
+async fn del_user(State(st): State<Shared>, Path(user): Path<String>) -> Result<Json<serde_json::Value>, ApiError> {
+    let u = user.clone();
+    st.store.run(move |txn, cfs| mutate::delete_user(txn, cfs, &u)).await?;
+    tracing::info!(user = %user, "user deleted");
+    Ok(Json(serde_json::json!({ "user": user })))
+}
+
+#[derive(Deserialize)]
+struct TailQuery {
+    n: Option<u64>,
+}
+
+/// The last `n` entries of the apply order, readable.
+pub fn tail(store: &Store, n: u64) -> Result<Vec<TailEntry>, wal::WalError> {
+    let wal = store.wal();
+    let last = wal.last_order();
+    let from = last.saturating_sub(n.min(10_000)) + 1;
+    Ok(wal
+        .read_order(from, n as usize)?
+        .into_iter()
+        .map(|(order, e)| TailEntry {
+            order,
+            origin: e.origin.to_string(),
+            seq: e.seq,
+            time_ms: e.hlc >> 16,
+            event: match Event::decode(&e.payload) {
+                Ok(ev) => ev.describe(),
+                Err(err) => format!("<undecodable: {err}>"),
+            },
+        })
+        .collect())
+}
+
+async fn get_tail(State(st): State<Shared>, Query(q): Query<TailQuery>) -> Result<Json<Vec<TailEntry>>, ApiError> {
+    let store = st.store.clone();
+    let n = q.n.unwrap_or(20);
+    let r = tokio::task::spawn_blocking(move || tail(&store, n))
+        .await
+        .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
+        .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    Ok(Json(r))
+}
+
+/// The admin routes.
+pub fn router(state: Shared) -> Router {
+    Router::new()
+        .route("/v1/status", get(get_status))
+        .route("/v1/users", get(list_users).post(add_user))
+        .route("/v1/users/{user}", axum::routing::delete(del_user))
+        .route("/v1/users/{user}/password", put(set_password))
+        .route("/v1/log/tail", get(get_tail))
+        .layer(middleware::from_fn_with_state(state.clone(), require_token))
+        .with_state(state)
+}

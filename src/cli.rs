@@ -1,0 +1,266 @@
+//! The `tandem` command line. `serve` runs a node; every other command talks
+//! to the running node over its admin endpoint (RocksDB admits one process).
+
+use crate::admin::{Status, TailEntry};
+use crate::config::Config;
+use anyhow::{bail, Context};
+use clap::{Parser, Subcommand};
+use std::io::{BufRead, IsTerminal};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Parser, Debug)]
+#[command(name = "tandem", version, about = "Mail store daemon that keeps two or three servers in mirror")]
+pub struct Cli {
+    /// Configuration file (TOML). Without one: data in ./tandem-data,
+    /// listeners on loopback.
+    #[arg(long, short = 'c', global = true, env = "TANDEM_CONFIG")]
+    pub config: Option<PathBuf>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run the node.
+    Serve,
+    /// Show the node's status.
+    Status {
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Manage users.
+    #[command(subcommand)]
+    User(UserCommand),
+    /// Read the log.
+    #[command(subcommand)]
+    Log(LogCommand),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum UserCommand {
+    /// Create a user (with INBOX, Sent, Drafts, Trash, Junk, Archive).
+    Add {
+        user: String,
+        /// Read the password from standard input (first line).
+        #[arg(long)]
+        password_stdin: bool,
+    },
+    /// Change a user's password.
+    Passwd {
+        user: String,
+        #[arg(long)]
+        password_stdin: bool,
+    },
+    /// Delete a user and all their mail.
+    Del { user: String },
+    /// List users.
+    List,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum LogCommand {
+    /// Show the most recent entries.
+    Tail {
+        #[arg(short = 'n', default_value_t = 20)]
+        n: u64,
+    },
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    crate::init_tracing(if matches!(cli.command, Command::Serve) { "info" } else { "warn" });
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("tandem: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    let cfg = Config::load(cli.config.as_deref())?;
+    let rt = tokio::runtime::Runtime::new()?;
+    match cli.command {
+        Command::Serve => rt.block_on(crate::server::serve(cfg)),
+        Command::Status { json } => {
+            let st: Status = rt.block_on(Admin::new(&cfg)?.get("/v1/status"))?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&st)?);
+            } else {
+                print_status(&st);
+            }
+            Ok(())
+        }
+        Command::User(cmd) => rt.block_on(user(&cfg, cmd)),
+        Command::Log(LogCommand::Tail { n }) => {
+            let entries: Vec<TailEntry> = rt.block_on(Admin::new(&cfg)?.get(&format!("/v1/log/tail?n={n}")))?;
+            for e in entries {
+                let secs = e.time_ms / 1000;
+                println!(
+                    "{:>8} {}:{:<6} {}.{:03} {}",
+                    e.order,
+                    e.origin,
+                    e.seq,
+                    secs,
+                    e.time_ms % 1000,
+                    e.event
+                );
+            }
+            Ok(())
+        }
+    }
+}
+
+fn print_status(st: &Status) {
+    println!("node        {} (origin {}, {})", st.node_id, st.origin, st.role);
+    println!("version     {}   up {}s", st.version, st.uptime_secs);
+    for (k, v) in &st.listeners {
+        println!("listen      {k:<6} {v}");
+    }
+    println!("users       {}", st.users);
+    let l = &st.log;
+    println!(
+        "log         apply order {}   entries {}   fsyncs {}   appends/fsync {:.2}   max group {}",
+        l.apply_order, l.entries_appended, l.fsyncs, l.appends_per_fsync, l.max_group
+    );
+    for (o, s) in &l.heads {
+        println!("  origin    {o} seq {s}");
+    }
+    if l.unclean_shutdown_recovered {
+        println!("recovered   after an unclean shutdown");
+    }
+    if let Some(p) = &l.poisoned {
+        println!("POISONED    {p}");
+    }
+}
+
+fn read_password(password_stdin: bool) -> anyhow::Result<String> {
+    let pw = if password_stdin || !std::io::stdin().is_terminal() {
+        let mut line = String::new();
+        std::io::stdin()
+            .lock()
+            .read_line(&mut line)
+            .context("reading the password from standard input")?;
+        line.trim_end_matches(['\r', '\n']).to_string()
+    } else {
+        let a = rpassword::prompt_password("Password: ")?;
+        let b = rpassword::prompt_password("Again: ")?;
+        if a != b {
+            bail!("the passwords differ");
+        }
+        a
+    };
+    if pw.is_empty() {
+        bail!("empty password");
+    }
+    Ok(pw)
+}
+
+async fn user(cfg: &Config, cmd: UserCommand) -> anyhow::Result<()> {
+    let admin = Admin::new(cfg)?;
+    match cmd {
+        UserCommand::Add { user, password_stdin } => {
+            let password = read_password(password_stdin)?;
+            let _: serde_json::Value = admin
+                .send(
+                    reqwest::Method::POST,
+                    "/v1/users",
+                    serde_json::json!({ "user": user, "password": password }),
+                )
+                .await?;
+            println!("user {} created", user.to_lowercase());
+        }
+        UserCommand::Passwd { user, password_stdin } => {
+            let password = read_password(password_stdin)?;
+            let _: serde_json::Value = admin
+                .send(
+                    reqwest::Method::PUT,
+                    &format!("/v1/users/{user}/password"),
+                    serde_json::json!({ "password": password }),
+                )
+                .await?;
+            println!("password of {user} changed");
+        }
+        UserCommand::Del { user } => {
+            let _: serde_json::Value = admin
+                .send(reqwest::Method::DELETE, &format!("/v1/users/{user}"), serde_json::Value::Null)
+                .await?;
+            println!("user {user} deleted");
+        }
+        UserCommand::List => {
+            let users: Vec<String> = admin.get("/v1/users").await?;
+            for u in users {
+                println!("{u}");
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Client of the admin endpoint.
+pub struct Admin {
+    base: String,
+    token: String,
+    http: reqwest::Client,
+}
+
+impl Admin {
+    /// Find the running node's admin address (the bound one, from the data
+    /// dir, else the configured one) and its token.
+    pub fn new(cfg: &Config) -> anyhow::Result<Admin> {
+        let token_path = cfg.token_path();
+        let token = std::fs::read_to_string(&token_path)
+            .with_context(|| {
+                format!(
+                    "reading the admin token {} (is the node's data dir right, and has it been started?)",
+                    token_path.display()
+                )
+            })?
+            .trim()
+            .to_string();
+        let bound = std::fs::read_to_string(cfg.node.data_dir.join(crate::server::LISTEN_FILE))
+            .ok()
+            .and_then(|s| serde_json::from_str::<std::collections::BTreeMap<String, String>>(&s).ok())
+            .and_then(|m| m.get("admin").cloned());
+        let base = bound.unwrap_or_else(|| format!("http://{}", cfg.admin.listen));
+        Ok(Admin {
+            base,
+            token,
+            http: reqwest::Client::new(),
+        })
+    }
+
+    pub async fn get<T: serde::de::DeserializeOwned>(&self, path: &str) -> anyhow::Result<T> {
+        self.send(reqwest::Method::GET, path, serde_json::Value::Null).await
+    }
+
+    pub async fn send<T: serde::de::DeserializeOwned>(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: serde_json::Value,
+    ) -> anyhow::Result<T> {
+        let url = format!("{}{}", self.base, path);
+        let mut req = self.http.request(method, &url).bearer_auth(&self.token);
+        if !body.is_null() {
+            req = req.json(&body);
+        }
+        let resp = req
+            .send()
+            .await
+            .with_context(|| format!("cannot reach the node at {} (is `tandem serve` running?)", self.base))?;
+        let status = resp.status();
+        let text = resp.text().await?;
+        if !status.is_success() {
+            let msg = serde_json::from_str::<serde_json::Value>(&text)
+                .ok()
+                .and_then(|v| v.get("error").and_then(|e| e.as_str()).map(String::from))
+                .unwrap_or(text);
+            bail!("{msg}");
+        }
+        serde_json::from_str(&text).with_context(|| format!("unexpected answer from {url}"))
+    }
+}

@@ -1,0 +1,294 @@
+//! Configuration: TOML, kebab-case-free plain keys as documented in
+//! `docs/operations.md`. Unknown keys and bad values are refused with the key
+//! and the line. Node-local keys (everything in this file) never replicate;
+//! replicated settings travel as `config-set` events.
+
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+/// Whole configuration file.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub node: NodeConfig,
+    pub imap: ListenConfig,
+    pub lmtp: LmtpConfig,
+    pub admin: ListenConfig,
+    pub mirror: MirrorConfig,
+}
+
+/// `[node]`
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct NodeConfig {
+    /// Stable node id. Empty: generated at first start and kept in
+    /// `data_dir/node-id`. Changing it later is refused: it names this
+    /// node's origin log.
+    pub id: String,
+    /// Where the RocksDB store, the node id and the admin token live.
+    pub data_dir: PathBuf,
+}
+
+/// A listener: `listen = "127.0.0.1:1143"`.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ListenConfig {
+    pub listen: SocketAddr,
+}
+
+/// `[lmtp]`
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct LmtpConfig {
+    pub listen: SocketAddr,
+    /// Largest message accepted (SIZE), bytes.
+    pub max_message_size: u64,
+    /// Most simultaneous connections.
+    pub max_connections: usize,
+    /// Deliver `user+detail@domain` into folder `detail` when it exists.
+    pub detail_folders: bool,
+    /// Seconds a connection may sit idle between commands.
+    pub idle_timeout_secs: u64,
+}
+
+/// `[mirror]`: replication (its behaviour comes with the mirror).
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct MirrorConfig {
+    pub mode: Role,
+    pub listen: Option<SocketAddr>,
+    pub peers: Vec<SocketAddr>,
+    pub secret: Option<String>,
+    pub secret_file: Option<PathBuf>,
+    pub ack: AckMode,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    #[default]
+    Master,
+    Slave,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AckMode {
+    #[default]
+    Local,
+    Peer,
+}
+
+impl Default for NodeConfig {
+    fn default() -> Self {
+        NodeConfig {
+            id: String::new(),
+            data_dir: PathBuf::from("tandem-data"),
+        }
+    }
+}
+
+impl Default for LmtpConfig {
+    fn default() -> Self {
+        LmtpConfig {
+            listen: "127.0.0.1:2424".parse().expect("literal"),
+            max_message_size: 64 << 20,
+            max_connections: 256,
+            detail_folders: true,
+            idle_timeout_secs: 300,
+        }
+    }
+}
+
+impl Default for MirrorConfig {
+    fn default() -> Self {
+        MirrorConfig {
+            mode: Role::Master,
+            listen: None,
+            peers: Vec::new(),
+            secret: None,
+            secret_file: None,
+            ack: AckMode::Local,
+        }
+    }
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            node: NodeConfig::default(),
+            imap: ListenConfig {
+                listen: "127.0.0.1:1143".parse().expect("literal"),
+            },
+            lmtp: LmtpConfig::default(),
+            admin: ListenConfig {
+                listen: "127.0.0.1:8643".parse().expect("literal"),
+            },
+            mirror: MirrorConfig::default(),
+        }
+    }
+}
+
+/// A configuration problem, with the file and what went wrong where.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("config {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("config {path}: {problems}")]
+    Invalid { path: PathBuf, problems: String },
+}
+
+impl Config {
+    /// Parse TOML text; `path` is only used in messages.
+    pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        let cfg: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_path_buf(),
+            message: e.to_string().trim_end().to_string(),
+        })?;
+        let problems = cfg.validate();
+        if !problems.is_empty() {
+            return Err(ConfigError::Invalid {
+                path: path.to_path_buf(),
+                problems: problems.join("; "),
+            });
+        }
+        Ok(cfg)
+    }
+
+    /// Load a file, or the defaults when `path` is `None`.
+    pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
+        match path {
+            None => Ok(Config::default()),
+            Some(p) => {
+                let text = std::fs::read_to_string(p).map_err(|source| ConfigError::Read {
+                    path: p.to_path_buf(),
+                    source,
+                })?;
+                Config::parse(&text, p)
+            }
+        }
+    }
+
+    /// Every problem serde cannot see, all at once.
+    pub fn validate(&self) -> Vec<String> {
+        let mut p = Vec::new();
+        if !self.node.id.is_empty()
+            && (self.node.id.len() > 64
+                || !self
+                    .node
+                    .id
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.'))
+        {
+            p.push(format!("node.id {:?}: use 1-64 characters of A-Z a-z 0-9 - _ .", self.node.id));
+        }
+        if self.node.data_dir.as_os_str().is_empty() {
+            p.push("node.data_dir is empty".into());
+        }
+        if !self.admin.listen.ip().is_loopback() {
+            p.push(format!(
+                "admin.listen {}: the admin endpoint listens on loopback only",
+                self.admin.listen
+            ));
+        }
+        if self.lmtp.max_message_size == 0 {
+            p.push("lmtp.max_message_size must be positive".into());
+        }
+        if self.lmtp.max_connections == 0 {
+            p.push("lmtp.max_connections must be positive".into());
+        }
+        if self.mirror.secret.is_some() && self.mirror.secret_file.is_some() {
+            p.push("mirror.secret and mirror.secret_file: set one, not both".into());
+        }
+        if self.mirror.peers.len() > 2 {
+            p.push(format!(
+                "mirror.peers: {} peers given; a mirror has two or three nodes",
+                self.mirror.peers.len()
+            ));
+        }
+        p
+    }
+
+    pub fn db_path(&self) -> PathBuf {
+        self.node.data_dir.join("db")
+    }
+
+    pub fn token_path(&self) -> PathBuf {
+        self.node.data_dir.join("admin.token")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_loopback() {
+        let c = Config::default();
+        assert!(c.imap.listen.ip().is_loopback() && c.lmtp.listen.ip().is_loopback() && c.admin.listen.ip().is_loopback());
+        assert!(c.validate().is_empty());
+    }
+
+    #[test]
+    fn parses_documented_keys() {
+        let c = Config::parse(
+            r#"
+[node]
+id = "node-a"
+data_dir = "/var/lib/tandem"
+[imap]
+listen = "127.0.0.1:10143"
+[lmtp]
+listen = "127.0.0.1:10024"
+[admin]
+listen = "127.0.0.1:9000"
+[mirror]
+mode = "slave"
+listen = "127.0.0.1:7000"
+peers = ["127.0.0.1:7001"]
+secret = "s3cret"
+ack = "peer"
+"#,
+            Path::new("t.toml"),
+        )
+        .unwrap();
+        assert_eq!(c.node.id, "node-a");
+        assert_eq!(c.mirror.mode, Role::Slave);
+        assert_eq!(c.mirror.ack, AckMode::Peer);
+        assert_eq!(c.lmtp.listen.port(), 10024);
+    }
+
+    #[test]
+    fn unknown_key_names_key_and_line() {
+        let e = Config::parse(
+            "[node]\nid = \"a\"\n\n[imap]\nlisten = \"127.0.0.1:1\"\nlsten = 3\n",
+            Path::new("t.toml"),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("lsten") && e.contains("line 6"), "{e}");
+    }
+
+    #[test]
+    fn bad_value_names_line() {
+        let e = Config::parse("[mirror]\nack = \"sometimes\"\n", Path::new("t.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("line 2") && e.contains("sometimes"), "{e}");
+        let e = Config::parse("[lmtp]\nlisten = \"not an address\"\n", Path::new("t.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("line 2"), "{e}");
+    }
+
+    #[test]
+    fn validation_collects_all_problems() {
+        let e = Config::parse("[admin]\nlisten = \"0.0.0.0:1\"\n[node]\nid = \"bad id\"\n", Path::new("t.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("admin.listen") && e.contains("node.id"), "{e}");
+    }
+}

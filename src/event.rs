@@ -1,0 +1,321 @@
+//! Events: what the log says happened. Every mailbox mutation is one of these,
+//! appended to the origin's log and applied to the views.
+//!
+//! Events name messages by a stable GUID and their content by its blake3
+//! hash; the UID the origin assigned travels with the append. Payload layout:
+//! one format byte ([`EVENT_FORMAT`]) then the postcard encoding of [`Event`].
+
+use serde::{Deserialize, Serialize};
+
+/// Format byte in front of every event payload.
+pub const EVENT_FORMAT: u8 = 1;
+
+/// 16-byte stable identifier (mailbox id, message GUID).
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Id(pub [u8; 16]);
+
+impl Id {
+    pub fn random() -> Id {
+        Id(rand::random())
+    }
+    pub fn to_hex(&self) -> String {
+        hex::encode(self.0)
+    }
+}
+
+impl std::fmt::Debug for Id {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.to_hex())
+    }
+}
+
+/// blake3 hash of a message body.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct BlobHash(pub [u8; 32]);
+
+impl BlobHash {
+    pub fn of(bytes: &[u8]) -> BlobHash {
+        BlobHash(*blake3::hash(bytes).as_bytes())
+    }
+}
+
+impl std::fmt::Debug for BlobHash {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", hex::encode(&self.0[..8]))
+    }
+}
+
+/// RFC 6154 special-use attributes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SpecialUse {
+    Sent,
+    Drafts,
+    Trash,
+    Junk,
+    Archive,
+}
+
+impl SpecialUse {
+    pub fn attribute(&self) -> &'static str {
+        match self {
+            SpecialUse::Sent => "\\Sent",
+            SpecialUse::Drafts => "\\Drafts",
+            SpecialUse::Trash => "\\Trash",
+            SpecialUse::Junk => "\\Junk",
+            SpecialUse::Archive => "\\Archive",
+        }
+    }
+    /// Folders every new user gets, with their attribute.
+    pub const DEFAULTS: [(&'static str, SpecialUse); 5] = [
+        ("Sent", SpecialUse::Sent),
+        ("Drafts", SpecialUse::Drafts),
+        ("Trash", SpecialUse::Trash),
+        ("Junk", SpecialUse::Junk),
+        ("Archive", SpecialUse::Archive),
+    ];
+}
+
+/// A set of IMAP flags, kept sorted and without duplicates. System flags are
+/// spelled with their backslash (`\Seen`); keywords as given.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Flags(Vec<String>);
+
+impl Flags {
+    pub fn new<I: IntoIterator<Item = S>, S: Into<String>>(it: I) -> Flags {
+        let mut v: Vec<String> = it.into_iter().map(|s| canonical_flag(s.into())).collect();
+        v.sort();
+        v.dedup();
+        Flags(v)
+    }
+    pub fn iter(&self) -> impl Iterator<Item = &str> {
+        self.0.iter().map(|s| s.as_str())
+    }
+    pub fn contains(&self, f: &str) -> bool {
+        let f = canonical_flag(f.to_string());
+        self.0.binary_search(&f).is_ok()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+    /// Apply a flag operation; returns the new set.
+    pub fn apply(&self, op: FlagOp, flags: &Flags) -> Flags {
+        match op {
+            FlagOp::Set => flags.clone(),
+            FlagOp::Add => Flags::new(self.0.iter().chain(flags.0.iter()).cloned()),
+            FlagOp::Remove => Flags(self.0.iter().filter(|f| !flags.0.contains(f)).cloned().collect()),
+        }
+    }
+}
+
+/// System flags compare case-insensitively; store them in one spelling.
+fn canonical_flag(f: String) -> String {
+    const SYSTEM: [&str; 6] = ["\\Seen", "\\Answered", "\\Flagged", "\\Deleted", "\\Draft", "\\Recent"];
+    for s in SYSTEM {
+        if f.eq_ignore_ascii_case(s) {
+            return s.to_string();
+        }
+    }
+    f
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum FlagOp {
+    Add,
+    Remove,
+    Set,
+}
+
+/// One mutation. Users are full addresses, lower-cased.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Event {
+    UserCreated {
+        user: String,
+        password_hash: String,
+    },
+    PasswordChanged {
+        user: String,
+        password_hash: String,
+    },
+    UserDeleted {
+        user: String,
+    },
+    MailboxCreated {
+        user: String,
+        mailbox: Id,
+        name: String,
+        uidvalidity: u32,
+        special_use: Option<SpecialUse>,
+    },
+    MailboxRenamed {
+        user: String,
+        mailbox: Id,
+        name: String,
+    },
+    MailboxDeleted {
+        user: String,
+        mailbox: Id,
+    },
+    Subscribed {
+        user: String,
+        name: String,
+        subscribed: bool,
+    },
+    MessageAppended {
+        user: String,
+        mailbox: Id,
+        uid: u32,
+        guid: Id,
+        blob: BlobHash,
+        size: u64,
+        /// Seconds since the epoch.
+        internal_date: i64,
+        /// Offset of the internal date's zone, in minutes east of UTC.
+        tz_minutes: i16,
+        flags: Flags,
+    },
+    FlagsChanged {
+        user: String,
+        mailbox: Id,
+        uids: Vec<u32>,
+        op: FlagOp,
+        flags: Flags,
+    },
+    Expunged {
+        user: String,
+        mailbox: Id,
+        uids: Vec<u32>,
+    },
+    ConfigSet {
+        key: String,
+        value: String,
+    },
+}
+
+/// Why a payload is not an event.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum EventDecodeError {
+    #[error("empty event payload")]
+    Empty,
+    #[error("unknown event format {0}")]
+    Format(u8),
+    #[error("event body does not decode: {0}")]
+    Body(String),
+}
+
+impl Event {
+    pub fn encode(&self) -> Vec<u8> {
+        let mut v = vec![EVENT_FORMAT];
+        v.extend_from_slice(&postcard::to_allocvec(self).expect("events always serialise"));
+        v
+    }
+
+    pub fn decode(payload: &[u8]) -> Result<Event, EventDecodeError> {
+        match payload.first() {
+            None => Err(EventDecodeError::Empty),
+            Some(&EVENT_FORMAT) => postcard::from_bytes(&payload[1..]).map_err(|e| EventDecodeError::Body(e.to_string())),
+            Some(&f) => Err(EventDecodeError::Format(f)),
+        }
+    }
+
+    /// The user an event belongs to, if any.
+    pub fn user(&self) -> Option<&str> {
+        match self {
+            Event::UserCreated { user, .. }
+            | Event::PasswordChanged { user, .. }
+            | Event::UserDeleted { user }
+            | Event::MailboxCreated { user, .. }
+            | Event::MailboxRenamed { user, .. }
+            | Event::MailboxDeleted { user, .. }
+            | Event::Subscribed { user, .. }
+            | Event::MessageAppended { user, .. }
+            | Event::FlagsChanged { user, .. }
+            | Event::Expunged { user, .. } => Some(user),
+            Event::ConfigSet { .. } => None,
+        }
+    }
+
+    /// One line for `tandem log tail`; never shows password hashes.
+    pub fn describe(&self) -> String {
+        match self {
+            Event::UserCreated { user, .. } => format!("user-created {user}"),
+            Event::PasswordChanged { user, .. } => format!("password-changed {user}"),
+            Event::UserDeleted { user } => format!("user-deleted {user}"),
+            Event::MailboxCreated {
+                user,
+                mailbox,
+                name,
+                uidvalidity,
+                special_use,
+            } => {
+                let su = special_use.map(|s| format!(" {}", s.attribute())).unwrap_or_default();
+                format!("mailbox-created {user} {name:?} id={mailbox:?} uidvalidity={uidvalidity}{su}")
+            }
+            Event::MailboxRenamed { user, mailbox, name } => format!("mailbox-renamed {user} id={mailbox:?} -> {name:?}"),
+            Event::MailboxDeleted { user, mailbox } => format!("mailbox-deleted {user} id={mailbox:?}"),
+            Event::Subscribed { user, name, subscribed } => {
+                format!("{} {user} {name:?}", if *subscribed { "subscribed" } else { "unsubscribed" })
+            }
+            Event::MessageAppended {
+                user,
+                mailbox,
+                uid,
+                guid,
+                blob,
+                size,
+                flags,
+                ..
+            } => format!(
+                "message-appended {user} mailbox={mailbox:?} uid={uid} guid={guid:?} blob={blob:?} size={size} flags=[{}]",
+                flags.iter().collect::<Vec<_>>().join(" ")
+            ),
+            Event::FlagsChanged {
+                user,
+                mailbox,
+                uids,
+                op,
+                flags,
+            } => format!(
+                "flags-{} {user} mailbox={mailbox:?} uids={uids:?} [{}]",
+                match op {
+                    FlagOp::Add => "added",
+                    FlagOp::Remove => "removed",
+                    FlagOp::Set => "set",
+                },
+                flags.iter().collect::<Vec<_>>().join(" ")
+            ),
+            Event::Expunged { user, mailbox, uids } => format!("expunged {user} mailbox={mailbox:?} uids={uids:?}"),
+            Event::ConfigSet { key, value } => format!("config-set {key} = {value:?}"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trip_and_bad_format() {
+        let e = Event::Subscribed {
+            user: "a@b".into(),
+            name: "INBOX".into(),
+            subscribed: true,
+        };
+        let p = e.encode();
+        assert_eq!(Event::decode(&p).unwrap(), e);
+        assert_eq!(Event::decode(&[]), Err(EventDecodeError::Empty));
+        assert_eq!(Event::decode(&[9, 1]), Err(EventDecodeError::Format(9)));
+        assert!(matches!(Event::decode(&[1, 250, 250, 250]), Err(EventDecodeError::Body(_))));
+    }
+
+    #[test]
+    fn flags_are_canonical() {
+        let f = Flags::new(["\\seen", "$Junk", "\\SEEN", "\\Flagged"]);
+        assert_eq!(f.iter().collect::<Vec<_>>(), vec!["$Junk", "\\Flagged", "\\Seen"]);
+        assert!(f.contains("\\SEEN"));
+        let g = f.apply(FlagOp::Remove, &Flags::new(["\\Seen"]));
+        assert_eq!(g.iter().collect::<Vec<_>>(), vec!["$Junk", "\\Flagged"]);
+    }
+}

@@ -1,0 +1,492 @@
+//! Mutations: each runs inside one log transaction on the writer thread. It
+//! checks the request against the views (seeing earlier transactions of the
+//! same group), decides what the origin decides (UIDs, ids, UIDVALIDITY),
+//! appends the resulting events and applies them to the views — all in the
+//! batch that makes the entry durable.
+
+use crate::event::{BlobHash, Event, FlagOp, Flags, Id, SpecialUse};
+use crate::views::{apply, read::TxnViews, read::ViewError, MailboxRec, ViewRead};
+use wal::{Appended, Cf, Txn};
+
+/// Column families the daemon keeps beside the log.
+#[derive(Debug, Clone, Copy)]
+pub struct Cfs {
+    pub views: Cf,
+    pub blobs: Cf,
+}
+
+/// Why a mutation was refused. Nothing was written.
+#[derive(Debug, thiserror::Error)]
+pub enum MutationError {
+    #[error("no such user {0}")]
+    NoSuchUser(String),
+    #[error("user {0} already exists")]
+    UserExists(String),
+    #[error("no such mailbox {0}")]
+    NoSuchMailbox(String),
+    #[error("mailbox {0} already exists")]
+    MailboxExists(String),
+    #[error("invalid name {name:?}: {reason}")]
+    InvalidName { name: String, reason: &'static str },
+    #[error("{0}")]
+    NotAllowed(&'static str),
+    #[error(transparent)]
+    View(#[from] ViewError),
+}
+
+impl From<wal::WalError> for MutationError {
+    fn from(e: wal::WalError) -> Self {
+        MutationError::View(ViewError::Wal(e))
+    }
+}
+
+type R<T> = Result<T, MutationError>;
+
+/// Append `event` to the local log and apply it to the views.
+pub fn emit(txn: &mut Txn<'_>, cfs: Cfs, event: Event) -> R<Appended> {
+    let at = txn.append(event.encode());
+    apply(&mut TxnViews { txn, cf: cfs.views }, &at, &event)?;
+    Ok(at)
+}
+
+/// Normalise a user name: trimmed, lower-cased, no spaces or controls.
+pub fn normalize_user(user: &str) -> R<String> {
+    let u = user.trim().to_lowercase();
+    if u.is_empty() || u.len() > 255 || u.chars().any(|c| c.is_control() || c.is_whitespace()) {
+        return Err(MutationError::InvalidName {
+            name: user.to_string(),
+            reason: "user names are 1-255 printable characters without spaces",
+        });
+    }
+    Ok(u)
+}
+
+/// Normalise a mailbox name: `INBOX` is case-insensitive (also as the first
+/// level of a hierarchy), `/` separates levels, empty levels are refused.
+pub fn normalize_mailbox(name: &str) -> R<String> {
+    let bad = |reason| {
+        Err(MutationError::InvalidName {
+            name: name.to_string(),
+            reason,
+        })
+    };
+    if name.is_empty() || name.len() > 1024 {
+        return bad("mailbox names are 1-1024 bytes");
+    }
+    if name.chars().any(|c| c.is_control()) {
+        return bad("control characters are not allowed");
+    }
+    if name.split('/').any(|l| l.is_empty()) {
+        return bad("empty hierarchy level");
+    }
+    let (first, rest) = match name.split_once('/') {
+        Some((f, r)) => (f, Some(r)),
+        None => (name, None),
+    };
+    if first.eq_ignore_ascii_case("INBOX") {
+        return Ok(match rest {
+            Some(r) => format!("INBOX/{r}"),
+            None => "INBOX".to_string(),
+        });
+    }
+    Ok(name.to_string())
+}
+
+fn views<'t, 'a>(txn: &'t mut Txn<'a>, cfs: Cfs) -> TxnViews<'t, 'a> {
+    TxnViews { txn, cf: cfs.views }
+}
+
+fn require_user(txn: &mut Txn<'_>, cfs: Cfs, user: &str) -> R<()> {
+    if views(txn, cfs).user(user)?.is_none() {
+        return Err(MutationError::NoSuchUser(user.to_string()));
+    }
+    Ok(())
+}
+
+fn next_uidvalidity(txn: &mut Txn<'_>, cfs: Cfs, user: &str, now_secs: i64) -> R<u32> {
+    let last = views(txn, cfs).last_uidvalidity(user)?;
+    let now = u32::try_from(now_secs.max(1)).unwrap_or(u32::MAX - 1);
+    Ok(now.max(last.saturating_add(1)))
+}
+
+/// Create a user with INBOX and the special-use folders, all subscribed.
+pub fn create_user(txn: &mut Txn<'_>, cfs: Cfs, user: &str, password_hash: String, now_secs: i64) -> R<()> {
+    let user = normalize_user(user)?;
+    if views(txn, cfs).user(&user)?.is_some() {
+        return Err(MutationError::UserExists(user));
+    }
+    emit(
+        txn,
+        cfs,
+        Event::UserCreated {
+            user: user.clone(),
+            password_hash,
+        },
+    )?;
+    let mut folders: Vec<(&str, Option<SpecialUse>)> = vec![("INBOX", None)];
+    folders.extend(SpecialUse::DEFAULTS.iter().map(|(n, s)| (*n, Some(*s))));
+    for (name, special_use) in folders {
+        let uidvalidity = next_uidvalidity(txn, cfs, &user, now_secs)?;
+        emit(
+            txn,
+            cfs,
+            Event::MailboxCreated {
+                user: user.clone(),
+                mailbox: Id::random(),
+                name: name.into(),
+                uidvalidity,
+                special_use,
+            },
+        )?;
+        emit(
+            txn,
+            cfs,
+            Event::Subscribed {
+                user: user.clone(),
+                name: name.into(),
+                subscribed: true,
+            },
+        )?;
+    }
+    Ok(())
+}
+
+pub fn set_password(txn: &mut Txn<'_>, cfs: Cfs, user: &str, password_hash: String) -> R<()> {
+    let user = normalize_user(user)?;
+    require_user(txn, cfs, &user)?;
+    emit(txn, cfs, Event::PasswordChanged { user, password_hash })?;
+    Ok(())
+}
+
+pub fn delete_user(txn: &mut Txn<'_>, cfs: Cfs, user: &str) -> R<()> {
+    let user = normalize_user(user)?;
+    require_user(txn, cfs, &user)?;
+    emit(txn, cfs, Event::UserDeleted { user })?;
+    Ok(())
+}
+
+/// Create a mailbox; missing parents are created too (as IMAP allows).
+pub fn create_mailbox(
+    txn: &mut Txn<'_>,
+    cfs: Cfs,
+    user: &str,
+    name: &str,
+    special_use: Option<SpecialUse>,
+    now_secs: i64,
+) -> R<MailboxRec> {
+    let name = normalize_mailbox(name)?;
+    require_user(txn, cfs, user)?;
+    if views(txn, cfs).mailbox_id(user, &name)?.is_some() {
+        return Err(MutationError::MailboxExists(name));
+    }
+    let levels: Vec<&str> = name.split('/').collect();
+    for i in 1..levels.len() {
+        let parent = levels[..i].join("/");
+        if views(txn, cfs).mailbox_id(user, &parent)?.is_none() {
+            let uidvalidity = next_uidvalidity(txn, cfs, user, now_secs)?;
+            emit(
+                txn,
+                cfs,
+                Event::MailboxCreated {
+                    user: user.into(),
+                    mailbox: Id::random(),
+                    name: parent,
+                    uidvalidity,
+                    special_use: None,
+                },
+            )?;
+        }
+    }
+    let id = Id::random();
+    let uidvalidity = next_uidvalidity(txn, cfs, user, now_secs)?;
+    emit(
+        txn,
+        cfs,
+        Event::MailboxCreated {
+            user: user.into(),
+            mailbox: id,
+            name,
+            uidvalidity,
+            special_use,
+        },
+    )?;
+    Ok(views(txn, cfs).mailbox(user, id)?.expect("just created"))
+}
+
+/// Rename a mailbox and every mailbox below it.
+pub fn rename_mailbox(txn: &mut Txn<'_>, cfs: Cfs, user: &str, from: &str, to: &str) -> R<()> {
+    let from = normalize_mailbox(from)?;
+    let to = normalize_mailbox(to)?;
+    require_user(txn, cfs, user)?;
+    if from == "INBOX" {
+        return Err(MutationError::NotAllowed(
+            "renaming INBOX moves its messages; use the IMAP RENAME of INBOX",
+        ));
+    }
+    let Some(id) = views(txn, cfs).mailbox_id(user, &from)? else {
+        return Err(MutationError::NoSuchMailbox(from));
+    };
+    if views(txn, cfs).mailbox_id(user, &to)?.is_some() {
+        return Err(MutationError::MailboxExists(to));
+    }
+    if to.starts_with(&format!("{from}/")) {
+        return Err(MutationError::NotAllowed("cannot rename a mailbox into itself"));
+    }
+    let prefix = format!("{from}/");
+    let children: Vec<MailboxRec> = views(txn, cfs)
+        .mailboxes(user)?
+        .into_iter()
+        .filter(|m| m.name.starts_with(&prefix))
+        .collect();
+    emit(
+        txn,
+        cfs,
+        Event::MailboxRenamed {
+            user: user.into(),
+            mailbox: id,
+            name: to.clone(),
+        },
+    )?;
+    for c in children {
+        let new = format!("{to}/{}", &c.name[prefix.len()..]);
+        emit(
+            txn,
+            cfs,
+            Event::MailboxRenamed {
+                user: user.into(),
+                mailbox: c.id,
+                name: new,
+            },
+        )?;
+    }
+    Ok(())
+}
+
+pub fn delete_mailbox(txn: &mut Txn<'_>, cfs: Cfs, user: &str, name: &str) -> R<()> {
+    let name = normalize_mailbox(name)?;
+    require_user(txn, cfs, user)?;
+    if name == "INBOX" {
+        return Err(MutationError::NotAllowed("INBOX cannot be deleted"));
+    }
+    let Some(id) = views(txn, cfs).mailbox_id(user, &name)? else {
+        return Err(MutationError::NoSuchMailbox(name));
+    };
+    emit(
+        txn,
+        cfs,
+        Event::MailboxDeleted {
+            user: user.into(),
+            mailbox: id,
+        },
+    )?;
+    Ok(())
+}
+
+pub fn subscribe(txn: &mut Txn<'_>, cfs: Cfs, user: &str, name: &str, subscribed: bool) -> R<()> {
+    let name = normalize_mailbox(name)?;
+    require_user(txn, cfs, user)?;
+    emit(
+        txn,
+        cfs,
+        Event::Subscribed {
+            user: user.into(),
+            name,
+            subscribed,
+        },
+    )?;
+    Ok(())
+}
+
+/// A message to append.
+#[derive(Debug, Clone)]
+pub struct NewMessage {
+    pub body: std::sync::Arc<Vec<u8>>,
+    pub blob: BlobHash,
+    pub flags: Flags,
+    pub internal_date: i64,
+    pub tz_minutes: i16,
+    /// Keep the GUID of a message that already exists elsewhere (MOVE,
+    /// import); otherwise a fresh one.
+    pub guid: Option<Id>,
+}
+
+impl NewMessage {
+    pub fn new(body: Vec<u8>, flags: Flags, internal_date: i64) -> NewMessage {
+        let blob = BlobHash::of(&body);
+        NewMessage {
+            body: std::sync::Arc::new(body),
+            blob,
+            flags,
+            internal_date,
+            tz_minutes: 0,
+            guid: None,
+        }
+    }
+}
+
+/// Where an appended message landed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Placed {
+    pub uidvalidity: u32,
+    pub uid: u32,
+    pub guid: Id,
+}
+
+fn store_blob(txn: &mut Txn<'_>, cfs: Cfs, blob: &BlobHash, body: &[u8]) -> R<()> {
+    if txn.get(cfs.blobs, &blob.0)?.is_none() {
+        txn.put(cfs.blobs, &blob.0, body);
+    }
+    Ok(())
+}
+
+/// Append a message to a mailbox by id. The body is stored once per hash.
+pub fn append_to(txn: &mut Txn<'_>, cfs: Cfs, user: &str, mailbox: Id, msg: &NewMessage) -> R<Placed> {
+    let Some(mb) = views(txn, cfs).mailbox(user, mailbox)? else {
+        return Err(MutationError::NoSuchMailbox(mailbox.to_hex()));
+    };
+    if mb.uidnext == u32::MAX {
+        return Err(MutationError::NotAllowed("mailbox has used every UID"));
+    }
+    store_blob(txn, cfs, &msg.blob, &msg.body)?;
+    let guid = msg.guid.unwrap_or_else(Id::random);
+    emit(
+        txn,
+        cfs,
+        Event::MessageAppended {
+            user: user.into(),
+            mailbox,
+            uid: mb.uidnext,
+            guid,
+            blob: msg.blob,
+            size: msg.body.len() as u64,
+            internal_date: msg.internal_date,
+            tz_minutes: msg.tz_minutes,
+            flags: msg.flags.clone(),
+        },
+    )?;
+    Ok(Placed {
+        uidvalidity: mb.uidvalidity,
+        uid: mb.uidnext,
+        guid,
+    })
+}
+
+/// Append a message to a mailbox by name.
+pub fn append(txn: &mut Txn<'_>, cfs: Cfs, user: &str, mailbox: &str, msg: &NewMessage) -> R<Placed> {
+    let name = normalize_mailbox(mailbox)?;
+    require_user(txn, cfs, user)?;
+    let Some(id) = views(txn, cfs).mailbox_id(user, &name)? else {
+        return Err(MutationError::NoSuchMailbox(name));
+    };
+    append_to(txn, cfs, user, id, msg)
+}
+
+/// Change flags of the given UIDs (missing UIDs are ignored). Returns the
+/// UIDs whose flags changed.
+pub fn store_flags(txn: &mut Txn<'_>, cfs: Cfs, user: &str, mailbox: Id, uids: &[u32], op: FlagOp, flags: &Flags) -> R<Vec<u32>> {
+    let mut changed = Vec::new();
+    {
+        let v = views(txn, cfs);
+        for uid in uids {
+            if let Some(m) = v.message(mailbox, *uid)? {
+                if m.flags.apply(op, flags) != m.flags {
+                    changed.push(*uid);
+                }
+            }
+        }
+    }
+    if !changed.is_empty() {
+        emit(
+            txn,
+            cfs,
+            Event::FlagsChanged {
+                user: user.into(),
+                mailbox,
+                uids: changed.clone(),
+                op,
+                flags: flags.clone(),
+            },
+        )?;
+    }
+    Ok(changed)
+}
+
+/// Expunge the given UIDs (missing ones are ignored). Returns those removed.
+pub fn expunge(txn: &mut Txn<'_>, cfs: Cfs, user: &str, mailbox: Id, uids: &[u32]) -> R<Vec<u32>> {
+    let mut gone = Vec::new();
+    {
+        let v = views(txn, cfs);
+        for uid in uids {
+            if v.message(mailbox, *uid)?.is_some() {
+                gone.push(*uid);
+            }
+        }
+    }
+    if !gone.is_empty() {
+        emit(
+            txn,
+            cfs,
+            Event::Expunged {
+                user: user.into(),
+                mailbox,
+                uids: gone.clone(),
+            },
+        )?;
+    }
+    Ok(gone)
+}
+
+/// Copy messages to another mailbox (new GUIDs, same blobs and flags).
+/// With `remove`, it is a MOVE: the copies keep their GUIDs and the sources
+/// are expunged in the same transaction. Returns (source uid, new uid) pairs.
+pub fn copy(txn: &mut Txn<'_>, cfs: Cfs, user: &str, from: Id, uids: &[u32], to: Id, remove: bool) -> R<(u32, Vec<(u32, u32)>)> {
+    let Some(dst) = views(txn, cfs).mailbox(user, to)? else {
+        return Err(MutationError::NoSuchMailbox(to.to_hex()));
+    };
+    let mut pairs = Vec::new();
+    for uid in uids {
+        let Some(m) = views(txn, cfs).message(from, *uid)? else { continue };
+        let Some(mb) = views(txn, cfs).mailbox(user, to)? else { break };
+        emit(
+            txn,
+            cfs,
+            Event::MessageAppended {
+                user: user.into(),
+                mailbox: to,
+                uid: mb.uidnext,
+                guid: if remove { m.guid } else { Id::random() },
+                blob: m.blob,
+                size: m.size,
+                internal_date: m.internal_date,
+                tz_minutes: m.tz_minutes,
+                flags: m.flags.clone(),
+            },
+        )?;
+        pairs.push((*uid, mb.uidnext));
+    }
+    if remove && !pairs.is_empty() {
+        let src: Vec<u32> = pairs.iter().map(|p| p.0).collect();
+        emit(
+            txn,
+            cfs,
+            Event::Expunged {
+                user: user.into(),
+                mailbox: from,
+                uids: src,
+            },
+        )?;
+    }
+    Ok((dst.uidvalidity, pairs))
+}
+
+pub fn set_config(txn: &mut Txn<'_>, cfs: Cfs, key: &str, value: &str) -> R<()> {
+    emit(
+        txn,
+        cfs,
+        Event::ConfigSet {
+            key: key.into(),
+            value: value.into(),
+        },
+    )?;
+    Ok(())
+}

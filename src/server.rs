@@ -1,0 +1,180 @@
+//! Running a node: open the store, bind the listeners, serve until SIGTERM or
+//! SIGINT, then drain and close the log cleanly.
+
+use crate::admin::{self, AdminState};
+use crate::config::Config;
+use crate::store::{self, Store};
+use anyhow::Context;
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Instant;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+/// File in the data dir naming the addresses actually bound (port 0 in tests).
+pub const LISTEN_FILE: &str = "listen.json";
+/// File in the data dir holding this node's id.
+pub const NODE_ID_FILE: &str = "node-id";
+
+/// Find or create the node id, refusing a config that contradicts the one
+/// the data directory was created with.
+pub fn resolve_node_id(cfg: &Config) -> anyhow::Result<String> {
+    let path = cfg.node.data_dir.join(NODE_ID_FILE);
+    let stored = match std::fs::read_to_string(&path) {
+        Ok(s) => Some(s.trim().to_string()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+    };
+    match (stored, cfg.node.id.as_str()) {
+        (Some(s), "") => Ok(s),
+        (Some(s), c) if s == c => Ok(s),
+        (Some(s), c) => anyhow::bail!(
+            "node.id is {c:?} but {} says this data directory belongs to node {s:?}; the id names the node's log and cannot change",
+            path.display()
+        ),
+        (None, c) => {
+            let id = if c.is_empty() {
+                format!("node-{}", hex::encode(rand::random::<[u8; 4]>()))
+            } else {
+                c.to_string()
+            };
+            write_private(&path, id.as_bytes())?;
+            Ok(id)
+        }
+    }
+}
+
+fn write_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    use std::io::Write;
+    #[cfg(unix)]
+    use std::os::unix::fs::OpenOptionsExt;
+    let tmp = path.with_extension("tmp");
+    let mut o = std::fs::OpenOptions::new();
+    o.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    o.mode(0o600);
+    let mut f = o.open(&tmp).with_context(|| format!("writing {}", tmp.display()))?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)?;
+    Ok(())
+}
+
+fn load_or_create_token(cfg: &Config) -> anyhow::Result<String> {
+    let path = cfg.token_path();
+    match std::fs::read_to_string(&path) {
+        Ok(s) if s.trim().len() >= 32 => Ok(s.trim().to_string()),
+        _ => {
+            let t = hex::encode(rand::random::<[u8; 32]>());
+            write_private(&path, t.as_bytes())?;
+            Ok(t)
+        }
+    }
+}
+
+/// Resolves when SIGINT or SIGTERM arrives.
+pub async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("install SIGTERM handler");
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}
+
+/// A node that is running.
+pub struct Running {
+    pub store: Store,
+    pub listeners: BTreeMap<String, String>,
+    shutdown: watch::Sender<bool>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Running {
+    /// Stop accepting, let connections finish their current command, close
+    /// the log cleanly.
+    pub async fn stop(self) -> anyhow::Result<()> {
+        let _ = self.shutdown.send(true);
+        for t in self.tasks {
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(10), t).await;
+        }
+        let store = self.store.clone();
+        tokio::task::spawn_blocking(move || store.close()).await??;
+        Ok(())
+    }
+}
+
+/// Open the store and start every listener of `cfg`.
+pub async fn start(cfg: &Config) -> anyhow::Result<Running> {
+    std::fs::create_dir_all(&cfg.node.data_dir).with_context(|| format!("creating data dir {}", cfg.node.data_dir.display()))?;
+    let node_id = resolve_node_id(cfg)?;
+    let db = cfg.db_path();
+    let id2 = node_id.clone();
+    let store = tokio::task::spawn_blocking(move || Store::open(&db, &id2, store::wal_options(&id2)))
+        .await?
+        .with_context(|| format!("opening the store in {}", cfg.db_path().display()))?;
+    let rep = store.wal().recovery_report().clone();
+    tracing::info!(node = %node_id, origin = %store.wal().local_origin(), order = rep.order_len, verified = rep.verified, unclean = rep.unclean_shutdown, "store open");
+    let token = load_or_create_token(cfg)?;
+    let (shutdown, shutdown_rx) = watch::channel(false);
+    let mut listeners = BTreeMap::new();
+    let mut tasks = Vec::new();
+
+    let admin_l = TcpListener::bind(cfg.admin.listen)
+        .await
+        .with_context(|| format!("binding admin.listen {}", cfg.admin.listen))?;
+    listeners.insert("admin".to_string(), format!("http://{}", admin_l.local_addr()?));
+
+    // LMTP_LISTENER
+
+    let state = Arc::new(AdminState {
+        store: store.clone(),
+        token,
+        started: Instant::now(),
+        role: format!("{:?}", cfg.mirror.mode).to_lowercase(),
+        listeners: listeners.clone(),
+    });
+    let mut rx = shutdown_rx.clone();
+    let app = admin::router(state);
+    tasks.push(tokio::spawn(async move {
+        let r = axum::serve(admin_l, app)
+            .with_graceful_shutdown(async move {
+                let _ = rx.wait_for(|s| *s).await;
+            })
+            .await;
+        if let Err(e) = r {
+            tracing::error!(error = %e, "admin endpoint failed");
+        }
+    }));
+    write_private(&cfg.node.data_dir.join(LISTEN_FILE), serde_json::to_string(&listeners)?.as_bytes())?;
+    Ok(Running {
+        store,
+        listeners,
+        shutdown,
+        tasks,
+    })
+}
+
+/// `tandem serve`: run until a signal, then shut down cleanly.
+pub async fn serve(cfg: Config) -> anyhow::Result<()> {
+    let running = start(&cfg).await?;
+    println!(
+        "tandem: node {} serving from {}",
+        running.store.node_id(),
+        cfg.node.data_dir.display()
+    );
+    for (name, addr) in &running.listeners {
+        println!("tandem: {name} listening on {addr}");
+    }
+    shutdown_signal().await;
+    tracing::info!("shutting down");
+    running.stop().await?;
+    println!("tandem: stopped cleanly");
+    Ok(())
+}

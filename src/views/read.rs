@@ -1,0 +1,171 @@
+//! Reading the views, the same way from a committed store and from inside a
+//! transaction (which also sees the writes pending in its group).
+
+use super::{keys, MailboxRec, MessageRec, UserRec};
+use crate::event::{BlobHash, Id};
+use serde::de::DeserializeOwned;
+use std::sync::Arc;
+use wal::{Cf, Txn, Wal, WalError};
+
+/// Errors reading views.
+#[derive(Debug, thiserror::Error)]
+pub enum ViewError {
+    #[error(transparent)]
+    Wal(#[from] WalError),
+    #[error("view record {key} does not decode: {reason}")]
+    Corrupt { key: String, reason: String },
+}
+
+fn dec<T: DeserializeOwned>(key: &[u8], v: &[u8]) -> Result<T, ViewError> {
+    postcard::from_bytes(v).map_err(|e| ViewError::Corrupt {
+        key: String::from_utf8_lossy(key).into_owned(),
+        reason: e.to_string(),
+    })
+}
+
+/// Read access to the views.
+pub trait ViewRead {
+    fn vget(&self, key: &[u8]) -> Result<Option<Vec<u8>>, WalError>;
+    fn vscan(&self, prefix: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>, WalError>;
+
+    fn user(&self, user: &str) -> Result<Option<UserRec>, ViewError> {
+        let k = keys::user(user);
+        self.vget(&k)?.map(|v| dec(&k, &v)).transpose()
+    }
+
+    fn users(&self) -> Result<Vec<String>, ViewError> {
+        Ok(self
+            .vscan(&keys::users_prefix())?
+            .into_iter()
+            .map(|(k, _)| String::from_utf8_lossy(&k[1..]).into_owned())
+            .collect())
+    }
+
+    fn mailbox(&self, user: &str, id: Id) -> Result<Option<MailboxRec>, ViewError> {
+        let k = keys::mailbox(user, id);
+        self.vget(&k)?.map(|v| dec(&k, &v)).transpose()
+    }
+
+    fn mailbox_id(&self, user: &str, name: &str) -> Result<Option<Id>, ViewError> {
+        let k = keys::name(user, name);
+        match self.vget(&k)? {
+            Some(v) => {
+                let id: [u8; 16] = v.as_slice().try_into().map_err(|_| ViewError::Corrupt {
+                    key: String::from_utf8_lossy(&k).into_owned(),
+                    reason: "mailbox id is not 16 bytes".into(),
+                })?;
+                Ok(Some(Id(id)))
+            }
+            None => Ok(None),
+        }
+    }
+
+    fn mailbox_by_name(&self, user: &str, name: &str) -> Result<Option<MailboxRec>, ViewError> {
+        match self.mailbox_id(user, name)? {
+            Some(id) => self.mailbox(user, id),
+            None => Ok(None),
+        }
+    }
+
+    /// A user's mailboxes, sorted by name.
+    fn mailboxes(&self, user: &str) -> Result<Vec<MailboxRec>, ViewError> {
+        let mut v: Vec<MailboxRec> = self
+            .vscan(&keys::mailboxes_prefix(user))?
+            .into_iter()
+            .map(|(k, v)| dec(&k, &v))
+            .collect::<Result<_, _>>()?;
+        v.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(v)
+    }
+
+    /// A mailbox's messages in UID order.
+    fn messages(&self, mailbox: Id) -> Result<Vec<(u32, MessageRec)>, ViewError> {
+        self.vscan(&keys::messages_prefix(mailbox))?
+            .into_iter()
+            .map(|(k, v)| {
+                let uid = keys::uid_of(&k).ok_or_else(|| ViewError::Corrupt {
+                    key: hex::encode(&k),
+                    reason: "message key too short".into(),
+                })?;
+                Ok((uid, dec(&k, &v)?))
+            })
+            .collect()
+    }
+
+    fn message(&self, mailbox: Id, uid: u32) -> Result<Option<MessageRec>, ViewError> {
+        let k = keys::message(mailbox, uid);
+        self.vget(&k)?.map(|v| dec(&k, &v)).transpose()
+    }
+
+    fn subscriptions(&self, user: &str) -> Result<Vec<String>, ViewError> {
+        let p = keys::subscriptions_prefix(user);
+        Ok(self
+            .vscan(&p)?
+            .into_iter()
+            .map(|(k, _)| String::from_utf8_lossy(&k[p.len()..]).into_owned())
+            .collect())
+    }
+
+    fn refcount(&self, blob: &BlobHash) -> Result<u64, ViewError> {
+        let k = keys::refcount(blob);
+        match self.vget(&k)? {
+            Some(v) => Ok(u64::from_be_bytes(v.as_slice().try_into().map_err(|_| ViewError::Corrupt {
+                key: hex::encode(&k),
+                reason: "refcount is not 8 bytes".into(),
+            })?)),
+            None => Ok(0),
+        }
+    }
+
+    fn last_uidvalidity(&self, user: &str) -> Result<u32, ViewError> {
+        match self.vget(&keys::uidvalidity(user))? {
+            Some(v) => Ok(v.as_slice().try_into().map(u32::from_be_bytes).unwrap_or(0)),
+            None => Ok(0),
+        }
+    }
+
+    fn config(&self, key: &str) -> Result<Option<String>, ViewError> {
+        Ok(self.vget(&keys::config(key))?.map(|v| String::from_utf8_lossy(&v).into_owned()))
+    }
+}
+
+/// The committed views of a store.
+#[derive(Clone)]
+pub struct Views {
+    pub wal: Arc<Wal>,
+    pub cf: Cf,
+    pub blobs: Cf,
+}
+
+impl ViewRead for Views {
+    fn vget(&self, key: &[u8]) -> Result<Option<Vec<u8>>, WalError> {
+        self.wal.get(self.cf, key)
+    }
+    fn vscan(&self, prefix: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>, WalError> {
+        self.wal.scan_prefix(self.cf, prefix)
+    }
+}
+
+/// The views as seen from inside a transaction.
+pub struct TxnViews<'t, 'a> {
+    pub txn: &'t mut Txn<'a>,
+    pub cf: Cf,
+}
+
+impl ViewRead for TxnViews<'_, '_> {
+    fn vget(&self, key: &[u8]) -> Result<Option<Vec<u8>>, WalError> {
+        self.txn.get(self.cf, key)
+    }
+    fn vscan(&self, prefix: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>, WalError> {
+        self.txn.scan_prefix(self.cf, prefix)
+    }
+}
+
+impl TxnViews<'_, '_> {
+    pub fn put(&mut self, key: &[u8], value: &[u8]) {
+        self.txn.put(self.cf, key, value)
+    }
+    pub fn delete(&mut self, key: &[u8]) {
+        self.txn.delete(self.cf, key)
+    }
+}

@@ -1,0 +1,30 @@
+//! # wal — Tandem's event log
+//!
+//! Every mailbox mutation in Tandem is an entry in a per-origin log. This
+//! crate stores those logs in RocksDB and nothing else: it is synchronous,
+//! knows no network and no async runtime, and treats payloads as opaque bytes.
+//!
+//! # Layout
+//! - [`seq`]: origins, `(origin, seq)` keys, version vectors.
+//! - [`record`]: the stored entry encoding and the blake3 hash chain.
+//! - [`store`]: [`Wal`] — open and recovery, reads, verification, tail.
+//! - [`writer`]: group commit; [`Txn`] lets a caller put its view updates
+//!   into the batch of the entry that causes them.
+//! - [`segment`]: self-verifying files of a contiguous range of one origin.
+//! - `recovery`: what open checks (torn tail vs corruption).
+//!
+//! The byte-level format is in `docs/format.md`.
+
+pub mod error;
+pub mod record;
+mod recovery;
+pub mod segment;
+pub mod seq;
+pub mod store;
+pub mod writer;
+
+pub use error::{AppendError, Place, SegmentError, WalError};
+pub use record::{Entry, Hash, GENESIS};
+pub use seq::{Origin, VersionVector};
+pub use store::{Cf, RecoveryMode, RecoveryReport, StatsSnapshot, Wal, WalOptions};
+pub use writer::{Appended, Txn};

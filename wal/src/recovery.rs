@@ -1,0 +1,152 @@
+//! Checks at open: what a crash may leave (a torn tail, which RocksDB drops
+//! and we report) against corruption in the middle (refused with its place).
+
+use crate::error::{Place, WalError};
+use crate::record::GENESIS;
+use crate::seq::{Origin, VersionVector};
+use crate::store::{
+    iter_origins, last_order_key, meta_get, meta_heads, read_entry, read_range, RecoveryReport, Shared, META_DIRTY_KEY, META_FORMAT_KEY,
+    META_ORDER_NEXT, STORE_FORMAT,
+};
+
+pub(crate) fn recover(shared: &Shared) -> Result<RecoveryReport, WalError> {
+    if let Some(v) = meta_get(shared, META_FORMAT_KEY)? {
+        let got = <[u8; 4]>::try_from(v.as_slice())
+            .map(u32::from_be_bytes)
+            .map_err(|_| WalError::CorruptMeta {
+                key: "format".into(),
+                reason: "not 4 bytes".into(),
+            })?;
+        if got != STORE_FORMAT {
+            return Err(WalError::CorruptMeta {
+                key: "format".into(),
+                reason: format!("store format {got}, this build reads {STORE_FORMAT}"),
+            });
+        }
+    }
+    let unclean_shutdown = meta_get(shared, META_DIRTY_KEY)?.is_some();
+    let heads = meta_heads(shared)?;
+    let stored = iter_origins(shared)?;
+    // Every origin in the log must have a head and end exactly at it: the
+    // head is written in the same batch as the entry.
+    for (origin, last) in &stored {
+        match heads.get(origin) {
+            None => {
+                return Err(WalError::Corrupt {
+                    place: Place {
+                        origin: *origin,
+                        seq: *last,
+                    },
+                    reason: "entries stored for an origin with no head record".into(),
+                })
+            }
+            Some((seq, _)) if seq != last => {
+                return Err(WalError::Corrupt {
+                    place: Place {
+                        origin: *origin,
+                        seq: *seq.max(last),
+                    },
+                    reason: format!("head record says seq {seq} but the log ends at seq {last}"),
+                })
+            }
+            Some(_) => {}
+        }
+    }
+    let mut verified = 0;
+    for (origin, (seq, hash)) in &heads {
+        if !stored.iter().any(|(o, _)| o == origin) {
+            return Err(WalError::Corrupt {
+                place: Place {
+                    origin: *origin,
+                    seq: *seq,
+                },
+                reason: "head record names entries that are not stored".into(),
+            });
+        }
+        let from = seq.saturating_sub(shared.opts.verify_tail.max(1)) + 1;
+        verified += verify_range(shared, *origin, from, *seq)?;
+        let head = read_entry(shared, *origin, *seq)?.ok_or_else(|| WalError::Corrupt {
+            place: Place {
+                origin: *origin,
+                seq: *seq,
+            },
+            reason: "head entry missing".into(),
+        })?;
+        if head.hash != *hash {
+            return Err(WalError::Corrupt {
+                place: Place {
+                    origin: *origin,
+                    seq: *seq,
+                },
+                reason: "head record hash differs from the stored entry".into(),
+            });
+        }
+    }
+    let last_order = last_order_key(shared)?;
+    let order_next = match meta_get(shared, META_ORDER_NEXT)? {
+        Some(v) => u64::from_be_bytes(v.as_slice().try_into().map_err(|_| WalError::CorruptMeta {
+            key: "order_next".into(),
+            reason: "not 8 bytes".into(),
+        })?),
+        None => 1,
+    };
+    if order_next != last_order + 1 {
+        return Err(WalError::CorruptMeta {
+            key: "order_next".into(),
+            reason: format!("says {order_next} but the apply order ends at {last_order}"),
+        });
+    }
+    let total: u64 = heads.values().map(|(s, _)| *s).sum();
+    if last_order != total {
+        return Err(WalError::CorruptMeta {
+            key: "order".into(),
+            reason: format!("apply order holds {last_order} positions for {total} entries"),
+        });
+    }
+    Ok(RecoveryReport {
+        unclean_shutdown,
+        heads: VersionVector(heads.iter().map(|(o, (s, _))| (*o, *s)).collect()),
+        verified,
+        order_len: last_order,
+    })
+}
+
+/// Verify `origin`'s chain over `from..=to`, reading in chunks.
+pub(crate) fn verify_range(shared: &Shared, origin: Origin, from: u64, to: u64) -> Result<u64, WalError> {
+    if from > to {
+        return Ok(0);
+    }
+    let mut prev = if from == 1 {
+        GENESIS
+    } else {
+        read_entry(shared, origin, from - 1)?
+            .ok_or_else(|| WalError::Corrupt {
+                place: Place { origin, seq: from - 1 },
+                reason: "entry missing".into(),
+            })?
+            .hash
+    };
+    let mut next = from;
+    let mut n = 0;
+    while next <= to {
+        let chunk = read_range(shared, origin, next, to, 1024)?;
+        if chunk.is_empty() {
+            return Err(WalError::Corrupt {
+                place: Place { origin, seq: next },
+                reason: "entry missing".into(),
+            });
+        }
+        for e in chunk {
+            if !e.follows(&prev) {
+                return Err(WalError::Corrupt {
+                    place: Place { origin, seq: e.seq },
+                    reason: "hash chain broken: entry does not match its hash or its predecessor".into(),
+                });
+            }
+            prev = e.hash;
+            next = e.seq + 1;
+            n += 1;
+        }
+    }
+    Ok(n)
+}

@@ -1,0 +1,751 @@
+//! The RocksDB store behind the log: column families, open and recovery,
+//! reads, verification and the tail notification.
+
+use crate::error::{AppendError, Place, WalError};
+use crate::record::{Entry, Hash, GENESIS};
+use crate::seq::{log_key, parse_log_key, Origin, VersionVector};
+use crate::writer::{self, Job, Txn};
+use rocksdb::{ColumnFamilyDescriptor, DBRecoveryMode, Direction, IteratorMode, Options, WriteBatch, WriteOptions, DB};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::{self, Sender};
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+/// Version of the store layout, kept in the meta column family.
+pub const STORE_FORMAT: u32 = 1;
+
+pub(crate) const CF_LOG: u8 = 0;
+pub(crate) const CF_ORDER: u8 = 1;
+pub(crate) const CF_META: u8 = 2;
+pub(crate) const FIRST_USER_CF: u8 = 3;
+const INTERNAL_CFS: [&str; 3] = ["log", "order", "meta"];
+
+pub(crate) const META_ORDER_NEXT: &[u8] = b"order_next";
+const META_FORMAT: &[u8] = b"format";
+const META_DIRTY: &[u8] = b"dirty";
+
+pub(crate) fn meta_head_key(origin: Origin) -> [u8; 12] {
+    let mut k = [0u8; 12];
+    k[..4].copy_from_slice(b"head");
+    k[4..].copy_from_slice(&origin.0.to_be_bytes());
+    k
+}
+
+/// A column family handle: an index into the families declared at open.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Cf(pub(crate) u8);
+
+/// How to treat what a crash left behind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum RecoveryMode {
+    /// A torn tail of RocksDB's write-ahead log (a batch that was being
+    /// written when the process died, hence never acknowledged) is dropped
+    /// and reported. Corruption anywhere else is refused.
+    #[default]
+    TolerateTornTail,
+    /// Any damage, even a torn tail, refuses to open.
+    Strict,
+}
+
+/// Options of [`Wal::open`].
+#[derive(Debug, Clone)]
+pub struct WalOptions {
+    /// This node's origin.
+    pub local_origin: Origin,
+    /// fsync every group. Only tests that measure nothing durable turn it off.
+    pub sync: bool,
+    pub recovery: RecoveryMode,
+    /// Entries per origin whose chain is verified at open (the tail).
+    pub verify_tail: u64,
+    /// Most transactions in one group commit.
+    pub max_group: usize,
+    /// Caller column families (views and the like).
+    pub user_cfs: Vec<String>,
+    /// Caller column families holding large values (RocksDB blob files).
+    pub blob_cfs: Vec<String>,
+}
+
+impl WalOptions {
+    pub fn new(local_origin: Origin) -> WalOptions {
+        WalOptions {
+            local_origin,
+            sync: true,
+            recovery: RecoveryMode::default(),
+            verify_tail: 4096,
+            max_group: 4096,
+            user_cfs: Vec::new(),
+            blob_cfs: Vec::new(),
+        }
+    }
+}
+
+/// What open found.
+#[derive(Debug, Clone, Default)]
+pub struct RecoveryReport {
+    /// The previous process did not close the log; any batch it had not
+    /// acknowledged may have been dropped as a torn tail.
+    pub unclean_shutdown: bool,
+    /// Heads per origin after recovery.
+    pub heads: VersionVector,
+    /// Entries whose chain was checked.
+    pub verified: u64,
+    /// Length of the apply order.
+    pub order_len: u64,
+}
+
+/// Counters of the log.
+#[derive(Debug, Default)]
+pub struct Stats {
+    pub entries: AtomicU64,
+    pub groups: AtomicU64,
+    pub jobs: AtomicU64,
+    pub bytes: AtomicU64,
+    pub max_group_jobs: AtomicU64,
+}
+
+/// A copy of [`Stats`] at one moment.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct StatsSnapshot {
+    /// Entries appended (local and remote).
+    pub entries: u64,
+    /// Durable writes (one fsync each).
+    pub groups: u64,
+    /// Transactions committed.
+    pub jobs: u64,
+    pub bytes: u64,
+    pub max_group_jobs: u64,
+}
+
+type Hook = Box<dyn Fn(u64) + Send + Sync>;
+
+struct Committed {
+    heads: BTreeMap<Origin, (u64, Hash)>,
+    order_next: u64,
+    hlc_last: u64,
+}
+
+pub(crate) struct Shared {
+    db: DB,
+    cf_names: Vec<String>,
+    pub(crate) local_origin: Origin,
+    pub(crate) opts: WalOptions,
+    state: Mutex<Committed>,
+    tail: Condvar,
+    poison: Mutex<Option<String>>,
+    hooks: Mutex<Vec<Hook>>,
+    stats: Stats,
+    #[cfg(feature = "failpoints")]
+    pub(crate) fail_writes: AtomicBool,
+    closed: AtomicBool,
+}
+
+impl Shared {
+    fn handle(&self, cf: u8) -> &rocksdb::ColumnFamily {
+        self.db.cf_handle(&self.cf_names[cf as usize]).expect("declared column family")
+    }
+
+    pub(crate) fn get_raw(&self, cf: Cf, key: &[u8]) -> Result<Option<Vec<u8>>, WalError> {
+        Ok(self.db.get_cf(self.handle(cf.0), key)?)
+    }
+
+    pub(crate) fn scan_prefix_raw(&self, cf: Cf, prefix: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>, WalError> {
+        let mut out = Vec::new();
+        for item in self
+            .db
+            .iterator_cf(self.handle(cf.0), IteratorMode::From(prefix, Direction::Forward))
+        {
+            let (k, v) = item?;
+            if !k.starts_with(prefix) {
+                break;
+            }
+            out.push((k.into_vec(), v.into_vec()));
+        }
+        Ok(out)
+    }
+
+    pub(crate) fn committed_head(&self, origin: Origin) -> Option<(u64, Hash)> {
+        self.state.lock().expect("state lock").heads.get(&origin).copied()
+    }
+
+    pub(crate) fn group_start(&self) -> (u64, u64) {
+        let s = self.state.lock().expect("state lock");
+        (s.order_next, s.hlc_last)
+    }
+
+    pub(crate) fn poisoned(&self) -> Option<String> {
+        self.poison.lock().expect("poison lock").clone()
+    }
+
+    pub(crate) fn poison(&self, msg: String) {
+        *self.poison.lock().expect("poison lock") = Some(msg);
+    }
+
+    pub(crate) fn write_group(&self, overlay: &BTreeMap<(u8, Vec<u8>), Option<Vec<u8>>>, order_next: u64) -> Result<(), WalError> {
+        #[cfg(feature = "failpoints")]
+        if self.fail_writes.load(Ordering::SeqCst) {
+            return Err(WalError::Poisoned("injected write failure".into()));
+        }
+        let mut batch = WriteBatch::default();
+        for ((cf, k), v) in overlay {
+            let h = self.handle(*cf);
+            match v {
+                Some(v) => batch.put_cf(h, k, v),
+                None => batch.delete_cf(h, k),
+            }
+        }
+        batch.put_cf(self.handle(CF_META), META_ORDER_NEXT, order_next.to_be_bytes());
+        let mut wo = WriteOptions::default();
+        wo.set_sync(self.opts.sync);
+        self.db.write_opt(batch, &wo)?;
+        Ok(())
+    }
+
+    pub(crate) fn committed(
+        &self,
+        heads: BTreeMap<Origin, (u64, Hash)>,
+        order_next: u64,
+        hlc_last: u64,
+        entries: u64,
+        bytes: u64,
+        jobs: u64,
+    ) {
+        let last_order;
+        {
+            let mut s = self.state.lock().expect("state lock");
+            s.heads.extend(heads);
+            s.order_next = order_next;
+            s.hlc_last = hlc_last;
+            last_order = order_next - 1;
+        }
+        self.stats.entries.fetch_add(entries, Ordering::Relaxed);
+        self.stats.groups.fetch_add(1, Ordering::Relaxed);
+        self.stats.jobs.fetch_add(jobs, Ordering::Relaxed);
+        self.stats.bytes.fetch_add(bytes, Ordering::Relaxed);
+        self.stats.max_group_jobs.fetch_max(jobs, Ordering::Relaxed);
+        self.tail.notify_all();
+        if entries > 0 {
+            for h in self.hooks.lock().expect("hooks lock").iter() {
+                h(last_order);
+            }
+        }
+    }
+}
+
+/// The event log: per-origin hash chains plus the caller's views, in one
+/// RocksDB database, written by one group-commit thread.
+pub struct Wal {
+    shared: Arc<Shared>,
+    tx: Mutex<Option<Sender<Job>>>,
+    writer: Mutex<Option<JoinHandle<()>>>,
+    path: PathBuf,
+    report: RecoveryReport,
+}
+
+fn cf_options(name: &str, blob: bool) -> Options {
+    let mut o = Options::default();
+    // The log is kept uncompressed: entries are small events, and a damaged
+    // byte should be findable by its offset. Views compress well.
+    o.set_compression_type(if name == "log" || blob {
+        rocksdb::DBCompressionType::None
+    } else {
+        rocksdb::DBCompressionType::Lz4
+    });
+    if blob {
+        o.set_enable_blob_files(true);
+        o.set_min_blob_size(4096);
+        o.set_enable_blob_gc(true);
+    }
+    o
+}
+
+impl Wal {
+    /// Open (or create) the store at `path`, check what a crash may have
+    /// left, and start the writer thread.
+    pub fn open(path: impl AsRef<Path>, opts: WalOptions) -> Result<Wal, WalError> {
+        let path = path.as_ref().to_path_buf();
+        let mut dbo = Options::default();
+        dbo.create_if_missing(true);
+        dbo.create_missing_column_families(true);
+        dbo.set_wal_recovery_mode(match opts.recovery {
+            RecoveryMode::TolerateTornTail => DBRecoveryMode::TolerateCorruptedTailRecords,
+            RecoveryMode::Strict => DBRecoveryMode::AbsoluteConsistency,
+        });
+        dbo.set_paranoid_checks(true);
+        let mut names: Vec<String> = INTERNAL_CFS.iter().map(|s| s.to_string()).collect();
+        names.extend(opts.user_cfs.iter().cloned());
+        names.extend(opts.blob_cfs.iter().cloned());
+        let descs: Vec<ColumnFamilyDescriptor> = names
+            .iter()
+            .map(|n| ColumnFamilyDescriptor::new(n, cf_options(n, opts.blob_cfs.contains(n))))
+            .collect();
+        let db = DB::open_cf_descriptors(&dbo, &path, descs)?;
+        let shared = Shared {
+            db,
+            cf_names: names,
+            local_origin: opts.local_origin,
+            opts: opts.clone(),
+            state: Mutex::new(Committed {
+                heads: BTreeMap::new(),
+                order_next: 1,
+                hlc_last: 0,
+            }),
+            tail: Condvar::new(),
+            poison: Mutex::new(None),
+            hooks: Mutex::new(Vec::new()),
+            stats: Stats::default(),
+            #[cfg(feature = "failpoints")]
+            fail_writes: AtomicBool::new(false),
+            closed: AtomicBool::new(false),
+        };
+        let report = crate::recovery::recover(&shared)?;
+        {
+            let mut s = shared.state.lock().expect("state lock");
+            s.heads = report.heads.0.keys().map(|o| (*o, (0, GENESIS))).collect();
+            for (o, seq) in &report.heads.0 {
+                let e = read_entry(&shared, *o, *seq)?.ok_or_else(|| WalError::Corrupt {
+                    place: Place { origin: *o, seq: *seq },
+                    reason: "head entry missing".into(),
+                })?;
+                s.heads.insert(*o, (*seq, e.hash));
+                s.hlc_last = s.hlc_last.max(e.hlc);
+            }
+            s.order_next = report.order_len + 1;
+        }
+        // Mark the store open; a clean close removes the mark.
+        let mut wo = WriteOptions::default();
+        wo.set_sync(opts.sync);
+        let mut b = WriteBatch::default();
+        b.put_cf(shared.handle(CF_META), META_FORMAT, STORE_FORMAT.to_be_bytes());
+        b.put_cf(shared.handle(CF_META), META_DIRTY, [1u8]);
+        shared.db.write_opt(b, &wo)?;
+        let shared = Arc::new(shared);
+        let (tx, rx) = mpsc::channel::<Job>();
+        let s2 = shared.clone();
+        let writer = std::thread::Builder::new()
+            .name("wal-writer".into())
+            .spawn(move || writer::run(s2, rx))
+            .expect("spawn writer thread");
+        if report.unclean_shutdown {
+            tracing::warn!(heads = ?report.heads, "log was not closed cleanly; recovered to the last durable group");
+        }
+        Ok(Wal {
+            shared,
+            tx: Mutex::new(Some(tx)),
+            writer: Mutex::new(Some(writer)),
+            path,
+            report,
+        })
+    }
+
+    /// Where the store lives.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// What open found.
+    pub fn recovery_report(&self) -> &RecoveryReport {
+        &self.report
+    }
+
+    /// The origin this node appends as.
+    pub fn local_origin(&self) -> Origin {
+        self.shared.local_origin
+    }
+
+    /// Handle of a caller column family declared at open.
+    pub fn cf(&self, name: &str) -> Result<Cf, WalError> {
+        self.shared
+            .cf_names
+            .iter()
+            .position(|n| n == name)
+            .filter(|i| *i >= FIRST_USER_CF as usize)
+            .map(|i| Cf(i as u8))
+            .ok_or_else(|| WalError::UnknownCf(name.to_string()))
+    }
+
+    /// Submit a transaction; `done` is called on the writer thread once the
+    /// group holding it is durable (or failed). It must not block.
+    pub fn submit<R, E, F, D>(&self, f: F, done: D)
+    where
+        R: Send + 'static,
+        E: Send + 'static,
+        F: FnOnce(&mut Txn<'_>) -> Result<R, E> + Send + 'static,
+        D: FnOnce(Result<R, AppendError<E>>) + Send + 'static,
+    {
+        let job = writer::make_job(f, done);
+        let tx = self.tx.lock().expect("tx lock");
+        match tx.as_ref() {
+            Some(tx) => {
+                if let Err(mpsc::SendError(job)) = tx.send(job) {
+                    fail_job(&self.shared, job, WalError::Closed);
+                }
+            }
+            None => fail_job(&self.shared, job, WalError::Closed),
+        }
+    }
+
+    /// Run a transaction and wait until it is durable.
+    pub fn transact<R, E, F>(&self, f: F) -> Result<R, AppendError<E>>
+    where
+        R: Send + 'static,
+        E: Send + 'static,
+        F: FnOnce(&mut Txn<'_>) -> Result<R, E> + Send + 'static,
+    {
+        let (tx, rx) = mpsc::sync_channel(1);
+        self.submit(f, move |r| {
+            let _ = tx.send(r);
+        });
+        rx.recv().unwrap_or(Err(AppendError::Wal(WalError::Closed)))
+    }
+
+    /// Append one payload to the local origin and wait until durable.
+    pub fn append(&self, payload: Vec<u8>) -> Result<crate::Appended, WalError> {
+        self.transact(move |t| Ok::<_, ()>(t.append(payload))).map_err(|e| match e {
+            AppendError::Wal(w) => w,
+            AppendError::Rejected(()) => unreachable!("the closure never rejects"),
+        })
+    }
+
+    /// Read a caller key as committed.
+    pub fn get(&self, cf: Cf, key: &[u8]) -> Result<Option<Vec<u8>>, WalError> {
+        self.shared.get_raw(cf, key)
+    }
+
+    /// All committed keys with `prefix`, in key order.
+    pub fn scan_prefix(&self, cf: Cf, prefix: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>, WalError> {
+        self.shared.scan_prefix_raw(cf, prefix)
+    }
+
+    /// Every key of a column family, in key order (audits, digests).
+    pub fn scan_all(&self, cf: Cf) -> Result<Vec<(Vec<u8>, Vec<u8>)>, WalError> {
+        self.shared.scan_prefix_raw(cf, &[])
+    }
+
+    /// Delete every key of the given caller column families (rebuild).
+    pub fn clear(&self, cfs: &[Cf]) -> Result<(), WalError> {
+        let mut b = WriteBatch::default();
+        for cf in cfs {
+            assert!(cf.0 >= FIRST_USER_CF);
+            for (k, _) in self.shared.scan_prefix_raw(*cf, &[])? {
+                b.delete_cf(self.shared.handle(cf.0), k);
+            }
+        }
+        let mut wo = WriteOptions::default();
+        wo.set_sync(self.shared.opts.sync);
+        self.shared.db.write_opt(b, &wo)?;
+        Ok(())
+    }
+
+    /// One entry, if held.
+    pub fn entry(&self, origin: Origin, seq: u64) -> Result<Option<Entry>, WalError> {
+        read_entry(&self.shared, origin, seq)
+    }
+
+    /// Entries `from..=to` of `origin` (at most `max`), in seq order.
+    pub fn read_range(&self, origin: Origin, from: u64, to: u64, max: usize) -> Result<Vec<Entry>, WalError> {
+        read_range(&self.shared, origin, from, to, max)
+    }
+
+    /// Entries in this node's apply order from position `from` (at most `max`).
+    pub fn read_order(&self, from: u64, max: usize) -> Result<Vec<(u64, Entry)>, WalError> {
+        let mut out = Vec::new();
+        let h = self.shared.handle(CF_ORDER);
+        for item in self
+            .shared
+            .db
+            .iterator_cf(h, IteratorMode::From(&from.max(1).to_be_bytes(), Direction::Forward))
+        {
+            if out.len() >= max {
+                break;
+            }
+            let (k, v) = item?;
+            let n = u64::from_be_bytes(k.as_ref().try_into().map_err(|_| WalError::CorruptMeta {
+                key: "order".into(),
+                reason: "key is not 8 bytes".into(),
+            })?);
+            let (o, s) = parse_log_key(&v).ok_or_else(|| WalError::CorruptMeta {
+                key: format!("order {n}"),
+                reason: "value is not a log key".into(),
+            })?;
+            let e = read_entry(&self.shared, o, s)?.ok_or_else(|| WalError::Corrupt {
+                place: Place { origin: o, seq: s },
+                reason: format!("apply order position {n} names a missing entry"),
+            })?;
+            out.push((n, e));
+        }
+        Ok(out)
+    }
+
+    /// `{origin: last seq}` of what this node holds.
+    pub fn heads(&self) -> VersionVector {
+        let s = self.shared.state.lock().expect("state lock");
+        VersionVector(s.heads.iter().map(|(o, (seq, _))| (*o, *seq)).collect())
+    }
+
+    /// The chain hash at the head of `origin`.
+    pub fn head_hash(&self, origin: Origin) -> Option<(u64, Hash)> {
+        self.shared.committed_head(origin)
+    }
+
+    /// Position of the last applied entry in this node's apply order.
+    pub fn last_order(&self) -> u64 {
+        self.shared.state.lock().expect("state lock").order_next - 1
+    }
+
+    /// Block until the apply order passes `order` or `timeout` elapses.
+    /// Returns the last order position.
+    pub fn wait_for_order(&self, order: u64, timeout: Duration) -> u64 {
+        let deadline = Instant::now() + timeout;
+        let mut s = self.shared.state.lock().expect("state lock");
+        while s.order_next - 1 < order {
+            let now = Instant::now();
+            if now >= deadline {
+                break;
+            }
+            s = self.shared.tail.wait_timeout(s, deadline - now).expect("state lock").0;
+        }
+        s.order_next - 1
+    }
+
+    /// Call `hook(last_order)` on the writer thread after every durable group
+    /// that appended entries. It must not block.
+    pub fn on_commit(&self, hook: impl Fn(u64) + Send + Sync + 'static) {
+        self.shared.hooks.lock().expect("hooks lock").push(Box::new(hook));
+    }
+
+    /// Verify the chain of `origin` over `from..=to` (clamped to the head).
+    /// Returns the number of entries checked.
+    pub fn verify(&self, origin: Origin, from: u64, to: u64) -> Result<u64, WalError> {
+        crate::recovery::verify_range(&self.shared, origin, from.max(1), to)
+    }
+
+    /// Verify every origin's whole chain.
+    pub fn verify_all(&self) -> Result<u64, WalError> {
+        let mut n = 0;
+        for (o, s) in self.heads().0 {
+            n += self.verify(o, 1, s)?;
+        }
+        Ok(n)
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> StatsSnapshot {
+        let s = &self.shared.stats;
+        StatsSnapshot {
+            entries: s.entries.load(Ordering::Relaxed),
+            groups: s.groups.load(Ordering::Relaxed),
+            jobs: s.jobs.load(Ordering::Relaxed),
+            bytes: s.bytes.load(Ordering::Relaxed),
+            max_group_jobs: s.max_group_jobs.load(Ordering::Relaxed),
+        }
+    }
+
+    /// The reason the log refuses writes, if an earlier write failed.
+    pub fn poisoned(&self) -> Option<String> {
+        self.shared.poisoned()
+    }
+
+    /// Make every later durable write fail, as a failed fsync would.
+    #[cfg(feature = "failpoints")]
+    pub fn inject_write_failure(&self, on: bool) {
+        self.shared.fail_writes.store(on, Ordering::SeqCst);
+    }
+
+    /// Overwrite a stored entry's bytes (corruption tests only).
+    #[cfg(feature = "failpoints")]
+    pub fn put_raw_entry(&self, origin: Origin, seq: u64, value: &[u8]) -> Result<(), WalError> {
+        self.shared.db.put_cf(self.shared.handle(CF_LOG), log_key(origin, seq), value)?;
+        Ok(())
+    }
+
+    /// The stored bytes of an entry.
+    pub fn raw_entry(&self, origin: Origin, seq: u64) -> Result<Option<Vec<u8>>, WalError> {
+        Ok(self.shared.db.get_cf(self.shared.handle(CF_LOG), log_key(origin, seq))?)
+    }
+
+    /// Flush every column family's memtable to SST files.
+    pub fn flush_all(&self) -> Result<(), WalError> {
+        for n in &self.shared.cf_names {
+            if let Some(h) = self.shared.db.cf_handle(n) {
+                self.shared.db.flush_cf(h)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Stop the writer after the jobs already submitted, flush and mark the
+    /// store closed cleanly. Later submissions fail with `Closed`.
+    pub fn close(&self) -> Result<(), WalError> {
+        if self.shared.closed.swap(true, Ordering::SeqCst) {
+            return Ok(());
+        }
+        drop(self.tx.lock().expect("tx lock").take());
+        if let Some(w) = self.writer.lock().expect("writer lock").take() {
+            let _ = w.join();
+        }
+        if self.shared.poisoned().is_some() {
+            return Ok(());
+        }
+        let mut wo = WriteOptions::default();
+        wo.set_sync(true);
+        let mut b = WriteBatch::default();
+        b.delete_cf(self.shared.handle(CF_META), META_DIRTY);
+        self.shared.db.write_opt(b, &wo)?;
+        self.shared.db.flush_wal(true)?;
+        Ok(())
+    }
+}
+
+impl Drop for Wal {
+    fn drop(&mut self) {
+        if let Err(e) = self.close() {
+            tracing::warn!(error = %e, "closing the log failed");
+        }
+    }
+}
+
+fn fail_job(shared: &Shared, job: Job, err: WalError) {
+    let (order_next, hlc_last) = shared.group_start();
+    let mut group = crate::writer::Group::empty(order_next, hlc_last);
+    let mut txn = Txn::detached(shared, &mut group);
+    let (_, fin) = job(&mut txn);
+    fin(Err(err));
+}
+
+pub(crate) fn read_entry(shared: &Shared, origin: Origin, seq: u64) -> Result<Option<Entry>, WalError> {
+    match shared.db.get_cf(shared.handle(CF_LOG), log_key(origin, seq)) {
+        Ok(Some(v)) => Entry::decode_value(origin, seq, &v).map(Some).map_err(|reason| WalError::Corrupt {
+            place: Place { origin, seq },
+            reason,
+        }),
+        Ok(None) => Ok(None),
+        Err(e) if e.kind() == rocksdb::ErrorKind::Corruption => Err(WalError::Corrupt {
+            place: Place { origin, seq },
+            reason: e.to_string(),
+        }),
+        Err(e) => Err(e.into()),
+    }
+}
+
+pub(crate) fn read_range(shared: &Shared, origin: Origin, from: u64, to: u64, max: usize) -> Result<Vec<Entry>, WalError> {
+    let mut out = Vec::new();
+    if from > to {
+        return Ok(out);
+    }
+    let start = log_key(origin, from);
+    let mut expect = from;
+    for item in shared
+        .db
+        .iterator_cf(shared.handle(CF_LOG), IteratorMode::From(&start, Direction::Forward))
+    {
+        if out.len() >= max || expect > to {
+            break;
+        }
+        let (k, v) = match item {
+            Ok(kv) => kv,
+            Err(e) if e.kind() == rocksdb::ErrorKind::Corruption => {
+                return Err(WalError::Corrupt {
+                    place: Place { origin, seq: expect },
+                    reason: e.to_string(),
+                })
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let Some((o, s)) = parse_log_key(&k) else {
+            return Err(WalError::Corrupt {
+                place: Place { origin, seq: expect },
+                reason: "malformed log key".into(),
+            });
+        };
+        if o != origin {
+            break;
+        }
+        if s != expect {
+            return Err(WalError::Corrupt {
+                place: Place { origin, seq: expect },
+                reason: format!("gap: next stored seq is {s}"),
+            });
+        }
+        let e = Entry::decode_value(o, s, &v).map_err(|reason| WalError::Corrupt {
+            place: Place { origin, seq: s },
+            reason,
+        })?;
+        out.push(e);
+        expect += 1;
+    }
+    Ok(out)
+}
+
+pub(crate) fn iter_origins(shared: &Shared) -> Result<Vec<(Origin, u64)>, WalError> {
+    // (origin, last stored seq) for every origin present in the log CF.
+    let mut out = Vec::new();
+    let h = shared.handle(CF_LOG);
+    let mut next: Option<u64> = Some(0);
+    while let Some(o) = next {
+        let start = log_key(Origin(o), 0);
+        let mut it = shared.db.iterator_cf(h, IteratorMode::From(&start, Direction::Forward));
+        let Some(item) = it.next() else { break };
+        let (k, _) = item?;
+        let Some((origin, _)) = parse_log_key(&k) else {
+            return Err(WalError::CorruptMeta {
+                key: "log".into(),
+                reason: "malformed log key".into(),
+            });
+        };
+        let end = log_key(origin, u64::MAX);
+        let mut rit = shared.db.iterator_cf(h, IteratorMode::From(&end, Direction::Reverse));
+        let last = match rit.next() {
+            Some(item) => {
+                let (k, _) = item?;
+                parse_log_key(&k).map(|(_, s)| s).unwrap_or(0)
+            }
+            None => 0,
+        };
+        out.push((origin, last));
+        next = origin.0.checked_add(1);
+    }
+    Ok(out)
+}
+
+pub(crate) fn meta_get(shared: &Shared, key: &[u8]) -> Result<Option<Vec<u8>>, WalError> {
+    Ok(shared.db.get_cf(shared.handle(CF_META), key)?)
+}
+
+pub(crate) fn meta_heads(shared: &Shared) -> Result<BTreeMap<Origin, (u64, Hash)>, WalError> {
+    let mut out = BTreeMap::new();
+    for (k, v) in shared.scan_prefix_raw(Cf(CF_META), b"head")? {
+        if k.len() != 12 || v.len() != 40 {
+            return Err(WalError::CorruptMeta {
+                key: format!("{:?}", k),
+                reason: "head record has the wrong length".into(),
+            });
+        }
+        let o = Origin(u64::from_be_bytes(k[4..12].try_into().expect("8 bytes")));
+        let s = u64::from_be_bytes(v[..8].try_into().expect("8 bytes"));
+        let mut h = [0u8; 32];
+        h.copy_from_slice(&v[8..]);
+        out.insert(o, (s, h));
+    }
+    Ok(out)
+}
+
+pub(crate) fn last_order_key(shared: &Shared) -> Result<u64, WalError> {
+    let h = shared.handle(CF_ORDER);
+    let mut it = shared.db.iterator_cf(h, IteratorMode::End);
+    match it.next() {
+        Some(item) => {
+            let (k, _) = item?;
+            Ok(u64::from_be_bytes(k.as_ref().try_into().map_err(|_| WalError::CorruptMeta {
+                key: "order".into(),
+                reason: "key is not 8 bytes".into(),
+            })?))
+        }
+        None => Ok(0),
+    }
+}
+
+pub(crate) const META_DIRTY_KEY: &[u8] = META_DIRTY;
+pub(crate) const META_FORMAT_KEY: &[u8] = META_FORMAT;

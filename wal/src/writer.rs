@@ -1,0 +1,345 @@
+//! Group commit: one writer thread turns many concurrent transactions into
+//! one RocksDB `WriteBatch` and one fsync.
+//!
+//! A transaction is a closure that runs on the writer thread with a [`Txn`].
+//! It may read (seeing every write of earlier transactions of the same group),
+//! write view keys, and append entries. Everything it does lands in the same
+//! batch as the entries it appended, so views can never run ahead of or behind
+//! the log. A closure that returns an error leaves no trace. Callers are told
+//! the outcome only after the batch is durable.
+
+use crate::error::{AppendError, Place, WalError};
+use crate::record::{Entry, Hash, GENESIS};
+use crate::seq::{log_key, Origin};
+use crate::store::{meta_head_key, Cf, Shared, CF_LOG, CF_META, CF_ORDER};
+use std::collections::BTreeMap;
+use std::sync::mpsc::Receiver;
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+pub(crate) type Finish = Box<dyn FnOnce(Result<(), WalError>) + Send>;
+pub(crate) type Job = Box<dyn FnOnce(&mut Txn<'_>) -> (bool, Finish) + Send>;
+
+/// What an append produced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Appended {
+    pub origin: Origin,
+    pub seq: u64,
+    /// Position in this node's apply order (dense from 1). The daemon uses it
+    /// as MODSEQ, which is per node.
+    pub order: u64,
+    pub hlc: u64,
+    pub hash: Hash,
+}
+
+type Overlay = BTreeMap<(u8, Vec<u8>), Option<Vec<u8>>>;
+
+/// State shared by the transactions of one group.
+pub(crate) struct Group {
+    overlay: Overlay,
+    heads: BTreeMap<Origin, (u64, Hash)>,
+    order_next: u64,
+    hlc_last: u64,
+    appended: u64,
+    bytes: u64,
+}
+
+impl Group {
+    pub(crate) fn empty(order_next: u64, hlc_last: u64) -> Group {
+        Group {
+            overlay: Overlay::new(),
+            heads: BTreeMap::new(),
+            order_next,
+            hlc_last,
+            appended: 0,
+            bytes: 0,
+        }
+    }
+}
+
+/// A transaction running on the writer thread.
+pub struct Txn<'a> {
+    shared: &'a Shared,
+    group: &'a mut Group,
+    scratch: Overlay,
+    heads: BTreeMap<Origin, (u64, Hash)>,
+    order_next: u64,
+    hlc_last: u64,
+    appended: Vec<Appended>,
+    bytes: u64,
+}
+
+fn now_hlc() -> u64 {
+    let ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0);
+    ms << 16
+}
+
+impl<'a> Txn<'a> {
+    /// A transaction whose writes go nowhere (used to answer a job that
+    /// cannot be committed).
+    pub(crate) fn detached(shared: &'a Shared, group: &'a mut Group) -> Txn<'a> {
+        Txn::new(shared, group)
+    }
+
+    fn new(shared: &'a Shared, group: &'a mut Group) -> Txn<'a> {
+        let order_next = group.order_next;
+        let hlc_last = group.hlc_last;
+        Txn {
+            shared,
+            group,
+            scratch: Overlay::new(),
+            heads: BTreeMap::new(),
+            order_next,
+            hlc_last,
+            appended: Vec::new(),
+            bytes: 0,
+        }
+    }
+
+    /// The origin this node appends as.
+    pub fn local_origin(&self) -> Origin {
+        self.shared.local_origin
+    }
+
+    /// Read a key, seeing this transaction's and this group's writes.
+    pub fn get(&self, cf: Cf, key: &[u8]) -> Result<Option<Vec<u8>>, WalError> {
+        let k = (cf.0, key.to_vec());
+        if let Some(v) = self.scratch.get(&k) {
+            return Ok(v.clone());
+        }
+        if let Some(v) = self.group.overlay.get(&k) {
+            return Ok(v.clone());
+        }
+        self.shared.get_raw(cf, key)
+    }
+
+    /// All keys starting with `prefix`, in key order, seeing pending writes.
+    pub fn scan_prefix(&self, cf: Cf, prefix: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>, WalError> {
+        let mut merged: BTreeMap<Vec<u8>, Option<Vec<u8>>> = self
+            .shared
+            .scan_prefix_raw(cf, prefix)?
+            .into_iter()
+            .map(|(k, v)| (k, Some(v)))
+            .collect();
+        for layer in [&self.group.overlay, &self.scratch] {
+            for ((c, k), v) in layer.range((cf.0, prefix.to_vec())..) {
+                if *c != cf.0 || !k.starts_with(prefix) {
+                    break;
+                }
+                merged.insert(k.clone(), v.clone());
+            }
+        }
+        Ok(merged.into_iter().filter_map(|(k, v)| v.map(|v| (k, v))).collect())
+    }
+
+    /// Write a key of a caller-declared column family.
+    pub fn put(&mut self, cf: Cf, key: &[u8], value: &[u8]) {
+        assert!(
+            cf.0 >= crate::store::FIRST_USER_CF,
+            "the log's own column families are written by append only"
+        );
+        self.scratch.insert((cf.0, key.to_vec()), Some(value.to_vec()));
+    }
+
+    /// Delete a key of a caller-declared column family.
+    pub fn delete(&mut self, cf: Cf, key: &[u8]) {
+        assert!(
+            cf.0 >= crate::store::FIRST_USER_CF,
+            "the log's own column families are written by append only"
+        );
+        self.scratch.insert((cf.0, key.to_vec()), None);
+    }
+
+    fn head(&self, origin: Origin) -> (u64, Hash) {
+        if let Some(h) = self.heads.get(&origin) {
+            return *h;
+        }
+        if let Some(h) = self.group.heads.get(&origin) {
+            return *h;
+        }
+        self.shared.committed_head(origin).unwrap_or((0, GENESIS))
+    }
+
+    fn push(&mut self, entry: Entry) -> Appended {
+        let order = self.order_next;
+        self.order_next += 1;
+        let value = entry.encode_value();
+        self.bytes += value.len() as u64;
+        self.scratch
+            .insert((CF_LOG, log_key(entry.origin, entry.seq).to_vec()), Some(value));
+        let mut ov = [0u8; 16];
+        ov.copy_from_slice(&log_key(entry.origin, entry.seq));
+        self.scratch.insert((CF_ORDER, order.to_be_bytes().to_vec()), Some(ov.to_vec()));
+        let mut hv = Vec::with_capacity(40);
+        hv.extend_from_slice(&entry.seq.to_be_bytes());
+        hv.extend_from_slice(&entry.hash);
+        self.scratch.insert((CF_META, meta_head_key(entry.origin).to_vec()), Some(hv));
+        self.heads.insert(entry.origin, (entry.seq, entry.hash));
+        let a = Appended {
+            origin: entry.origin,
+            seq: entry.seq,
+            order,
+            hlc: entry.hlc,
+            hash: entry.hash,
+        };
+        self.appended.push(a);
+        a
+    }
+
+    /// Append an entry to this node's own origin log.
+    pub fn append(&mut self, payload: Vec<u8>) -> Appended {
+        let origin = self.shared.local_origin;
+        let (seq, prev) = self.head(origin);
+        let hlc = now_hlc().max(self.hlc_last + 1);
+        self.hlc_last = hlc;
+        self.push(Entry::new(&prev, origin, seq + 1, hlc, payload))
+    }
+
+    /// The hybrid logical clock value the next local append would get.
+    pub fn peek_hlc(&self) -> u64 {
+        now_hlc().max(self.hlc_last + 1)
+    }
+
+    /// Apply an entry of another origin (replication, restore). Returns
+    /// `Ok(None)` when the entry is already held; an entry that skips a seq
+    /// or does not follow the chain is refused with its place.
+    pub fn append_remote(&mut self, entry: &Entry) -> Result<Option<Appended>, WalError> {
+        let (seq, prev) = self.head(entry.origin);
+        if entry.seq <= seq {
+            return Ok(None);
+        }
+        let place = Place {
+            origin: entry.origin,
+            seq: entry.seq,
+        };
+        if entry.seq != seq + 1 {
+            return Err(WalError::Discontinuous {
+                place,
+                reason: format!("log holds up to seq {seq}"),
+            });
+        }
+        if !entry.follows(&prev) {
+            return Err(WalError::Discontinuous {
+                place,
+                reason: "hash does not follow the previous entry".into(),
+            });
+        }
+        self.hlc_last = self.hlc_last.max(entry.hlc);
+        Ok(Some(self.push(entry.clone())))
+    }
+
+    /// Entries appended so far by this transaction.
+    pub fn appended(&self) -> &[Appended] {
+        &self.appended
+    }
+
+    fn merge_into_group(self) -> u64 {
+        let n = self.appended.len() as u64;
+        let Txn {
+            group,
+            scratch,
+            heads,
+            order_next,
+            hlc_last,
+            bytes,
+            ..
+        } = self;
+        group.overlay.extend(scratch);
+        group.heads.extend(heads);
+        group.order_next = order_next;
+        group.hlc_last = hlc_last;
+        group.appended += n;
+        group.bytes += bytes;
+        n
+    }
+}
+
+/// Wrap a typed closure and completion into a type-erased job.
+pub(crate) fn make_job<R, E, F, D>(f: F, done: D) -> Job
+where
+    R: Send + 'static,
+    E: Send + 'static,
+    F: FnOnce(&mut Txn<'_>) -> Result<R, E> + Send + 'static,
+    D: FnOnce(Result<R, AppendError<E>>) + Send + 'static,
+{
+    Box::new(move |txn: &mut Txn<'_>| match f(txn) {
+        Ok(r) => (
+            true,
+            Box::new(move |res: Result<(), WalError>| done(res.map(|()| r).map_err(AppendError::Wal))) as Finish,
+        ),
+        Err(e) => (
+            false,
+            Box::new(move |res: Result<(), WalError>| match res {
+                Err(WalError::Poisoned(p)) => done(Err(AppendError::Wal(WalError::Poisoned(p)))),
+                _ => done(Err(AppendError::Rejected(e))),
+            }) as Finish,
+        ),
+    })
+}
+
+/// The writer thread's loop: take every waiting job, run them, write once.
+pub(crate) fn run(shared: Arc<Shared>, rx: Receiver<Job>) {
+    let max = shared.opts.max_group.max(1);
+    while let Ok(first) = rx.recv() {
+        let mut jobs = vec![first];
+        while jobs.len() < max {
+            match rx.try_recv() {
+                Ok(j) => jobs.push(j),
+                Err(_) => break,
+            }
+        }
+        commit_group(&shared, jobs);
+    }
+}
+
+fn commit_group(shared: &Shared, jobs: Vec<Job>) {
+    let (order_next, hlc_last) = shared.group_start();
+    if let Some(p) = shared.poisoned() {
+        // The closures run against a group that is thrown away, so each
+        // caller gets its answer; nothing of them reaches the store.
+        for job in jobs {
+            let mut group = Group::empty(order_next, hlc_last);
+            let mut txn = Txn::new(shared, &mut group);
+            let (_, fin) = job(&mut txn);
+            fin(Err(WalError::Poisoned(p.clone())));
+        }
+        return;
+    }
+    let mut group = Group::empty(order_next, hlc_last);
+    let mut finishers: Vec<Finish> = Vec::with_capacity(jobs.len());
+    let njobs = jobs.len() as u64;
+    for job in jobs {
+        let mut txn = Txn::new(shared, &mut group);
+        let (ok, fin) = job(&mut txn);
+        if ok {
+            txn.merge_into_group();
+        }
+        finishers.push(fin);
+    }
+    if group.overlay.is_empty() {
+        for f in finishers {
+            f(Ok(()));
+        }
+        return;
+    }
+    let result = shared.write_group(&group.overlay, group.order_next);
+    match result {
+        Ok(()) => {
+            shared.committed(group.heads, group.order_next, group.hlc_last, group.appended, group.bytes, njobs);
+            for f in finishers {
+                f(Ok(()));
+            }
+        }
+        Err(e) => {
+            let msg = e.to_string();
+            shared.poison(msg.clone());
+            tracing::error!(error = %msg, "durable write failed; the log is poisoned until reopened");
+            for f in finishers {
+                f(Err(WalError::Poisoned(msg.clone())));
+            }
+        }
+    }
+}

@@ -1,0 +1,214 @@
+//! Behaviour of the log store: appends, reads, heads, group commit, remote
+//! entries, poisoning, reopen.
+
+use std::sync::Arc;
+use wal::{segment, AppendError, Entry, Origin, Wal, WalError, WalOptions, GENESIS};
+
+fn opts() -> WalOptions {
+    let mut o = WalOptions::new(Origin::from_node_id("a"));
+    o.user_cfs = vec!["views".into()];
+    o
+}
+
+#[test]
+fn append_read_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let origin = Origin::from_node_id("a");
+    {
+        let wal = Wal::open(dir.path(), opts()).unwrap();
+        for i in 1..=10u64 {
+            let a = wal.append(format!("e{i}").into_bytes()).unwrap();
+            assert_eq!((a.seq, a.order), (i, i));
+        }
+        assert_eq!(wal.heads().get(origin), 10);
+        let r = wal.read_range(origin, 3, 5, 100).unwrap();
+        assert_eq!(r.iter().map(|e| e.seq).collect::<Vec<_>>(), vec![3, 4, 5]);
+        assert_eq!(r[0].payload, b"e3");
+        wal.close().unwrap();
+    }
+    let wal = Wal::open(dir.path(), opts()).unwrap();
+    assert!(!wal.recovery_report().unclean_shutdown);
+    assert_eq!(wal.recovery_report().verified, 10);
+    assert_eq!(wal.heads().get(origin), 10);
+    assert_eq!(wal.verify_all().unwrap(), 10);
+    let a = wal.append(b"e11".to_vec()).unwrap();
+    assert_eq!(a.seq, 11);
+    let order = wal.read_order(9, 10).unwrap();
+    assert_eq!(
+        order.iter().map(|(n, e)| (*n, e.seq)).collect::<Vec<_>>(),
+        vec![(9, 9), (10, 10), (11, 11)]
+    );
+}
+
+#[test]
+fn views_land_with_their_entry_and_rejections_leave_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let wal = Wal::open(dir.path(), opts()).unwrap();
+    let cf = wal.cf("views").unwrap();
+    wal.transact(move |t| {
+        t.append(b"x".to_vec());
+        t.put(cf, b"k", b"v1");
+        Ok::<_, ()>(())
+    })
+    .unwrap();
+    assert_eq!(wal.get(cf, b"k").unwrap().as_deref(), Some(&b"v1"[..]));
+    let r = wal.transact(move |t| {
+        t.append(b"y".to_vec());
+        t.put(cf, b"k", b"v2");
+        Err::<(), _>("refused")
+    });
+    assert!(matches!(r, Err(AppendError::Rejected("refused"))));
+    assert_eq!(wal.get(cf, b"k").unwrap().as_deref(), Some(&b"v1"[..]));
+    assert_eq!(wal.heads().get(wal.local_origin()), 1);
+    assert!(wal.cf("log").is_err(), "the log's own families are not handed out");
+}
+
+#[test]
+fn concurrent_appenders_share_fsyncs_and_keep_dense_seqs() {
+    let dir = tempfile::tempdir().unwrap();
+    let wal = Arc::new(Wal::open(dir.path(), opts()).unwrap());
+    let cf = wal.cf("views").unwrap();
+    let threads = 16;
+    let per = 50;
+    std::thread::scope(|s| {
+        for t in 0..threads {
+            let wal = wal.clone();
+            s.spawn(move || {
+                for i in 0..per {
+                    wal.transact(move |txn| {
+                        // Read-modify-write through the group overlay: a
+                        // counter that only stays exact if every transaction
+                        // sees the ones before it in its group.
+                        let n = txn
+                            .get(cf, b"count")
+                            .unwrap()
+                            .map(|v| u64::from_be_bytes(v.try_into().unwrap()))
+                            .unwrap_or(0);
+                        txn.put(cf, b"count", &(n + 1).to_be_bytes());
+                        txn.append(format!("{t}:{i}").into_bytes());
+                        Ok::<_, ()>(())
+                    })
+                    .unwrap();
+                }
+            });
+        }
+    });
+    let total = (threads * per) as u64;
+    let st = wal.stats();
+    assert_eq!(st.entries, total);
+    assert!(
+        st.groups < total,
+        "no group commit happened: {} fsyncs for {} appends",
+        st.groups,
+        total
+    );
+    assert_eq!(wal.get(cf, b"count").unwrap().unwrap(), total.to_be_bytes().to_vec());
+    assert_eq!(wal.verify_all().unwrap(), total);
+    let seqs: Vec<u64> = wal
+        .read_range(wal.local_origin(), 1, total, usize::MAX)
+        .unwrap()
+        .iter()
+        .map(|e| e.seq)
+        .collect();
+    assert_eq!(seqs, (1..=total).collect::<Vec<_>>());
+}
+
+#[test]
+fn remote_entries_must_continue_the_chain() {
+    let src_dir = tempfile::tempdir().unwrap();
+    let dst_dir = tempfile::tempdir().unwrap();
+    let src = Wal::open(src_dir.path(), opts()).unwrap();
+    for i in 0..5 {
+        src.append(vec![i]).unwrap();
+    }
+    let entries = src.read_range(src.local_origin(), 1, 5, 10).unwrap();
+    let mut o = opts();
+    o.local_origin = Origin::from_node_id("b");
+    let dst = Wal::open(dst_dir.path(), o).unwrap();
+    // A gap is refused with its place.
+    let e3 = entries[2].clone();
+    let r = dst.transact(move |t| t.append_remote(&e3).map(|_| ()));
+    match r {
+        Err(AppendError::Rejected(WalError::Discontinuous { place, .. })) => assert_eq!(place.seq, 3),
+        other => panic!("gap accepted: {other:?}"),
+    }
+    // A forged entry is refused.
+    let mut forged = entries[0].clone();
+    forged.payload = b"forged".to_vec();
+    let r = dst.transact(move |t| t.append_remote(&forged).map(|_| ()));
+    assert!(matches!(r, Err(AppendError::Rejected(WalError::Discontinuous { .. }))));
+    // The real chain applies; replays are ignored.
+    let es = entries.clone();
+    let applied = dst
+        .transact(move |t| {
+            let mut n = 0;
+            for e in es.iter().chain(es.iter()) {
+                if t.append_remote(e)?.is_some() {
+                    n += 1;
+                }
+            }
+            Ok::<_, WalError>(n)
+        })
+        .unwrap();
+    assert_eq!(applied, 5);
+    assert_eq!(dst.heads().get(src.local_origin()), 5);
+    assert_eq!(dst.head_hash(src.local_origin()), src.head_hash(src.local_origin()));
+}
+
+#[test]
+fn failed_write_poisons_the_handle() {
+    let dir = tempfile::tempdir().unwrap();
+    let wal = Wal::open(dir.path(), opts()).unwrap();
+    wal.append(b"ok".to_vec()).unwrap();
+    wal.inject_write_failure(true);
+    assert!(matches!(wal.append(b"lost".to_vec()), Err(WalError::Poisoned(_))));
+    // Even with the fault gone, nothing is retried or accepted.
+    wal.inject_write_failure(false);
+    assert!(matches!(wal.append(b"later".to_vec()), Err(WalError::Poisoned(_))));
+    assert!(wal.poisoned().is_some());
+    drop(wal);
+    let wal = Wal::open(dir.path(), opts()).unwrap();
+    assert_eq!(wal.heads().get(wal.local_origin()), 1);
+    assert!(
+        wal.recovery_report().unclean_shutdown,
+        "a poisoned handle does not mark a clean close"
+    );
+}
+
+#[test]
+fn tail_notification_wakes_waiters() {
+    let dir = tempfile::tempdir().unwrap();
+    let wal = Arc::new(Wal::open(dir.path(), opts()).unwrap());
+    let (tx, rx) = std::sync::mpsc::channel();
+    wal.on_commit(move |n| {
+        let _ = tx.send(n);
+    });
+    let w2 = wal.clone();
+    let waiter = std::thread::spawn(move || w2.wait_for_order(3, std::time::Duration::from_secs(10)));
+    for i in 0..3 {
+        wal.append(vec![i]).unwrap();
+    }
+    assert_eq!(waiter.join().unwrap(), 3);
+    let seen: Vec<u64> = rx.try_iter().collect();
+    assert_eq!(seen, vec![1, 2, 3]);
+    assert_eq!(wal.wait_for_order(10, std::time::Duration::from_millis(20)), 3);
+}
+
+#[test]
+fn segment_from_store_round_trips() {
+    let dir = tempfile::tempdir().unwrap();
+    let wal = Wal::open(dir.path(), opts()).unwrap();
+    for i in 0..20u8 {
+        wal.append(vec![i; 100]).unwrap();
+    }
+    let o = wal.local_origin();
+    let prev = wal.entry(o, 10).unwrap().unwrap().hash;
+    let es: Vec<Entry> = wal.read_range(o, 11, 20, 100).unwrap();
+    let bytes = segment::encode(&prev, &es);
+    let seg = segment::decode(&bytes).unwrap();
+    assert_eq!(seg.entries, es);
+    assert_eq!((seg.first_seq(), seg.last_seq()), (11, 20));
+    // From seq 1 the previous hash is the genesis.
+    let all = wal.read_range(o, 1, 20, 100).unwrap();
+    assert_eq!(segment::decode(&segment::encode(&GENESIS, &all)).unwrap().entries.len(), 20);
+}
