@@ -28,6 +28,7 @@ pub struct Status {
     pub listeners: BTreeMap<String, String>,
     pub log: LogStatus,
     pub users: u64,
+    pub lmtp: crate::lmtp::CountersSnapshot,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -62,6 +63,7 @@ pub struct AdminState {
     pub started: Instant,
     pub role: String,
     pub listeners: BTreeMap<String, String>,
+    pub lmtp: Arc<crate::lmtp::Counters>,
 }
 
 type Shared = Arc<AdminState>;
@@ -130,6 +132,7 @@ pub fn status(st: &AdminState) -> Result<Status, crate::views::read::ViewError> 
             poisoned: wal.poisoned(),
         },
         users: st.store.views().users()?.len() as u64,
+        lmtp: st.lmtp.snapshot(),
     })
 }
 
@@ -234,9 +237,139 @@ async fn get_tail(State(st): State<Shared>, Query(q): Query<TailQuery>) -> Resul
     Ok(Json(r))
 }
 
+/// One message of an import batch (the request body is the postcard
+/// encoding of `Vec<ImportItem>`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ImportItem {
+    pub body: Vec<u8>,
+    pub flags: Vec<String>,
+    pub internal_date: i64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ImportResult {
+    pub added: u64,
+    pub skipped: u64,
+}
+
+#[derive(Deserialize)]
+struct FolderQuery {
+    user: String,
+    folder: String,
+}
+
+async fn import(State(st): State<Shared>, Query(q): Query<FolderQuery>, body: axum::body::Bytes) -> Result<Json<ImportResult>, ApiError> {
+    let items: Vec<ImportItem> =
+        postcard::from_bytes(&body).map_err(|e| ApiError(StatusCode::BAD_REQUEST, format!("import batch does not decode: {e}")))?;
+    let msgs: Vec<mutate::NewMessage> = items
+        .into_iter()
+        .map(|i| {
+            mutate::NewMessage::new(
+                crate::mailfile::to_crlf(&i.body),
+                crate::event::Flags::new(i.flags),
+                i.internal_date,
+            )
+        })
+        .collect();
+    let user = mutate::normalize_user(&q.user).map_err(|e| ApiError(StatusCode::BAD_REQUEST, e.to_string()))?;
+    let now = now_secs();
+    let (added, skipped) = st
+        .store
+        .run(move |txn, cfs| mutate::import(txn, cfs, &user, &q.folder, &msgs, now))
+        .await?;
+    Ok(Json(ImportResult { added, skipped }))
+}
+
+/// A mailbox as the export sees it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct MailboxInfo {
+    pub name: String,
+    pub uidvalidity: u32,
+    pub uidnext: u32,
+    pub messages: u64,
+    pub special_use: Option<String>,
+    pub subscribed: bool,
+}
+
+/// A message as the export sees it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct MessageInfo {
+    pub uid: u32,
+    pub blob: String,
+    pub size: u64,
+    pub internal_date: i64,
+    pub flags: Vec<String>,
+}
+
+#[derive(Deserialize)]
+struct UserQuery {
+    user: String,
+}
+
+async fn mailboxes(State(st): State<Shared>, Query(q): Query<UserQuery>) -> Result<Json<Vec<MailboxInfo>>, ApiError> {
+    let v = st.store.views();
+    let user = mutate::normalize_user(&q.user).map_err(|e| ApiError(StatusCode::BAD_REQUEST, e.to_string()))?;
+    if v.user(&user)?.is_none() {
+        return Err(ApiError(StatusCode::NOT_FOUND, format!("no such user {user}")));
+    }
+    let subs = v.subscriptions(&user)?;
+    let mut out = Vec::new();
+    for mb in v.mailboxes(&user)? {
+        out.push(MailboxInfo {
+            messages: v.messages(mb.id)?.len() as u64,
+            subscribed: subs.contains(&mb.name),
+            special_use: mb.special_use.map(|s| s.attribute().to_string()),
+            name: mb.name,
+            uidvalidity: mb.uidvalidity,
+            uidnext: mb.uidnext,
+        });
+    }
+    Ok(Json(out))
+}
+
+async fn messages(State(st): State<Shared>, Query(q): Query<FolderQuery>) -> Result<Json<Vec<MessageInfo>>, ApiError> {
+    let v = st.store.views();
+    let user = mutate::normalize_user(&q.user).map_err(|e| ApiError(StatusCode::BAD_REQUEST, e.to_string()))?;
+    let name = mutate::normalize_mailbox(&q.folder).map_err(|e| ApiError(StatusCode::BAD_REQUEST, e.to_string()))?;
+    let Some(mb) = v.mailbox_by_name(&user, &name)? else {
+        return Err(ApiError(StatusCode::NOT_FOUND, format!("no such mailbox {name}")));
+    };
+    Ok(Json(
+        v.messages(mb.id)?
+            .into_iter()
+            .map(|(uid, m)| MessageInfo {
+                uid,
+                blob: hex::encode(m.blob.0),
+                size: m.size,
+                internal_date: m.internal_date,
+                flags: m.flags.iter().map(String::from).collect(),
+            })
+            .collect(),
+    ))
+}
+
+async fn blob(State(st): State<Shared>, Path(hash): Path<String>) -> Result<Vec<u8>, ApiError> {
+    let h: [u8; 32] = hex::decode(&hash)
+        .ok()
+        .and_then(|b| b.try_into().ok())
+        .ok_or_else(|| ApiError(StatusCode::BAD_REQUEST, "a blob is named by 64 hex digits".into()))?;
+    match st.store.blob(&crate::event::BlobHash(h)) {
+        Ok(Some(b)) => Ok(b),
+        Ok(None) => Err(ApiError(StatusCode::NOT_FOUND, format!("no blob {hash}"))),
+        Err(e) => Err(ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())),
+    }
+}
+
 /// The admin routes.
 pub fn router(state: Shared) -> Router {
     Router::new()
+        .route(
+            "/v1/import",
+            axum::routing::post(import).layer(axum::extract::DefaultBodyLimit::max(256 << 20)),
+        )
+        .route("/v1/mailboxes", get(mailboxes))
+        .route("/v1/messages", get(messages))
+        .route("/v1/blobs/{hash}", get(blob))
         .route("/v1/status", get(get_status))
         .route("/v1/users", get(list_users).post(add_user))
         .route("/v1/users/{user}", axum::routing::delete(del_user))

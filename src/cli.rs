@@ -36,6 +36,43 @@ pub enum Command {
     /// Read the log.
     #[command(subcommand)]
     Log(LogCommand),
+    /// Import existing mail into a user's mailboxes (idempotent).
+    #[command(subcommand)]
+    Import(ImportCommand),
+    /// Export a user's mailboxes.
+    #[command(subcommand)]
+    Export(ExportCommand),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ImportCommand {
+    /// A Maildir++ tree: the root is INBOX, `.Sub` folders become `Sub`.
+    Maildir {
+        path: PathBuf,
+        #[arg(long)]
+        user: String,
+        /// Import the root into this folder (subfolders below it).
+        #[arg(long)]
+        folder: Option<String>,
+    },
+    /// An mbox file (mboxrd); flags from Status/X-Status headers.
+    Mbox {
+        path: PathBuf,
+        #[arg(long)]
+        user: String,
+        #[arg(long, default_value = "INBOX")]
+        folder: String,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ExportCommand {
+    /// Write every mailbox of a user as a Maildir++ tree.
+    Maildir {
+        #[arg(long)]
+        user: String,
+        path: PathBuf,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -95,6 +132,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::User(cmd) => rt.block_on(user(&cfg, cmd)),
+        Command::Import(cmd) => rt.block_on(crate::transfer::import(&Admin::new(&cfg)?, cmd)),
+        Command::Export(cmd) => rt.block_on(crate::transfer::export(&Admin::new(&cfg)?, cmd)),
         Command::Log(LogCommand::Tail { n }) => {
             let entries: Vec<TailEntry> = rt.block_on(Admin::new(&cfg)?.get(&format!("/v1/log/tail?n={n}")))?;
             for e in entries {
@@ -129,6 +168,15 @@ fn print_status(st: &Status) {
     for (o, s) in &l.heads {
         println!("  origin    {o} seq {s}");
     }
+    let m = &st.lmtp;
+    println!(
+        "lmtp        connections {} (in flight {})   messages {}   delivered {}   bytes {}",
+        m.connections, m.in_flight, m.messages, m.delivered, m.bytes
+    );
+    println!(
+        "  rejected  unknown user {}   oversize {}   syntax {}   busy {}   temporary failures {}   timeouts {}   aborted in DATA {}",
+        m.rejected_unknown_user, m.rejected_oversize, m.rejected_syntax, m.refused_busy, m.temp_failures, m.timeouts, m.aborted_in_data
+    );
     if l.unclean_shutdown_recovered {
         println!("recovered   after an unclean shutdown");
     }
@@ -235,6 +283,50 @@ impl Admin {
 
     pub async fn get<T: serde::de::DeserializeOwned>(&self, path: &str) -> anyhow::Result<T> {
         self.send(reqwest::Method::GET, path, serde_json::Value::Null).await
+    }
+
+    /// POST raw bytes.
+    pub async fn post_bytes<T: serde::de::DeserializeOwned>(&self, path: &str, body: Vec<u8>) -> anyhow::Result<T> {
+        let url = format!("{}{}", self.base, path);
+        let resp = self
+            .http
+            .post(&url)
+            .bearer_auth(&self.token)
+            .header("content-type", "application/octet-stream")
+            .body(body)
+            .send()
+            .await
+            .with_context(|| format!("cannot reach the node at {}", self.base))?;
+        Self::answer(&url, resp).await
+    }
+
+    /// GET raw bytes.
+    pub async fn get_bytes(&self, path: &str) -> anyhow::Result<Vec<u8>> {
+        let url = format!("{}{}", self.base, path);
+        let resp = self
+            .http
+            .get(&url)
+            .bearer_auth(&self.token)
+            .send()
+            .await
+            .with_context(|| format!("cannot reach the node at {}", self.base))?;
+        if !resp.status().is_success() {
+            bail!("{url}: {}", resp.status());
+        }
+        Ok(resp.bytes().await?.to_vec())
+    }
+
+    async fn answer<T: serde::de::DeserializeOwned>(url: &str, resp: reqwest::Response) -> anyhow::Result<T> {
+        let status = resp.status();
+        let text = resp.text().await?;
+        if !status.is_success() {
+            let msg = serde_json::from_str::<serde_json::Value>(&text)
+                .ok()
+                .and_then(|v| v.get("error").and_then(|e| e.as_str()).map(String::from))
+                .unwrap_or(text);
+            bail!("{msg}");
+        }
+        serde_json::from_str(&text).with_context(|| format!("unexpected answer from {url}"))
     }
 
     pub async fn send<T: serde::de::DeserializeOwned>(

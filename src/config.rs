@@ -50,6 +50,24 @@ pub struct LmtpConfig {
     pub detail_folders: bool,
     /// Seconds a connection may sit idle between commands.
     pub idle_timeout_secs: u64,
+    /// Seconds a connection may last in all.
+    pub max_session_secs: u64,
+    /// Name in the greeting; empty: the machine's host name.
+    pub hostname: String,
+}
+
+impl LmtpConfig {
+    /// The name to greet with.
+    pub fn hostname(&self) -> String {
+        if !self.hostname.is_empty() {
+            return self.hostname.clone();
+        }
+        std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|s| s.trim().to_string())
+            .ok()
+            .filter(|s| !s.is_empty())
+            .unwrap_or_else(|| "localhost".into())
+    }
 }
 
 /// `[mirror]`: replication (its behaviour comes with the mirror).
@@ -97,6 +115,8 @@ impl Default for LmtpConfig {
             max_connections: 256,
             detail_folders: true,
             idle_timeout_secs: 300,
+            max_session_secs: 3600,
+            hostname: String::new(),
         }
     }
 }

@@ -18,10 +18,14 @@ pub mod auth;
 pub mod cli;
 pub mod config;
 pub mod event;
+pub mod lmtp;
+pub mod mailfile;
 pub mod mutate;
+pub mod proto;
 pub mod replay;
 pub mod server;
 pub mod store;
+pub mod transfer;
 pub mod views;
 
 /// Log to standard error; `TANDEM_LOG` overrides the filter.

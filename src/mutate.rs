@@ -490,3 +490,38 @@ pub fn set_config(txn: &mut Txn<'_>, cfs: Cfs, key: &str, value: &str) -> R<()> 
     )?;
     Ok(())
 }
+
+/// Import messages into a folder (created if missing). A message whose body
+/// the folder already holds is skipped, so importing the same source twice
+/// adds nothing. Returns (added, skipped).
+pub fn import(txn: &mut Txn<'_>, cfs: Cfs, user: &str, folder: &str, msgs: &[NewMessage], now_secs: i64) -> R<(u64, u64)> {
+    let name = normalize_mailbox(folder)?;
+    require_user(txn, cfs, user)?;
+    let id = match views(txn, cfs).mailbox_id(user, &name)? {
+        Some(id) => id,
+        None => {
+            let special_use = SpecialUse::DEFAULTS.iter().find(|(n, _)| *n == name).map(|(_, s)| *s);
+            let mb = create_mailbox(txn, cfs, user, &name, special_use, now_secs)?;
+            emit(
+                txn,
+                cfs,
+                Event::Subscribed {
+                    user: user.into(),
+                    name: name.clone(),
+                    subscribed: true,
+                },
+            )?;
+            mb.id
+        }
+    };
+    let (mut added, mut skipped) = (0, 0);
+    for m in msgs {
+        if views(txn, cfs).content_count(id, &m.blob)? > 0 {
+            skipped += 1;
+            continue;
+        }
+        append_to(txn, cfs, user, id, m)?;
+        added += 1;
+    }
+    Ok((added, skipped))
+}

@@ -131,7 +131,18 @@ pub async fn start(cfg: &Config) -> anyhow::Result<Running> {
         .with_context(|| format!("binding admin.listen {}", cfg.admin.listen))?;
     listeners.insert("admin".to_string(), format!("http://{}", admin_l.local_addr()?));
 
-    // LMTP_LISTENER
+    let lmtp_l = TcpListener::bind(cfg.lmtp.listen)
+        .await
+        .with_context(|| format!("binding lmtp.listen {}", cfg.lmtp.listen))?;
+    listeners.insert("lmtp".to_string(), lmtp_l.local_addr()?.to_string());
+    let lmtp_counters = Arc::new(crate::lmtp::Counters::default());
+    tasks.push(tokio::spawn(crate::lmtp::serve(
+        lmtp_l,
+        store.clone(),
+        Arc::new(cfg.lmtp.clone()),
+        lmtp_counters.clone(),
+        shutdown_rx.clone(),
+    )));
 
     let state = Arc::new(AdminState {
         store: store.clone(),
@@ -139,6 +150,7 @@ pub async fn start(cfg: &Config) -> anyhow::Result<Running> {
         started: Instant::now(),
         role: format!("{:?}", cfg.mirror.mode).to_lowercase(),
         listeners: listeners.clone(),
+        lmtp: lmtp_counters,
     });
     let mut rx = shutdown_rx.clone();
     let app = admin::router(state);

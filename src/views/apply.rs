@@ -21,6 +21,25 @@ fn bump_refcount(v: &mut TxnViews<'_, '_>, blob: &BlobHash, delta: i64) -> Resul
     Ok(())
 }
 
+fn bump_content(v: &mut TxnViews<'_, '_>, mailbox: Id, blob: &BlobHash, delta: i64) -> Result<(), ViewError> {
+    let n = v.content_count(mailbox, blob)? as i64 + delta;
+    let k = keys::content(mailbox, blob);
+    if n <= 0 {
+        v.delete(&k);
+    } else {
+        v.put(&k, &(n as u32).to_be_bytes());
+    }
+    Ok(())
+}
+
+/// Remove one message and its references.
+fn remove_message(v: &mut TxnViews<'_, '_>, mailbox: Id, uid: u32, m: &MessageRec) -> Result<(), ViewError> {
+    bump_refcount(v, &m.blob, -1)?;
+    bump_content(v, mailbox, &m.blob, -1)?;
+    v.delete(&keys::message(mailbox, uid));
+    Ok(())
+}
+
 fn touch_mailbox(v: &mut TxnViews<'_, '_>, user: &str, mut mb: MailboxRec, modseq: u64) {
     mb.highestmodseq = mb.highestmodseq.max(modseq);
     v.put(&keys::mailbox(user, mb.id), &enc(&mb));
@@ -28,8 +47,7 @@ fn touch_mailbox(v: &mut TxnViews<'_, '_>, user: &str, mut mb: MailboxRec, modse
 
 fn drop_messages(v: &mut TxnViews<'_, '_>, mailbox: Id) -> Result<(), ViewError> {
     for (uid, m) in v.messages(mailbox)? {
-        bump_refcount(v, &m.blob, -1)?;
-        v.delete(&keys::message(mailbox, uid));
+        remove_message(v, mailbox, uid, &m)?;
     }
     Ok(())
 }
@@ -142,6 +160,7 @@ pub fn apply(v: &mut TxnViews<'_, '_>, at: &Appended, event: &Event) -> Result<(
             };
             v.put(&keys::message(*mailbox, *uid), &enc(&m));
             bump_refcount(v, blob, 1)?;
+            bump_content(v, *mailbox, blob, 1)?;
             mb.uidnext = mb.uidnext.max(uid.saturating_add(1));
             touch_mailbox(v, user, mb, modseq);
         }
@@ -177,8 +196,7 @@ pub fn apply(v: &mut TxnViews<'_, '_>, at: &Appended, event: &Event) -> Result<(
             };
             for uid in uids {
                 if let Some(m) = v.message(*mailbox, *uid)? {
-                    bump_refcount(v, &m.blob, -1)?;
-                    v.delete(&keys::message(*mailbox, *uid));
+                    remove_message(v, *mailbox, *uid, &m)?;
                 }
             }
             touch_mailbox(v, user, mb, modseq);

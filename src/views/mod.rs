@@ -14,6 +14,7 @@
 //! S user 00 name              -> (empty)   subscription
 //! V user                      -> last UIDVALIDITY given to this user (u32 BE)
 //! m mailbox-id uid            -> MessageRec
+//! H mailbox-id blob-hash      -> messages in the mailbox with this body (u32 BE)
 //! R blob-hash                 -> reference count (u64 BE)
 //! C key                       -> config value (UTF-8)
 //! ```
@@ -119,6 +120,13 @@ pub mod keys {
     }
     pub fn uid_of(message_key: &[u8]) -> Option<u32> {
         message_key.get(17..21).and_then(|b| b.try_into().ok()).map(u32::from_be_bytes)
+    }
+    pub fn content(mailbox: Id, blob: &BlobHash) -> Vec<u8> {
+        let mut k = Vec::with_capacity(49);
+        k.push(b'H');
+        k.extend_from_slice(&mailbox.0);
+        k.extend_from_slice(&blob.0);
+        k
     }
     pub fn refcount(blob: &BlobHash) -> Vec<u8> {
         let mut k = Vec::with_capacity(33);

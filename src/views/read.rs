@@ -5,7 +5,7 @@ use super::{keys, MailboxRec, MessageRec, UserRec};
 use crate::event::{BlobHash, Id};
 use serde::de::DeserializeOwned;
 use std::sync::Arc;
-use wal::{Cf, Txn, Wal, WalError};
+use wal::{Cf, KeyValues, Txn, Wal, WalError};
 
 /// Errors reading views.
 #[derive(Debug, thiserror::Error)]
@@ -26,7 +26,7 @@ fn dec<T: DeserializeOwned>(key: &[u8], v: &[u8]) -> Result<T, ViewError> {
 /// Read access to the views.
 pub trait ViewRead {
     fn vget(&self, key: &[u8]) -> Result<Option<Vec<u8>>, WalError>;
-    fn vscan(&self, prefix: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>, WalError>;
+    fn vscan(&self, prefix: &[u8]) -> Result<KeyValues, WalError>;
 
     fn user(&self, user: &str) -> Result<Option<UserRec>, ViewError> {
         let k = keys::user(user);
@@ -117,6 +117,15 @@ pub trait ViewRead {
         }
     }
 
+    /// How many messages of `mailbox` have this body.
+    fn content_count(&self, mailbox: Id, blob: &BlobHash) -> Result<u32, ViewError> {
+        Ok(self
+            .vget(&keys::content(mailbox, blob))?
+            .and_then(|v| v.as_slice().try_into().ok())
+            .map(u32::from_be_bytes)
+            .unwrap_or(0))
+    }
+
     fn last_uidvalidity(&self, user: &str) -> Result<u32, ViewError> {
         match self.vget(&keys::uidvalidity(user))? {
             Some(v) => Ok(v.as_slice().try_into().map(u32::from_be_bytes).unwrap_or(0)),
@@ -141,7 +150,7 @@ impl ViewRead for Views {
     fn vget(&self, key: &[u8]) -> Result<Option<Vec<u8>>, WalError> {
         self.wal.get(self.cf, key)
     }
-    fn vscan(&self, prefix: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>, WalError> {
+    fn vscan(&self, prefix: &[u8]) -> Result<KeyValues, WalError> {
         self.wal.scan_prefix(self.cf, prefix)
     }
 }
@@ -156,7 +165,7 @@ impl ViewRead for TxnViews<'_, '_> {
     fn vget(&self, key: &[u8]) -> Result<Option<Vec<u8>>, WalError> {
         self.txn.get(self.cf, key)
     }
-    fn vscan(&self, prefix: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>, WalError> {
+    fn vscan(&self, prefix: &[u8]) -> Result<KeyValues, WalError> {
         self.txn.scan_prefix(self.cf, prefix)
     }
 }

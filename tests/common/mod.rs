@@ -47,7 +47,7 @@ impl Node {
         let mut lines = Vec::new();
         let mut listeners = std::collections::BTreeMap::new();
         let deadline = Instant::now() + Duration::from_secs(60);
-        while !listeners.contains_key("admin") {
+        while !listeners.contains_key("admin") || !listeners.contains_key("lmtp") {
             let left = deadline.saturating_duration_since(Instant::now());
             let line = rx
                 .recv_timeout(left)
@@ -138,13 +138,107 @@ pub fn cli(cwd: &Path, config: Option<&Path>, args: &[&str], stdin: Option<&str>
 pub fn write_config(dir: &Path, node_id: &str, extra: &str) -> PathBuf {
     let p = dir.join("tandem.toml");
     let data = dir.join("data");
-    std::fs::write(
-        &p,
-        format!(
-            "[node]\nid = \"{node_id}\"\ndata_dir = \"{}\"\n[imap]\nlisten = \"127.0.0.1:0\"\n[lmtp]\nlisten = \"127.0.0.1:0\"\n[admin]\nlisten = \"127.0.0.1:0\"\n{extra}",
-            data.display()
-        ),
-    )
-    .unwrap();
+    let mut text = format!("[node]\nid = \"{node_id}\"\ndata_dir = \"{}\"\n", data.display());
+    // Sections the caller writes itself must say `listen = "127.0.0.1:0"`.
+    for section in ["imap", "lmtp", "admin"] {
+        if !extra.contains(&format!("[{section}]")) {
+            text.push_str(&format!("[{section}]\nlisten = \"127.0.0.1:0\"\n"));
+        }
+    }
+    text.push_str(extra);
+    std::fs::write(&p, text).unwrap();
     p
+}
+
+/// GET a JSON document from the node's admin endpoint with a raw HTTP/1.0
+/// request (no client library between the test and the wire).
+pub fn admin_get(node: &Node, path: &str) -> serde_json::Value {
+    use std::io::Read;
+    let data = node
+        .config
+        .as_ref()
+        .map(|_| node.dir.join("data"))
+        .unwrap_or_else(|| node.dir.join("tandem-data"));
+    let token = std::fs::read_to_string(data.join("admin.token")).unwrap();
+    let mut s = std::net::TcpStream::connect(node.addr("admin")).unwrap();
+    write!(s, "GET {path} HTTP/1.0\r\nAuthorization: Bearer {}\r\n\r\n", token.trim()).unwrap();
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).unwrap();
+    let (head, body) = resp.split_once("\r\n\r\n").unwrap();
+    assert!(
+        head.starts_with("HTTP/1.0 200") || head.starts_with("HTTP/1.1 200"),
+        "{path}: {head}\n{body}"
+    );
+    serde_json::from_str(body).unwrap()
+}
+
+/// A node with a config on ephemeral ports and the given users (password
+/// "secret").
+pub fn node_with_users(dir: &Path, id: &str, extra: &str, users: &[&str]) -> Node {
+    let cfg = write_config(dir, id, extra);
+    let node = Node::start(dir, Some(&cfg));
+    for u in users {
+        let (ok, out, err) = node.cli(&["user", "add", u, "--password-stdin"], Some("secret\n"));
+        assert!(ok, "user add {u}: {out} {err}");
+    }
+    node
+}
+
+/// Messages of a folder as the admin endpoint lists them.
+pub fn messages(node: &Node, user: &str, folder: &str) -> Vec<serde_json::Value> {
+    admin_get(node, &format!("/v1/messages?user={user}&folder={folder}"))
+        .as_array()
+        .unwrap()
+        .clone()
+}
+
+/// The stored bytes of a blob.
+pub fn blob(node: &Node, hash: &str) -> Vec<u8> {
+    use std::io::Read;
+    let token = std::fs::read_to_string(node.dir.join("data/admin.token")).unwrap();
+    let mut s = std::net::TcpStream::connect(node.addr("admin")).unwrap();
+    write!(s, "GET /v1/blobs/{hash} HTTP/1.0\r\nAuthorization: Bearer {}\r\n\r\n", token.trim()).unwrap();
+    let mut resp = Vec::new();
+    s.read_to_end(&mut resp).unwrap();
+    let pos = resp.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
+    resp[pos + 4..].to_vec()
+}
+
+/// A line-oriented raw LMTP client.
+pub struct Raw {
+    pub r: BufReader<std::net::TcpStream>,
+    pub w: std::net::TcpStream,
+}
+
+impl Raw {
+    pub fn connect(addr: &str) -> Raw {
+        let s = std::net::TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        Raw {
+            r: BufReader::new(s.try_clone().unwrap()),
+            w: s,
+        }
+    }
+    pub fn send(&mut self, bytes: &[u8]) {
+        self.w.write_all(bytes).unwrap();
+    }
+    /// One reply line.
+    pub fn line(&mut self) -> String {
+        let mut l = String::new();
+        self.r.read_line(&mut l).unwrap();
+        l.trim_end().to_string()
+    }
+    /// A whole (possibly multi-line) reply.
+    pub fn reply(&mut self) -> String {
+        let mut all = String::new();
+        loop {
+            let l = self.line();
+            let last = l.len() < 4 || l.as_bytes()[3] != b'-';
+            all.push_str(&l);
+            all.push('\n');
+            if last {
+                return all;
+            }
+        }
+    }
 }

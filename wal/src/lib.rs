@@ -26,5 +26,5 @@ pub mod writer;
 pub use error::{AppendError, Place, SegmentError, WalError};
 pub use record::{Entry, Hash, GENESIS};
 pub use seq::{Origin, VersionVector};
-pub use store::{Cf, RecoveryMode, RecoveryReport, StatsSnapshot, Wal, WalOptions};
+pub use store::{Cf, KeyValues, RecoveryMode, RecoveryReport, StatsSnapshot, Wal, WalOptions};
 pub use writer::{Appended, Txn};

@@ -14,6 +14,9 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+/// Keys and values in key order, as scans return them.
+pub type KeyValues = Vec<(Vec<u8>, Vec<u8>)>;
+
 /// Version of the store layout, kept in the meta column family.
 pub const STORE_FORMAT: u32 = 1;
 
@@ -151,7 +154,7 @@ impl Shared {
         Ok(self.db.get_cf(self.handle(cf.0), key)?)
     }
 
-    pub(crate) fn scan_prefix_raw(&self, cf: Cf, prefix: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>, WalError> {
+    pub(crate) fn scan_prefix_raw(&self, cf: Cf, prefix: &[u8]) -> Result<KeyValues, WalError> {
         let mut out = Vec::new();
         for item in self
             .db
@@ -415,12 +418,12 @@ impl Wal {
     }
 
     /// All committed keys with `prefix`, in key order.
-    pub fn scan_prefix(&self, cf: Cf, prefix: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>, WalError> {
+    pub fn scan_prefix(&self, cf: Cf, prefix: &[u8]) -> Result<KeyValues, WalError> {
         self.shared.scan_prefix_raw(cf, prefix)
     }
 
     /// Every key of a column family, in key order (audits, digests).
-    pub fn scan_all(&self, cf: Cf) -> Result<Vec<(Vec<u8>, Vec<u8>)>, WalError> {
+    pub fn scan_all(&self, cf: Cf) -> Result<KeyValues, WalError> {
         self.shared.scan_prefix_raw(cf, &[])
     }
 
@@ -630,6 +633,8 @@ pub(crate) fn read_entry(shared: &Shared, origin: Origin, seq: u64) -> Result<Op
     }
 }
 
+// `expect` is the seq the next key must have, not a mere counter.
+#[allow(clippy::explicit_counter_loop)]
 pub(crate) fn read_range(shared: &Shared, origin: Origin, from: u64, to: u64, max: usize) -> Result<Vec<Entry>, WalError> {
     let mut out = Vec::new();
     if from > to {

@@ -11,7 +11,7 @@
 use crate::error::{AppendError, Place, WalError};
 use crate::record::{Entry, Hash, GENESIS};
 use crate::seq::{log_key, Origin};
-use crate::store::{meta_head_key, Cf, Shared, CF_LOG, CF_META, CF_ORDER};
+use crate::store::{meta_head_key, Cf, KeyValues, Shared, CF_LOG, CF_META, CF_ORDER};
 use std::collections::BTreeMap;
 use std::sync::mpsc::Receiver;
 use std::sync::Arc;
@@ -117,7 +117,7 @@ impl<'a> Txn<'a> {
     }
 
     /// All keys starting with `prefix`, in key order, seeing pending writes.
-    pub fn scan_prefix(&self, cf: Cf, prefix: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>, WalError> {
+    pub fn scan_prefix(&self, cf: Cf, prefix: &[u8]) -> Result<KeyValues, WalError> {
         let mut merged: BTreeMap<Vec<u8>, Option<Vec<u8>>> = self
             .shared
             .scan_prefix_raw(cf, prefix)?

@@ -1,0 +1,370 @@
+//! The LMTP listener: a thin tokio driver around the sans-io session in
+//! [`crate::proto::lmtp`]. It owns the socket, the timeouts and the store
+//! calls; the session owns the protocol.
+//!
+//! Delivery: one transaction per message for all its recipients. The body
+//! (with `Return-Path:`, and `Delivered-To:` when there is one recipient, as
+//! Dovecot writes them) is stored once; each recipient gets its own append
+//! event. Replies go out only after that transaction is durable.
+
+use crate::config::LmtpConfig;
+use crate::event::Flags;
+use crate::mutate::{self, MutationError, NewMessage};
+use crate::proto::lmtp::{Action, Delivery, DeliveryOutcome, Limits, RcptOutcome, Recipient, Reply, Session};
+use crate::store::Store;
+use crate::views::ViewRead;
+use serde::{Deserialize, Serialize};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{watch, Semaphore};
+use tracing::Instrument;
+
+/// Counters of the LMTP listener (shown by `tandem status`).
+#[derive(Debug, Default)]
+pub struct Counters {
+    pub connections: AtomicU64,
+    pub in_flight: AtomicU64,
+    pub refused_busy: AtomicU64,
+    pub messages: AtomicU64,
+    pub delivered: AtomicU64,
+    pub bytes: AtomicU64,
+    pub rejected_unknown_user: AtomicU64,
+    pub rejected_oversize: AtomicU64,
+    pub rejected_syntax: AtomicU64,
+    pub temp_failures: AtomicU64,
+    pub timeouts: AtomicU64,
+    pub aborted_in_data: AtomicU64,
+}
+
+/// A copy of [`Counters`].
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct CountersSnapshot {
+    pub connections: u64,
+    pub in_flight: u64,
+    pub refused_busy: u64,
+    pub messages: u64,
+    pub delivered: u64,
+    pub bytes: u64,
+    pub rejected_unknown_user: u64,
+    pub rejected_oversize: u64,
+    pub rejected_syntax: u64,
+    pub temp_failures: u64,
+    pub timeouts: u64,
+    pub aborted_in_data: u64,
+}
+
+impl Counters {
+    pub fn snapshot(&self) -> CountersSnapshot {
+        let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        CountersSnapshot {
+            connections: l(&self.connections),
+            in_flight: l(&self.in_flight),
+            refused_busy: l(&self.refused_busy),
+            messages: l(&self.messages),
+            delivered: l(&self.delivered),
+            bytes: l(&self.bytes),
+            rejected_unknown_user: l(&self.rejected_unknown_user),
+            rejected_oversize: l(&self.rejected_oversize),
+            rejected_syntax: l(&self.rejected_syntax),
+            temp_failures: l(&self.temp_failures),
+            timeouts: l(&self.timeouts),
+            aborted_in_data: l(&self.aborted_in_data),
+        }
+    }
+}
+
+/// Resolves once shutdown is signalled (or its sender is gone).
+async fn wait_shutdown(rx: &mut watch::Receiver<bool>) {
+    let _ = rx.wait_for(|s| *s).await;
+}
+
+fn bump(a: &AtomicU64, n: u64) {
+    a.fetch_add(n, Ordering::Relaxed);
+}
+
+/// Accept connections until `shutdown` turns true.
+pub async fn serve(
+    listener: TcpListener,
+    store: Store,
+    cfg: Arc<LmtpConfig>,
+    counters: Arc<Counters>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let slots = Arc::new(Semaphore::new(cfg.max_connections));
+    let hostname = Arc::new(cfg.hostname());
+    loop {
+        let (stream, peer) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    tracing::warn!(error = %e, "lmtp accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = wait_shutdown(&mut shutdown) => break,
+        };
+        bump(&counters.connections, 1);
+        let Ok(permit) = slots.clone().try_acquire_owned() else {
+            bump(&counters.refused_busy, 1);
+            tokio::spawn(async move {
+                let mut s = stream;
+                let _ = s.write_all(b"421 4.3.2 Too many connections, try again later\r\n").await;
+            });
+            continue;
+        };
+        let (store, cfg, counters, hostname, shutdown) = (store.clone(), cfg.clone(), counters.clone(), hostname.clone(), shutdown.clone());
+        let span = tracing::info_span!("lmtp", %peer);
+        tokio::spawn(
+            async move {
+                bump(&counters.in_flight, 1);
+                if let Err(e) = connection(stream, peer, &store, &cfg, &counters, &hostname, shutdown).await {
+                    tracing::debug!(error = %e, "connection ended with an error");
+                }
+                counters.in_flight.fetch_sub(1, Ordering::Relaxed);
+                drop(permit);
+            }
+            .instrument(span),
+        );
+    }
+}
+
+async fn connection(
+    mut stream: TcpStream,
+    peer: SocketAddr,
+    store: &Store,
+    cfg: &LmtpConfig,
+    counters: &Counters,
+    hostname: &str,
+    mut shutdown: watch::Receiver<bool>,
+) -> std::io::Result<()> {
+    let _ = stream.set_nodelay(true);
+    let limits = Limits {
+        max_message: cfg.max_message_size,
+        ..Limits::default()
+    };
+    let mut session = Session::new(hostname, limits);
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut out: Vec<u8> = Vec::with_capacity(4096);
+    let idle = Duration::from_secs(cfg.idle_timeout_secs.max(1));
+    let deadline = Instant::now() + Duration::from_secs(cfg.max_session_secs.max(1));
+    let mut seen = (0, 0);
+    loop {
+        while let Some(action) = session.poll() {
+            match action {
+                Action::Reply(bytes) => out.extend_from_slice(&bytes),
+                Action::CheckRecipient(r) => {
+                    let outcome = check_recipient(store, &r, counters);
+                    session.rcpt_result(outcome);
+                }
+                Action::Deliver(d) => {
+                    // Everything said so far goes out before the (possibly
+                    // slow) durable write.
+                    if !out.is_empty() {
+                        stream.write_all(&out).await?;
+                        out.clear();
+                    }
+                    let outcomes = deliver(store, cfg, counters, d, peer).await;
+                    session.delivery_result(outcomes);
+                }
+                Action::Close => {
+                    stream.write_all(&out).await?;
+                    let _ = stream.shutdown().await;
+                    return Ok(());
+                }
+            }
+        }
+        fold_counters(&session, counters, &mut seen);
+        if !out.is_empty() {
+            stream.write_all(&out).await?;
+            out.clear();
+        }
+        if session.is_closed() {
+            return Ok(());
+        }
+        let wait = idle.min(deadline.saturating_duration_since(Instant::now()));
+        let n = tokio::select! {
+            r = tokio::time::timeout(wait, stream.read(&mut buf)) => match r {
+                Ok(r) => r?,
+                Err(_) => {
+                    bump(&counters.timeouts, 1);
+                    let _ = stream.write_all(b"421 4.4.2 Idle timeout, closing connection\r\n").await;
+                    if session.in_message() {
+                        bump(&counters.aborted_in_data, 1);
+                    }
+                    return Ok(());
+                }
+            },
+            _ = wait_shutdown(&mut shutdown) => {
+                if !session.in_message() {
+                    let _ = stream.write_all(b"421 4.3.2 Server shutting down\r\n").await;
+                    return Ok(());
+                }
+                // Mid-message: let the client finish within the idle timeout.
+                match tokio::time::timeout(idle, stream.read(&mut buf)).await {
+                    Ok(r) => r?,
+                    Err(_) => return Ok(()),
+                }
+            }
+        };
+        if n == 0 {
+            if session.in_message() {
+                bump(&counters.aborted_in_data, 1);
+                tracing::info!("client closed the connection in the middle of a message; nothing stored");
+            }
+            session.input_closed();
+            // Commands received in full before the end still run.
+            while let Some(action) = session.poll() {
+                if let Action::Reply(bytes) = action {
+                    let _ = stream.write_all(&bytes).await;
+                } else if let Action::CheckRecipient(_) = action {
+                    session.rcpt_result(RcptOutcome::Reject(Reply::new(451, "4.4.2", "Connection closed")));
+                } else if let Action::Deliver(d) = action {
+                    let outcomes = deliver(store, cfg, counters, d, peer).await;
+                    session.delivery_result(outcomes);
+                } else {
+                    break;
+                }
+            }
+            return Ok(());
+        }
+        session.feed(&buf[..n]);
+    }
+}
+
+/// Add what the session counted since the last call to the listener's counters.
+fn fold_counters(session: &Session, counters: &Counters, seen: &mut (u64, u64)) {
+    let c = session.counters();
+    let r = &c.rejected;
+    let syntax = r.unknown_command + r.wrong_greeting + r.syntax + r.sequence + r.line_too_long + r.parameters;
+    bump(&counters.rejected_syntax, syntax.saturating_sub(seen.0));
+    bump(&counters.rejected_oversize, c.oversize.saturating_sub(seen.1));
+    *seen = (syntax, c.oversize);
+}
+
+/// The account a recipient address names: the full address if such a user
+/// exists, else its local part (Dovecot's `%Ln`).
+pub fn resolve_user(store: &Store, r: &Recipient) -> Result<Option<String>, crate::views::ViewError> {
+    let v = store.views();
+    let full = format!("{}@{}", r.local, r.domain);
+    for cand in [full.as_str(), r.local.as_str()] {
+        if !cand.is_empty() && v.user(cand)?.is_some() {
+            return Ok(Some(cand.to_string()));
+        }
+    }
+    Ok(None)
+}
+
+fn check_recipient(store: &Store, r: &Recipient, counters: &Counters) -> RcptOutcome {
+    match resolve_user(store, r) {
+        Ok(Some(_)) => RcptOutcome::Accept,
+        Ok(None) => {
+            bump(&counters.rejected_unknown_user, 1);
+            RcptOutcome::Reject(Reply::new(550, "5.1.1", format!("<{}> User doesn't exist", r.address)))
+        }
+        Err(e) => {
+            bump(&counters.temp_failures, 1);
+            tracing::error!(error = %e, "store unavailable during RCPT");
+            RcptOutcome::Reject(Reply::new(451, "4.3.0", "Temporary failure: mail store unavailable"))
+        }
+    }
+}
+
+fn now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+/// Trace headers in front of the body, as Dovecot's LMTP writes them:
+/// `Return-Path` always, `Delivered-To` only for a single recipient so the
+/// stored body is the same for all recipients (single-instance).
+fn with_trace_headers(d: &Delivery) -> Vec<u8> {
+    let mut b = Vec::with_capacity(d.body.len() + 128);
+    b.extend_from_slice(format!("Return-Path: <{}>\r\n", d.mail_from).as_bytes());
+    if d.recipients.len() == 1 {
+        b.extend_from_slice(format!("Delivered-To: {}\r\n", d.recipients[0].address).as_bytes());
+    }
+    b.extend_from_slice(&d.body);
+    b
+}
+
+async fn deliver(store: &Store, cfg: &LmtpConfig, counters: &Counters, d: Delivery, peer: SocketAddr) -> Vec<DeliveryOutcome> {
+    let body = with_trace_headers(&d);
+    let size = body.len() as u64;
+    let msg = NewMessage::new(body, Flags::default(), now());
+    // Resolve accounts and folders outside the writer; the transaction
+    // re-checks them against the views it sees.
+    let targets: Vec<Option<(String, Option<String>)>> = d
+        .recipients
+        .iter()
+        .map(|r| {
+            resolve_user(store, r)
+                .ok()
+                .flatten()
+                .map(|u| (u, if cfg.detail_folders { r.detail.clone() } else { None }))
+        })
+        .collect();
+    let n = targets.len();
+    let result = store
+        .run(move |txn, cfs| {
+            let mut outcomes = Vec::with_capacity(n);
+            for t in &targets {
+                let Some((user, detail)) = t else {
+                    outcomes.push(Err("5.1.1 User doesn't exist".to_string()));
+                    continue;
+                };
+                let mut placed = None;
+                if let Some(folder) = detail {
+                    match mutate::append(txn, cfs, user, folder, &msg) {
+                        Ok(p) => placed = Some(p),
+                        Err(MutationError::NoSuchMailbox(_) | MutationError::InvalidName { .. }) => {}
+                        Err(e) => return Err(e),
+                    }
+                }
+                let placed = match placed {
+                    Some(p) => Ok(p),
+                    None => match mutate::append(txn, cfs, user, "INBOX", &msg) {
+                        Ok(p) => Ok(p),
+                        Err(MutationError::NoSuchUser(_)) => Err("5.1.1 User doesn't exist".to_string()),
+                        Err(MutationError::NoSuchMailbox(_)) => Err("5.2.1 Mailbox unavailable".to_string()),
+                        Err(e) => return Err(e),
+                    },
+                };
+                outcomes.push(placed.map(|p| p.uid));
+            }
+            Ok(outcomes)
+        })
+        .await;
+    match result {
+        Ok(outcomes) => {
+            bump(&counters.messages, 1);
+            bump(&counters.bytes, size);
+            outcomes
+                .into_iter()
+                .map(|o| match o {
+                    Ok(_) => {
+                        bump(&counters.delivered, 1);
+                        DeliveryOutcome::Ok
+                    }
+                    Err(msg) => {
+                        bump(&counters.rejected_unknown_user, 1);
+                        DeliveryOutcome::Permanent(msg)
+                    }
+                })
+                .collect()
+        }
+        Err(e) => {
+            bump(&counters.temp_failures, n as u64);
+            tracing::error!(error = %e, %peer, "delivery failed; answering with a temporary error");
+            (0..n)
+                .map(|_| DeliveryOutcome::Temporary("4.3.0 Temporary failure: mail store unavailable".into()))
+                .collect()
+        }
+    }
+}

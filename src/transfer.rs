@@ -1,0 +1,204 @@
+//! `tandem import` and `tandem export`: stream mail between files and a
+//! running node through the admin endpoint, with a progress bar.
+
+use crate::admin::{ImportItem, ImportResult, MailboxInfo, MessageInfo};
+use crate::cli::{Admin, ExportCommand, ImportCommand};
+use crate::mailfile;
+use anyhow::Context;
+use indicatif::{ProgressBar, ProgressStyle};
+use std::path::Path;
+use std::time::UNIX_EPOCH;
+
+/// Largest batch sent in one request.
+const BATCH_BYTES: usize = 8 << 20;
+const BATCH_COUNT: usize = 1000;
+
+fn progress(total_msgs: u64, total_bytes: u64) -> ProgressBar {
+    let pb = ProgressBar::new(total_bytes);
+    pb.set_style(
+        ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:30} {bytes}/{total_bytes} {msg}")
+            .expect("static template")
+            .progress_chars("=> "),
+    );
+    pb.set_message(format!("0/{total_msgs} messages"));
+    if std::env::var_os("TANDEM_NO_PROGRESS").is_some() {
+        pb.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+    }
+    pb
+}
+
+struct Uploader<'a> {
+    admin: &'a Admin,
+    user: String,
+    folder: String,
+    batch: Vec<ImportItem>,
+    bytes: usize,
+    added: u64,
+    skipped: u64,
+}
+
+impl<'a> Uploader<'a> {
+    fn new(admin: &'a Admin, user: &str) -> Self {
+        Uploader {
+            admin,
+            user: user.to_string(),
+            folder: String::new(),
+            batch: Vec::new(),
+            bytes: 0,
+            added: 0,
+            skipped: 0,
+        }
+    }
+
+    async fn push(&mut self, folder: &str, item: ImportItem) -> anyhow::Result<()> {
+        if folder != self.folder || self.bytes + item.body.len() > BATCH_BYTES || self.batch.len() >= BATCH_COUNT {
+            self.flush().await?;
+            self.folder = folder.to_string();
+        }
+        self.bytes += item.body.len();
+        self.batch.push(item);
+        Ok(())
+    }
+
+    async fn flush(&mut self) -> anyhow::Result<()> {
+        if self.batch.is_empty() {
+            return Ok(());
+        }
+        let body = postcard::to_allocvec(&self.batch)?;
+        let q = format!("/v1/import?user={}&folder={}", urlencode(&self.user), urlencode(&self.folder));
+        let r: ImportResult = self
+            .admin
+            .post_bytes(&q, body)
+            .await
+            .with_context(|| format!("importing into {}", self.folder))?;
+        self.added += r.added;
+        self.skipped += r.skipped;
+        self.batch.clear();
+        self.bytes = 0;
+        Ok(())
+    }
+}
+
+fn urlencode(s: &str) -> String {
+    let mut o = String::new();
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            o.push(b as char);
+        } else {
+            o.push_str(&format!("%{b:02X}"));
+        }
+    }
+    o
+}
+
+fn mtime(p: &Path) -> i64 {
+    std::fs::metadata(p)
+        .and_then(|m| m.modified())
+        .ok()
+        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+pub async fn import(admin: &Admin, cmd: ImportCommand) -> anyhow::Result<()> {
+    match cmd {
+        ImportCommand::Maildir { path, user, folder } => {
+            let files = mailfile::scan_maildir(&path).with_context(|| format!("reading Maildir {}", path.display()))?;
+            let total: u64 = files.iter().map(|f| std::fs::metadata(&f.path).map(|m| m.len()).unwrap_or(0)).sum();
+            let pb = progress(files.len() as u64, total);
+            let mut up = Uploader::new(admin, &user);
+            for (i, f) in files.iter().enumerate() {
+                let body = std::fs::read(&f.path).with_context(|| format!("reading {}", f.path.display()))?;
+                let target = match (&folder, f.folder.as_str()) {
+                    (None, name) => name.to_string(),
+                    (Some(root), "INBOX") => root.clone(),
+                    (Some(root), name) => format!("{root}/{name}"),
+                };
+                pb.inc(body.len() as u64);
+                up.push(
+                    &target,
+                    ImportItem {
+                        body,
+                        flags: f.flags.clone(),
+                        internal_date: mtime(&f.path),
+                    },
+                )
+                .await?;
+                pb.set_message(format!("{}/{} messages", i + 1, files.len()));
+            }
+            up.flush().await?;
+            pb.finish_and_clear();
+            println!("imported {} messages into {user} ({} already present)", up.added, up.skipped);
+        }
+        ImportCommand::Mbox { path, user, folder } => {
+            let data = std::fs::read(&path).with_context(|| format!("reading mbox {}", path.display()))?;
+            let msgs = mailfile::split_mbox(&data);
+            let pb = progress(msgs.len() as u64, data.len() as u64);
+            let fallback = mtime(&path);
+            let mut up = Uploader::new(admin, &user);
+            let n = msgs.len();
+            for (i, m) in msgs.into_iter().enumerate() {
+                pb.inc(m.body.len() as u64);
+                up.push(
+                    &folder,
+                    ImportItem {
+                        body: m.body,
+                        flags: m.flags,
+                        internal_date: m.date.unwrap_or(fallback),
+                    },
+                )
+                .await?;
+                pb.set_message(format!("{}/{n} messages", i + 1));
+            }
+            up.flush().await?;
+            pb.finish_and_clear();
+            println!(
+                "imported {} messages into {user}/{folder} ({} already present)",
+                up.added, up.skipped
+            );
+        }
+    }
+    Ok(())
+}
+
+pub async fn export(admin: &Admin, cmd: ExportCommand) -> anyhow::Result<()> {
+    let ExportCommand::Maildir { user, path } = cmd;
+    let u = urlencode(&user);
+    let boxes: Vec<MailboxInfo> = admin.get(&format!("/v1/mailboxes?user={u}")).await?;
+    let total: u64 = boxes.iter().map(|b| b.messages).sum();
+    let pb = progress(total, 0);
+    let mut written = 0u64;
+    for mb in &boxes {
+        let dir = match mailfile::maildir_dir(&mb.name) {
+            Some(sub) => path.join(sub),
+            None => path.clone(),
+        };
+        for sub in ["cur", "new", "tmp"] {
+            std::fs::create_dir_all(dir.join(sub)).with_context(|| format!("creating {}", dir.join(sub).display()))?;
+        }
+        let msgs: Vec<MessageInfo> = admin.get(&format!("/v1/messages?user={u}&folder={}", urlencode(&mb.name))).await?;
+        for m in msgs {
+            let body = admin.get_bytes(&format!("/v1/blobs/{}", m.blob)).await?;
+            let name = format!(
+                "{}.T{}U{}V{}.tandem,S={}{}",
+                m.internal_date,
+                m.uid,
+                m.uid,
+                mb.uidvalidity,
+                body.len(),
+                mailfile::maildir_info(&m.flags)
+            );
+            let file = dir.join("cur").join(name);
+            std::fs::write(&file, &body).with_context(|| format!("writing {}", file.display()))?;
+            let t = UNIX_EPOCH + std::time::Duration::from_secs(m.internal_date.max(0) as u64);
+            std::fs::File::options().write(true).open(&file)?.set_modified(t)?;
+            written += 1;
+            pb.inc_length(body.len() as u64);
+            pb.inc(body.len() as u64);
+            pb.set_message(format!("{written}/{total} messages"));
+        }
+    }
+    pb.finish_and_clear();
+    println!("exported {written} messages in {} mailboxes to {}", boxes.len(), path.display());
+    Ok(())
+}
