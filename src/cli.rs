@@ -226,7 +226,7 @@ async fn user(cfg: &Config, cmd: UserCommand) -> anyhow::Result<()> {
             let _: serde_json::Value = admin
                 .send(
                     reqwest::Method::PUT,
-                    &format!("/v1/users/{user}/password"),
+                    &format!("/v1/users/{}/password", urlencode(&user)),
                     serde_json::json!({ "password": password }),
                 )
                 .await?;
@@ -234,7 +234,11 @@ async fn user(cfg: &Config, cmd: UserCommand) -> anyhow::Result<()> {
         }
         UserCommand::Del { user } => {
             let _: serde_json::Value = admin
-                .send(reqwest::Method::DELETE, &format!("/v1/users/{user}"), serde_json::Value::Null)
+                .send(
+                    reqwest::Method::DELETE,
+                    &format!("/v1/users/{}", urlencode(&user)),
+                    serde_json::Value::Null,
+                )
                 .await?;
             println!("user {user} deleted");
         }
@@ -355,4 +359,17 @@ impl Admin {
         }
         serde_json::from_str(&text).with_context(|| format!("unexpected answer from {url}"))
     }
+}
+
+/// Percent-encode a string for a URL path segment or query value.
+pub fn urlencode(s: &str) -> String {
+    let mut o = String::new();
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~@".contains(&b) {
+            o.push(b as char);
+        } else {
+            o.push_str(&format!("%{b:02X}"));
+        }
+    }
+    o
 }

@@ -78,7 +78,15 @@ impl SpecialUse {
 /// A set of IMAP flags, kept sorted and without duplicates. System flags are
 /// spelled with their backslash (`\Seen`); keywords as given.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(from = "Vec<String>")]
 pub struct Flags(Vec<String>);
+
+impl From<Vec<String>> for Flags {
+    /// Decoded flags are canonicalised again: a peer's bytes are input.
+    fn from(v: Vec<String>) -> Flags {
+        Flags::new(v)
+    }
+}
 
 impl Flags {
     pub fn new<I: IntoIterator<Item = S>, S: Into<String>>(it: I) -> Flags {
@@ -215,7 +223,11 @@ impl Event {
     pub fn decode(payload: &[u8]) -> Result<Event, EventDecodeError> {
         match payload.first() {
             None => Err(EventDecodeError::Empty),
-            Some(&EVENT_FORMAT) => postcard::from_bytes(&payload[1..]).map_err(|e| EventDecodeError::Body(e.to_string())),
+            Some(&EVENT_FORMAT) => match postcard::take_from_bytes(&payload[1..]) {
+                Ok((e, [])) => Ok(e),
+                Ok((_, rest)) => Err(EventDecodeError::Body(format!("{} unexpected bytes after the event", rest.len()))),
+                Err(e) => Err(EventDecodeError::Body(e.to_string())),
+            },
             Some(&f) => Err(EventDecodeError::Format(f)),
         }
     }
@@ -308,6 +320,17 @@ mod tests {
         assert_eq!(Event::decode(&[]), Err(EventDecodeError::Empty));
         assert_eq!(Event::decode(&[9, 1]), Err(EventDecodeError::Format(9)));
         assert!(matches!(Event::decode(&[1, 250, 250, 250]), Err(EventDecodeError::Body(_))));
+        let mut trailing = p.clone();
+        trailing.push(0);
+        assert!(matches!(Event::decode(&trailing), Err(EventDecodeError::Body(_))));
+    }
+
+    #[test]
+    fn decoded_flags_are_canonicalised() {
+        let raw = postcard::to_allocvec(&vec!["\\seen".to_string(), "$a".into(), "$a".into()]).unwrap();
+        let f: Flags = postcard::from_bytes(&raw).unwrap();
+        assert_eq!(f.iter().collect::<Vec<_>>(), vec!["$a", "\\Seen"]);
+        assert!(f.contains("\\Seen"));
     }
 
     #[test]

@@ -34,6 +34,7 @@ pub struct Counters {
     pub bytes: AtomicU64,
     pub rejected_unknown_user: AtomicU64,
     pub rejected_oversize: AtomicU64,
+    pub rejected_no_mailbox: AtomicU64,
     pub rejected_syntax: AtomicU64,
     pub temp_failures: AtomicU64,
     pub timeouts: AtomicU64,
@@ -51,6 +52,7 @@ pub struct CountersSnapshot {
     pub bytes: u64,
     pub rejected_unknown_user: u64,
     pub rejected_oversize: u64,
+    pub rejected_no_mailbox: u64,
     pub rejected_syntax: u64,
     pub temp_failures: u64,
     pub timeouts: u64,
@@ -69,6 +71,7 @@ impl Counters {
             bytes: l(&self.bytes),
             rejected_unknown_user: l(&self.rejected_unknown_user),
             rejected_oversize: l(&self.rejected_oversize),
+            rejected_no_mailbox: l(&self.rejected_no_mailbox),
             rejected_syntax: l(&self.rejected_syntax),
             temp_failures: l(&self.temp_failures),
             timeouts: l(&self.timeouts),
@@ -129,6 +132,16 @@ pub async fn serve(
                 drop(permit);
             }
             .instrument(span),
+        );
+    }
+    // Connections finish the message they are receiving (bounded by the idle
+    // timeout); the log closes only after they are done.
+    let all = u32::try_from(cfg.max_connections).unwrap_or(u32::MAX);
+    let drain = Duration::from_secs(cfg.idle_timeout_secs.clamp(1, 30) + 5);
+    if tokio::time::timeout(drain, slots.acquire_many(all)).await.is_err() {
+        tracing::warn!(
+            in_flight = counters.in_flight.load(Ordering::Relaxed),
+            "lmtp connections still open at shutdown"
         );
     }
 }
@@ -192,7 +205,12 @@ async fn connection(
                 Ok(r) => r?,
                 Err(_) => {
                     bump(&counters.timeouts, 1);
-                    let _ = stream.write_all(b"421 4.4.2 Idle timeout, closing connection\r\n").await;
+                    let msg: &[u8] = if Instant::now() >= deadline {
+                        b"421 4.4.2 Session time limit reached, closing connection\r\n"
+                    } else {
+                        b"421 4.4.2 Idle timeout, closing connection\r\n"
+                    };
+                    let _ = stream.write_all(msg).await;
                     if session.in_message() {
                         bump(&counters.aborted_in_data, 1);
                     }
@@ -294,6 +312,12 @@ fn with_trace_headers(d: &Delivery) -> Vec<u8> {
     b
 }
 
+/// Why one recipient of an accepted message was not delivered.
+enum Rejected {
+    UnknownUser,
+    NoInbox,
+}
+
 async fn deliver(store: &Store, cfg: &LmtpConfig, counters: &Counters, d: Delivery, peer: SocketAddr) -> Vec<DeliveryOutcome> {
     let body = with_trace_headers(&d);
     let size = body.len() as u64;
@@ -316,7 +340,7 @@ async fn deliver(store: &Store, cfg: &LmtpConfig, counters: &Counters, d: Delive
             let mut outcomes = Vec::with_capacity(n);
             for t in &targets {
                 let Some((user, detail)) = t else {
-                    outcomes.push(Err("5.1.1 User doesn't exist".to_string()));
+                    outcomes.push(Err(Rejected::UnknownUser));
                     continue;
                 };
                 let mut placed = None;
@@ -331,8 +355,8 @@ async fn deliver(store: &Store, cfg: &LmtpConfig, counters: &Counters, d: Delive
                     Some(p) => Ok(p),
                     None => match mutate::append(txn, cfs, user, "INBOX", &msg) {
                         Ok(p) => Ok(p),
-                        Err(MutationError::NoSuchUser(_)) => Err("5.1.1 User doesn't exist".to_string()),
-                        Err(MutationError::NoSuchMailbox(_)) => Err("5.2.1 Mailbox unavailable".to_string()),
+                        Err(MutationError::NoSuchUser(_)) => Err(Rejected::UnknownUser),
+                        Err(MutationError::NoSuchMailbox(_)) => Err(Rejected::NoInbox),
                         Err(e) => return Err(e),
                     },
                 };
@@ -352,9 +376,13 @@ async fn deliver(store: &Store, cfg: &LmtpConfig, counters: &Counters, d: Delive
                         bump(&counters.delivered, 1);
                         DeliveryOutcome::Ok
                     }
-                    Err(msg) => {
+                    Err(Rejected::UnknownUser) => {
                         bump(&counters.rejected_unknown_user, 1);
-                        DeliveryOutcome::Permanent(msg)
+                        DeliveryOutcome::Reply(Reply::new(550, "5.1.1", "User doesn't exist"))
+                    }
+                    Err(Rejected::NoInbox) => {
+                        bump(&counters.rejected_no_mailbox, 1);
+                        DeliveryOutcome::Reply(Reply::new(550, "5.2.1", "Mailbox unavailable"))
                     }
                 })
                 .collect()

@@ -210,7 +210,9 @@ pub fn create_mailbox(
             special_use,
         },
     )?;
-    Ok(views(txn, cfs).mailbox(user, id)?.expect("just created"))
+    views(txn, cfs)
+        .mailbox(user, id)?
+        .ok_or(MutationError::NotAllowed("mailbox vanished while being created"))
 }
 
 /// Rename a mailbox and every mailbox below it.
@@ -447,6 +449,9 @@ pub fn copy(txn: &mut Txn<'_>, cfs: Cfs, user: &str, from: Id, uids: &[u32], to:
     for uid in uids {
         let Some(m) = views(txn, cfs).message(from, *uid)? else { continue };
         let Some(mb) = views(txn, cfs).mailbox(user, to)? else { break };
+        if mb.uidnext == u32::MAX {
+            return Err(MutationError::NotAllowed("mailbox has used every UID"));
+        }
         emit(
             txn,
             cfs,

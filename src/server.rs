@@ -58,6 +58,10 @@ fn write_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
     f.write_all(bytes)?;
     f.sync_all()?;
     std::fs::rename(&tmp, path)?;
+    // The rename is durable only once the directory is.
+    if let Some(dir) = path.parent() {
+        std::fs::File::open(dir)?.sync_all()?;
+    }
     Ok(())
 }
 
@@ -94,6 +98,7 @@ pub struct Running {
     pub listeners: BTreeMap<String, String>,
     shutdown: watch::Sender<bool>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
+    listen_file: std::path::PathBuf,
 }
 
 impl Running {
@@ -101,11 +106,14 @@ impl Running {
     /// the log cleanly.
     pub async fn stop(self) -> anyhow::Result<()> {
         let _ = self.shutdown.send(true);
+        // Each listener drains its own connections (bounded) before its
+        // task ends; only then is the log closed.
         for t in self.tasks {
-            let _ = tokio::time::timeout(std::time::Duration::from_secs(10), t).await;
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(60), t).await;
         }
         let store = self.store.clone();
         tokio::task::spawn_blocking(move || store.close()).await??;
+        let _ = std::fs::remove_file(&self.listen_file);
         Ok(())
     }
 }
@@ -164,12 +172,14 @@ pub async fn start(cfg: &Config) -> anyhow::Result<Running> {
             tracing::error!(error = %e, "admin endpoint failed");
         }
     }));
-    write_private(&cfg.node.data_dir.join(LISTEN_FILE), serde_json::to_string(&listeners)?.as_bytes())?;
+    let listen_file = cfg.node.data_dir.join(LISTEN_FILE);
+    write_private(&listen_file, serde_json::to_string(&listeners)?.as_bytes())?;
     Ok(Running {
         store,
         listeners,
         shutdown,
         tasks,
+        listen_file,
     })
 }
 

@@ -2,7 +2,7 @@
 //! running node through the admin endpoint, with a progress bar.
 
 use crate::admin::{ImportItem, ImportResult, MailboxInfo, MessageInfo};
-use crate::cli::{Admin, ExportCommand, ImportCommand};
+use crate::cli::{urlencode, Admin, ExportCommand, ImportCommand};
 use crate::mailfile;
 use anyhow::Context;
 use indicatif::{ProgressBar, ProgressStyle};
@@ -77,18 +77,6 @@ impl<'a> Uploader<'a> {
         self.bytes = 0;
         Ok(())
     }
-}
-
-fn urlencode(s: &str) -> String {
-    let mut o = String::new();
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
-            o.push(b as char);
-        } else {
-            o.push_str(&format!("%{b:02X}"));
-        }
-    }
-    o
 }
 
 fn mtime(p: &Path) -> i64 {

@@ -266,3 +266,32 @@ fn swaks_delivers_over_lmtp() {
     let body = String::from_utf8(blob(&node, m[0]["blob"].as_str().unwrap())).unwrap();
     assert!(body.contains("Subject: from swaks") && body.contains("swaks body"), "{body}");
 }
+
+#[test]
+fn sigterm_lets_a_message_in_progress_finish() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = node_with_users(dir.path(), "term", "", &["a@example.org"]);
+    let mut c = lmtp(&node);
+    lhlo(&mut c);
+    c.send(b"MAIL FROM:<s@x>\r\nRCPT TO:<a@example.org>\r\nDATA\r\n");
+    for _ in 0..3 {
+        c.reply();
+    }
+    c.send(b"Subject: in flight\r\n\r\nfirst half\r\n");
+    common::terminate(&node.child);
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    c.send(b"second half\r\n.\r\n");
+    let r = c.reply();
+    assert!(r.starts_with("250"), "the message in progress was not accepted: {r}");
+    drop(c);
+    let mut node = node;
+    let st = node.child.wait().unwrap();
+    assert!(st.success());
+    // The acknowledged message is in the store after the clean stop.
+    let store = tandem::store::Store::open(&dir.path().join("data/db"), "term", tandem::store::wal_options("term")).unwrap();
+    assert!(!store.wal().recovery_report().unclean_shutdown);
+    let v = store.views();
+    use tandem::views::ViewRead;
+    let inbox = v.mailbox_by_name("a@example.org", "INBOX").unwrap().unwrap();
+    assert_eq!(v.messages(inbox.id).unwrap().len(), 1);
+}

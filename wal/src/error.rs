@@ -36,6 +36,10 @@ pub enum WalError {
     /// A remote entry does not follow its origin's chain.
     #[error("entry does not continue the chain at {place}: {reason}")]
     Discontinuous { place: Place, reason: String },
+    /// The store belongs to another node: its log was written as another
+    /// origin. Opening it as this one would fork that origin's chain.
+    #[error("this store was written by origin {stored}, not {given}; the node id must not change under a data directory")]
+    WrongOrigin { stored: Origin, given: Origin },
     /// The log was closed.
     #[error("log is closed")]
     Closed,
@@ -72,6 +76,13 @@ pub enum SegmentError {
         seq: u64,
         offset: u64,
         reason: String,
+    },
+    #[error("segment: closing hash missing at byte offset {offset} (origin {origin}, seqs {first}..={last})")]
+    MissingClosingHash {
+        origin: Origin,
+        first: u64,
+        last: u64,
+        offset: u64,
     },
     #[error("segment: closing hash mismatch at byte offset {offset} (origin {origin}, seqs {first}..={last})")]
     ClosingHash {

@@ -106,6 +106,12 @@ pub fn decode(bytes: &[u8]) -> Result<Segment, SegmentError> {
     }
     let mut prev_hash = [0u8; 32];
     prev_hash.copy_from_slice(&bytes[34..66]);
+    if first == 1 && prev_hash != crate::record::GENESIS {
+        return Err(SegmentError::Header {
+            offset: 34,
+            reason: "a segment starting at seq 1 must name the genesis (zero) hash".into(),
+        });
+    }
     let count = last - first + 1;
     let mut entries = Vec::with_capacity(count.min(1 << 16) as usize);
     let mut pos = HEADER_LEN;

@@ -3,8 +3,9 @@
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
-/// A node's origin number: the first eight bytes of blake3 of its configured
-/// node id. Fixed width so log keys sort by (origin, seq).
+/// A node's origin number: the first eight bytes (big-endian) of blake3 in
+/// derive-key mode (context `tandem node origin v1`) over its configured node
+/// id. Fixed width so log keys sort by (origin, seq).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct Origin(pub u64);
 

@@ -29,6 +29,7 @@ const INTERNAL_CFS: [&str; 3] = ["log", "order", "meta"];
 pub(crate) const META_ORDER_NEXT: &[u8] = b"order_next";
 const META_FORMAT: &[u8] = b"format";
 const META_DIRTY: &[u8] = b"dirty";
+const META_ORIGIN: &[u8] = b"origin";
 
 pub(crate) fn meta_head_key(origin: Origin) -> [u8; 12] {
     let mut k = [0u8; 12];
@@ -107,6 +108,7 @@ pub struct Stats {
     pub jobs: AtomicU64,
     pub bytes: AtomicU64,
     pub max_group_jobs: AtomicU64,
+    pub panics: AtomicU64,
 }
 
 /// A copy of [`Stats`] at one moment.
@@ -120,6 +122,8 @@ pub struct StatsSnapshot {
     pub jobs: u64,
     pub bytes: u64,
     pub max_group_jobs: u64,
+    /// Transactions that panicked (their writes were discarded).
+    pub panics: u64,
 }
 
 type Hook = Box<dyn Fn(u64) + Send + Sync>;
@@ -176,6 +180,10 @@ impl Shared {
     pub(crate) fn group_start(&self) -> (u64, u64) {
         let s = self.state.lock().expect("state lock");
         (s.order_next, s.hlc_last)
+    }
+
+    pub(crate) fn count_panic(&self) {
+        self.stats.panics.fetch_add(1, Ordering::Relaxed);
     }
 
     pub(crate) fn poisoned(&self) -> Option<String> {
@@ -303,6 +311,20 @@ impl Wal {
             fail_writes: AtomicBool::new(false),
             closed: AtomicBool::new(false),
         };
+        if let Some(v) = meta_get(&shared, META_ORIGIN)? {
+            let stored = <[u8; 8]>::try_from(v.as_slice())
+                .map(|b| Origin(u64::from_be_bytes(b)))
+                .map_err(|_| WalError::CorruptMeta {
+                    key: "origin".into(),
+                    reason: "not 8 bytes".into(),
+                })?;
+            if stored != opts.local_origin {
+                return Err(WalError::WrongOrigin {
+                    stored,
+                    given: opts.local_origin,
+                });
+            }
+        }
         let report = crate::recovery::recover(&shared)?;
         {
             let mut s = shared.state.lock().expect("state lock");
@@ -323,6 +345,7 @@ impl Wal {
         let mut b = WriteBatch::default();
         b.put_cf(shared.handle(CF_META), META_FORMAT, STORE_FORMAT.to_be_bytes());
         b.put_cf(shared.handle(CF_META), META_DIRTY, [1u8]);
+        b.put_cf(shared.handle(CF_META), META_ORIGIN, opts.local_origin.0.to_be_bytes());
         shared.db.write_opt(b, &wo)?;
         let shared = Arc::new(shared);
         let (tx, rx) = mpsc::channel::<Job>();
@@ -543,6 +566,7 @@ impl Wal {
             jobs: s.jobs.load(Ordering::Relaxed),
             bytes: s.bytes.load(Ordering::Relaxed),
             max_group_jobs: s.max_group_jobs.load(Ordering::Relaxed),
+            panics: s.panics.load(Ordering::Relaxed),
         }
     }
 

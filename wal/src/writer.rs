@@ -313,11 +313,21 @@ fn commit_group(shared: &Shared, jobs: Vec<Job>) {
     let njobs = jobs.len() as u64;
     for job in jobs {
         let mut txn = Txn::new(shared, &mut group);
-        let (ok, fin) = job(&mut txn);
-        if ok {
-            txn.merge_into_group();
+        // A panicking transaction is a bug in that caller: its writes are
+        // dropped and its caller sees the log as closed for that request,
+        // but the writer and every other transaction carry on.
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| job(&mut txn))) {
+            Ok((ok, fin)) => {
+                if ok {
+                    txn.merge_into_group();
+                }
+                finishers.push(fin);
+            }
+            Err(_) => {
+                shared.count_panic();
+                tracing::error!("a log transaction panicked; its writes were discarded");
+            }
         }
-        finishers.push(fin);
     }
     if group.overlay.is_empty() {
         for f in finishers {

@@ -212,3 +212,39 @@ fn segment_from_store_round_trips() {
     let all = wal.read_range(o, 1, 20, 100).unwrap();
     assert_eq!(segment::decode(&segment::encode(&GENESIS, &all)).unwrap().entries.len(), 20);
 }
+
+#[test]
+fn a_store_refuses_another_origin() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let wal = Wal::open(dir.path(), opts()).unwrap();
+        wal.append(b"a".to_vec()).unwrap();
+    }
+    let mut o = opts();
+    o.local_origin = Origin::from_node_id("someone-else");
+    match Wal::open(dir.path(), o) {
+        Err(WalError::WrongOrigin { stored, given }) => {
+            assert_eq!(stored, Origin::from_node_id("a"));
+            assert_eq!(given, Origin::from_node_id("someone-else"));
+        }
+        Err(e) => panic!("wrong error {e}"),
+        Ok(_) => panic!("opened another node's store"),
+    }
+}
+
+#[test]
+fn a_panicking_transaction_leaves_no_trace_and_the_writer_survives() {
+    let dir = tempfile::tempdir().unwrap();
+    let wal = Wal::open(dir.path(), opts()).unwrap();
+    let cf = wal.cf("views").unwrap();
+    let r = wal.transact(move |t| -> Result<(), ()> {
+        t.append(b"doomed".to_vec());
+        t.put(cf, b"k", b"doomed");
+        panic!("bug in a mutation");
+    });
+    assert!(matches!(r, Err(AppendError::Wal(WalError::Closed))), "{r:?}");
+    assert_eq!(wal.stats().panics, 1);
+    assert_eq!(wal.get(cf, b"k").unwrap(), None);
+    let a = wal.append(b"after".to_vec()).unwrap();
+    assert_eq!(a.seq, 1, "the panicked append took no seq");
+}
