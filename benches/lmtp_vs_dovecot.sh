@@ -1,0 +1,91 @@
+#!/usr/bin/env bash
+# Durable LMTP ingest, Tandem against Dovecot in the same run.
+#
+#   benches/lmtp_vs_dovecot.sh            # 3 runs x (1, 4, 16 connections)
+#   RUNS=5 COUNT=5000 benches/lmtp_vs_dovecot.sh
+#
+# Both servers fsync before answering 250 (Dovecot: mail_fsync=optimized, its
+# default; Tandem: group commit). Messages come from the shared corpus mix
+# (mean ~27 KiB). Prints one line per run and a table of medians; the raw
+# lmtp_load.py JSON files stay in $OUT.
+set -euo pipefail
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+SHARED=${SHARED:-$(cd "$ROOT/../shared" && pwd)}
+RUNS=${RUNS:-3}
+COUNT=${COUNT:-3000}
+CONCURRENCY=${CONCURRENCY:-"1 4 16"}
+OUT=${OUT:-$(mktemp -d /tmp/lmtp-bench.XXXXXX)}
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/tandem-target}
+PROFILE=${PROFILE:-release}
+TANDEM_PORT=${TANDEM_PORT:-12424}
+
+bash "$ROOT/.ci/setup"
+if [ "$PROFILE" = release ]; then
+  cargo build --release --bin tandem --manifest-path "$ROOT/Cargo.toml"
+  TANDEM=$CARGO_TARGET_DIR/release/tandem
+else
+  cargo build --bin tandem --manifest-path "$ROOT/Cargo.toml"
+  TANDEM=$CARGO_TARGET_DIR/debug/tandem
+fi
+
+"$SHARED/tools/peer/dovecot/start.sh" >/dev/null
+. "$SHARED/tools/peer/dovecot/env.sh"
+
+node=$OUT/tandem
+mkdir -p "$node"
+cat > "$node/tandem.toml" <<TOML
+[node]
+id = "bench"
+data_dir = "$node/data"
+[imap]
+listen = "127.0.0.1:0"
+[lmtp]
+listen = "127.0.0.1:$TANDEM_PORT"
+[admin]
+listen = "127.0.0.1:0"
+TOML
+"$TANDEM" --config "$node/tandem.toml" serve > "$node/serve.log" 2>&1 &
+pid=$!
+trap 'kill $pid 2>/dev/null || true; wait $pid 2>/dev/null || true' EXIT
+for _ in $(seq 100); do grep -q "lmtp listening" "$node/serve.log" && break; sleep 0.1; done
+for i in $(seq 1 10); do
+  echo pass | "$TANDEM" --config "$node/tandem.toml" user add "user$i" --password-stdin >/dev/null
+done
+
+load() { # label port concurrency run
+  python3 "$SHARED/tools/peer/lmtp_load.py" --port "$2" --users 'user%d@localhost' --nusers 10 \
+    --count "$COUNT" --concurrency "$3" --max-seconds 300 --label "$1" --json "$OUT/$1-c$3-r$4.json" | tail -n 1
+}
+
+status() { "$TANDEM" --config "$node/tandem.toml" status --json > "$1"; }
+for c in $CONCURRENCY; do
+  for r in $(seq 1 "$RUNS"); do
+    load dovecot "$PEER_LMTP_PORT" "$c" "$r"
+    status "$OUT/status-before-c$c-r$r.json"
+    load tandem "$TANDEM_PORT" "$c" "$r"
+    status "$OUT/status-after-c$c-r$r.json"
+  done
+done
+
+python3 - "$OUT" "$CONCURRENCY" <<'PY'
+import json, glob, statistics, sys
+out, conc = sys.argv[1], sys.argv[2].split()
+def med(label, c, f):
+    vals = [f(json.load(open(p))) for p in sorted(glob.glob(f"{out}/{label}-c{c}-r*.json"))]
+    return statistics.median(vals) if vals else float("nan")
+print()
+def per_fsync(c):
+    vals = []
+    for before in sorted(glob.glob(f"{out}/status-before-c{c}-r*.json")):
+        after = before.replace("status-before", "status-after")
+        b, a = json.load(open(before))["log"], json.load(open(after))["log"]
+        vals.append((a["entries_appended"] - b["entries_appended"]) / max(1, a["fsyncs"] - b["fsyncs"]))
+    return statistics.median(vals) if vals else float("nan")
+print(f"{'conns':>5} {'dovecot msg/s':>14} {'tandem msg/s':>13} {'ratio':>6} {'dovecot p50/p99 ms':>19} {'tandem p50/p99 ms':>18} {'appends/fsync':>14}")
+for c in conc:
+    d = med("dovecot", c, lambda s: s["msgs_per_s"]); t = med("tandem", c, lambda s: s["msgs_per_s"])
+    dp = med("dovecot", c, lambda s: s["latency_ms"]["p99"]); tp = med("tandem", c, lambda s: s["latency_ms"]["p99"])
+    d5 = med("dovecot", c, lambda s: s["latency_ms"]["p50"]); t5 = med("tandem", c, lambda s: s["latency_ms"]["p50"])
+    print(f"{c:>5} {d:>14.1f} {t:>13.1f} {t/d:>6.2f} {d5:>9.2f}/{dp:<9.2f} {t5:>8.2f}/{tp:<9.2f} {per_fsync(c):>14.2f}")
+print(f"medians of the runs; raw results: {out}")
+PY
