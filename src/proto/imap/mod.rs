@@ -1,0 +1,6 @@
+//! IMAP protocol pieces that need no I/O: command framing, modified UTF-7,
+//! MIME views for FETCH, SEARCH evaluation and response encoding helpers.
+//! Command syntax itself is parsed by imap-codec.
+
+pub mod fragment;
+pub mod mutf7;
