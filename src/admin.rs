@@ -29,6 +29,7 @@ pub struct Status {
     pub log: LogStatus,
     pub users: u64,
     pub lmtp: crate::lmtp::CountersSnapshot,
+    pub imap: crate::imap::CountersSnapshot,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -64,6 +65,7 @@ pub struct AdminState {
     pub role: String,
     pub listeners: BTreeMap<String, String>,
     pub lmtp: Arc<crate::lmtp::Counters>,
+    pub imap: Arc<crate::imap::Counters>,
 }
 
 type Shared = Arc<AdminState>;
@@ -133,6 +135,7 @@ pub fn status(st: &AdminState) -> Result<Status, crate::views::read::ViewError> 
         },
         users: st.store.views().users()?.len() as u64,
         lmtp: st.lmtp.snapshot(),
+        imap: st.imap.snapshot(),
     })
 }
 

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     pub node: NodeConfig,
-    pub imap: ListenConfig,
+    pub imap: ImapConfig,
     pub lmtp: LmtpConfig,
     pub admin: ListenConfig,
     pub mirror: MirrorConfig,
@@ -35,6 +35,67 @@ pub struct NodeConfig {
 #[serde(deny_unknown_fields)]
 pub struct ListenConfig {
     pub listen: SocketAddr,
+}
+
+/// `[imap]`
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ImapConfig {
+    pub listen: SocketAddr,
+    /// Implicit-TLS listener (IMAPS); absent: none.
+    pub tls_listen: Option<SocketAddr>,
+    /// PEM certificate chain and key; both absent: a self-signed pair is
+    /// generated in `data_dir/tls/` at first start and reused.
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    /// Longest command line, bytes (literals not counted).
+    pub max_line: usize,
+    /// Largest literal, bytes: the APPEND size limit.
+    pub max_literal: u64,
+    /// Most simultaneous connections in all.
+    pub max_connections: usize,
+    /// Most simultaneous connections from one IP address.
+    pub max_connections_per_ip: usize,
+    /// Most simultaneous sessions of one user.
+    pub max_connections_per_user: usize,
+    /// Seconds before login a connection may be idle.
+    pub preauth_timeout_secs: u64,
+    /// Seconds after login a connection may be idle (RFC 3501: at least 30 minutes).
+    pub idle_timeout_secs: u64,
+    /// Bad commands tolerated before the connection is closed.
+    pub max_bad_commands: u32,
+    /// Where LOGIN / AUTHENTICATE PLAIN are allowed without TLS:
+    /// "loopback" (default), "always" or "never".
+    pub plaintext_auth: PlaintextAuth,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum PlaintextAuth {
+    #[default]
+    Loopback,
+    Always,
+    Never,
+}
+
+impl Default for ImapConfig {
+    fn default() -> Self {
+        ImapConfig {
+            listen: "127.0.0.1:1143".parse().expect("literal"),
+            tls_listen: Some("127.0.0.1:1993".parse().expect("literal")),
+            tls_cert: None,
+            tls_key: None,
+            max_line: 64 * 1024,
+            max_literal: 64 << 20,
+            max_connections: 1024,
+            max_connections_per_ip: 100,
+            max_connections_per_user: 50,
+            preauth_timeout_secs: 60,
+            idle_timeout_secs: 1800,
+            max_bad_commands: 20,
+            plaintext_auth: PlaintextAuth::Loopback,
+        }
+    }
 }
 
 /// `[lmtp]`
@@ -138,9 +199,7 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             node: NodeConfig::default(),
-            imap: ListenConfig {
-                listen: "127.0.0.1:1143".parse().expect("literal"),
-            },
+            imap: ImapConfig::default(),
             lmtp: LmtpConfig::default(),
             admin: ListenConfig {
                 listen: "127.0.0.1:8643".parse().expect("literal"),
@@ -213,6 +272,15 @@ impl Config {
                 "admin.listen {}: the admin endpoint listens on loopback only",
                 self.admin.listen
             ));
+        }
+        if self.imap.max_connections == 0 || self.imap.max_connections_per_ip == 0 || self.imap.max_connections_per_user == 0 {
+            p.push("imap.max_connections, imap.max_connections_per_ip and imap.max_connections_per_user must be positive".into());
+        }
+        if self.imap.tls_cert.is_some() != self.imap.tls_key.is_some() {
+            p.push("imap.tls_cert and imap.tls_key: set both or neither".into());
+        }
+        if self.imap.max_line < 1024 {
+            p.push(format!("imap.max_line {} is below 1024", self.imap.max_line));
         }
         if self.lmtp.max_message_size == 0 {
             p.push("lmtp.max_message_size must be positive".into());

@@ -18,6 +18,7 @@ pub mod auth;
 pub mod cli;
 pub mod config;
 pub mod event;
+pub mod imap;
 pub mod lmtp;
 pub mod mailfile;
 pub mod mutate;
@@ -25,6 +26,7 @@ pub mod proto;
 pub mod replay;
 pub mod server;
 pub mod store;
+pub mod tls;
 pub mod transfer;
 pub mod views;
 

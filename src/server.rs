@@ -139,6 +139,33 @@ pub async fn start(cfg: &Config) -> anyhow::Result<Running> {
         .with_context(|| format!("binding admin.listen {}", cfg.admin.listen))?;
     listeners.insert("admin".to_string(), format!("http://{}", admin_l.local_addr()?));
 
+    let imap_l = TcpListener::bind(cfg.imap.listen)
+        .await
+        .with_context(|| format!("binding imap.listen {}", cfg.imap.listen))?;
+    listeners.insert("imap".to_string(), imap_l.local_addr()?.to_string());
+    let imap_counters = Arc::new(crate::imap::Counters::default());
+    let tls = crate::tls::server_config(
+        cfg.imap.tls_cert.as_deref(),
+        cfg.imap.tls_key.as_deref(),
+        &cfg.node.data_dir,
+        &cfg.lmtp.hostname(),
+    )
+    .context("setting up TLS for IMAP")?;
+    let imap_shared = crate::imap::Shared::new(store.clone(), cfg.imap.clone(), imap_counters.clone(), Some(tls));
+    tasks.push(tokio::spawn(crate::imap::serve(
+        imap_l,
+        imap_shared.clone(),
+        false,
+        shutdown_rx.clone(),
+    )));
+    if let Some(addr) = cfg.imap.tls_listen {
+        let l = TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("binding imap.tls_listen {addr}"))?;
+        listeners.insert("imaps".to_string(), l.local_addr()?.to_string());
+        tasks.push(tokio::spawn(crate::imap::serve(l, imap_shared, true, shutdown_rx.clone())));
+    }
+
     let lmtp_l = TcpListener::bind(cfg.lmtp.listen)
         .await
         .with_context(|| format!("binding lmtp.listen {}", cfg.lmtp.listen))?;
@@ -159,6 +186,7 @@ pub async fn start(cfg: &Config) -> anyhow::Result<Running> {
         role: format!("{:?}", cfg.mirror.mode).to_lowercase(),
         listeners: listeners.clone(),
         lmtp: lmtp_counters,
+        imap: imap_counters,
     });
     let mut rx = shutdown_rx.clone();
     let app = admin::router(state);

@@ -47,7 +47,7 @@ impl Node {
         let mut lines = Vec::new();
         let mut listeners = std::collections::BTreeMap::new();
         let deadline = Instant::now() + Duration::from_secs(60);
-        while !listeners.contains_key("admin") || !listeners.contains_key("lmtp") {
+        while !["admin", "imap", "imaps", "lmtp"].iter().all(|k| listeners.contains_key(*k)) {
             let left = deadline.saturating_duration_since(Instant::now());
             let line = rx
                 .recv_timeout(left)
@@ -143,6 +143,9 @@ pub fn write_config(dir: &Path, node_id: &str, extra: &str) -> PathBuf {
     for section in ["imap", "lmtp", "admin"] {
         if !extra.contains(&format!("[{section}]")) {
             text.push_str(&format!("[{section}]\nlisten = \"127.0.0.1:0\"\n"));
+            if section == "imap" {
+                text.push_str("tls_listen = \"127.0.0.1:0\"\n");
+            }
         }
     }
     text.push_str(extra);
@@ -241,4 +244,29 @@ impl Raw {
             }
         }
     }
+}
+
+/// Run a Python script (with tests/py on its path) against a node; the
+/// script gets IMAP_HOST, IMAP_PORT, LMTP_PORT in its environment. Panics
+/// with the script's output if it fails.
+pub fn python(node: &Node, script: &str) -> String {
+    let (host, port) = node
+        .addr("imap")
+        .rsplit_once(':')
+        .map(|(h, p)| (h.to_string(), p.to_string()))
+        .unwrap();
+    let lmtp_port = node.addr("lmtp").rsplit_once(':').unwrap().1.to_string();
+    let py = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/py");
+    let out = Command::new("python3")
+        .arg("-c")
+        .arg(script)
+        .env("PYTHONPATH", py)
+        .env("IMAP_HOST", host)
+        .env("IMAP_PORT", port)
+        .env("LMTP_PORT", lmtp_port)
+        .output()
+        .expect("python3");
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "python failed:\n{text}");
+    text
 }

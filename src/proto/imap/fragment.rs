@@ -70,7 +70,10 @@ fn parse_literal_marker(line: &[u8]) -> Option<(u64, bool)> {
 
 /// The tag at the start of a command, if it looks like one.
 pub fn tag_of(bytes: &[u8]) -> Option<String> {
-    let end = bytes.iter().position(|b| *b == b' ' || *b == b'\r' || *b == b'\n').unwrap_or(bytes.len());
+    let end = bytes
+        .iter()
+        .position(|b| *b == b' ' || *b == b'\r' || *b == b'\n')
+        .unwrap_or(bytes.len());
     let t = &bytes[..end.min(64)];
     if t.is_empty() || !t.iter().all(|b| b.is_ascii_graphic() && !b"(){%*\"\\+".contains(b)) {
         return None;
@@ -113,7 +116,7 @@ impl Framer {
     }
 
     /// The next frame, or `None` when more input is needed.
-    pub fn next(&mut self) -> Option<Frame> {
+    pub fn next_frame(&mut self) -> Option<Frame> {
         loop {
             match self.state {
                 State::SkipLine => {
@@ -145,7 +148,9 @@ impl Framer {
                     let have = (self.buf.len() - self.scanned) as u64;
                     if have < remaining {
                         self.scanned = self.buf.len();
-                        self.state = State::Literal { remaining: remaining - have };
+                        self.state = State::Literal {
+                            remaining: remaining - have,
+                        };
                         return None;
                     }
                     self.scanned += remaining as usize;
@@ -172,7 +177,11 @@ impl Framer {
                         self.reset_command(lf + 1);
                         return Some(Frame::LineTooLong { tag });
                     }
-                    let line_end = if lf > self.line_start && self.buf[lf - 1] == b'\r' { lf - 1 } else { lf };
+                    let line_end = if lf > self.line_start && self.buf[lf - 1] == b'\r' {
+                        lf - 1
+                    } else {
+                        lf
+                    };
                     let line = &self.buf[self.line_start..line_end];
                     if let Some((n, plus)) = parse_literal_marker(line) {
                         let total = (lf + 1) as u64 + n;
@@ -213,14 +222,20 @@ mod tests {
     use super::*;
 
     fn frames(f: &mut Framer) -> Vec<Frame> {
-        std::iter::from_fn(|| f.next()).collect()
+        std::iter::from_fn(|| f.next_frame()).collect()
     }
 
     #[test]
     fn plain_commands_split() {
         let mut f = Framer::new(1024, 1000);
         f.feed(b"a1 NOOP\r\na2 CAPABILITY\r\na3 LOG");
-        assert_eq!(frames(&mut f), vec![Frame::Command(b"a1 NOOP\r\n".to_vec()), Frame::Command(b"a2 CAPABILITY\r\n".to_vec())]);
+        assert_eq!(
+            frames(&mut f),
+            vec![
+                Frame::Command(b"a1 NOOP\r\n".to_vec()),
+                Frame::Command(b"a2 CAPABILITY\r\n".to_vec())
+            ]
+        );
         f.feed(b"OUT\n");
         assert_eq!(frames(&mut f), vec![Frame::Command(b"a3 LOGOUT\r\n".to_vec())]);
     }
@@ -233,14 +248,20 @@ mod tests {
         f.feed(b"a2 NOOP\r\n"); // literal data that looks like a command
         assert_eq!(frames(&mut f), vec![]);
         f.feed(b"xyz\r\n");
-        assert_eq!(frames(&mut f), vec![Frame::Command(b"a APPEND INBOX {12}\r\na2 NOOP\r\nxyz\r\n".to_vec())]);
+        assert_eq!(
+            frames(&mut f),
+            vec![Frame::Command(b"a APPEND INBOX {12}\r\na2 NOOP\r\nxyz\r\n".to_vec())]
+        );
     }
 
     #[test]
     fn literal_plus_needs_no_continuation() {
         let mut f = Framer::new(1024, 1000);
         f.feed(b"a LOGIN {5+}\r\nalice {3+}\r\npw!\r\n");
-        assert_eq!(frames(&mut f), vec![Frame::Command(b"a LOGIN {5+}\r\nalice {3+}\r\npw!\r\n".to_vec())]);
+        assert_eq!(
+            frames(&mut f),
+            vec![Frame::Command(b"a LOGIN {5+}\r\nalice {3+}\r\npw!\r\n".to_vec())]
+        );
     }
 
     #[test]
@@ -249,12 +270,24 @@ mod tests {
         f.feed(b"t1 APPEND INBOX {11+}\r\n0123456789A\r\nt2 NOOP\r\n");
         assert_eq!(
             frames(&mut f),
-            vec![Frame::LiteralTooLarge { tag: Some("t1".into()), length: 11 }, Frame::Command(b"t2 NOOP\r\n".to_vec())]
+            vec![
+                Frame::LiteralTooLarge {
+                    tag: Some("t1".into()),
+                    length: 11
+                },
+                Frame::Command(b"t2 NOOP\r\n".to_vec())
+            ]
         );
         f.feed(b"t3 APPEND INBOX {50}\r\nt4 NOOP\r\n");
         assert_eq!(
             frames(&mut f),
-            vec![Frame::LiteralTooLarge { tag: Some("t3".into()), length: 50 }, Frame::Command(b"t4 NOOP\r\n".to_vec())]
+            vec![
+                Frame::LiteralTooLarge {
+                    tag: Some("t3".into()),
+                    length: 50
+                },
+                Frame::Command(b"t4 NOOP\r\n".to_vec())
+            ]
         );
     }
 
@@ -293,7 +326,7 @@ mod tests {
                 })
                 .collect();
             f.feed(&chunk);
-            while f.next().is_some() {}
+            while f.next_frame().is_some() {}
             assert!(f.buffered() <= 4096 + 64 * 1024 + 64 + 1024, "buffer grew to {}", f.buffered());
         }
     }

@@ -3,4 +3,6 @@
 //! Command syntax itself is parsed by imap-codec.
 
 pub mod fragment;
+pub mod mime;
 pub mod mutf7;
+pub mod search;

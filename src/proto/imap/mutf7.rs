@@ -63,7 +63,10 @@ pub fn decode(wire: &str) -> Result<String, &'static str> {
             match it.next() {
                 Some('-') => break,
                 Some(ch) => {
-                    let v = B64.iter().position(|b| *b as char == ch).ok_or("bad character in modified base64")?;
+                    let v = B64
+                        .iter()
+                        .position(|b| *b as char == ch)
+                        .ok_or("bad character in modified base64")?;
                     b64.push(v as u32);
                 }
                 None => return Err("unterminated modified base64"),

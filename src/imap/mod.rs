@@ -1,0 +1,272 @@
+//! The IMAP listener: accept, enforce connection limits, run one
+//! [`session::Session`] per connection with its own tracing span.
+//!
+//! Command syntax is parsed by imap-codec after the bounded framer in
+//! [`crate::proto::imap::fragment`] has split the input into whole commands;
+//! the session applies commands to the store and turns committed changes
+//! (from any session, LMTP or replication) into untagged responses.
+
+mod conn;
+mod fetch;
+pub mod session;
+
+use crate::config::ImapConfig;
+use crate::store::Store;
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpListener;
+use tokio::sync::{watch, Semaphore};
+use tracing::Instrument;
+
+/// Counters of the IMAP listener.
+#[derive(Debug, Default)]
+pub struct Counters {
+    pub connections: AtomicU64,
+    pub in_flight: AtomicU64,
+    pub refused_busy: AtomicU64,
+    pub logins: AtomicU64,
+    pub login_failures: AtomicU64,
+    pub commands: AtomicU64,
+    pub bad_commands: AtomicU64,
+    pub appends: AtomicU64,
+    pub timeouts: AtomicU64,
+}
+
+/// A copy of [`Counters`].
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct CountersSnapshot {
+    pub connections: u64,
+    pub in_flight: u64,
+    pub refused_busy: u64,
+    pub logins: u64,
+    pub login_failures: u64,
+    pub commands: u64,
+    pub bad_commands: u64,
+    pub appends: u64,
+    pub timeouts: u64,
+}
+
+impl Counters {
+    pub fn snapshot(&self) -> CountersSnapshot {
+        let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        CountersSnapshot {
+            connections: l(&self.connections),
+            in_flight: l(&self.in_flight),
+            refused_busy: l(&self.refused_busy),
+            logins: l(&self.logins),
+            login_failures: l(&self.login_failures),
+            commands: l(&self.commands),
+            bad_commands: l(&self.bad_commands),
+            appends: l(&self.appends),
+            timeouts: l(&self.timeouts),
+        }
+    }
+}
+
+pub(crate) fn bump(a: &AtomicU64) {
+    a.fetch_add(1, Ordering::Relaxed);
+}
+
+/// Failed-login memory per IP address and per user: after a few failures
+/// each further attempt waits longer (capped), which slows guessing without
+/// locking anyone out.
+#[derive(Default)]
+pub struct Throttle {
+    failures: Mutex<HashMap<String, (u32, Instant)>>,
+}
+
+impl Throttle {
+    const FREE: u32 = 3;
+    const FORGET: Duration = Duration::from_secs(15 * 60);
+
+    /// How long to wait before answering a login attempt for these keys.
+    pub fn delay(&self, keys: &[String]) -> Duration {
+        let m = self.failures.lock().expect("throttle lock");
+        let worst = keys
+            .iter()
+            .filter_map(|k| m.get(k))
+            .filter(|(_, at)| at.elapsed() < Self::FORGET)
+            .map(|(n, _)| *n)
+            .max()
+            .unwrap_or(0);
+        if worst < Self::FREE {
+            Duration::ZERO
+        } else {
+            Duration::from_millis((250u64 << (worst - Self::FREE).min(5)).min(8000))
+        }
+    }
+
+    pub fn failed(&self, keys: &[String]) {
+        let mut m = self.failures.lock().expect("throttle lock");
+        if m.len() > 100_000 {
+            m.retain(|_, (_, at)| at.elapsed() < Self::FORGET);
+        }
+        for k in keys {
+            let e = m.entry(k.clone()).or_insert((0, Instant::now()));
+            if e.1.elapsed() >= Self::FORGET {
+                e.0 = 0;
+            }
+            e.0 += 1;
+            e.1 = Instant::now();
+        }
+    }
+
+    pub fn succeeded(&self, keys: &[String]) {
+        let mut m = self.failures.lock().expect("throttle lock");
+        for k in keys {
+            m.remove(k);
+        }
+    }
+}
+
+/// Connections per key (IP address or user), bounded.
+#[derive(Default)]
+pub struct Slots {
+    held: Mutex<HashMap<String, usize>>,
+}
+
+/// A held slot; released on drop.
+pub struct SlotGuard {
+    slots: Arc<Slots>,
+    key: String,
+}
+
+impl Slots {
+    pub fn take(self: &Arc<Self>, key: String, max: usize) -> Option<SlotGuard> {
+        let mut m = self.held.lock().expect("slots lock");
+        let n = m.entry(key.clone()).or_insert(0);
+        if *n >= max {
+            return None;
+        }
+        *n += 1;
+        Some(SlotGuard { slots: self.clone(), key })
+    }
+}
+
+impl Drop for SlotGuard {
+    fn drop(&mut self) {
+        let mut m = self.slots.held.lock().expect("slots lock");
+        if let Some(n) = m.get_mut(&self.key) {
+            *n -= 1;
+            if *n == 0 {
+                m.remove(&self.key);
+            }
+        }
+    }
+}
+
+/// Everything sessions share.
+pub struct Shared {
+    pub store: Store,
+    pub cfg: ImapConfig,
+    pub counters: Arc<Counters>,
+    pub throttle: Throttle,
+    pub per_ip: Arc<Slots>,
+    pub per_user: Arc<Slots>,
+    pub cache: fetch::Cache,
+    /// TLS for STARTTLS and the implicit-TLS listener.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
+}
+
+impl Shared {
+    pub fn new(store: Store, cfg: ImapConfig, counters: Arc<Counters>, tls: Option<Arc<rustls::ServerConfig>>) -> Arc<Shared> {
+        Arc::new(Shared {
+            store,
+            cfg,
+            counters,
+            throttle: Throttle::default(),
+            per_ip: Arc::new(Slots::default()),
+            per_user: Arc::new(Slots::default()),
+            cache: fetch::Cache::new(4096),
+            tls,
+        })
+    }
+}
+
+async fn wait_shutdown(rx: &mut watch::Receiver<bool>) {
+    let _ = rx.wait_for(|s| *s).await;
+}
+
+/// Accept connections until shutdown; then let sessions end (bounded).
+/// With `implicit_tls`, every connection starts with a TLS handshake.
+pub async fn serve(listener: TcpListener, shared: Arc<Shared>, implicit_tls: bool, mut shutdown: watch::Receiver<bool>) {
+    let slots = Arc::new(Semaphore::new(shared.cfg.max_connections));
+    loop {
+        let (mut stream, peer) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    tracing::warn!(error = %e, "imap accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = wait_shutdown(&mut shutdown) => break,
+        };
+        bump(&shared.counters.connections);
+        let ip_slot = shared.per_ip.take(peer.ip().to_string(), shared.cfg.max_connections_per_ip);
+        let permit = slots.clone().try_acquire_owned().ok();
+        let (Some(permit), Some(ip_slot)) = (permit, ip_slot) else {
+            bump(&shared.counters.refused_busy);
+            tokio::spawn(async move {
+                let _ = stream.write_all(b"* BYE Too many connections, try again later\r\n").await;
+            });
+            continue;
+        };
+        let shared = shared.clone();
+        let shutdown = shutdown.clone();
+        let span = tracing::info_span!("imap", %peer, user = tracing::field::Empty);
+        tokio::spawn(
+            async move {
+                shared.counters.in_flight.fetch_add(1, Ordering::Relaxed);
+                let _ = stream.set_nodelay(true);
+                let conn = match (&shared.tls, implicit_tls) {
+                    (Some(tls), true) => match tokio::time::timeout(
+                        Duration::from_secs(shared.cfg.preauth_timeout_secs),
+                        tokio_rustls::TlsAcceptor::from(tls.clone()).accept(stream),
+                    )
+                    .await
+                    {
+                        Ok(Ok(s)) => Some(conn::Conn::Tls(Box::new(s))),
+                        Ok(Err(e)) => {
+                            tracing::info!(error = %e, "TLS handshake failed");
+                            None
+                        }
+                        Err(_) => None,
+                    },
+                    _ => Some(conn::Conn::Plain(stream)),
+                };
+                if let Some(conn) = conn {
+                    let mut s = session::Session::new(conn, peer, shared.clone(), shutdown);
+                    if let Err(e) = s.run().await {
+                        tracing::debug!(error = %e, "session ended with an error");
+                    }
+                }
+                shared.counters.in_flight.fetch_sub(1, Ordering::Relaxed);
+                drop(ip_slot);
+                drop(permit);
+            }
+            .instrument(span),
+        );
+    }
+    let all = u32::try_from(shared.cfg.max_connections).unwrap_or(u32::MAX);
+    let _ = tokio::time::timeout(Duration::from_secs(10), slots.acquire_many(all)).await;
+}
+
+/// Is plaintext authentication allowed for this peer?
+pub fn plaintext_ok(cfg: &ImapConfig, peer: &SocketAddr, tls: bool) -> bool {
+    use crate::config::PlaintextAuth;
+    tls || match cfg.plaintext_auth {
+        PlaintextAuth::Always => true,
+        PlaintextAuth::Never => false,
+        PlaintextAuth::Loopback => match peer.ip() {
+            IpAddr::V4(a) => a.is_loopback(),
+            IpAddr::V6(a) => a.is_loopback() || a.to_ipv4_mapped().is_some_and(|v| v.is_loopback()),
+        },
+    }
+}

@@ -1,0 +1,1491 @@
+//! One IMAP connection: states (not authenticated, authenticated, selected,
+//! logout), command dispatch, and the synchronisation of a selected mailbox
+//! with the views (untagged EXISTS / EXPUNGE / FETCH FLAGS at the points RFC
+//! 3501 allows).
+
+use super::conn::Conn;
+use super::{bump, fetch, plaintext_ok, Shared, SlotGuard};
+use crate::auth::{verify_password, Secret};
+use crate::event::{FlagOp, Flags, Id, SpecialUse};
+use crate::mutate::{self, MutationError, NewMessage};
+use crate::proto::imap::fragment::{tag_of, Frame, Framer};
+use crate::proto::imap::mutf7;
+use crate::proto::imap::search::{self, SearchMessage};
+use crate::store::StoreError;
+use crate::views::{MailboxRec, MessageRec, ViewRead};
+use imap_codec::decode::{CommandDecodeError, Decoder};
+use imap_codec::imap_types::command::{Command, CommandBody};
+use imap_codec::imap_types::core::AString;
+use imap_codec::imap_types::fetch::{Macro, MacroOrMessageDataItemNames, MessageDataItemName};
+use imap_codec::imap_types::flag::{Flag, StoreResponse, StoreType};
+use imap_codec::imap_types::mailbox::{ListMailbox, Mailbox};
+use imap_codec::imap_types::sequence::{SeqOrUid, Sequence, SequenceSet};
+use imap_codec::imap_types::status::StatusDataItemName;
+use imap_codec::CommandCodec;
+use std::collections::{BTreeSet, HashMap};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::watch;
+
+const SYSTEM_FLAGS: &str = "\\Answered \\Flagged \\Deleted \\Seen \\Draft";
+
+/// A selected mailbox as this session has told the client about it.
+struct Selected {
+    id: Id,
+    name: String,
+    readonly: bool,
+    /// Sequence number - 1 -> UID.
+    uids: Vec<u32>,
+    /// Flags as last told to the client.
+    flags: HashMap<u32, Flags>,
+    /// The mailbox's HIGHESTMODSEQ when last compared.
+    modseq: u64,
+    /// Expunges seen but not yet announced (not allowed during FETCH,
+    /// STORE and SEARCH by sequence number).
+    expunge_pending: bool,
+}
+
+enum Auth {
+    None,
+    User { name: String, _slot: SlotGuard },
+}
+
+/// What a command handler tells the loop.
+enum Flow {
+    Continue,
+    Logout,
+}
+
+pub struct Session {
+    stream: Conn,
+    peer: SocketAddr,
+    shared: Arc<Shared>,
+    shutdown: watch::Receiver<bool>,
+    framer: Framer,
+    out: Vec<u8>,
+    auth: Auth,
+    selected: Option<Selected>,
+    bad: u32,
+    commits: watch::Receiver<u64>,
+}
+
+type R<T> = std::io::Result<T>;
+
+fn now_secs() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+/// Quote a string for a response, or send it as a literal when it must be.
+fn astring(s: &str) -> String {
+    if s.bytes().all(|b| (0x20..0x7f).contains(&b)) && s.len() < 1024 {
+        format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\""))
+    } else {
+        format!("{{{}}}\r\n{}", s.len(), s)
+    }
+}
+
+fn flag_name(f: &Flag<'_>) -> String {
+    f.to_string()
+}
+
+fn to_flags(v: &[Flag<'_>]) -> Flags {
+    Flags::new(v.iter().map(flag_name))
+}
+
+/// A mailbox name from the wire: modified UTF-7 decoded, INBOX folded.
+fn mailbox_name(m: &Mailbox<'_>) -> Result<String, String> {
+    match m {
+        Mailbox::Inbox => Ok("INBOX".into()),
+        Mailbox::Other(o) => {
+            let raw = std::str::from_utf8(o.as_ref()).map_err(|_| "mailbox name is not UTF-8".to_string())?;
+            let name = mutf7::decode(raw).map_err(|e| format!("mailbox name: {e}"))?;
+            mutate::normalize_mailbox(&name).map_err(|e| e.to_string())
+        }
+    }
+}
+
+fn astr(a: &AString<'_>) -> String {
+    String::from_utf8_lossy(a.as_ref()).into_owned()
+}
+
+/// Match a LIST pattern (`*` anything, `%` anything but the separator).
+fn list_match(pattern: &[char], name: &[char]) -> bool {
+    match pattern.split_first() {
+        None => name.is_empty(),
+        Some(('*', rest)) => (0..=name.len()).any(|i| list_match(rest, &name[i..])),
+        Some(('%', rest)) => (0..=name.len())
+            .take_while(|i| *i == 0 || name[i - 1] != '/')
+            .any(|i| list_match(rest, &name[i..])),
+        Some((c, rest)) => name.first() == Some(c) && list_match(rest, &name[1..]),
+    }
+}
+
+fn special_use_of(mb: &MailboxRec) -> Option<SpecialUse> {
+    mb.special_use
+}
+
+impl Session {
+    pub fn new(stream: Conn, peer: SocketAddr, shared: Arc<Shared>, shutdown: watch::Receiver<bool>) -> Session {
+        let framer = Framer::new(shared.cfg.max_line, shared.cfg.max_literal);
+        let commits = shared.store.commits();
+        Session {
+            stream,
+            peer,
+            shared,
+            shutdown,
+            framer,
+            out: Vec::with_capacity(8192),
+            auth: Auth::None,
+            selected: None,
+            bad: 0,
+            commits,
+        }
+    }
+
+    fn user(&self) -> Option<&str> {
+        match &self.auth {
+            Auth::User { name, .. } => Some(name),
+            Auth::None => None,
+        }
+    }
+
+    fn capabilities(&self) -> String {
+        let mut caps = vec![
+            "IMAP4rev1",
+            "LITERAL+",
+            "SASL-IR",
+            "IDLE",
+            "NAMESPACE",
+            "UIDPLUS",
+            "MOVE",
+            "SPECIAL-USE",
+            "CHILDREN",
+            "UNSELECT",
+            "ENABLE",
+            "ID",
+        ];
+        if self.user().is_none() {
+            if !self.stream.is_tls() && self.shared.tls.is_some() {
+                caps.push("STARTTLS");
+            }
+            if plaintext_ok(&self.shared.cfg, &self.peer, self.stream.is_tls()) {
+                caps.push("AUTH=PLAIN");
+            } else {
+                caps.push("LOGINDISABLED");
+            }
+        }
+        caps.join(" ")
+    }
+
+    fn line(&mut self, s: &str) {
+        self.out.extend_from_slice(s.as_bytes());
+        self.out.extend_from_slice(b"\r\n");
+    }
+
+    async fn flush(&mut self) -> R<()> {
+        if !self.out.is_empty() {
+            self.stream.write_all(&self.out).await?;
+            self.out.clear();
+        }
+        Ok(())
+    }
+
+    /// Read more input; `false` on end of input or timeout (the session ends).
+    async fn read_more(&mut self) -> R<bool> {
+        let timeout = Duration::from_secs(if self.user().is_some() {
+            self.shared.cfg.idle_timeout_secs
+        } else {
+            self.shared.cfg.preauth_timeout_secs
+        });
+        let mut buf = [0u8; 16 * 1024];
+        let mut shutdown = self.shutdown.clone();
+        tokio::select! {
+            r = tokio::time::timeout(timeout, self.stream.read(&mut buf)) => match r {
+                Ok(Ok(0)) => Ok(false),
+                Ok(Ok(n)) => {
+                    self.framer.feed(&buf[..n]);
+                    Ok(true)
+                }
+                Ok(Err(e)) => Err(e),
+                Err(_) => {
+                    bump(&self.shared.counters.timeouts);
+                    self.line("* BYE Autologout; idle for too long");
+                    self.flush().await?;
+                    Ok(false)
+                }
+            },
+            _ = async { let _ = shutdown.wait_for(|s| *s).await; } => {
+                self.line("* BYE Server shutting down");
+                self.flush().await?;
+                Ok(false)
+            }
+        }
+    }
+
+    /// The next whole command from the client (`None`: the session ends).
+    async fn next_command(&mut self) -> R<Option<Vec<u8>>> {
+        loop {
+            while let Some(frame) = self.framer.next_frame() {
+                match frame {
+                    Frame::Command(bytes) => return Ok(Some(bytes)),
+                    Frame::Continue { .. } => {
+                        self.line("+ Ready for literal data");
+                        self.flush().await?;
+                    }
+                    Frame::LineTooLong { tag } => {
+                        let t = tag.unwrap_or_else(|| "*".into());
+                        self.line(&format!("{t} BAD Command line too long"));
+                        if self.count_bad() {
+                            return Ok(None);
+                        }
+                    }
+                    Frame::LiteralTooLarge { tag, length } => {
+                        let t = tag.unwrap_or_else(|| "*".into());
+                        self.line(&format!(
+                            "{t} NO [TOOBIG] Literal of {length} octets exceeds the limit of {}",
+                            self.shared.cfg.max_literal
+                        ));
+                        if self.count_bad() {
+                            return Ok(None);
+                        }
+                    }
+                }
+            }
+            self.flush().await?;
+            if !self.read_more().await? {
+                return Ok(None);
+            }
+        }
+    }
+
+    /// Count a bad command; true when the budget is spent (connection closes).
+    fn count_bad(&mut self) -> bool {
+        bump(&self.shared.counters.bad_commands);
+        self.bad += 1;
+        if self.bad >= self.shared.cfg.max_bad_commands {
+            self.line("* BYE Too many invalid commands");
+            return true;
+        }
+        false
+    }
+
+    pub async fn run(&mut self) -> R<()> {
+        let caps = self.capabilities();
+        self.line(&format!("* OK [CAPABILITY {caps}] Tandem ready"));
+        self.flush().await?;
+        while let Some(bytes) = self.next_command().await? {
+            bump(&self.shared.counters.commands);
+            match self.dispatch(&bytes).await? {
+                Flow::Continue => {}
+                Flow::Logout => break,
+            }
+            self.flush().await?;
+        }
+        self.flush().await?;
+        let _ = self.stream.shutdown().await;
+        Ok(())
+    }
+
+    /// Commands imap-codec 1.0 does not know: NAMESPACE, ID, UID EXPUNGE.
+    fn extension_command(bytes: &[u8]) -> Option<(String, String, String)> {
+        let text = std::str::from_utf8(bytes).ok()?.trim_end();
+        let mut it = text.splitn(3, ' ');
+        let tag = it.next()?.to_string();
+        let cmd = it.next()?.to_ascii_uppercase();
+        let rest = it.next().unwrap_or("").to_string();
+        match cmd.as_str() {
+            "NAMESPACE" | "ID" => Some((tag, cmd, rest)),
+            "UID" if rest.to_ascii_uppercase().starts_with("EXPUNGE ") => Some((tag, "UID EXPUNGE".into(), rest[8..].trim().to_string())),
+            _ => None,
+        }
+    }
+
+    async fn dispatch(&mut self, bytes: &[u8]) -> R<Flow> {
+        if let Some((tag, cmd, rest)) = Self::extension_command(bytes) {
+            return self.extension(&tag, &cmd, &rest).await;
+        }
+        let cmd = match CommandCodec::default().decode(bytes) {
+            Ok((_, cmd)) => cmd,
+            Err(CommandDecodeError::Failed) | Err(CommandDecodeError::Incomplete) | Err(CommandDecodeError::LiteralFound { .. }) => {
+                let tag = tag_of(bytes).unwrap_or_else(|| "*".into());
+                self.line(&format!("{tag} BAD Syntax error in command"));
+                return Ok(if self.count_bad() { Flow::Logout } else { Flow::Continue });
+            }
+        };
+        self.command(cmd).await
+    }
+
+    async fn extension(&mut self, tag: &str, cmd: &str, rest: &str) -> R<Flow> {
+        match cmd {
+            "ID" => {
+                self.line("* ID (\"name\" \"Tandem\" \"vendor\" \"Tandem\")");
+                self.line(&format!("{tag} OK ID completed"));
+            }
+            "NAMESPACE" => {
+                if self.user().is_none() {
+                    self.line(&format!("{tag} BAD Log in first"));
+                } else {
+                    self.line("* NAMESPACE ((\"\" \"/\")) NIL NIL");
+                    self.line(&format!("{tag} OK NAMESPACE completed"));
+                }
+            }
+            "UID EXPUNGE" => {
+                if self.selected.is_none() {
+                    self.line(&format!("{tag} BAD No mailbox selected"));
+                    return Ok(Flow::Continue);
+                }
+                let set = match parse_uid_set(rest) {
+                    Some(s) => s,
+                    None => {
+                        self.line(&format!("{tag} BAD Invalid UID set"));
+                        return Ok(Flow::Continue);
+                    }
+                };
+                self.expunge(tag, Some(set)).await;
+            }
+            _ => self.line(&format!("{tag} BAD Unknown command")),
+        }
+        Ok(Flow::Continue)
+    }
+
+    fn no(&mut self, tag: &str, text: &str) {
+        self.line(&format!("{tag} NO {text}"));
+    }
+
+    fn store_error(&mut self, tag: &str, e: StoreError) {
+        match &e {
+            StoreError::Mutation(MutationError::NoSuchMailbox(_)) => self.no(tag, "[NONEXISTENT] No such mailbox"),
+            StoreError::Mutation(MutationError::MailboxExists(_)) => self.no(tag, "[ALREADYEXISTS] Mailbox already exists"),
+            StoreError::Mutation(m) if e.is_refusal() => self.no(tag, &format!("[CANNOT] {m}")),
+            _ => {
+                tracing::error!(error = %e, "store failure");
+                self.no(tag, "[SERVERBUG] Internal error; try again later");
+            }
+        }
+    }
+
+    async fn command(&mut self, cmd: Command<'_>) -> R<Flow> {
+        let tag = cmd.tag.inner().to_string();
+        let tag = tag.as_str();
+        // Any state.
+        match &cmd.body {
+            CommandBody::Capability => {
+                let caps = self.capabilities();
+                self.line(&format!("* CAPABILITY {caps}"));
+                self.line(&format!("{tag} OK CAPABILITY completed"));
+                return Ok(Flow::Continue);
+            }
+            CommandBody::Noop => {
+                self.sync(true);
+                self.line(&format!("{tag} OK NOOP completed"));
+                return Ok(Flow::Continue);
+            }
+            CommandBody::Logout => {
+                self.line("* BYE Logging out");
+                self.line(&format!("{tag} OK LOGOUT completed"));
+                return Ok(Flow::Logout);
+            }
+            _ => {}
+        }
+        if self.user().is_none() {
+            return self.unauthenticated(tag, cmd.body).await;
+        }
+        let user = self.user().expect("authenticated").to_string();
+        match cmd.body {
+            CommandBody::StartTLS => self.line(&format!("{tag} BAD STARTTLS is not offered on this listener")),
+            CommandBody::Login { .. } | CommandBody::Authenticate { .. } => self.line(&format!("{tag} BAD Already authenticated")),
+            CommandBody::Select { mailbox } => self.select(tag, &user, &mailbox, false),
+            CommandBody::Examine { mailbox } => self.select(tag, &user, &mailbox, true),
+            CommandBody::Create { mailbox } => match mailbox_name(&mailbox) {
+                Ok(name) => {
+                    let u = user.clone();
+                    let now = now_secs();
+                    let su = SpecialUse::DEFAULTS.iter().find(|(n, _)| *n == name).map(|(_, s)| *s);
+                    match self
+                        .shared
+                        .store
+                        .run(move |t, c| mutate::create_mailbox(t, c, &u, &name, su, now))
+                        .await
+                    {
+                        Ok(_) => self.line(&format!("{tag} OK CREATE completed")),
+                        Err(e) => self.store_error(tag, e),
+                    }
+                }
+                Err(e) => self.line(&format!("{tag} BAD {e}")),
+            },
+            CommandBody::Delete { mailbox } => match mailbox_name(&mailbox) {
+                Ok(name) => {
+                    if self.selected.as_ref().is_some_and(|s| s.name == name) {
+                        self.selected = None;
+                    }
+                    let u = user.clone();
+                    match self.shared.store.run(move |t, c| mutate::delete_mailbox(t, c, &u, &name)).await {
+                        Ok(()) => self.line(&format!("{tag} OK DELETE completed")),
+                        Err(e) => self.store_error(tag, e),
+                    }
+                }
+                Err(e) => self.line(&format!("{tag} BAD {e}")),
+            },
+            CommandBody::Rename { from, to } => match (mailbox_name(&from), mailbox_name(&to)) {
+                (Ok(from), Ok(to)) => self.rename(tag, &user, from, to).await,
+                (Err(e), _) | (_, Err(e)) => self.line(&format!("{tag} BAD {e}")),
+            },
+            CommandBody::Subscribe { mailbox } => self.subscribe(tag, &user, &mailbox, true).await,
+            CommandBody::Unsubscribe { mailbox } => self.subscribe(tag, &user, &mailbox, false).await,
+            CommandBody::List {
+                reference,
+                mailbox_wildcard,
+            } => self.list(tag, &user, &reference, &mailbox_wildcard, false),
+            CommandBody::Lsub {
+                reference,
+                mailbox_wildcard,
+            } => self.list(tag, &user, &reference, &mailbox_wildcard, true),
+            CommandBody::Status { mailbox, item_names } => self.status(tag, &user, &mailbox, item_names.as_ref()),
+            CommandBody::Append {
+                mailbox,
+                flags,
+                date,
+                message,
+            } => {
+                let name = match mailbox_name(&mailbox) {
+                    Ok(n) => n,
+                    Err(e) => {
+                        self.line(&format!("{tag} BAD {e}"));
+                        return Ok(Flow::Continue);
+                    }
+                };
+                let (secs, tz) = match date {
+                    Some(d) => {
+                        let dt = d.as_ref();
+                        (dt.timestamp(), (dt.offset().local_minus_utc() / 60) as i16)
+                    }
+                    None => (now_secs(), 0),
+                };
+                let mut msg = NewMessage::new(message.data().to_vec(), to_flags(&flags), secs);
+                msg.tz_minutes = tz;
+                let u = user.clone();
+                let n2 = name.clone();
+                match self.shared.store.run(move |t, c| mutate::append(t, c, &u, &n2, &msg)).await {
+                    Ok(p) => {
+                        bump(&self.shared.counters.appends);
+                        self.sync(true);
+                        self.line(&format!("{tag} OK [APPENDUID {} {}] APPEND completed", p.uidvalidity, p.uid));
+                    }
+                    Err(StoreError::Mutation(MutationError::NoSuchMailbox(_))) => self.no(tag, "[TRYCREATE] No such mailbox"),
+                    Err(e) => self.store_error(tag, e),
+                }
+            }
+            CommandBody::Idle => return self.idle(tag).await,
+            CommandBody::Enable { .. } => {
+                self.line("* ENABLED");
+                self.line(&format!("{tag} OK ENABLE completed"));
+            }
+            CommandBody::Check => {
+                self.sync(true);
+                self.line(&format!("{tag} OK CHECK completed"));
+            }
+            CommandBody::Close | CommandBody::Unselect => {
+                let close = matches!(cmd.body, CommandBody::Close);
+                match self.selected.take() {
+                    None => self.line(&format!("{tag} BAD No mailbox selected")),
+                    Some(sel) => {
+                        if close && !sel.readonly {
+                            let v = self.shared.store.views();
+                            let doomed: Vec<u32> = v
+                                .messages(sel.id)
+                                .map(|ms| {
+                                    ms.into_iter()
+                                        .filter(|(_, m)| m.flags.contains("\\Deleted"))
+                                        .map(|(u, _)| u)
+                                        .collect()
+                                })
+                                .unwrap_or_default();
+                            if !doomed.is_empty() {
+                                let (u, id) = (user.clone(), sel.id);
+                                if let Err(e) = self.shared.store.run(move |t, c| mutate::expunge(t, c, &u, id, &doomed)).await {
+                                    self.store_error(tag, e);
+                                    return Ok(Flow::Continue);
+                                }
+                            }
+                        }
+                        self.line(&format!("{tag} OK {} completed", if close { "CLOSE" } else { "UNSELECT" }));
+                    }
+                }
+            }
+            CommandBody::Expunge => {
+                if self.selected.is_none() {
+                    self.line(&format!("{tag} BAD No mailbox selected"));
+                } else {
+                    self.expunge(tag, None).await;
+                }
+            }
+            CommandBody::Search { charset, criteria, uid } => {
+                if self.selected.is_none() {
+                    self.line(&format!("{tag} BAD No mailbox selected"));
+                    return Ok(Flow::Continue);
+                }
+                let cs = charset.map(|c| match c {
+                    imap_codec::imap_types::core::Charset::Atom(a) => a.inner().to_string(),
+                    imap_codec::imap_types::core::Charset::Quoted(q) => q.inner().to_string(),
+                });
+                if let Err(e) = search::check_charset(cs.as_deref()) {
+                    self.no(tag, &format!("[BADCHARSET (US-ASCII UTF-8)] {e}"));
+                    return Ok(Flow::Continue);
+                }
+                self.search(tag, &criteria, uid);
+            }
+            CommandBody::Fetch {
+                sequence_set,
+                macro_or_item_names,
+                uid,
+            } => {
+                if self.selected.is_none() {
+                    self.line(&format!("{tag} BAD No mailbox selected"));
+                    return Ok(Flow::Continue);
+                }
+                let items: Vec<MessageDataItemName<'_>> = match macro_or_item_names {
+                    MacroOrMessageDataItemNames::Macro(m) => match m {
+                        // `Macro` is non-exhaustive; a macro this build does not know reads as FAST.
+                        Macro::Fast => vec![
+                            MessageDataItemName::Flags,
+                            MessageDataItemName::InternalDate,
+                            MessageDataItemName::Rfc822Size,
+                        ],
+                        Macro::All => vec![
+                            MessageDataItemName::Flags,
+                            MessageDataItemName::InternalDate,
+                            MessageDataItemName::Rfc822Size,
+                            MessageDataItemName::Envelope,
+                        ],
+                        Macro::Full => vec![
+                            MessageDataItemName::Flags,
+                            MessageDataItemName::InternalDate,
+                            MessageDataItemName::Rfc822Size,
+                            MessageDataItemName::Envelope,
+                            MessageDataItemName::Body,
+                        ],
+                        _ => vec![
+                            MessageDataItemName::Flags,
+                            MessageDataItemName::InternalDate,
+                            MessageDataItemName::Rfc822Size,
+                        ],
+                    },
+                    MacroOrMessageDataItemNames::MessageDataItemNames(v) => v,
+                };
+                self.fetch(tag, &user, &sequence_set, &items, uid).await;
+            }
+            CommandBody::Store {
+                sequence_set,
+                kind,
+                response,
+                flags,
+                uid,
+            } => {
+                self.store_flags(tag, &user, &sequence_set, kind, response, &flags, uid).await;
+            }
+            CommandBody::Copy {
+                sequence_set,
+                mailbox,
+                uid,
+            } => self.copy(tag, &user, &sequence_set, &mailbox, uid, false).await,
+            CommandBody::Move {
+                sequence_set,
+                mailbox,
+                uid,
+            } => self.copy(tag, &user, &sequence_set, &mailbox, uid, true).await,
+            CommandBody::Compress { .. }
+            | CommandBody::GetQuota { .. }
+            | CommandBody::GetQuotaRoot { .. }
+            | CommandBody::SetQuota { .. } => self.line(&format!("{tag} BAD Command not supported")),
+            CommandBody::Capability | CommandBody::Noop | CommandBody::Logout => unreachable!("handled above"),
+        }
+        Ok(Flow::Continue)
+    }
+
+    async fn unauthenticated(&mut self, tag: &str, body: CommandBody<'_>) -> R<Flow> {
+        match body {
+            CommandBody::Login { username, password } => {
+                let user = astr(&username);
+                let pw = Secret::new(String::from_utf8_lossy(password.declassify().as_ref()).into_owned());
+                self.login(tag, &user, pw).await?;
+            }
+            CommandBody::Authenticate {
+                mechanism,
+                initial_response,
+            } => {
+                if !matches!(mechanism, imap_codec::imap_types::auth::AuthMechanism::Plain) {
+                    self.no(tag, "[CANNOT] Only AUTHENTICATE PLAIN is supported");
+                    return Ok(Flow::Continue);
+                }
+                let data = match initial_response {
+                    Some(r) => r.declassify().to_vec(),
+                    None => {
+                        self.line("+ ");
+                        self.flush().await?;
+                        let Some(line) = self.next_command().await? else {
+                            return Ok(Flow::Logout);
+                        };
+                        let text = String::from_utf8_lossy(&line).trim().to_string();
+                        if text == "*" {
+                            self.line(&format!("{tag} BAD Authentication cancelled"));
+                            return Ok(Flow::Continue);
+                        }
+                        match base64_decode(&text) {
+                            Some(d) => d,
+                            None => {
+                                self.line(&format!("{tag} BAD Invalid base64"));
+                                return Ok(Flow::Continue);
+                            }
+                        }
+                    }
+                };
+                // authzid NUL authcid NUL password
+                let parts: Vec<&[u8]> = data.split(|b| *b == 0).collect();
+                if parts.len() != 3 {
+                    self.line(&format!("{tag} BAD Malformed PLAIN response"));
+                    return Ok(Flow::Continue);
+                }
+                let authz = String::from_utf8_lossy(parts[0]).to_lowercase();
+                let user = String::from_utf8_lossy(parts[1]).into_owned();
+                if !authz.is_empty() && authz != user.to_lowercase() {
+                    self.no(tag, "[AUTHORIZATIONFAILED] Cannot act as another user");
+                    return Ok(Flow::Continue);
+                }
+                let pw = Secret::new(String::from_utf8_lossy(parts[2]).into_owned());
+                self.login(tag, &user, pw).await?;
+            }
+            CommandBody::StartTLS => return self.starttls(tag).await,
+            _ => {
+                self.line(&format!("{tag} BAD Log in first"));
+                if self.count_bad() {
+                    return Ok(Flow::Logout);
+                }
+            }
+        }
+        Ok(Flow::Continue)
+    }
+
+    async fn starttls(&mut self, tag: &str) -> R<Flow> {
+        let Some(tls) = self.shared.tls.clone() else {
+            self.line(&format!("{tag} BAD STARTTLS is not available"));
+            return Ok(Flow::Continue);
+        };
+        if self.stream.is_tls() {
+            self.line(&format!("{tag} BAD TLS is already active"));
+            return Ok(Flow::Continue);
+        }
+        self.line(&format!("{tag} OK Begin TLS negotiation now"));
+        self.flush().await?;
+        // Anything the client pipelined after STARTTLS was sent in the clear
+        // and must not be executed inside the TLS session.
+        self.framer = Framer::new(self.shared.cfg.max_line, self.shared.cfg.max_literal);
+        let Conn::Plain(tcp) = std::mem::replace(&mut self.stream, Conn::Swapping) else {
+            return Ok(Flow::Logout);
+        };
+        match tokio_rustls::TlsAcceptor::from(tls).accept(tcp).await {
+            Ok(s) => {
+                self.stream = Conn::Tls(Box::new(s));
+                Ok(Flow::Continue)
+            }
+            Err(e) => {
+                tracing::info!(error = %e, "STARTTLS handshake failed");
+                Ok(Flow::Logout)
+            }
+        }
+    }
+
+    async fn login(&mut self, tag: &str, user: &str, pw: Secret) -> R<()> {
+        if !plaintext_ok(&self.shared.cfg, &self.peer, self.stream.is_tls()) {
+            self.no(tag, "[PRIVACYREQUIRED] Plaintext authentication is disabled");
+            return Ok(());
+        }
+        let user = match mutate::normalize_user(user) {
+            Ok(u) => u,
+            Err(_) => {
+                self.no(tag, "[AUTHENTICATIONFAILED] Authentication failed");
+                return Ok(());
+            }
+        };
+        let keys = vec![format!("ip:{}", self.peer.ip()), format!("user:{user}")];
+        let delay = self.shared.throttle.delay(&keys);
+        if !delay.is_zero() {
+            tokio::time::sleep(delay).await;
+        }
+        let rec = self.shared.store.views().user(&user).ok().flatten();
+        let ok = match rec {
+            Some(rec) => tokio::task::spawn_blocking(move || verify_password(&pw, &rec.password_hash))
+                .await
+                .unwrap_or(false),
+            None => {
+                // Spend the same effort so a missing user is not cheaper.
+                let _ = tokio::task::spawn_blocking(move || verify_password(&pw, DUMMY_HASH)).await;
+                false
+            }
+        };
+        if !ok {
+            self.shared.throttle.failed(&keys);
+            bump(&self.shared.counters.login_failures);
+            tracing::info!(user = %user, "login failed");
+            self.no(tag, "[AUTHENTICATIONFAILED] Authentication failed");
+            return Ok(());
+        }
+        let Some(slot) = self.shared.per_user.take(user.clone(), self.shared.cfg.max_connections_per_user) else {
+            self.no(tag, "[LIMIT] Too many connections for this user");
+            return Ok(());
+        };
+        self.shared.throttle.succeeded(&keys);
+        bump(&self.shared.counters.logins);
+        tracing::Span::current().record("user", user.as_str());
+        tracing::info!("logged in");
+        self.auth = Auth::User { name: user, _slot: slot };
+        let caps = self.capabilities();
+        self.line(&format!("{tag} OK [CAPABILITY {caps}] Logged in"));
+        Ok(())
+    }
+
+    fn select(&mut self, tag: &str, user: &str, mailbox: &Mailbox<'_>, readonly: bool) {
+        self.selected = None;
+        let name = match mailbox_name(mailbox) {
+            Ok(n) => n,
+            Err(e) => {
+                self.line(&format!("{tag} BAD {e}"));
+                return;
+            }
+        };
+        let v = self.shared.store.views();
+        let Ok(Some(mb)) = v.mailbox_by_name(user, &name) else {
+            self.no(tag, "[NONEXISTENT] No such mailbox");
+            return;
+        };
+        let msgs = match v.messages(mb.id) {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::error!(error = %e, "reading mailbox");
+                self.no(tag, "[SERVERBUG] Cannot read mailbox");
+                return;
+            }
+        };
+        let mut keywords = BTreeSet::new();
+        let mut first_unseen = None;
+        for (i, (_, m)) in msgs.iter().enumerate() {
+            for f in m.flags.iter() {
+                if !f.starts_with('\\') {
+                    keywords.insert(f.to_string());
+                }
+            }
+            if first_unseen.is_none() && !m.flags.contains("\\Seen") {
+                first_unseen = Some(i + 1);
+            }
+        }
+        let kw: String = keywords.iter().map(|k| format!(" {k}")).collect();
+        self.line(&format!("* FLAGS ({SYSTEM_FLAGS}{kw})"));
+        self.line(&format!("* OK [PERMANENTFLAGS ({SYSTEM_FLAGS}{kw} \\*)] Flags permitted"));
+        self.line(&format!("* {} EXISTS", msgs.len()));
+        self.line("* 0 RECENT");
+        if let Some(u) = first_unseen {
+            self.line(&format!("* OK [UNSEEN {u}] First unseen"));
+        }
+        self.line(&format!("* OK [UIDVALIDITY {}] UIDs valid", mb.uidvalidity));
+        self.line(&format!("* OK [UIDNEXT {}] Predicted next UID", mb.uidnext));
+        self.line(&format!(
+            "{tag} OK [{}] {} completed",
+            if readonly { "READ-ONLY" } else { "READ-WRITE" },
+            if readonly { "EXAMINE" } else { "SELECT" }
+        ));
+        self.selected = Some(Selected {
+            id: mb.id,
+            name,
+            readonly,
+            flags: msgs.iter().map(|(u, m)| (*u, m.flags.clone())).collect(),
+            uids: msgs.into_iter().map(|(u, _)| u).collect(),
+            modseq: mb.highestmodseq,
+            expunge_pending: false,
+        });
+    }
+
+    /// Bring the selected mailbox up to date with the views, announcing what
+    /// changed. Expunges are held back when `expunges` is false.
+    fn sync(&mut self, expunges: bool) {
+        let Some(user) = self.user().map(String::from) else { return };
+        let Some(sel) = self.selected.as_mut() else { return };
+        let v = self.shared.store.views();
+        let mb = match v.mailbox(&user, sel.id) {
+            Ok(Some(mb)) => mb,
+            Ok(None) => {
+                // Deleted or renamed away under us.
+                if expunges {
+                    for seq in (1..=sel.uids.len()).rev() {
+                        self.out.extend_from_slice(format!("* {seq} EXPUNGE\r\n").as_bytes());
+                    }
+                    sel.uids.clear();
+                    sel.flags.clear();
+                }
+                return;
+            }
+            Err(_) => return,
+        };
+        if mb.highestmodseq == sel.modseq && !(expunges && sel.expunge_pending) {
+            return;
+        }
+        let Ok(msgs) = v.messages(sel.id) else { return };
+        let current: HashMap<u32, &MessageRec> = msgs.iter().map(|(u, m)| (*u, m)).collect();
+        let mut lines = Vec::new();
+        let mut pending = false;
+        if expunges {
+            let mut seq = 0usize;
+            let mut kept = Vec::with_capacity(sel.uids.len());
+            for uid in &sel.uids {
+                seq += 1;
+                if current.contains_key(uid) {
+                    kept.push(*uid);
+                } else {
+                    lines.push(format!("* {seq} EXPUNGE"));
+                    sel.flags.remove(uid);
+                    seq -= 1;
+                }
+            }
+            sel.uids = kept;
+        } else {
+            pending = sel.uids.iter().any(|u| !current.contains_key(u));
+        }
+        for (i, uid) in sel.uids.iter().enumerate() {
+            if let Some(m) = current.get(uid) {
+                if sel.flags.get(uid) != Some(&m.flags) {
+                    lines.push(format!("* {} FETCH (UID {uid} FLAGS {})", i + 1, fetch::flags_list(&m.flags)));
+                    sel.flags.insert(*uid, m.flags.clone());
+                }
+            }
+        }
+        let last = sel.uids.last().copied().unwrap_or(0);
+        let mut added = false;
+        for (uid, m) in &msgs {
+            if *uid > last {
+                sel.uids.push(*uid);
+                sel.flags.insert(*uid, m.flags.clone());
+                added = true;
+            }
+        }
+        if added {
+            lines.push(format!("* {} EXISTS", sel.uids.len()));
+        }
+        sel.modseq = mb.highestmodseq;
+        sel.expunge_pending = pending;
+        for l in lines {
+            self.line(&l);
+        }
+    }
+
+    /// Resolve a sequence or UID set against the session's view: (seq, uid)
+    /// pairs in ascending order.
+    fn resolve(&self, set: &SequenceSet, uid: bool) -> Vec<(u32, u32)> {
+        let Some(sel) = self.selected.as_ref() else { return vec![] };
+        let n = sel.uids.len() as u32;
+        let max_uid = sel.uids.last().copied().unwrap_or(0);
+        let val = |s: &SeqOrUid, star: u32| match s {
+            SeqOrUid::Value(v) => v.get(),
+            SeqOrUid::Asterisk => star,
+        };
+        let mut out = BTreeSet::new();
+        for seq in set.0.as_ref() {
+            let (a, b) = match seq {
+                Sequence::Single(s) => {
+                    let x = val(s, if uid { max_uid } else { n });
+                    (x, x)
+                }
+                Sequence::Range(a, b) => {
+                    let star = if uid { max_uid } else { n };
+                    let (x, y) = (val(a, star), val(b, star));
+                    (x.min(y), x.max(y))
+                }
+            };
+            if uid {
+                let lo = sel.uids.partition_point(|u| *u < a);
+                let hi = sel.uids.partition_point(|u| *u <= b);
+                for i in lo..hi {
+                    out.insert(((i + 1) as u32, sel.uids[i]));
+                }
+            } else {
+                for s in a.max(1)..=b.min(n) {
+                    out.insert((s, sel.uids[(s - 1) as usize]));
+                }
+            }
+        }
+        out.into_iter().collect()
+    }
+
+    async fn fetch(&mut self, tag: &str, user: &str, set: &SequenceSet, items: &[MessageDataItemName<'_>], uid: bool) {
+        let targets = self.resolve(set, uid);
+        let Some(sel) = self.selected.as_ref() else { return };
+        let (id, readonly) = (sel.id, sel.readonly);
+        let mut seen_now = Vec::new();
+        if !readonly && fetch::sets_seen(items) {
+            let v = self.shared.store.views();
+            for (_, u) in &targets {
+                if let Ok(Some(m)) = v.message(id, *u) {
+                    if !m.flags.contains("\\Seen") {
+                        seen_now.push(*u);
+                    }
+                }
+            }
+            if !seen_now.is_empty() {
+                let (us, ids) = (user.to_string(), seen_now.clone());
+                if let Err(e) = self
+                    .shared
+                    .store
+                    .run(move |t, c| mutate::store_flags(t, c, &us, id, &ids, FlagOp::Add, &Flags::new(["\\Seen"])))
+                    .await
+                {
+                    self.store_error(tag, e);
+                    return;
+                }
+            }
+        }
+        let need_body = fetch::needs_body(items);
+        let v = self.shared.store.views();
+        for (seq, u) in targets {
+            let Ok(Some(m)) = v.message(id, u) else { continue };
+            let body = if need_body {
+                self.shared.store.blob(&m.blob).ok().flatten()
+            } else {
+                None
+            };
+            let force_flags = seen_now.contains(&u);
+            fetch::render(
+                &mut self.out,
+                &self.shared.cache,
+                seq,
+                u,
+                &m,
+                body.as_deref(),
+                items,
+                uid,
+                force_flags,
+            );
+            if let Some(sel) = self.selected.as_mut() {
+                sel.flags.insert(u, m.flags.clone());
+            }
+        }
+        // No expunges during FETCH by sequence number.
+        self.sync(uid);
+        self.line(&format!("{tag} OK {}FETCH completed", if uid { "UID " } else { "" }));
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn store_flags(
+        &mut self,
+        tag: &str,
+        user: &str,
+        set: &SequenceSet,
+        kind: StoreType,
+        response: StoreResponse,
+        flags: &[Flag<'_>],
+        uid: bool,
+    ) {
+        let Some(sel) = self.selected.as_ref() else {
+            self.line(&format!("{tag} BAD No mailbox selected"));
+            return;
+        };
+        if sel.readonly {
+            self.no(tag, "[READ-ONLY] Mailbox is read-only");
+            return;
+        }
+        let id = sel.id;
+        let targets = self.resolve(set, uid);
+        let uids: Vec<u32> = targets.iter().map(|(_, u)| *u).collect();
+        let op = match kind {
+            StoreType::Add => FlagOp::Add,
+            StoreType::Remove => FlagOp::Remove,
+            StoreType::Replace => FlagOp::Set,
+        };
+        let fl = to_flags(flags);
+        let us = user.to_string();
+        if let Err(e) = self
+            .shared
+            .store
+            .run(move |t, c| mutate::store_flags(t, c, &us, id, &uids, op, &fl))
+            .await
+        {
+            self.store_error(tag, e);
+            return;
+        }
+        let v = self.shared.store.views();
+        for (seq, u) in targets {
+            let Ok(Some(m)) = v.message(id, u) else { continue };
+            if matches!(response, StoreResponse::Answer) {
+                let uid_part = if uid { format!("UID {u} ") } else { String::new() };
+                self.line(&format!("* {seq} FETCH ({uid_part}FLAGS {})", fetch::flags_list(&m.flags)));
+            }
+            if let Some(sel) = self.selected.as_mut() {
+                sel.flags.insert(u, m.flags.clone());
+            }
+        }
+        self.sync(uid);
+        self.line(&format!("{tag} OK {}STORE completed", if uid { "UID " } else { "" }));
+    }
+
+    async fn copy(&mut self, tag: &str, user: &str, set: &SequenceSet, mailbox: &Mailbox<'_>, uid: bool, remove: bool) {
+        let Some(sel) = self.selected.as_ref() else {
+            self.line(&format!("{tag} BAD No mailbox selected"));
+            return;
+        };
+        if remove && sel.readonly {
+            self.no(tag, "[READ-ONLY] Mailbox is read-only");
+            return;
+        }
+        let from = sel.id;
+        let name = match mailbox_name(mailbox) {
+            Ok(n) => n,
+            Err(e) => {
+                self.line(&format!("{tag} BAD {e}"));
+                return;
+            }
+        };
+        let Ok(Some(to)) = self.shared.store.views().mailbox_id(user, &name) else {
+            self.no(tag, "[TRYCREATE] No such mailbox");
+            return;
+        };
+        let targets = self.resolve(set, uid);
+        let uids: Vec<u32> = targets.iter().map(|(_, u)| *u).collect();
+        let us = user.to_string();
+        let cmd = if remove { "MOVE" } else { "COPY" };
+        match self
+            .shared
+            .store
+            .run(move |t, c| mutate::copy(t, c, &us, from, &uids, to, remove))
+            .await
+        {
+            Ok((validity, pairs)) => {
+                let code = if pairs.is_empty() {
+                    String::new()
+                } else {
+                    let src: Vec<String> = pairs.iter().map(|p| p.0.to_string()).collect();
+                    let dst: Vec<String> = pairs.iter().map(|p| p.1.to_string()).collect();
+                    format!("[COPYUID {validity} {} {}] ", src.join(","), dst.join(","))
+                };
+                if remove {
+                    if !code.is_empty() {
+                        self.line(&format!("* OK {code}Moved"));
+                    }
+                    // The moved messages leave this mailbox now.
+                    self.sync(true);
+                    self.line(&format!("{tag} OK {cmd} completed"));
+                } else {
+                    self.sync(uid);
+                    self.line(&format!("{tag} OK {code}{cmd} completed"));
+                }
+            }
+            Err(e) => self.store_error(tag, e),
+        }
+    }
+
+    async fn expunge(&mut self, tag: &str, only: Option<Vec<(u32, u32)>>) {
+        let user = self.user().expect("authenticated").to_string();
+        let Some(sel) = self.selected.as_ref() else { return };
+        if sel.readonly {
+            self.no(tag, "[READ-ONLY] Mailbox is read-only");
+            return;
+        }
+        let id = sel.id;
+        let v = self.shared.store.views();
+        let candidates: Vec<u32> = match &only {
+            None => sel.uids.clone(),
+            Some(ranges) => sel
+                .uids
+                .iter()
+                .copied()
+                .filter(|u| ranges.iter().any(|(a, b)| u >= a && u <= b))
+                .collect(),
+        };
+        let doomed: Vec<u32> = candidates
+            .into_iter()
+            .filter(|u| v.message(id, *u).ok().flatten().is_some_and(|m| m.flags.contains("\\Deleted")))
+            .collect();
+        if !doomed.is_empty() {
+            let us = user.clone();
+            if let Err(e) = self.shared.store.run(move |t, c| mutate::expunge(t, c, &us, id, &doomed)).await {
+                self.store_error(tag, e);
+                return;
+            }
+        }
+        self.sync(true);
+        self.line(&format!("{tag} OK {}EXPUNGE completed", if only.is_some() { "UID " } else { "" }));
+    }
+
+    fn search(&mut self, tag: &str, criteria: &imap_codec::imap_types::search::SearchKey<'_>, uid: bool) {
+        let Some(sel) = self.selected.as_ref() else { return };
+        let v = self.shared.store.views();
+        let ctx = search::Context {
+            max_seq: sel.uids.len() as u32,
+            max_uid: sel.uids.last().copied().unwrap_or(0),
+        };
+        let mut hits = Vec::new();
+        for (i, u) in sel.uids.iter().enumerate() {
+            let Ok(Some(m)) = v.message(sel.id, *u) else { continue };
+            let msg = LazyMessage {
+                seq: i as u32 + 1,
+                uid: *u,
+                rec: &m,
+                store: &self.shared.store,
+                parsed: Default::default(),
+            };
+            if search::matches(criteria, &msg, &ctx) {
+                hits.push(if uid { *u } else { i as u32 + 1 });
+            }
+        }
+        let list: String = hits.iter().map(|h| format!(" {h}")).collect();
+        self.line(&format!("* SEARCH{list}"));
+        self.sync(uid);
+        self.line(&format!("{tag} OK {}SEARCH completed", if uid { "UID " } else { "" }));
+    }
+
+    async fn rename(&mut self, tag: &str, user: &str, from: String, to: String) {
+        let u = user.to_string();
+        let now = now_secs();
+        let result = if from == "INBOX" {
+            // RFC 3501: renaming INBOX moves its messages to a new mailbox
+            // and leaves INBOX empty.
+            self.shared
+                .store
+                .run(move |t, c| {
+                    let dst = mutate::create_mailbox(t, c, &u, &to, None, now)?;
+                    let v = crate::views::TxnViews { txn: t, cf: c.views };
+                    let inbox = v.mailbox_id(&u, "INBOX")?.ok_or(MutationError::NoSuchMailbox("INBOX".into()))?;
+                    let uids: Vec<u32> = v.messages(inbox)?.into_iter().map(|(uid, _)| uid).collect();
+                    mutate::copy(t, c, &u, inbox, &uids, dst.id, true)?;
+                    Ok(())
+                })
+                .await
+        } else {
+            self.shared
+                .store
+                .run(move |t, c| mutate::rename_mailbox(t, c, &u, &from, &to))
+                .await
+        };
+        match result {
+            Ok(()) => {
+                self.sync(true);
+                self.line(&format!("{tag} OK RENAME completed"));
+            }
+            Err(e) => self.store_error(tag, e),
+        }
+    }
+
+    async fn subscribe(&mut self, tag: &str, user: &str, mailbox: &Mailbox<'_>, on: bool) {
+        let cmd = if on { "SUBSCRIBE" } else { "UNSUBSCRIBE" };
+        match mailbox_name(mailbox) {
+            Ok(name) => {
+                let u = user.to_string();
+                match self.shared.store.run(move |t, c| mutate::subscribe(t, c, &u, &name, on)).await {
+                    Ok(()) => self.line(&format!("{tag} OK {cmd} completed")),
+                    Err(e) => self.store_error(tag, e),
+                }
+            }
+            Err(e) => self.line(&format!("{tag} BAD {e}")),
+        }
+    }
+
+    fn list(&mut self, tag: &str, user: &str, reference: &Mailbox<'_>, pattern: &ListMailbox<'_>, lsub: bool) {
+        let cmd = if lsub { "LSUB" } else { "LIST" };
+        let reference = match reference {
+            Mailbox::Inbox => "INBOX".to_string(),
+            Mailbox::Other(o) => mutf7::decode(&String::from_utf8_lossy(o.as_ref())).unwrap_or_default(),
+        };
+        let pat = match pattern {
+            ListMailbox::Token(t) => String::from_utf8_lossy(t.as_ref()).into_owned(),
+            ListMailbox::String(s) => String::from_utf8_lossy(s.as_ref()).into_owned(),
+        };
+        let pat = mutf7::decode(&pat).unwrap_or(pat);
+        if pat.is_empty() && !lsub {
+            self.line("* LIST (\\Noselect) \"/\" \"\"");
+            self.line(&format!("{tag} OK LIST completed"));
+            return;
+        }
+        let full = format!("{reference}{pat}");
+        // INBOX matches case-insensitively.
+        let full = if full.len() >= 5 && full[..5].eq_ignore_ascii_case("INBOX") {
+            format!("INBOX{}", &full[5..])
+        } else {
+            full
+        };
+        let pchars: Vec<char> = full.chars().collect();
+        let v = self.shared.store.views();
+        let boxes = v.mailboxes(user).unwrap_or_default();
+        let subs: BTreeSet<String> = v.subscriptions(user).unwrap_or_default().into_iter().collect();
+        let names: BTreeSet<String> = boxes.iter().map(|b| b.name.clone()).collect();
+        let mut lines = Vec::new();
+        let mut listed = BTreeSet::new();
+        for mb in &boxes {
+            if lsub && !subs.contains(&mb.name) {
+                continue;
+            }
+            let chars: Vec<char> = mb.name.chars().collect();
+            if !list_match(&pchars, &chars) {
+                continue;
+            }
+            let mut attrs = Vec::new();
+            let has_children = names.iter().any(|n| n.starts_with(&format!("{}/", mb.name)));
+            attrs.push(if has_children { "\\HasChildren" } else { "\\HasNoChildren" });
+            if let Some(su) = special_use_of(mb) {
+                attrs.push(su.attribute());
+            }
+            if !lsub && subs.contains(&mb.name) {
+                attrs.push("\\Subscribed");
+            }
+            listed.insert(mb.name.clone());
+            lines.push(format!("* {cmd} ({}) \"/\" {}", attrs.join(" "), astring(&mutf7::encode(&mb.name))));
+        }
+        // Parents that exist only as hierarchy, for `%` patterns.
+        if full.contains('%') {
+            let empty = BTreeSet::new();
+            for n in names.iter().chain(if lsub { subs.iter() } else { empty.iter() }) {
+                let parts: Vec<&str> = n.split('/').collect();
+                for i in 1..parts.len() {
+                    let parent = parts[..i].join("/");
+                    if listed.contains(&parent) || names.contains(&parent) && !lsub {
+                        continue;
+                    }
+                    let chars: Vec<char> = parent.chars().collect();
+                    if list_match(&pchars, &chars) && listed.insert(parent.clone()) {
+                        lines.push(format!(
+                            "* {cmd} (\\Noselect \\HasChildren) \"/\" {}",
+                            astring(&mutf7::encode(&parent))
+                        ));
+                    }
+                }
+            }
+        }
+        for l in lines {
+            self.line(&l);
+        }
+        self.line(&format!("{tag} OK {cmd} completed"));
+    }
+
+    fn status(&mut self, tag: &str, user: &str, mailbox: &Mailbox<'_>, items: &[StatusDataItemName]) {
+        let name = match mailbox_name(mailbox) {
+            Ok(n) => n,
+            Err(e) => {
+                self.line(&format!("{tag} BAD {e}"));
+                return;
+            }
+        };
+        let v = self.shared.store.views();
+        let Ok(Some(mb)) = v.mailbox_by_name(user, &name) else {
+            self.no(tag, "[NONEXISTENT] No such mailbox");
+            return;
+        };
+        let msgs = v.messages(mb.id).unwrap_or_default();
+        let mut parts = Vec::new();
+        for i in items {
+            match i {
+                StatusDataItemName::Messages => parts.push(format!("MESSAGES {}", msgs.len())),
+                StatusDataItemName::Recent => parts.push("RECENT 0".into()),
+                StatusDataItemName::UidNext => parts.push(format!("UIDNEXT {}", mb.uidnext)),
+                StatusDataItemName::UidValidity => parts.push(format!("UIDVALIDITY {}", mb.uidvalidity)),
+                StatusDataItemName::Unseen => parts.push(format!(
+                    "UNSEEN {}",
+                    msgs.iter().filter(|(_, m)| !m.flags.contains("\\Seen")).count()
+                )),
+                StatusDataItemName::Deleted => parts.push(format!(
+                    "DELETED {}",
+                    msgs.iter().filter(|(_, m)| m.flags.contains("\\Deleted")).count()
+                )),
+                StatusDataItemName::DeletedStorage => parts.push(format!(
+                    "DELETED-STORAGE {}",
+                    msgs.iter()
+                        .filter(|(_, m)| m.flags.contains("\\Deleted"))
+                        .map(|(_, m)| m.size)
+                        .sum::<u64>()
+                )),
+            }
+        }
+        self.line(&format!("* STATUS {} ({})", astring(&mutf7::encode(&name)), parts.join(" ")));
+        self.line(&format!("{tag} OK STATUS completed"));
+    }
+
+    /// IDLE: report changes as they are committed until the client says DONE.
+    async fn idle(&mut self, tag: &str) -> R<Flow> {
+        self.line("+ idling");
+        self.sync(true);
+        self.flush().await?;
+        let mut commits = self.commits.clone();
+        commits.borrow_and_update();
+        let mut buf = [0u8; 4096];
+        let timeout = Duration::from_secs(self.shared.cfg.idle_timeout_secs);
+        let mut shutdown = self.shutdown.clone();
+        loop {
+            // A DONE may already be buffered.
+            if let Some(frame) = self.framer.next_frame() {
+                match frame {
+                    Frame::Command(b) if b.trim_ascii().eq_ignore_ascii_case(b"DONE") => {
+                        self.sync(true);
+                        self.line(&format!("{tag} OK IDLE terminated"));
+                        return Ok(Flow::Continue);
+                    }
+                    _ => {
+                        self.line(&format!("{tag} BAD Expected DONE"));
+                        return Ok(Flow::Continue);
+                    }
+                }
+            }
+            tokio::select! {
+                r = tokio::time::timeout(timeout, self.stream.read(&mut buf)) => match r {
+                    Ok(Ok(0)) | Ok(Err(_)) => return Ok(Flow::Logout),
+                    Ok(Ok(n)) => self.framer.feed(&buf[..n]),
+                    Err(_) => {
+                        self.line("* BYE Idle for too long");
+                        return Ok(Flow::Logout);
+                    }
+                },
+                r = commits.changed() => {
+                    if r.is_err() {
+                        return Ok(Flow::Logout);
+                    }
+                    self.sync(true);
+                    self.flush().await?;
+                }
+                _ = async { let _ = shutdown.wait_for(|s| *s).await; } => {
+                    self.line("* BYE Server shutting down");
+                    return Ok(Flow::Logout);
+                }
+            }
+        }
+    }
+}
+
+/// Any valid argon2 PHC string: verifying against it costs what a real
+/// check costs.
+const DUMMY_HASH: &str = "$argon2id$v=19$m=19456,t=2,p=1$c29tZXNhbHRzb21lc2FsdA$Zxw3KcNbY8+KyS7cV0nBKaP3WA2lxn6sGDD3x7E0kN8";
+
+fn base64_decode(s: &str) -> Option<Vec<u8>> {
+    let mut out = Vec::new();
+    let mut acc = 0u32;
+    let mut bits = 0;
+    for c in s.bytes() {
+        let v = match c {
+            b'A'..=b'Z' => c - b'A',
+            b'a'..=b'z' => c - b'a' + 26,
+            b'0'..=b'9' => c - b'0' + 52,
+            b'+' => 62,
+            b'/' => 63,
+            b'=' => break,
+            _ => return None,
+        } as u32;
+        acc = acc << 6 | v;
+        bits += 6;
+        if bits >= 8 {
+            bits -= 8;
+            out.push((acc >> bits) as u8);
+            acc &= (1 << bits) - 1;
+        }
+    }
+    Some(out)
+}
+
+/// `1:5,7,9:*` -> inclusive ranges (`*` = u32::MAX).
+fn parse_uid_set(s: &str) -> Option<Vec<(u32, u32)>> {
+    let mut out = Vec::new();
+    for part in s.trim().split(',') {
+        let num = |x: &str| {
+            if x == "*" {
+                Some(u32::MAX)
+            } else {
+                x.parse::<u32>().ok().filter(|n| *n > 0)
+            }
+        };
+        match part.split_once(':') {
+            Some((a, b)) => {
+                let (a, b) = (num(a)?, num(b)?);
+                out.push((a.min(b), a.max(b)));
+            }
+            None => {
+                let a = num(part)?;
+                out.push((a, a));
+            }
+        }
+    }
+    Some(out)
+}
+
+/// A message for SEARCH that loads and parses its body only if a key needs it.
+struct LazyMessage<'a> {
+    seq: u32,
+    uid: u32,
+    rec: &'a MessageRec,
+    store: &'a crate::store::Store,
+    parsed: std::cell::OnceCell<Vec<u8>>,
+}
+
+impl LazyMessage<'_> {
+    fn bytes(&self) -> &[u8] {
+        self.parsed
+            .get_or_init(|| self.store.blob(&self.rec.blob).ok().flatten().unwrap_or_default())
+    }
+}
+
+impl SearchMessage for LazyMessage<'_> {
+    fn seq(&self) -> u32 {
+        self.seq
+    }
+    fn uid(&self) -> u32 {
+        self.uid
+    }
+    fn has_flag(&self, flag: &str) -> bool {
+        self.rec.flags.iter().any(|f| f.eq_ignore_ascii_case(flag))
+    }
+    fn is_recent(&self) -> bool {
+        false
+    }
+    fn internal_date(&self) -> (i64, i16) {
+        (self.rec.internal_date, self.rec.tz_minutes)
+    }
+    fn size(&self) -> u64 {
+        self.rec.size
+    }
+    fn header(&self, name: &str) -> Vec<String> {
+        crate::proto::imap::mime::Parsed::new(self.bytes()).header_values(name)
+    }
+    fn sent_date(&self) -> Option<(i64, i16)> {
+        crate::proto::imap::mime::Parsed::new(self.bytes()).sent_date().map(|s| (s, 0))
+    }
+    fn body_text(&self) -> String {
+        crate::proto::imap::mime::Parsed::new(self.bytes()).body_text()
+    }
+    fn full_text(&self) -> String {
+        let p = crate::proto::imap::mime::Parsed::new(self.bytes());
+        let header = p.section(&[], crate::proto::imap::mime::SectionText::Header).unwrap_or_default();
+        format!("{}{}", String::from_utf8_lossy(&header), p.body_text())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn list_patterns() {
+        let m = |p: &str, n: &str| list_match(&p.chars().collect::<Vec<_>>(), &n.chars().collect::<Vec<_>>());
+        assert!(m("*", "INBOX"));
+        assert!(m("*", "a/b/c"));
+        assert!(m("%", "Work"));
+        assert!(!m("%", "Work/Old"));
+        assert!(m("Work/%", "Work/Old"));
+        assert!(!m("Work/%", "Work/Old/x"));
+        assert!(m("W*d", "Work/Old"));
+        assert!(!m("INBOX", "INBOX/x"));
+    }
+
+    #[test]
+    fn uid_sets_and_base64() {
+        assert_eq!(parse_uid_set("1:3,7,9:*"), Some(vec![(1, 3), (7, 7), (9, u32::MAX)]));
+        assert_eq!(parse_uid_set("5:2"), Some(vec![(2, 5)]));
+        assert_eq!(parse_uid_set("0"), None);
+        assert_eq!(parse_uid_set("x"), None);
+        assert_eq!(base64_decode("AGFsaWNlAHB3").unwrap(), b"\0alice\0pw");
+        assert_eq!(base64_decode("!!"), None);
+    }
+}

@@ -1,0 +1,78 @@
+//! Live updates between sessions and from LMTP: NOOP and IDLE see flags,
+//! expunges and new mail made elsewhere.
+
+mod common;
+use common::{node_with_users, python};
+
+#[test]
+fn two_sessions_see_each_others_changes_on_noop() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = node_with_users(dir.path(), "two", "", &["alice@example.org"]);
+    python(
+        &node,
+        r#"
+from imaptest import *
+a = connect("alice@example.org")
+b = connect("alice@example.org")
+for i in range(3):
+    ok(a.append("INBOX", None, None, message("m%d" % i)))
+ok(a.select("INBOX"))
+ok(b.select("INBOX"))
+ok(a.store("2", "+FLAGS", "(\\Flagged)"))
+typ, data = b.noop()
+resp = b.response("FETCH")[1]
+assert resp and any(b"\\Flagged" in r for r in resp if r), resp
+ok(a.store("1", "+FLAGS", "(\\Deleted)"))
+ok(a.expunge())
+b.noop()
+exp = b.response("EXPUNGE")[1]
+assert exp == [b"1"], exp
+lmtp_deliver("alice@example.org", message("fresh"))
+b.noop()
+exists = b.response("EXISTS")[1]
+assert exists and exists[-1] == b"3", exists
+r = ok(b.fetch("3", "(BODY.PEEK[HEADER.FIELDS (SUBJECT)])"))
+assert b"fresh" in r[0][1], r
+"#,
+    );
+}
+
+#[test]
+fn idle_sees_lmtp_delivery_promptly() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = node_with_users(dir.path(), "idle", "", &["alice@example.org"]);
+    let out = python(
+        &node,
+        r#"
+from imaptest import *
+import socket, statistics, threading
+s = socket.create_connection((HOST, PORT))
+f = s.makefile("rb")
+f.readline()
+s.sendall(b"a LOGIN alice@example.org secret\r\n")
+assert f.readline().startswith(b"a OK")
+s.sendall(b"b SELECT INBOX\r\n")
+while not f.readline().startswith(b"b OK"):
+    pass
+delays = []
+for i in range(10):
+    s.sendall(b"c%d IDLE\r\n" % i)
+    assert f.readline().startswith(b"+"), "no continuation"
+    t250 = lmtp_deliver("alice@example.org", message("idle %d" % i))
+    while True:
+        line = f.readline()
+        if line.endswith(b"EXISTS\r\n"):
+            break
+    seen = time.monotonic()
+    delays.append(seen - t250)
+    assert int(line.split()[1]) == i + 1, line
+    s.sendall(b"DONE\r\n")
+    while not f.readline().startswith(b"c%d OK" % i):
+        pass
+med = statistics.median(delays)
+print("idle delays ms:", [round(d * 1000, 2) for d in delays], "median", round(med * 1000, 2))
+assert med < 0.1, "median delay from 250 to EXISTS %.1f ms" % (med * 1000)
+"#,
+    );
+    eprintln!("{out}");
+}
