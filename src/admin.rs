@@ -30,6 +30,7 @@ pub struct Status {
     pub users: u64,
     pub lmtp: crate::lmtp::CountersSnapshot,
     pub imap: crate::imap::CountersSnapshot,
+    pub mirror: crate::repl::MirrorStatus,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -66,6 +67,7 @@ pub struct AdminState {
     pub listeners: BTreeMap<String, String>,
     pub lmtp: Arc<crate::lmtp::Counters>,
     pub imap: Arc<crate::imap::Counters>,
+    pub mirror: Arc<crate::repl::Mirror>,
 }
 
 type Shared = Arc<AdminState>;
@@ -136,6 +138,12 @@ pub fn status(st: &AdminState) -> Result<Status, crate::views::read::ViewError> 
         users: st.store.views().users()?.len() as u64,
         lmtp: st.lmtp.snapshot(),
         imap: st.imap.snapshot(),
+        mirror: st.mirror.status(
+            st.store
+                .wal()
+                .scan_prefix(st.store.cfs().views, &crate::views::keys::conflicts_prefix())?
+                .len() as u64,
+        ),
     })
 }
 
@@ -363,9 +371,22 @@ async fn blob(State(st): State<Shared>, Path(hash): Path<String>) -> Result<Vec<
     }
 }
 
+/// A digest of what must converge between mirrored nodes (users,
+/// mailboxes, messages and flags; not the per-node MODSEQs).
+async fn digest(State(st): State<Shared>) -> Result<Json<serde_json::Value>, ApiError> {
+    let store = st.store.clone();
+    let d = tokio::task::spawn_blocking(move || crate::replay::mirror_digest(&store))
+        .await
+        .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))??;
+    Ok(Json(
+        serde_json::json!({ "digest": d, "heads": st.store.wal().heads().0.iter().map(|(o, s)| (o.to_string(), *s)).collect::<BTreeMap<_, _>>() }),
+    ))
+}
+
 /// The admin routes.
 pub fn router(state: Shared) -> Router {
     Router::new()
+        .route("/v1/digest", get(digest))
         .route(
             "/v1/import",
             axum::routing::post(import).layer(axum::extract::DefaultBodyLimit::max(256 << 20)),

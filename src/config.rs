@@ -141,6 +141,38 @@ pub struct MirrorConfig {
     pub secret: Option<String>,
     pub secret_file: Option<PathBuf>,
     pub ack: AckMode,
+    /// Batches in flight per link before waiting for an acknowledgement.
+    pub window_batches: usize,
+    /// Entries per batch.
+    pub batch_entries: usize,
+    /// Bytes per batch, bodies included.
+    pub batch_bytes: u64,
+    /// Reconnect backoff, milliseconds: first wait and ceiling.
+    pub reconnect_min_ms: u64,
+    pub reconnect_max_ms: u64,
+}
+
+impl MirrorConfig {
+    /// The shared secret, from `secret` or the first line of `secret_file`.
+    pub fn secret_bytes(&self) -> Result<Option<Vec<u8>>, ConfigError> {
+        if let Some(s) = &self.secret {
+            return Ok(Some(s.as_bytes().to_vec()));
+        }
+        match &self.secret_file {
+            Some(p) => {
+                let text = std::fs::read_to_string(p).map_err(|source| ConfigError::Read { path: p.clone(), source })?;
+                let line = text.lines().next().unwrap_or("").trim().to_string();
+                if line.is_empty() {
+                    return Err(ConfigError::Invalid {
+                        path: p.clone(),
+                        problems: "mirror.secret_file is empty".into(),
+                    });
+                }
+                Ok(Some(line.into_bytes()))
+            }
+            None => Ok(None),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default, serde::Serialize)]
@@ -191,6 +223,11 @@ impl Default for MirrorConfig {
             secret: None,
             secret_file: None,
             ack: AckMode::Local,
+            window_batches: 32,
+            batch_entries: 512,
+            batch_bytes: 8 << 20,
+            reconnect_min_ms: 100,
+            reconnect_max_ms: 10_000,
         }
     }
 }
@@ -291,6 +328,15 @@ impl Config {
         if self.mirror.secret.is_some() && self.mirror.secret_file.is_some() {
             p.push("mirror.secret and mirror.secret_file: set one, not both".into());
         }
+        if self.mirror.secret.as_ref().is_some_and(|s| s.len() < 16) {
+            p.push("mirror.secret: use at least 16 characters".into());
+        }
+        if self.mirror.window_batches == 0 || self.mirror.batch_entries == 0 || self.mirror.batch_bytes == 0 {
+            p.push("mirror.window_batches, mirror.batch_entries and mirror.batch_bytes must be positive".into());
+        }
+        if self.mirror.reconnect_min_ms == 0 || self.mirror.reconnect_max_ms < self.mirror.reconnect_min_ms {
+            p.push("mirror.reconnect_min_ms must be positive and at most mirror.reconnect_max_ms".into());
+        }
         if self.mirror.peers.len() > 2 {
             p.push(format!(
                 "mirror.peers: {} peers given; a mirror has two or three nodes",
@@ -337,7 +383,7 @@ listen = "127.0.0.1:9000"
 mode = "slave"
 listen = "127.0.0.1:7000"
 peers = ["127.0.0.1:7001"]
-secret = "s3cret"
+secret = "a long enough shared secret"
 ack = "peer"
 "#,
             Path::new("t.toml"),

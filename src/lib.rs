@@ -23,6 +23,7 @@ pub mod lmtp;
 pub mod mailfile;
 pub mod mutate;
 pub mod proto;
+pub mod repl;
 pub mod replay;
 pub mod server;
 pub mod store;

@@ -179,6 +179,14 @@ pub async fn start(cfg: &Config) -> anyhow::Result<Running> {
         shutdown_rx.clone(),
     )));
 
+    let mirror = Arc::new(crate::repl::Mirror::default());
+    if let Some(m) = crate::repl::quic::start(&cfg.mirror, &store, &cfg.node.data_dir, mirror.clone(), shutdown_rx.clone())
+        .context("starting the mirror")?
+    {
+        listeners.insert("mirror".to_string(), format!("quic://{}", m.local_addr));
+        tasks.extend(m.tasks);
+    }
+
     let state = Arc::new(AdminState {
         store: store.clone(),
         token,
@@ -187,6 +195,7 @@ pub async fn start(cfg: &Config) -> anyhow::Result<Running> {
         listeners: listeners.clone(),
         lmtp: lmtp_counters,
         imap: imap_counters,
+        mirror,
     });
     let mut rx = shutdown_rx.clone();
     let app = admin::router(state);

@@ -18,7 +18,7 @@ pub fn generated_paths(data_dir: &Path) -> (PathBuf, PathBuf) {
 }
 
 /// Create a self-signed certificate for `names` unless one exists.
-fn ensure_self_signed(cert: &Path, key: &Path, names: Vec<String>) -> anyhow::Result<()> {
+pub fn ensure_self_signed(cert: &Path, key: &Path, names: Vec<String>) -> anyhow::Result<()> {
     if cert.exists() && key.exists() {
         return Ok(());
     }
@@ -45,6 +45,30 @@ fn ensure_self_signed(cert: &Path, key: &Path, names: Vec<String>) -> anyhow::Re
     Ok(())
 }
 
+/// Read a PEM certificate chain and private key.
+pub fn load_pem(
+    cert: &Path,
+    key: &Path,
+) -> anyhow::Result<(
+    Vec<rustls::pki_types::CertificateDer<'static>>,
+    rustls::pki_types::PrivateKeyDer<'static>,
+)> {
+    let certs: Vec<_> = rustls_pemfile::certs(&mut std::io::BufReader::new(
+        std::fs::File::open(cert).with_context(|| format!("opening certificate {}", cert.display()))?,
+    ))
+    .collect::<Result<_, _>>()
+    .with_context(|| format!("reading certificate {}", cert.display()))?;
+    if certs.is_empty() {
+        anyhow::bail!("{} holds no certificate", cert.display());
+    }
+    let key_der = rustls_pemfile::private_key(&mut std::io::BufReader::new(
+        std::fs::File::open(key).with_context(|| format!("opening private key {}", key.display()))?,
+    ))
+    .with_context(|| format!("reading private key {}", key.display()))?
+    .ok_or_else(|| anyhow::anyhow!("{} holds no private key", key.display()))?;
+    Ok((certs, key_der))
+}
+
 /// The rustls server configuration for the IMAP listeners.
 pub fn server_config(
     cert: Option<&Path>,
@@ -66,19 +90,7 @@ pub fn server_config(
         }
         _ => anyhow::bail!("imap.tls_cert and imap.tls_key go together"),
     };
-    let certs: Vec<_> = rustls_pemfile::certs(&mut std::io::BufReader::new(
-        std::fs::File::open(&cert).with_context(|| format!("opening certificate {}", cert.display()))?,
-    ))
-    .collect::<Result<_, _>>()
-    .with_context(|| format!("reading certificate {}", cert.display()))?;
-    if certs.is_empty() {
-        anyhow::bail!("{} holds no certificate", cert.display());
-    }
-    let key_der = rustls_pemfile::private_key(&mut std::io::BufReader::new(
-        std::fs::File::open(&key).with_context(|| format!("opening private key {}", key.display()))?,
-    ))
-    .with_context(|| format!("reading private key {}", key.display()))?
-    .ok_or_else(|| anyhow::anyhow!("{} holds no private key", key.display()))?;
+    let (certs, key_der) = load_pem(&cert, &key)?;
     let cfg = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
         .with_safe_default_protocol_versions()?
         .with_no_client_auth()

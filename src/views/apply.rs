@@ -140,15 +140,6 @@ pub fn apply(v: &mut TxnViews<'_, '_>, at: &Appended, event: &Event) -> Result<(
             let Some(mut mb) = v.mailbox(user, *mailbox)? else {
                 return Ok(());
             };
-            if let Some(old) = v.message(*mailbox, *uid)? {
-                if old.guid == *guid {
-                    return Ok(());
-                }
-                // Two messages under one UID: keep the first; the conflict
-                // resolution of the mirror renumbers such collisions.
-                tracing::warn!(user, uid, "uid collision: keeping the message already held");
-                return Ok(());
-            }
             let m = MessageRec {
                 guid: *guid,
                 blob: *blob,
@@ -158,6 +149,19 @@ pub fn apply(v: &mut TxnViews<'_, '_>, at: &Appended, event: &Event) -> Result<(
                 flags: flags.clone(),
                 modseq,
             };
+            if let Some(old) = v.message(*mailbox, *uid)? {
+                if old.guid == *guid {
+                    return Ok(());
+                }
+                // Two messages under one UID (written on two nodes during a
+                // split). Neither is overwritten: the one held stays visible,
+                // the other is kept aside with its body and reported, for the
+                // master's renumbering to bring back under a fresh UID.
+                tracing::warn!(user, uid, mailbox = ?mailbox, "uid collision: message kept aside");
+                v.put(&keys::conflict(*mailbox, *uid, *guid), &enc(&m));
+                bump_refcount(v, blob, 1)?;
+                return Ok(());
+            }
             v.put(&keys::message(*mailbox, *uid), &enc(&m));
             bump_refcount(v, blob, 1)?;
             bump_content(v, *mailbox, blob, 1)?;

@@ -17,6 +17,8 @@
 //! H mailbox-id blob-hash      -> messages in the mailbox with this body (u32 BE)
 //! R blob-hash                 -> reference count (u64 BE)
 //! C key                       -> config value (UTF-8)
+//! X mailbox-id uid guid       -> MessageRec of a message whose UID another
+//!                                message already holds (kept, reported)
 //! ```
 
 mod apply;
@@ -133,6 +135,17 @@ pub mod keys {
         k.push(b'R');
         k.extend_from_slice(&blob.0);
         k
+    }
+    pub fn conflict(mailbox: Id, uid: u32, guid: Id) -> Vec<u8> {
+        let mut k = Vec::with_capacity(37);
+        k.push(b'X');
+        k.extend_from_slice(&mailbox.0);
+        k.extend_from_slice(&uid.to_be_bytes());
+        k.extend_from_slice(&guid.0);
+        k
+    }
+    pub fn conflicts_prefix() -> Vec<u8> {
+        vec![b'X']
     }
     pub fn config(key: &str) -> Vec<u8> {
         user_key(b'C', key)

@@ -270,3 +270,36 @@ pub fn python(node: &Node, script: &str) -> String {
     assert!(out.status.success(), "python failed:\n{text}");
     text
 }
+
+/// A free UDP port on loopback (for mirror listeners, which peers must know
+/// before they start).
+pub fn free_udp_port() -> u16 {
+    std::net::UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// The `[mirror]` section of a node listening on `port` with `peers`.
+pub fn mirror_section(port: u16, peers: &[u16], secret: &str) -> String {
+    let peers: Vec<String> = peers.iter().map(|p| format!("\"127.0.0.1:{p}\"")).collect();
+    format!(
+        "[mirror]\nlisten = \"127.0.0.1:{port}\"\npeers = [{}]\nsecret = \"{secret}\"\nreconnect_min_ms = 50\nreconnect_max_ms = 500\n",
+        peers.join(", ")
+    )
+}
+
+/// Poll `f` until it returns true or `secs` pass.
+pub fn wait_until(secs: u64, mut f: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while Instant::now() < deadline {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    f()
+}
+
+/// The mirror digest and heads of a node.
+pub fn digest(node: &Node) -> (String, serde_json::Value) {
+    let d = admin_get(node, "/v1/digest");
+    (d["digest"].as_str().unwrap().to_string(), d["heads"].clone())
+}

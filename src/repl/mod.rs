@@ -1,0 +1,135 @@
+//! The mirror: continuous replication of every origin's log between two or
+//! three nodes over QUIC.
+//!
+//! - [`frame`]: the wire frames (sans-io).
+//! - [`engine`]: the sender's window and position as a pure state machine.
+//! - [`apply`]: a received batch through the same atomic write as local work.
+//! - [`quic`]: the quinn driver: authentication, links, reconnects.
+//!
+//! Each node dials each configured peer and pushes what that peer lacks;
+//! each node accepts its peers' links and applies what they push. So every
+//! pair has one link per direction, and a link carries entries of every
+//! origin (three-way mirrors relay).
+
+pub mod apply;
+pub mod engine;
+pub mod frame;
+pub mod quic;
+
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// One outgoing link as `tandem status` shows it.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct OutLink {
+    pub address: String,
+    /// Node id of the peer, once known.
+    pub peer: Option<String>,
+    /// "connecting", "connected", "disconnected", "refused".
+    pub state: String,
+    /// Unix milliseconds of the last state change.
+    pub since_ms: u64,
+    pub last_error: Option<String>,
+    pub last_error_ms: Option<u64>,
+    /// Entries sent on this link since start.
+    pub sent: u64,
+    pub sent_bytes: u64,
+    /// Entries this node holds that the peer has not acknowledged.
+    pub queue: u64,
+    /// Batches sent and not yet acknowledged.
+    pub inflight_batches: u64,
+    /// Seconds since the peer last caught up completely (0 when caught up).
+    pub lag_secs: f64,
+    /// Unix milliseconds when the queue last was empty.
+    #[serde(skip)]
+    pub caught_up_ms: u64,
+    /// The peer's acknowledged vector (origin hex -> seq).
+    pub acked: BTreeMap<String, u64>,
+}
+
+/// What arrived from one peer.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct InLink {
+    pub connected: bool,
+    pub since_ms: u64,
+    pub batches: u64,
+    pub entries: u64,
+    pub duplicates: u64,
+    pub add: u64,
+    pub delete: u64,
+    pub rename: u64,
+    pub flags: u64,
+    pub other: u64,
+    pub failed: u64,
+    pub last_error: Option<String>,
+}
+
+/// Mirror status for `tandem status`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct MirrorStatus {
+    pub enabled: bool,
+    pub listen: Option<String>,
+    pub role: String,
+    pub outgoing: Vec<OutLink>,
+    pub incoming: BTreeMap<String, InLink>,
+    pub auth_failures: u64,
+    pub bad_frames: u64,
+    /// Messages kept aside because another message holds their UID.
+    pub uid_conflicts: u64,
+}
+
+/// Shared, updated by the links.
+#[derive(Default)]
+pub struct Mirror {
+    pub out: Mutex<Vec<OutLink>>,
+    pub incoming: Mutex<BTreeMap<String, InLink>>,
+    pub auth_failures: AtomicU64,
+    pub bad_frames: AtomicU64,
+    pub listen: Mutex<Option<String>>,
+    pub role: Mutex<String>,
+}
+
+impl Mirror {
+    pub fn status(&self, uid_conflicts: u64) -> MirrorStatus {
+        let now = now_ms();
+        let mut outgoing = self.out.lock().expect("mirror lock").clone();
+        for o in &mut outgoing {
+            o.lag_secs = if o.queue == 0 {
+                0.0
+            } else {
+                now.saturating_sub(o.caught_up_ms) as f64 / 1000.0
+            };
+        }
+        let listen = self.listen.lock().expect("mirror lock").clone();
+        MirrorStatus {
+            enabled: listen.is_some() || !outgoing.is_empty(),
+            listen,
+            role: self.role.lock().expect("mirror lock").clone(),
+            outgoing,
+            incoming: self.incoming.lock().expect("mirror lock").clone(),
+            auth_failures: self.auth_failures.load(Ordering::Relaxed),
+            bad_frames: self.bad_frames.load(Ordering::Relaxed),
+            uid_conflicts,
+        }
+    }
+
+    pub(crate) fn update_out(&self, i: usize, f: impl FnOnce(&mut OutLink)) {
+        if let Some(l) = self.out.lock().expect("mirror lock").get_mut(i) {
+            f(l)
+        }
+    }
+
+    pub(crate) fn update_in(&self, peer: &str, f: impl FnOnce(&mut InLink)) {
+        f(self.incoming.lock().expect("mirror lock").entry(peer.to_string()).or_default())
+    }
+}

@@ -1,0 +1,515 @@
+//! The quinn driver of the mirror: endpoint and certificates, the shared
+//! secret proof, one outgoing link per peer (with reconnects), and the
+//! incoming links that apply what peers push.
+
+use super::apply::apply_batch;
+use super::engine::{Command, Item, Sender, Window};
+use super::frame::{Frame, WireEntry};
+use super::{now_ms, Mirror, OutLink};
+use crate::config::MirrorConfig;
+use crate::event::Event;
+use crate::store::Store;
+use anyhow::{bail, Context};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::{mpsc, watch};
+use tracing::Instrument;
+
+const ALPN: &[u8] = b"tandem-mirror/1";
+const EXPORTER_LABEL: &[u8] = b"EXPORTER-tandem-mirror-auth";
+
+/// Keyed blake3 over this connection's TLS exporter and the side: a relay
+/// cannot reuse it on another connection, and a reflected MAC does not fit.
+fn mac(secret: &[u8], conn: &quinn::Connection, side: &[u8]) -> anyhow::Result<[u8; 32]> {
+    let mut ekm = [0u8; 32];
+    conn.export_keying_material(&mut ekm, EXPORTER_LABEL, b"")
+        .map_err(|_| anyhow::anyhow!("TLS exporter unavailable"))?;
+    let key = blake3::derive_key("tandem mirror secret v1", secret);
+    let mut h = blake3::Hasher::new_keyed(&key);
+    h.update(side);
+    h.update(&ekm);
+    Ok(*h.finalize().as_bytes())
+}
+
+fn ct_eq(a: &[u8; 32], b: &[u8; 32]) -> bool {
+    crate::auth::constant_time_eq(a, b)
+}
+
+async fn write_frame(send: &mut quinn::SendStream, f: &Frame) -> anyhow::Result<()> {
+    send.write_all(&f.encode()).await.context("writing a frame")?;
+    Ok(())
+}
+
+async fn read_frame(recv: &mut quinn::RecvStream, mirror: &Mirror) -> anyhow::Result<Frame> {
+    let mut hdr = [0u8; 4];
+    recv.read_exact(&mut hdr).await.context("reading a frame header")?;
+    let n = Frame::length(hdr).inspect_err(|_| {
+        mirror.bad_frames.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    })?;
+    let mut body = vec![0u8; n as usize];
+    recv.read_exact(&mut body).await.context("reading a frame body")?;
+    Frame::decode(&body)
+        .inspect_err(|_| {
+            mirror.bad_frames.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        })
+        .context("decoding a frame")
+}
+
+/// Accepts any server certificate: peers are authenticated by the shared
+/// secret bound to the connection, not by a PKI. The handshake signature is
+/// still checked against the presented certificate.
+#[derive(Debug)]
+struct PeerCert(Arc<rustls::crypto::CryptoProvider>);
+
+impl rustls::client::danger::ServerCertVerifier for PeerCert {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &rustls::pki_types::CertificateDer<'_>,
+        _intermediates: &[rustls::pki_types::CertificateDer<'_>],
+        _server_name: &rustls::pki_types::ServerName<'_>,
+        _ocsp: &[u8],
+        _now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+    }
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+    }
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+fn endpoint(listen: SocketAddr, data_dir: &Path) -> anyhow::Result<quinn::Endpoint> {
+    crate::tls::install_provider();
+    let (cert, key) = (data_dir.join("mirror/cert.pem"), data_dir.join("mirror/key.pem"));
+    crate::tls::ensure_self_signed(&cert, &key, vec!["tandem".into()])?;
+    let (certs, key) = crate::tls::load_pem(&cert, &key)?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut server = rustls::ServerConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)?;
+    server.alpn_protocols = vec![ALPN.to_vec()];
+    let mut transport = quinn::TransportConfig::default();
+    transport.max_idle_timeout(Some(Duration::from_secs(30).try_into().expect("30 s fits")));
+    transport.keep_alive_interval(Some(Duration::from_secs(5)));
+    let transport = Arc::new(transport);
+    let mut sc = quinn::ServerConfig::with_crypto(Arc::new(quinn::crypto::rustls::QuicServerConfig::try_from(server)?));
+    sc.transport_config(transport.clone());
+    let mut client = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(PeerCert(provider)))
+        .with_no_client_auth();
+    client.alpn_protocols = vec![ALPN.to_vec()];
+    let mut cc = quinn::ClientConfig::new(Arc::new(quinn::crypto::rustls::QuicClientConfig::try_from(client)?));
+    cc.transport_config(transport);
+    let mut ep = quinn::Endpoint::server(sc, listen).with_context(|| format!("binding mirror.listen {listen} (UDP)"))?;
+    ep.set_default_client_config(cc);
+    Ok(ep)
+}
+
+/// The running mirror.
+pub struct Running {
+    pub local_addr: SocketAddr,
+    pub tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+/// Start the mirror if `[mirror]` has a listen address.
+pub fn start(
+    cfg: &MirrorConfig,
+    store: &Store,
+    data_dir: &Path,
+    mirror: Arc<Mirror>,
+    shutdown: watch::Receiver<bool>,
+) -> anyhow::Result<Option<Running>> {
+    let Some(listen) = cfg.listen else {
+        if !cfg.peers.is_empty() {
+            bail!("mirror.peers is set but mirror.listen is not");
+        }
+        return Ok(None);
+    };
+    let secret = cfg
+        .secret_bytes()?
+        .ok_or_else(|| anyhow::anyhow!("the mirror needs mirror.secret or mirror.secret_file"))?;
+    let ep = endpoint(listen, data_dir)?;
+    let local_addr = ep.local_addr()?;
+    *mirror.listen.lock().expect("mirror lock") = Some(local_addr.to_string());
+    *mirror.role.lock().expect("mirror lock") = format!("{:?}", cfg.mode).to_lowercase();
+    let secret = Arc::new(secret);
+    let window = Window {
+        batches: cfg.window_batches,
+        entries: cfg.batch_entries,
+        bytes: cfg.batch_bytes,
+    };
+    let mut tasks = Vec::new();
+    {
+        let (ep, store, mirror, secret, shutdown) = (ep.clone(), store.clone(), mirror.clone(), secret.clone(), shutdown.clone());
+        tasks.push(tokio::spawn(accept_loop(ep, store, mirror, secret, shutdown)));
+    }
+    for (i, peer) in cfg.peers.iter().enumerate() {
+        mirror.out.lock().expect("mirror lock").push(OutLink {
+            address: peer.to_string(),
+            state: "connecting".into(),
+            since_ms: now_ms(),
+            ..Default::default()
+        });
+        let (ep, store, mirror, secret, shutdown) = (ep.clone(), store.clone(), mirror.clone(), secret.clone(), shutdown.clone());
+        let backoff = (
+            Duration::from_millis(cfg.reconnect_min_ms),
+            Duration::from_millis(cfg.reconnect_max_ms),
+        );
+        let span = tracing::info_span!("mirror-out", peer = %peer);
+        tasks.push(tokio::spawn(
+            dial_loop(ep, *peer, i, store, mirror, secret, window, backoff, shutdown).instrument(span),
+        ));
+    }
+    Ok(Some(Running { local_addr, tasks }))
+}
+
+async fn wait_shutdown(rx: &mut watch::Receiver<bool>) {
+    let _ = rx.wait_for(|s| *s).await;
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn dial_loop(
+    ep: quinn::Endpoint,
+    peer: SocketAddr,
+    i: usize,
+    store: Store,
+    mirror: Arc<Mirror>,
+    secret: Arc<Vec<u8>>,
+    window: Window,
+    (min, max): (Duration, Duration),
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut delay = min;
+    let mut last_refusal_log: Option<Instant> = None;
+    loop {
+        mirror.update_out(i, |l| {
+            if l.state != "connecting" {
+                l.state = "connecting".into();
+                l.since_ms = now_ms();
+            }
+        });
+        let started = Instant::now();
+        let r = tokio::select! {
+            r = link(&ep, peer, i, &store, &mirror, &secret, window) => r,
+            _ = wait_shutdown(&mut shutdown) => return,
+        };
+        if let Err(e) = r {
+            let msg = format!("{e:#}");
+            let refused = msg.contains("refused");
+            if !refused || last_refusal_log.is_none_or(|t| t.elapsed() > Duration::from_secs(60)) {
+                tracing::warn!(error = %msg, "mirror link to {peer} failed");
+                if refused {
+                    last_refusal_log = Some(Instant::now());
+                }
+            }
+            mirror.update_out(i, |l| {
+                l.state = if refused { "refused".into() } else { "disconnected".into() };
+                l.since_ms = now_ms();
+                l.last_error = Some(msg);
+                l.last_error_ms = Some(now_ms());
+            });
+        }
+        if started.elapsed() > Duration::from_secs(10) {
+            delay = min;
+        }
+        // Exponential backoff with jitter.
+        let jitter = rand::random::<f64>() * 0.5 + 0.75;
+        let wait = delay.mul_f64(jitter);
+        delay = (delay * 2).min(max);
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = wait_shutdown(&mut shutdown) => return,
+        }
+    }
+}
+
+fn to_vec(v: &wal::VersionVector) -> Vec<(u64, u64)> {
+    v.0.iter().map(|(o, s)| (o.0, *s)).collect()
+}
+
+/// One outgoing link, until it fails.
+async fn link(
+    ep: &quinn::Endpoint,
+    peer: SocketAddr,
+    i: usize,
+    store: &Store,
+    mirror: &Arc<Mirror>,
+    secret: &[u8],
+    window: Window,
+) -> anyhow::Result<()> {
+    let conn = ep.connect(peer, "tandem")?.await.context("connecting")?;
+    let (mut send, mut recv) = conn.open_bi().await.context("opening the stream")?;
+    write_frame(
+        &mut send,
+        &Frame::Auth {
+            mac: mac(secret, &conn, b"client")?,
+        },
+    )
+    .await?;
+    match read_frame(&mut recv, mirror).await? {
+        Frame::Auth { mac: theirs } if ct_eq(&theirs, &mac(secret, &conn, b"server")?) => {}
+        Frame::Refused { reason } => bail!("refused by the peer: {reason}"),
+        Frame::Auth { .. } => bail!("refused: the peer does not know the shared secret"),
+        other => bail!("unexpected frame before authentication: {other:?}"),
+    }
+    let wal = store.wal().clone();
+    let role = mirror.role.lock().expect("mirror lock").clone();
+    write_frame(
+        &mut send,
+        &Frame::Hello {
+            node_id: store.node_id().to_string(),
+            origin: wal.local_origin().0,
+            role,
+            epoch: 0,
+        },
+    )
+    .await?;
+    let Frame::Vector { vector } = read_frame(&mut recv, mirror).await? else {
+        bail!("expected the peer's vector")
+    };
+    let mut engine = Sender::new(window);
+    engine.start(&vector, wal.last_order());
+    mirror.update_out(i, |l| {
+        l.state = "connected".into();
+        l.since_ms = now_ms();
+        l.caught_up_ms = now_ms();
+    });
+    tracing::info!("mirror link up");
+    // Frames from the peer arrive on their own task (reads are not cancel-safe).
+    let (tx, mut rx) = mpsc::channel::<anyhow::Result<Frame>>(64);
+    let m2 = mirror.clone();
+    let reader = tokio::spawn(async move {
+        loop {
+            let f = read_frame(&mut recv, &m2).await;
+            let stop = f.is_err();
+            if tx.send(f).await.is_err() || stop {
+                break;
+            }
+        }
+    });
+    let mut commits = store.commits();
+    let result: anyhow::Result<()> = async {
+        loop {
+            while let Some(cmd) = engine.poll() {
+                let Command::Read { from, max } = cmd else { continue };
+                let w = wal.clone();
+                let entries = tokio::task::spawn_blocking(move || w.read_order(from, max)).await??;
+                let items: Vec<Item> = entries
+                    .iter()
+                    .map(|(o, e)| Item {
+                        order: *o,
+                        origin: e.origin.0,
+                        seq: e.seq,
+                        bytes: e.payload.len() as u64 + 64,
+                    })
+                    .collect();
+                let by_order: HashMap<u64, &wal::Entry> = entries.iter().map(|(o, e)| (*o, e)).collect();
+                for c in engine.read(&items) {
+                    let Command::Send { id, orders } = c else { continue };
+                    let mut wire = Vec::with_capacity(orders.len());
+                    let mut blobs = Vec::new();
+                    let mut seen = std::collections::HashSet::new();
+                    for o in orders {
+                        let e = by_order[&o];
+                        if let Ok(Event::MessageAppended { blob, .. }) = Event::decode(&e.payload) {
+                            if seen.insert(blob) {
+                                if let Some(b) = store.blob(&blob)? {
+                                    blobs.push((blob.0, b));
+                                }
+                            }
+                        }
+                        wire.push(WireEntry {
+                            origin: e.origin.0,
+                            seq: e.seq,
+                            hlc: e.hlc,
+                            hash: e.hash,
+                            payload: e.payload.clone(),
+                        });
+                    }
+                    let n = wire.len() as u64;
+                    let frame = Frame::Batch { id, entries: wire, blobs };
+                    let bytes = frame.encode();
+                    send.write_all(&bytes).await.context("sending a batch")?;
+                    mirror.update_out(i, |l| {
+                        l.sent += n;
+                        l.sent_bytes += bytes.len() as u64;
+                    });
+                }
+            }
+            let heads = wal.heads();
+            let queue: u64 = heads
+                .0
+                .iter()
+                .map(|(o, s)| s.saturating_sub(engine.acked().get(&o.0).copied().unwrap_or(0)))
+                .sum();
+            let inflight = engine.inflight_batches() as u64;
+            mirror.update_out(i, |l| {
+                l.queue = queue;
+                l.inflight_batches = inflight;
+                if queue == 0 {
+                    l.caught_up_ms = now_ms();
+                }
+                l.acked = engine.acked().iter().map(|(o, s)| (format!("{o:016x}"), *s)).collect();
+            });
+            tokio::select! {
+                r = commits.changed() => {
+                    r.context("store closed")?;
+                    engine.local_commit(*commits.borrow_and_update());
+                }
+                f = rx.recv() => match f {
+                    Some(Ok(Frame::Ack { id, vector })) => engine.ack(id, &vector),
+                    Some(Ok(Frame::Refused { reason })) => bail!("refused by the peer: {reason}"),
+                    Some(Ok(other)) => bail!("unexpected frame from the receiver: {other:?}"),
+                    Some(Err(e)) => return Err(e),
+                    None => bail!("link closed"),
+                },
+            }
+        }
+    }
+    .await;
+    reader.abort();
+    conn.close(0u32.into(), b"bye");
+    result
+}
+
+async fn accept_loop(ep: quinn::Endpoint, store: Store, mirror: Arc<Mirror>, secret: Arc<Vec<u8>>, mut shutdown: watch::Receiver<bool>) {
+    loop {
+        let incoming = tokio::select! {
+            i = ep.accept() => match i { Some(i) => i, None => return },
+            _ = wait_shutdown(&mut shutdown) => {
+                ep.close(0u32.into(), b"shutting down");
+                return;
+            }
+        };
+        let (store, mirror, secret) = (store.clone(), mirror.clone(), secret.clone());
+        let remote = incoming.remote_address();
+        let span = tracing::info_span!("mirror-in", peer = %remote);
+        tokio::spawn(
+            async move {
+                if let Err(e) = receive(incoming, &store, &mirror, &secret).await {
+                    tracing::info!(error = %format!("{e:#}"), "incoming mirror link ended");
+                }
+            }
+            .instrument(span),
+        );
+    }
+}
+
+/// One incoming link: authenticate, tell the sender where to start, apply
+/// batches, acknowledge each once durable.
+async fn receive(incoming: quinn::Incoming, store: &Store, mirror: &Arc<Mirror>, secret: &[u8]) -> anyhow::Result<()> {
+    let conn = incoming.await.context("accepting")?;
+    let (mut send, mut recv) = conn.accept_bi().await.context("accepting the stream")?;
+    let theirs = match read_frame(&mut recv, mirror).await? {
+        Frame::Auth { mac } => mac,
+        other => bail!("unexpected frame before authentication: {other:?}"),
+    };
+    if !ct_eq(&theirs, &mac(secret, &conn, b"client")?) {
+        mirror.auth_failures.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let _ = write_frame(
+            &mut send,
+            &Frame::Refused {
+                reason: "wrong shared secret".into(),
+            },
+        )
+        .await;
+        let _ = send.finish();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        conn.close(1u32.into(), b"wrong secret");
+        bail!("refused a peer with a wrong shared secret");
+    }
+    write_frame(
+        &mut send,
+        &Frame::Auth {
+            mac: mac(secret, &conn, b"server")?,
+        },
+    )
+    .await?;
+    let Frame::Hello { node_id, origin, .. } = read_frame(&mut recv, mirror).await? else {
+        bail!("expected hello")
+    };
+    if origin == store.wal().local_origin().0 {
+        bail!("a peer claims this node's own origin");
+    }
+    tracing::Span::current().record("peer", node_id.as_str());
+    mirror.update_in(&node_id, |l| {
+        l.connected = true;
+        l.since_ms = now_ms();
+    });
+    write_frame(
+        &mut send,
+        &Frame::Vector {
+            vector: to_vec(&store.wal().heads()),
+        },
+    )
+    .await?;
+    let result: anyhow::Result<()> = async {
+        loop {
+            let Frame::Batch { id, entries, blobs } = read_frame(&mut recv, mirror).await? else {
+                bail!("expected a batch")
+            };
+            let r = store.run(move |t, c| apply_batch(t, c, &entries, &blobs).map_err(Into::into)).await;
+            match r {
+                Ok(n) => {
+                    mirror.update_in(&node_id, |l| {
+                        l.batches += 1;
+                        l.entries += n.entries;
+                        l.duplicates += n.duplicates;
+                        l.add += n.add;
+                        l.delete += n.delete;
+                        l.rename += n.rename;
+                        l.flags += n.flags;
+                        l.other += n.other;
+                    });
+                    write_frame(
+                        &mut send,
+                        &Frame::Ack {
+                            id,
+                            vector: to_vec(&store.wal().heads()),
+                        },
+                    )
+                    .await?;
+                }
+                Err(e) => {
+                    let msg = e.to_string();
+                    mirror.update_in(&node_id, |l| {
+                        l.failed += 1;
+                        l.last_error = Some(msg.clone());
+                    });
+                    let _ = write_frame(
+                        &mut send,
+                        &Frame::Refused {
+                            reason: format!("batch {id} refused: {msg}"),
+                        },
+                    )
+                    .await;
+                    bail!("batch {id} refused: {msg}");
+                }
+            }
+        }
+    }
+    .await;
+    mirror.update_in(&node_id, |l| l.connected = false);
+    result
+}
