@@ -14,7 +14,9 @@
 #   (a) FETCH 1:* (FLAGS ENVELOPE)
 #   (b) SEARCH TEXT "$SEARCH_WORD"     (a name found in some messages' headers)
 # and prints a table of medians. Fails if the servers disagree on the number
-# of messages or of FETCH responses; prints both SEARCH counts.
+# of messages or of FETCH responses; prints both SEARCH counts. Results go to
+# $OUT/results.json; the corpus, Tandem's store and the peer user's Maildir
+# are removed at the end unless KEEP=1.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 SHARED=${SHARED:-$(cd "$ROOT/../shared" && pwd)}
@@ -70,7 +72,17 @@ listen = "127.0.0.1:$TANDEM_ADMIN_PORT"
 TOML
 "$TANDEM" --config "$node/tandem.toml" serve > "$node/serve.log" 2>&1 &
 pid=$!
-trap 'kill $pid 2>/dev/null || true; wait $pid 2>/dev/null || true' EXIT
+dmail=$PEER_DIR/mail/$PEER_USER
+loaded_peer=0
+cleanup() {
+  kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true
+  # The corpus, Tandem's store and the peer's copy are large; KEEP=1 keeps them.
+  if [ "${KEEP:-0}" != 1 ]; then
+    rm -rf "$corpus" "$node/data"
+    if [ "$loaded_peer" = 1 ]; then rm -rf "$dmail/Maildir"; fi
+  fi
+}
+trap cleanup EXIT
 for _ in $(seq 300); do grep -q "imap listening" "$node/serve.log" && break; sleep 0.1; done
 grep -q "imap listening" "$node/serve.log" || { cat "$node/serve.log" >&2; exit 1; }
 echo pass | "$TANDEM" --config "$node/tandem.toml" user add user1 --password-stdin >/dev/null
@@ -80,7 +92,7 @@ echo "tandem import: $(( ($(date +%s%N) - t0) / 1000000 )) ms"
 
 # Dovecot: the same files (names keep S=/W= sizes and flags, mtimes are the
 # INTERNALDATEs) replace $PEER_USER's Maildir, indexes included.
-dmail=$PEER_DIR/mail/$PEER_USER
+loaded_peer=1
 rm -rf "$dmail/Maildir"
 mkdir -p "$dmail"
 cp -a "$maildir" "$dmail/Maildir"

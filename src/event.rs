@@ -184,17 +184,21 @@ pub enum Event {
         tz_minutes: i16,
         flags: Flags,
     },
+    /// Flags of messages named by (UID, GUID): the GUID makes the change
+    /// land on the right message even where two nodes gave one UID to two
+    /// messages. Merged per flag, last writer by (HLC, origin) wins.
     FlagsChanged {
         user: String,
         mailbox: Id,
-        uids: Vec<u32>,
+        messages: Vec<(u32, Id)>,
         op: FlagOp,
         flags: Flags,
     },
+    /// Messages removed, named by (UID, GUID).
     Expunged {
         user: String,
         mailbox: Id,
-        uids: Vec<u32>,
+        messages: Vec<(u32, Id)>,
     },
     ConfigSet {
         key: String,
@@ -286,19 +290,25 @@ impl Event {
             Event::FlagsChanged {
                 user,
                 mailbox,
-                uids,
+                messages,
                 op,
                 flags,
             } => format!(
-                "flags-{} {user} mailbox={mailbox:?} uids={uids:?} [{}]",
+                "flags-{} {user} mailbox={mailbox:?} uids={:?} [{}]",
                 match op {
                     FlagOp::Add => "added",
                     FlagOp::Remove => "removed",
                     FlagOp::Set => "set",
                 },
+                messages.iter().map(|m| m.0).collect::<Vec<_>>(),
                 flags.iter().collect::<Vec<_>>().join(" ")
             ),
-            Event::Expunged { user, mailbox, uids } => format!("expunged {user} mailbox={mailbox:?} uids={uids:?}"),
+            Event::Expunged { user, mailbox, messages } => {
+                format!(
+                    "expunged {user} mailbox={mailbox:?} uids={:?}",
+                    messages.iter().map(|m| m.0).collect::<Vec<_>>()
+                )
+            }
             Event::ConfigSet { key, value } => format!("config-set {key} = {value:?}"),
         }
     }

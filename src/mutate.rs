@@ -392,7 +392,7 @@ pub fn store_flags(txn: &mut Txn<'_>, cfs: Cfs, user: &str, mailbox: Id, uids: &
         for uid in uids {
             if let Some(m) = v.message(mailbox, *uid)? {
                 if m.flags.apply(op, flags) != m.flags {
-                    changed.push(*uid);
+                    changed.push((*uid, m.guid));
                 }
             }
         }
@@ -404,13 +404,13 @@ pub fn store_flags(txn: &mut Txn<'_>, cfs: Cfs, user: &str, mailbox: Id, uids: &
             Event::FlagsChanged {
                 user: user.into(),
                 mailbox,
-                uids: changed.clone(),
+                messages: changed.clone(),
                 op,
                 flags: flags.clone(),
             },
         )?;
     }
-    Ok(changed)
+    Ok(changed.into_iter().map(|(u, _)| u).collect())
 }
 
 /// Expunge the given UIDs (missing ones are ignored). Returns those removed.
@@ -419,8 +419,8 @@ pub fn expunge(txn: &mut Txn<'_>, cfs: Cfs, user: &str, mailbox: Id, uids: &[u32
     {
         let v = views(txn, cfs);
         for uid in uids {
-            if v.message(mailbox, *uid)?.is_some() {
-                gone.push(*uid);
+            if let Some(m) = v.message(mailbox, *uid)? {
+                gone.push((*uid, m.guid));
             }
         }
     }
@@ -431,11 +431,11 @@ pub fn expunge(txn: &mut Txn<'_>, cfs: Cfs, user: &str, mailbox: Id, uids: &[u32
             Event::Expunged {
                 user: user.into(),
                 mailbox,
-                uids: gone.clone(),
+                messages: gone.clone(),
             },
         )?;
     }
-    Ok(gone)
+    Ok(gone.into_iter().map(|(u, _)| u).collect())
 }
 
 /// Copy messages to another mailbox (new GUIDs, same blobs and flags).
@@ -446,6 +446,7 @@ pub fn copy(txn: &mut Txn<'_>, cfs: Cfs, user: &str, from: Id, uids: &[u32], to:
         return Err(MutationError::NoSuchMailbox(to.to_hex()));
     };
     let mut pairs = Vec::new();
+    let mut sources = Vec::new();
     for uid in uids {
         let Some(m) = views(txn, cfs).message(from, *uid)? else { continue };
         let Some(mb) = views(txn, cfs).mailbox(user, to)? else { break };
@@ -468,16 +469,16 @@ pub fn copy(txn: &mut Txn<'_>, cfs: Cfs, user: &str, from: Id, uids: &[u32], to:
             },
         )?;
         pairs.push((*uid, mb.uidnext));
+        sources.push((*uid, m.guid));
     }
-    if remove && !pairs.is_empty() {
-        let src: Vec<u32> = pairs.iter().map(|p| p.0).collect();
+    if remove && !sources.is_empty() {
         emit(
             txn,
             cfs,
             Event::Expunged {
                 user: user.into(),
                 mailbox: from,
-                uids: src,
+                messages: sources,
             },
         )?;
     }

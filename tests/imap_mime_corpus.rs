@@ -48,9 +48,11 @@ fn cpython_email_data() -> PathBuf {
             tried.push(dir.display().to_string());
         }
     }
+    tried.sort();
+    tried.dedup();
     panic!(
-        "CPython's test/test_email/data not found (tried: {tried:?}); on Debian install \
-         the package libpython3.11-testsuite (or libpython3-testsuite for the default python3)"
+        "CPython's test/test_email/data not found (tried: {tried:?}); on Debian 12 install \
+         the package libpython3.11-testsuite"
     );
 }
 
@@ -124,9 +126,9 @@ fn generated_corpus() {
         .args(["maildir", "--out"])
         .arg(out.path())
         .args(["--users", "1", "--messages", "300", "--seed", "3"])
-        .status()
+        .output()
         .expect("python3 gen_corpus.py");
-    assert!(st.success(), "gen_corpus.py failed");
+    assert!(st.status.success(), "gen_corpus.py failed: {}", String::from_utf8_lossy(&st.stderr));
     let files: Vec<PathBuf> = files_under(&out.path().join("user1/Maildir"))
         .into_iter()
         .filter(|p| {

@@ -19,6 +19,10 @@ fn converged(nodes: &[&Node], secs: u64) -> bool {
 }
 
 fn lmtp_burst(node: &Node, rcpt: &str, n: usize) {
+    lmtp_burst_tagged(node, rcpt, n, "burst")
+}
+
+fn lmtp_burst_tagged(node: &Node, rcpt: &str, n: usize, tag: &str) {
     let mut c = common::Raw::connect(&node.addr("lmtp"));
     c.reply();
     c.send(b"LHLO burst\r\n");
@@ -27,7 +31,7 @@ fn lmtp_burst(node: &Node, rcpt: &str, n: usize) {
     for i in 0..n {
         wire.extend_from_slice(
             format!(
-                "MAIL FROM:<s@x>\r\nRCPT TO:<{rcpt}>\r\nDATA\r\nSubject: burst {i}\r\nMessage-ID: <{i}@burst>\r\n\r\nbody {i}\r\n.\r\n"
+                "MAIL FROM:<s@x>\r\nRCPT TO:<{rcpt}>\r\nDATA\r\nSubject: {tag} {i}\r\nMessage-ID: <{i}@{tag}>\r\n\r\nbody {i}\r\n.\r\n"
             )
             .as_bytes(),
         );
@@ -219,4 +223,41 @@ fn three_nodes_converge_and_relay_around_a_cut_link() {
         assert_eq!(common::admin_get(n, "/v1/status")["mirror"]["uid_conflicts"], 0);
     }
     assert_eq!(digest(&a).1, digest(&c).1, "version vectors differ");
+}
+
+#[test]
+fn split_brain_uid_collisions_are_kept_and_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    let (pa, pb) = (free_udp_port(), free_udp_port());
+    let a = start(&dir.path().join("a"), "node-a", pa, &[pb], SECRET);
+    let b = start(&dir.path().join("b"), "node-b", pb, &[pa], SECRET);
+    let (ok, _, err) = a.cli(&["user", "add", "u@example.org", "--password-stdin"], Some("secret\n"));
+    assert!(ok, "{err}");
+    assert!(converged(&[&a, &b], 10));
+    // Split: each side takes deliveries into the same INBOX alone.
+    assert!(b.stop());
+    lmtp_burst_tagged(&a, "u@example.org", 5, "on-a");
+    assert!(a.stop());
+    let b = Node::start(&dir.path().join("b"), Some(&dir.path().join("b/tandem.toml")));
+    lmtp_burst_tagged(&b, "u@example.org", 5, "on-b");
+    let a = Node::start(&dir.path().join("a"), Some(&dir.path().join("a/tandem.toml")));
+    // Heal: the logs converge; UIDs 1..5 name different messages on each side.
+    assert!(wait_until(20, || digest(&a).1 == digest(&b).1), "logs did not converge");
+    for n in [&a, &b] {
+        assert!(wait_until(10, || common::admin_get(n, "/v1/status")["mirror"]["uid_conflicts"] == 5));
+        let visible = messages(n, "u@example.org", "INBOX");
+        assert_eq!(visible.len(), 5, "a message was overwritten or dropped");
+        let uids: Vec<u64> = visible.iter().map(|m| m["uid"].as_u64().unwrap()).collect();
+        assert_eq!(uids, vec![1, 2, 3, 4, 5]);
+    }
+    // Neither side's visible messages were replaced by the other's.
+    let a_blobs: Vec<String> = messages(&a, "u@example.org", "INBOX")
+        .iter()
+        .map(|m| m["blob"].as_str().unwrap().to_string())
+        .collect();
+    let b_blobs: Vec<String> = messages(&b, "u@example.org", "INBOX")
+        .iter()
+        .map(|m| m["blob"].as_str().unwrap().to_string())
+        .collect();
+    assert_ne!(a_blobs, b_blobs, "one side's messages replaced the other's");
 }

@@ -61,6 +61,18 @@ fn drop_mailbox(v: &mut TxnViews<'_, '_>, user: &str, mb: &MailboxRec) -> Result
     Ok(())
 }
 
+/// A message kept aside under (mailbox, uid, guid).
+fn conflict(v: &TxnViews<'_, '_>, mailbox: Id, uid: u32, guid: Id) -> Result<Option<MessageRec>, ViewError> {
+    let k = keys::conflict(mailbox, uid, guid);
+    match v.vget(&k)? {
+        Some(b) => Ok(Some(postcard::from_bytes(&b).map_err(|e| ViewError::Corrupt {
+            key: hex::encode(&k),
+            reason: e.to_string(),
+        })?)),
+        None => Ok(None),
+    }
+}
+
 /// Apply `event`, which the log holds at `at`, to the views.
 pub fn apply(v: &mut TxnViews<'_, '_>, at: &Appended, event: &Event) -> Result<(), ViewError> {
     let modseq = at.order;
@@ -137,9 +149,6 @@ pub fn apply(v: &mut TxnViews<'_, '_>, at: &Appended, event: &Event) -> Result<(
             tz_minutes,
             flags,
         } => {
-            let Some(mut mb) = v.mailbox(user, *mailbox)? else {
-                return Ok(());
-            };
             let m = MessageRec {
                 guid: *guid,
                 blob: *blob,
@@ -148,18 +157,32 @@ pub fn apply(v: &mut TxnViews<'_, '_>, at: &Appended, event: &Event) -> Result<(
                 tz_minutes: *tz_minutes,
                 flags: flags.clone(),
                 modseq,
+                clocks: Vec::new(),
+                set_clock: (at.hlc, at.origin.0),
             };
-            if let Some(old) = v.message(*mailbox, *uid)? {
-                if old.guid == *guid {
-                    return Ok(());
-                }
-                // Two messages under one UID (written on two nodes during a
-                // split). Neither is overwritten: the one held stays visible,
-                // the other is kept aside with its body and reported, for the
-                // master's renumbering to bring back under a fresh UID.
+            let Some(mut mb) = v.mailbox(user, *mailbox)? else {
+                // Delivered into a mailbox deleted concurrently on another
+                // node: kept aside, never dropped.
+                tracing::warn!(user, uid, mailbox = ?mailbox, "message for a missing mailbox kept aside");
+                v.put(&keys::conflict(*mailbox, *uid, *guid), &enc(&m));
+                bump_refcount(v, blob, 1)?;
+                return Ok(());
+            };
+            let held = v.message(*mailbox, *uid)?;
+            if held.as_ref().is_some_and(|h| h.guid == *guid) {
+                return Ok(());
+            }
+            // Two messages under one UID (written on two nodes during a
+            // split), or a UID below UIDNEXT whose first message was already
+            // expunged here: neither may be shown under that UID. The
+            // message is kept aside with its body and reported, for the
+            // master's renumbering to bring back under a fresh UID.
+            if held.is_some() || *uid < mb.uidnext {
                 tracing::warn!(user, uid, mailbox = ?mailbox, "uid collision: message kept aside");
                 v.put(&keys::conflict(*mailbox, *uid, *guid), &enc(&m));
                 bump_refcount(v, blob, 1)?;
+                mb.uidnext = mb.uidnext.max(uid.saturating_add(1));
+                touch_mailbox(v, user, mb, modseq);
                 return Ok(());
             }
             v.put(&keys::message(*mailbox, *uid), &enc(&m));
@@ -171,36 +194,48 @@ pub fn apply(v: &mut TxnViews<'_, '_>, at: &Appended, event: &Event) -> Result<(
         Event::FlagsChanged {
             user,
             mailbox,
-            uids,
+            messages,
             op,
             flags,
         } => {
             let Some(mb) = v.mailbox(user, *mailbox)? else {
                 return Ok(());
             };
+            let ts = (at.hlc, at.origin.0);
             let mut changed = false;
-            for uid in uids {
-                if let Some(mut m) = v.message(*mailbox, *uid)? {
-                    let new = m.flags.apply(*op, flags);
-                    if new != m.flags {
-                        m.flags = new;
-                        m.modseq = modseq;
-                        v.put(&keys::message(*mailbox, *uid), &enc(&m));
-                        changed = true;
-                    }
+            for (uid, guid) in messages {
+                // The message is named by GUID: under its UID, or kept aside.
+                let (key, mut m) = match v.message(*mailbox, *uid)? {
+                    Some(m) if m.guid == *guid => (keys::message(*mailbox, *uid), m),
+                    _ => match conflict(v, *mailbox, *uid, *guid)? {
+                        Some(m) => (keys::conflict(*mailbox, *uid, *guid), m),
+                        // Expunged: an expunge beats a concurrent flag change.
+                        None => continue,
+                    },
+                };
+                if m.merge_flags(*op, flags, ts) {
+                    m.modseq = modseq;
+                    changed = true;
                 }
+                v.put(&key, &enc(&m));
             }
             if changed {
                 touch_mailbox(v, user, mb, modseq);
             }
         }
-        Event::Expunged { user, mailbox, uids } => {
+        Event::Expunged { user, mailbox, messages } => {
             let Some(mb) = v.mailbox(user, *mailbox)? else {
                 return Ok(());
             };
-            for uid in uids {
-                if let Some(m) = v.message(*mailbox, *uid)? {
-                    remove_message(v, *mailbox, *uid, &m)?;
+            for (uid, guid) in messages {
+                match v.message(*mailbox, *uid)? {
+                    Some(m) if m.guid == *guid => remove_message(v, *mailbox, *uid, &m)?,
+                    _ => {
+                        if let Some(m) = conflict(v, *mailbox, *uid, *guid)? {
+                            bump_refcount(v, &m.blob, -1)?;
+                            v.delete(&keys::conflict(*mailbox, *uid, *guid));
+                        }
+                    }
                 }
             }
             touch_mailbox(v, user, mb, modseq);

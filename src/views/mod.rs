@@ -59,6 +59,69 @@ pub struct MessageRec {
     pub flags: Flags,
     /// Per node: apply-order position of the last change to this message.
     pub modseq: u64,
+    /// Last writer of each flag ever touched: (flag, hlc, origin).
+    pub clocks: Vec<(String, u64, u64)>,
+    /// Last writer of a whole-set replacement (the baseline of every flag
+    /// without a clock of its own), starting with the append itself.
+    pub set_clock: (u64, u64),
+}
+
+impl MessageRec {
+    /// The last writer of `flag`.
+    pub fn clock(&self, flag: &str) -> (u64, u64) {
+        self.clocks
+            .iter()
+            .find(|c| c.0 == flag)
+            .map(|c| (c.1, c.2))
+            .unwrap_or(self.set_clock)
+    }
+
+    /// Merge a flag change written at `ts` = (hlc, origin): per flag, the
+    /// latest writer wins, so nodes applying concurrent changes in
+    /// different orders end with the same flags.
+    pub fn merge_flags(&mut self, op: crate::event::FlagOp, flags: &Flags, ts: (u64, u64)) -> bool {
+        use crate::event::FlagOp;
+        let before = self.flags.clone();
+        let mut present: Vec<String> = self.flags.iter().map(String::from).collect();
+        let mut touch = |f: &str, on: bool, clocks: &mut Vec<(String, u64, u64)>, baseline: (u64, u64)| {
+            let cur = clocks.iter().find(|c| c.0 == f).map(|c| (c.1, c.2)).unwrap_or(baseline);
+            if ts <= cur {
+                return;
+            }
+            clocks.retain(|c| c.0 != f);
+            clocks.push((f.to_string(), ts.0, ts.1));
+            present.retain(|p| p != f);
+            if on {
+                present.push(f.to_string());
+            }
+        };
+        match op {
+            FlagOp::Add | FlagOp::Remove => {
+                for f in flags.iter() {
+                    touch(f, op == FlagOp::Add, &mut self.clocks, self.set_clock);
+                }
+            }
+            FlagOp::Set => {
+                let baseline = self.set_clock;
+                let mut all: Vec<String> = self.flags.iter().chain(flags.iter()).map(String::from).collect();
+                all.extend(self.clocks.iter().map(|c| c.0.clone()));
+                all.sort();
+                all.dedup();
+                for f in &all {
+                    touch(f, flags.contains(f), &mut self.clocks, baseline);
+                }
+                if ts > self.set_clock {
+                    self.set_clock = ts;
+                    // Clocks older than the new baseline say nothing more.
+                    let b = self.set_clock;
+                    self.clocks.retain(|c| (c.1, c.2) > b);
+                }
+            }
+        }
+        self.clocks.sort();
+        self.flags = Flags::new(present);
+        self.flags != before
+    }
 }
 
 pub(crate) fn enc<T: Serialize>(v: &T) -> Vec<u8> {
@@ -152,5 +215,71 @@ pub mod keys {
     }
     pub fn configs_prefix() -> Vec<u8> {
         vec![b'C']
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::FlagOp;
+    use proptest::prelude::*;
+
+    fn rec() -> MessageRec {
+        MessageRec {
+            guid: Id([1; 16]),
+            blob: BlobHash([2; 32]),
+            size: 1,
+            internal_date: 0,
+            tz_minutes: 0,
+            flags: Flags::new(["\\Seen"]),
+            modseq: 1,
+            clocks: Vec::new(),
+            set_clock: (10, 1),
+        }
+    }
+
+    fn op() -> impl Strategy<Value = (FlagOp, Flags, (u64, u64))> {
+        let flags = proptest::sample::subsequence(vec!["\\Seen", "\\Flagged", "$A", "\\Deleted"], 0..=3).prop_map(Flags::new);
+        (
+            prop_oneof![Just(FlagOp::Add), Just(FlagOp::Remove), Just(FlagOp::Set)],
+            flags,
+            (1u64..40, 1u64..4),
+        )
+    }
+
+    proptest! {
+        /// Concurrent flag changes applied in any order converge.
+        #[test]
+        fn flag_merge_commutes(mut ops in proptest::collection::vec(op(), 1..12), seed in any::<u64>()) {
+            // Timestamps are unique per write, as (hlc, origin) is.
+            ops.sort_by_key(|o| o.2);
+            ops.dedup_by_key(|o| o.2);
+            let mut a = rec();
+            for (op, f, ts) in &ops {
+                a.merge_flags(*op, f, *ts);
+            }
+            let mut shuffled = ops.clone();
+            let mut x = seed | 1;
+            for i in (1..shuffled.len()).rev() {
+                x ^= x << 13; x ^= x >> 7; x ^= x << 17;
+                shuffled.swap(i, (x % (i as u64 + 1)) as usize);
+            }
+            let mut b = rec();
+            for (op, f, ts) in &shuffled {
+                b.merge_flags(*op, f, *ts);
+            }
+            prop_assert_eq!(a.flags, b.flags);
+        }
+    }
+
+    #[test]
+    fn later_writer_wins_per_flag() {
+        let mut m = rec();
+        m.merge_flags(FlagOp::Remove, &Flags::new(["\\Seen"]), (20, 1));
+        m.merge_flags(FlagOp::Add, &Flags::new(["\\Seen"]), (15, 2)); // older: ignored
+        assert!(!m.flags.contains("\\Seen"));
+        m.merge_flags(FlagOp::Add, &Flags::new(["\\Flagged"]), (30, 2));
+        m.merge_flags(FlagOp::Set, &Flags::new(["$A"]), (25, 1)); // older than the \Flagged add
+        assert_eq!(m.flags.iter().collect::<Vec<_>>(), vec!["$A", "\\Flagged"]);
     }
 }

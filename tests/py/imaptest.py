@@ -92,8 +92,6 @@ class ImapParseError(Exception):
 
 
 class _Lexer:
-    ATOM_END = b" ()[]{\"\r\n"
-
     def __init__(self, segs):
         self.segs = segs
         self.i = 0      # segment index
@@ -474,6 +472,7 @@ def check_mime_corpus(user, files, mailbox="INBOX", max_seconds=120, connections
     def appender(k):
         try:
             c = connect(user)
+            c.sock.settimeout(60)
             for i in range(k, len(files), connections):
                 if time.monotonic() - t0 > max_seconds:
                     with lock:
@@ -496,6 +495,7 @@ def check_mime_corpus(user, files, mailbox="INBOX", max_seconds=120, connections
         t.join()
     t1 = time.monotonic()
     c = connect(user)
+    c.sock.settimeout(60)
     ok(c.select(mailbox), "select")
     for path, raw, uid in zip(files, raws, uids):
         if uid is None:
@@ -508,6 +508,7 @@ def check_mime_corpus(user, files, mailbox="INBOX", max_seconds=120, connections
         except (imaplib.IMAP4.abort, OSError) as e:
             problems.append("%s: connection lost: %s" % (os.path.basename(path), e))
             c = connect(user)
+            c.sock.settimeout(60)
             ok(c.select(mailbox), "select")
     c.logout()
     print("checked %d messages: appended in %.1fs, fetched in %.1fs, %d problems"

@@ -243,6 +243,12 @@ fn a_panicking_transaction_leaves_no_trace_and_the_writer_survives() {
         panic!("bug in a mutation");
     });
     assert!(matches!(r, Err(AppendError::Wal(WalError::Closed))), "{r:?}");
+    // The caller learns of the failure while the writer is still unwinding;
+    // the counter follows a moment later.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while wal.stats().panics == 0 && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
     assert_eq!(wal.stats().panics, 1);
     assert_eq!(wal.get(cf, b"k").unwrap(), None);
     let a = wal.append(b"after".to_vec()).unwrap();
