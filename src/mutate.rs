@@ -13,6 +13,8 @@ use wal::{Appended, Cf, Txn};
 pub struct Cfs {
     pub views: Cf,
     pub blobs: Cf,
+    /// Derived, rebuildable data; not part of the views.
+    pub cache: Cf,
 }
 
 /// Why a mutation was refused. Nothing was written.

@@ -12,6 +12,8 @@ use wal::{AppendError, Origin, Txn, Wal, WalError, WalOptions};
 
 pub const CF_VIEWS: &str = "views";
 pub const CF_BLOBS: &str = "blobs";
+/// Derived data (parsed MIME summaries): rebuilt on demand, never logged.
+pub const CF_CACHE: &str = "cache";
 
 /// Why a store operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -55,7 +57,7 @@ pub struct Store {
 /// Log options the daemon uses, given a node id.
 pub fn wal_options(node_id: &str) -> WalOptions {
     let mut o = WalOptions::new(Origin::from_node_id(node_id));
-    o.user_cfs = vec![CF_VIEWS.into()];
+    o.user_cfs = vec![CF_VIEWS.into(), CF_CACHE.into()];
     o.blob_cfs = vec![CF_BLOBS.into()];
     o
 }
@@ -67,6 +69,7 @@ impl Store {
         let cfs = Cfs {
             views: wal.cf(CF_VIEWS)?,
             blobs: wal.cf(CF_BLOBS)?,
+            cache: wal.cf(CF_CACHE)?,
         };
         let (tx, rx) = watch::channel(wal.last_order());
         wal.on_commit(move |order| {

@@ -10,6 +10,7 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 
 /// The parsed forms of one body that FETCH asks for again and again.
+#[derive(serde::Serialize, serde::Deserialize)]
 pub struct Summary {
     pub envelope: Vec<u8>,
     pub body: Vec<u8>,
@@ -32,16 +33,39 @@ impl Cache {
         }
     }
 
-    pub fn get_or(&self, hash: &BlobHash, bytes: &[u8]) -> Arc<Summary> {
+    /// The summary of a body: from memory, else from the store's cache
+    /// column family, else parsed from the body (which `load` fetches) and
+    /// kept in both.
+    pub fn get_or(&self, store: &crate::store::Store, hash: &BlobHash, load: impl FnOnce() -> Option<Vec<u8>>) -> Option<Arc<Summary>> {
         if let Some(s) = self.inner.lock().expect("cache lock").0.get(hash) {
-            return s.clone();
+            return Some(s.clone());
         }
-        let p = Parsed::new(bytes);
-        let s = Arc::new(Summary {
-            envelope: p.envelope(),
-            body: p.body_structure(false),
-            bodystructure: p.body_structure(true),
-        });
+        let cf = store.cfs().cache;
+        let key = cache_key(hash);
+        let s = match store
+            .wal()
+            .get(cf, &key)
+            .ok()
+            .flatten()
+            .and_then(|v| postcard::from_bytes::<Summary>(&v).ok())
+        {
+            Some(s) => Arc::new(s),
+            None => {
+                let bytes = load()?;
+                let p = Parsed::new(&bytes);
+                let s = Summary {
+                    envelope: p.envelope(),
+                    body: p.body_structure(false),
+                    bodystructure: p.body_structure(true),
+                };
+                if let Ok(v) = postcard::to_allocvec(&s) {
+                    if let Err(e) = store.wal().put_derived(cf, &key, &v) {
+                        tracing::debug!(error = %e, "could not keep a MIME summary");
+                    }
+                }
+                Arc::new(s)
+            }
+        };
         let mut g = self.inner.lock().expect("cache lock");
         if g.0.len() >= self.max {
             if let Some(old) = g.1.pop_front() {
@@ -51,16 +75,27 @@ impl Cache {
         if g.0.insert(*hash, s.clone()).is_none() {
             g.1.push_back(*hash);
         }
-        s
+        Some(s)
     }
 }
 
-/// Does fetching these items need the message body?
-pub fn needs_body(items: &[MessageDataItemName<'_>]) -> bool {
+/// Key of a summary in the cache column family (versioned: a new parser
+/// writes new keys).
+fn cache_key(hash: &BlobHash) -> Vec<u8> {
+    let mut k = b"mime1:".to_vec();
+    k.extend_from_slice(&hash.0);
+    k
+}
+
+/// Does fetching these items need the raw message (not only its summary)?
+pub fn needs_raw(items: &[MessageDataItemName<'_>]) -> bool {
     items.iter().any(|i| {
-        !matches!(
+        matches!(
             i,
-            MessageDataItemName::Flags | MessageDataItemName::Uid | MessageDataItemName::InternalDate | MessageDataItemName::Rfc822Size
+            MessageDataItemName::BodyExt { .. }
+                | MessageDataItemName::Rfc822
+                | MessageDataItemName::Rfc822Header
+                | MessageDataItemName::Rfc822Text
         )
     })
 }
@@ -186,15 +221,16 @@ fn literal(out: &mut Vec<u8>, bytes: &[u8]) {
 }
 
 /// Render `* seq FETCH (...)` for one message. `body` is the message bytes
-/// when [`needs_body`] said so.
+/// when [`needs_raw`] said so; `summary` its parsed forms when ENVELOPE,
+/// BODY or BODYSTRUCTURE are asked for.
 #[allow(clippy::too_many_arguments)]
 pub fn render(
     out: &mut Vec<u8>,
-    cache: &Cache,
     seq: u32,
     uid: u32,
     m: &MessageRec,
     body: Option<&[u8]>,
+    summary: Option<&Summary>,
     items: &[MessageDataItemName<'_>],
     force_uid: bool,
     force_flags: bool,
@@ -228,15 +264,15 @@ pub fn render(
             MessageDataItemName::Rfc822Size => out.extend_from_slice(format!("RFC822.SIZE {}", m.size).as_bytes()),
             MessageDataItemName::Envelope => {
                 out.extend_from_slice(b"ENVELOPE ");
-                out.extend_from_slice(&cache.get_or(&m.blob, raw).envelope);
+                out.extend_from_slice(summary.map(|s| s.envelope.as_slice()).unwrap_or(b"NIL"));
             }
             MessageDataItemName::Body => {
                 out.extend_from_slice(b"BODY ");
-                out.extend_from_slice(&cache.get_or(&m.blob, raw).body);
+                out.extend_from_slice(summary.map(|s| s.body.as_slice()).unwrap_or(b"NIL"));
             }
             MessageDataItemName::BodyStructure => {
                 out.extend_from_slice(b"BODYSTRUCTURE ");
-                out.extend_from_slice(&cache.get_or(&m.blob, raw).bodystructure);
+                out.extend_from_slice(summary.map(|s| s.bodystructure.as_slice()).unwrap_or(b"NIL"));
             }
             MessageDataItemName::Rfc822 => {
                 out.extend_from_slice(b"RFC822 ");

@@ -945,23 +945,33 @@ impl Session {
                 }
             }
         }
-        let need_body = fetch::needs_body(items);
+        let need_raw = fetch::needs_raw(items);
+        let need_summary = items.iter().any(|i| {
+            matches!(
+                i,
+                MessageDataItemName::Envelope | MessageDataItemName::Body | MessageDataItemName::BodyStructure
+            )
+        });
         let v = self.shared.store.views();
+        let store = self.shared.store.clone();
         for (seq, u) in targets {
             let Ok(Some(m)) = v.message(id, u) else { continue };
-            let body = if need_body {
-                self.shared.store.blob(&m.blob).ok().flatten()
+            let body = if need_raw { store.blob(&m.blob).ok().flatten() } else { None };
+            let summary = if need_summary {
+                self.shared
+                    .cache
+                    .get_or(&store, &m.blob, || body.clone().or_else(|| store.blob(&m.blob).ok().flatten()))
             } else {
                 None
             };
             let force_flags = seen_now.contains(&u);
             fetch::render(
                 &mut self.out,
-                &self.shared.cache,
                 seq,
                 u,
                 &m,
                 body.as_deref(),
+                summary.as_deref(),
                 items,
                 uid,
                 force_flags,

@@ -450,6 +450,15 @@ impl Wal {
         self.shared.scan_prefix_raw(cf, &[])
     }
 
+    /// Write a key outside the log and the group commit, without fsync.
+    /// Only for derived data that can always be computed again (caches);
+    /// never for views, which must change only with their entry.
+    pub fn put_derived(&self, cf: Cf, key: &[u8], value: &[u8]) -> Result<(), WalError> {
+        assert!(cf.0 >= FIRST_USER_CF);
+        self.shared.db.put_cf(self.shared.handle(cf.0), key, value)?;
+        Ok(())
+    }
+
     /// Delete every key of the given caller column families (rebuild).
     pub fn clear(&self, cfs: &[Cf]) -> Result<(), WalError> {
         let mut b = WriteBatch::default();
