@@ -150,6 +150,20 @@ pub struct MirrorConfig {
     /// Reconnect backoff, milliseconds: first wait and ceiling.
     pub reconnect_min_ms: u64,
     pub reconnect_max_ms: u64,
+    /// With `ack = "peer"`: how long a delivery waits for the peers.
+    pub ack_timeout_ms: u64,
+    /// With `ack = "peer"`, past the timeout: "local" answers OK anyway and
+    /// raises the alarm counter in status; "tempfail" answers with a
+    /// temporary error (the MTA retries; the message is kept locally).
+    pub ack_fallback: AckFallback,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AckFallback {
+    #[default]
+    Local,
+    Tempfail,
 }
 
 impl MirrorConfig {
@@ -228,6 +242,8 @@ impl Default for MirrorConfig {
             batch_bytes: 8 << 20,
             reconnect_min_ms: 100,
             reconnect_max_ms: 10_000,
+            ack_timeout_ms: 5_000,
+            ack_fallback: AckFallback::Local,
         }
     }
 }

@@ -95,6 +95,7 @@ pub async fn serve(
     store: Store,
     cfg: Arc<LmtpConfig>,
     counters: Arc<Counters>,
+    durability: crate::repl::Durability,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let slots = Arc::new(Semaphore::new(cfg.max_connections));
@@ -121,11 +122,12 @@ pub async fn serve(
             continue;
         };
         let (store, cfg, counters, hostname, shutdown) = (store.clone(), cfg.clone(), counters.clone(), hostname.clone(), shutdown.clone());
+        let durability = durability.clone();
         let span = tracing::info_span!("lmtp", %peer);
         tokio::spawn(
             async move {
                 bump(&counters.in_flight, 1);
-                if let Err(e) = connection(stream, peer, &store, &cfg, &counters, &hostname, shutdown).await {
+                if let Err(e) = connection(stream, peer, &store, &cfg, &counters, &hostname, &durability, shutdown).await {
                     tracing::debug!(error = %e, "connection ended with an error");
                 }
                 counters.in_flight.fetch_sub(1, Ordering::Relaxed);
@@ -153,6 +155,7 @@ async fn connection(
     cfg: &LmtpConfig,
     counters: &Counters,
     hostname: &str,
+    durability: &crate::repl::Durability,
     mut shutdown: watch::Receiver<bool>,
 ) -> std::io::Result<()> {
     let _ = stream.set_nodelay(true);
@@ -181,7 +184,7 @@ async fn connection(
                         stream.write_all(&out).await?;
                         out.clear();
                     }
-                    let outcomes = deliver(store, cfg, counters, d, peer).await;
+                    let outcomes = deliver(store, cfg, counters, durability, d, peer).await;
                     session.delivery_result(outcomes);
                 }
                 Action::Close => {
@@ -242,7 +245,7 @@ async fn connection(
                 } else if let Action::CheckRecipient(_) = action {
                     session.rcpt_result(RcptOutcome::Reject(Reply::new(451, "4.4.2", "Connection closed")));
                 } else if let Action::Deliver(d) = action {
-                    let outcomes = deliver(store, cfg, counters, d, peer).await;
+                    let outcomes = deliver(store, cfg, counters, durability, d, peer).await;
                     session.delivery_result(outcomes);
                 } else {
                     break;
@@ -318,7 +321,14 @@ enum Rejected {
     NoInbox,
 }
 
-async fn deliver(store: &Store, cfg: &LmtpConfig, counters: &Counters, d: Delivery, peer: SocketAddr) -> Vec<DeliveryOutcome> {
+async fn deliver(
+    store: &Store,
+    cfg: &LmtpConfig,
+    counters: &Counters,
+    durability: &crate::repl::Durability,
+    d: Delivery,
+    peer: SocketAddr,
+) -> Vec<DeliveryOutcome> {
     let body = with_trace_headers(&d);
     let size = body.len() as u64;
     let msg = NewMessage::new(body, Flags::default(), now());
@@ -369,6 +379,13 @@ async fn deliver(store: &Store, cfg: &LmtpConfig, counters: &Counters, d: Delive
         Ok(outcomes) => {
             bump(&counters.messages, 1);
             bump(&counters.bytes, size);
+            // ack = "peer": the reply waits until the peers hold it too.
+            if durability.settle(store).await.is_err() {
+                bump(&counters.temp_failures, n as u64);
+                return (0..n)
+                    .map(|_| DeliveryOutcome::Reply(Reply::new(451, "4.4.3", "Stored here but not yet on the mirror; try again")))
+                    .collect();
+            }
             outcomes
                 .into_iter()
                 .map(|o| match o {

@@ -143,6 +143,11 @@ pub async fn start(cfg: &Config) -> anyhow::Result<Running> {
         .await
         .with_context(|| format!("binding imap.listen {}", cfg.imap.listen))?;
     listeners.insert("imap".to_string(), imap_l.local_addr()?.to_string());
+    let mirror = Arc::new(crate::repl::Mirror::default());
+    let durability = crate::repl::Durability {
+        mirror: mirror.clone(),
+        cfg: Arc::new(cfg.mirror.clone()),
+    };
     let imap_counters = Arc::new(crate::imap::Counters::default());
     let tls = crate::tls::server_config(
         cfg.imap.tls_cert.as_deref(),
@@ -151,7 +156,13 @@ pub async fn start(cfg: &Config) -> anyhow::Result<Running> {
         &cfg.lmtp.hostname(),
     )
     .context("setting up TLS for IMAP")?;
-    let imap_shared = crate::imap::Shared::new(store.clone(), cfg.imap.clone(), imap_counters.clone(), Some(tls));
+    let imap_shared = crate::imap::Shared::new(
+        store.clone(),
+        cfg.imap.clone(),
+        imap_counters.clone(),
+        Some(tls),
+        durability.clone(),
+    );
     tasks.push(tokio::spawn(crate::imap::serve(
         imap_l,
         imap_shared.clone(),
@@ -176,10 +187,10 @@ pub async fn start(cfg: &Config) -> anyhow::Result<Running> {
         store.clone(),
         Arc::new(cfg.lmtp.clone()),
         lmtp_counters.clone(),
+        durability.clone(),
         shutdown_rx.clone(),
     )));
 
-    let mirror = Arc::new(crate::repl::Mirror::default());
     if let Some(m) = crate::repl::quic::start(&cfg.mirror, &store, &cfg.node.data_dir, mirror.clone(), shutdown_rx.clone())
         .context("starting the mirror")?
     {

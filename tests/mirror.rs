@@ -261,3 +261,38 @@ fn split_brain_uid_collisions_are_kept_and_reported() {
         .collect();
     assert_ne!(a_blobs, b_blobs, "one side's messages replaced the other's");
 }
+
+#[test]
+fn ack_peer_waits_for_the_mirror_and_fails_temporarily_without_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let (pa, pb) = (free_udp_port(), free_udp_port());
+    std::fs::create_dir_all(dir.path().join("a")).unwrap();
+    let extra = format!(
+        "{}ack = \"peer\"\nack_timeout_ms = 1500\nack_fallback = \"tempfail\"\n",
+        mirror_section(pa, &[pb], SECRET)
+    );
+    let cfg = write_config(&dir.path().join("a"), "node-a", &extra);
+    let a = Node::start(&dir.path().join("a"), Some(&cfg));
+    let b = start(&dir.path().join("b"), "node-b", pb, &[pa], SECRET);
+    let (ok, _, err) = a.cli(&["user", "add", "u@example.org", "--password-stdin"], Some("secret\n"));
+    assert!(ok, "{err}");
+    assert!(converged(&[&a, &b], 10));
+    // With the peer up, the 250 means B holds the message already.
+    for i in 0..5 {
+        lmtp_burst_tagged(&a, "u@example.org", 1, &format!("acked-{i}"));
+        assert_eq!(
+            messages(&b, "u@example.org", "INBOX").len(),
+            i + 1,
+            "250 before the peer held the message"
+        );
+    }
+    // Without the peer: a temporary failure after the timeout, and the alarm.
+    assert!(b.stop());
+    let mut c = common::Raw::connect(&a.addr("lmtp"));
+    c.reply();
+    c.send(b"LHLO t\r\nMAIL FROM:<s@x>\r\nRCPT TO:<u@example.org>\r\nDATA\r\nSubject: lonely\r\n\r\nx\r\n.\r\n");
+    let replies: Vec<String> = (0..5).map(|_| c.reply()).collect();
+    assert!(replies[4].starts_with("451 4.4.3"), "{replies:?}");
+    let st = common::admin_get(&a, "/v1/status");
+    assert!(st["mirror"]["ack_timeouts"].as_u64().unwrap() >= 1, "{st}");
+}

@@ -171,10 +171,18 @@ pub struct Shared {
     pub cache: fetch::Cache,
     /// TLS for STARTTLS and the implicit-TLS listener.
     pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// `ack = "peer"` for APPEND.
+    pub durability: crate::repl::Durability,
 }
 
 impl Shared {
-    pub fn new(store: Store, cfg: ImapConfig, counters: Arc<Counters>, tls: Option<Arc<rustls::ServerConfig>>) -> Arc<Shared> {
+    pub fn new(
+        store: Store,
+        cfg: ImapConfig,
+        counters: Arc<Counters>,
+        tls: Option<Arc<rustls::ServerConfig>>,
+        durability: crate::repl::Durability,
+    ) -> Arc<Shared> {
         Arc::new(Shared {
             store,
             cfg,
@@ -184,6 +192,7 @@ impl Shared {
             per_user: Arc::new(Slots::default()),
             cache: fetch::Cache::new(4096),
             tls,
+            durability,
         })
     }
 }

@@ -473,6 +473,10 @@ impl Session {
                 match self.shared.store.run(move |t, c| mutate::append(t, c, &u, &n2, &msg)).await {
                     Ok(p) => {
                         bump(&self.shared.counters.appends);
+                        if self.shared.durability.settle(&self.shared.store).await.is_err() {
+                            self.no(tag, "[UNAVAILABLE] Stored here but not yet on the mirror; try again");
+                            return Ok(Flow::Continue);
+                        }
                         self.sync(true);
                         self.line(&format!("{tag} OK [APPENDUID {} {}] APPEND completed", p.uidvalidity, p.uid));
                     }

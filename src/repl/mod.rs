@@ -84,8 +84,25 @@ pub struct MirrorStatus {
     pub incoming: BTreeMap<String, InLink>,
     pub auth_failures: u64,
     pub bad_frames: u64,
+    /// `ack = "peer"` waits that ran out of time (an alarm: acknowledged
+    /// mail may exist on this node only).
+    pub ack_timeouts: u64,
     /// Messages kept aside because another message holds their UID.
     pub uid_conflicts: u64,
+}
+
+/// What a front end (LMTP, IMAP) needs to honour `ack = "peer"`.
+#[derive(Clone)]
+pub struct Durability {
+    pub mirror: std::sync::Arc<Mirror>,
+    pub cfg: std::sync::Arc<crate::config::MirrorConfig>,
+}
+
+impl Durability {
+    /// See [`Mirror::settle`].
+    pub async fn settle(&self, store: &crate::store::Store) -> Result<(), ()> {
+        self.mirror.settle(&self.cfg, store).await
+    }
 }
 
 /// Shared, updated by the links.
@@ -97,6 +114,10 @@ pub struct Mirror {
     pub bad_frames: AtomicU64,
     pub listen: Mutex<Option<String>>,
     pub role: Mutex<String>,
+    /// Woken on every acknowledgement from a peer.
+    pub acked: tokio::sync::Notify,
+    /// `ack = "peer"` waits that ran out of time.
+    pub ack_timeouts: AtomicU64,
 }
 
 impl Mirror {
@@ -118,8 +139,59 @@ impl Mirror {
             outgoing,
             incoming: self.incoming.lock().expect("mirror lock").clone(),
             auth_failures: self.auth_failures.load(Ordering::Relaxed),
+            ack_timeouts: self.ack_timeouts.load(Ordering::Relaxed),
             bad_frames: self.bad_frames.load(Ordering::Relaxed),
             uid_conflicts,
+        }
+    }
+
+    /// Whether every outgoing link's peer holds `origin` up to `seq`.
+    fn peers_hold(&self, origin: &str, seq: u64) -> bool {
+        self.out
+            .lock()
+            .expect("mirror lock")
+            .iter()
+            .all(|l| l.acked.get(origin).copied().unwrap_or(0) >= seq)
+    }
+
+    /// Wait until every peer holds `origin` up to `seq` durably, or `timeout`.
+    pub async fn wait_peers(&self, origin: &str, seq: u64, timeout: std::time::Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let notified = self.acked.notified();
+            if self.peers_hold(origin, seq) {
+                return true;
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return self.peers_hold(origin, seq);
+            }
+        }
+    }
+
+    /// After a local commit, honour `ack = "peer"`: `Ok` when the reply may
+    /// go out, `Err` when it must be a temporary failure.
+    pub async fn settle(&self, cfg: &crate::config::MirrorConfig, store: &crate::store::Store) -> Result<(), ()> {
+        use crate::config::{AckFallback, AckMode};
+        if cfg.ack != AckMode::Peer || self.out.lock().expect("mirror lock").is_empty() {
+            return Ok(());
+        }
+        let origin = store.wal().local_origin();
+        let seq = store.wal().heads().get(origin);
+        if self
+            .wait_peers(
+                &format!("{:016x}", origin.0),
+                seq,
+                std::time::Duration::from_millis(cfg.ack_timeout_ms),
+            )
+            .await
+        {
+            return Ok(());
+        }
+        self.ack_timeouts.fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(seq, "a peer did not acknowledge in time");
+        match cfg.ack_fallback {
+            AckFallback::Local => Ok(()),
+            AckFallback::Tempfail => Err(()),
         }
     }
 

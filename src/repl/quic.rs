@@ -372,6 +372,7 @@ async fn link(
                 }
                 l.acked = engine.acked().iter().map(|(o, s)| (format!("{o:016x}"), *s)).collect();
             });
+            mirror.acked.notify_waiters();
             tokio::select! {
                 r = commits.changed() => {
                     r.context("store closed")?;
