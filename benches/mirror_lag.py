@@ -1,0 +1,90 @@
+#!/usr/bin/env python3
+"""Mirror benchmarks on loopback with two real nodes (see mirror_lag.sh).
+
+(a) replication lag: deliveries on A at a fixed rate; an IMAP IDLE session on
+    B timestamps each EXISTS (B sends it after the entry is durable on B).
+    lag = EXISTS on B - 250 on A, per message: p50 / p99.
+(d) catch-up: B stopped, 100 deliveries on A, B started; time from B's mirror
+    link reporting "connected" until B's version vector equals A's.
+"""
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import threading
+import time
+
+A_LMTP, B_IMAP = int(os.environ["A_LMTP"]), int(os.environ["B_IMAP"])
+RATE, COUNT = float(os.environ.get("RATE", "500")), int(os.environ.get("COUNT", "2500"))
+
+
+def lmtp_conn():
+    s = socket.create_connection(("127.0.0.1", A_LMTP))
+    f = s.makefile("rb")
+    f.readline()
+    s.sendall(b"LHLO bench\r\n")
+    while f.readline()[3:4] == b"-":
+        pass
+    return s, f
+
+
+def deliver(s, f, i):
+    s.sendall(b"MAIL FROM:<b@x>\r\nRCPT TO:<u@example.org>\r\nDATA\r\nSubject: lag %d\r\n\r\n%s\r\n.\r\n" % (i, b"x" * 2000))
+    for _ in range(4):
+        r = f.readline()
+    assert r.startswith(b"250"), r
+    return time.monotonic()
+
+
+def lag():
+    exists = {}
+    ready = threading.Event()
+    def idle():
+        s = socket.create_connection(("127.0.0.1", B_IMAP))
+        f = s.makefile("rb")
+        f.readline()
+        s.sendall(b"a LOGIN u@example.org secret\r\nb SELECT INBOX\r\n")
+        base = None
+        while True:
+            l = f.readline()
+            if l.endswith(b"EXISTS\r\n") and base is None:
+                base = int(l.split()[1])
+            if l.startswith(b"b OK"):
+                break
+        s.sendall(b"c IDLE\r\n")
+        f.readline()
+        ready.set()
+        while len(exists) < COUNT:
+            l = f.readline()
+            if not l:
+                break
+            if l.endswith(b"EXISTS\r\n"):
+                n = int(l.split()[1]) - base
+                t = time.monotonic()
+                for k in range(len(exists), n):
+                    exists.setdefault(k, t)
+        s.close()
+    th = threading.Thread(target=idle, daemon=True)
+    th.start()
+    ready.wait(10)
+    s, f = lmtp_conn()
+    acked = []
+    t0 = time.monotonic()
+    for i in range(COUNT):
+        due = t0 + i / RATE
+        now = time.monotonic()
+        if due > now:
+            time.sleep(due - now)
+        acked.append(deliver(s, f, i))
+    th.join(30)
+    lags = sorted((exists[i] - acked[i]) * 1000 for i in range(COUNT) if i in exists)
+    assert len(lags) == COUNT, "B saw %d of %d" % (len(lags), COUNT)
+    q = lambda p: lags[min(len(lags) - 1, int(p / 100 * len(lags)))]
+    print("(a) lag 250 on A -> durable and announced on B, %d msgs at %.0f msg/s: p50 %.2f ms, p99 %.2f ms, max %.2f ms"
+          % (COUNT, RATE, q(50), q(99), lags[-1]))
+
+
+if __name__ == "__main__":
+    lag()
