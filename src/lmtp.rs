@@ -148,6 +148,7 @@ pub async fn serve(
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn connection(
     mut stream: TcpStream,
     peer: SocketAddr,

@@ -480,15 +480,15 @@ mod tests {
             }
             // Heal: every link up, run to quiescence.
             for _ in 0..200 {
-                for l in 0..links.len() {
-                    let (from, to) = (links[l].from, links[l].to);
-                    if links[l].sender.is_none() {
+                for link in links.iter_mut() {
+                    let (from, to) = (link.from, link.to);
+                    if link.sender.is_none() {
                         let mut snd = Sender::new(window);
                         snd.start(&vector(&nodes[to]), nodes[from].log.len() as u64);
-                        links[l].sender = Some(snd);
+                        link.sender = Some(snd);
                     }
-                    pump(&mut links[l], &nodes[from].log);
-                    while let Some((id, entries)) = links[l].queue.pop_front() {
+                    pump(link, &nodes[from].log);
+                    while let Some((id, entries)) = link.queue.pop_front() {
                         for (o, q) in entries {
                             let h = nodes[to].heads.get(&o).copied().unwrap_or(0);
                             if q == h + 1 {
@@ -499,7 +499,7 @@ mod tests {
                             }
                         }
                         let v = vector(&nodes[to]);
-                        links[l].sender.as_mut().expect("connected").ack(id, &v);
+                        link.sender.as_mut().expect("connected").ack(id, &v);
                     }
                 }
             }
