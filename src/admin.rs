@@ -46,6 +46,8 @@ pub struct LogStatus {
     pub max_group: u64,
     pub unclean_shutdown_recovered: bool,
     pub poisoned: Option<String>,
+    /// Transactions that panicked (a bug; their writes were discarded).
+    pub panics: u64,
 }
 
 /// One log entry, readable.
@@ -134,6 +136,7 @@ pub fn status(st: &AdminState) -> Result<Status, crate::views::read::ViewError> 
             max_group: s.max_group_jobs,
             unclean_shutdown_recovered: wal.recovery_report().unclean_shutdown,
             poisoned: wal.poisoned(),
+            panics: s.panics,
         },
         users: st.store.views().users()?.len() as u64,
         lmtp: st.lmtp.snapshot(),

@@ -182,6 +182,50 @@ fn print_status(st: &Status) {
         "imap        connections {} (in flight {})   logins {}   failed logins {}   commands {}   bad {}   appends {}   busy {}   timeouts {}",
         i.connections, i.in_flight, i.logins, i.login_failures, i.commands, i.bad_commands, i.appends, i.refused_busy, i.timeouts
     );
+    println!("  rejected  no mailbox {}", m.rejected_no_mailbox);
+    let mi = &st.mirror;
+    if mi.enabled {
+        println!(
+            "mirror      {} listening on {}   auth failures {}   bad frames {}   uid conflicts {}   ack timeouts {}",
+            mi.role,
+            mi.listen.as_deref().unwrap_or("-"),
+            mi.auth_failures,
+            mi.bad_frames,
+            mi.uid_conflicts,
+            mi.ack_timeouts
+        );
+        for o in &mi.outgoing {
+            println!(
+                "  to {:<21} {:<12} since {}   sent {}   queue {}   lag {:.1}s   in flight {}{}",
+                o.address,
+                o.state,
+                o.since_ms / 1000,
+                o.sent,
+                o.queue,
+                o.lag_secs,
+                o.inflight_batches,
+                o.last_error.as_deref().map(|e| format!("   last error: {e}")).unwrap_or_default()
+            );
+        }
+        for (peer, i) in &mi.incoming {
+            println!(
+                "  from {:<19} {:<12} batches {}   add {}   delete {}   rename {}   flags {}   other {}   duplicates {}   failed {}",
+                peer,
+                if i.connected { "connected" } else { "disconnected" },
+                i.batches,
+                i.add,
+                i.delete,
+                i.rename,
+                i.flags,
+                i.other,
+                i.duplicates,
+                i.failed
+            );
+        }
+    }
+    if l.panics > 0 {
+        println!("BUG         {} transactions panicked", l.panics);
+    }
     if l.unclean_shutdown_recovered {
         println!("recovered   after an unclean shutdown");
     }

@@ -42,7 +42,7 @@ pub struct ListenConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct ImapConfig {
     pub listen: SocketAddr,
-    /// Implicit-TLS listener (IMAPS); absent: none.
+    /// Implicit-TLS listener (IMAPS); default `127.0.0.1:1993`.
     pub tls_listen: Option<SocketAddr>,
     /// PEM certificate chain and key; both absent: a self-signed pair is
     /// generated in `data_dir/tls/` at first start and reused.
@@ -52,7 +52,7 @@ pub struct ImapConfig {
     pub max_line: usize,
     /// Largest literal, bytes: the APPEND size limit.
     pub max_literal: u64,
-    /// Most simultaneous connections in all.
+    /// Most simultaneous connections per listener.
     pub max_connections: usize,
     /// Most simultaneous connections from one IP address.
     pub max_connections_per_ip: usize,
@@ -346,6 +346,12 @@ impl Config {
         }
         if self.mirror.secret.as_ref().is_some_and(|s| s.len() < 16) {
             p.push("mirror.secret: use at least 16 characters".into());
+        }
+        if self.mirror.batch_bytes > (crate::repl::frame::MAX_FRAME as u64) / 2 {
+            p.push(format!(
+                "mirror.batch_bytes: at most {} (half the largest frame)",
+                crate::repl::frame::MAX_FRAME / 2
+            ));
         }
         if self.mirror.window_batches == 0 || self.mirror.batch_entries == 0 || self.mirror.batch_bytes == 0 {
             p.push("mirror.window_batches, mirror.batch_entries and mirror.batch_bytes must be positive".into());

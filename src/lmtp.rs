@@ -380,16 +380,16 @@ async fn deliver(
         Ok(outcomes) => {
             bump(&counters.messages, 1);
             bump(&counters.bytes, size);
-            // ack = "peer": the reply waits until the peers hold it too.
-            if durability.settle(store).await.is_err() {
-                bump(&counters.temp_failures, n as u64);
-                return (0..n)
-                    .map(|_| DeliveryOutcome::Reply(Reply::new(451, "4.4.3", "Stored here but not yet on the mirror; try again")))
-                    .collect();
-            }
+            // ack = "peer": the reply waits until the peers hold it too;
+            // past the bound, "tempfail" turns the successes (only) into 451.
+            let unreplicated = durability.settle(store).await.is_err();
             outcomes
                 .into_iter()
                 .map(|o| match o {
+                    Ok(_) if unreplicated => {
+                        bump(&counters.temp_failures, 1);
+                        DeliveryOutcome::Reply(Reply::new(451, "4.4.3", "Stored here but not yet on the mirror; try again"))
+                    }
                     Ok(_) => {
                         bump(&counters.delivered, 1);
                         DeliveryOutcome::Ok
@@ -409,7 +409,7 @@ async fn deliver(
             bump(&counters.temp_failures, n as u64);
             tracing::error!(error = %e, %peer, "delivery failed; answering with a temporary error");
             (0..n)
-                .map(|_| DeliveryOutcome::Temporary("4.3.0 Temporary failure: mail store unavailable".into()))
+                .map(|_| DeliveryOutcome::Reply(Reply::new(451, "4.3.0", "Temporary failure: mail store unavailable")))
                 .collect()
         }
     }

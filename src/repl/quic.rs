@@ -322,11 +322,18 @@ async fn link(
                 let entries = tokio::task::spawn_blocking(move || w.read_order(from, max)).await??;
                 let items: Vec<Item> = entries
                     .iter()
-                    .map(|(o, e)| Item {
-                        order: *o,
-                        origin: e.origin.0,
-                        seq: e.seq,
-                        bytes: e.payload.len() as u64 + 64,
+                    .map(|(o, e)| {
+                        // A batch's size counts the bodies it will carry.
+                        let body = match Event::decode(&e.payload) {
+                            Ok(Event::MessageAppended { size, .. }) => size,
+                            _ => 0,
+                        };
+                        Item {
+                            order: *o,
+                            origin: e.origin.0,
+                            seq: e.seq,
+                            bytes: e.payload.len() as u64 + 64 + body,
+                        }
                     })
                     .collect();
                 let by_order: HashMap<u64, &wal::Entry> = entries.iter().map(|(o, e)| (*o, e)).collect();

@@ -54,6 +54,17 @@ fn drop_messages(v: &mut TxnViews<'_, '_>, mailbox: Id) -> Result<(), ViewError>
 
 fn drop_mailbox(v: &mut TxnViews<'_, '_>, user: &str, mb: &MailboxRec) -> Result<(), ViewError> {
     drop_messages(v, mb.id)?;
+    // Messages kept aside in this mailbox go with it.
+    let mut prefix = keys::conflicts_prefix();
+    prefix.extend_from_slice(&mb.id.0);
+    for (k, b) in v.vscan(&prefix)? {
+        let m: MessageRec = postcard::from_bytes(&b).map_err(|e| ViewError::Corrupt {
+            key: hex::encode(&k),
+            reason: e.to_string(),
+        })?;
+        bump_refcount(v, &m.blob, -1)?;
+        v.delete(&k);
+    }
     v.delete(&keys::mailbox(user, mb.id));
     if v.mailbox_id(user, &mb.name)? == Some(mb.id) {
         v.delete(&keys::name(user, &mb.name));

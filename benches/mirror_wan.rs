@@ -1,0 +1,180 @@
+//! Mirror throughput over a long round trip: a fresh node B catches up from
+//! a node A holding N messages (27 KB each), first directly on loopback,
+//! then through an in-process UDP relay that delays every datagram by 50 ms
+//! each way (100 ms round trip; `tc netem` is not available here). Prints
+//! both rates and their ratio (target: >= 90 %).
+//!
+//! Run: `cargo bench --bench mirror_wan` (N=8000 by default; `-- --n 20000`).
+//! Under `cargo test --benches` it runs a tiny smoke pass.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::net::UdpSocket;
+
+/// A UDP relay: datagrams from clients go to `target` after `delay`, and
+/// the target's answers go back to each client after `delay`.
+async fn relay(listen: UdpSocket, target: SocketAddr, delay: Duration) {
+    let listen = Arc::new(listen);
+    let mut uplinks: std::collections::HashMap<SocketAddr, Arc<UdpSocket>> = Default::default();
+    let mut buf = vec![0u8; 65536];
+    loop {
+        let Ok((n, client)) = listen.recv_from(&mut buf).await else {
+            return;
+        };
+        let up = match uplinks.get(&client) {
+            Some(u) => u.clone(),
+            None => {
+                let u = Arc::new(UdpSocket::bind("127.0.0.1:0").await.unwrap());
+                u.connect(target).await.unwrap();
+                let (u2, back) = (u.clone(), listen.clone());
+                tokio::spawn(async move {
+                    let mut b = vec![0u8; 65536];
+                    while let Ok(n) = u2.recv(&mut b).await {
+                        let data = b[..n].to_vec();
+                        let back = back.clone();
+                        tokio::spawn(async move {
+                            tokio::time::sleep(delay).await;
+                            let _ = back.send_to(&data, client).await;
+                        });
+                    }
+                });
+                uplinks.insert(client, u.clone());
+                u
+            }
+        };
+        let data = buf[..n].to_vec();
+        tokio::spawn(async move {
+            tokio::time::sleep(delay).await;
+            let _ = up.send(&data).await;
+        });
+    }
+}
+
+fn free_udp() -> u16 {
+    std::net::UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn config(dir: &Path, id: &str, mirror: u16, peer: u16) -> std::path::PathBuf {
+    std::fs::create_dir_all(dir).unwrap();
+    let p = dir.join("tandem.toml");
+    std::fs::write(
+        &p,
+        format!(
+            "[node]\nid = \"{id}\"\ndata_dir = \"{}\"\n[imap]\nlisten = \"127.0.0.1:0\"\ntls_listen = \"127.0.0.1:0\"\n[lmtp]\nlisten = \"127.0.0.1:0\"\n[admin]\nlisten = \"127.0.0.1:0\"\n\
+             [mirror]\nlisten = \"127.0.0.1:{mirror}\"\npeers = [\"127.0.0.1:{peer}\"]\nsecret = \"benchmark shared secret\"\nreconnect_min_ms = 20\nreconnect_max_ms = 200\n",
+            dir.join("data").display()
+        ),
+    )
+    .unwrap();
+    p
+}
+
+fn serve(cfg: &Path) -> Child {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_tandem"))
+        .arg("--config")
+        .arg(cfg)
+        .arg("serve")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // Wait for the listeners line.
+    use std::io::BufRead;
+    let out = c.stdout.take().unwrap();
+    let mut lines = std::io::BufReader::new(out).lines();
+    for l in lines.by_ref() {
+        if l.unwrap().contains("lmtp listening") {
+            break;
+        }
+    }
+    std::thread::spawn(move || for _ in lines {});
+    c
+}
+
+fn heads(rt: &tokio::runtime::Runtime, cfg: &Path) -> serde_json::Value {
+    let c = tandem::config::Config::load(Some(cfg)).unwrap();
+    let admin = tandem::cli::Admin::new(&c).unwrap();
+    let v: serde_json::Value = rt.block_on(admin.get("/v1/digest")).unwrap();
+    v["heads"].clone()
+}
+
+/// Seconds for a fresh B to hold everything A holds, over `delay` each way.
+fn catch_up(rt: &tokio::runtime::Runtime, n: u64, delay: Duration) -> (f64, u64) {
+    let dir = tempfile::tempdir().unwrap();
+    let (pa, pb) = (free_udp(), free_udp());
+    // Relays: B reaches A through ra, A reaches B through rb.
+    let (ra, rb) = if delay.is_zero() {
+        (pa, pb)
+    } else {
+        let (ra, rb) = (free_udp(), free_udp());
+        let a_target: SocketAddr = format!("127.0.0.1:{pa}").parse().unwrap();
+        let b_target: SocketAddr = format!("127.0.0.1:{pb}").parse().unwrap();
+        rt.spawn(async move { relay(UdpSocket::bind(("127.0.0.1", ra)).await.unwrap(), a_target, delay).await });
+        rt.spawn(async move { relay(UdpSocket::bind(("127.0.0.1", rb)).await.unwrap(), b_target, delay).await });
+        (ra, rb)
+    };
+    let cfg_a = config(&dir.path().join("a"), "node-a", pa, rb);
+    let cfg_b = config(&dir.path().join("b"), "node-b", pb, ra);
+    // Fill A's store directly, before A serves.
+    std::fs::create_dir_all(dir.path().join("a/data")).unwrap();
+    let st = Command::new(env!("CARGO_BIN_EXE_tandem-stress"))
+        .args([
+            "--db",
+            dir.path().join("a/data/db").to_str().unwrap(),
+            "--node",
+            "node-a",
+            "--threads",
+            "4",
+        ])
+        .args(["--count", &(n / 4).to_string(), "--size", "27648", "--max-secs", "600"])
+        .stderr(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let mut a = serve(&cfg_a);
+    let want = heads(rt, &cfg_a);
+    let entries: u64 = want.as_object().unwrap().values().map(|v| v.as_u64().unwrap()).sum();
+    let t0 = Instant::now();
+    let mut b = serve(&cfg_b);
+    let deadline = Instant::now() + Duration::from_secs(900);
+    while heads(rt, &cfg_b) != want {
+        assert!(Instant::now() < deadline, "B did not catch up");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let secs = t0.elapsed().as_secs_f64();
+    let _ = a.kill();
+    let _ = b.kill();
+    let _ = a.wait();
+    let _ = b.wait();
+    (secs, entries)
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let quick = !args.iter().any(|a| a == "--bench");
+    let n: u64 = args
+        .iter()
+        .position(|a| a == "--n")
+        .and_then(|i| args.get(i + 1))
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(if quick { 200 } else { 8000 });
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    println!("fresh peer catching up {n} messages of 27 KB");
+    let (direct, entries) = catch_up(&rt, n, Duration::ZERO);
+    let mb = n as f64 * 27.0 / 1024.0;
+    println!(
+        "  loopback        {direct:>7.2} s  {:>8.0} msg/s  {:>6.1} MB/s  ({entries} entries)",
+        n as f64 / direct,
+        mb / direct
+    );
+    let (wan, _) = catch_up(&rt, n, Duration::from_millis(50));
+    println!(
+        "  100 ms RTT      {wan:>7.2} s  {:>8.0} msg/s  {:>6.1} MB/s",
+        n as f64 / wan,
+        mb / wan
+    );
+    println!("  ratio           {:.1} % of the loopback rate", 100.0 * direct / wan);
+}
