@@ -77,19 +77,39 @@ fn load_or_create_token(cfg: &Config) -> anyhow::Result<String> {
     }
 }
 
-/// Resolves when SIGINT or SIGTERM arrives.
-pub async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
+/// SIGINT and SIGTERM, listened for from the moment this is created (so a
+/// signal that arrives while the node starts is not lost).
+pub struct ShutdownSignal {
     #[cfg(unix)]
-    {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("install SIGTERM handler");
-        tokio::select! {
-            _ = ctrl_c => {}
-            _ = term.recv() => {}
+    term: tokio::signal::unix::Signal,
+    #[cfg(unix)]
+    int: tokio::signal::unix::Signal,
+}
+
+impl ShutdownSignal {
+    pub fn install() -> std::io::Result<ShutdownSignal> {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{signal, SignalKind};
+            Ok(ShutdownSignal {
+                term: signal(SignalKind::terminate())?,
+                int: signal(SignalKind::interrupt())?,
+            })
         }
+        #[cfg(not(unix))]
+        Ok(ShutdownSignal {})
     }
-    #[cfg(not(unix))]
-    let _ = ctrl_c.await;
+
+    /// Resolves when either signal arrives.
+    pub async fn recv(&mut self) {
+        #[cfg(unix)]
+        tokio::select! {
+            _ = self.term.recv() => {}
+            _ = self.int.recv() => {}
+        }
+        #[cfg(not(unix))]
+        let _ = tokio::signal::ctrl_c().await;
+    }
 }
 
 /// A node that is running.
@@ -233,6 +253,7 @@ pub async fn start(cfg: &Config) -> anyhow::Result<Running> {
 
 /// `tandem serve`: run until a signal, then shut down cleanly.
 pub async fn serve(cfg: Config) -> anyhow::Result<()> {
+    let mut signal = ShutdownSignal::install().context("installing signal handlers")?;
     let running = start(&cfg).await?;
     println!(
         "tandem: node {} serving from {}",
@@ -242,7 +263,7 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
     for (name, addr) in &running.listeners {
         println!("tandem: {name} listening on {addr}");
     }
-    shutdown_signal().await;
+    signal.recv().await;
     tracing::info!("shutting down");
     running.stop().await?;
     println!("tandem: stopped cleanly");
