@@ -32,7 +32,13 @@ async fn relay(listen: UdpSocket, target: SocketAddr, delay: Duration) {
                 let (u2, back) = (u.clone(), listen.clone());
                 tokio::spawn(async move {
                     let mut b = vec![0u8; 65536];
-                    while let Ok(n) = u2.recv(&mut b).await {
+                    loop {
+                        let n = match u2.recv(&mut b).await {
+                            Ok(n) => n,
+                            // Nothing listened there yet (ICMP port unreachable): keep relaying.
+                            Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => continue,
+                            Err(_) => return,
+                        };
                         let data = b[..n].to_vec();
                         let back = back.clone();
                         tokio::spawn(async move {
@@ -73,12 +79,14 @@ fn config(dir: &Path, id: &str, mirror: u16, peer: u16) -> std::path::PathBuf {
 }
 
 fn serve(cfg: &Path) -> Child {
+    let log = std::fs::File::create(cfg.with_file_name("serve.log")).unwrap();
     let mut c = Command::new(env!("CARGO_BIN_EXE_tandem"))
         .arg("--config")
         .arg(cfg)
         .arg("serve")
+        .env("TANDEM_LOG", std::env::var("TANDEM_LOG").unwrap_or_else(|_| "info".into()))
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stderr(log)
         .spawn()
         .unwrap();
     // Wait for the listeners line.
@@ -104,6 +112,9 @@ fn heads(rt: &tokio::runtime::Runtime, cfg: &Path) -> serde_json::Value {
 /// Seconds for a fresh B to hold everything A holds, over `delay` each way.
 fn catch_up(rt: &tokio::runtime::Runtime, n: u64, delay: Duration) -> (f64, u64) {
     let dir = tempfile::tempdir().unwrap();
+    if std::env::var_os("MIRROR_WAN_PROGRESS").is_some() {
+        eprintln!("    work dir {}", dir.path().display());
+    }
     let (pa, pb) = (free_udp(), free_udp());
     // Relays: B reaches A through ra, A reaches B through rb.
     let (ra, rb) = if delay.is_zero() {
@@ -140,7 +151,17 @@ fn catch_up(rt: &tokio::runtime::Runtime, n: u64, delay: Duration) -> (f64, u64)
     let t0 = Instant::now();
     let mut b = serve(&cfg_b);
     let deadline = Instant::now() + Duration::from_secs(900);
-    while heads(rt, &cfg_b) != want {
+    let mut last_report = Instant::now();
+    loop {
+        let h = heads(rt, &cfg_b);
+        if h == want {
+            break;
+        }
+        if std::env::var_os("MIRROR_WAN_PROGRESS").is_some() && last_report.elapsed() > Duration::from_secs(2) {
+            let held: u64 = h.as_object().map(|o| o.values().filter_map(|v| v.as_u64()).sum()).unwrap_or(0);
+            eprintln!("    {:>6.1} s: B holds {held} of {entries} entries", t0.elapsed().as_secs_f64());
+            last_report = Instant::now();
+        }
         assert!(Instant::now() < deadline, "B did not catch up");
         std::thread::sleep(Duration::from_millis(20));
     }
@@ -149,6 +170,9 @@ fn catch_up(rt: &tokio::runtime::Runtime, n: u64, delay: Duration) -> (f64, u64)
     let _ = b.kill();
     let _ = a.wait();
     let _ = b.wait();
+    if std::env::var_os("MIRROR_WAN_KEEP").is_some() {
+        let _ = dir.keep();
+    }
     (secs, entries)
 }
 

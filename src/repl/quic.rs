@@ -263,7 +263,12 @@ async fn link(
     secret: &[u8],
     window: Window,
 ) -> anyhow::Result<()> {
-    let conn = ep.connect(peer, "tandem")?.await.context("connecting")?;
+    // A peer that does not answer is retried after the backoff, not after
+    // the 30 s idle timeout.
+    let conn = tokio::time::timeout(Duration::from_secs(5), ep.connect(peer, "tandem")?)
+        .await
+        .map_err(|_| anyhow::anyhow!("no answer from the peer within 5 s"))?
+        .context("connecting")?;
     let (mut send, mut recv) = conn.open_bi().await.context("opening the stream")?;
     write_frame(
         &mut send,

@@ -1,0 +1,83 @@
+#!/usr/bin/env bash
+# Initial sync of a fresh mirror peer against rsync -a (and optionally
+# Dovecot's dsync) on the same generated Maildir corpus, in the same run.
+#
+#   USERS=10 MSGS=10000 benches/initial_sync.sh      # the 100,000-message corpus (~2.9 GB)
+#   USERS=10 MSGS=2000  benches/initial_sync.sh      # quicker
+#   DSYNC=1 ...                                      # also run ../shared/tools/peer/bench_dsync.sh
+#
+# Tandem: the corpus is imported into node A with `tandem import` (not
+# timed), then a fresh node B starts and the time until B's version vector
+# equals A's is measured. rsync: `rsync -a` of the Maildir tree into an
+# empty directory, timed the same way (no page-cache dropping for either).
+set -euo pipefail
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+SHARED=${SHARED:-$(cd "$ROOT/../shared" && pwd)}
+USERS=${USERS:-10}; MSGS=${MSGS:-2000}; SEED=${SEED:-1}
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/tandem-target}
+bash "$ROOT/.ci/setup"
+command -v rsync >/dev/null || { apt-get update -qq; DEBIAN_FRONTEND=noninteractive apt-get install -y -qq rsync >/dev/null; }
+cargo build --release --bin tandem --manifest-path "$ROOT/Cargo.toml"
+T=$CARGO_TARGET_DIR/release/tandem
+OUT=$(mktemp -d /tmp/initial-sync.XXXXXX)
+echo "corpus: $USERS users x $MSGS messages in $OUT/corpus"
+python3 "$SHARED/tools/corpus/gen_corpus.py" maildir --out "$OUT/corpus" --users "$USERS" --messages "$MSGS" --seed "$SEED" >/dev/null
+bytes=$(du -sb "$OUT/corpus" | cut -f1)
+
+port() { python3 -c 'import socket; s=socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+MA=$(port); MB=$(port)
+conf() { mkdir -p "$1"; cat > "$1/tandem.toml" <<TOML
+[node]
+id = "$2"
+data_dir = "$1/data"
+[imap]
+listen = "127.0.0.1:0"
+tls_listen = "127.0.0.1:0"
+[lmtp]
+listen = "127.0.0.1:0"
+[admin]
+listen = "127.0.0.1:0"
+[mirror]
+listen = "127.0.0.1:$3"
+peers = ["127.0.0.1:$4"]
+secret = "benchmark shared secret"
+reconnect_min_ms = 20
+reconnect_max_ms = 200
+TOML
+}
+conf "$OUT/a" sync-a "$MA" "$MB"; conf "$OUT/b" sync-b "$MB" "$MA"
+start() { "$T" --config "$1/tandem.toml" serve > "$1/serve.log" 2>&1 & echo $!; }
+wait_up() { for _ in $(seq 400); do grep -q "lmtp listening" "$1/serve.log" 2>/dev/null && return; sleep 0.05; done; echo "node did not start" >&2; exit 1; }
+PA=$(start "$OUT/a"); wait_up "$OUT/a"
+trap 'kill $PA ${PB:-} 2>/dev/null || true' EXIT
+t0=$(date +%s.%N)
+for u in $(seq 1 "$USERS"); do
+  echo pass | "$T" --config "$OUT/a/tandem.toml" user add "user$u" --password-stdin >/dev/null
+  TANDEM_NO_PROGRESS=1 "$T" --config "$OUT/a/tandem.toml" import maildir "$OUT/corpus/user$u/Maildir" --user "user$u" >/dev/null
+done
+t1=$(date +%s.%N)
+heads() { "$T" --config "$1/tandem.toml" status --json | python3 -c 'import json,sys; print(json.dumps(json.load(sys.stdin)["log"]["heads"], sort_keys=True))'; }
+want=$(heads "$OUT/a")
+t2=$(date +%s.%N)
+PB=$(start "$OUT/b"); wait_up "$OUT/b"
+while [ "$(heads "$OUT/b")" != "$want" ]; do sleep 0.05; done
+t3=$(date +%s.%N)
+t4=$(date +%s.%N)
+rsync -a "$OUT/corpus/" "$OUT/rsync-dst/"
+t5=$(date +%s.%N)
+python3 - "$bytes" "$USERS" "$MSGS" "$t0" "$t1" "$t2" "$t3" "$t4" "$t5" <<'PY'
+import sys
+b, u, m, t0, t1, t2, t3, t4, t5 = sys.argv[1:]
+b, n = int(b), int(u) * int(m)
+imp, sync, rs = float(t1) - float(t0), float(t3) - float(t2), float(t5) - float(t4)
+print(f"{n} messages, {b / 1e6:.0f} MB of Maildir")
+print(f"  tandem import into A   {imp:8.1f} s  ({n / imp:.0f} msg/s)")
+print(f"  tandem initial sync B  {sync:8.1f} s  ({n / sync:.0f} msg/s, {b / 1e6 / sync:.0f} MB/s)")
+print(f"  rsync -a               {rs:8.1f} s  ({b / 1e6 / rs:.0f} MB/s)")
+print(f"  tandem / rsync         {sync / rs:8.2f} x the time")
+PY
+if [ "${DSYNC:-0}" = 1 ]; then
+  USERS=$USERS MSGS=$MSGS SEED=$SEED bash "$SHARED/tools/peer/bench_dsync.sh"
+  . "$SHARED/tools/peer/dovecot/env.sh"; cat "${BENCH_DIR:-$PEER_DIR/bench}/results.txt"
+fi
+echo "work dir: $OUT (remove when done)"
