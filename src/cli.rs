@@ -397,16 +397,7 @@ impl Admin {
             .send()
             .await
             .with_context(|| format!("cannot reach the node at {} (is `tandem serve` running?)", self.base))?;
-        let status = resp.status();
-        let text = resp.text().await?;
-        if !status.is_success() {
-            let msg = serde_json::from_str::<serde_json::Value>(&text)
-                .ok()
-                .and_then(|v| v.get("error").and_then(|e| e.as_str()).map(String::from))
-                .unwrap_or(text);
-            bail!("{msg}");
-        }
-        serde_json::from_str(&text).with_context(|| format!("unexpected answer from {url}"))
+        Self::answer(&url, resp).await
     }
 }
 

@@ -752,20 +752,30 @@ impl Session {
         Ok(())
     }
 
-    fn select(&mut self, tag: &str, user: &str, mailbox: &Mailbox<'_>, readonly: bool) {
-        self.selected = None;
+    /// The mailbox a command names, or the tagged BAD / NO already said.
+    fn existing_mailbox(&mut self, tag: &str, user: &str, mailbox: &Mailbox<'_>) -> Option<(String, MailboxRec)> {
         let name = match mailbox_name(mailbox) {
             Ok(n) => n,
             Err(e) => {
                 self.line(&format!("{tag} BAD {e}"));
-                return;
+                return None;
             }
         };
-        let v = self.shared.store.views();
-        let Ok(Some(mb)) = v.mailbox_by_name(user, &name) else {
-            self.no(tag, "[NONEXISTENT] No such mailbox");
+        match self.shared.store.views().mailbox_by_name(user, &name) {
+            Ok(Some(mb)) => Some((name, mb)),
+            _ => {
+                self.no(tag, "[NONEXISTENT] No such mailbox");
+                None
+            }
+        }
+    }
+
+    fn select(&mut self, tag: &str, user: &str, mailbox: &Mailbox<'_>, readonly: bool) {
+        self.selected = None;
+        let Some((name, mb)) = self.existing_mailbox(tag, user, mailbox) else {
             return;
         };
+        let v = self.shared.store.views();
         let msgs = match v.messages(mb.id) {
             Ok(m) => m,
             Err(e) => {
@@ -1280,19 +1290,10 @@ impl Session {
     }
 
     fn status(&mut self, tag: &str, user: &str, mailbox: &Mailbox<'_>, items: &[StatusDataItemName]) {
-        let name = match mailbox_name(mailbox) {
-            Ok(n) => n,
-            Err(e) => {
-                self.line(&format!("{tag} BAD {e}"));
-                return;
-            }
-        };
-        let v = self.shared.store.views();
-        let Ok(Some(mb)) = v.mailbox_by_name(user, &name) else {
-            self.no(tag, "[NONEXISTENT] No such mailbox");
+        let Some((name, mb)) = self.existing_mailbox(tag, user, mailbox) else {
             return;
         };
-        let msgs = v.messages(mb.id).unwrap_or_default();
+        let msgs = self.shared.store.views().messages(mb.id).unwrap_or_default();
         let mut parts = Vec::new();
         for i in items {
             match i {
