@@ -194,6 +194,12 @@ fn main() {
         n as f64 / direct,
         mb / direct
     );
+    if let Ok(ms) = std::env::var("MIRROR_WAN_EXTRA_MS") {
+        // Diagnosis: the relay path with another delay (0 = relay only).
+        let ms: u64 = ms.parse().unwrap_or(0);
+        let (t, _) = catch_up(&rt, n, Duration::from_micros(ms * 1000 + 1));
+        println!("  relay, {ms} ms each way {t:>7.2} s  {:>8.0} msg/s", n as f64 / t);
+    }
     let (wan, _) = catch_up(&rt, n, Duration::from_millis(50));
     println!(
         "  100 ms RTT      {wan:>7.2} s  {:>8.0} msg/s  {:>6.1} MB/s",
