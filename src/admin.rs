@@ -255,6 +255,7 @@ async fn get_tail(State(st): State<Shared>, Query(q): Query<TailQuery>) -> Resul
 /// encoding of `Vec<ImportItem>`).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ImportItem {
+    #[serde(with = "serde_bytes")]
     pub body: Vec<u8>,
     pub flags: Vec<String>,
     pub internal_date: i64,

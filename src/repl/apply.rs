@@ -1,7 +1,7 @@
 //! Applying a batch from a peer: entries through the same atomic write as
 //! local mutations (chain checked, views applied), bodies stored once.
 
-use super::frame::WireEntry;
+use super::frame::{WireBlob, WireEntry};
 use crate::event::{BlobHash, Event};
 use crate::mutate::{Cfs, MutationError};
 use crate::views::{apply, TxnViews};
@@ -40,8 +40,8 @@ impl From<ApplyError> for MutationError {
     }
 }
 
-pub fn apply_batch(txn: &mut Txn<'_>, cfs: Cfs, entries: &[WireEntry], blobs: &[([u8; 32], Vec<u8>)]) -> Result<Applied, ApplyError> {
-    for (hash, body) in blobs {
+pub fn apply_batch(txn: &mut Txn<'_>, cfs: Cfs, entries: &[WireEntry], blobs: &[WireBlob]) -> Result<Applied, ApplyError> {
+    for WireBlob { hash, body } in blobs {
         // A body is stored only under its own hash.
         if BlobHash::of(body).0 == *hash && txn.get(cfs.blobs, hash)?.is_none() {
             txn.put(cfs.blobs, hash, body);

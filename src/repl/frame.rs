@@ -9,14 +9,25 @@ pub const PROTOCOL: u8 = 1;
 /// Largest frame accepted (a batch with its blobs).
 pub const MAX_FRAME: u32 = 96 << 20;
 
-/// One log entry as shipped.
+/// One log entry as shipped. (`serde_bytes` keeps postcard's encoding of
+/// a byte vector — a length and the bytes — but decodes it in one copy
+/// instead of byte by byte.)
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WireEntry {
     pub origin: u64,
     pub seq: u64,
     pub hlc: u64,
     pub hash: [u8; 32],
+    #[serde(with = "serde_bytes")]
     pub payload: Vec<u8>,
+}
+
+/// A message body as shipped: its blake3 hash and its bytes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WireBlob {
+    pub hash: [u8; 32],
+    #[serde(with = "serde_bytes")]
+    pub body: Vec<u8>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -37,7 +48,7 @@ pub enum Frame {
     Batch {
         id: u64,
         entries: Vec<WireEntry>,
-        blobs: Vec<([u8; 32], Vec<u8>)>,
+        blobs: Vec<WireBlob>,
     },
     /// The receiver made batch `id` durable; its vector now.
     Ack { id: u64, vector: Vec<(u64, u64)> },
@@ -117,10 +128,24 @@ mod tests {
                 hash: [4; 32],
                 payload: b"x".to_vec(),
             }],
-            blobs: vec![([9; 32], b"body".to_vec())],
+            blobs: vec![WireBlob {
+                hash: [9; 32],
+                body: b"body".to_vec(),
+            }],
         };
         let bytes = f.encode();
         let n = Frame::length(bytes[..4].try_into().unwrap()).unwrap();
+        // The byte-string encoding equals postcard's plain Vec<u8> encoding.
+        let plain = postcard::to_allocvec(&(1u64, 2u64, 3u64, [4u8; 32], b"x".to_vec())).unwrap();
+        let fast = postcard::to_allocvec(&WireEntry {
+            origin: 1,
+            seq: 2,
+            hlc: 3,
+            hash: [4; 32],
+            payload: b"x".to_vec(),
+        })
+        .unwrap();
+        assert_eq!(plain, fast);
         assert_eq!(n as usize, bytes.len() - 4);
         assert_eq!(Frame::decode(&bytes[4..]).unwrap(), f);
         assert_eq!(

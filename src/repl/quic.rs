@@ -4,7 +4,7 @@
 
 use super::apply::apply_batch;
 use super::engine::{Command, Item, Sender, Window};
-use super::frame::{Frame, WireEntry};
+use super::frame::{Frame, WireBlob, WireEntry};
 use super::{now_ms, Mirror, OutLink};
 use crate::config::MirrorConfig;
 use crate::event::Event;
@@ -352,7 +352,7 @@ async fn link(
                         if let Ok(Event::MessageAppended { blob, .. }) = Event::decode(&e.payload) {
                             if seen.insert(blob) {
                                 if let Some(b) = store.blob(&blob)? {
-                                    blobs.push((blob.0, b));
+                                    blobs.push(WireBlob { hash: blob.0, body: b });
                                 }
                             }
                         }
