@@ -15,10 +15,26 @@ use std::time::{Duration, Instant};
 use tokio::net::UdpSocket;
 
 /// A UDP relay: datagrams from clients go to `target` after `delay`, and
-/// the target's answers go back to each client after `delay`.
+/// the target's answers go back to each client after `delay`. Each direction
+/// is one FIFO line, so datagrams keep their order (a timer per datagram
+/// would reorder bursts, which QUIC rightly reads as loss).
 async fn relay(listen: UdpSocket, target: SocketAddr, delay: Duration) {
+    use tokio::sync::mpsc;
+    use tokio::time::Instant as TInstant;
+    /// One direction: forward each datagram at its due time, in order.
+    fn line(delay: Duration, mut send: impl FnMut(Vec<u8>) + Send + 'static) -> mpsc::UnboundedSender<(TInstant, Vec<u8>)> {
+        let (tx, mut rx) = mpsc::unbounded_channel::<(TInstant, Vec<u8>)>();
+        tokio::spawn(async move {
+            while let Some((due, data)) = rx.recv().await {
+                tokio::time::sleep_until(due).await;
+                send(data);
+            }
+        });
+        let _ = delay;
+        tx
+    }
     let listen = Arc::new(listen);
-    let mut uplinks: std::collections::HashMap<SocketAddr, Arc<UdpSocket>> = Default::default();
+    let mut uplinks: std::collections::HashMap<SocketAddr, mpsc::UnboundedSender<(TInstant, Vec<u8>)>> = Default::default();
     let mut buf = vec![0u8; 65536];
     loop {
         let Ok((n, client)) = listen.recv_from(&mut buf).await else {
@@ -29,7 +45,11 @@ async fn relay(listen: UdpSocket, target: SocketAddr, delay: Duration) {
             None => {
                 let u = Arc::new(UdpSocket::bind("127.0.0.1:0").await.unwrap());
                 u.connect(target).await.unwrap();
-                let (u2, back) = (u.clone(), listen.clone());
+                let back_sock = listen.clone();
+                let back = line(delay, move |d| {
+                    let _ = back_sock.try_send_to(&d, client);
+                });
+                let (u2, up_sock) = (u.clone(), u.clone());
                 tokio::spawn(async move {
                     let mut b = vec![0u8; 65536];
                     loop {
@@ -39,23 +59,19 @@ async fn relay(listen: UdpSocket, target: SocketAddr, delay: Duration) {
                             Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => continue,
                             Err(_) => return,
                         };
-                        let data = b[..n].to_vec();
-                        let back = back.clone();
-                        tokio::spawn(async move {
-                            tokio::time::sleep(delay).await;
-                            let _ = back.send_to(&data, client).await;
-                        });
+                        if back.send((TInstant::now() + delay, b[..n].to_vec())).is_err() {
+                            return;
+                        }
                     }
                 });
-                uplinks.insert(client, u.clone());
-                u
+                let tx = line(delay, move |d| {
+                    let _ = up_sock.try_send(&d);
+                });
+                uplinks.insert(client, tx.clone());
+                tx
             }
         };
-        let data = buf[..n].to_vec();
-        tokio::spawn(async move {
-            tokio::time::sleep(delay).await;
-            let _ = up.send(&data).await;
-        });
+        let _ = up.send((TInstant::now() + delay, buf[..n].to_vec()));
     }
 }
 
