@@ -24,6 +24,9 @@
 //!   `--outer`, so the inner multipart (and a `message/rfc822` part around it) ends at
 //!   `--inner--`. That is RFC 2046's grammar. Dovecot counts that CRLF into the inner
 //!   multipart instead, so its sizes can be 2 octets larger in this one case.
+//! * The same goes for a header block: an empty line directly followed by a delimiter
+//!   line is that delimiter's line break. Then the header has no empty line (`BODY[1.MIME]`
+//!   ends with the last field's line break) and the body is empty, as in Dovecot.
 //! * A delimiter of an enclosing multipart also ends every entity nested inside it,
 //!   including a truncated header block.
 //! * With no `Content-Type`, or one that does not parse, the type is `text/plain`
@@ -57,7 +60,9 @@
 //!   them. An addr-spec with no display name takes its comment as the name
 //!   (`user@host (Real Name)`). A missing local part or domain is sent as
 //!   `"MISSING_MAILBOX"` or `"MISSING_DOMAIN"`, because a `NIL` host would mean group
-//!   syntax. When a header appears more than once, the first occurrence is used.
+//!   syntax. When an address field (From, Sender, Reply-To, To, Cc, Bcc) appears more
+//!   than once, the address lists of all its occurrences are joined in message order, as
+//!   Dovecot does. For date, subject, in-reply-to and message-id, the first occurrence is used.
 
 use std::borrow::Cow;
 use std::collections::HashMap;
@@ -234,6 +239,9 @@ impl<'a> Parsed<'a> {
     ///
     /// `part` holds the part numbers, each 1 or more. An empty `part` means the whole
     /// message. A non-multipart message has exactly one part, number 1, which is its body.
+    /// Likewise a part that is neither multipart nor `message/rfc822` has exactly one
+    /// sub-part, number 1, which is the part itself: `[2, 1]` and `[2, 1, 1]` address the
+    /// same section as `[2]` (RFC 3501 6.4.5).
     /// Inside a `message/rfc822` part, numbers address the parts of the encapsulated
     /// message. `Header`, `Text`, `HeaderFields` and `HeaderFieldsNot` exist only for the
     /// top level (empty `part`) and for `message/rfc822` parts. `Mime` exists only for a
@@ -297,24 +305,22 @@ impl<'a> Parsed<'a> {
     /// Finds the entity for a non-empty part path.
     fn resolve(&self, part: &[u32]) -> Option<&Entity> {
         let mut cur = &self.root;
-        // True while `cur` is a message (the top level or an encapsulated one) whose parts
-        // the next number addresses. False when `cur` is a part that the numbers reached.
-        let mut at_message = true;
-        for &n in part {
-            if !at_message {
+        for (i, &n) in part.iter().enumerate() {
+            // The first number addresses the parts of the top-level message. After that,
+            // `cur` is a part that the numbers reached, and the numbers below a
+            // `message/rfc822` part address the parts of its encapsulated message.
+            if i > 0 {
                 if let Kind::Message(inner) = &cur.kind {
                     cur = inner;
-                    at_message = true;
                 }
             }
             let index = usize::try_from(n).ok()?.checked_sub(1)?;
             match &cur.kind {
-                Kind::Multipart(children) => {
-                    cur = children.get(index)?;
-                    at_message = false;
-                }
-                // The single part of a non-multipart message is the message's own body.
-                _ if at_message && index == 0 => at_message = false,
+                Kind::Multipart(children) => cur = children.get(index)?,
+                // The single part of a non-multipart message is the message's own body, and
+                // the only sub-part of a non-multipart part is that part itself (RFC 3501
+                // 6.4.5: such an entity only has a part 1).
+                _ if index == 0 => {}
                 _ => return None,
             }
         }
@@ -374,8 +380,16 @@ impl<'a> Parsed<'a> {
         self.header_text(entity, name).filter(|v| !v.is_empty())
     }
 
+    /// The addresses of every field called `name`, in message order. Repeated fields are
+    /// joined as if they were one comma-separated list, as Dovecot does.
     fn addresses(&self, entity: &Entity, name: &str) -> Vec<Address> {
-        self.header_text(entity, name).map(|v| parse_address_list(&v)).unwrap_or_default()
+        let raw = self.raw;
+        entity
+            .fields
+            .iter()
+            .filter(|f| raw[f.name.clone()].eq_ignore_ascii_case(name.as_bytes()))
+            .flat_map(|f| parse_address_list(&unfold(&raw[f.value.clone()])))
+            .collect()
     }
 
     fn transfer_encoding(&self, entity: &Entity) -> Option<Vec<u8>> {
@@ -600,6 +614,24 @@ impl TreeParser<'_> {
         end
     }
 
+    /// If a delimiter line of an enclosing multipart starts at `pos`, the stop that it makes.
+    /// `own` is the boundary of a multipart whose body starts at `pos`. Where that boundary
+    /// wins the match (as in [`TreeParser::boundary_at`]), the line is the multipart's own
+    /// delimiter, not an enclosing one.
+    fn enclosing_delimiter_at(&mut self, pos: usize, own: Option<&[u8]>) -> Option<Stop> {
+        if self.boundaries.is_empty() {
+            return None;
+        }
+        let outer = self.boundaries.len();
+        if let Some(boundary) = own {
+            self.boundaries.push(boundary.to_vec());
+        }
+        let found = self.boundary_at(pos);
+        self.boundaries.truncate(outer);
+        let (level, close) = found.filter(|&(level, _)| level < outer)?;
+        Some(Stop::Boundary { line: pos, level, close })
+    }
+
     /// Scans lines from `from` (a line start) up to the next delimiter line of any enclosing multipart.
     fn scan(&self, from: usize) -> (usize, Stop) {
         if self.boundaries.is_empty() {
@@ -620,6 +652,8 @@ impl TreeParser<'_> {
         let raw = self.raw;
         let mut fields: Vec<Field> = Vec::new();
         let mut pos = start;
+        // Where the empty line that ends the header starts, when there is one.
+        let mut blank = None;
         let (header_end, header_stop) = loop {
             if pos >= raw.len() {
                 break (raw.len(), Some(Stop::Eof));
@@ -631,6 +665,7 @@ impl TreeParser<'_> {
             let content_end = self.end_before(line_end, pos);
             if content_end == pos {
                 // The empty line that ends the header.
+                blank = Some(pos);
                 break (line_end, None);
             }
             match fields.last_mut() {
@@ -683,6 +718,21 @@ impl TreeParser<'_> {
             Shape::Leaf
         };
         let is_digest = is_multipart && ctype.subtype.eq_ignore_ascii_case(b"digest");
+        // An empty line right before a delimiter line of an enclosing multipart is that
+        // delimiter's line break. Then the header has no empty line and the body is empty.
+        let (header_end, header_stop) = match (header_stop, blank) {
+            (None, Some(blank)) => {
+                let own = match &shape {
+                    Shape::Multipart(Some(boundary)) => Some(boundary.as_slice()),
+                    _ => None,
+                };
+                match self.enclosing_delimiter_at(header_end, own) {
+                    Some(stop) => (blank, Some(stop)),
+                    None => (header_end, None),
+                }
+            }
+            other => (header_end, other.0),
+        };
         let header = start..header_end;
 
         if let Some(stop) = header_stop {
@@ -1982,9 +2032,10 @@ second line\n";
         let header = sec(&p, &[], SectionText::Header).unwrap();
         assert!(header.starts_with("Return-Path:") && header.ends_with("<m1@example.org>\r\n\r\n"));
         assert_eq!(header.len() + body.len(), raw.len());
-        // Part 1 of a single-part message is its body; it has no sub-parts or HEADER.
+        // Part 1 of a single-part message is its body; its only sub-part is itself, and it has no HEADER.
         assert_eq!(sec(&p, &[2], SectionText::Full), None);
-        assert_eq!(sec(&p, &[1, 1], SectionText::Full), None);
+        assert_eq!(sec(&p, &[1, 1], SectionText::Full), sec(&p, &[1], SectionText::Full));
+        assert_eq!(sec(&p, &[1, 2], SectionText::Full), None);
         assert_eq!(sec(&p, &[1], SectionText::Header), None);
         assert_eq!(sec(&p, &[0], SectionText::Full), None);
         assert_eq!(sec(&p, &[], SectionText::Mime), None);
@@ -2039,7 +2090,8 @@ epilogue\n";
             "Content-Type: text/html; charset=utf-8\r\n\r\n"
         );
         assert_eq!(sec(&p, &[3], SectionText::Full), None);
-        assert_eq!(sec(&p, &[1, 1], SectionText::Full), None);
+        assert_eq!(sec(&p, &[1, 1], SectionText::Full).unwrap(), "Caf=C3=A9 au lait");
+        assert_eq!(sec(&p, &[1, 2], SectionText::Full), None);
         assert_eq!(sec(&p, &[2], SectionText::Text), None);
         let text = sec(&p, &[], SectionText::Text).unwrap();
         assert!(text.starts_with("This is a MIME preamble.\r\n--=_alt\r\n") && text.ends_with("--=_alt--\r\nepilogue\r\n"));
@@ -2103,7 +2155,8 @@ JVBERi0xLjQK\n\
         );
         assert_eq!(sec(&p, &[2], SectionText::Full).unwrap(), "JVBERi0xLjQK");
         assert_eq!(sec(&p, &[1, 3], SectionText::Full), None);
-        assert_eq!(sec(&p, &[2, 1], SectionText::Full), None);
+        assert_eq!(sec(&p, &[2, 1], SectionText::Full).unwrap(), "JVBERi0xLjQK");
+        assert_eq!(sec(&p, &[2, 2], SectionText::Full), None);
         assert_eq!(sec(&p, &[3], SectionText::Full), None);
         assert_eq!(
             s(&p.body_structure(true)),
@@ -2177,7 +2230,8 @@ Content-Type: text/html\n\
         );
         assert_eq!(sec(&p, &[2, 2], SectionText::Full).unwrap(), "<i>hi</i>");
         assert_eq!(sec(&p, &[2, 3], SectionText::Full), None);
-        assert_eq!(sec(&p, &[2, 1, 1], SectionText::Full), None);
+        assert_eq!(sec(&p, &[2, 1, 1], SectionText::Full).unwrap(), "Gr=FC=DFe");
+        assert_eq!(sec(&p, &[2, 1, 2], SectionText::Full), None);
         assert_eq!(sec(&p, &[2, 1], SectionText::Header), None);
         assert_eq!(
             sec(&p, &[2], SectionText::HeaderFields(vec!["subject".into(), "DATE".into()])).unwrap(),
@@ -2252,7 +2306,17 @@ Content-Type: text/html\n\
     fn nonexistent_sections() {
         let raw = crlf(RFC822);
         let p = Parsed::new(&raw);
-        for part in [&[0][..], &[3], &[1, 1], &[2, 0], &[2, 3], &[2, 1, 1], &[2, 2, 1], &[u32::MAX]] {
+        for part in [
+            &[0][..],
+            &[3],
+            &[1, 2],
+            &[1, 1, 0],
+            &[2, 0],
+            &[2, 3],
+            &[2, 1, 2],
+            &[2, 2, 1, 2],
+            &[u32::MAX],
+        ] {
             assert_eq!(p.section(part, SectionText::Full), None, "{part:?}");
             assert_eq!(p.section(part, SectionText::Mime), None, "{part:?}");
         }
@@ -2261,6 +2325,158 @@ Content-Type: text/html\n\
         assert_eq!(p.section(&[1], SectionText::Text), None);
         assert_eq!(p.section(&[1], SectionText::HeaderFields(vec!["x".into()])), None);
         assert_eq!(p.section(&[2, 2], SectionText::HeaderFieldsNot(vec![])), None);
+    }
+
+    /// Repeated address fields are joined, as Dovecot does (CPython's msg_20.txt has
+    /// `Cc:`, `CC:` and `cc:`, msg_25.txt two `To:`). Other fields keep the first occurrence.
+    #[test]
+    fn envelope_joins_repeated_address_fields() {
+        let raw = crlf(
+            "From: a@x.org\n\
+To: t1@x.org\n\
+Cc: c1@x.org\n\
+Subject: first\n\
+CC: c2@x.org, c3@x.org\n\
+To: grp: t2@x.org;\n\
+cc: \"C Four\" <c4@x.org>\n\
+Subject: second\n\
+Reply-To:\n\
+Reply-To: r1@x.org\n\
+Bcc: b@x.org\n\
+From: A2 <a2@x.org>\n\
+\n\
+body\n",
+        );
+        let p = Parsed::new(&raw);
+        assert_eq!(
+            s(&p.envelope()),
+            "(NIL \"first\" \
+((NIL NIL \"a\" \"x.org\")(\"A2\" NIL \"a2\" \"x.org\")) \
+((NIL NIL \"a\" \"x.org\")(\"A2\" NIL \"a2\" \"x.org\")) \
+((NIL NIL \"r1\" \"x.org\")) \
+((NIL NIL \"t1\" \"x.org\")(NIL NIL \"grp\" NIL)(NIL NIL \"t2\" \"x.org\")(NIL NIL NIL NIL)) \
+((NIL NIL \"c1\" \"x.org\")(NIL NIL \"c2\" \"x.org\")(NIL NIL \"c3\" \"x.org\")(\"C Four\" NIL \"c4\" \"x.org\")) \
+((NIL NIL \"b\" \"x.org\")) NIL NIL)"
+        );
+        // The same inside a message/rfc822 part, in BODYSTRUCTURE.
+        let raw = crlf(
+            "Content-Type: message/rfc822\n\
+\n\
+To: t1@x.org\n\
+To: t2@x.org\n\
+\n\
+hi\n",
+        );
+        let p = Parsed::new(&raw);
+        let bs = s(&p.body_structure(false));
+        assert!(
+            bs.contains("NIL NIL NIL NIL NIL ((NIL NIL \"t1\" \"x.org\")(NIL NIL \"t2\" \"x.org\")) NIL NIL NIL NIL)"),
+            "{bs}"
+        );
+    }
+
+    /// The line break before a delimiter is the delimiter's, also when it is the empty
+    /// line that would end a part's header (CPython's msg_47.txt `BODY[1.MIME]` and
+    /// msg_12.txt `BODY[3.2.MIME]`): `.MIME` ends with the last field's line break.
+    #[test]
+    fn mime_header_before_delimiter_has_no_empty_line() {
+        let raw = crlf(
+            "Content-Type: multipart/mixed; boundary=foo\n\
+\n\
+--foo\n\
+Content-Type: text/plain\n\
+bar\n\
+\n\
+--foo\n\
+Content-Type: text/plain\n\
+\n\
+\n\
+--foo\n\
+Content-Type: multipart/mixed; boundary=foobar\n\
+\n\
+--foobar\n\
+Content-Type: text/plain; charset=\"iso-8859-3\"\n\
+\n\
+--foobar--\n\
+\n\
+--foo\n\
+Content-Type: message/rfc822\n\
+\n\
+Subject: inner\n\
+\n\
+--foo--\n",
+        );
+        let p = Parsed::new(&raw);
+        assert_eq!(sec(&p, &[1], SectionText::Mime).unwrap(), "Content-Type: text/plain\r\nbar\r\n");
+        assert_eq!(sec(&p, &[1], SectionText::Full).unwrap(), "");
+        // An empty line before an empty line before the delimiter still ends the header.
+        assert_eq!(sec(&p, &[2], SectionText::Mime).unwrap(), "Content-Type: text/plain\r\n\r\n");
+        assert_eq!(sec(&p, &[2], SectionText::Full).unwrap(), "");
+        // The multipart's own delimiter right after its header is not an enclosing one,
+        // even where the enclosing boundary is a prefix of it.
+        assert_eq!(
+            sec(&p, &[3], SectionText::Mime).unwrap(),
+            "Content-Type: multipart/mixed; boundary=foobar\r\n\r\n"
+        );
+        assert_eq!(
+            sec(&p, &[3, 1], SectionText::Mime).unwrap(),
+            "Content-Type: text/plain; charset=\"iso-8859-3\"\r\n"
+        );
+        assert_eq!(sec(&p, &[3, 1], SectionText::Full).unwrap(), "");
+        // The header of an encapsulated message follows the same rule.
+        assert_eq!(sec(&p, &[4], SectionText::Mime).unwrap(), "Content-Type: message/rfc822\r\n\r\n");
+        assert_eq!(sec(&p, &[4], SectionText::Full).unwrap(), "Subject: inner\r\n");
+        assert_eq!(sec(&p, &[4], SectionText::Header).unwrap(), "Subject: inner\r\n");
+        assert_eq!(sec(&p, &[4], SectionText::Text).unwrap(), "");
+        assert_eq!(
+            s(&p.body_structure(false)),
+            "((\"text\" \"plain\" (\"charset\" \"us-ascii\") NIL NIL \"7bit\" 0 0)\
+(\"text\" \"plain\" (\"charset\" \"us-ascii\") NIL NIL \"7bit\" 0 0)\
+((\"text\" \"plain\" (\"charset\" \"iso-8859-3\") NIL NIL \"7bit\" 0 0) \"mixed\")\
+(\"message\" \"rfc822\" NIL NIL NIL \"7bit\" 16 (NIL \"inner\" NIL NIL NIL NIL NIL NIL NIL NIL) \
+(\"text\" \"plain\" (\"charset\" \"us-ascii\") NIL NIL \"7bit\" 0 0) 1) \"mixed\")"
+        );
+        exercise(&raw);
+    }
+
+    /// A part that is neither multipart nor message/rfc822 has one sub-part, number 1: the
+    /// part itself (RFC 3501 6.4.5). Dovecot answers `BODY[1.1]` and `BODY[1.1.MIME]` so.
+    #[test]
+    fn non_multipart_part_is_its_own_part_one() {
+        let raw = crlf(
+            "Content-Type: multipart/mixed; boundary=b\n\
+\n\
+--b\n\
+Content-Type: text/plain\n\
+\n\
+one\n\
+--b\n\
+Content-Type: multipart/alternative; boundary=c\n\
+\n\
+--c\n\
+Content-Type: text/html\n\
+\n\
+<b>two</b>\n\
+--c--\n\
+--b--\n",
+        );
+        let p = Parsed::new(&raw);
+        for part in [&[1, 1][..], &[1, 1, 1], &[2, 1, 1], &[2, 1, 1, 1]] {
+            let same = &part[..part.len() - 1];
+            assert_eq!(p.section(part, SectionText::Full), p.section(same, SectionText::Full), "{part:?}");
+            assert_eq!(p.section(part, SectionText::Mime), p.section(same, SectionText::Mime), "{part:?}");
+        }
+        assert_eq!(sec(&p, &[1, 1], SectionText::Full).unwrap(), "one");
+        assert_eq!(sec(&p, &[1, 1, 1], SectionText::Mime).unwrap(), "Content-Type: text/plain\r\n\r\n");
+        assert_eq!(sec(&p, &[2, 1, 1], SectionText::Full).unwrap(), "<b>two</b>");
+        assert_eq!(sec(&p, &[2, 1, 1], SectionText::Mime).unwrap(), "Content-Type: text/html\r\n\r\n");
+        // Only part 1 exists below a non-multipart part, and it has no HEADER or TEXT.
+        for part in [&[1, 2][..], &[1, 1, 2], &[1, 0], &[2, 2], &[2, 1, 2]] {
+            assert_eq!(p.section(part, SectionText::Full), None, "{part:?}");
+            assert_eq!(p.section(part, SectionText::Mime), None, "{part:?}");
+        }
+        assert_eq!(p.section(&[1, 1], SectionText::Header), None);
+        assert_eq!(p.section(&[1, 1], SectionText::Text), None);
     }
 
     #[test]
