@@ -196,7 +196,7 @@ fn print_status(st: &Status) {
         );
         for o in &mi.outgoing {
             println!(
-                "  to {:<21} {:<12} since {}   sent {}   queue {}   lag {:.1}s   in flight {}{}",
+                "  to {:<21} {:<12} since {}   sent {}   queue {}   lag {:.1}s   in flight {} ({} bytes)   {:.0} entries/s{}",
                 o.address,
                 o.state,
                 o.since_ms / 1000,
@@ -204,6 +204,8 @@ fn print_status(st: &Status) {
                 o.queue,
                 o.lag_secs,
                 o.inflight_batches,
+                o.unacked_bytes,
+                o.send_rate,
                 o.last_error.as_deref().map(|e| format!("   last error: {e}")).unwrap_or_default()
             );
         }

@@ -65,8 +65,8 @@ pub struct Sender {
     local_last: u64,
     /// A read is outstanding.
     reading: bool,
-    /// Batches in flight: (id, entries).
-    inflight: VecDeque<(u64, u64)>,
+    /// Batches in flight: (id, entries, bytes).
+    inflight: VecDeque<(u64, u64, u64)>,
     next_id: u64,
     started: bool,
 }
@@ -102,7 +102,7 @@ impl Sender {
 
     /// The peer acknowledged batch `id` with its vector.
     pub fn ack(&mut self, id: u64, vector: &[(u64, u64)]) {
-        self.inflight.retain(|(b, _)| *b != id);
+        self.inflight.retain(|(b, _, _)| *b != id);
         for (o, s) in vector {
             let a = self.acked.entry(*o).or_insert(0);
             *a = (*a).max(*s);
@@ -126,7 +126,7 @@ impl Sender {
                 continue; // the peer has it (or it is on its way)
             }
             if !batch.is_empty() && (batch.len() >= self.window.entries || bytes + it.bytes > self.window.bytes) {
-                out.push(self.batch(std::mem::take(&mut batch)));
+                out.push(self.batch(std::mem::take(&mut batch), bytes));
                 bytes = 0;
             }
             self.sent.insert(it.origin, it.seq);
@@ -138,15 +138,15 @@ impl Sender {
             self.next_order = self.next_order.max(self.local_last + 1);
         }
         if !batch.is_empty() {
-            out.push(self.batch(batch));
+            out.push(self.batch(batch, bytes));
         }
         out
     }
 
-    fn batch(&mut self, orders: Vec<u64>) -> Command {
+    fn batch(&mut self, orders: Vec<u64>, bytes: u64) -> Command {
         let id = self.next_id;
         self.next_id += 1;
-        self.inflight.push_back((id, orders.len() as u64));
+        self.inflight.push_back((id, orders.len() as u64, bytes));
         Command::Send { id, orders }
     }
 
@@ -164,7 +164,12 @@ impl Sender {
 
     /// Entries sent but not acknowledged.
     pub fn unacked(&self) -> u64 {
-        self.inflight.iter().map(|(_, n)| n).sum()
+        self.inflight.iter().map(|(_, n, _)| n).sum()
+    }
+
+    /// Bytes sent but not acknowledged (bodies included).
+    pub fn unacked_bytes(&self) -> u64 {
+        self.inflight.iter().map(|(_, _, b)| b).sum()
     }
 
     /// The peer's acknowledged vector.

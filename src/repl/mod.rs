@@ -48,6 +48,13 @@ pub struct OutLink {
     pub queue: u64,
     /// Batches sent and not yet acknowledged.
     pub inflight_batches: u64,
+    /// Bytes sent and not yet acknowledged (bodies included).
+    pub unacked_bytes: u64,
+    /// Entries sent per second, over the last few seconds.
+    pub send_rate: f64,
+    /// (unix ms, sent) at the start of the rate window.
+    #[serde(skip)]
+    pub rate_mark: (u64, u64),
     /// Seconds since the peer last caught up completely (0 when caught up).
     pub lag_secs: f64,
     /// Unix milliseconds when the queue last was empty.

@@ -381,9 +381,19 @@ async fn link(
                 .map(|(o, s)| s.saturating_sub(engine.acked().get(&o.0).copied().unwrap_or(0)))
                 .sum();
             let inflight = engine.inflight_batches() as u64;
+            let unacked_bytes = engine.unacked_bytes();
             mirror.update_out(i, |l| {
                 l.queue = queue;
                 l.inflight_batches = inflight;
+                l.unacked_bytes = unacked_bytes;
+                let now = now_ms();
+                let (since, sent_then) = l.rate_mark;
+                if since == 0 {
+                    l.rate_mark = (now, l.sent);
+                } else if now.saturating_sub(since) >= 2000 {
+                    l.send_rate = (l.sent - sent_then) as f64 * 1000.0 / (now - since) as f64;
+                    l.rate_mark = (now, l.sent);
+                }
                 if queue == 0 {
                     l.caught_up_ms = now_ms();
                 }
