@@ -11,6 +11,18 @@ fn start(dir: &std::path::Path, id: &str, port: u16, peers: &[u16], secret: &str
     Node::start(dir, Some(&cfg))
 }
 
+/// Nodes A and B mirroring each other, with user u@example.org on both.
+fn converged_pair() -> (tempfile::TempDir, Node, Node) {
+    let dir = tempfile::tempdir().unwrap();
+    let (pa, pb) = (free_udp_port(), free_udp_port());
+    let a = start(&dir.path().join("a"), "node-a", pa, &[pb], SECRET);
+    let b = start(&dir.path().join("b"), "node-b", pb, &[pa], SECRET);
+    let (ok, _, err) = a.cli(&["user", "add", "u@example.org", "--password-stdin"], Some("secret\n"));
+    assert!(ok, "{err}");
+    assert!(converged(&[&a, &b], 10));
+    (dir, a, b)
+}
+
 fn converged(nodes: &[&Node], secs: u64) -> bool {
     wait_until(secs, || {
         let d: Vec<_> = nodes.iter().map(|n| digest(n)).collect();
@@ -107,13 +119,7 @@ assert "Projects" in names and "Renamed" in names and "Tmp" not in names and "Ju
 
 #[test]
 fn a_stopped_peer_catches_up_without_gaps_or_duplicates() {
-    let dir = tempfile::tempdir().unwrap();
-    let (pa, pb) = (free_udp_port(), free_udp_port());
-    let a = start(&dir.path().join("a"), "node-a", pa, &[pb], SECRET);
-    let b = start(&dir.path().join("b"), "node-b", pb, &[pa], SECRET);
-    let (ok, _, err) = a.cli(&["user", "add", "u@example.org", "--password-stdin"], Some("secret\n"));
-    assert!(ok, "{err}");
-    assert!(converged(&[&a, &b], 10));
+    let (dir, a, b) = converged_pair();
     assert!(b.stop());
     lmtp_burst(&a, "u@example.org", 1000);
     assert_eq!(messages(&a, "u@example.org", "INBOX").len(), 1000);
@@ -227,13 +233,7 @@ fn three_nodes_converge_and_relay_around_a_cut_link() {
 
 #[test]
 fn split_brain_uid_collisions_are_kept_and_reported() {
-    let dir = tempfile::tempdir().unwrap();
-    let (pa, pb) = (free_udp_port(), free_udp_port());
-    let a = start(&dir.path().join("a"), "node-a", pa, &[pb], SECRET);
-    let b = start(&dir.path().join("b"), "node-b", pb, &[pa], SECRET);
-    let (ok, _, err) = a.cli(&["user", "add", "u@example.org", "--password-stdin"], Some("secret\n"));
-    assert!(ok, "{err}");
-    assert!(converged(&[&a, &b], 10));
+    let (dir, a, b) = converged_pair();
     // Split: each side takes deliveries into the same INBOX alone.
     assert!(b.stop());
     lmtp_burst_tagged(&a, "u@example.org", 5, "on-a");
