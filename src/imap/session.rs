@@ -1376,29 +1376,14 @@ impl Session {
 /// check costs.
 const DUMMY_HASH: &str = "$argon2id$v=19$m=19456,t=2,p=1$c29tZXNhbHRzb21lc2FsdA$Zxw3KcNbY8+KyS7cV0nBKaP3WA2lxn6sGDD3x7E0kN8";
 
+/// Strict base64 (an AUTHENTICATE response): only the alphabet and final
+/// padding are allowed; the decoding itself is the MIME module's.
 fn base64_decode(s: &str) -> Option<Vec<u8>> {
-    let mut out = Vec::new();
-    let mut acc = 0u32;
-    let mut bits = 0;
-    for c in s.bytes() {
-        let v = match c {
-            b'A'..=b'Z' => c - b'A',
-            b'a'..=b'z' => c - b'a' + 26,
-            b'0'..=b'9' => c - b'0' + 52,
-            b'+' => 62,
-            b'/' => 63,
-            b'=' => break,
-            _ => return None,
-        } as u32;
-        acc = acc << 6 | v;
-        bits += 6;
-        if bits >= 8 {
-            bits -= 8;
-            out.push((acc >> bits) as u8);
-            acc &= (1 << bits) - 1;
-        }
+    let body = s.trim_end_matches('=');
+    if !body.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'+' || c == b'/') {
+        return None;
     }
-    Some(out)
+    Some(crate::proto::imap::mime::decode_base64(body.as_bytes()))
 }
 
 /// `1:5,7,9:*` -> inclusive ranges (`*` = u32::MAX).

@@ -1247,7 +1247,7 @@ fn parse_language_list(v: &[u8]) -> Vec<Vec<u8>> {
 // ---------------------------------------------------------------------------------------
 
 /// Lenient base64: characters outside the alphabet (line breaks, padding, junk) are skipped.
-fn decode_base64(input: &[u8]) -> Vec<u8> {
+pub fn decode_base64(input: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(input.len() / 4 * 3 + 3);
     let mut acc: u32 = 0;
     let mut bits = 0u32;
