@@ -325,20 +325,22 @@ async fn link(
                 let Command::Read { from, max } = cmd else { continue };
                 let w = wal.clone();
                 let entries = tokio::task::spawn_blocking(move || w.read_order(from, max)).await??;
+                // Each entry is decoded once: the body it references (if any)
+                // counts towards its batch's size and travels with it.
+                let bodies: HashMap<u64, (crate::event::BlobHash, u64)> = entries
+                    .iter()
+                    .filter_map(|(o, e)| match Event::decode(&e.payload) {
+                        Ok(Event::MessageAppended { blob, size, .. }) => Some((*o, (blob, size))),
+                        _ => None,
+                    })
+                    .collect();
                 let items: Vec<Item> = entries
                     .iter()
-                    .map(|(o, e)| {
-                        // A batch's size counts the bodies it will carry.
-                        let body = match Event::decode(&e.payload) {
-                            Ok(Event::MessageAppended { size, .. }) => size,
-                            _ => 0,
-                        };
-                        Item {
-                            order: *o,
-                            origin: e.origin.0,
-                            seq: e.seq,
-                            bytes: e.payload.len() as u64 + 64 + body,
-                        }
+                    .map(|(o, e)| Item {
+                        order: *o,
+                        origin: e.origin.0,
+                        seq: e.seq,
+                        bytes: e.payload.len() as u64 + 64 + bodies.get(o).map_or(0, |b| b.1),
                     })
                     .collect();
                 let by_order: HashMap<u64, &wal::Entry> = entries.iter().map(|(o, e)| (*o, e)).collect();
@@ -349,9 +351,9 @@ async fn link(
                     let mut seen = std::collections::HashSet::new();
                     for o in orders {
                         let e = by_order[&o];
-                        if let Ok(Event::MessageAppended { blob, .. }) = Event::decode(&e.payload) {
-                            if seen.insert(blob) {
-                                if let Some(b) = store.blob(&blob)? {
+                        if let Some((blob, _)) = bodies.get(&o) {
+                            if seen.insert(*blob) {
+                                if let Some(b) = store.blob(blob)? {
                                     blobs.push(WireBlob { hash: blob.0, body: b });
                                 }
                             }
