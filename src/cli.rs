@@ -215,12 +215,12 @@ fn print_status(st: &Status) {
                 peer,
                 if i.connected { "connected" } else { "disconnected" },
                 i.batches,
-                i.add,
-                i.delete,
-                i.rename,
-                i.flags,
-                i.other,
-                i.duplicates,
+                i.applied.add,
+                i.applied.delete,
+                i.applied.rename,
+                i.applied.flags,
+                i.applied.other,
+                i.applied.duplicates,
                 i.failed
             );
         }

@@ -40,6 +40,18 @@ impl From<ApplyError> for MutationError {
     }
 }
 
+impl std::ops::AddAssign for Applied {
+    fn add_assign(&mut self, o: Applied) {
+        self.entries += o.entries;
+        self.duplicates += o.duplicates;
+        self.add += o.add;
+        self.delete += o.delete;
+        self.rename += o.rename;
+        self.flags += o.flags;
+        self.other += o.other;
+    }
+}
+
 pub fn apply_batch(txn: &mut Txn<'_>, cfs: Cfs, entries: &[WireEntry], blobs: &[WireBlob]) -> Result<Applied, ApplyError> {
     for WireBlob { hash, body } in blobs {
         // A body is stored only under its own hash.

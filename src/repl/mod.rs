@@ -70,13 +70,9 @@ pub struct InLink {
     pub connected: bool,
     pub since_ms: u64,
     pub batches: u64,
-    pub entries: u64,
-    pub duplicates: u64,
-    pub add: u64,
-    pub delete: u64,
-    pub rename: u64,
-    pub flags: u64,
-    pub other: u64,
+    /// What the applied batches held, by kind.
+    #[serde(flatten)]
+    pub applied: apply::Applied,
     pub failed: u64,
     pub last_error: Option<String>,
 }

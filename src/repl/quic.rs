@@ -504,13 +504,7 @@ async fn receive(incoming: quinn::Incoming, store: &Store, mirror: &Arc<Mirror>,
                 Ok(n) => {
                     mirror.update_in(&node_id, |l| {
                         l.batches += 1;
-                        l.entries += n.entries;
-                        l.duplicates += n.duplicates;
-                        l.add += n.add;
-                        l.delete += n.delete;
-                        l.rename += n.rename;
-                        l.flags += n.flags;
-                        l.other += n.other;
+                        l.applied += n;
                     });
                     write_frame(
                         &mut send,
