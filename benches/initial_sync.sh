@@ -5,6 +5,8 @@
 #   USERS=10 MSGS=10000 benches/initial_sync.sh      # the 100,000-message corpus (~2.9 GB)
 #   USERS=10 MSGS=2000  benches/initial_sync.sh      # quicker
 #   DSYNC=1 ...                                      # also run ../shared/tools/peer/bench_dsync.sh
+#   WORK=/tmp/is ...                                 # keep the corpus and node A there; a later
+#                                                    # run with the same WORK reuses them
 #
 # Tandem: the corpus is imported into node A with `tandem import` (not
 # timed), then a fresh node B starts and the time until B's version vector
@@ -19,9 +21,16 @@ bash "$ROOT/.ci/setup"
 command -v rsync >/dev/null || { apt-get update -qq; DEBIAN_FRONTEND=noninteractive apt-get install -y -qq rsync >/dev/null; }
 cargo build --release --bin tandem --manifest-path "$ROOT/Cargo.toml"
 T=$CARGO_TARGET_DIR/release/tandem
-OUT=$(mktemp -d /tmp/initial-sync.XXXXXX)
-echo "corpus: $USERS users x $MSGS messages in $OUT/corpus"
-python3 "$SHARED/tools/corpus/gen_corpus.py" maildir --out "$OUT/corpus" --users "$USERS" --messages "$MSGS" --seed "$SEED" >/dev/null
+OUT=${WORK:-$(mktemp -d /tmp/initial-sync.XXXXXX)}
+mkdir -p "$OUT"
+REUSE=0
+if [ -f "$OUT/imported" ] && [ "$(cat "$OUT/imported")" = "$USERS $MSGS $SEED" ]; then REUSE=1; fi
+rm -rf "$OUT/b" "$OUT/rsync-dst"
+if [ $REUSE = 0 ]; then
+  rm -rf "$OUT/a" "$OUT/corpus"
+  echo "corpus: $USERS users x $MSGS messages in $OUT/corpus"
+  python3 "$SHARED/tools/corpus/gen_corpus.py" maildir --out "$OUT/corpus" --users "$USERS" --messages "$MSGS" --seed "$SEED" >/dev/null
+fi
 bytes=$(du -sb "$OUT/corpus" | cut -f1)
 
 port() { python3 -c 'import socket; s=socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
@@ -51,10 +60,13 @@ wait_up() { for _ in $(seq 400); do grep -q "lmtp listening" "$1/serve.log" 2>/d
 PA=$(start "$OUT/a"); wait_up "$OUT/a"
 trap 'kill $PA ${PB:-} 2>/dev/null || true' EXIT
 t0=$(date +%s.%N)
-for u in $(seq 1 "$USERS"); do
-  echo pass | "$T" --config "$OUT/a/tandem.toml" user add "user$u" --password-stdin >/dev/null
-  TANDEM_NO_PROGRESS=1 "$T" --config "$OUT/a/tandem.toml" import maildir "$OUT/corpus/user$u/Maildir" --user "user$u" >/dev/null
-done
+if [ $REUSE = 0 ]; then
+  for u in $(seq 1 "$USERS"); do
+    echo pass | "$T" --config "$OUT/a/tandem.toml" user add "user$u" --password-stdin >/dev/null
+    TANDEM_NO_PROGRESS=1 "$T" --config "$OUT/a/tandem.toml" import maildir "$OUT/corpus/user$u/Maildir" --user "user$u" >/dev/null
+  done
+  echo "$USERS $MSGS $SEED" > "$OUT/imported"
+fi
 t1=$(date +%s.%N)
 heads() { "$T" --config "$1/tandem.toml" status --json | python3 -c 'import json,sys; print(json.dumps(json.load(sys.stdin)["log"]["heads"], sort_keys=True))'; }
 want=$(heads "$OUT/a")
@@ -74,7 +86,7 @@ b, u, m, t0, t1, t2, t3, t4, t5, t6 = sys.argv[1:]
 b, n = int(b), int(u) * int(m)
 imp, sync, rs, rsd = float(t1) - float(t0), float(t3) - float(t2), float(t5) - float(t4), float(t6) - float(t4)
 print(f"{n} messages, {b / 1e6:.0f} MB of Maildir")
-print(f"  tandem import into A   {imp:8.1f} s  ({n / imp:.0f} msg/s)")
+if imp > 1: print(f"  tandem import into A   {imp:8.1f} s  ({n / imp:.0f} msg/s)")
 print(f"  tandem initial sync B  {sync:8.1f} s  ({n / sync:.0f} msg/s, {b / 1e6 / sync:.0f} MB/s)")
 print(f"  rsync -a               {rs:8.1f} s  ({b / 1e6 / rs:.0f} MB/s)")
 print(f"  rsync -a, then sync    {rsd:8.1f} s  ({b / 1e6 / rsd:.0f} MB/s; durable like Tandem's copy)")
@@ -84,4 +96,4 @@ if [ "${DSYNC:-0}" = 1 ]; then
   USERS=$USERS MSGS=$MSGS SEED=$SEED bash "$SHARED/tools/peer/bench_dsync.sh"
   . "$SHARED/tools/peer/dovecot/env.sh"; cat "${BENCH_DIR:-$PEER_DIR/bench}/results.txt"
 fi
-echo "work dir: $OUT (remove when done)"
+[ -n "${WORK:-}" ] || echo "work dir: $OUT (remove when done)"

@@ -88,7 +88,7 @@ impl From<StoreError> for ApiError {
         let code = match &e {
             StoreError::Mutation(M::NoSuchUser(_) | M::NoSuchMailbox(_)) => StatusCode::NOT_FOUND,
             StoreError::Mutation(M::UserExists(_) | M::MailboxExists(_)) => StatusCode::CONFLICT,
-            StoreError::Mutation(M::InvalidName { .. } | M::NotAllowed(_)) => StatusCode::BAD_REQUEST,
+            StoreError::Mutation(M::InvalidName { .. } | M::NotAllowed(_) | M::Refused(_)) => StatusCode::BAD_REQUEST,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         };
         ApiError(code, e.to_string())

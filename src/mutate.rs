@@ -32,6 +32,9 @@ pub enum MutationError {
     InvalidName { name: String, reason: &'static str },
     #[error("{0}")]
     NotAllowed(&'static str),
+    /// Data from a peer that cannot be applied; says which and why.
+    #[error("{0}")]
+    Refused(String),
     #[error(transparent)]
     View(#[from] ViewError),
 }

@@ -118,6 +118,17 @@ impl Store {
         T: Send + 'static,
         F: FnOnce(&mut Txn<'_>, Cfs) -> Result<T, MutationError> + Send + 'static,
     {
+        self.submit(f).await
+    }
+
+    /// Queue a mutation now (in call order, before any await) and return
+    /// a future of its durable result. Mutations queued back to back may
+    /// share one group commit; each sees the ones queued before it.
+    pub fn submit<T, F>(&self, f: F) -> impl std::future::Future<Output = Result<T, StoreError>> + Send + 'static
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Txn<'_>, Cfs) -> Result<T, MutationError> + Send + 'static,
+    {
         let (tx, rx) = oneshot::channel();
         let cfs = self.inner.cfs;
         self.inner.wal.submit(
@@ -126,9 +137,11 @@ impl Store {
                 let _ = tx.send(r);
             },
         );
-        match rx.await {
-            Ok(r) => r.map_err(StoreError::from),
-            Err(_) => Err(StoreError::Wal(WalError::Closed)),
+        async move {
+            match rx.await {
+                Ok(r) => r.map_err(StoreError::from),
+                Err(_) => Err(StoreError::Wal(WalError::Closed)),
+            }
         }
     }
 

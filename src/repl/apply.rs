@@ -28,6 +28,10 @@ pub enum ApplyError {
     Event { origin: u64, seq: u64, reason: String },
     #[error(transparent)]
     View(#[from] crate::views::ViewError),
+    #[error("body {hash} ({len} bytes) does not match its hash")]
+    BadBlob { hash: String, len: usize },
+    #[error("entry {origin:016x}:{seq} references body {hash}, which is neither held nor in the batch")]
+    MissingBlob { origin: u64, seq: u64, hash: String },
 }
 
 impl From<ApplyError> for MutationError {
@@ -35,7 +39,7 @@ impl From<ApplyError> for MutationError {
         match e {
             ApplyError::Wal(w) => MutationError::from(w),
             ApplyError::View(v) => MutationError::View(v),
-            ApplyError::Event { .. } => MutationError::NotAllowed("a peer sent an entry that is not a valid event"),
+            other => MutationError::Refused(other.to_string()),
         }
     }
 }
@@ -52,10 +56,34 @@ impl std::ops::AddAssign for Applied {
     }
 }
 
+/// Check that each body is the one its hash names. Done by the receiver
+/// before the batch reaches the single writer thread.
+pub fn verify_blobs(blobs: &[WireBlob]) -> Result<(), ApplyError> {
+    for b in blobs {
+        if BlobHash::of(&b.body).0 != b.hash {
+            return Err(ApplyError::BadBlob {
+                hash: hex::encode(b.hash),
+                len: b.body.len(),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Whether this node already holds a body. The refcount key is written in
+/// the same batch as a body's first reference and stays (at zero) while
+/// the body does, so it answers without reading the body itself.
+pub fn holds_blob(txn: &Txn<'_>, cfs: Cfs, hash: &BlobHash) -> Result<bool, wal::WalError> {
+    Ok(txn.get(cfs.views, &crate::views::keys::refcount(hash))?.is_some())
+}
+
+/// Apply a batch whose bodies passed [`verify_blobs`]. A body already held
+/// is not written again; an entry whose body is neither held nor in the
+/// batch refuses the batch (nothing of it is written).
 pub fn apply_batch(txn: &mut Txn<'_>, cfs: Cfs, entries: &[WireEntry], blobs: &[WireBlob]) -> Result<Applied, ApplyError> {
+    let mut in_batch = std::collections::HashSet::with_capacity(blobs.len());
     for WireBlob { hash, body } in blobs {
-        // A body is stored only under its own hash.
-        if BlobHash::of(body).0 == *hash && txn.get(cfs.blobs, hash)?.is_none() {
+        if in_batch.insert(*hash) && !holds_blob(txn, cfs, &BlobHash(*hash))? {
             txn.put(cfs.blobs, hash, body);
         }
     }
@@ -77,6 +105,15 @@ pub fn apply_batch(txn: &mut Txn<'_>, cfs: Cfs, entries: &[WireEntry], blobs: &[
             n.duplicates += 1;
             continue;
         };
+        if let Event::MessageAppended { blob, .. } = &event {
+            if !in_batch.contains(&blob.0) && !holds_blob(txn, cfs, blob)? {
+                return Err(ApplyError::MissingBlob {
+                    origin: w.origin,
+                    seq: w.seq,
+                    hash: hex::encode(blob.0),
+                });
+            }
+        }
         apply(&mut TxnViews { txn, cf: cfs.views }, &at, &event)?;
         n.entries += 1;
         match event {

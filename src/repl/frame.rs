@@ -70,6 +70,18 @@ pub enum FrameError {
 }
 
 impl Frame {
+    /// The frame's name, for errors (never its contents).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Frame::Auth { .. } => "auth",
+            Frame::Hello { .. } => "hello",
+            Frame::Vector { .. } => "vector",
+            Frame::Batch { .. } => "batch",
+            Frame::Ack { .. } => "ack",
+            Frame::Refused { .. } => "refused",
+        }
+    }
+
     pub fn encode(&self) -> Vec<u8> {
         let body = postcard::to_allocvec(self).expect("frames always serialise");
         let mut out = Vec::with_capacity(body.len() + 5);

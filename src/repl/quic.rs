@@ -2,7 +2,7 @@
 //! secret proof, one outgoing link per peer (with reconnects), and the
 //! incoming links that apply what peers push.
 
-use super::apply::apply_batch;
+use super::apply::{apply_batch, verify_blobs, Applied};
 use super::engine::{Command, Item, Sender, Window};
 use super::frame::{Frame, WireBlob, WireEntry};
 use super::{now_ms, Mirror, OutLink};
@@ -494,46 +494,81 @@ async fn receive(incoming: quinn::Incoming, store: &Store, mirror: &Arc<Mirror>,
         },
     )
     .await?;
+    // Frames are read, decoded and their bodies hashed on their own task,
+    // while earlier batches are being applied: up to APPLY_AHEAD batches
+    // are queued at the writer at once (they may share one fsync), and
+    // each is acknowledged, in order, once durable.
+    const APPLY_AHEAD: usize = 4;
+    let (tx, mut rx) = mpsc::channel::<anyhow::Result<(u64, Vec<WireEntry>, Vec<WireBlob>)>>(APPLY_AHEAD);
+    let m2 = mirror.clone();
+    let reader = tokio::spawn(async move {
+        loop {
+            let r = match read_frame(&mut recv, &m2).await {
+                Ok(Frame::Batch { id, entries, blobs }) => tokio::task::spawn_blocking(move || {
+                    verify_blobs(&blobs).map_err(|e| anyhow::anyhow!("batch {id} refused: {e}"))?;
+                    Ok((id, entries, blobs))
+                })
+                .await
+                .unwrap_or_else(|e| Err(anyhow::anyhow!("verifying a batch: {e}"))),
+                Ok(other) => Err(anyhow::anyhow!("expected a batch, got {}", other.kind())),
+                Err(e) => Err(e),
+            };
+            let stop = r.is_err();
+            if tx.send(r).await.is_err() || stop {
+                break;
+            }
+        }
+    });
+    type Pending = std::pin::Pin<Box<dyn std::future::Future<Output = Result<Applied, crate::store::StoreError>> + Send>>;
+    let mut pending: std::collections::VecDeque<(u64, Pending)> = Default::default();
     let result: anyhow::Result<()> = async {
         loop {
-            let Frame::Batch { id, entries, blobs } = read_frame(&mut recv, mirror).await? else {
-                bail!("expected a batch")
-            };
-            let r = store.run(move |t, c| apply_batch(t, c, &entries, &blobs).map_err(Into::into)).await;
-            match r {
-                Ok(n) => {
-                    mirror.update_in(&node_id, |l| {
-                        l.batches += 1;
-                        l.applied += n;
-                    });
-                    write_frame(
-                        &mut send,
-                        &Frame::Ack {
-                            id,
-                            vector: to_vec(&store.wal().heads()),
-                        },
-                    )
-                    .await?;
+            tokio::select! {
+                biased;
+                r = async { (&mut pending.front_mut().expect("guarded").1).await }, if !pending.is_empty() => {
+                    let (id, _) = pending.pop_front().expect("guarded");
+                    match r {
+                        Ok(n) => {
+                            mirror.update_in(&node_id, |l| {
+                                l.batches += 1;
+                                l.applied += n;
+                            });
+                            write_frame(
+                                &mut send,
+                                &Frame::Ack {
+                                    id,
+                                    vector: to_vec(&store.wal().heads()),
+                                },
+                            )
+                            .await?;
+                        }
+                        Err(e) => bail!("batch {id} refused: {e}"),
+                    }
                 }
-                Err(e) => {
-                    let msg = e.to_string();
-                    mirror.update_in(&node_id, |l| {
-                        l.failed += 1;
-                        l.last_error = Some(msg.clone());
-                    });
-                    let _ = write_frame(
-                        &mut send,
-                        &Frame::Refused {
-                            reason: format!("batch {id} refused: {msg}"),
-                        },
-                    )
-                    .await;
-                    bail!("batch {id} refused: {msg}");
+                f = rx.recv(), if pending.len() < APPLY_AHEAD => {
+                    let (id, entries, blobs) = match f {
+                        Some(Ok(b)) => b,
+                        Some(Err(e)) => return Err(e),
+                        None => bail!("link closed"),
+                    };
+                    let fut = store.submit(move |t, c| apply_batch(t, c, &entries, &blobs).map_err(Into::into));
+                    pending.push_back((id, Box::pin(fut)));
                 }
             }
         }
     }
     .await;
+    reader.abort();
+    if let Err(e) = &result {
+        let msg = format!("{e:#}");
+        if msg.contains("refused") {
+            mirror.update_in(&node_id, |l| {
+                l.failed += 1;
+                l.last_error = Some(msg.clone());
+            });
+            let _ = write_frame(&mut send, &Frame::Refused { reason: msg }).await;
+        }
+    }
     mirror.update_in(&node_id, |l| l.connected = false);
     result
 }

@@ -267,7 +267,14 @@ fn cf_options(name: &str, blob: bool) -> Options {
     if blob {
         o.set_enable_blob_files(true);
         o.set_min_blob_size(4096);
-        o.set_enable_blob_gc(true);
+        // Blob GC relocates every live value of the oldest blob files in
+        // each compaction: for write-once bodies that is a second (and
+        // third) copy of all mail during a bulk load, and it reclaims
+        // nothing while bodies are never deleted. Off until body
+        // collection exists; a forced-threshold GC fits then.
+        o.set_enable_blob_gc(false);
+        // Fewer, larger flushes (and blob files) during bulk loads.
+        o.set_write_buffer_size(128 << 20);
     }
     o
 }
