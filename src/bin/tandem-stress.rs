@@ -40,6 +40,10 @@ struct Args {
     /// Print an `ack` line per message.
     #[arg(long)]
     print_acks: bool,
+    /// Groups with at least this many body bytes write them to blob files
+    /// without RocksDB's WAL (the store's default when not given).
+    #[arg(long)]
+    bulk_bytes: Option<u64>,
 }
 
 /// The body of message `i` of writer `t`: unique, deterministic.
@@ -62,7 +66,11 @@ fn body(t: usize, i: u64, size: usize) -> Vec<u8> {
 
 fn main() -> anyhow::Result<()> {
     let a = Args::parse();
-    let store = Store::open(&a.db, &a.node, store::wal_options(&a.node))?;
+    let mut opts = store::wal_options(&a.node);
+    if let Some(b) = a.bulk_bytes {
+        opts.bulk_bytes = b;
+    }
+    let store = Store::open(&a.db, &a.node, opts)?;
     for t in 0..a.threads {
         let user = format!("stress{t}@example.org");
         if store.views().user(&user)?.is_none() {

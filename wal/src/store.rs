@@ -70,6 +70,12 @@ pub struct WalOptions {
     pub user_cfs: Vec<String>,
     /// Caller column families holding large values (RocksDB blob files).
     pub blob_cfs: Vec<String>,
+    /// A group putting at least this many bytes into blob column families
+    /// writes them once, to blob files, instead of twice (RocksDB's WAL,
+    /// then blob files at flush): they are written without the WAL and
+    /// the column family is flushed (files fsynced) before the group's
+    /// logged batch, which references them, is written. 0 turns it off.
+    pub bulk_bytes: u64,
 }
 
 impl WalOptions {
@@ -82,6 +88,7 @@ impl WalOptions {
             max_group: 4096,
             user_cfs: Vec::new(),
             blob_cfs: Vec::new(),
+            bulk_bytes: 4 << 20,
         }
     }
 }
@@ -109,6 +116,8 @@ pub struct Stats {
     pub bytes: AtomicU64,
     pub max_group_jobs: AtomicU64,
     pub panics: AtomicU64,
+    pub bulk_flushes: AtomicU64,
+    pub bulk_bytes: AtomicU64,
 }
 
 /// A copy of [`Stats`] at one moment.
@@ -124,6 +133,12 @@ pub struct StatsSnapshot {
     pub max_group_jobs: u64,
     /// Transactions that panicked (their writes were discarded).
     pub panics: u64,
+    /// Groups whose large values were flushed to blob files instead of
+    /// going through RocksDB's WAL, and the bytes they held.
+    #[serde(default)]
+    pub bulk_flushes: u64,
+    #[serde(default)]
+    pub bulk_bytes: u64,
 }
 
 type Hook = Box<dyn Fn(u64) + Send + Sync>;
@@ -150,6 +165,10 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
+    fn is_blob_cf(&self, cf: u8) -> bool {
+        self.opts.blob_cfs.iter().any(|n| *n == self.cf_names[cf as usize])
+    }
+
     fn handle(&self, cf: u8) -> &rocksdb::ColumnFamily {
         self.db.cf_handle(&self.cf_names[cf as usize]).expect("declared column family")
     }
@@ -199,13 +218,49 @@ impl Shared {
         if self.fail_writes.load(Ordering::SeqCst) {
             return Err(WalError::Poisoned("injected write failure".into()));
         }
+        // Large values bound for blob column families, when there are
+        // enough of them, skip the WAL and are made durable by a flush
+        // first: written once instead of twice. A crash before the logged
+        // batch leaves only unreferenced bodies behind.
+        let bulk: u64 = if self.opts.sync && self.opts.bulk_bytes > 0 {
+            overlay
+                .iter()
+                .filter(|((cf, _), v)| v.is_some() && self.is_blob_cf(*cf))
+                .map(|(_, v)| v.as_ref().map_or(0, |v| v.len() as u64))
+                .sum()
+        } else {
+            0
+        };
+        let bulk_len = bulk;
+        let bulk = bulk >= self.opts.bulk_bytes.max(1);
         let mut batch = WriteBatch::default();
+        let mut unlogged = WriteBatch::default();
+        let mut flush: Vec<u8> = Vec::new();
         for ((cf, k), v) in overlay {
             let h = self.handle(*cf);
             match v {
+                Some(v) if bulk && self.is_blob_cf(*cf) => {
+                    unlogged.put_cf(h, k, v);
+                    if !flush.contains(cf) {
+                        flush.push(*cf);
+                    }
+                }
                 Some(v) => batch.put_cf(h, k, v),
                 None => batch.delete_cf(h, k),
             }
+        }
+        if !flush.is_empty() {
+            let n = bulk_len;
+            let mut wo = WriteOptions::default();
+            wo.disable_wal(true);
+            self.db.write_opt(unlogged, &wo)?;
+            let mut fo = rocksdb::FlushOptions::default();
+            fo.set_wait(true);
+            for cf in flush {
+                self.db.flush_cf_opt(self.handle(cf), &fo)?;
+            }
+            self.stats.bulk_flushes.fetch_add(1, Ordering::Relaxed);
+            self.stats.bulk_bytes.fetch_add(n, Ordering::Relaxed);
         }
         batch.put_cf(self.handle(CF_META), META_ORDER_NEXT, order_next.to_be_bytes());
         let mut wo = WriteOptions::default();
@@ -583,6 +638,8 @@ impl Wal {
             bytes: s.bytes.load(Ordering::Relaxed),
             max_group_jobs: s.max_group_jobs.load(Ordering::Relaxed),
             panics: s.panics.load(Ordering::Relaxed),
+            bulk_flushes: s.bulk_flushes.load(Ordering::Relaxed),
+            bulk_bytes: s.bulk_bytes.load(Ordering::Relaxed),
         }
     }
 

@@ -254,3 +254,43 @@ fn a_panicking_transaction_leaves_no_trace_and_the_writer_survives() {
     let a = wal.append(b"after".to_vec()).unwrap();
     assert_eq!(a.seq, 1, "the panicked append took no seq");
 }
+
+#[test]
+fn large_groups_write_bodies_once_and_keep_them_across_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut o = opts();
+    o.blob_cfs = vec!["blobs".into()];
+    o.bulk_bytes = 64 * 1024;
+    let body = |i: u32| -> Vec<u8> { (0..20_000u32).map(|j| (i.wrapping_mul(31) ^ j) as u8).collect() };
+    {
+        let wal = Wal::open(dir.path(), o.clone()).unwrap();
+        let blobs = wal.cf("blobs").unwrap();
+        // One small group (logged as usual), then one large group.
+        wal.transact(move |t| {
+            t.put(blobs, b"small", &body(0));
+            t.append(b"small".to_vec());
+            Ok::<_, ()>(())
+        })
+        .unwrap();
+        assert_eq!(wal.stats().bulk_flushes, 0);
+        wal.transact(move |t| {
+            for i in 1..=8u32 {
+                t.put(blobs, &i.to_be_bytes(), &body(i));
+                t.append(i.to_be_bytes().to_vec());
+            }
+            Ok::<_, ()>(())
+        })
+        .unwrap();
+        let s = wal.stats();
+        assert_eq!(s.bulk_flushes, 1, "the large group did not take the bulk path");
+        assert_eq!(s.bulk_bytes, 8 * 20_000);
+        wal.close().unwrap();
+    }
+    let wal = Wal::open(dir.path(), o).unwrap();
+    let blobs = wal.cf("blobs").unwrap();
+    assert_eq!(wal.get(blobs, b"small").unwrap().unwrap(), body(0));
+    for i in 1..=8u32 {
+        assert_eq!(wal.get(blobs, &i.to_be_bytes()).unwrap().unwrap(), body(i), "body {i}");
+    }
+    assert_eq!(wal.heads().get(Origin::from_node_id("a")), 9);
+}
