@@ -48,6 +48,12 @@ pub struct LogStatus {
     pub poisoned: Option<String>,
     /// Transactions that panicked (a bug; their writes were discarded).
     pub panics: u64,
+    /// Groups whose bodies went straight to blob files (not RocksDB's
+    /// WAL), and their bytes.
+    #[serde(default)]
+    pub bulk_flushes: u64,
+    #[serde(default)]
+    pub bulk_bytes: u64,
 }
 
 /// One log entry, readable.
@@ -137,6 +143,8 @@ pub fn status(st: &AdminState) -> Result<Status, crate::views::read::ViewError> 
             unclean_shutdown_recovered: wal.recovery_report().unclean_shutdown,
             poisoned: wal.poisoned(),
             panics: s.panics,
+            bulk_flushes: s.bulk_flushes,
+            bulk_bytes: s.bulk_bytes,
         },
         users: st.store.views().users()?.len() as u64,
         lmtp: st.lmtp.snapshot(),

@@ -165,6 +165,9 @@ fn print_status(st: &Status) {
         "log         apply order {}   entries {}   fsyncs {}   appends/fsync {:.2}   max group {}",
         l.apply_order, l.entries_appended, l.fsyncs, l.appends_per_fsync, l.max_group
     );
+    if l.bulk_flushes > 0 {
+        println!("  bulk      {} groups wrote {} bytes of bodies straight to blob files", l.bulk_flushes, l.bulk_bytes);
+    }
     for (o, s) in &l.heads {
         println!("  origin    {o} seq {s}");
     }
