@@ -166,7 +166,10 @@ fn print_status(st: &Status) {
         l.apply_order, l.entries_appended, l.fsyncs, l.appends_per_fsync, l.max_group
     );
     if l.bulk_flushes > 0 {
-        println!("  bulk      {} groups wrote {} bytes of bodies straight to blob files", l.bulk_flushes, l.bulk_bytes);
+        println!(
+            "  bulk      {} groups wrote {} bytes of bodies straight to blob files",
+            l.bulk_flushes, l.bulk_bytes
+        );
     }
     for (o, s) in &l.heads {
         println!("  origin    {o} seq {s}");

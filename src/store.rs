@@ -155,6 +155,12 @@ impl Store {
         self.inner.wal.transact(move |txn| f(txn, cfs)).map_err(StoreError::from)
     }
 
+    /// Make bodies durable now, written once, ahead of the entries that
+    /// reference them (see `wal::Wal::put_flushed`).
+    pub fn put_bodies_flushed(&self, bodies: &[(&[u8], &[u8])]) -> Result<(), WalError> {
+        self.inner.wal.put_flushed(self.inner.cfs.blobs, bodies)
+    }
+
     /// A message body by hash.
     pub fn blob(&self, hash: &BlobHash) -> Result<Option<Vec<u8>>, WalError> {
         self.inner.wal.get(self.inner.cfs.blobs, &hash.0)

@@ -78,10 +78,17 @@ pub fn holds_blob(txn: &Txn<'_>, cfs: Cfs, hash: &BlobHash) -> Result<bool, wal:
 }
 
 /// Apply a batch whose bodies passed [`verify_blobs`]. A body already held
-/// is not written again; an entry whose body is neither held nor in the
-/// batch refuses the batch (nothing of it is written).
-pub fn apply_batch(txn: &mut Txn<'_>, cfs: Cfs, entries: &[WireEntry], blobs: &[WireBlob]) -> Result<Applied, ApplyError> {
-    let mut in_batch = std::collections::HashSet::with_capacity(blobs.len());
+/// is not written again; `stored` names bodies of this batch already made
+/// durable ahead of it. An entry whose body is neither held, stored nor in
+/// the batch refuses the batch (nothing of it is written).
+pub fn apply_batch(
+    txn: &mut Txn<'_>,
+    cfs: Cfs,
+    entries: &[WireEntry],
+    blobs: &[WireBlob],
+    stored: &[[u8; 32]],
+) -> Result<Applied, ApplyError> {
+    let mut in_batch: std::collections::HashSet<[u8; 32]> = stored.iter().copied().collect();
     for WireBlob { hash, body } in blobs {
         if in_batch.insert(*hash) && !holds_blob(txn, cfs, &BlobHash(*hash))? {
             txn.put(cfs.blobs, hash, body);

@@ -499,14 +499,28 @@ async fn receive(incoming: quinn::Incoming, store: &Store, mirror: &Arc<Mirror>,
     // are queued at the writer at once (they may share one fsync), and
     // each is acknowledged, in order, once durable.
     const APPLY_AHEAD: usize = 4;
-    let (tx, mut rx) = mpsc::channel::<anyhow::Result<(u64, Vec<WireEntry>, Vec<WireBlob>)>>(APPLY_AHEAD);
+    // A batch with many bodies has them written once, straight to blob
+    // files, here (while the writer commits earlier batches); its entries
+    // follow through the writer.
+    type Ready = (u64, Vec<WireEntry>, Vec<WireBlob>, Vec<[u8; 32]>);
+    let (tx, mut rx) = mpsc::channel::<anyhow::Result<Ready>>(APPLY_AHEAD);
     let m2 = mirror.clone();
+    let st = store.clone();
     let reader = tokio::spawn(async move {
         loop {
+            let st = st.clone();
             let r = match read_frame(&mut recv, &m2).await {
                 Ok(Frame::Batch { id, entries, blobs }) => tokio::task::spawn_blocking(move || {
                     verify_blobs(&blobs).map_err(|e| anyhow::anyhow!("batch {id} refused: {e}"))?;
-                    Ok((id, entries, blobs))
+                    let bytes: u64 = blobs.iter().map(|b| b.body.len() as u64).sum();
+                    let bulk = st.wal().bulk_bytes();
+                    if bulk > 0 && bytes >= bulk {
+                        let items: Vec<(&[u8], &[u8])> = blobs.iter().map(|b| (&b.hash[..], &b.body[..])).collect();
+                        st.put_bodies_flushed(&items).context("storing bodies")?;
+                        let stored = blobs.iter().map(|b| b.hash).collect();
+                        return Ok((id, entries, Vec::new(), stored));
+                    }
+                    Ok((id, entries, blobs, Vec::new()))
                 })
                 .await
                 .unwrap_or_else(|e| Err(anyhow::anyhow!("verifying a batch: {e}"))),
@@ -546,12 +560,12 @@ async fn receive(incoming: quinn::Incoming, store: &Store, mirror: &Arc<Mirror>,
                     }
                 }
                 f = rx.recv(), if pending.len() < APPLY_AHEAD => {
-                    let (id, entries, blobs) = match f {
+                    let (id, entries, blobs, stored) = match f {
                         Some(Ok(b)) => b,
                         Some(Err(e)) => return Err(e),
                         None => bail!("link closed"),
                     };
-                    let fut = store.submit(move |t, c| apply_batch(t, c, &entries, &blobs).map_err(Into::into));
+                    let fut = store.submit(move |t, c| apply_batch(t, c, &entries, &blobs, &stored).map_err(Into::into));
                     pending.push_back((id, Box::pin(fut)));
                 }
             }

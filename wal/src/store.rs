@@ -213,6 +213,22 @@ impl Shared {
         *self.poison.lock().expect("poison lock") = Some(msg);
     }
 
+    /// Write `batch` without the WAL and flush `cfs` (blob files and
+    /// tables fsynced): durable once this returns.
+    fn write_flushed(&self, batch: WriteBatch, cfs: &[u8], bytes: u64) -> Result<(), WalError> {
+        let mut wo = WriteOptions::default();
+        wo.disable_wal(true);
+        self.db.write_opt(batch, &wo)?;
+        let mut fo = rocksdb::FlushOptions::default();
+        fo.set_wait(true);
+        for cf in cfs {
+            self.db.flush_cf_opt(self.handle(*cf), &fo)?;
+        }
+        self.stats.bulk_flushes.fetch_add(1, Ordering::Relaxed);
+        self.stats.bulk_bytes.fetch_add(bytes, Ordering::Relaxed);
+        Ok(())
+    }
+
     pub(crate) fn write_group(&self, overlay: &BTreeMap<(u8, Vec<u8>), Option<Vec<u8>>>, order_next: u64) -> Result<(), WalError> {
         #[cfg(feature = "failpoints")]
         if self.fail_writes.load(Ordering::SeqCst) {
@@ -250,17 +266,7 @@ impl Shared {
             }
         }
         if !flush.is_empty() {
-            let n = bulk_len;
-            let mut wo = WriteOptions::default();
-            wo.disable_wal(true);
-            self.db.write_opt(unlogged, &wo)?;
-            let mut fo = rocksdb::FlushOptions::default();
-            fo.set_wait(true);
-            for cf in flush {
-                self.db.flush_cf_opt(self.handle(cf), &fo)?;
-            }
-            self.stats.bulk_flushes.fetch_add(1, Ordering::Relaxed);
-            self.stats.bulk_bytes.fetch_add(n, Ordering::Relaxed);
+            self.write_flushed(unlogged, &flush, bulk_len)?;
         }
         batch.put_cf(self.handle(CF_META), META_ORDER_NEXT, order_next.to_be_bytes());
         let mut wo = WriteOptions::default();
@@ -519,6 +525,52 @@ impl Wal {
         assert!(cf.0 >= FIRST_USER_CF);
         self.shared.db.put_cf(self.shared.handle(cf.0), key, value)?;
         Ok(())
+    }
+
+    /// Make large values of a blob column family durable outside the group
+    /// commit, written once (no WAL; the column family is flushed before
+    /// this returns). For content-addressed values whose references are
+    /// committed afterwards: it lets a bulk receiver write the next bodies
+    /// while the writer commits earlier entries. A failure poisons the
+    /// handle like a failed group write.
+    pub fn put_flushed(&self, cf: Cf, items: &[(&[u8], &[u8])]) -> Result<(), WalError> {
+        assert!(
+            cf.0 >= FIRST_USER_CF && self.shared.is_blob_cf(cf.0),
+            "put_flushed is for blob column families"
+        );
+        if let Some(p) = self.shared.poisoned() {
+            return Err(WalError::Poisoned(p));
+        }
+        if items.is_empty() {
+            return Ok(());
+        }
+        let mut b = WriteBatch::default();
+        let mut bytes = 0;
+        for (k, v) in items {
+            b.put_cf(self.shared.handle(cf.0), k, v);
+            bytes += v.len() as u64;
+        }
+        let r = if self.shared.opts.sync {
+            self.shared.write_flushed(b, &[cf.0], bytes)
+        } else {
+            self.shared.db.write(b).map_err(WalError::from)
+        };
+        if let Err(e) = &r {
+            let msg = e.to_string();
+            self.shared.poison(msg.clone());
+            tracing::error!(error = %msg, "durable body write failed; the log is poisoned until reopened");
+        }
+        r
+    }
+
+    /// Whether `cf` holds large values in blob files.
+    pub fn is_blob_cf(&self, cf: Cf) -> bool {
+        self.shared.is_blob_cf(cf.0)
+    }
+
+    /// The group size from which bodies bypass RocksDB's WAL.
+    pub fn bulk_bytes(&self) -> u64 {
+        self.shared.opts.bulk_bytes
     }
 
     /// Delete every key of the given caller column families (rebuild).
