@@ -126,9 +126,36 @@ fn endpoint(listen: SocketAddr, data_dir: &Path) -> anyhow::Result<quinn::Endpoi
     client.alpn_protocols = vec![ALPN.to_vec()];
     let mut cc = quinn::ClientConfig::new(Arc::new(quinn::crypto::rustls::QuicClientConfig::try_from(client)?));
     cc.transport_config(transport);
-    let mut ep = quinn::Endpoint::server(sc, listen).with_context(|| format!("binding mirror.listen {listen} (UDP)"))?;
+    let socket = udp_socket(listen)?;
+    let runtime = quinn::default_runtime().ok_or_else(|| anyhow::anyhow!("no async runtime for the mirror"))?;
+    let mut ep = quinn::Endpoint::new(quinn::EndpointConfig::default(), Some(sc), socket, runtime)
+        .with_context(|| format!("starting the mirror endpoint on {listen}"))?;
     ep.set_default_client_config(cc);
     Ok(ep)
+}
+
+/// Socket buffers asked for the mirror's UDP socket. The kernel's default
+/// (about 200 KB) overflows under a bulk transfer: each overflow is a lost
+/// datagram that the congestion controller reads as congestion.
+const UDP_BUFFER: usize = 8 << 20;
+
+fn udp_socket(listen: SocketAddr) -> anyhow::Result<std::net::UdpSocket> {
+    let socket = std::net::UdpSocket::bind(listen).with_context(|| format!("binding mirror.listen {listen} (UDP)"))?;
+    let s = socket2::SockRef::from(&socket);
+    // The kernel caps these at net.core.rmem_max / wmem_max.
+    let _ = s.set_recv_buffer_size(UDP_BUFFER);
+    let _ = s.set_send_buffer_size(UDP_BUFFER);
+    let (r, w) = (s.recv_buffer_size().unwrap_or(0), s.send_buffer_size().unwrap_or(0));
+    // Linux reports twice the usable size.
+    if r < UDP_BUFFER || w < UDP_BUFFER {
+        tracing::info!(
+            recv = r,
+            send = w,
+            "mirror UDP socket buffers are below {} bytes; raise net.core.rmem_max and wmem_max for bulk transfers",
+            UDP_BUFFER
+        );
+    }
+    Ok(socket)
 }
 
 /// The running mirror.
