@@ -345,6 +345,32 @@ async fn link(
             }
         }
     });
+    // Batches leave in order through one writer task; a few are built
+    // ahead of it.
+    let (wtx, mut wrx) = mpsc::channel::<tokio::task::JoinHandle<anyhow::Result<(Vec<u8>, u64)>>>(4);
+    let (werr_tx, mut werr) = mpsc::channel::<anyhow::Error>(1);
+    let m3 = mirror.clone();
+    let writer = tokio::spawn(async move {
+        let r: anyhow::Result<()> = async {
+            while let Some(h) = wrx.recv().await {
+                let (bytes, n) = h.await.context("building a batch")??;
+                send.write_all(&bytes).await.context("sending a batch")?;
+                m3.update_out(i, |l| {
+                    l.sent += n;
+                    l.sent_bytes += bytes.len() as u64;
+                });
+            }
+            Ok(())
+        }
+        .await;
+        if let Err(e) = r {
+            let _ = werr_tx.send(e).await;
+        }
+        send
+    });
+    // Bodies sent on this link so far: a body several entries reference
+    // (one delivery to many users, a copy) travels once.
+    let mut sent_blobs: std::collections::HashSet<[u8; 32]> = Default::default();
     let mut commits = store.commits();
     let result: anyhow::Result<()> = async {
         loop {
@@ -373,16 +399,19 @@ async fn link(
                 let by_order: HashMap<u64, &wal::Entry> = entries.iter().map(|(o, e)| (*o, e)).collect();
                 for c in engine.read(&items) {
                     let Command::Send { id, orders } = c else { continue };
+                    // The batch is built (bodies read, frame encoded) in the
+                    // blocking pool and written by the writer task, while
+                    // this loop reads on.
                     let mut wire = Vec::with_capacity(orders.len());
-                    let mut blobs = Vec::new();
-                    let mut seen = std::collections::HashSet::new();
+                    let mut want = Vec::new();
                     for o in orders {
                         let e = by_order[&o];
                         if let Some((blob, _)) = bodies.get(&o) {
-                            if seen.insert(*blob) {
-                                if let Some(b) = store.blob(blob)? {
-                                    blobs.push(WireBlob { hash: blob.0, body: b });
-                                }
+                            if sent_blobs.len() >= 1 << 20 {
+                                sent_blobs.clear(); // bounded memory; at worst a body travels again
+                            }
+                            if sent_blobs.insert(blob.0) {
+                                want.push(*blob);
                             }
                         }
                         wire.push(WireEntry {
@@ -393,14 +422,20 @@ async fn link(
                             payload: e.payload.clone(),
                         });
                     }
-                    let n = wire.len() as u64;
-                    let frame = Frame::Batch { id, entries: wire, blobs };
-                    let bytes = frame.encode();
-                    send.write_all(&bytes).await.context("sending a batch")?;
-                    mirror.update_out(i, |l| {
-                        l.sent += n;
-                        l.sent_bytes += bytes.len() as u64;
+                    let st = store.clone();
+                    let build = tokio::task::spawn_blocking(move || -> anyhow::Result<(Vec<u8>, u64)> {
+                        let mut blobs = Vec::with_capacity(want.len());
+                        for blob in want {
+                            if let Some(b) = st.blob(&blob)? {
+                                blobs.push(WireBlob { hash: blob.0, body: b });
+                            }
+                        }
+                        let n = wire.len() as u64;
+                        Ok((Frame::Batch { id, entries: wire, blobs }.encode(), n))
                     });
+                    if wtx.send(build).await.is_err() {
+                        break;
+                    }
                 }
             }
             let heads = wal.heads();
@@ -434,6 +469,7 @@ async fn link(
                     r.context("store closed")?;
                     engine.local_commit(*commits.borrow_and_update());
                 }
+                e = werr.recv() => return Err(e.unwrap_or_else(|| anyhow::anyhow!("the batch writer stopped"))),
                 f = rx.recv() => match f {
                     Some(Ok(Frame::Ack { id, vector })) => engine.ack(id, &vector),
                     Some(Ok(Frame::Refused { reason })) => bail!("refused by the peer: {reason}"),
@@ -446,6 +482,7 @@ async fn link(
     }
     .await;
     reader.abort();
+    writer.abort();
     conn.close(0u32.into(), b"bye");
     result
 }
@@ -533,10 +570,17 @@ async fn receive(incoming: quinn::Incoming, store: &Store, mirror: &Arc<Mirror>,
     let (tx, mut rx) = mpsc::channel::<anyhow::Result<Ready>>(APPLY_AHEAD);
     let m2 = mirror.clone();
     let st = store.clone();
+    // Several batches are prepared at once (their bodies hashed and, when
+    // large, written and flushed), so one batch's disk flush overlaps the
+    // next one's work; results are passed on in arrival order.
+    const PREPARE_AHEAD: usize = 3;
+    let (htx, mut hrx) = mpsc::channel::<tokio::task::JoinHandle<anyhow::Result<Ready>>>(PREPARE_AHEAD);
     let reader = tokio::spawn(async move {
         loop {
             let st = st.clone();
-            let r = match read_frame(&mut recv, &m2).await {
+            let f = read_frame(&mut recv, &m2).await;
+            let stop = !matches!(f, Ok(Frame::Batch { .. }));
+            let h = match f {
                 Ok(Frame::Batch { id, entries, blobs }) => tokio::task::spawn_blocking(move || {
                     verify_blobs(&blobs).map_err(|e| anyhow::anyhow!("batch {id} refused: {e}"))?;
                     let bytes: u64 = blobs.iter().map(|b| b.body.len() as u64).sum();
@@ -548,12 +592,21 @@ async fn receive(incoming: quinn::Incoming, store: &Store, mirror: &Arc<Mirror>,
                         return Ok((id, entries, Vec::new(), stored));
                     }
                     Ok((id, entries, blobs, Vec::new()))
-                })
-                .await
-                .unwrap_or_else(|e| Err(anyhow::anyhow!("verifying a batch: {e}"))),
-                Ok(other) => Err(anyhow::anyhow!("expected a batch, got {}", other.kind())),
-                Err(e) => Err(e),
+                }),
+                Ok(other) => {
+                    let kind = other.kind();
+                    tokio::spawn(async move { Err(anyhow::anyhow!("expected a batch, got {kind}")) })
+                }
+                Err(e) => tokio::spawn(async move { Err(e) }),
             };
+            if htx.send(h).await.is_err() || stop {
+                break;
+            }
+        }
+    });
+    let forward = tokio::spawn(async move {
+        while let Some(h) = hrx.recv().await {
+            let r = h.await.unwrap_or_else(|e| Err(anyhow::anyhow!("preparing a batch: {e}")));
             let stop = r.is_err();
             if tx.send(r).await.is_err() || stop {
                 break;
@@ -600,6 +653,7 @@ async fn receive(incoming: quinn::Incoming, store: &Store, mirror: &Arc<Mirror>,
     }
     .await;
     reader.abort();
+    forward.abort();
     if let Err(e) = &result {
         let msg = format!("{e:#}");
         if msg.contains("refused") {

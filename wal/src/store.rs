@@ -352,6 +352,10 @@ impl Wal {
             RecoveryMode::TolerateTornTail => DBRecoveryMode::TolerateCorruptedTailRecords,
             RecoveryMode::Strict => DBRecoveryMode::AbsoluteConsistency,
         });
+        // Bulk receivers flush bodies themselves: a quarter of the
+        // background jobs are flush threads, so two flushes may run at
+        // once (one fsyncing while the next writes) beside compaction.
+        dbo.set_max_background_jobs(8);
         dbo.set_paranoid_checks(true);
         let mut names: Vec<String> = INTERNAL_CFS.iter().map(|s| s.to_string()).collect();
         names.extend(opts.user_cfs.iter().cloned());
