@@ -191,7 +191,8 @@ fn catch_up(rt: &tokio::runtime::Runtime, n: u64, delay: Duration) -> CatchUp {
     let mut b = serve(&cfg_b);
     let deadline = Instant::now() + Duration::from_secs(900);
     let mut last_report = Instant::now();
-    let (mut at20, mut at80): (Option<(f64, u64)>, Option<(f64, u64)>) = (None, None);
+    let mut at20: Option<(f64, u64)> = None;
+    let mut at80: Option<(f64, u64)> = None;
     loop {
         let h = heads(rt, &cfg_b);
         let held: u64 = h.as_object().map(|o| o.values().filter_map(|v| v.as_u64()).sum()).unwrap_or(0);

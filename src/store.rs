@@ -161,6 +161,22 @@ impl Store {
         self.inner.wal.put_flushed(self.inner.cfs.blobs, bodies)
     }
 
+    /// Whether this node holds a body (its refcount key exists: written
+    /// with the body's first reference, kept at zero while the body is).
+    pub fn holds_body(&self, hash: &BlobHash) -> Result<bool, WalError> {
+        Ok(self
+            .inner
+            .wal
+            .get(self.inner.cfs.views, &crate::views::keys::refcount(hash))?
+            .is_some())
+    }
+
+    /// How many messages reference a body.
+    pub fn body_refs(&self, hash: &BlobHash) -> Result<u64, crate::views::ViewError> {
+        use crate::views::ViewRead;
+        self.views().refcount(hash)
+    }
+
     /// A message body by hash.
     pub fn blob(&self, hash: &BlobHash) -> Result<Option<Vec<u8>>, WalError> {
         self.inner.wal.get(self.inner.cfs.blobs, &hash.0)

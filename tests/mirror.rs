@@ -296,3 +296,73 @@ fn ack_peer_waits_for_the_mirror_and_fails_temporarily_without_it() {
     let st = common::admin_get(&a, "/v1/status");
     assert!(st["mirror"]["ack_timeouts"].as_u64().unwrap() >= 1, "{st}");
 }
+
+/// A body travels once per link however many entries reference it, and
+/// not at all to a peer that already holds it (it is asked first when
+/// this node holds other references to it).
+#[test]
+fn bodies_travel_once_and_never_to_a_peer_that_holds_them() {
+    let (dir, a, b) = converged_pair();
+    for u in ["v@example.org", "w@example.org"] {
+        let (ok, _, err) = a.cli(&["user", "add", u, "--password-stdin"], Some("secret\n"));
+        assert!(ok, "{err}");
+    }
+    // One delivery to three users: three entries, one body.
+    let mut c = common::Raw::connect(&a.addr("lmtp"));
+    c.reply();
+    c.send(b"LHLO t\r\n");
+    c.reply();
+    c.send(b"MAIL FROM:<s@x>\r\nRCPT TO:<u@example.org>\r\nRCPT TO:<v@example.org>\r\nRCPT TO:<w@example.org>\r\nDATA\r\n");
+    for _ in 0..5 {
+        assert!(c.reply().starts_with(['2', '3']));
+    }
+    c.send(b"Subject: to three\r\n\r\none body, three mailboxes\r\n.\r\n");
+    for _ in 0..3 {
+        assert!(c.reply().starts_with('2'));
+    }
+    assert!(converged(&[&a, &b], 15), "the delivery did not reach B");
+    let out = |n: &Node| common::admin_get(n, "/v1/status")["mirror"]["outgoing"][0].clone();
+    let o = out(&a);
+    assert_eq!(o["bodies_sent"], 1, "{o}");
+    assert_eq!(o["bodies_already_sent"], 2, "{o}");
+    let body = messages(&b, "w@example.org", "INBOX")[0]["blob"].as_str().unwrap().to_string();
+    assert!(common::blob(&b, &body).ends_with(b"one body, three mailboxes\r\n"));
+
+    // A restarts (a new link, which has sent nothing yet) and copies the
+    // message: B holds the body, so only the entry travels.
+    assert!(a.stop());
+    let a = Node::start(&dir.path().join("a"), Some(&dir.path().join("a/tandem.toml")));
+    python(
+        &a,
+        r#"
+from imaptest import *
+c = connect("u@example.org")
+ok(c.create("Kept"))
+ok(c.select("INBOX"))
+ok(c.copy("1", "Kept"))
+"#,
+    );
+    assert!(converged(&[&a, &b], 15), "the copy did not reach B");
+    let o = out(&a);
+    assert_eq!(o["bodies_sent"], 0, "a body the peer holds was sent: {o}");
+    assert_eq!(o["bodies_held_by_peer"], 1, "{o}");
+    let copy = messages(&b, "u@example.org", "Kept");
+    assert_eq!(copy.len(), 1);
+    assert_eq!(copy[0]["blob"].as_str().unwrap(), body);
+    python(
+        &b,
+        r#"
+from imaptest import *
+c = connect("u@example.org")
+ok(c.select("Kept"))
+r = ok(c.fetch("1", "(BODY.PEEK[TEXT])"))
+assert r[0][1] == b"one body, three mailboxes\r\n", r
+"#,
+    );
+    // A new body is sent without asking.
+    lmtp_burst_tagged(&a, "v@example.org", 1, "fresh");
+    assert!(converged(&[&a, &b], 15));
+    let o = out(&a);
+    assert_eq!(o["bodies_sent"], 1, "{o}");
+    assert_eq!(o["bodies_held_by_peer"], 1, "{o}");
+}

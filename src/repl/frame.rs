@@ -4,8 +4,8 @@
 
 use serde::{Deserialize, Serialize};
 
-/// Protocol version spoken by this build.
-pub const PROTOCOL: u8 = 1;
+/// Protocol version spoken by this build (2: body queries).
+pub const PROTOCOL: u8 = 2;
 /// Largest frame accepted (a batch with its blobs).
 pub const MAX_FRAME: u32 = 96 << 20;
 
@@ -54,6 +54,12 @@ pub enum Frame {
     Ack { id: u64, vector: Vec<(u64, u64)> },
     /// The peer refuses to go on.
     Refused { reason: String },
+    /// Sender to receiver: which of these bodies do you hold? Asked for
+    /// bodies this node holds other references to (the peer may have them
+    /// already); the batch that needs them follows the answer.
+    Query { id: u64, hashes: Vec<[u8; 32]> },
+    /// Receiver to sender: the answer to query `id`, one flag per hash.
+    Held { id: u64, held: Vec<bool> },
 }
 
 /// Why bytes are not a frame.
@@ -79,6 +85,8 @@ impl Frame {
             Frame::Batch { .. } => "batch",
             Frame::Ack { .. } => "ack",
             Frame::Refused { .. } => "refused",
+            Frame::Query { .. } => "query",
+            Frame::Held { .. } => "held",
         }
     }
 

@@ -44,6 +44,21 @@ pub struct OutLink {
     /// Entries sent on this link since start.
     pub sent: u64,
     pub sent_bytes: u64,
+    /// Entries of this node's own origin (added locally), for comparing
+    /// with what the peer acknowledged of them.
+    #[serde(default)]
+    pub local_added: u64,
+    /// Bodies sent, and their bytes.
+    #[serde(default)]
+    pub bodies_sent: u64,
+    #[serde(default)]
+    pub body_bytes_sent: u64,
+    /// Bodies not sent because the peer said it held them, or because
+    /// this link had sent them already.
+    #[serde(default)]
+    pub bodies_held_by_peer: u64,
+    #[serde(default)]
+    pub bodies_already_sent: u64,
     /// Entries this node holds that the peer has not acknowledged.
     pub queue: u64,
     /// Batches sent and not yet acknowledged.

@@ -333,12 +333,23 @@ async fn link(
         l.caught_up_ms = now_ms();
     });
     tracing::info!("mirror link up");
-    // Frames from the peer arrive on their own task (reads are not cancel-safe).
+    // Frames from the peer arrive on their own task (reads are not
+    // cancel-safe). Answers to body queries go straight to the batch
+    // builder waiting for them; everything else to this loop.
+    type Answers = Arc<std::sync::Mutex<HashMap<u64, tokio::sync::oneshot::Sender<Vec<bool>>>>>;
+    let answers: Answers = Default::default();
     let (tx, mut rx) = mpsc::channel::<anyhow::Result<Frame>>(64);
     let m2 = mirror.clone();
+    let a2 = answers.clone();
     let reader = tokio::spawn(async move {
         loop {
             let f = read_frame(&mut recv, &m2).await;
+            if let Ok(Frame::Held { id, held }) = f {
+                if let Some(w) = a2.lock().expect("answers lock").remove(&id) {
+                    let _ = w.send(held);
+                }
+                continue;
+            }
             let stop = f.is_err();
             if tx.send(f).await.is_err() || stop {
                 break;
@@ -346,31 +357,57 @@ async fn link(
         }
     });
     // Batches leave in order through one writer task; a few are built
-    // ahead of it.
-    let (wtx, mut wrx) = mpsc::channel::<tokio::task::JoinHandle<anyhow::Result<(Vec<u8>, u64)>>>(4);
+    // ahead of it. Queries (small) go out as soon as a builder asks, even
+    // while the writer waits for that builder's batch.
+    type Built = anyhow::Result<(Vec<u8>, u64)>;
+    let (wtx, mut wrx) = mpsc::channel::<tokio::task::JoinHandle<Built>>(4);
+    let (qtx, mut qrx) = mpsc::unbounded_channel::<Vec<u8>>();
     let (werr_tx, mut werr) = mpsc::channel::<anyhow::Error>(1);
     let m3 = mirror.clone();
     let writer = tokio::spawn(async move {
         let r: anyhow::Result<()> = async {
-            while let Some(h) = wrx.recv().await {
-                let (bytes, n) = h.await.context("building a batch")??;
+            let mut current: Option<tokio::task::JoinHandle<Built>> = None;
+            loop {
+                let built = match current.as_mut() {
+                    None => tokio::select! {
+                        Some(q) = qrx.recv() => {
+                            send.write_all(&q).await.context("sending a query")?;
+                            continue;
+                        }
+                        h = wrx.recv() => match h {
+                            Some(h) => {
+                                current = Some(h);
+                                continue;
+                            }
+                            None => return Ok(()),
+                        },
+                    },
+                    Some(h) => tokio::select! {
+                        Some(q) = qrx.recv() => {
+                            send.write_all(&q).await.context("sending a query")?;
+                            continue;
+                        }
+                        r = h => r,
+                    },
+                };
+                current = None;
+                let (bytes, n) = built.context("building a batch")??;
                 send.write_all(&bytes).await.context("sending a batch")?;
                 m3.update_out(i, |l| {
                     l.sent += n;
                     l.sent_bytes += bytes.len() as u64;
                 });
             }
-            Ok(())
         }
         .await;
         if let Err(e) = r {
             let _ = werr_tx.send(e).await;
         }
-        send
     });
     // Bodies sent on this link so far: a body several entries reference
     // (one delivery to many users, a copy) travels once.
     let mut sent_blobs: std::collections::HashSet<[u8; 32]> = Default::default();
+    let mut next_query = 1u64;
     let mut commits = store.commits();
     let result: anyhow::Result<()> = async {
         loop {
@@ -404,6 +441,7 @@ async fn link(
                     // this loop reads on.
                     let mut wire = Vec::with_capacity(orders.len());
                     let mut want = Vec::new();
+                    let mut already = 0;
                     for o in orders {
                         let e = by_order[&o];
                         if let Some((blob, _)) = bodies.get(&o) {
@@ -412,6 +450,8 @@ async fn link(
                             }
                             if sent_blobs.insert(blob.0) {
                                 want.push(*blob);
+                            } else {
+                                already += 1;
                             }
                         }
                         wire.push(WireEntry {
@@ -422,17 +462,20 @@ async fn link(
                             payload: e.payload.clone(),
                         });
                     }
-                    let st = store.clone();
-                    let build = tokio::task::spawn_blocking(move || -> anyhow::Result<(Vec<u8>, u64)> {
-                        let mut blobs = Vec::with_capacity(want.len());
-                        for blob in want {
-                            if let Some(b) = st.blob(&blob)? {
-                                blobs.push(WireBlob { hash: blob.0, body: b });
-                            }
-                        }
-                        let n = wire.len() as u64;
-                        Ok((Frame::Batch { id, entries: wire, blobs }.encode(), n))
-                    });
+                    let qid = next_query;
+                    next_query += 1;
+                    let build = tokio::spawn(build_batch(
+                        store.clone(),
+                        mirror.clone(),
+                        i,
+                        id,
+                        wire,
+                        want,
+                        already,
+                        qid,
+                        qtx.clone(),
+                        answers.clone(),
+                    ));
                     if wtx.send(build).await.is_err() {
                         break;
                     }
@@ -446,7 +489,9 @@ async fn link(
                 .sum();
             let inflight = engine.inflight_batches() as u64;
             let unacked_bytes = engine.unacked_bytes();
+            let local_added = heads.get(wal.local_origin());
             mirror.update_out(i, |l| {
+                l.local_added = local_added;
                 l.queue = queue;
                 l.inflight_batches = inflight;
                 l.unacked_bytes = unacked_bytes;
@@ -485,6 +530,79 @@ async fn link(
     writer.abort();
     conn.close(0u32.into(), b"bye");
     result
+}
+
+/// Build one batch: decide which bodies travel, read them, encode. A body
+/// this node holds other references to may already be at the peer, so the
+/// peer is asked first; a body referenced once here travels unasked.
+#[allow(clippy::too_many_arguments)]
+async fn build_batch(
+    store: Store,
+    mirror: Arc<Mirror>,
+    i: usize,
+    id: u64,
+    wire: Vec<WireEntry>,
+    want: Vec<crate::event::BlobHash>,
+    already: u64,
+    qid: u64,
+    queries: mpsc::UnboundedSender<Vec<u8>>,
+    answers: Arc<std::sync::Mutex<HashMap<u64, tokio::sync::oneshot::Sender<Vec<bool>>>>>,
+) -> anyhow::Result<(Vec<u8>, u64)> {
+    let st = store.clone();
+    let (mut send, ask) = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
+        let (mut send, mut ask) = (Vec::new(), Vec::new());
+        for b in want {
+            if st.body_refs(&b)? > 1 {
+                ask.push(b);
+            } else {
+                send.push(b);
+            }
+        }
+        Ok((send, ask))
+    })
+    .await??;
+    let mut held_by_peer = 0;
+    if !ask.is_empty() {
+        let (wtx, wrx) = tokio::sync::oneshot::channel();
+        answers.lock().expect("answers lock").insert(qid, wtx);
+        let q = Frame::Query {
+            id: qid,
+            hashes: ask.iter().map(|b| b.0).collect(),
+        };
+        queries.send(q.encode()).map_err(|_| anyhow::anyhow!("link closed"))?;
+        let held = wrx
+            .await
+            .map_err(|_| anyhow::anyhow!("link closed before query {qid} was answered"))?;
+        if held.len() != ask.len() {
+            bail!("query {qid}: {} answers for {} bodies", held.len(), ask.len());
+        }
+        for (b, h) in ask.into_iter().zip(held) {
+            if h {
+                held_by_peer += 1;
+            } else {
+                send.push(b);
+            }
+        }
+    }
+    tokio::task::spawn_blocking(move || {
+        let mut blobs = Vec::with_capacity(send.len());
+        let mut bytes = 0;
+        for blob in send.drain(..) {
+            if let Some(b) = store.blob(&blob)? {
+                bytes += b.len() as u64;
+                blobs.push(WireBlob { hash: blob.0, body: b });
+            }
+        }
+        let (n, nb) = (wire.len() as u64, blobs.len() as u64);
+        mirror.update_out(i, |l| {
+            l.bodies_sent += nb;
+            l.body_bytes_sent += bytes;
+            l.bodies_held_by_peer += held_by_peer;
+            l.bodies_already_sent += already;
+        });
+        Ok((Frame::Batch { id, entries: wire, blobs }.encode(), n))
+    })
+    .await?
 }
 
 async fn accept_loop(ep: quinn::Endpoint, store: Store, mirror: Arc<Mirror>, secret: Arc<Vec<u8>>, mut shutdown: watch::Receiver<bool>) {
@@ -566,7 +684,12 @@ async fn receive(incoming: quinn::Incoming, store: &Store, mirror: &Arc<Mirror>,
     // A batch with many bodies has them written once, straight to blob
     // files, here (while the writer commits earlier batches); its entries
     // follow through the writer.
-    type Ready = (u64, Vec<WireEntry>, Vec<WireBlob>, Vec<[u8; 32]>);
+    enum Ready {
+        /// A batch: id, entries, bodies still to write, bodies already durable.
+        Batch(u64, Vec<WireEntry>, Vec<WireBlob>, Vec<[u8; 32]>),
+        /// Which of these bodies are held here?
+        Query(u64, Vec<[u8; 32]>),
+    }
     let (tx, mut rx) = mpsc::channel::<anyhow::Result<Ready>>(APPLY_AHEAD);
     let m2 = mirror.clone();
     let st = store.clone();
@@ -579,7 +702,7 @@ async fn receive(incoming: quinn::Incoming, store: &Store, mirror: &Arc<Mirror>,
         loop {
             let st = st.clone();
             let f = read_frame(&mut recv, &m2).await;
-            let stop = !matches!(f, Ok(Frame::Batch { .. }));
+            let stop = !matches!(f, Ok(Frame::Batch { .. } | Frame::Query { .. }));
             let h = match f {
                 Ok(Frame::Batch { id, entries, blobs }) => tokio::task::spawn_blocking(move || {
                     verify_blobs(&blobs).map_err(|e| anyhow::anyhow!("batch {id} refused: {e}"))?;
@@ -589,10 +712,11 @@ async fn receive(incoming: quinn::Incoming, store: &Store, mirror: &Arc<Mirror>,
                         let items: Vec<(&[u8], &[u8])> = blobs.iter().map(|b| (&b.hash[..], &b.body[..])).collect();
                         st.put_bodies_flushed(&items).context("storing bodies")?;
                         let stored = blobs.iter().map(|b| b.hash).collect();
-                        return Ok((id, entries, Vec::new(), stored));
+                        return Ok(Ready::Batch(id, entries, Vec::new(), stored));
                     }
-                    Ok((id, entries, blobs, Vec::new()))
+                    Ok(Ready::Batch(id, entries, blobs, Vec::new()))
                 }),
+                Ok(Frame::Query { id, hashes }) => tokio::spawn(async move { Ok(Ready::Query(id, hashes)) }),
                 Ok(other) => {
                     let kind = other.kind();
                     tokio::spawn(async move { Err(anyhow::anyhow!("expected a batch, got {kind}")) })
@@ -641,7 +765,21 @@ async fn receive(incoming: quinn::Incoming, store: &Store, mirror: &Arc<Mirror>,
                 }
                 f = rx.recv(), if pending.len() < APPLY_AHEAD => {
                     let (id, entries, blobs, stored) = match f {
-                        Some(Ok(b)) => b,
+                        Some(Ok(Ready::Batch(id, entries, blobs, stored))) => (id, entries, blobs, stored),
+                        Some(Ok(Ready::Query(qid, hashes))) => {
+                            // Answered from what is durable here; a body on
+                            // its way in a batch of this link is never asked.
+                            let st = store.clone();
+                            let held = tokio::task::spawn_blocking(move || {
+                                hashes
+                                    .iter()
+                                    .map(|h| st.holds_body(&crate::event::BlobHash(*h)))
+                                    .collect::<Result<Vec<bool>, _>>()
+                            })
+                            .await??;
+                            write_frame(&mut send, &Frame::Held { id: qid, held }).await?;
+                            continue;
+                        }
                         Some(Err(e)) => return Err(e),
                         None => bail!("link closed"),
                     };
