@@ -138,11 +138,38 @@ fn check_invariants(store: &Store) {
                 mb.uidvalidity
             );
             assert_eq!(v.mailbox_id(&u, &mb.name).unwrap(), Some(mb.id), "name index of {}", mb.name);
-            for (uid, m) in v.messages(mb.id).unwrap() {
+            let msgs = v.messages(mb.id).unwrap();
+            for (uid, m) in &msgs {
+                let uid = *uid;
                 assert!(uid < mb.uidnext, "uid {uid} >= uidnext {} in {}", mb.uidnext, mb.name);
                 assert!(m.modseq <= mb.highestmodseq);
                 *refs.entry(m.blob.0).or_default() += 1;
                 assert!(store.blob(&m.blob).unwrap().is_some(), "blob of {} uid {uid} missing", mb.name);
+            }
+            // The change index names every live message once, at its own
+            // MODSEQ, and otherwise only expunged UIDs.
+            let all = v.changes_since(mb.id, 0).unwrap();
+            let live: std::collections::BTreeSet<u32> = all.iter().filter(|c| !c.1).map(|c| c.0).collect();
+            assert_eq!(
+                live.len(),
+                all.iter().filter(|c| !c.1).count(),
+                "a message listed twice in the change index"
+            );
+            assert_eq!(live, msgs.iter().map(|m| m.0).collect(), "change index of {}", mb.name);
+            for (uid, gone) in &all {
+                if *gone {
+                    assert!(!live.contains(uid), "uid {uid} both live and expunged in the change index");
+                }
+            }
+            for (uid, m) in &msgs {
+                let since = v.changes_since(mb.id, m.modseq - 1).unwrap();
+                assert!(since.contains(&(*uid, false)), "uid {uid} not indexed at its modseq {}", m.modseq);
+                if m.modseq > 0 {
+                    assert!(
+                        !v.changes_since(mb.id, m.modseq).unwrap().contains(&(*uid, false)),
+                        "uid {uid} indexed above its modseq"
+                    );
+                }
             }
         }
     }

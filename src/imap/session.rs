@@ -846,6 +846,62 @@ impl Session {
         if mb.highestmodseq == sel.modseq && !(expunges && sel.expunge_pending) {
             return;
         }
+        if !(expunges && sel.expunge_pending) {
+            // What changed since the session last looked, from the change
+            // index: the work follows the changes, not the mailbox size.
+            if let Ok(changes) = v.changes_since(sel.id, sel.modseq) {
+                let mut lines = Vec::new();
+                let mut pending = sel.expunge_pending;
+                let (mut gone, mut changed): (Vec<u32>, Vec<u32>) = (Vec::new(), Vec::new());
+                for (uid, expunged) in changes {
+                    if expunged {
+                        gone.push(uid);
+                    } else {
+                        changed.push(uid);
+                    }
+                }
+                gone.sort_unstable();
+                changed.sort_unstable();
+                for uid in gone {
+                    if let Ok(pos) = sel.uids.binary_search(&uid) {
+                        if expunges {
+                            lines.push(format!("* {} EXPUNGE", pos + 1));
+                            sel.uids.remove(pos);
+                            sel.flags.remove(&uid);
+                        } else {
+                            pending = true;
+                        }
+                    }
+                }
+                let last = sel.uids.last().copied().unwrap_or(0);
+                let mut added = false;
+                for uid in changed {
+                    // Gone since the index was read: the next sync sees it.
+                    let Ok(Some(m)) = v.message(sel.id, uid) else { continue };
+                    if uid > last {
+                        sel.uids.push(uid);
+                        sel.flags.insert(uid, m.flags);
+                        added = true;
+                    } else if let Ok(pos) = sel.uids.binary_search(&uid) {
+                        if sel.flags.get(&uid) != Some(&m.flags) {
+                            lines.push(format!("* {} FETCH (UID {uid} FLAGS {})", pos + 1, fetch::flags_list(&m.flags)));
+                            sel.flags.insert(uid, m.flags);
+                        }
+                    }
+                }
+                if added {
+                    lines.push(format!("* {} EXISTS", sel.uids.len()));
+                }
+                sel.modseq = mb.highestmodseq;
+                sel.expunge_pending = pending;
+                for l in lines {
+                    self.line(&l);
+                }
+                return;
+            }
+        }
+        // Expunges held back earlier are announced now: compare the whole
+        // mailbox with what the client was told.
         let Ok(msgs) = v.messages(sel.id) else { return };
         let current: HashMap<u32, &MessageRec> = msgs.iter().map(|(u, m)| (*u, m)).collect();
         let mut lines = Vec::new();

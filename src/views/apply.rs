@@ -32,12 +32,25 @@ fn bump_content(v: &mut TxnViews<'_, '_>, mailbox: Id, blob: &BlobHash, delta: i
     Ok(())
 }
 
-/// Remove one message and its references.
-fn remove_message(v: &mut TxnViews<'_, '_>, mailbox: Id, uid: u32, m: &MessageRec) -> Result<(), ViewError> {
+/// Remove one message and its references; an expunge at `modseq` is left
+/// in the change index (a dropped mailbox leaves none).
+fn remove_message(v: &mut TxnViews<'_, '_>, mailbox: Id, uid: u32, m: &MessageRec, modseq: Option<u64>) -> Result<(), ViewError> {
     bump_refcount(v, &m.blob, -1)?;
     bump_content(v, mailbox, &m.blob, -1)?;
     v.delete(&keys::message(mailbox, uid));
+    v.delete(&keys::change(mailbox, m.modseq, uid));
+    if let Some(modseq) = modseq {
+        v.put(&keys::change(mailbox, modseq, uid), &[1]);
+    }
     Ok(())
+}
+
+/// A message changed at `modseq` (it was at `old` before, if it existed).
+fn note_change(v: &mut TxnViews<'_, '_>, mailbox: Id, uid: u32, old: Option<u64>, modseq: u64) {
+    if let Some(old) = old {
+        v.delete(&keys::change(mailbox, old, uid));
+    }
+    v.put(&keys::change(mailbox, modseq, uid), &[0]);
 }
 
 fn touch_mailbox(v: &mut TxnViews<'_, '_>, user: &str, mut mb: MailboxRec, modseq: u64) {
@@ -47,7 +60,10 @@ fn touch_mailbox(v: &mut TxnViews<'_, '_>, user: &str, mut mb: MailboxRec, modse
 
 fn drop_messages(v: &mut TxnViews<'_, '_>, mailbox: Id) -> Result<(), ViewError> {
     for (uid, m) in v.messages(mailbox)? {
-        remove_message(v, mailbox, uid, &m)?;
+        remove_message(v, mailbox, uid, &m, None)?;
+    }
+    for (k, _) in v.vscan(&keys::changes_prefix(mailbox))? {
+        v.delete(&k);
     }
     Ok(())
 }
@@ -197,6 +213,7 @@ pub fn apply(v: &mut TxnViews<'_, '_>, at: &Appended, event: &Event) -> Result<(
                 return Ok(());
             }
             v.put(&keys::message(*mailbox, *uid), &enc(&m));
+            note_change(v, *mailbox, *uid, None, modseq);
             bump_refcount(v, blob, 1)?;
             bump_content(v, *mailbox, blob, 1)?;
             mb.uidnext = mb.uidnext.max(uid.saturating_add(1));
@@ -225,6 +242,9 @@ pub fn apply(v: &mut TxnViews<'_, '_>, at: &Appended, event: &Event) -> Result<(
                     },
                 };
                 if m.merge_flags(*op, flags, ts) {
+                    if key == keys::message(*mailbox, *uid) {
+                        note_change(v, *mailbox, *uid, Some(m.modseq), modseq);
+                    }
                     m.modseq = modseq;
                     changed = true;
                 }
@@ -240,7 +260,7 @@ pub fn apply(v: &mut TxnViews<'_, '_>, at: &Appended, event: &Event) -> Result<(
             };
             for (uid, guid) in messages {
                 match v.message(*mailbox, *uid)? {
-                    Some(m) if m.guid == *guid => remove_message(v, *mailbox, *uid, &m)?,
+                    Some(m) if m.guid == *guid => remove_message(v, *mailbox, *uid, &m, Some(modseq))?,
                     _ => {
                         if let Some(m) = conflict(v, *mailbox, *uid, *guid)? {
                             bump_refcount(v, &m.blob, -1)?;

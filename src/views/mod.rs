@@ -183,6 +183,30 @@ pub mod keys {
         k.extend_from_slice(&mailbox.0);
         k
     }
+    /// Change index: `Q | mailbox | modseq | uid` for the last change of
+    /// every message (value `[0]`) and for every expunge (`[1]`), so a
+    /// session catches up by reading what changed after its MODSEQ instead
+    /// of the whole mailbox.
+    pub fn change(mailbox: Id, modseq: u64, uid: u32) -> Vec<u8> {
+        let mut k = Vec::with_capacity(29);
+        k.push(b'Q');
+        k.extend_from_slice(&mailbox.0);
+        k.extend_from_slice(&modseq.to_be_bytes());
+        k.extend_from_slice(&uid.to_be_bytes());
+        k
+    }
+    pub fn changes_prefix(mailbox: Id) -> Vec<u8> {
+        let mut k = Vec::with_capacity(17);
+        k.push(b'Q');
+        k.extend_from_slice(&mailbox.0);
+        k
+    }
+    /// (modseq, uid) of a change key.
+    pub fn change_of(key: &[u8]) -> Option<(u64, u32)> {
+        let m = key.get(17..25)?.try_into().ok().map(u64::from_be_bytes)?;
+        let u = key.get(25..29)?.try_into().ok().map(u32::from_be_bytes)?;
+        Some((m, u))
+    }
     pub fn uid_of(message_key: &[u8]) -> Option<u32> {
         message_key.get(17..21).and_then(|b| b.try_into().ok()).map(u32::from_be_bytes)
     }

@@ -146,6 +146,26 @@ pub struct Views {
     pub blobs: Cf,
 }
 
+impl Views {
+    /// (uid, expunged) of every message of `mailbox` changed after
+    /// `modseq`, in change order.
+    pub fn changes_since(&self, mailbox: Id, modseq: u64) -> Result<Vec<(u32, bool)>, ViewError> {
+        let prefix = keys::changes_prefix(mailbox);
+        let start = keys::change(mailbox, modseq.saturating_add(1), 0);
+        self.wal
+            .scan_from(self.cf, &prefix, &start)?
+            .into_iter()
+            .map(|(k, v)| {
+                let (_, uid) = keys::change_of(&k).ok_or_else(|| ViewError::Corrupt {
+                    key: hex::encode(&k),
+                    reason: "change key too short".into(),
+                })?;
+                Ok((uid, v.first() == Some(&1)))
+            })
+            .collect()
+    }
+}
+
 impl ViewRead for Views {
     fn vget(&self, key: &[u8]) -> Result<Option<Vec<u8>>, WalError> {
         self.wal.get(self.cf, key)

@@ -178,10 +178,14 @@ impl Shared {
     }
 
     pub(crate) fn scan_prefix_raw(&self, cf: Cf, prefix: &[u8]) -> Result<KeyValues, WalError> {
+        self.scan_from_raw(cf, prefix, prefix)
+    }
+
+    pub(crate) fn scan_from_raw(&self, cf: Cf, prefix: &[u8], start: &[u8]) -> Result<KeyValues, WalError> {
         let mut out = Vec::new();
         for item in self
             .db
-            .iterator_cf(self.handle(cf.0), IteratorMode::From(prefix, Direction::Forward))
+            .iterator_cf(self.handle(cf.0), IteratorMode::From(start, Direction::Forward))
         {
             let (k, v) = item?;
             if !k.starts_with(prefix) {
@@ -515,6 +519,13 @@ impl Wal {
     /// All committed keys with `prefix`, in key order.
     pub fn scan_prefix(&self, cf: Cf, prefix: &[u8]) -> Result<KeyValues, WalError> {
         self.shared.scan_prefix_raw(cf, prefix)
+    }
+
+    /// Committed keys with `prefix` from `start` on (`start` begins with
+    /// `prefix`), in key order.
+    pub fn scan_from(&self, cf: Cf, prefix: &[u8], start: &[u8]) -> Result<KeyValues, WalError> {
+        debug_assert!(start.starts_with(prefix));
+        self.shared.scan_from_raw(cf, prefix, start)
     }
 
     /// Every key of a column family, in key order (audits, digests).
