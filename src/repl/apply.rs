@@ -137,3 +137,82 @@ pub fn apply_batch(
     }
     Ok(n)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::mutate::{self, NewMessage};
+    use crate::store::{wal_options, Store};
+
+    fn open(dir: &std::path::Path, node: &str) -> Store {
+        Store::open(dir, node, wal_options(node)).unwrap()
+    }
+
+    /// Everything `store` holds in its apply order, from `from`, as shipped.
+    fn shipped(store: &Store, from: u64) -> Vec<WireEntry> {
+        store
+            .wal()
+            .read_order(from, 1000)
+            .unwrap()
+            .into_iter()
+            .map(|(_, e)| WireEntry {
+                origin: e.origin.0,
+                seq: e.seq,
+                hlc: e.hlc,
+                hash: e.hash,
+                payload: e.payload,
+            })
+            .collect()
+    }
+
+    fn run(store: &Store, entries: Vec<WireEntry>, blobs: Vec<WireBlob>) -> Result<Applied, crate::store::StoreError> {
+        store.run_blocking(move |t, c| apply_batch(t, c, &entries, &blobs, &[]).map_err(Into::into))
+    }
+
+    #[test]
+    fn bodies_are_checked_and_an_entry_needs_its_body_held_or_sent() {
+        let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let (a, b) = (open(da.path(), "a"), open(db.path(), "b"));
+        let body = b"Subject: x\r\n\r\nthe body\r\n".to_vec();
+        let hash = BlobHash::of(&body);
+        a.run_blocking(move |t, c| {
+            mutate::create_user(t, c, "u@x", "h".into(), 1)?;
+            mutate::append(t, c, "u@x", "INBOX", &NewMessage::new(body, Default::default(), 1))?;
+            Ok(())
+        })
+        .unwrap();
+        let first = shipped(&a, 1);
+        // A body that is not what its hash names is refused before apply.
+        let bad = vec![WireBlob {
+            hash: hash.0,
+            body: b"something else".to_vec(),
+        }];
+        assert!(matches!(verify_blobs(&bad), Err(ApplyError::BadBlob { .. })));
+        // The delivery without its body is refused, and nothing is written.
+        let err = run(&b, first.clone(), vec![]).unwrap_err().to_string();
+        assert!(err.contains("neither held nor in the batch"), "{err}");
+        assert_eq!(b.wal().last_order(), 0, "a refused batch left entries behind");
+        // With its body it applies, and the body is held.
+        let good = vec![WireBlob {
+            hash: hash.0,
+            body: a.blob(&hash).unwrap().unwrap(),
+        }];
+        verify_blobs(&good).unwrap();
+        let n = run(&b, first, good).unwrap();
+        assert_eq!(n.add, 1);
+        assert!(b.holds_body(&hash).unwrap());
+        // A copy of it on A needs no body: B holds it.
+        let from = a.wal().last_order() + 1;
+        a.run_blocking(|t, c| {
+            let inbox = crate::views::ViewRead::mailbox_id(&TxnViews { txn: t, cf: c.views }, "u@x", "INBOX")?.unwrap();
+            let kept = mutate::create_mailbox(t, c, "u@x", "Kept", None, 1)?.id;
+            mutate::copy(t, c, "u@x", inbox, &[1], kept, false)?;
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(a.body_refs(&hash).unwrap(), 2);
+        let n = run(&b, shipped(&a, from), vec![]).unwrap();
+        assert_eq!(n.add, 1);
+        assert_eq!(b.body_refs(&hash).unwrap(), 2);
+    }
+}
