@@ -28,6 +28,10 @@ pub struct NodeConfig {
     pub id: String,
     /// Where the RocksDB store, the node id and the admin token live.
     pub data_dir: PathBuf,
+    /// Write RocksDB flushes and compactions with O_DIRECT (bodies are
+    /// written once without a page-cache copy). Turned off by itself, with
+    /// a warning, on a file system that refuses O_DIRECT.
+    pub direct_io: bool,
 }
 
 /// A listener: `listen = "127.0.0.1:1143"`.
@@ -210,6 +214,7 @@ impl Default for NodeConfig {
         NodeConfig {
             id: String::new(),
             data_dir: PathBuf::from("tandem-data"),
+            direct_io: true,
         }
     }
 }

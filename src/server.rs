@@ -144,7 +144,9 @@ pub async fn start(cfg: &Config) -> anyhow::Result<Running> {
     let node_id = resolve_node_id(cfg)?;
     let db = cfg.db_path();
     let id2 = node_id.clone();
-    let store = tokio::task::spawn_blocking(move || Store::open(&db, &id2, store::wal_options(&id2)))
+    let mut opts = store::wal_options(&id2);
+    opts.direct_flush = cfg.node.direct_io;
+    let store = tokio::task::spawn_blocking(move || Store::open(&db, &id2, opts))
         .await?
         .with_context(|| format!("opening the store in {}", cfg.db_path().display()))?;
     let rep = store.wal().recovery_report().clone();
