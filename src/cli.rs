@@ -214,10 +214,14 @@ fn print_status(st: &Status) {
                 o.send_rate,
                 o.last_error.as_deref().map(|e| format!("   last error: {e}")).unwrap_or_default()
             );
+            println!(
+                "     added here {}   bodies sent {} ({} bytes)   held by peer {}   already sent {}",
+                o.local_added, o.bodies_sent, o.body_bytes_sent, o.bodies_held_by_peer, o.bodies_already_sent
+            );
         }
         for (peer, i) in &mi.incoming {
             println!(
-                "  from {:<19} {:<12} batches {}   add {}   delete {}   rename {}   flags {}   other {}   duplicates {}   failed {}",
+                "  from {:<19} {:<12} batches {}   add {}   delete {}   rename {}   flags {}   other {}   duplicates {}   failed {}   {:.0} entries/s",
                 peer,
                 if i.connected { "connected" } else { "disconnected" },
                 i.batches,
@@ -227,7 +231,8 @@ fn print_status(st: &Status) {
                 i.applied.flags,
                 i.applied.other,
                 i.applied.duplicates,
-                i.failed
+                i.failed,
+                i.apply_rate
             );
         }
     }

@@ -80,7 +80,7 @@ pub struct OutLink {
 }
 
 /// What arrived from one peer.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct InLink {
     pub connected: bool,
     pub since_ms: u64,
@@ -90,6 +90,28 @@ pub struct InLink {
     pub applied: apply::Applied,
     pub failed: u64,
     pub last_error: Option<String>,
+    /// Entries applied per second, over the last few seconds.
+    #[serde(default)]
+    pub apply_rate: f64,
+    /// (unix ms, entries applied) at the start of the rate window.
+    #[serde(default, skip_serializing)]
+    pub rate_mark: (u64, u64),
+}
+
+impl InLink {
+    /// Count an applied batch and refresh the rate (a window of at least
+    /// two seconds).
+    pub fn applied_batch(&mut self, n: apply::Applied, now: u64) {
+        self.batches += 1;
+        self.applied += n;
+        let (since, then) = self.rate_mark;
+        if since == 0 {
+            self.rate_mark = (now, self.applied.entries);
+        } else if now.saturating_sub(since) >= 2000 {
+            self.apply_rate = (self.applied.entries - then) as f64 * 1000.0 / (now - since) as f64;
+            self.rate_mark = (now, self.applied.entries);
+        }
+    }
 }
 
 /// Mirror status for `tandem status`.

@@ -747,10 +747,7 @@ async fn receive(incoming: quinn::Incoming, store: &Store, mirror: &Arc<Mirror>,
                     let (id, _) = pending.pop_front().expect("guarded");
                     match r {
                         Ok(n) => {
-                            mirror.update_in(&node_id, |l| {
-                                l.batches += 1;
-                                l.applied += n;
-                            });
+                            mirror.update_in(&node_id, |l| l.applied_batch(n, now_ms()));
                             write_frame(
                                 &mut send,
                                 &Frame::Ack {
