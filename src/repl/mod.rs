@@ -245,3 +245,25 @@ impl Mirror {
         f(self.incoming.lock().expect("mirror lock").entry(peer.to_string()).or_default())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn apply_rate_is_entries_over_a_window_of_two_seconds_or_more() {
+        let mut l = InLink::default();
+        let batch = |n| apply::Applied {
+            entries: n,
+            ..Default::default()
+        };
+        l.applied_batch(batch(10), 1_000);
+        l.applied_batch(batch(30), 2_000);
+        assert_eq!(l.apply_rate, 0.0, "no full window yet");
+        l.applied_batch(batch(50), 3_500);
+        // 80 entries in the 2.5 s after the first mark.
+        assert!((l.apply_rate - 32.0).abs() < 1e-9, "{}", l.apply_rate);
+        assert_eq!(l.batches, 3);
+        assert_eq!(l.applied.entries, 90);
+    }
+}
