@@ -15,78 +15,82 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::net::UdpSocket;
 
 /// A UDP relay: datagrams from clients go to `target` after `delay`, and
 /// the target's answers go back to each client after `delay`. Each direction
-/// is one FIFO line, so datagrams keep their order (a timer per datagram
-/// would reorder bursts, which QUIC rightly reads as loss).
-async fn relay(listen: UdpSocket, target: SocketAddr, delay: Duration) {
-    use tokio::sync::mpsc;
-    use tokio::time::Instant as TInstant;
-    /// One direction: forward each datagram at its due time, in order.
-    fn line(delay: Duration, mut send: impl FnMut(Vec<u8>) + Send + 'static) -> mpsc::UnboundedSender<(TInstant, Vec<u8>)> {
-        let (tx, mut rx) = mpsc::unbounded_channel::<(TInstant, Vec<u8>)>();
-        tokio::spawn(async move {
-            while let Some((due, data)) = rx.recv().await {
-                tokio::time::sleep_until(due).await;
-                send(data);
+/// is one FIFO line (a receiving thread and a sending thread), so datagrams
+/// keep their order: a timer per datagram would reorder bursts, which QUIC
+/// rightly reads as loss. Plain threads and blocking sockets keep the
+/// harness's own cost low: it shares the cores with both nodes. It stops
+/// when `stop` is set.
+fn relay(listen: std::net::UdpSocket, target: SocketAddr, delay: Duration, stop: Arc<std::sync::atomic::AtomicBool>) {
+    use std::sync::atomic::Ordering;
+    use std::sync::mpsc;
+    /// One direction's sending half: forward each datagram at its due time
+    /// (within 0.2 ms), in order.
+    fn line(mut send: impl FnMut(&[u8]) + Send + 'static) -> mpsc::Sender<(Instant, Vec<u8>)> {
+        let (tx, rx) = mpsc::channel::<(Instant, Vec<u8>)>();
+        std::thread::spawn(move || {
+            while let Ok((due, data)) = rx.recv() {
+                let now = Instant::now();
+                if due > now + Duration::from_micros(200) {
+                    std::thread::sleep(due - now);
+                }
+                send(&data);
             }
         });
-        let _ = delay;
         tx
     }
     let listen = Arc::new(listen);
-    let mut uplinks: std::collections::HashMap<SocketAddr, mpsc::UnboundedSender<(TInstant, Vec<u8>)>> = Default::default();
-    let mut buf = vec![0u8; 65536];
-    loop {
-        let Ok((n, client)) = listen.recv_from(&mut buf).await else {
-            return;
-        };
-        let up = match uplinks.get(&client) {
-            Some(u) => u.clone(),
-            None => {
-                let u = Arc::new(relay_socket("127.0.0.1:0").await);
-                u.connect(target).await.unwrap();
+    listen.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
+    std::thread::spawn(move || {
+        let mut uplinks: std::collections::HashMap<SocketAddr, mpsc::Sender<(Instant, Vec<u8>)>> = Default::default();
+        let mut buf = vec![0u8; 65536];
+        while !stop.load(Ordering::Relaxed) {
+            let (n, client) = match listen.recv_from(&mut buf) {
+                Ok(x) => x,
+                Err(_) => continue, // timeout: look at `stop`
+            };
+            let up = uplinks.entry(client).or_insert_with(|| {
+                let u = Arc::new(relay_socket("127.0.0.1:0"));
+                u.connect(target).unwrap();
+                u.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
                 let back_sock = listen.clone();
-                let back = line(delay, move |d| {
-                    let _ = back_sock.try_send_to(&d, client);
+                let back = line(move |d| {
+                    let _ = back_sock.send_to(d, client);
                 });
-                let (u2, up_sock) = (u.clone(), u.clone());
-                tokio::spawn(async move {
+                let (u2, up_sock, stop2) = (u.clone(), u.clone(), stop.clone());
+                std::thread::spawn(move || {
                     let mut b = vec![0u8; 65536];
-                    loop {
-                        let n = match u2.recv(&mut b).await {
+                    while !stop2.load(Ordering::Relaxed) {
+                        let n = match u2.recv(&mut b) {
                             Ok(n) => n,
-                            // Nothing listened there yet (ICMP port unreachable): keep relaying.
-                            Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => continue,
-                            Err(_) => return,
+                            // Timeout, or nothing listening there yet (ICMP
+                            // port unreachable): keep relaying.
+                            Err(_) => continue,
                         };
-                        if back.send((TInstant::now() + delay, b[..n].to_vec())).is_err() {
+                        if back.send((Instant::now() + delay, b[..n].to_vec())).is_err() {
                             return;
                         }
                     }
                 });
-                let tx = line(delay, move |d| {
-                    let _ = up_sock.try_send(&d);
-                });
-                uplinks.insert(client, tx.clone());
-                tx
-            }
-        };
-        let _ = up.send((TInstant::now() + delay, buf[..n].to_vec()));
-    }
+                line(move |d| {
+                    let _ = up_sock.send(d);
+                })
+            });
+            let _ = up.send((Instant::now() + delay, buf[..n].to_vec()));
+        }
+    });
 }
 
 /// A relay socket with buffers like the nodes' own (8 MB), so the harness
 /// does not drop what the nodes would not.
-async fn relay_socket(addr: &str) -> UdpSocket {
+fn relay_socket(addr: &str) -> std::net::UdpSocket {
     let s = std::net::UdpSocket::bind(addr).unwrap();
     let r = socket2::SockRef::from(&s);
     let _ = r.set_recv_buffer_size(8 << 20);
     let _ = r.set_send_buffer_size(8 << 20);
-    s.set_nonblocking(true).unwrap();
-    UdpSocket::from_std(s).unwrap()
+    s
 }
 
 fn free_udp() -> u16 {
@@ -156,14 +160,15 @@ fn catch_up(rt: &tokio::runtime::Runtime, n: u64, delay: Duration) -> CatchUp {
     }
     let (pa, pb) = (free_udp(), free_udp());
     // Relays: B reaches A through ra, A reaches B through rb.
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let (ra, rb) = if delay.is_zero() {
         (pa, pb)
     } else {
         let (ra, rb) = (free_udp(), free_udp());
         let a_target: SocketAddr = format!("127.0.0.1:{pa}").parse().unwrap();
         let b_target: SocketAddr = format!("127.0.0.1:{pb}").parse().unwrap();
-        rt.spawn(async move { relay(relay_socket(&format!("127.0.0.1:{ra}")).await, a_target, delay).await });
-        rt.spawn(async move { relay(relay_socket(&format!("127.0.0.1:{rb}")).await, b_target, delay).await });
+        relay(relay_socket(&format!("127.0.0.1:{ra}")), a_target, delay, stop.clone());
+        relay(relay_socket(&format!("127.0.0.1:{rb}")), b_target, delay, stop.clone());
         (ra, rb)
     };
     let cfg_a = config(&dir.path().join("a"), "node-a", pa, rb);
@@ -225,6 +230,7 @@ fn catch_up(rt: &tokio::runtime::Runtime, n: u64, delay: Duration) -> CatchUp {
         (Some((t1, h1)), Some((t2, h2))) if t2 > t1 => (h2 - h1) as f64 / (t2 - t1),
         _ => entries as f64 / secs,
     };
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
     CatchUp { secs, entries, steady }
 }
 
