@@ -76,3 +76,42 @@ assert med < 0.1, "median delay from 250 to EXISTS %.1f ms" % (med * 1000)
     );
     eprintln!("{out}");
 }
+
+/// An expunge made elsewhere is not announced during FETCH (sequence
+/// numbers must not shift under the client); it is held back and announced
+/// by the next NOOP, while flag changes and new mail still arrive.
+#[test]
+fn expunges_held_back_during_fetch_come_with_the_next_noop() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = node_with_users(dir.path(), "held", "", &["alice@example.org"]);
+    python(
+        &node,
+        r#"
+from imaptest import *
+a = connect("alice@example.org")
+b = connect("alice@example.org")
+for i in range(4):
+    ok(a.append("INBOX", None, None, message("m%d" % i)))
+ok(a.select("INBOX"))
+ok(b.select("INBOX"))
+ok(a.store("2", "+FLAGS", "(\\Deleted)"))
+ok(a.expunge())
+ok(a.store("3", "+FLAGS", "(\\Flagged)"))
+lmtp_deliver("alice@example.org", message("fresh"))
+# b still numbers four old messages; FETCH must not renumber them.
+r = ok(b.fetch("1:4", "(UID)"))
+got = [x for x in r if x]
+# Old numbers: the expunged message (seq 2) has nothing to show (RFC 2180
+# 4.1.2 allows leaving it out), and 3 and 4 keep their numbers.
+assert b"3 (UID 3)" in got and b"4 (UID 4)" in got, got
+assert b.response("EXPUNGE")[1] == [None], "EXPUNGE sent during FETCH"
+b.noop()
+exp = b.response("EXPUNGE")[1]
+assert exp == [b"2"], exp
+r = ok(b.fetch("1:*", "(UID FLAGS)"))
+lines = [x for x in r if x]
+assert len(lines) == 4, lines
+assert any(b"\\Flagged" in x and b"UID 4" in x for x in lines), lines
+"#,
+    );
+}

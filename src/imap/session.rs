@@ -47,6 +47,102 @@ struct Selected {
     expunge_pending: bool,
 }
 
+/// What a sync found to tell the client: untagged lines (EXPUNGE, FETCH),
+/// whether messages were added (an EXISTS follows), and whether expunges
+/// are still held back.
+struct Found {
+    lines: Vec<String>,
+    added: bool,
+    pending: bool,
+}
+
+/// Bring `sel` up to date from the change index entries after its MODSEQ.
+fn changed_since(sel: &mut Selected, v: &crate::views::Views, changes: Vec<(u32, bool)>, expunges: bool) -> Found {
+    let mut lines = Vec::new();
+    let mut pending = sel.expunge_pending;
+    let (mut gone, mut changed): (Vec<u32>, Vec<u32>) = (Vec::new(), Vec::new());
+    for (uid, expunged) in changes {
+        if expunged {
+            gone.push(uid);
+        } else {
+            changed.push(uid);
+        }
+    }
+    gone.sort_unstable();
+    changed.sort_unstable();
+    for uid in gone {
+        if let Ok(pos) = sel.uids.binary_search(&uid) {
+            if expunges {
+                lines.push(format!("* {} EXPUNGE", pos + 1));
+                sel.uids.remove(pos);
+                sel.flags.remove(&uid);
+            } else {
+                pending = true;
+            }
+        }
+    }
+    let last = sel.uids.last().copied().unwrap_or(0);
+    let mut added = false;
+    for uid in changed {
+        // Gone since the index was read: the next sync sees it.
+        let Ok(Some(m)) = v.message(sel.id, uid) else { continue };
+        if uid > last {
+            sel.uids.push(uid);
+            sel.flags.insert(uid, m.flags);
+            added = true;
+        } else if let Ok(pos) = sel.uids.binary_search(&uid) {
+            if sel.flags.get(&uid) != Some(&m.flags) {
+                lines.push(format!("* {} FETCH (UID {uid} FLAGS {})", pos + 1, fetch::flags_list(&m.flags)));
+                sel.flags.insert(uid, m.flags);
+            }
+        }
+    }
+    Found { lines, added, pending }
+}
+
+/// Bring `sel` up to date by comparing the whole mailbox with it.
+fn compare_whole(sel: &mut Selected, v: &crate::views::Views, expunges: bool) -> Option<Found> {
+    let msgs = v.messages(sel.id).ok()?;
+    let current: HashMap<u32, &MessageRec> = msgs.iter().map(|(u, m)| (*u, m)).collect();
+    let mut lines = Vec::new();
+    let mut pending = false;
+    if expunges {
+        let mut seq = 0usize;
+        let mut kept = Vec::with_capacity(sel.uids.len());
+        for uid in &sel.uids {
+            seq += 1;
+            if current.contains_key(uid) {
+                kept.push(*uid);
+            } else {
+                lines.push(format!("* {seq} EXPUNGE"));
+                sel.flags.remove(uid);
+                seq -= 1;
+            }
+        }
+        sel.uids = kept;
+    } else {
+        pending = sel.uids.iter().any(|u| !current.contains_key(u));
+    }
+    for (i, uid) in sel.uids.iter().enumerate() {
+        if let Some(m) = current.get(uid) {
+            if sel.flags.get(uid) != Some(&m.flags) {
+                lines.push(format!("* {} FETCH (UID {uid} FLAGS {})", i + 1, fetch::flags_list(&m.flags)));
+                sel.flags.insert(*uid, m.flags.clone());
+            }
+        }
+    }
+    let last = sel.uids.last().copied().unwrap_or(0);
+    let mut added = false;
+    for (uid, m) in &msgs {
+        if *uid > last {
+            sel.uids.push(*uid);
+            sel.flags.insert(*uid, m.flags.clone());
+            added = true;
+        }
+    }
+    Some(Found { lines, added, pending })
+}
+
 enum Auth {
     None,
     User { name: String, _slot: SlotGuard },
@@ -846,100 +942,20 @@ impl Session {
         if mb.highestmodseq == sel.modseq && !(expunges && sel.expunge_pending) {
             return;
         }
-        if !(expunges && sel.expunge_pending) {
-            // What changed since the session last looked, from the change
-            // index: the work follows the changes, not the mailbox size.
-            if let Ok(changes) = v.changes_since(sel.id, sel.modseq) {
-                let mut lines = Vec::new();
-                let mut pending = sel.expunge_pending;
-                let (mut gone, mut changed): (Vec<u32>, Vec<u32>) = (Vec::new(), Vec::new());
-                for (uid, expunged) in changes {
-                    if expunged {
-                        gone.push(uid);
-                    } else {
-                        changed.push(uid);
-                    }
-                }
-                gone.sort_unstable();
-                changed.sort_unstable();
-                for uid in gone {
-                    if let Ok(pos) = sel.uids.binary_search(&uid) {
-                        if expunges {
-                            lines.push(format!("* {} EXPUNGE", pos + 1));
-                            sel.uids.remove(pos);
-                            sel.flags.remove(&uid);
-                        } else {
-                            pending = true;
-                        }
-                    }
-                }
-                let last = sel.uids.last().copied().unwrap_or(0);
-                let mut added = false;
-                for uid in changed {
-                    // Gone since the index was read: the next sync sees it.
-                    let Ok(Some(m)) = v.message(sel.id, uid) else { continue };
-                    if uid > last {
-                        sel.uids.push(uid);
-                        sel.flags.insert(uid, m.flags);
-                        added = true;
-                    } else if let Ok(pos) = sel.uids.binary_search(&uid) {
-                        if sel.flags.get(&uid) != Some(&m.flags) {
-                            lines.push(format!("* {} FETCH (UID {uid} FLAGS {})", pos + 1, fetch::flags_list(&m.flags)));
-                            sel.flags.insert(uid, m.flags);
-                        }
-                    }
-                }
-                if added {
-                    lines.push(format!("* {} EXISTS", sel.uids.len()));
-                }
-                sel.modseq = mb.highestmodseq;
-                sel.expunge_pending = pending;
-                for l in lines {
-                    self.line(&l);
-                }
-                return;
-            }
-        }
-        // Expunges held back earlier are announced now: compare the whole
-        // mailbox with what the client was told.
-        let Ok(msgs) = v.messages(sel.id) else { return };
-        let current: HashMap<u32, &MessageRec> = msgs.iter().map(|(u, m)| (*u, m)).collect();
-        let mut lines = Vec::new();
-        let mut pending = false;
-        if expunges {
-            let mut seq = 0usize;
-            let mut kept = Vec::with_capacity(sel.uids.len());
-            for uid in &sel.uids {
-                seq += 1;
-                if current.contains_key(uid) {
-                    kept.push(*uid);
-                } else {
-                    lines.push(format!("* {seq} EXPUNGE"));
-                    sel.flags.remove(uid);
-                    seq -= 1;
-                }
-            }
-            sel.uids = kept;
+        // What changed since the session last looked comes from the change
+        // index: the work follows the changes, not the mailbox size. Only
+        // expunges held back earlier (during FETCH, STORE, SEARCH) need the
+        // whole mailbox compared with what the client was told.
+        let changes = if expunges && sel.expunge_pending {
+            None
         } else {
-            pending = sel.uids.iter().any(|u| !current.contains_key(u));
-        }
-        for (i, uid) in sel.uids.iter().enumerate() {
-            if let Some(m) = current.get(uid) {
-                if sel.flags.get(uid) != Some(&m.flags) {
-                    lines.push(format!("* {} FETCH (UID {uid} FLAGS {})", i + 1, fetch::flags_list(&m.flags)));
-                    sel.flags.insert(*uid, m.flags.clone());
-                }
-            }
-        }
-        let last = sel.uids.last().copied().unwrap_or(0);
-        let mut added = false;
-        for (uid, m) in &msgs {
-            if *uid > last {
-                sel.uids.push(*uid);
-                sel.flags.insert(*uid, m.flags.clone());
-                added = true;
-            }
-        }
+            v.changes_since(sel.id, sel.modseq).ok()
+        };
+        let found = match changes {
+            Some(c) => Some(changed_since(sel, &v, c, expunges)),
+            None => compare_whole(sel, &v, expunges),
+        };
+        let Some(Found { mut lines, added, pending }) = found else { return };
         if added {
             lines.push(format!("* {} EXISTS", sel.uids.len()));
         }
