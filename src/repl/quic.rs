@@ -532,6 +532,9 @@ async fn link(
     result
 }
 
+/// How long a batch builder waits for the peer to answer a body query.
+const QUERY_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// Build one batch: decide which bodies travel, read them, encode. A body
 /// this node holds other references to may already be at the peer, so the
 /// peer is asked first; a body referenced once here travels unasked.
@@ -570,8 +573,11 @@ async fn build_batch(
             hashes: ask.iter().map(|b| b.0).collect(),
         };
         queries.send(q.encode()).map_err(|_| anyhow::anyhow!("link closed"))?;
-        let held = wrx
+        // A peer that never answers must not hold the link up for ever:
+        // the link fails and reconnects.
+        let held = tokio::time::timeout(QUERY_TIMEOUT, wrx)
             .await
+            .map_err(|_| anyhow::anyhow!("query {qid} unanswered after {} s", QUERY_TIMEOUT.as_secs()))?
             .map_err(|_| anyhow::anyhow!("link closed before query {qid} was answered"))?;
         if held.len() != ask.len() {
             bail!("query {qid}: {} answers for {} bodies", held.len(), ask.len());
