@@ -5,6 +5,7 @@
 #   USERS=10 MSGS=10000 benches/initial_sync.sh      # the 100,000-message corpus (~2.9 GB)
 #   USERS=10 MSGS=2000  benches/initial_sync.sh      # quicker
 #   DSYNC=1 ...                                      # also run ../shared/tools/peer/bench_dsync.sh
+#   RUNS=3 ...                                       # timed copies, each from scratch; medians
 #   WORK=/tmp/is ...                                 # keep the corpus and node A there; a later
 #                                                    # run with the same WORK reuses them
 #
@@ -80,29 +81,50 @@ warm() {
   if [ -w /proc/sys/vm/drop_caches ]; then echo 3 > /proc/sys/vm/drop_caches; else echo "(cannot drop caches: not root)"; fi
   find "$1" -type f -print0 | xargs -0 cat > /dev/null
 }
-warm "$OUT/a/data"
-t2=$(date +%s.%N)
-PB=$(start "$OUT/b"); wait_up "$OUT/b"
-while [ "$(heads "$OUT/b")" != "$want" ]; do sleep 0.05; done
-t3=$(date +%s.%N)
-warm "$OUT/corpus"
-sync   # start rsync with no earlier writes still in flight
-t4=$(date +%s.%N)
-rsync -a "$OUT/corpus/" "$OUT/rsync-dst/"
-t5=$(date +%s.%N)
-sync   # rsync does not fsync; Tandem's copy is durable when counted
-t6=$(date +%s.%N)
-python3 - "$bytes" "$USERS" "$MSGS" "$t0" "$t1" "$t2" "$t3" "$t4" "$t5" "$t6" <<'PY'
-import sys
-b, u, m, t0, t1, t2, t3, t4, t5, t6 = sys.argv[1:]
+RESULTS=$OUT/results.txt; : > "$RESULTS"
+for run in $(seq 1 "${RUNS:-1}"); do
+  if [ -n "${PB:-}" ]; then   # B of the previous run: stop it and wait until it is gone
+    kill "$PB" 2>/dev/null || true
+    while kill -0 "$PB" 2>/dev/null; do sleep 0.05; done
+    PB=
+  fi
+  rm -rf "$OUT/b/data" "$OUT/rsync-dst"
+  warm "$OUT/a/data"
+  t2=$(date +%s.%N)
+  PB=$(start "$OUT/b"); wait_up "$OUT/b"
+  while [ "$(heads "$OUT/b")" != "$want" ]; do sleep 0.05; done
+  t3=$(date +%s.%N)
+  warm "$OUT/corpus"
+  sync   # start rsync with no earlier writes still in flight
+  t4=$(date +%s.%N)
+  rsync -a "$OUT/corpus/" "$OUT/rsync-dst/"
+  t5=$(date +%s.%N)
+  sync   # rsync does not fsync; Tandem's copy is durable when counted
+  t6=$(date +%s.%N)
+  echo "$t2 $t3 $t4 $t5 $t6" >> "$RESULTS"
+done
+python3 - "$bytes" "$USERS" "$MSGS" "$t0" "$t1" "$RESULTS" <<'PY'
+import statistics, sys
+b, u, m, t0, t1, path = sys.argv[1:]
 b, n = int(b), int(u) * int(m)
-imp, sync, rs, rsd = float(t1) - float(t0), float(t3) - float(t2), float(t5) - float(t4), float(t6) - float(t4)
+imp = float(t1) - float(t0)
 print(f"{n} messages, {b / 1e6:.0f} MB of Maildir")
 if imp > 1: print(f"  tandem import into A   {imp:8.1f} s  ({n / imp:.0f} msg/s)")
+rows = []
+for line in open(path):
+    t2, t3, t4, t5, t6 = map(float, line.split())
+    rows.append((t3 - t2, t5 - t4, t6 - t4))
+for i, (sync, rs, rsd) in enumerate(rows, 1):
+    print(f"  run {i}: tandem {sync:6.1f} s   rsync -a {rs:6.1f} s   rsync -a + sync {rsd:6.1f} s"
+          f"   tandem/rsync {sync / rs:.2f} x ({sync / rsd:.2f} x against rsync + sync)")
+sync, rs, rsd = (statistics.median(r[k] for r in rows) for k in range(3))
+ratio = statistics.median(r[0] / r[1] for r in rows)
+ratio_d = statistics.median(r[0] / r[2] for r in rows)
+print(f"  medians of {len(rows)} run(s):")
 print(f"  tandem initial sync B  {sync:8.1f} s  ({n / sync:.0f} msg/s, {b / 1e6 / sync:.0f} MB/s)")
 print(f"  rsync -a               {rs:8.1f} s  ({b / 1e6 / rs:.0f} MB/s)")
 print(f"  rsync -a, then sync    {rsd:8.1f} s  ({b / 1e6 / rsd:.0f} MB/s; durable like Tandem's copy)")
-print(f"  tandem / rsync         {sync / rs:8.2f} x the time ({sync / rsd:.2f} x against rsync + sync)")
+print(f"  tandem / rsync         {ratio:8.2f} x the time ({ratio_d:.2f} x against rsync + sync)")
 PY
 if [ "${DSYNC:-0}" = 1 ]; then
   USERS=$USERS MSGS=$MSGS SEED=$SEED bash "$SHARED/tools/peer/bench_dsync.sh"
