@@ -20,65 +20,91 @@ use std::time::{Duration, Instant};
 /// the target's answers go back to each client after `delay`. Each direction
 /// is one FIFO line (a receiving thread and a sending thread), so datagrams
 /// keep their order: a timer per datagram would reorder bursts, which QUIC
-/// rightly reads as loss. Plain threads and blocking sockets keep the
-/// harness's own cost low: it shares the cores with both nodes. It stops
-/// when `stop` is set.
+/// rightly reads as loss. The harness shares the cores with both nodes, so
+/// it is kept cheap: plain threads, blocking sockets, and quinn-udp's
+/// receive and send offloads (GRO/GSO), which move a run of datagrams per
+/// system call as the nodes themselves do. It stops when `stop` is set.
 fn relay(listen: std::net::UdpSocket, target: SocketAddr, delay: Duration, stop: Arc<std::sync::atomic::AtomicBool>) {
+    use quinn::udp::{RecvMeta, Transmit, UdpSocketState};
+    use std::io::IoSliceMut;
     use std::sync::atomic::Ordering;
     use std::sync::mpsc;
-    /// One direction's sending half: forward each datagram at its due time
+    /// A run of datagrams: due time, bytes, datagram size within them.
+    type Run = (Instant, Vec<u8>, usize);
+    /// Receive one run (several datagrams with GRO); None on timeout.
+    fn recv(sock: &std::net::UdpSocket, state: &UdpSocketState, buf: &mut [u8]) -> Option<(SocketAddr, usize, usize)> {
+        let mut meta = [RecvMeta::default()];
+        let n = state.recv(sock.into(), &mut [IoSliceMut::new(buf)], &mut meta).ok()?;
+        (n == 1).then(|| (meta[0].addr, meta[0].len, meta[0].stride.max(1)))
+    }
+    /// One direction's sending half: forward each run at its due time
     /// (within 0.2 ms), in order.
-    fn line(mut send: impl FnMut(&[u8]) + Send + 'static) -> mpsc::Sender<(Instant, Vec<u8>)> {
-        let (tx, rx) = mpsc::channel::<(Instant, Vec<u8>)>();
+    fn line(sock: Arc<std::net::UdpSocket>, state: Arc<UdpSocketState>, to: SocketAddr) -> mpsc::Sender<Run> {
+        let (tx, rx) = mpsc::channel::<Run>();
         std::thread::spawn(move || {
-            while let Ok((due, data)) = rx.recv() {
+            while let Ok((due, data, stride)) = rx.recv() {
                 let now = Instant::now();
                 if due > now + Duration::from_micros(200) {
                     std::thread::sleep(due - now);
                 }
-                send(&data);
+                // One send carries at most 64 KB (and the GSO segment limit).
+                let per = stride * state.max_gso_segments().max(1).min((65_000 / stride).max(1));
+                for chunk in data.chunks(per) {
+                    let t = Transmit {
+                        destination: to,
+                        ecn: None,
+                        contents: chunk,
+                        segment_size: (chunk.len() > stride).then_some(stride),
+                        src_ip: None,
+                    };
+                    // quinn-udp reports only WouldBlock (a blocking socket
+                    // has none); other errors it logs and drops, as a
+                    // network would.
+                    let _ = state.send((&*sock).into(), &t);
+                }
             }
         });
         tx
     }
+    /// quinn-udp's state for a socket, which it makes non-blocking: made
+    /// blocking again (with a timeout, to look at `stop`) for these threads.
+    fn offloads(sock: &std::net::UdpSocket) -> Arc<UdpSocketState> {
+        let state = UdpSocketState::new(sock.into()).unwrap();
+        sock.set_nonblocking(false).unwrap();
+        sock.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
+        Arc::new(state)
+    }
     let listen = Arc::new(listen);
-    listen.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
+    let state = offloads(&listen);
     std::thread::spawn(move || {
-        let mut uplinks: std::collections::HashMap<SocketAddr, mpsc::Sender<(Instant, Vec<u8>)>> = Default::default();
-        let mut buf = vec![0u8; 65536];
+        let mut uplinks: std::collections::HashMap<SocketAddr, mpsc::Sender<Run>> = Default::default();
+        let mut buf = vec![0u8; 1 << 17];
         while !stop.load(Ordering::Relaxed) {
-            let (n, client) = match listen.recv_from(&mut buf) {
-                Ok(x) => x,
-                Err(_) => continue, // timeout: look at `stop`
+            // Timeout: look at `stop`.
+            let Some((client, n, stride)) = recv(&listen, &state, &mut buf) else {
+                continue;
             };
             let up = uplinks.entry(client).or_insert_with(|| {
                 let u = Arc::new(relay_socket("127.0.0.1:0"));
-                u.connect(target).unwrap();
-                u.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
-                let back_sock = listen.clone();
-                let back = line(move |d| {
-                    let _ = back_sock.send_to(d, client);
-                });
-                let (u2, up_sock, stop2) = (u.clone(), u.clone(), stop.clone());
+                let ust = offloads(&u);
+                let back = line(listen.clone(), state.clone(), client);
+                let (u2, st, stop2) = (u.clone(), ust.clone(), stop.clone());
                 std::thread::spawn(move || {
-                    let mut b = vec![0u8; 65536];
+                    let mut b = vec![0u8; 1 << 17];
                     while !stop2.load(Ordering::Relaxed) {
-                        let n = match u2.recv(&mut b) {
-                            Ok(n) => n,
-                            // Timeout, or nothing listening there yet (ICMP
-                            // port unreachable): keep relaying.
-                            Err(_) => continue,
+                        // Timeout, or nothing listening there yet (ICMP port
+                        // unreachable): keep relaying.
+                        let Some((from, n, stride)) = recv(&u2, &st, &mut b) else {
+                            continue;
                         };
-                        if back.send((Instant::now() + delay, b[..n].to_vec())).is_err() {
+                        if from == target && back.send((Instant::now() + delay, b[..n].to_vec(), stride)).is_err() {
                             return;
                         }
                     }
                 });
-                line(move |d| {
-                    let _ = up_sock.send(d);
-                })
+                line(u, ust, target)
             });
-            let _ = up.send((Instant::now() + delay, buf[..n].to_vec()));
+            let _ = up.send((Instant::now() + delay, buf[..n].to_vec(), stride));
         }
     });
 }
