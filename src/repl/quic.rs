@@ -340,7 +340,11 @@ async fn link(
     // builder waiting for them; everything else to this loop.
     type Answers = Arc<std::sync::Mutex<HashMap<u64, tokio::sync::oneshot::Sender<Vec<bool>>>>>;
     let answers: Answers = Default::default();
-    let (tx, mut rx) = mpsc::channel::<anyhow::Result<Frame>>(64);
+    // Room for an acknowledgement of every batch in flight and then some:
+    // this loop may wait on the batch writer, whose builder may wait on a
+    // query answer that only this reader can pass on, so the reader must
+    // never wait on this loop.
+    let (tx, mut rx) = mpsc::channel::<anyhow::Result<Frame>>(window.batches + 64);
     let m2 = mirror.clone();
     let a2 = answers.clone();
     let reader = tokio::spawn(async move {
