@@ -335,14 +335,25 @@ fn direct_io_works(dir: &Path) -> bool {
         if std::fs::create_dir_all(dir).is_err() {
             return false;
         }
+        // Open, write one aligned block and sync it, as a flush would: some
+        // file systems accept the flag at open and refuse the writes.
         let probe = dir.join("direct-io-probe");
-        let ok = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .custom_flags(libc::O_DIRECT)
-            .open(&probe)
-            .is_ok();
+        let ok = (|| -> std::io::Result<()> {
+            use std::io::Write;
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .custom_flags(libc::O_DIRECT)
+                .open(&probe)?;
+            /// One block, aligned as O_DIRECT wants it.
+            #[repr(C, align(4096))]
+            struct Block([u8; 4096]);
+            let block = Box::new(Block([0; 4096]));
+            f.write_all(&block.0)?;
+            f.sync_all()
+        })()
+        .is_ok();
         let _ = std::fs::remove_file(&probe);
         ok
     }
