@@ -366,3 +366,41 @@ assert r[0][1] == b"one body, three mailboxes\r\n", r
     assert_eq!(o["bodies_sent"], 1, "{o}");
     assert_eq!(o["bodies_held_by_peer"], 1, "{o}");
 }
+
+/// A peer catching up on large batches takes the bulk path: bodies are
+/// written straight to blob files ahead of their entries, and every body
+/// arrives intact.
+#[test]
+fn catch_up_writes_large_batches_of_bodies_once() {
+    let (dir, a, b) = converged_pair();
+    assert!(b.stop());
+    // 200 messages of about 40 KB: batches well over the 4 MiB bulk bound.
+    let mut c = common::Raw::connect(&a.addr("lmtp"));
+    c.reply();
+    c.send(b"LHLO bulk\r\n");
+    c.reply();
+    let line = "x".repeat(76);
+    for i in 0..200 {
+        let mut m = format!("MAIL FROM:<s@x>\r\nRCPT TO:<u@example.org>\r\nDATA\r\nSubject: bulk {i}\r\n\r\n");
+        for j in 0..520 {
+            m.push_str(&format!("{i:04}{j:04}{line}\r\n"));
+        }
+        m.push_str(".\r\n");
+        c.send(m.as_bytes());
+        for _ in 0..4 {
+            let r = c.reply();
+            assert!(r.starts_with('2') || r.starts_with('3'), "{r}");
+        }
+    }
+    let b = Node::start(&dir.path().join("b"), Some(&dir.path().join("b/tandem.toml")));
+    assert!(converged(&[&a, &b], 60), "B did not catch up");
+    let log = &common::admin_get(&b, "/v1/status")["log"];
+    assert!(log["bulk_flushes"].as_u64().unwrap() > 0, "no batch took the bulk path: {log}");
+    assert!(log["bulk_bytes"].as_u64().unwrap() > 4 << 20, "{log}");
+    let msgs = messages(&b, "u@example.org", "INBOX");
+    assert_eq!(msgs.len(), 200);
+    for m in msgs.iter().step_by(37) {
+        let hash = m["blob"].as_str().unwrap();
+        assert_eq!(common::blob(&b, hash), common::blob(&a, hash), "body {hash} differs");
+    }
+}
