@@ -325,6 +325,8 @@ fn bodies_travel_once_and_never_to_a_peer_that_holds_them() {
     let o = out(&a);
     assert_eq!(o["bodies_sent"], 1, "{o}");
     assert_eq!(o["bodies_already_sent"], 2, "{o}");
+    // All three references are in one batch: nothing to ask the peer.
+    assert_eq!(o["body_queries"], 0, "{o}");
     let body = messages(&b, "w@example.org", "INBOX")[0]["blob"].as_str().unwrap().to_string();
     assert!(common::blob(&b, &body).ends_with(b"one body, three mailboxes\r\n"));
 
@@ -346,6 +348,7 @@ ok(c.copy("1", "Kept"))
     let o = out(&a);
     assert_eq!(o["bodies_sent"], 0, "a body the peer holds was sent: {o}");
     assert_eq!(o["bodies_held_by_peer"], 1, "{o}");
+    assert_eq!(o["body_queries"], 1, "{o}");
     let copy = messages(&b, "u@example.org", "Kept");
     assert_eq!(copy.len(), 1);
     assert_eq!(copy[0]["blob"].as_str().unwrap(), body);

@@ -59,6 +59,9 @@ pub struct OutLink {
     pub bodies_held_by_peer: u64,
     #[serde(default)]
     pub bodies_already_sent: u64,
+    /// Body queries asked of the peer (one per batch that needed one).
+    #[serde(default)]
+    pub body_queries: u64,
     /// Entries this node holds that the peer has not acknowledged.
     pub queue: u64,
     /// Batches sent and not yet acknowledged.

@@ -446,7 +446,9 @@ async fn link(
                     // blocking pool and written by the writer task, while
                     // this loop reads on.
                     let mut wire = Vec::with_capacity(orders.len());
-                    let mut want = Vec::new();
+                    // Bodies to send, with how many entries of this batch
+                    // reference each.
+                    let mut want: Vec<(crate::event::BlobHash, u64)> = Vec::new();
                     let mut already = 0;
                     for o in orders {
                         let e = by_order[&o];
@@ -455,7 +457,10 @@ async fn link(
                                 sent_blobs.clear(); // bounded memory; at worst a body travels again
                             }
                             if sent_blobs.insert(blob.0) {
-                                want.push(*blob);
+                                want.push((*blob, 1));
+                            } else if let Some(w) = want.iter_mut().find(|w| w.0 == *blob) {
+                                w.1 += 1;
+                                already += 1;
                             } else {
                                 already += 1;
                             }
@@ -542,8 +547,10 @@ async fn link(
 const QUERY_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Build one batch: decide which bodies travel, read them, encode. A body
-/// this node holds other references to may already be at the peer, so the
-/// peer is asked first; a body referenced once here travels unasked.
+/// this node holds references to outside this batch may already be at the
+/// peer, so the peer is asked first; a body referenced only by entries of
+/// this batch (one delivery, or one delivery to several users) travels
+/// unasked.
 #[allow(clippy::too_many_arguments)]
 async fn build_batch(
     store: Store,
@@ -551,7 +558,7 @@ async fn build_batch(
     i: usize,
     id: u64,
     wire: Vec<WireEntry>,
-    want: Vec<crate::event::BlobHash>,
+    want: Vec<(crate::event::BlobHash, u64)>,
     already: u64,
     qid: u64,
     queries: mpsc::UnboundedSender<Vec<u8>>,
@@ -560,8 +567,8 @@ async fn build_batch(
     let st = store.clone();
     let (mut send, ask) = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
         let (mut send, mut ask) = (Vec::new(), Vec::new());
-        for b in want {
-            if st.body_refs(&b)? > 1 {
+        for (b, in_batch) in want {
+            if st.body_refs(&b)? > in_batch {
                 ask.push(b);
             } else {
                 send.push(b);
@@ -579,6 +586,7 @@ async fn build_batch(
             hashes: ask.iter().map(|b| b.0).collect(),
         };
         queries.send(q.encode()).map_err(|_| anyhow::anyhow!("link closed"))?;
+        mirror.update_out(i, |l| l.body_queries += 1);
         // A peer that never answers must not hold the link up for ever:
         // the link fails and reconnects.
         let held = tokio::time::timeout(QUERY_TIMEOUT, wrx)
