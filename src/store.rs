@@ -161,14 +161,10 @@ impl Store {
         self.inner.wal.put_flushed(self.inner.cfs.blobs, bodies)
     }
 
-    /// Whether this node holds a body (its refcount key exists: written
-    /// with the body's first reference, kept at zero while the body is).
-    pub fn holds_body(&self, hash: &BlobHash) -> Result<bool, WalError> {
-        Ok(self
-            .inner
-            .wal
-            .get(self.inner.cfs.views, &crate::views::keys::refcount(hash))?
-            .is_some())
+    /// Whether this node holds a body (see `ViewRead::holds_body`).
+    pub fn holds_body(&self, hash: &BlobHash) -> Result<bool, crate::views::ViewError> {
+        use crate::views::ViewRead;
+        self.views().holds_body(hash)
     }
 
     /// How many messages reference a body.

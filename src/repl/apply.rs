@@ -70,11 +70,10 @@ pub fn verify_blobs(blobs: &[WireBlob]) -> Result<(), ApplyError> {
     Ok(())
 }
 
-/// Whether this node already holds a body. The refcount key is written in
-/// the same batch as a body's first reference and stays (at zero) while
-/// the body does, so it answers without reading the body itself.
-pub fn holds_blob(txn: &Txn<'_>, cfs: Cfs, hash: &BlobHash) -> Result<bool, wal::WalError> {
-    Ok(txn.get(cfs.views, &crate::views::keys::refcount(hash))?.is_some())
+/// Whether this node holds a body, as the transaction sees it.
+fn holds_blob(txn: &mut Txn<'_>, cfs: Cfs, hash: &BlobHash) -> Result<bool, ApplyError> {
+    use crate::views::ViewRead;
+    Ok(TxnViews { txn, cf: cfs.views }.holds_body(hash)?)
 }
 
 /// Apply a batch whose bodies passed [`verify_blobs`]. A body already held

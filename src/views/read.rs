@@ -106,6 +106,13 @@ pub trait ViewRead {
             .collect())
     }
 
+    /// Whether this node holds a body. The refcount key is written in the
+    /// same batch as a body's first reference and stays (at zero) while
+    /// the body does, so this answers without reading the body itself.
+    fn holds_body(&self, blob: &BlobHash) -> Result<bool, ViewError> {
+        Ok(self.vget(&keys::refcount(blob))?.is_some())
+    }
+
     fn refcount(&self, blob: &BlobHash) -> Result<u64, ViewError> {
         let k = keys::refcount(blob);
         match self.vget(&k)? {
