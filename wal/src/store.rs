@@ -158,6 +158,8 @@ struct Committed {
 pub(crate) struct Shared {
     db: DB,
     cf_names: Vec<String>,
+    /// Per column family id: whether it holds large values in blob files.
+    blob_cf: Vec<bool>,
     pub(crate) local_origin: Origin,
     pub(crate) opts: WalOptions,
     state: Mutex<Committed>,
@@ -172,7 +174,7 @@ pub(crate) struct Shared {
 
 impl Shared {
     fn is_blob_cf(&self, cf: u8) -> bool {
-        self.opts.blob_cfs.iter().any(|n| *n == self.cf_names[cf as usize])
+        self.blob_cf[cf as usize]
     }
 
     fn handle(&self, cf: u8) -> &rocksdb::ColumnFamily {
@@ -424,9 +426,11 @@ impl Wal {
             .map(|n| ColumnFamilyDescriptor::new(n, cf_options(n, opts.blob_cfs.contains(n))))
             .collect();
         let db = DB::open_cf_descriptors(&dbo, &path, descs)?;
+        let blob_cf = names.iter().map(|n| opts.blob_cfs.contains(n)).collect();
         let shared = Shared {
             db,
             cf_names: names,
+            blob_cf,
             local_origin: opts.local_origin,
             opts: opts.clone(),
             state: Mutex::new(Committed {
@@ -631,11 +635,6 @@ impl Wal {
             tracing::error!(error = %msg, "durable body write failed; the log is poisoned until reopened");
         }
         r
-    }
-
-    /// Whether `cf` holds large values in blob files.
-    pub fn is_blob_cf(&self, cf: Cf) -> bool {
-        self.shared.is_blob_cf(cf.0)
     }
 
     /// The group size from which bodies bypass RocksDB's WAL.
