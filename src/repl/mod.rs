@@ -70,9 +70,8 @@ pub struct OutLink {
     pub unacked_bytes: u64,
     /// Entries sent per second, over the last few seconds.
     pub send_rate: f64,
-    /// (unix ms, sent) at the start of the rate window.
     #[serde(skip)]
-    pub rate_mark: (u64, u64),
+    pub send_window: RateWindow,
     /// Seconds since the peer last caught up completely (0 when caught up).
     pub lag_secs: f64,
     /// Unix milliseconds when the queue last was empty.
@@ -96,23 +95,39 @@ pub struct InLink {
     /// Entries applied per second, over the last few seconds.
     #[serde(default)]
     pub apply_rate: f64,
-    /// (unix ms, entries applied) at the start of the rate window.
-    #[serde(default, skip_serializing)]
-    pub rate_mark: (u64, u64),
+    #[serde(skip)]
+    pub apply_window: RateWindow,
+}
+
+/// A per-second rate of a growing count, measured over windows of at least
+/// two seconds: (unix ms, count) at the start of the current window.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct RateWindow(u64, u64);
+
+impl RateWindow {
+    /// The count is `count` at `now`: the rate of the window that just
+    /// closed, if one did.
+    pub fn update(&mut self, now: u64, count: u64) -> Option<f64> {
+        let RateWindow(since, then) = *self;
+        if since == 0 {
+            *self = RateWindow(now, count);
+            None
+        } else if now.saturating_sub(since) >= 2000 {
+            *self = RateWindow(now, count);
+            Some(count.saturating_sub(then) as f64 * 1000.0 / (now - since) as f64)
+        } else {
+            None
+        }
+    }
 }
 
 impl InLink {
-    /// Count an applied batch and refresh the rate (a window of at least
-    /// two seconds).
+    /// Count an applied batch and refresh the rate.
     pub fn applied_batch(&mut self, n: apply::Applied, now: u64) {
         self.batches += 1;
         self.applied += n;
-        let (since, then) = self.rate_mark;
-        if since == 0 {
-            self.rate_mark = (now, self.applied.entries);
-        } else if now.saturating_sub(since) >= 2000 {
-            self.apply_rate = (self.applied.entries - then) as f64 * 1000.0 / (now - since) as f64;
-            self.rate_mark = (now, self.applied.entries);
+        if let Some(r) = self.apply_window.update(now, self.applied.entries) {
+            self.apply_rate = r;
         }
     }
 }

@@ -506,13 +506,8 @@ async fn link(
                 l.queue = queue;
                 l.inflight_batches = inflight;
                 l.unacked_bytes = unacked_bytes;
-                let now = now_ms();
-                let (since, sent_then) = l.rate_mark;
-                if since == 0 {
-                    l.rate_mark = (now, l.sent);
-                } else if now.saturating_sub(since) >= 2000 {
-                    l.send_rate = (l.sent - sent_then) as f64 * 1000.0 / (now - since) as f64;
-                    l.rate_mark = (now, l.sent);
+                if let Some(r) = l.send_window.update(now_ms(), l.sent) {
+                    l.send_rate = r;
                 }
                 if queue == 0 {
                     l.caught_up_ms = now_ms();
