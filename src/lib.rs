@@ -31,6 +31,9 @@ pub mod tls;
 pub mod transfer;
 pub mod views;
 
+#[cfg(test)]
+pub(crate) mod testrng;
+
 /// Log to standard error; `TANDEM_LOG` overrides the filter.
 pub fn init_tracing(default: &str) {
     use tracing_subscriber::EnvFilter;

@@ -2287,23 +2287,6 @@ RCPT TO:<nobody@example.com>\r\nRCPT TO:<v@example.com>\r\nDATA\r\nline 1\r\n..d
         assert_eq!(s.buffered(), 0);
     }
 
-    /// xorshift64: a small deterministic generator for the fuzz loop.
-    struct Rng(u64);
-
-    impl Rng {
-        fn next_u64(&mut self) -> u64 {
-            let mut x = self.0;
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            self.0 = x;
-            x
-        }
-        fn below(&mut self, n: usize) -> usize {
-            (self.next_u64() % n as u64) as usize
-        }
-    }
-
     const TOKENS: &[&[u8]] = &[
         b"LHLO c\r\n",
         b"MAIL FROM:<a@b.example>\r\n",
@@ -2345,7 +2328,7 @@ RCPT TO:<nobody@example.com>\r\nRCPT TO:<v@example.com>\r\nDATA\r\nline 1\r\n..d
 
     #[test]
     fn fuzz_never_panics_and_stays_bounded() {
-        let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
+        let mut rng = crate::testrng::XorShift(0x9E37_79B9_7F4A_7C15);
         let mut total = Counters::default();
         for iteration in 0..2000 {
             let limits = Limits {

@@ -193,7 +193,7 @@ mod tests {
         let mut peer: BTreeMap<u64, u64> = peer_start.iter().copied().collect();
         let mut s = Sender::new(window);
         s.start(&peer.iter().map(|(a, b)| (*a, *b)).collect::<Vec<_>>(), log.len() as u64);
-        let mut rng = seed | 1;
+        let mut rng = crate::testrng::XorShift(seed | 1);
         let mut pending: VecDeque<(u64, Vec<u64>)> = VecDeque::new();
         let mut steps = 0;
         loop {
@@ -223,10 +223,7 @@ mod tests {
                     Command::Send { .. } => unreachable!("sends come from read"),
                 }
             }
-            rng ^= rng << 13;
-            rng ^= rng >> 7;
-            rng ^= rng << 17;
-            if drop_every > 0 && rng.is_multiple_of(drop_every) {
+            if drop_every > 0 && rng.next_u64().is_multiple_of(drop_every) {
                 // Link lost: unacked batches vanish; reconnect from the peer's vector.
                 pending.clear();
                 s = Sender::new(window);
@@ -386,13 +383,8 @@ mod tests {
         let mut duplicates = 0u64;
         let mut total = 0u64;
         for seed in 1..25u64 {
-            let mut rng = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-            let mut next = |n: u64| {
-                rng ^= rng << 13;
-                rng ^= rng >> 7;
-                rng ^= rng << 17;
-                rng % n
-            };
+            let mut rng = crate::testrng::XorShift(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1);
+            let mut next = |n: u64| rng.next_u64() % n;
             let mut nodes: Vec<Node> = (0..3).map(|_| Node::default()).collect();
             // A full mesh; some seeds cut A-C for good (relay through B).
             let cut_ac = seed % 3 == 0;

@@ -173,11 +173,9 @@ mod tests {
             Err(FrameError::TooLarge(MAX_FRAME + 1))
         );
         assert_eq!(Frame::decode(&[9, 0]), Err(FrameError::Version(9)));
-        let mut x: u64 = 0xdead_beef_1234_5678;
+        let mut rng = crate::testrng::XorShift(0xdead_beef_1234_5678);
         for _ in 0..5000 {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
+            let x = rng.next_u64();
             let len = (x % 80) as usize;
             let mut b: Vec<u8> = (0..len).map(|i| (x >> (i % 50)) as u8).collect();
             if !b.is_empty() {

@@ -283,10 +283,9 @@ mod tests {
                 a.merge_flags(*op, f, *ts);
             }
             let mut shuffled = ops.clone();
-            let mut x = seed | 1;
+            let mut rng = crate::testrng::XorShift(seed | 1);
             for i in (1..shuffled.len()).rev() {
-                x ^= x << 13; x ^= x >> 7; x ^= x << 17;
-                shuffled.swap(i, (x % (i as u64 + 1)) as usize);
+                shuffled.swap(i, rng.below(i + 1));
             }
             let mut b = rec();
             for (op, f, ts) in &shuffled {

@@ -304,12 +304,10 @@ mod tests {
 
     #[test]
     fn random_input_never_panics_and_stays_bounded() {
-        let mut x: u64 = 0x1234_5678_9abc_def1;
+        let mut rng = crate::testrng::XorShift(0x1234_5678_9abc_def1);
         let mut f = Framer::new(1024, 4096);
         for _ in 0..20_000 {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
+            let x = rng.next_u64();
             let n = (x % 64) as usize;
             let chunk: Vec<u8> = (0..n)
                 .map(|i| {

@@ -2611,9 +2611,9 @@ x\n",
 
     #[test]
     fn garbage_bytes() {
-        let mut rng = XorShift(0x9e37_79b9_7f4a_7c15);
+        let mut rng = crate::testrng::XorShift(0x9e37_79b9_7f4a_7c15);
         for len in [1usize, 2, 3, 17, 100, 1000, 5000] {
-            let bytes: Vec<u8> = (0..len).map(|_| rng.next() as u8).collect();
+            let bytes: Vec<u8> = (0..len).map(|_| rng.next_u64() as u8).collect();
             exercise(&bytes);
         }
         exercise(b"\0\0\0\r\n\r\n\0");
@@ -2938,23 +2938,6 @@ outer epilogue\n",
         println!("checked {} files from {}", files.len(), dir.display());
     }
 
-    struct XorShift(u64);
-
-    impl XorShift {
-        fn next(&mut self) -> u64 {
-            let mut x = self.0;
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            self.0 = x;
-            x
-        }
-
-        fn below(&mut self, n: usize) -> usize {
-            (self.next() % n.max(1) as u64) as usize
-        }
-    }
-
     #[test]
     fn fuzz_mutated_multipart() {
         const DICT: &[&[u8]] = &[
@@ -2995,7 +2978,7 @@ outer epilogue\n",
             b"From: a:b,c;d <e@f> (g\r\n",
         ];
         let base = crlf(RFC822);
-        let mut rng = XorShift(0x2545_f491_4f6c_dd1d);
+        let mut rng = crate::testrng::XorShift(0x2545_f491_4f6c_dd1d);
         let mut current = base.clone();
         for iteration in 0..2000 {
             if rng.below(4) != 0 {
@@ -3006,7 +2989,7 @@ outer epilogue\n",
                 match rng.below(7) {
                     0 if len > 0 => {
                         let i = rng.below(len);
-                        current[i] = rng.next() as u8;
+                        current[i] = rng.next_u64() as u8;
                     }
                     1 => {
                         let word = DICT[rng.below(DICT.len())];
