@@ -26,22 +26,19 @@ SEED=${SEED:-5}
 SEARCH_WORD=${SEARCH_WORD:-Mallory}
 PEER_USER=${PEER_USER:-user1}
 OUT=${OUT:-$(mktemp -d /tmp/imap-bench.XXXXXX)}
-export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/tandem-target}
 PROFILE=${PROFILE:-release}
 TANDEM_IMAP_PORT=${TANDEM_IMAP_PORT:-12143}
 TANDEM_LMTP_PORT=${TANDEM_LMTP_PORT:-12525}
 TANDEM_ADMIN_PORT=${TANDEM_ADMIN_PORT:-12643}
 MAX_SECONDS=${MAX_SECONDS:-600}      # bound on each timed command
 
-bash "$ROOT/.ci/setup"
+. "$ROOT/benches/lib.sh"
 if [ -n "${TANDEM:-}" ]; then
+  bash "$ROOT/.ci/setup"
   echo "using TANDEM=$TANDEM (no build)"
-elif [ "$PROFILE" = release ]; then
-  cargo build --release --bin tandem --manifest-path "$ROOT/Cargo.toml"
-  TANDEM=$CARGO_TARGET_DIR/release/tandem
 else
-  cargo build --bin tandem --manifest-path "$ROOT/Cargo.toml"
-  TANDEM=$CARGO_TARGET_DIR/debug/tandem
+  build_tandem
+  TANDEM=$T
 fi
 
 "$SHARED/tools/peer/dovecot/start.sh" >/dev/null

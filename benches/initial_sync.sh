@@ -12,16 +12,15 @@
 # Tandem: the corpus is imported into node A with `tandem import` (not
 # timed), then a fresh node B starts and the time until B's version vector
 # equals A's is measured. rsync: `rsync -a` of the Maildir tree into an
-# empty directory, timed the same way (no page-cache dropping for either).
+# empty directory, timed the same way. Each timed copy starts from dropped
+# page caches (when root) and its warmed source (see `warm` below).
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 SHARED=${SHARED:-$(cd "$ROOT/../shared" && pwd)}
 USERS=${USERS:-10}; MSGS=${MSGS:-2000}; SEED=${SEED:-1}
-export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/tandem-target}
-bash "$ROOT/.ci/setup"
+. "$ROOT/benches/lib.sh"
+PROFILE=release build_tandem
 command -v rsync >/dev/null || { apt-get update -qq; DEBIAN_FRONTEND=noninteractive apt-get install -y -qq rsync >/dev/null; }
-cargo build --release --bin tandem --manifest-path "$ROOT/Cargo.toml"
-T=$CARGO_TARGET_DIR/release/tandem
 OUT=${WORK:-$(mktemp -d /tmp/initial-sync.XXXXXX)}
 mkdir -p "$OUT"
 REUSE=0
@@ -34,31 +33,9 @@ if [ $REUSE = 0 ]; then
 fi
 bytes=$(du -sb "$OUT/corpus" | cut -f1)
 
-port() { python3 -c 'import socket; s=socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-MA=$(port); MB=$(port)
-conf() { mkdir -p "$1"; cat > "$1/tandem.toml" <<TOML
-[node]
-id = "$2"
-data_dir = "$1/data"
-[imap]
-listen = "127.0.0.1:0"
-tls_listen = "127.0.0.1:0"
-[lmtp]
-listen = "127.0.0.1:0"
-[admin]
-listen = "127.0.0.1:0"
-[mirror]
-listen = "127.0.0.1:$3"
-peers = ["127.0.0.1:$4"]
-secret = "benchmark shared secret"
-reconnect_min_ms = 20
-reconnect_max_ms = 200
-TOML
-}
-conf "$OUT/a" sync-a "$MA" "$MB"; conf "$OUT/b" sync-b "$MB" "$MA"
-start() { "$T" --config "$1/tandem.toml" serve > "$1/serve.log" 2>&1 & echo $!; }
-wait_up() { for _ in $(seq 400); do grep -q "lmtp listening" "$1/serve.log" 2>/dev/null && return; sleep 0.05; done; echo "node did not start" >&2; exit 1; }
-PA=$(start "$OUT/a"); wait_up "$OUT/a"
+MA=$(udp_port); MB=$(udp_port)
+mirror_conf "$OUT/a" sync-a "$MA" "$MB"; mirror_conf "$OUT/b" sync-b "$MB" "$MA"
+PA=$(start_node "$OUT/a"); wait_up "$OUT/a"
 trap 'kill $PA ${PB:-} 2>/dev/null || true' EXIT
 t0=$(date +%s.%N)
 if [ $REUSE = 0 ]; then
@@ -69,7 +46,6 @@ if [ $REUSE = 0 ]; then
   echo "$USERS $MSGS $SEED" > "$OUT/imported"
 fi
 t1=$(date +%s.%N)
-heads() { "$T" --config "$1/tandem.toml" status --json | python3 -c 'import json,sys; print(json.dumps(json.load(sys.stdin)["log"]["heads"], sort_keys=True))'; }
 want=$(heads "$OUT/a")
 # Both sources warm in the page cache, as after a fresh import: node A's
 # store for Tandem, the Maildir tree for rsync.
@@ -83,15 +59,11 @@ warm() {
 }
 RESULTS=$OUT/results.txt; : > "$RESULTS"
 for run in $(seq 1 "${RUNS:-1}"); do
-  if [ -n "${PB:-}" ]; then   # B of the previous run: stop it and wait until it is gone
-    kill "$PB" 2>/dev/null || true
-    while kill -0 "$PB" 2>/dev/null; do sleep 0.05; done
-    PB=
-  fi
+  if [ -n "${PB:-}" ]; then stop_node "$PB"; PB=; fi   # B of the previous run
   rm -rf "$OUT/b/data" "$OUT/rsync-dst"
   warm "$OUT/a/data"
   t2=$(date +%s.%N)
-  PB=$(start "$OUT/b"); wait_up "$OUT/b"
+  PB=$(start_node "$OUT/b"); wait_up "$OUT/b"
   while [ "$(heads "$OUT/b")" != "$want" ]; do sleep 0.05; done
   t3=$(date +%s.%N)
   warm "$OUT/corpus"

@@ -15,18 +15,12 @@ RUNS=${RUNS:-3}
 COUNT=${COUNT:-3000}
 CONCURRENCY=${CONCURRENCY:-"1 4 16"}
 OUT=${OUT:-$(mktemp -d /tmp/lmtp-bench.XXXXXX)}
-export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/tandem-target}
 PROFILE=${PROFILE:-release}
 TANDEM_PORT=${TANDEM_PORT:-12424}
 
-bash "$ROOT/.ci/setup"
-if [ "$PROFILE" = release ]; then
-  cargo build --release --bin tandem --manifest-path "$ROOT/Cargo.toml"
-  TANDEM=$CARGO_TARGET_DIR/release/tandem
-else
-  cargo build --bin tandem --manifest-path "$ROOT/Cargo.toml"
-  TANDEM=$CARGO_TARGET_DIR/debug/tandem
-fi
+. "$ROOT/benches/lib.sh"
+build_tandem
+TANDEM=$T
 
 "$SHARED/tools/peer/dovecot/start.sh" >/dev/null
 . "$SHARED/tools/peer/dovecot/env.sh"
