@@ -17,6 +17,7 @@ pub mod admin;
 pub mod auth;
 pub mod cli;
 pub mod config;
+pub mod counters;
 pub mod event;
 pub mod imap;
 pub mod lmtp;

@@ -13,9 +13,8 @@ use crate::mutate::{self, MutationError, NewMessage};
 use crate::proto::lmtp::{Action, Delivery, DeliveryOutcome, Limits, RcptOutcome, Recipient, Reply, Session};
 use crate::store::Store;
 use crate::views::ViewRead;
-use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -23,71 +22,29 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Semaphore};
 use tracing::Instrument;
 
-/// Counters of the LMTP listener (shown by `tandem status`).
-#[derive(Debug, Default)]
-pub struct Counters {
-    pub connections: AtomicU64,
-    pub in_flight: AtomicU64,
-    pub refused_busy: AtomicU64,
-    pub messages: AtomicU64,
-    pub delivered: AtomicU64,
-    pub bytes: AtomicU64,
-    pub rejected_unknown_user: AtomicU64,
-    pub rejected_oversize: AtomicU64,
-    pub rejected_no_mailbox: AtomicU64,
-    pub rejected_syntax: AtomicU64,
-    pub temp_failures: AtomicU64,
-    pub timeouts: AtomicU64,
-    pub aborted_in_data: AtomicU64,
-}
-
-/// A copy of [`Counters`].
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
-pub struct CountersSnapshot {
-    pub connections: u64,
-    pub in_flight: u64,
-    pub refused_busy: u64,
-    pub messages: u64,
-    pub delivered: u64,
-    pub bytes: u64,
-    pub rejected_unknown_user: u64,
-    pub rejected_oversize: u64,
-    pub rejected_no_mailbox: u64,
-    pub rejected_syntax: u64,
-    pub temp_failures: u64,
-    pub timeouts: u64,
-    pub aborted_in_data: u64,
-}
-
-impl Counters {
-    pub fn snapshot(&self) -> CountersSnapshot {
-        let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
-        CountersSnapshot {
-            connections: l(&self.connections),
-            in_flight: l(&self.in_flight),
-            refused_busy: l(&self.refused_busy),
-            messages: l(&self.messages),
-            delivered: l(&self.delivered),
-            bytes: l(&self.bytes),
-            rejected_unknown_user: l(&self.rejected_unknown_user),
-            rejected_oversize: l(&self.rejected_oversize),
-            rejected_no_mailbox: l(&self.rejected_no_mailbox),
-            rejected_syntax: l(&self.rejected_syntax),
-            temp_failures: l(&self.temp_failures),
-            timeouts: l(&self.timeouts),
-            aborted_in_data: l(&self.aborted_in_data),
-        }
+crate::counters::counters!(
+    /// Counters of the LMTP listener (shown by `tandem status`).
+    Counters,
+    CountersSnapshot {
+        connections,
+        in_flight,
+        refused_busy,
+        messages,
+        delivered,
+        bytes,
+        rejected_unknown_user,
+        rejected_oversize,
+        rejected_no_mailbox,
+        rejected_syntax,
+        temp_failures,
+        timeouts,
+        aborted_in_data,
     }
-}
+);
 
-/// Resolves once shutdown is signalled (or its sender is gone).
-async fn wait_shutdown(rx: &mut watch::Receiver<bool>) {
-    let _ = rx.wait_for(|s| *s).await;
-}
+use crate::server::wait_shutdown;
 
-fn bump(a: &AtomicU64, n: u64) {
-    a.fetch_add(n, Ordering::Relaxed);
-}
+use crate::counters::bump;
 
 /// Accept connections until `shutdown` turns true.
 pub async fn serve(

@@ -77,6 +77,12 @@ fn load_or_create_token(cfg: &Config) -> anyhow::Result<String> {
     }
 }
 
+/// Resolves once the listeners' shutdown flag turns true (or its sender
+/// is gone).
+pub(crate) async fn wait_shutdown(rx: &mut watch::Receiver<bool>) {
+    let _ = rx.wait_for(|s| *s).await;
+}
+
 /// SIGINT and SIGTERM, listened for from the moment this is created (so a
 /// signal that arrives while the node starts is not lost).
 pub struct ShutdownSignal {

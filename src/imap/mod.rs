@@ -12,7 +12,6 @@ pub mod session;
 
 use crate::config::ImapConfig;
 use crate::store::Store;
-use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -23,53 +22,25 @@ use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
 use tracing::Instrument;
 
-/// Counters of the IMAP listener.
-#[derive(Debug, Default)]
-pub struct Counters {
-    pub connections: AtomicU64,
-    pub in_flight: AtomicU64,
-    pub refused_busy: AtomicU64,
-    pub logins: AtomicU64,
-    pub login_failures: AtomicU64,
-    pub commands: AtomicU64,
-    pub bad_commands: AtomicU64,
-    pub appends: AtomicU64,
-    pub timeouts: AtomicU64,
-}
-
-/// A copy of [`Counters`].
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
-pub struct CountersSnapshot {
-    pub connections: u64,
-    pub in_flight: u64,
-    pub refused_busy: u64,
-    pub logins: u64,
-    pub login_failures: u64,
-    pub commands: u64,
-    pub bad_commands: u64,
-    pub appends: u64,
-    pub timeouts: u64,
-}
-
-impl Counters {
-    pub fn snapshot(&self) -> CountersSnapshot {
-        let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
-        CountersSnapshot {
-            connections: l(&self.connections),
-            in_flight: l(&self.in_flight),
-            refused_busy: l(&self.refused_busy),
-            logins: l(&self.logins),
-            login_failures: l(&self.login_failures),
-            commands: l(&self.commands),
-            bad_commands: l(&self.bad_commands),
-            appends: l(&self.appends),
-            timeouts: l(&self.timeouts),
-        }
+crate::counters::counters!(
+    /// Counters of the IMAP listener.
+    Counters,
+    CountersSnapshot {
+        connections,
+        in_flight,
+        refused_busy,
+        logins,
+        login_failures,
+        commands,
+        bad_commands,
+        appends,
+        timeouts,
     }
-}
+);
 
+/// Add one to a counter.
 pub(crate) fn bump(a: &AtomicU64) {
-    a.fetch_add(1, Ordering::Relaxed);
+    crate::counters::bump(a, 1);
 }
 
 /// Failed-login memory per IP address and per user: after a few failures
@@ -197,9 +168,7 @@ impl Shared {
     }
 }
 
-async fn wait_shutdown(rx: &mut watch::Receiver<bool>) {
-    let _ = rx.wait_for(|s| *s).await;
-}
+use crate::server::wait_shutdown;
 
 /// Accept connections until shutdown; then let sessions end (bounded).
 /// With `implicit_tls`, every connection starts with a TLS handshake.

@@ -218,9 +218,7 @@ pub fn start(
     Ok(Some(Running { local_addr, tasks }))
 }
 
-async fn wait_shutdown(rx: &mut watch::Receiver<bool>) {
-    let _ = rx.wait_for(|s| *s).await;
-}
+use crate::server::wait_shutdown;
 
 #[allow(clippy::too_many_arguments)]
 async fn dial_loop(
