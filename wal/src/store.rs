@@ -250,17 +250,12 @@ impl Shared {
         // enough of them, skip the WAL and are made durable by a flush
         // first: written once instead of twice. A crash before the logged
         // batch leaves only unreferenced bodies behind.
-        let bulk: u64 = if self.opts.sync && self.opts.bulk_bytes > 0 {
-            overlay
-                .iter()
-                .filter(|((cf, _), v)| v.is_some() && self.is_blob_cf(*cf))
-                .map(|(_, v)| v.as_ref().map_or(0, |v| v.len() as u64))
-                .sum()
-        } else {
-            0
-        };
-        let bulk_len = bulk;
-        let bulk = bulk >= self.opts.bulk_bytes.max(1);
+        let blob_bytes: u64 = overlay
+            .iter()
+            .filter(|((cf, _), _)| self.is_blob_cf(*cf))
+            .filter_map(|(_, v)| v.as_ref().map(|v| v.len() as u64))
+            .sum();
+        let bulk = self.opts.sync && self.opts.bulk_bytes > 0 && blob_bytes >= self.opts.bulk_bytes;
         let mut batch = WriteBatch::default();
         let mut unlogged = WriteBatch::default();
         let mut flush: Vec<u8> = Vec::new();
@@ -278,7 +273,7 @@ impl Shared {
             }
         }
         if !flush.is_empty() {
-            self.write_flushed(unlogged, &flush, bulk_len)?;
+            self.write_flushed(unlogged, &flush, blob_bytes)?;
         }
         batch.put_cf(self.handle(CF_META), META_ORDER_NEXT, order_next.to_be_bytes());
         let mut wo = WriteOptions::default();
