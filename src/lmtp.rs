@@ -58,16 +58,8 @@ pub async fn serve(
     let slots = Arc::new(Semaphore::new(cfg.max_connections));
     let hostname = Arc::new(cfg.hostname());
     loop {
-        let (stream, peer) = tokio::select! {
-            r = listener.accept() => match r {
-                Ok(x) => x,
-                Err(e) => {
-                    tracing::warn!(error = %e, "lmtp accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            _ = wait_shutdown(&mut shutdown) => break,
+        let Some((stream, peer)) = crate::server::accept_until_shutdown(&listener, &mut shutdown, "lmtp").await else {
+            break;
         };
         bump(&counters.connections, 1);
         let Ok(permit) = slots.clone().try_acquire_owned() else {

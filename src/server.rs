@@ -83,6 +83,28 @@ pub(crate) async fn wait_shutdown(rx: &mut watch::Receiver<bool>) {
     let _ = rx.wait_for(|s| *s).await;
 }
 
+/// The next connection of a listener, or `None` once shutdown is signalled.
+/// A failed accept (out of descriptors, say) is logged and retried after a
+/// short pause.
+pub(crate) async fn accept_until_shutdown(
+    listener: &tokio::net::TcpListener,
+    shutdown: &mut watch::Receiver<bool>,
+    what: &str,
+) -> Option<(tokio::net::TcpStream, std::net::SocketAddr)> {
+    loop {
+        tokio::select! {
+            r = listener.accept() => match r {
+                Ok(x) => return Some(x),
+                Err(e) => {
+                    tracing::warn!(error = %e, "{what} accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                }
+            },
+            _ = wait_shutdown(shutdown) => return None,
+        }
+    }
+}
+
 /// SIGINT and SIGTERM, listened for from the moment this is created (so a
 /// signal that arrives while the node starts is not lost).
 pub struct ShutdownSignal {

@@ -168,23 +168,13 @@ impl Shared {
     }
 }
 
-use crate::server::wait_shutdown;
-
 /// Accept connections until shutdown; then let sessions end (bounded).
 /// With `implicit_tls`, every connection starts with a TLS handshake.
 pub async fn serve(listener: TcpListener, shared: Arc<Shared>, implicit_tls: bool, mut shutdown: watch::Receiver<bool>) {
     let slots = Arc::new(Semaphore::new(shared.cfg.max_connections));
     loop {
-        let (mut stream, peer) = tokio::select! {
-            r = listener.accept() => match r {
-                Ok(x) => x,
-                Err(e) => {
-                    tracing::warn!(error = %e, "imap accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            _ = wait_shutdown(&mut shutdown) => break,
+        let Some((mut stream, peer)) = crate::server::accept_until_shutdown(&listener, &mut shutdown, "imap").await else {
+            break;
         };
         bump(&shared.counters.connections);
         let ip_slot = shared.per_ip.take(peer.ip().to_string(), shared.cfg.max_connections_per_ip);
