@@ -55,18 +55,7 @@ n=$(find "$maildir/cur" "$maildir/new" -type f | wc -l)
 # Tandem: a private node on fixed loopback ports.
 node=$OUT/tandem
 mkdir -p "$node"
-cat > "$node/tandem.toml" <<TOML
-[node]
-id = "imapbench"
-data_dir = "$node/data"
-[imap]
-listen = "127.0.0.1:$TANDEM_IMAP_PORT"
-tls_listen = "127.0.0.1:0"
-[lmtp]
-listen = "127.0.0.1:$TANDEM_LMTP_PORT"
-[admin]
-listen = "127.0.0.1:$TANDEM_ADMIN_PORT"
-TOML
+node_conf "$node" imapbench "$TANDEM_LMTP_PORT" "$TANDEM_IMAP_PORT" "$TANDEM_ADMIN_PORT"
 "$TANDEM" --config "$node/tandem.toml" serve > "$node/serve.log" 2>&1 &
 pid=$!
 dmail=$PEER_DIR/mail/$PEER_USER

@@ -20,22 +20,29 @@ build_tandem() {
 udp_port() { python3 -c 'import socket; s=socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 tcp_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
-# mirror_conf DIR ID MIRROR_PORT PEER_PORT [LMTP_PORT] [IMAP_PORT]: a node
-# config for one side of a mirrored pair on loopback (other listeners on
-# ports the kernel picks).
-mirror_conf() {
+# node_conf DIR ID [LMTP_PORT] [IMAP_PORT] [ADMIN_PORT]: DIR/tandem.toml
+# for a node on loopback (port 0 or none: the kernel picks).
+node_conf() {
   mkdir -p "$1"
   cat > "$1/tandem.toml" <<TOML
 [node]
 id = "$2"
 data_dir = "$1/data"
 [imap]
-listen = "127.0.0.1:${6:-0}"
+listen = "127.0.0.1:${4:-0}"
 tls_listen = "127.0.0.1:0"
 [lmtp]
-listen = "127.0.0.1:${5:-0}"
+listen = "127.0.0.1:${3:-0}"
 [admin]
-listen = "127.0.0.1:0"
+listen = "127.0.0.1:${5:-0}"
+TOML
+}
+
+# mirror_conf DIR ID MIRROR_PORT PEER_PORT [LMTP_PORT] [IMAP_PORT]: the same
+# for one side of a mirrored pair.
+mirror_conf() {
+  node_conf "$1" "$2" "${5:-0}" "${6:-0}"
+  cat >> "$1/tandem.toml" <<TOML
 [mirror]
 listen = "127.0.0.1:$3"
 peers = ["127.0.0.1:$4"]

@@ -27,17 +27,7 @@ TANDEM=$T
 
 node=$OUT/tandem
 mkdir -p "$node"
-cat > "$node/tandem.toml" <<TOML
-[node]
-id = "bench"
-data_dir = "$node/data"
-[imap]
-listen = "127.0.0.1:0"
-[lmtp]
-listen = "127.0.0.1:$TANDEM_PORT"
-[admin]
-listen = "127.0.0.1:0"
-TOML
+node_conf "$node" bench "$TANDEM_PORT"
 "$TANDEM" --config "$node/tandem.toml" serve > "$node/serve.log" 2>&1 &
 pid=$!
 trap 'kill $pid 2>/dev/null || true; wait $pid 2>/dev/null || true' EXIT
