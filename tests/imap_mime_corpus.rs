@@ -118,8 +118,7 @@ fn cpython_email_test_data() {
 
 #[test]
 fn generated_corpus() {
-    let gen = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/tools/corpus/gen_corpus.py");
-    assert!(gen.is_file(), "corpus generator missing: {}", gen.display());
+    let gen = common::gen_corpus();
     let out = tempfile::tempdir().unwrap();
     let st = Command::new("python3")
         .arg(&gen)

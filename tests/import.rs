@@ -6,13 +6,11 @@
 mod common;
 use common::{messages, node_with_users, Node};
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use tandem::mailfile;
 
-fn gen_corpus() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/tools/corpus/gen_corpus.py")
-}
+use common::gen_corpus;
 
 /// folder -> sorted list of (blake3 hex, sorted flags, internal date)
 type Summary = BTreeMap<String, Vec<(String, Vec<String>, i64)>>;

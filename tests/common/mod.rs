@@ -303,3 +303,20 @@ pub fn digest(node: &Node) -> (String, serde_json::Value) {
     let d = admin_get(node, "/v1/digest");
     (d["digest"].as_str().unwrap().to_string(), d["heads"].clone())
 }
+
+/// The deterministic corpus generator of the shared tools: in
+/// `$TANDEM_SHARED` when set (`.ci/run` sets it), else in `../shared` beside
+/// the checkout.
+#[allow(dead_code)]
+pub fn gen_corpus() -> PathBuf {
+    let shared = std::env::var_os("TANDEM_SHARED")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared"));
+    let gen = shared.join("tools/corpus/gen_corpus.py");
+    assert!(
+        gen.is_file(),
+        "corpus generator missing: {} (set TANDEM_SHARED to the shared tools directory)",
+        gen.display()
+    );
+    gen
+}
