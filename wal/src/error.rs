@@ -20,6 +20,7 @@ impl std::fmt::Display for Place {
 pub enum WalError {
     /// RocksDB reported an error. Its kind is kept so callers can tell
     /// Busy/TryAgain from I/O failures.
+    #[cfg(feature = "store")]
     #[error("rocksdb: {0}")]
     Rocks(#[from] rocksdb::Error),
     /// A stored record does not verify: wrong format version, broken hash

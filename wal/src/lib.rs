@@ -17,14 +17,19 @@
 
 pub mod error;
 pub mod record;
+#[cfg(feature = "store")]
 mod recovery;
 pub mod segment;
 pub mod seq;
+#[cfg(feature = "store")]
 pub mod store;
+#[cfg(feature = "store")]
 pub mod writer;
 
 pub use error::{AppendError, Place, SegmentError, WalError};
 pub use record::{Entry, Hash, GENESIS};
 pub use seq::{Origin, VersionVector};
+#[cfg(feature = "store")]
 pub use store::{Cf, KeyValues, RecoveryMode, RecoveryReport, StatsSnapshot, Wal, WalOptions};
+#[cfg(feature = "store")]
 pub use writer::{Appended, Txn};

@@ -1,0 +1,48 @@
+//! IMAP client input through the framer, then each whole command through
+//! the command parser, as the session does. Neither may panic; the framer
+//! must keep its buffer bounded and hand out only whole commands.
+#![no_main]
+use imap_codec::decode::Decoder;
+use imap_codec::CommandCodec;
+use libfuzzer_sys::fuzz_target;
+use tandem_fuzz::proto::imap::fragment::{tag_of, Frame, Framer};
+use tandem_fuzz::proto::imap::mutf7;
+
+const MAX_LINE: usize = 2048;
+const MAX_LITERAL: u64 = 8192;
+
+fuzz_target!(|data: &[u8]| {
+    let mut f = Framer::new(MAX_LINE, MAX_LITERAL);
+    let mut rest = data;
+    while !rest.is_empty() {
+        let n = 1 + (rest[0] as usize % 61);
+        let (chunk, tail) = rest.split_at(n.min(rest.len()));
+        rest = tail;
+        f.feed(chunk);
+        while let Some(frame) = f.next_frame() {
+            match frame {
+                Frame::Command(cmd) => {
+                    assert!(cmd.ends_with(b"\n"), "a command that does not end a line");
+                    let _ = tag_of(&cmd);
+                    if let Ok((_, c)) = CommandCodec::default().decode(&cmd) {
+                        // Mailbox names the session would decode.
+                        let s = format!("{:?}", c.body);
+                        let _ = mutf7::decode(&s);
+                    }
+                }
+                Frame::Continue { length } => assert!(u64::from(length) <= MAX_LITERAL),
+                Frame::LineTooLong { .. } | Frame::LiteralTooLarge { .. } => {}
+            }
+        }
+        assert!(
+            f.buffered() as u64 <= MAX_LITERAL + 64 * 1024 + MAX_LINE as u64 + 128,
+            "framer buffered {}",
+            f.buffered()
+        );
+    }
+    // mutf7 round trip on arbitrary text.
+    if let Ok(s) = std::str::from_utf8(data) {
+        let wire = mutf7::encode(s);
+        assert_eq!(mutf7::decode(&wire).as_deref(), Ok(s), "mutf7 round trip");
+    }
+});

@@ -1,0 +1,35 @@
+//! MIME parsing of arbitrary messages: ENVELOPE, BODYSTRUCTURE and every
+//! section. No panic; every section that is not transfer-decoded is a
+//! slice of the input.
+#![no_main]
+use libfuzzer_sys::fuzz_target;
+use tandem_fuzz::proto::imap::mime::{Parsed, SectionText};
+
+fuzz_target!(|data: &[u8]| {
+    let p = Parsed::new(data);
+    let _ = p.envelope();
+    let _ = p.body_structure(true);
+    let _ = p.body_structure(false);
+    let _ = p.sent_date();
+    let _ = p.header_values("subject");
+    let _ = p.body_text();
+    let mut parts: Vec<Vec<u32>> = vec![vec![]];
+    for a in 1..=3 {
+        parts.push(vec![a]);
+        for b in 1..=2 {
+            parts.push(vec![a, b]);
+        }
+    }
+    for part in &parts {
+        for what in [SectionText::Header, SectionText::Text, SectionText::Mime, SectionText::Full] {
+            if let Some(bytes) = p.section(part, what.clone()) {
+                if !bytes.is_empty() {
+                    assert!(
+                        data.windows(bytes.len()).any(|w| w == bytes.as_slice()),
+                        "section {part:?} {what:?} is not a slice of the message"
+                    );
+                }
+            }
+        }
+    }
+});

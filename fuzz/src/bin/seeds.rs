@@ -1,0 +1,137 @@
+//! Writes the seed corpus (`corpus/<target>/seed-*`) from valid examples of
+//! each input kind, so the fuzzer starts from inputs that get past the first
+//! checks. Run from `fuzz/`: `cargo run --bin seeds`.
+use std::path::Path;
+use tandem_fuzz::event::{BlobHash, Event, FlagOp, Flags, Id};
+use tandem_fuzz::frame::{Frame, WireBlob, WireEntry};
+use wal::{segment, Entry, Origin, GENESIS};
+
+fn write(target: &str, name: &str, bytes: &[u8]) {
+    let dir = Path::new("corpus").join(target);
+    std::fs::create_dir_all(&dir).expect("create corpus dir");
+    std::fs::write(dir.join(format!("seed-{name}")), bytes).expect("write seed");
+}
+
+fn main() {
+    let events = [
+        Event::UserCreated {
+            user: "a@example.org".into(),
+            password_hash: "$argon2id$x".into(),
+        },
+        Event::MailboxCreated {
+            user: "a@example.org".into(),
+            mailbox: Id([7; 16]),
+            name: "INBOX/Sub".into(),
+            uidvalidity: 1700000000,
+            special_use: None,
+        },
+        Event::MessageAppended {
+            user: "a@example.org".into(),
+            mailbox: Id([7; 16]),
+            uid: 42,
+            guid: Id([9; 16]),
+            blob: BlobHash::of(b"Subject: x\r\n\r\nbody\r\n"),
+            size: 21,
+            internal_date: 1_764_000_000,
+            tz_minutes: 60,
+            flags: Flags::new(["\\Seen", "$Label1"]),
+        },
+        Event::FlagsChanged {
+            user: "a@example.org".into(),
+            mailbox: Id([7; 16]),
+            messages: vec![(42, Id([9; 16]))],
+            op: FlagOp::Add,
+            flags: Flags::new(["\\Flagged"]),
+        },
+        Event::Expunged {
+            user: "a@example.org".into(),
+            mailbox: Id([7; 16]),
+            messages: vec![(42, Id([9; 16]))],
+        },
+        Event::ConfigSet {
+            key: "imap.max_connections_per_user".into(),
+            value: "20".into(),
+        },
+    ];
+    for (i, e) in events.iter().enumerate() {
+        write("event", &i.to_string(), &e.encode());
+    }
+
+    let origin = Origin(0x0123_4567_89ab_cdef);
+    let mut prev = GENESIS;
+    let mut entries = Vec::new();
+    for (i, e) in events.iter().enumerate() {
+        let entry = Entry::new(&prev, origin, i as u64 + 1, 1000 + i as u64, e.encode());
+        prev = entry.hash;
+        let mut rec = origin.0.to_be_bytes().to_vec();
+        rec.extend_from_slice(&entry.seq.to_be_bytes());
+        rec.extend_from_slice(&entry.encode_value());
+        write("wal_record", &i.to_string(), &rec);
+        entries.push(entry);
+    }
+    write("wal_segment", "all", &segment::encode(&GENESIS, &entries));
+    write("wal_segment", "tail", &segment::encode(&entries[2].hash, &entries[3..]));
+
+    let wire: Vec<WireEntry> = entries
+        .iter()
+        .map(|e| WireEntry {
+            origin: e.origin.0,
+            seq: e.seq,
+            hlc: e.hlc,
+            hash: e.hash,
+            payload: e.payload.clone(),
+        })
+        .collect();
+    let body = b"Subject: x\r\n\r\nbody\r\n".to_vec();
+    let frames = [
+        Frame::Vector {
+            vector: vec![(origin.0, 6), (7, 9)],
+        },
+        Frame::Batch {
+            id: 1,
+            entries: wire,
+            blobs: vec![WireBlob {
+                hash: *blake3::hash(&body).as_bytes(),
+                body,
+            }],
+        },
+        Frame::Ack {
+            id: 1,
+            vector: vec![(origin.0, 6)],
+        },
+        Frame::Query {
+            id: 2,
+            hashes: vec![[1; 32], [2; 32]],
+        },
+        Frame::Held {
+            id: 2,
+            held: vec![true, false],
+        },
+        Frame::Refused { reason: "no".into() },
+    ];
+    for (i, f) in frames.iter().enumerate() {
+        write("repl_frame", &i.to_string(), &f.encode()[4..]);
+    }
+
+    write(
+        "lmtp_session",
+        "deliver",
+        b"\x21LHLO mx.example\r\nMAIL FROM:<a@example.org> BODY=8BITMIME SIZE=100\r\nRCPT TO:<u@example.org>\r\nRCPT TO:<v@example.org>\r\nDATA\r\nSubject: hi\r\n\r\n..dot\r\n.\r\nBDAT 5 LAST\r\nhelloRSET\r\nNOOP\r\nQUIT\r\n",
+    );
+    write(
+        "lmtp_session",
+        "bdat",
+        b"\x10LHLO x\r\nMAIL FROM:<>\r\nRCPT TO:<u@example.org>\r\nBDAT 3\r\nabcBDAT 0 LAST\r\nVRFY x\r\nHELO y\r\n\r\nQUIT\r\n",
+    );
+    write(
+        "imap_command",
+        "session",
+        b"a1 CAPABILITY\r\na2 LOGIN {5}\r\nalice {6+}\r\nsecret\r\na3 LIST \"\" \"*\"\r\na4 SELECT INBOX\r\na5 UID FETCH 1:* (FLAGS ENVELOPE BODY.PEEK[HEADER.FIELDS (SUBJECT)])\r\na6 STORE 1 +FLAGS (\\Seen $Label1)\r\na7 APPEND Sent (\\Seen) {11+}\r\nSubject: x\r\na8 SEARCH CHARSET UTF-8 SINCE 1-Jan-2026 FROM \"bob\"\r\na9 CREATE &ZeVnLIqe-/x\r\na10 IDLE\r\nDONE\r\na11 LOGOUT\r\n",
+    );
+    write(
+        "mime",
+        "multipart",
+        b"From: \"B\" <b@example.org>\r\nTo: a@example.org\r\nSubject: =?utf-8?q?caf=C3=A9?=\r\nDate: Tue, 1 Dec 2026 10:00:00 +0100\r\nMIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=\"xx\"\r\n\r\npre\r\n--xx\r\nContent-Type: text/plain; charset=iso-8859-1\r\nContent-Transfer-Encoding: quoted-printable\r\n\r\ncaf=E9\r\n--xx\r\nContent-Type: message/rfc822\r\n\r\nSubject: inner\r\n\r\ninner body\r\n--xx\r\nContent-Type: application/octet-stream; name*=utf-8''%C3%A9.bin\r\nContent-Transfer-Encoding: base64\r\n\r\naGVsbG8=\r\n--xx--\r\n",
+    );
+    println!("seeds written under corpus/");
+}
