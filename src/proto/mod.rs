@@ -3,3 +3,4 @@
 
 pub mod imap;
 pub mod lmtp;
+pub mod pop3;
