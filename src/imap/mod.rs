@@ -8,6 +8,7 @@
 
 mod conn;
 mod fetch;
+pub mod pattern;
 pub mod session;
 
 use crate::config::ImapConfig;

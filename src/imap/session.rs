@@ -4,6 +4,7 @@
 //! 3501 allows).
 
 use super::conn::Conn;
+use super::pattern::Pattern;
 use super::{bump, fetch, plaintext_ok, Shared, SlotGuard};
 use crate::auth::{verify_password, Secret};
 use crate::event::{FlagOp, Flags, Id, SpecialUse};
@@ -207,18 +208,6 @@ fn mailbox_name(m: &Mailbox<'_>) -> Result<String, String> {
 
 fn astr(a: &AString<'_>) -> String {
     String::from_utf8_lossy(a.as_ref()).into_owned()
-}
-
-/// Match a LIST pattern (`*` anything, `%` anything but the separator).
-fn list_match(pattern: &[char], name: &[char]) -> bool {
-    match pattern.split_first() {
-        None => name.is_empty(),
-        Some(('*', rest)) => (0..=name.len()).any(|i| list_match(rest, &name[i..])),
-        Some(('%', rest)) => (0..=name.len())
-            .take_while(|i| *i == 0 || name[i - 1] != '/')
-            .any(|i| list_match(rest, &name[i..])),
-        Some((c, rest)) => name.first() == Some(c) && list_match(rest, &name[1..]),
-    }
 }
 
 fn special_use_of(mb: &MailboxRec) -> Option<SpecialUse> {
@@ -1302,13 +1291,20 @@ impl Session {
             return;
         }
         let full = format!("{reference}{pat}");
-        // INBOX matches case-insensitively.
-        let full = if full.len() >= 5 && full[..5].eq_ignore_ascii_case("INBOX") {
+        // INBOX matches case-insensitively. (Compared as bytes: the name may
+        // have a multi-byte character at any offset.)
+        let full = if full.as_bytes().get(..5).is_some_and(|p| p.eq_ignore_ascii_case(b"INBOX")) {
             format!("INBOX{}", &full[5..])
         } else {
             full
         };
-        let pchars: Vec<char> = full.chars().collect();
+        let matcher = match Pattern::new(&full) {
+            Ok(m) => m,
+            Err(e) => {
+                self.line(&format!("{tag} BAD {e}"));
+                return;
+            }
+        };
         let v = self.shared.store.views();
         let boxes = v.mailboxes(user).unwrap_or_default();
         let subs: BTreeSet<String> = v.subscriptions(user).unwrap_or_default().into_iter().collect();
@@ -1319,12 +1315,12 @@ impl Session {
             if lsub && !subs.contains(&mb.name) {
                 continue;
             }
-            let chars: Vec<char> = mb.name.chars().collect();
-            if !list_match(&pchars, &chars) {
+            if !matcher.matches(&mb.name) {
                 continue;
             }
             let mut attrs = Vec::new();
-            let has_children = names.iter().any(|n| n.starts_with(&format!("{}/", mb.name)));
+            let prefix = format!("{}/", mb.name);
+            let has_children = names.range(prefix.clone()..).next().is_some_and(|n| n.starts_with(&prefix));
             attrs.push(if has_children { "\\HasChildren" } else { "\\HasNoChildren" });
             if let Some(su) = special_use_of(mb) {
                 attrs.push(su.attribute());
@@ -1345,8 +1341,7 @@ impl Session {
                     if listed.contains(&parent) || names.contains(&parent) && !lsub {
                         continue;
                     }
-                    let chars: Vec<char> = parent.chars().collect();
-                    if list_match(&pchars, &chars) && listed.insert(parent.clone()) {
+                    if matcher.matches(&parent) && listed.insert(parent.clone()) {
                         lines.push(format!(
                             "* {cmd} (\\Noselect \\HasChildren) \"/\" {}",
                             astring(&mutf7::encode(&parent))
@@ -1537,19 +1532,6 @@ impl SearchMessage for LazyMessage<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn list_patterns() {
-        let m = |p: &str, n: &str| list_match(&p.chars().collect::<Vec<_>>(), &n.chars().collect::<Vec<_>>());
-        assert!(m("*", "INBOX"));
-        assert!(m("*", "a/b/c"));
-        assert!(m("%", "Work"));
-        assert!(!m("%", "Work/Old"));
-        assert!(m("Work/%", "Work/Old"));
-        assert!(!m("Work/%", "Work/Old/x"));
-        assert!(m("W*d", "Work/Old"));
-        assert!(!m("INBOX", "INBOX/x"));
-    }
 
     #[test]
     fn uid_sets_and_base64() {
