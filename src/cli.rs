@@ -185,8 +185,17 @@ fn print_status(st: &Status) {
     );
     let i = &st.imap;
     println!(
-        "imap        connections {} (in flight {})   logins {}   failed logins {}   commands {}   bad {}   appends {}   busy {}   timeouts {}",
-        i.connections, i.in_flight, i.logins, i.login_failures, i.commands, i.bad_commands, i.appends, i.refused_busy, i.timeouts
+        "imap        connections {} (in flight {})   logins {}   failed logins {}   throttled {}   commands {}   bad {}   appends {}   busy {}   timeouts {}",
+        i.connections,
+        i.in_flight,
+        i.logins,
+        i.login_failures,
+        i.login_throttled,
+        i.commands,
+        i.bad_commands,
+        i.appends,
+        i.refused_busy,
+        i.timeouts
     );
     println!("  rejected  no mailbox {}", m.rejected_no_mailbox);
     let mi = &st.mirror;

@@ -68,6 +68,14 @@ pub struct ImapConfig {
     pub idle_timeout_secs: u64,
     /// Bad commands tolerated before the connection is closed.
     pub max_bad_commands: u32,
+    /// Login attempts one IP address may make in a burst; the budget
+    /// refills over `login_lockout_secs`. 0: no per-address budget.
+    pub login_attempts_per_ip: u32,
+    /// Login attempts for one user, from anywhere, in a burst. 0: no
+    /// per-user budget.
+    pub login_attempts_per_user: u32,
+    /// Seconds an empty login budget takes to refill completely.
+    pub login_lockout_secs: u64,
     /// Where LOGIN / AUTHENTICATE PLAIN are allowed without TLS:
     /// "loopback" (default), "always" or "never".
     pub plaintext_auth: PlaintextAuth,
@@ -97,6 +105,9 @@ impl Default for ImapConfig {
             preauth_timeout_secs: 60,
             idle_timeout_secs: 1800,
             max_bad_commands: 20,
+            login_attempts_per_ip: 10,
+            login_attempts_per_user: 20,
+            login_lockout_secs: 300,
             plaintext_auth: PlaintextAuth::Loopback,
         }
     }
@@ -339,6 +350,9 @@ impl Config {
         }
         if self.imap.max_line < 1024 {
             p.push(format!("imap.max_line {} is below 1024", self.imap.max_line));
+        }
+        if self.imap.login_lockout_secs == 0 {
+            p.push("imap.login_lockout_secs must be positive".into());
         }
         if self.lmtp.max_message_size == 0 {
             p.push("lmtp.max_message_size must be positive".into());

@@ -168,3 +168,81 @@ fn a_literal_ending_inside_a_utf8_character_does_not_kill_the_session() {
     assert!(ok(&c.cmd("e", "SELECT INBOX")));
     assert!(ok(&Imap::login(&node.addr("imap"), M).cmd("f", "NOOP")));
 }
+
+/// A connection from a given loopback address (all of 127/8 is loopback).
+fn connect_from(src: [u8; 4], addr: &str) -> Imap {
+    use socket2::{Domain, Socket, Type};
+    let s = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+    s.bind(&std::net::SocketAddr::from((src, 0)).into()).unwrap();
+    s.connect(&addr.parse::<std::net::SocketAddr>().unwrap().into()).unwrap();
+    let s: TcpStream = s.into();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let mut c = Imap {
+        r: BufReader::new(s.try_clone().unwrap()),
+        w: s,
+    };
+    assert!(c.line().starts_with("* OK"));
+    c
+}
+
+#[test]
+fn parallel_guessing_cannot_exceed_the_login_budget() {
+    let cfg = "[imap]\nlisten = \"127.0.0.1:0\"\ntls_listen = \"127.0.0.1:0\"\nlogin_attempts_per_ip = 5\nlogin_attempts_per_user = 8\nlogin_lockout_secs = 3600\n";
+    let (_d, node) = node("throttle", cfg);
+    let imap = node.addr("imap");
+    // Honest parallel logins beyond the budget wait for each other's
+    // tokens to come back, and all get in.
+    let honest: Vec<bool> = (0..20)
+        .map(|_| {
+            let imap = imap.clone();
+            std::thread::spawn(move || ok(&connect_from([127, 0, 0, 3], &imap).cmd("l", &format!("LOGIN {M} secret"))))
+        })
+        .collect::<Vec<_>>()
+        .into_iter()
+        .map(|t| t.join().unwrap())
+        .collect();
+    assert!(honest.iter().all(|x| *x), "{honest:?}");
+    // 40 connections from one address guess at once.
+    let answers: Vec<String> = (0..40)
+        .map(|_| {
+            let imap = imap.clone();
+            std::thread::spawn(move || {
+                let mut c = connect_from([127, 0, 0, 1], &imap);
+                c.cmd("l", &format!("LOGIN {U} guess")).pop().unwrap()
+            })
+        })
+        .collect::<Vec<_>>()
+        .into_iter()
+        .map(|t| t.join().unwrap())
+        .collect();
+    let checked = answers.iter().filter(|a| a.contains("[AUTHENTICATIONFAILED]")).count();
+    let refused = answers.iter().filter(|a| a.contains("[UNAVAILABLE]")).count();
+    println!("one address, 40 parallel guesses: {checked} checked, {refused} refused");
+    assert_eq!((checked, refused), (5, 35), "{answers:?}");
+    // The address is locked out, even with the right password; another
+    // user from another address is not.
+    let r = connect_from([127, 0, 0, 1], &imap).cmd("l", &format!("LOGIN {U} secret"));
+    assert!(r.last().unwrap().contains("[UNAVAILABLE]"), "{r:?}");
+    assert!(ok(&connect_from([127, 0, 0, 2], &imap).cmd("l", &format!("LOGIN {M} secret"))));
+    // Guesses for the same user from many addresses share the user's budget.
+    let answers: Vec<String> = (10..30u8)
+        .map(|i| {
+            let imap = imap.clone();
+            std::thread::spawn(move || {
+                connect_from([127, 0, 0, i], &imap)
+                    .cmd("l", &format!("LOGIN {U} guess"))
+                    .pop()
+                    .unwrap()
+            })
+        })
+        .collect::<Vec<_>>()
+        .into_iter()
+        .map(|t| t.join().unwrap())
+        .collect();
+    let checked2 = answers.iter().filter(|a| a.contains("[AUTHENTICATIONFAILED]")).count();
+    println!("20 addresses, one user: {checked2} more checked");
+    assert_eq!(checked2, 3, "{answers:?}");
+    let st = common::admin_get(&node, "/v1/status");
+    assert_eq!(st["imap"]["login_failures"], 8, "{st}");
+    assert_eq!(st["imap"]["login_throttled"].as_u64().unwrap(), 35 + 1 + 17, "{st}");
+}

@@ -5,7 +5,7 @@
 
 use super::conn::Conn;
 use super::pattern::Pattern;
-use super::{bump, fetch, plaintext_ok, Shared, SlotGuard};
+use super::{bump, fetch, plaintext_ok, Attempt, Shared, SlotGuard, Throttle};
 use crate::auth::{verify_password, Secret};
 use crate::event::{FlagOp, Flags, Id, SpecialUse};
 use crate::mutate::{self, MutationError, NewMessage};
@@ -800,10 +800,18 @@ impl Session {
                 return Ok(());
             }
         };
-        let keys = vec![format!("ip:{}", self.peer.ip()), format!("user:{user}")];
-        let delay = self.shared.throttle.delay(&keys);
-        if !delay.is_zero() {
-            tokio::time::sleep(delay).await;
+        let asked = std::time::Instant::now();
+        loop {
+            match self.shared.throttle.attempt(self.peer.ip(), &user) {
+                Attempt::Go => break,
+                Attempt::Wait if asked.elapsed() < Throttle::MAX_WAIT => tokio::time::sleep(Duration::from_millis(50)).await,
+                Attempt::Wait | Attempt::Refused => {
+                    bump(&self.shared.counters.login_throttled);
+                    tracing::info!(user = %user, "login refused: too many attempts");
+                    self.no(tag, "[UNAVAILABLE] Too many login attempts; try again later");
+                    return Ok(());
+                }
+            }
         }
         let rec = self.shared.store.views().user(&user).ok().flatten();
         let ok = match rec {
@@ -816,8 +824,8 @@ impl Session {
                 false
             }
         };
+        self.shared.throttle.done(self.peer.ip(), &user, ok);
         if !ok {
-            self.shared.throttle.failed(&keys);
             bump(&self.shared.counters.login_failures);
             tracing::info!(user = %user, "login failed");
             self.no(tag, "[AUTHENTICATIONFAILED] Authentication failed");
@@ -827,7 +835,6 @@ impl Session {
             self.no(tag, "[LIMIT] Too many connections for this user");
             return Ok(());
         };
-        self.shared.throttle.succeeded(&keys);
         bump(&self.shared.counters.logins);
         tracing::Span::current().record("user", user.as_str());
         tracing::info!("logged in");
