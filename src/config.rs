@@ -79,6 +79,12 @@ pub struct ImapConfig {
     /// Where LOGIN / AUTHENTICATE PLAIN are allowed without TLS:
     /// "loopback" (default), "always" or "never".
     pub plaintext_auth: PlaintextAuth,
+    /// Seconds a TLS handshake (implicit TLS or after STARTTLS) may take.
+    pub handshake_timeout_secs: u64,
+    /// Seconds from connecting to logging in, however busy the client is.
+    pub login_timeout_secs: u64,
+    /// Seconds the client may take to accept each 64 KiB of responses.
+    pub write_timeout_secs: u64,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
@@ -102,6 +108,9 @@ impl Default for ImapConfig {
             max_connections: 1024,
             max_connections_per_ip: 100,
             max_connections_per_user: 50,
+            handshake_timeout_secs: 10,
+            login_timeout_secs: 120,
+            write_timeout_secs: 60,
             preauth_timeout_secs: 60,
             idle_timeout_secs: 1800,
             max_bad_commands: 20,
@@ -347,6 +356,9 @@ impl Config {
         }
         if self.imap.tls_cert.is_some() != self.imap.tls_key.is_some() {
             p.push("imap.tls_cert and imap.tls_key: set both or neither".into());
+        }
+        if self.imap.handshake_timeout_secs == 0 || self.imap.login_timeout_secs == 0 || self.imap.write_timeout_secs == 0 {
+            p.push("imap.handshake_timeout_secs, imap.login_timeout_secs and imap.write_timeout_secs must be positive".into());
         }
         if self.imap.max_line < 1024 {
             p.push(format!("imap.max_line {} is below 1024", self.imap.max_line));

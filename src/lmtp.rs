@@ -131,14 +131,14 @@ async fn connection(
                     // Everything said so far goes out before the (possibly
                     // slow) durable write.
                     if !out.is_empty() {
-                        stream.write_all(&out).await?;
+                        send(&mut stream, &out, idle).await?;
                         out.clear();
                     }
                     let outcomes = deliver(store, cfg, counters, durability, d, peer).await;
                     session.delivery_result(outcomes);
                 }
                 Action::Close => {
-                    stream.write_all(&out).await?;
+                    send(&mut stream, &out, idle).await?;
                     let _ = stream.shutdown().await;
                     return Ok(());
                 }
@@ -146,7 +146,7 @@ async fn connection(
         }
         fold_counters(&session, counters, &mut seen);
         if !out.is_empty() {
-            stream.write_all(&out).await?;
+            send(&mut stream, &out, idle).await?;
             out.clear();
         }
         if session.is_closed() {
@@ -204,6 +204,18 @@ async fn connection(
             return Ok(());
         }
         session.feed(&buf[..n]);
+    }
+}
+
+/// Write replies; a client that does not take them within `limit` (the
+/// idle timeout) loses the connection rather than holding it.
+async fn send(stream: &mut TcpStream, bytes: &[u8], limit: Duration) -> std::io::Result<()> {
+    match tokio::time::timeout(limit, stream.write_all(bytes)).await {
+        Ok(r) => r,
+        Err(_) => Err(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            "the client did not read its replies in time",
+        )),
     }
 }
 

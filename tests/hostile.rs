@@ -9,6 +9,8 @@ mod common;
 use common::{node_with_users, Node};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 const U: &str = "alice@example.org";
@@ -86,6 +88,15 @@ fn literal_len(line: &str) -> Option<usize> {
 
 fn ok(r: &[String]) -> bool {
     r.last().is_some_and(|l| l.split(' ').nth(1) == Some("OK"))
+}
+
+/// Resident memory of a process, KiB.
+fn rss_kib(pid: u32) -> u64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    s.lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
 }
 
 fn node(name: &str, extra: &str) -> (tempfile::TempDir, Node) {
@@ -167,6 +178,188 @@ fn a_literal_ending_inside_a_utf8_character_does_not_kill_the_session() {
     // The same session and the node live on.
     assert!(ok(&c.cmd("e", "SELECT INBOX")));
     assert!(ok(&Imap::login(&node.addr("imap"), M).cmd("f", "NOOP")));
+}
+
+/// One hostile pre-login connection: a large literal announced, and as
+/// much of it sent as the node will take within `budget`.
+fn prelogin_flood(addr: &str, sync: bool, len: usize, budget: Duration) -> String {
+    let mut c = Imap::connect(addr);
+    c.w.set_write_timeout(Some(Duration::from_secs(2))).unwrap();
+    c.r.get_ref().set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let plus = if sync { "" } else { "+" };
+    c.send(format!("a LOGIN {{{len}{plus}}}\r\n").as_bytes());
+    let answer = if sync { c.line() } else { String::new() };
+    // Send the data whatever the answer was: a hostile client does.
+    let chunk = vec![b'x'; 64 * 1024];
+    let t = Instant::now();
+    let mut sent = 0;
+    while sent < len && t.elapsed() < budget {
+        match c.w.write(&chunk) {
+            Ok(n) => sent += n,
+            Err(_) => break,
+        }
+    }
+    if !sync {
+        // The refusal may be lost to the reset the unread data causes.
+        let l = c.line();
+        return if l.is_empty() { "closed".into() } else { l };
+    }
+    answer
+}
+
+#[test]
+fn prelogin_literals_are_refused_and_memory_stays_bounded() {
+    let (_d, node) = node(
+        "prelogin",
+        "[imap]\nlisten = \"127.0.0.1:0\"\ntls_listen = \"127.0.0.1:0\"\nmax_connections_per_ip = 200\n",
+    );
+    let pid = node.child.id();
+    let imap = node.addr("imap");
+    let before = rss_kib(pid);
+    let peak = Arc::new(std::sync::atomic::AtomicU64::new(before));
+    let stop = Arc::new(AtomicBool::new(false));
+    let sampler = {
+        let (peak, stop) = (peak.clone(), stop.clone());
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                if let Ok(s) = std::fs::read_to_string(format!("/proc/{pid}/status")) {
+                    if let Some(v) = s.lines().find_map(|l| l.strip_prefix("VmRSS:")) {
+                        let kib: u64 = v.trim().trim_end_matches("kB").trim().parse().unwrap_or(0);
+                        peak.fetch_max(kib, Ordering::Relaxed);
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        })
+    };
+    // Before the limit, each of these buffered what it sent: 100 x 4 MiB.
+    let len = 60_000_000;
+    let threads: Vec<_> = (0..100)
+        .map(|i| {
+            let imap = imap.clone();
+            std::thread::spawn(move || prelogin_flood(&imap, i % 2 == 0, len, Duration::from_millis(1500)))
+        })
+        .collect();
+    let answers: Vec<String> = threads.into_iter().map(|t| t.join().unwrap()).collect();
+    stop.store(true, Ordering::Relaxed);
+    sampler.join().unwrap();
+    let peak = peak.load(Ordering::Relaxed);
+    let after = rss_kib(pid);
+    println!("RSS before {before} KiB, peak {peak} KiB, after {after} KiB");
+    for (i, a) in answers.iter().enumerate() {
+        if i % 2 == 0 {
+            // Synchronising: refused without a continuation.
+            assert!(a.starts_with("a NO [TOOBIG]") && a.contains("4096"), "connection {i}: {a}");
+        } else {
+            assert!(
+                a == "closed" || a.starts_with("a BAD [TOOBIG]") || a.starts_with("* BYE"),
+                "connection {i}: {a}"
+            );
+        }
+    }
+    // The bound: 100 connections together may not add 64 MiB (each one is
+    // bounded by a few read buffers; without the limit they add 400 MiB).
+    assert!(peak < before + 64 * 1024, "RSS grew from {before} KiB to {peak} KiB");
+    // A literal within the limit still logs in.
+    let mut c = Imap::connect(&imap);
+    c.send(format!("x LOGIN {{{}}}\r\n", U.len()).as_bytes());
+    assert!(c.line().starts_with('+'));
+    c.send(format!("{U} secret\r\n").as_bytes());
+    assert!(ok(&c.until_tagged("x")));
+    let st = common::admin_get(&node, "/v1/status");
+    assert!(st["imap"]["bad_commands"].as_u64().unwrap() >= 100, "{st}");
+}
+
+/// How long until the server closes `s` (reads and discards until end of
+/// input or an error), bounded by `limit`.
+fn time_to_close(s: &mut TcpStream, limit: Duration) -> Option<Duration> {
+    let t = Instant::now();
+    s.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+    let mut buf = [0u8; 4096];
+    while t.elapsed() < limit {
+        match s.read(&mut buf) {
+            Ok(0) => return Some(t.elapsed()),
+            Ok(_) => {}
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
+            Err(_) => return Some(t.elapsed()),
+        }
+    }
+    None
+}
+
+#[test]
+fn stalled_tls_handshakes_are_cut_off() {
+    let cfg = "[imap]\nlisten = \"127.0.0.1:0\"\ntls_listen = \"127.0.0.1:0\"\nhandshake_timeout_secs = 1\n";
+    let (_d, node) = node("handshake", cfg);
+    // Implicit TLS: nothing at all, then half a ClientHello.
+    for first in [&b""[..], &b"\x16\x03\x01\x02\x00\x01"[..]] {
+        let mut s = TcpStream::connect(node.addr("imaps")).unwrap();
+        s.write_all(first).unwrap();
+        let took = time_to_close(&mut s, Duration::from_secs(10));
+        println!("implicit TLS, {} bytes sent: closed after {took:?}", first.len());
+        assert!(took.is_some_and(|t| t < Duration::from_secs(5)), "{took:?}");
+    }
+    // STARTTLS, then silence.
+    let mut c = Imap::connect(&node.addr("imap"));
+    let r = c.cmd("s", "STARTTLS");
+    assert!(ok(&r), "{r:?}");
+    let took = time_to_close(&mut c.w, Duration::from_secs(10));
+    println!("STARTTLS: closed after {took:?}");
+    assert!(took.is_some_and(|t| t < Duration::from_secs(5)), "{took:?}");
+    let st = common::admin_get(&node, "/v1/status");
+    assert!(st["imap"]["timeouts"].as_u64().unwrap() >= 3, "{st}");
+    assert!(ok(&Imap::login(&node.addr("imap"), U).cmd("n", "NOOP")));
+}
+
+#[test]
+fn slow_readers_and_slow_logins_lose_their_connection() {
+    let cfg = "[imap]\nlisten = \"127.0.0.1:0\"\ntls_listen = \"127.0.0.1:0\"\nwrite_timeout_secs = 1\nlogin_timeout_secs = 2\nmax_connections_per_user = 1\n";
+    let (_d, node) = node("slow", cfg);
+    let imap = node.addr("imap");
+    let mut a = Imap::login(&imap, U);
+    let body = format!("Subject: big\r\n\r\n{}", "0123456789abcdef\r\n".repeat(4 << 20 >> 4));
+    a.send(format!("a APPEND INBOX {{{}+}}\r\n", body.len()).as_bytes());
+    a.send(body.as_bytes());
+    a.send(b"\r\n");
+    assert!(ok(&a.until_tagged("a")));
+    assert!(ok(&a.cmd("s", "SELECT INBOX")));
+    // 40 MiB asked for, nothing read: more than the socket buffers hold.
+    a.send(format!("f FETCH 1 ({})\r\n", vec!["BODY.PEEK[]"; 10].join(" ")).as_bytes());
+    let t = Instant::now();
+    // The session holds alice's only slot until the node gives up on it.
+    let mut got_in = None;
+    while t.elapsed() < Duration::from_secs(20) {
+        let mut b = Imap::connect(&imap);
+        let r = b.cmd("l", &format!("LOGIN {U} secret"));
+        if ok(&r) {
+            got_in = Some(t.elapsed());
+            break;
+        }
+        assert!(r.last().unwrap().contains("[LIMIT]"), "{r:?}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    println!("slot freed after {got_in:?}");
+    assert!(got_in.is_some(), "a client that does not read held its slot for 20 s");
+    drop(a);
+    // Before login, activity does not extend the deadline.
+    let mut c = Imap::connect(&imap);
+    let t = Instant::now();
+    let mut closed = false;
+    while t.elapsed() < Duration::from_secs(10) {
+        c.send(b"n NOOP\r\n");
+        let l = c.line();
+        if l.is_empty() || l.starts_with("* BYE") {
+            closed = true;
+            break;
+        }
+        if l.starts_with("n OK") {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+    println!("busy client without login closed after {:?}", t.elapsed());
+    assert!(closed && t.elapsed() < Duration::from_secs(6), "{:?}", t.elapsed());
+    let st = common::admin_get(&node, "/v1/status");
+    assert!(st["imap"]["timeouts"].as_u64().unwrap() >= 2, "{st}");
 }
 
 /// A connection from a given loopback address (all of 127/8 is loopback).

@@ -40,6 +40,18 @@ crate::counters::counters!(
     }
 );
 
+/// The largest literal before login: RFC 7888's LITERAL- limit. A larger
+/// synchronising literal is refused without a continuation; a larger
+/// non-synchronising one closes the connection.
+pub const PREAUTH_MAX_LITERAL: u64 = 4096;
+/// The longest command line before login.
+pub const PREAUTH_MAX_LINE: usize = 8192;
+
+/// The framer of a connection that has not logged in.
+fn preauth_framer(cfg: &ImapConfig) -> crate::proto::imap::fragment::Framer {
+    crate::proto::imap::fragment::Framer::new(cfg.max_line.min(PREAUTH_MAX_LINE), cfg.max_literal.min(PREAUTH_MAX_LITERAL))
+}
+
 /// Add one to a counter.
 pub(crate) fn bump(a: &AtomicU64) {
     crate::counters::bump(a, 1);
@@ -283,7 +295,7 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>, implicit_tls: boo
                 let _ = stream.set_nodelay(true);
                 let conn = match (&shared.tls, implicit_tls) {
                     (Some(tls), true) => match tokio::time::timeout(
-                        Duration::from_secs(shared.cfg.preauth_timeout_secs),
+                        Duration::from_secs(shared.cfg.handshake_timeout_secs),
                         tokio_rustls::TlsAcceptor::from(tls.clone()).accept(stream),
                     )
                     .await
@@ -293,7 +305,11 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>, implicit_tls: boo
                             tracing::info!(error = %e, "TLS handshake failed");
                             None
                         }
-                        Err(_) => None,
+                        Err(_) => {
+                            bump(&shared.counters.timeouts);
+                            tracing::info!("TLS handshake timed out");
+                            None
+                        }
                     },
                     _ => Some(conn::Conn::Plain(stream)),
                 };

@@ -161,6 +161,8 @@ pub struct Session {
     shared: Arc<Shared>,
     shutdown: watch::Receiver<bool>,
     framer: Framer,
+    /// Until when the client may log in.
+    login_deadline: std::time::Instant,
     out: Vec<u8>,
     auth: Auth,
     selected: Option<Selected>,
@@ -216,9 +218,10 @@ fn special_use_of(mb: &MailboxRec) -> Option<SpecialUse> {
 
 impl Session {
     pub fn new(stream: Conn, peer: SocketAddr, shared: Arc<Shared>, shutdown: watch::Receiver<bool>) -> Session {
-        let framer = Framer::new(shared.cfg.max_line, shared.cfg.max_literal);
+        let framer = super::preauth_framer(&shared.cfg);
         let commits = shared.store.commits();
         Session {
+            login_deadline: std::time::Instant::now() + Duration::from_secs(shared.cfg.login_timeout_secs),
             stream,
             peer,
             shared,
@@ -274,19 +277,60 @@ impl Session {
 
     async fn flush(&mut self) -> R<()> {
         if !self.out.is_empty() {
-            self.stream.write_all(&self.out).await?;
+            let out = std::mem::take(&mut self.out);
+            let r = self.write_out(&out).await;
+            self.out = out;
             self.out.clear();
+            r?;
         }
         Ok(())
     }
 
+    /// Write to the client, which must take each 64 KiB within
+    /// `write_timeout_secs`: a client that stops reading loses its
+    /// connection instead of holding it (and what it asked for) forever.
+    async fn write_out(&mut self, bytes: &[u8]) -> R<()> {
+        let limit = Duration::from_secs(self.shared.cfg.write_timeout_secs.max(1));
+        for chunk in bytes.chunks(64 * 1024) {
+            if tokio::time::timeout(limit, self.stream.write_all(chunk)).await.is_err() {
+                bump(&self.shared.counters.timeouts);
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "the client did not read its responses in time",
+                ));
+            }
+        }
+        match tokio::time::timeout(limit, self.stream.flush()).await {
+            Ok(r) => r,
+            Err(_) => {
+                bump(&self.shared.counters.timeouts);
+                Err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "the client did not read its responses in time",
+                ))
+            }
+        }
+    }
+
     /// Read more input; `false` on end of input or timeout (the session ends).
     async fn read_more(&mut self) -> R<bool> {
-        let timeout = Duration::from_secs(if self.user().is_some() {
+        let mut timeout = Duration::from_secs(if self.user().is_some() {
             self.shared.cfg.idle_timeout_secs
         } else {
             self.shared.cfg.preauth_timeout_secs
         });
+        if self.user().is_none() {
+            // However busy, a client that has not logged in by the deadline
+            // goes.
+            let left = self.login_deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                bump(&self.shared.counters.timeouts);
+                self.line("* BYE Autologout; log in sooner");
+                self.flush().await?;
+                return Ok(false);
+            }
+            timeout = timeout.min(left);
+        }
         let mut buf = [0u8; 16 * 1024];
         let mut shutdown = self.shutdown.clone();
         tokio::select! {
@@ -329,11 +373,22 @@ impl Session {
                             return Ok(None);
                         }
                     }
-                    Frame::LiteralTooLarge { tag, length } => {
+                    Frame::LiteralTooLarge { tag, length, non_sync } => {
                         let t = tag.unwrap_or_else(|| "*".into());
+                        let limit = self.framer.max_literal();
+                        let when = if self.user().is_none() { " before login" } else { "" };
+                        if non_sync && self.user().is_none() {
+                            // RFC 7888 LITERAL- rules before login: the data
+                            // is on its way and is not worth reading.
+                            bump(&self.shared.counters.bad_commands);
+                            self.line(&format!(
+                                "{t} BAD [TOOBIG] Literal of {length} octets exceeds the limit of {limit}{when}"
+                            ));
+                            self.line("* BYE Literal too large");
+                            return Ok(None);
+                        }
                         self.line(&format!(
-                            "{t} NO [TOOBIG] Literal of {length} octets exceeds the limit of {}",
-                            self.shared.cfg.max_literal
+                            "{t} NO [TOOBIG] Literal of {length} octets exceeds the limit of {limit}{when}"
                         ));
                         if self.count_bad() {
                             return Ok(None);
@@ -772,17 +827,23 @@ impl Session {
         self.flush().await?;
         // Anything the client pipelined after STARTTLS was sent in the clear
         // and must not be executed inside the TLS session.
-        self.framer = Framer::new(self.shared.cfg.max_line, self.shared.cfg.max_literal);
+        self.framer = super::preauth_framer(&self.shared.cfg);
         let Conn::Plain(tcp) = std::mem::replace(&mut self.stream, Conn::Swapping) else {
             return Ok(Flow::Logout);
         };
-        match tokio_rustls::TlsAcceptor::from(tls).accept(tcp).await {
-            Ok(s) => {
+        let limit = Duration::from_secs(self.shared.cfg.handshake_timeout_secs);
+        match tokio::time::timeout(limit, tokio_rustls::TlsAcceptor::from(tls).accept(tcp)).await {
+            Ok(Ok(s)) => {
                 self.stream = Conn::Tls(Box::new(s));
                 Ok(Flow::Continue)
             }
-            Err(e) => {
+            Ok(Err(e)) => {
                 tracing::info!(error = %e, "STARTTLS handshake failed");
+                Ok(Flow::Logout)
+            }
+            Err(_) => {
+                bump(&self.shared.counters.timeouts);
+                tracing::info!("STARTTLS handshake timed out");
                 Ok(Flow::Logout)
             }
         }
@@ -835,6 +896,7 @@ impl Session {
             self.no(tag, "[LIMIT] Too many connections for this user");
             return Ok(());
         };
+        self.framer.set_limits(self.shared.cfg.max_line, self.shared.cfg.max_literal);
         bump(&self.shared.counters.logins);
         tracing::Span::current().record("user", user.as_str());
         tracing::info!("logged in");
