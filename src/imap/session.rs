@@ -681,7 +681,7 @@ impl Session {
                     self.no(tag, &format!("[BADCHARSET (US-ASCII UTF-8)] {e}"));
                     return Ok(Flow::Continue);
                 }
-                self.search(tag, &criteria, uid);
+                self.search(tag, &criteria, uid).await;
             }
             CommandBody::Fetch {
                 sequence_set,
@@ -721,7 +721,7 @@ impl Session {
                     },
                     MacroOrMessageDataItemNames::MessageDataItemNames(v) => v,
                 };
-                self.fetch(tag, &user, &sequence_set, &items, uid).await;
+                self.fetch(tag, &user, &sequence_set, &items, uid).await?;
             }
             CommandBody::Store {
                 sequence_set,
@@ -1062,9 +1062,9 @@ impl Session {
         out.into_iter().collect()
     }
 
-    async fn fetch(&mut self, tag: &str, user: &str, set: &SequenceSet, items: &[MessageDataItemName<'_>], uid: bool) {
+    async fn fetch(&mut self, tag: &str, user: &str, set: &SequenceSet, items: &[MessageDataItemName<'_>], uid: bool) -> R<()> {
         let targets = self.resolve(set, uid);
-        let Some(sel) = self.selected.as_ref() else { return };
+        let Some(sel) = self.selected.as_ref() else { return Ok(()) };
         let (id, readonly) = (sel.id, sel.readonly);
         let mut seen_now = Vec::new();
         if !readonly && fetch::sets_seen(items) {
@@ -1085,7 +1085,7 @@ impl Session {
                     .await
                 {
                     self.store_error(tag, e);
-                    return;
+                    return Ok(());
                 }
             }
         }
@@ -1098,28 +1098,39 @@ impl Session {
         });
         let v = self.shared.store.views();
         let store = self.shared.store.clone();
-        for (seq, u) in targets {
+        for (i, (seq, u)) in targets.into_iter().enumerate() {
+            if i % 64 == 63 {
+                // Other sessions get the thread between messages.
+                tokio::task::yield_now().await;
+            }
             let Ok(Some(m)) = v.message(id, u) else { continue };
             let body = if need_raw { store.blob(&m.blob).ok().flatten() } else { None };
             let summary = if need_summary {
-                self.shared
-                    .cache
-                    .get_or(&store, &m.blob, || body.clone().or_else(|| store.blob(&m.blob).ok().flatten()))
+                self.shared.cache.get_or(&store, &m.blob, || {
+                    body.as_deref()
+                        .map(std::borrow::Cow::Borrowed)
+                        .or_else(|| store.blob(&m.blob).ok().flatten().map(std::borrow::Cow::Owned))
+                })
             } else {
                 None
             };
             let force_flags = seen_now.contains(&u);
-            fetch::render(
-                &mut self.out,
-                seq,
-                u,
-                &m,
-                body.as_deref(),
-                summary.as_deref(),
-                items,
-                uid,
-                force_flags,
-            );
+            let response = fetch::render(seq, u, &m, body.as_deref(), summary.as_deref(), items, uid, force_flags);
+            // Each message's response goes out as it is made (the client's
+            // reading paces the command), large bodies straight from the
+            // stored copy.
+            for part in &response.parts {
+                match part {
+                    fetch::Part::Bytes(b) => self.out.extend_from_slice(b),
+                    fetch::Part::Body(b) => {
+                        self.flush().await?;
+                        self.write_out(b).await?;
+                    }
+                }
+            }
+            if self.out.len() >= 64 * 1024 {
+                self.flush().await?;
+            }
             if let Some(sel) = self.selected.as_mut() {
                 sel.flags.insert(u, m.flags.clone());
             }
@@ -1127,6 +1138,7 @@ impl Session {
         // No expunges during FETCH by sequence number.
         self.sync(uid);
         self.line(&format!("{tag} OK {}FETCH completed", if uid { "UID " } else { "" }));
+        Ok(())
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -1270,7 +1282,7 @@ impl Session {
         self.line(&format!("{tag} OK {}EXPUNGE completed", if only.is_some() { "UID " } else { "" }));
     }
 
-    fn search(&mut self, tag: &str, criteria: &imap_codec::imap_types::search::SearchKey<'_>, uid: bool) {
+    async fn search(&mut self, tag: &str, criteria: &imap_codec::imap_types::search::SearchKey<'_>, uid: bool) {
         let Some(sel) = self.selected.as_ref() else { return };
         let v = self.shared.store.views();
         let ctx = search::Context {
@@ -1278,7 +1290,17 @@ impl Session {
             max_uid: sel.uids.last().copied().unwrap_or(0),
         };
         let mut hits = Vec::new();
+        let mut stopped = false;
         for (i, u) in sel.uids.iter().enumerate() {
+            // A search that parses every body shares the runtime's threads
+            // with other sessions, and ends at shutdown.
+            if i % 64 == 63 {
+                tokio::task::yield_now().await;
+                if *self.shutdown.borrow() {
+                    stopped = true;
+                    break;
+                }
+            }
             let Ok(Some(m)) = v.message(sel.id, *u) else { continue };
             let msg = LazyMessage {
                 seq: i as u32 + 1,
@@ -1290,6 +1312,10 @@ impl Session {
             if search::matches(criteria, &msg, &ctx) {
                 hits.push(if uid { *u } else { i as u32 + 1 });
             }
+        }
+        if stopped {
+            self.no(tag, "[UNAVAILABLE] Server shutting down");
+            return;
         }
         let list: String = hits.iter().map(|h| format!(" {h}")).collect();
         self.line(&format!("* SEARCH{list}"));
