@@ -270,6 +270,40 @@ fn prelogin_literals_are_refused_and_memory_stays_bounded() {
     assert!(st["imap"]["bad_commands"].as_u64().unwrap() >= 100, "{st}");
 }
 
+#[test]
+fn export_refuses_names_that_leave_the_target() {
+    let (d, node) = node("export", "");
+    let mut c = Imap::login(&node.addr("imap"), U);
+    for name in [".", "..", ".hidden", "a.b"] {
+        let r = c.cmd("c", &format!("CREATE \"{name}\""));
+        assert!(ok(&r), "CREATE {name}: {r:?}");
+        let msg = "Subject: x\r\n\r\nbody\r\n";
+        c.send(format!("a APPEND \"{name}\" {{{}+}}\r\n{msg}\r\n", msg.len()).as_bytes());
+        assert!(ok(&c.until_tagged("a")));
+    }
+    let parent = d.path().join("x");
+    std::fs::create_dir(&parent).unwrap();
+    let out = parent.join("out");
+    let (okay, stdout, stderr) = node.cli(&["export", "maildir", "--user", U, out.to_str().unwrap()], None);
+    assert!(!okay, "export of \".\" succeeded: {stdout}");
+    for name in ["\".\"", "\"..\"", "\".hidden\"", "\"a.b\""] {
+        assert!(stderr.contains(name), "{name} not named: {stderr}");
+    }
+    // Nothing was written, inside the target or above it.
+    let above: Vec<_> = std::fs::read_dir(&parent).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert!(above.is_empty() || (above.len() == 1 && above[0] == "out"), "{above:?}");
+    assert!(!out.exists() || std::fs::read_dir(&out).unwrap().next().is_none());
+    // Renamed, they export.
+    for (i, name) in [".", "..", ".hidden", "a.b"].iter().enumerate() {
+        assert!(ok(&c.cmd("r", &format!("RENAME \"{name}\" \"renamed{i}\""))));
+    }
+    let (okay, stdout, stderr) = node.cli(&["export", "maildir", "--user", U, out.to_str().unwrap()], None);
+    assert!(okay, "{stdout} {stderr}");
+    assert!(out.join(".renamed0/cur").is_dir() && out.join("cur").is_dir());
+    let above: Vec<_> = std::fs::read_dir(&parent).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert_eq!(above, vec![std::ffi::OsString::from("out")]);
+}
+
 /// How long until the server closes `s` (reads and discards until end of
 /// input or an error), bounded by `limit`.
 fn time_to_close(s: &mut TcpStream, limit: Duration) -> Option<Duration> {
@@ -438,4 +472,25 @@ fn parallel_guessing_cannot_exceed_the_login_budget() {
     let st = common::admin_get(&node, "/v1/status");
     assert_eq!(st["imap"]["login_failures"], 8, "{st}");
     assert_eq!(st["imap"]["login_throttled"].as_u64().unwrap(), 35 + 1 + 17, "{st}");
+}
+
+#[test]
+fn import_refuses_messages_over_the_limit() {
+    let cfg = "[lmtp]\nlisten = \"127.0.0.1:0\"\nmax_message_size = 1000\n";
+    let (d, node) = node("importcap", cfg);
+    let maildir = d.path().join("Maildir");
+    for sub in ["cur", "new", "tmp"] {
+        std::fs::create_dir_all(maildir.join(sub)).unwrap();
+    }
+    std::fs::write(maildir.join("cur/1.small:2,S"), "Subject: small\n\nhello\n").unwrap();
+    std::fs::write(maildir.join("cur/2.big:2,S"), format!("Subject: big\n\n{}", "x".repeat(2000))).unwrap();
+    // 990 bytes on disk, over 1000 once every line ends in CRLF.
+    std::fs::write(maildir.join("cur/3.lf:2,S"), format!("Subject: lf\n\n{}", "y\n".repeat(489))).unwrap();
+    let (okay, out, err) = node.cli(&["import", "maildir", maildir.to_str().unwrap(), "--user", U], None);
+    assert!(!okay, "{out}");
+    assert!(
+        err.contains("2.big") && err.contains("3.lf") && err.contains("lmtp.max_message_size"),
+        "{err}"
+    );
+    assert_eq!(common::messages(&node, U, "INBOX").len(), 1);
 }
