@@ -131,7 +131,8 @@ pub struct LmtpConfig {
     pub max_message_size: u64,
     /// Most simultaneous connections.
     pub max_connections: usize,
-    /// Deliver `user+detail@domain` into folder `detail` when it exists.
+    /// Deliver `user+detail@domain` into folder `detail` when it exists
+    /// and has no special use (never into Drafts, Sent, Trash, ...).
     pub detail_folders: bool,
     /// Seconds a connection may sit idle between commands.
     pub idle_timeout_secs: u64,
@@ -245,7 +246,7 @@ impl Default for LmtpConfig {
             listen: "127.0.0.1:2424".parse().expect("literal"),
             max_message_size: 64 << 20,
             max_connections: 256,
-            detail_folders: true,
+            detail_folders: false,
             idle_timeout_secs: 300,
             max_session_secs: 3600,
             hostname: String::new(),

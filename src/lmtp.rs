@@ -277,6 +277,13 @@ fn with_trace_headers(d: &Delivery) -> Vec<u8> {
     b
 }
 
+/// With `detail_folders`, `user+detail` files into folder `detail` only if
+/// it exists and has no special use: no sender may put mail into someone's
+/// Drafts, Sent or Trash.
+fn detail_folder_allowed(store: &Store, user: &str, folder: &str) -> bool {
+    matches!(store.views().mailbox_by_name(user, folder), Ok(Some(mb)) if mb.special_use.is_none())
+}
+
 /// Why one recipient of an accepted message was not delivered.
 enum Rejected {
     UnknownUser,
@@ -300,10 +307,13 @@ async fn deliver(
         .recipients
         .iter()
         .map(|r| {
-            resolve_user(store, r)
-                .ok()
-                .flatten()
-                .map(|u| (u, if cfg.detail_folders { r.detail.clone() } else { None }))
+            resolve_user(store, r).ok().flatten().map(|u| {
+                let detail = r
+                    .detail
+                    .clone()
+                    .filter(|d| cfg.detail_folders && detail_folder_allowed(store, &u, d));
+                (u, detail)
+            })
         })
         .collect();
     let n = targets.len();

@@ -475,6 +475,36 @@ fn parallel_guessing_cannot_exceed_the_login_budget() {
 }
 
 #[test]
+fn data_dir_and_files_are_private() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = node_with_users(dir.path(), "modes", "", &[U]);
+    // Some mail, so the store has written files of every kind.
+    let mut c = Imap::login(&node.addr("imap"), U);
+    c.send(b"a APPEND INBOX {18+}\r\nSubject: x\r\n\r\nbody\r\n");
+    assert!(ok(&c.until_tagged("a")));
+    use std::os::unix::fs::PermissionsExt;
+    let data = dir.path().join("data");
+    let mode = |p: &std::path::Path| std::fs::symlink_metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&data), 0o700);
+    let mut stack = vec![data];
+    let mut seen = 0;
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            let m = mode(&p);
+            if p.is_dir() {
+                assert_eq!(m, 0o700, "{}", p.display());
+                stack.push(p);
+            } else {
+                assert_eq!(m & 0o077, 0, "{} is {m:o}", p.display());
+            }
+            seen += 1;
+        }
+    }
+    assert!(seen > 10, "only {seen} entries");
+}
+
+#[test]
 fn import_refuses_messages_over_the_limit() {
     let cfg = "[lmtp]\nlisten = \"127.0.0.1:0\"\nmax_message_size = 1000\n";
     let (d, node) = node("importcap", cfg);
@@ -484,7 +514,7 @@ fn import_refuses_messages_over_the_limit() {
     }
     std::fs::write(maildir.join("cur/1.small:2,S"), "Subject: small\n\nhello\n").unwrap();
     std::fs::write(maildir.join("cur/2.big:2,S"), format!("Subject: big\n\n{}", "x".repeat(2000))).unwrap();
-    // 990 bytes on disk, over 1000 once every line ends in CRLF.
+    // 991 bytes on disk, 1482 once every line ends in CRLF.
     std::fs::write(maildir.join("cur/3.lf:2,S"), format!("Subject: lf\n\n{}", "y\n".repeat(489))).unwrap();
     let (okay, out, err) = node.cli(&["import", "maildir", maildir.to_str().unwrap(), "--user", U], None);
     assert!(!okay, "{out}");
