@@ -425,6 +425,14 @@ impl Session {
                 Flow::Logout => break,
             }
             self.flush().await?;
+            // One command at a time: a client that pipelines without end
+            // takes turns with every other connection, and stops at
+            // shutdown with the command it was given.
+            tokio::task::yield_now().await;
+            if *self.shutdown.borrow() {
+                self.line("* BYE Server shutting down");
+                break;
+            }
         }
         self.flush().await?;
         let _ = self.stream.shutdown().await;
@@ -580,11 +588,11 @@ impl Session {
             CommandBody::List {
                 reference,
                 mailbox_wildcard,
-            } => self.list(tag, &user, &reference, &mailbox_wildcard, false),
+            } => self.list(tag, &user, &reference, &mailbox_wildcard, false).await,
             CommandBody::Lsub {
                 reference,
                 mailbox_wildcard,
-            } => self.list(tag, &user, &reference, &mailbox_wildcard, true),
+            } => self.list(tag, &user, &reference, &mailbox_wildcard, true).await,
             CommandBody::Status { mailbox, item_names } => self.status(tag, &user, &mailbox, item_names.as_ref()),
             CommandBody::Append {
                 mailbox,
@@ -1369,7 +1377,7 @@ impl Session {
         }
     }
 
-    fn list(&mut self, tag: &str, user: &str, reference: &Mailbox<'_>, pattern: &ListMailbox<'_>, lsub: bool) {
+    async fn list(&mut self, tag: &str, user: &str, reference: &Mailbox<'_>, pattern: &ListMailbox<'_>, lsub: bool) {
         let cmd = if lsub { "LSUB" } else { "LIST" };
         let reference = match reference {
             Mailbox::Inbox => "INBOX".to_string(),
@@ -1406,7 +1414,12 @@ impl Session {
         let names: BTreeSet<String> = boxes.iter().map(|b| b.name.clone()).collect();
         let mut lines = Vec::new();
         let mut listed = BTreeSet::new();
-        for mb in &boxes {
+        for (i, mb) in boxes.iter().enumerate() {
+            if i % 16 == 15 {
+                // Matching costs up to name x pattern: other sessions get
+                // the thread in between.
+                tokio::task::yield_now().await;
+            }
             if lsub && !subs.contains(&mb.name) {
                 continue;
             }
@@ -1429,7 +1442,10 @@ impl Session {
         // Parents that exist only as hierarchy, for `%` patterns.
         if full.contains('%') {
             let empty = BTreeSet::new();
-            for n in names.iter().chain(if lsub { subs.iter() } else { empty.iter() }) {
+            for (i, n) in names.iter().chain(if lsub { subs.iter() } else { empty.iter() }).enumerate() {
+                if i % 16 == 15 {
+                    tokio::task::yield_now().await;
+                }
                 let parts: Vec<&str> = n.split('/').collect();
                 for i in 1..parts.len() {
                     let parent = parts[..i].join("/");
