@@ -342,3 +342,65 @@ pub fn plaintext_ok(cfg: &ImapConfig, peer: &SocketAddr, tls: bool) -> bool {
         },
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn throttle(per_ip: u32, per_user: u32) -> Throttle {
+        let cfg = ImapConfig {
+            login_attempts_per_ip: per_ip,
+            login_attempts_per_user: per_user,
+            login_lockout_secs: 3600,
+            ..ImapConfig::default()
+        };
+        Throttle::new(&cfg)
+    }
+
+    #[test]
+    fn budgets_are_taken_before_checking_and_given_back_on_success() {
+        let t = throttle(3, 100);
+        let ip: IpAddr = "192.0.2.1".parse().unwrap();
+        // Three in flight at once: the fourth waits for them.
+        for _ in 0..3 {
+            assert_eq!(t.attempt(ip, "u"), Attempt::Go);
+        }
+        assert_eq!(t.attempt(ip, "u"), Attempt::Wait);
+        // One succeeds (its token comes back), two fail.
+        t.done(ip, "u", true);
+        assert_eq!(t.attempt(ip, "u"), Attempt::Go);
+        t.done(ip, "u", false);
+        t.done(ip, "u", false);
+        t.done(ip, "u", false);
+        // Nothing in flight, nothing left: refused outright.
+        assert_eq!(t.attempt(ip, "u"), Attempt::Refused);
+        assert_eq!(t.attempt(ip, "v"), Attempt::Refused);
+        // Another address is not affected.
+        assert_eq!(t.attempt("192.0.2.2".parse().unwrap(), "u"), Attempt::Go);
+    }
+
+    #[test]
+    fn user_budget_spans_addresses_and_zero_means_none() {
+        let t = throttle(0, 2);
+        for i in 1..=2 {
+            let ip: IpAddr = format!("192.0.2.{i}").parse().unwrap();
+            assert_eq!(t.attempt(ip, "u"), Attempt::Go);
+            t.done(ip, "u", false);
+        }
+        assert_eq!(t.attempt("192.0.2.9".parse().unwrap(), "u"), Attempt::Refused);
+        assert_eq!(t.attempt("192.0.2.9".parse().unwrap(), "w"), Attempt::Go);
+    }
+
+    #[test]
+    fn ipv6_clients_share_their_64() {
+        assert_eq!(
+            ip_key("2001:db8:1:2:aaaa::1".parse().unwrap()),
+            ip_key("2001:db8:1:2:bbbb::2".parse().unwrap())
+        );
+        assert_ne!(
+            ip_key("2001:db8:1:2::1".parse().unwrap()),
+            ip_key("2001:db8:1:3::1".parse().unwrap())
+        );
+        assert_eq!(ip_key("::ffff:192.0.2.1".parse().unwrap()), "ip:192.0.2.1");
+    }
+}
