@@ -132,7 +132,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::User(cmd) => rt.block_on(user(&cfg, cmd)),
-        Command::Import(cmd) => rt.block_on(crate::transfer::import(&Admin::new(&cfg)?, cmd)),
+        Command::Import(cmd) => rt.block_on(crate::transfer::import(&Admin::new(&cfg)?, cmd, cfg.lmtp.max_message_size)),
         Command::Export(cmd) => rt.block_on(crate::transfer::export(&Admin::new(&cfg)?, cmd)),
         Command::Log(LogCommand::Tail { n }) => {
             let entries: Vec<TailEntry> = rt.block_on(Admin::new(&cfg)?.get(&format!("/v1/log/tail?n={n}")))?;
@@ -185,8 +185,17 @@ fn print_status(st: &Status) {
     );
     let i = &st.imap;
     println!(
-        "imap        connections {} (in flight {})   logins {}   failed logins {}   commands {}   bad {}   appends {}   busy {}   timeouts {}",
-        i.connections, i.in_flight, i.logins, i.login_failures, i.commands, i.bad_commands, i.appends, i.refused_busy, i.timeouts
+        "imap        connections {} (in flight {})   logins {}   failed logins {}   throttled {}   commands {}   bad {}   appends {}   busy {}   timeouts {}",
+        i.connections,
+        i.in_flight,
+        i.logins,
+        i.login_failures,
+        i.login_throttled,
+        i.commands,
+        i.bad_commands,
+        i.appends,
+        i.refused_busy,
+        i.timeouts
     );
     println!("  rejected  no mailbox {}", m.rejected_no_mailbox);
     let mi = &st.mirror;

@@ -68,9 +68,23 @@ pub struct ImapConfig {
     pub idle_timeout_secs: u64,
     /// Bad commands tolerated before the connection is closed.
     pub max_bad_commands: u32,
+    /// Login attempts one IP address may make in a burst; the budget
+    /// refills over `login_lockout_secs`. 0: no per-address budget.
+    pub login_attempts_per_ip: u32,
+    /// Login attempts for one user, from anywhere, in a burst. 0: no
+    /// per-user budget.
+    pub login_attempts_per_user: u32,
+    /// Seconds an empty login budget takes to refill completely.
+    pub login_lockout_secs: u64,
     /// Where LOGIN / AUTHENTICATE PLAIN are allowed without TLS:
     /// "loopback" (default), "always" or "never".
     pub plaintext_auth: PlaintextAuth,
+    /// Seconds a TLS handshake (implicit TLS or after STARTTLS) may take.
+    pub handshake_timeout_secs: u64,
+    /// Seconds from connecting to logging in, however busy the client is.
+    pub login_timeout_secs: u64,
+    /// Seconds the client may take to accept each 64 KiB of responses.
+    pub write_timeout_secs: u64,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
@@ -94,9 +108,15 @@ impl Default for ImapConfig {
             max_connections: 1024,
             max_connections_per_ip: 100,
             max_connections_per_user: 50,
+            handshake_timeout_secs: 10,
+            login_timeout_secs: 120,
+            write_timeout_secs: 60,
             preauth_timeout_secs: 60,
             idle_timeout_secs: 1800,
             max_bad_commands: 20,
+            login_attempts_per_ip: 10,
+            login_attempts_per_user: 20,
+            login_lockout_secs: 300,
             plaintext_auth: PlaintextAuth::Loopback,
         }
     }
@@ -111,7 +131,8 @@ pub struct LmtpConfig {
     pub max_message_size: u64,
     /// Most simultaneous connections.
     pub max_connections: usize,
-    /// Deliver `user+detail@domain` into folder `detail` when it exists.
+    /// Deliver `user+detail@domain` into folder `detail` when it exists
+    /// and has no special use (never into Drafts, Sent, Trash, ...).
     pub detail_folders: bool,
     /// Seconds a connection may sit idle between commands.
     pub idle_timeout_secs: u64,
@@ -225,7 +246,7 @@ impl Default for LmtpConfig {
             listen: "127.0.0.1:2424".parse().expect("literal"),
             max_message_size: 64 << 20,
             max_connections: 256,
-            detail_folders: true,
+            detail_folders: false,
             idle_timeout_secs: 300,
             max_session_secs: 3600,
             hostname: String::new(),
@@ -337,8 +358,14 @@ impl Config {
         if self.imap.tls_cert.is_some() != self.imap.tls_key.is_some() {
             p.push("imap.tls_cert and imap.tls_key: set both or neither".into());
         }
+        if self.imap.handshake_timeout_secs == 0 || self.imap.login_timeout_secs == 0 || self.imap.write_timeout_secs == 0 {
+            p.push("imap.handshake_timeout_secs, imap.login_timeout_secs and imap.write_timeout_secs must be positive".into());
+        }
         if self.imap.max_line < 1024 {
             p.push(format!("imap.max_line {} is below 1024", self.imap.max_line));
+        }
+        if self.imap.login_lockout_secs == 0 {
+            p.push("imap.login_lockout_secs must be positive".into());
         }
         if self.lmtp.max_message_size == 0 {
             p.push("lmtp.max_message_size must be positive".into());

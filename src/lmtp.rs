@@ -131,14 +131,14 @@ async fn connection(
                     // Everything said so far goes out before the (possibly
                     // slow) durable write.
                     if !out.is_empty() {
-                        stream.write_all(&out).await?;
+                        send(&mut stream, &out, idle).await?;
                         out.clear();
                     }
                     let outcomes = deliver(store, cfg, counters, durability, d, peer).await;
                     session.delivery_result(outcomes);
                 }
                 Action::Close => {
-                    stream.write_all(&out).await?;
+                    send(&mut stream, &out, idle).await?;
                     let _ = stream.shutdown().await;
                     return Ok(());
                 }
@@ -146,7 +146,7 @@ async fn connection(
         }
         fold_counters(&session, counters, &mut seen);
         if !out.is_empty() {
-            stream.write_all(&out).await?;
+            send(&mut stream, &out, idle).await?;
             out.clear();
         }
         if session.is_closed() {
@@ -204,6 +204,18 @@ async fn connection(
             return Ok(());
         }
         session.feed(&buf[..n]);
+    }
+}
+
+/// Write replies; a client that does not take them within `limit` (the
+/// idle timeout) loses the connection rather than holding it.
+async fn send(stream: &mut TcpStream, bytes: &[u8], limit: Duration) -> std::io::Result<()> {
+    match tokio::time::timeout(limit, stream.write_all(bytes)).await {
+        Ok(r) => r,
+        Err(_) => Err(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            "the client did not read its replies in time",
+        )),
     }
 }
 
@@ -265,6 +277,13 @@ fn with_trace_headers(d: &Delivery) -> Vec<u8> {
     b
 }
 
+/// With `detail_folders`, `user+detail` files into folder `detail` only if
+/// it exists and has no special use: no sender may put mail into someone's
+/// Drafts, Sent or Trash.
+fn detail_folder_allowed(store: &Store, user: &str, folder: &str) -> bool {
+    matches!(store.views().mailbox_by_name(user, folder), Ok(Some(mb)) if mb.special_use.is_none())
+}
+
 /// Why one recipient of an accepted message was not delivered.
 enum Rejected {
     UnknownUser,
@@ -288,10 +307,13 @@ async fn deliver(
         .recipients
         .iter()
         .map(|r| {
-            resolve_user(store, r)
-                .ok()
-                .flatten()
-                .map(|u| (u, if cfg.detail_folders { r.detail.clone() } else { None }))
+            resolve_user(store, r).ok().flatten().map(|u| {
+                let detail = r
+                    .detail
+                    .clone()
+                    .filter(|d| cfg.detail_folders && detail_folder_allowed(store, &u, d));
+                (u, detail)
+            })
         })
         .collect();
     let n = targets.len();

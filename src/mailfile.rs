@@ -67,12 +67,45 @@ pub fn maildir_folder(dir_name: &str) -> Option<String> {
     Some(rest.split('.').collect::<Vec<_>>().join("/"))
 }
 
-/// Maildir++ subdirectory name of a folder (`Archive/2024` -> `.Archive.2024`).
-pub fn maildir_dir(folder: &str) -> Option<String> {
+/// Size of `bytes` once [`to_crlf`] has converted them.
+pub fn crlf_len(bytes: &[u8]) -> usize {
+    let bare = bytes
+        .iter()
+        .enumerate()
+        .filter(|(i, b)| **b == b'\n' && (*i == 0 || bytes[i - 1] != b'\r'))
+        .count();
+    bytes.len() + bare
+}
+
+/// Maildir++ subdirectory name of a folder (`Archive/2024` ->
+/// `.Archive.2024`; `None` for INBOX, which is the root), or why the folder
+/// has none. Maildir++ separates levels with `.`, so a level that contains
+/// a dot (`.`, `..`, `.hidden`, `a.b`) or is empty would name another
+/// folder, or a directory outside the tree; such names are refused, never
+/// rewritten.
+pub fn maildir_dir(folder: &str) -> Result<Option<String>, String> {
     if folder == "INBOX" {
-        return None;
+        return Ok(None);
     }
-    Some(format!(".{}", folder.replace('/', ".")))
+    for level in folder.split('/') {
+        if level.is_empty() {
+            return Err("it has an empty hierarchy level".into());
+        }
+        if level.contains('.') {
+            return Err(format!("its level {level:?} contains '.', the Maildir++ hierarchy separator"));
+        }
+        if level.chars().any(|c| c.is_control()) {
+            return Err(format!("its level {level:?} contains a control character"));
+        }
+    }
+    let dir = format!(".{}", folder.replace('/', "."));
+    // One plain directory name, whatever else the platform takes for a
+    // separator or a special name.
+    let mut parts = Path::new(&dir).components();
+    match (parts.next(), parts.next()) {
+        (Some(std::path::Component::Normal(n)), None) if n == std::ffi::OsStr::new(&dir) => Ok(Some(dir)),
+        _ => Err(format!("{dir:?} is not a single directory name")),
+    }
 }
 
 /// One message file found in a Maildir.
@@ -257,8 +290,17 @@ mod tests {
         assert_eq!(maildir_info(&["\\Seen".into(), "\\Flagged".into(), "$Junk".into()]), ":2,FS");
         assert_eq!(maildir_folder(".Archive.2024").as_deref(), Some("Archive/2024"));
         assert_eq!(maildir_folder("cur"), None);
-        assert_eq!(maildir_dir("Archive/2024").as_deref(), Some(".Archive.2024"));
-        assert_eq!(maildir_dir("INBOX"), None);
+        assert_eq!(maildir_dir("Archive/2024"), Ok(Some(".Archive.2024".to_string())));
+        assert_eq!(maildir_dir("INBOX"), Ok(None));
+        assert_eq!(maildir_dir("Entwürfe"), Ok(Some(".Entwürfe".to_string())));
+        for bad in [".", "..", "...", ".hidden", "a/..", "../x", "a.b", "a//b", "", "a/", "a\u{0}b"] {
+            assert!(maildir_dir(bad).is_err(), "{bad:?} was given a directory");
+        }
+        assert_eq!(crlf_len(b"a\nb\r\n\n"), 8);
+        assert_eq!(crlf_len(b"\n"), 2);
+        assert_eq!(crlf_len(b""), 0);
+        let sample = b"x\r\n\ny\n\r\n";
+        assert_eq!(crlf_len(sample), to_crlf(sample).len());
     }
 
     #[test]

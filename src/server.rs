@@ -166,9 +166,33 @@ impl Running {
     }
 }
 
+/// Create the data directory for the node's user only (0700), and make
+/// everything the node creates in it (the store's files included) 0600 /
+/// 0700 whatever umask it was started with. An existing directory that
+/// others can read is left as it is, with a warning.
+fn private_data_dir(dir: &Path) -> anyhow::Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+        rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o077));
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .with_context(|| format!("creating data dir {}", dir.display()))?;
+        let mode = std::fs::metadata(dir)?.permissions().mode();
+        if mode & 0o077 != 0 {
+            tracing::warn!(dir = %dir.display(), mode = format!("{:o}", mode & 0o777), "the data directory is open to other users; chmod 700 it");
+        }
+    }
+    #[cfg(not(unix))]
+    std::fs::create_dir_all(dir).with_context(|| format!("creating data dir {}", dir.display()))?;
+    Ok(())
+}
+
 /// Open the store and start every listener of `cfg`.
 pub async fn start(cfg: &Config) -> anyhow::Result<Running> {
-    std::fs::create_dir_all(&cfg.node.data_dir).with_context(|| format!("creating data dir {}", cfg.node.data_dir.display()))?;
+    private_data_dir(&cfg.node.data_dir)?;
     let node_id = resolve_node_id(cfg)?;
     let db = cfg.db_path();
     let id2 = node_id.clone();

@@ -88,7 +88,16 @@ fn mtime(p: &Path) -> i64 {
         .unwrap_or(0)
 }
 
-pub async fn import(admin: &Admin, cmd: ImportCommand) -> anyhow::Result<()> {
+/// Import mail files. A message larger than `max_message` (the node's
+/// `lmtp.max_message_size`, counted with CRLF line endings as it would be
+/// stored) is not imported: it is named on standard error, and the command
+/// fails at the end, after importing everything else.
+pub async fn import(admin: &Admin, cmd: ImportCommand, max_message: u64) -> anyhow::Result<()> {
+    let mut too_large = 0u64;
+    let mut refuse = |what: &dyn std::fmt::Display, size: u64| {
+        eprintln!("tandem: not importing {what}: {size} bytes is over the limit of {max_message} (lmtp.max_message_size)");
+        too_large += 1;
+    };
     match cmd {
         ImportCommand::Maildir { path, user, folder } => {
             let files = mailfile::scan_maildir(&path).with_context(|| format!("reading Maildir {}", path.display()))?;
@@ -96,7 +105,21 @@ pub async fn import(admin: &Admin, cmd: ImportCommand) -> anyhow::Result<()> {
             let pb = progress(files.len() as u64, total);
             let mut up = Uploader::new(admin, &user);
             for (i, f) in files.iter().enumerate() {
+                // Conversion to CRLF only adds bytes: a file over the limit
+                // is not even read.
+                let on_disk = std::fs::metadata(&f.path).map(|m| m.len()).unwrap_or(0);
+                if on_disk > max_message {
+                    refuse(&f.path.display(), on_disk);
+                    pb.inc(on_disk);
+                    continue;
+                }
                 let body = std::fs::read(&f.path).with_context(|| format!("reading {}", f.path.display()))?;
+                let stored = mailfile::crlf_len(&body) as u64;
+                if stored > max_message {
+                    refuse(&f.path.display(), stored);
+                    pb.inc(body.len() as u64);
+                    continue;
+                }
                 let target = match (&folder, f.folder.as_str()) {
                     (None, name) => name.to_string(),
                     (Some(root), "INBOX") => root.clone(),
@@ -127,6 +150,10 @@ pub async fn import(admin: &Admin, cmd: ImportCommand) -> anyhow::Result<()> {
             let n = msgs.len();
             for (i, m) in msgs.into_iter().enumerate() {
                 pb.inc(m.body.len() as u64);
+                if m.body.len() as u64 > max_message {
+                    refuse(&format_args!("message {} of {}", i + 1, path.display()), m.body.len() as u64);
+                    continue;
+                }
                 up.push(
                     &folder,
                     ImportItem {
@@ -146,6 +173,9 @@ pub async fn import(admin: &Admin, cmd: ImportCommand) -> anyhow::Result<()> {
             );
         }
     }
+    if too_large > 0 {
+        anyhow::bail!("{too_large} messages were not imported: larger than lmtp.max_message_size ({max_message} bytes)");
+    }
     Ok(())
 }
 
@@ -153,14 +183,27 @@ pub async fn export(admin: &Admin, cmd: ExportCommand) -> anyhow::Result<()> {
     let ExportCommand::Maildir { user, path } = cmd;
     let u = urlencode(&user);
     let boxes: Vec<MailboxInfo> = admin.get(&format!("/v1/mailboxes?user={u}")).await?;
+    // Every name is checked before anything is written: a name with no safe
+    // Maildir++ directory stops the export.
+    let mut dirs = Vec::with_capacity(boxes.len());
+    let mut refused = Vec::new();
+    for mb in &boxes {
+        match mailfile::maildir_dir(&mb.name) {
+            Ok(Some(sub)) => dirs.push(path.join(sub)),
+            Ok(None) => dirs.push(path.clone()),
+            Err(why) => refused.push(format!("{:?} ({why})", mb.name)),
+        }
+    }
+    if !refused.is_empty() {
+        anyhow::bail!(
+            "nothing exported: these mailboxes of {user} have no safe Maildir++ directory name (rename them first): {}",
+            refused.join(", ")
+        );
+    }
     let total: u64 = boxes.iter().map(|b| b.messages).sum();
     let pb = progress(total, 0);
     let mut written = 0u64;
-    for mb in &boxes {
-        let dir = match mailfile::maildir_dir(&mb.name) {
-            Some(sub) => path.join(sub),
-            None => path.clone(),
-        };
+    for (mb, dir) in boxes.iter().zip(dirs) {
         for sub in ["cur", "new", "tmp"] {
             std::fs::create_dir_all(dir.join(sub)).with_context(|| format!("creating {}", dir.join(sub).display()))?;
         }

@@ -197,20 +197,54 @@ fn dropped_mid_data_stores_nothing() {
     assert_eq!(st["lmtp"]["messages"], 0);
 }
 
-#[test]
-fn plus_detail_delivers_into_existing_folder_else_inbox() {
-    let dir = tempfile::tempdir().unwrap();
-    let node = node_with_users(dir.path(), "detail", "", &["a@example.org"]);
-    let mut c = lmtp(&node);
+fn deliver_to(node: &Node, rcpts: &[&str]) {
+    let mut c = lmtp(node);
     lhlo(&mut c);
-    for (rcpt, subj) in [("a+Archive@example.org", "one"), ("a+nosuch@example.org", "two")] {
-        c.send(format!("MAIL FROM:<s@x>\r\nRCPT TO:<{rcpt}>\r\nDATA\r\nSubject: {subj}\r\n\r\nx\r\n.\r\n").as_bytes());
+    for rcpt in rcpts {
+        c.send(format!("MAIL FROM:<s@x>\r\nRCPT TO:<{rcpt}>\r\nDATA\r\nSubject: {rcpt}\r\n\r\nx\r\n.\r\n").as_bytes());
         for code in ["250", "250", "354", "250"] {
             let r = c.reply();
             assert!(r.starts_with(code), "{rcpt}: {r}");
         }
     }
-    assert_eq!(messages(&node, "a@example.org", "Archive").len(), 1);
+}
+
+#[test]
+fn plus_detail_delivers_into_existing_folder_else_inbox() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = "[lmtp]\nlisten = \"127.0.0.1:0\"\ndetail_folders = true\n";
+    let node = node_with_users(dir.path(), "detail", cfg, &["a@example.org"]);
+    common::python(
+        &node,
+        "from imaptest import *\nc = connect('a@example.org')\nok(c.create('Lists'))\nc.logout()\n",
+    );
+    // A folder with a special use (Drafts, Sent, Trash, Junk, Archive) is
+    // never a detail folder: no sender may file mail there.
+    deliver_to(
+        &node,
+        &[
+            "a+Lists@example.org",
+            "a+nosuch@example.org",
+            "a+Drafts@example.org",
+            "a+Sent@example.org",
+        ],
+    );
+    assert_eq!(messages(&node, "a@example.org", "Lists").len(), 1);
+    assert_eq!(messages(&node, "a@example.org", "INBOX").len(), 3);
+    assert_eq!(messages(&node, "a@example.org", "Drafts").len(), 0);
+    assert_eq!(messages(&node, "a@example.org", "Sent").len(), 0);
+}
+
+#[test]
+fn plus_detail_is_off_by_default() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = node_with_users(dir.path(), "nodetail", "", &["a@example.org"]);
+    common::python(
+        &node,
+        "from imaptest import *\nc = connect('a@example.org')\nok(c.create('Lists'))\nc.logout()\n",
+    );
+    deliver_to(&node, &["a+Lists@example.org"]);
+    assert_eq!(messages(&node, "a@example.org", "Lists").len(), 0);
     assert_eq!(messages(&node, "a@example.org", "INBOX").len(), 1);
 }
 

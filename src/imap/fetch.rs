@@ -6,6 +6,7 @@ use crate::event::BlobHash;
 use crate::proto::imap::mime::{Parsed, SectionText};
 use crate::views::MessageRec;
 use imap_codec::imap_types::fetch::{MessageDataItemName, Section};
+use std::borrow::Cow;
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 
@@ -36,7 +37,12 @@ impl Cache {
     /// The summary of a body: from memory, else from the store's cache
     /// column family, else parsed from the body (which `load` fetches) and
     /// kept in both.
-    pub fn get_or(&self, store: &crate::store::Store, hash: &BlobHash, load: impl FnOnce() -> Option<Vec<u8>>) -> Option<Arc<Summary>> {
+    pub fn get_or<'b>(
+        &self,
+        store: &crate::store::Store,
+        hash: &BlobHash,
+        load: impl FnOnce() -> Option<Cow<'b, [u8]>>,
+    ) -> Option<Arc<Summary>> {
         if let Some(s) = self.inner.lock().expect("cache lock").0.get(hash) {
             return Some(s.clone());
         }
@@ -215,31 +221,82 @@ fn section_spec(section: &Option<Section<'_>>) -> (String, Vec<u32>, SectionText
     }
 }
 
-fn literal(out: &mut Vec<u8>, bytes: &[u8]) {
-    out.extend_from_slice(format!("{{{}}}\r\n", bytes.len()).as_bytes());
-    out.extend_from_slice(bytes);
+/// Literal data at least this long is sent from the body itself rather
+/// than copied into the response buffer.
+pub const BORROW_FROM: usize = 16 * 1024;
+
+/// One message's FETCH response: bytes rendered here, and slices of the
+/// stored body that are written as they are (a body asked for five times
+/// is not copied five times).
+#[derive(Default)]
+pub struct Response<'a> {
+    pub parts: Vec<Part<'a>>,
+}
+
+pub enum Part<'a> {
+    Bytes(Vec<u8>),
+    Body(&'a [u8]),
+}
+
+impl<'a> Response<'a> {
+    fn bytes(&mut self) -> &mut Vec<u8> {
+        if !matches!(self.parts.last(), Some(Part::Bytes(_))) {
+            self.parts.push(Part::Bytes(Vec::with_capacity(256)));
+        }
+        match self.parts.last_mut() {
+            Some(Part::Bytes(b)) => b,
+            _ => unreachable!("a bytes part was just pushed"),
+        }
+    }
+
+    fn extend(&mut self, bytes: &[u8]) {
+        self.bytes().extend_from_slice(bytes);
+    }
+
+    fn literal(&mut self, data: Cow<'a, [u8]>) {
+        let head = format!("{{{}}}\r\n", data.len());
+        self.extend(head.as_bytes());
+        match data {
+            Cow::Borrowed(b) if b.len() >= BORROW_FROM => self.parts.push(Part::Body(b)),
+            d => self.extend(&d),
+        }
+    }
+
+    /// The whole response as one byte string.
+    #[cfg(test)]
+    pub fn concat(&self) -> Vec<u8> {
+        let mut v = Vec::new();
+        for p in &self.parts {
+            match p {
+                Part::Bytes(b) => v.extend_from_slice(b),
+                Part::Body(b) => v.extend_from_slice(b),
+            }
+        }
+        v
+    }
 }
 
 /// Render `* seq FETCH (...)` for one message. `body` is the message bytes
 /// when [`needs_raw`] said so; `summary` its parsed forms when ENVELOPE,
 /// BODY or BODYSTRUCTURE are asked for.
 #[allow(clippy::too_many_arguments)]
-pub fn render(
-    out: &mut Vec<u8>,
+pub fn render<'a>(
     seq: u32,
     uid: u32,
     m: &MessageRec,
-    body: Option<&[u8]>,
+    body: Option<&'a [u8]>,
     summary: Option<&Summary>,
     items: &[MessageDataItemName<'_>],
     force_uid: bool,
     force_flags: bool,
-) {
-    out.extend_from_slice(format!("* {seq} FETCH (").as_bytes());
+) -> Response<'a> {
+    let mut r = Response::default();
+    let out = &mut r;
+    out.extend(format!("* {seq} FETCH (").as_bytes());
     let mut first = true;
-    let mut sep = |out: &mut Vec<u8>| {
+    let mut sep = |out: &mut Response<'a>| {
         if !first {
-            out.push(b' ');
+            out.extend(b" ");
         }
         first = false;
     };
@@ -247,65 +304,67 @@ pub fn render(
     let has_flags = items.iter().any(|i| matches!(i, MessageDataItemName::Flags));
     if force_uid && !has_uid {
         sep(out);
-        out.extend_from_slice(format!("UID {uid}").as_bytes());
+        out.extend(format!("UID {uid}").as_bytes());
     }
-    let empty: &[u8] = &[];
-    let raw = body.unwrap_or(empty);
+    let raw: &'a [u8] = body.unwrap_or(&[]);
     let parsed = std::cell::OnceCell::new();
     let parsed = || parsed.get_or_init(|| Parsed::new(raw));
     for item in items {
         sep(out);
         match item {
-            MessageDataItemName::Uid => out.extend_from_slice(format!("UID {uid}").as_bytes()),
-            MessageDataItemName::Flags => out.extend_from_slice(format!("FLAGS {}", flags_list(&m.flags)).as_bytes()),
+            MessageDataItemName::Uid => out.extend(format!("UID {uid}").as_bytes()),
+            MessageDataItemName::Flags => out.extend(format!("FLAGS {}", flags_list(&m.flags)).as_bytes()),
             MessageDataItemName::InternalDate => {
-                out.extend_from_slice(format!("INTERNALDATE \"{}\"", internal_date(m.internal_date, m.tz_minutes)).as_bytes())
+                out.extend(format!("INTERNALDATE \"{}\"", internal_date(m.internal_date, m.tz_minutes)).as_bytes())
             }
-            MessageDataItemName::Rfc822Size => out.extend_from_slice(format!("RFC822.SIZE {}", m.size).as_bytes()),
+            MessageDataItemName::Rfc822Size => out.extend(format!("RFC822.SIZE {}", m.size).as_bytes()),
             MessageDataItemName::Envelope => {
-                out.extend_from_slice(b"ENVELOPE ");
-                out.extend_from_slice(summary.map(|s| s.envelope.as_slice()).unwrap_or(b"NIL"));
+                out.extend(b"ENVELOPE ");
+                out.extend(summary.map(|s| s.envelope.as_slice()).unwrap_or(b"NIL"));
             }
             MessageDataItemName::Body => {
-                out.extend_from_slice(b"BODY ");
-                out.extend_from_slice(summary.map(|s| s.body.as_slice()).unwrap_or(b"NIL"));
+                out.extend(b"BODY ");
+                out.extend(summary.map(|s| s.body.as_slice()).unwrap_or(b"NIL"));
             }
             MessageDataItemName::BodyStructure => {
-                out.extend_from_slice(b"BODYSTRUCTURE ");
-                out.extend_from_slice(summary.map(|s| s.bodystructure.as_slice()).unwrap_or(b"NIL"));
+                out.extend(b"BODYSTRUCTURE ");
+                out.extend(summary.map(|s| s.bodystructure.as_slice()).unwrap_or(b"NIL"));
             }
             MessageDataItemName::Rfc822 => {
-                out.extend_from_slice(b"RFC822 ");
-                literal(out, raw);
+                out.extend(b"RFC822 ");
+                out.literal(Cow::Borrowed(raw));
             }
             MessageDataItemName::Rfc822Header => {
-                out.extend_from_slice(b"RFC822.HEADER ");
+                out.extend(b"RFC822.HEADER ");
                 let h = parsed().section(&[], SectionText::Header).unwrap_or_default();
-                literal(out, &h);
+                out.literal(Cow::Owned(h));
             }
             MessageDataItemName::Rfc822Text => {
-                out.extend_from_slice(b"RFC822.TEXT ");
+                out.extend(b"RFC822.TEXT ");
                 let t = parsed().section(&[], SectionText::Text).unwrap_or_default();
-                literal(out, &t);
+                out.literal(Cow::Owned(t));
             }
             MessageDataItemName::BodyExt { section, partial, peek: _ } => {
                 let (spec, part, what) = section_spec(section);
-                let data: Option<Vec<u8>> = if part.is_empty() && matches!(what, SectionText::Full) {
-                    Some(raw.to_vec())
+                let data: Cow<'a, [u8]> = if part.is_empty() && matches!(what, SectionText::Full) {
+                    Cow::Borrowed(raw)
                 } else {
-                    parsed().section(&part, what)
+                    Cow::Owned(parsed().section(&part, what).unwrap_or_default())
                 };
-                let data = data.unwrap_or_default();
                 match partial {
                     Some((origin, len)) => {
                         let start = (*origin as usize).min(data.len());
                         let end = start.saturating_add(len.get() as usize).min(data.len());
-                        out.extend_from_slice(format!("BODY[{spec}]<{origin}> ").as_bytes());
-                        literal(out, &data[start..end]);
+                        out.extend(format!("BODY[{spec}]<{origin}> ").as_bytes());
+                        let slice = match data {
+                            Cow::Borrowed(b) => Cow::Borrowed(&b[start..end]),
+                            Cow::Owned(v) => Cow::Owned(v[start..end].to_vec()),
+                        };
+                        out.literal(slice);
                     }
                     None => {
-                        out.extend_from_slice(format!("BODY[{spec}] ").as_bytes());
-                        literal(out, &data);
+                        out.extend(format!("BODY[{spec}] ").as_bytes());
+                        out.literal(data);
                     }
                 }
             }
@@ -313,14 +372,71 @@ pub fn render(
     }
     if force_flags && !has_flags {
         sep(out);
-        out.extend_from_slice(format!("FLAGS {}", flags_list(&m.flags)).as_bytes());
+        out.extend(format!("FLAGS {}", flags_list(&m.flags)).as_bytes());
     }
-    out.extend_from_slice(b")\r\n");
+    out.extend(b")\r\n");
+    r
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn repeated_bodies_are_borrowed_not_copied() {
+        let body: Vec<u8> = b"Subject: x\r\n\r\n"
+            .iter()
+            .copied()
+            .chain(std::iter::repeat_n(b'y', 100_000))
+            .collect();
+        let m = MessageRec {
+            guid: crate::event::Id([0; 16]),
+            blob: BlobHash([0; 32]),
+            size: body.len() as u64,
+            internal_date: 0,
+            tz_minutes: 0,
+            flags: crate::event::Flags::new(["\\Seen"]),
+            modseq: 1,
+            clocks: Vec::new(),
+            set_clock: (0, 0),
+        };
+        let item = MessageDataItemName::BodyExt {
+            section: None,
+            partial: None,
+            peek: true,
+        };
+        let items = vec![item.clone(), item.clone(), item, MessageDataItemName::Flags];
+        let r = render(7, 9, &m, Some(&body), None, &items, true, false);
+        let borrowed: Vec<&[u8]> = r
+            .parts
+            .iter()
+            .filter_map(|p| match p {
+                Part::Body(b) => Some(*b),
+                Part::Bytes(_) => None,
+            })
+            .collect();
+        assert_eq!(borrowed.len(), 3);
+        assert!(borrowed.iter().all(|b| b.as_ptr() == body.as_ptr() && b.len() == body.len()));
+        let copied: usize = r
+            .parts
+            .iter()
+            .map(|p| match p {
+                Part::Bytes(b) => b.len(),
+                Part::Body(_) => 0,
+            })
+            .sum();
+        assert!(copied < 200, "{copied} bytes copied");
+        let all = r.concat();
+        let lit = format!("{{{}}}\r\n", body.len());
+        let mut want = format!("* 7 FETCH (UID 9 BODY[] {lit}").into_bytes();
+        want.extend_from_slice(&body);
+        for _ in 0..2 {
+            want.extend_from_slice(format!(" BODY[] {lit}").as_bytes());
+            want.extend_from_slice(&body);
+        }
+        want.extend_from_slice(b" FLAGS (\\Seen))\r\n");
+        assert_eq!(all, want);
+    }
 
     #[test]
     fn dates() {

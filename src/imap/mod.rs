@@ -8,6 +8,7 @@
 
 mod conn;
 mod fetch;
+pub mod pattern;
 pub mod session;
 
 use crate::config::ImapConfig;
@@ -31,6 +32,7 @@ crate::counters::counters!(
         refused_busy,
         logins,
         login_failures,
+        login_throttled,
         commands,
         bad_commands,
         appends,
@@ -38,59 +40,156 @@ crate::counters::counters!(
     }
 );
 
+/// The largest literal before login: RFC 7888's LITERAL- limit. A larger
+/// synchronising literal is refused without a continuation; a larger
+/// non-synchronising one closes the connection.
+pub const PREAUTH_MAX_LITERAL: u64 = 4096;
+/// The longest command line before login.
+pub const PREAUTH_MAX_LINE: usize = 8192;
+
+/// The framer of a connection that has not logged in.
+fn preauth_framer(cfg: &ImapConfig) -> crate::proto::imap::fragment::Framer {
+    crate::proto::imap::fragment::Framer::new(cfg.max_line.min(PREAUTH_MAX_LINE), cfg.max_literal.min(PREAUTH_MAX_LITERAL))
+}
+
 /// Add one to a counter.
 pub(crate) fn bump(a: &AtomicU64) {
     crate::counters::bump(a, 1);
 }
 
-/// Failed-login memory per IP address and per user: after a few failures
-/// each further attempt waits longer (capped), which slows guessing without
-/// locking anyone out.
-#[derive(Default)]
+/// Login budgets per IP address and per user: token buckets of
+/// `login_attempts_per_ip` / `login_attempts_per_user` attempts that refill
+/// completely over `login_lockout_secs`. Every attempt takes one token from
+/// both buckets before the password is checked, so parallel connections
+/// share one budget; a successful login gives its tokens back. An attempt
+/// that finds a bucket empty waits while attempts that may give tokens back
+/// are still being checked (many honest connections logging in at once),
+/// and is refused otherwise, without checking anything.
 pub struct Throttle {
-    failures: Mutex<HashMap<String, (u32, Instant)>>,
+    buckets: Mutex<HashMap<String, Bucket>>,
+    per_ip: u32,
+    per_user: u32,
+    refill: Duration,
+}
+
+struct Bucket {
+    tokens: f64,
+    at: Instant,
+    cap: u32,
+    /// Attempts that took a token and are being checked.
+    in_flight: u32,
+}
+
+impl Bucket {
+    fn level(&self, now: Instant, refill: Duration) -> f64 {
+        let gained = now.saturating_duration_since(self.at).as_secs_f64() / refill.as_secs_f64() * f64::from(self.cap);
+        (self.tokens + gained).min(f64::from(self.cap))
+    }
+}
+
+/// What [`Throttle::attempt`] decided.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Attempt {
+    /// A token was taken from each budget: check the password, then call
+    /// [`Throttle::done`].
+    Go,
+    /// A budget is empty but attempts in flight may give tokens back: ask
+    /// again shortly.
+    Wait,
+    /// A budget is spent.
+    Refused,
+}
+
+/// The key of a client address: IPv6 clients usually hold a whole /64.
+fn ip_key(ip: IpAddr) -> String {
+    match ip {
+        IpAddr::V4(a) => format!("ip:{a}"),
+        IpAddr::V6(a) => match a.to_ipv4_mapped() {
+            Some(v4) => format!("ip:{v4}"),
+            None => {
+                let s = a.segments();
+                format!("ip:{:x}:{:x}:{:x}:{:x}::/64", s[0], s[1], s[2], s[3])
+            }
+        },
+    }
 }
 
 impl Throttle {
-    const FREE: u32 = 3;
-    const FORGET: Duration = Duration::from_secs(15 * 60);
+    const MAX_KEYS: usize = 100_000;
+    /// Longest an attempt waits for tokens that attempts in flight may
+    /// give back.
+    pub const MAX_WAIT: Duration = Duration::from_secs(5);
 
-    /// How long to wait before answering a login attempt for these keys.
-    pub fn delay(&self, keys: &[String]) -> Duration {
-        let m = self.failures.lock().expect("throttle lock");
-        let worst = keys
-            .iter()
-            .filter_map(|k| m.get(k))
-            .filter(|(_, at)| at.elapsed() < Self::FORGET)
-            .map(|(n, _)| *n)
-            .max()
-            .unwrap_or(0);
-        if worst < Self::FREE {
-            Duration::ZERO
-        } else {
-            Duration::from_millis((250u64 << (worst - Self::FREE).min(5)).min(8000))
+    pub fn new(cfg: &ImapConfig) -> Throttle {
+        Throttle {
+            buckets: Mutex::new(HashMap::new()),
+            per_ip: cfg.login_attempts_per_ip,
+            per_user: cfg.login_attempts_per_user,
+            refill: Duration::from_secs(cfg.login_lockout_secs.max(1)),
         }
     }
 
-    pub fn failed(&self, keys: &[String]) {
-        let mut m = self.failures.lock().expect("throttle lock");
-        if m.len() > 100_000 {
-            m.retain(|_, (_, at)| at.elapsed() < Self::FORGET);
-        }
-        for k in keys {
-            let e = m.entry(k.clone()).or_insert((0, Instant::now()));
-            if e.1.elapsed() >= Self::FORGET {
-                e.0 = 0;
+    fn keys(&self, ip: IpAddr, user: &str) -> [(String, u32); 2] {
+        [(ip_key(ip), self.per_ip), (format!("user:{user}"), self.per_user)]
+    }
+
+    /// Take one attempt from the budgets of `ip` and `user` (all or nothing).
+    pub fn attempt(&self, ip: IpAddr, user: &str) -> Attempt {
+        let keys = self.keys(ip, user);
+        let now = Instant::now();
+        let mut m = self.buckets.lock().expect("throttle lock");
+        let mut verdict = Attempt::Go;
+        for (k, cap) in &keys {
+            if *cap == 0 {
+                continue;
             }
-            e.0 += 1;
-            e.1 = Instant::now();
+            if let Some(b) = m.get(k) {
+                if b.level(now, self.refill) < 1.0 {
+                    verdict = match (verdict, b.in_flight) {
+                        (Attempt::Refused, _) | (_, 0) => Attempt::Refused,
+                        _ => Attempt::Wait,
+                    };
+                }
+            }
         }
+        if verdict != Attempt::Go {
+            return verdict;
+        }
+        if m.len() >= Self::MAX_KEYS {
+            // Full buckets with nothing in flight carry no memory.
+            let refill = self.refill;
+            m.retain(|_, b| b.in_flight > 0 || b.level(now, refill) < f64::from(b.cap));
+        }
+        for (k, cap) in keys {
+            if cap == 0 {
+                continue;
+            }
+            let b = m.entry(k).or_insert(Bucket {
+                tokens: f64::from(cap),
+                at: now,
+                cap,
+                in_flight: 0,
+            });
+            b.tokens = b.level(now, self.refill) - 1.0;
+            b.at = now;
+            b.in_flight += 1;
+        }
+        Attempt::Go
     }
 
-    pub fn succeeded(&self, keys: &[String]) {
-        let mut m = self.failures.lock().expect("throttle lock");
-        for k in keys {
-            m.remove(k);
+    /// An attempt that got [`Attempt::Go`] is decided; a correct password
+    /// gives its tokens back.
+    pub fn done(&self, ip: IpAddr, user: &str, correct: bool) {
+        let now = Instant::now();
+        let mut m = self.buckets.lock().expect("throttle lock");
+        for (k, _) in self.keys(ip, user) {
+            if let Some(b) = m.get_mut(&k) {
+                b.in_flight = b.in_flight.saturating_sub(1);
+                if correct {
+                    b.tokens = (b.level(now, self.refill) + 1.0).min(f64::from(b.cap));
+                    b.at = now;
+                }
+            }
         }
     }
 }
@@ -154,11 +253,12 @@ impl Shared {
         tls: Option<Arc<rustls::ServerConfig>>,
         durability: crate::repl::Durability,
     ) -> Arc<Shared> {
+        let throttle = Throttle::new(&cfg);
         Arc::new(Shared {
             store,
             cfg,
             counters,
-            throttle: Throttle::default(),
+            throttle,
             per_ip: Arc::new(Slots::default()),
             per_user: Arc::new(Slots::default()),
             cache: fetch::Cache::new(4096),
@@ -195,7 +295,7 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>, implicit_tls: boo
                 let _ = stream.set_nodelay(true);
                 let conn = match (&shared.tls, implicit_tls) {
                     (Some(tls), true) => match tokio::time::timeout(
-                        Duration::from_secs(shared.cfg.preauth_timeout_secs),
+                        Duration::from_secs(shared.cfg.handshake_timeout_secs),
                         tokio_rustls::TlsAcceptor::from(tls.clone()).accept(stream),
                     )
                     .await
@@ -205,7 +305,11 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>, implicit_tls: boo
                             tracing::info!(error = %e, "TLS handshake failed");
                             None
                         }
-                        Err(_) => None,
+                        Err(_) => {
+                            bump(&shared.counters.timeouts);
+                            tracing::info!("TLS handshake timed out");
+                            None
+                        }
                     },
                     _ => Some(conn::Conn::Plain(stream)),
                 };
@@ -236,5 +340,67 @@ pub fn plaintext_ok(cfg: &ImapConfig, peer: &SocketAddr, tls: bool) -> bool {
             IpAddr::V4(a) => a.is_loopback(),
             IpAddr::V6(a) => a.is_loopback() || a.to_ipv4_mapped().is_some_and(|v| v.is_loopback()),
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn throttle(per_ip: u32, per_user: u32) -> Throttle {
+        let cfg = ImapConfig {
+            login_attempts_per_ip: per_ip,
+            login_attempts_per_user: per_user,
+            login_lockout_secs: 3600,
+            ..ImapConfig::default()
+        };
+        Throttle::new(&cfg)
+    }
+
+    #[test]
+    fn budgets_are_taken_before_checking_and_given_back_on_success() {
+        let t = throttle(3, 100);
+        let ip: IpAddr = "192.0.2.1".parse().unwrap();
+        // Three in flight at once: the fourth waits for them.
+        for _ in 0..3 {
+            assert_eq!(t.attempt(ip, "u"), Attempt::Go);
+        }
+        assert_eq!(t.attempt(ip, "u"), Attempt::Wait);
+        // One succeeds (its token comes back), two fail.
+        t.done(ip, "u", true);
+        assert_eq!(t.attempt(ip, "u"), Attempt::Go);
+        t.done(ip, "u", false);
+        t.done(ip, "u", false);
+        t.done(ip, "u", false);
+        // Nothing in flight, nothing left: refused outright.
+        assert_eq!(t.attempt(ip, "u"), Attempt::Refused);
+        assert_eq!(t.attempt(ip, "v"), Attempt::Refused);
+        // Another address is not affected.
+        assert_eq!(t.attempt("192.0.2.2".parse().unwrap(), "u"), Attempt::Go);
+    }
+
+    #[test]
+    fn user_budget_spans_addresses_and_zero_means_none() {
+        let t = throttle(0, 2);
+        for i in 1..=2 {
+            let ip: IpAddr = format!("192.0.2.{i}").parse().unwrap();
+            assert_eq!(t.attempt(ip, "u"), Attempt::Go);
+            t.done(ip, "u", false);
+        }
+        assert_eq!(t.attempt("192.0.2.9".parse().unwrap(), "u"), Attempt::Refused);
+        assert_eq!(t.attempt("192.0.2.9".parse().unwrap(), "w"), Attempt::Go);
+    }
+
+    #[test]
+    fn ipv6_clients_share_their_64() {
+        assert_eq!(
+            ip_key("2001:db8:1:2:aaaa::1".parse().unwrap()),
+            ip_key("2001:db8:1:2:bbbb::2".parse().unwrap())
+        );
+        assert_ne!(
+            ip_key("2001:db8:1:2::1".parse().unwrap()),
+            ip_key("2001:db8:1:3::1".parse().unwrap())
+        );
+        assert_eq!(ip_key("::ffff:192.0.2.1".parse().unwrap()), "ip:192.0.2.1");
     }
 }

@@ -20,9 +20,9 @@ pub enum Frame {
     /// `tag` is the tag of the command, if one could be read.
     LineTooLong { tag: Option<String> },
     /// A literal exceeded the limit. For a synchronising literal the client
-    /// sends nothing more for this command; a non-synchronising one is
-    /// skipped. Either way the command is gone.
-    LiteralTooLarge { tag: Option<String>, length: u64 },
+    /// sends nothing more for this command; a non-synchronising one
+    /// (`non_sync`) is skipped. Either way the command is gone.
+    LiteralTooLarge { tag: Option<String>, length: u64, non_sync: bool },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -83,15 +83,30 @@ pub fn tag_of(bytes: &[u8]) -> Option<String> {
 
 impl Framer {
     pub fn new(max_line: usize, max_literal: u64) -> Framer {
-        Framer {
+        let mut f = Framer {
             buf: Vec::new(),
             scanned: 0,
             line_start: 0,
             state: State::Line,
-            max_line: max_line.max(1024),
-            max_literal,
-            max_command: max_literal.saturating_add(64 * 1024),
-        }
+            max_line: 0,
+            max_literal: 0,
+            max_command: 0,
+        };
+        f.set_limits(max_line, max_literal);
+        f
+    }
+
+    /// Change the limits (at login: the limits before authentication are
+    /// much smaller). They apply from the next line or literal announced.
+    pub fn set_limits(&mut self, max_line: usize, max_literal: u64) {
+        self.max_line = max_line.max(1024);
+        self.max_literal = max_literal;
+        self.max_command = max_literal.saturating_add(64 * 1024);
+    }
+
+    /// The largest literal accepted now.
+    pub fn max_literal(&self) -> u64 {
+        self.max_literal
     }
 
     /// Add input.
@@ -191,7 +206,11 @@ impl Framer {
                             if plus {
                                 self.state = State::SkipLiteral { remaining: n };
                             }
-                            return Some(Frame::LiteralTooLarge { tag, length: n });
+                            return Some(Frame::LiteralTooLarge {
+                                tag,
+                                length: n,
+                                non_sync: plus,
+                            });
                         }
                         self.scanned = lf + 1;
                         self.line_start = self.scanned;
@@ -273,7 +292,8 @@ mod tests {
             vec![
                 Frame::LiteralTooLarge {
                     tag: Some("t1".into()),
-                    length: 11
+                    length: 11,
+                    non_sync: true
                 },
                 Frame::Command(b"t2 NOOP\r\n".to_vec())
             ]
@@ -284,11 +304,30 @@ mod tests {
             vec![
                 Frame::LiteralTooLarge {
                     tag: Some("t3".into()),
-                    length: 50
+                    length: 50,
+                    non_sync: false
                 },
                 Frame::Command(b"t4 NOOP\r\n".to_vec())
             ]
         );
+    }
+
+    #[test]
+    fn limits_change_at_login() {
+        let mut f = Framer::new(1024, 4096);
+        f.feed(b"a LOGIN {4097}\r\n");
+        assert_eq!(
+            frames(&mut f),
+            vec![Frame::LiteralTooLarge {
+                tag: Some("a".into()),
+                length: 4097,
+                non_sync: false
+            }]
+        );
+        f.set_limits(1024, 1 << 20);
+        assert_eq!(f.max_literal(), 1 << 20);
+        f.feed(b"b APPEND INBOX {4097}\r\n");
+        assert_eq!(frames(&mut f), vec![Frame::Continue { length: 4097 }]);
     }
 
     #[test]
