@@ -283,12 +283,15 @@ impl Session {
         self.out.extend_from_slice(b"\r\n");
     }
 
+    /// Send what is buffered. `flush` matters for TLS: `write_all` may leave
+    /// the last records queued inside the TLS stream when the socket was
+    /// full, and they would wait there until the client sent something.
     async fn flush(&mut self) -> R<()> {
         if !self.out.is_empty() {
             self.stream.write_all(&self.out).await?;
             self.out.clear();
         }
-        Ok(())
+        self.stream.flush().await
     }
 
     /// Read more input; `false` on end of input or timeout (the session ends).
