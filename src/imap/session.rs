@@ -40,6 +40,9 @@ struct Selected {
     uids: Vec<u32>,
     /// Flags as last told to the client.
     flags: HashMap<u32, Flags>,
+    /// Keywords announced in FLAGS; a keyword is announced before the
+    /// first FETCH that shows it (RFC 3501 §7.2.6).
+    keywords: BTreeSet<String>,
     /// The mailbox's HIGHESTMODSEQ when last compared.
     modseq: u64,
     /// Expunges seen but not yet announced (not allowed during FETCH,
@@ -54,6 +57,31 @@ struct Found {
     lines: Vec<String>,
     added: bool,
     pending: bool,
+}
+
+impl Selected {
+    /// Note the keywords of `flags`; when some are new, the untagged FLAGS
+    /// and PERMANENTFLAGS that announce them (to go out before the FETCH
+    /// that shows them).
+    fn announce(&mut self, flags: &Flags) -> Option<[String; 2]> {
+        let mut new = false;
+        for f in flags.iter().filter(|f| !f.starts_with('\\')) {
+            if !self.keywords.contains(f) {
+                self.keywords.insert(f.to_string());
+                new = true;
+            }
+        }
+        new.then(|| flag_lines(&self.keywords))
+    }
+}
+
+/// `* FLAGS` and `* OK [PERMANENTFLAGS]` for a mailbox with these keywords.
+fn flag_lines(keywords: &BTreeSet<String>) -> [String; 2] {
+    let kw: String = keywords.iter().map(|k| format!(" {k}")).collect();
+    [
+        format!("* FLAGS ({SYSTEM_FLAGS}{kw})"),
+        format!("* OK [PERMANENTFLAGS ({SYSTEM_FLAGS}{kw} \\*)] Flags permitted"),
+    ]
 }
 
 /// Bring `sel` up to date from the change index entries after its MODSEQ.
@@ -87,11 +115,13 @@ fn changed_since(sel: &mut Selected, v: &crate::views::Views, changes: Vec<(u32,
         // Gone since the index was read: the next sync sees it.
         let Ok(Some(m)) = v.message(sel.id, uid) else { continue };
         if uid > last {
+            lines.extend(sel.announce(&m.flags).into_iter().flatten());
             sel.uids.push(uid);
             sel.flags.insert(uid, m.flags);
             added = true;
         } else if let Ok(pos) = sel.uids.binary_search(&uid) {
             if sel.flags.get(&uid) != Some(&m.flags) {
+                lines.extend(sel.announce(&m.flags).into_iter().flatten());
                 lines.push(format!("* {} FETCH (UID {uid} FLAGS {})", pos + 1, fetch::flags_list(&m.flags)));
                 sel.flags.insert(uid, m.flags);
             }
@@ -123,11 +153,13 @@ fn compare_whole(sel: &mut Selected, v: &crate::views::Views, expunges: bool) ->
     } else {
         pending = sel.uids.iter().any(|u| !current.contains_key(u));
     }
-    for (i, uid) in sel.uids.iter().enumerate() {
-        if let Some(m) = current.get(uid) {
-            if sel.flags.get(uid) != Some(&m.flags) {
+    for i in 0..sel.uids.len() {
+        let uid = sel.uids[i];
+        if let Some(m) = current.get(&uid) {
+            if sel.flags.get(&uid) != Some(&m.flags) {
+                lines.extend(sel.announce(&m.flags).into_iter().flatten());
                 lines.push(format!("* {} FETCH (UID {uid} FLAGS {})", i + 1, fetch::flags_list(&m.flags)));
-                sel.flags.insert(*uid, m.flags.clone());
+                sel.flags.insert(uid, m.flags.clone());
             }
         }
     }
@@ -135,6 +167,7 @@ fn compare_whole(sel: &mut Selected, v: &crate::views::Views, expunges: bool) ->
     let mut added = false;
     for (uid, m) in &msgs {
         if *uid > last {
+            lines.extend(sel.announce(&m.flags).into_iter().flatten());
             sel.uids.push(*uid);
             sel.flags.insert(*uid, m.flags.clone());
             added = true;
@@ -895,9 +928,9 @@ impl Session {
                 first_unseen = Some(i + 1);
             }
         }
-        let kw: String = keywords.iter().map(|k| format!(" {k}")).collect();
-        self.line(&format!("* FLAGS ({SYSTEM_FLAGS}{kw})"));
-        self.line(&format!("* OK [PERMANENTFLAGS ({SYSTEM_FLAGS}{kw} \\*)] Flags permitted"));
+        for l in flag_lines(&keywords) {
+            self.line(&l);
+        }
         self.line(&format!("* {} EXISTS", msgs.len()));
         self.line("* 0 RECENT");
         if let Some(u) = first_unseen {
@@ -915,6 +948,7 @@ impl Session {
             name,
             readonly,
             flags: msgs.iter().map(|(u, m)| (*u, m.flags.clone())).collect(),
+            keywords,
             uids: msgs.into_iter().map(|(u, _)| u).collect(),
             modseq: mb.highestmodseq,
             expunge_pending: false,
@@ -1054,6 +1088,11 @@ impl Session {
                 None
             };
             let force_flags = seen_now.contains(&u);
+            if let Some(lines) = self.selected.as_mut().and_then(|sel| sel.announce(&m.flags)) {
+                for l in lines {
+                    self.line(&l);
+                }
+            }
             fetch::render(
                 &mut self.out,
                 seq,
@@ -1115,6 +1154,11 @@ impl Session {
         let v = self.shared.store.views();
         for (seq, u) in targets {
             let Ok(Some(m)) = v.message(id, u) else { continue };
+            if let Some(lines) = self.selected.as_mut().and_then(|sel| sel.announce(&m.flags)) {
+                for l in lines {
+                    self.line(&l);
+                }
+            }
             if matches!(response, StoreResponse::Answer) {
                 let uid_part = if uid { format!("UID {u} ") } else { String::new() };
                 self.line(&format!("* {seq} FETCH ({uid_part}FLAGS {})", fetch::flags_list(&m.flags)));
