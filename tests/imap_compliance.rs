@@ -1,6 +1,7 @@
 //! RFC 3501 answers that strict clients and compliance suites check, each
 //! against the RFC's text: keywords announced in FLAGS before a FETCH shows
-//! them (§7.2.6, §7.1 PERMANENTFLAGS).
+//! them (§7.2.6, §7.1 PERMANENTFLAGS), CREATE with a trailing hierarchy
+//! separator (§6.3.3), mailbox names that are not modified UTF-7 (§5.1.3).
 
 mod common;
 use common::{node_with_users, python};
@@ -86,6 +87,56 @@ assert "$Appended" in a.announced, lines
 a.ok("FETCH * FLAGS")
 b.ok("NOOP")
 b.ok("FETCH 1:* FLAGS")
+print("ok")
+"#,
+    );
+}
+
+#[test]
+fn create_with_trailing_separator_and_names_that_are_not_modified_utf7() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = node_with_users(dir.path(), "names", "", &["alice@example.org"]);
+    python(
+        &node,
+        r#"
+from imaptest import *
+from rawimap import Raw
+
+a = Raw("alice@example.org")
+# RFC 3501 6.3.3: a trailing separator declares the intent to create names
+# under it; the mailbox created is the name without it.
+a.ok("CREATE Projects/")
+lines = a.ok('LIST "" Projects')
+assert lines == ['* LIST (\\HasNoChildren) "/" "Projects"'], lines
+a.ok("CREATE Projects/2024/")
+lines = a.ok('LIST "" "Projects*"')
+assert sorted(lines) == ['* LIST (\\HasChildren) "/" "Projects"', '* LIST (\\HasNoChildren) "/" "Projects/2024"'], lines
+_, status = a.cmd("CREATE Projects/")
+assert status.startswith("NO [ALREADYEXISTS]"), status
+# Only one trailing separator is a declaration; an empty level is not a name.
+_, status = a.cmd("CREATE a//")
+assert status.startswith("NO"), status
+_, status = a.cmd('CREATE "/"')
+assert status.startswith("NO"), status
+
+# Names that are not valid modified UTF-7 (RFC 3501 5.1.3) are refused with
+# NO -- they are valid astrings, so never BAD -- and the session goes on.
+for bad in ["&Jjo", "&-&", "a&Jjo!-b", "&AGE-&AGE"]:
+    for cmd in ["CREATE %s", "SELECT %s", "EXAMINE %s", "DELETE %s", "STATUS %s (MESSAGES)",
+                "SUBSCRIBE %s", "RENAME INBOX/x %s", "APPEND %s {1+}\r\nx"]:
+        _, status = a.cmd(cmd % ('"%s"' % bad))
+        assert status.startswith("NO"), (cmd, bad, status)
+a.ok("SELECT INBOX")
+_, status = a.cmd('COPY 1:* "&Jjo"')
+assert status.startswith("NO") or status.startswith("OK"), status
+_, status = a.cmd('MOVE 1:* "&Jjo"')
+assert status.startswith("NO") or status.startswith("OK"), status
+a.ok("NOOP")
+# Valid modified UTF-7 still works, and comes back as sent.
+a.ok('CREATE "Archiv/&ZeVnLIqe-/"')
+lines = a.ok('LIST "" "Archiv/&ZeVnLIqe-"')
+assert lines == ['* LIST (\\HasNoChildren) "/" "Archiv/&ZeVnLIqe-"'], lines
+a.ok("LOGOUT")
 print("ok")
 "#,
     );

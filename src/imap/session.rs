@@ -227,13 +227,29 @@ fn to_flags(v: &[Flag<'_>]) -> Flags {
 }
 
 /// A mailbox name from the wire: modified UTF-7 decoded, INBOX folded.
+/// A name that cannot be decoded is an error for a NO, not a BAD: it is
+/// syntactically a valid astring.
 fn mailbox_name(m: &Mailbox<'_>) -> Result<String, String> {
+    wire_name(m, false)
+}
+
+/// The name CREATE creates: a trailing hierarchy separator only declares
+/// that names will be created under it (RFC 3501 §6.3.3), and is dropped.
+fn create_name(m: &Mailbox<'_>) -> Result<String, String> {
+    wire_name(m, true)
+}
+
+fn wire_name(m: &Mailbox<'_>, trailing_separator: bool) -> Result<String, String> {
     match m {
         Mailbox::Inbox => Ok("INBOX".into()),
         Mailbox::Other(o) => {
             let raw = std::str::from_utf8(o.as_ref()).map_err(|_| "mailbox name is not UTF-8".to_string())?;
-            let name = mutf7::decode(raw).map_err(|e| format!("mailbox name: {e}"))?;
-            mutate::normalize_mailbox(&name).map_err(|e| e.to_string())
+            let name = mutf7::decode(raw).map_err(|e| format!("mailbox name is not valid modified UTF-7: {e}"))?;
+            let name = match name.strip_suffix('/') {
+                Some(stem) if trailing_separator && !stem.is_empty() => stem,
+                _ => name.as_str(),
+            };
+            mutate::normalize_mailbox(name).map_err(|e| e.to_string())
         }
     }
 }
@@ -533,7 +549,7 @@ impl Session {
             CommandBody::Login { .. } | CommandBody::Authenticate { .. } => self.line(&format!("{tag} BAD Already authenticated")),
             CommandBody::Select { mailbox } => self.select(tag, &user, &mailbox, false),
             CommandBody::Examine { mailbox } => self.select(tag, &user, &mailbox, true),
-            CommandBody::Create { mailbox } => match mailbox_name(&mailbox) {
+            CommandBody::Create { mailbox } => match create_name(&mailbox) {
                 Ok(name) => {
                     let u = user.clone();
                     let now = now_secs();
@@ -548,7 +564,7 @@ impl Session {
                         Err(e) => self.store_error(tag, e),
                     }
                 }
-                Err(e) => self.line(&format!("{tag} BAD {e}")),
+                Err(e) => self.no(tag, &format!("[CANNOT] {e}")),
             },
             CommandBody::Delete { mailbox } => match mailbox_name(&mailbox) {
                 Ok(name) => {
@@ -561,11 +577,11 @@ impl Session {
                         Err(e) => self.store_error(tag, e),
                     }
                 }
-                Err(e) => self.line(&format!("{tag} BAD {e}")),
+                Err(e) => self.no(tag, &format!("[CANNOT] {e}")),
             },
             CommandBody::Rename { from, to } => match (mailbox_name(&from), mailbox_name(&to)) {
                 (Ok(from), Ok(to)) => self.rename(tag, &user, from, to).await,
-                (Err(e), _) | (_, Err(e)) => self.line(&format!("{tag} BAD {e}")),
+                (Err(e), _) | (_, Err(e)) => self.no(tag, &format!("[CANNOT] {e}")),
             },
             CommandBody::Subscribe { mailbox } => self.subscribe(tag, &user, &mailbox, true).await,
             CommandBody::Unsubscribe { mailbox } => self.subscribe(tag, &user, &mailbox, false).await,
@@ -587,7 +603,7 @@ impl Session {
                 let name = match mailbox_name(&mailbox) {
                     Ok(n) => n,
                     Err(e) => {
-                        self.line(&format!("{tag} BAD {e}"));
+                        self.no(tag, &format!("[CANNOT] {e}"));
                         return Ok(Flow::Continue);
                     }
                 };
@@ -889,7 +905,7 @@ impl Session {
         let name = match mailbox_name(mailbox) {
             Ok(n) => n,
             Err(e) => {
-                self.line(&format!("{tag} BAD {e}"));
+                self.no(tag, &format!("[CANNOT] {e}"));
                 return None;
             }
         };
@@ -1184,7 +1200,7 @@ impl Session {
         let name = match mailbox_name(mailbox) {
             Ok(n) => n,
             Err(e) => {
-                self.line(&format!("{tag} BAD {e}"));
+                self.no(tag, &format!("[CANNOT] {e}"));
                 return;
             }
         };
@@ -1328,7 +1344,7 @@ impl Session {
                     Err(e) => self.store_error(tag, e),
                 }
             }
-            Err(e) => self.line(&format!("{tag} BAD {e}")),
+            Err(e) => self.no(tag, &format!("[CANNOT] {e}")),
         }
     }
 
