@@ -1,7 +1,8 @@
 //! RFC 3501 answers that strict clients and compliance suites check, each
 //! against the RFC's text: keywords announced in FLAGS before a FETCH shows
 //! them (§7.2.6, §7.1 PERMANENTFLAGS), CREATE with a trailing hierarchy
-//! separator (§6.3.3), mailbox names that are not modified UTF-7 (§5.1.3).
+//! separator (§6.3.3), mailbox names that are not modified UTF-7 (§5.1.3),
+//! date searches by the date as written (§6.4.4) and address searches.
 
 mod common;
 use common::{node_with_users, python};
@@ -137,6 +138,138 @@ a.ok('CREATE "Archiv/&ZeVnLIqe-/"')
 lines = a.ok('LIST "" "Archiv/&ZeVnLIqe-"')
 assert lines == ['* LIST (\\HasNoChildren) "/" "Archiv/&ZeVnLIqe-"'], lines
 a.ok("LOGOUT")
+print("ok")
+"#,
+    );
+}
+
+#[test]
+fn date_searches_compare_the_date_as_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = node_with_users(dir.path(), "dates", "", &["alice@example.org"]);
+    python(
+        &node,
+        r#"
+from imaptest import *
+from rawimap import Raw
+import datetime
+
+# (internal date, Date: header) as written; the date part is what counts,
+# whatever the time and zone (RFC 3501 6.4.4). Most instants fall on another
+# day in UTC than as written.
+cases = [
+    ("24-Mar-2007 23:00:00 +0200", "Tue, 3 Apr 2007 23:00:00 +0200"),
+    ("25-Mar-2007 00:00:00 +0200", "Wed, 4 Apr 2007 00:00:00 +0200"),
+    ("25-Mar-2007 23:59:59 -0500", "Wed, 4 Apr 2007 23:59:59 -0500"),
+    ("26-Mar-2007 00:30:00 +1400", "Thu, 5 Apr 2007 00:30:00 +1400"),
+    ("25-Mar-2007 12:00:00 +0000", "Wed, 4 Apr 2007 12:00:00 GMT"),
+    ("27-Mar-2007 00:00:00 -1200", "Fri, 6 Apr 2007 00:00:00 -1200"),
+    ("26-Mar-2007 23:59:59 +0000", "06 Apr 2007 23:59 +0100"),
+    ("25-Mar-2007 01:00:00 -0000", None),
+]
+a = Raw("alice@example.org")
+for idate, sent in cases:
+    hdr = ("Date: %s\r\n" % sent) if sent else ""
+    msg = ("From: a@example.org\r\nSubject: d\r\n%s\r\nbody\r\n" % hdr).encode()
+    a.ok(b'APPEND INBOX "%s" {%d+}\r\n' % (idate.encode(), len(msg)) + msg)
+a.ok("SELECT INBOX")
+
+def written_day(text):
+    """The date part as written: `dd-Mon-yyyy ...` or `[Day,] dd Mon yyyy ...`."""
+    if "-" in text.split()[0]:
+        return datetime.datetime.strptime(text.split()[0], "%d-%b-%Y").date()
+    words = text.split(",")[-1].split()
+    return datetime.datetime.strptime(" ".join(words[:3]), "%d %b %Y").date()
+
+internal = [written_day(i) for i, _ in cases]
+sent = [written_day(s) if s else None for _, s in cases]
+wrong = []
+def check(query, want):
+    got = a.search(query)
+    if got != want:
+        wrong.append("SEARCH %s: got %s, want %s" % (query, got, want))
+
+for d in range(23, 29):
+    q = datetime.date(2007, 3, d)
+    text = "%d-Mar-2007" % d
+    check("BEFORE " + text, [n + 1 for n, x in enumerate(internal) if x < q])
+    check("ON " + text, [n + 1 for n, x in enumerate(internal) if x == q])
+    check("SINCE " + text, [n + 1 for n, x in enumerate(internal) if x >= q])
+    # The internal date never decides a SENT* key.
+    check("SENTON " + text, [])
+for d in range(2, 8):
+    q = datetime.date(2007, 4, d)
+    text = "%d-Apr-2007" % d
+    check("SENTBEFORE " + text, [n + 1 for n, x in enumerate(sent) if x and x < q])
+    check("SENTON " + text, [n + 1 for n, x in enumerate(sent) if x == q])
+    check("SENTSINCE " + text, [n + 1 for n, x in enumerate(sent) if x and x >= q])
+    check("ON " + text, [])
+# Ranges and negation, as clients combine them.
+check("SINCE 25-Mar-2007 BEFORE 26-Mar-2007", [2, 3, 5, 8])
+check("NOT SENTSINCE 1-Jan-1970", [8])
+check("OR SENTON 3-Apr-2007 ON 27-Mar-2007", [1, 6])
+assert not wrong, "\n".join(wrong)
+print("ok")
+"#,
+    );
+}
+
+#[test]
+fn address_searches_find_substrings_of_the_addresses() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = node_with_users(dir.path(), "addr", "", &["alice@example.org"]);
+    python(
+        &node,
+        r#"
+from imaptest import *
+from rawimap import Raw
+
+headers = [
+    "From: user-from@domain.org\r\nTo: user-to@domain.org\r\nCc: user-cc@domain.org\r\nBcc: user-bcc@domain.org",
+    "From: Real From <User-From@Domain.ORG>\r\nTo: \"Real To\" <user-to@domain.org>\r\nCc: Real Cc <user-cc@domain.org>",
+    "From: <user-from (comment)@ (comment) domain.org>\r\nTo: <user-to@domain.org>",
+    "From: user-from@domain.org (Real From)\r\nTo: user-to@domain.org (Real To)",
+    "From: other@domain.org,\r\n user-from2@domain.org\r\nCc: user-cc@domain.org",
+    "To: group: g1@domain.org, g2@domain.org;,\r\n  group2: g3@domain.org;",
+    "From: =?UTF-8?Q?J=C3=B6rg_M=C3=BCller?= <jorg@domain.org>",
+    "From: \"user.name\"@domain.org\r\nBcc: Hidden <BCC-user@domain.org>",
+]
+a = Raw("alice@example.org")
+for h in headers:
+    msg = ("%s\r\nSubject: a\r\n\r\nbody\r\n" % h).encode()
+    a.ok(b"APPEND INBOX {%d+}\r\n" % len(msg) + msg)
+a.ok("SELECT INBOX")
+cases = [
+    ("FROM user-from@domain.org", [1, 2, 3, 4]),
+    ("FROM USER-FROM@DOMAIN.ORG", [1, 2, 3, 4]),
+    ('FROM "real from"', [2, 4]),
+    ("FROM ser-fro", [1, 2, 3, 4, 5]),
+    ("FROM user-from2", [5]),
+    ("FROM other", [5]),
+    ("TO user-to@domain.org", [1, 2, 3, 4]),
+    ('TO "real to"', [2, 4]),
+    ("TO group", [6]),
+    ("TO group2", [6]),
+    ("TO g3@domain.org", [6]),
+    ("TO g4", []),
+    ("CC user-cc@domain.org", [1, 2, 5]),
+    ("CC realcc", []),
+    ('CC "real cc"', [2]),
+    ("BCC user-bcc", [1]),
+    ("BCC bcc-user@DOMAIN", [8]),
+    ("BCC hidden", [8]),
+    ('HEADER FROM ""', [1, 2, 3, 4, 5, 7, 8]),
+    ('HEADER BCC ""', [1, 8]),
+    ("FROM domain.org", [1, 2, 3, 4, 5, 7, 8]),
+    (b"CHARSET UTF-8 FROM {7+}\r\nj\xc3\xb6rg m", [7]),
+    (b"CHARSET UTF-8 FROM {7+}\r\nM\xc3\x9cLLER", [7]),
+]
+wrong = []
+for q, want in cases:
+    got = a.search(q)
+    if got != want:
+        wrong.append("SEARCH %r: got %s, want %s" % (q, got, want))
+assert not wrong, "\n".join(wrong)
 print("ok")
 "#,
     );

@@ -1582,10 +1582,15 @@ impl SearchMessage for LazyMessage<'_> {
         self.rec.size
     }
     fn header(&self, name: &str) -> Vec<String> {
-        crate::proto::imap::mime::Parsed::new(self.bytes()).header_values(name)
+        let parsed = crate::proto::imap::mime::Parsed::new(self.bytes());
+        let mut values = parsed.header_values(name);
+        if ["From", "To", "Cc", "Bcc"].iter().any(|f| f.eq_ignore_ascii_case(name)) {
+            values.extend(parsed.address_texts(name));
+        }
+        values
     }
     fn sent_date(&self) -> Option<(i64, i16)> {
-        crate::proto::imap::mime::Parsed::new(self.bytes()).sent_date().map(|s| (s, 0))
+        crate::proto::imap::mime::Parsed::new(self.bytes()).sent_date_zoned()
     }
     fn body_text(&self) -> String {
         crate::proto::imap::mime::Parsed::new(self.bytes()).body_text()
