@@ -196,3 +196,98 @@ print("received", total)
     assert!(out.contains("received "), "{out}");
     eprintln!("slow TLS reader: {} in {:?}", out.trim(), started.elapsed());
 }
+
+/// The generated certificate names the configured host (CommonName and
+/// subject alternative name); the log written to a file has no terminal
+/// colour codes; a client that sends an IP address as SNI (RFC 6066 forbids
+/// it, many do it) does not fill the log with rustls warnings.
+#[test]
+fn certificate_names_the_host_and_file_logs_are_plain() {
+    use std::io::{Read, Write};
+    use std::process::Stdio;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = common::write_config(
+        dir.path(),
+        "tlsname",
+        "[lmtp]\nlisten = \"127.0.0.1:0\"\nhostname = \"mail.example.test\"\n",
+    );
+    let log_path = dir.path().join("serve.log");
+    let log = std::fs::File::create(&log_path).unwrap();
+    let mut child = common::tandem()
+        .arg("--config")
+        .arg(&cfg)
+        .arg("serve")
+        .current_dir(dir.path())
+        .env_remove("TANDEM_LOG")
+        .stdout(Stdio::piped())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut imaps = None;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while imaps.is_none() && std::time::Instant::now() < deadline {
+        let mut line = String::new();
+        if std::io::BufRead::read_line(&mut out, &mut line).unwrap() == 0 {
+            break;
+        }
+        imaps = line.trim().strip_prefix("tandem: imaps listening on ").map(str::to_string);
+    }
+    let imaps = imaps.expect("imaps listener reported");
+    std::thread::spawn(move || std::io::copy(&mut out, &mut std::io::sink()));
+
+    // A ClientHello whose SNI is the IP address 127.0.0.1, written out by
+    // hand (TLS clients that follow RFC 6066 leave such an SNI out).
+    let name = b"127.0.0.1";
+    let mut sni = vec![0x00, 0x00]; // server_name
+    let list_len = 3 + name.len();
+    sni.extend_from_slice(&((list_len + 2) as u16).to_be_bytes());
+    sni.extend_from_slice(&(list_len as u16).to_be_bytes());
+    sni.push(0x00); // host_name
+    sni.extend_from_slice(&(name.len() as u16).to_be_bytes());
+    sni.extend_from_slice(name);
+    let mut hello = vec![0x03, 0x03];
+    hello.extend_from_slice(&[7u8; 32]); // random
+    hello.push(0); // no session id
+    hello.extend_from_slice(&[0x00, 0x02, 0xc0, 0x2f]); // ECDHE_RSA_WITH_AES_128_GCM_SHA256
+    hello.extend_from_slice(&[0x01, 0x00]); // null compression
+    hello.extend_from_slice(&(sni.len() as u16).to_be_bytes());
+    hello.extend_from_slice(&sni);
+    let mut handshake = vec![0x01];
+    handshake.extend_from_slice(&(hello.len() as u32).to_be_bytes()[1..]);
+    handshake.extend_from_slice(&hello);
+    let mut record = vec![0x16, 0x03, 0x01];
+    record.extend_from_slice(&(handshake.len() as u16).to_be_bytes());
+    record.extend_from_slice(&handshake);
+    for _ in 0..3 {
+        let mut s = std::net::TcpStream::connect(&imaps).unwrap();
+        s.set_read_timeout(Some(std::time::Duration::from_secs(10))).unwrap();
+        s.write_all(&record).unwrap();
+        let mut reply = Vec::new();
+        let _ = s.read_to_end(&mut reply);
+    }
+
+    // The certificate, as Python's ssl module decodes it.
+    let cert = dir.path().join("data/tls/cert.pem");
+    let out = std::process::Command::new("python3")
+        .arg("-c")
+        .arg(
+            "import ssl, sys; c = ssl._ssl._test_decode_cert(sys.argv[1]); \
+             print(dict(x[0] for x in c['subject'])['commonName']); print(sorted(v for _, v in c['subjectAltName']))",
+        )
+        .arg(&cert)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
+    let mut lines = text.lines();
+    assert_eq!(lines.next(), Some("mail.example.test"), "CommonName: {text}");
+    assert!(lines.next().unwrap().contains("'mail.example.test'"), "subjectAltName: {text}");
+
+    common::terminate(&child);
+    let _ = child.wait();
+    let log = std::fs::read_to_string(&log_path).unwrap();
+    assert!(log.contains("TLS handshake failed"), "the handshakes were logged: {log}");
+    assert!(!log.contains('\x1b'), "no terminal escape codes in a log file: {log}");
+    assert!(!log.contains("SNI"), "no SNI warnings: {log}");
+}
