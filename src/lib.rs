@@ -35,12 +35,30 @@ pub mod views;
 #[cfg(test)]
 pub(crate) mod testrng;
 
-/// Log to standard error; `TANDEM_LOG` overrides the filter.
+/// Log to standard error; `TANDEM_LOG` overrides the filter. Colours only
+/// when standard error is a terminal (not in a file or a journal).
 pub fn init_tracing(default: &str) {
+    use std::io::IsTerminal;
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_env("TANDEM_LOG").unwrap_or_else(|_| EnvFilter::new(default));
+    let chosen = std::env::var("TANDEM_LOG").ok().filter(|v| !v.trim().is_empty());
+    let mut filter = chosen
+        .as_deref()
+        .and_then(|v| EnvFilter::try_new(v).ok())
+        .unwrap_or_else(|| EnvFilter::new(default));
+    // rustls warns at every client that sends an IP address (or another
+    // name RFC 6066 does not allow) as SNI; many mail clients do, and the
+    // handshake goes on regardless. Shown only when asked for by name.
+    if !chosen.is_some_and(|v| v.contains("rustls")) {
+        if let Ok(quiet) = QUIET_SNI.parse() {
+            filter = filter.add_directive(quiet);
+        }
+    }
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr)
         .try_init();
 }
+
+/// The filter directive that silences rustls' SNI warnings.
+const QUIET_SNI: &str = "rustls::msgs::handshake=error";

@@ -3,9 +3,10 @@
 //! calls; the session owns the protocol.
 //!
 //! Delivery: one transaction per message for all its recipients. The body
-//! (with `Return-Path:`, and `Delivered-To:` when there is one recipient, as
-//! Dovecot writes them) is stored once; each recipient gets its own append
-//! event. Replies go out only after that transaction is durable.
+//! (with `Return-Path:`, `Delivered-To:` when there is one recipient, and a
+//! `Received:` trace line, as Dovecot writes them) is stored once; each
+//! recipient gets its own append event. Replies go out only after that
+//! transaction is durable.
 
 use crate::config::LmtpConfig;
 use crate::event::Flags;
@@ -134,10 +135,13 @@ async fn connection(
                         send(&mut stream, &out, idle).await?;
                         out.clear();
                     }
-                    let outcomes = deliver(store, cfg, counters, durability, d, peer).await;
+                    let trace = Trace::new(hostname, session.client_name(), peer);
+                    let outcomes = deliver(store, cfg, counters, durability, d, &trace).await;
                     session.delivery_result(outcomes);
                 }
                 Action::Close => {
+                    // What the last commands counted (QUIT pipelined behind them).
+                    fold_counters(&session, counters, &mut seen);
                     send(&mut stream, &out, idle).await?;
                     let _ = stream.shutdown().await;
                     return Ok(());
@@ -195,12 +199,14 @@ async fn connection(
                 } else if let Action::CheckRecipient(_) = action {
                     session.rcpt_result(RcptOutcome::Reject(Reply::new(451, "4.4.2", "Connection closed")));
                 } else if let Action::Deliver(d) = action {
-                    let outcomes = deliver(store, cfg, counters, durability, d, peer).await;
+                    let trace = Trace::new(hostname, session.client_name(), peer);
+                    let outcomes = deliver(store, cfg, counters, durability, d, &trace).await;
                     session.delivery_result(outcomes);
                 } else {
                     break;
                 }
             }
+            fold_counters(&session, counters, &mut seen);
             return Ok(());
         }
         session.feed(&buf[..n]);
@@ -264,15 +270,63 @@ fn now() -> i64 {
         .unwrap_or(0)
 }
 
+/// Where a delivery came from and where it arrived, for its `Received:` line.
+struct Trace {
+    /// This server's name (`lmtp.hostname`).
+    host: String,
+    /// The name the client gave in LHLO, reduced to domain characters.
+    client: String,
+    peer: SocketAddr,
+}
+
+impl Trace {
+    fn new(host: &str, client: Option<&str>, peer: SocketAddr) -> Trace {
+        // The LHLO argument is the client's free text: only characters of a
+        // domain or an address literal go into the header.
+        let clean = |s: &str| -> String {
+            s.chars()
+                .filter(|c| c.is_ascii_alphanumeric() || "-._:[]".contains(*c))
+                .take(255)
+                .collect()
+        };
+        let client = clean(client.and_then(|c| c.split_whitespace().next()).unwrap_or_default());
+        Trace {
+            host: clean(host),
+            client: if client.is_empty() { "unknown".into() } else { client },
+            peer,
+        }
+    }
+}
+
 /// Trace headers in front of the body, as Dovecot's LMTP writes them:
 /// `Return-Path` always, `Delivered-To` only for a single recipient so the
-/// stored body is the same for all recipients (single-instance).
-fn with_trace_headers(d: &Delivery) -> Vec<u8> {
-    let mut b = Vec::with_capacity(d.body.len() + 128);
+/// stored body is the same for all recipients (single-instance), and a
+/// `Received:` line (RFC 5321 section 4.4) naming the client, this server,
+/// the protocol and the time; `for <address>` only for a single recipient.
+fn with_trace_headers(d: &Delivery, trace: &Trace, now: i64) -> Vec<u8> {
+    let mut b = Vec::with_capacity(d.body.len() + 256);
     b.extend_from_slice(format!("Return-Path: <{}>\r\n", d.mail_from).as_bytes());
     if d.recipients.len() == 1 {
         b.extend_from_slice(format!("Delivered-To: {}\r\n", d.recipients[0].address).as_bytes());
     }
+    let literal = match trace.peer.ip() {
+        std::net::IpAddr::V4(a) => format!("[{a}]"),
+        std::net::IpAddr::V6(a) => format!("[IPv6:{a}]"),
+    };
+    // RFC 6531 section 3.7.3: UTF8LMTP when the transaction used SMTPUTF8.
+    let with = if d.utf8 { "UTF8LMTP" } else { "LMTP" };
+    let for_clause = match d.recipients.as_slice() {
+        [one] => format!("\r\n\tfor <{}>", one.address),
+        _ => String::new(),
+    };
+    let date = mail_parser::DateTime::from_timestamp(now).to_rfc822();
+    b.extend_from_slice(
+        format!(
+            "Received: from {} ({literal})\r\n\tby {} (Tandem) with {with}{for_clause};\r\n\t{date}\r\n",
+            trace.client, trace.host
+        )
+        .as_bytes(),
+    );
     b.extend_from_slice(&d.body);
     b
 }
@@ -296,11 +350,13 @@ async fn deliver(
     counters: &Counters,
     durability: &crate::repl::Durability,
     d: Delivery,
-    peer: SocketAddr,
+    trace: &Trace,
 ) -> Vec<DeliveryOutcome> {
-    let body = with_trace_headers(&d);
+    let peer = trace.peer;
+    let at = now();
+    let body = with_trace_headers(&d, trace, at);
     let size = body.len() as u64;
-    let msg = NewMessage::new(body, Flags::default(), now());
+    let msg = NewMessage::new(body, Flags::default(), at);
     // Resolve accounts and folders outside the writer; the transaction
     // re-checks them against the views it sees.
     let targets: Vec<Option<(String, Option<String>)>> = d
@@ -383,5 +439,53 @@ async fn deliver(
                 .map(|_| DeliveryOutcome::Reply(Reply::new(451, "4.3.0", "Temporary failure: mail store unavailable")))
                 .collect()
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::lmtp::Recipient;
+
+    fn delivery(recipients: &[&str], utf8: bool) -> Delivery {
+        Delivery {
+            mail_from: "s@example.net".into(),
+            recipients: recipients.iter().map(|r| Recipient::parse(r).unwrap()).collect(),
+            body: b"Subject: hi\r\n\r\nbody\r\n".to_vec(),
+            body_8bit: false,
+            utf8,
+        }
+    }
+
+    #[test]
+    fn trace_headers_with_received_line() {
+        let peer: SocketAddr = "192.0.2.7:40000".parse().unwrap();
+        // The LHLO name is free text: only domain characters are kept.
+        let trace = Trace::new("mail.example.org", Some("mx1.example.net (evil)\r\nX-Injected: 1"), peer);
+        let one = with_trace_headers(&delivery(&["a@example.org"], false), &trace, 1_700_000_000);
+        assert_eq!(
+            String::from_utf8(one.clone()).unwrap(),
+            "Return-Path: <s@example.net>\r\nDelivered-To: a@example.org\r\n\
+             Received: from mx1.example.net ([192.0.2.7])\r\n\tby mail.example.org (Tandem) with LMTP\r\n\
+             \tfor <a@example.org>;\r\n\tTue, 14 Nov 2023 22:13:20 +0000\r\n\
+             Subject: hi\r\n\r\nbody\r\n"
+        );
+        let parsed = crate::proto::imap::mime::Parsed::new(&one);
+        assert_eq!(parsed.header_values("Subject"), ["hi"]);
+        assert_eq!(parsed.header_values("Received").len(), 1);
+        // Several recipients: nothing per recipient, so one body serves all.
+        let v6: SocketAddr = "[::1]:40000".parse().unwrap();
+        let many = with_trace_headers(
+            &delivery(&["a@example.org", "b@example.org"], true),
+            &Trace::new("mail.example.org", None, v6),
+            1_700_000_000,
+        );
+        assert_eq!(
+            String::from_utf8(many).unwrap(),
+            "Return-Path: <s@example.net>\r\n\
+             Received: from unknown ([IPv6:::1])\r\n\tby mail.example.org (Tandem) with UTF8LMTP;\r\n\
+             \tTue, 14 Nov 2023 22:13:20 +0000\r\n\
+             Subject: hi\r\n\r\nbody\r\n"
+        );
     }
 }

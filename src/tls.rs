@@ -17,12 +17,15 @@ pub fn generated_paths(data_dir: &Path) -> (PathBuf, PathBuf) {
     (data_dir.join("tls/cert.pem"), data_dir.join("tls/key.pem"))
 }
 
-/// Create a self-signed certificate for `names` unless one exists.
+/// Create a self-signed certificate for `names` unless one exists. The
+/// subject's CommonName is the first name (clients such as fetchmail compare
+/// it with the host they connected to), the subject alternative names are
+/// all of them.
 pub fn ensure_self_signed(cert: &Path, key: &Path, names: Vec<String>) -> anyhow::Result<()> {
     if cert.exists() && key.exists() {
         return Ok(());
     }
-    let ck = rcgen::generate_simple_self_signed(names).context("generating a self-signed certificate")?;
+    let ck = self_signed(names).context("generating a self-signed certificate")?;
     let dir = cert.parent().expect("cert path has a parent");
     std::fs::create_dir_all(dir)?;
     std::fs::write(cert, ck.cert.pem())?;
@@ -43,6 +46,18 @@ pub fn ensure_self_signed(cert: &Path, key: &Path, names: Vec<String>) -> anyhow
     std::fs::write(key, ck.signing_key.serialize_pem())?;
     tracing::info!(cert = %cert.display(), "generated a self-signed TLS certificate");
     Ok(())
+}
+
+fn self_signed(names: Vec<String>) -> Result<rcgen::CertifiedKey<rcgen::KeyPair>, rcgen::Error> {
+    let mut params = rcgen::CertificateParams::new(names.clone())?;
+    let mut dn = rcgen::DistinguishedName::new();
+    if let Some(first) = names.first() {
+        dn.push(rcgen::DnType::CommonName, first.as_str());
+    }
+    params.distinguished_name = dn;
+    let signing_key = rcgen::KeyPair::generate()?;
+    let cert = params.self_signed(&signing_key)?;
+    Ok(rcgen::CertifiedKey { cert, signing_key })
 }
 
 /// Read a PEM certificate chain and private key.

@@ -329,3 +329,76 @@ fn sigterm_lets_a_message_in_progress_finish() {
     let inbox = v.mailbox_by_name("a@example.org", "INBOX").unwrap().unwrap();
     assert_eq!(v.messages(inbox.id).unwrap().len(), 1);
 }
+
+/// RFC 6531 over LMTP: `SMTPUTF8` is offered, a transaction that declares it
+/// may use UTF-8 addresses (and UTF-8 headers), one that does not gets
+/// `553 5.6.7`. What Postfix sends by default for internationalised mail.
+/// The stored body carries a `Received:` trace line (RFC 5321 section 4.4).
+#[test]
+fn smtputf8_addresses_are_delivered() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = node_with_users(dir.path(), "utf8", "", &["alice@example.org", "jörg@example.org"]);
+    let mut c = lmtp(&node);
+    let caps = lhlo(&mut c);
+    assert!(caps.lines().any(|l| &l[4..] == "SMTPUTF8"), "{caps}");
+    // Without the parameter a UTF-8 address is refused.
+    c.send("MAIL FROM:<müller@bücher.example>\r\n".as_bytes());
+    assert!(c.reply().starts_with("553 5.6.7"));
+    c.send(
+        "MAIL FROM:<müller@bücher.example> SMTPUTF8 BODY=8BITMIME\r\nRCPT TO:<Jörg@example.org>\r\nRCPT TO:<alice@example.org>\r\nDATA\r\n"
+            .as_bytes(),
+    );
+    for want in ["250 2.1.0", "250 2.1.5", "250 2.1.5", "354"] {
+        let r = c.reply();
+        assert!(r.starts_with(want), "{want}: {r}");
+    }
+    c.send("From: Müller <müller@bücher.example>\r\nSubject: Grüße\r\n\r\nHallo\r\n.\r\n".as_bytes());
+    for _ in 0..2 {
+        let r = c.reply();
+        assert!(r.starts_with("250 2.0.0"), "{r}");
+    }
+    c.send(b"QUIT\r\n");
+    assert!(c.reply().starts_with("221"));
+    for user in ["j%C3%B6rg@example.org", "alice@example.org"] {
+        let m = messages(&node, user, "INBOX");
+        assert_eq!(m.len(), 1, "{user}");
+        let body = String::from_utf8(blob(&node, m[0]["blob"].as_str().unwrap())).unwrap();
+        assert!(
+            body.starts_with("Return-Path: <müller@bücher.example>\r\nReceived: from client.example ([127.0.0.1])\r\n\tby "),
+            "{body}"
+        );
+        assert!(body.contains(" (Tandem) with UTF8LMTP;\r\n\t"), "{body}");
+        assert!(
+            body.ends_with("\r\nFrom: Müller <müller@bücher.example>\r\nSubject: Grüße\r\n\r\nHallo\r\n"),
+            "{body}"
+        );
+    }
+}
+
+/// Postfix pipelines DATA behind its RCPTs; when every recipient is refused
+/// the DATA gets 503, which is the protocol working, not a syntax error.
+#[test]
+fn pipelined_data_after_refused_recipients_is_not_counted_as_syntax() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = node_with_users(dir.path(), "refused", "", &["alice@example.org"]);
+    let mut c = lmtp(&node);
+    c.send(b"LHLO postfix.example\r\nMAIL FROM:<s@example.net>\r\nRCPT TO:<nobody@example.org>\r\nDATA\r\nRSET\r\nQUIT\r\n");
+    assert!(c.reply().starts_with("250-"));
+    for want in ["250 2.1.0", "550 5.1.1", "503 5.5.1", "250 2.0.0", "221"] {
+        let r = c.reply();
+        assert!(r.starts_with(want), "{want}: {r}");
+    }
+    // A real syntax error still counts.
+    let mut c = lmtp(&node);
+    c.send(b"LHLO x\r\nMAIL FROM:nobody\r\nQUIT\r\n");
+    assert!(c.reply().starts_with("250-"));
+    assert!(c.reply().starts_with("501"));
+    assert!(c.reply().starts_with("221"));
+    let st = common::admin_get(&node, "/v1/status");
+    assert!(
+        common::wait_until(5, || common::admin_get(&node, "/v1/status")["lmtp"]["rejected_syntax"] == 1),
+        "{}",
+        st["lmtp"]
+    );
+    assert_eq!(common::admin_get(&node, "/v1/status")["lmtp"]["rejected_unknown_user"], 1);
+}

@@ -41,6 +41,9 @@ struct Selected {
     uids: Vec<u32>,
     /// Flags as last told to the client.
     flags: HashMap<u32, Flags>,
+    /// Keywords announced in FLAGS; a keyword is announced before the
+    /// first FETCH that shows it (RFC 3501 §7.2.6).
+    keywords: BTreeSet<String>,
     /// The mailbox's HIGHESTMODSEQ when last compared.
     modseq: u64,
     /// Expunges seen but not yet announced (not allowed during FETCH,
@@ -55,6 +58,31 @@ struct Found {
     lines: Vec<String>,
     added: bool,
     pending: bool,
+}
+
+impl Selected {
+    /// Note the keywords of `flags`; when some are new, the untagged FLAGS
+    /// and PERMANENTFLAGS that announce them (to go out before the FETCH
+    /// that shows them).
+    fn announce(&mut self, flags: &Flags) -> Option<[String; 2]> {
+        let mut new = false;
+        for f in flags.iter().filter(|f| !f.starts_with('\\')) {
+            if !self.keywords.contains(f) {
+                self.keywords.insert(f.to_string());
+                new = true;
+            }
+        }
+        new.then(|| flag_lines(&self.keywords))
+    }
+}
+
+/// `* FLAGS` and `* OK [PERMANENTFLAGS]` for a mailbox with these keywords.
+fn flag_lines(keywords: &BTreeSet<String>) -> [String; 2] {
+    let kw: String = keywords.iter().map(|k| format!(" {k}")).collect();
+    [
+        format!("* FLAGS ({SYSTEM_FLAGS}{kw})"),
+        format!("* OK [PERMANENTFLAGS ({SYSTEM_FLAGS}{kw} \\*)] Flags permitted"),
+    ]
 }
 
 /// Bring `sel` up to date from the change index entries after its MODSEQ.
@@ -88,11 +116,13 @@ fn changed_since(sel: &mut Selected, v: &crate::views::Views, changes: Vec<(u32,
         // Gone since the index was read: the next sync sees it.
         let Ok(Some(m)) = v.message(sel.id, uid) else { continue };
         if uid > last {
+            lines.extend(sel.announce(&m.flags).into_iter().flatten());
             sel.uids.push(uid);
             sel.flags.insert(uid, m.flags);
             added = true;
         } else if let Ok(pos) = sel.uids.binary_search(&uid) {
             if sel.flags.get(&uid) != Some(&m.flags) {
+                lines.extend(sel.announce(&m.flags).into_iter().flatten());
                 lines.push(format!("* {} FETCH (UID {uid} FLAGS {})", pos + 1, fetch::flags_list(&m.flags)));
                 sel.flags.insert(uid, m.flags);
             }
@@ -124,11 +154,13 @@ fn compare_whole(sel: &mut Selected, v: &crate::views::Views, expunges: bool) ->
     } else {
         pending = sel.uids.iter().any(|u| !current.contains_key(u));
     }
-    for (i, uid) in sel.uids.iter().enumerate() {
-        if let Some(m) = current.get(uid) {
-            if sel.flags.get(uid) != Some(&m.flags) {
+    for i in 0..sel.uids.len() {
+        let uid = sel.uids[i];
+        if let Some(m) = current.get(&uid) {
+            if sel.flags.get(&uid) != Some(&m.flags) {
+                lines.extend(sel.announce(&m.flags).into_iter().flatten());
                 lines.push(format!("* {} FETCH (UID {uid} FLAGS {})", i + 1, fetch::flags_list(&m.flags)));
-                sel.flags.insert(*uid, m.flags.clone());
+                sel.flags.insert(uid, m.flags.clone());
             }
         }
     }
@@ -136,6 +168,7 @@ fn compare_whole(sel: &mut Selected, v: &crate::views::Views, expunges: bool) ->
     let mut added = false;
     for (uid, m) in &msgs {
         if *uid > last {
+            lines.extend(sel.announce(&m.flags).into_iter().flatten());
             sel.uids.push(*uid);
             sel.flags.insert(*uid, m.flags.clone());
             added = true;
@@ -197,13 +230,29 @@ fn to_flags(v: &[Flag<'_>]) -> Flags {
 }
 
 /// A mailbox name from the wire: modified UTF-7 decoded, INBOX folded.
+/// A name that cannot be decoded is an error for a NO, not a BAD: it is
+/// syntactically a valid astring.
 fn mailbox_name(m: &Mailbox<'_>) -> Result<String, String> {
+    wire_name(m, false)
+}
+
+/// The name CREATE creates: a trailing hierarchy separator only declares
+/// that names will be created under it (RFC 3501 §6.3.3), and is dropped.
+fn create_name(m: &Mailbox<'_>) -> Result<String, String> {
+    wire_name(m, true)
+}
+
+fn wire_name(m: &Mailbox<'_>, trailing_separator: bool) -> Result<String, String> {
     match m {
         Mailbox::Inbox => Ok("INBOX".into()),
         Mailbox::Other(o) => {
             let raw = std::str::from_utf8(o.as_ref()).map_err(|_| "mailbox name is not UTF-8".to_string())?;
-            let name = mutf7::decode(raw).map_err(|e| format!("mailbox name: {e}"))?;
-            mutate::normalize_mailbox(&name).map_err(|e| e.to_string())
+            let name = mutf7::decode(raw).map_err(|e| format!("mailbox name is not valid modified UTF-7: {e}"))?;
+            let name = match name.strip_suffix('/') {
+                Some(stem) if trailing_separator && !stem.is_empty() => stem,
+                _ => name.as_str(),
+            };
+            mutate::normalize_mailbox(name).map_err(|e| e.to_string())
         }
     }
 }
@@ -275,15 +324,17 @@ impl Session {
         self.out.extend_from_slice(b"\r\n");
     }
 
+    /// Send what is buffered. `flush` matters for TLS: `write_all` may leave
+    /// the last records queued inside the TLS stream when the socket was
+    /// full, and they would wait there until the client sent something.
     async fn flush(&mut self) -> R<()> {
-        if !self.out.is_empty() {
-            let out = std::mem::take(&mut self.out);
-            let r = self.write_out(&out).await;
-            self.out = out;
-            self.out.clear();
-            r?;
-        }
-        Ok(())
+        // Always through write_out, which flushes under the write deadline
+        // even when nothing new is buffered.
+        let out = std::mem::take(&mut self.out);
+        let r = self.write_out(&out).await;
+        self.out = out;
+        self.out.clear();
+        r
     }
 
     /// Write to the client, which must take each 64 KiB within
@@ -549,7 +600,7 @@ impl Session {
             CommandBody::Login { .. } | CommandBody::Authenticate { .. } => self.line(&format!("{tag} BAD Already authenticated")),
             CommandBody::Select { mailbox } => self.select(tag, &user, &mailbox, false),
             CommandBody::Examine { mailbox } => self.select(tag, &user, &mailbox, true),
-            CommandBody::Create { mailbox } => match mailbox_name(&mailbox) {
+            CommandBody::Create { mailbox } => match create_name(&mailbox) {
                 Ok(name) => {
                     let u = user.clone();
                     let now = now_secs();
@@ -564,7 +615,7 @@ impl Session {
                         Err(e) => self.store_error(tag, e),
                     }
                 }
-                Err(e) => self.line(&format!("{tag} BAD {e}")),
+                Err(e) => self.no(tag, &format!("[CANNOT] {e}")),
             },
             CommandBody::Delete { mailbox } => match mailbox_name(&mailbox) {
                 Ok(name) => {
@@ -577,11 +628,11 @@ impl Session {
                         Err(e) => self.store_error(tag, e),
                     }
                 }
-                Err(e) => self.line(&format!("{tag} BAD {e}")),
+                Err(e) => self.no(tag, &format!("[CANNOT] {e}")),
             },
             CommandBody::Rename { from, to } => match (mailbox_name(&from), mailbox_name(&to)) {
                 (Ok(from), Ok(to)) => self.rename(tag, &user, from, to).await,
-                (Err(e), _) | (_, Err(e)) => self.line(&format!("{tag} BAD {e}")),
+                (Err(e), _) | (_, Err(e)) => self.no(tag, &format!("[CANNOT] {e}")),
             },
             CommandBody::Subscribe { mailbox } => self.subscribe(tag, &user, &mailbox, true).await,
             CommandBody::Unsubscribe { mailbox } => self.subscribe(tag, &user, &mailbox, false).await,
@@ -603,7 +654,7 @@ impl Session {
                 let name = match mailbox_name(&mailbox) {
                     Ok(n) => n,
                     Err(e) => {
-                        self.line(&format!("{tag} BAD {e}"));
+                        self.no(tag, &format!("[CANNOT] {e}"));
                         return Ok(Flow::Continue);
                     }
                 };
@@ -919,7 +970,7 @@ impl Session {
         let name = match mailbox_name(mailbox) {
             Ok(n) => n,
             Err(e) => {
-                self.line(&format!("{tag} BAD {e}"));
+                self.no(tag, &format!("[CANNOT] {e}"));
                 return None;
             }
         };
@@ -958,9 +1009,9 @@ impl Session {
                 first_unseen = Some(i + 1);
             }
         }
-        let kw: String = keywords.iter().map(|k| format!(" {k}")).collect();
-        self.line(&format!("* FLAGS ({SYSTEM_FLAGS}{kw})"));
-        self.line(&format!("* OK [PERMANENTFLAGS ({SYSTEM_FLAGS}{kw} \\*)] Flags permitted"));
+        for l in flag_lines(&keywords) {
+            self.line(&l);
+        }
         self.line(&format!("* {} EXISTS", msgs.len()));
         self.line("* 0 RECENT");
         if let Some(u) = first_unseen {
@@ -978,6 +1029,7 @@ impl Session {
             name,
             readonly,
             flags: msgs.iter().map(|(u, m)| (*u, m.flags.clone())).collect(),
+            keywords,
             uids: msgs.into_iter().map(|(u, _)| u).collect(),
             modseq: mb.highestmodseq,
             expunge_pending: false,
@@ -1123,6 +1175,11 @@ impl Session {
                 None
             };
             let force_flags = seen_now.contains(&u);
+            if let Some(lines) = self.selected.as_mut().and_then(|sel| sel.announce(&m.flags)) {
+                for l in lines {
+                    self.line(&l);
+                }
+            }
             let response = fetch::render(seq, u, &m, body.as_deref(), summary.as_deref(), items, uid, force_flags);
             // Each message's response goes out as it is made (the client's
             // reading paces the command), large bodies straight from the
@@ -1190,6 +1247,11 @@ impl Session {
         let v = self.shared.store.views();
         for (seq, u) in targets {
             let Ok(Some(m)) = v.message(id, u) else { continue };
+            if let Some(lines) = self.selected.as_mut().and_then(|sel| sel.announce(&m.flags)) {
+                for l in lines {
+                    self.line(&l);
+                }
+            }
             if matches!(response, StoreResponse::Answer) {
                 let uid_part = if uid { format!("UID {u} ") } else { String::new() };
                 self.line(&format!("* {seq} FETCH ({uid_part}FLAGS {})", fetch::flags_list(&m.flags)));
@@ -1215,7 +1277,7 @@ impl Session {
         let name = match mailbox_name(mailbox) {
             Ok(n) => n,
             Err(e) => {
-                self.line(&format!("{tag} BAD {e}"));
+                self.no(tag, &format!("[CANNOT] {e}"));
                 return;
             }
         };
@@ -1373,7 +1435,7 @@ impl Session {
                     Err(e) => self.store_error(tag, e),
                 }
             }
-            Err(e) => self.line(&format!("{tag} BAD {e}")),
+            Err(e) => self.no(tag, &format!("[CANNOT] {e}")),
         }
     }
 
@@ -1625,10 +1687,15 @@ impl SearchMessage for LazyMessage<'_> {
         self.rec.size
     }
     fn header(&self, name: &str) -> Vec<String> {
-        crate::proto::imap::mime::Parsed::new(self.bytes()).header_values(name)
+        let parsed = crate::proto::imap::mime::Parsed::new(self.bytes());
+        let mut values = parsed.header_values(name);
+        if ["From", "To", "Cc", "Bcc"].iter().any(|f| f.eq_ignore_ascii_case(name)) {
+            values.extend(parsed.address_texts(name));
+        }
+        values
     }
     fn sent_date(&self) -> Option<(i64, i16)> {
-        crate::proto::imap::mime::Parsed::new(self.bytes()).sent_date().map(|s| (s, 0))
+        crate::proto::imap::mime::Parsed::new(self.bytes()).sent_date_zoned()
     }
     fn body_text(&self) -> String {
         crate::proto::imap::mime::Parsed::new(self.bytes()).body_text()

@@ -247,6 +247,9 @@ impl Recipient {
     /// Parse a mailbox (`local@domain`, no angle brackets). Local parts are
     /// dot-atom characters (quoted strings are refused); domains are names of
     /// letters, digits, `-`, `_` and `.`, or an address literal in brackets.
+    /// Non-ASCII characters are allowed in both (RFC 6531 `UTF8-non-ascii`
+    /// and U-labels); the session accepts such addresses only in a
+    /// transaction that declared `SMTPUTF8`.
     /// A leading source route (`@a,@b:`) is dropped, as RFC 5321 allows.
     ///
     /// # Errors
@@ -271,7 +274,11 @@ impl Recipient {
             }
             return Err(AddressError::NoDomain);
         };
-        if local.is_empty() || !local.bytes().all(is_local_char) {
+        if local.is_empty()
+            || !local
+                .chars()
+                .all(|c| if c.is_ascii() { is_local_char(c as u8) } else { is_utf8_char(c) })
+        {
             return Err(AddressError::LocalPart);
         }
         if !domain_is_valid(domain) {
@@ -280,14 +287,14 @@ impl Recipient {
         // The user part compares case-insensitively; the detail names a
         // folder and keeps its case.
         let (local, detail) = match local.split_once('+') {
-            Some((user, detail)) => (user.to_ascii_lowercase(), Some(detail.to_string())),
-            None => (local.to_ascii_lowercase(), None),
+            Some((user, detail)) => (user.to_lowercase(), Some(detail.to_string())),
+            None => (local.to_lowercase(), None),
         };
         Ok(Recipient {
             address: address.to_string(),
             local,
             detail,
-            domain: domain.to_ascii_lowercase(),
+            domain: domain.to_lowercase(),
         })
     }
 }
@@ -312,6 +319,12 @@ fn is_local_char(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b"!#$%&'*+-/=?^_`{|}~.".contains(&b)
 }
 
+/// A non-ASCII character allowed in an address (RFC 6531 `UTF8-non-ascii`):
+/// anything but controls and white space.
+fn is_utf8_char(c: char) -> bool {
+    !c.is_ascii() && !c.is_control() && !c.is_whitespace()
+}
+
 fn domain_is_valid(d: &str) -> bool {
     if let Some(literal) = d.strip_prefix('[') {
         return match literal.strip_suffix(']') {
@@ -322,7 +335,8 @@ fn domain_is_valid(d: &str) -> bool {
     !d.is_empty()
         && !d.starts_with('.')
         && !d.contains("..")
-        && d.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
+        && d.chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.' || is_utf8_char(c))
 }
 
 /// A complete message, to be stored once for all its recipients.
@@ -337,6 +351,8 @@ pub struct Delivery {
     pub body: Vec<u8>,
     /// The client declared `BODY=8BITMIME`, or the body has octets above 127.
     pub body_8bit: bool,
+    /// The transaction declared `SMTPUTF8` (RFC 6531).
+    pub utf8: bool,
 }
 
 /// The driver's answer to [`Action::CheckRecipient`].
@@ -400,6 +416,10 @@ pub struct Rejections {
     pub too_many_recipients: u64,
     /// Recipients refused by the driver's lookup.
     pub recipient: u64,
+    /// `DATA` or `BDAT` after every `RCPT` was refused (`503 5.5.1`): the
+    /// normal end of a pipelined transaction whose recipients all failed,
+    /// so not a bad command.
+    pub data_without_recipients: u64,
     /// Sessions closed for too many errors or input overflow (`421`).
     pub closed: u64,
 }
@@ -493,15 +513,20 @@ struct Txn {
     at_line_start: bool,
     /// A BDAT chunk was accepted: the body comes in chunks.
     chunking: bool,
+    /// Some `RCPT` of this transaction was refused.
+    refused_rcpt: bool,
+    /// `MAIL FROM:<...> SMTPUTF8` (RFC 6531): addresses may be UTF-8.
+    utf8: bool,
     /// BDAT: the last octet seen was CR (bare LF conversion across chunks).
     prev_cr: bool,
 }
 
 impl Txn {
-    fn new(mail_from: String, declared_8bit: bool) -> Txn {
+    fn new(mail_from: String, declared_8bit: bool, utf8: bool) -> Txn {
         Txn {
             mail_from,
             declared_8bit,
+            utf8,
             ..Txn::default()
         }
     }
@@ -677,6 +702,9 @@ impl Session {
             RcptOutcome::Reject(reply) => {
                 self.counters.recipients_rejected += 1;
                 self.counters.rejected.recipient += 1;
+                if let Some(txn) = self.txn.as_mut() {
+                    txn.refused_rcpt = true;
+                }
                 let reply = reply.normalized(400..=599, Reply::new(451, "4.3.0", "recipient lookup failed"));
                 write_line(&mut self.out, reply.code, b' ', reply.enhanced.as_deref(), &reply.text);
             }
@@ -975,6 +1003,7 @@ impl Session {
             recipients: txn.recipients,
             body: txn.body,
             body_8bit: txn.declared_8bit || txn.saw_8bit,
+            utf8: txn.utf8,
         };
         self.pending = Some(Action::Deliver(delivery));
         self.wait = Wait::Delivery(addresses);
@@ -1034,8 +1063,16 @@ impl Session {
             };
             return self.bad(Bad::Unknown, 500, "5.5.2", text);
         }
+        // UTF-8 only where addresses go (RFC 6531); MAIL and RCPT decide
+        // whether the transaction allows it.
+        let utf8_ok = matches!(&verb[..], b"MAIL" | b"RCPT");
         let args = match std::str::from_utf8(args) {
-            Ok(a) if a.bytes().all(|b| (0x20..0x7f).contains(&b) || b == b'\t') => a.trim_matches([' ', '\t']),
+            Ok(a)
+                if a.chars()
+                    .all(|c| (' '..='~').contains(&c) || c == '\t' || utf8_ok && is_utf8_char(c)) =>
+            {
+                a.trim_matches([' ', '\t'])
+            }
             _ => return self.bad(Bad::Syntax, 501, "5.5.4", "invalid characters in command"),
         };
         match &verb[..] {
@@ -1078,6 +1115,7 @@ impl Session {
             "ENHANCEDSTATUSCODES",
             size.as_str(),
             "CHUNKING",
+            "SMTPUTF8",
         ];
         for (i, text) in lines.iter().enumerate() {
             let sep = if i + 1 == lines.len() { b' ' } else { b'-' };
@@ -1095,6 +1133,11 @@ impl Session {
         let Some((path, params)) = strip_prefix_ci(args, "FROM:").and_then(split_path) else {
             return self.bad(Bad::Syntax, 501, "5.5.4", "syntax: MAIL FROM:<address> [parameters]");
         };
+        // RFC 6531: `SMTPUTF8` (no value) allows UTF-8 in this transaction's addresses.
+        let utf8 = params.split_ascii_whitespace().any(|p| p.eq_ignore_ascii_case("SMTPUTF8"));
+        if !utf8 && !path.is_ascii() {
+            return self.bad(Bad::Syntax, 553, "5.6.7", "non-ASCII sender address needs SMTPUTF8");
+        }
         let mail_from = match path {
             "" => String::new(),
             path => match Recipient::parse(path) {
@@ -1117,6 +1160,10 @@ impl Session {
                     }
                     _ => return self.bad(Bad::Syntax, 501, "5.5.4", "bad SIZE parameter"),
                 }
+            } else if key.eq_ignore_ascii_case("SMTPUTF8") {
+                if value.is_some() {
+                    return self.bad(Bad::Syntax, 501, "5.5.4", "bad SMTPUTF8 parameter");
+                }
             } else if key.eq_ignore_ascii_case("BODY") {
                 match value {
                     Some(v) if body.is_none() && v.eq_ignore_ascii_case("7BIT") => body = Some(false),
@@ -1132,7 +1179,7 @@ impl Session {
             self.counters.rejected.size += 1;
             return self.reply(552, "5.3.4", "message size exceeds fixed maximum message size");
         }
-        self.txn = Some(Txn::new(mail_from, body.unwrap_or(false)));
+        self.txn = Some(Txn::new(mail_from, body.unwrap_or(false), utf8));
         self.reply(250, "2.1.0", "Ok");
     }
 
@@ -1151,11 +1198,17 @@ impl Session {
             let key: String = param.split('=').next().unwrap_or(param).chars().take(32).collect();
             return self.bad(Bad::Parameters, 555, "5.5.4", &format!("unsupported parameter {key}"));
         }
+        if !txn.utf8 && !path.is_ascii() {
+            return self.bad(Bad::Syntax, 553, "5.6.7", "non-ASCII recipient address needs SMTPUTF8");
+        }
         let recipient = match Recipient::parse(path) {
             Ok(r) => r,
             Err(e) => return self.bad(Bad::Syntax, 501, "5.1.3", &format!("bad recipient address: {e}")),
         };
         if accepted >= self.limits.max_recipients {
+            if let Some(txn) = self.txn.as_mut() {
+                txn.refused_rcpt = true;
+            }
             self.counters.recipients_rejected += 1;
             self.counters.rejected.too_many_recipients += 1;
             return self.reply(452, "4.5.3", "too many recipients");
@@ -1175,6 +1228,10 @@ impl Session {
             return self.bad(Bad::Sequence, 503, "5.5.1", "DATA not allowed after BDAT");
         }
         if txn.recipients.is_empty() {
+            if txn.refused_rcpt {
+                self.counters.rejected.data_without_recipients += 1;
+                return self.reply(503, "5.5.1", "no valid recipients");
+            }
             return self.bad(Bad::Sequence, 503, "5.5.1", "no valid recipients");
         }
         txn.at_line_start = true;
@@ -1200,8 +1257,8 @@ impl Session {
         // whatever the verdict (RFC 3030 section 3).
         let max = self.limits.max_message;
         let verdict = match self.txn.as_mut() {
-            None => Err("need MAIL command"),
-            Some(t) if t.recipients.is_empty() => Err("no valid recipients"),
+            None => Err(("need MAIL command", false)),
+            Some(t) if t.recipients.is_empty() => Err(("no valid recipients", t.refused_rcpt)),
             Some(t) => {
                 t.chunking = true;
                 if !t.oversize && t.size.saturating_add(size) > max {
@@ -1216,7 +1273,12 @@ impl Session {
             }
         };
         let discard = match verdict {
-            Err(text) => {
+            Err((text, true)) => {
+                self.counters.rejected.data_without_recipients += 1;
+                self.reply(503, "5.5.1", text);
+                true
+            }
+            Err((text, false)) => {
                 self.bad(Bad::Sequence, 503, "5.5.1", text);
                 true
             }
@@ -1382,7 +1444,7 @@ mod tests {
 
     const GREETING: &str = "220 mx.example LMTP Tandem ready\r\n";
     const LHLO_REPLY: &str =
-        "250-mx.example\r\n250-PIPELINING\r\n250-8BITMIME\r\n250-ENHANCEDSTATUSCODES\r\n250-SIZE 67108864\r\n250 CHUNKING\r\n";
+        "250-mx.example\r\n250-PIPELINING\r\n250-8BITMIME\r\n250-ENHANCEDSTATUSCODES\r\n250-SIZE 67108864\r\n250-CHUNKING\r\n250 SMTPUTF8\r\n";
 
     #[test]
     fn session_can_move_between_threads() {
@@ -1466,6 +1528,7 @@ mod tests {
                 }],
                 body: b"Subject: hi\r\n\r\nhello\r\n".to_vec(),
                 body_8bit: false,
+                utf8: false,
             }]
         );
         let c = d.s.counters();
@@ -1744,6 +1807,73 @@ RCPT TO:<nobody@example.com>\r\nRCPT TO:<v@example.com>\r\nDATA\r\nline 1\r\n..d
         assert_eq!(d.deliveries[0].body, b"12345678\r\n");
         let r = d.send(b"MAIL FROM:<a@b.example>\r\nRCPT TO:<u@x.example>\r\nDATA\r\n123456789\r\n.\r\n");
         assert!(r.ends_with("552 5.3.4 <u@x.example> message too big\r\n"));
+    }
+
+    #[test]
+    fn smtputf8_allows_utf8_addresses_in_its_transaction_only() {
+        let mut d = Driver::greeted();
+        // RFC 6531 3.4: without the parameter a UTF-8 address is refused.
+        assert_eq!(
+            d.send("MAIL FROM:<jörg@bücher.example>\r\n".as_bytes()),
+            "553 5.6.7 non-ASCII sender address needs SMTPUTF8\r\n"
+        );
+        assert_eq!(
+            d.send("MAIL FROM:<a@b.example>\r\nRCPT TO:<ü@x.example>\r\nRSET\r\n".as_bytes()),
+            "250 2.1.0 Ok\r\n553 5.6.7 non-ASCII recipient address needs SMTPUTF8\r\n250 2.0.0 Ok\r\n"
+        );
+        assert_eq!(
+            d.send(b"MAIL FROM:<a@b.example> SMTPUTF8=yes\r\n"),
+            "501 5.5.4 bad SMTPUTF8 parameter\r\n"
+        );
+        // Declared: UTF-8 local parts and U-label domains, with other parameters.
+        let r = d.send("MAIL FROM:<jörg@bücher.example> SMTPUTF8 BODY=8BITMIME\r\nRCPT TO:<Ünïcode+Ordner@Bücher.example>\r\nDATA\r\nSubject: Grüße\r\n\r\nhi\r\n.\r\n".as_bytes());
+        assert_eq!(
+            r,
+            "250 2.1.0 Ok\r\n250 2.1.5 Ok\r\n354 start mail input; end with <CRLF>.<CRLF>\r\n250 2.0.0 <?n?code+Ordner@B?cher.example> Ok: delivered\r\n"
+        );
+        let del = &d.deliveries[0];
+        assert_eq!(del.mail_from, "jörg@bücher.example");
+        assert!(del.utf8);
+        let rcpt = &del.recipients[0];
+        assert_eq!(
+            (rcpt.local.as_str(), rcpt.detail.as_deref(), rcpt.domain.as_str()),
+            ("ünïcode", Some("Ordner"), "bücher.example")
+        );
+        assert_eq!(del.body, "Subject: Grüße\r\n\r\nhi\r\n".as_bytes());
+        // Controls and spaces stay out, UTF-8 or not; other commands stay ASCII.
+        d.send(b"MAIL FROM:<> SMTPUTF8\r\n");
+        assert_eq!(
+            d.send("RCPT TO:<a\u{85}b@x.example>\r\n".as_bytes()),
+            "501 5.5.4 invalid characters in command\r\n"
+        );
+        assert_eq!(
+            d.send("RCPT TO:<a\u{3000}b@x.example>\r\n".as_bytes()),
+            "501 5.5.4 invalid characters in command\r\n"
+        );
+        assert_eq!(d.send("VRFY jörg\r\n".as_bytes()), "501 5.5.4 invalid characters in command\r\n");
+        assert_eq!(d.s.counters().rejected.parameters, 0);
+    }
+
+    #[test]
+    fn pipelined_data_after_refused_recipients_is_not_a_bad_command() {
+        let mut d = Driver::greeted();
+        // What Postfix pipelines: every recipient refused, DATA already sent.
+        let r = d.send(b"MAIL FROM:<a@b.example>\r\nRCPT TO:<nobody@x.example>\r\nRCPT TO:<nobody2@x.example>\r\nDATA\r\nRSET\r\n");
+        assert_eq!(
+            r,
+            "250 2.1.0 Ok\r\n550 5.1.1 unknown user\r\n550 5.1.1 unknown user\r\n503 5.5.1 no valid recipients\r\n250 2.0.0 Ok\r\n"
+        );
+        let c = d.s.counters();
+        assert_eq!((c.bad_commands, c.rejected.sequence, c.rejected.data_without_recipients), (0, 0, 1));
+        // DATA with no RCPT at all is still out of sequence.
+        d.send(b"MAIL FROM:<a@b.example>\r\nDATA\r\n");
+        let c = d.s.counters();
+        assert_eq!((c.bad_commands, c.rejected.sequence, c.rejected.data_without_recipients), (1, 1, 1));
+        // BDAT alike.
+        d.send(b"RSET\r\nMAIL FROM:<a@b.example>\r\nRCPT TO:<nobody@x.example>\r\n");
+        assert_eq!(d.send(b"BDAT 4 LAST\r\nDATA"), "503 5.5.1 no valid recipients\r\n");
+        assert_eq!(d.s.counters().rejected.data_without_recipients, 2);
+        assert_eq!(d.s.counters().bad_commands, 1);
     }
 
     #[test]
@@ -2059,8 +2189,8 @@ RCPT TO:<nobody@example.com>\r\nRCPT TO:<v@example.com>\r\nDATA\r\nline 1\r\n..d
     fn mail_parameters() {
         let mut d = Driver::greeted();
         assert_eq!(
-            d.send(b"MAIL FROM:<a@b.example> SMTPUTF8\r\n"),
-            "555 5.5.4 unsupported parameter SMTPUTF8\r\n"
+            d.send(b"MAIL FROM:<a@b.example> AUTH=<>\r\n"),
+            "555 5.5.4 unsupported parameter AUTH\r\n"
         );
         assert_eq!(
             d.send(b"MAIL FROM:<a@b.example> RET=FULL\r\n"),

@@ -89,7 +89,9 @@ impl std::fmt::Debug for Password {
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum State {
     /// Before login; `user` after a `USER` command.
-    Authorization { user: Option<String> },
+    Authorization {
+        user: Option<String>,
+    },
     /// `AUTH PLAIN` sent without an initial response; the next line is it.
     SaslPlain,
     Transaction,
@@ -430,7 +432,8 @@ impl Session {
             }
             (State::Authorization { .. }, "USER") => {
                 if !self.plaintext_allowed {
-                    self.out.push_back(err("[AUTH] Plaintext authentication is disabled; use STLS first"));
+                    self.out
+                        .push_back(err("[AUTH] Plaintext authentication is disabled; use STLS first"));
                     return;
                 }
                 match arg(0) {
@@ -460,7 +463,8 @@ impl Session {
                 }
                 Some(m) if m == "PLAIN" => {
                     if !self.plaintext_allowed {
-                        self.out.push_back(err("[AUTH] Plaintext authentication is disabled; use STLS first"));
+                        self.out
+                            .push_back(err("[AUTH] Plaintext authentication is disabled; use STLS first"));
                     } else if let Some(ir) = arg(1) {
                         if ir == "=" {
                             self.plain_response(b"");
@@ -614,7 +618,9 @@ impl Session {
                 r.extend_from_slice(&multiline(m, lines));
                 self.out.push_back(Action::Reply(r));
             }
-            None => self.out.push_back(err(&format!("Message {} was removed by another client", index + 1))),
+            None => self
+                .out
+                .push_back(err(&format!("Message {} was removed by another client", index + 1))),
         }
     }
 
@@ -629,7 +635,9 @@ impl Session {
                 self.counters.deleted += n as u64;
                 self.out.push_back(ok(&format!("Tandem POP3 signing off ({n} messages deleted)")));
             }
-            Err(e) => self.out.push_back(err(&format!("[SYS/TEMP] Some deleted messages not removed: {e}"))),
+            Err(e) => self
+                .out
+                .push_back(err(&format!("[SYS/TEMP] Some deleted messages not removed: {e}"))),
         }
         self.close();
     }
@@ -712,7 +720,10 @@ mod tests {
     fn rset_undeletes_and_quit_without_deletions_removes_nothing() {
         let mut s = Session::new(Limits::default(), true, true, false);
         let (out, updates) = run(&mut s, b"USER alice\r\nPASS pw\r\nDELE 2\r\nRSET\r\nQUIT\r\n", &[M1, M2], "pw");
-        assert!(out.ends_with("+OK Maildrop has 2 messages\r\n+OK Tandem POP3 signing off\r\n<close>"), "{out}");
+        assert!(
+            out.ends_with("+OK Maildrop has 2 messages\r\n+OK Tandem POP3 signing off\r\n<close>"),
+            "{out}"
+        );
         assert!(updates.is_empty());
     }
 
@@ -726,7 +737,12 @@ mod tests {
         let (out, _) = run(&mut s, b"AUTH PLAIN\r\nAGFsaWNlAHB3\r\nSTAT\r\n", &[M1], "pw");
         assert!(out.contains("+ \r\n+OK Logged in"), "{out}");
         let mut s = Session::new(Limits::default(), true, false, false);
-        let (out, _) = run(&mut s, b"AUTH PLAIN\r\n*\r\nAUTH PLAIN !!!!\r\nAUTH PLAIN AGFsaWNlAHd4\r\n", &[M1], "pw");
+        let (out, _) = run(
+            &mut s,
+            b"AUTH PLAIN\r\n*\r\nAUTH PLAIN !!!!\r\nAUTH PLAIN AGFsaWNlAHd4\r\n",
+            &[M1],
+            "pw",
+        );
         assert!(out.contains("-ERR Authentication cancelled"), "{out}");
         assert!(out.contains("-ERR Malformed PLAIN response"), "{out}");
         assert!(out.contains("-ERR [AUTH] Authentication failed"), "{out}");
@@ -752,7 +768,10 @@ mod tests {
     fn stls_with_pipelined_bytes_is_refused() {
         let mut s = Session::new(Limits::default(), false, true, true);
         let (out, _) = run(&mut s, b"STLS\r\nUSER alice\r\n", &[], "pw");
-        assert!(out.ends_with("-ERR Nothing may follow STLS before the handshake\r\n<close>"), "{out}");
+        assert!(
+            out.ends_with("-ERR Nothing may follow STLS before the handshake\r\n<close>"),
+            "{out}"
+        );
     }
 
     #[test]
@@ -780,7 +799,12 @@ mod tests {
     #[test]
     fn message_numbers_are_checked() {
         let mut s = Session::new(Limits::default(), true, false, true);
-        let (out, _) = run(&mut s, b"USER alice\r\nPASS pw\r\nRETR 0\r\nRETR 3\r\nRETR x\r\nTOP 1\r\nLIST 9\r\n", &[M1, M2], "pw");
+        let (out, _) = run(
+            &mut s,
+            b"USER alice\r\nPASS pw\r\nRETR 0\r\nRETR 3\r\nRETR x\r\nTOP 1\r\nLIST 9\r\n",
+            &[M1, M2],
+            "pw",
+        );
         for want in [
             "-ERR No message 0\r\n",
             "-ERR No message 3\r\n",

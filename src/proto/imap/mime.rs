@@ -284,6 +284,25 @@ impl<'a> Parsed<'a> {
             .collect()
     }
 
+    /// The addresses of every top-level field `name`, each as `display name <mailbox@host>`
+    /// (the name RFC 2047-decoded), and each group's name: what SEARCH FROM, TO, CC and BCC
+    /// match besides the field's text, so an address is found however the field spells it
+    /// (comments or folding between its parts, quoted local parts).
+    pub fn address_texts(&self, name: &str) -> Vec<String> {
+        let lossy = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+        self.addresses(&self.root, name)
+            .iter()
+            .filter_map(|a| match (&a.mailbox, &a.host) {
+                (Some(m), Some(h)) => {
+                    let display = a.name.as_deref().map(decode_header_text).unwrap_or_default();
+                    Some(format!("{display} <{}@{}>", lossy(m), lossy(h)))
+                }
+                (Some(group), None) => Some(lossy(group)),
+                _ => None,
+            })
+            .collect()
+    }
+
     /// The text of every `text/*` leaf part, including those inside encapsulated messages.
     /// Each is transfer-decoded (base64 or quoted-printable) and converted from its charset
     /// to UTF-8. Parts are joined with line breaks. This is for SEARCH BODY. For SEARCH TEXT,
@@ -297,9 +316,18 @@ impl<'a> Parsed<'a> {
     /// The top-level `Date:` header as seconds since the Unix epoch (UTC), if it parses as
     /// an RFC 5322 date. This is for SEARCH SENTBEFORE, SENTON and SENTSINCE.
     pub fn sent_date(&self) -> Option<i64> {
+        self.sent_date_zoned().map(|(secs, _)| secs)
+    }
+
+    /// The top-level `Date:` header as seconds since the Unix epoch (UTC) and the header's
+    /// own zone offset in minutes east of UTC: SENTON and its kin compare the date as written,
+    /// in that zone (RFC 3501 6.4.4).
+    pub fn sent_date_zoned(&self) -> Option<(i64, i16)> {
         let value = self.header_text(&self.root, "Date")?;
         let dt = DateTime::parse_rfc822(&String::from_utf8_lossy(&value))?;
-        dt.is_valid().then(|| dt.to_timestamp())
+        let offset = i16::from(dt.tz_hour) * 60 + i16::from(dt.tz_minute);
+        dt.is_valid()
+            .then(|| (dt.to_timestamp(), if dt.tz_before_gmt { -offset } else { offset }))
     }
 
     /// Finds the entity for a non-empty part path.
@@ -2847,6 +2875,22 @@ outer epilogue\n",
     }
 
     #[test]
+    fn address_texts_join_the_parts_of_each_address() {
+        let p = Parsed::new(
+            b"From: <user-from (comment)@ (comment) domain.org>\r\n\
+              To: \"Real To\" <to@example.org>, g: a@example.org, b@example.org;\r\n\
+              Cc: =?UTF-8?Q?J=C3=B6rg?= <jorg@example.org>\r\n\r\n",
+        );
+        assert_eq!(p.address_texts("from"), [" <user-from@domain.org>"]);
+        assert_eq!(
+            p.address_texts("To"),
+            ["Real To <to@example.org>", "g", " <a@example.org>", " <b@example.org>"]
+        );
+        assert_eq!(p.address_texts("Cc"), ["Jörg <jorg@example.org>"]);
+        assert!(p.address_texts("Bcc").is_empty());
+    }
+
+    #[test]
     fn sent_date_parses_rfc5322_dates() {
         let p = Parsed::new(b"Date: 15 Feb 2007 01:02:03 GMT\r\n\r\n");
         assert_eq!(p.sent_date(), Some(1_171_501_323));
@@ -2854,6 +2898,11 @@ outer epilogue\n",
         assert_eq!(p.sent_date(), Some(1_171_501_323 + 3600));
         let p = Parsed::new(b"Date: yesterday\r\n\r\n");
         assert_eq!(p.sent_date(), None);
+        // The zone is kept: 23:30 at -0500 is the next day in UTC but this day as written.
+        let p = Parsed::new(b"Date: Tue, 14 Nov 2023 23:30:00 -0500\r\n\r\n");
+        assert_eq!(p.sent_date_zoned(), Some((1_700_022_600, -300)));
+        let p = Parsed::new(b"Date: Wed, 15 Nov 2023 00:15:00 +0130\r\n\r\n");
+        assert_eq!(p.sent_date_zoned(), Some((1_700_001_900, 90)));
     }
 
     #[test]
