@@ -30,6 +30,9 @@ pub struct Status {
     pub users: u64,
     pub lmtp: crate::lmtp::CountersSnapshot,
     pub imap: crate::imap::CountersSnapshot,
+    /// Present when a POP3 listener is configured.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pop3: Option<crate::pop3::CountersSnapshot>,
     pub mirror: crate::repl::MirrorStatus,
 }
 
@@ -75,6 +78,7 @@ pub struct AdminState {
     pub listeners: BTreeMap<String, String>,
     pub lmtp: Arc<crate::lmtp::Counters>,
     pub imap: Arc<crate::imap::Counters>,
+    pub pop3: Option<Arc<crate::pop3::Counters>>,
     pub mirror: Arc<crate::repl::Mirror>,
 }
 
@@ -149,6 +153,7 @@ pub fn status(st: &AdminState) -> Result<Status, crate::views::read::ViewError> 
         users: st.store.views().users()?.len() as u64,
         lmtp: st.lmtp.snapshot(),
         imap: st.imap.snapshot(),
+        pop3: st.pop3.as_ref().map(|p| p.snapshot()),
         mirror: st.mirror.status(
             st.store
                 .wal()
@@ -318,6 +323,9 @@ pub struct MailboxInfo {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct MessageInfo {
     pub uid: u32,
+    /// The message's GUID (hex), the same on every node of a mirror.
+    #[serde(default)]
+    pub guid: String,
     pub blob: String,
     pub size: u64,
     pub internal_date: i64,
@@ -362,6 +370,7 @@ async fn messages(State(st): State<Shared>, Query(q): Query<FolderQuery>) -> Res
             .into_iter()
             .map(|(uid, m)| MessageInfo {
                 uid,
+                guid: m.guid.to_hex(),
                 blob: hex::encode(m.blob.0),
                 size: m.size,
                 internal_date: m.internal_date,

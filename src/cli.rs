@@ -204,6 +204,22 @@ fn print_status(st: &Status) {
         i.refused_busy,
         i.timeouts
     );
+    if let Some(p) = &st.pop3 {
+        println!(
+            "pop3        connections {} (in flight {})   logins {}   failed logins {}   maildrop in use {}   commands {}   bad {}   retrieved {}   deleted {}   busy {}   timeouts {}",
+            p.connections,
+            p.in_flight,
+            p.logins,
+            p.login_failures,
+            p.maildrop_in_use,
+            p.commands,
+            p.bad_commands,
+            p.retrieved,
+            p.deleted,
+            p.refused_busy,
+            p.timeouts
+        );
+    }
     let mi = &st.mirror;
     if mi.enabled {
         println!(

@@ -16,6 +16,7 @@ pub struct Config {
     pub lmtp: LmtpConfig,
     pub admin: ListenConfig,
     pub mirror: MirrorConfig,
+    pub pop3: Pop3Config,
 }
 
 /// `[node]`
@@ -156,6 +157,36 @@ impl LmtpConfig {
     }
 }
 
+/// `[pop3]`: off unless `listen` or `tls_listen` is set. Logins follow
+/// `[imap]`: its plaintext policy, login budgets, TLS certificate and
+/// handshake, login and write deadlines.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Pop3Config {
+    /// Plain POP3 (offers STLS), e.g. `127.0.0.1:1110`.
+    pub listen: Option<SocketAddr>,
+    /// Implicit-TLS POP3 (POP3S), e.g. `0.0.0.0:995`.
+    pub tls_listen: Option<SocketAddr>,
+    /// Most simultaneous connections per listener.
+    pub max_connections: usize,
+    /// Seconds a logged-in session may sit idle (RFC 1939: at least 600).
+    pub idle_timeout_secs: u64,
+    /// Bad commands after which the session is closed.
+    pub max_bad_commands: u32,
+}
+
+impl Default for Pop3Config {
+    fn default() -> Self {
+        Pop3Config {
+            listen: None,
+            tls_listen: None,
+            max_connections: 256,
+            idle_timeout_secs: 600,
+            max_bad_commands: 10,
+        }
+    }
+}
+
 /// `[mirror]`: replication (its behaviour comes with the mirror).
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
@@ -284,6 +315,7 @@ impl Default for Config {
                 listen: "127.0.0.1:8643".parse().expect("literal"),
             },
             mirror: MirrorConfig::default(),
+            pop3: Pop3Config::default(),
         }
     }
 }
@@ -354,6 +386,9 @@ impl Config {
         }
         if self.imap.max_connections == 0 || self.imap.max_connections_per_ip == 0 || self.imap.max_connections_per_user == 0 {
             p.push("imap.max_connections, imap.max_connections_per_ip and imap.max_connections_per_user must be positive".into());
+        }
+        if self.pop3.max_connections == 0 || self.pop3.idle_timeout_secs == 0 {
+            p.push("pop3.max_connections and pop3.idle_timeout_secs must be positive".into());
         }
         if self.imap.tls_cert.is_some() != self.imap.tls_key.is_some() {
             p.push("imap.tls_cert and imap.tls_key: set both or neither".into());

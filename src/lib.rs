@@ -23,6 +23,7 @@ pub mod imap;
 pub mod lmtp;
 pub mod mailfile;
 pub mod mutate;
+pub mod pop3;
 pub mod proto;
 pub mod repl;
 pub mod replay;

@@ -248,7 +248,19 @@ pub async fn start(cfg: &Config) -> anyhow::Result<Running> {
             .await
             .with_context(|| format!("binding imap.tls_listen {addr}"))?;
         listeners.insert("imaps".to_string(), l.local_addr()?.to_string());
-        tasks.push(tokio::spawn(crate::imap::serve(l, imap_shared, true, shutdown_rx.clone())));
+        tasks.push(tokio::spawn(crate::imap::serve(l, imap_shared.clone(), true, shutdown_rx.clone())));
+    }
+
+    let pop3_counters = Arc::new(crate::pop3::Counters::default());
+    let pop3 = crate::pop3::Pop3::new(imap_shared.clone(), cfg.pop3.clone(), pop3_counters.clone());
+    for (name, addr, implicit) in [("pop3", cfg.pop3.listen, false), ("pop3s", cfg.pop3.tls_listen, true)] {
+        if let Some(addr) = addr {
+            let l = TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("binding pop3.{} {addr}", if implicit { "tls_listen" } else { "listen" }))?;
+            listeners.insert(name.to_string(), l.local_addr()?.to_string());
+            tasks.push(tokio::spawn(crate::pop3::serve(l, pop3.clone(), implicit, shutdown_rx.clone())));
+        }
     }
 
     let lmtp_l = TcpListener::bind(cfg.lmtp.listen)
@@ -280,6 +292,7 @@ pub async fn start(cfg: &Config) -> anyhow::Result<Running> {
         listeners: listeners.clone(),
         lmtp: lmtp_counters,
         imap: imap_counters,
+        pop3: (cfg.pop3.listen.is_some() || cfg.pop3.tls_listen.is_some()).then_some(pop3_counters),
         mirror,
     });
     let mut rx = shutdown_rx.clone();

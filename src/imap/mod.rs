@@ -6,7 +6,7 @@
 //! the session applies commands to the store and turns committed changes
 //! (from any session, LMTP or replication) into untagged responses.
 
-mod conn;
+pub(crate) mod conn;
 mod fetch;
 pub mod pattern;
 pub mod session;
@@ -191,6 +191,58 @@ impl Throttle {
                 }
             }
         }
+    }
+}
+
+/// What [`check_credentials`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Credentials {
+    Ok,
+    /// Wrong user or password (counted as a failed login).
+    Wrong,
+    /// The address's or the user's login budget is spent; nothing was checked.
+    Throttled,
+}
+
+/// A PHC string to verify against when the user does not exist, so that a
+/// missing user costs the same as a wrong password.
+const DUMMY_HASH: &str = "$argon2id$v=19$m=19456,t=2,p=1$c29tZXNhbHRzb21lc2FsdA$Zxw3KcNbY8+KyS7cV0nBKaP3WA2lxn6sGDD3x7E0kN8";
+
+/// Check a user's password (already normalised) under the login budgets
+/// of [`Throttle`], off the async workers. Shared by IMAP and POP3, so one
+/// budget covers both ports.
+pub async fn check_credentials(shared: &Shared, ip: IpAddr, user: &str, pw: crate::auth::Secret) -> Credentials {
+    use crate::auth::verify_password;
+    use crate::views::ViewRead;
+    let asked = Instant::now();
+    loop {
+        match shared.throttle.attempt(ip, user) {
+            Attempt::Go => break,
+            Attempt::Wait if asked.elapsed() < Throttle::MAX_WAIT => tokio::time::sleep(Duration::from_millis(50)).await,
+            Attempt::Wait | Attempt::Refused => {
+                bump(&shared.counters.login_throttled);
+                tracing::info!(user = %user, "login refused: too many attempts");
+                return Credentials::Throttled;
+            }
+        }
+    }
+    let rec = shared.store.views().user(user).ok().flatten();
+    let ok = match rec {
+        Some(rec) => tokio::task::spawn_blocking(move || verify_password(&pw, &rec.password_hash))
+            .await
+            .unwrap_or(false),
+        None => {
+            let _ = tokio::task::spawn_blocking(move || verify_password(&pw, DUMMY_HASH)).await;
+            false
+        }
+    };
+    shared.throttle.done(ip, user, ok);
+    if ok {
+        Credentials::Ok
+    } else {
+        bump(&shared.counters.login_failures);
+        tracing::info!(user = %user, "login failed");
+        Credentials::Wrong
     }
 }
 

@@ -5,8 +5,8 @@
 
 use super::conn::Conn;
 use super::pattern::Pattern;
-use super::{bump, fetch, plaintext_ok, Attempt, Shared, SlotGuard, Throttle};
-use crate::auth::{verify_password, Secret};
+use super::{bump, fetch, plaintext_ok, Credentials, Shared, SlotGuard};
+use crate::auth::Secret;
 use crate::event::{FlagOp, Flags, Id, SpecialUse};
 use crate::mutate::{self, MutationError, NewMessage};
 use crate::proto::imap::fragment::{tag_of, Frame, Framer};
@@ -920,36 +920,16 @@ impl Session {
                 return Ok(());
             }
         };
-        let asked = std::time::Instant::now();
-        loop {
-            match self.shared.throttle.attempt(self.peer.ip(), &user) {
-                Attempt::Go => break,
-                Attempt::Wait if asked.elapsed() < Throttle::MAX_WAIT => tokio::time::sleep(Duration::from_millis(50)).await,
-                Attempt::Wait | Attempt::Refused => {
-                    bump(&self.shared.counters.login_throttled);
-                    tracing::info!(user = %user, "login refused: too many attempts");
-                    self.no(tag, "[UNAVAILABLE] Too many login attempts; try again later");
-                    return Ok(());
-                }
+        match crate::imap::check_credentials(&self.shared, self.peer.ip(), &user, pw).await {
+            Credentials::Ok => {}
+            Credentials::Throttled => {
+                self.no(tag, "[UNAVAILABLE] Too many login attempts; try again later");
+                return Ok(());
             }
-        }
-        let rec = self.shared.store.views().user(&user).ok().flatten();
-        let ok = match rec {
-            Some(rec) => tokio::task::spawn_blocking(move || verify_password(&pw, &rec.password_hash))
-                .await
-                .unwrap_or(false),
-            None => {
-                // Spend the same effort so a missing user is not cheaper.
-                let _ = tokio::task::spawn_blocking(move || verify_password(&pw, DUMMY_HASH)).await;
-                false
+            Credentials::Wrong => {
+                self.no(tag, "[AUTHENTICATIONFAILED] Authentication failed");
+                return Ok(());
             }
-        };
-        self.shared.throttle.done(self.peer.ip(), &user, ok);
-        if !ok {
-            bump(&self.shared.counters.login_failures);
-            tracing::info!(user = %user, "login failed");
-            self.no(tag, "[AUTHENTICATIONFAILED] Authentication failed");
-            return Ok(());
         }
         let Some(slot) = self.shared.per_user.take(user.clone(), self.shared.cfg.max_connections_per_user) else {
             self.no(tag, "[LIMIT] Too many connections for this user");
@@ -1614,7 +1594,6 @@ impl Session {
 
 /// Any valid argon2 PHC string: verifying against it costs what a real
 /// check costs.
-const DUMMY_HASH: &str = "$argon2id$v=19$m=19456,t=2,p=1$c29tZXNhbHRzb21lc2FsdA$Zxw3KcNbY8+KyS7cV0nBKaP3WA2lxn6sGDD3x7E0kN8";
 
 /// Strict base64 (an AUTHENTICATE response): only the alphabet and final
 /// padding are allowed; the decoding itself is the MIME module's.
