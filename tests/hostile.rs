@@ -360,7 +360,7 @@ fn slow_readers_and_slow_logins_lose_their_connection() {
     assert!(ok(&a.until_tagged("a")));
     assert!(ok(&a.cmd("s", "SELECT INBOX")));
     // 40 MiB asked for, nothing read: more than the socket buffers hold.
-    a.send(format!("f FETCH 1 ({})\r\n", vec!["BODY.PEEK[]"; 10].join(" ")).as_bytes());
+    a.send(format!("f FETCH 1 ({})\r\n", ["BODY.PEEK[]"; 10].join(" ")).as_bytes());
     let t = Instant::now();
     // The session holds alice's only slot until the node gives up on it.
     let mut got_in = None;
