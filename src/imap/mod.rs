@@ -116,9 +116,6 @@ fn ip_key(ip: IpAddr) -> String {
 
 impl Throttle {
     const MAX_KEYS: usize = 100_000;
-    /// Longest an attempt waits for tokens that attempts in flight may
-    /// give back.
-    pub const MAX_WAIT: Duration = Duration::from_secs(5);
 
     pub fn new(cfg: &ImapConfig) -> Throttle {
         Throttle {

@@ -5,7 +5,7 @@
 
 use super::conn::Conn;
 use super::pattern::Pattern;
-use super::{bump, fetch, plaintext_ok, Attempt, Shared, SlotGuard, Throttle};
+use super::{bump, fetch, plaintext_ok, Attempt, Shared, SlotGuard};
 use crate::auth::{verify_password, Secret};
 use crate::event::{FlagOp, Flags, Id, SpecialUse};
 use crate::mutate::{self, MutationError, NewMessage};
@@ -869,11 +869,12 @@ impl Session {
                 return Ok(());
             }
         };
-        let asked = std::time::Instant::now();
         loop {
             match self.shared.throttle.attempt(self.peer.ip(), &user) {
                 Attempt::Go => break,
-                Attempt::Wait if asked.elapsed() < Throttle::MAX_WAIT => tokio::time::sleep(Duration::from_millis(50)).await,
+                // Waiting gives a guesser nothing: attempts in flight that
+                // fail give no tokens back, and then the wait ends.
+                Attempt::Wait if std::time::Instant::now() < self.login_deadline => tokio::time::sleep(Duration::from_millis(50)).await,
                 Attempt::Wait | Attempt::Refused => {
                     bump(&self.shared.counters.login_throttled);
                     tracing::info!(user = %user, "login refused: too many attempts");
