@@ -184,12 +184,18 @@ async fn send(pop3: &Pop3, conn: &mut Conn, bytes: &[u8]) -> std::io::Result<()>
 }
 
 /// Log in: budgets, password, the maildrop lock, the listing.
-async fn login(pop3: &Arc<Pop3>, peer: SocketAddr, user: &str, password: String) -> (LoginOutcome, Option<Maildrop>) {
+async fn login(
+    pop3: &Arc<Pop3>,
+    peer: SocketAddr,
+    user: &str,
+    password: String,
+    deadline: std::time::Instant,
+) -> (LoginOutcome, Option<Maildrop>) {
     let Ok(user) = mutate::normalize_user(user) else {
         bump(&pop3.counters.login_failures);
         return (LoginOutcome::Failed, None);
     };
-    match check_credentials(&pop3.imap, peer.ip(), &user, crate::auth::Secret::new(password)).await {
+    match check_credentials(&pop3.imap, peer.ip(), &user, crate::auth::Secret::new(password), deadline).await {
         Credentials::Ok => {}
         Credentials::Wrong => {
             bump(&pop3.counters.login_failures);
@@ -333,7 +339,8 @@ async fn session(
             match action {
                 Action::Reply(b) => out.extend_from_slice(&b),
                 Action::Authenticate { user, password } => {
-                    let (outcome, drop) = login(pop3, peer, &user, password.0).await;
+                    let deadline = std::time::Instant::now() + Duration::from_secs(pop3.imap.cfg.login_timeout_secs.max(1));
+                    let (outcome, drop) = login(pop3, peer, &user, password.0, deadline).await;
                     maildrop = drop;
                     s.login_result(outcome);
                 }

@@ -360,7 +360,7 @@ fn slow_readers_and_slow_logins_lose_their_connection() {
     assert!(ok(&a.until_tagged("a")));
     assert!(ok(&a.cmd("s", "SELECT INBOX")));
     // 40 MiB asked for, nothing read: more than the socket buffers hold.
-    a.send(format!("f FETCH 1 ({})\r\n", vec!["BODY.PEEK[]"; 10].join(" ")).as_bytes());
+    a.send(format!("f FETCH 1 ({})\r\n", ["BODY.PEEK[]"; 10].join(" ")).as_bytes());
     let t = Instant::now();
     // The session holds alice's only slot until the node gives up on it.
     let mut got_in = None;
@@ -608,17 +608,23 @@ fn attacked_node_serves_others_and_stops_on_sigterm() {
     // Many idle pre-login connections on top.
     let idle: Vec<TcpStream> = (0..200).filter_map(|_| TcpStream::connect(&imap).ok()).collect();
     std::thread::sleep(Duration::from_secs(2));
-    let mut worst = Duration::ZERO;
+    let mut times = Vec::new();
     for i in 0..5 {
         let took = login_select();
         println!("under attack, LOGIN + SELECT {i}: {took:?}");
-        worst = worst.max(took);
+        times.push(took);
         std::thread::sleep(Duration::from_millis(300));
     }
+    times.sort();
+    let (median, worst) = (times[2], times[4]);
     // 1 s, unless the machine is so loaded (a debug build among other
-    // builds) that the unattacked login alone takes a third of that.
+    // builds) that the unattacked login alone takes a third of that; and
+    // no single one more than twice that.
     let bound = Duration::from_secs(1).max(quiet * 3);
-    assert!(worst < bound, "LOGIN + SELECT took {worst:?} under attack ({quiet:?} without)");
+    assert!(
+        median < bound && worst < bound * 2,
+        "LOGIN + SELECT took {times:?} under attack ({quiet:?} without)"
+    );
     // SIGTERM while the attacks go on.
     let mut node = node;
     let t = Instant::now();

@@ -116,9 +116,6 @@ fn ip_key(ip: IpAddr) -> String {
 
 impl Throttle {
     const MAX_KEYS: usize = 100_000;
-    /// Longest an attempt waits for tokens that attempts in flight may
-    /// give back.
-    pub const MAX_WAIT: Duration = Duration::from_secs(5);
 
     pub fn new(cfg: &ImapConfig) -> Throttle {
         Throttle {
@@ -211,14 +208,15 @@ const DUMMY_HASH: &str = "$argon2id$v=19$m=19456,t=2,p=1$c29tZXNhbHRzb21lc2FsdA$
 /// Check a user's password (already normalised) under the login budgets
 /// of [`Throttle`], off the async workers. Shared by IMAP and POP3, so one
 /// budget covers both ports.
-pub async fn check_credentials(shared: &Shared, ip: IpAddr, user: &str, pw: crate::auth::Secret) -> Credentials {
+/// An attempt that finds a budget empty while attempts in flight may give
+/// tokens back waits for them, until `deadline` (the login deadline).
+pub async fn check_credentials(shared: &Shared, ip: IpAddr, user: &str, pw: crate::auth::Secret, deadline: Instant) -> Credentials {
     use crate::auth::verify_password;
     use crate::views::ViewRead;
-    let asked = Instant::now();
     loop {
         match shared.throttle.attempt(ip, user) {
             Attempt::Go => break,
-            Attempt::Wait if asked.elapsed() < Throttle::MAX_WAIT => tokio::time::sleep(Duration::from_millis(50)).await,
+            Attempt::Wait if Instant::now() < deadline => tokio::time::sleep(Duration::from_millis(50)).await,
             Attempt::Wait | Attempt::Refused => {
                 bump(&shared.counters.login_throttled);
                 tracing::info!(user = %user, "login refused: too many attempts");

@@ -920,7 +920,7 @@ impl Session {
                 return Ok(());
             }
         };
-        match crate::imap::check_credentials(&self.shared, self.peer.ip(), &user, pw).await {
+        match crate::imap::check_credentials(&self.shared, self.peer.ip(), &user, pw, self.login_deadline).await {
             Credentials::Ok => {}
             Credentials::Throttled => {
                 self.no(tag, "[UNAVAILABLE] Too many login attempts; try again later");
@@ -1341,16 +1341,20 @@ impl Session {
         };
         let mut hits = Vec::new();
         let mut stopped = false;
+        // A search that parses bodies shares the runtime's threads with
+        // other sessions (a turn after every 64 messages, or after any
+        // message whose body was read), and ends at shutdown.
+        let mut work = 0usize;
         for (i, u) in sel.uids.iter().enumerate() {
-            // A search that parses every body shares the runtime's threads
-            // with other sessions, and ends at shutdown.
-            if i % 64 == 63 {
+            if work >= 64 {
+                work = 0;
                 tokio::task::yield_now().await;
                 if *self.shutdown.borrow() {
                     stopped = true;
                     break;
                 }
             }
+            work += 1;
             let Ok(Some(m)) = v.message(sel.id, *u) else { continue };
             let msg = LazyMessage {
                 seq: i as u32 + 1,
@@ -1361,6 +1365,9 @@ impl Session {
             };
             if search::matches(criteria, &msg, &ctx) {
                 hits.push(if uid { *u } else { i as u32 + 1 });
+            }
+            if msg.parsed.get().is_some() {
+                work = 64;
             }
         }
         if stopped {
