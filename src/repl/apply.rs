@@ -131,7 +131,8 @@ pub fn apply_batch(
             | Event::PasswordChanged { .. }
             | Event::MailboxCreated { .. }
             | Event::Subscribed { .. }
-            | Event::ConfigSet { .. } => n.other += 1,
+            | Event::ConfigSet { .. }
+            | Event::MessagesMoved { .. } => n.other += 1,
         }
     }
     Ok(n)
