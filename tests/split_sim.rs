@@ -31,6 +31,8 @@ struct Node {
     cursor: [u64; NODES],
     /// (mailbox, uidvalidity, uid) -> GUID of everything this node showed.
     shown: HashMap<(Id, u32, u32), Id>,
+    /// The same as a client addresses it: (user, name, uidvalidity, uid).
+    by_name: HashMap<(String, String, u32, u32), Id>,
 }
 
 /// Restarts here are clean closes, so nothing depends on fsync: it is off,
@@ -50,6 +52,7 @@ impl Node {
             store: Some(store),
             cursor: [0; NODES],
             shown: HashMap::new(),
+            by_name: HashMap::new(),
         }
     }
     fn store(&self) -> &Store {
@@ -71,6 +74,17 @@ impl Node {
                 assert_eq!(
                     *prev, m.guid,
                     "{ctx}: node {} showed UID {uid} of {} (uidvalidity {}) as two messages",
+                    self.id, mb.name, mb.uidvalidity
+                );
+            }
+        }
+        for mb in v.mailboxes(user).unwrap() {
+            for (uid, m) in v.messages(mb.id).unwrap() {
+                let key = (user.to_string(), mb.name.clone(), mb.uidvalidity, uid);
+                let prev = self.by_name.entry(key).or_insert(m.guid);
+                assert_eq!(
+                    *prev, m.guid,
+                    "{ctx}: node {} showed {} UIDVALIDITY {} UID {uid} as two messages",
                     self.id, mb.name, mb.uidvalidity
                 );
             }

@@ -13,8 +13,9 @@
 //!   Messages kept aside for a mailbox that no longer exists go into the
 //!   mailbox it was merged into, or INBOX.
 //! - **Name conflicts** (`L` keys): two mailboxes created under one name.
-//!   The one with the smaller id holds the name on every node; the master
-//!   moves the other's messages into it and deletes it.
+//!   The one with the higher UIDVALIDITY holds the name on every node; the
+//!   master moves the other's messages into it and deletes it (both go into
+//!   a fresh mailbox when their UIDVALIDITYs are equal).
 //!
 //! A slave only marks; the resolution reaches it as entries. The resolver
 //! runs after every commit that may have brought a conflict (remote batches
@@ -75,8 +76,64 @@ fn fresh_uids(mb: &MailboxRec, n: usize) -> Option<u32> {
     (last < u32::MAX).then_some(mb.uidnext)
 }
 
-/// Mailboxes that lost their name to one of a smaller id: their messages
-/// (shown and kept aside) move into the winner, then they are deleted.
+/// Every message of `mailbox`, shown and kept aside: (uid, guid).
+fn all_messages(v: &TxnViews<'_, '_>, mailbox: Id) -> Result<Vec<(u32, Id)>, MutationError> {
+    let mut msgs: Vec<(u32, Id)> = v.messages(mailbox)?.into_iter().map(|(u, m)| (u, m.guid)).collect();
+    msgs.extend(v.conflicts_in(mailbox)?);
+    Ok(msgs)
+}
+
+/// Move every message of `from` into `to` (fresh UIDs from `first`) and
+/// delete `from`. Returns the next free UID, or `None` if `to` has not
+/// enough UIDs left (nothing is emitted then).
+fn merge_into(
+    txn: &mut Txn<'_>,
+    cfs: Cfs,
+    user: &str,
+    from: &MailboxRec,
+    to: &MailboxRec,
+    first: u32,
+    done: &mut Resolved,
+) -> Result<Option<u32>, MutationError> {
+    let v = views(txn, cfs);
+    let msgs = all_messages(&v, from.id)?;
+    let resolves: Vec<u32> = v.collisions()?.into_iter().filter(|c| c.0 == from.id).map(|c| c.1).collect();
+    let n = u32::try_from(msgs.len()).ok();
+    let Some(next) = n.and_then(|n| first.checked_add(n)).filter(|n| *n < u32::MAX) else {
+        tracing::warn!(user, mailbox = %to.name, "cannot merge a mailbox: the target has used its UIDs");
+        return Ok(None);
+    };
+    let moves: Vec<(u32, Id, u32)> = msgs.iter().zip(first..).map(|((u, g), n)| (*u, *g, n)).collect();
+    tracing::info!(user, mailbox = %from.name, from = ?from.id, into = ?to.id, messages = moves.len(), "merging a mailbox created twice");
+    done.moved += moves.len() as u64;
+    done.merged += 1;
+    emit(
+        txn,
+        cfs,
+        Event::MessagesMoved {
+            user: user.into(),
+            from: from.id,
+            to: to.id,
+            resolves,
+            moves,
+        },
+    )?;
+    emit(
+        txn,
+        cfs,
+        Event::MailboxDeleted {
+            user: user.into(),
+            mailbox: from.id,
+        },
+    )?;
+    Ok(Some(next))
+}
+
+/// Mailboxes that lost their name to another: their messages (shown and
+/// kept aside) move into the one holding the name, and they are deleted.
+/// When both have the same UIDVALIDITY, clients of each node may have seen
+/// either under that (name, UIDVALIDITY): both go into a fresh mailbox of
+/// that name with a higher UIDVALIDITY, which takes the name everywhere.
 fn merge_losers(txn: &mut Txn<'_>, cfs: Cfs, done: &mut Resolved) -> Result<(), MutationError> {
     for (user, loser) in views(txn, cfs).losers()? {
         let v = views(txn, cfs);
@@ -85,29 +142,30 @@ fn merge_losers(txn: &mut Txn<'_>, cfs: Cfs, done: &mut Resolved) -> Result<(), 
         if w.id == l.id {
             continue;
         }
-        let mut msgs: Vec<(u32, Id)> = v.messages(l.id)?.into_iter().map(|(u, m)| (u, m.guid)).collect();
-        msgs.extend(v.conflicts_in(l.id)?);
-        let resolves: Vec<u32> = v.collisions()?.into_iter().filter(|c| c.0 == l.id).map(|c| c.1).collect();
-        let Some(first) = fresh_uids(&w, msgs.len()) else {
-            tracing::warn!(user, mailbox = %w.name, "cannot merge a mailbox: the target has used its UIDs");
+        if l.uidvalidity < w.uidvalidity {
+            merge_into(txn, cfs, &user, &l, &w, w.uidnext, done)?;
             continue;
-        };
-        let moves: Vec<(u32, Id, u32)> = msgs.iter().zip(first..).map(|((u, g), n)| (*u, *g, n)).collect();
-        tracing::info!(user, mailbox = %l.name, from = ?l.id, into = ?w.id, messages = moves.len(), "merging a mailbox created twice");
-        done.moved += moves.len() as u64;
-        done.merged += 1;
+        }
+        let uidvalidity = v.last_uidvalidity(&user)?.max(w.uidvalidity).saturating_add(1);
+        let fresh = Id::random();
+        tracing::info!(user, mailbox = %w.name, uidvalidity, "two mailboxes of one name and UIDVALIDITY: merging both into a fresh one");
         emit(
             txn,
             cfs,
-            Event::MessagesMoved {
+            Event::MailboxCreated {
                 user: user.clone(),
-                from: l.id,
-                to: w.id,
-                resolves,
-                moves,
+                mailbox: fresh,
+                name: w.name.clone(),
+                uidvalidity,
+                special_use: w.special_use,
             },
         )?;
-        emit(txn, cfs, Event::MailboxDeleted { user, mailbox: l.id })?;
+        let Some(f) = views(txn, cfs).mailbox(&user, fresh)? else {
+            continue;
+        };
+        if let Some(next) = merge_into(txn, cfs, &user, &w, &f, 1, done)? {
+            merge_into(txn, cfs, &user, &l, &f, next, done)?;
+        }
     }
     Ok(())
 }
@@ -276,7 +334,7 @@ pub struct PendingCollision {
     pub messages: Vec<CollidedMessage>,
 }
 
-/// A mailbox hidden because another of the same name has a smaller id.
+/// A mailbox hidden because another of the same name holds the name.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct NameConflict {
     pub user: String,

@@ -123,26 +123,35 @@ fn collisions_in(mailbox: Id) -> Vec<u8> {
     k
 }
 
-/// Bind `name` to the mailbox of that name with the smallest id, so every
-/// node binds it alike whatever order the creations arrived in; the others
-/// are marked for the master to merge.
+/// Bind `name` among the mailboxes of that name (two arise when a name is
+/// created, or renamed onto, on both sides of a split): the highest
+/// UIDVALIDITY wins, so the binding is the same on every node and a client
+/// that saw the other one sees a new UIDVALIDITY, never other messages
+/// under UIDs it knows. Between equal UIDVALIDITYs the mailbox bound now
+/// keeps the name (a switch would show other messages under the same
+/// UIDVALIDITY); the master then merges both into a fresh mailbox. The
+/// others are marked for the master.
 fn rebind(v: &mut TxnViews<'_, '_>, user: &str, name: &str) -> Result<(), ViewError> {
-    let mut ids: Vec<Id> = v
-        .all_mailboxes(user)?
-        .into_iter()
-        .filter(|m| m.name == name)
+    let same: Vec<MailboxRec> = v.all_mailboxes(user)?.into_iter().filter(|m| m.name == name).collect();
+    let Some(top) = same.iter().map(|m| m.uidvalidity).max() else {
+        v.delete(&keys::name(user, name));
+        return Ok(());
+    };
+    let current = v.mailbox_id(user, name)?;
+    let winner = same
+        .iter()
+        .filter(|m| m.uidvalidity == top)
         .map(|m| m.id)
-        .collect();
-    ids.sort();
-    match ids.first() {
-        Some(w) => {
-            v.put(&keys::name(user, name), &w.0);
-            v.delete(&keys::loser(user, *w));
-            for o in &ids[1..] {
-                v.put(&keys::loser(user, *o), &[]);
-            }
+        .find(|id| Some(*id) == current)
+        .or_else(|| same.iter().filter(|m| m.uidvalidity == top).map(|m| m.id).min())
+        .expect("one mailbox has the top UIDVALIDITY");
+    v.put(&keys::name(user, name), &winner.0);
+    for m in &same {
+        if m.id == winner {
+            v.delete(&keys::loser(user, m.id));
+        } else {
+            v.put(&keys::loser(user, m.id), &[]);
         }
-        None => v.delete(&keys::name(user, name)),
     }
     Ok(())
 }

@@ -24,9 +24,9 @@
 //!                                under it to a fresh UID
 //! W mailbox-id uid guid       -> (mailbox-id, uid) the message was moved to
 //! K user 00 mailbox-id        -> (hlc, origin) of the mailbox's current name
-//! L user 00 mailbox-id        -> (empty) the mailbox lost its name to a
-//!                                mailbox with a smaller id; the master
-//!                                merges it into that one
+//! L user 00 mailbox-id        -> (empty) the mailbox lost its name to
+//!                                another of that name; the master merges
+//!                                it into that one
 //! Z mailbox-id                -> mailbox-id a deleted mailbox was merged into
 //! O order(u64 BE) index(u32)  -> ResolutionRec: one message moved by the
 //!                                master, for `tandem conflicts`

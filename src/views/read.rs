@@ -68,8 +68,8 @@ pub trait ViewRead {
     }
 
     /// A user's mailboxes as clients see them, sorted by name: a mailbox
-    /// that shares its name with one of a smaller id (both created during
-    /// a split) is left out until the master merges it into that one.
+    /// that lost its name to another of that name (both created during a
+    /// split) is left out until the master merges it into that one.
     fn mailboxes(&self, user: &str) -> Result<Vec<MailboxRec>, ViewError> {
         let mut v = self.all_mailboxes(user)?;
         let mut keep = Vec::with_capacity(v.len());
