@@ -401,3 +401,126 @@ fn seeded_partitions_converge_without_hiding_or_reusing_uids() {
     // The rounds must exercise the resolution, not only quiet merges.
     assert!(moved > rounds as usize, "only {moved} messages were moved in {rounds} rounds");
 }
+
+/// A two-node cut written by hand: node-0 is master, node-1 slave.
+fn pair(user: &str) -> Sim {
+    let mut sim = Sim::new();
+    sim.user = user.into();
+    sim.master = 0;
+    let u = user.to_string();
+    sim.nodes[0]
+        .store()
+        .run_blocking(move |t, c| {
+            mutate::create_user(t, c, &u, "x".into(), 1_700_000_000)?;
+            mutate::create_mailbox(t, c, &u, "Foo", None, 1_700_000_000).map(|_| ())
+        })
+        .unwrap();
+    sim.heal("setup");
+    sim.link = [[false; NODES]; NODES];
+    sim
+}
+
+fn deliver(sim: &Sim, node: usize, folder: &str, subject: &str) -> Id {
+    let (u, f) = (sim.user.clone(), folder.to_string());
+    let body = format!("Subject: {subject}\r\n\r\nx\r\n").into_bytes();
+    sim.nodes[node]
+        .store()
+        .run_blocking(move |t, c| mutate::append(t, c, &u, &f, &NewMessage::new(body, Flags::default(), 1)).map(|p| p.guid))
+        .unwrap()
+}
+
+/// (uid, guid, flags) of a folder on a node.
+fn folder(sim: &Sim, node: usize, name: &str) -> Option<Vec<(u32, Id, Vec<String>)>> {
+    let v = sim.nodes[node].store().views();
+    let mb = v.mailbox_by_name(&sim.user, name).unwrap()?;
+    Some(
+        v.messages(mb.id)
+            .unwrap()
+            .into_iter()
+            .map(|(u, m)| (u, m.guid, m.flags.iter().map(String::from).collect()))
+            .collect(),
+    )
+}
+
+#[test]
+fn a_delivery_into_a_mailbox_deleted_meanwhile_lands_in_inbox() {
+    let mut sim = pair("del@example.org");
+    let u = sim.user.clone();
+    sim.nodes[0]
+        .store()
+        .run_blocking(move |t, c| mutate::delete_mailbox(t, c, &u, "Foo"))
+        .unwrap();
+    let g = deliver(&sim, 1, "Foo", "into Foo");
+    sim.record("cut");
+    sim.heal("heal");
+    for n in 0..2 {
+        assert_eq!(folder(&sim, n, "Foo"), None, "node-{n}: Foo came back");
+        let inbox = folder(&sim, n, "INBOX").unwrap();
+        assert_eq!(inbox.iter().map(|m| m.1).collect::<Vec<_>>(), vec![g], "node-{n}");
+    }
+    sim.check(1, "heal");
+}
+
+#[test]
+fn a_uid_the_slave_used_and_expunged_is_never_shown_again() {
+    let mut sim = pair("exp@example.org");
+    // The slave gives UID 1 to a message and expunges it; the master gives
+    // UID 1 to another. The master sees no message under UID 1 kept aside
+    // once the expunge arrived, yet must move its own: the slave may not
+    // show UID 1 again.
+    let gone = deliver(&sim, 1, "INBOX", "slave");
+    let u = sim.user.clone();
+    let inbox = sim.nodes[1].store().views().mailbox_by_name(&u, "INBOX").unwrap().unwrap().id;
+    sim.nodes[1]
+        .store()
+        .run_blocking(move |t, c| mutate::expunge(t, c, &u, inbox, &[1]))
+        .unwrap();
+    let kept = deliver(&sim, 0, "INBOX", "master");
+    // Flags set on the master before it learns of the collision follow the
+    // message to its new UID.
+    let u = sim.user.clone();
+    sim.nodes[0]
+        .store()
+        .run_blocking(move |t, c| mutate::store_flags(t, c, &u, inbox, &[1], FlagOp::Add, &Flags::new(["\\Flagged"])))
+        .unwrap();
+    sim.record("cut");
+    sim.heal("heal");
+    for n in 0..2 {
+        let inbox = folder(&sim, n, "INBOX").unwrap();
+        assert_eq!(inbox, vec![(2, kept, vec!["\\Flagged".to_string()])], "node-{n}");
+        assert!(!inbox.iter().any(|m| m.1 == gone));
+    }
+    sim.check(1, "heal");
+}
+
+#[test]
+fn a_flag_change_written_before_the_move_follows_the_message() {
+    let mut sim = pair("flags@example.org");
+    let a = deliver(&sim, 0, "INBOX", "on master");
+    let b = deliver(&sim, 1, "INBOX", "on slave");
+    // Let the master learn of the collision and resolve it while the slave
+    // does not hear back, then flag on the slave under the old UID.
+    sim.link[0][1] = true;
+    sim.exchange();
+    sim.link[0][1] = false;
+    let u = sim.user.clone();
+    let inbox = sim.nodes[1].store().views().mailbox_by_name(&u, "INBOX").unwrap().unwrap().id;
+    sim.nodes[1]
+        .store()
+        .run_blocking(move |t, c| mutate::store_flags(t, c, &u, inbox, &[1], FlagOp::Add, &Flags::new(["\\Seen"])))
+        .unwrap();
+    sim.record("cut");
+    sim.heal("heal");
+    for n in 0..2 {
+        let inbox = folder(&sim, n, "INBOX").unwrap();
+        let mut guids: Vec<Id> = inbox.iter().map(|m| m.1).collect();
+        guids.sort();
+        let mut want = vec![a, b];
+        want.sort();
+        assert_eq!(guids, want, "node-{n}");
+        assert!(inbox.iter().all(|m| m.0 > 1), "node-{n}: UID 1 still shown: {inbox:?}");
+        let seen = inbox.iter().find(|m| m.1 == b).unwrap();
+        assert_eq!(seen.2, vec!["\\Seen".to_string()], "node-{n}: the slave's flag was lost");
+    }
+    sim.check(1, "heal");
+}
