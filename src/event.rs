@@ -218,6 +218,15 @@ pub enum Event {
         resolves: Vec<u32>,
         moves: Vec<(u32, Id, u32)>,
     },
+    /// A mailbox deleted after the same transaction expunged every message
+    /// the deleting node showed in it: whatever is still in it where this
+    /// applies was delivered concurrently on another node and is kept
+    /// aside for the master to bring back, never dropped. (`MailboxDeleted`,
+    /// written by older builds, drops what the mailbox holds.)
+    MailboxRemoved {
+        user: String,
+        mailbox: Id,
+    },
 }
 
 /// Why a payload is not an event.
@@ -263,7 +272,8 @@ impl Event {
             | Event::MessageAppended { user, .. }
             | Event::FlagsChanged { user, .. }
             | Event::Expunged { user, .. }
-            | Event::MessagesMoved { user, .. } => Some(user),
+            | Event::MessagesMoved { user, .. }
+            | Event::MailboxRemoved { user, .. } => Some(user),
             Event::ConfigSet { .. } => None,
         }
     }
@@ -286,6 +296,7 @@ impl Event {
             }
             Event::MailboxRenamed { user, mailbox, name } => format!("mailbox-renamed {user} id={mailbox:?} -> {name:?}"),
             Event::MailboxDeleted { user, mailbox } => format!("mailbox-deleted {user} id={mailbox:?}"),
+            Event::MailboxRemoved { user, mailbox } => format!("mailbox-removed {user} id={mailbox:?}"),
             Event::Subscribed { user, name, subscribed } => {
                 format!("{} {user} {name:?}", if *subscribed { "subscribed" } else { "unsubscribed" })
             }

@@ -285,7 +285,7 @@ pub fn delete_mailbox(txn: &mut Txn<'_>, cfs: Cfs, user: &str, name: &str) -> R<
     // What this node shows is expunged first, by (UID, GUID): a message
     // another node delivered into the mailbox meanwhile is not named here,
     // so the deletion keeps it aside for the master to bring back rather
-    // than dropping it (views `MailboxDeleted`).
+    // than dropping it (`MailboxRemoved`).
     let shown: Vec<(u32, Id)> = views(txn, cfs).messages(id)?.into_iter().map(|(u, m)| (u, m.guid)).collect();
     for chunk in shown.chunks(EXPUNGE_CHUNK) {
         emit(
@@ -301,7 +301,7 @@ pub fn delete_mailbox(txn: &mut Txn<'_>, cfs: Cfs, user: &str, name: &str) -> R<
     emit(
         txn,
         cfs,
-        Event::MailboxDeleted {
+        Event::MailboxRemoved {
             user: user.into(),
             mailbox: id,
         },

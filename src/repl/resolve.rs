@@ -121,7 +121,7 @@ fn merge_into(
     emit(
         txn,
         cfs,
-        Event::MailboxDeleted {
+        Event::MailboxRemoved {
             user: user.into(),
             mailbox: from.id,
         },

@@ -78,7 +78,8 @@ fn corrupt(k: &[u8], e: impl std::fmt::Display) -> ViewError {
 /// Remove a mailbox record and its name. Messages still shown in it (a
 /// delivery the deleting node had not seen: a node deletes what it shows
 /// by expunging it first) are kept aside, never dropped, for the master to
-/// bring back (`drop_all` for a deleted user drops them too).
+/// bring back. With `drop_all` (a deleted user, or a `MailboxDeleted` of an
+/// older build) they are dropped, with those kept aside.
 fn drop_mailbox(v: &mut TxnViews<'_, '_>, user: &str, mb: &MailboxRec, at: &Appended, drop_all: bool) -> Result<(), ViewError> {
     if drop_all {
         drop_messages(v, mb.id)?;
@@ -354,6 +355,13 @@ pub fn apply(v: &mut TxnViews<'_, '_>, at: &Appended, event: &Event) -> Result<(
             }
         }
         Event::MailboxDeleted { user, mailbox } => {
+            // Written by builds that deleted without expunging first: what
+            // the mailbox holds goes with it.
+            if let Some(mb) = v.mailbox(user, *mailbox)? {
+                drop_mailbox(v, user, &mb, at, true)?;
+            }
+        }
+        Event::MailboxRemoved { user, mailbox } => {
             if let Some(mb) = v.mailbox(user, *mailbox)? {
                 drop_mailbox(v, user, &mb, at, false)?;
             }
