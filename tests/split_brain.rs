@@ -112,103 +112,134 @@ fn conflicts(node: &Node) -> serde_json::Value {
     common::admin_get(node, "/v1/status")["conflicts"].clone()
 }
 
-fn settled(a: &Node, b: &Node) -> bool {
+fn settled(nodes: &[Node]) -> bool {
     let quiet = |n: &Node| {
         let c = conflicts(n);
         c["uid_collisions"] == 0 && c["name_conflicts"] == 0 && c["kept_aside"] == 0
     };
-    digest(a) == digest(b) && quiet(a) && quiet(b)
+    let d: Vec<_> = nodes.iter().map(digest).collect();
+    d.windows(2).all(|w| w[0] == w[1]) && nodes.iter().all(quiet)
 }
 
 fn imap(node: &Node, script: &str) {
     python(node, &format!("from imaptest import *\nc = connect('{USER}')\n{script}"));
 }
 
-#[test]
-fn writes_on_both_sides_of_a_cut_end_once_everywhere() {
+/// `n` nodes in a full mesh, `master` the master. Every node is stopped;
+/// each of `writers` in turn runs alone and takes mail (LMTP into INBOX,
+/// CREATE Foo and an APPEND to it, a flag on UID 1), so each writes
+/// without seeing the others. Then every node starts again.
+fn split(n: usize, master: usize, writers: &[usize]) {
     let dir = tempfile::tempdir().unwrap();
-    let (da, db) = (dir.path().join("a"), dir.path().join("b"));
-    let (pa, pb) = (free_udp_port(), free_udp_port());
-    let a = start(&da, "node-a", pa, &[pb], "master");
-    let b = start(&db, "node-b", pb, &[pa], "slave");
-    let (ok, _, err) = a.cli(&["user", "add", USER, "--password-stdin"], Some("secret\n"));
+    let dirs: Vec<_> = (0..n).map(|i| dir.path().join(format!("n{i}"))).collect();
+    let ports: Vec<u16> = (0..n).map(|_| free_udp_port()).collect();
+    let mut nodes: Vec<Node> = (0..n)
+        .map(|i| {
+            let peers: Vec<u16> = (0..n).filter(|j| *j != i).map(|j| ports[j]).collect();
+            let role = if i == master { "master" } else { "slave" };
+            start(&dirs[i], &format!("node-{i}"), ports[i], &peers, role)
+        })
+        .collect();
+    let (ok, _, err) = nodes[0].cli(&["user", "add", USER, "--password-stdin"], Some("secret\n"));
     assert!(ok, "{err}");
-    deliver(&a, "before", 3);
-    assert!(
-        wait_until(10, || digest(&a) == digest(&b)),
-        "the pair did not converge before the cut"
-    );
+    deliver(&nodes[0], "before", 3);
+    assert!(wait_until(20, || settled(&nodes)), "the nodes did not converge before the cut");
     let mut rec = Recorder::default();
-    rec.look("a", &a);
-    rec.look("b", &b);
+    for (i, node) in nodes.iter().enumerate() {
+        rec.look(&format!("node-{i}"), node);
+    }
 
-    // The cut: B is down while A takes mail, then A is down while B does.
-    assert!(b.stop());
-    deliver(&a, "on-a", 6);
-    imap(
-        &a,
-        "ok(c.create('Foo'))\nok(c.append('Foo', None, None, message('foo-on-a')))\n\
-         ok(c.select('INBOX'))\nok(c.uid('STORE', '1', '+FLAGS', '(\\\\Flagged)'))\n",
-    );
-    rec.look("a", &a);
-    assert!(a.stop());
-    let b = restart(&db);
-    deliver(&b, "on-b", 6);
-    imap(
-        &b,
-        "ok(c.create('Foo'))\nok(c.append('Foo', None, None, message('foo-on-b')))\n\
-         ok(c.select('INBOX'))\nok(c.uid('STORE', '1', '+FLAGS', '(\\\\Seen)'))\n",
-    );
-    rec.look("b", &b);
+    for node in nodes.drain(..) {
+        assert!(node.stop());
+    }
+    let flags = ["\\\\Flagged", "\\\\Seen", "$Label"];
+    for (k, w) in writers.iter().enumerate() {
+        let node = restart(&dirs[*w]);
+        deliver(&node, &format!("on-{w}"), 6);
+        imap(
+            &node,
+            &format!(
+                "ok(c.create('Foo'))\nok(c.append('Foo', None, None, message('foo-on-{w}')))\n\
+                 ok(c.select('INBOX'))\nok(c.uid('STORE', '1', '+FLAGS', '({})'))\n",
+                flags[k]
+            ),
+        );
+        rec.look(&format!("node-{w}"), &node);
+        assert!(node.stop());
+    }
 
-    // Heal, looking at both nodes over IMAP while they converge.
+    // Heal, looking at every node over IMAP while they converge.
     let healed = Instant::now();
-    let a = restart(&da);
+    let nodes: Vec<Node> = dirs.iter().map(|d| restart(d)).collect();
     let mut converged = None;
     for _ in 0..200 {
-        rec.look("a", &a);
-        rec.look("b", &b);
-        if settled(&a, &b) {
+        for (i, node) in nodes.iter().enumerate() {
+            rec.look(&format!("node-{i}"), node);
+        }
+        if settled(&nodes) {
             converged = Some(healed.elapsed());
             break;
         }
     }
     let took = converged.expect("the nodes did not converge after the heal");
-    eprintln!("converged {:.2}s after the old master restarted", took.as_secs_f64());
-    assert!(took.as_secs() < 15, "convergence took {took:?}");
+    eprintln!(
+        "{n} nodes, master node-{master}: converged {:.2}s after the restart",
+        took.as_secs_f64()
+    );
+    assert!(took.as_secs() < 20, "convergence took {took:?}");
 
     let mut want: Vec<String> = (0..3).map(|i| format!("before-{i}")).collect();
-    want.extend((0..6).map(|i| format!("on-a-{i}")));
-    want.extend((0..6).map(|i| format!("on-b-{i}")));
+    for w in writers {
+        want.extend((0..6).map(|i| format!("on-{w}-{i}")));
+    }
     want.sort();
-    for (name, n) in [("a", &a), ("b", &b)] {
-        let (msgs, names) = rec.look(name, n);
-        assert_eq!(names.iter().filter(|x| *x == "Foo").count(), 1, "{name}: LIST shows {names:?}");
+    let mut want_foo: Vec<String> = writers.iter().map(|w| format!("foo-on-{w}")).collect();
+    want_foo.sort();
+    let views: Vec<Seen> = nodes.iter().map(imap_view).collect();
+    for (i, (msgs, names)) in views.iter().enumerate() {
+        rec.look(&format!("node-{i}"), &nodes[i]);
+        assert_eq!(names.iter().filter(|x| *x == "Foo").count(), 1, "node-{i}: LIST shows {names:?}");
         let mut inbox: Vec<String> = msgs.iter().filter(|(k, _)| k.0 == "INBOX").map(|(_, v)| v.0.clone()).collect();
         inbox.sort();
-        assert_eq!(inbox, want, "{name}: INBOX does not hold every delivery exactly once");
+        assert_eq!(inbox, want, "node-{i}: INBOX does not hold every delivery exactly once");
         let mut foo: Vec<String> = msgs.iter().filter(|(k, _)| k.0 == "Foo").map(|(_, v)| v.0.clone()).collect();
         foo.sort();
-        assert_eq!(foo, vec!["foo-on-a", "foo-on-b"], "{name}: Foo does not hold both sides' messages");
+        assert_eq!(foo, want_foo, "node-{i}: Foo does not hold every side's message");
         let first = msgs.values().find(|v| v.0 == "before-0").unwrap();
-        assert!(
-            first.1.contains("\\Flagged") && first.1.contains("\\Seen"),
-            "{name}: flags not merged: {}",
-            first.1
-        );
+        for f in &flags[..writers.len()] {
+            let f = f.replace("\\\\", "\\");
+            assert!(first.1.contains(&f), "node-{i}: flags not merged: {} lacks {f}", first.1);
+        }
     }
-    // Both nodes show the same UIDs for the same messages.
-    assert_eq!(imap_view(&a), imap_view(&b));
+    // Every node shows the same UIDs for the same messages.
+    assert!(views.windows(2).all(|w| w[0] == w[1]), "the nodes show different UIDs");
     // The master's record names what it moved and why.
-    let (ok, out, err) = a.cli(&["conflicts", "--json"], None);
+    let (ok, out, err) = nodes[master].cli(&["conflicts", "--json"], None);
     assert!(ok, "{err}");
     let report: serde_json::Value = serde_json::from_str(&out).unwrap();
     let moved = report["resolved"].as_array().unwrap();
     assert!(
         moved.len() >= 6 + 1,
-        "expected the colliding deliveries and Foo's message moved: {out}"
+        "expected colliding deliveries and Foo's messages moved: {out}"
     );
     assert!(moved.iter().all(|m| m["resolved_by"].as_str().unwrap().contains(':')));
     assert!(report["pending"].as_array().unwrap().is_empty());
-    assert!(conflicts(&b)["resolved"].as_u64().unwrap() >= 7);
+    for node in &nodes {
+        assert_eq!(conflicts(node)["resolved"], moved.len());
+    }
+}
+
+#[test]
+fn a_cut_between_two_nodes_heals_with_the_master_on_the_first_side() {
+    split(2, 0, &[0, 1]);
+}
+
+#[test]
+fn a_cut_between_two_nodes_heals_with_the_master_on_the_second_side() {
+    split(2, 1, &[0, 1]);
+}
+
+#[test]
+fn three_nodes_heal_after_a_split_the_master_missed() {
+    split(3, 0, &[1, 2]);
 }
