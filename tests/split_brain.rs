@@ -243,3 +243,37 @@ fn a_cut_between_two_nodes_heals_with_the_master_on_the_second_side() {
 fn three_nodes_heal_after_a_split_the_master_missed() {
     split(3, 0, &[1, 2]);
 }
+
+/// No cut at all: both nodes take deliveries for one mailbox at once, as
+/// behind two MX records. UIDs are still assigned locally, so they collide
+/// within the replication lag; the master renumbers, and nothing may stay
+/// hidden or be shown twice.
+#[test]
+fn concurrent_deliveries_with_the_link_up_all_end_visible_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let (pa, pb) = (free_udp_port(), free_udp_port());
+    let a = start(&dir.path().join("a"), "node-a", pa, &[pb], "master");
+    let b = start(&dir.path().join("b"), "node-b", pb, &[pa], "slave");
+    let (ok, _, err) = a.cli(&["user", "add", USER, "--password-stdin"], Some("secret\n"));
+    assert!(ok, "{err}");
+    let nodes = vec![a, b];
+    assert!(wait_until(10, || settled(&nodes)));
+    std::thread::scope(|s| {
+        s.spawn(|| deliver(&nodes[0], "at-a", 100));
+        s.spawn(|| deliver(&nodes[1], "at-b", 100));
+    });
+    let healed = Instant::now();
+    assert!(wait_until(30, || settled(&nodes)), "the nodes did not settle");
+    eprintln!("settled {:.2}s after the last delivery", healed.elapsed().as_secs_f64());
+    let mut want: Vec<String> = (0..100).flat_map(|i| [format!("at-a-{i}"), format!("at-b-{i}")]).collect();
+    want.sort();
+    let views: Vec<Seen> = nodes.iter().map(imap_view).collect();
+    for (i, (msgs, _)) in views.iter().enumerate() {
+        let mut inbox: Vec<String> = msgs.iter().filter(|(k, _)| k.0 == "INBOX").map(|(_, v)| v.0.clone()).collect();
+        inbox.sort();
+        assert_eq!(inbox, want, "node-{i}: INBOX does not hold every delivery exactly once");
+    }
+    assert_eq!(views[0], views[1], "the nodes show different UIDs");
+    let report = common::admin_get(&nodes[0], "/v1/conflicts");
+    eprintln!("{} messages renumbered", report["resolved"].as_array().unwrap().len());
+}
