@@ -258,6 +258,10 @@ fn concurrent_deliveries_with_the_link_up_all_end_visible_once() {
     assert!(ok, "{err}");
     let nodes = vec![a, b];
     assert!(wait_until(10, || settled(&nodes)));
+    // A client stays in INBOX on the slave throughout: it must see the
+    // renumbered messages expunged and arrive again, never a UID change
+    // its meaning.
+    let watcher = watch_inbox(&nodes[1], 200);
     std::thread::scope(|s| {
         s.spawn(|| deliver(&nodes[0], "at-a", 100));
         s.spawn(|| deliver(&nodes[1], "at-b", 100));
@@ -275,5 +279,75 @@ fn concurrent_deliveries_with_the_link_up_all_end_visible_once() {
     }
     assert_eq!(views[0], views[1], "the nodes show different UIDs");
     let report = common::admin_get(&nodes[0], "/v1/conflicts");
-    eprintln!("{} messages renumbered", report["resolved"].as_array().unwrap().len());
+    let moved = report["resolved"].as_array().unwrap().len();
+    eprintln!("{moved} messages renumbered");
+    let out = watcher.wait_with_output().unwrap();
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "the watching client failed:\n{text}");
+    eprintln!("watching client: {}", text.trim());
+    let field = |name: &str| -> usize {
+        let line = text
+            .lines()
+            .find(|l| l.starts_with("EXPUNGES "))
+            .unwrap_or_else(|| panic!("{text}"));
+        let words: Vec<&str> = line.split(' ').collect();
+        let i = words.iter().position(|w| *w == name).unwrap_or_else(|| panic!("{text}"));
+        words[i + 1].parse().unwrap()
+    };
+    // Every UID the client saw and that is gone now must have come with an
+    // EXPUNGE (a message moved between two polls is never seen at all).
+    let vanished = field("UIDS") - field("NOW");
+    assert!(
+        field("EXPUNGES") >= vanished,
+        "the client lost sight of {vanished} UIDs without EXPUNGE: {text}"
+    );
+}
+
+/// A Python IMAP client on `node` that stays in INBOX, polls with NOOP and
+/// UID FETCH until it has seen `want` messages three times in a row, and
+/// fails if a UID ever names two messages. Prints the EXPUNGEs it got.
+fn watch_inbox(node: &Node, want: usize) -> std::process::Child {
+    let (host, port) = node
+        .addr("imap")
+        .rsplit_once(':')
+        .map(|(h, p)| (h.to_string(), p.to_string()))
+        .unwrap();
+    let script = format!(
+        r#"
+import re, time
+from imaptest import *
+c = connect('{USER}')
+ok(c.select('INBOX'))
+seen, expunges, stable, n = {{}}, 0, 0, 0
+deadline = time.time() + 40
+while time.time() < deadline and stable < 3:
+    ok(c.noop())
+    expunges += len(c.untagged_responses.pop('EXPUNGE', []))
+    c.untagged_responses.pop('EXISTS', None)
+    c.untagged_responses.pop('RECENT', None)
+    typ, data = c.uid('FETCH', '1:*', '(BODY.PEEK[HEADER.FIELDS (SUBJECT)])')
+    n = 0
+    for item in (data if typ == 'OK' else []):
+        if not isinstance(item, tuple):
+            continue
+        uid = re.search(r'UID (\d+)', item[0].decode()).group(1)
+        subj = item[1].decode().strip().split(':', 1)[1].strip()
+        assert seen.setdefault(uid, subj) == subj, ('UID', uid, seen[uid], subj)
+        n += 1
+    stable = stable + 1 if n == {want} else 0
+    time.sleep(0.05)
+print('EXPUNGES', expunges, 'UIDS', len(seen), 'NOW', n)
+assert n == {want}, n
+"#
+    );
+    std::process::Command::new("python3")
+        .arg("-c")
+        .arg(script)
+        .env("PYTHONPATH", std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/py"))
+        .env("IMAP_HOST", host)
+        .env("IMAP_PORT", port)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("python3")
 }
