@@ -404,6 +404,8 @@ pub fn apply(v: &mut TxnViews<'_, '_>, at: &Appended, event: &Event) -> Result<(
             op,
             flags,
         } => {
+            // Mailboxes whose HIGHESTMODSEQ rises (usually just this one).
+            let mut touched: Vec<Id> = Vec::new();
             for (uid, guid) in messages {
                 // The message is named by GUID: under its UID, kept aside,
                 // or wherever the master moved it since. Not found: it was
@@ -416,24 +418,32 @@ pub fn apply(v: &mut TxnViews<'_, '_>, at: &Appended, event: &Event) -> Result<(
                         note_change(v, mb, uid, Some(m.modseq), modseq);
                     }
                     m.modseq = modseq;
-                    touch_if_exists(v, user, mb, modseq)?;
+                    if !touched.contains(&mb) {
+                        touched.push(mb);
+                    }
                 }
                 match spot {
                     Spot::Shown => v.put(&keys::message(mb, uid), &enc(&m)),
                     Spot::Aside => v.put(&keys::conflict(mb, uid, *guid), &enc(&m)),
                 }
             }
+            for mb in touched {
+                touch_if_exists(v, user, mb, modseq)?;
+            }
         }
         Event::Expunged { user, mailbox, messages } => {
+            let mut touched = vec![*mailbox];
             for (uid, guid) in messages {
                 if let Some((mb, uid, spot, m)) = locate(v, *mailbox, *uid, *guid)? {
                     take(v, mb, uid, spot, &m, modseq)?;
-                    if mb != *mailbox {
-                        touch_if_exists(v, user, mb, modseq)?;
+                    if !touched.contains(&mb) {
+                        touched.push(mb);
                     }
                 }
             }
-            touch_if_exists(v, user, *mailbox, modseq)?;
+            for mb in touched {
+                touch_if_exists(v, user, mb, modseq)?;
+            }
         }
         Event::ConfigSet { key, value } => {
             v.put(&keys::config(key), value.as_bytes());
