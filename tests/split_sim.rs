@@ -134,6 +134,9 @@ struct Sim {
     /// Each round has its own user, master and seed; the stores live on.
     user: String,
     master: usize,
+    /// A second node configured as master too (a misconfiguration the
+    /// resolution must survive: the earlier of two moves wins).
+    second_master: Option<usize>,
     link: [[bool; NODES]; NODES],
     body_no: u64,
     _tmp: tempfile::TempDir,
@@ -150,14 +153,19 @@ impl Sim {
             nodes,
             user: String::new(),
             master: 0,
+            second_master: None,
             link: [[true; NODES]; NODES],
             body_no: 0,
             _tmp: tmp,
         }
     }
 
-    fn resolve_on_master(&mut self) {
-        resolve::run_once(self.nodes[self.master].store()).unwrap();
+    /// Node `i` resolves if it is master (or the second master some
+    /// rounds misconfigure).
+    fn resolve_if_master(&mut self, i: usize) {
+        if i == self.master || Some(i) == self.second_master {
+            resolve::run_once(self.nodes[i].store()).unwrap();
+        }
     }
 
     /// One exchange over every link that is up; the master resolves after
@@ -168,9 +176,7 @@ impl Sim {
             for j in 0..NODES {
                 if i != j && self.link[i][j] {
                     moved += pull(&mut self.nodes, i, j);
-                    if i == self.master {
-                        self.resolve_on_master();
-                    }
+                    self.resolve_if_master(i);
                 }
             }
         }
@@ -261,9 +267,7 @@ impl Sim {
             10 => {
                 let i = self.rng.gen_range(0..NODES);
                 self.nodes[i].restart();
-                if i == self.master {
-                    self.resolve_on_master();
-                }
+                self.resolve_if_master(i);
             }
             11..=34 => {
                 self.exchange();
@@ -362,8 +366,9 @@ impl Sim {
 fn round(sim: &mut Sim, seed: u64, steps: usize) -> (usize, usize) {
     sim.rng = StdRng::seed_from_u64(seed);
     sim.master = sim.rng.gen_range(0..NODES);
+    sim.second_master = sim.rng.gen_bool(0.25).then_some((sim.master + 1) % NODES);
     sim.user = format!("u{seed}@example.org");
-    let ctx = format!("seed {seed}, master node-{}", sim.master);
+    let ctx = format!("seed {seed}, master node-{}, second master {:?}", sim.master, sim.second_master);
     let first = sim.rng.gen_range(0..NODES);
     let from_order = sim.nodes[0].store().wal().last_order() + 1;
     let moved_before = sim.nodes[sim.master].store().views().resolutions().unwrap().len();

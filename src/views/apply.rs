@@ -250,7 +250,7 @@ fn locate(v: &TxnViews<'_, '_>, mut mailbox: Id, mut uid: u32, guid: Id) -> Resu
             return Ok(Some((mailbox, uid, spot, m)));
         }
         match v.moved_to(mailbox, uid, guid)? {
-            Some((mb, u)) => (mailbox, uid) = (mb, u),
+            Some((mb, u, _)) => (mailbox, uid) = (mb, u),
             None => return Ok(None),
         }
     }
@@ -463,13 +463,31 @@ pub fn apply(v: &mut TxnViews<'_, '_>, at: &Appended, event: &Event) -> Result<(
                 v.delete(&keys::collision(*from, *uid));
             }
             for (index, (old, guid, new)) in moves.iter().enumerate() {
-                // Only where the master saw it: a message expunged here
-                // meanwhile stays expunged.
-                let Some((spot, mut m)) = find(v, *from, *old, *guid)? else {
-                    continue;
+                let here = (*to, *new, ts);
+                let (spot, mut m, at_spot) = match find(v, *from, *old, *guid)? {
+                    Some((spot, m)) => (spot, m, (*from, *old)),
+                    None => match v.moved_to(*from, *old, *guid)? {
+                        // Moved already by another resolution (two nodes
+                        // acting as master): the earlier by (HLC, origin)
+                        // wins on every node, whatever the order.
+                        Some((mb, u, by)) if by > ts => match locate(v, mb, u, *guid)? {
+                            Some((mb2, u2, spot, m)) => {
+                                v.put(&keys::moved(mb, u, *guid), &enc(&here));
+                                (spot, m, (mb2, u2))
+                            }
+                            None => continue,
+                        },
+                        Some(winner) => {
+                            v.put(&keys::moved(*to, *new, *guid), &enc(&winner));
+                            continue;
+                        }
+                        // Only where the master saw it: a message expunged
+                        // here meanwhile stays expunged.
+                        None => continue,
+                    },
                 };
-                take(v, *from, *old, spot, &m, modseq)?;
-                v.put(&keys::moved(*from, *old, *guid), &enc(&(*to, *new)));
+                take(v, at_spot.0, at_spot.1, spot, &m, modseq)?;
+                v.put(&keys::moved(*from, *old, *guid), &enc(&here));
                 m.modseq = modseq;
                 place(v, user, *to, *new, m, at)?;
                 let cause = causes.iter().find(|(u, c)| u == old && c.0 == *guid).map(|(_, c)| (c.1, c.2));

@@ -22,7 +22,8 @@
 //! Y mailbox-id uid            -> CollisionRec: this UID was given to two
 //!                                messages; the master moves every message
 //!                                under it to a fresh UID
-//! W mailbox-id uid guid       -> (mailbox-id, uid) the message was moved to
+//! W mailbox-id uid guid       -> (mailbox-id, uid, (hlc, origin)): where the
+//!                                message was moved to, and by which move
 //! K user 00 mailbox-id        -> (hlc, origin) of the mailbox's current name
 //! L user 00 mailbox-id        -> (empty) the mailbox lost its name to
 //!                                another of that name; the master merges

@@ -154,8 +154,10 @@ pub trait ViewRead {
             .collect()
     }
 
-    /// Where the master moved the message (mailbox, uid, guid), if it did.
-    fn moved_to(&self, mailbox: Id, uid: u32, guid: Id) -> Result<Option<(Id, u32)>, ViewError> {
+    /// Where the master moved the message (mailbox, uid, guid), if it did,
+    /// and the (HLC, origin) of the move that counts.
+    #[allow(clippy::type_complexity)]
+    fn moved_to(&self, mailbox: Id, uid: u32, guid: Id) -> Result<Option<(Id, u32, (u64, u64))>, ViewError> {
         let k = keys::moved(mailbox, uid, guid);
         self.vget(&k)?.map(|v| dec(&k, &v)).transpose()
     }
