@@ -129,6 +129,18 @@ fn merge_into(
     Ok(Some(next))
 }
 
+/// The id of the mailbox two mailboxes of one name and UIDVALIDITY are
+/// merged into: the same on every node that resolves them.
+fn merged_id(a: Id, b: Id) -> Id {
+    let (a, b) = if a < b { (a, b) } else { (b, a) };
+    let mut h = blake3::Hasher::new_derive_key("tandem merged mailbox v1");
+    h.update(&a.0);
+    h.update(&b.0);
+    let mut id = [0u8; 16];
+    id.copy_from_slice(&h.finalize().as_bytes()[..16]);
+    Id(id)
+}
+
 /// Mailboxes that lost their name to another: their messages (shown and
 /// kept aside) move into the one holding the name, and they are deleted.
 /// When both have the same UIDVALIDITY, clients of each node may have seen
@@ -146,8 +158,10 @@ fn merge_losers(txn: &mut Txn<'_>, cfs: Cfs, done: &mut Resolved) -> Result<(), 
             merge_into(txn, cfs, &user, &l, &w, w.uidnext, done)?;
             continue;
         }
-        let uidvalidity = v.last_uidvalidity(&user)?.max(w.uidvalidity).saturating_add(1);
-        let fresh = Id::random();
+        // Derived from the pair, so two nodes that both act as master
+        // create the same mailbox instead of a new pair of twins.
+        let uidvalidity = w.uidvalidity.max(l.uidvalidity).saturating_add(1);
+        let fresh = merged_id(w.id, l.id);
         tracing::info!(user, mailbox = %w.name, uidvalidity, "two mailboxes of one name and UIDVALIDITY: merging both into a fresh one");
         emit(
             txn,

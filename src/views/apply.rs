@@ -327,6 +327,11 @@ pub fn apply(v: &mut TxnViews<'_, '_>, at: &Appended, event: &Event) -> Result<(
             uidvalidity,
             special_use,
         } => {
+            // Created twice (two nodes merging the same pair of mailboxes):
+            // the first stays.
+            if v.mailbox(user, *mailbox)?.is_some() {
+                return Ok(());
+            }
             let mb = MailboxRec {
                 id: *mailbox,
                 name: name.clone(),
