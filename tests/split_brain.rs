@@ -227,6 +227,23 @@ fn split(n: usize, master: usize, writers: &[usize]) {
     for node in &nodes {
         assert_eq!(conflicts(node)["resolved"], moved.len());
     }
+    let (ok, text, err) = nodes[master].cli(&["conflicts"], None);
+    assert!(ok, "{err}");
+    assert!(text.starts_with("pending     0 uid collisions   0 name conflicts"), "{text}");
+    assert_eq!(
+        text.lines().filter(|l| l.starts_with("resolved    ")).count(),
+        moved.len(),
+        "{text}"
+    );
+    let (ok, status, err) = nodes[master].cli(&["status"], None);
+    assert!(ok, "{err}");
+    assert!(
+        status.contains(&format!(
+            "conflicts   kept aside 0   uid collisions pending 0   name conflicts pending 0   messages moved by the master {}",
+            moved.len()
+        )),
+        "{status}"
+    );
 }
 
 #[test]
