@@ -177,7 +177,7 @@ fn merge_losers(txn: &mut Txn<'_>, cfs: Cfs, done: &mut Resolved) -> Result<(), 
         let Some(f) = views(txn, cfs).mailbox(&user, fresh)? else {
             continue;
         };
-        if let Some(next) = merge_into(txn, cfs, &user, &w, &f, 1, done)? {
+        if let Some(next) = merge_into(txn, cfs, &user, &w, &f, f.uidnext, done)? {
             merge_into(txn, cfs, &user, &l, &f, next, done)?;
         }
     }
