@@ -298,26 +298,58 @@ fn concurrent_deliveries_with_the_link_up_all_end_visible_once() {
     let report = common::admin_get(&nodes[0], "/v1/conflicts");
     let moved = report["resolved"].as_array().unwrap().len();
     eprintln!("{moved} messages renumbered");
+    let (expunges, vanished) = watched(watcher);
+    assert!(expunges >= vanished, "the client lost sight of {vanished} UIDs without EXPUNGE");
+}
+
+/// (EXPUNGEs the watching client got, UIDs it saw that are gone now).
+fn watched(watcher: std::process::Child) -> (usize, usize) {
     let out = watcher.wait_with_output().unwrap();
     let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     assert!(out.status.success(), "the watching client failed:\n{text}");
     eprintln!("watching client: {}", text.trim());
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("EXPUNGES "))
+        .unwrap_or_else(|| panic!("{text}"));
+    let words: Vec<&str> = line.split(' ').collect();
     let field = |name: &str| -> usize {
-        let line = text
-            .lines()
-            .find(|l| l.starts_with("EXPUNGES "))
-            .unwrap_or_else(|| panic!("{text}"));
-        let words: Vec<&str> = line.split(' ').collect();
         let i = words.iter().position(|w| *w == name).unwrap_or_else(|| panic!("{text}"));
         words[i + 1].parse().unwrap()
     };
     // Every UID the client saw and that is gone now must have come with an
     // EXPUNGE (a message moved between two polls is never seen at all).
-    let vanished = field("UIDS") - field("NOW");
-    assert!(
-        field("EXPUNGES") >= vanished,
-        "the client lost sight of {vanished} UIDs without EXPUNGE: {text}"
-    );
+    (field("EXPUNGES"), field("UIDS") - field("NOW"))
+}
+
+/// A client that has a message under a UID when the heal renumbers it sees
+/// EXPUNGE, then the message arriving again under a new UID.
+#[test]
+fn a_connected_client_sees_its_colliding_message_expunged_and_arrive_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let (da, db) = (dir.path().join("a"), dir.path().join("b"));
+    let (pa, pb) = (free_udp_port(), free_udp_port());
+    let a = start(&da, "node-a", pa, &[pb], "master");
+    let b = start(&db, "node-b", pb, &[pa], "slave");
+    let (ok, _, err) = a.cli(&["user", "add", USER, "--password-stdin"], Some("secret\n"));
+    assert!(ok, "{err}");
+    let nodes = vec![a, b];
+    assert!(wait_until(10, || settled(&nodes)));
+    let [a, b]: [Node; 2] = nodes.try_into().ok().unwrap();
+    assert!(b.stop());
+    deliver(&a, "on-a", 1);
+    assert!(a.stop());
+    let b = restart(&db);
+    deliver(&b, "on-b", 1);
+    // The client on B has UID 1 = on-b-0 when A comes back.
+    let watcher = watch_inbox(&b, 2);
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let a = restart(&da);
+    let nodes = vec![a, b];
+    assert!(wait_until(20, || settled(&nodes)), "the nodes did not settle");
+    let (expunges, vanished) = watched(watcher);
+    assert!(vanished >= 1, "the client never saw the colliding UID go");
+    assert!(expunges >= vanished, "the client lost sight of {vanished} UIDs without EXPUNGE");
 }
 
 /// A Python IMAP client on `node` that stays in INBOX, polls with NOOP and
