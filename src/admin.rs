@@ -34,6 +34,9 @@ pub struct Status {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pop3: Option<crate::pop3::CountersSnapshot>,
     pub mirror: crate::repl::MirrorStatus,
+    /// Split-brain conflicts: pending and resolved (`tandem conflicts`).
+    #[serde(default)]
+    pub conflicts: crate::repl::resolve::Counts,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -160,7 +163,16 @@ pub fn status(st: &AdminState) -> Result<Status, crate::views::read::ViewError> 
                 .scan_prefix(st.store.cfs().views, &crate::views::keys::conflicts_prefix())?
                 .len() as u64,
         ),
+        conflicts: crate::repl::resolve::counts(&st.store.views())?,
     })
+}
+
+async fn get_conflicts(State(st): State<Shared>) -> Result<Json<crate::repl::resolve::Report>, ApiError> {
+    let store = st.store.clone();
+    let r = tokio::task::spawn_blocking(move || crate::repl::resolve::report(&store.views()))
+        .await
+        .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))??;
+    Ok(Json(r))
 }
 
 async fn get_status(State(st): State<Shared>) -> Result<Json<Status>, ApiError> {
@@ -420,6 +432,7 @@ pub fn router(state: Shared) -> Router {
         .route("/v1/users/{user}", axum::routing::delete(del_user))
         .route("/v1/users/{user}/password", put(set_password))
         .route("/v1/log/tail", get(get_tail))
+        .route("/v1/conflicts", get(get_conflicts))
         .layer(middleware::from_fn_with_state(state.clone(), require_token))
         .with_state(state)
 }

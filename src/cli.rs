@@ -42,6 +42,13 @@ pub enum Command {
     /// Export a user's mailboxes.
     #[command(subcommand)]
     Export(ExportCommand),
+    /// List split-brain conflicts: UIDs given to two messages and
+    /// mailboxes created twice (pending), and what the master moved.
+    Conflicts {
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -134,6 +141,15 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::User(cmd) => rt.block_on(user(&cfg, cmd)),
         Command::Import(cmd) => rt.block_on(crate::transfer::import(&Admin::new(&cfg)?, cmd, cfg.lmtp.max_message_size)),
         Command::Export(cmd) => rt.block_on(crate::transfer::export(&Admin::new(&cfg)?, cmd)),
+        Command::Conflicts { json } => {
+            let r: crate::repl::resolve::Report = rt.block_on(Admin::new(&cfg)?.get("/v1/conflicts"))?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&r)?);
+            } else {
+                print_conflicts(&r);
+            }
+            Ok(())
+        }
         Command::Log(LogCommand::Tail { n }) => {
             let entries: Vec<TailEntry> = rt.block_on(Admin::new(&cfg)?.get(&format!("/v1/log/tail?n={n}")))?;
             for e in entries {
@@ -150,6 +166,50 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
+    }
+}
+
+fn print_conflicts(r: &crate::repl::resolve::Report) {
+    let name = |n: &Option<String>, id: &str| n.clone().unwrap_or_else(|| format!("(deleted {id})"));
+    println!(
+        "pending     {} uid collisions   {} name conflicts   resolved {}",
+        r.pending.len(),
+        r.name_conflicts.len(),
+        r.resolved.len()
+    );
+    for p in &r.pending {
+        println!("collision   {} {} uid {}", p.user, name(&p.mailbox, &p.mailbox_id), p.uid);
+        for m in &p.messages {
+            println!(
+                "  {}  {}{}",
+                m.guid,
+                if m.shown { "shown" } else { "kept aside" },
+                m.cause.as_deref().map(|c| format!(" by entry {c}")).unwrap_or_default()
+            );
+        }
+    }
+    for c in &r.name_conflicts {
+        println!(
+            "name        {} {:?} mailbox {} ({} messages) hidden behind {}",
+            c.user,
+            c.name,
+            c.mailbox_id,
+            c.messages,
+            c.winner_id.as_deref().unwrap_or("-")
+        );
+    }
+    for m in &r.resolved {
+        println!(
+            "resolved    {} {} uid {} -> {} uid {}   guid {}   {}by {}",
+            m.user,
+            name(&m.from, &m.from_id),
+            m.old_uid,
+            name(&m.to, &m.to_id),
+            m.new_uid,
+            m.guid,
+            m.cause.as_deref().map(|c| format!("caused by {c}, resolved ")).unwrap_or_default(),
+            m.resolved_by
+        );
     }
 }
 
@@ -220,6 +280,11 @@ fn print_status(st: &Status) {
             p.timeouts
         );
     }
+    let c = &st.conflicts;
+    println!(
+        "conflicts   kept aside {}   uid collisions pending {}   name conflicts pending {}   messages moved by the master {}",
+        c.kept_aside, c.uid_collisions, c.name_conflicts, c.resolved
+    );
     let mi = &st.mirror;
     if mi.enabled {
         println!(

@@ -204,6 +204,29 @@ pub enum Event {
         key: String,
         value: String,
     },
+    /// Messages placed again under new UIDs by the master: each
+    /// (old UID, GUID, new UID) leaves `from` (shown or kept aside there)
+    /// and lands in `to` (the same mailbox when a UID collision is
+    /// resolved; another when two mailboxes of one name are merged or a
+    /// delivery into a deleted mailbox is brought back). Flags with their
+    /// clocks, size and internal date go with the message. `resolves` names
+    /// the UIDs of `from` whose collision this settles.
+    MessagesMoved {
+        user: String,
+        from: Id,
+        to: Id,
+        resolves: Vec<u32>,
+        moves: Vec<(u32, Id, u32)>,
+    },
+    /// A mailbox deleted after the same transaction expunged every message
+    /// the deleting node showed in it: whatever is still in it where this
+    /// applies was delivered concurrently on another node and is kept
+    /// aside for the master to bring back, never dropped. (`MailboxDeleted`,
+    /// written by older builds, drops what the mailbox holds.)
+    MailboxRemoved {
+        user: String,
+        mailbox: Id,
+    },
 }
 
 /// Why a payload is not an event.
@@ -248,7 +271,9 @@ impl Event {
             | Event::Subscribed { user, .. }
             | Event::MessageAppended { user, .. }
             | Event::FlagsChanged { user, .. }
-            | Event::Expunged { user, .. } => Some(user),
+            | Event::Expunged { user, .. }
+            | Event::MessagesMoved { user, .. }
+            | Event::MailboxRemoved { user, .. } => Some(user),
             Event::ConfigSet { .. } => None,
         }
     }
@@ -271,6 +296,7 @@ impl Event {
             }
             Event::MailboxRenamed { user, mailbox, name } => format!("mailbox-renamed {user} id={mailbox:?} -> {name:?}"),
             Event::MailboxDeleted { user, mailbox } => format!("mailbox-deleted {user} id={mailbox:?}"),
+            Event::MailboxRemoved { user, mailbox } => format!("mailbox-removed {user} id={mailbox:?}"),
             Event::Subscribed { user, name, subscribed } => {
                 format!("{} {user} {name:?}", if *subscribed { "subscribed" } else { "unsubscribed" })
             }
@@ -310,6 +336,20 @@ impl Event {
                 )
             }
             Event::ConfigSet { key, value } => format!("config-set {key} = {value:?}"),
+            Event::MessagesMoved {
+                user,
+                from,
+                to,
+                resolves,
+                moves,
+            } => format!(
+                "messages-moved {user} from={from:?} to={to:?} resolves={resolves:?} moves=[{}]",
+                moves
+                    .iter()
+                    .map(|(o, g, n)| format!("{o}:{g:?}->{n}"))
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            ),
         }
     }
 }

@@ -269,6 +269,10 @@ pub fn rename_mailbox(txn: &mut Txn<'_>, cfs: Cfs, user: &str, from: &str, to: &
     Ok(())
 }
 
+/// Messages named per `Expunged` event when a mailbox is deleted, so one
+/// entry stays well below a batch.
+const EXPUNGE_CHUNK: usize = 4096;
+
 pub fn delete_mailbox(txn: &mut Txn<'_>, cfs: Cfs, user: &str, name: &str) -> R<()> {
     let name = normalize_mailbox(name)?;
     require_user(txn, cfs, user)?;
@@ -278,10 +282,26 @@ pub fn delete_mailbox(txn: &mut Txn<'_>, cfs: Cfs, user: &str, name: &str) -> R<
     let Some(id) = views(txn, cfs).mailbox_id(user, &name)? else {
         return Err(MutationError::NoSuchMailbox(name));
     };
+    // What this node shows is expunged first, by (UID, GUID): a message
+    // another node delivered into the mailbox meanwhile is not named here,
+    // so the deletion keeps it aside for the master to bring back rather
+    // than dropping it (`MailboxRemoved`).
+    let shown: Vec<(u32, Id)> = views(txn, cfs).messages(id)?.into_iter().map(|(u, m)| (u, m.guid)).collect();
+    for chunk in shown.chunks(EXPUNGE_CHUNK) {
+        emit(
+            txn,
+            cfs,
+            Event::Expunged {
+                user: user.into(),
+                mailbox: id,
+                messages: chunk.to_vec(),
+            },
+        )?;
+    }
     emit(
         txn,
         cfs,
-        Event::MailboxDeleted {
+        Event::MailboxRemoved {
             user: user.into(),
             mailbox: id,
         },

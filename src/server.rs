@@ -284,6 +284,12 @@ pub async fn start(cfg: &Config) -> anyhow::Result<Running> {
         tasks.extend(m.tasks);
     }
 
+    tasks.push(tokio::spawn(crate::repl::resolve::run(
+        store.clone(),
+        cfg.mirror.clone(),
+        shutdown_rx.clone(),
+    )));
+
     let state = Arc::new(AdminState {
         store: store.clone(),
         token,

@@ -124,14 +124,17 @@ pub fn apply_batch(
         n.entries += 1;
         match event {
             Event::MessageAppended { .. } => n.add += 1,
-            Event::Expunged { .. } | Event::MailboxDeleted { .. } | Event::UserDeleted { .. } => n.delete += 1,
+            Event::Expunged { .. } | Event::MailboxDeleted { .. } | Event::MailboxRemoved { .. } | Event::UserDeleted { .. } => {
+                n.delete += 1
+            }
             Event::MailboxRenamed { .. } => n.rename += 1,
             Event::FlagsChanged { .. } => n.flags += 1,
             Event::UserCreated { .. }
             | Event::PasswordChanged { .. }
             | Event::MailboxCreated { .. }
             | Event::Subscribed { .. }
-            | Event::ConfigSet { .. } => n.other += 1,
+            | Event::ConfigSet { .. }
+            | Event::MessagesMoved { .. } => n.other += 1,
         }
     }
     Ok(n)

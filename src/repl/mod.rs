@@ -5,6 +5,7 @@
 //! - [`engine`]: the sender's window and position as a pure state machine.
 //! - [`apply`]: a received batch through the same atomic write as local work.
 //! - [`quic`]: the quinn driver: authentication, links, reconnects.
+//! - [`resolve`]: the master's resolution of split-brain conflicts.
 //!
 //! Each node dials each configured peer and pushes what that peer lacks;
 //! each node accepts its peers' links and applies what they push. So every
@@ -15,6 +16,7 @@ pub mod apply;
 pub mod engine;
 pub mod frame;
 pub mod quic;
+pub mod resolve;
 
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;

@@ -4,7 +4,7 @@
 //! replay. It never reads the clock or a random source.
 
 use super::read::{TxnViews, ViewError, ViewRead};
-use super::{enc, keys, MailboxRec, MessageRec, UserRec};
+use super::{enc, keys, CollisionRec, MailboxRec, MessageRec, ResolutionRec, UserRec};
 use crate::event::{BlobHash, Event, Id};
 use wal::Appended;
 
@@ -68,23 +68,149 @@ fn drop_messages(v: &mut TxnViews<'_, '_>, mailbox: Id) -> Result<(), ViewError>
     Ok(())
 }
 
-fn drop_mailbox(v: &mut TxnViews<'_, '_>, user: &str, mb: &MailboxRec) -> Result<(), ViewError> {
-    drop_messages(v, mb.id)?;
-    // Messages kept aside in this mailbox go with it.
-    let mut prefix = keys::conflicts_prefix();
-    prefix.extend_from_slice(&mb.id.0);
-    for (k, b) in v.vscan(&prefix)? {
-        let m: MessageRec = postcard::from_bytes(&b).map_err(|e| ViewError::Corrupt {
-            key: hex::encode(&k),
-            reason: e.to_string(),
-        })?;
-        bump_refcount(v, &m.blob, -1)?;
-        v.delete(&k);
+fn corrupt(k: &[u8], e: impl std::fmt::Display) -> ViewError {
+    ViewError::Corrupt {
+        key: hex::encode(k),
+        reason: e.to_string(),
+    }
+}
+
+/// Remove a mailbox record and its name. Messages still shown in it (a
+/// delivery the deleting node had not seen: a node deletes what it shows
+/// by expunging it first) are kept aside, never dropped, for the master to
+/// bring back. With `drop_all` (a deleted user, or a `MailboxDeleted` of an
+/// older build) they are dropped, with those kept aside.
+fn drop_mailbox(v: &mut TxnViews<'_, '_>, user: &str, mb: &MailboxRec, at: &Appended, drop_all: bool) -> Result<(), ViewError> {
+    if drop_all {
+        drop_messages(v, mb.id)?;
+        for (k, b) in v.vscan(&keys::conflicts_in(mb.id))? {
+            let m: MessageRec = postcard::from_bytes(&b).map_err(|e| corrupt(&k, e))?;
+            bump_refcount(v, &m.blob, -1)?;
+            v.delete(&k);
+        }
+        for (k, _) in v.vscan(&collisions_in(mb.id))? {
+            v.delete(&k);
+        }
+    } else {
+        for (uid, m) in v.messages(mb.id)? {
+            remove_message(v, mb.id, uid, &m, None)?;
+            keep_aside(v, user, mb.id, uid, m, at)?;
+        }
+        for (k, _) in v.vscan(&keys::changes_prefix(mb.id))? {
+            v.delete(&k);
+        }
+        // Every message kept aside in it waits for the master.
+        for (k, _) in v.vscan(&keys::conflicts_in(mb.id))? {
+            if let Some((_, uid, _)) = keys::conflict_of(&k) {
+                if v.collision(mb.id, uid)?.is_none() {
+                    let rec = CollisionRec {
+                        user: user.to_string(),
+                        causes: Vec::new(),
+                    };
+                    v.put(&keys::collision(mb.id, uid), &enc(&rec));
+                }
+            }
+        }
     }
     v.delete(&keys::mailbox(user, mb.id));
-    if v.mailbox_id(user, &mb.name)? == Some(mb.id) {
-        v.delete(&keys::name(user, &mb.name));
+    v.delete(&keys::name_clock(user, mb.id));
+    v.delete(&keys::loser(user, mb.id));
+    rebind(v, user, &mb.name)
+}
+
+fn collisions_in(mailbox: Id) -> Vec<u8> {
+    let mut k = keys::collisions_prefix();
+    k.extend_from_slice(&mailbox.0);
+    k
+}
+
+/// Bind `name` among the mailboxes of that name (two arise when a name is
+/// created, or renamed onto, on both sides of a split): the highest
+/// UIDVALIDITY wins, so the binding is the same on every node and a client
+/// that saw the other one sees a new UIDVALIDITY, never other messages
+/// under UIDs it knows. Between equal UIDVALIDITYs the mailbox bound now
+/// keeps the name (a switch would show other messages under the same
+/// UIDVALIDITY); the master then merges both into a fresh mailbox. The
+/// others are marked for the master.
+fn rebind(v: &mut TxnViews<'_, '_>, user: &str, name: &str) -> Result<(), ViewError> {
+    let same: Vec<MailboxRec> = v.all_mailboxes(user)?.into_iter().filter(|m| m.name == name).collect();
+    let Some(top) = same.iter().map(|m| m.uidvalidity).max() else {
+        v.delete(&keys::name(user, name));
+        return Ok(());
+    };
+    let current = v.mailbox_id(user, name)?;
+    let winner = same
+        .iter()
+        .filter(|m| m.uidvalidity == top)
+        .map(|m| m.id)
+        .find(|id| Some(*id) == current)
+        .or_else(|| same.iter().filter(|m| m.uidvalidity == top).map(|m| m.id).min())
+        .expect("one mailbox has the top UIDVALIDITY");
+    v.put(&keys::name(user, name), &winner.0);
+    for m in &same {
+        if m.id == winner {
+            v.delete(&keys::loser(user, m.id));
+        } else {
+            v.put(&keys::loser(user, m.id), &[]);
+        }
     }
+    Ok(())
+}
+
+/// Keep a message aside under (mailbox, uid) and mark the UID for the
+/// master's renumbering.
+fn keep_aside(v: &mut TxnViews<'_, '_>, user: &str, mailbox: Id, uid: u32, m: MessageRec, at: &Appended) -> Result<(), ViewError> {
+    // The same message appended twice to one UID (two nodes moving it
+    // alike) stays one record, with the flags it has.
+    let held = conflict(v, mailbox, uid, m.guid)?.is_some();
+    if !held {
+        bump_refcount(v, &m.blob, 1)?;
+    }
+    let mut rec = v.collision(mailbox, uid)?.unwrap_or(CollisionRec {
+        user: user.to_string(),
+        causes: Vec::new(),
+    });
+    rec.causes.retain(|c| c.0 != m.guid);
+    rec.causes.push((m.guid, at.origin.0, at.seq));
+    v.put(&keys::collision(mailbox, uid), &enc(&rec));
+    if !held {
+        v.put(&keys::conflict(mailbox, uid, m.guid), &enc(&m));
+    }
+    Ok(())
+}
+
+/// Show a message under (mailbox, uid), or keep it aside when that UID
+/// already names another message or was used before here, or when the
+/// mailbox is gone. Never overwrites, never drops.
+fn place(v: &mut TxnViews<'_, '_>, user: &str, mailbox: Id, uid: u32, m: MessageRec, at: &Appended) -> Result<(), ViewError> {
+    let modseq = at.order;
+    let Some(mut mb) = v.mailbox(user, mailbox)? else {
+        // Delivered into a mailbox deleted concurrently on another node:
+        // kept aside, never dropped; the master brings it back.
+        tracing::warn!(user, uid, mailbox = ?mailbox, "message for a missing mailbox kept aside");
+        return keep_aside(v, user, mailbox, uid, m, at);
+    };
+    let held = v.message(mailbox, uid)?;
+    if held.as_ref().is_some_and(|h| h.guid == m.guid) {
+        return Ok(());
+    }
+    // Two messages under one UID (written on two nodes during a split), or
+    // a UID below UIDNEXT whose first message was already expunged or moved
+    // here: neither may be shown under that UID. The message is kept aside
+    // with its body for the master's renumbering.
+    if held.is_some() || uid < mb.uidnext {
+        tracing::warn!(user, uid, mailbox = ?mailbox, "uid collision: message kept aside");
+        keep_aside(v, user, mailbox, uid, m, at)?;
+        mb.uidnext = mb.uidnext.max(uid.saturating_add(1));
+        touch_mailbox(v, user, mb, modseq);
+        return Ok(());
+    }
+    bump_refcount(v, &m.blob, 1)?;
+    bump_content(v, mailbox, &m.blob, 1)?;
+    v.put(&keys::message(mailbox, uid), &enc(&m));
+    note_change(v, mailbox, uid, None, modseq);
+    mb.uidnext = mb.uidnext.max(uid.saturating_add(1));
+    touch_mailbox(v, user, mb, modseq);
     Ok(())
 }
 
@@ -92,17 +218,78 @@ fn drop_mailbox(v: &mut TxnViews<'_, '_>, user: &str, mb: &MailboxRec) -> Result
 fn conflict(v: &TxnViews<'_, '_>, mailbox: Id, uid: u32, guid: Id) -> Result<Option<MessageRec>, ViewError> {
     let k = keys::conflict(mailbox, uid, guid);
     match v.vget(&k)? {
-        Some(b) => Ok(Some(postcard::from_bytes(&b).map_err(|e| ViewError::Corrupt {
-            key: hex::encode(&k),
-            reason: e.to_string(),
-        })?)),
+        Some(b) => Ok(Some(postcard::from_bytes(&b).map_err(|e| corrupt(&k, e))?)),
         None => Ok(None),
     }
+}
+
+/// Where a message named by (uid, guid) is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Spot {
+    Shown,
+    Aside,
+}
+
+/// The message (mailbox, uid, guid) exactly there: shown or kept aside.
+fn find(v: &TxnViews<'_, '_>, mailbox: Id, uid: u32, guid: Id) -> Result<Option<(Spot, MessageRec)>, ViewError> {
+    if let Some(m) = v.message(mailbox, uid)? {
+        if m.guid == guid {
+            return Ok(Some((Spot::Shown, m)));
+        }
+    }
+    Ok(conflict(v, mailbox, uid, guid)?.map(|m| (Spot::Aside, m)))
+}
+
+/// The message (mailbox, uid, guid), following the master's moves: an
+/// event written before a move still reaches the message.
+fn locate(v: &TxnViews<'_, '_>, mut mailbox: Id, mut uid: u32, guid: Id) -> Result<Option<(Id, u32, Spot, MessageRec)>, ViewError> {
+    // Each move goes to a fresh UID, so a chain is as long as the number of
+    // times one message was renumbered; the bound only guards bad data.
+    for _ in 0..256 {
+        if let Some((spot, m)) = find(v, mailbox, uid, guid)? {
+            return Ok(Some((mailbox, uid, spot, m)));
+        }
+        match v.moved_to(mailbox, uid, guid)? {
+            Some((mb, u, _)) => (mailbox, uid) = (mb, u),
+            None => return Ok(None),
+        }
+    }
+    Ok(None)
+}
+
+/// Take a found message out of its place (an expunge at `modseq` when it
+/// was shown).
+fn take(v: &mut TxnViews<'_, '_>, mailbox: Id, uid: u32, spot: Spot, m: &MessageRec, modseq: u64) -> Result<(), ViewError> {
+    match spot {
+        Spot::Shown => remove_message(v, mailbox, uid, m, Some(modseq)),
+        Spot::Aside => {
+            bump_refcount(v, &m.blob, -1)?;
+            v.delete(&keys::conflict(mailbox, uid, m.guid));
+            // In a mailbox that is gone, a UID with nothing left aside has
+            // nothing for the master to move: its mark goes. (In a live
+            // mailbox the mark stays: the message shown under that UID
+            // here may be kept aside on another node.)
+            if let Some(rec) = v.collision(mailbox, uid)? {
+                if v.mailbox(&rec.user, mailbox)?.is_none() && v.conflicts_at(mailbox, uid)?.is_empty() {
+                    v.delete(&keys::collision(mailbox, uid));
+                }
+            }
+            Ok(())
+        }
+    }
+}
+
+fn touch_if_exists(v: &mut TxnViews<'_, '_>, user: &str, mailbox: Id, modseq: u64) -> Result<(), ViewError> {
+    if let Some(mb) = v.mailbox(user, mailbox)? {
+        touch_mailbox(v, user, mb, modseq);
+    }
+    Ok(())
 }
 
 /// Apply `event`, which the log holds at `at`, to the views.
 pub fn apply(v: &mut TxnViews<'_, '_>, at: &Appended, event: &Event) -> Result<(), ViewError> {
     let modseq = at.order;
+    let ts = (at.hlc, at.origin.0);
     match event {
         Event::UserCreated { user, password_hash } | Event::PasswordChanged { user, password_hash } => {
             v.put(
@@ -113,8 +300,18 @@ pub fn apply(v: &mut TxnViews<'_, '_>, at: &Appended, event: &Event) -> Result<(
             );
         }
         Event::UserDeleted { user } => {
-            for mb in v.mailboxes(user)? {
-                drop_mailbox(v, user, &mb)?;
+            for mb in v.all_mailboxes(user)? {
+                drop_mailbox(v, user, &mb, at, true)?;
+            }
+            // Messages kept aside for mailboxes already gone go too.
+            for (mailbox, uid, rec) in v.collisions()? {
+                if rec.user == *user {
+                    for (guid, m) in v.conflicts_at(mailbox, uid)? {
+                        bump_refcount(v, &m.blob, -1)?;
+                        v.delete(&keys::conflict(mailbox, uid, guid));
+                    }
+                    v.delete(&keys::collision(mailbox, uid));
+                }
             }
             for name in v.subscriptions(user)? {
                 v.delete(&keys::subscription(user, &name));
@@ -130,6 +327,11 @@ pub fn apply(v: &mut TxnViews<'_, '_>, at: &Appended, event: &Event) -> Result<(
             uidvalidity,
             special_use,
         } => {
+            // Created twice (two nodes merging the same pair of mailboxes):
+            // the first stays.
+            if v.mailbox(user, *mailbox)?.is_some() {
+                return Ok(());
+            }
             let mb = MailboxRec {
                 id: *mailbox,
                 name: name.clone(),
@@ -139,23 +341,34 @@ pub fn apply(v: &mut TxnViews<'_, '_>, at: &Appended, event: &Event) -> Result<(
                 special_use: *special_use,
             };
             v.put(&keys::mailbox(user, *mailbox), &enc(&mb));
-            v.put(&keys::name(user, name), &mailbox.0);
+            v.put(&keys::name_clock(user, *mailbox), &enc(&ts));
+            rebind(v, user, name)?;
             let last = v.last_uidvalidity(user)?;
             v.put(&keys::uidvalidity(user), &last.max(*uidvalidity).to_be_bytes());
         }
         Event::MailboxRenamed { user, mailbox, name } => {
             if let Some(mut mb) = v.mailbox(user, *mailbox)? {
-                if v.mailbox_id(user, &mb.name)? == Some(mb.id) {
-                    v.delete(&keys::name(user, &mb.name));
+                // Concurrent renames of one mailbox: the latest by (HLC,
+                // origin) names it on every node, whatever the order.
+                if ts > v.name_clock(user, *mailbox)? {
+                    let old = std::mem::replace(&mut mb.name, name.clone());
+                    v.put(&keys::name_clock(user, *mailbox), &enc(&ts));
+                    touch_mailbox(v, user, mb, modseq);
+                    rebind(v, user, &old)?;
+                    rebind(v, user, name)?;
                 }
-                mb.name = name.clone();
-                v.put(&keys::name(user, name), &mailbox.0);
-                touch_mailbox(v, user, mb, modseq);
             }
         }
         Event::MailboxDeleted { user, mailbox } => {
+            // Written by builds that deleted without expunging first: what
+            // the mailbox holds goes with it.
             if let Some(mb) = v.mailbox(user, *mailbox)? {
-                drop_mailbox(v, user, &mb)?;
+                drop_mailbox(v, user, &mb, at, true)?;
+            }
+        }
+        Event::MailboxRemoved { user, mailbox } => {
+            if let Some(mb) = v.mailbox(user, *mailbox)? {
+                drop_mailbox(v, user, &mb, at, false)?;
             }
         }
         Event::Subscribed { user, name, subscribed } => {
@@ -185,39 +398,9 @@ pub fn apply(v: &mut TxnViews<'_, '_>, at: &Appended, event: &Event) -> Result<(
                 flags: flags.clone(),
                 modseq,
                 clocks: Vec::new(),
-                set_clock: (at.hlc, at.origin.0),
+                set_clock: ts,
             };
-            let Some(mut mb) = v.mailbox(user, *mailbox)? else {
-                // Delivered into a mailbox deleted concurrently on another
-                // node: kept aside, never dropped.
-                tracing::warn!(user, uid, mailbox = ?mailbox, "message for a missing mailbox kept aside");
-                v.put(&keys::conflict(*mailbox, *uid, *guid), &enc(&m));
-                bump_refcount(v, blob, 1)?;
-                return Ok(());
-            };
-            let held = v.message(*mailbox, *uid)?;
-            if held.as_ref().is_some_and(|h| h.guid == *guid) {
-                return Ok(());
-            }
-            // Two messages under one UID (written on two nodes during a
-            // split), or a UID below UIDNEXT whose first message was already
-            // expunged here: neither may be shown under that UID. The
-            // message is kept aside with its body and reported, for the
-            // master's renumbering to bring back under a fresh UID.
-            if held.is_some() || *uid < mb.uidnext {
-                tracing::warn!(user, uid, mailbox = ?mailbox, "uid collision: message kept aside");
-                v.put(&keys::conflict(*mailbox, *uid, *guid), &enc(&m));
-                bump_refcount(v, blob, 1)?;
-                mb.uidnext = mb.uidnext.max(uid.saturating_add(1));
-                touch_mailbox(v, user, mb, modseq);
-                return Ok(());
-            }
-            v.put(&keys::message(*mailbox, *uid), &enc(&m));
-            note_change(v, *mailbox, *uid, None, modseq);
-            bump_refcount(v, blob, 1)?;
-            bump_content(v, *mailbox, blob, 1)?;
-            mb.uidnext = mb.uidnext.max(uid.saturating_add(1));
-            touch_mailbox(v, user, mb, modseq);
+            place(v, user, *mailbox, *uid, m, at)?;
         }
         Event::FlagsChanged {
             user,
@@ -226,53 +409,117 @@ pub fn apply(v: &mut TxnViews<'_, '_>, at: &Appended, event: &Event) -> Result<(
             op,
             flags,
         } => {
-            let Some(mb) = v.mailbox(user, *mailbox)? else {
-                return Ok(());
-            };
-            let ts = (at.hlc, at.origin.0);
-            let mut changed = false;
+            // Mailboxes whose HIGHESTMODSEQ rises (usually just this one).
+            let mut touched: Vec<Id> = Vec::new();
             for (uid, guid) in messages {
-                // The message is named by GUID: under its UID, or kept aside.
-                let (key, mut m) = match v.message(*mailbox, *uid)? {
-                    Some(m) if m.guid == *guid => (keys::message(*mailbox, *uid), m),
-                    _ => match conflict(v, *mailbox, *uid, *guid)? {
-                        Some(m) => (keys::conflict(*mailbox, *uid, *guid), m),
-                        // Expunged: an expunge beats a concurrent flag change.
-                        None => continue,
-                    },
+                // The message is named by GUID: under its UID, kept aside,
+                // or wherever the master moved it since. Not found: it was
+                // expunged, and an expunge beats a concurrent flag change.
+                let Some((mb, uid, spot, mut m)) = locate(v, *mailbox, *uid, *guid)? else {
+                    continue;
                 };
                 if m.merge_flags(*op, flags, ts) {
-                    if key == keys::message(*mailbox, *uid) {
-                        note_change(v, *mailbox, *uid, Some(m.modseq), modseq);
+                    if spot == Spot::Shown {
+                        note_change(v, mb, uid, Some(m.modseq), modseq);
                     }
                     m.modseq = modseq;
-                    changed = true;
+                    if !touched.contains(&mb) {
+                        touched.push(mb);
+                    }
                 }
-                v.put(&key, &enc(&m));
+                match spot {
+                    Spot::Shown => v.put(&keys::message(mb, uid), &enc(&m)),
+                    Spot::Aside => v.put(&keys::conflict(mb, uid, *guid), &enc(&m)),
+                }
             }
-            if changed {
-                touch_mailbox(v, user, mb, modseq);
+            for mb in touched {
+                touch_if_exists(v, user, mb, modseq)?;
             }
         }
         Event::Expunged { user, mailbox, messages } => {
-            let Some(mb) = v.mailbox(user, *mailbox)? else {
-                return Ok(());
-            };
+            let mut touched = vec![*mailbox];
             for (uid, guid) in messages {
-                match v.message(*mailbox, *uid)? {
-                    Some(m) if m.guid == *guid => remove_message(v, *mailbox, *uid, &m, Some(modseq))?,
-                    _ => {
-                        if let Some(m) = conflict(v, *mailbox, *uid, *guid)? {
-                            bump_refcount(v, &m.blob, -1)?;
-                            v.delete(&keys::conflict(*mailbox, *uid, *guid));
-                        }
+                if let Some((mb, uid, spot, m)) = locate(v, *mailbox, *uid, *guid)? {
+                    take(v, mb, uid, spot, &m, modseq)?;
+                    if !touched.contains(&mb) {
+                        touched.push(mb);
                     }
                 }
             }
-            touch_mailbox(v, user, mb, modseq);
+            for mb in touched {
+                touch_if_exists(v, user, mb, modseq)?;
+            }
         }
         Event::ConfigSet { key, value } => {
             v.put(&keys::config(key), value.as_bytes());
+        }
+        Event::MessagesMoved {
+            user,
+            from,
+            to,
+            resolves,
+            moves,
+        } => {
+            let mut causes = Vec::new();
+            for uid in resolves {
+                if let Some(rec) = v.collision(*from, *uid)? {
+                    causes.extend(rec.causes.into_iter().map(|c| (*uid, c)));
+                }
+                v.delete(&keys::collision(*from, *uid));
+            }
+            for (index, (old, guid, new)) in moves.iter().enumerate() {
+                let here = (*to, *new, ts);
+                let (spot, mut m, at_spot) = match find(v, *from, *old, *guid)? {
+                    Some((spot, m)) => (spot, m, (*from, *old)),
+                    None => match v.moved_to(*from, *old, *guid)? {
+                        // Moved already by another resolution (two nodes
+                        // acting as master): the earlier by (HLC, origin)
+                        // wins on every node, whatever the order.
+                        Some((mb, u, by)) if by > ts => match locate(v, mb, u, *guid)? {
+                            Some((mb2, u2, spot, m)) => {
+                                v.put(&keys::moved(mb, u, *guid), &enc(&here));
+                                (spot, m, (mb2, u2))
+                            }
+                            None => continue,
+                        },
+                        Some(winner) => {
+                            v.put(&keys::moved(*to, *new, *guid), &enc(&winner));
+                            continue;
+                        }
+                        // Only where the master saw it: a message expunged
+                        // here meanwhile stays expunged.
+                        None => continue,
+                    },
+                };
+                take(v, at_spot.0, at_spot.1, spot, &m, modseq)?;
+                v.put(&keys::moved(*from, *old, *guid), &enc(&here));
+                m.modseq = modseq;
+                place(v, user, *to, *new, m, at)?;
+                let cause = causes.iter().find(|(u, c)| u == old && c.0 == *guid).map(|(_, c)| (c.1, c.2));
+                v.put(
+                    &keys::resolution(modseq, index as u32),
+                    &enc(&ResolutionRec {
+                        user: user.clone(),
+                        from: *from,
+                        old_uid: *old,
+                        guid: *guid,
+                        to: *to,
+                        new_uid: *new,
+                        by: (at.origin.0, at.seq),
+                        cause,
+                    }),
+                );
+            }
+            // Every new UID counts as given, also where its message was
+            // expunged here meanwhile, so UIDNEXT agrees on every node.
+            if let (Some(mut mb), Some(top)) = (v.mailbox(user, *to)?, moves.iter().map(|m| m.2).max()) {
+                mb.uidnext = mb.uidnext.max(top.saturating_add(1));
+                touch_mailbox(v, user, mb, modseq);
+            }
+            if from != to {
+                v.put(&keys::merged(*from), &enc(to));
+            }
+            touch_if_exists(v, user, *from, modseq)?;
         }
     }
     Ok(())

@@ -19,6 +19,18 @@
 //! C key                       -> config value (UTF-8)
 //! X mailbox-id uid guid       -> MessageRec of a message whose UID another
 //!                                message already holds (kept, reported)
+//! Y mailbox-id uid            -> CollisionRec: this UID was given to two
+//!                                messages; the master moves every message
+//!                                under it to a fresh UID
+//! W mailbox-id uid guid       -> (mailbox-id, uid, (hlc, origin)): where the
+//!                                message was moved to, and by which move
+//! K user 00 mailbox-id        -> (hlc, origin) of the mailbox's current name
+//! L user 00 mailbox-id        -> (empty) the mailbox lost its name to
+//!                                another of that name; the master merges
+//!                                it into that one
+//! Z mailbox-id                -> mailbox-id a deleted mailbox was merged into
+//! O order(u64 BE) index(u32)  -> ResolutionRec: one message moved by the
+//!                                master, for `tandem conflicts`
 //! ```
 
 mod apply;
@@ -122,6 +134,31 @@ impl MessageRec {
         self.flags = Flags::new(present);
         self.flags != before
     }
+}
+
+/// A UID given to two messages (or to a message below UIDNEXT), waiting
+/// for the master's renumbering.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CollisionRec {
+    pub user: String,
+    /// The entries that put a message aside under this UID:
+    /// (GUID, origin, seq).
+    pub causes: Vec<(Id, u64, u64)>,
+}
+
+/// One message the master moved, as `tandem conflicts` lists it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResolutionRec {
+    pub user: String,
+    pub from: Id,
+    pub old_uid: u32,
+    pub guid: Id,
+    pub to: Id,
+    pub new_uid: u32,
+    /// The entry that moved it: (origin, seq).
+    pub by: (u64, u64),
+    /// The entry that had put it aside, when it was kept aside: (origin, seq).
+    pub cause: Option<(u64, u64)>,
 }
 
 pub(crate) fn enc<T: Serialize>(v: &T) -> Vec<u8> {
@@ -233,6 +270,72 @@ pub mod keys {
     }
     pub fn conflicts_prefix() -> Vec<u8> {
         vec![b'X']
+    }
+    pub fn collision(mailbox: Id, uid: u32) -> Vec<u8> {
+        let mut k = Vec::with_capacity(21);
+        k.push(b'Y');
+        k.extend_from_slice(&mailbox.0);
+        k.extend_from_slice(&uid.to_be_bytes());
+        k
+    }
+    pub fn collisions_prefix() -> Vec<u8> {
+        vec![b'Y']
+    }
+    /// (mailbox, uid) of a collision key.
+    pub fn collision_of(key: &[u8]) -> Option<(Id, u32)> {
+        let id: [u8; 16] = key.get(1..17)?.try_into().ok()?;
+        let uid = key.get(17..21)?.try_into().ok().map(u32::from_be_bytes)?;
+        Some((Id(id), uid))
+    }
+    /// (uid, guid) of a conflict key.
+    pub fn conflict_of(key: &[u8]) -> Option<(Id, u32, Id)> {
+        let id: [u8; 16] = key.get(1..17)?.try_into().ok()?;
+        let uid = key.get(17..21)?.try_into().ok().map(u32::from_be_bytes)?;
+        let guid: [u8; 16] = key.get(21..37)?.try_into().ok()?;
+        Some((Id(id), uid, Id(guid)))
+    }
+    pub fn conflicts_at(mailbox: Id, uid: u32) -> Vec<u8> {
+        let mut k = Vec::with_capacity(21);
+        k.push(b'X');
+        k.extend_from_slice(&mailbox.0);
+        k.extend_from_slice(&uid.to_be_bytes());
+        k
+    }
+    pub fn conflicts_in(mailbox: Id) -> Vec<u8> {
+        let mut k = Vec::with_capacity(17);
+        k.push(b'X');
+        k.extend_from_slice(&mailbox.0);
+        k
+    }
+    pub fn moved(mailbox: Id, uid: u32, guid: Id) -> Vec<u8> {
+        let mut k = conflict(mailbox, uid, guid);
+        k[0] = b'W';
+        k
+    }
+    pub fn name_clock(user: &str, mailbox: Id) -> Vec<u8> {
+        user_sub(b'K', user, &mailbox.0)
+    }
+    pub fn loser(user: &str, mailbox: Id) -> Vec<u8> {
+        user_sub(b'L', user, &mailbox.0)
+    }
+    pub fn losers_prefix() -> Vec<u8> {
+        vec![b'L']
+    }
+    pub fn merged(mailbox: Id) -> Vec<u8> {
+        let mut k = Vec::with_capacity(17);
+        k.push(b'Z');
+        k.extend_from_slice(&mailbox.0);
+        k
+    }
+    pub fn resolution(order: u64, index: u32) -> Vec<u8> {
+        let mut k = Vec::with_capacity(13);
+        k.push(b'O');
+        k.extend_from_slice(&order.to_be_bytes());
+        k.extend_from_slice(&index.to_be_bytes());
+        k
+    }
+    pub fn resolutions_prefix() -> Vec<u8> {
+        vec![b'O']
     }
     pub fn config(key: &str) -> Vec<u8> {
         user_key(b'C', key)

@@ -1,7 +1,7 @@
 //! Reading the views, the same way from a committed store and from inside a
 //! transaction (which also sees the writes pending in its group).
 
-use super::{keys, MailboxRec, MessageRec, UserRec};
+use super::{keys, CollisionRec, MailboxRec, MessageRec, ResolutionRec, UserRec};
 use crate::event::{BlobHash, Id};
 use serde::de::DeserializeOwned;
 use std::sync::Arc;
@@ -67,15 +67,137 @@ pub trait ViewRead {
         }
     }
 
-    /// A user's mailboxes, sorted by name.
+    /// A user's mailboxes as clients see them, sorted by name: a mailbox
+    /// that lost its name to another of that name (both created during a
+    /// split) is left out until the master merges it into that one.
     fn mailboxes(&self, user: &str) -> Result<Vec<MailboxRec>, ViewError> {
+        let mut v = self.all_mailboxes(user)?;
+        let mut keep = Vec::with_capacity(v.len());
+        for mb in v.drain(..) {
+            if self.mailbox_id(user, &mb.name)? == Some(mb.id) {
+                keep.push(mb);
+            }
+        }
+        Ok(keep)
+    }
+
+    /// Every mailbox record of a user, those hidden by a name conflict
+    /// included, sorted by name then id.
+    fn all_mailboxes(&self, user: &str) -> Result<Vec<MailboxRec>, ViewError> {
         let mut v: Vec<MailboxRec> = self
             .vscan(&keys::mailboxes_prefix(user))?
             .into_iter()
             .map(|(k, v)| dec(&k, &v))
             .collect::<Result<_, _>>()?;
-        v.sort_by(|a, b| a.name.cmp(&b.name));
+        v.sort_by(|a, b| a.name.cmp(&b.name).then(a.id.cmp(&b.id)));
         Ok(v)
+    }
+
+    /// Messages kept aside under (mailbox, uid), by GUID.
+    fn conflicts_at(&self, mailbox: Id, uid: u32) -> Result<Vec<(Id, MessageRec)>, ViewError> {
+        self.vscan(&keys::conflicts_at(mailbox, uid))?
+            .into_iter()
+            .map(|(k, v)| {
+                let (_, _, guid) = keys::conflict_of(&k).ok_or_else(|| ViewError::Corrupt {
+                    key: hex::encode(&k),
+                    reason: "conflict key too short".into(),
+                })?;
+                Ok((guid, dec(&k, &v)?))
+            })
+            .collect()
+    }
+
+    /// (uid, guid) of every message kept aside in one mailbox.
+    fn conflicts_in(&self, mailbox: Id) -> Result<Vec<(u32, Id)>, ViewError> {
+        self.vscan(&keys::conflicts_in(mailbox))?
+            .into_iter()
+            .map(|(k, _)| {
+                let (_, uid, guid) = keys::conflict_of(&k).ok_or_else(|| ViewError::Corrupt {
+                    key: hex::encode(&k),
+                    reason: "conflict key too short".into(),
+                })?;
+                Ok((uid, guid))
+            })
+            .collect()
+    }
+
+    /// Every message kept aside: (mailbox, uid, guid, record).
+    fn all_conflicts(&self) -> Result<Vec<(Id, u32, Id, MessageRec)>, ViewError> {
+        self.vscan(&keys::conflicts_prefix())?
+            .into_iter()
+            .map(|(k, v)| {
+                let (mb, uid, guid) = keys::conflict_of(&k).ok_or_else(|| ViewError::Corrupt {
+                    key: hex::encode(&k),
+                    reason: "conflict key too short".into(),
+                })?;
+                Ok((mb, uid, guid, dec(&k, &v)?))
+            })
+            .collect()
+    }
+
+    fn collision(&self, mailbox: Id, uid: u32) -> Result<Option<CollisionRec>, ViewError> {
+        let k = keys::collision(mailbox, uid);
+        self.vget(&k)?.map(|v| dec(&k, &v)).transpose()
+    }
+
+    /// UID collisions waiting for the master: (mailbox, uid, record).
+    fn collisions(&self) -> Result<Vec<(Id, u32, CollisionRec)>, ViewError> {
+        self.vscan(&keys::collisions_prefix())?
+            .into_iter()
+            .map(|(k, v)| {
+                let (mb, uid) = keys::collision_of(&k).ok_or_else(|| ViewError::Corrupt {
+                    key: hex::encode(&k),
+                    reason: "collision key too short".into(),
+                })?;
+                Ok((mb, uid, dec(&k, &v)?))
+            })
+            .collect()
+    }
+
+    /// Where the master moved the message (mailbox, uid, guid), if it did,
+    /// and the (HLC, origin) of the move that counts.
+    #[allow(clippy::type_complexity)]
+    fn moved_to(&self, mailbox: Id, uid: u32, guid: Id) -> Result<Option<(Id, u32, (u64, u64))>, ViewError> {
+        let k = keys::moved(mailbox, uid, guid);
+        self.vget(&k)?.map(|v| dec(&k, &v)).transpose()
+    }
+
+    /// The mailbox a merged (and deleted) mailbox went into.
+    fn merged_into(&self, mailbox: Id) -> Result<Option<Id>, ViewError> {
+        let k = keys::merged(mailbox);
+        self.vget(&k)?.map(|v| dec(&k, &v)).transpose()
+    }
+
+    /// (hlc, origin) of the event that gave a mailbox its current name.
+    fn name_clock(&self, user: &str, mailbox: Id) -> Result<(u64, u64), ViewError> {
+        let k = keys::name_clock(user, mailbox);
+        Ok(self.vget(&k)?.map(|v| dec(&k, &v)).transpose()?.unwrap_or((0, 0)))
+    }
+
+    /// Mailboxes hidden by a name conflict: (user, mailbox).
+    fn losers(&self) -> Result<Vec<(String, Id)>, ViewError> {
+        let mut out = Vec::new();
+        for (k, _) in self.vscan(&keys::losers_prefix())? {
+            // L user 00 id
+            if k.len() < 18 {
+                return Err(ViewError::Corrupt {
+                    key: hex::encode(&k),
+                    reason: "name conflict key too short".into(),
+                });
+            }
+            let (u, id) = k.split_at(k.len() - 16);
+            let user = String::from_utf8_lossy(&u[1..u.len() - 1]).into_owned();
+            out.push((user, Id(id.try_into().expect("16 bytes"))));
+        }
+        Ok(out)
+    }
+
+    /// Messages the master moved, oldest first.
+    fn resolutions(&self) -> Result<Vec<ResolutionRec>, ViewError> {
+        self.vscan(&keys::resolutions_prefix())?
+            .into_iter()
+            .map(|(k, v)| dec(&k, &v))
+            .collect()
     }
 
     /// A mailbox's messages in UID order.
