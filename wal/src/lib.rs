@@ -27,4 +27,4 @@ pub use error::{AppendError, Place, SegmentError, WalError};
 pub use record::{Entry, Hash, GENESIS};
 pub use seq::{Origin, VersionVector};
 pub use store::{Cf, KeyValues, RecoveryMode, RecoveryReport, StatsSnapshot, Wal, WalOptions};
-pub use writer::{Appended, Txn};
+pub use writer::{Appended, Rehomed, Txn};
