@@ -200,6 +200,14 @@ fn print_status(st: &Status) {
             mi.uid_conflicts,
             mi.ack_timeouts
         );
+        if mi.rollbacks + mi.forks > 0 {
+            println!(
+                "  DIVERGED  rollbacks {}   forks {}   last: {}",
+                mi.rollbacks,
+                mi.forks,
+                mi.last_divergence.as_deref().unwrap_or("-")
+            );
+        }
         for o in &mi.outgoing {
             println!(
                 "  to {:<21} {:<12} since {}   sent {}   queue {}   lag {:.1}s   in flight {} ({} bytes)   {:.0} entries/s{}",
@@ -221,7 +229,7 @@ fn print_status(st: &Status) {
         }
         for (peer, i) in &mi.incoming {
             println!(
-                "  from {:<19} {:<12} batches {}   add {}   delete {}   rename {}   flags {}   other {}   duplicates {}   failed {}   {:.0} entries/s",
+                "  from {:<19} {:<12} batches {}   add {}   delete {}   rename {}   flags {}   other {}   duplicates {}   moved {}   failed {}   {:.0} entries/s",
                 peer,
                 if i.connected { "connected" } else { "disconnected" },
                 i.batches,
@@ -231,6 +239,7 @@ fn print_status(st: &Status) {
                 i.applied.flags,
                 i.applied.other,
                 i.applied.duplicates,
+                i.applied.rehomed,
                 i.failed,
                 i.apply_rate
             );
