@@ -30,6 +30,9 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Make this node the master under a higher epoch (a logged event; an
+    /// old master steps down on its own when it receives it).
+    Promote,
     /// Manage users.
     #[command(subcommand)]
     User(UserCommand),
@@ -131,6 +134,16 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Command::Promote => {
+            let p: crate::repl::role::Promoted =
+                rt.block_on(Admin::new(&cfg)?.send(reqwest::Method::POST, "/v1/promote", serde_json::Value::Null))?;
+            if p.changed {
+                println!("promoted: master under epoch {}", p.epoch);
+            } else {
+                println!("already master under epoch {}", p.epoch);
+            }
+            Ok(())
+        }
         Command::User(cmd) => rt.block_on(user(&cfg, cmd)),
         Command::Import(cmd) => rt.block_on(crate::transfer::import(&Admin::new(&cfg)?, cmd)),
         Command::Export(cmd) => rt.block_on(crate::transfer::export(&Admin::new(&cfg)?, cmd)),
@@ -154,7 +167,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
 }
 
 fn print_status(st: &Status) {
-    println!("node        {} (origin {}, {})", st.node_id, st.origin, st.role);
+    println!("node        {} (origin {}, {} epoch {})", st.node_id, st.origin, st.role, st.epoch);
     println!("version     {}   up {}s", st.version, st.uptime_secs);
     for (k, v) in &st.listeners {
         println!("listen      {k:<6} {v}");

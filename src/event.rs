@@ -204,6 +204,12 @@ pub enum Event {
         key: String,
         value: String,
     },
+    /// `node` is master from `epoch` on (`tandem promote`); the highest
+    /// (epoch, node) a node holds names the master (see `repl::role`).
+    RoleChanged {
+        node: String,
+        epoch: u64,
+    },
 }
 
 /// Why a payload is not an event.
@@ -249,7 +255,7 @@ impl Event {
             | Event::MessageAppended { user, .. }
             | Event::FlagsChanged { user, .. }
             | Event::Expunged { user, .. } => Some(user),
-            Event::ConfigSet { .. } => None,
+            Event::ConfigSet { .. } | Event::RoleChanged { .. } => None,
         }
     }
 
@@ -310,6 +316,7 @@ impl Event {
                 )
             }
             Event::ConfigSet { key, value } => format!("config-set {key} = {value:?}"),
+            Event::RoleChanged { node, epoch } => format!("role-changed master={node} epoch={epoch}"),
         }
     }
 }

@@ -156,7 +156,8 @@ pub fn apply_batch(
             | Event::PasswordChanged { .. }
             | Event::MailboxCreated { .. }
             | Event::Subscribed { .. }
-            | Event::ConfigSet { .. } => n.other += 1,
+            | Event::ConfigSet { .. }
+            | Event::RoleChanged { .. } => n.other += 1,
         }
     }
     Ok(n)

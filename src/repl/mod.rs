@@ -16,6 +16,7 @@ pub mod engine;
 pub mod frame;
 pub mod history;
 pub mod quic;
+pub mod role;
 
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -93,6 +94,11 @@ pub struct InLink {
     pub applied: apply::Applied,
     pub failed: u64,
     pub last_error: Option<String>,
+    /// The role and epoch the peer announced in its hello.
+    #[serde(default)]
+    pub peer_role: Option<String>,
+    #[serde(default)]
+    pub peer_epoch: u64,
     /// Entries applied per second, over the last few seconds.
     #[serde(default)]
     pub apply_rate: f64,
@@ -184,6 +190,9 @@ pub struct Mirror {
     pub bad_frames: AtomicU64,
     pub listen: Mutex<Option<String>>,
     pub role: Mutex<String>,
+    /// The configured `mirror.mode`: the role until a node is promoted
+    /// (see [`role`]).
+    pub seed: Mutex<crate::config::Role>,
     /// Woken on every acknowledgement from a peer.
     pub acked: tokio::sync::Notify,
     /// `ack = "peer"` waits that ran out of time.

@@ -187,6 +187,7 @@ pub fn start(
     let local_addr = ep.local_addr()?;
     *mirror.listen.lock().expect("mirror lock") = Some(local_addr.to_string());
     *mirror.role.lock().expect("mirror lock") = format!("{:?}", cfg.mode).to_lowercase();
+    *mirror.seed.lock().expect("mirror lock") = cfg.mode;
     let secret = Arc::new(secret);
     let window = Window {
         batches: cfg.window_batches,
@@ -311,14 +312,15 @@ async fn link(
         other => bail!("unexpected frame before authentication: {other:?}"),
     }
     let wal = store.wal().clone();
-    let role = mirror.role.lock().expect("mirror lock").clone();
+    let seed = *mirror.seed.lock().expect("mirror lock");
+    let role = super::role::current(&store.views(), store.node_id(), seed)?;
     write_frame(
         &mut send,
         &Frame::Hello {
             node_id: store.node_id().to_string(),
             origin: wal.local_origin().0,
-            role,
-            epoch: 0,
+            role: role.name().to_string(),
+            epoch: role.epoch,
         },
     )
     .await?;
@@ -705,16 +707,28 @@ async fn receive(incoming: quinn::Incoming, store: &Store, mirror: &Arc<Mirror>,
         },
     )
     .await?;
-    let Frame::Hello { node_id, origin, .. } = read_frame(&mut recv, mirror).await? else {
+    let Frame::Hello {
+        node_id,
+        origin,
+        role,
+        epoch,
+    } = read_frame(&mut recv, mirror).await?
+    else {
         bail!("expected hello")
     };
     if origin == store.wal().local_origin().0 {
         bail!("a peer claims this node's own origin");
     }
     tracing::Span::current().record("peer", node_id.as_str());
+    let ours = super::role::current(&store.views(), store.node_id(), *mirror.seed.lock().expect("mirror lock"))?;
+    if epoch > ours.epoch {
+        tracing::info!(peer_role = %role, epoch, ours = ours.epoch, "the peer holds a higher epoch; its role event follows on this link");
+    }
     mirror.update_in(&node_id, |l| {
         l.connected = true;
         l.since_ms = now_ms();
+        l.peer_role = Some(role);
+        l.peer_epoch = epoch;
     });
     let held = super::history::advertised(store.wal())?;
     write_frame(

@@ -274,6 +274,7 @@ pub fn apply(v: &mut TxnViews<'_, '_>, at: &Appended, event: &Event) -> Result<(
         Event::ConfigSet { key, value } => {
             v.put(&keys::config(key), value.as_bytes());
         }
+        Event::RoleChanged { node, epoch } => crate::repl::role::apply(v, node, *epoch)?,
     }
     Ok(())
 }
