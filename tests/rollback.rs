@@ -147,3 +147,57 @@ fn a_node_restored_from_an_older_copy_never_reuses_a_seq_and_loses_nothing() {
     assert!(converged(&a, &b, 15));
     assert_eq!(subjects(&b, USERS[0]).len(), 4);
 }
+
+/// With `ack = "peer"`, a node whose log went backwards gets no
+/// confirmation from a peer that holds more of its origin than it does: the
+/// peer's vector is refused, so a delivery is answered 451, not 250 (the
+/// peer's vector covers the new seq, but for other entries).
+#[test]
+fn ack_peer_never_confirms_on_a_link_whose_peer_holds_more_of_our_origin() {
+    let dir = tempfile::tempdir().unwrap();
+    let (da, db) = (dir.path().join("a"), dir.path().join("b"));
+    std::fs::create_dir_all(&da).unwrap();
+    std::fs::create_dir_all(&db).unwrap();
+    let (pa, pb) = (free_udp_port(), free_udp_port());
+    let ack = "ack = \"peer\"\nack_timeout_ms = 1000\nack_fallback = \"tempfail\"\n";
+    let cfg_a = write_config(&da, "node-a", &format!("{}{ack}", mirror_section(pa, &[pb], SECRET)));
+    let b = Node::start(&db, Some(&write_config(&db, "node-b", &mirror_section(pb, &[pa], SECRET))));
+    let a = Node::start(&da, Some(&cfg_a));
+    let (ok, _, err) = a.cli(&["user", "add", USERS[0], "--password-stdin"], Some("secret\n"));
+    assert!(ok, "{err}");
+    assert!(converged(&a, &b, 15));
+    assert!(a.stop());
+    cp(&da.join("data"), &dir.path().join("a-data-copy"));
+    let a = Node::start(&da, Some(&cfg_a));
+    deliver(&a, USERS[0], 3, "lost");
+    assert!(converged(&a, &b, 15));
+    assert!(a.stop());
+    cp(&dir.path().join("a-data-copy"), &da.join("data"));
+    // A dials B, but B cannot reach A (A listens elsewhere), so A cannot
+    // take its lost entries back: its link stays refused.
+    let cfg_a = write_config(&da, "node-a", &format!("{}{ack}", mirror_section(free_udp_port(), &[pb], SECRET)));
+    let a = Node::start(&da, Some(&cfg_a));
+    assert!(wait_until(10, || admin_get(&a, "/v1/status")["mirror"]["rollbacks"]
+        .as_u64()
+        .unwrap()
+        >= 1));
+    let mut c = common::Raw::connect(&a.addr("lmtp"));
+    c.reply();
+    c.send(
+        format!(
+            "LHLO t\r\nMAIL FROM:<s@x>\r\nRCPT TO:<{}>\r\nDATA\r\nSubject: alone\r\n\r\nx\r\n.\r\n",
+            USERS[0]
+        )
+        .as_bytes(),
+    );
+    let replies: Vec<String> = (0..5).map(|_| c.reply()).collect();
+    assert!(
+        replies[4].starts_with("451 4.4.3"),
+        "confirmed by a peer that holds other entries: {replies:?}"
+    );
+    let st = admin_get(&a, "/v1/status");
+    let out = &st["mirror"]["outgoing"][0];
+    // Refused, and dialling again after the backoff.
+    assert!(["refused", "connecting"].contains(&out["state"].as_str().unwrap()), "{st}");
+    assert!(out["last_error"].as_str().unwrap().contains("went backwards"), "{st}");
+}
