@@ -22,7 +22,15 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 pub struct Status {
     pub node_id: String,
     pub origin: String,
+    /// "master" or "slave", from the highest role event (see `repl::role`).
     pub role: String,
+    /// The epoch of that event (0: no node was promoted yet; the
+    /// configured `mirror.mode` decides).
+    #[serde(default)]
+    pub epoch: u64,
+    /// The master's node id, once a role event named one.
+    #[serde(default)]
+    pub master: Option<String>,
     pub version: String,
     pub uptime_secs: u64,
     pub listeners: BTreeMap<String, String>,
@@ -77,7 +85,8 @@ pub struct AdminState {
     pub store: Store,
     pub token: String,
     pub started: Instant,
-    pub role: String,
+    /// The configured `mirror.mode`: the role until a node is promoted.
+    pub role: crate::config::Role,
     pub listeners: BTreeMap<String, String>,
     pub lmtp: Arc<crate::lmtp::Counters>,
     pub imap: Arc<crate::imap::Counters>,
@@ -131,10 +140,20 @@ async fn require_token(State(st): State<Shared>, headers: HeaderMap, req: Reques
 pub fn status(st: &AdminState) -> Result<Status, crate::views::read::ViewError> {
     let wal = st.store.wal();
     let s = wal.stats();
+    let role = crate::repl::role::current(&st.store.views(), st.store.node_id(), st.role)?;
+    let mut mirror = st.mirror.status(
+        st.store
+            .wal()
+            .scan_prefix(st.store.cfs().views, &crate::views::keys::conflicts_prefix())?
+            .len() as u64,
+    );
+    mirror.role = role.name().to_string();
     Ok(Status {
         node_id: st.store.node_id().to_string(),
         origin: wal.local_origin().to_string(),
-        role: st.role.clone(),
+        role: role.name().to_string(),
+        epoch: role.epoch,
+        master: role.master_node,
         version: env!("CARGO_PKG_VERSION").to_string(),
         uptime_secs: st.started.elapsed().as_secs(),
         listeners: st.listeners.clone(),
@@ -157,12 +176,7 @@ pub fn status(st: &AdminState) -> Result<Status, crate::views::read::ViewError> 
         lmtp: st.lmtp.snapshot(),
         imap: st.imap.snapshot(),
         pop3: st.pop3.as_ref().map(|p| p.snapshot()),
-        mirror: st.mirror.status(
-            st.store
-                .wal()
-                .scan_prefix(st.store.cfs().views, &crate::views::keys::conflicts_prefix())?
-                .len() as u64,
-        ),
+        mirror,
         conflicts: crate::repl::resolve::counts(&st.store.views())?,
     })
 }
@@ -177,6 +191,16 @@ async fn get_conflicts(State(st): State<Shared>) -> Result<Json<crate::repl::res
 
 async fn get_status(State(st): State<Shared>) -> Result<Json<Status>, ApiError> {
     Ok(Json(status(&st)?))
+}
+
+/// `tandem promote`: this node becomes master under a higher epoch.
+async fn promote(State(st): State<Shared>) -> Result<Json<crate::repl::role::Promoted>, ApiError> {
+    let node = st.store.node_id().to_string();
+    let p = st.store.run(move |txn, cfs| crate::repl::role::promote(txn, cfs, &node)).await?;
+    if p.changed {
+        tracing::warn!(epoch = p.epoch, "promoted: this node is the master");
+    }
+    Ok(Json(p))
 }
 
 #[derive(Deserialize)]
@@ -428,6 +452,7 @@ pub fn router(state: Shared) -> Router {
         .route("/v1/messages", get(messages))
         .route("/v1/blobs/{hash}", get(blob))
         .route("/v1/status", get(get_status))
+        .route("/v1/promote", axum::routing::post(promote))
         .route("/v1/users", get(list_users).post(add_user))
         .route("/v1/users/{user}", axum::routing::delete(del_user))
         .route("/v1/users/{user}/password", put(set_password))

@@ -30,6 +30,9 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Make this node the master under a higher epoch (a logged event; an
+    /// old master steps down on its own when it receives it).
+    Promote,
     /// Manage users.
     #[command(subcommand)]
     User(UserCommand),
@@ -138,6 +141,16 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Command::Promote => {
+            let p: crate::repl::role::Promoted =
+                rt.block_on(Admin::new(&cfg)?.send(reqwest::Method::POST, "/v1/promote", serde_json::Value::Null))?;
+            if p.changed {
+                println!("promoted: master under epoch {}", p.epoch);
+            } else {
+                println!("already master under epoch {}", p.epoch);
+            }
+            Ok(())
+        }
         Command::User(cmd) => rt.block_on(user(&cfg, cmd)),
         Command::Import(cmd) => rt.block_on(crate::transfer::import(&Admin::new(&cfg)?, cmd, cfg.lmtp.max_message_size)),
         Command::Export(cmd) => rt.block_on(crate::transfer::export(&Admin::new(&cfg)?, cmd)),
@@ -214,7 +227,7 @@ fn print_conflicts(r: &crate::repl::resolve::Report) {
 }
 
 fn print_status(st: &Status) {
-    println!("node        {} (origin {}, {})", st.node_id, st.origin, st.role);
+    println!("node        {} (origin {}, {} epoch {})", st.node_id, st.origin, st.role, st.epoch);
     println!("version     {}   up {}s", st.version, st.uptime_secs);
     for (k, v) in &st.listeners {
         println!("listen      {k:<6} {v}");
@@ -296,6 +309,14 @@ fn print_status(st: &Status) {
             mi.uid_conflicts,
             mi.ack_timeouts
         );
+        if mi.rollbacks + mi.forks > 0 {
+            println!(
+                "  DIVERGED  rollbacks {}   forks {}   last: {}",
+                mi.rollbacks,
+                mi.forks,
+                mi.last_divergence.as_deref().unwrap_or("-")
+            );
+        }
         for o in &mi.outgoing {
             println!(
                 "  to {:<21} {:<12} since {}   sent {}   queue {}   lag {:.1}s   in flight {} ({} bytes)   {:.0} entries/s{}",
@@ -317,7 +338,7 @@ fn print_status(st: &Status) {
         }
         for (peer, i) in &mi.incoming {
             println!(
-                "  from {:<19} {:<12} batches {}   add {}   delete {}   rename {}   flags {}   other {}   duplicates {}   failed {}   {:.0} entries/s",
+                "  from {:<19} {:<12} batches {}   add {}   delete {}   rename {}   flags {}   other {}   duplicates {}   moved {}   failed {}   {:.0} entries/s",
                 peer,
                 if i.connected { "connected" } else { "disconnected" },
                 i.batches,
@@ -327,6 +348,7 @@ fn print_status(st: &Status) {
                 i.applied.flags,
                 i.applied.other,
                 i.applied.duplicates,
+                i.applied.rehomed,
                 i.failed,
                 i.apply_rate
             );

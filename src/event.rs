@@ -227,6 +227,12 @@ pub enum Event {
         user: String,
         mailbox: Id,
     },
+    /// `node` is master from `epoch` on (`tandem promote`); the highest
+    /// (epoch, node) a node holds names the master (see `repl::role`).
+    RoleChanged {
+        node: String,
+        epoch: u64,
+    },
 }
 
 /// Why a payload is not an event.
@@ -274,7 +280,7 @@ impl Event {
             | Event::Expunged { user, .. }
             | Event::MessagesMoved { user, .. }
             | Event::MailboxRemoved { user, .. } => Some(user),
-            Event::ConfigSet { .. } => None,
+            Event::ConfigSet { .. } | Event::RoleChanged { .. } => None,
         }
     }
 
@@ -350,6 +356,7 @@ impl Event {
                     .collect::<Vec<_>>()
                     .join(" ")
             ),
+            Event::RoleChanged { node, epoch } => format!("role-changed master={node} epoch={epoch}"),
         }
     }
 }

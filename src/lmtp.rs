@@ -40,6 +40,7 @@ crate::counters::counters!(
         temp_failures,
         timeouts,
         aborted_in_data,
+        retries_already_stored,
     }
 );
 
@@ -57,6 +58,7 @@ pub async fn serve(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let slots = Arc::new(Semaphore::new(cfg.max_connections));
+    let tempfailed = Arc::new(Tempfailed::default());
     let hostname = Arc::new(cfg.hostname());
     loop {
         let Some((stream, peer)) = crate::server::accept_until_shutdown(&listener, &mut shutdown, "lmtp").await else {
@@ -73,11 +75,12 @@ pub async fn serve(
         };
         let (store, cfg, counters, hostname, shutdown) = (store.clone(), cfg.clone(), counters.clone(), hostname.clone(), shutdown.clone());
         let durability = durability.clone();
+        let tempfailed = tempfailed.clone();
         let span = tracing::info_span!("lmtp", %peer);
         tokio::spawn(
             async move {
                 bump(&counters.in_flight, 1);
-                if let Err(e) = connection(stream, peer, &store, &cfg, &counters, &hostname, &durability, shutdown).await {
+                if let Err(e) = connection(stream, peer, &store, &cfg, &counters, &hostname, &durability, &tempfailed, shutdown).await {
                     tracing::debug!(error = %e, "connection ended with an error");
                 }
                 counters.in_flight.fetch_sub(1, Ordering::Relaxed);
@@ -107,6 +110,7 @@ async fn connection(
     counters: &Counters,
     hostname: &str,
     durability: &crate::repl::Durability,
+    tempfailed: &Tempfailed,
     mut shutdown: watch::Receiver<bool>,
 ) -> std::io::Result<()> {
     let _ = stream.set_nodelay(true);
@@ -136,7 +140,7 @@ async fn connection(
                         out.clear();
                     }
                     let trace = Trace::new(hostname, session.client_name(), peer);
-                    let outcomes = deliver(store, cfg, counters, durability, d, &trace).await;
+                    let outcomes = deliver(store, cfg, counters, durability, tempfailed, d, &trace).await;
                     session.delivery_result(outcomes);
                 }
                 Action::Close => {
@@ -200,7 +204,7 @@ async fn connection(
                     session.rcpt_result(RcptOutcome::Reject(Reply::new(451, "4.4.2", "Connection closed")));
                 } else if let Action::Deliver(d) = action {
                     let trace = Trace::new(hostname, session.client_name(), peer);
-                    let outcomes = deliver(store, cfg, counters, durability, d, &trace).await;
+                    let outcomes = deliver(store, cfg, counters, durability, tempfailed, d, &trace).await;
                     session.delivery_result(outcomes);
                 } else {
                     break;
@@ -338,6 +342,76 @@ fn detail_folder_allowed(store: &Store, user: &str, folder: &str) -> bool {
     matches!(store.views().mailbox_by_name(user, folder), Ok(Some(mb)) if mb.special_use.is_none())
 }
 
+/// Deliveries answered `451 4.4.3` under `ack = "peer"`: stored here, but
+/// not yet confirmed by the mirror. The MTA will retry them; a retry of the
+/// same body for the same envelope recipient, while the copy stored the
+/// first time still exists, is answered for that copy instead of storing a
+/// second one.
+///
+/// Kept in memory and bounded ([`TEMPFAILED_MAX`] deliveries, the oldest
+/// forgotten first): a retry after a restart of this node, or after more
+/// than that many other tempfailed deliveries, stores a second copy (the
+/// behaviour without this table), never loses one.
+#[derive(Default)]
+pub struct Tempfailed(std::sync::Mutex<TempfailedInner>);
+
+/// Deliveries [`Tempfailed`] remembers at most.
+pub const TEMPFAILED_MAX: usize = 10_000;
+
+#[derive(Default)]
+struct TempfailedInner {
+    map: std::collections::HashMap<RetryKey, StoredCopy>,
+    order: std::collections::VecDeque<RetryKey>,
+}
+
+/// (envelope recipient, lower-cased; blake3 of the message as the client
+/// sent it, before the trace headers, which differ on every attempt).
+type RetryKey = (String, [u8; 32]);
+
+/// Where the first copy went.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct StoredCopy {
+    user: String,
+    uidvalidity: u32,
+    uid: u32,
+    guid: crate::event::Id,
+}
+
+impl Tempfailed {
+    fn get(&self, key: &RetryKey) -> Option<StoredCopy> {
+        self.0.lock().expect("tempfailed lock").map.get(key).cloned()
+    }
+
+    fn remember(&self, key: RetryKey, copy: StoredCopy) {
+        let mut t = self.0.lock().expect("tempfailed lock");
+        if t.map.insert(key.clone(), copy).is_none() {
+            t.order.push_back(key);
+        }
+        while t.order.len() > TEMPFAILED_MAX {
+            if let Some(old) = t.order.pop_front() {
+                t.map.remove(&old);
+            }
+        }
+    }
+
+    fn forget(&self, key: &RetryKey) {
+        let mut t = self.0.lock().expect("tempfailed lock");
+        if t.map.remove(key).is_some() {
+            t.order.retain(|k| k != key);
+        }
+    }
+}
+
+/// Whether the copy stored by an earlier, tempfailed delivery still exists.
+fn still_stored(views: &impl ViewRead, c: &StoredCopy) -> Result<bool, crate::views::ViewError> {
+    for mb in views.mailboxes(&c.user)? {
+        if mb.uidvalidity == c.uidvalidity {
+            return Ok(views.message(mb.id, c.uid)?.is_some_and(|m| m.guid == c.guid));
+        }
+    }
+    Ok(false)
+}
+
 /// Why one recipient of an accepted message was not delivered.
 enum Rejected {
     UnknownUser,
@@ -349,6 +423,7 @@ async fn deliver(
     cfg: &LmtpConfig,
     counters: &Counters,
     durability: &crate::repl::Durability,
+    tempfailed: &Tempfailed,
     d: Delivery,
     trace: &Trace,
 ) -> Vec<DeliveryOutcome> {
@@ -373,14 +448,24 @@ async fn deliver(
         })
         .collect();
     let n = targets.len();
+    // A retry of a tempfailed delivery: the copy stored then, if it exists.
+    let sent = *blake3::hash(&d.body).as_bytes();
+    let keys: Vec<RetryKey> = d.recipients.iter().map(|r| (r.address.to_lowercase(), sent)).collect();
+    let earlier: Vec<Option<StoredCopy>> = keys.iter().map(|k| tempfailed.get(k)).collect();
     let result = store
         .run(move |txn, cfs| {
             let mut outcomes = Vec::with_capacity(n);
-            for t in &targets {
+            for (t, earlier) in targets.iter().zip(earlier) {
                 let Some((user, detail)) = t else {
                     outcomes.push(Err(Rejected::UnknownUser));
                     continue;
                 };
+                if let Some(c) = earlier.filter(|c| &c.user == user) {
+                    if still_stored(&crate::views::TxnViews { txn, cf: cfs.views }, &c)? {
+                        outcomes.push(Ok((c, true)));
+                        continue;
+                    }
+                }
                 let mut placed = None;
                 if let Some(folder) = detail {
                     match mutate::append(txn, cfs, user, folder, &msg) {
@@ -398,7 +483,15 @@ async fn deliver(
                         Err(e) => return Err(e),
                     },
                 };
-                outcomes.push(placed.map(|p| p.uid));
+                outcomes.push(placed.map(|p| {
+                    let c = StoredCopy {
+                        user: user.clone(),
+                        uidvalidity: p.uidvalidity,
+                        uid: p.uid,
+                        guid: p.guid,
+                    };
+                    (c, false)
+                }));
             }
             Ok(outcomes)
         })
@@ -412,14 +505,21 @@ async fn deliver(
             let unreplicated = durability.settle(store).await.is_err();
             outcomes
                 .into_iter()
-                .map(|o| match o {
-                    Ok(_) if unreplicated => {
-                        bump(&counters.temp_failures, 1);
-                        DeliveryOutcome::Reply(Reply::new(451, "4.4.3", "Stored here but not yet on the mirror; try again"))
-                    }
-                    Ok(_) => {
-                        bump(&counters.delivered, 1);
-                        DeliveryOutcome::Ok
+                .zip(keys)
+                .map(|(o, key)| match o {
+                    Ok((copy, again)) => {
+                        if again {
+                            bump(&counters.retries_already_stored, 1);
+                        }
+                        if unreplicated {
+                            bump(&counters.temp_failures, 1);
+                            tempfailed.remember(key, copy);
+                            DeliveryOutcome::Reply(Reply::new(451, "4.4.3", "Stored here but not yet on the mirror; try again"))
+                        } else {
+                            tempfailed.forget(&key);
+                            bump(&counters.delivered, 1);
+                            DeliveryOutcome::Ok
+                        }
                     }
                     Err(Rejected::UnknownUser) => {
                         bump(&counters.rejected_unknown_user, 1);

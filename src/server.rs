@@ -294,7 +294,7 @@ pub async fn start(cfg: &Config) -> anyhow::Result<Running> {
         store: store.clone(),
         token,
         started: Instant::now(),
-        role: format!("{:?}", cfg.mirror.mode).to_lowercase(),
+        role: cfg.mirror.mode,
         listeners: listeners.clone(),
         lmtp: lmtp_counters,
         imap: imap_counters,

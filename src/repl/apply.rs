@@ -17,6 +17,14 @@ pub struct Applied {
     pub rename: u64,
     pub flags: u64,
     pub other: u64,
+    /// Entries this node had appended after its own log went backwards,
+    /// moved to a successor origin when the peer's history of its origin
+    /// arrived (see [`wal::Txn::rehome`]).
+    #[serde(default)]
+    pub rehomed: u64,
+    /// The move itself, when this batch made one.
+    #[serde(skip)]
+    pub moved: Option<wal::Rehomed>,
 }
 
 /// Why a batch was refused (nothing of it was written).
@@ -53,6 +61,8 @@ impl std::ops::AddAssign for Applied {
         self.rename += o.rename;
         self.flags += o.flags;
         self.other += o.other;
+        self.rehomed += o.rehomed;
+        self.moved = o.moved.or(self.moved);
     }
 }
 
@@ -107,7 +117,22 @@ pub fn apply_batch(
             seq: w.seq,
             reason: err.to_string(),
         })?;
-        let Some(at) = txn.append_remote(&e)? else {
+        let appended = match txn.append_remote(&e) {
+            // This node's own origin, and a peer holds other entries for
+            // seqs it holds: its log went backwards (restored from an older
+            // copy) and it appended again before it heard from the peer.
+            // Its entries from the fork on move to a successor origin (their
+            // effects stay in the views and reach the peers as new entries);
+            // the peer's entries take their seqs.
+            Err(wal::WalError::Fork { place, .. }) if place.origin == txn.local_origin() => {
+                let r = txn.rehome(place.seq)?;
+                n.rehomed += r.moved;
+                n.moved = Some(r);
+                txn.append_remote(&e)?
+            }
+            r => r?,
+        };
+        let Some(at) = appended else {
             n.duplicates += 1;
             continue;
         };
@@ -134,7 +159,8 @@ pub fn apply_batch(
             | Event::MailboxCreated { .. }
             | Event::Subscribed { .. }
             | Event::ConfigSet { .. }
-            | Event::MessagesMoved { .. } => n.other += 1,
+            | Event::MessagesMoved { .. }
+            | Event::RoleChanged { .. } => n.other += 1,
         }
     }
     Ok(n)

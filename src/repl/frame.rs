@@ -4,8 +4,9 @@
 
 use serde::{Deserialize, Serialize};
 
-/// Protocol version spoken by this build (2: body queries).
-pub const PROTOCOL: u8 = 2;
+/// Protocol version spoken by this build (2: body queries; 3: chain hashes
+/// in the receiver's vector).
+pub const PROTOCOL: u8 = 3;
 /// Largest frame accepted (a batch with its blobs).
 pub const MAX_FRAME: u32 = 96 << 20;
 
@@ -42,8 +43,14 @@ pub enum Frame {
         role: String,
         epoch: u64,
     },
-    /// The receiver's durable version vector: where the sender starts.
-    Vector { vector: Vec<(u64, u64)> },
+    /// The receiver's durable version vector: where the sender starts. For
+    /// the sender's own origin it is what the receiver was last seen to
+    /// hold with the same hashes. `hashes`: the chain hash at each seq of
+    /// `vector` (origins at seq 0 have none), so the sender can tell a fork.
+    Vector {
+        vector: Vec<(u64, u64)>,
+        hashes: Vec<(u64, [u8; 32])>,
+    },
     /// Entries in the sender's apply order, with the bodies they reference.
     Batch {
         id: u64,

@@ -15,8 +15,10 @@
 pub mod apply;
 pub mod engine;
 pub mod frame;
+pub mod history;
 pub mod quic;
 pub mod resolve;
+pub mod role;
 
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -94,6 +96,11 @@ pub struct InLink {
     pub applied: apply::Applied,
     pub failed: u64,
     pub last_error: Option<String>,
+    /// The role and epoch the peer announced in its hello.
+    #[serde(default)]
+    pub peer_role: Option<String>,
+    #[serde(default)]
+    pub peer_epoch: u64,
     /// Entries applied per second, over the last few seconds.
     #[serde(default)]
     pub apply_rate: f64,
@@ -149,6 +156,17 @@ pub struct MirrorStatus {
     pub ack_timeouts: u64,
     /// Messages kept aside because another message holds their UID.
     pub uid_conflicts: u64,
+    /// Links refused because a peer held more of this node's own origin
+    /// than this node (its log went backwards).
+    #[serde(default)]
+    pub rollbacks: u64,
+    /// Forks found: a peer offered or held another entry for a seq held
+    /// here (batches refused, links refused, own entries moved).
+    #[serde(default)]
+    pub forks: u64,
+    /// The last rollback or fork, with origin and seq.
+    #[serde(default)]
+    pub last_divergence: Option<String>,
 }
 
 /// What a front end (LMTP, IMAP) needs to honour `ack = "peer"`.
@@ -174,10 +192,16 @@ pub struct Mirror {
     pub bad_frames: AtomicU64,
     pub listen: Mutex<Option<String>>,
     pub role: Mutex<String>,
+    /// The configured `mirror.mode`: the role until a node is promoted
+    /// (see [`role`]).
+    pub seed: Mutex<crate::config::Role>,
     /// Woken on every acknowledgement from a peer.
     pub acked: tokio::sync::Notify,
     /// `ack = "peer"` waits that ran out of time.
     pub ack_timeouts: AtomicU64,
+    pub rollbacks: AtomicU64,
+    pub forks: AtomicU64,
+    pub last_divergence: Mutex<Option<String>>,
 }
 
 impl Mirror {
@@ -202,7 +226,18 @@ impl Mirror {
             ack_timeouts: self.ack_timeouts.load(Ordering::Relaxed),
             bad_frames: self.bad_frames.load(Ordering::Relaxed),
             uid_conflicts,
+            rollbacks: self.rollbacks.load(Ordering::Relaxed),
+            forks: self.forks.load(Ordering::Relaxed),
+            last_divergence: self.last_divergence.lock().expect("mirror lock").clone(),
         }
+    }
+
+    /// Count and log a rollback or fork.
+    pub(crate) fn diverged(&self, rollback: bool, what: String) {
+        let c = if rollback { &self.rollbacks } else { &self.forks };
+        c.fetch_add(1, Ordering::Relaxed);
+        tracing::error!(what = %what, "histories diverge");
+        *self.last_divergence.lock().expect("mirror lock") = Some(format!("{} {what}", now_ms()));
     }
 
     /// Whether every outgoing link's peer holds `origin` up to `seq`.

@@ -187,6 +187,7 @@ pub fn start(
     let local_addr = ep.local_addr()?;
     *mirror.listen.lock().expect("mirror lock") = Some(local_addr.to_string());
     *mirror.role.lock().expect("mirror lock") = format!("{:?}", cfg.mode).to_lowercase();
+    *mirror.seed.lock().expect("mirror lock") = cfg.mode;
     let secret = Arc::new(secret);
     let window = Window {
         batches: cfg.window_batches,
@@ -311,20 +312,37 @@ async fn link(
         other => bail!("unexpected frame before authentication: {other:?}"),
     }
     let wal = store.wal().clone();
-    let role = mirror.role.lock().expect("mirror lock").clone();
+    let seed = *mirror.seed.lock().expect("mirror lock");
+    let role = super::role::current(&store.views(), store.node_id(), seed)?;
     write_frame(
         &mut send,
         &Frame::Hello {
             node_id: store.node_id().to_string(),
             origin: wal.local_origin().0,
-            role,
-            epoch: 0,
+            role: role.name().to_string(),
+            epoch: role.epoch,
         },
     )
     .await?;
-    let Frame::Vector { vector } = read_frame(&mut recv, mirror).await? else {
+    let Frame::Vector { vector, hashes } = read_frame(&mut recv, mirror).await? else {
         bail!("expected the peer's vector")
     };
+    // Never trust a vector that claims more of this node's own origin than
+    // it holds, or other entries at held seqs: nothing is sent, and the
+    // link never confirms `ack = "peer"`.
+    let held = super::history::Held { vector, hashes };
+    let own = wal.local_origin();
+    if let Err(d) = super::history::check(&wal, &held)? {
+        mirror.diverged(matches!(d, super::history::Divergence::Rollback { .. }), d.to_string());
+        // Whatever this link's peer acknowledged before no longer counts.
+        mirror.update_out(i, |l| l.acked.clear());
+        let reason = format!("diverged: {d}");
+        let _ = write_frame(&mut send, &Frame::Refused { reason: reason.clone() }).await;
+        bail!("refused the peer's vector: {reason}");
+    }
+    let vector = held.vector;
+    let mut confirmed = vector.iter().find(|(o, _)| *o == own.0).map_or(0, |(_, s)| *s);
+    wal.confirm(confirmed)?;
     let mut engine = Sender::new(window);
     engine.start(&vector, wal.last_order());
     mirror.update_out(i, |l| {
@@ -520,7 +538,13 @@ async fn link(
                 }
                 e = werr.recv() => return Err(e.unwrap_or_else(|| anyhow::anyhow!("the batch writer stopped"))),
                 f = rx.recv() => match f {
-                    Some(Ok(Frame::Ack { id, vector })) => engine.ack(id, &vector),
+                    Some(Ok(Frame::Ack { id, vector })) => {
+                        engine.ack(id, &vector);
+                        if let Some((_, s)) = vector.iter().find(|(o, _)| *o == own.0).filter(|(_, s)| *s > confirmed) {
+                            confirmed = *s;
+                            wal.confirm(confirmed)?;
+                        }
+                    }
                     Some(Ok(Frame::Refused { reason })) => bail!("refused by the peer: {reason}"),
                     Some(Ok(other)) => bail!("unexpected frame from the receiver: {other:?}"),
                     Some(Err(e)) => return Err(e),
@@ -534,6 +558,18 @@ async fn link(
     writer.abort();
     conn.close(0u32.into(), b"bye");
     result
+}
+
+/// The place of a fork that refused a batch, if that was why.
+fn fork_of(e: &crate::store::StoreError) -> Option<&wal::Place> {
+    use crate::mutate::MutationError;
+    use crate::store::StoreError;
+    use crate::views::ViewError;
+    match e {
+        StoreError::Wal(wal::WalError::Fork { place, .. })
+        | StoreError::Mutation(MutationError::View(ViewError::Wal(wal::WalError::Fork { place, .. }))) => Some(place),
+        _ => None,
+    }
 }
 
 /// How long a batch builder waits for the peer to answer a body query.
@@ -671,21 +707,35 @@ async fn receive(incoming: quinn::Incoming, store: &Store, mirror: &Arc<Mirror>,
         },
     )
     .await?;
-    let Frame::Hello { node_id, origin, .. } = read_frame(&mut recv, mirror).await? else {
+    let Frame::Hello {
+        node_id,
+        origin,
+        role,
+        epoch,
+    } = read_frame(&mut recv, mirror).await?
+    else {
         bail!("expected hello")
     };
     if origin == store.wal().local_origin().0 {
         bail!("a peer claims this node's own origin");
     }
     tracing::Span::current().record("peer", node_id.as_str());
+    let ours = super::role::current(&store.views(), store.node_id(), *mirror.seed.lock().expect("mirror lock"))?;
+    if epoch > ours.epoch {
+        tracing::info!(peer_role = %role, epoch, ours = ours.epoch, "the peer holds a higher epoch; its role event follows on this link");
+    }
     mirror.update_in(&node_id, |l| {
         l.connected = true;
         l.since_ms = now_ms();
+        l.peer_role = Some(role);
+        l.peer_epoch = epoch;
     });
+    let held = super::history::advertised(store.wal())?;
     write_frame(
         &mut send,
         &Frame::Vector {
-            vector: to_vec(&store.wal().heads()),
+            vector: held.vector,
+            hashes: held.hashes,
         },
     )
     .await?;
@@ -760,6 +810,15 @@ async fn receive(incoming: quinn::Incoming, store: &Store, mirror: &Arc<Mirror>,
                     let (id, _) = pending.pop_front().expect("guarded");
                     match r {
                         Ok(n) => {
+                            if let Some(r) = n.moved {
+                                mirror.diverged(
+                                    false,
+                                    format!(
+                                        "history fork at origin {} seq {}: this node's log went backwards; its {} entries from there moved to the new origin {}",
+                                        r.old, r.from, r.moved, r.new
+                                    ),
+                                );
+                            }
                             mirror.update_in(&node_id, |l| l.applied_batch(n, now_ms()));
                             write_frame(
                                 &mut send,
@@ -770,7 +829,12 @@ async fn receive(incoming: quinn::Incoming, store: &Store, mirror: &Arc<Mirror>,
                             )
                             .await?;
                         }
-                        Err(e) => bail!("batch {id} refused: {e}"),
+                        Err(e) => {
+                            if let Some(place) = fork_of(&e) {
+                                mirror.diverged(false, format!("batch {id} from {node_id} refused: history fork at {place}"));
+                            }
+                            bail!("batch {id} refused: {e}")
+                        }
                     }
                 }
                 f = rx.recv(), if pending.len() < APPLY_AHEAD => {

@@ -21,7 +21,7 @@
 //! runs after every commit that may have brought a conflict (remote batches
 //! included) and once at start, in its own transaction through the writer.
 
-use crate::config::{MirrorConfig, Role};
+use crate::config::MirrorConfig;
 use crate::event::{Event, Id};
 use crate::mutate::{emit, Cfs, MutationError};
 use crate::store::{Store, StoreError};
@@ -31,10 +31,17 @@ use std::time::Duration;
 use tokio::sync::watch;
 use wal::Txn;
 
-/// Whether this node resolves conflicts. Today the configured role
-/// (`[mirror] mode`); one place to change when roles carry an epoch.
-pub fn is_master(cfg: &MirrorConfig) -> bool {
-    cfg.mode == Role::Master
+/// Whether this node resolves conflicts: the master of the highest epoch
+/// this node holds (`repl::role`; `[mirror] mode` decides at epoch 0), so
+/// the job moves with `tandem promote` and an old master stops by itself.
+pub fn is_master(store: &Store, cfg: &MirrorConfig) -> bool {
+    match crate::repl::role::is_master(&store.views(), store.node_id(), cfg.mode) {
+        Ok(m) => m,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read the role; not resolving");
+            false
+        }
+    }
 }
 
 /// What one pass emitted.
@@ -272,7 +279,7 @@ pub async fn run(store: Store, cfg: MirrorConfig, mut shutdown: watch::Receiver<
     let mut commits = store.commits();
     let mut backoff = Duration::from_millis(100);
     loop {
-        if is_master(&cfg) {
+        if is_master(&store, &cfg) {
             let st = store.clone();
             match tokio::task::spawn_blocking(move || run_once(&st)).await {
                 Ok(Ok(r)) => {

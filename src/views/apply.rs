@@ -521,6 +521,7 @@ pub fn apply(v: &mut TxnViews<'_, '_>, at: &Appended, event: &Event) -> Result<(
             }
             touch_if_exists(v, user, *from, modseq)?;
         }
+        Event::RoleChanged { node, epoch } => crate::repl::role::apply(v, node, *epoch)?,
     }
     Ok(())
 }

@@ -17,6 +17,7 @@
 //! H mailbox-id blob-hash      -> messages in the mailbox with this body (u32 BE)
 //! R blob-hash                 -> reference count (u64 BE)
 //! C key                       -> config value (UTF-8)
+//! E                           -> highest (epoch, master node id) applied
 //! X mailbox-id uid guid       -> MessageRec of a message whose UID another
 //!                                message already holds (kept, reported)
 //! Y mailbox-id uid            -> CollisionRec: this UID was given to two

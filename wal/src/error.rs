@@ -37,6 +37,11 @@ pub enum WalError {
     /// A remote entry does not follow its origin's chain.
     #[error("entry does not continue the chain at {place}: {reason}")]
     Discontinuous { place: Place, reason: String },
+    /// An entry offered for a seq already held has a different hash: two
+    /// histories of one origin (a node whose log went backwards and then
+    /// appended again). Nothing of the offering batch is applied.
+    #[error("history fork at {place}: the entry held here has hash {held}, the one offered has {offered}")]
+    Fork { place: Place, held: String, offered: String },
     /// The store belongs to another node: its log was written as another
     /// origin. Opening it as this one would fork that origin's chain.
     #[error("this store was written by origin {stored}, not {given}; the node id must not change under a data directory")]

@@ -32,4 +32,4 @@ pub use seq::{Origin, VersionVector};
 #[cfg(feature = "store")]
 pub use store::{Cf, KeyValues, RecoveryMode, RecoveryReport, StatsSnapshot, Wal, WalOptions};
 #[cfg(feature = "store")]
-pub use writer::{Appended, Txn};
+pub use writer::{Appended, Rehomed, Txn};

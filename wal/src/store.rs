@@ -29,7 +29,13 @@ const INTERNAL_CFS: [&str; 3] = ["log", "order", "meta"];
 pub(crate) const META_ORDER_NEXT: &[u8] = b"order_next";
 const META_FORMAT: &[u8] = b"format";
 const META_DIRTY: &[u8] = b"dirty";
-const META_ORIGIN: &[u8] = b"origin";
+pub(crate) const META_ORIGIN: &[u8] = b"origin";
+/// The origin derived from the node id, kept once the node appends under a
+/// successor origin (see [`crate::Txn::rehome`]).
+pub(crate) const META_ORIGIN_BASE: &[u8] = b"origin_base";
+/// (origin, seq): a lower bound of what a peer was seen to hold of this
+/// node's own origin with the same hashes (see [`Wal::confirm`]).
+const META_CONFIRMED: &[u8] = b"confirmed";
 
 pub(crate) fn meta_head_key(origin: Origin) -> [u8; 12] {
     let mut k = [0u8; 12];
@@ -160,7 +166,9 @@ pub(crate) struct Shared {
     cf_names: Vec<String>,
     /// Per column family id: whether it holds large values in blob files.
     blob_cf: Vec<bool>,
-    pub(crate) local_origin: Origin,
+    /// The origin this node appends as: the configured one, or a successor
+    /// after [`crate::Txn::rehome`].
+    local_origin: AtomicU64,
     pub(crate) opts: WalOptions,
     state: Mutex<Committed>,
     tail: Condvar,
@@ -173,6 +181,10 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
+    pub(crate) fn local_origin(&self) -> Origin {
+        Origin(self.local_origin.load(Ordering::SeqCst))
+    }
+
     fn is_blob_cf(&self, cf: u8) -> bool {
         self.blob_cf[cf as usize]
     }
@@ -202,6 +214,24 @@ impl Shared {
             out.push((k.into_vec(), v.into_vec()));
         }
         Ok(out)
+    }
+
+    /// Walk the committed apply order from its end backwards, calling
+    /// `f(position, log key)` until it returns false.
+    pub(crate) fn scan_order_back(&self, f: &mut dyn FnMut(u64, &[u8]) -> bool) -> Result<(), WalError> {
+        for item in self.db.iterator_cf(self.handle(CF_ORDER), IteratorMode::End) {
+            let (k, v) = item?;
+            let Ok(b) = <[u8; 8]>::try_from(k.as_ref()) else {
+                return Err(WalError::CorruptMeta {
+                    key: "order".into(),
+                    reason: "key is not 8 bytes".into(),
+                });
+            };
+            if !f(u64::from_be_bytes(b), &v) {
+                break;
+            }
+        }
+        Ok(())
     }
 
     pub(crate) fn committed_head(&self, origin: Origin) -> Option<(u64, Hash)> {
@@ -282,8 +312,10 @@ impl Shared {
         Ok(())
     }
 
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn committed(
         &self,
+        origin: Option<Origin>,
         heads: BTreeMap<Origin, (u64, Hash)>,
         order_next: u64,
         hlc_last: u64,
@@ -294,6 +326,9 @@ impl Shared {
         let last_order;
         {
             let mut s = self.state.lock().expect("state lock");
+            if let Some(o) = origin {
+                self.local_origin.store(o.0, Ordering::SeqCst);
+            }
             s.heads.extend(heads);
             s.order_next = order_next;
             s.hlc_last = hlc_last;
@@ -426,7 +461,7 @@ impl Wal {
             db,
             cf_names: names,
             blob_cf,
-            local_origin: opts.local_origin,
+            local_origin: AtomicU64::new(opts.local_origin.0),
             opts: opts.clone(),
             state: Mutex::new(Committed {
                 heads: BTreeMap::new(),
@@ -449,10 +484,16 @@ impl Wal {
                     reason: "not 8 bytes".into(),
                 })?;
             if stored != opts.local_origin {
-                return Err(WalError::WrongOrigin {
-                    stored,
-                    given: opts.local_origin,
-                });
+                // A node that found its own log behind its peers' appends
+                // under a successor origin; the store remembers the base.
+                let base = meta_get(&shared, META_ORIGIN_BASE)?.and_then(|v| <[u8; 8]>::try_from(v.as_slice()).ok());
+                if base.map(u64::from_be_bytes) != Some(opts.local_origin.0) {
+                    return Err(WalError::WrongOrigin {
+                        stored,
+                        given: opts.local_origin,
+                    });
+                }
+                shared.local_origin.store(stored.0, Ordering::SeqCst);
             }
         }
         let report = crate::recovery::recover(&shared)?;
@@ -475,7 +516,7 @@ impl Wal {
         let mut b = WriteBatch::default();
         b.put_cf(shared.handle(CF_META), META_FORMAT, STORE_FORMAT.to_be_bytes());
         b.put_cf(shared.handle(CF_META), META_DIRTY, [1u8]);
-        b.put_cf(shared.handle(CF_META), META_ORIGIN, opts.local_origin.0.to_be_bytes());
+        b.put_cf(shared.handle(CF_META), META_ORIGIN, shared.local_origin().0.to_be_bytes());
         shared.db.write_opt(b, &wo)?;
         let shared = Arc::new(shared);
         let (tx, rx) = mpsc::channel::<Job>();
@@ -508,7 +549,39 @@ impl Wal {
 
     /// The origin this node appends as.
     pub fn local_origin(&self) -> Origin {
-        self.shared.local_origin
+        self.shared.local_origin()
+    }
+
+    /// The origin derived from the node id (equal to [`Wal::local_origin`]
+    /// unless the node moved to a successor origin).
+    pub fn base_origin(&self) -> Origin {
+        self.shared.opts.local_origin
+    }
+
+    /// The highest seq of this node's own origin that a peer was seen to
+    /// hold with the same hashes, as last recorded (0 if none). A lower
+    /// bound: it is written without fsync and a restored data directory
+    /// holds an older value, never a higher one.
+    pub fn confirmed(&self) -> Result<u64, WalError> {
+        let origin = self.local_origin();
+        Ok(match meta_get(&self.shared, META_CONFIRMED)? {
+            Some(v) if v.len() == 16 && v[..8] == origin.0.to_be_bytes() => u64::from_be_bytes(v[8..].try_into().expect("8 bytes")),
+            _ => 0,
+        })
+    }
+
+    /// Record that a peer holds this node's own origin up to `seq` with the
+    /// hashes held here (never above the head; only ever raised).
+    pub fn confirm(&self, seq: u64) -> Result<(), WalError> {
+        let origin = self.local_origin();
+        let seq = seq.min(self.heads().get(origin));
+        if seq <= self.confirmed()? {
+            return Ok(());
+        }
+        let mut v = origin.0.to_be_bytes().to_vec();
+        v.extend_from_slice(&seq.to_be_bytes());
+        self.shared.db.put_cf(self.shared.handle(CF_META), META_CONFIRMED, v)?;
+        Ok(())
     }
 
     /// Handle of a caller column family declared at open.

@@ -11,7 +11,7 @@
 use crate::error::{AppendError, Place, WalError};
 use crate::record::{Entry, Hash, GENESIS};
 use crate::seq::{log_key, Origin};
-use crate::store::{meta_head_key, Cf, KeyValues, Shared, CF_LOG, CF_META, CF_ORDER};
+use crate::store::{meta_head_key, Cf, KeyValues, Shared, CF_LOG, CF_META, CF_ORDER, META_ORIGIN, META_ORIGIN_BASE};
 use std::collections::BTreeMap;
 use std::sync::mpsc::Receiver;
 use std::sync::Arc;
@@ -32,7 +32,25 @@ pub struct Appended {
     pub hash: Hash,
 }
 
+/// What [`Txn::rehome`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rehomed {
+    /// The origin this node appended as until now.
+    pub old: Origin,
+    /// The successor origin it appends as from now on.
+    pub new: Origin,
+    /// First seq of `old` that was moved (its entries now start at seq 1 of `new`).
+    pub from: u64,
+    /// Entries moved.
+    pub moved: u64,
+}
+
 type Overlay = BTreeMap<(u8, Vec<u8>), Option<Vec<u8>>>;
+
+/// The first bytes of a hash in hex, for messages.
+fn short(h: &Hash) -> String {
+    h[..8].iter().map(|b| format!("{b:02x}")).collect()
+}
 
 /// State shared by the transactions of one group.
 pub(crate) struct Group {
@@ -42,6 +60,8 @@ pub(crate) struct Group {
     hlc_last: u64,
     appended: u64,
     bytes: u64,
+    /// A successor origin taken by a transaction of this group.
+    origin: Option<Origin>,
 }
 
 impl Group {
@@ -53,6 +73,7 @@ impl Group {
             hlc_last,
             appended: 0,
             bytes: 0,
+            origin: None,
         }
     }
 }
@@ -67,6 +88,7 @@ pub struct Txn<'a> {
     hlc_last: u64,
     appended: Vec<Appended>,
     bytes: u64,
+    origin: Option<Origin>,
 }
 
 fn now_hlc() -> u64 {
@@ -96,12 +118,13 @@ impl<'a> Txn<'a> {
             hlc_last,
             appended: Vec::new(),
             bytes: 0,
+            origin: None,
         }
     }
 
-    /// The origin this node appends as.
+    /// The origin this node appends as (as this transaction sees it).
     pub fn local_origin(&self) -> Origin {
-        self.shared.local_origin
+        self.origin.or(self.group.origin).unwrap_or_else(|| self.shared.local_origin())
     }
 
     /// Read a key, seeing this transaction's and this group's writes.
@@ -191,7 +214,7 @@ impl<'a> Txn<'a> {
 
     /// Append an entry to this node's own origin log.
     pub fn append(&mut self, payload: Vec<u8>) -> Appended {
-        let origin = self.shared.local_origin;
+        let origin = self.local_origin();
         let (seq, prev) = self.head(origin);
         let hlc = now_hlc().max(self.hlc_last + 1);
         self.hlc_last = hlc;
@@ -203,18 +226,50 @@ impl<'a> Txn<'a> {
         now_hlc().max(self.hlc_last + 1)
     }
 
-    /// Apply an entry of another origin (replication, restore). Returns
-    /// `Ok(None)` when the entry is already held; an entry that skips a seq
-    /// or does not follow the chain is refused with its place.
+    /// An entry as this transaction sees it (its own and its group's
+    /// writes included).
+    fn entry_at(&self, origin: Origin, seq: u64) -> Result<Option<Entry>, WalError> {
+        match self.get(Cf(CF_LOG), &log_key(origin, seq))? {
+            Some(v) => Entry::decode_value(origin, seq, &v).map(Some).map_err(|reason| WalError::Corrupt {
+                place: Place { origin, seq },
+                reason,
+            }),
+            None => Ok(None),
+        }
+    }
+
+    /// Apply an entry shipped by a peer (replication, restore), of any
+    /// origin: this node's own origin too, whose missing tail it takes back
+    /// after its log went backwards. Returns `Ok(None)` when the very entry
+    /// is already held (same hash); an entry for a held seq with another
+    /// hash is a [`WalError::Fork`]; an entry that skips a seq or does not
+    /// follow the chain is refused with its place.
     pub fn append_remote(&mut self, entry: &Entry) -> Result<Option<Appended>, WalError> {
         let (seq, prev) = self.head(entry.origin);
-        if entry.seq <= seq {
-            return Ok(None);
-        }
         let place = Place {
             origin: entry.origin,
             seq: entry.seq,
         };
+        if entry.seq == 0 {
+            return Err(WalError::Discontinuous {
+                place,
+                reason: "seq 0 does not exist".into(),
+            });
+        }
+        if entry.seq <= seq {
+            let held = self.entry_at(entry.origin, entry.seq)?.ok_or_else(|| WalError::Corrupt {
+                place: place.clone(),
+                reason: format!("missing below the head (seq {seq})"),
+            })?;
+            if held.hash == entry.hash {
+                return Ok(None);
+            }
+            return Err(WalError::Fork {
+                place,
+                held: short(&held.hash),
+                offered: short(&entry.hash),
+            });
+        }
         if entry.seq != seq + 1 {
             return Err(WalError::Discontinuous {
                 place,
@@ -231,6 +286,130 @@ impl<'a> Txn<'a> {
         Ok(Some(self.push(entry.clone())))
     }
 
+    /// Move this node's own entries `from..=head` to a new origin, which
+    /// this node appends as from then on (persisted with the entries).
+    ///
+    /// For a node whose log went backwards (restored from an older copy)
+    /// and that appended again before it learnt what its peers hold: those
+    /// seqs name other entries at the peers. The moved entries keep their
+    /// payload, clock and place in the apply order (the views, which already
+    /// hold their effects, stay as they are); they get new seqs and hashes
+    /// under the new origin, so peers receive their effects as new entries,
+    /// and the old origin's seqs from `from` on are free to take the peers'
+    /// entries as remote ones. No seq of any origin ever names two entries.
+    pub fn rehome(&mut self, from: u64) -> Result<Rehomed, WalError> {
+        let old = self.local_origin();
+        let (head, head_hash) = self.head(old);
+        if from == 0 || from > head + 1 {
+            return Err(WalError::Discontinuous {
+                place: Place { origin: old, seq: from },
+                reason: format!("cannot move entries from seq {from}: the log holds up to seq {head}"),
+            });
+        }
+        let prev = if from == 1 {
+            GENESIS
+        } else {
+            self.entry_at(old, from - 1)?
+                .ok_or_else(|| WalError::Corrupt {
+                    place: Place {
+                        origin: old,
+                        seq: from - 1,
+                    },
+                    reason: "entry missing".into(),
+                })?
+                .hash
+        };
+        let mut moved = Vec::new();
+        for s in from..=head {
+            let e = self.entry_at(old, s)?.ok_or_else(|| WalError::Corrupt {
+                place: Place { origin: old, seq: s },
+                reason: "entry missing".into(),
+            })?;
+            moved.push(e);
+        }
+        let orders = self.orders_of(old, from, head)?;
+        // A new origin nobody used: derived from the old one, the point of
+        // the move, this history's head and the time.
+        let mut h = blake3::Hasher::new_derive_key("tandem successor origin v1");
+        h.update(&old.0.to_be_bytes());
+        h.update(&from.to_be_bytes());
+        h.update(&head_hash);
+        h.update(&now_hlc().to_be_bytes());
+        h.update(&std::process::id().to_be_bytes());
+        let new = Origin(u64::from_be_bytes(h.finalize().as_bytes()[..8].try_into().expect("8 bytes")));
+        let mut p = GENESIS;
+        for (i, e) in moved.iter().enumerate() {
+            let ne = Entry::new(&p, new, i as u64 + 1, e.hlc, e.payload.clone());
+            p = ne.hash;
+            self.scratch.insert((CF_LOG, log_key(old, e.seq).to_vec()), None);
+            self.scratch
+                .insert((CF_LOG, log_key(new, ne.seq).to_vec()), Some(ne.encode_value()));
+            self.scratch
+                .insert((CF_ORDER, orders[i].to_be_bytes().to_vec()), Some(log_key(new, ne.seq).to_vec()));
+        }
+        let k = moved.len() as u64;
+        let head_value = |seq: u64, hash: &Hash| {
+            let mut v = seq.to_be_bytes().to_vec();
+            v.extend_from_slice(hash);
+            v
+        };
+        // An origin with no entry left has no head record (open checks that
+        // every head names stored entries).
+        let old_head = (from > 1).then(|| head_value(from - 1, &prev));
+        self.scratch.insert((CF_META, meta_head_key(old).to_vec()), old_head);
+        if k > 0 {
+            self.scratch.insert((CF_META, meta_head_key(new).to_vec()), Some(head_value(k, &p)));
+            self.heads.insert(new, (k, p));
+        }
+        self.heads.insert(old, (from - 1, prev));
+        self.scratch
+            .insert((CF_META, META_ORIGIN.to_vec()), Some(new.0.to_be_bytes().to_vec()));
+        self.scratch.insert(
+            (CF_META, META_ORIGIN_BASE.to_vec()),
+            Some(self.shared.opts.local_origin.0.to_be_bytes().to_vec()),
+        );
+        self.origin = Some(new);
+        tracing::warn!(%old, %new, from, moved = k, "this node's own log went backwards: its entries from the fork on move to a new origin");
+        Ok(Rehomed { old, new, from, moved: k })
+    }
+
+    /// Apply-order positions of `origin`'s entries `from..=to`, found from
+    /// the end of the order (they are this node's latest own entries).
+    fn orders_of(&self, origin: Origin, from: u64, to: u64) -> Result<Vec<u64>, WalError> {
+        let mut out = vec![0u64; (to + 1).saturating_sub(from) as usize];
+        let mut left = out.len();
+        let mut look = |pos: u64, v: &[u8]| {
+            if let Some((o, s)) = crate::seq::parse_log_key(v) {
+                if o == origin && (from..=to).contains(&s) && out[(s - from) as usize] == 0 {
+                    out[(s - from) as usize] = pos;
+                    left -= 1;
+                }
+            }
+            left > 0
+        };
+        let mut more = true;
+        for layer in [&self.scratch, &self.group.overlay] {
+            for ((_, k), v) in layer.range((CF_ORDER, Vec::new())..(CF_ORDER + 1, Vec::new())) {
+                if let (Some(v), Ok(b)) = (v, <[u8; 8]>::try_from(k.as_slice())) {
+                    more = look(u64::from_be_bytes(b), v);
+                }
+            }
+        }
+        if more {
+            self.shared.scan_order_back(&mut look)?;
+        }
+        if let Some(i) = out.iter().position(|p| *p == 0) {
+            return Err(WalError::Corrupt {
+                place: Place {
+                    origin,
+                    seq: from + i as u64,
+                },
+                reason: "entry has no place in the apply order".into(),
+            });
+        }
+        Ok(out)
+    }
+
     /// Entries appended so far by this transaction.
     pub fn appended(&self) -> &[Appended] {
         &self.appended
@@ -245,8 +424,10 @@ impl<'a> Txn<'a> {
             order_next,
             hlc_last,
             bytes,
+            origin,
             ..
         } = self;
+        group.origin = origin.or(group.origin);
         group.overlay.extend(scratch);
         group.heads.extend(heads);
         group.order_next = order_next;
@@ -338,7 +519,15 @@ fn commit_group(shared: &Shared, jobs: Vec<Job>) {
     let result = shared.write_group(&group.overlay, group.order_next);
     match result {
         Ok(()) => {
-            shared.committed(group.heads, group.order_next, group.hlc_last, group.appended, group.bytes, njobs);
+            shared.committed(
+                group.origin,
+                group.heads,
+                group.order_next,
+                group.hlc_last,
+                group.appended,
+                group.bytes,
+                njobs,
+            );
             for f in finishers {
                 f(Ok(()));
             }
