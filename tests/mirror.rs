@@ -7,7 +7,9 @@ const SECRET: &str = "correct horse battery staple";
 
 fn start(dir: &std::path::Path, id: &str, port: u16, peers: &[u16], secret: &str) -> Node {
     std::fs::create_dir_all(dir).unwrap();
-    let cfg = write_config(dir, id, &mirror_section(port, peers, secret));
+    // Deliveries to u+Folder go into Folder (off by default).
+    let lmtp = "[lmtp]\nlisten = \"127.0.0.1:0\"\ndetail_folders = true\n";
+    let cfg = write_config(dir, id, &format!("{lmtp}{}", mirror_section(port, peers, secret)));
     Node::start(dir, Some(&cfg))
 }
 
