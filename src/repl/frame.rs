@@ -8,6 +8,16 @@ use serde::{Deserialize, Serialize};
 pub const PROTOCOL: u8 = 2;
 /// Largest frame accepted (a batch with its blobs).
 pub const MAX_FRAME: u32 = 96 << 20;
+/// Largest frame accepted before the peer has proved the shared secret:
+/// the handshake's frames are a few dozen bytes, so whatever is larger is
+/// refused on its length header, before its body is read.
+pub const PREAUTH_FRAME: u32 = 4096;
+/// Largest number of entries in one batch (a sender sends at most
+/// `mirror.batch_entries`, which is bounded by this) and of hashes in one
+/// query.
+pub const MAX_BATCH_ENTRIES: usize = 4096;
+/// The QUIC application protocol (ALPN) of the mirror.
+pub const ALPN: &[u8] = b"tandem-mirror/1";
 
 /// One log entry as shipped. (`serde_bytes` keeps postcard's encoding of
 /// a byte vector — a length and the bytes — but decodes it in one copy
@@ -65,8 +75,8 @@ pub enum Frame {
 /// Why bytes are not a frame.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum FrameError {
-    #[error("frame length {0} exceeds the {MAX_FRAME}-byte limit")]
-    TooLarge(u32),
+    #[error("frame length {len} exceeds the {limit}-byte limit")]
+    TooLarge { len: u32, limit: u32 },
     #[error("frame of {0} bytes is empty")]
     Empty(u32),
     #[error("protocol version {0}, this node speaks {PROTOCOL}")]
@@ -99,11 +109,12 @@ impl Frame {
         out
     }
 
-    /// The length a frame header announces, checked against the limit.
-    pub fn length(header: [u8; 4]) -> Result<u32, FrameError> {
+    /// The length a frame header announces, checked against `limit`
+    /// ([`MAX_FRAME`], or [`PREAUTH_FRAME`] before authentication).
+    pub fn length(header: [u8; 4], limit: u32) -> Result<u32, FrameError> {
         let n = u32::from_be_bytes(header);
-        if n > MAX_FRAME {
-            return Err(FrameError::TooLarge(n));
+        if n > limit {
+            return Err(FrameError::TooLarge { len: n, limit });
         }
         if n == 0 {
             return Err(FrameError::Empty(n));
@@ -154,7 +165,7 @@ mod tests {
             }],
         };
         let bytes = f.encode();
-        let n = Frame::length(bytes[..4].try_into().unwrap()).unwrap();
+        let n = Frame::length(bytes[..4].try_into().unwrap(), MAX_FRAME).unwrap();
         // The byte-string encoding equals postcard's plain Vec<u8> encoding.
         let plain = postcard::to_allocvec(&(1u64, 2u64, 3u64, [4u8; 32], b"x".to_vec())).unwrap();
         let fast = postcard::to_allocvec(&WireEntry {
@@ -169,8 +180,18 @@ mod tests {
         assert_eq!(n as usize, bytes.len() - 4);
         assert_eq!(Frame::decode(&bytes[4..]).unwrap(), f);
         assert_eq!(
-            Frame::length((MAX_FRAME + 1).to_be_bytes()),
-            Err(FrameError::TooLarge(MAX_FRAME + 1))
+            Frame::length((MAX_FRAME + 1).to_be_bytes(), MAX_FRAME),
+            Err(FrameError::TooLarge {
+                len: MAX_FRAME + 1,
+                limit: MAX_FRAME
+            })
+        );
+        assert_eq!(
+            Frame::length((90u32 << 20).to_be_bytes(), PREAUTH_FRAME),
+            Err(FrameError::TooLarge {
+                len: 90 << 20,
+                limit: PREAUTH_FRAME
+            })
         );
         assert_eq!(Frame::decode(&[9, 0]), Err(FrameError::Version(9)));
         let mut rng = crate::testrng::XorShift(0xdead_beef_1234_5678);

@@ -4,7 +4,10 @@
 
 use super::apply::{apply_batch, verify_blobs, Applied};
 use super::engine::{Command, Item, Sender, Window};
-use super::frame::{Frame, WireBlob, WireEntry};
+use super::error::LinkError;
+use super::frame::{Frame, WireBlob, WireEntry, ALPN, MAX_BATCH_ENTRIES, MAX_FRAME, PREAUTH_FRAME};
+use super::handshake;
+use super::stream::{read_frame, write_frame};
 use super::{now_ms, Mirror, OutLink};
 use crate::config::MirrorConfig;
 use crate::event::Event;
@@ -13,50 +16,18 @@ use anyhow::{bail, Context};
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::Path;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 use tracing::Instrument;
 
-const ALPN: &[u8] = b"tandem-mirror/1";
-const EXPORTER_LABEL: &[u8] = b"EXPORTER-tandem-mirror-auth";
-
-/// Keyed blake3 over this connection's TLS exporter and the side: a relay
-/// cannot reuse it on another connection, and a reflected MAC does not fit.
-fn mac(secret: &[u8], conn: &quinn::Connection, side: &[u8]) -> anyhow::Result<[u8; 32]> {
-    let mut ekm = [0u8; 32];
-    conn.export_keying_material(&mut ekm, EXPORTER_LABEL, b"")
-        .map_err(|_| anyhow::anyhow!("TLS exporter unavailable"))?;
-    let key = blake3::derive_key("tandem mirror secret v1", secret);
-    let mut h = blake3::Hasher::new_keyed(&key);
-    h.update(side);
-    h.update(&ekm);
-    Ok(*h.finalize().as_bytes())
-}
-
-fn ct_eq(a: &[u8; 32], b: &[u8; 32]) -> bool {
-    crate::auth::constant_time_eq(a, b)
-}
-
-async fn write_frame(send: &mut quinn::SendStream, f: &Frame) -> anyhow::Result<()> {
-    send.write_all(&f.encode()).await.context("writing a frame")?;
-    Ok(())
-}
-
-async fn read_frame(recv: &mut quinn::RecvStream, mirror: &Mirror) -> anyhow::Result<Frame> {
-    let mut hdr = [0u8; 4];
-    recv.read_exact(&mut hdr).await.context("reading a frame header")?;
-    let n = Frame::length(hdr).inspect_err(|_| {
-        mirror.bad_frames.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    })?;
-    let mut body = vec![0u8; n as usize];
-    recv.read_exact(&mut body).await.context("reading a frame body")?;
-    Frame::decode(&body)
-        .inspect_err(|_| {
-            mirror.bad_frames.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        })
-        .context("decoding a frame")
-}
+/// Connection-level receive window before authentication: the handshake
+/// needs a few hundred bytes, so an unauthenticated peer cannot make this
+/// node buffer more than this per connection.
+const PREAUTH_WINDOW: u32 = 64 << 10;
+/// Connection-level receive window once the peer has authenticated.
+const LINK_WINDOW: u32 = 128 << 20;
 
 /// Accepts any server certificate: peers are authenticated by the shared
 /// secret bound to the connection, not by a PKI. The handshake signature is
@@ -114,9 +85,14 @@ fn endpoint(listen: SocketAddr, data_dir: &Path) -> anyhow::Result<quinn::Endpoi
     // trip has ~33 MB in flight, so the stream window is 64 MiB (at 32 MiB
     // the delayed path ran at 78 % of loopback, at 64 MiB at 84-87 %; the
     // defaults allow ~12 MB/s). Buffers grow only as data is in flight.
+    // The connection's window starts at PREAUTH_WINDOW and is raised to
+    // LINK_WINDOW once the peer has proved the secret.
     transport.stream_receive_window(quinn::VarInt::from_u32(64 << 20));
-    transport.receive_window(quinn::VarInt::from_u32(128 << 20));
+    transport.receive_window(quinn::VarInt::from_u32(PREAUTH_WINDOW));
     transport.send_window(128 << 20);
+    // One bidirectional stream per link, opened by the dialer; nothing else.
+    transport.max_concurrent_bidi_streams(quinn::VarInt::from_u32(1));
+    transport.max_concurrent_uni_streams(quinn::VarInt::from_u32(0));
     let transport = Arc::new(transport);
     let mut sc = quinn::ServerConfig::with_crypto(Arc::new(quinn::crypto::rustls::QuicServerConfig::try_from(server)?));
     sc.transport_config(transport.clone());
@@ -193,10 +169,16 @@ pub fn start(
         entries: cfg.batch_entries,
         bytes: cfg.batch_bytes,
     };
+    let auth_timeout = Duration::from_millis(cfg.auth_timeout_ms);
+    let limits = Limits {
+        connections: Arc::new(Semaphore::new(cfg.max_connections)),
+        unauthenticated: Arc::new(Semaphore::new(cfg.max_unauthenticated)),
+        auth_timeout,
+    };
     let mut tasks = Vec::new();
     {
         let (ep, store, mirror, secret, shutdown) = (ep.clone(), store.clone(), mirror.clone(), secret.clone(), shutdown.clone());
-        tasks.push(tokio::spawn(accept_loop(ep, store, mirror, secret, shutdown)));
+        tasks.push(tokio::spawn(accept_loop(ep, store, mirror, secret, limits, shutdown)));
     }
     for (i, peer) in cfg.peers.iter().enumerate() {
         mirror.out.lock().expect("mirror lock").push(OutLink {
@@ -212,7 +194,7 @@ pub fn start(
         );
         let span = tracing::info_span!("mirror-out", peer = %peer);
         tasks.push(tokio::spawn(
-            dial_loop(ep, *peer, i, store, mirror, secret, window, backoff, shutdown).instrument(span),
+            dial_loop(ep, *peer, i, store, mirror, secret, window, backoff, auth_timeout, shutdown).instrument(span),
         ));
     }
     Ok(Some(Running { local_addr, tasks }))
@@ -230,6 +212,7 @@ async fn dial_loop(
     secret: Arc<Vec<u8>>,
     window: Window,
     (min, max): (Duration, Duration),
+    auth_timeout: Duration,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut delay = min;
@@ -243,14 +226,14 @@ async fn dial_loop(
         });
         let started = Instant::now();
         let r = tokio::select! {
-            r = link(&ep, peer, i, &store, &mirror, &secret, window) => r,
+            r = link(&ep, peer, i, &store, &mirror, &secret, window, auth_timeout) => r,
             _ = wait_shutdown(&mut shutdown) => return,
         };
         if let Err(e) = r {
             let msg = format!("{e:#}");
-            let refused = msg.contains("refused");
+            let refused = e.is_refusal();
             if !refused || last_refusal_log.is_none_or(|t| t.elapsed() > Duration::from_secs(60)) {
-                tracing::warn!(error = %msg, "mirror link to {peer} failed");
+                tracing::warn!(kind = e.kind(), error = %msg, "mirror link to {peer} failed");
                 if refused {
                     last_refusal_log = Some(Instant::now());
                 }
@@ -281,6 +264,7 @@ fn to_vec(v: &wal::VersionVector) -> Vec<(u64, u64)> {
 }
 
 /// One outgoing link, until it fails.
+#[allow(clippy::too_many_arguments)]
 async fn link(
     ep: &quinn::Endpoint,
     peer: SocketAddr,
@@ -289,42 +273,43 @@ async fn link(
     mirror: &Arc<Mirror>,
     secret: &[u8],
     window: Window,
-) -> anyhow::Result<()> {
+    auth_timeout: Duration,
+) -> Result<(), LinkError> {
     // A peer that does not answer is retried after the backoff, not after
     // the 30 s idle timeout.
-    let conn = tokio::time::timeout(Duration::from_secs(5), ep.connect(peer, "tandem")?)
+    let connecting = ep.connect(peer, "tandem").map_err(|e| LinkError::transport("connecting", e))?;
+    let conn = tokio::time::timeout(Duration::from_secs(5), connecting)
         .await
-        .map_err(|_| anyhow::anyhow!("no answer from the peer within 5 s"))?
-        .context("connecting")?;
-    let (mut send, mut recv) = conn.open_bi().await.context("opening the stream")?;
-    write_frame(
-        &mut send,
-        &Frame::Auth {
-            mac: mac(secret, &conn, b"client")?,
-        },
-    )
-    .await?;
-    match read_frame(&mut recv, mirror).await? {
-        Frame::Auth { mac: theirs } if ct_eq(&theirs, &mac(secret, &conn, b"server")?) => {}
-        Frame::Refused { reason } => bail!("refused by the peer: {reason}"),
-        Frame::Auth { .. } => bail!("refused: the peer does not know the shared secret"),
-        other => bail!("unexpected frame before authentication: {other:?}"),
-    }
+        .map_err(|_| LinkError::Timeout("no answer from the peer within 5 s".into()))?
+        .map_err(|e| LinkError::transport("connecting", e))?;
     let wal = store.wal().clone();
-    let role = mirror.role.lock().expect("mirror lock").clone();
-    write_frame(
-        &mut send,
-        &Frame::Hello {
-            node_id: store.node_id().to_string(),
-            origin: wal.local_origin().0,
-            role,
-            epoch: 0,
-        },
-    )
-    .await?;
-    let Frame::Vector { vector } = read_frame(&mut recv, mirror).await? else {
-        bail!("expected the peer's vector")
+    let handshake = async {
+        let (mut send, mut recv) = conn.open_bi().await.map_err(|e| LinkError::transport("opening the stream", e))?;
+        handshake::dial(&conn, &mut send, &mut recv, secret, mirror).await?;
+        conn.set_receive_window(quinn::VarInt::from_u32(LINK_WINDOW));
+        let role = mirror.role.lock().expect("mirror lock").clone();
+        write_frame(
+            &mut send,
+            &Frame::Hello {
+                node_id: store.node_id().to_string(),
+                origin: wal.local_origin().0,
+                role,
+                epoch: 0,
+            },
+        )
+        .await?;
+        match read_frame(&mut recv, mirror, MAX_FRAME).await? {
+            Frame::Vector { vector } => Ok((send, recv, vector)),
+            Frame::Refused { reason } => Err(LinkError::refused_by_peer(&reason)),
+            other => Err(LinkError::Unexpected {
+                expected: "vector",
+                got: other.kind(),
+            }),
+        }
     };
+    let (mut send, mut recv, vector) = tokio::time::timeout(auth_timeout, handshake)
+        .await
+        .map_err(|_| LinkError::Timeout(format!("no handshake within {} ms", auth_timeout.as_millis())))??;
     let mut engine = Sender::new(window);
     engine.start(&vector, wal.last_order());
     mirror.update_out(i, |l| {
@@ -342,12 +327,12 @@ async fn link(
     // this loop may wait on the batch writer, whose builder may wait on a
     // query answer that only this reader can pass on, so the reader must
     // never wait on this loop.
-    let (tx, mut rx) = mpsc::channel::<anyhow::Result<Frame>>(window.batches + 64);
+    let (tx, mut rx) = mpsc::channel::<Result<Frame, LinkError>>(window.batches + 64);
     let m2 = mirror.clone();
     let a2 = answers.clone();
     let reader = tokio::spawn(async move {
         loop {
-            let f = read_frame(&mut recv, &m2).await;
+            let f = read_frame(&mut recv, &m2, MAX_FRAME).await;
             if let Ok(Frame::Held { id, held }) = f {
                 if let Some(w) = a2.lock().expect("answers lock").remove(&id) {
                     let _ = w.send(held);
@@ -363,19 +348,19 @@ async fn link(
     // Batches leave in order through one writer task; a few are built
     // ahead of it. Queries (small) go out as soon as a builder asks, even
     // while the writer waits for that builder's batch.
-    type Built = anyhow::Result<(Vec<u8>, u64)>;
+    type Built = Result<(Vec<u8>, u64), LinkError>;
     let (wtx, mut wrx) = mpsc::channel::<tokio::task::JoinHandle<Built>>(4);
     let (qtx, mut qrx) = mpsc::unbounded_channel::<Vec<u8>>();
-    let (werr_tx, mut werr) = mpsc::channel::<anyhow::Error>(1);
+    let (werr_tx, mut werr) = mpsc::channel::<LinkError>(1);
     let m3 = mirror.clone();
     let writer = tokio::spawn(async move {
-        let r: anyhow::Result<()> = async {
+        let r: Result<(), LinkError> = async {
             let mut current: Option<tokio::task::JoinHandle<Built>> = None;
             loop {
                 let built = match current.as_mut() {
                     None => tokio::select! {
                         Some(q) = qrx.recv() => {
-                            send.write_all(&q).await.context("sending a query")?;
+                            send.write_all(&q).await.map_err(|e| LinkError::transport("sending a query", e))?;
                             continue;
                         }
                         h = wrx.recv() => match h {
@@ -388,7 +373,7 @@ async fn link(
                     },
                     Some(h) => tokio::select! {
                         Some(q) = qrx.recv() => {
-                            send.write_all(&q).await.context("sending a query")?;
+                            send.write_all(&q).await.map_err(|e| LinkError::transport("sending a query", e))?;
                             continue;
                         }
                         r = h => r,
@@ -396,7 +381,9 @@ async fn link(
                 };
                 current = None;
                 let (bytes, n) = built.context("building a batch")??;
-                send.write_all(&bytes).await.context("sending a batch")?;
+                send.write_all(&bytes)
+                    .await
+                    .map_err(|e| LinkError::transport("sending a batch", e))?;
                 m3.update_out(i, |l| {
                     l.sent += n;
                     l.sent_bytes += bytes.len() as u64;
@@ -413,12 +400,15 @@ async fn link(
     let mut sent_blobs: std::collections::HashSet<[u8; 32]> = Default::default();
     let mut next_query = 1u64;
     let mut commits = store.commits();
-    let result: anyhow::Result<()> = async {
+    let result: Result<(), LinkError> = async {
         loop {
             while let Some(cmd) = engine.poll() {
                 let Command::Read { from, max } = cmd else { continue };
                 let w = wal.clone();
-                let entries = tokio::task::spawn_blocking(move || w.read_order(from, max)).await??;
+                let entries = tokio::task::spawn_blocking(move || w.read_order(from, max))
+                    .await
+                    .context("reading the apply order")?
+                    .context("reading the apply order")?;
                 // Each entry is decoded once: the body it references (if any)
                 // counts towards its batch's size and travels with it.
                 let bodies: HashMap<u64, (crate::event::BlobHash, u64)> = entries
@@ -518,13 +508,13 @@ async fn link(
                     r.context("store closed")?;
                     engine.local_commit(*commits.borrow_and_update());
                 }
-                e = werr.recv() => return Err(e.unwrap_or_else(|| anyhow::anyhow!("the batch writer stopped"))),
+                e = werr.recv() => return Err(e.unwrap_or_else(|| anyhow::anyhow!("the batch writer stopped").into())),
                 f = rx.recv() => match f {
                     Some(Ok(Frame::Ack { id, vector })) => engine.ack(id, &vector),
-                    Some(Ok(Frame::Refused { reason })) => bail!("refused by the peer: {reason}"),
-                    Some(Ok(other)) => bail!("unexpected frame from the receiver: {other:?}"),
+                    Some(Ok(Frame::Refused { reason })) => return Err(LinkError::refused_by_peer(&reason)),
+                    Some(Ok(other)) => return Err(LinkError::Unexpected { expected: "ack, refused or held", got: other.kind() }),
                     Some(Err(e)) => return Err(e),
-                    None => bail!("link closed"),
+                    None => return Err(LinkError::Closed),
                 },
             }
         }
@@ -556,7 +546,7 @@ async fn build_batch(
     qid: u64,
     queries: mpsc::UnboundedSender<Vec<u8>>,
     answers: Arc<std::sync::Mutex<HashMap<u64, tokio::sync::oneshot::Sender<Vec<bool>>>>>,
-) -> anyhow::Result<(Vec<u8>, u64)> {
+) -> Result<(Vec<u8>, u64), LinkError> {
     let st = store.clone();
     let (mut send, ask) = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
         let (mut send, mut ask) = (Vec::new(), Vec::new());
@@ -569,7 +559,8 @@ async fn build_batch(
         }
         Ok((send, ask))
     })
-    .await??;
+    .await
+    .context("choosing bodies")??;
     let mut held_by_peer = 0;
     if !ask.is_empty() {
         let (wtx, wrx) = tokio::sync::oneshot::channel();
@@ -578,16 +569,16 @@ async fn build_batch(
             id: qid,
             hashes: ask.iter().map(|b| b.0).collect(),
         };
-        queries.send(q.encode()).map_err(|_| anyhow::anyhow!("link closed"))?;
+        queries.send(q.encode()).map_err(|_| LinkError::Closed)?;
         mirror.update_out(i, |l| l.body_queries += 1);
         // A peer that never answers must not hold the link up for ever:
         // the link fails and reconnects.
         let held = tokio::time::timeout(QUERY_TIMEOUT, wrx)
             .await
-            .map_err(|_| anyhow::anyhow!("query {qid} unanswered after {} s", QUERY_TIMEOUT.as_secs()))?
-            .map_err(|_| anyhow::anyhow!("link closed before query {qid} was answered"))?;
+            .map_err(|_| LinkError::Timeout(format!("query {qid} unanswered after {} s", QUERY_TIMEOUT.as_secs())))?
+            .map_err(|_| LinkError::Closed)?;
         if held.len() != ask.len() {
-            bail!("query {qid}: {} answers for {} bodies", held.len(), ask.len());
+            return Err(anyhow::anyhow!("query {qid}: {} answers for {} bodies", held.len(), ask.len()).into());
         }
         for (b, h) in ask.into_iter().zip(held) {
             if h {
@@ -597,7 +588,7 @@ async fn build_batch(
             }
         }
     }
-    tokio::task::spawn_blocking(move || {
+    let built = tokio::task::spawn_blocking(move || -> anyhow::Result<(Vec<u8>, u64)> {
         let mut blobs = Vec::with_capacity(send.len());
         let mut bytes = 0;
         for blob in send.drain(..) {
@@ -615,10 +606,30 @@ async fn build_batch(
         });
         Ok((Frame::Batch { id, entries: wire, blobs }.encode(), n))
     })
-    .await?
+    .await
+    .context("reading bodies")??;
+    Ok(built)
 }
 
-async fn accept_loop(ep: quinn::Endpoint, store: Store, mirror: Arc<Mirror>, secret: Arc<Vec<u8>>, mut shutdown: watch::Receiver<bool>) {
+/// Bounds on the incoming side of the mirror port.
+struct Limits {
+    /// One permit per incoming connection, authenticated or not.
+    connections: Arc<Semaphore>,
+    /// One permit per incoming connection until it has authenticated.
+    unauthenticated: Arc<Semaphore>,
+    /// Time from the first packet to a proven secret and a `Hello`.
+    auth_timeout: Duration,
+}
+
+async fn accept_loop(
+    ep: quinn::Endpoint,
+    store: Store,
+    mirror: Arc<Mirror>,
+    secret: Arc<Vec<u8>>,
+    limits: Limits,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut last_cap_log: Option<Instant> = None;
     loop {
         let incoming = tokio::select! {
             i = ep.accept() => match i { Some(i) => i, None => return },
@@ -627,13 +638,31 @@ async fn accept_loop(ep: quinn::Endpoint, store: Store, mirror: Arc<Mirror>, sec
                 return;
             }
         };
-        let (store, mirror, secret) = (store.clone(), mirror.clone(), secret.clone());
         let remote = incoming.remote_address();
+        // Over either cap the attempt is refused at once (a QUIC
+        // CONNECTION_REFUSED), before any TLS work.
+        let permits = limits
+            .connections
+            .clone()
+            .try_acquire_owned()
+            .and_then(|c| Ok((c, limits.unauthenticated.clone().try_acquire_owned()?)));
+        let Ok((connection, unauthenticated)) = permits else {
+            incoming.refuse();
+            let n = mirror.connections_refused.fetch_add(1, Ordering::Relaxed) + 1;
+            if last_cap_log.is_none_or(|t| t.elapsed() > Duration::from_secs(60)) {
+                last_cap_log = Some(Instant::now());
+                tracing::warn!(remote = %remote, refused = n, "mirror connection refused: mirror.max_connections or mirror.max_unauthenticated reached");
+            }
+            continue;
+        };
+        let (store, mirror, secret) = (store.clone(), mirror.clone(), secret.clone());
+        let auth_timeout = limits.auth_timeout;
         let span = tracing::info_span!("mirror-in", peer = %remote);
         tokio::spawn(
             async move {
-                if let Err(e) = receive(incoming, &store, &mirror, &secret).await {
-                    tracing::info!(error = %format!("{e:#}"), "incoming mirror link ended");
+                let _connection = connection;
+                if let Err(e) = receive(incoming, &store, &mirror, &secret, auth_timeout, unauthenticated).await {
+                    tracing::info!(kind = e.kind(), error = %e, "incoming mirror link ended");
                 }
             }
             .instrument(span),
@@ -641,47 +670,121 @@ async fn accept_loop(ep: quinn::Endpoint, store: Store, mirror: Arc<Mirror>, sec
     }
 }
 
-/// One incoming link: authenticate, tell the sender where to start, apply
-/// batches, acknowledge each once durable.
-async fn receive(incoming: quinn::Incoming, store: &Store, mirror: &Arc<Mirror>, secret: &[u8]) -> anyhow::Result<()> {
-    let conn = incoming.await.context("accepting")?;
-    let (mut send, mut recv) = conn.accept_bi().await.context("accepting the stream")?;
-    let theirs = match read_frame(&mut recv, mirror).await? {
-        Frame::Auth { mac } => mac,
-        other => bail!("unexpected frame before authentication: {other:?}"),
+/// Whether a node id from a `Hello` has the shape of one (`node.id`).
+fn valid_node_id(id: &str) -> bool {
+    (1..=64).contains(&id.len()) && id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.')
+}
+
+/// Accept the stream, authenticate, and read the dialer's `Hello`: the
+/// node id it gave.
+async fn authenticate(
+    conn: &quinn::Connection,
+    store: &Store,
+    mirror: &Mirror,
+    secret: &[u8],
+) -> Result<(quinn::SendStream, quinn::RecvStream, String), LinkError> {
+    let (mut send, mut recv) = conn
+        .accept_bi()
+        .await
+        .map_err(|e| LinkError::transport("accepting the stream", e))?;
+    handshake::accept(conn, &mut send, &mut recv, secret, mirror).await?;
+    let (node_id, origin) = match read_frame(&mut recv, mirror, PREAUTH_FRAME).await? {
+        Frame::Hello { node_id, origin, .. } => (node_id, origin),
+        other => {
+            return Err(LinkError::Unexpected {
+                expected: "hello",
+                got: other.kind(),
+            })
+        }
     };
-    if !ct_eq(&theirs, &mac(secret, &conn, b"client")?) {
-        mirror.auth_failures.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let _ = write_frame(
-            &mut send,
-            &Frame::Refused {
-                reason: "wrong shared secret".into(),
-            },
-        )
-        .await;
-        let _ = send.finish();
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        conn.close(1u32.into(), b"wrong secret");
-        bail!("refused a peer with a wrong shared secret");
-    }
-    write_frame(
-        &mut send,
-        &Frame::Auth {
-            mac: mac(secret, &conn, b"server")?,
-        },
-    )
-    .await?;
-    let Frame::Hello { node_id, origin, .. } = read_frame(&mut recv, mirror).await? else {
-        bail!("expected hello")
+    let refusal = if !valid_node_id(&node_id) {
+        Some(LinkError::BadHello("the node id is not 1-64 characters of A-Z a-z 0-9 - _ ."))
+    } else if origin == store.wal().local_origin().0 {
+        Some(LinkError::BadHello("a peer claims this node's own origin"))
+    } else {
+        None
     };
-    if origin == store.wal().local_origin().0 {
-        bail!("a peer claims this node's own origin");
+    if let Some(e) = refusal {
+        let _ = write_frame(&mut send, &Frame::Refused { reason: e.to_string() }).await;
+        return Err(e);
     }
+    Ok((send, recv, node_id))
+}
+
+/// One incoming link: authenticate within the deadline, tell the sender
+/// where to start, apply batches, acknowledge each once durable.
+async fn receive(
+    incoming: quinn::Incoming,
+    store: &Store,
+    mirror: &Arc<Mirror>,
+    secret: &[u8],
+    auth_timeout: Duration,
+    unauthenticated: OwnedSemaphorePermit,
+) -> Result<(), LinkError> {
+    let deadline = tokio::time::Instant::now() + auth_timeout;
+    let timed_out = || {
+        mirror.auth_timeouts.fetch_add(1, Ordering::Relaxed);
+        LinkError::Timeout(format!("no authentication within {} ms", auth_timeout.as_millis()))
+    };
+    let conn = match tokio::time::timeout_at(deadline, incoming).await {
+        Ok(c) => c.map_err(|e| LinkError::transport("accepting", e))?,
+        Err(_) => return Err(timed_out()),
+    };
+    let (send, recv, node_id) = match tokio::time::timeout_at(deadline, authenticate(&conn, store, mirror, secret)).await {
+        Ok(Ok(x)) => x,
+        Ok(Err(e)) => {
+            conn.close(1u32.into(), e.kind().as_bytes());
+            return Err(e);
+        }
+        Err(_) => {
+            conn.close(2u32.into(), b"authentication timeout");
+            return Err(timed_out());
+        }
+    };
+    drop(unauthenticated);
+    conn.set_receive_window(quinn::VarInt::from_u32(LINK_WINDOW));
     tracing::Span::current().record("peer", node_id.as_str());
     mirror.update_in(&node_id, |l| {
         l.connected = true;
         l.since_ms = now_ms();
     });
+    let result = serve(send, recv, store, mirror, &node_id).await;
+    mirror.update_in(&node_id, |l| l.connected = false);
+    conn.close(0u32.into(), b"bye");
+    result
+}
+
+/// How many `Query` frames a link may send ahead of the batches they are
+/// for. A sender asks at most once per batch, before that batch, and
+/// builds only a few batches ahead, so it stays far below this; each
+/// `Batch` gives one back, up to this.
+const QUERY_BUDGET: u32 = 64;
+
+/// What the checks on arrival refuse in a batch, before any work on it.
+fn check_batch(id: u64, entries: &[WireEntry], own_origin: u64) -> Result<(), LinkError> {
+    if entries.len() > MAX_BATCH_ENTRIES {
+        return Err(LinkError::BatchTooLarge {
+            id,
+            entries: entries.len(),
+            limit: MAX_BATCH_ENTRIES,
+        });
+    }
+    // This node is the only writer of its own origin: another node can only
+    // hold copies of entries that this node sent, which it never needs back.
+    if entries.iter().any(|e| e.origin == own_origin) {
+        return Err(LinkError::OwnOrigin { id });
+    }
+    Ok(())
+}
+
+/// The authenticated part of an incoming link.
+async fn serve(
+    mut send: quinn::SendStream,
+    mut recv: quinn::RecvStream,
+    store: &Store,
+    mirror: &Arc<Mirror>,
+    node_id: &str,
+) -> Result<(), LinkError> {
     write_frame(
         &mut send,
         &Frame::Vector {
@@ -703,22 +806,44 @@ async fn receive(incoming: quinn::Incoming, store: &Store, mirror: &Arc<Mirror>,
         /// Which of these bodies are held here?
         Query(u64, Vec<[u8; 32]>),
     }
-    let (tx, mut rx) = mpsc::channel::<anyhow::Result<Ready>>(APPLY_AHEAD);
+    let (tx, mut rx) = mpsc::channel::<Result<Ready, LinkError>>(APPLY_AHEAD);
     let m2 = mirror.clone();
     let st = store.clone();
+    let own_origin = store.wal().local_origin().0;
     // Several batches are prepared at once (their bodies hashed and, when
     // large, written and flushed), so one batch's disk flush overlaps the
     // next one's work; results are passed on in arrival order.
     const PREPARE_AHEAD: usize = 3;
-    let (htx, mut hrx) = mpsc::channel::<tokio::task::JoinHandle<anyhow::Result<Ready>>>(PREPARE_AHEAD);
+    let (htx, mut hrx) = mpsc::channel::<tokio::task::JoinHandle<Result<Ready, LinkError>>>(PREPARE_AHEAD);
     let reader = tokio::spawn(async move {
+        let mut query_budget = QUERY_BUDGET;
         loop {
             let st = st.clone();
-            let f = read_frame(&mut recv, &m2).await;
+            let f = read_frame(&mut recv, &m2, MAX_FRAME).await;
+            // Refusals decided on arrival, before any work on the frame.
+            let f = match f {
+                Ok(Frame::Batch { id, entries, blobs }) => {
+                    query_budget = (query_budget + 1).min(QUERY_BUDGET);
+                    check_batch(id, &entries, own_origin).map(|()| Frame::Batch { id, entries, blobs })
+                }
+                Ok(Frame::Query { id, hashes }) if hashes.len() > MAX_BATCH_ENTRIES => Err(LinkError::QueryFlood {
+                    id,
+                    why: "more hashes than a batch may have entries",
+                }),
+                Ok(Frame::Query { id, .. }) if query_budget == 0 => Err(LinkError::QueryFlood {
+                    id,
+                    why: "more queries than the batches they could be for",
+                }),
+                Ok(Frame::Query { id, hashes }) => {
+                    query_budget -= 1;
+                    Ok(Frame::Query { id, hashes })
+                }
+                other => other,
+            };
             let stop = !matches!(f, Ok(Frame::Batch { .. } | Frame::Query { .. }));
             let h = match f {
                 Ok(Frame::Batch { id, entries, blobs }) => tokio::task::spawn_blocking(move || {
-                    verify_blobs(&blobs).map_err(|e| anyhow::anyhow!("batch {id} refused: {e}"))?;
+                    verify_blobs(&blobs).map_err(|e| LinkError::BatchRefused { id, reason: e.to_string() })?;
                     let bytes: u64 = blobs.iter().map(|b| b.body.len() as u64).sum();
                     let bulk = st.wal().bulk_bytes();
                     if bulk > 0 && bytes >= bulk {
@@ -731,8 +856,13 @@ async fn receive(incoming: quinn::Incoming, store: &Store, mirror: &Arc<Mirror>,
                 }),
                 Ok(Frame::Query { id, hashes }) => tokio::spawn(async move { Ok(Ready::Query(id, hashes)) }),
                 Ok(other) => {
-                    let kind = other.kind();
-                    tokio::spawn(async move { Err(anyhow::anyhow!("expected a batch, got {kind}")) })
+                    let got = other.kind();
+                    tokio::spawn(async move {
+                        Err(LinkError::Unexpected {
+                            expected: "batch or query",
+                            got,
+                        })
+                    })
                 }
                 Err(e) => tokio::spawn(async move { Err(e) }),
             };
@@ -743,7 +873,7 @@ async fn receive(incoming: quinn::Incoming, store: &Store, mirror: &Arc<Mirror>,
     });
     let forward = tokio::spawn(async move {
         while let Some(h) = hrx.recv().await {
-            let r = h.await.unwrap_or_else(|e| Err(anyhow::anyhow!("preparing a batch: {e}")));
+            let r = h.await.unwrap_or_else(|e| Err(anyhow::anyhow!("preparing a batch: {e}").into()));
             let stop = r.is_err();
             if tx.send(r).await.is_err() || stop {
                 break;
@@ -752,7 +882,7 @@ async fn receive(incoming: quinn::Incoming, store: &Store, mirror: &Arc<Mirror>,
     });
     type Pending = std::pin::Pin<Box<dyn std::future::Future<Output = Result<Applied, crate::store::StoreError>> + Send>>;
     let mut pending: std::collections::VecDeque<(u64, Pending)> = Default::default();
-    let result: anyhow::Result<()> = async {
+    let result: Result<(), LinkError> = async {
         loop {
             tokio::select! {
                 biased;
@@ -760,7 +890,7 @@ async fn receive(incoming: quinn::Incoming, store: &Store, mirror: &Arc<Mirror>,
                     let (id, _) = pending.pop_front().expect("guarded");
                     match r {
                         Ok(n) => {
-                            mirror.update_in(&node_id, |l| l.applied_batch(n, now_ms()));
+                            mirror.update_in(node_id, |l| l.applied_batch(n, now_ms()));
                             write_frame(
                                 &mut send,
                                 &Frame::Ack {
@@ -770,7 +900,7 @@ async fn receive(incoming: quinn::Incoming, store: &Store, mirror: &Arc<Mirror>,
                             )
                             .await?;
                         }
-                        Err(e) => bail!("batch {id} refused: {e}"),
+                        Err(e) => return Err(LinkError::BatchRefused { id, reason: e.to_string() }),
                     }
                 }
                 f = rx.recv(), if pending.len() < APPLY_AHEAD => {
@@ -786,12 +916,14 @@ async fn receive(incoming: quinn::Incoming, store: &Store, mirror: &Arc<Mirror>,
                                     .map(|h| st.holds_body(&crate::event::BlobHash(*h)))
                                     .collect::<Result<Vec<bool>, _>>()
                             })
-                            .await??;
+                            .await
+                            .context("answering a query")?
+                            .context("answering a query")?;
                             write_frame(&mut send, &Frame::Held { id: qid, held }).await?;
                             continue;
                         }
                         Some(Err(e)) => return Err(e),
-                        None => bail!("link closed"),
+                        None => return Err(LinkError::Closed),
                     };
                     let fut = store.submit(move |t, c| apply_batch(t, c, &entries, &blobs, &stored).map_err(Into::into));
                     pending.push_back((id, Box::pin(fut)));
@@ -803,15 +935,23 @@ async fn receive(incoming: quinn::Incoming, store: &Store, mirror: &Arc<Mirror>,
     reader.abort();
     forward.abort();
     if let Err(e) = &result {
-        let msg = format!("{e:#}");
-        if msg.contains("refused") {
-            mirror.update_in(&node_id, |l| {
+        match e {
+            LinkError::OwnOrigin { .. } => mirror.own_origin_refused.fetch_add(1, Ordering::Relaxed),
+            LinkError::BatchTooLarge { .. } => mirror.oversized_batches.fetch_add(1, Ordering::Relaxed),
+            LinkError::QueryFlood { .. } => mirror.query_floods.fetch_add(1, Ordering::Relaxed),
+            _ => 0,
+        };
+        if e.refuses_peer() {
+            mirror.update_in(node_id, |l| {
+                l.connected = false;
                 l.failed += 1;
-                l.last_error = Some(msg.clone());
+                l.last_error = Some(e.to_string());
             });
-            let _ = write_frame(&mut send, &Frame::Refused { reason: msg }).await;
+            let _ = write_frame(&mut send, &Frame::Refused { reason: e.to_string() }).await;
+            let _ = send.finish();
+            // Give the refusal time to leave before the connection closes.
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
-    mirror.update_in(&node_id, |l| l.connected = false);
     result
 }

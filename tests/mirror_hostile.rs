@@ -1,0 +1,415 @@
+//! The mirror port under hostile clients: a real daemon on loopback,
+//! attacked over QUIC by a quinn client in this process that speaks the
+//! mirror's ALPN. Each attack must be bounded, refused and counted in
+//! `tandem status --json`, with nothing applied.
+
+mod common;
+use common::{admin_get, free_udp_port, mirror_section, wait_until, write_config, Node};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tandem::repl::frame::ALPN;
+
+const SECRET: &str = "correct horse battery staple";
+
+/// Accepts any server certificate, as an attacker would.
+#[derive(Debug)]
+struct AnyCert(Arc<rustls::crypto::CryptoProvider>);
+
+impl rustls::client::danger::ServerCertVerifier for AnyCert {
+    fn verify_server_cert(
+        &self,
+        _: &rustls::pki_types::CertificateDer<'_>,
+        _: &[rustls::pki_types::CertificateDer<'_>],
+        _: &rustls::pki_types::ServerName<'_>,
+        _: &[u8],
+        _: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+    fn verify_tls12_signature(
+        &self,
+        m: &[u8],
+        c: &rustls::pki_types::CertificateDer<'_>,
+        d: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(m, c, d, &self.0.signature_verification_algorithms)
+    }
+    fn verify_tls13_signature(
+        &self,
+        m: &[u8],
+        c: &rustls::pki_types::CertificateDer<'_>,
+        d: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(m, c, d, &self.0.signature_verification_algorithms)
+    }
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+/// A QUIC client endpoint speaking the mirror's ALPN.
+fn attacker() -> quinn::Endpoint {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut tls = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap()
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(AnyCert(provider)))
+        .with_no_client_auth();
+    tls.alpn_protocols = vec![ALPN.to_vec()];
+    let mut transport = quinn::TransportConfig::default();
+    transport.max_idle_timeout(Some(Duration::from_secs(30).try_into().unwrap()));
+    let mut cc = quinn::ClientConfig::new(Arc::new(quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap()));
+    cc.transport_config(Arc::new(transport));
+    let mut ep = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+    ep.set_default_client_config(cc);
+    ep
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// A node with the mirror on `port` and no peers of its own.
+fn target(dir: &std::path::Path, port: u16, extra: &str) -> Node {
+    std::fs::create_dir_all(dir).unwrap();
+    let cfg = write_config(dir, "target", &format!("{}{extra}", mirror_section(port, &[], SECRET)));
+    Node::start(dir, Some(&cfg))
+}
+
+fn mirror_status(n: &Node) -> serde_json::Value {
+    admin_get(n, "/v1/status")["mirror"].clone()
+}
+
+fn counter(n: &Node, name: &str) -> u64 {
+    mirror_status(n)[name].as_u64().unwrap_or_else(|| panic!("no counter {name}"))
+}
+
+/// Resident memory of a process, bytes.
+fn rss(pid: u32) -> u64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kb: u64 = s
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap();
+    kb * 1024
+}
+
+#[test]
+fn a_large_frame_before_authentication_is_refused_on_its_header() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_udp_port();
+    let node = target(&dir.path().join("t"), port, "");
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let before = rss(node.child.id());
+    let rt = runtime();
+    let (sent, closed_in) = rt.block_on(async {
+        let ep = attacker();
+        let conn = ep.connect(addr, "tandem").unwrap().await.unwrap();
+        let (mut send, _recv) = conn.open_bi().await.unwrap();
+        // A frame header announcing 90 MiB, then as much of it as the node
+        // will take.
+        let started = Instant::now();
+        let mut sent = 0usize;
+        send.write_all(&(90u32 << 20).to_be_bytes()).await.unwrap();
+        let chunk = vec![0x5au8; 1 << 20];
+        let pushing = async {
+            while sent < 90 << 20 {
+                if send.write_all(&chunk).await.is_err() {
+                    break;
+                }
+                sent += chunk.len();
+            }
+        };
+        let _ = tokio::time::timeout(Duration::from_secs(10), pushing).await;
+        let closed = tokio::time::timeout(Duration::from_secs(10), conn.closed()).await;
+        assert!(closed.is_ok(), "the node kept the connection open");
+        (sent, started.elapsed())
+    });
+    assert!(sent < 8 << 20, "the node took {sent} bytes of an unauthenticated frame");
+    assert!(closed_in < Duration::from_secs(5), "closed after {closed_in:?}");
+    assert!(wait_until(5, || counter(&node, "bad_frames") == 1), "{}", mirror_status(&node));
+    let st = admin_get(&node, "/v1/status");
+    assert_eq!(st["log"]["apply_order"], 0, "something was applied: {st}");
+    assert_eq!(st["mirror"]["auth_failures"], 0);
+    let after = rss(node.child.id());
+    assert!(
+        after < before + (16 << 20),
+        "RSS grew from {before} to {after} bytes for one refused frame"
+    );
+    eprintln!("90 MiB frame: attacker wrote {sent} bytes, closed in {closed_in:?}, RSS {before} -> {after}");
+}
+
+#[test]
+fn a_thousand_idle_connections_are_capped_and_timed_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_udp_port();
+    let node = target(&dir.path().join("t"), port, "auth_timeout_ms = 2000\n");
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let before = rss(node.child.id());
+    let rt = runtime();
+    let started = Instant::now();
+    let (accepted, refused) = rt.block_on(async {
+        let ep = attacker();
+        let mut tasks = Vec::new();
+        for _ in 0..1000 {
+            let ep = ep.clone();
+            tasks.push(tokio::spawn(async move {
+                let c = ep.connect(addr, "tandem").unwrap();
+                match tokio::time::timeout(Duration::from_secs(20), c).await {
+                    // Accepted: stay idle until the node closes it; it must
+                    // do so at its authentication deadline.
+                    Ok(Ok(conn)) => {
+                        let t = Instant::now();
+                        let r = tokio::time::timeout(Duration::from_secs(10), conn.closed()).await;
+                        Some(r.map(|_| t.elapsed()).ok())
+                    }
+                    Ok(Err(_)) => None,
+                    Err(_) => panic!("a connection attempt got no answer in 20 s"),
+                }
+            }));
+        }
+        let (mut accepted, mut refused) = (Vec::new(), 0);
+        for t in tasks {
+            match t.await.unwrap() {
+                Some(closed) => accepted.push(closed),
+                None => refused += 1,
+            }
+        }
+        (accepted, refused)
+    });
+    let took = started.elapsed();
+    assert_eq!(accepted.len() + refused, 1000);
+    assert!(
+        accepted.iter().all(|c| c.is_some_and(|d| d < Duration::from_secs(4))),
+        "an idle connection outlived the 2 s deadline: {accepted:?}"
+    );
+    let st = mirror_status(&node);
+    // Every refused attempt is counted (a client's first packet sent again
+    // before the refusal reached it counts again).
+    assert!(st["connections_refused"].as_u64().unwrap() >= refused as u64, "{st}");
+    assert!(refused >= 900, "only {refused} of 1000 refused: {st}");
+    assert!(
+        wait_until(5, || counter(&node, "auth_timeouts") == accepted.len() as u64),
+        "{}",
+        mirror_status(&node)
+    );
+    let after = rss(node.child.id());
+    assert!(after < before + (64 << 20), "RSS grew from {before} to {after} bytes");
+    // The port still serves a real peer afterwards.
+    let pb = free_udp_port();
+    std::fs::create_dir_all(dir.path().join("b")).unwrap();
+    let cfg = write_config(&dir.path().join("b"), "node-b", &mirror_section(pb, &[port], SECRET));
+    let b = Node::start(&dir.path().join("b"), Some(&cfg));
+    assert!(
+        wait_until(15, || mirror_status(&b)["outgoing"][0]["state"] == "connected"),
+        "a real peer could not link after the flood: {}",
+        mirror_status(&b)
+    );
+    eprintln!(
+        "1000 idle connections: {} accepted and timed out, {refused} refused, in {took:?}; RSS {before} -> {after}",
+        accepted.len()
+    );
+}
+
+use tandem::repl::frame::{Frame, WireEntry, MAX_FRAME};
+
+/// A peer that knows the secret and misbehaves after authenticating: the
+/// connection's stream after `Hello { node_id: "intruder", origin }`.
+struct Intruder {
+    _ep: quinn::Endpoint,
+    conn: quinn::Connection,
+    send: quinn::SendStream,
+    recv: quinn::RecvStream,
+    counters: tandem::repl::Mirror,
+}
+
+impl Intruder {
+    async fn connect(addr: SocketAddr, origin: u64) -> Intruder {
+        let ep = attacker();
+        let conn = ep.connect(addr, "tandem").unwrap().await.unwrap();
+        let (mut send, mut recv) = conn.open_bi().await.unwrap();
+        let counters = tandem::repl::Mirror::default();
+        tandem::repl::handshake::dial(&conn, &mut send, &mut recv, SECRET.as_bytes(), &counters)
+            .await
+            .unwrap();
+        let mut me = Intruder {
+            _ep: ep,
+            conn,
+            send,
+            recv,
+            counters,
+        };
+        me.write(&Frame::Hello {
+            node_id: "intruder".into(),
+            origin,
+            role: "master".into(),
+            epoch: 0,
+        })
+        .await;
+        match me.read().await {
+            Some(Frame::Vector { .. }) => me,
+            other => panic!("expected the vector, got {other:?}"),
+        }
+    }
+
+    async fn write(&mut self, f: &Frame) {
+        self.send.write_all(&f.encode()).await.unwrap();
+    }
+
+    /// The next frame, or `None` once the node closed the link.
+    async fn read(&mut self) -> Option<Frame> {
+        let f = tandem::repl::stream::read_frame(&mut self.recv, &self.counters, MAX_FRAME);
+        tokio::time::timeout(Duration::from_secs(10), f)
+            .await
+            .expect("the node went silent")
+            .ok()
+    }
+}
+
+/// An entry that chains onto the start of `origin`'s log: creating `user`.
+fn first_entry(origin: u64, user: &str) -> WireEntry {
+    let payload = tandem::event::Event::UserCreated {
+        user: user.into(),
+        password_hash: "x".into(),
+    }
+    .encode();
+    let e = wal::Entry::new(&wal::GENESIS, wal::Origin(origin), 1, 1 << 16, payload);
+    WireEntry {
+        origin,
+        seq: 1,
+        hlc: e.hlc,
+        hash: e.hash,
+        payload: e.payload,
+    }
+}
+
+fn own_origin(node: &Node) -> u64 {
+    u64::from_str_radix(admin_get(node, "/v1/status")["origin"].as_str().unwrap(), 16).unwrap()
+}
+
+#[test]
+fn a_batch_for_the_receivers_own_origin_is_refused_and_nothing_applies() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_udp_port();
+    let node = target(&dir.path().join("t"), port, "");
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let own = own_origin(&node);
+    let theirs = own ^ 0x5555;
+    let rt = runtime();
+    // An entry of the intruder's own origin, and one that chains onto this
+    // node's empty log of its own origin: both would apply on their own.
+    let refused = rt.block_on(async {
+        let mut i = Intruder::connect(addr, theirs).await;
+        i.write(&Frame::Batch {
+            id: 1,
+            entries: vec![first_entry(theirs, "a@example.org"), first_entry(own, "b@example.org")],
+            blobs: vec![],
+        })
+        .await;
+        let mut answers = Vec::new();
+        while let Some(f) = i.read().await {
+            answers.push(f);
+        }
+        answers
+    });
+    assert!(
+        matches!(&refused[..], [Frame::Refused { reason }] if reason.contains("own origin")),
+        "{refused:?}"
+    );
+    let st = admin_get(&node, "/v1/status");
+    assert_eq!(st["log"]["apply_order"], 0, "something was applied: {st}");
+    assert_eq!(st["mirror"]["own_origin_refused"], 1, "{st}");
+    assert_eq!(st["mirror"]["incoming"]["intruder"]["failed"], 1, "{st}");
+    assert!(
+        st["mirror"]["incoming"]["intruder"]["last_error"]
+            .as_str()
+            .unwrap()
+            .contains("own origin"),
+        "{st}"
+    );
+    // The same link without the forged entry applies: the refusal was for
+    // the origin, not for a malformed batch.
+    let acked = rt.block_on(async {
+        let mut i = Intruder::connect(addr, theirs).await;
+        i.write(&Frame::Batch {
+            id: 1,
+            entries: vec![first_entry(theirs, "a@example.org")],
+            blobs: vec![],
+        })
+        .await;
+        i.read().await
+    });
+    assert!(matches!(acked, Some(Frame::Ack { id: 1, .. })), "{acked:?}");
+    assert_eq!(admin_get(&node, "/v1/status")["log"]["apply_order"], 1);
+    assert!(node.cli(&["user", "list"], None).1.contains("a@example.org"));
+    assert!(!node.cli(&["user", "list"], None).1.contains("b@example.org"));
+}
+
+#[test]
+fn a_flood_of_queries_is_refused_counted_and_closes_the_link() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_udp_port();
+    let node = target(&dir.path().join("t"), port, "");
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let theirs = own_origin(&node) ^ 0x5555;
+    let rt = runtime();
+    let started = Instant::now();
+    let (held, last, wrote) = rt.block_on(async {
+        let Intruder {
+            _ep,
+            conn: _conn,
+            mut send,
+            mut recv,
+            counters,
+        } = Intruder::connect(addr, theirs).await;
+        // 100,000 queries without a batch, written while the node answers.
+        let writer = tokio::spawn(async move {
+            let mut wrote = 0u64;
+            for id in 0..100_000u64 {
+                let q = Frame::Query {
+                    id,
+                    hashes: vec![[id as u8; 32]],
+                };
+                if send.write_all(&q.encode()).await.is_err() {
+                    break;
+                }
+                wrote += 1;
+            }
+            wrote
+        });
+        let (mut held, mut last) = (0, None);
+        loop {
+            let f = tandem::repl::stream::read_frame(&mut recv, &counters, MAX_FRAME);
+            match tokio::time::timeout(Duration::from_secs(10), f)
+                .await
+                .expect("the node went silent")
+            {
+                Ok(Frame::Held { .. }) => held += 1,
+                Ok(other) => last = Some(other),
+                Err(_) => break,
+            }
+        }
+        let wrote = tokio::time::timeout(Duration::from_secs(10), writer).await.unwrap().unwrap();
+        (held, last, wrote)
+    });
+    let took = started.elapsed();
+    assert!(held <= 64, "{held} queries answered past the budget");
+    assert!(
+        matches!(&last, Some(Frame::Refused { reason }) if reason.contains("query")),
+        "{last:?}"
+    );
+    let st = admin_get(&node, "/v1/status");
+    assert_eq!(st["mirror"]["query_floods"], 1, "{st}");
+    assert_eq!(st["mirror"]["incoming"]["intruder"]["failed"], 1, "{st}");
+    assert_eq!(st["log"]["apply_order"], 0, "{st}");
+    assert!(took < Duration::from_secs(10), "{took:?}");
+    eprintln!("query flood: {held} answered, {wrote} written before the close, in {took:?}");
+}
