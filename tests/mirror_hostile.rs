@@ -413,3 +413,86 @@ fn a_flood_of_queries_is_refused_counted_and_closes_the_link() {
     assert!(took < Duration::from_secs(10), "{took:?}");
     eprintln!("query flood: {held} answered, {wrote} written before the close, in {took:?}");
 }
+
+async fn read_small(recv: &mut quinn::RecvStream, counters: &tandem::repl::Mirror) -> Frame {
+    tandem::repl::stream::read_frame(recv, counters, 4096).await.unwrap()
+}
+
+/// What an impostor at a peer's address gets from a dialing node: a
+/// SPAKE2 message (nothing keyed by the secret) first, and a MAC only after
+/// answering with a SPAKE2 message of its own, which lets it check the one
+/// guess it made and nothing else: not even the right secret, tried
+/// offline afterwards, matches that MAC.
+#[test]
+fn an_impostor_at_a_peers_address_gets_nothing_to_guess_against() {
+    use spake2::{Ed25519Group, Identity, Password, Spake2};
+    let dir = tempfile::tempdir().unwrap();
+    let rt = runtime();
+    // The impostor: a QUIC server with a certificate of its own.
+    let (ep, port) = rt.block_on(async {
+        let ck = rcgen::generate_simple_self_signed(vec!["tandem".into()]).unwrap();
+        let key = rustls::pki_types::PrivateKeyDer::Pkcs8(ck.signing_key.serialize_der().into());
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut tls = rustls::ServerConfig::builder_with_provider(provider)
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(vec![ck.cert.der().clone()], key)
+            .unwrap();
+        tls.alpn_protocols = vec![ALPN.to_vec()];
+        let sc = quinn::ServerConfig::with_crypto(Arc::new(quinn::crypto::rustls::QuicServerConfig::try_from(tls).unwrap()));
+        let ep = quinn::Endpoint::server(sc, "127.0.0.1:0".parse().unwrap()).unwrap();
+        let port = ep.local_addr().unwrap().port();
+        (ep, port)
+    });
+    std::fs::create_dir_all(dir.path().join("a")).unwrap();
+    let cfg = write_config(&dir.path().join("a"), "node-a", &mirror_section(free_udp_port(), &[port], SECRET));
+    let a = Node::start(&dir.path().join("a"), Some(&cfg));
+    // One connection per guess: a wrong one, then the right one.
+    let outcomes: Vec<(bool, bool)> = rt.block_on(async {
+        let mut out = Vec::new();
+        for guess in ["a wrong guess of the secret", SECRET] {
+            let conn = tokio::time::timeout(Duration::from_secs(10), async { ep.accept().await.unwrap().await.unwrap() })
+                .await
+                .expect("the node did not dial");
+            let (mut send, mut recv) = conn.accept_bi().await.unwrap();
+            let counters = tandem::repl::Mirror::default();
+            let Frame::Pake { msg: theirs } = read_small(&mut recv, &counters).await else {
+                panic!("the dialer's first frame is not a SPAKE2 message")
+            };
+            assert_eq!(theirs.len(), 33);
+            let mut ekm = [0u8; 32];
+            conn.export_keying_material(&mut ekm, b"EXPORTER-tandem-mirror-auth", b"").unwrap();
+            let id = |role: &str| Identity::new(&[format!("tandem mirror {role} ").as_bytes(), &ekm].concat());
+            let pw = Password::new(blake3::derive_key("tandem mirror secret v3", guess.as_bytes()));
+            let (state, msg) = Spake2::<Ed25519Group>::start_b(&pw, &id("dialer"), &id("acceptor"));
+            send.write_all(&Frame::Pake { msg }.encode()).await.unwrap();
+            let Frame::Auth { mac } = read_small(&mut recv, &counters).await else {
+                panic!("no proof after the exchange")
+            };
+            // The online check of this connection's one guess.
+            let k = state.finish(&theirs).unwrap();
+            let mut h = blake3::Hasher::new_keyed(&blake3::derive_key("tandem mirror confirm v3", &k));
+            h.update(b"client");
+            h.update(&ekm);
+            let online = h.finalize().as_bytes() == &mac;
+            // Offline, with the right secret: the old MAC over the exporter
+            // keyed by the secret, which an impostor could test guesses
+            // against, is not what was sent.
+            let mut old = blake3::Hasher::new_keyed(&blake3::derive_key("tandem mirror secret v1", SECRET.as_bytes()));
+            old.update(b"client");
+            old.update(&ekm);
+            let offline = old.finalize().as_bytes() == &mac;
+            conn.close(0u32.into(), b"");
+            out.push((online, offline));
+        }
+        out
+    });
+    assert_eq!(
+        outcomes,
+        vec![(false, false), (true, false)],
+        "(online check, offline check) per guess"
+    );
+    let st = mirror_status(&a);
+    assert_ne!(st["outgoing"][0]["state"], "connected", "{st}");
+}

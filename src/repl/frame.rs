@@ -4,8 +4,9 @@
 
 use serde::{Deserialize, Serialize};
 
-/// Protocol version spoken by this build (2: body queries).
-pub const PROTOCOL: u8 = 2;
+/// Protocol version spoken by this build (2: body queries; 3: SPAKE2
+/// authentication).
+pub const PROTOCOL: u8 = 3;
 /// Largest frame accepted (a batch with its blobs).
 pub const MAX_FRAME: u32 = 96 << 20;
 /// Largest frame accepted before the peer has proved the shared secret:
@@ -17,7 +18,7 @@ pub const PREAUTH_FRAME: u32 = 4096;
 /// query.
 pub const MAX_BATCH_ENTRIES: usize = 4096;
 /// The QUIC application protocol (ALPN) of the mirror.
-pub const ALPN: &[u8] = b"tandem-mirror/1";
+pub const ALPN: &[u8] = b"tandem-mirror/3";
 
 /// One log entry as shipped. (`serde_bytes` keeps postcard's encoding of
 /// a byte vector — a length and the bytes — but decodes it in one copy
@@ -42,8 +43,8 @@ pub struct WireBlob {
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Frame {
-    /// Proof of the shared secret for this connection (keyed blake3 over
-    /// the TLS exporter and the side).
+    /// Confirmation of the key agreed with `Pake`: keyed blake3 over the
+    /// side and the TLS exporter.
     Auth { mac: [u8; 32] },
     /// The sender introduces itself.
     Hello {
@@ -70,6 +71,11 @@ pub enum Frame {
     Query { id: u64, hashes: Vec<[u8; 32]> },
     /// Receiver to sender: the answer to query `id`, one flag per hash.
     Held { id: u64, held: Vec<bool> },
+    /// A SPAKE2 message: the first frame of each side.
+    Pake {
+        #[serde(with = "serde_bytes")]
+        msg: Vec<u8>,
+    },
 }
 
 /// Why bytes are not a frame.
@@ -97,6 +103,7 @@ impl Frame {
             Frame::Refused { .. } => "refused",
             Frame::Query { .. } => "query",
             Frame::Held { .. } => "held",
+            Frame::Pake { .. } => "pake",
         }
     }
 
