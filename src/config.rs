@@ -387,6 +387,19 @@ impl Config {
         if let Some(weak) = self.mirror.secret.as_ref().and_then(|s| secret_weakness(s.as_bytes())) {
             p.push(format!("mirror.secret: {weak}"));
         }
+        // Bodies up to this size replicate (in chunks); a larger message
+        // stored here could never reach a peer.
+        let max_message = crate::repl::frame::MAX_MESSAGE;
+        for (key, limit) in [
+            ("imap.max_literal", self.imap.max_literal),
+            ("lmtp.max_message_size", self.lmtp.max_message_size),
+        ] {
+            if limit > max_message {
+                p.push(format!(
+                    "{key} {limit} is above {max_message}, the largest message the mirror carries"
+                ));
+            }
+        }
         if self.mirror.batch_entries > crate::repl::frame::MAX_BATCH_ENTRIES {
             p.push(format!(
                 "mirror.batch_entries: at most {} (what a receiver accepts)",
@@ -516,6 +529,19 @@ ack = "peer"
         assert!(e.contains("mirror.secret_file: use at least 16"), "{e}");
         std::fs::write(&f, "correct horse battery staple\n").unwrap();
         assert_eq!(c.secret_bytes().unwrap().unwrap(), b"correct horse battery staple");
+    }
+
+    #[test]
+    fn message_limits_fit_what_the_mirror_carries() {
+        let e = Config::parse(
+            "[imap]\nmax_literal = 2000000000\n[lmtp]\nmax_message_size = 1073741825\n",
+            Path::new("t.toml"),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("imap.max_literal 2000000000 is above 1073741824"), "{e}");
+        assert!(e.contains("lmtp.max_message_size 1073741825"), "{e}");
+        assert!(Config::parse("[lmtp]\nmax_message_size = 1073741824\n", Path::new("t.toml")).is_ok());
     }
 
     #[test]

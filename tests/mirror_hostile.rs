@@ -496,3 +496,151 @@ fn an_impostor_at_a_peers_address_gets_nothing_to_guess_against() {
     let st = mirror_status(&a);
     assert_ne!(st["outgoing"][0]["state"], "connected", "{st}");
 }
+
+/// A message larger than a frame (96 MiB) travels in chunks: 100 MiB
+/// delivered over LMTP and 100 MiB APPENDed over IMAP both reach the peer,
+/// byte for byte.
+#[test]
+fn hundred_megabyte_messages_over_lmtp_and_imap_reach_the_peer() {
+    const SIZE: usize = 100 << 20;
+    assert!(SIZE > tandem::repl::frame::MAX_FRAME as usize);
+    let dir = tempfile::tempdir().unwrap();
+    let (pa, pb) = (free_udp_port(), free_udp_port());
+    let limits = "[imap]\nlisten = \"127.0.0.1:0\"\ntls_listen = \"127.0.0.1:0\"\nmax_literal = 120000000\n\
+                  [lmtp]\nlisten = \"127.0.0.1:0\"\nmax_message_size = 120000000\n";
+    let start = |name: &str, id: &str, port: u16, peer: u16| {
+        let d = dir.path().join(name);
+        std::fs::create_dir_all(&d).unwrap();
+        let cfg = write_config(&d, id, &format!("{limits}{}", mirror_section(port, &[peer], SECRET)));
+        Node::start(&d, Some(&cfg))
+    };
+    let a = start("a", "node-a", pa, pb);
+    let b = start("b", "node-b", pb, pa);
+    let (ok, _, err) = a.cli(&["user", "add", "u@example.org", "--password-stdin"], Some("secret\n"));
+    assert!(ok, "{err}");
+    assert!(wait_until(15, || b.cli(&["user", "list"], None).1.contains("u@example.org")));
+    let started = Instant::now();
+    // Over LMTP: lines of 80 bytes.
+    let mut msg = Vec::with_capacity(SIZE + 100);
+    msg.extend_from_slice(b"Subject: large over lmtp\r\n\r\n");
+    let mut i = 0u64;
+    while msg.len() + 80 <= SIZE {
+        msg.extend_from_slice(format!("{i:010} {}\r\n", "l".repeat(67)).as_bytes());
+        i += 1;
+    }
+    let mut c = common::Raw::connect(&a.addr("lmtp"));
+    c.reply();
+    c.send(b"LHLO big\r\nMAIL FROM:<s@x>\r\nRCPT TO:<u@example.org>\r\nDATA\r\n");
+    for _ in 0..4 {
+        let r = c.reply();
+        assert!(r.starts_with('2') || r.starts_with('3'), "{r}");
+    }
+    c.send(&msg);
+    c.send(b".\r\n");
+    let r = c.reply();
+    assert!(r.starts_with("250"), "{r}");
+    drop(msg);
+    // Over IMAP: one APPEND literal.
+    common::python(
+        &a,
+        &format!(
+            r#"
+from imaptest import *
+c = connect("u@example.org")
+body = b"Subject: large over imap\r\n\r\n" + b"".join(b"%010d %s\r\n" % (i, b"m" * 67) for i in range({n}))
+ok(c.append("INBOX", None, None, body))
+"#,
+            n = SIZE / 80
+        ),
+    );
+    let stored = started.elapsed();
+    let on_a = common::messages(&a, "u@example.org", "INBOX");
+    assert_eq!(on_a.len(), 2);
+    assert!(on_a.iter().all(|m| m["size"].as_u64().unwrap() >= SIZE as u64 - 100), "{on_a:?}");
+    assert!(
+        wait_until(180, || common::messages(&b, "u@example.org", "INBOX").len() == 2),
+        "the large messages did not reach B: {}",
+        mirror_status(&a)
+    );
+    let replicated = started.elapsed();
+    let on_b = common::messages(&b, "u@example.org", "INBOX");
+    for (x, y) in on_a.iter().zip(&on_b) {
+        assert_eq!(x["blob"], y["blob"]);
+        assert_eq!(x["size"], y["size"]);
+        let hash = y["blob"].as_str().unwrap();
+        let body = common::blob(&b, hash);
+        assert_eq!(body.len() as u64, y["size"].as_u64().unwrap());
+        assert_eq!(blake3::hash(&body).to_hex().as_str(), hash, "B's copy differs");
+    }
+    let out = &mirror_status(&a)["outgoing"][0];
+    assert!(out["body_bytes_sent"].as_u64().unwrap() >= 2 * SIZE as u64 - 200, "{out}");
+    eprintln!("two 100 MiB messages: stored on A after {stored:?}, on B after {replicated:?}");
+}
+
+/// `n` entries of `origin` from seq 1, each creating a user, chained.
+fn chain_of_users(origin: u64, n: u64) -> Vec<WireEntry> {
+    let mut prev = wal::GENESIS;
+    (1..=n)
+        .map(|seq| {
+            let payload = tandem::event::Event::UserCreated {
+                user: format!("u{seq}@example.org"),
+                password_hash: "x".into(),
+            }
+            .encode();
+            let e = wal::Entry::new(&prev, wal::Origin(origin), seq, (1 << 16) + seq, payload);
+            prev = e.hash;
+            WireEntry {
+                origin,
+                seq,
+                hlc: e.hlc,
+                hash: e.hash,
+                payload: e.payload,
+            }
+        })
+        .collect()
+}
+
+/// A batch of more entries than a batch may hold is refused before any
+/// work and counted; the largest allowed batch applies as one transaction,
+/// and how long that holds the writer is measured.
+#[test]
+fn batches_are_bounded_in_entries() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_udp_port();
+    let node = target(&dir.path().join("t"), port, "");
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let theirs = own_origin(&node) ^ 0x5555;
+    let max = tandem::repl::frame::MAX_BATCH_ENTRIES as u64;
+    let rt = runtime();
+    let refused = rt.block_on(async {
+        let mut i = Intruder::connect(addr, theirs).await;
+        i.write(&Frame::Batch {
+            id: 1,
+            entries: chain_of_users(theirs, max + 1),
+            blobs: vec![],
+        })
+        .await;
+        i.read().await
+    });
+    assert!(
+        matches!(&refused, Some(Frame::Refused { reason }) if reason.contains("4097 entries")),
+        "{refused:?}"
+    );
+    let st = admin_get(&node, "/v1/status");
+    assert_eq!(st["mirror"]["oversized_batches"], 1, "{st}");
+    assert_eq!(st["log"]["apply_order"], 0, "{st}");
+    let (acked, took) = rt.block_on(async {
+        let mut i = Intruder::connect(addr, theirs).await;
+        let t = Instant::now();
+        i.write(&Frame::Batch {
+            id: 1,
+            entries: chain_of_users(theirs, max),
+            blobs: vec![],
+        })
+        .await;
+        (i.read().await, t.elapsed())
+    });
+    assert!(matches!(acked, Some(Frame::Ack { id: 1, .. })), "{acked:?}");
+    assert_eq!(admin_get(&node, "/v1/status")["log"]["apply_order"], max);
+    eprintln!("a batch of {max} entries was applied and acknowledged in {took:?}");
+}

@@ -42,6 +42,9 @@ pub enum LinkError {
     /// A batch the store refused (chain, event, missing body).
     #[error("batch {id} refused: {reason}")]
     BatchRefused { id: u64, reason: String },
+    /// `Chunk` frames that do not make up a body before its batch.
+    #[error("chunked body refused: {0}")]
+    BadChunk(&'static str),
     /// More `Query` frames than the link's budget, or one too large.
     #[error("query {id} refused: {why}")]
     QueryFlood { id: u64, why: &'static str },
@@ -69,6 +72,7 @@ impl LinkError {
             LinkError::BatchTooLarge { .. } => "batch-too-large",
             LinkError::BatchRefused { .. } => "batch-refused",
             LinkError::QueryFlood { .. } => "query-flood",
+            LinkError::BadChunk(_) => "bad-chunk",
             LinkError::Closed => "closed",
             LinkError::Local(_) => "local",
         }
@@ -89,6 +93,7 @@ impl LinkError {
                 | LinkError::BatchTooLarge { .. }
                 | LinkError::BatchRefused { .. }
                 | LinkError::QueryFlood { .. }
+                | LinkError::BadChunk(_)
                 | LinkError::BadHello(_)
         )
     }

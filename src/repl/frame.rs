@@ -5,7 +5,7 @@
 use serde::{Deserialize, Serialize};
 
 /// Protocol version spoken by this build (2: body queries; 3: SPAKE2
-/// authentication).
+/// authentication, bodies in chunks).
 pub const PROTOCOL: u8 = 3;
 /// Largest frame accepted (a batch with its blobs).
 pub const MAX_FRAME: u32 = 96 << 20;
@@ -17,6 +17,15 @@ pub const PREAUTH_FRAME: u32 = 4096;
 /// `mirror.batch_entries`, which is bounded by this) and of hashes in one
 /// query.
 pub const MAX_BATCH_ENTRIES: usize = 4096;
+/// Bodies larger than this travel as `Chunk` frames ahead of their batch,
+/// so no body is ever limited by [`MAX_FRAME`].
+pub const CHUNK_BYTES: usize = 16 << 20;
+/// Largest `imap.max_literal` and `lmtp.max_message_size` a node starts
+/// with (checked at startup).
+pub const MAX_MESSAGE: u64 = 1 << 30;
+/// Largest body a receiver puts together from chunks: [`MAX_MESSAGE`] and
+/// room for the header lines LMTP adds when it stores a message.
+pub const MAX_BODY: u64 = MAX_MESSAGE + (1 << 20);
 /// The QUIC application protocol (ALPN) of the mirror.
 pub const ALPN: &[u8] = b"tandem-mirror/3";
 
@@ -76,6 +85,15 @@ pub enum Frame {
         #[serde(with = "serde_bytes")]
         msg: Vec<u8>,
     },
+    /// Sender to receiver: the next piece of a body larger than
+    /// [`CHUNK_BYTES`], of `total` bytes in all. The pieces of one body
+    /// follow each other, and the batch that needs the body follows them.
+    Chunk {
+        hash: [u8; 32],
+        total: u64,
+        #[serde(with = "serde_bytes")]
+        bytes: Vec<u8>,
+    },
 }
 
 /// Why bytes are not a frame.
@@ -104,6 +122,7 @@ impl Frame {
             Frame::Query { .. } => "query",
             Frame::Held { .. } => "held",
             Frame::Pake { .. } => "pake",
+            Frame::Chunk { .. } => "chunk",
         }
     }
 

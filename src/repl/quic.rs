@@ -5,7 +5,7 @@
 use super::apply::{apply_batch, verify_blobs, Applied};
 use super::engine::{Command, Item, Sender, Window};
 use super::error::LinkError;
-use super::frame::{Frame, WireBlob, WireEntry, ALPN, MAX_BATCH_ENTRIES, MAX_FRAME, PREAUTH_FRAME};
+use super::frame::{Frame, WireBlob, WireEntry, ALPN, CHUNK_BYTES, MAX_BATCH_ENTRIES, MAX_BODY, MAX_FRAME, PREAUTH_FRAME};
 use super::handshake;
 use super::stream::{read_frame, write_frame};
 use super::{now_ms, Mirror, OutLink};
@@ -604,7 +604,22 @@ async fn build_batch(
             l.bodies_held_by_peer += held_by_peer;
             l.bodies_already_sent += already;
         });
-        Ok((Frame::Batch { id, entries: wire, blobs }.encode(), n))
+        // A body larger than a chunk travels in Chunk frames just before
+        // its batch, so no frame limit bounds the size of a message.
+        let mut out = Vec::new();
+        let (large, blobs): (Vec<WireBlob>, Vec<WireBlob>) = blobs.into_iter().partition(|b| b.body.len() > CHUNK_BYTES);
+        for b in large {
+            for piece in b.body.chunks(CHUNK_BYTES) {
+                let chunk = Frame::Chunk {
+                    hash: b.hash,
+                    total: b.body.len() as u64,
+                    bytes: piece.to_vec(),
+                };
+                out.extend_from_slice(&chunk.encode());
+            }
+        }
+        out.extend_from_slice(&Frame::Batch { id, entries: wire, blobs }.encode());
+        Ok((out, n))
     })
     .await
     .context("reading bodies")??;
@@ -760,6 +775,48 @@ async fn receive(
 /// `Batch` gives one back, up to this.
 const QUERY_BUDGET: u32 = 64;
 
+/// Bodies arriving in `Chunk` frames ahead of the batch that needs them.
+#[derive(Default)]
+struct Chunks {
+    /// The body being put together: hash, announced size, bytes so far.
+    current: Option<([u8; 32], u64, Vec<u8>)>,
+    /// Complete bodies, for the next batch.
+    done: Vec<WireBlob>,
+    /// Bytes held here, complete or not.
+    bytes: u64,
+}
+
+impl Chunks {
+    fn add(&mut self, hash: [u8; 32], total: u64, bytes: Vec<u8>) -> Result<(), LinkError> {
+        if total > MAX_BODY || self.bytes + bytes.len() as u64 > MAX_BODY {
+            return Err(LinkError::BadChunk("bodies in chunks beyond the 1 GiB limit"));
+        }
+        let (h, t, body) = self.current.get_or_insert_with(|| (hash, total, Vec::new()));
+        if *h != hash || *t != total {
+            return Err(LinkError::BadChunk("a chunk of another body before the last one was complete"));
+        }
+        if body.len() as u64 + bytes.len() as u64 > total {
+            return Err(LinkError::BadChunk("chunks longer than the body they announce"));
+        }
+        body.extend_from_slice(&bytes);
+        self.bytes += bytes.len() as u64;
+        if body.len() as u64 == total {
+            let (hash, _, body) = self.current.take().expect("just set");
+            self.done.push(WireBlob { hash, body });
+        }
+        Ok(())
+    }
+
+    /// The complete bodies, when a batch arrives.
+    fn take(&mut self) -> Result<Vec<WireBlob>, LinkError> {
+        if self.current.is_some() {
+            return Err(LinkError::BadChunk("a batch before the last chunk of a body"));
+        }
+        self.bytes = 0;
+        Ok(std::mem::take(&mut self.done))
+    }
+}
+
 /// What the checks on arrival refuse in a batch, before any work on it.
 fn check_batch(id: u64, entries: &[WireEntry], own_origin: u64) -> Result<(), LinkError> {
     if entries.len() > MAX_BATCH_ENTRIES {
@@ -817,14 +874,22 @@ async fn serve(
     let (htx, mut hrx) = mpsc::channel::<tokio::task::JoinHandle<Result<Ready, LinkError>>>(PREPARE_AHEAD);
     let reader = tokio::spawn(async move {
         let mut query_budget = QUERY_BUDGET;
+        let mut chunks = Chunks::default();
         loop {
             let st = st.clone();
             let f = read_frame(&mut recv, &m2, MAX_FRAME).await;
             // Refusals decided on arrival, before any work on the frame.
             let f = match f {
-                Ok(Frame::Batch { id, entries, blobs }) => {
+                Ok(Frame::Chunk { hash, total, bytes }) => match chunks.add(hash, total, bytes) {
+                    Ok(()) => continue,
+                    Err(e) => Err(e),
+                },
+                Ok(Frame::Batch { id, entries, mut blobs }) => {
                     query_budget = (query_budget + 1).min(QUERY_BUDGET);
-                    check_batch(id, &entries, own_origin).map(|()| Frame::Batch { id, entries, blobs })
+                    check_batch(id, &entries, own_origin).and_then(|()| {
+                        blobs.extend(chunks.take()?);
+                        Ok(Frame::Batch { id, entries, blobs })
+                    })
                 }
                 Ok(Frame::Query { id, hashes }) if hashes.len() > MAX_BATCH_ENTRIES => Err(LinkError::QueryFlood {
                     id,
@@ -954,4 +1019,43 @@ async fn serve(
         }
     }
     result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chunks_make_up_whole_bodies_or_are_refused() {
+        let mut c = Chunks::default();
+        c.add([1; 32], 6, b"abc".to_vec()).unwrap();
+        assert!(matches!(c.take(), Err(LinkError::BadChunk(_))), "a batch before the last piece");
+        c.add([1; 32], 6, b"def".to_vec()).unwrap();
+        let done = c.take().unwrap();
+        assert_eq!(done.len(), 1);
+        assert_eq!((done[0].hash, &done[0].body[..]), ([1; 32], &b"abcdef"[..]));
+        assert!(c.take().unwrap().is_empty());
+
+        let mut c = Chunks::default();
+        c.add([1; 32], 6, b"abc".to_vec()).unwrap();
+        assert!(
+            matches!(c.add([2; 32], 6, b"def".to_vec()), Err(LinkError::BadChunk(_))),
+            "another body"
+        );
+        let mut c = Chunks::default();
+        c.add([1; 32], 6, b"abc".to_vec()).unwrap();
+        assert!(
+            matches!(c.add([1; 32], 7, b"def".to_vec()), Err(LinkError::BadChunk(_))),
+            "another total"
+        );
+        let mut c = Chunks::default();
+        assert!(
+            matches!(c.add([1; 32], 2, b"abc".to_vec()), Err(LinkError::BadChunk(_))),
+            "too long"
+        );
+        assert!(
+            matches!(c.add([1; 32], MAX_BODY + 1, b"a".to_vec()), Err(LinkError::BadChunk(_))),
+            "too large"
+        );
+    }
 }
