@@ -165,6 +165,8 @@ pub struct MirrorConfig {
     /// Most incoming mirror connections at once that have not yet proved
     /// the shared secret.
     pub max_unauthenticated: usize,
+    /// Of those, most from one IP address.
+    pub max_unauthenticated_per_ip: usize,
     /// Milliseconds an incoming connection has to prove the secret and
     /// introduce itself, from its first packet.
     pub auth_timeout_ms: u64,
@@ -283,6 +285,7 @@ impl Default for MirrorConfig {
             ack_fallback: AckFallback::Local,
             max_connections: 16,
             max_unauthenticated: 8,
+            max_unauthenticated_per_ip: 4,
             auth_timeout_ms: 5_000,
         }
     }
@@ -407,10 +410,14 @@ impl Config {
             ));
         }
         if self.mirror.max_connections == 0
-            || self.mirror.max_unauthenticated == 0
+            || self.mirror.max_unauthenticated_per_ip == 0
+            || self.mirror.max_unauthenticated_per_ip > self.mirror.max_unauthenticated
             || self.mirror.max_unauthenticated > self.mirror.max_connections
         {
-            p.push("mirror.max_connections and mirror.max_unauthenticated must be positive, the second at most the first".into());
+            p.push(
+                "mirror.max_connections, max_unauthenticated and max_unauthenticated_per_ip must be positive, each at most the one before"
+                    .into(),
+            );
         }
         if self.mirror.auth_timeout_ms == 0 {
             p.push("mirror.auth_timeout_ms must be positive".into());

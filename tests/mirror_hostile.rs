@@ -50,6 +50,11 @@ impl rustls::client::danger::ServerCertVerifier for AnyCert {
 
 /// A QUIC client endpoint speaking the mirror's ALPN.
 fn attacker() -> quinn::Endpoint {
+    attacker_from("127.0.0.1")
+}
+
+/// The same, from another loopback address.
+fn attacker_from(ip: &str) -> quinn::Endpoint {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut tls = rustls::ClientConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&[&rustls::version::TLS13])
@@ -62,7 +67,7 @@ fn attacker() -> quinn::Endpoint {
     transport.max_idle_timeout(Some(Duration::from_secs(30).try_into().unwrap()));
     let mut cc = quinn::ClientConfig::new(Arc::new(quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap()));
     cc.transport_config(Arc::new(transport));
-    let mut ep = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+    let mut ep = quinn::Endpoint::client(format!("{ip}:0").parse().unwrap()).unwrap();
     ep.set_default_client_config(cc);
     ep
 }
@@ -643,4 +648,50 @@ fn batches_are_bounded_in_entries() {
     assert!(matches!(acked, Some(Frame::Ack { id: 1, .. })), "{acked:?}");
     assert_eq!(admin_get(&node, "/v1/status")["log"]["apply_order"], max);
     eprintln!("a batch of {max} entries was applied and acknowledged in {took:?}");
+}
+
+/// One address holding every unauthenticated slot it may leaves room for a
+/// peer on another address: it gets at most `max_unauthenticated_per_ip`
+/// (4) of the 8.
+#[test]
+fn a_flood_from_one_address_leaves_room_for_a_peer() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_udp_port();
+    let node = target(&dir.path().join("t"), port, "auth_timeout_ms = 8000\n");
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let rt = runtime();
+    let ep = rt.block_on(async { attacker_from("127.0.0.2") });
+    let held: Vec<quinn::Connection> = rt.block_on(async {
+        let tasks: Vec<_> = (0..50)
+            .map(|_| {
+                let c = ep.connect(addr, "tandem").unwrap();
+                tokio::spawn(async move { tokio::time::timeout(Duration::from_secs(10), c).await.ok().and_then(|r| r.ok()) })
+            })
+            .collect();
+        let mut held = Vec::new();
+        for t in tasks {
+            held.extend(t.await.unwrap());
+        }
+        held
+    });
+    assert_eq!(held.len(), 4, "one address got {} unauthenticated connections", held.len());
+    let started = Instant::now();
+    let pb = free_udp_port();
+    std::fs::create_dir_all(dir.path().join("b")).unwrap();
+    let cfg = write_config(&dir.path().join("b"), "node-b", &mirror_section(pb, &[port], SECRET));
+    let b = Node::start(&dir.path().join("b"), Some(&cfg));
+    assert!(
+        wait_until(6, || mirror_status(&b)["outgoing"][0]["state"] == "connected"),
+        "the peer could not link beside the held connections: {}",
+        mirror_status(&node)
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(7),
+        "the held connections had timed out already"
+    );
+    assert!(
+        held.iter().all(|c| c.close_reason().is_none()),
+        "the held connections were closed early"
+    );
+    assert!(counter(&node, "connections_refused") >= 46);
 }

@@ -173,6 +173,10 @@ pub fn start(
     let limits = Limits {
         connections: Arc::new(Semaphore::new(cfg.max_connections)),
         unauthenticated: Arc::new(Semaphore::new(cfg.max_unauthenticated)),
+        per_ip: Arc::new(PerIp {
+            held: Default::default(),
+            max: cfg.max_unauthenticated_per_ip,
+        }),
         auth_timeout,
     };
     let mut tasks = Vec::new();
@@ -626,12 +630,55 @@ async fn build_batch(
     Ok(built)
 }
 
+/// Unauthenticated incoming connections per remote IP address.
+struct PerIp {
+    held: std::sync::Mutex<HashMap<std::net::IpAddr, usize>>,
+    max: usize,
+}
+
+impl PerIp {
+    fn take(this: &Arc<PerIp>, ip: std::net::IpAddr) -> Option<IpSlot> {
+        let mut held = this.held.lock().expect("per-ip lock");
+        let n = held.entry(ip).or_insert(0);
+        if *n >= this.max {
+            return None;
+        }
+        *n += 1;
+        Some(IpSlot(this.clone(), ip))
+    }
+}
+
+/// One unauthenticated connection of an address; given back on drop.
+struct IpSlot(Arc<PerIp>, std::net::IpAddr);
+
+impl Drop for IpSlot {
+    fn drop(&mut self) {
+        let mut held = self.0.held.lock().expect("per-ip lock");
+        if let Some(n) = held.get_mut(&self.1) {
+            *n -= 1;
+            if *n == 0 {
+                held.remove(&self.1);
+            }
+        }
+    }
+}
+
+/// What an incoming connection holds until it has authenticated (given
+/// back when dropped).
+struct PreAuth {
+    _all: OwnedSemaphorePermit,
+    _ip: IpSlot,
+}
+
 /// Bounds on the incoming side of the mirror port.
 struct Limits {
     /// One permit per incoming connection, authenticated or not.
     connections: Arc<Semaphore>,
     /// One permit per incoming connection until it has authenticated.
     unauthenticated: Arc<Semaphore>,
+    /// The same, per remote IP address, so that one address cannot take
+    /// every unauthenticated slot.
+    per_ip: Arc<PerIp>,
     /// Time from the first packet to a proven secret and a `Hello`.
     auth_timeout: Duration,
 }
@@ -654,19 +701,30 @@ async fn accept_loop(
             }
         };
         let remote = incoming.remote_address();
-        // Over either cap the attempt is refused at once (a QUIC
+        // An address must first show that it receives what is sent to it
+        // (a QUIC Retry, one round trip), so that packets with forged
+        // source addresses cannot take the slots below.
+        if !incoming.remote_address_validated() {
+            let _ = incoming.retry();
+            continue;
+        }
+        // Over any cap the attempt is refused at once (a QUIC
         // CONNECTION_REFUSED), before any TLS work.
-        let permits = limits
-            .connections
-            .clone()
-            .try_acquire_owned()
-            .and_then(|c| Ok((c, limits.unauthenticated.clone().try_acquire_owned()?)));
-        let Ok((connection, unauthenticated)) = permits else {
+        let permits = limits.connections.clone().try_acquire_owned().ok().and_then(|c| {
+            let all = limits.unauthenticated.clone().try_acquire_owned().ok()?;
+            let ip = PerIp::take(&limits.per_ip, remote.ip())?;
+            Some((c, PreAuth { _all: all, _ip: ip }))
+        });
+        let Some((connection, unauthenticated)) = permits else {
             incoming.refuse();
             let n = mirror.connections_refused.fetch_add(1, Ordering::Relaxed) + 1;
             if last_cap_log.is_none_or(|t| t.elapsed() > Duration::from_secs(60)) {
                 last_cap_log = Some(Instant::now());
-                tracing::warn!(remote = %remote, refused = n, "mirror connection refused: mirror.max_connections or mirror.max_unauthenticated reached");
+                tracing::warn!(
+                    remote = %remote,
+                    refused = n,
+                    "mirror connection refused: mirror.max_connections, max_unauthenticated or max_unauthenticated_per_ip reached"
+                );
             }
             continue;
         };
@@ -734,7 +792,7 @@ async fn receive(
     mirror: &Arc<Mirror>,
     secret: &[u8],
     auth_timeout: Duration,
-    unauthenticated: OwnedSemaphorePermit,
+    unauthenticated: PreAuth,
 ) -> Result<(), LinkError> {
     let deadline = tokio::time::Instant::now() + auth_timeout;
     let timed_out = || {
