@@ -4,7 +4,7 @@
 //! `tandem status --json`, with nothing applied.
 
 mod common;
-use common::{admin_get, free_udp_port, mirror_section, wait_until, write_config, Node};
+use common::{free_udp_port, mirror_section, wait_until, write_config, Node};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -87,8 +87,15 @@ fn target(dir: &std::path::Path, port: u16, extra: &str) -> Node {
     Node::start(dir, Some(&cfg))
 }
 
+/// `tandem status --json`.
+fn status(n: &Node) -> serde_json::Value {
+    let (ok, out, err) = n.cli(&["status", "--json"], None);
+    assert!(ok, "tandem status --json: {err}");
+    serde_json::from_str(&out).unwrap()
+}
+
 fn mirror_status(n: &Node) -> serde_json::Value {
-    admin_get(n, "/v1/status")["mirror"].clone()
+    status(n)["mirror"].clone()
 }
 
 fn counter(n: &Node, name: &str) -> u64 {
@@ -141,7 +148,7 @@ fn a_large_frame_before_authentication_is_refused_on_its_header() {
     assert!(sent < 8 << 20, "the node took {sent} bytes of an unauthenticated frame");
     assert!(closed_in < Duration::from_secs(5), "closed after {closed_in:?}");
     assert!(wait_until(5, || counter(&node, "bad_frames") == 1), "{}", mirror_status(&node));
-    let st = admin_get(&node, "/v1/status");
+    let st = status(&node);
     assert_eq!(st["log"]["apply_order"], 0, "something was applied: {st}");
     assert_eq!(st["mirror"]["auth_failures"], 0);
     let after = rss(node.child.id());
@@ -297,7 +304,7 @@ fn first_entry(origin: u64, user: &str) -> WireEntry {
 }
 
 fn own_origin(node: &Node) -> u64 {
-    u64::from_str_radix(admin_get(node, "/v1/status")["origin"].as_str().unwrap(), 16).unwrap()
+    u64::from_str_radix(status(node)["origin"].as_str().unwrap(), 16).unwrap()
 }
 
 #[test]
@@ -329,7 +336,7 @@ fn a_batch_for_the_receivers_own_origin_is_refused_and_nothing_applies() {
         matches!(&refused[..], [Frame::Refused { reason }] if reason.contains("own origin")),
         "{refused:?}"
     );
-    let st = admin_get(&node, "/v1/status");
+    let st = status(&node);
     assert_eq!(st["log"]["apply_order"], 0, "something was applied: {st}");
     assert_eq!(st["mirror"]["own_origin_refused"], 1, "{st}");
     assert_eq!(st["mirror"]["incoming"]["intruder"]["failed"], 1, "{st}");
@@ -353,7 +360,7 @@ fn a_batch_for_the_receivers_own_origin_is_refused_and_nothing_applies() {
         i.read().await
     });
     assert!(matches!(acked, Some(Frame::Ack { id: 1, .. })), "{acked:?}");
-    assert_eq!(admin_get(&node, "/v1/status")["log"]["apply_order"], 1);
+    assert_eq!(status(&node)["log"]["apply_order"], 1);
     assert!(node.cli(&["user", "list"], None).1.contains("a@example.org"));
     assert!(!node.cli(&["user", "list"], None).1.contains("b@example.org"));
 }
@@ -411,7 +418,7 @@ fn a_flood_of_queries_is_refused_counted_and_closes_the_link() {
         matches!(&last, Some(Frame::Refused { reason }) if reason.contains("query")),
         "{last:?}"
     );
-    let st = admin_get(&node, "/v1/status");
+    let st = status(&node);
     assert_eq!(st["mirror"]["query_floods"], 1, "{st}");
     assert_eq!(st["mirror"]["incoming"]["intruder"]["failed"], 1, "{st}");
     assert_eq!(st["log"]["apply_order"], 0, "{st}");
@@ -631,7 +638,7 @@ fn batches_are_bounded_in_entries() {
         matches!(&refused, Some(Frame::Refused { reason }) if reason.contains("4097 entries")),
         "{refused:?}"
     );
-    let st = admin_get(&node, "/v1/status");
+    let st = status(&node);
     assert_eq!(st["mirror"]["oversized_batches"], 1, "{st}");
     assert_eq!(st["log"]["apply_order"], 0, "{st}");
     let (acked, took) = rt.block_on(async {
@@ -646,7 +653,7 @@ fn batches_are_bounded_in_entries() {
         (i.read().await, t.elapsed())
     });
     assert!(matches!(acked, Some(Frame::Ack { id: 1, .. })), "{acked:?}");
-    assert_eq!(admin_get(&node, "/v1/status")["log"]["apply_order"], max);
+    assert_eq!(status(&node)["log"]["apply_order"], max);
     eprintln!("a batch of {max} entries was applied and acknowledged in {took:?}");
 }
 
