@@ -779,6 +779,9 @@ async fn authenticate(
     };
     if let Some(e) = refusal {
         let _ = write_frame(&mut send, &Frame::Refused { reason: e.to_string() }).await;
+        let _ = send.finish();
+        // Give the refusal time to leave before the connection closes.
+        tokio::time::sleep(Duration::from_millis(100)).await;
         return Err(e);
     }
     Ok((send, recv, node_id))
