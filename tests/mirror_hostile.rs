@@ -420,6 +420,8 @@ fn a_flood_of_queries_is_refused_counted_and_closes_the_link() {
     );
     let st = status(&node);
     assert_eq!(st["mirror"]["query_floods"], 1, "{st}");
+    let text = node.cli(&["status"], None).1;
+    assert!(text.contains("query floods 1"), "{text}");
     assert_eq!(st["mirror"]["incoming"]["intruder"]["failed"], 1, "{st}");
     assert_eq!(st["log"]["apply_order"], 0, "{st}");
     assert!(took < Duration::from_secs(10), "{took:?}");
