@@ -220,6 +220,29 @@ mod tests {
             })
         );
         assert_eq!(Frame::decode(&[9, 0]), Err(FrameError::Version(9)));
+        for f in [
+            Frame::Pake { msg: vec![0x41; 33] },
+            Frame::Chunk {
+                hash: [7; 32],
+                total: 40 << 20,
+                bytes: vec![1, 2, 3],
+            },
+        ] {
+            let bytes = f.encode();
+            assert_eq!(Frame::decode(&bytes[4..]).unwrap(), f);
+            assert!(Frame::length(bytes[..4].try_into().unwrap(), PREAUTH_FRAME).is_ok());
+        }
+        // Pake is variant 8 and Chunk variant 9 (replication.md section 4).
+        assert_eq!(Frame::Pake { msg: vec![] }.encode()[5], 8);
+        assert_eq!(
+            Frame::Chunk {
+                hash: [0; 32],
+                total: 0,
+                bytes: vec![]
+            }
+            .encode()[5],
+            9
+        );
         let mut rng = crate::testrng::XorShift(0xdead_beef_1234_5678);
         for _ in 0..5000 {
             let x = rng.next_u64();
