@@ -704,3 +704,36 @@ fn a_flood_from_one_address_leaves_room_for_a_peer() {
     );
     assert!(counter(&node, "connections_refused") >= 46);
 }
+
+/// Before authentication, a frame of the wrong kind (here a `Batch` of a
+/// few bytes, under the size limit) is refused and counted, and nothing of
+/// it applies.
+#[test]
+fn a_batch_before_authentication_is_refused_and_counted() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_udp_port();
+    let node = target(&dir.path().join("t"), port, "");
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let own = own_origin(&node);
+    let rt = runtime();
+    let answer = rt.block_on(async {
+        let ep = attacker();
+        let conn = ep.connect(addr, "tandem").unwrap().await.unwrap();
+        let (mut send, mut recv) = conn.open_bi().await.unwrap();
+        let batch = Frame::Batch {
+            id: 1,
+            entries: vec![first_entry(own ^ 1, "a@example.org")],
+            blobs: vec![],
+        };
+        send.write_all(&batch.encode()).await.unwrap();
+        let counters = tandem::repl::Mirror::default();
+        let r = tokio::time::timeout(Duration::from_secs(5), tandem::repl::stream::read_frame(&mut recv, &counters, 4096))
+            .await
+            .expect("the node kept the connection open");
+        r.is_err()
+    });
+    assert!(answer, "the node answered a batch before authentication");
+    let st = status(&node);
+    assert_eq!(st["mirror"]["auth_failures"], 1, "{st}");
+    assert_eq!(st["log"]["apply_order"], 0, "{st}");
+}

@@ -109,7 +109,8 @@ pub async fn dial(
 /// The acceptor's half: exchange SPAKE2 messages, check the dialer's
 /// proof, then prove the key. A wrong proof (or a SPAKE2 message that is
 /// not one) is counted in `auth_failures` and answered with `Refused`
-/// before the connection is closed.
+/// before the connection is closed; a frame of another kind is counted
+/// there too and ends the connection.
 pub async fn accept(
     conn: &quinn::Connection,
     send: &mut quinn::SendStream,
@@ -118,26 +119,21 @@ pub async fn accept(
     mirror: &Mirror,
 ) -> Result<(), LinkError> {
     let ekm = exporter(conn)?;
+    // A first frame of another kind is a failed authentication too.
+    let unexpected = |expected, got: Frame| {
+        mirror.auth_failures.fetch_add(1, Ordering::Relaxed);
+        LinkError::Unexpected { expected, got: got.kind() }
+    };
     let theirs = match read_frame(recv, mirror, PREAUTH_FRAME).await? {
         Frame::Pake { msg } => msg,
-        other => {
-            return Err(LinkError::Unexpected {
-                expected: "pake",
-                got: other.kind(),
-            })
-        }
+        other => return Err(unexpected("pake", other)),
     };
     let (them, me) = identities(&ekm);
     let (state, msg) = Spake2::<Ed25519Group>::start_b(&password(secret), &them, &me);
     write_frame(send, &Frame::Pake { msg }).await?;
     let proof = match read_frame(recv, mirror, PREAUTH_FRAME).await? {
         Frame::Auth { mac } => mac,
-        other => {
-            return Err(LinkError::Unexpected {
-                expected: "auth",
-                got: other.kind(),
-            })
-        }
+        other => return Err(unexpected("auth", other)),
     };
     let key = state.finish(&theirs).ok();
     let Some(key) = key.filter(|k| ct_eq(&proof, &mac(k, &ekm, b"client"))) else {
