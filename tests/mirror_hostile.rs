@@ -615,8 +615,8 @@ fn chain_of_users(origin: u64, n: u64) -> Vec<WireEntry> {
 }
 
 /// A batch of more entries than a batch may hold is refused before any
-/// work and counted; the largest allowed batch applies as one transaction,
-/// and how long that holds the writer is measured.
+/// work and counted; the largest allowed batch applies in transactions of
+/// at most 512 entries.
 #[test]
 fn batches_are_bounded_in_entries() {
     let dir = tempfile::tempdir().unwrap();
@@ -643,6 +643,8 @@ fn batches_are_bounded_in_entries() {
     let st = status(&node);
     assert_eq!(st["mirror"]["oversized_batches"], 1, "{st}");
     assert_eq!(st["log"]["apply_order"], 0, "{st}");
+    let transactions = |n: &Node| status(n)["log"]["transactions"].as_u64().unwrap();
+    let before = transactions(&node);
     let (acked, took) = rt.block_on(async {
         let mut i = Intruder::connect(addr, theirs).await;
         let t = Instant::now();
@@ -656,7 +658,13 @@ fn batches_are_bounded_in_entries() {
     });
     assert!(matches!(acked, Some(Frame::Ack { id: 1, .. })), "{acked:?}");
     assert_eq!(status(&node)["log"]["apply_order"], max);
-    eprintln!("a batch of {max} entries was applied and acknowledged in {took:?}");
+    // Applied as transactions of at most 512 entries, so local writes get
+    // the writer between them.
+    assert_eq!(transactions(&node) - before, max / 512, "{}", status(&node)["log"]);
+    eprintln!(
+        "a batch of {max} entries was applied in {} transactions and acknowledged in {took:?}",
+        max / 512
+    );
 }
 
 /// One address holding every unauthenticated slot it may leaves room for a

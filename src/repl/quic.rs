@@ -895,6 +895,37 @@ fn check_batch(id: u64, entries: &[WireEntry], own_origin: u64) -> Result<(), Li
     Ok(())
 }
 
+/// Most entries applied in one transaction. A larger batch is applied in
+/// consecutive transactions of at most this many entries, so it holds the
+/// single writer, and local writes behind it, for one part at a time.
+const APPLY_PART: usize = 512;
+
+/// Apply a batch of more than [`APPLY_PART`] entries in parts, in order.
+/// Each entry stays atomic with its views; the bodies go with the first
+/// part, and later parts count them as stored. A failed part leaves the
+/// parts before it applied (the sender resends the rest after the
+/// refusal, and what is already held is skipped as duplicates).
+async fn apply_in_parts(
+    store: Store,
+    mut entries: Vec<WireEntry>,
+    blobs: Vec<WireBlob>,
+    mut stored: Vec<[u8; 32]>,
+) -> Result<Applied, crate::store::StoreError> {
+    let mut total = Applied::default();
+    let mut blobs = Some(blobs);
+    while !entries.is_empty() {
+        let rest = entries.split_off(entries.len().min(APPLY_PART));
+        let part = std::mem::replace(&mut entries, rest);
+        let bodies = blobs.take().unwrap_or_default();
+        let held = stored.clone();
+        stored.extend(bodies.iter().map(|b| b.hash));
+        total += store
+            .submit(move |t, c| apply_batch(t, c, &part, &bodies, &held).map_err(Into::into))
+            .await?;
+    }
+    Ok(total)
+}
+
 /// The authenticated part of an incoming link.
 async fn serve(
     mut send: quinn::SendStream,
@@ -1007,13 +1038,14 @@ async fn serve(
         }
     });
     type Pending = std::pin::Pin<Box<dyn std::future::Future<Output = Result<Applied, crate::store::StoreError>> + Send>>;
-    let mut pending: std::collections::VecDeque<(u64, Pending)> = Default::default();
+    // Batches at the writer: id, whether it is applied in parts, result.
+    let mut pending: std::collections::VecDeque<(u64, bool, Pending)> = Default::default();
     let result: Result<(), LinkError> = async {
         loop {
             tokio::select! {
                 biased;
-                r = async { (&mut pending.front_mut().expect("guarded").1).await }, if !pending.is_empty() => {
-                    let (id, _) = pending.pop_front().expect("guarded");
+                r = async { (&mut pending.front_mut().expect("guarded").2).await }, if !pending.is_empty() => {
+                    let (id, _, _) = pending.pop_front().expect("guarded");
                     match r {
                         Ok(n) => {
                             mirror.update_in(node_id, |l| l.applied_batch(n, now_ms()));
@@ -1029,7 +1061,9 @@ async fn serve(
                         Err(e) => return Err(LinkError::BatchRefused { id, reason: e.to_string() }),
                     }
                 }
-                f = rx.recv(), if pending.len() < APPLY_AHEAD => {
+                // Behind a batch applied in parts nothing is queued: its
+                // later parts must reach the writer before the next batch.
+                f = rx.recv(), if pending.len() < APPLY_AHEAD && !pending.iter().any(|p| p.1) => {
                     let (id, entries, blobs, stored) = match f {
                         Some(Ok(Ready::Batch(id, entries, blobs, stored))) => (id, entries, blobs, stored),
                         Some(Ok(Ready::Query(qid, hashes))) => {
@@ -1051,8 +1085,12 @@ async fn serve(
                         Some(Err(e)) => return Err(e),
                         None => return Err(LinkError::Closed),
                     };
-                    let fut = store.submit(move |t, c| apply_batch(t, c, &entries, &blobs, &stored).map_err(Into::into));
-                    pending.push_back((id, Box::pin(fut)));
+                    if entries.len() > APPLY_PART {
+                        pending.push_back((id, true, Box::pin(apply_in_parts(store.clone(), entries, blobs, stored))));
+                    } else {
+                        let fut = store.submit(move |t, c| apply_batch(t, c, &entries, &blobs, &stored).map_err(Into::into));
+                        pending.push_back((id, false, Box::pin(fut)));
+                    }
                 }
             }
         }
