@@ -352,7 +352,7 @@ async fn link(
     // Batches leave in order through one writer task; a few are built
     // ahead of it. Queries (small) go out as soon as a builder asks, even
     // while the writer waits for that builder's batch.
-    type Built = Result<(Vec<u8>, u64), LinkError>;
+    type Built = Result<(Vec<u8>, u64, OwnedSemaphorePermit), LinkError>;
     let (wtx, mut wrx) = mpsc::channel::<tokio::task::JoinHandle<Built>>(4);
     let (qtx, mut qrx) = mpsc::unbounded_channel::<Vec<u8>>();
     let (werr_tx, mut werr) = mpsc::channel::<LinkError>(1);
@@ -384,10 +384,11 @@ async fn link(
                     },
                 };
                 current = None;
-                let (bytes, n) = built.context("building a batch")??;
+                let (bytes, n, budget) = built.context("building a batch")??;
                 send.write_all(&bytes)
                     .await
                     .map_err(|e| LinkError::transport("sending a batch", e))?;
+                drop(budget);
                 m3.update_out(i, |l| {
                     l.sent += n;
                     l.sent_bytes += bytes.len() as u64;
@@ -403,6 +404,7 @@ async fn link(
     // (one delivery to many users, a copy) travels once.
     let mut sent_blobs: std::collections::HashSet<[u8; 32]> = Default::default();
     let mut next_query = 1u64;
+    let budget = Arc::new(Semaphore::new(BUILD_BUDGET_MIB as usize));
     let mut commits = store.commits();
     let result: Result<(), LinkError> = async {
         loop {
@@ -434,6 +436,12 @@ async fn link(
                 let by_order: HashMap<u64, &wal::Entry> = entries.iter().map(|(o, e)| (*o, e)).collect();
                 for c in engine.read(&items) {
                     let Command::Send { id, orders } = c else { continue };
+                    // Memory for the bodies of batches built and not yet
+                    // written is bounded: taken here, in batch order, and
+                    // given back once the writer has written the batch.
+                    let body_bytes: u64 = orders.iter().filter_map(|o| bodies.get(o)).map(|b| b.1).sum();
+                    let units = body_bytes.div_ceil(1 << 20).clamp(1, BUILD_BUDGET_MIB as u64) as u32;
+                    let permit = budget.clone().acquire_many_owned(units).await.context("the build budget")?;
                     // The batch is built (bodies read, frame encoded) in the
                     // blocking pool and written by the writer task, while
                     // this loop reads on.
@@ -467,7 +475,7 @@ async fn link(
                     }
                     let qid = next_query;
                     next_query += 1;
-                    let build = tokio::spawn(build_batch(
+                    let build = build_batch(
                         store.clone(),
                         mirror.clone(),
                         i,
@@ -478,7 +486,8 @@ async fn link(
                         qid,
                         qtx.clone(),
                         answers.clone(),
-                    ));
+                    );
+                    let build = tokio::spawn(async move { build.await.map(|(bytes, n)| (bytes, n, permit)) });
                     if wtx.send(build).await.is_err() {
                         break;
                     }
@@ -529,6 +538,11 @@ async fn link(
     conn.close(0u32.into(), b"bye");
     result
 }
+
+/// MiB of bodies that the batches built and not yet written on one link may
+/// hold (a larger body still goes, alone). Without it a run of large
+/// messages would have several copies in memory at once.
+const BUILD_BUDGET_MIB: u32 = 256;
 
 /// How long a batch builder waits for the peer to answer a body query.
 const QUERY_TIMEOUT: Duration = Duration::from_secs(30);
