@@ -104,10 +104,15 @@ fn counter(n: &Node, name: &str) -> u64 {
 
 /// Resident memory of a process, bytes.
 fn rss(pid: u32) -> u64 {
+    proc_status_bytes(pid, "VmRSS:")
+}
+
+/// A size from /proc/PID/status (`VmRSS:`, `VmHWM:` for the peak), bytes.
+fn proc_status_bytes(pid: u32, key: &str) -> u64 {
     let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
     let kb: u64 = s
         .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .find_map(|l| l.strip_prefix(key))
         .and_then(|v| v.split_whitespace().next())
         .and_then(|v| v.parse().ok())
         .unwrap();
@@ -588,7 +593,11 @@ ok(c.append("INBOX", None, None, body))
     }
     let out = &mirror_status(&a)["outgoing"][0];
     assert!(out["body_bytes_sent"].as_u64().unwrap() >= 2 * SIZE as u64 - 200, "{out}");
-    eprintln!("two 100 MiB messages: stored on A after {stored:?}, on B after {replicated:?}");
+    let (peak_a, peak_b) = (proc_status_bytes(a.child.id(), "VmHWM:"), proc_status_bytes(b.child.id(), "VmHWM:"));
+    eprintln!("two 100 MiB messages: stored on A after {stored:?}, on B after {replicated:?}; peak RSS A {peak_a}, B {peak_b}");
+    // Each side holds a message a few times over (read, chunks, write),
+    // never the whole backlog at once.
+    assert!(peak_a < 1 << 30 && peak_b < 1 << 30, "peak RSS A {peak_a}, B {peak_b}");
 }
 
 /// `n` entries of `origin` from seq 1, each creating a user, chained.
