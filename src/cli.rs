@@ -317,6 +317,19 @@ fn print_status(st: &Status) {
                 mi.last_divergence.as_deref().unwrap_or("-")
             );
         }
+        let hostile = [
+            mi.connections_refused,
+            mi.auth_timeouts,
+            mi.own_origin_refused,
+            mi.oversized_batches,
+            mi.query_floods,
+        ];
+        if hostile.iter().any(|n| *n > 0) {
+            println!(
+                "  refused   connections {}   auth timeouts {}   own origin {}   oversized batches {}   query floods {}",
+                mi.connections_refused, mi.auth_timeouts, mi.own_origin_refused, mi.oversized_batches, mi.query_floods
+            );
+        }
         for o in &mi.outgoing {
             println!(
                 "  to {:<21} {:<12} since {}   sent {}   queue {}   lag {:.1}s   in flight {} ({} bytes)   {:.0} entries/s{}",

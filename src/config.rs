@@ -212,6 +212,16 @@ pub struct MirrorConfig {
     /// raises the alarm counter in status; "tempfail" answers with a
     /// temporary error (the MTA retries; the message is kept locally).
     pub ack_fallback: AckFallback,
+    /// Most incoming mirror connections at once, authenticated or not.
+    pub max_connections: usize,
+    /// Most incoming mirror connections at once that have not yet proved
+    /// the shared secret.
+    pub max_unauthenticated: usize,
+    /// Of those, most from one IP address.
+    pub max_unauthenticated_per_ip: usize,
+    /// Milliseconds an incoming connection has to prove the secret and
+    /// introduce itself, from its first packet.
+    pub auth_timeout_ms: u64,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default, serde::Serialize)]
@@ -223,7 +233,8 @@ pub enum AckFallback {
 }
 
 impl MirrorConfig {
-    /// The shared secret, from `secret` or the first line of `secret_file`.
+    /// The shared secret, from `secret` or the first line of `secret_file`,
+    /// held to the same minimum strength either way.
     pub fn secret_bytes(&self) -> Result<Option<Vec<u8>>, ConfigError> {
         if let Some(s) = &self.secret {
             return Ok(Some(s.as_bytes().to_vec()));
@@ -238,10 +249,33 @@ impl MirrorConfig {
                         problems: "mirror.secret_file is empty".into(),
                     });
                 }
+                if let Some(weak) = secret_weakness(line.as_bytes()) {
+                    return Err(ConfigError::Invalid {
+                        path: p.clone(),
+                        problems: format!("mirror.secret_file: {weak}"),
+                    });
+                }
                 Ok(Some(line.into_bytes()))
             }
             None => Ok(None),
         }
+    }
+}
+
+/// Shortest shared secret accepted, and the fewest different characters
+/// in it: a secret like "aaaaaaaaaaaaaaaa" is refused.
+pub const MIN_SECRET_LEN: usize = 16;
+pub const MIN_SECRET_DISTINCT: usize = 8;
+
+/// Why a shared secret is too weak, if it is.
+pub fn secret_weakness(secret: &[u8]) -> Option<String> {
+    let distinct = secret.iter().collect::<std::collections::BTreeSet<_>>().len();
+    if secret.len() < MIN_SECRET_LEN {
+        Some(format!("use at least {MIN_SECRET_LEN} characters"))
+    } else if distinct < MIN_SECRET_DISTINCT {
+        Some(format!("use at least {MIN_SECRET_DISTINCT} different characters"))
+    } else {
+        None
     }
 }
 
@@ -301,6 +335,10 @@ impl Default for MirrorConfig {
             reconnect_max_ms: 10_000,
             ack_timeout_ms: 5_000,
             ack_fallback: AckFallback::Local,
+            max_connections: 16,
+            max_unauthenticated: 8,
+            max_unauthenticated_per_ip: 4,
+            auth_timeout_ms: 5_000,
         }
     }
 }
@@ -411,8 +449,40 @@ impl Config {
         if self.mirror.secret.is_some() && self.mirror.secret_file.is_some() {
             p.push("mirror.secret and mirror.secret_file: set one, not both".into());
         }
-        if self.mirror.secret.as_ref().is_some_and(|s| s.len() < 16) {
-            p.push("mirror.secret: use at least 16 characters".into());
+        if let Some(weak) = self.mirror.secret.as_ref().and_then(|s| secret_weakness(s.as_bytes())) {
+            p.push(format!("mirror.secret: {weak}"));
+        }
+        // Bodies up to this size replicate (in chunks); a larger message
+        // stored here could never reach a peer.
+        let max_message = crate::repl::frame::MAX_MESSAGE;
+        for (key, limit) in [
+            ("imap.max_literal", self.imap.max_literal),
+            ("lmtp.max_message_size", self.lmtp.max_message_size),
+        ] {
+            if limit > max_message {
+                p.push(format!(
+                    "{key} {limit} is above {max_message}, the largest message the mirror carries"
+                ));
+            }
+        }
+        if self.mirror.batch_entries > crate::repl::frame::MAX_BATCH_ENTRIES {
+            p.push(format!(
+                "mirror.batch_entries: at most {} (what a receiver accepts)",
+                crate::repl::frame::MAX_BATCH_ENTRIES
+            ));
+        }
+        if self.mirror.max_connections == 0
+            || self.mirror.max_unauthenticated_per_ip == 0
+            || self.mirror.max_unauthenticated_per_ip > self.mirror.max_unauthenticated
+            || self.mirror.max_unauthenticated > self.mirror.max_connections
+        {
+            p.push(
+                "mirror.max_connections, max_unauthenticated and max_unauthenticated_per_ip must be positive, each at most the one before"
+                    .into(),
+            );
+        }
+        if self.mirror.auth_timeout_ms == 0 {
+            p.push("mirror.auth_timeout_ms must be positive".into());
         }
         if self.mirror.batch_bytes > (crate::repl::frame::MAX_FRAME as u64) / 2 {
             p.push(format!(
@@ -505,6 +575,42 @@ ack = "peer"
             .unwrap_err()
             .to_string();
         assert!(e.contains("line 2"), "{e}");
+    }
+
+    #[test]
+    fn weak_secrets_are_refused_from_either_key() {
+        let e = Config::parse("[mirror]\nsecret = \"aaaaaaaaaaaaaaaaaaaa\"\n", Path::new("t.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("different characters"), "{e}");
+        let e = Config::parse("[mirror]\nsecret = \"short\"\n", Path::new("t.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("at least 16"), "{e}");
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("s");
+        std::fs::write(&f, "tooshort\n").unwrap();
+        let c = MirrorConfig {
+            secret_file: Some(f.clone()),
+            ..Default::default()
+        };
+        let e = c.secret_bytes().unwrap_err().to_string();
+        assert!(e.contains("mirror.secret_file: use at least 16"), "{e}");
+        std::fs::write(&f, "correct horse battery staple\n").unwrap();
+        assert_eq!(c.secret_bytes().unwrap().unwrap(), b"correct horse battery staple");
+    }
+
+    #[test]
+    fn message_limits_fit_what_the_mirror_carries() {
+        let e = Config::parse(
+            "[imap]\nmax_literal = 2000000000\n[lmtp]\nmax_message_size = 1073741825\n",
+            Path::new("t.toml"),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("imap.max_literal 2000000000 is above 1073741824"), "{e}");
+        assert!(e.contains("lmtp.max_message_size 1073741825"), "{e}");
+        assert!(Config::parse("[lmtp]\nmax_message_size = 1073741824\n", Path::new("t.toml")).is_ok());
     }
 
     #[test]

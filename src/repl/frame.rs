@@ -4,11 +4,31 @@
 
 use serde::{Deserialize, Serialize};
 
-/// Protocol version spoken by this build (2: body queries; 3: chain hashes
-/// in the receiver's vector).
-pub const PROTOCOL: u8 = 3;
+/// Protocol version spoken by this build (2: body queries; 3: SPAKE2
+/// authentication, bodies in chunks; 4: chain hashes in the receiver's
+/// vector).
+pub const PROTOCOL: u8 = 4;
 /// Largest frame accepted (a batch with its blobs).
 pub const MAX_FRAME: u32 = 96 << 20;
+/// Largest frame accepted before the peer has proved the shared secret:
+/// the handshake's frames are a few dozen bytes, so whatever is larger is
+/// refused on its length header, before its body is read.
+pub const PREAUTH_FRAME: u32 = 4096;
+/// Largest number of entries in one batch (a sender sends at most
+/// `mirror.batch_entries`, which is bounded by this) and of hashes in one
+/// query.
+pub const MAX_BATCH_ENTRIES: usize = 4096;
+/// Bodies larger than this travel as `Chunk` frames ahead of their batch,
+/// so no body is ever limited by [`MAX_FRAME`].
+pub const CHUNK_BYTES: usize = 16 << 20;
+/// Largest `imap.max_literal` and `lmtp.max_message_size` a node starts
+/// with (checked at startup).
+pub const MAX_MESSAGE: u64 = 1 << 30;
+/// Largest body a receiver puts together from chunks: [`MAX_MESSAGE`] and
+/// room for the header lines LMTP adds when it stores a message.
+pub const MAX_BODY: u64 = MAX_MESSAGE + (1 << 20);
+/// The QUIC application protocol (ALPN) of the mirror.
+pub const ALPN: &[u8] = b"tandem-mirror/4";
 
 /// One log entry as shipped. (`serde_bytes` keeps postcard's encoding of
 /// a byte vector — a length and the bytes — but decodes it in one copy
@@ -33,8 +53,8 @@ pub struct WireBlob {
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Frame {
-    /// Proof of the shared secret for this connection (keyed blake3 over
-    /// the TLS exporter and the side).
+    /// Confirmation of the key agreed with `Pake`: keyed blake3 over the
+    /// side and the TLS exporter.
     Auth { mac: [u8; 32] },
     /// The sender introduces itself.
     Hello {
@@ -67,13 +87,27 @@ pub enum Frame {
     Query { id: u64, hashes: Vec<[u8; 32]> },
     /// Receiver to sender: the answer to query `id`, one flag per hash.
     Held { id: u64, held: Vec<bool> },
+    /// A SPAKE2 message: the first frame of each side.
+    Pake {
+        #[serde(with = "serde_bytes")]
+        msg: Vec<u8>,
+    },
+    /// Sender to receiver: the next piece of a body larger than
+    /// [`CHUNK_BYTES`], of `total` bytes in all. The pieces of one body
+    /// follow each other, and the batch that needs the body follows them.
+    Chunk {
+        hash: [u8; 32],
+        total: u64,
+        #[serde(with = "serde_bytes")]
+        bytes: Vec<u8>,
+    },
 }
 
 /// Why bytes are not a frame.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum FrameError {
-    #[error("frame length {0} exceeds the {MAX_FRAME}-byte limit")]
-    TooLarge(u32),
+    #[error("frame length {len} exceeds the {limit}-byte limit")]
+    TooLarge { len: u32, limit: u32 },
     #[error("frame of {0} bytes is empty")]
     Empty(u32),
     #[error("protocol version {0}, this node speaks {PROTOCOL}")]
@@ -94,6 +128,8 @@ impl Frame {
             Frame::Refused { .. } => "refused",
             Frame::Query { .. } => "query",
             Frame::Held { .. } => "held",
+            Frame::Pake { .. } => "pake",
+            Frame::Chunk { .. } => "chunk",
         }
     }
 
@@ -106,11 +142,12 @@ impl Frame {
         out
     }
 
-    /// The length a frame header announces, checked against the limit.
-    pub fn length(header: [u8; 4]) -> Result<u32, FrameError> {
+    /// The length a frame header announces, checked against `limit`
+    /// ([`MAX_FRAME`], or [`PREAUTH_FRAME`] before authentication).
+    pub fn length(header: [u8; 4], limit: u32) -> Result<u32, FrameError> {
         let n = u32::from_be_bytes(header);
-        if n > MAX_FRAME {
-            return Err(FrameError::TooLarge(n));
+        if n > limit {
+            return Err(FrameError::TooLarge { len: n, limit });
         }
         if n == 0 {
             return Err(FrameError::Empty(n));
@@ -161,7 +198,7 @@ mod tests {
             }],
         };
         let bytes = f.encode();
-        let n = Frame::length(bytes[..4].try_into().unwrap()).unwrap();
+        let n = Frame::length(bytes[..4].try_into().unwrap(), MAX_FRAME).unwrap();
         // The byte-string encoding equals postcard's plain Vec<u8> encoding.
         let plain = postcard::to_allocvec(&(1u64, 2u64, 3u64, [4u8; 32], b"x".to_vec())).unwrap();
         let fast = postcard::to_allocvec(&WireEntry {
@@ -176,10 +213,43 @@ mod tests {
         assert_eq!(n as usize, bytes.len() - 4);
         assert_eq!(Frame::decode(&bytes[4..]).unwrap(), f);
         assert_eq!(
-            Frame::length((MAX_FRAME + 1).to_be_bytes()),
-            Err(FrameError::TooLarge(MAX_FRAME + 1))
+            Frame::length((MAX_FRAME + 1).to_be_bytes(), MAX_FRAME),
+            Err(FrameError::TooLarge {
+                len: MAX_FRAME + 1,
+                limit: MAX_FRAME
+            })
+        );
+        assert_eq!(
+            Frame::length((90u32 << 20).to_be_bytes(), PREAUTH_FRAME),
+            Err(FrameError::TooLarge {
+                len: 90 << 20,
+                limit: PREAUTH_FRAME
+            })
         );
         assert_eq!(Frame::decode(&[9, 0]), Err(FrameError::Version(9)));
+        for f in [
+            Frame::Pake { msg: vec![0x41; 33] },
+            Frame::Chunk {
+                hash: [7; 32],
+                total: 40 << 20,
+                bytes: vec![1, 2, 3],
+            },
+        ] {
+            let bytes = f.encode();
+            assert_eq!(Frame::decode(&bytes[4..]).unwrap(), f);
+            assert!(Frame::length(bytes[..4].try_into().unwrap(), PREAUTH_FRAME).is_ok());
+        }
+        // Pake is variant 8 and Chunk variant 9 (replication.md section 4).
+        assert_eq!(Frame::Pake { msg: vec![] }.encode()[5], 8);
+        assert_eq!(
+            Frame::Chunk {
+                hash: [0; 32],
+                total: 0,
+                bytes: vec![]
+            }
+            .encode()[5],
+            9
+        );
         let mut rng = crate::testrng::XorShift(0xdead_beef_1234_5678);
         for _ in 0..5000 {
             let x = rng.next_u64();

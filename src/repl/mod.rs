@@ -4,6 +4,7 @@
 //! - [`frame`]: the wire frames (sans-io).
 //! - [`engine`]: the sender's window and position as a pure state machine.
 //! - [`apply`]: a received batch through the same atomic write as local work.
+//! - [`error`]: why a link ended, as a type.
 //! - [`quic`]: the quinn driver: authentication, links, reconnects.
 //! - [`resolve`]: the master's resolution of split-brain conflicts.
 //!
@@ -14,11 +15,14 @@
 
 pub mod apply;
 pub mod engine;
+pub mod error;
 pub mod frame;
+pub mod handshake;
 pub mod history;
 pub mod quic;
 pub mod resolve;
 pub mod role;
+pub mod stream;
 
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -151,6 +155,23 @@ pub struct MirrorStatus {
     pub incoming: BTreeMap<String, InLink>,
     pub auth_failures: u64,
     pub bad_frames: u64,
+    /// Incoming connections refused at `mirror.max_connections` or
+    /// `mirror.max_unauthenticated`.
+    #[serde(default)]
+    pub connections_refused: u64,
+    /// Incoming connections closed for not authenticating within
+    /// `mirror.auth_timeout_ms`.
+    #[serde(default)]
+    pub auth_timeouts: u64,
+    /// Batches refused because they carried this node's own origin.
+    #[serde(default)]
+    pub own_origin_refused: u64,
+    /// Batches refused for holding more entries than a batch may.
+    #[serde(default)]
+    pub oversized_batches: u64,
+    /// Links closed for sending more `Query` frames than their budget.
+    #[serde(default)]
+    pub query_floods: u64,
     /// `ack = "peer"` waits that ran out of time (an alarm: acknowledged
     /// mail may exist on this node only).
     pub ack_timeouts: u64,
@@ -190,6 +211,11 @@ pub struct Mirror {
     pub incoming: Mutex<BTreeMap<String, InLink>>,
     pub auth_failures: AtomicU64,
     pub bad_frames: AtomicU64,
+    pub connections_refused: AtomicU64,
+    pub auth_timeouts: AtomicU64,
+    pub own_origin_refused: AtomicU64,
+    pub oversized_batches: AtomicU64,
+    pub query_floods: AtomicU64,
     pub listen: Mutex<Option<String>>,
     pub role: Mutex<String>,
     /// The configured `mirror.mode`: the role until a node is promoted
@@ -225,6 +251,11 @@ impl Mirror {
             auth_failures: self.auth_failures.load(Ordering::Relaxed),
             ack_timeouts: self.ack_timeouts.load(Ordering::Relaxed),
             bad_frames: self.bad_frames.load(Ordering::Relaxed),
+            connections_refused: self.connections_refused.load(Ordering::Relaxed),
+            auth_timeouts: self.auth_timeouts.load(Ordering::Relaxed),
+            own_origin_refused: self.own_origin_refused.load(Ordering::Relaxed),
+            oversized_batches: self.oversized_batches.load(Ordering::Relaxed),
+            query_floods: self.query_floods.load(Ordering::Relaxed),
             uid_conflicts,
             rollbacks: self.rollbacks.load(Ordering::Relaxed),
             forks: self.forks.load(Ordering::Relaxed),

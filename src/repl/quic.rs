@@ -4,7 +4,10 @@
 
 use super::apply::{apply_batch, verify_blobs, Applied};
 use super::engine::{Command, Item, Sender, Window};
-use super::frame::{Frame, WireBlob, WireEntry};
+use super::error::LinkError;
+use super::frame::{Frame, WireBlob, WireEntry, ALPN, CHUNK_BYTES, MAX_BATCH_ENTRIES, MAX_BODY, MAX_FRAME, PREAUTH_FRAME};
+use super::handshake;
+use super::stream::{read_frame, write_frame};
 use super::{now_ms, Mirror, OutLink};
 use crate::config::MirrorConfig;
 use crate::event::Event;
@@ -13,50 +16,18 @@ use anyhow::{bail, Context};
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::Path;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 use tracing::Instrument;
 
-const ALPN: &[u8] = b"tandem-mirror/1";
-const EXPORTER_LABEL: &[u8] = b"EXPORTER-tandem-mirror-auth";
-
-/// Keyed blake3 over this connection's TLS exporter and the side: a relay
-/// cannot reuse it on another connection, and a reflected MAC does not fit.
-fn mac(secret: &[u8], conn: &quinn::Connection, side: &[u8]) -> anyhow::Result<[u8; 32]> {
-    let mut ekm = [0u8; 32];
-    conn.export_keying_material(&mut ekm, EXPORTER_LABEL, b"")
-        .map_err(|_| anyhow::anyhow!("TLS exporter unavailable"))?;
-    let key = blake3::derive_key("tandem mirror secret v1", secret);
-    let mut h = blake3::Hasher::new_keyed(&key);
-    h.update(side);
-    h.update(&ekm);
-    Ok(*h.finalize().as_bytes())
-}
-
-fn ct_eq(a: &[u8; 32], b: &[u8; 32]) -> bool {
-    crate::auth::constant_time_eq(a, b)
-}
-
-async fn write_frame(send: &mut quinn::SendStream, f: &Frame) -> anyhow::Result<()> {
-    send.write_all(&f.encode()).await.context("writing a frame")?;
-    Ok(())
-}
-
-async fn read_frame(recv: &mut quinn::RecvStream, mirror: &Mirror) -> anyhow::Result<Frame> {
-    let mut hdr = [0u8; 4];
-    recv.read_exact(&mut hdr).await.context("reading a frame header")?;
-    let n = Frame::length(hdr).inspect_err(|_| {
-        mirror.bad_frames.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    })?;
-    let mut body = vec![0u8; n as usize];
-    recv.read_exact(&mut body).await.context("reading a frame body")?;
-    Frame::decode(&body)
-        .inspect_err(|_| {
-            mirror.bad_frames.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        })
-        .context("decoding a frame")
-}
+/// Connection-level receive window before authentication: the handshake
+/// needs a few hundred bytes, so an unauthenticated peer cannot make this
+/// node buffer more than this per connection.
+const PREAUTH_WINDOW: u32 = 64 << 10;
+/// Connection-level receive window once the peer has authenticated.
+const LINK_WINDOW: u32 = 128 << 20;
 
 /// Accepts any server certificate: peers are authenticated by the shared
 /// secret bound to the connection, not by a PKI. The handshake signature is
@@ -114,9 +85,14 @@ fn endpoint(listen: SocketAddr, data_dir: &Path) -> anyhow::Result<quinn::Endpoi
     // trip has ~33 MB in flight, so the stream window is 64 MiB (at 32 MiB
     // the delayed path ran at 78 % of loopback, at 64 MiB at 84-87 %; the
     // defaults allow ~12 MB/s). Buffers grow only as data is in flight.
+    // The connection's window starts at PREAUTH_WINDOW and is raised to
+    // LINK_WINDOW once the peer has proved the secret.
     transport.stream_receive_window(quinn::VarInt::from_u32(64 << 20));
-    transport.receive_window(quinn::VarInt::from_u32(128 << 20));
+    transport.receive_window(quinn::VarInt::from_u32(PREAUTH_WINDOW));
     transport.send_window(128 << 20);
+    // One bidirectional stream per link, opened by the dialer; nothing else.
+    transport.max_concurrent_bidi_streams(quinn::VarInt::from_u32(1));
+    transport.max_concurrent_uni_streams(quinn::VarInt::from_u32(0));
     let transport = Arc::new(transport);
     let mut sc = quinn::ServerConfig::with_crypto(Arc::new(quinn::crypto::rustls::QuicServerConfig::try_from(server)?));
     sc.transport_config(transport.clone());
@@ -194,10 +170,20 @@ pub fn start(
         entries: cfg.batch_entries,
         bytes: cfg.batch_bytes,
     };
+    let auth_timeout = Duration::from_millis(cfg.auth_timeout_ms);
+    let limits = Limits {
+        connections: Arc::new(Semaphore::new(cfg.max_connections)),
+        unauthenticated: Arc::new(Semaphore::new(cfg.max_unauthenticated)),
+        per_ip: Arc::new(PerIp {
+            held: Default::default(),
+            max: cfg.max_unauthenticated_per_ip,
+        }),
+        auth_timeout,
+    };
     let mut tasks = Vec::new();
     {
         let (ep, store, mirror, secret, shutdown) = (ep.clone(), store.clone(), mirror.clone(), secret.clone(), shutdown.clone());
-        tasks.push(tokio::spawn(accept_loop(ep, store, mirror, secret, shutdown)));
+        tasks.push(tokio::spawn(accept_loop(ep, store, mirror, secret, limits, shutdown)));
     }
     for (i, peer) in cfg.peers.iter().enumerate() {
         mirror.out.lock().expect("mirror lock").push(OutLink {
@@ -213,7 +199,7 @@ pub fn start(
         );
         let span = tracing::info_span!("mirror-out", peer = %peer);
         tasks.push(tokio::spawn(
-            dial_loop(ep, *peer, i, store, mirror, secret, window, backoff, shutdown).instrument(span),
+            dial_loop(ep, *peer, i, store, mirror, secret, window, backoff, auth_timeout, shutdown).instrument(span),
         ));
     }
     Ok(Some(Running { local_addr, tasks }))
@@ -231,6 +217,7 @@ async fn dial_loop(
     secret: Arc<Vec<u8>>,
     window: Window,
     (min, max): (Duration, Duration),
+    auth_timeout: Duration,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut delay = min;
@@ -244,14 +231,14 @@ async fn dial_loop(
         });
         let started = Instant::now();
         let r = tokio::select! {
-            r = link(&ep, peer, i, &store, &mirror, &secret, window) => r,
+            r = link(&ep, peer, i, &store, &mirror, &secret, window, auth_timeout) => r,
             _ = wait_shutdown(&mut shutdown) => return,
         };
         if let Err(e) = r {
             let msg = format!("{e:#}");
-            let refused = msg.contains("refused");
+            let refused = e.is_refusal();
             if !refused || last_refusal_log.is_none_or(|t| t.elapsed() > Duration::from_secs(60)) {
-                tracing::warn!(error = %msg, "mirror link to {peer} failed");
+                tracing::warn!(kind = e.kind(), error = %msg, "mirror link to {peer} failed");
                 if refused {
                     last_refusal_log = Some(Instant::now());
                 }
@@ -282,6 +269,7 @@ fn to_vec(v: &wal::VersionVector) -> Vec<(u64, u64)> {
 }
 
 /// One outgoing link, until it fails.
+#[allow(clippy::too_many_arguments)]
 async fn link(
     ep: &quinn::Endpoint,
     peer: SocketAddr,
@@ -290,59 +278,60 @@ async fn link(
     mirror: &Arc<Mirror>,
     secret: &[u8],
     window: Window,
-) -> anyhow::Result<()> {
+    auth_timeout: Duration,
+) -> Result<(), LinkError> {
     // A peer that does not answer is retried after the backoff, not after
     // the 30 s idle timeout.
-    let conn = tokio::time::timeout(Duration::from_secs(5), ep.connect(peer, "tandem")?)
+    let connecting = ep.connect(peer, "tandem").map_err(|e| LinkError::transport("connecting", e))?;
+    let conn = tokio::time::timeout(Duration::from_secs(5), connecting)
         .await
-        .map_err(|_| anyhow::anyhow!("no answer from the peer within 5 s"))?
-        .context("connecting")?;
-    let (mut send, mut recv) = conn.open_bi().await.context("opening the stream")?;
-    write_frame(
-        &mut send,
-        &Frame::Auth {
-            mac: mac(secret, &conn, b"client")?,
-        },
-    )
-    .await?;
-    match read_frame(&mut recv, mirror).await? {
-        Frame::Auth { mac: theirs } if ct_eq(&theirs, &mac(secret, &conn, b"server")?) => {}
-        Frame::Refused { reason } => bail!("refused by the peer: {reason}"),
-        Frame::Auth { .. } => bail!("refused: the peer does not know the shared secret"),
-        other => bail!("unexpected frame before authentication: {other:?}"),
-    }
+        .map_err(|_| LinkError::Timeout("no answer from the peer within 5 s".into()))?
+        .map_err(|e| LinkError::transport("connecting", e))?;
     let wal = store.wal().clone();
     let seed = *mirror.seed.lock().expect("mirror lock");
-    let role = super::role::current(&store.views(), store.node_id(), seed)?;
-    write_frame(
-        &mut send,
-        &Frame::Hello {
-            node_id: store.node_id().to_string(),
-            origin: wal.local_origin().0,
-            role: role.name().to_string(),
-            epoch: role.epoch,
-        },
-    )
-    .await?;
-    let Frame::Vector { vector, hashes } = read_frame(&mut recv, mirror).await? else {
-        bail!("expected the peer's vector")
+    let role = super::role::current(&store.views(), store.node_id(), seed).map_err(|e| LinkError::Local(e.into()))?;
+    let handshake = async {
+        let (mut send, mut recv) = conn.open_bi().await.map_err(|e| LinkError::transport("opening the stream", e))?;
+        handshake::dial(&conn, &mut send, &mut recv, secret, mirror).await?;
+        conn.set_receive_window(quinn::VarInt::from_u32(LINK_WINDOW));
+        write_frame(
+            &mut send,
+            &Frame::Hello {
+                node_id: store.node_id().to_string(),
+                origin: wal.local_origin().0,
+                role: role.name().to_string(),
+                epoch: role.epoch,
+            },
+        )
+        .await?;
+        match read_frame(&mut recv, mirror, MAX_FRAME).await? {
+            Frame::Vector { vector, hashes } => Ok((send, recv, vector, hashes)),
+            Frame::Refused { reason } => Err(LinkError::refused_by_peer(&reason)),
+            other => Err(LinkError::Unexpected {
+                expected: "vector",
+                got: other.kind(),
+            }),
+        }
     };
+    let (mut send, mut recv, vector, hashes) = tokio::time::timeout(auth_timeout, handshake)
+        .await
+        .map_err(|_| LinkError::Timeout(format!("no handshake within {} ms", auth_timeout.as_millis())))??;
     // Never trust a vector that claims more of this node's own origin than
     // it holds, or other entries at held seqs: nothing is sent, and the
     // link never confirms `ack = "peer"`.
     let held = super::history::Held { vector, hashes };
     let own = wal.local_origin();
-    if let Err(d) = super::history::check(&wal, &held)? {
+    if let Err(d) = super::history::check(&wal, &held).map_err(|e| LinkError::Local(e.into()))? {
         mirror.diverged(matches!(d, super::history::Divergence::Rollback { .. }), d.to_string());
         // Whatever this link's peer acknowledged before no longer counts.
         mirror.update_out(i, |l| l.acked.clear());
         let reason = format!("diverged: {d}");
         let _ = write_frame(&mut send, &Frame::Refused { reason: reason.clone() }).await;
-        bail!("refused the peer's vector: {reason}");
+        return Err(LinkError::Diverged(reason));
     }
     let vector = held.vector;
     let mut confirmed = vector.iter().find(|(o, _)| *o == own.0).map_or(0, |(_, s)| *s);
-    wal.confirm(confirmed)?;
+    wal.confirm(confirmed).map_err(|e| LinkError::Local(e.into()))?;
     let mut engine = Sender::new(window);
     engine.start(&vector, wal.last_order());
     mirror.update_out(i, |l| {
@@ -360,12 +349,12 @@ async fn link(
     // this loop may wait on the batch writer, whose builder may wait on a
     // query answer that only this reader can pass on, so the reader must
     // never wait on this loop.
-    let (tx, mut rx) = mpsc::channel::<anyhow::Result<Frame>>(window.batches + 64);
+    let (tx, mut rx) = mpsc::channel::<Result<Frame, LinkError>>(window.batches + 64);
     let m2 = mirror.clone();
     let a2 = answers.clone();
     let reader = tokio::spawn(async move {
         loop {
-            let f = read_frame(&mut recv, &m2).await;
+            let f = read_frame(&mut recv, &m2, MAX_FRAME).await;
             if let Ok(Frame::Held { id, held }) = f {
                 if let Some(w) = a2.lock().expect("answers lock").remove(&id) {
                     let _ = w.send(held);
@@ -381,19 +370,19 @@ async fn link(
     // Batches leave in order through one writer task; a few are built
     // ahead of it. Queries (small) go out as soon as a builder asks, even
     // while the writer waits for that builder's batch.
-    type Built = anyhow::Result<(Vec<u8>, u64)>;
+    type Built = Result<(Vec<u8>, u64, OwnedSemaphorePermit), LinkError>;
     let (wtx, mut wrx) = mpsc::channel::<tokio::task::JoinHandle<Built>>(4);
     let (qtx, mut qrx) = mpsc::unbounded_channel::<Vec<u8>>();
-    let (werr_tx, mut werr) = mpsc::channel::<anyhow::Error>(1);
+    let (werr_tx, mut werr) = mpsc::channel::<LinkError>(1);
     let m3 = mirror.clone();
     let writer = tokio::spawn(async move {
-        let r: anyhow::Result<()> = async {
+        let r: Result<(), LinkError> = async {
             let mut current: Option<tokio::task::JoinHandle<Built>> = None;
             loop {
                 let built = match current.as_mut() {
                     None => tokio::select! {
                         Some(q) = qrx.recv() => {
-                            send.write_all(&q).await.context("sending a query")?;
+                            send.write_all(&q).await.map_err(|e| LinkError::transport("sending a query", e))?;
                             continue;
                         }
                         h = wrx.recv() => match h {
@@ -406,15 +395,18 @@ async fn link(
                     },
                     Some(h) => tokio::select! {
                         Some(q) = qrx.recv() => {
-                            send.write_all(&q).await.context("sending a query")?;
+                            send.write_all(&q).await.map_err(|e| LinkError::transport("sending a query", e))?;
                             continue;
                         }
                         r = h => r,
                     },
                 };
                 current = None;
-                let (bytes, n) = built.context("building a batch")??;
-                send.write_all(&bytes).await.context("sending a batch")?;
+                let (bytes, n, budget) = built.context("building a batch")??;
+                send.write_all(&bytes)
+                    .await
+                    .map_err(|e| LinkError::transport("sending a batch", e))?;
+                drop(budget);
                 m3.update_out(i, |l| {
                     l.sent += n;
                     l.sent_bytes += bytes.len() as u64;
@@ -430,13 +422,17 @@ async fn link(
     // (one delivery to many users, a copy) travels once.
     let mut sent_blobs: std::collections::HashSet<[u8; 32]> = Default::default();
     let mut next_query = 1u64;
+    let budget = Arc::new(Semaphore::new(BUILD_BUDGET_MIB as usize));
     let mut commits = store.commits();
-    let result: anyhow::Result<()> = async {
+    let result: Result<(), LinkError> = async {
         loop {
             while let Some(cmd) = engine.poll() {
                 let Command::Read { from, max } = cmd else { continue };
                 let w = wal.clone();
-                let entries = tokio::task::spawn_blocking(move || w.read_order(from, max)).await??;
+                let entries = tokio::task::spawn_blocking(move || w.read_order(from, max))
+                    .await
+                    .context("reading the apply order")?
+                    .context("reading the apply order")?;
                 // Each entry is decoded once: the body it references (if any)
                 // counts towards its batch's size and travels with it.
                 let bodies: HashMap<u64, (crate::event::BlobHash, u64)> = entries
@@ -458,6 +454,12 @@ async fn link(
                 let by_order: HashMap<u64, &wal::Entry> = entries.iter().map(|(o, e)| (*o, e)).collect();
                 for c in engine.read(&items) {
                     let Command::Send { id, orders } = c else { continue };
+                    // Memory for the bodies of batches built and not yet
+                    // written is bounded: taken here, in batch order, and
+                    // given back once the writer has written the batch.
+                    let body_bytes: u64 = orders.iter().filter_map(|o| bodies.get(o)).map(|b| b.1).sum();
+                    let units = body_bytes.div_ceil(1 << 20).clamp(1, BUILD_BUDGET_MIB as u64) as u32;
+                    let permit = budget.clone().acquire_many_owned(units).await.context("the build budget")?;
                     // The batch is built (bodies read, frame encoded) in the
                     // blocking pool and written by the writer task, while
                     // this loop reads on.
@@ -491,7 +493,7 @@ async fn link(
                     }
                     let qid = next_query;
                     next_query += 1;
-                    let build = tokio::spawn(build_batch(
+                    let build = build_batch(
                         store.clone(),
                         mirror.clone(),
                         i,
@@ -502,7 +504,8 @@ async fn link(
                         qid,
                         qtx.clone(),
                         answers.clone(),
-                    ));
+                    );
+                    let build = tokio::spawn(async move { build.await.map(|(bytes, n)| (bytes, n, permit)) });
                     if wtx.send(build).await.is_err() {
                         break;
                     }
@@ -536,19 +539,19 @@ async fn link(
                     r.context("store closed")?;
                     engine.local_commit(*commits.borrow_and_update());
                 }
-                e = werr.recv() => return Err(e.unwrap_or_else(|| anyhow::anyhow!("the batch writer stopped"))),
+                e = werr.recv() => return Err(e.unwrap_or_else(|| anyhow::anyhow!("the batch writer stopped").into())),
                 f = rx.recv() => match f {
                     Some(Ok(Frame::Ack { id, vector })) => {
                         engine.ack(id, &vector);
                         if let Some((_, s)) = vector.iter().find(|(o, _)| *o == own.0).filter(|(_, s)| *s > confirmed) {
                             confirmed = *s;
-                            wal.confirm(confirmed)?;
+                            wal.confirm(confirmed).map_err(|e| LinkError::Local(e.into()))?;
                         }
                     }
-                    Some(Ok(Frame::Refused { reason })) => bail!("refused by the peer: {reason}"),
-                    Some(Ok(other)) => bail!("unexpected frame from the receiver: {other:?}"),
+                    Some(Ok(Frame::Refused { reason })) => return Err(LinkError::refused_by_peer(&reason)),
+                    Some(Ok(other)) => return Err(LinkError::Unexpected { expected: "ack, refused or held", got: other.kind() }),
                     Some(Err(e)) => return Err(e),
-                    None => bail!("link closed"),
+                    None => return Err(LinkError::Closed),
                 },
             }
         }
@@ -572,6 +575,11 @@ fn fork_of(e: &crate::store::StoreError) -> Option<&wal::Place> {
     }
 }
 
+/// MiB of bodies that the batches built and not yet written on one link may
+/// hold (a larger body still goes, alone). Without it a run of large
+/// messages would have several copies in memory at once.
+const BUILD_BUDGET_MIB: u32 = 256;
+
 /// How long a batch builder waits for the peer to answer a body query.
 const QUERY_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -592,7 +600,7 @@ async fn build_batch(
     qid: u64,
     queries: mpsc::UnboundedSender<Vec<u8>>,
     answers: Arc<std::sync::Mutex<HashMap<u64, tokio::sync::oneshot::Sender<Vec<bool>>>>>,
-) -> anyhow::Result<(Vec<u8>, u64)> {
+) -> Result<(Vec<u8>, u64), LinkError> {
     let st = store.clone();
     let (mut send, ask) = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
         let (mut send, mut ask) = (Vec::new(), Vec::new());
@@ -605,7 +613,8 @@ async fn build_batch(
         }
         Ok((send, ask))
     })
-    .await??;
+    .await
+    .context("choosing bodies")??;
     let mut held_by_peer = 0;
     if !ask.is_empty() {
         let (wtx, wrx) = tokio::sync::oneshot::channel();
@@ -614,16 +623,16 @@ async fn build_batch(
             id: qid,
             hashes: ask.iter().map(|b| b.0).collect(),
         };
-        queries.send(q.encode()).map_err(|_| anyhow::anyhow!("link closed"))?;
+        queries.send(q.encode()).map_err(|_| LinkError::Closed)?;
         mirror.update_out(i, |l| l.body_queries += 1);
         // A peer that never answers must not hold the link up for ever:
         // the link fails and reconnects.
         let held = tokio::time::timeout(QUERY_TIMEOUT, wrx)
             .await
-            .map_err(|_| anyhow::anyhow!("query {qid} unanswered after {} s", QUERY_TIMEOUT.as_secs()))?
-            .map_err(|_| anyhow::anyhow!("link closed before query {qid} was answered"))?;
+            .map_err(|_| LinkError::Timeout(format!("query {qid} unanswered after {} s", QUERY_TIMEOUT.as_secs())))?
+            .map_err(|_| LinkError::Closed)?;
         if held.len() != ask.len() {
-            bail!("query {qid}: {} answers for {} bodies", held.len(), ask.len());
+            return Err(anyhow::anyhow!("query {qid}: {} answers for {} bodies", held.len(), ask.len()).into());
         }
         for (b, h) in ask.into_iter().zip(held) {
             if h {
@@ -633,7 +642,7 @@ async fn build_batch(
             }
         }
     }
-    tokio::task::spawn_blocking(move || {
+    let built = tokio::task::spawn_blocking(move || -> anyhow::Result<(Vec<u8>, u64)> {
         let mut blobs = Vec::with_capacity(send.len());
         let mut bytes = 0;
         for blob in send.drain(..) {
@@ -649,12 +658,90 @@ async fn build_batch(
             l.bodies_held_by_peer += held_by_peer;
             l.bodies_already_sent += already;
         });
-        Ok((Frame::Batch { id, entries: wire, blobs }.encode(), n))
+        // A body larger than a chunk travels in Chunk frames just before
+        // its batch, so no frame limit bounds the size of a message.
+        let mut out = Vec::new();
+        let (large, blobs): (Vec<WireBlob>, Vec<WireBlob>) = blobs.into_iter().partition(|b| b.body.len() > CHUNK_BYTES);
+        for b in large {
+            for piece in b.body.chunks(CHUNK_BYTES) {
+                let chunk = Frame::Chunk {
+                    hash: b.hash,
+                    total: b.body.len() as u64,
+                    bytes: piece.to_vec(),
+                };
+                out.extend_from_slice(&chunk.encode());
+            }
+        }
+        out.extend_from_slice(&Frame::Batch { id, entries: wire, blobs }.encode());
+        Ok((out, n))
     })
-    .await?
+    .await
+    .context("reading bodies")??;
+    Ok(built)
 }
 
-async fn accept_loop(ep: quinn::Endpoint, store: Store, mirror: Arc<Mirror>, secret: Arc<Vec<u8>>, mut shutdown: watch::Receiver<bool>) {
+/// Unauthenticated incoming connections per remote IP address.
+struct PerIp {
+    held: std::sync::Mutex<HashMap<std::net::IpAddr, usize>>,
+    max: usize,
+}
+
+impl PerIp {
+    fn take(this: &Arc<PerIp>, ip: std::net::IpAddr) -> Option<IpSlot> {
+        let mut held = this.held.lock().expect("per-ip lock");
+        let n = held.entry(ip).or_insert(0);
+        if *n >= this.max {
+            return None;
+        }
+        *n += 1;
+        Some(IpSlot(this.clone(), ip))
+    }
+}
+
+/// One unauthenticated connection of an address; given back on drop.
+struct IpSlot(Arc<PerIp>, std::net::IpAddr);
+
+impl Drop for IpSlot {
+    fn drop(&mut self) {
+        let mut held = self.0.held.lock().expect("per-ip lock");
+        if let Some(n) = held.get_mut(&self.1) {
+            *n -= 1;
+            if *n == 0 {
+                held.remove(&self.1);
+            }
+        }
+    }
+}
+
+/// What an incoming connection holds until it has authenticated (given
+/// back when dropped).
+struct PreAuth {
+    _all: OwnedSemaphorePermit,
+    _ip: IpSlot,
+}
+
+/// Bounds on the incoming side of the mirror port.
+struct Limits {
+    /// One permit per incoming connection, authenticated or not.
+    connections: Arc<Semaphore>,
+    /// One permit per incoming connection until it has authenticated.
+    unauthenticated: Arc<Semaphore>,
+    /// The same, per remote IP address, so that one address cannot take
+    /// every unauthenticated slot.
+    per_ip: Arc<PerIp>,
+    /// Time from the first packet to a proven secret and a `Hello`.
+    auth_timeout: Duration,
+}
+
+async fn accept_loop(
+    ep: quinn::Endpoint,
+    store: Store,
+    mirror: Arc<Mirror>,
+    secret: Arc<Vec<u8>>,
+    limits: Limits,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut last_cap_log: Option<Instant> = None;
     loop {
         let incoming = tokio::select! {
             i = ep.accept() => match i { Some(i) => i, None => return },
@@ -663,13 +750,42 @@ async fn accept_loop(ep: quinn::Endpoint, store: Store, mirror: Arc<Mirror>, sec
                 return;
             }
         };
-        let (store, mirror, secret) = (store.clone(), mirror.clone(), secret.clone());
         let remote = incoming.remote_address();
+        // An address must first show that it receives what is sent to it
+        // (a QUIC Retry, one round trip), so that packets with forged
+        // source addresses cannot take the slots below.
+        if !incoming.remote_address_validated() {
+            let _ = incoming.retry();
+            continue;
+        }
+        // Over any cap the attempt is refused at once (a QUIC
+        // CONNECTION_REFUSED), before any TLS work.
+        let permits = limits.connections.clone().try_acquire_owned().ok().and_then(|c| {
+            let all = limits.unauthenticated.clone().try_acquire_owned().ok()?;
+            let ip = PerIp::take(&limits.per_ip, remote.ip())?;
+            Some((c, PreAuth { _all: all, _ip: ip }))
+        });
+        let Some((connection, unauthenticated)) = permits else {
+            incoming.refuse();
+            let n = mirror.connections_refused.fetch_add(1, Ordering::Relaxed) + 1;
+            if last_cap_log.is_none_or(|t| t.elapsed() > Duration::from_secs(60)) {
+                last_cap_log = Some(Instant::now());
+                tracing::warn!(
+                    remote = %remote,
+                    refused = n,
+                    "mirror connection refused: mirror.max_connections, max_unauthenticated or max_unauthenticated_per_ip reached"
+                );
+            }
+            continue;
+        };
+        let (store, mirror, secret) = (store.clone(), mirror.clone(), secret.clone());
+        let auth_timeout = limits.auth_timeout;
         let span = tracing::info_span!("mirror-in", peer = %remote);
         tokio::spawn(
             async move {
-                if let Err(e) = receive(incoming, &store, &mirror, &secret).await {
-                    tracing::info!(error = %format!("{e:#}"), "incoming mirror link ended");
+                let _connection = connection;
+                if let Err(e) = receive(incoming, &store, &mirror, &secret, auth_timeout, unauthenticated).await {
+                    tracing::info!(kind = e.kind(), error = %e, "incoming mirror link ended");
                 }
             }
             .instrument(span),
@@ -677,50 +793,90 @@ async fn accept_loop(ep: quinn::Endpoint, store: Store, mirror: Arc<Mirror>, sec
     }
 }
 
-/// One incoming link: authenticate, tell the sender where to start, apply
-/// batches, acknowledge each once durable.
-async fn receive(incoming: quinn::Incoming, store: &Store, mirror: &Arc<Mirror>, secret: &[u8]) -> anyhow::Result<()> {
-    let conn = incoming.await.context("accepting")?;
-    let (mut send, mut recv) = conn.accept_bi().await.context("accepting the stream")?;
-    let theirs = match read_frame(&mut recv, mirror).await? {
-        Frame::Auth { mac } => mac,
-        other => bail!("unexpected frame before authentication: {other:?}"),
+/// Whether a node id from a `Hello` has the shape of one (`node.id`).
+fn valid_node_id(id: &str) -> bool {
+    (1..=64).contains(&id.len()) && id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.')
+}
+
+/// Accept the stream, authenticate, and read the dialer's `Hello`: the
+/// node id it gave.
+async fn authenticate(
+    conn: &quinn::Connection,
+    store: &Store,
+    mirror: &Mirror,
+    secret: &[u8],
+) -> Result<(quinn::SendStream, quinn::RecvStream, String, String, u64), LinkError> {
+    let (mut send, mut recv) = conn
+        .accept_bi()
+        .await
+        .map_err(|e| LinkError::transport("accepting the stream", e))?;
+    handshake::accept(conn, &mut send, &mut recv, secret, mirror).await?;
+    let (node_id, origin, role, epoch) = match read_frame(&mut recv, mirror, PREAUTH_FRAME).await? {
+        Frame::Hello {
+            node_id,
+            origin,
+            role,
+            epoch,
+        } => (node_id, origin, role, epoch),
+        other => {
+            return Err(LinkError::Unexpected {
+                expected: "hello",
+                got: other.kind(),
+            })
+        }
     };
-    if !ct_eq(&theirs, &mac(secret, &conn, b"client")?) {
-        mirror.auth_failures.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let _ = write_frame(
-            &mut send,
-            &Frame::Refused {
-                reason: "wrong shared secret".into(),
-            },
-        )
-        .await;
+    let refusal = if !valid_node_id(&node_id) {
+        Some(LinkError::BadHello("the node id is not 1-64 characters of A-Z a-z 0-9 - _ ."))
+    } else if origin == store.wal().local_origin().0 {
+        Some(LinkError::BadHello("a peer claims this node's own origin"))
+    } else {
+        None
+    };
+    if let Some(e) = refusal {
+        let _ = write_frame(&mut send, &Frame::Refused { reason: e.to_string() }).await;
         let _ = send.finish();
+        // Give the refusal time to leave before the connection closes.
         tokio::time::sleep(Duration::from_millis(100)).await;
-        conn.close(1u32.into(), b"wrong secret");
-        bail!("refused a peer with a wrong shared secret");
+        return Err(e);
     }
-    write_frame(
-        &mut send,
-        &Frame::Auth {
-            mac: mac(secret, &conn, b"server")?,
-        },
-    )
-    .await?;
-    let Frame::Hello {
-        node_id,
-        origin,
-        role,
-        epoch,
-    } = read_frame(&mut recv, mirror).await?
-    else {
-        bail!("expected hello")
+    Ok((send, recv, node_id, role, epoch))
+}
+
+/// One incoming link: authenticate within the deadline, tell the sender
+/// where to start, apply batches, acknowledge each once durable.
+async fn receive(
+    incoming: quinn::Incoming,
+    store: &Store,
+    mirror: &Arc<Mirror>,
+    secret: &[u8],
+    auth_timeout: Duration,
+    unauthenticated: PreAuth,
+) -> Result<(), LinkError> {
+    let deadline = tokio::time::Instant::now() + auth_timeout;
+    let timed_out = || {
+        mirror.auth_timeouts.fetch_add(1, Ordering::Relaxed);
+        LinkError::Timeout(format!("no authentication within {} ms", auth_timeout.as_millis()))
     };
-    if origin == store.wal().local_origin().0 {
-        bail!("a peer claims this node's own origin");
-    }
+    let conn = match tokio::time::timeout_at(deadline, incoming).await {
+        Ok(c) => c.map_err(|e| LinkError::transport("accepting", e))?,
+        Err(_) => return Err(timed_out()),
+    };
+    let (send, recv, node_id, role, epoch) = match tokio::time::timeout_at(deadline, authenticate(&conn, store, mirror, secret)).await {
+        Ok(Ok(x)) => x,
+        Ok(Err(e)) => {
+            conn.close(1u32.into(), e.kind().as_bytes());
+            return Err(e);
+        }
+        Err(_) => {
+            conn.close(2u32.into(), b"authentication timeout");
+            return Err(timed_out());
+        }
+    };
+    drop(unauthenticated);
+    conn.set_receive_window(quinn::VarInt::from_u32(LINK_WINDOW));
     tracing::Span::current().record("peer", node_id.as_str());
-    let ours = super::role::current(&store.views(), store.node_id(), *mirror.seed.lock().expect("mirror lock"))?;
+    let ours = super::role::current(&store.views(), store.node_id(), *mirror.seed.lock().expect("mirror lock"))
+        .map_err(|e| LinkError::Local(e.into()))?;
     if epoch > ours.epoch {
         tracing::info!(peer_role = %role, epoch, ours = ours.epoch, "the peer holds a higher epoch; its role event follows on this link");
     }
@@ -730,7 +886,121 @@ async fn receive(incoming: quinn::Incoming, store: &Store, mirror: &Arc<Mirror>,
         l.peer_role = Some(role);
         l.peer_epoch = epoch;
     });
-    let held = super::history::advertised(store.wal())?;
+    let result = serve(send, recv, store, mirror, &node_id).await;
+    mirror.update_in(&node_id, |l| l.connected = false);
+    conn.close(0u32.into(), b"bye");
+    result
+}
+
+/// How many `Query` frames a link may send ahead of the batches they are
+/// for. A sender asks at most once per batch, before that batch, and
+/// builds only a few batches ahead, so it stays far below this; each
+/// `Batch` gives one back, up to this.
+const QUERY_BUDGET: u32 = 64;
+
+/// Bodies arriving in `Chunk` frames ahead of the batch that needs them.
+#[derive(Default)]
+struct Chunks {
+    /// The body being put together: hash, announced size, bytes so far.
+    current: Option<([u8; 32], u64, Vec<u8>)>,
+    /// Complete bodies, for the next batch.
+    done: Vec<WireBlob>,
+    /// Bytes held here, complete or not.
+    bytes: u64,
+}
+
+impl Chunks {
+    fn add(&mut self, hash: [u8; 32], total: u64, bytes: Vec<u8>) -> Result<(), LinkError> {
+        if total > MAX_BODY || self.bytes + bytes.len() as u64 > MAX_BODY {
+            return Err(LinkError::BadChunk("bodies in chunks beyond the 1 GiB limit"));
+        }
+        let (h, t, body) = self.current.get_or_insert_with(|| (hash, total, Vec::new()));
+        if *h != hash || *t != total {
+            return Err(LinkError::BadChunk("a chunk of another body before the last one was complete"));
+        }
+        if body.len() as u64 + bytes.len() as u64 > total {
+            return Err(LinkError::BadChunk("chunks longer than the body they announce"));
+        }
+        body.extend_from_slice(&bytes);
+        self.bytes += bytes.len() as u64;
+        if body.len() as u64 == total {
+            let (hash, _, body) = self.current.take().expect("just set");
+            self.done.push(WireBlob { hash, body });
+        }
+        Ok(())
+    }
+
+    /// The complete bodies, when a batch arrives.
+    fn take(&mut self) -> Result<Vec<WireBlob>, LinkError> {
+        if self.current.is_some() {
+            return Err(LinkError::BadChunk("a batch before the last chunk of a body"));
+        }
+        self.bytes = 0;
+        Ok(std::mem::take(&mut self.done))
+    }
+}
+
+/// What the checks on arrival refuse in a batch, before any work on it.
+fn check_batch(id: u64, entries: &[WireEntry], own_origin: u64, own_head: u64, behind: bool) -> Result<(), LinkError> {
+    if entries.len() > MAX_BATCH_ENTRIES {
+        return Err(LinkError::BatchTooLarge {
+            id,
+            entries: entries.len(),
+            limit: MAX_BATCH_ENTRIES,
+        });
+    }
+    // This node is the only writer of its own origin. A peer may send back
+    // entries of it that this node holds (each is compared by hash: a copy
+    // is a duplicate, anything else a fork), but entries beyond this node's
+    // head exist only if this node's log went backwards, which its own
+    // links detect first (`behind`: a peer's vector held more of this
+    // origin than this node). Otherwise they are forged: refused.
+    if !behind && entries.iter().any(|e| e.origin == own_origin && e.seq > own_head) {
+        return Err(LinkError::OwnOrigin { id });
+    }
+    Ok(())
+}
+
+/// Most entries applied in one transaction. A larger batch is applied in
+/// consecutive transactions of at most this many entries, so it holds the
+/// single writer, and local writes behind it, for one part at a time.
+const APPLY_PART: usize = 512;
+
+/// Apply a batch of more than [`APPLY_PART`] entries in parts, in order.
+/// Each entry stays atomic with its views; the bodies go with the first
+/// part, and later parts count them as stored. A failed part leaves the
+/// parts before it applied (the sender resends the rest after the
+/// refusal, and what is already held is skipped as duplicates).
+async fn apply_in_parts(
+    store: Store,
+    mut entries: Vec<WireEntry>,
+    blobs: Vec<WireBlob>,
+    mut stored: Vec<[u8; 32]>,
+) -> Result<Applied, crate::store::StoreError> {
+    let mut total = Applied::default();
+    let mut blobs = Some(blobs);
+    while !entries.is_empty() {
+        let rest = entries.split_off(entries.len().min(APPLY_PART));
+        let part = std::mem::replace(&mut entries, rest);
+        let bodies = blobs.take().unwrap_or_default();
+        let held = stored.clone();
+        stored.extend(bodies.iter().map(|b| b.hash));
+        total += store
+            .submit(move |t, c| apply_batch(t, c, &part, &bodies, &held).map_err(Into::into))
+            .await?;
+    }
+    Ok(total)
+}
+
+/// The authenticated part of an incoming link.
+async fn serve(
+    mut send: quinn::SendStream,
+    mut recv: quinn::RecvStream,
+    store: &Store,
+    mirror: &Arc<Mirror>,
+    node_id: &str,
+) -> Result<(), LinkError> {
+    let held = super::history::advertised(store.wal()).map_err(|e| LinkError::Local(e.into()))?;
     write_frame(
         &mut send,
         &Frame::Vector {
@@ -753,22 +1023,54 @@ async fn receive(incoming: quinn::Incoming, store: &Store, mirror: &Arc<Mirror>,
         /// Which of these bodies are held here?
         Query(u64, Vec<[u8; 32]>),
     }
-    let (tx, mut rx) = mpsc::channel::<anyhow::Result<Ready>>(APPLY_AHEAD);
+    let (tx, mut rx) = mpsc::channel::<Result<Ready, LinkError>>(APPLY_AHEAD);
     let m2 = mirror.clone();
     let st = store.clone();
+    let own_origin = store.wal().local_origin().0;
     // Several batches are prepared at once (their bodies hashed and, when
     // large, written and flushed), so one batch's disk flush overlaps the
     // next one's work; results are passed on in arrival order.
     const PREPARE_AHEAD: usize = 3;
-    let (htx, mut hrx) = mpsc::channel::<tokio::task::JoinHandle<anyhow::Result<Ready>>>(PREPARE_AHEAD);
+    let (htx, mut hrx) = mpsc::channel::<tokio::task::JoinHandle<Result<Ready, LinkError>>>(PREPARE_AHEAD);
     let reader = tokio::spawn(async move {
+        let mut query_budget = QUERY_BUDGET;
+        let mut chunks = Chunks::default();
         loop {
             let st = st.clone();
-            let f = read_frame(&mut recv, &m2).await;
+            let f = read_frame(&mut recv, &m2, MAX_FRAME).await;
+            // Refusals decided on arrival, before any work on the frame.
+            let f = match f {
+                Ok(Frame::Chunk { hash, total, bytes }) => match chunks.add(hash, total, bytes) {
+                    Ok(()) => continue,
+                    Err(e) => Err(e),
+                },
+                Ok(Frame::Batch { id, entries, mut blobs }) => {
+                    query_budget = (query_budget + 1).min(QUERY_BUDGET);
+                    let own_head = st.wal().heads().get(wal::Origin(own_origin));
+                    let behind = m2.rollbacks.load(Ordering::Relaxed) > 0;
+                    check_batch(id, &entries, own_origin, own_head, behind).and_then(|()| {
+                        blobs.extend(chunks.take()?);
+                        Ok(Frame::Batch { id, entries, blobs })
+                    })
+                }
+                Ok(Frame::Query { id, hashes }) if hashes.len() > MAX_BATCH_ENTRIES => Err(LinkError::QueryFlood {
+                    id,
+                    why: "more hashes than a batch may have entries",
+                }),
+                Ok(Frame::Query { id, .. }) if query_budget == 0 => Err(LinkError::QueryFlood {
+                    id,
+                    why: "more queries than the batches they could be for",
+                }),
+                Ok(Frame::Query { id, hashes }) => {
+                    query_budget -= 1;
+                    Ok(Frame::Query { id, hashes })
+                }
+                other => other,
+            };
             let stop = !matches!(f, Ok(Frame::Batch { .. } | Frame::Query { .. }));
             let h = match f {
                 Ok(Frame::Batch { id, entries, blobs }) => tokio::task::spawn_blocking(move || {
-                    verify_blobs(&blobs).map_err(|e| anyhow::anyhow!("batch {id} refused: {e}"))?;
+                    verify_blobs(&blobs).map_err(|e| LinkError::BatchRefused { id, reason: e.to_string() })?;
                     let bytes: u64 = blobs.iter().map(|b| b.body.len() as u64).sum();
                     let bulk = st.wal().bulk_bytes();
                     if bulk > 0 && bytes >= bulk {
@@ -781,8 +1083,13 @@ async fn receive(incoming: quinn::Incoming, store: &Store, mirror: &Arc<Mirror>,
                 }),
                 Ok(Frame::Query { id, hashes }) => tokio::spawn(async move { Ok(Ready::Query(id, hashes)) }),
                 Ok(other) => {
-                    let kind = other.kind();
-                    tokio::spawn(async move { Err(anyhow::anyhow!("expected a batch, got {kind}")) })
+                    let got = other.kind();
+                    tokio::spawn(async move {
+                        Err(LinkError::Unexpected {
+                            expected: "batch or query",
+                            got,
+                        })
+                    })
                 }
                 Err(e) => tokio::spawn(async move { Err(e) }),
             };
@@ -793,7 +1100,7 @@ async fn receive(incoming: quinn::Incoming, store: &Store, mirror: &Arc<Mirror>,
     });
     let forward = tokio::spawn(async move {
         while let Some(h) = hrx.recv().await {
-            let r = h.await.unwrap_or_else(|e| Err(anyhow::anyhow!("preparing a batch: {e}")));
+            let r = h.await.unwrap_or_else(|e| Err(anyhow::anyhow!("preparing a batch: {e}").into()));
             let stop = r.is_err();
             if tx.send(r).await.is_err() || stop {
                 break;
@@ -801,13 +1108,14 @@ async fn receive(incoming: quinn::Incoming, store: &Store, mirror: &Arc<Mirror>,
         }
     });
     type Pending = std::pin::Pin<Box<dyn std::future::Future<Output = Result<Applied, crate::store::StoreError>> + Send>>;
-    let mut pending: std::collections::VecDeque<(u64, Pending)> = Default::default();
-    let result: anyhow::Result<()> = async {
+    // Batches at the writer: id, whether it is applied in parts, result.
+    let mut pending: std::collections::VecDeque<(u64, bool, Pending)> = Default::default();
+    let result: Result<(), LinkError> = async {
         loop {
             tokio::select! {
                 biased;
-                r = async { (&mut pending.front_mut().expect("guarded").1).await }, if !pending.is_empty() => {
-                    let (id, _) = pending.pop_front().expect("guarded");
+                r = async { (&mut pending.front_mut().expect("guarded").2).await }, if !pending.is_empty() => {
+                    let (id, _, _) = pending.pop_front().expect("guarded");
                     match r {
                         Ok(n) => {
                             if let Some(r) = n.moved {
@@ -819,7 +1127,7 @@ async fn receive(incoming: quinn::Incoming, store: &Store, mirror: &Arc<Mirror>,
                                     ),
                                 );
                             }
-                            mirror.update_in(&node_id, |l| l.applied_batch(n, now_ms()));
+                            mirror.update_in(node_id, |l| l.applied_batch(n, now_ms()));
                             write_frame(
                                 &mut send,
                                 &Frame::Ack {
@@ -833,11 +1141,13 @@ async fn receive(incoming: quinn::Incoming, store: &Store, mirror: &Arc<Mirror>,
                             if let Some(place) = fork_of(&e) {
                                 mirror.diverged(false, format!("batch {id} from {node_id} refused: history fork at {place}"));
                             }
-                            bail!("batch {id} refused: {e}")
+                            return Err(LinkError::BatchRefused { id, reason: e.to_string() });
                         }
                     }
                 }
-                f = rx.recv(), if pending.len() < APPLY_AHEAD => {
+                // Behind a batch applied in parts nothing is queued: its
+                // later parts must reach the writer before the next batch.
+                f = rx.recv(), if pending.len() < APPLY_AHEAD && !pending.iter().any(|p| p.1) => {
                     let (id, entries, blobs, stored) = match f {
                         Some(Ok(Ready::Batch(id, entries, blobs, stored))) => (id, entries, blobs, stored),
                         Some(Ok(Ready::Query(qid, hashes))) => {
@@ -850,15 +1160,21 @@ async fn receive(incoming: quinn::Incoming, store: &Store, mirror: &Arc<Mirror>,
                                     .map(|h| st.holds_body(&crate::event::BlobHash(*h)))
                                     .collect::<Result<Vec<bool>, _>>()
                             })
-                            .await??;
+                            .await
+                            .context("answering a query")?
+                            .context("answering a query")?;
                             write_frame(&mut send, &Frame::Held { id: qid, held }).await?;
                             continue;
                         }
                         Some(Err(e)) => return Err(e),
-                        None => bail!("link closed"),
+                        None => return Err(LinkError::Closed),
                     };
-                    let fut = store.submit(move |t, c| apply_batch(t, c, &entries, &blobs, &stored).map_err(Into::into));
-                    pending.push_back((id, Box::pin(fut)));
+                    if entries.len() > APPLY_PART {
+                        pending.push_back((id, true, Box::pin(apply_in_parts(store.clone(), entries, blobs, stored))));
+                    } else {
+                        let fut = store.submit(move |t, c| apply_batch(t, c, &entries, &blobs, &stored).map_err(Into::into));
+                        pending.push_back((id, false, Box::pin(fut)));
+                    }
                 }
             }
         }
@@ -867,15 +1183,62 @@ async fn receive(incoming: quinn::Incoming, store: &Store, mirror: &Arc<Mirror>,
     reader.abort();
     forward.abort();
     if let Err(e) = &result {
-        let msg = format!("{e:#}");
-        if msg.contains("refused") {
-            mirror.update_in(&node_id, |l| {
+        match e {
+            LinkError::OwnOrigin { .. } => mirror.own_origin_refused.fetch_add(1, Ordering::Relaxed),
+            LinkError::BatchTooLarge { .. } => mirror.oversized_batches.fetch_add(1, Ordering::Relaxed),
+            LinkError::QueryFlood { .. } => mirror.query_floods.fetch_add(1, Ordering::Relaxed),
+            _ => 0,
+        };
+        if e.refuses_peer() {
+            mirror.update_in(node_id, |l| {
+                l.connected = false;
                 l.failed += 1;
-                l.last_error = Some(msg.clone());
+                l.last_error = Some(e.to_string());
             });
-            let _ = write_frame(&mut send, &Frame::Refused { reason: msg }).await;
+            let _ = write_frame(&mut send, &Frame::Refused { reason: e.to_string() }).await;
+            let _ = send.finish();
+            // Give the refusal time to leave before the connection closes.
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
-    mirror.update_in(&node_id, |l| l.connected = false);
     result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chunks_make_up_whole_bodies_or_are_refused() {
+        let mut c = Chunks::default();
+        c.add([1; 32], 6, b"abc".to_vec()).unwrap();
+        assert!(matches!(c.take(), Err(LinkError::BadChunk(_))), "a batch before the last piece");
+        c.add([1; 32], 6, b"def".to_vec()).unwrap();
+        let done = c.take().unwrap();
+        assert_eq!(done.len(), 1);
+        assert_eq!((done[0].hash, &done[0].body[..]), ([1; 32], &b"abcdef"[..]));
+        assert!(c.take().unwrap().is_empty());
+
+        let mut c = Chunks::default();
+        c.add([1; 32], 6, b"abc".to_vec()).unwrap();
+        assert!(
+            matches!(c.add([2; 32], 6, b"def".to_vec()), Err(LinkError::BadChunk(_))),
+            "another body"
+        );
+        let mut c = Chunks::default();
+        c.add([1; 32], 6, b"abc".to_vec()).unwrap();
+        assert!(
+            matches!(c.add([1; 32], 7, b"def".to_vec()), Err(LinkError::BadChunk(_))),
+            "another total"
+        );
+        let mut c = Chunks::default();
+        assert!(
+            matches!(c.add([1; 32], 2, b"abc".to_vec()), Err(LinkError::BadChunk(_))),
+            "too long"
+        );
+        assert!(
+            matches!(c.add([1; 32], MAX_BODY + 1, b"a".to_vec()), Err(LinkError::BadChunk(_))),
+            "too large"
+        );
+    }
 }
