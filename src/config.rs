@@ -16,6 +16,28 @@ pub struct Config {
     pub lmtp: LmtpConfig,
     pub admin: ListenConfig,
     pub mirror: MirrorConfig,
+    pub backup: BackupConfig,
+}
+
+/// `[backup]`: continuous backup of the log and bodies (see
+/// `docs/operations.md`, "Backups").
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct BackupConfig {
+    /// Backup directory (local or network file system). Unset: no
+    /// continuous backup (`tandem backup --to DIR` still works).
+    pub to: Option<PathBuf>,
+    /// How often to back up what was applied since the last run.
+    pub interval_ms: u64,
+}
+
+impl Default for BackupConfig {
+    fn default() -> Self {
+        BackupConfig {
+            to: None,
+            interval_ms: 1000,
+        }
+    }
 }
 
 /// `[node]`
@@ -263,6 +285,7 @@ impl Default for Config {
                 listen: "127.0.0.1:8643".parse().expect("literal"),
             },
             mirror: MirrorConfig::default(),
+            backup: BackupConfig::default(),
         }
     }
 }
@@ -363,6 +386,12 @@ impl Config {
         }
         if self.mirror.reconnect_min_ms == 0 || self.mirror.reconnect_max_ms < self.mirror.reconnect_min_ms {
             p.push("mirror.reconnect_min_ms must be positive and at most mirror.reconnect_max_ms".into());
+        }
+        if self.backup.interval_ms == 0 {
+            p.push("backup.interval_ms must be positive".into());
+        }
+        if self.backup.to.as_ref().is_some_and(|d| d.as_os_str().is_empty()) {
+            p.push("backup.to is empty".into());
         }
         if self.mirror.peers.len() > 2 {
             p.push(format!(

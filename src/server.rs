@@ -248,6 +248,17 @@ pub async fn start(cfg: &Config) -> anyhow::Result<Running> {
         tasks.extend(m.tasks);
     }
 
+    let backups = Arc::new(crate::backup::Backups::default());
+    if let Some(dir) = &cfg.backup.to {
+        tasks.push(tokio::spawn(crate::backup::run_continuous(
+            backups.clone(),
+            store.clone(),
+            dir.clone(),
+            std::time::Duration::from_millis(cfg.backup.interval_ms),
+            shutdown_rx.clone(),
+        )));
+    }
+
     let state = Arc::new(AdminState {
         store: store.clone(),
         token,
@@ -257,6 +268,8 @@ pub async fn start(cfg: &Config) -> anyhow::Result<Running> {
         lmtp: lmtp_counters,
         imap: imap_counters,
         mirror,
+        backups,
+        data_dir: cfg.node.data_dir.clone(),
     });
     let mut rx = shutdown_rx.clone();
     let app = admin::router(state);
