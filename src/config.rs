@@ -481,4 +481,19 @@ ack = "peer"
             .to_string();
         assert!(e.contains("admin.listen") && e.contains("node.id"), "{e}");
     }
+
+    #[test]
+    fn backup_section() {
+        let c = Config::parse("[backup]\nto = \"/srv/b\"\ninterval_ms = 250\n", Path::new("t.toml")).unwrap();
+        assert_eq!(c.backup.to.as_deref(), Some(Path::new("/srv/b")));
+        assert_eq!(c.backup.interval_ms, 250);
+        assert_eq!(Config::default().backup.interval_ms, 1000);
+        assert!(Config::default().backup.to.is_none());
+        let e = Config::parse("[backup]\ninterval_ms = 0\n", Path::new("t.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("backup.interval_ms"), "{e}");
+        let e = Config::parse("[backup]\nevery = 1\n", Path::new("t.toml")).unwrap_err().to_string();
+        assert!(e.contains("every"), "{e}");
+    }
 }
