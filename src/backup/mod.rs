@@ -233,6 +233,9 @@ pub async fn run_continuous(
     let mut last_done = u64::MAX;
     loop {
         let order = store.wal().last_order();
+        // Runs start every `interval` (not `interval` after the last one
+        // ended), so an entry waits at most one interval plus one run.
+        let started = tokio::time::Instant::now();
         if order != last_done {
             let (b, s, d) = (backups.clone(), store.clone(), dir.clone());
             let r = tokio::task::spawn_blocking(move || b.run(&s, &d, true)).await;
@@ -248,7 +251,11 @@ pub async fn run_continuous(
                 Err(e) => tracing::error!(error = %e, "backup run panicked"),
             }
         }
-        let wait = if last_done == order { interval } else { backoff };
+        let wait = if last_done == order {
+            interval.saturating_sub(started.elapsed())
+        } else {
+            backoff
+        };
         tokio::select! {
             _ = crate::server::wait_shutdown(&mut shutdown) => break,
             _ = tokio::time::sleep(wait) => {}
