@@ -45,6 +45,9 @@ pub struct Status {
     /// Split-brain conflicts: pending and resolved (`tandem conflicts`).
     #[serde(default)]
     pub conflicts: crate::repl::resolve::Counts,
+    /// Backup targets used since start: position and lag.
+    #[serde(default)]
+    pub backup: Vec<crate::backup::BackupStatus>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -92,6 +95,9 @@ pub struct AdminState {
     pub imap: Arc<crate::imap::Counters>,
     pub pop3: Option<Arc<crate::pop3::Counters>>,
     pub mirror: Arc<crate::repl::Mirror>,
+    pub backups: Arc<crate::backup::Backups>,
+    /// The node's data directory (scratch space of point-in-time restores).
+    pub data_dir: std::path::PathBuf,
 }
 
 type Shared = Arc<AdminState>;
@@ -178,6 +184,7 @@ pub fn status(st: &AdminState) -> Result<Status, crate::views::read::ViewError> 
         pop3: st.pop3.as_ref().map(|p| p.snapshot()),
         mirror,
         conflicts: crate::repl::resolve::counts(&st.store.views())?,
+        backup: st.backups.status(&st.store),
     })
 }
 
@@ -440,6 +447,62 @@ async fn digest(State(st): State<Shared>) -> Result<Json<serde_json::Value>, Api
     ))
 }
 
+#[derive(Deserialize)]
+struct BackupRequest {
+    to: std::path::PathBuf,
+}
+
+/// Back up everything applied so far into a directory; answers once the
+/// manifest naming it is durable.
+async fn backup(State(st): State<Shared>, Json(req): Json<BackupRequest>) -> Result<Json<serde_json::Value>, ApiError> {
+    if !req.to.is_absolute() {
+        return Err(ApiError(
+            StatusCode::BAD_REQUEST,
+            "the backup directory must be an absolute path".into(),
+        ));
+    }
+    let (store, backups, to) = (st.store.clone(), st.backups.clone(), req.to.clone());
+    let runs = tokio::task::spawn_blocking(move || backups.run(&store, &to, false))
+        .await
+        .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
+        .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    let status = st
+        .backups
+        .status(&st.store)
+        .into_iter()
+        .find(|b| b.target == req.to.display().to_string());
+    Ok(Json(serde_json::json!({ "runs": runs, "status": status })))
+}
+
+#[derive(Deserialize)]
+struct PitrQuery {
+    user: String,
+    folder: Option<String>,
+    /// RFC 3339.
+    at: String,
+    into: Option<String>,
+}
+
+/// Bring a user's (or a folder's) state at a past instant back into new
+/// folders, as ordinary events.
+async fn restore_folders(State(st): State<Shared>, Json(q): Json<PitrQuery>) -> Result<Json<crate::backup::pitr::PitrReport>, ApiError> {
+    let at = chrono::DateTime::parse_from_rfc3339(&q.at)
+        .map_err(|e| ApiError(StatusCode::BAD_REQUEST, format!("at {:?} is not an RFC 3339 time: {e}", q.at)))?;
+    let req = crate::backup::pitr::PitrRequest {
+        user: q.user,
+        folder: q.folder,
+        at_ms: u64::try_from(at.timestamp_millis()).unwrap_or(0),
+        into: q.into,
+    };
+    let store = st.store.clone();
+    let scratch = st.data_dir.join(format!("pitr-scratch-{}", hex::encode(rand::random::<[u8; 6]>())));
+    let r = tokio::task::spawn_blocking(move || crate::backup::pitr::restore_folders(&store, &scratch, &req))
+        .await
+        .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
+        .map_err(|e| ApiError(StatusCode::BAD_REQUEST, e.to_string()))?;
+    Ok(Json(r))
+}
+
 /// The admin routes.
 pub fn router(state: Shared) -> Router {
     Router::new()
@@ -458,6 +521,8 @@ pub fn router(state: Shared) -> Router {
         .route("/v1/users/{user}/password", put(set_password))
         .route("/v1/log/tail", get(get_tail))
         .route("/v1/conflicts", get(get_conflicts))
+        .route("/v1/backup", axum::routing::post(backup))
+        .route("/v1/restore", axum::routing::post(restore_folders))
         .layer(middleware::from_fn_with_state(state.clone(), require_token))
         .with_state(state)
 }

@@ -52,6 +52,29 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Back up the node's log and bodies into a directory (incremental:
+    /// only what is not there yet). Restore with `tandem-replay restore`.
+    Backup {
+        /// Backup directory (created if missing).
+        #[arg(long)]
+        to: PathBuf,
+    },
+    /// Bring a user's mail (or one folder) as it was at a past instant back
+    /// into new folders (`Restored/FOLDER YYYY-MM-DD HH:MM`), from the
+    /// node's log; nothing present is touched.
+    Restore {
+        #[arg(long)]
+        user: String,
+        /// One folder (with its subfolders); all when absent.
+        #[arg(long)]
+        folder: Option<String>,
+        /// The instant, RFC 3339 (e.g. 2026-11-30T14:00:00Z).
+        #[arg(long)]
+        at: String,
+        /// Top folder of the copies.
+        #[arg(long)]
+        into: Option<String>,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -163,6 +186,18 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Command::Backup { to } => rt.block_on(backup(&cfg, to)),
+        Command::Restore { user, folder, at, into } => {
+            let r: serde_json::Value = rt.block_on(Admin::new(&cfg)?.send(
+                reqwest::Method::POST,
+                "/v1/restore",
+                serde_json::json!({ "user": user, "folder": folder, "at": at, "into": into }),
+            ))?;
+            for f in r["folders"].as_array().into_iter().flatten() {
+                println!("restored {} as {} ({} messages)", f["from"], f["to"], f["messages"]);
+            }
+            Ok(())
+        }
         Command::Log(LogCommand::Tail { n }) => {
             let entries: Vec<TailEntry> = rt.block_on(Admin::new(&cfg)?.get(&format!("/v1/log/tail?n={n}")))?;
             for e in entries {
@@ -224,6 +259,24 @@ fn print_conflicts(r: &crate::repl::resolve::Report) {
             m.resolved_by
         );
     }
+}
+
+async fn backup(cfg: &Config, to: PathBuf) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&to).with_context(|| format!("creating {}", to.display()))?;
+    let to = std::fs::canonicalize(&to).with_context(|| format!("resolving {}", to.display()))?;
+    let r: serde_json::Value = Admin::new(cfg)?
+        .send(reqwest::Method::POST, "/v1/backup", serde_json::json!({ "to": to }))
+        .await?;
+    let runs = r["runs"].as_array().map(Vec::len).unwrap_or(0);
+    let st = &r["status"];
+    println!(
+        "backup {}: {} new manifest(s), position {} (manifest {})",
+        to.display(),
+        runs,
+        st["position"],
+        st["manifest"]
+    );
+    Ok(())
 }
 
 fn print_status(st: &Status) {
@@ -366,6 +419,22 @@ fn print_status(st: &Status) {
                 i.apply_rate
             );
         }
+    }
+    for b in &st.backup {
+        println!(
+            "backup      {}{}   position {} of {}   lag {} entries ({:.1}s)   manifest {}   bodies {} ({} bytes)   failures {}{}",
+            b.target,
+            if b.continuous { " (continuous)" } else { "" },
+            b.position,
+            b.apply_order,
+            b.lag_entries,
+            b.lag_secs,
+            b.manifest,
+            b.bodies,
+            b.body_bytes,
+            b.failures,
+            b.last_error.as_deref().map(|e| format!("   last error: {e}")).unwrap_or_default()
+        );
     }
     if l.panics > 0 {
         println!("BUG         {} transactions panicked", l.panics);

@@ -17,6 +17,28 @@ pub struct Config {
     pub admin: ListenConfig,
     pub mirror: MirrorConfig,
     pub pop3: Pop3Config,
+    pub backup: BackupConfig,
+}
+
+/// `[backup]`: continuous backup of the log and bodies (see
+/// `docs/operations.md`, "Backups").
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct BackupConfig {
+    /// Backup directory (local or network file system). Unset: no
+    /// continuous backup (`tandem backup --to DIR` still works).
+    pub to: Option<PathBuf>,
+    /// How often to back up what was applied since the last run.
+    pub interval_ms: u64,
+}
+
+impl Default for BackupConfig {
+    fn default() -> Self {
+        BackupConfig {
+            to: None,
+            interval_ms: 1000,
+        }
+    }
 }
 
 /// `[node]`
@@ -354,6 +376,7 @@ impl Default for Config {
             },
             mirror: MirrorConfig::default(),
             pop3: Pop3Config::default(),
+            backup: BackupConfig::default(),
         }
     }
 }
@@ -496,6 +519,12 @@ impl Config {
         if self.mirror.reconnect_min_ms == 0 || self.mirror.reconnect_max_ms < self.mirror.reconnect_min_ms {
             p.push("mirror.reconnect_min_ms must be positive and at most mirror.reconnect_max_ms".into());
         }
+        if self.backup.interval_ms == 0 {
+            p.push("backup.interval_ms must be positive".into());
+        }
+        if self.backup.to.as_ref().is_some_and(|d| d.as_os_str().is_empty()) {
+            p.push("backup.to is empty".into());
+        }
         if self.mirror.peers.len() > 2 {
             p.push(format!(
                 "mirror.peers: {} peers given; a mirror has two or three nodes",
@@ -619,5 +648,20 @@ ack = "peer"
             .unwrap_err()
             .to_string();
         assert!(e.contains("admin.listen") && e.contains("node.id"), "{e}");
+    }
+
+    #[test]
+    fn backup_section() {
+        let c = Config::parse("[backup]\nto = \"/srv/b\"\ninterval_ms = 250\n", Path::new("t.toml")).unwrap();
+        assert_eq!(c.backup.to.as_deref(), Some(Path::new("/srv/b")));
+        assert_eq!(c.backup.interval_ms, 250);
+        assert_eq!(Config::default().backup.interval_ms, 1000);
+        assert!(Config::default().backup.to.is_none());
+        let e = Config::parse("[backup]\ninterval_ms = 0\n", Path::new("t.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("backup.interval_ms"), "{e}");
+        let e = Config::parse("[backup]\nevery = 1\n", Path::new("t.toml")).unwrap_err().to_string();
+        assert!(e.contains("every"), "{e}");
     }
 }

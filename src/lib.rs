@@ -11,10 +11,12 @@
 //! - [`mutate`]: mutations that decide, append and apply in one transaction.
 //! - [`store`]: the log, views and blobs with an async face.
 //! - [`replay`]: rebuild views, copy a log, digest views.
+//! - [`backup`]: backups of the log and bodies, and restoring from them.
 //! - [`admin`], [`server`], [`cli`]: the running node and its operators' tools.
 
 pub mod admin;
 pub mod auth;
+pub mod backup;
 pub mod cli;
 pub mod config;
 pub mod counters;

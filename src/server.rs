@@ -289,6 +289,16 @@ pub async fn start(cfg: &Config) -> anyhow::Result<Running> {
         cfg.mirror.clone(),
         shutdown_rx.clone(),
     )));
+    let backups = Arc::new(crate::backup::Backups::default());
+    if let Some(dir) = &cfg.backup.to {
+        tasks.push(tokio::spawn(crate::backup::run_continuous(
+            backups.clone(),
+            store.clone(),
+            dir.clone(),
+            std::time::Duration::from_millis(cfg.backup.interval_ms),
+            shutdown_rx.clone(),
+        )));
+    }
 
     let state = Arc::new(AdminState {
         store: store.clone(),
@@ -300,6 +310,8 @@ pub async fn start(cfg: &Config) -> anyhow::Result<Running> {
         imap: imap_counters,
         pop3: (cfg.pop3.listen.is_some() || cfg.pop3.tls_listen.is_some()).then_some(pop3_counters),
         mirror,
+        backups,
+        data_dir: cfg.node.data_dir.clone(),
     });
     let mut rx = shutdown_rx.clone();
     let app = admin::router(state);

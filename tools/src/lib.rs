@@ -1,29 +1,46 @@
-//! # tandem-tools — work on a stopped node's data directory
+//! # tandem-tools — replay, audit, rebuild and restore outside a running node
 //!
-//! - [`audit`]: verify every origin's hash chain and check that the views
-//!   equal a replay of the log (into a scratch store), reporting the first
-//!   problem with its place.
+//! - [`audit`]: verify every origin's hash chain of a stopped node, check
+//!   every body against its hash, and check that the views equal a replay
+//!   of the log (into a scratch store), reporting the first problem with
+//!   its place.
+//! - [`audit_backup`]: the same for a backup directory: the manifest chain,
+//!   every segment and body object, and a replay of all of it.
 //! - [`rebuild`]: throw the views away and materialise them again from the
 //!   log, in the node's own apply order.
+//! - [`restore`]: a whole node from a backup into a new data directory, to
+//!   the latest state or to any single event, resumable.
 //!
-//! Both open the RocksDB store directly, so the node must be stopped
+//! `tandem-replay` is the command line over all of them (`tandem-audit`
+//! and `tandem-rebuild` remain as short names for two of its commands).
+//! The node's store is opened directly, so the node must be stopped
 //! (RocksDB admits one process).
 
 use anyhow::Context;
 use std::path::Path;
+use std::sync::Arc;
+use tandem::backup::layout;
+use tandem::backup::restore::{self as brestore, RestoreReport, Stop};
+use tandem::backup::target::{DirTarget, Faulty, Retrying, Target};
+use tandem::event::{BlobHash, Event};
 use tandem::replay::{rebuild_views, replay_into, views_digest};
 use tandem::store::{wal_options, Store};
+use wal::Origin;
 
 /// What an audit found.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct AuditReport {
     pub node_id: String,
+    /// What was audited: "data-dir" or "backup".
+    pub kind: String,
     /// `{origin: last seq}`.
     pub heads: std::collections::BTreeMap<String, u64>,
     /// Entries whose chain link was checked.
     pub entries_verified: u64,
     /// Entries replayed into the scratch store.
     pub entries_replayed: u64,
+    /// Bodies checked against their hash.
+    pub bodies_verified: u64,
     pub views_digest: String,
     pub replay_digest: String,
     /// True when chains verify and views equal the replay.
@@ -46,6 +63,105 @@ fn open(data_dir: &Path) -> anyhow::Result<(String, Store)> {
     Ok((id, store))
 }
 
+/// Attempts per read of a backup object before a restore gives up.
+pub const READ_ATTEMPTS: u32 = 8;
+
+/// The backup directory as restores and audits read it: every read retried
+/// (transient failures of a network file system), and, when the
+/// environment sets `TANDEM_BACKUP_READ_FAULTS` to a rate in 0..1, that
+/// share of reads failing on purpose (fault-injection drills and tests).
+pub fn open_backup(dir: &Path) -> anyhow::Result<Retrying> {
+    let t: Arc<dyn Target> = Arc::new(DirTarget::new(dir).with_context(|| format!("opening the backup {}", dir.display()))?);
+    let t: Arc<dyn Target> = match std::env::var("TANDEM_BACKUP_READ_FAULTS") {
+        Ok(r) => {
+            let rate: f64 = r
+                .parse()
+                .with_context(|| format!("TANDEM_BACKUP_READ_FAULTS={r:?} is not a number"))?;
+            Arc::new(Faulty::new(t, rate))
+        }
+        Err(_) => t,
+    };
+    Ok(Retrying::new(t, READ_ATTEMPTS))
+}
+
+/// Whether `path` holds a backup (rather than a node's data directory).
+pub fn is_backup(path: &Path) -> bool {
+    path.join(layout::MARKER).is_file()
+}
+
+/// Audit a stopped node's data directory or a backup directory.
+pub fn audit_path(path: &Path, scratch: &Path) -> anyhow::Result<AuditReport> {
+    if is_backup(path) {
+        audit_backup(path, scratch)
+    } else {
+        audit(path, scratch)
+    }
+}
+
+/// The first key where two stores' views differ, readable.
+fn first_view_difference(a: &Store, b: &Store) -> anyhow::Result<Option<String>> {
+    let va = a.wal().scan_all(a.cfs().views)?;
+    let vb = b.wal().scan_all(b.cfs().views)?;
+    let show = |k: &[u8]| String::from_utf8_lossy(k).escape_debug().to_string();
+    for i in 0..va.len().max(vb.len()) {
+        match (va.get(i), vb.get(i)) {
+            (Some((ka, x)), Some((kb, y))) if ka == kb && x == y => {}
+            (Some((ka, _)), Some((kb, _))) if ka == kb => return Ok(Some(format!("view key {} has a different value", show(ka)))),
+            (Some((ka, _)), Some((kb, _))) if ka < kb => return Ok(Some(format!("view key {} is not in the replay", show(ka)))),
+            (_, Some((kb, _))) => return Ok(Some(format!("view key {} of the replay is missing", show(kb)))),
+            (Some((ka, _)), None) => return Ok(Some(format!("view key {} is not in the replay", show(ka)))),
+            (None, None) => break,
+        }
+    }
+    Ok(None)
+}
+
+/// Check every body a message-appended entry names: held, and matching
+/// its hash. Returns the bodies checked; problems name origin and seq.
+fn audit_bodies(store: &Store, problems: &mut Vec<String>) -> anyhow::Result<u64> {
+    let wal = store.wal();
+    let mut seen = std::collections::HashSet::new();
+    let mut n = 0;
+    let mut from = 1;
+    loop {
+        let chunk = wal.read_order(from, 1024)?;
+        let Some((last, _)) = chunk.last() else { break };
+        from = last + 1;
+        for (_, e) in chunk {
+            let Ok(Event::MessageAppended { blob, .. }) = Event::decode(&e.payload) else {
+                continue;
+            };
+            if !seen.insert(blob.0) {
+                continue;
+            }
+            n += 1;
+            match store.blob(&blob)? {
+                None => problems.push(format!(
+                    "body {} named at origin {} seq {} is missing",
+                    hex(&blob.0),
+                    e.origin,
+                    e.seq
+                )),
+                Some(b) if BlobHash::of(&b) != blob => problems.push(format!(
+                    "body {} named at origin {} seq {} does not match its hash",
+                    hex(&blob.0),
+                    e.origin,
+                    e.seq
+                )),
+                Some(_) => {}
+            }
+            if problems.len() > 100 {
+                return Ok(n);
+            }
+        }
+    }
+    Ok(n)
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
 /// Audit a stopped node. `scratch` is an empty directory for the replay.
 pub fn audit(data_dir: &Path, scratch: &Path) -> anyhow::Result<AuditReport> {
     let (id, store) = open(data_dir)?;
@@ -58,6 +174,7 @@ pub fn audit(data_dir: &Path, scratch: &Path) -> anyhow::Result<AuditReport> {
             0
         }
     };
+    let bodies_verified = audit_bodies(&store, &mut problems)?;
     let views = views_digest(&store)?;
     let mut o = wal_options("audit-replay");
     o.sync = false;
@@ -70,18 +187,76 @@ pub fn audit(data_dir: &Path, scratch: &Path) -> anyhow::Result<AuditReport> {
         }
     };
     if problems.is_empty() && replay != views {
-        problems.push("views differ from a replay of the log (run `tandem-rebuild` to materialise them again)".into());
+        let at = first_view_difference(&store, &replica)?.unwrap_or_default();
+        problems.push(format!(
+            "views differ from a replay of the log: {at} (run `tandem-replay rebuild` to materialise them again)"
+        ));
     }
     replica.close()?;
     store.close()?;
     Ok(AuditReport {
         node_id: id,
+        kind: "data-dir".into(),
         heads,
         entries_verified,
         entries_replayed,
+        bodies_verified,
         ok: problems.is_empty(),
         views_digest: views,
         replay_digest: replay,
+        problems,
+    })
+}
+
+/// Audit a backup directory: the manifest chain, then every segment and
+/// every body it references, replayed into a scratch store at `scratch`.
+pub fn audit_backup(dir: &Path, scratch: &Path) -> anyhow::Result<AuditReport> {
+    let t = open_backup(dir)?;
+    let mut problems = Vec::new();
+    let plan = match brestore::plan(&t, Stop::Latest) {
+        Ok(p) => p,
+        Err(e) => {
+            return Ok(AuditReport {
+                node_id: layout::read_marker(&t).ok().flatten().unwrap_or_default(),
+                kind: "backup".into(),
+                heads: Default::default(),
+                entries_verified: 0,
+                entries_replayed: 0,
+                bodies_verified: 0,
+                views_digest: String::new(),
+                replay_digest: String::new(),
+                ok: false,
+                problems: vec![e.to_string()],
+            })
+        }
+    };
+    let heads = plan
+        .manifests
+        .last()
+        .map(|l| l.manifest.heads.iter().map(|(o, h)| (o.clone(), h.seq)).collect())
+        .unwrap_or_default();
+    let mut o = wal_options(&plan.node_id);
+    o.sync = false;
+    let replica = Store::open(scratch, &plan.node_id, o).context("opening the scratch store")?;
+    let rep = match brestore::apply(&t, &plan, &replica, Stop::Latest, &mut |_| {}) {
+        Ok(r) => r,
+        Err(e) => {
+            problems.push(e.to_string());
+            RestoreReport::default()
+        }
+    };
+    let replay = views_digest(&replica)?;
+    replica.close()?;
+    Ok(AuditReport {
+        node_id: plan.node_id,
+        kind: "backup".into(),
+        heads,
+        entries_verified: rep.entries_verified,
+        entries_replayed: rep.entries_applied,
+        bodies_verified: rep.bodies_fetched,
+        views_digest: replay.clone(),
+        replay_digest: replay,
+        ok: problems.is_empty(),
         problems,
     })
 }
@@ -96,4 +271,79 @@ pub fn rebuild(data_dir: &Path) -> anyhow::Result<u64> {
     let n = rebuild_views(&store)?;
     store.close()?;
     Ok(n)
+}
+
+/// Parse `ORIGIN:SEQ`, ORIGIN being 16 hex digits or a node id.
+pub fn parse_seq(s: &str) -> anyhow::Result<(Origin, u64)> {
+    let (o, seq) = s.rsplit_once(':').context("expected ORIGIN:SEQ")?;
+    let seq: u64 = seq.parse().with_context(|| format!("seq {seq:?} is not a number"))?;
+    let origin = if o.len() == 16 && o.bytes().all(|b| b.is_ascii_hexdigit()) {
+        Origin(u64::from_str_radix(o, 16)?)
+    } else {
+        Origin::from_node_id(o)
+    };
+    Ok((origin, seq))
+}
+
+/// Parse an RFC 3339 time into milliseconds since the epoch.
+pub fn parse_time(s: &str) -> anyhow::Result<u64> {
+    let t = chrono::DateTime::parse_from_rfc3339(s).with_context(|| format!("{s:?} is not an RFC 3339 time"))?;
+    u64::try_from(t.timestamp_millis()).context("times before 1970 hold no mail")
+}
+
+/// Restore a whole node from the backup in `from` into `data_dir` (new, or
+/// holding an interrupted restore of the same backup, which continues).
+/// `progress(position, target)` is called as entries are applied.
+pub fn restore(from: &Path, data_dir: &Path, stop: Stop, progress: &mut dyn FnMut(u64, u64)) -> anyhow::Result<RestoreReport> {
+    if !is_backup(from) {
+        anyhow::bail!("{} holds no Tandem backup (no {} file)", from.display(), layout::MARKER);
+    }
+    let t = open_backup(from)?;
+    let plan = brestore::plan(&t, stop)?;
+    std::fs::create_dir_all(data_dir).with_context(|| format!("creating {}", data_dir.display()))?;
+    let id_file = data_dir.join(tandem::server::NODE_ID_FILE);
+    match std::fs::read_to_string(&id_file) {
+        Ok(s) if s.trim() == plan.node_id => {}
+        Ok(s) => anyhow::bail!(
+            "{} belongs to node {:?}, the backup to {:?}; restore into a new data directory",
+            data_dir.display(),
+            s.trim(),
+            plan.node_id
+        ),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            std::fs::write(&id_file, &plan.node_id)?;
+            std::fs::File::open(&id_file)?.sync_all()?;
+            std::fs::File::open(data_dir)?.sync_all()?;
+        }
+        Err(e) => return Err(e).with_context(|| format!("reading {}", id_file.display())),
+    }
+    let db = data_dir.join("db");
+    let store = Store::open(&db, &plan.node_id, wal_options(&plan.node_id)).with_context(|| format!("opening {}", db.display()))?;
+    let target = plan.target_order;
+    let r = brestore::apply(&t, &plan, &store, stop, &mut |p| progress(p, target));
+    store.close()?;
+    let mut r = r?;
+    r.read_retries = t.retries();
+    Ok(r)
+}
+
+/// Print an audit report as text or JSON.
+pub fn print_audit(r: &AuditReport, json: bool) -> anyhow::Result<()> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(r)?);
+        return Ok(());
+    }
+    println!(
+        "{} of node {}: {} entries verified, {} replayed, {} bodies checked",
+        r.kind, r.node_id, r.entries_verified, r.entries_replayed, r.bodies_verified
+    );
+    for (o, s) in &r.heads {
+        println!("  origin {o} seq {s}");
+    }
+    println!("views  {}\nreplay {}", r.views_digest, r.replay_digest);
+    for p in &r.problems {
+        println!("PROBLEM {p}");
+    }
+    println!("{}", if r.ok { "ok" } else { "FAILED" });
+    Ok(())
 }

@@ -99,4 +99,7 @@ pub enum SegmentError {
     },
     #[error("segment: {extra} unexpected bytes after the closing hash at byte offset {offset}")]
     Trailing { offset: u64, extra: u64 },
+    /// Reading the segment failed (not its content).
+    #[error("segment: read failed at byte offset {offset}: {reason}")]
+    Io { offset: u64, reason: String },
 }

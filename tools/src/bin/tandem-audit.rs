@@ -1,14 +1,15 @@
-//! `tandem-audit DATA_DIR`: verify a stopped node's log and check its views
-//! against a replay. Exit status 0 when sound, 1 when a problem was found.
+//! `tandem-audit PATH`: the short name of `tandem-replay audit PATH` (a
+//! stopped node's data directory or a backup directory). Exit status 0 when
+//! sound, 1 when a problem was found.
 
 use clap::Parser;
 use std::path::PathBuf;
 
 #[derive(Parser)]
-#[command(about = "Verify a stopped Tandem node: hash chains, and views against a replay of the log")]
+#[command(about = "Verify a stopped Tandem node or a backup: hash chains, bodies, and views against a replay")]
 struct Args {
-    /// The node's data directory (holds db/ and node-id).
-    data_dir: PathBuf,
+    /// The node's data directory (holds db/ and node-id), or a backup directory.
+    path: PathBuf,
     /// Print the report as JSON.
     #[arg(long)]
     json: bool,
@@ -17,23 +18,8 @@ struct Args {
 fn main() -> anyhow::Result<std::process::ExitCode> {
     let a = Args::parse();
     let scratch = tempfile::tempdir()?;
-    let r = tandem_tools::audit(&a.data_dir, scratch.path())?;
-    if a.json {
-        println!("{}", serde_json::to_string_pretty(&r)?);
-    } else {
-        println!(
-            "node {}: {} entries verified, {} replayed",
-            r.node_id, r.entries_verified, r.entries_replayed
-        );
-        for (o, s) in &r.heads {
-            println!("  origin {o} seq {s}");
-        }
-        println!("views  {}\nreplay {}", r.views_digest, r.replay_digest);
-        for p in &r.problems {
-            println!("PROBLEM {p}");
-        }
-        println!("{}", if r.ok { "ok" } else { "FAILED" });
-    }
+    let r = tandem_tools::audit_path(&a.path, scratch.path())?;
+    tandem_tools::print_audit(&r, a.json)?;
     Ok(if r.ok {
         std::process::ExitCode::SUCCESS
     } else {

@@ -1,0 +1,375 @@
+//! The backup layout: object names, the marker and the manifests (see
+//! `docs/format.md`, "Backups").
+//!
+//! ```text
+//! tandem-backup                         marker: format and node id
+//! segments/<origin>/<first>-<last>.seg  wal segments (origin 16 hex digits,
+//!                                       seqs 20 decimal digits)
+//! bodies/<hh>/<hash>                    message bodies by blake3 (64 hex
+//!                                       digits; hh = the first two)
+//! manifests/<n>.man                     one per backup run (n: 20 digits)
+//! leases/<name>.lease                   restores in progress (prune keeps
+//!                                       what they use)
+//! ```
+
+use super::target::Target;
+use super::BackupError;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::io::Read;
+use wal::{Hash, Origin};
+
+/// Version of the layout, in the marker and every manifest.
+pub const LAYOUT_FORMAT: u32 = 1;
+pub const MARKER: &str = "tandem-backup";
+pub const MANIFEST_DIR: &str = "manifests";
+pub const LEASE_DIR: &str = "leases";
+/// Largest manifest read (guards allocations).
+pub const MAX_MANIFEST_LEN: u64 = 64 << 20;
+
+pub fn segment_name(origin: Origin, first: u64, last: u64) -> String {
+    format!("segments/{origin}/{first:020}-{last:020}.seg")
+}
+
+pub fn body_name(hash: &[u8; 32]) -> String {
+    let h = hex::encode(hash);
+    format!("bodies/{}/{h}", &h[..2])
+}
+
+pub fn manifest_name(number: u64) -> String {
+    format!("{MANIFEST_DIR}/{number:020}.man")
+}
+
+/// The marker's bytes for `node_id`.
+pub fn marker(node_id: &str) -> String {
+    format!("tandem-backup {LAYOUT_FORMAT}\nnode {node_id}\n")
+}
+
+/// The node id a marker names.
+pub fn parse_marker(text: &str) -> Result<String, BackupError> {
+    let mut lines = text.lines();
+    let bad = |reason: &str| BackupError::Corrupt {
+        object: MARKER.into(),
+        reason: reason.into(),
+    };
+    if lines.next() != Some(&format!("tandem-backup {LAYOUT_FORMAT}")) {
+        return Err(bad("first line is not `tandem-backup 1` (not a Tandem backup, or a newer format)"));
+    }
+    match lines.next().and_then(|l| l.strip_prefix("node ")) {
+        Some(id) if !id.is_empty() => Ok(id.to_string()),
+        _ => Err(bad("second line does not name the node")),
+    }
+}
+
+/// A run of consecutive entries of one origin in the node's apply order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Run {
+    pub origin: String,
+    pub first: u64,
+    pub last: u64,
+}
+
+/// A segment object as a manifest names it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SegmentRef {
+    pub object: String,
+    pub origin: String,
+    pub first: u64,
+    pub last: u64,
+    /// Chain hash before `first` and of `last` (hex).
+    pub prev_hash: String,
+    pub last_hash: String,
+    /// The segment's closing hash (hex) and length in bytes.
+    pub closing: String,
+    pub len: u64,
+}
+
+/// Head of one origin after a manifest: last seq and its chain hash (hex).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Head {
+    pub seq: u64,
+    pub hash: String,
+}
+
+/// One backup run: the entries at apply-order positions
+/// `order_from..=order_to`, in `runs`, stored in `segments`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Manifest {
+    pub format: u32,
+    pub node_id: String,
+    /// 1, 2, 3, … without gaps.
+    pub number: u64,
+    /// blake3 of the previous manifest's whole file (hex; zeros for 1).
+    pub prev: String,
+    pub created_ms: u64,
+    pub order_from: u64,
+    pub order_to: u64,
+    /// Smallest and largest entry time (HLC milliseconds) of the run.
+    pub time_from_ms: u64,
+    pub time_to_ms: u64,
+    pub runs: Vec<Run>,
+    pub segments: Vec<SegmentRef>,
+    /// Every origin's head once this manifest is applied.
+    pub heads: BTreeMap<String, Head>,
+    /// Bodies the run referenced, and those it had to write (the others
+    /// were in the backup already).
+    pub bodies_referenced: u64,
+    pub bodies_written: u64,
+    pub body_bytes_written: u64,
+}
+
+/// A manifest file: the JSON document, a newline, then
+/// `blake3 <64 hex digits>\n` over every byte before that line.
+pub fn encode_manifest(m: &Manifest) -> Vec<u8> {
+    let mut out = serde_json::to_vec(m).expect("manifests serialise");
+    out.push(b'\n');
+    let h = blake3::hash(&out);
+    out.extend_from_slice(format!("blake3 {}\n", h.to_hex()).as_bytes());
+    out
+}
+
+/// Parse and check a manifest file's bytes.
+pub fn decode_manifest(object: &str, bytes: &[u8]) -> Result<Manifest, BackupError> {
+    let bad = |reason: String| BackupError::Corrupt {
+        object: object.to_string(),
+        reason,
+    };
+    let tail = 7 + 64 + 1;
+    if bytes.len() < tail + 2 {
+        return Err(bad(format!("{} bytes is too short for a manifest", bytes.len())));
+    }
+    let (doc, line) = bytes.split_at(bytes.len() - tail);
+    if !line.starts_with(b"blake3 ") || !line.ends_with(b"\n") || !doc.ends_with(b"\n") {
+        return Err(bad(format!("no checksum line at byte offset {}", doc.len())));
+    }
+    let want = std::str::from_utf8(&line[7..71]).unwrap_or("");
+    if blake3::hash(doc).to_hex().as_str() != want {
+        return Err(bad(format!("checksum mismatch (checksum line at byte offset {})", doc.len())));
+    }
+    let m: Manifest = serde_json::from_slice(doc).map_err(|e| bad(format!("does not parse: {e}")))?;
+    if m.format != LAYOUT_FORMAT {
+        return Err(bad(format!("unsupported format {}", m.format)));
+    }
+    Ok(m)
+}
+
+pub fn parse_hash(object: &str, field: &str, hex_str: &str) -> Result<Hash, BackupError> {
+    hex::decode(hex_str)
+        .ok()
+        .and_then(|b| <[u8; 32]>::try_from(b).ok())
+        .ok_or_else(|| BackupError::Corrupt {
+            object: object.to_string(),
+            reason: format!("{field} is not 64 hex digits"),
+        })
+}
+
+pub fn parse_origin(object: &str, s: &str) -> Result<Origin, BackupError> {
+    u64::from_str_radix(s, 16).map(Origin).map_err(|_| BackupError::Corrupt {
+        object: object.to_string(),
+        reason: format!("origin {s:?} is not 16 hex digits"),
+    })
+}
+
+/// Read a whole object, at most `max` bytes.
+pub fn read_object(t: &dyn Target, name: &str, max: u64) -> Result<Vec<u8>, BackupError> {
+    let mut r = t.open(name).map_err(|source| BackupError::io(name, source))?;
+    let mut v = Vec::new();
+    (&mut r)
+        .take(max + 1)
+        .read_to_end(&mut v)
+        .map_err(|source| BackupError::io(name, source))?;
+    if v.len() as u64 > max {
+        return Err(BackupError::Corrupt {
+            object: name.into(),
+            reason: format!("larger than {max} bytes"),
+        });
+    }
+    Ok(v)
+}
+
+/// The node id of the backup at `t`, or `None` when it holds no backup yet.
+pub fn read_marker(t: &dyn Target) -> Result<Option<String>, BackupError> {
+    if !t.exists(MARKER).map_err(|e| BackupError::io(MARKER, e))? {
+        return Ok(None);
+    }
+    let b = read_object(t, MARKER, 4096)?;
+    parse_marker(&String::from_utf8_lossy(&b)).map(Some)
+}
+
+/// A verified manifest and the blake3 of its file.
+#[derive(Debug, Clone)]
+pub struct Loaded {
+    pub object: String,
+    pub manifest: Manifest,
+    pub file_hash: Hash,
+}
+
+/// Numbers of the manifests present, in order.
+pub fn manifest_numbers(t: &dyn Target) -> Result<Vec<u64>, BackupError> {
+    let mut out = Vec::new();
+    for n in t.list(MANIFEST_DIR).map_err(|e| BackupError::io(MANIFEST_DIR, e))? {
+        if let Some(num) = n.strip_suffix(".man").and_then(|s| s.parse::<u64>().ok()) {
+            out.push(num);
+        }
+    }
+    out.sort_unstable();
+    Ok(out)
+}
+
+/// Read manifest `number` and check it on its own.
+pub fn load_manifest(t: &dyn Target, number: u64) -> Result<Loaded, BackupError> {
+    let object = manifest_name(number);
+    let bytes = read_object(t, &object, MAX_MANIFEST_LEN)?;
+    let manifest = decode_manifest(&object, &bytes)?;
+    if manifest.number != number {
+        return Err(BackupError::Corrupt {
+            object,
+            reason: format!("names itself number {}", manifest.number),
+        });
+    }
+    Ok(Loaded {
+        object,
+        manifest,
+        file_hash: *blake3::hash(&bytes).as_bytes(),
+    })
+}
+
+/// Read every manifest and check that they form one chain: numbers 1..=n
+/// without gaps, each naming its predecessor's hash, apply-order ranges
+/// that follow each other, segments that continue each origin's chain, and
+/// runs that the segments cover.
+pub fn load_chain(t: &dyn Target, node_id: &str) -> Result<Vec<Loaded>, BackupError> {
+    let numbers = manifest_numbers(t)?;
+    let mut out: Vec<Loaded> = Vec::with_capacity(numbers.len());
+    let mut heads: BTreeMap<Origin, (u64, Hash)> = BTreeMap::new();
+    let mut prev_hash = [0u8; 32];
+    let mut order = 0u64;
+    for (i, n) in numbers.iter().enumerate() {
+        let want = i as u64 + 1;
+        if *n != want {
+            return Err(BackupError::Missing {
+                object: manifest_name(want),
+                what: format!("manifest {want} (the backup holds {} next)", n),
+            });
+        }
+        let l = load_manifest(t, *n)?;
+        check_follows(&l, node_id, &prev_hash, order, &mut heads)?;
+        prev_hash = l.file_hash;
+        order = l.manifest.order_to;
+        out.push(l);
+    }
+    Ok(out)
+}
+
+/// Check manifest `l` against the state the manifests before it left.
+pub fn check_follows(
+    l: &Loaded,
+    node_id: &str,
+    prev_hash: &Hash,
+    order: u64,
+    heads: &mut BTreeMap<Origin, (u64, Hash)>,
+) -> Result<(), BackupError> {
+    let m = &l.manifest;
+    let bad = |reason: String| BackupError::Corrupt {
+        object: l.object.clone(),
+        reason,
+    };
+    if m.node_id != node_id {
+        return Err(bad(format!("belongs to node {:?}, not {node_id:?}", m.node_id)));
+    }
+    if parse_hash(&l.object, "prev", &m.prev)? != *prev_hash {
+        return Err(bad("does not name the previous manifest's hash".into()));
+    }
+    if m.order_from != order + 1 || m.order_to < m.order_from {
+        return Err(bad(format!(
+            "covers apply order {}..={} but the previous manifest ends at {order}",
+            m.order_from, m.order_to
+        )));
+    }
+    let mut count = 0u64;
+    let mut seen: BTreeMap<Origin, u64> = BTreeMap::new();
+    for r in &m.runs {
+        let o = parse_origin(&l.object, &r.origin)?;
+        let expect = seen.get(&o).copied().unwrap_or_else(|| heads.get(&o).map(|h| h.0).unwrap_or(0)) + 1;
+        if r.first != expect || r.last < r.first {
+            return Err(bad(format!(
+                "run {}:{}..={} does not continue origin {} at seq {expect}",
+                r.origin, r.first, r.last, r.origin
+            )));
+        }
+        seen.insert(o, r.last);
+        count += r.last - r.first + 1;
+    }
+    if count != m.order_to - m.order_from + 1 {
+        return Err(bad(format!(
+            "runs hold {count} entries but the apply order range holds {}",
+            m.order_to - m.order_from + 1
+        )));
+    }
+    if m.segments.len() != seen.len() {
+        return Err(bad(format!("{} segments for {} origins", m.segments.len(), seen.len())));
+    }
+    for s in &m.segments {
+        let o = parse_origin(&l.object, &s.origin)?;
+        let (hseq, hhash) = heads.get(&o).copied().unwrap_or((0, [0u8; 32]));
+        if s.first != hseq + 1 || seen.get(&o) != Some(&s.last) || s.object != segment_name(o, s.first, s.last) {
+            return Err(bad(format!("segment {} does not match the runs", s.object)));
+        }
+        if parse_hash(&l.object, "prev_hash", &s.prev_hash)? != hhash {
+            return Err(bad(format!(
+                "segment {} does not continue origin {} (chain hash before seq {} differs)",
+                s.object, s.origin, s.first
+            )));
+        }
+        heads.insert(o, (s.last, parse_hash(&l.object, "last_hash", &s.last_hash)?));
+    }
+    for (o, (seq, hash)) in heads.iter() {
+        match m.heads.get(&o.to_string()) {
+            Some(h) if h.seq == *seq && parse_hash(&l.object, "heads", &h.hash)? == *hash => {}
+            _ => return Err(bad(format!("heads disagree with the segments for origin {o}"))),
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn manifest_round_trip_and_every_flip_refused() {
+        let m = Manifest {
+            format: LAYOUT_FORMAT,
+            node_id: "n1".into(),
+            number: 1,
+            prev: hex::encode([0u8; 32]),
+            created_ms: 5,
+            order_from: 1,
+            order_to: 2,
+            time_from_ms: 1,
+            time_to_ms: 2,
+            runs: vec![],
+            segments: vec![],
+            heads: BTreeMap::new(),
+            bodies_referenced: 0,
+            bodies_written: 0,
+            body_bytes_written: 0,
+        };
+        let b = encode_manifest(&m);
+        assert_eq!(decode_manifest("m", &b).unwrap(), m);
+        for i in 0..b.len() {
+            let mut c = b.clone();
+            c[i] ^= 0x04;
+            assert!(decode_manifest("m", &c).is_err(), "flip at {i} accepted");
+        }
+        for n in 0..b.len() {
+            assert!(decode_manifest("m", &b[..n]).is_err(), "truncation to {n} accepted");
+        }
+    }
+
+    #[test]
+    fn marker_round_trip() {
+        assert_eq!(parse_marker(&marker("node-a")).unwrap(), "node-a");
+        assert!(parse_marker("tandem-backup 9\nnode a\n").is_err());
+    }
+}

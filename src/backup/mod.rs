@@ -1,0 +1,277 @@
+//! Backups: the node's log exported as sealed, self-verifying segments per
+//! origin, its bodies as content-addressed objects (each written once,
+//! ever) and a manifest per run, into a write-once [`target::Target`].
+//!
+//! # Layout
+//! - [`target`]: write-once object stores (a directory).
+//! - [`layout`]: object names, marker and manifests; the manifest chain check.
+//! - [`export`]: one backup run (segments streamed from the log).
+//! - [`restore`]: read a backup back, verifying as it goes, into a store.
+//! - [`pitr`]: a user's or a folder's past state back into new folders of
+//!   the running node, from its own log.
+//! - [`Backups`]: the daemon's backup jobs (`[backup] to`, `tandem backup`)
+//!   and their status.
+//!
+//! The byte layout is in `docs/format.md` ("Backups").
+
+pub mod export;
+pub mod layout;
+pub mod pitr;
+pub mod restore;
+pub mod target;
+
+use export::{Position, RunReport};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use target::{DirTarget, Target};
+use wal::{Place, SegmentError, WalError};
+
+/// Why a backup or a restore failed. Every variant names the object.
+#[derive(Debug, thiserror::Error)]
+pub enum BackupError {
+    #[error("backup object {object}: {source}")]
+    Io { object: String, source: std::io::Error },
+    #[error("backup object {object} is corrupt: {reason}")]
+    Corrupt { object: String, reason: String },
+    #[error("backup object {object} is missing: {what}")]
+    Missing { object: String, what: String },
+    #[error("backup object {object}: {source}")]
+    Segment { object: String, source: SegmentError },
+    #[error("body object {object} (referenced by {place}): {reason}")]
+    Body { object: String, place: Place, reason: String },
+    #[error(transparent)]
+    Wal(#[from] WalError),
+    #[error("applying the entry at {place}: {reason}")]
+    Apply { place: Place, reason: String },
+    #[error("{0}")]
+    Usage(String),
+}
+
+impl BackupError {
+    pub fn io(object: &str, source: std::io::Error) -> BackupError {
+        if source.kind() == std::io::ErrorKind::NotFound {
+            return BackupError::Missing {
+                object: object.to_string(),
+                what: source.to_string(),
+            };
+        }
+        BackupError::Io {
+            object: object.to_string(),
+            source,
+        }
+    }
+}
+
+/// Most apply-order positions in one manifest.
+pub const MAX_RUN_ENTRIES: u64 = 65_536;
+
+/// How one backup target stands, for `tandem status`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct BackupStatus {
+    pub target: String,
+    /// Runs inside the daemon (`[backup] to`) rather than on request.
+    pub continuous: bool,
+    /// Last manifest written (0: none).
+    pub manifest: u64,
+    /// Last apply-order position that is durable in the backup.
+    pub position: u64,
+    /// The node's apply order now.
+    pub apply_order: u64,
+    /// Entries applied here and not yet in the backup.
+    pub lag_entries: u64,
+    /// Age of the oldest entry not yet in the backup (0 when caught up).
+    pub lag_secs: f64,
+    pub runs: u64,
+    pub entries: u64,
+    pub segments: u64,
+    pub segment_bytes: u64,
+    pub bodies: u64,
+    pub body_bytes: u64,
+    /// When the last run finished (ms since the epoch).
+    pub last_run_ms: u64,
+    pub failures: u64,
+    pub last_error: Option<String>,
+}
+
+struct Job {
+    target: Arc<dyn Target>,
+    /// Loaded on first use; kept across runs.
+    pos: Mutex<Option<Position>>,
+    status: Mutex<BackupStatus>,
+}
+
+/// The daemon's backup jobs, one per target directory.
+#[derive(Default)]
+pub struct Backups {
+    jobs: Mutex<BTreeMap<PathBuf, Arc<Job>>>,
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+impl Backups {
+    fn job(&self, dir: &Path, continuous: bool) -> Result<Arc<Job>, BackupError> {
+        let mut jobs = self.jobs.lock().expect("jobs lock");
+        if let Some(j) = jobs.get(dir) {
+            if continuous {
+                j.status.lock().expect("status lock").continuous = true;
+            }
+            return Ok(j.clone());
+        }
+        let t = DirTarget::new(dir).map_err(|e| BackupError::io(&dir.display().to_string(), e))?;
+        let j = Arc::new(Job {
+            target: Arc::new(t),
+            pos: Mutex::new(None),
+            status: Mutex::new(BackupStatus {
+                target: dir.display().to_string(),
+                continuous,
+                ..BackupStatus::default()
+            }),
+        });
+        jobs.insert(dir.to_path_buf(), j.clone());
+        Ok(j)
+    }
+
+    /// Back up everything applied so far into `dir` (blocking). Returns the
+    /// runs written; none when the backup was already current.
+    pub fn run(&self, store: &crate::store::Store, dir: &Path, continuous: bool) -> Result<Vec<RunReport>, BackupError> {
+        let job = self.job(dir, continuous)?;
+        let r = run_job(store, &job);
+        let mut st = job.status.lock().expect("status lock");
+        st.last_run_ms = now_ms();
+        match &r {
+            Ok(_) => st.last_error = None,
+            Err(e) => {
+                st.failures += 1;
+                st.last_error = Some(e.to_string());
+            }
+        }
+        r
+    }
+
+    /// Status of every target used since start.
+    pub fn status(&self, store: &crate::store::Store) -> Vec<BackupStatus> {
+        let jobs: Vec<Arc<Job>> = self.jobs.lock().expect("jobs lock").values().cloned().collect();
+        let apply_order = store.wal().last_order();
+        jobs.iter()
+            .map(|j| {
+                let mut st = j.status.lock().expect("status lock").clone();
+                st.apply_order = apply_order;
+                st.lag_entries = apply_order.saturating_sub(st.position);
+                st.lag_secs = if st.lag_entries == 0 {
+                    0.0
+                } else {
+                    match store.wal().read_order(st.position + 1, 1) {
+                        Ok(v) if !v.is_empty() => (now_ms().saturating_sub(v[0].1.hlc >> 16)) as f64 / 1000.0,
+                        _ => 0.0,
+                    }
+                };
+                st
+            })
+            .collect()
+    }
+}
+
+fn run_job(store: &crate::store::Store, job: &Job) -> Result<Vec<RunReport>, BackupError> {
+    // One run at a time per target: the position lock is held throughout.
+    let mut guard = job.pos.lock().expect("position lock");
+    if guard.is_none() {
+        let p = export::open(job.target.as_ref(), store.node_id())?;
+        let mut st = job.status.lock().expect("status lock");
+        st.manifest = p.number;
+        st.position = p.order;
+        *guard = Some(p);
+    }
+    let pos = guard.as_mut().expect("loaded above");
+    let upto = store.wal().last_order();
+    let mut out = Vec::new();
+    loop {
+        let r = export::run_once(store, job.target.as_ref(), pos, upto, MAX_RUN_ENTRIES);
+        let r = match r {
+            Ok(r) => r,
+            Err(e) => {
+                // Reload from the target next time: it is the truth.
+                *guard = None;
+                return Err(e);
+            }
+        };
+        let Some(r) = r else { break };
+        {
+            let mut st = job.status.lock().expect("status lock");
+            st.manifest = pos.number;
+            st.position = pos.order;
+            st.runs += 1;
+            st.entries += r.entries;
+            st.segments += r.segments;
+            st.segment_bytes += r.segment_bytes;
+            st.bodies += r.bodies_written;
+            st.body_bytes += r.body_bytes;
+        }
+        out.push(r);
+    }
+    Ok(out)
+}
+
+/// The continuous backup job: every `interval`, back up what was applied
+/// since the last run. Failures are logged and retried with backoff.
+pub async fn run_continuous(
+    backups: Arc<Backups>,
+    store: crate::store::Store,
+    dir: PathBuf,
+    interval: Duration,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) {
+    let mut commits = store.commits();
+    let mut backoff = interval;
+    let mut last_done = u64::MAX;
+    loop {
+        let order = store.wal().last_order();
+        // Runs start every `interval` (not `interval` after the last one
+        // ended), so an entry waits at most one interval plus one run.
+        let started = tokio::time::Instant::now();
+        if order != last_done {
+            let (b, s, d) = (backups.clone(), store.clone(), dir.clone());
+            let r = tokio::task::spawn_blocking(move || b.run(&s, &d, true)).await;
+            match r {
+                Ok(Ok(_)) => {
+                    last_done = order;
+                    backoff = interval;
+                }
+                Ok(Err(e)) => {
+                    tracing::warn!(target = %dir.display(), error = %e, "backup run failed; retrying");
+                    backoff = (backoff * 2).min(Duration::from_secs(60));
+                }
+                Err(e) => tracing::error!(error = %e, "backup run panicked"),
+            }
+        }
+        let wait = if last_done == order {
+            interval.saturating_sub(started.elapsed())
+        } else {
+            backoff
+        };
+        tokio::select! {
+            _ = crate::server::wait_shutdown(&mut shutdown) => break,
+            _ = tokio::time::sleep(wait) => {}
+        }
+        // Between runs, sleep until something is applied (no busy polling
+        // of an idle node).
+        if store.wal().last_order() == last_done {
+            tokio::select! {
+                _ = crate::server::wait_shutdown(&mut shutdown) => break,
+                r = commits.changed() => if r.is_err() { break },
+            }
+        }
+    }
+    // A last run on shutdown, so a clean stop leaves the backup current.
+    let (b, s, d) = (backups.clone(), store.clone(), dir.clone());
+    if let Ok(Err(e)) = tokio::task::spawn_blocking(move || b.run(&s, &d, true)).await {
+        tracing::warn!(target = %dir.display(), error = %e, "final backup run failed");
+    }
+}

@@ -1,0 +1,318 @@
+//! Reading a backup back: the manifest chain, then every segment entry
+//! verified against its origin's chain before it is applied, bodies checked
+//! against their names, all applied through the same path a mirror's batch
+//! takes. A restore that is interrupted continues where the store stands.
+
+use super::layout::{self, Loaded};
+use super::target::Target;
+use super::BackupError;
+use crate::event::{BlobHash, Event};
+use crate::repl::apply::apply_batch;
+use crate::repl::frame::{WireBlob, WireEntry};
+use crate::store::Store;
+use std::collections::{BTreeMap, HashSet};
+use wal::segment::SegmentReader;
+use wal::{Origin, Place};
+
+/// Where a restore stops.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stop {
+    /// Everything the backup holds.
+    Latest,
+    /// The longest prefix of the apply order whose entries are all at or
+    /// before this time (ms since the epoch, compared with entry HLC times).
+    Until { ms: u64 },
+    /// The apply order up to and including this entry.
+    Seq { origin: Origin, seq: u64 },
+}
+
+/// Largest body object read (guards allocations).
+pub const MAX_BODY_LEN: u64 = 1 << 30;
+const BATCH_ENTRIES: usize = 512;
+const BATCH_BYTES: usize = 16 << 20;
+
+/// A verified backup, ready to restore from.
+pub struct Plan {
+    pub node_id: String,
+    pub manifests: Vec<Loaded>,
+    /// The apply-order position the restore ends at (for `Until`, an
+    /// upper bound: the exact point is found while applying).
+    pub target_order: u64,
+}
+
+/// Read the marker and the whole manifest chain, and find where `stop` is.
+pub fn plan(t: &dyn Target, stop: Stop) -> Result<Plan, BackupError> {
+    let node_id = layout::read_marker(t)?.ok_or_else(|| BackupError::Missing {
+        object: layout::MARKER.into(),
+        what: format!("{} holds no Tandem backup", t.describe()),
+    })?;
+    let manifests = layout::load_chain(t, &node_id)?;
+    let last = manifests.last().map(|l| l.manifest.order_to).unwrap_or(0);
+    let target_order = match stop {
+        Stop::Latest => last,
+        Stop::Until { ms } => manifests
+            .iter()
+            .filter(|l| l.manifest.time_from_ms <= ms)
+            .map(|l| l.manifest.order_to)
+            .max()
+            .unwrap_or(0),
+        Stop::Seq { origin, seq } => {
+            let o = origin.to_string();
+            let mut found = None;
+            'm: for l in &manifests {
+                let mut pos = l.manifest.order_from;
+                for r in &l.manifest.runs {
+                    if r.origin == o && (r.first..=r.last).contains(&seq) {
+                        found = Some(pos + (seq - r.first));
+                        break 'm;
+                    }
+                    pos += r.last - r.first + 1;
+                }
+            }
+            found.ok_or_else(|| BackupError::Usage(format!("the backup holds no entry {origin}:{seq}")))?
+        }
+    };
+    Ok(Plan {
+        node_id,
+        manifests,
+        target_order,
+    })
+}
+
+/// What a restore did.
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+pub struct RestoreReport {
+    pub node_id: String,
+    pub manifests: u64,
+    /// Apply-order position already in the store when this run began.
+    pub resumed_at: u64,
+    /// Apply-order position the store holds now.
+    pub order: u64,
+    pub entries_applied: u64,
+    pub entries_verified: u64,
+    pub bodies_fetched: u64,
+    pub body_bytes: u64,
+    /// The last entry applied: origin, seq, time (HLC ms).
+    pub last: Option<(String, u64, u64)>,
+    /// Reads of the backup that failed and were retried.
+    pub read_retries: u64,
+}
+
+struct Batch {
+    entries: Vec<WireEntry>,
+    blobs: Vec<WireBlob>,
+    blob_set: HashSet<[u8; 32]>,
+    bytes: usize,
+}
+
+impl Batch {
+    fn new() -> Batch {
+        Batch {
+            entries: Vec::new(),
+            blobs: Vec::new(),
+            blob_set: HashSet::new(),
+            bytes: 0,
+        }
+    }
+}
+
+fn flush(store: &Store, b: &mut Batch) -> Result<(), BackupError> {
+    if b.entries.is_empty() {
+        return Ok(());
+    }
+    let entries = std::mem::take(&mut b.entries);
+    let blobs = std::mem::take(&mut b.blobs);
+    b.blob_set.clear();
+    b.bytes = 0;
+    let first = Place {
+        origin: Origin(entries[0].origin),
+        seq: entries[0].seq,
+    };
+    store
+        .run_blocking(move |t, c| apply_batch(t, c, &entries, &blobs, &[]).map_err(Into::into))
+        .map_err(|e| BackupError::Apply {
+            place: first,
+            reason: e.to_string(),
+        })?;
+    Ok(())
+}
+
+/// Fetch and check a body object.
+pub fn fetch_body(t: &dyn Target, hash: &[u8; 32], place: &Place) -> Result<Vec<u8>, BackupError> {
+    let object = layout::body_name(hash);
+    let body = match layout::read_object(t, &object, MAX_BODY_LEN) {
+        Ok(b) => b,
+        Err(BackupError::Missing { .. }) => {
+            return Err(BackupError::Body {
+                object,
+                place: place.clone(),
+                reason: "missing".into(),
+            })
+        }
+        Err(e) => return Err(e),
+    };
+    if &BlobHash::of(&body).0 != hash {
+        return Err(BackupError::Body {
+            object,
+            place: place.clone(),
+            reason: format!("content ({} bytes) does not match its blake3 name", body.len()),
+        });
+    }
+    Ok(body)
+}
+
+/// Apply the backup in `plan` to `store` (empty, or holding an earlier,
+/// interrupted restore of the same backup) up to `stop`. `progress` is
+/// called with the apply-order position reached.
+pub fn apply(t: &dyn Target, plan: &Plan, store: &Store, stop: Stop, progress: &mut dyn FnMut(u64)) -> Result<RestoreReport, BackupError> {
+    let wal = store.wal();
+    let resumed_at = wal.last_order();
+    let mut rep = RestoreReport {
+        node_id: plan.node_id.clone(),
+        manifests: plan.manifests.len() as u64,
+        resumed_at,
+        ..RestoreReport::default()
+    };
+    let mut batch = Batch::new();
+    let mut done = matches!(stop, Stop::Seq { .. }) && resumed_at >= plan.target_order;
+    for l in &plan.manifests {
+        if done {
+            break;
+        }
+        let m = &l.manifest;
+        if m.order_to <= resumed_at {
+            // Applied by an earlier run: the store must hold this very history.
+            {
+                for (o, h) in &m.heads {
+                    let origin = layout::parse_origin(&l.object, o)?;
+                    let want = layout::parse_hash(&l.object, "heads", &h.hash)?;
+                    match wal.entry(origin, h.seq)? {
+                        Some(e) if e.hash == want => {}
+                        _ => {
+                            return Err(BackupError::Usage(format!(
+                                "the target store does not hold this backup's history (origin {o} seq {} differs); restore into an empty data directory",
+                                h.seq
+                            )))
+                        }
+                    }
+                }
+            }
+            continue;
+        }
+        let mut readers = BTreeMap::new();
+        for s in &m.segments {
+            let origin = layout::parse_origin(&l.object, &s.origin)?;
+            let r = t.open(&s.object).map_err(|e| match BackupError::io(&s.object, e) {
+                BackupError::Missing { object, .. } => BackupError::Missing {
+                    object,
+                    what: format!("segment of origin {} seqs {}..={} named by {}", s.origin, s.first, s.last, l.object),
+                },
+                other => other,
+            })?;
+            let sr = SegmentReader::open(r).map_err(|source| BackupError::Segment {
+                object: s.object.clone(),
+                source,
+            })?;
+            let prev = layout::parse_hash(&l.object, "prev_hash", &s.prev_hash)?;
+            if sr.origin() != origin || sr.first_seq() != s.first || sr.last_seq() != s.last || sr.prev_hash() != &prev {
+                return Err(BackupError::Corrupt {
+                    object: s.object.clone(),
+                    reason: format!(
+                        "header does not match {} (origin {}, seqs {}..={})",
+                        l.object, s.origin, s.first, s.last
+                    ),
+                });
+            }
+            readers.insert(origin, (s.object.clone(), sr));
+        }
+        let mut pos = m.order_from;
+        'runs: for r in &m.runs {
+            let origin = layout::parse_origin(&l.object, &r.origin)?;
+            let (object, sr) = readers.get_mut(&origin).expect("the chain check matched runs to segments");
+            for seq in r.first..=r.last {
+                let e = sr
+                    .next_entry()
+                    .map_err(|source| BackupError::Segment {
+                        object: object.clone(),
+                        source,
+                    })?
+                    .ok_or_else(|| BackupError::Corrupt {
+                        object: object.clone(),
+                        reason: format!("ends before origin {origin} seq {seq}"),
+                    })?;
+                rep.entries_verified += 1;
+                let place = Place { origin, seq };
+                if pos <= resumed_at {
+                    match wal.entry(origin, seq)? {
+                        Some(held) if held.hash == e.hash => {}
+                        _ => {
+                            return Err(BackupError::Usage(format!(
+                                "the target store does not hold this backup's history at {place}; restore into an empty data directory"
+                            )))
+                        }
+                    }
+                    pos += 1;
+                    continue;
+                }
+                if let Stop::Until { ms } = stop {
+                    if e.hlc >> 16 > ms {
+                        done = true;
+                        break 'runs;
+                    }
+                }
+                let event = Event::decode(&e.payload).map_err(|err| BackupError::Apply {
+                    place: place.clone(),
+                    reason: err.to_string(),
+                })?;
+                if let Event::MessageAppended { blob, .. } = &event {
+                    if !batch.blob_set.contains(&blob.0)
+                        && !store.holds_body(blob).map_err(|err| BackupError::Apply {
+                            place: place.clone(),
+                            reason: err.to_string(),
+                        })?
+                    {
+                        let body = fetch_body(t, &blob.0, &place)?;
+                        rep.bodies_fetched += 1;
+                        rep.body_bytes += body.len() as u64;
+                        batch.bytes += body.len();
+                        batch.blob_set.insert(blob.0);
+                        batch.blobs.push(WireBlob { hash: blob.0, body });
+                    }
+                }
+                rep.last = Some((origin.to_string(), seq, e.hlc >> 16));
+                batch.bytes += e.payload.len();
+                batch.entries.push(WireEntry {
+                    origin: origin.0,
+                    seq,
+                    hlc: e.hlc,
+                    hash: e.hash,
+                    payload: e.payload,
+                });
+                rep.entries_applied += 1;
+                if batch.entries.len() >= BATCH_ENTRIES || batch.bytes >= BATCH_BYTES {
+                    flush(store, &mut batch)?;
+                    progress(pos);
+                }
+                if matches!(stop, Stop::Seq { .. }) && pos >= plan.target_order {
+                    done = true;
+                    break 'runs;
+                }
+                pos += 1;
+            }
+        }
+        if !done {
+            // Every segment read to its closing hash and its end.
+            for (object, sr) in readers.values_mut() {
+                sr.verify_rest().map_err(|source| BackupError::Segment {
+                    object: object.clone(),
+                    source,
+                })?;
+            }
+        }
+        flush(store, &mut batch)?;
+        progress(wal.last_order());
+    }
+    flush(store, &mut batch)?;
+    rep.order = wal.last_order();
+    Ok(rep)
+}
