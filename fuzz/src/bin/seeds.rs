@@ -86,6 +86,12 @@ fn main() {
     let frames = [
         Frame::Vector {
             vector: vec![(origin.0, 6), (7, 9)],
+            hashes: vec![(origin.0, entries[5].hash)],
+        },
+        Frame::Chunk {
+            hash: [3; 32],
+            total: 10,
+            bytes: b"0123456789".to_vec(),
         },
         Frame::Batch {
             id: 1,
