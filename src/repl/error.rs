@@ -86,7 +86,10 @@ impl LinkError {
     /// The peer (or this node, of the peer) refused to go on: the dialer
     /// shows `refused` and logs it at most once a minute.
     pub fn is_refusal(&self) -> bool {
-        matches!(self, LinkError::WrongSecret | LinkError::PeerUnproven | LinkError::RefusedByPeer(_))
+        matches!(
+            self,
+            LinkError::WrongSecret | LinkError::PeerUnproven | LinkError::RefusedByPeer(_) | LinkError::Diverged(_)
+        )
     }
 
     /// This node refuses what the peer sent after authentication: the
