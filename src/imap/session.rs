@@ -376,11 +376,13 @@ impl Session {
         self.flush().await?;
         while let Some(bytes) = self.next_command().await? {
             bump(&self.shared.counters.commands);
+            let t0 = std::time::Instant::now();
             match self.dispatch(&bytes).await? {
                 Flow::Continue => {}
                 Flow::Logout => break,
             }
             self.flush().await?;
+            self.shared.counters.command_seconds.since(t0);
         }
         self.flush().await?;
         let _ = self.stream.shutdown().await;
