@@ -16,6 +16,17 @@ pub struct Config {
     pub lmtp: LmtpConfig,
     pub admin: ListenConfig,
     pub mirror: MirrorConfig,
+    pub metrics: MetricsConfig,
+}
+
+/// `[metrics]`: the Prometheus `/metrics` listener. Off unless `listen` is
+/// set; it may face the monitoring network, so a bearer token can be
+/// required (the file holds the token, surrounding whitespace ignored).
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    pub listen: Option<SocketAddr>,
+    pub bearer_token_file: Option<PathBuf>,
 }
 
 /// `[node]`
@@ -263,6 +274,7 @@ impl Default for Config {
                 listen: "127.0.0.1:8643".parse().expect("literal"),
             },
             mirror: MirrorConfig::default(),
+            metrics: MetricsConfig::default(),
         }
     }
 }
@@ -330,6 +342,9 @@ impl Config {
                 "admin.listen {}: the admin endpoint listens on loopback only",
                 self.admin.listen
             ));
+        }
+        if self.metrics.bearer_token_file.is_some() && self.metrics.listen.is_none() {
+            p.push("metrics.bearer_token_file is set but metrics.listen is not".into());
         }
         if self.imap.max_connections == 0 || self.imap.max_connections_per_ip == 0 || self.imap.max_connections_per_user == 0 {
             p.push("imap.max_connections, imap.max_connections_per_ip and imap.max_connections_per_user must be positive".into());

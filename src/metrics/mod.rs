@@ -11,6 +11,8 @@
 //! log's statistics, the mirror's links) implement [`Collect`] and are read
 //! at scrape time.
 
+pub mod http;
+pub mod node;
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;

@@ -17,6 +17,10 @@ pub struct Applied {
     pub rename: u64,
     pub flags: u64,
     pub other: u64,
+    /// Unix milliseconds at which the oldest entry applied was written at
+    /// its origin (0: none), for the lag histogram.
+    #[serde(skip)]
+    pub oldest_ms: u64,
 }
 
 /// Why a batch was refused (nothing of it was written).
@@ -53,6 +57,11 @@ impl std::ops::AddAssign for Applied {
         self.rename += o.rename;
         self.flags += o.flags;
         self.other += o.other;
+        self.oldest_ms = match (self.oldest_ms, o.oldest_ms) {
+            (0, b) => b,
+            (a, 0) => a,
+            (a, b) => a.min(b),
+        };
     }
 }
 
@@ -122,6 +131,10 @@ pub fn apply_batch(
         }
         apply(&mut TxnViews { txn, cf: cfs.views }, &at, &event)?;
         n.entries += 1;
+        let written_ms = w.hlc >> 16;
+        if n.oldest_ms == 0 || written_ms < n.oldest_ms {
+            n.oldest_ms = written_ms;
+        }
         match event {
             Event::MessageAppended { .. } => n.add += 1,
             Event::Expunged { .. } | Event::MailboxDeleted { .. } | Event::UserDeleted { .. } => n.delete += 1,
