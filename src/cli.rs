@@ -180,15 +180,21 @@ fn print_status(st: &Status) {
         m.connections, m.in_flight, m.messages, m.delivered, m.bytes
     );
     println!(
-        "  rejected  unknown user {}   oversize {}   syntax {}   busy {}   temporary failures {}   timeouts {}   aborted in DATA {}",
-        m.rejected_unknown_user, m.rejected_oversize, m.rejected_syntax, m.refused_busy, m.temp_failures, m.timeouts, m.aborted_in_data
+        "  rejected  unknown user {}   no mailbox {}   oversize {}   syntax {}   busy {}   temporary failures {}   timeouts {}   aborted in DATA {}",
+        m.rejected_unknown_user,
+        m.rejected_no_mailbox,
+        m.rejected_oversize,
+        m.rejected_syntax,
+        m.refused_busy,
+        m.temp_failures,
+        m.timeouts,
+        m.aborted_in_data
     );
     let i = &st.imap;
     println!(
         "imap        connections {} (in flight {})   logins {}   failed logins {}   commands {}   bad {}   appends {}   busy {}   timeouts {}",
         i.connections, i.in_flight, i.logins, i.login_failures, i.commands, i.bad_commands, i.appends, i.refused_busy, i.timeouts
     );
-    println!("  rejected  no mailbox {}", m.rejected_no_mailbox);
     let mi = &st.mirror;
     if mi.enabled {
         println!(

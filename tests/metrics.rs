@@ -278,6 +278,17 @@ fn a_live_node_exposes_metrics_promtool_accepts() {
     assert_eq!(st["lmtp"]["delivered"], 3, "{st}");
     assert_eq!(st["lmtp"]["in_flight"], 0, "{st}");
     assert_eq!(st["imap"]["logins"], 1, "{st}");
+    // The text shows each LMTP refusal on the LMTP lines, none under IMAP.
+    let (ok, out, err) = node.cli(&["status"], None);
+    assert!(ok, "{err}");
+    let lines: Vec<&str> = out.lines().collect();
+    let at = lines.iter().position(|l| l.starts_with("lmtp ")).expect("lmtp line");
+    assert!(
+        lines[at + 1].starts_with("  rejected  unknown user 1   no mailbox 0   oversize 0"),
+        "{out}"
+    );
+    let imap = lines.iter().position(|l| l.starts_with("imap ")).expect("imap line");
+    assert!(lines.get(imap + 1).is_none_or(|l| !l.starts_with("  rejected")), "{out}");
     assert!(node.stop());
 }
 
