@@ -52,9 +52,18 @@ auth="Authorization: Bearer $(cat "$OUT/token")"
 ( while sleep 1; do curl -sf -H "$auth" "$murl" > /dev/null || true; done ) &
 pids+=($!)
 
+base_pid=${pids[0]}
+new_pid=${pids[1]}
+# CPU time (user + system, clock ticks) of a process: less disturbed by
+# other work on the machine than throughput is.
+ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 load() { # label port round
+  local pid=$base_pid
+  [ "$1" = new ] && pid=$new_pid
+  local t0; t0=$(ticks "$pid")
   python3 "$SHARED/tools/peer/lmtp_load.py" --port "$2" --users 'user%d@localhost' --nusers 10 \
     --count "$COUNT" --concurrency "$CONC" --max-seconds 300 --label "$1" --json "$OUT/$1-r$3.json" | tail -n 1
+  echo $(( $(ticks "$pid") - t0 )) > "$OUT/$1-r$3.ticks"
 }
 for r in $(seq 1 "$ROUNDS"); do
   # Alternate which goes first, so neither always runs on a warmer machine.
@@ -69,6 +78,11 @@ def rates(label):
 b, n = rates("base"), rates("new")
 print(f"base msgs/s {['%.0f' % x for x in b]} median {statistics.median(b):.1f}")
 print(f"new  msgs/s {['%.0f' % x for x in n]} median {statistics.median(n):.1f}")
+def ticks(label):
+    return [int(open(p).read()) for p in sorted(glob.glob(f"{out}/{label}-r*.ticks"))]
+tb, tn = ticks("base"), ticks("new")
+print(f"daemon CPU ticks per run: base {tb} median {statistics.median(tb)}, new {tn} median {statistics.median(tn)}; "
+      f"new/base CPU ratio {sum(tn) / sum(tb):.4f} (totals), {statistics.median(tn) / statistics.median(tb):.4f} (medians)")
 print(f"new/base throughput ratio {statistics.median(n) / statistics.median(b):.4f} (of medians); "
       f"per round {['%.3f' % (y / x) for x, y in zip(b, n)]}, median {statistics.median(y / x for x, y in zip(b, n)):.4f}")
 PY
