@@ -18,6 +18,7 @@ pub struct Config {
     pub mirror: MirrorConfig,
     pub pop3: Pop3Config,
     pub backup: BackupConfig,
+    pub metrics: MetricsConfig,
 }
 
 /// `[backup]`: continuous backup of the log and bodies (see
@@ -39,6 +40,16 @@ impl Default for BackupConfig {
             interval_ms: 1000,
         }
     }
+}
+
+/// `[metrics]`: the Prometheus `/metrics` listener. Off unless `listen` is
+/// set; it may face the monitoring network, so a bearer token can be
+/// required (the file holds the token, surrounding whitespace ignored).
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    pub listen: Option<SocketAddr>,
+    pub bearer_token_file: Option<PathBuf>,
 }
 
 /// `[node]`
@@ -377,6 +388,7 @@ impl Default for Config {
             mirror: MirrorConfig::default(),
             pop3: Pop3Config::default(),
             backup: BackupConfig::default(),
+            metrics: MetricsConfig::default(),
         }
     }
 }
@@ -444,6 +456,9 @@ impl Config {
                 "admin.listen {}: the admin endpoint listens on loopback only",
                 self.admin.listen
             ));
+        }
+        if self.metrics.bearer_token_file.is_some() && self.metrics.listen.is_none() {
+            p.push("metrics.bearer_token_file is set but metrics.listen is not".into());
         }
         if self.imap.max_connections == 0 || self.imap.max_connections_per_ip == 0 || self.imap.max_connections_per_user == 0 {
             p.push("imap.max_connections, imap.max_connections_per_ip and imap.max_connections_per_user must be positive".into());

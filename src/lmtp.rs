@@ -15,7 +15,6 @@ use crate::proto::lmtp::{Action, Delivery, DeliveryOutcome, Limits, RcptOutcome,
 use crate::store::Store;
 use crate::views::ViewRead;
 use std::net::SocketAddr;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -23,30 +22,36 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Semaphore};
 use tracing::Instrument;
 
-crate::counters::counters!(
-    /// Counters of the LMTP listener (shown by `tandem status`).
-    Counters,
-    CountersSnapshot {
-        connections,
-        in_flight,
-        refused_busy,
-        messages,
-        delivered,
-        bytes,
-        rejected_unknown_user,
-        rejected_oversize,
-        rejected_no_mailbox,
-        rejected_syntax,
-        temp_failures,
-        timeouts,
-        aborted_in_data,
-        retries_already_stored,
+crate::metrics::metrics!(
+    /// Metrics of the LMTP listener (`tandem status` shows the counters).
+    Counters, CountersSnapshot, "tandem_lmtp_" {
+        counters {
+            connections: "connections_total", "LMTP connections accepted.";
+            refused_busy: "refused_busy_total", "LMTP connections refused with 421 because max_connections were open.";
+            messages: "messages_total", "Messages stored (one per DATA, whatever the number of recipients).";
+            delivered: "delivered_total", "Recipients a message was delivered to (answered 250).";
+            bytes: "bytes_total", "Bytes of stored messages, trace headers included.";
+            rejected_unknown_user: "rejected_unknown_user_total", "Recipients refused because no such user exists.";
+            rejected_oversize: "rejected_oversize_total", "Messages refused for exceeding lmtp.max_message_size.";
+            rejected_no_mailbox: "rejected_no_mailbox_total", "Recipients refused because their INBOX is missing.";
+            rejected_syntax: "rejected_syntax_total", "Commands refused as unknown, malformed, out of sequence or too long.";
+            temp_failures: "temp_failures_total", "Recipients answered with a temporary failure (store unavailable, or ack = peer not met).";
+            timeouts: "timeouts_total", "Connections closed for idling or exceeding max_session_secs.";
+            aborted_in_data: "aborted_in_data_total", "Connections that ended in the middle of DATA.";
+            retries_already_stored: "retries_already_stored_total", "Retries of deliveries answered 451 4.4.3 whose first copy was kept instead of storing a second.";
+        }
+        gauges {
+            in_flight: "connections_open", "LMTP connections open now.";
+        }
+        histograms {
+            transaction_seconds: "transaction_seconds", "Time from the end of DATA to the replies: store, fsync and (ack = peer) the peers' acknowledgement.", crate::metrics::LATENCY;
+        }
     }
 );
 
 use crate::server::wait_shutdown;
 
-use crate::counters::bump;
+use crate::metrics::bump;
 
 /// Accept connections until `shutdown` turns true.
 pub async fn serve(
@@ -79,11 +84,11 @@ pub async fn serve(
         let span = tracing::info_span!("lmtp", %peer);
         tokio::spawn(
             async move {
-                bump(&counters.in_flight, 1);
+                counters.in_flight.inc();
                 if let Err(e) = connection(stream, peer, &store, &cfg, &counters, &hostname, &durability, &tempfailed, shutdown).await {
                     tracing::debug!(error = %e, "connection ended with an error");
                 }
-                counters.in_flight.fetch_sub(1, Ordering::Relaxed);
+                counters.in_flight.dec();
                 drop(permit);
             }
             .instrument(span),
@@ -94,10 +99,7 @@ pub async fn serve(
     let all = u32::try_from(cfg.max_connections).unwrap_or(u32::MAX);
     let drain = Duration::from_secs(cfg.idle_timeout_secs.clamp(1, 30) + 5);
     if tokio::time::timeout(drain, slots.acquire_many(all)).await.is_err() {
-        tracing::warn!(
-            in_flight = counters.in_flight.load(Ordering::Relaxed),
-            "lmtp connections still open at shutdown"
-        );
+        tracing::warn!(in_flight = counters.in_flight.get(), "lmtp connections still open at shutdown");
     }
 }
 
@@ -427,6 +429,7 @@ async fn deliver(
     d: Delivery,
     trace: &Trace,
 ) -> Vec<DeliveryOutcome> {
+    let _timer = counters.transaction_seconds.start_timer();
     let peer = trace.peer;
     let at = now();
     let body = with_trace_headers(&d, trace, at);

@@ -19,7 +19,6 @@ use crate::proto::pop3::{Action, Limits, LoginOutcome, MessageInfo, Session};
 use crate::views::ViewRead;
 use std::collections::HashSet;
 use std::net::SocketAddr;
-use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -27,21 +26,26 @@ use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
 use tracing::Instrument;
 
-crate::counters::counters!(
-    /// Counters of the POP3 listeners.
-    Counters,
-    CountersSnapshot {
-        connections,
-        in_flight,
-        refused_busy,
-        logins,
-        login_failures,
-        maildrop_in_use,
-        commands,
-        bad_commands,
-        retrieved,
-        deleted,
-        timeouts,
+crate::metrics::metrics!(
+    /// Metrics of the POP3 listeners (`tandem status` shows the counters).
+    Counters, CountersSnapshot, "tandem_pop3_" {
+        counters {
+            connections: "connections_total", "POP3 connections accepted (plain and implicit TLS).";
+            refused_busy: "refused_busy_total", "POP3 connections refused because pop3.max_connections or imap.max_connections_per_ip were open.";
+            logins: "logins_total", "Successful USER/PASS and AUTH PLAIN.";
+            login_failures: "login_failures_total", "Failed USER/PASS and AUTH PLAIN.";
+            maildrop_in_use: "maildrop_in_use_total", "Logins refused because another POP3 session held the maildrop.";
+            commands: "commands_total", "Commands received.";
+            bad_commands: "bad_commands_total", "Commands answered -ERR as unknown, malformed or out of place.";
+            retrieved: "retrieved_total", "Messages sent by RETR and TOP.";
+            deleted: "deleted_total", "Messages removed at QUIT after DELE.";
+            timeouts: "timeouts_total", "Connections closed for idling, slow reading or a stalled TLS handshake.";
+        }
+        gauges {
+            in_flight: "connections_open", "POP3 connections open now.";
+        }
+        histograms {
+        }
     }
 );
 
@@ -92,8 +96,8 @@ struct Maildrop {
     _lock: MaildropLock,
 }
 
-fn bump(a: &std::sync::atomic::AtomicU64) {
-    crate::counters::bump(a, 1);
+fn bump(c: &crate::metrics::Counter) {
+    c.inc();
 }
 
 /// Accept connections until shutdown; then let sessions end (bounded).
@@ -120,7 +124,7 @@ pub async fn serve(listener: TcpListener, pop3: Arc<Pop3>, implicit_tls: bool, m
         let span = tracing::info_span!("pop3", %peer, user = tracing::field::Empty);
         tokio::spawn(
             async move {
-                pop3.counters.in_flight.fetch_add(1, Ordering::Relaxed);
+                pop3.counters.in_flight.inc();
                 let _ = stream.set_nodelay(true);
                 let conn = if implicit_tls {
                     handshake(&pop3, Conn::Plain(stream)).await
@@ -132,7 +136,7 @@ pub async fn serve(listener: TcpListener, pop3: Arc<Pop3>, implicit_tls: bool, m
                         tracing::debug!(error = %e, "pop3 session ended with an error");
                     }
                 }
-                pop3.counters.in_flight.fetch_sub(1, Ordering::Relaxed);
+                pop3.counters.in_flight.dec();
                 drop(ip_slot);
                 drop(permit);
             }
@@ -406,9 +410,9 @@ async fn session(
         }
     };
     let c = s.counters();
-    crate::counters::bump(&pop3.counters.commands, c.commands);
-    crate::counters::bump(&pop3.counters.bad_commands, c.bad_commands);
-    crate::counters::bump(&pop3.counters.retrieved, c.retrieved);
-    crate::counters::bump(&pop3.counters.deleted, c.deleted);
+    pop3.counters.commands.add(c.commands);
+    pop3.counters.bad_commands.add(c.bad_commands);
+    pop3.counters.retrieved.add(c.retrieved);
+    pop3.counters.deleted.add(c.deleted);
     result
 }

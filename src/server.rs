@@ -299,6 +299,25 @@ pub async fn start(cfg: &Config) -> anyhow::Result<Running> {
             shutdown_rx.clone(),
         )));
     }
+    let mut registry = crate::metrics::Registry::default();
+    if cfg.metrics.listen.is_some() {
+        registry.register(Arc::new(crate::metrics::node::NodeMetrics {
+            store: store.clone(),
+            started: Instant::now(),
+            role: format!("{:?}", cfg.mirror.mode).to_lowercase(),
+        }));
+        registry.register(crate::metrics::node::WalMetrics::attach(&store));
+        registry.register(lmtp_counters.clone());
+        registry.register(imap_counters.clone());
+        if cfg.pop3.listen.is_some() || cfg.pop3.tls_listen.is_some() {
+            registry.register(pop3_counters.clone());
+        }
+        registry.register(mirror.clone());
+    }
+    if let Some((addr, task)) = crate::metrics::http::start(&cfg.metrics, registry, shutdown_rx.clone()).await? {
+        listeners.insert("metrics".to_string(), format!("http://{addr}"));
+        tasks.push(task);
+    }
 
     let state = Arc::new(AdminState {
         store: store.clone(),

@@ -15,7 +15,6 @@ use crate::config::ImapConfig;
 use crate::store::Store;
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::io::AsyncWriteExt;
@@ -23,20 +22,26 @@ use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
 use tracing::Instrument;
 
-crate::counters::counters!(
-    /// Counters of the IMAP listener.
-    Counters,
-    CountersSnapshot {
-        connections,
-        in_flight,
-        refused_busy,
-        logins,
-        login_failures,
-        login_throttled,
-        commands,
-        bad_commands,
-        appends,
-        timeouts,
+crate::metrics::metrics!(
+    /// Metrics of the IMAP listeners (`tandem status` shows the counters).
+    Counters, CountersSnapshot, "tandem_imap_" {
+        counters {
+            connections: "connections_total", "IMAP connections accepted (plain and implicit TLS).";
+            refused_busy: "refused_busy_total", "IMAP connections refused because max_connections or max_connections_per_ip were open.";
+            logins: "logins_total", "Successful LOGIN and AUTHENTICATE.";
+            login_failures: "login_failures_total", "Failed LOGIN and AUTHENTICATE.";
+            login_throttled: "login_throttled_total", "LOGIN and AUTHENTICATE refused unchecked because the address's or the user's login budget was spent.";
+            commands: "commands_total", "Commands received.";
+            bad_commands: "bad_commands_total", "Commands answered BAD.";
+            appends: "appends_total", "Messages stored by APPEND.";
+            timeouts: "timeouts_total", "Connections closed for idling.";
+        }
+        gauges {
+            in_flight: "connections_open", "IMAP connections open now.";
+        }
+        histograms {
+            command_seconds: "command_seconds", "Time from a whole command read to its response flushed (IDLE counts its whole wait).", crate::metrics::LATENCY;
+        }
     }
 );
 
@@ -53,8 +58,8 @@ fn preauth_framer(cfg: &ImapConfig) -> crate::proto::imap::fragment::Framer {
 }
 
 /// Add one to a counter.
-pub(crate) fn bump(a: &AtomicU64) {
-    crate::counters::bump(a, 1);
+pub(crate) fn bump(c: &crate::metrics::Counter) {
+    c.inc();
 }
 
 /// Login budgets per IP address and per user: token buckets of
@@ -341,7 +346,7 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>, implicit_tls: boo
         let span = tracing::info_span!("imap", %peer, user = tracing::field::Empty);
         tokio::spawn(
             async move {
-                shared.counters.in_flight.fetch_add(1, Ordering::Relaxed);
+                shared.counters.in_flight.inc();
                 let _ = stream.set_nodelay(true);
                 let conn = match (&shared.tls, implicit_tls) {
                     (Some(tls), true) => match tokio::time::timeout(
@@ -369,7 +374,7 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>, implicit_tls: boo
                         tracing::debug!(error = %e, "session ended with an error");
                     }
                 }
-                shared.counters.in_flight.fetch_sub(1, Ordering::Relaxed);
+                shared.counters.in_flight.dec();
                 drop(ip_slot);
                 drop(permit);
             }

@@ -471,11 +471,13 @@ impl Session {
         self.flush().await?;
         while let Some(bytes) = self.next_command().await? {
             bump(&self.shared.counters.commands);
+            let t0 = std::time::Instant::now();
             match self.dispatch(&bytes).await? {
                 Flow::Continue => {}
                 Flow::Logout => break,
             }
             self.flush().await?;
+            self.shared.counters.command_seconds.since(t0);
             // One command at a time: a client that pipelines without end
             // takes turns with every other connection, and stops at
             // shutdown with the command it was given.

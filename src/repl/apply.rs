@@ -25,6 +25,10 @@ pub struct Applied {
     /// The move itself, when this batch made one.
     #[serde(skip)]
     pub moved: Option<wal::Rehomed>,
+    /// Unix milliseconds at which the oldest entry applied was written at
+    /// its origin (0: none), for the lag histogram.
+    #[serde(skip)]
+    pub oldest_ms: u64,
 }
 
 /// Why a batch was refused (nothing of it was written).
@@ -63,6 +67,11 @@ impl std::ops::AddAssign for Applied {
         self.other += o.other;
         self.rehomed += o.rehomed;
         self.moved = o.moved.or(self.moved);
+        self.oldest_ms = match (self.oldest_ms, o.oldest_ms) {
+            (0, b) => b,
+            (a, 0) => a,
+            (a, b) => a.min(b),
+        };
     }
 }
 
@@ -147,6 +156,10 @@ pub fn apply_batch(
         }
         apply(&mut TxnViews { txn, cf: cfs.views }, &at, &event)?;
         n.entries += 1;
+        let written_ms = w.hlc >> 16;
+        if n.oldest_ms == 0 || written_ms < n.oldest_ms {
+            n.oldest_ms = written_ms;
+        }
         match event {
             Event::MessageAppended { .. } => n.add += 1,
             Event::Expunged { .. } | Event::MailboxDeleted { .. } | Event::MailboxRemoved { .. } | Event::UserDeleted { .. } => {

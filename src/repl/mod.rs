@@ -110,6 +110,11 @@ pub struct InLink {
     pub apply_rate: f64,
     #[serde(skip)]
     pub apply_window: RateWindow,
+    /// Per applied batch: seconds from its oldest entry's write at the
+    /// origin to its durable apply here (clocks of the two nodes differ by
+    /// their skew; a negative difference counts as 0).
+    #[serde(skip)]
+    pub lag: crate::metrics::HistogramSnapshot,
 }
 
 /// A per-second rate of a growing count, measured over windows of at least
@@ -138,6 +143,9 @@ impl InLink {
     /// Count an applied batch and refresh the rate.
     pub fn applied_batch(&mut self, n: apply::Applied, now: u64) {
         self.batches += 1;
+        if n.oldest_ms > 0 {
+            self.lag.observe(now.saturating_sub(n.oldest_ms) as f64 / 1000.0);
+        }
         self.applied += n;
         if let Some(r) = self.apply_window.update(now, self.applied.entries) {
             self.apply_rate = r;
@@ -351,5 +359,38 @@ mod tests {
         assert!((l.apply_rate - 32.0).abs() < 1e-9, "{}", l.apply_rate);
         assert_eq!(l.batches, 3);
         assert_eq!(l.applied.entries, 90);
+        // No entry carried a time: no lag observed.
+        assert_eq!(l.lag.count, 0);
+    }
+
+    #[test]
+    fn each_batch_observes_the_lag_of_its_oldest_entry() {
+        let mut l = InLink::default();
+        let mut a = apply::Applied {
+            entries: 2,
+            oldest_ms: 10_000,
+            ..Default::default()
+        };
+        a += apply::Applied {
+            entries: 1,
+            oldest_ms: 9_990,
+            ..Default::default()
+        };
+        l.applied_batch(a, 10_040);
+        // A peer whose clock runs ahead: counts as no lag, not as negative.
+        l.applied_batch(
+            apply::Applied {
+                entries: 1,
+                oldest_ms: 20_000,
+                ..Default::default()
+            },
+            19_000,
+        );
+        assert_eq!(l.lag.count, 2);
+        assert!((l.lag.sum_secs - 0.05).abs() < 1e-9, "{:?}", l.lag);
+        // 0 s in the first bucket, 50 ms in the 50 ms bucket.
+        assert_eq!(l.lag.buckets[0], 1);
+        let i = crate::metrics::LAG.iter().position(|b| *b == 0.05).unwrap();
+        assert_eq!(l.lag.buckets[i], 1);
     }
 }

@@ -154,6 +154,21 @@ pub struct StatsSnapshot {
 }
 
 type Hook = Box<dyn Fn(u64) + Send + Sync>;
+type TimingHook = Box<dyn Fn(&GroupTiming) + Send + Sync>;
+
+/// How long one group commit took, for callers that keep latency
+/// histograms ([`Wal::on_group_timing`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GroupTiming {
+    /// The durable write alone: RocksDB write with fsync (plus the blob
+    /// flush of a bulk group).
+    pub write: std::time::Duration,
+    /// The whole group: running its transactions, the durable write and
+    /// publishing the new heads.
+    pub total: std::time::Duration,
+    /// Transactions in the group.
+    pub jobs: u64,
+}
 
 struct Committed {
     heads: BTreeMap<Origin, (u64, Hash)>,
@@ -174,6 +189,7 @@ pub(crate) struct Shared {
     tail: Condvar,
     poison: Mutex<Option<String>>,
     hooks: Mutex<Vec<Hook>>,
+    timing_hooks: Mutex<Vec<TimingHook>>,
     stats: Stats,
     #[cfg(feature = "failpoints")]
     pub(crate) fail_writes: AtomicBool,
@@ -245,6 +261,12 @@ impl Shared {
 
     pub(crate) fn count_panic(&self) {
         self.stats.panics.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn report_timing(&self, t: &GroupTiming) {
+        for h in self.timing_hooks.lock().expect("hooks lock").iter() {
+            h(t);
+        }
     }
 
     pub(crate) fn poisoned(&self) -> Option<String> {
@@ -471,6 +493,7 @@ impl Wal {
             tail: Condvar::new(),
             poison: Mutex::new(None),
             hooks: Mutex::new(Vec::new()),
+            timing_hooks: Mutex::new(Vec::new()),
             stats: Stats::default(),
             #[cfg(feature = "failpoints")]
             fail_writes: AtomicBool::new(false),
@@ -794,6 +817,12 @@ impl Wal {
             s = self.shared.tail.wait_timeout(s, deadline - now).expect("state lock").0;
         }
         s.order_next - 1
+    }
+
+    /// Call `hook` on the writer thread with the timing of every durable
+    /// group (one fsync). It must not block: it runs before the next group.
+    pub fn on_group_timing(&self, hook: impl Fn(&GroupTiming) + Send + Sync + 'static) {
+        self.shared.timing_hooks.lock().expect("hooks lock").push(Box::new(hook));
     }
 
     /// Call `hook(last_order)` on the writer thread after every durable group

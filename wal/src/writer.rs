@@ -477,6 +477,7 @@ pub(crate) fn run(shared: Arc<Shared>, rx: Receiver<Job>) {
 }
 
 fn commit_group(shared: &Shared, jobs: Vec<Job>) {
+    let started = std::time::Instant::now();
     let (order_next, hlc_last) = shared.group_start();
     if let Some(p) = shared.poisoned() {
         // The closures run against a group that is thrown away, so each
@@ -516,7 +517,9 @@ fn commit_group(shared: &Shared, jobs: Vec<Job>) {
         }
         return;
     }
+    let writing = std::time::Instant::now();
     let result = shared.write_group(&group.overlay, group.order_next);
+    let write = writing.elapsed();
     match result {
         Ok(()) => {
             shared.committed(
@@ -528,9 +531,15 @@ fn commit_group(shared: &Shared, jobs: Vec<Job>) {
                 group.bytes,
                 njobs,
             );
+            let timing = crate::store::GroupTiming {
+                write,
+                total: started.elapsed(),
+                jobs: njobs,
+            };
             for f in finishers {
                 f(Ok(()));
             }
+            shared.report_timing(&timing);
         }
         Err(e) => {
             let msg = e.to_string();

@@ -342,3 +342,24 @@ fn direct_io_flushes_keep_bodies() {
         }
     }
 }
+
+#[test]
+fn every_durable_group_reports_its_timing() {
+    let dir = tempfile::tempdir().unwrap();
+    let wal = Wal::open(dir.path(), opts()).unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    wal.on_group_timing(move |t| {
+        let _ = tx.send(*t);
+    });
+    for i in 0..4u8 {
+        wal.append(vec![i]).unwrap();
+    }
+    // The timing goes out after the callers are answered, but before the
+    // writer takes the next group: the first three are in.
+    let seen: Vec<wal::GroupTiming> = rx.try_iter().collect();
+    assert!((3..=4).contains(&seen.len()), "{seen:?}");
+    for t in &seen {
+        assert_eq!(t.jobs, 1);
+        assert!(t.write > std::time::Duration::ZERO && t.write <= t.total, "{t:?}");
+    }
+}
