@@ -342,8 +342,9 @@ fn a_connected_client_sees_its_colliding_message_expunged_and_arrive_again() {
     let b = restart(&db);
     deliver(&b, "on-b", 1);
     // The client on B has UID 1 = on-b-0 when A comes back.
-    let watcher = watch_inbox(&b, 2);
-    std::thread::sleep(std::time::Duration::from_millis(500));
+    let ready = dir.path().join("watcher-ready");
+    let watcher = watch_inbox_ready(&b, 2, Some(&ready));
+    assert!(wait_until(30, || ready.exists()), "the watching client never listed the mailbox");
     let a = restart(&da);
     let nodes = vec![a, b];
     assert!(wait_until(20, || settled(&nodes)), "the nodes did not settle");
@@ -356,6 +357,13 @@ fn a_connected_client_sees_its_colliding_message_expunged_and_arrive_again() {
 /// UID FETCH until it has seen `want` messages three times in a row, and
 /// fails if a UID ever names two messages. Prints the EXPUNGEs it got.
 fn watch_inbox(node: &Node, want: usize) -> std::process::Child {
+    watch_inbox_ready(node, want, None)
+}
+
+/// [`watch_inbox`], touching `ready` once its first FETCH has listed the
+/// mailbox (so a test can wait until the client has really seen it).
+fn watch_inbox_ready(node: &Node, want: usize, ready: Option<&std::path::Path>) -> std::process::Child {
+    let ready = ready.map(|p| p.display().to_string()).unwrap_or_default();
     let (host, port) = node
         .addr("imap")
         .rsplit_once(':')
@@ -383,6 +391,8 @@ while time.time() < deadline and stable < 3:
         subj = item[1].decode().strip().split(':', 1)[1].strip()
         assert seen.setdefault(uid, subj) == subj, ('UID', uid, seen[uid], subj)
         n += 1
+    if '{ready}' and n > 0:
+        open('{ready}', 'w').close()
     stable = stable + 1 if n == {want} else 0
     time.sleep(0.05)
 print('EXPUNGES', expunges, 'UIDS', len(seen), 'NOW', n)
