@@ -42,6 +42,18 @@ pub enum Command {
     /// Export a user's mailboxes.
     #[command(subcommand)]
     Export(ExportCommand),
+    /// Print the merkle roots and counts of what mirrored nodes must agree
+    /// on (compare two nodes by eye).
+    Digest {
+        /// Also print this user's root and mailboxes.
+        #[arg(long)]
+        user: Option<String>,
+        /// Also print this mailbox's leaves (needs --user).
+        #[arg(long, requires = "user")]
+        folder: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -134,6 +146,23 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::User(cmd) => rt.block_on(user(&cfg, cmd)),
         Command::Import(cmd) => rt.block_on(crate::transfer::import(&Admin::new(&cfg)?, cmd)),
         Command::Export(cmd) => rt.block_on(crate::transfer::export(&Admin::new(&cfg)?, cmd)),
+        Command::Digest { user, folder, json } => {
+            let mut path = "/v1/digest".to_string();
+            let mut sep = '?';
+            for (k, v) in [("user", &user), ("folder", &folder)] {
+                if let Some(v) = v {
+                    path.push_str(&format!("{sep}{k}={}", urlencode(v)));
+                    sep = '&';
+                }
+            }
+            let d: serde_json::Value = rt.block_on(Admin::new(&cfg)?.get(&path))?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&d)?);
+            } else {
+                print_digest(&serde_json::from_value(d).context("unexpected digest from the node")?);
+            }
+            Ok(())
+        }
         Command::Log(LogCommand::Tail { n }) => {
             let entries: Vec<TailEntry> = rt.block_on(Admin::new(&cfg)?.get(&format!("/v1/log/tail?n={n}")))?;
             for e in entries {
@@ -149,6 +178,25 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 );
             }
             Ok(())
+        }
+    }
+}
+
+fn print_digest(d: &crate::merkle::DigestReport) {
+    println!("root        {}   users {}   messages {}", d.root, d.users, d.messages);
+    if let Some(u) = &d.user {
+        println!(
+            "user        {}   root {}   messages {}   subscriptions {}",
+            u.user, u.root, u.messages, u.subscriptions
+        );
+        for m in &u.mailboxes {
+            println!(
+                "  {:<20} root {}   messages {}   uidvalidity {}   uidnext {}   summary {}",
+                m.name, m.root, m.messages, m.uidvalidity, m.uidnext, m.summary
+            );
+            for l in &m.leaves {
+                println!("    uids {}..={}   {}   messages {}", l.first_uid, l.last_uid, l.hash, l.messages);
+            }
         }
     }
 }

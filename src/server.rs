@@ -177,6 +177,13 @@ pub async fn start(cfg: &Config) -> anyhow::Result<Running> {
     let store = tokio::task::spawn_blocking(move || Store::open(&db, &id2, opts))
         .await?
         .with_context(|| format!("opening the store in {}", cfg.db_path().display()))?;
+    let s2 = store.clone();
+    if tokio::task::spawn_blocking(move || crate::merkle::ensure(&s2))
+        .await?
+        .context("building the merkle tree")?
+    {
+        tracing::info!("merkle tree built from the views");
+    }
     let rep = store.wal().recovery_report().clone();
     tracing::info!(node = %node_id, origin = %store.wal().local_origin(), order = rep.order_len, verified = rep.verified, unclean = rep.unclean_shutdown, "store open");
     let token = load_or_create_token(cfg)?;

@@ -1,5 +1,6 @@
 //! Replay equals views: random mutation sequences applied live, then the log
 //! replayed into an empty store (and rebuilt in place) give identical views.
+//! The merkle tree kept incrementally equals the tree built from scratch.
 
 use proptest::prelude::*;
 use tandem::event::{FlagOp, Flags};
@@ -178,6 +179,30 @@ fn check_invariants(store: &Store) {
     }
 }
 
+/// The tree the views keep equals the tree built from the views alone.
+fn check_tree(store: &Store) -> Result<(), TestCaseError> {
+    let v = store.views();
+    let kept: std::collections::BTreeMap<Vec<u8>, Vec<u8>> = v.vscan(&tandem::merkle::keys::all()).unwrap().into_iter().collect();
+    let built = tandem::merkle::build(&v).unwrap();
+    let diff: Vec<String> = kept
+        .keys()
+        .chain(built.keys())
+        .filter(|k| kept.get(*k) != built.get(*k))
+        .map(hex::encode)
+        .collect();
+    prop_assert!(diff.is_empty(), "incremental tree differs from the built one at {diff:?}");
+    // And the node root covers every message.
+    let msgs: u64 = v
+        .users()
+        .unwrap()
+        .iter()
+        .flat_map(|u| v.mailboxes(u).unwrap())
+        .map(|mb| v.messages(mb.id).unwrap().len() as u64)
+        .sum();
+    prop_assert_eq!(tandem::merkle::node_root(&v).unwrap().1, msgs);
+    Ok(())
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 256, max_shrink_iters: 200, .. ProptestConfig::default() })]
 
@@ -190,6 +215,7 @@ proptest! {
             run(&a, op);
         }
         check_invariants(&a);
+        check_tree(&a)?;
         let live = views_digest(&a).unwrap();
 
         let b = open(b_dir.path(), "b");
@@ -200,5 +226,6 @@ proptest! {
         let rebuilt = rebuild_views(&a).unwrap();
         prop_assert_eq!(rebuilt, n);
         prop_assert_eq!(views_digest(&a).unwrap(), live, "rebuild in place differs");
+        check_tree(&a)?;
     }
 }

@@ -100,8 +100,14 @@ fn conflict(v: &TxnViews<'_, '_>, mailbox: Id, uid: u32, guid: Id) -> Result<Opt
     }
 }
 
-/// Apply `event`, which the log holds at `at`, to the views.
+/// Apply `event`, which the log holds at `at`, to the views, and keep their
+/// merkle summaries in step.
 pub fn apply(v: &mut TxnViews<'_, '_>, at: &Appended, event: &Event) -> Result<(), ViewError> {
+    apply_views(v, at, event)?;
+    crate::merkle::update(v, event)
+}
+
+fn apply_views(v: &mut TxnViews<'_, '_>, at: &Appended, event: &Event) -> Result<(), ViewError> {
     let modseq = at.order;
     match event {
         Event::UserCreated { user, password_hash } | Event::PasswordChanged { user, password_hash } => {

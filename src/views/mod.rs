@@ -19,6 +19,7 @@
 //! C key                       -> config value (UTF-8)
 //! X mailbox-id uid guid       -> MessageRec of a message whose UID another
 //!                                message already holds (kept, reported)
+//! T ...                       -> merkle tree nodes (see `crate::merkle::keys`)
 //! ```
 
 mod apply;
