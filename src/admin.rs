@@ -426,10 +426,29 @@ async fn digest(State(st): State<Shared>, Query(q): Query<DigestQuery>) -> Resul
     Ok(Json(out))
 }
 
+/// Compare with a peer's merkle tree, and repair if asked
+/// (`crate::repl::resync`).
+async fn resync(
+    State(st): State<Shared>,
+    Json(req): Json<crate::repl::resync::Request>,
+) -> Result<Json<crate::repl::resync::Report>, ApiError> {
+    let dialer = st
+        .mirror
+        .resync
+        .get()
+        .cloned()
+        .ok_or_else(|| ApiError(StatusCode::BAD_REQUEST, "the mirror is not configured on this node".into()))?;
+    crate::repl::resync::run(&st.store, &st.mirror, &dialer, &req)
+        .await
+        .map(Json)
+        .map_err(|e| ApiError(StatusCode::BAD_GATEWAY, format!("{e:#}")))
+}
+
 /// The admin routes.
 pub fn router(state: Shared) -> Router {
     Router::new()
         .route("/v1/digest", get(digest))
+        .route("/v1/resync", axum::routing::post(resync))
         .route(
             "/v1/import",
             axum::routing::post(import).layer(axum::extract::DefaultBodyLimit::max(256 << 20)),

@@ -204,6 +204,31 @@ pub enum Event {
         key: String,
         value: String,
     },
+    /// A message restored by a merkle resync under its UID (the log could
+    /// not explain why a node lacked it, or held it otherwise): put under
+    /// its UID if that is free, whatever UIDNEXT says; a message held
+    /// there under the same GUID takes these fields.
+    MessageRestored {
+        user: String,
+        mailbox: Id,
+        uid: u32,
+        guid: Id,
+        blob: BlobHash,
+        size: u64,
+        internal_date: i64,
+        tz_minutes: i16,
+        flags: Flags,
+    },
+    /// A mailbox restored by a merkle resync: created with this id if
+    /// missing, else given this name and special use; UIDNEXT only rises.
+    MailboxRestored {
+        user: String,
+        mailbox: Id,
+        name: String,
+        uidvalidity: u32,
+        uidnext: u32,
+        special_use: Option<SpecialUse>,
+    },
 }
 
 /// Why a payload is not an event.
@@ -248,7 +273,9 @@ impl Event {
             | Event::Subscribed { user, .. }
             | Event::MessageAppended { user, .. }
             | Event::FlagsChanged { user, .. }
-            | Event::Expunged { user, .. } => Some(user),
+            | Event::Expunged { user, .. }
+            | Event::MessageRestored { user, .. }
+            | Event::MailboxRestored { user, .. } => Some(user),
             Event::ConfigSet { .. } => None,
         }
     }
@@ -310,6 +337,26 @@ impl Event {
                 )
             }
             Event::ConfigSet { key, value } => format!("config-set {key} = {value:?}"),
+            Event::MessageRestored {
+                user,
+                mailbox,
+                uid,
+                guid,
+                blob,
+                flags,
+                ..
+            } => format!(
+                "message-restored {user} mailbox={mailbox:?} uid={uid} guid={guid:?} blob={blob:?} flags=[{}]",
+                flags.iter().collect::<Vec<_>>().join(" ")
+            ),
+            Event::MailboxRestored {
+                user,
+                mailbox,
+                name,
+                uidvalidity,
+                uidnext,
+                ..
+            } => format!("mailbox-restored {user} {name:?} id={mailbox:?} uidvalidity={uidvalidity} uidnext={uidnext}"),
         }
     }
 }

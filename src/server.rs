@@ -253,6 +253,12 @@ pub async fn start(cfg: &Config) -> anyhow::Result<Running> {
     {
         listeners.insert("mirror".to_string(), format!("quic://{}", m.local_addr));
         tasks.extend(m.tasks);
+        if let Some(secret) = cfg.mirror.secret_bytes()? {
+            let _ = mirror.resync.set(crate::repl::resync::Dialer {
+                data_dir: cfg.node.data_dir.clone(),
+                secret: Arc::new(secret),
+            });
+        }
     }
 
     let state = Arc::new(AdminState {

@@ -156,14 +156,15 @@ pub fn update(v: &mut TxnViews<'_, '_>, event: &Event) -> Result<(), ViewError> 
         }
         Event::MailboxCreated { user, mailbox, .. }
         | Event::MailboxRenamed { user, mailbox, .. }
-        | Event::MailboxDeleted { user, mailbox } => {
+        | Event::MailboxDeleted { user, mailbox }
+        | Event::MailboxRestored { user, mailbox, .. } => {
             refresh_mailbox(v, user, *mailbox)?;
         }
         Event::Subscribed { user, name, .. } => {
             let held = v.vget(&crate::views::keys::subscription(user, name))?.is_some();
             change_user(v, user, &[(subscription_key(name), held.then(|| (subscription_hash(name), 0)))])?;
         }
-        Event::MessageAppended { user, mailbox, uid, .. } => {
+        Event::MessageAppended { user, mailbox, uid, .. } | Event::MessageRestored { user, mailbox, uid, .. } => {
             refresh_messages(v, *mailbox, [*uid])?;
             refresh_mailbox(v, user, *mailbox)?;
         }

@@ -111,7 +111,7 @@ pub fn apply_batch(
             n.duplicates += 1;
             continue;
         };
-        if let Event::MessageAppended { blob, .. } = &event {
+        if let Event::MessageAppended { blob, .. } | Event::MessageRestored { blob, .. } = &event {
             if !in_batch.contains(&blob.0) && !holds_blob(txn, cfs, blob)? {
                 return Err(ApplyError::MissingBlob {
                     origin: w.origin,
@@ -123,7 +123,7 @@ pub fn apply_batch(
         apply(&mut TxnViews { txn, cf: cfs.views }, &at, &event)?;
         n.entries += 1;
         match event {
-            Event::MessageAppended { .. } => n.add += 1,
+            Event::MessageAppended { .. } | Event::MessageRestored { .. } => n.add += 1,
             Event::Expunged { .. } | Event::MailboxDeleted { .. } | Event::UserDeleted { .. } => n.delete += 1,
             Event::MailboxRenamed { .. } => n.rename += 1,
             Event::FlagsChanged { .. } => n.flags += 1,
@@ -131,7 +131,8 @@ pub fn apply_batch(
             | Event::PasswordChanged { .. }
             | Event::MailboxCreated { .. }
             | Event::Subscribed { .. }
-            | Event::ConfigSet { .. } => n.other += 1,
+            | Event::ConfigSet { .. }
+            | Event::MailboxRestored { .. } => n.other += 1,
         }
     }
     Ok(n)

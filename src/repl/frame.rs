@@ -4,8 +4,9 @@
 
 use serde::{Deserialize, Serialize};
 
-/// Protocol version spoken by this build (2: body queries).
-pub const PROTOCOL: u8 = 2;
+/// Protocol version spoken by this build (2: body queries; 3: merkle
+/// resync frames).
+pub const PROTOCOL: u8 = 3;
 /// Largest frame accepted (a batch with its blobs).
 pub const MAX_FRAME: u32 = 96 << 20;
 
@@ -60,6 +61,17 @@ pub enum Frame {
     Query { id: u64, hashes: Vec<[u8; 32]> },
     /// Receiver to sender: the answer to query `id`, one flag per hash.
     Held { id: u64, held: Vec<bool> },
+    /// Opens a merkle resync exchange, in place of `Hello`: the connection
+    /// then carries only the frames below (`replication.md` section 12).
+    ResyncHello { node_id: String },
+    /// Resync: read these keys of the answering node's views (`family` 0:
+    /// merkle nodes and the records they name) or bodies (1: by hash).
+    Read { id: u64, family: u8, keys: Vec<Vec<u8>> },
+    /// Resync: the values of read `id`, one per key (`None`: absent).
+    Values {
+        id: u64,
+        values: Vec<Option<serde_bytes::ByteBuf>>,
+    },
 }
 
 /// Why bytes are not a frame.
@@ -87,6 +99,9 @@ impl Frame {
             Frame::Refused { .. } => "refused",
             Frame::Query { .. } => "query",
             Frame::Held { .. } => "held",
+            Frame::ResyncHello { .. } => "resync-hello",
+            Frame::Read { .. } => "read",
+            Frame::Values { .. } => "values",
         }
     }
 

@@ -5,6 +5,7 @@
 //! - [`engine`]: the sender's window and position as a pure state machine.
 //! - [`apply`]: a received batch through the same atomic write as local work.
 //! - [`quic`]: the quinn driver: authentication, links, reconnects.
+//! - [`resync`]: merkle comparison with a peer, and repair by events.
 //!
 //! Each node dials each configured peer and pushes what that peer lacks;
 //! each node accepts its peers' links and applies what they push. So every
@@ -15,6 +16,7 @@ pub mod apply;
 pub mod engine;
 pub mod frame;
 pub mod quic;
+pub mod resync;
 
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -176,6 +178,8 @@ pub struct Mirror {
     pub acked: tokio::sync::Notify,
     /// `ack = "peer"` waits that ran out of time.
     pub ack_timeouts: AtomicU64,
+    /// How to dial a peer for a resync (set when the mirror runs).
+    pub resync: std::sync::OnceLock<resync::Dialer>,
 }
 
 impl Mirror {

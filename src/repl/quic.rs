@@ -424,7 +424,9 @@ async fn link(
                 let bodies: HashMap<u64, (crate::event::BlobHash, u64)> = entries
                     .iter()
                     .filter_map(|(o, e)| match Event::decode(&e.payload) {
-                        Ok(Event::MessageAppended { blob, size, .. }) => Some((*o, (blob, size))),
+                        Ok(Event::MessageAppended { blob, size, .. } | Event::MessageRestored { blob, size, .. }) => {
+                            Some((*o, (blob, size)))
+                        }
                         _ => None,
                     })
                     .collect();
@@ -671,7 +673,12 @@ async fn receive(incoming: quinn::Incoming, store: &Store, mirror: &Arc<Mirror>,
         },
     )
     .await?;
-    let Frame::Hello { node_id, origin, .. } = read_frame(&mut recv, mirror).await? else {
+    let first = read_frame(&mut recv, mirror).await?;
+    if let Frame::ResyncHello { node_id } = &first {
+        tracing::info!(peer = %node_id, "resync exchange");
+        return super::resync::serve(store, mirror, send, recv).await;
+    }
+    let Frame::Hello { node_id, origin, .. } = first else {
         bail!("expected hello")
     };
     if origin == store.wal().local_origin().0 {
@@ -814,4 +821,39 @@ async fn receive(incoming: quinn::Incoming, store: &Store, mirror: &Arc<Mirror>,
     }
     mirror.update_in(&node_id, |l| l.connected = false);
     result
+}
+
+/// Dial `peer` from a fresh endpoint and prove the shared secret both
+/// ways: the start of a merkle resync exchange (`super::resync`).
+pub(super) async fn dial_resync(
+    peer: SocketAddr,
+    data_dir: &Path,
+    secret: &[u8],
+    mirror: &Mirror,
+) -> anyhow::Result<(quinn::Endpoint, quinn::Connection, quinn::SendStream, quinn::RecvStream)> {
+    let local: SocketAddr = if peer.is_ipv4() {
+        (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
+    } else {
+        (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+    };
+    let ep = endpoint(local, data_dir)?;
+    let conn = tokio::time::timeout(Duration::from_secs(5), ep.connect(peer, "tandem")?)
+        .await
+        .map_err(|_| anyhow::anyhow!("no answer from the peer {peer} within 5 s"))?
+        .with_context(|| format!("connecting to {peer}"))?;
+    let (mut send, mut recv) = conn.open_bi().await.context("opening the stream")?;
+    write_frame(
+        &mut send,
+        &Frame::Auth {
+            mac: mac(secret, &conn, b"client")?,
+        },
+    )
+    .await?;
+    match read_frame(&mut recv, mirror).await? {
+        Frame::Auth { mac: theirs } if ct_eq(&theirs, &mac(secret, &conn, b"server")?) => {}
+        Frame::Refused { reason } => bail!("refused by the peer: {reason}"),
+        Frame::Auth { .. } => bail!("refused: the peer does not know the shared secret"),
+        other => bail!("unexpected frame before authentication: {}", other.kind()),
+    }
+    Ok((ep, conn, send, recv))
 }
