@@ -278,6 +278,9 @@ fn print_resync(r: &crate::repl::resync::Report, json: bool) -> anyhow::Result<(
         "compared {} messages with {}: {} difference(s), {} repaired   {} bytes sent, {} received, {} round trips, {:.3}s",
         r.compared, r.peer, r.differences, r.repaired, r.bytes_sent, r.bytes_received, r.round_trips, r.seconds
     );
+    if !r.logs_in_step {
+        println!("note        the log heads here and on the peer differed: entries in flight may explain some differences");
+    }
     if r.bodies_checked > 0 {
         println!("bodies      {} checked, {} bad or missing", r.bodies_checked, r.bodies_bad);
     }

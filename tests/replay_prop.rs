@@ -234,7 +234,7 @@ fn check_tree(store: &Store) -> Result<(), TestCaseError> {
     let v = store.views();
     let kept: std::collections::BTreeMap<Vec<u8>, Vec<u8>> = v.vscan(&tandem::merkle::keys::all()).unwrap().into_iter().collect();
     let built = tandem::merkle::build(&v).unwrap();
-    let diff: Vec<String> = kept
+    let diff: std::collections::BTreeSet<String> = kept
         .keys()
         .chain(built.keys())
         .filter(|k| kept.get(*k) != built.get(*k))

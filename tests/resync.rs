@@ -110,6 +110,7 @@ fn equal_nodes_show_no_difference() {
     assert_eq!(r["differences"], 0, "{r}");
     assert_eq!(r["repaired"], 0, "{r}");
     assert_eq!(r["compared"], 20, "{r}");
+    assert_eq!(r["logs_in_step"], true, "{r}");
     // One user: the node root's level answers it in one round trip.
     assert!(r["bytes_sent"].as_u64().unwrap() < 1000, "{r}");
     assert!(r["seconds"].as_f64().is_some(), "{r}");

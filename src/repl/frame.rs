@@ -65,7 +65,8 @@ pub enum Frame {
     /// then carries only the frames below (`replication.md` section 12).
     ResyncHello { node_id: String },
     /// Resync: read these keys of the answering node's views (`family` 0:
-    /// merkle nodes and the records they name) or bodies (1: by hash).
+    /// merkle nodes and the records they name) or bodies (1: by hash), or
+    /// (2, one empty key) its log heads, postcard `Vec<(origin, seq)>`.
     Read { id: u64, family: u8, keys: Vec<Vec<u8>> },
     /// Resync: the values of read `id`, one per key (`None`: absent).
     Values {

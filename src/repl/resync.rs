@@ -96,6 +96,9 @@ pub struct Report {
     /// Bodies re-hashed (`full`), and those found bad or missing.
     pub bodies_checked: u64,
     pub bodies_bad: u64,
+    /// Whether both nodes held the same log heads when the comparison
+    /// started (if not, some differences may be entries still in flight).
+    pub logs_in_step: bool,
     pub seconds: f64,
     pub items: Vec<Difference>,
 }
@@ -157,7 +160,7 @@ pub async fn serve(store: &Store, mirror: &Mirror, mut send: quinn::SendStream, 
         if keys.len() > MAX_KEYS {
             bail!("resync read {id} asks for {} keys, more than {MAX_KEYS}", keys.len());
         }
-        if family > 1 {
+        if family > 2 {
             bail!("resync read {id} names family {family}");
         }
         let st = store.clone();
@@ -168,6 +171,8 @@ pub async fn serve(store: &Store, mirror: &Mirror, mut send: quinn::SendStream, 
             for k in &keys {
                 let val = if family == 0 {
                     v.vget(k)?
+                } else if family == 2 {
+                    Some(postcard::to_allocvec(&heads(&st))?)
                 } else {
                     let h: [u8; 32] = k
                         .as_slice()
@@ -187,6 +192,14 @@ pub async fn serve(store: &Store, mirror: &Mirror, mut send: quinn::SendStream, 
         write_frame(&mut send, &Frame::Values { id, values }, &mut sent).await?;
     }
 }
+
+/// This node's log heads, `(origin, last seq)` in origin order.
+fn heads(store: &Store) -> Vec<(u64, u64)> {
+    store.wal().heads().0.iter().map(|(o, s)| (o.0, *s)).collect()
+}
+
+/// How long a repair waits for the logs to be in step with the peer's.
+const STEP_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// The dialing side of the exchange.
 struct Peer<'m> {
@@ -633,6 +646,35 @@ pub async fn run(store: &Store, mirror: &Arc<Mirror>, dialer: &Dialer, req: &Req
         &mut peer.sent,
     )
     .await?;
+    // Differences the logs still in flight will explain are not damage:
+    // a repair waits until both nodes hold the same log heads, and refuses
+    // to guess (it could bring back a message whose expunge is on its way).
+    let in_step = async {
+        let deadline = Instant::now() + STEP_WAIT;
+        loop {
+            let theirs = peer.read(2, &[Vec::new()]).await?;
+            let theirs: Vec<(u64, u64)> = match theirs.first() {
+                Some(Some(b)) => postcard::from_bytes(b).context("the peer's log heads do not decode")?,
+                _ => bail!("the peer did not send its log heads"),
+            };
+            if theirs == heads(store) {
+                return Ok::<bool, anyhow::Error>(true);
+            }
+            if !req.repair || Instant::now() > deadline {
+                return Ok(false);
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+    }
+    .await?;
+    if req.repair && !in_step {
+        bail!(
+            "the logs here and on {} are not in step after {}s (is the mirror link up and caught up?); \
+             not repairing what they may still explain (tandem verify compares anyway)",
+            req.peer,
+            STEP_WAIT.as_secs()
+        );
+    }
     let mut walk = Walk {
         items: Vec::new(),
         names: Default::default(),
@@ -662,6 +704,7 @@ pub async fn run(store: &Store, mirror: &Arc<Mirror>, dialer: &Dialer, req: &Req
     let mut report = Report {
         peer: req.peer.clone(),
         compared,
+        logs_in_step: in_step,
         ..Default::default()
     };
     // Bodies: re-hash every body held here; a bad or missing one is read
