@@ -104,6 +104,7 @@ pub struct Report {
 }
 
 /// A repair: events to append here, after storing the bodies they need.
+#[derive(Debug)]
 struct Fix {
     /// Order of application: accounts, mailboxes, subscriptions, messages,
     /// configuration.
@@ -212,7 +213,14 @@ struct Peer<'m> {
     round_trips: u64,
 }
 
-impl Peer<'_> {
+/// Where the other side's values come from: a peer over the exchange (or,
+/// in tests, another store).
+trait Source {
+    /// Values of `keys` of `family` (as [`Frame::Read`]), in order.
+    async fn read(&mut self, family: u8, keys: &[Vec<u8>]) -> anyhow::Result<Vec<Option<Vec<u8>>>>;
+}
+
+impl Source for Peer<'_> {
     /// Read `keys` of `family` from the peer: every chunk sent at once,
     /// then the answers in order (one round trip).
     async fn read(&mut self, family: u8, keys: &[Vec<u8>]) -> anyhow::Result<Vec<Option<Vec<u8>>>> {
@@ -675,32 +683,7 @@ pub async fn run(store: &Store, mirror: &Arc<Mirror>, dialer: &Dialer, req: &Req
             STEP_WAIT.as_secs()
         );
     }
-    let mut walk = Walk {
-        items: Vec::new(),
-        names: Default::default(),
-    };
-    let mut probes = start;
-    let mut rounds = 0;
-    while !probes.is_empty() {
-        rounds += 1;
-        if rounds > MAX_ROUNDS {
-            bail!("the comparison did not reach the leaves in {MAX_ROUNDS} rounds");
-        }
-        let keys: Vec<Vec<Vec<u8>>> = probes.iter().map(Probe::keys).collect();
-        let flat: Vec<Vec<u8>> = keys.iter().flatten().cloned().collect();
-        let there = peer.read(0, &flat).await?;
-        let v2 = views.clone();
-        let f2 = flat.clone();
-        let here = tokio::task::spawn_blocking(move || f2.iter().map(|k| v2.vget(k)).collect::<Result<Vec<_>, _>>()).await??;
-        let mut next = Vec::new();
-        let mut at = 0;
-        for (p, k) in probes.iter().zip(&keys) {
-            let n = k.len();
-            next.extend(walk.examine(p, k, &here[at..at + n], &there[at..at + n])?);
-            at += n;
-        }
-        probes = next;
-    }
+    let mut walk = compare(store, &mut peer, start).await?;
     let mut report = Report {
         peer: req.peer.clone(),
         compared,
@@ -762,9 +745,45 @@ pub async fn run(store: &Store, mirror: &Arc<Mirror>, dialer: &Dialer, req: &Req
     Ok(report)
 }
 
+/// Walk both trees top-down from `start`, one read of the other side per
+/// level.
+async fn compare(store: &Store, src: &mut impl Source, start: Vec<Probe>) -> anyhow::Result<Walk> {
+    let views = store.views();
+    let mut walk = Walk {
+        items: Vec::new(),
+        names: Default::default(),
+    };
+    let mut probes = start;
+    let mut rounds = 0;
+    while !probes.is_empty() {
+        rounds += 1;
+        if rounds > MAX_ROUNDS {
+            bail!("the comparison did not reach the leaves in {MAX_ROUNDS} rounds");
+        }
+        let keys: Vec<Vec<Vec<u8>>> = probes.iter().map(Probe::keys).collect();
+        let flat: Vec<Vec<u8>> = keys.iter().flatten().cloned().collect();
+        let there = src.read(0, &flat).await?;
+        if there.len() != flat.len() {
+            bail!("{} values for {} keys", there.len(), flat.len());
+        }
+        let v2 = views.clone();
+        let f2 = flat.clone();
+        let here = tokio::task::spawn_blocking(move || f2.iter().map(|k| v2.vget(k)).collect::<Result<Vec<_>, _>>()).await??;
+        let mut next = Vec::new();
+        let mut at = 0;
+        for (p, k) in probes.iter().zip(&keys) {
+            let n = k.len();
+            next.extend(walk.examine(p, k, &here[at..at + n], &there[at..at + n])?);
+            at += n;
+        }
+        probes = next;
+    }
+    Ok(walk)
+}
+
 /// Read bodies from the peer, in reads of bounded size; only those whose
 /// bytes match their hash are returned.
-async fn read_bodies(peer: &mut Peer<'_>, want: &[(BlobHash, u64)]) -> anyhow::Result<Vec<(BlobHash, Vec<u8>)>> {
+async fn read_bodies(peer: &mut impl Source, want: &[(BlobHash, u64)]) -> anyhow::Result<Vec<(BlobHash, Vec<u8>)>> {
     let mut out = Vec::new();
     let mut chunk: Vec<BlobHash> = Vec::new();
     let mut bytes = 0u64;
@@ -817,12 +836,14 @@ fn scrub(store: &Store) -> anyhow::Result<(u64, Vec<BlobHash>)> {
 }
 
 /// Append the repairs here, in one transaction, with the bodies they need.
-async fn repair(store: &Store, peer: &mut Peer<'_>, walk: &mut Walk, mut bodies: Vec<(BlobHash, Vec<u8>)>) -> anyhow::Result<()> {
+async fn repair(store: &Store, peer: &mut impl Source, walk: &mut Walk, mut bodies: Vec<(BlobHash, Vec<u8>)>) -> anyhow::Result<()> {
     // Bodies the repairs reference that this node lacks come from the peer.
     let mut need: Vec<(BlobHash, u64)> = Vec::new();
     for (_, fix) in &walk.items {
         if let Some(Fix { body: Some(h), events, .. }) = fix {
-            if !store.holds_body(h)? && !need.iter().any(|n| n.0 == *h) {
+            // The body itself, not its reference count: a count can outlive
+            // a lost body.
+            if store.blob(h)?.is_none() && !need.iter().any(|n| n.0 == *h) {
                 let size = events
                     .iter()
                     .map(|e| match e {
@@ -844,7 +865,7 @@ async fn repair(store: &Store, peer: &mut Peer<'_>, walk: &mut Walk, mut bodies:
     for i in order {
         let fix = walk.items[i].1.as_ref().expect("filtered");
         if let Some(h) = fix.body {
-            if !have.contains(&h.0) && !store.holds_body(&h)? {
+            if !have.contains(&h.0) && store.blob(&h)?.is_none() {
                 continue; // neither side has the body: reported, not repaired
             }
         }
@@ -869,4 +890,189 @@ async fn repair(store: &Store, peer: &mut Peer<'_>, walk: &mut Walk, mut bodies:
         walk.items[i].0.repaired = true;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::Flags;
+    use crate::mutate::{self, NewMessage};
+    use crate::store::wal_options;
+    use crate::views::TxnViews;
+
+    const U: &str = "u@example.org";
+
+    /// The other side, read straight from another store.
+    struct Local(Store);
+
+    impl Source for Local {
+        async fn read(&mut self, family: u8, keys: &[Vec<u8>]) -> anyhow::Result<Vec<Option<Vec<u8>>>> {
+            let v = self.0.views();
+            keys.iter()
+                .map(|k| {
+                    Ok(match family {
+                        0 => v.vget(k)?,
+                        1 => self.0.blob(&BlobHash(k.as_slice().try_into()?))?,
+                        _ => Some(postcard::to_allocvec(&heads(&self.0))?),
+                    })
+                })
+                .collect()
+        }
+    }
+
+    fn open(dir: &std::path::Path, node: &str) -> Store {
+        let mut o = wal_options(node);
+        o.sync = false;
+        Store::open(dir, node, o).unwrap()
+    }
+
+    /// Views changed without a log entry.
+    fn damage(store: &Store, events: Vec<Event>) {
+        store
+            .run_blocking(move |txn, cfs| {
+                for e in &events {
+                    let at = wal::Appended {
+                        origin: txn.local_origin(),
+                        seq: 0,
+                        order: 1 << 40,
+                        hlc: txn.peek_hlc(),
+                        hash: [0; 32],
+                    };
+                    crate::views::apply(&mut TxnViews { txn, cf: cfs.views }, &at, e)?;
+                }
+                Ok(())
+            })
+            .unwrap();
+    }
+
+    /// What the mirror would do: `a`'s log, with its bodies, into `b`.
+    fn mirror(a: &Store, b: &Store) {
+        crate::replay::replay_into(a.wal(), b).unwrap();
+        for (k, _) in a.wal().scan_prefix(a.cfs().views, b"R").unwrap() {
+            let h = BlobHash(k[1..].try_into().unwrap());
+            if let Some(body) = a.blob(&h).unwrap() {
+                b.run_blocking(move |t, c| {
+                    t.put(c.blobs, &h.0, &body);
+                    Ok(())
+                })
+                .unwrap();
+            }
+        }
+    }
+
+    fn kinds(w: &Walk) -> Vec<(String, Option<u32>)> {
+        let mut k: Vec<_> = w.items.iter().map(|i| (i.0.kind.clone(), i.0.uid)).collect();
+        k.sort();
+        k
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn damage_on_both_sides_is_named_and_repaired_by_events() {
+        let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let (a, b) = (open(da.path(), "a"), open(db.path(), "b"));
+        a.run_blocking(|t, c| mutate::create_user(t, c, U, "hash".into(), 1_700_000_000))
+            .unwrap();
+        for i in 0..3 {
+            let m = NewMessage::new(
+                format!("Subject: {i}\r\n\r\nbody {i}\r\n").into_bytes(),
+                Flags::default(),
+                1_700_000_000,
+            );
+            a.run_blocking(move |t, c| mutate::append(t, c, U, "INBOX", &m).map(|_| ()))
+                .unwrap();
+        }
+        a.run_blocking(|t, c| mutate::set_config(t, c, "k", "v")).unwrap();
+        mirror(&a, &b);
+        assert_eq!(merkle::node_root(&a.views()).unwrap(), merkle::node_root(&b.views()).unwrap());
+        let start = || vec![Probe::UsersRoot, Probe::Config];
+        assert!(compare(&a, &mut Local(b.clone()), start()).await.unwrap().items.is_empty());
+
+        let v = a.views();
+        let inbox = v.mailbox_by_name(U, "INBOX").unwrap().unwrap();
+        let archive = v.mailbox_by_name(U, "Archive").unwrap().unwrap();
+        let msgs = v.messages(inbox.id).unwrap();
+        let (g1, g2, g3) = (msgs[0].1.guid, msgs[1].1.guid, msgs[2].1.guid);
+        let body3 = msgs[2].1.blob;
+        damage(
+            &b,
+            vec![
+                Event::Expunged {
+                    user: U.into(),
+                    mailbox: inbox.id,
+                    messages: vec![(1, g1)],
+                },
+                Event::FlagsChanged {
+                    user: U.into(),
+                    mailbox: inbox.id,
+                    messages: vec![(2, g2)],
+                    op: FlagOp::Set,
+                    flags: Flags::new(["\\Flagged"]),
+                },
+                Event::MailboxRenamed {
+                    user: U.into(),
+                    mailbox: archive.id,
+                    name: "Attic".into(),
+                },
+                Event::Subscribed {
+                    user: U.into(),
+                    name: "Extra".into(),
+                    subscribed: true,
+                },
+                Event::ConfigSet {
+                    key: "k".into(),
+                    value: "other".into(),
+                },
+            ],
+        );
+        // This side lost a message and its body.
+        damage(
+            &a,
+            vec![Event::Expunged {
+                user: U.into(),
+                mailbox: inbox.id,
+                messages: vec![(3, g3)],
+            }],
+        );
+        a.run_blocking(move |t, c| {
+            t.delete(c.blobs, &body3.0);
+            Ok(())
+        })
+        .unwrap();
+
+        let mut walk = compare(&a, &mut Local(b.clone()), start()).await.unwrap();
+        let s = |k: &str, u: Option<u32>| (k.to_string(), u);
+        assert_eq!(
+            kinds(&walk),
+            vec![
+                s("config", None),
+                s("flags", Some(2)),
+                s("mailbox", None),
+                s("message", Some(1)),
+                s("message", Some(3)),
+                s("subscription", None),
+            ]
+        );
+        let detail = |uid: u32| walk.items.iter().find(|i| i.0.uid == Some(uid)).unwrap().0.detail.clone();
+        assert!(detail(1).contains("missing on the peer"), "{}", detail(1));
+        assert!(detail(3).contains("missing here"), "{}", detail(3));
+        assert!(walk
+            .items
+            .iter()
+            .all(|i| i.0.mailbox.is_none() || i.0.mailbox.as_deref() == Some("INBOX") || i.0.mailbox.as_deref() == Some("Archive")));
+
+        repair(&a, &mut Local(b.clone()), &mut walk, Vec::new()).await.unwrap();
+        assert!(walk.items.iter().all(|i| i.0.repaired), "{:?}", walk.items);
+        // The body came back from the other side with the event.
+        assert!(a.blob(&body3).unwrap().is_some());
+        // The repairs reach the other side as log entries, and then the
+        // trees agree.
+        mirror(&a, &b);
+        assert_eq!(merkle::node_root(&a.views()).unwrap(), merkle::node_root(&b.views()).unwrap());
+        assert!(compare(&a, &mut Local(b.clone()), start()).await.unwrap().items.is_empty());
+        let vb = b.views();
+        assert_eq!(vb.messages(inbox.id).unwrap().len(), 3);
+        assert_eq!(vb.mailbox(U, archive.id).unwrap().unwrap().name, "Archive");
+        assert_eq!(vb.config("k").unwrap().as_deref(), Some("v"));
+        assert!(vb.message(inbox.id, 2).unwrap().unwrap().flags.is_empty());
+    }
 }
