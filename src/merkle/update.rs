@@ -19,18 +19,9 @@ fn load(v: &TxnViews<'_, '_>, key: &[u8]) -> Result<(Node, Option<Summary>), Vie
     }
 }
 
-/// Write a node (an empty one is deleted); its new summary.
-fn store(v: &mut TxnViews<'_, '_>, key: &[u8], kind: u8, node: &Node) -> Option<Summary> {
-    if node.entries.is_empty() {
-        v.delete(key);
-        None
-    } else {
-        v.put(key, &node.encode(kind));
-        Some(node.summary(kind))
-    }
-}
-
-/// Apply entry changes to one node; `Some(new summary)` if it changed.
+/// Apply entry changes to one node; `Some(new summary)` if it changed
+/// (`Some(None)`: it became empty and was deleted). The node is encoded
+/// and hashed once.
 fn change(
     v: &mut TxnViews<'_, '_>,
     key: &[u8],
@@ -41,11 +32,20 @@ fn change(
     for (k, s) in changes {
         node.set(k, *s);
     }
-    let after = if node.entries.is_empty() { None } else { Some(node.summary(kind)) };
-    if after == before {
+    if node.entries.is_empty() {
+        if before.is_none() {
+            return Ok(None);
+        }
+        v.delete(key);
+        return Ok(Some(None));
+    }
+    let value = node.encode(kind);
+    let after = stored_summary(key, &value)?;
+    if Some(after) == before {
         return Ok(None);
     }
-    Ok(Some(store(v, key, kind, &node)))
+    v.put(key, &value);
+    Ok(Some(Some(after)))
 }
 
 /// Sum up again the messages `uids` of `mailbox`, level by level.
