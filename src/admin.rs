@@ -435,16 +435,65 @@ async fn blob(State(st): State<Shared>, Path(hash): Path<String>) -> Result<Vec<
     }
 }
 
-/// A digest of what must converge between mirrored nodes (users,
-/// mailboxes, messages and flags; not the per-node MODSEQs).
-async fn digest(State(st): State<Shared>) -> Result<Json<serde_json::Value>, ApiError> {
+#[derive(Deserialize)]
+struct DigestQuery {
+    user: Option<String>,
+    folder: Option<String>,
+}
+
+/// The merkle digest of what must converge between mirrored nodes (see
+/// [`crate::merkle`]), of one user and one folder if asked, with the log
+/// heads.
+async fn digest(State(st): State<Shared>, Query(q): Query<DigestQuery>) -> Result<Json<serde_json::Value>, ApiError> {
+    let bad = |e: mutate::MutationError| ApiError(StatusCode::BAD_REQUEST, e.to_string());
+    let user = q.user.as_deref().map(mutate::normalize_user).transpose().map_err(bad)?;
+    let folder = q.folder.as_deref().map(mutate::normalize_mailbox).transpose().map_err(bad)?;
     let store = st.store.clone();
-    let d = tokio::task::spawn_blocking(move || crate::replay::mirror_digest(&store))
+    let r = tokio::task::spawn_blocking(move || -> Result<_, ApiError> {
+        let v = store.views();
+        if let Some(u) = &user {
+            if v.user(u)?.is_none() {
+                return Err(ApiError(StatusCode::NOT_FOUND, format!("no such user {u}")));
+            }
+            if let Some(f) = &folder {
+                if v.mailbox_by_name(u, f)?.is_none() {
+                    return Err(ApiError(StatusCode::NOT_FOUND, format!("no such mailbox {f}")));
+                }
+            }
+        }
+        Ok(crate::merkle::report(&v, user.as_deref(), folder.as_deref())?)
+    })
+    .await
+    .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))??;
+    let mut out = serde_json::to_value(&r).map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    out["digest"] = serde_json::Value::String(r.root.clone());
+    out["heads"] = serde_json::json!(st
+        .store
+        .wal()
+        .heads()
+        .0
+        .iter()
+        .map(|(o, s)| (o.to_string(), *s))
+        .collect::<BTreeMap<_, _>>());
+    Ok(Json(out))
+}
+
+/// Compare with a peer's merkle tree, and repair if asked
+/// (`crate::repl::resync`).
+async fn resync(
+    State(st): State<Shared>,
+    Json(req): Json<crate::repl::resync::Request>,
+) -> Result<Json<crate::repl::resync::Report>, ApiError> {
+    let dialer = st
+        .mirror
+        .resync
+        .get()
+        .cloned()
+        .ok_or_else(|| ApiError(StatusCode::BAD_REQUEST, "the mirror is not configured on this node".into()))?;
+    crate::repl::resync::run(&st.store, &st.mirror, &dialer, &req)
         .await
-        .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))??;
-    Ok(Json(
-        serde_json::json!({ "digest": d, "heads": st.store.wal().heads().0.iter().map(|(o, s)| (o.to_string(), *s)).collect::<BTreeMap<_, _>>() }),
-    ))
+        .map(Json)
+        .map_err(|e| ApiError(StatusCode::BAD_GATEWAY, format!("{e:#}")))
 }
 
 #[derive(Deserialize)]
@@ -507,6 +556,7 @@ async fn restore_folders(State(st): State<Shared>, Json(q): Json<PitrQuery>) -> 
 pub fn router(state: Shared) -> Router {
     Router::new()
         .route("/v1/digest", get(digest))
+        .route("/v1/resync", axum::routing::post(resync))
         .route(
             "/v1/import",
             axum::routing::post(import).layer(axum::extract::DefaultBodyLimit::max(256 << 20)),

@@ -75,6 +75,53 @@ pub enum Command {
         #[arg(long)]
         into: Option<String>,
     },
+    /// Print the merkle roots and counts of what mirrored nodes must agree
+    /// on (compare two nodes by eye).
+    Digest {
+        /// Also print this user's root and mailboxes.
+        #[arg(long)]
+        user: Option<String>,
+        /// Also print this mailbox's leaves (needs --user).
+        #[arg(long, requires = "user")]
+        folder: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Compare this node's merkle tree with a peer's without repairing;
+    /// exits non-zero on any difference, naming each.
+    Verify {
+        /// The peer's mirror address (default: the first of mirror.peers).
+        #[arg(long)]
+        peer: Option<String>,
+        #[arg(long)]
+        user: Option<String>,
+        #[arg(long, requires = "user")]
+        folder: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Compare with a peer and repair what the logs cannot explain, by
+    /// appending events here (this node is the reference).
+    Resync {
+        /// Compare trees only (the default).
+        #[arg(long, conflicts_with = "full")]
+        fast: bool,
+        /// Also re-hash every body held here, restoring bad ones from the peer.
+        #[arg(long)]
+        full: bool,
+        #[arg(long)]
+        user: Option<String>,
+        #[arg(long, requires = "user")]
+        folder: Option<String>,
+        /// The peer's mirror address (default: the first of mirror.peers).
+        #[arg(long)]
+        peer: Option<String>,
+        /// Report what differs without repairing.
+        #[arg(long)]
+        dry_run: bool,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -198,6 +245,47 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Command::Digest { user, folder, json } => {
+            let mut path = "/v1/digest".to_string();
+            let mut sep = '?';
+            for (k, v) in [("user", &user), ("folder", &folder)] {
+                if let Some(v) = v {
+                    path.push_str(&format!("{sep}{k}={}", urlencode(v)));
+                    sep = '&';
+                }
+            }
+            let d: serde_json::Value = rt.block_on(Admin::new(&cfg)?.get(&path))?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&d)?);
+            } else {
+                print_digest(&serde_json::from_value(d).context("unexpected digest from the node")?);
+            }
+            Ok(())
+        }
+        Command::Verify { peer, user, folder, json } => {
+            let r = resync_call(&rt, &cfg, peer, user, folder, false, false)?;
+            print_resync(&r, json)?;
+            if r.differences > 0 {
+                bail!("{} difference(s) with {}", r.differences, r.peer);
+            }
+            Ok(())
+        }
+        Command::Resync {
+            fast: _,
+            full,
+            user,
+            folder,
+            peer,
+            dry_run,
+            json,
+        } => {
+            let r = resync_call(&rt, &cfg, peer, user, folder, !dry_run, full)?;
+            print_resync(&r, json)?;
+            if !dry_run && r.repaired < r.differences {
+                bail!("{} of {} difference(s) not repaired", r.differences - r.repaired, r.differences);
+            }
+            Ok(())
+        }
         Command::Log(LogCommand::Tail { n }) => {
             let entries: Vec<TailEntry> = rt.block_on(Admin::new(&cfg)?.get(&format!("/v1/log/tail?n={n}")))?;
             for e in entries {
@@ -277,6 +365,87 @@ async fn backup(cfg: &Config, to: PathBuf) -> anyhow::Result<()> {
         st["manifest"]
     );
     Ok(())
+}
+
+fn resync_call(
+    rt: &tokio::runtime::Runtime,
+    cfg: &Config,
+    peer: Option<String>,
+    user: Option<String>,
+    folder: Option<String>,
+    repair: bool,
+    full: bool,
+) -> anyhow::Result<crate::repl::resync::Report> {
+    let peer = match peer {
+        Some(p) => p,
+        None => cfg
+            .mirror
+            .peers
+            .first()
+            .map(|p| p.to_string())
+            .context("no --peer given and no mirror.peers configured")?,
+    };
+    let req = crate::repl::resync::Request {
+        peer,
+        user,
+        folder,
+        repair,
+        full,
+    };
+    rt.block_on(Admin::new(cfg)?.send(reqwest::Method::POST, "/v1/resync", serde_json::to_value(&req)?))
+}
+
+fn print_resync(r: &crate::repl::resync::Report, json: bool) -> anyhow::Result<()> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(r)?);
+        return Ok(());
+    }
+    println!(
+        "compared {} messages with {}: {} difference(s), {} repaired   {} bytes sent, {} received, {} round trips, {:.3}s",
+        r.compared, r.peer, r.differences, r.repaired, r.bytes_sent, r.bytes_received, r.round_trips, r.seconds
+    );
+    if !r.logs_in_step {
+        println!("note        the log heads here and on the peer differed: entries in flight may explain some differences");
+    }
+    if r.bodies_checked > 0 {
+        println!("bodies      {} checked, {} bad or missing", r.bodies_checked, r.bodies_bad);
+    }
+    for d in &r.items {
+        let mut place = d.user.clone().unwrap_or_default();
+        if let Some(m) = &d.mailbox {
+            place.push_str(&format!(" {m}"));
+        }
+        if let Some(u) = d.uid {
+            place.push_str(&format!(" uid {u}"));
+        }
+        println!(
+            "  {:<12} {:<40} {}{}",
+            d.kind,
+            place.trim(),
+            d.detail,
+            if d.repaired { "   [repaired]" } else { "" }
+        );
+    }
+    Ok(())
+}
+
+fn print_digest(d: &crate::merkle::DigestReport) {
+    println!("root        {}   users {}   messages {}", d.root, d.users, d.messages);
+    if let Some(u) = &d.user {
+        println!(
+            "user        {}   root {}   messages {}   subscriptions {}",
+            u.user, u.root, u.messages, u.subscriptions
+        );
+        for m in &u.mailboxes {
+            println!(
+                "  {:<20} root {}   messages {}   uidvalidity {}   uidnext {}   summary {}",
+                m.name, m.root, m.messages, m.uidvalidity, m.uidnext, m.summary
+            );
+            for l in &m.leaves {
+                println!("    uids {}..={}   {}   messages {}", l.first_uid, l.last_uid, l.hash, l.messages);
+            }
+        }
+    }
 }
 
 fn print_status(st: &Status) {

@@ -233,6 +233,31 @@ pub enum Event {
         node: String,
         epoch: u64,
     },
+    /// A message restored by a merkle resync under its UID (the log could
+    /// not explain why a node lacked it, or held it otherwise): put under
+    /// its UID if that is free, whatever UIDNEXT says; a message held
+    /// there under the same GUID takes these fields.
+    MessageRestored {
+        user: String,
+        mailbox: Id,
+        uid: u32,
+        guid: Id,
+        blob: BlobHash,
+        size: u64,
+        internal_date: i64,
+        tz_minutes: i16,
+        flags: Flags,
+    },
+    /// A mailbox restored by a merkle resync: created with this id if
+    /// missing, else given this name and special use; UIDNEXT only rises.
+    MailboxRestored {
+        user: String,
+        mailbox: Id,
+        name: String,
+        uidvalidity: u32,
+        uidnext: u32,
+        special_use: Option<SpecialUse>,
+    },
 }
 
 /// Why a payload is not an event.
@@ -279,7 +304,9 @@ impl Event {
             | Event::FlagsChanged { user, .. }
             | Event::Expunged { user, .. }
             | Event::MessagesMoved { user, .. }
-            | Event::MailboxRemoved { user, .. } => Some(user),
+            | Event::MailboxRemoved { user, .. }
+            | Event::MessageRestored { user, .. }
+            | Event::MailboxRestored { user, .. } => Some(user),
             Event::ConfigSet { .. } | Event::RoleChanged { .. } => None,
         }
     }
@@ -357,6 +384,26 @@ impl Event {
                     .join(" ")
             ),
             Event::RoleChanged { node, epoch } => format!("role-changed master={node} epoch={epoch}"),
+            Event::MessageRestored {
+                user,
+                mailbox,
+                uid,
+                guid,
+                blob,
+                flags,
+                ..
+            } => format!(
+                "message-restored {user} mailbox={mailbox:?} uid={uid} guid={guid:?} blob={blob:?} flags=[{}]",
+                flags.iter().collect::<Vec<_>>().join(" ")
+            ),
+            Event::MailboxRestored {
+                user,
+                mailbox,
+                name,
+                uidvalidity,
+                uidnext,
+                ..
+            } => format!("mailbox-restored {user} {name:?} id={mailbox:?} uidvalidity={uidvalidity} uidnext={uidnext}"),
         }
     }
 }

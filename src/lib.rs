@@ -8,6 +8,7 @@
 //! - [`config`]: the TOML configuration, validated with key and line.
 //! - [`event`]: what the log records.
 //! - [`views`]: the materialised views and the one function that writes them.
+//! - [`merkle`]: blake3 summaries of what mirrored nodes must agree on.
 //! - [`mutate`]: mutations that decide, append and apply in one transaction.
 //! - [`store`]: the log, views and blobs with an async face.
 //! - [`replay`]: rebuild views, copy a log, digest views.
@@ -23,6 +24,7 @@ pub mod event;
 pub mod imap;
 pub mod lmtp;
 pub mod mailfile;
+pub mod merkle;
 pub mod metrics;
 pub mod mutate;
 pub mod pop3;

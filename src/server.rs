@@ -201,6 +201,13 @@ pub async fn start(cfg: &Config) -> anyhow::Result<Running> {
     let store = tokio::task::spawn_blocking(move || Store::open(&db, &id2, opts))
         .await?
         .with_context(|| format!("opening the store in {}", cfg.db_path().display()))?;
+    let s2 = store.clone();
+    if tokio::task::spawn_blocking(move || crate::merkle::ensure(&s2))
+        .await?
+        .context("building the merkle tree")?
+    {
+        tracing::info!("merkle tree built from the views");
+    }
     let rep = store.wal().recovery_report().clone();
     tracing::info!(node = %node_id, origin = %store.wal().local_origin(), order = rep.order_len, verified = rep.verified, unclean = rep.unclean_shutdown, "store open");
     let token = load_or_create_token(cfg)?;
@@ -282,6 +289,12 @@ pub async fn start(cfg: &Config) -> anyhow::Result<Running> {
     {
         listeners.insert("mirror".to_string(), format!("quic://{}", m.local_addr));
         tasks.extend(m.tasks);
+        if let Some(secret) = cfg.mirror.secret_bytes()? {
+            let _ = mirror.resync.set(crate::repl::resync::Dialer {
+                data_dir: cfg.node.data_dir.clone(),
+                secret: Arc::new(secret),
+            });
+        }
     }
 
     tasks.push(tokio::spawn(crate::repl::resolve::run(

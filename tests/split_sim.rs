@@ -316,6 +316,21 @@ impl Sim {
             }
             out
         };
+        // The merkle tree each node kept through the split and its
+        // resolution is the tree its views give, and every node has the
+        // same root.
+        for n in &self.nodes {
+            let v = n.store().views();
+            let kept: std::collections::BTreeMap<Vec<u8>, Vec<u8>> = v.vscan(&tandem::merkle::keys::all()).unwrap().into_iter().collect();
+            let built = tandem::merkle::build(&v).unwrap();
+            assert!(kept == built, "{ctx}: {} kept a merkle tree that differs from its views", n.id);
+        }
+        let roots: Vec<_> = self
+            .nodes
+            .iter()
+            .map(|n| tandem::merkle::node_root(&n.store().views()).unwrap())
+            .collect();
+        assert!(roots.windows(2).all(|w| w[0] == w[1]), "{ctx}: merkle roots differ: {roots:?}");
         let first = snapshot(&self.nodes[0]);
         for n in &self.nodes[1..] {
             assert_eq!(snapshot(n), first, "{ctx}: node {} differs from node-0", n.id);

@@ -145,7 +145,7 @@ pub fn apply_batch(
             n.duplicates += 1;
             continue;
         };
-        if let Event::MessageAppended { blob, .. } = &event {
+        if let Event::MessageAppended { blob, .. } | Event::MessageRestored { blob, .. } = &event {
             if !in_batch.contains(&blob.0) && !holds_blob(txn, cfs, blob)? {
                 return Err(ApplyError::MissingBlob {
                     origin: w.origin,
@@ -161,7 +161,7 @@ pub fn apply_batch(
             n.oldest_ms = written_ms;
         }
         match event {
-            Event::MessageAppended { .. } => n.add += 1,
+            Event::MessageAppended { .. } | Event::MessageRestored { .. } => n.add += 1,
             Event::Expunged { .. } | Event::MailboxDeleted { .. } | Event::MailboxRemoved { .. } | Event::UserDeleted { .. } => {
                 n.delete += 1
             }
@@ -173,7 +173,8 @@ pub fn apply_batch(
             | Event::Subscribed { .. }
             | Event::ConfigSet { .. }
             | Event::MessagesMoved { .. }
-            | Event::RoleChanged { .. } => n.other += 1,
+            | Event::RoleChanged { .. }
+            | Event::MailboxRestored { .. } => n.other += 1,
         }
     }
     Ok(n)

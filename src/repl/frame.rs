@@ -6,8 +6,8 @@ use serde::{Deserialize, Serialize};
 
 /// Protocol version spoken by this build (2: body queries; 3: SPAKE2
 /// authentication, bodies in chunks; 4: chain hashes in the receiver's
-/// vector).
-pub const PROTOCOL: u8 = 4;
+/// vector; 5: merkle resync frames).
+pub const PROTOCOL: u8 = 5;
 /// Largest frame accepted (a batch with its blobs).
 pub const MAX_FRAME: u32 = 96 << 20;
 /// Largest frame accepted before the peer has proved the shared secret:
@@ -28,7 +28,7 @@ pub const MAX_MESSAGE: u64 = 1 << 30;
 /// room for the header lines LMTP adds when it stores a message.
 pub const MAX_BODY: u64 = MAX_MESSAGE + (1 << 20);
 /// The QUIC application protocol (ALPN) of the mirror.
-pub const ALPN: &[u8] = b"tandem-mirror/4";
+pub const ALPN: &[u8] = b"tandem-mirror/5";
 
 /// One log entry as shipped. (`serde_bytes` keeps postcard's encoding of
 /// a byte vector — a length and the bytes — but decodes it in one copy
@@ -101,6 +101,18 @@ pub enum Frame {
         #[serde(with = "serde_bytes")]
         bytes: Vec<u8>,
     },
+    /// Opens a merkle resync exchange, in place of `Hello`: the connection
+    /// then carries only the frames below (`replication.md` section 12).
+    ResyncHello { node_id: String },
+    /// Resync: read these keys of the answering node's views (`family` 0:
+    /// merkle nodes and the records they name) or bodies (1: by hash), or
+    /// (2, one empty key) its log heads, postcard `Vec<(origin, seq)>`.
+    Read { id: u64, family: u8, keys: Vec<Vec<u8>> },
+    /// Resync: the values of read `id`, one per key (`None`: absent).
+    Values {
+        id: u64,
+        values: Vec<Option<serde_bytes::ByteBuf>>,
+    },
 }
 
 /// Why bytes are not a frame.
@@ -130,6 +142,9 @@ impl Frame {
             Frame::Held { .. } => "held",
             Frame::Pake { .. } => "pake",
             Frame::Chunk { .. } => "chunk",
+            Frame::ResyncHello { .. } => "resync-hello",
+            Frame::Read { .. } => "read",
+            Frame::Values { .. } => "values",
         }
     }
 

@@ -7,6 +7,7 @@
 //! - [`error`]: why a link ended, as a type.
 //! - [`quic`]: the quinn driver: authentication, links, reconnects.
 //! - [`resolve`]: the master's resolution of split-brain conflicts.
+//! - [`resync`]: merkle comparison with a peer, and repair by events.
 //!
 //! Each node dials each configured peer and pushes what that peer lacks;
 //! each node accepts its peers' links and applies what they push. So every
@@ -21,6 +22,7 @@ pub mod handshake;
 pub mod history;
 pub mod quic;
 pub mod resolve;
+pub mod resync;
 pub mod role;
 pub mod stream;
 
@@ -236,6 +238,8 @@ pub struct Mirror {
     pub rollbacks: AtomicU64,
     pub forks: AtomicU64,
     pub last_divergence: Mutex<Option<String>>,
+    /// How to dial a peer for a resync (set when the mirror runs).
+    pub resync: std::sync::OnceLock<resync::Dialer>,
 }
 
 impl Mirror {

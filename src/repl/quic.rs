@@ -438,7 +438,9 @@ async fn link(
                 let bodies: HashMap<u64, (crate::event::BlobHash, u64)> = entries
                     .iter()
                     .filter_map(|(o, e)| match Event::decode(&e.payload) {
-                        Ok(Event::MessageAppended { blob, size, .. }) => Some((*o, (blob, size))),
+                        Ok(Event::MessageAppended { blob, size, .. } | Event::MessageRestored { blob, size, .. }) => {
+                            Some((*o, (blob, size)))
+                        }
                         _ => None,
                     })
                     .collect();
@@ -800,18 +802,14 @@ fn valid_node_id(id: &str) -> bool {
 
 /// Accept the stream, authenticate, and read the dialer's `Hello`: the
 /// node id it gave.
-async fn authenticate(
-    conn: &quinn::Connection,
-    store: &Store,
-    mirror: &Mirror,
-    secret: &[u8],
-) -> Result<(quinn::SendStream, quinn::RecvStream, String, String, u64), LinkError> {
+async fn authenticate(conn: &quinn::Connection, store: &Store, mirror: &Mirror, secret: &[u8]) -> Result<Opened, LinkError> {
     let (mut send, mut recv) = conn
         .accept_bi()
         .await
         .map_err(|e| LinkError::transport("accepting the stream", e))?;
     handshake::accept(conn, &mut send, &mut recv, secret, mirror).await?;
     let (node_id, origin, role, epoch) = match read_frame(&mut recv, mirror, PREAUTH_FRAME).await? {
+        Frame::ResyncHello { node_id } if valid_node_id(&node_id) => return Ok(Opened::Resync(send, recv, node_id)),
         Frame::Hello {
             node_id,
             origin,
@@ -839,7 +837,14 @@ async fn authenticate(
         tokio::time::sleep(Duration::from_millis(100)).await;
         return Err(e);
     }
-    Ok((send, recv, node_id, role, epoch))
+    Ok(Opened::Link(send, recv, node_id, role, epoch))
+}
+
+/// What an authenticated peer opened: a mirror link (its stream, node id,
+/// role and epoch), or a merkle resync exchange (`super::resync`).
+enum Opened {
+    Link(quinn::SendStream, quinn::RecvStream, String, String, u64),
+    Resync(quinn::SendStream, quinn::RecvStream, String),
 }
 
 /// One incoming link: authenticate within the deadline, tell the sender
@@ -862,7 +867,17 @@ async fn receive(
         Err(_) => return Err(timed_out()),
     };
     let (send, recv, node_id, role, epoch) = match tokio::time::timeout_at(deadline, authenticate(&conn, store, mirror, secret)).await {
-        Ok(Ok(x)) => x,
+        Ok(Ok(Opened::Link(send, recv, node_id, role, epoch))) => (send, recv, node_id, role, epoch),
+        Ok(Ok(Opened::Resync(send, recv, node_id))) => {
+            // Not bound by the authentication deadline: the exchange only
+            // reads, and the peer proved the secret.
+            drop(unauthenticated);
+            conn.set_receive_window(quinn::VarInt::from_u32(LINK_WINDOW));
+            tracing::info!(peer = %node_id, "resync exchange");
+            let r = super::resync::serve(store, mirror, send, recv).await;
+            conn.close(0u32.into(), b"bye");
+            return r.map_err(LinkError::Local);
+        }
         Ok(Err(e)) => {
             conn.close(1u32.into(), e.kind().as_bytes());
             return Err(e);
@@ -1202,6 +1217,30 @@ async fn serve(
         }
     }
     result
+}
+
+/// Dial `peer` from a fresh endpoint and prove the shared secret both
+/// ways: the start of a merkle resync exchange (`super::resync`).
+pub(super) async fn dial_resync(
+    peer: SocketAddr,
+    data_dir: &Path,
+    secret: &[u8],
+    mirror: &Mirror,
+) -> anyhow::Result<(quinn::Endpoint, quinn::Connection, quinn::SendStream, quinn::RecvStream)> {
+    let local: SocketAddr = if peer.is_ipv4() {
+        (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
+    } else {
+        (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+    };
+    let ep = endpoint(local, data_dir)?;
+    let conn = tokio::time::timeout(Duration::from_secs(5), ep.connect(peer, "tandem")?)
+        .await
+        .map_err(|_| anyhow::anyhow!("no answer from the peer {peer} within 5 s"))?
+        .with_context(|| format!("connecting to {peer}"))?;
+    let (mut send, mut recv) = conn.open_bi().await.context("opening the stream")?;
+    handshake::dial(&conn, &mut send, &mut recv, secret, mirror).await?;
+    conn.set_receive_window(quinn::VarInt::from_u32(LINK_WINDOW));
+    Ok((ep, conn, send, recv))
 }
 
 #[cfg(test)]

@@ -286,8 +286,14 @@ fn touch_if_exists(v: &mut TxnViews<'_, '_>, user: &str, mailbox: Id, modseq: u6
     Ok(())
 }
 
-/// Apply `event`, which the log holds at `at`, to the views.
+/// Apply `event`, which the log holds at `at`, to the views, and keep their
+/// merkle summaries in step.
 pub fn apply(v: &mut TxnViews<'_, '_>, at: &Appended, event: &Event) -> Result<(), ViewError> {
+    apply_views(v, at, event)?;
+    crate::merkle::update(v, event)
+}
+
+fn apply_views(v: &mut TxnViews<'_, '_>, at: &Appended, event: &Event) -> Result<(), ViewError> {
     let modseq = at.order;
     let ts = (at.hlc, at.origin.0);
     match event {
@@ -522,6 +528,107 @@ pub fn apply(v: &mut TxnViews<'_, '_>, at: &Appended, event: &Event) -> Result<(
             touch_if_exists(v, user, *from, modseq)?;
         }
         Event::RoleChanged { node, epoch } => crate::repl::role::apply(v, node, *epoch)?,
+        Event::MessageRestored {
+            user,
+            mailbox,
+            uid,
+            guid,
+            blob,
+            size,
+            internal_date,
+            tz_minutes,
+            flags,
+        } => {
+            let m = MessageRec {
+                guid: *guid,
+                blob: *blob,
+                size: *size,
+                internal_date: *internal_date,
+                tz_minutes: *tz_minutes,
+                flags: flags.clone(),
+                modseq,
+                clocks: Vec::new(),
+                set_clock: (at.hlc, at.origin.0),
+            };
+            restore_message(v, user, *mailbox, *uid, m)?;
+        }
+        Event::MailboxRestored {
+            user,
+            mailbox,
+            name,
+            uidvalidity,
+            uidnext,
+            special_use,
+        } => {
+            let mb = match v.mailbox(user, *mailbox)? {
+                Some(mut mb) => {
+                    if mb.name != *name {
+                        if v.mailbox_id(user, &mb.name)? == Some(mb.id) {
+                            v.delete(&keys::name(user, &mb.name));
+                        }
+                        mb.name = name.clone();
+                    }
+                    mb.uidnext = mb.uidnext.max(*uidnext);
+                    mb.special_use = *special_use;
+                    mb
+                }
+                None => {
+                    let last = v.last_uidvalidity(user)?;
+                    v.put(&keys::uidvalidity(user), &last.max(*uidvalidity).to_be_bytes());
+                    MailboxRec {
+                        id: *mailbox,
+                        name: name.clone(),
+                        uidvalidity: *uidvalidity,
+                        uidnext: (*uidnext).max(1),
+                        highestmodseq: modseq,
+                        special_use: *special_use,
+                    }
+                }
+            };
+            v.put(&keys::name(user, name), &mailbox.0);
+            touch_mailbox(v, user, mb, modseq);
+        }
     }
+    Ok(())
+}
+
+/// A message restored under its UID: a free UID takes it (whatever
+/// UIDNEXT says), the same GUID there takes its fields, another GUID
+/// there keeps it aside.
+fn restore_message(v: &mut TxnViews<'_, '_>, user: &str, mailbox: Id, uid: u32, m: MessageRec) -> Result<(), ViewError> {
+    let Some(mut mb) = v.mailbox(user, mailbox)? else {
+        tracing::warn!(user, uid, mailbox = ?mailbox, "restored message for a missing mailbox kept aside");
+        v.put(&keys::conflict(mailbox, uid, m.guid), &enc(&m));
+        return bump_refcount(v, &m.blob, 1);
+    };
+    let modseq = m.modseq;
+    match v.message(mailbox, uid)? {
+        Some(h) if h.guid != m.guid => {
+            tracing::warn!(user, uid, mailbox = ?mailbox, "restored message meets another under its uid: kept aside");
+            v.put(&keys::conflict(mailbox, uid, m.guid), &enc(&m));
+            bump_refcount(v, &m.blob, 1)?;
+        }
+        Some(h) => {
+            if (h.blob, h.size, h.internal_date, h.tz_minutes, &h.flags) == (m.blob, m.size, m.internal_date, m.tz_minutes, &m.flags) {
+                return Ok(());
+            }
+            if h.blob != m.blob {
+                bump_refcount(v, &h.blob, -1)?;
+                bump_content(v, mailbox, &h.blob, -1)?;
+                bump_refcount(v, &m.blob, 1)?;
+                bump_content(v, mailbox, &m.blob, 1)?;
+            }
+            note_change(v, mailbox, uid, Some(h.modseq), modseq);
+            v.put(&keys::message(mailbox, uid), &enc(&m));
+        }
+        None => {
+            v.put(&keys::message(mailbox, uid), &enc(&m));
+            note_change(v, mailbox, uid, None, modseq);
+            bump_refcount(v, &m.blob, 1)?;
+            bump_content(v, mailbox, &m.blob, 1)?;
+        }
+    }
+    mb.uidnext = mb.uidnext.max(uid.saturating_add(1));
+    touch_mailbox(v, user, mb, modseq);
     Ok(())
 }

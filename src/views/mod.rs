@@ -32,6 +32,7 @@
 //! Z mailbox-id                -> mailbox-id a deleted mailbox was merged into
 //! O order(u64 BE) index(u32)  -> ResolutionRec: one message moved by the
 //!                                master, for `tandem conflicts`
+//! T ...                       -> merkle tree nodes (see `crate::merkle::keys`)
 //! ```
 
 mod apply;

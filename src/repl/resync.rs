@@ -1,0 +1,1078 @@
+//! Merkle resync: compare this node's merkle tree (`crate::merkle`) with a
+//! peer's, top-down, and repair what differs by appending events to this
+//! node's log, which the mirror then carries to the peer like any other.
+//!
+//! The exchange runs on its own connection: after the usual proof of the
+//! shared secret, the dialing node sends [`Frame::ResyncHello`] instead of
+//! `Hello`, then [`Frame::Read`]s of tree nodes and of the records they
+//! name; the peer answers each with [`Frame::Values`]. Every level of the
+//! tree is one round trip, all reads of a level sent at once, so a
+//! comparison costs O(depth) round trips and bytes in proportion to the
+//! differences times the depth. The peer only answers reads; it changes
+//! nothing.
+//!
+//! Repair (the node that runs it is the reference): a message or mailbox
+//! that only one side holds is restored on the other (`MessageRestored`,
+//! `MailboxRestored`: mail is never dropped); flags, mailbox names,
+//! subscriptions, accounts and configuration that differ take this node's
+//! value. A body this node lacks is read from the peer and stored with the
+//! event that needs it; bodies the peer lacks travel with the events on the
+//! mirror link, which asks the peer first. `full` also re-hashes every
+//! body held here and restores one whose bytes do not match its hash.
+
+use super::frame::{Frame, MAX_FRAME};
+use super::Mirror;
+use crate::event::{BlobHash, Event, FlagOp, Id};
+use crate::merkle::{self, keys as tk, Entry, Node, ROOT_LEVEL};
+use crate::store::Store;
+use crate::views::{keys as vk, MailboxRec, MessageRec, UserRec, ViewRead};
+use anyhow::{bail, Context};
+use serde::{Deserialize, Serialize};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
+
+/// Keys in one read (the answering node refuses more).
+pub const MAX_KEYS: usize = 4096;
+/// Bytes of bodies asked for in one read.
+const BODY_READ_BYTES: u64 = 32 << 20;
+/// Rounds of a comparison (the tree is 10 levels deep at most).
+const MAX_ROUNDS: usize = 16;
+
+/// What a node needs to dial a peer for a resync.
+#[derive(Clone)]
+pub struct Dialer {
+    pub data_dir: PathBuf,
+    pub secret: Arc<Vec<u8>>,
+}
+
+/// What to compare, and whether to repair.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Request {
+    /// The peer's mirror address.
+    pub peer: String,
+    #[serde(default)]
+    pub user: Option<String>,
+    #[serde(default)]
+    pub folder: Option<String>,
+    /// Append the repairs (else only report).
+    #[serde(default)]
+    pub repair: bool,
+    /// Also re-hash every body held here (scrub).
+    #[serde(default)]
+    pub full: bool,
+}
+
+/// One difference, named.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Difference {
+    /// `message`, `flags`, `mailbox`, `subscription`, `account`, `config`,
+    /// `body`.
+    pub kind: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mailbox: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uid: Option<u32>,
+    /// What differs, in words.
+    pub detail: String,
+    pub repaired: bool,
+}
+
+/// The outcome of a comparison (and repair).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Report {
+    pub peer: String,
+    /// Messages covered by the comparison (this node's count).
+    pub compared: u64,
+    pub differences: u64,
+    pub repaired: u64,
+    /// Bytes of the exchange sent and received by this node.
+    pub bytes_sent: u64,
+    pub bytes_received: u64,
+    pub round_trips: u64,
+    /// Bodies re-hashed (`full`), and those found bad or missing.
+    pub bodies_checked: u64,
+    pub bodies_bad: u64,
+    /// Whether both nodes held the same log heads when the comparison
+    /// started (if not, some differences may be entries still in flight).
+    pub logs_in_step: bool,
+    pub seconds: f64,
+    pub items: Vec<Difference>,
+}
+
+/// A repair: events to append here, after storing the bodies they need.
+#[derive(Debug)]
+struct Fix {
+    /// Order of application: accounts, mailboxes, subscriptions, messages,
+    /// configuration.
+    rank: u8,
+    events: Vec<Event>,
+    /// A body the event references that this node may lack.
+    body: Option<BlobHash>,
+}
+
+async fn write_frame(send: &mut quinn::SendStream, f: &Frame, sent: &mut u64) -> anyhow::Result<()> {
+    let b = f.encode();
+    *sent += b.len() as u64;
+    send.write_all(&b).await.context("writing a resync frame")
+}
+
+async fn read_frame(recv: &mut quinn::RecvStream, mirror: &Mirror, received: &mut u64) -> anyhow::Result<Frame> {
+    let mut hdr = [0u8; 4];
+    recv.read_exact(&mut hdr).await.context("reading a resync frame header")?;
+    let n = Frame::length(hdr, MAX_FRAME).inspect_err(|_| {
+        mirror.bad_frames.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    })?;
+    let mut body = vec![0u8; n as usize];
+    recv.read_exact(&mut body).await.context("reading a resync frame body")?;
+    *received += 4 + n as u64;
+    Frame::decode(&body)
+        .inspect_err(|_| {
+            mirror.bad_frames.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        })
+        .context("decoding a resync frame")
+}
+
+/// Answer a peer's resync reads until it closes the stream. Nothing here
+/// changes this node.
+pub async fn serve(store: &Store, mirror: &Mirror, mut send: quinn::SendStream, mut recv: quinn::RecvStream) -> anyhow::Result<()> {
+    let (mut sent, mut received) = (0u64, 0u64);
+    loop {
+        let f = match read_frame(&mut recv, mirror, &mut received).await {
+            Ok(f) => f,
+            Err(e) => {
+                // The peer closing its side ends the exchange.
+                if e.chain().any(|c| {
+                    c.downcast_ref::<quinn::ReadExactError>()
+                        .is_some_and(|r| matches!(r, quinn::ReadExactError::FinishedEarly(0)))
+                }) {
+                    let _ = send.finish();
+                    return Ok(());
+                }
+                return Err(e);
+            }
+        };
+        let Frame::Read { id, family, keys } = f else {
+            bail!("expected a resync read, got {}", f.kind());
+        };
+        if keys.len() > MAX_KEYS {
+            bail!("resync read {id} asks for {} keys, more than {MAX_KEYS}", keys.len());
+        }
+        if family > 2 {
+            bail!("resync read {id} names family {family}");
+        }
+        let st = store.clone();
+        let values = tokio::task::spawn_blocking(move || -> anyhow::Result<Vec<Option<serde_bytes::ByteBuf>>> {
+            let v = st.views();
+            let mut total = 0u64;
+            let mut out = Vec::with_capacity(keys.len());
+            for k in &keys {
+                let val = if family == 0 {
+                    v.vget(k)?
+                } else if family == 2 {
+                    Some(postcard::to_allocvec(&heads(&st))?)
+                } else {
+                    let h: [u8; 32] = k
+                        .as_slice()
+                        .try_into()
+                        .map_err(|_| anyhow::anyhow!("a body is named by 32 bytes"))?;
+                    st.blob(&BlobHash(h))?
+                };
+                total += val.as_ref().map_or(0, |b| b.len() as u64 + 8);
+                if total + (1 << 20) > MAX_FRAME as u64 {
+                    bail!("resync read {id}: the answer would exceed the frame limit");
+                }
+                out.push(val.map(serde_bytes::ByteBuf::from));
+            }
+            Ok(out)
+        })
+        .await??;
+        write_frame(&mut send, &Frame::Values { id, values }, &mut sent).await?;
+    }
+}
+
+/// This node's log heads, `(origin, last seq)` in origin order.
+fn heads(store: &Store) -> Vec<(u64, u64)> {
+    store.wal().heads().0.iter().map(|(o, s)| (o.0, *s)).collect()
+}
+
+/// How long a repair waits for the logs to be in step with the peer's.
+const STEP_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// The dialing side of the exchange.
+struct Peer<'m> {
+    send: quinn::SendStream,
+    recv: quinn::RecvStream,
+    mirror: &'m Mirror,
+    next_id: u64,
+    sent: u64,
+    received: u64,
+    round_trips: u64,
+}
+
+/// Where the other side's values come from: a peer over the exchange (or,
+/// in tests, another store).
+trait Source {
+    /// Values of `keys` of `family` (as [`Frame::Read`]), in order.
+    async fn read(&mut self, family: u8, keys: &[Vec<u8>]) -> anyhow::Result<Vec<Option<Vec<u8>>>>;
+}
+
+impl Source for Peer<'_> {
+    /// Read `keys` of `family` from the peer: every chunk sent at once,
+    /// then the answers in order (one round trip).
+    async fn read(&mut self, family: u8, keys: &[Vec<u8>]) -> anyhow::Result<Vec<Option<Vec<u8>>>> {
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut ids = Vec::new();
+        for chunk in keys.chunks(MAX_KEYS) {
+            self.next_id += 1;
+            ids.push((self.next_id, chunk.len()));
+            let f = Frame::Read {
+                id: self.next_id,
+                family,
+                keys: chunk.to_vec(),
+            };
+            write_frame(&mut self.send, &f, &mut self.sent).await?;
+        }
+        self.round_trips += 1;
+        let mut out = Vec::with_capacity(keys.len());
+        for (id, n) in ids {
+            match read_frame(&mut self.recv, self.mirror, &mut self.received).await? {
+                Frame::Values { id: got, values } if got == id && values.len() == n => {
+                    out.extend(values.into_iter().map(|v| v.map(|b| b.into_vec())));
+                }
+                Frame::Values { id: got, values } => {
+                    bail!("resync answer {got} with {} values, expected {id} with {n}", values.len())
+                }
+                Frame::Refused { reason } => bail!("the peer refused the resync: {reason}"),
+                other => bail!("expected resync values, got {}", other.kind()),
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// What one probe of the comparison looks at.
+#[derive(Debug, Clone)]
+enum Probe {
+    UsersRoot,
+    Group(u8),
+    Bucket(u16),
+    User(String),
+    Config,
+    ConfigKey(String),
+    Mailbox { user: String, id: Id },
+    Trie { user: String, id: Id, level: u8, index: u32 },
+    Message { user: String, id: Id, uid: u32 },
+}
+
+impl Probe {
+    fn keys(&self) -> Vec<Vec<u8>> {
+        match self {
+            Probe::UsersRoot => vec![tk::users_root()],
+            Probe::Group(g) => vec![tk::group(*g)],
+            Probe::Bucket(b) => vec![tk::bucket(*b)],
+            Probe::User(u) => vec![tk::user(u), vk::user(u)],
+            Probe::Config => vec![tk::config()],
+            Probe::ConfigKey(k) => vec![vk::config(k)],
+            Probe::Mailbox { user, id } => vec![vk::mailbox(user, *id), tk::mailbox_node(*id, ROOT_LEVEL, 0)],
+            Probe::Trie { id, level, index, .. } => vec![tk::mailbox_node(*id, *level, *index)],
+            Probe::Message { id, uid, .. } => vec![vk::message(*id, *uid)],
+        }
+    }
+}
+
+fn node(key: &[u8], b: &Option<Vec<u8>>) -> anyhow::Result<Node> {
+    Ok(match b {
+        Some(b) => Node::decode(key, b)?,
+        None => Node::default(),
+    })
+}
+
+/// Entries that differ between two nodes: (key, here, there).
+fn differing<'a>(here: &'a Node, there: &'a Node) -> Vec<(Vec<u8>, Option<&'a Entry>, Option<&'a Entry>)> {
+    let mut keys: Vec<&Vec<u8>> = here.entries.iter().chain(there.entries.iter()).map(|e| &e.key).collect();
+    keys.sort();
+    keys.dedup();
+    keys.into_iter()
+        .filter_map(|k| {
+            let (a, b) = (here.get(k), there.get(k));
+            (a != b).then(|| (k.clone(), a, b))
+        })
+        .collect()
+}
+
+fn dec<T: serde::de::DeserializeOwned>(key: &[u8], b: &Option<Vec<u8>>) -> anyhow::Result<Option<T>> {
+    b.as_ref()
+        .map(|b| postcard::from_bytes(b).with_context(|| format!("record {} does not decode", hex::encode(key))))
+        .transpose()
+}
+
+fn flags_text(m: &MessageRec) -> String {
+    m.flags.iter().collect::<Vec<_>>().join(" ")
+}
+
+fn restored(user: &str, mailbox: Id, uid: u32, m: &MessageRec) -> Event {
+    Event::MessageRestored {
+        user: user.to_string(),
+        mailbox,
+        uid,
+        guid: m.guid,
+        blob: m.blob,
+        size: m.size,
+        internal_date: m.internal_date,
+        tz_minutes: m.tz_minutes,
+        flags: m.flags.clone(),
+    }
+}
+
+fn mailbox_restored(user: &str, mb: &MailboxRec, uidnext: u32) -> Event {
+    Event::MailboxRestored {
+        user: user.to_string(),
+        mailbox: mb.id,
+        name: mb.name.clone(),
+        uidvalidity: mb.uidvalidity,
+        uidnext,
+        special_use: mb.special_use,
+    }
+}
+
+/// The comparison's state: what it found and how to repair it.
+struct Walk {
+    items: Vec<(Difference, Option<Fix>)>,
+    /// Mailbox names by id, for naming differences.
+    names: std::collections::HashMap<[u8; 16], String>,
+}
+
+impl Walk {
+    fn found(&mut self, kind: &str, user: Option<&str>, mailbox: Option<Id>, uid: Option<u32>, detail: String, fix: Option<Fix>) {
+        let mailbox = mailbox.map(|id| self.names.get(&id.0).cloned().unwrap_or_else(|| id.to_hex()));
+        self.items.push((
+            Difference {
+                kind: kind.into(),
+                user: user.map(String::from),
+                mailbox,
+                uid,
+                detail,
+                repaired: false,
+            },
+            fix,
+        ));
+    }
+
+    /// Look at one probe's values here and there; the probes below it.
+    fn examine(&mut self, p: &Probe, keys: &[Vec<u8>], here: &[Option<Vec<u8>>], there: &[Option<Vec<u8>>]) -> anyhow::Result<Vec<Probe>> {
+        let mut next = Vec::new();
+        match p {
+            Probe::UsersRoot | Probe::Group(_) | Probe::Bucket(_) | Probe::Config => {
+                let (a, b) = (node(&keys[0], &here[0])?, node(&keys[0], &there[0])?);
+                for (k, _, _) in differing(&a, &b) {
+                    next.push(match p {
+                        Probe::UsersRoot => Probe::Group(*k.first().context("empty key in the users' root")?),
+                        Probe::Group(_) => Probe::Bucket(u16::from_be_bytes(k.as_slice().try_into().context("bucket key is not 2 bytes")?)),
+                        Probe::Bucket(_) => Probe::User(String::from_utf8_lossy(&k).into_owned()),
+                        _ => Probe::ConfigKey(String::from_utf8_lossy(&k).into_owned()),
+                    });
+                }
+            }
+            Probe::ConfigKey(key) => {
+                let (a, b) = (&here[0], &there[0]);
+                let text = |v: &Option<Vec<u8>>| {
+                    v.as_ref()
+                        .map(|b| format!("{:?}", String::from_utf8_lossy(b)))
+                        .unwrap_or("unset".into())
+                };
+                let value = a.as_ref().or(b.as_ref()).map(|v| String::from_utf8_lossy(v).into_owned());
+                let fix = value.map(|value| Fix {
+                    rank: 4,
+                    events: vec![Event::ConfigSet { key: key.clone(), value }],
+                    body: None,
+                });
+                self.found(
+                    "config",
+                    None,
+                    None,
+                    None,
+                    format!("config {key}: here {}, peer {}", text(a), text(b)),
+                    fix,
+                );
+            }
+            Probe::User(user) => {
+                let (a, b) = (node(&keys[0], &here[0])?, node(&keys[0], &there[0])?);
+                let (ua, ub): (Option<UserRec>, Option<UserRec>) = (dec(&keys[1], &here[1])?, dec(&keys[1], &there[1])?);
+                for (k, ea, eb) in differing(&a, &b) {
+                    match k.first() {
+                        Some(b'a') => {
+                            let fix = match (&ua, &ub) {
+                                (Some(u), Some(_)) => Some(Event::PasswordChanged {
+                                    user: user.clone(),
+                                    password_hash: u.password_hash.clone(),
+                                }),
+                                (Some(u), None) | (None, Some(u)) => Some(Event::UserCreated {
+                                    user: user.clone(),
+                                    password_hash: u.password_hash.clone(),
+                                }),
+                                (None, None) => None,
+                            };
+                            let detail = match (&ua, &ub) {
+                                (Some(_), Some(_)) => "password differs".to_string(),
+                                (Some(_), None) => "user missing on the peer".to_string(),
+                                (None, Some(_)) => "user missing here".to_string(),
+                                (None, None) => "account records differ".to_string(),
+                            };
+                            let fix = fix.map(|e| Fix {
+                                rank: 0,
+                                events: vec![e],
+                                body: None,
+                            });
+                            self.found("account", Some(user), None, None, detail, fix);
+                        }
+                        Some(b'm') => {
+                            let id: [u8; 16] = k[1..].try_into().context("mailbox key is not 17 bytes")?;
+                            next.push(Probe::Mailbox {
+                                user: user.clone(),
+                                id: Id(id),
+                            });
+                        }
+                        Some(b's') => {
+                            let name = String::from_utf8_lossy(&k[1..]).into_owned();
+                            let here_sub = ea.is_some();
+                            let fix = Fix {
+                                rank: 2,
+                                events: vec![Event::Subscribed {
+                                    user: user.clone(),
+                                    name: name.clone(),
+                                    subscribed: here_sub,
+                                }],
+                                body: None,
+                            };
+                            let detail = format!(
+                                "subscription {name:?}: {} here, {} on the peer",
+                                if here_sub { "subscribed" } else { "not subscribed" },
+                                if eb.is_some() { "subscribed" } else { "not subscribed" }
+                            );
+                            self.found("subscription", Some(user), None, None, detail, Some(fix));
+                        }
+                        _ => bail!("unknown entry {} in the node of user {user}", hex::encode(&k)),
+                    }
+                }
+            }
+            Probe::Mailbox { user, id } => {
+                let (ma, mb): (Option<MailboxRec>, Option<MailboxRec>) = (dec(&keys[0], &here[0])?, dec(&keys[0], &there[0])?);
+                if let Some(m) = ma.as_ref().or(mb.as_ref()) {
+                    self.names.insert(id.0, m.name.clone());
+                }
+                match (&ma, &mb) {
+                    (Some(a), Some(b)) => {
+                        let mut what = Vec::new();
+                        if a.name != b.name {
+                            what.push(format!("name {:?} here, {:?} on the peer", a.name, b.name));
+                        }
+                        if a.uidvalidity != b.uidvalidity {
+                            what.push(format!("uidvalidity {} here, {} on the peer", a.uidvalidity, b.uidvalidity));
+                        }
+                        if a.uidnext != b.uidnext {
+                            what.push(format!("uidnext {} here, {} on the peer", a.uidnext, b.uidnext));
+                        }
+                        if a.special_use != b.special_use {
+                            what.push(format!("special use {:?} here, {:?} on the peer", a.special_use, b.special_use));
+                        }
+                        if !what.is_empty() {
+                            // UIDVALIDITY is fixed at creation: a mailbox id
+                            // with two of them is not repaired.
+                            let fix = (a.uidvalidity == b.uidvalidity).then(|| Fix {
+                                rank: 1,
+                                events: vec![mailbox_restored(user, a, a.uidnext.max(b.uidnext))],
+                                body: None,
+                            });
+                            self.found("mailbox", Some(user), Some(*id), None, what.join("; "), fix);
+                        }
+                    }
+                    (Some(m), None) | (None, Some(m)) => {
+                        let side = if ma.is_some() { "on the peer" } else { "here" };
+                        let fix = Fix {
+                            rank: 1,
+                            events: vec![mailbox_restored(user, m, m.uidnext)],
+                            body: None,
+                        };
+                        self.found("mailbox", Some(user), Some(*id), None, format!("mailbox missing {side}"), Some(fix));
+                    }
+                    (None, None) => {}
+                }
+                next.extend(self.trie(user, *id, ROOT_LEVEL, &keys[1], &here[1], &there[1])?);
+            }
+            Probe::Trie { user, id, level, .. } => {
+                next.extend(self.trie(user, *id, *level, &keys[0], &here[0], &there[0])?);
+            }
+            Probe::Message { user, id, uid } => {
+                let (a, b): (Option<MessageRec>, Option<MessageRec>) = (dec(&keys[0], &here[0])?, dec(&keys[0], &there[0])?);
+                let (uid, mailbox) = (Some(*uid), Some(*id));
+                match (&a, &b) {
+                    (Some(a), Some(b)) if a.guid != b.guid => {
+                        let detail = format!(
+                            "uid collision: guid {} here, {} on the peer (left to renumbering)",
+                            a.guid.to_hex(),
+                            b.guid.to_hex()
+                        );
+                        self.found("message", Some(user), mailbox, uid, detail, None);
+                    }
+                    (Some(a), Some(b))
+                        if (a.blob, a.size, a.internal_date, a.tz_minutes) == (b.blob, b.size, b.internal_date, b.tz_minutes) =>
+                    {
+                        let fix = Fix {
+                            rank: 3,
+                            events: vec![Event::FlagsChanged {
+                                user: user.clone(),
+                                mailbox: *id,
+                                messages: vec![(uid.expect("set"), a.guid)],
+                                op: FlagOp::Set,
+                                flags: a.flags.clone(),
+                            }],
+                            body: None,
+                        };
+                        let detail = format!("flags [{}] here, [{}] on the peer", flags_text(a), flags_text(b));
+                        self.found("flags", Some(user), mailbox, uid, detail, Some(fix));
+                    }
+                    (Some(a), Some(b)) => {
+                        let detail = format!(
+                            "message differs: body {} ({} bytes) here, {} ({} bytes) on the peer",
+                            hex::encode(&a.blob.0[..8]),
+                            a.size,
+                            hex::encode(&b.blob.0[..8]),
+                            b.size
+                        );
+                        let fix = Fix {
+                            rank: 3,
+                            events: vec![restored(user, *id, uid.expect("set"), a)],
+                            body: Some(a.blob),
+                        };
+                        self.found("message", Some(user), mailbox, uid, detail, Some(fix));
+                    }
+                    (Some(m), None) | (None, Some(m)) => {
+                        let side = if a.is_some() { "on the peer" } else { "here" };
+                        let fix = Fix {
+                            rank: 3,
+                            events: vec![restored(user, *id, uid.expect("set"), m)],
+                            body: Some(m.blob),
+                        };
+                        let detail = format!("message missing {side} (guid {}, {} bytes)", m.guid.to_hex(), m.size);
+                        self.found("message", Some(user), mailbox, uid, detail, Some(fix));
+                    }
+                    (None, None) => {}
+                }
+            }
+        }
+        Ok(next)
+    }
+
+    fn trie(
+        &mut self,
+        user: &str,
+        id: Id,
+        level: u8,
+        key: &[u8],
+        here: &Option<Vec<u8>>,
+        there: &Option<Vec<u8>>,
+    ) -> anyhow::Result<Vec<Probe>> {
+        let (a, b) = (node(key, here)?, node(key, there)?);
+        differing(&a, &b)
+            .into_iter()
+            .map(|(k, _, _)| {
+                let n = u32::from_be_bytes(k.as_slice().try_into().context("trie key is not 4 bytes")?);
+                Ok(if level == 0 {
+                    Probe::Message {
+                        user: user.to_string(),
+                        id,
+                        uid: n,
+                    }
+                } else {
+                    Probe::Trie {
+                        user: user.to_string(),
+                        id,
+                        level: level - 1,
+                        index: n,
+                    }
+                })
+            })
+            .collect()
+    }
+}
+
+/// Dial the peer, compare, and (if asked) repair.
+pub async fn run(store: &Store, mirror: &Arc<Mirror>, dialer: &Dialer, req: &Request) -> anyhow::Result<Report> {
+    let started = Instant::now();
+    let addr: SocketAddr = tokio::net::lookup_host(&req.peer)
+        .await
+        .with_context(|| format!("resolving the peer address {}", req.peer))?
+        .next()
+        .with_context(|| format!("the peer address {} resolves to nothing", req.peer))?;
+    let user = req.user.as_deref().map(crate::mutate::normalize_user).transpose()?;
+    let folder = req.folder.as_deref().map(crate::mutate::normalize_mailbox).transpose()?;
+    let views = store.views();
+    // Where the comparison starts, and what it covers here.
+    let (start, compared) = match (&user, &folder) {
+        (None, _) => (vec![Probe::UsersRoot, Probe::Config], merkle::node_root(&views)?.1),
+        (Some(u), None) => {
+            let n = merkle::read_node(&views, &tk::user(u))?.map(|n| n.count()).unwrap_or(0);
+            (vec![Probe::User(u.clone())], n)
+        }
+        (Some(u), Some(f)) => {
+            let mb = views
+                .mailbox_by_name(u, f)?
+                .with_context(|| format!("no mailbox {f} of {u} here"))?;
+            let n = merkle::read_node(&views, &tk::mailbox_node(mb.id, ROOT_LEVEL, 0))?
+                .map(|n| n.count())
+                .unwrap_or(0);
+            (
+                vec![Probe::Mailbox {
+                    user: u.clone(),
+                    id: mb.id,
+                }],
+                n,
+            )
+        }
+    };
+    let (_ep, conn, send, recv) = super::quic::dial_resync(addr, &dialer.data_dir, &dialer.secret, mirror).await?;
+    let mut peer = Peer {
+        send,
+        recv,
+        mirror,
+        next_id: 0,
+        sent: 0,
+        received: 0,
+        round_trips: 0,
+    };
+    write_frame(
+        &mut peer.send,
+        &Frame::ResyncHello {
+            node_id: store.node_id().to_string(),
+        },
+        &mut peer.sent,
+    )
+    .await?;
+    // Differences the logs still in flight will explain are not damage:
+    // a repair waits until both nodes hold the same log heads, and refuses
+    // to guess (it could bring back a message whose expunge is on its way).
+    let in_step = async {
+        let deadline = Instant::now() + STEP_WAIT;
+        loop {
+            let theirs = peer.read(2, &[Vec::new()]).await?;
+            let theirs: Vec<(u64, u64)> = match theirs.first() {
+                Some(Some(b)) => postcard::from_bytes(b).context("the peer's log heads do not decode")?,
+                _ => bail!("the peer did not send its log heads"),
+            };
+            if theirs == heads(store) {
+                return Ok::<bool, anyhow::Error>(true);
+            }
+            if !req.repair || Instant::now() > deadline {
+                return Ok(false);
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+    }
+    .await?;
+    if req.repair && !in_step {
+        bail!(
+            "the logs here and on {} are not in step after {}s (is the mirror link up and caught up?); \
+             not repairing what they may still explain (tandem verify compares anyway)",
+            req.peer,
+            STEP_WAIT.as_secs()
+        );
+    }
+    let mut walk = compare(store, &mut peer, start).await?;
+    let mut report = Report {
+        peer: req.peer.clone(),
+        compared,
+        logs_in_step: in_step,
+        ..Default::default()
+    };
+    // Bodies: re-hash every body held here; a bad or missing one is read
+    // from the peer.
+    let mut restored_bodies: Vec<(BlobHash, Vec<u8>)> = Vec::new();
+    if req.full {
+        let st = store.clone();
+        let (checked, bad) = tokio::task::spawn_blocking(move || scrub(&st)).await??;
+        report.bodies_checked = checked;
+        report.bodies_bad = bad.len() as u64;
+        let got = read_bodies(&mut peer, &bad.iter().map(|b| (*b, 0)).collect::<Vec<_>>()).await?;
+        for h in bad {
+            let body = got.iter().find(|(g, _)| *g == h).map(|(_, b)| b.clone());
+            let repaired = req.repair && body.is_some();
+            walk.found(
+                "body",
+                None,
+                None,
+                None,
+                format!(
+                    "body {} does not match its hash here{}",
+                    hex::encode(h.0),
+                    if body.is_some() { "" } else { " (the peer lacks it too)" }
+                ),
+                None,
+            );
+            if let Some(b) = body {
+                if repaired {
+                    restored_bodies.push((h, b));
+                    walk.items.last_mut().expect("just pushed").0.repaired = true;
+                }
+            }
+        }
+    }
+    if req.repair {
+        repair(store, &mut peer, &mut walk, restored_bodies).await?;
+    }
+    let _ = peer.send.finish();
+    conn.close(0u32.into(), b"resync done");
+    report.differences = walk.items.len() as u64;
+    report.repaired = walk.items.iter().filter(|i| i.0.repaired).count() as u64;
+    report.items = walk.items.into_iter().map(|i| i.0).collect();
+    report.bytes_sent = peer.sent;
+    report.bytes_received = peer.received;
+    report.round_trips = peer.round_trips;
+    report.seconds = started.elapsed().as_secs_f64();
+    tracing::info!(
+        peer = %req.peer,
+        compared = report.compared,
+        differences = report.differences,
+        repaired = report.repaired,
+        bytes_sent = report.bytes_sent,
+        "resync compared"
+    );
+    Ok(report)
+}
+
+/// Walk both trees top-down from `start`, one read of the other side per
+/// level.
+async fn compare(store: &Store, src: &mut impl Source, start: Vec<Probe>) -> anyhow::Result<Walk> {
+    let views = store.views();
+    let mut walk = Walk {
+        items: Vec::new(),
+        names: Default::default(),
+    };
+    let mut probes = start;
+    let mut rounds = 0;
+    while !probes.is_empty() {
+        rounds += 1;
+        if rounds > MAX_ROUNDS {
+            bail!("the comparison did not reach the leaves in {MAX_ROUNDS} rounds");
+        }
+        let keys: Vec<Vec<Vec<u8>>> = probes.iter().map(Probe::keys).collect();
+        let flat: Vec<Vec<u8>> = keys.iter().flatten().cloned().collect();
+        let there = src.read(0, &flat).await?;
+        if there.len() != flat.len() {
+            bail!("{} values for {} keys", there.len(), flat.len());
+        }
+        let v2 = views.clone();
+        let f2 = flat.clone();
+        let here = tokio::task::spawn_blocking(move || f2.iter().map(|k| v2.vget(k)).collect::<Result<Vec<_>, _>>()).await??;
+        let mut next = Vec::new();
+        let mut at = 0;
+        for (p, k) in probes.iter().zip(&keys) {
+            let n = k.len();
+            next.extend(walk.examine(p, k, &here[at..at + n], &there[at..at + n])?);
+            at += n;
+        }
+        probes = next;
+    }
+    Ok(walk)
+}
+
+/// Read bodies from the peer, in reads of bounded size; only those whose
+/// bytes match their hash are returned.
+async fn read_bodies(peer: &mut impl Source, want: &[(BlobHash, u64)]) -> anyhow::Result<Vec<(BlobHash, Vec<u8>)>> {
+    let mut out = Vec::new();
+    let mut chunk: Vec<BlobHash> = Vec::new();
+    let mut bytes = 0u64;
+    let mut chunks = Vec::new();
+    for (h, size) in want {
+        if !chunk.is_empty() && (bytes + size > BODY_READ_BYTES || chunk.len() >= 256) {
+            chunks.push(std::mem::take(&mut chunk));
+            bytes = 0;
+        }
+        chunk.push(*h);
+        bytes += size;
+    }
+    if !chunk.is_empty() {
+        chunks.push(chunk);
+    }
+    for c in chunks {
+        let keys: Vec<Vec<u8>> = c.iter().map(|h| h.0.to_vec()).collect();
+        for (h, b) in c.into_iter().zip(peer.read(1, &keys).await?) {
+            if let Some(b) = b {
+                if BlobHash::of(&b) == h {
+                    out.push((h, b));
+                } else {
+                    tracing::warn!(body = %hex::encode(h.0), "the peer's copy of a body does not match its hash either");
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Re-hash every body this node holds a reference count for: (checked,
+/// bad or missing).
+fn scrub(store: &Store) -> anyhow::Result<(u64, Vec<BlobHash>)> {
+    let mut checked = 0;
+    let mut bad = Vec::new();
+    for (k, v) in store.wal().scan_prefix(store.cfs().views, b"R")? {
+        let Ok(h) = <[u8; 32]>::try_from(&k[1..]) else { continue };
+        // A body no message references any more is not needed.
+        if v.iter().all(|b| *b == 0) {
+            continue;
+        }
+        checked += 1;
+        let h = BlobHash(h);
+        match store.blob(&h)? {
+            Some(b) if BlobHash::of(&b) == h => {}
+            _ => bad.push(h),
+        }
+    }
+    Ok((checked, bad))
+}
+
+/// Append the repairs here, in one transaction, with the bodies they need.
+async fn repair(store: &Store, peer: &mut impl Source, walk: &mut Walk, mut bodies: Vec<(BlobHash, Vec<u8>)>) -> anyhow::Result<()> {
+    // Bodies the repairs reference that this node lacks come from the peer.
+    let mut need: Vec<(BlobHash, u64)> = Vec::new();
+    for (_, fix) in &walk.items {
+        if let Some(Fix { body: Some(h), events, .. }) = fix {
+            // The body itself, not its reference count: a count can outlive
+            // a lost body.
+            if store.blob(h)?.is_none() && !need.iter().any(|n| n.0 == *h) {
+                let size = events
+                    .iter()
+                    .map(|e| match e {
+                        Event::MessageRestored { size, .. } => *size,
+                        _ => 0,
+                    })
+                    .sum();
+                need.push((*h, size));
+            }
+        }
+    }
+    let got = read_bodies(peer, &need).await?;
+    bodies.extend(got);
+    let mut order: Vec<usize> = (0..walk.items.len()).filter(|i| walk.items[*i].1.is_some()).collect();
+    order.sort_by_key(|i| walk.items[*i].1.as_ref().map(|f| f.rank));
+    let mut events = Vec::new();
+    let mut done = Vec::new();
+    let have: std::collections::HashSet<[u8; 32]> = bodies.iter().map(|b| b.0 .0).collect();
+    for i in order {
+        let fix = walk.items[i].1.as_ref().expect("filtered");
+        if let Some(h) = fix.body {
+            if !have.contains(&h.0) && store.blob(&h)?.is_none() {
+                continue; // neither side has the body: reported, not repaired
+            }
+        }
+        events.extend(fix.events.iter().cloned());
+        done.push(i);
+    }
+    if events.is_empty() && bodies.is_empty() {
+        return Ok(());
+    }
+    store
+        .run(move |txn, cfs| {
+            for (h, b) in &bodies {
+                txn.put(cfs.blobs, &h.0, b);
+            }
+            for e in events {
+                crate::mutate::emit(txn, cfs, e)?;
+            }
+            Ok(())
+        })
+        .await?;
+    for i in done {
+        walk.items[i].0.repaired = true;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::Flags;
+    use crate::mutate::{self, NewMessage};
+    use crate::store::wal_options;
+    use crate::views::TxnViews;
+
+    const U: &str = "u@example.org";
+
+    /// The other side, read straight from another store.
+    struct Local(Store);
+
+    impl Source for Local {
+        async fn read(&mut self, family: u8, keys: &[Vec<u8>]) -> anyhow::Result<Vec<Option<Vec<u8>>>> {
+            let v = self.0.views();
+            keys.iter()
+                .map(|k| {
+                    Ok(match family {
+                        0 => v.vget(k)?,
+                        1 => self.0.blob(&BlobHash(k.as_slice().try_into()?))?,
+                        _ => Some(postcard::to_allocvec(&heads(&self.0))?),
+                    })
+                })
+                .collect()
+        }
+    }
+
+    fn open(dir: &std::path::Path, node: &str) -> Store {
+        let mut o = wal_options(node);
+        o.sync = false;
+        Store::open(dir, node, o).unwrap()
+    }
+
+    /// Views changed without a log entry.
+    fn damage(store: &Store, events: Vec<Event>) {
+        store
+            .run_blocking(move |txn, cfs| {
+                for e in &events {
+                    let at = wal::Appended {
+                        origin: txn.local_origin(),
+                        seq: 0,
+                        order: 1 << 40,
+                        hlc: txn.peek_hlc(),
+                        hash: [0; 32],
+                    };
+                    crate::views::apply(&mut TxnViews { txn, cf: cfs.views }, &at, e)?;
+                }
+                Ok(())
+            })
+            .unwrap();
+    }
+
+    /// What the mirror would do: `a`'s log, with its bodies, into `b`.
+    fn mirror(a: &Store, b: &Store) {
+        crate::replay::replay_into(a.wal(), b).unwrap();
+        for (k, _) in a.wal().scan_prefix(a.cfs().views, b"R").unwrap() {
+            let h = BlobHash(k[1..].try_into().unwrap());
+            if let Some(body) = a.blob(&h).unwrap() {
+                b.run_blocking(move |t, c| {
+                    t.put(c.blobs, &h.0, &body);
+                    Ok(())
+                })
+                .unwrap();
+            }
+        }
+    }
+
+    fn kinds(w: &Walk) -> Vec<(String, Option<u32>)> {
+        let mut k: Vec<_> = w.items.iter().map(|i| (i.0.kind.clone(), i.0.uid)).collect();
+        k.sort();
+        k
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn damage_on_both_sides_is_named_and_repaired_by_events() {
+        let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let (a, b) = (open(da.path(), "a"), open(db.path(), "b"));
+        a.run_blocking(|t, c| mutate::create_user(t, c, U, "hash".into(), 1_700_000_000))
+            .unwrap();
+        for i in 0..3 {
+            let m = NewMessage::new(
+                format!("Subject: {i}\r\n\r\nbody {i}\r\n").into_bytes(),
+                Flags::default(),
+                1_700_000_000,
+            );
+            a.run_blocking(move |t, c| mutate::append(t, c, U, "INBOX", &m).map(|_| ()))
+                .unwrap();
+        }
+        a.run_blocking(|t, c| mutate::set_config(t, c, "k", "v")).unwrap();
+        mirror(&a, &b);
+        assert_eq!(merkle::node_root(&a.views()).unwrap(), merkle::node_root(&b.views()).unwrap());
+        let start = || vec![Probe::UsersRoot, Probe::Config];
+        assert!(compare(&a, &mut Local(b.clone()), start()).await.unwrap().items.is_empty());
+
+        let v = a.views();
+        let inbox = v.mailbox_by_name(U, "INBOX").unwrap().unwrap();
+        let archive = v.mailbox_by_name(U, "Archive").unwrap().unwrap();
+        let msgs = v.messages(inbox.id).unwrap();
+        let (g1, g2, g3) = (msgs[0].1.guid, msgs[1].1.guid, msgs[2].1.guid);
+        let body3 = msgs[2].1.blob;
+        damage(
+            &b,
+            vec![
+                Event::Expunged {
+                    user: U.into(),
+                    mailbox: inbox.id,
+                    messages: vec![(1, g1)],
+                },
+                Event::FlagsChanged {
+                    user: U.into(),
+                    mailbox: inbox.id,
+                    messages: vec![(2, g2)],
+                    op: FlagOp::Set,
+                    flags: Flags::new(["\\Flagged"]),
+                },
+                Event::MailboxRenamed {
+                    user: U.into(),
+                    mailbox: archive.id,
+                    name: "Attic".into(),
+                },
+                Event::Subscribed {
+                    user: U.into(),
+                    name: "Extra".into(),
+                    subscribed: true,
+                },
+                Event::ConfigSet {
+                    key: "k".into(),
+                    value: "other".into(),
+                },
+            ],
+        );
+        // This side lost a message and its body.
+        damage(
+            &a,
+            vec![Event::Expunged {
+                user: U.into(),
+                mailbox: inbox.id,
+                messages: vec![(3, g3)],
+            }],
+        );
+        a.run_blocking(move |t, c| {
+            t.delete(c.blobs, &body3.0);
+            Ok(())
+        })
+        .unwrap();
+
+        let mut walk = compare(&a, &mut Local(b.clone()), start()).await.unwrap();
+        let s = |k: &str, u: Option<u32>| (k.to_string(), u);
+        assert_eq!(
+            kinds(&walk),
+            vec![
+                s("config", None),
+                s("flags", Some(2)),
+                s("mailbox", None),
+                s("message", Some(1)),
+                s("message", Some(3)),
+                s("subscription", None),
+            ]
+        );
+        let detail = |uid: u32| walk.items.iter().find(|i| i.0.uid == Some(uid)).unwrap().0.detail.clone();
+        assert!(detail(1).contains("missing on the peer"), "{}", detail(1));
+        assert!(detail(3).contains("missing here"), "{}", detail(3));
+        assert!(walk
+            .items
+            .iter()
+            .all(|i| i.0.mailbox.is_none() || i.0.mailbox.as_deref() == Some("INBOX") || i.0.mailbox.as_deref() == Some("Archive")));
+
+        repair(&a, &mut Local(b.clone()), &mut walk, Vec::new()).await.unwrap();
+        assert!(walk.items.iter().all(|i| i.0.repaired), "{:?}", walk.items);
+        // The body came back from the other side with the event.
+        assert!(a.blob(&body3).unwrap().is_some());
+        // The repairs reach the other side as log entries, and then the
+        // trees agree.
+        mirror(&a, &b);
+        assert_eq!(merkle::node_root(&a.views()).unwrap(), merkle::node_root(&b.views()).unwrap());
+        assert!(compare(&a, &mut Local(b.clone()), start()).await.unwrap().items.is_empty());
+        let vb = b.views();
+        assert_eq!(vb.messages(inbox.id).unwrap().len(), 3);
+        assert_eq!(vb.mailbox(U, archive.id).unwrap().unwrap().name, "Archive");
+        assert_eq!(vb.config("k").unwrap().as_deref(), Some("v"));
+        assert!(vb.message(inbox.id, 2).unwrap().unwrap().flags.is_empty());
+    }
+}

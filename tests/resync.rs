@@ -1,0 +1,254 @@
+//! Merkle resync end to end: real daemons mirroring over QUIC, `tandem
+//! digest`, `tandem verify` and `tandem resync`. Damage the log cannot
+//! explain is made by stopping a node and changing its views without a log
+//! entry (as a restored filesystem copy or a bug would), then starting it.
+
+mod common;
+use common::{blob, digest, free_udp_port, messages, mirror_section, wait_until, write_config, Node};
+use std::path::PathBuf;
+use tandem::event::{Event, FlagOp, Flags};
+use tandem::store::{wal_options, Store};
+use tandem::views::{TxnViews, ViewRead};
+
+const SECRET: &str = "resync test secret";
+const USER: &str = "u@example.org";
+
+struct Pair {
+    _dir: tempfile::TempDir,
+    a: Node,
+    b: Node,
+    b_dir: PathBuf,
+    b_cfg: PathBuf,
+    a_mirror: String,
+    b_mirror: String,
+}
+
+fn start_pair() -> Pair {
+    let dir = tempfile::tempdir().unwrap();
+    let (pa, pb) = (free_udp_port(), free_udp_port());
+    let (a_dir, b_dir) = (dir.path().join("a"), dir.path().join("b"));
+    std::fs::create_dir_all(&a_dir).unwrap();
+    std::fs::create_dir_all(&b_dir).unwrap();
+    let a_cfg = write_config(&a_dir, "node-a", &mirror_section(pa, &[pb], SECRET));
+    let b_cfg = write_config(&b_dir, "node-b", &mirror_section(pb, &[pa], SECRET));
+    let a = Node::start(&a_dir, Some(&a_cfg));
+    let b = Node::start(&b_dir, Some(&b_cfg));
+    let (ok, _, err) = a.cli(&["user", "add", USER, "--password-stdin"], Some("secret\n"));
+    assert!(ok, "{err}");
+    Pair {
+        _dir: dir,
+        a,
+        b,
+        b_dir,
+        b_cfg,
+        a_mirror: format!("127.0.0.1:{pa}"),
+        b_mirror: format!("127.0.0.1:{pb}"),
+    }
+}
+
+fn converged(a: &Node, b: &Node, secs: u64) -> bool {
+    wait_until(secs, || digest(a) == digest(b))
+}
+
+fn deliver(node: &Node, n: usize) {
+    let mut c = common::Raw::connect(&node.addr("lmtp"));
+    c.reply();
+    c.send(b"LHLO resync\r\n");
+    c.reply();
+    for i in 0..n {
+        c.send(
+            format!(
+                "MAIL FROM:<s@x>\r\nRCPT TO:<{USER}>\r\nDATA\r\nSubject: m {i}\r\nMessage-ID: <{i}@resync>\r\n\r\nbody number {i}\r\n.\r\n"
+            )
+            .as_bytes(),
+        );
+        for _ in 0..4 {
+            let r = c.reply();
+            assert!(r.starts_with('2') || r.starts_with('3'), "{r}");
+        }
+    }
+}
+
+fn json_cli(node: &Node, args: &[&str]) -> (bool, serde_json::Value, String) {
+    let (ok, out, err) = node.cli(args, None);
+    let v = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{args:?}: {e}: {out} {err}"));
+    (ok, v, err)
+}
+
+/// Apply `events` to the views of a stopped node's store without
+/// appending them to its log: state its log cannot explain.
+fn damage(store: &Store, events: Vec<Event>) {
+    store
+        .run_blocking(move |txn, cfs| {
+            for e in &events {
+                let at = wal::Appended {
+                    origin: txn.local_origin(),
+                    seq: 0,
+                    order: 1 << 40,
+                    hlc: txn.peek_hlc(),
+                    hash: [0; 32],
+                };
+                tandem::views::apply(&mut TxnViews { txn, cf: cfs.views }, &at, e)?;
+            }
+            Ok(())
+        })
+        .unwrap();
+}
+
+#[test]
+fn equal_nodes_show_no_difference() {
+    let p = start_pair();
+    deliver(&p.a, 20);
+    assert!(converged(&p.a, &p.b, 20), "the pair did not converge");
+
+    let (ok, out, err) = p.a.cli(&["verify", "--peer", &p.b_mirror], None);
+    assert!(ok, "verify of equal nodes failed: {out} {err}");
+    assert!(out.contains("0 difference(s)"), "{out}");
+
+    let (ok, r, err) = json_cli(&p.a, &["resync", "--fast", "--json", "--peer", &p.b_mirror]);
+    assert!(ok, "{err}");
+    assert_eq!(r["differences"], 0, "{r}");
+    assert_eq!(r["repaired"], 0, "{r}");
+    assert_eq!(r["compared"], 20, "{r}");
+    assert_eq!(r["logs_in_step"], true, "{r}");
+    // One user: the node root's level answers it in one round trip.
+    assert!(r["bytes_sent"].as_u64().unwrap() < 1000, "{r}");
+    assert!(r["seconds"].as_f64().is_some(), "{r}");
+
+    let (_, da, _) = json_cli(&p.a, &["digest", "--json", "--user", USER]);
+    let (_, db, _) = json_cli(&p.b, &["digest", "--json", "--user", USER]);
+    assert_eq!(da["root"], db["root"]);
+    assert_eq!(da["user"], db["user"]);
+    assert_eq!(da["messages"], 20);
+    let (ok, text, _) = p.b.cli(&["digest", "--user", USER, "--folder", "INBOX"], None);
+    assert!(ok);
+    assert!(text.contains(da["root"].as_str().unwrap()), "{text}");
+    assert!(text.contains("uids 0..=63"), "{text}");
+}
+
+#[test]
+fn damage_is_named_repaired_and_scrubbed() {
+    let p = start_pair();
+    deliver(&p.a, 6);
+    assert!(converged(&p.a, &p.b, 20), "the pair did not converge");
+    let inbox = messages(&p.a, USER, "INBOX");
+    assert_eq!(inbox.len(), 6);
+    let body4 = inbox[3]["blob"].as_str().unwrap().to_string();
+    let body5 = inbox[4]["blob"].as_str().unwrap().to_string();
+
+    // Stop B and change its views behind its log's back.
+    let Pair {
+        _dir,
+        a,
+        b,
+        b_dir,
+        b_cfg,
+        a_mirror,
+        b_mirror,
+    } = p;
+    assert!(b.stop());
+    let db = b_dir.join("data").join("db");
+    {
+        let store = Store::open(&db, "node-b", wal_options("node-b")).unwrap();
+        let v = store.views();
+        let mb = v.mailbox_by_name(USER, "INBOX").unwrap().unwrap();
+        let archive = v.mailbox_by_name(USER, "Archive").unwrap().unwrap();
+        let msgs = v.messages(mb.id).unwrap();
+        let guid = |uid: u32| msgs.iter().find(|m| m.0 == uid).unwrap().1.guid;
+        let (g2, g3) = (guid(2), guid(3));
+        // Bodies: one dropped, one whose bytes no longer match its hash.
+        let h4: [u8; 32] = hex::decode(&body4).unwrap().try_into().unwrap();
+        let h5: [u8; 32] = hex::decode(&body5).unwrap().try_into().unwrap();
+        store
+            .run_blocking(move |txn, cfs| {
+                txn.delete(cfs.blobs, &h4);
+                txn.put(cfs.blobs, &h5, b"rotten bytes");
+                Ok(())
+            })
+            .unwrap();
+        damage(
+            &store,
+            vec![
+                Event::Expunged {
+                    user: USER.into(),
+                    mailbox: mb.id,
+                    messages: vec![(2, g2)],
+                },
+                Event::FlagsChanged {
+                    user: USER.into(),
+                    mailbox: mb.id,
+                    messages: vec![(3, g3)],
+                    op: FlagOp::Set,
+                    flags: Flags::new(["\\Flagged"]),
+                },
+                Event::MailboxRenamed {
+                    user: USER.into(),
+                    mailbox: archive.id,
+                    name: "Attic".into(),
+                },
+            ],
+        );
+        drop(v);
+        store.wal().close().unwrap();
+    }
+    let b = Node::start(&b_dir, Some(&b_cfg));
+    assert_ne!(digest(&a).0, digest(&b).0, "the damage does not show in the digest");
+
+    // verify names exactly what differs, and exits non-zero.
+    let (ok, r, _) = json_cli(&a, &["verify", "--json", "--peer", &b_mirror]);
+    assert!(!ok, "verify exited 0 with differences: {r}");
+    assert_eq!(r["differences"], 3, "{r}");
+    assert_eq!(r["repaired"], 0, "{r}");
+    let items = r["items"].as_array().unwrap();
+    let find = |kind: &str| {
+        items
+            .iter()
+            .find(|i| i["kind"] == kind)
+            .unwrap_or_else(|| panic!("no {kind} in {r}"))
+    };
+    assert_eq!(find("message")["uid"], 2);
+    assert_eq!(find("message")["mailbox"], "INBOX");
+    assert!(find("message")["detail"].as_str().unwrap().contains("missing on the peer"), "{r}");
+    assert_eq!(find("flags")["uid"], 3);
+    assert!(find("flags")["detail"].as_str().unwrap().contains("\\Flagged"), "{r}");
+    assert!(find("mailbox")["detail"].as_str().unwrap().contains("\"Attic\""), "{r}");
+    let (ok, text, _) = a.cli(&["verify", "--peer", &b_mirror], None);
+    assert!(!ok);
+    assert!(text.contains("uid 2") && text.contains("uid 3") && text.contains("Attic"), "{text}");
+
+    // A dry run repairs nothing.
+    let (ok, r, _) = json_cli(&a, &["resync", "--dry-run", "--json", "--peer", &b_mirror]);
+    assert!(ok);
+    assert_eq!(r["differences"], 3, "{r}");
+    assert_eq!(r["repaired"], 0, "{r}");
+
+    // resync repairs exactly that, through the log and the mirror.
+    let (ok, r, err) = json_cli(&a, &["resync", "--json", "--peer", &b_mirror]);
+    assert!(ok, "{r} {err}");
+    assert_eq!(r["differences"], 3, "{r}");
+    assert_eq!(r["repaired"], 3, "{r}");
+    assert!(converged(&a, &b, 20), "the repair did not reach the peer");
+    let (ok, r, _) = json_cli(&a, &["resync", "--json", "--peer", &b_mirror]);
+    assert!(ok);
+    assert_eq!(r["differences"], 0, "second resync: {r}");
+    let (ok, _, _) = a.cli(&["verify", "--peer", &b_mirror], None);
+    assert!(ok);
+    let on_b = messages(&b, USER, "INBOX");
+    assert_eq!(on_b.len(), 6);
+    assert_eq!(on_b[1]["uid"], 2);
+    assert!(on_b[2]["flags"].as_array().unwrap().is_empty(), "{on_b:?}");
+
+    // The trees cannot see bodies: --full re-hashes them and restores the
+    // dropped one and the rotten one from the peer.
+    let (ok, r, err) = json_cli(&b, &["resync", "--full", "--json", "--peer", &a_mirror]);
+    assert!(ok, "{r} {err}");
+    assert_eq!(r["bodies_bad"], 2, "{r}");
+    assert_eq!(r["differences"], 2, "{r}");
+    assert_eq!(r["repaired"], 2, "{r}");
+    assert_eq!(blob(&b, &body4), blob(&a, &body4));
+    assert_eq!(blob(&b, &body5), blob(&a, &body5));
+    let (ok, r, _) = json_cli(&b, &["resync", "--full", "--json", "--peer", &a_mirror]);
+    assert!(ok);
+    assert_eq!(r["bodies_bad"], 0, "{r}");
+    assert_eq!(r["differences"], 0, "{r}");
+}
