@@ -94,8 +94,10 @@ fn backup_destroy_restore_and_points_in_time() {
     c.ok("EXPUNGE");
     mark(&mut instants);
     c.ok("DELETE Work");
-    // The same body delivered again is stored once in the backup.
-    deliver(&lmtp_addr, "u@example.org", "Subject: m0\r\n\r\nbody 0\r\n\r\n");
+    // A second message with a body already held (a delivery would not do:
+    // its Received: header makes every delivery's bytes its own) is stored
+    // once in the backup.
+    c.ok("UID COPY 1 INBOX");
     mark(&mut instants);
     c.ok("SELECT INBOX");
     let original_bodies = c.bodies();
