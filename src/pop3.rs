@@ -232,7 +232,7 @@ async fn login(
     let views = pop3.imap.store.views();
     let listing = views
         .mailbox_by_name(&user, "INBOX")
-        .and_then(|mb| Ok(mb.map(|mb| (mb.id, views.messages(mb.id)))));
+        .map(|mb| mb.map(|mb| (mb.id, views.messages(mb.id))));
     let (mailbox, messages) = match listing {
         Ok(Some((id, Ok(m)))) => (id, m),
         Ok(None) => {

@@ -202,9 +202,9 @@ fn split(n: usize, master: usize, writers: &[usize]) {
         let mut inbox: Vec<String> = msgs.iter().filter(|(k, _)| k.0 == "INBOX").map(|(_, v)| v.0.clone()).collect();
         inbox.sort();
         assert_eq!(inbox, want, "node-{i}: INBOX does not hold every delivery exactly once");
-        let mut foo: Vec<String> = msgs.iter().filter(|(k, _)| k.0 == "Foo").map(|(_, v)| v.0.clone()).collect();
-        foo.sort();
-        assert_eq!(foo, want_foo, "node-{i}: Foo does not hold every side's message");
+        let mut in_foo: Vec<String> = msgs.iter().filter(|(k, _)| k.0 == "Foo").map(|(_, v)| v.0.clone()).collect();
+        in_foo.sort();
+        assert_eq!(in_foo, want_foo, "node-{i}: Foo does not hold every side's message");
         let first = msgs.values().find(|v| v.0 == "before-0").unwrap();
         for f in &flags[..writers.len()] {
             let f = f.replace("\\\\", "\\");
@@ -218,10 +218,7 @@ fn split(n: usize, master: usize, writers: &[usize]) {
     assert!(ok, "{err}");
     let report: serde_json::Value = serde_json::from_str(&out).unwrap();
     let moved = report["resolved"].as_array().unwrap();
-    assert!(
-        moved.len() >= 6 + 1,
-        "expected colliding deliveries and Foo's messages moved: {out}"
-    );
+    assert!(moved.len() > 6, "expected colliding deliveries and Foo's messages moved: {out}");
     assert!(moved.iter().all(|m| m["resolved_by"].as_str().unwrap().contains(':')));
     assert!(report["pending"].as_array().unwrap().is_empty());
     for node in &nodes {

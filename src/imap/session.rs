@@ -1601,9 +1601,6 @@ impl Session {
     }
 }
 
-/// Any valid argon2 PHC string: verifying against it costs what a real
-/// check costs.
-
 /// Strict base64 (an AUTHENTICATE response): only the alphabet and final
 /// padding are allowed; the decoding itself is the MIME module's.
 fn base64_decode(s: &str) -> Option<Vec<u8>> {

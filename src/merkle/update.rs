@@ -11,6 +11,9 @@ use crate::event::{Event, Id};
 use crate::views::{TxnViews, ViewError, ViewRead};
 use std::collections::BTreeMap;
 
+/// Entry changes of one node: (entry key, new summary or none).
+type Changes = Vec<(Vec<u8>, Option<Summary>)>;
+
 /// Read a node and its stored summary (`None`: not stored, empty).
 fn load(v: &TxnViews<'_, '_>, key: &[u8]) -> Result<(Node, Option<Summary>), ViewError> {
     match v.vget(key)? {
@@ -57,7 +60,7 @@ fn refresh_messages(v: &mut TxnViews<'_, '_>, mailbox: Id, uids: impl IntoIterat
         pending.insert(level_key(0, uid), s);
     }
     for level in 0..=ROOT_LEVEL {
-        let mut by_node: BTreeMap<u32, Vec<(Vec<u8>, Option<Summary>)>> = BTreeMap::new();
+        let mut by_node: BTreeMap<u32, Changes> = BTreeMap::new();
         for (k, s) in pending {
             by_node.entry(node_index(level, k)).or_default().push((k.to_be_bytes().to_vec(), s));
         }
