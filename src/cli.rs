@@ -30,6 +30,10 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Deliver a probe over LMTP to one node and read it over IMAP on the
+    /// other: OK (exit 0) with the time taken, CRITICAL (2) or UNKNOWN (3),
+    /// as monitoring plugins report.
+    Watchdog(crate::watchdog::Args),
     /// Make this node the master under a higher epoch (a logged event; an
     /// old master steps down on its own when it receives it).
     Promote,
@@ -187,6 +191,10 @@ pub enum LogCommand {
 
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
+    // Needs no configuration and has exit codes of its own.
+    if let Command::Watchdog(a) = &cli.command {
+        return ExitCode::from(crate::watchdog::main(a));
+    }
     crate::init_tracing(if matches!(cli.command, Command::Serve) { "info" } else { "warn" });
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
@@ -202,6 +210,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     let rt = tokio::runtime::Runtime::new()?;
     match cli.command {
         Command::Serve => rt.block_on(crate::server::serve(cfg)),
+        Command::Watchdog(a) => std::process::exit(i32::from(crate::watchdog::main(&a))),
         Command::Status { json } => {
             let st: Status = rt.block_on(Admin::new(&cfg)?.get("/v1/status"))?;
             if json {

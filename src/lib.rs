@@ -36,6 +36,7 @@ pub mod store;
 pub mod tls;
 pub mod transfer;
 pub mod views;
+pub mod watchdog;
 
 #[cfg(test)]
 pub(crate) mod testrng;
