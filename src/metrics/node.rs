@@ -106,6 +106,45 @@ impl Collect for crate::repl::Mirror {
             "ack = peer waits that ran out of time (acknowledged mail may exist on this node only).",
             st.ack_timeouts,
         );
+        for (name, help, v) in [
+            (
+                "tandem_mirror_connections_refused_total",
+                "Mirror connections refused before any TLS work (connection caps).",
+                st.connections_refused,
+            ),
+            (
+                "tandem_mirror_auth_timeouts_total",
+                "Mirror connections closed for not authenticating within auth_timeout_ms.",
+                st.auth_timeouts,
+            ),
+            (
+                "tandem_mirror_own_origin_refused_total",
+                "Batches refused for carrying entries of this node's own origin past its head.",
+                st.own_origin_refused,
+            ),
+            (
+                "tandem_mirror_oversized_batches_total",
+                "Batches refused for holding more entries than a batch may.",
+                st.oversized_batches,
+            ),
+            (
+                "tandem_mirror_query_floods_total",
+                "Links closed for sending more body queries than their budget.",
+                st.query_floods,
+            ),
+            (
+                "tandem_mirror_rollbacks_total",
+                "Times a peer was found holding more of this node's origin than this node (its log went backwards).",
+                st.rollbacks,
+            ),
+            (
+                "tandem_mirror_forks_total",
+                "Times a peer was found holding other entries at seqs this node holds.",
+                st.forks,
+            ),
+        ] {
+            e.counter(name, help, v);
+        }
         // Outgoing links, labelled by the peer's address as configured.
         type Out = fn(&crate::repl::OutLink) -> f64;
         let out: [(&str, Kind, &str, Out); 9] = [
