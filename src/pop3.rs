@@ -96,10 +96,6 @@ struct Maildrop {
     _lock: MaildropLock,
 }
 
-fn bump(c: &crate::metrics::Counter) {
-    c.inc();
-}
-
 /// Accept connections until shutdown; then let sessions end (bounded).
 pub async fn serve(listener: TcpListener, pop3: Arc<Pop3>, implicit_tls: bool, mut shutdown: watch::Receiver<bool>) {
     let slots = Arc::new(Semaphore::new(pop3.cfg.max_connections));
@@ -107,11 +103,11 @@ pub async fn serve(listener: TcpListener, pop3: Arc<Pop3>, implicit_tls: bool, m
         let Some((mut stream, peer)) = crate::server::accept_until_shutdown(&listener, &mut shutdown, "pop3").await else {
             break;
         };
-        bump(&pop3.counters.connections);
+        pop3.counters.connections.inc();
         let ip_slot = pop3.imap.per_ip.take(peer.ip().to_string(), pop3.imap.cfg.max_connections_per_ip);
         let permit = slots.clone().try_acquire_owned().ok();
         let (Some(permit), Some(ip_slot)) = (permit, ip_slot) else {
-            bump(&pop3.counters.refused_busy);
+            pop3.counters.refused_busy.inc();
             if !implicit_tls {
                 tokio::spawn(async move {
                     let _ = stream.write_all(b"-ERR [SYS/TEMP] Too many connections, try again later\r\n").await;
@@ -160,7 +156,7 @@ async fn handshake(pop3: &Pop3, conn: Conn) -> Option<Conn> {
             None
         }
         Err(_) => {
-            bump(&pop3.counters.timeouts);
+            pop3.counters.timeouts.inc();
             tracing::info!("TLS handshake timed out");
             None
         }
@@ -174,14 +170,14 @@ async fn send(pop3: &Pop3, conn: &mut Conn, bytes: &[u8]) -> std::io::Result<()>
     let timed_out = || std::io::Error::new(std::io::ErrorKind::TimedOut, "the client did not read its responses in time");
     for chunk in bytes.chunks(64 * 1024) {
         if tokio::time::timeout(limit, conn.write_all(chunk)).await.is_err() {
-            bump(&pop3.counters.timeouts);
+            pop3.counters.timeouts.inc();
             return Err(timed_out());
         }
     }
     match tokio::time::timeout(limit, conn.flush()).await {
         Ok(r) => r,
         Err(_) => {
-            bump(&pop3.counters.timeouts);
+            pop3.counters.timeouts.inc();
             Err(timed_out())
         }
     }
@@ -196,13 +192,13 @@ async fn login(
     deadline: std::time::Instant,
 ) -> (LoginOutcome, Option<Maildrop>) {
     let Ok(user) = mutate::normalize_user(user) else {
-        bump(&pop3.counters.login_failures);
+        pop3.counters.login_failures.inc();
         return (LoginOutcome::Failed, None);
     };
     match check_credentials(&pop3.imap, peer.ip(), &user, crate::auth::Secret::new(password), deadline).await {
         Credentials::Ok => {}
         Credentials::Wrong => {
-            bump(&pop3.counters.login_failures);
+            pop3.counters.login_failures.inc();
             return (LoginOutcome::Failed, None);
         }
         Credentials::Throttled => {
@@ -216,7 +212,7 @@ async fn login(
         }
     }
     if !pop3.locked.lock().expect("pop3 lock").insert(user.clone()) {
-        bump(&pop3.counters.maildrop_in_use);
+        pop3.counters.maildrop_in_use.inc();
         return (
             LoginOutcome::Unavailable {
                 code: "IN-USE",
@@ -255,7 +251,7 @@ async fn login(
             );
         }
     };
-    bump(&pop3.counters.logins);
+    pop3.counters.logins.inc();
     tracing::Span::current().record("user", user.as_str());
     let infos = messages
         .iter()
@@ -398,7 +394,7 @@ async fn session(
                 Ok(Ok(0)) | Ok(Err(_)) => break Ok(()),
                 Ok(Ok(n)) => s.feed(&buf[..n]),
                 Err(_) => {
-                    bump(&pop3.counters.timeouts);
+                    pop3.counters.timeouts.inc();
                     let _ = send(pop3, &mut conn, b"-ERR Idle for too long, closing\r\n").await;
                     break Ok(());
                 }

@@ -956,7 +956,7 @@ impl Chunks {
 }
 
 /// What the checks on arrival refuse in a batch, before any work on it.
-fn check_batch(id: u64, entries: &[WireEntry], own_origin: u64, own_head: u64, behind: bool) -> Result<(), LinkError> {
+fn check_batch(id: u64, entries: &[WireEntry], own_origin: u64, own_head: impl FnOnce() -> u64, behind: bool) -> Result<(), LinkError> {
     if entries.len() > MAX_BATCH_ENTRIES {
         return Err(LinkError::BatchTooLarge {
             id,
@@ -970,8 +970,12 @@ fn check_batch(id: u64, entries: &[WireEntry], own_origin: u64, own_head: u64, b
     // head exist only if this node's log went backwards, which its own
     // links detect first (`behind`: a peer's vector held more of this
     // origin than this node). Otherwise they are forged: refused.
-    if !behind && entries.iter().any(|e| e.origin == own_origin && e.seq > own_head) {
-        return Err(LinkError::OwnOrigin { id });
+    // The head is read only for a batch that carries this origin at all.
+    let own_max = entries.iter().filter(|e| e.origin == own_origin).map(|e| e.seq).max();
+    if let Some(max) = own_max {
+        if !behind && max > own_head() {
+            return Err(LinkError::OwnOrigin { id });
+        }
     }
     Ok(())
 }
@@ -1061,7 +1065,7 @@ async fn serve(
                 },
                 Ok(Frame::Batch { id, entries, mut blobs }) => {
                     query_budget = (query_budget + 1).min(QUERY_BUDGET);
-                    let own_head = st.wal().heads().get(wal::Origin(own_origin));
+                    let own_head = || st.wal().heads().get(wal::Origin(own_origin));
                     let behind = m2.rollbacks.load(Ordering::Relaxed) > 0;
                     check_batch(id, &entries, own_origin, own_head, behind).and_then(|()| {
                         blobs.extend(chunks.take()?);

@@ -286,6 +286,43 @@ fn touch_if_exists(v: &mut TxnViews<'_, '_>, user: &str, mailbox: Id, modseq: u6
     Ok(())
 }
 
+/// The record a delivered (`MessageAppended`) or restored
+/// (`MessageRestored`) message starts with, at `modseq`, its flags set at
+/// `ts`; `None` for any other event.
+fn fresh_record(event: &Event, modseq: u64, ts: (u64, u64)) -> Option<MessageRec> {
+    match event {
+        Event::MessageAppended {
+            guid,
+            blob,
+            size,
+            internal_date,
+            tz_minutes,
+            flags,
+            ..
+        }
+        | Event::MessageRestored {
+            guid,
+            blob,
+            size,
+            internal_date,
+            tz_minutes,
+            flags,
+            ..
+        } => Some(MessageRec {
+            guid: *guid,
+            blob: *blob,
+            size: *size,
+            internal_date: *internal_date,
+            tz_minutes: *tz_minutes,
+            flags: flags.clone(),
+            modseq,
+            clocks: Vec::new(),
+            set_clock: ts,
+        }),
+        _ => None,
+    }
+}
+
 /// Apply `event`, which the log holds at `at`, to the views, and keep their
 /// merkle summaries in step.
 pub fn apply(v: &mut TxnViews<'_, '_>, at: &Appended, event: &Event) -> Result<(), ViewError> {
@@ -384,29 +421,10 @@ fn apply_views(v: &mut TxnViews<'_, '_>, at: &Appended, event: &Event) -> Result
                 v.delete(&keys::subscription(user, name));
             }
         }
-        Event::MessageAppended {
-            user,
-            mailbox,
-            uid,
-            guid,
-            blob,
-            size,
-            internal_date,
-            tz_minutes,
-            flags,
-        } => {
-            let m = MessageRec {
-                guid: *guid,
-                blob: *blob,
-                size: *size,
-                internal_date: *internal_date,
-                tz_minutes: *tz_minutes,
-                flags: flags.clone(),
-                modseq,
-                clocks: Vec::new(),
-                set_clock: ts,
-            };
-            place(v, user, *mailbox, *uid, m, at)?;
+        Event::MessageAppended { user, mailbox, uid, .. } => {
+            if let Some(m) = fresh_record(event, modseq, ts) {
+                place(v, user, *mailbox, *uid, m, at)?;
+            }
         }
         Event::FlagsChanged {
             user,
@@ -528,29 +546,10 @@ fn apply_views(v: &mut TxnViews<'_, '_>, at: &Appended, event: &Event) -> Result
             touch_if_exists(v, user, *from, modseq)?;
         }
         Event::RoleChanged { node, epoch } => crate::repl::role::apply(v, node, *epoch)?,
-        Event::MessageRestored {
-            user,
-            mailbox,
-            uid,
-            guid,
-            blob,
-            size,
-            internal_date,
-            tz_minutes,
-            flags,
-        } => {
-            let m = MessageRec {
-                guid: *guid,
-                blob: *blob,
-                size: *size,
-                internal_date: *internal_date,
-                tz_minutes: *tz_minutes,
-                flags: flags.clone(),
-                modseq,
-                clocks: Vec::new(),
-                set_clock: (at.hlc, at.origin.0),
-            };
-            restore_message(v, user, *mailbox, *uid, m)?;
+        Event::MessageRestored { user, mailbox, uid, .. } => {
+            if let Some(m) = fresh_record(event, modseq, ts) {
+                restore_message(v, user, *mailbox, *uid, m)?;
+            }
         }
         Event::MailboxRestored {
             user,
