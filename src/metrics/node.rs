@@ -88,9 +88,18 @@ impl Collect for WalMetrics {
     }
 }
 
-impl Collect for crate::repl::Mirror {
+/// The mirror's links, with the queues of links that are down counted
+/// from the log ([`crate::repl::MirrorStatus::count_down_links`]).
+pub struct MirrorMetrics {
+    pub mirror: Arc<crate::repl::Mirror>,
+    pub store: Store,
+}
+
+impl Collect for MirrorMetrics {
     fn collect(&self, e: &mut Encoder) {
-        let st = self.status(0);
+        let mut st = self.mirror.status(0);
+        let wal = self.store.wal();
+        st.count_down_links(&wal.heads(), wal.local_origin(), crate::repl::now_ms());
         e.counter(
             "tandem_mirror_auth_failures_total",
             "Peers refused for a wrong shared secret.",
@@ -314,7 +323,10 @@ mod tests {
         r.register(Arc::new(crate::lmtp::Counters::default()));
         r.register(Arc::new(crate::imap::Counters::default()));
         r.register(Arc::new(crate::pop3::Counters::default()));
-        r.register(Arc::new(crate::repl::Mirror::default()));
+        r.register(Arc::new(MirrorMetrics {
+            mirror: Arc::new(crate::repl::Mirror::default()),
+            store: store.clone(),
+        }));
         let families = r.encoder().families;
         let docs = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/operations.md")).unwrap();
         let table: Vec<(String, String)> = docs

@@ -200,6 +200,33 @@ pub struct MirrorStatus {
     pub last_divergence: Option<String>,
 }
 
+impl MirrorStatus {
+    /// A link that is not connected updates nothing itself, so its queue
+    /// and lag would stay as they were when it went down. Count them from
+    /// the log instead: every entry held here past what the peer last
+    /// acknowledged, and the time since it last held everything. Links
+    /// that never got an acknowledgement are left as they are (what the
+    /// peer holds is unknown until it says).
+    pub fn count_down_links(&mut self, heads: &wal::VersionVector, local: wal::Origin, now: u64) {
+        for o in self.outgoing.iter_mut().filter(|o| o.state != "connected" && !o.acked.is_empty()) {
+            o.queue = heads
+                .0
+                .iter()
+                .map(|(origin, seq)| seq.saturating_sub(o.acked.get(&format!("{:016x}", origin.0)).copied().unwrap_or(0)))
+                .sum();
+            o.local_added = heads.get(local);
+            o.inflight_batches = 0;
+            o.unacked_bytes = 0;
+            o.send_rate = 0.0;
+            o.lag_secs = if o.queue == 0 {
+                0.0
+            } else {
+                now.saturating_sub(o.caught_up_ms) as f64 / 1000.0
+            };
+        }
+    }
+}
+
 /// What a front end (LMTP, IMAP) needs to honour `ack = "peer"`.
 #[derive(Clone)]
 pub struct Durability {
