@@ -327,6 +327,7 @@ mod tests {
             mirror: Arc::new(crate::repl::Mirror::default()),
             store: store.clone(),
         }));
+        r.register(Arc::new(crate::watchdog::Metrics::default()));
         let families = r.encoder().families;
         let docs = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/operations.md")).unwrap();
         let table: Vec<(String, String)> = docs
