@@ -27,6 +27,7 @@ pub mod mailfile;
 pub mod merkle;
 pub mod metrics;
 pub mod mutate;
+pub mod notify;
 pub mod pop3;
 pub mod proto;
 pub mod repl;

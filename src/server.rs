@@ -397,8 +397,18 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
     for (name, addr) in &running.listeners {
         println!("tandem: {name} listening on {addr}");
     }
+    // Every listener is bound and serving: tell the service manager
+    // (systemd `Type=notify`; nothing when NOTIFY_SOCKET is not set).
+    match crate::notify::notify(&format!("READY=1\nSTATUS=serving node {}", running.store.node_id())) {
+        Ok(true) => tracing::info!("ready (told the service manager)"),
+        Ok(false) => {}
+        Err(e) => tracing::warn!(error = %e, "could not tell the service manager that the node is ready (NOTIFY_SOCKET)"),
+    }
     signal.recv().await;
     tracing::info!("shutting down");
+    if let Err(e) = crate::notify::notify("STOPPING=1") {
+        tracing::warn!(error = %e, "could not tell the service manager that the node is stopping");
+    }
     running.stop().await?;
     println!("tandem: stopped cleanly");
     Ok(())
