@@ -255,6 +255,10 @@ pub struct MirrorConfig {
     /// Milliseconds an incoming connection has to prove the secret and
     /// introduce itself, from its first packet.
     pub auth_timeout_ms: u64,
+    /// Milliseconds without a packet after which a link counts as down (a
+    /// peer that vanished without closing it); keep-alives go every third
+    /// of it, at most every 5 s. The lower of the two nodes' values holds.
+    pub idle_timeout_ms: u64,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default, serde::Serialize)]
@@ -366,6 +370,7 @@ impl Default for MirrorConfig {
             batch_bytes: 8 << 20,
             reconnect_min_ms: 100,
             reconnect_max_ms: 10_000,
+            idle_timeout_ms: 30_000,
             ack_timeout_ms: 5_000,
             ack_fallback: AckFallback::Local,
             max_connections: 16,
@@ -530,6 +535,9 @@ impl Config {
         }
         if self.mirror.window_batches == 0 || self.mirror.batch_entries == 0 || self.mirror.batch_bytes == 0 {
             p.push("mirror.window_batches, mirror.batch_entries and mirror.batch_bytes must be positive".into());
+        }
+        if self.mirror.idle_timeout_ms < 1000 {
+            p.push("mirror.idle_timeout_ms must be at least 1000".into());
         }
         if self.mirror.reconnect_min_ms == 0 || self.mirror.reconnect_max_ms < self.mirror.reconnect_min_ms {
             p.push("mirror.reconnect_min_ms must be positive and at most mirror.reconnect_max_ms".into());
