@@ -456,3 +456,13 @@ fn runbook_failover() {
 fn runbook_read_the_status() {
     Walk::walk(&["set-up-a-pair.md", "read-the-status.md"]);
 }
+
+#[test]
+fn runbook_replace_a_dead_disk() {
+    Walk::walk(&["set-up-a-pair.md", "replace-a-dead-disk.md"]);
+}
+
+#[test]
+fn runbook_add_a_mirror() {
+    Walk::walk(&["add-a-mirror.md"]);
+}
