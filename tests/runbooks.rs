@@ -466,3 +466,8 @@ fn runbook_replace_a_dead_disk() {
 fn runbook_add_a_mirror() {
     Walk::walk(&["add-a-mirror.md"]);
 }
+
+#[test]
+fn runbook_move_to_another_site() {
+    Walk::walk(&["set-up-a-pair.md", "move-to-another-site.md"]);
+}
