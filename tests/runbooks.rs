@@ -208,7 +208,7 @@ impl Walk {
     }
 
     /// The runbook's text as it runs on `host`.
-    fn to_host(&mut self, host: &str, s: &str) -> String {
+    fn on_host(&mut self, host: &str, s: &str) -> String {
         let dir = self.host(host).dir.clone();
         let mut out = String::new();
         let mut last = 0;
@@ -224,7 +224,7 @@ impl Walk {
     }
 
     /// Output of `host` as the runbook would show it.
-    fn from_host(&self, host: &str, s: &str) -> String {
+    fn as_shown(&self, host: &str, s: &str) -> String {
         let dir = &self.hosts[host].dir;
         let back: BTreeMap<u16, String> = self
             .ports
@@ -259,7 +259,7 @@ impl Walk {
             .append(true)
             .open(dir.join("serve.log"))
             .unwrap();
-        let child = Command::new(&self.bin.join("tandem"))
+        let child = Command::new(self.bin.join("tandem"))
             .arg("--config")
             .arg(dir.join("etc/tandem.toml"))
             .arg("serve")
@@ -321,13 +321,13 @@ impl Walk {
             ["systemctl", "kill", "--signal=KILL", "tandem"] => self.stop(host, "KILL"),
             ["scp", from, to] => {
                 let (other, path) = to.split_once(':').expect("scp FILE HOST:PATH");
-                let from = self.to_host(host, from);
-                let to = self.to_host(other, path);
+                let from = self.on_host(host, from);
+                let to = self.on_host(other, path);
                 std::fs::copy(&from, &to).unwrap_or_else(|e| panic!("scp {from} {to}: {e}"));
             }
             [first, ..] if first.starts_with("systemctl") => panic!("{host}: unsupported in a walk: {cmd}"),
             _ => {
-                let real = self.to_host(host, cmd);
+                let real = self.on_host(host, cmd);
                 let dir = self.hosts[host].dir.clone();
                 let path = format!("{}:{}", self.bin.display(), std::env::var("PATH").unwrap_or_default());
                 let out = Command::new("sh")
@@ -339,7 +339,7 @@ impl Walk {
                     .output()
                     .unwrap();
                 let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-                return (out.status.success(), self.from_host(host, &text));
+                return (out.status.success(), self.as_shown(host, &text));
             }
         }
         (true, String::new())
@@ -348,8 +348,8 @@ impl Walk {
     fn step(&mut self, s: &Step) {
         match s {
             Step::File { host, path, text } => {
-                let real_path = self.to_host(host, path);
-                let real = self.to_host(host, text);
+                let real_path = self.on_host(host, path);
+                let real = self.on_host(host, text);
                 std::fs::write(&real_path, real).unwrap();
                 self.transcript.push(format!("[{host}] wrote {path}"));
             }
@@ -376,7 +376,7 @@ impl Walk {
     }
 
     /// Walk runbooks in order (later ones start where earlier ones ended).
-    fn walk(names: &[&str]) -> Walk {
+    fn through(names: &[&str]) -> Walk {
         let mut w = Walk::new();
         for name in names {
             let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/runbooks").join(name);
@@ -417,17 +417,17 @@ fn the_walk_reads_runbooks_as_written() {
     );
     assert!(matches!(&s[2], Step::Cmd { host, cmd, expect } if host == "mx2" && cmd == "systemctl start tandem" && expect.is_empty()));
     let mut w = Walk::new();
-    let a = w.to_host(
+    let a = w.on_host(
         "mx1",
         "listen = \"192.0.2.10:7000\" peers = [\"192.0.2.11:7000\"] admin \"127.0.0.1:8643\"",
     );
-    let b = w.to_host("mx2", "peers = [\"192.0.2.10:7000\"] admin \"127.0.0.1:8643\" data /var/lib/tandem");
+    let b = w.on_host("mx2", "peers = [\"192.0.2.10:7000\"] admin \"127.0.0.1:8643\" data /var/lib/tandem");
     let p = |k: &str| w.ports[k];
     assert!(a.contains(&format!("127.0.0.1:{}", p("192.0.2.10:7000"))) && b.contains(&format!("127.0.0.1:{}", p("192.0.2.10:7000"))));
     assert_ne!(p("mx1 127.0.0.1:8643"), p("mx2 127.0.0.1:8643"), "loopback ports are per host");
     assert!(b.ends_with(&format!("{}/mx2/data", w.root.display())));
     assert_eq!(
-        w.from_host("mx2", &b),
+        w.as_shown("mx2", &b),
         "peers = [\"192.0.2.10:7000\"] admin \"127.0.0.1:8643\" data /var/lib/tandem"
     );
     assert!(shows(
@@ -439,35 +439,35 @@ fn the_walk_reads_runbooks_as_written() {
 
 #[test]
 fn runbook_set_up_a_pair() {
-    Walk::walk(&["set-up-a-pair.md"]);
+    Walk::through(&["set-up-a-pair.md"]);
 }
 
 #[test]
 fn runbook_planned_switchover() {
-    Walk::walk(&["set-up-a-pair.md", "planned-switchover.md"]);
+    Walk::through(&["set-up-a-pair.md", "planned-switchover.md"]);
 }
 
 #[test]
 fn runbook_failover() {
-    Walk::walk(&["set-up-a-pair.md", "failover.md"]);
+    Walk::through(&["set-up-a-pair.md", "failover.md"]);
 }
 
 #[test]
 fn runbook_read_the_status() {
-    Walk::walk(&["set-up-a-pair.md", "read-the-status.md"]);
+    Walk::through(&["set-up-a-pair.md", "read-the-status.md"]);
 }
 
 #[test]
 fn runbook_replace_a_dead_disk() {
-    Walk::walk(&["set-up-a-pair.md", "replace-a-dead-disk.md"]);
+    Walk::through(&["set-up-a-pair.md", "replace-a-dead-disk.md"]);
 }
 
 #[test]
 fn runbook_add_a_mirror() {
-    Walk::walk(&["add-a-mirror.md"]);
+    Walk::through(&["add-a-mirror.md"]);
 }
 
 #[test]
 fn runbook_move_to_another_site() {
-    Walk::walk(&["set-up-a-pair.md", "move-to-another-site.md"]);
+    Walk::through(&["set-up-a-pair.md", "move-to-another-site.md"]);
 }

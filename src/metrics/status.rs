@@ -317,12 +317,16 @@ fn build(st: &Status, history: &History, now_ms: u64) -> Doc {
         d.row(
             "Queue",
             &format!("{k}.queue"),
-            format!(
-                "{} entries not acknowledged; in flight {} batches ({})",
-                o.queue,
-                o.inflight_batches,
-                bytes(o.unacked_bytes)
-            ),
+            if o.acked.is_empty() && o.state != "connected" {
+                "unknown: the peer has acknowledged nothing since this node started".to_string()
+            } else {
+                format!(
+                    "{} entries not acknowledged; in flight {} batches ({})",
+                    o.queue,
+                    o.inflight_batches,
+                    bytes(o.unacked_bytes)
+                )
+            },
         );
         d.row("Lag", &format!("{k}.lag"), format!("{:.1} s", o.lag_secs));
         d.row(

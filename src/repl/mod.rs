@@ -205,16 +205,19 @@ impl MirrorStatus {
     /// and lag would stay as they were when it went down. Count them from
     /// the log instead: every entry held here past what the peer last
     /// acknowledged, and the time since it last held everything. Links
-    /// that never got an acknowledgement are left as they are (what the
-    /// peer holds is unknown until it says).
+    /// that never got an acknowledgement keep a queue of 0 (what the peer
+    /// holds is unknown until it says; `acked` is empty).
     pub fn count_down_links(&mut self, heads: &wal::VersionVector, local: wal::Origin, now: u64) {
-        for o in self.outgoing.iter_mut().filter(|o| o.state != "connected" && !o.acked.is_empty()) {
+        for o in self.outgoing.iter_mut().filter(|o| o.state != "connected") {
+            o.local_added = heads.get(local);
+            if o.acked.is_empty() {
+                continue;
+            }
             o.queue = heads
                 .0
                 .iter()
                 .map(|(origin, seq)| seq.saturating_sub(o.acked.get(&format!("{:016x}", origin.0)).copied().unwrap_or(0)))
                 .sum();
-            o.local_added = heads.get(local);
             o.inflight_batches = 0;
             o.unacked_bytes = 0;
             o.send_rate = 0.0;
