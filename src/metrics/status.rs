@@ -85,7 +85,7 @@ pub async fn sample(
             _ = tick.tick() => {
                 let now = crate::repl::now_ms();
                 let mut st = mirror.status(0);
-                st.count_down_links(&store.wal().heads(), store.wal().local_origin(), now);
+                st.count_from_log(store.wal(), now);
                 history.record(now, &st.outgoing);
             }
             _ = shutdown.wait_for(|s| *s) => return,

@@ -201,30 +201,45 @@ pub struct MirrorStatus {
 }
 
 impl MirrorStatus {
-    /// A link that is not connected updates nothing itself, so its queue
-    /// and lag would stay as they were when it went down. Count them from
-    /// the log instead: every entry held here past what the peer last
-    /// acknowledged, and the time since it last held everything. Links
-    /// that never got an acknowledgement keep a queue of 0 (what the peer
+    /// Queue and lag of the outgoing links, counted from the log against
+    /// what each peer last acknowledged: the queue is every entry held here
+    /// past the peer's acknowledged vector, the lag the age of the oldest
+    /// of them (by the time it was written at its origin; 0 when the queue
+    /// is empty). A link that is down updates nothing itself, so without
+    /// this its numbers would stay as they were when it went down; and the
+    /// link's own lag counts from the last time it ran with an empty
+    /// queue, which after an idle hour is an hour ago. Links that never got
+    /// an acknowledgement since start are left as they are (what the peer
     /// holds is unknown until it says; `acked` is empty).
-    pub fn count_down_links(&mut self, heads: &wal::VersionVector, local: wal::Origin, now: u64) {
-        for o in self.outgoing.iter_mut().filter(|o| o.state != "connected") {
-            o.local_added = heads.get(local);
+    pub fn count_from_log(&mut self, wal: &wal::Wal, now: u64) {
+        let heads = wal.heads();
+        for o in &mut self.outgoing {
+            if o.state != "connected" {
+                o.local_added = heads.get(wal.local_origin());
+                o.inflight_batches = 0;
+                o.unacked_bytes = 0;
+                o.send_rate = 0.0;
+            }
             if o.acked.is_empty() {
                 continue;
             }
-            o.queue = heads
+            let acked = |origin: wal::Origin| o.acked.get(&format!("{:016x}", origin.0)).copied().unwrap_or(0);
+            let behind: Vec<(wal::Origin, u64)> = heads
                 .0
                 .iter()
-                .map(|(origin, seq)| seq.saturating_sub(o.acked.get(&format!("{:016x}", origin.0)).copied().unwrap_or(0)))
-                .sum();
-            o.inflight_batches = 0;
-            o.unacked_bytes = 0;
-            o.send_rate = 0.0;
-            o.lag_secs = if o.queue == 0 {
-                0.0
-            } else {
-                now.saturating_sub(o.caught_up_ms) as f64 / 1000.0
+                .filter(|(origin, seq)| **seq > acked(**origin))
+                .map(|(origin, _)| (*origin, acked(*origin) + 1))
+                .collect();
+            o.queue = heads.0.iter().map(|(origin, seq)| seq.saturating_sub(acked(*origin))).sum();
+            // One entry read per origin behind (a pair has two or three).
+            let oldest_ms = behind
+                .iter()
+                .filter_map(|(origin, seq)| wal.entry(*origin, *seq).ok().flatten())
+                .map(|e| e.hlc >> 16)
+                .min();
+            o.lag_secs = match oldest_ms {
+                Some(t) => now.saturating_sub(t) as f64 / 1000.0,
+                None => 0.0,
             };
         }
     }
