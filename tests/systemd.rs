@@ -1,7 +1,8 @@
 //! Running under systemd: `dist/tandem.service` passes `systemd-analyze
 //! verify`, and the daemon started with a `NOTIFY_SOCKET` this test binds
 //! sends `READY=1` only once every listener accepts connections (and
-//! serves), then `STOPPING=1` on SIGTERM.
+//! serves), then `STOPPING=1` on SIGTERM; with `JOURNAL_STREAM` set its
+//! log lines carry no timestamp of their own.
 
 mod common;
 use common::{free_udp_port, mirror_section, write_config};
@@ -84,9 +85,10 @@ fn ready_arrives_once_every_listener_serves_and_stopping_on_sigterm() {
         .arg("serve")
         .current_dir(dir.path())
         .env("NOTIFY_SOCKET", &sock_path)
+        .env("JOURNAL_STREAM", "8:12345")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(std::fs::File::create(dir.path().join("stderr")).unwrap())
         .spawn()
         .unwrap();
     let mut buf = [0u8; 512];
@@ -128,4 +130,8 @@ fn ready_arrives_once_every_listener_serves_and_stopping_on_sigterm() {
         std::thread::sleep(Duration::from_millis(20));
     };
     assert!(status.success(), "{status}");
+    // With JOURNAL_STREAM set the journal stamps the lines: none of ours.
+    let log = std::fs::read_to_string(dir.path().join("stderr")).unwrap();
+    let open = log.lines().find(|l| l.contains("store open")).unwrap_or_else(|| panic!("{log}"));
+    assert!(open.starts_with(" INFO ") || open.starts_with("INFO "), "{open}");
 }
