@@ -14,13 +14,14 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 const UNIT: &str = include_str!("../dist/tandem.service");
+const WATCHDOG_UNIT: &str = include_str!("../dist/tandem-watchdog.service");
 
-#[test]
-fn the_unit_verifies_clean_and_is_hardened() {
+/// `systemd-analyze verify` says nothing about `unit` (named `name`).
+fn verify(name: &str, unit: &str) {
     let dir = tempfile::tempdir().unwrap();
     // verify checks that ExecStart names an executable: this build's.
-    let unit = UNIT.replace("/usr/local/bin/tandem", env!("CARGO_BIN_EXE_tandem"));
-    let path = dir.path().join("tandem.service");
+    let unit = unit.replace("/usr/local/bin/tandem", env!("CARGO_BIN_EXE_tandem"));
+    let path = dir.path().join(name);
     std::fs::write(&path, unit).unwrap();
     let out = Command::new("systemd-analyze")
         .arg("verify")
@@ -28,7 +29,48 @@ fn the_unit_verifies_clean_and_is_hardened() {
         .output()
         .expect("systemd-analyze (Debian package systemd) must be installed: .ci/setup installs it");
     let said = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    assert!(out.status.success() && said.trim().is_empty(), "systemd-analyze verify:\n{said}");
+    assert!(
+        out.status.success() && said.trim().is_empty(),
+        "systemd-analyze verify {name}:\n{said}"
+    );
+}
+
+#[test]
+fn the_units_verify_clean_and_are_hardened() {
+    verify("tandem.service", UNIT);
+    verify("tandem-watchdog.service", WATCHDOG_UNIT);
+    for want in [
+        "DynamicUser=yes",
+        "ProtectSystem=strict",
+        "NoNewPrivileges=yes",
+        "CapabilityBoundingSet=",
+    ] {
+        assert!(
+            WATCHDOG_UNIT.lines().any(|l| l == want),
+            "{want} missing from dist/tandem-watchdog.service"
+        );
+    }
+    // The watchdog unit's command line is one the binary accepts.
+    let exec: String = WATCHDOG_UNIT
+        .split("ExecStart=")
+        .nth(1)
+        .unwrap()
+        .lines()
+        .map(|l| l.trim().trim_end_matches('\\').to_string())
+        .take_while(|l| !l.contains('='))
+        .collect::<Vec<_>>()
+        .join(" ");
+    let args: Vec<String> = exec
+        .split_whitespace()
+        .skip(1)
+        .map(|a| a.replace("${CREDENTIALS_DIRECTORY}", "/nonexistent"))
+        .collect();
+    let out = Command::new(env!("CARGO_BIN_EXE_tandem"))
+        .args(&args)
+        .arg("--help")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{exec}: {}", String::from_utf8_lossy(&out.stderr));
     let keys: Vec<&str> = UNIT.lines().filter(|l| !l.starts_with('#')).collect();
     for want in [
         "Type=notify",
