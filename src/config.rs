@@ -50,6 +50,11 @@ impl Default for BackupConfig {
 pub struct MetricsConfig {
     pub listen: Option<SocketAddr>,
     pub bearer_token_file: Option<PathBuf>,
+    /// The peers' metrics listeners (`http://HOST:PORT`), whose status the
+    /// status page fetches and shows beside this node's.
+    pub peer_status: Vec<String>,
+    /// The bearer token those listeners want, if they want one.
+    pub peer_token_file: Option<PathBuf>,
 }
 
 /// `[node]`
@@ -465,6 +470,17 @@ impl Config {
         if self.metrics.bearer_token_file.is_some() && self.metrics.listen.is_none() {
             p.push("metrics.bearer_token_file is set but metrics.listen is not".into());
         }
+        if (!self.metrics.peer_status.is_empty() || self.metrics.peer_token_file.is_some()) && self.metrics.listen.is_none() {
+            p.push("metrics.peer_status or metrics.peer_token_file is set but metrics.listen is not".into());
+        }
+        for u in &self.metrics.peer_status {
+            let ok = u
+                .strip_prefix("http://")
+                .is_some_and(|rest| !rest.is_empty() && !rest.contains(['/', '?', '#', ' ']));
+            if !ok {
+                p.push(format!("metrics.peer_status: {u:?} is not http://HOST:PORT"));
+            }
+        }
         if self.imap.max_connections == 0 || self.imap.max_connections_per_ip == 0 || self.imap.max_connections_per_user == 0 {
             p.push("imap.max_connections, imap.max_connections_per_ip and imap.max_connections_per_user must be positive".into());
         }
@@ -627,6 +643,33 @@ ack = "peer"
             .unwrap_err()
             .to_string();
         assert!(e.contains("line 2"), "{e}");
+    }
+
+    #[test]
+    fn peer_status_urls_and_idle_timeout_are_checked() {
+        let ok = "[metrics]\nlisten = \"127.0.0.1:1\"\npeer_status = [\"http://192.0.2.11:9643\"]\n";
+        assert_eq!(
+            Config::parse(ok, Path::new("t.toml")).unwrap().metrics.peer_status,
+            ["http://192.0.2.11:9643"]
+        );
+        for bad in [
+            "https://192.0.2.11:9643",
+            "http://192.0.2.11:9643/status",
+            "192.0.2.11:9643",
+            "http://",
+        ] {
+            let text = format!("[metrics]\nlisten = \"127.0.0.1:1\"\npeer_status = [\"{bad}\"]\n");
+            let e = Config::parse(&text, Path::new("t.toml")).unwrap_err().to_string();
+            assert!(e.contains("is not http://HOST:PORT"), "{bad}: {e}");
+        }
+        let e = Config::parse("[metrics]\npeer_status = [\"http://a:1\"]\n", Path::new("t.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("metrics.listen is not"), "{e}");
+        let e = Config::parse("[mirror]\nidle_timeout_ms = 999\n", Path::new("t.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("mirror.idle_timeout_ms must be at least 1000"), "{e}");
     }
 
     #[test]

@@ -359,6 +359,21 @@ pub async fn start(cfg: &Config) -> anyhow::Result<Running> {
         let source = crate::metrics::status::Source {
             admin: state.clone(),
             history,
+            peers: crate::metrics::status::Peers {
+                urls: cfg
+                    .metrics
+                    .peer_status
+                    .iter()
+                    .map(|u| u.trim_end_matches('/').to_string())
+                    .collect(),
+                token: cfg
+                    .metrics
+                    .peer_token_file
+                    .as_deref()
+                    .map(|p| crate::metrics::http::read_token("metrics.peer_token_file", p))
+                    .transpose()?,
+                client: reqwest::Client::new(),
+            },
         };
         tasks.push(crate::metrics::http::serve(b, registry, Some(source), shutdown_rx.clone()));
     }

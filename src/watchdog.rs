@@ -144,6 +144,7 @@ fn serve_metrics(a: &Args, m: std::sync::Arc<Metrics>) -> anyhow::Result<Option<
     let cfg = crate::config::MetricsConfig {
         listen: Some(addr),
         bearer_token_file: a.metrics_token_file.clone(),
+        ..Default::default()
     };
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let bound = rt.block_on(crate::metrics::http::bind(&cfg))?.expect("listen is set");

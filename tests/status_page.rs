@@ -15,9 +15,9 @@ use std::time::{Duration, Instant};
 const SECRET: &str = "correct horse battery staple";
 const TOKEN: &str = "page-token-0123456789abcdef";
 
-fn start(dir: &Path, id: &str, port: u16, peer: u16, token: bool) -> Node {
+fn start(dir: &Path, id: &str, port: u16, peer: u16, token: bool, more_metrics: &str) -> Node {
     std::fs::create_dir_all(dir).unwrap();
-    let mut metrics = "[metrics]\nlisten = \"127.0.0.1:0\"\n".to_string();
+    let mut metrics = format!("[metrics]\nlisten = \"127.0.0.1:0\"\n{more_metrics}");
     if token {
         let f = dir.join("metrics.token");
         std::fs::write(&f, TOKEN).unwrap();
@@ -137,8 +137,14 @@ fn chromium_shows_a_down_link_with_its_last_error_and_the_numbers() {
     );
     let dir = tempfile::tempdir().unwrap();
     let (pa, pb) = (free_udp_port(), free_udp_port());
-    let a = start(&dir.path().join("a"), "node-a", pa, pb, false);
-    let b = start(&dir.path().join("b"), "node-b", pb, pa, true);
+    // B first: A's page shows B's status, fetched with B's token.
+    let b = start(&dir.path().join("b"), "node-b", pb, pa, true, "");
+    let b_url = format!("http://{}", b.addr("metrics"));
+    let peer = format!(
+        "peer_status = [\"{b_url}\"]\npeer_token_file = \"{}\"\n",
+        dir.path().join("b/metrics.token").display()
+    );
+    let a = start(&dir.path().join("a"), "node-a", pa, pb, false, &peer);
     let (ok, _, err) = a.cli(&["user", "add", "u@example.org", "--password-stdin"], Some("secret\n"));
     assert!(ok, "{err}");
     assert!(
@@ -153,6 +159,17 @@ fn chromium_shows_a_down_link_with_its_last_error_and_the_numbers() {
         wait_until(20, || common::admin_get(&a, "/v1/status")["mirror"]["incoming"]["node-b"]["add"]
             == 2),
         "A did not apply B's two deliveries"
+    );
+
+    // A's page carries B's own view of its link to A.
+    let a_live = || -> serde_json::Value { serde_json::from_str(&get(&a, "/status.json", None).2).unwrap() };
+    assert!(wait_until(10, || a_live()["fields"]["peer.0.out.0.up"] == "up"), "{}", a_live());
+    let live = a_live();
+    assert_eq!(live["fields"]["peer.0.reached"], "yes");
+    assert!(live["fields"]["peer.0.node.role"].as_str().unwrap().contains("epoch 0"), "{live}");
+    assert!(
+        live["fields"]["peer.0.out.0.queue"].as_str().unwrap().starts_with("0 entries"),
+        "{live}"
     );
 
     // The token guards the page as it guards /metrics (B has one).
@@ -228,6 +245,12 @@ fn chromium_shows_a_down_link_with_its_last_error_and_the_numbers() {
         assert!(pts.split(' ').count() >= 2, "{key}: {pts:?}");
     }
     assert_eq!(field(&dom, "out.0.queue_h.max"), format!("max {queue} entries"));
+    // B's section says it cannot be reached, and where.
+    let reached = field(&dom, "peer.0.reached");
+    assert!(
+        reached.starts_with("no: ") && reached.contains(b_url.trim_start_matches("http://")),
+        "{reached}"
+    );
 
     // A screenshot of the same page.
     let png = dir.path().join("status.png");
@@ -250,7 +273,7 @@ fn chromium_shows_a_down_link_with_its_last_error_and_the_numbers() {
     assert_eq!(code, 200);
     let live: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(live["fields"]["out.0.up"], "down");
-    assert_eq!(live["shape"], format!("out:127.0.0.1:{pb} in:node-b"));
+    assert_eq!(live["shape"], format!("out:127.0.0.1:{pb} in:node-b peer:{b_url}[unreachable]"));
 
     // `tandem status --watch 1` prints the status again every second.
     let mut watch = common::tandem()

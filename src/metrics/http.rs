@@ -26,12 +26,13 @@ struct Listener {
     status: Option<super::status::Source>,
 }
 
-/// Read the bearer token from `path` (surrounding whitespace ignored).
-pub fn read_token(path: &std::path::Path) -> anyhow::Result<String> {
+/// Read a bearer token from `path` (surrounding whitespace ignored); `key`
+/// names the setting in errors.
+pub fn read_token(key: &str, path: &std::path::Path) -> anyhow::Result<String> {
     use anyhow::Context;
-    let t = std::fs::read_to_string(path).with_context(|| format!("reading metrics.bearer_token_file {}", path.display()))?;
+    let t = std::fs::read_to_string(path).with_context(|| format!("reading {key} {}", path.display()))?;
     let t = t.trim().to_string();
-    anyhow::ensure!(!t.is_empty(), "metrics.bearer_token_file {} is empty", path.display());
+    anyhow::ensure!(!t.is_empty(), "{key} {} is empty", path.display());
     Ok(t)
 }
 
@@ -67,13 +68,14 @@ async fn status_page(State(l): State<Arc<Listener>>) -> Response {
     let Some(src) = &l.status else {
         return (StatusCode::NOT_FOUND, "no status page here; metrics are at /metrics\n").into_response();
     };
-    match src.status().await {
+    let (st, peers) = tokio::join!(src.status(), src.peers.fetch());
+    match st {
         Ok(st) => (
             [
                 (header::CONTENT_TYPE, "text/html; charset=utf-8"),
                 (header::CACHE_CONTROL, "no-store"),
             ],
-            super::status::page(&st, &src.history, crate::repl::now_ms()),
+            super::status::page(&st, &src.history, &peers, crate::repl::now_ms()),
         )
             .into_response(),
         Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("reading the status failed: {e:#}\n")).into_response(),
@@ -84,10 +86,11 @@ async fn status_json(State(l): State<Arc<Listener>>) -> Response {
     let Some(src) = &l.status else {
         return (StatusCode::NOT_FOUND, "no status page here; metrics are at /metrics\n").into_response();
     };
-    match src.status().await {
+    let (st, peers) = tokio::join!(src.status(), src.peers.fetch());
+    match st {
         Ok(st) => (
             [(header::CACHE_CONTROL, "no-store")],
-            axum::Json(super::status::live(&st, &src.history, crate::repl::now_ms())),
+            axum::Json(super::status::live(&st, &src.history, &peers, crate::repl::now_ms())),
         )
             .into_response(),
         Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("reading the status failed: {e:#}\n")).into_response(),
@@ -126,7 +129,11 @@ pub async fn bind(cfg: &crate::config::MetricsConfig) -> anyhow::Result<Option<B
     let Some(addr) = cfg.listen else {
         return Ok(None);
     };
-    let token = cfg.bearer_token_file.as_deref().map(read_token).transpose()?;
+    let token = cfg
+        .bearer_token_file
+        .as_deref()
+        .map(|p| read_token("metrics.bearer_token_file", p))
+        .transpose()?;
     if token.is_none() && !addr.ip().is_loopback() {
         tracing::warn!(%addr, "metrics listener faces the network without metrics.bearer_token_file");
     }

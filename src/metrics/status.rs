@@ -6,11 +6,11 @@
 //! (state, lag, queue, added and sent, rates, last error with its time,
 //! and lag and queue over the last hour as inline SVG sparklines) and the
 //! links it receives on (what the peer's batches added, deleted, renamed,
-//! what failed). A pair is read from both pages: each node's outgoing
-//! links are the half of the pair it sends, its incoming links the half
-//! its peer sends. The page fetches nothing from the peer: the peer's
-//! listener has its own token and may not be reachable from here, and the
-//! incoming links already say what arrives from it.
+//! what failed). Each node's outgoing links are the half of the pair it
+//! sends, its incoming links the half its peer sends. With `[metrics]
+//! peer_status` the node also fetches each peer's `/status.json` (with
+//! `peer_token_file`) and shows the peer's own view of its links; the
+//! node fetches, not the browser, so the token stays here.
 //!
 //! The page is rendered here, once, with every changing value in an
 //! element carrying a `data-k` key; `/status.json` carries the same keys
@@ -93,17 +93,68 @@ pub async fn sample(
     }
 }
 
-/// What the page needs: the node's admin state (for its status) and the
-/// history.
+/// What the page needs: the node's admin state (for its status), the
+/// history, and the peers' listeners to fetch.
 pub struct Source {
     pub admin: Arc<AdminState>,
     pub history: Arc<History>,
+    pub peers: Peers,
+}
+
+/// The peers' metrics listeners (`[metrics] peer_status`), fetched by the
+/// node (not by the browser: their token stays on the node, and the
+/// browser needs to reach only this node).
+#[derive(Default)]
+pub struct Peers {
+    pub urls: Vec<String>,
+    pub token: Option<String>,
+    pub client: reqwest::Client,
+}
+
+/// How long a peer's status may take before the page shows it unreachable.
+pub const PEER_TIMEOUT: Duration = Duration::from_secs(2);
+
+impl Peers {
+    /// Every peer's `/status.json`, or why it could not be had.
+    pub async fn fetch(&self) -> Vec<(String, Result<Live, String>)> {
+        let mut out = Vec::with_capacity(self.urls.len());
+        for u in &self.urls {
+            out.push((u.clone(), self.fetch_one(u).await));
+        }
+        out
+    }
+
+    async fn fetch_one(&self, url: &str) -> Result<Live, String> {
+        let mut req = self.client.get(format!("{url}/status.json")).timeout(PEER_TIMEOUT);
+        if let Some(t) = &self.token {
+            req = req.bearer_auth(t);
+        }
+        match req.send().await {
+            Ok(r) if r.status().is_success() => r.json::<Live>().await.map_err(|e| format!("its status did not decode: {e}")),
+            Ok(r) => Err(format!("it answered HTTP {}", r.status())),
+            Err(e) if e.is_timeout() => Err(format!("no answer within {} s", PEER_TIMEOUT.as_secs())),
+            Err(e) => Err(error_chain(&e)),
+        }
+    }
+}
+
+/// An error with its causes (reqwest's own text says little: "error
+/// sending request").
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
 }
 
 /// The page's changing values, keyed as the page's `data-k` attributes,
 /// and its sparklines (SVG `points`), keyed as `data-s`. `shape` names the
 /// links shown: when it differs from the page's, the page reloads.
-#[derive(Debug, Default, serde::Serialize)]
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
 pub struct Live {
     pub shape: String,
     pub fields: BTreeMap<String, String>,
@@ -223,8 +274,9 @@ fn ago(now_ms: u64, then_ms: u64) -> String {
     }
 }
 
-/// Build the page body and its live values from one status.
-fn build(st: &Status, history: &History, now_ms: u64) -> Doc {
+/// Build the page body and its live values from one status (and the
+/// peers' pages' values).
+fn build(st: &Status, history: &History, peers: &[(String, Result<Live, String>)], now_ms: u64) -> Doc {
     let mut d = Doc::default();
     let shape: Vec<String> = st
         .mirror
@@ -233,6 +285,10 @@ fn build(st: &Status, history: &History, now_ms: u64) -> Doc {
         .map(|o| format!("out:{}", o.address))
         .chain(st.mirror.incoming.keys().map(|p| format!("in:{p}")))
         .chain(st.backup.iter().map(|b| format!("backup:{}", b.target)))
+        .chain(peers.iter().map(|(url, r)| match r {
+            Ok(l) => format!("peer:{url}[{}]", l.shape),
+            Err(_) => format!("peer:{url}[unreachable]"),
+        }))
         .collect();
     d.live.shape = shape.join(" ");
 
@@ -391,6 +447,9 @@ fn build(st: &Status, history: &History, now_ms: u64) -> Doc {
         );
         d.html.push_str("</table></section>\n");
     }
+    for (i, (url, r)) in peers.iter().enumerate() {
+        peer_section(&mut d, i, url, r);
+    }
     for (i, b) in st.backup.iter().enumerate() {
         let k = format!("backup.{i}");
         let _ = write!(
@@ -411,11 +470,51 @@ fn build(st: &Status, history: &History, now_ms: u64) -> Doc {
     d
 }
 
+/// A peer's values, as its own page shows them, under `peer.N.`: its
+/// role and uptime, and per link it sends on, up or down, state, queue,
+/// lag and last error.
+fn peer_section(d: &mut Doc, i: usize, url: &str, r: &Result<Live, String>) {
+    let k = format!("peer.{i}");
+    let _ = write!(
+        d.html,
+        "<section class=\"peer\" id=\"{k}\"><h2>Peer <a href=\"{0}/status\">{0}</a></h2>\n<table>\n",
+        esc(url)
+    );
+    let l = match r {
+        Ok(l) => l,
+        Err(e) => {
+            d.row("Reached", &format!("{k}.reached"), format!("no: {e}"));
+            d.html.push_str("</table></section>\n");
+            return;
+        }
+    };
+    d.row("Reached", &format!("{k}.reached"), "yes".into());
+    let f = |key: &str| l.fields.get(key).cloned();
+    for (key, label) in [("node.role", "Role"), ("node.uptime", "Up"), ("node.lmtp", "Delivered")] {
+        if let Some(v) = f(key) {
+            d.row(label, &format!("{k}.{key}"), v);
+        }
+    }
+    // The peer's outgoing links, named as its shape names them.
+    let outs = l.shape.split(' ').filter_map(|s| s.strip_prefix("out:"));
+    for (j, addr) in outs.enumerate() {
+        let o = format!("out.{j}");
+        let Some(up) = f(&format!("{o}.up")) else { continue };
+        d.row(&format!("Mirror to {addr}"), &format!("{k}.{o}.up"), up);
+        for (suffix, label) in [("state", "State"), ("queue", "Queue"), ("lag", "Lag"), ("error", "Info")] {
+            if let Some(v) = f(&format!("{o}.{suffix}")) {
+                d.row(label, &format!("{k}.{o}.{suffix}"), v);
+            }
+        }
+    }
+    d.html.push_str("</table></section>\n");
+}
+
 const STYLE: &str = "body{font:14px/1.4 system-ui,sans-serif;margin:1.5em;color:#222}\
 h1{font-size:1.4em}h2{font-size:1.1em;margin:1.2em 0 .3em}\
 table{border-collapse:collapse}th{text-align:left;padding:2px 12px 2px 0;vertical-align:top;color:#555;font-weight:600}\
 td{padding:2px 0}.up{color:#070;font-weight:700}.down{color:#b00;font-weight:700}\
-.spark{color:#246;background:#f4f6f8;vertical-align:middle}#refreshed{color:#777}";
+.spark{color:#246;background:#f4f6f8;vertical-align:middle}#refreshed{color:#777}.peer{border-left:3px solid #ccd;padding-left:10px}";
 
 /// A dozen lines: poll `status.json`, copy the values, reload when the
 /// set of links changed.
@@ -433,8 +532,8 @@ tick();setInterval(tick,5000);
 })();"#;
 
 /// The whole page.
-pub fn page(st: &Status, history: &History, now_ms: u64) -> String {
-    let d = build(st, history, now_ms);
+pub fn page(st: &Status, history: &History, peers: &[(String, Result<Live, String>)], now_ms: u64) -> String {
+    let d = build(st, history, peers, now_ms);
     format!(
         "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\
          <meta name=\"viewport\" content=\"width=device-width\"><title>Tandem {} status</title><style>{STYLE}</style></head>\n\
@@ -448,8 +547,8 @@ pub fn page(st: &Status, history: &History, now_ms: u64) -> String {
 }
 
 /// What `/status.json` answers.
-pub fn live(st: &Status, history: &History, now_ms: u64) -> Live {
-    build(st, history, now_ms).live
+pub fn live(st: &Status, history: &History, peers: &[(String, Result<Live, String>)], now_ms: u64) -> Live {
+    build(st, history, peers, now_ms).live
 }
 
 impl Source {
