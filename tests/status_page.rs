@@ -15,9 +15,9 @@ use std::time::{Duration, Instant};
 const SECRET: &str = "correct horse battery staple";
 const TOKEN: &str = "page-token-0123456789abcdef";
 
-fn start(dir: &Path, id: &str, port: u16, peer: u16, token: bool, more_metrics: &str) -> Node {
+fn start(dir: &Path, id: &str, port: u16, peer: u16, token: bool, metrics_port: u16, more_metrics: &str) -> Node {
     std::fs::create_dir_all(dir).unwrap();
-    let mut metrics = format!("[metrics]\nlisten = \"127.0.0.1:0\"\n{more_metrics}");
+    let mut metrics = format!("[metrics]\nlisten = \"127.0.0.1:{metrics_port}\"\n{more_metrics}");
     if token {
         let f = dir.join("metrics.token");
         std::fs::write(&f, TOKEN).unwrap();
@@ -137,14 +137,25 @@ fn chromium_shows_a_down_link_with_its_last_error_and_the_numbers() {
     );
     let dir = tempfile::tempdir().unwrap();
     let (pa, pb) = (free_udp_port(), free_udp_port());
-    // B first: A's page shows B's status, fetched with B's token.
-    let b = start(&dir.path().join("b"), "node-b", pb, pa, true, "");
+    // Each page shows the other node too (B's fetched with B's token); A's
+    // metrics port is chosen first so that B can name it.
+    let a_port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let a_url = format!("http://127.0.0.1:{a_port}");
+    let b = start(
+        &dir.path().join("b"),
+        "node-b",
+        pb,
+        pa,
+        true,
+        0,
+        &format!("peer_status = [\"{a_url}\"]\n"),
+    );
     let b_url = format!("http://{}", b.addr("metrics"));
     let peer = format!(
         "peer_status = [\"{b_url}\"]\npeer_token_file = \"{}\"\n",
         dir.path().join("b/metrics.token").display()
     );
-    let a = start(&dir.path().join("a"), "node-a", pa, pb, false, &peer);
+    let a = start(&dir.path().join("a"), "node-a", pa, pb, false, a_port, &peer);
     let (ok, _, err) = a.cli(&["user", "add", "u@example.org", "--password-stdin"], Some("secret\n"));
     assert!(ok, "{err}");
     assert!(
@@ -171,6 +182,14 @@ fn chromium_shows_a_down_link_with_its_last_error_and_the_numbers() {
         live["fields"]["peer.0.out.0.queue"].as_str().unwrap().starts_with("0 entries"),
         "{live}"
     );
+    // Two nodes that list each other do not wait on each other: each asks
+    // the other for its own status only.
+    let (code, _, body) = get(&b, "/status.json", Some(TOKEN));
+    assert_eq!(code, 200);
+    let b_live: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(b_live["fields"]["peer.0.reached"], "yes", "{b_live}");
+    assert_eq!(b_live["fields"]["peer.0.out.0.up"], "up", "{b_live}");
+    assert!(b_live["fields"].get("peer.0.peer.0.reached").is_none(), "{b_live}");
 
     // The token guards the page as it guards /metrics (B has one).
     for path in ["/status", "/status.json"] {

@@ -7,7 +7,7 @@
 
 use super::Registry;
 use crate::auth::constant_time_eq;
-use axum::extract::{Request, State};
+use axum::extract::{RawQuery, Request, State};
 use axum::http::{header, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -82,11 +82,20 @@ async fn status_page(State(l): State<Arc<Listener>>) -> Response {
     }
 }
 
-async fn status_json(State(l): State<Arc<Listener>>) -> Response {
+async fn status_json(State(l): State<Arc<Listener>>, RawQuery(q): RawQuery) -> Response {
     let Some(src) = &l.status else {
         return (StatusCode::NOT_FOUND, "no status page here; metrics are at /metrics\n").into_response();
     };
-    let (st, peers) = tokio::join!(src.status(), src.peers.fetch());
+    // `?local` (what a peer's page asks for): this node only.
+    let local = q.is_some_and(|q| q.split('&').any(|p| p == "local"));
+    let fetch = async {
+        if local {
+            Vec::new()
+        } else {
+            src.peers.fetch().await
+        }
+    };
+    let (st, peers) = tokio::join!(src.status(), fetch);
     match st {
         Ok(st) => (
             [(header::CACHE_CONTROL, "no-store")],

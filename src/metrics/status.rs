@@ -125,7 +125,10 @@ impl Peers {
     }
 
     async fn fetch_one(&self, url: &str) -> Result<Live, String> {
-        let mut req = self.client.get(format!("{url}/status.json")).timeout(PEER_TIMEOUT);
+        // `?local`: the peer answers with its own status only, without
+        // fetching its peers in turn (two nodes that list each other would
+        // otherwise wait on each other until the timeout).
+        let mut req = self.client.get(format!("{url}/status.json?local")).timeout(PEER_TIMEOUT);
         if let Some(t) = &self.token {
             req = req.bearer_auth(t);
         }
