@@ -471,3 +471,22 @@ fn runbook_add_a_mirror() {
 fn runbook_move_to_another_site() {
     Walk::through(&["set-up-a-pair.md", "move-to-another-site.md"]);
 }
+
+/// Every runbook in `docs/runbooks/` has a walk here.
+#[test]
+fn every_runbook_is_walked() {
+    let me = include_str!("runbooks.rs");
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/runbooks");
+    let mut n = 0;
+    for e in std::fs::read_dir(&dir).unwrap() {
+        let name = e.unwrap().file_name().into_string().unwrap();
+        if name.ends_with(".md") && name != "README.md" {
+            n += 1;
+            let walked = me
+                .lines()
+                .any(|l| l.trim_start().starts_with("Walk::through(") && l.contains(&format!("\"{name}\"]")));
+            assert!(walked, "docs/runbooks/{name} has no test walking it to its end");
+        }
+    }
+    assert!(n >= 7, "{n} runbooks");
+}
