@@ -154,6 +154,7 @@ pub fn status(st: &AdminState) -> Result<Status, crate::views::read::ViewError> 
             .len() as u64,
     );
     mirror.role = role.name().to_string();
+    mirror.count_from_log(wal, crate::repl::now_ms());
     Ok(Status {
         node_id: st.store.node_id().to_string(),
         origin: wal.local_origin().to_string(),

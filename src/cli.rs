@@ -29,6 +29,11 @@ pub enum Command {
         /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
+        /// Print it again every SECS seconds until interrupted (the screen
+        /// is cleared first on a terminal; with --json, one document a
+        /// line).
+        #[arg(long, value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..))]
+        watch: Option<u64>,
     },
     /// Deliver a probe over LMTP to one node and read it over IMAP on the
     /// other: OK (exit 0) with the time taken, CRITICAL (2) or UNKNOWN (3),
@@ -211,14 +216,39 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Serve => rt.block_on(crate::server::serve(cfg)),
         Command::Watchdog(a) => std::process::exit(i32::from(crate::watchdog::main(&a))),
-        Command::Status { json } => {
-            let st: Status = rt.block_on(Admin::new(&cfg)?.get("/v1/status"))?;
-            if json {
-                println!("{}", serde_json::to_string_pretty(&st)?);
-            } else {
-                print_status(&st);
+        Command::Status { json, watch } => {
+            let admin = Admin::new(&cfg)?;
+            let Some(secs) = watch else {
+                let st: Status = rt.block_on(admin.get("/v1/status"))?;
+                if json {
+                    println!("{}", serde_json::to_string_pretty(&st)?);
+                } else {
+                    print_status(&st);
+                }
+                return Ok(());
+            };
+            use std::io::{IsTerminal, Write};
+            let tty = std::io::stdout().is_terminal();
+            loop {
+                let started = std::time::Instant::now();
+                // A node that stops answering is reported, not fatal: the
+                // watch goes on until it answers again or is interrupted.
+                let st: anyhow::Result<Status> = rt.block_on(admin.get("/v1/status"));
+                let now = crate::metrics::status::utc(crate::repl::now_ms());
+                match (st, json) {
+                    (Ok(st), true) => println!("{}", serde_json::to_string(&st)?),
+                    (Ok(st), false) => {
+                        if tty {
+                            print!("\x1b[H\x1b[2J");
+                        }
+                        println!("--- {now}, every {secs} s (Ctrl-C ends)");
+                        print_status(&st);
+                    }
+                    (Err(e), _) => eprintln!("--- {now}: status failed: {e:#}"),
+                }
+                std::io::stdout().flush()?;
+                std::thread::sleep(std::time::Duration::from_secs(secs).saturating_sub(started.elapsed()));
             }
-            Ok(())
         }
         Command::Promote => {
             let p: crate::repl::role::Promoted =

@@ -50,6 +50,11 @@ impl Default for BackupConfig {
 pub struct MetricsConfig {
     pub listen: Option<SocketAddr>,
     pub bearer_token_file: Option<PathBuf>,
+    /// The peers' metrics listeners (`http://HOST:PORT`), whose status the
+    /// status page fetches and shows beside this node's.
+    pub peer_status: Vec<String>,
+    /// The bearer token those listeners want, if they want one.
+    pub peer_token_file: Option<PathBuf>,
 }
 
 /// `[node]`
@@ -255,6 +260,10 @@ pub struct MirrorConfig {
     /// Milliseconds an incoming connection has to prove the secret and
     /// introduce itself, from its first packet.
     pub auth_timeout_ms: u64,
+    /// Milliseconds without a packet after which a link counts as down (a
+    /// peer that vanished without closing it); keep-alives go every third
+    /// of it, at most every 5 s. The lower of the two nodes' values holds.
+    pub idle_timeout_ms: u64,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default, serde::Serialize)]
@@ -366,6 +375,7 @@ impl Default for MirrorConfig {
             batch_bytes: 8 << 20,
             reconnect_min_ms: 100,
             reconnect_max_ms: 10_000,
+            idle_timeout_ms: 30_000,
             ack_timeout_ms: 5_000,
             ack_fallback: AckFallback::Local,
             max_connections: 16,
@@ -460,6 +470,17 @@ impl Config {
         if self.metrics.bearer_token_file.is_some() && self.metrics.listen.is_none() {
             p.push("metrics.bearer_token_file is set but metrics.listen is not".into());
         }
+        if (!self.metrics.peer_status.is_empty() || self.metrics.peer_token_file.is_some()) && self.metrics.listen.is_none() {
+            p.push("metrics.peer_status or metrics.peer_token_file is set but metrics.listen is not".into());
+        }
+        for u in &self.metrics.peer_status {
+            let ok = u
+                .strip_prefix("http://")
+                .is_some_and(|rest| !rest.is_empty() && !rest.contains(['/', '?', '#', ' ']));
+            if !ok {
+                p.push(format!("metrics.peer_status: {u:?} is not http://HOST:PORT"));
+            }
+        }
         if self.imap.max_connections == 0 || self.imap.max_connections_per_ip == 0 || self.imap.max_connections_per_user == 0 {
             p.push("imap.max_connections, imap.max_connections_per_ip and imap.max_connections_per_user must be positive".into());
         }
@@ -530,6 +551,9 @@ impl Config {
         }
         if self.mirror.window_batches == 0 || self.mirror.batch_entries == 0 || self.mirror.batch_bytes == 0 {
             p.push("mirror.window_batches, mirror.batch_entries and mirror.batch_bytes must be positive".into());
+        }
+        if self.mirror.idle_timeout_ms < 1000 {
+            p.push("mirror.idle_timeout_ms must be at least 1000".into());
         }
         if self.mirror.reconnect_min_ms == 0 || self.mirror.reconnect_max_ms < self.mirror.reconnect_min_ms {
             p.push("mirror.reconnect_min_ms must be positive and at most mirror.reconnect_max_ms".into());
@@ -619,6 +643,33 @@ ack = "peer"
             .unwrap_err()
             .to_string();
         assert!(e.contains("line 2"), "{e}");
+    }
+
+    #[test]
+    fn peer_status_urls_and_idle_timeout_are_checked() {
+        let ok = "[metrics]\nlisten = \"127.0.0.1:1\"\npeer_status = [\"http://192.0.2.11:9643\"]\n";
+        assert_eq!(
+            Config::parse(ok, Path::new("t.toml")).unwrap().metrics.peer_status,
+            ["http://192.0.2.11:9643"]
+        );
+        for bad in [
+            "https://192.0.2.11:9643",
+            "http://192.0.2.11:9643/status",
+            "192.0.2.11:9643",
+            "http://",
+        ] {
+            let text = format!("[metrics]\nlisten = \"127.0.0.1:1\"\npeer_status = [\"{bad}\"]\n");
+            let e = Config::parse(&text, Path::new("t.toml")).unwrap_err().to_string();
+            assert!(e.contains("is not http://HOST:PORT"), "{bad}: {e}");
+        }
+        let e = Config::parse("[metrics]\npeer_status = [\"http://a:1\"]\n", Path::new("t.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("metrics.listen is not"), "{e}");
+        let e = Config::parse("[mirror]\nidle_timeout_ms = 999\n", Path::new("t.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("mirror.idle_timeout_ms must be at least 1000"), "{e}");
     }
 
     #[test]

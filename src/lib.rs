@@ -27,6 +27,7 @@ pub mod mailfile;
 pub mod merkle;
 pub mod metrics;
 pub mod mutate;
+pub mod notify;
 pub mod pop3;
 pub mod proto;
 pub mod repl;
@@ -42,7 +43,8 @@ pub mod watchdog;
 pub(crate) mod testrng;
 
 /// Log to standard error; `TANDEM_LOG` overrides the filter. Colours only
-/// when standard error is a terminal (not in a file or a journal).
+/// when standard error is a terminal (not in a file or a journal); no
+/// timestamps when it goes to systemd's journal.
 pub fn init_tracing(default: &str) {
     use std::io::IsTerminal;
     use tracing_subscriber::EnvFilter;
@@ -59,11 +61,17 @@ pub fn init_tracing(default: &str) {
             filter = filter.add_directive(quiet);
         }
     }
-    let _ = tracing_subscriber::fmt()
+    let fmt = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(std::io::stderr)
-        .try_init();
+        .with_writer(std::io::stderr);
+    // Under systemd with stderr going to the journal (which sets
+    // JOURNAL_STREAM), the journal stamps every line itself.
+    if std::env::var_os("JOURNAL_STREAM").is_some() {
+        let _ = fmt.without_time().try_init();
+    } else {
+        let _ = fmt.try_init();
+    }
 }
 
 /// The filter directive that silences rustls' SNI warnings.

@@ -325,11 +325,14 @@ pub async fn start(cfg: &Config) -> anyhow::Result<Running> {
         if cfg.pop3.listen.is_some() || cfg.pop3.tls_listen.is_some() {
             registry.register(pop3_counters.clone());
         }
-        registry.register(mirror.clone());
+        registry.register(Arc::new(crate::metrics::node::MirrorMetrics {
+            mirror: mirror.clone(),
+            store: store.clone(),
+        }));
     }
-    if let Some((addr, task)) = crate::metrics::http::start(&cfg.metrics, registry, shutdown_rx.clone()).await? {
-        listeners.insert("metrics".to_string(), format!("http://{addr}"));
-        tasks.push(task);
+    let metrics_l = crate::metrics::http::bind(&cfg.metrics).await?;
+    if let Some(b) = &metrics_l {
+        listeners.insert("metrics".to_string(), format!("http://{}", b.addr));
     }
 
     let state = Arc::new(AdminState {
@@ -345,6 +348,35 @@ pub async fn start(cfg: &Config) -> anyhow::Result<Running> {
         backups,
         data_dir: cfg.node.data_dir.clone(),
     });
+    if let Some(b) = metrics_l {
+        let history = Arc::new(crate::metrics::status::History::default());
+        tasks.push(tokio::spawn(crate::metrics::status::sample(
+            history.clone(),
+            state.mirror.clone(),
+            state.store.clone(),
+            shutdown_rx.clone(),
+        )));
+        let source = crate::metrics::status::Source {
+            admin: state.clone(),
+            history,
+            peers: crate::metrics::status::Peers {
+                urls: cfg
+                    .metrics
+                    .peer_status
+                    .iter()
+                    .map(|u| u.trim_end_matches('/').to_string())
+                    .collect(),
+                token: cfg
+                    .metrics
+                    .peer_token_file
+                    .as_deref()
+                    .map(|p| crate::metrics::http::read_token("metrics.peer_token_file", p))
+                    .transpose()?,
+                client: reqwest::Client::new(),
+            },
+        };
+        tasks.push(crate::metrics::http::serve(b, registry, Some(source), shutdown_rx.clone()));
+    }
     let mut rx = shutdown_rx.clone();
     let app = admin::router(state);
     tasks.push(tokio::spawn(async move {
@@ -380,8 +412,18 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
     for (name, addr) in &running.listeners {
         println!("tandem: {name} listening on {addr}");
     }
+    // Every listener is bound and serving: tell the service manager
+    // (systemd `Type=notify`; nothing when NOTIFY_SOCKET is not set).
+    match crate::notify::notify(&format!("READY=1\nSTATUS=serving node {}", running.store.node_id())) {
+        Ok(true) => tracing::info!("ready (told the service manager)"),
+        Ok(false) => {}
+        Err(e) => tracing::warn!(error = %e, "could not tell the service manager that the node is ready (NOTIFY_SOCKET)"),
+    }
     signal.recv().await;
     tracing::info!("shutting down");
+    if let Err(e) = crate::notify::notify("STOPPING=1") {
+        tracing::warn!(error = %e, "could not tell the service manager that the node is stopping");
+    }
     running.stop().await?;
     println!("tandem: stopped cleanly");
     Ok(())

@@ -38,6 +38,135 @@ pub struct Args {
     /// run, instead of once.
     #[arg(long)]
     pub every: Option<String>,
+    /// With --every: serve the last result as Prometheus metrics
+    /// (`tandem_watchdog_*`) at http://ADDR/metrics.
+    #[arg(long, value_name = "ADDR", requires = "every")]
+    pub metrics_listen: Option<std::net::SocketAddr>,
+    /// A file holding the token scrapers of --metrics-listen must send as
+    /// `Authorization: Bearer TOKEN`.
+    #[arg(long, value_name = "FILE", requires = "metrics_listen")]
+    pub metrics_token_file: Option<PathBuf>,
+}
+
+/// The last result of a repeating watchdog, for `--metrics-listen`.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    checks: [crate::metrics::Counter; 3],
+    last: std::sync::Mutex<Option<Last>>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Last {
+    /// Unix seconds when the last check ended.
+    at: f64,
+    /// Its plugin exit code.
+    status: u8,
+    /// OK: the probe's time from the LMTP 250 to showing up over IMAP;
+    /// otherwise the time the check took until it failed.
+    secs: f64,
+    /// Unix seconds when the last OK check ended (0: none since start).
+    success_at: f64,
+}
+
+const STATUS_NAMES: [&str; 3] = ["ok", "critical", "unknown"];
+
+impl Metrics {
+    /// Record one check that took `took` and ended at `at_unix` seconds.
+    pub fn record(&self, o: &Outcome, took: Duration, at_unix: f64) {
+        let (i, secs) = match o {
+            Outcome::Ok(d) => (0, d.as_secs_f64()),
+            Outcome::Critical(_) => (1, took.as_secs_f64()),
+            Outcome::Unknown(_) => (2, took.as_secs_f64()),
+        };
+        self.checks[i].inc();
+        let mut last = self.last.lock().expect("watchdog metrics lock");
+        let success_at = if i == 0 { at_unix } else { last.map_or(0.0, |l| l.success_at) };
+        *last = Some(Last {
+            at: at_unix,
+            status: o.exit_code(),
+            secs,
+            success_at,
+        });
+    }
+}
+
+impl crate::metrics::Collect for Metrics {
+    fn collect(&self, e: &mut crate::metrics::Encoder) {
+        use crate::metrics::Kind;
+        e.family(
+            "tandem_watchdog_checks_total",
+            Kind::Counter,
+            "Checks run since the watchdog started, by result (ok, critical, unknown).",
+        );
+        for (name, c) in STATUS_NAMES.iter().zip(&self.checks) {
+            e.sample("tandem_watchdog_checks_total", &[("status", name)], c.get() as f64);
+        }
+        // Before the first check ends the gauges have no sample.
+        let last = *self.last.lock().expect("watchdog metrics lock");
+        type Field = fn(&Last) -> f64;
+        let gauges: [(&str, &str, Field); 4] = [
+            (
+                "tandem_watchdog_last_status",
+                "Exit code of the last check: 0 OK, 2 CRITICAL, 3 UNKNOWN.",
+                |l| f64::from(l.status),
+            ),
+            (
+                "tandem_watchdog_last_run_timestamp_seconds",
+                "Unix time the last check ended.",
+                |l| l.at,
+            ),
+            (
+                "tandem_watchdog_last_success_timestamp_seconds",
+                "Unix time the last OK check ended (0: none since the watchdog started).",
+                |l| l.success_at,
+            ),
+            (
+                "tandem_watchdog_last_duration_seconds",
+                "Last check: when OK, seconds from the LMTP 250 to the probe showing up over IMAP; otherwise seconds until it failed.",
+                |l| l.secs,
+            ),
+        ];
+        for (name, help, f) in gauges {
+            e.family(name, Kind::Gauge, help);
+            if let Some(l) = &last {
+                e.sample(name, &[], f(l));
+            }
+        }
+    }
+}
+
+/// Bind `--metrics-listen` and serve `m` on a thread of its own until the
+/// process ends: the bound address.
+fn serve_metrics(a: &Args, m: std::sync::Arc<Metrics>) -> anyhow::Result<Option<std::net::SocketAddr>> {
+    let Some(addr) = a.metrics_listen else {
+        return Ok(None);
+    };
+    let cfg = crate::config::MetricsConfig {
+        listen: Some(addr),
+        bearer_token_file: a.metrics_token_file.clone(),
+        ..Default::default()
+    };
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let bound = rt.block_on(crate::metrics::http::bind(&cfg))?.expect("listen is set");
+    let local = bound.addr;
+    let mut registry = crate::metrics::Registry::default();
+    registry.register(m);
+    std::thread::Builder::new().name("watchdog-metrics".into()).spawn(move || {
+        // The sender lives as long as the thread: the listener never sees
+        // a shutdown and ends with the process.
+        let (_keep, rx) = tokio::sync::watch::channel(false);
+        rt.block_on(async move {
+            let _ = crate::metrics::http::serve(bound, registry, None, rx).await;
+        });
+    })?;
+    Ok(Some(local))
+}
+
+fn unix_now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
 }
 
 /// The outcome of one check.
@@ -104,9 +233,19 @@ pub fn main(a: &Args) -> u8 {
             return 3;
         }
     };
+    let metrics = std::sync::Arc::new(Metrics::default());
+    match serve_metrics(a, metrics.clone()) {
+        Ok(Some(addr)) => eprintln!("tandem watchdog: metrics listening on http://{addr}/metrics"),
+        Ok(None) => {}
+        Err(e) => {
+            println!("UNKNOWN - --metrics-listen: {e:#}");
+            return 3;
+        }
+    }
     loop {
         let started = Instant::now();
         let outcome = check(a);
+        metrics.record(&outcome, started.elapsed(), unix_now());
         println!("{}", outcome.line(a));
         let _ = std::io::stdout().flush();
         match every {
@@ -272,5 +411,33 @@ mod tests {
         assert_eq!(Outcome::Critical(String::new()).exit_code(), 2);
         assert_eq!(Outcome::Unknown(String::new()).exit_code(), 3);
         assert_eq!(quoted("a\"b\\c"), "\"a\\\"b\\\\c\"");
+    }
+
+    #[test]
+    fn the_last_success_outlives_later_failures() {
+        let m = Metrics::default();
+        let render = |m: &Metrics| {
+            let mut e = crate::metrics::Encoder::default();
+            crate::metrics::Collect::collect(m, &mut e);
+            e.finish()
+        };
+        assert!(
+            !render(&m).contains("\ntandem_watchdog_last_status "),
+            "no sample before the first check"
+        );
+        m.record(&Outcome::Ok(Duration::from_millis(40)), Duration::from_millis(60), 1000.0);
+        m.record(&Outcome::Critical("x".into()), Duration::from_secs(3), 1010.0);
+        let t = render(&m);
+        for line in [
+            "tandem_watchdog_checks_total{status=\"ok\"} 1\n",
+            "tandem_watchdog_checks_total{status=\"critical\"} 1\n",
+            "tandem_watchdog_checks_total{status=\"unknown\"} 0\n",
+            "tandem_watchdog_last_status 2\n",
+            "tandem_watchdog_last_run_timestamp_seconds 1010\n",
+            "tandem_watchdog_last_success_timestamp_seconds 1000\n",
+            "tandem_watchdog_last_duration_seconds 3\n",
+        ] {
+            assert!(t.contains(line), "{line} missing from\n{t}");
+        }
     }
 }

@@ -86,3 +86,128 @@ fn a_probe_crosses_the_pair_and_a_stopped_peer_is_reported() {
     assert!(a.stop());
     assert!(c.stop());
 }
+
+/// `promtool check metrics` on an exposition (.ci/setup installs it).
+fn promtool(text: &str) {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+    let mut child = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("promtool (Debian package prometheus) must be installed: .ci/setup installs it");
+    child.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    let said = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success() && said.trim().is_empty(), "promtool: {said}\n{text}");
+}
+
+/// GET /metrics from the watchdog's listener: (status code, body).
+fn scrape(addr: &str, token: Option<&str>) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(std::time::Duration::from_secs(10))).unwrap();
+    let auth = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
+    write!(s, "GET /metrics HTTP/1.0\r\n{auth}\r\n").unwrap();
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).unwrap();
+    let (head, body) = resp.split_once("\r\n\r\n").unwrap();
+    (head.split(' ').nth(1).unwrap().parse().unwrap(), body.to_string())
+}
+
+/// The value of the sample line starting with `series ` (name and labels).
+fn sample(text: &str, series: &str) -> Option<f64> {
+    text.lines().find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+}
+
+#[test]
+fn a_repeating_watchdog_serves_its_last_result_as_metrics() {
+    use std::io::BufRead;
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::start(dir.path(), Some(&write_config(dir.path(), "wd-m", "")));
+    let (ok, _, err) = node.cli(&["user", "add", USER, "--password-stdin"], Some("probe-pw\n"));
+    assert!(ok, "{err}");
+    let pw = dir.path().join("pw");
+    std::fs::write(&pw, "probe-pw\n").unwrap();
+    let token = dir.path().join("token");
+    std::fs::write(&token, "wd-token-0123456789\n").unwrap();
+    let mut wd = tandem()
+        .args([
+            "watchdog",
+            "--lmtp",
+            &node.addr("lmtp"),
+            "--imap",
+            &node.addr("imap"),
+            "--user",
+            USER,
+        ])
+        .arg("--password-file")
+        .arg(&pw)
+        .args([
+            "--timeout",
+            "2",
+            "--every",
+            "1s",
+            "--metrics-listen",
+            "127.0.0.1:0",
+            "--metrics-token-file",
+        ])
+        .arg(&token)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = std::io::BufReader::new(wd.stderr.take().unwrap());
+    let mut line = String::new();
+    stderr.read_line(&mut line).unwrap();
+    let addr = line
+        .trim()
+        .strip_prefix("tandem watchdog: metrics listening on http://")
+        .and_then(|a| a.strip_suffix("/metrics"))
+        .unwrap_or_else(|| panic!("no listener line: {line:?}"))
+        .to_string();
+    std::thread::spawn(move || for _ in stderr.lines() {});
+    assert_eq!(scrape(&addr, None).0, 401, "no token");
+    let get = || {
+        let (code, body) = scrape(&addr, Some("wd-token-0123456789"));
+        assert_eq!(code, 200, "{body}");
+        body
+    };
+    let started = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+
+    // The node up: OK checks, the last success recent, the probe quick.
+    assert!(
+        wait_until(20, || sample(&get(), "tandem_watchdog_checks_total{status=\"ok\"}").unwrap_or(0.0)
+            >= 2.0),
+        "{}",
+        get()
+    );
+    let text = get();
+    promtool(&text);
+    assert_eq!(sample(&text, "tandem_watchdog_last_status"), Some(0.0), "{text}");
+    let success = sample(&text, "tandem_watchdog_last_success_timestamp_seconds").unwrap();
+    assert!(success >= started && success < started + 30.0, "{text}");
+    let took = sample(&text, "tandem_watchdog_last_duration_seconds").unwrap();
+    assert!(took > 0.0 && took < 2.0, "{text}");
+
+    // The node stopped: CRITICAL, and the last success stays where it was.
+    assert!(node.stop());
+    assert!(
+        wait_until(20, || sample(&get(), "tandem_watchdog_last_status") == Some(2.0)),
+        "{}",
+        get()
+    );
+    let text = get();
+    promtool(&text);
+    assert!(sample(&text, "tandem_watchdog_checks_total{status=\"critical\"}").unwrap() >= 1.0);
+    let last_success = sample(&text, "tandem_watchdog_last_success_timestamp_seconds").unwrap();
+    let last_run = sample(&text, "tandem_watchdog_last_run_timestamp_seconds").unwrap();
+    assert!(last_success >= success && last_run > last_success, "{text}");
+    let _ = wd.kill();
+    let _ = wd.wait();
+}

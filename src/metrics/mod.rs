@@ -13,6 +13,7 @@
 
 pub mod http;
 pub mod node;
+pub mod status;
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;

@@ -88,9 +88,17 @@ impl Collect for WalMetrics {
     }
 }
 
-impl Collect for crate::repl::Mirror {
+/// The mirror's links, with the queues of links that are down counted
+/// from the log ([`crate::repl::MirrorStatus::count_from_log`]).
+pub struct MirrorMetrics {
+    pub mirror: Arc<crate::repl::Mirror>,
+    pub store: Store,
+}
+
+impl Collect for MirrorMetrics {
     fn collect(&self, e: &mut Encoder) {
-        let st = self.status(0);
+        let mut st = self.mirror.status(0);
+        st.count_from_log(self.store.wal(), crate::repl::now_ms());
         e.counter(
             "tandem_mirror_auth_failures_total",
             "Peers refused for a wrong shared secret.",
@@ -199,7 +207,7 @@ impl Collect for crate::repl::Mirror {
             (
                 "tandem_mirror_out_lag_seconds",
                 Kind::Gauge,
-                "Seconds since the peer last held everything (0 when caught up).",
+                "Age of the oldest entry held here that the peer has not acknowledged, by its write time at its origin (0 when caught up).",
                 |l| l.lag_secs,
             ),
         ];
@@ -298,6 +306,46 @@ mod tests {
     use super::*;
     use crate::metrics::{Kind, Registry};
 
+    /// Queue and lag come from the log against the peer's acknowledged
+    /// vector, for links up and down; a link without acknowledgements is
+    /// left alone.
+    #[test]
+    fn queue_and_lag_are_counted_from_the_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), "n", crate::store::wal_options("n")).unwrap();
+        for u in ["a@example.org", "b@example.org"] {
+            store
+                .run_blocking(move |txn, cfs| crate::mutate::create_user(txn, cfs, u, "x".into(), 0))
+                .unwrap();
+        }
+        let wal = store.wal();
+        let origin = wal.local_origin();
+        let head = wal.heads().get(origin);
+        assert!(head >= 2, "{head}");
+        let written = wal.entry(origin, 2).unwrap().unwrap().hlc >> 16;
+        let link = |state: &str, acked: Option<u64>| crate::repl::OutLink {
+            address: "p:1".into(),
+            state: state.into(),
+            queue: 99,
+            lag_secs: 99.0,
+            acked: acked.map(|s| [(format!("{:016x}", origin.0), s)].into()).unwrap_or_default(),
+            ..Default::default()
+        };
+        let mut st = crate::repl::MirrorStatus {
+            outgoing: vec![
+                link("disconnected", Some(1)),
+                link("connected", Some(head)),
+                link("connecting", None),
+            ],
+            ..Default::default()
+        };
+        st.count_from_log(wal, written + 5_000);
+        let o = &st.outgoing;
+        assert_eq!((o[0].queue, o[0].lag_secs, o[0].local_added), (head - 1, 5.0, head));
+        assert_eq!((o[1].queue, o[1].lag_secs), (0, 0.0));
+        assert_eq!((o[2].queue, o[2].lag_secs, o[2].local_added), (99, 99.0, head));
+    }
+
     /// Every family the daemon exposes is in the operations manual's table
     /// with its type, and the table names nothing the daemon lacks.
     #[test]
@@ -314,7 +362,11 @@ mod tests {
         r.register(Arc::new(crate::lmtp::Counters::default()));
         r.register(Arc::new(crate::imap::Counters::default()));
         r.register(Arc::new(crate::pop3::Counters::default()));
-        r.register(Arc::new(crate::repl::Mirror::default()));
+        r.register(Arc::new(MirrorMetrics {
+            mirror: Arc::new(crate::repl::Mirror::default()),
+            store: store.clone(),
+        }));
+        r.register(Arc::new(crate::watchdog::Metrics::default()));
         let families = r.encoder().families;
         let docs = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/operations.md")).unwrap();
         let table: Vec<(String, String)> = docs

@@ -200,6 +200,51 @@ pub struct MirrorStatus {
     pub last_divergence: Option<String>,
 }
 
+impl MirrorStatus {
+    /// Queue and lag of the outgoing links, counted from the log against
+    /// what each peer last acknowledged: the queue is every entry held here
+    /// past the peer's acknowledged vector, the lag the age of the oldest
+    /// of them (by the time it was written at its origin; 0 when the queue
+    /// is empty). A link that is down updates nothing itself, so without
+    /// this its numbers would stay as they were when it went down; and the
+    /// link's own lag counts from the last time it ran with an empty
+    /// queue, which after an idle hour is an hour ago. Links that never got
+    /// an acknowledgement since start are left as they are (what the peer
+    /// holds is unknown until it says; `acked` is empty).
+    pub fn count_from_log(&mut self, wal: &wal::Wal, now: u64) {
+        let heads = wal.heads();
+        for o in &mut self.outgoing {
+            if o.state != "connected" {
+                o.local_added = heads.get(wal.local_origin());
+                o.inflight_batches = 0;
+                o.unacked_bytes = 0;
+                o.send_rate = 0.0;
+            }
+            if o.acked.is_empty() {
+                continue;
+            }
+            let acked = |origin: wal::Origin| o.acked.get(&format!("{:016x}", origin.0)).copied().unwrap_or(0);
+            let behind: Vec<(wal::Origin, u64)> = heads
+                .0
+                .iter()
+                .filter(|(origin, seq)| **seq > acked(**origin))
+                .map(|(origin, _)| (*origin, acked(*origin) + 1))
+                .collect();
+            o.queue = heads.0.iter().map(|(origin, seq)| seq.saturating_sub(acked(*origin))).sum();
+            // One entry read per origin behind (a pair has two or three).
+            let oldest_ms = behind
+                .iter()
+                .filter_map(|(origin, seq)| wal.entry(*origin, *seq).ok().flatten())
+                .map(|e| e.hlc >> 16)
+                .min();
+            o.lag_secs = match oldest_ms {
+                Some(t) => now.saturating_sub(t) as f64 / 1000.0,
+                None => 0.0,
+            };
+        }
+    }
+}
+
 /// What a front end (LMTP, IMAP) needs to honour `ack = "peer"`.
 #[derive(Clone)]
 pub struct Durability {

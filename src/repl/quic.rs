@@ -67,7 +67,7 @@ impl rustls::client::danger::ServerCertVerifier for PeerCert {
     }
 }
 
-fn endpoint(listen: SocketAddr, data_dir: &Path) -> anyhow::Result<quinn::Endpoint> {
+fn endpoint(listen: SocketAddr, data_dir: &Path, idle: Duration) -> anyhow::Result<quinn::Endpoint> {
     crate::tls::install_provider();
     let (cert, key) = (data_dir.join("mirror/cert.pem"), data_dir.join("mirror/key.pem"));
     crate::tls::ensure_self_signed(&cert, &key, vec!["tandem".into()])?;
@@ -79,8 +79,8 @@ fn endpoint(listen: SocketAddr, data_dir: &Path) -> anyhow::Result<quinn::Endpoi
         .with_single_cert(certs, key)?;
     server.alpn_protocols = vec![ALPN.to_vec()];
     let mut transport = quinn::TransportConfig::default();
-    transport.max_idle_timeout(Some(Duration::from_secs(30).try_into().expect("30 s fits")));
-    transport.keep_alive_interval(Some(Duration::from_secs(5)));
+    transport.max_idle_timeout(Some(idle.try_into().context("mirror.idle_timeout_ms is too large")?));
+    transport.keep_alive_interval(Some((idle / 3).min(Duration::from_secs(5))));
     // Windows sized for a WAN: a link moving ~330 MB/s over a 100 ms round
     // trip has ~33 MB in flight, so the stream window is 64 MiB (at 32 MiB
     // the delayed path ran at 78 % of loopback, at 64 MiB at 84-87 %; the
@@ -159,7 +159,7 @@ pub fn start(
     let secret = cfg
         .secret_bytes()?
         .ok_or_else(|| anyhow::anyhow!("the mirror needs mirror.secret or mirror.secret_file"))?;
-    let ep = endpoint(listen, data_dir)?;
+    let ep = endpoint(listen, data_dir, Duration::from_millis(cfg.idle_timeout_ms))?;
     let local_addr = ep.local_addr()?;
     *mirror.listen.lock().expect("mirror lock") = Some(local_addr.to_string());
     *mirror.role.lock().expect("mirror lock") = format!("{:?}", cfg.mode).to_lowercase();
@@ -1236,7 +1236,7 @@ pub(super) async fn dial_resync(
     } else {
         (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
     };
-    let ep = endpoint(local, data_dir)?;
+    let ep = endpoint(local, data_dir, Duration::from_secs(30))?;
     let conn = tokio::time::timeout(Duration::from_secs(5), ep.connect(peer, "tandem")?)
         .await
         .map_err(|_| anyhow::anyhow!("no answer from the peer {peer} within 5 s"))?
