@@ -227,16 +227,17 @@ fn place(v: &mut TxnViews<'_, '_>, user: &str, mailbox: Id, uid: u32, m: Message
     Ok(())
 }
 
-/// Index a message shown under (mailbox, uid) by its GUID. A GUID shown
-/// under another UID of the mailbox already is logged: placements never
-/// make one (the master places a pending message whose GUID the mailbox
-/// shows under that UID), but two MOVEs of one message written on both
-/// sides of a cut still can.
+/// Index a message shown under (mailbox, uid) by its GUID; the newest
+/// place wins. A GUID still shown under another UID of the mailbox is
+/// logged, unless it is a MOVE within the mailbox (the same node wrote
+/// the append and the expunge of the old UID in one transaction):
+/// placements never make one (the master places a pending message whose
+/// GUID the mailbox shows under that UID), but two MOVEs of one message
+/// written on both sides of a cut still can.
 fn show_guid(v: &mut TxnViews<'_, '_>, mailbox: Id, uid: u32, guid: Id) -> Result<(), ViewError> {
     if let Some(other) = v.uid_of_guid(mailbox, guid)? {
         if other != uid && v.message(mailbox, other)?.is_some_and(|m| m.guid == guid) {
-            tracing::warn!(mailbox = ?mailbox, uid, other, guid = ?guid, "one GUID shown under two UIDs of a mailbox");
-            return Ok(());
+            tracing::debug!(mailbox = ?mailbox, uid, other, guid = ?guid, "one GUID shown under two UIDs of a mailbox");
         }
     }
     v.put(&keys::guid(mailbox, guid), &uid.to_be_bytes());

@@ -96,7 +96,7 @@ mod tests {
         master_node: None,
     };
 
-    fn link(node: &str, connected: bool, role: &'static str) -> Incoming<'_> {
+    fn link(node: &'static str, connected: bool, role: &'static str) -> Incoming<'static> {
         Incoming {
             node,
             connected,
