@@ -97,7 +97,7 @@ pub async fn await_placement(mirror: &Mirror, store: &Store, user: &str, mailbox
 /// One pass of a slave over its own pending messages: those whose master
 /// is out of reach, or that waited past [`decide::PENDING_BOUND_MS`], are
 /// placed here. Returns how many, and the earliest time to look again.
-pub fn sweep(mirror: &Mirror, store: &Store) -> Result<(usize, Option<u64>), StoreError> {
+pub fn sweep(mirror: &Mirror, store: &Store, started_ms: u64) -> Result<(usize, Option<u64>), StoreError> {
     let own = store.wal().local_origin().0;
     let pendings = store.views().pendings().map_err(mutate::MutationError::from)?;
     let mine: Vec<_> = pendings.into_iter().filter(|(_, _, r)| r.since.1 == own).collect();
@@ -109,8 +109,8 @@ pub fn sweep(mirror: &Mirror, store: &Store) -> Result<(usize, Option<u64>), Sto
         // The master's resolver places them.
         return Ok((0, None));
     }
-    let reachable = reachable_master(mirror, store).is_some();
     let now = now_ms();
+    let reachable = decide::counts_as_reachable(reachable_master(mirror, store).is_some(), started_ms, now);
     let mut due = Vec::new();
     let mut next: Option<u64> = None;
     for (mailbox, guid, rec) in mine {
@@ -140,9 +140,10 @@ pub fn sweep(mirror: &Mirror, store: &Store) -> Result<(usize, Option<u64>), Sto
 /// on a short tick (links drop without a commit), until shutdown.
 pub async fn run(store: Store, mirror: std::sync::Arc<Mirror>, mut shutdown: watch::Receiver<bool>) {
     let mut commits = store.commits();
+    let started = now_ms();
     loop {
         let (st, m) = (store.clone(), mirror.clone());
-        match tokio::task::spawn_blocking(move || sweep(&m, &st)).await {
+        match tokio::task::spawn_blocking(move || sweep(&m, &st, started)).await {
             Ok(Ok(_)) => {}
             Ok(Err(e)) => tracing::warn!(error = %e, "placing pending messages failed; retrying"),
             Err(e) => {

@@ -81,6 +81,15 @@ pub fn decide(since_ms: u64, now_ms: u64, master_reachable: bool, bound_ms: u64)
     }
 }
 
+/// Whether a slave treats its master as reachable for its pending
+/// messages: while the links are up, and for [`WAIT_BOUND_MS`] after this
+/// node started (its links take a moment to come up, and the master may
+/// have placed its pending messages while it was down: placing them here
+/// at once would place them twice).
+pub fn counts_as_reachable(link_up: bool, started_ms: u64, now_ms: u64) -> bool {
+    link_up || now_ms < started_ms.saturating_add(WAIT_BOUND_MS)
+}
+
 /// Whether a new message is appended pending: on a slave whose master is
 /// reachable. Everything else assigns its UID locally.
 pub fn append_pending(role: Role<'_>, master_reachable: bool) -> bool {
@@ -147,6 +156,13 @@ mod tests {
         // A clock that stepped back never makes it wait longer than the bound.
         assert_eq!(decide(5_000, 4_000, true, 2_000), Pending::Wait { until_ms: 6_000 });
         assert_eq!(decide(u64::MAX, 0, true, 2_000), Pending::Wait { until_ms: 2_000 });
+    }
+
+    #[test]
+    fn a_node_that_just_started_gives_its_links_time_to_come_up() {
+        assert!(counts_as_reachable(false, 10_000, 11_000));
+        assert!(!counts_as_reachable(false, 10_000, 12_000));
+        assert!(counts_as_reachable(true, 10_000, 50_000));
     }
 
     #[test]
