@@ -84,6 +84,11 @@ fn deliver(node: &Node, tag: &str, range: std::ops::Range<usize>) {
 
 /// INBOX as an IMAP client of `node` sees it: UID -> Message-ID, in UID order.
 fn inbox(node: &Node) -> Vec<(u32, String)> {
+    folder(node, "INBOX")
+}
+
+/// A folder as an IMAP client of `node` sees it: UID -> Message-ID, in UID order.
+fn folder(node: &Node, name: &str) -> Vec<(u32, String)> {
     let out = python(
         node,
         &format!(
@@ -91,7 +96,7 @@ fn inbox(node: &Node) -> Vec<(u32, String)> {
 import re
 from imaptest import *
 c = connect('{USER}')
-n = int(ok(c.select('INBOX'))[0])
+n = int(ok(c.select('{name}'))[0])
 if n:
     typ, data = c.uid('FETCH', '1:*', '(BODY.PEEK[HEADER.FIELDS (MESSAGE-ID)])')
     assert typ == 'OK'
@@ -214,6 +219,56 @@ fn both_nodes_deliver_flat_out_and_nothing_is_renumbered() {
         );
         assert_eq!(uidvalidity(n), uv);
     }
+    // COPY and MOVE on the slave: COPYUID names the UIDs the master gave.
+    let out = python(
+        &b,
+        &format!(
+            r#"
+import re
+from imaptest import *
+c = connect('{USER}')
+ok(c.select('INBOX'))
+typ, data = c.uid('COPY', '1', 'Archive')
+assert typ == 'OK', data
+print('COPY', c.response('COPYUID')[1][0].split()[2].decode())
+typ, data = c.uid('MOVE', '2', 'Archive')
+assert typ == 'OK', data
+print('MOVE', c.response('COPYUID')[1][0].split()[2].decode())
+"#
+        ),
+    );
+    let field = |w: &str| -> u32 {
+        out.lines()
+            .find_map(|l| l.strip_prefix(w))
+            .unwrap_or_else(|| panic!("{out}"))
+            .trim()
+            .parse()
+            .unwrap()
+    };
+    let (copied, moved) = (field("COPY "), field("MOVE "));
+    assert_eq!((copied, moved), (1, 2), "COPYUID does not name the master's next UIDs in Archive");
+    assert!(wait_until(10, || settled(&[&a, &b])));
+    let archive = folder(&a, "Archive");
+    assert_eq!(
+        archive,
+        vec![(1, shown[0].1.clone()), (2, shown[1].1.clone())],
+        "Archive on the master"
+    );
+    assert_eq!(folder(&b, "Archive"), archive, "Archive on the slave");
+    assert!(!inbox(&a).iter().any(|m| m.0 == 2), "the moved message is still in INBOX");
+    for n in [&a, &b] {
+        assert_eq!(resolved(n), 0, "messages were renumbered");
+    }
+    // Every message the slave took (200 deliveries, the APPEND, the COPY and
+    // the MOVE) was appended pending and placed by the master, once.
+    let tail = admin_get(&b, "/v1/log/tail?n=5000");
+    let events: Vec<&str> = tail.as_array().unwrap().iter().map(|e| e["event"].as_str().unwrap()).collect();
+    let pending = events
+        .iter()
+        .filter(|e| e.starts_with("message-appended") && e.contains(" uid=0 "))
+        .count();
+    let placed = events.iter().filter(|e| e.starts_with("message-placed")).count();
+    assert_eq!((pending, placed), (203, 203), "pending appends and placements in the slave's log");
     assert!(a.stop() && b.stop());
 }
 
