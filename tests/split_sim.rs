@@ -695,3 +695,49 @@ fn a_message_placed_by_both_the_slave_and_the_master_ends_under_one_uid() {
         sim.check(1, "placed twice");
     }
 }
+
+/// Both nodes MOVE one message into the same mailbox at the same moment,
+/// the link up: the slave's copy is pending, and the master places it under
+/// the UID its own MOVE gave (the GUID index), so the message ends once,
+/// under one UID, on every node, with nothing renumbered.
+#[test]
+fn concurrent_moves_of_one_message_with_the_link_up_leave_one_copy() {
+    for master_first in [true, false] {
+        let mut sim = pair(&format!("mv-{master_first}@example.org"));
+        sim.link = [[true; NODES]; NODES];
+        let g = deliver(&sim, 0, "INBOX", "to move");
+        sim.heal("delivered");
+        let u = sim.user.clone();
+        let v = sim.nodes[0].store().views();
+        let (inbox, foo) = (
+            v.mailbox_by_name(&u, "INBOX").unwrap().unwrap().id,
+            v.mailbox_by_name(&u, "Foo").unwrap().unwrap().id,
+        );
+        let mv = |sim: &Sim, node: usize| {
+            let (u, pending) = (sim.user.clone(), sim.pending_for(node));
+            sim.nodes[node]
+                .store()
+                .run_blocking(move |t, c| mutate::copy(t, c, &u, inbox, &[1], foo, true, pending).map(|_| ()))
+                .unwrap();
+        };
+        mv(&sim, 0);
+        mv(&sim, 1);
+        if master_first {
+            sim.pull_one(1, 0);
+        } else {
+            sim.pull_one(0, 1);
+            resolve::run_once(sim.nodes[0].store()).unwrap();
+        }
+        sim.record("moved twice");
+        sim.heal("moved twice");
+        for n in 0..2 {
+            assert_eq!(uids(&sim, n, "INBOX"), vec![], "node-{n}");
+            assert_eq!(uids(&sim, n, "Foo"), vec![(1, g)], "node-{n}: one GUID, one UID");
+            assert!(
+                sim.nodes[n].store().views().resolutions().unwrap().is_empty(),
+                "node-{n} renumbered"
+            );
+        }
+        sim.check(1, "moved twice");
+    }
+}
