@@ -128,7 +128,14 @@ pub fn sweep(mirror: &Mirror, store: &Store, started_ms: u64) -> Result<(usize, 
         );
         store.run_blocking(move |t, c| {
             for (user, mailbox, guid) in &due {
-                mutate::place_pending(t, c, user, *mailbox, *guid)?;
+                match mutate::place_pending(t, c, user, *mailbox, *guid) {
+                    Ok(_) => {}
+                    // Refused before anything was written: the others still go.
+                    Err(mutate::MutationError::NotAllowed(why)) => {
+                        tracing::warn!(user, mailbox = ?mailbox, why, "cannot place a pending message");
+                    }
+                    Err(e) => return Err(e),
+                }
             }
             Ok(())
         })?;

@@ -218,8 +218,14 @@ fn target(v: &TxnViews<'_, '_>, user: &str, mailbox: Id) -> Result<Option<Mailbo
 fn place_pendings(txn: &mut Txn<'_>, cfs: Cfs, done: &mut Resolved) -> Result<(), MutationError> {
     let pendings = views(txn, cfs).pendings()?;
     for (mailbox, guid, rec) in pendings {
-        if crate::mutate::place_pending(txn, cfs, &rec.user, mailbox, guid)?.is_some() {
-            done.placed += 1;
+        match crate::mutate::place_pending(txn, cfs, &rec.user, mailbox, guid) {
+            Ok(Some(_)) => done.placed += 1,
+            Ok(None) => {}
+            // Refused before anything was written: the others still go.
+            Err(MutationError::NotAllowed(why)) => {
+                tracing::warn!(user = rec.user, mailbox = ?mailbox, why, "cannot place a pending message");
+            }
+            Err(e) => return Err(e),
         }
     }
     Ok(())
