@@ -228,12 +228,11 @@ fn place(v: &mut TxnViews<'_, '_>, user: &str, mailbox: Id, uid: u32, m: Message
 }
 
 /// Index a message shown under (mailbox, uid) by its GUID; the newest
-/// place wins. A GUID still shown under another UID of the mailbox is
-/// logged, unless it is a MOVE within the mailbox (the same node wrote
-/// the append and the expunge of the old UID in one transaction):
-/// placements never make one (the master places a pending message whose
-/// GUID the mailbox shows under that UID), but two MOVEs of one message
-/// written on both sides of a cut still can.
+/// place wins. A GUID still shown under another UID of the mailbox (a MOVE
+/// within the mailbox appends before it expunges the old UID; two MOVEs of
+/// one message written on both sides of a cut) is logged at debug level.
+/// Placements never make one: a pending message whose GUID the mailbox
+/// shows is placed under that UID.
 fn show_guid(v: &mut TxnViews<'_, '_>, mailbox: Id, uid: u32, guid: Id) -> Result<(), ViewError> {
     if let Some(other) = v.uid_of_guid(mailbox, guid)? {
         if other != uid && v.message(mailbox, other)?.is_some_and(|m| m.guid == guid) {
