@@ -3,6 +3,10 @@
 #   (a) replication lag p50/p99 at 500 msg/s (mirror_lag.py)
 #   (d) catch-up of a stopped peer after 100 changes
 #   RUNS=3 benches/mirror_lag.sh
+# With SLAVE=1, A is configured master and B slave (the master gives the
+# UIDs while the link is up); LAG_ON=b then delivers on B and watches B
+# itself: how long the slave's own deliveries take to become visible there
+# (the master's placement round trip).
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 . "$ROOT/benches/lib.sh"
@@ -10,16 +14,22 @@ RUNS=${RUNS:-3}
 build_tandem
 OUT=$(mktemp -d /tmp/mirror-bench.XXXXXX)
 MA=$(udp_port); MB=$(udp_port)
-A_LMTP=$(tcp_port); B_IMAP=$(tcp_port)
+A_LMTP=$(tcp_port); B_IMAP=$(tcp_port); B_LMTP=$(tcp_port)
 mirror_conf "$OUT/a" bench-a "$MA" "$MB" "$A_LMTP"
-mirror_conf "$OUT/b" bench-b "$MB" "$MA" 0 "$B_IMAP"
+mirror_conf "$OUT/b" bench-b "$MB" "$MA" "$B_LMTP" "$B_IMAP"
+if [ "${SLAVE:-0}" = 1 ]; then
+  echo 'mode = "master"' >> "$OUT/a/tandem.toml"
+  echo 'mode = "slave"' >> "$OUT/b/tandem.toml"
+fi
+LAG_LMTP=$A_LMTP
+[ "${LAG_ON:-a}" = b ] && LAG_LMTP=$B_LMTP
 PA=$(start_node "$OUT/a"); PB=$(start_node "$OUT/b")
 trap 'kill $PA $PB 2>/dev/null || true' EXIT
 wait_up "$OUT/a"; wait_up "$OUT/b"
 echo secret | "$T" --config "$OUT/a/tandem.toml" user add u@example.org --password-stdin >/dev/null
 for _ in $(seq 200); do [ "$(heads "$OUT/a")" = "$(heads "$OUT/b")" ] && break; sleep 0.05; done
 for r in $(seq 1 "$RUNS"); do
-  A_LMTP=$A_LMTP B_IMAP=$B_IMAP python3 "$ROOT/benches/mirror_lag.py"
+  A_LMTP=$LAG_LMTP B_IMAP=$B_IMAP python3 "$ROOT/benches/mirror_lag.py"
 done
 # (d) catch-up after 100 changes on A.
 for r in $(seq 1 "$RUNS"); do

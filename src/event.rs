@@ -258,6 +258,18 @@ pub enum Event {
         uidnext: u32,
         special_use: Option<SpecialUse>,
     },
+    /// The master places a message that was appended **pending** (a
+    /// `MessageAppended` with UID 0, written by a slave while its link to
+    /// the master was up) under `uid` of `mailbox`: one UID authority while
+    /// the link is up, so no two nodes give one UID to two messages. A
+    /// slave whose master did not answer in time places its own pending
+    /// message the same way (`replication.md` section 8b).
+    MessagePlaced {
+        user: String,
+        mailbox: Id,
+        guid: Id,
+        uid: u32,
+    },
 }
 
 /// Why a payload is not an event.
@@ -306,6 +318,7 @@ impl Event {
             | Event::MessagesMoved { user, .. }
             | Event::MailboxRemoved { user, .. }
             | Event::MessageRestored { user, .. }
+            | Event::MessagePlaced { user, .. }
             | Event::MailboxRestored { user, .. } => Some(user),
             Event::ConfigSet { .. } | Event::RoleChanged { .. } => None,
         }
@@ -404,6 +417,9 @@ impl Event {
                 uidnext,
                 ..
             } => format!("mailbox-restored {user} {name:?} id={mailbox:?} uidvalidity={uidvalidity} uidnext={uidnext}"),
+            Event::MessagePlaced { user, mailbox, guid, uid } => {
+                format!("message-placed {user} mailbox={mailbox:?} guid={guid:?} uid={uid}")
+            }
         }
     }
 }

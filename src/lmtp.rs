@@ -408,6 +408,10 @@ impl Tempfailed {
 fn still_stored(views: &impl ViewRead, c: &StoredCopy) -> Result<bool, crate::views::ViewError> {
     for mb in views.mailboxes(&c.user)? {
         if mb.uidvalidity == c.uidvalidity {
+            if c.uid == 0 {
+                // Stored pending: awaiting the master, or placed since.
+                return Ok(views.vget(&crate::views::keys::pending(mb.id, c.guid))?.is_some() || views.placed(mb.id, c.guid)?.is_some());
+            }
             return Ok(views.message(mb.id, c.uid)?.is_some_and(|m| m.guid == c.guid));
         }
     }
@@ -434,7 +438,10 @@ async fn deliver(
     let at = now();
     let body = with_trace_headers(&d, trace, at);
     let size = body.len() as u64;
-    let msg = NewMessage::new(body, Flags::default(), at);
+    let mut msg = NewMessage::new(body, Flags::default(), at);
+    // A slave that reaches its master stores the message pending: durable
+    // now (the 250 may go), shown once the master gives it its UID.
+    msg.pending = durability.append_pending(store);
     // Resolve accounts and folders outside the writer; the transaction
     // re-checks them against the views it sees.
     let targets: Vec<Option<(String, Option<String>)>> = d

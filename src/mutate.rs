@@ -335,6 +335,9 @@ pub struct NewMessage {
     /// Keep the GUID of a message that already exists elsewhere (MOVE,
     /// import); otherwise a fresh one.
     pub guid: Option<Id>,
+    /// Append it pending, for the master to give it its UID (a slave whose
+    /// link to the master is up; `replication.md` section 8b).
+    pub pending: bool,
 }
 
 impl NewMessage {
@@ -347,6 +350,7 @@ impl NewMessage {
             internal_date,
             tz_minutes: 0,
             guid: None,
+            pending: false,
         }
     }
 }
@@ -354,7 +358,9 @@ impl NewMessage {
 /// Where an appended message landed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Placed {
+    pub mailbox: Id,
     pub uidvalidity: u32,
+    /// 0 while the message is pending (awaiting the master's placement).
     pub uid: u32,
     pub guid: Id,
 }
@@ -376,13 +382,14 @@ pub fn append_to(txn: &mut Txn<'_>, cfs: Cfs, user: &str, mailbox: Id, msg: &New
     }
     store_blob(txn, cfs, &msg.blob, &msg.body)?;
     let guid = msg.guid.unwrap_or_else(Id::random);
+    let uid = if msg.pending { 0 } else { mb.uidnext };
     emit(
         txn,
         cfs,
         Event::MessageAppended {
             user: user.into(),
             mailbox,
-            uid: mb.uidnext,
+            uid,
             guid,
             blob: msg.blob,
             size: msg.body.len() as u64,
@@ -392,10 +399,64 @@ pub fn append_to(txn: &mut Txn<'_>, cfs: Cfs, user: &str, mailbox: Id, msg: &New
         },
     )?;
     Ok(Placed {
+        mailbox,
         uidvalidity: mb.uidvalidity,
-        uid: mb.uidnext,
+        uid,
         guid,
     })
+}
+
+/// The UID a pending message of `mailbox` gets here: the UID the mailbox
+/// already shows its GUID under (two MOVEs of one message), else UIDNEXT.
+pub fn placement_uid(v: &impl ViewRead, mb: &MailboxRec, guid: Id) -> R<Option<u32>> {
+    if let Some(uid) = v.uid_of_guid(mb.id, guid)? {
+        if v.message(mb.id, uid)?.is_some_and(|m| m.guid == guid) {
+            return Ok(Some(uid));
+        }
+    }
+    Ok((mb.uidnext < u32::MAX).then_some(mb.uidnext))
+}
+
+/// Place a pending message of `mailbox` here (the master's placement, or
+/// a slave's own when the master did not answer in time). Where it is
+/// placed already, returns that place and writes nothing; `None` when it
+/// is neither pending nor placed (its mailbox went, or its user).
+pub fn place_pending(txn: &mut Txn<'_>, cfs: Cfs, user: &str, mailbox: Id, guid: Id) -> R<Option<Placed>> {
+    let v = views(txn, cfs);
+    let Some(mb) = v.mailbox(user, mailbox)? else {
+        return Ok(None);
+    };
+    if let Some((at, uid)) = v.placed(mailbox, guid)? {
+        let uidvalidity = v.mailbox(user, at)?.map_or(mb.uidvalidity, |m| m.uidvalidity);
+        return Ok(Some(Placed {
+            mailbox: at,
+            uidvalidity,
+            uid,
+            guid,
+        }));
+    }
+    if v.vget(&crate::views::keys::pending(mailbox, guid))?.is_none() {
+        return Ok(None);
+    }
+    let Some(uid) = placement_uid(&v, &mb, guid)? else {
+        return Err(MutationError::NotAllowed("mailbox has used every UID"));
+    };
+    emit(
+        txn,
+        cfs,
+        Event::MessagePlaced {
+            user: user.into(),
+            mailbox,
+            guid,
+            uid,
+        },
+    )?;
+    Ok(Some(Placed {
+        mailbox,
+        uidvalidity: mb.uidvalidity,
+        uid,
+        guid,
+    }))
 }
 
 /// Append a message to a mailbox by name.
@@ -463,10 +524,17 @@ pub fn expunge(txn: &mut Txn<'_>, cfs: Cfs, user: &str, mailbox: Id, uids: &[u32
     Ok(gone.into_iter().map(|(u, _)| u).collect())
 }
 
+/// A COPY or MOVE's result: the target's UIDVALIDITY and per message
+/// (source uid, new uid, GUID of the copy); new uids are 0 when the copies
+/// were appended pending.
+pub type Copied = (u32, Vec<(u32, u32, Id)>);
+
 /// Copy messages to another mailbox (new GUIDs, same blobs and flags).
 /// With `remove`, it is a MOVE: the copies keep their GUIDs and the sources
-/// are expunged in the same transaction. Returns (source uid, new uid) pairs.
-pub fn copy(txn: &mut Txn<'_>, cfs: Cfs, user: &str, from: Id, uids: &[u32], to: Id, remove: bool) -> R<(u32, Vec<(u32, u32)>)> {
+/// are expunged in the same transaction. With `pending`, the copies await
+/// the master's placement (UID 0).
+#[allow(clippy::too_many_arguments)]
+pub fn copy(txn: &mut Txn<'_>, cfs: Cfs, user: &str, from: Id, uids: &[u32], to: Id, remove: bool, pending: bool) -> R<Copied> {
     let Some(dst) = views(txn, cfs).mailbox(user, to)? else {
         return Err(MutationError::NoSuchMailbox(to.to_hex()));
     };
@@ -478,14 +546,16 @@ pub fn copy(txn: &mut Txn<'_>, cfs: Cfs, user: &str, from: Id, uids: &[u32], to:
         if mb.uidnext == u32::MAX {
             return Err(MutationError::NotAllowed("mailbox has used every UID"));
         }
+        let new_uid = if pending { 0 } else { mb.uidnext };
+        let guid = if remove { m.guid } else { Id::random() };
         emit(
             txn,
             cfs,
             Event::MessageAppended {
                 user: user.into(),
                 mailbox: to,
-                uid: mb.uidnext,
-                guid: if remove { m.guid } else { Id::random() },
+                uid: new_uid,
+                guid,
                 blob: m.blob,
                 size: m.size,
                 internal_date: m.internal_date,
@@ -493,7 +563,7 @@ pub fn copy(txn: &mut Txn<'_>, cfs: Cfs, user: &str, from: Id, uids: &[u32], to:
                 flags: m.flags.clone(),
             },
         )?;
-        pairs.push((*uid, mb.uidnext));
+        pairs.push((*uid, new_uid, guid));
         sources.push((*uid, m.guid));
     }
     if remove && !sources.is_empty() {

@@ -302,6 +302,11 @@ pub async fn start(cfg: &Config) -> anyhow::Result<Running> {
         cfg.mirror.clone(),
         shutdown_rx.clone(),
     )));
+    tasks.push(tokio::spawn(crate::repl::authority::run(
+        store.clone(),
+        mirror.clone(),
+        shutdown_rx.clone(),
+    )));
     let backups = Arc::new(crate::backup::Backups::default());
     if let Some(dir) = &cfg.backup.to {
         tasks.push(tokio::spawn(crate::backup::run_continuous(

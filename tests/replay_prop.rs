@@ -29,6 +29,11 @@ enum Op {
     RestoreMessage(u8, u8, u8, u8, u8),
     /// A resync's repair: a mailbox restored with a higher UIDNEXT.
     RestoreMailbox(u8, u8, u8),
+    /// An append written pending (a slave whose master is reachable).
+    AppendPending(u8, u8, u8, u8),
+    /// Every pending message of a user placed (by the master, or by the
+    /// slave itself once it stopped waiting).
+    Place(u8),
 }
 
 const FOLDERS: [&str; 6] = ["INBOX", "Work", "Work/Old", "Lists", "Trash", "inbox/sub"];
@@ -51,6 +56,8 @@ fn op() -> impl Strategy<Value = Op> {
         1 => (0u8..3, 0u8..3).prop_map(|(k, v)| Op::Config(k, v)),
         2 => (0u8..3, 0u8..6, any::<u8>(), 0u8..6, 1u8..8).prop_map(|(u, a, i, b, uid)| Op::RestoreMessage(u, a, i, b, uid)),
         1 => (0u8..3, 0u8..6, 0u8..4).prop_map(|(u, m, k)| Op::RestoreMailbox(u, m, k)),
+        3 => (0u8..3, 0u8..6, 0u8..8, any::<u8>()).prop_map(|(u, m, b, f)| Op::AppendPending(u, m, b, f)),
+        2 => (0u8..3).prop_map(Op::Place),
     ]
 }
 
@@ -87,13 +94,29 @@ fn run(store: &Store, op: &Op) {
         }
         Op::DeleteMailbox(u, m) => store.run_blocking(move |t, c| mutate::delete_mailbox(t, c, &user(u), FOLDERS[m as usize])),
         Op::Subscribe(u, m, s) => store.run_blocking(move |t, c| mutate::subscribe(t, c, &user(u), FOLDERS[m as usize], s)),
-        Op::Append(u, m, b, f) => {
-            let msg = NewMessage::new(
+        Op::Append(u, m, b, f) | Op::AppendPending(u, m, b, f) => {
+            let mut msg = NewMessage::new(
                 format!("Subject: {b}\r\n\r\nbody {b}\r\n").into_bytes(),
                 flags(f),
                 1_700_000_000 + b as i64,
             );
+            msg.pending = matches!(op, Op::AppendPending(..));
             store.run_blocking(move |t, c| mutate::append(t, c, &user(u), FOLDERS[m as usize], &msg).map(|_| ()))
+        }
+        Op::Place(u) => {
+            let mine: Vec<_> = store
+                .views()
+                .pendings()
+                .unwrap()
+                .into_iter()
+                .filter(|p| p.2.user == user(u))
+                .collect();
+            store.run_blocking(move |t, c| {
+                for (mb, guid, rec) in &mine {
+                    mutate::place_pending(t, c, &rec.user, *mb, *guid)?;
+                }
+                Ok(())
+            })
         }
         Op::Copy(u, a, b, i) | Op::Move(u, a, b, i) => {
             let remove = matches!(op, Op::Move(..));
@@ -107,7 +130,7 @@ fn run(store: &Store, op: &Op) {
             else {
                 return;
             };
-            store.run_blocking(move |t, c| mutate::copy(t, c, &user(u), from, &[uid], to, remove).map(|_| ()))
+            store.run_blocking(move |t, c| mutate::copy(t, c, &user(u), from, &[uid], to, remove, false).map(|_| ()))
         }
         Op::Flag(u, m, i, o, f) => {
             let Some((mb, uid)) = pick_uid(store, &user(u), FOLDERS[m as usize], i) else {
@@ -193,6 +216,15 @@ fn check_invariants(store: &Store) {
             for (uid, m) in &msgs {
                 let uid = *uid;
                 assert!(uid < mb.uidnext, "uid {uid} >= uidnext {} in {}", mb.uidnext, mb.name);
+                // The GUID index names the UID of a GUID shown once.
+                if msgs.iter().filter(|x| x.1.guid == m.guid).count() == 1 {
+                    assert_eq!(
+                        v.uid_of_guid(mb.id, m.guid).unwrap(),
+                        Some(uid),
+                        "GUID index of {} uid {uid}",
+                        mb.name
+                    );
+                }
                 assert!(m.modseq <= mb.highestmodseq);
                 *refs.entry(m.blob.0).or_default() += 1;
                 assert!(store.blob(&m.blob).unwrap().is_some(), "blob of {} uid {uid} missing", mb.name);
@@ -223,6 +255,17 @@ fn check_invariants(store: &Store) {
                 }
             }
         }
+    }
+    // Every pending message is kept aside under UID 0.
+    for (mb, guid, _) in v.pendings().unwrap() {
+        assert!(
+            v.vget(&tandem::views::keys::conflict(mb, 0, guid)).unwrap().is_some(),
+            "pending without its message"
+        );
+    }
+    // Kept-aside messages (pending ones here) hold their bodies too.
+    for (_, _, _, m) in v.all_conflicts().unwrap() {
+        *refs.entry(m.blob.0).or_default() += 1;
     }
     for (blob, n) in refs {
         assert_eq!(v.refcount(&tandem::event::BlobHash(blob)).unwrap(), n, "refcount");

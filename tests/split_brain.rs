@@ -259,9 +259,10 @@ fn three_nodes_heal_after_a_split_the_master_missed() {
 }
 
 /// No cut at all: both nodes take deliveries for one mailbox at once, as
-/// behind two MX records. UIDs are still assigned locally, so they collide
-/// within the replication lag; the master renumbers, and nothing may stay
-/// hidden or be shown twice.
+/// behind two MX records. Once the slave's links are up the master gives
+/// every UID (`tests/mirror_concurrent.rs` checks that nothing is
+/// renumbered); deliveries before that are assigned locally and renumbered.
+/// Either way nothing may stay hidden or be shown twice.
 #[test]
 fn concurrent_deliveries_with_the_link_up_all_end_visible_once() {
     let dir = tempfile::tempdir().unwrap();

@@ -7,6 +7,10 @@
 //! views, nothing kept aside, every message that was not expunged, one copy
 //! of every message appended once, and no node may ever have shown one UID
 //! for two messages.
+//!
+//! A slave whose links to the master are up appends pending, as the daemon
+//! does, and the master places those messages; a slave that stops waiting
+//! (its link dropped, or the bound passed) places its own.
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -168,6 +172,34 @@ impl Sim {
         }
     }
 
+    /// Whether node `i` appends pending now: a slave that reaches the master.
+    fn pending_for(&self, i: usize) -> bool {
+        i != self.master && Some(i) != self.second_master && self.link[i][self.master] && self.link[self.master][i]
+    }
+
+    /// Node `i` places its own pending messages (the master did not answer).
+    fn place_own(&mut self, i: usize) -> usize {
+        let store = self.nodes[i].store().clone();
+        let own = store.wal().local_origin().0;
+        let mine: Vec<_> = store
+            .views()
+            .pendings()
+            .unwrap()
+            .into_iter()
+            .filter(|p| p.2.since.1 == own)
+            .collect();
+        let n = mine.len();
+        store
+            .run_blocking(move |t, c| {
+                for (mb, guid, rec) in &mine {
+                    mutate::place_pending(t, c, &rec.user, *mb, *guid)?;
+                }
+                Ok(())
+            })
+            .unwrap();
+        n
+    }
+
     /// One exchange over every link that is up; the master resolves after
     /// applying, as the daemon's resolver does after each commit.
     fn exchange(&mut self) -> usize {
@@ -181,6 +213,11 @@ impl Sim {
             }
         }
         moved
+    }
+
+    /// Node `i` applies what `j` holds, with no resolver pass.
+    fn pull_one(&mut self, i: usize, j: usize) -> usize {
+        pull(&mut self.nodes, i, j)
     }
 
     fn record(&mut self, ctx: &str) {
@@ -199,14 +236,15 @@ impl Sim {
         let pick = |rng: &mut StdRng| boxes[rng.gen_range(0..boxes.len())].clone();
         let op = self.rng.gen_range(0..100);
         let name = NAMES[self.rng.gen_range(0..NAMES.len())].to_string();
+        let pending = self.pending_for(i);
         let r = match op {
             0..=39 => {
                 self.body_no += 1;
                 let body = format!("Subject: m{}\r\n\r\nbody {}\r\n", self.body_no, self.body_no).into_bytes();
                 let target = if self.rng.gen_bool(0.6) { "INBOX".to_string() } else { name };
-                store.run_blocking(move |t, c| {
-                    mutate::append(t, c, &user, &target, &NewMessage::new(body, Flags::default(), 1_700_000_000)).map(|_| ())
-                })
+                let mut msg = NewMessage::new(body, Flags::default(), 1_700_000_000);
+                msg.pending = pending;
+                store.run_blocking(move |t, c| mutate::append(t, c, &user, &target, &msg).map(|_| ()))
             }
             40..=54 => {
                 let mb = pick(&mut self.rng);
@@ -236,7 +274,7 @@ impl Sim {
                 }
                 let uids: Vec<u32> = msgs.iter().filter(|_| self.rng.gen_bool(0.4)).map(|m| m.0).collect();
                 let remove = self.rng.gen_bool(0.5);
-                store.run_blocking(move |t, c| mutate::copy(t, c, &user, from.id, &uids, to.id, remove).map(|_| ()))
+                store.run_blocking(move |t, c| mutate::copy(t, c, &user, from.id, &uids, to.id, remove, pending).map(|_| ()))
             }
             77..=86 => store.run_blocking(move |t, c| mutate::create_mailbox(t, c, &user, &name, None, 1_700_000_000).map(|_| ())),
             87..=93 => {
@@ -269,7 +307,16 @@ impl Sim {
                 self.nodes[i].restart();
                 self.resolve_if_master(i);
             }
-            11..=34 => {
+            11..=14 => {
+                // A slave stops waiting for the master: its link dropped
+                // (a cut), or the bound passed while the master's
+                // placement was on its way.
+                let i = self.rng.gen_range(0..NODES);
+                if i != self.master {
+                    self.place_own(i);
+                }
+            }
+            15..=34 => {
                 self.exchange();
             }
             _ => {
@@ -294,6 +341,14 @@ impl Sim {
                 for n in &self.nodes {
                     let r = resolve::report(&n.store().views()).unwrap();
                     eprintln!("{} pending {:?} names {:?}", n.id, r.pending, r.name_conflicts);
+                    if std::env::var("SPLIT_SIM_DUMP").is_ok() {
+                        for (o, e) in n.store().wal().read_order(1, 100_000).unwrap() {
+                            let ev = Event::decode(&e.payload).unwrap();
+                            if ev.user() == Some(self.user.as_str()) {
+                                eprintln!("  {o} {:016x}:{} hlc={} {}", e.origin.0, e.seq, e.hlc, ev.describe());
+                            }
+                        }
+                    }
                 }
                 panic!("{ctx}: no quiescence after 50 exchanges (moved {moved})");
             }
@@ -346,7 +401,12 @@ impl Sim {
         }
         for n in &self.nodes {
             let v = n.store().views();
-            for prefix in [keys::conflicts_prefix(), keys::collisions_prefix(), keys::losers_prefix()] {
+            for prefix in [
+                keys::conflicts_prefix(),
+                keys::collisions_prefix(),
+                keys::losers_prefix(),
+                keys::pendings_prefix(),
+            ] {
                 let left = v.vscan(&prefix).unwrap();
                 assert!(
                     left.is_empty(),
@@ -543,4 +603,141 @@ fn a_flag_change_written_before_the_move_follows_the_message() {
         assert_eq!(seen.2, vec!["\\Seen".to_string()], "node-{n}: the slave's flag was lost");
     }
     sim.check(1, "heal");
+}
+
+/// Every message of a folder on a node: (uid, guid).
+fn uids(sim: &Sim, node: usize, name: &str) -> Vec<(u32, Id)> {
+    folder(sim, node, name).unwrap().into_iter().map(|m| (m.0, m.1)).collect()
+}
+
+fn deliver_pending(sim: &Sim, node: usize, folder: &str, subject: &str) -> Id {
+    let (u, f) = (sim.user.clone(), folder.to_string());
+    let mut msg = NewMessage::new(format!("Subject: {subject}\r\n\r\nx\r\n").into_bytes(), Flags::default(), 1);
+    msg.pending = sim.pending_for(node);
+    sim.nodes[node]
+        .store()
+        .run_blocking(move |t, c| mutate::append(t, c, &u, &f, &msg).map(|p| p.guid))
+        .unwrap()
+}
+
+/// With the link up, both nodes deliver into one mailbox between
+/// exchanges: the slave's messages are pending until the master places
+/// them, so no UID is given twice, nothing is renumbered, and every node
+/// shows the same strictly ascending UIDs.
+#[test]
+fn with_the_link_up_the_master_gives_every_uid_and_nothing_is_renumbered() {
+    let mut sim = pair("up@example.org");
+    sim.link = [[true; NODES]; NODES];
+    let mut want = Vec::new();
+    for round in 0..20 {
+        for k in 0..3 {
+            want.push(deliver_pending(&sim, 0, "INBOX", &format!("m{round}-{k}")));
+            want.push(deliver_pending(&sim, 1, "INBOX", &format!("s{round}-{k}")));
+        }
+        // The slave's own messages stay invisible until placed.
+        let v = sim.nodes[1].store().views();
+        assert!(!v.pendings().unwrap().is_empty(), "the slave appended nothing pending");
+        sim.exchange();
+        sim.record("link up");
+    }
+    sim.heal("link up");
+    want.sort();
+    let first = uids(&sim, 0, "INBOX");
+    assert!(first.windows(2).all(|w| w[0].0 < w[1].0));
+    assert_eq!(first.first().map(|m| m.0), Some(1));
+    assert_eq!(
+        first.last().map(|m| m.0),
+        Some(want.len() as u32),
+        "UIDs have gaps: something was renumbered"
+    );
+    let mut got: Vec<Id> = first.iter().map(|m| m.1).collect();
+    got.sort();
+    assert_eq!(got, want);
+    assert_eq!(uids(&sim, 1, "INBOX"), first, "the nodes show different UIDs");
+    for n in 0..2 {
+        let v = sim.nodes[n].store().views();
+        assert!(
+            v.resolutions().unwrap().is_empty(),
+            "node-{n} renumbered: {:?}",
+            v.resolutions().unwrap()
+        );
+    }
+    sim.check(1, "link up");
+}
+
+/// A slave that placed its pending message itself (the link dropped right
+/// after the append) and a master that placed it too, whatever order the
+/// placements arrive in: one UID on every node, the earlier placement's.
+#[test]
+fn a_message_placed_by_both_the_slave_and_the_master_ends_under_one_uid() {
+    for slave_first in [true, false] {
+        let mut sim = pair(&format!("twice-{slave_first}@example.org"));
+        sim.link = [[true; NODES]; NODES];
+        let g = deliver_pending(&sim, 1, "INBOX", "pending");
+        assert!(uids(&sim, 1, "INBOX").is_empty(), "a pending message is shown");
+        let (placer_a, placer_b) = if slave_first { (1, 0) } else { (0, 1) };
+        // Both place it before hearing from each other.
+        sim.pull_one(0, 1);
+        if placer_a == 1 {
+            sim.place_own(1);
+            resolve::run_once(sim.nodes[0].store()).unwrap();
+        } else {
+            resolve::run_once(sim.nodes[0].store()).unwrap();
+            sim.place_own(1);
+        }
+        let _ = placer_b;
+        sim.record("placed twice");
+        sim.heal("placed twice");
+        let a = uids(&sim, 0, "INBOX");
+        assert_eq!(a.len(), 1, "one GUID under two UIDs: {a:?}");
+        assert_eq!(a[0].1, g);
+        assert_eq!(uids(&sim, 1, "INBOX"), a);
+        sim.check(1, "placed twice");
+    }
+}
+
+/// Both nodes MOVE one message into the same mailbox at the same moment,
+/// the link up: the slave's copy is pending, and the master places it under
+/// the UID its own MOVE gave (the GUID index), so the message ends once,
+/// under one UID, on every node, with nothing renumbered.
+#[test]
+fn concurrent_moves_of_one_message_with_the_link_up_leave_one_copy() {
+    for master_first in [true, false] {
+        let mut sim = pair(&format!("mv-{master_first}@example.org"));
+        sim.link = [[true; NODES]; NODES];
+        let g = deliver(&sim, 0, "INBOX", "to move");
+        sim.heal("delivered");
+        let u = sim.user.clone();
+        let v = sim.nodes[0].store().views();
+        let (inbox, foo) = (
+            v.mailbox_by_name(&u, "INBOX").unwrap().unwrap().id,
+            v.mailbox_by_name(&u, "Foo").unwrap().unwrap().id,
+        );
+        let mv = |sim: &Sim, node: usize| {
+            let (u, pending) = (sim.user.clone(), sim.pending_for(node));
+            sim.nodes[node]
+                .store()
+                .run_blocking(move |t, c| mutate::copy(t, c, &u, inbox, &[1], foo, true, pending).map(|_| ()))
+                .unwrap();
+        };
+        mv(&sim, 0);
+        mv(&sim, 1);
+        if master_first {
+            sim.pull_one(1, 0);
+        } else {
+            sim.pull_one(0, 1);
+            resolve::run_once(sim.nodes[0].store()).unwrap();
+        }
+        sim.record("moved twice");
+        sim.heal("moved twice");
+        for n in 0..2 {
+            assert_eq!(uids(&sim, n, "INBOX"), vec![], "node-{n}");
+            assert_eq!(uids(&sim, n, "Foo"), vec![(1, g)], "node-{n}: one GUID, one UID");
+            assert!(
+                sim.nodes[n].store().views().resolutions().unwrap().is_empty(),
+                "node-{n} renumbered"
+            );
+        }
+        sim.check(1, "moved twice");
+    }
 }

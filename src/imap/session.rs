@@ -669,9 +669,24 @@ impl Session {
                 };
                 let mut msg = NewMessage::new(message.data().to_vec(), to_flags(&flags), secs);
                 msg.tz_minutes = tz;
+                msg.pending = self.shared.durability.append_pending(&self.shared.store);
                 let u = user.clone();
                 let n2 = name.clone();
-                match self.shared.store.run(move |t, c| mutate::append(t, c, &u, &n2, &msg)).await {
+                let placed = match self.shared.store.run(move |t, c| mutate::append(t, c, &u, &n2, &msg)).await {
+                    // Pending: APPENDUID names the UID the master gives it.
+                    Ok(p) if p.uid == 0 => match self
+                        .shared
+                        .durability
+                        .await_placement(&self.shared.store, &user, p.mailbox, p.guid)
+                        .await
+                    {
+                        Ok(Some(p)) => Ok(p),
+                        Ok(None) => Err(StoreError::Mutation(MutationError::NoSuchMailbox(name.clone()))),
+                        Err(e) => Err(e),
+                    },
+                    r => r,
+                };
+                match placed {
                     Ok(p) => {
                         bump(&self.shared.counters.appends);
                         if self.shared.durability.settle(&self.shared.store).await.is_err() {
@@ -1271,12 +1286,32 @@ impl Session {
         let uids: Vec<u32> = targets.iter().map(|(_, u)| *u).collect();
         let us = user.to_string();
         let cmd = if remove { "MOVE" } else { "COPY" };
-        match self
+        let pending = self.shared.durability.append_pending(&self.shared.store);
+        let copied = match self
             .shared
             .store
-            .run(move |t, c| mutate::copy(t, c, &us, from, &uids, to, remove))
+            .run(move |t, c| mutate::copy(t, c, &us, from, &uids, to, remove, pending))
             .await
         {
+            // Pending copies: COPYUID names the UIDs the master gives them.
+            Ok((validity, pairs)) if pending => {
+                let mut placed = Vec::with_capacity(pairs.len());
+                let mut failed = None;
+                for (src, _, guid) in pairs {
+                    match self.shared.durability.await_placement(&self.shared.store, user, to, guid).await {
+                        Ok(Some(p)) => placed.push((src, p.uid, guid)),
+                        Ok(None) => {}
+                        Err(e) => failed = Some(e),
+                    }
+                }
+                match failed {
+                    Some(e) => Err(e),
+                    None => Ok((validity, placed)),
+                }
+            }
+            r => r,
+        };
+        match copied {
             Ok((validity, pairs)) => {
                 let code = if pairs.is_empty() {
                     String::new()
@@ -1395,7 +1430,7 @@ impl Session {
                     let v = crate::views::TxnViews { txn: t, cf: c.views };
                     let inbox = v.mailbox_id(&u, "INBOX")?.ok_or(MutationError::NoSuchMailbox("INBOX".into()))?;
                     let uids: Vec<u32> = v.messages(inbox)?.into_iter().map(|(uid, _)| uid).collect();
-                    mutate::copy(t, c, &u, inbox, &uids, dst.id, true)?;
+                    mutate::copy(t, c, &u, inbox, &uids, dst.id, true, false)?;
                     Ok(())
                 })
                 .await

@@ -34,7 +34,7 @@ mod build;
 mod update;
 
 pub use build::{build, ensure, node_root, read_node, report, DigestReport, MailboxDigest, UserDigest, FORMAT};
-pub use update::update;
+pub use update::{refresh_place, update};
 
 use crate::event::{Id, SpecialUse};
 use crate::views::{MailboxRec, MessageRec, ViewError};

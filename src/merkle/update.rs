@@ -171,6 +171,13 @@ fn forwarded(v: &TxnViews<'_, '_>, mailbox: Id, messages: &[(u32, Id)]) -> Resul
     Ok(false)
 }
 
+/// Sum up again one message place (mailbox, uid) and its mailbox: where a
+/// second placement of a pending message took it from.
+pub fn refresh_place(v: &mut TxnViews<'_, '_>, user: &str, mailbox: Id, uid: u32) -> Result<(), ViewError> {
+    refresh_messages(v, mailbox, [uid])?;
+    refresh_mailbox(v, user, mailbox)
+}
+
 /// Sum up again what `event` touched. Called by `views::apply` after the
 /// event changed the views, in the same transaction.
 pub fn update(v: &mut TxnViews<'_, '_>, event: &Event) -> Result<(), ViewError> {
@@ -212,7 +219,9 @@ pub fn update(v: &mut TxnViews<'_, '_>, event: &Event) -> Result<(), ViewError> 
             let held = v.vget(&crate::views::keys::subscription(user, name))?.is_some();
             change_user(v, user, &[(subscription_key(name), held.then(|| (subscription_hash(name), 0)))])?;
         }
-        Event::MessageAppended { user, mailbox, uid, .. } | Event::MessageRestored { user, mailbox, uid, .. } => {
+        Event::MessageAppended { user, mailbox, uid, .. }
+        | Event::MessageRestored { user, mailbox, uid, .. }
+        | Event::MessagePlaced { user, mailbox, uid, .. } => {
             refresh_messages(v, *mailbox, [*uid])?;
             refresh_mailbox(v, user, *mailbox)?;
         }

@@ -173,6 +173,7 @@ pub fn apply_batch(
             | Event::Subscribed { .. }
             | Event::ConfigSet { .. }
             | Event::MessagesMoved { .. }
+            | Event::MessagePlaced { .. }
             | Event::RoleChanged { .. }
             | Event::MailboxRestored { .. } => n.other += 1,
         }
@@ -248,7 +249,7 @@ mod tests {
         a.run_blocking(|t, c| {
             let inbox = crate::views::ViewRead::mailbox_id(&TxnViews { txn: t, cf: c.views }, "u@x", "INBOX")?.unwrap();
             let kept = mutate::create_mailbox(t, c, "u@x", "Kept", None, 1)?.id;
-            mutate::copy(t, c, "u@x", inbox, &[1], kept, false)?;
+            mutate::copy(t, c, "u@x", inbox, &[1], kept, false, false)?;
             Ok(())
         })
         .unwrap();

@@ -8,6 +8,8 @@
 //! messages delivered into it), for every origin: a three-way mirror relays.
 //! Batches are pipelined under a window, never stop-and-wait.
 
+pub mod authority;
+
 use std::collections::{BTreeMap, VecDeque};
 
 /// An entry as the engine sees it: its place in the sender's apply order,

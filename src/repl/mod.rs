@@ -7,6 +7,7 @@
 //! - [`error`]: why a link ended, as a type.
 //! - [`quic`]: the quinn driver: authentication, links, reconnects.
 //! - [`resolve`]: the master's resolution of split-brain conflicts.
+//! - [`authority`]: the master as UID authority while the link is up.
 //! - [`resync`]: merkle comparison with a peer, and repair by events.
 //!
 //! Each node dials each configured peer and pushes what that peer lacks;
@@ -15,6 +16,7 @@
 //! origin (three-way mirrors relay).
 
 pub mod apply;
+pub mod authority;
 pub mod engine;
 pub mod error;
 pub mod frame;
@@ -253,6 +255,22 @@ pub struct Durability {
 }
 
 impl Durability {
+    /// Whether a new message is appended pending (see [`authority`]).
+    pub fn append_pending(&self, store: &crate::store::Store) -> bool {
+        authority::append_pending(&self.mirror, store)
+    }
+
+    /// See [`authority::await_placement`].
+    pub async fn await_placement(
+        &self,
+        store: &crate::store::Store,
+        user: &str,
+        mailbox: crate::event::Id,
+        guid: crate::event::Id,
+    ) -> Result<Option<crate::mutate::Placed>, crate::store::StoreError> {
+        authority::await_placement(&self.mirror, store, user, mailbox, guid).await
+    }
+
     /// See [`Mirror::settle`].
     pub async fn settle(&self, store: &crate::store::Store) -> Result<(), ()> {
         self.mirror.settle(&self.cfg, store).await

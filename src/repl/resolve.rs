@@ -47,6 +47,9 @@ pub fn is_master(store: &Store, cfg: &MirrorConfig) -> bool {
 /// What one pass emitted.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Resolved {
+    /// Pending messages given their UID (not a conflict: the master as UID
+    /// authority, `replication.md` section 8b).
+    pub placed: u64,
     /// UID collisions settled (one per mailbox and UID).
     pub collisions: u64,
     /// Messages given a new UID (or mailbox).
@@ -67,6 +70,7 @@ const MAX_MERGE_CHAIN: usize = 64;
 /// Emit the resolution of every pending conflict in this transaction.
 pub fn resolve(txn: &mut Txn<'_>, cfs: Cfs) -> Result<Resolved, MutationError> {
     let mut done = Resolved::default();
+    place_pendings(txn, cfs, &mut done)?;
     merge_losers(txn, cfs, &mut done)?;
     renumber(txn, cfs, &mut done)?;
     Ok(done)
@@ -207,6 +211,26 @@ fn target(v: &TxnViews<'_, '_>, user: &str, mailbox: Id) -> Result<Option<Mailbo
     Ok(v.mailbox_by_name(user, "INBOX")?)
 }
 
+/// Every pending message of a live mailbox gets its UID: one
+/// `MessagePlaced` each, at UIDNEXT (or where the mailbox shows its GUID
+/// already). Pending messages of a deleted mailbox are kept aside with a
+/// mark and go with the renumbering below.
+fn place_pendings(txn: &mut Txn<'_>, cfs: Cfs, done: &mut Resolved) -> Result<(), MutationError> {
+    let pendings = views(txn, cfs).pendings()?;
+    for (mailbox, guid, rec) in pendings {
+        match crate::mutate::place_pending(txn, cfs, &rec.user, mailbox, guid) {
+            Ok(Some(_)) => done.placed += 1,
+            Ok(None) => {}
+            // Refused before anything was written: the others still go.
+            Err(MutationError::NotAllowed(why)) => {
+                tracing::warn!(user = rec.user, mailbox = ?mailbox, why, "cannot place a pending message");
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
 /// Every marked UID: all its messages to fresh UIDs.
 fn renumber(txn: &mut Txn<'_>, cfs: Cfs, done: &mut Resolved) -> Result<(), MutationError> {
     let mut by_mailbox: BTreeMap<(String, Id), Vec<u32>> = BTreeMap::new();
@@ -262,7 +286,9 @@ fn renumber(txn: &mut Txn<'_>, cfs: Cfs, done: &mut Resolved) -> Result<(), Muta
 
 /// Whether anything waits for the master (cheap: two prefix seeks).
 pub fn pending(v: &impl ViewRead) -> Result<bool, crate::views::ViewError> {
-    Ok(!v.vscan(&crate::views::keys::collisions_prefix())?.is_empty() || !v.vscan(&crate::views::keys::losers_prefix())?.is_empty())
+    Ok(!v.vscan(&crate::views::keys::collisions_prefix())?.is_empty()
+        || !v.vscan(&crate::views::keys::losers_prefix())?.is_empty()
+        || !v.vscan(&crate::views::keys::pendings_prefix())?.is_empty())
 }
 
 /// One pass through the writer, if anything is pending.
@@ -284,8 +310,11 @@ pub async fn run(store: Store, cfg: MirrorConfig, mut shutdown: watch::Receiver<
             match tokio::task::spawn_blocking(move || run_once(&st)).await {
                 Ok(Ok(r)) => {
                     backoff = Duration::from_millis(100);
-                    if !r.is_empty() {
+                    if r.collisions + r.moved + r.merged > 0 {
                         tracing::info!(collisions = r.collisions, moved = r.moved, merged = r.merged, "conflicts resolved");
+                    }
+                    if r.placed > 0 {
+                        tracing::debug!(placed = r.placed, "pending messages placed");
                     }
                 }
                 Ok(Err(e)) => {
@@ -313,8 +342,12 @@ pub async fn run(store: Store, cfg: MirrorConfig, mut shutdown: watch::Receiver<
 /// Conflict counts for `tandem status`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Counts {
-    /// Messages kept aside (not shown under their UID).
+    /// Messages kept aside (not shown under their UID), pending ones
+    /// included.
     pub kept_aside: u64,
+    /// Messages appended pending that await the master's placement.
+    #[serde(default)]
+    pub awaiting_master: u64,
     /// UIDs given to two messages, waiting for the master.
     pub uid_collisions: u64,
     /// Mailboxes hidden by a name conflict, waiting for the master.
@@ -328,6 +361,7 @@ pub fn counts(v: &impl ViewRead) -> Result<Counts, crate::views::ViewError> {
     use crate::views::keys;
     Ok(Counts {
         kept_aside: v.vscan(&keys::conflicts_prefix())?.len() as u64,
+        awaiting_master: v.vscan(&keys::pendings_prefix())?.len() as u64,
         uid_collisions: v.vscan(&keys::collisions_prefix())?.len() as u64,
         name_conflicts: v.vscan(&keys::losers_prefix())?.len() as u64,
         resolved: v.vscan(&keys::resolutions_prefix())?.len() as u64,

@@ -4,7 +4,7 @@
 //! replay. It never reads the clock or a random source.
 
 use super::read::{TxnViews, ViewError, ViewRead};
-use super::{enc, keys, CollisionRec, MailboxRec, MessageRec, ResolutionRec, UserRec};
+use super::{enc, keys, CollisionRec, MailboxRec, MessageRec, PendingRec, ResolutionRec, UserRec};
 use crate::event::{BlobHash, Event, Id};
 use wal::Appended;
 
@@ -38,6 +38,9 @@ fn remove_message(v: &mut TxnViews<'_, '_>, mailbox: Id, uid: u32, m: &MessageRe
     bump_refcount(v, &m.blob, -1)?;
     bump_content(v, mailbox, &m.blob, -1)?;
     v.delete(&keys::message(mailbox, uid));
+    if v.uid_of_guid(mailbox, m.guid)? == Some(uid) {
+        v.delete(&keys::guid(mailbox, m.guid));
+    }
     v.delete(&keys::change(mailbox, m.modseq, uid));
     if let Some(modseq) = modseq {
         v.put(&keys::change(mailbox, modseq, uid), &[1]);
@@ -91,6 +94,9 @@ fn drop_mailbox(v: &mut TxnViews<'_, '_>, user: &str, mb: &MailboxRec, at: &Appe
         for (k, _) in v.vscan(&collisions_in(mb.id))? {
             v.delete(&k);
         }
+        for (k, _) in v.vscan(&pendings_in(mb.id))? {
+            v.delete(&k);
+        }
     } else {
         for (uid, m) in v.messages(mb.id)? {
             remove_message(v, mb.id, uid, &m, None)?;
@@ -116,6 +122,12 @@ fn drop_mailbox(v: &mut TxnViews<'_, '_>, user: &str, mb: &MailboxRec, at: &Appe
     v.delete(&keys::name_clock(user, mb.id));
     v.delete(&keys::loser(user, mb.id));
     rebind(v, user, &mb.name)
+}
+
+fn pendings_in(mailbox: Id) -> Vec<u8> {
+    let mut k = keys::pendings_prefix();
+    k.extend_from_slice(&mailbox.0);
+    k
 }
 
 fn collisions_in(mailbox: Id) -> Vec<u8> {
@@ -207,10 +219,112 @@ fn place(v: &mut TxnViews<'_, '_>, user: &str, mailbox: Id, uid: u32, m: Message
     }
     bump_refcount(v, &m.blob, 1)?;
     bump_content(v, mailbox, &m.blob, 1)?;
+    show_guid(v, mailbox, uid, m.guid)?;
     v.put(&keys::message(mailbox, uid), &enc(&m));
     note_change(v, mailbox, uid, None, modseq);
     mb.uidnext = mb.uidnext.max(uid.saturating_add(1));
     touch_mailbox(v, user, mb, modseq);
+    Ok(())
+}
+
+/// Index a message shown under (mailbox, uid) by its GUID; the newest
+/// place wins. A GUID still shown under another UID of the mailbox (a MOVE
+/// within the mailbox appends before it expunges the old UID; two MOVEs of
+/// one message written on both sides of a cut) is logged at debug level.
+/// Placements never make one: a pending message whose GUID the mailbox
+/// shows is placed under that UID.
+fn show_guid(v: &mut TxnViews<'_, '_>, mailbox: Id, uid: u32, guid: Id) -> Result<(), ViewError> {
+    if let Some(other) = v.uid_of_guid(mailbox, guid)? {
+        if other != uid && v.message(mailbox, other)?.is_some_and(|m| m.guid == guid) {
+            tracing::debug!(mailbox = ?mailbox, uid, other, guid = ?guid, "one GUID shown under two UIDs of a mailbox");
+        }
+    }
+    v.put(&keys::guid(mailbox, guid), &uid.to_be_bytes());
+    Ok(())
+}
+
+/// A message appended pending (UID 0): kept aside under UID 0, invisible
+/// and never lost, and marked as awaiting the master's placement rather
+/// than as a collision. Into a missing mailbox it is kept aside like any
+/// other delivery there, for the master to bring back.
+fn keep_pending(v: &mut TxnViews<'_, '_>, user: &str, mailbox: Id, m: MessageRec, at: &Appended) -> Result<(), ViewError> {
+    if v.mailbox(user, mailbox)?.is_none() {
+        tracing::warn!(user, mailbox = ?mailbox, "pending message for a missing mailbox kept aside");
+        return keep_aside(v, user, mailbox, 0, m, at);
+    }
+    if conflict(v, mailbox, 0, m.guid)?.is_some() || v.moved_to(mailbox, 0, m.guid)?.is_some() {
+        return Ok(());
+    }
+    bump_refcount(v, &m.blob, 1)?;
+    v.put(
+        &keys::pending(mailbox, m.guid),
+        &enc(&PendingRec {
+            user: user.to_string(),
+            since: (at.hlc, at.origin.0),
+        }),
+    );
+    v.put(&keys::conflict(mailbox, 0, m.guid), &enc(&m));
+    Ok(())
+}
+
+/// `MessagePlaced`: the pending message (mailbox, 0, guid) goes under
+/// `uid`, a new arrival for clients. Placed twice (the master, and its
+/// slave that stopped waiting), the placement with the smaller (HLC,
+/// origin) wins on every node whatever the order, as two moves of one
+/// message do; the other UID forwards to it.
+fn place_pending(v: &mut TxnViews<'_, '_>, user: &str, mailbox: Id, guid: Id, uid: u32, at: &Appended) -> Result<(), ViewError> {
+    let modseq = at.order;
+    let ts = (at.hlc, at.origin.0);
+    let here = (mailbox, uid, ts);
+    v.delete(&keys::pending(mailbox, guid));
+    let found = match conflict(v, mailbox, 0, guid)? {
+        Some(m) => Some((Spot::Aside, m, (mailbox, 0))),
+        None => match v.moved_to(mailbox, 0, guid)? {
+            Some((mb, u, by)) if by > ts => match locate(v, mb, u, guid)? {
+                Some((mb2, u2, spot, m)) => {
+                    v.put(&keys::moved(mb, u, guid), &enc(&here));
+                    Some((spot, m, (mb2, u2)))
+                }
+                None => None,
+            },
+            Some(winner) => {
+                if (winner.0, winner.1) != (mailbox, uid) {
+                    v.put(&keys::moved(mailbox, uid, guid), &enc(&winner));
+                    // The placing node showed the message under `uid`: a
+                    // message shown here under it may not stay there. The
+                    // mark sends it to the master's renumbering, as the
+                    // placing node's own mark does.
+                    if v.message(mailbox, uid)?.is_some_and(|h| h.guid != guid) && v.collision(mailbox, uid)?.is_none() {
+                        let rec = CollisionRec {
+                            user: user.to_string(),
+                            causes: Vec::new(),
+                        };
+                        v.put(&keys::collision(mailbox, uid), &enc(&rec));
+                    }
+                }
+                None
+            }
+            // Taken elsewhere (its mailbox was deleted and the master
+            // moved it), or gone with its user.
+            None => None,
+        },
+    };
+    if let Some((spot, mut m, from)) = found {
+        v.put(&keys::moved(mailbox, 0, guid), &enc(&here));
+        if !(spot == Spot::Shown && from == (mailbox, uid)) {
+            take(v, from.0, from.1, spot, &m, modseq)?;
+            if from.1 != 0 {
+                v.put(&keys::moved(from.0, from.1, guid), &enc(&here));
+            }
+            m.modseq = modseq;
+            place(v, user, mailbox, uid, m, at)?;
+        }
+    }
+    // The UID counts as given on every node, placed here or not.
+    if let Some(mut mb) = v.mailbox(user, mailbox)? {
+        mb.uidnext = mb.uidnext.max(uid.saturating_add(1));
+        touch_mailbox(v, user, mb, modseq);
+    }
     Ok(())
 }
 
@@ -265,12 +379,16 @@ fn take(v: &mut TxnViews<'_, '_>, mailbox: Id, uid: u32, spot: Spot, m: &Message
         Spot::Aside => {
             bump_refcount(v, &m.blob, -1)?;
             v.delete(&keys::conflict(mailbox, uid, m.guid));
-            // In a mailbox that is gone, a UID with nothing left aside has
-            // nothing for the master to move: its mark goes. (In a live
-            // mailbox the mark stays: the message shown under that UID
-            // here may be kept aside on another node.)
+            if uid == 0 {
+                v.delete(&keys::pending(mailbox, m.guid));
+            }
+            // A UID with nothing left under it here, shown or aside, has
+            // nothing for the master to move: its mark goes. (While a
+            // message is shown under it the mark stays: that message may
+            // be kept aside on another node.)
             if let Some(rec) = v.collision(mailbox, uid)? {
-                if v.mailbox(&rec.user, mailbox)?.is_none() && v.conflicts_at(mailbox, uid)?.is_empty() {
+                let shown = v.mailbox(&rec.user, mailbox)?.is_some() && v.message(mailbox, uid)?.is_some();
+                if !shown && v.conflicts_at(mailbox, uid)?.is_empty() {
                     v.delete(&keys::collision(mailbox, uid));
                 }
             }
@@ -326,7 +444,16 @@ fn fresh_record(event: &Event, modseq: u64, ts: (u64, u64)) -> Option<MessageRec
 /// Apply `event`, which the log holds at `at`, to the views, and keep their
 /// merkle summaries in step.
 pub fn apply(v: &mut TxnViews<'_, '_>, at: &Appended, event: &Event) -> Result<(), ViewError> {
+    // A second placement of one message may take it from where the first
+    // put it: that place changes too.
+    let earlier = match event {
+        Event::MessagePlaced { mailbox, guid, .. } => v.moved_to(*mailbox, 0, *guid)?,
+        _ => None,
+    };
     apply_views(v, at, event)?;
+    if let (Some((mb, uid, _)), Event::MessagePlaced { user, .. }) = (earlier, event) {
+        crate::merkle::refresh_place(v, user, mb, uid)?;
+    }
     crate::merkle::update(v, event)
 }
 
@@ -423,8 +550,21 @@ fn apply_views(v: &mut TxnViews<'_, '_>, at: &Appended, event: &Event) -> Result
         }
         Event::MessageAppended { user, mailbox, uid, .. } => {
             if let Some(m) = fresh_record(event, modseq, ts) {
-                place(v, user, *mailbox, *uid, m, at)?;
+                if *uid == 0 {
+                    keep_pending(v, user, *mailbox, m, at)?;
+                } else {
+                    place(v, user, *mailbox, *uid, m, at)?;
+                }
             }
+        }
+        Event::MessagePlaced { user, mailbox, guid, uid } => {
+            if *uid == 0 {
+                return Err(ViewError::Corrupt {
+                    key: format!("entry {:016x}:{}", at.origin.0, at.seq),
+                    reason: "a message placed under UID 0".into(),
+                });
+            }
+            place_pending(v, user, *mailbox, *guid, *uid, at)?;
         }
         Event::FlagsChanged {
             user,
@@ -621,6 +761,7 @@ fn restore_message(v: &mut TxnViews<'_, '_>, user: &str, mailbox: Id, uid: u32, 
             v.put(&keys::message(mailbox, uid), &enc(&m));
         }
         None => {
+            show_guid(v, mailbox, uid, m.guid)?;
             v.put(&keys::message(mailbox, uid), &enc(&m));
             note_change(v, mailbox, uid, None, modseq);
             bump_refcount(v, &m.blob, 1)?;

@@ -32,6 +32,11 @@
 //! Z mailbox-id                -> mailbox-id a deleted mailbox was merged into
 //! O order(u64 BE) index(u32)  -> ResolutionRec: one message moved by the
 //!                                master, for `tandem conflicts`
+//! P mailbox-id guid           -> PendingRec: a message appended pending
+//!                                (UID 0, kept aside as `X mailbox-id 0
+//!                                guid`) that awaits the master's placement
+//! G mailbox-id guid           -> uid (u32 BE) the message with this GUID is
+//!                                shown under in the mailbox
 //! T ...                       -> merkle tree nodes (see `crate::merkle::keys`)
 //! ```
 
@@ -161,6 +166,15 @@ pub struct ResolutionRec {
     pub by: (u64, u64),
     /// The entry that had put it aside, when it was kept aside: (origin, seq).
     pub cause: Option<(u64, u64)>,
+}
+
+/// A message appended pending, awaiting its UID from the master
+/// (`replication.md` section 8b).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PendingRec {
+    pub user: String,
+    /// (HLC, origin) of the pending append.
+    pub since: (u64, u64),
 }
 
 pub(crate) fn enc<T: Serialize>(v: &T) -> Vec<u8> {
@@ -312,6 +326,29 @@ pub mod keys {
     pub fn moved(mailbox: Id, uid: u32, guid: Id) -> Vec<u8> {
         let mut k = conflict(mailbox, uid, guid);
         k[0] = b'W';
+        k
+    }
+    /// `P mailbox guid`: a pending message (33 bytes).
+    pub fn pending(mailbox: Id, guid: Id) -> Vec<u8> {
+        let mut k = Vec::with_capacity(33);
+        k.push(b'P');
+        k.extend_from_slice(&mailbox.0);
+        k.extend_from_slice(&guid.0);
+        k
+    }
+    pub fn pendings_prefix() -> Vec<u8> {
+        vec![b'P']
+    }
+    /// (mailbox, guid) of a `P` or `G` key.
+    pub fn mailbox_guid_of(key: &[u8]) -> Option<(Id, Id)> {
+        let mb = <[u8; 16]>::try_from(key.get(1..17)?).ok()?;
+        let g = <[u8; 16]>::try_from(key.get(17..33)?).ok()?;
+        (key.len() == 33).then_some((Id(mb), Id(g)))
+    }
+    /// `G mailbox guid`: the UID the GUID is shown under (33 bytes).
+    pub fn guid(mailbox: Id, guid: Id) -> Vec<u8> {
+        let mut k = pending(mailbox, guid);
+        k[0] = b'G';
         k
     }
     pub fn name_clock(user: &str, mailbox: Id) -> Vec<u8> {

@@ -162,6 +162,50 @@ pub trait ViewRead {
         self.vget(&k)?.map(|v| dec(&k, &v)).transpose()
     }
 
+    /// Messages appended pending, awaiting the master: (mailbox, guid, record).
+    fn pendings(&self) -> Result<Vec<(Id, Id, super::PendingRec)>, ViewError> {
+        self.vscan(&keys::pendings_prefix())?
+            .into_iter()
+            .map(|(k, v)| {
+                let (mb, guid) = keys::mailbox_guid_of(&k).ok_or_else(|| ViewError::Corrupt {
+                    key: hex::encode(&k),
+                    reason: "pending key is not 33 bytes".into(),
+                })?;
+                Ok((mb, guid, dec(&k, &v)?))
+            })
+            .collect()
+    }
+
+    /// The UID the message `guid` is shown under in `mailbox`, if it is.
+    fn uid_of_guid(&self, mailbox: Id, guid: Id) -> Result<Option<u32>, ViewError> {
+        let k = keys::guid(mailbox, guid);
+        match self.vget(&k)? {
+            None => Ok(None),
+            Some(b) => <[u8; 4]>::try_from(b.as_slice())
+                .map(|b| Some(u32::from_be_bytes(b)))
+                .map_err(|_| ViewError::Corrupt {
+                    key: hex::encode(&k),
+                    reason: "GUID index value is not 4 bytes".into(),
+                }),
+        }
+    }
+
+    /// Where a message appended pending to `mailbox` is shown now, once
+    /// placed: (mailbox, uid), following moves.
+    fn placed(&self, mailbox: Id, guid: Id) -> Result<Option<(Id, u32)>, ViewError> {
+        let (mut mb, mut uid) = (mailbox, 0u32);
+        for _ in 0..256 {
+            match self.moved_to(mb, uid, guid)? {
+                Some((m, u, _)) => (mb, uid) = (m, u),
+                None => break,
+            }
+        }
+        if uid != 0 && self.message(mb, uid)?.is_some_and(|m| m.guid == guid) {
+            return Ok(Some((mb, uid)));
+        }
+        Ok(None)
+    }
+
     /// The mailbox a merged (and deleted) mailbox went into.
     fn merged_into(&self, mailbox: Id) -> Result<Option<Id>, ViewError> {
         let k = keys::merged(mailbox);

@@ -56,6 +56,30 @@ fn main() {
     for (i, e) in events.iter().enumerate() {
         write("event", &i.to_string(), &e.encode());
     }
+    // A pending append (UID 0) and the master's placement of it; only for
+    // the event target, so the log seeds below stay as they were.
+    let placement = [
+        Event::MessageAppended {
+            user: "a@example.org".into(),
+            mailbox: Id([7; 16]),
+            uid: 0,
+            guid: Id([10; 16]),
+            blob: BlobHash::of(b"Subject: y\r\n\r\nbody\r\n"),
+            size: 21,
+            internal_date: 1_764_000_001,
+            tz_minutes: 0,
+            flags: Flags::default(),
+        },
+        Event::MessagePlaced {
+            user: "a@example.org".into(),
+            mailbox: Id([7; 16]),
+            guid: Id([10; 16]),
+            uid: 43,
+        },
+    ];
+    for (i, e) in placement.iter().enumerate() {
+        write("event", &(events.len() + i).to_string(), &e.encode());
+    }
 
     let origin = Origin(0x0123_4567_89ab_cdef);
     let mut prev = GENESIS;
