@@ -21,7 +21,8 @@ use std::path::Path;
 use std::sync::Arc;
 use tandem::backup::layout;
 use tandem::backup::restore::{self as brestore, RestoreReport, Stop};
-use tandem::backup::target::{DirTarget, Faulty, Retrying, Target};
+use tandem::backup::s3::S3Settings;
+use tandem::backup::target::{Faulty, Retrying, Target};
 use tandem::event::{BlobHash, Event};
 use tandem::replay::{rebuild_views, replay_into, views_digest};
 use tandem::store::{wal_options, Store};
@@ -66,12 +67,13 @@ fn open(data_dir: &Path) -> anyhow::Result<(String, Store)> {
 /// Attempts per read of a backup object before a restore gives up.
 pub const READ_ATTEMPTS: u32 = 8;
 
-/// The backup directory as restores and audits read it: every read retried
-/// (transient failures of a network file system), and, when the
-/// environment sets `TANDEM_BACKUP_READ_FAULTS` to a rate in 0..1, that
-/// share of reads failing on purpose (fault-injection drills and tests).
-pub fn open_backup(dir: &Path) -> anyhow::Result<Retrying> {
-    let t: Arc<dyn Target> = Arc::new(DirTarget::new(dir).with_context(|| format!("opening the backup {}", dir.display()))?);
+/// The backup (a directory, or `s3://bucket/prefix` reached with `s3`) as
+/// restores and audits read it: every read retried (transient failures of
+/// a network file system or object store), and, when the environment sets
+/// `TANDEM_BACKUP_READ_FAULTS` to a rate in 0..1, that share of reads
+/// failing on purpose (fault-injection drills and tests).
+pub fn open_backup(dir: &Path, s3: &S3Settings) -> anyhow::Result<Retrying> {
+    let t = tandem::backup::open_target(dir, s3).with_context(|| format!("opening the backup {}", dir.display()))?;
     let t: Arc<dyn Target> = match std::env::var("TANDEM_BACKUP_READ_FAULTS") {
         Ok(r) => {
             let rate: f64 = r
@@ -84,15 +86,16 @@ pub fn open_backup(dir: &Path) -> anyhow::Result<Retrying> {
     Ok(Retrying::new(t, READ_ATTEMPTS))
 }
 
-/// Whether `path` holds a backup (rather than a node's data directory).
+/// Whether `path` names a backup (an S3 target, or a directory with the
+/// marker) rather than a node's data directory.
 pub fn is_backup(path: &Path) -> bool {
-    path.join(layout::MARKER).is_file()
+    tandem::backup::is_s3(path) || path.join(layout::MARKER).is_file()
 }
 
-/// Audit a stopped node's data directory or a backup directory.
-pub fn audit_path(path: &Path, scratch: &Path) -> anyhow::Result<AuditReport> {
+/// Audit a stopped node's data directory or a backup (directory or S3).
+pub fn audit_path(path: &Path, scratch: &Path, s3: &S3Settings) -> anyhow::Result<AuditReport> {
     if is_backup(path) {
-        audit_backup(path, scratch)
+        audit_backup(path, scratch, s3)
     } else {
         audit(path, scratch)
     }
@@ -210,14 +213,14 @@ pub fn audit(data_dir: &Path, scratch: &Path) -> anyhow::Result<AuditReport> {
 
 /// Audit a backup directory: the manifest chain, then every segment and
 /// every body it references, replayed into a scratch store at `scratch`.
-pub fn audit_backup(dir: &Path, scratch: &Path) -> anyhow::Result<AuditReport> {
-    let t = open_backup(dir)?;
+pub fn audit_backup(dir: &Path, scratch: &Path, s3: &S3Settings) -> anyhow::Result<AuditReport> {
+    let t = &open_backup(dir, s3)?;
     let mut problems = Vec::new();
-    let plan = match brestore::plan(&t, Stop::Latest) {
+    let plan = match brestore::plan(t, Stop::Latest) {
         Ok(p) => p,
         Err(e) => {
             return Ok(AuditReport {
-                node_id: layout::read_marker(&t).ok().flatten().unwrap_or_default(),
+                node_id: layout::read_marker(t).ok().flatten().unwrap_or_default(),
                 kind: "backup".into(),
                 heads: Default::default(),
                 entries_verified: 0,
@@ -238,7 +241,7 @@ pub fn audit_backup(dir: &Path, scratch: &Path) -> anyhow::Result<AuditReport> {
     let mut o = wal_options(&plan.node_id);
     o.sync = false;
     let replica = Store::open(scratch, &plan.node_id, o).context("opening the scratch store")?;
-    let rep = match brestore::apply(&t, &plan, &replica, Stop::Latest, &mut |_| {}) {
+    let rep = match brestore::apply(t, &plan, &replica, Stop::Latest, &mut |_| {}) {
         Ok(r) => r,
         Err(e) => {
             problems.push(e.to_string());
@@ -294,11 +297,17 @@ pub fn parse_time(s: &str) -> anyhow::Result<u64> {
 /// Restore a whole node from the backup in `from` into `data_dir` (new, or
 /// holding an interrupted restore of the same backup, which continues).
 /// `progress(position, target)` is called as entries are applied.
-pub fn restore(from: &Path, data_dir: &Path, stop: Stop, progress: &mut dyn FnMut(u64, u64)) -> anyhow::Result<RestoreReport> {
+pub fn restore(
+    from: &Path,
+    data_dir: &Path,
+    stop: Stop,
+    s3: &S3Settings,
+    progress: &mut dyn FnMut(u64, u64),
+) -> anyhow::Result<RestoreReport> {
     if !is_backup(from) {
         anyhow::bail!("{} holds no Tandem backup (no {} file)", from.display(), layout::MARKER);
     }
-    let t = open_backup(from)?;
+    let t = open_backup(from, s3)?;
     let plan = brestore::plan(&t, stop)?;
     std::fs::create_dir_all(data_dir).with_context(|| format!("creating {}", data_dir.display()))?;
     let id_file = data_dir.join(tandem::server::NODE_ID_FILE);

@@ -5,6 +5,9 @@
 //!   directory; exit status 1 on any fault (for cron).
 //! - `restore --from BACKUP --data-dir NEW [--until RFC3339 | --seq ORIGIN:SEQ]`:
 //!   a whole node from a backup, to the latest state or to one event.
+//!
+//! A backup is a directory or `s3://BUCKET/PREFIX` (`--s3-endpoint`,
+//! `--s3-region`, `--s3-credentials`, or the AWS_* environment).
 
 use clap::{Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -12,6 +15,7 @@ use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use tandem::backup::restore::Stop;
+use tandem::backup::s3::S3Settings;
 
 #[derive(Parser)]
 #[command(
@@ -22,6 +26,17 @@ use tandem::backup::restore::Stop;
 struct Args {
     #[command(subcommand)]
     command: Cmd,
+    /// S3-compatible service for s3://BUCKET/PREFIX backups (else
+    /// AWS_ENDPOINT_URL, else AWS).
+    #[arg(long, global = true)]
+    s3_endpoint: Option<String>,
+    /// Signing region of S3 backups (else AWS_REGION, else us-east-1).
+    #[arg(long, global = true)]
+    s3_region: Option<String>,
+    /// File with `access_key_id` and `secret_access_key` for S3 backups
+    /// (else AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY).
+    #[arg(long, global = true)]
+    s3_credentials: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -31,7 +46,8 @@ enum Cmd {
         /// The node's data directory (holds db/ and node-id).
         data_dir: PathBuf,
     },
-    /// Verify a stopped node's data directory, or a backup directory:
+    /// Verify a stopped node's data directory, or a backup (directory or
+    /// s3://BUCKET/PREFIX):
     /// hash chains, bodies, and views against a replay.
     Audit {
         path: PathBuf,
@@ -42,7 +58,7 @@ enum Cmd {
     /// Restore a node from a backup into a new data directory. Run it
     /// again after an interruption: it continues where it stopped.
     Restore {
-        /// The backup directory.
+        /// The backup: a directory or s3://BUCKET/PREFIX.
         #[arg(long)]
         from: PathBuf,
         /// The new node's data directory.
@@ -71,6 +87,11 @@ fn main() -> ExitCode {
 }
 
 fn run(a: Args) -> anyhow::Result<ExitCode> {
+    let s3 = S3Settings {
+        endpoint: a.s3_endpoint,
+        region: a.s3_region,
+        credentials_file: a.s3_credentials,
+    };
     match a.command {
         Cmd::Rebuild { data_dir } => {
             let n = tandem_tools::rebuild(&data_dir)?;
@@ -79,7 +100,7 @@ fn run(a: Args) -> anyhow::Result<ExitCode> {
         }
         Cmd::Audit { path, json } => {
             let scratch = tempfile::tempdir()?;
-            let r = tandem_tools::audit_path(&path, scratch.path())?;
+            let r = tandem_tools::audit_path(&path, scratch.path(), &s3)?;
             tandem_tools::print_audit(&r, json)?;
             Ok(if r.ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
         }
@@ -111,7 +132,7 @@ fn run(a: Args) -> anyhow::Result<ExitCode> {
             } else {
                 ProgressBar::hidden()
             };
-            let r = tandem_tools::restore(&from, &data_dir, stop, &mut |pos, target| {
+            let r = tandem_tools::restore(&from, &data_dir, stop, &s3, &mut |pos, target| {
                 bar.set_length(target.max(pos));
                 bar.set_position(pos);
             });
