@@ -9,6 +9,7 @@
 //! - [`layout`]: object names, marker and manifests; the manifest chain check.
 //! - [`export`]: one backup run (segments streamed from the log).
 //! - [`restore`]: read a backup back, verifying as it goes, into a store.
+//! - [`retention`]: bases, leases and prune.
 //! - [`pitr`]: a user's or a folder's past state back into new folders of
 //!   the running node, from its own log.
 //! - [`Backups`]: the daemon's backup jobs (`[backup] to`, `tandem backup`)
@@ -20,6 +21,7 @@ pub mod export;
 pub mod layout;
 pub mod pitr;
 pub mod restore;
+pub mod retention;
 pub mod s3;
 pub mod target;
 

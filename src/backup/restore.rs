@@ -4,6 +4,7 @@
 //! takes. A restore that is interrupted continues where the store stands.
 
 use super::layout::{self, Loaded};
+use super::retention::{self, Base};
 use super::target::Target;
 use super::BackupError;
 use crate::event::{BlobHash, Event};
@@ -34,20 +35,66 @@ const BATCH_BYTES: usize = 16 << 20;
 /// A verified backup, ready to restore from.
 pub struct Plan {
     pub node_id: String,
+    /// The base the restore starts from (its store is fetched first);
+    /// `None`: from the first manifest.
+    pub base: Option<super::retention::Base>,
+    /// The manifests after the base (or all of them).
     pub manifests: Vec<Loaded>,
     /// The apply-order position the restore ends at (for `Until`, an
     /// upper bound: the exact point is found while applying).
     pub target_order: u64,
 }
 
-/// Read the marker and the whole manifest chain, and find where `stop` is.
+/// Where a restore to `stop` starts: the newest base at or before it, or
+/// the first manifest when it is still there.
+fn choose_base(t: &dyn Target, node_id: &str, stop: Stop) -> Result<Option<Base>, BackupError> {
+    let numbers = retention::base_numbers(t)?;
+    let mut oldest = None;
+    for n in numbers.into_iter().rev() {
+        let b = retention::load_base(t, n)?;
+        if b.node_id != node_id {
+            return Err(BackupError::Corrupt {
+                object: retention::base_name(n),
+                reason: format!("belongs to node {:?}, not {node_id:?}", b.node_id),
+            });
+        }
+        let before = match stop {
+            Stop::Latest => true,
+            Stop::Until { ms } => b.time_ms <= ms,
+            Stop::Seq { origin, seq } => b.heads.get(&origin.to_string()).is_none_or(|h| h.seq < seq),
+        };
+        if before {
+            return Ok(Some(b));
+        }
+        oldest = Some(b);
+    }
+    match oldest {
+        // Earlier than every base: only the whole chain can serve it.
+        Some(b) if layout::manifest_numbers(t)?.first() != Some(&1) => Err(BackupError::Usage(format!(
+            "that point is older than the oldest restore point the backup keeps (base {}, time {} ms, apply order {}): earlier ones were pruned",
+            b.number, b.time_ms, b.order
+        ))),
+        _ => Ok(None),
+    }
+}
+
+/// Read the marker and the manifest chain (from the base the restore
+/// starts at), and find where `stop` is.
 pub fn plan(t: &dyn Target, stop: Stop) -> Result<Plan, BackupError> {
     let node_id = layout::read_marker(t)?.ok_or_else(|| BackupError::Missing {
         object: layout::MARKER.into(),
         what: format!("{} holds no Tandem backup", t.describe()),
     })?;
-    let manifests = layout::load_chain(t, &node_id)?;
-    let last = manifests.last().map(|l| l.manifest.order_to).unwrap_or(0);
+    let base = choose_base(t, &node_id, stop)?;
+    let manifests = match &base {
+        None => layout::load_chain(t, &node_id)?,
+        Some(b) => {
+            let (prev, order, heads) = retention::base_state(b)?;
+            layout::load_chain_after(t, &node_id, b.number, prev, order, heads)?
+        }
+    };
+    let floor = base.as_ref().map(|b| b.order).unwrap_or(0);
+    let last = manifests.last().map(|l| l.manifest.order_to).unwrap_or(floor);
     let target_order = match stop {
         Stop::Latest => last,
         Stop::Until { ms } => manifests
@@ -55,7 +102,7 @@ pub fn plan(t: &dyn Target, stop: Stop) -> Result<Plan, BackupError> {
             .filter(|l| l.manifest.time_from_ms <= ms)
             .map(|l| l.manifest.order_to)
             .max()
-            .unwrap_or(0),
+            .unwrap_or(floor),
         Stop::Seq { origin, seq } => {
             let o = origin.to_string();
             let mut found = None;
@@ -74,6 +121,7 @@ pub fn plan(t: &dyn Target, stop: Stop) -> Result<Plan, BackupError> {
     };
     Ok(Plan {
         node_id,
+        base,
         manifests,
         target_order,
     })

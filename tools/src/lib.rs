@@ -21,6 +21,7 @@ use std::path::Path;
 use std::sync::Arc;
 use tandem::backup::layout;
 use tandem::backup::restore::{self as brestore, RestoreReport, Stop};
+use tandem::backup::retention::{self, LeaseGuard, PruneOptions, PruneReport};
 use tandem::backup::s3::S3Settings;
 use tandem::backup::target::{Faulty, Retrying, Target};
 use tandem::event::{BlobHash, Event};
@@ -62,6 +63,45 @@ fn open(data_dir: &Path) -> anyhow::Result<(String, Store)> {
     let db = data_dir.join("db");
     let store = Store::open(&db, &id, wal_options(&id)).with_context(|| format!("opening {} (is the node stopped?)", db.display()))?;
     Ok((id, store))
+}
+
+/// Time to live of the lease a restore or audit holds (renewed every
+/// third of it while it runs).
+pub const LEASE_TTL: std::time::Duration = std::time::Duration::from_secs(120);
+
+/// Prune the backup at `from`: keep every restore point of the last
+/// `keep_ms`, delete what only older ones need (see
+/// `tandem::backup::retention`). Run with credentials that may delete.
+pub fn prune(from: &Path, keep_ms: u64, wait: std::time::Duration, s3: &S3Settings) -> anyhow::Result<PruneReport> {
+    if !is_backup(from) {
+        anyhow::bail!("{} holds no Tandem backup (no {} file)", from.display(), layout::MARKER);
+    }
+    let t = open_backup(from, s3)?;
+    let scratch = tempfile::tempdir()?;
+    let o = PruneOptions {
+        keep_ms,
+        now_ms: std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_millis() as u64,
+        wait,
+        scratch: scratch.path().to_path_buf(),
+    };
+    Ok(retention::prune(&t, &o)?)
+}
+
+/// Parse a duration: a number and a unit (`ms`, `s`, `m`, `h`, `d`).
+pub fn parse_duration(s: &str) -> anyhow::Result<std::time::Duration> {
+    let i = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let n: u64 = s[..i]
+        .parse()
+        .with_context(|| format!("{s:?} is not a duration like 90s, 36h or 30d"))?;
+    let ms = match &s[i..] {
+        "ms" => 1,
+        "s" | "" => 1000,
+        "m" => 60_000,
+        "h" => 3_600_000,
+        "d" => 86_400_000,
+        u => anyhow::bail!("{s:?}: unknown unit {u:?} (ms, s, m, h, d)"),
+    };
+    Ok(std::time::Duration::from_millis(n.saturating_mul(ms)))
 }
 
 /// Attempts per read of a backup object before a restore gives up.
@@ -214,7 +254,9 @@ pub fn audit(data_dir: &Path, scratch: &Path) -> anyhow::Result<AuditReport> {
 /// Audit a backup directory: the manifest chain, then every segment and
 /// every body it references, replayed into a scratch store at `scratch`.
 pub fn audit_backup(dir: &Path, scratch: &Path, s3: &S3Settings) -> anyhow::Result<AuditReport> {
-    let t = &open_backup(dir, s3)?;
+    let t: Arc<Retrying> = Arc::new(open_backup(dir, s3)?);
+    let _lease = LeaseGuard::take(t.clone(), LEASE_TTL, "audit").context("taking a lease on the backup")?;
+    let t = t.as_ref();
     let mut problems = Vec::new();
     let plan = match brestore::plan(t, Stop::Latest) {
         Ok(p) => p,
@@ -240,7 +282,38 @@ pub fn audit_backup(dir: &Path, scratch: &Path, s3: &S3Settings) -> anyhow::Resu
         .unwrap_or_default();
     let mut o = wal_options(&plan.node_id);
     o.sync = false;
-    let replica = Store::open(scratch, &plan.node_id, o).context("opening the scratch store")?;
+    let mut replica_db = scratch.to_path_buf();
+    if let Some(b) = &plan.base {
+        // The base's store: every file by its hash, then audited as a
+        // node's data directory (chains, bodies, views against a replay).
+        let base_dir = scratch.join("base");
+        std::fs::create_dir_all(&base_dir)?;
+        std::fs::write(base_dir.join(tandem::server::NODE_ID_FILE), &plan.node_id)?;
+        replica_db = base_dir.join("db");
+        if let Err(e) = retention::fetch_base(t, b, &replica_db) {
+            problems.push(e.to_string());
+            return Ok(AuditReport {
+                node_id: plan.node_id,
+                kind: "backup".into(),
+                heads,
+                entries_verified: 0,
+                entries_replayed: 0,
+                bodies_verified: 0,
+                views_digest: String::new(),
+                replay_digest: String::new(),
+                ok: false,
+                problems,
+            });
+        }
+        let a = audit(&base_dir, &scratch.join("base-replay"))?;
+        problems.extend(a.problems.iter().map(|p| format!("{}: {p}", retention::base_name(b.number))));
+    }
+    let replica = Store::open(&replica_db, &plan.node_id, o).context("opening the scratch store")?;
+    if let Some(b) = &plan.base {
+        if let Err(e) = retention::check_holds_base(&replica, b) {
+            problems.push(e.to_string());
+        }
+    }
     let rep = match brestore::apply(t, &plan, &replica, Stop::Latest, &mut |_| {}) {
         Ok(r) => r,
         Err(e) => {
@@ -307,8 +380,10 @@ pub fn restore(
     if !is_backup(from) {
         anyhow::bail!("{} holds no Tandem backup (no {} file)", from.display(), layout::MARKER);
     }
-    let t = open_backup(from, s3)?;
-    let plan = brestore::plan(&t, stop)?;
+    let t: Arc<Retrying> = Arc::new(open_backup(from, s3)?);
+    // Before anything is read: prune leaves what this restore uses alone.
+    let _lease = LeaseGuard::take(t.clone(), LEASE_TTL, "restore").context("taking a lease on the backup")?;
+    let plan = brestore::plan(t.as_ref(), stop)?;
     std::fs::create_dir_all(data_dir).with_context(|| format!("creating {}", data_dir.display()))?;
     let id_file = data_dir.join(tandem::server::NODE_ID_FILE);
     match std::fs::read_to_string(&id_file) {
@@ -327,9 +402,28 @@ pub fn restore(
         Err(e) => return Err(e).with_context(|| format!("reading {}", id_file.display())),
     }
     let db = data_dir.join("db");
+    if let Some(b) = &plan.base {
+        if !db.exists() {
+            retention::fetch_base(t.as_ref(), b, &db)?;
+        }
+    }
     let store = Store::open(&db, &plan.node_id, wal_options(&plan.node_id)).with_context(|| format!("opening {}", db.display()))?;
+    if let Some(b) = &plan.base {
+        if store.wal().last_order() < b.order {
+            store.close()?;
+            anyhow::bail!(
+                "{} holds an interrupted restore from before {} was pruned; restore into a new data directory",
+                data_dir.display(),
+                retention::base_name(b.number)
+            );
+        }
+        if let Err(e) = retention::check_holds_base(&store, b) {
+            store.close()?;
+            return Err(e.into());
+        }
+    }
     let target = plan.target_order;
-    let r = brestore::apply(&t, &plan, &store, stop, &mut |p| progress(p, target));
+    let r = brestore::apply(t.as_ref(), &plan, &store, stop, &mut |p| progress(p, target));
     store.close()?;
     let mut r = r?;
     r.read_retries = t.retries();

@@ -5,6 +5,7 @@
 //!   directory; exit status 1 on any fault (for cron).
 //! - `restore --from BACKUP --data-dir NEW [--until RFC3339 | --seq ORIGIN:SEQ]`:
 //!   a whole node from a backup, to the latest state or to one event.
+//! - `prune BACKUP --keep-within DURATION [--wait DURATION]`: retention.
 //!
 //! A backup is a directory or `s3://BUCKET/PREFIX` (`--s3-endpoint`,
 //! `--s3-region`, `--s3-credentials`, or the AWS_* environment).
@@ -74,6 +75,24 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Delete what no restore point inside the kept window needs: write a
+    /// base (the node's store as of the newest manifest older than the
+    /// window), then remove the manifests, segments, bodies and bases only
+    /// earlier points use. Needs delete rights the backup writer lacks.
+    /// Live leases of restores and audits make it wait (--wait) or skip.
+    Prune {
+        /// The backup: a directory or s3://BUCKET/PREFIX.
+        backup: PathBuf,
+        /// Keep every restore point of this last stretch (e.g. 30d, 36h, 90m).
+        #[arg(long)]
+        keep_within: String,
+        /// Wait this long for live leases before skipping the deletions.
+        #[arg(long, default_value = "0s")]
+        wait: String,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -103,6 +122,36 @@ fn run(a: Args) -> anyhow::Result<ExitCode> {
             let r = tandem_tools::audit_path(&path, scratch.path(), &s3)?;
             tandem_tools::print_audit(&r, json)?;
             Ok(if r.ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+        }
+        Cmd::Prune {
+            backup,
+            keep_within,
+            wait,
+            json,
+        } => {
+            let keep = tandem_tools::parse_duration(&keep_within)?;
+            let wait = tandem_tools::parse_duration(&wait)?;
+            let r = tandem_tools::prune(&backup, keep.as_millis() as u64, wait, &s3)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&r)?);
+            } else {
+                println!(
+                    "pruned {}: base {}{}, oldest restore point {} ms; deleted {} manifests, {} segments, {} bodies, {} base objects, {} lease objects",
+                    backup.display(),
+                    r.base,
+                    if r.base_written { " (written now)" } else { "" },
+                    r.oldest_point_ms,
+                    r.manifests_deleted,
+                    r.segments_deleted,
+                    r.bodies_deleted,
+                    r.base_objects_deleted,
+                    r.lease_objects_deleted
+                );
+                for l in &r.skipped_for_leases {
+                    println!("skipped the deletions: lease {l} is live");
+                }
+            }
+            Ok(ExitCode::SUCCESS)
         }
         Cmd::Restore {
             from,
