@@ -55,15 +55,21 @@ done
 
 secs() { python3 -c "import time; print(time.time())"; }
 rate() { python3 -c "import sys; b,s=float(sys.argv[1]),float(sys.argv[2]); print(f'{s:.2f} s  {b/s/1e6:.1f} MB/s')" "$1" "$2"; }
+# CPU seconds the S3 server has used so far (it is a Python process: on
+# this loopback set-up it, not Tandem, is the bottleneck of the S3 steps).
+moto_cpu() { python3 -c "import os,sys; f=open('/proc/%s/stat'%sys.argv[1]).read().rsplit(')',1)[1].split(); print((int(f[11])+int(f[12]))/os.sysconf('SC_CLK_TCK'))" "$MOTO_PID"; }
 step() {
   local name=$1; shift
-  local t0 t1
-  t0=$(secs); "$@" >/dev/null; t1=$(secs)
-  echo "$name: $(rate "$BYTES" "$(python3 -c "print($t1-$t0)")")"
+  local t0 t1 c0 c1
+  c0=$(moto_cpu); t0=$(secs); "$@" >/dev/null; t1=$(secs); c1=$(moto_cpu)
+  echo "$name: $(rate "$BYTES" "$(python3 -c "print($t1-$t0)")")   (S3 server CPU $(python3 -c "print(f'{$c1-$c0:.1f}')") s)"
 }
 echo "corpus: $USERS users x $MESSAGES messages, $BYTES bytes (${PROFILE:-release} build)"
-step "backup to dir       " "$T" --config "$W/n/tandem.toml" backup --to "$W/bk-dir"
-step "backup to s3 (moto) " "$T" --config "$W/n/tandem.toml" backup --to s3://tandem-bench/mx1
+step "backup to dir               " "$T" --config "$W/n/tandem.toml" backup --to "$W/bk-dir"
+step "backup to s3 (moto)         " "$T" --config "$W/n/tandem.toml" backup --to s3://tandem-bench/mx1
 stop_node "$NODE_PID"; NODE_PID=
-step "restore from dir    " "$R" restore --from "$W/bk-dir" --data-dir "$W/r-dir"
-step "restore from s3     " "$R" --s3-endpoint "http://127.0.0.1:$S3PORT" --s3-credentials "$W/s3.key" restore --from s3://tandem-bench/mx1 --data-dir "$W/r-s3"
+S3=(--s3-endpoint "http://127.0.0.1:$S3PORT" --s3-credentials "$W/s3.key")
+step "restore from dir, 8 fetchers" "$R" restore --from "$W/bk-dir" --data-dir "$W/r-dir8"
+step "restore from dir, 1 fetcher " "$R" restore --fetchers 1 --from "$W/bk-dir" --data-dir "$W/r-dir1"
+step "restore from s3, 8 fetchers " "$R" "${S3[@]}" restore --from s3://tandem-bench/mx1 --data-dir "$W/r-s38"
+step "restore from s3, 1 fetcher  " "$R" "${S3[@]}" restore --fetchers 1 --from s3://tandem-bench/mx1 --data-dir "$W/r-s31"

@@ -146,9 +146,16 @@ pub struct RestoreReport {
     pub read_retries: u64,
 }
 
+/// Body objects fetched at once by default while restoring.
+pub const DEFAULT_FETCHERS: usize = 8;
+/// Most bodies waiting to be fetched in one batch.
+const BATCH_BODIES: usize = 64;
+
 struct Batch {
     entries: Vec<WireEntry>,
-    blobs: Vec<WireBlob>,
+    /// Bodies the entries need that the store lacks, by the entry that
+    /// first named them; fetched together, in parallel, at the flush.
+    pending: Vec<([u8; 32], Place)>,
     blob_set: HashSet<[u8; 32]>,
     bytes: usize,
 }
@@ -157,19 +164,68 @@ impl Batch {
     fn new() -> Batch {
         Batch {
             entries: Vec::new(),
-            blobs: Vec::new(),
+            pending: Vec::new(),
             blob_set: HashSet::new(),
             bytes: 0,
         }
     }
 }
 
-fn flush(store: &Store, b: &mut Batch) -> Result<(), BackupError> {
+/// Fetch and check `pending` with up to `fetchers` reads at once. The
+/// first failure in entry order is the one reported.
+fn fetch_all(t: &dyn Target, pending: &[([u8; 32], Place)], fetchers: usize) -> Result<Vec<WireBlob>, BackupError> {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Mutex;
+    let workers = fetchers.max(1).min(pending.len());
+    if workers <= 1 {
+        return pending
+            .iter()
+            .map(|(h, place)| fetch_body(t, h, place).map(|body| WireBlob { hash: *h, body }))
+            .collect();
+    }
+    let next = AtomicUsize::new(0);
+    type Slot = Mutex<Option<Result<Vec<u8>, BackupError>>>;
+    let results: Vec<Slot> = pending.iter().map(|_| Mutex::new(None)).collect();
+    std::thread::scope(|s| {
+        for _ in 0..workers {
+            s.spawn(|| loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= pending.len() {
+                    return;
+                }
+                let r = fetch_body(t, &pending[i].0, &pending[i].1);
+                let failed = r.is_err();
+                *results[i].lock().expect("result lock") = Some(r);
+                if failed {
+                    // The others stop at their next body.
+                    next.store(pending.len(), Ordering::Relaxed);
+                }
+            });
+        }
+    });
+    let mut out = Vec::with_capacity(pending.len());
+    for (i, r) in results.into_iter().enumerate() {
+        match r.into_inner().expect("result lock") {
+            Some(Ok(body)) => out.push(WireBlob { hash: pending[i].0, body }),
+            Some(Err(e)) => return Err(e),
+            // Bodies are handed out in order, and every one handed out is
+            // finished: one left unfetched lies after a failure, which
+            // this loop met and returned first.
+            None => unreachable!("body {i} unfetched without an earlier failure"),
+        }
+    }
+    Ok(out)
+}
+
+fn flush(store: &Store, t: &dyn Target, fetchers: usize, rep: &mut RestoreReport, b: &mut Batch) -> Result<(), BackupError> {
     if b.entries.is_empty() {
         return Ok(());
     }
+    let blobs = fetch_all(t, &b.pending, fetchers)?;
+    rep.bodies_fetched += blobs.len() as u64;
+    rep.body_bytes += blobs.iter().map(|w| w.body.len() as u64).sum::<u64>();
     let entries = std::mem::take(&mut b.entries);
-    let blobs = std::mem::take(&mut b.blobs);
+    b.pending.clear();
     b.blob_set.clear();
     b.bytes = 0;
     let first = Place {
@@ -213,6 +269,19 @@ pub fn fetch_body(t: &dyn Target, hash: &[u8; 32], place: &Place) -> Result<Vec<
 /// interrupted restore of the same backup) up to `stop`. `progress` is
 /// called with the apply-order position reached.
 pub fn apply(t: &dyn Target, plan: &Plan, store: &Store, stop: Stop, progress: &mut dyn FnMut(u64)) -> Result<RestoreReport, BackupError> {
+    apply_with(t, plan, store, stop, DEFAULT_FETCHERS, progress)
+}
+
+/// [`apply`], fetching up to `fetchers` body objects at once (1: one after
+/// the other).
+pub fn apply_with(
+    t: &dyn Target,
+    plan: &Plan,
+    store: &Store,
+    stop: Stop,
+    fetchers: usize,
+    progress: &mut dyn FnMut(u64),
+) -> Result<RestoreReport, BackupError> {
     let wal = store.wal();
     let resumed_at = wal.last_order();
     let mut rep = RestoreReport {
@@ -312,19 +381,18 @@ pub fn apply(t: &dyn Target, plan: &Plan, store: &Store, stop: Stop, progress: &
                     place: place.clone(),
                     reason: err.to_string(),
                 })?;
-                if let Event::MessageAppended { blob, .. } = &event {
+                if let Event::MessageAppended { blob, size, .. } = &event {
                     if !batch.blob_set.contains(&blob.0)
                         && !store.holds_body(blob).map_err(|err| BackupError::Apply {
                             place: place.clone(),
                             reason: err.to_string(),
                         })?
                     {
-                        let body = fetch_body(t, &blob.0, &place)?;
-                        rep.bodies_fetched += 1;
-                        rep.body_bytes += body.len() as u64;
-                        batch.bytes += body.len();
+                        // The entry's size bounds the batch before the body
+                        // is fetched (the fetched length is what counts).
+                        batch.bytes += (*size).min(MAX_BODY_LEN) as usize;
                         batch.blob_set.insert(blob.0);
-                        batch.blobs.push(WireBlob { hash: blob.0, body });
+                        batch.pending.push((blob.0, place.clone()));
                     }
                 }
                 rep.last = Some((origin.to_string(), seq, e.hlc >> 16));
@@ -337,8 +405,8 @@ pub fn apply(t: &dyn Target, plan: &Plan, store: &Store, stop: Stop, progress: &
                     payload: e.payload,
                 });
                 rep.entries_applied += 1;
-                if batch.entries.len() >= BATCH_ENTRIES || batch.bytes >= BATCH_BYTES {
-                    flush(store, &mut batch)?;
+                if batch.entries.len() >= BATCH_ENTRIES || batch.bytes >= BATCH_BYTES || batch.pending.len() >= BATCH_BODIES {
+                    flush(store, t, fetchers, &mut rep, &mut batch)?;
                     progress(pos);
                 }
                 if matches!(stop, Stop::Seq { .. }) && pos >= plan.target_order {
@@ -357,10 +425,10 @@ pub fn apply(t: &dyn Target, plan: &Plan, store: &Store, stop: Stop, progress: &
                 })?;
             }
         }
-        flush(store, &mut batch)?;
+        flush(store, t, fetchers, &mut rep, &mut batch)?;
         progress(wal.last_order());
     }
-    flush(store, &mut batch)?;
+    flush(store, t, fetchers, &mut rep, &mut batch)?;
     rep.order = wal.last_order();
     Ok(rep)
 }

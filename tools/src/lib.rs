@@ -369,12 +369,14 @@ pub fn parse_time(s: &str) -> anyhow::Result<u64> {
 
 /// Restore a whole node from the backup in `from` into `data_dir` (new, or
 /// holding an interrupted restore of the same backup, which continues).
-/// `progress(position, target)` is called as entries are applied.
+/// Up to `fetchers` body objects are fetched at once. `progress(position,
+/// target)` is called as entries are applied.
 pub fn restore(
     from: &Path,
     data_dir: &Path,
     stop: Stop,
     s3: &S3Settings,
+    fetchers: usize,
     progress: &mut dyn FnMut(u64, u64),
 ) -> anyhow::Result<RestoreReport> {
     if !is_backup(from) {
@@ -423,7 +425,7 @@ pub fn restore(
         }
     }
     let target = plan.target_order;
-    let r = brestore::apply(t.as_ref(), &plan, &store, stop, &mut |p| progress(p, target));
+    let r = brestore::apply_with(t.as_ref(), &plan, &store, stop, fetchers, &mut |p| progress(p, target));
     store.close()?;
     let mut r = r?;
     r.read_retries = t.retries();

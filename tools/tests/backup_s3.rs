@@ -166,6 +166,13 @@ fn backup_to_s3_restore_point_in_time_audit_and_tamper() {
     let (ok, out) = run(replay(&ep, &creds).args(["restore", "--from", URL, "--data-dir"]).arg(&whole));
     assert!(ok, "{out}");
     assert_eq!(digest_of(&whole), final_digest);
+    // One body after the other gives the same node.
+    let serial = dir.path().join("restored-serial");
+    let (ok, out) = run(replay(&ep, &creds)
+        .args(["restore", "--fetchers", "1", "--from", URL, "--data-dir"])
+        .arg(&serial));
+    assert!(ok, "{out}");
+    assert_eq!(digest_of(&serial), final_digest);
     let pitr = dir.path().join("pitr");
     let (ok, out) = run(replay(&ep, &creds)
         .args(["restore", "--from", URL, "--until", &rfc3339(at), "--data-dir"])

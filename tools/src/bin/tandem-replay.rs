@@ -71,6 +71,9 @@ enum Cmd {
         /// Stop after this entry: ORIGIN:SEQ (origin as 16 hex digits or node id).
         #[arg(long)]
         seq: Option<String>,
+        /// Body objects fetched at once (1: one after the other).
+        #[arg(long, default_value_t = tandem::backup::restore::DEFAULT_FETCHERS)]
+        fetchers: usize,
         /// Print the report as JSON.
         #[arg(long)]
         json: bool,
@@ -158,6 +161,7 @@ fn run(a: Args) -> anyhow::Result<ExitCode> {
             data_dir,
             until,
             seq,
+            fetchers,
             json,
         } => {
             let stop = match (until, seq) {
@@ -181,7 +185,7 @@ fn run(a: Args) -> anyhow::Result<ExitCode> {
             } else {
                 ProgressBar::hidden()
             };
-            let r = tandem_tools::restore(&from, &data_dir, stop, &s3, &mut |pos, target| {
+            let r = tandem_tools::restore(&from, &data_dir, stop, &s3, fetchers, &mut |pos, target| {
                 bar.set_length(target.max(pos));
                 bar.set_position(pos);
             });
