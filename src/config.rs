@@ -713,5 +713,19 @@ ack = "peer"
         assert!(e.contains("backup.interval_ms"), "{e}");
         let e = Config::parse("[backup]\nevery = 1\n", Path::new("t.toml")).unwrap_err().to_string();
         assert!(e.contains("every"), "{e}");
+        // S3 targets.
+        let c = Config::parse(
+            "[backup]\nto = \"s3://tandem-b/mx1\"\nendpoint = \"http://127.0.0.1:9000\"\nregion = \"eu-west-1\"\ncredentials_file = \"/etc/s3.key\"\n",
+            Path::new("t.toml"),
+        )
+        .unwrap();
+        assert!(crate::backup::is_s3(c.backup.to.as_deref().unwrap()));
+        assert_eq!(c.backup.s3().endpoint.as_deref(), Some("http://127.0.0.1:9000"));
+        assert_eq!(c.backup.s3().region.as_deref(), Some("eu-west-1"));
+        assert_eq!(c.backup.s3().credentials_file.as_deref(), Some(Path::new("/etc/s3.key")));
+        let e = Config::parse("[backup]\nto = \"s3://B\"\nendpoint = \"ftp://x\"\n", Path::new("t.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("backup.to") && e.contains("backup.endpoint"), "{e}");
     }
 }
