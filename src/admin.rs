@@ -502,13 +502,13 @@ struct BackupRequest {
     to: std::path::PathBuf,
 }
 
-/// Back up everything applied so far into a directory; answers once the
-/// manifest naming it is durable.
+/// Back up everything applied so far into a directory or an S3 target;
+/// answers once the manifest naming it is durable.
 async fn backup(State(st): State<Shared>, Json(req): Json<BackupRequest>) -> Result<Json<serde_json::Value>, ApiError> {
-    if !req.to.is_absolute() {
+    if !req.to.is_absolute() && !crate::backup::is_s3(&req.to) {
         return Err(ApiError(
             StatusCode::BAD_REQUEST,
-            "the backup directory must be an absolute path".into(),
+            "the backup target must be an absolute path or s3://BUCKET[/PREFIX]".into(),
         ));
     }
     let (store, backups, to) = (st.store.clone(), st.backups.clone(), req.to.clone());

@@ -64,7 +64,9 @@ pub enum Command {
     /// Back up the node's log and bodies into a directory (incremental:
     /// only what is not there yet). Restore with `tandem-replay restore`.
     Backup {
-        /// Backup directory (created if missing).
+        /// Backup directory (created if missing), or s3://BUCKET[/PREFIX]
+        /// (reached with the node's `[backup]` endpoint, region and
+        /// credentials).
         #[arg(long)]
         to: PathBuf,
     },
@@ -389,8 +391,12 @@ fn print_conflicts(r: &crate::repl::resolve::Report) {
 }
 
 async fn backup(cfg: &Config, to: PathBuf) -> anyhow::Result<()> {
-    std::fs::create_dir_all(&to).with_context(|| format!("creating {}", to.display()))?;
-    let to = std::fs::canonicalize(&to).with_context(|| format!("resolving {}", to.display()))?;
+    let to = if crate::backup::is_s3(&to) {
+        to
+    } else {
+        std::fs::create_dir_all(&to).with_context(|| format!("creating {}", to.display()))?;
+        std::fs::canonicalize(&to).with_context(|| format!("resolving {}", to.display()))?
+    };
     let r: serde_json::Value = Admin::new(cfg)?
         .send(reqwest::Method::POST, "/v1/backup", serde_json::json!({ "to": to }))
         .await?;

@@ -26,11 +26,30 @@ pub struct Config {
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct BackupConfig {
-    /// Backup directory (local or network file system). Unset: no
-    /// continuous backup (`tandem backup --to DIR` still works).
+    /// Backup directory (local or network file system) or
+    /// `s3://bucket/prefix`. Unset: no continuous backup (`tandem backup
+    /// --to DIR` still works).
     pub to: Option<PathBuf>,
     /// How often to back up what was applied since the last run.
     pub interval_ms: u64,
+    /// S3 targets: the service's URL (unset: AWS or `AWS_ENDPOINT_URL`).
+    pub endpoint: Option<String>,
+    /// S3 targets: signing region (unset: `AWS_REGION`, else us-east-1).
+    pub region: Option<String>,
+    /// S3 targets: file with `access_key_id` and `secret_access_key`
+    /// (unset: `AWS_ACCESS_KEY_ID`/`AWS_SECRET_ACCESS_KEY`).
+    pub credentials_file: Option<PathBuf>,
+}
+
+impl BackupConfig {
+    /// How S3 targets are reached.
+    pub fn s3(&self) -> crate::backup::s3::S3Settings {
+        crate::backup::s3::S3Settings {
+            endpoint: self.endpoint.clone(),
+            region: self.region.clone(),
+            credentials_file: self.credentials_file.clone(),
+        }
+    }
 }
 
 impl Default for BackupConfig {
@@ -38,6 +57,9 @@ impl Default for BackupConfig {
         BackupConfig {
             to: None,
             interval_ms: 1000,
+            endpoint: None,
+            region: None,
+            credentials_file: None,
         }
     }
 }
@@ -564,6 +586,19 @@ impl Config {
         if self.backup.to.as_ref().is_some_and(|d| d.as_os_str().is_empty()) {
             p.push("backup.to is empty".into());
         }
+        if let Some(to) = self.backup.to.as_ref().filter(|t| crate::backup::is_s3(t)) {
+            if crate::backup::s3::parse_url(&to.to_string_lossy()).is_none() {
+                p.push(format!("backup.to = {:?} is not s3://BUCKET[/PREFIX]", to.display()));
+            }
+        }
+        if let Some(e) = self
+            .backup
+            .endpoint
+            .as_ref()
+            .filter(|e| !(e.starts_with("http://") || e.starts_with("https://")))
+        {
+            p.push(format!("backup.endpoint = {e:?} is not an http:// or https:// URL"));
+        }
         if self.mirror.peers.len() > 2 {
             p.push(format!(
                 "mirror.peers: {} peers given; a mirror has two or three nodes",
@@ -729,5 +764,19 @@ ack = "peer"
         assert!(e.contains("backup.interval_ms"), "{e}");
         let e = Config::parse("[backup]\nevery = 1\n", Path::new("t.toml")).unwrap_err().to_string();
         assert!(e.contains("every"), "{e}");
+        // S3 targets.
+        let c = Config::parse(
+            "[backup]\nto = \"s3://tandem-b/mx1\"\nendpoint = \"http://127.0.0.1:9000\"\nregion = \"eu-west-1\"\ncredentials_file = \"/etc/s3.key\"\n",
+            Path::new("t.toml"),
+        )
+        .unwrap();
+        assert!(crate::backup::is_s3(c.backup.to.as_deref().unwrap()));
+        assert_eq!(c.backup.s3().endpoint.as_deref(), Some("http://127.0.0.1:9000"));
+        assert_eq!(c.backup.s3().region.as_deref(), Some("eu-west-1"));
+        assert_eq!(c.backup.s3().credentials_file.as_deref(), Some(Path::new("/etc/s3.key")));
+        let e = Config::parse("[backup]\nto = \"s3://B\"\nendpoint = \"ftp://x\"\n", Path::new("t.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("backup.to") && e.contains("backup.endpoint"), "{e}");
     }
 }

@@ -307,7 +307,7 @@ pub async fn start(cfg: &Config) -> anyhow::Result<Running> {
         mirror.clone(),
         shutdown_rx.clone(),
     )));
-    let backups = Arc::new(crate::backup::Backups::default());
+    let backups = Arc::new(crate::backup::Backups::new(cfg.backup.s3()));
     if let Some(dir) = &cfg.backup.to {
         tasks.push(tokio::spawn(crate::backup::run_continuous(
             backups.clone(),

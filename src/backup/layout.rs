@@ -239,13 +239,24 @@ pub fn load_manifest(t: &dyn Target, number: u64) -> Result<Loaded, BackupError>
 /// that follow each other, segments that continue each origin's chain, and
 /// runs that the segments cover.
 pub fn load_chain(t: &dyn Target, node_id: &str) -> Result<Vec<Loaded>, BackupError> {
-    let numbers = manifest_numbers(t)?;
+    load_chain_after(t, node_id, 0, [0u8; 32], 0, BTreeMap::new())
+}
+
+/// [`load_chain`] from the state after manifest `after` (a base): the
+/// manifests numbered after it, the first naming `prev_hash` and starting
+/// after apply order `order` with `heads`.
+pub fn load_chain_after(
+    t: &dyn Target,
+    node_id: &str,
+    after: u64,
+    mut prev_hash: Hash,
+    mut order: u64,
+    mut heads: BTreeMap<Origin, (u64, Hash)>,
+) -> Result<Vec<Loaded>, BackupError> {
+    let numbers: Vec<u64> = manifest_numbers(t)?.into_iter().filter(|n| *n > after).collect();
     let mut out: Vec<Loaded> = Vec::with_capacity(numbers.len());
-    let mut heads: BTreeMap<Origin, (u64, Hash)> = BTreeMap::new();
-    let mut prev_hash = [0u8; 32];
-    let mut order = 0u64;
     for (i, n) in numbers.iter().enumerate() {
-        let want = i as u64 + 1;
+        let want = after + i as u64 + 1;
         if *n != want {
             return Err(BackupError::Missing {
                 object: manifest_name(want),

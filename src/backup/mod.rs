@@ -3,10 +3,13 @@
 //! ever) and a manifest per run, into a write-once [`target::Target`].
 //!
 //! # Layout
-//! - [`target`]: write-once object stores (a directory).
+//! - [`target`]: write-once object stores (a directory), retries and
+//!   fault injection.
+//! - [`s3`]: an S3-compatible bucket as a target.
 //! - [`layout`]: object names, marker and manifests; the manifest chain check.
 //! - [`export`]: one backup run (segments streamed from the log).
 //! - [`restore`]: read a backup back, verifying as it goes, into a store.
+//! - [`retention`]: bases, leases and prune.
 //! - [`pitr`]: a user's or a folder's past state back into new folders of
 //!   the running node, from its own log.
 //! - [`Backups`]: the daemon's backup jobs (`[backup] to`, `tandem backup`)
@@ -18,6 +21,8 @@ pub mod export;
 pub mod layout;
 pub mod pitr;
 pub mod restore;
+pub mod retention;
+pub mod s3;
 pub mod target;
 
 use export::{Position, RunReport};
@@ -27,6 +32,22 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use target::{DirTarget, Target};
+
+/// Whether `to` names an S3 target (`s3://bucket/prefix`) rather than a
+/// directory.
+pub fn is_s3(to: &Path) -> bool {
+    to.to_str().is_some_and(|s| s.starts_with("s3://"))
+}
+
+/// The target `to` names: `s3://bucket/prefix` (reached with `s3`), else a
+/// directory.
+pub fn open_target(to: &Path, s3: &s3::S3Settings) -> std::io::Result<Arc<dyn Target>> {
+    if is_s3(to) {
+        Ok(Arc::new(s3::S3Target::new(to.to_str().expect("checked by is_s3"), s3)?))
+    } else {
+        Ok(Arc::new(DirTarget::new(to)?))
+    }
+}
 use wal::{Place, SegmentError, WalError};
 
 /// Why a backup or a restore failed. Every variant names the object.
@@ -93,6 +114,9 @@ pub struct BackupStatus {
     /// When the last run finished (ms since the epoch).
     pub last_run_ms: u64,
     pub failures: u64,
+    /// Requests to the target that failed and were tried again.
+    #[serde(default)]
+    pub retries: u64,
     pub last_error: Option<String>,
 }
 
@@ -103,10 +127,12 @@ struct Job {
     status: Mutex<BackupStatus>,
 }
 
-/// The daemon's backup jobs, one per target directory.
+/// The daemon's backup jobs, one per target.
 #[derive(Default)]
 pub struct Backups {
     jobs: Mutex<BTreeMap<PathBuf, Arc<Job>>>,
+    /// How S3 targets are reached (`[backup]` endpoint, region, credentials).
+    s3: s3::S3Settings,
 }
 
 fn now_ms() -> u64 {
@@ -117,6 +143,14 @@ fn now_ms() -> u64 {
 }
 
 impl Backups {
+    /// Jobs reaching S3 targets with `s3`.
+    pub fn new(s3: s3::S3Settings) -> Backups {
+        Backups {
+            jobs: Mutex::default(),
+            s3,
+        }
+    }
+
     fn job(&self, dir: &Path, continuous: bool) -> Result<Arc<Job>, BackupError> {
         let mut jobs = self.jobs.lock().expect("jobs lock");
         if let Some(j) = jobs.get(dir) {
@@ -125,9 +159,9 @@ impl Backups {
             }
             return Ok(j.clone());
         }
-        let t = DirTarget::new(dir).map_err(|e| BackupError::io(&dir.display().to_string(), e))?;
+        let t = open_target(dir, &self.s3).map_err(|e| BackupError::io(&dir.display().to_string(), e))?;
         let j = Arc::new(Job {
-            target: Arc::new(t),
+            target: t,
             pos: Mutex::new(None),
             status: Mutex::new(BackupStatus {
                 target: dir.display().to_string(),
@@ -139,8 +173,9 @@ impl Backups {
         Ok(j)
     }
 
-    /// Back up everything applied so far into `dir` (blocking). Returns the
-    /// runs written; none when the backup was already current.
+    /// Back up everything applied so far into `dir` (a directory, or
+    /// `s3://bucket/prefix`; blocking). Returns the runs written; none when
+    /// the backup was already current.
     pub fn run(&self, store: &crate::store::Store, dir: &Path, continuous: bool) -> Result<Vec<RunReport>, BackupError> {
         let job = self.job(dir, continuous)?;
         let r = run_job(store, &job);
@@ -164,6 +199,7 @@ impl Backups {
             .map(|j| {
                 let mut st = j.status.lock().expect("status lock").clone();
                 st.apply_order = apply_order;
+                st.retries = j.target.retries();
                 st.lag_entries = apply_order.saturating_sub(st.position);
                 st.lag_secs = if st.lag_entries == 0 {
                     0.0

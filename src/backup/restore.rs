@@ -4,6 +4,7 @@
 //! takes. A restore that is interrupted continues where the store stands.
 
 use super::layout::{self, Loaded};
+use super::retention::{self, Base};
 use super::target::Target;
 use super::BackupError;
 use crate::event::{BlobHash, Event};
@@ -34,20 +35,66 @@ const BATCH_BYTES: usize = 16 << 20;
 /// A verified backup, ready to restore from.
 pub struct Plan {
     pub node_id: String,
+    /// The base the restore starts from (its store is fetched first);
+    /// `None`: from the first manifest.
+    pub base: Option<super::retention::Base>,
+    /// The manifests after the base (or all of them).
     pub manifests: Vec<Loaded>,
     /// The apply-order position the restore ends at (for `Until`, an
     /// upper bound: the exact point is found while applying).
     pub target_order: u64,
 }
 
-/// Read the marker and the whole manifest chain, and find where `stop` is.
+/// Where a restore to `stop` starts: the newest base at or before it, or
+/// the first manifest when it is still there.
+fn choose_base(t: &dyn Target, node_id: &str, stop: Stop) -> Result<Option<Base>, BackupError> {
+    let numbers = retention::base_numbers(t)?;
+    let mut oldest = None;
+    for n in numbers.into_iter().rev() {
+        let b = retention::load_base(t, n)?;
+        if b.node_id != node_id {
+            return Err(BackupError::Corrupt {
+                object: retention::base_name(n),
+                reason: format!("belongs to node {:?}, not {node_id:?}", b.node_id),
+            });
+        }
+        let before = match stop {
+            Stop::Latest => true,
+            Stop::Until { ms } => b.time_ms <= ms,
+            Stop::Seq { origin, seq } => b.heads.get(&origin.to_string()).is_none_or(|h| h.seq < seq),
+        };
+        if before {
+            return Ok(Some(b));
+        }
+        oldest = Some(b);
+    }
+    match oldest {
+        // Earlier than every base: only the whole chain can serve it.
+        Some(b) if layout::manifest_numbers(t)?.first() != Some(&1) => Err(BackupError::Usage(format!(
+            "that point is older than the oldest restore point the backup keeps (base {}, time {} ms, apply order {}): earlier ones were pruned",
+            b.number, b.time_ms, b.order
+        ))),
+        _ => Ok(None),
+    }
+}
+
+/// Read the marker and the manifest chain (from the base the restore
+/// starts at), and find where `stop` is.
 pub fn plan(t: &dyn Target, stop: Stop) -> Result<Plan, BackupError> {
     let node_id = layout::read_marker(t)?.ok_or_else(|| BackupError::Missing {
         object: layout::MARKER.into(),
         what: format!("{} holds no Tandem backup", t.describe()),
     })?;
-    let manifests = layout::load_chain(t, &node_id)?;
-    let last = manifests.last().map(|l| l.manifest.order_to).unwrap_or(0);
+    let base = choose_base(t, &node_id, stop)?;
+    let manifests = match &base {
+        None => layout::load_chain(t, &node_id)?,
+        Some(b) => {
+            let (prev, order, heads) = retention::base_state(b)?;
+            layout::load_chain_after(t, &node_id, b.number, prev, order, heads)?
+        }
+    };
+    let floor = base.as_ref().map(|b| b.order).unwrap_or(0);
+    let last = manifests.last().map(|l| l.manifest.order_to).unwrap_or(floor);
     let target_order = match stop {
         Stop::Latest => last,
         Stop::Until { ms } => manifests
@@ -55,7 +102,7 @@ pub fn plan(t: &dyn Target, stop: Stop) -> Result<Plan, BackupError> {
             .filter(|l| l.manifest.time_from_ms <= ms)
             .map(|l| l.manifest.order_to)
             .max()
-            .unwrap_or(0),
+            .unwrap_or(floor),
         Stop::Seq { origin, seq } => {
             let o = origin.to_string();
             let mut found = None;
@@ -74,6 +121,7 @@ pub fn plan(t: &dyn Target, stop: Stop) -> Result<Plan, BackupError> {
     };
     Ok(Plan {
         node_id,
+        base,
         manifests,
         target_order,
     })
@@ -98,9 +146,16 @@ pub struct RestoreReport {
     pub read_retries: u64,
 }
 
+/// Body objects fetched at once by default while restoring.
+pub const DEFAULT_FETCHERS: usize = 8;
+/// Most bodies waiting to be fetched in one batch.
+const BATCH_BODIES: usize = 64;
+
 struct Batch {
     entries: Vec<WireEntry>,
-    blobs: Vec<WireBlob>,
+    /// Bodies the entries need that the store lacks, by the entry that
+    /// first named them; fetched together, in parallel, at the flush.
+    pending: Vec<([u8; 32], Place)>,
     blob_set: HashSet<[u8; 32]>,
     bytes: usize,
 }
@@ -109,19 +164,68 @@ impl Batch {
     fn new() -> Batch {
         Batch {
             entries: Vec::new(),
-            blobs: Vec::new(),
+            pending: Vec::new(),
             blob_set: HashSet::new(),
             bytes: 0,
         }
     }
 }
 
-fn flush(store: &Store, b: &mut Batch) -> Result<(), BackupError> {
+/// Fetch and check `pending` with up to `fetchers` reads at once. The
+/// first failure in entry order is the one reported.
+fn fetch_all(t: &dyn Target, pending: &[([u8; 32], Place)], fetchers: usize) -> Result<Vec<WireBlob>, BackupError> {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Mutex;
+    let workers = fetchers.max(1).min(pending.len());
+    if workers <= 1 {
+        return pending
+            .iter()
+            .map(|(h, place)| fetch_body(t, h, place).map(|body| WireBlob { hash: *h, body }))
+            .collect();
+    }
+    let next = AtomicUsize::new(0);
+    type Slot = Mutex<Option<Result<Vec<u8>, BackupError>>>;
+    let results: Vec<Slot> = pending.iter().map(|_| Mutex::new(None)).collect();
+    std::thread::scope(|s| {
+        for _ in 0..workers {
+            s.spawn(|| loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= pending.len() {
+                    return;
+                }
+                let r = fetch_body(t, &pending[i].0, &pending[i].1);
+                let failed = r.is_err();
+                *results[i].lock().expect("result lock") = Some(r);
+                if failed {
+                    // The others stop at their next body.
+                    next.store(pending.len(), Ordering::Relaxed);
+                }
+            });
+        }
+    });
+    let mut out = Vec::with_capacity(pending.len());
+    for (i, r) in results.into_iter().enumerate() {
+        match r.into_inner().expect("result lock") {
+            Some(Ok(body)) => out.push(WireBlob { hash: pending[i].0, body }),
+            Some(Err(e)) => return Err(e),
+            // Bodies are handed out in order, and every one handed out is
+            // finished: one left unfetched lies after a failure, which
+            // this loop met and returned first.
+            None => unreachable!("body {i} unfetched without an earlier failure"),
+        }
+    }
+    Ok(out)
+}
+
+fn flush(store: &Store, t: &dyn Target, fetchers: usize, rep: &mut RestoreReport, b: &mut Batch) -> Result<(), BackupError> {
     if b.entries.is_empty() {
         return Ok(());
     }
+    let blobs = fetch_all(t, &b.pending, fetchers)?;
+    rep.bodies_fetched += blobs.len() as u64;
+    rep.body_bytes += blobs.iter().map(|w| w.body.len() as u64).sum::<u64>();
     let entries = std::mem::take(&mut b.entries);
-    let blobs = std::mem::take(&mut b.blobs);
+    b.pending.clear();
     b.blob_set.clear();
     b.bytes = 0;
     let first = Place {
@@ -165,6 +269,19 @@ pub fn fetch_body(t: &dyn Target, hash: &[u8; 32], place: &Place) -> Result<Vec<
 /// interrupted restore of the same backup) up to `stop`. `progress` is
 /// called with the apply-order position reached.
 pub fn apply(t: &dyn Target, plan: &Plan, store: &Store, stop: Stop, progress: &mut dyn FnMut(u64)) -> Result<RestoreReport, BackupError> {
+    apply_with(t, plan, store, stop, DEFAULT_FETCHERS, progress)
+}
+
+/// [`apply`], fetching up to `fetchers` body objects at once (1: one after
+/// the other).
+pub fn apply_with(
+    t: &dyn Target,
+    plan: &Plan,
+    store: &Store,
+    stop: Stop,
+    fetchers: usize,
+    progress: &mut dyn FnMut(u64),
+) -> Result<RestoreReport, BackupError> {
     let wal = store.wal();
     let resumed_at = wal.last_order();
     let mut rep = RestoreReport {
@@ -264,19 +381,18 @@ pub fn apply(t: &dyn Target, plan: &Plan, store: &Store, stop: Stop, progress: &
                     place: place.clone(),
                     reason: err.to_string(),
                 })?;
-                if let Event::MessageAppended { blob, .. } = &event {
+                if let Event::MessageAppended { blob, size, .. } = &event {
                     if !batch.blob_set.contains(&blob.0)
                         && !store.holds_body(blob).map_err(|err| BackupError::Apply {
                             place: place.clone(),
                             reason: err.to_string(),
                         })?
                     {
-                        let body = fetch_body(t, &blob.0, &place)?;
-                        rep.bodies_fetched += 1;
-                        rep.body_bytes += body.len() as u64;
-                        batch.bytes += body.len();
+                        // The entry's size bounds the batch before the body
+                        // is fetched (the fetched length is what counts).
+                        batch.bytes += (*size).min(MAX_BODY_LEN) as usize;
                         batch.blob_set.insert(blob.0);
-                        batch.blobs.push(WireBlob { hash: blob.0, body });
+                        batch.pending.push((blob.0, place.clone()));
                     }
                 }
                 rep.last = Some((origin.to_string(), seq, e.hlc >> 16));
@@ -289,8 +405,8 @@ pub fn apply(t: &dyn Target, plan: &Plan, store: &Store, stop: Stop, progress: &
                     payload: e.payload,
                 });
                 rep.entries_applied += 1;
-                if batch.entries.len() >= BATCH_ENTRIES || batch.bytes >= BATCH_BYTES {
-                    flush(store, &mut batch)?;
+                if batch.entries.len() >= BATCH_ENTRIES || batch.bytes >= BATCH_BYTES || batch.pending.len() >= BATCH_BODIES {
+                    flush(store, t, fetchers, &mut rep, &mut batch)?;
                     progress(pos);
                 }
                 if matches!(stop, Stop::Seq { .. }) && pos >= plan.target_order {
@@ -309,10 +425,10 @@ pub fn apply(t: &dyn Target, plan: &Plan, store: &Store, stop: Stop, progress: &
                 })?;
             }
         }
-        flush(store, &mut batch)?;
+        flush(store, t, fetchers, &mut rep, &mut batch)?;
         progress(wal.last_order());
     }
-    flush(store, &mut batch)?;
+    flush(store, t, fetchers, &mut rep, &mut batch)?;
     rep.order = wal.last_order();
     Ok(rep)
 }

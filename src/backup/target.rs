@@ -28,8 +28,15 @@ pub trait Target: Send + Sync {
     fn list(&self, dir: &str) -> io::Result<Vec<String>>;
     /// Make every object written so far durable.
     fn sync(&self) -> io::Result<()>;
+    /// Remove an object (absent is no error). Only retention (`prune`)
+    /// calls it, with credentials of its own: a backup writer never does.
+    fn delete(&self, name: &str) -> io::Result<()>;
     /// Where the target is, for messages.
     fn describe(&self) -> String;
+    /// Failed requests that were tried again so far.
+    fn retries(&self) -> u64 {
+        0
+    }
 }
 
 /// A directory on a local or network file system.
@@ -43,7 +50,7 @@ pub struct DirTarget {
 /// Subdirectory for objects being written (never read as objects).
 const TMP_DIR: &str = "tmp";
 
-fn check_name(name: &str) -> io::Result<()> {
+pub(crate) fn check_name(name: &str) -> io::Result<()> {
     let ok = !name.is_empty()
         && !name.starts_with('/')
         && name
@@ -185,6 +192,20 @@ impl Target for DirTarget {
         Ok(())
     }
 
+    fn delete(&self, name: &str) -> io::Result<()> {
+        check_name(name)?;
+        match std::fs::remove_file(self.root.join(name)) {
+            Ok(()) => {
+                if let Some(p) = self.root.join(name).parent() {
+                    self.mark_dirty(p);
+                }
+                Ok(())
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
     fn describe(&self) -> String {
         self.root.display().to_string()
     }
@@ -273,6 +294,9 @@ impl Read for RetryReader {
 }
 
 impl Target for Retrying {
+    fn retries(&self) -> u64 {
+        self.retries() + self.inner.retries()
+    }
     fn put_new(&self, name: &str, write: &mut dyn FnMut(&mut dyn Write) -> io::Result<()>) -> io::Result<bool> {
         self.inner.put_new(name, write)
     }
@@ -298,6 +322,9 @@ impl Target for Retrying {
     }
     fn sync(&self) -> io::Result<()> {
         self.inner.sync()
+    }
+    fn delete(&self, name: &str) -> io::Result<()> {
+        self.inner.delete(name)
     }
     fn describe(&self) -> String {
         self.inner.describe()
@@ -375,6 +402,9 @@ impl Target for Faulty {
     }
     fn sync(&self) -> io::Result<()> {
         self.inner.sync()
+    }
+    fn delete(&self, name: &str) -> io::Result<()> {
+        self.inner.delete(name)
     }
     fn describe(&self) -> String {
         self.inner.describe()

@@ -21,7 +21,9 @@ use std::path::Path;
 use std::sync::Arc;
 use tandem::backup::layout;
 use tandem::backup::restore::{self as brestore, RestoreReport, Stop};
-use tandem::backup::target::{DirTarget, Faulty, Retrying, Target};
+use tandem::backup::retention::{self, LeaseGuard, PruneOptions, PruneReport};
+use tandem::backup::s3::S3Settings;
+use tandem::backup::target::{Faulty, Retrying, Target};
 use tandem::event::{BlobHash, Event};
 use tandem::replay::{rebuild_views, replay_into, views_digest};
 use tandem::store::{wal_options, Store};
@@ -63,15 +65,55 @@ fn open(data_dir: &Path) -> anyhow::Result<(String, Store)> {
     Ok((id, store))
 }
 
+/// Time to live of the lease a restore or audit holds (renewed every
+/// third of it while it runs).
+pub const LEASE_TTL: std::time::Duration = std::time::Duration::from_secs(120);
+
+/// Prune the backup at `from`: keep every restore point of the last
+/// `keep_ms`, delete what only older ones need (see
+/// `tandem::backup::retention`). Run with credentials that may delete.
+pub fn prune(from: &Path, keep_ms: u64, wait: std::time::Duration, s3: &S3Settings) -> anyhow::Result<PruneReport> {
+    if !is_backup(from) {
+        anyhow::bail!("{} holds no Tandem backup (no {} file)", from.display(), layout::MARKER);
+    }
+    let t = open_backup(from, s3)?;
+    let scratch = tempfile::tempdir()?;
+    let o = PruneOptions {
+        keep_ms,
+        now_ms: std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_millis() as u64,
+        wait,
+        scratch: scratch.path().to_path_buf(),
+    };
+    Ok(retention::prune(&t, &o)?)
+}
+
+/// Parse a duration: a number and a unit (`ms`, `s`, `m`, `h`, `d`).
+pub fn parse_duration(s: &str) -> anyhow::Result<std::time::Duration> {
+    let i = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let n: u64 = s[..i]
+        .parse()
+        .with_context(|| format!("{s:?} is not a duration like 90s, 36h or 30d"))?;
+    let ms = match &s[i..] {
+        "ms" => 1,
+        "s" | "" => 1000,
+        "m" => 60_000,
+        "h" => 3_600_000,
+        "d" => 86_400_000,
+        u => anyhow::bail!("{s:?}: unknown unit {u:?} (ms, s, m, h, d)"),
+    };
+    Ok(std::time::Duration::from_millis(n.saturating_mul(ms)))
+}
+
 /// Attempts per read of a backup object before a restore gives up.
 pub const READ_ATTEMPTS: u32 = 8;
 
-/// The backup directory as restores and audits read it: every read retried
-/// (transient failures of a network file system), and, when the
-/// environment sets `TANDEM_BACKUP_READ_FAULTS` to a rate in 0..1, that
-/// share of reads failing on purpose (fault-injection drills and tests).
-pub fn open_backup(dir: &Path) -> anyhow::Result<Retrying> {
-    let t: Arc<dyn Target> = Arc::new(DirTarget::new(dir).with_context(|| format!("opening the backup {}", dir.display()))?);
+/// The backup (a directory, or `s3://bucket/prefix` reached with `s3`) as
+/// restores and audits read it: every read retried (transient failures of
+/// a network file system or object store), and, when the environment sets
+/// `TANDEM_BACKUP_READ_FAULTS` to a rate in 0..1, that share of reads
+/// failing on purpose (fault-injection drills and tests).
+pub fn open_backup(dir: &Path, s3: &S3Settings) -> anyhow::Result<Retrying> {
+    let t = tandem::backup::open_target(dir, s3).with_context(|| format!("opening the backup {}", dir.display()))?;
     let t: Arc<dyn Target> = match std::env::var("TANDEM_BACKUP_READ_FAULTS") {
         Ok(r) => {
             let rate: f64 = r
@@ -84,15 +126,16 @@ pub fn open_backup(dir: &Path) -> anyhow::Result<Retrying> {
     Ok(Retrying::new(t, READ_ATTEMPTS))
 }
 
-/// Whether `path` holds a backup (rather than a node's data directory).
+/// Whether `path` names a backup (an S3 target, or a directory with the
+/// marker) rather than a node's data directory.
 pub fn is_backup(path: &Path) -> bool {
-    path.join(layout::MARKER).is_file()
+    tandem::backup::is_s3(path) || path.join(layout::MARKER).is_file()
 }
 
-/// Audit a stopped node's data directory or a backup directory.
-pub fn audit_path(path: &Path, scratch: &Path) -> anyhow::Result<AuditReport> {
+/// Audit a stopped node's data directory or a backup (directory or S3).
+pub fn audit_path(path: &Path, scratch: &Path, s3: &S3Settings) -> anyhow::Result<AuditReport> {
     if is_backup(path) {
-        audit_backup(path, scratch)
+        audit_backup(path, scratch, s3)
     } else {
         audit(path, scratch)
     }
@@ -210,14 +253,16 @@ pub fn audit(data_dir: &Path, scratch: &Path) -> anyhow::Result<AuditReport> {
 
 /// Audit a backup directory: the manifest chain, then every segment and
 /// every body it references, replayed into a scratch store at `scratch`.
-pub fn audit_backup(dir: &Path, scratch: &Path) -> anyhow::Result<AuditReport> {
-    let t = open_backup(dir)?;
+pub fn audit_backup(dir: &Path, scratch: &Path, s3: &S3Settings) -> anyhow::Result<AuditReport> {
+    let t: Arc<Retrying> = Arc::new(open_backup(dir, s3)?);
+    let _lease = LeaseGuard::take(t.clone(), LEASE_TTL, "audit").context("taking a lease on the backup")?;
+    let t = t.as_ref();
     let mut problems = Vec::new();
-    let plan = match brestore::plan(&t, Stop::Latest) {
+    let plan = match brestore::plan(t, Stop::Latest) {
         Ok(p) => p,
         Err(e) => {
             return Ok(AuditReport {
-                node_id: layout::read_marker(&t).ok().flatten().unwrap_or_default(),
+                node_id: layout::read_marker(t).ok().flatten().unwrap_or_default(),
                 kind: "backup".into(),
                 heads: Default::default(),
                 entries_verified: 0,
@@ -237,8 +282,39 @@ pub fn audit_backup(dir: &Path, scratch: &Path) -> anyhow::Result<AuditReport> {
         .unwrap_or_default();
     let mut o = wal_options(&plan.node_id);
     o.sync = false;
-    let replica = Store::open(scratch, &plan.node_id, o).context("opening the scratch store")?;
-    let rep = match brestore::apply(&t, &plan, &replica, Stop::Latest, &mut |_| {}) {
+    let mut replica_db = scratch.to_path_buf();
+    if let Some(b) = &plan.base {
+        // The base's store: every file by its hash, then audited as a
+        // node's data directory (chains, bodies, views against a replay).
+        let base_dir = scratch.join("base");
+        std::fs::create_dir_all(&base_dir)?;
+        std::fs::write(base_dir.join(tandem::server::NODE_ID_FILE), &plan.node_id)?;
+        replica_db = base_dir.join("db");
+        if let Err(e) = retention::fetch_base(t, b, &replica_db) {
+            problems.push(e.to_string());
+            return Ok(AuditReport {
+                node_id: plan.node_id,
+                kind: "backup".into(),
+                heads,
+                entries_verified: 0,
+                entries_replayed: 0,
+                bodies_verified: 0,
+                views_digest: String::new(),
+                replay_digest: String::new(),
+                ok: false,
+                problems,
+            });
+        }
+        let a = audit(&base_dir, &scratch.join("base-replay"))?;
+        problems.extend(a.problems.iter().map(|p| format!("{}: {p}", retention::base_name(b.number))));
+    }
+    let replica = Store::open(&replica_db, &plan.node_id, o).context("opening the scratch store")?;
+    if let Some(b) = &plan.base {
+        if let Err(e) = retention::check_holds_base(&replica, b) {
+            problems.push(e.to_string());
+        }
+    }
+    let rep = match brestore::apply(t, &plan, &replica, Stop::Latest, &mut |_| {}) {
         Ok(r) => r,
         Err(e) => {
             problems.push(e.to_string());
@@ -293,13 +369,23 @@ pub fn parse_time(s: &str) -> anyhow::Result<u64> {
 
 /// Restore a whole node from the backup in `from` into `data_dir` (new, or
 /// holding an interrupted restore of the same backup, which continues).
-/// `progress(position, target)` is called as entries are applied.
-pub fn restore(from: &Path, data_dir: &Path, stop: Stop, progress: &mut dyn FnMut(u64, u64)) -> anyhow::Result<RestoreReport> {
+/// Up to `fetchers` body objects are fetched at once. `progress(position,
+/// target)` is called as entries are applied.
+pub fn restore(
+    from: &Path,
+    data_dir: &Path,
+    stop: Stop,
+    s3: &S3Settings,
+    fetchers: usize,
+    progress: &mut dyn FnMut(u64, u64),
+) -> anyhow::Result<RestoreReport> {
     if !is_backup(from) {
         anyhow::bail!("{} holds no Tandem backup (no {} file)", from.display(), layout::MARKER);
     }
-    let t = open_backup(from)?;
-    let plan = brestore::plan(&t, stop)?;
+    let t: Arc<Retrying> = Arc::new(open_backup(from, s3)?);
+    // Before anything is read: prune leaves what this restore uses alone.
+    let _lease = LeaseGuard::take(t.clone(), LEASE_TTL, "restore").context("taking a lease on the backup")?;
+    let plan = brestore::plan(t.as_ref(), stop)?;
     std::fs::create_dir_all(data_dir).with_context(|| format!("creating {}", data_dir.display()))?;
     let id_file = data_dir.join(tandem::server::NODE_ID_FILE);
     match std::fs::read_to_string(&id_file) {
@@ -318,9 +404,28 @@ pub fn restore(from: &Path, data_dir: &Path, stop: Stop, progress: &mut dyn FnMu
         Err(e) => return Err(e).with_context(|| format!("reading {}", id_file.display())),
     }
     let db = data_dir.join("db");
+    if let Some(b) = &plan.base {
+        if !db.exists() {
+            retention::fetch_base(t.as_ref(), b, &db)?;
+        }
+    }
     let store = Store::open(&db, &plan.node_id, wal_options(&plan.node_id)).with_context(|| format!("opening {}", db.display()))?;
+    if let Some(b) = &plan.base {
+        if store.wal().last_order() < b.order {
+            store.close()?;
+            anyhow::bail!(
+                "{} holds an interrupted restore from before {} was pruned; restore into a new data directory",
+                data_dir.display(),
+                retention::base_name(b.number)
+            );
+        }
+        if let Err(e) = retention::check_holds_base(&store, b) {
+            store.close()?;
+            return Err(e.into());
+        }
+    }
     let target = plan.target_order;
-    let r = brestore::apply(&t, &plan, &store, stop, &mut |p| progress(p, target));
+    let r = brestore::apply_with(t.as_ref(), &plan, &store, stop, fetchers, &mut |p| progress(p, target));
     store.close()?;
     let mut r = r?;
     r.read_retries = t.retries();

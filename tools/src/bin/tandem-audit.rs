@@ -18,7 +18,7 @@ struct Args {
 fn main() -> anyhow::Result<std::process::ExitCode> {
     let a = Args::parse();
     let scratch = tempfile::tempdir()?;
-    let r = tandem_tools::audit_path(&a.path, scratch.path())?;
+    let r = tandem_tools::audit_path(&a.path, scratch.path(), &Default::default())?;
     tandem_tools::print_audit(&r, a.json)?;
     Ok(if r.ok {
         std::process::ExitCode::SUCCESS

@@ -154,3 +154,162 @@ pub fn now_ms() -> u64 {
         .unwrap()
         .as_millis() as u64
 }
+
+/// A real S3-compatible server (moto's, installed by `.ci/setup`) on a
+/// loopback port, its state in memory; stopped on drop.
+pub struct S3Server {
+    child: std::process::Child,
+    pub port: u16,
+}
+
+/// The moto server binary: `TANDEM_MOTO_SERVER`, else where `.ci/setup`
+/// puts it, else `moto_server` on the PATH.
+fn moto_bin() -> std::path::PathBuf {
+    if let Some(p) = std::env::var_os("TANDEM_MOTO_SERVER") {
+        return p.into();
+    }
+    let p = Path::new("/opt/tandem-s3/bin/moto_server");
+    if p.exists() {
+        return p.to_path_buf();
+    }
+    "moto_server".into()
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// One HTTP/1.1 request without a body; returns the status code.
+pub fn http_status(port: u16, method: &str, path: &str) -> Option<u16> {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut line = String::new();
+    BufReader::new(s).read_line(&mut line).ok()?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+impl S3Server {
+    pub fn start(log_dir: &Path) -> S3Server {
+        let port = free_port();
+        let log = std::fs::File::create(log_dir.join(format!("moto-{port}.log"))).unwrap();
+        let child = std::process::Command::new(moto_bin())
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {} (installed by .ci/setup): {e}", moto_bin().display()));
+        let s = S3Server { child, port };
+        assert!(
+            wait_until(30, || http_status(port, "GET", "/").is_some()),
+            "the S3 server did not answer on port {port}"
+        );
+        s
+    }
+
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    pub fn create_bucket(&self, name: &str) {
+        assert_eq!(
+            http_status(self.port, "PUT", &format!("/{name}")),
+            Some(200),
+            "creating bucket {name}"
+        );
+    }
+}
+
+impl Drop for S3Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A file with S3 credentials (the server accepts any).
+pub fn s3_credentials(dir: &Path) -> std::path::PathBuf {
+    let f = dir.join("s3.key");
+    std::fs::write(&f, "access_key_id = \"tandemtest\"\nsecret_access_key = \"tandem-test-secret\"\n").unwrap();
+    f
+}
+
+/// A TCP relay on a loopback port to another one, which can be cut (the
+/// port refuses connections and open ones are reset) and restored on the
+/// same port: the network path to the S3 server failing, the server itself
+/// untouched.
+pub struct Relay {
+    pub port: u16,
+    upstream: u16,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    conns: std::sync::Arc<std::sync::Mutex<Vec<TcpStream>>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Relay {
+    pub fn start(port: u16, upstream: u16) -> Relay {
+        use std::sync::atomic::Ordering;
+        let l = std::net::TcpListener::bind(("127.0.0.1", port)).unwrap();
+        let port = l.local_addr().unwrap().port();
+        l.set_nonblocking(true).unwrap();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let conns = std::sync::Arc::new(std::sync::Mutex::new(Vec::<TcpStream>::new()));
+        let (st, cs) = (stop.clone(), conns.clone());
+        let thread = std::thread::spawn(move || {
+            while !st.load(Ordering::Relaxed) {
+                match l.accept() {
+                    Ok((a, _)) => {
+                        a.set_nonblocking(false).unwrap();
+                        let Ok(b) = TcpStream::connect(("127.0.0.1", upstream)) else {
+                            continue;
+                        };
+                        let mut g = cs.lock().unwrap();
+                        g.push(a.try_clone().unwrap());
+                        g.push(b.try_clone().unwrap());
+                        for (mut from, mut to) in [(a.try_clone().unwrap(), b.try_clone().unwrap()), (b, a)] {
+                            std::thread::spawn(move || {
+                                let _ = std::io::copy(&mut from, &mut to);
+                                let _ = to.shutdown(std::net::Shutdown::Write);
+                            });
+                        }
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(5)),
+                }
+            }
+        });
+        Relay {
+            port,
+            upstream,
+            stop,
+            conns,
+            thread: Some(thread),
+        }
+    }
+
+    /// Cut the path: the port is closed and open connections are reset.
+    pub fn cut(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            t.join().unwrap();
+        }
+        for c in self.conns.lock().unwrap().drain(..) {
+            let _ = c.shutdown(std::net::Shutdown::Both);
+        }
+    }
+
+    /// Open the path again on the same port.
+    pub fn restore(&mut self) {
+        self.cut();
+        *self = Relay::start(self.port, self.upstream);
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        self.cut();
+    }
+}
