@@ -1,7 +1,9 @@
 //! IMAP protocol pieces that need no I/O: command framing, modified UTF-7,
 //! MIME views for FETCH, SEARCH evaluation and response encoding helpers.
-//! Command syntax itself is parsed by imap-codec.
+//! Command syntax itself is parsed by imap-codec, except the extension
+//! grammar it does not know ([`ext`]).
 
+pub mod ext;
 pub mod fragment;
 pub mod mime;
 pub mod mutf7;

@@ -1,0 +1,268 @@
+//! IMAP extensions through real clients (Python's imaplib, and a raw
+//! socket client for the grammar imaplib cannot send), each checked
+//! against its RFC: ENABLE (RFC 5161) with UTF8=ACCEPT (RFC 6855),
+//! LIST-EXTENDED (RFC 5258) with SPECIAL-USE (RFC 6154) and LIST-STATUS
+//! (RFC 5819), MULTIAPPEND (RFC 3502) and ESEARCH (RFC 4731).
+
+mod common;
+use common::{node_with_users, python};
+
+#[test]
+fn enable_utf8_accept_names_and_strings_in_utf8() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = node_with_users(dir.path(), "utf8", "", &["alice@example.org"]);
+    python(
+        &node,
+        r#"
+from imaptest import *
+from rawimap import Raw
+
+c = connect("alice@example.org")
+ok(c.capability())
+caps = c.capabilities
+assert "ENABLE" in caps and "UTF8=ACCEPT" in caps, caps
+
+# Before ENABLE: 8-bit characters in a quoted string are a syntax error
+# (RFC 3501 quoted strings are 7-bit), names are modified UTF-7.
+r = Raw("alice@example.org")
+lines, status = r.cmd('CREATE "Entwürfe"'.encode())
+assert status.startswith("BAD"), status
+r.ok("CREATE Entw&APw-rfe")
+# The UTF8 data extension of APPEND needs ENABLE (RFC 6855 section 4).
+lines, status = r.cmd(b"APPEND INBOX UTF8 (~{5+}\r\nhello)")
+assert status.startswith("BAD"), status
+
+# imaplib's ENABLE switches the client to UTF-8 (RFC 6855 section 3).
+typ, data = c.enable("UTF8=ACCEPT")
+assert typ == "OK", (typ, data)
+assert c.utf8_enabled
+assert c.untagged_responses.get("ENABLED") == [b"UTF8=ACCEPT"], c.untagged_responses
+# ENABLE of a capability this server does not have enables nothing.
+r2 = Raw("alice@example.org")
+lines = r2.ok("ENABLE X-UNKNOWN UTF8=ACCEPT")
+assert lines == ["* ENABLED UTF8=ACCEPT"], lines
+lines = r2.ok("ENABLE UTF8=ACCEPT")
+assert lines == ["* ENABLED"], lines
+
+# Names in UTF-8, both ways.
+ok(c.create('"Überweisungen"'), "create utf8")
+ok(c.create('"Заметки/Работа"'), "create utf8 hierarchy")
+names = [l.decode("utf-8") for l in ok(c.list('""', '*'))]
+assert any(l.endswith('"Überweisungen"') for l in names), names
+assert any(l.endswith('"Entwürfe"') for l in names), names
+assert any(l.endswith('"Заметки/Работа"') for l in names), names
+# After ENABLE a name is UTF-8 as given, not modified UTF-7.
+ok(c.create('"A&B"'), "ampersand")
+names = [l.decode("utf-8") for l in ok(c.list('""', 'A&*'))]
+assert names == ['(\\HasNoChildren) "/" "A&B"'], names
+typ, data = c.select('"Entwürfe"')
+assert typ == "OK", data
+
+# A client without UTF8=ACCEPT sees the same mailboxes in modified UTF-7.
+names = [l.decode() for l in ok(connect("alice@example.org").list('""', '*'))]
+assert any(l.endswith('"&ANw-berweisungen"') for l in names), names
+assert any(l.endswith('"A&-B"') for l in names), names
+
+# APPEND with the UTF8 data extension and a literal8 (RFC 6855 section 4),
+# into a mailbox named in UTF-8; the message has UTF-8 headers.
+msg = ("From: Jörg <jörg@example.org>\r\nTo: a@example.org\r\nSubject: Grüße aus Köln\r\n"
+       "Date: Tue, 14 Nov 2023 22:13:20 +0000\r\n\r\nhallo\r\n").encode()
+r2.ok(b'APPEND "Entw\xc3\xbcrfe" (\\Seen) UTF8 (~{%d+}\r\n%s)' % (len(msg), msg))
+lines = r2.ok('STATUS "Entwürfe" (MESSAGES)'.encode())
+assert lines == ['* STATUS "Entwürfe" (MESSAGES 1)'], lines
+
+# SEARCH with a UTF-8 quoted string; CHARSET is refused (RFC 6855 section 3).
+r2.ok('SELECT "Entwürfe"'.encode())
+lines = r2.ok('SEARCH SUBJECT "grüße"'.encode())
+assert lines == ["* SEARCH 1"], lines
+lines, status = r2.cmd(b"SEARCH CHARSET UTF-8 ALL")
+assert status.startswith("BAD"), status
+# A quoted string that is not UTF-8 is still a syntax error.
+lines, status = r2.cmd(b'SEARCH SUBJECT "\xff\xfe"')
+assert status.startswith("BAD"), status
+lines = r2.ok("FETCH 1 BODY.PEEK[HEADER.FIELDS (SUBJECT)]")
+assert "Grüße aus Köln" in lines[0], lines
+print("ok")
+"#,
+    );
+}
+
+#[test]
+fn list_extended_special_use_and_status() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = node_with_users(dir.path(), "listx", "", &["alice@example.org"]);
+    python(
+        &node,
+        r#"
+from imaptest import *
+from rawimap import Raw
+
+r = Raw("alice@example.org")
+caps = r.ok("CAPABILITY")[0].split()
+for cap in ("LIST-EXTENDED", "LIST-STATUS", "SPECIAL-USE"):
+    assert cap in caps, caps
+# A new user has the special-use mailboxes, subscribed.
+DEFAULTS = {"Sent", "Drafts", "Trash", "Junk", "Archive"}
+for name in ("Work", "Work/Projects", "Work/Old", "Misc"):
+    r.ok("CREATE " + name)
+r.ok("SUBSCRIBE Work/Projects")
+r.ok("SUBSCRIBE INBOX")
+r.ok("SUBSCRIBE Gone")  # subscribed, but no such mailbox
+r.ok("UNSUBSCRIBE Junk")
+for i in range(3):
+    m = message("m%d" % i)
+    r.ok(b"APPEND Work {%d+}\r\n%s" % (len(m), m))
+r.ok("SELECT Work")
+r.ok("STORE 2 +FLAGS (\\Seen)")
+
+def listed(lines):
+    out = {}
+    for l in lines:
+        if l.startswith("* LIST "):
+            attrs = l[l.index("(") + 1:l.index(")")].split()
+            name = l.split('"/" ')[1].split(" (")[0].strip('"')
+            out[name] = (set(attrs), l)
+    return out
+
+# RFC 6154: the SPECIAL-USE selection option lists only special-use mailboxes.
+got = listed(r.ok('LIST (SPECIAL-USE) "" "*"'))
+assert set(got) == DEFAULTS, got
+assert "\\Sent" in got["Sent"][0] and "\\Trash" in got["Trash"][0], got
+
+# RFC 5258 SUBSCRIBED: subscribed names, existing or not (\NonExistent).
+got = listed(r.ok('LIST (SUBSCRIBED) "" "*"'))
+assert set(got) == {"INBOX", "Work/Projects", "Gone"} | DEFAULTS - {"Junk"}, got
+assert all("\\Subscribed" in a for a, _ in got.values()), got
+assert "\\NonExistent" in got["Gone"][0], got
+# RECURSIVEMATCH: a parent whose child is subscribed, with CHILDINFO.
+got = listed(r.ok('LIST (SUBSCRIBED RECURSIVEMATCH) "" "%"'))
+assert set(got) == {"INBOX", "Work", "Gone"} | DEFAULTS - {"Junk"}, got
+assert got["Work"][1].endswith('("CHILDINFO" ("SUBSCRIBED"))'), got
+assert "\\Subscribed" not in got["Work"][0], got
+# RECURSIVEMATCH alone is a syntax error (RFC 5258 section 3.1).
+lines, status = r.cmd('LIST (RECURSIVEMATCH) "" "*"')
+assert status.startswith("BAD"), status
+
+# Several patterns at once.
+got = listed(r.ok('LIST "" ("INBOX" "Work/%")'))
+assert set(got) == {"INBOX", "Work/Projects", "Work/Old"}, got
+# RETURN (CHILDREN SUBSCRIBED SPECIAL-USE).
+got = listed(r.ok('LIST "" "%" RETURN (CHILDREN SUBSCRIBED SPECIAL-USE)'))
+assert "\\HasChildren" in got["Work"][0] and "\\HasNoChildren" in got["Misc"][0], got
+assert "\\Subscribed" in got["INBOX"][0] and "\\Trash" in got["Trash"][0], got
+
+# RFC 5819 LIST-STATUS: a STATUS after each selectable mailbox listed.
+lines = r.ok('LIST "" "Work*" RETURN (STATUS (MESSAGES UNSEEN UIDNEXT))')
+assert len(lines) == 6, lines
+statuses = {}
+for i, l in enumerate(lines):
+    if l.startswith("* STATUS "):
+        assert lines[i - 1].startswith("* LIST ") and lines[i - 1].split('"/" ')[1] == l.split(" ")[2], lines
+        statuses[l.split(" ")[2].strip('"')] = l[l.index("(") + 1:-1]
+assert statuses == {"Work": "MESSAGES 3 UNSEEN 2 UIDNEXT 4",
+                    "Work/Projects": "MESSAGES 0 UNSEEN 0 UIDNEXT 1",
+                    "Work/Old": "MESSAGES 0 UNSEEN 0 UIDNEXT 1"}, statuses
+# No STATUS for a name that is no mailbox.
+lines = r.ok('LIST (SUBSCRIBED) "" "Gone" RETURN (STATUS (MESSAGES))')
+assert len(lines) == 1 and "\\NonExistent" in lines[0], lines
+lines, status = r.cmd('LIST "" "*" RETURN (STATUS (BOGUS))')
+assert status.startswith("BAD") and "octet" in status, status
+
+# imaplib's plain LIST still gets RFC 3501 answers.
+c = connect("alice@example.org")
+names = [l.decode() for l in ok(c.list('""', '%'))]
+assert '(\\HasChildren) "/" "Work"' in names, names
+names = [l.decode() for l in ok(c.lsub('""', '*'))]
+assert len(names) == 6 and all("\\Subscribed" not in n for n in names), names
+print("ok")
+"#,
+    );
+}
+
+#[test]
+fn multiappend_is_all_or_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = node_with_users(dir.path(), "mapp", "", &["alice@example.org"]);
+    python(
+        &node,
+        r#"
+from imaptest import *
+from rawimap import Raw
+
+r = Raw("alice@example.org")
+assert "MULTIAPPEND" in r.ok("CAPABILITY")[0].split()
+r.ok("CREATE Work")
+a, b, c = message("one"), message("two"), message("three")
+# Three messages in one command, with their own flags and dates; one
+# APPENDUID names them all (RFC 4315 with RFC 3502).
+lines, status = r.cmd(b'APPEND Work (\\Seen) " 3-Feb-2026 10:00:00 +0100" {%d+}\r\n%s (\\Flagged $Work) {%d+}\r\n%s {%d+}\r\n%s'
+                      % (len(a), a, len(b), b, len(c), c))
+assert status.startswith("OK [APPENDUID ") and status.split()[3] == "1:3]", status
+r.ok("EXAMINE Work")
+lines = r.ok("FETCH 1:* (FLAGS INTERNALDATE BODY.PEEK[HEADER.FIELDS (SUBJECT)])")
+assert len([l for l in lines if " FETCH " in l]) == 3, lines
+assert 'FLAGS (\\Seen) INTERNALDATE "03-Feb-2026 10:00:00 +0100"' in lines[0], lines
+assert "FLAGS ($Work \\Flagged)" in lines[1] and "Subject: two" in lines[1], lines
+assert "Subject: three" in lines[2], lines
+
+# A message that cannot be taken fails the whole command: nothing stored.
+bad = b'APPEND Work {%d+}\r\n%s "31-Feb-2026 10:00:00 +0000" {%d+}\r\n%s' % (len(a), a, len(b), b)
+lines, status = r.cmd(bad)
+assert status.startswith("BAD"), status
+lines, status = r.cmd(b"APPEND Nowhere {%d+}\r\n%s {%d+}\r\n%s" % (len(a), a, len(b), b))
+assert status.startswith("NO [TRYCREATE]"), status
+lines = r.ok("STATUS Work (MESSAGES UIDNEXT)")
+assert lines == ['* STATUS "Work" (MESSAGES 3 UIDNEXT 4)'], lines
+
+# imaplib's single APPEND still works (and gets the same APPENDUID form).
+cl = connect("alice@example.org")
+typ, data = cl.append("Work", "(\\Draft)", None, message("four"))
+assert typ == "OK" and b"[APPENDUID" in data[0] and data[0].split()[2] == b"4]", data
+print("ok")
+"#,
+    );
+}
+
+#[test]
+fn esearch_returns_min_max_count_all() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = node_with_users(dir.path(), "esearch", "", &["alice@example.org"]);
+    python(
+        &node,
+        r#"
+from imaptest import *
+from rawimap import Raw
+
+r = Raw("alice@example.org")
+assert "ESEARCH" in r.ok("CAPABILITY")[0].split()
+for i in range(6):
+    m = message("m%d" % i)
+    r.ok(b"APPEND INBOX {%d+}\r\n%s" % (len(m), m))
+r.ok("SELECT INBOX")
+r.ok("STORE 1,3 +FLAGS (\\Seen)")
+r.ok("STORE 6 +FLAGS (\\Deleted)")
+r.ok("EXPUNGE")  # UIDs 1:5 remain, messages 1:5
+r.ok("STORE 5 +FLAGS (\\Seen)")
+
+lines = r.ok("SEARCH RETURN (MIN MAX COUNT ALL) UNSEEN")
+assert lines == ['* ESEARCH (TAG "t%d") MIN 2 MAX 4 COUNT 2 ALL 2,4' % r.n], lines
+lines = r.ok("UID SEARCH RETURN (COUNT) ALL")
+assert lines == ['* ESEARCH (TAG "t%d") UID COUNT 5' % r.n], lines
+# RETURN () means ALL (RFC 4731 section 3.1).
+lines = r.ok("UID SEARCH RETURN () 1:*")
+assert lines == ['* ESEARCH (TAG "t%d") UID ALL 1:5' % r.n], lines
+# No match: only COUNT is returned.
+lines = r.ok("SEARCH RETURN (MIN MAX COUNT ALL) KEYWORD nothing")
+assert lines == ['* ESEARCH (TAG "t%d") COUNT 0' % r.n], lines
+# Criteria are the ordinary ones, CHARSET included.
+lines = r.ok('SEARCH RETURN (MAX) CHARSET UTF-8 SUBJECT "m3"')
+assert lines == ['* ESEARCH (TAG "t%d") MAX 4' % r.n], lines
+# SAVE (RFC 5182) is not offered.
+lines, status = r.cmd("SEARCH RETURN (SAVE) ALL")
+assert status.startswith("BAD"), status
+# Plain SEARCH is untouched.
+assert r.search("SEEN") == [1, 3, 5]
+print("ok")
+"#,
+    );
+}
