@@ -266,3 +266,79 @@ print("ok")
 "#,
     );
 }
+
+#[test]
+fn sort_and_thread_through_imaplib() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = node_with_users(dir.path(), "sort", "", &["alice@example.org"]);
+    python(
+        &node,
+        r#"
+from imaptest import *
+
+def mail(subject, frm, date, mid, refs="", body="x\r\n"):
+    head = "From: %s\r\nTo: team@example.org\r\nSubject: %s\r\nDate: %s\r\nMessage-ID: <%s>\r\n" % (frm, subject, date, mid)
+    if refs:
+        head += "References: %s\r\n" % refs
+    return (head + "\r\n" + body).encode()
+
+c = connect("alice@example.org")
+ok(c.capability())
+for cap in ("SORT", "THREAD=ORDEREDSUBJECT", "THREAD=REFERENCES"):
+    assert cap in c.capabilities, c.capabilities
+# UID 1 goes away, so UIDs are sequence numbers + 1.
+ok(c.append("INBOX", "(\\Deleted)", None, mail("gone", "x@y", "Mon, 13 Nov 2023 00:00:00 +0000", "gone@x")))
+ok(c.select("INBOX"))
+ok(c.expunge())
+for m in [
+    mail("Project plan", "Carol <carol@example.org>", "Tue, 14 Nov 2023 10:00:00 +0000", "p1@x"),
+    mail("Re: Project plan", "alice@example.org", "Tue, 14 Nov 2023 12:00:00 +0000", "p2@x", "<p1@x>"),
+    mail("Lunch?", "Bob <bob@example.org>", "Tue, 14 Nov 2023 09:00:00 +0000", "l1@x"),
+    mail("Re: Re: Project plan", "\"Bob\" <BOB@example.org>", "Tue, 14 Nov 2023 13:00:00 +0000", "p3@x", "<p1@x> <p2@x>"),
+    mail("Fwd: Lunch?", "dave@example.org", "Mon, 13 Nov 2023 08:00:00 +0000", "l2@x"),
+    mail("Re: Budget", "erin@example.org", "Tue, 14 Nov 2023 11:00:00 +0000", "b2@x", "<b1@missing>"),
+    mail("Re: Budget", "frank@example.org", "Tue, 14 Nov 2023 11:30:00 +0000", "b3@x", "<b1@missing>"),
+]:
+    ok(c.append("INBOX", None, None, m))
+ok(c.noop())
+
+def sort(*args):
+    return [int(x) for x in ok(c.sort(*args))[0].split()]
+
+# RFC 5256 section 3: sent date, ties in mailbox order.
+assert sort("(DATE)", "UTF-8", "ALL") == [5, 3, 1, 6, 7, 2, 4]
+assert sort("(REVERSE DATE)", "UTF-8", "ALL") == [4, 2, 7, 6, 1, 3, 5]
+# FROM: the first From address's mailbox, case-insensitively.
+assert sort("(FROM)", "UTF-8", "ALL") == [2, 3, 4, 1, 5, 6, 7]
+# SUBJECT: the base subject (section 2.1), then REVERSE DATE within.
+assert sort("(SUBJECT)", "UTF-8", "ALL") == [6, 7, 3, 5, 1, 2, 4]
+assert sort("(SUBJECT REVERSE DATE)", "US-ASCII", "ALL") == [7, 6, 3, 5, 4, 2, 1]
+# The search program narrows the set.
+assert sort("(DATE)", "UTF-8", "FROM", "bob") == [3, 4]
+# UID SORT answers UIDs.
+typ, data = c.uid("SORT", "(DATE)", "UTF-8", "ALL")
+assert typ == "OK" and [int(x) for x in data[0].split()] == [6, 4, 2, 7, 8, 3, 5], data
+# A charset the server does not know: NO [BADCHARSET].
+typ, data = c.sort("(DATE)", "KOI8-R", "ALL")
+assert typ == "NO" and b"BADCHARSET" in data[0], (typ, data)
+try:
+    c.sort("(BOGUS)", "UTF-8", "ALL")
+    raise AssertionError("BOGUS sort key accepted")
+except imaplib.IMAP4.error as e:
+    assert "BAD" in str(e) or "octet" in str(e), e
+
+# THREAD ORDEREDSUBJECT: by base subject, each thread the earliest message
+# with the others as its children, threads by their first message's date.
+assert ok(c.thread("ORDEREDSUBJECT", "UTF-8", "ALL")) == [b"(5 3)(1 (2)(4))(6 7)"]
+# THREAD REFERENCES: 1 <- 2 <- 4 by References; 5 ("Fwd: Lunch?") joins 3
+# by subject; 6 and 7 answer a message that is not here.
+assert ok(c.thread("REFERENCES", "UTF-8", "ALL")) == [b"(3 5)(1 2 4)((6)(7))"]
+typ, data = c.uid("THREAD", "REFERENCES", "UTF-8", "ALL")
+assert typ == "OK" and data == [b"(4 6)(2 3 5)((7)(8))"], data
+# No match: an empty THREAD response.
+data = ok(c.thread("REFERENCES", "UTF-8", "KEYWORD", "none"))
+assert data == [b""], data
+print("ok")
+"#,
+    );
+}

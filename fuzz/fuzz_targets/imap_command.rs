@@ -52,6 +52,9 @@ fuzz_target!(|data: &[u8]| {
                     if let Ok(Some((_, plain))) = ext::search_return(cmd) {
                         assert!(plain.len() <= cmd.len(), "SEARCH RETURN rewrite grew");
                     }
+                    if let Ok(Some((_, plain))) = ext::sort_or_thread(cmd) {
+                        assert!(plain.len() <= cmd.len() + 16, "SORT rewrite grew");
+                    }
                 }
                 Frame::Continue { length } => assert!(u64::from(length) <= MAX_LITERAL),
                 Frame::LineTooLong { .. } | Frame::LiteralTooLarge { .. } => {}

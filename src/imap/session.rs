@@ -320,6 +320,9 @@ impl Session {
             "LIST-STATUS",
             "MULTIAPPEND",
             "ESEARCH",
+            "SORT",
+            "THREAD=ORDEREDSUBJECT",
+            "THREAD=REFERENCES",
         ];
         if self.user().is_none() {
             if !self.stream.is_tls() && self.shared.tls.is_some() {
@@ -609,9 +612,10 @@ impl Session {
         }
     }
 
-    /// Run a parsed command; `esearch`: the RETURN options of a SEARCH
-    /// (RFC 4731), split off before parsing.
-    async fn command(&mut self, cmd: Command<'_>, esearch: Option<ext::SearchReturn>) -> R<Flow> {
+    /// Run a parsed command; `search_as`: how to answer a SEARCH that was
+    /// an ESEARCH, SORT or THREAD before the parts RFC 3501 does not know
+    /// were split off.
+    async fn command(&mut self, cmd: Command<'_>, search_as: Option<ext::SearchAs>) -> R<Flow> {
         let tag = cmd.tag.inner().to_string();
         let tag = tag.as_str();
         // Any state.
@@ -772,7 +776,7 @@ impl Session {
                     self.no(tag, &format!("[BADCHARSET (US-ASCII UTF-8)] {e}"));
                     return Ok(Flow::Continue);
                 }
-                self.search(tag, &criteria, uid, esearch).await;
+                self.search(tag, &criteria, uid, search_as).await;
             }
             CommandBody::Fetch {
                 sequence_set,
@@ -1369,7 +1373,7 @@ impl Session {
         tag: &str,
         criteria: &imap_codec::imap_types::search::SearchKey<'_>,
         uid: bool,
-        esearch: Option<ext::SearchReturn>,
+        search_as: Option<ext::SearchAs>,
     ) {
         let Some(sel) = self.selected.as_ref() else { return };
         let v = self.shared.store.views();
@@ -1412,15 +1416,31 @@ impl Session {
             self.no(tag, "[UNAVAILABLE] Server shutting down");
             return;
         }
-        match esearch {
-            Some(ret) => self.line(&Self::esearch_line(tag, uid, &ret, &hits)),
+        let verb = match search_as {
+            Some(ext::SearchAs::Esearch(ret)) => {
+                self.line(&Self::esearch_line(tag, uid, &ret, &hits));
+                "SEARCH"
+            }
+            Some(how @ (ext::SearchAs::Sort(_) | ext::SearchAs::Thread(_))) => {
+                let Some(line) = self.sort_or_thread(&how, &hits, uid).await else {
+                    self.no(tag, "[UNAVAILABLE] Server shutting down");
+                    return;
+                };
+                self.line(&line);
+                if matches!(how, ext::SearchAs::Sort(_)) {
+                    "SORT"
+                } else {
+                    "THREAD"
+                }
+            }
             None => {
                 let list: String = hits.iter().map(|h| format!(" {h}")).collect();
                 self.line(&format!("* SEARCH{list}"));
+                "SEARCH"
             }
-        }
+        };
         self.sync(uid);
-        self.line(&format!("{tag} OK {}SEARCH completed", if uid { "UID " } else { "" }));
+        self.line(&format!("{tag} OK {}{verb} completed", if uid { "UID " } else { "" }));
     }
 
     async fn rename(&mut self, tag: &str, user: &str, from: String, to: String) {

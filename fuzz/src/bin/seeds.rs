@@ -137,7 +137,7 @@ fn main() {
     write(
         "imap_command",
         "extensions",
-        "b1 LOGIN alice secret\r\nb2 ENABLE UTF8=ACCEPT CONDSTORE\r\nb3 CREATE \"Entwürfe\"\r\nb4 LIST (SUBSCRIBED RECURSIVEMATCH) \"\" (\"INBOX\" %/x {3+}\r\nabc) RETURN (CHILDREN SPECIAL-USE STATUS (MESSAGES UNSEEN))\r\nb5 APPEND Sent (\\Seen) \" 3-Feb-2026 10:00:00 +0100\" {2+}\r\nhi {3+}\r\nyou UTF8 (~{2+}\r\né)\r\nb6 SELECT INBOX\r\nb7 UID SEARCH RETURN (MIN MAX COUNT ALL) SUBJECT \"grüße\"\r\nb8 LOGOUT\r\n".as_bytes(),
+        "b1 LOGIN alice secret\r\nb2 ENABLE UTF8=ACCEPT CONDSTORE\r\nb3 CREATE \"Entwürfe\"\r\nb4 LIST (SUBSCRIBED RECURSIVEMATCH) \"\" (\"INBOX\" %/x {3+}\r\nabc) RETURN (CHILDREN SPECIAL-USE STATUS (MESSAGES UNSEEN))\r\nb5 APPEND Sent (\\Seen) \" 3-Feb-2026 10:00:00 +0100\" {2+}\r\nhi {3+}\r\nyou UTF8 (~{2+}\r\né)\r\nb6 SELECT INBOX\r\nb7 UID SEARCH RETURN (MIN MAX COUNT ALL) SUBJECT \"grüße\"\r\nb8 UID SORT (REVERSE DATE SUBJECT) UTF-8 FROM bob\r\nb9 THREAD REFERENCES \"US-ASCII\" ALL\r\nb10 LOGOUT\r\n".as_bytes(),
     );
     write(
         "mime",

@@ -1,8 +1,8 @@
 //! Command handlers of the extensions whose grammar lives in
 //! [`crate::proto::imap::ext`]: ENABLE (RFC 5161) with UTF8=ACCEPT (RFC
 //! 6855), LIST with selection and return options (RFC 5258, RFC 6154
-//! SPECIAL-USE, RFC 5819 LIST-STATUS), MULTIAPPEND (RFC 3502) and ESEARCH
-//! (RFC 4731).
+//! SPECIAL-USE, RFC 5819 LIST-STATUS), MULTIAPPEND (RFC 3502), ESEARCH
+//! (RFC 4731), SORT and THREAD (RFC 5256).
 
 use super::{astring, mutf7, now_secs, raw_name, Flow, Session, R};
 use crate::event::Flags;
@@ -102,17 +102,23 @@ impl Session {
                 }
                 Err(e) => return Ok(self.syntax_error(bytes, &format!("APPEND: {e}"))),
             },
-            (_, "SEARCH") => match ext::search_return(bytes) {
-                Ok(Some((ret, plain))) => {
-                    use imap_codec::decode::Decoder;
-                    match imap_codec::CommandCodec::default().decode(&plain) {
-                        Ok((_, cmd)) => return self.command(cmd, Some(ret)).await,
-                        Err(_) => return Ok(self.syntax_error(bytes, "Syntax error in SEARCH criteria")),
+            (_, "SEARCH" | "SORT" | "THREAD") => {
+                let split = match name.as_str() {
+                    "SEARCH" => ext::search_return(bytes).map(|r| r.map(|(ret, plain)| (ext::SearchAs::Esearch(ret), plain))),
+                    _ => ext::sort_or_thread(bytes),
+                };
+                match split {
+                    Ok(Some((how, plain))) => {
+                        use imap_codec::decode::Decoder;
+                        match imap_codec::CommandCodec::default().decode(&plain) {
+                            Ok((_, cmd)) => return self.command(cmd, Some(how)).await,
+                            Err(_) => return Ok(self.syntax_error(bytes, &format!("Syntax error in {name} criteria"))),
+                        }
                     }
+                    Ok(None) => return Ok(self.syntax_error(bytes, "Syntax error in command")),
+                    Err(e) => return Ok(self.syntax_error(bytes, &format!("{name}: {e}"))),
                 }
-                Ok(None) => return Ok(self.syntax_error(bytes, "Syntax error in command")),
-                Err(e) => return Ok(self.syntax_error(bytes, &format!("SEARCH: {e}"))),
-            },
+            }
             _ => return Ok(self.syntax_error(bytes, "Syntax error in command")),
         }
         Ok(Flow::Continue)
@@ -339,6 +345,75 @@ impl Session {
             })
             .collect();
         format!("* STATUS {} ({})", self.name_out(name), parts.join(" "))
+    }
+
+    /// `* SORT ...` or `* THREAD ...` for the messages a search found
+    /// (sequence numbers, or UIDs for `uid`); `None` at shutdown.
+    pub(super) async fn sort_or_thread(&mut self, how: &ext::SearchAs, hits: &[u32], uid: bool) -> Option<String> {
+        use crate::proto::imap::mime::Parsed;
+        use crate::proto::imap::sort;
+        let (id, uids) = {
+            let sel = self.selected.as_ref()?;
+            (sel.id, sel.uids.clone())
+        };
+        let v = self.shared.store.views();
+        let mut msgs = Vec::with_capacity(hits.len());
+        for (i, hit) in hits.iter().enumerate() {
+            if i % 64 == 63 {
+                // Every message is parsed: other sessions get turns.
+                tokio::task::yield_now().await;
+                if *self.shutdown.borrow() {
+                    return None;
+                }
+            }
+            let (seq, u) = if uid {
+                (uids.binary_search(hit).map(|p| p as u32 + 1).unwrap_or(0), *hit)
+            } else {
+                (*hit, uids.get((*hit as usize).wrapping_sub(1)).copied().unwrap_or(0))
+            };
+            let Ok(Some(m)) = v.message(id, u) else { continue };
+            let body = self.shared.store.blob(&m.blob).ok().flatten().unwrap_or_default();
+            let p = Parsed::new(&body);
+            let first = |name: &str| p.header_values(name).into_iter().next().unwrap_or_default();
+            let (subject, reply) = sort::base_subject_reply(&first("Subject"));
+            let mut references = sort::message_ids(&first("References"));
+            if references.is_empty() {
+                references = sort::message_ids(&first("In-Reply-To")).into_iter().take(1).collect();
+            }
+            msgs.push(sort::Summary {
+                id: *hit,
+                seq,
+                arrival: m.internal_date,
+                date: p.sent_date().unwrap_or(m.internal_date),
+                size: m.size,
+                subject,
+                reply,
+                from: p.first_mailbox("From").unwrap_or_default(),
+                to: p.first_mailbox("To").unwrap_or_default(),
+                cc: p.first_mailbox("Cc").unwrap_or_default(),
+                message_id: sort::message_ids(&first("Message-ID")).into_iter().next(),
+                references,
+            });
+        }
+        Some(match how {
+            ext::SearchAs::Sort(keys) => {
+                let order: String = sort::sort(&mut msgs, keys).iter().map(|n| format!(" {n}")).collect();
+                format!("* SORT{order}")
+            }
+            ext::SearchAs::Thread(alg) => {
+                let threads = match alg {
+                    sort::ThreadAlg::OrderedSubject => sort::thread_ordered_subject(&msgs),
+                    sort::ThreadAlg::References => sort::thread_references(&msgs),
+                };
+                // `thread-data = "THREAD" [SP 1*thread-list]`
+                if threads.is_empty() {
+                    "* THREAD".to_string()
+                } else {
+                    format!("* THREAD {threads}")
+                }
+            }
+            ext::SearchAs::Esearch(_) => return None,
+        })
     }
 
     /// The ESEARCH response of RFC 4731 for the hits of a SEARCH RETURN.

@@ -1,7 +1,8 @@
 //! Grammar of the IMAP extensions that imap-codec 1.0 does not parse:
 //! extended LIST (RFC 5258, with RFC 6154 SPECIAL-USE and RFC 5819
 //! LIST-STATUS), MULTIAPPEND (RFC 3502) with the UTF8 data extension of
-//! RFC 6855, SEARCH RETURN (RFC 4731 ESEARCH), ENABLE (RFC 5161), and the
+//! RFC 6855, SEARCH RETURN (RFC 4731 ESEARCH), SORT and THREAD (RFC 5256),
+//! ENABLE (RFC 5161), and the
 //! rewriting of UTF-8 quoted strings (RFC 6855) into literals so that the
 //! rest of a command can still be parsed by imap-codec.
 //!
@@ -10,6 +11,7 @@
 //! length of that input and by [`MAX_ITEMS`], and returns a
 //! [`SyntaxError`] naming the octet where parsing failed; nothing panics.
 
+use super::sort::{SortBy, SortKey, ThreadAlg};
 use std::fmt;
 
 /// Most elements of any parenthesised list (patterns, options, messages).
@@ -714,6 +716,82 @@ pub fn search_return(cmd: &[u8]) -> R<Option<(SearchReturn, Vec<u8>)>> {
     Ok(Some((ret, out)))
 }
 
+/// How the messages a SEARCH program finds are answered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SearchAs {
+    /// `* ESEARCH` (RFC 4731).
+    Esearch(SearchReturn),
+    /// `* SORT` in this order (RFC 5256).
+    Sort(Vec<SortBy>),
+    /// `* THREAD` by this algorithm (RFC 5256).
+    Thread(ThreadAlg),
+}
+
+/// `[UID] SORT (criteria) charset program` or `[UID] THREAD algorithm
+/// charset program` (RFC 5256): the order asked for, and the command
+/// rewritten as the SEARCH it contains, for the RFC 3501 parser. The
+/// charset is kept only when it is neither UTF-8 nor US-ASCII (the SEARCH
+/// strings are UTF-8 either way). `Ok(None)` for other commands.
+pub fn sort_or_thread(cmd: &[u8]) -> R<Option<(SearchAs, Vec<u8>)>> {
+    let (_, _, name, mut lx) = head(cmd)?;
+    let name_start = lx.pos - name.len();
+    let how = match name.as_str() {
+        "SORT" => {
+            let mut keys = Vec::new();
+            let mut reverse = false;
+            for (at, word) in lx.atom_list()? {
+                if word == "REVERSE" && !reverse {
+                    reverse = true;
+                    continue;
+                }
+                match SortKey::parse(&word) {
+                    Some(key) => keys.push(SortBy { key, reverse }),
+                    None => {
+                        return Err(SyntaxError {
+                            at,
+                            what: "unknown SORT criterion",
+                        })
+                    }
+                }
+                reverse = false;
+            }
+            if keys.is_empty() || reverse {
+                return lx.err("SORT needs criteria");
+            }
+            SearchAs::Sort(keys)
+        }
+        "THREAD" => {
+            let at = lx.pos;
+            match lx.next_token()? {
+                Some(Token::Atom(a)) if a.eq_ignore_ascii_case(b"REFERENCES") => SearchAs::Thread(ThreadAlg::References),
+                Some(Token::Atom(a)) if a.eq_ignore_ascii_case(b"ORDEREDSUBJECT") => SearchAs::Thread(ThreadAlg::OrderedSubject),
+                _ => {
+                    return Err(SyntaxError {
+                        at,
+                        what: "unknown THREAD algorithm",
+                    })
+                }
+            }
+        }
+        _ => return Ok(None),
+    };
+    lx.skip_space();
+    let cs_start = lx.pos;
+    let charset = lx.astring("expected a charset")?;
+    let cs_end = lx.pos;
+    if lx.at_end() {
+        return lx.err("expected search criteria");
+    }
+    let mut out = cmd[..name_start].to_vec();
+    out.extend_from_slice(b"SEARCH");
+    if !(charset.eq_ignore_ascii_case(b"UTF-8") || charset.eq_ignore_ascii_case(b"US-ASCII")) {
+        out.extend_from_slice(b" CHARSET ");
+        out.extend_from_slice(&cmd[cs_start..cs_end]);
+    }
+    out.extend_from_slice(&cmd[cs_end..]);
+    Ok(Some((how, out)))
+}
+
 /// A set of numbers in the compact form of RFC 3501's sequence-set
 /// (`1:3,7`), for ESEARCH ALL and APPENDUID. `nums` must be ascending.
 pub fn compact_set(nums: &[u32]) -> String {
@@ -822,6 +900,30 @@ mod tests {
         assert!(search_return(b"t SEARCH RETURN (SAVE) ALL\r\n").is_err());
         assert_eq!(compact_set(&[1, 2, 3, 5, 7, 8]), "1:3,5,7:8");
         assert_eq!(compact_set(&[]), "");
+    }
+
+    #[test]
+    fn sort_and_thread_become_searches() {
+        let (how, plain) = sort_or_thread(b"t UID SORT (REVERSE DATE SUBJECT) UTF-8 UNSEEN FROM \"x\"\r\n")
+            .unwrap()
+            .unwrap();
+        let by = |key, reverse| SortBy { key, reverse };
+        assert_eq!(how, SearchAs::Sort(vec![by(SortKey::Date, true), by(SortKey::Subject, false)]));
+        assert_eq!(plain, b"t UID SEARCH UNSEEN FROM \"x\"\r\n");
+        let (how, plain) = sort_or_thread(b"t THREAD references \"iso-8859-1\" ALL\r\n").unwrap().unwrap();
+        assert_eq!(how, SearchAs::Thread(ThreadAlg::References));
+        assert_eq!(plain, b"t SEARCH CHARSET \"iso-8859-1\" ALL\r\n");
+        assert_eq!(sort_or_thread(b"t SEARCH ALL\r\n").unwrap(), None);
+        for bad in [
+            &b"t SORT () UTF-8 ALL\r\n"[..],
+            b"t SORT (REVERSE) UTF-8 ALL\r\n",
+            b"t SORT (DATE) UTF-8\r\n",
+            b"t SORT (BOGUS) UTF-8 ALL\r\n",
+            b"t THREAD X UTF-8 ALL\r\n",
+            b"t SORT DATE UTF-8 ALL\r\n",
+        ] {
+            assert!(sort_or_thread(bad).is_err(), "{}", String::from_utf8_lossy(bad));
+        }
     }
 
     #[test]
