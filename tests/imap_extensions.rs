@@ -2,7 +2,8 @@
 //! socket client for the grammar imaplib cannot send), each checked
 //! against its RFC: ENABLE (RFC 5161) with UTF8=ACCEPT (RFC 6855),
 //! LIST-EXTENDED (RFC 5258) with SPECIAL-USE (RFC 6154) and LIST-STATUS
-//! (RFC 5819), MULTIAPPEND (RFC 3502) and ESEARCH (RFC 4731).
+//! (RFC 5819), MULTIAPPEND (RFC 3502), ESEARCH (RFC 4731), SORT and THREAD
+//! (RFC 5256) and COMPRESS=DEFLATE (RFC 4978).
 
 mod common;
 use common::{node_with_users, python};
@@ -341,4 +342,97 @@ assert data == [b""], data
 print("ok")
 "#,
     );
+}
+
+#[test]
+fn compress_deflate_both_directions() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = node_with_users(dir.path(), "deflate", "", &["alice@example.org"]);
+    let cert = dir.path().join("data/tls/cert.pem");
+    let imaps_port = node.addr("imaps").rsplit_once(':').unwrap().1.to_string();
+    let script = r#"
+import re, socket, ssl, zlib
+from imaptest import *
+
+# A large, compressible message, stored before compression starts.
+body = "".join("line %06d of a long and repetitive message body\r\n" % i for i in range(20000))
+big = message("big", body=body)
+c = connect("alice@example.org")
+ok(c.append("INBOX", None, None, big))
+c.logout()
+
+def session(tls):
+  # Over plain TCP and over implicit TLS (compression inside TLS).
+  if tls:
+    ctx = ssl.create_default_context(cafile="@CERT@")
+    s = ctx.wrap_socket(socket.create_connection((HOST, @IMAPS@), timeout=20), server_hostname=HOST)
+  else:
+    s = socket.create_connection((HOST, PORT), timeout=20)
+  f = s.makefile("rb")
+  assert f.readline().startswith(b"* OK")
+  def plain(cmd):
+      s.sendall(cmd + b"\r\n")
+      lines = []
+      while True:
+          l = f.readline()
+          lines.append(l)
+          if l.startswith(cmd.split()[0] + b" "):
+              return lines
+  # Not before login (RFC 4978 section 3: authenticated state).
+  assert plain(b"a0 COMPRESS DEFLATE")[-1].startswith(b"a0 BAD"), "COMPRESS before login"
+  lines = plain(b"a1 LOGIN alice@example.org secret")
+  assert b"COMPRESS=DEFLATE" in lines[-1], lines
+  lines = plain(b"a2 COMPRESS DEFLATE")
+  assert lines == [b"a2 OK DEFLATE active\r\n"], lines
+
+  # From here both directions are raw DEFLATE (RFC 1951, no zlib header).
+  comp = zlib.compressobj(6, zlib.DEFLATED, -15)
+  decomp = zlib.decompressobj(-15)
+  wire = {"in": 0, "out": 0}
+  pending = [b""]
+  def send(cmd):
+      data = comp.compress(cmd + b"\r\n") + comp.flush(zlib.Z_SYNC_FLUSH)
+      wire["out"] += len(data)
+      s.sendall(data)
+  def until(tag):
+      while True:
+          m = re.search(rb"(^|\r\n)" + tag + rb" [^\r\n]*\r\n", pending[0])
+          if m:
+              out, pending[0] = pending[0][:m.end()], pending[0][m.end():]
+              return out
+          chunk = s.recv(65536)
+          assert chunk, "connection closed; got %r" % pending[0][-200:]
+          wire["in"] += len(chunk)
+          pending[0] += decomp.decompress(chunk)
+
+  send(b"a3 CAPABILITY")
+  out = until(b"a3")
+  assert b"COMPRESS=DEFLATE" not in out and b"a3 OK" in out, out
+  send(b"a4 COMPRESS DEFLATE")
+  assert b"a4 NO [COMPRESSIONACTIVE]" in until(b"a4")
+  send(b"a5 SELECT INBOX")
+  assert b"* 1 EXISTS" in until(b"a5")
+  before = wire["in"]
+  send(b"a6 FETCH 1 BODY.PEEK[]")
+  out = until(b"a6")
+  assert big in out and b"a6 OK" in out, len(out)
+  got = wire["in"] - before
+  assert got * 5 < len(big), (got, len(big))
+  # Pipelined commands in one compressed write.
+  send(b"a7 NOOP\r\na8 SEARCH ALL")
+  out = until(b"a8")
+  assert b"a7 OK" in out and b"* SEARCH 1" in out, out
+  send(b"a9 LOGOUT")
+  assert b"* BYE" in until(b"a9")
+  print("tls=%s: fetched %d octets as %d compressed" % (tls, len(big), got))
+
+session(False)
+session(True)
+"#;
+    let out = python(
+        &node,
+        &script.replace("@CERT@", cert.to_str().unwrap()).replace("@IMAPS@", &imaps_port),
+    );
+    assert!(out.contains("tls=True"), "{out}");
+    println!("{out}");
 }

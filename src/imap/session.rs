@@ -324,6 +324,9 @@ impl Session {
             "THREAD=ORDEREDSUBJECT",
             "THREAD=REFERENCES",
         ];
+        if self.user().is_some() && !self.stream.is_compressed() {
+            caps.push("COMPRESS=DEFLATE");
+        }
         if self.user().is_none() {
             if !self.stream.is_tls() && self.shared.tls.is_some() {
                 caps.push("STARTTLS");
@@ -837,10 +840,10 @@ impl Session {
                 mailbox,
                 uid,
             } => self.copy(tag, &user, &sequence_set, &mailbox, uid, true).await,
-            CommandBody::Compress { .. }
-            | CommandBody::GetQuota { .. }
-            | CommandBody::GetQuotaRoot { .. }
-            | CommandBody::SetQuota { .. } => self.line(&format!("{tag} BAD Command not supported")),
+            CommandBody::Compress { .. } => return self.compress(tag).await,
+            CommandBody::GetQuota { .. } | CommandBody::GetQuotaRoot { .. } | CommandBody::SetQuota { .. } => {
+                self.line(&format!("{tag} BAD Command not supported"))
+            }
             CommandBody::Capability | CommandBody::Noop | CommandBody::Logout => unreachable!("handled above"),
         }
         Ok(Flow::Continue)
@@ -906,6 +909,20 @@ impl Session {
                 }
             }
         }
+        Ok(Flow::Continue)
+    }
+
+    /// COMPRESS DEFLATE (RFC 4978): the tagged OK is the last thing sent
+    /// uncompressed; from then on both directions are DEFLATE streams.
+    async fn compress(&mut self, tag: &str) -> R<Flow> {
+        if self.stream.is_compressed() {
+            self.no(tag, "[COMPRESSIONACTIVE] DEFLATE is already active");
+            return Ok(Flow::Continue);
+        }
+        self.line(&format!("{tag} OK DEFLATE active"));
+        self.flush().await?;
+        let plain = std::mem::replace(&mut self.stream, Conn::Swapping);
+        self.stream = Conn::Deflate(Box::new(super::deflate::Deflate::new(plain)));
         Ok(Flow::Continue)
     }
 
