@@ -436,3 +436,49 @@ session(True)
     assert!(out.contains("tls=True"), "{out}");
     println!("{out}");
 }
+
+#[test]
+fn hostile_extension_commands_get_bad_with_the_place() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = node_with_users(dir.path(), "hostilex", "", &["alice@example.org"]);
+    python(
+        &node,
+        r#"
+from imaptest import *
+from rawimap import Raw
+
+bad = [
+    b'LIST (SUBSCRIBED "" *',
+    b'LIST "" (' + b'"a" ' * 2000 + b')',
+    b'LIST ' + b'(' * 5000 + b' "" *',
+    b'LIST "" * RETURN (STATUS (MESSAGES',
+    b'APPEND INBOX UTF8 (~{3+}\r\nabc',
+    b'APPEND INBOX (' + b' '.join(b'k%d' % i for i in range(1100)) + b') {1+}\r\nx {1+}\r\ny',
+    b'APPEND INBOX "99-Xyz-2026 99:99:99 +9999" {1+}\r\nx',
+    b'SORT (DATE',
+    b'SORT (REVERSE) UTF-8 ALL',
+    b'THREAD',
+    b'UID THREAD REFERENCES UTF-8',
+    b'SEARCH RETURN (',
+    b'SEARCH RETURN (MIN) \xff\xfe',
+    b'ENABLE',
+    b'LIST "" "\xc3\xa9"',
+]
+r = Raw("alice@example.org")
+r.ok("SELECT INBOX")
+for i, cmd in enumerate(bad):
+    lines, status = r.cmd(cmd)
+    assert status.startswith("BAD"), (cmd[:60], status)
+    # The session still answers.
+    r.ok("NOOP")
+# Most answers say where parsing failed.
+lines, status = r.cmd(b'LIST (SUBSCRIBED BOGUS) "" *')
+at = len("t%d LIST (SUBSCRIBED " % r.n)
+assert status.startswith("BAD") and status.endswith("at octet %d" % at), status
+lines, status = r.cmd(b'APPEND INBOX {1+}\r\nx "1-Jan-2026" {1+}\r\ny')
+at = len("t%d APPEND INBOX {1+}\r\nx " % r.n)
+assert status.startswith("BAD") and status.endswith("bad date-time at octet %d" % at), status
+print("ok")
+"#,
+    );
+}

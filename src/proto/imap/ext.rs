@@ -201,6 +201,7 @@ impl<'a> Lexer<'a> {
     }
 
     fn expect(&mut self, want: &Token<'_>, what: &'static str) -> R<()> {
+        self.skip_space();
         let at = self.pos;
         match self.next_token()? {
             Some(t) if &t == want => Ok(()),
@@ -209,6 +210,7 @@ impl<'a> Lexer<'a> {
     }
 
     fn astring(&mut self, what: &'static str) -> R<Vec<u8>> {
+        self.skip_space();
         let at = self.pos;
         match self.next_token()?.and_then(|t| t.astring()) {
             Some(s) => Ok(s),
@@ -221,6 +223,7 @@ impl<'a> Lexer<'a> {
         self.expect(&Token::Open, "expected (")?;
         let mut out = Vec::new();
         loop {
+            self.skip_space();
             let at = self.pos;
             match self.next_token()? {
                 Some(Token::Close) => return Ok(out),
@@ -400,6 +403,7 @@ pub fn list(lx: &mut Lexer<'_>) -> R<ListCommand> {
     if lx.peek()? == Some(Token::Open) {
         lx.next_token()?;
         loop {
+            lx.skip_space();
             let at = lx.pos;
             match lx.next_token()? {
                 Some(Token::Close) if !patterns.is_empty() => break,
@@ -425,6 +429,7 @@ pub fn list(lx: &mut Lexer<'_>) -> R<ListCommand> {
     }
     let mut ret = ListReturn::default();
     if !lx.at_end() {
+        lx.skip_space();
         let at = lx.pos;
         if !lx.next_token()?.is_some_and(|t| t.is_atom("RETURN")) {
             return Err(SyntaxError {
@@ -434,6 +439,7 @@ pub fn list(lx: &mut Lexer<'_>) -> R<ListCommand> {
         }
         lx.expect(&Token::Open, "expected ( after RETURN")?;
         loop {
+            lx.skip_space();
             let at = lx.pos;
             let word = match lx.next_token()? {
                 Some(Token::Close) => break,
@@ -518,10 +524,12 @@ pub fn append<'a>(lx: &mut Lexer<'a>) -> R<AppendCommand<'a>> {
         }
         let mut flags = Vec::new();
         let mut date = None;
+        lx.skip_space();
         let mut at = lx.pos;
         let mut tok = lx.next_token()?;
         if tok == Some(Token::Open) {
             loop {
+                lx.skip_space();
                 let fat = lx.pos;
                 match lx.next_token()? {
                     Some(Token::Close) => break,
@@ -534,11 +542,13 @@ pub fn append<'a>(lx: &mut Lexer<'a>) -> R<AppendCommand<'a>> {
                     }
                 }
             }
+            lx.skip_space();
             at = lx.pos;
             tok = lx.next_token()?;
         }
         if let Some(Token::Quoted(q)) = &tok {
             date = Some(date_time(q).ok_or(SyntaxError { at, what: "bad date-time" })?);
+            lx.skip_space();
             at = lx.pos;
             tok = lx.next_token()?;
         }
@@ -546,6 +556,7 @@ pub fn append<'a>(lx: &mut Lexer<'a>) -> R<AppendCommand<'a>> {
             Some(Token::Literal(d)) => (d, false),
             Some(t) if t.is_atom("UTF8") => {
                 lx.expect(&Token::Open, "expected ( after UTF8")?;
+                lx.skip_space();
                 let lat = lx.pos;
                 let Some(Token::Literal8(d)) = lx.next_token()? else {
                     return Err(SyntaxError {
@@ -761,6 +772,7 @@ pub fn sort_or_thread(cmd: &[u8]) -> R<Option<(SearchAs, Vec<u8>)>> {
             SearchAs::Sort(keys)
         }
         "THREAD" => {
+            lx.skip_space();
             let at = lx.pos;
             match lx.next_token()? {
                 Some(Token::Atom(a)) if a.eq_ignore_ascii_case(b"REFERENCES") => SearchAs::Thread(ThreadAlg::References),
