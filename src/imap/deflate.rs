@@ -36,7 +36,9 @@ fn progress(before: u64, after: u64) -> usize {
 }
 
 impl Deflate {
-    pub fn new(inner: Conn) -> Deflate {
+    /// `received`: compressed bytes that arrived before the switch (a
+    /// client that sent its next command right after COMPRESS).
+    pub fn new(inner: Conn, received: Vec<u8>) -> Deflate {
         Deflate {
             inner,
             comp: Compress::new(Compression::default(), false),
@@ -44,7 +46,7 @@ impl Deflate {
             out: Vec::new(),
             out_pos: 0,
             unsynced: false,
-            input: Vec::new(),
+            input: received,
             in_pos: 0,
             eof: false,
         }
@@ -179,7 +181,7 @@ mod tests {
         let addr = listener.local_addr().unwrap();
         let client = tokio::spawn(async move {
             let s = tokio::net::TcpStream::connect(addr).await.unwrap();
-            let mut d = Deflate::new(Conn::Plain(s));
+            let mut d = Deflate::new(Conn::Plain(s), Vec::new());
             let big: Vec<u8> = (0..300_000u32).flat_map(|i| (i % 251).to_le_bytes()).collect();
             d.write_all(&big).await.unwrap();
             d.flush().await.unwrap();
@@ -191,7 +193,7 @@ mod tests {
             big
         });
         let (s, _) = listener.accept().await.unwrap();
-        let mut d = Deflate::new(Conn::Plain(s));
+        let mut d = Deflate::new(Conn::Plain(s), Vec::new());
         let mut got = Vec::new();
         let mut buf = [0u8; 4096];
         while !got.ends_with(b"end\r\n") {

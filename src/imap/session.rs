@@ -921,8 +921,10 @@ impl Session {
         }
         self.line(&format!("{tag} OK DEFLATE active"));
         self.flush().await?;
+        // What the client sent after COMPRESS is compressed already.
+        let received = self.framer.take_unread();
         let plain = std::mem::replace(&mut self.stream, Conn::Swapping);
-        self.stream = Conn::Deflate(Box::new(super::deflate::Deflate::new(plain)));
+        self.stream = Conn::Deflate(Box::new(super::deflate::Deflate::new(plain, received)));
         Ok(Flow::Continue)
     }
 

@@ -14,8 +14,11 @@
 use super::sort::{SortBy, SortKey, ThreadAlg};
 use std::fmt;
 
-/// Most elements of any parenthesised list (patterns, options, messages).
+/// Most elements of any parenthesised list (options, flags, messages).
 pub const MAX_ITEMS: usize = 1024;
+
+/// Most patterns of one LIST: each is matched against every name.
+pub const MAX_PATTERNS: usize = 64;
 
 /// Where and why a command failed to parse.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -407,7 +410,7 @@ pub fn list(lx: &mut Lexer<'_>) -> R<ListCommand> {
             let at = lx.pos;
             match lx.next_token()? {
                 Some(Token::Close) if !patterns.is_empty() => break,
-                Some(t) if patterns.len() < MAX_ITEMS => match t.astring() {
+                Some(t) if patterns.len() < MAX_PATTERNS => match t.astring() {
                     Some(p) => patterns.push(p),
                     None => {
                         return Err(SyntaxError {
