@@ -104,8 +104,9 @@ for cap in ("LIST-EXTENDED", "LIST-STATUS", "SPECIAL-USE"):
     assert cap in caps, caps
 # A new user has the special-use mailboxes, subscribed.
 DEFAULTS = {"Sent", "Drafts", "Trash", "Junk", "Archive"}
-for name in ("Work", "Work/Projects", "Work/Old", "Misc"):
+for name in ("Work", "Work/Projects", "Work/Old", "Misc", "Deep/Inner"):
     r.ok("CREATE " + name)
+r.ok("DELETE Deep")  # Deep/Inner stays: Deep is a level of hierarchy only
 r.ok("SUBSCRIBE Work/Projects")
 r.ok("SUBSCRIBE INBOX")
 r.ok("SUBSCRIBE Gone")  # subscribed, but no such mailbox
@@ -151,6 +152,8 @@ assert set(got) == {"INBOX", "Work/Projects", "Work/Old"}, got
 got = listed(r.ok('LIST "" "%" RETURN (CHILDREN SUBSCRIBED SPECIAL-USE)'))
 assert "\\HasChildren" in got["Work"][0] and "\\HasNoChildren" in got["Misc"][0], got
 assert "\\Subscribed" in got["INBOX"][0] and "\\Trash" in got["Trash"][0], got
+# A level of hierarchy that is no mailbox (RFC 5258 section 3: \NonExistent).
+assert {"\\NonExistent", "\\Noselect", "\\HasChildren"} <= got["Deep"][0], got
 
 # RFC 5819 LIST-STATUS: a STATUS after each selectable mailbox listed.
 lines = r.ok('LIST "" "Work*" RETURN (STATUS (MESSAGES UNSEEN UIDNEXT))')

@@ -166,6 +166,8 @@ impl Session {
     /// the one without options).
     pub(super) async fn list_extended(&mut self, tag: &str, user: &str, cmd: ListCommand, lsub: bool) {
         let verb = if lsub { "LSUB" } else { "LIST" };
+        // Options or several patterns: RFC 5258's form, not RFC 3501's.
+        let extended = cmd.select != ext::ListSelect::default() || cmd.ret != ext::ListReturn::default() || cmd.patterns.len() > 1;
         let decode = |b: &[u8]| -> String {
             let s = String::from_utf8_lossy(b).into_owned();
             if self.utf8 {
@@ -290,7 +292,12 @@ impl Session {
         let mut lines = Vec::new();
         for (name, mut l) in out {
             if noselect.contains(&name) {
-                l.attrs.extend(["\\Noselect", "\\HasChildren"]);
+                l.attrs.push("\\Noselect");
+                if extended {
+                    // RFC 5258 section 3: computed for every name listed.
+                    l.attrs.push("\\NonExistent");
+                }
+                l.attrs.push("\\HasChildren");
             } else {
                 match &l.mailbox {
                     None => l.attrs.push("\\NonExistent"),
