@@ -294,7 +294,7 @@ for cap in ("SORT", "THREAD=ORDEREDSUBJECT", "THREAD=REFERENCES"):
 ok(c.append("INBOX", "(\\Deleted)", None, mail("gone", "x@y", "Mon, 13 Nov 2023 00:00:00 +0000", "gone@x")))
 ok(c.select("INBOX"))
 ok(c.expunge())
-for m in [
+msgs = [
     mail("Project plan", "Carol <carol@example.org>", "Tue, 14 Nov 2023 10:00:00 +0000", "p1@x"),
     mail("Re: Project plan", "alice@example.org", "Tue, 14 Nov 2023 12:00:00 +0000", "p2@x", "<p1@x>"),
     mail("Lunch?", "Bob <bob@example.org>", "Tue, 14 Nov 2023 09:00:00 +0000", "l1@x"),
@@ -302,8 +302,12 @@ for m in [
     mail("Fwd: Lunch?", "dave@example.org", "Mon, 13 Nov 2023 08:00:00 +0000", "l2@x"),
     mail("Re: Budget", "erin@example.org", "Tue, 14 Nov 2023 11:00:00 +0000", "b2@x", "<b1@missing>"),
     mail("Re: Budget", "frank@example.org", "Tue, 14 Nov 2023 11:30:00 +0000", "b3@x", "<b1@missing>"),
-]:
-    ok(c.append("INBOX", None, None, m))
+]
+import datetime
+base = datetime.datetime(2026, 1, 1, tzinfo=datetime.timezone.utc)
+for i, m in enumerate(msgs):
+    # Arrival (INTERNALDATE) runs backwards: the last appended arrived first.
+    ok(c.append("INBOX", None, base - datetime.timedelta(hours=i), m))
 ok(c.noop())
 
 def sort(*args):
@@ -317,6 +321,11 @@ assert sort("(FROM)", "UTF-8", "ALL") == [2, 3, 4, 1, 5, 6, 7]
 # SUBJECT: the base subject (section 2.1), then REVERSE DATE within.
 assert sort("(SUBJECT)", "UTF-8", "ALL") == [6, 7, 3, 5, 1, 2, 4]
 assert sort("(SUBJECT REVERSE DATE)", "US-ASCII", "ALL") == [7, 6, 3, 5, 4, 2, 1]
+# ARRIVAL and SIZE come from the views, not the header.
+assert sort("(ARRIVAL)", "UTF-8", "ALL") == [7, 6, 5, 4, 3, 2, 1]
+by_size = [seq for _, seq in sorted((len(m), i + 1) for i, m in enumerate(msgs))]
+assert sort("(SIZE)", "UTF-8", "ALL") == by_size
+assert sort("(REVERSE SIZE)", "UTF-8", "ALL") == [seq for _, seq in sorted(((-len(m), i + 1) for i, m in enumerate(msgs)))]
 # The search program narrows the set.
 assert sort("(DATE)", "UTF-8", "FROM", "bob") == [3, 4]
 # UID SORT answers UIDs.

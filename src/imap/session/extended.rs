@@ -364,6 +364,12 @@ impl Session {
             (sel.id, sel.uids.clone())
         };
         let v = self.shared.store.views();
+        // ARRIVAL and SIZE are in the views; everything else is read from
+        // the message's header.
+        let needs_headers = match how {
+            ext::SearchAs::Sort(keys) => keys.iter().any(|k| !matches!(k.key, sort::SortKey::Arrival | sort::SortKey::Size)),
+            _ => true,
+        };
         let mut msgs = Vec::with_capacity(hits.len());
         for (i, hit) in hits.iter().enumerate() {
             if i % 64 == 63 {
@@ -379,28 +385,30 @@ impl Session {
                 (*hit, uids.get((*hit as usize).wrapping_sub(1)).copied().unwrap_or(0))
             };
             let Ok(Some(m)) = v.message(id, u) else { continue };
-            let body = self.shared.store.blob(&m.blob).ok().flatten().unwrap_or_default();
-            let p = Parsed::new(&body);
-            let first = |name: &str| p.header_values(name).into_iter().next().unwrap_or_default();
-            let (subject, reply) = sort::base_subject_reply(&first("Subject"));
-            let mut references = sort::message_ids(&first("References"));
-            if references.is_empty() {
-                references = sort::message_ids(&first("In-Reply-To")).into_iter().take(1).collect();
-            }
-            msgs.push(sort::Summary {
+            let mut summary = sort::Summary {
                 id: *hit,
                 seq,
                 arrival: m.internal_date,
-                date: p.sent_date().unwrap_or(m.internal_date),
+                date: m.internal_date,
                 size: m.size,
-                subject,
-                reply,
-                from: p.first_mailbox("From").unwrap_or_default(),
-                to: p.first_mailbox("To").unwrap_or_default(),
-                cc: p.first_mailbox("Cc").unwrap_or_default(),
-                message_id: sort::message_ids(&first("Message-ID")).into_iter().next(),
-                references,
-            });
+                ..sort::Summary::default()
+            };
+            if needs_headers {
+                let body = self.shared.store.blob(&m.blob).ok().flatten().unwrap_or_default();
+                let p = Parsed::new(&body);
+                let first = |name: &str| p.header_values(name).into_iter().next().unwrap_or_default();
+                (summary.subject, summary.reply) = sort::base_subject_reply(&first("Subject"));
+                summary.references = sort::message_ids(&first("References"));
+                if summary.references.is_empty() {
+                    summary.references = sort::message_ids(&first("In-Reply-To")).into_iter().take(1).collect();
+                }
+                summary.date = p.sent_date().unwrap_or(m.internal_date);
+                summary.from = p.first_mailbox("From").unwrap_or_default();
+                summary.to = p.first_mailbox("To").unwrap_or_default();
+                summary.cc = p.first_mailbox("Cc").unwrap_or_default();
+                summary.message_id = sort::message_ids(&first("Message-ID")).into_iter().next();
+            }
+            msgs.push(summary);
         }
         Some(match how {
             ext::SearchAs::Sort(keys) => {
