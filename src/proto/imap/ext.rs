@@ -250,14 +250,15 @@ pub fn head(cmd: &[u8]) -> R<(String, bool, String, Lexer<'_>)> {
         Some(Token::Atom(t)) => String::from_utf8_lossy(t).into_owned(),
         _ => return lx.err("expected a tag"),
     };
+    // Command names are ASCII: the name's length is its length on the wire.
     let mut name = match lx.next_token()? {
-        Some(Token::Atom(n)) => String::from_utf8_lossy(n).to_ascii_uppercase(),
+        Some(Token::Atom(n)) if n.is_ascii() => String::from_utf8_lossy(n).to_ascii_uppercase(),
         _ => return lx.err("expected a command name"),
     };
     let uid = name == "UID";
     if uid {
         name = match lx.next_token()? {
-            Some(Token::Atom(n)) => String::from_utf8_lossy(n).to_ascii_uppercase(),
+            Some(Token::Atom(n)) if n.is_ascii() => String::from_utf8_lossy(n).to_ascii_uppercase(),
             _ => return lx.err("expected a command after UID"),
         };
     }
@@ -929,6 +930,10 @@ mod tests {
         assert_eq!(how, SearchAs::Thread(ThreadAlg::References));
         assert_eq!(plain, b"t SEARCH CHARSET \"iso-8859-1\" ALL\r\n");
         assert_eq!(sort_or_thread(b"t SEARCH ALL\r\n").unwrap(), None);
+        // A command name that is not ASCII (found by fuzzing: its lossy
+        // decoding is longer than its bytes).
+        assert!(sort_or_thread(b"t S\xffRT (DATE) UTF-8 ALL\r\n").is_err());
+        assert!(head(b"t UID \xff\xff\r\n").is_err());
         for bad in [
             &b"t SORT () UTF-8 ALL\r\n"[..],
             b"t SORT (REVERSE) UTF-8 ALL\r\n",
