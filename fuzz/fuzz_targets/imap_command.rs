@@ -1,10 +1,12 @@
 //! IMAP client input through the framer, then each whole command through
 //! the command parser, as the session does. Neither may panic; the framer
-//! must keep its buffer bounded and hand out only whole commands.
+//! must keep its buffer bounded and hand out only whole commands. The
+//! extension grammar (`proto::imap::ext`) sees every command too.
 #![no_main]
 use imap_codec::decode::Decoder;
 use imap_codec::CommandCodec;
 use libfuzzer_sys::fuzz_target;
+use tandem_fuzz::proto::imap::ext;
 use tandem_fuzz::proto::imap::fragment::{tag_of, Frame, Framer};
 use tandem_fuzz::proto::imap::mutf7;
 
@@ -28,6 +30,30 @@ fuzz_target!(|data: &[u8]| {
                         // Mailbox names the session would decode.
                         let s = format!("{:?}", c.body);
                         let _ = mutf7::decode(&s);
+                    }
+                    // The extension grammar the session tries when
+                    // imap-codec refuses a command.
+                    let rewritten = ext::utf8_quoted_as_literals(&cmd).ok().flatten();
+                    let cmd = rewritten.as_deref().unwrap_or(&cmd);
+                    if let Ok((_, _, name, lx)) = ext::head(cmd) {
+                        match name.as_str() {
+                            "LIST" => {
+                                let _ = ext::list(&mut lx.clone());
+                            }
+                            "APPEND" => {
+                                let _ = ext::append(&mut lx.clone());
+                            }
+                            "ENABLE" => {
+                                let _ = ext::enable(&mut lx.clone());
+                            }
+                            _ => {}
+                        }
+                    }
+                    if let Ok(Some((_, plain))) = ext::search_return(cmd) {
+                        assert!(plain.len() <= cmd.len(), "SEARCH RETURN rewrite grew");
+                    }
+                    if let Ok(Some((_, plain))) = ext::sort_or_thread(cmd) {
+                        assert!(plain.len() <= cmd.len() + 16, "SORT rewrite grew");
                     }
                 }
                 Frame::Continue { length } => assert!(u64::from(length) <= MAX_LITERAL),

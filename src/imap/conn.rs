@@ -1,5 +1,6 @@
 //! The session's byte stream: plain TCP, or TLS (implicit, or after
-//! STARTTLS, when the plain stream is swapped for its TLS wrapper).
+//! STARTTLS, when the plain stream is swapped for its TLS wrapper), and
+//! either of them compressed after COMPRESS DEFLATE.
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -9,13 +10,22 @@ use tokio::net::TcpStream;
 pub enum Conn {
     Plain(TcpStream),
     Tls(Box<tokio_rustls::server::TlsStream<TcpStream>>),
+    Deflate(Box<super::deflate::Deflate>),
     /// Only while STARTTLS swaps the stream.
     Swapping,
 }
 
 impl Conn {
     pub fn is_tls(&self) -> bool {
-        matches!(self, Conn::Tls(_))
+        match self {
+            Conn::Tls(_) => true,
+            Conn::Deflate(d) => d.inner().is_tls(),
+            Conn::Plain(_) | Conn::Swapping => false,
+        }
+    }
+
+    pub fn is_compressed(&self) -> bool {
+        matches!(self, Conn::Deflate(_))
     }
 }
 
@@ -28,6 +38,7 @@ impl AsyncRead for Conn {
         match self.get_mut() {
             Conn::Plain(s) => Pin::new(s).poll_read(cx, buf),
             Conn::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+            Conn::Deflate(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
             Conn::Swapping => Poll::Ready(Err(swapping())),
         }
     }
@@ -38,6 +49,7 @@ impl AsyncWrite for Conn {
         match self.get_mut() {
             Conn::Plain(s) => Pin::new(s).poll_write(cx, buf),
             Conn::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+            Conn::Deflate(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
             Conn::Swapping => Poll::Ready(Err(swapping())),
         }
     }
@@ -45,6 +57,7 @@ impl AsyncWrite for Conn {
         match self.get_mut() {
             Conn::Plain(s) => Pin::new(s).poll_flush(cx),
             Conn::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+            Conn::Deflate(s) => Pin::new(s.as_mut()).poll_flush(cx),
             // Nothing can be buffered in a stream that is not there.
             Conn::Swapping => Poll::Ready(Ok(())),
         }
@@ -53,6 +66,7 @@ impl AsyncWrite for Conn {
         match self.get_mut() {
             Conn::Plain(s) => Pin::new(s).poll_shutdown(cx),
             Conn::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+            Conn::Deflate(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
             Conn::Swapping => Poll::Ready(Err(swapping())),
         }
     }

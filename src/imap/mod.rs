@@ -7,6 +7,7 @@
 //! (from any session, LMTP or replication) into untagged responses.
 
 pub(crate) mod conn;
+mod deflate;
 mod fetch;
 pub mod pattern;
 pub mod session;

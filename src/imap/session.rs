@@ -3,12 +3,14 @@
 //! with the views (untagged EXISTS / EXPUNGE / FETCH FLAGS at the points RFC
 //! 3501 allows).
 
+mod extended;
+
 use super::conn::Conn;
-use super::pattern::Pattern;
 use super::{bump, fetch, plaintext_ok, Credentials, Shared, SlotGuard};
 use crate::auth::Secret;
 use crate::event::{FlagOp, Flags, Id, SpecialUse};
 use crate::mutate::{self, MutationError, NewMessage};
+use crate::proto::imap::ext;
 use crate::proto::imap::fragment::{tag_of, Frame, Framer};
 use crate::proto::imap::mutf7;
 use crate::proto::imap::search::{self, SearchMessage};
@@ -201,6 +203,9 @@ pub struct Session {
     selected: Option<Selected>,
     bad: u32,
     commits: watch::Receiver<u64>,
+    /// `ENABLE UTF8=ACCEPT` was given (RFC 6855): names and quoted strings
+    /// are UTF-8 in both directions.
+    utf8: bool,
 }
 
 type R<T> = std::io::Result<T>;
@@ -229,40 +234,44 @@ fn to_flags(v: &[Flag<'_>]) -> Flags {
     Flags::new(v.iter().map(flag_name))
 }
 
-/// A mailbox name from the wire: modified UTF-7 decoded, INBOX folded.
+/// A mailbox name from the wire: modified UTF-7 decoded (UTF-8 as it is
+/// after `ENABLE UTF8=ACCEPT`, RFC 6855 section 3), INBOX folded.
 /// A name that cannot be decoded is an error for a NO, not a BAD: it is
 /// syntactically a valid astring.
-fn mailbox_name(m: &Mailbox<'_>) -> Result<String, String> {
-    wire_name(m, false)
+fn mailbox_name(m: &Mailbox<'_>, utf8: bool) -> Result<String, String> {
+    wire_name(m, false, utf8)
 }
 
 /// The name CREATE creates: a trailing hierarchy separator only declares
 /// that names will be created under it (RFC 3501 §6.3.3), and is dropped.
-fn create_name(m: &Mailbox<'_>) -> Result<String, String> {
-    wire_name(m, true)
+fn create_name(m: &Mailbox<'_>, utf8: bool) -> Result<String, String> {
+    wire_name(m, true, utf8)
 }
 
-fn wire_name(m: &Mailbox<'_>, trailing_separator: bool) -> Result<String, String> {
+fn wire_name(m: &Mailbox<'_>, trailing_separator: bool, utf8: bool) -> Result<String, String> {
     match m {
         Mailbox::Inbox => Ok("INBOX".into()),
-        Mailbox::Other(o) => {
-            let raw = std::str::from_utf8(o.as_ref()).map_err(|_| "mailbox name is not UTF-8".to_string())?;
-            let name = mutf7::decode(raw).map_err(|e| format!("mailbox name is not valid modified UTF-7: {e}"))?;
-            let name = match name.strip_suffix('/') {
-                Some(stem) if trailing_separator && !stem.is_empty() => stem,
-                _ => name.as_str(),
-            };
-            mutate::normalize_mailbox(name).map_err(|e| e.to_string())
-        }
+        Mailbox::Other(o) => raw_name(o.as_ref(), trailing_separator, utf8),
     }
+}
+
+/// [`wire_name`] of the bytes of a name.
+fn raw_name(raw: &[u8], trailing_separator: bool, utf8: bool) -> Result<String, String> {
+    let raw = std::str::from_utf8(raw).map_err(|_| "mailbox name is not UTF-8".to_string())?;
+    let name = if utf8 {
+        raw.to_string()
+    } else {
+        mutf7::decode(raw).map_err(|e| format!("mailbox name is not valid modified UTF-7: {e}"))?
+    };
+    let name = match name.strip_suffix('/') {
+        Some(stem) if trailing_separator && !stem.is_empty() => stem,
+        _ => name.as_str(),
+    };
+    mutate::normalize_mailbox(name).map_err(|e| e.to_string())
 }
 
 fn astr(a: &AString<'_>) -> String {
     String::from_utf8_lossy(a.as_ref()).into_owned()
-}
-
-fn special_use_of(mb: &MailboxRec) -> Option<SpecialUse> {
-    mb.special_use
 }
 
 impl Session {
@@ -281,6 +290,7 @@ impl Session {
             selected: None,
             bad: 0,
             commits,
+            utf8: false,
         }
     }
 
@@ -305,7 +315,18 @@ impl Session {
             "UNSELECT",
             "ENABLE",
             "ID",
+            "UTF8=ACCEPT",
+            "LIST-EXTENDED",
+            "LIST-STATUS",
+            "MULTIAPPEND",
+            "ESEARCH",
+            "SORT",
+            "THREAD=ORDEREDSUBJECT",
+            "THREAD=REFERENCES",
         ];
+        if self.user().is_some() && !self.stream.is_compressed() {
+            caps.push("COMPRESS=DEFLATE");
+        }
         if self.user().is_none() {
             if !self.stream.is_tls() && self.shared.tls.is_some() {
                 caps.push("STARTTLS");
@@ -492,7 +513,8 @@ impl Session {
         Ok(())
     }
 
-    /// Commands imap-codec 1.0 does not know: NAMESPACE, ID, UID EXPUNGE.
+    /// Commands imap-codec 1.0 does not know: NAMESPACE, ID, UID EXPUNGE,
+    /// and ENABLE of capabilities it has no name for.
     fn extension_command(bytes: &[u8]) -> Option<(String, String, String)> {
         let text = std::str::from_utf8(bytes).ok()?.trim_end();
         let mut it = text.splitn(3, ' ');
@@ -500,29 +522,52 @@ impl Session {
         let cmd = it.next()?.to_ascii_uppercase();
         let rest = it.next().unwrap_or("").to_string();
         match cmd.as_str() {
-            "NAMESPACE" | "ID" => Some((tag, cmd, rest)),
+            "NAMESPACE" | "ID" | "ENABLE" => Some((tag, cmd, rest)),
             "UID" if rest.to_ascii_uppercase().starts_with("EXPUNGE ") => Some((tag, "UID EXPUNGE".into(), rest[8..].trim().to_string())),
             _ => None,
         }
     }
 
     async fn dispatch(&mut self, bytes: &[u8]) -> R<Flow> {
+        // RFC 6855: quoted strings carry UTF-8 after ENABLE UTF8=ACCEPT,
+        // and only then; they reach imap-codec as literals.
+        let rewritten = match ext::utf8_quoted_as_literals(bytes) {
+            Ok(r) => r,
+            Err(e) => return Ok(self.syntax_error(bytes, &format!("Syntax error: {e}"))),
+        };
+        let bytes = match &rewritten {
+            Some(_) if !self.utf8 => {
+                return Ok(self.syntax_error(bytes, "8-bit characters in a quoted string need ENABLE UTF8=ACCEPT"));
+            }
+            Some(r) => r.as_slice(),
+            None => bytes,
+        };
         if let Some((tag, cmd, rest)) = Self::extension_command(bytes) {
             return self.extension(&tag, &cmd, &rest).await;
         }
-        let cmd = match CommandCodec::default().decode(bytes) {
-            Ok((_, cmd)) => cmd,
+        match CommandCodec::default().decode(bytes) {
+            Ok((_, cmd)) => self.command(cmd, None).await,
             Err(CommandDecodeError::Failed) | Err(CommandDecodeError::Incomplete) | Err(CommandDecodeError::LiteralFound { .. }) => {
-                let tag = tag_of(bytes).unwrap_or_else(|| "*".into());
-                self.line(&format!("{tag} BAD Syntax error in command"));
-                return Ok(if self.count_bad() { Flow::Logout } else { Flow::Continue });
+                self.extended(bytes).await
             }
-        };
-        self.command(cmd).await
+        }
+    }
+
+    /// Answer a command that could not be parsed with BAD; the flow after
+    /// counting it.
+    fn syntax_error(&mut self, bytes: &[u8], text: &str) -> Flow {
+        let tag = tag_of(bytes).unwrap_or_else(|| "*".into());
+        self.line(&format!("{tag} BAD {text}"));
+        if self.count_bad() {
+            Flow::Logout
+        } else {
+            Flow::Continue
+        }
     }
 
     async fn extension(&mut self, tag: &str, cmd: &str, rest: &str) -> R<Flow> {
         match cmd {
+            "ENABLE" => self.enable(tag, rest),
             "ID" => {
                 self.line("* ID (\"name\" \"Tandem\" \"vendor\" \"Tandem\")");
                 self.line(&format!("{tag} OK ID completed"));
@@ -570,7 +615,10 @@ impl Session {
         }
     }
 
-    async fn command(&mut self, cmd: Command<'_>) -> R<Flow> {
+    /// Run a parsed command; `search_as`: how to answer a SEARCH that was
+    /// an ESEARCH, SORT or THREAD before the parts RFC 3501 does not know
+    /// were split off.
+    async fn command(&mut self, cmd: Command<'_>, search_as: Option<ext::SearchAs>) -> R<Flow> {
         let tag = cmd.tag.inner().to_string();
         let tag = tag.as_str();
         // Any state.
@@ -602,7 +650,7 @@ impl Session {
             CommandBody::Login { .. } | CommandBody::Authenticate { .. } => self.line(&format!("{tag} BAD Already authenticated")),
             CommandBody::Select { mailbox } => self.select(tag, &user, &mailbox, false),
             CommandBody::Examine { mailbox } => self.select(tag, &user, &mailbox, true),
-            CommandBody::Create { mailbox } => match create_name(&mailbox) {
+            CommandBody::Create { mailbox } => match create_name(&mailbox, self.utf8) {
                 Ok(name) => {
                     let u = user.clone();
                     let now = now_secs();
@@ -619,7 +667,7 @@ impl Session {
                 }
                 Err(e) => self.no(tag, &format!("[CANNOT] {e}")),
             },
-            CommandBody::Delete { mailbox } => match mailbox_name(&mailbox) {
+            CommandBody::Delete { mailbox } => match mailbox_name(&mailbox, self.utf8) {
                 Ok(name) => {
                     if self.selected.as_ref().is_some_and(|s| s.name == name) {
                         self.selected = None;
@@ -632,7 +680,7 @@ impl Session {
                 }
                 Err(e) => self.no(tag, &format!("[CANNOT] {e}")),
             },
-            CommandBody::Rename { from, to } => match (mailbox_name(&from), mailbox_name(&to)) {
+            CommandBody::Rename { from, to } => match (mailbox_name(&from, self.utf8), mailbox_name(&to, self.utf8)) {
                 (Ok(from), Ok(to)) => self.rename(tag, &user, from, to).await,
                 (Err(e), _) | (_, Err(e)) => self.no(tag, &format!("[CANNOT] {e}")),
             },
@@ -653,7 +701,7 @@ impl Session {
                 date,
                 message,
             } => {
-                let name = match mailbox_name(&mailbox) {
+                let name = match mailbox_name(&mailbox, self.utf8) {
                     Ok(n) => n,
                     Err(e) => {
                         self.no(tag, &format!("[CANNOT] {e}"));
@@ -669,42 +717,11 @@ impl Session {
                 };
                 let mut msg = NewMessage::new(message.data().to_vec(), to_flags(&flags), secs);
                 msg.tz_minutes = tz;
-                msg.pending = self.shared.durability.append_pending(&self.shared.store);
-                let u = user.clone();
-                let n2 = name.clone();
-                let placed = match self.shared.store.run(move |t, c| mutate::append(t, c, &u, &n2, &msg)).await {
-                    // Pending: APPENDUID names the UID the master gives it.
-                    Ok(p) if p.uid == 0 => match self
-                        .shared
-                        .durability
-                        .await_placement(&self.shared.store, &user, p.mailbox, p.guid)
-                        .await
-                    {
-                        Ok(Some(p)) => Ok(p),
-                        Ok(None) => Err(StoreError::Mutation(MutationError::NoSuchMailbox(name.clone()))),
-                        Err(e) => Err(e),
-                    },
-                    r => r,
-                };
-                match placed {
-                    Ok(p) => {
-                        bump(&self.shared.counters.appends);
-                        if self.shared.durability.settle(&self.shared.store).await.is_err() {
-                            self.no(tag, "[UNAVAILABLE] Stored here but not yet on the mirror; try again");
-                            return Ok(Flow::Continue);
-                        }
-                        self.sync(true);
-                        self.line(&format!("{tag} OK [APPENDUID {} {}] APPEND completed", p.uidvalidity, p.uid));
-                    }
-                    Err(StoreError::Mutation(MutationError::NoSuchMailbox(_))) => self.no(tag, "[TRYCREATE] No such mailbox"),
-                    Err(e) => self.store_error(tag, e),
-                }
+                self.append_messages(tag, &user, name, vec![msg]).await;
             }
             CommandBody::Idle => return self.idle(tag).await,
-            CommandBody::Enable { .. } => {
-                self.line("* ENABLED");
-                self.line(&format!("{tag} OK ENABLE completed"));
-            }
+            // ENABLE is answered before imap-codec sees it.
+            CommandBody::Enable { .. } => self.enable(tag, ""),
             CommandBody::Check => {
                 self.sync(true);
                 self.line(&format!("{tag} OK CHECK completed"));
@@ -753,11 +770,16 @@ impl Session {
                     imap_codec::imap_types::core::Charset::Atom(a) => a.inner().to_string(),
                     imap_codec::imap_types::core::Charset::Quoted(q) => q.inner().to_string(),
                 });
+                if cs.is_some() && self.utf8 {
+                    // RFC 6855 section 3.
+                    self.line(&format!("{tag} BAD No CHARSET in SEARCH after ENABLE UTF8=ACCEPT"));
+                    return Ok(Flow::Continue);
+                }
                 if let Err(e) = search::check_charset(cs.as_deref()) {
                     self.no(tag, &format!("[BADCHARSET (US-ASCII UTF-8)] {e}"));
                     return Ok(Flow::Continue);
                 }
-                self.search(tag, &criteria, uid).await;
+                self.search(tag, &criteria, uid, search_as).await;
             }
             CommandBody::Fetch {
                 sequence_set,
@@ -818,10 +840,10 @@ impl Session {
                 mailbox,
                 uid,
             } => self.copy(tag, &user, &sequence_set, &mailbox, uid, true).await,
-            CommandBody::Compress { .. }
-            | CommandBody::GetQuota { .. }
-            | CommandBody::GetQuotaRoot { .. }
-            | CommandBody::SetQuota { .. } => self.line(&format!("{tag} BAD Command not supported")),
+            CommandBody::Compress { .. } => return self.compress(tag).await,
+            CommandBody::GetQuota { .. } | CommandBody::GetQuotaRoot { .. } | CommandBody::SetQuota { .. } => {
+                self.line(&format!("{tag} BAD Command not supported"))
+            }
             CommandBody::Capability | CommandBody::Noop | CommandBody::Logout => unreachable!("handled above"),
         }
         Ok(Flow::Continue)
@@ -887,6 +909,22 @@ impl Session {
                 }
             }
         }
+        Ok(Flow::Continue)
+    }
+
+    /// COMPRESS DEFLATE (RFC 4978): the tagged OK is the last thing sent
+    /// uncompressed; from then on both directions are DEFLATE streams.
+    async fn compress(&mut self, tag: &str) -> R<Flow> {
+        if self.stream.is_compressed() {
+            self.no(tag, "[COMPRESSIONACTIVE] DEFLATE is already active");
+            return Ok(Flow::Continue);
+        }
+        self.line(&format!("{tag} OK DEFLATE active"));
+        self.flush().await?;
+        // What the client sent after COMPRESS is compressed already.
+        let received = self.framer.take_unread();
+        let plain = std::mem::replace(&mut self.stream, Conn::Swapping);
+        self.stream = Conn::Deflate(Box::new(super::deflate::Deflate::new(plain, received)));
         Ok(Flow::Continue)
     }
 
@@ -964,7 +1002,7 @@ impl Session {
 
     /// The mailbox a command names, or the tagged BAD / NO already said.
     fn existing_mailbox(&mut self, tag: &str, user: &str, mailbox: &Mailbox<'_>) -> Option<(String, MailboxRec)> {
-        let name = match mailbox_name(mailbox) {
+        let name = match mailbox_name(mailbox, self.utf8) {
             Ok(n) => n,
             Err(e) => {
                 self.no(tag, &format!("[CANNOT] {e}"));
@@ -1271,7 +1309,7 @@ impl Session {
             return;
         }
         let from = sel.id;
-        let name = match mailbox_name(mailbox) {
+        let name = match mailbox_name(mailbox, self.utf8) {
             Ok(n) => n,
             Err(e) => {
                 self.no(tag, &format!("[CANNOT] {e}"));
@@ -1369,7 +1407,13 @@ impl Session {
         self.line(&format!("{tag} OK {}EXPUNGE completed", if only.is_some() { "UID " } else { "" }));
     }
 
-    async fn search(&mut self, tag: &str, criteria: &imap_codec::imap_types::search::SearchKey<'_>, uid: bool) {
+    async fn search(
+        &mut self,
+        tag: &str,
+        criteria: &imap_codec::imap_types::search::SearchKey<'_>,
+        uid: bool,
+        search_as: Option<ext::SearchAs>,
+    ) {
         let Some(sel) = self.selected.as_ref() else { return };
         let v = self.shared.store.views();
         let ctx = search::Context {
@@ -1411,10 +1455,31 @@ impl Session {
             self.no(tag, "[UNAVAILABLE] Server shutting down");
             return;
         }
-        let list: String = hits.iter().map(|h| format!(" {h}")).collect();
-        self.line(&format!("* SEARCH{list}"));
+        let verb = match search_as {
+            Some(ext::SearchAs::Esearch(ret)) => {
+                self.line(&Self::esearch_line(tag, uid, &ret, &hits));
+                "SEARCH"
+            }
+            Some(how @ (ext::SearchAs::Sort(_) | ext::SearchAs::Thread(_))) => {
+                let Some(line) = self.sort_or_thread(&how, &hits, uid).await else {
+                    self.no(tag, "[UNAVAILABLE] Server shutting down");
+                    return;
+                };
+                self.line(&line);
+                if matches!(how, ext::SearchAs::Sort(_)) {
+                    "SORT"
+                } else {
+                    "THREAD"
+                }
+            }
+            None => {
+                let list: String = hits.iter().map(|h| format!(" {h}")).collect();
+                self.line(&format!("* SEARCH{list}"));
+                "SEARCH"
+            }
+        };
         self.sync(uid);
-        self.line(&format!("{tag} OK {}SEARCH completed", if uid { "UID " } else { "" }));
+        self.line(&format!("{tag} OK {}{verb} completed", if uid { "UID " } else { "" }));
     }
 
     async fn rename(&mut self, tag: &str, user: &str, from: String, to: String) {
@@ -1451,7 +1516,7 @@ impl Session {
 
     async fn subscribe(&mut self, tag: &str, user: &str, mailbox: &Mailbox<'_>, on: bool) {
         let cmd = if on { "SUBSCRIBE" } else { "UNSUBSCRIBE" };
-        match mailbox_name(mailbox) {
+        match mailbox_name(mailbox, self.utf8) {
             Ok(name) => {
                 let u = user.to_string();
                 match self.shared.store.run(move |t, c| mutate::subscribe(t, c, &u, &name, on)).await {
@@ -1464,125 +1529,41 @@ impl Session {
     }
 
     async fn list(&mut self, tag: &str, user: &str, reference: &Mailbox<'_>, pattern: &ListMailbox<'_>, lsub: bool) {
-        let cmd = if lsub { "LSUB" } else { "LIST" };
         let reference = match reference {
-            Mailbox::Inbox => "INBOX".to_string(),
-            Mailbox::Other(o) => mutf7::decode(&String::from_utf8_lossy(o.as_ref())).unwrap_or_default(),
+            Mailbox::Inbox => b"INBOX".to_vec(),
+            Mailbox::Other(o) => o.as_ref().to_vec(),
         };
-        let pat = match pattern {
-            ListMailbox::Token(t) => String::from_utf8_lossy(t.as_ref()).into_owned(),
-            ListMailbox::String(s) => String::from_utf8_lossy(s.as_ref()).into_owned(),
+        let pattern = match pattern {
+            ListMailbox::Token(t) => t.as_ref().to_vec(),
+            ListMailbox::String(s) => s.as_ref().to_vec(),
         };
-        let pat = mutf7::decode(&pat).unwrap_or(pat);
-        if pat.is_empty() && !lsub {
-            self.line("* LIST (\\Noselect) \"/\" \"\"");
-            self.line(&format!("{tag} OK LIST completed"));
-            return;
-        }
-        let full = format!("{reference}{pat}");
-        // INBOX matches case-insensitively. (Compared as bytes: the name may
-        // have a multi-byte character at any offset.)
-        let full = if full.as_bytes().get(..5).is_some_and(|p| p.eq_ignore_ascii_case(b"INBOX")) {
-            format!("INBOX{}", &full[5..])
-        } else {
-            full
+        let cmd = ext::ListCommand {
+            select: ext::ListSelect::default(),
+            reference,
+            patterns: vec![pattern],
+            ret: ext::ListReturn::default(),
         };
-        let matcher = match Pattern::new(&full) {
-            Ok(m) => m,
-            Err(e) => {
-                self.line(&format!("{tag} BAD {e}"));
-                return;
-            }
-        };
-        let v = self.shared.store.views();
-        let boxes = v.mailboxes(user).unwrap_or_default();
-        let subs: BTreeSet<String> = v.subscriptions(user).unwrap_or_default().into_iter().collect();
-        let names: BTreeSet<String> = boxes.iter().map(|b| b.name.clone()).collect();
-        let mut lines = Vec::new();
-        let mut listed = BTreeSet::new();
-        for (i, mb) in boxes.iter().enumerate() {
-            if i % 16 == 15 {
-                // Matching costs up to name x pattern: other sessions get
-                // the thread in between.
-                tokio::task::yield_now().await;
-            }
-            if lsub && !subs.contains(&mb.name) {
-                continue;
-            }
-            if !matcher.matches(&mb.name) {
-                continue;
-            }
-            let mut attrs = Vec::new();
-            let prefix = format!("{}/", mb.name);
-            let has_children = names.range(prefix.clone()..).next().is_some_and(|n| n.starts_with(&prefix));
-            attrs.push(if has_children { "\\HasChildren" } else { "\\HasNoChildren" });
-            if let Some(su) = special_use_of(mb) {
-                attrs.push(su.attribute());
-            }
-            if !lsub && subs.contains(&mb.name) {
-                attrs.push("\\Subscribed");
-            }
-            listed.insert(mb.name.clone());
-            lines.push(format!("* {cmd} ({}) \"/\" {}", attrs.join(" "), astring(&mutf7::encode(&mb.name))));
-        }
-        // Parents that exist only as hierarchy, for `%` patterns.
-        if full.contains('%') {
-            let empty = BTreeSet::new();
-            for (i, n) in names.iter().chain(if lsub { subs.iter() } else { empty.iter() }).enumerate() {
-                if i % 16 == 15 {
-                    tokio::task::yield_now().await;
-                }
-                let parts: Vec<&str> = n.split('/').collect();
-                for i in 1..parts.len() {
-                    let parent = parts[..i].join("/");
-                    if listed.contains(&parent) || names.contains(&parent) && !lsub {
-                        continue;
-                    }
-                    if matcher.matches(&parent) && listed.insert(parent.clone()) {
-                        lines.push(format!(
-                            "* {cmd} (\\Noselect \\HasChildren) \"/\" {}",
-                            astring(&mutf7::encode(&parent))
-                        ));
-                    }
-                }
-            }
-        }
-        for l in lines {
-            self.line(&l);
-        }
-        self.line(&format!("{tag} OK {cmd} completed"));
+        self.list_extended(tag, user, cmd, lsub).await;
     }
 
     fn status(&mut self, tag: &str, user: &str, mailbox: &Mailbox<'_>, items: &[StatusDataItemName]) {
         let Some((name, mb)) = self.existing_mailbox(tag, user, mailbox) else {
             return;
         };
-        let msgs = self.shared.store.views().messages(mb.id).unwrap_or_default();
-        let mut parts = Vec::new();
-        for i in items {
-            match i {
-                StatusDataItemName::Messages => parts.push(format!("MESSAGES {}", msgs.len())),
-                StatusDataItemName::Recent => parts.push("RECENT 0".into()),
-                StatusDataItemName::UidNext => parts.push(format!("UIDNEXT {}", mb.uidnext)),
-                StatusDataItemName::UidValidity => parts.push(format!("UIDVALIDITY {}", mb.uidvalidity)),
-                StatusDataItemName::Unseen => parts.push(format!(
-                    "UNSEEN {}",
-                    msgs.iter().filter(|(_, m)| !m.flags.contains("\\Seen")).count()
-                )),
-                StatusDataItemName::Deleted => parts.push(format!(
-                    "DELETED {}",
-                    msgs.iter().filter(|(_, m)| m.flags.contains("\\Deleted")).count()
-                )),
-                StatusDataItemName::DeletedStorage => parts.push(format!(
-                    "DELETED-STORAGE {}",
-                    msgs.iter()
-                        .filter(|(_, m)| m.flags.contains("\\Deleted"))
-                        .map(|(_, m)| m.size)
-                        .sum::<u64>()
-                )),
-            }
-        }
-        self.line(&format!("* STATUS {} ({})", astring(&mutf7::encode(&name)), parts.join(" ")));
+        let items: Vec<ext::StatusItem> = items
+            .iter()
+            .map(|i| match i {
+                StatusDataItemName::Messages => ext::StatusItem::Messages,
+                StatusDataItemName::Recent => ext::StatusItem::Recent,
+                StatusDataItemName::UidNext => ext::StatusItem::UidNext,
+                StatusDataItemName::UidValidity => ext::StatusItem::UidValidity,
+                StatusDataItemName::Unseen => ext::StatusItem::Unseen,
+                StatusDataItemName::Deleted => ext::StatusItem::Deleted,
+                StatusDataItemName::DeletedStorage => ext::StatusItem::DeletedStorage,
+            })
+            .collect();
+        let line = self.status_line(&name, &mb, &items);
+        self.line(&line);
         self.line(&format!("{tag} OK STATUS completed"));
     }
 

@@ -159,6 +159,11 @@ fn main() {
         b"a1 CAPABILITY\r\na2 LOGIN {5}\r\nalice {6+}\r\nsecret\r\na3 LIST \"\" \"*\"\r\na4 SELECT INBOX\r\na5 UID FETCH 1:* (FLAGS ENVELOPE BODY.PEEK[HEADER.FIELDS (SUBJECT)])\r\na6 STORE 1 +FLAGS (\\Seen $Label1)\r\na7 APPEND Sent (\\Seen) {11+}\r\nSubject: x\r\na8 SEARCH CHARSET UTF-8 SINCE 1-Jan-2026 FROM \"bob\"\r\na9 CREATE &ZeVnLIqe-/x\r\na10 IDLE\r\nDONE\r\na11 LOGOUT\r\n",
     );
     write(
+        "imap_command",
+        "extensions",
+        "b1 LOGIN alice secret\r\nb2 ENABLE UTF8=ACCEPT CONDSTORE\r\nb3 CREATE \"Entwürfe\"\r\nb4 LIST (SUBSCRIBED RECURSIVEMATCH) \"\" (\"INBOX\" %/x {3+}\r\nabc) RETURN (CHILDREN SPECIAL-USE STATUS (MESSAGES UNSEEN))\r\nb5 APPEND Sent (\\Seen) \" 3-Feb-2026 10:00:00 +0100\" {2+}\r\nhi {3+}\r\nyou UTF8 (~{2+}\r\né)\r\nb6 SELECT INBOX\r\nb7 UID SEARCH RETURN (MIN MAX COUNT ALL) SUBJECT \"grüße\"\r\nb8 UID SORT (REVERSE DATE SUBJECT) UTF-8 FROM bob\r\nb9 THREAD REFERENCES \"US-ASCII\" ALL\r\nb10 LOGOUT\r\n".as_bytes(),
+    );
+    write(
         "mime",
         "multipart",
         b"From: \"B\" <b@example.org>\r\nTo: a@example.org\r\nSubject: =?utf-8?q?caf=C3=A9?=\r\nDate: Tue, 1 Dec 2026 10:00:00 +0100\r\nMIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=\"xx\"\r\n\r\npre\r\n--xx\r\nContent-Type: text/plain; charset=iso-8859-1\r\nContent-Transfer-Encoding: quoted-printable\r\n\r\ncaf=E9\r\n--xx\r\nContent-Type: message/rfc822\r\n\r\nSubject: inner\r\n\r\ninner body\r\n--xx\r\nContent-Type: application/octet-stream; name*=utf-8''%C3%A9.bin\r\nContent-Transfer-Encoding: base64\r\n\r\naGVsbG8=\r\n--xx--\r\n",

@@ -130,6 +130,16 @@ impl Framer {
         self.line_start = 0;
     }
 
+    /// Everything received after the last command handed out (call it
+    /// right after that command's frame): when the stream changes its
+    /// encoding (COMPRESS), those bytes are already in the new one.
+    pub fn take_unread(&mut self) -> Vec<u8> {
+        self.scanned = 0;
+        self.line_start = 0;
+        self.state = State::Line;
+        std::mem::take(&mut self.buf)
+    }
+
     /// The next frame, or `None` when more input is needed.
     pub fn next_frame(&mut self) -> Option<Frame> {
         loop {
@@ -242,6 +252,16 @@ mod tests {
 
     fn frames(f: &mut Framer) -> Vec<Frame> {
         std::iter::from_fn(|| f.next_frame()).collect()
+    }
+
+    #[test]
+    fn unread_bytes_after_a_command_are_handed_back() {
+        let mut f = Framer::new(1024, 1024);
+        f.feed(b"a COMPRESS DEFLATE\r\n\x01\x02\xff");
+        assert_eq!(f.next_frame(), Some(Frame::Command(b"a COMPRESS DEFLATE\r\n".to_vec())));
+        assert_eq!(f.take_unread(), b"\x01\x02\xff");
+        assert_eq!(f.buffered(), 0);
+        assert_eq!(f.next_frame(), None);
     }
 
     #[test]

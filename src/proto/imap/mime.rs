@@ -303,6 +303,16 @@ impl<'a> Parsed<'a> {
             .collect()
     }
 
+    /// The mailbox (local part) of the first address of the top-level field `name`,
+    /// ASCII lower-cased: RFC 5256's SORT key for FROM, TO and CC.
+    pub fn first_mailbox(&self, name: &str) -> Option<String> {
+        self.addresses(&self.root, name)
+            .into_iter()
+            .find(|a| a.host.is_some())
+            .and_then(|a| a.mailbox)
+            .map(|m| String::from_utf8_lossy(&m).to_ascii_lowercase())
+    }
+
     /// The text of every `text/*` leaf part, including those inside encapsulated messages.
     /// Each is transfer-decoded (base64 or quoted-printable) and converted from its charset
     /// to UTF-8. Parts are joined with line breaks. This is for SEARCH BODY. For SEARCH TEXT,
