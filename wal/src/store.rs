@@ -811,6 +811,14 @@ impl Wal {
         let mut wo = WriteOptions::default();
         wo.set_sync(self.shared.opts.sync);
         self.shared.db.write_opt(b, &wo)?;
+        // Compact the deletions away: otherwise every later seek and scan
+        // of these column families steps over a tombstone of each old key
+        // (a rebuild ran at under 1,000 entries/s doing so).
+        for cf in cfs {
+            let h = self.shared.handle(cf.0);
+            self.shared.db.flush_cf(h)?;
+            self.shared.db.compact_range_cf(h, None::<&[u8]>, None::<&[u8]>);
+        }
         Ok(())
     }
 
