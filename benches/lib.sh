@@ -5,7 +5,9 @@ export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/tandem-target}
 
 # Install what the build needs and build `tandem` (PROFILE=release, the
 # default, or anything else for a debug build); sets T to the binary.
+# With TANDEM set (benches/report.sh builds once), that binary is used.
 build_tandem() {
+  if [ -n "${TANDEM:-}" ]; then T=$TANDEM; return; fi
   bash "$ROOT/.ci/setup"
   if [ "${PROFILE:-release}" = release ]; then
     cargo build --release --bin tandem --manifest-path "$ROOT/Cargo.toml"

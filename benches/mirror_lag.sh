@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
 # Mirror benchmarks with two real nodes on loopback:
-#   (a) replication lag p50/p99 at 500 msg/s (mirror_lag.py)
-#   (d) catch-up of a stopped peer after 100 changes
-#   RUNS=3 benches/mirror_lag.sh
+#   (a) replication lag p50/p99 at each of RATES msg/s (mirror_lag.py)
+#   (d) catch-up of a stopped peer after 100 changes, from the restarted
+#       peer's process start until its version vector equals A's
+#   RUNS=3 RATES="500 2000" benches/mirror_lag.sh
+# With RESULTS=FILE, each measurement is also appended to FILE as one JSON
+# line ({"lag": {...}} or {"catchup_s": ...}).
 # With SLAVE=1, A is configured master and B slave (the master gives the
 # UIDs while the link is up); LAG_ON=b then delivers on B and watches B
 # itself: how long the slave's own deliveries take to become visible there
@@ -11,6 +14,8 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 . "$ROOT/benches/lib.sh"
 RUNS=${RUNS:-3}
+RATES=${RATES:-500}
+export RESULTS=${RESULTS:-}
 build_tandem
 OUT=$(mktemp -d /tmp/mirror-bench.XXXXXX)
 MA=$(udp_port); MB=$(udp_port)
@@ -28,8 +33,10 @@ trap 'kill $PA $PB 2>/dev/null || true' EXIT
 wait_up "$OUT/a"; wait_up "$OUT/b"
 echo secret | "$T" --config "$OUT/a/tandem.toml" user add u@example.org --password-stdin >/dev/null
 for _ in $(seq 200); do [ "$(heads "$OUT/a")" = "$(heads "$OUT/b")" ] && break; sleep 0.05; done
-for r in $(seq 1 "$RUNS"); do
-  A_LMTP=$LAG_LMTP B_IMAP=$B_IMAP python3 "$ROOT/benches/mirror_lag.py"
+for rate in $RATES; do
+  for r in $(seq 1 "$RUNS"); do
+    RATE=$rate A_LMTP=$LAG_LMTP B_IMAP=$B_IMAP python3 "$ROOT/benches/mirror_lag.py"
+  done
 done
 # (d) catch-up after 100 changes on A.
 for r in $(seq 1 "$RUNS"); do
@@ -45,10 +52,11 @@ for i in range(100):
     assert r.startswith(b"250"), r
 PY
   want=$(heads "$OUT/a")
+  started=$(python3 -c 'import time; print(time.time())')
   PB=$(start_node "$OUT/b"); wait_up "$OUT/b"
-  python3 - "$T" "$OUT" "$want" <<'PY'
-import json, subprocess, sys, time
-t, out, want = sys.argv[1], sys.argv[2], sys.argv[3]
+  python3 - "$T" "$OUT" "$want" "$started" <<'PY'
+import json, os, subprocess, sys, time
+t, out, want, started = sys.argv[1], sys.argv[2], sys.argv[3], float(sys.argv[4])
 def status(n):
     return json.loads(subprocess.run([t, "--config", f"{out}/{n}/tandem.toml", "status", "--json"], capture_output=True, text=True).stdout)
 t0 = time.time()
@@ -62,8 +70,11 @@ while True:
     time.sleep(0.005)
 link = status("a")["mirror"]["outgoing"][0]
 up = link["since_ms"] / 1000.0
-print("(d) catch-up of 100 changes: %.3f s from B's listeners up to caught up; %.3f s after A's link to B came up"
-      % (done - t0, max(0.0, done - up)))
+print("(d) catch-up of 100 changes: %.3f s from B's process start, %.3f s from B's listeners up to caught up; %.3f s after A's link to B came up"
+      % (done - started, done - t0, max(0.0, done - up)))
+if os.environ.get("RESULTS"):
+    with open(os.environ["RESULTS"], "a") as f:
+        f.write(json.dumps({"catchup_s": done - started, "catchup_after_listen_s": done - t0}) + "\n")
 PY
 done
 echo "raw logs: $OUT"

@@ -71,6 +71,9 @@ pub struct LogStatus {
     pub bulk_flushes: u64,
     #[serde(default)]
     pub bulk_bytes: u64,
+    /// RocksDB's memory and WAL files against the store's budget.
+    #[serde(default)]
+    pub memory: wal::MemorySnapshot,
 }
 
 /// One log entry, readable.
@@ -178,6 +181,7 @@ pub fn status(st: &AdminState) -> Result<Status, crate::views::read::ViewError> 
             panics: s.panics,
             bulk_flushes: s.bulk_flushes,
             bulk_bytes: s.bulk_bytes,
+            memory: wal.memory(),
         },
         users: st.store.views().users()?.len() as u64,
         lmtp: st.lmtp.snapshot(),

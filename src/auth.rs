@@ -46,6 +46,77 @@ pub fn verify_password(password: &Secret, phc: &str) -> bool {
     }
 }
 
+/// Password checks that succeeded recently, so that a client logging in
+/// again and again (a webmail, a phone polling POP3) does not pay for
+/// argon2 every time.
+///
+/// Nothing secret is kept: an entry is a blake3 hash, keyed by a random
+/// key made at start and never stored, of the user, the password and the
+/// user's stored PHC string. A lookup hashes what the client sent with
+/// the PHC string stored now, so a changed password (a new PHC string) or
+/// a deleted user (none) finds nothing, without any invalidation step.
+/// Only successes are kept; a wrong password always costs a full check.
+/// Entries live `ttl` at most; when `max` are held the expired ones go,
+/// then, if still full, all of them.
+pub struct AuthCache {
+    key: [u8; 32],
+    ttl: std::time::Duration,
+    max: usize,
+    seen: std::sync::Mutex<std::collections::HashMap<[u8; 32], std::time::Instant>>,
+}
+
+impl AuthCache {
+    pub fn new(ttl: std::time::Duration, max: usize) -> AuthCache {
+        use argon2::password_hash::rand_core::RngCore;
+        let mut key = [0u8; 32];
+        OsRng.fill_bytes(&mut key);
+        AuthCache {
+            key,
+            ttl,
+            max,
+            seen: std::sync::Mutex::new(std::collections::HashMap::new()),
+        }
+    }
+
+    fn entry(&self, user: &str, password: &Secret, phc: &str) -> [u8; 32] {
+        let mut h = blake3::Hasher::new_keyed(&self.key);
+        for part in [user.as_bytes(), password.expose().as_bytes(), phc.as_bytes()] {
+            h.update(&(part.len() as u64).to_le_bytes());
+            h.update(part);
+        }
+        *h.finalize().as_bytes()
+    }
+
+    /// Whether `password` was found correct for `user`, whose stored PHC
+    /// string is `phc`, within the last `ttl`.
+    pub fn hit(&self, user: &str, password: &Secret, phc: &str) -> bool {
+        if self.max == 0 {
+            return false;
+        }
+        let e = self.entry(user, password, phc);
+        let seen = self.seen.lock().expect("auth cache lock");
+        seen.get(&e).is_some_and(|at| at.elapsed() < self.ttl)
+    }
+
+    /// Remember that `password` is correct for `user` with `phc`.
+    pub fn insert(&self, user: &str, password: &Secret, phc: &str) {
+        if self.max == 0 {
+            return;
+        }
+        let e = self.entry(user, password, phc);
+        let now = std::time::Instant::now();
+        let mut seen = self.seen.lock().expect("auth cache lock");
+        if seen.len() >= self.max && !seen.contains_key(&e) {
+            let ttl = self.ttl;
+            seen.retain(|_, at| now.duration_since(*at) < ttl);
+            if seen.len() >= self.max {
+                seen.clear();
+            }
+        }
+        seen.insert(e, now);
+    }
+}
+
 /// Compare two byte strings in time independent of where they differ.
 pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     if a.len() != b.len() {
@@ -69,5 +140,39 @@ mod tests {
             format!("{:?} {}", Secret::new("pw"), Secret::new("pw")),
             "Secret(<redacted>) <redacted>"
         );
+    }
+
+    #[test]
+    fn auth_cache_hits_only_the_same_user_password_and_hash() {
+        let c = AuthCache::new(std::time::Duration::from_secs(60), 2);
+        let pw = Secret::new("hunter2");
+        assert!(!c.hit("alice", &pw, "$phc1"));
+        c.insert("alice", &pw, "$phc1");
+        assert!(c.hit("alice", &pw, "$phc1"));
+        assert!(!c.hit("alice", &Secret::new("hunter3"), "$phc1"), "another password");
+        assert!(!c.hit("bob", &pw, "$phc1"), "another user");
+        assert!(!c.hit("alice", &pw, "$phc2"), "a changed password hash");
+        // Lengths are part of the hash: no shifting bytes between fields.
+        c.insert("ab", &Secret::new("c"), "$p");
+        assert!(!c.hit("a", &Secret::new("bc"), "$p"));
+        // Full: a third entry drops the others rather than growing.
+        c.insert("carol", &pw, "$phc3");
+        assert!(c.hit("carol", &pw, "$phc3"));
+        assert!(c.seen.lock().unwrap().len() <= 2);
+        // Another process (key) knows nothing.
+        assert!(!AuthCache::new(std::time::Duration::from_secs(60), 2).hit("carol", &pw, "$phc3"));
+    }
+
+    #[test]
+    fn auth_cache_entries_expire_and_can_be_off() {
+        let c = AuthCache::new(std::time::Duration::from_millis(30), 10);
+        let pw = Secret::new("pw");
+        c.insert("alice", &pw, "$phc");
+        assert!(c.hit("alice", &pw, "$phc"));
+        std::thread::sleep(std::time::Duration::from_millis(60));
+        assert!(!c.hit("alice", &pw, "$phc"), "expired");
+        let off = AuthCache::new(std::time::Duration::from_secs(60), 0);
+        off.insert("alice", &pw, "$phc");
+        assert!(!off.hit("alice", &pw, "$phc"));
     }
 }

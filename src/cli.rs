@@ -505,6 +505,18 @@ fn print_status(st: &Status) {
         "log         apply order {}   entries {}   fsyncs {}   appends/fsync {:.2}   max group {}",
         l.apply_order, l.entries_appended, l.fsyncs, l.appends_per_fsync, l.max_group
     );
+    let m = &l.memory;
+    let mib = |b: u64| b as f64 / (1u64 << 20) as f64;
+    println!(
+        "memory      block cache {:.1}/{:.0} MiB ({:.1} pinned)   memtables {:.1}/{:.0} MiB   RocksDB WAL files {:.1}/{:.0} MiB",
+        mib(m.block_cache_bytes),
+        mib(m.block_cache_capacity),
+        mib(m.block_cache_pinned_bytes),
+        mib(m.memtable_bytes),
+        mib(m.write_buffer_budget),
+        mib(m.wal_files_bytes),
+        mib(m.max_wal_bytes)
+    );
     if l.bulk_flushes > 0 {
         println!(
             "  bulk      {} groups wrote {} bytes of bodies straight to blob files",

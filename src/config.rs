@@ -137,6 +137,8 @@ pub struct ImapConfig {
     pub login_attempts_per_user: u32,
     /// Seconds an empty login budget takes to refill completely.
     pub login_lockout_secs: u64,
+    /// Seconds a successful password check is remembered (0: never).
+    pub auth_cache_secs: u64,
     /// Where LOGIN / AUTHENTICATE PLAIN are allowed without TLS:
     /// "loopback" (default), "always" or "never".
     pub plaintext_auth: PlaintextAuth,
@@ -178,6 +180,7 @@ impl Default for ImapConfig {
             login_attempts_per_ip: 10,
             login_attempts_per_user: 20,
             login_lockout_secs: 300,
+            auth_cache_secs: 600,
             plaintext_auth: PlaintextAuth::Loopback,
         }
     }

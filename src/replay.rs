@@ -47,6 +47,9 @@ fn apply_entries(txn: &mut wal::Txn<'_>, cfs: Cfs, entries: Vec<(u64, Entry)>, a
     Ok(())
 }
 
+/// Entries applied per transaction (one durable write each).
+const CHUNK: usize = 4096;
+
 fn unwrap_append(r: Result<(), AppendError<ReplayError>>) -> Result<(), ReplayError> {
     match r {
         Ok(()) => Ok(()),
@@ -64,7 +67,7 @@ pub fn rebuild_views(store: &Store) -> Result<u64, ReplayError> {
     let mut from = 1;
     let mut n = 0;
     loop {
-        let chunk = wal.read_order(from, 512)?;
+        let chunk = wal.read_order(from, CHUNK)?;
         let Some((last, _)) = chunk.last() else { break };
         from = last + 1;
         n += chunk.len() as u64;
@@ -80,7 +83,7 @@ pub fn replay_into(src: &Wal, dst: &Store) -> Result<u64, ReplayError> {
     let mut from = 1;
     let mut n = 0;
     loop {
-        let chunk = src.read_order(from, 512)?;
+        let chunk = src.read_order(from, CHUNK)?;
         let Some((last, _)) = chunk.last() else { break };
         from = last + 1;
         n += chunk.len() as u64;

@@ -54,9 +54,17 @@ pub struct Store {
     inner: Arc<Inner>,
 }
 
+/// RocksDB's memory budget (docs/operations.md section 3, "Memory budget").
+pub const MEMORY: wal::MemoryBudget = wal::MemoryBudget {
+    block_cache_bytes: 64 << 20,
+    write_buffer_bytes: 256 << 20,
+    max_wal_bytes: 256 << 20,
+};
+
 /// Log options the daemon uses, given a node id.
 pub fn wal_options(node_id: &str) -> WalOptions {
     let mut o = WalOptions::new(Origin::from_node_id(node_id));
+    o.memory = MEMORY;
     o.user_cfs = vec![CF_VIEWS.into(), CF_CACHE.into()];
     o.blob_cfs = vec![CF_BLOBS.into()];
     o

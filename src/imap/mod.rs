@@ -232,9 +232,23 @@ pub async fn check_credentials(shared: &Shared, ip: IpAddr, user: &str, pw: crat
     }
     let rec = shared.store.views().user(user).ok().flatten();
     let ok = match rec {
-        Some(rec) => tokio::task::spawn_blocking(move || verify_password(&pw, &rec.password_hash))
-            .await
-            .unwrap_or(false),
+        // A recent success with this password and this stored hash: the
+        // attempt was counted above all the same.
+        Some(rec) if shared.auth_cache.hit(user, &pw, &rec.password_hash) => true,
+        Some(rec) => {
+            let checked = tokio::task::spawn_blocking(move || {
+                let ok = verify_password(&pw, &rec.password_hash);
+                (ok, pw, rec.password_hash)
+            })
+            .await;
+            match checked {
+                Ok((true, pw, phc)) => {
+                    shared.auth_cache.insert(user, &pw, &phc);
+                    true
+                }
+                _ => false,
+            }
+        }
         None => {
             let _ = tokio::task::spawn_blocking(move || verify_password(&pw, DUMMY_HASH)).await;
             false
@@ -286,6 +300,10 @@ impl Drop for SlotGuard {
     }
 }
 
+/// How many successful password checks are remembered at most (for
+/// `imap.auth_cache_secs`).
+pub const AUTH_CACHE_MAX: usize = 100_000;
+
 /// Everything sessions share.
 pub struct Shared {
     pub store: Store,
@@ -295,6 +313,8 @@ pub struct Shared {
     pub per_ip: Arc<Slots>,
     pub per_user: Arc<Slots>,
     pub cache: fetch::Cache,
+    /// Recent successful password checks (see [`crate::auth::AuthCache`]).
+    pub auth_cache: crate::auth::AuthCache,
     /// TLS for STARTTLS and the implicit-TLS listener.
     pub tls: Option<Arc<rustls::ServerConfig>>,
     /// `ack = "peer"` for APPEND.
@@ -310,6 +330,10 @@ impl Shared {
         durability: crate::repl::Durability,
     ) -> Arc<Shared> {
         let throttle = Throttle::new(&cfg);
+        let auth_cache = crate::auth::AuthCache::new(
+            Duration::from_secs(cfg.auth_cache_secs),
+            if cfg.auth_cache_secs == 0 { 0 } else { AUTH_CACHE_MAX },
+        );
         Arc::new(Shared {
             store,
             cfg,
@@ -318,6 +342,7 @@ impl Shared {
             per_ip: Arc::new(Slots::default()),
             per_user: Arc::new(Slots::default()),
             cache: fetch::Cache::new(4096),
+            auth_cache,
             tls,
             durability,
         })

@@ -181,9 +181,20 @@ pub fn start(
         auth_timeout,
     };
     let mut tasks = Vec::new();
+    // A peer that authenticated an incoming link is back: dialers waiting
+    // out their backoff dial at once instead.
+    let peer_back = Arc::new(tokio::sync::Notify::new());
     {
         let (ep, store, mirror, secret, shutdown) = (ep.clone(), store.clone(), mirror.clone(), secret.clone(), shutdown.clone());
-        tasks.push(tokio::spawn(accept_loop(ep, store, mirror, secret, limits, shutdown)));
+        tasks.push(tokio::spawn(accept_loop(
+            ep,
+            store,
+            mirror,
+            secret,
+            limits,
+            peer_back.clone(),
+            shutdown,
+        )));
     }
     for (i, peer) in cfg.peers.iter().enumerate() {
         mirror.out.lock().expect("mirror lock").push(OutLink {
@@ -199,7 +210,20 @@ pub fn start(
         );
         let span = tracing::info_span!("mirror-out", peer = %peer);
         tasks.push(tokio::spawn(
-            dial_loop(ep, *peer, i, store, mirror, secret, window, backoff, auth_timeout, shutdown).instrument(span),
+            dial_loop(
+                ep,
+                *peer,
+                i,
+                store,
+                mirror,
+                secret,
+                window,
+                backoff,
+                auth_timeout,
+                peer_back.clone(),
+                shutdown,
+            )
+            .instrument(span),
         ));
     }
     Ok(Some(Running { local_addr, tasks }))
@@ -218,6 +242,7 @@ async fn dial_loop(
     window: Window,
     (min, max): (Duration, Duration),
     auth_timeout: Duration,
+    peer_back: Arc<tokio::sync::Notify>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut delay = min;
@@ -259,6 +284,7 @@ async fn dial_loop(
         delay = (delay * 2).min(max);
         tokio::select! {
             _ = tokio::time::sleep(wait) => {}
+            _ = peer_back.notified() => delay = min,
             _ = wait_shutdown(&mut shutdown) => return,
         }
     }
@@ -741,6 +767,7 @@ async fn accept_loop(
     mirror: Arc<Mirror>,
     secret: Arc<Vec<u8>>,
     limits: Limits,
+    peer_back: Arc<tokio::sync::Notify>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut last_cap_log: Option<Instant> = None;
@@ -780,13 +807,13 @@ async fn accept_loop(
             }
             continue;
         };
-        let (store, mirror, secret) = (store.clone(), mirror.clone(), secret.clone());
+        let (store, mirror, secret, peer_back) = (store.clone(), mirror.clone(), secret.clone(), peer_back.clone());
         let auth_timeout = limits.auth_timeout;
         let span = tracing::info_span!("mirror-in", peer = %remote);
         tokio::spawn(
             async move {
                 let _connection = connection;
-                if let Err(e) = receive(incoming, &store, &mirror, &secret, auth_timeout, unauthenticated).await {
+                if let Err(e) = receive(incoming, &store, &mirror, &secret, auth_timeout, unauthenticated, &peer_back).await {
                     tracing::info!(kind = e.kind(), error = %e, "incoming mirror link ended");
                 }
             }
@@ -856,6 +883,7 @@ async fn receive(
     secret: &[u8],
     auth_timeout: Duration,
     unauthenticated: PreAuth,
+    peer_back: &tokio::sync::Notify,
 ) -> Result<(), LinkError> {
     let deadline = tokio::time::Instant::now() + auth_timeout;
     let timed_out = || {
@@ -888,6 +916,7 @@ async fn receive(
         }
     };
     drop(unauthenticated);
+    peer_back.notify_waiters();
     conn.set_receive_window(quinn::VarInt::from_u32(LINK_WINDOW));
     tracing::Span::current().record("peer", node_id.as_str());
     let ours = super::role::current(&store.views(), store.node_id(), *mirror.seed.lock().expect("mirror lock"))

@@ -30,6 +30,6 @@ pub use error::{AppendError, Place, SegmentError, WalError};
 pub use record::{Entry, Hash, GENESIS};
 pub use seq::{Origin, VersionVector};
 #[cfg(feature = "store")]
-pub use store::{Cf, GroupTiming, KeyValues, RecoveryMode, RecoveryReport, StatsSnapshot, Wal, WalOptions};
+pub use store::{Cf, GroupTiming, KeyValues, MemoryBudget, MemorySnapshot, RecoveryMode, RecoveryReport, StatsSnapshot, Wal, WalOptions};
 #[cfg(feature = "store")]
 pub use writer::{Appended, Rehomed, Txn};

@@ -1,0 +1,57 @@
+//! A peer that comes back is dialled at once: its own authenticated link
+//! wakes the other node's dialer out of a long reconnect backoff.
+
+mod common;
+use common::{digest, free_udp_port, wait_until, write_config, Node};
+
+const SECRET: &str = "correct horse battery staple";
+
+/// A node whose dialer, once failed, would wait 30-60 s before dialling again.
+fn start(dir: &std::path::Path, id: &str, port: u16, peer: u16) -> Node {
+    std::fs::create_dir_all(dir).unwrap();
+    let mirror = format!(
+        "[mirror]\nlisten = \"127.0.0.1:{port}\"\npeers = [\"127.0.0.1:{peer}\"]\nsecret = \"{SECRET}\"\nreconnect_min_ms = 30000\nreconnect_max_ms = 60000\n"
+    );
+    let cfg = write_config(dir, id, &mirror);
+    Node::start(dir, Some(&cfg))
+}
+
+fn converged(a: &Node, b: &Node, secs: u64) -> bool {
+    wait_until(secs, || digest(a) == digest(b))
+}
+
+#[test]
+fn a_returning_peer_gets_the_changes_without_waiting_out_the_backoff() {
+    let dir = tempfile::tempdir().unwrap();
+    let (pa, pb) = (free_udp_port(), free_udp_port());
+    // A starts alone: its first dial to B fails and it backs off.
+    let a = start(&dir.path().join("a"), "node-a", pa, pb);
+    let (ok, _, err) = a.cli(&["user", "add", "u@example.org", "--password-stdin"], Some("secret\n"));
+    assert!(ok, "{err}");
+    // The dial to the silent port fails after its 5 s answer timeout.
+    assert!(
+        wait_until(15, || a.cli(&["status"], None).1.contains("disconnected")),
+        "A never gave up on B"
+    );
+    let b = start(&dir.path().join("b"), "node-b", pb, pa);
+    // Well inside the 22.5 s that the shortest backoff would wait.
+    assert!(converged(&a, &b, 15), "B did not get A's user while A backed off");
+
+    // B goes away; A's link fails and A backs off again.
+    assert!(b.stop());
+    let mut c = common::Raw::connect(&a.addr("lmtp"));
+    c.reply();
+    c.send(b"LHLO t\r\n");
+    c.reply();
+    for i in 0..5 {
+        c.send(format!("MAIL FROM:<s@x>\r\nRCPT TO:<u@example.org>\r\nDATA\r\nSubject: while away {i}\r\n\r\nbody\r\n.\r\n").as_bytes());
+        for _ in 0..4 {
+            let r = c.reply();
+            assert!(r.starts_with('2') || r.starts_with('3'), "{r}");
+        }
+    }
+    let b = start(&dir.path().join("b"), "node-b", pb, pa);
+    assert!(converged(&a, &b, 15), "the restarted B did not catch up while A backed off");
+    assert!(b.stop());
+    assert!(a.stop());
+}
