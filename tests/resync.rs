@@ -4,7 +4,7 @@
 //! entry (as a restored filesystem copy or a bug would), then starting it.
 
 mod common;
-use common::{blob, digest, free_udp_port, messages, mirror_section, wait_until, write_config, Node};
+use common::{admin_get, blob, digest, free_udp_port, messages, mirror_section, wait_until, write_config, Node};
 use std::path::PathBuf;
 use tandem::event::{Event, FlagOp, Flags};
 use tandem::store::{wal_options, Store};
@@ -24,13 +24,18 @@ struct Pair {
 }
 
 fn start_pair() -> Pair {
+    start_pair_with("", "")
+}
+
+/// A pair whose `[mirror]` sections end with `a_extra` and `b_extra`.
+fn start_pair_with(a_extra: &str, b_extra: &str) -> Pair {
     let dir = tempfile::tempdir().unwrap();
     let (pa, pb) = (free_udp_port(), free_udp_port());
     let (a_dir, b_dir) = (dir.path().join("a"), dir.path().join("b"));
     std::fs::create_dir_all(&a_dir).unwrap();
     std::fs::create_dir_all(&b_dir).unwrap();
-    let a_cfg = write_config(&a_dir, "node-a", &mirror_section(pa, &[pb], SECRET));
-    let b_cfg = write_config(&b_dir, "node-b", &mirror_section(pb, &[pa], SECRET));
+    let a_cfg = write_config(&a_dir, "node-a", &(mirror_section(pa, &[pb], SECRET) + a_extra));
+    let b_cfg = write_config(&b_dir, "node-b", &(mirror_section(pb, &[pa], SECRET) + b_extra));
     let a = Node::start(&a_dir, Some(&a_cfg));
     let b = Node::start(&b_dir, Some(&b_cfg));
     let (ok, _, err) = a.cli(&["user", "add", USER, "--password-stdin"], Some("secret\n"));
@@ -251,4 +256,116 @@ fn damage_is_named_repaired_and_scrubbed() {
     assert!(ok);
     assert_eq!(r["bodies_bad"], 0, "{r}");
     assert_eq!(r["differences"], 0, "{r}");
+}
+
+/// Stop `node`, change its views behind its log's back (one message
+/// expunged, one message's flags, one mailbox renamed), start it again.
+fn damage_stopped(node: Node, dir: &std::path::Path, cfg: &std::path::Path, id: &str) -> Node {
+    assert!(node.stop());
+    let db = dir.join("data").join("db");
+    {
+        let store = Store::open(&db, id, wal_options(id)).unwrap();
+        let v = store.views();
+        let mb = v.mailbox_by_name(USER, "INBOX").unwrap().unwrap();
+        let archive = v.mailbox_by_name(USER, "Archive").unwrap().unwrap();
+        let msgs = v.messages(mb.id).unwrap();
+        let guid = |uid: u32| msgs.iter().find(|m| m.0 == uid).unwrap().1.guid;
+        damage(
+            &store,
+            vec![
+                Event::Expunged {
+                    user: USER.into(),
+                    mailbox: mb.id,
+                    messages: vec![(2, guid(2))],
+                },
+                Event::FlagsChanged {
+                    user: USER.into(),
+                    mailbox: mb.id,
+                    messages: vec![(3, guid(3))],
+                    op: FlagOp::Set,
+                    flags: Flags::new(["\\Flagged"]),
+                },
+                Event::MailboxRenamed {
+                    user: USER.into(),
+                    mailbox: archive.id,
+                    name: "Attic".into(),
+                },
+            ],
+        );
+        drop(v);
+        store.wal().close().unwrap();
+    }
+    Node::start(dir, Some(cfg))
+}
+
+#[test]
+fn the_master_repairs_on_schedule_and_status_reports_it() {
+    // A is master (the default mode) and repairs every second; B is a
+    // slave with the same interval, which it must not act on.
+    let p = start_pair_with("repair_interval = \"1s\"\n", "mode = \"slave\"\nrepair_interval = \"1s\"\n");
+    deliver(&p.a, 6);
+    assert!(converged(&p.a, &p.b, 20), "the pair did not converge");
+    let Pair {
+        _dir,
+        a,
+        b,
+        b_dir,
+        b_cfg,
+        b_mirror,
+        ..
+    } = p;
+    // The damage B's log cannot explain.
+    let b = damage_stopped(b, &b_dir, &b_cfg, "node-b");
+    assert_ne!(digest(&a).0, digest(&b).0, "the damage does not show in the digest");
+
+    // Nobody runs a command: the master's schedule finds and repairs it.
+    let repaired = wait_until(45, || admin_get(&a, "/v1/status")["resync"]["repaired"].as_u64() == Some(3));
+    let st = admin_get(&a, "/v1/status")["resync"].clone();
+    assert!(repaired, "no scheduled repair in 45 s: {st}");
+    assert!(converged(&a, &b, 20), "the repair did not reach the slave");
+
+    // Exactly the damage: one message restored, one flag set, one mailbox
+    // renamed back, in two folders; and nothing repaired twice.
+    let st = admin_get(&a, "/v1/status")["resync"].clone();
+    assert_eq!(st["interval_secs"], 1, "{st}");
+    assert_eq!(st["scheduled_here"], true, "{st}");
+    assert_eq!(st["differences"], 3, "{st}");
+    assert_eq!(st["repaired"], 3, "{st}");
+    assert_eq!(st["messages_restored"], 1, "{st}");
+    assert_eq!(st["folders_repaired"], 2, "{st}");
+    assert!(st["runs"].as_u64().unwrap() >= 2, "{st}");
+    let last = &st["last"];
+    assert_eq!(last["trigger"], "scheduled", "{st}");
+    assert_eq!(last["repair"], true, "{st}");
+    assert!(last["started_ms"].as_u64().unwrap() > 1_600_000_000_000, "{st}");
+    assert!(last["seconds"].as_f64().is_some(), "{st}");
+    let (ok, text, _) = a.cli(&["status"], None);
+    assert!(ok);
+    let line = text.lines().find(|l| l.starts_with("resync")).unwrap_or_else(|| panic!("{text}"));
+    assert!(
+        line.contains("every 1s") && line.contains("repaired 3 in 2 folders") && line.contains("messages restored 1"),
+        "{line}"
+    );
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("  last      ") && l.contains("scheduled repair")),
+        "{text}"
+    );
+
+    // The nodes agree now, message by message.
+    let (ok, out, err) = a.cli(&["verify", "--peer", &b_mirror], None);
+    assert!(ok, "{out} {err}");
+    let on_b = messages(&b, USER, "INBOX");
+    assert_eq!(on_b.len(), 6);
+    assert!(on_b[2]["flags"].as_array().unwrap().is_empty(), "{on_b:?}");
+    let st = admin_get(&a, "/v1/status")["resync"].clone();
+    assert_eq!(st["last"]["trigger"], "command", "{st}");
+    assert_eq!(st["repaired"], 3, "a later run repaired again: {st}");
+
+    // The slave never ran one.
+    let sb = admin_get(&b, "/v1/status")["resync"].clone();
+    assert_eq!(sb["runs"], 0, "{sb}");
+    assert_eq!(sb["scheduled_here"], false, "{sb}");
+    let (_, text, _) = b.cli(&["status"], None);
+    assert!(text.contains("every 1s on the master"), "{text}");
 }

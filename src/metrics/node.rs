@@ -257,6 +257,7 @@ impl Collect for crate::repl::Mirror {
         for (peer, l) in &st.incoming {
             e.histogram_samples("tandem_mirror_lag_seconds", &[("peer", peer)], &l.lag);
         }
+        super::Collect::collect(&self.repair, e);
     }
 }
 
