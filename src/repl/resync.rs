@@ -367,6 +367,30 @@ pub async fn serve(store: &Store, mirror: &Mirror, mut send: quinn::SendStream, 
     }
 }
 
+/// Views key of a join by trees: `J origin(u64 BE)` -> seq (u64 BE). The
+/// entries of that origin up to that seq are reflected in this node's
+/// views by the join (the peer held them when the join read its state), so
+/// the mirror stores them in the log but does not apply them again. Not
+/// derived from the log: a rebuild of the views from the log loses it.
+pub fn joined_key(origin: u64) -> Vec<u8> {
+    let mut k = vec![b'J'];
+    k.extend_from_slice(&origin.to_be_bytes());
+    k
+}
+
+/// Whether a peer's entry `(origin, seq)` carrying `event` is already
+/// reflected in the views by a join by trees (see [`joined_key`]). Role
+/// events are not in the trees, so they always apply.
+pub fn joined(v: &impl ViewRead, origin: u64, seq: u64, event: &Event) -> Result<bool, crate::views::ViewError> {
+    if matches!(event, Event::RoleChanged { .. }) {
+        return Ok(false);
+    }
+    Ok(match v.vget(&joined_key(origin))? {
+        Some(b) => <[u8; 8]>::try_from(b.as_slice()).map(u64::from_be_bytes).unwrap_or(0) >= seq,
+        None => false,
+    })
+}
+
 /// This node's log heads, `(origin, last seq)` in origin order.
 fn heads(store: &Store) -> Vec<(u64, u64)> {
     store.wal().heads().0.iter().map(|(o, s)| (o.0, *s)).collect()
@@ -983,7 +1007,7 @@ async fn exchange(store: &Store, mirror: &Arc<Mirror>, dialer: &Dialer, req: &Re
     // Differences the logs still in flight will explain are not damage:
     // a repair waits until both nodes hold the same log heads, and refuses
     // to guess (it could bring back a message whose expunge is on its way).
-    let in_step = async {
+    let (in_step, peer_heads) = async {
         let deadline = Instant::now() + STEP_WAIT;
         loop {
             let theirs = peer.read(2, &[Vec::new()]).await?;
@@ -992,11 +1016,11 @@ async fn exchange(store: &Store, mirror: &Arc<Mirror>, dialer: &Dialer, req: &Re
                 _ => bail!("the peer did not send its log heads"),
             };
             if theirs == heads(store) {
-                return Ok::<bool, anyhow::Error>(true);
+                return Ok::<_, anyhow::Error>((true, theirs));
             }
             // A node joining by trees takes the peer's state as it is.
             if !req.repair || req.from_peer || Instant::now() > deadline {
-                return Ok(false);
+                return Ok((false, theirs));
             }
             tokio::time::sleep(std::time::Duration::from_millis(100)).await;
         }
@@ -1052,6 +1076,30 @@ async fn exchange(store: &Store, mirror: &Arc<Mirror>, dialer: &Dialer, req: &Re
     }
     if req.repair {
         report.messages_restored = repair(store, &mut peer, &mut walk, restored_bodies, sched).await?;
+    }
+    // A join by trees that repaired everything reflects the peer's log up
+    // to the heads it read before the walk: the mirror stores those
+    // entries when they come, without applying them over the joined state
+    // again (their history would otherwise leave marks for UIDs appended
+    // and expunged long ago).
+    if req.repair && req.from_peer && walk.items.iter().all(|i| i.0.repaired) {
+        let own = store.wal().local_origin().0;
+        let marks: Vec<(u64, u64)> = peer_heads.into_iter().filter(|(o, _)| *o != own).collect();
+        store
+            .run(move |txn, cfs| {
+                for (origin, seq) in &marks {
+                    let k = joined_key(*origin);
+                    let held = txn
+                        .get(cfs.views, &k)?
+                        .and_then(|b| <[u8; 8]>::try_from(b.as_slice()).ok())
+                        .map_or(0, u64::from_be_bytes);
+                    if *seq > held {
+                        txn.put(cfs.views, &k, &seq.to_be_bytes());
+                    }
+                }
+                Ok(())
+            })
+            .await?;
     }
     report.folders_compared = walk.folders_done;
     let mut folders: Vec<(&Option<String>, &Option<String>)> = walk

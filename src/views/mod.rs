@@ -33,6 +33,10 @@
 //! O order(u64 BE) index(u32)  -> ResolutionRec: one message moved by the
 //!                                master, for `tandem conflicts`
 //! T ...                       -> merkle tree nodes (see `crate::merkle::keys`)
+//! J origin(u64 BE)           -> seq (u64 BE): that origin's entries up to
+//!                                seq are in these views by a join by trees
+//!                                (`crate::repl::resync::joined`); written
+//!                                by the join, not derived from the log
 //! ```
 
 mod apply;
