@@ -375,10 +375,13 @@ fn the_master_repairs_on_schedule_and_status_reports_it() {
     assert!(text.contains("every 1s on the master"), "{text}");
 }
 
+/// A message record as the admin endpoint lists it, and its body.
+type Stored = (serde_json::Value, Vec<u8>);
+
 /// Every folder of `USER` on `node` (name, UIDVALIDITY, UIDNEXT, special
 /// use, subscription), and per message its record (UID, GUID, flags, body
 /// hash, size, date) and the body's bytes.
-fn all_mail(node: &Node) -> Vec<(serde_json::Value, Vec<(serde_json::Value, Vec<u8>)>)> {
+fn all_mail(node: &Node) -> Vec<(serde_json::Value, Vec<Stored>)> {
     let mut folders = admin_get(node, &format!("/v1/mailboxes?user={USER}")).as_array().unwrap().clone();
     folders.sort_by_key(|m| m["name"].as_str().unwrap().to_string());
     folders
