@@ -2,7 +2,8 @@
 # What keeping the merkle trees costs at ingest: LMTP deliveries at
 # CONCURRENCY connections into a node built as usual and into one built with
 # the `bench-skip-merkle` feature (views written without their trees), runs
-# alternating, in one run. Release builds of both.
+# alternating, in one run. Release builds of both (PROFILE=devopt: see
+# benches/devopt.sh).
 #
 #   RUNS=3 COUNT=20000 CONCURRENCY=64 SIZE=2048 NUSERS=100 benches/merkle_ingest.sh
 #
@@ -18,10 +19,12 @@ NUSERS=${NUSERS:-100}
 OUT=${OUT:-$(mktemp -d /tmp/merkle-ingest.XXXXXX)}
 . "$ROOT/benches/lib.sh"
 
-cargo build --release --bin tandem --features bench-skip-merkle --manifest-path "$ROOT/Cargo.toml"
-cp "$CARGO_TARGET_DIR/release/tandem" "$OUT/tandem-no-trees"
-cargo build --release --bin tandem --manifest-path "$ROOT/Cargo.toml"
-cp "$CARGO_TARGET_DIR/release/tandem" "$OUT/tandem-trees"
+PROFILE=${PROFILE:-release}
+. "$ROOT/benches/devopt.sh"
+build_bench_bins "" --features bench-skip-merkle
+cp "$T" "$OUT/tandem-no-trees"
+build_bench_bins ""
+cp "$T" "$OUT/tandem-trees"
 
 PID=
 trap 'kill $PID 2>/dev/null || true' EXIT

@@ -13,6 +13,7 @@
 #
 #   USERS=40000 MSGS=10 SIZE=300 DIFFS=100 benches/resync_scale.sh
 #   PROFILE=debug ...      # a debug build (much slower)
+#   PROFILE=devopt ...     # see benches/devopt.sh
 #
 # Warm page cache for both (the machine is shared; caches are not dropped).
 set -euo pipefail
@@ -23,14 +24,9 @@ MSGS=${MSGS:-10}
 SIZE=${SIZE:-300}
 DIFFS=${DIFFS:-100}
 PROFILE=${PROFILE:-release}
-build_tandem
-if [ "$PROFILE" = release ]; then
-  cargo build --release --example gen_store --manifest-path "$ROOT/Cargo.toml"
-  G=$CARGO_TARGET_DIR/release/examples/gen_store
-else
-  cargo build --example gen_store --manifest-path "$ROOT/Cargo.toml"
-  G=$CARGO_TARGET_DIR/debug/examples/gen_store
-fi
+. "$ROOT/benches/devopt.sh"
+build_bench_bins gen_store
+G=$BIN_DIR/examples/gen_store
 OUT=${OUT:-$(mktemp -d /tmp/resync-scale.XXXXXX)}
 PA= PB=
 trap 'kill $PA $PB 2>/dev/null || true' EXIT

@@ -130,8 +130,8 @@ pub struct Progress {
     pub folders_done: u64,
     pub folders_total: u64,
     /// Messages settled (equal subtrees count at once), of the larger of
-    /// the two sides' counts; while repairing: events appended, of those
-    /// to append.
+    /// the two sides' counts; while repairing: differences repaired, of
+    /// those to repair.
     pub messages_done: u64,
     pub messages_total: u64,
 }
