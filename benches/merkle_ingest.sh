@@ -17,14 +17,21 @@ CONCURRENCY=${CONCURRENCY:-64}
 SIZE=${SIZE:-2048}
 NUSERS=${NUSERS:-100}
 OUT=${OUT:-$(mktemp -d /tmp/merkle-ingest.XXXXXX)}
+mkdir -p "$OUT"
 . "$ROOT/benches/lib.sh"
 
 PROFILE=${PROFILE:-release}
 . "$ROOT/benches/devopt.sh"
-build_bench_bins "" --features bench-skip-merkle
-cp "$T" "$OUT/tandem-no-trees"
-build_bench_bins ""
-cp "$T" "$OUT/tandem-trees"
+# TREES_BIN and NO_TREES_BIN: binaries built already (e.g. in two target dirs).
+if [ -n "${TREES_BIN:-}" ] && [ -n "${NO_TREES_BIN:-}" ]; then
+  cp "$NO_TREES_BIN" "$OUT/tandem-no-trees"
+  cp "$TREES_BIN" "$OUT/tandem-trees"
+else
+  build_bench_bins "" --features bench-skip-merkle
+  cp "$T" "$OUT/tandem-no-trees"
+  build_bench_bins ""
+  cp "$T" "$OUT/tandem-trees"
+fi
 
 PID=
 trap 'kill $PID 2>/dev/null || true' EXIT

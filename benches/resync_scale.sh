@@ -34,8 +34,10 @@ secs() { python3 -c "import sys; print(f'{float(sys.argv[2]) - float(sys.argv[1]
 now() { date +%s.%N; }
 
 t0=$(now)
-"$G" build "$OUT" "$USERS" "$MSGS" "$SIZE"
-cp -a "$OUT/maildir-a" "$OUT/maildir-b"
+if [ -z "${SKIP_GEN:-}" ]; then # SKIP_GEN=1: reuse the undamaged store of an earlier run in OUT
+  "$G" build "$OUT" "$USERS" "$MSGS" "$SIZE"
+  cp -a "$OUT/maildir-a" "$OUT/maildir-b"
+fi
 t1=$(now)
 files=$(find "$OUT/maildir-a" -type f | wc -l)
 echo "store: $USERS users x $MSGS messages of ~$SIZE bytes = $((USERS * MSGS)) messages, built in $(secs "$t0" "$t1") s"
@@ -47,8 +49,14 @@ mirror_conf "$OUT/b" node-b "$mb" "$ma"
 echo 'mode = "slave"' >> "$OUT/b/tandem.toml"
 A() { "$T" --config "$OUT/a/tandem.toml" "$@"; }
 root() { "$T" --config "$OUT/$1/tandem.toml" digest --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["root"])'; }
+# A large store takes longer to open than wait_up allows.
+up() {
+  local s=$(now)
+  for _ in $(seq 3000); do grep -q "lmtp listening" "$1/serve.log" 2>/dev/null && { echo "node $1 up in $(secs "$s" "$(now)") s"; return; }; sleep 0.1; done
+  echo "node in $1 did not start in 300 s" >&2; exit 1
+}
 PA=$(start_node "$OUT/a"); PB=$(start_node "$OUT/b")
-wait_up "$OUT/a"; wait_up "$OUT/b"
+up "$OUT/a"; up "$OUT/b"
 [ "$(root a)" = "$(root b)" ] || { echo "the nodes differ before the damage" >&2; exit 1; }
 
 # tandem verify/resync with --json: the node's own figures and the command's wall time.
@@ -84,7 +92,7 @@ rsync_run "quick check, equal trees" -an
 stop_node "$PB"
 "$G" damage "$OUT" "$DIFFS"
 PB=$(start_node "$OUT/b")
-wait_up "$OUT/b"
+up "$OUT/b"
 echo
 run "verify, $DIFFS differences" verify
 rsync_run "checksum, $DIFFS differences" -an --checksum
