@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Merkle comparison cost: `tandem verify` between two nodes holding the same
+# Merkle comparison cost (for 40,000-user stores and rsync beside it, see
+# benches/resync_scale.sh): `tandem verify` between two nodes holding the same
 # generated corpus (USERS x MSGS messages), then after EXTRA messages reach
 # node A only (A listens but does not push to B, so B never gets them).
 #

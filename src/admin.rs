@@ -48,6 +48,10 @@ pub struct Status {
     /// Backup targets used since start: position and lag.
     #[serde(default)]
     pub backup: Vec<crate::backup::BackupStatus>,
+    /// Merkle comparisons with peers: the scheduled repair, the last run
+    /// and the one running.
+    #[serde(default)]
+    pub resync: crate::repl::resync::ResyncStatus,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -190,6 +194,7 @@ pub fn status(st: &AdminState) -> Result<Status, crate::views::read::ViewError> 
         mirror,
         conflicts: crate::repl::resolve::counts(&st.store.views())?,
         backup: st.backups.status(&st.store),
+        resync: st.mirror.repair.status(),
     })
 }
 

@@ -130,6 +130,11 @@ pub enum Command {
         /// Report what differs without repairing.
         #[arg(long)]
         dry_run: bool,
+        /// Join by trees: the peer is the reference and the logs need not
+        /// be in step (a node started with an empty data dir, or behind
+        /// history its peer no longer holds).
+        #[arg(long, conflicts_with = "dry_run")]
+        from_peer: bool,
         #[arg(long)]
         json: bool,
     },
@@ -304,7 +309,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Verify { peer, user, folder, json } => {
-            let r = resync_call(&rt, &cfg, peer, user, folder, false, false)?;
+            let r = resync_call(&rt, &cfg, peer, user, folder, false, false, false)?;
             print_resync(&r, json)?;
             if r.differences > 0 {
                 bail!("{} difference(s) with {}", r.differences, r.peer);
@@ -318,9 +323,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             folder,
             peer,
             dry_run,
+            from_peer,
             json,
         } => {
-            let r = resync_call(&rt, &cfg, peer, user, folder, !dry_run, full)?;
+            let r = resync_call(&rt, &cfg, peer, user, folder, !dry_run, full, from_peer)?;
             print_resync(&r, json)?;
             if !dry_run && r.repaired < r.differences {
                 bail!("{} of {} difference(s) not repaired", r.differences - r.repaired, r.differences);
@@ -412,6 +418,7 @@ async fn backup(cfg: &Config, to: PathBuf) -> anyhow::Result<()> {
     Ok(())
 }
 
+#[allow(clippy::too_many_arguments)]
 fn resync_call(
     rt: &tokio::runtime::Runtime,
     cfg: &Config,
@@ -420,6 +427,7 @@ fn resync_call(
     folder: Option<String>,
     repair: bool,
     full: bool,
+    from_peer: bool,
 ) -> anyhow::Result<crate::repl::resync::Report> {
     let peer = match peer {
         Some(p) => p,
@@ -436,8 +444,82 @@ fn resync_call(
         folder,
         repair,
         full,
+        from_peer,
     };
-    rt.block_on(Admin::new(cfg)?.send(reqwest::Method::POST, "/v1/resync", serde_json::to_value(&req)?))
+    let admin = Admin::new(cfg)?;
+    rt.block_on(async {
+        let call = admin.send(reqwest::Method::POST, "/v1/resync", serde_json::to_value(&req)?);
+        tokio::pin!(call);
+        let mut shown = ResyncProgress::new();
+        let mut tick = tokio::time::interval(std::time::Duration::from_millis(250));
+        loop {
+            tokio::select! {
+                r = &mut call => {
+                    shown.finish();
+                    return r;
+                }
+                _ = tick.tick() => {
+                    // The node's status names the comparison it runs.
+                    if let Ok(st) = admin.get::<Status>("/v1/status").await {
+                        shown.show(st.resync.running.as_ref());
+                    }
+                }
+            }
+        }
+    })
+}
+
+/// Progress of a resync while the node runs it: a bar on a terminal,
+/// otherwise a plain line on standard error when the phase changes and
+/// every few seconds (standard output keeps only the report).
+struct ResyncProgress {
+    bar: Option<indicatif::ProgressBar>,
+    last_line: Option<(std::time::Instant, String)>,
+}
+
+impl ResyncProgress {
+    fn new() -> ResyncProgress {
+        let bar = (std::io::stdout().is_terminal() && std::env::var_os("TANDEM_NO_PROGRESS").is_none()).then(|| {
+            let pb = indicatif::ProgressBar::new(0);
+            pb.set_style(
+                indicatif::ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} {msg}")
+                    .expect("static template")
+                    .progress_chars("=> "),
+            );
+            pb
+        });
+        ResyncProgress { bar, last_line: None }
+    }
+
+    fn show(&mut self, p: Option<&crate::repl::resync::Progress>) {
+        let Some(p) = p else { return };
+        let unit = if p.phase == "repairing" { "repairs" } else { "messages" };
+        let msg = format!("{} {}: folders {}/{}", p.phase, p.peer, p.folders_done, p.folders_total);
+        match &self.bar {
+            Some(pb) => {
+                pb.set_length(p.messages_total);
+                pb.set_position(p.messages_done);
+                pb.set_message(format!("{unit}, {msg}"));
+            }
+            None => {
+                let line = format!("{msg}, {unit} {}/{}", p.messages_done, p.messages_total);
+                let due = match &self.last_line {
+                    None => true,
+                    Some((at, old)) => !old.starts_with(&p.phase) || at.elapsed() >= std::time::Duration::from_secs(5),
+                };
+                if due && self.last_line.as_ref().is_none_or(|(_, old)| *old != line) {
+                    eprintln!("{line}");
+                    self.last_line = Some((std::time::Instant::now(), line));
+                }
+            }
+        }
+    }
+
+    fn finish(&self) {
+        if let Some(pb) = &self.bar {
+            pb.finish_and_clear();
+        }
+    }
 }
 
 fn print_resync(r: &crate::repl::resync::Report, json: bool) -> anyhow::Result<()> {
@@ -646,6 +728,7 @@ fn print_status(st: &Status) {
             );
         }
     }
+    print_resync_status(&st.resync);
     for b in &st.backup {
         println!(
             "backup      {}{}   position {} of {}   lag {} entries ({:.1}s)   manifest {}   bodies {} ({} bytes)   failures {}{}",
@@ -670,6 +753,52 @@ fn print_status(st: &Status) {
     }
     if let Some(p) = &l.poisoned {
         println!("POISONED    {p}");
+    }
+}
+
+/// The `resync` line of `tandem status` (and the one below it while a
+/// comparison runs); nothing when no comparison ran and none is scheduled.
+fn print_resync_status(r: &crate::repl::resync::ResyncStatus) {
+    if r.interval_secs == 0 && r.runs == 0 && r.running.is_none() {
+        return;
+    }
+    let schedule = match (r.interval_secs, r.scheduled_here) {
+        (0, _) => "not scheduled".to_string(),
+        (s, true) => format!("every {s}s"),
+        (s, false) => format!("every {s}s on the master"),
+    };
+    println!(
+        "resync      {schedule}   runs {} (failed {})   differences {}   repaired {} in {} folders   messages restored {}{}",
+        r.runs,
+        r.failures,
+        r.differences,
+        r.repaired,
+        r.folders_repaired,
+        r.messages_restored,
+        r.last_error.as_deref().map(|e| format!("   last error: {e}")).unwrap_or_default()
+    );
+    if let Some(l) = &r.last {
+        println!(
+            "  last      {} {} {} {}   {:.3}s   compared {} messages, {} folders   differences {}   repaired {} in {} folders   restored {}{}",
+            l.started_ms / 1000,
+            l.trigger,
+            if l.repair { "repair" } else { "compare" },
+            l.peer,
+            l.seconds,
+            l.compared,
+            l.folders_compared,
+            l.differences,
+            l.repaired,
+            l.folders_repaired,
+            l.messages_restored,
+            l.error.as_deref().map(|e| format!("   FAILED: {e}")).unwrap_or_default()
+        );
+    }
+    if let Some(p) = &r.running {
+        println!(
+            "  running   {} {}   folders {} of {}   messages {} of {}",
+            p.phase, p.peer, p.folders_done, p.folders_total, p.messages_done, p.messages_total
+        );
     }
 }
 

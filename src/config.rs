@@ -289,6 +289,47 @@ pub struct MirrorConfig {
     /// peer that vanished without closing it); keep-alives go every third
     /// of it, at most every 5 s. The lower of the two nodes' values holds.
     pub idle_timeout_ms: u64,
+    /// Scheduled merkle repair against each peer, run by the master only
+    /// (`"1h"`, `"30m"`, `"45s"`, `"500ms"`, or seconds; 0: off).
+    #[serde(deserialize_with = "interval")]
+    pub repair_interval: std::time::Duration,
+}
+
+/// A duration written as `"1h"`, `"30m"`, `"45s"`, `"500ms"`, `"2d"`, or a
+/// whole number of seconds. Written here rather than taken from a crate:
+/// one key, five suffixes.
+fn interval<'de, D: serde::Deserializer<'de>>(d: D) -> Result<std::time::Duration, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        Secs(u64),
+        Text(String),
+    }
+    match Raw::deserialize(d)? {
+        Raw::Secs(s) => Ok(std::time::Duration::from_secs(s)),
+        Raw::Text(t) => parse_interval(&t).map_err(serde::de::Error::custom),
+    }
+}
+
+/// See [`interval`].
+pub fn parse_interval(t: &str) -> Result<std::time::Duration, String> {
+    let t = t.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (n, unit) = t.split_at(split);
+    let n: u64 = n
+        .parse()
+        .map_err(|_| format!("{t:?} is not a duration (write e.g. \"1h\", \"30m\", \"45s\", \"500ms\")"))?;
+    let ms = match unit.trim() {
+        "ms" => 1,
+        "" | "s" => 1_000,
+        "m" => 60_000,
+        "h" => 3_600_000,
+        "d" => 86_400_000,
+        u => return Err(format!("{t:?}: unknown unit {u:?} (ms, s, m, h or d)")),
+    };
+    n.checked_mul(ms)
+        .map(std::time::Duration::from_millis)
+        .ok_or_else(|| format!("{t:?} is too long"))
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default, serde::Serialize)]
@@ -407,6 +448,7 @@ impl Default for MirrorConfig {
             max_unauthenticated: 8,
             max_unauthenticated_per_ip: 4,
             auth_timeout_ms: 5_000,
+            repair_interval: std::time::Duration::ZERO,
         }
     }
 }
@@ -731,6 +773,23 @@ ack = "peer"
         assert!(e.contains("mirror.secret_file: use at least 16"), "{e}");
         std::fs::write(&f, "correct horse battery staple\n").unwrap();
         assert_eq!(c.secret_bytes().unwrap().unwrap(), b"correct horse battery staple");
+    }
+
+    #[test]
+    fn repair_interval_reads_units_and_refuses_others() {
+        let c = Config::parse("[mirror]\nrepair_interval = \"1h\"\n", Path::new("t.toml")).unwrap();
+        assert_eq!(c.mirror.repair_interval, std::time::Duration::from_secs(3600));
+        let c = Config::parse("[mirror]\nrepair_interval = 90\n", Path::new("t.toml")).unwrap();
+        assert_eq!(c.mirror.repair_interval, std::time::Duration::from_secs(90));
+        assert_eq!(parse_interval("500ms").unwrap(), std::time::Duration::from_millis(500));
+        assert_eq!(parse_interval("0").unwrap(), std::time::Duration::ZERO);
+        assert_eq!(Config::default().mirror.repair_interval, std::time::Duration::ZERO);
+        let e = Config::parse("[mirror]\nrepair_interval = \"1 week\"\n", Path::new("t.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("unknown unit") && e.contains("line 2"), "{e}");
+        assert!(parse_interval("h").is_err());
+        assert!(parse_interval("99999999999999999d").is_err());
     }
 
     #[test]

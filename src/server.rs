@@ -297,6 +297,12 @@ pub async fn start(cfg: &Config) -> anyhow::Result<Running> {
         }
     }
 
+    tasks.push(tokio::spawn(crate::repl::resync::scheduled(
+        store.clone(),
+        mirror.clone(),
+        cfg.mirror.clone(),
+        shutdown_rx.clone(),
+    )));
     tasks.push(tokio::spawn(crate::repl::resolve::run(
         store.clone(),
         cfg.mirror.clone(),

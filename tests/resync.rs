@@ -4,7 +4,7 @@
 //! entry (as a restored filesystem copy or a bug would), then starting it.
 
 mod common;
-use common::{blob, digest, free_udp_port, messages, mirror_section, wait_until, write_config, Node};
+use common::{admin_get, blob, digest, free_udp_port, messages, mirror_section, python, wait_until, write_config, Node};
 use std::path::PathBuf;
 use tandem::event::{Event, FlagOp, Flags};
 use tandem::store::{wal_options, Store};
@@ -17,6 +17,8 @@ struct Pair {
     _dir: tempfile::TempDir,
     a: Node,
     b: Node,
+    a_dir: PathBuf,
+    ports: (u16, u16),
     b_dir: PathBuf,
     b_cfg: PathBuf,
     a_mirror: String,
@@ -24,13 +26,18 @@ struct Pair {
 }
 
 fn start_pair() -> Pair {
+    start_pair_with("", "")
+}
+
+/// A pair whose `[mirror]` sections end with `a_extra` and `b_extra`.
+fn start_pair_with(a_extra: &str, b_extra: &str) -> Pair {
     let dir = tempfile::tempdir().unwrap();
     let (pa, pb) = (free_udp_port(), free_udp_port());
     let (a_dir, b_dir) = (dir.path().join("a"), dir.path().join("b"));
     std::fs::create_dir_all(&a_dir).unwrap();
     std::fs::create_dir_all(&b_dir).unwrap();
-    let a_cfg = write_config(&a_dir, "node-a", &mirror_section(pa, &[pb], SECRET));
-    let b_cfg = write_config(&b_dir, "node-b", &mirror_section(pb, &[pa], SECRET));
+    let a_cfg = write_config(&a_dir, "node-a", &(mirror_section(pa, &[pb], SECRET) + a_extra));
+    let b_cfg = write_config(&b_dir, "node-b", &(mirror_section(pb, &[pa], SECRET) + b_extra));
     let a = Node::start(&a_dir, Some(&a_cfg));
     let b = Node::start(&b_dir, Some(&b_cfg));
     let (ok, _, err) = a.cli(&["user", "add", USER, "--password-stdin"], Some("secret\n"));
@@ -39,6 +46,8 @@ fn start_pair() -> Pair {
         _dir: dir,
         a,
         b,
+        a_dir,
+        ports: (pa, pb),
         b_dir,
         b_cfg,
         a_mirror: format!("127.0.0.1:{pa}"),
@@ -145,6 +154,7 @@ fn damage_is_named_repaired_and_scrubbed() {
         b_cfg,
         a_mirror,
         b_mirror,
+        ..
     } = p;
     assert!(b.stop());
     let db = b_dir.join("data").join("db");
@@ -251,4 +261,239 @@ fn damage_is_named_repaired_and_scrubbed() {
     assert!(ok);
     assert_eq!(r["bodies_bad"], 0, "{r}");
     assert_eq!(r["differences"], 0, "{r}");
+}
+
+/// Stop `node`, change its views behind its log's back (one message
+/// expunged, one message's flags, one mailbox renamed), start it again.
+fn damage_stopped(node: Node, dir: &std::path::Path, cfg: &std::path::Path, id: &str) -> Node {
+    assert!(node.stop());
+    let db = dir.join("data").join("db");
+    {
+        let store = Store::open(&db, id, wal_options(id)).unwrap();
+        let v = store.views();
+        let mb = v.mailbox_by_name(USER, "INBOX").unwrap().unwrap();
+        let archive = v.mailbox_by_name(USER, "Archive").unwrap().unwrap();
+        let msgs = v.messages(mb.id).unwrap();
+        let guid = |uid: u32| msgs.iter().find(|m| m.0 == uid).unwrap().1.guid;
+        damage(
+            &store,
+            vec![
+                Event::Expunged {
+                    user: USER.into(),
+                    mailbox: mb.id,
+                    messages: vec![(2, guid(2))],
+                },
+                Event::FlagsChanged {
+                    user: USER.into(),
+                    mailbox: mb.id,
+                    messages: vec![(3, guid(3))],
+                    op: FlagOp::Set,
+                    flags: Flags::new(["\\Flagged"]),
+                },
+                Event::MailboxRenamed {
+                    user: USER.into(),
+                    mailbox: archive.id,
+                    name: "Attic".into(),
+                },
+            ],
+        );
+        drop(v);
+        store.wal().close().unwrap();
+    }
+    Node::start(dir, Some(cfg))
+}
+
+#[test]
+fn the_master_repairs_on_schedule_and_status_reports_it() {
+    // A is master (the default mode) and repairs every second; B is a
+    // slave with the same interval, which it must not act on.
+    let p = start_pair_with("repair_interval = \"1s\"\n", "mode = \"slave\"\nrepair_interval = \"1s\"\n");
+    deliver(&p.a, 6);
+    assert!(converged(&p.a, &p.b, 20), "the pair did not converge");
+    let Pair {
+        _dir,
+        a,
+        b,
+        b_dir,
+        b_cfg,
+        b_mirror,
+        ..
+    } = p;
+    // The damage B's log cannot explain.
+    let b = damage_stopped(b, &b_dir, &b_cfg, "node-b");
+    assert_ne!(digest(&a).0, digest(&b).0, "the damage does not show in the digest");
+
+    // Nobody runs a command: the master's schedule finds and repairs it.
+    let repaired = wait_until(45, || admin_get(&a, "/v1/status")["resync"]["repaired"].as_u64() == Some(3));
+    let st = admin_get(&a, "/v1/status")["resync"].clone();
+    assert!(repaired, "no scheduled repair in 45 s: {st}");
+    assert!(converged(&a, &b, 20), "the repair did not reach the slave");
+
+    // Exactly the damage: one message restored, one flag set, one mailbox
+    // renamed back, in two folders; and nothing repaired twice.
+    let st = admin_get(&a, "/v1/status")["resync"].clone();
+    assert_eq!(st["interval_secs"], 1, "{st}");
+    assert_eq!(st["scheduled_here"], true, "{st}");
+    assert_eq!(st["differences"], 3, "{st}");
+    assert_eq!(st["repaired"], 3, "{st}");
+    assert_eq!(st["messages_restored"], 1, "{st}");
+    assert_eq!(st["folders_repaired"], 2, "{st}");
+    assert!(st["runs"].as_u64().unwrap() >= 2, "{st}");
+    let last = &st["last"];
+    assert_eq!(last["trigger"], "scheduled", "{st}");
+    assert_eq!(last["repair"], true, "{st}");
+    assert!(last["started_ms"].as_u64().unwrap() > 1_600_000_000_000, "{st}");
+    assert!(last["seconds"].as_f64().is_some(), "{st}");
+    let (ok, text, _) = a.cli(&["status"], None);
+    assert!(ok);
+    let line = text.lines().find(|l| l.starts_with("resync")).unwrap_or_else(|| panic!("{text}"));
+    assert!(
+        line.contains("every 1s") && line.contains("repaired 3 in 2 folders") && line.contains("messages restored 1"),
+        "{line}"
+    );
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("  last      ") && l.contains("scheduled repair")),
+        "{text}"
+    );
+
+    // The nodes agree now, message by message.
+    let (ok, out, err) = a.cli(&["verify", "--peer", &b_mirror], None);
+    assert!(ok, "{out} {err}");
+    let on_b = messages(&b, USER, "INBOX");
+    assert_eq!(on_b.len(), 6);
+    assert!(on_b[2]["flags"].as_array().unwrap().is_empty(), "{on_b:?}");
+    let st = admin_get(&a, "/v1/status")["resync"].clone();
+    assert_eq!(st["last"]["trigger"], "command", "{st}");
+    assert_eq!(st["repaired"], 3, "a later run repaired again: {st}");
+
+    // The slave never ran one.
+    let sb = admin_get(&b, "/v1/status")["resync"].clone();
+    assert_eq!(sb["runs"], 0, "{sb}");
+    assert_eq!(sb["scheduled_here"], false, "{sb}");
+    let (_, text, _) = b.cli(&["status"], None);
+    assert!(text.contains("every 1s on the master"), "{text}");
+}
+
+/// A message record as the admin endpoint lists it, and its body.
+type Stored = (serde_json::Value, Vec<u8>);
+
+/// Every folder of `USER` on `node` (name, UIDVALIDITY, UIDNEXT, special
+/// use, subscription), and per message its record (UID, GUID, flags, body
+/// hash, size, date) and the body's bytes.
+fn all_mail(node: &Node) -> Vec<(serde_json::Value, Vec<Stored>)> {
+    let mut folders = admin_get(node, &format!("/v1/mailboxes?user={USER}")).as_array().unwrap().clone();
+    folders.sort_by_key(|m| m["name"].as_str().unwrap().to_string());
+    folders
+        .into_iter()
+        .map(|f| {
+            let msgs = messages(node, USER, f["name"].as_str().unwrap())
+                .into_iter()
+                .map(|m| {
+                    let body = blob(node, m["blob"].as_str().unwrap());
+                    (m, body)
+                })
+                .collect();
+            (f, msgs)
+        })
+        .collect()
+}
+
+#[test]
+fn a_wiped_node_joins_by_trees_then_both_sides_converge() {
+    let p = start_pair_with("", "mode = \"slave\"\n");
+    deliver(&p.a, 8);
+    // History a replay would walk through: an expunge, flags, a new
+    // mailbox with copies, an empty subscribed mailbox.
+    python(
+        &p.a,
+        r#"
+import imaplib, os
+c = imaplib.IMAP4(os.environ['IMAP_HOST'], int(os.environ['IMAP_PORT']))
+c.login('u@example.org', 'secret')
+c.create('Projects'); c.create('Empty'); c.subscribe('Empty')
+c.select('INBOX')
+c.uid('STORE', '3', '+FLAGS', '(\\Flagged \\Seen)')
+c.uid('STORE', '2', '+FLAGS', '(\\Deleted)')
+c.expunge()
+c.uid('COPY', '4:5', 'Projects')
+c.logout()
+"#,
+    );
+    assert!(converged(&p.a, &p.b, 20), "the pair did not converge");
+    let Pair {
+        _dir,
+        a,
+        b,
+        a_dir,
+        b_dir,
+        b_cfg,
+        a_mirror,
+        b_mirror,
+        ports: (pa, pb),
+    } = p;
+    let before = all_mail(&a);
+    assert_eq!(before.iter().map(|f| f.1.len()).sum::<usize>(), 9, "{before:?}");
+
+    // B loses its disk. A's log is kept from it (A does not push to B), as
+    // if the history B needs were gone: B must join by trees.
+    assert!(b.stop());
+    assert!(a.stop());
+    std::fs::remove_dir_all(b_dir.join("data")).unwrap();
+    let a_cfg = write_config(&a_dir, "node-a", &mirror_section(pa, &[], SECRET));
+    let a = Node::start(&a_dir, Some(&a_cfg));
+    let b = Node::start(&b_dir, Some(&b_cfg));
+    assert_eq!(admin_get(&b, "/v1/status")["users"], 0);
+
+    let (ok, r, err) = json_cli(&b, &["resync", "--from-peer", "--json", "--peer", &a_mirror]);
+    assert!(ok, "{r} {err}");
+    assert!(r["differences"].as_u64().unwrap() > 9, "{r}");
+    assert_eq!(r["repaired"], r["differences"], "{r}");
+    assert_eq!(r["messages_restored"], 9, "{r}");
+    assert_eq!(r["logs_in_step"], false, "{r}");
+
+    // Every message, flag, body and mailbox is equal, and so are the roots.
+    assert_eq!(all_mail(&b), before);
+    assert_eq!(digest(&a).0, digest(&b).0);
+    let (_, da, _) = json_cli(&a, &["digest", "--json", "--user", USER]);
+    let (_, db, _) = json_cli(&b, &["digest", "--json", "--user", USER]);
+    // The user's root covers the account, mailboxes and subscriptions.
+    assert_eq!(da["user"], db["user"]);
+    let (ok, text, _) = b.cli(&["verify", "--peer", &a_mirror], None);
+    assert!(ok, "{text}");
+    assert!(text.contains("0 difference(s)"), "{text}");
+
+    // A pushes to B again: its whole log lands on the joined state, and
+    // writes on either side reach the other.
+    assert!(a.stop());
+    let a_cfg = write_config(&a_dir, "node-a", &mirror_section(pa, &[pb], SECRET));
+    let a = Node::start(&a_dir, Some(&a_cfg));
+    deliver(&a, 2);
+    assert!(
+        wait_until(30, || messages(&b, USER, "INBOX").len() == 9 && digest(&a).0 == digest(&b).0),
+        "A's deliveries did not reach B: {:?}",
+        all_mail(&b)
+    );
+    python(
+        &b,
+        r#"
+import imaplib, os
+c = imaplib.IMAP4(os.environ['IMAP_HOST'], int(os.environ['IMAP_PORT']))
+c.login('u@example.org', 'secret')
+c.select('Projects')
+c.uid('STORE', '1', '+FLAGS', '(\\Answered)')
+c.logout()
+"#,
+    );
+    assert!(converged(&a, &b, 30), "B's write did not reach A");
+    assert_eq!(all_mail(&a), all_mail(&b));
+    let (ok, r, _) = json_cli(&a, &["verify", "--json", "--peer", &b_mirror]);
+    assert!(ok, "{r}");
+    assert_eq!(r["differences"], 0, "{r}");
+    let c = admin_get(&b, "/v1/status")["conflicts"].clone();
+    assert_eq!(
+        c["kept_aside"], 0,
+        "replaying A's log over the joined state kept messages aside: {c}"
+    );
+    assert_eq!(c["uid_collisions"], 0, "{c}");
 }

@@ -265,6 +265,7 @@ impl Collect for MirrorMetrics {
         for (peer, l) in &st.incoming {
             e.histogram_samples("tandem_mirror_lag_seconds", &[("peer", peer)], &l.lag);
         }
+        super::Collect::collect(&self.mirror.repair, e);
     }
 }
 

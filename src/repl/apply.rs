@@ -145,6 +145,11 @@ pub fn apply_batch(
             n.duplicates += 1;
             continue;
         };
+        // Already in the views by a join by trees (`super::resync::joined`).
+        if super::resync::joined(&TxnViews { txn, cf: cfs.views }, w.origin, w.seq, &event)? {
+            n.duplicates += 1;
+            continue;
+        }
         if let Event::MessageAppended { blob, .. } | Event::MessageRestored { blob, .. } = &event {
             if !in_batch.contains(&blob.0) && !holds_blob(txn, cfs, blob)? {
                 return Err(ApplyError::MissingBlob {

@@ -303,6 +303,8 @@ pub struct Mirror {
     pub last_divergence: Mutex<Option<String>>,
     /// How to dial a peer for a resync (set when the mirror runs).
     pub resync: std::sync::OnceLock<resync::Dialer>,
+    /// Merkle comparisons run by this node: progress and results.
+    pub repair: resync::Schedule,
 }
 
 impl Mirror {

@@ -62,6 +62,12 @@ pub struct Request {
     /// Also re-hash every body held here (scrub).
     #[serde(default)]
     pub full: bool,
+    /// The peer is the reference, and the logs need not be in step: a
+    /// node that joins by trees (an empty data dir, or history the peer
+    /// no longer holds) takes everything the peer holds, as the peer
+    /// holds it.
+    #[serde(default)]
+    pub from_peer: bool,
 }
 
 /// One difference, named.
@@ -96,11 +102,178 @@ pub struct Report {
     /// Bodies re-hashed (`full`), and those found bad or missing.
     pub bodies_checked: u64,
     pub bodies_bad: u64,
+    /// Mailboxes whose records the walk compared (only those under a user
+    /// whose summary differs are opened), and those it repaired.
+    #[serde(default)]
+    pub folders_compared: u64,
+    #[serde(default)]
+    pub folders_repaired: u64,
+    /// `MessageRestored` events appended by the repair.
+    #[serde(default)]
+    pub messages_restored: u64,
     /// Whether both nodes held the same log heads when the comparison
     /// started (if not, some differences may be entries still in flight).
     pub logs_in_step: bool,
     pub seconds: f64,
     pub items: Vec<Difference>,
+}
+
+/// Where a running comparison is: what the walk has settled, of what it
+/// knows about so far.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Progress {
+    /// `comparing`, `scrubbing` or `repairing`.
+    pub phase: String,
+    pub peer: String,
+    /// Mailboxes compared, of those the walk has found under differing
+    /// users.
+    pub folders_done: u64,
+    pub folders_total: u64,
+    /// Messages settled (equal subtrees count at once), of the larger of
+    /// the two sides' counts; while repairing: differences repaired, of
+    /// those to repair.
+    pub messages_done: u64,
+    pub messages_total: u64,
+}
+
+/// One comparison as `tandem status` reports it.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct LastRun {
+    /// `scheduled` (by `mirror.repair_interval`) or `command` (`tandem
+    /// verify` / `resync`).
+    pub trigger: String,
+    pub peer: String,
+    /// Whether it repaired (else it only compared).
+    pub repair: bool,
+    /// Start, milliseconds since the epoch.
+    pub started_ms: u64,
+    pub seconds: f64,
+    pub compared: u64,
+    pub folders_compared: u64,
+    pub folders_repaired: u64,
+    pub differences: u64,
+    pub repaired: u64,
+    pub messages_restored: u64,
+    pub bytes: u64,
+    /// Why it failed, if it did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// The `resync` block of `tandem status`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ResyncStatus {
+    /// `mirror.repair_interval` in seconds (0: no scheduled repair).
+    pub interval_secs: u64,
+    /// Whether this node runs the scheduled repair now (it is the master).
+    pub scheduled_here: bool,
+    /// When the next scheduled run starts, milliseconds since the epoch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_ms: Option<u64>,
+    /// Comparisons since start (scheduled or by command), and those that
+    /// failed.
+    pub runs: u64,
+    pub failures: u64,
+    /// Totals over those runs.
+    pub differences: u64,
+    pub repaired: u64,
+    pub messages_restored: u64,
+    pub folders_repaired: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub running: Option<Progress>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last: Option<LastRun>,
+    /// The last failure, `time_ms message`, kept after later successes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+}
+
+/// Comparisons run by this node: their progress and results, for status
+/// and metrics. One comparison at a time: a scheduled run waits for one
+/// started by command, and the other way round.
+#[derive(Default)]
+pub struct Schedule {
+    status: std::sync::Mutex<ResyncStatus>,
+    one_at_a_time: tokio::sync::Mutex<()>,
+}
+
+impl Schedule {
+    pub fn status(&self) -> ResyncStatus {
+        self.status.lock().expect("resync status lock").clone()
+    }
+
+    fn with(&self, f: impl FnOnce(&mut ResyncStatus)) {
+        f(&mut self.status.lock().expect("resync status lock"));
+    }
+
+    fn progress(&self, f: impl FnOnce(&mut Progress)) {
+        self.with(|s| f(s.running.get_or_insert_with(Default::default)));
+    }
+
+    fn record(&self, run: LastRun) {
+        self.with(|s| {
+            s.running = None;
+            s.runs += 1;
+            s.differences += run.differences;
+            s.repaired += run.repaired;
+            s.messages_restored += run.messages_restored;
+            s.folders_repaired += run.folders_repaired;
+            if let Some(e) = &run.error {
+                s.failures += 1;
+                s.last_error = Some(format!("{} {e}", run.started_ms));
+            }
+            s.last = Some(run);
+        });
+    }
+}
+
+impl crate::metrics::Collect for Schedule {
+    fn collect(&self, e: &mut crate::metrics::Encoder) {
+        let s = self.status();
+        e.counter(
+            "tandem_resync_runs_total",
+            "Merkle comparisons with a peer run by this node (scheduled or by command).",
+            s.runs,
+        );
+        e.counter("tandem_resync_failures_total", "Of those, comparisons that failed.", s.failures);
+        e.counter(
+            "tandem_resync_differences_total",
+            "Differences the comparisons found.",
+            s.differences,
+        );
+        e.counter("tandem_resync_repaired_total", "Differences repaired by events.", s.repaired);
+        e.counter(
+            "tandem_resync_messages_restored_total",
+            "Messages restored (MessageRestored events appended) by repairs.",
+            s.messages_restored,
+        );
+        e.counter(
+            "tandem_resync_folders_repaired_total",
+            "Mailboxes in which a repair changed something.",
+            s.folders_repaired,
+        );
+        let last = s.last.as_ref();
+        e.gauge(
+            "tandem_resync_last_run_timestamp_seconds",
+            "Start of the last comparison, seconds since the epoch (0: none yet).",
+            last.map_or(0.0, |l| l.started_ms as f64 / 1000.0),
+        );
+        e.gauge(
+            "tandem_resync_last_duration_seconds",
+            "Duration of the last comparison.",
+            last.map_or(0.0, |l| l.seconds),
+        );
+        e.gauge(
+            "tandem_resync_last_differences",
+            "Differences the last comparison found (NaN when it failed).",
+            last.map_or(0.0, |l| if l.error.is_some() { f64::NAN } else { l.differences as f64 }),
+        );
+        e.gauge(
+            "tandem_resync_running",
+            "1 while a comparison runs.",
+            f64::from(u8::from(s.running.is_some())),
+        );
+    }
 }
 
 /// A repair: events to append here, after storing the bodies they need.
@@ -192,6 +365,30 @@ pub async fn serve(store: &Store, mirror: &Mirror, mut send: quinn::SendStream, 
         .await??;
         write_frame(&mut send, &Frame::Values { id, values }, &mut sent).await?;
     }
+}
+
+/// Views key of a join by trees: `J origin(u64 BE)` -> seq (u64 BE). The
+/// entries of that origin up to that seq are reflected in this node's
+/// views by the join (the peer held them when the join read its state), so
+/// the mirror stores them in the log but does not apply them again. Not
+/// derived from the log: a rebuild of the views from the log loses it.
+pub fn joined_key(origin: u64) -> Vec<u8> {
+    let mut k = vec![b'J'];
+    k.extend_from_slice(&origin.to_be_bytes());
+    k
+}
+
+/// Whether a peer's entry `(origin, seq)` carrying `event` is already
+/// reflected in the views by a join by trees (see [`joined_key`]). Role
+/// events are not in the trees, so they always apply.
+pub fn joined(v: &impl ViewRead, origin: u64, seq: u64, event: &Event) -> Result<bool, crate::views::ViewError> {
+    if matches!(event, Event::RoleChanged { .. }) {
+        return Ok(false);
+    }
+    Ok(match v.vget(&joined_key(origin))? {
+        Some(b) => <[u8; 8]>::try_from(b.as_slice()).map(u64::from_be_bytes).unwrap_or(0) >= seq,
+        None => false,
+    })
 }
 
 /// This node's log heads, `(origin, last seq)` in origin order.
@@ -342,10 +539,27 @@ fn mailbox_restored(user: &str, mb: &MailboxRec, uidnext: u32) -> Event {
 }
 
 /// The comparison's state: what it found and how to repair it.
+#[derive(Default)]
 struct Walk {
     items: Vec<(Difference, Option<Fix>)>,
     /// Mailbox names by id, for naming differences.
     names: std::collections::HashMap<[u8; 16], String>,
+    /// The peer's values are the reference (`Request::from_peer`).
+    from_peer: bool,
+    /// The first round: its nodes give the messages in all.
+    first: bool,
+    folders_done: u64,
+    folders_total: u64,
+    messages_done: u64,
+    messages_total: u64,
+}
+
+/// Messages under the entries two nodes hold alike.
+fn settled(here: &Node, there: &Node) -> u64 {
+    here.entries
+        .iter()
+        .filter(|e| there.get(&e.key) == Some(*e))
+        .fold(0u64, |n, e| n.saturating_add(e.count))
 }
 
 impl Walk {
@@ -364,12 +578,22 @@ impl Walk {
         ));
     }
 
+    /// Progress: the messages in all (first round), and those settled by
+    /// equal entries.
+    fn count(&mut self, a: &Node, b: &Node) {
+        if self.first {
+            self.messages_total += a.count().max(b.count());
+        }
+        self.messages_done += settled(a, b);
+    }
+
     /// Look at one probe's values here and there; the probes below it.
     fn examine(&mut self, p: &Probe, keys: &[Vec<u8>], here: &[Option<Vec<u8>>], there: &[Option<Vec<u8>>]) -> anyhow::Result<Vec<Probe>> {
         let mut next = Vec::new();
         match p {
             Probe::UsersRoot | Probe::Group(_) | Probe::Bucket(_) | Probe::Config => {
                 let (a, b) = (node(&keys[0], &here[0])?, node(&keys[0], &there[0])?);
+                self.count(&a, &b);
                 for (k, _, _) in differing(&a, &b) {
                     next.push(match p {
                         Probe::UsersRoot => Probe::Group(*k.first().context("empty key in the users' root")?),
@@ -386,7 +610,8 @@ impl Walk {
                         .map(|b| format!("{:?}", String::from_utf8_lossy(b)))
                         .unwrap_or("unset".into())
                 };
-                let value = a.as_ref().or(b.as_ref()).map(|v| String::from_utf8_lossy(v).into_owned());
+                let (r, o) = if self.from_peer { (b, a) } else { (a, b) };
+                let value = r.as_ref().or(o.as_ref()).map(|v| String::from_utf8_lossy(v).into_owned());
                 let fix = value.map(|value| Fix {
                     rank: 4,
                     events: vec![Event::ConfigSet { key: key.clone(), value }],
@@ -404,10 +629,20 @@ impl Walk {
             Probe::User(user) => {
                 let (a, b) = (node(&keys[0], &here[0])?, node(&keys[0], &there[0])?);
                 let (ua, ub): (Option<UserRec>, Option<UserRec>) = (dec(&keys[1], &here[1])?, dec(&keys[1], &there[1])?);
+                self.count(&a, &b);
+                let folders = |n: &Node| n.entries.iter().filter(|e| e.key.first() == Some(&b'm')).count() as u64;
+                let equal = a
+                    .entries
+                    .iter()
+                    .filter(|e| e.key.first() == Some(&b'm') && b.get(&e.key) == Some(*e))
+                    .count() as u64;
+                self.folders_total += folders(&a) + folders(&b) - equal;
+                self.folders_done += equal;
                 for (k, ea, eb) in differing(&a, &b) {
                     match k.first() {
                         Some(b'a') => {
-                            let fix = match (&ua, &ub) {
+                            let (ur, uo) = if self.from_peer { (&ub, &ua) } else { (&ua, &ub) };
+                            let fix = match (ur, uo) {
                                 (Some(u), Some(_)) => Some(Event::PasswordChanged {
                                     user: user.clone(),
                                     password_hash: u.password_hash.clone(),
@@ -446,7 +681,7 @@ impl Walk {
                                 events: vec![Event::Subscribed {
                                     user: user.clone(),
                                     name: name.clone(),
-                                    subscribed: here_sub,
+                                    subscribed: if self.from_peer { eb.is_some() } else { here_sub },
                                 }],
                                 body: None,
                             };
@@ -466,6 +701,7 @@ impl Walk {
                 if let Some(m) = ma.as_ref().or(mb.as_ref()) {
                     self.names.insert(id.0, m.name.clone());
                 }
+                self.folders_done += 1;
                 match (&ma, &mb) {
                     (Some(a), Some(b)) => {
                         let mut what = Vec::new();
@@ -484,9 +720,10 @@ impl Walk {
                         if !what.is_empty() {
                             // UIDVALIDITY is fixed at creation: a mailbox id
                             // with two of them is not repaired.
+                            let r = if self.from_peer { b } else { a };
                             let fix = (a.uidvalidity == b.uidvalidity).then(|| Fix {
                                 rank: 1,
-                                events: vec![mailbox_restored(user, a, a.uidnext.max(b.uidnext))],
+                                events: vec![mailbox_restored(user, r, a.uidnext.max(b.uidnext))],
                                 body: None,
                             });
                             self.found("mailbox", Some(user), Some(*id), None, what.join("; "), fix);
@@ -511,6 +748,8 @@ impl Walk {
             Probe::Message { user, id, uid } => {
                 let (a, b): (Option<MessageRec>, Option<MessageRec>) = (dec(&keys[0], &here[0])?, dec(&keys[0], &there[0])?);
                 let (uid, mailbox) = (Some(*uid), Some(*id));
+                self.messages_done += 1;
+                let r = if self.from_peer { b.as_ref() } else { a.as_ref() };
                 match (&a, &b) {
                     (Some(a), Some(b)) if a.guid != b.guid => {
                         let detail = format!(
@@ -530,7 +769,7 @@ impl Walk {
                                 mailbox: *id,
                                 messages: vec![(uid.expect("set"), a.guid)],
                                 op: FlagOp::Set,
-                                flags: a.flags.clone(),
+                                flags: r.unwrap_or(a).flags.clone(),
                             }],
                             body: None,
                         };
@@ -545,10 +784,11 @@ impl Walk {
                             hex::encode(&b.blob.0[..8]),
                             b.size
                         );
+                        let r = r.unwrap_or(a);
                         let fix = Fix {
                             rank: 3,
-                            events: vec![restored(user, *id, uid.expect("set"), a)],
-                            body: Some(a.blob),
+                            events: vec![restored(user, *id, uid.expect("set"), r)],
+                            body: Some(r.blob),
                         };
                         self.found("message", Some(user), mailbox, uid, detail, Some(fix));
                     }
@@ -579,6 +819,7 @@ impl Walk {
         there: &Option<Vec<u8>>,
     ) -> anyhow::Result<Vec<Probe>> {
         let (a, b) = (node(key, here)?, node(key, there)?);
+        self.count(&a, &b);
         differing(&a, &b)
             .into_iter()
             .map(|(k, _, _)| {
@@ -602,8 +843,117 @@ impl Walk {
     }
 }
 
-/// Dial the peer, compare, and (if asked) repair.
+/// Dial the peer, compare, and (if asked) repair, as a command asked;
+/// the result shows in `tandem status`.
 pub async fn run(store: &Store, mirror: &Arc<Mirror>, dialer: &Dialer, req: &Request) -> anyhow::Result<Report> {
+    recorded(store, mirror, dialer, req, "command").await
+}
+
+/// [`exchange`], one at a time, with its progress and result kept in
+/// [`Mirror::repair`] for status and metrics.
+async fn recorded(store: &Store, mirror: &Arc<Mirror>, dialer: &Dialer, req: &Request, trigger: &str) -> anyhow::Result<Report> {
+    let sched = &mirror.repair;
+    let _one = sched.one_at_a_time.lock().await;
+    let started_ms = super::now_ms();
+    sched.with(|s| {
+        s.running = Some(Progress {
+            phase: "comparing".into(),
+            peer: req.peer.clone(),
+            ..Default::default()
+        })
+    });
+    let started = Instant::now();
+    let r = exchange(store, mirror, dialer, req).await;
+    let mut run = LastRun {
+        trigger: trigger.into(),
+        peer: req.peer.clone(),
+        repair: req.repair,
+        started_ms,
+        seconds: started.elapsed().as_secs_f64(),
+        ..Default::default()
+    };
+    match &r {
+        Ok(rep) => {
+            run.compared = rep.compared;
+            run.folders_compared = rep.folders_compared;
+            run.folders_repaired = rep.folders_repaired;
+            run.differences = rep.differences;
+            run.repaired = rep.repaired;
+            run.messages_restored = rep.messages_restored;
+            run.bytes = rep.bytes_sent + rep.bytes_received;
+        }
+        Err(e) => run.error = Some(format!("{e:#}")),
+    }
+    sched.record(run);
+    r
+}
+
+/// The scheduled repair (`mirror.repair_interval`): every interval, if this
+/// node is the master, compare with each peer and repair what differs.
+/// The first run is one interval after start.
+pub async fn scheduled(
+    store: Store,
+    mirror: Arc<Mirror>,
+    cfg: crate::config::MirrorConfig,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) {
+    let every = cfg.repair_interval;
+    mirror.repair.with(|s| s.interval_secs = every.as_secs());
+    if every.is_zero() || cfg.peers.is_empty() {
+        return;
+    }
+    loop {
+        let master = super::role::is_master(&store.views(), store.node_id(), cfg.mode).unwrap_or(false);
+        mirror.repair.with(|s| {
+            s.scheduled_here = master;
+            s.next_ms = Some(super::now_ms() + every.as_millis() as u64);
+        });
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = shutdown.changed() => return,
+        }
+        if *shutdown.borrow() {
+            return;
+        }
+        // The role may have changed while waiting.
+        match super::role::is_master(&store.views(), store.node_id(), cfg.mode) {
+            Ok(true) => {}
+            Ok(false) => continue,
+            Err(e) => {
+                tracing::warn!(error = %e, "scheduled repair: the role does not read");
+                continue;
+            }
+        }
+        let Some(dialer) = mirror.resync.get().cloned() else {
+            continue;
+        };
+        for peer in &cfg.peers {
+            let req = Request {
+                peer: peer.to_string(),
+                repair: true,
+                ..Default::default()
+            };
+            let r = tokio::select! {
+                r = recorded(&store, &mirror, &dialer, &req, "scheduled") => r,
+                _ = shutdown.changed() => return,
+            };
+            match r {
+                Ok(r) => tracing::info!(
+                    peer = %peer,
+                    differences = r.differences,
+                    repaired = r.repaired,
+                    seconds = r.seconds,
+                    "scheduled repair done"
+                ),
+                Err(e) => tracing::warn!(peer = %peer, error = %format!("{e:#}"), "scheduled repair failed"),
+            }
+        }
+    }
+}
+
+/// Dial the peer, compare, and (if asked) repair.
+async fn exchange(store: &Store, mirror: &Arc<Mirror>, dialer: &Dialer, req: &Request) -> anyhow::Result<Report> {
+    let sched = &mirror.repair;
     let started = Instant::now();
     let addr: SocketAddr = tokio::net::lookup_host(&req.peer)
         .await
@@ -657,7 +1007,7 @@ pub async fn run(store: &Store, mirror: &Arc<Mirror>, dialer: &Dialer, req: &Req
     // Differences the logs still in flight will explain are not damage:
     // a repair waits until both nodes hold the same log heads, and refuses
     // to guess (it could bring back a message whose expunge is on its way).
-    let in_step = async {
+    let (in_step, peer_heads) = async {
         let deadline = Instant::now() + STEP_WAIT;
         loop {
             let theirs = peer.read(2, &[Vec::new()]).await?;
@@ -666,16 +1016,17 @@ pub async fn run(store: &Store, mirror: &Arc<Mirror>, dialer: &Dialer, req: &Req
                 _ => bail!("the peer did not send its log heads"),
             };
             if theirs == heads(store) {
-                return Ok::<bool, anyhow::Error>(true);
+                return Ok::<_, anyhow::Error>((true, theirs));
             }
-            if !req.repair || Instant::now() > deadline {
-                return Ok(false);
+            // A node joining by trees takes the peer's state as it is.
+            if !req.repair || req.from_peer || Instant::now() > deadline {
+                return Ok((false, theirs));
             }
             tokio::time::sleep(std::time::Duration::from_millis(100)).await;
         }
     }
     .await?;
-    if req.repair && !in_step {
+    if req.repair && !in_step && !req.from_peer {
         bail!(
             "the logs here and on {} are not in step after {}s (is the mirror link up and caught up?); \
              not repairing what they may still explain (tandem verify compares anyway)",
@@ -683,7 +1034,7 @@ pub async fn run(store: &Store, mirror: &Arc<Mirror>, dialer: &Dialer, req: &Req
             STEP_WAIT.as_secs()
         );
     }
-    let mut walk = compare(store, &mut peer, start).await?;
+    let mut walk = compare(store, &mut peer, start, req.from_peer, sched).await?;
     let mut report = Report {
         peer: req.peer.clone(),
         compared,
@@ -694,6 +1045,7 @@ pub async fn run(store: &Store, mirror: &Arc<Mirror>, dialer: &Dialer, req: &Req
     // from the peer.
     let mut restored_bodies: Vec<(BlobHash, Vec<u8>)> = Vec::new();
     if req.full {
+        sched.progress(|p| p.phase = "scrubbing".into());
         let st = store.clone();
         let (checked, bad) = tokio::task::spawn_blocking(move || scrub(&st)).await??;
         report.bodies_checked = checked;
@@ -723,8 +1075,42 @@ pub async fn run(store: &Store, mirror: &Arc<Mirror>, dialer: &Dialer, req: &Req
         }
     }
     if req.repair {
-        repair(store, &mut peer, &mut walk, restored_bodies).await?;
+        report.messages_restored = repair(store, &mut peer, &mut walk, restored_bodies, sched).await?;
     }
+    // A join by trees that repaired everything reflects the peer's log up
+    // to the heads it read before the walk: the mirror stores those
+    // entries when they come, without applying them over the joined state
+    // again (their history would otherwise leave marks for UIDs appended
+    // and expunged long ago).
+    if req.repair && req.from_peer && walk.items.iter().all(|i| i.0.repaired) {
+        let own = store.wal().local_origin().0;
+        let marks: Vec<(u64, u64)> = peer_heads.into_iter().filter(|(o, _)| *o != own).collect();
+        store
+            .run(move |txn, cfs| {
+                for (origin, seq) in &marks {
+                    let k = joined_key(*origin);
+                    let held = txn
+                        .get(cfs.views, &k)?
+                        .and_then(|b| <[u8; 8]>::try_from(b.as_slice()).ok())
+                        .map_or(0, u64::from_be_bytes);
+                    if *seq > held {
+                        txn.put(cfs.views, &k, &seq.to_be_bytes());
+                    }
+                }
+                Ok(())
+            })
+            .await?;
+    }
+    report.folders_compared = walk.folders_done;
+    let mut folders: Vec<(&Option<String>, &Option<String>)> = walk
+        .items
+        .iter()
+        .filter(|i| i.0.repaired && i.0.mailbox.is_some())
+        .map(|i| (&i.0.user, &i.0.mailbox))
+        .collect();
+    folders.sort();
+    folders.dedup();
+    report.folders_repaired = folders.len() as u64;
     let _ = peer.send.finish();
     conn.close(0u32.into(), b"resync done");
     report.differences = walk.items.len() as u64;
@@ -747,15 +1133,16 @@ pub async fn run(store: &Store, mirror: &Arc<Mirror>, dialer: &Dialer, req: &Req
 
 /// Walk both trees top-down from `start`, one read of the other side per
 /// level.
-async fn compare(store: &Store, src: &mut impl Source, start: Vec<Probe>) -> anyhow::Result<Walk> {
+async fn compare(store: &Store, src: &mut impl Source, start: Vec<Probe>, from_peer: bool, sched: &Schedule) -> anyhow::Result<Walk> {
     let views = store.views();
     let mut walk = Walk {
-        items: Vec::new(),
-        names: Default::default(),
+        from_peer,
+        ..Default::default()
     };
     let mut probes = start;
     let mut rounds = 0;
     while !probes.is_empty() {
+        walk.first = rounds == 0;
         rounds += 1;
         if rounds > MAX_ROUNDS {
             bail!("the comparison did not reach the leaves in {MAX_ROUNDS} rounds");
@@ -777,6 +1164,12 @@ async fn compare(store: &Store, src: &mut impl Source, start: Vec<Probe>) -> any
             at += n;
         }
         probes = next;
+        sched.progress(|p| {
+            p.folders_done = walk.folders_done;
+            p.folders_total = walk.folders_total;
+            p.messages_done = walk.messages_done;
+            p.messages_total = walk.messages_total.max(walk.messages_done);
+        });
     }
     Ok(walk)
 }
@@ -835,61 +1228,99 @@ fn scrub(store: &Store) -> anyhow::Result<(u64, Vec<BlobHash>)> {
     Ok((checked, bad))
 }
 
-/// Append the repairs here, in one transaction, with the bodies they need.
-async fn repair(store: &Store, peer: &mut impl Source, walk: &mut Walk, mut bodies: Vec<(BlobHash, Vec<u8>)>) -> anyhow::Result<()> {
-    // Bodies the repairs reference that this node lacks come from the peer.
-    let mut need: Vec<(BlobHash, u64)> = Vec::new();
-    for (_, fix) in &walk.items {
-        if let Some(Fix { body: Some(h), events, .. }) = fix {
-            // The body itself, not its reference count: a count can outlive
-            // a lost body.
-            if store.blob(h)?.is_none() && !need.iter().any(|n| n.0 == *h) {
-                let size = events
-                    .iter()
-                    .map(|e| match e {
-                        Event::MessageRestored { size, .. } => *size,
-                        _ => 0,
-                    })
-                    .sum();
-                need.push((*h, size));
-            }
-        }
-    }
-    let got = read_bodies(peer, &need).await?;
-    bodies.extend(got);
+/// Repairs appended in one transaction (with the bodies they need, read
+/// from the peer for that transaction only).
+const REPAIR_CHUNK: usize = 512;
+
+/// Append the repairs here, with the bodies they need, in transactions of
+/// at most [`REPAIR_CHUNK`] differences, in rank order (accounts, then
+/// mailboxes, subscriptions, messages, configuration), so a store of any
+/// size is restored in bounded memory. `bodies` (re-read by a scrub) go
+/// with the first. Returns the `MessageRestored` events appended.
+async fn repair(
+    store: &Store,
+    peer: &mut impl Source,
+    walk: &mut Walk,
+    mut bodies: Vec<(BlobHash, Vec<u8>)>,
+    sched: &Schedule,
+) -> anyhow::Result<u64> {
     let mut order: Vec<usize> = (0..walk.items.len()).filter(|i| walk.items[*i].1.is_some()).collect();
     order.sort_by_key(|i| walk.items[*i].1.as_ref().map(|f| f.rank));
-    let mut events = Vec::new();
-    let mut done = Vec::new();
-    let have: std::collections::HashSet<[u8; 32]> = bodies.iter().map(|b| b.0 .0).collect();
-    for i in order {
-        let fix = walk.items[i].1.as_ref().expect("filtered");
-        if let Some(h) = fix.body {
-            if !have.contains(&h.0) && store.blob(&h)?.is_none() {
-                continue; // neither side has the body: reported, not repaired
+    let total = order.len() as u64;
+    sched.progress(|p| {
+        p.phase = "repairing".into();
+        p.messages_done = 0;
+        p.messages_total = total;
+    });
+    let mut restored_messages = 0u64;
+    let mut done_so_far = 0u64;
+    for chunk in order.chunks(REPAIR_CHUNK) {
+        // Bodies these repairs reference that this node lacks come from
+        // the peer: the body itself, not its reference count (a count can
+        // outlive a lost body).
+        let mut need: Vec<(BlobHash, u64)> = Vec::new();
+        for i in chunk {
+            if let Some(Fix { body: Some(h), events, .. }) = &walk.items[*i].1 {
+                if !need.iter().any(|n| n.0 == *h) && !bodies.iter().any(|b| b.0 == *h) && store.blob(h)?.is_none() {
+                    let size = events
+                        .iter()
+                        .map(|e| match e {
+                            Event::MessageRestored { size, .. } => *size,
+                            _ => 0,
+                        })
+                        .sum();
+                    need.push((*h, size));
+                }
             }
         }
-        events.extend(fix.events.iter().cloned());
-        done.push(i);
-    }
-    if events.is_empty() && bodies.is_empty() {
-        return Ok(());
-    }
-    store
-        .run(move |txn, cfs| {
-            for (h, b) in &bodies {
-                txn.put(cfs.blobs, &h.0, b);
+        bodies.extend(read_bodies(peer, &need).await?);
+        let mut events = Vec::new();
+        let mut done = Vec::new();
+        let have: std::collections::HashSet<[u8; 32]> = bodies.iter().map(|b| b.0 .0).collect();
+        for i in chunk {
+            let fix = walk.items[*i].1.as_ref().expect("filtered");
+            if let Some(h) = fix.body {
+                if !have.contains(&h.0) && store.blob(&h)?.is_none() {
+                    continue; // neither side has the body: reported, not repaired
+                }
             }
-            for e in events {
-                crate::mutate::emit(txn, cfs, e)?;
-            }
-            Ok(())
-        })
-        .await?;
-    for i in done {
-        walk.items[i].0.repaired = true;
+            restored_messages += fix.events.iter().filter(|e| matches!(e, Event::MessageRestored { .. })).count() as u64;
+            events.extend(fix.events.iter().cloned());
+            done.push(*i);
+        }
+        let bodies = std::mem::take(&mut bodies);
+        if events.is_empty() && bodies.is_empty() {
+            continue;
+        }
+        store
+            .run(move |txn, cfs| {
+                for (h, b) in &bodies {
+                    txn.put(cfs.blobs, &h.0, b);
+                }
+                for e in events {
+                    crate::mutate::emit(txn, cfs, e)?;
+                }
+                Ok(())
+            })
+            .await?;
+        for i in done {
+            walk.items[i].0.repaired = true;
+        }
+        done_so_far += chunk.len() as u64;
+        sched.progress(|p| p.messages_done = done_so_far);
     }
-    Ok(())
+    // Bodies a scrub re-read, when there was nothing else to repair.
+    if !bodies.is_empty() {
+        store
+            .run(move |txn, cfs| {
+                for (h, b) in &bodies {
+                    txn.put(cfs.blobs, &h.0, b);
+                }
+                Ok(())
+            })
+            .await?;
+    }
+    Ok(restored_messages)
 }
 
 #[cfg(test)]
@@ -985,7 +1416,11 @@ mod tests {
         mirror(&a, &b);
         assert_eq!(merkle::node_root(&a.views()).unwrap(), merkle::node_root(&b.views()).unwrap());
         let start = || vec![Probe::UsersRoot, Probe::Config];
-        assert!(compare(&a, &mut Local(b.clone()), start()).await.unwrap().items.is_empty());
+        assert!(compare(&a, &mut Local(b.clone()), start(), false, &Schedule::default())
+            .await
+            .unwrap()
+            .items
+            .is_empty());
 
         let v = a.views();
         let inbox = v.mailbox_by_name(U, "INBOX").unwrap().unwrap();
@@ -1039,7 +1474,9 @@ mod tests {
         })
         .unwrap();
 
-        let mut walk = compare(&a, &mut Local(b.clone()), start()).await.unwrap();
+        let mut walk = compare(&a, &mut Local(b.clone()), start(), false, &Schedule::default())
+            .await
+            .unwrap();
         let s = |k: &str, u: Option<u32>| (k.to_string(), u);
         assert_eq!(
             kinds(&walk),
@@ -1060,7 +1497,9 @@ mod tests {
             .iter()
             .all(|i| i.0.mailbox.is_none() || i.0.mailbox.as_deref() == Some("INBOX") || i.0.mailbox.as_deref() == Some("Archive")));
 
-        repair(&a, &mut Local(b.clone()), &mut walk, Vec::new()).await.unwrap();
+        repair(&a, &mut Local(b.clone()), &mut walk, Vec::new(), &Schedule::default())
+            .await
+            .unwrap();
         assert!(walk.items.iter().all(|i| i.0.repaired), "{:?}", walk.items);
         // The body came back from the other side with the event.
         assert!(a.blob(&body3).unwrap().is_some());
@@ -1068,7 +1507,11 @@ mod tests {
         // trees agree.
         mirror(&a, &b);
         assert_eq!(merkle::node_root(&a.views()).unwrap(), merkle::node_root(&b.views()).unwrap());
-        assert!(compare(&a, &mut Local(b.clone()), start()).await.unwrap().items.is_empty());
+        assert!(compare(&a, &mut Local(b.clone()), start(), false, &Schedule::default())
+            .await
+            .unwrap()
+            .items
+            .is_empty());
         let vb = b.views();
         assert_eq!(vb.messages(inbox.id).unwrap().len(), 3);
         assert_eq!(vb.mailbox(U, archive.id).unwrap().unwrap().name, "Archive");

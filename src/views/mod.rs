@@ -38,6 +38,10 @@
 //! G mailbox-id guid           -> uid (u32 BE) the message with this GUID is
 //!                                shown under in the mailbox
 //! T ...                       -> merkle tree nodes (see `crate::merkle::keys`)
+//! J origin(u64 BE)           -> seq (u64 BE): that origin's entries up to
+//!                                seq are in these views by a join by trees
+//!                                (`crate::repl::resync::joined`); written
+//!                                by the join, not derived from the log
 //! ```
 
 mod apply;

@@ -155,7 +155,12 @@ impl Session {
                         placed.push(p);
                         continue;
                     }
-                    match self.shared.durability.await_placement(&self.shared.store, user, p.mailbox, p.guid).await {
+                    match self
+                        .shared
+                        .durability
+                        .await_placement(&self.shared.store, user, p.mailbox, p.guid)
+                        .await
+                    {
                         Ok(Some(p)) => placed.push(p),
                         Ok(None) => failed = Some(StoreError::Mutation(MutationError::NoSuchMailbox(name.clone()))),
                         Err(e) => failed = Some(e),

@@ -1,0 +1,113 @@
+#!/usr/bin/env bash
+# Merkle resync at scale, and rsync of the same mail as a Maildir tree, in
+# one run. examples/gen_store.rs writes USERS x MSGS messages of SIZE bytes
+# into node A (through the mutations LMTP uses), node B from A's log (as the
+# mirror would), and the same mail as Maildir files; then:
+#
+#   1. equal nodes: `tandem verify` (twice) against `rsync -an --checksum`
+#      (and the quick check, `rsync -an`) of two equal Maildir trees;
+#   2. DIFFS differences made on B behind its log's back (half expunges,
+#      half flag changes, each in another user) and the same on the Maildir
+#      copy: find them (`tandem verify` / `rsync -an --checksum`), repair
+#      them (`tandem resync`, until B's root equals A's / plain `rsync -a`).
+#
+#   USERS=40000 MSGS=10 SIZE=300 DIFFS=100 benches/resync_scale.sh
+#   PROFILE=debug ...      # a debug build (much slower)
+#   PROFILE=devopt ...     # see benches/devopt.sh
+#
+# Warm page cache for both (the machine is shared; caches are not dropped).
+set -euo pipefail
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+. "$ROOT/benches/lib.sh"
+USERS=${USERS:-40000}
+MSGS=${MSGS:-10}
+SIZE=${SIZE:-300}
+DIFFS=${DIFFS:-100}
+PROFILE=${PROFILE:-release}
+. "$ROOT/benches/devopt.sh"
+build_bench_bins gen_store
+G=$BIN_DIR/examples/gen_store
+OUT=${OUT:-$(mktemp -d /tmp/resync-scale.XXXXXX)}
+PA= PB=
+trap 'kill $PA $PB 2>/dev/null || true' EXIT
+secs() { python3 -c "import sys; print(f'{float(sys.argv[2]) - float(sys.argv[1]):.3f}')" "$1" "$2"; }
+now() { date +%s.%N; }
+
+t0=$(now)
+if [ -z "${SKIP_GEN:-}" ]; then # SKIP_GEN=1: reuse the undamaged store of an earlier run in OUT
+  "$G" build "$OUT" "$USERS" "$MSGS" "$SIZE"
+  cp -a "$OUT/maildir-a" "$OUT/maildir-b"
+fi
+t1=$(now)
+files=$(find "$OUT/maildir-a" -type f | wc -l)
+echo "store: $USERS users x $MSGS messages of ~$SIZE bytes = $((USERS * MSGS)) messages, built in $(secs "$t0" "$t1") s"
+echo "sizes: node A $(du -sh "$OUT/a/data" | cut -f1), node B $(du -sh "$OUT/b/data" | cut -f1), Maildir $(du -sh "$OUT/maildir-a" | cut -f1) in $files files"
+
+ma=$(udp_port); mb=$(udp_port)
+mirror_conf "$OUT/a" node-a "$ma" "$mb"
+mirror_conf "$OUT/b" node-b "$mb" "$ma"
+echo 'mode = "slave"' >> "$OUT/b/tandem.toml"
+A() { "$T" --config "$OUT/a/tandem.toml" "$@"; }
+root() { "$T" --config "$OUT/$1/tandem.toml" digest --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["root"])'; }
+# A large store takes longer to open than wait_up allows.
+up() {
+  local s=$(now)
+  for _ in $(seq 3000); do grep -q "lmtp listening" "$1/serve.log" 2>/dev/null && { echo "node $1 up in $(secs "$s" "$(now)") s"; return; }; sleep 0.1; done
+  echo "node in $1 did not start in 300 s" >&2; exit 1
+}
+PA=$(start_node "$OUT/a"); PB=$(start_node "$OUT/b")
+up "$OUT/a"; up "$OUT/b"
+[ "$(root a)" = "$(root b)" ] || { echo "the nodes differ before the damage" >&2; exit 1; }
+
+# tandem verify/resync with --json: the node's own figures and the command's wall time.
+run() {
+  local label=$1; shift
+  local s e
+  s=$(now)
+  TANDEM_NO_PROGRESS=1 A "$@" --json --peer "127.0.0.1:$mb" > "$OUT/r.json" 2>/dev/null || true
+  e=$(now)
+  python3 - "$OUT/r.json" "$label" "$s" "$e" <<'PY'
+import json, sys
+r = json.load(open(sys.argv[1]))
+wall = float(sys.argv[4]) - float(sys.argv[3])
+print(f"tandem {sys.argv[2]:<28} compared {r['compared']:>9}  differences {r['differences']:>5}  repaired {r['repaired']:>5}  sent {r['bytes_sent']:>8} B  received {r['bytes_received']:>9} B  round trips {r['round_trips']:>2}  {r['seconds']*1000:9.1f} ms  (command {wall*1000:.0f} ms)")
+PY
+}
+rsync_run() {
+  local label=$1; shift
+  local s e n
+  s=$(now)
+  n=$(rsync "$@" --delete -i "$OUT/maildir-a/" "$OUT/maildir-b/" | wc -l)
+  e=$(now)
+  printf 'rsync  %-28s %s  items %6d  %9.1f ms\n' "$label" "$*" "$n" "$(python3 -c "print((float('$e') - float('$s')) * 1000)")"
+}
+
+echo
+run "verify, equal nodes" verify
+run "verify, equal nodes, again" verify
+rsync_run "checksum, equal trees" -an --checksum
+rsync_run "quick check, equal trees" -an
+
+# Damage B behind its log's back (B stopped), and the Maildir copy alike.
+stop_node "$PB"
+"$G" damage "$OUT" "$DIFFS"
+PB=$(start_node "$OUT/b")
+up "$OUT/b"
+echo
+run "verify, $DIFFS differences" verify
+rsync_run "checksum, $DIFFS differences" -an --checksum
+s=$(now)
+run "resync, $DIFFS differences" resync
+for _ in $(seq 1 600); do [ "$(root a)" = "$(root b)" ] && break; sleep 0.05; done
+e=$(now)
+[ "$(root a)" = "$(root b)" ] || { echo "B did not converge after the repair" >&2; exit 1; }
+echo "tandem resync until B's root equals A's: $(secs "$s" "$e") s"
+rsync_run "repair, $DIFFS differences" -a
+rsync_run "checksum after the repair" -an --checksum
+run "verify after the repair" verify
+echo
+for n in a b; do
+  pid=$([ $n = a ] && echo "$PA" || echo "$PB")
+  echo "node $n: peak RSS $(grep VmHWM /proc/"$pid"/status | awk '{print $2, $3}'), RSS now $(grep VmRSS /proc/"$pid"/status | awk '{print $2, $3}')"
+done
+echo "data in $OUT"

@@ -1,0 +1,169 @@
+//! Stores for `benches/resync.sh`: a metadata-heavy store of USERS × MSGS
+//! small messages written straight into node A's data dir (through the
+//! same mutations LMTP uses, so log, views and merkle trees are what a
+//! live node would hold), node B's from A's log as the mirror would bring
+//! it, and the same mail as a Maildir tree for rsync. `damage` changes B's
+//! views (and a Maildir copy) behind the log's back, like the test hook of
+//! `tests/resync.rs`.
+//!
+//!     gen_store build OUT USERS MSGS SIZE
+//!     gen_store damage OUT N       # N differences on B, half expunges, half flags
+//!
+//! OUT/a/data/db and OUT/b/data/db are opened with node ids node-a and
+//! node-b; OUT/maildir-a holds userN/Maildir/cur/UID:2,FLAGS files.
+
+use std::path::Path;
+use tandem::event::{BlobHash, Event, FlagOp, Flags};
+use tandem::mutate::{self, NewMessage};
+use tandem::store::{wal_options, Store};
+use tandem::views::{TxnViews, ViewRead};
+
+fn open(dir: &Path, node: &str) -> Store {
+    std::fs::create_dir_all(dir).unwrap();
+    let mut o = wal_options(node);
+    o.sync = false;
+    Store::open(dir, node, o).unwrap()
+}
+
+fn body(u: usize, i: usize, size: usize) -> Vec<u8> {
+    let mut b = format!(
+        "From: sender{i}@example.net\r\nTo: user{u}@example.org\r\nSubject: message {i} of user {u}\r\nMessage-ID: <{u}.{i}@gen>\r\n\r\n"
+    )
+    .into_bytes();
+    while b.len() < size {
+        b.extend_from_slice(format!("line {} of message {i} for user {u}\r\n", b.len()).as_bytes());
+    }
+    b
+}
+
+fn build(out: &Path, users: usize, msgs: usize, size: usize) {
+    let t0 = std::time::Instant::now();
+    let a = open(&out.join("a/data/db"), "node-a");
+    let maildir = out.join("maildir-a");
+    // Users in transactions of 250 (one commit each).
+    let all: Vec<usize> = (1..=users).collect();
+    for chunk in all.chunks(250) {
+        let mut batch = Vec::new();
+        for &u in chunk {
+            let user = format!("user{u}");
+            let bodies: Vec<NewMessage> = (1..=msgs)
+                .map(|i| {
+                    let flags = if i % 3 == 0 { Flags::new(["\\Seen"]) } else { Flags::default() };
+                    NewMessage::new(body(u, i, size), flags, 1_700_000_000 + i as i64)
+                })
+                .collect();
+            let dir = maildir.join(&user).join("Maildir");
+            for sub in ["cur", "new", "tmp"] {
+                std::fs::create_dir_all(dir.join(sub)).unwrap();
+            }
+            for (i, m) in bodies.iter().enumerate() {
+                let flags = if m.flags.is_empty() { "" } else { "S" };
+                std::fs::write(dir.join("cur").join(format!("{}:2,{flags}", i + 1)), m.body.as_slice()).unwrap();
+            }
+            batch.push((user, bodies));
+        }
+        a.run_blocking(move |t, c| {
+            for (user, bodies) in &batch {
+                mutate::create_user(t, c, user, "$argon2id$bench".into(), 1_700_000_000)?;
+                for m in bodies {
+                    mutate::append(t, c, user, "INBOX", m)?;
+                }
+            }
+            Ok(())
+        })
+        .unwrap();
+        let done = chunk[chunk.len() - 1];
+        if done % 5000 == 0 || done == users {
+            eprintln!("A: {done} users in {:.1}s", t0.elapsed().as_secs_f64());
+        }
+    }
+    let b = open(&out.join("b/data/db"), "node-b");
+    let n = tandem::replay::replay_into(a.wal(), &b).unwrap();
+    eprintln!("B: {n} entries replayed in {:.1}s", t0.elapsed().as_secs_f64());
+    let keys = a.wal().scan_prefix(a.cfs().views, b"R").unwrap();
+    for chunk in keys.chunks(4096) {
+        let hashes: Vec<BlobHash> = chunk.iter().map(|(k, _)| BlobHash(k[1..].try_into().unwrap())).collect();
+        let bodies: Vec<(BlobHash, Vec<u8>)> = hashes.into_iter().map(|h| (h, a.blob(&h).unwrap().unwrap())).collect();
+        b.run_blocking(move |t, c| {
+            for (h, body) in &bodies {
+                t.put(c.blobs, &h.0, body);
+            }
+            Ok(())
+        })
+        .unwrap();
+    }
+    let (ra, rb) = (
+        tandem::replay::mirror_digest(&a).unwrap(),
+        tandem::replay::mirror_digest(&b).unwrap(),
+    );
+    assert_eq!(ra, rb, "the two stores differ after the replay");
+    a.wal().close().unwrap();
+    b.wal().close().unwrap();
+    eprintln!("built in {:.1}s, root {ra}", t0.elapsed().as_secs_f64());
+}
+
+/// N differences on B without log entries: every other one an expunge,
+/// the others a flag set, each in another user; the same on `maildir-b`.
+fn damage(out: &Path, n: usize) {
+    let b = open(&out.join("b/data/db"), "node-b");
+    let v = b.views();
+    let users = v.users().unwrap();
+    let step = (users.len() / n.max(1)).max(1);
+    let mut events = Vec::new();
+    for (k, user) in users.iter().step_by(step).take(n).enumerate() {
+        let mb = v.mailbox_by_name(user, "INBOX").unwrap().unwrap();
+        let msgs = v.messages(mb.id).unwrap();
+        let (uid, m) = &msgs[msgs.len() / 2];
+        let cur = out.join("maildir-b").join(user).join("Maildir/cur");
+        let file = |flags: &str| cur.join(format!("{uid}:2,{flags}"));
+        let old = if m.flags.is_empty() { file("") } else { file("S") };
+        if k % 2 == 0 {
+            events.push(Event::Expunged {
+                user: user.clone(),
+                mailbox: mb.id,
+                messages: vec![(*uid, m.guid)],
+            });
+            std::fs::remove_file(&old).unwrap();
+        } else {
+            events.push(Event::FlagsChanged {
+                user: user.clone(),
+                mailbox: mb.id,
+                messages: vec![(*uid, m.guid)],
+                op: FlagOp::Set,
+                flags: Flags::new(["\\Flagged"]),
+            });
+            std::fs::rename(&old, file("F")).unwrap();
+        }
+    }
+    drop(v);
+    let made = events.len();
+    b.run_blocking(move |txn, cfs| {
+        for e in &events {
+            let at = wal::Appended {
+                origin: txn.local_origin(),
+                seq: 0,
+                order: 1 << 40,
+                hlc: txn.peek_hlc(),
+                hash: [0; 32],
+            };
+            tandem::views::apply(&mut TxnViews { txn, cf: cfs.views }, &at, e)?;
+        }
+        Ok(())
+    })
+    .unwrap();
+    b.wal().close().unwrap();
+    eprintln!("{made} differences made on B");
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let num = |i: usize| args.get(i).and_then(|a| a.parse::<usize>().ok()).expect("a number");
+    match args.get(1).map(String::as_str) {
+        Some("build") => build(Path::new(&args[2]), num(3), num(4), num(5)),
+        Some("damage") => damage(Path::new(&args[2]), num(3)),
+        _ => {
+            eprintln!("usage: gen_store build OUT USERS MSGS SIZE | gen_store damage OUT N");
+            std::process::exit(2);
+        }
+    }
+}
