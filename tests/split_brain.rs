@@ -408,3 +408,181 @@ assert n == {want}, n
         .spawn()
         .expect("python3")
 }
+
+/// A UDP relay standing in for the network between two nodes: it forwards
+/// datagrams from the first client it hears to `upstream` and the answers
+/// back, and drops everything while it is cut.
+struct Relay {
+    port: u16,
+    open: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Relay {
+    fn new(upstream: u16) -> Relay {
+        use std::net::{SocketAddr, UdpSocket};
+        use std::sync::atomic::{AtomicBool, Ordering};
+        use std::sync::{Arc, Mutex};
+        let front = Arc::new(UdpSocket::bind("127.0.0.1:0").unwrap());
+        let back = Arc::new(UdpSocket::bind("127.0.0.1:0").unwrap());
+        for s in [&front, &back] {
+            s.set_read_timeout(Some(std::time::Duration::from_millis(50))).unwrap();
+        }
+        let port = front.local_addr().unwrap().port();
+        let open = Arc::new(AtomicBool::new(true));
+        let stop = Arc::new(AtomicBool::new(false));
+        let client: Arc<Mutex<Option<SocketAddr>>> = Arc::default();
+        let to: SocketAddr = format!("127.0.0.1:{upstream}").parse().unwrap();
+        // Client to upstream.
+        {
+            let (front, back, open, stop, client) = (front.clone(), back.clone(), open.clone(), stop.clone(), client.clone());
+            std::thread::spawn(move || {
+                let mut buf = vec![0u8; 65536];
+                while !stop.load(Ordering::Relaxed) {
+                    if let Ok((n, from)) = front.recv_from(&mut buf) {
+                        *client.lock().unwrap() = Some(from);
+                        if open.load(Ordering::Relaxed) {
+                            let _ = back.send_to(&buf[..n], to);
+                        }
+                    }
+                }
+            });
+        }
+        // Upstream back to the client.
+        {
+            let (open, stop) = (open.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let mut buf = vec![0u8; 65536];
+                while !stop.load(Ordering::Relaxed) {
+                    if let Ok((n, _)) = back.recv_from(&mut buf) {
+                        let c = *client.lock().unwrap();
+                        if let (true, Some(c)) = (open.load(Ordering::Relaxed), c) {
+                            let _ = front.send_to(&buf[..n], c);
+                        }
+                    }
+                }
+            });
+        }
+        Relay { port, open, stop }
+    }
+
+    fn cut(&self, cut: bool) {
+        self.open.store(!cut, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// Both daemons keep running while the network between them is cut: the
+/// master and its slave both take deliveries, a folder of the same name
+/// with a message, and different flags on one message, the master moves a
+/// message and the slave expunges another; then the network
+/// heals. Every acknowledged message is on both nodes exactly once, no
+/// client was shown one UID for two messages, and the nodes converge.
+#[test]
+fn a_network_cut_while_both_nodes_run_heals_without_loss() {
+    let dir = tempfile::tempdir().unwrap();
+    let (pa, pb) = (free_udp_port(), free_udp_port());
+    // A dials B through one relay, B dials A through the other.
+    let (ab, ba) = (Relay::new(pb), Relay::new(pa));
+    let conf = |sub: &str, id: &str, port: u16, peer: u16, role: &str| {
+        let d = dir.path().join(sub);
+        std::fs::create_dir_all(&d).unwrap();
+        let extra = format!(
+            "{}mode = \"{role}\"\nidle_timeout_ms = 1000\n",
+            mirror_section(port, &[peer], SECRET)
+        );
+        let cfg = write_config(&d, id, &extra);
+        Node::start(&d, Some(&cfg))
+    };
+    let a = conf("a", "node-a", pa, ab.port, "master");
+    let b = conf("b", "node-b", pb, ba.port, "slave");
+    let nodes = [a, b];
+    let (ok, _, err) = nodes[0].cli(&["user", "add", USER, "--password-stdin"], Some("secret\n"));
+    assert!(ok, "{err}");
+    deliver(&nodes[0], "before", 3);
+    assert!(wait_until(30, || settled(&nodes)), "the nodes did not converge before the cut");
+    let mut rec = Recorder::default();
+    let names = ["node-a", "node-b"];
+    for (n, node) in names.iter().zip(&nodes) {
+        rec.look(n, node);
+    }
+
+    ab.cut(true);
+    ba.cut(true);
+    let flags = ["\\\\Flagged", "\\\\Seen"];
+    for (k, node) in nodes.iter().enumerate() {
+        deliver(node, &format!("cut-{k}"), 8);
+        imap(
+            node,
+            &format!(
+                "ok(c.create('Foo'))\nok(c.append('Foo', None, None, message('foo-{k}')))\n\
+                 ok(c.select('INBOX'))\nok(c.uid('STORE', '1', '+FLAGS', '({})'))\n{}",
+                flags[k],
+                // The master moves before-1 to Archive; the slave expunges before-2.
+                if k == 0 {
+                    "ok(c.uid('MOVE', '2', 'Archive'))\n"
+                } else {
+                    "ok(c.uid('STORE', '3', '+FLAGS', '(\\\\Deleted)'))\nok(c.expunge())\n"
+                }
+            ),
+        );
+        rec.look(names[k], node);
+    }
+    // The cut is real: neither side sees the other's deliveries yet.
+    for (k, node) in nodes.iter().enumerate() {
+        let (msgs, _) = rec.look(names[k], node);
+        let other = format!("cut-{}-", 1 - k);
+        assert!(
+            !msgs.values().any(|v| v.0.starts_with(&other)),
+            "{}: saw the other side's mail during the cut",
+            names[k]
+        );
+    }
+
+    ab.cut(false);
+    ba.cut(false);
+    let healed = Instant::now();
+    let mut converged = None;
+    for _ in 0..300 {
+        for (n, node) in names.iter().zip(&nodes) {
+            rec.look(n, node);
+        }
+        if settled(&nodes) {
+            converged = Some(healed.elapsed());
+            break;
+        }
+    }
+    let took = converged.expect("the nodes did not converge after the network healed");
+    eprintln!("converged {:.2}s after the network healed", took.as_secs_f64());
+    assert!(took.as_secs_f64() < 5.0, "convergence took {took:?}");
+
+    let mut want: Vec<String> = vec!["before-0".to_string()];
+    for k in 0..2 {
+        want.extend((0..8).map(|i| format!("cut-{k}-{i}")));
+    }
+    want.sort();
+    let views: Vec<Seen> = nodes.iter().map(imap_view).collect();
+    for (i, (msgs, list)) in views.iter().enumerate() {
+        rec.look(names[i], &nodes[i]);
+        assert_eq!(list.iter().filter(|x| *x == "Foo").count(), 1, "{}: LIST shows {list:?}", names[i]);
+        let mut inbox: Vec<String> = msgs.iter().filter(|(k, _)| k.0 == "INBOX").map(|(_, v)| v.0.clone()).collect();
+        inbox.sort();
+        assert_eq!(inbox, want, "{}: INBOX does not hold every delivery exactly once", names[i]);
+        let mut foo: Vec<String> = msgs.iter().filter(|(k, _)| k.0 == "Foo").map(|(_, v)| v.0.clone()).collect();
+        foo.sort();
+        assert_eq!(foo, ["foo-0", "foo-1"], "{}: Foo does not hold both sides' messages", names[i]);
+        let archive: Vec<&String> = msgs.iter().filter(|(k, _)| k.0 == "Archive").map(|(_, v)| &v.0).collect();
+        assert_eq!(archive, ["before-1"], "{}: Archive does not hold the moved message once", names[i]);
+        let first = msgs.values().find(|v| v.0 == "before-0").unwrap();
+        for f in flags {
+            let f = f.replace("\\\\", "\\");
+            assert!(first.1.contains(&f), "{}: flags not merged: {} lacks {f}", names[i], first.1);
+        }
+    }
+    assert!(views[0] == views[1], "the nodes show different UIDs");
+}
