@@ -1,6 +1,7 @@
 //! Split brain with real daemons: a master and a slave written to on both
 //! sides of a cut (one node stopped while the other takes mail, then the
-//! other way round), then healed. Every acknowledged message must be there
+//! other way round; or both running with the network between them cut by
+//! UDP relays), then healed. Every acknowledged message must be there
 //! exactly once on each node over IMAP, no client of either node may ever
 //! have been shown one UID for two messages, and the nodes must converge.
 
