@@ -481,7 +481,8 @@ impl Drop for Relay {
 /// Both daemons keep running while the network between them is cut: the
 /// master and its slave both take deliveries, a folder of the same name
 /// with a message, and different flags on one message, the master moves a
-/// message and the slave expunges another; then the network
+/// message, the slave expunges another, copies a third and renames a
+/// folder; then the network
 /// heals. Every acknowledged message is on both nodes exactly once, no
 /// client was shown one UID for two messages, and the nodes converge.
 #[test]
@@ -528,7 +529,8 @@ fn a_network_cut_while_both_nodes_run_heals_without_loss() {
                 if k == 0 {
                     "ok(c.uid('MOVE', '2', 'Archive'))\n"
                 } else {
-                    "ok(c.uid('STORE', '3', '+FLAGS', '(\\\\Deleted)'))\nok(c.expunge())\n"
+                    "ok(c.uid('STORE', '3', '+FLAGS', '(\\\\Deleted)'))\nok(c.expunge())\n\
+                     ok(c.uid('COPY', '1', 'Junk'))\nok(c.rename('Drafts', 'Drafts2'))\n"
                 }
             ),
         );
@@ -579,6 +581,13 @@ fn a_network_cut_while_both_nodes_run_heals_without_loss() {
         assert_eq!(foo, ["foo-0", "foo-1"], "{}: Foo does not hold both sides' messages", names[i]);
         let archive: Vec<&String> = msgs.iter().filter(|(k, _)| k.0 == "Archive").map(|(_, v)| &v.0).collect();
         assert_eq!(archive, ["before-1"], "{}: Archive does not hold the moved message once", names[i]);
+        let junk: Vec<&String> = msgs.iter().filter(|(k, _)| k.0 == "Junk").map(|(_, v)| &v.0).collect();
+        assert_eq!(junk, ["before-0"], "{}: Junk does not hold the copied message once", names[i]);
+        assert!(
+            list.iter().any(|x| x == "Drafts2") && !list.iter().any(|x| x == "Drafts"),
+            "{}: the rename did not reach: {list:?}",
+            names[i]
+        );
         let first = msgs.values().find(|v| v.0 == "before-0").unwrap();
         for f in flags {
             let f = f.replace("\\\\", "\\");
