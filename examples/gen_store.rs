@@ -16,7 +16,7 @@ use std::path::Path;
 use tandem::event::{BlobHash, Event, FlagOp, Flags};
 use tandem::mutate::{self, NewMessage};
 use tandem::store::{wal_options, Store};
-use tandem::views::{TxnViews, ViewRead};
+use tandem::views::ViewRead;
 
 fn open(dir: &Path, node: &str) -> Store {
     std::fs::create_dir_all(dir).unwrap();
@@ -137,20 +137,7 @@ fn damage(out: &Path, n: usize) {
     }
     drop(v);
     let made = events.len();
-    b.run_blocking(move |txn, cfs| {
-        for e in &events {
-            let at = wal::Appended {
-                origin: txn.local_origin(),
-                seq: 0,
-                order: 1 << 40,
-                hlc: txn.peek_hlc(),
-                hash: [0; 32],
-            };
-            tandem::views::apply(&mut TxnViews { txn, cf: cfs.views }, &at, e)?;
-        }
-        Ok(())
-    })
-    .unwrap();
+    b.apply_unlogged(events).unwrap();
     b.wal().close().unwrap();
     eprintln!("{made} differences made on B");
 }

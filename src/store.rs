@@ -153,6 +153,27 @@ impl Store {
         }
     }
 
+    /// Apply `events` to the views of this store without appending them to
+    /// its log: state the log cannot explain. Only the merkle resync's
+    /// tests and benchmark generator use it, to make the damage a resync
+    /// must find; no command reaches it.
+    #[doc(hidden)]
+    pub fn apply_unlogged(&self, events: Vec<crate::event::Event>) -> Result<(), StoreError> {
+        self.run_blocking(move |txn, cfs| {
+            for e in &events {
+                let at = wal::Appended {
+                    origin: txn.local_origin(),
+                    seq: 0,
+                    order: 1 << 40,
+                    hlc: txn.peek_hlc(),
+                    hash: [0; 32],
+                };
+                crate::views::apply(&mut crate::views::TxnViews { txn, cf: cfs.views }, &at, e)?;
+            }
+            Ok(())
+        })
+    }
+
     /// Run a mutation from a synchronous caller.
     pub fn run_blocking<T, F>(&self, f: F) -> Result<T, StoreError>
     where

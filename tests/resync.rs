@@ -8,7 +8,7 @@ use common::{admin_get, blob, digest, free_udp_port, messages, mirror_section, p
 use std::path::PathBuf;
 use tandem::event::{Event, FlagOp, Flags};
 use tandem::store::{wal_options, Store};
-use tandem::views::{TxnViews, ViewRead};
+use tandem::views::ViewRead;
 
 const SECRET: &str = "resync test secret";
 const USER: &str = "u@example.org";
@@ -87,21 +87,7 @@ fn json_cli(node: &Node, args: &[&str]) -> (bool, serde_json::Value, String) {
 /// Apply `events` to the views of a stopped node's store without
 /// appending them to its log: state its log cannot explain.
 fn damage(store: &Store, events: Vec<Event>) {
-    store
-        .run_blocking(move |txn, cfs| {
-            for e in &events {
-                let at = wal::Appended {
-                    origin: txn.local_origin(),
-                    seq: 0,
-                    order: 1 << 40,
-                    hlc: txn.peek_hlc(),
-                    hash: [0; 32],
-                };
-                tandem::views::apply(&mut TxnViews { txn, cf: cfs.views }, &at, e)?;
-            }
-            Ok(())
-        })
-        .unwrap();
+    store.apply_unlogged(events).unwrap();
 }
 
 #[test]

@@ -1329,7 +1329,6 @@ mod tests {
     use crate::event::Flags;
     use crate::mutate::{self, NewMessage};
     use crate::store::wal_options;
-    use crate::views::TxnViews;
 
     const U: &str = "u@example.org";
 
@@ -1359,21 +1358,7 @@ mod tests {
 
     /// Views changed without a log entry.
     fn damage(store: &Store, events: Vec<Event>) {
-        store
-            .run_blocking(move |txn, cfs| {
-                for e in &events {
-                    let at = wal::Appended {
-                        origin: txn.local_origin(),
-                        seq: 0,
-                        order: 1 << 40,
-                        hlc: txn.peek_hlc(),
-                        hash: [0; 32],
-                    };
-                    crate::views::apply(&mut TxnViews { txn, cf: cfs.views }, &at, e)?;
-                }
-                Ok(())
-            })
-            .unwrap();
+        store.apply_unlogged(events).unwrap();
     }
 
     /// What the mirror would do: `a`'s log, with its bodies, into `b`.
