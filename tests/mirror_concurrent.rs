@@ -6,7 +6,7 @@
 //! converges once the master is back.
 
 mod common;
-use common::{admin_get, digest, free_udp_port, mirror_section, python, wait_until, write_config, Node};
+use common::{admin_get, digest, free_udp_port, python, restart, wait_until, Node};
 use std::collections::BTreeMap;
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -15,14 +15,7 @@ const SECRET: &str = "correct horse battery staple";
 const USER: &str = "u@example.org";
 
 fn start(dir: &std::path::Path, id: &str, port: u16, peers: &[u16], role: &str) -> Node {
-    std::fs::create_dir_all(dir).unwrap();
-    let extra = format!("{}mode = \"{role}\"\n", mirror_section(port, peers, SECRET));
-    let cfg = write_config(dir, id, &extra);
-    Node::start(dir, Some(&cfg))
-}
-
-fn restart(dir: &std::path::Path) -> Node {
-    Node::start(dir, Some(&dir.join("tandem.toml")))
+    common::start_mirror(dir, id, port, peers, SECRET, role, "")
 }
 
 /// A master and a slave with the user, links up both ways, the slave

@@ -6,7 +6,7 @@
 //! have been shown one UID for two messages, and the nodes must converge.
 
 mod common;
-use common::{digest, free_udp_port, mirror_section, python, wait_until, write_config, Node};
+use common::{digest, free_udp_port, python, restart, wait_until, Node};
 use std::collections::BTreeMap;
 use std::time::Instant;
 
@@ -14,14 +14,7 @@ const SECRET: &str = "correct horse battery staple";
 const USER: &str = "u@example.org";
 
 fn start(dir: &std::path::Path, id: &str, port: u16, peers: &[u16], role: &str) -> Node {
-    std::fs::create_dir_all(dir).unwrap();
-    let extra = format!("{}mode = \"{role}\"\n", mirror_section(port, peers, SECRET));
-    let cfg = write_config(dir, id, &extra);
-    Node::start(dir, Some(&cfg))
-}
-
-fn restart(dir: &std::path::Path) -> Node {
-    Node::start(dir, Some(&dir.join("tandem.toml")))
+    common::start_mirror(dir, id, port, peers, SECRET, role, "")
 }
 
 /// Deliver `n` messages over LMTP; every one must get its 250.
@@ -492,14 +485,7 @@ fn a_network_cut_while_both_nodes_run_heals_without_loss() {
     // A dials B through one relay, B dials A through the other.
     let (ab, ba) = (Relay::new(pb), Relay::new(pa));
     let conf = |sub: &str, id: &str, port: u16, peer: u16, role: &str| {
-        let d = dir.path().join(sub);
-        std::fs::create_dir_all(&d).unwrap();
-        let extra = format!(
-            "{}mode = \"{role}\"\nidle_timeout_ms = 1000\n",
-            mirror_section(port, &[peer], SECRET)
-        );
-        let cfg = write_config(&d, id, &extra);
-        Node::start(&d, Some(&cfg))
+        common::start_mirror(&dir.path().join(sub), id, port, &[peer], SECRET, role, "idle_timeout_ms = 1000\n")
     };
     let a = conf("a", "node-a", pa, ab.port, "master");
     let b = conf("b", "node-b", pb, ba.port, "slave");

@@ -286,6 +286,21 @@ pub fn mirror_section(port: u16, peers: &[u16], secret: &str) -> String {
     )
 }
 
+/// Start a mirror node in `dir` as `role` (`master` or `slave`), listening
+/// on `port` and dialling `peers`, with `secret`; `more` goes at the end of
+/// its `[mirror]` section.
+pub fn start_mirror(dir: &Path, id: &str, port: u16, peers: &[u16], secret: &str, role: &str, more: &str) -> Node {
+    std::fs::create_dir_all(dir).unwrap();
+    let extra = format!("{}mode = \"{role}\"\n{more}", mirror_section(port, peers, secret));
+    let cfg = write_config(dir, id, &extra);
+    Node::start(dir, Some(&cfg))
+}
+
+/// Start again the node whose config `write_config` put in `dir`.
+pub fn restart(dir: &Path) -> Node {
+    Node::start(dir, Some(&dir.join("tandem.toml")))
+}
+
 /// Poll `f` until it returns true or `secs` pass.
 pub fn wait_until(secs: u64, mut f: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + Duration::from_secs(secs);
