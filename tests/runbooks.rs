@@ -127,12 +127,18 @@ fn addresses(s: &str) -> Vec<(usize, usize, String, u16)> {
     out
 }
 
-/// A port free for both TCP and UDP on loopback.
+/// A port free for both TCP and UDP on loopback. A walk chooses its ports
+/// when it writes a config and the daemon binds them later, so they come
+/// from below the kernel's ephemeral range (32768 and up by default): no
+/// client connection of a test running meanwhile can take one in between.
+/// A counter keeps the walks of this binary apart.
 fn free_port() -> u16 {
-    for _ in 0..100 {
-        let t = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let p = t.local_addr().unwrap().port();
-        if std::net::UdpSocket::bind(("127.0.0.1", p)).is_ok() {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let base = std::process::id() % 10_000;
+    for _ in 0..12_000 {
+        let p = (20_000 + (base + NEXT.fetch_add(1, Ordering::Relaxed)) % 12_000) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", p)).is_ok() && std::net::UdpSocket::bind(("127.0.0.1", p)).is_ok() {
             return p;
         }
     }
