@@ -26,7 +26,9 @@ pub fn reachable_master(mirror: &Mirror, store: &Store) -> Option<String> {
         }
     };
     let outgoing_up = mirror.out.lock().expect("mirror lock").iter().any(|l| l.state == "connected");
-    let incoming = mirror.incoming.lock().expect("mirror lock").clone();
+    // Read under the lock, without copying the links' counters and
+    // histograms: this runs for every delivery on a slave.
+    let incoming = mirror.incoming.lock().expect("mirror lock");
     let links: Vec<Incoming<'_>> = incoming
         .iter()
         .map(|(node, l)| Incoming {
