@@ -92,9 +92,15 @@ fn promote_a_slave_and_the_old_master_steps_down_by_itself() {
     // The handshake carries the epoch (B's last hello came with 1 or 2).
     let st = admin_get(&a, "/v1/status");
     assert!(st["mirror"]["incoming"]["node-b"]["peer_epoch"].as_u64().unwrap() >= 1, "{st}");
+    // A, now a slave, stores it pending until B (the master) places it: the
+    // logs can agree a moment before the placement arrives.
     deliver(&a, "u@example.org", 1, "after-swap");
     assert!(converged(&a, &b));
     for n in [&a, &b] {
-        assert_eq!(messages(n, "u@example.org", "INBOX").len(), 7);
+        assert!(
+            wait_until(15, || messages(n, "u@example.org", "INBOX").len() == 7),
+            "{}",
+            messages(n, "u@example.org", "INBOX").len()
+        );
     }
 }
