@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
-# Cost of the metrics: the same LMTP load against a build without them
-# (BASE, e.g. main) and this build with the /metrics listener on and scraped
-# every second, alternating in one run; then the scrape time of /metrics
-# with USERS accounts.
+# Cost of the metrics: the same LMTP load against this commit built with
+# the `bench-no-metrics` feature (BASE: counters and histograms record
+# nothing, no /metrics listener) and built as shipped (NEW: the /metrics
+# listener on and scraped every second), alternating in one run; then the
+# scrape time of /metrics with USERS accounts.
 #
-#   BASE=/path/to/main/tandem benches/metrics_overhead.sh
-#   BASE=... ROUNDS=5 COUNT=2000 CONC=16 USERS=1000 benches/metrics_overhead.sh
+#   PROFILE=devopt benches/metrics_overhead.sh      # builds both binaries
+#   PROFILE=release ROUNDS=5 COUNT=2000 CONC=16 USERS=1000 benches/metrics_overhead.sh
+#   BASE=/path/to/tandem NEW=/path/to/tandem benches/metrics_overhead.sh
 #
 # Prints one line per load run, the medians and their ratio, and the median
 # and p90 scrape time. Raw lmtp_load.py JSON stays in $OUT.
@@ -19,10 +21,20 @@ USERS=${USERS:-1000}
 SCRAPES=${SCRAPES:-30}
 OUT=${OUT:-$(mktemp -d /tmp/metrics-bench.XXXXXX)}
 mkdir -p "$OUT"
-: "${BASE:?set BASE to a tandem binary built without the metrics (e.g. main)}"
-
 . "$ROOT/benches/lib.sh"
-[ -n "${NEW:-}" ] || { build_tandem; NEW=$T; }
+. "$ROOT/benches/devopt.sh"
+PROFILE=${PROFILE:-release}
+if [ -z "${BASE:-}" ]; then
+  build_bench_bins "" --features bench-no-metrics
+  cp "$T" "$OUT/tandem-no-metrics"
+  BASE=$OUT/tandem-no-metrics
+fi
+if [ -z "${NEW:-}" ]; then
+  build_bench_bins ""
+  cp "$T" "$OUT/tandem-metrics"
+  NEW=$OUT/tandem-metrics
+fi
+echo "base (no metrics): $BASE; new: $NEW; profile $PROFILE"
 
 pids=()
 trap 'for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true' EXIT

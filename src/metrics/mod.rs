@@ -28,6 +28,9 @@ impl Counter {
         self.add(1);
     }
     pub fn add(&self, n: u64) {
+        if cfg!(feature = "bench-no-metrics") {
+            return;
+        }
         self.0.fetch_add(n, Ordering::Relaxed);
     }
     pub fn get(&self) -> u64 {
@@ -89,6 +92,9 @@ impl Histogram {
     }
 
     pub fn observe(&self, d: Duration) {
+        if cfg!(feature = "bench-no-metrics") {
+            return;
+        }
         let secs = d.as_secs_f64();
         // First bucket whose bound holds it; the buckets are not cumulative
         // here (one increment per observation), the rendering sums them.
@@ -102,6 +108,9 @@ impl Histogram {
 
     /// Observe the time since `t0`.
     pub fn since(&self, t0: Instant) {
+        if cfg!(feature = "bench-no-metrics") {
+            return;
+        }
         self.observe(t0.elapsed());
     }
 
