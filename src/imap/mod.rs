@@ -158,9 +158,15 @@ impl Throttle {
             }
             if let Some(b) = m.get_mut(k) {
                 if b.cap != *cap {
-                    // The budget was changed: the bucket keeps what it
-                    // holds, up to the new size.
-                    b.tokens = b.level(now, refill).min(f64::from(*cap));
+                    // The budget was changed (a replicated setting): a
+                    // larger one adds the difference at once, a smaller
+                    // one caps what the bucket holds.
+                    let level = b.level(now, refill);
+                    b.tokens = if *cap > b.cap {
+                        level + f64::from(*cap - b.cap)
+                    } else {
+                        level.min(f64::from(*cap))
+                    };
                     b.at = now;
                     b.cap = *cap;
                 }
@@ -467,6 +473,38 @@ mod tests {
             ..Default::default()
         };
         Throttle::new(Arc::new(Settings::new(&cfg)))
+    }
+
+    #[test]
+    fn a_replicated_budget_applies_to_the_next_attempt() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), "n", crate::store::wal_options("n")).unwrap();
+        let settings = Arc::new(Settings::new(&crate::config::Config::default()));
+        let t = Throttle::new(settings.clone());
+        let ip: IpAddr = "192.0.2.9".parse().unwrap();
+        let set = |v: &str| {
+            let v = v.to_string();
+            store
+                .run_blocking(move |txn, cfs| crate::mutate::set_config(txn, cfs, "imap.login_attempts_per_ip", &v))
+                .unwrap();
+            settings.refresh(&store.views()).unwrap();
+        };
+        set("2");
+        for _ in 0..2 {
+            assert_eq!(t.attempt(ip, "u"), Attempt::Go);
+            t.done(ip, "u", false);
+        }
+        assert_eq!(t.attempt(ip, "u"), Attempt::Refused);
+        // Raised: the difference is there at once.
+        set("4");
+        for _ in 0..2 {
+            assert_eq!(t.attempt(ip, "u"), Attempt::Go);
+            t.done(ip, "u", false);
+        }
+        assert_eq!(t.attempt(ip, "u"), Attempt::Refused);
+        // 0: no per-address budget at all.
+        set("0");
+        assert_eq!(t.attempt(ip, "u"), Attempt::Go);
     }
 
     #[test]
