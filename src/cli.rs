@@ -273,7 +273,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::User(cmd) => rt.block_on(user(&cfg, cmd)),
         Command::Config(cmd) => rt.block_on(crate::settings::command(&Admin::new(&cfg)?, cmd)),
-        Command::Import(cmd) => rt.block_on(crate::transfer::import(&Admin::new(&cfg)?, cmd, cfg.lmtp.max_message_size)),
+        Command::Import(cmd) => rt.block_on(async {
+            let admin = Admin::new(&cfg)?;
+            // The limit the node's LMTP uses now (a replicated value wins).
+            let max = crate::settings::effective(&admin, crate::settings::Key::LmtpMaxMessageSize).await?;
+            crate::transfer::import(&admin, cmd, max).await
+        }),
         Command::Export(cmd) => rt.block_on(crate::transfer::export(&Admin::new(&cfg)?, cmd)),
         Command::Conflicts { json } => {
             let r: crate::repl::resolve::Report = rt.block_on(Admin::new(&cfg)?.get("/v1/conflicts"))?;

@@ -524,6 +524,13 @@ pub async fn command(admin: &crate::cli::Admin, cmd: ConfigCommand) -> anyhow::R
     Ok(())
 }
 
+/// The value a running node uses for `k`.
+pub async fn effective(admin: &crate::cli::Admin, k: Key) -> anyhow::Result<u64> {
+    let e: Entry = admin.get(&key_path(k.name())?).await?;
+    k.parse(&e.effective)
+        .map_err(|why| anyhow::anyhow!("the node reports {} = {:?}: {why}", k.name(), e.effective))
+}
+
 fn print_effective(e: &Entry) {
     println!("this node uses {} ({})", e.effective, e.source.name());
     if e.source == Source::Excepted {
