@@ -179,3 +179,25 @@ fn an_excepted_key_is_logged_on_both_but_the_node_keeps_its_file_value() {
     assert_eq!(sets.len(), 1, "a refused setting was logged: {sets:?}");
     assert_eq!(get(&a, "lmtp.max_message_size")["replicated"], "2000");
 }
+
+#[test]
+fn a_node_that_was_down_takes_the_setting_when_it_catches_up() {
+    let (dir, a, b) = pair("");
+    assert!(b.stop(), "B did not stop cleanly");
+    set(&a, "lmtp.max_message_size", "2000");
+    set(&a, "lmtp.detail_folders", "true");
+    let b = common::restart(&dir.path().join("b"));
+    assert!(shows(&b, "lmtp.max_message_size", "2000", "replicated"));
+    assert!(shows(&b, "lmtp.detail_folders", "true", "replicated"));
+    assert!(deliver(&b, 5000).starts_with("552"));
+    // And it keeps it across its own restart (the views hold it).
+    assert!(b.stop());
+    let b = common::restart(&dir.path().join("b"));
+    let e = get(&b, "lmtp.max_message_size");
+    assert_eq!(
+        (e["effective"].as_str(), e["source"].as_str()),
+        (Some("2000"), Some("replicated")),
+        "{e}"
+    );
+    assert!(wait_until(15, || digest(&a) == digest(&b)), "digests differ");
+}
