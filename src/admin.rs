@@ -105,6 +105,8 @@ pub struct AdminState {
     pub backups: Arc<crate::backup::Backups>,
     /// The node's data directory (scratch space of point-in-time restores).
     pub data_dir: std::path::PathBuf,
+    /// Replicated settings (`tandem config`).
+    pub settings: Arc<crate::settings::Settings>,
 }
 
 type Shared = Arc<AdminState>;
@@ -562,6 +564,52 @@ async fn restore_folders(State(st): State<Shared>, Json(q): Json<PitrQuery>) -> 
     Ok(Json(r))
 }
 
+fn setting_error(e: crate::settings::SettingError) -> ApiError {
+    use crate::settings::SettingError as E;
+    let code = match e {
+        E::Unknown { .. } => StatusCode::NOT_FOUND,
+        E::NodeLocal { .. } | E::Invalid { .. } => StatusCode::BAD_REQUEST,
+    };
+    ApiError(code, e.to_string())
+}
+
+async fn config_list(State(st): State<Shared>) -> Json<Vec<crate::settings::Entry>> {
+    Json(st.settings.list())
+}
+
+async fn config_get(State(st): State<Shared>, Path(key): Path<String>) -> Result<Json<crate::settings::Entry>, ApiError> {
+    let k = crate::settings::lookup(&key).map_err(setting_error)?;
+    Ok(Json(st.settings.entry(k)))
+}
+
+#[derive(Deserialize)]
+struct ConfigValue {
+    value: String,
+}
+
+/// Log a `ConfigSet` (an empty value unsets) and use it at once.
+async fn config_write(st: &AdminState, key: crate::settings::Key, value: String) -> Result<Json<crate::settings::Entry>, ApiError> {
+    let name = key.name();
+    st.store.run(move |txn, cfs| mutate::set_config(txn, cfs, name, &value)).await?;
+    st.settings.refresh(&st.store.views())?;
+    tracing::info!(key = name, "replicated setting written");
+    Ok(Json(st.settings.entry(key)))
+}
+
+async fn config_set(
+    State(st): State<Shared>,
+    Path(key): Path<String>,
+    Json(req): Json<ConfigValue>,
+) -> Result<Json<crate::settings::Entry>, ApiError> {
+    let (k, value) = crate::settings::check(&key, &req.value).map_err(setting_error)?;
+    config_write(&st, k, value).await
+}
+
+async fn config_unset(State(st): State<Shared>, Path(key): Path<String>) -> Result<Json<crate::settings::Entry>, ApiError> {
+    let k = crate::settings::lookup(&key).map_err(setting_error)?;
+    config_write(&st, k, String::new()).await
+}
+
 /// The admin routes.
 pub fn router(state: Shared) -> Router {
     Router::new()
@@ -583,6 +631,8 @@ pub fn router(state: Shared) -> Router {
         .route("/v1/conflicts", get(get_conflicts))
         .route("/v1/backup", axum::routing::post(backup))
         .route("/v1/restore", axum::routing::post(restore_folders))
+        .route("/v1/config", get(config_list))
+        .route("/v1/config/{key}", get(config_get).put(config_set).delete(config_unset))
         .layer(middleware::from_fn_with_state(state.clone(), require_token))
         .with_state(state)
 }

@@ -56,23 +56,22 @@ pub fn verify_password(password: &Secret, phc: &str) -> bool {
 /// the PHC string stored now, so a changed password (a new PHC string) or
 /// a deleted user (none) finds nothing, without any invalidation step.
 /// Only successes are kept; a wrong password always costs a full check.
-/// Entries live `ttl` at most; when `max` are held the expired ones go,
-/// then, if still full, all of them.
+/// Entries live `ttl` at most (given with each call: the setting may
+/// change while the node runs; zero turns the cache off); when `max` are
+/// held the expired ones go, then, if still full, all of them.
 pub struct AuthCache {
     key: [u8; 32],
-    ttl: std::time::Duration,
     max: usize,
     seen: std::sync::Mutex<std::collections::HashMap<[u8; 32], std::time::Instant>>,
 }
 
 impl AuthCache {
-    pub fn new(ttl: std::time::Duration, max: usize) -> AuthCache {
+    pub fn new(max: usize) -> AuthCache {
         use argon2::password_hash::rand_core::RngCore;
         let mut key = [0u8; 32];
         OsRng.fill_bytes(&mut key);
         AuthCache {
             key,
-            ttl,
             max,
             seen: std::sync::Mutex::new(std::collections::HashMap::new()),
         }
@@ -89,25 +88,24 @@ impl AuthCache {
 
     /// Whether `password` was found correct for `user`, whose stored PHC
     /// string is `phc`, within the last `ttl`.
-    pub fn hit(&self, user: &str, password: &Secret, phc: &str) -> bool {
-        if self.max == 0 {
+    pub fn hit(&self, user: &str, password: &Secret, phc: &str, ttl: std::time::Duration) -> bool {
+        if self.max == 0 || ttl.is_zero() {
             return false;
         }
         let e = self.entry(user, password, phc);
         let seen = self.seen.lock().expect("auth cache lock");
-        seen.get(&e).is_some_and(|at| at.elapsed() < self.ttl)
+        seen.get(&e).is_some_and(|at| at.elapsed() < ttl)
     }
 
     /// Remember that `password` is correct for `user` with `phc`.
-    pub fn insert(&self, user: &str, password: &Secret, phc: &str) {
-        if self.max == 0 {
+    pub fn insert(&self, user: &str, password: &Secret, phc: &str, ttl: std::time::Duration) {
+        if self.max == 0 || ttl.is_zero() {
             return;
         }
         let e = self.entry(user, password, phc);
         let now = std::time::Instant::now();
         let mut seen = self.seen.lock().expect("auth cache lock");
         if seen.len() >= self.max && !seen.contains_key(&e) {
-            let ttl = self.ttl;
             seen.retain(|_, at| now.duration_since(*at) < ttl);
             if seen.len() >= self.max {
                 seen.clear();
@@ -144,35 +142,40 @@ mod tests {
 
     #[test]
     fn auth_cache_hits_only_the_same_user_password_and_hash() {
-        let c = AuthCache::new(std::time::Duration::from_secs(60), 2);
+        const TTL: std::time::Duration = std::time::Duration::from_secs(60);
+        let c = AuthCache::new(2);
         let pw = Secret::new("hunter2");
-        assert!(!c.hit("alice", &pw, "$phc1"));
-        c.insert("alice", &pw, "$phc1");
-        assert!(c.hit("alice", &pw, "$phc1"));
-        assert!(!c.hit("alice", &Secret::new("hunter3"), "$phc1"), "another password");
-        assert!(!c.hit("bob", &pw, "$phc1"), "another user");
-        assert!(!c.hit("alice", &pw, "$phc2"), "a changed password hash");
+        assert!(!c.hit("alice", &pw, "$phc1", TTL));
+        c.insert("alice", &pw, "$phc1", TTL);
+        assert!(c.hit("alice", &pw, "$phc1", TTL));
+        assert!(!c.hit("alice", &Secret::new("hunter3"), "$phc1", TTL), "another password");
+        assert!(!c.hit("bob", &pw, "$phc1", TTL), "another user");
+        assert!(!c.hit("alice", &pw, "$phc2", TTL), "a changed password hash");
         // Lengths are part of the hash: no shifting bytes between fields.
-        c.insert("ab", &Secret::new("c"), "$p");
-        assert!(!c.hit("a", &Secret::new("bc"), "$p"));
+        c.insert("ab", &Secret::new("c"), "$p", TTL);
+        assert!(!c.hit("a", &Secret::new("bc"), "$p", TTL));
         // Full: a third entry drops the others rather than growing.
-        c.insert("carol", &pw, "$phc3");
-        assert!(c.hit("carol", &pw, "$phc3"));
+        c.insert("carol", &pw, "$phc3", TTL);
+        assert!(c.hit("carol", &pw, "$phc3", TTL));
         assert!(c.seen.lock().unwrap().len() <= 2);
         // Another process (key) knows nothing.
-        assert!(!AuthCache::new(std::time::Duration::from_secs(60), 2).hit("carol", &pw, "$phc3"));
+        assert!(!AuthCache::new(2).hit("carol", &pw, "$phc3", TTL));
     }
 
     #[test]
     fn auth_cache_entries_expire_and_can_be_off() {
-        let c = AuthCache::new(std::time::Duration::from_millis(30), 10);
+        const TTL: std::time::Duration = std::time::Duration::from_millis(30);
+        let c = AuthCache::new(10);
         let pw = Secret::new("pw");
-        c.insert("alice", &pw, "$phc");
-        assert!(c.hit("alice", &pw, "$phc"));
+        c.insert("alice", &pw, "$phc", TTL);
+        assert!(c.hit("alice", &pw, "$phc", TTL));
         std::thread::sleep(std::time::Duration::from_millis(60));
-        assert!(!c.hit("alice", &pw, "$phc"), "expired");
-        let off = AuthCache::new(std::time::Duration::from_secs(60), 0);
-        off.insert("alice", &pw, "$phc");
-        assert!(!off.hit("alice", &pw, "$phc"));
+        assert!(!c.hit("alice", &pw, "$phc", TTL), "expired");
+        let off = AuthCache::new(0);
+        off.insert("alice", &pw, "$phc", TTL);
+        assert!(!off.hit("alice", &pw, "$phc", TTL));
+        // A zero time to live (auth_cache_secs = 0) turns it off too.
+        c.insert("alice", &pw, "$phc", std::time::Duration::ZERO);
+        assert!(!c.hit("alice", &pw, "$phc", std::time::Duration::ZERO));
     }
 }

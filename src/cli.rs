@@ -45,6 +45,10 @@ pub enum Command {
     /// Manage users.
     #[command(subcommand)]
     User(UserCommand),
+    /// Replicated settings: set on one node, used by every node (unless
+    /// in its `mirror.config_except`).
+    #[command(subcommand)]
+    Config(crate::settings::ConfigCommand),
     /// Read the log.
     #[command(subcommand)]
     Log(LogCommand),
@@ -268,7 +272,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::User(cmd) => rt.block_on(user(&cfg, cmd)),
-        Command::Import(cmd) => rt.block_on(crate::transfer::import(&Admin::new(&cfg)?, cmd, cfg.lmtp.max_message_size)),
+        Command::Config(cmd) => rt.block_on(crate::settings::command(&Admin::new(&cfg)?, cmd)),
+        Command::Import(cmd) => rt.block_on(async {
+            let admin = Admin::new(&cfg)?;
+            // The limit the node's LMTP uses now (a replicated value wins).
+            let max = crate::settings::effective(&admin, crate::settings::Key::LmtpMaxMessageSize).await?;
+            crate::transfer::import(&admin, cmd, max).await
+        }),
         Command::Export(cmd) => rt.block_on(crate::transfer::export(&Admin::new(&cfg)?, cmd)),
         Command::Conflicts { json } => {
             let r: crate::repl::resolve::Report = rt.block_on(Admin::new(&cfg)?.get("/v1/conflicts"))?;

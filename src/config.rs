@@ -19,6 +19,10 @@ pub struct Config {
     pub pop3: Pop3Config,
     pub backup: BackupConfig,
     pub metrics: MetricsConfig,
+    /// The keys the file sets, as `section.key` (tells a file value from a
+    /// default in `tandem config list`).
+    #[serde(skip)]
+    pub file_keys: std::collections::BTreeSet<String>,
 }
 
 /// `[backup]`: continuous backup of the log and bodies (see
@@ -259,6 +263,10 @@ pub struct MirrorConfig {
     pub peers: Vec<SocketAddr>,
     pub secret: Option<String>,
     pub secret_file: Option<PathBuf>,
+    /// Replicated keys this node does not take from the mirror: it logs
+    /// and passes on their `ConfigSet` events like any other, but keeps
+    /// its own file value (`src/settings.rs`).
+    pub config_except: Vec<String>,
     pub ack: AckMode,
     /// Batches in flight per link before waiting for an acknowledgement.
     pub window_batches: usize,
@@ -435,6 +443,7 @@ impl Default for MirrorConfig {
             peers: Vec::new(),
             secret: None,
             secret_file: None,
+            config_except: Vec::new(),
             ack: AckMode::Local,
             window_batches: 32,
             batch_entries: 512,
@@ -466,6 +475,7 @@ impl Default for Config {
             pop3: Pop3Config::default(),
             backup: BackupConfig::default(),
             metrics: MetricsConfig::default(),
+            file_keys: Default::default(),
         }
     }
 }
@@ -484,10 +494,15 @@ pub enum ConfigError {
 impl Config {
     /// Parse TOML text; `path` is only used in messages.
     pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
-        let cfg: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+        let mut cfg: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
             path: path.to_path_buf(),
             message: e.to_string().trim_end().to_string(),
         })?;
+        if let Ok(table) = text.parse::<toml::Table>() {
+            for (section, keys) in table.iter().filter_map(|(s, v)| Some((s, v.as_table()?))) {
+                cfg.file_keys.extend(keys.keys().map(|k| format!("{section}.{k}")));
+            }
+        }
         let problems = cfg.validate();
         if !problems.is_empty() {
             return Err(ConfigError::Invalid {
@@ -643,6 +658,13 @@ impl Config {
             .filter(|e| !(e.starts_with("http://") || e.starts_with("https://")))
         {
             p.push(format!("backup.endpoint = {e:?} is not an http:// or https:// URL"));
+        }
+        for k in &self.mirror.config_except {
+            if crate::settings::Key::from_name(k).is_none() {
+                p.push(format!(
+                    "mirror.config_except: {k:?} is not a replicated key (`tandem config list` shows them)"
+                ));
+            }
         }
         if self.mirror.peers.len() > 2 {
             p.push(format!(

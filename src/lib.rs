@@ -6,6 +6,7 @@
 //!
 //! # Layout
 //! - [`config`]: the TOML configuration, validated with key and line.
+//! - [`settings`]: replicated settings layered over the file.
 //! - [`event`]: what the log records.
 //! - [`views`]: the materialised views and the one function that writes them.
 //! - [`merkle`]: blake3 summaries of what mirrored nodes must agree on.
@@ -33,6 +34,7 @@ pub mod proto;
 pub mod repl;
 pub mod replay;
 pub mod server;
+pub mod settings;
 pub mod store;
 pub mod tls;
 pub mod transfer;

@@ -58,6 +58,7 @@ pub async fn serve(
     listener: TcpListener,
     store: Store,
     cfg: Arc<LmtpConfig>,
+    settings: Arc<crate::settings::Settings>,
     counters: Arc<Counters>,
     durability: crate::repl::Durability,
     mut shutdown: watch::Receiver<bool>,
@@ -78,7 +79,10 @@ pub async fn serve(
             });
             continue;
         };
-        let (store, cfg, counters, hostname, shutdown) = (store.clone(), cfg.clone(), counters.clone(), hostname.clone(), shutdown.clone());
+        // The replicated settings as they are now hold for the whole
+        // connection.
+        let cfg = Arc::new(effective(&cfg, &settings));
+        let (store, counters, hostname, shutdown) = (store.clone(), counters.clone(), hostname.clone(), shutdown.clone());
         let durability = durability.clone();
         let tempfailed = tempfailed.clone();
         let span = tracing::info_span!("lmtp", %peer);
@@ -100,6 +104,18 @@ pub async fn serve(
     let drain = Duration::from_secs(cfg.idle_timeout_secs.clamp(1, 30) + 5);
     if tokio::time::timeout(drain, slots.acquire_many(all)).await.is_err() {
         tracing::warn!(in_flight = counters.in_flight.get(), "lmtp connections still open at shutdown");
+    }
+}
+
+/// The `[lmtp]` section with the replicated settings in force.
+fn effective(file: &LmtpConfig, settings: &crate::settings::Settings) -> LmtpConfig {
+    use crate::settings::Key;
+    LmtpConfig {
+        max_message_size: settings.get(Key::LmtpMaxMessageSize),
+        detail_folders: settings.flag(Key::LmtpDetailFolders),
+        idle_timeout_secs: settings.get(Key::LmtpIdleTimeoutSecs),
+        max_session_secs: settings.get(Key::LmtpMaxSessionSecs),
+        ..file.clone()
     }
 }
 

@@ -104,7 +104,8 @@ pub async fn serve(listener: TcpListener, pop3: Arc<Pop3>, implicit_tls: bool, m
             break;
         };
         pop3.counters.connections.inc();
-        let ip_slot = pop3.imap.per_ip.take(peer.ip().to_string(), pop3.imap.cfg.max_connections_per_ip);
+        let per_ip = pop3.imap.settings.get(crate::settings::Key::ImapMaxConnectionsPerIp) as usize;
+        let ip_slot = pop3.imap.per_ip.take(peer.ip().to_string(), per_ip);
         let permit = slots.clone().try_acquire_owned().ok();
         let (Some(permit), Some(ip_slot)) = (permit, ip_slot) else {
             pop3.counters.refused_busy.inc();
@@ -327,7 +328,7 @@ async fn session(
 ) -> std::io::Result<()> {
     let limits = Limits {
         max_line: 2048,
-        max_errors: pop3.cfg.max_bad_commands,
+        max_errors: pop3.imap.settings.count(crate::settings::Key::Pop3MaxBadCommands),
     };
     let plaintext = plaintext_ok(&pop3.imap.cfg, &peer, implicit_tls);
     let mut s = Session::new(limits, implicit_tls, pop3.imap.tls.is_some(), plaintext);

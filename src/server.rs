@@ -214,6 +214,16 @@ pub async fn start(cfg: &Config) -> anyhow::Result<Running> {
     let (shutdown, shutdown_rx) = watch::channel(false);
     let mut listeners = BTreeMap::new();
     let mut tasks = Vec::new();
+    // Replicated settings over the file's, kept in step with the log.
+    let settings = Arc::new(crate::settings::Settings::new(cfg));
+    settings
+        .refresh_if_changed(&store.views())
+        .context("reading the replicated settings")?;
+    tasks.push(tokio::spawn(crate::settings::follow(
+        settings.clone(),
+        store.clone(),
+        shutdown_rx.clone(),
+    )));
 
     let admin_l = TcpListener::bind(cfg.admin.listen)
         .await
@@ -240,6 +250,7 @@ pub async fn start(cfg: &Config) -> anyhow::Result<Running> {
     let imap_shared = crate::imap::Shared::new(
         store.clone(),
         cfg.imap.clone(),
+        settings.clone(),
         imap_counters.clone(),
         Some(tls),
         durability.clone(),
@@ -279,6 +290,7 @@ pub async fn start(cfg: &Config) -> anyhow::Result<Running> {
         lmtp_l,
         store.clone(),
         Arc::new(cfg.lmtp.clone()),
+        settings.clone(),
         lmtp_counters.clone(),
         durability.clone(),
         shutdown_rx.clone(),
@@ -358,6 +370,7 @@ pub async fn start(cfg: &Config) -> anyhow::Result<Running> {
         mirror,
         backups,
         data_dir: cfg.node.data_dir.clone(),
+        settings,
     });
     if let Some(b) = metrics_l {
         let history = Arc::new(crate::metrics::status::History::default());

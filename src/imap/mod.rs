@@ -13,6 +13,7 @@ pub mod pattern;
 pub mod session;
 
 use crate::config::ImapConfig;
+use crate::settings::{Key, Settings};
 use crate::store::Store;
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -54,8 +55,11 @@ pub const PREAUTH_MAX_LITERAL: u64 = 4096;
 pub const PREAUTH_MAX_LINE: usize = 8192;
 
 /// The framer of a connection that has not logged in.
-fn preauth_framer(cfg: &ImapConfig) -> crate::proto::imap::fragment::Framer {
-    crate::proto::imap::fragment::Framer::new(cfg.max_line.min(PREAUTH_MAX_LINE), cfg.max_literal.min(PREAUTH_MAX_LITERAL))
+fn preauth_framer(shared: &Shared) -> crate::proto::imap::fragment::Framer {
+    crate::proto::imap::fragment::Framer::new(
+        shared.cfg.max_line.min(PREAUTH_MAX_LINE),
+        shared.settings.get(Key::ImapMaxLiteral).min(PREAUTH_MAX_LITERAL),
+    )
 }
 
 /// Add one to a counter.
@@ -73,9 +77,9 @@ pub(crate) fn bump(c: &crate::metrics::Counter) {
 /// and is refused otherwise, without checking anything.
 pub struct Throttle {
     buckets: Mutex<HashMap<String, Bucket>>,
-    per_ip: u32,
-    per_user: u32,
-    refill: Duration,
+    /// The budgets and the refill time, read at each attempt (replicated
+    /// settings change them while the node runs).
+    settings: Arc<Settings>,
 }
 
 struct Bucket {
@@ -123,22 +127,28 @@ fn ip_key(ip: IpAddr) -> String {
 impl Throttle {
     const MAX_KEYS: usize = 100_000;
 
-    pub fn new(cfg: &ImapConfig) -> Throttle {
+    pub fn new(settings: Arc<Settings>) -> Throttle {
         Throttle {
             buckets: Mutex::new(HashMap::new()),
-            per_ip: cfg.login_attempts_per_ip,
-            per_user: cfg.login_attempts_per_user,
-            refill: Duration::from_secs(cfg.login_lockout_secs.max(1)),
+            settings,
         }
     }
 
+    fn refill(&self) -> Duration {
+        self.settings.secs(Key::ImapLoginLockoutSecs).max(Duration::from_secs(1))
+    }
+
     fn keys(&self, ip: IpAddr, user: &str) -> [(String, u32); 2] {
-        [(ip_key(ip), self.per_ip), (format!("user:{user}"), self.per_user)]
+        [
+            (ip_key(ip), self.settings.count(Key::ImapLoginAttemptsPerIp)),
+            (format!("user:{user}"), self.settings.count(Key::ImapLoginAttemptsPerUser)),
+        ]
     }
 
     /// Take one attempt from the budgets of `ip` and `user` (all or nothing).
     pub fn attempt(&self, ip: IpAddr, user: &str) -> Attempt {
         let keys = self.keys(ip, user);
+        let refill = self.refill();
         let now = Instant::now();
         let mut m = self.buckets.lock().expect("throttle lock");
         let mut verdict = Attempt::Go;
@@ -146,8 +156,21 @@ impl Throttle {
             if *cap == 0 {
                 continue;
             }
-            if let Some(b) = m.get(k) {
-                if b.level(now, self.refill) < 1.0 {
+            if let Some(b) = m.get_mut(k) {
+                if b.cap != *cap {
+                    // The budget was changed (a replicated setting): a
+                    // larger one adds the difference at once, a smaller
+                    // one caps what the bucket holds.
+                    let level = b.level(now, refill);
+                    b.tokens = if *cap > b.cap {
+                        level + f64::from(*cap - b.cap)
+                    } else {
+                        level.min(f64::from(*cap))
+                    };
+                    b.at = now;
+                    b.cap = *cap;
+                }
+                if b.level(now, refill) < 1.0 {
                     verdict = match (verdict, b.in_flight) {
                         (Attempt::Refused, _) | (_, 0) => Attempt::Refused,
                         _ => Attempt::Wait,
@@ -160,7 +183,6 @@ impl Throttle {
         }
         if m.len() >= Self::MAX_KEYS {
             // Full buckets with nothing in flight carry no memory.
-            let refill = self.refill;
             m.retain(|_, b| b.in_flight > 0 || b.level(now, refill) < f64::from(b.cap));
         }
         for (k, cap) in keys {
@@ -173,7 +195,7 @@ impl Throttle {
                 cap,
                 in_flight: 0,
             });
-            b.tokens = b.level(now, self.refill) - 1.0;
+            b.tokens = b.level(now, refill) - 1.0;
             b.at = now;
             b.in_flight += 1;
         }
@@ -184,12 +206,13 @@ impl Throttle {
     /// gives its tokens back.
     pub fn done(&self, ip: IpAddr, user: &str, correct: bool) {
         let now = Instant::now();
+        let refill = self.refill();
         let mut m = self.buckets.lock().expect("throttle lock");
         for (k, _) in self.keys(ip, user) {
             if let Some(b) = m.get_mut(&k) {
                 b.in_flight = b.in_flight.saturating_sub(1);
                 if correct {
-                    b.tokens = (b.level(now, self.refill) + 1.0).min(f64::from(b.cap));
+                    b.tokens = (b.level(now, refill) + 1.0).min(f64::from(b.cap));
                     b.at = now;
                 }
             }
@@ -234,7 +257,13 @@ pub async fn check_credentials(shared: &Shared, ip: IpAddr, user: &str, pw: crat
     let ok = match rec {
         // A recent success with this password and this stored hash: the
         // attempt was counted above all the same.
-        Some(rec) if shared.auth_cache.hit(user, &pw, &rec.password_hash) => true,
+        Some(rec)
+            if shared
+                .auth_cache
+                .hit(user, &pw, &rec.password_hash, shared.settings.secs(Key::ImapAuthCacheSecs)) =>
+        {
+            true
+        }
         Some(rec) => {
             let checked = tokio::task::spawn_blocking(move || {
                 let ok = verify_password(&pw, &rec.password_hash);
@@ -243,7 +272,9 @@ pub async fn check_credentials(shared: &Shared, ip: IpAddr, user: &str, pw: crat
             .await;
             match checked {
                 Ok((true, pw, phc)) => {
-                    shared.auth_cache.insert(user, &pw, &phc);
+                    shared
+                        .auth_cache
+                        .insert(user, &pw, &phc, shared.settings.secs(Key::ImapAuthCacheSecs));
                     true
                 }
                 _ => false,
@@ -308,6 +339,8 @@ pub const AUTH_CACHE_MAX: usize = 100_000;
 pub struct Shared {
     pub store: Store,
     pub cfg: ImapConfig,
+    /// Replicated settings; the keys they cover are read here, not in `cfg`.
+    pub settings: Arc<Settings>,
     pub counters: Arc<Counters>,
     pub throttle: Throttle,
     pub per_ip: Arc<Slots>,
@@ -325,18 +358,17 @@ impl Shared {
     pub fn new(
         store: Store,
         cfg: ImapConfig,
+        settings: Arc<Settings>,
         counters: Arc<Counters>,
         tls: Option<Arc<rustls::ServerConfig>>,
         durability: crate::repl::Durability,
     ) -> Arc<Shared> {
-        let throttle = Throttle::new(&cfg);
-        let auth_cache = crate::auth::AuthCache::new(
-            Duration::from_secs(cfg.auth_cache_secs),
-            if cfg.auth_cache_secs == 0 { 0 } else { AUTH_CACHE_MAX },
-        );
+        let throttle = Throttle::new(settings.clone());
+        let auth_cache = crate::auth::AuthCache::new(AUTH_CACHE_MAX);
         Arc::new(Shared {
             store,
             cfg,
+            settings,
             counters,
             throttle,
             per_ip: Arc::new(Slots::default()),
@@ -358,7 +390,9 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>, implicit_tls: boo
             break;
         };
         bump(&shared.counters.connections);
-        let ip_slot = shared.per_ip.take(peer.ip().to_string(), shared.cfg.max_connections_per_ip);
+        let ip_slot = shared
+            .per_ip
+            .take(peer.ip().to_string(), shared.settings.get(Key::ImapMaxConnectionsPerIp) as usize);
         let permit = slots.clone().try_acquire_owned().ok();
         let (Some(permit), Some(ip_slot)) = (permit, ip_slot) else {
             bump(&shared.counters.refused_busy);
@@ -429,13 +463,48 @@ mod tests {
     use super::*;
 
     fn throttle(per_ip: u32, per_user: u32) -> Throttle {
-        let cfg = ImapConfig {
-            login_attempts_per_ip: per_ip,
-            login_attempts_per_user: per_user,
-            login_lockout_secs: 3600,
-            ..ImapConfig::default()
+        let cfg = crate::config::Config {
+            imap: ImapConfig {
+                login_attempts_per_ip: per_ip,
+                login_attempts_per_user: per_user,
+                login_lockout_secs: 3600,
+                ..ImapConfig::default()
+            },
+            ..Default::default()
         };
-        Throttle::new(&cfg)
+        Throttle::new(Arc::new(Settings::new(&cfg)))
+    }
+
+    #[test]
+    fn a_replicated_budget_applies_to_the_next_attempt() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), "n", crate::store::wal_options("n")).unwrap();
+        let settings = Arc::new(Settings::new(&crate::config::Config::default()));
+        let t = Throttle::new(settings.clone());
+        let ip: IpAddr = "192.0.2.9".parse().unwrap();
+        let set = |v: &str| {
+            let v = v.to_string();
+            store
+                .run_blocking(move |txn, cfs| crate::mutate::set_config(txn, cfs, "imap.login_attempts_per_ip", &v))
+                .unwrap();
+            settings.refresh(&store.views()).unwrap();
+        };
+        set("2");
+        for _ in 0..2 {
+            assert_eq!(t.attempt(ip, "u"), Attempt::Go);
+            t.done(ip, "u", false);
+        }
+        assert_eq!(t.attempt(ip, "u"), Attempt::Refused);
+        // Raised: the difference is there at once.
+        set("4");
+        for _ in 0..2 {
+            assert_eq!(t.attempt(ip, "u"), Attempt::Go);
+            t.done(ip, "u", false);
+        }
+        assert_eq!(t.attempt(ip, "u"), Attempt::Refused);
+        // 0: no per-address budget at all.
+        set("0");
+        assert_eq!(t.attempt(ip, "u"), Attempt::Go);
     }
 
     #[test]

@@ -276,7 +276,7 @@ fn astr(a: &AString<'_>) -> String {
 
 impl Session {
     pub fn new(stream: Conn, peer: SocketAddr, shared: Arc<Shared>, shutdown: watch::Receiver<bool>) -> Session {
-        let framer = super::preauth_framer(&shared.cfg);
+        let framer = super::preauth_framer(&shared);
         let commits = shared.store.commits();
         Session {
             login_deadline: std::time::Instant::now() + Duration::from_secs(shared.cfg.login_timeout_secs),
@@ -479,7 +479,7 @@ impl Session {
     fn count_bad(&mut self) -> bool {
         bump(&self.shared.counters.bad_commands);
         self.bad += 1;
-        if self.bad >= self.shared.cfg.max_bad_commands {
+        if self.bad >= self.shared.settings.count(crate::settings::Key::ImapMaxBadCommands) {
             self.line("* BYE Too many invalid commands");
             return true;
         }
@@ -941,7 +941,7 @@ impl Session {
         self.flush().await?;
         // Anything the client pipelined after STARTTLS was sent in the clear
         // and must not be executed inside the TLS session.
-        self.framer = super::preauth_framer(&self.shared.cfg);
+        self.framer = super::preauth_framer(&self.shared);
         let Conn::Plain(tcp) = std::mem::replace(&mut self.stream, Conn::Swapping) else {
             return Ok(Flow::Logout);
         };
@@ -986,11 +986,15 @@ impl Session {
                 return Ok(());
             }
         }
-        let Some(slot) = self.shared.per_user.take(user.clone(), self.shared.cfg.max_connections_per_user) else {
+        let per_user = self.shared.settings.get(crate::settings::Key::ImapMaxConnectionsPerUser) as usize;
+        let Some(slot) = self.shared.per_user.take(user.clone(), per_user) else {
             self.no(tag, "[LIMIT] Too many connections for this user");
             return Ok(());
         };
-        self.framer.set_limits(self.shared.cfg.max_line, self.shared.cfg.max_literal);
+        self.framer.set_limits(
+            self.shared.cfg.max_line,
+            self.shared.settings.get(crate::settings::Key::ImapMaxLiteral),
+        );
         bump(&self.shared.counters.logins);
         tracing::Span::current().record("user", user.as_str());
         tracing::info!("logged in");

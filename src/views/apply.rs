@@ -615,7 +615,14 @@ fn apply_views(v: &mut TxnViews<'_, '_>, at: &Appended, event: &Event) -> Result
             }
         }
         Event::ConfigSet { key, value } => {
-            v.put(&keys::config(key), value.as_bytes());
+            // The latest writer by (hlc, origin) wins: two nodes that set a
+            // key at once end with the same value whatever order they
+            // apply the two events in.
+            let ts = (at.hlc, at.origin.0);
+            if v.config_clock(key)?.is_none_or(|c| ts > c) {
+                v.put(&keys::config(key), value.as_bytes());
+                v.put(&keys::config_clock(key), &enc(&ts));
+            }
         }
         Event::MessagesMoved {
             user,

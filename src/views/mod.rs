@@ -16,7 +16,11 @@
 //! m mailbox-id uid            -> MessageRec
 //! H mailbox-id blob-hash      -> messages in the mailbox with this body (u32 BE)
 //! R blob-hash                 -> reference count (u64 BE)
-//! C key                       -> config value (UTF-8)
+//! C key                       -> config value (UTF-8; empty: unset)
+//! c key                       -> (hlc, origin) of the `ConfigSet` that wrote
+//!                                `C key`: the latest writer wins, so nodes
+//!                                applying concurrent sets in different
+//!                                orders keep the same value
 //! E                           -> highest (epoch, master node id) applied
 //! X mailbox-id uid guid       -> MessageRec of a message whose UID another
 //!                                message already holds (kept, reported)
@@ -385,6 +389,9 @@ pub mod keys {
     }
     pub fn configs_prefix() -> Vec<u8> {
         vec![b'C']
+    }
+    pub fn config_clock(key: &str) -> Vec<u8> {
+        user_key(b'c', key)
     }
 }
 

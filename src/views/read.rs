@@ -309,6 +309,12 @@ pub trait ViewRead {
     fn config(&self, key: &str) -> Result<Option<String>, ViewError> {
         Ok(self.vget(&keys::config(key))?.map(|v| String::from_utf8_lossy(&v).into_owned()))
     }
+
+    /// (hlc, origin) of the `ConfigSet` that wrote a key's value, if any.
+    fn config_clock(&self, key: &str) -> Result<Option<(u64, u64)>, ViewError> {
+        let k = keys::config_clock(key);
+        self.vget(&k)?.map(|v| dec(&k, &v)).transpose()
+    }
 }
 
 /// The committed views of a store.
