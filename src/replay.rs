@@ -4,7 +4,7 @@
 use crate::event::Event;
 use crate::mutate::Cfs;
 use crate::store::Store;
-use crate::views::{apply, read::TxnViews, read::ViewError};
+use crate::views::{apply_without_tree, read::TxnViews, read::ViewError};
 use wal::{AppendError, Entry, Place, Wal, WalError};
 
 /// Why a replay stopped.
@@ -16,6 +16,8 @@ pub enum ReplayError {
     Event { place: Place, reason: String },
     #[error("applying the event at {place}: {source}")]
     View { place: Place, source: ViewError },
+    #[error("building the merkle tree from the views: {0}")]
+    Tree(#[from] crate::store::StoreError),
 }
 
 fn apply_entries(txn: &mut wal::Txn<'_>, cfs: Cfs, entries: Vec<(u64, Entry)>, append: bool) -> Result<(), ReplayError> {
@@ -42,7 +44,7 @@ fn apply_entries(txn: &mut wal::Txn<'_>, cfs: Cfs, entries: Vec<(u64, Entry)>, a
                 hash: e.hash,
             }
         };
-        apply(&mut TxnViews { txn, cf: cfs.views }, &at, &event).map_err(|source| ReplayError::View { place, source })?;
+        apply_without_tree(&mut TxnViews { txn, cf: cfs.views }, &at, &event).map_err(|source| ReplayError::View { place, source })?;
     }
     Ok(())
 }
@@ -58,8 +60,9 @@ fn unwrap_append(r: Result<(), AppendError<ReplayError>>) -> Result<(), ReplayEr
     }
 }
 
-/// Throw away the views and re-apply every entry in the apply order.
-/// Returns the number of entries applied.
+/// Throw away the views and re-apply every entry in the apply order, then
+/// build the merkle tree from the views in one pass (cheaper than keeping
+/// it up to date entry by entry). Returns the number of entries applied.
 pub fn rebuild_views(store: &Store) -> Result<u64, ReplayError> {
     let wal = store.wal();
     let cfs = store.cfs();
@@ -73,11 +76,13 @@ pub fn rebuild_views(store: &Store) -> Result<u64, ReplayError> {
         n += chunk.len() as u64;
         unwrap_append(wal.transact(move |txn| apply_entries(txn, cfs, chunk, false)))?;
     }
+    crate::merkle::build_stored(store)?;
     Ok(n)
 }
 
 /// Copy `src`'s log, in its apply order, into `dst` (normally empty),
-/// applying every entry to `dst`'s views as replication would.
+/// applying every entry to `dst`'s views as replication would; the merkle
+/// tree is built from the views at the end.
 pub fn replay_into(src: &Wal, dst: &Store) -> Result<u64, ReplayError> {
     let cfs = dst.cfs();
     let mut from = 1;
@@ -89,6 +94,7 @@ pub fn replay_into(src: &Wal, dst: &Store) -> Result<u64, ReplayError> {
         n += chunk.len() as u64;
         unwrap_append(dst.wal().transact(move |txn| apply_entries(txn, cfs, chunk, true)))?;
     }
+    crate::merkle::build_stored(dst)?;
     Ok(n)
 }
 

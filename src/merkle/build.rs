@@ -58,9 +58,32 @@ fn build_trie(v: &impl ViewRead, mailbox: Id, out: &mut BTreeMap<Vec<u8>, Vec<u8
 
 /// Every key and value of the tree, computed from the views alone.
 pub fn build(v: &impl ViewRead) -> Result<BTreeMap<Vec<u8>, Vec<u8>>, ViewError> {
-    use crate::views::keys as vk;
     let mut out = BTreeMap::new();
     let mut users: BTreeMap<String, Node> = BTreeMap::new();
+    for (user, mb) in mailboxes(v)? {
+        let root = build_trie(v, mb.id, &mut out)?;
+        users
+            .entry(user)
+            .or_default()
+            .set(&mailbox_key(mb.id), Some((mailbox_hash(&mb, root), root.1)));
+    }
+    build_upper(v, users, &mut out)?;
+    Ok(out)
+}
+
+/// Every mailbox record with its user, in key order.
+fn mailboxes(v: &impl ViewRead) -> Result<Vec<(String, MailboxRec)>, ViewError> {
+    v.vscan(b"M")?
+        .into_iter()
+        .map(|(k, b)| Ok((split_user_key(&k)?.0, dec(&k, &b)?)))
+        .collect()
+}
+
+/// The levels above the mailboxes' tries: accounts, subscriptions and the
+/// mailbox summaries in `users` go into user nodes, then buckets, groups,
+/// the users' root and the configuration node.
+fn build_upper(v: &impl ViewRead, mut users: BTreeMap<String, Node>, out: &mut BTreeMap<Vec<u8>, Vec<u8>>) -> Result<(), ViewError> {
+    use crate::views::keys as vk;
     for (k, b) in v.vscan(&vk::users_prefix())? {
         let rec: UserRec = dec(&k, &b)?;
         let user = String::from_utf8_lossy(&k[1..]).into_owned();
@@ -68,15 +91,6 @@ pub fn build(v: &impl ViewRead) -> Result<BTreeMap<Vec<u8>, Vec<u8>>, ViewError>
             .entry(user)
             .or_default()
             .set(&account_key(), Some((account_hash(&rec.password_hash), 0)));
-    }
-    for (k, b) in v.vscan(b"M")? {
-        let (user, _) = split_user_key(&k)?;
-        let mb: MailboxRec = dec(&k, &b)?;
-        let root = build_trie(v, mb.id, &mut out)?;
-        users
-            .entry(user)
-            .or_default()
-            .set(&mailbox_key(mb.id), Some((mailbox_hash(&mb, root), root.1)));
     }
     for (k, _) in v.vscan(b"S")? {
         let (user, name) = split_user_key(&k)?;
@@ -117,7 +131,75 @@ pub fn build(v: &impl ViewRead) -> Result<BTreeMap<Vec<u8>, Vec<u8>>, ViewError>
     if !config.entries.is_empty() {
         out.insert(keys::config(), config.encode(kind::CONFIG));
     }
-    Ok(out)
+    Ok(())
+}
+
+/// Messages whose tries one transaction of [`build_stored`] writes.
+const BUILD_BATCH_MESSAGES: usize = 50_000;
+
+/// Replace the store's tree with one built from its views, as [`build`]
+/// computes it, but a batch of mailboxes' tries per transaction: memory
+/// stays bounded by the largest mailbox and the user nodes, whatever the
+/// size of the store. For a store whose views were written without their
+/// tree (a rebuild from the log), where one pass at the end costs less than
+/// keeping the tree up to date entry by entry.
+pub fn build_stored(store: &crate::store::Store) -> Result<(), crate::store::StoreError> {
+    build_stored_in_batches(store, BUILD_BATCH_MESSAGES)
+}
+
+fn build_stored_in_batches(store: &crate::store::Store, batch_messages: usize) -> Result<(), crate::store::StoreError> {
+    use crate::views::TxnViews;
+    store.run_blocking(|txn, cfs| {
+        let mut v = TxnViews { txn, cf: cfs.views };
+        for (k, _) in v.vscan(&keys::all())? {
+            v.delete(&k);
+        }
+        Ok(())
+    })?;
+    let all = store.run_blocking(|txn, cfs| Ok(mailboxes(&TxnViews { txn, cf: cfs.views })?))?;
+    let mut users: BTreeMap<String, Node> = BTreeMap::new();
+    let mut rest = all.as_slice();
+    while !rest.is_empty() {
+        // Take mailboxes until their messages (at most UIDNEXT - 1 each)
+        // fill a batch, at least one.
+        let mut take = 0;
+        let mut messages = 0;
+        while take < rest.len() {
+            let n = rest[take].1.uidnext.saturating_sub(1) as usize;
+            if take > 0 && messages + n > batch_messages {
+                break;
+            }
+            messages += n;
+            take += 1;
+        }
+        let batch: Vec<(String, MailboxRec)> = rest[..take].to_vec();
+        rest = &rest[take..];
+        let summaries = store.run_blocking(move |txn, cfs| {
+            let mut v = TxnViews { txn, cf: cfs.views };
+            let mut out = BTreeMap::new();
+            let mut summaries = Vec::with_capacity(batch.len());
+            for (user, mb) in batch {
+                let root = build_trie(&v, mb.id, &mut out)?;
+                summaries.push((user, mb.id, (mailbox_hash(&mb, root), root.1)));
+            }
+            for (k, b) in out {
+                v.put(&k, &b);
+            }
+            Ok(summaries)
+        })?;
+        for (user, id, summary) in summaries {
+            users.entry(user).or_default().set(&mailbox_key(id), Some(summary));
+        }
+    }
+    store.run_blocking(move |txn, cfs| {
+        let mut v = TxnViews { txn, cf: cfs.views };
+        let mut out = BTreeMap::new();
+        build_upper(&v, users, &mut out)?;
+        for (k, b) in out {
+            v.put(&k, &b);
+        }
+        Ok(())
+    })
 }
 
 /// A stored node, if any.
@@ -259,16 +341,61 @@ pub fn ensure(store: &crate::store::Store) -> Result<bool, crate::store::StoreEr
     if store.wal().get(cache, FORMAT_KEY)?.as_deref() == Some(&[FORMAT][..]) {
         return Ok(false);
     }
-    store.run_blocking(|txn, cfs| {
-        let mut v = crate::views::TxnViews { txn, cf: cfs.views };
-        for (k, _) in v.vscan(&keys::all())? {
-            v.delete(&k);
-        }
-        for (k, b) in build(&v)? {
-            v.put(&k, &b);
-        }
-        Ok(())
-    })?;
+    build_stored(store)?;
     store.wal().put_derived(cache, FORMAT_KEY, &[FORMAT])?;
     Ok(true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::Flags;
+    use crate::mutate::{self, NewMessage};
+    use crate::store::{wal_options, Store};
+
+    /// The tree written a few mailboxes per transaction is the one `build`
+    /// computes in memory, and the one kept up to date event by event.
+    #[test]
+    fn a_tree_built_in_batches_equals_the_incremental_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), "n", wal_options("n")).unwrap();
+        for u in 0..3 {
+            let user = format!("user{u}");
+            let u2 = user.clone();
+            store
+                .run_blocking(move |t, c| mutate::create_user(t, c, &u2, "hash".into(), 1_700_000_000))
+                .unwrap();
+            for (f, folder) in ["INBOX", "Archive", "Work"].iter().enumerate() {
+                for i in 0..(3 + f * 2) {
+                    let m = NewMessage::new(
+                        format!("Subject: {i}\r\n\r\n{user} {folder} {i}\r\n").into_bytes(),
+                        Flags::default(),
+                        1_700_000_000,
+                    );
+                    let (user, folder) = (user.clone(), folder.to_string());
+                    store
+                        .run_blocking(move |t, c| mutate::import(t, c, &user, &folder, &[m], 1_700_000_000).map(|_| ()))
+                        .unwrap();
+                }
+            }
+        }
+        let tree = |store: &Store| store.wal().scan_prefix(store.cfs().views, &keys::all()).unwrap();
+        let incremental = tree(&store);
+        assert!(incremental.len() > 10, "the store holds a tree worth comparing");
+        let in_memory: Vec<(Vec<u8>, Vec<u8>)> = build(&store.views()).unwrap().into_iter().collect();
+        assert_eq!(
+            in_memory,
+            incremental.iter().map(|(k, v)| (k.to_vec(), v.to_vec())).collect::<Vec<_>>()
+        );
+        // A stale node that must go: a batch build starts from nothing.
+        store
+            .run_blocking(|t, c| {
+                t.put(c.views, &keys::mailbox_node(crate::event::Id([7; 16]), 0, 0), b"stale");
+                Ok(())
+            })
+            .unwrap();
+        // Batches of one mailbox (the limit is below every mailbox's size).
+        build_stored_in_batches(&store, 1).unwrap();
+        assert_eq!(tree(&store), incremental);
+    }
 }

@@ -457,6 +457,13 @@ pub fn apply(v: &mut TxnViews<'_, '_>, at: &Appended, event: &Event) -> Result<(
     crate::merkle::update(v, event)
 }
 
+/// Apply an event to the views but not to the merkle tree, for a writer
+/// that builds the whole tree afterwards ([`crate::merkle::build_stored`]):
+/// the rebuild of views from the log. The tree is stale until then.
+pub fn apply_without_tree(v: &mut TxnViews<'_, '_>, at: &Appended, event: &Event) -> Result<(), ViewError> {
+    apply_views(v, at, event)
+}
+
 fn apply_views(v: &mut TxnViews<'_, '_>, at: &Appended, event: &Event) -> Result<(), ViewError> {
     let modseq = at.order;
     let ts = (at.hlc, at.origin.0);

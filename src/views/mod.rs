@@ -51,7 +51,7 @@
 mod apply;
 pub mod read;
 
-pub use apply::apply;
+pub use apply::{apply, apply_without_tree};
 pub use read::{TxnViews, ViewError, ViewRead, Views};
 
 use crate::event::{BlobHash, Flags, Id, SpecialUse};
