@@ -33,6 +33,7 @@ pub mod proto;
 pub mod repl;
 pub mod replay;
 pub mod server;
+pub mod sidefiles;
 pub mod store;
 pub mod tls;
 pub mod transfer;

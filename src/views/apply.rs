@@ -686,6 +686,7 @@ fn apply_views(v: &mut TxnViews<'_, '_>, at: &Appended, event: &Event) -> Result
             touch_if_exists(v, user, *from, modseq)?;
         }
         Event::RoleChanged { node, epoch } => crate::repl::role::apply(v, node, *epoch)?,
+        Event::SideFileSet { .. } | Event::SideFileRemoved { .. } => crate::sidefiles::apply(v, ts, event)?,
         Event::MessageRestored { user, mailbox, uid, .. } => {
             if let Some(m) = fresh_record(event, modseq, ts) {
                 restore_message(v, user, *mailbox, *uid, m)?;
