@@ -479,6 +479,11 @@ fn apply_views(v: &mut TxnViews<'_, '_>, at: &Appended, event: &Event) -> Result
                     for (guid, m) in v.conflicts_at(mailbox, uid)? {
                         bump_refcount(v, &m.blob, -1)?;
                         v.delete(&keys::conflict(mailbox, uid, guid));
+                        // A pending message of a mailbox deleted before
+                        // its user: its pending mark goes with it.
+                        if uid == 0 {
+                            v.delete(&keys::pending(mailbox, guid));
+                        }
                     }
                     v.delete(&keys::collision(mailbox, uid));
                 }
