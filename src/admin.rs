@@ -52,6 +52,9 @@ pub struct Status {
     /// and the one running.
     #[serde(default)]
     pub resync: crate::repl::resync::ResyncStatus,
+    /// Side-file mirroring (`mirror.sync_dirs`), when configured.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sidefiles: Option<crate::sidefiles::Status>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -105,6 +108,8 @@ pub struct AdminState {
     pub backups: Arc<crate::backup::Backups>,
     /// The node's data directory (scratch space of point-in-time restores).
     pub data_dir: std::path::PathBuf,
+    /// Side-file mirroring's counters and last results.
+    pub sidefiles: Arc<crate::sidefiles::SideFiles>,
 }
 
 type Shared = Arc<AdminState>;
@@ -195,6 +200,7 @@ pub fn status(st: &AdminState) -> Result<Status, crate::views::read::ViewError> 
         conflicts: crate::repl::resolve::counts(&st.store.views())?,
         backup: st.backups.status(&st.store),
         resync: st.mirror.repair.status(),
+        sidefiles: Some(st.sidefiles.status()).filter(|s| !s.dirs.is_empty()),
     })
 }
 

@@ -339,7 +339,7 @@ pub enum Action {
 
 /// Decide what to do with one file, from what is on disk now (`disk`),
 /// what was on disk when this node last looked (`known`; `None` when it
-/// never looked) and what the log says (`log`; `None` without a record,
+/// never looked at the directory) and what the log says (`log`; `None` without a record,
 /// `Some(None)` for a removal).
 ///
 /// A file the node never looked at counts as unchanged where the log has
@@ -626,6 +626,10 @@ struct Scanner {
     state_path: PathBuf,
     /// What each file was on disk at the last look (`None`: absent).
     known: HashMap<(String, String), Option<Seen>>,
+    /// Dirs this node has looked at before (in this process or, by the
+    /// state file, an earlier one): a name without a `known` entry there
+    /// was absent at the last look.
+    looked: BTreeSet<String>,
     /// Stat and hash of each file at the last look.
     stats: HashMap<(String, String), (Stat, BlobHash)>,
     /// Files refused, and the size they were refused at (reported once).
@@ -643,10 +647,12 @@ impl Scanner {
     fn new(store: Store, dirs: Vec<(String, PathBuf)>, data_dir: &Path, shared: Arc<SideFiles>) -> Scanner {
         let state_path = data_dir.join(STATE_FILE);
         let mut known = HashMap::new();
+        let mut looked = BTreeSet::new();
         match std::fs::read(&state_path) {
             Ok(b) => match serde_json::from_slice::<Known>(&b) {
                 Ok(k) => {
                     for (dir, files) in k {
+                        looked.insert(dir.clone());
                         for (name, (h, mode)) in files {
                             let seen = if h.is_empty() {
                                 None
@@ -667,6 +673,7 @@ impl Scanner {
             dirs,
             state_path,
             known,
+            looked,
             stats: HashMap::new(),
             refused: HashMap::new(),
             shared,
@@ -675,7 +682,7 @@ impl Scanner {
     }
 
     fn save_known(&self) -> std::io::Result<()> {
-        let mut k: Known = BTreeMap::new();
+        let mut k: Known = self.looked.iter().map(|d| (d.clone(), BTreeMap::new())).collect();
         for ((dir, name), seen) in &self.known {
             let v = match seen {
                 Some(s) => (hex::encode(s.hash.0), s.mode),
@@ -875,7 +882,11 @@ impl Scanner {
                 Some(OnDisk::File(s)) => Some(*s),
                 None => None,
             };
-            let known = self.known.get(&key).copied();
+            let known = match self.known.get(&key) {
+                Some(k) => Some(*k),
+                None if self.looked.contains(dir) => Some(None),
+                None => None,
+            };
             let rec = log.get(&name);
             let action = decide(on_disk, known, rec.map(|r| r.seen()));
             let now_known = match action {
@@ -933,6 +944,9 @@ impl Scanner {
                 changed = true;
                 self.known.insert(key, now_known);
             }
+        }
+        if self.looked.insert(dir.to_string()) {
+            changed = true;
         }
         let files = records(&self.store.views(), dir)?.values().filter(|r| !r.removed).count() as u64;
         Ok((files, changed, problems))
@@ -1034,6 +1048,31 @@ mod tests {
         }
         for bad in ["", ".", "..", "a/b", "a b", "x\0"] {
             assert!(check_dir_id(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn sync_dirs_parse_as_a_list_or_a_table() {
+        use crate::config::Config;
+        let t = Path::new("t.toml");
+        let c = Config::parse("[mirror]\nsync_dirs = [\"/etc/tandem/certs\"]\n", t).unwrap();
+        assert_eq!(
+            c.mirror.sync_dirs.dirs(),
+            vec![("/etc/tandem/certs".to_string(), PathBuf::from("/etc/tandem/certs"))]
+        );
+        let c = Config::parse("[mirror]\nsync_dirs = { certs = \"/srv/c\" }\nsync_dirs_interval_ms = 500\n", t).unwrap();
+        assert_eq!(c.mirror.sync_dirs.dirs(), vec![("certs".to_string(), PathBuf::from("/srv/c"))]);
+        assert_eq!(c.mirror.sync_dirs_interval_ms, 500);
+        assert!(Config::default().mirror.sync_dirs.is_empty());
+        let e = Config::parse("[mirror]\nsync_dirs = [\"etc/x\", \"/a/../b\"]\nsync_dirs_interval_ms = 5\n", t)
+            .unwrap_err()
+            .to_string();
+        for want in [
+            "not an absolute path",
+            "no \".\" or \"..\"",
+            "sync_dirs_interval_ms must be at least 100",
+        ] {
+            assert!(e.contains(want), "{want}: {e}");
         }
     }
 
