@@ -35,6 +35,18 @@ fn holds(path: &Path, body: &[u8], mode: u32) -> bool {
     }
 }
 
+/// The `/metrics` text of the node whose config is in `dir`.
+fn scrape(dir: &Path) -> String {
+    use std::io::{Read, Write};
+    let bound: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("data/listen.json")).unwrap()).unwrap();
+    let addr = bound["metrics"].as_str().unwrap().trim_start_matches("http://").to_string();
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    write!(s, "GET /metrics HTTP/1.0\r\n\r\n").unwrap();
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).unwrap();
+    resp.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default()
+}
+
 struct Pair {
     root: tempfile::TempDir,
     a: Node,
@@ -50,7 +62,12 @@ fn pair() -> Pair {
     std::fs::create_dir_all(&da).unwrap();
     std::fs::create_dir_all(&db).unwrap();
     // Named dirs: on one host the two nodes keep "certs" in two places.
-    let more = |d: &Path| format!("sync_dirs = {{ certs = \"{}\" }}\nsync_dirs_interval_ms = 200\n", d.display());
+    let more = |d: &Path| {
+        format!(
+            "sync_dirs = {{ certs = \"{}\" }}\nsync_dirs_interval_ms = 200\n[metrics]\nlisten = \"127.0.0.1:0\"\n",
+            d.display()
+        )
+    };
     let a = common::start_mirror(&root.path().join("a"), "node-a", pa, &[pb], SECRET, "master", &more(&da));
     let b = common::start_mirror(&root.path().join("b"), "node-b", pb, &[pa], SECRET, "slave", &more(&db));
     Pair { root, a, b, da, db }
@@ -146,6 +163,21 @@ fn files_follow_both_ways_without_echo_and_big_files_are_refused() {
     assert!(same(), "the nodes disagree after agreeing");
     let kept = std::fs::read(p.da.join("both.txt")).unwrap();
     assert!(kept == b"version of a" || kept == b"version of b", "{kept:?}");
+
+    // The changes are entries of the log, on the node that did not make them
+    // too.
+    let (ok, out, err) = p.b.cli(&["log", "tail", "-n", "100"], None);
+    assert!(ok, "{err}");
+    assert!(
+        out.contains("side-file-set certs/\"a.pem\"") && out.contains("side-file-removed certs/\"a.pem\""),
+        "{out}"
+    );
+
+    // The metrics listener exposes the counters.
+    let m = scrape(&p.root.path().join("a"));
+    assert!(m.lines().any(|l| l == "tandem_sidefiles_files 3"), "{m}");
+    assert!(m.lines().any(|l| l == "tandem_sidefiles_refused_total 1"), "{m}");
+    assert!(m.lines().any(|l| l.starts_with("tandem_sidefiles_logged_total ")), "{m}");
 
     // `tandem status` shows the side files in text too.
     let (ok, out, err) = p.a.cli(&["status"], None);
