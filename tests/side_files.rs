@@ -35,13 +35,13 @@ fn holds(path: &Path, body: &[u8], mode: u32) -> bool {
     }
 }
 
-/// The `/metrics` text of the node whose config is in `dir`.
-fn scrape(dir: &Path) -> String {
+/// `path` of the metrics listener of the node whose config is in `dir`.
+fn scrape(dir: &Path, path: &str) -> String {
     use std::io::{Read, Write};
     let bound: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("data/listen.json")).unwrap()).unwrap();
     let addr = bound["metrics"].as_str().unwrap().trim_start_matches("http://").to_string();
     let mut s = std::net::TcpStream::connect(addr).unwrap();
-    write!(s, "GET /metrics HTTP/1.0\r\n\r\n").unwrap();
+    write!(s, "GET {path} HTTP/1.0\r\n\r\n").unwrap();
     let mut resp = String::new();
     s.read_to_string(&mut resp).unwrap();
     resp.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default()
@@ -174,10 +174,14 @@ fn files_follow_both_ways_without_echo_and_big_files_are_refused() {
     );
 
     // The metrics listener exposes the counters.
-    let m = scrape(&p.root.path().join("a"));
+    let m = scrape(&p.root.path().join("a"), "/metrics");
     assert!(m.lines().any(|l| l == "tandem_sidefiles_files 3"), "{m}");
     assert!(m.lines().any(|l| l == "tandem_sidefiles_refused_total 1"), "{m}");
     assert!(m.lines().any(|l| l.starts_with("tandem_sidefiles_logged_total ")), "{m}");
+
+    // So does the status page.
+    let page = scrape(&p.root.path().join("a"), "/status");
+    assert!(page.contains("Side files") && page.contains("3 in 1 directories"), "{page}");
 
     // `tandem status` shows the side files in text too.
     let (ok, out, err) = p.a.cli(&["status"], None);
