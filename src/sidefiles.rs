@@ -1212,6 +1212,96 @@ mod tests {
         assert_eq!(rec.unwrap().mode, 0o755);
     }
 
+    /// The scanner on a real store and directory: a local change is logged
+    /// once, a change from the log is written and not logged back (also
+    /// when the pass that wrote it did not get to note it), removals go
+    /// both ways, and links, subdirectories and big files stay out.
+    #[test]
+    fn scanner_logs_local_changes_once_and_never_echoes() {
+        let dir = tempfile::tempdir().unwrap();
+        let (db, data, sync) = (dir.path().join("db"), dir.path().join("data"), dir.path().join("certs"));
+        std::fs::create_dir_all(&data).unwrap();
+        std::fs::create_dir_all(&sync).unwrap();
+        let store = Store::open(&db, "n", crate::store::wal_options("n")).unwrap();
+        let origin = store.wal().local_origin();
+        let head = || store.wal().heads().get(origin);
+        let shared = Arc::new(SideFiles::default());
+        let new_scanner = || Scanner::new(store.clone(), vec![("certs".into(), sync.clone())], &data, shared.clone());
+        let mut sc = new_scanner();
+        std::fs::write(sync.join("a.pem"), b"local").unwrap();
+        std::fs::create_dir(sync.join("sub")).unwrap();
+        std::fs::write(sync.join("sub/x"), b"x").unwrap();
+        std::os::unix::fs::symlink(sync.join("a.pem"), sync.join("link")).unwrap();
+        assert!(sc.pass());
+        assert_eq!(head(), 1, "one file, one entry; the link and the subdirectory stay out");
+        assert!(sc.pass());
+        assert_eq!(head(), 1, "logged twice");
+
+        // A peer's change, applied to the views: written here, not logged.
+        let body = b"from the peer".to_vec();
+        let e = Event::SideFileSet {
+            dir: "certs".into(),
+            name: "a.pem".into(),
+            hash: BlobHash::of(&body),
+            mode: 0o600,
+            body: body.clone(),
+        };
+        let peer = |e: Event| {
+            store
+                .run_blocking(move |t, c| {
+                    let ts = (t.peek_hlc() + 1000, u64::MAX);
+                    apply(&mut TxnViews { txn: t, cf: c.views }, ts, &e)?;
+                    Ok(())
+                })
+                .unwrap()
+        };
+        peer(e);
+        assert!(sc.pass());
+        assert_eq!(std::fs::read(sync.join("a.pem")).unwrap(), body);
+        assert!(sc.pass());
+        assert_eq!(head(), 1, "the peer's change was logged back");
+        assert_eq!(shared.status().applied, 1);
+
+        // A new scanner whose state file still has the old content (the
+        // pass that wrote the file stopped before saving): no echo either.
+        let mut known: Known = BTreeMap::new();
+        known
+            .entry("certs".into())
+            .or_default()
+            .insert("a.pem".into(), (hex::encode(BlobHash::of(b"local").0), 0o644));
+        std::fs::write(data.join(STATE_FILE), serde_json::to_vec(&known).unwrap()).unwrap();
+        let mut sc = new_scanner();
+        assert!(sc.pass());
+        assert_eq!(head(), 1, "a file written from the log was logged after a restart");
+
+        // Removed here: logged; removed by a peer: removed here.
+        std::fs::remove_file(sync.join("a.pem")).unwrap();
+        assert!(sc.pass());
+        assert_eq!(head(), 2);
+        std::fs::write(sync.join("b.pem"), b"b").unwrap();
+        assert!(sc.pass());
+        assert_eq!(head(), 3);
+        peer(Event::SideFileRemoved {
+            dir: "certs".into(),
+            name: "b.pem".into(),
+        });
+        assert!(sc.pass());
+        assert!(!sync.join("b.pem").exists());
+        assert!(sc.pass());
+        assert_eq!(head(), 3, "the peer's removal was logged back");
+        assert!(std::fs::symlink_metadata(sync.join("link")).is_ok() && sync.join("sub/x").exists());
+
+        // Too big: refused once, reported, not logged.
+        std::fs::write(sync.join("big"), vec![0u8; MAX_FILE as usize + 1]).unwrap();
+        assert!(sc.pass());
+        assert!(sc.pass());
+        assert_eq!(head(), 3);
+        let st = shared.status();
+        assert_eq!(st.refused, 1);
+        assert!(st.last_error.unwrap().contains("big"));
+        assert_eq!(st.files, 0);
+    }
+
     #[test]
     fn atomic_write_and_remove_leave_links_alone() {
         use std::os::unix::fs::PermissionsExt;
