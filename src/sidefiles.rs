@@ -123,7 +123,7 @@ pub fn check_dir(dir: &str) -> Result<(), String> {
 /// across nodes by its name so the nodes may keep it in different places
 /// (and two nodes on one host can be tested).
 #[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(untagged)]
+#[serde(untagged, expecting = "a list of absolute paths, or a table of name = \"absolute path\"")]
 pub enum SyncDirs {
     Paths(Vec<String>),
     Named(BTreeMap<String, String>),
@@ -1074,6 +1074,8 @@ mod tests {
         ] {
             assert!(e.contains(want), "{want}: {e}");
         }
+        let e = Config::parse("[mirror]\nsync_dirs = \"/etc/x\"\n", t).unwrap_err().to_string();
+        assert!(e.contains("a list of absolute paths, or a table"), "{e}");
     }
 
     fn seen(n: u8) -> Option<Seen> {
