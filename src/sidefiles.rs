@@ -11,10 +11,12 @@
 //!   as a blob: the entry then reaches peers, backups and replays through
 //!   the paths every entry takes, with no reference counting or body
 //!   shipping of its own.
-//! - **Directories** are named by their absolute path, the same on every
-//!   node (as SurgeMail's `resync_folder` does): an event for a directory
-//!   a node does not list in `sync_dirs` is kept in its views but written
-//!   nowhere until the node lists it.
+//! - **Directories** are named across nodes ([`SyncDirs`]) by their
+//!   absolute path, the same on every node (as SurgeMail's `resync_folder`
+//!   does), or by a name in a `name = "path"` table, so each node may keep
+//!   the directory elsewhere. An event for a directory a node does not
+//!   list is kept in its views but written nowhere until the node lists
+//!   it: the views never depend on the configuration.
 //! - **Names** are plain file names ([`check_name`]): no `/`, no `.` or
 //!   `..`, no control characters, not this module's temporary prefix.
 //!   Subdirectories, symbolic links and other non-regular entries are not
@@ -37,6 +39,9 @@
 //!   the same directory, fsync, rename, fsync of the directory) or
 //!   removed. A file written from a peer's event equals the views, so it
 //!   is never logged again (no echo).
+//!
+//!   A file in a directory the node never looked at yields to the log
+//!   where the log has a version of it, and is logged where it has none.
 //!
 //! Polling rather than file-system notification: a poll is needed at start
 //! anyway, it sees changes made on network file systems and while the
