@@ -52,6 +52,9 @@ pub struct Status {
     /// and the one running.
     #[serde(default)]
     pub resync: crate::repl::resync::ResyncStatus,
+    /// Side-file mirroring (`mirror.sync_dirs`), when configured.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sidefiles: Option<crate::sidefiles::Status>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -107,6 +110,8 @@ pub struct AdminState {
     pub data_dir: std::path::PathBuf,
     /// Replicated settings (`tandem config`).
     pub settings: Arc<crate::settings::Settings>,
+    /// Side-file mirroring's counters and last results.
+    pub sidefiles: Arc<crate::sidefiles::SideFiles>,
 }
 
 type Shared = Arc<AdminState>;
@@ -197,6 +202,7 @@ pub fn status(st: &AdminState) -> Result<Status, crate::views::read::ViewError> 
         conflicts: crate::repl::resolve::counts(&st.store.views())?,
         backup: st.backups.status(&st.store),
         resync: st.mirror.repair.status(),
+        sidefiles: Some(st.sidefiles.status()).filter(|s| !s.dirs.is_empty()),
     })
 }
 

@@ -739,6 +739,9 @@ fn print_status(st: &Status) {
         }
     }
     print_resync_status(&st.resync);
+    if let Some(s) = &st.sidefiles {
+        crate::sidefiles::print_status(s);
+    }
     for b in &st.backup {
         println!(
             "backup      {}{}   position {} of {}   lag {} entries ({:.1}s)   manifest {}   bodies {} ({} bytes)   failures {}{}",

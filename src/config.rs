@@ -301,6 +301,12 @@ pub struct MirrorConfig {
     /// (`"1h"`, `"30m"`, `"45s"`, `"500ms"`, or seconds; 0: off).
     #[serde(deserialize_with = "interval")]
     pub repair_interval: std::time::Duration,
+    /// Directories whose regular files replicate between the nodes: a list
+    /// of absolute paths (the same on every node) or a table `name =
+    /// "path"` (see `crate::sidefiles::SyncDirs`).
+    pub sync_dirs: crate::sidefiles::SyncDirs,
+    /// How often the sync dirs are scanned for changes, milliseconds.
+    pub sync_dirs_interval_ms: u64,
 }
 
 /// A duration written as `"1h"`, `"30m"`, `"45s"`, `"500ms"`, `"2d"`, or a
@@ -458,6 +464,8 @@ impl Default for MirrorConfig {
             max_unauthenticated_per_ip: 4,
             auth_timeout_ms: 5_000,
             repair_interval: std::time::Duration::ZERO,
+            sync_dirs: crate::sidefiles::SyncDirs::default(),
+            sync_dirs_interval_ms: 2_000,
         }
     }
 }
@@ -639,6 +647,10 @@ impl Config {
         }
         if self.mirror.reconnect_min_ms == 0 || self.mirror.reconnect_max_ms < self.mirror.reconnect_min_ms {
             p.push("mirror.reconnect_min_ms must be positive and at most mirror.reconnect_max_ms".into());
+        }
+        p.extend(self.mirror.sync_dirs.check());
+        if self.mirror.sync_dirs_interval_ms < 100 {
+            p.push("mirror.sync_dirs_interval_ms must be at least 100".into());
         }
         if self.backup.interval_ms == 0 {
             p.push("backup.interval_ms must be positive".into());

@@ -270,6 +270,25 @@ pub enum Event {
         guid: Id,
         uid: u32,
     },
+    /// A side file (`[mirror] sync_dirs`, see [`crate::sidefiles`]) was
+    /// created or changed: `dir` is the directory's absolute path, the same
+    /// on every node; `name` a plain file name in it; `mode` its permission
+    /// bits; `body` the whole file (at most
+    /// [`crate::sidefiles::MAX_FILE`] bytes), `hash` its blake3 hash. Of
+    /// concurrent changes of one file the larger (HLC, origin) wins.
+    SideFileSet {
+        dir: String,
+        name: String,
+        hash: BlobHash,
+        mode: u32,
+        #[serde(with = "serde_bytes")]
+        body: Vec<u8>,
+    },
+    /// A side file was removed (see [`Event::SideFileSet`]).
+    SideFileRemoved {
+        dir: String,
+        name: String,
+    },
 }
 
 /// Why a payload is not an event.
@@ -320,7 +339,7 @@ impl Event {
             | Event::MessageRestored { user, .. }
             | Event::MessagePlaced { user, .. }
             | Event::MailboxRestored { user, .. } => Some(user),
-            Event::ConfigSet { .. } | Event::RoleChanged { .. } => None,
+            Event::ConfigSet { .. } | Event::RoleChanged { .. } | Event::SideFileSet { .. } | Event::SideFileRemoved { .. } => None,
         }
     }
 
@@ -420,6 +439,14 @@ impl Event {
             Event::MessagePlaced { user, mailbox, guid, uid } => {
                 format!("message-placed {user} mailbox={mailbox:?} guid={guid:?} uid={uid}")
             }
+            Event::SideFileSet {
+                dir,
+                name,
+                hash,
+                mode,
+                body,
+            } => format!("side-file-set {dir}/{name:?} hash={hash:?} mode={mode:o} size={}", body.len()),
+            Event::SideFileRemoved { dir, name } => format!("side-file-removed {dir}/{name:?}"),
         }
     }
 }
@@ -443,6 +470,26 @@ mod tests {
         let mut trailing = p.clone();
         trailing.push(0);
         assert!(matches!(Event::decode(&trailing), Err(EventDecodeError::Body(_))));
+    }
+
+    /// Side-file events carry the tags docs/format.md gives them.
+    #[test]
+    fn side_file_events_have_tags_17_and_18() {
+        let set = Event::SideFileSet {
+            dir: "/etc/x".into(),
+            name: "a.pem".into(),
+            hash: BlobHash::of(b"x"),
+            mode: 0o600,
+            body: b"x".to_vec(),
+        };
+        let removed = Event::SideFileRemoved {
+            dir: "/etc/x".into(),
+            name: "a.pem".into(),
+        };
+        assert_eq!(set.encode()[1], 17);
+        assert_eq!(removed.encode()[1], 18);
+        assert_eq!(Event::decode(&set.encode()).unwrap(), set);
+        assert_eq!(Event::decode(&removed.encode()).unwrap(), removed);
     }
 
     #[test]

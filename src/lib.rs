@@ -35,6 +35,7 @@ pub mod repl;
 pub mod replay;
 pub mod server;
 pub mod settings;
+pub mod sidefiles;
 pub mod store;
 pub mod tls;
 pub mod transfer;

@@ -325,6 +325,15 @@ pub async fn start(cfg: &Config) -> anyhow::Result<Running> {
         mirror.clone(),
         shutdown_rx.clone(),
     )));
+    let sidefiles = Arc::new(crate::sidefiles::SideFiles::default());
+    tasks.push(tokio::spawn(crate::sidefiles::run(
+        store.clone(),
+        cfg.mirror.sync_dirs.dirs(),
+        std::time::Duration::from_millis(cfg.mirror.sync_dirs_interval_ms),
+        cfg.node.data_dir.clone(),
+        sidefiles.clone(),
+        shutdown_rx.clone(),
+    )));
     let backups = Arc::new(crate::backup::Backups::new(cfg.backup.s3()));
     if let Some(dir) = &cfg.backup.to {
         tasks.push(tokio::spawn(crate::backup::run_continuous(
@@ -352,6 +361,9 @@ pub async fn start(cfg: &Config) -> anyhow::Result<Running> {
             mirror: mirror.clone(),
             store: store.clone(),
         }));
+        if !cfg.mirror.sync_dirs.is_empty() {
+            registry.register(sidefiles.clone());
+        }
     }
     let metrics_l = crate::metrics::http::bind(&cfg.metrics).await?;
     if let Some(b) = &metrics_l {
@@ -371,6 +383,7 @@ pub async fn start(cfg: &Config) -> anyhow::Result<Running> {
         backups,
         data_dir: cfg.node.data_dir.clone(),
         settings,
+        sidefiles,
     });
     if let Some(b) = metrics_l {
         let history = Arc::new(crate::metrics::status::History::default());

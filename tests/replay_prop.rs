@@ -34,6 +34,8 @@ enum Op {
     /// Every pending message of a user placed (by the master, or by the
     /// slave itself once it stopped waiting).
     Place(u8),
+    /// A side file of a sync dir changed (content k) or removed (k = 0).
+    SideFile(u8, u8),
 }
 
 const FOLDERS: [&str; 6] = ["INBOX", "Work", "Work/Old", "Lists", "Trash", "inbox/sub"];
@@ -58,6 +60,7 @@ fn op() -> impl Strategy<Value = Op> {
         1 => (0u8..3, 0u8..6, 0u8..4).prop_map(|(u, m, k)| Op::RestoreMailbox(u, m, k)),
         3 => (0u8..3, 0u8..6, 0u8..8, any::<u8>()).prop_map(|(u, m, b, f)| Op::AppendPending(u, m, b, f)),
         2 => (0u8..3).prop_map(Op::Place),
+        1 => (0u8..3, 0u8..4).prop_map(|(n, k)| Op::SideFile(n, k)),
     ]
 }
 
@@ -103,6 +106,22 @@ fn run(store: &Store, op: &Op) {
             msg.pending = matches!(op, Op::AppendPending(..));
             store.run_blocking(move |t, c| mutate::append(t, c, &user(u), FOLDERS[m as usize], &msg).map(|_| ()))
         }
+        Op::SideFile(n, k) => store.run_blocking(move |t, c| {
+            let (dir, name) = ("certs".to_string(), format!("f{n}.pem"));
+            let event = if k == 0 {
+                Event::SideFileRemoved { dir, name }
+            } else {
+                let body = vec![b'a' + k; 10 * k as usize];
+                Event::SideFileSet {
+                    dir,
+                    name,
+                    hash: tandem::event::BlobHash::of(&body),
+                    mode: 0o600,
+                    body,
+                }
+            };
+            mutate::emit(t, c, event).map(|_| ())
+        }),
         Op::Place(u) => {
             let mine: Vec<_> = store
                 .views()

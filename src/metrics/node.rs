@@ -368,6 +368,7 @@ mod tests {
             store: store.clone(),
         }));
         r.register(Arc::new(crate::watchdog::Metrics::default()));
+        r.register(Arc::new(crate::sidefiles::SideFiles::default()));
         let families = r.encoder().families;
         let docs = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/operations.md")).unwrap();
         let table: Vec<(String, String)> = docs

@@ -288,6 +288,7 @@ fn build(st: &Status, history: &History, peers: &[(String, Result<Live, String>)
         .map(|o| format!("out:{}", o.address))
         .chain(st.mirror.incoming.keys().map(|p| format!("in:{p}")))
         .chain(st.backup.iter().map(|b| format!("backup:{}", b.target)))
+        .chain(st.sidefiles.iter().map(|s| format!("sidefiles:{}", s.dirs.len())))
         .chain(peers.iter().map(|(url, r)| match r {
             Ok(l) => format!("peer:{url}[{}]", l.shape),
             Err(_) => format!("peer:{url}[unreachable]"),
@@ -467,6 +468,33 @@ fn build(st: &Status, history: &History, peers: &[(String, Result<Live, String>)
                 "{} of {} ({} entries behind, {:.1} s)",
                 b.position, b.apply_order, b.lag_entries, b.lag_secs
             ),
+        );
+        d.html.push_str("</table></section>\n");
+    }
+    if let Some(s) = &st.sidefiles {
+        d.html
+            .push_str("<section class=\"link\" id=\"sidefiles\"><h2>Side files (mirror.sync_dirs)</h2>\n<table>\n");
+        d.row("Files", "sidefiles.files", format!("{} in {} directories", s.files, s.dirs.len()));
+        let when = |ms: u64| {
+            if ms == 0 {
+                "not since start".to_string()
+            } else {
+                format!("{} ({})", utc(ms), ago(now_ms, ms))
+            }
+        };
+        d.row("Last sync", "sidefiles.sync", when(s.last_sync_ms));
+        d.row(
+            "Changes",
+            "sidefiles.changes",
+            format!(
+                "logged here {}, applied here {}, refused {}, errors {}",
+                s.logged, s.applied, s.refused, s.errors
+            ),
+        );
+        d.row(
+            "Info",
+            "sidefiles.error",
+            s.last_error.clone().unwrap_or_else(|| "no error since start".into()),
         );
         d.html.push_str("</table></section>\n");
     }

@@ -180,6 +180,8 @@ pub fn apply_batch(
             | Event::MessagesMoved { .. }
             | Event::MessagePlaced { .. }
             | Event::RoleChanged { .. }
+            | Event::SideFileSet { .. }
+            | Event::SideFileRemoved { .. }
             | Event::MailboxRestored { .. } => n.other += 1,
         }
     }

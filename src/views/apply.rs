@@ -486,6 +486,11 @@ fn apply_views(v: &mut TxnViews<'_, '_>, at: &Appended, event: &Event) -> Result
                     for (guid, m) in v.conflicts_at(mailbox, uid)? {
                         bump_refcount(v, &m.blob, -1)?;
                         v.delete(&keys::conflict(mailbox, uid, guid));
+                        // A pending message of a mailbox deleted before
+                        // its user: its pending mark goes with it.
+                        if uid == 0 {
+                            v.delete(&keys::pending(mailbox, guid));
+                        }
                     }
                     v.delete(&keys::collision(mailbox, uid));
                 }
@@ -700,6 +705,7 @@ fn apply_views(v: &mut TxnViews<'_, '_>, at: &Appended, event: &Event) -> Result
             touch_if_exists(v, user, *from, modseq)?;
         }
         Event::RoleChanged { node, epoch } => crate::repl::role::apply(v, node, *epoch)?,
+        Event::SideFileSet { .. } | Event::SideFileRemoved { .. } => crate::sidefiles::apply(v, ts, event)?,
         Event::MessageRestored { user, mailbox, uid, .. } => {
             if let Some(m) = fresh_record(event, modseq, ts) {
                 restore_message(v, user, *mailbox, *uid, m)?;

@@ -41,6 +41,9 @@
 //!                                guid`) that awaits the master's placement
 //! G mailbox-id guid           -> uid (u32 BE) the message with this GUID is
 //!                                shown under in the mailbox
+//! F dir 00 name              -> SideFileRec: a side file as the log says
+//!                                it is (or its removal), with its clock
+//! B dir 00 name              -> the side file's bytes (absent once removed)
 //! T ...                       -> merkle tree nodes (see `crate::merkle::keys`)
 //! J origin(u64 BE)           -> seq (u64 BE): that origin's entries up to
 //!                                seq are in these views by a join by trees
@@ -392,6 +395,18 @@ pub mod keys {
     }
     pub fn config_clock(key: &str) -> Vec<u8> {
         user_key(b'c', key)
+    }
+    /// `F dir 00 name`: a side file's record (see `crate::sidefiles`).
+    pub fn side_file(dir: &str, name: &str) -> Vec<u8> {
+        user_sub(b'F', dir, name.as_bytes())
+    }
+    /// Every side-file record of `dir`.
+    pub fn side_files_prefix(dir: &str) -> Vec<u8> {
+        user_sub(b'F', dir, &[])
+    }
+    /// `B dir 00 name`: a side file's bytes.
+    pub fn side_body(dir: &str, name: &str) -> Vec<u8> {
+        user_sub(b'B', dir, name.as_bytes())
     }
 }
 

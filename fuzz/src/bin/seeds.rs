@@ -80,6 +80,23 @@ fn main() {
     for (i, e) in placement.iter().enumerate() {
         write("event", &(events.len() + i).to_string(), &e.encode());
     }
+    // A side file set and removed; only for the event target too.
+    let side = [
+        Event::SideFileSet {
+            dir: "certs".into(),
+            name: "fullchain.pem".into(),
+            hash: BlobHash::of(b"-----BEGIN CERTIFICATE-----\n"),
+            mode: 0o640,
+            body: b"-----BEGIN CERTIFICATE-----\n".to_vec(),
+        },
+        Event::SideFileRemoved {
+            dir: "/etc/tandem/certs".into(),
+            name: "old.pem".into(),
+        },
+    ];
+    for (i, e) in side.iter().enumerate() {
+        write("event", &(events.len() + placement.len() + i).to_string(), &e.encode());
+    }
 
     let origin = Origin(0x0123_4567_89ab_cdef);
     let mut prev = GENESIS;
