@@ -269,6 +269,12 @@ impl Mesh {
         }
     }
 
+    /// Cut the link between `i` and `j` in both directions, and nothing else.
+    pub fn cut_link(&self, i: usize, j: usize) {
+        self.relays[&(i, j)].cut(true);
+        self.relays[&(j, i)].cut(true);
+    }
+
     pub fn heal(&self) {
         for r in self.relays.values() {
             r.cut(false);
@@ -302,6 +308,11 @@ pub struct Cut<'a> {
 /// daemons and times their convergence on a 2-core machine.
 static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
+/// Hold while running a scenario of one test binary (see [`ONE_AT_A_TIME`]).
+pub fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// Every running node takes deliveries into INBOX, creates Foo (unless it
 /// already sees it) and appends to it, and sets its own flag on UID 1
 /// during the cut; one node (the master, or the first writer while the
@@ -312,7 +323,7 @@ static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
 /// shown one UID for two messages, flags merged, trees equal, converged
 /// within 5 s of the heal (or of the master's start).
 pub fn cut_and_heal(plan: Cut<'_>) {
-    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let _one = one_at_a_time();
     let Cut {
         nodes: n,
         master,
