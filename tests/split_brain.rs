@@ -6,117 +6,13 @@
 //! have been shown one UID for two messages, and the nodes must converge.
 
 mod common;
-use common::{digest, free_udp_port, python, restart, wait_until, Node};
-use std::collections::BTreeMap;
+mod split;
+use common::{free_udp_port, restart, wait_until, Node};
+use split::{conflicts, deliver, imap, imap_view, settled, Recorder, Seen, SECRET, USER};
 use std::time::Instant;
-
-const SECRET: &str = "correct horse battery staple";
-const USER: &str = "u@example.org";
 
 fn start(dir: &std::path::Path, id: &str, port: u16, peers: &[u16], role: &str) -> Node {
     common::start_mirror(dir, id, port, peers, SECRET, role, "")
-}
-
-/// Deliver `n` messages over LMTP; every one must get its 250.
-fn deliver(node: &Node, tag: &str, n: usize) {
-    let mut c = common::Raw::connect(&node.addr("lmtp"));
-    c.reply();
-    c.send(b"LHLO t\r\n");
-    c.reply();
-    for i in 0..n {
-        c.send(format!("MAIL FROM:<s@x>\r\nRCPT TO:<{USER}>\r\nDATA\r\n").as_bytes());
-        for _ in 0..3 {
-            let r = c.reply();
-            assert!(r.starts_with('2') || r.starts_with('3'), "{r}");
-        }
-        c.send(format!("Subject: {tag}-{i}\r\nMessage-ID: <{i}@{tag}>\r\n\r\nbody {i}\r\n.\r\n").as_bytes());
-        let r = c.reply();
-        assert!(r.starts_with("250"), "delivery {tag}-{i}: {r}");
-    }
-}
-
-/// What an IMAP client of `node` sees: (mailbox, UIDVALIDITY, UID) ->
-/// (subject, flags), for every mailbox LIST shows; and the LIST names.
-type Seen = (BTreeMap<(String, u32, u32), (String, String)>, Vec<String>);
-
-fn imap_view(node: &Node) -> Seen {
-    let out = python(
-        node,
-        &format!(
-            r#"
-import re
-from imaptest import *
-c = connect('{USER}')
-names = []
-for line in ok(c.list()):
-    names.append(line.decode().rsplit(' "/" ', 1)[1].strip('"'))
-print('LIST', ' '.join(sorted(names)))
-for n in names:
-    exists = int(ok(c.select(n), n)[0])
-    uv = c.response('UIDVALIDITY')[1][0].decode()
-    if exists == 0:
-        continue
-    typ, data = c.uid('FETCH', '1:*', '(FLAGS BODY.PEEK[HEADER.FIELDS (SUBJECT)])')
-    assert typ == 'OK'
-    for item in data:
-        if not isinstance(item, tuple):
-            continue
-        meta = item[0].decode()
-        uid = re.search(r'UID (\d+)', meta).group(1)
-        flags = re.search(r'FLAGS \(([^)]*)\)', meta).group(1)
-        subj = item[1].decode().strip().split(':', 1)[1].strip()
-        print('MSG', n, uv, uid, subj, '|' + flags)
-"#
-        ),
-    );
-    let mut msgs = BTreeMap::new();
-    let mut names = Vec::new();
-    for line in out.lines() {
-        if let Some(rest) = line.strip_prefix("LIST ") {
-            names = rest.split(' ').map(String::from).collect();
-        } else if let Some(rest) = line.strip_prefix("MSG ") {
-            let (head, flags) = rest.split_once(" |").unwrap();
-            let f: Vec<&str> = head.splitn(4, ' ').collect();
-            msgs.insert(
-                (f[0].to_string(), f[1].parse().unwrap(), f[2].parse().unwrap()),
-                (f[3].to_string(), flags.to_string()),
-            );
-        }
-    }
-    (msgs, names)
-}
-
-/// Every (node, mailbox, UIDVALIDITY, UID) a client was shown, with the
-/// message; a second message under one of them fails the test.
-#[derive(Default)]
-struct Recorder(BTreeMap<(String, String, u32, u32), String>);
-
-impl Recorder {
-    fn look(&mut self, name: &str, node: &Node) -> Seen {
-        let seen = imap_view(node);
-        for ((mb, uv, uid), (subject, _)) in &seen.0 {
-            let prev = self.0.entry((name.to_string(), mb.clone(), *uv, *uid)).or_insert(subject.clone());
-            assert_eq!(prev, subject, "{name}: {mb} UIDVALIDITY {uv} UID {uid} named two messages");
-        }
-        seen
-    }
-}
-
-fn conflicts(node: &Node) -> serde_json::Value {
-    common::admin_get(node, "/v1/status")["conflicts"].clone()
-}
-
-fn settled(nodes: &[Node]) -> bool {
-    let quiet = |n: &Node| {
-        let c = conflicts(n);
-        c["uid_collisions"] == 0 && c["name_conflicts"] == 0 && c["kept_aside"] == 0
-    };
-    let d: Vec<_> = nodes.iter().map(digest).collect();
-    d.windows(2).all(|w| w[0] == w[1]) && nodes.iter().all(quiet)
-}
-
-fn imap(node: &Node, script: &str) {
-    python(node, &format!("from imaptest import *\nc = connect('{USER}')\n{script}"));
 }
 
 /// `n` nodes in a full mesh, `master` the master. Every node is stopped;
@@ -403,182 +299,19 @@ assert n == {want}, n
         .expect("python3")
 }
 
-/// A UDP relay standing in for the network between two nodes: it forwards
-/// datagrams from the first client it hears to `upstream` and the answers
-/// back, and drops everything while it is cut.
-struct Relay {
-    port: u16,
-    open: std::sync::Arc<std::sync::atomic::AtomicBool>,
-    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
-}
-
-impl Relay {
-    fn new(upstream: u16) -> Relay {
-        use std::net::{SocketAddr, UdpSocket};
-        use std::sync::atomic::{AtomicBool, Ordering};
-        use std::sync::{Arc, Mutex};
-        let front = Arc::new(UdpSocket::bind("127.0.0.1:0").unwrap());
-        let back = Arc::new(UdpSocket::bind("127.0.0.1:0").unwrap());
-        for s in [&front, &back] {
-            s.set_read_timeout(Some(std::time::Duration::from_millis(50))).unwrap();
-        }
-        let port = front.local_addr().unwrap().port();
-        let open = Arc::new(AtomicBool::new(true));
-        let stop = Arc::new(AtomicBool::new(false));
-        let client: Arc<Mutex<Option<SocketAddr>>> = Arc::default();
-        let to: SocketAddr = format!("127.0.0.1:{upstream}").parse().unwrap();
-        // Client to upstream.
-        {
-            let (front, back, open, stop, client) = (front.clone(), back.clone(), open.clone(), stop.clone(), client.clone());
-            std::thread::spawn(move || {
-                let mut buf = vec![0u8; 65536];
-                while !stop.load(Ordering::Relaxed) {
-                    if let Ok((n, from)) = front.recv_from(&mut buf) {
-                        *client.lock().unwrap() = Some(from);
-                        if open.load(Ordering::Relaxed) {
-                            let _ = back.send_to(&buf[..n], to);
-                        }
-                    }
-                }
-            });
-        }
-        // Upstream back to the client.
-        {
-            let (open, stop) = (open.clone(), stop.clone());
-            std::thread::spawn(move || {
-                let mut buf = vec![0u8; 65536];
-                while !stop.load(Ordering::Relaxed) {
-                    if let Ok((n, _)) = back.recv_from(&mut buf) {
-                        let c = *client.lock().unwrap();
-                        if let (true, Some(c)) = (open.load(Ordering::Relaxed), c) {
-                            let _ = front.send_to(&buf[..n], c);
-                        }
-                    }
-                }
-            });
-        }
-        Relay { port, open, stop }
-    }
-
-    fn cut(&self, cut: bool) {
-        self.open.store(!cut, std::sync::atomic::Ordering::Relaxed);
-    }
-}
-
-impl Drop for Relay {
-    fn drop(&mut self) {
-        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    }
-}
-
 /// Both daemons keep running while the network between them is cut: the
 /// master and its slave both take deliveries, a folder of the same name
 /// with a message, and different flags on one message, the master moves a
 /// message, the slave expunges another, copies a third and renames a
-/// folder; then the network
-/// heals. Every acknowledged message is on both nodes exactly once, no
-/// client was shown one UID for two messages, and the nodes converge.
+/// folder; then the network heals. Every acknowledged message is on both
+/// nodes exactly once, no client was shown one UID for two messages, and
+/// the nodes converge (`split::cut_and_heal`).
 #[test]
 fn a_network_cut_while_both_nodes_run_heals_without_loss() {
-    let dir = tempfile::tempdir().unwrap();
-    let (pa, pb) = (free_udp_port(), free_udp_port());
-    // A dials B through one relay, B dials A through the other.
-    let (ab, ba) = (Relay::new(pb), Relay::new(pa));
-    let conf = |sub: &str, id: &str, port: u16, peer: u16, role: &str| {
-        common::start_mirror(&dir.path().join(sub), id, port, &[peer], SECRET, role, "idle_timeout_ms = 1000\n")
-    };
-    let a = conf("a", "node-a", pa, ab.port, "master");
-    let b = conf("b", "node-b", pb, ba.port, "slave");
-    let nodes = [a, b];
-    let (ok, _, err) = nodes[0].cli(&["user", "add", USER, "--password-stdin"], Some("secret\n"));
-    assert!(ok, "{err}");
-    deliver(&nodes[0], "before", 3);
-    assert!(wait_until(30, || settled(&nodes)), "the nodes did not converge before the cut");
-    let mut rec = Recorder::default();
-    let names = ["node-a", "node-b"];
-    for (n, node) in names.iter().zip(&nodes) {
-        rec.look(n, node);
-    }
-
-    ab.cut(true);
-    ba.cut(true);
-    let flags = ["\\\\Flagged", "\\\\Seen"];
-    for (k, node) in nodes.iter().enumerate() {
-        deliver(node, &format!("cut-{k}"), 8);
-        imap(
-            node,
-            &format!(
-                "ok(c.create('Foo'))\nok(c.append('Foo', None, None, message('foo-{k}')))\n\
-                 ok(c.select('INBOX'))\nok(c.uid('STORE', '1', '+FLAGS', '({})'))\n{}",
-                flags[k],
-                // The master moves before-1 to Archive; the slave expunges before-2.
-                if k == 0 {
-                    "ok(c.uid('MOVE', '2', 'Archive'))\n"
-                } else {
-                    "ok(c.uid('STORE', '3', '+FLAGS', '(\\\\Deleted)'))\nok(c.expunge())\n\
-                     ok(c.uid('COPY', '1', 'Junk'))\nok(c.rename('Drafts', 'Drafts2'))\n"
-                }
-            ),
-        );
-        rec.look(names[k], node);
-    }
-    // The cut is real: neither side sees the other's deliveries yet.
-    for (k, node) in nodes.iter().enumerate() {
-        let (msgs, _) = rec.look(names[k], node);
-        let other = format!("cut-{}-", 1 - k);
-        assert!(
-            !msgs.values().any(|v| v.0.starts_with(&other)),
-            "{}: saw the other side's mail during the cut",
-            names[k]
-        );
-    }
-
-    ab.cut(false);
-    ba.cut(false);
-    let healed = Instant::now();
-    let mut converged = None;
-    for _ in 0..300 {
-        for (n, node) in names.iter().zip(&nodes) {
-            rec.look(n, node);
-        }
-        if settled(&nodes) {
-            converged = Some(healed.elapsed());
-            break;
-        }
-    }
-    let took = converged.expect("the nodes did not converge after the network healed");
-    eprintln!("converged {:.2}s after the network healed", took.as_secs_f64());
-    assert!(took.as_secs_f64() < 5.0, "convergence took {took:?}");
-
-    let mut want: Vec<String> = vec!["before-0".to_string()];
-    for k in 0..2 {
-        want.extend((0..8).map(|i| format!("cut-{k}-{i}")));
-    }
-    want.sort();
-    let views: Vec<Seen> = nodes.iter().map(imap_view).collect();
-    for (i, (msgs, list)) in views.iter().enumerate() {
-        rec.look(names[i], &nodes[i]);
-        assert_eq!(list.iter().filter(|x| *x == "Foo").count(), 1, "{}: LIST shows {list:?}", names[i]);
-        let mut inbox: Vec<String> = msgs.iter().filter(|(k, _)| k.0 == "INBOX").map(|(_, v)| v.0.clone()).collect();
-        inbox.sort();
-        assert_eq!(inbox, want, "{}: INBOX does not hold every delivery exactly once", names[i]);
-        let mut foo: Vec<String> = msgs.iter().filter(|(k, _)| k.0 == "Foo").map(|(_, v)| v.0.clone()).collect();
-        foo.sort();
-        assert_eq!(foo, ["foo-0", "foo-1"], "{}: Foo does not hold both sides' messages", names[i]);
-        let archive: Vec<&String> = msgs.iter().filter(|(k, _)| k.0 == "Archive").map(|(_, v)| &v.0).collect();
-        assert_eq!(archive, ["before-1"], "{}: Archive does not hold the moved message once", names[i]);
-        let junk: Vec<&String> = msgs.iter().filter(|(k, _)| k.0 == "Junk").map(|(_, v)| &v.0).collect();
-        assert_eq!(junk, ["before-0"], "{}: Junk does not hold the copied message once", names[i]);
-        assert!(
-            list.iter().any(|x| x == "Drafts2") && !list.iter().any(|x| x == "Drafts"),
-            "{}: the rename did not reach: {list:?}",
-            names[i]
-        );
-        let first = msgs.values().find(|v| v.0 == "before-0").unwrap();
-        for f in flags {
-            let f = f.replace("\\\\", "\\");
-            assert!(first.1.contains(&f), "{}: flags not merged: {} lacks {f}", names[i], first.1);
-        }
-    }
-    assert!(views[0] == views[1], "the nodes show different UIDs");
+    split::cut_and_heal(split::Cut {
+        nodes: 2,
+        master: 0,
+        sides: &[0, 1],
+        master_down: false,
+    });
 }

@@ -266,7 +266,17 @@ fn renumber(txn: &mut Txn<'_>, cfs: Cfs, done: &mut Resolved) -> Result<(), Muta
             continue;
         };
         let moves: Vec<(u32, Id, u32)> = msgs.iter().zip(first..).map(|((u, g), n)| (*u, *g, n)).collect();
-        tracing::info!(user, mailbox = %to.name, uids = ?uids, messages = moves.len(), "renumbering colliding UIDs");
+        // The UIDs by count and range: one round can hold thousands
+        // (`tandem conflicts` lists each).
+        tracing::info!(
+            user,
+            mailbox = %to.name,
+            uids = uids.len(),
+            lowest = ?uids.iter().min(),
+            highest = ?uids.iter().max(),
+            messages = moves.len(),
+            "renumbering colliding UIDs"
+        );
         done.collisions += uids.len() as u64;
         done.moved += moves.len() as u64;
         emit(
