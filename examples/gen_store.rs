@@ -78,7 +78,7 @@ fn build(out: &Path, users: usize, msgs: usize, size: usize) {
         }
     }
     let b = open(&out.join("b/data/db"), "node-b");
-    let n = tandem::replay::replay_into(a.wal(), &b).unwrap();
+    let n = tandem::replay::replay_into(&a, &b).unwrap();
     eprintln!("B: {n} entries replayed in {:.1}s", t0.elapsed().as_secs_f64());
     let keys = a.wal().scan_prefix(a.cfs().views, b"R").unwrap();
     for chunk in keys.chunks(4096) {

@@ -5,7 +5,7 @@ use crate::event::Event;
 use crate::mutate::Cfs;
 use crate::store::Store;
 use crate::views::{apply_without_tree, read::TxnViews, read::ViewError};
-use wal::{AppendError, Entry, Place, Wal, WalError};
+use wal::{AppendError, Entry, Place, WalError};
 
 /// Why a replay stopped.
 #[derive(Debug, thiserror::Error)]
@@ -21,6 +21,10 @@ pub enum ReplayError {
 }
 
 fn apply_entries(txn: &mut wal::Txn<'_>, cfs: Cfs, entries: Vec<(u64, Entry)>, append: bool) -> Result<(), ReplayError> {
+    let view_error = |place: &Place| {
+        let place = place.clone();
+        move |source| ReplayError::View { place, source }
+    };
     for (order, e) in entries {
         let place = Place {
             origin: e.origin,
@@ -44,6 +48,11 @@ fn apply_entries(txn: &mut wal::Txn<'_>, cfs: Cfs, entries: Vec<(u64, Entry)>, a
                 hash: e.hash,
             }
         };
+        // Entries a join by trees already reflects were stored, not
+        // applied, when they arrived; a replay skips them the same way.
+        if crate::repl::resync::joined(&TxnViews { txn, cf: cfs.views }, e.origin.0, e.seq, &event).map_err(view_error(&place))? {
+            continue;
+        }
         apply_without_tree(&mut TxnViews { txn, cf: cfs.views }, &at, &event).map_err(|source| ReplayError::View { place, source })?;
     }
     Ok(())
@@ -60,13 +69,36 @@ fn unwrap_append(r: Result<(), AppendError<ReplayError>>) -> Result<(), ReplayEr
     }
 }
 
+/// The marks of joins by trees (`crate::repl::resync::joined_key`): not
+/// derived from the log, so a replay carries them over and honours them.
+fn join_marks(store: &Store) -> Result<wal::KeyValues, WalError> {
+    let mut marks = store.wal().scan_prefix(store.cfs().views, b"J")?;
+    marks.retain(|(k, _)| k.len() == 9);
+    Ok(marks)
+}
+
+fn put_join_marks(store: &Store, marks: wal::KeyValues) -> Result<(), ReplayError> {
+    if marks.is_empty() {
+        return Ok(());
+    }
+    let cfs = store.cfs();
+    unwrap_append(store.wal().transact(move |txn| {
+        for (k, v) in &marks {
+            txn.put(cfs.views, &k[..], &v[..]);
+        }
+        Ok::<(), ReplayError>(())
+    }))
+}
+
 /// Throw away the views and re-apply every entry in the apply order, then
 /// build the merkle tree from the views in one pass (cheaper than keeping
 /// it up to date entry by entry). Returns the number of entries applied.
 pub fn rebuild_views(store: &Store) -> Result<u64, ReplayError> {
     let wal = store.wal();
     let cfs = store.cfs();
+    let marks = join_marks(store)?;
     wal.clear(&[cfs.views])?;
+    put_join_marks(store, marks)?;
     let mut from = 1;
     let mut n = 0;
     loop {
@@ -81,10 +113,12 @@ pub fn rebuild_views(store: &Store) -> Result<u64, ReplayError> {
 }
 
 /// Copy `src`'s log, in its apply order, into `dst` (normally empty),
-/// applying every entry to `dst`'s views as replication would; the merkle
-/// tree is built from the views at the end.
-pub fn replay_into(src: &Wal, dst: &Store) -> Result<u64, ReplayError> {
+/// applying every entry to `dst`'s views as replication would, with
+/// `src`'s join marks; the merkle tree is built from the views at the end.
+pub fn replay_into(src: &Store, dst: &Store) -> Result<u64, ReplayError> {
     let cfs = dst.cfs();
+    put_join_marks(dst, join_marks(src)?)?;
+    let src = src.wal();
     let mut from = 1;
     let mut n = 0;
     loop {

@@ -99,7 +99,7 @@ fn check_store(db: &Path, acks: &[Ack], scratch: &Path) -> u64 {
     let mut o = wal_options("replay");
     o.sync = false;
     let replica = Store::open(replica_dir.path(), "replay", o).unwrap();
-    replay_into(store.wal(), &replica).unwrap();
+    replay_into(&store, &replica).unwrap();
     assert_eq!(
         views_digest(&replica).unwrap(),
         views_digest(&store).unwrap(),

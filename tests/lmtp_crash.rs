@@ -135,7 +135,7 @@ fn kill_9_during_delivery_burst_keeps_every_250() {
         let mut o = wal_options("replica");
         o.sync = false;
         let replica = Store::open(replica_dir.path(), "replica", o).unwrap();
-        replay_into(store.wal(), &replica).unwrap();
+        replay_into(&store, &replica).unwrap();
         assert_eq!(views_digest(&replica).unwrap(), views_digest(&store).unwrap());
         store.close().unwrap();
         eprintln!("round {round}: {} deliveries acknowledged before SIGKILL, all present", acked.len());

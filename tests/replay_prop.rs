@@ -331,7 +331,7 @@ proptest! {
         let live = views_digest(&a).unwrap();
 
         let b = open(b_dir.path(), "b");
-        let n = replay_into(a.wal(), &b).unwrap();
+        let n = replay_into(&a, &b).unwrap();
         prop_assert_eq!(n, a.wal().last_order());
         prop_assert_eq!(views_digest(&b).unwrap(), live.clone(), "replay into an empty store differs");
 

@@ -371,7 +371,8 @@ pub async fn serve(store: &Store, mirror: &Mirror, mut send: quinn::SendStream, 
 /// entries of that origin up to that seq are reflected in this node's
 /// views by the join (the peer held them when the join read its state), so
 /// the mirror stores them in the log but does not apply them again. Not
-/// derived from the log: a rebuild of the views from the log loses it.
+/// derived from the log: a rebuild or replay of the views from the log
+/// (`crate::replay`) carries the marks over and skips those entries too.
 pub fn joined_key(origin: u64) -> Vec<u8> {
     let mut k = vec![b'J'];
     k.extend_from_slice(&origin.to_be_bytes());
@@ -1366,7 +1367,7 @@ mod tests {
 
     /// What the mirror would do: `a`'s log, with its bodies, into `b`.
     fn mirror(a: &Store, b: &Store) {
-        crate::replay::replay_into(a.wal(), b).unwrap();
+        crate::replay::replay_into(a, b).unwrap();
         for (k, _) in a.wal().scan_prefix(a.cfs().views, b"R").unwrap() {
             let h = BlobHash(k[1..].try_into().unwrap());
             if let Some(body) = a.blob(&h).unwrap() {

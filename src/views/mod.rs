@@ -49,6 +49,7 @@
 //!                                seq are in these views by a join by trees
 //!                                (`crate::repl::resync::joined`); written
 //!                                by the join, not derived from the log
+//!                                (a replay carries it over: `crate::replay`)
 //! ```
 
 mod apply;

@@ -222,7 +222,7 @@ pub fn audit(data_dir: &Path, scratch: &Path) -> anyhow::Result<AuditReport> {
     let mut o = wal_options("audit-replay");
     o.sync = false;
     let replica = Store::open(scratch, "audit-replay", o).context("opening the scratch store")?;
-    let (entries_replayed, replay) = match replay_into(store.wal(), &replica) {
+    let (entries_replayed, replay) = match replay_into(&store, &replica) {
         Ok(n) => (n, views_digest(&replica)?),
         Err(e) => {
             problems.push(format!("replay: {e}"));
