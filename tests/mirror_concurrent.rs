@@ -8,7 +8,6 @@
 mod common;
 use common::{admin_get, digest, free_udp_port, python, restart, wait_until, Node};
 use std::collections::BTreeMap;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 const SECRET: &str = "correct horse battery staple";
@@ -265,11 +264,6 @@ print('MOVE', c.response('COPYUID')[1][0].split()[2].decode())
     assert!(a.stop() && b.stop());
 }
 
-fn signal(node: &Node, sig: &str) {
-    let r = Command::new("kill").arg(sig).arg(node.child.id().to_string()).status().unwrap();
-    assert!(r.success());
-}
-
 /// The master falls silent (SIGSTOP: its links still look up) and then
 /// goes away (stopped): the slave's mail stays visible and nothing is lost.
 /// Silent: an APPEND waits for the bound, then takes a local UID; LMTP
@@ -281,10 +275,10 @@ fn a_slave_whose_master_is_silent_or_gone_still_shows_its_mail() {
     let dir = tempfile::tempdir().unwrap();
     let (a, b) = pair(dir.path());
     deliver(&a, "before", 0..2);
-    signal(&a, "-STOP");
+    a.signal("-STOP");
     deliver(&b, "silent", 0..2);
     let (took, _, uid) = append(&b, "<appended@silent>");
-    signal(&a, "-CONT");
+    a.signal("-CONT");
     eprintln!("APPEND with a silent master answered in {:.2}s with UID {uid}", took.as_secs_f64());
     assert!(took >= Duration::from_millis(1500), "the APPEND did not wait for the master");
     assert!(took < Duration::from_secs(8), "the APPEND waited past its bound");

@@ -121,6 +121,39 @@ fn equal_nodes_show_no_difference() {
     assert!(text.contains("uids 0..=63"), "{text}");
 }
 
+/// Without a terminal, `tandem resync` names its phase and counts on
+/// standard error while the node runs it, and keeps standard output for
+/// the report. The peer is frozen for a while so the run outlasts a few
+/// of the command's status polls.
+#[test]
+fn a_running_resync_shows_its_progress() {
+    let p = start_pair();
+    deliver(&p.a, 6);
+    assert!(converged(&p.a, &p.b, 20), "the pair did not converge");
+    p.b.signal("-STOP");
+    let (ok, out, err) = std::thread::scope(|s| {
+        let run = s.spawn(|| p.a.cli(&["resync", "--peer", &p.b_mirror], None));
+        // The run is under way (and shown in status) before the peer answers.
+        let running = wait_until(10, || !admin_get(&p.a, "/v1/status")["resync"]["running"].is_null());
+        std::thread::sleep(std::time::Duration::from_millis(1200));
+        p.b.signal("-CONT");
+        assert!(running, "status never showed the resync running");
+        run.join().unwrap()
+    });
+    assert!(ok, "{out} {err}");
+    let line = format!("comparing {}: folders ", p.b_mirror);
+    assert!(
+        err.lines().any(|l| l.starts_with(&line) && l.contains(", messages ")),
+        "no progress line {line:?} in {err:?}"
+    );
+    assert!(!out.contains("comparing "), "progress went to standard output: {out}");
+    assert!(out.contains("compared 6 messages"), "{out}");
+    assert!(
+        admin_get(&p.a, "/v1/status")["resync"]["running"].is_null(),
+        "the finished run still shows as running"
+    );
+}
+
 #[test]
 fn damage_is_named_repaired_and_scrubbed() {
     let p = start_pair();

@@ -90,6 +90,16 @@ impl Node {
         }
     }
 
+    /// Send the daemon a signal (`"-STOP"`, `"-CONT"`, ...) with kill(1).
+    pub fn signal(&self, sig: &str) {
+        let r = std::process::Command::new("kill")
+            .arg(sig)
+            .arg(self.child.id().to_string())
+            .status()
+            .unwrap();
+        assert!(r.success(), "kill {sig} failed");
+    }
+
     pub fn addr(&self, name: &str) -> String {
         self.listeners[name].trim_start_matches("http://").to_string()
     }
