@@ -67,6 +67,9 @@ m = re.search(r"BINARY\.SIZE\[2\] (\d+)", d[0].decode())
 assert m and int(m.group(1)) == len(attachment), d
 m = re.search(r"BINARY\.SIZE\[1\] (\d+)", d[0].decode())
 assert m and int(m.group(1)) == len(decoded_text), (d, len(decoded_text))
+# One item without parentheses.
+d = fetch("1", "BINARY.SIZE[2]")
+assert d == [b"1 (BINARY.SIZE[2] %d)" % len(attachment)], d
 # PEEK leaves \Seen unset.
 assert "\\Seen" not in flags("1"), flags("1")
 
@@ -110,7 +113,8 @@ for bad in ("(BINARY[HEADER])", "(BINARY[1.MIME])", "(BINARY[TEXT])", "(BINARY[1
     try:
         typ, data = c.fetch("1", bad)
     except imaplib.IMAP4.error as e:
-        assert "BAD" in str(e), e
+        # The refusal names where the item went wrong.
+        assert "BAD" in str(e) and "at octet" in str(e), e
     else:
         raise AssertionError("%s answered %s %r" % (bad, typ, data))
 
