@@ -1,7 +1,8 @@
 //! IMAP client input through the framer, then each whole command through
 //! the command parser, as the session does. Neither may panic; the framer
 //! must keep its buffer bounded and hand out only whole commands. The
-//! extension grammar (`proto::imap::ext`) sees every command too.
+//! extension grammar (`proto::imap::ext`) sees every command too, the
+//! BINARY items of FETCH (RFC 3516) and literal8 APPEND included.
 #![no_main]
 use imap_codec::decode::Decoder;
 use imap_codec::CommandCodec;
@@ -54,6 +55,14 @@ fuzz_target!(|data: &[u8]| {
                     }
                     if let Ok(Some((_, plain))) = ext::sort_or_thread(cmd) {
                         assert!(plain.len() <= cmd.len() + 16, "SORT rewrite grew");
+                    }
+                    // FETCH with RFC 3516 BINARY items: each becomes `UID`
+                    // for imap-codec, which parses the rest.
+                    if let Ok(Some(bf)) = ext::fetch_binary(cmd) {
+                        assert!(!bf.items.is_empty() && bf.items.len() <= ext::MAX_ITEMS);
+                        assert!(bf.plain.len() + 5 * bf.items.len() <= cmd.len(), "BINARY rewrite grew");
+                        assert!(bf.items.iter().all(|i| i.part().len() <= ext::MAX_SECTION_PARTS));
+                        let _ = CommandCodec::default().decode(&bf.plain);
                     }
                 }
                 Frame::Continue { length } => assert!(u64::from(length) <= MAX_LITERAL),

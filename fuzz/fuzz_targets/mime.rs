@@ -1,9 +1,9 @@
-//! MIME parsing of arbitrary messages: ENVELOPE, BODYSTRUCTURE and every
-//! section. No panic; every section that is not transfer-decoded is a
-//! slice of the input.
+//! MIME parsing of arbitrary messages: ENVELOPE, BODYSTRUCTURE, every
+//! section and its BINARY form. No panic; every section that is not
+//! transfer-decoded is a slice of the input.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
-use tandem_fuzz::proto::imap::mime::{Parsed, SectionText};
+use tandem_fuzz::proto::imap::mime::{Parsed, SectionText, Transfer};
 
 fuzz_target!(|data: &[u8]| {
     let p = Parsed::new(data);
@@ -21,6 +21,17 @@ fuzz_target!(|data: &[u8]| {
         }
     }
     for part in &parts {
+        // RFC 3516 BINARY: with an identity transfer encoding it is the
+        // section as stored (BODY[part], or the whole message).
+        let _ = p.binary(part);
+        if let Ok((bytes, Transfer::Identity)) = p.binary_section(part) {
+            let body = if part.is_empty() {
+                Some(data.to_vec())
+            } else {
+                p.section(part, SectionText::Full)
+            };
+            assert_eq!(Some(bytes.to_vec()), body, "BINARY[{part:?}] is not BODY[{part:?}]");
+        }
         for what in [SectionText::Header, SectionText::Text, SectionText::Mime, SectionText::Full] {
             if let Some(bytes) = p.section(part, what.clone()) {
                 if !bytes.is_empty() {

@@ -3,7 +3,8 @@
 //! a large mailbox's envelopes are parsed once.
 
 use crate::event::BlobHash;
-use crate::proto::imap::mime::{Parsed, SectionText};
+use crate::proto::imap::ext::BinaryItem;
+use crate::proto::imap::mime::{BinaryError, Parsed, SectionText};
 use crate::views::MessageRec;
 use imap_codec::imap_types::fetch::{MessageDataItemName, Section};
 use std::borrow::Cow;
@@ -106,13 +107,56 @@ pub fn needs_raw(items: &[MessageDataItemName<'_>]) -> bool {
     })
 }
 
-/// Does fetching these items set \Seen?
-pub fn sets_seen(items: &[MessageDataItemName<'_>]) -> bool {
+/// Does fetching these items (and these BINARY items) set \Seen?
+pub fn sets_seen(items: &[MessageDataItemName<'_>], binary: &[BinaryItem]) -> bool {
     items.iter().any(|i| match i {
         MessageDataItemName::BodyExt { peek, .. } => !peek,
         MessageDataItemName::Rfc822 | MessageDataItemName::Rfc822Text => true,
         _ => false,
-    })
+    }) || binary.iter().any(|b| matches!(b, BinaryItem::Binary { peek: false, .. }))
+}
+
+/// A FETCH that must fail as a whole: RFC 3516 section 4.2 says a BINARY
+/// item of a part whose Content-Transfer-Encoding cannot be removed is
+/// answered `NO [UNKNOWN-CTE]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnknownCte {
+    /// The part, as `2.1`.
+    pub part: String,
+    /// The encoding named in its header.
+    pub encoding: String,
+}
+
+impl std::fmt::Display for UnknownCte {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "part {} has transfer encoding {:?}, which this server cannot decode",
+            self.part, self.encoding
+        )
+    }
+}
+
+fn dotted(part: &[u32]) -> String {
+    part.iter().map(|n| n.to_string()).collect::<Vec<_>>().join(".")
+}
+
+/// Can every BINARY item be answered for the message `raw`? (Checked
+/// before FETCH changes \Seen, so that a refused FETCH changes nothing.)
+pub fn check_binary(raw: &[u8], binary: &[BinaryItem]) -> Result<(), UnknownCte> {
+    if binary.is_empty() {
+        return Ok(());
+    }
+    let parsed = Parsed::new(raw);
+    for item in binary {
+        if let Err(BinaryError::UnknownTransfer(name)) = parsed.binary_section(item.part()) {
+            return Err(UnknownCte {
+                part: dotted(item.part()),
+                encoding: String::from_utf8_lossy(&name).into_owned(),
+            });
+        }
+    }
+    Ok(())
 }
 
 pub fn flags_list(flags: &crate::event::Flags) -> String {
@@ -254,7 +298,18 @@ impl<'a> Response<'a> {
     }
 
     fn literal(&mut self, data: Cow<'a, [u8]>) {
-        let head = format!("{{{}}}\r\n", data.len());
+        self.literal_as(data, false);
+    }
+
+    /// A literal8 (`~{n}`, RFC 3516) when `data` holds a NUL, which a
+    /// literal may not; else a literal.
+    fn literal8(&mut self, data: Cow<'a, [u8]>) {
+        let nul = data.contains(&0);
+        self.literal_as(data, nul);
+    }
+
+    fn literal_as(&mut self, data: Cow<'a, [u8]>, eight: bool) {
+        let head = format!("{}{{{}}}\r\n", if eight { "~" } else { "" }, data.len());
         self.extend(head.as_bytes());
         match data {
             Cow::Borrowed(b) if b.len() >= BORROW_FROM => self.parts.push(Part::Body(b)),
@@ -277,8 +332,10 @@ impl<'a> Response<'a> {
 }
 
 /// Render `* seq FETCH (...)` for one message. `body` is the message bytes
-/// when [`needs_raw`] said so; `summary` its parsed forms when ENVELOPE,
-/// BODY or BODYSTRUCTURE are asked for.
+/// when [`needs_raw`] said so (or BINARY items are asked for); `summary`
+/// its parsed forms when ENVELOPE, BODY or BODYSTRUCTURE are asked for.
+/// BINARY items (RFC 3516) follow the others; a part whose transfer
+/// encoding cannot be removed refuses the whole response.
 #[allow(clippy::too_many_arguments)]
 pub fn render<'a>(
     seq: u32,
@@ -287,9 +344,10 @@ pub fn render<'a>(
     body: Option<&'a [u8]>,
     summary: Option<&Summary>,
     items: &[MessageDataItemName<'_>],
+    binary: &[BinaryItem],
     force_uid: bool,
     force_flags: bool,
-) -> Response<'a> {
+) -> Result<Response<'a>, UnknownCte> {
     let mut r = Response::default();
     let out = &mut r;
     out.extend(format!("* {seq} FETCH (").as_bytes());
@@ -370,12 +428,51 @@ pub fn render<'a>(
             }
         }
     }
+    for item in binary {
+        sep(out);
+        let part = item.part();
+        let data = match parsed().binary(part) {
+            Ok(d) => Some(d),
+            Err(BinaryError::NoSuchPart) => None,
+            Err(BinaryError::UnknownTransfer(name)) => {
+                return Err(UnknownCte {
+                    part: dotted(part),
+                    encoding: String::from_utf8_lossy(&name).into_owned(),
+                })
+            }
+        };
+        match item {
+            BinaryItem::Size { .. } => {
+                out.extend(format!("BINARY.SIZE[{}] {}", dotted(part), data.map_or(0, |d| d.len())).as_bytes());
+            }
+            BinaryItem::Binary { partial, .. } => {
+                let origin = partial.map(|(o, _)| format!("<{o}>")).unwrap_or_default();
+                out.extend(format!("BINARY[{}]{origin} ", dotted(part)).as_bytes());
+                let Some(data) = data else {
+                    out.extend(b"NIL");
+                    continue;
+                };
+                let data = match partial {
+                    Some((origin, len)) => {
+                        let start = (*origin as usize).min(data.len());
+                        let end = start.saturating_add(*len as usize).min(data.len());
+                        match data {
+                            Cow::Borrowed(b) => Cow::Borrowed(&b[start..end]),
+                            Cow::Owned(v) => Cow::Owned(v[start..end].to_vec()),
+                        }
+                    }
+                    None => data,
+                };
+                out.literal8(data);
+            }
+        }
+    }
     if force_flags && !has_flags {
         sep(out);
         out.extend(format!("FLAGS {}", flags_list(&m.flags)).as_bytes());
     }
     out.extend(b")\r\n");
-    r
+    Ok(r)
 }
 
 #[cfg(test)]
@@ -406,7 +503,7 @@ mod tests {
             peek: true,
         };
         let items = vec![item.clone(), item.clone(), item, MessageDataItemName::Flags];
-        let r = render(7, 9, &m, Some(&body), None, &items, true, false);
+        let r = render(7, 9, &m, Some(&body), None, &items, &[], true, false).unwrap();
         let borrowed: Vec<&[u8]> = r
             .parts
             .iter()
@@ -436,6 +533,84 @@ mod tests {
         }
         want.extend_from_slice(b" FLAGS (\\Seen))\r\n");
         assert_eq!(all, want);
+    }
+
+    fn rec(size: usize) -> MessageRec {
+        MessageRec {
+            guid: crate::event::Id([0; 16]),
+            blob: BlobHash([0; 32]),
+            size: size as u64,
+            internal_date: 0,
+            tz_minutes: 0,
+            flags: crate::event::Flags::new(["\\Seen"]),
+            modseq: 1,
+            clocks: Vec::new(),
+            set_clock: (0, 0),
+        }
+    }
+
+    #[test]
+    fn binary_items_are_decoded_and_sent_as_literal8_only_with_nul() {
+        let body: &[u8] = b"Content-Type: multipart/mixed; boundary=b\r\n\r\n--b\r\n\
+Content-Transfer-Encoding: quoted-printable\r\n\r\nna=C3=AFve text\r\n--b\r\n\
+Content-Transfer-Encoding: base64\r\n\r\nAAEAAg==\r\n--b\r\n\
+Content-Transfer-Encoding: x-unknown\r\n\r\n??\r\n--b--\r\n";
+        let m = rec(body.len());
+        let bin = |part: &[u32], partial| BinaryItem::Binary {
+            part: part.to_vec(),
+            peek: true,
+            partial,
+        };
+        let items = [
+            bin(&[1], None),
+            bin(&[2], None),
+            BinaryItem::Size { part: vec![2] },
+            bin(&[1], Some((2, 4))),
+            bin(&[1], Some((100, 4))),
+            bin(&[9], None),
+            BinaryItem::Size { part: vec![9] },
+        ];
+        let r = render(3, 5, &m, Some(body), None, &[], &items, false, false).unwrap();
+        let want: &[u8] = "* 3 FETCH (BINARY[1] {11}\r\nnaïve text BINARY[2] ~{4}\r\n\x00\x01\x00\x02 BINARY.SIZE[2] 4 \
+BINARY[1]<2> {4}\r\nïve BINARY[1]<100> {0}\r\n BINARY[9] NIL BINARY.SIZE[9] 0)\r\n"
+            .as_bytes();
+        assert_eq!(r.concat(), want, "{}", String::from_utf8_lossy(&r.concat()));
+        // The whole message is sent as stored, header included.
+        let r = render(3, 5, &m, Some(body), None, &[], &[bin(&[], None)], true, false).unwrap();
+        assert!(r
+            .concat()
+            .starts_with(format!("* 3 FETCH (UID 5 BINARY[] {{{}}}\r\nContent-Type", body.len()).as_bytes()));
+        let e = render(
+            3,
+            5,
+            &m,
+            Some(body),
+            None,
+            &[],
+            &items[..1].iter().cloned().chain([bin(&[3], None)]).collect::<Vec<_>>(),
+            false,
+            false,
+        )
+        .err()
+        .unwrap();
+        assert_eq!(
+            e,
+            UnknownCte {
+                part: "3".into(),
+                encoding: "x-unknown".into()
+            }
+        );
+        assert_eq!(check_binary(body, &[BinaryItem::Size { part: vec![3] }]), Err(e));
+        assert_eq!(check_binary(body, &items), Ok(()));
+        assert!(sets_seen(
+            &[],
+            &[BinaryItem::Binary {
+                part: vec![],
+                peek: false,
+                partial: None
+            }]
+        ));
+        assert!(!sets_seen(&[], &items));
     }
 
     #[test]

@@ -323,6 +323,7 @@ impl Session {
             "SORT",
             "THREAD=ORDEREDSUBJECT",
             "THREAD=REFERENCES",
+            "BINARY",
         ];
         if self.user().is_some() && !self.stream.is_compressed() {
             caps.push("COMPRESS=DEFLATE");
@@ -819,7 +820,7 @@ impl Session {
                     },
                     MacroOrMessageDataItemNames::MessageDataItemNames(v) => v,
                 };
-                self.fetch(tag, &user, &sequence_set, &items, uid).await?;
+                self.fetch(tag, &user, &sequence_set, &items, &[], uid).await?;
             }
             CommandBody::Store {
                 sequence_set,
@@ -1161,16 +1162,36 @@ impl Session {
         out.into_iter().collect()
     }
 
-    async fn fetch(&mut self, tag: &str, user: &str, set: &SequenceSet, items: &[MessageDataItemName<'_>], uid: bool) -> R<()> {
+    /// FETCH: `items` as imap-codec parsed them, and the BINARY items of RFC
+    /// 3516 ([`ext::fetch_binary`]), which are answered after them.
+    async fn fetch(
+        &mut self,
+        tag: &str,
+        user: &str,
+        set: &SequenceSet,
+        items: &[MessageDataItemName<'_>],
+        binary: &[ext::BinaryItem],
+        uid: bool,
+    ) -> R<()> {
         let targets = self.resolve(set, uid);
         let Some(sel) = self.selected.as_ref() else { return Ok(()) };
         let (id, readonly) = (sel.id, sel.readonly);
         let mut seen_now = Vec::new();
-        if !readonly && fetch::sets_seen(items) {
+        if !readonly && fetch::sets_seen(items, binary) {
             let v = self.shared.store.views();
             for (_, u) in &targets {
                 if let Ok(Some(m)) = v.message(id, *u) {
                     if !m.flags.contains("\\Seen") {
+                        // A FETCH refused for a transfer encoding sets no flag.
+                        let raw = if binary.is_empty() {
+                            None
+                        } else {
+                            self.shared.store.blob(&m.blob).ok().flatten()
+                        };
+                        if let Err(e) = raw.map_or(Ok(()), |raw| fetch::check_binary(&raw, binary)) {
+                            self.no(tag, &format!("[UNKNOWN-CTE] {e}"));
+                            return Ok(());
+                        }
                         seen_now.push(*u);
                     }
                 }
@@ -1188,7 +1209,7 @@ impl Session {
                 }
             }
         }
-        let need_raw = fetch::needs_raw(items);
+        let need_raw = fetch::needs_raw(items) || !binary.is_empty();
         let need_summary = items.iter().any(|i| {
             matches!(
                 i,
@@ -1219,7 +1240,15 @@ impl Session {
                     self.line(&l);
                 }
             }
-            let response = fetch::render(seq, u, &m, body.as_deref(), summary.as_deref(), items, uid, force_flags);
+            let response = match fetch::render(seq, u, &m, body.as_deref(), summary.as_deref(), items, binary, uid, force_flags) {
+                Ok(r) => r,
+                Err(e) => {
+                    // RFC 3516 section 4.2: the request fails. Responses
+                    // already sent for earlier messages stand.
+                    self.no(tag, &format!("[UNKNOWN-CTE] {e}"));
+                    return Ok(());
+                }
+            };
             // Each message's response goes out as it is made (the client's
             // reading paces the command), large bodies straight from the
             // stored copy.

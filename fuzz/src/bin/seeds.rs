@@ -181,6 +181,11 @@ fn main() {
         "b1 LOGIN alice secret\r\nb2 ENABLE UTF8=ACCEPT CONDSTORE\r\nb3 CREATE \"Entwürfe\"\r\nb4 LIST (SUBSCRIBED RECURSIVEMATCH) \"\" (\"INBOX\" %/x {3+}\r\nabc) RETURN (CHILDREN SPECIAL-USE STATUS (MESSAGES UNSEEN))\r\nb5 APPEND Sent (\\Seen) \" 3-Feb-2026 10:00:00 +0100\" {2+}\r\nhi {3+}\r\nyou UTF8 (~{2+}\r\né)\r\nb6 SELECT INBOX\r\nb7 UID SEARCH RETURN (MIN MAX COUNT ALL) SUBJECT \"grüße\"\r\nb8 UID SORT (REVERSE DATE SUBJECT) UTF-8 FROM bob\r\nb9 THREAD REFERENCES \"US-ASCII\" ALL\r\nb10 LOGOUT\r\n".as_bytes(),
     );
     write(
+        "imap_command",
+        "binary",
+        b"c1 LOGIN alice secret\r\nc2 APPEND INBOX (\\Seen) ~{5}\r\na\x00b\r\xff c3 APPEND INBOX ~{3+}\r\n\x00\x00\x00\r\nc4 SELECT INBOX\r\nc5 FETCH 1:* (FLAGS BINARY.PEEK[1.2]<0.1024> BINARY.SIZE[2] BODY.PEEK[HEADER.FIELDS (BINARY[1] UID)])\r\nc6 UID FETCH 1 BINARY[]\r\nc7 FETCH 1 binary[3]<4294967295.1>\r\nc8 LOGOUT\r\n",
+    );
+    write(
         "mime",
         "multipart",
         b"From: \"B\" <b@example.org>\r\nTo: a@example.org\r\nSubject: =?utf-8?q?caf=C3=A9?=\r\nDate: Tue, 1 Dec 2026 10:00:00 +0100\r\nMIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=\"xx\"\r\n\r\npre\r\n--xx\r\nContent-Type: text/plain; charset=iso-8859-1\r\nContent-Transfer-Encoding: quoted-printable\r\n\r\ncaf=E9\r\n--xx\r\nContent-Type: message/rfc822\r\n\r\nSubject: inner\r\n\r\ninner body\r\n--xx\r\nContent-Type: application/octet-stream; name*=utf-8''%C3%A9.bin\r\nContent-Transfer-Encoding: base64\r\n\r\naGVsbG8=\r\n--xx--\r\n",

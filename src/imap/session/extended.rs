@@ -2,7 +2,8 @@
 //! [`crate::proto::imap::ext`]: ENABLE (RFC 5161) with UTF8=ACCEPT (RFC
 //! 6855), LIST with selection and return options (RFC 5258, RFC 6154
 //! SPECIAL-USE, RFC 5819 LIST-STATUS), MULTIAPPEND (RFC 3502), ESEARCH
-//! (RFC 4731), SORT and THREAD (RFC 5256).
+//! (RFC 4731), SORT and THREAD (RFC 5256), and FETCH with the BINARY items
+//! of RFC 3516.
 
 use super::{astring, mutf7, now_secs, raw_name, Flow, Session, R};
 use crate::event::Flags;
@@ -101,6 +102,37 @@ impl Session {
                     self.append_messages(&tag, &user, name, msgs).await;
                 }
                 Err(e) => return Ok(self.syntax_error(bytes, &format!("APPEND: {e}"))),
+            },
+            (_, "FETCH") => match ext::fetch_binary(bytes) {
+                Ok(Some(bf)) => {
+                    use imap_codec::decode::Decoder;
+                    use imap_codec::imap_types::command::CommandBody;
+                    use imap_codec::imap_types::fetch::{MacroOrMessageDataItemNames, MessageDataItemName};
+                    let Ok((_, cmd)) = imap_codec::CommandCodec::default().decode(&bf.plain) else {
+                        return Ok(self.syntax_error(bytes, "Syntax error in FETCH"));
+                    };
+                    let CommandBody::Fetch {
+                        sequence_set,
+                        macro_or_item_names: MacroOrMessageDataItemNames::MessageDataItemNames(mut items),
+                        uid,
+                    } = cmd.body
+                    else {
+                        return Ok(self.syntax_error(bytes, "Syntax error in FETCH"));
+                    };
+                    if self.selected.is_none() {
+                        self.line(&format!("{tag} BAD No mailbox selected"));
+                        return Ok(Flow::Continue);
+                    }
+                    // The stand-ins for the BINARY items go; UID stays when
+                    // it was asked for (once is enough).
+                    items.retain(|i| !matches!(i, MessageDataItemName::Uid));
+                    if bf.uid_item {
+                        items.insert(0, MessageDataItemName::Uid);
+                    }
+                    self.fetch(&tag, &user, &sequence_set, &items, &bf.items, uid).await?;
+                }
+                Ok(None) => return Ok(self.syntax_error(bytes, "Syntax error in command")),
+                Err(e) => return Ok(self.syntax_error(bytes, &format!("FETCH: {e}"))),
             },
             (_, "SEARCH" | "SORT" | "THREAD") => {
                 let split = match name.as_str() {

@@ -2,7 +2,7 @@
 //! extended LIST (RFC 5258, with RFC 6154 SPECIAL-USE and RFC 5819
 //! LIST-STATUS), MULTIAPPEND (RFC 3502) with the UTF8 data extension of
 //! RFC 6855, SEARCH RETURN (RFC 4731 ESEARCH), SORT and THREAD (RFC 5256),
-//! ENABLE (RFC 5161), and the
+//! ENABLE (RFC 5161), the FETCH items of BINARY (RFC 3516), and the
 //! rewriting of UTF-8 quoted strings (RFC 6855) into literals so that the
 //! rest of a command can still be parsed by imap-codec.
 //!
@@ -518,7 +518,8 @@ pub struct AppendCommand<'a> {
 const SYSTEM_FLAGS: [&str; 5] = ["\\Answered", "\\Flagged", "\\Deleted", "\\Seen", "\\Draft"];
 
 /// The arguments of `APPEND` after the command name: a mailbox, then one or
-/// more of `[flag-list] [date-time] (literal / "UTF8" SP "(" literal8 ")")`.
+/// more of `[flag-list] [date-time] (literal / literal8 / "UTF8" SP "(" literal8 ")")`
+/// (RFC 3516 allows a literal8, RFC 6855 the UTF8 form).
 pub fn append<'a>(lx: &mut Lexer<'a>) -> R<AppendCommand<'a>> {
     let mailbox = lx.astring("expected a mailbox name")?;
     let mut messages = Vec::new();
@@ -571,12 +572,9 @@ pub fn append<'a>(lx: &mut Lexer<'a>) -> R<AppendCommand<'a>> {
                 lx.expect(&Token::Close, "expected ) after the UTF8 literal8")?;
                 (d, true)
             }
-            Some(Token::Literal8(_)) => {
-                return Err(SyntaxError {
-                    at,
-                    what: "literal8 without UTF8 (BINARY is not supported)",
-                })
-            }
+            // RFC 3516 section 4.4: the octets are the message as given,
+            // NUL included.
+            Some(Token::Literal8(d)) => (d, false),
             _ => {
                 return Err(SyntaxError {
                     at,
@@ -684,6 +682,194 @@ pub fn date_time(s: &[u8]) -> Option<(i64, i16)> {
     let offset = sign * (zh * 60 + zm);
     let secs = days * 86_400 + h * 3600 + mi * 60 + sec - offset * 60;
     Some((secs, offset as i16))
+}
+
+/// Most part numbers in one BINARY section (deeper than the MIME parser goes).
+pub const MAX_SECTION_PARTS: usize = 100;
+
+/// A FETCH data item of RFC 3516.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BinaryItem {
+    /// `BINARY[part]<origin.length>` or `BINARY.PEEK[...]`: the section with
+    /// its transfer encoding removed.
+    Binary {
+        part: Vec<u32>,
+        peek: bool,
+        /// Octet origin and length (non-zero) in the decoded data.
+        partial: Option<(u32, u32)>,
+    },
+    /// `BINARY.SIZE[part]`: the length of that decoded data.
+    Size { part: Vec<u32> },
+}
+
+impl BinaryItem {
+    /// The part numbers of the section (empty: the whole message).
+    pub fn part(&self) -> &[u32] {
+        match self {
+            BinaryItem::Binary { part, .. } | BinaryItem::Size { part } => part,
+        }
+    }
+}
+
+/// A `[UID] FETCH` with BINARY items, split for the RFC 3501 parser.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BinaryFetch {
+    /// The BINARY items, in the order given.
+    pub items: Vec<BinaryItem>,
+    /// The command with every BINARY item replaced by `UID`, for imap-codec.
+    pub plain: Vec<u8>,
+    /// `UID` was asked for as an item of its own.
+    pub uid_item: bool,
+}
+
+/// `[UID] FETCH set items` where some items are RFC 3516's: those items,
+/// and the command with each replaced by `UID` so that imap-codec parses
+/// the rest (sequence set, other items). `Ok(None)` for any other command
+/// and a FETCH without BINARY items. Section and partial syntax errors
+/// name the octet; numbers are bounded (`u32`, [`MAX_SECTION_PARTS`],
+/// [`MAX_ITEMS`]).
+pub fn fetch_binary(cmd: &[u8]) -> R<Option<BinaryFetch>> {
+    let (_, _, name, mut lx) = head(cmd)?;
+    if name != "FETCH" {
+        return Ok(None);
+    }
+    lx.skip_space();
+    if !matches!(lx.next_token()?, Some(Token::Atom(_))) {
+        return lx.err("expected a sequence set");
+    }
+    let mut items = Vec::new();
+    let mut spans = Vec::new();
+    let mut uid_item = false;
+    let mut depth = 0usize;
+    let mut seen = 0usize;
+    loop {
+        lx.skip_space();
+        let at = lx.pos;
+        let Some(tok) = lx.next_token()? else { break };
+        match tok {
+            Token::Open => depth += 1,
+            Token::Close if depth > 0 => depth -= 1,
+            // Items are the tokens at the top of the list (or the one
+            // item without a list); deeper ones are header field names.
+            Token::Atom(a) if depth <= 1 => {
+                seen += 1;
+                if seen > MAX_ITEMS {
+                    return Err(SyntaxError {
+                        at,
+                        what: "too many FETCH items",
+                    });
+                }
+                if a.len() >= 6 && a[..6].eq_ignore_ascii_case(b"BINARY") {
+                    items.push(binary_item(a, at)?);
+                    spans.push(at..lx.pos);
+                } else if a.eq_ignore_ascii_case(b"UID") {
+                    uid_item = true;
+                }
+            }
+            _ => {}
+        }
+        if depth == 0 {
+            break;
+        }
+    }
+    if items.is_empty() {
+        return Ok(None);
+    }
+    let mut plain = Vec::with_capacity(cmd.len());
+    let mut copied = 0;
+    for span in spans {
+        plain.extend_from_slice(&cmd[copied..span.start]);
+        plain.extend_from_slice(b"UID");
+        copied = span.end;
+    }
+    plain.extend_from_slice(&cmd[copied..]);
+    Ok(Some(BinaryFetch { items, plain, uid_item }))
+}
+
+/// One `BINARY[.PEEK|.SIZE][section-binary][partial]` atom starting at
+/// octet `at` (RFC 3516 section 6).
+fn binary_item(a: &[u8], at: usize) -> R<BinaryItem> {
+    let fail = |off: usize, what| Err(SyntaxError { at: at + off, what });
+    let upper = a.to_ascii_uppercase();
+    let (start, peek, size) = if upper.starts_with(b"BINARY.PEEK[") {
+        (12, true, false)
+    } else if upper.starts_with(b"BINARY.SIZE[") {
+        (12, false, true)
+    } else if upper.starts_with(b"BINARY[") {
+        (7, false, false)
+    } else {
+        return fail(0, "expected BINARY[, BINARY.PEEK[ or BINARY.SIZE[");
+    };
+    let mut i = start;
+    let mut part = Vec::new();
+    // section-part: nz-number *("." nz-number), or nothing.
+    if a.get(i) != Some(&b']') {
+        loop {
+            let n_at = i;
+            while a.get(i).is_some_and(u8::is_ascii_digit) {
+                i += 1;
+            }
+            match number(&a[n_at..i]) {
+                Some(n) if n > 0 && part.len() < MAX_SECTION_PARTS => part.push(n),
+                Some(n) if n > 0 => return fail(n_at, "too many part numbers in a BINARY section"),
+                _ => return fail(n_at, "BINARY sections are part numbers (non-zero, 32-bit) only"),
+            }
+            match a.get(i) {
+                Some(b'.') => i += 1,
+                Some(b']') => break,
+                _ => return fail(i, "BINARY sections are part numbers only: expected . or ]"),
+            }
+        }
+    }
+    i += 1;
+    let mut partial = None;
+    if a.get(i) == Some(&b'<') {
+        if size {
+            return fail(i, "BINARY.SIZE takes no partial range");
+        }
+        i += 1;
+        let o_at = i;
+        while a.get(i).is_some_and(u8::is_ascii_digit) {
+            i += 1;
+        }
+        let origin = number(&a[o_at..i]).ok_or(SyntaxError {
+            at: at + o_at,
+            what: "partial origin is not a 32-bit number",
+        })?;
+        if a.get(i) != Some(&b'.') {
+            return fail(i, "expected . in the partial range");
+        }
+        i += 1;
+        let l_at = i;
+        while a.get(i).is_some_and(u8::is_ascii_digit) {
+            i += 1;
+        }
+        let length = number(&a[l_at..i]).filter(|n| *n > 0).ok_or(SyntaxError {
+            at: at + l_at,
+            what: "partial length is not a non-zero 32-bit number",
+        })?;
+        if a.get(i) != Some(&b'>') {
+            return fail(i, "expected > after the partial range");
+        }
+        i += 1;
+        partial = Some((origin, length));
+    }
+    if i != a.len() {
+        return fail(i, "unexpected text after a BINARY item");
+    }
+    Ok(if size {
+        BinaryItem::Size { part }
+    } else {
+        BinaryItem::Binary { part, peek, partial }
+    })
+}
+
+/// A decimal number of 1 to 10 digits that fits 32 bits.
+fn number(digits: &[u8]) -> Option<u32> {
+    if digits.is_empty() || digits.len() > 10 || !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    std::str::from_utf8(digits).ok()?.parse().ok()
 }
 
 /// What `SEARCH RETURN (...)` asks for (RFC 4731).
@@ -886,12 +1072,116 @@ mod tests {
             b"a APPEND Sent {5}\r\nhi\r\n",
             b"a APPEND Sent (\\Recent) {2}\r\nhi\r\n",
             b"a APPEND Sent \"31-Feb-2026 10:00:00 +0100\" {2}\r\nhi\r\n",
-            b"a APPEND Sent ~{2}\r\nhi\r\n",
             b"a APPEND Sent UTF8 ({2}\r\nhi)\r\n",
             b"a APPEND Sent {2}\r\nhi junk\r\n",
         ] {
             let (_, mut lx) = args(bad);
             assert!(append(&mut lx).is_err(), "{}", String::from_utf8_lossy(bad));
+        }
+    }
+
+    #[test]
+    fn append_takes_a_literal8_as_it_is() {
+        let (_, mut lx) = args(b"a APPEND Sent (\\Seen) ~{4}\r\nh\x00\r\xff ~{2+}\r\nok\r\n");
+        let a = append(&mut lx).unwrap();
+        assert_eq!(a.messages.len(), 2);
+        assert_eq!(a.messages[0].data, b"h\x00\r\xff");
+        assert!(!a.messages[0].utf8);
+        assert_eq!(a.messages[1].data, b"ok");
+        for bad in [
+            &b"a APPEND Sent ~{5}\r\nhi\r\n"[..],
+            b"a APPEND Sent ~{x}\r\nhi\r\n",
+            b"a APPEND Sent ~2\r\n",
+        ] {
+            let (_, mut lx) = args(bad);
+            assert!(append(&mut lx).is_err(), "{}", String::from_utf8_lossy(bad));
+        }
+    }
+
+    #[test]
+    fn fetch_binary_items_are_split_off() {
+        let f = fetch_binary(
+            b"t UID FETCH 1:* (FLAGS BINARY[2] BODY.PEEK[HEADER.FIELDS (BINARY[1] UID)] binary.peek[1.2]<0.10> BINARY.SIZE[])\r\n",
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(
+            f.items,
+            vec![
+                BinaryItem::Binary {
+                    part: vec![2],
+                    peek: false,
+                    partial: None
+                },
+                BinaryItem::Binary {
+                    part: vec![1, 2],
+                    peek: true,
+                    partial: Some((0, 10))
+                },
+                BinaryItem::Size { part: vec![] },
+            ]
+        );
+        assert_eq!(
+            f.plain,
+            b"t UID FETCH 1:* (FLAGS UID BODY.PEEK[HEADER.FIELDS (BINARY[1] UID)] UID UID)\r\n".to_vec()
+        );
+        // Header field names are not items.
+        assert!(!f.uid_item);
+        let f = fetch_binary(b"t FETCH 3 BINARY.SIZE[1]\r\n").unwrap().unwrap();
+        assert_eq!(f.items, vec![BinaryItem::Size { part: vec![1] }]);
+        assert_eq!(f.plain, b"t FETCH 3 UID\r\n".to_vec());
+        assert!(!f.uid_item);
+        let f = fetch_binary(b"t FETCH 3 (uid BINARY[]<4294967295.4294967295>)\r\n")
+            .unwrap()
+            .unwrap();
+        assert!(f.uid_item);
+        assert_eq!(
+            f.items,
+            vec![BinaryItem::Binary {
+                part: vec![],
+                peek: false,
+                partial: Some((u32::MAX, u32::MAX))
+            }]
+        );
+        assert_eq!(fetch_binary(b"t FETCH 1 (FLAGS BODY[])\r\n").unwrap(), None);
+        assert_eq!(fetch_binary(b"t STORE 1 +FLAGS (BINARY[1])\r\n").unwrap(), None);
+        // Each error says where it is.
+        for (bad, at, what) in [
+            (&b"t FETCH 1 BINARY[1.TEXT]\r\n"[..], 19, "BINARY sections are part numbers"),
+            (b"t FETCH 1 BINARY[HEADER]\r\n", 17, "BINARY sections are part numbers"),
+            (b"t FETCH 1 BINARY[1.MIME]\r\n", 19, "BINARY sections are part numbers"),
+            (b"t FETCH 1 (FLAGS BINARY[0])\r\n", 24, "BINARY sections are part numbers"),
+            (b"t FETCH 1 BINARY[1..2]\r\n", 19, "BINARY sections are part numbers"),
+            (b"t FETCH 1 BINARY[4294967296]\r\n", 17, "BINARY sections are part numbers"),
+            (b"t FETCH 1 BINARY[1]<0.0>\r\n", 22, "partial length"),
+            (b"t FETCH 1 BINARY[1]<4294967296.1>\r\n", 20, "partial origin"),
+            (b"t FETCH 1 BINARY[1]<1.99999999999>\r\n", 22, "partial length"),
+            (b"t FETCH 1 BINARY[1]<1>\r\n", 21, "expected ."),
+            (b"t FETCH 1 BINARY[1]<1.2\r\n", 23, "expected >"),
+            (b"t FETCH 1 BINARY.SIZE[1]<0.1>\r\n", 24, "BINARY.SIZE takes no partial"),
+            (b"t FETCH 1 BINARY[1]x\r\n", 19, "unexpected text"),
+            (b"t FETCH 1 BINARY\r\n", 10, "expected BINARY["),
+            (b"t FETCH 1 BINARY.PEAK[1]\r\n", 10, "expected BINARY["),
+            (b"t FETCH 1 BINARY[1\r\n", 18, "expected . or ]"),
+        ] {
+            let e = fetch_binary(bad).unwrap_err();
+            assert_eq!(e.at, at, "{}: {e}", String::from_utf8_lossy(bad));
+            assert!(e.what.contains(what), "{}: {e}", String::from_utf8_lossy(bad));
+        }
+        let deep = format!("t FETCH 1 BINARY[{}1]\r\n", "1.".repeat(MAX_SECTION_PARTS));
+        assert!(fetch_binary(deep.as_bytes()).unwrap_err().what.contains("too many part numbers"));
+        let many = format!("t FETCH 1 ({} BINARY[1])\r\n", "FLAGS ".repeat(MAX_ITEMS));
+        assert!(fetch_binary(many.as_bytes()).unwrap_err().what.contains("too many FETCH items"));
+        // Hostile input: never panics.
+        for cmd in [
+            &b"t FETCH"[..],
+            b"t FETCH 1 (",
+            b"t FETCH 1 (BINARY[",
+            b"t FETCH 1 ~{",
+            b"t FETCH 1 BINARY[1]<",
+            b"t FETCH 1 BINARY.SIZE[",
+        ] {
+            let _ = fetch_binary(cmd);
         }
     }
 

@@ -107,6 +107,47 @@ pub enum SectionText {
     Mime,
 }
 
+/// A Content-Transfer-Encoding this module can remove (RFC 2045 section 6).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transfer {
+    /// `7bit`, `8bit` or `binary` (or no valid header at all): the bytes are the content.
+    Identity,
+    Base64,
+    QuotedPrintable,
+}
+
+impl Transfer {
+    /// The encoding a header value names; `Err` with the value when it is none of
+    /// RFC 2045's five (names are case-insensitive).
+    pub fn from_name(name: &[u8]) -> Result<Transfer, Vec<u8>> {
+        Ok(match name.to_ascii_lowercase().as_slice() {
+            b"7bit" | b"8bit" | b"binary" => Transfer::Identity,
+            b"base64" => Transfer::Base64,
+            b"quoted-printable" => Transfer::QuotedPrintable,
+            _ => return Err(name.to_vec()),
+        })
+    }
+
+    /// `bytes` with this encoding removed, leniently: base64 skips characters outside its
+    /// alphabet, quoted-printable keeps a stray `=`. Identity borrows.
+    pub fn decode<'b>(&self, bytes: &'b [u8]) -> Cow<'b, [u8]> {
+        match self {
+            Transfer::Identity => Cow::Borrowed(bytes),
+            Transfer::Base64 => Cow::Owned(decode_base64(bytes)),
+            Transfer::QuotedPrintable => Cow::Owned(decode_quoted_printable(bytes)),
+        }
+    }
+}
+
+/// Why `BINARY[part]` (RFC 3516) cannot be answered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BinaryError {
+    /// The part does not exist.
+    NoSuchPart,
+    /// The part's Content-Transfer-Encoding is not one that can be removed.
+    UnknownTransfer(Vec<u8>),
+}
+
 /// One stored message, parsed into its MIME tree. It borrows the raw bytes.
 ///
 /// Parsing happens once, in [`Parsed::new`]. Every accessor works from the tree, so
@@ -267,6 +308,33 @@ impl<'a> Parsed<'a> {
                 _ => None,
             },
         }
+    }
+
+    /// The data of `BINARY[part]` (RFC 3516) before its transfer encoding is removed,
+    /// and that encoding: the section `BODY[part]` addresses, with the
+    /// Content-Transfer-Encoding of that part. An empty `part` is the whole message
+    /// as stored (its header is not encoded). A missing or malformed header means
+    /// `7bit` (RFC 2045 section 6.1), as in BODYSTRUCTURE; a well-formed name that is
+    /// not one of RFC 2045's is [`BinaryError::UnknownTransfer`]. Multiparts and
+    /// `message/rfc822` parts carry their own header's encoding too (RFC 2045 allows
+    /// them only the identity ones).
+    pub fn binary_section(&self, part: &[u32]) -> Result<(&'a [u8], Transfer), BinaryError> {
+        if part.is_empty() {
+            return Ok((self.raw, Transfer::Identity));
+        }
+        let entity = self.resolve(part).ok_or(BinaryError::NoSuchPart)?;
+        let transfer = match self.transfer_encoding(entity) {
+            None => Transfer::Identity,
+            Some(name) => Transfer::from_name(&name).map_err(BinaryError::UnknownTransfer)?,
+        };
+        Ok((&self.raw[entity.body.clone()], transfer))
+    }
+
+    /// `BINARY[part]` (RFC 3516): [`Parsed::binary_section`] with its transfer
+    /// encoding removed.
+    pub fn binary(&self, part: &[u32]) -> Result<Cow<'a, [u8]>, BinaryError> {
+        let (bytes, transfer) = self.binary_section(part)?;
+        Ok(transfer.decode(bytes))
     }
 
     /// All values of the top-level header field `name` (case-insensitive), in message
@@ -567,14 +635,12 @@ impl<'a> Parsed<'a> {
             Kind::Message(inner) => self.collect_text(inner, out),
             Kind::Leaf if entity.ctype.is("text") => {
                 let body = &self.raw[entity.body.clone()];
-                let encoding = self.transfer_encoding(entity).unwrap_or_default();
-                let decoded: Cow<'_, [u8]> = if encoding.eq_ignore_ascii_case(b"base64") {
-                    Cow::Owned(decode_base64(body))
-                } else if encoding.eq_ignore_ascii_case(b"quoted-printable") {
-                    Cow::Owned(decode_quoted_printable(body))
-                } else {
-                    Cow::Borrowed(body)
-                };
+                // An encoding that cannot be removed is searched as it is.
+                let decoded = self
+                    .transfer_encoding(entity)
+                    .and_then(|name| Transfer::from_name(&name).ok())
+                    .unwrap_or(Transfer::Identity)
+                    .decode(body);
                 let text = match entity.ctype.param("charset").and_then(charset_decoder) {
                     Some(decode) => decode(&decoded),
                     None => String::from_utf8_lossy(&decoded).into_owned(),
@@ -1281,7 +1347,7 @@ fn parse_language_list(v: &[u8]) -> Vec<Vec<u8>> {
 }
 
 // ---------------------------------------------------------------------------------------
-// Body decoding for SEARCH
+// Body decoding for SEARCH and BINARY
 // ---------------------------------------------------------------------------------------
 
 /// Lenient base64: characters outside the alphabet (line breaks, padding, junk) are skipped.
@@ -2755,6 +2821,35 @@ data",
             s(&p.body_structure(false)),
             "(\"text\" \"plain\" (\"charset\" {2}\r\n\u{e9}) NIL NIL \"7bit\" 1 0)"
         );
+    }
+
+    /// RFC 3516 BINARY sections: each part with its own transfer encoding removed.
+    #[test]
+    fn binary_sections_remove_the_transfer_encoding() {
+        let raw: &[u8] = b"Subject: b\r\nContent-Type: multipart/mixed; boundary=x\r\n\r\n--x\r\n\
+Content-Type: text/plain\r\nContent-Transfer-Encoding: Quoted-Printable\r\n\r\ncaf=C3=A9 =3D soft=\r\nbreak\r\n--x\r\n\
+Content-Type: application/octet-stream\r\nContent-Transfer-Encoding: base64\r\n\r\nAAEC/wBoaQ==\r\n--x\r\n\
+Content-Transfer-Encoding: 8bit\r\n\r\nraw \xff\r\n--x\r\n\
+Content-Transfer-Encoding: x-unknown\r\n\r\nzz\r\n--x\r\n\
+Content-Transfer-Encoding: (comment only)\r\n\r\nplain\r\n--x--\r\n";
+        let p = Parsed::new(raw);
+        assert_eq!(p.binary(&[1]).unwrap().as_ref(), "café = softbreak".as_bytes());
+        assert_eq!(p.binary(&[2]).unwrap().as_ref(), b"\x00\x01\x02\xff\x00hi");
+        assert_eq!(p.binary(&[2, 1]).unwrap().as_ref(), b"\x00\x01\x02\xff\x00hi");
+        // Identity encodings borrow the stored bytes.
+        assert!(matches!(p.binary(&[3]).unwrap(), Cow::Borrowed(b"raw \xff")));
+        assert_eq!(p.binary(&[4]), Err(BinaryError::UnknownTransfer(b"x-unknown".to_vec())));
+        // No token at all reads as 7bit, as BODYSTRUCTURE says.
+        assert_eq!(p.binary(&[5]).unwrap().as_ref(), b"plain");
+        assert_eq!(p.binary(&[6]), Err(BinaryError::NoSuchPart));
+        assert_eq!(p.binary(&[0]), Err(BinaryError::NoSuchPart));
+        assert_eq!(p.binary(&[]).unwrap().as_ref(), raw);
+        // A single-part message: part 1 is its body, with the message's encoding.
+        let p = Parsed::new(b"Content-Transfer-Encoding: BASE64\n\naGVs\nbG8=\n");
+        assert_eq!(p.binary(&[1]).unwrap().as_ref(), b"hello");
+        assert_eq!(p.binary(&[2]), Err(BinaryError::NoSuchPart));
+        assert_eq!(Transfer::from_name(b"BINARY"), Ok(Transfer::Identity));
+        assert_eq!(Transfer::from_name(b"x-uuencode"), Err(b"x-uuencode".to_vec()));
     }
 
     #[test]
