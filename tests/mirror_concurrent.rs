@@ -58,20 +58,7 @@ fn settled(nodes: &[&Node]) -> bool {
 /// Deliver messages `range` tagged `tag` over one LMTP connection; every one
 /// must get its 250.
 fn deliver(node: &Node, tag: &str, range: std::ops::Range<usize>) {
-    let mut c = common::Raw::connect(&node.addr("lmtp"));
-    c.reply();
-    c.send(b"LHLO t\r\n");
-    c.reply();
-    for i in range {
-        c.send(format!("MAIL FROM:<s@x>\r\nRCPT TO:<{USER}>\r\nDATA\r\n").as_bytes());
-        for _ in 0..3 {
-            let r = c.reply();
-            assert!(r.starts_with('2') || r.starts_with('3'), "{r}");
-        }
-        c.send(format!("Subject: {tag}-{i}\r\nMessage-ID: <{i}@{tag}>\r\n\r\nbody {i}\r\n.\r\n").as_bytes());
-        let r = c.reply();
-        assert!(r.starts_with("250"), "delivery {tag}-{i}: {r}");
-    }
+    common::deliver_range(node, USER, tag, range);
 }
 
 /// INBOX as an IMAP client of `node` sees it: UID -> Message-ID, in UID order.

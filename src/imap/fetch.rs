@@ -486,17 +486,7 @@ mod tests {
             .copied()
             .chain(std::iter::repeat_n(b'y', 100_000))
             .collect();
-        let m = MessageRec {
-            guid: crate::event::Id([0; 16]),
-            blob: BlobHash([0; 32]),
-            size: body.len() as u64,
-            internal_date: 0,
-            tz_minutes: 0,
-            flags: crate::event::Flags::new(["\\Seen"]),
-            modseq: 1,
-            clocks: Vec::new(),
-            set_clock: (0, 0),
-        };
+        let m = rec(body.len());
         let item = MessageDataItemName::BodyExt {
             section: None,
             partial: None,

@@ -283,6 +283,25 @@ pub fn python(node: &Node, script: &str) -> String {
 
 /// A free UDP port on loopback (for mirror listeners, which peers must know
 /// before they start).
+/// Deliver messages `range` to `user` over one LMTP connection, each with
+/// `Subject: TAG-i` and `Message-ID: <i@TAG>`; every one must get its 250.
+pub fn deliver_range(node: &Node, user: &str, tag: &str, range: std::ops::Range<usize>) {
+    let mut c = Raw::connect(&node.addr("lmtp"));
+    c.reply();
+    c.send(b"LHLO t\r\n");
+    c.reply();
+    for i in range {
+        c.send(format!("MAIL FROM:<s@x>\r\nRCPT TO:<{user}>\r\nDATA\r\n").as_bytes());
+        for _ in 0..3 {
+            let r = c.reply();
+            assert!(r.starts_with('2') || r.starts_with('3'), "{r}");
+        }
+        c.send(format!("Subject: {tag}-{i}\r\nMessage-ID: <{i}@{tag}>\r\n\r\nbody {i}\r\n.\r\n").as_bytes());
+        let r = c.reply();
+        assert!(r.starts_with("250"), "delivery {tag}-{i}: {r}");
+    }
+}
+
 pub fn free_udp_port() -> u16 {
     std::net::UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }

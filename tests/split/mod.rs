@@ -16,20 +16,7 @@ pub const USER: &str = "u@example.org";
 
 /// Deliver `n` messages over LMTP; every one must get its 250.
 pub fn deliver(node: &Node, tag: &str, n: usize) {
-    let mut c = common::Raw::connect(&node.addr("lmtp"));
-    c.reply();
-    c.send(b"LHLO t\r\n");
-    c.reply();
-    for i in 0..n {
-        c.send(format!("MAIL FROM:<s@x>\r\nRCPT TO:<{USER}>\r\nDATA\r\n").as_bytes());
-        for _ in 0..3 {
-            let r = c.reply();
-            assert!(r.starts_with('2') || r.starts_with('3'), "{r}");
-        }
-        c.send(format!("Subject: {tag}-{i}\r\nMessage-ID: <{i}@{tag}>\r\n\r\nbody {i}\r\n.\r\n").as_bytes());
-        let r = c.reply();
-        assert!(r.starts_with("250"), "delivery {tag}-{i}: {r}");
-    }
+    common::deliver_range(node, USER, tag, 0..n);
 }
 
 /// What an IMAP client of `node` sees: (mailbox, UIDVALIDITY, UID) ->
