@@ -256,7 +256,7 @@ async fn dial_loop(
         });
         let started = Instant::now();
         let r = tokio::select! {
-            r = link(&ep, peer, i, &store, &mirror, &secret, window, auth_timeout) => r,
+            r = link(&ep, peer, i, &store, &mirror, &secret, window, auth_timeout, &peer_back) => r,
             _ = wait_shutdown(&mut shutdown) => return,
         };
         if let Err(e) = r {
@@ -294,6 +294,41 @@ fn to_vec(v: &wal::VersionVector) -> Vec<(u64, u64)> {
     v.0.iter().map(|(o, s)| (o.0, *s)).collect()
 }
 
+/// Fresh starts of one connection attempt that a peer's authenticated
+/// link may cause ([`connect`]); bounded, so that links of other peers
+/// coming and going cannot keep an attempt from ever finishing.
+const FRESH_DIALS: u32 = 3;
+
+/// Open the QUIC connection to `peer`. A peer that does not answer is
+/// retried after the backoff, not after the 30 s idle timeout: the attempt
+/// gives up after 5 s.
+///
+/// The first packets of an attempt made while the peer was not listening
+/// yet are lost, and QUIC sends them again only after its probe timeout
+/// (about 1 s, then 2 s and 4 s later): a fresh peer would wait up to that
+/// long for the entries it lacks. Once a peer has authenticated an
+/// incoming link here (`peer_back`), it is listening, so an attempt still
+/// waiting for its first answer starts afresh at once. Only the wait for
+/// the QUIC handshake is cut short, never a link that has one.
+async fn connect(ep: &quinn::Endpoint, peer: SocketAddr, peer_back: &tokio::sync::Notify) -> Result<quinn::Connection, LinkError> {
+    let mut fresh = 0;
+    loop {
+        let back = peer_back.notified();
+        let connecting = ep.connect(peer, "tandem").map_err(|e| LinkError::transport("connecting", e))?;
+        tokio::select! {
+            r = tokio::time::timeout(Duration::from_secs(5), connecting) => {
+                return r
+                    .map_err(|_| LinkError::Timeout("no answer from the peer within 5 s".into()))?
+                    .map_err(|e| LinkError::transport("connecting", e));
+            }
+            _ = back, if fresh < FRESH_DIALS => {
+                fresh += 1;
+                tracing::debug!(fresh, "a peer is back: dialling {peer} afresh");
+            }
+        }
+    }
+}
+
 /// One outgoing link, until it fails.
 #[allow(clippy::too_many_arguments)]
 async fn link(
@@ -305,14 +340,9 @@ async fn link(
     secret: &[u8],
     window: Window,
     auth_timeout: Duration,
+    peer_back: &tokio::sync::Notify,
 ) -> Result<(), LinkError> {
-    // A peer that does not answer is retried after the backoff, not after
-    // the 30 s idle timeout.
-    let connecting = ep.connect(peer, "tandem").map_err(|e| LinkError::transport("connecting", e))?;
-    let conn = tokio::time::timeout(Duration::from_secs(5), connecting)
-        .await
-        .map_err(|_| LinkError::Timeout("no answer from the peer within 5 s".into()))?
-        .map_err(|e| LinkError::transport("connecting", e))?;
+    let conn = connect(ep, peer, peer_back).await?;
     let wal = store.wal().clone();
     let seed = *mirror.seed.lock().expect("mirror lock");
     let role = super::role::current(&store.views(), store.node_id(), seed).map_err(|e| LinkError::Local(e.into()))?;
