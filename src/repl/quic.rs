@@ -727,10 +727,10 @@ async fn build_batch(
                     total: b.body.len() as u64,
                     bytes: piece.to_vec(),
                 };
-                out.extend_from_slice(&chunk.encode());
+                chunk.encode_into(&mut out);
             }
         }
-        out.extend_from_slice(&Frame::Batch { id, entries: wire, blobs }.encode());
+        Frame::Batch { id, entries: wire, blobs }.encode_into(&mut out);
         Ok((out, n))
     })
     .await
