@@ -1,5 +1,6 @@
 //! A peer that comes back is dialled at once: its own authenticated link
-//! wakes the other node's dialer out of a long reconnect backoff.
+//! wakes the other node's dialer out of a long reconnect backoff, or out of
+//! a connection attempt whose first packets it missed.
 
 mod common;
 use common::{digest, free_udp_port, wait_until, write_config, Node};
@@ -52,6 +53,30 @@ fn a_returning_peer_gets_the_changes_without_waiting_out_the_backoff() {
     }
     let b = start(&dir.path().join("b"), "node-b", pb, pa);
     assert!(converged(&a, &b, 15), "the restarted B did not catch up while A backed off");
+    assert!(b.stop());
+    assert!(a.stop());
+}
+
+#[test]
+fn a_peer_that_starts_during_a_connection_attempt_is_dialled_afresh() {
+    let dir = tempfile::tempdir().unwrap();
+    let (pa, pb) = (free_udp_port(), free_udp_port());
+    // B's port holds a socket that reads nothing: A's first packets to it,
+    // and QUIC's probes about 1 s and 3 s later, are lost, and its next
+    // probe would come after the attempt's 5 s answer timeout.
+    let silent = std::net::UdpSocket::bind(("127.0.0.1", pb)).unwrap();
+    let a = start(&dir.path().join("a"), "node-a", pa, pb);
+    let (ok, _, err) = a.cli(&["user", "add", "u@example.org", "--password-stdin"], Some("secret\n"));
+    assert!(ok, "{err}");
+    std::thread::sleep(std::time::Duration::from_millis(3300));
+    drop(silent);
+    // B comes up while A's attempt waits for an answer. Without a fresh
+    // dial that attempt would time out and A would wait out its backoff
+    // (at least 22.5 s); B's authenticated link makes A dial again at once.
+    // (Should B take longer than the attempt to start, A is in its backoff
+    // and is woken from it, as in the test above.)
+    let b = start(&dir.path().join("b"), "node-b", pb, pa);
+    assert!(converged(&a, &b, 15), "B did not get A's user: A kept waiting on its first attempt");
     assert!(b.stop());
     assert!(a.stop());
 }

@@ -349,8 +349,11 @@ fn the_master_repairs_on_schedule_and_status_reports_it() {
     assert!(converged(&a, &b, 20), "the repair did not reach the slave");
 
     // Exactly the damage: one message restored, one flag set, one mailbox
-    // renamed back, in two folders; and nothing repaired twice.
+    // renamed back, in two folders; and nothing repaired twice, once the
+    // next scheduled run (a second after the first) has compared again.
+    let again = wait_until(10, || admin_get(&a, "/v1/status")["resync"]["runs"].as_u64() >= Some(2));
     let st = admin_get(&a, "/v1/status")["resync"].clone();
+    assert!(again, "no second scheduled run in 10 s: {st}");
     assert_eq!(st["interval_secs"], 1, "{st}");
     assert_eq!(st["scheduled_here"], true, "{st}");
     assert_eq!(st["differences"], 3, "{st}");

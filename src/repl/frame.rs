@@ -128,6 +128,27 @@ pub enum FrameError {
     Body { offset: usize, reason: String },
 }
 
+/// A postcard flavor appending to a `Vec` whose room is reserved.
+struct Append<'a>(&'a mut Vec<u8>);
+
+impl postcard::ser_flavors::Flavor for Append<'_> {
+    type Output = ();
+
+    fn try_extend(&mut self, data: &[u8]) -> postcard::Result<()> {
+        self.0.extend_from_slice(data);
+        Ok(())
+    }
+
+    fn try_push(&mut self, data: u8) -> postcard::Result<()> {
+        self.0.push(data);
+        Ok(())
+    }
+
+    fn finalize(self) -> postcard::Result<()> {
+        Ok(())
+    }
+}
+
 impl Frame {
     /// The frame's name, for errors (never its contents).
     pub fn kind(&self) -> &'static str {
@@ -149,12 +170,24 @@ impl Frame {
     }
 
     pub fn encode(&self) -> Vec<u8> {
-        let body = postcard::to_allocvec(self).expect("frames always serialise");
-        let mut out = Vec::with_capacity(body.len() + 5);
-        out.extend_from_slice(&((body.len() + 1) as u32).to_be_bytes());
-        out.push(PROTOCOL);
-        out.extend_from_slice(&body);
+        let mut out = Vec::new();
+        self.encode_into(&mut out);
         out
+    }
+
+    /// Append the frame (length, version, body) to `out`. The body's size
+    /// is counted first and room for it reserved, so the body is written
+    /// once: a batch carries megabytes of bodies, which serialising into a
+    /// growing buffer and copying it behind a header would copy and
+    /// page-fault in several times over.
+    pub fn encode_into(&self, out: &mut Vec<u8>) {
+        let n = postcard::experimental::serialized_size(self).expect("frames always serialise");
+        out.reserve(n + 5);
+        out.extend_from_slice(&((n + 1) as u32).to_be_bytes());
+        out.push(PROTOCOL);
+        let start = out.len();
+        postcard::serialize_with_flavor(self, Append(out)).expect("frames always serialise");
+        debug_assert_eq!(out.len() - start, n, "the counted size is the written size");
     }
 
     /// The length a frame header announces, checked against `limit`
@@ -275,5 +308,44 @@ mod tests {
             }
             let _ = Frame::decode(&b);
         }
+    }
+
+    #[test]
+    fn frames_appended_to_a_buffer_are_the_frames_encoded_alone() {
+        let batch = Frame::Batch {
+            id: 300,
+            entries: (1..=3)
+                .map(|seq| WireEntry {
+                    origin: 0xd10b_1551_8d68_c2c6,
+                    seq,
+                    hlc: seq << 16,
+                    hash: [seq as u8; 32],
+                    payload: vec![seq as u8; 200 * seq as usize],
+                })
+                .collect(),
+            blobs: vec![WireBlob {
+                hash: [9; 32],
+                body: (0..70_000u32).map(|i| i as u8).collect(),
+            }],
+        };
+        let chunk = Frame::Chunk {
+            hash: [9; 32],
+            total: 5,
+            bytes: vec![1, 2, 3],
+        };
+        // Length, version and postcard body, as format section 4 says.
+        let body = postcard::to_allocvec(&batch).unwrap();
+        let alone = batch.encode();
+        assert_eq!(&alone[..4], &((body.len() + 1) as u32).to_be_bytes());
+        assert_eq!(alone[4], PROTOCOL);
+        assert_eq!(&alone[5..], &body[..]);
+        // Appended after another frame: both decode, in order.
+        let mut out = Vec::new();
+        chunk.encode_into(&mut out);
+        let first = out.len();
+        batch.encode_into(&mut out);
+        assert_eq!(&out[..first], &chunk.encode()[..]);
+        assert_eq!(&out[first..], &alone[..]);
+        assert_eq!(Frame::decode(&out[first + 4..]).unwrap(), batch);
     }
 }

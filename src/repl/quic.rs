@@ -7,7 +7,7 @@ use super::engine::{Command, Item, Sender, Window};
 use super::error::LinkError;
 use super::frame::{Frame, WireBlob, WireEntry, ALPN, CHUNK_BYTES, MAX_BATCH_ENTRIES, MAX_BODY, MAX_FRAME, PREAUTH_FRAME};
 use super::handshake;
-use super::stream::{read_frame, write_frame};
+use super::stream::{read_frame, read_frame_in, write_frame};
 use super::{now_ms, Mirror, OutLink};
 use crate::config::MirrorConfig;
 use crate::event::Event;
@@ -256,7 +256,7 @@ async fn dial_loop(
         });
         let started = Instant::now();
         let r = tokio::select! {
-            r = link(&ep, peer, i, &store, &mirror, &secret, window, auth_timeout) => r,
+            r = link(&ep, peer, i, &store, &mirror, &secret, window, auth_timeout, &peer_back) => r,
             _ = wait_shutdown(&mut shutdown) => return,
         };
         if let Err(e) = r {
@@ -294,6 +294,41 @@ fn to_vec(v: &wal::VersionVector) -> Vec<(u64, u64)> {
     v.0.iter().map(|(o, s)| (o.0, *s)).collect()
 }
 
+/// Fresh starts of one connection attempt that a peer's authenticated
+/// link may cause ([`connect`]); bounded, so that links of other peers
+/// coming and going cannot keep an attempt from ever finishing.
+const FRESH_DIALS: u32 = 3;
+
+/// Open the QUIC connection to `peer`. A peer that does not answer is
+/// retried after the backoff, not after the 30 s idle timeout: the attempt
+/// gives up after 5 s.
+///
+/// The first packets of an attempt made while the peer was not listening
+/// yet are lost, and QUIC sends them again only after its probe timeout
+/// (about 1 s, then 2 s and 4 s later): a fresh peer would wait up to that
+/// long for the entries it lacks. Once a peer has authenticated an
+/// incoming link here (`peer_back`), it is listening, so an attempt still
+/// waiting for its first answer starts afresh at once. Only the wait for
+/// the QUIC handshake is cut short, never a link that has one.
+async fn connect(ep: &quinn::Endpoint, peer: SocketAddr, peer_back: &tokio::sync::Notify) -> Result<quinn::Connection, LinkError> {
+    let mut fresh = 0;
+    loop {
+        let back = peer_back.notified();
+        let connecting = ep.connect(peer, "tandem").map_err(|e| LinkError::transport("connecting", e))?;
+        tokio::select! {
+            r = tokio::time::timeout(Duration::from_secs(5), connecting) => {
+                return r
+                    .map_err(|_| LinkError::Timeout("no answer from the peer within 5 s".into()))?
+                    .map_err(|e| LinkError::transport("connecting", e));
+            }
+            _ = back, if fresh < FRESH_DIALS => {
+                fresh += 1;
+                tracing::debug!(fresh, "a peer is back: dialling {peer} afresh");
+            }
+        }
+    }
+}
+
 /// One outgoing link, until it fails.
 #[allow(clippy::too_many_arguments)]
 async fn link(
@@ -305,14 +340,9 @@ async fn link(
     secret: &[u8],
     window: Window,
     auth_timeout: Duration,
+    peer_back: &tokio::sync::Notify,
 ) -> Result<(), LinkError> {
-    // A peer that does not answer is retried after the backoff, not after
-    // the 30 s idle timeout.
-    let connecting = ep.connect(peer, "tandem").map_err(|e| LinkError::transport("connecting", e))?;
-    let conn = tokio::time::timeout(Duration::from_secs(5), connecting)
-        .await
-        .map_err(|_| LinkError::Timeout("no answer from the peer within 5 s".into()))?
-        .map_err(|e| LinkError::transport("connecting", e))?;
+    let conn = connect(ep, peer, peer_back).await?;
     let wal = store.wal().clone();
     let seed = *mirror.seed.lock().expect("mirror lock");
     let role = super::role::current(&store.views(), store.node_id(), seed).map_err(|e| LinkError::Local(e.into()))?;
@@ -697,10 +727,10 @@ async fn build_batch(
                     total: b.body.len() as u64,
                     bytes: piece.to_vec(),
                 };
-                out.extend_from_slice(&chunk.encode());
+                chunk.encode_into(&mut out);
             }
         }
-        out.extend_from_slice(&Frame::Batch { id, entries: wire, blobs }.encode());
+        Frame::Batch { id, entries: wire, blobs }.encode_into(&mut out);
         Ok((out, n))
     })
     .await
@@ -1083,9 +1113,10 @@ async fn serve(
     let reader = tokio::spawn(async move {
         let mut query_budget = QUERY_BUDGET;
         let mut chunks = Chunks::default();
+        let mut buf = Vec::new();
         loop {
             let st = st.clone();
-            let f = read_frame(&mut recv, &m2, MAX_FRAME).await;
+            let f = read_frame_in(&mut recv, &m2, MAX_FRAME, &mut buf).await;
             // Refusals decided on arrival, before any work on the frame.
             let f = match f {
                 Ok(Frame::Chunk { hash, total, bytes }) => match chunks.add(hash, total, bytes) {

@@ -775,7 +775,10 @@ impl Wal {
         if items.is_empty() {
             return Ok(());
         }
-        let mut b = WriteBatch::default();
+        // Room for every record up front: appended into a growing buffer,
+        // megabytes of bodies would be copied again at each doubling.
+        let room: usize = items.iter().map(|(k, v)| k.len() + v.len() + 16).sum();
+        let mut b = WriteBatch::with_capacity_bytes(room + 16);
         let mut bytes = 0;
         for (k, v) in items {
             b.put_cf(self.shared.handle(cf.0), k, v);
