@@ -7,7 +7,7 @@ use super::engine::{Command, Item, Sender, Window};
 use super::error::LinkError;
 use super::frame::{Frame, WireBlob, WireEntry, ALPN, CHUNK_BYTES, MAX_BATCH_ENTRIES, MAX_BODY, MAX_FRAME, PREAUTH_FRAME};
 use super::handshake;
-use super::stream::{read_frame, read_frame_in, write_frame};
+use super::stream::{read_frame, write_frame};
 use super::{now_ms, Mirror, OutLink};
 use crate::config::MirrorConfig;
 use crate::event::Event;
@@ -1113,10 +1113,9 @@ async fn serve(
     let reader = tokio::spawn(async move {
         let mut query_budget = QUERY_BUDGET;
         let mut chunks = Chunks::default();
-        let mut buf = Vec::new();
         loop {
             let st = st.clone();
-            let f = read_frame_in(&mut recv, &m2, MAX_FRAME, &mut buf).await;
+            let f = read_frame(&mut recv, &m2, MAX_FRAME).await;
             // Refusals decided on arrival, before any work on the frame.
             let f = match f {
                 Ok(Frame::Chunk { hash, total, bytes }) => match chunks.add(hash, total, bytes) {

@@ -10,17 +10,6 @@ use std::sync::atomic::Ordering;
 /// Read one frame of at most `limit` bytes. A bad length, version or
 /// encoding is counted in `bad_frames`.
 pub async fn read_frame(recv: &mut quinn::RecvStream, mirror: &Mirror, limit: u32) -> Result<Frame, LinkError> {
-    read_frame_in(recv, mirror, limit, &mut Vec::new()).await
-}
-
-/// A read buffer larger than this is not kept for the next frame.
-const KEEP_BUFFER: usize = 16 << 20;
-
-/// Read one frame through `buf`, which keeps its room (up to
-/// [`KEEP_BUFFER`]) for the next frame: a link reading frames of megabytes
-/// one after another would otherwise have each one's pages zeroed and
-/// faulted in afresh.
-pub async fn read_frame_in(recv: &mut quinn::RecvStream, mirror: &Mirror, limit: u32, buf: &mut Vec<u8>) -> Result<Frame, LinkError> {
     let mut hdr = [0u8; 4];
     recv.read_exact(&mut hdr)
         .await
@@ -28,19 +17,13 @@ pub async fn read_frame_in(recv: &mut quinn::RecvStream, mirror: &Mirror, limit:
     let n = Frame::length(hdr, limit).inspect_err(|_| {
         mirror.bad_frames.fetch_add(1, Ordering::Relaxed);
     })?;
-    let n = n as usize;
-    if buf.len() < n {
-        buf.resize(n, 0);
-    }
-    let body = &mut buf[..n];
-    recv.read_exact(body).await.map_err(|e| read_error("reading a frame body", e))?;
-    let f = Frame::decode(body).inspect_err(|_| {
+    let mut body = vec![0u8; n as usize];
+    recv.read_exact(&mut body)
+        .await
+        .map_err(|e| read_error("reading a frame body", e))?;
+    Ok(Frame::decode(&body).inspect_err(|_| {
         mirror.bad_frames.fetch_add(1, Ordering::Relaxed);
-    });
-    if buf.len() > KEEP_BUFFER {
-        *buf = Vec::new();
-    }
-    Ok(f?)
+    })?)
 }
 
 fn read_error(during: &'static str, e: quinn::ReadExactError) -> LinkError {
