@@ -1029,7 +1029,7 @@ impl Session {
             return;
         };
         let v = self.shared.store.views();
-        let msgs = match v.messages(mb.id) {
+        let msgs = match v.message_flags(mb.id) {
             Ok(m) => m,
             Err(e) => {
                 tracing::error!(error = %e, "reading mailbox");
@@ -1039,13 +1039,13 @@ impl Session {
         };
         let mut keywords = BTreeSet::new();
         let mut first_unseen = None;
-        for (i, (_, m)) in msgs.iter().enumerate() {
-            for f in m.flags.iter() {
+        for (i, (_, flags)) in msgs.iter().enumerate() {
+            for f in flags.iter() {
                 if !f.starts_with('\\') {
                     keywords.insert(f.to_string());
                 }
             }
-            if first_unseen.is_none() && !m.flags.contains("\\Seen") {
+            if first_unseen.is_none() && !flags.contains("\\Seen") {
                 first_unseen = Some(i + 1);
             }
         }
@@ -1064,13 +1064,14 @@ impl Session {
             if readonly { "READ-ONLY" } else { "READ-WRITE" },
             if readonly { "EXAMINE" } else { "SELECT" }
         ));
+        let uids = msgs.iter().map(|(u, _)| *u).collect();
         self.selected = Some(Selected {
             id: mb.id,
             name,
             readonly,
-            flags: msgs.iter().map(|(u, m)| (*u, m.flags.clone())).collect(),
+            flags: msgs.into_iter().collect(),
             keywords,
-            uids: msgs.into_iter().map(|(u, _)| u).collect(),
+            uids,
             modseq: mb.highestmodseq,
             expunge_pending: false,
         });
