@@ -1219,12 +1219,24 @@ impl Session {
         });
         let v = self.shared.store.views();
         let store = self.shared.store.clone();
-        for (i, (seq, u)) in targets.into_iter().enumerate() {
-            if i % 64 == 63 {
-                // Other sessions get the thread between messages.
-                tokio::task::yield_now().await;
+        // Records are read 64 at a time in one batched lookup; other
+        // sessions get the thread between the batches.
+        let mut records: std::vec::IntoIter<Option<crate::views::MessageRec>> = Vec::new().into_iter();
+        for (i, (seq, u)) in targets.iter().copied().enumerate() {
+            if i % 64 == 0 {
+                if i > 0 {
+                    tokio::task::yield_now().await;
+                }
+                let uids: Vec<u32> = targets[i..].iter().take(64).map(|(_, u)| *u).collect();
+                records = match v.messages_at(id, &uids) {
+                    Ok(r) => r.into_iter(),
+                    Err(e) => {
+                        tracing::error!(error = %e, "reading messages");
+                        vec![None; uids.len()].into_iter()
+                    }
+                };
             }
-            let Ok(Some(m)) = v.message(id, u) else { continue };
+            let Some(Some(m)) = records.next() else { continue };
             let body = if need_raw { store.blob(&m.blob).ok().flatten() } else { None };
             let summary = if need_summary {
                 self.shared.cache.get_or(&store, &m.blob, || {

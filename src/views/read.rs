@@ -40,6 +40,10 @@ struct MessageHead {
 pub trait ViewRead {
     fn vget(&self, key: &[u8]) -> Result<Option<Vec<u8>>, WalError>;
     fn vscan(&self, prefix: &[u8]) -> Result<KeyValues, WalError>;
+    /// Several keys at once, in the order given; `sorted`: they ascend.
+    fn vget_many(&self, keys: &[Vec<u8>], _sorted: bool) -> Result<Vec<Option<Vec<u8>>>, WalError> {
+        keys.iter().map(|k| self.vget(k)).collect()
+    }
 
     fn user(&self, user: &str) -> Result<Option<UserRec>, ViewError> {
         let k = keys::user(user);
@@ -291,6 +295,18 @@ pub trait ViewRead {
             .collect()
     }
 
+    /// The messages at `uids` of a mailbox (`None` where there is none), in
+    /// one batched lookup.
+    fn messages_at(&self, mailbox: Id, uids: &[u32]) -> Result<Vec<Option<MessageRec>>, ViewError> {
+        let keys: Vec<Vec<u8>> = uids.iter().map(|u| keys::message(mailbox, *u)).collect();
+        let sorted = uids.windows(2).all(|w| w[0] < w[1]);
+        self.vget_many(&keys, sorted)?
+            .into_iter()
+            .zip(&keys)
+            .map(|(v, k)| v.map(|v| dec(k, &v)).transpose())
+            .collect()
+    }
+
     fn message(&self, mailbox: Id, uid: u32) -> Result<Option<MessageRec>, ViewError> {
         let k = keys::message(mailbox, uid);
         self.vget(&k)?.map(|v| dec(&k, &v)).transpose()
@@ -382,6 +398,9 @@ impl ViewRead for Views {
     fn vget(&self, key: &[u8]) -> Result<Option<Vec<u8>>, WalError> {
         self.wal.get(self.cf, key)
     }
+    fn vget_many(&self, keys: &[Vec<u8>], sorted: bool) -> Result<Vec<Option<Vec<u8>>>, WalError> {
+        self.wal.multi_get(self.cf, keys, sorted)
+    }
     fn vscan(&self, prefix: &[u8]) -> Result<KeyValues, WalError> {
         self.wal.scan_prefix(self.cf, prefix)
     }
@@ -450,5 +469,12 @@ mod tests {
         );
         assert_eq!(v.message_flags(mb.id).unwrap(), full);
         assert_eq!(full.len(), 5);
+        // A batched lookup, in order, in any order, and with a UID that
+        // names nothing, equals one `message` each.
+        for uids in [vec![1, 2, 3, 4, 5], vec![5, 9, 1, 3]] {
+            let one: Vec<Option<MessageRec>> = uids.iter().map(|u| v.message(mb.id, *u).unwrap()).collect();
+            assert_eq!(v.messages_at(mb.id, &uids).unwrap(), one);
+        }
+        assert!(v.messages_at(mb.id, &[9]).unwrap()[0].is_none());
     }
 }
