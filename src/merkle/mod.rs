@@ -228,6 +228,73 @@ impl Node {
     }
 }
 
+/// Bytes of an entry's hash a [`Node::digest`] carries: enough to steer a
+/// comparison down the tree (two different children look alike with
+/// probability 2^-64), while a node's full hash still decides whether
+/// two trees are equal.
+pub const DIGEST_HASH_BYTES: usize = 8;
+
+/// One entry of a [`Node::digest`].
+#[derive(serde::Serialize, serde::Deserialize)]
+struct DigestEntry {
+    key: serde_bytes::ByteBuf,
+    hash: [u8; DIGEST_HASH_BYTES],
+    count: u64,
+}
+
+impl Node {
+    /// The node as a resync sends it for comparison: postcard
+    /// `Vec<(key bytes, hash[..8], count varint)>`, about a quarter of the
+    /// stored form for wide nodes.
+    pub fn digest(&self) -> Vec<u8> {
+        let entries: Vec<DigestEntry> = self
+            .entries
+            .iter()
+            .map(|e| DigestEntry {
+                key: serde_bytes::ByteBuf::from(e.key.clone()),
+                hash: e.hash[..DIGEST_HASH_BYTES].try_into().expect("a hash is longer"),
+                count: e.count,
+            })
+            .collect();
+        postcard::to_allocvec(&entries).expect("a digest encodes")
+    }
+
+    /// Decode a [`Node::digest`]: entries whose hashes hold the digest's
+    /// bytes, the rest zero (as [`Node::truncated`]). `key` names it in
+    /// errors.
+    pub fn from_digest(key: &[u8], b: &[u8]) -> Result<Node, ViewError> {
+        let bad = |reason: String| ViewError::Corrupt {
+            key: hex::encode(key),
+            reason,
+        };
+        let entries: Vec<DigestEntry> = postcard::from_bytes(b).map_err(|e| bad(format!("tree node digest does not decode: {e}")))?;
+        let mut out: Vec<Entry> = Vec::with_capacity(entries.len());
+        for (i, e) in entries.into_iter().enumerate() {
+            if out.last().is_some_and(|l| l.key.as_slice() >= e.key.as_slice()) {
+                return Err(bad(format!("tree node digest entry {i} is out of order")));
+            }
+            let mut hash = [0u8; 32];
+            hash[..DIGEST_HASH_BYTES].copy_from_slice(&e.hash);
+            out.push(Entry {
+                key: e.key.into_vec(),
+                hash,
+                count: e.count,
+            });
+        }
+        Ok(Node { entries: out })
+    }
+
+    /// The node with each entry's hash cut to what a digest carries (the
+    /// rest zero), to compare with a node read from a digest.
+    pub fn truncated(&self) -> Node {
+        let mut n = self.clone();
+        for e in &mut n.entries {
+            e.hash[DIGEST_HASH_BYTES..].fill(0);
+        }
+        n
+    }
+}
+
 /// blake3 (context "tandem merkle node v1") over `kind || entries`.
 pub fn hash_entries(kind: u8, entries: &[u8]) -> Hash {
     let mut h = hasher("tandem merkle node v1");
