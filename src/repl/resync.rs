@@ -23,7 +23,7 @@
 use super::frame::{Frame, MAX_FRAME};
 use super::Mirror;
 use crate::event::{BlobHash, Event, FlagOp, Id};
-use crate::merkle::{self, keys as tk, Entry, Node, ROOT_LEVEL};
+use crate::merkle::{self, keys as tk, Entry, Node, FANOUT_BITS, ROOT_LEVEL};
 use crate::store::Store;
 use crate::views::{keys as vk, MailboxRec, MessageRec, UserRec, ViewRead};
 use anyhow::{bail, Context};
@@ -503,11 +503,30 @@ enum Probe {
     Group(u8),
     Bucket(u16),
     User(String),
+    /// A user's account record (its node's `a` entry differs).
+    Account(String),
     Config,
     ConfigKey(String),
-    Mailbox { user: String, id: Id },
-    Trie { user: String, id: Id, level: u8, index: u32 },
-    Message { user: String, id: Id, uid: u32 },
+    /// A mailbox's record and trie root, and (`low` below the root) the
+    /// first node of trie level `low`, which holds every message when both
+    /// sides' UIDs are below 64^(low+1): the levels above it are then
+    /// chains of one entry and are not read.
+    Mailbox {
+        user: String,
+        id: Id,
+        low: u8,
+    },
+    Trie {
+        user: String,
+        id: Id,
+        level: u8,
+        index: u32,
+    },
+    Message {
+        user: String,
+        id: Id,
+        uid: u32,
+    },
 }
 
 impl Probe {
@@ -519,10 +538,17 @@ impl Probe {
             Probe::UsersRoot => vec![(t, tk::users_root())],
             Probe::Group(g) => vec![(t, tk::group(*g))],
             Probe::Bucket(b) => vec![(t, tk::bucket(*b))],
-            Probe::User(u) => vec![(t, tk::user(u)), (r, vk::user(u))],
+            Probe::User(u) => vec![(t, tk::user(u))],
+            Probe::Account(u) => vec![(r, vk::user(u))],
             Probe::Config => vec![(t, tk::config())],
             Probe::ConfigKey(k) => vec![(r, vk::config(k))],
-            Probe::Mailbox { user, id } => vec![(r, vk::mailbox(user, *id)), (t, tk::mailbox_node(*id, ROOT_LEVEL, 0))],
+            Probe::Mailbox { user, id, low } => {
+                let mut k = vec![(r, vk::mailbox(user, *id)), (t, tk::mailbox_node(*id, ROOT_LEVEL, 0))];
+                if *low < ROOT_LEVEL {
+                    k.push((t, tk::mailbox_node(*id, *low, 0)));
+                }
+                k
+            }
             Probe::Trie { id, level, index, .. } => vec![(t, tk::mailbox_node(*id, *level, *index))],
             Probe::Message { id, uid, .. } => vec![(r, vk::message(*id, *uid))],
         }
@@ -684,9 +710,35 @@ impl Walk {
                     fix,
                 );
             }
+            Probe::Account(user) => {
+                let (ua, ub): (Option<UserRec>, Option<UserRec>) = (dec(&keys[0], &here[0])?, dec(&keys[0], &there[0])?);
+                let (ur, uo) = if self.from_peer { (&ub, &ua) } else { (&ua, &ub) };
+                let fix = match (ur, uo) {
+                    (Some(u), Some(_)) => Some(Event::PasswordChanged {
+                        user: user.clone(),
+                        password_hash: u.password_hash.clone(),
+                    }),
+                    (Some(u), None) | (None, Some(u)) => Some(Event::UserCreated {
+                        user: user.clone(),
+                        password_hash: u.password_hash.clone(),
+                    }),
+                    (None, None) => None,
+                };
+                let detail = match (&ua, &ub) {
+                    (Some(_), Some(_)) => "password differs".to_string(),
+                    (Some(_), None) => "user missing on the peer".to_string(),
+                    (None, Some(_)) => "user missing here".to_string(),
+                    (None, None) => "account records differ".to_string(),
+                };
+                let fix = fix.map(|e| Fix {
+                    rank: 0,
+                    events: vec![e],
+                    body: None,
+                });
+                self.found("account", Some(user), None, None, detail, fix);
+            }
             Probe::User(user) => {
                 let (a, b) = (node(&keys[0], &here[0])?, node(&keys[0], &there[0])?);
-                let (ua, ub): (Option<UserRec>, Option<UserRec>) = (dec(&keys[1], &here[1])?, dec(&keys[1], &there[1])?);
                 self.count(&a, &b);
                 let folders = |n: &Node| n.entries.iter().filter(|e| e.key.first() == Some(&b'm')).count() as u64;
                 let equal = a
@@ -698,37 +750,20 @@ impl Walk {
                 self.folders_done += equal;
                 for (k, ea, eb) in differing(&a, &b) {
                     match k.first() {
-                        Some(b'a') => {
-                            let (ur, uo) = if self.from_peer { (&ub, &ua) } else { (&ua, &ub) };
-                            let fix = match (ur, uo) {
-                                (Some(u), Some(_)) => Some(Event::PasswordChanged {
-                                    user: user.clone(),
-                                    password_hash: u.password_hash.clone(),
-                                }),
-                                (Some(u), None) | (None, Some(u)) => Some(Event::UserCreated {
-                                    user: user.clone(),
-                                    password_hash: u.password_hash.clone(),
-                                }),
-                                (None, None) => None,
-                            };
-                            let detail = match (&ua, &ub) {
-                                (Some(_), Some(_)) => "password differs".to_string(),
-                                (Some(_), None) => "user missing on the peer".to_string(),
-                                (None, Some(_)) => "user missing here".to_string(),
-                                (None, None) => "account records differ".to_string(),
-                            };
-                            let fix = fix.map(|e| Fix {
-                                rank: 0,
-                                events: vec![e],
-                                body: None,
-                            });
-                            self.found("account", Some(user), None, None, detail, fix);
-                        }
+                        // The account record is read only when it differs.
+                        Some(b'a') => next.push(Probe::Account(user.clone())),
                         Some(b'm') => {
                             let id: [u8; 16] = k[1..].try_into().context("mailbox key is not 17 bytes")?;
+                            // The lowest level whose first node could hold
+                            // as many messages as either side counts.
+                            let n = ea.map_or(0, |e| e.count).max(eb.map_or(0, |e| e.count));
+                            let low = (0..ROOT_LEVEL)
+                                .find(|k| n < 1u64 << (FANOUT_BITS * (u32::from(*k) + 1)))
+                                .unwrap_or(ROOT_LEVEL);
                             next.push(Probe::Mailbox {
                                 user: user.clone(),
                                 id: Id(id),
+                                low,
                             });
                         }
                         Some(b's') => {
@@ -754,7 +789,7 @@ impl Walk {
                     }
                 }
             }
-            Probe::Mailbox { user, id } => {
+            Probe::Mailbox { user, id, low } => {
                 let (ma, mb): (Option<MailboxRec>, Option<MailboxRec>) = (dec(&keys[0], &here[0])?, dec(&keys[0], &there[0])?);
                 if let Some(m) = ma.as_ref().or(mb.as_ref()) {
                     self.names.insert(id.0, m.name.clone());
@@ -798,7 +833,15 @@ impl Walk {
                     }
                     (None, None) => {}
                 }
-                next.extend(self.trie(user, *id, ROOT_LEVEL, &keys[1], &here[1], &there[1])?);
+                let (ra, rb) = (node(&keys[1], &here[1])?, node(&keys[1], &there[1])?);
+                let below = |n: &Option<Vec<u8>>| node(&keys[2], n).map(|n| n.count());
+                if keys.len() == 3 && ra != rb && below(&here[2])? == ra.count() && below(&there[2])? == rb.count() {
+                    // Every message of both sides is under the first node
+                    // of level `low`.
+                    next.extend(self.trie(user, *id, *low, &keys[2], &here[2], &there[2])?);
+                } else {
+                    next.extend(self.trie(user, *id, ROOT_LEVEL, &keys[1], &here[1], &there[1])?);
+                }
             }
             Probe::Trie { user, id, level, .. } => {
                 next.extend(self.trie(user, *id, *level, &keys[0], &here[0], &there[0])?);
@@ -1039,6 +1082,7 @@ async fn exchange(store: &Store, mirror: &Arc<Mirror>, dialer: &Dialer, req: &Re
                 vec![Probe::Mailbox {
                     user: u.clone(),
                     id: mb.id,
+                    low: ROOT_LEVEL,
                 }],
                 n,
             )
@@ -1811,14 +1855,15 @@ mod tests {
         }
         // Equal trees: one summary read of the two starts.
         assert!(equal[0].total() <= 256, "equal trees cost {} B", equal[0].total());
-        // Per difference here: a share of a group's digest (64 buckets at
-        // 12 B, one group per difference or so), a bucket's (one user at
-        // about 30 B), the user's node (mailboxes and subscriptions at about
-        // 30 B each), the user and mailbox records (about 150 B), five trie
-        // levels of one entry (about 40 B each) and the message records
-        // (about 100 B each), with the keys asked for; whole nodes cost
-        // about 3 KB.
-        assert!(per_diff(&diff[0]) <= 1500, "{} B per difference", per_diff(&diff[0]));
+        // Per difference here (about 960 B measured): a group's digest (64
+        // buckets at about 13 B, one group per difference), a bucket's (one
+        // user, about 40 B), the user's node (6 mailboxes at 27 B, 6
+        // subscriptions at about 17 B), the mailbox record, trie root and
+        // first leaf (about 120 B), the message records of one side (about
+        // 50 B), and the keys asked for (about 140 B). The bound leaves a
+        // quarter for record and name sizes; whole nodes cost about 3 KB
+        // (2.7 KB with the shortcuts below the user).
+        assert!(per_diff(&diff[0]) <= 1200, "{} B per difference", per_diff(&diff[0]));
         assert!(per_diff(&diff[0]) * 2 <= per_diff(&diff[1]));
     }
 
@@ -1857,5 +1902,59 @@ mod tests {
         .await
         .unwrap();
         assert_eq!(w.items.len(), 4, "{:?}", kinds(&w));
+    }
+
+    /// A mailbox of few messages under high UIDs: the first leaf does not
+    /// hold them, so the walk goes down from the trie root and still finds
+    /// the difference.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn few_messages_under_high_uids_are_walked_from_the_root() {
+        let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let (a, b) = (open(da.path(), "a"), open(db.path(), "b"));
+        populate(&a, &b, 1, 70);
+        let v = a.views();
+        let inbox = v.mailbox_by_name("user0@example.org", "INBOX").unwrap().unwrap();
+        let gone: Vec<_> = v
+            .messages(inbox.id)
+            .unwrap()
+            .into_iter()
+            .take(66)
+            .map(|(u, m)| (u, m.guid))
+            .collect();
+        let (uid, guid) = v.message(inbox.id, 70).unwrap().map(|m| (70, m.guid)).unwrap();
+        drop(v);
+        for s in [&a, &b] {
+            damage(
+                s,
+                vec![Event::Expunged {
+                    user: "user0@example.org".into(),
+                    mailbox: inbox.id,
+                    messages: gone.clone(),
+                }],
+            );
+        }
+        damage(
+            &b,
+            vec![Event::FlagsChanged {
+                user: "user0@example.org".into(),
+                mailbox: inbox.id,
+                messages: vec![(uid, guid)],
+                op: FlagOp::Set,
+                flags: Flags::new(["\\Flagged"]),
+            }],
+        );
+        for digests in [true, false] {
+            let w = compare(
+                &a,
+                &mut Local(b.clone()),
+                vec![Probe::UsersRoot, Probe::Config],
+                false,
+                digests,
+                &Schedule::default(),
+            )
+            .await
+            .unwrap();
+            assert_eq!(kinds(&w), vec![("flags".to_string(), Some(70))]);
+        }
     }
 }
