@@ -450,6 +450,27 @@ mod tests {
     use super::*;
 
     #[test]
+    fn digest_carries_keys_counts_and_cut_hashes_and_rejects_damage() {
+        let mut n = Node::default();
+        for (k, h, c) in [(b"alice".to_vec(), [7u8; 32], 3u64), (b"bob".to_vec(), [9; 32], 300)] {
+            n.set(&k, Some((h, c)));
+        }
+        let d = n.digest();
+        // Per entry: key length, key, 8 hash bytes, varint count.
+        assert_eq!(d.len(), 1 + (1 + 5 + 8 + 1) + (1 + 3 + 8 + 2));
+        let back = Node::from_digest(b"k", &d).unwrap();
+        assert_eq!(back, n.truncated());
+        assert_eq!(back.count(), 303);
+        assert_eq!(back.entries[0].hash[..8], [7; 8]);
+        assert_eq!(back.entries[0].hash[8..], [0; 24]);
+        // Cut short, and entries out of order.
+        assert!(Node::from_digest(b"k", &d[..d.len() - 1]).is_err());
+        let mut swapped = Node::default();
+        swapped.entries = vec![n.entries[1].clone(), n.entries[0].clone()];
+        assert!(Node::from_digest(b"k", &swapped.digest()).is_err());
+    }
+
+    #[test]
     fn node_round_trips_and_rejects_damage() {
         let mut n = Node::default();
         n.set(&7u32.to_be_bytes(), Some(([1; 32], 1)));
