@@ -465,8 +465,9 @@ mod tests {
         assert_eq!(back.entries[0].hash[8..], [0; 24]);
         // Cut short, and entries out of order.
         assert!(Node::from_digest(b"k", &d[..d.len() - 1]).is_err());
-        let mut swapped = Node::default();
-        swapped.entries = vec![n.entries[1].clone(), n.entries[0].clone()];
+        let swapped = Node {
+            entries: vec![n.entries[1].clone(), n.entries[0].clone()],
+        };
         assert!(Node::from_digest(b"k", &swapped.digest()).is_err());
     }
 
