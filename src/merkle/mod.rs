@@ -228,6 +228,73 @@ impl Node {
     }
 }
 
+/// Bytes of an entry's hash a [`Node::digest`] carries: enough to steer a
+/// comparison down the tree (two different children look alike with
+/// probability 2^-64), while a node's full hash still decides whether
+/// two trees are equal.
+pub const DIGEST_HASH_BYTES: usize = 8;
+
+/// One entry of a [`Node::digest`].
+#[derive(serde::Serialize, serde::Deserialize)]
+struct DigestEntry {
+    key: serde_bytes::ByteBuf,
+    hash: [u8; DIGEST_HASH_BYTES],
+    count: u64,
+}
+
+impl Node {
+    /// The node as a resync sends it for comparison: postcard
+    /// `Vec<(key bytes, hash[..8], count varint)>`, about a quarter of the
+    /// stored form for wide nodes.
+    pub fn digest(&self) -> Vec<u8> {
+        let entries: Vec<DigestEntry> = self
+            .entries
+            .iter()
+            .map(|e| DigestEntry {
+                key: serde_bytes::ByteBuf::from(e.key.clone()),
+                hash: e.hash[..DIGEST_HASH_BYTES].try_into().expect("a hash is longer"),
+                count: e.count,
+            })
+            .collect();
+        postcard::to_allocvec(&entries).expect("a digest encodes")
+    }
+
+    /// Decode a [`Node::digest`]: entries whose hashes hold the digest's
+    /// bytes, the rest zero (as [`Node::truncated`]). `key` names it in
+    /// errors.
+    pub fn from_digest(key: &[u8], b: &[u8]) -> Result<Node, ViewError> {
+        let bad = |reason: String| ViewError::Corrupt {
+            key: hex::encode(key),
+            reason,
+        };
+        let entries: Vec<DigestEntry> = postcard::from_bytes(b).map_err(|e| bad(format!("tree node digest does not decode: {e}")))?;
+        let mut out: Vec<Entry> = Vec::with_capacity(entries.len());
+        for (i, e) in entries.into_iter().enumerate() {
+            if out.last().is_some_and(|l| l.key.as_slice() >= e.key.as_slice()) {
+                return Err(bad(format!("tree node digest entry {i} is out of order")));
+            }
+            let mut hash = [0u8; 32];
+            hash[..DIGEST_HASH_BYTES].copy_from_slice(&e.hash);
+            out.push(Entry {
+                key: e.key.into_vec(),
+                hash,
+                count: e.count,
+            });
+        }
+        Ok(Node { entries: out })
+    }
+
+    /// The node with each entry's hash cut to what a digest carries (the
+    /// rest zero), to compare with a node read from a digest.
+    pub fn truncated(&self) -> Node {
+        let mut n = self.clone();
+        for e in &mut n.entries {
+            e.hash[DIGEST_HASH_BYTES..].fill(0);
+        }
+        n
+    }
+}
+
 /// blake3 (context "tandem merkle node v1") over `kind || entries`.
 pub fn hash_entries(kind: u8, entries: &[u8]) -> Hash {
     let mut h = hasher("tandem merkle node v1");
@@ -381,6 +448,28 @@ pub fn combine_root(config: Option<Summary>, users: Option<Summary>) -> Summary 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn digest_carries_keys_counts_and_cut_hashes_and_rejects_damage() {
+        let mut n = Node::default();
+        for (k, h, c) in [(b"alice".to_vec(), [7u8; 32], 3u64), (b"bob".to_vec(), [9; 32], 300)] {
+            n.set(&k, Some((h, c)));
+        }
+        let d = n.digest();
+        // Per entry: key length, key, 8 hash bytes, varint count.
+        assert_eq!(d.len(), 1 + (1 + 5 + 8 + 1) + (1 + 3 + 8 + 2));
+        let back = Node::from_digest(b"k", &d).unwrap();
+        assert_eq!(back, n.truncated());
+        assert_eq!(back.count(), 303);
+        assert_eq!(back.entries[0].hash[..8], [7; 8]);
+        assert_eq!(back.entries[0].hash[8..], [0; 24]);
+        // Cut short, and entries out of order.
+        assert!(Node::from_digest(b"k", &d[..d.len() - 1]).is_err());
+        let swapped = Node {
+            entries: vec![n.entries[1].clone(), n.entries[0].clone()],
+        };
+        assert!(Node::from_digest(b"k", &swapped.digest()).is_err());
+    }
 
     #[test]
     fn node_round_trips_and_rejects_damage() {

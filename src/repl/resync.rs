@@ -23,7 +23,7 @@
 use super::frame::{Frame, MAX_FRAME};
 use super::Mirror;
 use crate::event::{BlobHash, Event, FlagOp, Id};
-use crate::merkle::{self, keys as tk, Entry, Node, ROOT_LEVEL};
+use crate::merkle::{self, keys as tk, Entry, Node, FANOUT_BITS, ROOT_LEVEL};
 use crate::store::Store;
 use crate::views::{keys as vk, MailboxRec, MessageRec, UserRec, ViewRead};
 use anyhow::{bail, Context};
@@ -39,6 +39,20 @@ pub const MAX_KEYS: usize = 4096;
 const BODY_READ_BYTES: u64 = 32 << 20;
 /// Rounds of a comparison (the tree is 10 levels deep at most).
 const MAX_ROUNDS: usize = 16;
+
+/// Read families (`Frame::Read::family`): views keys, bodies, log heads,
+/// and (resync digests 1) tree nodes as [`merkle::Node::digest`]s and
+/// tree nodes' stored summaries (hash and count, the first 40 bytes).
+const VIEWS: u8 = 0;
+const BODIES: u8 = 1;
+const HEADS: u8 = 2;
+const DIGEST: u8 = 3;
+const SUMMARY: u8 = 4;
+/// A key of a heads read (family 2) that a node serving families 3 and 4
+/// answers with [`DIGESTS_ANSWER`]; an older node answers it with its log
+/// heads, and is then compared by whole nodes (family 0).
+const DIGESTS_KEY: &[u8] = b"resync digests?";
+const DIGESTS_ANSWER: &[u8] = b"resync digests 1";
 
 /// What a node needs to dial a peer for a resync.
 #[derive(Clone)]
@@ -334,7 +348,7 @@ pub async fn serve(store: &Store, mirror: &Mirror, mut send: quinn::SendStream, 
         if keys.len() > MAX_KEYS {
             bail!("resync read {id} asks for {} keys, more than {MAX_KEYS}", keys.len());
         }
-        if family > 2 {
+        if family > SUMMARY {
             bail!("resync read {id} names family {family}");
         }
         let st = store.clone();
@@ -343,17 +357,7 @@ pub async fn serve(store: &Store, mirror: &Mirror, mut send: quinn::SendStream, 
             let mut total = 0u64;
             let mut out = Vec::with_capacity(keys.len());
             for k in &keys {
-                let val = if family == 0 {
-                    v.vget(k)?
-                } else if family == 2 {
-                    Some(postcard::to_allocvec(&heads(&st))?)
-                } else {
-                    let h: [u8; 32] = k
-                        .as_slice()
-                        .try_into()
-                        .map_err(|_| anyhow::anyhow!("a body is named by 32 bytes"))?;
-                    st.blob(&BlobHash(h))?
-                };
+                let val = answer(&st, &v, family, k).with_context(|| format!("resync read {id}"))?;
                 total += val.as_ref().map_or(0, |b| b.len() as u64 + 8);
                 if total + (1 << 20) > MAX_FRAME as u64 {
                     bail!("resync read {id}: the answer would exceed the frame limit");
@@ -365,6 +369,33 @@ pub async fn serve(store: &Store, mirror: &Mirror, mut send: quinn::SendStream, 
         .await??;
         write_frame(&mut send, &Frame::Values { id, values }, &mut sent).await?;
     }
+}
+
+/// The answer to one key of a read of `family`.
+fn answer(st: &Store, v: &impl ViewRead, family: u8, k: &[u8]) -> anyhow::Result<Option<Vec<u8>>> {
+    Ok(match family {
+        VIEWS => v.vget(k)?,
+        HEADS if k == DIGESTS_KEY => Some(DIGESTS_ANSWER.to_vec()),
+        HEADS => Some(postcard::to_allocvec(&heads(st))?),
+        DIGEST | SUMMARY => {
+            if k.first() != Some(&tk::PREFIX) {
+                bail!("key {} is not a tree node", hex::encode(k));
+            }
+            match v.vget(k)? {
+                Some(b) if family == DIGEST => Some(Node::decode(k, &b)?.digest()),
+                Some(b) => {
+                    merkle::stored_summary(k, &b)?;
+                    Some(b[..40].to_vec())
+                }
+                None => None,
+            }
+        }
+        BODIES => {
+            let h: [u8; 32] = k.try_into().map_err(|_| anyhow::anyhow!("a body is named by 32 bytes"))?;
+            st.blob(&BlobHash(h))?
+        }
+        _ => bail!("no read family {family}"),
+    })
 }
 
 /// Views key of a join by trees: `J origin(u64 BE)` -> seq (u64 BE). The
@@ -417,34 +448,42 @@ struct Peer<'m> {
 /// Where the other side's values come from: a peer over the exchange (or,
 /// in tests, another store).
 trait Source {
-    /// Values of `keys` of `family` (as [`Frame::Read`]), in order.
-    async fn read(&mut self, family: u8, keys: &[Vec<u8>]) -> anyhow::Result<Vec<Option<Vec<u8>>>>;
+    /// Values of the keys of each family (as [`Frame::Read`]), in the
+    /// order asked, all in one round trip.
+    async fn read_all(&mut self, reads: &[(u8, Vec<Vec<u8>>)]) -> anyhow::Result<Vec<Vec<Option<Vec<u8>>>>>;
+
+    /// Values of `keys` of `family`, in order.
+    async fn read(&mut self, family: u8, keys: &[Vec<u8>]) -> anyhow::Result<Vec<Option<Vec<u8>>>> {
+        Ok(self.read_all(&[(family, keys.to_vec())]).await?.pop().unwrap_or_default())
+    }
 }
 
 impl Source for Peer<'_> {
-    /// Read `keys` of `family` from the peer: every chunk sent at once,
-    /// then the answers in order (one round trip).
-    async fn read(&mut self, family: u8, keys: &[Vec<u8>]) -> anyhow::Result<Vec<Option<Vec<u8>>>> {
-        if keys.is_empty() {
-            return Ok(Vec::new());
+    /// Every chunk of every family sent at once, then the answers in
+    /// order (one round trip).
+    async fn read_all(&mut self, reads: &[(u8, Vec<Vec<u8>>)]) -> anyhow::Result<Vec<Vec<Option<Vec<u8>>>>> {
+        if reads.iter().all(|(_, k)| k.is_empty()) {
+            return Ok(reads.iter().map(|_| Vec::new()).collect());
         }
         let mut ids = Vec::new();
-        for chunk in keys.chunks(MAX_KEYS) {
-            self.next_id += 1;
-            ids.push((self.next_id, chunk.len()));
-            let f = Frame::Read {
-                id: self.next_id,
-                family,
-                keys: chunk.to_vec(),
-            };
-            write_frame(&mut self.send, &f, &mut self.sent).await?;
+        for (g, (family, keys)) in reads.iter().enumerate() {
+            for chunk in keys.chunks(MAX_KEYS) {
+                self.next_id += 1;
+                ids.push((g, self.next_id, chunk.len()));
+                let f = Frame::Read {
+                    id: self.next_id,
+                    family: *family,
+                    keys: chunk.to_vec(),
+                };
+                write_frame(&mut self.send, &f, &mut self.sent).await?;
+            }
         }
         self.round_trips += 1;
-        let mut out = Vec::with_capacity(keys.len());
-        for (id, n) in ids {
+        let mut out: Vec<Vec<Option<Vec<u8>>>> = reads.iter().map(|(_, k)| Vec::with_capacity(k.len())).collect();
+        for (g, id, n) in ids {
             match read_frame(&mut self.recv, self.mirror, &mut self.received).await? {
                 Frame::Values { id: got, values } if got == id && values.len() == n => {
-                    out.extend(values.into_iter().map(|v| v.map(|b| b.into_vec())));
+                    out[g].extend(values.into_iter().map(|v| v.map(|b| b.into_vec())));
                 }
                 Frame::Values { id: got, values } => {
                     bail!("resync answer {got} with {} values, expected {id} with {n}", values.len())
@@ -464,25 +503,66 @@ enum Probe {
     Group(u8),
     Bucket(u16),
     User(String),
+    /// A user's account record (its node's `a` entry differs).
+    Account(String),
     Config,
     ConfigKey(String),
-    Mailbox { user: String, id: Id },
-    Trie { user: String, id: Id, level: u8, index: u32 },
-    Message { user: String, id: Id, uid: u32 },
+    /// A mailbox's record and trie root, and (`low` below the root) the
+    /// first node of trie level `low`, which holds every message when both
+    /// sides' UIDs are below 64^(low+1): the levels above it are then
+    /// chains of one entry and are not read.
+    Mailbox {
+        user: String,
+        id: Id,
+        low: u8,
+    },
+    Trie {
+        user: String,
+        id: Id,
+        level: u8,
+        index: u32,
+    },
+    Message {
+        user: String,
+        id: Id,
+        uid: u32,
+    },
 }
 
 impl Probe {
-    fn keys(&self) -> Vec<Vec<u8>> {
+    /// The keys, each with whether it names a tree node (read as a digest
+    /// where the peer serves them) or a views record.
+    fn read_keys(&self) -> Vec<(bool, Vec<u8>)> {
+        let (t, r) = (true, false);
         match self {
-            Probe::UsersRoot => vec![tk::users_root()],
-            Probe::Group(g) => vec![tk::group(*g)],
-            Probe::Bucket(b) => vec![tk::bucket(*b)],
-            Probe::User(u) => vec![tk::user(u), vk::user(u)],
-            Probe::Config => vec![tk::config()],
-            Probe::ConfigKey(k) => vec![vk::config(k)],
-            Probe::Mailbox { user, id } => vec![vk::mailbox(user, *id), tk::mailbox_node(*id, ROOT_LEVEL, 0)],
-            Probe::Trie { id, level, index, .. } => vec![tk::mailbox_node(*id, *level, *index)],
-            Probe::Message { id, uid, .. } => vec![vk::message(*id, *uid)],
+            Probe::UsersRoot => vec![(t, tk::users_root())],
+            Probe::Group(g) => vec![(t, tk::group(*g))],
+            Probe::Bucket(b) => vec![(t, tk::bucket(*b))],
+            Probe::User(u) => vec![(t, tk::user(u))],
+            Probe::Account(u) => vec![(r, vk::user(u))],
+            Probe::Config => vec![(t, tk::config())],
+            Probe::ConfigKey(k) => vec![(r, vk::config(k))],
+            Probe::Mailbox { user, id, low } => {
+                let mut k = vec![(r, vk::mailbox(user, *id)), (t, tk::mailbox_node(*id, ROOT_LEVEL, 0))];
+                if *low < ROOT_LEVEL {
+                    k.push((t, tk::mailbox_node(*id, *low, 0)));
+                }
+                k
+            }
+            Probe::Trie { id, level, index, .. } => vec![(t, tk::mailbox_node(*id, *level, *index))],
+            Probe::Message { id, uid, .. } => vec![(r, vk::message(*id, *uid))],
+        }
+    }
+
+    /// The tree node whose summary decides, before the walk, whether this
+    /// start needs walking at all (the mailbox's record is outside its
+    /// trie, so a mailbox is always walked).
+    fn summary_key(&self) -> Option<Vec<u8>> {
+        match self {
+            Probe::UsersRoot => Some(tk::users_root()),
+            Probe::Config => Some(tk::config()),
+            Probe::User(u) => Some(tk::user(u)),
+            _ => None,
         }
     }
 }
@@ -630,9 +710,35 @@ impl Walk {
                     fix,
                 );
             }
+            Probe::Account(user) => {
+                let (ua, ub): (Option<UserRec>, Option<UserRec>) = (dec(&keys[0], &here[0])?, dec(&keys[0], &there[0])?);
+                let (ur, uo) = if self.from_peer { (&ub, &ua) } else { (&ua, &ub) };
+                let fix = match (ur, uo) {
+                    (Some(u), Some(_)) => Some(Event::PasswordChanged {
+                        user: user.clone(),
+                        password_hash: u.password_hash.clone(),
+                    }),
+                    (Some(u), None) | (None, Some(u)) => Some(Event::UserCreated {
+                        user: user.clone(),
+                        password_hash: u.password_hash.clone(),
+                    }),
+                    (None, None) => None,
+                };
+                let detail = match (&ua, &ub) {
+                    (Some(_), Some(_)) => "password differs".to_string(),
+                    (Some(_), None) => "user missing on the peer".to_string(),
+                    (None, Some(_)) => "user missing here".to_string(),
+                    (None, None) => "account records differ".to_string(),
+                };
+                let fix = fix.map(|e| Fix {
+                    rank: 0,
+                    events: vec![e],
+                    body: None,
+                });
+                self.found("account", Some(user), None, None, detail, fix);
+            }
             Probe::User(user) => {
                 let (a, b) = (node(&keys[0], &here[0])?, node(&keys[0], &there[0])?);
-                let (ua, ub): (Option<UserRec>, Option<UserRec>) = (dec(&keys[1], &here[1])?, dec(&keys[1], &there[1])?);
                 self.count(&a, &b);
                 let folders = |n: &Node| n.entries.iter().filter(|e| e.key.first() == Some(&b'm')).count() as u64;
                 let equal = a
@@ -644,37 +750,20 @@ impl Walk {
                 self.folders_done += equal;
                 for (k, ea, eb) in differing(&a, &b) {
                     match k.first() {
-                        Some(b'a') => {
-                            let (ur, uo) = if self.from_peer { (&ub, &ua) } else { (&ua, &ub) };
-                            let fix = match (ur, uo) {
-                                (Some(u), Some(_)) => Some(Event::PasswordChanged {
-                                    user: user.clone(),
-                                    password_hash: u.password_hash.clone(),
-                                }),
-                                (Some(u), None) | (None, Some(u)) => Some(Event::UserCreated {
-                                    user: user.clone(),
-                                    password_hash: u.password_hash.clone(),
-                                }),
-                                (None, None) => None,
-                            };
-                            let detail = match (&ua, &ub) {
-                                (Some(_), Some(_)) => "password differs".to_string(),
-                                (Some(_), None) => "user missing on the peer".to_string(),
-                                (None, Some(_)) => "user missing here".to_string(),
-                                (None, None) => "account records differ".to_string(),
-                            };
-                            let fix = fix.map(|e| Fix {
-                                rank: 0,
-                                events: vec![e],
-                                body: None,
-                            });
-                            self.found("account", Some(user), None, None, detail, fix);
-                        }
+                        // The account record is read only when it differs.
+                        Some(b'a') => next.push(Probe::Account(user.clone())),
                         Some(b'm') => {
                             let id: [u8; 16] = k[1..].try_into().context("mailbox key is not 17 bytes")?;
+                            // The lowest level whose first node could hold
+                            // as many messages as either side counts.
+                            let n = ea.map_or(0, |e| e.count).max(eb.map_or(0, |e| e.count));
+                            let low = (0..ROOT_LEVEL)
+                                .find(|k| n < 1u64 << (FANOUT_BITS * (u32::from(*k) + 1)))
+                                .unwrap_or(ROOT_LEVEL);
                             next.push(Probe::Mailbox {
                                 user: user.clone(),
                                 id: Id(id),
+                                low,
                             });
                         }
                         Some(b's') => {
@@ -700,7 +789,7 @@ impl Walk {
                     }
                 }
             }
-            Probe::Mailbox { user, id } => {
+            Probe::Mailbox { user, id, low } => {
                 let (ma, mb): (Option<MailboxRec>, Option<MailboxRec>) = (dec(&keys[0], &here[0])?, dec(&keys[0], &there[0])?);
                 if let Some(m) = ma.as_ref().or(mb.as_ref()) {
                     self.names.insert(id.0, m.name.clone());
@@ -744,7 +833,15 @@ impl Walk {
                     }
                     (None, None) => {}
                 }
-                next.extend(self.trie(user, *id, ROOT_LEVEL, &keys[1], &here[1], &there[1])?);
+                let (ra, rb) = (node(&keys[1], &here[1])?, node(&keys[1], &there[1])?);
+                let below = |n: &Option<Vec<u8>>| node(&keys[2], n).map(|n| n.count());
+                if keys.len() == 3 && ra != rb && below(&here[2])? == ra.count() && below(&there[2])? == rb.count() {
+                    // Every message of both sides is under the first node
+                    // of level `low`.
+                    next.extend(self.trie(user, *id, *low, &keys[2], &here[2], &there[2])?);
+                } else {
+                    next.extend(self.trie(user, *id, ROOT_LEVEL, &keys[1], &here[1], &there[1])?);
+                }
             }
             Probe::Trie { user, id, level, .. } => {
                 next.extend(self.trie(user, *id, *level, &keys[0], &here[0], &there[0])?);
@@ -985,6 +1082,7 @@ async fn exchange(store: &Store, mirror: &Arc<Mirror>, dialer: &Dialer, req: &Re
                 vec![Probe::Mailbox {
                     user: u.clone(),
                     id: mb.id,
+                    low: ROOT_LEVEL,
                 }],
                 n,
             )
@@ -1011,20 +1109,23 @@ async fn exchange(store: &Store, mirror: &Arc<Mirror>, dialer: &Dialer, req: &Re
     // Differences the logs still in flight will explain are not damage:
     // a repair waits until both nodes hold the same log heads, and refuses
     // to guess (it could bring back a message whose expunge is on its way).
-    let (in_step, peer_heads) = async {
+    // The same read asks whether the peer serves node digests (an older
+    // node answers that key with its heads too).
+    let (in_step, peer_heads, digests) = async {
         let deadline = Instant::now() + STEP_WAIT;
         loop {
-            let theirs = peer.read(2, &[Vec::new()]).await?;
-            let theirs: Vec<(u64, u64)> = match theirs.first() {
+            let got = peer.read(HEADS, &[Vec::new(), DIGESTS_KEY.to_vec()]).await?;
+            let theirs: Vec<(u64, u64)> = match got.first() {
                 Some(Some(b)) => postcard::from_bytes(b).context("the peer's log heads do not decode")?,
                 _ => bail!("the peer did not send its log heads"),
             };
+            let digests = got.get(1).and_then(|v| v.as_deref()) == Some(DIGESTS_ANSWER);
             if theirs == heads(store) {
-                return Ok::<_, anyhow::Error>((true, theirs));
+                return Ok::<_, anyhow::Error>((true, theirs, digests));
             }
             // A node joining by trees takes the peer's state as it is.
             if !req.repair || req.from_peer || Instant::now() > deadline {
-                return Ok((false, theirs));
+                return Ok((false, theirs, digests));
             }
             tokio::time::sleep(std::time::Duration::from_millis(100)).await;
         }
@@ -1038,7 +1139,7 @@ async fn exchange(store: &Store, mirror: &Arc<Mirror>, dialer: &Dialer, req: &Re
             STEP_WAIT.as_secs()
         );
     }
-    let mut walk = compare(store, &mut peer, start, req.from_peer, sched).await?;
+    let mut walk = compare(store, &mut peer, start, req.from_peer, digests, sched).await?;
     let mut report = Report {
         peer: req.peer.clone(),
         compared,
@@ -1136,35 +1237,147 @@ async fn exchange(store: &Store, mirror: &Arc<Mirror>, dialer: &Dialer, req: &Re
 }
 
 /// Walk both trees top-down from `start`, one read of the other side per
-/// level.
-async fn compare(store: &Store, src: &mut impl Source, start: Vec<Probe>, from_peer: bool, sched: &Schedule) -> anyhow::Result<Walk> {
-    let views = store.views();
+/// level. With `digests` (the peer serves families 3 and 4), the starts'
+/// full summaries are read first and only those that differ are walked,
+/// by node digests; if that walk finds nothing although a summary
+/// differed (two children alike in their first 8 hash bytes), it is
+/// walked again by whole nodes.
+async fn compare(
+    store: &Store,
+    src: &mut impl Source,
+    start: Vec<Probe>,
+    from_peer: bool,
+    digests: bool,
+    sched: &Schedule,
+) -> anyhow::Result<Walk> {
     let mut walk = Walk {
         from_peer,
         ..Default::default()
     };
-    let mut probes = start;
+    if !digests {
+        walk_from(store, src, &mut walk, start, false, sched).await?;
+        return Ok(walk);
+    }
+    let keys: Vec<Vec<u8>> = start.iter().filter_map(Probe::summary_key).collect();
+    let there = src.read(SUMMARY, &keys).await?;
+    if there.len() != keys.len() {
+        bail!("{} summaries for {} keys", there.len(), keys.len());
+    }
+    let views = store.views();
+    let mut differ = Vec::new();
+    // Messages under the starts that differ (a walk by whole nodes counts
+    // them again).
+    let mut walked = 0u64;
+    let mut at = 0;
+    for p in start {
+        let Some(k) = p.summary_key() else {
+            differ.push(p);
+            continue;
+        };
+        let here = views.vget(&k)?;
+        let here = here.as_deref().map(|b| merkle::stored_summary(&k, b)).transpose()?;
+        let theirs = there[at]
+            .as_deref()
+            .map(|b| merkle::stored_summary(&k, b))
+            .transpose()
+            .context("a summary from the peer")?;
+        at += 1;
+        let (ch, ct) = (here.map_or(0, |s| s.1), theirs.map_or(0, |s| s.1));
+        walk.messages_total += ch.max(ct);
+        if here == theirs {
+            walk.messages_done += ch;
+        } else {
+            walked += ch.max(ct);
+            differ.push(p);
+        }
+    }
+    drop(views);
+    if differ.is_empty() {
+        return Ok(walk);
+    }
+    let (total, done) = (walk.messages_total, walk.messages_done);
+    walk_from(store, src, &mut walk, differ.clone(), true, sched).await?;
+    if walk.items.is_empty() {
+        walk = Walk {
+            from_peer,
+            messages_total: total - walked,
+            messages_done: done,
+            ..Default::default()
+        };
+        walk_from(store, src, &mut walk, differ, false, sched).await?;
+    }
+    Ok(walk)
+}
+
+/// A node read for comparison in stored form: whole, or with its entries'
+/// hashes cut as a digest's are.
+fn cut(key: &[u8], b: Option<Vec<u8>>, digest: bool) -> anyhow::Result<Option<Vec<u8>>> {
+    Ok(match b {
+        Some(b) if digest => Some(Node::decode(key, &b)?.truncated().encode(0)),
+        b => b,
+    })
+}
+
+/// The walk itself, level by level from `probes`.
+async fn walk_from(
+    store: &Store,
+    src: &mut impl Source,
+    walk: &mut Walk,
+    mut probes: Vec<Probe>,
+    digests: bool,
+    sched: &Schedule,
+) -> anyhow::Result<()> {
+    let views = store.views();
     let mut rounds = 0;
     while !probes.is_empty() {
-        walk.first = rounds == 0;
+        // Starts settled by their summaries were counted then.
+        walk.first = rounds == 0 && (!digests || probes.iter().all(|p| p.summary_key().is_none()));
         rounds += 1;
         if rounds > MAX_ROUNDS {
             bail!("the comparison did not reach the leaves in {MAX_ROUNDS} rounds");
         }
-        let keys: Vec<Vec<Vec<u8>>> = probes.iter().map(Probe::keys).collect();
-        let flat: Vec<Vec<u8>> = keys.iter().flatten().cloned().collect();
-        let there = src.read(0, &flat).await?;
-        if there.len() != flat.len() {
-            bail!("{} values for {} keys", there.len(), flat.len());
+        let keys: Vec<Vec<(bool, Vec<u8>)>> = probes.iter().map(Probe::read_keys).collect();
+        let flat: Vec<&(bool, Vec<u8>)> = keys.iter().flatten().collect();
+        // Records, and nodes (as digests or whole), in one round trip.
+        let by = |node: bool| -> Vec<Vec<u8>> { flat.iter().filter(|(t, _)| *t == node).map(|(_, k)| k.clone()).collect() };
+        let (records, nodes) = (by(false), by(true));
+        let mut got = src
+            .read_all(&[(VIEWS, records.clone()), (if digests { DIGEST } else { VIEWS }, nodes.clone())])
+            .await?
+            .into_iter();
+        let (rv, nv) = (got.next().unwrap_or_default(), got.next().unwrap_or_default());
+        if rv.len() != records.len() || nv.len() != nodes.len() {
+            bail!("{} values for {} keys", rv.len() + nv.len(), flat.len());
+        }
+        let (mut rv, mut nv) = (rv.into_iter(), nv.into_iter());
+        let mut there = Vec::with_capacity(flat.len());
+        for (node, k) in &flat {
+            there.push(if !*node {
+                rv.next().flatten()
+            } else if digests {
+                nv.next()
+                    .flatten()
+                    .map(|b| Node::from_digest(k, &b).map(|n| n.encode(0)))
+                    .transpose()
+                    .context("a node digest from the peer")?
+            } else {
+                nv.next().flatten()
+            });
         }
         let v2 = views.clone();
-        let f2 = flat.clone();
-        let here = tokio::task::spawn_blocking(move || f2.iter().map(|k| v2.vget(k)).collect::<Result<Vec<_>, _>>()).await??;
+        let f2: Vec<(bool, Vec<u8>)> = flat.iter().map(|x| (*x).clone()).collect();
+        let here = tokio::task::spawn_blocking(move || {
+            f2.iter()
+                .map(|(node, k)| cut(k, v2.vget(k)?, *node && digests))
+                .collect::<anyhow::Result<Vec<_>>>()
+        })
+        .await??;
         let mut next = Vec::new();
         let mut at = 0;
         for (p, k) in probes.iter().zip(&keys) {
             let n = k.len();
-            next.extend(walk.examine(p, k, &here[at..at + n], &there[at..at + n])?);
+            let k: Vec<Vec<u8>> = k.iter().map(|(_, k)| k.clone()).collect();
+            next.extend(walk.examine(p, &k, &here[at..at + n], &there[at..at + n])?);
             at += n;
         }
         probes = next;
@@ -1175,7 +1388,7 @@ async fn compare(store: &Store, src: &mut impl Source, start: Vec<Probe>, from_p
             p.messages_total = walk.messages_total.max(walk.messages_done);
         });
     }
-    Ok(walk)
+    Ok(())
 }
 
 /// Read bodies from the peer, in reads of bounded size; only those whose
@@ -1340,18 +1553,107 @@ mod tests {
     struct Local(Store);
 
     impl Source for Local {
-        async fn read(&mut self, family: u8, keys: &[Vec<u8>]) -> anyhow::Result<Vec<Option<Vec<u8>>>> {
+        async fn read_all(&mut self, reads: &[(u8, Vec<Vec<u8>>)]) -> anyhow::Result<Vec<Vec<Option<Vec<u8>>>>> {
             let v = self.0.views();
-            keys.iter()
-                .map(|k| {
-                    Ok(match family {
-                        0 => v.vget(k)?,
-                        1 => self.0.blob(&BlobHash(k.as_slice().try_into()?))?,
-                        _ => Some(postcard::to_allocvec(&heads(&self.0))?),
-                    })
-                })
+            reads
+                .iter()
+                .map(|(family, keys)| keys.iter().map(|k| answer(&self.0, &v, *family, k)).collect())
                 .collect()
         }
+    }
+
+    /// The other side as [`Local`], counting the bytes of the frames a
+    /// peer link would carry (as [`Peer`] encodes them), per round.
+    struct Counted {
+        inner: Local,
+        next_id: u64,
+        rounds: Vec<(u64, u64)>,
+    }
+
+    impl Source for Counted {
+        async fn read_all(&mut self, reads: &[(u8, Vec<Vec<u8>>)]) -> anyhow::Result<Vec<Vec<Option<Vec<u8>>>>> {
+            let values = self.inner.read_all(reads).await?;
+            let (mut sent, mut received) = (0u64, 0u64);
+            for ((family, keys), values) in reads.iter().zip(&values) {
+                for (k, v) in keys.chunks(MAX_KEYS).zip(values.chunks(MAX_KEYS)) {
+                    self.next_id += 1;
+                    let (id, family) = (self.next_id, *family);
+                    sent += Frame::Read {
+                        id,
+                        family,
+                        keys: k.to_vec(),
+                    }
+                    .encode()
+                    .len() as u64;
+                    let values = v.iter().map(|v| v.clone().map(serde_bytes::ByteBuf::from)).collect();
+                    received += Frame::Values { id, values }.encode().len() as u64;
+                }
+            }
+            if sent > 0 {
+                self.rounds.push((sent, received));
+            }
+            Ok(values)
+        }
+    }
+
+    impl Counted {
+        fn total(&self) -> u64 {
+            self.rounds.iter().map(|(s, r)| s + r).sum()
+        }
+    }
+
+    /// `users` users with `msgs` messages each in `a`, mirrored into `b`.
+    fn populate(a: &Store, b: &Store, users: usize, msgs: usize) {
+        let all: Vec<usize> = (0..users).collect();
+        for chunk in all.chunks(250) {
+            let chunk = chunk.to_vec();
+            a.run_blocking(move |t, c| {
+                for u in chunk {
+                    let user = format!("user{u}@example.org");
+                    mutate::create_user(t, c, &user, "$argon2id$v=19$m=19456,t=2,p=1$c2FsdA$aGFzaA".into(), 1_700_000_000)?;
+                    for i in 0..msgs {
+                        let flags = if i % 3 == 0 { Flags::new(["\\Seen"]) } else { Flags::default() };
+                        let body = format!("From: s{i}@example.net\r\nSubject: {i} of {u}\r\n\r\nbody {i} of user {u}\r\n");
+                        let m = NewMessage::new(body.into_bytes(), flags, 1_700_000_000 + i as i64);
+                        mutate::append(t, c, &user, "INBOX", &m)?;
+                    }
+                }
+                Ok(())
+            })
+            .unwrap();
+        }
+        mirror(a, b);
+    }
+
+    /// `n` differences on `b` behind its log's back, each in another user:
+    /// every other one an expunge, the others a flag change.
+    fn damage_spread(b: &Store, n: usize) {
+        let v = b.views();
+        let users = v.users().unwrap();
+        let step = (users.len() / n.max(1)).max(1);
+        let mut events = Vec::new();
+        for (k, user) in users.iter().step_by(step).take(n).enumerate() {
+            let mb = v.mailbox_by_name(user, "INBOX").unwrap().unwrap();
+            let msgs = v.messages(mb.id).unwrap();
+            let (uid, m) = &msgs[msgs.len() / 2];
+            events.push(if k % 2 == 0 {
+                Event::Expunged {
+                    user: user.clone(),
+                    mailbox: mb.id,
+                    messages: vec![(*uid, m.guid)],
+                }
+            } else {
+                Event::FlagsChanged {
+                    user: user.clone(),
+                    mailbox: mb.id,
+                    messages: vec![(*uid, m.guid)],
+                    op: FlagOp::Set,
+                    flags: Flags::new(["\\Flagged"]),
+                }
+            });
+        }
+        drop(v);
+        damage(b, events);
     }
 
     fn open(dir: &std::path::Path, node: &str) -> Store {
@@ -1405,7 +1707,7 @@ mod tests {
         mirror(&a, &b);
         assert_eq!(merkle::node_root(&a.views()).unwrap(), merkle::node_root(&b.views()).unwrap());
         let start = || vec![Probe::UsersRoot, Probe::Config];
-        assert!(compare(&a, &mut Local(b.clone()), start(), false, &Schedule::default())
+        assert!(compare(&a, &mut Local(b.clone()), start(), false, true, &Schedule::default())
             .await
             .unwrap()
             .items
@@ -1463,7 +1765,7 @@ mod tests {
         })
         .unwrap();
 
-        let mut walk = compare(&a, &mut Local(b.clone()), start(), false, &Schedule::default())
+        let mut walk = compare(&a, &mut Local(b.clone()), start(), false, true, &Schedule::default())
             .await
             .unwrap();
         let s = |k: &str, u: Option<u32>| (k.to_string(), u);
@@ -1496,7 +1798,7 @@ mod tests {
         // trees agree.
         mirror(&a, &b);
         assert_eq!(merkle::node_root(&a.views()).unwrap(), merkle::node_root(&b.views()).unwrap());
-        assert!(compare(&a, &mut Local(b.clone()), start(), false, &Schedule::default())
+        assert!(compare(&a, &mut Local(b.clone()), start(), false, true, &Schedule::default())
             .await
             .unwrap()
             .items
@@ -1506,5 +1808,153 @@ mod tests {
         assert_eq!(vb.mailbox(U, archive.id).unwrap().unwrap().name, "Archive");
         assert_eq!(vb.config("k").unwrap().as_deref(), Some("v"));
         assert!(vb.message(inbox.id, 2).unwrap().unwrap().flags.is_empty());
+    }
+
+    /// Bytes the walk exchanges: equal nodes, then differences spread
+    /// over many users (as benches/resync_scale.sh makes them), by node
+    /// digests and by whole nodes (as with an older peer).
+    #[tokio::test(flavor = "multi_thread")]
+    async fn bytes_per_difference_stay_bounded() {
+        const USERS: usize = 2000;
+        const MSGS: usize = 5;
+        const DIFFS: usize = 20;
+        let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let (a, b) = (open(da.path(), "a"), open(db.path(), "b"));
+        populate(&a, &b, USERS, MSGS);
+        let start = || vec![Probe::UsersRoot, Probe::Config];
+        let counted = || Counted {
+            inner: Local(b.clone()),
+            next_id: 0,
+            rounds: Vec::new(),
+        };
+        let mut equal = [counted(), counted()];
+        for (src, digests) in equal.iter_mut().zip([true, false]) {
+            let w = compare(&a, src, start(), false, digests, &Schedule::default()).await.unwrap();
+            assert!(w.items.is_empty());
+            assert_eq!(w.messages_total, (USERS * MSGS) as u64);
+        }
+        damage_spread(&b, DIFFS);
+        let mut diff = [counted(), counted()];
+        let mut found = Vec::new();
+        for (src, digests) in diff.iter_mut().zip([true, false]) {
+            let w = compare(&a, src, start(), false, digests, &Schedule::default()).await.unwrap();
+            assert_eq!(w.items.len(), DIFFS, "{:?}", kinds(&w));
+            found.push(w.items.into_iter().map(|i| i.0).collect::<Vec<_>>());
+        }
+        assert_eq!(found[0], found[1], "digests and whole nodes find the same differences");
+        let per_diff = |c: &Counted| c.total() / DIFFS as u64;
+        for (c, how) in diff.iter().zip(["digests", "whole nodes"]) {
+            eprintln!(
+                "{USERS} users x {MSGS} messages, {how}: equal {} B; {DIFFS} differences {} B in {} round trips, {} B each; per round (sent, received): {:?}",
+                equal[if how == "digests" { 0 } else { 1 }].total(),
+                c.total(),
+                c.rounds.len(),
+                per_diff(c),
+                c.rounds
+            );
+        }
+        // Equal trees: one summary read of the two starts.
+        assert!(equal[0].total() <= 256, "equal trees cost {} B", equal[0].total());
+        // Per difference here (about 960 B measured): a group's digest (64
+        // buckets at about 13 B, one group per difference), a bucket's (one
+        // user, about 40 B), the user's node (6 mailboxes at 27 B, 6
+        // subscriptions at about 17 B), the mailbox record, trie root and
+        // first leaf (about 120 B), the message records of one side (about
+        // 50 B), and the keys asked for (about 140 B). The bound leaves a
+        // quarter for record and name sizes; whole nodes cost about 3 KB
+        // (2.7 KB with the shortcuts below the user).
+        assert!(per_diff(&diff[0]) <= 1200, "{} B per difference", per_diff(&diff[0]));
+        assert!(per_diff(&diff[0]) * 2 <= per_diff(&diff[1]));
+    }
+
+    /// Digests whose cut hashes all look alike (as two children alike in
+    /// their first 8 bytes would): the summaries still differ, and the
+    /// walk by whole nodes finds the differences.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn digests_alike_fall_back_to_whole_nodes() {
+        /// Answers digest reads with this side's own nodes.
+        struct Alike(Local, Store);
+        impl Source for Alike {
+            async fn read_all(&mut self, reads: &[(u8, Vec<Vec<u8>>)]) -> anyhow::Result<Vec<Vec<Option<Vec<u8>>>>> {
+                let mut out = self.0.read_all(reads).await?;
+                let v = self.1.views();
+                for ((family, keys), vals) in reads.iter().zip(&mut out) {
+                    if *family == DIGEST {
+                        *vals = keys.iter().map(|k| answer(&self.1, &v, DIGEST, k).unwrap()).collect();
+                    }
+                }
+                Ok(out)
+            }
+        }
+        let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let (a, b) = (open(da.path(), "a"), open(db.path(), "b"));
+        populate(&a, &b, 40, 3);
+        damage_spread(&b, 4);
+        let start = vec![Probe::UsersRoot, Probe::Config];
+        let w = compare(
+            &a,
+            &mut Alike(Local(b.clone()), a.clone()),
+            start,
+            false,
+            true,
+            &Schedule::default(),
+        )
+        .await
+        .unwrap();
+        assert_eq!(w.items.len(), 4, "{:?}", kinds(&w));
+    }
+
+    /// A mailbox of few messages under high UIDs: the first leaf does not
+    /// hold them, so the walk goes down from the trie root and still finds
+    /// the difference.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn few_messages_under_high_uids_are_walked_from_the_root() {
+        let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let (a, b) = (open(da.path(), "a"), open(db.path(), "b"));
+        populate(&a, &b, 1, 70);
+        let v = a.views();
+        let inbox = v.mailbox_by_name("user0@example.org", "INBOX").unwrap().unwrap();
+        let gone: Vec<_> = v
+            .messages(inbox.id)
+            .unwrap()
+            .into_iter()
+            .take(66)
+            .map(|(u, m)| (u, m.guid))
+            .collect();
+        let (uid, guid) = v.message(inbox.id, 70).unwrap().map(|m| (70, m.guid)).unwrap();
+        drop(v);
+        for s in [&a, &b] {
+            damage(
+                s,
+                vec![Event::Expunged {
+                    user: "user0@example.org".into(),
+                    mailbox: inbox.id,
+                    messages: gone.clone(),
+                }],
+            );
+        }
+        damage(
+            &b,
+            vec![Event::FlagsChanged {
+                user: "user0@example.org".into(),
+                mailbox: inbox.id,
+                messages: vec![(uid, guid)],
+                op: FlagOp::Set,
+                flags: Flags::new(["\\Flagged"]),
+            }],
+        );
+        for digests in [true, false] {
+            let w = compare(
+                &a,
+                &mut Local(b.clone()),
+                vec![Probe::UsersRoot, Probe::Config],
+                false,
+                digests,
+                &Schedule::default(),
+            )
+            .await
+            .unwrap();
+            assert_eq!(kinds(&w), vec![("flags".to_string(), Some(70))]);
+        }
     }
 }
