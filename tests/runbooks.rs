@@ -127,24 +127,6 @@ fn addresses(s: &str) -> Vec<(usize, usize, String, u16)> {
     out
 }
 
-/// A port free for both TCP and UDP on loopback. A walk chooses its ports
-/// when it writes a config and the daemon binds them later, so they come
-/// from below the kernel's ephemeral range (32768 and up by default): no
-/// client connection of a test running meanwhile can take one in between.
-/// A counter keeps the walks of this binary apart.
-fn free_port() -> u16 {
-    use std::sync::atomic::{AtomicU32, Ordering};
-    static NEXT: AtomicU32 = AtomicU32::new(0);
-    let base = std::process::id() % 10_000;
-    for _ in 0..12_000 {
-        let p = (20_000 + (base + NEXT.fetch_add(1, Ordering::Relaxed)) % 12_000) as u16;
-        if std::net::TcpListener::bind(("127.0.0.1", p)).is_ok() && std::net::UdpSocket::bind(("127.0.0.1", p)).is_ok() {
-            return p;
-        }
-    }
-    panic!("no port free for TCP and UDP");
-}
-
 fn normalise(s: &str) -> String {
     s.split_whitespace().collect::<Vec<_>>().join(" ")
 }
@@ -220,7 +202,7 @@ impl Walk {
         let mut last = 0;
         for (a, b, ip, port) in addresses(s) {
             out.push_str(&s[last..a]);
-            let p = *self.ports.entry(Self::key(host, &ip, port)).or_insert_with(free_port);
+            let p = *self.ports.entry(Self::key(host, &ip, port)).or_insert_with(common::free_port);
             out.push_str(&format!("127.0.0.1:{p}"));
             last = b;
         }

@@ -806,6 +806,10 @@ async fn accept_loop(
             i = ep.accept() => match i { Some(i) => i, None => return },
             _ = wait_shutdown(&mut shutdown) => {
                 ep.close(0u32.into(), b"shutting down");
+                // The port is free again only once every connection has
+                // drained, attempts abandoned by a fresh dial included:
+                // a restart in the same process binds it at once.
+                let _ = tokio::time::timeout(Duration::from_secs(5), ep.wait_idle()).await;
                 return;
             }
         };

@@ -10,10 +10,6 @@ use std::process::Command;
 use tandem::replay::{mirror_digest, views_digest};
 use tandem::store::{wal_options, Store};
 
-fn free_udp_port() -> u16 {
-    std::net::UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
 fn mirror(port: u16, peer: u16) -> String {
     format!(
         "[mirror]\nlisten = \"127.0.0.1:{port}\"\npeers = [\"127.0.0.1:{peer}\"]\nsecret = \"a-test-secret-of-the-pair\"\nreconnect_min_ms = 50\nreconnect_max_ms = 500\n"
@@ -35,7 +31,7 @@ fn backed_up_to(bk: &Path, order: u64) -> bool {
 #[test]
 fn restored_node_equals_the_original_and_rejoins_its_peer() {
     let dir = tempfile::tempdir().unwrap();
-    let (pa, pb) = (free_udp_port(), free_udp_port());
+    let (pa, pb) = (free_port(), free_port());
     let (da, db) = (dir.path().join("a"), dir.path().join("b"));
     let bk = dir.path().join("backup");
     let cfg_a = config_as("node-a", &da, Some(&bk), &mirror(pa, pb));
