@@ -23,6 +23,14 @@ fn dec<T: DeserializeOwned>(key: &[u8], v: &[u8]) -> Result<T, ViewError> {
     })
 }
 
+/// The UID of a message key.
+fn message_uid(k: &[u8]) -> Result<u32, ViewError> {
+    keys::uid_of(k).ok_or_else(|| ViewError::Corrupt {
+        key: hex::encode(k),
+        reason: "message key too short".into(),
+    })
+}
+
 /// The leading fields of a [`MessageRec`] up to its flags, in its order:
 /// postcard decodes fields in sequence, so a record's prefix decodes as
 /// this and the rest is left unread (`message_flags`).
@@ -265,13 +273,7 @@ pub trait ViewRead {
     fn messages(&self, mailbox: Id) -> Result<Vec<(u32, MessageRec)>, ViewError> {
         self.vscan(&keys::messages_prefix(mailbox))?
             .into_iter()
-            .map(|(k, v)| {
-                let uid = keys::uid_of(&k).ok_or_else(|| ViewError::Corrupt {
-                    key: hex::encode(&k),
-                    reason: "message key too short".into(),
-                })?;
-                Ok((uid, dec(&k, &v)?))
-            })
+            .map(|(k, v)| Ok((message_uid(&k)?, dec(&k, &v)?)))
             .collect()
     }
 
@@ -282,10 +284,7 @@ pub trait ViewRead {
         self.vscan(&keys::messages_prefix(mailbox))?
             .into_iter()
             .map(|(k, v)| {
-                let uid = keys::uid_of(&k).ok_or_else(|| ViewError::Corrupt {
-                    key: hex::encode(&k),
-                    reason: "message key too short".into(),
-                })?;
+                let uid = message_uid(&k)?;
                 let (head, _rest): (MessageHead, _) = postcard::take_from_bytes(&v).map_err(|e| ViewError::Corrupt {
                     key: hex::encode(&k),
                     reason: e.to_string(),
