@@ -3,9 +3,12 @@
 //! incoming links that apply what peers push.
 
 use super::apply::{apply_batch, verify_blobs, Applied};
-use super::engine::{Command, Item, Sender, Window};
+use super::engine::dialer::{self, Dialer, ReadEntry};
+use super::engine::handshake::Opening;
+use super::engine::receiver::{self, Arrival, Intake, Prepared, Receiver, Step};
+use super::engine::{self, Window};
 use super::error::LinkError;
-use super::frame::{Frame, WireBlob, WireEntry, ALPN, CHUNK_BYTES, MAX_BATCH_ENTRIES, MAX_BODY, MAX_FRAME, PREAUTH_FRAME};
+use super::frame::{Frame, WireBlob, WireEntry, ALPN, CHUNK_BYTES, MAX_FRAME, PREAUTH_FRAME};
 use super::handshake;
 use super::stream::{read_frame, write_frame};
 use super::{now_ms, Mirror, OutLink};
@@ -360,14 +363,8 @@ async fn link(
             },
         )
         .await?;
-        match read_frame(&mut recv, mirror, MAX_FRAME).await? {
-            Frame::Vector { vector, hashes } => Ok((send, recv, vector, hashes)),
-            Frame::Refused { reason } => Err(LinkError::refused_by_peer(&reason)),
-            other => Err(LinkError::Unexpected {
-                expected: "vector",
-                got: other.kind(),
-            }),
-        }
+        let (vector, hashes) = engine::handshake::vector(read_frame(&mut recv, mirror, MAX_FRAME).await?)?;
+        Ok::<_, LinkError>((send, recv, vector, hashes))
     };
     let (mut send, mut recv, vector, hashes) = tokio::time::timeout(auth_timeout, handshake)
         .await
@@ -385,11 +382,8 @@ async fn link(
         let _ = write_frame(&mut send, &Frame::Refused { reason: reason.clone() }).await;
         return Err(LinkError::Diverged(reason));
     }
-    let vector = held.vector;
-    let mut confirmed = vector.iter().find(|(o, _)| *o == own.0).map_or(0, |(_, s)| *s);
-    wal.confirm(confirmed).map_err(|e| LinkError::Local(e.into()))?;
-    let mut engine = Sender::new(window);
-    engine.start(&vector, wal.last_order());
+    let mut engine = Dialer::new(window, own.0, &held.vector, wal.last_order());
+    wal.confirm(engine.confirmed()).map_err(|e| LinkError::Local(e.into()))?;
     mirror.update_out(i, |l| {
         l.state = "connected".into();
         l.since_ms = now_ms();
@@ -474,16 +468,11 @@ async fn link(
             let _ = werr_tx.send(e).await;
         }
     });
-    // Bodies sent on this link so far: a body several entries reference
-    // (one delivery to many users, a copy) travels once.
-    let mut sent_blobs: std::collections::HashSet<[u8; 32]> = Default::default();
-    let mut next_query = 1u64;
     let budget = Arc::new(Semaphore::new(BUILD_BUDGET_MIB as usize));
     let mut commits = store.commits();
     let result: Result<(), LinkError> = async {
         loop {
-            while let Some(cmd) = engine.poll() {
-                let Command::Read { from, max } = cmd else { continue };
+            while let Some((from, max)) = engine.poll() {
                 let w = wal.clone();
                 let entries = tokio::task::spawn_blocking(move || w.read_order(from, max))
                     .await
@@ -491,78 +480,46 @@ async fn link(
                     .context("reading the apply order")?;
                 // Each entry is decoded once: the body it references (if any)
                 // counts towards its batch's size and travels with it.
-                let bodies: HashMap<u64, (crate::event::BlobHash, u64)> = entries
+                let read: Vec<ReadEntry> = entries
                     .iter()
-                    .filter_map(|(o, e)| match Event::decode(&e.payload) {
-                        Ok(Event::MessageAppended { blob, size, .. } | Event::MessageRestored { blob, size, .. }) => {
-                            Some((*o, (blob, size)))
-                        }
-                        _ => None,
-                    })
-                    .collect();
-                let items: Vec<Item> = entries
-                    .iter()
-                    .map(|(o, e)| Item {
+                    .map(|(o, e)| ReadEntry {
                         order: *o,
                         origin: e.origin.0,
                         seq: e.seq,
-                        bytes: e.payload.len() as u64 + 64 + bodies.get(o).map_or(0, |b| b.1),
+                        bytes: e.payload.len() as u64,
+                        body: match Event::decode(&e.payload) {
+                            Ok(Event::MessageAppended { blob, size, .. } | Event::MessageRestored { blob, size, .. }) => {
+                                Some((blob.0, size))
+                            }
+                            _ => None,
+                        },
                     })
                     .collect();
                 let by_order: HashMap<u64, &wal::Entry> = entries.iter().map(|(o, e)| (*o, e)).collect();
-                for c in engine.read(&items) {
-                    let Command::Send { id, orders } = c else { continue };
+                for b in engine.read(&read) {
                     // Memory for the bodies of batches built and not yet
                     // written is bounded: taken here, in batch order, and
                     // given back once the writer has written the batch.
-                    let body_bytes: u64 = orders.iter().filter_map(|o| bodies.get(o)).map(|b| b.1).sum();
-                    let units = body_bytes.div_ceil(1 << 20).clamp(1, BUILD_BUDGET_MIB as u64) as u32;
+                    let units = b.body_bytes.div_ceil(1 << 20).clamp(1, BUILD_BUDGET_MIB as u64) as u32;
                     let permit = budget.clone().acquire_many_owned(units).await.context("the build budget")?;
                     // The batch is built (bodies read, frame encoded) in the
                     // blocking pool and written by the writer task, while
                     // this loop reads on.
-                    let mut wire = Vec::with_capacity(orders.len());
-                    // Bodies to send, with how many entries of this batch
-                    // reference each.
-                    let mut want: Vec<(crate::event::BlobHash, u64)> = Vec::new();
-                    let mut already = 0;
-                    for o in orders {
-                        let e = by_order[&o];
-                        if let Some((blob, _)) = bodies.get(&o) {
-                            if sent_blobs.len() >= 1 << 20 {
-                                sent_blobs.clear(); // bounded memory; at worst a body travels again
+                    let wire = b
+                        .orders
+                        .iter()
+                        .map(|o| {
+                            let e = by_order[o];
+                            WireEntry {
+                                origin: e.origin.0,
+                                seq: e.seq,
+                                hlc: e.hlc,
+                                hash: e.hash,
+                                payload: e.payload.clone(),
                             }
-                            if sent_blobs.insert(blob.0) {
-                                want.push((*blob, 1));
-                            } else if let Some(w) = want.iter_mut().find(|w| w.0 == *blob) {
-                                w.1 += 1;
-                                already += 1;
-                            } else {
-                                already += 1;
-                            }
-                        }
-                        wire.push(WireEntry {
-                            origin: e.origin.0,
-                            seq: e.seq,
-                            hlc: e.hlc,
-                            hash: e.hash,
-                            payload: e.payload.clone(),
-                        });
-                    }
-                    let qid = next_query;
-                    next_query += 1;
-                    let build = build_batch(
-                        store.clone(),
-                        mirror.clone(),
-                        i,
-                        id,
-                        wire,
-                        want,
-                        already,
-                        qid,
-                        qtx.clone(),
-                        answers.clone(),
-                    );
+                        })
+                        .collect();
+                    let build = build_batch(store.clone(), mirror.clone(), i, b, wire, qtx.clone(), answers.clone());
                     let build = tokio::spawn(async move { build.await.map(|(bytes, n)| (bytes, n, permit)) });
                     if wtx.send(build).await.is_err() {
                         break;
@@ -570,11 +527,7 @@ async fn link(
                 }
             }
             let heads = wal.heads();
-            let queue: u64 = heads
-                .0
-                .iter()
-                .map(|(o, s)| s.saturating_sub(engine.acked().get(&o.0).copied().unwrap_or(0)))
-                .sum();
+            let queue = engine.queue(&to_vec(&heads));
             let inflight = engine.inflight_batches() as u64;
             let unacked_bytes = engine.unacked_bytes();
             let local_added = heads.get(wal.local_origin());
@@ -599,15 +552,11 @@ async fn link(
                 }
                 e = werr.recv() => return Err(e.unwrap_or_else(|| anyhow::anyhow!("the batch writer stopped").into())),
                 f = rx.recv() => match f {
-                    Some(Ok(Frame::Ack { id, vector })) => {
-                        engine.ack(id, &vector);
-                        if let Some((_, s)) = vector.iter().find(|(o, _)| *o == own.0).filter(|(_, s)| *s > confirmed) {
-                            confirmed = *s;
+                    Some(Ok(f)) => {
+                        if let Some(confirmed) = engine.frame(f)? {
                             wal.confirm(confirmed).map_err(|e| LinkError::Local(e.into()))?;
                         }
                     }
-                    Some(Ok(Frame::Refused { reason })) => return Err(LinkError::refused_by_peer(&reason)),
-                    Some(Ok(other)) => return Err(LinkError::Unexpected { expected: "ack, refused or held", got: other.kind() }),
                     Some(Err(e)) => return Err(e),
                     None => return Err(LinkError::Closed),
                 },
@@ -646,30 +595,20 @@ const QUERY_TIMEOUT: Duration = Duration::from_secs(30);
 /// peer, so the peer is asked first; a body referenced only by entries of
 /// this batch (one delivery, or one delivery to several users) travels
 /// unasked.
-#[allow(clippy::too_many_arguments)]
 async fn build_batch(
     store: Store,
     mirror: Arc<Mirror>,
     i: usize,
-    id: u64,
+    b: dialer::Build,
     wire: Vec<WireEntry>,
-    want: Vec<(crate::event::BlobHash, u64)>,
-    already: u64,
-    qid: u64,
     queries: mpsc::UnboundedSender<Vec<u8>>,
     answers: Arc<std::sync::Mutex<HashMap<u64, tokio::sync::oneshot::Sender<Vec<bool>>>>>,
 ) -> Result<(Vec<u8>, u64), LinkError> {
+    let (id, already, qid) = (b.id, b.already, b.query);
     let st = store.clone();
-    let (mut send, ask) = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
-        let (mut send, mut ask) = (Vec::new(), Vec::new());
-        for (b, in_batch) in want {
-            if st.body_refs(&b)? > in_batch {
-                ask.push(b);
-            } else {
-                send.push(b);
-            }
-        }
-        Ok((send, ask))
+    let want = b.want;
+    let (mut send, ask) = tokio::task::spawn_blocking(move || {
+        dialer::choose_bodies(want, |h| st.body_refs(&crate::event::BlobHash(*h)).map_err(anyhow::Error::from))
     })
     .await
     .context("choosing bodies")??;
@@ -679,7 +618,7 @@ async fn build_batch(
         answers.lock().expect("answers lock").insert(qid, wtx);
         let q = Frame::Query {
             id: qid,
-            hashes: ask.iter().map(|b| b.0).collect(),
+            hashes: ask.clone(),
         };
         queries.send(q.encode()).map_err(|_| LinkError::Closed)?;
         mirror.update_out(i, |l| l.body_queries += 1);
@@ -689,24 +628,17 @@ async fn build_batch(
             .await
             .map_err(|_| LinkError::Timeout(format!("query {qid} unanswered after {} s", QUERY_TIMEOUT.as_secs())))?
             .map_err(|_| LinkError::Closed)?;
-        if held.len() != ask.len() {
-            return Err(anyhow::anyhow!("query {qid}: {} answers for {} bodies", held.len(), ask.len()).into());
-        }
-        for (b, h) in ask.into_iter().zip(held) {
-            if h {
-                held_by_peer += 1;
-            } else {
-                send.push(b);
-            }
-        }
+        let (more, at_peer) = dialer::answered(qid, ask, held)?;
+        send.extend(more);
+        held_by_peer = at_peer;
     }
     let built = tokio::task::spawn_blocking(move || -> anyhow::Result<(Vec<u8>, u64)> {
         let mut blobs = Vec::with_capacity(send.len());
         let mut bytes = 0;
         for blob in send.drain(..) {
-            if let Some(b) = store.blob(&blob)? {
+            if let Some(b) = store.blob(&crate::event::BlobHash(blob))? {
                 bytes += b.len() as u64;
-                blobs.push(WireBlob { hash: blob.0, body: b });
+                blobs.push(WireBlob { hash: blob, body: b });
             }
         }
         let (n, nb) = (wire.len() as u64, blobs.len() as u64);
@@ -857,10 +789,6 @@ async fn accept_loop(
 }
 
 /// Whether a node id from a `Hello` has the shape of one (`node.id`).
-fn valid_node_id(id: &str) -> bool {
-    (1..=64).contains(&id.len()) && id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.')
-}
-
 /// Accept the stream, authenticate, and read the dialer's `Hello`: the
 /// node id it gave.
 async fn authenticate(conn: &quinn::Connection, store: &Store, mirror: &Mirror, secret: &[u8]) -> Result<Opened, LinkError> {
@@ -869,36 +797,19 @@ async fn authenticate(conn: &quinn::Connection, store: &Store, mirror: &Mirror, 
         .await
         .map_err(|e| LinkError::transport("accepting the stream", e))?;
     handshake::accept(conn, &mut send, &mut recv, secret, mirror).await?;
-    let (node_id, origin, role, epoch) = match read_frame(&mut recv, mirror, PREAUTH_FRAME).await? {
-        Frame::ResyncHello { node_id } if valid_node_id(&node_id) => return Ok(Opened::Resync(send, recv, node_id)),
-        Frame::Hello {
-            node_id,
-            origin,
-            role,
-            epoch,
-        } => (node_id, origin, role, epoch),
-        other => {
-            return Err(LinkError::Unexpected {
-                expected: "hello",
-                got: other.kind(),
-            })
+    let first = read_frame(&mut recv, mirror, PREAUTH_FRAME).await?;
+    match engine::handshake::opening(first, store.wal().local_origin().0) {
+        Ok(Opening::Resync { node_id }) => Ok(Opened::Resync(send, recv, node_id)),
+        Ok(Opening::Link { node_id, role, epoch }) => Ok(Opened::Link(send, recv, node_id, role, epoch)),
+        Err(e) if e.refuses_peer() => {
+            let _ = write_frame(&mut send, &Frame::Refused { reason: e.to_string() }).await;
+            let _ = send.finish();
+            // Give the refusal time to leave before the connection closes.
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            Err(e)
         }
-    };
-    let refusal = if !valid_node_id(&node_id) {
-        Some(LinkError::BadHello("the node id is not 1-64 characters of A-Z a-z 0-9 - _ ."))
-    } else if origin == store.wal().local_origin().0 {
-        Some(LinkError::BadHello("a peer claims this node's own origin"))
-    } else {
-        None
-    };
-    if let Some(e) = refusal {
-        let _ = write_frame(&mut send, &Frame::Refused { reason: e.to_string() }).await;
-        let _ = send.finish();
-        // Give the refusal time to leave before the connection closes.
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        return Err(e);
+        Err(e) => Err(e),
     }
-    Ok(Opened::Link(send, recv, node_id, role, epoch))
 }
 
 /// What an authenticated peer opened: a mirror link (its stream, node id,
@@ -970,85 +881,7 @@ async fn receive(
     result
 }
 
-/// How many `Query` frames a link may send ahead of the batches they are
-/// for. A sender asks at most once per batch, before that batch, and
-/// builds only a few batches ahead, so it stays far below this; each
-/// `Batch` gives one back, up to this.
-const QUERY_BUDGET: u32 = 64;
-
-/// Bodies arriving in `Chunk` frames ahead of the batch that needs them.
-#[derive(Default)]
-struct Chunks {
-    /// The body being put together: hash, announced size, bytes so far.
-    current: Option<([u8; 32], u64, Vec<u8>)>,
-    /// Complete bodies, for the next batch.
-    done: Vec<WireBlob>,
-    /// Bytes held here, complete or not.
-    bytes: u64,
-}
-
-impl Chunks {
-    fn add(&mut self, hash: [u8; 32], total: u64, bytes: Vec<u8>) -> Result<(), LinkError> {
-        if total > MAX_BODY || self.bytes + bytes.len() as u64 > MAX_BODY {
-            return Err(LinkError::BadChunk("bodies in chunks beyond the 1 GiB limit"));
-        }
-        let (h, t, body) = self.current.get_or_insert_with(|| (hash, total, Vec::new()));
-        if *h != hash || *t != total {
-            return Err(LinkError::BadChunk("a chunk of another body before the last one was complete"));
-        }
-        if body.len() as u64 + bytes.len() as u64 > total {
-            return Err(LinkError::BadChunk("chunks longer than the body they announce"));
-        }
-        body.extend_from_slice(&bytes);
-        self.bytes += bytes.len() as u64;
-        if body.len() as u64 == total {
-            let (hash, _, body) = self.current.take().expect("just set");
-            self.done.push(WireBlob { hash, body });
-        }
-        Ok(())
-    }
-
-    /// The complete bodies, when a batch arrives.
-    fn take(&mut self) -> Result<Vec<WireBlob>, LinkError> {
-        if self.current.is_some() {
-            return Err(LinkError::BadChunk("a batch before the last chunk of a body"));
-        }
-        self.bytes = 0;
-        Ok(std::mem::take(&mut self.done))
-    }
-}
-
-/// What the checks on arrival refuse in a batch, before any work on it.
-fn check_batch(id: u64, entries: &[WireEntry], own_origin: u64, own_head: impl FnOnce() -> u64, behind: bool) -> Result<(), LinkError> {
-    if entries.len() > MAX_BATCH_ENTRIES {
-        return Err(LinkError::BatchTooLarge {
-            id,
-            entries: entries.len(),
-            limit: MAX_BATCH_ENTRIES,
-        });
-    }
-    // This node is the only writer of its own origin. A peer may send back
-    // entries of it that this node holds (each is compared by hash: a copy
-    // is a duplicate, anything else a fork), but entries beyond this node's
-    // head exist only if this node's log went backwards, which its own
-    // links detect first (`behind`: a peer's vector held more of this
-    // origin than this node). Otherwise they are forged: refused.
-    // The head is read only for a batch that carries this origin at all.
-    let own_max = entries.iter().filter(|e| e.origin == own_origin).map(|e| e.seq).max();
-    if let Some(max) = own_max {
-        if !behind && max > own_head() {
-            return Err(LinkError::OwnOrigin { id });
-        }
-    }
-    Ok(())
-}
-
-/// Most entries applied in one transaction. A larger batch is applied in
-/// consecutive transactions of at most this many entries, so it holds the
-/// single writer, and local writes behind it, for one part at a time.
-const APPLY_PART: usize = 512;
-
-/// Apply a batch of more than [`APPLY_PART`] entries in parts, in order.
+/// Apply a batch of more than [`receiver::APPLY_PART`] entries in parts, in order.
 /// Each entry stays atomic with its views; the bodies go with the first
 /// part, and later parts count them as stored. A failed part leaves the
 /// parts before it applied (the sender resends the rest after the
@@ -1062,7 +895,7 @@ async fn apply_in_parts(
     let mut total = Applied::default();
     let mut blobs = Some(blobs);
     while !entries.is_empty() {
-        let rest = entries.split_off(entries.len().min(APPLY_PART));
+        let rest = entries.split_off(entries.len().min(receiver::APPLY_PART));
         let part = std::mem::replace(&mut entries, rest);
         let bodies = blobs.take().unwrap_or_default();
         let held = stored.clone();
@@ -1092,20 +925,11 @@ async fn serve(
     )
     .await?;
     // Frames are read, decoded and their bodies hashed on their own task,
-    // while earlier batches are being applied: up to APPLY_AHEAD batches
-    // are queued at the writer at once (they may share one fsync), and
-    // each is acknowledged, in order, once durable.
-    const APPLY_AHEAD: usize = 4;
-    // A batch with many bodies has them written once, straight to blob
-    // files, here (while the writer commits earlier batches); its entries
-    // follow through the writer.
-    enum Ready {
-        /// A batch: id, entries, bodies still to write, bodies already durable.
-        Batch(u64, Vec<WireEntry>, Vec<WireBlob>, Vec<[u8; 32]>),
-        /// Which of these bodies are held here?
-        Query(u64, Vec<[u8; 32]>),
-    }
-    let (tx, mut rx) = mpsc::channel::<Result<Ready, LinkError>>(APPLY_AHEAD);
+    // while earlier batches are being applied: up to
+    // `receiver::APPLY_AHEAD` batches are queued at the writer at once
+    // (they may share one fsync), and each is acknowledged, in order, once
+    // durable (`engine::receiver`).
+    let (tx, mut rx) = mpsc::channel::<Result<Prepared, LinkError>>(receiver::APPLY_AHEAD);
     let m2 = mirror.clone();
     let st = store.clone();
     let own_origin = store.wal().local_origin().0;
@@ -1113,45 +937,30 @@ async fn serve(
     // large, written and flushed), so one batch's disk flush overlaps the
     // next one's work; results are passed on in arrival order.
     const PREPARE_AHEAD: usize = 3;
-    let (htx, mut hrx) = mpsc::channel::<tokio::task::JoinHandle<Result<Ready, LinkError>>>(PREPARE_AHEAD);
+    let (htx, mut hrx) = mpsc::channel::<tokio::task::JoinHandle<Result<Prepared, LinkError>>>(PREPARE_AHEAD);
     let reader = tokio::spawn(async move {
-        let mut query_budget = QUERY_BUDGET;
-        let mut chunks = Chunks::default();
+        let mut intake = Intake::new(own_origin);
         loop {
             let st = st.clone();
-            let f = read_frame(&mut recv, &m2, MAX_FRAME).await;
             // Refusals decided on arrival, before any work on the frame.
-            let f = match f {
-                Ok(Frame::Chunk { hash, total, bytes }) => match chunks.add(hash, total, bytes) {
-                    Ok(()) => continue,
-                    Err(e) => Err(e),
-                },
-                Ok(Frame::Batch { id, entries, mut blobs }) => {
-                    query_budget = (query_budget + 1).min(QUERY_BUDGET);
+            let arrival = match read_frame(&mut recv, &m2, MAX_FRAME).await {
+                Ok(f) => {
                     let own_head = || st.wal().heads().get(wal::Origin(own_origin));
                     let behind = m2.rollbacks.load(Ordering::Relaxed) > 0;
-                    check_batch(id, &entries, own_origin, own_head, behind).and_then(|()| {
-                        blobs.extend(chunks.take()?);
-                        Ok(Frame::Batch { id, entries, blobs })
-                    })
+                    match intake.arrive(f, own_head, behind) {
+                        Ok(None) => continue,
+                        Ok(Some(a)) => Ok(a),
+                        Err(e) => Err(e),
+                    }
                 }
-                Ok(Frame::Query { id, hashes }) if hashes.len() > MAX_BATCH_ENTRIES => Err(LinkError::QueryFlood {
-                    id,
-                    why: "more hashes than a batch may have entries",
-                }),
-                Ok(Frame::Query { id, .. }) if query_budget == 0 => Err(LinkError::QueryFlood {
-                    id,
-                    why: "more queries than the batches they could be for",
-                }),
-                Ok(Frame::Query { id, hashes }) => {
-                    query_budget -= 1;
-                    Ok(Frame::Query { id, hashes })
-                }
-                other => other,
+                Err(e) => Err(e),
             };
-            let stop = !matches!(f, Ok(Frame::Batch { .. } | Frame::Query { .. }));
-            let h = match f {
-                Ok(Frame::Batch { id, entries, blobs }) => tokio::task::spawn_blocking(move || {
+            let stop = arrival.is_err();
+            // A batch with many bodies has them written once, straight to
+            // blob files, here (while the writer commits earlier batches);
+            // its entries follow through the writer.
+            let h = match arrival {
+                Ok(Arrival::Batch { id, entries, blobs }) => tokio::task::spawn_blocking(move || {
                     verify_blobs(&blobs).map_err(|e| LinkError::BatchRefused { id, reason: e.to_string() })?;
                     let bytes: u64 = blobs.iter().map(|b| b.body.len() as u64).sum();
                     let bulk = st.wal().bulk_bytes();
@@ -1159,20 +968,21 @@ async fn serve(
                         let items: Vec<(&[u8], &[u8])> = blobs.iter().map(|b| (&b.hash[..], &b.body[..])).collect();
                         st.put_bodies_flushed(&items).context("storing bodies")?;
                         let stored = blobs.iter().map(|b| b.hash).collect();
-                        return Ok(Ready::Batch(id, entries, Vec::new(), stored));
+                        return Ok(Prepared::Batch {
+                            id,
+                            entries,
+                            blobs: Vec::new(),
+                            stored,
+                        });
                     }
-                    Ok(Ready::Batch(id, entries, blobs, Vec::new()))
-                }),
-                Ok(Frame::Query { id, hashes }) => tokio::spawn(async move { Ok(Ready::Query(id, hashes)) }),
-                Ok(other) => {
-                    let got = other.kind();
-                    tokio::spawn(async move {
-                        Err(LinkError::Unexpected {
-                            expected: "batch or query",
-                            got,
-                        })
+                    Ok(Prepared::Batch {
+                        id,
+                        entries,
+                        blobs,
+                        stored: Vec::new(),
                     })
-                }
+                }),
+                Ok(Arrival::Query { id, hashes }) => tokio::spawn(async move { Ok(Prepared::Query { id, hashes }) }),
                 Err(e) => tokio::spawn(async move { Err(e) }),
             };
             if htx.send(h).await.is_err() || stop {
@@ -1190,74 +1000,81 @@ async fn serve(
         }
     });
     type Pending = std::pin::Pin<Box<dyn std::future::Future<Output = Result<Applied, crate::store::StoreError>> + Send>>;
-    // Batches at the writer: id, whether it is applied in parts, result.
-    let mut pending: std::collections::VecDeque<(u64, bool, Pending)> = Default::default();
+    // The writer's futures, in the engine's order of batches at the writer.
+    let mut engine = Receiver::new();
+    let mut pending: std::collections::VecDeque<Pending> = Default::default();
     let result: Result<(), LinkError> = async {
         loop {
+            while let Some(step) = engine.poll() {
+                match step {
+                    Step::Apply {
+                        entries,
+                        blobs,
+                        stored,
+                        parts: true,
+                        ..
+                    } => pending.push_back(Box::pin(apply_in_parts(store.clone(), entries, blobs, stored))),
+                    Step::Apply { entries, blobs, stored, .. } => {
+                        pending.push_back(Box::pin(
+                            store.submit(move |t, c| apply_batch(t, c, &entries, &blobs, &stored).map_err(Into::into)),
+                        ));
+                    }
+                    Step::Answer { id, hashes } => {
+                        // Answered from what is durable here; a body on
+                        // its way in a batch of this link is never asked.
+                        let st = store.clone();
+                        let held = tokio::task::spawn_blocking(move || {
+                            hashes
+                                .iter()
+                                .map(|h| st.holds_body(&crate::event::BlobHash(*h)))
+                                .collect::<Result<Vec<bool>, _>>()
+                        })
+                        .await
+                        .context("answering a query")?
+                        .context("answering a query")?;
+                        write_frame(&mut send, &Frame::Held { id, held }).await?;
+                    }
+                }
+            }
             tokio::select! {
                 biased;
-                r = async { (&mut pending.front_mut().expect("guarded").2).await }, if !pending.is_empty() => {
-                    let (id, _, _) = pending.pop_front().expect("guarded");
-                    match r {
-                        Ok(n) => {
-                            if let Some(r) = n.moved {
-                                mirror.diverged(
-                                    false,
-                                    format!(
-                                        "history fork at origin {} seq {}: this node's log went backwards; its {} entries from there moved to the new origin {}",
-                                        r.old, r.from, r.moved, r.new
-                                    ),
-                                );
-                            }
-                            mirror.update_in(node_id, |l| l.applied_batch(n, now_ms()));
-                            write_frame(
-                                &mut send,
-                                &Frame::Ack {
-                                    id,
-                                    vector: to_vec(&store.wal().heads()),
-                                },
-                            )
-                            .await?;
-                        }
+                r = async { pending.front_mut().expect("guarded").await }, if !pending.is_empty() => {
+                    pending.pop_front();
+                    let id = engine.front().expect("a batch at the writer");
+                    let n = match r {
+                        Ok(n) => n,
                         Err(e) => {
                             if let Some(place) = fork_of(&e) {
                                 mirror.diverged(false, format!("batch {id} from {node_id} refused: history fork at {place}"));
                             }
-                            return Err(LinkError::BatchRefused { id, reason: e.to_string() });
+                            return Err(engine.applied(id, Err(e.to_string())).expect_err("a refused batch ends the link"));
                         }
-                    }
-                }
-                // Behind a batch applied in parts nothing is queued: its
-                // later parts must reach the writer before the next batch.
-                f = rx.recv(), if pending.len() < APPLY_AHEAD && !pending.iter().any(|p| p.1) => {
-                    let (id, entries, blobs, stored) = match f {
-                        Some(Ok(Ready::Batch(id, entries, blobs, stored))) => (id, entries, blobs, stored),
-                        Some(Ok(Ready::Query(qid, hashes))) => {
-                            // Answered from what is durable here; a body on
-                            // its way in a batch of this link is never asked.
-                            let st = store.clone();
-                            let held = tokio::task::spawn_blocking(move || {
-                                hashes
-                                    .iter()
-                                    .map(|h| st.holds_body(&crate::event::BlobHash(*h)))
-                                    .collect::<Result<Vec<bool>, _>>()
-                            })
-                            .await
-                            .context("answering a query")?
-                            .context("answering a query")?;
-                            write_frame(&mut send, &Frame::Held { id: qid, held }).await?;
-                            continue;
-                        }
-                        Some(Err(e)) => return Err(e),
-                        None => return Err(LinkError::Closed),
                     };
-                    if entries.len() > APPLY_PART {
-                        pending.push_back((id, true, Box::pin(apply_in_parts(store.clone(), entries, blobs, stored))));
-                    } else {
-                        let fut = store.submit(move |t, c| apply_batch(t, c, &entries, &blobs, &stored).map_err(Into::into));
-                        pending.push_back((id, false, Box::pin(fut)));
+                    let id = engine.applied(id, Ok(()))?;
+                    if let Some(r) = n.moved {
+                        mirror.diverged(
+                            false,
+                            format!(
+                                "history fork at origin {} seq {}: this node's log went backwards; its {} entries from there moved to the new origin {}",
+                                r.old, r.from, r.moved, r.new
+                            ),
+                        );
                     }
+                    mirror.update_in(node_id, |l| l.applied_batch(n, now_ms()));
+                    write_frame(
+                        &mut send,
+                        &Frame::Ack {
+                            id,
+                            vector: to_vec(&store.wal().heads()),
+                        },
+                    )
+                    .await?;
                 }
+                f = rx.recv(), if engine.room() => match f {
+                    Some(Ok(p)) => engine.prepared(p),
+                    Some(Err(e)) => return Err(e),
+                    None => return Err(LinkError::Closed),
+                },
             }
         }
     }
@@ -1308,43 +1125,4 @@ pub(super) async fn dial_resync(
     handshake::dial(&conn, &mut send, &mut recv, secret, mirror).await?;
     conn.set_receive_window(quinn::VarInt::from_u32(LINK_WINDOW));
     Ok((ep, conn, send, recv))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn chunks_make_up_whole_bodies_or_are_refused() {
-        let mut c = Chunks::default();
-        c.add([1; 32], 6, b"abc".to_vec()).unwrap();
-        assert!(matches!(c.take(), Err(LinkError::BadChunk(_))), "a batch before the last piece");
-        c.add([1; 32], 6, b"def".to_vec()).unwrap();
-        let done = c.take().unwrap();
-        assert_eq!(done.len(), 1);
-        assert_eq!((done[0].hash, &done[0].body[..]), ([1; 32], &b"abcdef"[..]));
-        assert!(c.take().unwrap().is_empty());
-
-        let mut c = Chunks::default();
-        c.add([1; 32], 6, b"abc".to_vec()).unwrap();
-        assert!(
-            matches!(c.add([2; 32], 6, b"def".to_vec()), Err(LinkError::BadChunk(_))),
-            "another body"
-        );
-        let mut c = Chunks::default();
-        c.add([1; 32], 6, b"abc".to_vec()).unwrap();
-        assert!(
-            matches!(c.add([1; 32], 7, b"def".to_vec()), Err(LinkError::BadChunk(_))),
-            "another total"
-        );
-        let mut c = Chunks::default();
-        assert!(
-            matches!(c.add([1; 32], 2, b"abc".to_vec()), Err(LinkError::BadChunk(_))),
-            "too long"
-        );
-        assert!(
-            matches!(c.add([1; 32], MAX_BODY + 1, b"a".to_vec()), Err(LinkError::BadChunk(_))),
-            "too large"
-        );
-    }
 }
