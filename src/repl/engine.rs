@@ -14,12 +14,14 @@
 //! - [`receiver`]: the incoming link: checks on arrival, chunked bodies,
 //!   the query budget, batches to the writer in order and under a bound,
 //!   acknowledgements once durable.
+//! - [`backoff`]: when a failed outgoing link tries again.
 //! - [`authority`]: whether a slave reaches its master (UID authority).
 
 pub mod authority;
+pub mod backoff;
 pub mod dialer;
 pub mod handshake;
 pub mod receiver;
 pub mod sender;
 
-pub use sender::{Command, Item, Sender, Window};
+pub use sender::{Command, Item, Resume, Sender, Window};

@@ -248,7 +248,10 @@ async fn dial_loop(
     peer_back: Arc<tokio::sync::Notify>,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let mut delay = min;
+    let mut backoff = engine::backoff::Backoff::new(min, max);
+    // Where the next link to this peer may start reading the apply order
+    // (kept across reconnects, lost with the process).
+    let mut resume: Option<engine::Resume> = None;
     let mut last_refusal_log: Option<Instant> = None;
     loop {
         mirror.update_out(i, |l| {
@@ -259,7 +262,7 @@ async fn dial_loop(
         });
         let started = Instant::now();
         let r = tokio::select! {
-            r = link(&ep, peer, i, &store, &mirror, &secret, window, auth_timeout, &peer_back) => r,
+            r = link(&ep, peer, i, &store, &mirror, &secret, window, auth_timeout, &peer_back, &mut resume) => r,
             _ = wait_shutdown(&mut shutdown) => return,
         };
         if let Err(e) = r {
@@ -278,16 +281,10 @@ async fn dial_loop(
                 l.last_error_ms = Some(now_ms());
             });
         }
-        if started.elapsed() > Duration::from_secs(10) {
-            delay = min;
-        }
-        // Exponential backoff with jitter.
-        let jitter = rand::random::<f64>() * 0.5 + 0.75;
-        let wait = delay.mul_f64(jitter);
-        delay = (delay * 2).min(max);
+        let wait = backoff.failed(started.elapsed(), rand::random::<f64>());
         tokio::select! {
             _ = tokio::time::sleep(wait) => {}
-            _ = peer_back.notified() => delay = min,
+            _ = peer_back.notified() => backoff.peer_back(),
             _ = wait_shutdown(&mut shutdown) => return,
         }
     }
@@ -344,6 +341,7 @@ async fn link(
     window: Window,
     auth_timeout: Duration,
     peer_back: &tokio::sync::Notify,
+    resume: &mut Option<engine::Resume>,
 ) -> Result<(), LinkError> {
     let conn = connect(ep, peer, peer_back).await?;
     let wal = store.wal().clone();
@@ -378,11 +376,12 @@ async fn link(
         mirror.diverged(matches!(d, super::history::Divergence::Rollback { .. }), d.to_string());
         // Whatever this link's peer acknowledged before no longer counts.
         mirror.update_out(i, |l| l.acked.clear());
+        *resume = None;
         let reason = format!("diverged: {d}");
         let _ = write_frame(&mut send, &Frame::Refused { reason: reason.clone() }).await;
         return Err(LinkError::Diverged(reason));
     }
-    let mut engine = Dialer::new(window, own.0, &held.vector, wal.last_order());
+    let mut engine = Dialer::new(window, own.0, &held.vector, wal.last_order(), resume.as_ref());
     wal.confirm(engine.confirmed()).map_err(|e| LinkError::Local(e.into()))?;
     mirror.update_out(i, |l| {
         l.state = "connected".into();
@@ -556,6 +555,7 @@ async fn link(
                         if let Some(confirmed) = engine.frame(f)? {
                             wal.confirm(confirmed).map_err(|e| LinkError::Local(e.into()))?;
                         }
+                        *resume = Some(engine.resume());
                     }
                     Some(Err(e)) => return Err(e),
                     None => return Err(LinkError::Closed),

@@ -375,26 +375,26 @@ fn locate(v: &TxnViews<'_, '_>, mut mailbox: Id, mut uid: u32, guid: Id) -> Resu
 /// was shown).
 fn take(v: &mut TxnViews<'_, '_>, mailbox: Id, uid: u32, spot: Spot, m: &MessageRec, modseq: u64) -> Result<(), ViewError> {
     match spot {
-        Spot::Shown => remove_message(v, mailbox, uid, m, Some(modseq)),
+        Spot::Shown => remove_message(v, mailbox, uid, m, Some(modseq))?,
         Spot::Aside => {
             bump_refcount(v, &m.blob, -1)?;
             v.delete(&keys::conflict(mailbox, uid, m.guid));
             if uid == 0 {
                 v.delete(&keys::pending(mailbox, m.guid));
             }
-            // A UID with nothing left under it here, shown or aside, has
-            // nothing for the master to move: its mark goes. (While a
-            // message is shown under it the mark stays: that message may
-            // be kept aside on another node.)
-            if let Some(rec) = v.collision(mailbox, uid)? {
-                let shown = v.mailbox(&rec.user, mailbox)?.is_some() && v.message(mailbox, uid)?.is_some();
-                if !shown && v.conflicts_at(mailbox, uid)?.is_empty() {
-                    v.delete(&keys::collision(mailbox, uid));
-                }
-            }
-            Ok(())
         }
     }
+    // A UID with nothing left under it here, shown or aside, has nothing
+    // for the master to move: its mark goes, whichever of its messages
+    // went last. (While a message is shown under it the mark stays: that
+    // message may be kept aside on another node.)
+    if let Some(rec) = v.collision(mailbox, uid)? {
+        let shown = v.mailbox(&rec.user, mailbox)?.is_some() && v.message(mailbox, uid)?.is_some();
+        if !shown && v.conflicts_at(mailbox, uid)?.is_empty() {
+            v.delete(&keys::collision(mailbox, uid));
+        }
+    }
+    Ok(())
 }
 
 fn touch_if_exists(v: &mut TxnViews<'_, '_>, user: &str, mailbox: Id, modseq: u64) -> Result<(), ViewError> {

@@ -10,7 +10,7 @@
 //! elsewhere may already be at the peer, so it is asked about first
 //! ([`choose_bodies`], [`answered`]).
 
-use super::sender::{Command, Item, Sender, Window};
+use super::sender::{Command, Item, Resume, Sender, Window};
 use crate::repl::error::LinkError;
 use crate::repl::frame::Frame;
 use std::collections::{BTreeMap, HashSet};
@@ -63,10 +63,11 @@ pub struct Dialer {
 impl Dialer {
     /// The link starts from the peer's `vector` (checked against this
     /// node's history by the driver), this node's apply order ending at
-    /// `local_last`.
-    pub fn new(window: Window, own_origin: u64, vector: &[(u64, u64)], local_last: u64) -> Dialer {
+    /// `local_last`, reading it where the last link to this peer left off
+    /// (`resume`) if the peer still holds what it held then.
+    pub fn new(window: Window, own_origin: u64, vector: &[(u64, u64)], local_last: u64, resume: Option<&Resume>) -> Dialer {
         let mut sender = Sender::new(window);
-        sender.start(vector, local_last);
+        sender.start_at(vector, local_last, resume);
         Dialer {
             sender,
             own_origin,
@@ -165,6 +166,11 @@ impl Dialer {
         }
     }
 
+    /// Where the next link to this peer may start reading.
+    pub fn resume(&self) -> Resume {
+        self.sender.resume()
+    }
+
     /// Entries the peer lacks, by this node's `heads`.
     pub fn queue(&self, heads: &[(u64, u64)]) -> u64 {
         let acked = self.sender.acked();
@@ -243,7 +249,7 @@ mod tests {
 
     #[test]
     fn a_body_travels_once_per_link_and_its_references_are_counted() {
-        let mut d = Dialer::new(Window::default(), 1, &[], 4);
+        let mut d = Dialer::new(Window::default(), 1, &[], 4, None);
         assert_eq!(d.poll(), Some((1, Window::default().entries)));
         // One delivery to three users: one body, three references.
         let builds = d.read(&[e(1, 1, 1, Some(7)), e(2, 1, 2, Some(7)), e(3, 1, 3, Some(7)), e(4, 1, 4, None)]);
@@ -263,7 +269,7 @@ mod tests {
 
     #[test]
     fn acknowledgements_confirm_only_the_own_origin_and_only_forward() {
-        let mut d = Dialer::new(Window::default(), 5, &[(5, 3), (6, 10)], 0);
+        let mut d = Dialer::new(Window::default(), 5, &[(5, 3), (6, 10)], 0, None);
         assert_eq!(d.confirmed(), 3);
         assert_eq!(
             d.frame(Frame::Ack {

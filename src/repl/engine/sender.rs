@@ -51,6 +51,25 @@ impl Default for Window {
     }
 }
 
+/// Where a link to a peer may start reading the apply order: every entry
+/// before `order` is one the peer held by `vector`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Resume {
+    pub order: u64,
+    pub vector: Vec<(u64, u64)>,
+}
+
+impl Resume {
+    /// Whether a peer that now announces `peer` still holds all of it: a
+    /// peer restored from an older copy does not, and is read for from
+    /// the beginning.
+    pub fn fits(&self, peer: &[(u64, u64)]) -> bool {
+        self.vector
+            .iter()
+            .all(|(o, s)| *s == 0 || peer.iter().any(|(po, ps)| po == o && ps >= s))
+    }
+}
+
 /// Sender state of one link.
 #[derive(Debug)]
 pub struct Sender {
@@ -65,8 +84,9 @@ pub struct Sender {
     local_last: u64,
     /// A read is outstanding.
     reading: bool,
-    /// Batches in flight: (id, entries, bytes).
-    inflight: VecDeque<(u64, u64, u64)>,
+    /// Batches in flight: (id, entries, bytes, apply-order position of
+    /// the first entry).
+    inflight: VecDeque<(u64, u64, u64, u64)>,
     next_id: u64,
     started: bool,
 }
@@ -88,11 +108,31 @@ impl Sender {
 
     /// The peer's durable vector at the start of the link.
     pub fn start(&mut self, peer: &[(u64, u64)], local_last: u64) {
+        self.start_at(peer, local_last, None);
+    }
+
+    /// The same, resuming where an earlier link to this peer left off if
+    /// the peer still holds what it held then ([`Resume::fits`]); else
+    /// from the beginning of the apply order.
+    pub fn start_at(&mut self, peer: &[(u64, u64)], local_last: u64, resume: Option<&Resume>) {
         self.acked = peer.iter().copied().collect();
         self.sent = self.acked.clone();
         self.local_last = local_last;
-        self.next_order = 1;
+        self.next_order = resume.filter(|r| r.fits(peer)).map_or(1, |r| r.order.max(1));
         self.started = true;
+    }
+
+    /// Where a later link to the same peer may start: the peer holds
+    /// every entry before the first batch still in flight (or before the
+    /// next position to read, with none in flight), by the vector it
+    /// acknowledged. Entries the sender skipped were held by the peer at
+    /// the start (each origin's entries lie in the apply order in chain
+    /// order, so none is skipped for a later entry of a batch in flight).
+    pub fn resume(&self) -> Resume {
+        Resume {
+            order: self.inflight.front().map_or(self.next_order, |b| b.3),
+            vector: self.acked.iter().map(|(o, s)| (*o, *s)).collect(),
+        }
     }
 
     /// This node committed up to apply-order position `last`.
@@ -102,7 +142,7 @@ impl Sender {
 
     /// The peer acknowledged batch `id` with its vector.
     pub fn ack(&mut self, id: u64, vector: &[(u64, u64)]) {
-        self.inflight.retain(|(b, _, _)| *b != id);
+        self.inflight.retain(|b| b.0 != id);
         for (o, s) in vector {
             let a = self.acked.entry(*o).or_insert(0);
             *a = (*a).max(*s);
@@ -146,7 +186,8 @@ impl Sender {
     fn batch(&mut self, orders: Vec<u64>, bytes: u64) -> Command {
         let id = self.next_id;
         self.next_id += 1;
-        self.inflight.push_back((id, orders.len() as u64, bytes));
+        let first = orders.first().copied().unwrap_or(self.next_order);
+        self.inflight.push_back((id, orders.len() as u64, bytes, first));
         Command::Send { id, orders }
     }
 
@@ -164,12 +205,12 @@ impl Sender {
 
     /// Entries sent but not acknowledged.
     pub fn unacked(&self) -> u64 {
-        self.inflight.iter().map(|(_, n, _)| n).sum()
+        self.inflight.iter().map(|b| b.1).sum()
     }
 
     /// Bytes sent but not acknowledged (bodies included).
     pub fn unacked_bytes(&self) -> u64 {
-        self.inflight.iter().map(|(_, _, b)| b).sum()
+        self.inflight.iter().map(|b| b.2).sum()
     }
 
     /// The peer's acknowledged vector.
@@ -224,10 +265,16 @@ mod tests {
                 }
             }
             if drop_every > 0 && rng.next_u64().is_multiple_of(drop_every) {
-                // Link lost: unacked batches vanish; reconnect from the peer's vector.
+                // Link lost: unacked batches vanish; reconnect from the
+                // peer's vector, resuming where the last link left off.
                 pending.clear();
+                let resume = s.resume();
                 s = Sender::new(window);
-                s.start(&peer.iter().map(|(a, b)| (*a, *b)).collect::<Vec<_>>(), log.len() as u64);
+                s.start_at(
+                    &peer.iter().map(|(a, b)| (*a, *b)).collect::<Vec<_>>(),
+                    log.len() as u64,
+                    Some(&resume),
+                );
                 continue;
             }
             let Some((id, orders)) = pending.pop_front() else {
@@ -309,6 +356,55 @@ mod tests {
             );
             assert_eq!(got, heads(&log), "seed {seed}");
         }
+    }
+
+    #[test]
+    fn a_new_link_resumes_behind_the_oldest_batch_in_flight_unless_the_peer_lost_entries() {
+        let log = interleaved(100, 2);
+        let mut s = Sender::new(Window {
+            batches: 2,
+            entries: 10,
+            bytes: 1 << 20,
+        });
+        s.start(&[], 100);
+        let mut ids = Vec::new();
+        while let Some(Command::Read { from, max }) = s.poll() {
+            let items: Vec<Item> = (from..from + max as u64)
+                .map(|o| Item {
+                    order: o,
+                    origin: log[(o - 1) as usize].0,
+                    seq: log[(o - 1) as usize].1,
+                    bytes: 1,
+                })
+                .collect();
+            for c in s.read(&items) {
+                if let Command::Send { id, .. } = c {
+                    ids.push(id);
+                }
+            }
+        }
+        // Batches 1 (orders 1-10) and 2 (11-20) in flight: nothing yet.
+        assert_eq!(s.resume().order, 1);
+        let held_after = |n: usize| {
+            let mut h: BTreeMap<u64, u64> = BTreeMap::new();
+            for (o, q) in &log[..n] {
+                h.insert(*o, *q);
+            }
+            h.into_iter().collect::<Vec<_>>()
+        };
+        s.ack(ids[0], &held_after(10));
+        let r = s.resume();
+        assert_eq!(r.order, 11, "behind batch 2, still in flight");
+        // The peer holds what it acknowledged: a new link starts at 11 and
+        // sends exactly the rest.
+        let mut again = Sender::new(Window::default());
+        again.start_at(&held_after(10), 100, Some(&r));
+        assert_eq!(again.poll(), Some(Command::Read { from: 11, max: 512 }));
+        // A peer restored from an older copy holds less: from the start.
+        let mut back = Sender::new(Window::default());
+        back.start_at(&held_after(4), 100, Some(&r));
+        assert_eq!(back.poll(), Some(Command::Read { from: 1, max: 512 }));
+        assert!(r.fits(&held_after(50)) && !r.fits(&held_after(9)) && !r.fits(&[]));
     }
 
     #[test]
