@@ -7,7 +7,7 @@
 use imap_codec::decode::Decoder;
 use imap_codec::CommandCodec;
 use libfuzzer_sys::fuzz_target;
-use tandem_fuzz::proto::imap::ext;
+use tandem_fuzz::proto::imap::{condstore, ext};
 use tandem_fuzz::proto::imap::fragment::{tag_of, Frame, Framer};
 use tandem_fuzz::proto::imap::mutf7;
 
@@ -56,13 +56,34 @@ fuzz_target!(|data: &[u8]| {
                     if let Ok(Some((_, plain))) = ext::sort_or_thread(cmd) {
                         assert!(plain.len() <= cmd.len() + 16, "SORT rewrite grew");
                     }
-                    // FETCH with RFC 3516 BINARY items: each becomes `UID`
-                    // for imap-codec, which parses the rest.
-                    if let Ok(Some(bf)) = ext::fetch_binary(cmd) {
-                        assert!(!bf.items.is_empty() && bf.items.len() <= ext::MAX_ITEMS);
+                    // FETCH with RFC 3516 BINARY items or RFC 7162's MODSEQ:
+                    // each becomes `UID` for imap-codec, which parses the rest.
+                    if let Ok(Some(bf)) = ext::fetch_items(cmd) {
+                        assert!((bf.modseq || !bf.items.is_empty()) && bf.items.len() <= ext::MAX_ITEMS);
                         assert!(bf.plain.len() + 5 * bf.items.len() <= cmd.len(), "BINARY rewrite grew");
                         assert!(bf.items.iter().all(|i| i.part().len() <= ext::MAX_SECTION_PARTS));
                         let _ = CommandCodec::default().decode(&bf.plain);
+                    }
+                    // RFC 7162: each split leaves a command for imap-codec
+                    // no longer than it was (SEARCH MODSEQ grows by a
+                    // bounded keyword per key), values within 63 bits.
+                    if let Ok(Some((p, plain))) = condstore::select_params(cmd) {
+                        assert!(plain.len() <= cmd.len());
+                        assert!(p.qresync.is_none_or(|q| q.modseq <= condstore::MAX_MODSEQ));
+                    }
+                    if let Ok(Some((m, plain))) = condstore::fetch_modifiers(cmd) {
+                        assert!(plain.len() <= cmd.len());
+                        assert!(m.changed_since.is_some_and(|n| n <= condstore::MAX_MODSEQ));
+                        let _ = ext::fetch_items(&plain);
+                    }
+                    if let Ok(Some((n, plain))) = condstore::store_unchanged_since(cmd) {
+                        assert!(plain.len() < cmd.len() && n <= condstore::MAX_MODSEQ);
+                        let _ = CommandCodec::default().decode(&plain);
+                    }
+                    if let Ok(Some((values, plain))) = condstore::search_modseq(cmd) {
+                        assert!(!values.is_empty() && values.len() <= ext::MAX_ITEMS);
+                        assert!(plain.len() <= cmd.len() + 32 * values.len(), "SEARCH MODSEQ rewrite grew");
+                        let _ = ext::search_return(&plain);
                     }
                 }
                 Frame::Continue { length } => assert!(u64::from(length) <= MAX_LITERAL),

@@ -347,6 +347,7 @@ pub fn render<'a>(
     binary: &[BinaryItem],
     force_uid: bool,
     force_flags: bool,
+    modseq: Option<u64>,
 ) -> Result<Response<'a>, UnknownCte> {
     let mut r = Response::default();
     let out = &mut r;
@@ -471,6 +472,12 @@ pub fn render<'a>(
         sep(out);
         out.extend(format!("FLAGS {}", flags_list(&m.flags)).as_bytes());
     }
+    // RFC 7162 section 3.1.4: MODSEQ when asked for, with CHANGEDSINCE,
+    // and once CONDSTORE is on with every FLAGS a FETCH changed.
+    if let Some(n) = modseq {
+        sep(out);
+        out.extend(format!("MODSEQ ({n})").as_bytes());
+    }
     out.extend(b")\r\n");
     Ok(r)
 }
@@ -493,7 +500,7 @@ mod tests {
             peek: true,
         };
         let items = vec![item.clone(), item.clone(), item, MessageDataItemName::Flags];
-        let r = render(7, 9, &m, Some(&body), None, &items, &[], true, false).unwrap();
+        let r = render(7, 9, &m, Some(&body), None, &items, &[], true, false, None).unwrap();
         let borrowed: Vec<&[u8]> = r
             .parts
             .iter()
@@ -560,16 +567,18 @@ Content-Transfer-Encoding: x-unknown\r\n\r\n??\r\n--b--\r\n";
             bin(&[9], None),
             BinaryItem::Size { part: vec![9] },
         ];
-        let r = render(3, 5, &m, Some(body), None, &[], &items, false, false).unwrap();
+        let r = render(3, 5, &m, Some(body), None, &[], &items, false, false, None).unwrap();
         let want: &[u8] = "* 3 FETCH (BINARY[1] {11}\r\nnaïve text BINARY[2] ~{4}\r\n\x00\x01\x00\x02 BINARY.SIZE[2] 4 \
 BINARY[1]<2> {4}\r\nïve BINARY[1]<100> {0}\r\n BINARY[9] NIL BINARY.SIZE[9] 0)\r\n"
             .as_bytes();
         assert_eq!(r.concat(), want, "{}", String::from_utf8_lossy(&r.concat()));
         // The whole message is sent as stored, header included.
-        let r = render(3, 5, &m, Some(body), None, &[], &[bin(&[], None)], true, false).unwrap();
+        let r = render(3, 5, &m, Some(body), None, &[], &[bin(&[], None)], true, false, Some(42)).unwrap();
         assert!(r
             .concat()
             .starts_with(format!("* 3 FETCH (UID 5 BINARY[] {{{}}}\r\nContent-Type", body.len()).as_bytes()));
+        // MODSEQ goes last (RFC 7162 section 3.1.4).
+        assert!(r.concat().ends_with(b" MODSEQ (42))\r\n"));
         let e = render(
             3,
             5,
@@ -580,6 +589,7 @@ BINARY[1]<2> {4}\r\nïve BINARY[1]<100> {0}\r\n BINARY[9] NIL BINARY.SIZE[9] 0)\
             &items[..1].iter().cloned().chain([bin(&[3], None)]).collect::<Vec<_>>(),
             false,
             false,
+            None,
         )
         .err()
         .unwrap();

@@ -9,6 +9,7 @@
 pub(crate) mod conn;
 mod deflate;
 mod fetch;
+mod modseq;
 pub mod pattern;
 pub mod session;
 

@@ -6,10 +6,12 @@
 mod extended;
 
 use super::conn::Conn;
+use super::modseq::Scale;
 use super::{bump, fetch, plaintext_ok, Credentials, Shared, SlotGuard};
 use crate::auth::Secret;
 use crate::event::{FlagOp, Flags, Id, SpecialUse};
 use crate::mutate::{self, MutationError, NewMessage};
+use crate::proto::imap::condstore::{self, SelectParams};
 use crate::proto::imap::ext;
 use crate::proto::imap::fragment::{tag_of, Frame, Framer};
 use crate::proto::imap::mutf7;
@@ -51,6 +53,9 @@ struct Selected {
     /// Expunges seen but not yet announced (not allowed during FETCH,
     /// STORE and SEARCH by sequence number).
     expunge_pending: bool,
+    /// While expunges are held back: the MODSEQ position the session had
+    /// reached before the first of them, which is below all of them.
+    expunge_floor: u64,
 }
 
 /// What a sync found to tell the client: untagged lines (EXPUNGE, FETCH),
@@ -87,8 +92,31 @@ fn flag_lines(keywords: &BTreeSet<String>) -> [String; 2] {
     ]
 }
 
+/// How a session reports changes: with MODSEQ in every FETCH it sends
+/// unasked once CONDSTORE is enabled (RFC 7162 section 3.1.4), with
+/// VANISHED instead of EXPUNGE once QRESYNC is (section 3.2.10).
+#[derive(Debug, Clone, Copy)]
+struct Report {
+    modseq: Option<Scale>,
+    vanished: bool,
+}
+
+impl Report {
+    /// `* seq FETCH (UID u FLAGS (...) [MODSEQ (n)])` of a flag change.
+    fn flags(self, seq: usize, uid: u32, m: &MessageRec) -> String {
+        match self.modseq {
+            Some(s) => format!(
+                "* {seq} FETCH (UID {uid} FLAGS {} MODSEQ ({}))",
+                fetch::flags_list(&m.flags),
+                s.wire(m.modseq)
+            ),
+            None => format!("* {seq} FETCH (UID {uid} FLAGS {})", fetch::flags_list(&m.flags)),
+        }
+    }
+}
+
 /// Bring `sel` up to date from the change index entries after its MODSEQ.
-fn changed_since(sel: &mut Selected, v: &crate::views::Views, changes: Vec<(u32, bool)>, expunges: bool) -> Found {
+fn changed_since(sel: &mut Selected, v: &crate::views::Views, changes: Vec<(u32, bool)>, expunges: bool, report: Report) -> Found {
     let mut lines = Vec::new();
     let mut pending = sel.expunge_pending;
     let (mut gone, mut changed): (Vec<u32>, Vec<u32>) = (Vec::new(), Vec::new());
@@ -101,16 +129,24 @@ fn changed_since(sel: &mut Selected, v: &crate::views::Views, changes: Vec<(u32,
     }
     gone.sort_unstable();
     changed.sort_unstable();
+    let mut vanished = Vec::new();
     for uid in gone {
         if let Ok(pos) = sel.uids.binary_search(&uid) {
             if expunges {
-                lines.push(format!("* {} EXPUNGE", pos + 1));
+                if report.vanished {
+                    vanished.push(uid);
+                } else {
+                    lines.push(format!("* {} EXPUNGE", pos + 1));
+                }
                 sel.uids.remove(pos);
                 sel.flags.remove(&uid);
             } else {
                 pending = true;
             }
         }
+    }
+    if !vanished.is_empty() {
+        lines.push(format!("* VANISHED {}", ext::compact_set(&vanished)));
     }
     let last = sel.uids.last().copied().unwrap_or(0);
     let mut added = false;
@@ -125,7 +161,7 @@ fn changed_since(sel: &mut Selected, v: &crate::views::Views, changes: Vec<(u32,
         } else if let Ok(pos) = sel.uids.binary_search(&uid) {
             if sel.flags.get(&uid) != Some(&m.flags) {
                 lines.extend(sel.announce(&m.flags).into_iter().flatten());
-                lines.push(format!("* {} FETCH (UID {uid} FLAGS {})", pos + 1, fetch::flags_list(&m.flags)));
+                lines.push(report.flags(pos + 1, uid, &m));
                 sel.flags.insert(uid, m.flags);
             }
         }
@@ -134,7 +170,7 @@ fn changed_since(sel: &mut Selected, v: &crate::views::Views, changes: Vec<(u32,
 }
 
 /// Bring `sel` up to date by comparing the whole mailbox with it.
-fn compare_whole(sel: &mut Selected, v: &crate::views::Views, expunges: bool) -> Option<Found> {
+fn compare_whole(sel: &mut Selected, v: &crate::views::Views, expunges: bool, report: Report) -> Option<Found> {
     let msgs = v.messages(sel.id).ok()?;
     let current: HashMap<u32, &MessageRec> = msgs.iter().map(|(u, m)| (*u, m)).collect();
     let mut lines = Vec::new();
@@ -142,17 +178,25 @@ fn compare_whole(sel: &mut Selected, v: &crate::views::Views, expunges: bool) ->
     if expunges {
         let mut seq = 0usize;
         let mut kept = Vec::with_capacity(sel.uids.len());
+        let mut vanished = Vec::new();
         for uid in &sel.uids {
             seq += 1;
             if current.contains_key(uid) {
                 kept.push(*uid);
             } else {
-                lines.push(format!("* {seq} EXPUNGE"));
+                if report.vanished {
+                    vanished.push(*uid);
+                } else {
+                    lines.push(format!("* {seq} EXPUNGE"));
+                }
                 sel.flags.remove(uid);
                 seq -= 1;
             }
         }
         sel.uids = kept;
+        if !vanished.is_empty() {
+            lines.push(format!("* VANISHED {}", ext::compact_set(&vanished)));
+        }
     } else {
         pending = sel.uids.iter().any(|u| !current.contains_key(u));
     }
@@ -161,7 +205,7 @@ fn compare_whole(sel: &mut Selected, v: &crate::views::Views, expunges: bool) ->
         if let Some(m) = current.get(&uid) {
             if sel.flags.get(&uid) != Some(&m.flags) {
                 lines.extend(sel.announce(&m.flags).into_iter().flatten());
-                lines.push(format!("* {} FETCH (UID {uid} FLAGS {})", i + 1, fetch::flags_list(&m.flags)));
+                lines.push(report.flags(i + 1, uid, m));
                 sel.flags.insert(uid, m.flags.clone());
             }
         }
@@ -177,6 +221,60 @@ fn compare_whole(sel: &mut Selected, v: &crate::views::Views, expunges: bool) ->
         }
     }
     Some(Found { lines, added, pending })
+}
+
+/// What the extension grammar split off a command before imap-codec
+/// parsed the rest of it.
+#[derive(Debug, Default)]
+struct Extras {
+    /// How to answer a SEARCH that was an ESEARCH, SORT or THREAD.
+    search_as: Option<ext::SearchAs>,
+    /// The values of the SEARCH MODSEQ keys (RFC 7162 section 3.1.5).
+    modseq_keys: Vec<u64>,
+    /// STORE (UNCHANGEDSINCE n) (section 3.1.3).
+    unchanged_since: Option<u64>,
+    /// SELECT / EXAMINE parameters (sections 3.1.8, 3.2.5).
+    select: Option<SelectParams>,
+    /// FETCH: the MODSEQ item and the modifiers (sections 3.1.4, 3.2.6).
+    fetch: CondFetch,
+}
+
+/// The RFC 7162 parts of a FETCH.
+#[derive(Debug, Default, Clone, Copy)]
+struct CondFetch {
+    /// The MODSEQ item.
+    modseq: bool,
+    /// CHANGEDSINCE, as the client sent it.
+    changed_since: Option<u64>,
+    /// VANISHED (UID FETCH with CHANGEDSINCE only).
+    vanished: bool,
+}
+
+impl CondFetch {
+    fn any(&self) -> bool {
+        self.modseq || self.changed_since.is_some()
+    }
+}
+
+/// The items a FETCH names, its macros expanded.
+fn fetch_items(m: MacroOrMessageDataItemNames<'_>) -> Vec<MessageDataItemName<'_>> {
+    let fast = [
+        MessageDataItemName::Flags,
+        MessageDataItemName::InternalDate,
+        MessageDataItemName::Rfc822Size,
+    ];
+    match m {
+        MacroOrMessageDataItemNames::Macro(m) => match m {
+            Macro::All => fast.into_iter().chain([MessageDataItemName::Envelope]).collect(),
+            Macro::Full => fast
+                .into_iter()
+                .chain([MessageDataItemName::Envelope, MessageDataItemName::Body])
+                .collect(),
+            // `Macro` is non-exhaustive; a macro this build does not know reads as FAST.
+            _ => fast.to_vec(),
+        },
+        MacroOrMessageDataItemNames::MessageDataItemNames(v) => v,
+    }
 }
 
 enum Auth {
@@ -206,6 +304,12 @@ pub struct Session {
     /// `ENABLE UTF8=ACCEPT` was given (RFC 6855): names and quoted strings
     /// are UTF-8 in both directions.
     utf8: bool,
+    /// A CONDSTORE enabling command was given (RFC 7162 section 3.1).
+    condstore: bool,
+    /// `ENABLE QRESYNC` was given (RFC 7162 section 3.2.3).
+    qresync: bool,
+    /// How this node's MODSEQs go on the wire.
+    scale: Scale,
 }
 
 type R<T> = std::io::Result<T>;
@@ -278,6 +382,7 @@ impl Session {
     pub fn new(stream: Conn, peer: SocketAddr, shared: Arc<Shared>, shutdown: watch::Receiver<bool>) -> Session {
         let framer = super::preauth_framer(&shared);
         let commits = shared.store.commits();
+        let scale = Scale::of_origin(shared.store.wal().local_origin().0);
         Session {
             login_deadline: std::time::Instant::now() + Duration::from_secs(shared.cfg.login_timeout_secs),
             stream,
@@ -289,8 +394,11 @@ impl Session {
             auth: Auth::None,
             selected: None,
             bad: 0,
+            scale,
             commits,
             utf8: false,
+            condstore: false,
+            qresync: false,
         }
     }
 
@@ -324,6 +432,8 @@ impl Session {
             "THREAD=ORDEREDSUBJECT",
             "THREAD=REFERENCES",
             "BINARY",
+            "CONDSTORE",
+            "QRESYNC",
         ];
         if self.user().is_some() && !self.stream.is_compressed() {
             caps.push("COMPRESS=DEFLATE");
@@ -547,7 +657,7 @@ impl Session {
             return self.extension(&tag, &cmd, &rest).await;
         }
         match CommandCodec::default().decode(bytes) {
-            Ok((_, cmd)) => self.command(cmd, None).await,
+            Ok((_, cmd)) => self.command(cmd, Extras::default()).await,
             Err(CommandDecodeError::Failed) | Err(CommandDecodeError::Incomplete) | Err(CommandDecodeError::LiteralFound { .. }) => {
                 self.extended(bytes).await
             }
@@ -616,10 +726,9 @@ impl Session {
         }
     }
 
-    /// Run a parsed command; `search_as`: how to answer a SEARCH that was
-    /// an ESEARCH, SORT or THREAD before the parts RFC 3501 does not know
-    /// were split off.
-    async fn command(&mut self, cmd: Command<'_>, search_as: Option<ext::SearchAs>) -> R<Flow> {
+    /// Run a parsed command; `extras`: what was split off it before
+    /// imap-codec parsed the rest (the parts RFC 3501 does not know).
+    async fn command(&mut self, cmd: Command<'_>, extras: Extras) -> R<Flow> {
         let tag = cmd.tag.inner().to_string();
         let tag = tag.as_str();
         // Any state.
@@ -649,8 +758,8 @@ impl Session {
         match cmd.body {
             CommandBody::StartTLS => self.line(&format!("{tag} BAD STARTTLS is not offered on this listener")),
             CommandBody::Login { .. } | CommandBody::Authenticate { .. } => self.line(&format!("{tag} BAD Already authenticated")),
-            CommandBody::Select { mailbox } => self.select(tag, &user, &mailbox, false),
-            CommandBody::Examine { mailbox } => self.select(tag, &user, &mailbox, true),
+            CommandBody::Select { mailbox } => self.select(tag, &user, &mailbox, false, extras.select),
+            CommandBody::Examine { mailbox } => self.select(tag, &user, &mailbox, true, extras.select),
             CommandBody::Create { mailbox } => match create_name(&mailbox, self.utf8) {
                 Ok(name) => {
                     let u = user.clone();
@@ -780,7 +889,7 @@ impl Session {
                     self.no(tag, &format!("[BADCHARSET (US-ASCII UTF-8)] {e}"));
                     return Ok(Flow::Continue);
                 }
-                self.search(tag, &criteria, uid, search_as).await;
+                self.search(tag, &criteria, uid, extras.search_as, &extras.modseq_keys).await;
             }
             CommandBody::Fetch {
                 sequence_set,
@@ -791,36 +900,8 @@ impl Session {
                     self.line(&format!("{tag} BAD No mailbox selected"));
                     return Ok(Flow::Continue);
                 }
-                let items: Vec<MessageDataItemName<'_>> = match macro_or_item_names {
-                    MacroOrMessageDataItemNames::Macro(m) => match m {
-                        // `Macro` is non-exhaustive; a macro this build does not know reads as FAST.
-                        Macro::Fast => vec![
-                            MessageDataItemName::Flags,
-                            MessageDataItemName::InternalDate,
-                            MessageDataItemName::Rfc822Size,
-                        ],
-                        Macro::All => vec![
-                            MessageDataItemName::Flags,
-                            MessageDataItemName::InternalDate,
-                            MessageDataItemName::Rfc822Size,
-                            MessageDataItemName::Envelope,
-                        ],
-                        Macro::Full => vec![
-                            MessageDataItemName::Flags,
-                            MessageDataItemName::InternalDate,
-                            MessageDataItemName::Rfc822Size,
-                            MessageDataItemName::Envelope,
-                            MessageDataItemName::Body,
-                        ],
-                        _ => vec![
-                            MessageDataItemName::Flags,
-                            MessageDataItemName::InternalDate,
-                            MessageDataItemName::Rfc822Size,
-                        ],
-                    },
-                    MacroOrMessageDataItemNames::MessageDataItemNames(v) => v,
-                };
-                self.fetch(tag, &user, &sequence_set, &items, &[], uid).await?;
+                let items = fetch_items(macro_or_item_names);
+                self.fetch(tag, &user, &sequence_set, &items, &[], uid, extras.fetch).await?;
             }
             CommandBody::Store {
                 sequence_set,
@@ -829,7 +910,8 @@ impl Session {
                 flags,
                 uid,
             } => {
-                self.store_flags(tag, &user, &sequence_set, kind, response, &flags, uid).await;
+                self.store_flags(tag, &user, &sequence_set, kind, response, &flags, uid, extras.unchanged_since)
+                    .await;
             }
             CommandBody::Copy {
                 sequence_set,
@@ -1023,8 +1105,21 @@ impl Session {
         }
     }
 
-    fn select(&mut self, tag: &str, user: &str, mailbox: &Mailbox<'_>, readonly: bool) {
-        self.selected = None;
+    fn select(&mut self, tag: &str, user: &str, mailbox: &Mailbox<'_>, readonly: bool, params: Option<SelectParams>) {
+        let params = params.unwrap_or_default();
+        if params.qresync.is_some() && !self.qresync {
+            // RFC 7162 section 3.2.5.
+            self.line(&format!("{tag} BAD The QRESYNC parameter needs ENABLE QRESYNC first"));
+            return;
+        }
+        if params.condstore {
+            self.condstore = true;
+        }
+        if self.selected.take().is_some() && self.qresync {
+            // RFC 7162 section 3.2.11: the client learns where the old
+            // mailbox's responses end.
+            self.line("* OK [CLOSED] Previous mailbox closed");
+        }
         let Some((name, mb)) = self.existing_mailbox(tag, user, mailbox) else {
             return;
         };
@@ -1059,11 +1154,9 @@ impl Session {
         }
         self.line(&format!("* OK [UIDVALIDITY {}] UIDs valid", mb.uidvalidity));
         self.line(&format!("* OK [UIDNEXT {}] Predicted next UID", mb.uidnext));
-        self.line(&format!(
-            "{tag} OK [{}] {} completed",
-            if readonly { "READ-ONLY" } else { "READ-WRITE" },
-            if readonly { "EXAMINE" } else { "SELECT" }
-        ));
+        if self.condstore {
+            self.line(&format!("* OK [HIGHESTMODSEQ {}] Highest", self.scale.wire(mb.highestmodseq)));
+        }
         let uids = msgs.iter().map(|(u, _)| *u).collect();
         self.selected = Some(Selected {
             id: mb.id,
@@ -1074,12 +1167,130 @@ impl Session {
             uids,
             modseq: mb.highestmodseq,
             expunge_pending: false,
+            expunge_floor: 0,
         });
+        if let Some(q) = params.qresync.filter(|q| q.uidvalidity == mb.uidvalidity) {
+            self.qresync_select(&mb, &q);
+        }
+        self.line(&format!(
+            "{tag} OK [{}] {} completed",
+            if readonly { "READ-ONLY" } else { "READ-WRITE" },
+            if readonly { "EXAMINE" } else { "SELECT" }
+        ));
+    }
+
+    /// Turn CONDSTORE on (RFC 7162 section 3.1); the first time, with a
+    /// mailbox selected, the client learns its HIGHESTMODSEQ.
+    fn enable_condstore(&mut self) {
+        if self.condstore {
+            return;
+        }
+        self.condstore = true;
+        if let Some(sel) = &self.selected {
+            let line = format!("* OK [HIGHESTMODSEQ {}] Highest", self.scale.wire(sel.modseq));
+            self.line(&line);
+        }
+    }
+
+    /// The highest MODSEQ position of the selected mailbox now (0 when it
+    /// cannot be read: nothing the client sends is then comparable).
+    fn highest_now(&self) -> u64 {
+        let (Some(user), Some(sel)) = (self.user(), self.selected.as_ref()) else {
+            return 0;
+        };
+        match self.shared.store.views().mailbox(user, sel.id) {
+            Ok(Some(mb)) => mb.highestmodseq,
+            _ => 0,
+        }
+    }
+
+    /// SELECT's QRESYNC parameter (RFC 7162 section 3.2.5.1): `VANISHED
+    /// (EARLIER)` for the known UIDs expunged since the client's MODSEQ,
+    /// then a FETCH of each known message changed since then. A MODSEQ this
+    /// node cannot compare ([`Scale::since`]) gets everything: every known
+    /// UID not here is reported vanished and every message is sent. The
+    /// sequence match data only helps servers that forget expunges; the
+    /// change index does not, so it is checked and not used.
+    fn qresync_select(&mut self, mb: &MailboxRec, q: &condstore::Qresync) {
+        let v = self.shared.store.views();
+        let Some(sel) = self.selected.as_ref() else { return };
+        let known: Vec<(u32, u32)> = match &q.known_uids {
+            Some(k) => merge_ranges(k.clone()),
+            None => vec![(1, mb.uidnext.saturating_sub(1).max(1))],
+        };
+        let since = self.scale.since(q.modseq, mb.highestmodseq);
+        let indexed = if since > 0 { v.changes_since(mb.id, since).ok() } else { None };
+        let (vanished, changed): (Vec<(u32, u32)>, Vec<u32>) = match indexed {
+            Some(changes) => {
+                let (mut gone, mut changed) = (Vec::new(), Vec::new());
+                for (u, expunged) in changes {
+                    if !in_ranges(&known, u) {
+                        continue;
+                    }
+                    if !expunged {
+                        changed.push(u);
+                    } else if sel.uids.binary_search(&u).is_err() {
+                        gone.push(u);
+                    }
+                }
+                gone.sort_unstable();
+                gone.dedup();
+                changed.sort_unstable();
+                changed.dedup();
+                (gone.into_iter().map(|u| (u, u)).collect(), changed)
+            }
+            None => {
+                let below_next: Vec<(u32, u32)> = known
+                    .iter()
+                    .filter(|(a, _)| *a < mb.uidnext)
+                    .map(|(a, b)| (*a, (*b).min(mb.uidnext.saturating_sub(1))))
+                    .collect();
+                let changed = sel.uids.iter().copied().filter(|u| in_ranges(&known, *u)).collect();
+                (missing(&below_next, &sel.uids), changed)
+            }
+        };
+        if !vanished.is_empty() {
+            self.line(&format!("* VANISHED (EARLIER) {}", ranges_text(&vanished)));
+        }
+        let id = mb.id;
+        for chunk in changed.chunks(256) {
+            let recs = v.messages_at(id, chunk).unwrap_or_default();
+            for (u, m) in chunk.iter().zip(recs) {
+                let Some(m) = m else { continue };
+                let Some(sel) = self.selected.as_mut() else { return };
+                let Ok(pos) = sel.uids.binary_search(u) else { continue };
+                let announce = sel.announce(&m.flags);
+                sel.flags.insert(*u, m.flags.clone());
+                for l in announce.into_iter().flatten() {
+                    self.line(&l);
+                }
+                let line = format!(
+                    "* {} FETCH (UID {u} FLAGS {} MODSEQ ({}))",
+                    pos + 1,
+                    fetch::flags_list(&m.flags),
+                    self.scale.wire(m.modseq)
+                );
+                self.line(&line);
+            }
+        }
     }
 
     /// Bring the selected mailbox up to date with the views, announcing what
     /// changed. Expunges are held back when `expunges` is false.
     fn sync(&mut self, expunges: bool) {
+        self.sync_changes(expunges);
+        // RFC 7162 section 3.2: MODSEQ values above an expunge the client
+        // has not been told of (held back during this command) must be
+        // followed by a HIGHESTMODSEQ below that expunge, so that a client
+        // that resynchronises from what it saw still learns of it.
+        if let Some(sel) = self.selected.as_ref().filter(|s| s.expunge_pending && self.condstore) {
+            let line = format!("* OK [HIGHESTMODSEQ {}] Expunges pending", self.scale.wire(sel.expunge_floor));
+            self.line(&line);
+        }
+    }
+
+    /// [`Session::sync`] without the note on held-back expunges.
+    fn sync_changes(&mut self, expunges: bool) {
         let Some(user) = self.user().map(String::from) else { return };
         let Some(sel) = self.selected.as_mut() else { return };
         let v = self.shared.store.views();
@@ -1088,8 +1299,13 @@ impl Session {
             Ok(None) => {
                 // Deleted or renamed away under us.
                 if expunges {
-                    for seq in (1..=sel.uids.len()).rev() {
-                        self.out.extend_from_slice(format!("* {seq} EXPUNGE\r\n").as_bytes());
+                    if self.qresync && !sel.uids.is_empty() {
+                        self.out
+                            .extend_from_slice(format!("* VANISHED {}\r\n", ext::compact_set(&sel.uids)).as_bytes());
+                    } else {
+                        for seq in (1..=sel.uids.len()).rev() {
+                            self.out.extend_from_slice(format!("* {seq} EXPUNGE\r\n").as_bytes());
+                        }
                     }
                     sel.uids.clear();
                     sel.flags.clear();
@@ -1110,13 +1326,20 @@ impl Session {
         } else {
             v.changes_since(sel.id, sel.modseq).ok()
         };
+        let report = Report {
+            modseq: self.condstore.then_some(self.scale),
+            vanished: self.qresync,
+        };
         let found = match changes {
-            Some(c) => Some(changed_since(sel, &v, c, expunges)),
-            None => compare_whole(sel, &v, expunges),
+            Some(c) => Some(changed_since(sel, &v, c, expunges, report)),
+            None => compare_whole(sel, &v, expunges, report),
         };
         let Some(Found { mut lines, added, pending }) = found else { return };
         if added {
             lines.push(format!("* {} EXISTS", sel.uids.len()));
+        }
+        if pending && !sel.expunge_pending {
+            sel.expunge_floor = sel.modseq;
         }
         sel.modseq = mb.highestmodseq;
         sel.expunge_pending = pending;
@@ -1163,8 +1386,10 @@ impl Session {
         out.into_iter().collect()
     }
 
-    /// FETCH: `items` as imap-codec parsed them, and the BINARY items of RFC
-    /// 3516 ([`ext::fetch_binary`]), which are answered after them.
+    /// FETCH: `items` as imap-codec parsed them, the BINARY items of RFC
+    /// 3516 ([`ext::fetch_items`]), which are answered after them, and the
+    /// MODSEQ item and modifiers of RFC 7162 (`cond`).
+    #[allow(clippy::too_many_arguments)]
     async fn fetch(
         &mut self,
         tag: &str,
@@ -1173,8 +1398,23 @@ impl Session {
         items: &[MessageDataItemName<'_>],
         binary: &[ext::BinaryItem],
         uid: bool,
+        cond: CondFetch,
     ) -> R<()> {
+        if cond.vanished && !self.qresync {
+            // RFC 7162 section 3.2.6.
+            self.line(&format!("{tag} BAD VANISHED needs ENABLE QRESYNC first"));
+            return Ok(());
+        }
+        if cond.any() {
+            self.enable_condstore();
+        }
+        // CHANGEDSINCE: only messages changed after this position (0: all,
+        // for a value this node cannot compare).
+        let since = cond.changed_since.map(|n| self.scale.since(n, self.highest_now()));
         let targets = self.resolve(set, uid);
+        if let (true, Some(since)) = (cond.vanished, since) {
+            self.vanished_earlier(set, since);
+        }
         let Some(sel) = self.selected.as_ref() else { return Ok(()) };
         let (id, readonly) = (sel.id, sel.readonly);
         let mut seen_now = Vec::new();
@@ -1182,6 +1422,9 @@ impl Session {
             let v = self.shared.store.views();
             for (_, u) in &targets {
                 if let Ok(Some(m)) = v.message(id, *u) {
+                    if since.is_some_and(|s| m.modseq <= s) {
+                        continue;
+                    }
                     if !m.flags.contains("\\Seen") {
                         // A FETCH refused for a transfer encoding sets no flag.
                         let raw = if binary.is_empty() {
@@ -1237,6 +1480,9 @@ impl Session {
                 };
             }
             let Some(Some(m)) = records.next() else { continue };
+            if since.is_some_and(|s| m.modseq <= s) {
+                continue;
+            }
             let body = if need_raw { store.blob(&m.blob).ok().flatten() } else { None };
             let summary = if need_summary {
                 self.shared.cache.get_or(&store, &m.blob, || {
@@ -1253,7 +1499,23 @@ impl Session {
                     self.line(&l);
                 }
             }
-            let response = match fetch::render(seq, u, &m, body.as_deref(), summary.as_deref(), items, binary, uid, force_flags) {
+            // RFC 7162 section 3.1.4: MODSEQ when asked for (CHANGEDSINCE
+            // asks), and with UID in a FETCH that set \Seen once CONDSTORE
+            // is on.
+            let seen_report = force_flags && self.condstore;
+            let modseq = (cond.any() || seen_report).then(|| self.scale.wire(m.modseq));
+            let response = match fetch::render(
+                seq,
+                u,
+                &m,
+                body.as_deref(),
+                summary.as_deref(),
+                items,
+                binary,
+                uid || seen_report,
+                force_flags,
+                modseq,
+            ) {
                 Ok(r) => r,
                 Err(e) => {
                     // RFC 3516 section 4.2: the request fails. Responses
@@ -1287,6 +1549,59 @@ impl Session {
         Ok(())
     }
 
+    /// `* VANISHED (EARLIER)` of a UID FETCH with CHANGEDSINCE and VANISHED
+    /// (RFC 7162 section 3.2.6): the UIDs of `set` expunged after position
+    /// `since`; for `since` 0 (a MODSEQ not comparable here), every UID of
+    /// `set` below UIDNEXT that is not in the mailbox. `*` is the highest
+    /// UID ever given here, so an expunged last message is reported too.
+    fn vanished_earlier(&mut self, set: &SequenceSet, since: u64) {
+        let (Some(user), Some(sel)) = (self.user(), self.selected.as_ref()) else {
+            return;
+        };
+        let v = self.shared.store.views();
+        let Ok(Some(mb)) = v.mailbox(user, sel.id) else { return };
+        let top = mb.uidnext.saturating_sub(1).max(1);
+        let asked = merge_ranges(
+            set.0
+                .as_ref()
+                .iter()
+                .map(|s| {
+                    let val = |x: &SeqOrUid| match x {
+                        SeqOrUid::Value(n) => n.get(),
+                        SeqOrUid::Asterisk => top,
+                    };
+                    match s {
+                        Sequence::Single(x) => (val(x), val(x)),
+                        Sequence::Range(a, b) => (val(a).min(val(b)), val(a).max(val(b))),
+                    }
+                })
+                .collect(),
+        );
+        let gone: Vec<(u32, u32)> = if since > 0 {
+            let Ok(changes) = v.changes_since(sel.id, since) else { return };
+            let mut uids: Vec<u32> = changes
+                .into_iter()
+                .filter(|(u, expunged)| *expunged && in_ranges(&asked, *u))
+                .map(|(u, _)| u)
+                .collect();
+            uids.sort_unstable();
+            uids.dedup();
+            let present = v.messages_at(sel.id, &uids).unwrap_or_default();
+            uids.iter()
+                .zip(present.iter().chain(std::iter::repeat(&None)))
+                .filter(|(_, m)| m.is_none())
+                .map(|(u, _)| (*u, *u))
+                .collect()
+        } else {
+            let below: Vec<(u32, u32)> = asked.iter().filter(|(a, _)| *a <= top).map(|(a, b)| (*a, (*b).min(top))).collect();
+            let present: Vec<u32> = v.message_flags(sel.id).unwrap_or_default().into_iter().map(|(u, _)| u).collect();
+            missing(&below, &present)
+        };
+        if !gone.is_empty() {
+            self.line(&format!("* VANISHED (EARLIER) {}", ranges_text(&gone)));
+        }
+    }
+
     #[allow(clippy::too_many_arguments)]
     async fn store_flags(
         &mut self,
@@ -1297,6 +1612,7 @@ impl Session {
         response: StoreResponse,
         flags: &[Flag<'_>],
         uid: bool,
+        unchanged_since: Option<u64>,
     ) {
         let Some(sel) = self.selected.as_ref() else {
             self.line(&format!("{tag} BAD No mailbox selected"));
@@ -1307,6 +1623,13 @@ impl Session {
             return;
         }
         let id = sel.id;
+        if unchanged_since.is_some() {
+            self.enable_condstore();
+        }
+        // UNCHANGEDSINCE (RFC 7162 section 3.1.3): a message passes when its
+        // MODSEQ is at most this position. A value this node cannot compare
+        // (and 0) passes none: each is reported MODIFIED.
+        let limit = unchanged_since.map(|n| self.scale.position(n, self.highest_now()).filter(|_| n > 0));
         let targets = self.resolve(set, uid);
         let uids: Vec<u32> = targets.iter().map(|(_, u)| *u).collect();
         let op = match kind {
@@ -1316,24 +1639,69 @@ impl Session {
         };
         let fl = to_flags(flags);
         let us = user.to_string();
-        if let Err(e) = self
+        // The test and the change are one transaction: nothing changes a
+        // message between its test and its store.
+        let stored = self
             .shared
             .store
-            .run(move |t, c| mutate::store_flags(t, c, &us, id, &uids, op, &fl))
-            .await
-        {
-            self.store_error(tag, e);
-            return;
-        }
+            .run(move |t, c| {
+                let mut modified = Vec::new();
+                let passed = match limit {
+                    None => uids,
+                    Some(limit) => {
+                        let v = crate::views::TxnViews { txn: t, cf: c.views };
+                        let mut passed = Vec::with_capacity(uids.len());
+                        for u in uids {
+                            match v.message(id, u)? {
+                                Some(m) if limit.is_some_and(|p| m.modseq <= p) => passed.push(u),
+                                Some(_) => modified.push(u),
+                                None => {}
+                            }
+                        }
+                        passed
+                    }
+                };
+                if !passed.is_empty() {
+                    mutate::store_flags(t, c, &us, id, &passed, op, &fl)?;
+                }
+                Ok((passed, modified))
+            })
+            .await;
+        let (passed, modified) = match stored {
+            Ok(r) => r,
+            Err(e) => {
+                self.store_error(tag, e);
+                return;
+            }
+        };
+        let passed: BTreeSet<u32> = passed.into_iter().collect();
+        let modified: BTreeSet<u32> = modified.into_iter().collect();
+        let silent = !matches!(response, StoreResponse::Answer);
         let v = self.shared.store.views();
+        let mut failed = Vec::new();
         for (seq, u) in targets {
+            if modified.contains(&u) {
+                failed.push(if uid { u } else { seq });
+            }
+            if !passed.contains(&u) {
+                continue;
+            }
             let Ok(Some(m)) = v.message(id, u) else { continue };
             if let Some(lines) = self.selected.as_mut().and_then(|sel| sel.announce(&m.flags)) {
                 for l in lines {
                     self.line(&l);
                 }
             }
-            if matches!(response, StoreResponse::Answer) {
+            if self.condstore {
+                // RFC 7162 section 3.1.3: UID and MODSEQ of every message
+                // stored, FLAGS unless .SILENT.
+                let flags = if silent {
+                    String::new()
+                } else {
+                    format!(" FLAGS {}", fetch::flags_list(&m.flags))
+                };
+                self.line(&format!("* {seq} FETCH (UID {u}{flags} MODSEQ ({}))", self.scale.wire(m.modseq)));
+            } else if !silent {
                 let uid_part = if uid { format!("UID {u} ") } else { String::new() };
                 self.line(&format!("* {seq} FETCH ({uid_part}FLAGS {})", fetch::flags_list(&m.flags)));
             }
@@ -1342,7 +1710,16 @@ impl Session {
             }
         }
         self.sync(uid);
-        self.line(&format!("{tag} OK {}STORE completed", if uid { "UID " } else { "" }));
+        let verb = if uid { "UID STORE" } else { "STORE" };
+        if failed.is_empty() {
+            self.line(&format!("{tag} OK {verb} completed"));
+        } else {
+            failed.sort_unstable();
+            self.line(&format!(
+                "{tag} OK [MODIFIED {}] Conditional {verb} failed for some messages",
+                ext::compact_set(&failed)
+            ));
+        }
     }
 
     async fn copy(&mut self, tag: &str, user: &str, set: &SequenceSet, mailbox: &Mailbox<'_>, uid: bool, remove: bool) {
@@ -1459,7 +1836,16 @@ impl Session {
         criteria: &imap_codec::imap_types::search::SearchKey<'_>,
         uid: bool,
         search_as: Option<ext::SearchAs>,
+        modseq_keys: &[u64],
     ) {
+        if !modseq_keys.is_empty() {
+            self.enable_condstore();
+        }
+        // MODSEQ n keys (RFC 7162 section 3.1.5): MODSEQ >= this position;
+        // 0 (every message) for a value this node cannot compare.
+        let highest = if modseq_keys.is_empty() { 0 } else { self.highest_now() };
+        let modseq_min: Vec<u64> = modseq_keys.iter().map(|n| self.scale.since(*n, highest)).collect();
+        let mut top_modseq = 0;
         let Some(sel) = self.selected.as_ref() else { return };
         let v = self.shared.store.views();
         let ctx = search::Context {
@@ -1489,9 +1875,11 @@ impl Session {
                 rec: &m,
                 store: &self.shared.store,
                 parsed: Default::default(),
+                modseq_min: &modseq_min,
             };
             if search::matches(criteria, &msg, &ctx) {
                 hits.push(if uid { *u } else { i as u32 + 1 });
+                top_modseq = top_modseq.max(m.modseq);
             }
             if msg.parsed.get().is_some() {
                 work = 64;
@@ -1501,16 +1889,26 @@ impl Session {
             self.no(tag, "[UNAVAILABLE] Server shutting down");
             return;
         }
+        // RFC 7162 section 3.1.5: with a MODSEQ key, the highest MODSEQ of
+        // the messages found (none when nothing was found).
+        let top = (!modseq_keys.is_empty() && !hits.is_empty()).then(|| self.scale.wire(top_modseq));
         let verb = match search_as {
             Some(ext::SearchAs::Esearch(ret)) => {
-                self.line(&Self::esearch_line(tag, uid, &ret, &hits));
+                let mut line = Self::esearch_line(tag, uid, &ret, &hits);
+                if let Some(n) = top {
+                    line.push_str(&format!(" MODSEQ {n}"));
+                }
+                self.line(&line);
                 "SEARCH"
             }
             Some(how @ (ext::SearchAs::Sort(_) | ext::SearchAs::Thread(_))) => {
-                let Some(line) = self.sort_or_thread(&how, &hits, uid).await else {
+                let Some(mut line) = self.sort_or_thread(&how, &hits, uid).await else {
                     self.no(tag, "[UNAVAILABLE] Server shutting down");
                     return;
                 };
+                if let (Some(n), ext::SearchAs::Sort(_)) = (top, &how) {
+                    line.push_str(&format!(" (MODSEQ {n})"));
+                }
                 self.line(&line);
                 if matches!(how, ext::SearchAs::Sort(_)) {
                     "SORT"
@@ -1520,7 +1918,8 @@ impl Session {
             }
             None => {
                 let list: String = hits.iter().map(|h| format!(" {h}")).collect();
-                self.line(&format!("* SEARCH{list}"));
+                let modseq = top.map(|n| format!(" (MODSEQ {n})")).unwrap_or_default();
+                self.line(&format!("* SEARCH{list}{modseq}"));
                 "SEARCH"
             }
         };
@@ -1606,8 +2005,13 @@ impl Session {
                 StatusDataItemName::Unseen => ext::StatusItem::Unseen,
                 StatusDataItemName::Deleted => ext::StatusItem::Deleted,
                 StatusDataItemName::DeletedStorage => ext::StatusItem::DeletedStorage,
+                StatusDataItemName::HighestModSeq => ext::StatusItem::HighestModSeq,
             })
             .collect();
+        if items.contains(&ext::StatusItem::HighestModSeq) {
+            // A CONDSTORE enabling command (RFC 7162 section 3.1).
+            self.enable_condstore();
+        }
         let line = self.status_line(&name, &mb, &items);
         self.line(&line);
         self.line(&format!("{tag} OK STATUS completed"));
@@ -1698,6 +2102,54 @@ fn parse_uid_set(s: &str) -> Option<Vec<(u32, u32)>> {
     Some(out)
 }
 
+/// Inclusive ranges sorted and merged (adjacent ones joined).
+fn merge_ranges(mut r: Vec<(u32, u32)>) -> Vec<(u32, u32)> {
+    r.sort_unstable();
+    let mut out: Vec<(u32, u32)> = Vec::with_capacity(r.len());
+    for (a, b) in r {
+        match out.last_mut() {
+            Some(last) if a <= last.1.saturating_add(1) => last.1 = last.1.max(b),
+            _ => out.push((a, b)),
+        }
+    }
+    out
+}
+
+/// Whether merged `ranges` hold `n`.
+fn in_ranges(ranges: &[(u32, u32)], n: u32) -> bool {
+    let i = ranges.partition_point(|(_, b)| *b < n);
+    ranges.get(i).is_some_and(|(a, _)| *a <= n)
+}
+
+/// The numbers of merged `ranges` not in ascending `present`, as ranges.
+fn missing(ranges: &[(u32, u32)], present: &[u32]) -> Vec<(u32, u32)> {
+    let mut out = Vec::new();
+    for &(a, b) in ranges {
+        let mut next = a;
+        let lo = present.partition_point(|u| *u < a);
+        let hi = present.partition_point(|u| *u <= b);
+        for &u in &present[lo..hi] {
+            if u > next {
+                out.push((next, u - 1));
+            }
+            next = u.saturating_add(1);
+        }
+        if next <= b && (hi == 0 || present[hi - 1] < u32::MAX) {
+            out.push((next, b));
+        }
+    }
+    out
+}
+
+/// Ranges as a sequence set (`1:3,7`).
+fn ranges_text(ranges: &[(u32, u32)]) -> String {
+    ranges
+        .iter()
+        .map(|(a, b)| if a == b { a.to_string() } else { format!("{a}:{b}") })
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
 /// A message for SEARCH that loads and parses its body only if a key needs it.
 struct LazyMessage<'a> {
     seq: u32,
@@ -1705,6 +2157,9 @@ struct LazyMessage<'a> {
     rec: &'a MessageRec,
     store: &'a crate::store::Store,
     parsed: std::cell::OnceCell<Vec<u8>>,
+    /// The positions of the SEARCH MODSEQ keys, by index
+    /// ([`condstore::search_modseq`]).
+    modseq_min: &'a [u64],
 }
 
 impl LazyMessage<'_> {
@@ -1722,6 +2177,11 @@ impl SearchMessage for LazyMessage<'_> {
         self.uid
     }
     fn has_flag(&self, flag: &str) -> bool {
+        if !self.modseq_min.is_empty() {
+            if let Some(i) = condstore::modseq_key(flag) {
+                return self.modseq_min.get(i).is_some_and(|p| self.rec.modseq >= *p);
+            }
+        }
         self.rec.flags.iter().any(|f| f.eq_ignore_ascii_case(flag))
     }
     fn is_recent(&self) -> bool {
@@ -1766,5 +2226,18 @@ mod tests {
         assert_eq!(parse_uid_set("x"), None);
         assert_eq!(base64_decode("AGFsaWNlAHB3").unwrap(), b"\0alice\0pw");
         assert_eq!(base64_decode("!!"), None);
+    }
+
+    #[test]
+    fn uid_ranges() {
+        let r = merge_ranges(vec![(7, 9), (1, 3), (4, 4), (20, 30), (25, 26)]);
+        assert_eq!(r, vec![(1, 4), (7, 9), (20, 30)]);
+        assert!(in_ranges(&r, 4) && in_ranges(&r, 7) && in_ranges(&r, 30));
+        assert!(!in_ranges(&r, 5) && !in_ranges(&r, 31) && !in_ranges(&r, 0));
+        assert_eq!(missing(&r, &[2, 3, 8, 20, 30]), vec![(1, 1), (4, 4), (7, 7), (9, 9), (21, 29)]);
+        assert_eq!(missing(&[(1, u32::MAX)], &[u32::MAX]), vec![(1, u32::MAX - 1)]);
+        assert_eq!(missing(&[(1, 3)], &[]), vec![(1, 3)]);
+        assert_eq!(ranges_text(&[(1, 1), (4, 9)]), "1,4:9");
+        assert_eq!(merge_ranges(vec![(1, u32::MAX), (u32::MAX, u32::MAX)]), vec![(1, u32::MAX)]);
     }
 }

@@ -186,6 +186,11 @@ fn main() {
         b"c1 LOGIN alice secret\r\nc2 APPEND INBOX (\\Seen) ~{5}\r\na\x00b\r\xff c3 APPEND INBOX ~{3+}\r\n\x00\x00\x00\r\nc4 SELECT INBOX\r\nc5 FETCH 1:* (FLAGS BINARY.PEEK[1.2]<0.1024> BINARY.SIZE[2] BODY.PEEK[HEADER.FIELDS (BINARY[1] UID)])\r\nc6 UID FETCH 1 BINARY[]\r\nc7 FETCH 1 binary[3]<4294967295.1>\r\nc8 LOGOUT\r\n",
     );
     write(
+        "imap_command",
+        "condstore",
+        b"d1 LOGIN alice secret\r\nd2 ENABLE CONDSTORE QRESYNC\r\nd3 STATUS INBOX (HIGHESTMODSEQ MESSAGES)\r\nd4 SELECT INBOX (QRESYNC (67890007 20050715194045000 41,43:211,214:541 (1:3,5 41,43:44,46)) CONDSTORE)\r\nd5 EXAMINE {5+}\r\nINBOX (CONDSTORE)\r\nd6 UID FETCH 1:* (FLAGS MODSEQ BODY.PEEK[HEADER.FIELDS (MODSEQ)]) (CHANGEDSINCE 12345 VANISHED)\r\nd7 FETCH 1:* FAST (CHANGEDSINCE 9223372036854775807)\r\nd8 UID STORE 1:3 (UNCHANGEDSINCE 320162338) +FLAGS.SILENT (\\Deleted)\r\nd9 SEARCH OR MODSEQ \"/flags/\\\\draft\" all 620162338 NOT MODSEQ 5 SEEN\r\nd10 UID SEARCH RETURN (COUNT) MODSEQ 18446744073709551616\r\nd11 SORT (ARRIVAL) UTF-8 MODSEQ 0\r\nd12 SELECT INBOX (QRESYNC (1 5 1:* (1:3 1:4)))\r\nd13 LOGOUT\r\n",
+    );
+    write(
         "mime",
         "multipart",
         b"From: \"B\" <b@example.org>\r\nTo: a@example.org\r\nSubject: =?utf-8?q?caf=C3=A9?=\r\nDate: Tue, 1 Dec 2026 10:00:00 +0100\r\nMIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=\"xx\"\r\n\r\npre\r\n--xx\r\nContent-Type: text/plain; charset=iso-8859-1\r\nContent-Transfer-Encoding: quoted-printable\r\n\r\ncaf=E9\r\n--xx\r\nContent-Type: message/rfc822\r\n\r\nSubject: inner\r\n\r\ninner body\r\n--xx\r\nContent-Type: application/octet-stream; name*=utf-8''%C3%A9.bin\r\nContent-Transfer-Encoding: base64\r\n\r\naGVsbG8=\r\n--xx--\r\n",

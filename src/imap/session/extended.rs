@@ -2,14 +2,16 @@
 //! [`crate::proto::imap::ext`]: ENABLE (RFC 5161) with UTF8=ACCEPT (RFC
 //! 6855), LIST with selection and return options (RFC 5258, RFC 6154
 //! SPECIAL-USE, RFC 5819 LIST-STATUS), MULTIAPPEND (RFC 3502), ESEARCH
-//! (RFC 4731), SORT and THREAD (RFC 5256), and FETCH with the BINARY items
-//! of RFC 3516.
+//! (RFC 4731), SORT and THREAD (RFC 5256), FETCH with the BINARY items
+//! of RFC 3516, and the RFC 7162 (CONDSTORE, QRESYNC) forms of SELECT,
+//! EXAMINE, FETCH, STORE and SEARCH.
 
-use super::{astring, mutf7, now_secs, raw_name, Flow, Session, R};
+use super::{astring, fetch_items, mutf7, now_secs, raw_name, CondFetch, Extras, Flow, Session, R};
 use crate::event::Flags;
 use crate::imap::bump;
 use crate::imap::pattern::Pattern;
 use crate::mutate::{self, MutationError, NewMessage};
+use crate::proto::imap::condstore;
 use crate::proto::imap::ext::{self, ListCommand, SearchReturn, StatusItem};
 use crate::store::StoreError;
 use crate::views::{MailboxRec, ViewRead};
@@ -50,9 +52,22 @@ impl Session {
         }
         let mut enabled = String::new();
         for c in caps {
-            if c == "UTF8=ACCEPT" && !self.utf8 {
-                self.utf8 = true;
-                enabled.push_str(" UTF8=ACCEPT");
+            match c.as_str() {
+                "UTF8=ACCEPT" if !self.utf8 => {
+                    self.utf8 = true;
+                    enabled.push_str(" UTF8=ACCEPT");
+                }
+                "CONDSTORE" if !self.condstore => {
+                    self.enable_condstore();
+                    enabled.push_str(" CONDSTORE");
+                }
+                // RFC 7162 section 3.2.3: QRESYNC implies CONDSTORE.
+                "QRESYNC" if !self.qresync => {
+                    self.qresync = true;
+                    self.enable_condstore();
+                    enabled.push_str(" QRESYNC");
+                }
+                _ => {}
             }
         }
         self.line(&format!("* ENABLED{enabled}"));
@@ -103,56 +118,129 @@ impl Session {
                 }
                 Err(e) => return Ok(self.syntax_error(bytes, &format!("APPEND: {e}"))),
             },
-            (_, "FETCH") => match ext::fetch_binary(bytes) {
-                Ok(Some(bf)) => {
-                    use imap_codec::decode::Decoder;
-                    use imap_codec::imap_types::command::CommandBody;
-                    use imap_codec::imap_types::fetch::{MacroOrMessageDataItemNames, MessageDataItemName};
-                    let Ok((_, cmd)) = imap_codec::CommandCodec::default().decode(&bf.plain) else {
-                        return Ok(self.syntax_error(bytes, "Syntax error in FETCH"));
-                    };
-                    let CommandBody::Fetch {
-                        sequence_set,
-                        macro_or_item_names: MacroOrMessageDataItemNames::MessageDataItemNames(mut items),
-                        uid,
-                    } = cmd.body
-                    else {
-                        return Ok(self.syntax_error(bytes, "Syntax error in FETCH"));
-                    };
-                    if self.selected.is_none() {
-                        self.line(&format!("{tag} BAD No mailbox selected"));
-                        return Ok(Flow::Continue);
-                    }
-                    // The stand-ins for the BINARY items go; UID stays when
-                    // it was asked for (once is enough).
-                    items.retain(|i| !matches!(i, MessageDataItemName::Uid));
-                    if bf.uid_item {
-                        items.insert(0, MessageDataItemName::Uid);
-                    }
-                    self.fetch(&tag, &user, &sequence_set, &items, &bf.items, uid).await?;
-                }
-                Ok(None) => return Ok(self.syntax_error(bytes, "Syntax error in command")),
-                Err(e) => return Ok(self.syntax_error(bytes, &format!("FETCH: {e}"))),
-            },
-            (_, "SEARCH" | "SORT" | "THREAD") => {
+            (_, "FETCH") => return self.fetch_extended(bytes, &tag, &user).await,
+            (false, "SELECT" | "EXAMINE") | (_, "STORE") => {
                 let split = match name.as_str() {
-                    "SEARCH" => ext::search_return(bytes).map(|r| r.map(|(ret, plain)| (ext::SearchAs::Esearch(ret), plain))),
-                    _ => ext::sort_or_thread(bytes),
+                    "STORE" => condstore::store_unchanged_since(bytes).map(|r| {
+                        r.map(|(n, plain)| {
+                            let extras = Extras {
+                                unchanged_since: Some(n),
+                                ..Extras::default()
+                            };
+                            (extras, plain)
+                        })
+                    }),
+                    _ => condstore::select_params(bytes).map(|r| {
+                        r.map(|(p, plain)| {
+                            let extras = Extras {
+                                select: Some(p),
+                                ..Extras::default()
+                            };
+                            (extras, plain)
+                        })
+                    }),
                 };
                 match split {
-                    Ok(Some((how, plain))) => {
+                    Ok(Some((extras, plain))) => {
                         use imap_codec::decode::Decoder;
                         match imap_codec::CommandCodec::default().decode(&plain) {
-                            Ok((_, cmd)) => return self.command(cmd, Some(how)).await,
-                            Err(_) => return Ok(self.syntax_error(bytes, &format!("Syntax error in {name} criteria"))),
+                            Ok((_, cmd)) => return self.command(cmd, extras).await,
+                            Err(_) => return Ok(self.syntax_error(bytes, &format!("Syntax error in {name}"))),
                         }
                     }
                     Ok(None) => return Ok(self.syntax_error(bytes, "Syntax error in command")),
                     Err(e) => return Ok(self.syntax_error(bytes, &format!("{name}: {e}"))),
                 }
             }
+            (_, "SEARCH" | "SORT" | "THREAD") => {
+                // RFC 7162's MODSEQ keys first, then RETURN / SORT / THREAD.
+                let (modseq_keys, bytes) = match condstore::search_modseq(bytes) {
+                    Ok(Some((keys, plain))) => (keys, std::borrow::Cow::Owned(plain)),
+                    Ok(None) => (Vec::new(), std::borrow::Cow::Borrowed(bytes)),
+                    Err(e) => return Ok(self.syntax_error(bytes, &format!("{name}: {e}"))),
+                };
+                let split = match name.as_str() {
+                    "SEARCH" => ext::search_return(&bytes).map(|r| r.map(|(ret, plain)| (Some(ext::SearchAs::Esearch(ret)), plain))),
+                    _ => ext::sort_or_thread(&bytes).map(|r| r.map(|(how, plain)| (Some(how), plain))),
+                };
+                let split = match split {
+                    Ok(None) if !modseq_keys.is_empty() => Ok(Some((None, bytes.to_vec()))),
+                    other => other,
+                };
+                match split {
+                    Ok(Some((search_as, plain))) => {
+                        use imap_codec::decode::Decoder;
+                        let extras = Extras {
+                            search_as,
+                            modseq_keys,
+                            ..Extras::default()
+                        };
+                        match imap_codec::CommandCodec::default().decode(&plain) {
+                            Ok((_, cmd)) => return self.command(cmd, extras).await,
+                            Err(_) => return Ok(self.syntax_error(&bytes, &format!("Syntax error in {name} criteria"))),
+                        }
+                    }
+                    Ok(None) => return Ok(self.syntax_error(&bytes, "Syntax error in command")),
+                    Err(e) => return Ok(self.syntax_error(&bytes, &format!("{name}: {e}"))),
+                }
+            }
             _ => return Ok(self.syntax_error(bytes, "Syntax error in command")),
         }
+        Ok(Flow::Continue)
+    }
+
+    /// A FETCH imap-codec could not parse: with RFC 7162 modifiers
+    /// (`CHANGEDSINCE`, `VANISHED`), the MODSEQ item, or RFC 3516 BINARY
+    /// items. Each is split off in turn; imap-codec parses what is left.
+    async fn fetch_extended(&mut self, bytes: &[u8], tag: &str, user: &str) -> R<Flow> {
+        use imap_codec::decode::Decoder;
+        use imap_codec::imap_types::command::CommandBody;
+        use imap_codec::imap_types::fetch::MessageDataItemName;
+        let (mods, rest) = match condstore::fetch_modifiers(bytes) {
+            Ok(Some((m, plain))) => (Some(m), std::borrow::Cow::Owned(plain)),
+            Ok(None) => (None, std::borrow::Cow::Borrowed(bytes)),
+            Err(e) => return Ok(self.syntax_error(bytes, &format!("FETCH: {e}"))),
+        };
+        let split = match ext::fetch_items(&rest) {
+            Ok(s) => s,
+            Err(e) => return Ok(self.syntax_error(bytes, &format!("FETCH: {e}"))),
+        };
+        if mods.is_none() && split.is_none() {
+            return Ok(self.syntax_error(bytes, "Syntax error in command"));
+        }
+        let plain: &[u8] = split.as_ref().map_or(&rest, |s| &s.plain);
+        let Ok((_, cmd)) = imap_codec::CommandCodec::default().decode(plain) else {
+            return Ok(self.syntax_error(bytes, "Syntax error in FETCH"));
+        };
+        let CommandBody::Fetch {
+            sequence_set,
+            macro_or_item_names,
+            uid,
+        } = cmd.body
+        else {
+            return Ok(self.syntax_error(bytes, "Syntax error in FETCH"));
+        };
+        if self.selected.is_none() {
+            self.line(&format!("{tag} BAD No mailbox selected"));
+            return Ok(Flow::Continue);
+        }
+        let mut items = fetch_items(macro_or_item_names);
+        if let Some(s) = &split {
+            // The stand-ins for the BINARY and MODSEQ items go; UID stays
+            // when it was asked for (once is enough).
+            items.retain(|i| !matches!(i, MessageDataItemName::Uid));
+            if s.uid_item {
+                items.insert(0, MessageDataItemName::Uid);
+            }
+        }
+        let mods = mods.unwrap_or_default();
+        let cond = CondFetch {
+            modseq: split.as_ref().is_some_and(|s| s.modseq),
+            changed_since: mods.changed_since,
+            vanished: mods.vanished,
+        };
+        let binary = split.as_ref().map(|s| s.items.as_slice()).unwrap_or_default();
+        self.fetch(tag, user, &sequence_set, &items, binary, uid, cond).await?;
         Ok(Flow::Continue)
     }
 
@@ -407,6 +495,7 @@ impl Session {
                 StatusItem::UidValidity => format!("UIDVALIDITY {}", mb.uidvalidity),
                 StatusItem::Unseen => format!("UNSEEN {}", msgs.len() - count("\\Seen")),
                 StatusItem::Deleted => format!("DELETED {}", count("\\Deleted")),
+                StatusItem::HighestModSeq => format!("HIGHESTMODSEQ {}", self.scale.wire(mb.highestmodseq)),
                 StatusItem::DeletedStorage => format!(
                     "DELETED-STORAGE {}",
                     msgs.iter()

@@ -64,7 +64,7 @@ impl Token<'_> {
         }
     }
 
-    fn is_atom(&self, word: &str) -> bool {
+    pub(super) fn is_atom(&self, word: &str) -> bool {
         matches!(self, Token::Atom(a) if a.eq_ignore_ascii_case(word.as_bytes()))
     }
 }
@@ -90,11 +90,16 @@ impl<'a> Lexer<'a> {
         self.pos
     }
 
-    fn err<T>(&self, what: &'static str) -> R<T> {
+    /// Continue from octet `pos` (one this lexer returned from [`Lexer::pos`]).
+    pub(super) fn seek(&mut self, pos: usize) {
+        self.pos = pos.min(self.b.len());
+    }
+
+    pub(super) fn err<T>(&self, what: &'static str) -> R<T> {
         Err(SyntaxError { at: self.pos, what })
     }
 
-    fn skip_space(&mut self) {
+    pub(super) fn skip_space(&mut self) {
         while self.b.get(self.pos) == Some(&b' ') {
             self.pos += 1;
         }
@@ -203,7 +208,7 @@ impl<'a> Lexer<'a> {
         Ok(data)
     }
 
-    fn expect(&mut self, want: &Token<'_>, what: &'static str) -> R<()> {
+    pub(super) fn expect(&mut self, want: &Token<'_>, what: &'static str) -> R<()> {
         self.skip_space();
         let at = self.pos;
         match self.next_token()? {
@@ -323,7 +328,8 @@ pub fn enable(lx: &mut Lexer<'_>) -> R<Vec<String>> {
     Ok(caps)
 }
 
-/// A STATUS data item (RFC 3501, RFC 9051 for DELETED, RFC 8438 SIZE not).
+/// A STATUS data item (RFC 3501, RFC 9051 for DELETED, RFC 7162 for
+/// HIGHESTMODSEQ; RFC 8438 SIZE not).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StatusItem {
     Messages,
@@ -333,6 +339,8 @@ pub enum StatusItem {
     Unseen,
     Deleted,
     DeletedStorage,
+    /// RFC 7162 section 3.1.6.
+    HighestModSeq,
 }
 
 impl StatusItem {
@@ -345,6 +353,7 @@ impl StatusItem {
             "UNSEEN" => StatusItem::Unseen,
             "DELETED" => StatusItem::Deleted,
             "DELETED-STORAGE" => StatusItem::DeletedStorage,
+            "HIGHESTMODSEQ" => StatusItem::HighestModSeq,
             _ => return None,
         })
     }
@@ -711,24 +720,28 @@ impl BinaryItem {
     }
 }
 
-/// A `[UID] FETCH` with BINARY items, split for the RFC 3501 parser.
+/// A `[UID] FETCH` with BINARY or MODSEQ items, split for the RFC 3501
+/// parser.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct BinaryFetch {
+pub struct SplitFetch {
     /// The BINARY items, in the order given.
     pub items: Vec<BinaryItem>,
-    /// The command with every BINARY item replaced by `UID`, for imap-codec.
+    /// The MODSEQ item (RFC 7162 section 3.1.4.1) was asked for.
+    pub modseq: bool,
+    /// The command with every BINARY and MODSEQ item replaced by `UID`,
+    /// for imap-codec.
     pub plain: Vec<u8>,
     /// `UID` was asked for as an item of its own.
     pub uid_item: bool,
 }
 
-/// `[UID] FETCH set items` where some items are RFC 3516's: those items,
-/// and the command with each replaced by `UID` so that imap-codec parses
-/// the rest (sequence set, other items). `Ok(None)` for any other command
-/// and a FETCH without BINARY items. Section and partial syntax errors
+/// `[UID] FETCH set items` where some items are RFC 3516's BINARY items or
+/// RFC 7162's MODSEQ: those items, and the command with each replaced by
+/// `UID` so that imap-codec parses the rest (sequence set, other items).
+/// `Ok(None)` for any other command and a FETCH without such items. Section and partial syntax errors
 /// name the octet; numbers are bounded (`u32`, [`MAX_SECTION_PARTS`],
 /// [`MAX_ITEMS`]).
-pub fn fetch_binary(cmd: &[u8]) -> R<Option<BinaryFetch>> {
+pub fn fetch_items(cmd: &[u8]) -> R<Option<SplitFetch>> {
     let (_, _, name, mut lx) = head(cmd)?;
     if name != "FETCH" {
         return Ok(None);
@@ -740,6 +753,7 @@ pub fn fetch_binary(cmd: &[u8]) -> R<Option<BinaryFetch>> {
     let mut items = Vec::new();
     let mut spans = Vec::new();
     let mut uid_item = false;
+    let mut modseq = false;
     let mut depth = 0usize;
     let mut seen = 0usize;
     loop {
@@ -762,6 +776,9 @@ pub fn fetch_binary(cmd: &[u8]) -> R<Option<BinaryFetch>> {
                 if a.len() >= 6 && a[..6].eq_ignore_ascii_case(b"BINARY") {
                     items.push(binary_item(a, at)?);
                     spans.push(at..lx.pos);
+                } else if a.eq_ignore_ascii_case(b"MODSEQ") {
+                    modseq = true;
+                    spans.push(at..lx.pos);
                 } else if a.eq_ignore_ascii_case(b"UID") {
                     uid_item = true;
                 }
@@ -772,7 +789,7 @@ pub fn fetch_binary(cmd: &[u8]) -> R<Option<BinaryFetch>> {
             break;
         }
     }
-    if items.is_empty() {
+    if items.is_empty() && !modseq {
         return Ok(None);
     }
     let mut plain = Vec::with_capacity(cmd.len());
@@ -783,7 +800,12 @@ pub fn fetch_binary(cmd: &[u8]) -> R<Option<BinaryFetch>> {
         copied = span.end;
     }
     plain.extend_from_slice(&cmd[copied..]);
-    Ok(Some(BinaryFetch { items, plain, uid_item }))
+    Ok(Some(SplitFetch {
+        items,
+        modseq,
+        plain,
+        uid_item,
+    }))
 }
 
 /// One `BINARY[.PEEK|.SIZE][section-binary][partial]` atom starting at
@@ -1100,7 +1122,7 @@ mod tests {
 
     #[test]
     fn fetch_binary_items_are_split_off() {
-        let f = fetch_binary(
+        let f = fetch_items(
             b"t UID FETCH 1:* (FLAGS BINARY[2] BODY.PEEK[HEADER.FIELDS (BINARY[1] UID)] binary.peek[1.2]<0.10> BINARY.SIZE[])\r\n",
         )
         .unwrap()
@@ -1127,11 +1149,11 @@ mod tests {
         );
         // Header field names are not items.
         assert!(!f.uid_item);
-        let f = fetch_binary(b"t FETCH 3 BINARY.SIZE[1]\r\n").unwrap().unwrap();
+        let f = fetch_items(b"t FETCH 3 BINARY.SIZE[1]\r\n").unwrap().unwrap();
         assert_eq!(f.items, vec![BinaryItem::Size { part: vec![1] }]);
         assert_eq!(f.plain, b"t FETCH 3 UID\r\n".to_vec());
         assert!(!f.uid_item);
-        let f = fetch_binary(b"t FETCH 3 (uid BINARY[]<4294967295.4294967295>)\r\n")
+        let f = fetch_items(b"t FETCH 3 (uid BINARY[]<4294967295.4294967295>)\r\n")
             .unwrap()
             .unwrap();
         assert!(f.uid_item);
@@ -1143,8 +1165,17 @@ mod tests {
                 partial: Some((u32::MAX, u32::MAX))
             }]
         );
-        assert_eq!(fetch_binary(b"t FETCH 1 (FLAGS BODY[])\r\n").unwrap(), None);
-        assert_eq!(fetch_binary(b"t STORE 1 +FLAGS (BINARY[1])\r\n").unwrap(), None);
+        assert_eq!(fetch_items(b"t FETCH 1 (FLAGS BODY[])\r\n").unwrap(), None);
+        // RFC 7162's MODSEQ item is split off the same way.
+        let f = fetch_items(b"t FETCH 1:* (FLAGS modseq BODY.PEEK[HEADER.FIELDS (MODSEQ)])\r\n")
+            .unwrap()
+            .unwrap();
+        assert!(f.modseq && f.items.is_empty() && !f.uid_item);
+        assert_eq!(f.plain, b"t FETCH 1:* (FLAGS UID BODY.PEEK[HEADER.FIELDS (MODSEQ)])\r\n".to_vec());
+        let f = fetch_items(b"t UID FETCH 1 MODSEQ\r\n").unwrap().unwrap();
+        assert!(f.modseq);
+        assert_eq!(f.plain, b"t UID FETCH 1 UID\r\n".to_vec());
+        assert_eq!(fetch_items(b"t STORE 1 +FLAGS (BINARY[1])\r\n").unwrap(), None);
         // Each error says where it is.
         for (bad, at, what) in [
             (&b"t FETCH 1 BINARY[1.TEXT]\r\n"[..], 19, "BINARY sections are part numbers"),
@@ -1164,14 +1195,14 @@ mod tests {
             (b"t FETCH 1 BINARY.PEAK[1]\r\n", 10, "expected BINARY["),
             (b"t FETCH 1 BINARY[1\r\n", 18, "expected . or ]"),
         ] {
-            let e = fetch_binary(bad).unwrap_err();
+            let e = fetch_items(bad).unwrap_err();
             assert_eq!(e.at, at, "{}: {e}", String::from_utf8_lossy(bad));
             assert!(e.what.contains(what), "{}: {e}", String::from_utf8_lossy(bad));
         }
         let deep = format!("t FETCH 1 BINARY[{}1]\r\n", "1.".repeat(MAX_SECTION_PARTS));
-        assert!(fetch_binary(deep.as_bytes()).unwrap_err().what.contains("too many part numbers"));
+        assert!(fetch_items(deep.as_bytes()).unwrap_err().what.contains("too many part numbers"));
         let many = format!("t FETCH 1 ({} BINARY[1])\r\n", "FLAGS ".repeat(MAX_ITEMS));
-        assert!(fetch_binary(many.as_bytes()).unwrap_err().what.contains("too many FETCH items"));
+        assert!(fetch_items(many.as_bytes()).unwrap_err().what.contains("too many FETCH items"));
         // Hostile input: never panics.
         for cmd in [
             &b"t FETCH"[..],
@@ -1181,7 +1212,7 @@ mod tests {
             b"t FETCH 1 BINARY[1]<",
             b"t FETCH 1 BINARY.SIZE[",
         ] {
-            let _ = fetch_binary(cmd);
+            let _ = fetch_items(cmd);
         }
     }
 

@@ -4,6 +4,7 @@
 //! Command syntax itself is parsed by imap-codec, except the extension
 //! grammar it does not know ([`ext`]).
 
+pub mod condstore;
 pub mod ext;
 pub mod fragment;
 pub mod mime;
