@@ -257,6 +257,18 @@ impl<'a> Txn<'a> {
             });
         }
         if entry.seq <= seq {
+            let base = self.shared.base(entry.origin);
+            if entry.seq <= base.seq && self.entry_at(entry.origin, entry.seq)?.is_none() {
+                // Pruned here: the base hash is the only one left to compare.
+                if entry.seq == base.seq && entry.hash != base.hash {
+                    return Err(WalError::Fork {
+                        place,
+                        held: short(&base.hash),
+                        offered: short(&entry.hash),
+                    });
+                }
+                return Ok(None);
+            }
             let held = self.entry_at(entry.origin, entry.seq)?.ok_or_else(|| WalError::Corrupt {
                 place: place.clone(),
                 reason: format!("missing below the head (seq {seq})"),
@@ -305,6 +317,12 @@ impl<'a> Txn<'a> {
                 place: Place { origin: old, seq: from },
                 reason: format!("cannot move entries from seq {from}: the log holds up to seq {head}"),
             });
+        }
+        // Moving every held entry of a pruned origin would leave it a head
+        // with no entry behind its base: refused, like pruned history.
+        let base = self.shared.base(old);
+        if base.seq > 0 && from <= base.seq + 1 {
+            return Err(crate::prune::pruned(old, from, base.seq));
         }
         let prev = if from == 1 {
             GENESIS
