@@ -385,6 +385,14 @@ async fn link(
         let _ = write_frame(&mut send, &Frame::Refused { reason: reason.clone() }).await;
         return Err(LinkError::Diverged(reason));
     }
+    // A peer that lacks history pruned here is never sent what follows it
+    // (it could not chain it): refused, and told to join by trees.
+    if let Some(b) = super::history::behind_pruned(&wal, &held.vector) {
+        mirror.update_out(i, |l| l.behind_pruned = Some(b.to_string()));
+        let _ = write_frame(&mut send, &Frame::Refused { reason: b.to_string() }).await;
+        return Err(b.into());
+    }
+    mirror.update_out(i, |l| l.behind_pruned = None);
     let vector = held.vector;
     let mut confirmed = vector.iter().find(|(o, _)| *o == own.0).map_or(0, |(_, s)| *s);
     wal.confirm(confirmed).map_err(|e| LinkError::Local(e.into()))?;

@@ -189,6 +189,7 @@ pub struct Stats {
     pub panics: AtomicU64,
     pub bulk_flushes: AtomicU64,
     pub bulk_bytes: AtomicU64,
+    pub pruned: AtomicU64,
 }
 
 /// A copy of [`Stats`] at one moment.
@@ -210,6 +211,9 @@ pub struct StatsSnapshot {
     pub bulk_flushes: u64,
     #[serde(default)]
     pub bulk_bytes: u64,
+    /// Entries pruned since open.
+    #[serde(default)]
+    pub pruned: u64,
 }
 
 type Hook = Box<dyn Fn(u64) + Send + Sync>;
@@ -1104,6 +1108,7 @@ impl Wal {
                 .compact_range_cf(sh.handle(CF_LOG), Some(&log_key(*o, 0)[..]), Some(&prune::first_key(*o, base)[..]));
         }
         report.pruned = drops.len() as u64;
+        sh.stats.pruned.fetch_add(report.pruned, Ordering::Relaxed);
         report.stale_positions = stale.len() as u64;
         report.bases = self.bases();
         Ok(report)
@@ -1140,6 +1145,7 @@ impl Wal {
             panics: s.panics.load(Ordering::Relaxed),
             bulk_flushes: s.bulk_flushes.load(Ordering::Relaxed),
             bulk_bytes: s.bulk_bytes.load(Ordering::Relaxed),
+            pruned: s.pruned.load(Ordering::Relaxed),
         }
     }
 

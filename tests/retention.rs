@@ -1,0 +1,192 @@
+//! Log retention with real daemons: pruning waits for every peer's
+//! acknowledgement and for the backup's durable position, keeps the views,
+//! and a peer that lacks pruned history is refused with a clear reason.
+
+mod common;
+use common::{admin_get, deliver_range, digest, free_udp_port, messages, mirror_section, restart, wait_until, write_config, Node};
+
+const SECRET: &str = "correct horse battery staple";
+/// Prune everything acknowledged that is older than a second, keeping only
+/// the head, checked five times a second.
+const RETENTION: &str = "[retention]\nkeep = \"1s\"\nkeep_entries = 1\ninterval = \"200ms\"\n";
+
+fn origin_of(node: &Node) -> String {
+    admin_get(node, "/v1/status")["origin"].as_str().unwrap().to_string()
+}
+
+fn pruned_up_to(node: &Node, origin: &str) -> u64 {
+    admin_get(node, "/v1/status")["retention"]["pruned_up_to"][origin]
+        .as_u64()
+        .unwrap_or(0)
+}
+
+fn head(node: &Node, origin: &str) -> u64 {
+    admin_get(node, "/v1/status")["log"]["heads"][origin].as_u64().unwrap()
+}
+
+fn converged(a: &Node, b: &Node, secs: u64) -> bool {
+    wait_until(secs, || digest(a) == digest(b))
+}
+
+#[test]
+fn pruning_waits_for_a_stopped_peer_which_then_catches_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let (pa, pb) = (free_udp_port(), free_udp_port());
+    let (da, db) = (dir.path().join("a"), dir.path().join("b"));
+    std::fs::create_dir_all(&da).unwrap();
+    std::fs::create_dir_all(&db).unwrap();
+    let ca = write_config(&da, "node-a", &format!("{}{RETENTION}", mirror_section(pa, &[pb], SECRET)));
+    let cb = write_config(&db, "node-b", &mirror_section(pb, &[pa], SECRET));
+    let a = Node::start(&da, Some(&ca));
+    let b = Node::start(&db, Some(&cb));
+    let (ok, _, err) = a.cli(&["user", "add", "u@example.org", "--password-stdin"], Some("secret\n"));
+    assert!(ok, "{err}");
+    deliver_range(&a, "u@example.org", "early", 0..10);
+    assert!(converged(&a, &b, 20));
+    let origin = origin_of(&a);
+    let acked_before_stop = head(&a, &origin);
+    assert!(b.stop());
+
+    // B is down: what it acknowledged may go (once older than a second),
+    // nothing after it.
+    deliver_range(&a, "u@example.org", "late", 0..10);
+    let head_a = head(&a, &origin);
+    assert!(head_a > acked_before_stop);
+    assert!(
+        wait_until(20, || pruned_up_to(&a, &origin) >= acked_before_stop - 1),
+        "A never pruned what B acknowledged: {}",
+        admin_get(&a, "/v1/status")["retention"]
+    );
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    let st = admin_get(&a, "/v1/status");
+    let acked = st["mirror"]["outgoing"][0]["acked"][&origin].as_u64().unwrap();
+    assert_eq!(acked, acked_before_stop);
+    let pruned = st["retention"]["pruned_up_to"][&origin].as_u64().unwrap();
+    assert!(pruned <= acked, "pruned up to {pruned}, past B's acknowledgement {acked}");
+    let why = st["retention"]["held_back"][&origin].as_str().unwrap().to_string();
+    assert!(
+        why.contains(&format!("127.0.0.1:{pb}")) && why.contains("acknowledged only up to"),
+        "{why}"
+    );
+    // The views keep every message; `tandem status` says what holds pruning.
+    assert_eq!(messages(&a, "u@example.org", "INBOX").len(), 20);
+    let (ok, out, err) = a.cli(&["status"], None);
+    assert!(ok, "{err}");
+    assert!(out.contains("pruned up to") && out.contains("held back"), "{out}");
+
+    // B comes back: it catches up from the log, and pruning moves on.
+    let b = restart(&db);
+    assert!(converged(&a, &b, 30));
+    assert_eq!(messages(&b, "u@example.org", "INBOX").len(), 20);
+    assert!(
+        wait_until(20, || pruned_up_to(&a, &origin) == head_a - 1),
+        "pruning did not move on: {}",
+        admin_get(&a, "/v1/status")["retention"]
+    );
+    let m = messages(&a, "u@example.org", "INBOX");
+    assert_eq!(m.len(), 20);
+    assert!(a.stop());
+    assert!(b.stop());
+}
+
+#[test]
+fn pruning_waits_for_the_backup_position() {
+    let dir = tempfile::tempdir().unwrap();
+    let backup = dir.path().join("backup");
+    // A backup every ten minutes: after the run at start, nothing more is
+    // backed up until asked.
+    let cfg = write_config(
+        dir.path(),
+        "node-b",
+        &format!("[backup]\nto = \"{}\"\ninterval_ms = 600000\n{RETENTION}", backup.display()),
+    );
+    let node = Node::start(dir.path(), Some(&cfg));
+    let (ok, _, err) = node.cli(&["user", "add", "u@example.org", "--password-stdin"], Some("secret\n"));
+    assert!(ok, "{err}");
+    deliver_range(&node, "u@example.org", "m", 0..8);
+    let origin = origin_of(&node);
+    let head = head(&node, &origin);
+    std::thread::sleep(std::time::Duration::from_millis(2500));
+    let st = admin_get(&node, "/v1/status");
+    let position = st["backup"][0]["position"].as_u64().unwrap();
+    assert!(position < head, "the backup ran after the deliveries: {}", st["backup"]);
+    // One origin: its seqs are its apply-order positions.
+    let pruned = st["retention"]["pruned_up_to"][&origin].as_u64().unwrap_or(0);
+    assert!(pruned <= position, "pruned up to {pruned}, past the backup's position {position}");
+    let why = st["retention"]["held_back"][&origin].as_str().unwrap().to_string();
+    assert!(why.contains("backup"), "{why}");
+
+    // Once the backup has it, it may go.
+    let (ok, out, err) = node.cli(&["backup", "--to", backup.to_str().unwrap()], None);
+    assert!(ok, "{out} {err}");
+    assert!(
+        wait_until(20, || pruned_up_to(&node, &origin) == head - 1),
+        "{}",
+        admin_get(&node, "/v1/status")["retention"]
+    );
+    assert_eq!(messages(&node, "u@example.org", "INBOX").len(), 8);
+    // The backup keeps going from the pruned log.
+    deliver_range(&node, "u@example.org", "n", 0..2);
+    let (ok, out, err) = node.cli(&["backup", "--to", backup.to_str().unwrap()], None);
+    assert!(ok, "{out} {err}");
+    let st = admin_get(&node, "/v1/status");
+    assert_eq!(
+        st["backup"][0]["position"].as_u64().unwrap(),
+        st["log"]["apply_order"].as_u64().unwrap()
+    );
+    // A new backup of the pruned log cannot start: it says why.
+    let fresh = dir.path().join("fresh");
+    let (ok, out, err) = node.cli(&["backup", "--to", fresh.to_str().unwrap()], None);
+    assert!(!ok, "{out}");
+    assert!(err.contains("pruned up to seq"), "{err}");
+    assert!(node.stop());
+}
+
+#[test]
+fn a_peer_behind_the_pruned_point_is_refused_with_a_clear_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let (pa, pb) = (free_udp_port(), free_udp_port());
+    let (da, db) = (dir.path().join("a"), dir.path().join("b"));
+    std::fs::create_dir_all(&da).unwrap();
+    std::fs::create_dir_all(&db).unwrap();
+    // A alone at first: nothing but the window holds its pruning.
+    let ca = write_config(&da, "node-a", RETENTION);
+    let a = Node::start(&da, Some(&ca));
+    let (ok, _, err) = a.cli(&["user", "add", "u@example.org", "--password-stdin"], Some("secret\n"));
+    assert!(ok, "{err}");
+    deliver_range(&a, "u@example.org", "m", 0..5);
+    let origin = origin_of(&a);
+    let head_a = head(&a, &origin);
+    assert!(wait_until(20, || pruned_up_to(&a, &origin) == head_a - 1));
+    assert!(a.stop());
+
+    // Then mirrored with an empty B, which lacks the pruned entries.
+    write_config(&da, "node-a", &format!("{}{RETENTION}", mirror_section(pa, &[pb], SECRET)));
+    let a = restart(&da);
+    let cb = write_config(&db, "node-b", &mirror_section(pb, &[pa], SECRET));
+    let b = Node::start(&db, Some(&cb));
+    assert!(
+        wait_until(20, || {
+            let l = &admin_get(&a, "/v1/status")["mirror"]["outgoing"][0];
+            l["state"] == "refused" && l["behind_pruned"].is_string()
+        }),
+        "{}",
+        admin_get(&a, "/v1/status")["mirror"]
+    );
+    let l = admin_get(&a, "/v1/status")["mirror"]["outgoing"][0].clone();
+    let reason = l["behind_pruned"].as_str().unwrap();
+    assert!(
+        reason.contains(&format!("origin {origin}")) && reason.contains("pruned up to seq") && reason.contains("join it by trees"),
+        "{reason}"
+    );
+    assert!(l["last_error"].as_str().unwrap().contains("join it by trees"), "{l}");
+    let (ok, out, _) = a.cli(&["status"], None);
+    assert!(ok && out.contains("NEEDS JOIN BY TREES"), "{out}");
+    // Nothing was sent that B could not chain: it holds nothing of A, and
+    // its link from A never failed on a batch.
+    let sb = admin_get(&b, "/v1/status");
+    assert!(sb["log"]["heads"].get(&origin).is_none(), "{}", sb["log"]);
+    assert_eq!(sb["mirror"]["incoming"]["node-a"]["failed"].as_u64().unwrap_or(0), 0);
+    assert!(a.stop());
+    assert!(b.stop());
+}
