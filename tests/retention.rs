@@ -1,6 +1,7 @@
 //! Log retention with real daemons: pruning waits for every peer's
 //! acknowledgement and for the backup's durable position, keeps the views,
-//! and a peer that lacks pruned history is refused with a clear reason.
+//! and a peer that lacks pruned history is refused with a clear reason
+//! until it joins by trees.
 
 mod common;
 use common::{admin_get, deliver_range, digest, free_udp_port, messages, mirror_section, restart, wait_until, write_config, Node};
@@ -143,7 +144,7 @@ fn pruning_waits_for_the_backup_position() {
 }
 
 #[test]
-fn a_peer_behind_the_pruned_point_is_refused_with_a_clear_reason() {
+fn a_peer_behind_the_pruned_point_is_refused_then_joins_by_trees() {
     let dir = tempfile::tempdir().unwrap();
     let (pa, pb) = (free_udp_port(), free_udp_port());
     let (da, db) = (dir.path().join("a"), dir.path().join("b"));
@@ -187,6 +188,38 @@ fn a_peer_behind_the_pruned_point_is_refused_with_a_clear_reason() {
     let sb = admin_get(&b, "/v1/status");
     assert!(sb["log"]["heads"].get(&origin).is_none(), "{}", sb["log"]);
     assert_eq!(sb["mirror"]["incoming"]["node-a"]["failed"].as_u64().unwrap_or(0), 0);
+
+    // B joins by trees: it takes A's state, and A's base as the start of
+    // its log of A's origin; A's link then comes up and carries on.
+    let (ok, out, err) = b.cli(&["resync", "--from-peer", "--json", "--peer", &format!("127.0.0.1:{pa}")], None);
+    assert!(ok, "{out} {err}");
+    let sb = admin_get(&b, "/v1/status");
+    assert_eq!(
+        sb["retention"]["pruned_up_to"][&origin].as_u64(),
+        Some(head_a - 1),
+        "{}",
+        sb["retention"]
+    );
+    assert!(
+        wait_until(30, || {
+            let l = &admin_get(&a, "/v1/status")["mirror"]["outgoing"][0];
+            l["state"] == "connected" && l["behind_pruned"].is_null()
+        }),
+        "{}",
+        admin_get(&a, "/v1/status")["mirror"]
+    );
+    assert!(converged(&a, &b, 30));
+    assert_eq!(messages(&b, "u@example.org", "INBOX").len(), 5);
+    deliver_range(&a, "u@example.org", "after", 0..2);
+    assert!(wait_until(30, || messages(&b, "u@example.org", "INBOX").len() == 7));
+    assert!(converged(&a, &b, 30));
+    let sb = admin_get(&b, "/v1/status");
+    assert_eq!(sb["log"]["heads"][&origin].as_u64(), Some(head(&a, &origin)));
+    assert_eq!(sb["conflicts"]["kept_aside"], 0, "{}", sb["conflicts"]);
     assert!(a.stop());
+    assert!(b.stop());
+    // B's log, starting at A's base, opens and verifies.
+    let b = restart(&db);
+    assert_eq!(messages(&b, "u@example.org", "INBOX").len(), 7);
     assert!(b.stop());
 }

@@ -31,11 +31,19 @@ pub fn advertised(wal: &Wal) -> Result<Held, WalError> {
         let s = if o == own { s.min(confirmed) } else { s };
         held.vector.push((o.0, s));
         if s > 0 {
-            let e = wal.entry(o, s)?.ok_or_else(|| WalError::Corrupt {
-                place: wal::Place { origin: o, seq: s },
-                reason: "entry missing below the head".into(),
-            })?;
-            held.hashes.push((o.0, e.hash));
+            let base = wal.base(o);
+            let hash = if s == base.seq {
+                // A base taken from a peer: the head has no entry here.
+                base.hash
+            } else {
+                wal.entry(o, s)?
+                    .ok_or_else(|| WalError::Corrupt {
+                        place: wal::Place { origin: o, seq: s },
+                        reason: "entry missing below the head".into(),
+                    })?
+                    .hash
+            };
+            held.hashes.push((o.0, hash));
         }
     }
     Ok(held)

@@ -21,10 +21,11 @@ use crate::seq::{log_key, parse_log_key, Origin, VersionVector};
 use std::collections::BTreeMap;
 
 /// Key prefix of a base record in the meta column family:
-/// `base` + origin (u64 BE) -> seq (u64 BE), hash (32), hlc (u64 BE).
+/// `base` + origin (u64 BE) -> seq (u64 BE), hash (32), hlc (u64 BE),
+/// adopted (u64 BE).
 pub(crate) const META_BASE_PREFIX: &[u8] = b"base";
 /// Length of a base record's value.
-pub(crate) const BASE_VALUE_LEN: usize = 8 + 32 + 8;
+pub(crate) const BASE_VALUE_LEN: usize = 8 + 32 + 8 + 8;
 
 /// Where an origin's held log starts: the last pruned entry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -36,6 +37,10 @@ pub struct Base {
     pub hash: Hash,
     /// Its hybrid logical clock (0 when nothing was pruned).
     pub hlc: u64,
+    /// Seqs up to the base that this node never stored (it took a peer's
+    /// base after a join by trees, [`crate::Wal::adopt_base`]): they have
+    /// no apply-order position here.
+    pub adopted: u64,
 }
 
 impl Default for Base {
@@ -44,6 +49,7 @@ impl Default for Base {
             seq: 0,
             hash: GENESIS,
             hlc: 0,
+            adopted: 0,
         }
     }
 }
@@ -53,7 +59,8 @@ impl Base {
         let mut v = [0u8; BASE_VALUE_LEN];
         v[..8].copy_from_slice(&self.seq.to_be_bytes());
         v[8..40].copy_from_slice(&self.hash);
-        v[40..].copy_from_slice(&self.hlc.to_be_bytes());
+        v[40..48].copy_from_slice(&self.hlc.to_be_bytes());
+        v[48..].copy_from_slice(&self.adopted.to_be_bytes());
         v
     }
 
@@ -69,7 +76,8 @@ impl Base {
         Ok(Base {
             seq: u64::from_be_bytes(v[..8].try_into().expect("8 bytes")),
             hash,
-            hlc: u64::from_be_bytes(v[40..].try_into().expect("8 bytes")),
+            hlc: u64::from_be_bytes(v[40..48].try_into().expect("8 bytes")),
+            adopted: u64::from_be_bytes(v[48..].try_into().expect("8 bytes")),
         })
     }
 }

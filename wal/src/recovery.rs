@@ -92,6 +92,20 @@ pub(crate) fn recover(shared: &Shared) -> Result<RecoveryReport, WalError> {
     }
     let mut verified = 0;
     for (origin, (seq, hash)) in &heads {
+        let base = bases.get(origin).copied().unwrap_or_default();
+        if base.seq > 0 && base.seq == *seq && !stored.iter().any(|(o, _, _)| o == origin) {
+            // A base taken from a peer with nothing after it yet.
+            if base.hash != *hash {
+                return Err(WalError::Corrupt {
+                    place: Place {
+                        origin: *origin,
+                        seq: *seq,
+                    },
+                    reason: "head record hash differs from the base record".into(),
+                });
+            }
+            continue;
+        }
         if !stored.iter().any(|(o, _, _)| o == origin) {
             return Err(WalError::Corrupt {
                 place: Place {
@@ -101,7 +115,6 @@ pub(crate) fn recover(shared: &Shared) -> Result<RecoveryReport, WalError> {
                 reason: "head record names entries that are not stored".into(),
             });
         }
-        let base = bases.get(origin).copied().unwrap_or_default();
         let from = (seq.saturating_sub(shared.opts.verify_tail.max(1)) + 1).max(base.seq + 1);
         verified += verify_from(shared, *origin, from, *seq, (from == base.seq + 1).then_some(base.hash))?;
         let head = read_entry(shared, *origin, *seq)?.ok_or_else(|| WalError::Corrupt {
@@ -129,24 +142,31 @@ pub(crate) fn recover(shared: &Shared) -> Result<RecoveryReport, WalError> {
         })?),
         None => 1,
     };
-    if order_next != last_order + 1 {
+    // The last position may have gone only as a stale one (its entry was
+    // dropped by a base taken from a peer, then its position by a prune).
+    let stale_tail = bases.values().any(|b| b.adopted > 0);
+    if order_next != last_order + 1 && !(stale_tail && last_order < order_next) {
         return Err(WalError::CorruptMeta {
             key: "order_next".into(),
             reason: format!("says {order_next} but the apply order ends at {last_order}"),
         });
     }
+    // Every seq up to a head had a position here, but those taken with a
+    // peer's base.
+    let positions = order_next - 1;
     let total: u64 = heads.values().map(|(s, _)| *s).sum();
-    if last_order != total {
+    let adopted: u64 = bases.values().map(|b| b.adopted).sum();
+    if positions + adopted != total {
         return Err(WalError::CorruptMeta {
             key: "order".into(),
-            reason: format!("apply order holds {last_order} positions for {total} entries"),
+            reason: format!("apply order holds {positions} positions for {total} entries ({adopted} taken with a peer's base)"),
         });
     }
     Ok(RecoveryReport {
         unclean_shutdown,
         heads: VersionVector(heads.iter().map(|(o, (s, _))| (*o, *s)).collect()),
         verified,
-        order_len: last_order,
+        order_len: positions,
         bases,
         upgraded_from,
     })

@@ -630,6 +630,13 @@ impl Wal {
             let mut s = shared.state.lock().expect("state lock");
             s.heads = report.heads.0.keys().map(|o| (*o, (0, GENESIS))).collect();
             for (o, seq) in &report.heads.0 {
+                let base = report.bases.get(o).copied().unwrap_or_default();
+                if base.seq == *seq && base.seq > 0 {
+                    // A base taken from a peer, nothing after it yet.
+                    s.heads.insert(*o, (*seq, base.hash));
+                    s.hlc_last = s.hlc_last.max(base.hlc);
+                    continue;
+                }
                 let e = read_entry(&shared, *o, *seq)?.ok_or_else(|| WalError::Corrupt {
                     place: Place { origin: *o, seq: *seq },
                     reason: "head entry missing".into(),
@@ -1069,6 +1076,7 @@ impl Wal {
                     seq: d.seq,
                     hash: d.hash,
                     hlc: d.hlc,
+                    adopted: sh.base(d.origin).adopted,
                 },
             );
         }
@@ -1112,6 +1120,51 @@ impl Wal {
         report.stale_positions = stale.len() as u64;
         report.bases = self.bases();
         Ok(report)
+    }
+
+    /// Take a peer's base record for `origin` as this log's start: for a
+    /// node joined by trees (its views already hold the state the peer's
+    /// pruned entries made) whose log of `origin` is behind the peer's base,
+    /// so that the peer's entries after the base chain here. The entries
+    /// held of `origin` are dropped (their apply-order positions are left
+    /// and skipped); its head becomes the base. Returns false, changing
+    /// nothing, when this log already holds `origin` up to the base.
+    /// Refused for this node's own origin.
+    pub fn adopt_base(&self, origin: Origin, base: Base) -> Result<bool, WalError> {
+        if origin == self.local_origin() {
+            return Err(WalError::Discontinuous {
+                place: Place { origin, seq: base.seq },
+                reason: "a node never takes a base of its own origin from a peer".into(),
+            });
+        }
+        let _one = self.shared.prune_lock.lock().expect("prune lock");
+        let held = self.shared.base(origin);
+        if self.heads().get(origin) >= base.seq {
+            return Ok(false);
+        }
+        // Raised first, as a prune does: a reader that finds the held
+        // entries gone finds the base past them.
+        let raised = Base {
+            adopted: held.adopted,
+            ..base
+        };
+        self.shared.bases.lock().expect("bases lock").insert(origin, raised);
+        let r = self.transact(move |t| t.adopt_base(origin, held, base)).map_err(|e| match e {
+            AppendError::Wal(w) | AppendError::Rejected(w) => w,
+        });
+        let mut bases = self.shared.bases.lock().expect("bases lock");
+        match &r {
+            Ok(Some(b)) => {
+                bases.insert(origin, *b);
+            }
+            _ if held.seq == 0 => {
+                bases.remove(&origin);
+            }
+            _ => {
+                bases.insert(origin, held);
+            }
+        }
+        Ok(r?.is_some())
     }
 
     /// Write the store's format record as `format` (compatibility tests:

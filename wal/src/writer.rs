@@ -391,6 +391,35 @@ impl<'a> Txn<'a> {
         Ok(Rehomed { old, new, from, moved: k })
     }
 
+    /// See [`crate::Wal::adopt_base`]: `held` is the origin's current base.
+    /// Returns the base record written, or `None` when nothing changed.
+    pub(crate) fn adopt_base(
+        &mut self,
+        origin: Origin,
+        held: crate::prune::Base,
+        base: crate::prune::Base,
+    ) -> Result<Option<crate::prune::Base>, WalError> {
+        let (head, _) = self.head(origin);
+        if head >= base.seq {
+            return Ok(None);
+        }
+        for s in held.seq + 1..=head {
+            self.scratch.insert((CF_LOG, log_key(origin, s).to_vec()), None);
+        }
+        let new = crate::prune::Base {
+            adopted: held.adopted + (base.seq - head),
+            ..base
+        };
+        self.scratch
+            .insert((CF_META, crate::prune::meta_base_key(origin).to_vec()), Some(new.encode().to_vec()));
+        let mut hv = base.seq.to_be_bytes().to_vec();
+        hv.extend_from_slice(&base.hash);
+        self.scratch.insert((CF_META, meta_head_key(origin).to_vec()), Some(hv));
+        self.heads.insert(origin, (base.seq, base.hash));
+        self.hlc_last = self.hlc_last.max(base.hlc);
+        Ok(Some(new))
+    }
+
     /// Apply-order positions of `origin`'s entries `from..=to`, found from
     /// the end of the order (they are this node's latest own entries).
     fn orders_of(&self, origin: Origin, from: u64, to: u64) -> Result<Vec<u64>, WalError> {

@@ -204,3 +204,89 @@ fn an_unknown_format_is_refused() {
         Ok(_) => panic!("format 3 opened"),
     }
 }
+
+#[test]
+fn a_peer_base_is_adopted_and_the_peer_entries_after_it_chain() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (Origin::from_node_id("a"), Origin::from_node_id("b"));
+    // b's chain as its author holds it.
+    let mut chain = Vec::new();
+    let mut prev = GENESIS;
+    for i in 1..=10u64 {
+        let e = Entry::new(&prev, b, i, i << 16, format!("b{i}").into_bytes());
+        prev = e.hash;
+        chain.push(e);
+    }
+    {
+        let wal = Wal::open(dir.path(), opts("a")).unwrap();
+        wal.append(b"a1".to_vec()).unwrap();
+        for e in chain[..3].iter().cloned() {
+            wal.transact(move |t| t.append_remote(&e).map(|_| ())).unwrap();
+        }
+        wal.append(b"a2".to_vec()).unwrap();
+        let base8 = wal::Base {
+            seq: 8,
+            hash: chain[7].hash,
+            hlc: chain[7].hlc,
+            adopted: 0,
+        };
+        assert!(matches!(wal.adopt_base(a, base8), Err(WalError::Discontinuous { .. })));
+        assert!(wal.adopt_base(b, base8).unwrap());
+        assert!(!wal.adopt_base(b, base8).unwrap(), "already there");
+        assert_eq!(wal.heads().get(b), 8);
+        assert_eq!(wal.head_hash(b), Some((8, chain[7].hash)));
+        assert_eq!(wal.base(b).adopted, 5);
+        assert!(matches!(wal.read_range(b, 1, 8, 10), Err(WalError::Pruned { .. })));
+        // The stale positions of b's dropped entries are skipped.
+        let order: Vec<_> = wal
+            .read_order(1, 100)
+            .unwrap()
+            .into_iter()
+            .map(|(_, e)| (e.origin, e.seq))
+            .collect();
+        assert_eq!(order, vec![(a, 1), (a, 2)]);
+        // Entries at or below the base are held; the next one chains.
+        for e in chain[..9].iter().cloned() {
+            let r = wal.transact(move |t| t.append_remote(&e));
+            assert!(matches!(r, Ok(None) | Ok(Some(_))), "{r:?}");
+        }
+        assert_eq!(wal.heads().get(b), 9);
+        wal.close().unwrap();
+    }
+    let wal = Wal::open(dir.path(), opts("a")).unwrap();
+    assert_eq!((wal.heads().get(b), wal.base(b).seq), (9, 8));
+    assert_eq!(wal.verify_all().unwrap(), 2 + 1);
+    let a3 = wal.append(b"a3".to_vec()).unwrap();
+    assert_eq!(a3.order, 7, "positions go on after the stale ones");
+    // A prune drops the stale positions too, and the store still opens.
+    let r = wal.prune(&all(&[(a, 3), (b, 9)])).unwrap();
+    assert_eq!((r.pruned, r.stale_positions), (2, 3));
+    wal.close().unwrap();
+    drop(wal);
+    let wal = Wal::open(dir.path(), opts("a")).unwrap();
+    assert_eq!(wal.verify_all().unwrap(), 2);
+    assert_eq!(wal.append(b"a4".to_vec()).unwrap().order, 8);
+}
+
+#[test]
+fn an_adopted_base_with_nothing_after_it_survives_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = Origin::from_node_id("b");
+    let base = wal::Base {
+        seq: 40,
+        hash: [7u8; 32],
+        hlc: 99 << 16,
+        adopted: 0,
+    };
+    {
+        let wal = Wal::open(dir.path(), opts("a")).unwrap();
+        assert!(wal.adopt_base(b, base).unwrap());
+        wal.close().unwrap();
+    }
+    let wal = Wal::open(dir.path(), opts("a")).unwrap();
+    assert_eq!(wal.head_hash(b), Some((40, [7u8; 32])));
+    assert_eq!(wal.base(b).adopted, 40);
+    assert_eq!(wal.verify_all().unwrap(), 0);
+    let next = Entry::new(&[7u8; 32], b, 41, 100 << 16, b"b41".to_vec());
+    assert!(wal.transact(move |t| t.append_remote(&next)).unwrap().is_some());
+}
