@@ -220,7 +220,7 @@ fn a_peer_base_is_adopted_and_the_peer_entries_after_it_chain() {
     {
         let wal = Wal::open(dir.path(), opts("a")).unwrap();
         wal.append(b"a1".to_vec()).unwrap();
-        for e in chain[..3].iter().cloned() {
+        for e in chain.clone().into_iter().take(3) {
             wal.transact(move |t| t.append_remote(&e).map(|_| ())).unwrap();
         }
         wal.append(b"a2".to_vec()).unwrap();
@@ -246,7 +246,7 @@ fn a_peer_base_is_adopted_and_the_peer_entries_after_it_chain() {
             .collect();
         assert_eq!(order, vec![(a, 1), (a, 2)]);
         // Entries at or below the base are held; the next one chains.
-        for e in chain[..9].iter().cloned() {
+        for e in chain.clone().into_iter().take(9) {
             let r = wal.transact(move |t| t.append_remote(&e));
             assert!(matches!(r, Ok(None) | Ok(Some(_))), "{r:?}");
         }
