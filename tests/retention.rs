@@ -126,6 +126,15 @@ fn pruning_waits_for_the_backup_position() {
         admin_get(&node, "/v1/status")["retention"]
     );
     assert_eq!(messages(&node, "u@example.org", "INBOX").len(), 8);
+    // Bodies stay: every message still reads.
+    for m in messages(&node, "u@example.org", "INBOX") {
+        let hash = m["blob"].as_str().unwrap_or_else(|| panic!("no blob in {m}"));
+        assert!(String::from_utf8_lossy(&common::blob(&node, hash)).contains("body"), "{m}");
+    }
+    // A point-in-time restore needs the whole log: refused, saying why.
+    let (ok, out, err) = node.cli(&["restore", "--user", "u@example.org", "--at", "2030-01-01T00:00:00Z"], None);
+    assert!(!ok, "{out}");
+    assert!(err.contains("pruned"), "{err}");
     // The backup keeps going from the pruned log.
     deliver_range(&node, "u@example.org", "n", 0..2);
     let (ok, out, err) = node.cli(&["backup", "--to", backup.to_str().unwrap()], None);
