@@ -25,6 +25,18 @@ fn head(node: &Node, origin: &str) -> u64 {
     admin_get(node, "/v1/status")["log"]["heads"][origin].as_u64().unwrap()
 }
 
+/// A raw HTTP/1.0 GET on the node's metrics listener: the body.
+fn metrics_get(node: &Node, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(node.addr("metrics")).unwrap();
+    write!(s, "GET {path} HTTP/1.0\r\n\r\n").unwrap();
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).unwrap();
+    let (head, body) = resp.split_once("\r\n\r\n").unwrap();
+    assert!(head.contains(" 200 "), "{path}: {head}");
+    body.to_string()
+}
+
 fn converged(a: &Node, b: &Node, secs: u64) -> bool {
     wait_until(secs, || digest(a) == digest(b))
 }
@@ -99,9 +111,15 @@ fn pruning_waits_for_the_backup_position() {
     let cfg = write_config(
         dir.path(),
         "node-b",
-        &format!("[backup]\nto = \"{}\"\ninterval_ms = 600000\n{RETENTION}", backup.display()),
+        &format!(
+            "[backup]\nto = \"{}\"\ninterval_ms = 600000\n[metrics]\nlisten = \"127.0.0.1:0\"\n{RETENTION}",
+            backup.display()
+        ),
     );
-    let node = Node::start(dir.path(), Some(&cfg));
+    let mut node = Node::start(dir.path(), Some(&cfg));
+    let bound: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.path().join("data/listen.json")).unwrap()).unwrap();
+    node.listeners
+        .insert("metrics".into(), bound["metrics"].as_str().unwrap().to_string());
     let (ok, _, err) = node.cli(&["user", "add", "u@example.org", "--password-stdin"], Some("secret\n"));
     assert!(ok, "{err}");
     deliver_range(&node, "u@example.org", "m", 0..8);
@@ -126,6 +144,18 @@ fn pruning_waits_for_the_backup_position() {
         admin_get(&node, "/v1/status")["retention"]
     );
     assert_eq!(messages(&node, "u@example.org", "INBOX").len(), 8);
+    // Metrics and the status page say the same.
+    let m = metrics_get(&node, "/metrics");
+    assert!(
+        m.contains(&format!("tandem_log_pruned_seq{{origin=\"{origin}\"}} {}", head - 1)),
+        "{m}"
+    );
+    assert!(m.contains(&format!("tandem_log_pruned_entries_total {}", head - 1)), "{m}");
+    let page = metrics_get(&node, "/status");
+    assert!(
+        page.contains("Log retention") && page.contains(&format!("pruned up to seq {}", head - 1)),
+        "{page}"
+    );
     // Bodies stay: every message still reads.
     for m in messages(&node, "u@example.org", "INBOX") {
         let hash = m["blob"].as_str().unwrap_or_else(|| panic!("no blob in {m}"));
