@@ -58,6 +58,10 @@ fn pruning_waits_for_a_stopped_peer_which_then_catches_up() {
     assert!(converged(&a, &b, 20));
     let origin = origin_of(&a);
     let acked_before_stop = head(&a, &origin);
+    assert!(wait_until(20, || admin_get(&a, "/v1/status")["mirror"]["outgoing"][0]["acked"]
+        [&origin]
+        .as_u64()
+        == Some(acked_before_stop)));
     assert!(b.stop());
 
     // B is down: what it acknowledged may go (once older than a second),
@@ -145,12 +149,19 @@ fn pruning_waits_for_the_backup_position() {
     );
     assert_eq!(messages(&node, "u@example.org", "INBOX").len(), 8);
     // Metrics and the status page say the same.
+    // (The base is raised before the batch is written, the counter after.)
+    assert!(wait_until(10, || metrics_get(&node, "/metrics")
+        .contains(&format!("tandem_log_pruned_entries_total {}", head - 1))));
     let m = metrics_get(&node, "/metrics");
     assert!(
         m.contains(&format!("tandem_log_pruned_seq{{origin=\"{origin}\"}} {}", head - 1)),
         "{m}"
     );
-    assert!(m.contains(&format!("tandem_log_pruned_entries_total {}", head - 1)), "{m}");
+    assert!(
+        m.contains(&format!("tandem_log_pruned_entries_total {}", head - 1)),
+        "{m}\n{}",
+        admin_get(&node, "/v1/status")["retention"]
+    );
     let page = metrics_get(&node, "/status");
     assert!(
         page.contains("Log retention") && page.contains(&format!("pruned up to seq {}", head - 1)),

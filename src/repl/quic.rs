@@ -392,8 +392,13 @@ async fn link(
         let _ = write_frame(&mut send, &Frame::Refused { reason: b.to_string() }).await;
         return Err(b.into());
     }
-    mirror.update_out(i, |l| l.behind_pruned = None);
     let vector = held.vector;
+    // What the peer holds now, not what it acknowledged on an earlier link
+    // (a peer restored from an older copy holds less): pruning reads it.
+    mirror.update_out(i, |l| {
+        l.behind_pruned = None;
+        l.acked = vector.iter().map(|(o, s)| (format!("{o:016x}"), *s)).collect();
+    });
     let mut confirmed = vector.iter().find(|(o, _)| *o == own.0).map_or(0, |(_, s)| *s);
     wal.confirm(confirmed).map_err(|e| LinkError::Local(e.into()))?;
     let mut engine = Sender::new(window);

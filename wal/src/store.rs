@@ -1108,6 +1108,7 @@ impl Wal {
             tracing::error!(error = %msg, "prune write failed; the log is poisoned until reopened");
             return Err(WalError::Poisoned(msg));
         }
+        sh.stats.pruned.fetch_add(drops.len() as u64, Ordering::Relaxed);
         // Compact the dropped front away, so later walks and seeks do not
         // step over its tombstones.
         if let Some(last) = drops.iter().map(|d| d.pos).chain(stale.iter().copied()).max() {
@@ -1119,7 +1120,6 @@ impl Wal {
                 .compact_range_cf(sh.handle(CF_LOG), Some(&log_key(*o, 0)[..]), Some(&prune::first_key(*o, base)[..]));
         }
         report.pruned = drops.len() as u64;
-        sh.stats.pruned.fetch_add(report.pruned, Ordering::Relaxed);
         report.stale_positions = stale.len() as u64;
         report.bases = self.bases();
         Ok(report)

@@ -40,6 +40,7 @@ fn prune_keeps_a_verifiable_chain_and_survives_reopen() {
         let e12 = wal.entry(a, 12).unwrap().unwrap();
         let r = wal.prune(&all(&[(a, 12)])).unwrap();
         assert_eq!(r.pruned, 12);
+        assert_eq!(wal.stats().pruned, 12);
         assert_eq!(r.kept.get(&a), Some(&(13, Kept::Acknowledged)));
         let base = wal.base(a);
         assert_eq!((base.seq, base.hash, base.hlc), (12, e12.hash, e12.hlc));
