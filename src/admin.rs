@@ -55,6 +55,10 @@ pub struct Status {
     /// Side-file mirroring (`mirror.sync_dirs`), when configured.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sidefiles: Option<crate::sidefiles::Status>,
+    /// Log retention (`[retention]`): pruned-up-to per origin and what
+    /// holds pruning back.
+    #[serde(default)]
+    pub retention: crate::retention::RetentionStatus,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -112,6 +116,8 @@ pub struct AdminState {
     pub settings: Arc<crate::settings::Settings>,
     /// Side-file mirroring's counters and last results.
     pub sidefiles: Arc<crate::sidefiles::SideFiles>,
+    /// Log retention's last run and what holds pruning back.
+    pub retention: Arc<crate::retention::Retention>,
 }
 
 type Shared = Arc<AdminState>;
@@ -203,6 +209,7 @@ pub fn status(st: &AdminState) -> Result<Status, crate::views::read::ViewError> 
         backup: st.backups.status(&st.store),
         resync: st.mirror.repair.status(),
         sidefiles: Some(st.sidefiles.status()).filter(|s| !s.dirs.is_empty()),
+        retention: st.retention.status(wal),
     })
 }
 

@@ -719,6 +719,9 @@ fn print_status(st: &Status) {
                 "     added here {}   bodies sent {} ({} bytes)   held by peer {}   already sent {}",
                 o.local_added, o.bodies_sent, o.body_bytes_sent, o.bodies_held_by_peer, o.bodies_already_sent
             );
+            if let Some(b) = &o.behind_pruned {
+                println!("     NEEDS JOIN BY TREES: {b}");
+            }
         }
         for (peer, i) in &mi.incoming {
             println!(
@@ -758,6 +761,7 @@ fn print_status(st: &Status) {
             b.last_error.as_deref().map(|e| format!("   last error: {e}")).unwrap_or_default()
         );
     }
+    crate::retention::print_status(&st.retention);
     if l.panics > 0 {
         println!("BUG         {} transactions panicked", l.panics);
     }

@@ -19,6 +19,7 @@ pub struct Config {
     pub pop3: Pop3Config,
     pub backup: BackupConfig,
     pub metrics: MetricsConfig,
+    pub retention: RetentionConfig,
     /// The keys the file sets, as `section.key` (tells a file value from a
     /// default in `tandem config list`).
     #[serde(skip)]
@@ -64,6 +65,33 @@ impl Default for BackupConfig {
             endpoint: None,
             region: None,
             credentials_file: None,
+        }
+    }
+}
+
+/// `[retention]`: pruning of this node's own log (see `crate::retention`
+/// and `docs/operations.md`, "Log retention"). Off unless `keep` is set:
+/// a node never configured for it keeps its whole history.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetentionConfig {
+    /// Entries younger than this are never pruned (`"30d"`, `"12h"`, or
+    /// seconds). 0 (the default): no pruning at all.
+    #[serde(deserialize_with = "interval")]
+    pub keep: std::time::Duration,
+    /// The newest entries of each origin that are always kept.
+    pub keep_entries: u64,
+    /// How often the pruner runs.
+    #[serde(deserialize_with = "interval")]
+    pub interval: std::time::Duration,
+}
+
+impl Default for RetentionConfig {
+    fn default() -> Self {
+        RetentionConfig {
+            keep: std::time::Duration::ZERO,
+            keep_entries: 100_000,
+            interval: std::time::Duration::from_secs(600),
         }
     }
 }
@@ -483,6 +511,7 @@ impl Default for Config {
             pop3: Pop3Config::default(),
             backup: BackupConfig::default(),
             metrics: MetricsConfig::default(),
+            retention: RetentionConfig::default(),
             file_keys: Default::default(),
         }
     }
@@ -654,6 +683,9 @@ impl Config {
         }
         if self.backup.interval_ms == 0 {
             p.push("backup.interval_ms must be positive".into());
+        }
+        if !self.retention.keep.is_zero() && self.retention.interval < std::time::Duration::from_millis(100) {
+            p.push("retention.interval must be at least 100ms".into());
         }
         if self.backup.to.as_ref().is_some_and(|d| d.as_os_str().is_empty()) {
             p.push("backup.to is empty".into());
@@ -845,6 +877,28 @@ ack = "peer"
             .unwrap_err()
             .to_string();
         assert!(e.contains("admin.listen") && e.contains("node.id"), "{e}");
+    }
+
+    #[test]
+    fn retention_section() {
+        let d = Config::default().retention;
+        assert!(d.keep.is_zero(), "retention is off unless configured");
+        assert_eq!((d.keep_entries, d.interval.as_secs()), (100_000, 600));
+        let c = Config::parse(
+            "[retention]\nkeep = \"30d\"\nkeep_entries = 10\ninterval = \"1m\"\n",
+            Path::new("t.toml"),
+        )
+        .unwrap();
+        assert_eq!(c.retention.keep.as_secs(), 30 * 86_400);
+        assert_eq!((c.retention.keep_entries, c.retention.interval.as_secs()), (10, 60));
+        let e = Config::parse("[retention]\nkeep = \"1d\"\ninterval = \"10ms\"\n", Path::new("t.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("retention.interval"), "{e}");
+        let e = Config::parse("[retention]\nkeep = \"soon\"\n", Path::new("t.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("soon"), "{e}");
     }
 
     #[test]

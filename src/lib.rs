@@ -33,6 +33,7 @@ pub mod pop3;
 pub mod proto;
 pub mod repl;
 pub mod replay;
+pub mod retention;
 pub mod server;
 pub mod settings;
 pub mod sidefiles;

@@ -18,6 +18,22 @@ pub enum ReplayError {
     View { place: Place, source: ViewError },
     #[error("building the merkle tree from the views: {0}")]
     Tree(#[from] crate::store::StoreError),
+    /// The log was pruned (`wal::prune`): its entries no longer explain
+    /// the views, so views cannot be rebuilt or replayed from it alone.
+    #[error(
+        "the log is pruned: origin {origin} is held only after seq {base}; views cannot be rebuilt from a pruned log \
+         (restore from a backup, or rejoin the node by trees with `tandem resync --from-peer`)"
+    )]
+    Pruned { origin: wal::Origin, base: u64 },
+}
+
+/// Refuse a store whose log was pruned: replaying it would start every
+/// pruned origin in the middle of its history.
+pub fn refuse_pruned(wal: &wal::Wal) -> Result<(), ReplayError> {
+    match wal.bases().into_iter().next() {
+        Some((origin, b)) => Err(ReplayError::Pruned { origin, base: b.seq }),
+        None => Ok(()),
+    }
 }
 
 fn apply_entries(txn: &mut wal::Txn<'_>, cfs: Cfs, entries: Vec<(u64, Entry)>, append: bool) -> Result<(), ReplayError> {
@@ -96,6 +112,9 @@ fn put_join_marks(store: &Store, marks: wal::KeyValues) -> Result<(), ReplayErro
 pub fn rebuild_views(store: &Store) -> Result<u64, ReplayError> {
     let wal = store.wal();
     let cfs = store.cfs();
+    // Checked before the views are cleared: they are the only copy of the
+    // state the pruned entries made.
+    refuse_pruned(wal)?;
     let marks = join_marks(store)?;
     wal.clear(&[cfs.views])?;
     put_join_marks(store, marks)?;
@@ -116,6 +135,7 @@ pub fn rebuild_views(store: &Store) -> Result<u64, ReplayError> {
 /// applying every entry to `dst`'s views as replication would, with
 /// `src`'s join marks; the merkle tree is built from the views at the end.
 pub fn replay_into(src: &Store, dst: &Store) -> Result<u64, ReplayError> {
+    refuse_pruned(src.wal())?;
     let cfs = dst.cfs();
     put_join_marks(dst, join_marks(src)?)?;
     let src = src.wal();

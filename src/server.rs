@@ -344,6 +344,15 @@ pub async fn start(cfg: &Config) -> anyhow::Result<Running> {
             shutdown_rx.clone(),
         )));
     }
+    let retention = Arc::new(crate::retention::Retention::default());
+    tasks.push(tokio::spawn(crate::retention::run(
+        Arc::new(cfg.clone()),
+        store.clone(),
+        mirror.clone(),
+        backups.clone(),
+        retention.clone(),
+        shutdown_rx.clone(),
+    )));
     let mut registry = crate::metrics::Registry::default();
     if cfg.metrics.listen.is_some() {
         registry.register(Arc::new(crate::metrics::node::NodeMetrics {
@@ -384,6 +393,7 @@ pub async fn start(cfg: &Config) -> anyhow::Result<Running> {
         data_dir: cfg.node.data_dir.clone(),
         settings,
         sidefiles,
+        retention,
     });
     if let Some(b) = metrics_l {
         let history = Arc::new(crate::metrics::status::History::default());

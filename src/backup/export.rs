@@ -9,7 +9,7 @@ use crate::event::Event;
 use crate::store::Store;
 use std::collections::{BTreeMap, HashSet};
 use wal::segment::{Sealed, SegmentReader, SegmentWriter};
-use wal::{Hash, Origin, Place};
+use wal::{Hash, Origin, Place, WalError};
 
 /// Where a backup stands: what its last manifest covers.
 #[derive(Debug, Clone)]
@@ -124,6 +124,23 @@ pub fn run_once(store: &Store, t: &dyn Target, pos: &mut Position, upto: u64, ma
         return Ok(None);
     }
     let from = pos.order + 1;
+    // A backup holding less of an origin than this node pruned cannot be
+    // continued from this log: its next segment could not chain.
+    for (origin, base) in wal.bases() {
+        let held = pos.heads.get(&origin).map(|h| h.0).unwrap_or(0);
+        if held < base.seq {
+            return Err(BackupError::Usage(format!(
+                "this backup holds origin {origin} up to seq {held}, but the log here is pruned up to seq {}: \
+                 the entries it lacks are gone, so it cannot be continued from this log (a backup of a pruned log must have run \
+                 while the log was pruned: `[backup] to` makes pruning wait for it) ({})",
+                base.seq,
+                WalError::Pruned {
+                    place: Place { origin, seq: held + 1 },
+                    base: base.seq
+                }
+            )));
+        }
+    }
     // Pass 1: the runs of the apply order, each origin's range and the
     // bodies referenced (payloads are dropped as they are read).
     let mut runs: Vec<(Origin, u64, u64)> = Vec::new();

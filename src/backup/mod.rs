@@ -191,6 +191,14 @@ impl Backups {
         r
     }
 
+    /// The last apply-order position durable in the backup at `dir`, once
+    /// a run has read it from the target (`None` before: unknown).
+    pub fn durable_position(&self, dir: &Path) -> Option<u64> {
+        let job = self.jobs.lock().expect("jobs lock").get(dir).cloned()?;
+        let st = job.status.lock().expect("status lock");
+        (st.runs > 0 || st.position > 0 || st.manifest > 0).then_some(st.position)
+    }
+
     /// Status of every target used since start.
     pub fn status(&self, store: &crate::store::Store) -> Vec<BackupStatus> {
         let jobs: Vec<Arc<Job>> = self.jobs.lock().expect("jobs lock").values().cloned().collect();

@@ -65,6 +65,15 @@ fn run(store: &Store, scratch_dir: &Path, req: &PitrRequest) -> Result<PitrRepor
         Some(f) => Some(mutate::normalize_mailbox(f).map_err(|e| BackupError::Usage(e.to_string()))?),
         None => None,
     };
+    // The replay starts from the first entry: a pruned log would give a
+    // past state without whatever its pruned entries made.
+    if let Some((origin, base)) = store.wal().bases().into_iter().next() {
+        return Err(BackupError::Usage(format!(
+            "a point-in-time restore replays the node's whole log, which is pruned (origin {origin} is held only after seq {}); \
+             restore from a backup instead (tandem-replay restore)",
+            base.seq
+        )));
+    }
     let mut o = wal_options("pitr-scratch");
     o.sync = false;
     let scratch = Store::open(scratch_dir, "pitr-scratch", o)?;

@@ -75,6 +75,19 @@ impl Collect for WalMetrics {
         for (o, seq) in self.store.wal().heads().0.iter() {
             e.sample("tandem_log_head_seq", &[("origin", &format!("{:016x}", o.0))], *seq as f64);
         }
+        e.counter(
+            "tandem_log_pruned_entries_total",
+            "Log entries pruned since start (`[retention]`).",
+            s.pruned,
+        );
+        e.family(
+            "tandem_log_pruned_seq",
+            Kind::Gauge,
+            "Last pruned sequence number, per origin (hex id) whose log was pruned: the log is held after it.",
+        );
+        for (o, b) in self.store.wal().bases().iter() {
+            e.sample("tandem_log_pruned_seq", &[("origin", &format!("{:016x}", o.0))], b.seq as f64);
+        }
         e.histogram(
             "tandem_log_fsync_seconds",
             "Durable write of one group: RocksDB write with fsync (and the blob flush of a bulk group).",

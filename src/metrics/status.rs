@@ -288,6 +288,7 @@ fn build(st: &Status, history: &History, peers: &[(String, Result<Live, String>)
         .map(|o| format!("out:{}", o.address))
         .chain(st.mirror.incoming.keys().map(|p| format!("in:{p}")))
         .chain(st.backup.iter().map(|b| format!("backup:{}", b.target)))
+        .chain(st.retention.enabled.then(|| format!("retention:{}", st.retention.held_back.len())))
         .chain(st.sidefiles.iter().map(|s| format!("sidefiles:{}", s.dirs.len())))
         .chain(peers.iter().map(|(url, r)| match r {
             Ok(l) => format!("peer:{url}[{}]", l.shape),
@@ -469,6 +470,32 @@ fn build(st: &Status, history: &History, peers: &[(String, Result<Live, String>)
                 b.position, b.apply_order, b.lag_entries, b.lag_secs
             ),
         );
+        d.html.push_str("</table></section>\n");
+    }
+    if st.retention.enabled {
+        let r = &st.retention;
+        d.html
+            .push_str("<section class=\"link\" id=\"retention\"><h2>Log retention</h2>\n<table>\n");
+        d.row(
+            "Pruned",
+            "retention.pruned",
+            format!(
+                "{} entries in {} runs (keep {} s and the newest {} per origin){}",
+                r.pruned,
+                r.runs,
+                r.keep_secs,
+                r.keep_entries,
+                r.last_error.as_deref().map(|e| format!("; last error: {e}")).unwrap_or_default()
+            ),
+        );
+        for (i, (o, why)) in r.held_back.iter().enumerate() {
+            let upto = r.pruned_up_to.get(o).copied().unwrap_or(0);
+            d.row(
+                &format!("Origin {o}"),
+                &format!("retention.held.{i}"),
+                format!("pruned up to seq {upto}; held back at {why}"),
+            );
+        }
         d.html.push_str("</table></section>\n");
     }
     if let Some(s) = &st.sidefiles {

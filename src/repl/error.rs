@@ -52,6 +52,10 @@ pub enum LinkError {
     /// see `repl::history`): nothing is sent on this link.
     #[error("{0}")]
     Diverged(String),
+    /// The peer lacks entries this node pruned: it cannot be caught up
+    /// from this log, only joined by trees. Nothing is sent on this link.
+    #[error(transparent)]
+    BehindPruned(#[from] super::history::BehindPruned),
     /// The peer closed the link.
     #[error("link closed")]
     Closed,
@@ -74,6 +78,7 @@ impl LinkError {
             LinkError::BadHello(_) => "bad-hello",
             LinkError::OwnOrigin { .. } => "own-origin",
             LinkError::Diverged(_) => "diverged",
+            LinkError::BehindPruned(_) => "behind-pruned",
             LinkError::BatchTooLarge { .. } => "batch-too-large",
             LinkError::BatchRefused { .. } => "batch-refused",
             LinkError::QueryFlood { .. } => "query-flood",
@@ -88,7 +93,11 @@ impl LinkError {
     pub fn is_refusal(&self) -> bool {
         matches!(
             self,
-            LinkError::WrongSecret | LinkError::PeerUnproven | LinkError::RefusedByPeer(_) | LinkError::Diverged(_)
+            LinkError::WrongSecret
+                | LinkError::PeerUnproven
+                | LinkError::RefusedByPeer(_)
+                | LinkError::Diverged(_)
+                | LinkError::BehindPruned(_)
         )
     }
 

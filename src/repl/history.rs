@@ -31,11 +31,19 @@ pub fn advertised(wal: &Wal) -> Result<Held, WalError> {
         let s = if o == own { s.min(confirmed) } else { s };
         held.vector.push((o.0, s));
         if s > 0 {
-            let e = wal.entry(o, s)?.ok_or_else(|| WalError::Corrupt {
-                place: wal::Place { origin: o, seq: s },
-                reason: "entry missing below the head".into(),
-            })?;
-            held.hashes.push((o.0, e.hash));
+            let base = wal.base(o);
+            let hash = if s == base.seq {
+                // A base taken from a peer: the head has no entry here.
+                base.hash
+            } else {
+                wal.entry(o, s)?
+                    .ok_or_else(|| WalError::Corrupt {
+                        place: wal::Place { origin: o, seq: s },
+                        reason: "entry missing below the head".into(),
+                    })?
+                    .hash
+            };
+            held.hashes.push((o.0, hash));
         }
     }
     Ok(held)
@@ -69,12 +77,47 @@ pub fn check(wal: &Wal, held: &Held) -> Result<Result<(), Divergence>, WalError>
         let Some((_, hash)) = held.hashes.iter().find(|(h, _)| *h == o) else {
             continue;
         };
-        match wal.entry(origin, theirs)? {
-            Some(e) if e.hash == *hash => {}
-            _ => return Ok(Err(Divergence::Fork { origin, seq: theirs })),
+        let base = wal.base(origin);
+        if theirs < base.seq {
+            // Pruned here: nothing to compare (see [`behind_pruned`]).
+            continue;
+        }
+        let held = if theirs == base.seq {
+            Some(base.hash)
+        } else {
+            wal.entry(origin, theirs)?.map(|e| e.hash)
+        };
+        if held != Some(*hash) {
+            return Ok(Err(Divergence::Fork { origin, seq: theirs }));
         }
     }
     Ok(Ok(()))
+}
+
+/// A receiver that holds less of an origin than this node pruned: the
+/// entries it lacks are gone here, so it cannot be caught up from this
+/// log and must be joined by trees (`replication.md` section 5.8).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "the peer holds origin {origin} up to seq {theirs}, but this node's log of it is pruned up to seq {base}: \
+     it cannot catch up from this log; join it by trees (`tandem resync --from-peer` on the peer)"
+)]
+pub struct BehindPruned {
+    pub origin: Origin,
+    pub theirs: u64,
+    pub base: u64,
+}
+
+/// The first origin the receiver holds less of than this node pruned.
+pub fn behind_pruned(wal: &Wal, vector: &[(u64, u64)]) -> Option<BehindPruned> {
+    wal.bases().into_iter().find_map(|(origin, b)| {
+        let theirs = vector.iter().find(|(o, _)| *o == origin.0).map_or(0, |(_, s)| *s);
+        (theirs < b.seq).then_some(BehindPruned {
+            origin,
+            theirs,
+            base: b.seq,
+        })
+    })
 }
 
 #[cfg(test)]

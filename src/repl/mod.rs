@@ -91,6 +91,11 @@ pub struct OutLink {
     pub caught_up_ms: u64,
     /// The peer's acknowledged vector (origin hex -> seq).
     pub acked: BTreeMap<String, u64>,
+    /// Set while the peer lacks history this node pruned: it cannot catch
+    /// up from this log and must be joined by trees (the reason, with the
+    /// origin and seqs).
+    #[serde(default)]
+    pub behind_pruned: Option<String>,
 }
 
 /// What arrived from one peer.

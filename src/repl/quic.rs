@@ -381,6 +381,19 @@ async fn link(
         let _ = write_frame(&mut send, &Frame::Refused { reason: reason.clone() }).await;
         return Err(LinkError::Diverged(reason));
     }
+    // A peer that lacks history pruned here is never sent what follows it
+    // (it could not chain it): refused, and told to join by trees.
+    if let Some(b) = super::history::behind_pruned(&wal, &held.vector) {
+        mirror.update_out(i, |l| l.behind_pruned = Some(b.to_string()));
+        let _ = write_frame(&mut send, &Frame::Refused { reason: b.to_string() }).await;
+        return Err(b.into());
+    }
+    // What the peer holds now, not what it acknowledged on an earlier link
+    // (a peer restored from an older copy holds less): pruning reads it.
+    mirror.update_out(i, |l| {
+        l.behind_pruned = None;
+        l.acked = held.vector.iter().map(|(o, s)| (format!("{o:016x}"), *s)).collect();
+    });
     let mut engine = Dialer::new(window, own.0, &held.vector, wal.last_order(), resume.as_ref());
     wal.confirm(engine.confirmed()).map_err(|e| LinkError::Local(e.into()))?;
     mirror.update_out(i, |l| {

@@ -52,6 +52,12 @@ const SUMMARY: u8 = 4;
 /// answers with [`DIGESTS_ANSWER`]; an older node answers it with its log
 /// heads, and is then compared by whole nodes (family 0).
 const DIGESTS_KEY: &[u8] = b"resync digests?";
+/// A key of a heads read (family 2) answered with [`BASES_ANSWER`] and the
+/// node's log bases (`wal::Wal::bases`) as postcard `[(origin, seq, hash,
+/// hlc)]`; an older node answers it with its heads, which do not start
+/// with the marker.
+const BASES_KEY: &[u8] = b"resync bases?";
+const BASES_ANSWER: &[u8] = b"resync bases 1\n";
 const DIGESTS_ANSWER: &[u8] = b"resync digests 1";
 
 /// What a node needs to dial a peer for a resync.
@@ -376,6 +382,12 @@ fn answer(st: &Store, v: &impl ViewRead, family: u8, k: &[u8]) -> anyhow::Result
     Ok(match family {
         VIEWS => v.vget(k)?,
         HEADS if k == DIGESTS_KEY => Some(DIGESTS_ANSWER.to_vec()),
+        HEADS if k == BASES_KEY => {
+            let bases: Vec<(u64, u64, [u8; 32], u64)> = st.wal().bases().iter().map(|(o, b)| (o.0, b.seq, b.hash, b.hlc)).collect();
+            let mut v = BASES_ANSWER.to_vec();
+            v.extend(postcard::to_allocvec(&bases)?);
+            Some(v)
+        }
         HEADS => Some(postcard::to_allocvec(&heads(st))?),
         DIGEST | SUMMARY => {
             if k.first() != Some(&tk::PREFIX) {
@@ -1190,6 +1202,35 @@ async fn exchange(store: &Store, mirror: &Arc<Mirror>, dialer: &Dialer, req: &Re
     if req.repair && req.from_peer && walk.items.iter().all(|i| i.0.repaired) {
         let own = store.wal().local_origin().0;
         let marks: Vec<(u64, u64)> = peer_heads.into_iter().filter(|(o, _)| *o != own).collect();
+        // Where the peer's log is pruned past what this node holds, its
+        // entries after the base are all the mirror can send: this log
+        // takes the peer's base as its start (the joined views already
+        // hold what the pruned entries made), so they chain here.
+        let got = peer.read(HEADS, &[BASES_KEY.to_vec()]).await?;
+        if let Some(b) = got.first().and_then(|v| v.as_deref()).and_then(|v| v.strip_prefix(BASES_ANSWER)) {
+            let bases: Vec<(u64, u64, [u8; 32], u64)> = postcard::from_bytes(b).context("the peer's log bases do not decode")?;
+            for (origin, seq, hash, hlc) in bases {
+                if origin == own || store.wal().heads().get(wal::Origin(origin)) >= seq {
+                    continue;
+                }
+                let mark = marks.iter().find(|(o, _)| *o == origin).map_or(0, |(_, s)| *s);
+                if seq > mark {
+                    bail!(
+                        "the peer pruned origin {origin:016x} up to seq {seq} during the join, past the seq {mark} it held when \
+                         the join read its state; run the join again"
+                    );
+                }
+                let base = wal::Base {
+                    seq,
+                    hash,
+                    hlc,
+                    adopted: 0,
+                };
+                let w = store.wal().clone();
+                tokio::task::spawn_blocking(move || w.adopt_base(wal::Origin(origin), base)).await??;
+                tracing::info!(origin = %format!("{origin:016x}"), seq, "joined by trees: this log of the origin starts after the peer's base");
+            }
+        }
         store
             .run(move |txn, cfs| {
                 for (origin, seq) in &marks {

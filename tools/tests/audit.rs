@@ -81,3 +81,52 @@ fn broken_chain_is_reported_with_its_place() {
     let msg = format!("{err:#}");
     assert!(msg.contains(&origin.to_string()) && msg.contains("seq 10"), "{msg}");
 }
+
+#[test]
+fn a_pruned_store_audits_from_its_base_and_refuses_a_rebuild() {
+    let dir = tempfile::tempdir().unwrap();
+    let n = dir.path().join("n");
+    node(&n);
+    let origin = wal::Origin::from_node_id("audited");
+    let (head, views_before) = {
+        let store = Store::open(&n.join("db"), "audited", wal_options("audited")).unwrap();
+        let head = store.wal().heads().get(origin);
+        let limits = wal::PruneLimits {
+            upto: wal::VersionVector([(origin, head)].into_iter().collect()),
+            max_order: u64::MAX,
+            before_hlc: u64::MAX,
+            keep_entries: 5,
+            max_entries: 10_000,
+        };
+        let r = store.wal().prune(&limits).unwrap();
+        assert_eq!(r.pruned, head - 5);
+        let views = tandem::replay::views_digest(&store).unwrap();
+        store.close().unwrap();
+        (head, views)
+    };
+    let scratch = tempfile::tempdir().unwrap();
+    let r = tandem_tools::audit(&n, scratch.path()).unwrap();
+    assert!(r.ok, "{:?}", r.problems);
+    assert_eq!(r.entries_verified, 5, "the held chain is verified from the base");
+    assert_eq!(r.pruned.get(&origin.to_string()), Some(&(head - 5)));
+    assert_eq!(r.views_digest, views_before);
+    // A rebuild from a pruned log is refused before the views are touched.
+    let err = tandem_tools::rebuild(&n).unwrap_err();
+    assert!(format!("{err:#}").contains("the log is pruned"), "{err:#}");
+    {
+        let store = Store::open(&n.join("db"), "audited", wal_options("audited")).unwrap();
+        assert_eq!(tandem::replay::views_digest(&store).unwrap(), views_before);
+        // Damage to the first held entry is still found: it must follow the base.
+        let first = head - 4;
+        let mut v = store.wal().raw_entry(origin, first).unwrap().unwrap();
+        let last = v.len() - 1;
+        v[last] ^= 1;
+        store.wal().put_raw_entry(origin, first, &v).unwrap();
+        store.close().unwrap();
+    }
+    let mut o = wal_options("audited");
+    o.verify_tail = 1;
+    let store = Store::open(&n.join("db"), "audited", o).unwrap();
+    let err = store.wal().verify_all().unwrap_err().to_string();
+    assert!(err.contains(&format!("seq {}", head - 4)), "{err}");
+}

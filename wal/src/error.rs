@@ -46,6 +46,11 @@ pub enum WalError {
     /// origin. Opening it as this one would fork that origin's chain.
     #[error("this store was written by origin {stored}, not {given}; the node id must not change under a data directory")]
     WrongOrigin { stored: Origin, given: Origin },
+    /// The entry asked for was pruned: this node's log of that origin
+    /// starts after `base` (see `crate::prune`). Whoever needs it must be
+    /// repaired by merkle trees instead.
+    #[error("history pruned: {place} asked for, but this log holds that origin only after seq {base}")]
+    Pruned { place: Place, base: u64 },
     /// The log was closed.
     #[error("log is closed")]
     Closed,

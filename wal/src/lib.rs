@@ -12,10 +12,14 @@
 //!   into the batch of the entry that causes them.
 //! - [`segment`]: self-verifying files of a contiguous range of one origin.
 //! - `recovery`: what open checks (torn tail vs corruption).
+//! - [`prune`]: dropping the oldest entries of each origin behind a base
+//!   record, so the rest still verifies ([`Wal::prune`]).
 //!
 //! The byte-level format is in `docs/format.md`.
 
 pub mod error;
+#[cfg(feature = "store")]
+pub mod prune;
 pub mod record;
 #[cfg(feature = "store")]
 mod recovery;
@@ -27,6 +31,8 @@ pub mod store;
 pub mod writer;
 
 pub use error::{AppendError, Place, SegmentError, WalError};
+#[cfg(feature = "store")]
+pub use prune::{Base, Kept, PruneLimits, PruneReport};
 pub use record::{Entry, Hash, GENESIS};
 pub use seq::{Origin, VersionVector};
 #[cfg(feature = "store")]

@@ -2,6 +2,7 @@
 //! reads, verification and the tail notification.
 
 use crate::error::{AppendError, Place, WalError};
+use crate::prune::{self, Base, Kept, PruneLimits, PruneReport};
 use crate::record::{Entry, Hash, GENESIS};
 use crate::seq::{log_key, parse_log_key, Origin, VersionVector};
 use crate::writer::{self, Job, Txn};
@@ -17,8 +18,13 @@ use std::time::{Duration, Instant};
 /// Keys and values in key order, as scans return them.
 pub type KeyValues = Vec<(Vec<u8>, Vec<u8>)>;
 
-/// Version of the store layout, kept in the meta column family.
-pub const STORE_FORMAT: u32 = 1;
+/// Version of the store layout, kept in the meta column family. Format 2
+/// added the per-origin base records of pruning (`crate::prune`); a
+/// format-1 store (no base record: every log starts at seq 1) is read as
+/// is and marked format 2 at open.
+pub const STORE_FORMAT: u32 = 2;
+/// The previous layout, still opened (and upgraded in place).
+pub const STORE_FORMAT_V1: u32 = 1;
 
 pub(crate) const CF_LOG: u8 = 0;
 pub(crate) const CF_ORDER: u8 = 1;
@@ -166,6 +172,10 @@ pub struct RecoveryReport {
     pub verified: u64,
     /// Length of the apply order.
     pub order_len: u64,
+    /// Per origin with pruned history: where its held log starts.
+    pub bases: BTreeMap<Origin, Base>,
+    /// The store format found on disk, when open upgraded it.
+    pub upgraded_from: Option<u32>,
 }
 
 /// Counters of the log.
@@ -179,6 +189,7 @@ pub struct Stats {
     pub panics: AtomicU64,
     pub bulk_flushes: AtomicU64,
     pub bulk_bytes: AtomicU64,
+    pub pruned: AtomicU64,
 }
 
 /// A copy of [`Stats`] at one moment.
@@ -200,6 +211,9 @@ pub struct StatsSnapshot {
     pub bulk_flushes: u64,
     #[serde(default)]
     pub bulk_bytes: u64,
+    /// Entries pruned since open.
+    #[serde(default)]
+    pub pruned: u64,
 }
 
 type Hook = Box<dyn Fn(u64) + Send + Sync>;
@@ -235,6 +249,12 @@ pub(crate) struct Shared {
     local_origin: AtomicU64,
     pub(crate) opts: WalOptions,
     state: Mutex<Committed>,
+    /// Per origin with pruned history, its base (see `crate::prune`). Raised
+    /// before the batch that drops the entries is written, so a reader that
+    /// finds an entry gone always finds the base past it.
+    bases: Mutex<BTreeMap<Origin, Base>>,
+    /// One prune at a time.
+    prune_lock: Mutex<()>,
     tail: Condvar,
     poison: Mutex<Option<String>>,
     hooks: Mutex<Vec<Hook>>,
@@ -307,6 +327,12 @@ impl Shared {
             }
         }
         Ok(())
+    }
+
+    /// Where `origin`'s held log starts (the default base when nothing of
+    /// it was pruned).
+    pub(crate) fn base(&self, origin: Origin) -> Base {
+        self.bases.lock().expect("bases lock").get(&origin).copied().unwrap_or_default()
     }
 
     pub(crate) fn committed_head(&self, origin: Origin) -> Option<(u64, Hash)> {
@@ -562,6 +588,8 @@ impl Wal {
                 order_next: 1,
                 hlc_last: 0,
             }),
+            bases: Mutex::new(BTreeMap::new()),
+            prune_lock: Mutex::new(()),
             tail: Condvar::new(),
             poison: Mutex::new(None),
             hooks: Mutex::new(Vec::new()),
@@ -594,10 +622,21 @@ impl Wal {
             }
         }
         let report = crate::recovery::recover(&shared)?;
+        *shared.bases.lock().expect("bases lock") = report.bases.clone();
+        if let Some(old) = report.upgraded_from {
+            tracing::info!(from = old, to = STORE_FORMAT, "store format upgraded in place");
+        }
         {
             let mut s = shared.state.lock().expect("state lock");
             s.heads = report.heads.0.keys().map(|o| (*o, (0, GENESIS))).collect();
             for (o, seq) in &report.heads.0 {
+                let base = report.bases.get(o).copied().unwrap_or_default();
+                if base.seq == *seq && base.seq > 0 {
+                    // A base taken from a peer, nothing after it yet.
+                    s.heads.insert(*o, (*seq, base.hash));
+                    s.hlc_last = s.hlc_last.max(base.hlc);
+                    continue;
+                }
                 let e = read_entry(&shared, *o, *seq)?.ok_or_else(|| WalError::Corrupt {
                     place: Place { origin: *o, seq: *seq },
                     reason: "head entry missing".into(),
@@ -870,10 +909,16 @@ impl Wal {
                 key: format!("order {n}"),
                 reason: "value is not a log key".into(),
             })?;
-            let e = read_entry(&self.shared, o, s)?.ok_or_else(|| WalError::Corrupt {
-                place: Place { origin: o, seq: s },
-                reason: format!("apply order position {n} names a missing entry"),
-            })?;
+            let Some(e) = read_entry(&self.shared, o, s)? else {
+                // Pruned after this walk began (its position goes with it).
+                if s <= self.shared.base(o).seq {
+                    continue;
+                }
+                return Err(WalError::Corrupt {
+                    place: Place { origin: o, seq: s },
+                    reason: format!("apply order position {n} names a missing entry"),
+                });
+            };
             out.push((n, e));
         }
         Ok(out)
@@ -923,18 +968,225 @@ impl Wal {
     }
 
     /// Verify the chain of `origin` over `from..=to` (clamped to the head).
-    /// Returns the number of entries checked.
+    /// Returns the number of entries checked. Asking for pruned history is
+    /// [`WalError::Pruned`]; [`Wal::verify_all`] starts at each base.
     pub fn verify(&self, origin: Origin, from: u64, to: u64) -> Result<u64, WalError> {
+        let base = self.shared.base(origin);
+        if from <= base.seq && to > 0 {
+            return Err(prune::pruned(origin, from.max(1), base.seq));
+        }
         crate::recovery::verify_range(&self.shared, origin, from.max(1), to)
     }
 
-    /// Verify every origin's whole chain.
+    /// Verify every origin's whole held chain: from its base (the genesis
+    /// hash, or the hash of the last pruned entry) to its head.
     pub fn verify_all(&self) -> Result<u64, WalError> {
         let mut n = 0;
         for (o, s) in self.heads().0 {
-            n += self.verify(o, 1, s)?;
+            n += self.verify(o, self.shared.base(o).seq + 1, s)?;
         }
         Ok(n)
+    }
+
+    /// Where `origin`'s held log starts: the last pruned entry (seq 0 and
+    /// the genesis hash when nothing was pruned).
+    pub fn base(&self, origin: Origin) -> Base {
+        self.shared.base(origin)
+    }
+
+    /// Every origin with pruned history and its base.
+    pub fn bases(&self) -> BTreeMap<Origin, Base> {
+        self.shared.bases.lock().expect("bases lock").clone()
+    }
+
+    /// `{origin: base seq}` for every origin with pruned history: a peer
+    /// holding less of an origin than this cannot be caught up from here.
+    pub fn pruned_vector(&self) -> VersionVector {
+        VersionVector(self.bases().iter().map(|(o, b)| (*o, b.seq)).collect())
+    }
+
+    /// Drop the oldest entries that `limits` allow, walking the apply order
+    /// from its start (see `crate::prune`): at most `limits.max_entries`,
+    /// in one synced batch with the new base records. Views and bodies are
+    /// not touched.
+    pub fn prune(&self, limits: &PruneLimits) -> Result<PruneReport, WalError> {
+        if let Some(p) = self.shared.poisoned() {
+            return Err(WalError::Poisoned(p));
+        }
+        let _one = self.shared.prune_lock.lock().expect("prune lock");
+        let heads: BTreeMap<Origin, u64> = self.heads().0;
+        let mut report = PruneReport::default();
+        let mut drops: Vec<prune::Drop> = Vec::new();
+        let mut stale: Vec<u64> = Vec::new();
+        let mut next_seq: BTreeMap<Origin, u64> = BTreeMap::new();
+        let sh = &self.shared;
+        // Origins with an entry held (one whose head is a base taken from a
+        // peer has none, and no position to find).
+        let held = heads.iter().filter(|(o, s)| **s > sh.base(**o).seq).count();
+        for item in sh.db.iterator_cf(sh.handle(CF_ORDER), IteratorMode::Start) {
+            if report.kept.len() >= held {
+                break;
+            }
+            let (k, v) = item?;
+            let pos = u64::from_be_bytes(k.as_ref().try_into().map_err(|_| WalError::CorruptMeta {
+                key: "order".into(),
+                reason: "key is not 8 bytes".into(),
+            })?);
+            let (o, s) = prune::order_value(pos, &v)?;
+            if report.kept.contains_key(&o) {
+                continue;
+            }
+            let base = sh.base(o);
+            let expect = *next_seq.entry(o).or_insert(base.seq + 1);
+            if s < expect {
+                // A position left behind by an earlier prune.
+                stale.push(pos);
+                continue;
+            }
+            if s != expect {
+                return Err(WalError::Corrupt {
+                    place: Place { origin: o, seq: expect },
+                    reason: format!("apply order position {pos} names seq {s} before seq {expect}"),
+                });
+            }
+            let head = heads.get(&o).copied().unwrap_or(0);
+            if drops.len() >= limits.max_entries.max(1) {
+                report.kept.insert(o, (s, Kept::Batch));
+                break;
+            }
+            let e = read_entry(sh, o, s)?.ok_or_else(|| WalError::Corrupt {
+                place: Place { origin: o, seq: s },
+                reason: format!("apply order position {pos} names a missing entry"),
+            })?;
+            if let Some(why) = prune::keeps(limits, pos, s, e.hlc, head, o) {
+                report.kept.insert(o, (s, why));
+                continue;
+            }
+            next_seq.insert(o, s + 1);
+            drops.push(prune::Drop {
+                pos,
+                origin: o,
+                seq: s,
+                hash: e.hash,
+                hlc: e.hlc,
+            });
+        }
+        let mut new_bases: BTreeMap<Origin, Base> = BTreeMap::new();
+        for d in &drops {
+            new_bases.insert(
+                d.origin,
+                Base {
+                    seq: d.seq,
+                    hash: d.hash,
+                    hlc: d.hlc,
+                    adopted: sh.base(d.origin).adopted,
+                },
+            );
+        }
+        if drops.is_empty() && stale.is_empty() {
+            report.bases = self.bases();
+            return Ok(report);
+        }
+        let mut b = WriteBatch::default();
+        for d in &drops {
+            b.delete_cf(sh.handle(CF_LOG), log_key(d.origin, d.seq));
+            b.delete_cf(sh.handle(CF_ORDER), d.pos.to_be_bytes());
+        }
+        for pos in &stale {
+            b.delete_cf(sh.handle(CF_ORDER), pos.to_be_bytes());
+        }
+        for (o, base) in &new_bases {
+            b.put_cf(sh.handle(CF_META), prune::meta_base_key(*o), base.encode());
+        }
+        // Readers that find an entry gone must find the base past it.
+        sh.bases.lock().expect("bases lock").extend(new_bases.iter().map(|(o, b)| (*o, *b)));
+        let mut wo = WriteOptions::default();
+        wo.set_sync(sh.opts.sync);
+        if let Err(e) = sh.db.write_opt(b, &wo) {
+            let msg = e.to_string();
+            sh.poison(msg.clone());
+            tracing::error!(error = %msg, "prune write failed; the log is poisoned until reopened");
+            return Err(WalError::Poisoned(msg));
+        }
+        sh.stats.pruned.fetch_add(drops.len() as u64, Ordering::Relaxed);
+        // Compact the dropped front away, so later walks and seeks do not
+        // step over its tombstones.
+        if let Some(last) = drops.iter().map(|d| d.pos).chain(stale.iter().copied()).max() {
+            sh.db
+                .compact_range_cf(sh.handle(CF_ORDER), None::<&[u8]>, Some(&(last + 1).to_be_bytes()[..]));
+        }
+        for (o, base) in &new_bases {
+            sh.db
+                .compact_range_cf(sh.handle(CF_LOG), Some(&log_key(*o, 0)[..]), Some(&prune::first_key(*o, base)[..]));
+        }
+        report.pruned = drops.len() as u64;
+        report.stale_positions = stale.len() as u64;
+        report.bases = self.bases();
+        Ok(report)
+    }
+
+    /// Take a peer's base record for `origin` as this log's start: for a
+    /// node joined by trees (its views already hold the state the peer's
+    /// pruned entries made) whose log of `origin` is behind the peer's base,
+    /// so that the peer's entries after the base chain here. The entries
+    /// held of `origin` are dropped (their apply-order positions are left
+    /// and skipped); its head becomes the base. Returns false, changing
+    /// nothing, when this log already holds `origin` up to the base.
+    /// Refused for this node's own origin.
+    pub fn adopt_base(&self, origin: Origin, base: Base) -> Result<bool, WalError> {
+        if origin == self.local_origin() {
+            return Err(WalError::Discontinuous {
+                place: Place { origin, seq: base.seq },
+                reason: "a node never takes a base of its own origin from a peer".into(),
+            });
+        }
+        let _one = self.shared.prune_lock.lock().expect("prune lock");
+        let held = self.shared.base(origin);
+        if self.heads().get(origin) >= base.seq {
+            return Ok(false);
+        }
+        // Raised first, as a prune does: a reader that finds the held
+        // entries gone finds the base past them.
+        let raised = Base {
+            adopted: held.adopted,
+            ..base
+        };
+        self.shared.bases.lock().expect("bases lock").insert(origin, raised);
+        let r = self.transact(move |t| t.adopt_base(origin, held, base)).map_err(|e| match e {
+            AppendError::Wal(w) | AppendError::Rejected(w) => w,
+        });
+        let mut bases = self.shared.bases.lock().expect("bases lock");
+        match &r {
+            Ok(Some(b)) => {
+                bases.insert(origin, *b);
+            }
+            _ if held.seq == 0 => {
+                bases.remove(&origin);
+            }
+            _ => {
+                bases.insert(origin, held);
+            }
+        }
+        Ok(r?.is_some())
+    }
+
+    /// Write the store's format record as `format` (compatibility tests:
+    /// a format-1 store is one without base records and this record at 1).
+    #[cfg(feature = "failpoints")]
+    pub fn set_format_for_test(&self, format: u32) -> Result<(), WalError> {
+        let mut wo = WriteOptions::default();
+        wo.set_sync(true);
+        let mut b = WriteBatch::default();
+        b.put_cf(self.shared.handle(CF_META), META_FORMAT, format.to_be_bytes());
+        self.shared.db.write_opt(b, &wo)?;
+        Ok(())
+    }
+
+    /// The store format recorded on disk.
+    pub fn stored_format(&self) -> Result<Option<u32>, WalError> {
+        Ok(meta_get(&self.shared, META_FORMAT)?
+            .and_then(|v| <[u8; 4]>::try_from(v.as_slice()).ok())
+            .map(u32::from_be_bytes))
     }
 
     /// Counters.
@@ -949,6 +1201,7 @@ impl Wal {
             panics: s.panics.load(Ordering::Relaxed),
             bulk_flushes: s.bulk_flushes.load(Ordering::Relaxed),
             bulk_bytes: s.bulk_bytes.load(Ordering::Relaxed),
+            pruned: s.pruned.load(Ordering::Relaxed),
         }
     }
 
@@ -1070,6 +1323,10 @@ pub(crate) fn read_range(shared: &Shared, origin: Origin, from: u64, to: u64, ma
     if from > to {
         return Ok(out);
     }
+    let base = shared.base(origin).seq;
+    if from <= base {
+        return Err(prune::pruned(origin, from, base));
+    }
     let start = log_key(origin, from);
     let mut expect = from;
     for item in shared
@@ -1099,6 +1356,11 @@ pub(crate) fn read_range(shared: &Shared, origin: Origin, from: u64, to: u64, ma
             break;
         }
         if s != expect {
+            // Pruned while this read ran (the base is raised first).
+            let base = shared.base(origin).seq;
+            if expect <= base {
+                return Err(prune::pruned(origin, expect, base));
+            }
             return Err(WalError::Corrupt {
                 place: Place { origin, seq: expect },
                 reason: format!("gap: next stored seq is {s}"),
@@ -1114,8 +1376,9 @@ pub(crate) fn read_range(shared: &Shared, origin: Origin, from: u64, to: u64, ma
     Ok(out)
 }
 
-pub(crate) fn iter_origins(shared: &Shared) -> Result<Vec<(Origin, u64)>, WalError> {
-    // (origin, last stored seq) for every origin present in the log CF.
+pub(crate) fn iter_origins(shared: &Shared) -> Result<Vec<(Origin, u64, u64)>, WalError> {
+    // (origin, first stored seq, last stored seq) for every origin present
+    // in the log CF.
     let mut out = Vec::new();
     let h = shared.handle(CF_LOG);
     let mut next: Option<u64> = Some(0);
@@ -1124,7 +1387,7 @@ pub(crate) fn iter_origins(shared: &Shared) -> Result<Vec<(Origin, u64)>, WalErr
         let mut it = shared.db.iterator_cf(h, IteratorMode::From(&start, Direction::Forward));
         let Some(item) = it.next() else { break };
         let (k, _) = item?;
-        let Some((origin, _)) = parse_log_key(&k) else {
+        let Some((origin, first)) = parse_log_key(&k) else {
             return Err(WalError::CorruptMeta {
                 key: "log".into(),
                 reason: "malformed log key".into(),
@@ -1139,7 +1402,7 @@ pub(crate) fn iter_origins(shared: &Shared) -> Result<Vec<(Origin, u64)>, WalErr
             }
             None => 0,
         };
-        out.push((origin, last));
+        out.push((origin, first, last));
         next = origin.0.checked_add(1);
     }
     Ok(out)
@@ -1147,6 +1410,21 @@ pub(crate) fn iter_origins(shared: &Shared) -> Result<Vec<(Origin, u64)>, WalErr
 
 pub(crate) fn meta_get(shared: &Shared, key: &[u8]) -> Result<Option<Vec<u8>>, WalError> {
     Ok(shared.db.get_cf(shared.handle(CF_META), key)?)
+}
+
+pub(crate) fn meta_bases(shared: &Shared) -> Result<BTreeMap<Origin, Base>, WalError> {
+    let mut out = BTreeMap::new();
+    for (k, v) in shared.scan_prefix_raw(Cf(CF_META), prune::META_BASE_PREFIX)? {
+        if k.len() != 12 {
+            return Err(WalError::CorruptMeta {
+                key: format!("{:?}", k),
+                reason: "base record key has the wrong length".into(),
+            });
+        }
+        let o = Origin(u64::from_be_bytes(k[4..12].try_into().expect("8 bytes")));
+        out.insert(o, Base::decode(o, &v)?);
+    }
+    Ok(out)
 }
 
 pub(crate) fn meta_heads(shared: &Shared) -> Result<BTreeMap<Origin, (u64, Hash)>, WalError> {

@@ -257,6 +257,18 @@ impl<'a> Txn<'a> {
             });
         }
         if entry.seq <= seq {
+            let base = self.shared.base(entry.origin);
+            if entry.seq <= base.seq && self.entry_at(entry.origin, entry.seq)?.is_none() {
+                // Pruned here: the base hash is the only one left to compare.
+                if entry.seq == base.seq && entry.hash != base.hash {
+                    return Err(WalError::Fork {
+                        place,
+                        held: short(&base.hash),
+                        offered: short(&entry.hash),
+                    });
+                }
+                return Ok(None);
+            }
             let held = self.entry_at(entry.origin, entry.seq)?.ok_or_else(|| WalError::Corrupt {
                 place: place.clone(),
                 reason: format!("missing below the head (seq {seq})"),
@@ -305,6 +317,12 @@ impl<'a> Txn<'a> {
                 place: Place { origin: old, seq: from },
                 reason: format!("cannot move entries from seq {from}: the log holds up to seq {head}"),
             });
+        }
+        // Moving every held entry of a pruned origin would leave it a head
+        // with no entry behind its base: refused, like pruned history.
+        let base = self.shared.base(old);
+        if base.seq > 0 && from <= base.seq + 1 {
+            return Err(crate::prune::pruned(old, from, base.seq));
         }
         let prev = if from == 1 {
             GENESIS
@@ -371,6 +389,35 @@ impl<'a> Txn<'a> {
         self.origin = Some(new);
         tracing::warn!(%old, %new, from, moved = k, "this node's own log went backwards: its entries from the fork on move to a new origin");
         Ok(Rehomed { old, new, from, moved: k })
+    }
+
+    /// See [`crate::Wal::adopt_base`]: `held` is the origin's current base.
+    /// Returns the base record written, or `None` when nothing changed.
+    pub(crate) fn adopt_base(
+        &mut self,
+        origin: Origin,
+        held: crate::prune::Base,
+        base: crate::prune::Base,
+    ) -> Result<Option<crate::prune::Base>, WalError> {
+        let (head, _) = self.head(origin);
+        if head >= base.seq {
+            return Ok(None);
+        }
+        for s in held.seq + 1..=head {
+            self.scratch.insert((CF_LOG, log_key(origin, s).to_vec()), None);
+        }
+        let new = crate::prune::Base {
+            adopted: held.adopted + (base.seq - head),
+            ..base
+        };
+        self.scratch
+            .insert((CF_META, crate::prune::meta_base_key(origin).to_vec()), Some(new.encode().to_vec()));
+        let mut hv = base.seq.to_be_bytes().to_vec();
+        hv.extend_from_slice(&base.hash);
+        self.scratch.insert((CF_META, meta_head_key(origin).to_vec()), Some(hv));
+        self.heads.insert(origin, (base.seq, base.hash));
+        self.hlc_last = self.hlc_last.max(base.hlc);
+        Ok(Some(new))
     }
 
     /// Apply-order positions of `origin`'s entries `from..=to`, found from
