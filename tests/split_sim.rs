@@ -116,8 +116,8 @@ fn wire(f: &Frame) -> Frame {
     Frame::decode(&bytes[4..]).unwrap()
 }
 
-fn heads(store: &Store) -> Vec<(u64, u64)> {
-    store.wal().heads().0.iter().map(|(o, s)| (o.0, *s)).collect()
+fn heads(store: &Store) -> tandem::repl::engine::Vector {
+    tandem::repl::vector_of(&store.wal().heads())
 }
 
 /// Node `i` applies what `j` holds that `i` lacks, over the link `j` → `i`

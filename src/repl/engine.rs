@@ -15,6 +15,7 @@
 //!   the query budget, batches to the writer in order and under a bound,
 //!   acknowledgements once durable.
 //! - [`backoff`]: when a failed outgoing link tries again.
+//! - [`vector`]: the version vector every part of the link speaks.
 //! - [`authority`]: whether a slave reaches its master (UID authority).
 
 pub mod authority;
@@ -23,5 +24,7 @@ pub mod dialer;
 pub mod handshake;
 pub mod receiver;
 pub mod sender;
+pub mod vector;
 
 pub use sender::{Command, Item, Resume, Sender, Window};
+pub use vector::Vector;

@@ -2,6 +2,7 @@
 //! postcard encoding of [`Frame`] with a leading protocol version byte.
 //! Decoding is bounded and never panics; errors say where they failed.
 
+use super::engine::Vector;
 use serde::{Deserialize, Serialize};
 
 /// Protocol version spoken by this build (2: body queries; 3: SPAKE2
@@ -67,10 +68,7 @@ pub enum Frame {
     /// the sender's own origin it is what the receiver was last seen to
     /// hold with the same hashes. `hashes`: the chain hash at each seq of
     /// `vector` (origins at seq 0 have none), so the sender can tell a fork.
-    Vector {
-        vector: Vec<(u64, u64)>,
-        hashes: Vec<(u64, [u8; 32])>,
-    },
+    Vector { vector: Vector, hashes: Vec<(u64, [u8; 32])> },
     /// Entries in the sender's apply order, with the bodies they reference.
     Batch {
         id: u64,
@@ -78,7 +76,7 @@ pub enum Frame {
         blobs: Vec<WireBlob>,
     },
     /// The receiver made batch `id` durable; its vector now.
-    Ack { id: u64, vector: Vec<(u64, u64)> },
+    Ack { id: u64, vector: Vector },
     /// The peer refuses to go on.
     Refused { reason: String },
     /// Sender to receiver: which of these bodies do you hold? Asked for

@@ -18,7 +18,7 @@ use wal::{Origin, Wal, WalError};
 /// What a receiver holds: `{origin: seq}` and the chain hash at each seq.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Held {
-    pub vector: Vec<(u64, u64)>,
+    pub vector: super::engine::Vector,
     pub hashes: Vec<(u64, [u8; 32])>,
 }
 
@@ -29,7 +29,7 @@ pub fn advertised(wal: &Wal) -> Result<Held, WalError> {
     let mut held = Held::default();
     for (o, s) in wal.heads().0 {
         let s = if o == own { s.min(confirmed) } else { s };
-        held.vector.push((o.0, s));
+        held.vector.raise(o.0, s);
         if s > 0 {
             let base = wal.base(o);
             let hash = if s == base.seq {
@@ -65,7 +65,7 @@ pub enum Divergence {
 pub fn check(wal: &Wal, held: &Held) -> Result<Result<(), Divergence>, WalError> {
     let own = wal.local_origin();
     let heads = wal.heads();
-    for &(o, theirs) in &held.vector {
+    for (o, theirs) in held.vector.iter() {
         let origin = Origin(o);
         let ours = heads.get(origin);
         if origin == own && theirs > ours {
@@ -109,9 +109,9 @@ pub struct BehindPruned {
 }
 
 /// The first origin the receiver holds less of than this node pruned.
-pub fn behind_pruned(wal: &Wal, vector: &[(u64, u64)]) -> Option<BehindPruned> {
+pub fn behind_pruned(wal: &Wal, vector: &super::engine::Vector) -> Option<BehindPruned> {
     wal.bases().into_iter().find_map(|(origin, b)| {
-        let theirs = vector.iter().find(|(o, _)| *o == origin.0).map_or(0, |(_, s)| *s);
+        let theirs = vector.get(origin.0);
         (theirs < b.seq).then_some(BehindPruned {
             origin,
             theirs,
@@ -147,17 +147,17 @@ mod tests {
         .unwrap();
         // B advertises what it holds of A; A has confirmed nothing of it yet.
         let held = advertised(&b).unwrap();
-        assert_eq!(held.vector, vec![(oa.0, 3)]);
+        assert_eq!(held.vector, super::super::engine::Vector::from([(oa.0, 3)]));
         assert_eq!(check(&a, &held).unwrap(), Ok(()));
         // A's own origin as B advertises it to A: capped by A's confirmed mark.
-        assert_eq!(advertised(&a).unwrap().vector, vec![(oa.0, 0)]);
+        assert_eq!(advertised(&a).unwrap().vector, super::super::engine::Vector::from([(oa.0, 0)]));
         a.confirm(2).unwrap();
         let own = advertised(&a).unwrap();
-        assert_eq!(own.vector, vec![(oa.0, 2)]);
+        assert_eq!(own.vector, super::super::engine::Vector::from([(oa.0, 2)]));
         assert_eq!(own.hashes, vec![(oa.0, a.entry(oa, 2).unwrap().unwrap().hash)]);
         // More of A's origin than A holds: A's log went backwards.
         let more = Held {
-            vector: vec![(oa.0, 5)],
+            vector: super::super::engine::Vector::from([(oa.0, 5)]),
             hashes: vec![(oa.0, [7; 32])],
         };
         assert_eq!(
@@ -170,7 +170,7 @@ mod tests {
         );
         // Another hash at a seq A holds: a fork, for any origin.
         let other = Held {
-            vector: vec![(oa.0, 2)],
+            vector: super::super::engine::Vector::from([(oa.0, 2)]),
             hashes: vec![(oa.0, [7; 32])],
         };
         assert_eq!(check(&a, &other).unwrap(), Err(Divergence::Fork { origin: oa, seq: 2 }));

@@ -34,6 +34,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+/// The link's vector of the log's heads (or any of its vectors).
+pub fn vector_of(v: &wal::VersionVector) -> engine::Vector {
+    v.0.iter().map(|(o, s)| (o.0, *s)).collect()
+}
+
 pub fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)

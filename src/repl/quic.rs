@@ -290,8 +290,8 @@ async fn dial_loop(
     }
 }
 
-fn to_vec(v: &wal::VersionVector) -> Vec<(u64, u64)> {
-    v.0.iter().map(|(o, s)| (o.0, *s)).collect()
+fn to_vec(v: &wal::VersionVector) -> engine::Vector {
+    super::vector_of(v)
 }
 
 /// Fresh starts of one connection attempt that a peer's authenticated
@@ -392,7 +392,7 @@ async fn link(
     // (a peer restored from an older copy holds less): pruning reads it.
     mirror.update_out(i, |l| {
         l.behind_pruned = None;
-        l.acked = held.vector.iter().map(|(o, s)| (format!("{o:016x}"), *s)).collect();
+        l.acked = held.vector.iter().map(|(o, s)| (format!("{o:016x}"), s)).collect();
     });
     let mut engine = Dialer::new(window, own.0, &held.vector, wal.last_order(), resume.as_ref());
     wal.confirm(engine.confirmed()).map_err(|e| LinkError::Local(e.into()))?;
@@ -554,7 +554,7 @@ async fn link(
                 if queue == 0 {
                     l.caught_up_ms = now_ms();
                 }
-                l.acked = engine.acked().iter().map(|(o, s)| (format!("{o:016x}"), *s)).collect();
+                l.acked = engine.acked().iter().map(|(o, s)| (format!("{o:016x}"), s)).collect();
             });
             mirror.acked.notify_waiters();
             tokio::select! {

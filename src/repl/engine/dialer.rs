@@ -11,6 +11,7 @@
 //! ([`choose_bodies`], [`answered`]).
 
 use super::sender::{Command, Item, Resume, Sender, Window};
+use super::vector::Vector;
 use crate::repl::error::LinkError;
 use crate::repl::frame::Frame;
 use std::collections::{BTreeMap, HashSet};
@@ -65,13 +66,13 @@ impl Dialer {
     /// node's history by the driver), this node's apply order ending at
     /// `local_last`, reading it where the last link to this peer left off
     /// (`resume`) if the peer still holds what it held then.
-    pub fn new(window: Window, own_origin: u64, vector: &[(u64, u64)], local_last: u64, resume: Option<&Resume>) -> Dialer {
+    pub fn new(window: Window, own_origin: u64, vector: &Vector, local_last: u64, resume: Option<&Resume>) -> Dialer {
         let mut sender = Sender::new(window);
         sender.start_at(vector, local_last, resume);
         Dialer {
             sender,
             own_origin,
-            confirmed: vector.iter().find(|(o, _)| *o == own_origin).map_or(0, |(_, s)| *s),
+            confirmed: vector.get(own_origin),
             sent_bodies: HashSet::new(),
             next_query: 1,
         }
@@ -149,12 +150,12 @@ impl Dialer {
         match frame {
             Frame::Ack { id, vector } => {
                 self.sender.ack(id, &vector);
-                match vector.iter().find(|(o, _)| *o == self.own_origin) {
-                    Some((_, s)) if *s > self.confirmed => {
-                        self.confirmed = *s;
-                        Ok(Some(*s))
-                    }
-                    _ => Ok(None),
+                let s = vector.get(self.own_origin);
+                if s > self.confirmed {
+                    self.confirmed = s;
+                    Ok(Some(s))
+                } else {
+                    Ok(None)
                 }
             }
             Frame::Held { .. } => Ok(None),
@@ -172,15 +173,11 @@ impl Dialer {
     }
 
     /// Entries the peer lacks, by this node's `heads`.
-    pub fn queue(&self, heads: &[(u64, u64)]) -> u64 {
-        let acked = self.sender.acked();
-        heads
-            .iter()
-            .map(|(o, s)| s.saturating_sub(acked.get(o).copied().unwrap_or(0)))
-            .sum()
+    pub fn queue(&self, heads: &Vector) -> u64 {
+        self.sender.acked().behind(heads)
     }
 
-    pub fn acked(&self) -> &BTreeMap<u64, u64> {
+    pub fn acked(&self) -> &Vector {
         self.sender.acked()
     }
 
@@ -249,7 +246,7 @@ mod tests {
 
     #[test]
     fn a_body_travels_once_per_link_and_its_references_are_counted() {
-        let mut d = Dialer::new(Window::default(), 1, &[], 4, None);
+        let mut d = Dialer::new(Window::default(), 1, &Vector::default(), 4, None);
         assert_eq!(d.poll(), Some((1, Window::default().entries)));
         // One delivery to three users: one body, three references.
         let builds = d.read(&[e(1, 1, 1, Some(7)), e(2, 1, 2, Some(7)), e(3, 1, 3, Some(7)), e(4, 1, 4, None)]);
@@ -269,12 +266,12 @@ mod tests {
 
     #[test]
     fn acknowledgements_confirm_only_the_own_origin_and_only_forward() {
-        let mut d = Dialer::new(Window::default(), 5, &[(5, 3), (6, 10)], 0, None);
+        let mut d = Dialer::new(Window::default(), 5, &Vector::from([(5, 3), (6, 10)]), 0, None);
         assert_eq!(d.confirmed(), 3);
         assert_eq!(
             d.frame(Frame::Ack {
                 id: 1,
-                vector: vec![(6, 20)]
+                vector: [(6, 20)].into()
             })
             .unwrap(),
             None
@@ -282,7 +279,7 @@ mod tests {
         assert_eq!(
             d.frame(Frame::Ack {
                 id: 2,
-                vector: vec![(5, 9)]
+                vector: [(5, 9)].into()
             })
             .unwrap(),
             Some(9)
@@ -290,19 +287,19 @@ mod tests {
         assert_eq!(
             d.frame(Frame::Ack {
                 id: 3,
-                vector: vec![(5, 4)]
+                vector: [(5, 4)].into()
             })
             .unwrap(),
             None
         );
         assert_eq!(d.confirmed(), 9);
-        assert_eq!(d.queue(&[(5, 12), (6, 20), (8, 2)]), 5);
+        assert_eq!(d.queue(&[(5, 12), (6, 20), (8, 2)].into()), 5);
         assert_eq!(d.frame(Frame::Held { id: 9, held: vec![] }).unwrap(), None);
         let e = d.frame(Frame::Refused { reason: "no\nway".into() }).unwrap_err();
         assert!(e.is_refusal() && e.to_string() == "refused by the peer: no way", "{e}");
         let e = d
             .frame(Frame::Vector {
-                vector: vec![],
+                vector: Vector::default(),
                 hashes: vec![],
             })
             .unwrap_err();

@@ -16,6 +16,7 @@
 //! the TLS connection, moves the frames and carries out what a refusal
 //! needs (telling the peer, closing, counting).
 
+use super::vector::Vector;
 use crate::repl::error::LinkError;
 use crate::repl::frame::Frame;
 use spake2::{Ed25519Group, Identity, Password, Spake2};
@@ -188,7 +189,7 @@ pub fn opening(f: Frame, own_origin: u64) -> Result<Opening, LinkError> {
 }
 
 /// What the acceptor holds: (origin, seq) pairs and the chain hash at each.
-pub type Held = (Vec<(u64, u64)>, Vec<(u64, [u8; 32])>);
+pub type Held = (Vector, Vec<(u64, [u8; 32])>);
 
 /// The dialer's reading of the acceptor's answer to `Hello`: the vector
 /// and chain hashes it holds.

@@ -386,7 +386,16 @@ mod tests {
             Err(LinkError::BatchTooLarge { id: 2, .. })
         ));
         // Frames of the dialer's side do not fit here.
-        let e = r.arrive(Frame::Ack { id: 1, vector: vec![] }, || 0, false).unwrap_err();
+        let e = r
+            .arrive(
+                Frame::Ack {
+                    id: 1,
+                    vector: Default::default(),
+                },
+                || 0,
+                false,
+            )
+            .unwrap_err();
         assert_eq!(e.to_string(), "expected batch or query, got ack");
     }
 

@@ -8,7 +8,8 @@
 //! messages delivered into it), for every origin: a three-way mirror relays.
 //! Batches are pipelined under a window, never stop-and-wait.
 
-use std::collections::{BTreeMap, VecDeque};
+use super::vector::Vector;
+use std::collections::VecDeque;
 
 /// An entry as the engine sees it: its place in the sender's apply order,
 /// its origin and seq, and its size on the wire.
@@ -56,17 +57,15 @@ impl Default for Window {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Resume {
     pub order: u64,
-    pub vector: Vec<(u64, u64)>,
+    pub vector: Vector,
 }
 
 impl Resume {
     /// Whether a peer that now announces `peer` still holds all of it: a
     /// peer restored from an older copy does not, and is read for from
     /// the beginning.
-    pub fn fits(&self, peer: &[(u64, u64)]) -> bool {
-        self.vector
-            .iter()
-            .all(|(o, s)| *s == 0 || peer.iter().any(|(po, ps)| po == o && ps >= s))
+    pub fn fits(&self, peer: &Vector) -> bool {
+        peer.covers(&self.vector)
     }
 }
 
@@ -75,9 +74,9 @@ impl Resume {
 pub struct Sender {
     window: Window,
     /// What the peer holds durably, per origin.
-    acked: BTreeMap<u64, u64>,
+    acked: Vector,
     /// What has been sent (acked or not), per origin.
-    sent: BTreeMap<u64, u64>,
+    sent: Vector,
     /// Next apply-order position to look at.
     next_order: u64,
     /// Last position of this node's apply order known to exist.
@@ -95,8 +94,8 @@ impl Sender {
     pub fn new(window: Window) -> Sender {
         Sender {
             window,
-            acked: BTreeMap::new(),
-            sent: BTreeMap::new(),
+            acked: Vector::default(),
+            sent: Vector::default(),
             next_order: 1,
             local_last: 0,
             reading: false,
@@ -107,15 +106,15 @@ impl Sender {
     }
 
     /// The peer's durable vector at the start of the link.
-    pub fn start(&mut self, peer: &[(u64, u64)], local_last: u64) {
+    pub fn start(&mut self, peer: &Vector, local_last: u64) {
         self.start_at(peer, local_last, None);
     }
 
     /// The same, resuming where an earlier link to this peer left off if
     /// the peer still holds what it held then ([`Resume::fits`]); else
     /// from the beginning of the apply order.
-    pub fn start_at(&mut self, peer: &[(u64, u64)], local_last: u64, resume: Option<&Resume>) {
-        self.acked = peer.iter().copied().collect();
+    pub fn start_at(&mut self, peer: &Vector, local_last: u64, resume: Option<&Resume>) {
+        self.acked = peer.clone();
         self.sent = self.acked.clone();
         self.local_last = local_last;
         self.next_order = resume.filter(|r| r.fits(peer)).map_or(1, |r| r.order.max(1));
@@ -131,7 +130,7 @@ impl Sender {
     pub fn resume(&self) -> Resume {
         Resume {
             order: self.inflight.front().map_or(self.next_order, |b| b.3),
-            vector: self.acked.iter().map(|(o, s)| (*o, *s)).collect(),
+            vector: self.acked.clone(),
         }
     }
 
@@ -141,12 +140,9 @@ impl Sender {
     }
 
     /// The peer acknowledged batch `id` with its vector.
-    pub fn ack(&mut self, id: u64, vector: &[(u64, u64)]) {
+    pub fn ack(&mut self, id: u64, vector: &Vector) {
         self.inflight.retain(|b| b.0 != id);
-        for (o, s) in vector {
-            let a = self.acked.entry(*o).or_insert(0);
-            *a = (*a).max(*s);
-        }
+        self.acked.merge(vector);
     }
 
     /// Entries the driver read from the apply order (in order). Returns the
@@ -161,7 +157,7 @@ impl Sender {
                 continue;
             }
             self.next_order = it.order + 1;
-            let have = self.sent.get(&it.origin).copied().unwrap_or(0);
+            let have = self.sent.get(it.origin);
             if it.seq <= have {
                 continue; // the peer has it (or it is on its way)
             }
@@ -169,7 +165,7 @@ impl Sender {
                 out.push(self.batch(std::mem::take(&mut batch), bytes));
                 bytes = 0;
             }
-            self.sent.insert(it.origin, it.seq);
+            self.sent.raise(it.origin, it.seq);
             batch.push(it.order);
             bytes += it.bytes;
         }
@@ -214,7 +210,7 @@ impl Sender {
     }
 
     /// The peer's acknowledged vector.
-    pub fn acked(&self) -> &BTreeMap<u64, u64> {
+    pub fn acked(&self) -> &Vector {
         &self.acked
     }
 
@@ -226,6 +222,7 @@ impl Sender {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::BTreeMap;
 
     /// A log of (origin, seq) in apply order, and a simulated peer that
     /// applies batches and acknowledges after a delay, possibly dropping
@@ -233,7 +230,7 @@ mod tests {
     fn simulate(log: &[(u64, u64)], peer_start: &[(u64, u64)], window: Window, seed: u64, drop_every: u64) -> BTreeMap<u64, u64> {
         let mut peer: BTreeMap<u64, u64> = peer_start.iter().copied().collect();
         let mut s = Sender::new(window);
-        s.start(&peer.iter().map(|(a, b)| (*a, *b)).collect::<Vec<_>>(), log.len() as u64);
+        s.start(&peer.iter().map(|(a, b)| (*a, *b)).collect::<Vector>(), log.len() as u64);
         let mut rng = crate::testrng::XorShift(seed | 1);
         let mut pending: VecDeque<(u64, Vec<u64>)> = VecDeque::new();
         let mut steps = 0;
@@ -271,7 +268,7 @@ mod tests {
                 let resume = s.resume();
                 s = Sender::new(window);
                 s.start_at(
-                    &peer.iter().map(|(a, b)| (*a, *b)).collect::<Vec<_>>(),
+                    &peer.iter().map(|(a, b)| (*a, *b)).collect::<Vector>(),
                     log.len() as u64,
                     Some(&resume),
                 );
@@ -291,7 +288,7 @@ mod tests {
                 *h = (*h).max(seq);
             }
             let v: Vec<(u64, u64)> = peer.iter().map(|(a, b)| (*a, *b)).collect();
-            s.ack(id, &v);
+            s.ack(id, &v.iter().copied().collect());
         }
         peer
     }
@@ -366,7 +363,7 @@ mod tests {
             entries: 10,
             bytes: 1 << 20,
         });
-        s.start(&[], 100);
+        s.start(&Vector::default(), 100);
         let mut ids = Vec::new();
         while let Some(Command::Read { from, max }) = s.poll() {
             let items: Vec<Item> = (from..from + max as u64)
@@ -390,7 +387,7 @@ mod tests {
             for (o, q) in &log[..n] {
                 h.insert(*o, *q);
             }
-            h.into_iter().collect::<Vec<_>>()
+            h.into_iter().collect::<Vector>()
         };
         s.ack(ids[0], &held_after(10));
         let r = s.resume();
@@ -404,7 +401,7 @@ mod tests {
         let mut back = Sender::new(Window::default());
         back.start_at(&held_after(4), 100, Some(&r));
         assert_eq!(back.poll(), Some(Command::Read { from: 1, max: 512 }));
-        assert!(r.fits(&held_after(50)) && !r.fits(&held_after(9)) && !r.fits(&[]));
+        assert!(r.fits(&held_after(50)) && !r.fits(&held_after(9)) && !r.fits(&Vector::default()));
     }
 
     #[test]
@@ -415,7 +412,7 @@ mod tests {
             entries: 10,
             bytes: 1 << 20,
         });
-        s.start(&[], 1000);
+        s.start(&Vector::default(), 1000);
         let mut sends = 0;
         while let Some(Command::Read { from, max }) = s.poll() {
             let items: Vec<Item> = (from..from + max as u64)
@@ -429,7 +426,7 @@ mod tests {
             sends += s.read(&items).len();
         }
         assert_eq!(sends, 2, "a third batch went out before an acknowledgement");
-        s.ack(1, &[(1, 10)]);
+        s.ack(1, &[(1, 10)].into());
         assert!(s.poll().is_some());
     }
 
@@ -502,7 +499,7 @@ mod tests {
                 entries: 1 + next(20) as usize,
                 bytes: 1 << 20,
             };
-            let vector = |n: &Node| n.heads.iter().map(|(a, b)| (*a, *b)).collect::<Vec<_>>();
+            let vector = |n: &Node| n.heads.iter().map(|(a, b)| (*a, *b)).collect::<Vector>();
             let mut rejected = 0;
             for step in 0..6000u32 {
                 let writing = step < 4000;
