@@ -139,13 +139,14 @@ fn run(a: Args) -> anyhow::Result<ExitCode> {
                 println!("{}", serde_json::to_string_pretty(&r)?);
             } else {
                 println!(
-                    "pruned {}: base {}{}, oldest restore point {} ms; deleted {} manifests, {} segments, {} bodies, {} base objects, {} lease objects",
+                    "pruned {}: base {}{}, oldest restore point {} ms; deleted {} manifests, {} segments, {} packs, {} bodies, {} base objects, {} lease objects",
                     backup.display(),
                     r.base,
                     if r.base_written { " (written now)" } else { "" },
                     r.oldest_point_ms,
                     r.manifests_deleted,
                     r.segments_deleted,
+                    r.packs_deleted,
                     r.bodies_deleted,
                     r.base_objects_deleted,
                     r.lease_objects_deleted
