@@ -227,3 +227,43 @@ fn copy_dir(from: &Path, to: &Path) {
         }
     }
 }
+
+/// Prune deletes a pack whose bodies are all gone; a writer that knew
+/// them (it ran before the prune) learns of the new base at its next run
+/// and packs such a body again when mail names it anew.
+#[test]
+fn a_writer_relearns_what_prune_deleted() {
+    let dir = tempfile::tempdir().unwrap();
+    let bk = dir.path().join("bk");
+    let store = Store::open(&dir.path().join("db"), NODE, wal_options(NODE)).unwrap();
+    store
+        .run_blocking(|t, c| mutate::create_user(t, c, USER, "x".into(), 1_700_000_000))
+        .unwrap();
+    let backups = Backups::default();
+    let doomed = "Subject: doomed\r\n\r\ndeleted before the window\r\n";
+    let m = NewMessage::new(doomed.as_bytes().to_vec(), Flags::default(), 1_700_000_000);
+    let placed = store.run_blocking(move |t, c| mutate::append(t, c, USER, "INBOX", &m)).unwrap();
+    let first = one(backups.run(&store, &bk, false).unwrap());
+    assert_eq!(first.packs, 1);
+    store
+        .run_blocking(move |t, c| mutate::expunge(t, c, USER, placed.mailbox, &[placed.uid]).map(|_| ()))
+        .unwrap();
+    one(backups.run(&store, &bk, false).unwrap());
+    append(&store, "Subject: kept\r\n\r\nkept\r\n");
+    one(backups.run(&store, &bk, false).unwrap());
+    std::thread::sleep(std::time::Duration::from_millis(20));
+
+    let (ok, out) = run(replay().arg("prune").arg(&bk).args(["--keep-within", "1ms", "--json"]));
+    assert!(ok, "{out}");
+    let r: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!((r["base"].as_u64(), r["packs_deleted"].as_u64()), (Some(2), Some(1)), "{r}");
+    assert!(!bk.join(layout::pack_name(first.manifest, 0)).exists());
+
+    // The same bytes delivered again: packed again, by the same writer.
+    append(&store, doomed);
+    let again = one(backups.run(&store, &bk, false).unwrap());
+    assert_eq!((again.packs, again.bodies_written), (1, 1), "{again:?}");
+    let digest = views_digest(&store).unwrap();
+    store.close().unwrap();
+    assert_eq!(restore_and_audit(&bk, &dir.path().join("restored")), digest);
+}
