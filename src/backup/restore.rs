@@ -30,7 +30,7 @@ pub enum Stop {
     Seq { origin: Origin, seq: u64 },
 }
 
-/// Largest body object read (guards allocations).
+/// Largest body read (guards allocations).
 pub const MAX_BODY_LEN: u64 = 1 << 30;
 const BATCH_ENTRIES: usize = 512;
 const BATCH_BYTES: usize = 16 << 20;
@@ -464,7 +464,7 @@ pub fn apply(t: &dyn Target, plan: &Plan, store: &Store, stop: Stop, progress: &
     apply_with(t, plan, store, stop, DEFAULT_FETCHERS, progress)
 }
 
-/// [`apply`], fetching up to `fetchers` body objects at once (1: one after
+/// [`apply`], with up to `fetchers` body reads at once (1: one after
 /// the other).
 pub fn apply_with(
     t: &dyn Target,
