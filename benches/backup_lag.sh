@@ -2,7 +2,8 @@
 # Continuous-backup lag at a steady LMTP rate: one node with `[backup] to`
 # a local directory (interval INTERVAL_MS), RATE deliveries/s for SECONDS,
 # the lag of each entry from applied to durable in the backup, and the
-# backup's object writes per second (segments, body objects, manifests).
+# backup's object writes per second (segments, packs, manifests; one object
+# per body before packs).
 #
 #   PROFILE=devopt benches/backup_lag.sh                   # 500/s for 20 s
 #   PROFILE=release RATE=500 SECONDS_LOAD=60 INTERVAL_MS=1000 benches/backup_lag.sh

@@ -747,7 +747,7 @@ fn print_status(st: &Status) {
     }
     for b in &st.backup {
         println!(
-            "backup      {}{}   position {} of {}   lag {} entries ({:.1}s)   manifest {}   bodies {} ({} bytes)   failures {}{}",
+            "backup      {}{}   position {} of {}   lag {} entries ({:.1}s)   manifest {}   bodies {} ({} bytes, {} packs)   failures {}{}",
             b.target,
             if b.continuous { " (continuous)" } else { "" },
             b.position,
@@ -757,6 +757,7 @@ fn print_status(st: &Status) {
             b.manifest,
             b.bodies,
             b.body_bytes,
+            b.packs,
             b.failures,
             b.last_error.as_deref().map(|e| format!("   last error: {e}")).unwrap_or_default()
         );

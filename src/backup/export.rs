@@ -1,8 +1,10 @@
 //! One backup run: everything the node applied since the last manifest, as
 //! segments per origin (streamed from the log), the bodies the backup does
-//! not hold yet, and a manifest written last, once the rest is durable.
+//! not hold yet packed into one pack object (more past [`PACK_MAX_BYTES`]),
+//! and a manifest written last, once the rest is durable. The manifest
+//! holds the pack's index.
 
-use super::layout::{self, Head, Loaded, Manifest, Run, SegmentRef};
+use super::layout::{self, Head, Loaded, Manifest, PackRef, PackedBody, Run, SegmentRef};
 use super::target::Target;
 use super::BackupError;
 use crate::event::Event;
@@ -24,6 +26,15 @@ pub struct Position {
     pub heads: BTreeMap<Origin, (u64, Hash)>,
     /// Time of the newest entry backed up (HLC milliseconds).
     pub time_ms: u64,
+    /// Bodies the backup holds in packs: the indexes of the newest base
+    /// and of the manifests after it. A body in it is never written again.
+    pub packed: HashSet<[u8; 32]>,
+    /// The backup holds format-1 body objects (`bodies/`): a body not in
+    /// `packed` may be one of them, and is looked for before it is packed.
+    pub legacy_bodies: bool,
+    /// The newest base when `packed` was read (0: none): a newer one means
+    /// prune ran, and may have deleted packs, so `packed` is read again.
+    pub base: u64,
 }
 
 /// Open the backup at `t` for `node_id`: write the marker into an empty
@@ -65,6 +76,9 @@ fn open_existing(t: &dyn Target, node_id: &str) -> Result<Position, BackupError>
         order: 0,
         heads: BTreeMap::new(),
         time_ms: 0,
+        packed: HashSet::new(),
+        legacy_bodies: false,
+        base: 0,
     };
     // The writer trusts its own last manifest (checked on its own); the
     // whole chain is what `audit` and `restore` verify.
@@ -91,7 +105,42 @@ fn open_existing(t: &dyn Target, node_id: &str) -> Result<Position, BackupError>
         pos.order = m.order_to;
         pos.time_ms = m.time_to_ms;
     }
+    read_packed(t, &mut pos)?;
     Ok(pos)
+}
+
+/// Learn which bodies the backup holds: the pack indexes of the newest
+/// base and of every manifest after it (manifests at or before the base
+/// are being pruned: their packs count only through the base), and
+/// whether format-1 body objects exist.
+fn read_packed(t: &dyn Target, pos: &mut Position) -> Result<(), BackupError> {
+    let mut packed = HashSet::new();
+    let base = super::retention::base_numbers(t)?.last().copied().unwrap_or(0);
+    let mut add = |object: &str, packs: &[PackRef]| -> Result<(), BackupError> {
+        for p in packs {
+            for b in &p.bodies {
+                packed.insert(layout::parse_hash(object, "pack body", &b.0)?);
+            }
+        }
+        Ok(())
+    };
+    if base > 0 {
+        let b = super::retention::load_base(t, base)?;
+        add(&super::retention::base_name(base), &b.packs)?;
+    }
+    for n in layout::manifest_numbers(t)? {
+        if n > base {
+            let l = layout::load_manifest(t, n)?;
+            add(&l.object, &l.manifest.packs)?;
+        }
+    }
+    pos.packed = packed;
+    pos.base = base;
+    pos.legacy_bodies = !t
+        .list(layout::BODY_DIR)
+        .map_err(|e| BackupError::io(layout::BODY_DIR, e))?
+        .is_empty();
+    Ok(())
 }
 
 /// What one run wrote.
@@ -105,6 +154,9 @@ pub struct RunReport {
     pub segment_bytes: u64,
     pub bodies_written: u64,
     pub body_bytes: u64,
+    /// Pack objects written (0 when every body was in the backup already).
+    #[serde(default)]
+    pub packs: u64,
 }
 
 fn now_ms() -> u64 {
@@ -209,12 +261,28 @@ pub fn run_once(store: &Store, t: &dyn Target, pos: &mut Position, upto: u64, ma
         entries: to - from + 1,
         ..RunReport::default()
     };
-    // Bodies: each written once, ever. Each object is fsynced on its own,
-    // so several are written at once: the file system commits concurrent
-    // fsyncs together.
-    let (written, bytes) = write_bodies(store, t, &bodies)?;
-    report.bodies_written = written;
-    report.body_bytes = bytes;
+    // Bodies: each written once, ever, into this run's pack. A newer base
+    // means prune ran: what it deleted is not in the backup any more.
+    if super::retention::base_numbers(t)?.last().copied().unwrap_or(0) != pos.base {
+        read_packed(t, pos)?;
+    }
+    let mut new_bodies = Vec::with_capacity(bodies.len());
+    for (hash, place) in &bodies {
+        if pos.packed.contains(hash) {
+            continue;
+        }
+        if pos.legacy_bodies {
+            let name = layout::body_name(hash);
+            if t.exists(&name).map_err(|e| BackupError::io(&name, e))? {
+                continue;
+            }
+        }
+        new_bodies.push((*hash, place.clone()));
+    }
+    let packs = write_packs(store, t, pos.number + 1, &new_bodies)?;
+    report.packs = packs.len() as u64;
+    report.bodies_written = new_bodies.len() as u64;
+    report.body_bytes = packs.iter().map(|p| p.len - layout::PACK_MAGIC.len() as u64).sum();
     // Segments, streamed from the log.
     let mut segments = Vec::new();
     let mut heads = pos.heads.clone();
@@ -317,6 +385,7 @@ pub fn run_once(store: &Store, t: &dyn Target, pos: &mut Position, upto: u64, ma
         bodies_referenced: bodies.len() as u64,
         bodies_written: report.bodies_written,
         body_bytes_written: report.body_bytes,
+        packs,
     };
     let bytes = layout::encode_manifest(&m);
     let name = layout::manifest_name(number);
@@ -335,6 +404,7 @@ pub fn run_once(store: &Store, t: &dyn Target, pos: &mut Position, upto: u64, ma
     pos.order = to;
     pos.heads = heads;
     pos.time_ms = pos.time_ms.max(tmax);
+    pos.packed.extend(new_bodies.iter().map(|(h, _)| *h));
     report.manifest = number;
     Ok(Some(report))
 }
@@ -359,59 +429,75 @@ fn seal_of(t: &dyn Target, name: &str, origin: Origin, first: u64, last: u64, pr
     Ok(sr.sealed().expect("verified to the end"))
 }
 
-/// Threads writing body objects at once.
-const BODY_WRITERS: usize = 16;
+/// A pack is closed once it holds this many bytes (a body is never split:
+/// one larger than this is a pack of its own).
+pub const PACK_MAX_BYTES: u64 = 256 << 20;
+/// Most packs one run writes (their number has three digits).
+const MAX_PACKS: u32 = 1000;
 
-/// Write the bodies the target lacks. Returns objects and bytes written.
-fn write_bodies(store: &Store, t: &dyn Target, bodies: &[([u8; 32], Place)]) -> Result<(u64, u64), BackupError> {
-    use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-    let next = AtomicUsize::new(0);
-    let (written, bytes) = (AtomicU64::new(0), AtomicU64::new(0));
-    let one = |i: usize| -> Result<(), BackupError> {
-        let (hash, place) = &bodies[i];
-        let name = layout::body_name(hash);
-        if t.exists(&name).map_err(|e| BackupError::io(&name, e))? {
-            return Ok(());
+/// Write `bodies` (read from the node's store) into packs of run `number`,
+/// each streamed to the target. A pack name already taken (by a run that
+/// died before its manifest, so no manifest names it) is skipped.
+fn write_packs(store: &Store, t: &dyn Target, number: u64, bodies: &[([u8; 32], Place)]) -> Result<Vec<PackRef>, BackupError> {
+    let magic = layout::PACK_MAGIC.len() as u64;
+    let mut out = Vec::new();
+    let (mut i, mut k) = (0usize, 0u32);
+    while i < bodies.len() {
+        if k >= MAX_PACKS {
+            return Err(BackupError::Corrupt {
+                object: layout::pack_name(number, k),
+                reason: format!("run {number} would need more than {MAX_PACKS} packs"),
+            });
         }
-        let body = store.blob(&crate::event::BlobHash(*hash))?.ok_or_else(|| BackupError::Body {
-            object: name.clone(),
-            place: place.clone(),
-            reason: "the node does not hold this body".into(),
-        })?;
-        if t.put_new(&name, &mut |w| w.write_all(&body))
-            .map_err(|e| BackupError::io(&name, e))?
-        {
-            written.fetch_add(1, Ordering::Relaxed);
-            bytes.fetch_add(body.len() as u64, Ordering::Relaxed);
-        }
-        Ok(())
-    };
-    let workers = BODY_WRITERS.min(bodies.len());
-    let failed: Vec<BackupError> = std::thread::scope(|s| {
-        let handles: Vec<_> = (0..workers)
-            .map(|_| {
-                s.spawn(|| {
-                    loop {
-                        let i = next.fetch_add(1, Ordering::Relaxed);
-                        if i >= bodies.len() {
-                            return None;
-                        }
-                        if let Err(e) = one(i) {
-                            // Stop the others at their next body.
-                            next.store(bodies.len(), Ordering::Relaxed);
-                            return Some(e);
-                        }
+        let name = layout::pack_name(number, k);
+        k += 1;
+        let mut index = Vec::new();
+        let mut hasher = blake3::Hasher::new();
+        let (mut end, mut len) = (i, 0u64);
+        let mut fail: Option<BackupError> = None;
+        let put = t.put_new(&name, &mut |w| {
+            index.clear();
+            hasher.reset();
+            end = i;
+            w.write_all(layout::PACK_MAGIC)?;
+            hasher.update(layout::PACK_MAGIC);
+            let mut off = magic;
+            while end < bodies.len() && off < PACK_MAX_BYTES {
+                let (hash, place) = &bodies[end];
+                let body = match store.blob(&crate::event::BlobHash(*hash)) {
+                    Ok(Some(b)) => b,
+                    Ok(None) => {
+                        fail = Some(BackupError::Body {
+                            object: layout::body_name(hash),
+                            place: place.clone(),
+                            reason: "the node does not hold this body".into(),
+                        });
+                        return Err(std::io::Error::other("a body is missing"));
                     }
-                })
-            })
-            .collect();
-        handles
-            .into_iter()
-            .filter_map(|h| h.join().expect("body writer panicked"))
-            .collect()
-    });
-    if let Some(e) = failed.into_iter().next() {
-        return Err(e);
+                    Err(e) => {
+                        fail = Some(e.into());
+                        return Err(std::io::Error::other("reading a body failed"));
+                    }
+                };
+                w.write_all(&body)?;
+                hasher.update(&body);
+                index.push(PackedBody(hex::encode(hash), off, body.len() as u64));
+                off += body.len() as u64;
+                end += 1;
+            }
+            len = off;
+            Ok(())
+        });
+        if !put.map_err(|e| fail.take().unwrap_or_else(|| BackupError::io(&name, e)))? {
+            continue;
+        }
+        out.push(PackRef {
+            object: name,
+            len,
+            blake3: hasher.finalize().to_hex().to_string(),
+            bodies: index,
+        });
+        i = end;
     }
-    Ok((written.into_inner(), bytes.into_inner()))
+    Ok(out)
 }

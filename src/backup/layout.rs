@@ -5,8 +5,10 @@
 //! tandem-backup                         marker: format and node id
 //! segments/<origin>/<first>-<last>.seg  wal segments (origin 16 hex digits,
 //!                                       seqs 20 decimal digits)
-//! bodies/<hh>/<hash>                    message bodies by blake3 (64 hex
-//!                                       digits; hh = the first two)
+//! packs/<n>-<k>.pack                    the bodies run n wrote (n: 20
+//!                                       digits, k: 3), indexed by manifest n
+//! bodies/<hh>/<hash>                    format 1: one object per body, by
+//!                                       blake3 (read, never written now)
 //! manifests/<n>.man                     one per backup run (n: 20 digits)
 //! leases/<name>.lease                   restores in progress (prune keeps
 //!                                       what they use)
@@ -19,10 +21,20 @@ use std::collections::BTreeMap;
 use std::io::Read;
 use wal::{Hash, Origin};
 
-/// Version of the layout, in the marker and every manifest.
-pub const LAYOUT_FORMAT: u32 = 1;
+/// Version of the layout written, in the marker and every manifest: 2
+/// packs a run's bodies into pack objects; 1 wrote one object per body.
+/// Readers take both, also mixed in one backup (a format-1 backup that a
+/// newer writer continues).
+pub const LAYOUT_FORMAT: u32 = 2;
+/// Oldest layout still read.
+pub const OLDEST_FORMAT: u32 = 1;
 pub const MARKER: &str = "tandem-backup";
 pub const MANIFEST_DIR: &str = "manifests";
+pub const PACK_DIR: &str = "packs";
+/// Format 1's body objects.
+pub const BODY_DIR: &str = "bodies";
+/// The first bytes of every pack; bodies follow back to back.
+pub const PACK_MAGIC: &[u8; 16] = b"tandem-pack 2\n\0\0";
 pub const LEASE_DIR: &str = "leases";
 /// Largest manifest read (guards allocations).
 pub const MAX_MANIFEST_LEN: u64 = 64 << 20;
@@ -34,6 +46,19 @@ pub fn segment_name(origin: Origin, first: u64, last: u64) -> String {
 pub fn body_name(hash: &[u8; 32]) -> String {
     let h = hex::encode(hash);
     format!("bodies/{}/{h}", &h[..2])
+}
+
+/// Pack `k` of run (manifest) `number`.
+pub fn pack_name(number: u64, k: u32) -> String {
+    format!("{PACK_DIR}/{number:020}-{k:03}.pack")
+}
+
+/// The run number a pack object's name (below `packs/`) carries.
+pub fn pack_number(file: &str) -> Option<u64> {
+    let (n, k) = file.strip_suffix(".pack")?.split_once('-')?;
+    (n.len() == 20 && k.len() == 3 && k.bytes().all(|b| b.is_ascii_digit()))
+        .then(|| n.parse().ok())
+        .flatten()
 }
 
 pub fn manifest_name(number: u64) -> String {
@@ -52,8 +77,14 @@ pub fn parse_marker(text: &str) -> Result<String, BackupError> {
         object: MARKER.into(),
         reason: reason.into(),
     };
-    if lines.next() != Some(&format!("tandem-backup {LAYOUT_FORMAT}")) {
-        return Err(bad("first line is not `tandem-backup 1` (not a Tandem backup, or a newer format)"));
+    let format = lines
+        .next()
+        .and_then(|l| l.strip_prefix("tandem-backup "))
+        .and_then(|v| v.parse::<u32>().ok());
+    if !format.is_some_and(|f| (OLDEST_FORMAT..=LAYOUT_FORMAT).contains(&f)) {
+        return Err(bad(&format!(
+            "first line is not `tandem-backup {OLDEST_FORMAT}` to `tandem-backup {LAYOUT_FORMAT}` (not a Tandem backup, or a newer format)"
+        )));
     }
     match lines.next().and_then(|l| l.strip_prefix("node ")) {
         Some(id) if !id.is_empty() => Ok(id.to_string()),
@@ -82,6 +113,55 @@ pub struct SegmentRef {
     /// The segment's closing hash (hex) and length in bytes.
     pub closing: String,
     pub len: u64,
+}
+
+/// One body in a pack: blake3 (hex), byte offset in the pack, length.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PackedBody(pub String, pub u64, pub u64);
+
+/// A pack object as a manifest (or a base) names it, with its index.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PackRef {
+    pub object: String,
+    /// Length of the whole object and its blake3 (hex).
+    pub len: u64,
+    pub blake3: String,
+    /// Every body in the pack, in the order written.
+    pub bodies: Vec<PackedBody>,
+}
+
+impl PackRef {
+    /// Check the index against itself: a pack name, bodies inside the
+    /// object after the magic, in order and not overlapping, hashes that
+    /// parse. `owner` names the manifest or base it came from.
+    pub fn check(&self, owner: &str) -> Result<(), BackupError> {
+        let bad = |reason: String| BackupError::Corrupt {
+            object: owner.to_string(),
+            reason,
+        };
+        let file = self.object.strip_prefix("packs/").unwrap_or("");
+        if pack_number(file).is_none() {
+            return Err(bad(format!("{:?} is not a pack name", self.object)));
+        }
+        let mut end = PACK_MAGIC.len() as u64;
+        for b in &self.bodies {
+            parse_hash(owner, "pack body", &b.0)?;
+            if b.1 != end || b.1.checked_add(b.2).is_none_or(|e| e > self.len) {
+                return Err(bad(format!(
+                    "pack {}: body {} at byte offset {} ({} bytes) does not follow byte offset {end} inside {} bytes",
+                    self.object, b.0, b.1, b.2, self.len
+                )));
+            }
+            end = b.1 + b.2;
+        }
+        if end != self.len {
+            return Err(bad(format!(
+                "pack {}: bodies end at byte offset {end}, the pack at {}",
+                self.object, self.len
+            )));
+        }
+        Ok(())
+    }
 }
 
 /// Head of one origin after a manifest: last seq and its chain hash (hex).
@@ -116,6 +196,10 @@ pub struct Manifest {
     pub bodies_referenced: u64,
     pub bodies_written: u64,
     pub body_bytes_written: u64,
+    /// Format 2: the packs holding the bodies written (absent in format 1,
+    /// where each body was an object of its own).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub packs: Vec<PackRef>,
 }
 
 /// A manifest file: the JSON document, a newline, then
@@ -147,8 +231,17 @@ pub fn decode_manifest(object: &str, bytes: &[u8]) -> Result<Manifest, BackupErr
         return Err(bad(format!("checksum mismatch (checksum line at byte offset {})", doc.len())));
     }
     let m: Manifest = serde_json::from_slice(doc).map_err(|e| bad(format!("does not parse: {e}")))?;
-    if m.format != LAYOUT_FORMAT {
+    if !(OLDEST_FORMAT..=LAYOUT_FORMAT).contains(&m.format) {
         return Err(bad(format!("unsupported format {}", m.format)));
+    }
+    if m.format == 1 && !m.packs.is_empty() {
+        return Err(bad("format 1 names packs".into()));
+    }
+    for p in &m.packs {
+        p.check(object)?;
+        if pack_number(p.object.strip_prefix("packs/").unwrap_or("")) != Some(m.number) {
+            return Err(bad(format!("names pack {} of another run", p.object)));
+        }
     }
     Ok(m)
 }
@@ -365,6 +458,12 @@ mod tests {
             bodies_referenced: 0,
             bodies_written: 0,
             body_bytes_written: 0,
+            packs: vec![PackRef {
+                object: pack_name(1, 0),
+                len: PACK_MAGIC.len() as u64 + 3,
+                blake3: hex::encode([1u8; 32]),
+                bodies: vec![PackedBody(hex::encode([2u8; 32]), PACK_MAGIC.len() as u64, 3)],
+            }],
         };
         let b = encode_manifest(&m);
         assert_eq!(decode_manifest("m", &b).unwrap(), m);
@@ -381,6 +480,54 @@ mod tests {
     #[test]
     fn marker_round_trip() {
         assert_eq!(parse_marker(&marker("node-a")).unwrap(), "node-a");
+        assert_eq!(parse_marker("tandem-backup 1\nnode a\n").unwrap(), "a", "format 1 is still read");
         assert!(parse_marker("tandem-backup 9\nnode a\n").is_err());
+    }
+
+    /// A manifest exactly as format 1 wrote it (no `packs`) still decodes.
+    #[test]
+    fn format_1_manifest_is_read() {
+        let doc = format!(
+            concat!(
+                r#"{{"format":1,"node_id":"n1","number":1,"prev":"{}","created_ms":5,"order_from":1,"order_to":1,"#,
+                r#""time_from_ms":1,"time_to_ms":1,"runs":[],"segments":[],"heads":{{}},"bodies_referenced":1,"#,
+                r#""bodies_written":1,"body_bytes_written":10}}"#,
+                "\n"
+            ),
+            hex::encode([0u8; 32])
+        );
+        let mut b = doc.into_bytes();
+        let h = blake3::hash(&b);
+        b.extend_from_slice(format!("blake3 {}\n", h.to_hex()).as_bytes());
+        let m = decode_manifest("m", &b).unwrap();
+        assert_eq!((m.format, m.bodies_written, m.packs.len()), (1, 1, 0));
+        // Format 1 written again gives the same bytes (no `packs` field).
+        assert_eq!(encode_manifest(&m), b);
+    }
+
+    #[test]
+    fn pack_index_is_checked() {
+        let mut p = PackRef {
+            object: pack_name(7, 0),
+            len: PACK_MAGIC.len() as u64 + 10,
+            blake3: hex::encode([0u8; 32]),
+            bodies: vec![
+                PackedBody(hex::encode([1u8; 32]), PACK_MAGIC.len() as u64, 4),
+                PackedBody(hex::encode([2u8; 32]), PACK_MAGIC.len() as u64 + 4, 6),
+            ],
+        };
+        p.check("m").unwrap();
+        assert_eq!(pack_number("00000000000000000007-000.pack"), Some(7));
+        p.bodies[1].1 += 1;
+        assert!(p.check("m").is_err(), "a gap");
+        p.bodies[1].1 -= 2;
+        assert!(p.check("m").is_err(), "an overlap");
+        p.bodies[1].1 += 1;
+        p.len += 1;
+        assert!(p.check("m").is_err(), "bytes after the last body");
+        p.len -= 2;
+        assert!(p.check("m").unwrap_err().to_string().contains("byte offset"), "a body past the end");
+        p.object = "bodies/aa/x".into();
+        assert!(p.check("m").is_err());
     }
 }

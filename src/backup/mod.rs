@@ -1,6 +1,7 @@
 //! Backups: the node's log exported as sealed, self-verifying segments per
-//! origin, its bodies as content-addressed objects (each written once,
-//! ever) and a manifest per run, into a write-once [`target::Target`].
+//! origin, its bodies content-addressed (each written once, ever) into one
+//! pack object per run, and a manifest per run holding the packs' index,
+//! into a write-once [`target::Target`].
 //!
 //! # Layout
 //! - [`target`]: write-once object stores (a directory), retries and
@@ -63,6 +64,15 @@ pub enum BackupError {
     Segment { object: String, source: SegmentError },
     #[error("body object {object} (referenced by {place}): {reason}")]
     Body { object: String, place: Place, reason: String },
+    #[error("pack {object}: body {hash} at byte offset {offset} ({len} bytes, referenced by {place}): {reason}")]
+    PackBody {
+        object: String,
+        hash: String,
+        offset: u64,
+        len: u64,
+        place: Place,
+        reason: String,
+    },
     #[error(transparent)]
     Wal(#[from] WalError),
     #[error("applying the entry at {place}: {reason}")]
@@ -109,8 +119,12 @@ pub struct BackupStatus {
     pub entries: u64,
     pub segments: u64,
     pub segment_bytes: u64,
+    /// Bodies written (into packs) and their bytes.
     pub bodies: u64,
     pub body_bytes: u64,
+    /// Pack objects written.
+    #[serde(default)]
+    pub packs: u64,
     /// When the last run finished (ms since the epoch).
     pub last_run_ms: u64,
     pub failures: u64,
@@ -257,6 +271,7 @@ fn run_job(store: &crate::store::Store, job: &Job) -> Result<Vec<RunReport>, Bac
             st.segment_bytes += r.segment_bytes;
             st.bodies += r.bodies_written;
             st.body_bytes += r.body_bytes;
+            st.packs += r.packs;
         }
         out.push(r);
     }

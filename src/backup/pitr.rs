@@ -6,9 +6,10 @@
 
 use super::BackupError;
 use crate::event::Event;
-use crate::mutate::{self, NewMessage};
+use crate::event::Id;
+use crate::mutate::{self, MutationError};
 use crate::store::{wal_options, Store};
-use crate::views::{apply, TxnViews, ViewRead};
+use crate::views::{apply_without_tree, MessageRec, TxnViews, ViewRead};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 use wal::{AppendError, Place};
@@ -41,8 +42,8 @@ pub struct PitrReport {
     pub folders: Vec<RestoredFolder>,
 }
 
-/// Messages appended per transaction.
-const APPEND_BATCH: usize = 256;
+/// Messages appended per transaction (events only: the bodies are held).
+const APPEND_BATCH: usize = 2048;
 
 fn now_secs() -> i64 {
     std::time::SystemTime::now()
@@ -79,7 +80,8 @@ fn run(store: &Store, scratch_dir: &Path, req: &PitrRequest) -> Result<PitrRepor
     let scratch = Store::open(scratch_dir, "pitr-scratch", o)?;
     let mut rep = PitrReport::default();
     // The user's events, in this node's apply order, up to the instant:
-    // applied to the scratch views only (the scratch log stays empty).
+    // applied to the scratch views only (the scratch log stays empty, and
+    // its merkle tree unbuilt: only mailboxes and messages are read back).
     let wal = store.wal();
     let cfs = scratch.cfs();
     let mut from = 1;
@@ -117,7 +119,7 @@ fn run(store: &Store, scratch_dir: &Path, req: &PitrRequest) -> Result<PitrRepor
         if !mine.is_empty() {
             let r = scratch.wal().transact(move |txn| {
                 for (place, at, ev) in &mine {
-                    apply(&mut TxnViews { txn, cf: cfs.views }, at, ev).map_err(|e| (place.clone(), e.to_string()))?;
+                    apply_without_tree(&mut TxnViews { txn, cf: cfs.views }, at, ev).map_err(|e| (place.clone(), e.to_string()))?;
                 }
                 Ok::<(), (Place, String)>(())
             });
@@ -161,27 +163,47 @@ fn run(store: &Store, scratch_dir: &Path, req: &PitrRequest) -> Result<PitrRepor
         let created = store
             .run_blocking(move |t, c| mutate::create_mailbox(t, c, &u, &name, None, now_secs()))
             .map_err(|e| BackupError::Usage(format!("creating {to}: {e}")))?;
+        // The node holds every body the scratch views name (bodies are
+        // kept while the log names them): the copies reference them by
+        // hash, as a COPY does, without reading them.
         let mut n = 0u64;
         for part in msgs.chunks(APPEND_BATCH) {
-            let mut batch = Vec::with_capacity(part.len());
             for (uid, m) in part {
-                let body = store.blob(&m.blob)?.ok_or_else(|| {
-                    BackupError::Usage(format!(
+                if !store.holds_body(&m.blob).map_err(view_err)? {
+                    return Err(BackupError::Usage(format!(
                         "the body of {} uid {uid} (blake3 {}) is no longer held",
                         mb.name,
                         hex::encode(m.blob.0)
-                    ))
-                })?;
-                let mut nm = NewMessage::new(body, m.flags.clone(), m.internal_date);
-                nm.tz_minutes = m.tz_minutes;
-                batch.push(nm);
+                    )));
+                }
             }
+            let batch: Vec<(u32, MessageRec)> = part.to_vec();
             n += batch.len() as u64;
             let (u, id) = (user.clone(), created.id);
             store
                 .run_blocking(move |t, c| {
-                    for m in &batch {
-                        mutate::append_to(t, c, &u, id, m)?;
+                    for (_, m) in &batch {
+                        let Some(dst) = (TxnViews { txn: t, cf: c.views }).mailbox(&u, id)? else {
+                            return Err(MutationError::NoSuchMailbox(id.to_hex()));
+                        };
+                        if dst.uidnext == u32::MAX {
+                            return Err(MutationError::NotAllowed("mailbox has used every UID"));
+                        }
+                        mutate::emit(
+                            t,
+                            c,
+                            Event::MessageAppended {
+                                user: u.clone(),
+                                mailbox: id,
+                                uid: dst.uidnext,
+                                guid: Id::random(),
+                                blob: m.blob,
+                                size: m.size,
+                                internal_date: m.internal_date,
+                                tz_minutes: m.tz_minutes,
+                                flags: m.flags.clone(),
+                            },
+                        )?;
                     }
                     Ok(())
                 })

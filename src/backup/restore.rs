@@ -1,9 +1,11 @@
 //! Reading a backup back: the manifest chain, then every segment entry
-//! verified against its origin's chain before it is applied, bodies checked
-//! against their names, all applied through the same path a mirror's batch
-//! takes. A restore that is interrupted continues where the store stands.
+//! verified against its origin's chain before it is applied, bodies read
+//! by ranged reads from their packs (neighbours coalesced into one read)
+//! or, in format-1 backups, from their own objects, and checked against
+//! their blake3, all applied through the same path a mirror's batch takes.
+//! A restore that is interrupted continues where the store stands.
 
-use super::layout::{self, Loaded};
+use super::layout::{self, Loaded, PackRef};
 use super::retention::{self, Base};
 use super::target::Target;
 use super::BackupError;
@@ -11,7 +13,8 @@ use crate::event::{BlobHash, Event};
 use crate::repl::apply::apply_batch;
 use crate::repl::frame::{WireBlob, WireEntry};
 use crate::store::Store;
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
 use wal::segment::SegmentReader;
 use wal::{Origin, Place};
 
@@ -27,10 +30,67 @@ pub enum Stop {
     Seq { origin: Origin, seq: u64 },
 }
 
-/// Largest body object read (guards allocations).
+/// Largest body read (guards allocations).
 pub const MAX_BODY_LEN: u64 = 1 << 30;
 const BATCH_ENTRIES: usize = 512;
 const BATCH_BYTES: usize = 16 << 20;
+
+/// Where a body lies in a pack.
+#[derive(Debug, Clone)]
+pub struct Packed {
+    pub pack: Arc<str>,
+    pub offset: u64,
+    pub len: u64,
+}
+
+/// Every body in the packs of a backup (of its base and its manifests).
+/// A body not in it is looked for as a format-1 body object.
+#[derive(Debug, Clone, Default)]
+pub struct BodyIndex(HashMap<[u8; 32], Packed>);
+
+impl BodyIndex {
+    /// The packs of `base` and `manifests`.
+    pub fn of(base: Option<&Base>, manifests: &[Loaded]) -> Result<BodyIndex, BackupError> {
+        let mut ix = BodyIndex::default();
+        if let Some(b) = base {
+            ix.add(&retention::base_name(b.number), &b.packs)?;
+        }
+        for l in manifests {
+            ix.add(&l.object, &l.manifest.packs)?;
+        }
+        Ok(ix)
+    }
+
+    /// Add the bodies of `packs`, named by `owner` (a manifest or base).
+    pub fn add(&mut self, owner: &str, packs: &[PackRef]) -> Result<(), BackupError> {
+        for p in packs {
+            p.check(owner)?;
+            let pack: Arc<str> = Arc::from(p.object.as_str());
+            for b in &p.bodies {
+                let h = layout::parse_hash(owner, "pack body", &b.0)?;
+                // The first pack holding a body is the one read.
+                self.0.entry(h).or_insert_with(|| Packed {
+                    pack: pack.clone(),
+                    offset: b.1,
+                    len: b.2,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    pub fn get(&self, hash: &[u8; 32]) -> Option<&Packed> {
+        self.0.get(hash)
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
 
 /// A verified backup, ready to restore from.
 pub struct Plan {
@@ -43,6 +103,8 @@ pub struct Plan {
     /// The apply-order position the restore ends at (for `Until`, an
     /// upper bound: the exact point is found while applying).
     pub target_order: u64,
+    /// Where the packed bodies are.
+    pub bodies: BodyIndex,
 }
 
 /// Where a restore to `stop` starts: the newest base at or before it, or
@@ -119,11 +181,13 @@ pub fn plan(t: &dyn Target, stop: Stop) -> Result<Plan, BackupError> {
             found.ok_or_else(|| BackupError::Usage(format!("the backup holds no entry {origin}:{seq}")))?
         }
     };
+    let bodies = BodyIndex::of(base.as_ref(), &manifests)?;
     Ok(Plan {
         node_id,
         base,
         manifests,
         target_order,
+        bodies,
     })
 }
 
@@ -171,57 +235,185 @@ impl Batch {
     }
 }
 
+/// Ranged reads of neighbouring bodies in one pack are joined when the
+/// gap between them is at most this many bytes...
+const COALESCE_GAP: u64 = 64 << 10;
+/// ...and the joined read stays within this many.
+const COALESCE_MAX: u64 = 8 << 20;
+
+/// One read: some bodies of one pack (indexes into the pending list), or
+/// one format-1 body object.
+enum Read {
+    Pack { pack: Arc<str>, members: Vec<usize> },
+    Object(usize),
+}
+
+/// Plan the reads for `pending`: packed bodies sorted by pack and offset,
+/// neighbours joined.
+fn plan_reads(index: &BodyIndex, pending: &[([u8; 32], Place)]) -> Vec<Read> {
+    let mut packed: Vec<(usize, &Packed)> = Vec::new();
+    let mut reads = Vec::new();
+    for (i, (h, _)) in pending.iter().enumerate() {
+        match index.get(h) {
+            Some(p) => packed.push((i, p)),
+            None => reads.push(Read::Object(i)),
+        }
+    }
+    packed.sort_by(|a, b| (&a.1.pack, a.1.offset).cmp(&(&b.1.pack, b.1.offset)));
+    let mut cur: Option<(Arc<str>, u64, u64, Vec<usize>)> = None;
+    for (i, p) in packed {
+        if let Some((pack, start, end, members)) = &mut cur {
+            let end_new = p.offset.saturating_add(p.len).max(*end);
+            if **pack == *p.pack && p.offset >= *end && p.offset - *end <= COALESCE_GAP && end_new - *start <= COALESCE_MAX {
+                *end = end_new;
+                members.push(i);
+                continue;
+            }
+        }
+        if let Some((pack, _, _, members)) = cur.take() {
+            reads.push(Read::Pack { pack, members });
+        }
+        cur = Some((p.pack.clone(), p.offset, p.offset.saturating_add(p.len), vec![i]));
+    }
+    if let Some((pack, _, _, members)) = cur {
+        reads.push(Read::Pack { pack, members });
+    }
+    reads
+}
+
+/// Read one packed body from `bytes` (the pack's bytes from `at`) and
+/// check it against its hash.
+fn check_packed(hash: &[u8; 32], place: &Place, p: &Packed, bytes: &[u8], at: u64) -> Result<Vec<u8>, BackupError> {
+    let from = (p.offset - at) as usize;
+    let body = &bytes[from..from + p.len as usize];
+    if &BlobHash::of(body).0 != hash {
+        return Err(pack_error(hash, place, p, "content does not match its blake3 hash".into()));
+    }
+    Ok(body.to_vec())
+}
+
+fn pack_error(hash: &[u8; 32], place: &Place, p: &Packed, reason: String) -> BackupError {
+    BackupError::PackBody {
+        object: p.pack.to_string(),
+        hash: hex::encode(hash),
+        offset: p.offset,
+        len: p.len,
+        place: place.clone(),
+        reason,
+    }
+}
+
+/// Fetch and check one packed body on its own.
+pub fn fetch_packed(t: &dyn Target, hash: &[u8; 32], place: &Place, p: &Packed) -> Result<Vec<u8>, BackupError> {
+    if p.len > MAX_BODY_LEN {
+        return Err(pack_error(hash, place, p, format!("larger than {MAX_BODY_LEN} bytes")));
+    }
+    match t.read_range(&p.pack, p.offset, p.len) {
+        Ok(b) => check_packed(hash, place, p, &b, p.offset),
+        Err(e) => Err(pack_error(
+            hash,
+            place,
+            p,
+            match e.kind() {
+                std::io::ErrorKind::NotFound => "the pack is missing".into(),
+                std::io::ErrorKind::UnexpectedEof => format!("the pack is truncated: {e}"),
+                _ => e.to_string(),
+            },
+        )),
+    }
+}
+
+/// Do one read; every member gets its own result. A joined read that
+/// fails is read again body by body, so the failure names the body.
+fn do_read(t: &dyn Target, index: &BodyIndex, pending: &[([u8; 32], Place)], r: &Read) -> Vec<(usize, Result<Vec<u8>, BackupError>)> {
+    match r {
+        Read::Object(i) => vec![(*i, fetch_body(t, &pending[*i].0, &pending[*i].1))],
+        Read::Pack { pack, members } => {
+            let loc = |i: usize| index.get(&pending[i].0).expect("planned from the index");
+            let start = loc(members[0]).offset;
+            let end = members.iter().map(|&i| loc(i).offset + loc(i).len).max().unwrap_or(start);
+            if members.len() > 1 {
+                if let Ok(bytes) = t.read_range(pack, start, end - start) {
+                    return members
+                        .iter()
+                        .map(|&i| (i, check_packed(&pending[i].0, &pending[i].1, loc(i), &bytes, start)))
+                        .collect();
+                }
+            }
+            members
+                .iter()
+                .map(|&i| (i, fetch_packed(t, &pending[i].0, &pending[i].1, loc(i))))
+                .collect()
+        }
+    }
+}
+
 /// Fetch and check `pending` with up to `fetchers` reads at once. The
 /// first failure in entry order is the one reported.
-fn fetch_all(t: &dyn Target, pending: &[([u8; 32], Place)], fetchers: usize) -> Result<Vec<WireBlob>, BackupError> {
+fn fetch_all(t: &dyn Target, index: &BodyIndex, pending: &[([u8; 32], Place)], fetchers: usize) -> Result<Vec<WireBlob>, BackupError> {
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::sync::Mutex;
-    let workers = fetchers.max(1).min(pending.len());
-    if workers <= 1 {
-        return pending
-            .iter()
-            .map(|(h, place)| fetch_body(t, h, place).map(|body| WireBlob { hash: *h, body }))
-            .collect();
-    }
+    let reads = plan_reads(index, pending);
+    let workers = fetchers.max(1).min(reads.len());
     let next = AtomicUsize::new(0);
     type Slot = Mutex<Option<Result<Vec<u8>, BackupError>>>;
     let results: Vec<Slot> = pending.iter().map(|_| Mutex::new(None)).collect();
-    std::thread::scope(|s| {
-        for _ in 0..workers {
-            s.spawn(|| loop {
-                let i = next.fetch_add(1, Ordering::Relaxed);
-                if i >= pending.len() {
-                    return;
-                }
-                let r = fetch_body(t, &pending[i].0, &pending[i].1);
-                let failed = r.is_err();
-                *results[i].lock().expect("result lock") = Some(r);
-                if failed {
-                    // The others stop at their next body.
-                    next.store(pending.len(), Ordering::Relaxed);
-                }
-            });
+    let work = || loop {
+        let k = next.fetch_add(1, Ordering::Relaxed);
+        if k >= reads.len() {
+            return;
         }
-    });
+        let mut failed = false;
+        for (i, r) in do_read(t, index, pending, &reads[k]) {
+            failed |= r.is_err();
+            *results[i].lock().expect("result lock") = Some(r);
+        }
+        if failed {
+            // The others stop at their next read.
+            next.store(reads.len(), Ordering::Relaxed);
+        }
+    };
+    if workers <= 1 {
+        work();
+    } else {
+        std::thread::scope(|s| {
+            for _ in 0..workers {
+                s.spawn(work);
+            }
+        });
+    }
     let mut out = Vec::with_capacity(pending.len());
+    let mut unread = None;
     for (i, r) in results.into_iter().enumerate() {
         match r.into_inner().expect("result lock") {
             Some(Ok(body)) => out.push(WireBlob { hash: pending[i].0, body }),
             Some(Err(e)) => return Err(e),
-            // Bodies are handed out in order, and every one handed out is
-            // finished: one left unfetched lies after a failure, which
-            // this loop met and returned first.
-            None => unreachable!("body {i} unfetched without an earlier failure"),
+            // Left unread after a failure, which a later slot holds.
+            None => unread = unread.or(Some(i)),
         }
     }
-    Ok(out)
+    match unread {
+        None => Ok(out),
+        Some(i) => Err(BackupError::Body {
+            object: layout::body_name(&pending[i].0),
+            place: pending[i].1.clone(),
+            reason: "not read".into(),
+        }),
+    }
 }
 
-fn flush(store: &Store, t: &dyn Target, fetchers: usize, rep: &mut RestoreReport, b: &mut Batch) -> Result<(), BackupError> {
+fn flush(
+    store: &Store,
+    t: &dyn Target,
+    index: &BodyIndex,
+    fetchers: usize,
+    rep: &mut RestoreReport,
+    b: &mut Batch,
+) -> Result<(), BackupError> {
     if b.entries.is_empty() {
         return Ok(());
     }
-    let blobs = fetch_all(t, &b.pending, fetchers)?;
+    let blobs = fetch_all(t, index, &b.pending, fetchers)?;
     rep.bodies_fetched += blobs.len() as u64;
     rep.body_bytes += blobs.iter().map(|w| w.body.len() as u64).sum::<u64>();
     let entries = std::mem::take(&mut b.entries);
@@ -241,7 +433,7 @@ fn flush(store: &Store, t: &dyn Target, fetchers: usize, rep: &mut RestoreReport
     Ok(())
 }
 
-/// Fetch and check a body object.
+/// Fetch and check a format-1 body object.
 pub fn fetch_body(t: &dyn Target, hash: &[u8; 32], place: &Place) -> Result<Vec<u8>, BackupError> {
     let object = layout::body_name(hash);
     let body = match layout::read_object(t, &object, MAX_BODY_LEN) {
@@ -272,7 +464,7 @@ pub fn apply(t: &dyn Target, plan: &Plan, store: &Store, stop: Stop, progress: &
     apply_with(t, plan, store, stop, DEFAULT_FETCHERS, progress)
 }
 
-/// [`apply`], fetching up to `fetchers` body objects at once (1: one after
+/// [`apply`], with up to `fetchers` body reads at once (1: one after
 /// the other).
 pub fn apply_with(
     t: &dyn Target,
@@ -406,7 +598,7 @@ pub fn apply_with(
                 });
                 rep.entries_applied += 1;
                 if batch.entries.len() >= BATCH_ENTRIES || batch.bytes >= BATCH_BYTES || batch.pending.len() >= BATCH_BODIES {
-                    flush(store, t, fetchers, &mut rep, &mut batch)?;
+                    flush(store, t, &plan.bodies, fetchers, &mut rep, &mut batch)?;
                     progress(pos);
                 }
                 if matches!(stop, Stop::Seq { .. }) && pos >= plan.target_order {
@@ -425,10 +617,10 @@ pub fn apply_with(
                 })?;
             }
         }
-        flush(store, t, fetchers, &mut rep, &mut batch)?;
+        flush(store, t, &plan.bodies, fetchers, &mut rep, &mut batch)?;
         progress(wal.last_order());
     }
-    flush(store, t, fetchers, &mut rep, &mut batch)?;
+    flush(store, t, &plan.bodies, fetchers, &mut rep, &mut batch)?;
     rep.order = wal.last_order();
     Ok(rep)
 }

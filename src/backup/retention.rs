@@ -13,7 +13,10 @@
 //!   the right to add objects.
 //! - **Prune** (with credentials that may delete) writes the base for the
 //!   newest manifest wholly older than the kept window, then deletes what
-//!   only earlier restore points need — unless a live lease exists, when
+//!   only earlier restore points need. Packs are never rewritten: a pack
+//!   of a manifest at or before the base is kept, whole, while any body in
+//!   it is still needed (live in the base's store, or named by a kept
+//!   manifest), and the base's descriptor carries its index from then on — unless a live lease exists, when
 //!   it waits (bounded) or skips the deletions. A restore that took its
 //!   lease after prune looked at the leases planned after the new base was
 //!   durable, so it reads that base and nothing prune deletes, as long as
@@ -62,6 +65,10 @@ pub struct Base {
     pub heads: BTreeMap<String, Head>,
     pub files: Vec<BaseFile>,
     pub created_ms: u64,
+    /// Packs of manifests up to `number` that prune keeps (they hold a
+    /// body still needed), with their index: their manifests are gone.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub packs: Vec<layout::PackRef>,
 }
 
 pub fn base_name(number: u64) -> String {
@@ -103,7 +110,7 @@ pub fn load_base(t: &dyn Target, number: u64) -> Result<Base, BackupError> {
         object: object.clone(),
         reason: format!("not a base descriptor: {e}"),
     })?;
-    if b.number != number || b.format != layout::LAYOUT_FORMAT {
+    if b.number != number || !(layout::OLDEST_FORMAT..=layout::LAYOUT_FORMAT).contains(&b.format) {
         return Err(BackupError::Corrupt {
             object,
             reason: format!("names itself number {} format {}", b.number, b.format),
@@ -129,8 +136,9 @@ pub fn base_state(b: &Base) -> Result<([u8; 32], u64, Heads), BackupError> {
     Ok((layout::parse_hash(&object, "manifest_hash", &b.manifest_hash)?, b.order, heads))
 }
 
-/// Upload the closed store at `db` as the base after manifest `after`.
-pub fn write_base(t: &dyn Target, db: &Path, after: &Loaded) -> Result<Base, BackupError> {
+/// Upload the closed store at `db` as the base after manifest `after`,
+/// keeping `packs` (packs of manifests up to it still needed).
+pub fn write_base(t: &dyn Target, db: &Path, after: &Loaded, packs: Vec<layout::PackRef>) -> Result<Base, BackupError> {
     let m = &after.manifest;
     let mut names: Vec<String> = Vec::new();
     for e in std::fs::read_dir(db).map_err(|e| BackupError::io(&db.display().to_string(), e))? {
@@ -188,6 +196,7 @@ pub fn write_base(t: &dyn Target, db: &Path, after: &Loaded) -> Result<Base, Bac
         heads: m.heads.clone(),
         files,
         created_ms: now_ms(),
+        packs,
     };
     let object = base_name(m.number);
     let bytes = serde_json::to_vec_pretty(&b).expect("a base serialises");
@@ -415,7 +424,11 @@ pub struct PruneReport {
     pub oldest_point_ms: u64,
     pub manifests_deleted: u64,
     pub segments_deleted: u64,
+    /// Format-1 body objects deleted.
     pub bodies_deleted: u64,
+    /// Packs deleted: every body in them was no longer needed.
+    #[serde(default)]
+    pub packs_deleted: u64,
     pub base_objects_deleted: u64,
     pub lease_objects_deleted: u64,
     /// Live leases that made this run skip its deletions.
@@ -446,10 +459,44 @@ fn bodies_named(t: &dyn Target, manifests: &[Loaded]) -> Result<HashSet<[u8; 32]
     Ok(out)
 }
 
-/// Every body object in the backup.
+/// The packs of `base` and of `upto` (the manifests up to a new base,
+/// restored into `store`) that hold a body live in `store` or named by an
+/// entry of `after` (the manifests kept).
+fn needed_packs(
+    t: &dyn Target,
+    store: &Store,
+    base: Option<&Base>,
+    upto: &[Loaded],
+    after: &[Loaded],
+) -> Result<Vec<layout::PackRef>, BackupError> {
+    let named = bodies_named(t, after)?;
+    let candidates = base
+        .iter()
+        .flat_map(|b| b.packs.iter())
+        .chain(upto.iter().flat_map(|l| l.manifest.packs.iter()));
+    let mut keep = Vec::new();
+    for p in candidates {
+        for b in &p.bodies {
+            let h = layout::parse_hash(&p.object, "pack body", &b.0)?;
+            let live = || -> Result<bool, BackupError> {
+                Ok(store
+                    .body_refs(&crate::event::BlobHash(h))
+                    .map_err(|e| BackupError::Usage(e.to_string()))?
+                    > 0)
+            };
+            if named.contains(&h) || live()? {
+                keep.push(p.clone());
+                break;
+            }
+        }
+    }
+    Ok(keep)
+}
+
+/// Every format-1 body object in the backup.
 fn list_bodies(t: &dyn Target) -> Result<Vec<String>, BackupError> {
     let mut out = Vec::new();
-    for d in t.list("bodies").map_err(io_err("bodies"))? {
+    for d in t.list(layout::BODY_DIR).map_err(io_err(layout::BODY_DIR))? {
         let dir = format!("bodies/{d}");
         for n in t.list(&dir).map_err(io_err(&dir))? {
             out.push(format!("{dir}/{n}"));
@@ -488,11 +535,24 @@ pub fn prune(t: &dyn Target, o: &PruneOptions) -> Result<PruneReport, BackupErro
             manifests: plan.manifests[..=i].to_vec(),
             target_order: plan.manifests[i].manifest.order_to,
             base: base.clone(),
+            bodies: plan.bodies.clone(),
         };
         let r = restore::apply(t, &sub, &store, Stop::Latest, &mut |_| {});
+        // The packs up to the new base that hold a body still needed.
+        let packs = match &r {
+            Ok(_) => Some(needed_packs(
+                t,
+                &store,
+                base.as_ref(),
+                &plan.manifests[..=i],
+                &plan.manifests[i + 1..],
+            )),
+            Err(_) => None,
+        };
         store.close()?;
         r?;
-        base = Some(write_base(t, &db, &plan.manifests[i])?);
+        let packs = packs.expect("computed when the restore passed")?;
+        base = Some(write_base(t, &db, &plan.manifests[i], packs)?);
         rep.base = k;
         rep.base_written = true;
     }
@@ -560,37 +620,49 @@ pub fn prune(t: &dyn Target, o: &PruneOptions) -> Result<PruneReport, BackupErro
             }
         }
     }
-    // Bodies neither in the base's store nor named after it.
-    let named = bodies_named(t, &kept)?;
-    let check_db = o.scratch.join("check");
-    let _ = std::fs::remove_dir_all(&check_db);
-    fetch_base(t, &base, &check_db)?;
-    let mut opts = wal_options(&plan.node_id);
-    opts.sync = false;
-    let store = Store::open(&check_db, &plan.node_id, opts)?;
-    let mut doomed = Vec::new();
-    for object in list_bodies(t)? {
-        let Some(hash) = object
-            .rsplit('/')
-            .next()
-            .and_then(|h| hex::decode(h).ok())
-            .and_then(|h| <[u8; 32]>::try_from(h).ok())
-        else {
-            continue;
-        };
-        // A count of zero is a body of mail deleted before the base.
-        let live = store
-            .body_refs(&crate::event::BlobHash(hash))
-            .map_err(|e| BackupError::Usage(e.to_string()))?
-            > 0;
-        if !live && !named.contains(&hash) {
-            doomed.push(object);
+    // Packs up to the base that the base does not keep.
+    let kept_packs: HashSet<&str> = base.packs.iter().map(|p| p.object.as_str()).collect();
+    for n in t.list(layout::PACK_DIR).map_err(io_err(layout::PACK_DIR))? {
+        let object = format!("{}/{n}", layout::PACK_DIR);
+        if layout::pack_number(&n).is_some_and(|num| num <= base.number) && !kept_packs.contains(object.as_str()) {
+            t.delete(&object).map_err(io_err(&object))?;
+            rep.packs_deleted += 1;
         }
     }
-    store.close()?;
-    for object in doomed {
-        t.delete(&object).map_err(io_err(&object))?;
-        rep.bodies_deleted += 1;
+    // Format-1 body objects neither in the base's store nor named after it.
+    let legacy = list_bodies(t)?;
+    if !legacy.is_empty() {
+        let named = bodies_named(t, &kept)?;
+        let check_db = o.scratch.join("check");
+        let _ = std::fs::remove_dir_all(&check_db);
+        fetch_base(t, &base, &check_db)?;
+        let mut opts = wal_options(&plan.node_id);
+        opts.sync = false;
+        let store = Store::open(&check_db, &plan.node_id, opts)?;
+        let mut doomed = Vec::new();
+        for object in legacy {
+            let Some(hash) = object
+                .rsplit('/')
+                .next()
+                .and_then(|h| hex::decode(h).ok())
+                .and_then(|h| <[u8; 32]>::try_from(h).ok())
+            else {
+                continue;
+            };
+            // A count of zero is a body of mail deleted before the base.
+            let live = store
+                .body_refs(&crate::event::BlobHash(hash))
+                .map_err(|e| BackupError::Usage(e.to_string()))?
+                > 0;
+            if !live && !named.contains(&hash) {
+                doomed.push(object);
+            }
+        }
+        store.close()?;
+        for object in doomed {
+            t.delete(&object).map_err(io_err(&object))?;
+            rep.bodies_deleted += 1;
+        }
     }
     // Older bases.
     for n in base_numbers(t)? {

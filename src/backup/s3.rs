@@ -407,6 +407,40 @@ impl Target for S3Target {
         }))
     }
 
+    fn read_range(&self, name: &str, offset: u64, len: u64) -> io::Result<Vec<u8>> {
+        if len == 0 {
+            return Ok(Vec::new());
+        }
+        let p = self.path(name)?;
+        let v = self.request("GET range", move |s| {
+            let p = p.clone();
+            async move {
+                let opts = GetOptions {
+                    range: Some(GetRange::Bounded(offset..offset + len)),
+                    ..GetOptions::default()
+                };
+                s.get_opts(&p, opts).await?.bytes().await.map(|b| b.to_vec())
+            }
+        });
+        match v {
+            Ok(v) if v.len() as u64 == len => Ok(v),
+            Ok(v) => Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                format!(
+                    "the object ends at byte offset {}, before {}",
+                    offset + v.len() as u64,
+                    offset + len
+                ),
+            )),
+            // A range starting past the end is refused by the store (416).
+            Err(e) if e.to_string().contains("Range") || e.to_string().contains("416") => Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                format!("the object ends before byte offset {}: {e}", offset + len),
+            )),
+            Err(e) => Err(e),
+        }
+    }
+
     fn exists(&self, name: &str) -> io::Result<bool> {
         let p = self.path(name)?;
         match self.request("HEAD", move |s| {

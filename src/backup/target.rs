@@ -22,6 +22,25 @@ pub trait Target: Send + Sync {
     /// Read an object from byte `offset` on (a ranged read: nothing before
     /// it is fetched).
     fn open_at(&self, name: &str, offset: u64) -> io::Result<Box<dyn Read + Send>>;
+    /// Read `len` bytes of an object from byte `offset` (a ranged read:
+    /// only those bytes are fetched). An object that ends before
+    /// `offset + len` gives an `UnexpectedEof` error.
+    fn read_range(&self, name: &str, offset: u64, len: u64) -> io::Result<Vec<u8>> {
+        let mut r = self.open_at(name, offset)?;
+        let mut v = Vec::new();
+        (&mut r).take(len).read_to_end(&mut v)?;
+        if (v.len() as u64) < len {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                format!(
+                    "the object ends at byte offset {}, before {}",
+                    offset + v.len() as u64,
+                    offset + len
+                ),
+            ));
+        }
+        Ok(v)
+    }
     /// Whether an object exists.
     fn exists(&self, name: &str) -> io::Result<bool>;
     /// Names of the objects directly below `dir` (not recursive), sorted.
@@ -154,6 +173,22 @@ impl Target for DirTarget {
             f.seek(SeekFrom::Start(offset))?;
         }
         Ok(Box::new(io::BufReader::with_capacity(1 << 20, f)))
+    }
+
+    fn read_range(&self, name: &str, offset: u64, len: u64) -> io::Result<Vec<u8>> {
+        use std::os::unix::fs::FileExt;
+        check_name(name)?;
+        let f = std::fs::File::open(self.root.join(name))?;
+        let size = f.metadata()?.len();
+        if offset.checked_add(len).is_none_or(|end| end > size) {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                format!("the object ends at byte offset {size}, before {}", offset.saturating_add(len)),
+            ));
+        }
+        let mut v = vec![0u8; len as usize];
+        f.read_exact_at(&mut v, offset)?;
+        Ok(v)
     }
 
     fn exists(&self, name: &str) -> io::Result<bool> {
@@ -314,6 +349,22 @@ impl Target for Retrying {
             retries: self.retries.clone(),
         }))
     }
+    fn read_range(&self, name: &str, offset: u64, len: u64) -> io::Result<Vec<u8>> {
+        // A short object is what it is: not retried.
+        let mut attempt = 0;
+        loop {
+            match self.inner.read_range(name, offset, len) {
+                Ok(v) => return Ok(v),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if !matches!(e.kind(), io::ErrorKind::NotFound | io::ErrorKind::UnexpectedEof) && attempt + 1 < self.attempts => {
+                    self.retries.fetch_add(1, Ordering::Relaxed);
+                    pause(attempt);
+                    attempt += 1;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
     fn exists(&self, name: &str) -> io::Result<bool> {
         with_retries(self.attempts, &self.retries, || self.inner.exists(name))
     }
@@ -391,6 +442,13 @@ impl Target for Faulty {
             rate: self.rate,
             injected: self.injected.clone(),
         }))
+    }
+    fn read_range(&self, name: &str, offset: u64, len: u64) -> io::Result<Vec<u8>> {
+        maybe_fail(self.rate, &self.injected)?;
+        let v = self.inner.read_range(name, offset, len)?;
+        // A fault in the middle of the transfer.
+        maybe_fail(self.rate, &self.injected)?;
+        Ok(v)
     }
     fn exists(&self, name: &str) -> io::Result<bool> {
         maybe_fail(self.rate, &self.injected)?;

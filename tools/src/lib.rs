@@ -5,7 +5,8 @@
 //!   of the log (into a scratch store), reporting the first problem with
 //!   its place.
 //! - [`audit_backup`]: the same for a backup directory: the manifest chain,
-//!   every segment and body object, and a replay of all of it.
+//!   every segment and body (in packs, or format-1 body objects), and a
+//!   replay of all of it.
 //! - [`rebuild`]: throw the views away and materialise them again from the
 //!   log, in the node's own apply order.
 //! - [`restore`]: a whole node from a backup into a new data directory, to
@@ -394,7 +395,7 @@ pub fn parse_time(s: &str) -> anyhow::Result<u64> {
 
 /// Restore a whole node from the backup in `from` into `data_dir` (new, or
 /// holding an interrupted restore of the same backup, which continues).
-/// Up to `fetchers` body objects are fetched at once. `progress(position,
+/// Up to `fetchers` body reads run at once. `progress(position,
 /// target)` is called as entries are applied.
 pub fn restore(
     from: &Path,

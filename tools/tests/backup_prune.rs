@@ -1,7 +1,8 @@
 //! Backup retention: `tandem-replay prune` keeps every restore point of the
 //! kept window restorable (audit passes, restores give exactly those
 //! states), removes what only older points need (manifests, segments,
-//! bodies of mail deleted before the window), and leaves the backup alone
+//! packs holding only bodies of mail deleted before the window; a pack
+//! with one body still needed stays whole), and leaves the backup alone
 //! while a restore holds a lease: it skips, or waits until the lease is
 //! released.
 
@@ -75,8 +76,12 @@ fn prune_keeps_the_window_removes_the_rest_and_honours_leases() {
 
     // Phase A: five messages; three of them are deleted in phase B, before
     // the window starts.
+    // The three go into packs of their own: the backup catches up first.
     for i in 0..5 {
         deliver(&lmtp, "u@example.org", &format!("Subject: a{i}\r\n\r\nold {i}\r\n"));
+        if i == 2 {
+            assert!(caught_up(&bk, store.wal().last_order()));
+        }
     }
     c.ok("SELECT INBOX");
     let old_bodies = c.bodies();
@@ -110,6 +115,21 @@ fn prune_keeps_the_window_removes_the_rest_and_honours_leases() {
 
     let t: Arc<dyn Target> = Arc::new(DirTarget::new(&bk).unwrap());
     let manifests_before = layout::manifest_numbers(t.as_ref()).unwrap();
+    // Where each body of phase A is packed.
+    let pack_of = |b: &[u8]| {
+        let h: String = tandem::event::BlobHash::of(b).0.iter().map(|x| format!("{x:02x}")).collect();
+        packed_bodies(&bk)
+            .into_iter()
+            .find(|(x, _)| *x == h)
+            .expect("every body is packed")
+            .1
+    };
+    let old_packs: Vec<String> = old_bodies.iter().map(|(_, b)| pack_of(b)).collect();
+    assert!(
+        old_packs[..3].iter().all(|p| !old_packs[3..].contains(p)),
+        "the deleted mail's bodies share no pack with the kept mail: {old_packs:?}"
+    );
+    let packs_before = t.list(layout::PACK_DIR).unwrap().len();
     assert!(manifests_before.len() >= 4, "{manifests_before:?}");
 
     // A restore in progress: it holds its lease and planned from the
@@ -122,6 +142,8 @@ fn prune_keeps_the_window_removes_the_rest_and_honours_leases() {
     assert_eq!(r["base_written"], true, "{r}");
     assert_eq!(r["manifests_deleted"], 0, "{r}");
     assert_eq!(r["bodies_deleted"], 0, "{r}");
+    assert_eq!(r["packs_deleted"], 0, "{r}");
+    assert_eq!(t.list(layout::PACK_DIR).unwrap().len(), packs_before);
     assert_eq!(r["skipped_for_leases"].as_array().unwrap().len(), 1, "{r}");
     assert_eq!(layout::manifest_numbers(t.as_ref()).unwrap(), manifests_before);
     let base = r["base"].as_u64().unwrap();
@@ -132,6 +154,11 @@ fn prune_keeps_the_window_removes_the_rest_and_honours_leases() {
     restore::apply(t.as_ref(), &old_plan, &s, Stop::Latest, &mut |_| {}).unwrap();
     assert_eq!(views_digest(&s).unwrap(), final_digest);
     s.close().unwrap();
+
+    // A pack left by a run that died before its manifest (no manifest
+    // names it): gone once a base passes its run.
+    let orphan = layout::pack_name(1, 999);
+    assert!(t.put_new(&orphan, &mut |w| w.write_all(b"orphan")).unwrap());
 
     // Prune again while the lease is held; it is released a second later:
     // prune waits for it, then deletes.
@@ -149,11 +176,20 @@ fn prune_keeps_the_window_removes_the_rest_and_honours_leases() {
     assert_eq!(r["manifests_deleted"].as_u64().unwrap(), base, "{r}");
     assert!(r["segments_deleted"].as_u64().unwrap() >= 1, "{r}");
     assert!(r["lease_objects_deleted"].as_u64().unwrap() >= 2, "{r}");
-    // The three bodies deleted before the window are gone; the others stay.
-    assert_eq!(r["bodies_deleted"], 3, "{r}");
-    for (i, (_, b)) in old_bodies.iter().enumerate() {
-        let there = t.exists(&layout::body_name(&tandem::event::BlobHash::of(b).0)).unwrap();
-        assert_eq!(there, i >= 3, "body of message {}", i + 1);
+    // The packs holding only the three bodies deleted before the window
+    // are gone; the packs of the others stay, and the base names those of
+    // them its manifests no longer do.
+    assert_eq!(r["bodies_deleted"], 0, "no per-body objects: {r}");
+    let dead: std::collections::BTreeSet<&String> = old_packs[..3].iter().collect();
+    assert_eq!(r["packs_deleted"].as_u64().unwrap(), dead.len() as u64 + 1, "{r}");
+    assert!(!t.exists(&orphan).unwrap());
+    for (i, p) in old_packs.iter().enumerate() {
+        assert_eq!(t.exists(p).unwrap(), i >= 3, "pack {p} of message {}", i + 1);
+    }
+    let kept_base = retention::load_base(t.as_ref(), base).unwrap();
+    for p in &old_packs[3..] {
+        let n = layout::pack_number(p.strip_prefix("packs/").unwrap()).unwrap();
+        assert_eq!(kept_base.packs.iter().any(|k| k.object == *p), n <= base, "pack {p}, base {base}");
     }
     let left = layout::manifest_numbers(t.as_ref()).unwrap();
     assert!(left.iter().all(|n| *n > base), "{left:?}");

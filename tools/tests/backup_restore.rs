@@ -135,9 +135,21 @@ fn backup_destroy_restore_and_points_in_time() {
     rt.block_on(node.stop()).unwrap();
     assert_eq!(digest_of(&data), final_digest);
 
-    // Bodies: one object per distinct body, ever.
-    let bodies = walk(&bk.join("bodies")).len();
-    assert_eq!(bodies, 8, "8 distinct bodies were delivered");
+    // Bodies: each distinct body packed once, ever, in packs the
+    // manifests name; no per-body objects.
+    let packed = packed_bodies(&bk);
+    let distinct: std::collections::BTreeSet<&String> = packed.iter().map(|(h, _)| h).collect();
+    assert_eq!(
+        (packed.len(), distinct.len()),
+        (8, 8),
+        "8 distinct bodies were delivered: {packed:?}"
+    );
+    let packs: std::collections::BTreeSet<&String> = packed.iter().map(|(_, p)| p).collect();
+    assert_eq!(walk(&bk.join("packs")).len(), packs.len(), "every pack is named by a manifest");
+    assert!(!bk.join("bodies").exists());
+    // The one-shot backup wrote everything in one run: one pack.
+    assert_eq!(walk(&bk2.join("packs")).len(), 1);
+    assert_eq!(packed_bodies(&bk2).len(), 8);
 
     // Destroy the node; restore it from each backup.
     std::fs::remove_dir_all(&data).unwrap();

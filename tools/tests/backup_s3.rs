@@ -144,20 +144,29 @@ fn backup_to_s3_restore_point_in_time_audit_and_tamper() {
     let mut after = Vec::new();
     t.open(&first).unwrap().read_to_end(&mut after).unwrap();
     assert_eq!(before, after);
-    // The big body is one object of the right size, read back from an offset.
-    let big_hash = bodies
+    // The big body lies in a pack (uploaded in parts), and comes back
+    // whole by a ranged read of its bytes only.
+    let index = tandem::backup::restore::plan(&t, tandem::backup::restore::Stop::Latest)
+        .unwrap()
+        .bodies;
+    let big = bodies
         .iter()
         .map(|(_, b)| b)
         .find(|b| b.len() > 9 << 20)
-        .map(|b| tandem::event::BlobHash::of(b).0);
-    let big_hash = big_hash.expect("the big message is served");
+        .expect("the big message is served");
+    let loc = index
+        .get(&tandem::event::BlobHash::of(big).0)
+        .expect("the big body is packed")
+        .clone();
+    assert!(loc.pack.starts_with("packs/"), "{loc:?}");
+    assert_eq!(&t.read_range(&loc.pack, loc.offset, loc.len).unwrap(), big);
     let mut tail = Vec::new();
-    t.open_at(&layout::body_name(&big_hash), 9 << 20)
+    t.open_at(&loc.pack, loc.offset + (9 << 20))
         .unwrap()
         .read_to_end(&mut tail)
         .unwrap();
-    let big_len = bodies.iter().map(|(_, b)| b.len()).max().unwrap();
-    assert_eq!(tail.len(), big_len - (9 << 20));
+    assert_eq!(&tail[..big.len() - (9 << 20)], &big[9 << 20..]);
+    assert!(!t.exists(&layout::body_name(&tandem::event::BlobHash::of(big).0)).unwrap());
 
     // Audit, whole restore and a point in time, all read from the bucket.
     let (ok, out) = run(replay(&ep, &creds).args(["audit", URL]));
@@ -188,21 +197,29 @@ fn backup_to_s3_restore_point_in_time_audit_and_tamper() {
     c.ok("LOGOUT");
     rt.block_on(node.stop()).unwrap();
 
-    // Tamper with one body in the bucket (as someone holding delete
-    // rights could): audit and restore refuse, naming the object.
+    // Tamper with one body in its pack in the bucket (as someone holding
+    // delete rights could): audit and restore refuse, naming the pack, the
+    // body and its byte offset.
     let small = bodies.iter().map(|(_, b)| b).find(|b| b.len() < 1000).unwrap();
-    let name = layout::body_name(&tandem::event::BlobHash::of(small).0);
-    let mut flipped = small.clone();
-    flipped[10] ^= 1;
-    t.delete(&name).unwrap();
-    assert!(t.put_new(&name, &mut |w| w.write_all(&flipped)).unwrap());
+    let hash = tandem::event::BlobHash::of(small).0;
+    let loc = index.get(&hash).unwrap().clone();
+    let mut pack = Vec::new();
+    t.open(&loc.pack).unwrap().read_to_end(&mut pack).unwrap();
+    pack[loc.offset as usize + 10] ^= 1;
+    t.delete(&loc.pack).unwrap();
+    assert!(t.put_new(&loc.pack, &mut |w| w.write_all(&pack)).unwrap());
+    let hash_hex: String = hash.iter().map(|b| format!("{b:02x}")).collect();
+    let offset = format!("byte offset {}", loc.offset);
     let (ok, out) = run(replay(&ep, &creds).args(["audit", URL]));
     assert!(!ok, "{out}");
-    assert!(out.contains(&name) && out.contains("FAILED"), "{out}");
+    assert!(
+        out.contains(&*loc.pack) && out.contains(&hash_hex) && out.contains(&offset) && out.contains("FAILED"),
+        "{out}"
+    );
     let (ok, out) = run(replay(&ep, &creds)
         .args(["restore", "--from", URL, "--data-dir"])
         .arg(dir.path().join("refused")));
-    assert!(!ok && out.contains(&name), "{out}");
+    assert!(!ok && out.contains(&*loc.pack) && out.contains(&hash_hex), "{out}");
     // A bucket that is not there is an error naming it, not an empty backup.
     let (ok, out) = run(replay(&ep, &creds).args(["audit", "s3://no-such-bucket/mx1"]));
     assert!(!ok && out.contains("no-such-bucket"), "{out}");

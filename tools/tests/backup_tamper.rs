@@ -1,6 +1,7 @@
 //! Damaged backups: audit and restore refuse them, naming the object, the
-//! origin, the seq and the byte offset, and a restore applies nothing past
-//! the last entry it verified. Interrupted restores continue.
+//! origin, the seq and the byte offset (for a pack: the body's blake3 and
+//! its byte offset in the pack), and a restore applies nothing past the
+//! last entry it verified. Interrupted restores continue.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -149,22 +150,72 @@ fn flipped_missing_and_truncated_objects_are_refused_by_name() {
     let head = refused(&b, case.path(), &[&seg2, "truncated", &origin, "byte offset"]);
     assert!(head < first2 + (bytes.len() as u64 / 60), "a truncated segment applied everything");
 
-    // A truncated body object.
+    // Packs: the second run's pack and its index, from manifest 2.
+    let t = tandem::backup::target::DirTarget::new(&bk).unwrap();
+    let m2 = tandem::backup::layout::load_manifest(&t, 2).unwrap().manifest;
+    assert_eq!(m2.packs.len(), 1, "one pack per run");
+    let pack = m2.packs[0].clone();
+    assert!(pack.bodies.len() >= 10, "{pack:?}");
+    assert!(!bk.join("bodies").exists(), "no per-body objects are written");
+    let pack_bytes = std::fs::read(bk.join(&pack.object)).unwrap();
+    assert_eq!(pack_bytes.len() as u64, pack.len);
+    assert_eq!(blake3::hash(&pack_bytes).to_hex().as_str(), pack.blake3);
+    // The seq of the entry naming a body, from the place a refusal names.
+    let seq_named = |out: &str| -> u64 {
+        let at = out.find(&format!("origin {origin} seq ")).expect("the refusal names the entry");
+        out[at + format!("origin {origin} seq ").len()..]
+            .split(|c: char| !c.is_ascii_digit())
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+
+    // A flipped byte inside the fourth body of the pack.
     let case = tempfile::tempdir().unwrap();
     let b = case.path().join("bk");
     copy_dir(&bk, &b);
-    let mut bodies = Vec::new();
-    for d in std::fs::read_dir(b.join("bodies")).unwrap() {
-        for f in std::fs::read_dir(d.unwrap().path()).unwrap() {
-            bodies.push(f.unwrap().path());
-        }
-    }
-    bodies.sort();
-    let victim = &bodies[3];
-    let content = std::fs::read(victim).unwrap();
-    std::fs::write(victim, &content[..content.len() / 2]).unwrap();
-    let name = victim.strip_prefix(&b).unwrap().to_string_lossy().into_owned();
-    refused(&b, case.path(), &[&name, &origin, "seq "]);
+    let victim = &pack.bodies[3];
+    let mut damaged = pack_bytes.clone();
+    damaged[(victim.1 + victim.2 / 2) as usize] ^= 0x20;
+    std::fs::write(b.join(&pack.object), &damaged).unwrap();
+    let (ok, out) = run(replay().arg("audit").arg(&b));
+    assert!(!ok, "{out}");
+    let needles = [
+        pack.object.as_str(),
+        victim.0.as_str(),
+        &format!("byte offset {}", victim.1),
+        "does not match its blake3",
+    ];
+    let head = refused(&b, case.path(), &needles);
+    let seq = seq_named(&out);
+    assert!(head < seq, "restore applied seq {head}, past seq {seq} whose body is damaged");
+
+    // A truncated pack: cut inside its sixth body.
+    let case = tempfile::tempdir().unwrap();
+    let b = case.path().join("bk");
+    copy_dir(&bk, &b);
+    let victim = &pack.bodies[5];
+    std::fs::write(b.join(&pack.object), &pack_bytes[..(victim.1 + 3) as usize]).unwrap();
+    let (_, out) = run(replay().arg("audit").arg(&b));
+    let head = refused(
+        &b,
+        case.path(),
+        &[
+            pack.object.as_str(),
+            victim.0.as_str(),
+            &format!("byte offset {}", victim.1),
+            "truncated",
+        ],
+    );
+    assert!(head < seq_named(&out), "a truncated pack applied the entry whose body it lost");
+
+    // A missing pack.
+    let case = tempfile::tempdir().unwrap();
+    let b = case.path().join("bk");
+    copy_dir(&bk, &b);
+    std::fs::remove_file(b.join(&pack.object)).unwrap();
+    refused(&b, case.path(), &[pack.object.as_str(), pack.bodies[0].0.as_str(), "missing"]);
 
     // A flipped byte in a manifest.
     let case = tempfile::tempdir().unwrap();

@@ -71,7 +71,7 @@ enum Cmd {
         /// Stop after this entry: ORIGIN:SEQ (origin as 16 hex digits or node id).
         #[arg(long)]
         seq: Option<String>,
-        /// Body objects fetched at once (1: one after the other).
+        /// Body reads at once (ranged reads of packs, neighbours joined; 1: one after the other).
         #[arg(long, default_value_t = tandem::backup::restore::DEFAULT_FETCHERS)]
         fetchers: usize,
         /// Print the report as JSON.
@@ -139,13 +139,14 @@ fn run(a: Args) -> anyhow::Result<ExitCode> {
                 println!("{}", serde_json::to_string_pretty(&r)?);
             } else {
                 println!(
-                    "pruned {}: base {}{}, oldest restore point {} ms; deleted {} manifests, {} segments, {} bodies, {} base objects, {} lease objects",
+                    "pruned {}: base {}{}, oldest restore point {} ms; deleted {} manifests, {} segments, {} packs, {} bodies, {} base objects, {} lease objects",
                     backup.display(),
                     r.base,
                     if r.base_written { " (written now)" } else { "" },
                     r.oldest_point_ms,
                     r.manifests_deleted,
                     r.segments_deleted,
+                    r.packs_deleted,
                     r.bodies_deleted,
                     r.base_objects_deleted,
                     r.lease_objects_deleted

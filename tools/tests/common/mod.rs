@@ -313,3 +313,18 @@ impl Drop for Relay {
         self.cut();
     }
 }
+
+/// Every body the packs of the backup at `bk` hold, by the indexes of its
+/// manifests: (blake3 hex, pack object).
+#[allow(dead_code)]
+pub fn packed_bodies(bk: &Path) -> Vec<(String, String)> {
+    use tandem::backup::layout;
+    let t = tandem::backup::target::DirTarget::new(bk).unwrap();
+    let mut out = Vec::new();
+    for n in layout::manifest_numbers(&t).unwrap() {
+        for p in layout::load_manifest(&t, n).unwrap().manifest.packs {
+            out.extend(p.bodies.iter().map(|b| (b.0.clone(), p.object.clone())));
+        }
+    }
+    out
+}
