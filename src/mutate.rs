@@ -529,6 +529,22 @@ pub fn expunge(txn: &mut Txn<'_>, cfs: Cfs, user: &str, mailbox: Id, uids: &[u32
 /// were appended pending.
 pub type Copied = (u32, Vec<(u32, u32, Id)>);
 
+/// A copy of message `m` appended to `mailbox` under `uid` with `guid`:
+/// the same body (by reference), size, internal date and flags.
+pub fn copy_of(m: &crate::views::MessageRec, user: &str, mailbox: Id, uid: u32, guid: Id) -> Event {
+    Event::MessageAppended {
+        user: user.into(),
+        mailbox,
+        uid,
+        guid,
+        blob: m.blob,
+        size: m.size,
+        internal_date: m.internal_date,
+        tz_minutes: m.tz_minutes,
+        flags: m.flags.clone(),
+    }
+}
+
 /// Copy messages to another mailbox (new GUIDs, same blobs and flags).
 /// With `remove`, it is a MOVE: the copies keep their GUIDs and the sources
 /// are expunged in the same transaction. With `pending`, the copies await
@@ -548,21 +564,7 @@ pub fn copy(txn: &mut Txn<'_>, cfs: Cfs, user: &str, from: Id, uids: &[u32], to:
         }
         let new_uid = if pending { 0 } else { mb.uidnext };
         let guid = if remove { m.guid } else { Id::random() };
-        emit(
-            txn,
-            cfs,
-            Event::MessageAppended {
-                user: user.into(),
-                mailbox: to,
-                uid: new_uid,
-                guid,
-                blob: m.blob,
-                size: m.size,
-                internal_date: m.internal_date,
-                tz_minutes: m.tz_minutes,
-                flags: m.flags.clone(),
-            },
-        )?;
+        emit(txn, cfs, copy_of(&m, user, to, new_uid, guid))?;
         pairs.push((*uid, new_uid, guid));
         sources.push((*uid, m.guid));
     }

@@ -27,7 +27,7 @@ use tandem::repl::apply::{apply_batch, verify_blobs};
 use tandem::repl::engine::dialer::{self, Dialer, ReadEntry};
 use tandem::repl::engine::receiver::{Arrival, Intake, Prepared, Receiver, Step};
 use tandem::repl::engine::{Resume, Window};
-use tandem::repl::frame::{Frame, WireBlob, WireEntry};
+use tandem::repl::frame::{Frame, WireBlob};
 use tandem::repl::resolve;
 use tandem::store::{wal_options, Store};
 use tandem::views::{keys, ViewRead};
@@ -153,16 +153,7 @@ fn pull(
         let read = src.wal().read_order(from, max).unwrap();
         let entries: Vec<ReadEntry> = read
             .iter()
-            .map(|(o, e)| ReadEntry {
-                order: *o,
-                origin: e.origin.0,
-                seq: e.seq,
-                bytes: e.payload.len() as u64,
-                body: match Event::decode(&e.payload) {
-                    Ok(Event::MessageAppended { blob, size, .. } | Event::MessageRestored { blob, size, .. }) => Some((blob.0, size)),
-                    _ => None,
-                },
-            })
+            .map(|(o, e)| ReadEntry::new(*o, e.origin.0, e.seq, &e.payload))
             .collect();
         let by_order: BTreeMap<u64, &wal::Entry> = read.iter().map(|(o, e)| (*o, e)).collect();
         for b in l.dialer.read(&entries) {
@@ -198,20 +189,7 @@ fn pull(
             }
             let batch = Frame::Batch {
                 id: b.id,
-                entries: b
-                    .orders
-                    .iter()
-                    .map(|o| {
-                        let e = by_order[o];
-                        WireEntry {
-                            origin: e.origin.0,
-                            seq: e.seq,
-                            hlc: e.hlc,
-                            hash: e.hash,
-                            payload: e.payload.clone(),
-                        }
-                    })
-                    .collect(),
+                entries: b.orders.iter().map(|o| tandem::repl::wire_entry(by_order[o])).collect(),
                 blobs: send
                     .iter()
                     .map(|h| WireBlob {
@@ -303,6 +281,10 @@ impl Sim {
     /// drops with batches in flight.
     fn pull(&mut self, i: usize, j: usize) -> usize {
         let drop_after = self.rng.gen_bool(self.drops).then(|| self.rng.gen_range(0..3));
+        self.pull_dropping(i, j, drop_after)
+    }
+
+    fn pull_dropping(&mut self, i: usize, j: usize, drop_after: Option<usize>) -> usize {
         let window = self.window;
         pull(
             &mut self.nodes,
@@ -379,16 +361,7 @@ impl Sim {
 
     /// Node `i` applies what `j` holds, with no resolver pass.
     fn pull_one(&mut self, i: usize, j: usize) -> usize {
-        let window = self.window;
-        pull(
-            &mut self.nodes,
-            &mut self.links[i * NODES + j],
-            &mut self.resume[i * NODES + j],
-            i,
-            j,
-            window,
-            None,
-        )
+        self.pull_dropping(i, j, None)
     }
 
     fn record(&mut self, ctx: &str) {

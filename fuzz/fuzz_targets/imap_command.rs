@@ -7,9 +7,9 @@
 use imap_codec::decode::Decoder;
 use imap_codec::CommandCodec;
 use libfuzzer_sys::fuzz_target;
-use tandem_fuzz::proto::imap::{condstore, ext};
 use tandem_fuzz::proto::imap::fragment::{tag_of, Frame, Framer};
 use tandem_fuzz::proto::imap::mutf7;
+use tandem_fuzz::proto::imap::{condstore, ext};
 
 const MAX_LINE: usize = 2048;
 const MAX_LITERAL: u64 = 8192;

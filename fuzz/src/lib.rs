@@ -13,5 +13,13 @@ pub mod proto;
 #[path = "../../src/repl/frame.rs"]
 pub mod frame;
 
+#[path = "../../src/repl/engine/vector.rs"]
+pub mod vector;
+
+/// What `frame.rs` takes from the link's engine: its version vector.
+pub mod engine {
+    pub use super::vector::Vector;
+}
+
 #[path = "../../src/event.rs"]
 pub mod event;

@@ -189,21 +189,7 @@ fn run(store: &Store, scratch_dir: &Path, req: &PitrRequest) -> Result<PitrRepor
                         if dst.uidnext == u32::MAX {
                             return Err(MutationError::NotAllowed("mailbox has used every UID"));
                         }
-                        mutate::emit(
-                            t,
-                            c,
-                            Event::MessageAppended {
-                                user: u.clone(),
-                                mailbox: id,
-                                uid: dst.uidnext,
-                                guid: Id::random(),
-                                blob: m.blob,
-                                size: m.size,
-                                internal_date: m.internal_date,
-                                tz_minutes: m.tz_minutes,
-                                flags: m.flags.clone(),
-                            },
-                        )?;
+                        mutate::emit(t, c, mutate::copy_of(m, &u, id, dst.uidnext, Id::random()))?;
                     }
                     Ok(())
                 })

@@ -34,6 +34,17 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+/// A log entry as a batch carries it.
+pub fn wire_entry(e: &wal::Entry) -> frame::WireEntry {
+    frame::WireEntry {
+        origin: e.origin.0,
+        seq: e.seq,
+        hlc: e.hlc,
+        hash: e.hash,
+        payload: e.payload.clone(),
+    }
+}
+
 /// The link's vector of the log's heads (or any of its vectors).
 pub fn vector_of(v: &wal::VersionVector) -> engine::Vector {
     v.0.iter().map(|(o, s)| (o.0, *s)).collect()

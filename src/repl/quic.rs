@@ -13,7 +13,6 @@ use super::handshake;
 use super::stream::{read_frame, write_frame};
 use super::{now_ms, Mirror, OutLink};
 use crate::config::MirrorConfig;
-use crate::event::Event;
 use crate::store::Store;
 use anyhow::{bail, Context};
 use std::collections::HashMap;
@@ -494,18 +493,7 @@ async fn link(
                 // counts towards its batch's size and travels with it.
                 let read: Vec<ReadEntry> = entries
                     .iter()
-                    .map(|(o, e)| ReadEntry {
-                        order: *o,
-                        origin: e.origin.0,
-                        seq: e.seq,
-                        bytes: e.payload.len() as u64,
-                        body: match Event::decode(&e.payload) {
-                            Ok(Event::MessageAppended { blob, size, .. } | Event::MessageRestored { blob, size, .. }) => {
-                                Some((blob.0, size))
-                            }
-                            _ => None,
-                        },
-                    })
+                    .map(|(o, e)| ReadEntry::new(*o, e.origin.0, e.seq, &e.payload))
                     .collect();
                 let by_order: HashMap<u64, &wal::Entry> = entries.iter().map(|(o, e)| (*o, e)).collect();
                 for b in engine.read(&read) {
@@ -517,20 +505,7 @@ async fn link(
                     // The batch is built (bodies read, frame encoded) in the
                     // blocking pool and written by the writer task, while
                     // this loop reads on.
-                    let wire = b
-                        .orders
-                        .iter()
-                        .map(|o| {
-                            let e = by_order[o];
-                            WireEntry {
-                                origin: e.origin.0,
-                                seq: e.seq,
-                                hlc: e.hlc,
-                                hash: e.hash,
-                                payload: e.payload.clone(),
-                            }
-                        })
-                        .collect();
+                    let wire = b.orders.iter().map(|o| super::wire_entry(by_order[o])).collect();
                     let build = build_batch(store.clone(), mirror.clone(), i, b, wire, qtx.clone(), answers.clone());
                     let build = tokio::spawn(async move { build.await.map(|(bytes, n)| (bytes, n, permit)) });
                     if wtx.send(build).await.is_err() {

@@ -126,7 +126,7 @@ fn main() {
     let body = b"Subject: x\r\n\r\nbody\r\n".to_vec();
     let frames = [
         Frame::Vector {
-            vector: vec![(origin.0, 6), (7, 9)],
+            vector: [(origin.0, 6), (7, 9)].into(),
             hashes: vec![(origin.0, entries[5].hash)],
         },
         Frame::Chunk {
@@ -144,7 +144,7 @@ fn main() {
         },
         Frame::Ack {
             id: 1,
-            vector: vec![(origin.0, 6)],
+            vector: [(origin.0, 6)].into(),
         },
         Frame::Query {
             id: 2,

@@ -32,6 +32,24 @@ pub struct ReadEntry {
     pub body: Option<([u8; 32], u64)>,
 }
 
+impl ReadEntry {
+    /// An entry at apply-order position `order` whose event is `payload`
+    /// (decoded once here to find the body it references).
+    pub fn new(order: u64, origin: u64, seq: u64, payload: &[u8]) -> ReadEntry {
+        use crate::event::Event;
+        ReadEntry {
+            order,
+            origin,
+            seq,
+            bytes: payload.len() as u64,
+            body: match Event::decode(payload) {
+                Ok(Event::MessageAppended { blob, size, .. } | Event::MessageRestored { blob, size, .. }) => Some((blob.0, size)),
+                _ => None,
+            },
+        }
+    }
+}
+
 /// A batch to build and send, in this order.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Build {

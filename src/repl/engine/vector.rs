@@ -2,7 +2,9 @@
 //! held (or acknowledged, or sent). Frames carry it as they always did, a
 //! varint count and (origin, seq) pairs in origin order: postcard encodes
 //! a map and a list of pairs alike. The log's own `wal::VersionVector`
-//! converts into it at the driver (`super::super::vector_of`).
+//! converts into it at the driver (`super::super::vector_of`). The fuzz
+//! crate compiles this file on its own beside `frame.rs`: serde and std
+//! only.
 
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
