@@ -1,7 +1,7 @@
 //! The one version vector of the link: for each origin, the highest seq
 //! held (or acknowledged, or sent). Frames carry it as they always did, a
 //! varint count and (origin, seq) pairs in origin order: postcard encodes
-//! a map and a list of pairs alike. The log's own `wal::VersionVector`
+//! a map and a list of pairs alike. The log's own version vector type
 //! converts into it at the driver (`super::super::vector_of`). The fuzz
 //! crate compiles this file on its own beside `frame.rs`: serde and std
 //! only.
