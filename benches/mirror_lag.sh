@@ -52,29 +52,45 @@ for i in range(100):
     assert r.startswith(b"250"), r
 PY
   want=$(heads "$OUT/a")
-  started=$(python3 -c 'import time; print(time.time())')
-  PB=$(start_node "$OUT/b"); wait_up "$OUT/b"
-  python3 - "$T" "$OUT" "$want" "$started" <<'PY'
-import json, os, subprocess, sys, time
-t, out, want, started = sys.argv[1], sys.argv[2], sys.argv[3], float(sys.argv[4])
-def status(n):
-    return json.loads(subprocess.run([t, "--config", f"{out}/{n}/tandem.toml", "status", "--json"], capture_output=True, text=True).stdout)
-t0 = time.time()
+  # One process starts B and watches it, so the figure holds no harness
+  # start-up: B's status is read over its admin API every 2 ms, without
+  # spawning a client (a Python start alone costs about 0.13 s here).
+  python3 - "$T" "$OUT" "$want" <<'PY'
+import json, os, subprocess, sys, time, urllib.request
+t, out, want = sys.argv[1], sys.argv[2], sys.argv[3]
+data = f"{out}/b/data"
+listen = f"{data}/listen.json"
+if os.path.exists(listen):
+    os.remove(listen)
+started = time.time()
+b = subprocess.Popen([t, "--config", f"{out}/b/tandem.toml", "serve"], stdout=open(f"{out}/b/serve.log", "w"), stderr=subprocess.STDOUT)
+open(f"{out}/b/pid", "w").write(str(b.pid))
+def admin_status(data):
+    base = json.load(open(f"{data}/listen.json"))["admin"]
+    token = open(f"{data}/admin.token").read().strip()
+    req = urllib.request.Request(base + "/v1/status", headers={"Authorization": "Bearer " + token})
+    return json.load(urllib.request.urlopen(req, timeout=5))
+up = None
 while True:
-    st = status("b")
+    if time.time() - started > 30:
+        sys.exit("B did not catch up")
+    try:
+        st = admin_status(data)
+    except (OSError, ValueError, KeyError):
+        time.sleep(0.002)
+        continue
+    if up is None:
+        up = time.time()
     if json.dumps(st["log"]["heads"], sort_keys=True) == want:
         done = time.time()
         break
-    if time.time() - t0 > 30:
-        sys.exit("B did not catch up")
-    time.sleep(0.005)
-link = status("a")["mirror"]["outgoing"][0]
-up = link["since_ms"] / 1000.0
-print("(d) catch-up of 100 changes: %.3f s from B's process start, %.3f s from B's listeners up to caught up; %.3f s after A's link to B came up"
-      % (done - started, done - t0, max(0.0, done - up)))
+    time.sleep(0.002)
+print("(d) catch-up of 100 changes: %.3f s from B's process start, %.3f s from B's admin API up to caught up"
+      % (done - started, done - up))
 if os.environ.get("RESULTS"):
     with open(os.environ["RESULTS"], "a") as f:
-        f.write(json.dumps({"catchup_s": done - started, "catchup_after_listen_s": done - t0}) + "\n")
+        f.write(json.dumps({"catchup_s": done - started, "catchup_after_listen_s": done - up}) + "\n")
 PY
+  PB=$(cat "$OUT/b/pid")
 done
 echo "raw logs: $OUT"

