@@ -358,6 +358,30 @@ pub trait ViewRead {
         Ok(self.vget(&keys::config(key))?.map(|v| String::from_utf8_lossy(&v).into_owned()))
     }
 
+    /// The user's quota, if one was ever set.
+    fn quota(&self, user: &str) -> Result<Option<super::QuotaRec>, ViewError> {
+        let k = keys::quota(user);
+        self.vget(&k)?.map(|v| dec(&k, &v)).transpose()
+    }
+
+    /// What counts against the user's quota: (bytes, messages) over every
+    /// mailbox of the user, the messages shown and those kept aside in it
+    /// (pending placement or a UID collision) alike. A pure function of the
+    /// views, so equal on every node whose views are equal.
+    fn usage(&self, user: &str) -> Result<(u64, u64), ViewError> {
+        let (mut bytes, mut count) = (0u64, 0u64);
+        for mb in self.all_mailboxes(user)? {
+            for prefix in [keys::messages_prefix(mb.id), keys::conflicts_in(mb.id)] {
+                for (k, v) in self.vscan(&prefix)? {
+                    let m: MessageRec = dec(&k, &v)?;
+                    bytes = bytes.saturating_add(m.size);
+                    count += 1;
+                }
+            }
+        }
+        Ok((bytes, count))
+    }
+
     /// (hlc, origin) of the `ConfigSet` that wrote a key's value, if any.
     fn config_clock(&self, key: &str) -> Result<Option<(u64, u64)>, ViewError> {
         let k = keys::config_clock(key);
