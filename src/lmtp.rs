@@ -272,7 +272,20 @@ pub fn resolve_user(store: &Store, r: &Recipient) -> Result<Option<String>, crat
 
 fn check_recipient(store: &Store, r: &Recipient, counters: &Counters) -> RcptOutcome {
     match resolve_user(store, r) {
-        Ok(Some(_)) => RcptOutcome::Accept,
+        // A user already at the quota is refused at once (452, so the
+        // sender retries); whether the message fits is known after DATA.
+        Ok(Some(user)) => match mutate::check_quota(&store.views(), &user, 1, 1) {
+            Ok(()) => RcptOutcome::Accept,
+            Err(MutationError::OverQuota { whole: false }) => RcptOutcome::Reject(Reply::new(452, "4.2.2", "Mailbox full")),
+            Err(MutationError::OverQuota { whole: true }) => {
+                RcptOutcome::Reject(Reply::new(552, "5.2.2", "Message larger than the mailbox quota"))
+            }
+            Err(e) => {
+                bump(&counters.temp_failures, 1);
+                tracing::error!(error = %e, "store unavailable during RCPT");
+                RcptOutcome::Reject(Reply::new(451, "4.3.0", "Temporary failure: mail store unavailable"))
+            }
+        },
         Ok(None) => {
             bump(&counters.rejected_unknown_user, 1);
             RcptOutcome::Reject(Reply::new(550, "5.1.1", format!("<{}> User doesn't exist", r.address)))

@@ -8,6 +8,8 @@ mod common;
 use common::{node_with_users, start_mirror, wait_until, Node, Raw};
 
 const USER: &str = "q@example.org";
+/// A second user without a quota.
+const OTHER: &str = "r@example.org";
 const SECRET: &str = "correct horse battery staple";
 
 /// An IMAP connection speaking raw lines.
@@ -62,15 +64,21 @@ fn message(size: usize) -> String {
 }
 
 /// Deliver one message of `size` bytes to USER over LMTP; the reply to the
-/// recipient after the data.
+/// recipient after the data, or `RCPT ` and the reply to RCPT when that
+/// refused it.
 fn deliver(node: &Node, size: usize) -> String {
     let mut c = Raw::connect(&node.addr("lmtp"));
     assert!(c.reply().starts_with("220"));
     c.send(b"LHLO test\r\n");
     assert!(c.reply().starts_with("250"));
-    c.send(format!("MAIL FROM:<s@example.org>\r\nRCPT TO:<{USER}>\r\nDATA\r\n").as_bytes());
+    c.send(b"MAIL FROM:<s@example.org>\r\n");
     assert!(c.reply().starts_with("250"));
-    assert!(c.reply().starts_with("250"));
+    c.send(format!("RCPT TO:<{USER}>\r\n").as_bytes());
+    let r = c.reply();
+    if !r.starts_with("250") {
+        return format!("RCPT {r}");
+    }
+    c.send(b"DATA\r\n");
     assert!(c.reply().starts_with("354"));
     c.send(format!("{}.\r\n", message(size)).as_bytes());
     let r = c.reply();
@@ -85,7 +93,7 @@ fn quota_json(node: &Node) -> serde_json::Value {
 #[test]
 fn quota_is_shown_and_enforced_on_append_copy_and_lmtp() {
     let dir = tempfile::tempdir().unwrap();
-    let node = node_with_users(dir.path(), "q1", "", &[USER]);
+    let node = node_with_users(dir.path(), "q1", "", &[USER, OTHER]);
 
     // No quota yet: the root has no limits, and GETQUOTA finds none.
     let (ok, out, err) = node.cli(&["quota", "get", USER], None);
@@ -128,6 +136,17 @@ fn quota_is_shown_and_enforced_on_append_copy_and_lmtp() {
     // for APPEND and COPY alike; nothing was stored.
     let r = deliver(&node, 3000);
     assert!(r.starts_with("452 4.2.2"), "{r}");
+    // Per recipient: the other recipient of the same message gets it.
+    let mut c = Raw::connect(&node.addr("lmtp"));
+    c.reply();
+    c.send(format!("LHLO t\r\nMAIL FROM:<s@x>\r\nRCPT TO:<{USER}>\r\nRCPT TO:<{OTHER}>\r\nDATA\r\n").as_bytes());
+    for want in ["250", "250", "250", "250", "354"] {
+        let r = c.reply();
+        assert!(r.starts_with(want), "{r}");
+    }
+    c.send(format!("{}.\r\n", message(3000)).as_bytes());
+    let (first, second) = (c.reply(), c.reply());
+    assert!(first.starts_with("452 4.2.2") && second.starts_with("250"), "{first}{second}");
     assert!(i.append("INBOX", 3000).contains(" NO [OVERQUOTA]"));
     i.cmd("SELECT INBOX");
     let r = i.cmd("COPY 1 Archive");
@@ -155,8 +174,9 @@ fn quota_is_shown_and_enforced_on_append_copy_and_lmtp() {
     let r = i.cmd("GETQUOTA \"\"");
     assert_eq!(r[0], "* QUOTA \"\" (MESSAGE 2 2)");
     assert!(i.append("Drafts", 100).contains(" NO [OVERQUOTA]"));
+    // Already full: refused at RCPT.
     let r = deliver(&node, 100);
-    assert!(r.starts_with("452 4.2.2"), "{r}");
+    assert!(r.starts_with("RCPT 452 4.2.2"), "{r}");
     // Lifting every limit lets it in.
     let (ok, out, _) = node.cli(&["quota", "set", USER], None);
     assert!(ok && out.contains("messages 2 of unlimited"), "{out}");
@@ -214,11 +234,11 @@ fn a_quota_set_on_one_node_is_enforced_on_the_other() {
     let r = deliver(&b, 500);
     assert!(r.starts_with("250"), "{r}");
     let r = deliver(&b, 500);
-    assert!(r.starts_with("452 4.2.2"), "{r}");
+    assert!(r.starts_with("RCPT 452 4.2.2"), "{r}");
     // A sees the same usage once the delivery arrives, and refuses too.
     assert!(wait_until(15, || quota_json(&a)["used_messages"] == 1), "{}", quota_json(&a));
     let r = deliver(&a, 500);
-    assert!(r.starts_with("452 4.2.2"), "{r}");
+    assert!(r.starts_with("RCPT 452 4.2.2"), "{r}");
 
     // Set on B, lifted on A's side too: the later set wins on both.
     let (ok, _, err) = b.cli(&["quota", "set", USER, "--messages", "5"], None);
