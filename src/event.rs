@@ -518,6 +518,16 @@ mod tests {
         };
         assert_eq!(e.encode()[1], 19);
         assert_eq!(Event::decode(&e.encode()).unwrap(), e);
+        // The bytes of docs/format.md (and of fuzz/corpus/event/seed-10).
+        let seed = Event::QuotaSet {
+            user: "a@example.org".into(),
+            storage_kib: Some(1024),
+            messages: None,
+        };
+        let mut want = vec![1, 19, 13];
+        want.extend_from_slice(b"a@example.org");
+        want.extend_from_slice(&[1, 0x80, 0x08, 0]);
+        assert_eq!(seed.encode(), want);
     }
 
     #[test]

@@ -182,6 +182,16 @@ fn quota_is_shown_and_enforced_on_append_copy_and_lmtp() {
     assert!(ok && out.contains("messages 2 of unlimited"), "{out}");
     assert!(i.append("Drafts", 100).contains(" OK"));
 
+    // A MULTIAPPEND is all or nothing: two messages where one fits.
+    assert_eq!(quota_json(&node)["used_messages"], 3);
+    let (ok, _, err) = node.cli(&["quota", "set", USER, "--messages", "4"], None);
+    assert!(ok, "{err}");
+    let m = message(100);
+    let r = i.cmd(&format!("APPEND Drafts {{{0}+}}\r\n{m} {{{0}+}}\r\n{m}", m.len()));
+    assert!(r.last().unwrap().contains(" NO [OVERQUOTA]"), "{r:?}");
+    assert_eq!(quota_json(&node)["used_messages"], 3);
+    assert!(i.append("Drafts", 100).contains(" OK"));
+
     // Quotas are the operator's; unknown roots and mailboxes are NO;
     // malformed commands are BAD with the place; the session goes on.
     assert!(i.cmd("SETQUOTA \"\" (STORAGE 100000)").last().unwrap().contains(" NO [NOPERM]"));

@@ -373,8 +373,14 @@ pub trait ViewRead {
         for mb in self.all_mailboxes(user)? {
             for prefix in [keys::messages_prefix(mb.id), keys::conflicts_in(mb.id)] {
                 for (k, v) in self.vscan(&prefix)? {
-                    let m: MessageRec = dec(&k, &v)?;
-                    bytes = bytes.saturating_add(m.size);
+                    // The record's first fields only: guid, blob, size.
+                    let (_, _, size) = postcard::take_from_bytes::<(Id, BlobHash, u64)>(&v)
+                        .map(|(head, _)| head)
+                        .map_err(|e| ViewError::Corrupt {
+                            key: hex::encode(&k),
+                            reason: e.to_string(),
+                        })?;
+                    bytes = bytes.saturating_add(size);
                     count += 1;
                 }
             }
