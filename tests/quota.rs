@@ -164,6 +164,9 @@ fn quota_is_shown_and_enforced_on_append_copy_and_lmtp() {
     // Expunging makes room again.
     i.cmd("SELECT Archive");
     assert!(i.cmd("STORE 1 +FLAGS.SILENT (\\Deleted)").last().unwrap().contains(" OK"));
+    // What an expunge frees (RFC 9208 STATUS DELETED-STORAGE, in octets).
+    let r = i.cmd("STATUS Archive (DELETED DELETED-STORAGE)");
+    assert!(r[0].contains("(DELETED 1 DELETED-STORAGE 3000)"), "{r:?}");
     assert!(i.cmd("EXPUNGE").last().unwrap().contains(" OK"));
     assert_eq!(quota_json(&node)["used_messages"], 1);
     assert!(deliver(&node, 3000).starts_with("250"));
