@@ -296,6 +296,53 @@ async fn del_user(State(st): State<Shared>, Path(user): Path<String>) -> Result<
     Ok(Json(serde_json::json!({ "user": user })))
 }
 
+/// A user's quota and usage (`tandem quota`).
+#[derive(Debug, Serialize, Deserialize)]
+pub struct QuotaInfo {
+    pub storage_kib: Option<u64>,
+    pub messages: Option<u64>,
+    /// Storage in use, in KiB rounded up (as IMAP GETQUOTA shows it).
+    pub used_kib: u64,
+    pub used_bytes: u64,
+    pub used_messages: u64,
+}
+
+#[derive(Deserialize)]
+struct QuotaLimits {
+    storage_kib: Option<u64>,
+    messages: Option<u64>,
+}
+
+fn quota_info(v: &crate::views::Views, user: &str) -> Result<QuotaInfo, ApiError> {
+    if v.user(user)?.is_none() {
+        return Err(ApiError(StatusCode::NOT_FOUND, format!("no such user {user}")));
+    }
+    let q = v.quota(user)?;
+    let (used_bytes, used_messages) = v.usage(user)?;
+    Ok(QuotaInfo {
+        storage_kib: q.as_ref().and_then(|q| q.storage_kib),
+        messages: q.as_ref().and_then(|q| q.messages),
+        used_kib: used_bytes.div_ceil(1024),
+        used_bytes,
+        used_messages,
+    })
+}
+
+async fn quota_get(State(st): State<Shared>, Path(user): Path<String>) -> Result<Json<QuotaInfo>, ApiError> {
+    let user = mutate::normalize_user(&user).map_err(|e| ApiError(StatusCode::BAD_REQUEST, e.to_string()))?;
+    Ok(Json(quota_info(&st.store.views(), &user)?))
+}
+
+async fn quota_set(State(st): State<Shared>, Path(user): Path<String>, Json(req): Json<QuotaLimits>) -> Result<Json<QuotaInfo>, ApiError> {
+    let user = mutate::normalize_user(&user).map_err(|e| ApiError(StatusCode::BAD_REQUEST, e.to_string()))?;
+    let u = user.clone();
+    st.store
+        .run(move |txn, cfs| mutate::set_quota(txn, cfs, &u, req.storage_kib, req.messages))
+        .await?;
+    tracing::info!(user = %user, storage_kib = ?req.storage_kib, messages = ?req.messages, "quota set");
+    Ok(Json(quota_info(&st.store.views(), &user)?))
+}
+
 #[derive(Deserialize)]
 struct TailQuery {
     n: Option<u64>,
@@ -640,6 +687,7 @@ pub fn router(state: Shared) -> Router {
         .route("/v1/users", get(list_users).post(add_user))
         .route("/v1/users/{user}", axum::routing::delete(del_user))
         .route("/v1/users/{user}/password", put(set_password))
+        .route("/v1/users/{user}/quota", get(quota_get).put(quota_set))
         .route("/v1/log/tail", get(get_tail))
         .route("/v1/conflicts", get(get_conflicts))
         .route("/v1/backup", axum::routing::post(backup))

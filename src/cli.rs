@@ -49,6 +49,9 @@ pub enum Command {
     /// in its `mirror.config_except`).
     #[command(subcommand)]
     Config(crate::settings::ConfigCommand),
+    /// Users' storage quotas (RFC 9208), replicated like any event.
+    #[command(subcommand)]
+    Quota(QuotaCommand),
     /// Read the log.
     #[command(subcommand)]
     Log(LogCommand),
@@ -197,6 +200,60 @@ pub enum UserCommand {
 }
 
 #[derive(Subcommand, Debug)]
+pub enum QuotaCommand {
+    /// Set a user's limits; a limit not given is lifted.
+    Set {
+        user: String,
+        /// Storage limit: N KiB, or NK, NM, NG.
+        #[arg(long, value_parser = parse_kib)]
+        storage: Option<u64>,
+        /// Message count limit.
+        #[arg(long)]
+        messages: Option<u64>,
+    },
+    /// Show a user's limits and usage.
+    Get { user: String },
+}
+
+/// A storage size in KiB: a number with an optional K, M or G suffix.
+pub fn parse_kib(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let (digits, mult) = match t.as_bytes().last().map(|b| b.to_ascii_uppercase()) {
+        Some(b'K') => (&t[..t.len() - 1], 1u64),
+        Some(b'M') => (&t[..t.len() - 1], 1024),
+        Some(b'G') => (&t[..t.len() - 1], 1024 * 1024),
+        _ => (t, 1),
+    };
+    let n: u64 = digits.parse().map_err(|_| format!("{s:?} is not a size (N, NK, NM or NG)"))?;
+    n.checked_mul(mult).ok_or_else(|| format!("{s:?} is too large"))
+}
+
+async fn quota(cfg: &Config, cmd: QuotaCommand) -> anyhow::Result<()> {
+    let admin = Admin::new(cfg)?;
+    let (user, q): (String, crate::admin::QuotaInfo) = match cmd {
+        QuotaCommand::Set { user, storage, messages } => {
+            let q = admin
+                .send(
+                    reqwest::Method::PUT,
+                    &format!("/v1/users/{}/quota", urlencode(&user)),
+                    serde_json::json!({ "storage_kib": storage, "messages": messages }),
+                )
+                .await?;
+            (user, q)
+        }
+        QuotaCommand::Get { user } => {
+            let q = admin.get(&format!("/v1/users/{}/quota", urlencode(&user))).await?;
+            (user, q)
+        }
+    };
+    let limit = |l: Option<u64>| l.map_or("unlimited".to_string(), |n| n.to_string());
+    println!("{}", user.to_lowercase());
+    println!("  storage  {} KiB of {}", q.used_kib, limit(q.storage_kib));
+    println!("  messages {} of {}", q.used_messages, limit(q.messages));
+    Ok(())
+}
+
+#[derive(Subcommand, Debug)]
 pub enum LogCommand {
     /// Show the most recent entries.
     Tail {
@@ -272,6 +329,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::User(cmd) => rt.block_on(user(&cfg, cmd)),
+        Command::Quota(cmd) => rt.block_on(quota(&cfg, cmd)),
         Command::Config(cmd) => rt.block_on(crate::settings::command(&Admin::new(&cfg)?, cmd)),
         Command::Import(cmd) => rt.block_on(async {
             let admin = Admin::new(&cfg)?;
@@ -998,4 +1056,20 @@ pub fn urlencode(s: &str) -> String {
         }
     }
     o
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_kib;
+
+    #[test]
+    fn sizes_in_kib() {
+        assert_eq!(parse_kib("512"), Ok(512));
+        assert_eq!(parse_kib("8K"), Ok(8));
+        assert_eq!(parse_kib("3m"), Ok(3 * 1024));
+        assert_eq!(parse_kib("2G"), Ok(2 * 1024 * 1024));
+        for bad in ["", "K", "12X", "-1", "1.5G", "99999999999999999999G", "18014398509481984G"] {
+            assert!(parse_kib(bad).is_err(), "{bad}");
+        }
+    }
 }

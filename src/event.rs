@@ -289,6 +289,13 @@ pub enum Event {
         dir: String,
         name: String,
     },
+    /// A user's quota (`tandem quota set`, RFC 9208): `None` is no limit.
+    /// Of concurrent sets for one user the larger (HLC, origin) wins.
+    QuotaSet {
+        user: String,
+        storage_kib: Option<u64>,
+        messages: Option<u64>,
+    },
 }
 
 /// Why a payload is not an event.
@@ -338,7 +345,8 @@ impl Event {
             | Event::MailboxRemoved { user, .. }
             | Event::MessageRestored { user, .. }
             | Event::MessagePlaced { user, .. }
-            | Event::MailboxRestored { user, .. } => Some(user),
+            | Event::MailboxRestored { user, .. }
+            | Event::QuotaSet { user, .. } => Some(user),
             Event::ConfigSet { .. } | Event::RoleChanged { .. } | Event::SideFileSet { .. } | Event::SideFileRemoved { .. } => None,
         }
     }
@@ -447,6 +455,14 @@ impl Event {
                 body,
             } => format!("side-file-set {dir}/{name:?} hash={hash:?} mode={mode:o} size={}", body.len()),
             Event::SideFileRemoved { dir, name } => format!("side-file-removed {dir}/{name:?}"),
+            Event::QuotaSet {
+                user,
+                storage_kib,
+                messages,
+            } => {
+                let show = |l: &Option<u64>| l.map_or("none".to_string(), |n| n.to_string());
+                format!("quota-set {user} storage-kib={} messages={}", show(storage_kib), show(messages))
+            }
         }
     }
 }
@@ -490,6 +506,28 @@ mod tests {
         assert_eq!(removed.encode()[1], 18);
         assert_eq!(Event::decode(&set.encode()).unwrap(), set);
         assert_eq!(Event::decode(&removed.encode()).unwrap(), removed);
+    }
+
+    /// The quota event carries the tag docs/format.md gives it.
+    #[test]
+    fn quota_event_has_tag_19() {
+        let e = Event::QuotaSet {
+            user: "a@b".into(),
+            storage_kib: Some(1024),
+            messages: None,
+        };
+        assert_eq!(e.encode()[1], 19);
+        assert_eq!(Event::decode(&e.encode()).unwrap(), e);
+        // The bytes of docs/format.md (and of fuzz/corpus/event/seed-10).
+        let seed = Event::QuotaSet {
+            user: "a@example.org".into(),
+            storage_kib: Some(1024),
+            messages: None,
+        };
+        let mut want = vec![1, 19, 13];
+        want.extend_from_slice(b"a@example.org");
+        want.extend_from_slice(&[1, 0x80, 0x08, 0]);
+        assert_eq!(seed.encode(), want);
     }
 
     #[test]

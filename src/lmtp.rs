@@ -272,7 +272,20 @@ pub fn resolve_user(store: &Store, r: &Recipient) -> Result<Option<String>, crat
 
 fn check_recipient(store: &Store, r: &Recipient, counters: &Counters) -> RcptOutcome {
     match resolve_user(store, r) {
-        Ok(Some(_)) => RcptOutcome::Accept,
+        // A user already at the quota is refused at once (452, so the
+        // sender retries); whether the message fits is known after DATA.
+        Ok(Some(user)) => match mutate::check_quota(&store.views(), &user, 1, 1) {
+            Ok(()) => RcptOutcome::Accept,
+            Err(MutationError::OverQuota { whole: false }) => RcptOutcome::Reject(Reply::new(452, "4.2.2", "Mailbox full")),
+            Err(MutationError::OverQuota { whole: true }) => {
+                RcptOutcome::Reject(Reply::new(552, "5.2.2", "Message larger than the mailbox quota"))
+            }
+            Err(e) => {
+                bump(&counters.temp_failures, 1);
+                tracing::error!(error = %e, "store unavailable during RCPT");
+                RcptOutcome::Reject(Reply::new(451, "4.3.0", "Temporary failure: mail store unavailable"))
+            }
+        },
         Ok(None) => {
             bump(&counters.rejected_unknown_user, 1);
             RcptOutcome::Reject(Reply::new(550, "5.1.1", format!("<{}> User doesn't exist", r.address)))
@@ -438,6 +451,10 @@ fn still_stored(views: &impl ViewRead, c: &StoredCopy) -> Result<bool, crate::vi
 enum Rejected {
     UnknownUser,
     NoInbox,
+    /// Over the user's quota; `whole`: larger than the quota itself.
+    OverQuota {
+        whole: bool,
+    },
 }
 
 async fn deliver(
@@ -495,17 +512,19 @@ async fn deliver(
                 let mut placed = None;
                 if let Some(folder) = detail {
                     match mutate::append(txn, cfs, user, folder, &msg) {
-                        Ok(p) => placed = Some(p),
+                        Ok(p) => placed = Some(Ok(p)),
                         Err(MutationError::NoSuchMailbox(_) | MutationError::InvalidName { .. }) => {}
+                        Err(MutationError::OverQuota { whole }) => placed = Some(Err(Rejected::OverQuota { whole })),
                         Err(e) => return Err(e),
                     }
                 }
                 let placed = match placed {
-                    Some(p) => Ok(p),
+                    Some(p) => p,
                     None => match mutate::append(txn, cfs, user, "INBOX", &msg) {
                         Ok(p) => Ok(p),
                         Err(MutationError::NoSuchUser(_)) => Err(Rejected::UnknownUser),
                         Err(MutationError::NoSuchMailbox(_)) => Err(Rejected::NoInbox),
+                        Err(MutationError::OverQuota { whole }) => Err(Rejected::OverQuota { whole }),
                         Err(e) => return Err(e),
                     },
                 };
@@ -554,6 +573,12 @@ async fn deliver(
                     Err(Rejected::NoInbox) => {
                         bump(&counters.rejected_no_mailbox, 1);
                         DeliveryOutcome::Reply(Reply::new(550, "5.2.1", "Mailbox unavailable"))
+                    }
+                    // RFC 3463: 4.2.2 while expunging can make room, 5.2.2
+                    // when the message alone is larger than the quota.
+                    Err(Rejected::OverQuota { whole: false }) => DeliveryOutcome::Reply(Reply::new(452, "4.2.2", "Mailbox full")),
+                    Err(Rejected::OverQuota { whole: true }) => {
+                        DeliveryOutcome::Reply(Reply::new(552, "5.2.2", "Message larger than the mailbox quota"))
                     }
                 })
                 .collect()

@@ -32,6 +32,10 @@ pub enum MutationError {
     InvalidName { name: String, reason: &'static str },
     #[error("{0}")]
     NotAllowed(&'static str),
+    /// The user's quota (RFC 9208) has no room for this: `whole` when the
+    /// message alone is larger than the limit (no expunge makes room).
+    #[error("over quota")]
+    OverQuota { whole: bool },
     /// Data from a peer that cannot be applied; says which and why.
     #[error("{0}")]
     Refused(String),
@@ -459,13 +463,31 @@ pub fn place_pending(txn: &mut Txn<'_>, cfs: Cfs, user: &str, mailbox: Id, guid:
     }))
 }
 
-/// Append a message to a mailbox by name.
+/// Refuse to add `bytes` in `count` messages to what `user` holds when
+/// that goes past the user's quota. Quota is checked against this node's
+/// views: nodes cut off from each other may each accept up to the limit.
+pub fn check_quota(v: &impl ViewRead, user: &str, bytes: u64, count: u64) -> R<()> {
+    let Some(q) = v.quota(user)? else { return Ok(()) };
+    let limit_bytes = q.storage_kib.map(|k| k.saturating_mul(1024));
+    if limit_bytes.is_some_and(|l| bytes > l) || q.messages.is_some_and(|l| count > l) {
+        return Err(MutationError::OverQuota { whole: true });
+    }
+    let (used_bytes, used_count) = v.usage(user)?;
+    if limit_bytes.is_some_and(|l| used_bytes.saturating_add(bytes) > l) || q.messages.is_some_and(|l| used_count.saturating_add(count) > l)
+    {
+        return Err(MutationError::OverQuota { whole: false });
+    }
+    Ok(())
+}
+
+/// Append a message to a mailbox by name, within the user's quota.
 pub fn append(txn: &mut Txn<'_>, cfs: Cfs, user: &str, mailbox: &str, msg: &NewMessage) -> R<Placed> {
     let name = normalize_mailbox(mailbox)?;
     require_user(txn, cfs, user)?;
     let Some(id) = views(txn, cfs).mailbox_id(user, &name)? else {
         return Err(MutationError::NoSuchMailbox(name));
     };
+    check_quota(&views(txn, cfs), user, msg.body.len() as u64, 1)?;
     append_to(txn, cfs, user, id, msg)
 }
 
@@ -554,6 +576,17 @@ pub fn copy(txn: &mut Txn<'_>, cfs: Cfs, user: &str, from: Id, uids: &[u32], to:
     let Some(dst) = views(txn, cfs).mailbox(user, to)? else {
         return Err(MutationError::NoSuchMailbox(to.to_hex()));
     };
+    if !remove {
+        // A copy adds to what the user holds (a move does not).
+        let (mut bytes, mut count) = (0u64, 0u64);
+        for m in views(txn, cfs).messages_at(from, uids)?.into_iter().flatten() {
+            bytes = bytes.saturating_add(m.size);
+            count += 1;
+        }
+        if count > 0 {
+            check_quota(&views(txn, cfs), user, bytes, count)?;
+        }
+    }
     let mut pairs = Vec::new();
     let mut sources = Vec::new();
     for uid in uids {
@@ -580,6 +613,21 @@ pub fn copy(txn: &mut Txn<'_>, cfs: Cfs, user: &str, from: Id, uids: &[u32], to:
         )?;
     }
     Ok((dst.uidvalidity, pairs))
+}
+
+/// Set (or, with `None`, lift) a user's quota limits.
+pub fn set_quota(txn: &mut Txn<'_>, cfs: Cfs, user: &str, storage_kib: Option<u64>, messages: Option<u64>) -> R<()> {
+    require_user(txn, cfs, user)?;
+    emit(
+        txn,
+        cfs,
+        Event::QuotaSet {
+            user: user.into(),
+            storage_kib,
+            messages,
+        },
+    )?;
+    Ok(())
 }
 
 pub fn set_config(txn: &mut Txn<'_>, cfs: Cfs, key: &str, value: &str) -> R<()> {

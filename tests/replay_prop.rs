@@ -36,6 +36,9 @@ enum Op {
     Place(u8),
     /// A side file of a sync dir changed (content k) or removed (k = 0).
     SideFile(u8, u8),
+    /// A user's quota set (storage, messages; 0 lifts the limit): small
+    /// limits make later appends and copies be refused.
+    Quota(u8, u8, u8),
 }
 
 const FOLDERS: [&str; 6] = ["INBOX", "Work", "Work/Old", "Lists", "Trash", "inbox/sub"];
@@ -61,6 +64,7 @@ fn op() -> impl Strategy<Value = Op> {
         3 => (0u8..3, 0u8..6, 0u8..8, any::<u8>()).prop_map(|(u, m, b, f)| Op::AppendPending(u, m, b, f)),
         2 => (0u8..3).prop_map(Op::Place),
         1 => (0u8..3, 0u8..4).prop_map(|(n, k)| Op::SideFile(n, k)),
+        1 => (0u8..3, 0u8..4, 0u8..4).prop_map(|(u, s, n)| Op::Quota(u, s, n)),
     ]
 }
 
@@ -105,6 +109,11 @@ fn run(store: &Store, op: &Op) {
             );
             msg.pending = matches!(op, Op::AppendPending(..));
             store.run_blocking(move |t, c| mutate::append(t, c, &user(u), FOLDERS[m as usize], &msg).map(|_| ()))
+        }
+        Op::Quota(u, s, n) => {
+            let storage = [None, Some(0), Some(1), Some(1000)][s as usize];
+            let messages = [None, Some(1), Some(3), Some(100)][n as usize];
+            store.run_blocking(move |t, c| mutate::set_quota(t, c, &user(u), storage, messages))
         }
         Op::SideFile(n, k) => store.run_blocking(move |t, c| {
             let (dir, name) = ("certs".to_string(), format!("f{n}.pem"));

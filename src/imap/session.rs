@@ -341,6 +341,9 @@ impl Session {
             "BINARY",
             "CONDSTORE",
             "QRESYNC",
+            "QUOTA",
+            "QUOTA=RES-STORAGE",
+            "QUOTA=RES-MESSAGE",
         ];
         if self.user().is_some() && !self.stream.is_compressed() {
             caps.push("COMPRESS=DEFLATE");
@@ -625,6 +628,7 @@ impl Session {
         match &e {
             StoreError::Mutation(MutationError::NoSuchMailbox(_)) => self.no(tag, "[NONEXISTENT] No such mailbox"),
             StoreError::Mutation(MutationError::MailboxExists(_)) => self.no(tag, "[ALREADYEXISTS] Mailbox already exists"),
+            StoreError::Mutation(MutationError::OverQuota { .. }) => self.no(tag, "[OVERQUOTA] Quota exceeded"),
             StoreError::Mutation(m) if e.is_refusal() => self.no(tag, &format!("[CANNOT] {m}")),
             _ => {
                 tracing::error!(error = %e, "store failure");
@@ -831,9 +835,15 @@ impl Session {
                 uid,
             } => self.copy(tag, &user, &sequence_set, &mailbox, uid, true).await,
             CommandBody::Compress { .. } => return self.compress(tag).await,
-            CommandBody::GetQuota { .. } | CommandBody::GetQuotaRoot { .. } | CommandBody::SetQuota { .. } => {
-                self.line(&format!("{tag} BAD Command not supported"))
+            CommandBody::GetQuota { root } => self.quota(tag, &user, ext::QuotaCommand::Get(root.as_ref().to_vec())),
+            CommandBody::GetQuotaRoot { mailbox } => {
+                let raw = match &mailbox {
+                    Mailbox::Inbox => b"INBOX".to_vec(),
+                    Mailbox::Other(o) => o.as_ref().to_vec(),
+                };
+                self.quota(tag, &user, ext::QuotaCommand::Root(raw))
             }
+            CommandBody::SetQuota { root, .. } => self.quota(tag, &user, ext::QuotaCommand::Set(root.as_ref().to_vec())),
             CommandBody::Capability | CommandBody::Noop | CommandBody::Logout => unreachable!("handled above"),
         }
         Ok(Flow::Continue)

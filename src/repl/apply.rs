@@ -182,6 +182,7 @@ pub fn apply_batch(
             | Event::RoleChanged { .. }
             | Event::SideFileSet { .. }
             | Event::SideFileRemoved { .. }
+            | Event::QuotaSet { .. }
             | Event::MailboxRestored { .. } => n.other += 1,
         }
     }

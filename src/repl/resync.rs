@@ -423,12 +423,12 @@ pub fn joined_key(origin: u64) -> Vec<u8> {
 }
 
 /// Whether a peer's entry `(origin, seq)` carrying `event` is already
-/// reflected in the views by a join by trees (see [`joined_key`]). Role
-/// and side-file events are not in the trees, so they always apply.
+/// reflected in the views by a join by trees (see [`joined_key`]). Role,
+/// side-file and quota events are not in the trees, so they always apply.
 pub fn joined(v: &impl ViewRead, origin: u64, seq: u64, event: &Event) -> Result<bool, crate::views::ViewError> {
     if matches!(
         event,
-        Event::RoleChanged { .. } | Event::SideFileSet { .. } | Event::SideFileRemoved { .. }
+        Event::RoleChanged { .. } | Event::SideFileSet { .. } | Event::SideFileRemoved { .. } | Event::QuotaSet { .. }
     ) {
         return Ok(false);
     }

@@ -636,6 +636,22 @@ fn apply_views(v: &mut TxnViews<'_, '_>, at: &Appended, event: &Event) -> Result
                 v.put(&keys::config_clock(key), &enc(&ts));
             }
         }
+        Event::QuotaSet {
+            user,
+            storage_kib,
+            messages,
+        } => {
+            // As `ConfigSet`: the latest (hlc, origin) wins on every node.
+            let ts = (at.hlc, at.origin.0);
+            if v.quota(user)?.is_none_or(|q| ts > q.clock) {
+                let rec = super::QuotaRec {
+                    storage_kib: *storage_kib,
+                    messages: *messages,
+                    clock: ts,
+                };
+                v.put(&keys::quota(user), &enc(&rec));
+            }
+        }
         Event::MessagesMoved {
             user,
             from,

@@ -44,6 +44,9 @@
 //! F dir 00 name              -> SideFileRec: a side file as the log says
 //!                                it is (or its removal), with its clock
 //! B dir 00 name              -> the side file's bytes (absent once removed)
+//! A user                      -> QuotaRec: the user's quota (RFC 9208) and
+//!                                the (hlc, origin) of the `QuotaSet` that
+//!                                wrote it; the latest writer wins
 //! T ...                       -> merkle tree nodes (see `crate::merkle::keys`)
 //! J origin(u64 BE)           -> seq (u64 BE): that origin's entries up to
 //!                                seq are in these views by a join by trees
@@ -187,6 +190,16 @@ pub struct PendingRec {
     pub user: String,
     /// (HLC, origin) of the pending append.
     pub since: (u64, u64),
+}
+
+/// A user's quota: `None` is no limit. Usage is not stored: it is the sum
+/// over the user's mailboxes (see [`read::ViewRead::usage`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QuotaRec {
+    pub storage_kib: Option<u64>,
+    pub messages: Option<u64>,
+    /// (hlc, origin) of the `QuotaSet` that wrote it.
+    pub clock: (u64, u64),
 }
 
 pub(crate) fn enc<T: Serialize>(v: &T) -> Vec<u8> {
@@ -387,6 +400,10 @@ pub mod keys {
     }
     pub fn resolutions_prefix() -> Vec<u8> {
         vec![b'O']
+    }
+    /// `A user`: the user's [`super::QuotaRec`].
+    pub fn quota(user: &str) -> Vec<u8> {
+        user_key(b'A', user)
     }
     pub fn config(key: &str) -> Vec<u8> {
         user_key(b'C', key)

@@ -358,6 +358,36 @@ pub trait ViewRead {
         Ok(self.vget(&keys::config(key))?.map(|v| String::from_utf8_lossy(&v).into_owned()))
     }
 
+    /// The user's quota, if one was ever set.
+    fn quota(&self, user: &str) -> Result<Option<super::QuotaRec>, ViewError> {
+        let k = keys::quota(user);
+        self.vget(&k)?.map(|v| dec(&k, &v)).transpose()
+    }
+
+    /// What counts against the user's quota: (bytes, messages) over every
+    /// mailbox of the user, the messages shown and those kept aside in it
+    /// (pending placement or a UID collision) alike. A pure function of the
+    /// views, so equal on every node whose views are equal.
+    fn usage(&self, user: &str) -> Result<(u64, u64), ViewError> {
+        let (mut bytes, mut count) = (0u64, 0u64);
+        for mb in self.all_mailboxes(user)? {
+            for prefix in [keys::messages_prefix(mb.id), keys::conflicts_in(mb.id)] {
+                for (k, v) in self.vscan(&prefix)? {
+                    // The record's first fields only: guid, blob, size.
+                    let (_, _, size) = postcard::take_from_bytes::<(Id, BlobHash, u64)>(&v)
+                        .map(|(head, _)| head)
+                        .map_err(|e| ViewError::Corrupt {
+                            key: hex::encode(&k),
+                            reason: e.to_string(),
+                        })?;
+                    bytes = bytes.saturating_add(size);
+                    count += 1;
+                }
+            }
+        }
+        Ok((bytes, count))
+    }
+
     /// (hlc, origin) of the `ConfigSet` that wrote a key's value, if any.
     fn config_clock(&self, key: &str) -> Result<Option<(u64, u64)>, ViewError> {
         let k = keys::config_clock(key);
@@ -475,5 +505,87 @@ mod tests {
             assert_eq!(v.messages_at(mb.id, &uids).unwrap(), one);
         }
         assert!(v.messages_at(mb.id, &[9]).unwrap()[0].is_none());
+    }
+
+    /// Apply `events` as entries of the given (hlc, origin) would be.
+    fn apply_at(store: &Store, events: Vec<((u64, u64), crate::event::Event)>) {
+        store
+            .run_blocking(move |txn, cfs| {
+                for ((hlc, origin), e) in &events {
+                    let at = wal::Appended {
+                        origin: wal::Origin(*origin),
+                        seq: 1,
+                        order: 1,
+                        hlc: *hlc,
+                        hash: [0; 32],
+                    };
+                    crate::views::apply(&mut TxnViews { txn, cf: cfs.views }, &at, e)?;
+                }
+                Ok(())
+            })
+            .unwrap();
+    }
+
+    fn quota_set(storage_kib: Option<u64>, messages: Option<u64>) -> crate::event::Event {
+        crate::event::Event::QuotaSet {
+            user: "u".into(),
+            storage_kib,
+            messages,
+        }
+    }
+
+    /// Concurrent quota sets end alike whatever the apply order; usage
+    /// counts shown and pending (kept-aside) messages; `check_quota`
+    /// tells "full" from "larger than the quota".
+    #[test]
+    fn quotas_converge_and_usage_counts_every_message() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = Store::open(&dir.path().join("a"), "a", wal_options("a")).unwrap();
+        let b = Store::open(&dir.path().join("b"), "b", wal_options("b")).unwrap();
+        let one = ((10, 1), quota_set(Some(1), None));
+        let two = ((20, 2), quota_set(None, Some(2)));
+        apply_at(&a, vec![one.clone(), two.clone()]);
+        apply_at(&b, vec![two, one]);
+        let (qa, qb) = (a.views().quota("u").unwrap().unwrap(), b.views().quota("u").unwrap().unwrap());
+        assert_eq!(qa, qb);
+        assert_eq!((qa.storage_kib, qa.messages, qa.clock), (None, Some(2), (20, 2)));
+        // Equal clocks: the origin decides.
+        apply_at(&a, vec![((30, 1), quota_set(Some(5), None)), ((30, 2), quota_set(Some(6), None))]);
+        apply_at(&b, vec![((30, 2), quota_set(Some(6), None)), ((30, 1), quota_set(Some(5), None))]);
+        assert_eq!(a.views().quota("u").unwrap(), b.views().quota("u").unwrap());
+        assert_eq!(a.views().quota("u").unwrap().unwrap().storage_kib, Some(6));
+
+        // Usage: two messages shown, one pending; nothing for another user.
+        a.run_blocking(|t, c| mutate::create_user(t, c, "u", "h".into(), 1)).unwrap();
+        for (i, pending) in [(0, false), (1, false), (2, true)] {
+            let mut m = NewMessage::new(
+                format!("Subject: {i}\r\n\r\n{}\r\n", "x".repeat(1000)).into_bytes(),
+                Flags::default(),
+                1,
+            );
+            m.pending = pending;
+            a.run_blocking(move |t, c| mutate::append(t, c, "u", "Archive", &m).map(|_| ()))
+                .unwrap();
+        }
+        let v = a.views();
+        let (bytes, count) = v.usage("u").unwrap();
+        assert_eq!(count, 3);
+        assert_eq!(bytes, 3 * (1000 + 16));
+        assert_eq!(v.usage("nobody").unwrap(), (0, 0));
+        // 6 KiB: 3048 bytes used, 3000 more fit, 3200 do not, 7000 never.
+        assert!(mutate::check_quota(&v, "u", 3000, 1).is_ok());
+        assert!(matches!(
+            mutate::check_quota(&v, "u", 3200, 1),
+            Err(mutate::MutationError::OverQuota { whole: false })
+        ));
+        assert!(matches!(
+            mutate::check_quota(&v, "u", 7000, 1),
+            Err(mutate::MutationError::OverQuota { whole: true })
+        ));
+        // A refused append writes nothing.
+        let big = NewMessage::new(vec![b'x'; 7000], Flags::default(), 1);
+        let r = a.run_blocking(move |t, c| mutate::append(t, c, "u", "INBOX", &big).map(|_| ()));
+        assert!(r.is_err());
+        assert_eq!(a.views().usage("u").unwrap(), (bytes, 3));
     }
 }

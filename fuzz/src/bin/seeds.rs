@@ -97,6 +97,13 @@ fn main() {
     for (i, e) in side.iter().enumerate() {
         write("event", &(events.len() + placement.len() + i).to_string(), &e.encode());
     }
+    // A quota set; only for the event target too.
+    let quota = Event::QuotaSet {
+        user: "a@example.org".into(),
+        storage_kib: Some(1024),
+        messages: None,
+    };
+    write("event", &(events.len() + placement.len() + side.len()).to_string(), &quota.encode());
 
     let origin = Origin(0x0123_4567_89ab_cdef);
     let mut prev = GENESIS;

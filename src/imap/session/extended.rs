@@ -184,9 +184,68 @@ impl Session {
                     Err(e) => return Ok(self.syntax_error(&bytes, &format!("{name}: {e}"))),
                 }
             }
+            (false, "GETQUOTA" | "GETQUOTAROOT" | "SETQUOTA") => match ext::quota(&name, &mut lx) {
+                Ok(q) => self.quota(&tag, &user, q),
+                Err(e) => return Ok(self.syntax_error(bytes, &format!("{name}: {e}"))),
+            },
             _ => return Ok(self.syntax_error(bytes, "Syntax error in command")),
         }
         Ok(Flow::Continue)
+    }
+
+    /// RFC 9208: one quota root, `""`, holds every mailbox of the user;
+    /// its limits are the operator's (`tandem quota set`), so SETQUOTA is
+    /// refused. Storage is shown in KiB rounded up.
+    pub(super) fn quota(&mut self, tag: &str, user: &str, q: ext::QuotaCommand) {
+        let v = self.shared.store.views();
+        let answer = (|| -> Result<Option<String>, crate::views::ViewError> {
+            let Some(limits) = v.quota(user)?.filter(|q| q.storage_kib.is_some() || q.messages.is_some()) else {
+                return Ok(None);
+            };
+            let (bytes, count) = v.usage(user)?;
+            let mut res = Vec::new();
+            if let Some(l) = limits.storage_kib {
+                res.push(format!("STORAGE {} {l}", bytes.div_ceil(1024)));
+            }
+            if let Some(l) = limits.messages {
+                res.push(format!("MESSAGE {count} {l}"));
+            }
+            Ok(Some(format!("* QUOTA \"\" ({})", res.join(" "))))
+        })();
+        let answer = match answer {
+            Ok(a) => a,
+            Err(e) => return self.store_error(tag, StoreError::Mutation(e.into())),
+        };
+        match q {
+            ext::QuotaCommand::Set(_) => self.no(tag, "[NOPERM] Quotas are set by the operator"),
+            ext::QuotaCommand::Get(root) => match answer {
+                Some(line) if root.is_empty() => {
+                    self.line(&line);
+                    self.line(&format!("{tag} OK GETQUOTA completed"));
+                }
+                _ => self.no(tag, "[NONEXISTENT] No such quota root"),
+            },
+            ext::QuotaCommand::Root(raw) => {
+                let name = match raw_name(&raw, false, self.utf8) {
+                    Ok(n) => n,
+                    Err(e) => return self.no(tag, &format!("[CANNOT] {e}")),
+                };
+                match v.mailbox_id(user, &name) {
+                    Ok(Some(_)) => {}
+                    Ok(None) => return self.no(tag, "[NONEXISTENT] No such mailbox"),
+                    Err(e) => return self.store_error(tag, StoreError::Mutation(e.into())),
+                }
+                let shown = self.name_out(&name);
+                match answer {
+                    Some(line) => {
+                        self.line(&format!("* QUOTAROOT {shown} \"\""));
+                        self.line(&line);
+                    }
+                    None => self.line(&format!("* QUOTAROOT {shown}")),
+                }
+                self.line(&format!("{tag} OK GETQUOTAROOT completed"));
+            }
+        }
     }
 
     /// A FETCH imap-codec could not parse: with RFC 7162 modifiers

@@ -328,6 +328,67 @@ pub fn enable(lx: &mut Lexer<'_>) -> R<Vec<String>> {
     Ok(caps)
 }
 
+/// A QUOTA command (RFC 9208).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum QuotaCommand {
+    /// `GETQUOTA root`.
+    Get(Vec<u8>),
+    /// `GETQUOTAROOT mailbox`.
+    Root(Vec<u8>),
+    /// `SETQUOTA root (resource limit ...)`: parsed to be refused.
+    Set(Vec<u8>),
+}
+
+/// The arguments of GETQUOTA, GETQUOTAROOT or SETQUOTA (`name`, upper-cased).
+pub fn quota(name: &str, lx: &mut Lexer<'_>) -> R<QuotaCommand> {
+    let what = if name == "GETQUOTAROOT" {
+        "expected a mailbox"
+    } else {
+        "expected a quota root"
+    };
+    let arg = lx.astring(what)?;
+    let cmd = match name {
+        "GETQUOTA" => QuotaCommand::Get(arg),
+        "GETQUOTAROOT" => QuotaCommand::Root(arg),
+        "SETQUOTA" => {
+            lx.expect(&Token::Open, "expected (")?;
+            let mut n = 0;
+            loop {
+                lx.skip_space();
+                let at = lx.pos;
+                match lx.next_token()? {
+                    Some(Token::Close) => break,
+                    Some(Token::Atom(a)) if n < 2 * MAX_ITEMS => {
+                        // Resource names and limits alternate.
+                        if n % 2 == 1 && !a.iter().all(u8::is_ascii_digit) {
+                            return Err(SyntaxError {
+                                at,
+                                what: "expected a limit",
+                            });
+                        }
+                        n += 1;
+                    }
+                    _ => {
+                        return Err(SyntaxError {
+                            at,
+                            what: "expected a resource, a limit or )",
+                        })
+                    }
+                }
+            }
+            if n % 2 == 1 {
+                return lx.err("a resource without a limit");
+            }
+            QuotaCommand::Set(arg)
+        }
+        _ => return lx.err("not a quota command"),
+    };
+    if !lx.at_end() {
+        return lx.err("unexpected text after the arguments");
+    }
+    Ok(cmd)
+}
+
 /// A STATUS data item (RFC 3501, RFC 9051 for DELETED, RFC 7162 for
 /// HIGHESTMODSEQ; RFC 8438 SIZE not).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -1048,6 +1109,46 @@ mod tests {
     fn args(cmd: &[u8]) -> (String, Lexer<'_>) {
         let (_, _, name, lx) = head(cmd).unwrap();
         (name, lx)
+    }
+
+    #[test]
+    fn quota_commands() {
+        let parse = |c: &[u8]| {
+            let (n, mut lx) = args(c);
+            quota(&n, &mut lx)
+        };
+        assert_eq!(parse(b"a GETQUOTAROOT INBOX\r\n"), Ok(QuotaCommand::Root(b"INBOX".to_vec())));
+        assert_eq!(parse(b"a getquotaroot {5}\r\nA b c\r\n"), Ok(QuotaCommand::Root(b"A b c".to_vec())));
+        assert_eq!(parse(b"a GETQUOTA \"\"\r\n"), Ok(QuotaCommand::Get(Vec::new())));
+        assert_eq!(
+            parse(b"a SETQUOTA \"\" (STORAGE 512 MESSAGE 10)\r\n"),
+            Ok(QuotaCommand::Set(Vec::new()))
+        );
+        assert_eq!(parse(b"a SETQUOTA \"\" ()\r\n"), Ok(QuotaCommand::Set(Vec::new())));
+        // Hostile or malformed: an error naming the octet, never a panic.
+        for bad in [
+            &b"a GETQUOTA\r\n"[..],
+            b"a GETQUOTAROOT\r\n",
+            b"a GETQUOTAROOT INBOX extra\r\n",
+            b"a GETQUOTA (\r\n",
+            b"a GETQUOTAROOT \"unterminated\r\n",
+            b"a GETQUOTAROOT {99}\r\nab\r\n",
+            b"a GETQUOTAROOT {18446744073709551616}\r\n",
+            b"a SETQUOTA \"\" (STORAGE)\r\n",
+            b"a SETQUOTA \"\" (STORAGE x)\r\n",
+            b"a SETQUOTA \"\" (STORAGE 1\r\n",
+            b"a SETQUOTA \"\" STORAGE 1\r\n",
+            b"a SETQUOTA \"\" ((\r\n",
+        ] {
+            let e = parse(bad).unwrap_err();
+            assert!(e.at <= bad.len(), "{e} in {:?}", String::from_utf8_lossy(bad));
+        }
+        let mut long = b"a SETQUOTA \"\" (".to_vec();
+        for _ in 0..(3 * MAX_ITEMS) {
+            long.extend_from_slice(b"S 1 ");
+        }
+        long.extend_from_slice(b")\r\n");
+        assert!(parse(&long).is_err());
     }
 
     #[test]
