@@ -692,25 +692,7 @@ mod tests {
         .is_ok());
     }
 
-    /// Apply `events` to a store's views as entries of the given
-    /// (hlc, origin) would be, in that order.
-    fn apply_at(store: &Store, events: Vec<((u64, u64), Event)>) {
-        store
-            .run_blocking(move |txn, cfs| {
-                for ((hlc, origin), e) in &events {
-                    let at = wal::Appended {
-                        origin: wal::Origin(*origin),
-                        seq: 1,
-                        order: 1,
-                        hlc: *hlc,
-                        hash: [0; 32],
-                    };
-                    crate::views::apply(&mut crate::views::TxnViews { txn, cf: cfs.views }, &at, e)?;
-                }
-                Ok(())
-            })
-            .unwrap();
-    }
+    use crate::views::read::tests::apply_at;
 
     fn set(key: &str, value: &str) -> Event {
         Event::ConfigSet {

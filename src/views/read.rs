@@ -460,7 +460,7 @@ impl TxnViews<'_, '_> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::event::{FlagOp, Flags};
     use crate::mutate::{self, NewMessage};
@@ -507,8 +507,9 @@ mod tests {
         assert!(v.messages_at(mb.id, &[9]).unwrap()[0].is_none());
     }
 
-    /// Apply `events` as entries of the given (hlc, origin) would be.
-    fn apply_at(store: &Store, events: Vec<((u64, u64), crate::event::Event)>) {
+    /// Apply `events` to a store's views as entries of the given
+    /// (hlc, origin) would be, in that order (tests of convergence).
+    pub(crate) fn apply_at(store: &Store, events: Vec<((u64, u64), crate::event::Event)>) {
         store
             .run_blocking(move |txn, cfs| {
                 for ((hlc, origin), e) in &events {
