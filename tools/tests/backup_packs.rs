@@ -4,7 +4,10 @@
 //! new writes nothing. A backup in the format-1 layout (one object per
 //! body) still restores and audits, and a newer writer continues it.
 
-use std::path::{Path, PathBuf};
+mod common;
+use common::{copy_dir, files};
+
+use std::path::Path;
 use std::process::Command;
 use tandem::backup::export::RunReport;
 use tandem::backup::layout;
@@ -37,23 +40,13 @@ fn append(store: &Store, body: &str) {
         .unwrap();
 }
 
-/// Every file below `dir`, relative to it.
-fn files(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        let Ok(rd) = std::fs::read_dir(&d) else { continue };
-        for e in rd {
-            let p = e.unwrap().path();
-            if p.is_dir() {
-                stack.push(p);
-            } else {
-                out.push(p.strip_prefix(dir).unwrap().to_path_buf());
-            }
-        }
-    }
-    out.sort();
-    out
+/// A store in `dir/db` holding the test user.
+fn store_with_user(dir: &Path) -> Store {
+    let store = Store::open(&dir.join("db"), NODE, wal_options(NODE)).unwrap();
+    store
+        .run_blocking(|t, c| mutate::create_user(t, c, USER, "x".into(), 1_700_000_000))
+        .unwrap();
+    store
 }
 
 fn one(r: Vec<RunReport>) -> RunReport {
@@ -107,10 +100,7 @@ fn to_format_1(bk: &Path) {
 fn one_pack_per_run_and_no_body_twice() {
     let dir = tempfile::tempdir().unwrap();
     let bk = dir.path().join("bk");
-    let store = Store::open(&dir.path().join("db"), NODE, wal_options(NODE)).unwrap();
-    store
-        .run_blocking(|t, c| mutate::create_user(t, c, USER, "x".into(), 1_700_000_000))
-        .unwrap();
+    let store = store_with_user(dir.path());
     for i in 0..30 {
         append(&store, &format!("Subject: {i}\r\n\r\nbody {i}\r\n"));
     }
@@ -165,10 +155,7 @@ fn one_pack_per_run_and_no_body_twice() {
 fn a_format_1_backup_restores_audits_and_is_continued() {
     let dir = tempfile::tempdir().unwrap();
     let bk = dir.path().join("bk");
-    let store = Store::open(&dir.path().join("db"), NODE, wal_options(NODE)).unwrap();
-    store
-        .run_blocking(|t, c| mutate::create_user(t, c, USER, "x".into(), 1_700_000_000))
-        .unwrap();
+    let store = store_with_user(dir.path());
     let backups = Backups::default();
     for i in 0..24 {
         append(&store, &format!("Subject: {i}\r\n\r\nold layout {i} {}\r\n", "z".repeat(i * 40)));
@@ -215,19 +202,6 @@ fn a_format_1_backup_restores_audits_and_is_continued() {
     assert_eq!(restore_and_audit(&bk, &dir.path().join("mixed")), digest);
 }
 
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for e in std::fs::read_dir(from).unwrap() {
-        let e = e.unwrap();
-        let p = e.path();
-        if p.is_dir() {
-            copy_dir(&p, &to.join(e.file_name()));
-        } else {
-            std::fs::copy(&p, to.join(e.file_name())).unwrap();
-        }
-    }
-}
-
 /// Prune deletes a pack whose bodies are all gone; a writer that knew
 /// them (it ran before the prune) learns of the new base at its next run
 /// and packs such a body again when mail names it anew.
@@ -235,10 +209,7 @@ fn copy_dir(from: &Path, to: &Path) {
 fn a_writer_relearns_what_prune_deleted() {
     let dir = tempfile::tempdir().unwrap();
     let bk = dir.path().join("bk");
-    let store = Store::open(&dir.path().join("db"), NODE, wal_options(NODE)).unwrap();
-    store
-        .run_blocking(|t, c| mutate::create_user(t, c, USER, "x".into(), 1_700_000_000))
-        .unwrap();
+    let store = store_with_user(dir.path());
     let backups = Backups::default();
     let doomed = "Subject: doomed\r\n\r\ndeleted before the window\r\n";
     let m = NewMessage::new(doomed.as_bytes().to_vec(), Flags::default(), 1_700_000_000);

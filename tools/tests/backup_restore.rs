@@ -6,7 +6,7 @@
 mod common;
 
 use common::*;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 use tandem::replay::views_digest;
@@ -145,10 +145,10 @@ fn backup_destroy_restore_and_points_in_time() {
         "8 distinct bodies were delivered: {packed:?}"
     );
     let packs: std::collections::BTreeSet<&String> = packed.iter().map(|(_, p)| p).collect();
-    assert_eq!(walk(&bk.join("packs")).len(), packs.len(), "every pack is named by a manifest");
+    assert_eq!(files(&bk.join("packs")).len(), packs.len(), "every pack is named by a manifest");
     assert!(!bk.join("bodies").exists());
     // The one-shot backup wrote everything in one run: one pack.
-    assert_eq!(walk(&bk2.join("packs")).len(), 1);
+    assert_eq!(files(&bk2.join("packs")).len(), 1);
     assert_eq!(packed_bodies(&bk2).len(), 8);
 
     // Destroy the node; restore it from each backup.
@@ -258,22 +258,4 @@ fn folder_deleted_by_mistake_comes_back_on_the_running_node() {
 
 fn reqwest_post() -> reqwest::Method {
     reqwest::Method::POST
-}
-
-/// Every file below `dir`, relative.
-fn walk(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).unwrap() {
-            let p = e.unwrap().path();
-            if p.is_dir() {
-                stack.push(p);
-            } else {
-                out.push(p.strip_prefix(dir).unwrap().to_path_buf());
-            }
-        }
-    }
-    out.sort();
-    out
 }

@@ -3,6 +3,9 @@
 //! its byte offset in the pack), and a restore applies nothing past the
 //! last entry it verified. Interrupted restores continue.
 
+mod common;
+use common::copy_dir;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use tandem::backup::Backups;
@@ -43,19 +46,6 @@ fn backed_up(dir: &Path, bk: &Path, n: u32) -> String {
     let d = views_digest(&store).unwrap();
     store.close().unwrap();
     d
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for e in std::fs::read_dir(from).unwrap() {
-        let e = e.unwrap();
-        let p = e.path();
-        if p.is_dir() {
-            copy_dir(&p, &to.join(e.file_name()));
-        } else {
-            std::fs::copy(&p, to.join(e.file_name())).unwrap();
-        }
-    }
 }
 
 fn run(cmd: &mut Command) -> (bool, String) {
