@@ -224,6 +224,22 @@ mod tests {
     use super::*;
     use std::collections::BTreeMap;
 
+    /// Entries `from..from + max` of a log of (origin, seq) in apply
+    /// order, as the driver would read them, each `bytes` long.
+    fn items(log: &[(u64, u64)], from: u64, max: usize, bytes: u64) -> Vec<Item> {
+        log.iter()
+            .enumerate()
+            .skip((from - 1) as usize)
+            .take(max)
+            .map(|(i, (o, q))| Item {
+                order: i as u64 + 1,
+                origin: *o,
+                seq: *q,
+                bytes,
+            })
+            .collect()
+    }
+
     /// A log of (origin, seq) in apply order, and a simulated peer that
     /// applies batches and acknowledges after a delay, possibly dropping
     /// the link (the engine then restarts from the peer's vector).
@@ -240,18 +256,7 @@ mod tests {
             while let Some(cmd) = s.poll() {
                 match cmd {
                     Command::Read { from, max } => {
-                        let items: Vec<Item> = log
-                            .iter()
-                            .enumerate()
-                            .skip((from - 1) as usize)
-                            .take(max)
-                            .map(|(i, (o, q))| Item {
-                                order: i as u64 + 1,
-                                origin: *o,
-                                seq: *q,
-                                bytes: 100,
-                            })
-                            .collect();
+                        let items = items(log, from, max, 100);
                         for c in s.read(&items) {
                             if let Command::Send { id, orders } = c {
                                 pending.push_back((id, orders));
@@ -366,14 +371,7 @@ mod tests {
         s.start(&Vector::default(), 100);
         let mut ids = Vec::new();
         while let Some(Command::Read { from, max }) = s.poll() {
-            let items: Vec<Item> = (from..from + max as u64)
-                .map(|o| Item {
-                    order: o,
-                    origin: log[(o - 1) as usize].0,
-                    seq: log[(o - 1) as usize].1,
-                    bytes: 1,
-                })
-                .collect();
+            let items = items(&log, from, max, 1);
             for c in s.read(&items) {
                 if let Command::Send { id, .. } = c {
                     ids.push(id);
@@ -415,14 +413,7 @@ mod tests {
         s.start(&Vector::default(), 1000);
         let mut sends = 0;
         while let Some(Command::Read { from, max }) = s.poll() {
-            let items: Vec<Item> = (from..from + max as u64)
-                .map(|o| Item {
-                    order: o,
-                    origin: log[(o - 1) as usize].0,
-                    seq: log[(o - 1) as usize].1,
-                    bytes: 1,
-                })
-                .collect();
+            let items = items(&log, from, max, 1);
             sends += s.read(&items).len();
         }
         assert_eq!(sends, 2, "a third batch went out before an acknowledgement");
@@ -454,18 +445,7 @@ mod tests {
             let snd = sender.as_mut().expect("connected");
             snd.local_commit(log.len() as u64);
             while let Some(Command::Read { from: at, max }) = snd.poll() {
-                let items: Vec<Item> = log
-                    .iter()
-                    .enumerate()
-                    .skip((at - 1) as usize)
-                    .take(max)
-                    .map(|(k, (o, q))| Item {
-                        order: k as u64 + 1,
-                        origin: *o,
-                        seq: *q,
-                        bytes: 10,
-                    })
-                    .collect();
+                let items = items(log, at, max, 10);
                 for c in snd.read(&items) {
                     if let Command::Send { id, orders } = c {
                         queue.push_back((id, orders.iter().map(|o| log[(*o - 1) as usize]).collect()));
