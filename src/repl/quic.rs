@@ -543,7 +543,6 @@ async fn link(
                         if let Some(confirmed) = engine.frame(f)? {
                             wal.confirm(confirmed).map_err(|e| LinkError::Local(e.into()))?;
                         }
-                        *resume = Some(engine.resume());
                     }
                     Some(Err(e)) => return Err(e),
                     None => return Err(LinkError::Closed),
@@ -552,6 +551,8 @@ async fn link(
         }
     }
     .await;
+    // Where the next link to this peer starts: taken once, as the link ends.
+    *resume = Some(engine.resume());
     reader.abort();
     writer.abort();
     conn.close(0u32.into(), b"bye");
