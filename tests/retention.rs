@@ -1,7 +1,8 @@
 //! Log retention with real daemons: pruning waits for every peer's
 //! acknowledgement and for the backup's durable position, keeps the views,
 //! and a peer that lacks pruned history is refused with a clear reason
-//! until it joins by trees.
+//! until it joins by trees: on its own, or by command when
+//! `mirror.auto_join` is off.
 
 mod common;
 use common::{admin_get, deliver_range, digest, free_udp_port, messages, mirror_section, restart, wait_until, write_config, Node};
@@ -214,7 +215,8 @@ fn a_peer_behind_the_pruned_point_is_refused_then_joins_by_trees() {
     // Then mirrored with an empty B, which lacks the pruned entries.
     write_config(&da, "node-a", &format!("{}{RETENTION}", mirror_section(pa, &[pb], SECRET)));
     let a = restart(&da);
-    let cb = write_config(&db, "node-b", &mirror_section(pb, &[pa], SECRET));
+    // B joins only by command here.
+    let cb = write_config(&db, "node-b", &format!("{}auto_join = false\n", mirror_section(pb, &[pa], SECRET)));
     let b = Node::start(&db, Some(&cb));
     assert!(
         wait_until(20, || {
@@ -271,5 +273,88 @@ fn a_peer_behind_the_pruned_point_is_refused_then_joins_by_trees() {
     // B's log, starting at A's base, opens and verifies.
     let b = restart(&db);
     assert_eq!(messages(&b, "u@example.org", "INBOX").len(), 7);
+    assert!(b.stop());
+}
+
+/// A pruned log, its peer's log with a data dir of its own: A.
+fn pruned_node_a(da: &std::path::Path, pa: u16, pb: u16) -> (Node, String, u64) {
+    // A alone at first: nothing but the window holds its pruning.
+    let ca = write_config(da, "node-a", RETENTION);
+    let a = Node::start(da, Some(&ca));
+    let (ok, _, err) = a.cli(&["user", "add", "u@example.org", "--password-stdin"], Some("secret\n"));
+    assert!(ok, "{err}");
+    deliver_range(&a, "u@example.org", "m", 0..6);
+    let origin = origin_of(&a);
+    let head_a = head(&a, &origin);
+    assert!(wait_until(20, || pruned_up_to(&a, &origin) == head_a - 1));
+    assert!(a.stop());
+    // Then mirrored with B, which lacks the pruned entries.
+    write_config(da, "node-a", &format!("{}{RETENTION}", mirror_section(pa, &[pb], SECRET)));
+    (restart(da), origin, head_a)
+}
+
+#[test]
+fn an_empty_peer_behind_the_pruned_point_joins_by_trees_on_its_own() {
+    let dir = tempfile::tempdir().unwrap();
+    let (pa, pb) = (free_udp_port(), free_udp_port());
+    let (da, db) = (dir.path().join("a"), dir.path().join("b"));
+    std::fs::create_dir_all(&da).unwrap();
+    std::fs::create_dir_all(&db).unwrap();
+    let (a, origin, head_a) = pruned_node_a(&da, pa, pb);
+    // B: an empty data dir, default settings (auto_join on). Nobody runs
+    // a command: A refuses B's link, B reads A's bases, finds A pruned
+    // past what it holds, joins by trees and takes the base.
+    let cb = write_config(&db, "node-b", &mirror_section(pb, &[pa], SECRET));
+    let b = Node::start(&db, Some(&cb));
+    assert!(
+        wait_until(60, || {
+            let l = &admin_get(&a, "/v1/status")["mirror"]["outgoing"][0];
+            l["state"] == "connected" && l["behind_pruned"].is_null() && digest(&a) == digest(&b)
+        }),
+        "A: {}\nB: {}",
+        admin_get(&a, "/v1/status")["mirror"],
+        admin_get(&b, "/v1/status")["mirror"]
+    );
+    let sb = admin_get(&b, "/v1/status");
+    let join = &sb["mirror"]["join"];
+    assert_eq!(join["auto"], true, "{join}");
+    assert_eq!(join["joins"], 1, "{join}");
+    assert_eq!(join["failures"], 0, "{join}");
+    let last = &join["last"];
+    assert!(last["error"].is_null(), "{join}");
+    assert_eq!(last["node"], "node-a", "{join}");
+    assert_eq!(last["behind"][&origin]["held"], 0, "{join}");
+    assert_eq!(last["behind"][&origin]["base"], head_a - 1, "{join}");
+    assert_eq!(sb["resync"]["last"]["trigger"], "join", "{}", sb["resync"]);
+    // B's log of A's origin starts at A's base.
+    assert_eq!(
+        sb["retention"]["pruned_up_to"][&origin].as_u64(),
+        Some(head_a - 1),
+        "{}",
+        sb["retention"]
+    );
+    // A was refused nothing and is ahead of nobody: it checked no one.
+    assert_eq!(admin_get(&a, "/v1/status")["mirror"]["join"]["checks"], 0);
+    // Every message is on B and readable.
+    let mb = messages(&b, "u@example.org", "INBOX");
+    assert_eq!(mb.len(), 6);
+    for m in &mb {
+        let hash = m["blob"].as_str().unwrap_or_else(|| panic!("no blob in {m}"));
+        assert!(String::from_utf8_lossy(&common::blob(&b, hash)).contains("body"), "{m}");
+    }
+    let (ok, out, err) = b.cli(&["status"], None);
+    assert!(ok && out.contains("join by trees") && out.contains("joined"), "{out}{err}");
+
+    // The mirror carries on both ways from there.
+    deliver_range(&a, "u@example.org", "after-a", 0..2);
+    deliver_range(&b, "u@example.org", "after-b", 0..2);
+    assert!(wait_until(30, || messages(&a, "u@example.org", "INBOX").len() == 10
+        && messages(&b, "u@example.org", "INBOX").len() == 10
+        && digest(&a) == digest(&b)));
+    let sb = admin_get(&b, "/v1/status");
+    assert_eq!(sb["log"]["heads"][&origin].as_u64(), Some(head(&a, &origin)));
+    assert_eq!(sb["conflicts"]["kept_aside"], 0, "{}", sb["conflicts"]);
+    assert_eq!(sb["mirror"]["join"]["joins"], 1, "joined once only: {}", sb["mirror"]["join"]);
+    assert!(a.stop());
     assert!(b.stop());
 }

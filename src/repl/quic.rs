@@ -385,6 +385,11 @@ async fn link(
     if let Some(b) = super::history::behind_pruned(&wal, &held.vector) {
         mirror.update_out(i, |l| l.behind_pruned = Some(b.to_string()));
         let _ = write_frame(&mut send, &Frame::Refused { reason: b.to_string() }).await;
+        // The refusal must arrive (it is what sends the peer to check
+        // whether to join by trees, `resync::join`): wait, briefly, for
+        // the peer to have it before the connection closes.
+        let _ = send.finish();
+        let _ = tokio::time::timeout(Duration::from_secs(1), send.stopped()).await;
         return Err(b.into());
     }
     // What the peer holds now, not what it acknowledged on an earlier link
@@ -866,6 +871,13 @@ async fn receive(
     });
     let result = serve(send, recv, store, mirror, &node_id).await;
     mirror.update_in(&node_id, |l| l.connected = false);
+    // The peer refused to send to this node (it pruned what this node
+    // lacks, or the histories diverge): whether to join it by trees is
+    // decided on its log bases, by `resync::join`. Its link comes from
+    // its mirror endpoint, so the remote address is where it listens.
+    if matches!(result, Err(LinkError::RefusedByPeer(_))) {
+        mirror.join.suspect(conn.remote_address().to_string(), &node_id);
+    }
     conn.close(0u32.into(), b"bye");
     result
 }
@@ -933,6 +945,7 @@ async fn serve(
             let st = st.clone();
             // Refusals decided on arrival, before any work on the frame.
             let arrival = match read_frame(&mut recv, &m2, MAX_FRAME).await {
+                Ok(Frame::Refused { reason }) => Err(LinkError::refused_by_peer(&reason)),
                 Ok(f) => {
                     let own_head = || st.wal().heads().get(wal::Origin(own_origin));
                     let behind = m2.rollbacks.load(Ordering::Relaxed) > 0;
