@@ -968,8 +968,13 @@ pub async fn run(store: &Store, mirror: &Arc<Mirror>, dialer: &Dialer, req: &Req
 /// [`exchange`], one at a time, with its progress and result kept in
 /// [`Mirror::repair`] for status and metrics.
 async fn recorded(store: &Store, mirror: &Arc<Mirror>, dialer: &Dialer, req: &Request, trigger: &str) -> anyhow::Result<Report> {
+    let _one = mirror.repair.one_at_a_time.lock().await;
+    recorded_in_turn(store, mirror, dialer, req, trigger).await
+}
+
+/// [`recorded`] for a caller that holds the turn (`one_at_a_time`).
+async fn recorded_in_turn(store: &Store, mirror: &Arc<Mirror>, dialer: &Dialer, req: &Request, trigger: &str) -> anyhow::Result<Report> {
     let sched = &mirror.repair;
-    let _one = sched.one_at_a_time.lock().await;
     let started_ms = super::now_ms();
     sched.with(|s| {
         s.running = Some(Progress {

@@ -8,20 +8,21 @@
 //! ([`run`]) takes them one at a time, reads the peer's log bases over a
 //! resync exchange (which changes nothing on either side), and only when
 //! some base of another origin lies past what this node holds runs the
-//! join that `tandem resync --from-peer` runs ([`super::recorded`]). A
+//! join that `tandem resync --from-peer` runs ([`super::recorded_in_turn`]). A
 //! peer that is not ahead (a refusal for a fork, a peer that pruned
 //! nothing this node lacks) is left alone.
 //!
-//! One join at a time: this task runs them one after another, and the
-//! join itself waits for any other comparison on this node (a scheduled
-//! repair, a command). A failed join waits out a backoff (doubling from
+//! One join at a time: this task runs them one after another, and each
+//! check with its join holds the node's one turn among comparisons (a
+//! scheduled repair, a command), so a join by command that ran first
+//! leaves the check nothing to do. A failed join waits out a backoff (doubling from
 //! [`RETRY_MIN`] up to [`RETRY_MAX`]) before the next check. The peer's
 //! link into this node is refused while this node is behind, so nothing
 //! else writes the entries of the origins the join takes; the join writes
 //! its marks before it takes the bases (see [`super::exchange`]), so the
 //! entries the link then brings are stored without being applied again.
 
-use super::{peer_bases, recorded, Dialer, Request, WireBase};
+use super::{peer_bases, recorded_in_turn, Dialer, Request, WireBase};
 use crate::repl::{now_ms, Mirror};
 use crate::store::Store;
 use serde::{Deserialize, Serialize};
@@ -219,6 +220,10 @@ async fn check_and_join(store: &Store, mirror: &Arc<Mirror>, dialer: &Dialer, ad
         s.peer = Some(addr.to_string());
         s.checks += 1;
     });
+    // The check and the join hold one turn among comparisons: a join by
+    // command (or another) that ran meanwhile has taken the bases, and the
+    // check then finds nothing to do.
+    let _turn = mirror.repair.one_at_a_time.lock().await;
     let Some(bases) = peer_bases(store, mirror, dialer, addr)
         .await
         .with_context(|| format!("reading the log bases of {addr}"))?
@@ -261,7 +266,7 @@ async fn check_and_join(store: &Store, mirror: &Arc<Mirror>, dialer: &Dialer, ad
         from_peer: true,
         ..Default::default()
     };
-    let r = recorded(store, mirror, dialer, &req, "join").await;
+    let r = recorded_in_turn(store, mirror, dialer, &req, "join").await;
     let heads = wal.heads();
     let short: Vec<String> = found
         .iter()
