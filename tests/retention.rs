@@ -358,3 +358,81 @@ fn an_empty_peer_behind_the_pruned_point_joins_by_trees_on_its_own() {
     assert!(a.stop());
     assert!(b.stop());
 }
+
+#[test]
+fn a_restarted_node_prunes_what_a_stopped_peer_acknowledged_before_and_no_further() {
+    let dir = tempfile::tempdir().unwrap();
+    let (pa, pb) = (free_udp_port(), free_udp_port());
+    let (da, db) = (dir.path().join("a"), dir.path().join("b"));
+    std::fs::create_dir_all(&da).unwrap();
+    std::fs::create_dir_all(&db).unwrap();
+    // A keeps everything younger than an hour at first: it prunes nothing,
+    // but records what B acknowledges.
+    let keep_all = "[retention]\nkeep = \"1h\"\nkeep_entries = 1\ninterval = \"200ms\"\n";
+    let ca = write_config(&da, "node-a", &format!("{}{keep_all}", mirror_section(pa, &[pb], SECRET)));
+    let cb = write_config(&db, "node-b", &mirror_section(pb, &[pa], SECRET));
+    let a = Node::start(&da, Some(&ca));
+    let b = Node::start(&db, Some(&cb));
+    let (ok, _, err) = a.cli(&["user", "add", "u@example.org", "--password-stdin"], Some("secret\n"));
+    assert!(ok, "{err}");
+    deliver_range(&a, "u@example.org", "early", 0..8);
+    assert!(converged(&a, &b, 20));
+    let origin = origin_of(&a);
+    let acked = head(&a, &origin);
+    let peer = format!("127.0.0.1:{pb}");
+    assert!(
+        wait_until(20, || admin_get(&a, "/v1/status")["retention"]["recorded_acks"][&peer][&origin]
+            .as_u64()
+            == Some(acked)),
+        "{}",
+        admin_get(&a, "/v1/status")["retention"]
+    );
+    assert_eq!(pruned_up_to(&a, &origin), 0);
+    assert!(b.stop());
+    assert!(a.stop());
+
+    // A restarts with a window of a second while B stays down: it prunes
+    // what B acknowledged before, without waiting for B, and nothing after.
+    write_config(&da, "node-a", &format!("{}{RETENTION}", mirror_section(pa, &[pb], SECRET)));
+    let a = restart(&da);
+    deliver_range(&a, "u@example.org", "late", 0..6);
+    assert!(head(&a, &origin) > acked + 1);
+    assert!(
+        wait_until(20, || pruned_up_to(&a, &origin) == acked),
+        "A did not prune what B acknowledged before the restart: {}",
+        admin_get(&a, "/v1/status")["retention"]
+    );
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    let st = admin_get(&a, "/v1/status");
+    assert_eq!(
+        st["retention"]["pruned_up_to"][&origin].as_u64(),
+        Some(acked),
+        "{}",
+        st["retention"]
+    );
+    assert!(
+        st["mirror"]["outgoing"][0]["acked"].as_object().is_none_or(|m| m.is_empty()),
+        "{}",
+        st["mirror"]
+    );
+    let why = st["retention"]["held_back"][&origin].as_str().unwrap().to_string();
+    assert!(
+        why.contains(&peer) && why.contains(&format!("up to seq {acked}")) && why.contains("recorded before this node started"),
+        "{why}"
+    );
+
+    // B comes back and catches up from the log; pruning moves on.
+    let b = restart(&db);
+    assert!(converged(&a, &b, 30));
+    assert_eq!(messages(&b, "u@example.org", "INBOX").len(), 14);
+    let head_a = head(&a, &origin);
+    assert!(
+        wait_until(20, || pruned_up_to(&a, &origin) == head_a - 1),
+        "{}",
+        admin_get(&a, "/v1/status")["retention"]
+    );
+    assert_eq!(admin_get(&a, "/v1/status")["mirror"]["join"]["joins"], 0);
+    assert_eq!(admin_get(&b, "/v1/status")["mirror"]["join"]["joins"], 0);
+    assert!(a.stop());
+    assert!(b.stop());
+}

@@ -373,8 +373,10 @@ async fn link(
     let own = wal.local_origin();
     if let Err(d) = super::history::check(&wal, &held).map_err(|e| LinkError::Local(e.into()))? {
         mirror.diverged(matches!(d, super::history::Divergence::Rollback { .. }), d.to_string());
-        // Whatever this link's peer acknowledged before no longer counts.
+        // Whatever this link's peer acknowledged before no longer counts,
+        // nor what the store recorded of it (`crate::retention`).
         mirror.update_out(i, |l| l.acked.clear());
+        wal.forget_peer_ack(&peer.to_string()).map_err(|e| LinkError::Local(e.into()))?;
         *resume = None;
         let reason = format!("diverged: {d}");
         let _ = write_frame(&mut send, &Frame::Refused { reason: reason.clone() }).await;
@@ -393,7 +395,12 @@ async fn link(
         return Err(b.into());
     }
     // What the peer holds now, not what it acknowledged on an earlier link
-    // (a peer restored from an older copy holds less): pruning reads it.
+    // (a peer restored from an older copy holds less): pruning reads it,
+    // and what the store recorded of the peer for pruning after a restart
+    // (`crate::retention`) comes down to it at once.
+    let holds = wal::VersionVector(held.vector.iter().map(|(o, s)| (wal::Origin(o), s)).collect());
+    wal.lower_peer_ack(&peer.to_string(), &holds)
+        .map_err(|e| LinkError::Local(e.into()))?;
     mirror.update_out(i, |l| {
         l.behind_pruned = None;
         l.acked = held.vector.iter().map(|(o, s)| (format!("{o:016x}"), s)).collect();
