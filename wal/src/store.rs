@@ -1490,7 +1490,7 @@ fn peer_ack_key(peer: &str) -> Vec<u8> {
 }
 
 fn decode_peer_ack(peer: &str, v: &[u8]) -> Result<VersionVector, WalError> {
-    if v.len() % 16 != 0 {
+    if !v.len().is_multiple_of(16) {
         return Err(WalError::CorruptMeta {
             key: format!("peer_acked {peer}"),
             reason: format!("value is {} bytes, not a multiple of 16", v.len()),
