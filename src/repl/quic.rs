@@ -328,6 +328,15 @@ async fn connect(ep: &quinn::Endpoint, peer: SocketAddr, peer_back: &tokio::sync
     }
 }
 
+/// Send `Refused` and end the stream, waiting (at most 1 s) for the peer
+/// to have it before the connection closes: the refusal is what sends the
+/// peer to check whether to join by trees (`resync::join`).
+async fn refuse(send: &mut quinn::SendStream, reason: String) {
+    let _ = write_frame(send, &Frame::Refused { reason }).await;
+    let _ = send.finish();
+    let _ = tokio::time::timeout(Duration::from_secs(1), send.stopped()).await;
+}
+
 /// One outgoing link, until it fails.
 #[allow(clippy::too_many_arguments)]
 async fn link(
@@ -376,22 +385,19 @@ async fn link(
         // Whatever this link's peer acknowledged before no longer counts,
         // nor what the store recorded of it (`crate::retention`).
         mirror.update_out(i, |l| l.acked.clear());
-        wal.forget_peer_ack(&peer.to_string()).map_err(|e| LinkError::Local(e.into()))?;
+        if let Err(e) = wal.forget_peer_ack(&peer.to_string()) {
+            tracing::warn!(error = %e, "forgetting what the peer acknowledged failed");
+        }
         *resume = None;
         let reason = format!("diverged: {d}");
-        let _ = write_frame(&mut send, &Frame::Refused { reason: reason.clone() }).await;
+        refuse(&mut send, reason.clone()).await;
         return Err(LinkError::Diverged(reason));
     }
     // A peer that lacks history pruned here is never sent what follows it
     // (it could not chain it): refused, and told to join by trees.
     if let Some(b) = super::history::behind_pruned(&wal, &held.vector) {
         mirror.update_out(i, |l| l.behind_pruned = Some(b.to_string()));
-        let _ = write_frame(&mut send, &Frame::Refused { reason: b.to_string() }).await;
-        // The refusal must arrive (it is what sends the peer to check
-        // whether to join by trees, `resync::join`): wait, briefly, for
-        // the peer to have it before the connection closes.
-        let _ = send.finish();
-        let _ = tokio::time::timeout(Duration::from_secs(1), send.stopped()).await;
+        refuse(&mut send, b.to_string()).await;
         return Err(b.into());
     }
     // What the peer holds now, not what it acknowledged on an earlier link
@@ -399,8 +405,14 @@ async fn link(
     // and what the store recorded of the peer for pruning after a restart
     // (`crate::retention`) comes down to it at once.
     let holds = wal::VersionVector(held.vector.iter().map(|(o, s)| (wal::Origin(o), s)).collect());
-    wal.lower_peer_ack(&peer.to_string(), &holds)
-        .map_err(|e| LinkError::Local(e.into()))?;
+    if let Err(e) = wal.lower_peer_ack(&peer.to_string(), &holds) {
+        // An unreadable record is dropped: pruning then waits for what the
+        // peer acknowledges on this link.
+        tracing::warn!(error = %e, "the record of what the peer acknowledged does not read; dropping it");
+        if let Err(e) = wal.forget_peer_ack(&peer.to_string()) {
+            tracing::warn!(error = %e, "forgetting what the peer acknowledged failed");
+        }
+    }
     mirror.update_out(i, |l| {
         l.behind_pruned = None;
         l.acked = held.vector.iter().map(|(o, s)| (format!("{o:016x}"), s)).collect();
