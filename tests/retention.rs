@@ -186,11 +186,26 @@ fn pruning_waits_for_the_backup_position() {
         st["backup"][0]["position"].as_u64().unwrap(),
         st["log"]["apply_order"].as_u64().unwrap()
     );
-    // A new backup of the pruned log cannot start: it says why.
+    // A new backup of the pruned log cannot start (it would need a
+    // snapshot of the views at the base, which backups do not have): it
+    // says why, where, and what avoids it, and writes no manifest.
     let fresh = dir.path().join("fresh");
     let (ok, out, err) = node.cli(&["backup", "--to", fresh.to_str().unwrap()], None);
     assert!(!ok, "{out}");
-    assert!(err.contains("pruned up to seq"), "{err}");
+    assert!(
+        err.contains(&format!("holds origin {origin} up to seq 0, but the log here is pruned up to seq"))
+            && err.contains("cannot be continued from this log")
+            && err.contains("`[backup] to` makes pruning wait for it"),
+        "{err}"
+    );
+    let manifests = std::fs::read_dir(fresh.join("manifests"))
+        .map(|d| {
+            d.filter_map(|e| e.ok())
+                .filter(|e| e.file_name().to_string_lossy().ends_with(".man"))
+                .count()
+        })
+        .unwrap_or(0);
+    assert_eq!(manifests, 0, "a refused backup wrote a manifest");
     assert!(node.stop());
 }
 
