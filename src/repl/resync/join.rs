@@ -34,6 +34,9 @@ use std::time::{Duration, Instant};
 pub const RETRY_MIN: Duration = Duration::from_secs(1);
 /// The longest wait after repeated failures.
 pub const RETRY_MAX: Duration = Duration::from_secs(300);
+/// A peer found not ahead is not checked again for this long, however
+/// often it refuses (a fork keeps a link refused on every reconnect).
+pub const QUIET: Duration = Duration::from_secs(30);
 
 /// Where this node holds an origin, and where a peer's log of it starts.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -163,6 +166,7 @@ pub async fn run(store: Store, mirror: Arc<Mirror>, cfg: crate::config::MirrorCo
     }
     let mut delay = RETRY_MIN;
     let mut not_before: Option<Instant> = None;
+    let mut not_ahead: BTreeMap<String, Instant> = BTreeMap::new();
     loop {
         if let Some(t) = not_before.take() {
             tokio::select! {
@@ -178,13 +182,20 @@ pub async fn run(store: Store, mirror: Arc<Mirror>, cfg: crate::config::MirrorCo
         let Some(dialer) = mirror.resync.get().cloned() else {
             continue;
         };
+        not_ahead.retain(|_, t| t.elapsed() < QUIET);
         for (addr, node) in suspects {
+            if not_ahead.contains_key(&addr) {
+                continue;
+            }
             let r = tokio::select! {
                 r = check_and_join(&store, &mirror, &dialer, &addr, &node) => r,
                 _ = crate::server::wait_shutdown(&mut shutdown) => return,
             };
             match r {
-                Ok(_) => {
+                Ok(joined) => {
+                    if !joined {
+                        not_ahead.insert(addr.clone(), Instant::now());
+                    }
                     delay = RETRY_MIN;
                     mirror.join.with(|s| {
                         s.state = "idle".into();
