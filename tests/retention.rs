@@ -451,3 +451,72 @@ fn a_restarted_node_prunes_what_a_stopped_peer_acknowledged_before_and_no_furthe
     assert!(a.stop());
     assert!(b.stop());
 }
+
+#[test]
+fn a_returning_peer_left_behind_the_pruned_point_joins_on_its_own_and_keeps_its_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let (pa, pb) = (free_udp_port(), free_udp_port());
+    let (da, db) = (dir.path().join("a"), dir.path().join("b"));
+    std::fs::create_dir_all(&da).unwrap();
+    std::fs::create_dir_all(&db).unwrap();
+    let ca = write_config(&da, "node-a", &format!("{}{RETENTION}", mirror_section(pa, &[pb], SECRET)));
+    let cb = write_config(&db, "node-b", &mirror_section(pb, &[pa], SECRET));
+    let a = Node::start(&da, Some(&ca));
+    let b = Node::start(&db, Some(&cb));
+    let (ok, _, err) = a.cli(&["user", "add", "u@example.org", "--password-stdin"], Some("secret\n"));
+    assert!(ok, "{err}");
+    deliver_range(&a, "u@example.org", "early", 0..4);
+    deliver_range(&b, "u@example.org", "from-b", 0..2);
+    assert!(converged(&a, &b, 20));
+    let origin_a = origin_of(&a);
+    let origin_b = origin_of(&b);
+    let held_by_b = head(&b, &origin_a);
+    assert!(b.stop());
+    assert!(a.stop());
+
+    // B is taken out of A's peers while it is away: A prunes past it.
+    write_config(&da, "node-a", &format!("{}{RETENTION}", mirror_section(pa, &[], SECRET)));
+    let a = restart(&da);
+    deliver_range(&a, "u@example.org", "late", 0..4);
+    let head_a = head(&a, &origin_a);
+    assert!(wait_until(20, || pruned_up_to(&a, &origin_a) == head_a - 1));
+    assert!(head_a - 1 > held_by_b);
+    assert!(a.stop());
+
+    // Both back, B in A's peers again: A refuses B, B joins on its own,
+    // taking A's base over the part of A's log it held.
+    write_config(&da, "node-a", &format!("{}{RETENTION}", mirror_section(pa, &[pb], SECRET)));
+    let a = restart(&da);
+    let b = restart(&db);
+    assert!(
+        wait_until(60, || {
+            let l = &admin_get(&a, "/v1/status")["mirror"]["outgoing"][0];
+            l["state"] == "connected" && digest(&a) == digest(&b)
+        }),
+        "A: {}\nB: {}",
+        admin_get(&a, "/v1/status")["mirror"],
+        admin_get(&b, "/v1/status")["mirror"]
+    );
+    let sb = admin_get(&b, "/v1/status");
+    let join = &sb["mirror"]["join"];
+    assert_eq!(join["joins"], 1, "{join}");
+    assert_eq!(join["last"]["behind"][&origin_a]["held"], held_by_b, "{join}");
+    assert!(join["last"]["error"].is_null(), "{join}");
+    assert_eq!(
+        sb["retention"]["pruned_up_to"][&origin_a].as_u64(),
+        Some(head_a - 1),
+        "{}",
+        sb["retention"]
+    );
+    // B's own history is whole, and A still holds it.
+    assert!(sb["retention"]["pruned_up_to"].get(&origin_b).is_none(), "{}", sb["retention"]);
+    assert_eq!(messages(&a, "u@example.org", "INBOX").len(), 10);
+    assert_eq!(messages(&b, "u@example.org", "INBOX").len(), 10);
+    assert_eq!(sb["conflicts"]["kept_aside"], 0, "{}", sb["conflicts"]);
+    assert!(a.stop());
+    assert!(b.stop());
+    // B's log, held from A's base on, opens and verifies.
+    let b = restart(&db);
+    assert_eq!(messages(&b, "u@example.org", "INBOX").len(), 10);
+    assert!(b.stop());
+}
