@@ -798,6 +798,7 @@ fn print_status(st: &Status) {
                 i.apply_rate
             );
         }
+        print_join_status(&mi.join);
     }
     print_resync_status(&st.resync);
     if let Some(s) = &st.sidefiles {
@@ -834,6 +835,46 @@ fn print_status(st: &Status) {
 
 /// The `resync` line of `tandem status` (and the one below it while a
 /// comparison runs); nothing when no comparison ran and none is scheduled.
+/// The `join by trees` line under the mirror, once a peer was checked.
+fn print_join_status(j: &crate::repl::resync::join::JoinStatus) {
+    if j.checks == 0 && j.joins == 0 {
+        return;
+    }
+    let now = match (&j.state[..], &j.peer) {
+        ("checking", Some(p)) => format!("checking {p}"),
+        ("joining", Some(p)) => format!("JOINING {p}"),
+        ("waiting", _) => format!("waiting until {}", j.retry_ms.unwrap_or(0) / 1000),
+        (s, _) => s.to_string(),
+    };
+    let last = j.last.as_ref().map(|l| {
+        let origins: Vec<String> = l
+            .behind
+            .iter()
+            .map(|(o, b)| format!("{o} held to {} pruned to {}", b.held, b.base))
+            .collect();
+        format!(
+            "   last: {} ({}) at {} for {:.1}s, {}: {}",
+            l.peer,
+            l.node,
+            l.started_ms / 1000,
+            l.seconds,
+            origins.join(", "),
+            match &l.error {
+                Some(e) => format!("FAILED: {e}"),
+                None if l.seconds > 0.0 => format!("joined, {} repaired, {} messages restored", l.repaired, l.messages_restored),
+                None => "running".to_string(),
+            }
+        )
+    });
+    println!(
+        "  join by trees   {now}   checks {}   joins {}   failed {}{}",
+        j.checks,
+        j.joins,
+        j.failures,
+        last.unwrap_or_default()
+    );
+}
+
 fn print_resync_status(r: &crate::repl::resync::ResyncStatus) {
     if r.interval_secs == 0 && r.runs == 0 && r.running.is_none() {
         return;

@@ -335,6 +335,10 @@ pub struct MirrorConfig {
     pub sync_dirs: crate::sidefiles::SyncDirs,
     /// How often the sync dirs are scanned for changes, milliseconds.
     pub sync_dirs_interval_ms: u64,
+    /// Join a peer by trees on its own when its log is pruned past what
+    /// this node holds (`replication.md` section 5.8); false leaves it to
+    /// `tandem resync --from-peer`.
+    pub auto_join: bool,
 }
 
 /// A duration written as `"1h"`, `"30m"`, `"45s"`, `"500ms"`, `"2d"`, or a
@@ -494,6 +498,7 @@ impl Default for MirrorConfig {
             repair_interval: std::time::Duration::ZERO,
             sync_dirs: crate::sidefiles::SyncDirs::default(),
             sync_dirs_interval_ms: 2_000,
+            auto_join: true,
         }
     }
 }

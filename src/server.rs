@@ -315,6 +315,12 @@ pub async fn start(cfg: &Config) -> anyhow::Result<Running> {
         cfg.mirror.clone(),
         shutdown_rx.clone(),
     )));
+    tasks.push(tokio::spawn(crate::repl::resync::join::run(
+        store.clone(),
+        mirror.clone(),
+        cfg.mirror.clone(),
+        shutdown_rx.clone(),
+    )));
     tasks.push(tokio::spawn(crate::repl::resolve::run(
         store.clone(),
         cfg.mirror.clone(),

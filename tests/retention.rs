@@ -1,7 +1,8 @@
 //! Log retention with real daemons: pruning waits for every peer's
 //! acknowledgement and for the backup's durable position, keeps the views,
 //! and a peer that lacks pruned history is refused with a clear reason
-//! until it joins by trees.
+//! until it joins by trees: on its own, or by command when
+//! `mirror.auto_join` is off.
 
 mod common;
 use common::{admin_get, deliver_range, digest, free_udp_port, messages, mirror_section, restart, wait_until, write_config, Node};
@@ -185,11 +186,26 @@ fn pruning_waits_for_the_backup_position() {
         st["backup"][0]["position"].as_u64().unwrap(),
         st["log"]["apply_order"].as_u64().unwrap()
     );
-    // A new backup of the pruned log cannot start: it says why.
+    // A new backup of the pruned log cannot start (it would need a
+    // snapshot of the views at the base, which backups do not have): it
+    // says why, where, and what avoids it, and writes no manifest.
     let fresh = dir.path().join("fresh");
     let (ok, out, err) = node.cli(&["backup", "--to", fresh.to_str().unwrap()], None);
     assert!(!ok, "{out}");
-    assert!(err.contains("pruned up to seq"), "{err}");
+    assert!(
+        err.contains(&format!("holds origin {origin} up to seq 0, but the log here is pruned up to seq"))
+            && err.contains("cannot be continued from this log")
+            && err.contains("`[backup] to` makes pruning wait for it"),
+        "{err}"
+    );
+    let manifests = std::fs::read_dir(fresh.join("manifests"))
+        .map(|d| {
+            d.filter_map(|e| e.ok())
+                .filter(|e| e.file_name().to_string_lossy().ends_with(".man"))
+                .count()
+        })
+        .unwrap_or(0);
+    assert_eq!(manifests, 0, "a refused backup wrote a manifest");
     assert!(node.stop());
 }
 
@@ -214,7 +230,8 @@ fn a_peer_behind_the_pruned_point_is_refused_then_joins_by_trees() {
     // Then mirrored with an empty B, which lacks the pruned entries.
     write_config(&da, "node-a", &format!("{}{RETENTION}", mirror_section(pa, &[pb], SECRET)));
     let a = restart(&da);
-    let cb = write_config(&db, "node-b", &mirror_section(pb, &[pa], SECRET));
+    // B joins only by command here.
+    let cb = write_config(&db, "node-b", &format!("{}auto_join = false\n", mirror_section(pb, &[pa], SECRET)));
     let b = Node::start(&db, Some(&cb));
     assert!(
         wait_until(20, || {
@@ -271,5 +288,235 @@ fn a_peer_behind_the_pruned_point_is_refused_then_joins_by_trees() {
     // B's log, starting at A's base, opens and verifies.
     let b = restart(&db);
     assert_eq!(messages(&b, "u@example.org", "INBOX").len(), 7);
+    assert!(b.stop());
+}
+
+/// A pruned log, its peer's log with a data dir of its own: A.
+fn pruned_node_a(da: &std::path::Path, pa: u16, pb: u16) -> (Node, String, u64) {
+    // A alone at first: nothing but the window holds its pruning.
+    let ca = write_config(da, "node-a", RETENTION);
+    let a = Node::start(da, Some(&ca));
+    let (ok, _, err) = a.cli(&["user", "add", "u@example.org", "--password-stdin"], Some("secret\n"));
+    assert!(ok, "{err}");
+    deliver_range(&a, "u@example.org", "m", 0..6);
+    let origin = origin_of(&a);
+    let head_a = head(&a, &origin);
+    assert!(wait_until(20, || pruned_up_to(&a, &origin) == head_a - 1));
+    assert!(a.stop());
+    // Then mirrored with B, which lacks the pruned entries.
+    write_config(da, "node-a", &format!("{}{RETENTION}", mirror_section(pa, &[pb], SECRET)));
+    (restart(da), origin, head_a)
+}
+
+#[test]
+fn an_empty_peer_behind_the_pruned_point_joins_by_trees_on_its_own() {
+    let dir = tempfile::tempdir().unwrap();
+    let (pa, pb) = (free_udp_port(), free_udp_port());
+    let (da, db) = (dir.path().join("a"), dir.path().join("b"));
+    std::fs::create_dir_all(&da).unwrap();
+    std::fs::create_dir_all(&db).unwrap();
+    let (a, origin, head_a) = pruned_node_a(&da, pa, pb);
+    // B: an empty data dir, default settings (auto_join on). Nobody runs
+    // a command: A refuses B's link, B reads A's bases, finds A pruned
+    // past what it holds, joins by trees and takes the base.
+    let cb = write_config(&db, "node-b", &mirror_section(pb, &[pa], SECRET));
+    let b = Node::start(&db, Some(&cb));
+    assert!(
+        wait_until(60, || {
+            let l = &admin_get(&a, "/v1/status")["mirror"]["outgoing"][0];
+            l["state"] == "connected" && l["behind_pruned"].is_null() && digest(&a) == digest(&b)
+        }),
+        "A: {}\nB: {}",
+        admin_get(&a, "/v1/status")["mirror"],
+        admin_get(&b, "/v1/status")["mirror"]
+    );
+    let sb = admin_get(&b, "/v1/status");
+    let join = &sb["mirror"]["join"];
+    assert_eq!(join["auto"], true, "{join}");
+    assert_eq!(join["joins"], 1, "{join}");
+    assert_eq!(join["failures"], 0, "{join}");
+    let last = &join["last"];
+    assert!(last["error"].is_null(), "{join}");
+    assert_eq!(last["node"], "node-a", "{join}");
+    assert_eq!(last["behind"][&origin]["held"], 0, "{join}");
+    assert_eq!(last["behind"][&origin]["base"], head_a - 1, "{join}");
+    assert_eq!(sb["resync"]["last"]["trigger"], "join", "{}", sb["resync"]);
+    // B's log of A's origin starts at A's base.
+    assert_eq!(
+        sb["retention"]["pruned_up_to"][&origin].as_u64(),
+        Some(head_a - 1),
+        "{}",
+        sb["retention"]
+    );
+    // A was refused nothing and is ahead of nobody: it checked no one.
+    assert_eq!(admin_get(&a, "/v1/status")["mirror"]["join"]["checks"], 0);
+    // Every message is on B and readable.
+    let mb = messages(&b, "u@example.org", "INBOX");
+    assert_eq!(mb.len(), 6);
+    for m in &mb {
+        let hash = m["blob"].as_str().unwrap_or_else(|| panic!("no blob in {m}"));
+        assert!(String::from_utf8_lossy(&common::blob(&b, hash)).contains("body"), "{m}");
+    }
+    let (ok, out, err) = b.cli(&["status"], None);
+    assert!(ok && out.contains("join by trees") && out.contains("joined"), "{out}{err}");
+
+    // The mirror carries on both ways from there.
+    deliver_range(&a, "u@example.org", "after-a", 0..2);
+    deliver_range(&b, "u@example.org", "after-b", 0..2);
+    assert!(wait_until(30, || messages(&a, "u@example.org", "INBOX").len() == 10
+        && messages(&b, "u@example.org", "INBOX").len() == 10
+        && digest(&a) == digest(&b)));
+    let sb = admin_get(&b, "/v1/status");
+    assert_eq!(sb["log"]["heads"][&origin].as_u64(), Some(head(&a, &origin)));
+    assert_eq!(sb["conflicts"]["kept_aside"], 0, "{}", sb["conflicts"]);
+    assert_eq!(sb["mirror"]["join"]["joins"], 1, "joined once only: {}", sb["mirror"]["join"]);
+    assert!(a.stop());
+    assert!(b.stop());
+}
+
+#[test]
+fn a_restarted_node_prunes_what_a_stopped_peer_acknowledged_before_and_no_further() {
+    let dir = tempfile::tempdir().unwrap();
+    let (pa, pb) = (free_udp_port(), free_udp_port());
+    let (da, db) = (dir.path().join("a"), dir.path().join("b"));
+    std::fs::create_dir_all(&da).unwrap();
+    std::fs::create_dir_all(&db).unwrap();
+    // A keeps everything younger than an hour at first: it prunes nothing,
+    // but records what B acknowledges.
+    let keep_all = "[retention]\nkeep = \"1h\"\nkeep_entries = 1\ninterval = \"200ms\"\n";
+    let ca = write_config(&da, "node-a", &format!("{}{keep_all}", mirror_section(pa, &[pb], SECRET)));
+    let cb = write_config(&db, "node-b", &mirror_section(pb, &[pa], SECRET));
+    let a = Node::start(&da, Some(&ca));
+    let b = Node::start(&db, Some(&cb));
+    let (ok, _, err) = a.cli(&["user", "add", "u@example.org", "--password-stdin"], Some("secret\n"));
+    assert!(ok, "{err}");
+    deliver_range(&a, "u@example.org", "early", 0..8);
+    assert!(converged(&a, &b, 20));
+    let origin = origin_of(&a);
+    let acked = head(&a, &origin);
+    let peer = format!("127.0.0.1:{pb}");
+    assert!(
+        wait_until(20, || admin_get(&a, "/v1/status")["retention"]["recorded_acks"][&peer][&origin]
+            .as_u64()
+            == Some(acked)),
+        "{}",
+        admin_get(&a, "/v1/status")["retention"]
+    );
+    assert_eq!(pruned_up_to(&a, &origin), 0);
+    assert!(b.stop());
+    assert!(a.stop());
+
+    // A restarts with a window of a second while B stays down: it prunes
+    // what B acknowledged before, without waiting for B, and nothing after.
+    write_config(&da, "node-a", &format!("{}{RETENTION}", mirror_section(pa, &[pb], SECRET)));
+    let a = restart(&da);
+    deliver_range(&a, "u@example.org", "late", 0..6);
+    assert!(head(&a, &origin) > acked + 1);
+    assert!(
+        wait_until(20, || pruned_up_to(&a, &origin) == acked),
+        "A did not prune what B acknowledged before the restart: {}",
+        admin_get(&a, "/v1/status")["retention"]
+    );
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    let st = admin_get(&a, "/v1/status");
+    assert_eq!(
+        st["retention"]["pruned_up_to"][&origin].as_u64(),
+        Some(acked),
+        "{}",
+        st["retention"]
+    );
+    assert!(
+        st["mirror"]["outgoing"][0]["acked"].as_object().is_none_or(|m| m.is_empty()),
+        "{}",
+        st["mirror"]
+    );
+    let why = st["retention"]["held_back"][&origin].as_str().unwrap().to_string();
+    assert!(
+        why.contains(&peer) && why.contains(&format!("up to seq {acked}")) && why.contains("recorded before this node started"),
+        "{why}"
+    );
+
+    // B comes back and catches up from the log; pruning moves on.
+    let b = restart(&db);
+    assert!(converged(&a, &b, 30));
+    assert_eq!(messages(&b, "u@example.org", "INBOX").len(), 14);
+    let head_a = head(&a, &origin);
+    assert!(
+        wait_until(20, || pruned_up_to(&a, &origin) == head_a - 1),
+        "{}",
+        admin_get(&a, "/v1/status")["retention"]
+    );
+    assert_eq!(admin_get(&a, "/v1/status")["mirror"]["join"]["joins"], 0);
+    assert_eq!(admin_get(&b, "/v1/status")["mirror"]["join"]["joins"], 0);
+    assert!(a.stop());
+    assert!(b.stop());
+}
+
+#[test]
+fn a_returning_peer_left_behind_the_pruned_point_joins_on_its_own_and_keeps_its_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let (pa, pb) = (free_udp_port(), free_udp_port());
+    let (da, db) = (dir.path().join("a"), dir.path().join("b"));
+    std::fs::create_dir_all(&da).unwrap();
+    std::fs::create_dir_all(&db).unwrap();
+    let ca = write_config(&da, "node-a", &format!("{}{RETENTION}", mirror_section(pa, &[pb], SECRET)));
+    let cb = write_config(&db, "node-b", &mirror_section(pb, &[pa], SECRET));
+    let a = Node::start(&da, Some(&ca));
+    let b = Node::start(&db, Some(&cb));
+    let (ok, _, err) = a.cli(&["user", "add", "u@example.org", "--password-stdin"], Some("secret\n"));
+    assert!(ok, "{err}");
+    deliver_range(&a, "u@example.org", "early", 0..4);
+    deliver_range(&b, "u@example.org", "from-b", 0..2);
+    assert!(converged(&a, &b, 20));
+    let origin_a = origin_of(&a);
+    let origin_b = origin_of(&b);
+    let held_by_b = head(&b, &origin_a);
+    assert!(b.stop());
+    assert!(a.stop());
+
+    // B is taken out of A's peers while it is away: A prunes past it.
+    write_config(&da, "node-a", &format!("{}{RETENTION}", mirror_section(pa, &[], SECRET)));
+    let a = restart(&da);
+    deliver_range(&a, "u@example.org", "late", 0..4);
+    let head_a = head(&a, &origin_a);
+    assert!(wait_until(20, || pruned_up_to(&a, &origin_a) == head_a - 1));
+    assert!(head_a - 1 > held_by_b);
+    assert!(a.stop());
+
+    // Both back, B in A's peers again: A refuses B, B joins on its own,
+    // taking A's base over the part of A's log it held.
+    write_config(&da, "node-a", &format!("{}{RETENTION}", mirror_section(pa, &[pb], SECRET)));
+    let a = restart(&da);
+    let b = restart(&db);
+    assert!(
+        wait_until(60, || {
+            let l = &admin_get(&a, "/v1/status")["mirror"]["outgoing"][0];
+            l["state"] == "connected" && digest(&a) == digest(&b)
+        }),
+        "A: {}\nB: {}",
+        admin_get(&a, "/v1/status")["mirror"],
+        admin_get(&b, "/v1/status")["mirror"]
+    );
+    let sb = admin_get(&b, "/v1/status");
+    let join = &sb["mirror"]["join"];
+    assert_eq!(join["joins"], 1, "{join}");
+    assert_eq!(join["last"]["behind"][&origin_a]["held"], held_by_b, "{join}");
+    assert!(join["last"]["error"].is_null(), "{join}");
+    assert_eq!(
+        sb["retention"]["pruned_up_to"][&origin_a].as_u64(),
+        Some(head_a - 1),
+        "{}",
+        sb["retention"]
+    );
+    // B's own history is whole, and A still holds it.
+    assert!(sb["retention"]["pruned_up_to"].get(&origin_b).is_none(), "{}", sb["retention"]);
+    assert_eq!(messages(&a, "u@example.org", "INBOX").len(), 10);
+    assert_eq!(messages(&b, "u@example.org", "INBOX").len(), 10);
+    assert_eq!(sb["conflicts"]["kept_aside"], 0, "{}", sb["conflicts"]);
+    assert!(a.stop());
+    assert!(b.stop());
+    // B's log, held from A's base on, opens and verifies.
+    let b = restart(&db);
+    assert_eq!(messages(&b, "u@example.org", "INBOX").len(), 10);
     assert!(b.stop());
 }

@@ -119,6 +119,11 @@ fn a_node_restored_from_an_older_copy_never_reuses_a_seq_and_loses_nothing() {
     assert!((2..=4).contains(&moved), "{st}");
     let (_, text, _) = a.cli(&["status"], None);
     assert!(text.contains("DIVERGED"), "{text}");
+    // A refused B's link for the rollback: B read A's log bases, found
+    // nothing pruned that it lacks, and did not join by trees.
+    let join = &admin_get(&b, "/v1/status")["mirror"]["join"];
+    assert!(join["checks"].as_u64().unwrap() >= 1, "{join}");
+    assert_eq!(join["joins"], 0, "{join}");
     // A appends under a new origin now; B holds both.
     let new_origin = st["origin"].as_str().unwrap().to_string();
     assert_ne!(new_origin, origin_a);

@@ -279,6 +279,7 @@ impl Collect for MirrorMetrics {
             e.histogram_samples("tandem_mirror_lag_seconds", &[("peer", peer)], &l.lag);
         }
         super::Collect::collect(&self.mirror.repair, e);
+        super::Collect::collect(&self.mirror.join, e);
     }
 }
 

@@ -221,6 +221,9 @@ pub struct MirrorStatus {
     /// The last rollback or fork, with origin and seq.
     #[serde(default)]
     pub last_divergence: Option<String>,
+    /// Joins by trees started on their own (`replication.md` section 5.8).
+    #[serde(default)]
+    pub join: resync::join::JoinStatus,
 }
 
 impl MirrorStatus {
@@ -326,6 +329,8 @@ pub struct Mirror {
     pub resync: std::sync::OnceLock<resync::Dialer>,
     /// Merkle comparisons run by this node: progress and results.
     pub repair: resync::Schedule,
+    /// Joins by trees this node starts on its own.
+    pub join: resync::join::Joins,
 }
 
 impl Mirror {
@@ -358,6 +363,7 @@ impl Mirror {
             rollbacks: self.rollbacks.load(Ordering::Relaxed),
             forks: self.forks.load(Ordering::Relaxed),
             last_divergence: self.last_divergence.lock().expect("mirror lock").clone(),
+            join: self.join.status(),
         }
     }
 

@@ -328,6 +328,15 @@ async fn connect(ep: &quinn::Endpoint, peer: SocketAddr, peer_back: &tokio::sync
     }
 }
 
+/// Send `Refused` and end the stream, waiting (at most 1 s) for the peer
+/// to have it before the connection closes: the refusal is what sends the
+/// peer to check whether to join by trees (`resync::join`).
+async fn refuse(send: &mut quinn::SendStream, reason: String) {
+    let _ = write_frame(send, &Frame::Refused { reason }).await;
+    let _ = send.finish();
+    let _ = tokio::time::timeout(Duration::from_secs(1), send.stopped()).await;
+}
+
 /// One outgoing link, until it fails.
 #[allow(clippy::too_many_arguments)]
 async fn link(
@@ -373,22 +382,37 @@ async fn link(
     let own = wal.local_origin();
     if let Err(d) = super::history::check(&wal, &held).map_err(|e| LinkError::Local(e.into()))? {
         mirror.diverged(matches!(d, super::history::Divergence::Rollback { .. }), d.to_string());
-        // Whatever this link's peer acknowledged before no longer counts.
+        // Whatever this link's peer acknowledged before no longer counts,
+        // nor what the store recorded of it (`crate::retention`).
         mirror.update_out(i, |l| l.acked.clear());
+        if let Err(e) = wal.forget_peer_ack(&peer.to_string()) {
+            tracing::warn!(error = %e, "forgetting what the peer acknowledged failed");
+        }
         *resume = None;
         let reason = format!("diverged: {d}");
-        let _ = write_frame(&mut send, &Frame::Refused { reason: reason.clone() }).await;
+        refuse(&mut send, reason.clone()).await;
         return Err(LinkError::Diverged(reason));
     }
     // A peer that lacks history pruned here is never sent what follows it
     // (it could not chain it): refused, and told to join by trees.
     if let Some(b) = super::history::behind_pruned(&wal, &held.vector) {
         mirror.update_out(i, |l| l.behind_pruned = Some(b.to_string()));
-        let _ = write_frame(&mut send, &Frame::Refused { reason: b.to_string() }).await;
+        refuse(&mut send, b.to_string()).await;
         return Err(b.into());
     }
     // What the peer holds now, not what it acknowledged on an earlier link
-    // (a peer restored from an older copy holds less): pruning reads it.
+    // (a peer restored from an older copy holds less): pruning reads it,
+    // and what the store recorded of the peer for pruning after a restart
+    // (`crate::retention`) comes down to it at once.
+    let holds = wal::VersionVector(held.vector.iter().map(|(o, s)| (wal::Origin(o), s)).collect());
+    if let Err(e) = wal.lower_peer_ack(&peer.to_string(), &holds) {
+        // An unreadable record is dropped: pruning then waits for what the
+        // peer acknowledges on this link.
+        tracing::warn!(error = %e, "the record of what the peer acknowledged does not read; dropping it");
+        if let Err(e) = wal.forget_peer_ack(&peer.to_string()) {
+            tracing::warn!(error = %e, "forgetting what the peer acknowledged failed");
+        }
+    }
     mirror.update_out(i, |l| {
         l.behind_pruned = None;
         l.acked = held.vector.iter().map(|(o, s)| (format!("{o:016x}"), s)).collect();
@@ -866,6 +890,13 @@ async fn receive(
     });
     let result = serve(send, recv, store, mirror, &node_id).await;
     mirror.update_in(&node_id, |l| l.connected = false);
+    // The peer refused to send to this node (it pruned what this node
+    // lacks, or the histories diverge): whether to join it by trees is
+    // decided on its log bases, by `resync::join`. Its link comes from
+    // its mirror endpoint, so the remote address is where it listens.
+    if matches!(result, Err(LinkError::RefusedByPeer(_))) {
+        mirror.join.suspect(conn.remote_address().to_string(), &node_id);
+    }
     conn.close(0u32.into(), b"bye");
     result
 }
@@ -933,6 +964,7 @@ async fn serve(
             let st = st.clone();
             // Refusals decided on arrival, before any work on the frame.
             let arrival = match read_frame(&mut recv, &m2, MAX_FRAME).await {
+                Ok(Frame::Refused { reason }) => Err(LinkError::refused_by_peer(&reason)),
                 Ok(f) => {
                     let own_head = || st.wal().heads().get(wal::Origin(own_origin));
                     let behind = m2.rollbacks.load(Ordering::Relaxed) > 0;

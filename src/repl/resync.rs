@@ -33,6 +33,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 
+pub mod join;
+
 /// Keys in one read (the answering node refuses more).
 pub const MAX_KEYS: usize = 4096;
 /// Bytes of bodies asked for in one read.
@@ -159,8 +161,9 @@ pub struct Progress {
 /// One comparison as `tandem status` reports it.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct LastRun {
-    /// `scheduled` (by `mirror.repair_interval`) or `command` (`tandem
-    /// verify` / `resync`).
+    /// `scheduled` (by `mirror.repair_interval`), `command` (`tandem
+    /// verify` / `resync`) or `join` (a join by trees this node started on
+    /// its own, [`join`]).
     pub trigger: String,
     pub peer: String,
     /// Whether it repaired (else it only compared).
@@ -252,7 +255,7 @@ impl crate::metrics::Collect for Schedule {
         let s = self.status();
         e.counter(
             "tandem_resync_runs_total",
-            "Merkle comparisons with a peer run by this node (scheduled or by command).",
+            "Merkle comparisons with a peer run by this node (scheduled, by command, or a join by trees started on its own).",
             s.runs,
         );
         e.counter("tandem_resync_failures_total", "Of those, comparisons that failed.", s.failures);
@@ -965,8 +968,13 @@ pub async fn run(store: &Store, mirror: &Arc<Mirror>, dialer: &Dialer, req: &Req
 /// [`exchange`], one at a time, with its progress and result kept in
 /// [`Mirror::repair`] for status and metrics.
 async fn recorded(store: &Store, mirror: &Arc<Mirror>, dialer: &Dialer, req: &Request, trigger: &str) -> anyhow::Result<Report> {
+    let _one = mirror.repair.one_at_a_time.lock().await;
+    recorded_in_turn(store, mirror, dialer, req, trigger).await
+}
+
+/// [`recorded`] for a caller that holds the turn (`one_at_a_time`).
+async fn recorded_in_turn(store: &Store, mirror: &Arc<Mirror>, dialer: &Dialer, req: &Request, trigger: &str) -> anyhow::Result<Report> {
     let sched = &mirror.repair;
-    let _one = sched.one_at_a_time.lock().await;
     let started_ms = super::now_ms();
     sched.with(|s| {
         s.running = Some(Progress {
@@ -1064,15 +1072,74 @@ pub async fn scheduled(
     }
 }
 
+/// The socket address of a peer's mirror address as written.
+async fn resolve(peer: &str) -> anyhow::Result<SocketAddr> {
+    tokio::net::lookup_host(peer)
+        .await
+        .with_context(|| format!("resolving the peer address {peer}"))?
+        .next()
+        .with_context(|| format!("the peer address {peer} resolves to nothing"))
+}
+
+/// Dial `addr` for a resync exchange and open it (`ResyncHello`). The
+/// endpoint must live as long as the connection.
+async fn open<'m>(
+    store: &Store,
+    mirror: &'m Mirror,
+    dialer: &Dialer,
+    addr: SocketAddr,
+) -> anyhow::Result<(quinn::Endpoint, quinn::Connection, Peer<'m>)> {
+    let (ep, conn, send, recv) = super::quic::dial_resync(addr, &dialer.data_dir, &dialer.secret, mirror).await?;
+    let mut peer = Peer {
+        send,
+        recv,
+        mirror,
+        next_id: 0,
+        sent: 0,
+        received: 0,
+        round_trips: 0,
+    };
+    write_frame(
+        &mut peer.send,
+        &Frame::ResyncHello {
+            node_id: store.node_id().to_string(),
+        },
+        &mut peer.sent,
+    )
+    .await?;
+    Ok((ep, conn, peer))
+}
+
+/// A log base as the bases read carries it: `(origin, seq, hash, hlc)`.
+pub type WireBase = (u64, u64, [u8; 32], u64);
+
+/// The peer's log bases (a heads read with [`BASES_KEY`]); `None` from a
+/// node that does not serve them (an older one answers with its heads).
+async fn read_bases(peer: &mut impl Source) -> anyhow::Result<Option<Vec<WireBase>>> {
+    let got = peer.read(HEADS, &[BASES_KEY.to_vec()]).await?;
+    match got.first().and_then(|v| v.as_deref()).and_then(|v| v.strip_prefix(BASES_ANSWER)) {
+        Some(b) => Ok(Some(postcard::from_bytes(b).context("the peer's log bases do not decode")?)),
+        None => Ok(None),
+    }
+}
+
+/// Read `peer`'s log bases over a short resync exchange (it changes
+/// nothing on either node): what a join by trees would take, and whether
+/// this node needs one (`join`).
+pub async fn peer_bases(store: &Store, mirror: &Mirror, dialer: &Dialer, peer: &str) -> anyhow::Result<Option<Vec<WireBase>>> {
+    let addr = resolve(peer).await?;
+    let (_ep, conn, mut p) = open(store, mirror, dialer, addr).await?;
+    let r = read_bases(&mut p).await;
+    let _ = p.send.finish();
+    conn.close(0u32.into(), b"bases read");
+    r
+}
+
 /// Dial the peer, compare, and (if asked) repair.
 async fn exchange(store: &Store, mirror: &Arc<Mirror>, dialer: &Dialer, req: &Request) -> anyhow::Result<Report> {
     let sched = &mirror.repair;
     let started = Instant::now();
-    let addr: SocketAddr = tokio::net::lookup_host(&req.peer)
-        .await
-        .with_context(|| format!("resolving the peer address {}", req.peer))?
-        .next()
-        .with_context(|| format!("the peer address {} resolves to nothing", req.peer))?;
+    let addr = resolve(&req.peer).await?;
     let user = req.user.as_deref().map(crate::mutate::normalize_user).transpose()?;
     let folder = req.folder.as_deref().map(crate::mutate::normalize_mailbox).transpose()?;
     let views = store.views();
@@ -1100,24 +1167,7 @@ async fn exchange(store: &Store, mirror: &Arc<Mirror>, dialer: &Dialer, req: &Re
             )
         }
     };
-    let (_ep, conn, send, recv) = super::quic::dial_resync(addr, &dialer.data_dir, &dialer.secret, mirror).await?;
-    let mut peer = Peer {
-        send,
-        recv,
-        mirror,
-        next_id: 0,
-        sent: 0,
-        received: 0,
-        round_trips: 0,
-    };
-    write_frame(
-        &mut peer.send,
-        &Frame::ResyncHello {
-            node_id: store.node_id().to_string(),
-        },
-        &mut peer.sent,
-    )
-    .await?;
+    let (_ep, conn, mut peer) = open(store, mirror, dialer, addr).await?;
     // Differences the logs still in flight will explain are not damage:
     // a repair waits until both nodes hold the same log heads, and refuses
     // to guess (it could bring back a message whose expunge is on its way).
@@ -1206,9 +1256,28 @@ async fn exchange(store: &Store, mirror: &Arc<Mirror>, dialer: &Dialer, req: &Re
         // entries after the base are all the mirror can send: this log
         // takes the peer's base as its start (the joined views already
         // hold what the pruned entries made), so they chain here.
-        let got = peer.read(HEADS, &[BASES_KEY.to_vec()]).await?;
-        if let Some(b) = got.first().and_then(|v| v.as_deref()).and_then(|v| v.strip_prefix(BASES_ANSWER)) {
-            let bases: Vec<(u64, u64, [u8; 32], u64)> = postcard::from_bytes(b).context("the peer's log bases do not decode")?;
+        //
+        // The marks go first: once a base is adopted, the peer's link is
+        // no longer refused and may deliver entries up to the marks at
+        // once; they must find the marks written and be stored, not
+        // applied over the joined state again.
+        let m = marks.clone();
+        store
+            .run(move |txn, cfs| {
+                for (origin, seq) in &m {
+                    let k = joined_key(*origin);
+                    let held = txn
+                        .get(cfs.views, &k)?
+                        .and_then(|b| <[u8; 8]>::try_from(b.as_slice()).ok())
+                        .map_or(0, u64::from_be_bytes);
+                    if *seq > held {
+                        txn.put(cfs.views, &k, &seq.to_be_bytes());
+                    }
+                }
+                Ok(())
+            })
+            .await?;
+        if let Some(bases) = read_bases(&mut peer).await? {
             for (origin, seq, hash, hlc) in bases {
                 if origin == own || store.wal().heads().get(wal::Origin(origin)) >= seq {
                     continue;
@@ -1231,21 +1300,6 @@ async fn exchange(store: &Store, mirror: &Arc<Mirror>, dialer: &Dialer, req: &Re
                 tracing::info!(origin = %format!("{origin:016x}"), seq, "joined by trees: this log of the origin starts after the peer's base");
             }
         }
-        store
-            .run(move |txn, cfs| {
-                for (origin, seq) in &marks {
-                    let k = joined_key(*origin);
-                    let held = txn
-                        .get(cfs.views, &k)?
-                        .and_then(|b| <[u8; 8]>::try_from(b.as_slice()).ok())
-                        .map_or(0, u64::from_be_bytes);
-                    if *seq > held {
-                        txn.put(cfs.views, &k, &seq.to_be_bytes());
-                    }
-                }
-                Ok(())
-            })
-            .await?;
     }
     report.folders_compared = walk.folders_done;
     let mut folders: Vec<(&Option<String>, &Option<String>)> = walk

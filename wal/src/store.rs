@@ -42,6 +42,10 @@ pub(crate) const META_ORIGIN_BASE: &[u8] = b"origin_base";
 /// (origin, seq): a lower bound of what a peer was seen to hold of this
 /// node's own origin with the same hashes (see [`Wal::confirm`]).
 const META_CONFIRMED: &[u8] = b"confirmed";
+/// Key prefix of a peer's acknowledged vector: `peer_acked` + the peer's
+/// address (UTF-8) -> (origin u64 BE, seq u64 BE)* (see
+/// [`Wal::record_peer_ack`]).
+const META_PEER_ACKED: &[u8] = b"peer_acked";
 
 pub(crate) fn meta_head_key(origin: Origin) -> [u8; 12] {
     let mut k = [0u8; 12];
@@ -717,6 +721,72 @@ impl Wal {
         let mut v = origin.0.to_be_bytes().to_vec();
         v.extend_from_slice(&seq.to_be_bytes());
         self.shared.db.put_cf(self.shared.handle(CF_META), META_CONFIRMED, v)?;
+        Ok(())
+    }
+
+    /// What each peer acknowledged, as last recorded by
+    /// [`Wal::record_peer_ack`]: peer address -> vector. A lower bound of
+    /// what the peer holds durably (see there).
+    pub fn peer_acks(&self) -> Result<BTreeMap<String, VersionVector>, WalError> {
+        let mut out = BTreeMap::new();
+        for (k, v) in self.shared.scan_prefix_raw(Cf(CF_META), META_PEER_ACKED)? {
+            let peer = String::from_utf8_lossy(&k[META_PEER_ACKED.len()..]).into_owned();
+            out.insert(peer.clone(), decode_peer_ack(&peer, &v)?);
+        }
+        Ok(out)
+    }
+
+    /// Record that `peer` acknowledged `acked`: it said it held that much
+    /// durably (an acknowledgement, or the vector of a handshake). What is
+    /// recorded is never more than the peer said: a raise is written
+    /// without fsync (a crash loses it, leaving an older, lower vector); a
+    /// vector lower than the recorded one anywhere (the peer holds less
+    /// than before: restored from an older copy) is written with fsync
+    /// before this returns, so the higher one never comes back. Nothing is
+    /// written when the vector is unchanged.
+    pub fn record_peer_ack(&self, peer: &str, acked: &VersionVector) -> Result<(), WalError> {
+        let key = peer_ack_key(peer);
+        let held = match meta_get(&self.shared, &key)? {
+            Some(v) => Some(decode_peer_ack(peer, &v)?),
+            None => None,
+        };
+        if held.as_ref() == Some(acked) {
+            return Ok(());
+        }
+        let lowered = held.is_some_and(|h| !acked.dominates(&h));
+        let mut v = Vec::with_capacity(acked.0.len() * 16);
+        for (o, s) in &acked.0 {
+            v.extend_from_slice(&o.0.to_be_bytes());
+            v.extend_from_slice(&s.to_be_bytes());
+        }
+        let mut wo = WriteOptions::default();
+        wo.set_sync(lowered && self.shared.opts.sync);
+        let mut b = WriteBatch::default();
+        b.put_cf(self.shared.handle(CF_META), key, v);
+        self.shared.db.write_opt(b, &wo)?;
+        Ok(())
+    }
+
+    /// Lower what is recorded for `peer` to at most `holds` per origin
+    /// (with fsync, if anything changes): the peer said at a handshake
+    /// that it holds this much. Nothing is recorded when nothing was.
+    pub fn lower_peer_ack(&self, peer: &str, holds: &VersionVector) -> Result<(), WalError> {
+        let Some(v) = meta_get(&self.shared, &peer_ack_key(peer))? else {
+            return Ok(());
+        };
+        let held = decode_peer_ack(peer, &v)?;
+        let lowered = VersionVector(held.0.iter().map(|(o, s)| (*o, (*s).min(holds.get(*o)))).collect());
+        self.record_peer_ack(peer, &lowered)
+    }
+
+    /// Forget what `peer` acknowledged (with fsync): its history and this
+    /// node's diverged, or it is no longer a peer.
+    pub fn forget_peer_ack(&self, peer: &str) -> Result<(), WalError> {
+        let mut wo = WriteOptions::default();
+        wo.set_sync(self.shared.opts.sync);
+        let mut b = WriteBatch::default();
+        b.delete_cf(self.shared.handle(CF_META), peer_ack_key(peer));
+        self.shared.db.write_opt(b, &wo)?;
         Ok(())
     }
 
@@ -1411,6 +1481,31 @@ pub(crate) fn iter_origins(shared: &Shared) -> Result<Vec<(Origin, u64, u64)>, W
         next = origin.0.checked_add(1);
     }
     Ok(out)
+}
+
+fn peer_ack_key(peer: &str) -> Vec<u8> {
+    let mut k = META_PEER_ACKED.to_vec();
+    k.extend_from_slice(peer.as_bytes());
+    k
+}
+
+fn decode_peer_ack(peer: &str, v: &[u8]) -> Result<VersionVector, WalError> {
+    if !v.len().is_multiple_of(16) {
+        return Err(WalError::CorruptMeta {
+            key: format!("peer_acked {peer}"),
+            reason: format!("value is {} bytes, not a multiple of 16", v.len()),
+        });
+    }
+    Ok(VersionVector(
+        v.chunks_exact(16)
+            .map(|c| {
+                (
+                    Origin(u64::from_be_bytes(c[..8].try_into().expect("8 bytes"))),
+                    u64::from_be_bytes(c[8..].try_into().expect("8 bytes")),
+                )
+            })
+            .collect(),
+    ))
 }
 
 pub(crate) fn meta_get(shared: &Shared, key: &[u8]) -> Result<Option<Vec<u8>>, WalError> {

@@ -291,3 +291,37 @@ fn an_adopted_base_with_nothing_after_it_survives_reopen() {
     let next = Entry::new(&[7u8; 32], b, 41, 100 << 16, b"b41".to_vec());
     assert!(wal.transact(move |t| t.append_remote(&next)).unwrap().is_some());
 }
+
+#[test]
+fn peer_acknowledgements_survive_reopen_and_only_go_down_when_told() {
+    let dir = tempfile::tempdir().unwrap();
+    let (x, y) = (Origin(7), Origin(9));
+    let v = |a: u64, b: u64| VersionVector([(x, a), (y, b)].into_iter().collect());
+    {
+        let wal = Wal::open(dir.path(), opts("a")).unwrap();
+        assert!(wal.peer_acks().unwrap().is_empty());
+        // Nothing recorded: a handshake lowers nothing into existence.
+        wal.lower_peer_ack("127.0.0.1:1", &v(1, 1)).unwrap();
+        assert!(wal.peer_acks().unwrap().is_empty());
+        wal.record_peer_ack("127.0.0.1:1", &v(10, 4)).unwrap();
+        wal.record_peer_ack("127.0.0.1:1", &v(12, 4)).unwrap();
+        wal.record_peer_ack("127.0.0.1:2", &v(3, 3)).unwrap();
+        wal.close().unwrap();
+    }
+    let wal = Wal::open(dir.path(), opts("a")).unwrap();
+    let acks = wal.peer_acks().unwrap();
+    assert_eq!(acks.len(), 2);
+    assert_eq!(acks["127.0.0.1:1"], v(12, 4));
+    assert_eq!(acks["127.0.0.1:2"], v(3, 3));
+    // A handshake where the peer holds less of one origin: lowered there
+    // only (never raised by it).
+    wal.lower_peer_ack("127.0.0.1:1", &v(20, 2)).unwrap();
+    assert_eq!(wal.peer_acks().unwrap()["127.0.0.1:1"], v(12, 2));
+    wal.forget_peer_ack("127.0.0.1:2").unwrap();
+    assert_eq!(wal.peer_acks().unwrap().keys().collect::<Vec<_>>(), vec!["127.0.0.1:1"]);
+    // The records do not disturb the checks at open.
+    wal.close().unwrap();
+    drop(wal);
+    let wal = Wal::open(dir.path(), opts("a")).unwrap();
+    assert_eq!(wal.peer_acks().unwrap()["127.0.0.1:1"], v(12, 2));
+}
