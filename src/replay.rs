@@ -117,16 +117,12 @@ pub fn rebuild_views(store: &Store) -> Result<u64, ReplayError> {
     refuse_pruned(wal)?;
     let marks = join_marks(store)?;
     wal.clear(&[cfs.views])?;
-    put_join_marks(store, marks)?;
-    let mut from = 1;
-    let mut n = 0;
-    loop {
-        let chunk = wal.read_order(from, CHUNK)?;
-        let Some((last, _)) = chunk.last() else { break };
-        from = last + 1;
-        n += chunk.len() as u64;
-        unwrap_append(wal.transact(move |txn| apply_entries(txn, cfs, chunk, false)))?;
-    }
+    let n = in_shadow(store, || {
+        put_join_marks(store, marks)?;
+        apply_order(wal, |chunk| {
+            unwrap_append(wal.transact(move |txn| apply_entries(txn, cfs, chunk, false)))
+        })
+    })?;
     crate::merkle::build_stored(store)?;
     Ok(n)
 }
@@ -137,18 +133,47 @@ pub fn rebuild_views(store: &Store) -> Result<u64, ReplayError> {
 pub fn replay_into(src: &Store, dst: &Store) -> Result<u64, ReplayError> {
     refuse_pruned(src.wal())?;
     let cfs = dst.cfs();
-    put_join_marks(dst, join_marks(src)?)?;
-    let src = src.wal();
+    let marks = join_marks(src)?;
+    let n = in_shadow(dst, || {
+        put_join_marks(dst, marks)?;
+        apply_order(src.wal(), |chunk| {
+            unwrap_append(dst.wal().transact(move |txn| apply_entries(txn, cfs, chunk, true)))
+        })
+    })?;
+    crate::merkle::build_stored(dst)?;
+    Ok(n)
+}
+
+/// Memory the views of a rebuild may take before they go to RocksDB
+/// (`wal::Wal::shadow_begin`).
+const SHADOW_BUDGET: usize = 256 << 20;
+
+/// Run `f`, which writes `store`'s views from nothing, with the views held
+/// in memory when they start empty (reads then need no RocksDB lookup and
+/// the views are written once, sorted, at the end); as before when not.
+fn in_shadow(store: &Store, f: impl FnOnce() -> Result<u64, ReplayError>) -> Result<u64, ReplayError> {
+    let wal = store.wal();
+    let shadowed = wal.shadow_begin(store.cfs().views, SHADOW_BUDGET).is_ok();
+    let r = f();
+    // Written out even after a failure, like the chunks committed before it.
+    let end = if shadowed { wal.shadow_end() } else { Ok(()) };
+    let n = r?;
+    end?;
+    Ok(n)
+}
+
+/// Hand `wal`'s apply order to `apply` in chunks of [`CHUNK`] entries;
+/// returns how many there were.
+fn apply_order(wal: &wal::Wal, mut apply: impl FnMut(Vec<(u64, Entry)>) -> Result<(), ReplayError>) -> Result<u64, ReplayError> {
     let mut from = 1;
     let mut n = 0;
     loop {
-        let chunk = src.read_order(from, CHUNK)?;
+        let chunk = wal.read_order(from, CHUNK)?;
         let Some((last, _)) = chunk.last() else { break };
         from = last + 1;
         n += chunk.len() as u64;
-        unwrap_append(dst.wal().transact(move |txn| apply_entries(txn, cfs, chunk, true)))?;
+        apply(chunk)?;
     }
-    crate::merkle::build_stored(dst)?;
     Ok(n)
 }
 

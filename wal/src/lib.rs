@@ -12,6 +12,7 @@
 //!   into the batch of the entry that causes them.
 //! - [`segment`]: self-verifying files of a contiguous range of one origin.
 //! - `recovery`: what open checks (torn tail vs corruption).
+//! - `shadow`: a column family rebuilt in memory ([`Wal::shadow_begin`]).
 //! - [`prune`]: dropping the oldest entries of each origin behind a base
 //!   record, so the rest still verifies ([`Wal::prune`]).
 //!
@@ -25,6 +26,8 @@ pub mod record;
 mod recovery;
 pub mod segment;
 pub mod seq;
+#[cfg(feature = "store")]
+mod shadow;
 #[cfg(feature = "store")]
 pub mod store;
 #[cfg(feature = "store")]

@@ -5,6 +5,7 @@ use crate::error::{AppendError, Place, WalError};
 use crate::prune::{self, Base, Kept, PruneLimits, PruneReport};
 use crate::record::{Entry, Hash, GENESIS};
 use crate::seq::{log_key, parse_log_key, Origin, VersionVector};
+use crate::shadow::Shadow;
 use crate::writer::{self, Job, Txn};
 use rocksdb::{ColumnFamilyDescriptor, DBRecoveryMode, Direction, IteratorMode, Options, WriteBatch, WriteOptions, DB};
 use std::collections::BTreeMap;
@@ -269,6 +270,8 @@ pub(crate) struct Shared {
     closed: AtomicBool,
     cache: rocksdb::Cache,
     write_buffers: rocksdb::WriteBufferManager,
+    /// A caller column family being rebuilt in memory ([`Wal::shadow_begin`]).
+    shadow: Mutex<Option<Shadow>>,
 }
 
 impl Shared {
@@ -294,6 +297,40 @@ impl Shared {
             .into_iter()
             .map(|r| Ok(r?.map(|v| v.to_vec())))
             .collect()
+    }
+
+    /// `Some(value or None)` when `cf` is held in a shadow: its answer is
+    /// the whole truth. `None` when it is not: ask RocksDB.
+    pub(crate) fn shadow_get(&self, cf: Cf, key: &[u8]) -> Option<Option<Vec<u8>>> {
+        let s = self.shadow.lock().expect("shadow lock");
+        s.as_ref().filter(|s| s.cf == cf.0).map(|s| s.get(key))
+    }
+
+    /// The committed keys of `cf` starting with `prefix`, when `cf` is
+    /// held in a shadow.
+    pub(crate) fn shadow_scan(&self, cf: Cf, prefix: &[u8]) -> Option<KeyValues> {
+        let s = self.shadow.lock().expect("shadow lock");
+        s.as_ref()
+            .filter(|s| s.cf == cf.0)
+            .map(|s| s.scan(prefix).map(|(k, v)| (k.clone(), v.clone())).collect())
+    }
+
+    /// Write a shadow's map into its column family as one ingested table
+    /// file, then flush the column family: durable when this returns.
+    fn write_shadow(&self, shadow: &Shadow) -> Result<(), WalError> {
+        if !shadow.is_empty() {
+            let path = self.db.path().join(format!("shadow-{}.sst", std::process::id()));
+            shadow.write_table(&path)?;
+            let mut io = rocksdb::IngestExternalFileOptions::default();
+            io.set_move_files(true);
+            let r = self.db.ingest_external_file_cf_opts(self.handle(shadow.cf), &io, vec![&path]);
+            let _ = std::fs::remove_file(&path);
+            r?;
+        }
+        let mut fo = rocksdb::FlushOptions::default();
+        fo.set_wait(true);
+        self.db.flush_cf_opt(self.handle(shadow.cf), &fo)?;
+        Ok(())
     }
 
     pub(crate) fn scan_prefix_raw(&self, cf: Cf, prefix: &[u8]) -> Result<KeyValues, WalError> {
@@ -400,7 +437,12 @@ impl Shared {
         let mut batch = WriteBatch::default();
         let mut unlogged = WriteBatch::default();
         let mut flush: Vec<u8> = Vec::new();
+        let mut shadow = self.shadow.lock().expect("shadow lock");
         for ((cf, k), v) in overlay {
+            if let Some(s) = shadow.as_mut().filter(|s| s.cf == *cf) {
+                s.write(k, v.as_ref());
+                continue;
+            }
             let h = self.handle(*cf);
             match v {
                 Some(v) if bulk && self.is_blob_cf(*cf) => {
@@ -413,6 +455,13 @@ impl Shared {
                 None => batch.delete_cf(h, k),
             }
         }
+        if shadow.as_ref().is_some_and(Shadow::over_budget) {
+            // Out of memory budget: the column family goes to RocksDB now
+            // and is read and written there from here on.
+            let s = shadow.take().expect("checked above");
+            self.write_shadow(&s)?;
+        }
+        drop(shadow);
         if !flush.is_empty() {
             self.write_flushed(unlogged, &flush, blob_bytes)?;
         }
@@ -604,6 +653,7 @@ impl Wal {
             closed: AtomicBool::new(false),
             cache,
             write_buffers,
+            shadow: Mutex::new(None),
         };
         if let Some(v) = meta_get(&shared, META_ORIGIN)? {
             let stored = <[u8; 8]>::try_from(v.as_slice())
@@ -930,22 +980,65 @@ impl Wal {
         let mut b = WriteBatch::default();
         for cf in cfs {
             assert!(cf.0 >= FIRST_USER_CF);
-            for (k, _) in self.shared.scan_prefix_raw(*cf, &[])? {
-                b.delete_cf(self.shared.handle(cf.0), k);
+            let h = self.shared.handle(cf.0);
+            let mut it = self.shared.db.raw_iterator_cf(h);
+            it.seek_to_first();
+            let first = it.key().map(<[u8]>::to_vec);
+            it.seek_to_last();
+            let last = it.key().map(<[u8]>::to_vec);
+            it.status()?;
+            // One range deletion from the first key to just past the last,
+            // instead of a deletion per key.
+            if let (Some(first), Some(mut end)) = (first, last) {
+                end.push(0);
+                b.delete_range_cf(h, first, end);
             }
         }
         let mut wo = WriteOptions::default();
         wo.set_sync(self.shared.opts.sync);
         self.shared.db.write_opt(b, &wo)?;
         // Compact the deletions away: otherwise every later seek and scan
-        // of these column families steps over a tombstone of each old key
-        // (a rebuild ran at under 1,000 entries/s doing so).
+        // of these column families steps over the deleted keys (a rebuild
+        // ran at under 1,000 entries/s doing so).
         for cf in cfs {
             let h = self.shared.handle(cf.0);
             self.shared.db.flush_cf(h)?;
             self.shared.db.compact_range_cf(h, None::<&[u8]>, None::<&[u8]>);
         }
         Ok(())
+    }
+
+    /// Hold the caller column family `cf`, which must be empty, in memory
+    /// until [`Wal::shadow_end`] (see `shadow.rs`): transactions read and
+    /// write it there, up to `budget` bytes, after which it is written out
+    /// and used through RocksDB again. For an offline rebuild only: nothing
+    /// outside transactions sees the column family's content until the end.
+    pub fn shadow_begin(&self, cf: Cf, budget: usize) -> Result<(), WalError> {
+        assert!(
+            cf.0 >= FIRST_USER_CF && !self.shared.is_blob_cf(cf.0),
+            "shadows hold small caller values"
+        );
+        if let Some(item) = self.shared.db.iterator_cf(self.shared.handle(cf.0), IteratorMode::Start).next() {
+            let (k, _) = item?;
+            return Err(WalError::CorruptMeta {
+                key: String::from_utf8_lossy(&k).into_owned(),
+                reason: "a shadow needs an empty column family".into(),
+            });
+        }
+        *self.shared.shadow.lock().expect("shadow lock") = Some(Shadow::new(cf.0, budget));
+        Ok(())
+    }
+
+    /// End a shadow: its content is written into the column family as one
+    /// sorted table and flushed, durable when this returns. Call it when no
+    /// transaction runs. Nothing to do if the shadow already ended because
+    /// it outgrew its budget.
+    pub fn shadow_end(&self) -> Result<(), WalError> {
+        let s = self.shared.shadow.lock().expect("shadow lock").take();
+        match s {
+            Some(s) => self.shared.write_shadow(&s),
+            None => Ok(()),
+        }
     }
 
     /// One entry, if held.
@@ -960,14 +1053,17 @@ impl Wal {
 
     /// Entries in this node's apply order from position `from` (at most `max`).
     pub fn read_order(&self, from: u64, max: usize) -> Result<Vec<(u64, Entry)>, WalError> {
-        let mut out = Vec::new();
+        // The positions first, then their entries in one batched read
+        // (cheaper than a lookup per entry on long walks: rebuilds, a new
+        // peer's first pass).
+        let mut named = Vec::new();
         let h = self.shared.handle(CF_ORDER);
         for item in self
             .shared
             .db
             .iterator_cf(h, IteratorMode::From(&from.max(1).to_be_bytes(), Direction::Forward))
         {
-            if out.len() >= max {
+            if named.len() >= max {
                 break;
             }
             let (k, v) = item?;
@@ -979,16 +1075,34 @@ impl Wal {
                 key: format!("order {n}"),
                 reason: "value is not a log key".into(),
             })?;
-            let Some(e) = read_entry(&self.shared, o, s)? else {
+            named.push((n, o, s));
+        }
+        let keys: Vec<[u8; 16]> = named.iter().map(|(_, o, s)| log_key(*o, *s)).collect();
+        let values = self.shared.db.batched_multi_get_cf(self.shared.handle(CF_LOG), &keys, false);
+        let mut out = Vec::with_capacity(named.len());
+        for ((n, o, s), v) in named.into_iter().zip(values) {
+            let place = || Place { origin: o, seq: s };
+            let v = match v {
+                Ok(v) => v,
+                Err(e) if e.kind() == rocksdb::ErrorKind::Corruption => {
+                    return Err(WalError::Corrupt {
+                        place: place(),
+                        reason: e.to_string(),
+                    })
+                }
+                Err(e) => return Err(e.into()),
+            };
+            let Some(v) = v else {
                 // Pruned after this walk began (its position goes with it).
                 if s <= self.shared.base(o).seq {
                     continue;
                 }
                 return Err(WalError::Corrupt {
-                    place: Place { origin: o, seq: s },
+                    place: place(),
                     reason: format!("apply order position {n} names a missing entry"),
                 });
             };
+            let e = Entry::decode_value(o, s, &v).map_err(|reason| WalError::Corrupt { place: place(), reason })?;
             out.push((n, e));
         }
         Ok(out)

@@ -136,17 +136,19 @@ impl<'a> Txn<'a> {
         if let Some(v) = self.group.overlay.get(&k) {
             return Ok(v.clone());
         }
+        if let Some(v) = self.shared.shadow_get(cf, key) {
+            return Ok(v);
+        }
         self.shared.get_raw(cf, key)
     }
 
     /// All keys starting with `prefix`, in key order, seeing pending writes.
     pub fn scan_prefix(&self, cf: Cf, prefix: &[u8]) -> Result<KeyValues, WalError> {
-        let mut merged: BTreeMap<Vec<u8>, Option<Vec<u8>>> = self
-            .shared
-            .scan_prefix_raw(cf, prefix)?
-            .into_iter()
-            .map(|(k, v)| (k, Some(v)))
-            .collect();
+        let committed = match self.shared.shadow_scan(cf, prefix) {
+            Some(kv) => kv,
+            None => self.shared.scan_prefix_raw(cf, prefix)?,
+        };
+        let mut merged: BTreeMap<Vec<u8>, Option<Vec<u8>>> = committed.into_iter().map(|(k, v)| (k, Some(v))).collect();
         for layer in [&self.group.overlay, &self.scratch] {
             for ((c, k), v) in layer.range((cf.0, prefix.to_vec())..) {
                 if *c != cf.0 || !k.starts_with(prefix) {
@@ -475,7 +477,13 @@ impl<'a> Txn<'a> {
             ..
         } = self;
         group.origin = origin.or(group.origin);
-        group.overlay.extend(scratch);
+        if group.overlay.is_empty() {
+            // The group's first transaction: its writes become the group's
+            // as they are, not key by key.
+            group.overlay = scratch;
+        } else {
+            group.overlay.extend(scratch);
+        }
         group.heads.extend(heads);
         group.order_next = order_next;
         group.hlc_last = hlc_last;
