@@ -388,7 +388,7 @@ impl Session {
             return;
         }
         let from = sel.id;
-        let name = match mailbox_name(mailbox, self.utf8) {
+        let name = match mailbox_name(mailbox, self.utf8_names()) {
             Ok(n) => n,
             Err(e) => {
                 self.no(tag, &format!("[CANNOT] {e}"));
@@ -542,19 +542,36 @@ impl Session {
             }
         }
         if stopped {
+            self.saved.clear();
             self.no(tag, "[UNAVAILABLE] Server shutting down");
             return;
+        }
+        // IMAP4rev2 answers every SEARCH with ESEARCH, ALL when RETURN is
+        // not given (RFC 9051 section 6.4.4).
+        let search_as = match search_as {
+            None if self.rev2 => Some(ext::SearchAs::Esearch(ext::SearchReturn {
+                all: true,
+                ..Default::default()
+            })),
+            other => other,
+        };
+        if let Some(ext::SearchAs::Esearch(ret)) = search_as.as_ref().filter(|_| self.rev2) {
+            if ret.save {
+                self.save_result(ret, &hits, uid);
+            }
         }
         // RFC 7162 section 3.1.5: with a MODSEQ key, the highest MODSEQ of
         // the messages found (none when nothing was found).
         let top = (!modseq_keys.is_empty() && !hits.is_empty()).then(|| self.scale.wire(top_modseq));
         let verb = match search_as {
             Some(ext::SearchAs::Esearch(ret)) => {
-                let mut line = Self::esearch_line(tag, uid, &ret, &hits);
-                if let Some(n) = top {
-                    line.push_str(&format!(" MODSEQ {n}"));
+                if ret.answers() {
+                    let mut line = Self::esearch_line(tag, uid, &ret, &hits);
+                    if let Some(n) = top {
+                        line.push_str(&format!(" MODSEQ {n}"));
+                    }
+                    self.line(&line);
                 }
-                self.line(&line);
                 "SEARCH"
             }
             Some(how @ (ext::SearchAs::Sort(_) | ext::SearchAs::Thread(_))) => {
@@ -581,6 +598,37 @@ impl Session {
         };
         self.sync(uid);
         self.line(&format!("{tag} OK {}{verb} completed", if uid { "UID " } else { "" }));
+    }
+}
+
+impl Session {
+    /// Keep what a `SEARCH RETURN (SAVE ...)` found for `$` (RFC 5182
+    /// section 2.1): with MIN and/or MAX and neither ALL nor COUNT, only
+    /// those; otherwise every message found. `hits` are UIDs for `uid`,
+    /// sequence numbers otherwise; they are kept as UIDs.
+    fn save_result(&mut self, ret: &ext::SearchReturn, hits: &[u32], uid: bool) {
+        let Some(sel) = self.selected.as_ref() else { return };
+        let mut kept: Vec<u32> = if (ret.min || ret.max) && !ret.all && !ret.count {
+            let mut v = Vec::new();
+            if let (true, Some(m)) = (ret.min, hits.iter().min()) {
+                v.push(*m);
+            }
+            if let (true, Some(m)) = (ret.max, hits.iter().max()) {
+                v.push(*m);
+            }
+            v
+        } else {
+            hits.to_vec()
+        };
+        if !uid {
+            kept = kept
+                .into_iter()
+                .filter_map(|seq| sel.uids.get((seq as usize).wrapping_sub(1)).copied())
+                .collect();
+        }
+        kept.sort_unstable();
+        kept.dedup();
+        self.saved = kept;
     }
 }
 

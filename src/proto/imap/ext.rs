@@ -389,8 +389,8 @@ pub fn quota(name: &str, lx: &mut Lexer<'_>) -> R<QuotaCommand> {
     Ok(cmd)
 }
 
-/// A STATUS data item (RFC 3501, RFC 9051 for DELETED, RFC 7162 for
-/// HIGHESTMODSEQ; RFC 8438 SIZE not).
+/// A STATUS data item (RFC 3501, RFC 9051 for DELETED, RFC 8438 for SIZE,
+/// RFC 7162 for HIGHESTMODSEQ).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StatusItem {
     Messages,
@@ -402,6 +402,8 @@ pub enum StatusItem {
     DeletedStorage,
     /// RFC 7162 section 3.1.6.
     HighestModSeq,
+    /// RFC 8438: the total size of the mailbox in octets.
+    Size,
 }
 
 impl StatusItem {
@@ -415,9 +417,36 @@ impl StatusItem {
             "DELETED" => StatusItem::Deleted,
             "DELETED-STORAGE" => StatusItem::DeletedStorage,
             "HIGHESTMODSEQ" => StatusItem::HighestModSeq,
+            "SIZE" => StatusItem::Size,
             _ => return None,
         })
     }
+}
+
+/// `STATUS mailbox (items)` after the command name: the mailbox name as
+/// sent, and the items (for the items imap-codec 1.0 does not know, SIZE
+/// of RFC 8438).
+pub fn status(lx: &mut Lexer<'_>) -> R<(Vec<u8>, Vec<StatusItem>)> {
+    let mailbox = lx.astring("expected a mailbox name")?;
+    let mut items = Vec::new();
+    for (at, w) in lx.atom_list()? {
+        match StatusItem::parse(&w) {
+            Some(i) => items.push(i),
+            None => {
+                return Err(SyntaxError {
+                    at,
+                    what: "unknown STATUS item",
+                })
+            }
+        }
+    }
+    if items.is_empty() {
+        return lx.err("STATUS needs an item");
+    }
+    if !lx.at_end() {
+        return lx.err("unexpected text after the STATUS items");
+    }
+    Ok((mailbox, items))
 }
 
 /// Selection options of an extended LIST (RFC 5258 section 3.1, RFC 6154).
@@ -955,13 +984,23 @@ fn number(digits: &[u8]) -> Option<u32> {
     std::str::from_utf8(digits).ok()?.parse().ok()
 }
 
-/// What `SEARCH RETURN (...)` asks for (RFC 4731).
+/// What `SEARCH RETURN (...)` asks for (RFC 4731, and SAVE of RFC 5182).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct SearchReturn {
     pub min: bool,
     pub max: bool,
     pub all: bool,
     pub count: bool,
+    /// Keep the result for `$` (RFC 5182 SEARCHRES).
+    pub save: bool,
+}
+
+impl SearchReturn {
+    /// Whether an ESEARCH response is due: not for SAVE alone (RFC 5182
+    /// section 2.4; RFC 9051 section 6.4.4.1).
+    pub fn answers(&self) -> bool {
+        self.min || self.max || self.all || self.count
+    }
 }
 
 /// `[UID] SEARCH RETURN (opts) criteria`: the options, and the command
@@ -983,6 +1022,7 @@ pub fn search_return(cmd: &[u8]) -> R<Option<(SearchReturn, Vec<u8>)>> {
             "MAX" => ret.max = true,
             "ALL" => ret.all = true,
             "COUNT" => ret.count = true,
+            "SAVE" => ret.save = true,
             _ => {
                 return Err(SyntaxError {
                     at,
@@ -1335,7 +1375,24 @@ mod tests {
         let (r, _) = search_return(b"t SEARCH RETURN () ALL\r\n").unwrap().unwrap();
         assert!(r.all);
         assert_eq!(search_return(b"t SEARCH ALL\r\n").unwrap(), None);
-        assert!(search_return(b"t SEARCH RETURN (SAVE) ALL\r\n").is_err());
+        let (r, _) = search_return(b"t SEARCH RETURN (SAVE) ALL\r\n").unwrap().unwrap();
+        assert!(r.save && !r.answers());
+        let (r, _) = search_return(b"t SEARCH RETURN (SAVE COUNT) ALL\r\n").unwrap().unwrap();
+        assert!(r.save && r.count && !r.all);
+        assert!(search_return(b"t SEARCH RETURN (BOGUS) ALL\r\n").is_err());
+        let (name, items) = status(&mut head(b"t STATUS \"a b\" (SIZE MESSAGES)\r\n").unwrap().3).unwrap();
+        assert_eq!(
+            (name.as_slice(), items),
+            (&b"a b"[..], vec![StatusItem::Size, StatusItem::Messages])
+        );
+        for bad in [
+            &b"t STATUS x ()\r\n"[..],
+            b"t STATUS x (SIZE) y\r\n",
+            b"t STATUS x (BOGUS)\r\n",
+            b"t STATUS\r\n",
+        ] {
+            assert!(status(&mut head(bad).unwrap().3).is_err(), "{}", String::from_utf8_lossy(bad));
+        }
         assert_eq!(compact_set(&[1, 2, 3, 5, 7, 8]), "1:3,5,7:8");
         assert_eq!(compact_set(&[]), "");
     }
