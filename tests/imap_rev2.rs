@@ -205,9 +205,16 @@ assert r.ok("UID SEARCH $") == ['* ESEARCH (TAG "%s") UID ALL 1,5' % tag(r)]
 r.ok("STORE $ +FLAGS.SILENT (\\Deleted)")
 r.ok("UID EXPUNGE 1")
 assert r.ok("UID FETCH $ (UID)") == ["* 4 FETCH (UID 5)"]
+# A SEARCH with SAVE that fails empties it.
+assert r.ok("SEARCH RETURN (SAVE) ALL") == []
+lines, status = r.cmd("SEARCH RETURN (SAVE) RECENT")
+assert status.startswith("BAD"), status
+assert r.ok("FETCH $ (UID)") == []
+r.ok("SEARCH RETURN (SAVE) ALL")
 # A new SELECT empties it: `$` is then an empty set (no message, no error).
 r.ok("SELECT INBOX")
 assert r.ok("FETCH $ (FLAGS)") == []
+assert r.ok("SEARCH $") == ['* ESEARCH (TAG "%s")' % tag(r)]
 assert r.ok("UID SEARCH UID $") == ['* ESEARCH (TAG "%s") UID' % tag(r)]
 assert r.ok("UID MOVE $ Kept") == []
 "#,
@@ -356,6 +363,48 @@ assert lines == ['* LSUB (\\HasNoChildren) "/" "INBOX"'], lines
 lines = r.ok("FETCH 1 (RFC822.HEADER)")
 assert lines[0].startswith("* 1 FETCH (RFC822.HEADER {"), lines
 assert "Subject: one" in lines[0], lines
+"#,
+    );
+}
+
+#[test]
+fn message_global_is_a_message_in_bodystructure() {
+    run(
+        "r2global",
+        r#"
+msg = ("From: a@example.org\r\nSubject: outer\r\nMIME-Version: 1.0\r\n"
+       "Content-Type: multipart/mixed; boundary=\"b\"\r\n\r\n"
+       "--b\r\nContent-Type: text/plain\r\n\r\nhi\r\n"
+       "--b\r\nContent-Type: message/global\r\n\r\n"
+       "From: c@example.org\r\nSubject: inner\r\nContent-Type: text/plain; charset=utf-8\r\n\r\ngrüße\r\n"
+       "--b--\r\n").encode()
+r = rev2()
+o = Raw("alice@example.org")
+r.ok(b"APPEND INBOX {%d+}\r\n%s" % (len(msg), msg))
+r.ok("SELECT INBOX")
+o.ok("SELECT INBOX")
+# RFC 9051 section 7.5.2: media-message is MESSAGE/RFC822 or MESSAGE/GLOBAL,
+# with the envelope, body and line count of the message inside; its parts
+# are numbered like those of message/rfc822 (section 6.4.5).
+for item in ("BODYSTRUCTURE", "BODY"):
+    lines = r.ok("FETCH 1 (%s)" % item)
+    assert '"MESSAGE" "GLOBAL"' in lines[0].upper() and '"inner"' in lines[0], lines
+lines = r.ok("FETCH 1 (BODY.PEEK[2.HEADER])")
+assert "Subject: inner" in lines[0], lines
+# Its text is searched as the text of a message.
+assert r.ok('SEARCH BODY "grüße"'.encode()) == ['* ESEARCH (TAG "%s") ALL 1' % tag(r)]
+# The same message to an IMAP4rev1 session, after the rev2 one read it:
+# message/global is a leaf there (RFC 3501 knows only message/rfc822).
+lines = o.ok("FETCH 1 (BODYSTRUCTURE)")
+assert '"MESSAGE" "GLOBAL"' in lines[0].upper() and '"inner"' not in lines[0], lines
+lines = o.ok("FETCH 1 (BODY.PEEK[2.HEADER])")
+assert "Subject: inner" not in lines[0], lines
+assert o.ok('SEARCH CHARSET UTF-8 BODY {7+}\r\ngr\xc3\xbc\xc3\x9fe'.encode("latin-1")) == ["* SEARCH"]
+# And to another IMAP4rev2 session after that: each reads it its own way.
+r2 = rev2()
+r2.ok("EXAMINE INBOX")
+lines = r2.ok("FETCH 1 (BODYSTRUCTURE)")
+assert '"inner"' in lines[0], lines
 "#,
     );
 }

@@ -217,7 +217,8 @@ pub struct Session {
     /// `ENABLE QRESYNC` was given (RFC 7162 section 3.2.3).
     qresync: bool,
     /// `ENABLE IMAP4rev2` was given (RFC 9051 section 6.3.1): the session
-    /// follows RFC 9051 where it differs from RFC 3501 (see `docs/imap.md`).
+    /// follows RFC 9051 where it differs from RFC 3501 (`docs/operations.md`,
+    /// "Extensions").
     rev2: bool,
     /// The UIDs the last `SEARCH RETURN (SAVE)` kept for `$` (RFC 5182,
     /// IMAP4rev2 only), ascending; emptied by SELECT, EXAMINE, CLOSE and
@@ -599,8 +600,9 @@ impl Session {
         let substituted = if self.rev2 && self.selected.is_some() {
             match searchres::dollars(bytes) {
                 Ok(found) if !found.is_empty() => Some(self.saved_sets(bytes, &found)),
-                Ok(_) => None,
-                Err(e) => return Ok(self.syntax_error(bytes, &format!("Syntax error: {e}"))),
+                // A command this lexer cannot read goes to the parser as
+                // it is, which answers it.
+                Ok(_) | Err(_) => None,
             }
         } else {
             None

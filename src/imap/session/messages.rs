@@ -88,7 +88,7 @@ impl Session {
                         } else {
                             self.shared.store.blob(&m.blob).ok().flatten()
                         };
-                        if let Err(e) = raw.map_or(Ok(()), |raw| fetch::check_binary(&raw, binary)) {
+                        if let Err(e) = raw.map_or(Ok(()), |raw| fetch::check_binary(&raw, binary, self.rev2)) {
                             self.no(tag, &format!("[UNKNOWN-CTE] {e}"));
                             return Ok(());
                         }
@@ -139,8 +139,8 @@ impl Session {
             if since.is_some_and(|s| m.modseq <= s) {
                 continue;
             }
-            let body = if need_raw { store.blob(&m.blob).ok().flatten() } else { None };
-            let summary = if need_summary {
+            let mut body = if need_raw { store.blob(&m.blob).ok().flatten() } else { None };
+            let mut summary = if need_summary {
                 self.shared.cache.get_or(&store, &m.blob, || {
                     body.as_deref()
                         .map(std::borrow::Cow::Borrowed)
@@ -149,6 +149,17 @@ impl Session {
             } else {
                 None
             };
+            // What is kept is the IMAP4rev1 reading; an IMAP4rev2 session
+            // reads a message/global part as a message (RFC 9051 section
+            // 7.5.2), so such a message is parsed again for it.
+            if self.rev2 && summary.as_ref().is_some_and(|s| s.has_global()) {
+                if body.is_none() {
+                    body = store.blob(&m.blob).ok().flatten();
+                }
+                if let Some(raw) = body.as_deref() {
+                    summary = Some(std::sync::Arc::new(fetch::Summary::of(raw, true)));
+                }
+            }
             let force_flags = seen_now.contains(&u);
             if let Some(lines) = self.selected.as_mut().and_then(|sel| sel.announce(&m.flags)) {
                 for l in lines {
@@ -171,6 +182,7 @@ impl Session {
                 uid || seen_report,
                 force_flags,
                 modseq,
+                self.rev2,
             ) {
                 Ok(r) => r,
                 Err(e) => {
@@ -532,6 +544,7 @@ impl Session {
                 store: &self.shared.store,
                 parsed: Default::default(),
                 modseq_min: &modseq_min,
+                global: self.rev2,
             };
             if search::matches(criteria, &msg, &ctx) {
                 hits.push(if uid { *u } else { i as u32 + 1 });
@@ -715,12 +728,24 @@ pub(super) struct LazyMessage<'a> {
     /// The positions of the SEARCH MODSEQ keys, by index
     /// ([`condstore::search_modseq`]).
     pub(super) modseq_min: &'a [u64],
+    /// `message/global` parts are messages, whose text is searched
+    /// (IMAP4rev2; [`crate::proto::imap::mime::Parsed::with_global_messages`]).
+    pub(super) global: bool,
 }
 
 impl LazyMessage<'_> {
     pub(super) fn bytes(&self) -> &[u8] {
         self.parsed
             .get_or_init(|| self.store.blob(&self.rec.blob).ok().flatten().unwrap_or_default())
+    }
+
+    /// The MIME tree, read as the session's revision reads it.
+    fn tree(&self) -> crate::proto::imap::mime::Parsed<'_> {
+        if self.global {
+            crate::proto::imap::mime::Parsed::with_global_messages(self.bytes())
+        } else {
+            crate::proto::imap::mime::Parsed::new(self.bytes())
+        }
     }
 }
 
@@ -760,10 +785,10 @@ impl SearchMessage for LazyMessage<'_> {
         crate::proto::imap::mime::Parsed::new(self.bytes()).sent_date_zoned()
     }
     fn body_text(&self) -> String {
-        crate::proto::imap::mime::Parsed::new(self.bytes()).body_text()
+        self.tree().body_text()
     }
     fn full_text(&self) -> String {
-        let p = crate::proto::imap::mime::Parsed::new(self.bytes());
+        let p = self.tree();
         let header = p.section(&[], crate::proto::imap::mime::SectionText::Header).unwrap_or_default();
         format!("{}{}", String::from_utf8_lossy(&header), p.body_text())
     }
