@@ -205,10 +205,14 @@ assert r.ok("UID SEARCH $") == ['* ESEARCH (TAG "%s") UID ALL 1,5' % tag(r)]
 r.ok("STORE $ +FLAGS.SILENT (\\Deleted)")
 r.ok("UID EXPUNGE 1")
 assert r.ok("UID FETCH $ (UID)") == ["* 4 FETCH (UID 5)"]
-# A SEARCH with SAVE that fails empties it.
+# A SEARCH with SAVE answered BAD leaves it as it was; one answered NO
+# empties it (RFC 5182 section 2.1).
 assert r.ok("SEARCH RETURN (SAVE) ALL") == []
 lines, status = r.cmd("SEARCH RETURN (SAVE) RECENT")
 assert status.startswith("BAD"), status
+assert r.ok("UID FETCH $ (UID)") == ["* 1 FETCH (UID 2)", "* 2 FETCH (UID 3)", "* 3 FETCH (UID 4)", "* 4 FETCH (UID 5)"]
+lines, status = r.cmd("SEARCH RETURN (SAVE) CHARSET X-NONE ALL")
+assert status.startswith("NO [BADCHARSET"), status
 assert r.ok("FETCH $ (UID)") == []
 r.ok("SEARCH RETURN (SAVE) ALL")
 # A new SELECT empties it: `$` is then an empty set (no message, no error).
@@ -405,6 +409,36 @@ r2 = rev2()
 r2.ok("EXAMINE INBOX")
 lines = r2.ok("FETCH 1 (BODYSTRUCTURE)")
 assert '"inner"' in lines[0], lines
+"#,
+    );
+}
+
+#[test]
+fn hostile_rev2_commands_get_bad_and_the_session_goes_on() {
+    run(
+        "r2hostile",
+        r#"
+r = rev2()
+add(r, "one")
+r.ok("SELECT INBOX")
+r.ok("SEARCH RETURN (SAVE) ALL")
+for cmd in (b"SEARCH RETURN (SAVE",
+            b"SEARCH RETURN (SAVE BOGUS) ALL",
+            b"FETCH $$ (FLAGS)",
+            b"FETCH $,1 (FLAGS)",
+            b"UID EXPUNGE $:2",
+            b"SEARCH HEADER $",
+            b"SEARCH UID",
+            b'STATUS "INBOX (SIZE)',
+            b"STATUS INBOX (SIZE",
+            b"STATUS INBOX SIZE",
+            b"SEARCH MODSEQ \"/flags/x",
+            b"SEARCH \xff $"):
+    lines, status = r.cmd(cmd)
+    assert status.startswith("BAD"), (cmd, status)
+# The saved result and the session are still there.
+assert r.ok("FETCH $ (UID)") == ["* 1 FETCH (UID 1)"]
+assert r.ok("NOOP") == []
 "#,
     );
 }

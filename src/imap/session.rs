@@ -221,8 +221,9 @@ pub struct Session {
     /// "Extensions").
     rev2: bool,
     /// The UIDs the last `SEARCH RETURN (SAVE)` kept for `$` (RFC 5182,
-    /// IMAP4rev2 only), ascending; emptied by SELECT, EXAMINE, CLOSE and
-    /// UNSELECT. Expunged messages drop out when `$` is read.
+    /// IMAP4rev2 only), ascending; emptied by SELECT, EXAMINE, CLOSE,
+    /// UNSELECT and a SEARCH with SAVE answered NO. Expunged messages drop
+    /// out when `$` is read.
     saved: Vec<u32>,
     /// How this node's MODSEQs go on the wire.
     scale: Scale,
@@ -879,6 +880,11 @@ impl Session {
                     return Ok(Flow::Continue);
                 }
                 if let Err(e) = search::check_charset(cs.as_deref()) {
+                    if matches!(&extras.search_as, Some(ext::SearchAs::Esearch(r)) if r.save) {
+                        // RFC 5182 section 2.1: a SEARCH with SAVE answered
+                        // NO leaves `$` empty (one answered BAD leaves it).
+                        self.saved.clear();
+                    }
                     self.no(tag, &format!("[BADCHARSET (US-ASCII UTF-8)] {e}"));
                     return Ok(Flow::Continue);
                 }

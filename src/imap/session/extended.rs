@@ -171,15 +171,7 @@ impl Session {
                         Ok(Some((ret, _))) if ret.save && !self.rev2 => {
                             return Ok(self.syntax_error(&bytes, "SEARCH: unknown SEARCH return option"));
                         }
-                        r => {
-                            if r.as_ref().is_ok_and(|r| r.as_ref().is_some_and(|(ret, _)| ret.save)) {
-                                // RFC 5182 section 2.1: a SEARCH with SAVE that
-                                // fails leaves `$` empty (the `$` of this
-                                // command was read already).
-                                self.saved.clear();
-                            }
-                            r.map(|r| r.map(|(ret, plain)| (Some(ext::SearchAs::Esearch(ret)), plain)))
-                        }
+                        r => r.map(|r| r.map(|(ret, plain)| (Some(ext::SearchAs::Esearch(ret)), plain))),
                     },
                     _ => ext::sort_or_thread(&bytes).map(|r| r.map(|(how, plain)| (Some(how), plain))),
                 };

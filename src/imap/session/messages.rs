@@ -555,7 +555,10 @@ impl Session {
             }
         }
         if stopped {
-            self.saved.clear();
+            if matches!(&search_as, Some(ext::SearchAs::Esearch(r)) if r.save) {
+                // RFC 5182 section 2.1: NO to a SEARCH with SAVE empties `$`.
+                self.saved.clear();
+            }
             self.no(tag, "[UNAVAILABLE] Server shutting down");
             return;
         }
