@@ -80,6 +80,9 @@ assert status.startswith("BAD"), status
 # SEARCHRES belongs to IMAP4rev2 sessions only.
 lines, status = r.cmd("SEARCH RETURN (SAVE) ALL")
 assert status.startswith("BAD"), status
+# RFC 3501's numbers are 32 bits.
+lines, status = r.cmd("SEARCH LARGER 5000000000")
+assert status.startswith("BAD"), status
 lines, status = r.cmd("FETCH $ (FLAGS)")
 assert status.startswith("BAD"), status
 # No CLOSED when one SELECT replaces another (no QRESYNC either).
@@ -168,6 +171,12 @@ assert r.ok("UID SEARCH ALL") == ['* ESEARCH (TAG "%s") UID ALL 1:3' % tag(r)]
 assert r.ok("SEARCH SUBJECT nowhere") == ['* ESEARCH (TAG "%s")' % tag(r)]
 assert r.ok("SEARCH RETURN (MIN COUNT) SEEN") == ['* ESEARCH (TAG "%s") MIN 1 COUNT 2' % tag(r)]
 assert r.ok('SEARCH CHARSET UTF-8 SUBJECT "two"') == ['* ESEARCH (TAG "%s") ALL 2' % tag(r)]
+# LARGER and SMALLER take 64-bit numbers (RFC 9051 section 9, number64).
+assert r.ok("SEARCH SMALLER 5000000000") == ['* ESEARCH (TAG "%s") ALL 1:3' % tag(r)]
+assert r.ok("UID SEARCH OR LARGER 5000000000 SEEN") == ['* ESEARCH (TAG "%s") UID ALL 1,3' % tag(r)]
+assert r.ok("SEARCH NOT SMALLER 9223372036854775807") == ['* ESEARCH (TAG "%s")' % tag(r)]
+lines, status = r.cmd("SEARCH LARGER 9223372036854775808")
+assert status.startswith("BAD"), status
 # RECENT, NEW and OLD are no search keys of RFC 9051 (no \Recent).
 for key in ("RECENT", "NEW", "OLD", "NOT (SEEN OR RECENT ALL)"):
     lines, status = r.cmd("SEARCH " + key)

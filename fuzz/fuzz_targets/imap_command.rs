@@ -63,6 +63,14 @@ fuzz_target!(|data: &[u8]| {
                         assert_eq!(out.len(), cmd.len() + 2 * seq_sets, "substitution changed more than the $");
                         let _ = CommandCodec::default().decode(&out);
                     }
+                    // IMAP4rev2's 64-bit LARGER / SMALLER: each becomes a
+                    // KEYWORD of bounded length, above 32 bits only.
+                    if let Ok(Some((keys, plain))) = ext::search_sizes(cmd) {
+                        assert!(!keys.is_empty() && keys.len() <= ext::MAX_ITEMS);
+                        assert!(keys.iter().all(|(_, n)| *n > u64::from(u32::MAX) && *n <= i64::MAX as u64));
+                        assert!(plain.len() <= cmd.len() + 32 * keys.len(), "size key rewrite grew");
+                        let _ = CommandCodec::default().decode(&plain);
+                    }
                     if let Ok(Some((_, plain))) = ext::search_return(cmd) {
                         assert!(plain.len() <= cmd.len(), "SEARCH RETURN rewrite grew");
                     }

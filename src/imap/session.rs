@@ -139,6 +139,8 @@ struct Extras {
     search_as: Option<ext::SearchAs>,
     /// The values of the SEARCH MODSEQ keys (RFC 7162 section 3.1.5).
     modseq_keys: Vec<u64>,
+    /// LARGER and SMALLER keys above 32 bits (IMAP4rev2, [`ext::search_sizes`]).
+    size_keys: Vec<ext::SizeKey>,
     /// STORE (UNCHANGEDSINCE n) (section 3.1.3).
     unchanged_since: Option<u64>,
     /// SELECT / EXAMINE parameters (sections 3.1.8, 3.2.5).
@@ -888,7 +890,8 @@ impl Session {
                     self.no(tag, &format!("[BADCHARSET (US-ASCII UTF-8)] {e}"));
                     return Ok(Flow::Continue);
                 }
-                self.search(tag, &criteria, uid, extras.search_as, &extras.modseq_keys).await;
+                self.search(tag, &criteria, uid, extras.search_as, &extras.modseq_keys, &extras.size_keys)
+                    .await;
             }
             CommandBody::Fetch {
                 sequence_set,

@@ -165,6 +165,13 @@ impl Session {
                     Ok(None) => (Vec::new(), std::borrow::Cow::Borrowed(bytes)),
                     Err(e) => return Ok(self.syntax_error(bytes, &format!("{name}: {e}"))),
                 };
+                // IMAP4rev2's 64-bit LARGER and SMALLER (RFC 9051 section 9).
+                let sizes = if self.rev2 { ext::search_sizes(&bytes) } else { Ok(None) };
+                let (size_keys, bytes) = match sizes {
+                    Ok(Some((keys, plain))) => (keys, std::borrow::Cow::Owned(plain)),
+                    Ok(None) => (Vec::new(), bytes),
+                    Err(e) => return Ok(self.syntax_error(&bytes, &format!("{name}: {e}"))),
+                };
                 let split = match name.as_str() {
                     "SEARCH" => match ext::search_return(&bytes) {
                         // SAVE is RFC 5182's, which only IMAP4rev2 sessions have.
@@ -176,7 +183,7 @@ impl Session {
                     _ => ext::sort_or_thread(&bytes).map(|r| r.map(|(how, plain)| (Some(how), plain))),
                 };
                 let split = match split {
-                    Ok(None) if !modseq_keys.is_empty() => Ok(Some((None, bytes.to_vec()))),
+                    Ok(None) if !modseq_keys.is_empty() || !size_keys.is_empty() => Ok(Some((None, bytes.to_vec()))),
                     other => other,
                 };
                 match split {
@@ -185,6 +192,7 @@ impl Session {
                         let extras = Extras {
                             search_as,
                             modseq_keys,
+                            size_keys,
                             ..Extras::default()
                         };
                         match imap_codec::CommandCodec::default().decode(&plain) {

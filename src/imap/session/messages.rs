@@ -505,6 +505,7 @@ impl Session {
         uid: bool,
         search_as: Option<ext::SearchAs>,
         modseq_keys: &[u64],
+        size_keys: &[ext::SizeKey],
     ) {
         if !modseq_keys.is_empty() {
             self.enable_condstore();
@@ -544,6 +545,7 @@ impl Session {
                 store: &self.shared.store,
                 parsed: Default::default(),
                 modseq_min: &modseq_min,
+                sizes: size_keys,
                 global: self.rev2,
             };
             if search::matches(criteria, &msg, &ctx) {
@@ -731,6 +733,9 @@ pub(super) struct LazyMessage<'a> {
     /// The positions of the SEARCH MODSEQ keys, by index
     /// ([`condstore::search_modseq`]).
     pub(super) modseq_min: &'a [u64],
+    /// The LARGER / SMALLER keys above 32 bits, by index
+    /// ([`ext::search_sizes`]).
+    pub(super) sizes: &'a [ext::SizeKey],
     /// `message/global` parts are messages, whose text is searched
     /// (IMAP4rev2; [`crate::proto::imap::mime::Parsed::with_global_messages`]).
     pub(super) global: bool,
@@ -760,6 +765,14 @@ impl SearchMessage for LazyMessage<'_> {
         self.uid
     }
     fn has_flag(&self, flag: &str) -> bool {
+        if !self.sizes.is_empty() {
+            if let Some(i) = ext::size_key(flag) {
+                return self
+                    .sizes
+                    .get(i)
+                    .is_some_and(|&(larger, n)| if larger { self.rec.size > n } else { self.rec.size < n });
+            }
+        }
         if !self.modseq_min.is_empty() {
             if let Some(i) = condstore::modseq_key(flag) {
                 return self.modseq_min.get(i).is_some_and(|p| self.rec.modseq >= *p);

@@ -1040,6 +1040,75 @@ pub fn search_return(cmd: &[u8]) -> R<Option<(SearchReturn, Vec<u8>)>> {
     Ok(Some((ret, out)))
 }
 
+/// The keyword [`search_sizes`] writes for a size key: `$TandemSize<i>`.
+pub const SIZE_KEYWORD: &str = "$TandemSize";
+
+/// A `LARGER n` (`true`) or `SMALLER n` (`false`) search key whose `n` is
+/// above 2^32 − 1, which IMAP4rev2's number64 allows (RFC 9051 section
+/// 9) and the RFC 3501 parser does not.
+pub type SizeKey = (bool, u64);
+
+/// `[UID] SEARCH|SORT|THREAD ... LARGER|SMALLER n ...` with an `n` of 33 to
+/// 63 bits: those keys, in order, and the command with key `i` replaced by
+/// `KEYWORD $TandemSize<i>` (which the RFC 3501 parser takes wherever a key
+/// may stand). Keys with a 32-bit `n` are left for that parser. `Ok(None)`
+/// when there is none. As with MODSEQ, an atom `LARGER` in argument
+/// position (`SUBJECT LARGER`) is read as the key: quote it.
+pub fn search_sizes(cmd: &[u8]) -> R<Option<(Vec<SizeKey>, Vec<u8>)>> {
+    let (_, _, name, mut lx) = head(cmd)?;
+    if !matches!(name.as_str(), "SEARCH" | "SORT" | "THREAD") {
+        return Ok(None);
+    }
+    let mut keys = Vec::new();
+    let mut spans = Vec::new();
+    loop {
+        lx.skip_space();
+        let at = lx.pos;
+        let Some(tok) = lx.next_token()? else { break };
+        let larger = tok.is_atom("LARGER");
+        if !larger && !tok.is_atom("SMALLER") {
+            continue;
+        }
+        // Anything but a number64 above 32 bits is left for the parser
+        // (which refuses what is no number, and numbers above 2^63 - 1).
+        let n = match lx.peek()? {
+            Some(Token::Atom(d)) if !d.is_empty() && d.len() <= 19 && d.iter().all(u8::is_ascii_digit) => {
+                std::str::from_utf8(d).ok().and_then(|d| d.parse::<u64>().ok()).unwrap_or(u64::MAX)
+            }
+            _ => continue,
+        };
+        if n <= u64::from(u32::MAX) || n > i64::MAX as u64 {
+            continue;
+        }
+        lx.next_token()?;
+        if keys.len() >= MAX_ITEMS {
+            return Err(SyntaxError {
+                at,
+                what: "too many size keys",
+            });
+        }
+        keys.push((larger, n));
+        spans.push(at..lx.pos);
+    }
+    if keys.is_empty() {
+        return Ok(None);
+    }
+    let mut plain = Vec::with_capacity(cmd.len() + 16 * spans.len());
+    let mut copied = 0;
+    for (i, span) in spans.into_iter().enumerate() {
+        plain.extend_from_slice(&cmd[copied..span.start]);
+        plain.extend_from_slice(format!("KEYWORD {SIZE_KEYWORD}{i}").as_bytes());
+        copied = span.end;
+    }
+    plain.extend_from_slice(&cmd[copied..]);
+    Ok(Some((keys, plain)))
+}
+
+/// The index of the size key a keyword of [`search_sizes`] stands for.
+pub fn size_key(keyword: &str) -> Option<usize> {
+    keyword.strip_prefix(SIZE_KEYWORD)?.parse().ok()
+}
+
 /// How the messages a SEARCH program finds are answered.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SearchAs {
@@ -1395,6 +1464,31 @@ mod tests {
         }
         assert_eq!(compact_set(&[1, 2, 3, 5, 7, 8]), "1:3,5,7:8");
         assert_eq!(compact_set(&[]), "");
+    }
+
+    #[test]
+    fn sizes_above_32_bits_become_keywords() {
+        let (keys, plain) = search_sizes(b"t UID SEARCH LARGER 5000000000 SMALLER 10 OR SMALLER 9223372036854775807 ALL\r\n")
+            .unwrap()
+            .unwrap();
+        assert_eq!(keys, vec![(true, 5_000_000_000), (false, i64::MAX as u64)]);
+        assert_eq!(
+            plain,
+            b"t UID SEARCH KEYWORD $TandemSize0 SMALLER 10 OR KEYWORD $TandemSize1 ALL\r\n"
+        );
+        assert_eq!(size_key("$TandemSize1"), Some(1));
+        assert_eq!(size_key("$Junk"), None);
+        assert_eq!(search_sizes(b"t SEARCH LARGER 4294967295\r\n").unwrap(), None);
+        assert_eq!(search_sizes(b"t FETCH 1 LARGER\r\n").unwrap(), None);
+        // What is no number64 above 32 bits is left as it is.
+        for other in [
+            &b"t SEARCH LARGER 9223372036854775808\r\n"[..],
+            b"t SEARCH SUBJECT LARGER\r\n",
+            b"t SEARCH LARGER\r\n",
+        ] {
+            assert_eq!(search_sizes(other).unwrap(), None, "{}", String::from_utf8_lossy(other));
+        }
+        assert!(search_sizes(b"t SEARCH LARGER 5000000000 \"\r\n").is_err());
     }
 
     #[test]
