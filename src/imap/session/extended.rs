@@ -173,13 +173,10 @@ impl Session {
                     Err(e) => return Ok(self.syntax_error(&bytes, &format!("{name}: {e}"))),
                 };
                 let split = match name.as_str() {
-                    "SEARCH" => match ext::search_return(&bytes) {
-                        // SAVE is RFC 5182's, which only IMAP4rev2 sessions have.
-                        Ok(Some((ret, _))) if ret.save && !self.rev2 => {
-                            return Ok(self.syntax_error(&bytes, "SEARCH: unknown SEARCH return option"));
-                        }
-                        r => r.map(|r| r.map(|(ret, plain)| (Some(ext::SearchAs::Esearch(ret)), plain))),
-                    },
+                    // SAVE is RFC 5182's, which only IMAP4rev2 sessions have.
+                    "SEARCH" => {
+                        ext::search_return_with(&bytes, self.rev2).map(|r| r.map(|(ret, plain)| (Some(ext::SearchAs::Esearch(ret)), plain)))
+                    }
                     _ => ext::sort_or_thread(&bytes).map(|r| r.map(|(how, plain)| (Some(how), plain))),
                 };
                 let split = match split {

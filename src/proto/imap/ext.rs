@@ -1007,6 +1007,11 @@ impl SearchReturn {
 /// rewritten without them for the RFC 3501 parser. `Ok(None)` when the
 /// command is no SEARCH with RETURN.
 pub fn search_return(cmd: &[u8]) -> R<Option<(SearchReturn, Vec<u8>)>> {
+    search_return_with(cmd, true)
+}
+
+/// [`search_return`], with SAVE (RFC 5182) an unknown option unless `save`.
+pub fn search_return_with(cmd: &[u8], save: bool) -> R<Option<(SearchReturn, Vec<u8>)>> {
     let (_, _, name, mut lx) = head(cmd)?;
     if name != "SEARCH" {
         return Ok(None);
@@ -1022,7 +1027,7 @@ pub fn search_return(cmd: &[u8]) -> R<Option<(SearchReturn, Vec<u8>)>> {
             "MAX" => ret.max = true,
             "ALL" => ret.all = true,
             "COUNT" => ret.count = true,
-            "SAVE" => ret.save = true,
+            "SAVE" if save => ret.save = true,
             _ => {
                 return Err(SyntaxError {
                     at,
@@ -1449,6 +1454,8 @@ mod tests {
         let (r, _) = search_return(b"t SEARCH RETURN (SAVE COUNT) ALL\r\n").unwrap().unwrap();
         assert!(r.save && r.count && !r.all);
         assert!(search_return(b"t SEARCH RETURN (BOGUS) ALL\r\n").is_err());
+        let e = search_return_with(b"t SEARCH RETURN (MIN SAVE) ALL\r\n", false).unwrap_err();
+        assert_eq!((e.at, e.what), (21, "unknown SEARCH return option"));
         let (name, items) = status(&mut head(b"t STATUS \"a b\" (SIZE MESSAGES)\r\n").unwrap().3).unwrap();
         assert_eq!(
             (name.as_slice(), items),
