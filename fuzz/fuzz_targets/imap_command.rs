@@ -2,14 +2,15 @@
 //! the command parser, as the session does. Neither may panic; the framer
 //! must keep its buffer bounded and hand out only whole commands. The
 //! extension grammar (`proto::imap::ext`) sees every command too, the
-//! BINARY items of FETCH (RFC 3516) and literal8 APPEND included.
+//! BINARY items of FETCH (RFC 3516) and literal8 APPEND included, and so
+//! does the search for SEARCHRES's `$` (RFC 5182).
 #![no_main]
 use imap_codec::decode::Decoder;
 use imap_codec::CommandCodec;
 use libfuzzer_sys::fuzz_target;
 use tandem_fuzz::proto::imap::fragment::{tag_of, Frame, Framer};
 use tandem_fuzz::proto::imap::mutf7;
-use tandem_fuzz::proto::imap::{condstore, ext};
+use tandem_fuzz::proto::imap::{condstore, ext, searchres};
 
 const MAX_LINE: usize = 2048;
 const MAX_LITERAL: u64 = 8192;
@@ -49,6 +50,26 @@ fuzz_target!(|data: &[u8]| {
                             }
                             _ => {}
                         }
+                    }
+                    // SEARCHRES: every `$` found is a `$` of the command,
+                    // in order, and writing sets over them changes nothing
+                    // else.
+                    if let Ok(found) = searchres::dollars(cmd) {
+                        assert!(found.len() <= ext::MAX_ITEMS + 1);
+                        assert!(found.windows(2).all(|w| w[0].at < w[1].at), "$ out of order");
+                        assert!(found.iter().all(|d| cmd.get(d.at) == Some(&b'$')), "not a $");
+                        let out = searchres::substitute(cmd, &found, "1:2", "3");
+                        let seq_sets = found.iter().filter(|d| !d.uid).count();
+                        assert_eq!(out.len(), cmd.len() + 2 * seq_sets, "substitution changed more than the $");
+                        let _ = CommandCodec::default().decode(&out);
+                    }
+                    // IMAP4rev2's 64-bit LARGER / SMALLER: each becomes a
+                    // KEYWORD of bounded length, above 32 bits only.
+                    if let Ok(Some((keys, plain))) = ext::search_sizes(cmd) {
+                        assert!(!keys.is_empty() && keys.len() <= ext::MAX_ITEMS);
+                        assert!(keys.iter().all(|(_, n)| *n > u64::from(u32::MAX) && *n <= i64::MAX as u64));
+                        assert!(plain.len() <= cmd.len() + 32 * keys.len(), "size key rewrite grew");
+                        let _ = CommandCodec::default().decode(&plain);
                     }
                     if let Ok(Some((_, plain))) = ext::search_return(cmd) {
                         assert!(plain.len() <= cmd.len(), "SEARCH RETURN rewrite grew");

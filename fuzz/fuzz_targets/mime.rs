@@ -1,12 +1,20 @@
-//! MIME parsing of arbitrary messages: ENVELOPE, BODYSTRUCTURE, every
-//! section and its BINARY form. No panic; every section that is not
-//! transfer-decoded is a slice of the input.
+//! MIME parsing of arbitrary messages, as IMAP4rev1 and as IMAP4rev2 read
+//! them: ENVELOPE, BODYSTRUCTURE, every section and its BINARY form. No
+//! panic; every section that is not transfer-decoded is a slice of the
+//! input.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
 use tandem_fuzz::proto::imap::mime::{Parsed, SectionText, Transfer};
 
 fuzz_target!(|data: &[u8]| {
-    let p = Parsed::new(data);
+    // Both readings: IMAP4rev1's, and IMAP4rev2's, where message/global
+    // parts are encapsulated messages.
+    for p in [Parsed::new(data), Parsed::with_global_messages(data)] {
+        check(data, &p);
+    }
+});
+
+fn check(data: &[u8], p: &Parsed<'_>) {
     let _ = p.envelope();
     let _ = p.body_structure(true);
     let _ = p.body_structure(false);
@@ -43,4 +51,4 @@ fuzz_target!(|data: &[u8]| {
             }
         }
     }
-});
+}

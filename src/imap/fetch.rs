@@ -19,6 +19,33 @@ pub struct Summary {
     pub bodystructure: Vec<u8>,
 }
 
+impl Summary {
+    /// The summary of the message `raw`; with `global`, `message/global`
+    /// parts are encapsulated messages, as IMAP4rev2 reads them
+    /// ([`Parsed::with_global_messages`]).
+    pub fn of(raw: &[u8], global: bool) -> Summary {
+        let p = if global {
+            Parsed::with_global_messages(raw)
+        } else {
+            Parsed::new(raw)
+        };
+        Summary {
+            envelope: p.envelope(),
+            body: p.body_structure(false),
+            bodystructure: p.body_structure(true),
+        }
+    }
+
+    /// Whether the message has a `message/global` part (an IMAP4rev2
+    /// session reads it differently from what is kept, which is the
+    /// IMAP4rev1 reading). The test is on the BODYSTRUCTURE text, where such
+    /// a part shows its subtype as a string; a parameter value `global`
+    /// matches too, which costs one parse more and changes nothing.
+    pub fn has_global(&self) -> bool {
+        self.bodystructure.windows(8).any(|w| w.eq_ignore_ascii_case(b"\"global\""))
+    }
+}
+
 type Entries = (HashMap<BlobHash, Arc<Summary>>, VecDeque<BlobHash>);
 
 /// A bounded FIFO cache of [`Summary`] by blob hash.
@@ -59,12 +86,7 @@ impl Cache {
             Some(s) => Arc::new(s),
             None => {
                 let bytes = load()?;
-                let p = Parsed::new(&bytes);
-                let s = Summary {
-                    envelope: p.envelope(),
-                    body: p.body_structure(false),
-                    bodystructure: p.body_structure(true),
-                };
+                let s = Summary::of(&bytes, false);
                 if let Ok(v) = postcard::to_allocvec(&s) {
                     if let Err(e) = store.wal().put_derived(cf, &key, &v) {
                         tracing::debug!(error = %e, "could not keep a MIME summary");
@@ -143,11 +165,16 @@ fn dotted(part: &[u32]) -> String {
 
 /// Can every BINARY item be answered for the message `raw`? (Checked
 /// before FETCH changes \Seen, so that a refused FETCH changes nothing.)
-pub fn check_binary(raw: &[u8], binary: &[BinaryItem]) -> Result<(), UnknownCte> {
+/// `global`: `message/global` parts are encapsulated messages (IMAP4rev2).
+pub fn check_binary(raw: &[u8], binary: &[BinaryItem], global: bool) -> Result<(), UnknownCte> {
     if binary.is_empty() {
         return Ok(());
     }
-    let parsed = Parsed::new(raw);
+    let parsed = if global {
+        Parsed::with_global_messages(raw)
+    } else {
+        Parsed::new(raw)
+    };
     for item in binary {
         if let Err(BinaryError::UnknownTransfer(name)) = parsed.binary_section(item.part()) {
             return Err(UnknownCte {
@@ -348,6 +375,7 @@ pub fn render<'a>(
     force_uid: bool,
     force_flags: bool,
     modseq: Option<u64>,
+    global: bool,
 ) -> Result<Response<'a>, UnknownCte> {
     let mut r = Response::default();
     let out = &mut r;
@@ -367,7 +395,15 @@ pub fn render<'a>(
     }
     let raw: &'a [u8] = body.unwrap_or(&[]);
     let parsed = std::cell::OnceCell::new();
-    let parsed = || parsed.get_or_init(|| Parsed::new(raw));
+    let parsed = || {
+        parsed.get_or_init(|| {
+            if global {
+                Parsed::with_global_messages(raw)
+            } else {
+                Parsed::new(raw)
+            }
+        })
+    };
     for item in items {
         sep(out);
         match item {
@@ -500,7 +536,7 @@ mod tests {
             peek: true,
         };
         let items = vec![item.clone(), item.clone(), item, MessageDataItemName::Flags];
-        let r = render(7, 9, &m, Some(&body), None, &items, &[], true, false, None).unwrap();
+        let r = render(7, 9, &m, Some(&body), None, &items, &[], true, false, None, false).unwrap();
         let borrowed: Vec<&[u8]> = r
             .parts
             .iter()
@@ -567,13 +603,13 @@ Content-Transfer-Encoding: x-unknown\r\n\r\n??\r\n--b--\r\n";
             bin(&[9], None),
             BinaryItem::Size { part: vec![9] },
         ];
-        let r = render(3, 5, &m, Some(body), None, &[], &items, false, false, None).unwrap();
+        let r = render(3, 5, &m, Some(body), None, &[], &items, false, false, None, false).unwrap();
         let want: &[u8] = "* 3 FETCH (BINARY[1] {11}\r\nnaïve text BINARY[2] ~{4}\r\n\x00\x01\x00\x02 BINARY.SIZE[2] 4 \
 BINARY[1]<2> {4}\r\nïve BINARY[1]<100> {0}\r\n BINARY[9] NIL BINARY.SIZE[9] 0)\r\n"
             .as_bytes();
         assert_eq!(r.concat(), want, "{}", String::from_utf8_lossy(&r.concat()));
         // The whole message is sent as stored, header included.
-        let r = render(3, 5, &m, Some(body), None, &[], &[bin(&[], None)], true, false, Some(42)).unwrap();
+        let r = render(3, 5, &m, Some(body), None, &[], &[bin(&[], None)], true, false, Some(42), false).unwrap();
         assert!(r
             .concat()
             .starts_with(format!("* 3 FETCH (UID 5 BINARY[] {{{}}}\r\nContent-Type", body.len()).as_bytes()));
@@ -590,6 +626,7 @@ BINARY[1]<2> {4}\r\nïve BINARY[1]<100> {0}\r\n BINARY[9] NIL BINARY.SIZE[9] 0)\
             false,
             false,
             None,
+            false,
         )
         .err()
         .unwrap();
@@ -600,8 +637,8 @@ BINARY[1]<2> {4}\r\nïve BINARY[1]<100> {0}\r\n BINARY[9] NIL BINARY.SIZE[9] 0)\
                 encoding: "x-unknown".into()
             }
         );
-        assert_eq!(check_binary(body, &[BinaryItem::Size { part: vec![3] }]), Err(e));
-        assert_eq!(check_binary(body, &items), Ok(()));
+        assert_eq!(check_binary(body, &[BinaryItem::Size { part: vec![3] }], false), Err(e));
+        assert_eq!(check_binary(body, &items, false), Ok(()));
         assert!(sets_seen(
             &[],
             &[BinaryItem::Binary {

@@ -31,6 +31,7 @@ use crate::proto::imap::ext;
 use crate::proto::imap::fragment::{tag_of, Frame, Framer};
 use crate::proto::imap::mutf7;
 use crate::proto::imap::search::{self, SearchMessage};
+use crate::proto::imap::searchres;
 use crate::store::StoreError;
 use crate::views::{MailboxRec, MessageRec, ViewRead};
 use imap_codec::decode::{CommandDecodeError, Decoder};
@@ -138,6 +139,8 @@ struct Extras {
     search_as: Option<ext::SearchAs>,
     /// The values of the SEARCH MODSEQ keys (RFC 7162 section 3.1.5).
     modseq_keys: Vec<u64>,
+    /// LARGER and SMALLER keys above 32 bits (IMAP4rev2, [`ext::search_sizes`]).
+    size_keys: Vec<ext::SizeKey>,
     /// STORE (UNCHANGEDSINCE n) (section 3.1.3).
     unchanged_since: Option<u64>,
     /// SELECT / EXAMINE parameters (sections 3.1.8, 3.2.5).
@@ -215,6 +218,15 @@ pub struct Session {
     condstore: bool,
     /// `ENABLE QRESYNC` was given (RFC 7162 section 3.2.3).
     qresync: bool,
+    /// `ENABLE IMAP4rev2` was given (RFC 9051 section 6.3.1): the session
+    /// follows RFC 9051 where it differs from RFC 3501 (`docs/operations.md`,
+    /// "Extensions").
+    rev2: bool,
+    /// The UIDs the last `SEARCH RETURN (SAVE)` kept for `$` (RFC 5182,
+    /// IMAP4rev2 only), ascending; emptied by SELECT, EXAMINE, CLOSE,
+    /// UNSELECT and a SEARCH with SAVE answered NO. Expunged messages drop
+    /// out when `$` is read.
+    saved: Vec<u32>,
     /// How this node's MODSEQs go on the wire.
     scale: Scale,
 }
@@ -243,6 +255,19 @@ fn flag_name(f: &Flag<'_>) -> String {
 
 fn to_flags(v: &[Flag<'_>]) -> Flags {
     Flags::new(v.iter().map(flag_name))
+}
+
+/// Whether a search program uses RECENT, NEW or OLD (none of which
+/// IMAP4rev2 has).
+fn has_recent_key(k: &imap_codec::imap_types::search::SearchKey<'_>) -> bool {
+    use imap_codec::imap_types::search::SearchKey as K;
+    match k {
+        K::Recent | K::New | K::Old => true,
+        K::And(v) => v.as_ref().iter().any(has_recent_key),
+        K::Not(k) => has_recent_key(k),
+        K::Or(a, b) => has_recent_key(a) || has_recent_key(b),
+        _ => false,
+    }
 }
 
 /// A mailbox name from the wire: modified UTF-7 decoded (UTF-8 as it is
@@ -306,6 +331,8 @@ impl Session {
             utf8: false,
             condstore: false,
             qresync: false,
+            rev2: false,
+            saved: Vec::new(),
         }
     }
 
@@ -316,9 +343,17 @@ impl Session {
         }
     }
 
+    /// Mailbox names and quoted strings are UTF-8 on the wire: after `ENABLE
+    /// UTF8=ACCEPT` (RFC 6855 section 3) or `ENABLE IMAP4rev2` (RFC 9051
+    /// section 5.1), modified UTF-7 and 7-bit before.
+    fn utf8_names(&self) -> bool {
+        self.utf8 || self.rev2
+    }
+
     fn capabilities(&self) -> String {
         let mut caps = vec![
             "IMAP4rev1",
+            "IMAP4rev2",
             "LITERAL+",
             "SASL-IR",
             "IDLE",
@@ -344,6 +379,7 @@ impl Session {
             "QUOTA",
             "QUOTA=RES-STORAGE",
             "QUOTA=RES-MESSAGE",
+            "STATUS=SIZE",
         ];
         if self.user().is_some() && !self.stream.is_compressed() {
             caps.push("COMPRESS=DEFLATE");
@@ -557,12 +593,24 @@ impl Session {
             Err(e) => return Ok(self.syntax_error(bytes, &format!("Syntax error: {e}"))),
         };
         let bytes = match &rewritten {
-            Some(_) if !self.utf8 => {
+            Some(_) if !self.utf8_names() => {
                 return Ok(self.syntax_error(bytes, "8-bit characters in a quoted string need ENABLE UTF8=ACCEPT"));
             }
             Some(r) => r.as_slice(),
             None => bytes,
         };
+        // SEARCHRES (RFC 5182): `$` becomes the saved set.
+        let substituted = if self.rev2 && self.selected.is_some() {
+            match searchres::dollars(bytes) {
+                Ok(found) if !found.is_empty() => Some(self.saved_sets(bytes, &found)),
+                // A command this lexer cannot read goes to the parser as
+                // it is, which answers it.
+                Ok(_) | Err(_) => None,
+            }
+        } else {
+            None
+        };
+        let bytes = substituted.as_deref().unwrap_or(bytes);
         if let Some((tag, cmd, rest)) = Self::extension_command(bytes) {
             return self.extension(&tag, &cmd, &rest).await;
         }
@@ -572,6 +620,36 @@ impl Session {
                 self.extended(bytes).await
             }
         }
+    }
+
+    /// `cmd` with each `$` of `found` written as the messages the last
+    /// `SEARCH RETURN (SAVE)` kept that are still in the session's view:
+    /// their sequence numbers or UIDs. An empty set is written as a number
+    /// no message of the view has, so that it matches nothing (RFC 5182
+    /// section 2.1: `$` may be empty, and the command then acts on no
+    /// message).
+    fn saved_sets(&self, cmd: &[u8], found: &[searchres::Dollar]) -> Vec<u8> {
+        let uids = self.selected.as_ref().map(|s| s.uids.as_slice()).unwrap_or_default();
+        let mut seqs = Vec::new();
+        let mut present = Vec::new();
+        for u in &self.saved {
+            if let Ok(pos) = uids.binary_search(u) {
+                seqs.push(pos as u32 + 1);
+                present.push(*u);
+            }
+        }
+        let (seq_text, uid_text) = if present.is_empty() {
+            let absent_uid = (1..=u32::MAX)
+                .rev()
+                .take(uids.len() + 1)
+                .find(|u| uids.binary_search(u).is_err())
+                .unwrap_or(u32::MAX);
+            let absent_seq = u32::try_from(uids.len()).unwrap_or(u32::MAX - 1).saturating_add(1);
+            (absent_seq.to_string(), absent_uid.to_string())
+        } else {
+            (ext::compact_set(&seqs), ext::compact_set(&present))
+        };
+        searchres::substitute(cmd, found, &seq_text, &uid_text)
     }
 
     /// Answer a command that could not be parsed with BAD; the flow after
@@ -671,7 +749,7 @@ impl Session {
             CommandBody::Login { .. } | CommandBody::Authenticate { .. } => self.line(&format!("{tag} BAD Already authenticated")),
             CommandBody::Select { mailbox } => self.select(tag, &user, &mailbox, false, extras.select),
             CommandBody::Examine { mailbox } => self.select(tag, &user, &mailbox, true, extras.select),
-            CommandBody::Create { mailbox } => match create_name(&mailbox, self.utf8) {
+            CommandBody::Create { mailbox } => match create_name(&mailbox, self.utf8_names()) {
                 Ok(name) => {
                     let u = user.clone();
                     let now = now_secs();
@@ -688,7 +766,7 @@ impl Session {
                 }
                 Err(e) => self.no(tag, &format!("[CANNOT] {e}")),
             },
-            CommandBody::Delete { mailbox } => match mailbox_name(&mailbox, self.utf8) {
+            CommandBody::Delete { mailbox } => match mailbox_name(&mailbox, self.utf8_names()) {
                 Ok(name) => {
                     if self.selected.as_ref().is_some_and(|s| s.name == name) {
                         self.selected = None;
@@ -701,7 +779,7 @@ impl Session {
                 }
                 Err(e) => self.no(tag, &format!("[CANNOT] {e}")),
             },
-            CommandBody::Rename { from, to } => match (mailbox_name(&from, self.utf8), mailbox_name(&to, self.utf8)) {
+            CommandBody::Rename { from, to } => match (mailbox_name(&from, self.utf8_names()), mailbox_name(&to, self.utf8_names())) {
                 (Ok(from), Ok(to)) => self.rename(tag, &user, from, to).await,
                 (Err(e), _) | (_, Err(e)) => self.no(tag, &format!("[CANNOT] {e}")),
             },
@@ -722,7 +800,7 @@ impl Session {
                 date,
                 message,
             } => {
-                let name = match mailbox_name(&mailbox, self.utf8) {
+                let name = match mailbox_name(&mailbox, self.utf8_names()) {
                     Ok(n) => n,
                     Err(e) => {
                         self.no(tag, &format!("[CANNOT] {e}"));
@@ -749,6 +827,7 @@ impl Session {
             }
             CommandBody::Close | CommandBody::Unselect => {
                 let close = matches!(cmd.body, CommandBody::Close);
+                self.saved.clear();
                 match self.selected.take() {
                     None => self.line(&format!("{tag} BAD No mailbox selected")),
                     Some(sel) => {
@@ -796,11 +875,23 @@ impl Session {
                     self.line(&format!("{tag} BAD No CHARSET in SEARCH after ENABLE UTF8=ACCEPT"));
                     return Ok(Flow::Continue);
                 }
+                if self.rev2 && has_recent_key(&criteria) {
+                    // RFC 9051 has no \Recent: its search-key grammar has
+                    // no RECENT, NEW or OLD.
+                    self.line(&format!("{tag} BAD RECENT, NEW and OLD are not search keys in IMAP4rev2"));
+                    return Ok(Flow::Continue);
+                }
                 if let Err(e) = search::check_charset(cs.as_deref()) {
+                    if matches!(&extras.search_as, Some(ext::SearchAs::Esearch(r)) if r.save) {
+                        // RFC 5182 section 2.1: a SEARCH with SAVE answered
+                        // NO leaves `$` empty (one answered BAD leaves it).
+                        self.saved.clear();
+                    }
                     self.no(tag, &format!("[BADCHARSET (US-ASCII UTF-8)] {e}"));
                     return Ok(Flow::Continue);
                 }
-                self.search(tag, &criteria, uid, extras.search_as, &extras.modseq_keys).await;
+                self.search(tag, &criteria, uid, extras.search_as, &extras.modseq_keys, &extras.size_keys)
+                    .await;
             }
             CommandBody::Fetch {
                 sequence_set,

@@ -198,6 +198,16 @@ fn main() {
         b"d1 LOGIN alice secret\r\nd2 ENABLE CONDSTORE QRESYNC\r\nd3 STATUS INBOX (HIGHESTMODSEQ MESSAGES)\r\nd4 SELECT INBOX (QRESYNC (67890007 20050715194045000 41,43:211,214:541 (1:3,5 41,43:44,46)) CONDSTORE)\r\nd5 EXAMINE {5+}\r\nINBOX (CONDSTORE)\r\nd6 UID FETCH 1:* (FLAGS MODSEQ BODY.PEEK[HEADER.FIELDS (MODSEQ)]) (CHANGEDSINCE 12345 VANISHED)\r\nd7 FETCH 1:* FAST (CHANGEDSINCE 9223372036854775807)\r\nd8 UID STORE 1:3 (UNCHANGEDSINCE 320162338) +FLAGS.SILENT (\\Deleted)\r\nd9 SEARCH OR MODSEQ \"/flags/\\\\draft\" all 620162338 NOT MODSEQ 5 SEEN\r\nd10 UID SEARCH RETURN (COUNT) MODSEQ 18446744073709551616\r\nd11 SORT (ARRIVAL) UTF-8 MODSEQ 0\r\nd12 SELECT INBOX (QRESYNC (1 5 1:* (1:3 1:4)))\r\nd13 LOGOUT\r\n",
     );
     write(
+        "imap_command",
+        "rev2",
+        b"e1 LOGIN alice secret\r\ne2 ENABLE IMAP4rev2\r\ne3 STATUS INBOX (SIZE DELETED MESSAGES)\r\ne4 SELECT INBOX\r\ne5 SEARCH RETURN (SAVE MIN) CHARSET UTF-8 OR $ (NOT $) SUBJECT $ HEADER X-A $\r\ne6 UID FETCH $ (UID FLAGS)\r\ne7 UID STORE $ +FLAGS ($Junk $Forwarded)\r\ne8 UID SEARCH UID $ MODSEQ \"/flags/$junk\" all 5 BODY {1+}\r\n$\r\ne9 UID MOVE $ Trash\r\ne10 UID EXPUNGE $\r\ne11 UID SORT (DATE) UTF-8 $\r\ne12 LOGOUT\r\n",
+    );
+    write(
+        "mime",
+        "global",
+        b"Subject: outer\r\nContent-Type: multipart/mixed; boundary=b\r\n\r\n--b\r\nContent-Type: message/global\r\n\r\nSubject: inner\r\nContent-Type: message/global\r\n\r\nSubject: innermost\r\n\r\nx\r\n--b--\r\n",
+    );
+    write(
         "mime",
         "multipart",
         b"From: \"B\" <b@example.org>\r\nTo: a@example.org\r\nSubject: =?utf-8?q?caf=C3=A9?=\r\nDate: Tue, 1 Dec 2026 10:00:00 +0100\r\nMIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=\"xx\"\r\n\r\npre\r\n--xx\r\nContent-Type: text/plain; charset=iso-8859-1\r\nContent-Transfer-Encoding: quoted-printable\r\n\r\ncaf=E9\r\n--xx\r\nContent-Type: message/rfc822\r\n\r\nSubject: inner\r\n\r\ninner body\r\n--xx\r\nContent-Type: application/octet-stream; name*=utf-8''%C3%A9.bin\r\nContent-Transfer-Encoding: base64\r\n\r\naGVsbG8=\r\n--xx--\r\n",

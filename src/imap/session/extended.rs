@@ -31,7 +31,7 @@ impl Session {
     /// How a mailbox name goes to this client: UTF-8 after `ENABLE
     /// UTF8=ACCEPT`, modified UTF-7 before.
     pub(super) fn name_out(&self, name: &str) -> String {
-        if self.utf8 && !name.bytes().any(|b| b < 0x20 || b == 0x7f) && name.len() < 1024 {
+        if self.utf8_names() && !name.bytes().any(|b| b < 0x20 || b == 0x7f) && name.len() < 1024 {
             format!("\"{}\"", name.replace('\\', "\\\\").replace('"', "\\\""))
         } else {
             astring(&mutf7::encode(name))
@@ -60,6 +60,12 @@ impl Session {
                 "CONDSTORE" if !self.condstore => {
                     self.enable_condstore();
                     enabled.push_str(" CONDSTORE");
+                }
+                // RFC 9051 section 6.3.1: the session follows IMAP4rev2
+                // from here on (it cannot be disabled).
+                "IMAP4REV2" if !self.rev2 => {
+                    self.rev2 = true;
+                    enabled.push_str(" IMAP4rev2");
                 }
                 // RFC 7162 section 3.2.3: QRESYNC implies CONDSTORE.
                 "QRESYNC" if !self.qresync => {
@@ -96,7 +102,7 @@ impl Session {
                         self.line(&format!("{tag} BAD APPEND with UTF8 data needs ENABLE UTF8=ACCEPT"));
                         return Ok(Flow::Continue);
                     }
-                    let name = match raw_name(&a.mailbox, false, self.utf8) {
+                    let name = match raw_name(&a.mailbox, false, self.utf8_names()) {
                         Ok(n) => n,
                         Err(e) => {
                             self.no(&tag, &format!("[CANNOT] {e}"));
@@ -159,12 +165,22 @@ impl Session {
                     Ok(None) => (Vec::new(), std::borrow::Cow::Borrowed(bytes)),
                     Err(e) => return Ok(self.syntax_error(bytes, &format!("{name}: {e}"))),
                 };
+                // IMAP4rev2's 64-bit LARGER and SMALLER (RFC 9051 section 9).
+                let sizes = if self.rev2 { ext::search_sizes(&bytes) } else { Ok(None) };
+                let (size_keys, bytes) = match sizes {
+                    Ok(Some((keys, plain))) => (keys, std::borrow::Cow::Owned(plain)),
+                    Ok(None) => (Vec::new(), bytes),
+                    Err(e) => return Ok(self.syntax_error(&bytes, &format!("{name}: {e}"))),
+                };
                 let split = match name.as_str() {
-                    "SEARCH" => ext::search_return(&bytes).map(|r| r.map(|(ret, plain)| (Some(ext::SearchAs::Esearch(ret)), plain))),
+                    // SAVE is RFC 5182's, which only IMAP4rev2 sessions have.
+                    "SEARCH" => {
+                        ext::search_return_with(&bytes, self.rev2).map(|r| r.map(|(ret, plain)| (Some(ext::SearchAs::Esearch(ret)), plain)))
+                    }
                     _ => ext::sort_or_thread(&bytes).map(|r| r.map(|(how, plain)| (Some(how), plain))),
                 };
                 let split = match split {
-                    Ok(None) if !modseq_keys.is_empty() => Ok(Some((None, bytes.to_vec()))),
+                    Ok(None) if !modseq_keys.is_empty() || !size_keys.is_empty() => Ok(Some((None, bytes.to_vec()))),
                     other => other,
                 };
                 match split {
@@ -173,6 +189,7 @@ impl Session {
                         let extras = Extras {
                             search_as,
                             modseq_keys,
+                            size_keys,
                             ..Extras::default()
                         };
                         match imap_codec::CommandCodec::default().decode(&plain) {
@@ -184,6 +201,10 @@ impl Session {
                     Err(e) => return Ok(self.syntax_error(&bytes, &format!("{name}: {e}"))),
                 }
             }
+            (false, "STATUS") => match ext::status(&mut lx) {
+                Ok((raw, items)) => self.status_items(&tag, &user, &raw, items),
+                Err(e) => return Ok(self.syntax_error(bytes, &format!("STATUS: {e}"))),
+            },
             (false, "GETQUOTA" | "GETQUOTAROOT" | "SETQUOTA") => match ext::quota(&name, &mut lx) {
                 Ok(q) => self.quota(&tag, &user, q),
                 Err(e) => return Ok(self.syntax_error(bytes, &format!("{name}: {e}"))),
@@ -226,7 +247,7 @@ impl Session {
                 _ => self.no(tag, "[NONEXISTENT] No such quota root"),
             },
             ext::QuotaCommand::Root(raw) => {
-                let name = match raw_name(&raw, false, self.utf8) {
+                let name = match raw_name(&raw, false, self.utf8_names()) {
                     Ok(n) => n,
                     Err(e) => return self.no(tag, &format!("[CANNOT] {e}")),
                 };
@@ -379,10 +400,12 @@ impl Session {
     pub(super) async fn list_extended(&mut self, tag: &str, user: &str, cmd: ListCommand, lsub: bool) {
         let verb = if lsub { "LSUB" } else { "LIST" };
         // Options or several patterns: RFC 5258's form, not RFC 3501's.
-        let extended = cmd.select != ext::ListSelect::default() || cmd.ret != ext::ListReturn::default() || cmd.patterns.len() > 1;
+        // IMAP4rev2's LIST is RFC 5258's in every form (RFC 9051 section 6.3.9).
+        let extended =
+            self.rev2 || cmd.select != ext::ListSelect::default() || cmd.ret != ext::ListReturn::default() || cmd.patterns.len() > 1;
         let decode = |b: &[u8]| -> String {
             let s = String::from_utf8_lossy(b).into_owned();
-            if self.utf8 {
+            if self.utf8_names() {
                 s
             } else {
                 mutf7::decode(&s).unwrap_or(s)
@@ -555,6 +578,7 @@ impl Session {
                 StatusItem::Unseen => format!("UNSEEN {}", msgs.len() - count("\\Seen")),
                 StatusItem::Deleted => format!("DELETED {}", count("\\Deleted")),
                 StatusItem::HighestModSeq => format!("HIGHESTMODSEQ {}", self.scale.wire(mb.highestmodseq)),
+                StatusItem::Size => format!("SIZE {}", msgs.iter().map(|(_, m)| m.size).sum::<u64>()),
                 StatusItem::DeletedStorage => format!(
                     "DELETED-STORAGE {}",
                     msgs.iter()

@@ -38,7 +38,7 @@ impl Session {
 
     pub(super) async fn subscribe(&mut self, tag: &str, user: &str, mailbox: &Mailbox<'_>, on: bool) {
         let cmd = if on { "SUBSCRIBE" } else { "UNSUBSCRIBE" };
-        match mailbox_name(mailbox, self.utf8) {
+        match mailbox_name(mailbox, self.utf8_names()) {
             Ok(name) => {
                 let u = user.to_string();
                 match self.shared.store.run(move |t, c| mutate::subscribe(t, c, &u, &name, on)).await {
@@ -69,8 +69,9 @@ impl Session {
     }
 
     pub(super) fn status(&mut self, tag: &str, user: &str, mailbox: &Mailbox<'_>, items: &[StatusDataItemName]) {
-        let Some((name, mb)) = self.existing_mailbox(tag, user, mailbox) else {
-            return;
+        let raw = match mailbox {
+            Mailbox::Inbox => b"INBOX".to_vec(),
+            Mailbox::Other(o) => o.as_ref().to_vec(),
         };
         let items: Vec<ext::StatusItem> = items
             .iter()
@@ -85,6 +86,24 @@ impl Session {
                 StatusDataItemName::HighestModSeq => ext::StatusItem::HighestModSeq,
             })
             .collect();
+        self.status_items(tag, user, &raw, items);
+    }
+
+    /// STATUS of the mailbox named `raw` (as sent).
+    pub(super) fn status_items(&mut self, tag: &str, user: &str, raw: &[u8], items: Vec<ext::StatusItem>) {
+        if self.rev2 && items.contains(&ext::StatusItem::Recent) {
+            // RFC 9051 has no \Recent, and no RECENT status-att.
+            self.line(&format!("{tag} BAD RECENT is not a STATUS item in IMAP4rev2"));
+            return;
+        }
+        let name = match raw_name(raw, false, self.utf8_names()) {
+            Ok(n) => n,
+            Err(e) => return self.no(tag, &format!("[CANNOT] {e}")),
+        };
+        let mb = match self.shared.store.views().mailbox_by_name(user, &name) {
+            Ok(Some(mb)) => mb,
+            _ => return self.no(tag, "[NONEXISTENT] No such mailbox"),
+        };
         if items.contains(&ext::StatusItem::HighestModSeq) {
             // A CONDSTORE enabling command (RFC 7162 section 3.1).
             self.enable_condstore();

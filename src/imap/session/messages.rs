@@ -88,7 +88,7 @@ impl Session {
                         } else {
                             self.shared.store.blob(&m.blob).ok().flatten()
                         };
-                        if let Err(e) = raw.map_or(Ok(()), |raw| fetch::check_binary(&raw, binary)) {
+                        if let Err(e) = raw.map_or(Ok(()), |raw| fetch::check_binary(&raw, binary, self.rev2)) {
                             self.no(tag, &format!("[UNKNOWN-CTE] {e}"));
                             return Ok(());
                         }
@@ -139,8 +139,8 @@ impl Session {
             if since.is_some_and(|s| m.modseq <= s) {
                 continue;
             }
-            let body = if need_raw { store.blob(&m.blob).ok().flatten() } else { None };
-            let summary = if need_summary {
+            let mut body = if need_raw { store.blob(&m.blob).ok().flatten() } else { None };
+            let mut summary = if need_summary {
                 self.shared.cache.get_or(&store, &m.blob, || {
                     body.as_deref()
                         .map(std::borrow::Cow::Borrowed)
@@ -149,6 +149,17 @@ impl Session {
             } else {
                 None
             };
+            // What is kept is the IMAP4rev1 reading; an IMAP4rev2 session
+            // reads a message/global part as a message (RFC 9051 section
+            // 7.5.2), so such a message is parsed again for it.
+            if self.rev2 && summary.as_ref().is_some_and(|s| s.has_global()) {
+                if body.is_none() {
+                    body = store.blob(&m.blob).ok().flatten();
+                }
+                if let Some(raw) = body.as_deref() {
+                    summary = Some(std::sync::Arc::new(fetch::Summary::of(raw, true)));
+                }
+            }
             let force_flags = seen_now.contains(&u);
             if let Some(lines) = self.selected.as_mut().and_then(|sel| sel.announce(&m.flags)) {
                 for l in lines {
@@ -171,6 +182,7 @@ impl Session {
                 uid || seen_report,
                 force_flags,
                 modseq,
+                self.rev2,
             ) {
                 Ok(r) => r,
                 Err(e) => {
@@ -388,7 +400,7 @@ impl Session {
             return;
         }
         let from = sel.id;
-        let name = match mailbox_name(mailbox, self.utf8) {
+        let name = match mailbox_name(mailbox, self.utf8_names()) {
             Ok(n) => n,
             Err(e) => {
                 self.no(tag, &format!("[CANNOT] {e}"));
@@ -493,6 +505,7 @@ impl Session {
         uid: bool,
         search_as: Option<ext::SearchAs>,
         modseq_keys: &[u64],
+        size_keys: &[ext::SizeKey],
     ) {
         if !modseq_keys.is_empty() {
             self.enable_condstore();
@@ -532,6 +545,8 @@ impl Session {
                 store: &self.shared.store,
                 parsed: Default::default(),
                 modseq_min: &modseq_min,
+                sizes: size_keys,
+                global: self.rev2,
             };
             if search::matches(criteria, &msg, &ctx) {
                 hits.push(if uid { *u } else { i as u32 + 1 });
@@ -542,19 +557,39 @@ impl Session {
             }
         }
         if stopped {
+            if matches!(&search_as, Some(ext::SearchAs::Esearch(r)) if r.save) {
+                // RFC 5182 section 2.1: NO to a SEARCH with SAVE empties `$`.
+                self.saved.clear();
+            }
             self.no(tag, "[UNAVAILABLE] Server shutting down");
             return;
+        }
+        // IMAP4rev2 answers every SEARCH with ESEARCH, ALL when RETURN is
+        // not given (RFC 9051 section 6.4.4).
+        let search_as = match search_as {
+            None if self.rev2 => Some(ext::SearchAs::Esearch(ext::SearchReturn {
+                all: true,
+                ..Default::default()
+            })),
+            other => other,
+        };
+        if let Some(ext::SearchAs::Esearch(ret)) = search_as.as_ref().filter(|_| self.rev2) {
+            if ret.save {
+                self.save_result(ret, &hits, uid);
+            }
         }
         // RFC 7162 section 3.1.5: with a MODSEQ key, the highest MODSEQ of
         // the messages found (none when nothing was found).
         let top = (!modseq_keys.is_empty() && !hits.is_empty()).then(|| self.scale.wire(top_modseq));
         let verb = match search_as {
             Some(ext::SearchAs::Esearch(ret)) => {
-                let mut line = Self::esearch_line(tag, uid, &ret, &hits);
-                if let Some(n) = top {
-                    line.push_str(&format!(" MODSEQ {n}"));
+                if ret.answers() {
+                    let mut line = Self::esearch_line(tag, uid, &ret, &hits);
+                    if let Some(n) = top {
+                        line.push_str(&format!(" MODSEQ {n}"));
+                    }
+                    self.line(&line);
                 }
-                self.line(&line);
                 "SEARCH"
             }
             Some(how @ (ext::SearchAs::Sort(_) | ext::SearchAs::Thread(_))) => {
@@ -581,6 +616,37 @@ impl Session {
         };
         self.sync(uid);
         self.line(&format!("{tag} OK {}{verb} completed", if uid { "UID " } else { "" }));
+    }
+}
+
+impl Session {
+    /// Keep what a `SEARCH RETURN (SAVE ...)` found for `$` (RFC 5182
+    /// section 2.1): with MIN and/or MAX and neither ALL nor COUNT, only
+    /// those; otherwise every message found. `hits` are UIDs for `uid`,
+    /// sequence numbers otherwise; they are kept as UIDs.
+    fn save_result(&mut self, ret: &ext::SearchReturn, hits: &[u32], uid: bool) {
+        let Some(sel) = self.selected.as_ref() else { return };
+        let mut kept: Vec<u32> = if (ret.min || ret.max) && !ret.all && !ret.count {
+            let mut v = Vec::new();
+            if let (true, Some(m)) = (ret.min, hits.iter().min()) {
+                v.push(*m);
+            }
+            if let (true, Some(m)) = (ret.max, hits.iter().max()) {
+                v.push(*m);
+            }
+            v
+        } else {
+            hits.to_vec()
+        };
+        if !uid {
+            kept = kept
+                .into_iter()
+                .filter_map(|seq| sel.uids.get((seq as usize).wrapping_sub(1)).copied())
+                .collect();
+        }
+        kept.sort_unstable();
+        kept.dedup();
+        self.saved = kept;
     }
 }
 
@@ -667,12 +733,27 @@ pub(super) struct LazyMessage<'a> {
     /// The positions of the SEARCH MODSEQ keys, by index
     /// ([`condstore::search_modseq`]).
     pub(super) modseq_min: &'a [u64],
+    /// The LARGER / SMALLER keys above 32 bits, by index
+    /// ([`ext::search_sizes`]).
+    pub(super) sizes: &'a [ext::SizeKey],
+    /// `message/global` parts are messages, whose text is searched
+    /// (IMAP4rev2; [`crate::proto::imap::mime::Parsed::with_global_messages`]).
+    pub(super) global: bool,
 }
 
 impl LazyMessage<'_> {
     pub(super) fn bytes(&self) -> &[u8] {
         self.parsed
             .get_or_init(|| self.store.blob(&self.rec.blob).ok().flatten().unwrap_or_default())
+    }
+
+    /// The MIME tree, read as the session's revision reads it.
+    fn tree(&self) -> crate::proto::imap::mime::Parsed<'_> {
+        if self.global {
+            crate::proto::imap::mime::Parsed::with_global_messages(self.bytes())
+        } else {
+            crate::proto::imap::mime::Parsed::new(self.bytes())
+        }
     }
 }
 
@@ -684,6 +765,14 @@ impl SearchMessage for LazyMessage<'_> {
         self.uid
     }
     fn has_flag(&self, flag: &str) -> bool {
+        if !self.sizes.is_empty() {
+            if let Some(i) = ext::size_key(flag) {
+                return self
+                    .sizes
+                    .get(i)
+                    .is_some_and(|&(larger, n)| if larger { self.rec.size > n } else { self.rec.size < n });
+            }
+        }
         if !self.modseq_min.is_empty() {
             if let Some(i) = condstore::modseq_key(flag) {
                 return self.modseq_min.get(i).is_some_and(|p| self.rec.modseq >= *p);
@@ -712,10 +801,10 @@ impl SearchMessage for LazyMessage<'_> {
         crate::proto::imap::mime::Parsed::new(self.bytes()).sent_date_zoned()
     }
     fn body_text(&self) -> String {
-        crate::proto::imap::mime::Parsed::new(self.bytes()).body_text()
+        self.tree().body_text()
     }
     fn full_text(&self) -> String {
-        let p = crate::proto::imap::mime::Parsed::new(self.bytes());
+        let p = self.tree();
         let header = p.section(&[], crate::proto::imap::mime::SectionText::Header).unwrap_or_default();
         format!("{}{}", String::from_utf8_lossy(&header), p.body_text())
     }

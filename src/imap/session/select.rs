@@ -7,7 +7,7 @@ use super::*;
 impl Session {
     /// The mailbox a command names, or the tagged BAD / NO already said.
     pub(super) fn existing_mailbox(&mut self, tag: &str, user: &str, mailbox: &Mailbox<'_>) -> Option<(String, MailboxRec)> {
-        let name = match mailbox_name(mailbox, self.utf8) {
+        let name = match mailbox_name(mailbox, self.utf8_names()) {
             Ok(n) => n,
             Err(e) => {
                 self.no(tag, &format!("[CANNOT] {e}"));
@@ -33,9 +33,11 @@ impl Session {
         if params.condstore {
             self.condstore = true;
         }
-        if self.selected.take().is_some() && self.qresync {
-            // RFC 7162 section 3.2.11: the client learns where the old
-            // mailbox's responses end.
+        // RFC 5182 section 2.1: `$` is empty in a newly selected mailbox.
+        self.saved.clear();
+        if self.selected.take().is_some() && (self.qresync || self.rev2) {
+            // RFC 7162 section 3.2.11, RFC 9051 section 7.1 (CLOSED): the
+            // client learns where the old mailbox's responses end.
             self.line("* OK [CLOSED] Previous mailbox closed");
         }
         let Some((name, mb)) = self.existing_mailbox(tag, user, mailbox) else {
@@ -66,9 +68,17 @@ impl Session {
             self.line(&l);
         }
         self.line(&format!("* {} EXISTS", msgs.len()));
-        self.line("* 0 RECENT");
-        if let Some(u) = first_unseen {
-            self.line(&format!("* OK [UNSEEN {u}] First unseen"));
+        if self.rev2 {
+            // RFC 9051 section 6.3.2: no RECENT (there is no \Recent) and
+            // no UNSEEN code (not a response code of RFC 9051), but a LIST
+            // of the mailbox with its attributes.
+            let line = self.selected_list_line(user, &name, &mb);
+            self.line(&line);
+        } else {
+            self.line("* 0 RECENT");
+            if let Some(u) = first_unseen {
+                self.line(&format!("* OK [UNSEEN {u}] First unseen"));
+            }
         }
         self.line(&format!("* OK [UIDVALIDITY {}] UIDs valid", mb.uidvalidity));
         self.line(&format!("* OK [UIDNEXT {}] Predicted next UID", mb.uidnext));
@@ -95,6 +105,22 @@ impl Session {
             if readonly { "READ-ONLY" } else { "READ-WRITE" },
             if readonly { "EXAMINE" } else { "SELECT" }
         ));
+    }
+
+    /// `* LIST (attributes) "/" name` of the mailbox SELECT or EXAMINE
+    /// opens (RFC 9051 section 6.3.2), with the attributes LIST gives it.
+    fn selected_list_line(&self, user: &str, name: &str, mb: &MailboxRec) -> String {
+        let v = self.shared.store.views();
+        let prefix = format!("{name}/");
+        let children = v.mailboxes(user).unwrap_or_default().iter().any(|b| b.name.starts_with(&prefix));
+        let mut attrs = vec![if children { "\\HasChildren" } else { "\\HasNoChildren" }];
+        if let Some(su) = mb.special_use {
+            attrs.push(su.attribute());
+        }
+        if v.subscriptions(user).unwrap_or_default().iter().any(|s| s == name) {
+            attrs.push("\\Subscribed");
+        }
+        format!("* LIST ({}) \"/\" {}", attrs.join(" "), self.name_out(name))
     }
 
     /// Turn CONDSTORE on (RFC 7162 section 3.1); the first time, with a

@@ -389,8 +389,8 @@ pub fn quota(name: &str, lx: &mut Lexer<'_>) -> R<QuotaCommand> {
     Ok(cmd)
 }
 
-/// A STATUS data item (RFC 3501, RFC 9051 for DELETED, RFC 7162 for
-/// HIGHESTMODSEQ; RFC 8438 SIZE not).
+/// A STATUS data item (RFC 3501, RFC 9051 for DELETED, RFC 8438 for SIZE,
+/// RFC 7162 for HIGHESTMODSEQ).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StatusItem {
     Messages,
@@ -402,6 +402,8 @@ pub enum StatusItem {
     DeletedStorage,
     /// RFC 7162 section 3.1.6.
     HighestModSeq,
+    /// RFC 8438: the total size of the mailbox in octets.
+    Size,
 }
 
 impl StatusItem {
@@ -415,9 +417,36 @@ impl StatusItem {
             "DELETED" => StatusItem::Deleted,
             "DELETED-STORAGE" => StatusItem::DeletedStorage,
             "HIGHESTMODSEQ" => StatusItem::HighestModSeq,
+            "SIZE" => StatusItem::Size,
             _ => return None,
         })
     }
+}
+
+/// `STATUS mailbox (items)` after the command name: the mailbox name as
+/// sent, and the items (for the items imap-codec 1.0 does not know, SIZE
+/// of RFC 8438).
+pub fn status(lx: &mut Lexer<'_>) -> R<(Vec<u8>, Vec<StatusItem>)> {
+    let mailbox = lx.astring("expected a mailbox name")?;
+    let mut items = Vec::new();
+    for (at, w) in lx.atom_list()? {
+        match StatusItem::parse(&w) {
+            Some(i) => items.push(i),
+            None => {
+                return Err(SyntaxError {
+                    at,
+                    what: "unknown STATUS item",
+                })
+            }
+        }
+    }
+    if items.is_empty() {
+        return lx.err("STATUS needs an item");
+    }
+    if !lx.at_end() {
+        return lx.err("unexpected text after the STATUS items");
+    }
+    Ok((mailbox, items))
 }
 
 /// Selection options of an extended LIST (RFC 5258 section 3.1, RFC 6154).
@@ -955,19 +984,34 @@ fn number(digits: &[u8]) -> Option<u32> {
     std::str::from_utf8(digits).ok()?.parse().ok()
 }
 
-/// What `SEARCH RETURN (...)` asks for (RFC 4731).
+/// What `SEARCH RETURN (...)` asks for (RFC 4731, and SAVE of RFC 5182).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct SearchReturn {
     pub min: bool,
     pub max: bool,
     pub all: bool,
     pub count: bool,
+    /// Keep the result for `$` (RFC 5182 SEARCHRES).
+    pub save: bool,
+}
+
+impl SearchReturn {
+    /// Whether an ESEARCH response is due: not for SAVE alone (RFC 5182
+    /// section 2.4; RFC 9051 section 6.4.4.1).
+    pub fn answers(&self) -> bool {
+        self.min || self.max || self.all || self.count
+    }
 }
 
 /// `[UID] SEARCH RETURN (opts) criteria`: the options, and the command
 /// rewritten without them for the RFC 3501 parser. `Ok(None)` when the
 /// command is no SEARCH with RETURN.
 pub fn search_return(cmd: &[u8]) -> R<Option<(SearchReturn, Vec<u8>)>> {
+    search_return_with(cmd, true)
+}
+
+/// [`search_return`], with SAVE (RFC 5182) an unknown option unless `save`.
+pub fn search_return_with(cmd: &[u8], save: bool) -> R<Option<(SearchReturn, Vec<u8>)>> {
     let (_, _, name, mut lx) = head(cmd)?;
     if name != "SEARCH" {
         return Ok(None);
@@ -983,6 +1027,7 @@ pub fn search_return(cmd: &[u8]) -> R<Option<(SearchReturn, Vec<u8>)>> {
             "MAX" => ret.max = true,
             "ALL" => ret.all = true,
             "COUNT" => ret.count = true,
+            "SAVE" if save => ret.save = true,
             _ => {
                 return Err(SyntaxError {
                     at,
@@ -998,6 +1043,75 @@ pub fn search_return(cmd: &[u8]) -> R<Option<(SearchReturn, Vec<u8>)>> {
     let mut out = cmd[..start].to_vec();
     out.extend_from_slice(&cmd[lx.pos..]);
     Ok(Some((ret, out)))
+}
+
+/// The keyword [`search_sizes`] writes for a size key: `$TandemSize<i>`.
+pub const SIZE_KEYWORD: &str = "$TandemSize";
+
+/// A `LARGER n` (`true`) or `SMALLER n` (`false`) search key whose `n` is
+/// above 2^32 − 1, which IMAP4rev2's number64 allows (RFC 9051 section
+/// 9) and the RFC 3501 parser does not.
+pub type SizeKey = (bool, u64);
+
+/// `[UID] SEARCH|SORT|THREAD ... LARGER|SMALLER n ...` with an `n` of 33 to
+/// 63 bits: those keys, in order, and the command with key `i` replaced by
+/// `KEYWORD $TandemSize<i>` (which the RFC 3501 parser takes wherever a key
+/// may stand). Keys with a 32-bit `n` are left for that parser. `Ok(None)`
+/// when there is none. As with MODSEQ, an atom `LARGER` in argument
+/// position (`SUBJECT LARGER`) is read as the key: quote it.
+pub fn search_sizes(cmd: &[u8]) -> R<Option<(Vec<SizeKey>, Vec<u8>)>> {
+    let (_, _, name, mut lx) = head(cmd)?;
+    if !matches!(name.as_str(), "SEARCH" | "SORT" | "THREAD") {
+        return Ok(None);
+    }
+    let mut keys = Vec::new();
+    let mut spans = Vec::new();
+    loop {
+        lx.skip_space();
+        let at = lx.pos;
+        let Some(tok) = lx.next_token()? else { break };
+        let larger = tok.is_atom("LARGER");
+        if !larger && !tok.is_atom("SMALLER") {
+            continue;
+        }
+        // Anything but a number64 above 32 bits is left for the parser
+        // (which refuses what is no number, and numbers above 2^63 - 1).
+        let n = match lx.peek()? {
+            Some(Token::Atom(d)) if !d.is_empty() && d.len() <= 19 && d.iter().all(u8::is_ascii_digit) => {
+                std::str::from_utf8(d).ok().and_then(|d| d.parse::<u64>().ok()).unwrap_or(u64::MAX)
+            }
+            _ => continue,
+        };
+        if n <= u64::from(u32::MAX) || n > i64::MAX as u64 {
+            continue;
+        }
+        lx.next_token()?;
+        if keys.len() >= MAX_ITEMS {
+            return Err(SyntaxError {
+                at,
+                what: "too many size keys",
+            });
+        }
+        keys.push((larger, n));
+        spans.push(at..lx.pos);
+    }
+    if keys.is_empty() {
+        return Ok(None);
+    }
+    let mut plain = Vec::with_capacity(cmd.len() + 16 * spans.len());
+    let mut copied = 0;
+    for (i, span) in spans.into_iter().enumerate() {
+        plain.extend_from_slice(&cmd[copied..span.start]);
+        plain.extend_from_slice(format!("KEYWORD {SIZE_KEYWORD}{i}").as_bytes());
+        copied = span.end;
+    }
+    plain.extend_from_slice(&cmd[copied..]);
+    Ok(Some((keys, plain)))
+}
+
+/// The index of the size key a keyword of [`search_sizes`] stands for.
+pub fn size_key(keyword: &str) -> Option<usize> {
+    keyword.strip_prefix(SIZE_KEYWORD)?.parse().ok()
 }
 
 /// How the messages a SEARCH program finds are answered.
@@ -1335,9 +1449,53 @@ mod tests {
         let (r, _) = search_return(b"t SEARCH RETURN () ALL\r\n").unwrap().unwrap();
         assert!(r.all);
         assert_eq!(search_return(b"t SEARCH ALL\r\n").unwrap(), None);
-        assert!(search_return(b"t SEARCH RETURN (SAVE) ALL\r\n").is_err());
+        let (r, _) = search_return(b"t SEARCH RETURN (SAVE) ALL\r\n").unwrap().unwrap();
+        assert!(r.save && !r.answers());
+        let (r, _) = search_return(b"t SEARCH RETURN (SAVE COUNT) ALL\r\n").unwrap().unwrap();
+        assert!(r.save && r.count && !r.all);
+        assert!(search_return(b"t SEARCH RETURN (BOGUS) ALL\r\n").is_err());
+        let e = search_return_with(b"t SEARCH RETURN (MIN SAVE) ALL\r\n", false).unwrap_err();
+        assert_eq!((e.at, e.what), (21, "unknown SEARCH return option"));
+        let (name, items) = status(&mut head(b"t STATUS \"a b\" (SIZE MESSAGES)\r\n").unwrap().3).unwrap();
+        assert_eq!(
+            (name.as_slice(), items),
+            (&b"a b"[..], vec![StatusItem::Size, StatusItem::Messages])
+        );
+        for bad in [
+            &b"t STATUS x ()\r\n"[..],
+            b"t STATUS x (SIZE) y\r\n",
+            b"t STATUS x (BOGUS)\r\n",
+            b"t STATUS\r\n",
+        ] {
+            assert!(status(&mut head(bad).unwrap().3).is_err(), "{}", String::from_utf8_lossy(bad));
+        }
         assert_eq!(compact_set(&[1, 2, 3, 5, 7, 8]), "1:3,5,7:8");
         assert_eq!(compact_set(&[]), "");
+    }
+
+    #[test]
+    fn sizes_above_32_bits_become_keywords() {
+        let (keys, plain) = search_sizes(b"t UID SEARCH LARGER 5000000000 SMALLER 10 OR SMALLER 9223372036854775807 ALL\r\n")
+            .unwrap()
+            .unwrap();
+        assert_eq!(keys, vec![(true, 5_000_000_000), (false, i64::MAX as u64)]);
+        assert_eq!(
+            plain,
+            b"t UID SEARCH KEYWORD $TandemSize0 SMALLER 10 OR KEYWORD $TandemSize1 ALL\r\n"
+        );
+        assert_eq!(size_key("$TandemSize1"), Some(1));
+        assert_eq!(size_key("$Junk"), None);
+        assert_eq!(search_sizes(b"t SEARCH LARGER 4294967295\r\n").unwrap(), None);
+        assert_eq!(search_sizes(b"t FETCH 1 LARGER\r\n").unwrap(), None);
+        // What is no number64 above 32 bits is left as it is.
+        for other in [
+            &b"t SEARCH LARGER 9223372036854775808\r\n"[..],
+            b"t SEARCH SUBJECT LARGER\r\n",
+            b"t SEARCH LARGER\r\n",
+        ] {
+            assert_eq!(search_sizes(other).unwrap(), None, "{}", String::from_utf8_lossy(other));
+        }
+        assert!(search_sizes(b"t SEARCH LARGER 5000000000 \"\r\n").is_err());
     }
 
     #[test]

@@ -10,4 +10,5 @@ pub mod fragment;
 pub mod mime;
 pub mod mutf7;
 pub mod search;
+pub mod searchres;
 pub mod sort;

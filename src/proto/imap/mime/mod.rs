@@ -39,7 +39,8 @@
 //!   parts. It is reported as Dovecot does: as a multipart holding one empty
 //!   `text/plain` part, whose section does not exist.
 //! * `message/rfc822` is always parsed as an encapsulated message, whatever its
-//!   transfer encoding. `message/global` is an ordinary leaf in IMAP4rev1.
+//!   transfer encoding. `message/global` is an ordinary leaf in IMAP4rev1, and an
+//!   encapsulated message in IMAP4rev2 ([`Parsed::with_global_messages`]).
 //! * Nesting deeper than `MAX_DEPTH` (100) levels is not parsed further: such a
 //!   multipart or message is reported as an `application/octet-stream` leaf.
 //!
@@ -251,14 +252,30 @@ impl ContentType {
     fn is_rfc822(&self) -> bool {
         self.is("message") && self.subtype.eq_ignore_ascii_case(b"rfc822")
     }
+
+    fn is_global(&self) -> bool {
+        self.is("message") && self.subtype.eq_ignore_ascii_case(b"global")
+    }
 }
 
 impl<'a> Parsed<'a> {
     /// Parses `raw`, which is one whole message as stored. It never panics and accepts any bytes.
     pub fn new(raw: &'a [u8]) -> Parsed<'a> {
+        Self::parse(raw, false)
+    }
+
+    /// Parses `raw` as [`Parsed::new`] does, but reads a `message/global` part (RFC 6532)
+    /// as an encapsulated message, as `message/rfc822` is: IMAP4rev2 (RFC 9051 sections
+    /// 6.4.5 and 7.5.2) numbers its parts and describes it in BODYSTRUCTURE that way.
+    pub fn with_global_messages(raw: &'a [u8]) -> Parsed<'a> {
+        Self::parse(raw, true)
+    }
+
+    fn parse(raw: &'a [u8], global: bool) -> Parsed<'a> {
         let mut parser = TreeParser {
             raw,
             boundaries: Vec::new(),
+            global,
         };
         let (root, _) = parser.entity(0, 0, false);
         Parsed { raw, root }
@@ -695,6 +712,8 @@ struct TreeParser<'a> {
     raw: &'a [u8],
     /// The boundaries of the enclosing multiparts, outermost first.
     boundaries: Vec<Vec<u8>>,
+    /// `message/global` parts are encapsulated messages ([`Parsed::with_global_messages`]).
+    global: bool,
 }
 
 impl TreeParser<'_> {
@@ -830,12 +849,13 @@ impl TreeParser<'_> {
             .and_then(|f| parse_content_type(&unfold(&raw[f.value.clone()])));
         let mut ctype = parsed_type.unwrap_or_else(|| ContentType::default_for(in_digest));
         let is_multipart = ctype.is("multipart");
-        let shape = if (is_multipart || ctype.is_rfc822()) && depth >= MAX_DEPTH {
+        let encapsulated = ctype.is_rfc822() || (self.global && ctype.is_global());
+        let shape = if (is_multipart || encapsulated) && depth >= MAX_DEPTH {
             ctype = ContentType::new(b"application", b"octet-stream");
             Shape::Leaf
         } else if is_multipart {
             Shape::Multipart(ctype.param("boundary").filter(|b| !b.is_empty()).map(<[u8]>::to_vec))
-        } else if ctype.is_rfc822() {
+        } else if encapsulated {
             Shape::Message
         } else {
             Shape::Leaf
