@@ -4,8 +4,10 @@
 //! enables SMTPUTF8 by default and bounces internationalised mail with
 //! `dsn=5.6.7 ... SMTPUTF8 is required, but was not offered` when the LMTP
 //! server does not offer it; an internationalised message (UTF-8 sender
-//! address, raw UTF-8 headers and body, `SMTPUTF8` on MAIL FROM) and a plain
-//! one must both arrive, read back over IMAP with their bodies byte for byte.
+//! address, raw UTF-8 headers and body, `SMTPUTF8` on MAIL FROM) for an
+//! ASCII and a UTF-8 recipient, and a plain one must all arrive, read back
+//! over IMAP (the UTF-8 user logs in with AUTHENTICATE PLAIN) with their
+//! bodies byte for byte.
 //!
 //! Postfix's master must start as root (CI runs as root); anywhere else the
 //! test fails and says why.
@@ -160,9 +162,19 @@ fn header(msg: &[u8]) -> &[u8] {
 fn postfix_relays_smtputf8_and_plain_mail_over_lmtp() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::create_dir_all(dir.path().join("tandem")).unwrap();
-    let node: Node = node_with_users(&dir.path().join("tandem"), "postfix", "", &["alice@example.org"]);
+    let node: Node = node_with_users(
+        &dir.path().join("tandem"),
+        "postfix",
+        "",
+        &["alice@example.org", "jürgen@example.org"],
+    );
     let smtp_port = free_port();
-    let pf = Postfix::start(&dir.path().join("postfix"), smtp_port, &node.addr("lmtp"), &["alice@example.org"]);
+    let pf = Postfix::start(
+        &dir.path().join("postfix"),
+        smtp_port,
+        &node.addr("lmtp"),
+        &["alice@example.org", "jürgen@example.org"],
+    );
 
     let intl: &[u8] = "From: Jürgen Müller <jürgen@müller.example>\r\n\
         To: alice@example.org\r\n\
@@ -202,7 +214,7 @@ plain = open(d + "/plain.eml", "rb").read()
 s = smtplib.SMTP("127.0.0.1", {smtp_port}, timeout=20)
 s.ehlo("client.example")
 assert s.has_extn("smtputf8"), s.esmtp_features
-refused = s.sendmail("jürgen@müller.example", ["alice@example.org"], intl, mail_options=["SMTPUTF8", "BODY=8BITMIME"])
+refused = s.sendmail("jürgen@müller.example", ["alice@example.org", "jürgen@example.org"], intl, mail_options=["SMTPUTF8", "BODY=8BITMIME"])
 assert not refused, refused
 refused = s.sendmail("bob@example.net", ["alice@example.org"], plain)
 assert not refused, refused
@@ -228,6 +240,17 @@ if int(data[0]) > 0:
     msgs = [x[1] for x in data if isinstance(x, tuple)]
 for i, m in enumerate(msgs):
     open("%s/got/%d.eml" % (d, i), "wb").write(m)
+# The UTF-8 recipient logs in with AUTHENTICATE PLAIN (UTF-8 user name).
+j = imaplib.IMAP4(HOST, PORT)
+typ, data = j.authenticate("PLAIN", lambda _: "\0jürgen@example.org\0secret".encode())
+assert typ == "OK", data
+typ, data = j.select("INBOX", readonly=True)
+assert typ == "OK", data
+if int(data[0]) > 0:
+    typ, data = j.uid("FETCH", "1:*", "(BODY.PEEK[])")
+    assert typ == "OK", data
+    for i, m in enumerate(x[1] for x in data if isinstance(x, tuple)):
+        open("%s/got/j%d.eml" % (d, i), "wb").write(m)
 "#,
             d = dir.path().display().to_string(),
             log = pf.log.display().to_string(),
@@ -248,6 +271,24 @@ for i, m in enumerate(msgs):
     };
     let got_intl = find("Subject: Grüße aus Köln — 日本語の件名\r\n".as_bytes());
     let got_plain = find(b"Subject: plain ascii\r\n");
+    let got_j: Vec<Vec<u8>> = (0..2).filter_map(|i| std::fs::read(out.join(format!("j{i}.eml"))).ok()).collect();
+    assert_eq!(
+        got_j.len(),
+        1,
+        "jürgen's INBOX holds {} messages, not 1; the Postfix log:\n{}",
+        got_j.len(),
+        pf.log_text()
+    );
+    assert_eq!(
+        body(&got_j[0]),
+        body(intl),
+        "internationalised body changed on the way to the UTF-8 recipient"
+    );
+    let hj = String::from_utf8_lossy(header(&got_j[0])).into_owned();
+    assert!(
+        hj.contains("Subject: Grüße aus Köln — 日本語の件名\r\n") && hj.contains("with UTF8LMTP"),
+        "{hj}"
+    );
     assert_eq!(
         String::from_utf8_lossy(body(got_intl)),
         String::from_utf8_lossy(body(intl)),
@@ -264,15 +305,16 @@ for i, m in enumerate(msgs):
     assert!(h.contains("by mx.postfix.test"), "not relayed through Postfix:\n{h}");
     assert!(String::from_utf8_lossy(header(got_plain)).contains("by mx.postfix.test"));
 
-    // Postfix's own account: two deliveries over LMTP, no bounce.
+    // Postfix's own account: three deliveries over LMTP (one per recipient),
+    // no bounce.
     let delivered = |log: &str| {
         log.lines()
             .filter(|l| l.contains("relay=127.0.0.1[") && l.contains("status=sent"))
             .count()
     };
-    let settled = common::wait_until(10, || delivered(&pf.log_text()) >= 2);
+    let settled = common::wait_until(10, || delivered(&pf.log_text()) >= 3);
     let log = pf.log_text();
-    assert!(settled, "Postfix did not log two LMTP deliveries:\n{log}");
+    assert!(settled, "Postfix did not log three LMTP deliveries:\n{log}");
     for bad in [
         "status=bounced",
         "status=deferred",
