@@ -40,12 +40,7 @@ impl Postfix {
     /// Configure and start Postfix in `dir`: SMTP on 127.0.0.1:`smtp_port`,
     /// mail for example.org's listed users to LMTP at `lmtp`.
     fn start(dir: &Path, smtp_port: u16, lmtp: &str, users: &[&str]) -> Postfix {
-        let (_, uid) = run(Command::new("id").arg("-u"));
-        assert_eq!(
-            uid.trim(),
-            "0",
-            "tests/lmtp_postfix.rs starts a private Postfix, whose master must run as root; run this test as root (CI does)"
-        );
+        require_root();
         // Postfix's daemons drop to the `postfix` user: they must reach the
         // queue through every parent directory (a temporary directory is
         // private to its owner).
@@ -122,6 +117,16 @@ impl Postfix {
     }
 }
 
+/// Postfix's master must start as root: anywhere else fail, saying so.
+fn require_root() {
+    let (_, uid) = run(Command::new("id").arg("-u"));
+    assert_eq!(
+        uid.trim(),
+        "0",
+        "tests/lmtp_postfix.rs starts a private Postfix, whose master must run as root; run this test as root (CI does)"
+    );
+}
+
 /// A process that exists and is not a zombie.
 fn alive(pid: u32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
@@ -160,6 +165,7 @@ fn header(msg: &[u8]) -> &[u8] {
 
 #[test]
 fn postfix_relays_smtputf8_and_plain_mail_over_lmtp() {
+    require_root();
     let dir = tempfile::tempdir().unwrap();
     std::fs::create_dir_all(dir.path().join("tandem")).unwrap();
     let node: Node = node_with_users(
