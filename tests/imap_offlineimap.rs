@@ -17,6 +17,7 @@ fn offlineimap(cfg: &Path) -> String {
         .arg("-o")
         .arg("-u")
         .arg("basic")
+        .env("HOME", cfg.parent().unwrap())
         .output()
         .expect("offlineimap (offlineimap3) is installed by .ci/setup");
     let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
