@@ -187,18 +187,24 @@ pub trait ViewRead {
         self.vget(&k)?.map(|v| dec(&k, &v)).transpose()
     }
 
-    /// Messages appended pending, awaiting the master: (mailbox, guid, record).
+    /// Messages appended pending, awaiting the master: (mailbox, guid,
+    /// record), in the order they were appended ((HLC, origin) of the
+    /// append), so that the master gives several waiting messages UIDs in
+    /// the order they arrived, not in the order of their GUIDs.
     fn pendings(&self) -> Result<Vec<(Id, Id, super::PendingRec)>, ViewError> {
-        self.vscan(&keys::pendings_prefix())?
+        let mut out = self
+            .vscan(&keys::pendings_prefix())?
             .into_iter()
             .map(|(k, v)| {
                 let (mb, guid) = keys::mailbox_guid_of(&k).ok_or_else(|| ViewError::Corrupt {
                     key: hex::encode(&k),
                     reason: "pending key is not 33 bytes".into(),
                 })?;
-                Ok((mb, guid, dec(&k, &v)?))
+                Ok((mb, guid, dec::<super::PendingRec>(&k, &v)?))
             })
-            .collect()
+            .collect::<Result<Vec<_>, ViewError>>()?;
+        out.sort_by_key(|(mb, guid, rec)| (rec.since, *mb, *guid));
+        Ok(out)
     }
 
     /// The UID the message `guid` is shown under in `mailbox`, if it is.
