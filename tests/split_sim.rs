@@ -21,6 +21,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::PathBuf;
+use tandem::config::Role;
 use tandem::event::{Event, FlagOp, Flags, Id};
 use tandem::mutate::{self, NewMessage};
 use tandem::repl::apply::{apply_batch, verify_blobs};
@@ -312,7 +313,7 @@ impl Sim {
     /// rounds misconfigure).
     fn resolve_if_master(&mut self, i: usize) {
         if i == self.master || Some(i) == self.second_master {
-            resolve::run_once(self.nodes[i].store()).unwrap();
+            resolve::run_once(self.nodes[i].store(), Role::Master).unwrap();
         }
     }
 
@@ -871,9 +872,9 @@ fn a_message_placed_by_both_the_slave_and_the_master_ends_under_one_uid() {
         sim.pull_one(0, 1);
         if placer_a == 1 {
             sim.place_own(1);
-            resolve::run_once(sim.nodes[0].store()).unwrap();
+            resolve::run_once(sim.nodes[0].store(), Role::Master).unwrap();
         } else {
-            resolve::run_once(sim.nodes[0].store()).unwrap();
+            resolve::run_once(sim.nodes[0].store(), Role::Master).unwrap();
             sim.place_own(1);
         }
         let _ = placer_b;
@@ -917,7 +918,7 @@ fn concurrent_moves_of_one_message_with_the_link_up_leave_one_copy() {
             sim.pull_one(1, 0);
         } else {
             sim.pull_one(0, 1);
-            resolve::run_once(sim.nodes[0].store()).unwrap();
+            resolve::run_once(sim.nodes[0].store(), Role::Master).unwrap();
         }
         sim.record("moved twice");
         sim.heal("moved twice");
@@ -931,4 +932,86 @@ fn concurrent_moves_of_one_message_with_the_link_up_leave_one_copy() {
         }
         sim.check(1, "moved twice");
     }
+}
+
+/// The resolutions (renumberings and placements) a node authored:
+/// (epoch, HLC) of each, from its own log.
+fn resolutions_by(sim: &Sim, node: usize) -> Vec<(u64, u64)> {
+    let store = sim.nodes[node].store();
+    let own = store.wal().local_origin().0;
+    store
+        .wal()
+        .read_order(1, 1_000_000)
+        .unwrap()
+        .into_iter()
+        .filter(|(_, e)| e.origin.0 == own)
+        .filter_map(|(_, e)| {
+            let ev = Event::decode(&e.payload).unwrap();
+            let epoch = ev.as_moves().map(|m| m.epoch).or(ev.as_placement().map(|p| p.epoch))?;
+            Some((epoch, e.hlc))
+        })
+        .collect()
+}
+
+/// Two masters across a cut: node-1 is promoted (epoch 1) while node-0,
+/// the configured master, cannot hear of it. Through node-2, each learns
+/// of the other's delivery under UID 1 and renumbers the collision, node-0
+/// first (the smaller HLC, which alone used to win). The epoch-1
+/// renumbering wins on every node; node-0 authors nothing more once it has
+/// applied the promotion; the stale move's UIDs, which node-0's clients
+/// saw, are not shown for other messages anywhere; and all three nodes end
+/// alike.
+#[test]
+fn a_promoted_masters_resolution_beats_a_stale_masters_across_a_cut() {
+    let mut sim = pair("epoch@example.org");
+    let a = deliver(&sim, 0, "INBOX", "A on the old master");
+    let b = deliver(&sim, 1, "INBOX", "B on the promoted node");
+    // node-2 holds both, and marks the collision (it resolves nothing).
+    sim.pull_one(2, 1);
+    sim.pull_one(2, 0);
+    sim.nodes[1]
+        .store()
+        .run_blocking(|t, c| tandem::repl::role::promote(t, c, "node-1"))
+        .unwrap();
+    let c = deliver(&sim, 1, "INBOX", "C after the promotion");
+    let d = deliver(&sim, 1, "INBOX", "D after the promotion");
+    // node-0 hears of B, not of the promotion, and resolves as master of
+    // epoch 0; node-1 hears of A, not of node-0's move, and resolves under
+    // epoch 1.
+    sim.pull_one(0, 2);
+    resolve::run_once(sim.nodes[0].store(), Role::Master).unwrap();
+    sim.pull_one(1, 2);
+    resolve::run_once(sim.nodes[1].store(), Role::Slave).unwrap();
+    let (stale, promoted) = (resolutions_by(&sim, 0), resolutions_by(&sim, 1));
+    assert_eq!(stale.len(), 1, "node-0 renumbered once: {stale:?}");
+    assert_eq!(promoted.len(), 1, "node-1 renumbered once: {promoted:?}");
+    assert_eq!((stale[0].0, promoted[0].0), (0, 1));
+    assert!(stale[0].1 < promoted[0].1, "the stale move must have the smaller HLC");
+    let mut moved_by_stale: Vec<(u32, Id)> = uids(&sim, 0, "INBOX");
+    moved_by_stale.sort();
+    assert_eq!(
+        moved_by_stale.iter().map(|m| m.0).collect::<Vec<_>>(),
+        vec![2, 3],
+        "node-0's clients see its move"
+    );
+    sim.record("cut");
+    // node-0 is still configured master: it resolves until it applies the
+    // promotion, and then never again.
+    sim.master = 1;
+    sim.second_master = Some(0);
+    sim.heal("heal");
+    assert_eq!(resolutions_by(&sim, 0), stale, "node-0 resolved after it applied epoch 1");
+    let first = uids(&sim, 0, "INBOX");
+    for n in 0..NODES {
+        let inbox = uids(&sim, n, "INBOX");
+        assert_eq!(inbox, first, "node-{n} differs from node-0");
+        let uid_of = |g: Id| inbox.iter().find(|m| m.1 == g).map(|m| m.0);
+        let mut ab = vec![uid_of(a).unwrap(), uid_of(b).unwrap()];
+        ab.sort();
+        assert_eq!(ab, vec![4, 5], "node-{n}: the epoch-1 renumbering wins: {inbox:?}");
+        // UIDs 2 and 3 named A and B on node-0: nothing else is shown there.
+        assert!(inbox.iter().all(|m| m.0 > 3), "node-{n} shows a UID the stale move used: {inbox:?}");
+        assert!(uid_of(c).is_some() && uid_of(d).is_some(), "node-{n} lost a message: {inbox:?}");
+    }
+    sim.check(1, "heal");
 }
