@@ -36,7 +36,7 @@ use tandem::repl::engine::handshake::{self as opening, AcceptAuth, AuthStep, Dea
 use tandem::repl::engine::receiver::{Arrival, Intake, Prepared, Receiver, Step};
 use tandem::repl::engine::{Resume, Window};
 use tandem::repl::frame::{Frame, WireBlob};
-use tandem::repl::resolve;
+use tandem::repl::{resolve, role};
 use tandem::store::{wal_options, Store};
 use tandem::views::{keys, ViewRead};
 
@@ -288,6 +288,9 @@ struct Sim {
     now: Instant,
     /// Whether receivers answer body queries.
     answer_queries: bool,
+    /// Chance that a step promotes a node (`tandem promote`).
+    promotions: f64,
+    promoted: usize,
     _tmp: tempfile::TempDir,
 }
 
@@ -311,6 +314,8 @@ impl Sim {
             body_no: 0,
             now: Instant::now(),
             answer_queries: true,
+            promotions: 0.0,
+            promoted: 0,
             _tmp: tmp,
         }
     }
@@ -368,17 +373,39 @@ impl Sim {
         }
     }
 
-    /// Node `i` resolves if it is master (or the second master some
-    /// rounds misconfigure).
-    fn resolve_if_master(&mut self, i: usize) {
+    /// Node `i`'s configured `mirror.mode`: the round's master (and the
+    /// second master some rounds misconfigure) are `master`.
+    fn seed(&self, i: usize) -> Role {
         if i == self.master || Some(i) == self.second_master {
-            resolve::run_once(self.nodes[i].store(), Role::Master).unwrap();
+            Role::Master
+        } else {
+            Role::Slave
         }
     }
 
-    /// Whether node `i` appends pending now: a slave that reaches the master.
+    /// Node `i`'s role as its views say (a promotion it applied names the
+    /// master; before any, its configured mode decides) and the master it
+    /// waits for.
+    fn role(&self, i: usize) -> (bool, usize) {
+        let r = role::current(&self.nodes[i].store().views(), &self.nodes[i].id, self.seed(i)).unwrap();
+        let master = r
+            .master_node
+            .and_then(|m| self.nodes.iter().position(|n| n.id == m))
+            .unwrap_or(self.master);
+        (r.master, master)
+    }
+
+    /// Node `i` resolves if its views name it master, as the daemon's
+    /// resolver decides inside its transaction.
+    fn resolve_if_master(&mut self, i: usize) {
+        resolve::run_once(self.nodes[i].store(), self.seed(i)).unwrap();
+    }
+
+    /// Whether node `i` appends pending now: a slave that reaches the
+    /// master its views name.
     fn pending_for(&self, i: usize) -> bool {
-        i != self.master && Some(i) != self.second_master && self.link[i][self.master] && self.link[self.master][i]
+        let (master, m) = self.role(i);
+        !master && self.link[i][m] && self.link[m][i]
     }
 
     /// Node `i` places its own pending messages (the master did not answer).
@@ -496,6 +523,17 @@ impl Sim {
     }
 
     fn step(&mut self, ctx: &str) {
+        if self.promotions > 0.0 && self.rng.gen_bool(self.promotions) {
+            // `tandem promote` on a node, whatever it can reach: the
+            // others learn of the new epoch as its entries travel, and
+            // until then a master of an older epoch resolves on.
+            let i = self.rng.gen_range(0..NODES);
+            let id = self.nodes[i].id.clone();
+            self.nodes[i].store().run_blocking(move |t, c| role::promote(t, c, &id)).unwrap();
+            self.promoted += 1;
+            self.record(ctx);
+            return;
+        }
         match self.rng.gen_range(0..100) {
             0..=9 => {
                 for i in 0..NODES {
@@ -521,7 +559,7 @@ impl Sim {
                 // (a cut), or the bound passed while the master's
                 // placement was on its way.
                 let i = self.rng.gen_range(0..NODES);
-                if i != self.master {
+                if !self.role(i).0 {
                     self.place_own(i);
                 }
             }
@@ -700,6 +738,37 @@ fn seeded_partitions_converge_without_hiding_or_reusing_uids() {
     );
     // The rounds must exercise the resolution, not only quiet merges.
     assert!(moved > rounds as usize, "only {moved} messages were moved in {rounds} rounds");
+}
+
+/// As above, with promotions: now and then a node is promoted during a
+/// cut, so a master of an older epoch (or a configured master of epoch 0)
+/// goes on resolving until the new epoch reaches it, and its resolutions
+/// compete with the new master's. The nodes still converge, nothing is
+/// lost, and no node shows one UID for two messages.
+#[test]
+fn seeded_promotions_during_partitions_converge() {
+    let base: u64 = std::env::var("SPLIT_SIM_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or(0xe90c);
+    let rounds: u64 = std::env::var("SPLIT_SIM_PROMOTE_ROUNDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(40);
+    let mut sim = Sim::new();
+    sim.promotions = 0.03;
+    let mut moved = 0;
+    for r in 0..rounds {
+        moved += round(&mut sim, base + r, 60).0;
+    }
+    let epoch = role::current(&sim.nodes[0].store().views(), "node-0", Role::Slave).unwrap().epoch;
+    eprintln!(
+        "{rounds} rounds, {} promotions (epoch {epoch}), {moved} messages moved",
+        sim.promoted
+    );
+    assert!(
+        sim.promoted as u64 > rounds / 2,
+        "only {} promotions in {rounds} rounds",
+        sim.promoted
+    );
+    assert!(epoch >= 2);
 }
 
 /// A two-node cut written by hand: node-0 is master, node-1 slave.

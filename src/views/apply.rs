@@ -297,12 +297,27 @@ fn place_pending(v: &mut TxnViews<'_, '_>, p: Placement<'_>, at: &Appended) -> R
     let found = match conflict(v, mailbox, 0, guid)? {
         Some(m) => Some((Spot::Aside, m, (mailbox, 0))),
         None => match v.moved_to(mailbox, 0, guid)? {
-            Some((mb, u, other)) if by.beats(&other) => match locate(v, mb, u, guid)? {
-                Some((mb2, u2, spot, m)) => {
+            // Both placed it under the same UID: it is wherever later
+            // moves took it from there; only the rank that counts changes.
+            Some((mb, u, other)) if by.beats(&other) && (mb, u) == (mailbox, uid) => {
+                v.put(&keys::moved(mailbox, 0, guid), &here);
+                None
+            }
+            Some((mb, u, other)) if by.beats(&other) => match follow(v, mb, u, guid, by)? {
+                Follow::Here(mb2, u2, spot, m) => {
                     v.put(&keys::moved(mb, u, guid), &here);
                     Some((spot, m, (mb2, u2)))
                 }
-                None => None,
+                Follow::Beaten(winner) => {
+                    v.put(&keys::moved(mailbox, 0, guid), &here);
+                    v.put(&keys::moved(mailbox, uid, guid), &enc_moved(winner.0, winner.1, winner.2));
+                    mark_if_shown_elsewhere(v, user, mailbox, uid, guid)?;
+                    None
+                }
+                Follow::Gone => {
+                    mark_if_shown_elsewhere(v, user, mailbox, uid, guid)?;
+                    None
+                }
             },
             Some(winner) => {
                 if (winner.0, winner.1) != (mailbox, uid) {
@@ -316,8 +331,14 @@ fn place_pending(v: &mut TxnViews<'_, '_>, p: Placement<'_>, at: &Appended) -> R
                 None
             }
             // Taken elsewhere (its mailbox was deleted and the master
-            // moved it), or gone with its user.
-            None => None,
+            // moved it), or gone with its user. Where this placement came
+            // first, its node showed the message under `uid`: another
+            // message shown here under it may not stay, and the mark is
+            // for the master.
+            None => {
+                mark_if_shown_elsewhere(v, user, mailbox, uid, guid)?;
+                None
+            }
         },
     };
     if let Some((spot, mut m, from)) = found {
@@ -343,7 +364,15 @@ fn place_pending(v: &mut TxnViews<'_, '_>, p: Placement<'_>, at: &Appended) -> R
 /// than `guid` is shown under it here: a losing resolution put `guid`
 /// there on the nodes that applied it first.
 fn mark_if_shown_elsewhere(v: &mut TxnViews<'_, '_>, user: &str, mailbox: Id, uid: u32, guid: Id) -> Result<(), ViewError> {
-    if v.message(mailbox, uid)?.is_some_and(|h| h.guid != guid) && v.collision(mailbox, uid)?.is_none() {
+    if v.message(mailbox, uid)?.is_some_and(|h| h.guid != guid) {
+        mark(v, user, mailbox, uid)?;
+    }
+    Ok(())
+}
+
+/// Mark (mailbox, uid) for the master's renumbering, if it is not.
+fn mark(v: &mut TxnViews<'_, '_>, user: &str, mailbox: Id, uid: u32) -> Result<(), ViewError> {
+    if v.collision(mailbox, uid)?.is_none() {
         let rec = CollisionRec {
             user: user.to_string(),
             causes: Vec::new(),
@@ -394,6 +423,41 @@ fn locate(v: &TxnViews<'_, '_>, mut mailbox: Id, mut uid: u32, guid: Id) -> Resu
         }
     }
     Ok(None)
+}
+
+/// Where a resolution of rank `by`, which beat the one that put the
+/// message under (mailbox, uid), finds it.
+enum Follow {
+    /// There: take it from this place.
+    Here(Id, u32, Spot, MessageRec),
+    /// A later move took it on from there, and ranks above `by`: the
+    /// message stays where it is now, and this is where (with that rank).
+    Beaten((Id, u32, Rank)),
+    /// Gone (expunged meanwhile).
+    Gone,
+}
+
+/// Follow the message from (mailbox, uid) through the moves after it, as
+/// long as `by` beats each: a move after the one `by` beat was made from
+/// a place only that one gave, and whichever of them ranks higher decides,
+/// whatever the order they were applied in here.
+fn follow(v: &TxnViews<'_, '_>, mut mailbox: Id, mut uid: u32, guid: Id, by: Rank) -> Result<Follow, ViewError> {
+    for _ in 0..256 {
+        if let Some((spot, m)) = find(v, mailbox, uid, guid)? {
+            return Ok(Follow::Here(mailbox, uid, spot, m));
+        }
+        match v.moved_to(mailbox, uid, guid)? {
+            Some((mb, u, r)) if r.beats(&by) => {
+                return Ok(match locate(v, mb, u, guid)? {
+                    Some((mb2, u2, _, _)) => Follow::Beaten((mb2, u2, r)),
+                    None => Follow::Gone,
+                });
+            }
+            Some((mb, u, _)) => (mailbox, uid) = (mb, u),
+            None => return Ok(Follow::Gone),
+        }
+    }
+    Ok(Follow::Gone)
 }
 
 /// Take a found message out of its place (an expunge at `modseq` when it
@@ -760,12 +824,28 @@ fn apply_moves(v: &mut TxnViews<'_, '_>, at: &Appended, m: Moves<'_>) -> Result<
                 // Moved already by another resolution (two nodes acting
                 // as master): the higher rank wins on every node,
                 // whatever the order.
-                Some((mb, u, other)) if by.beats(&other) => match locate(v, mb, u, *guid)? {
-                    Some((mb2, u2, spot, m)) => {
+                // Both moved it to the same UID: it is wherever later
+                // moves took it from there; only the rank that counts for
+                // its old place changes.
+                Some((mb, u, other)) if by.beats(&other) && (mb, u) == (to, *new) => {
+                    v.put(&keys::moved(from, *old, *guid), &here);
+                    continue;
+                }
+                Some((mb, u, other)) if by.beats(&other) => match follow(v, mb, u, *guid, by)? {
+                    Follow::Here(mb2, u2, spot, m) => {
                         v.put(&keys::moved(mb, u, *guid), &here);
                         (spot, m, (mb2, u2))
                     }
-                    None => continue,
+                    Follow::Beaten(winner) => {
+                        v.put(&keys::moved(from, *old, *guid), &here);
+                        v.put(&keys::moved(to, *new, *guid), &enc_moved(winner.0, winner.1, winner.2));
+                        mark_if_shown_elsewhere(v, user, to, *new, *guid)?;
+                        continue;
+                    }
+                    Follow::Gone => {
+                        mark_if_shown_elsewhere(v, user, to, *new, *guid)?;
+                        continue;
+                    }
                 },
                 Some(winner) => {
                     if (winner.0, winner.1) != (to, *new) {
@@ -781,12 +861,25 @@ fn apply_moves(v: &mut TxnViews<'_, '_>, at: &Appended, m: Moves<'_>) -> Result<
                     continue;
                 }
                 // Only where the master saw it: a message expunged here
-                // meanwhile stays expunged.
-                None => continue,
+                // meanwhile stays expunged. Where the move came first, its
+                // node showed the message under `new`: another message
+                // shown here under it may not stay, and the mark is for
+                // the master.
+                None => {
+                    mark_if_shown_elsewhere(v, user, to, *new, *guid)?;
+                    continue;
+                }
             },
         };
-        take(v, at_spot.0, at_spot.1, spot, &m, modseq)?;
         v.put(&keys::moved(from, *old, *guid), &here);
+        if at_spot == (to, *new) {
+            // A later move put it where this one does: it stays.
+            continue;
+        }
+        if at_spot != (from, *old) {
+            v.put(&keys::moved(at_spot.0, at_spot.1, *guid), &here);
+        }
+        take(v, at_spot.0, at_spot.1, spot, &m, modseq)?;
         m.modseq = modseq;
         place(v, user, to, *new, m, at)?;
         let cause = causes.iter().find(|(u, c)| u == old && c.0 == *guid).map(|(_, c)| (c.1, c.2));
@@ -803,6 +896,15 @@ fn apply_moves(v: &mut TxnViews<'_, '_>, at: &Appended, m: Moves<'_>) -> Result<
                 cause,
             }),
         );
+    }
+    // A message still shown under a resolved UID is one this resolution
+    // did not name: it reached this node before the ones it moved, and
+    // where one of those came first it is kept aside. The mark stays for
+    // the master, whichever node that is when it sees it.
+    for uid in resolves {
+        if v.message(from, *uid)?.is_some() {
+            mark(v, user, from, *uid)?;
+        }
     }
     // Every new UID counts as given, also where its message was expunged
     // here meanwhile, so UIDNEXT agrees on every node.
@@ -1016,6 +1118,70 @@ mod tests {
             ends.push(state(&store, inbox));
         }
         assert_eq!(ends[0], ends[1], "the two apply orders end in different views");
+    }
+
+    /// A stale placement (epoch 0) put a message under UID 2, a move of a
+    /// later epoch made from there took it on to UID 6, and a placement of
+    /// an epoch between them beat the stale one and put it under UID 3.
+    /// The move ranks above that placement, so UID 6 holds the message in
+    /// every apply order the links allow (the move always after the
+    /// placement it moved from). (When the placement ranks above the move,
+    /// the nodes that applied the move first keep the message aside under
+    /// UID 3, below their UIDNEXT: `replication.md` section 10.)
+    #[test]
+    fn a_move_made_from_a_beaten_placement_is_ranked_against_the_winner() {
+        let dir = tempfile::tempdir().unwrap();
+        let (inbox, g) = (Id([1; 16]), Id([4; 16]));
+        let base = vec![
+            (
+                STALE,
+                1,
+                Event::UserCreated {
+                    user: "u".into(),
+                    password_hash: "x".into(),
+                },
+            ),
+            (
+                STALE,
+                2,
+                Event::MailboxCreated {
+                    user: "u".into(),
+                    mailbox: inbox,
+                    name: "INBOX".into(),
+                    uidvalidity: 1,
+                    special_use: None,
+                },
+            ),
+            (SLAVE, 12, append(inbox, 0, g)),
+        ];
+        let old = (STALE, 30, Event::placed(0, "u".into(), inbox, g, 2));
+        let new = (PROMOTED, 40, Event::placed(1, "u".into(), inbox, g, 3));
+        let (case, move_epoch, want) = ("the move ranks higher", 2, 6);
+        {
+            let mv = (
+                STALE,
+                50,
+                Event::moved(move_epoch, "u".into(), inbox, inbox, vec![2], vec![(2, g, 6)]),
+            );
+            let orders = [
+                vec![new.clone(), old.clone(), mv.clone()],
+                vec![old.clone(), new.clone(), mv.clone()],
+                vec![old.clone(), mv.clone(), new.clone()],
+            ];
+            let mut ends = Vec::new();
+            for (k, order) in orders.iter().enumerate() {
+                let store = Store::open(&dir.path().join(format!("{move_epoch}-{k}")), "n", wal_options("n")).unwrap();
+                apply_in_order(&store, &base);
+                apply_in_order(&store, order);
+                let v = store.views();
+                let shown: Vec<(u32, Id)> = v.messages(inbox).unwrap().into_iter().map(|(u, m)| (u, m.guid)).collect();
+                assert_eq!(shown, vec![(want, g)], "{case}, order {k}");
+                let left: Vec<usize> = [b"X", b"Y", b"P"].iter().map(|p| v.vscan(*p).unwrap().len()).collect();
+                let uidnext = v.mailbox("u", inbox).unwrap().unwrap().uidnext;
+                ends.push((shown, uidnext, left, crate::merkle::node_root(&v).unwrap()));
+            }
+            assert!(ends.windows(2).all(|w| w[0] == w[1]), "{case}: {ends:?}");
+        }
     }
 
     /// Of two resolutions in one epoch the smaller (HLC, origin) wins, as
