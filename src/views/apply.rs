@@ -823,10 +823,9 @@ fn apply_moves(v: &mut TxnViews<'_, '_>, at: &Appended, m: Moves<'_>) -> Result<
             None => match v.moved_to(from, *old, *guid)? {
                 // Moved already by another resolution (two nodes acting
                 // as master): the higher rank wins on every node,
-                // whatever the order.
-                // Both moved it to the same UID: it is wherever later
-                // moves took it from there; only the rank that counts for
-                // its old place changes.
+                // whatever the order. If both moved it to the same UID,
+                // it is wherever later moves took it from there, and only
+                // the rank that counts for its old place changes.
                 Some((mb, u, other)) if by.beats(&other) && (mb, u) == (to, *new) => {
                     v.put(&keys::moved(from, *old, *guid), &here);
                     continue;
