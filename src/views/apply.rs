@@ -896,12 +896,13 @@ fn apply_moves(v: &mut TxnViews<'_, '_>, at: &Appended, m: Moves<'_>) -> Result<
             }),
         );
     }
-    // A message still shown under a resolved UID is one this resolution
-    // did not name: it reached this node before the ones it moved, and
-    // where one of those came first it is kept aside. The mark stays for
-    // the master, whichever node that is when it sees it.
+    // A message still under a resolved UID, shown or kept aside, is one
+    // this resolution did not name (it reached this node before its
+    // author saw it): the mark stays for the master, whichever node that
+    // is when it sees the message, since on the nodes that applied it
+    // after this resolution it is kept aside and marked.
     for uid in resolves {
-        if v.message(from, *uid)?.is_some() {
+        if v.message(from, *uid)?.is_some() || !v.conflicts_at(from, *uid)?.is_empty() {
             mark(v, user, from, *uid)?;
         }
     }
