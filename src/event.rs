@@ -296,6 +296,53 @@ pub enum Event {
         storage_kib: Option<u64>,
         messages: Option<u64>,
     },
+    /// [`Event::MessagesMoved`] by a master under `epoch` (above 0): the
+    /// epoch of the role event that named its author master when it wrote
+    /// it. Of two resolutions of one message the higher epoch wins on every
+    /// node, then the smaller (HLC, origin); a `MessagesMoved` counts as
+    /// epoch 0 (`replication.md` section 8a). Build it with
+    /// [`Event::moved`], which writes the old variant at epoch 0.
+    MessagesMovedInEpoch {
+        epoch: u64,
+        user: String,
+        from: Id,
+        to: Id,
+        resolves: Vec<u32>,
+        moves: Vec<(u32, Id, u32)>,
+    },
+    /// [`Event::MessagePlaced`] under `epoch` (above 0), ordered against
+    /// other resolutions of the message as [`Event::MessagesMovedInEpoch`]
+    /// is. Build it with [`Event::placed`].
+    MessagePlacedInEpoch {
+        epoch: u64,
+        user: String,
+        mailbox: Id,
+        guid: Id,
+        uid: u32,
+    },
+}
+
+/// A renumbering or merge ([`Event::MessagesMoved`] or
+/// [`Event::MessagesMovedInEpoch`]) with the epoch it was written under.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Moves<'a> {
+    pub epoch: u64,
+    pub user: &'a str,
+    pub from: Id,
+    pub to: Id,
+    pub resolves: &'a [u32],
+    pub moves: &'a [(u32, Id, u32)],
+}
+
+/// A placement ([`Event::MessagePlaced`] or
+/// [`Event::MessagePlacedInEpoch`]) with the epoch it was written under.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Placement<'a> {
+    pub epoch: u64,
+    pub user: &'a str,
+    pub mailbox: Id,
+    pub guid: Id,
+    pub uid: u32,
 }
 
 /// Why a payload is not an event.
@@ -328,6 +375,107 @@ impl Event {
         }
     }
 
+    /// A renumbering written under `epoch`: the variant of epoch 0 (which
+    /// every build decodes) at epoch 0, the one that carries it above.
+    pub fn moved(epoch: u64, user: String, from: Id, to: Id, resolves: Vec<u32>, moves: Vec<(u32, Id, u32)>) -> Event {
+        if epoch == 0 {
+            Event::MessagesMoved {
+                user,
+                from,
+                to,
+                resolves,
+                moves,
+            }
+        } else {
+            Event::MessagesMovedInEpoch {
+                epoch,
+                user,
+                from,
+                to,
+                resolves,
+                moves,
+            }
+        }
+    }
+
+    /// A placement written under `epoch`, as [`Event::moved`] chooses.
+    pub fn placed(epoch: u64, user: String, mailbox: Id, guid: Id, uid: u32) -> Event {
+        if epoch == 0 {
+            Event::MessagePlaced { user, mailbox, guid, uid }
+        } else {
+            Event::MessagePlacedInEpoch {
+                epoch,
+                user,
+                mailbox,
+                guid,
+                uid,
+            }
+        }
+    }
+
+    /// The renumbering this event is, of either variant.
+    pub fn as_moves(&self) -> Option<Moves<'_>> {
+        match self {
+            Event::MessagesMoved {
+                user,
+                from,
+                to,
+                resolves,
+                moves,
+            } => Some(Moves {
+                epoch: 0,
+                user,
+                from: *from,
+                to: *to,
+                resolves,
+                moves,
+            }),
+            Event::MessagesMovedInEpoch {
+                epoch,
+                user,
+                from,
+                to,
+                resolves,
+                moves,
+            } => Some(Moves {
+                epoch: *epoch,
+                user,
+                from: *from,
+                to: *to,
+                resolves,
+                moves,
+            }),
+            _ => None,
+        }
+    }
+
+    /// The placement this event is, of either variant.
+    pub fn as_placement(&self) -> Option<Placement<'_>> {
+        match self {
+            Event::MessagePlaced { user, mailbox, guid, uid } => Some(Placement {
+                epoch: 0,
+                user,
+                mailbox: *mailbox,
+                guid: *guid,
+                uid: *uid,
+            }),
+            Event::MessagePlacedInEpoch {
+                epoch,
+                user,
+                mailbox,
+                guid,
+                uid,
+            } => Some(Placement {
+                epoch: *epoch,
+                user,
+                mailbox: *mailbox,
+                guid: *guid,
+                uid: *uid,
+            }),
+            _ => None,
+        }
+    }
+
     /// The user an event belongs to, if any.
     pub fn user(&self) -> Option<&str> {
         match self {
@@ -345,6 +493,8 @@ impl Event {
             | Event::MailboxRemoved { user, .. }
             | Event::MessageRestored { user, .. }
             | Event::MessagePlaced { user, .. }
+            | Event::MessagesMovedInEpoch { user, .. }
+            | Event::MessagePlacedInEpoch { user, .. }
             | Event::MailboxRestored { user, .. }
             | Event::QuotaSet { user, .. } => Some(user),
             Event::ConfigSet { .. } | Event::RoleChanged { .. } | Event::SideFileSet { .. } | Event::SideFileRemoved { .. } => None,
@@ -409,20 +559,26 @@ impl Event {
                 )
             }
             Event::ConfigSet { key, value } => format!("config-set {key} = {value:?}"),
-            Event::MessagesMoved {
-                user,
-                from,
-                to,
-                resolves,
-                moves,
-            } => format!(
-                "messages-moved {user} from={from:?} to={to:?} resolves={resolves:?} moves=[{}]",
-                moves
-                    .iter()
-                    .map(|(o, g, n)| format!("{o}:{g:?}->{n}"))
-                    .collect::<Vec<_>>()
-                    .join(" ")
-            ),
+            Event::MessagesMoved { .. } | Event::MessagesMovedInEpoch { .. } => {
+                let m = self.as_moves().expect("a renumbering");
+                let epoch = if m.epoch > 0 {
+                    format!(" epoch={}", m.epoch)
+                } else {
+                    String::new()
+                };
+                format!(
+                    "messages-moved {} from={:?} to={:?} resolves={:?} moves=[{}]{epoch}",
+                    m.user,
+                    m.from,
+                    m.to,
+                    m.resolves,
+                    m.moves
+                        .iter()
+                        .map(|(o, g, n)| format!("{o}:{g:?}->{n}"))
+                        .collect::<Vec<_>>()
+                        .join(" ")
+                )
+            }
             Event::RoleChanged { node, epoch } => format!("role-changed master={node} epoch={epoch}"),
             Event::MessageRestored {
                 user,
@@ -447,6 +603,13 @@ impl Event {
             Event::MessagePlaced { user, mailbox, guid, uid } => {
                 format!("message-placed {user} mailbox={mailbox:?} guid={guid:?} uid={uid}")
             }
+            Event::MessagePlacedInEpoch {
+                epoch,
+                user,
+                mailbox,
+                guid,
+                uid,
+            } => format!("message-placed {user} mailbox={mailbox:?} guid={guid:?} uid={uid} epoch={epoch}"),
             Event::SideFileSet {
                 dir,
                 name,
@@ -528,6 +691,51 @@ mod tests {
         want.extend_from_slice(b"a@example.org");
         want.extend_from_slice(&[1, 0x80, 0x08, 0]);
         assert_eq!(seed.encode(), want);
+    }
+
+    /// Resolutions of a later epoch carry it under tags 20 and 21; at
+    /// epoch 0 the old variants (tags 11 and 16) are written, with the bytes
+    /// this build wrote before, and they read as epoch 0.
+    #[test]
+    fn resolutions_carry_their_epoch_and_old_ones_read_as_epoch_0() {
+        let moves = vec![(1, Id([2; 16]), 5)];
+        let old = Event::MessagesMoved {
+            user: "a@b".into(),
+            from: Id([1; 16]),
+            to: Id([1; 16]),
+            resolves: vec![1],
+            moves: moves.clone(),
+        };
+        let at0 = Event::moved(0, "a@b".into(), Id([1; 16]), Id([1; 16]), vec![1], moves.clone());
+        assert_eq!(at0.encode(), old.encode());
+        assert_eq!(old.encode()[1], 11);
+        let read = Event::decode(&old.encode()).unwrap();
+        assert_eq!(read.as_moves().map(|m| (m.epoch, m.user, m.moves)), Some((0, "a@b", &moves[..])));
+        let at3 = Event::moved(3, "a@b".into(), Id([1; 16]), Id([1; 16]), vec![1], moves.clone());
+        // Tag, epoch, then the fields of `MessagesMoved`.
+        let mut want = vec![1, 20, 3];
+        want.extend_from_slice(&old.encode()[2..]);
+        assert_eq!(at3.encode(), want);
+        assert_eq!(Event::decode(&want).unwrap().as_moves().map(|m| m.epoch), Some(3));
+
+        let placed = Event::MessagePlaced {
+            user: "a@b".into(),
+            mailbox: Id([1; 16]),
+            guid: Id([2; 16]),
+            uid: 7,
+        };
+        assert_eq!(Event::placed(0, "a@b".into(), Id([1; 16]), Id([2; 16]), 7), placed);
+        assert_eq!(placed.encode()[1], 16);
+        assert_eq!(Event::decode(&placed.encode()).unwrap().as_placement().map(|p| p.epoch), Some(0));
+        let p2 = Event::placed(2, "a@b".into(), Id([1; 16]), Id([2; 16]), 7);
+        let mut want = vec![1, 21, 2];
+        want.extend_from_slice(&placed.encode()[2..]);
+        assert_eq!(p2.encode(), want);
+        let back = Event::decode(&want).unwrap();
+        assert_eq!(back, p2);
+        assert_eq!(back.as_placement().map(|p| (p.epoch, p.uid, p.guid)), Some((2, 7, Id([2; 16]))));
+        assert_eq!(back.user(), Some("a@b"));
+        assert!(back.describe().ends_with("uid=7 epoch=2"));
     }
 
     #[test]

@@ -445,16 +445,11 @@ pub fn place_pending(txn: &mut Txn<'_>, cfs: Cfs, user: &str, mailbox: Id, guid:
     let Some(uid) = placement_uid(&v, &mb, guid)? else {
         return Err(MutationError::NotAllowed("mailbox has used every UID"));
     };
-    emit(
-        txn,
-        cfs,
-        Event::MessagePlaced {
-            user: user.into(),
-            mailbox,
-            guid,
-            uid,
-        },
-    )?;
+    // The placement carries the highest epoch this node holds: the
+    // master's under which it is master, a slave's (its own placement when
+    // the master did not answer) the one it last heard of.
+    let epoch = crate::repl::role::highest(&v)?.map_or(0, |m| m.epoch);
+    emit(txn, cfs, Event::placed(epoch, user.into(), mailbox, guid, uid))?;
     Ok(Some(Placed {
         mailbox,
         uidvalidity: mb.uidvalidity,

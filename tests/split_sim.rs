@@ -16,19 +16,27 @@
 //! A slave whose links to the master are up appends pending, as the daemon
 //! does, and the master places those messages; a slave that stops waiting
 //! (its link dropped, or the bound passed) places its own.
+//!
+//! Time is virtual: the link's deadlines (a body query's answer, the
+//! opening's authentication) are the engine's own timers, which the
+//! simulation fires by advancing its clock, so a peer that never answers
+//! ends the link after 30 virtual seconds in a few milliseconds.
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::PathBuf;
+use std::time::{Duration, Instant};
+use tandem::config::Role;
 use tandem::event::{Event, FlagOp, Flags, Id};
 use tandem::mutate::{self, NewMessage};
 use tandem::repl::apply::{apply_batch, verify_blobs};
-use tandem::repl::engine::dialer::{self, Dialer, ReadEntry};
+use tandem::repl::engine::dialer::{self, Dialer, Queries, ReadEntry};
+use tandem::repl::engine::handshake::{self as opening, AcceptAuth, AuthStep, Deadline, DialAuth, Side};
 use tandem::repl::engine::receiver::{Arrival, Intake, Prepared, Receiver, Step};
 use tandem::repl::engine::{Resume, Window};
 use tandem::repl::frame::{Frame, WireBlob};
-use tandem::repl::resolve;
+use tandem::repl::{resolve, role};
 use tandem::store::{wal_options, Store};
 use tandem::views::{keys, ViewRead};
 
@@ -108,6 +116,22 @@ struct Link {
     dialer: Dialer,
     intake: Intake,
     receiver: Receiver,
+    /// The dialer's body queries waiting for an answer, on the virtual
+    /// clock.
+    queries: Queries,
+}
+
+/// How one pull runs.
+#[derive(Clone, Copy)]
+struct Pull {
+    window: Window,
+    /// The link drops after that many batches were sent, the rest lost.
+    drop_after: Option<usize>,
+    /// The virtual time now.
+    now: Instant,
+    /// Whether the receiving node answers body queries (a peer that does
+    /// not leaves the batch waiting until the query's deadline).
+    answer: bool,
 }
 
 /// A frame as the peer gets it: encoded, then decoded from its bytes.
@@ -121,20 +145,17 @@ fn heads(store: &Store) -> tandem::repl::engine::Vector {
 }
 
 /// Node `i` applies what `j` holds that `i` lacks, over the link `j` → `i`
-/// (opened from `i`'s vector when down). `drop_after`: the link drops
-/// after that many batches were sent, the rest of its batches lost.
-/// `resume`: where `j`'s last link to `i` left off, as the daemon's dialer
-/// keeps it across reconnects (lost when `j` restarts).
-/// Returns the entries `i` applied.
-fn pull(
-    nodes: &mut [Node],
-    link: &mut Option<Link>,
-    resume: &mut Option<Resume>,
-    i: usize,
-    j: usize,
-    window: Window,
-    drop_after: Option<usize>,
-) -> usize {
+/// (opened from `i`'s vector when down). `resume`: where `j`'s last link
+/// to `i` left off, as the daemon's dialer keeps it across reconnects
+/// (lost when `j` restarts). Returns the entries `i` applied. A link whose
+/// batch waits for a query's answer moves no further.
+fn pull(nodes: &mut [Node], link: &mut Option<Link>, resume: &mut Option<Resume>, i: usize, j: usize, how: Pull) -> usize {
+    let Pull {
+        window,
+        drop_after,
+        now,
+        answer,
+    } = how;
     let (src, dst) = (nodes[j].store(), nodes[i].store());
     let l = link.get_or_insert_with(|| Link {
         dialer: Dialer::new(
@@ -146,7 +167,11 @@ fn pull(
         ),
         intake: Intake::new(dst.wal().local_origin().0),
         receiver: Receiver::new(),
+        queries: Queries::new(dialer::QUERY_TIMEOUT),
     });
+    if l.queries.waiting() > 0 {
+        return 0;
+    }
     l.dialer.local_commit(src.wal().last_order());
     let (mut applied, mut sent) = (0, 0);
     while let Some((from, max)) = l.dialer.poll() {
@@ -170,6 +195,12 @@ fn pull(
                     id: b.query,
                     hashes: ask.clone(),
                 };
+                l.queries.asked(b.query, now);
+                if !answer {
+                    // The query is lost on its way, or the peer is wedged:
+                    // the batch waits, and the link with it.
+                    return applied;
+                }
                 let Some(Arrival::Query { id, hashes }) = l.intake.arrive(wire(&q), || 0, false).unwrap() else {
                     panic!("a query arrives as a query")
                 };
@@ -184,6 +215,7 @@ fn pull(
                 let Frame::Held { id, held } = wire(&Frame::Held { id, held }) else {
                     unreachable!()
                 };
+                assert!(l.queries.answered(id), "query {id} was waited for");
                 let (more, _) = dialer::answered(id, ask, held).unwrap();
                 send.extend(more);
             }
@@ -252,6 +284,13 @@ struct Sim {
     /// seeded rounds; the hand-written scenarios keep links whole).
     drops: f64,
     body_no: u64,
+    /// The virtual clock: only the simulation moves it.
+    now: Instant,
+    /// Whether receivers answer body queries.
+    answer_queries: bool,
+    /// Chance that a step promotes a node (`tandem promote`).
+    promotions: f64,
+    promoted: usize,
     _tmp: tempfile::TempDir,
 }
 
@@ -273,6 +312,10 @@ impl Sim {
             window: Window::default(),
             drops: 0.0,
             body_no: 0,
+            now: Instant::now(),
+            answer_queries: true,
+            promotions: 0.0,
+            promoted: 0,
             _tmp: tmp,
         }
     }
@@ -285,16 +328,38 @@ impl Sim {
     }
 
     fn pull_dropping(&mut self, i: usize, j: usize, drop_after: Option<usize>) -> usize {
-        let window = self.window;
+        let how = Pull {
+            window: self.window,
+            drop_after,
+            now: self.now,
+            answer: self.answer_queries,
+        };
         pull(
             &mut self.nodes,
             &mut self.links[i * NODES + j],
             &mut self.resume[i * NODES + j],
             i,
             j,
-            window,
-            drop_after,
+            how,
         )
+    }
+
+    /// Advance the virtual clock by `by` and fire the links' timers: a
+    /// link whose query deadline passed ends, losing what it had in
+    /// flight. Returns the errors of the links that ended, (i, j, error).
+    fn advance(&mut self, by: Duration) -> Vec<(usize, usize, tandem::repl::error::LinkError)> {
+        self.now += by;
+        let mut ended = Vec::new();
+        for (k, link) in self.links.iter_mut().enumerate() {
+            let Some(l) = link else { continue };
+            if l.queries.poll_timeout().is_some_and(|t| t <= self.now) {
+                if let Err(e) = l.queries.handle_timeout(self.now) {
+                    ended.push((k / NODES, k % NODES, e));
+                    *link = None;
+                }
+            }
+        }
+        ended
     }
 
     /// Cut or restore the link between `i` and `j`; a cut loses what its
@@ -308,17 +373,39 @@ impl Sim {
         }
     }
 
-    /// Node `i` resolves if it is master (or the second master some
-    /// rounds misconfigure).
-    fn resolve_if_master(&mut self, i: usize) {
+    /// Node `i`'s configured `mirror.mode`: the round's master (and the
+    /// second master some rounds misconfigure) are `master`.
+    fn seed(&self, i: usize) -> Role {
         if i == self.master || Some(i) == self.second_master {
-            resolve::run_once(self.nodes[i].store()).unwrap();
+            Role::Master
+        } else {
+            Role::Slave
         }
     }
 
-    /// Whether node `i` appends pending now: a slave that reaches the master.
+    /// Node `i`'s role as its views say (a promotion it applied names the
+    /// master; before any, its configured mode decides) and the master it
+    /// waits for.
+    fn role(&self, i: usize) -> (bool, usize) {
+        let r = role::current(&self.nodes[i].store().views(), &self.nodes[i].id, self.seed(i)).unwrap();
+        let master = r
+            .master_node
+            .and_then(|m| self.nodes.iter().position(|n| n.id == m))
+            .unwrap_or(self.master);
+        (r.master, master)
+    }
+
+    /// Node `i` resolves if its views name it master, as the daemon's
+    /// resolver decides inside its transaction.
+    fn resolve_if_master(&mut self, i: usize) {
+        resolve::run_once(self.nodes[i].store(), self.seed(i)).unwrap();
+    }
+
+    /// Whether node `i` appends pending now: a slave that reaches the
+    /// master its views name.
     fn pending_for(&self, i: usize) -> bool {
-        i != self.master && Some(i) != self.second_master && self.link[i][self.master] && self.link[self.master][i]
+        let (master, m) = self.role(i);
+        !master && self.link[i][m] && self.link[m][i]
     }
 
     /// Node `i` places its own pending messages (the master did not answer).
@@ -436,6 +523,17 @@ impl Sim {
     }
 
     fn step(&mut self, ctx: &str) {
+        if self.promotions > 0.0 && self.rng.gen_bool(self.promotions) {
+            // `tandem promote` on a node, whatever it can reach: the
+            // others learn of the new epoch as its entries travel, and
+            // until then a master of an older epoch resolves on.
+            let i = self.rng.gen_range(0..NODES);
+            let id = self.nodes[i].id.clone();
+            self.nodes[i].store().run_blocking(move |t, c| role::promote(t, c, &id)).unwrap();
+            self.promoted += 1;
+            self.record(ctx);
+            return;
+        }
         match self.rng.gen_range(0..100) {
             0..=9 => {
                 for i in 0..NODES {
@@ -461,7 +559,7 @@ impl Sim {
                 // (a cut), or the bound passed while the master's
                 // placement was on its way.
                 let i = self.rng.gen_range(0..NODES);
-                if i != self.master {
+                if !self.role(i).0 {
                     self.place_own(i);
                 }
             }
@@ -640,6 +738,37 @@ fn seeded_partitions_converge_without_hiding_or_reusing_uids() {
     );
     // The rounds must exercise the resolution, not only quiet merges.
     assert!(moved > rounds as usize, "only {moved} messages were moved in {rounds} rounds");
+}
+
+/// As above, with promotions: now and then a node is promoted during a
+/// cut, so a master of an older epoch (or a configured master of epoch 0)
+/// goes on resolving until the new epoch reaches it, and its resolutions
+/// compete with the new master's. The nodes still converge, nothing is
+/// lost, and no node shows one UID for two messages.
+#[test]
+fn seeded_promotions_during_partitions_converge() {
+    let base: u64 = std::env::var("SPLIT_SIM_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or(0xe90c);
+    let rounds: u64 = std::env::var("SPLIT_SIM_PROMOTE_ROUNDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(40);
+    let mut sim = Sim::new();
+    sim.promotions = 0.03;
+    let mut moved = 0;
+    for r in 0..rounds {
+        moved += round(&mut sim, base + r, 60).0;
+    }
+    let epoch = role::current(&sim.nodes[0].store().views(), "node-0", Role::Slave).unwrap().epoch;
+    eprintln!(
+        "{rounds} rounds, {} promotions (epoch {epoch}), {moved} messages moved",
+        sim.promoted
+    );
+    assert!(
+        sim.promoted as u64 > rounds / 2,
+        "only {} promotions in {rounds} rounds",
+        sim.promoted
+    );
+    assert!(epoch >= 2);
 }
 
 /// A two-node cut written by hand: node-0 is master, node-1 slave.
@@ -871,9 +1000,9 @@ fn a_message_placed_by_both_the_slave_and_the_master_ends_under_one_uid() {
         sim.pull_one(0, 1);
         if placer_a == 1 {
             sim.place_own(1);
-            resolve::run_once(sim.nodes[0].store()).unwrap();
+            resolve::run_once(sim.nodes[0].store(), Role::Master).unwrap();
         } else {
-            resolve::run_once(sim.nodes[0].store()).unwrap();
+            resolve::run_once(sim.nodes[0].store(), Role::Master).unwrap();
             sim.place_own(1);
         }
         let _ = placer_b;
@@ -917,7 +1046,7 @@ fn concurrent_moves_of_one_message_with_the_link_up_leave_one_copy() {
             sim.pull_one(1, 0);
         } else {
             sim.pull_one(0, 1);
-            resolve::run_once(sim.nodes[0].store()).unwrap();
+            resolve::run_once(sim.nodes[0].store(), Role::Master).unwrap();
         }
         sim.record("moved twice");
         sim.heal("moved twice");
@@ -931,4 +1060,236 @@ fn concurrent_moves_of_one_message_with_the_link_up_leave_one_copy() {
         }
         sim.check(1, "moved twice");
     }
+}
+
+/// The resolutions (renumberings and placements) a node authored:
+/// (epoch, HLC) of each, from its own log.
+fn resolutions_by(sim: &Sim, node: usize) -> Vec<(u64, u64)> {
+    let store = sim.nodes[node].store();
+    let own = store.wal().local_origin().0;
+    store
+        .wal()
+        .read_order(1, 1_000_000)
+        .unwrap()
+        .into_iter()
+        .filter(|(_, e)| e.origin.0 == own)
+        .filter_map(|(_, e)| {
+            let ev = Event::decode(&e.payload).unwrap();
+            let epoch = ev.as_moves().map(|m| m.epoch).or(ev.as_placement().map(|p| p.epoch))?;
+            Some((epoch, e.hlc))
+        })
+        .collect()
+}
+
+/// Two masters across a cut: node-1 is promoted (epoch 1) while node-0,
+/// the configured master, cannot hear of it. Through node-2, each learns
+/// of the other's delivery under UID 1 and renumbers the collision, node-0
+/// first (the smaller HLC, which alone used to win). The epoch-1
+/// renumbering wins on every node; node-0 authors nothing more once it has
+/// applied the promotion; the stale move's UIDs, which node-0's clients
+/// saw, are not shown for other messages anywhere; and all three nodes end
+/// alike.
+#[test]
+fn a_promoted_masters_resolution_beats_a_stale_masters_across_a_cut() {
+    let mut sim = pair("epoch@example.org");
+    let a = deliver(&sim, 0, "INBOX", "A on the old master");
+    let b = deliver(&sim, 1, "INBOX", "B on the promoted node");
+    // node-2 holds both, and marks the collision (it resolves nothing).
+    sim.pull_one(2, 1);
+    sim.pull_one(2, 0);
+    sim.nodes[1]
+        .store()
+        .run_blocking(|t, c| tandem::repl::role::promote(t, c, "node-1"))
+        .unwrap();
+    let c = deliver(&sim, 1, "INBOX", "C after the promotion");
+    let d = deliver(&sim, 1, "INBOX", "D after the promotion");
+    // node-0 hears of B, not of the promotion, and resolves as master of
+    // epoch 0; node-1 hears of A, not of node-0's move, and resolves under
+    // epoch 1.
+    sim.pull_one(0, 2);
+    resolve::run_once(sim.nodes[0].store(), Role::Master).unwrap();
+    sim.pull_one(1, 2);
+    resolve::run_once(sim.nodes[1].store(), Role::Slave).unwrap();
+    let (stale, promoted) = (resolutions_by(&sim, 0), resolutions_by(&sim, 1));
+    assert_eq!(stale.len(), 1, "node-0 renumbered once: {stale:?}");
+    assert_eq!(promoted.len(), 1, "node-1 renumbered once: {promoted:?}");
+    assert_eq!((stale[0].0, promoted[0].0), (0, 1));
+    assert!(stale[0].1 < promoted[0].1, "the stale move must have the smaller HLC");
+    let mut moved_by_stale: Vec<(u32, Id)> = uids(&sim, 0, "INBOX");
+    moved_by_stale.sort();
+    assert_eq!(
+        moved_by_stale.iter().map(|m| m.0).collect::<Vec<_>>(),
+        vec![2, 3],
+        "node-0's clients see its move"
+    );
+    sim.record("cut");
+    // node-0 is still configured master: it resolves until it applies the
+    // promotion, and then never again.
+    sim.master = 1;
+    sim.second_master = Some(0);
+    sim.heal("heal");
+    assert_eq!(resolutions_by(&sim, 0), stale, "node-0 resolved after it applied epoch 1");
+    let first = uids(&sim, 0, "INBOX");
+    for n in 0..NODES {
+        let inbox = uids(&sim, n, "INBOX");
+        assert_eq!(inbox, first, "node-{n} differs from node-0");
+        let uid_of = |g: Id| inbox.iter().find(|m| m.1 == g).map(|m| m.0);
+        let mut ab = vec![uid_of(a).unwrap(), uid_of(b).unwrap()];
+        ab.sort();
+        assert_eq!(ab, vec![4, 5], "node-{n}: the epoch-1 renumbering wins: {inbox:?}");
+        // UIDs 2 and 3 named A and B on node-0: nothing else is shown there.
+        assert!(inbox.iter().all(|m| m.0 > 3), "node-{n} shows a UID the stale move used: {inbox:?}");
+        assert!(uid_of(c).is_some() && uid_of(d).is_some(), "node-{n} lost a message: {inbox:?}");
+    }
+    sim.check(1, "heal");
+}
+
+/// A peer that never answers a body query: the batch waits, the link with
+/// it, until the query's deadline (the engine's, 30 s) passes on the
+/// virtual clock; not a second before. The next link gets its answer, the
+/// body travels or not, and the nodes converge.
+#[test]
+fn a_query_never_answered_ends_the_link_in_virtual_time() {
+    let mut sim = pair("query@example.org");
+    sim.link = [[true; NODES]; NODES];
+    deliver(&sim, 0, "INBOX", "asked about");
+    sim.heal("delivered");
+    // A fresh link, and a copy on node-0: its body has another reference
+    // there, so the link asks node-1 whether it holds it.
+    sim.set_link(0, 1, false);
+    sim.set_link(0, 1, true);
+    let u = sim.user.clone();
+    let v = sim.nodes[0].store().views();
+    let (inbox, foo) = (
+        v.mailbox_by_name(&u, "INBOX").unwrap().unwrap().id,
+        v.mailbox_by_name(&u, "Foo").unwrap().unwrap().id,
+    );
+    sim.nodes[0]
+        .store()
+        .run_blocking(move |t, c| mutate::copy(t, c, &u, inbox, &[1], foo, false, false).map(|_| ()))
+        .unwrap();
+    sim.answer_queries = false;
+    let asked_at = sim.now;
+    assert_eq!(sim.pull_one(1, 0), 0, "the batch waits for its answer");
+    assert_eq!(sim.links[NODES].as_ref().map(|l| l.queries.waiting()), Some(1), "one query waits");
+    assert!(sim.advance(Duration::from_secs(29)).is_empty(), "a link ended before the deadline");
+    assert_eq!(sim.pull_one(1, 0), 0, "the waiting link moves no further");
+    let ended = sim.advance(Duration::from_secs(1));
+    assert_eq!(ended.len(), 1, "{:?}", ended.iter().map(|e| e.2.to_string()).collect::<Vec<_>>());
+    let (i, j, e) = &ended[0];
+    assert_eq!((*i, *j, e.kind()), (1, 0, "timeout"));
+    assert!(e.to_string().ends_with("unanswered after 30 s"), "{e}");
+    assert_eq!(sim.now - asked_at, Duration::from_secs(30));
+    assert!(sim.links[NODES].is_none(), "the link ended");
+    assert!(uids(&sim, 1, "Foo").is_empty(), "the copy arrived without an answer");
+    sim.answer_queries = true;
+    sim.heal("answered");
+    assert_eq!(uids(&sim, 1, "Foo").len(), 1);
+    assert_eq!(uids(&sim, 1, "Foo"), uids(&sim, 0, "Foo"));
+    sim.check(1, "answered");
+}
+
+/// How one side of an opening ended: `None` when it was done in time.
+type Ended = Option<(tandem::repl::error::LinkError, Duration)>;
+
+/// Node `j` dials node `i` on the virtual clock: the proof of the secret
+/// and `Hello` (every frame over the wire) under both sides' deadlines
+/// (the engine's, `mirror.auth_timeout_ms` of 5000 ms). The dialer sends
+/// `sends` frames at most, then nothing (a peer that never finishes);
+/// then the clock runs in steps of 250 ms until both deadlines fired.
+/// Returns each side's end: `None` for an opening done, else the error
+/// and the virtual time it took.
+fn open_link(sim: &mut Sim, i: usize, j: usize, sends: usize) -> (Ended, Ended) {
+    let timeout = Duration::from_millis(5000);
+    let started = sim.now;
+    let mut acceptor = Deadline::start(Side::Acceptor, sim.now, timeout);
+    let mut dialing = Deadline::start(Side::Dialer, sim.now, timeout);
+    let ekm = [7u8; 32];
+    let (mut d, first) = DialAuth::start(b"s3cret", ekm);
+    let mut a = AcceptAuth::new(b"s3cret", ekm);
+    let mut left = sends;
+    let mut send = |f: Frame| {
+        left = left.checked_sub(1)?;
+        Some(wire(&f))
+    };
+    'opening: {
+        let Some(f) = send(first) else { break 'opening };
+        let Ok(AuthStep::Send(pake)) = a.frame(f) else {
+            panic!("the acceptor answers")
+        };
+        let AuthStep::Send(proof) = d.frame(wire(&pake)).unwrap() else {
+            panic!("the dialer proves")
+        };
+        let Some(f) = send(proof) else { break 'opening };
+        let Ok(AuthStep::Done(Some(back))) = a.frame(f) else {
+            panic!("the proof holds")
+        };
+        assert_eq!(d.frame(wire(&back)).unwrap(), AuthStep::Done(None));
+        let (dst, src) = (sim.nodes[i].store(), sim.nodes[j].store());
+        let hello = Frame::Hello {
+            node_id: sim.nodes[j].id.clone(),
+            origin: src.wal().local_origin().0,
+            role: "slave".into(),
+            epoch: 0,
+        };
+        let Some(f) = send(hello) else { break 'opening };
+        let opened = opening::opening(f, dst.wal().local_origin().0).unwrap();
+        assert!(matches!(opened, opening::Opening::Link { .. }));
+        acceptor.opened();
+        opening::vector(wire(&Frame::Vector {
+            vector: heads(dst),
+            hashes: vec![],
+        }))
+        .unwrap();
+        dialing.opened();
+    }
+    let (mut acc, mut dial): (Ended, Ended) = (None, None);
+    for _ in 0..100 {
+        if acceptor.poll_timeout().is_none() && dialing.poll_timeout().is_none() {
+            break;
+        }
+        sim.now += Duration::from_millis(250);
+        if let Err(e) = acceptor.handle_timeout(sim.now) {
+            acc = Some((e, sim.now - started));
+        }
+        if let Err(e) = dialing.handle_timeout(sim.now) {
+            dial = Some((e, sim.now - started));
+        }
+    }
+    (acc, dial)
+}
+
+/// A dialer that stops after its first frame (it never proves the
+/// secret), and one that proves it but never sends `Hello`: both sides'
+/// deadlines end the opening after 5 virtual seconds. A dialer that
+/// finishes in time opens the link, and the nodes catch up over it.
+#[test]
+fn a_peer_that_never_authenticates_ends_the_link_in_virtual_time() {
+    let mut sim = pair("auth@example.org");
+    let five = Duration::from_secs(5);
+    for sends in [1, 2] {
+        let (acc, dial) = open_link(&mut sim, 1, 0, sends);
+        let (acc, dial) = (
+            acc.expect("the acceptor's deadline fired"),
+            dial.expect("the dialer's deadline fired"),
+        );
+        assert_eq!(
+            (acc.0.kind(), acc.0.to_string().as_str(), acc.1),
+            ("timeout", "no authentication within 5000 ms", five)
+        );
+        assert_eq!(
+            (dial.0.kind(), dial.0.to_string().as_str(), dial.1),
+            ("timeout", "no handshake within 5000 ms", five)
+        );
+    }
+    deliver(&sim, 0, "INBOX", "after the opening");
+    let before = sim.now;
+    let (acc, dial) = open_link(&mut sim, 1, 0, 3);
+    assert!(acc.is_none() && dial.is_none(), "an opening done in time expired");
+    assert_eq!(sim.now, before, "an opening done asks for no timer");
+    sim.link[1][0] = true;
+    assert_eq!(sim.pull_one(1, 0), 1);
+    sim.heal("opened");
+    assert_eq!(uids(&sim, 1, "INBOX"), uids(&sim, 0, "INBOX"));
+    sim.check(1, "opened");
 }

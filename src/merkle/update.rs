@@ -185,7 +185,9 @@ pub fn update(v: &mut TxnViews<'_, '_>, event: &Event) -> Result<(), ViewError> 
         return Ok(());
     }
     match event {
-        Event::MessagesMoved { user, .. } | Event::MailboxRemoved { user, .. } => refresh_user(v, user)?,
+        Event::MessagesMoved { user, .. } | Event::MessagesMovedInEpoch { user, .. } | Event::MailboxRemoved { user, .. } => {
+            refresh_user(v, user)?
+        }
         Event::FlagsChanged {
             user, mailbox, messages, ..
         }
@@ -225,7 +227,8 @@ pub fn update(v: &mut TxnViews<'_, '_>, event: &Event) -> Result<(), ViewError> 
         }
         Event::MessageAppended { user, mailbox, uid, .. }
         | Event::MessageRestored { user, mailbox, uid, .. }
-        | Event::MessagePlaced { user, mailbox, uid, .. } => {
+        | Event::MessagePlaced { user, mailbox, uid, .. }
+        | Event::MessagePlacedInEpoch { user, mailbox, uid, .. } => {
             refresh_messages(v, *mailbox, [*uid])?;
             refresh_mailbox(v, user, *mailbox)?;
         }

@@ -179,6 +179,8 @@ pub fn apply_batch(
             | Event::ConfigSet { .. }
             | Event::MessagesMoved { .. }
             | Event::MessagePlaced { .. }
+            | Event::MessagesMovedInEpoch { .. }
+            | Event::MessagePlacedInEpoch { .. }
             | Event::RoleChanged { .. }
             | Event::SideFileSet { .. }
             | Event::SideFileRemoved { .. }

@@ -6,11 +6,18 @@
 //! when to acknowledge) is here and testable by the steps it emits.
 //!
 //! - [`handshake`]: the proof of the shared secret, the dialer's `Hello`
-//!   and the acceptor's answer.
+//!   and the acceptor's answer, and the opening's deadline.
+//!
+//! Machines with deadlines follow quinn-proto's shape: the driver passes
+//! `now` in, sets a timer for `poll_timeout()` and calls
+//! `handle_timeout(now)` when it fires; what that returns (the link ends,
+//! and why) is the command. No machine reads a clock, so a simulation runs
+//! them on a virtual one.
 //! - [`sender`]: which entries go out, in batches under a window.
 //! - [`dialer`]: the outgoing link around the sender: the peer's vector,
 //!   acknowledgements and this node's confirmed position, which bodies
-//!   travel with a batch and which are asked about first.
+//!   travel with a batch and which are asked about first, and the body
+//!   queries' deadlines.
 //! - [`receiver`]: the incoming link: checks on arrival, chunked bodies,
 //!   the query budget, batches to the writer in order and under a bound,
 //!   acknowledgements once durable.

@@ -3,8 +3,8 @@
 //! incoming links that apply what peers push.
 
 use super::apply::{apply_batch, verify_blobs, Applied};
-use super::engine::dialer::{self, Dialer, ReadEntry};
-use super::engine::handshake::Opening;
+use super::engine::dialer::{self, Dialer, Queries, ReadEntry};
+use super::engine::handshake::{Deadline, Opening, Side};
 use super::engine::receiver::{self, Arrival, Intake, Prepared, Receiver, Step};
 use super::engine::{self, Window};
 use super::error::LinkError;
@@ -372,9 +372,9 @@ async fn link(
         let (vector, hashes) = engine::handshake::vector(read_frame(&mut recv, mirror, MAX_FRAME).await?)?;
         Ok::<_, LinkError>((send, recv, vector, hashes))
     };
-    let (mut send, mut recv, vector, hashes) = tokio::time::timeout(auth_timeout, handshake)
-        .await
-        .map_err(|_| LinkError::Timeout(format!("no handshake within {} ms", auth_timeout.as_millis())))??;
+    let mut deadline = Deadline::start(Side::Dialer, clock(), auth_timeout);
+    let (mut send, mut recv, vector, hashes) = within(&mut deadline, handshake).await??;
+    deadline.opened();
     // Never trust a vector that claims more of this node's own origin than
     // it holds, or other entries at held seqs: nothing is sent, and the
     // link never confirms `ack = "peer"`.
@@ -427,9 +427,10 @@ async fn link(
     tracing::info!("mirror link up");
     // Frames from the peer arrive on their own task (reads are not
     // cancel-safe). Answers to body queries go straight to the batch
-    // builder waiting for them; everything else to this loop.
-    type Answers = Arc<std::sync::Mutex<HashMap<u64, tokio::sync::oneshot::Sender<Vec<bool>>>>>;
-    let answers: Answers = Default::default();
+    // builder waiting for them; everything else to this loop. The
+    // queries' deadlines are the engine's (`dialer::Queries`), run by
+    // this loop.
+    let answers = Arc::new(Answers::new());
     // Room for an acknowledgement of every batch in flight and then some:
     // this loop may wait on the batch writer, whose builder may wait on a
     // query answer that only this reader can pass on, so the reader must
@@ -441,9 +442,7 @@ async fn link(
         loop {
             let f = read_frame(&mut recv, &m2, MAX_FRAME).await;
             if let Ok(Frame::Held { id, held }) = f {
-                if let Some(w) = a2.lock().expect("answers lock").remove(&id) {
-                    let _ = w.send(held);
-                }
+                a2.answer(id, held);
                 continue;
             }
             let stop = f.is_err();
@@ -525,14 +524,20 @@ async fn link(
                     // written is bounded: taken here, in batch order, and
                     // given back once the writer has written the batch.
                     let units = b.body_bytes.div_ceil(1 << 20).clamp(1, BUILD_BUDGET_MIB as u64) as u32;
-                    let permit = budget.clone().acquire_many_owned(units).await.context("the build budget")?;
+                    // Waits (here and for the writer below) may last while
+                    // a batch waits for a query's answer: the queries'
+                    // deadlines still run.
+                    let permit = answers
+                        .or_timeout(budget.clone().acquire_many_owned(units))
+                        .await?
+                        .context("the build budget")?;
                     // The batch is built (bodies read, frame encoded) in the
                     // blocking pool and written by the writer task, while
                     // this loop reads on.
                     let wire = b.orders.iter().map(|o| super::wire_entry(by_order[o])).collect();
                     let build = build_batch(store.clone(), mirror.clone(), i, b, wire, qtx.clone(), answers.clone());
                     let build = tokio::spawn(async move { build.await.map(|(bytes, n)| (bytes, n, permit)) });
-                    if wtx.send(build).await.is_err() {
+                    if answers.or_timeout(wtx.send(build)).await?.is_err() {
                         break;
                     }
                 }
@@ -562,6 +567,8 @@ async fn link(
                     engine.local_commit(*commits.borrow_and_update());
                 }
                 e = werr.recv() => return Err(e.unwrap_or_else(|| anyhow::anyhow!("the batch writer stopped").into())),
+                _ = until(answers.poll_timeout()) => answers.handle_timeout()?,
+                _ = answers.asked.notified() => {}
                 f = rx.recv() => match f {
                     Some(Ok(f)) => {
                         if let Some(confirmed) = engine.frame(f)? {
@@ -577,6 +584,8 @@ async fn link(
     .await;
     // Where the next link to this peer starts: taken once, as the link ends.
     *resume = Some(engine.resume());
+    // Builders still waiting for an answer learn that none will come.
+    answers.close();
     reader.abort();
     writer.abort();
     conn.close(0u32.into(), b"bye");
@@ -600,8 +609,102 @@ fn fork_of(e: &crate::store::StoreError) -> Option<&wal::Place> {
 /// messages would have several copies in memory at once.
 const BUILD_BUDGET_MIB: u32 = 256;
 
-/// How long a batch builder waits for the peer to answer a body query.
-const QUERY_TIMEOUT: Duration = Duration::from_secs(30);
+/// The driver's clock for the engine's timers: tokio's (so that paused
+/// time in tests holds), as the `Instant` the engine speaks.
+fn clock() -> Instant {
+    tokio::time::Instant::now().into_std()
+}
+
+/// Sleep until an engine timer, or for ever when the engine asks for none.
+async fn until(at: Option<Instant>) {
+    match at {
+        Some(t) => tokio::time::sleep_until(tokio::time::Instant::from_std(t)).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Run `fut` within an opening's deadline: `Err` when the deadline passes
+/// first (`Deadline::handle_timeout`'s error), else what `fut` gave.
+async fn within<F: std::future::IntoFuture>(deadline: &mut Deadline, fut: F) -> Result<F::Output, LinkError> {
+    let fut = fut.into_future();
+    tokio::pin!(fut);
+    loop {
+        tokio::select! {
+            r = &mut fut => return Ok(r),
+            _ = until(deadline.poll_timeout()) => deadline.handle_timeout(clock())?,
+        }
+    }
+}
+
+/// A batch builder waiting for the answer to its body query.
+type Waiting = tokio::sync::oneshot::Sender<Vec<bool>>;
+
+/// The body queries of one outgoing link: their deadlines (the engine's
+/// `dialer::Queries`) and the builders waiting for their answers. The
+/// reader task hands each answer straight to its builder, never through
+/// the link's loop, which may be waiting for that builder's batch.
+struct Answers {
+    /// The deadlines, and per query the builder waiting for its answer.
+    state: std::sync::Mutex<(Queries, HashMap<u64, Waiting>)>,
+    /// Wakes the link's loop when a query starts waiting: its deadline
+    /// may be the earliest.
+    asked: tokio::sync::Notify,
+}
+
+impl Answers {
+    fn new() -> Answers {
+        Answers {
+            state: std::sync::Mutex::new((Queries::new(dialer::QUERY_TIMEOUT), HashMap::new())),
+            asked: tokio::sync::Notify::new(),
+        }
+    }
+
+    /// Query `id` leaves now; its answer comes through the receiver.
+    fn ask(&self, id: u64) -> tokio::sync::oneshot::Receiver<Vec<bool>> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let mut st = self.state.lock().expect("answers lock");
+        st.0.asked(id, clock());
+        st.1.insert(id, tx);
+        drop(st);
+        self.asked.notify_one();
+        rx
+    }
+
+    /// The peer answered query `id` (a stray answer is dropped).
+    fn answer(&self, id: u64, held: Vec<bool>) {
+        let mut st = self.state.lock().expect("answers lock");
+        if st.0.answered(id) {
+            if let Some(w) = st.1.remove(&id) {
+                let _ = w.send(held);
+            }
+        }
+    }
+
+    fn poll_timeout(&self) -> Option<Instant> {
+        self.state.lock().expect("answers lock").0.poll_timeout()
+    }
+
+    fn handle_timeout(&self) -> Result<(), LinkError> {
+        self.state.lock().expect("answers lock").0.handle_timeout(clock())
+    }
+
+    /// Wait for `fut`, ending the link if a query's deadline passes first.
+    async fn or_timeout<F: std::future::Future>(&self, fut: F) -> Result<F::Output, LinkError> {
+        tokio::pin!(fut);
+        loop {
+            tokio::select! {
+                r = &mut fut => return Ok(r),
+                _ = until(self.poll_timeout()) => self.handle_timeout()?,
+                _ = self.asked.notified() => {}
+            }
+        }
+    }
+
+    /// The link ended: no answer will come.
+    fn close(&self) {
+        self.state.lock().expect("answers lock").1.clear();
+    }
+}
 
 /// Build one batch: decide which bodies travel, read them, encode. A body
 /// this node holds references to outside this batch may already be at the
@@ -615,7 +718,7 @@ async fn build_batch(
     b: dialer::Build,
     wire: Vec<WireEntry>,
     queries: mpsc::UnboundedSender<Vec<u8>>,
-    answers: Arc<std::sync::Mutex<HashMap<u64, tokio::sync::oneshot::Sender<Vec<bool>>>>>,
+    answers: Arc<Answers>,
 ) -> Result<(Vec<u8>, u64), LinkError> {
     let (id, already, qid) = (b.id, b.already, b.query);
     let st = store.clone();
@@ -627,8 +730,7 @@ async fn build_batch(
     .context("choosing bodies")??;
     let mut held_by_peer = 0;
     if !ask.is_empty() {
-        let (wtx, wrx) = tokio::sync::oneshot::channel();
-        answers.lock().expect("answers lock").insert(qid, wtx);
+        let wrx = answers.ask(qid);
         let q = Frame::Query {
             id: qid,
             hashes: ask.clone(),
@@ -636,11 +738,8 @@ async fn build_batch(
         queries.send(q.encode()).map_err(|_| LinkError::Closed)?;
         mirror.update_out(i, |l| l.body_queries += 1);
         // A peer that never answers must not hold the link up for ever:
-        // the link fails and reconnects.
-        let held = tokio::time::timeout(QUERY_TIMEOUT, wrx)
-            .await
-            .map_err(|_| LinkError::Timeout(format!("query {qid} unanswered after {} s", QUERY_TIMEOUT.as_secs())))?
-            .map_err(|_| LinkError::Closed)?;
+        // its deadline ends the link (`Answers`), and then this wait.
+        let held = wrx.await.map_err(|_| LinkError::Closed)?;
         let (more, at_peer) = dialer::answered(qid, ask, held)?;
         send.extend(more);
         held_by_peer = at_peer;
@@ -843,16 +942,18 @@ async fn receive(
     unauthenticated: PreAuth,
     peer_back: &tokio::sync::Notify,
 ) -> Result<(), LinkError> {
-    let deadline = tokio::time::Instant::now() + auth_timeout;
-    let timed_out = || {
+    let mut deadline = Deadline::start(Side::Acceptor, clock(), auth_timeout);
+    let timed_out = |e: LinkError| {
         mirror.auth_timeouts.fetch_add(1, Ordering::Relaxed);
-        LinkError::Timeout(format!("no authentication within {} ms", auth_timeout.as_millis()))
+        e
     };
-    let conn = match tokio::time::timeout_at(deadline, incoming).await {
+    let conn = match within(&mut deadline, incoming).await {
         Ok(c) => c.map_err(|e| LinkError::transport("accepting", e))?,
-        Err(_) => return Err(timed_out()),
+        Err(e) => return Err(timed_out(e)),
     };
-    let (send, recv, node_id, role, epoch) = match tokio::time::timeout_at(deadline, authenticate(&conn, store, mirror, secret)).await {
+    let opened = within(&mut deadline, authenticate(&conn, store, mirror, secret)).await;
+    deadline.opened();
+    let (send, recv, node_id, role, epoch) = match opened {
         Ok(Ok(Opened::Link(send, recv, node_id, role, epoch))) => (send, recv, node_id, role, epoch),
         Ok(Ok(Opened::Resync(send, recv, node_id))) => {
             // Not bound by the authentication deadline: the exchange only
@@ -868,9 +969,9 @@ async fn receive(
             conn.close(1u32.into(), e.kind().as_bytes());
             return Err(e);
         }
-        Err(_) => {
+        Err(e) => {
             conn.close(2u32.into(), b"authentication timeout");
-            return Err(timed_out());
+            return Err(timed_out(e));
         }
     };
     drop(unauthenticated);

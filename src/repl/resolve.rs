@@ -21,7 +21,7 @@
 //! runs after every commit that may have brought a conflict (remote batches
 //! included) and once at start, in its own transaction through the writer.
 
-use crate::config::MirrorConfig;
+use crate::config::{MirrorConfig, Role};
 use crate::event::{Event, Id};
 use crate::mutate::{emit, Cfs, MutationError};
 use crate::store::{Store, StoreError};
@@ -67,12 +67,21 @@ impl Resolved {
 /// Longest chain of merged mailboxes followed to find a live one.
 const MAX_MERGE_CHAIN: usize = 64;
 
-/// Emit the resolution of every pending conflict in this transaction.
-pub fn resolve(txn: &mut Txn<'_>, cfs: Cfs) -> Result<Resolved, MutationError> {
+/// Emit the resolution of every pending conflict in this transaction, if
+/// the views, read in this same transaction, name this node (`node_id`;
+/// `seed` is its configured `mirror.mode`) master under the highest epoch
+/// they hold; else emit nothing. Every resolution carries that epoch
+/// ([`Event::moved`], [`Event::placed`]), so a resolution of a later
+/// master beats it on every node (`replication.md` section 8a).
+pub fn resolve(txn: &mut Txn<'_>, cfs: Cfs, node_id: &str, seed: Role) -> Result<Resolved, MutationError> {
     let mut done = Resolved::default();
+    let role = crate::repl::role::current(&views(txn, cfs), node_id, seed)?;
+    if !role.master {
+        return Ok(done);
+    }
     place_pendings(txn, cfs, &mut done)?;
-    merge_losers(txn, cfs, &mut done)?;
-    renumber(txn, cfs, &mut done)?;
+    merge_losers(txn, cfs, role.epoch, &mut done)?;
+    renumber(txn, cfs, role.epoch, &mut done)?;
     Ok(done)
 }
 
@@ -94,18 +103,26 @@ fn all_messages(v: &TxnViews<'_, '_>, mailbox: Id) -> Result<Vec<(u32, Id)>, Mut
     Ok(msgs)
 }
 
-/// Move every message of `from` into `to` (fresh UIDs from `first`) and
-/// delete `from`. Returns the next free UID, or `None` if `to` has not
-/// enough UIDs left (nothing is emitted then).
+/// Where a merge goes: the mailbox, its first fresh UID.
+struct MergeTarget<'a> {
+    to: &'a MailboxRec,
+    first: u32,
+}
+
+/// Move every message of `from` into `into.to` (fresh UIDs from
+/// `into.first`) and delete `from`, under `epoch`. Returns the next free
+/// UID, or `None` if the target has not enough UIDs left (nothing is
+/// emitted then).
 fn merge_into(
     txn: &mut Txn<'_>,
     cfs: Cfs,
+    epoch: u64,
     user: &str,
     from: &MailboxRec,
-    to: &MailboxRec,
-    first: u32,
+    into: MergeTarget<'_>,
     done: &mut Resolved,
 ) -> Result<Option<u32>, MutationError> {
+    let MergeTarget { to, first } = into;
     let v = views(txn, cfs);
     let msgs = all_messages(&v, from.id)?;
     let resolves: Vec<u32> = v.collisions()?.into_iter().filter(|c| c.0 == from.id).map(|c| c.1).collect();
@@ -118,17 +135,7 @@ fn merge_into(
     tracing::info!(user, mailbox = %from.name, from = ?from.id, into = ?to.id, messages = moves.len(), "merging a mailbox created twice");
     done.moved += moves.len() as u64;
     done.merged += 1;
-    emit(
-        txn,
-        cfs,
-        Event::MessagesMoved {
-            user: user.into(),
-            from: from.id,
-            to: to.id,
-            resolves,
-            moves,
-        },
-    )?;
+    emit(txn, cfs, Event::moved(epoch, user.into(), from.id, to.id, resolves, moves))?;
     emit(
         txn,
         cfs,
@@ -157,7 +164,7 @@ fn merged_id(a: Id, b: Id) -> Id {
 /// When both have the same UIDVALIDITY, clients of each node may have seen
 /// either under that (name, UIDVALIDITY): both go into a fresh mailbox of
 /// that name with a higher UIDVALIDITY, which takes the name everywhere.
-fn merge_losers(txn: &mut Txn<'_>, cfs: Cfs, done: &mut Resolved) -> Result<(), MutationError> {
+fn merge_losers(txn: &mut Txn<'_>, cfs: Cfs, epoch: u64, done: &mut Resolved) -> Result<(), MutationError> {
     for (user, loser) in views(txn, cfs).losers()? {
         let v = views(txn, cfs);
         let Some(l) = v.mailbox(&user, loser)? else { continue };
@@ -166,7 +173,8 @@ fn merge_losers(txn: &mut Txn<'_>, cfs: Cfs, done: &mut Resolved) -> Result<(), 
             continue;
         }
         if l.uidvalidity < w.uidvalidity {
-            merge_into(txn, cfs, &user, &l, &w, w.uidnext, done)?;
+            let into = MergeTarget { to: &w, first: w.uidnext };
+            merge_into(txn, cfs, epoch, &user, &l, into, done)?;
             continue;
         }
         // Derived from the pair, so two nodes that both act as master
@@ -188,8 +196,8 @@ fn merge_losers(txn: &mut Txn<'_>, cfs: Cfs, done: &mut Resolved) -> Result<(), 
         let Some(f) = views(txn, cfs).mailbox(&user, fresh)? else {
             continue;
         };
-        if let Some(next) = merge_into(txn, cfs, &user, &w, &f, f.uidnext, done)? {
-            merge_into(txn, cfs, &user, &l, &f, next, done)?;
+        if let Some(next) = merge_into(txn, cfs, epoch, &user, &w, MergeTarget { to: &f, first: f.uidnext }, done)? {
+            merge_into(txn, cfs, epoch, &user, &l, MergeTarget { to: &f, first: next }, done)?;
         }
     }
     Ok(())
@@ -232,7 +240,7 @@ fn place_pendings(txn: &mut Txn<'_>, cfs: Cfs, done: &mut Resolved) -> Result<()
 }
 
 /// Every marked UID: all its messages to fresh UIDs.
-fn renumber(txn: &mut Txn<'_>, cfs: Cfs, done: &mut Resolved) -> Result<(), MutationError> {
+fn renumber(txn: &mut Txn<'_>, cfs: Cfs, epoch: u64, done: &mut Resolved) -> Result<(), MutationError> {
     let mut by_mailbox: BTreeMap<(String, Id), Vec<u32>> = BTreeMap::new();
     for (mb, uid, rec) in views(txn, cfs).collisions()? {
         by_mailbox.entry((rec.user, mb)).or_default().push(uid);
@@ -279,17 +287,7 @@ fn renumber(txn: &mut Txn<'_>, cfs: Cfs, done: &mut Resolved) -> Result<(), Muta
         );
         done.collisions += uids.len() as u64;
         done.moved += moves.len() as u64;
-        emit(
-            txn,
-            cfs,
-            Event::MessagesMoved {
-                user,
-                from,
-                to: to.id,
-                resolves: uids,
-                moves,
-            },
-        )?;
+        emit(txn, cfs, Event::moved(epoch, user, from, to.id, uids, moves))?;
     }
     Ok(())
 }
@@ -301,12 +299,14 @@ pub fn pending(v: &impl ViewRead) -> Result<bool, crate::views::ViewError> {
         || !v.vscan(&crate::views::keys::pendings_prefix())?.is_empty())
 }
 
-/// One pass through the writer, if anything is pending.
-pub fn run_once(store: &Store) -> Result<Resolved, StoreError> {
+/// One pass through the writer, if anything is pending; `seed` is the
+/// node's configured `mirror.mode` (see [`resolve`]).
+pub fn run_once(store: &Store, seed: Role) -> Result<Resolved, StoreError> {
     if !pending(&store.views()).map_err(MutationError::from)? {
         return Ok(Resolved::default());
     }
-    store.run_blocking(resolve)
+    let node_id = store.node_id().to_string();
+    store.run_blocking(move |t, c| resolve(t, c, &node_id, seed))
 }
 
 /// The resolver job: a pass at start and after every commit, while this
@@ -316,8 +316,8 @@ pub async fn run(store: Store, cfg: MirrorConfig, mut shutdown: watch::Receiver<
     let mut backoff = Duration::from_millis(100);
     loop {
         if is_master(&store, &cfg) {
-            let st = store.clone();
-            match tokio::task::spawn_blocking(move || run_once(&st)).await {
+            let (st, seed) = (store.clone(), cfg.mode);
+            match tokio::task::spawn_blocking(move || run_once(&st, seed)).await {
                 Ok(Ok(r)) => {
                     backoff = Duration::from_millis(100);
                     if r.collisions + r.moved + r.merged > 0 {

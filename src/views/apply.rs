@@ -4,8 +4,8 @@
 //! replay. It never reads the clock or a random source.
 
 use super::read::{TxnViews, ViewError, ViewRead};
-use super::{enc, keys, CollisionRec, MailboxRec, MessageRec, PendingRec, ResolutionRec, UserRec};
-use crate::event::{BlobHash, Event, Id};
+use super::{enc, enc_moved, keys, CollisionRec, MailboxRec, MessageRec, PendingRec, Rank, ResolutionRec, UserRec};
+use crate::event::{BlobHash, Event, Id, Moves, Placement};
 use wal::Appended;
 
 fn bump_refcount(v: &mut TxnViews<'_, '_>, blob: &BlobHash, delta: i64) -> Result<(), ViewError> {
@@ -267,54 +267,86 @@ fn keep_pending(v: &mut TxnViews<'_, '_>, user: &str, mailbox: Id, m: MessageRec
     Ok(())
 }
 
+/// The rank of a resolution written under `epoch` at `at`.
+fn rank(at: &Appended, epoch: u64) -> Rank {
+    Rank {
+        epoch,
+        hlc: at.hlc,
+        origin: at.origin.0,
+    }
+}
+
 /// `MessagePlaced`: the pending message (mailbox, 0, guid) goes under
 /// `uid`, a new arrival for clients. Placed twice (the master, and its
-/// slave that stopped waiting), the placement with the smaller (HLC,
-/// origin) wins on every node whatever the order, as two moves of one
+/// slave that stopped waiting; or two nodes acting as master), the
+/// placement of the higher [`Rank`] (epoch, then the smaller (HLC,
+/// origin)) wins on every node whatever the order, as two moves of one
 /// message do; the other UID forwards to it.
-fn place_pending(v: &mut TxnViews<'_, '_>, user: &str, mailbox: Id, guid: Id, uid: u32, at: &Appended) -> Result<(), ViewError> {
+fn place_pending(v: &mut TxnViews<'_, '_>, p: Placement<'_>, at: &Appended) -> Result<(), ViewError> {
+    let Placement {
+        epoch,
+        user,
+        mailbox,
+        guid,
+        uid,
+    } = p;
     let modseq = at.order;
-    let ts = (at.hlc, at.origin.0);
-    let here = (mailbox, uid, ts);
+    let by = rank(at, epoch);
+    let here = enc_moved(mailbox, uid, by);
     v.delete(&keys::pending(mailbox, guid));
     let found = match conflict(v, mailbox, 0, guid)? {
         Some(m) => Some((Spot::Aside, m, (mailbox, 0))),
         None => match v.moved_to(mailbox, 0, guid)? {
-            Some((mb, u, by)) if by > ts => match locate(v, mb, u, guid)? {
-                Some((mb2, u2, spot, m)) => {
-                    v.put(&keys::moved(mb, u, guid), &enc(&here));
+            // Both placed it under the same UID: it is wherever later
+            // moves took it from there; only the rank that counts changes.
+            Some((mb, u, other)) if by.beats(&other) && (mb, u) == (mailbox, uid) => {
+                v.put(&keys::moved(mailbox, 0, guid), &here);
+                None
+            }
+            Some((mb, u, other)) if by.beats(&other) => match follow(v, mb, u, guid, by)? {
+                Follow::Here(mb2, u2, spot, m) => {
+                    v.put(&keys::moved(mb, u, guid), &here);
                     Some((spot, m, (mb2, u2)))
                 }
-                None => None,
+                Follow::Beaten(winner) => {
+                    v.put(&keys::moved(mailbox, 0, guid), &here);
+                    v.put(&keys::moved(mailbox, uid, guid), &enc_moved(winner.0, winner.1, winner.2));
+                    mark_if_shown_elsewhere(v, user, mailbox, uid, guid)?;
+                    None
+                }
+                Follow::Gone => {
+                    mark_if_shown_elsewhere(v, user, mailbox, uid, guid)?;
+                    None
+                }
             },
             Some(winner) => {
                 if (winner.0, winner.1) != (mailbox, uid) {
-                    v.put(&keys::moved(mailbox, uid, guid), &enc(&winner));
+                    v.put(&keys::moved(mailbox, uid, guid), &enc_moved(winner.0, winner.1, winner.2));
                     // The placing node showed the message under `uid`: a
                     // message shown here under it may not stay there. The
                     // mark sends it to the master's renumbering, as the
                     // placing node's own mark does.
-                    if v.message(mailbox, uid)?.is_some_and(|h| h.guid != guid) && v.collision(mailbox, uid)?.is_none() {
-                        let rec = CollisionRec {
-                            user: user.to_string(),
-                            causes: Vec::new(),
-                        };
-                        v.put(&keys::collision(mailbox, uid), &enc(&rec));
-                    }
+                    mark_if_shown_elsewhere(v, user, mailbox, uid, guid)?;
                 }
                 None
             }
             // Taken elsewhere (its mailbox was deleted and the master
-            // moved it), or gone with its user.
-            None => None,
+            // moved it), or gone with its user. Where this placement came
+            // first, its node showed the message under `uid`: another
+            // message shown here under it may not stay, and the mark is
+            // for the master.
+            None => {
+                mark_if_shown_elsewhere(v, user, mailbox, uid, guid)?;
+                None
+            }
         },
     };
     if let Some((spot, mut m, from)) = found {
-        v.put(&keys::moved(mailbox, 0, guid), &enc(&here));
+        v.put(&keys::moved(mailbox, 0, guid), &here);
         if !(spot == Spot::Shown && from == (mailbox, uid)) {
             take(v, from.0, from.1, spot, &m, modseq)?;
             if from.1 != 0 {
-                v.put(&keys::moved(from.0, from.1, guid), &enc(&here));
+                v.put(&keys::moved(from.0, from.1, guid), &here);
             }
             m.modseq = modseq;
             place(v, user, mailbox, uid, m, at)?;
@@ -324,6 +356,28 @@ fn place_pending(v: &mut TxnViews<'_, '_>, user: &str, mailbox: Id, guid: Id, ui
     if let Some(mut mb) = v.mailbox(user, mailbox)? {
         mb.uidnext = mb.uidnext.max(uid.saturating_add(1));
         touch_mailbox(v, user, mb, modseq);
+    }
+    Ok(())
+}
+
+/// Mark (mailbox, uid) for the master's renumbering if a message other
+/// than `guid` is shown under it here: a losing resolution put `guid`
+/// there on the nodes that applied it first.
+fn mark_if_shown_elsewhere(v: &mut TxnViews<'_, '_>, user: &str, mailbox: Id, uid: u32, guid: Id) -> Result<(), ViewError> {
+    if v.message(mailbox, uid)?.is_some_and(|h| h.guid != guid) {
+        mark(v, user, mailbox, uid)?;
+    }
+    Ok(())
+}
+
+/// Mark (mailbox, uid) for the master's renumbering, if it is not.
+fn mark(v: &mut TxnViews<'_, '_>, user: &str, mailbox: Id, uid: u32) -> Result<(), ViewError> {
+    if v.collision(mailbox, uid)?.is_none() {
+        let rec = CollisionRec {
+            user: user.to_string(),
+            causes: Vec::new(),
+        };
+        v.put(&keys::collision(mailbox, uid), &enc(&rec));
     }
     Ok(())
 }
@@ -369,6 +423,41 @@ fn locate(v: &TxnViews<'_, '_>, mut mailbox: Id, mut uid: u32, guid: Id) -> Resu
         }
     }
     Ok(None)
+}
+
+/// Where a resolution of rank `by`, which beat the one that put the
+/// message under (mailbox, uid), finds it.
+enum Follow {
+    /// There: take it from this place.
+    Here(Id, u32, Spot, MessageRec),
+    /// A later move took it on from there, and ranks above `by`: the
+    /// message stays where it is now, and this is where (with that rank).
+    Beaten((Id, u32, Rank)),
+    /// Gone (expunged meanwhile).
+    Gone,
+}
+
+/// Follow the message from (mailbox, uid) through the moves after it, as
+/// long as `by` beats each: a move after the one `by` beat was made from
+/// a place only that one gave, and whichever of them ranks higher decides,
+/// whatever the order they were applied in here.
+fn follow(v: &TxnViews<'_, '_>, mut mailbox: Id, mut uid: u32, guid: Id, by: Rank) -> Result<Follow, ViewError> {
+    for _ in 0..256 {
+        if let Some((spot, m)) = find(v, mailbox, uid, guid)? {
+            return Ok(Follow::Here(mailbox, uid, spot, m));
+        }
+        match v.moved_to(mailbox, uid, guid)? {
+            Some((mb, u, r)) if r.beats(&by) => {
+                return Ok(match locate(v, mb, u, guid)? {
+                    Some((mb2, u2, _, _)) => Follow::Beaten((mb2, u2, r)),
+                    None => Follow::Gone,
+                });
+            }
+            Some((mb, u, _)) => (mailbox, uid) = (mb, u),
+            None => return Ok(Follow::Gone),
+        }
+    }
+    Ok(Follow::Gone)
 }
 
 /// Take a found message out of its place (an expunge at `modseq` when it
@@ -446,13 +535,14 @@ fn fresh_record(event: &Event, modseq: u64, ts: (u64, u64)) -> Option<MessageRec
 pub fn apply(v: &mut TxnViews<'_, '_>, at: &Appended, event: &Event) -> Result<(), ViewError> {
     // A second placement of one message may take it from where the first
     // put it: that place changes too.
-    let earlier = match event {
-        Event::MessagePlaced { mailbox, guid, .. } => v.moved_to(*mailbox, 0, *guid)?,
-        _ => None,
+    let placement = event.as_placement();
+    let earlier = match placement {
+        Some(p) => v.moved_to(p.mailbox, 0, p.guid)?,
+        None => None,
     };
     apply_views(v, at, event)?;
-    if let (Some((mb, uid, _)), Event::MessagePlaced { user, .. }) = (earlier, event) {
-        crate::merkle::refresh_place(v, user, mb, uid)?;
+    if let (Some((mb, uid, _)), Some(p)) = (earlier, placement) {
+        crate::merkle::refresh_place(v, p.user, mb, uid)?;
     }
     crate::merkle::update(v, event)
 }
@@ -569,14 +659,15 @@ fn apply_views(v: &mut TxnViews<'_, '_>, at: &Appended, event: &Event) -> Result
                 }
             }
         }
-        Event::MessagePlaced { user, mailbox, guid, uid } => {
-            if *uid == 0 {
+        Event::MessagePlaced { .. } | Event::MessagePlacedInEpoch { .. } => {
+            let p = event.as_placement().expect("a placement");
+            if p.uid == 0 {
                 return Err(ViewError::Corrupt {
                     key: format!("entry {:016x}:{}", at.origin.0, at.seq),
                     reason: "a message placed under UID 0".into(),
                 });
             }
-            place_pending(v, user, *mailbox, *guid, *uid, at)?;
+            place_pending(v, p, at)?;
         }
         Event::FlagsChanged {
             user,
@@ -652,73 +743,8 @@ fn apply_views(v: &mut TxnViews<'_, '_>, at: &Appended, event: &Event) -> Result
                 v.put(&keys::quota(user), &enc(&rec));
             }
         }
-        Event::MessagesMoved {
-            user,
-            from,
-            to,
-            resolves,
-            moves,
-        } => {
-            let mut causes = Vec::new();
-            for uid in resolves {
-                if let Some(rec) = v.collision(*from, *uid)? {
-                    causes.extend(rec.causes.into_iter().map(|c| (*uid, c)));
-                }
-                v.delete(&keys::collision(*from, *uid));
-            }
-            for (index, (old, guid, new)) in moves.iter().enumerate() {
-                let here = (*to, *new, ts);
-                let (spot, mut m, at_spot) = match find(v, *from, *old, *guid)? {
-                    Some((spot, m)) => (spot, m, (*from, *old)),
-                    None => match v.moved_to(*from, *old, *guid)? {
-                        // Moved already by another resolution (two nodes
-                        // acting as master): the earlier by (HLC, origin)
-                        // wins on every node, whatever the order.
-                        Some((mb, u, by)) if by > ts => match locate(v, mb, u, *guid)? {
-                            Some((mb2, u2, spot, m)) => {
-                                v.put(&keys::moved(mb, u, *guid), &enc(&here));
-                                (spot, m, (mb2, u2))
-                            }
-                            None => continue,
-                        },
-                        Some(winner) => {
-                            v.put(&keys::moved(*to, *new, *guid), &enc(&winner));
-                            continue;
-                        }
-                        // Only where the master saw it: a message expunged
-                        // here meanwhile stays expunged.
-                        None => continue,
-                    },
-                };
-                take(v, at_spot.0, at_spot.1, spot, &m, modseq)?;
-                v.put(&keys::moved(*from, *old, *guid), &enc(&here));
-                m.modseq = modseq;
-                place(v, user, *to, *new, m, at)?;
-                let cause = causes.iter().find(|(u, c)| u == old && c.0 == *guid).map(|(_, c)| (c.1, c.2));
-                v.put(
-                    &keys::resolution(modseq, index as u32),
-                    &enc(&ResolutionRec {
-                        user: user.clone(),
-                        from: *from,
-                        old_uid: *old,
-                        guid: *guid,
-                        to: *to,
-                        new_uid: *new,
-                        by: (at.origin.0, at.seq),
-                        cause,
-                    }),
-                );
-            }
-            // Every new UID counts as given, also where its message was
-            // expunged here meanwhile, so UIDNEXT agrees on every node.
-            if let (Some(mut mb), Some(top)) = (v.mailbox(user, *to)?, moves.iter().map(|m| m.2).max()) {
-                mb.uidnext = mb.uidnext.max(top.saturating_add(1));
-                touch_mailbox(v, user, mb, modseq);
-            }
-            if from != to {
-                v.put(&keys::merged(*from), &enc(to));
-            }
-            touch_if_exists(v, user, *from, modseq)?;
+        Event::MessagesMoved { .. } | Event::MessagesMovedInEpoch { .. } => {
+            apply_moves(v, at, event.as_moves().expect("a renumbering"))?;
         }
         Event::RoleChanged { node, epoch } => crate::repl::role::apply(v, node, *epoch)?,
         Event::SideFileSet { .. } | Event::SideFileRemoved { .. } => crate::sidefiles::apply(v, ts, event)?,
@@ -767,6 +793,131 @@ fn apply_views(v: &mut TxnViews<'_, '_>, at: &Appended, event: &Event) -> Result
     Ok(())
 }
 
+/// `MessagesMoved`: every message named by `m.moves` leaves its old place
+/// (shown or kept aside) for its new UID. Of two resolutions of one
+/// message (two nodes acting as master, or a stale master and the master
+/// of a later epoch) the one of the higher [`Rank`] wins on every node,
+/// whatever the order.
+fn apply_moves(v: &mut TxnViews<'_, '_>, at: &Appended, m: Moves<'_>) -> Result<(), ViewError> {
+    let Moves {
+        epoch,
+        user,
+        from,
+        to,
+        resolves,
+        moves,
+    } = m;
+    let modseq = at.order;
+    let by = rank(at, epoch);
+    let mut causes = Vec::new();
+    for uid in resolves {
+        if let Some(rec) = v.collision(from, *uid)? {
+            causes.extend(rec.causes.into_iter().map(|c| (*uid, c)));
+        }
+        v.delete(&keys::collision(from, *uid));
+    }
+    for (index, (old, guid, new)) in moves.iter().enumerate() {
+        let here = enc_moved(to, *new, by);
+        let (spot, mut m, at_spot) = match find(v, from, *old, *guid)? {
+            Some((spot, m)) => (spot, m, (from, *old)),
+            None => match v.moved_to(from, *old, *guid)? {
+                // Moved already by another resolution (two nodes acting
+                // as master): the higher rank wins on every node,
+                // whatever the order. If both moved it to the same UID,
+                // it is wherever later moves took it from there, and only
+                // the rank that counts for its old place changes.
+                Some((mb, u, other)) if by.beats(&other) && (mb, u) == (to, *new) => {
+                    v.put(&keys::moved(from, *old, *guid), &here);
+                    continue;
+                }
+                Some((mb, u, other)) if by.beats(&other) => match follow(v, mb, u, *guid, by)? {
+                    Follow::Here(mb2, u2, spot, m) => {
+                        v.put(&keys::moved(mb, u, *guid), &here);
+                        (spot, m, (mb2, u2))
+                    }
+                    Follow::Beaten(winner) => {
+                        v.put(&keys::moved(from, *old, *guid), &here);
+                        v.put(&keys::moved(to, *new, *guid), &enc_moved(winner.0, winner.1, winner.2));
+                        mark_if_shown_elsewhere(v, user, to, *new, *guid)?;
+                        continue;
+                    }
+                    Follow::Gone => {
+                        mark_if_shown_elsewhere(v, user, to, *new, *guid)?;
+                        continue;
+                    }
+                },
+                Some(winner) => {
+                    if (winner.0, winner.1) != (to, *new) {
+                        v.put(&keys::moved(to, *new, *guid), &enc_moved(winner.0, winner.1, winner.2));
+                        // Where this move was applied first, its node showed
+                        // the message under `new`: another message shown
+                        // here under it may not stay there, and the mark
+                        // sends it to the master's renumbering (as a losing
+                        // placement does). A stale master may no longer
+                        // resolve its own marks; this one reaches the master.
+                        mark_if_shown_elsewhere(v, user, to, *new, *guid)?;
+                    }
+                    continue;
+                }
+                // Only where the master saw it: a message expunged here
+                // meanwhile stays expunged. Where the move came first, its
+                // node showed the message under `new`: another message
+                // shown here under it may not stay, and the mark is for
+                // the master.
+                None => {
+                    mark_if_shown_elsewhere(v, user, to, *new, *guid)?;
+                    continue;
+                }
+            },
+        };
+        v.put(&keys::moved(from, *old, *guid), &here);
+        if at_spot == (to, *new) {
+            // A later move put it where this one does: it stays.
+            continue;
+        }
+        if at_spot != (from, *old) {
+            v.put(&keys::moved(at_spot.0, at_spot.1, *guid), &here);
+        }
+        take(v, at_spot.0, at_spot.1, spot, &m, modseq)?;
+        m.modseq = modseq;
+        place(v, user, to, *new, m, at)?;
+        let cause = causes.iter().find(|(u, c)| u == old && c.0 == *guid).map(|(_, c)| (c.1, c.2));
+        v.put(
+            &keys::resolution(modseq, index as u32),
+            &enc(&ResolutionRec {
+                user: user.to_string(),
+                from,
+                old_uid: *old,
+                guid: *guid,
+                to,
+                new_uid: *new,
+                by: (at.origin.0, at.seq),
+                cause,
+            }),
+        );
+    }
+    // A message still under a resolved UID, shown or kept aside, is one
+    // this resolution did not name (it reached this node before its
+    // author saw it): the mark stays for the master, whichever node that
+    // is when it sees the message, since on the nodes that applied it
+    // after this resolution it is kept aside and marked.
+    for uid in resolves {
+        if v.message(from, *uid)?.is_some() || !v.conflicts_at(from, *uid)?.is_empty() {
+            mark(v, user, from, *uid)?;
+        }
+    }
+    // Every new UID counts as given, also where its message was expunged
+    // here meanwhile, so UIDNEXT agrees on every node.
+    if let (Some(mut mb), Some(top)) = (v.mailbox(user, to)?, moves.iter().map(|m| m.2).max()) {
+        mb.uidnext = mb.uidnext.max(top.saturating_add(1));
+        touch_mailbox(v, user, mb, modseq);
+    }
+    if from != to {
+        v.put(&keys::merged(from), &enc(&to));
+    }
+    touch_if_exists(v, user, from, modseq)
+}
+
 /// A message restored under its UID: a free UID takes it (whatever
 /// UIDNEXT says), the same GUID there takes its fields, another GUID
 /// there keeps it aside.
@@ -807,4 +958,267 @@ fn restore_message(v: &mut TxnViews<'_, '_>, user: &str, mailbox: Id, uid: u32, 
     mb.uidnext = mb.uidnext.max(uid.saturating_add(1));
     touch_mailbox(v, user, mb, modseq);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::Flags;
+    use crate::store::{wal_options, Store};
+    use crate::views::ViewRead;
+
+    const STALE: u64 = 0xa; // the old master, still at epoch 0
+    const PROMOTED: u64 = 0xb; // promoted to epoch 1
+    const SLAVE: u64 = 0xc;
+
+    /// Apply `events` as entries (origin, hlc) in this order, each at the
+    /// next position of the store's apply order.
+    fn apply_in_order(store: &Store, events: &[(u64, u64, Event)]) {
+        let events = events.to_vec();
+        store
+            .run_blocking(move |txn, cfs| {
+                let mut order = TxnViews { txn, cf: cfs.views }
+                    .vget(b"test-order")?
+                    .map_or(0, |b| u64::from_be_bytes(b.try_into().unwrap()));
+                for (origin, hlc, e) in &events {
+                    order += 1;
+                    let at = Appended {
+                        origin: wal::Origin(*origin),
+                        seq: order,
+                        order,
+                        hlc: *hlc,
+                        hash: [0; 32],
+                    };
+                    let mut v = TxnViews { txn, cf: cfs.views };
+                    apply(&mut v, &at, e)?;
+                }
+                TxnViews { txn, cf: cfs.views }.put(b"test-order", &order.to_be_bytes());
+                Ok(())
+            })
+            .unwrap();
+    }
+
+    fn append(mailbox: Id, uid: u32, guid: Id) -> Event {
+        let body = format!("Subject: {guid:?}\r\n\r\nx\r\n");
+        Event::MessageAppended {
+            user: "u".into(),
+            mailbox,
+            uid,
+            guid,
+            blob: BlobHash::of(body.as_bytes()),
+            size: body.len() as u64,
+            internal_date: 1,
+            tz_minutes: 0,
+            flags: Flags::default(),
+        }
+    }
+
+    /// What must agree between nodes: every message shown (uid, guid),
+    /// UIDNEXT, the forwarding records with their ranks, what is still
+    /// aside, marked or pending, and the merkle root.
+    fn state(store: &Store, mailbox: Id) -> impl PartialEq + std::fmt::Debug {
+        let v = store.views();
+        let mb = v.mailbox("u", mailbox).unwrap().unwrap();
+        let shown: Vec<(u32, Id)> = v.messages(mailbox).unwrap().into_iter().map(|(u, m)| (u, m.guid)).collect();
+        let w: Vec<(Vec<u8>, (Id, u32, Rank))> = v
+            .vscan(b"W")
+            .unwrap()
+            .into_iter()
+            .map(|(k, b)| (k, super::super::dec_moved(&b).unwrap()))
+            .collect();
+        let left: Vec<usize> = [b"X", b"Y", b"P"].iter().map(|p| v.vscan(*p).unwrap().len()).collect();
+        let root = crate::merkle::node_root(&v).unwrap();
+        (
+            shown,
+            mb.uidnext,
+            w.into_iter()
+                .map(|(k, (m, u, r))| (k, m, u, r.epoch, r.hlc, r.origin))
+                .collect::<Vec<_>>(),
+            left,
+            root,
+        )
+    }
+
+    /// A stale master (epoch 0) and the master promoted to epoch 1 both
+    /// renumber one collision and both place one pending message. The
+    /// stale resolutions have the smaller HLC, so by (HLC, origin) alone
+    /// they would win; with the epoch they lose, in both apply orders, and
+    /// both orders end in the same views.
+    #[test]
+    fn a_resolution_of_a_higher_epoch_wins_in_either_apply_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let (inbox, g1, g2, g3) = (Id([1; 16]), Id([2; 16]), Id([3; 16]), Id([4; 16]));
+        let base = vec![
+            (
+                STALE,
+                1,
+                Event::UserCreated {
+                    user: "u".into(),
+                    password_hash: "x".into(),
+                },
+            ),
+            (
+                STALE,
+                2,
+                Event::MailboxCreated {
+                    user: "u".into(),
+                    mailbox: inbox,
+                    name: "INBOX".into(),
+                    uidvalidity: 1,
+                    special_use: None,
+                },
+            ),
+            // UID 1 given twice during a cut; a pending message of the slave.
+            (STALE, 10, append(inbox, 1, g1)),
+            (PROMOTED, 11, append(inbox, 1, g2)),
+            (SLAVE, 12, append(inbox, 0, g3)),
+            (
+                PROMOTED,
+                20,
+                Event::RoleChanged {
+                    node: "b".into(),
+                    epoch: 1,
+                },
+            ),
+        ];
+        let stale = vec![
+            (
+                STALE,
+                30,
+                Event::moved(0, "u".into(), inbox, inbox, vec![1], vec![(1, g1, 2), (1, g2, 3)]),
+            ),
+            (STALE, 31, Event::placed(0, "u".into(), inbox, g3, 4)),
+        ];
+        let promoted = vec![
+            (
+                PROMOTED,
+                40,
+                Event::moved(1, "u".into(), inbox, inbox, vec![1], vec![(1, g1, 5), (1, g2, 6)]),
+            ),
+            (PROMOTED, 41, Event::placed(1, "u".into(), inbox, g3, 7)),
+        ];
+        assert!(matches!(stale[0].2, Event::MessagesMoved { .. }), "epoch 0 keeps the old variant");
+        assert!(matches!(promoted[0].2, Event::MessagesMovedInEpoch { epoch: 1, .. }));
+        assert!(matches!(promoted[1].2, Event::MessagePlacedInEpoch { epoch: 1, .. }));
+        let mut ends = Vec::new();
+        for (name, first, second) in [("stale first", &stale, &promoted), ("promoted first", &promoted, &stale)] {
+            let store = Store::open(&dir.path().join(name.replace(' ', "-")), "n", wal_options("n")).unwrap();
+            apply_in_order(&store, &base);
+            apply_in_order(&store, first);
+            apply_in_order(&store, second);
+            let v = store.views();
+            let shown: Vec<(u32, Id)> = v.messages(inbox).unwrap().into_iter().map(|(u, m)| (u, m.guid)).collect();
+            assert_eq!(shown, vec![(5, g1), (6, g2), (7, g3)], "{name}: the epoch-1 resolutions win");
+            // Flag changes and expunges naming the stale UIDs reach the
+            // message where the winner put it.
+            for (uid, guid, want) in [(2, g1, 5), (3, g2, 6), (4, g3, 7)] {
+                let (mb, u, by) = v.moved_to(inbox, uid, guid).unwrap().expect("the losing UID forwards");
+                assert_eq!((mb, u, by.epoch), (inbox, want, 1), "{name}: UID {uid}");
+            }
+            ends.push(state(&store, inbox));
+        }
+        assert_eq!(ends[0], ends[1], "the two apply orders end in different views");
+    }
+
+    /// A stale placement (epoch 0) put a message under UID 2, a move of a
+    /// later epoch made from there took it on to UID 6, and a placement of
+    /// an epoch between them beat the stale one and put it under UID 3.
+    /// The move ranks above that placement, so UID 6 holds the message in
+    /// every apply order the links allow (the move always after the
+    /// placement it moved from). (When the placement ranks above the move,
+    /// the nodes that applied the move first keep the message aside under
+    /// UID 3, below their UIDNEXT: `replication.md` section 10.)
+    #[test]
+    fn a_move_made_from_a_beaten_placement_is_ranked_against_the_winner() {
+        let dir = tempfile::tempdir().unwrap();
+        let (inbox, g) = (Id([1; 16]), Id([4; 16]));
+        let base = vec![
+            (
+                STALE,
+                1,
+                Event::UserCreated {
+                    user: "u".into(),
+                    password_hash: "x".into(),
+                },
+            ),
+            (
+                STALE,
+                2,
+                Event::MailboxCreated {
+                    user: "u".into(),
+                    mailbox: inbox,
+                    name: "INBOX".into(),
+                    uidvalidity: 1,
+                    special_use: None,
+                },
+            ),
+            (SLAVE, 12, append(inbox, 0, g)),
+        ];
+        let old = (STALE, 30, Event::placed(0, "u".into(), inbox, g, 2));
+        let new = (PROMOTED, 40, Event::placed(1, "u".into(), inbox, g, 3));
+        let (case, move_epoch, want) = ("the move ranks higher", 2, 6);
+        {
+            let mv = (
+                STALE,
+                50,
+                Event::moved(move_epoch, "u".into(), inbox, inbox, vec![2], vec![(2, g, 6)]),
+            );
+            let orders = [
+                vec![new.clone(), old.clone(), mv.clone()],
+                vec![old.clone(), new.clone(), mv.clone()],
+                vec![old.clone(), mv.clone(), new.clone()],
+            ];
+            let mut ends = Vec::new();
+            for (k, order) in orders.iter().enumerate() {
+                let store = Store::open(&dir.path().join(format!("{move_epoch}-{k}")), "n", wal_options("n")).unwrap();
+                apply_in_order(&store, &base);
+                apply_in_order(&store, order);
+                let v = store.views();
+                let shown: Vec<(u32, Id)> = v.messages(inbox).unwrap().into_iter().map(|(u, m)| (u, m.guid)).collect();
+                assert_eq!(shown, vec![(want, g)], "{case}, order {k}");
+                let left: Vec<usize> = [b"X", b"Y", b"P"].iter().map(|p| v.vscan(*p).unwrap().len()).collect();
+                let uidnext = v.mailbox("u", inbox).unwrap().unwrap().uidnext;
+                ends.push((shown, uidnext, left, crate::merkle::node_root(&v).unwrap()));
+            }
+            assert!(ends.windows(2).all(|w| w[0] == w[1]), "{case}: {ends:?}");
+        }
+    }
+
+    /// Of two resolutions in one epoch the smaller (HLC, origin) wins, as
+    /// before epochs were ranked; a higher epoch wins whatever its clock.
+    #[test]
+    fn rank_orders_by_epoch_then_the_earlier_clock() {
+        let r = |epoch, hlc, origin| Rank { epoch, hlc, origin };
+        assert!(r(0, 1, 1).beats(&r(0, 2, 1)));
+        assert!(r(0, 1, 1).beats(&r(0, 1, 2)));
+        assert!(!r(0, 2, 1).beats(&r(0, 1, 1)));
+        assert!(r(1, 9, 9).beats(&r(0, 1, 1)));
+        assert!(!r(0, 1, 1).beats(&r(1, 9, 9)));
+        assert!(!r(3, 5, 5).beats(&r(3, 5, 5)));
+    }
+
+    /// `W` records written before epochs were ranked (and every record of
+    /// epoch 0) keep their bytes and decode as epoch 0; records of a later
+    /// epoch carry it after them.
+    #[test]
+    fn forwarding_records_of_the_old_layout_read_as_epoch_0() {
+        let old = postcard::to_allocvec(&(Id([5; 16]), 9u32, (77u64, 3u64))).unwrap();
+        let r0 = Rank {
+            epoch: 0,
+            hlc: 77,
+            origin: 3,
+        };
+        assert_eq!(enc_moved(Id([5; 16]), 9, r0), old);
+        assert_eq!(super::super::dec_moved(&old).unwrap(), (Id([5; 16]), 9, r0));
+        let r2 = Rank { epoch: 2, ..r0 };
+        let new = enc_moved(Id([5; 16]), 9, r2);
+        assert_eq!(new.len(), old.len() + 1);
+        assert_eq!(super::super::dec_moved(&new).unwrap(), (Id([5; 16]), 9, r2));
+        let mut bad = new.clone();
+        bad.push(0);
+        assert!(super::super::dec_moved(&bad).is_err());
+        let mut zero = old.clone();
+        zero.push(0);
+        assert!(super::super::dec_moved(&zero).is_err());
+    }
 }

@@ -27,8 +27,10 @@
 //! Y mailbox-id uid            -> CollisionRec: this UID was given to two
 //!                                messages; the master moves every message
 //!                                under it to a fresh UID
-//! W mailbox-id uid guid       -> (mailbox-id, uid, (hlc, origin)): where the
-//!                                message was moved to, and by which move
+//! W mailbox-id uid guid       -> (mailbox-id, uid, (hlc, origin)[, epoch]):
+//!                                where the message was moved to, and the
+//!                                rank of the resolution that counts
+//!                                (`Rank`; the epoch only when above 0)
 //! K user 00 mailbox-id        -> (hlc, origin) of the mailbox's current name
 //! L user 00 mailbox-id        -> (empty) the mailbox lost its name to
 //!                                another of that name; the master merges
@@ -181,6 +183,55 @@ pub struct ResolutionRec {
     pub by: (u64, u64),
     /// The entry that had put it aside, when it was kept aside: (origin, seq).
     pub cause: Option<(u64, u64)>,
+}
+
+/// The rank of a resolution (a move or a placement) of one message: the
+/// epoch its author was master under, then its entry's (HLC, origin). Of
+/// two resolutions of one message the one that [`Rank::beats`] the other
+/// counts on every node, whatever order they were applied in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rank {
+    pub epoch: u64,
+    pub hlc: u64,
+    pub origin: u64,
+}
+
+impl Rank {
+    /// The higher epoch wins; within one epoch the smaller (HLC, origin),
+    /// the rule two masters of one epoch have always converged by. So a
+    /// master of a later epoch overrides a stale one, and a stale one can
+    /// never override it.
+    pub fn beats(&self, other: &Rank) -> bool {
+        (self.epoch, std::cmp::Reverse((self.hlc, self.origin))) > (other.epoch, std::cmp::Reverse((other.hlc, other.origin)))
+    }
+}
+
+/// `W` record: where a message was moved to, and the rank of the
+/// resolution that counts. Postcard `(Id, u32, (u64, u64))` (mailbox, UID,
+/// (HLC, origin)), followed by the epoch as a postcard varint only when it
+/// is above 0: records of epoch 0 keep the bytes written before epochs
+/// were ranked, and those still decode (as epoch 0).
+pub(crate) fn enc_moved(mailbox: Id, uid: u32, by: Rank) -> Vec<u8> {
+    let mut b = enc(&(mailbox, uid, (by.hlc, by.origin)));
+    if by.epoch > 0 {
+        b.extend_from_slice(&enc(&by.epoch));
+    }
+    b
+}
+
+/// Decode a `W` record (see [`enc_moved`]).
+pub(crate) fn dec_moved(b: &[u8]) -> Result<(Id, u32, Rank), String> {
+    type Head = (Id, u32, (u64, u64));
+    let ((mailbox, uid, (hlc, origin)), rest) = postcard::take_from_bytes::<Head>(b).map_err(|e| e.to_string())?;
+    let epoch = match rest {
+        [] => 0,
+        _ => match postcard::take_from_bytes::<u64>(rest).map_err(|e| e.to_string())? {
+            (e, []) if e > 0 => e,
+            (0, []) => return Err("epoch 0 written out".into()),
+            (_, more) => return Err(format!("{} unexpected bytes after the epoch", more.len())),
+        },
+    };
+    Ok((mailbox, uid, Rank { epoch, hlc, origin }))
 }
 
 /// A message appended pending, awaiting its UID from the master

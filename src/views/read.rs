@@ -180,11 +180,17 @@ pub trait ViewRead {
     }
 
     /// Where the master moved the message (mailbox, uid, guid), if it did,
-    /// and the (HLC, origin) of the move that counts.
-    #[allow(clippy::type_complexity)]
-    fn moved_to(&self, mailbox: Id, uid: u32, guid: Id) -> Result<Option<(Id, u32, (u64, u64))>, ViewError> {
+    /// and the rank of the resolution that counts.
+    fn moved_to(&self, mailbox: Id, uid: u32, guid: Id) -> Result<Option<(Id, u32, super::Rank)>, ViewError> {
         let k = keys::moved(mailbox, uid, guid);
-        self.vget(&k)?.map(|v| dec(&k, &v)).transpose()
+        self.vget(&k)?
+            .map(|v| {
+                super::dec_moved(&v).map_err(|reason| ViewError::Corrupt {
+                    key: hex::encode(&k),
+                    reason,
+                })
+            })
+            .transpose()
     }
 
     /// Messages appended pending, awaiting the master: (mailbox, guid,

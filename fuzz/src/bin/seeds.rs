@@ -104,6 +104,27 @@ fn main() {
         messages: None,
     };
     write("event", &(events.len() + placement.len() + side.len()).to_string(), &quota.encode());
+    // Resolutions that carry their author's epoch; only for the event target.
+    let epoch = [
+        Event::MessagesMovedInEpoch {
+            epoch: 1,
+            user: "a@example.org".into(),
+            from: Id([7; 16]),
+            to: Id([7; 16]),
+            resolves: vec![42],
+            moves: vec![(42, Id([9; 16]), 44)],
+        },
+        Event::MessagePlacedInEpoch {
+            epoch: 1,
+            user: "a@example.org".into(),
+            mailbox: Id([7; 16]),
+            guid: Id([10; 16]),
+            uid: 45,
+        },
+    ];
+    for (i, e) in epoch.iter().enumerate() {
+        write("event", &(events.len() + placement.len() + side.len() + 1 + i).to_string(), &e.encode());
+    }
 
     let origin = Origin(0x0123_4567_89ab_cdef);
     let mut prev = GENESIS;

@@ -15,6 +15,7 @@ use super::vector::Vector;
 use crate::repl::error::LinkError;
 use crate::repl::frame::Frame;
 use std::collections::{BTreeMap, HashSet};
+use std::time::{Duration, Instant};
 
 /// Bodies remembered as sent on one link; past this the set starts over
 /// (bounded memory; at worst a body travels again).
@@ -208,6 +209,76 @@ impl Dialer {
     }
 }
 
+/// How long a batch waits for the peer's answer to its body query: a peer
+/// that never answers must not hold the link up for ever.
+pub const QUERY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The body queries of one link that wait for their answers, and the
+/// deadline of each, with no clock of its own: the driver says when a
+/// query left ([`Queries::asked`]) and when its answer came
+/// ([`Queries::answered`]), sets a timer for [`Queries::poll_timeout`],
+/// and ends the link with the error [`Queries::handle_timeout`] returns.
+/// Answers do not pass through the link's loop on their way to the batch
+/// waiting for them (the loop may itself wait for that batch's writer);
+/// only their arrival is noted here.
+#[derive(Debug, Clone)]
+pub struct Queries {
+    timeout: Duration,
+    /// Query id -> when it was asked.
+    open: BTreeMap<u64, Instant>,
+}
+
+impl Queries {
+    pub fn new(timeout: Duration) -> Queries {
+        Queries {
+            timeout,
+            open: BTreeMap::new(),
+        }
+    }
+
+    /// Query `id` was handed to the writer at `now`.
+    pub fn asked(&mut self, id: u64, now: Instant) {
+        self.open.insert(id, now);
+    }
+
+    /// The answer to query `id` arrived: whether it was one this link
+    /// waits for (a stray or repeated answer is not).
+    pub fn answered(&mut self, id: u64) -> bool {
+        self.open.remove(&id).is_some()
+    }
+
+    /// Queries still waiting.
+    pub fn waiting(&self) -> usize {
+        self.open.len()
+    }
+
+    /// When the oldest waiting query runs out, if any waits.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.open.values().min().map(|t| *t + self.timeout)
+    }
+
+    /// The timer fired at `now`: a query waiting since `timeout` or longer
+    /// ends the link (`query N unanswered after 30 s`).
+    pub fn handle_timeout(&mut self, now: Instant) -> Result<(), LinkError> {
+        let late = self
+            .open
+            .iter()
+            .filter(|(_, t)| now >= **t + self.timeout)
+            .min_by_key(|(_, t)| **t)
+            .map(|(id, _)| *id);
+        match late {
+            Some(id) => {
+                self.open.remove(&id);
+                Err(LinkError::Timeout(format!(
+                    "query {id} unanswered after {} s",
+                    self.timeout.as_secs()
+                )))
+            }
+            None => Ok(()),
+        }
+    }
+}
+
 /// Bodies to send unasked, and bodies to ask the peer about.
 pub type Chosen = (Vec<[u8; 32]>, Vec<[u8; 32]>);
 
@@ -322,6 +393,33 @@ mod tests {
             })
             .unwrap_err();
         assert_eq!(e.to_string(), "expected ack, refused or held, got vector");
+    }
+
+    #[test]
+    fn a_query_left_unanswered_ends_the_link_at_its_deadline() {
+        let t0 = Instant::now();
+        let s = Duration::from_secs;
+        let mut q = Queries::new(QUERY_TIMEOUT);
+        assert_eq!(q.poll_timeout(), None, "no query, no timer");
+        q.asked(3, t0);
+        q.asked(4, t0 + s(10));
+        assert_eq!(q.poll_timeout(), Some(t0 + s(30)));
+        // Answered in time: the timer moves to the next query's deadline.
+        assert!(q.answered(3));
+        assert!(!q.answered(3), "a repeated answer is not waited for");
+        assert!(!q.answered(99), "nor a stray one");
+        assert_eq!(q.poll_timeout(), Some(t0 + s(40)));
+        assert!(q.handle_timeout(t0 + s(39)).is_ok());
+        let e = q.handle_timeout(t0 + s(40)).unwrap_err();
+        assert_eq!((e.kind(), e.to_string().as_str()), ("timeout", "query 4 unanswered after 30 s"));
+        assert_eq!((q.waiting(), q.poll_timeout()), (0, None));
+        // The oldest late query is the one named, whatever its id.
+        q.asked(9, t0 + s(1));
+        q.asked(7, t0 + s(2));
+        assert_eq!(
+            q.handle_timeout(t0 + s(60)).unwrap_err().to_string(),
+            "query 9 unanswered after 30 s"
+        );
     }
 
     #[test]

@@ -20,6 +20,7 @@ use super::vector::Vector;
 use crate::repl::error::LinkError;
 use crate::repl::frame::Frame;
 use spake2::{Ed25519Group, Identity, Password, Spake2};
+use std::time::{Duration, Instant};
 
 /// The TLS exporter label both sides derive the connection's value with.
 pub const EXPORTER_LABEL: &[u8] = b"EXPORTER-tandem-mirror-auth";
@@ -157,6 +158,66 @@ impl AcceptAuth {
     }
 }
 
+/// Which end of a link a [`Deadline`] bounds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    /// From the connect to the acceptor's `Vector`.
+    Dialer,
+    /// From the first packet to a proven secret and the dialer's `Hello`
+    /// (`replication.md` section 2).
+    Acceptor,
+}
+
+/// The deadline of a link's opening, as a state machine with no clock of
+/// its own: the driver gives it the time (`now`) when the opening starts
+/// and when the timer it asks for ([`Deadline::poll_timeout`]) fires, and
+/// ends the link with the error [`Deadline::handle_timeout`] returns.
+#[derive(Debug, Clone)]
+pub struct Deadline {
+    side: Side,
+    timeout: Duration,
+    /// `None` once the opening is done.
+    at: Option<Instant>,
+}
+
+impl Deadline {
+    /// The opening starts at `now` and must be done within `timeout`.
+    pub fn start(side: Side, now: Instant, timeout: Duration) -> Deadline {
+        Deadline {
+            side,
+            timeout,
+            at: Some(now + timeout),
+        }
+    }
+
+    /// The opening is done (acceptor: `Hello` checked; dialer: `Vector`
+    /// read): no deadline any more.
+    pub fn opened(&mut self) {
+        self.at = None;
+    }
+
+    /// When the driver must call [`Deadline::handle_timeout`], if at all.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.at
+    }
+
+    /// The timer fired at `now`: past the deadline the link ends with this
+    /// error (a `timeout`; the acceptor counts it in `auth_timeouts`).
+    pub fn handle_timeout(&mut self, now: Instant) -> Result<(), LinkError> {
+        match self.at {
+            Some(at) if now >= at => {
+                self.at = None;
+                let ms = self.timeout.as_millis();
+                Err(LinkError::Timeout(match self.side {
+                    Side::Acceptor => format!("no authentication within {ms} ms"),
+                    Side::Dialer => format!("no handshake within {ms} ms"),
+                }))
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
 /// Whether a node id is acceptable: 1-64 characters of A-Z a-z 0-9 - _ .
 pub fn valid_node_id(id: &str) -> bool {
     (1..=64).contains(&id.len()) && id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.')
@@ -264,6 +325,31 @@ mod tests {
         };
         d.frame(pake_b).unwrap();
         assert_eq!(d.frame(Frame::Auth { mac: [9; 32] }).unwrap_err().kind(), "peer-unproven");
+    }
+
+    #[test]
+    fn an_opening_past_its_deadline_ends_the_link_once() {
+        let t0 = Instant::now();
+        let ms = Duration::from_millis;
+        let mut d = Deadline::start(Side::Acceptor, t0, ms(5000));
+        assert_eq!(d.poll_timeout(), Some(t0 + ms(5000)));
+        // A timer that fires early (or a spurious wake) changes nothing.
+        assert!(d.handle_timeout(t0 + ms(4999)).is_ok());
+        assert_eq!(d.poll_timeout(), Some(t0 + ms(5000)));
+        let e = d.handle_timeout(t0 + ms(5000)).unwrap_err();
+        assert_eq!((e.kind(), e.to_string().as_str()), ("timeout", "no authentication within 5000 ms"));
+        assert_eq!(d.poll_timeout(), None, "ended once");
+        assert!(d.handle_timeout(t0 + ms(9000)).is_ok());
+        // An opening done in time asks for no timer and never expires.
+        let mut d = Deadline::start(Side::Dialer, t0, ms(200));
+        d.opened();
+        assert_eq!(d.poll_timeout(), None);
+        assert!(d.handle_timeout(t0 + ms(10_000)).is_ok());
+        let mut d = Deadline::start(Side::Dialer, t0, ms(200));
+        assert_eq!(
+            d.handle_timeout(t0 + ms(300)).unwrap_err().to_string(),
+            "no handshake within 200 ms"
+        );
     }
 
     #[test]
