@@ -1,7 +1,8 @@
 //! Reading a backup back: the manifest chain, then every segment entry
 //! verified against its origin's chain before it is applied, bodies read
-//! by ranged reads from their packs (neighbours coalesced into one read)
-//! or, in format-1 backups, from their own objects, and checked against
+//! by ranged reads from their run objects or packs (neighbours coalesced
+//! into one read) or, in format-1 backups, from their own objects, and
+//! checked against
 //! their blake3, all applied through the same path a mirror's batch takes.
 //! A restore that is interrupted continues where the store stands.
 
@@ -15,7 +16,6 @@ use crate::repl::frame::{WireBlob, WireEntry};
 use crate::store::Store;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
-use wal::segment::SegmentReader;
 use wal::{Origin, Place};
 
 /// Where a restore stops.
@@ -131,8 +131,10 @@ fn choose_base(t: &dyn Target, node_id: &str, stop: Stop) -> Result<Option<Base>
         oldest = Some(b);
     }
     match oldest {
-        // Earlier than every base: only the whole chain can serve it.
-        Some(b) if layout::manifest_numbers(t)?.first() != Some(&1) => Err(BackupError::Usage(format!(
+        // Earlier than every base: only the whole chain from manifest 1
+        // can serve it (run objects prune keeps for their bodies do not
+        // make a chain).
+        Some(b) if !(1..=b.number).eq(layout::manifest_numbers(t)?.into_iter().take_while(|n| *n <= b.number)) => Err(BackupError::Usage(format!(
             "that point is older than the oldest restore point the backup keeps (base {}, time {} ms, apply order {}): earlier ones were pruned",
             b.number, b.time_ms, b.order
         ))),
@@ -511,42 +513,29 @@ pub fn apply_with(
         let mut readers = BTreeMap::new();
         for s in &m.segments {
             let origin = layout::parse_origin(&l.object, &s.origin)?;
-            let r = t.open(&s.object).map_err(|e| match BackupError::io(&s.object, e) {
-                BackupError::Missing { object, .. } => BackupError::Missing {
-                    object,
-                    what: format!("segment of origin {} seqs {}..={} named by {}", s.origin, s.first, s.last, l.object),
-                },
-                other => other,
-            })?;
-            let sr = SegmentReader::open(r).map_err(|source| BackupError::Segment {
-                object: s.object.clone(),
-                source,
-            })?;
+            let sr = layout::open_segment(t, s, &l.object)?;
             let prev = layout::parse_hash(&l.object, "prev_hash", &s.prev_hash)?;
             if sr.origin() != origin || sr.first_seq() != s.first || sr.last_seq() != s.last || sr.prev_hash() != &prev {
                 return Err(BackupError::Corrupt {
-                    object: s.object.clone(),
+                    object: s.describe(),
                     reason: format!(
                         "header does not match {} (origin {}, seqs {}..={})",
                         l.object, s.origin, s.first, s.last
                     ),
                 });
             }
-            readers.insert(origin, (s.object.clone(), sr));
+            readers.insert(origin, (s, sr));
         }
         let mut pos = m.order_from;
         'runs: for r in &m.runs {
             let origin = layout::parse_origin(&l.object, &r.origin)?;
-            let (object, sr) = readers.get_mut(&origin).expect("the chain check matched runs to segments");
+            let (sref, sr) = readers.get_mut(&origin).expect("the chain check matched runs to segments");
             for seq in r.first..=r.last {
                 let e = sr
                     .next_entry()
-                    .map_err(|source| BackupError::Segment {
-                        object: object.clone(),
-                        source,
-                    })?
+                    .map_err(|e| layout::segment_error(sref, e))?
                     .ok_or_else(|| BackupError::Corrupt {
-                        object: object.clone(),
+                        object: sref.describe(),
                         reason: format!("ends before origin {origin} seq {seq}"),
                     })?;
                 rep.entries_verified += 1;
@@ -610,11 +599,8 @@ pub fn apply_with(
         }
         if !done {
             // Every segment read to its closing hash and its end.
-            for (object, sr) in readers.values_mut() {
-                sr.verify_rest().map_err(|source| BackupError::Segment {
-                    object: object.clone(),
-                    source,
-                })?;
+            for (sref, sr) in readers.values_mut() {
+                sr.verify_rest().map_err(|e| layout::segment_error(sref, e))?;
             }
         }
         flush(store, t, &plan.bodies, fetchers, &mut rep, &mut batch)?;
