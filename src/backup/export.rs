@@ -81,12 +81,12 @@ fn open_existing(t: &dyn Target, node_id: &str) -> Result<Position, BackupError>
     };
     // The writer trusts its own last manifest (checked on its own); the
     // whole chain is what `audit` and `restore` verify.
-    if let Some(&n) = layout::manifest_numbers(t)?.last() {
+    if let Some((n, object)) = layout::manifest_list(t)?.pop() {
         let Loaded {
             object,
             manifest: m,
             file_hash,
-        } = layout::load_manifest(t, n)?;
+        } = layout::load_object(t, n, &object)?;
         if m.node_id != node_id {
             return Err(BackupError::Corrupt {
                 object,
@@ -127,9 +127,9 @@ fn read_packed(t: &dyn Target, pos: &mut Position) -> Result<(), BackupError> {
         let b = super::retention::load_base(t, base)?;
         add(&super::retention::base_name(base), &b.packs)?;
     }
-    for n in layout::manifest_numbers(t)? {
+    for (n, object) in layout::manifest_list(t)? {
         if n > base {
-            let l = layout::load_manifest(t, n)?;
+            let l = layout::load_object(t, n, &object)?;
             add(&l.object, &l.manifest.packs)?;
         }
     }

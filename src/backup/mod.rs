@@ -120,7 +120,7 @@ pub struct BackupStatus {
     pub entries: u64,
     pub segments: u64,
     pub segment_bytes: u64,
-    /// Bodies written (into packs) and their bytes.
+    /// Bodies written (into run objects) and their bytes.
     pub bodies: u64,
     pub body_bytes: u64,
     /// Pack objects written (format 2 only; format 3 writes none).

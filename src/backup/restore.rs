@@ -2,9 +2,9 @@
 //! verified against its origin's chain before it is applied, bodies read
 //! by ranged reads from their run objects or packs (neighbours coalesced
 //! into one read) or, in format-1 backups, from their own objects, and
-//! checked against
-//! their blake3, all applied through the same path a mirror's batch takes.
-//! A restore that is interrupted continues where the store stands.
+//! checked against their blake3, all applied through the same path a
+//! mirror's batch takes, by a thread of its own while the next batch is
+//! read. A restore that is interrupted continues where the store stands.
 
 use super::layout::{self, Loaded, PackRef};
 use super::retention::{self, Base};
@@ -535,9 +535,9 @@ pub fn apply_with(
         resumed_at,
         ..RestoreReport::default()
     };
-    // Reading (segments verified, bodies fetched, checked and stored) runs
-    // here while the applier thread applies the batch before: one batch
-    // ahead at most.
+    // Reading (segments verified, bodies fetched and checked) runs here
+    // while the applier thread stores and applies the batch before: one
+    // batch ahead at most.
     let applied = std::sync::atomic::AtomicU64::new(resumed_at);
     let (read, applied_result) = std::thread::scope(|s| {
         let (tx, rx) = std::sync::mpsc::sync_channel::<Ready>(1);
