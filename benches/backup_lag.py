@@ -139,11 +139,16 @@ def main():
         raise SystemExit("no entries measured")
     lags.sort()
     span = samples[-1][0] - samples[0][0]
-    # Segments, packs (one per run that wrote bodies; format 1 wrote one
-    # object per body) and manifests (one per run).
+    # Objects written, as the node counts them (layout format 3: one run
+    # object per run). Older nodes, without that count: segments, packs
+    # (one per run that wrote bodies; format 1 wrote one object per body)
+    # and manifests (one per run).
     packs = last.get("packs", 0) - first.get("packs", 0)
-    body_objects = packs if "packs" in last else last["bodies"] - first["bodies"]
-    objects = (last["segments"] - first["segments"]) + body_objects + (last["runs"] - first["runs"])
+    if "objects" in last:
+        objects = last["objects"] - first["objects"]
+    else:
+        body_objects = packs if "packs" in last else last["bodies"] - first["bodies"]
+        objects = (last["segments"] - first["segments"]) + body_objects + (last["runs"] - first["runs"])
     res = {
         "offered_per_s": a.rate,
         "delivered": total,
@@ -156,6 +161,7 @@ def main():
         "segments": last["segments"] - first["segments"],
         "bodies": last["bodies"] - first["bodies"],
         "packs": packs,
+        "objects": objects,
         "object_writes_per_s": objects / span,
         "poll_ms": a.poll_ms,
         "caught_up": last["position"] >= last["apply_order"],
@@ -164,7 +170,8 @@ def main():
         f"offered {a.rate:.0f}/s, achieved {res['achieved_per_s']:.0f}/s over {sent_s:.1f} s; "
         f"backup lag over {len(lags)} entries: p50 {res['lag_p50_ms']:.0f} ms, p99 {res['lag_p99_ms']:.0f} ms, "
         f"max {res['lag_max_ms']:.0f} ms (poll {a.poll_ms:.0f} ms); {res['runs']} runs, {res['segments']} segments, "
-        f"{res['bodies']} bodies in {res['packs']} packs: {res['object_writes_per_s']:.1f} object writes/s"
+        f"{res['bodies']} bodies, {res['packs']} packs, {objects} objects in {span:.1f} s: "
+        f"{res['object_writes_per_s']:.2f} object writes/s"
     )
     if a.json:
         json.dump(res, open(a.json, "w"), indent=1)

@@ -2,7 +2,8 @@
 # Continuous-backup lag at a steady LMTP rate: one node with `[backup] to`
 # a local directory (interval INTERVAL_MS), RATE deliveries/s for SECONDS,
 # the lag of each entry from applied to durable in the backup, and the
-# backup's object writes per second (segments, packs, manifests; one object
+# backup's object writes per second (run objects; before layout format 3
+# segments, packs and manifests; one object
 # per body before packs).
 #
 #   PROFILE=devopt benches/backup_lag.sh                   # 500/s for 20 s

@@ -63,7 +63,8 @@ if ! [ -f "$OUT/ready" ] || [ "$(cat "$OUT/ready")" != "$KEY" ]; then
   echo "$KEY" > "$OUT/ready"
 fi
 bytes=$(du -sb "$OUT/corpus" | cut -f1)
-echo "corpus: $((USERS * MSGS)) messages, $((bytes / 1000000)) MB of Maildir; backup $(du -sm "$OUT/bk" | cut -f1) MB in $(find "$OUT/bk/packs" -type f | wc -l) packs, $(find "$OUT/bk/manifests" -type f | wc -l) manifests ($PROFILE)"
+count() { find "$OUT/bk/$1" -type f 2>/dev/null | wc -l; }
+echo "corpus: $((USERS * MSGS)) messages, $((bytes / 1000000)) MB of Maildir; backup $(du -sm "$OUT/bk" | cut -f1) MB in $(count runs) run objects, $(count packs) packs, $(count manifests) manifests ($PROFILE)"
 
 RESULTS=$OUT/results.txt; : > "$RESULTS"
 for run in $(seq 1 "$RUNS"); do

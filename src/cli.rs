@@ -806,7 +806,7 @@ fn print_status(st: &Status) {
     }
     for b in &st.backup {
         println!(
-            "backup      {}{}   position {} of {}   lag {} entries ({:.1}s)   manifest {}   bodies {} ({} bytes, {} packs)   failures {}{}",
+            "backup      {}{}   position {} of {}   lag {} entries ({:.1}s)   manifest {}   bodies {} ({} bytes)   objects {}   failures {}{}",
             b.target,
             if b.continuous { " (continuous)" } else { "" },
             b.position,
@@ -816,7 +816,7 @@ fn print_status(st: &Status) {
             b.manifest,
             b.bodies,
             b.body_bytes,
-            b.packs,
+            b.objects,
             b.failures,
             b.last_error.as_deref().map(|e| format!("   last error: {e}")).unwrap_or_default()
         );

@@ -1,8 +1,7 @@
 //! One backup run: everything the node applied since the last manifest, as
-//! segments per origin (streamed from the log), the bodies the backup does
-//! not hold yet packed into one pack object (more past [`PACK_MAX_BYTES`]),
-//! and a manifest written last, once the rest is durable. The manifest
-//! holds the pack's index.
+//! one write-once run object holding the bodies the backup does not hold
+//! yet, a segment per origin (streamed from the log) and the manifest with
+//! the bodies' index, located by a footer at the object's end.
 
 use super::layout::{self, Head, Loaded, Manifest, PackRef, PackedBody, Run, SegmentRef};
 use super::target::Target;
@@ -10,7 +9,7 @@ use super::BackupError;
 use crate::event::Event;
 use crate::store::Store;
 use std::collections::{BTreeMap, HashSet};
-use wal::segment::{Sealed, SegmentReader, SegmentWriter};
+use wal::segment::SegmentWriter;
 use wal::{Hash, Origin, Place, WalError};
 
 /// Where a backup stands: what its last manifest covers.
@@ -82,12 +81,12 @@ fn open_existing(t: &dyn Target, node_id: &str) -> Result<Position, BackupError>
     };
     // The writer trusts its own last manifest (checked on its own); the
     // whole chain is what `audit` and `restore` verify.
-    if let Some(&n) = layout::manifest_numbers(t)?.last() {
+    if let Some((n, object)) = layout::manifest_list(t)?.pop() {
         let Loaded {
             object,
             manifest: m,
             file_hash,
-        } = layout::load_manifest(t, n)?;
+        } = layout::load_object(t, n, &object)?;
         if m.node_id != node_id {
             return Err(BackupError::Corrupt {
                 object,
@@ -128,9 +127,9 @@ fn read_packed(t: &dyn Target, pos: &mut Position) -> Result<(), BackupError> {
         let b = super::retention::load_base(t, base)?;
         add(&super::retention::base_name(base), &b.packs)?;
     }
-    for n in layout::manifest_numbers(t)? {
+    for (n, object) in layout::manifest_list(t)? {
         if n > base {
-            let l = layout::load_manifest(t, n)?;
+            let l = layout::load_object(t, n, &object)?;
             add(&l.object, &l.manifest.packs)?;
         }
     }
@@ -154,9 +153,13 @@ pub struct RunReport {
     pub segment_bytes: u64,
     pub bodies_written: u64,
     pub body_bytes: u64,
-    /// Pack objects written (0 when every body was in the backup already).
+    /// Pack objects written (format 2; a format-3 run writes none: its
+    /// bodies are in its run object).
     #[serde(default)]
     pub packs: u64,
+    /// Objects written: 1 (the run object).
+    #[serde(default)]
+    pub objects: u64,
 }
 
 fn now_ms() -> u64 {
@@ -166,12 +169,54 @@ fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
+/// A run stops taking entries once the new bodies it would write reach
+/// this many bytes, so one run object stays below about this size plus
+/// its segments (a body is never split: one larger than this is a run of
+/// its own).
+pub const RUN_MAX_BODY_BYTES: u64 = 256 << 20;
+
+/// What a run object holds, once written: its manifest's bytes, the heads
+/// after it, its segments and the bytes of its bodies.
+struct Written {
+    manifest: Vec<u8>,
+    heads: BTreeMap<Origin, (u64, Hash)>,
+    segments: Vec<SegmentRef>,
+    body_bytes: u64,
+}
+
+/// Counts the bytes written through it (the offsets inside a run object).
+struct Counting<'a> {
+    w: &'a mut dyn std::io::Write,
+    n: u64,
+}
+
+impl std::io::Write for Counting<'_> {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        let n = self.w.write(b)?;
+        self.n += n as u64;
+        Ok(n)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.w.flush()
+    }
+}
+
 /// Back up the apply order after `pos` up to `upto` (at most `max_entries`
-/// of it) as one manifest. Returns `None` when there was nothing to do.
-/// `pos` moves only once the manifest is durable.
-pub fn run_once(store: &Store, t: &dyn Target, pos: &mut Position, upto: u64, max_entries: u64) -> Result<Option<RunReport>, BackupError> {
+/// of it, fewer once the new bodies reach `max_body_bytes`) as one
+/// run object (`docs/format.md`, "Backups"): the bodies the backup does
+/// not hold yet, one segment per origin streamed from the log, and the
+/// manifest, written as one write-once object. Returns `None` when there
+/// was nothing to do. `pos` moves only once the object is durable.
+pub fn run_once(
+    store: &Store,
+    t: &dyn Target,
+    pos: &mut Position,
+    upto: u64,
+    max_entries: u64,
+    max_body_bytes: u64,
+) -> Result<Option<RunReport>, BackupError> {
     let wal = store.wal();
-    let to = upto.min(wal.last_order()).min(pos.order.saturating_add(max_entries.max(1)));
+    let mut to = upto.min(wal.last_order()).min(pos.order.saturating_add(max_entries.max(1)));
     if to <= pos.order {
         return Ok(None);
     }
@@ -193,15 +238,23 @@ pub fn run_once(store: &Store, t: &dyn Target, pos: &mut Position, upto: u64, ma
             )));
         }
     }
+    // A newer base means prune ran: what it deleted is not in the backup
+    // any more.
+    if super::retention::base_numbers(t)?.last().copied().unwrap_or(0) != pos.base {
+        read_packed(t, pos)?;
+    }
     // Pass 1: the runs of the apply order, each origin's range and the
-    // bodies referenced (payloads are dropped as they are read).
+    // bodies referenced, the new ones among them (payloads are dropped as
+    // they are read).
     let mut runs: Vec<(Origin, u64, u64)> = Vec::new();
     let mut ranges: BTreeMap<Origin, (u64, u64)> = BTreeMap::new();
-    let mut bodies: Vec<([u8; 32], Place)> = Vec::new();
+    let mut referenced = 0u64;
+    let mut new_bodies: Vec<([u8; 32], Place)> = Vec::new();
+    let mut new_bytes = 0u64;
     let mut seen_bodies = HashSet::new();
     let (mut tmin, mut tmax) = (u64::MAX, 0u64);
     let mut next = from;
-    while next <= to {
+    'read: while next <= to {
         let chunk = wal.read_order(next, ((to - next + 1) as usize).min(1024))?;
         if chunk.is_empty() {
             return Err(BackupError::Corrupt {
@@ -242,58 +295,86 @@ pub fn run_once(store: &Store, t: &dyn Target, pos: &mut Position, upto: u64, ma
                     ),
                 });
             }
-            if let Ok(Event::MessageAppended { blob, .. }) = Event::decode(&e.payload) {
+            if let Ok(Event::MessageAppended { blob, size, .. }) = Event::decode(&e.payload) {
                 if seen_bodies.insert(blob.0) {
-                    bodies.push((
-                        blob.0,
-                        Place {
-                            origin: e.origin,
-                            seq: e.seq,
-                        },
-                    ));
+                    referenced += 1;
+                    if !pos.packed.contains(&blob.0) && !legacy_holds(t, pos, &blob.0)? {
+                        new_bodies.push((
+                            blob.0,
+                            Place {
+                                origin: e.origin,
+                                seq: e.seq,
+                            },
+                        ));
+                        new_bytes += size;
+                    }
                 }
+            }
+            if new_bytes >= max_body_bytes {
+                // The rest goes into the next run.
+                to = n;
+                break 'read;
             }
         }
     }
+    let number = pos.number + 1;
+    let name = layout::run_name(number);
     let mut report = RunReport {
         order_from: from,
         order_to: to,
         entries: to - from + 1,
+        bodies_written: new_bodies.len() as u64,
         ..RunReport::default()
     };
-    // Bodies: each written once, ever, into this run's pack. A newer base
-    // means prune ran: what it deleted is not in the backup any more.
-    if super::retention::base_numbers(t)?.last().copied().unwrap_or(0) != pos.base {
-        read_packed(t, pos)?;
-    }
-    let mut new_bodies = Vec::with_capacity(bodies.len());
-    for (hash, place) in &bodies {
-        if pos.packed.contains(hash) {
-            continue;
+    // The run object, streamed: magic, bodies, segments, manifest, footer.
+    let mut fail: Option<BackupError> = None;
+    let mut written: Option<Written> = None;
+    let put = t.put_new(&name, &mut |w| {
+        let mut w = Counting { w, n: 0 };
+        let mut hasher = blake3::Hasher::new();
+        std::io::Write::write_all(&mut w, layout::RUN_MAGIC)?;
+        hasher.update(layout::RUN_MAGIC);
+        let mut index = Vec::with_capacity(new_bodies.len());
+        for (hash, place) in &new_bodies {
+            let body = match store.blob(&crate::event::BlobHash(*hash)) {
+                Ok(Some(b)) => b,
+                Ok(None) => {
+                    fail = Some(BackupError::Body {
+                        object: layout::body_name(hash),
+                        place: place.clone(),
+                        reason: "the node does not hold this body".into(),
+                    });
+                    return Err(std::io::Error::other("a body is missing"));
+                }
+                Err(e) => {
+                    fail = Some(e.into());
+                    return Err(std::io::Error::other("reading a body failed"));
+                }
+            };
+            let off = w.n;
+            std::io::Write::write_all(&mut w, &body)?;
+            hasher.update(&body);
+            index.push(PackedBody(hex::encode(hash), off, body.len() as u64));
         }
-        if pos.legacy_bodies {
-            let name = layout::body_name(hash);
-            if t.exists(&name).map_err(|e| BackupError::io(&name, e))? {
-                continue;
-            }
-        }
-        new_bodies.push((*hash, place.clone()));
-    }
-    let packs = write_packs(store, t, pos.number + 1, &new_bodies)?;
-    report.packs = packs.len() as u64;
-    report.bodies_written = new_bodies.len() as u64;
-    report.body_bytes = packs.iter().map(|p| p.len - layout::PACK_MAGIC.len() as u64).sum();
-    // Segments, streamed from the log.
-    let mut segments = Vec::new();
-    let mut heads = pos.heads.clone();
-    for (origin, (first, last)) in &ranges {
-        let (origin, first, last) = (*origin, *first, *last);
-        let prev = heads.get(&origin).map(|h| h.1).unwrap_or([0u8; 32]);
-        let name = layout::segment_name(origin, first, last);
-        let mut sealed = None;
-        let mut fail: Option<BackupError> = None;
-        let put = t.put_new(&name, &mut |w| {
-            let mut sw = SegmentWriter::new(w, origin, first, last, &prev)?;
+        let packs = if index.is_empty() {
+            Vec::new()
+        } else {
+            vec![PackRef {
+                object: name.clone(),
+                len: w.n,
+                blake3: hasher.finalize().to_hex().to_string(),
+                bodies: index,
+            }]
+        };
+        let body_bytes = w.n - layout::RUN_MAGIC.len() as u64;
+        // Segments, streamed from the log.
+        let mut segments = Vec::new();
+        let mut heads = pos.heads.clone();
+        for (origin, (first, last)) in &ranges {
+            let (origin, first, last) = (*origin, *first, *last);
+            let prev = heads.get(&origin).map(|h| h.1).unwrap_or([0u8; 32]);
+            let offset = w.n;
+            let mut sw = SegmentWriter::new(&mut w, origin, first, last, &prev)?;
             let mut s = first;
             while s <= last {
                 let es = match wal.read_range(origin, s, last, 1024) {
@@ -323,82 +404,87 @@ pub fn run_once(store: &Store, t: &dyn Target, pos: &mut Position, upto: u64, ma
                 s += es.len() as u64;
             }
             let (_, seal) = sw.finish()?;
-            sealed = Some(seal);
-            Ok(())
-        });
-        let written = put.map_err(|e| fail.take().unwrap_or_else(|| BackupError::io(&name, e)))?;
-        let seal = match sealed {
-            Some(s) => s,
-            // The name was taken by an earlier run that died before its
-            // manifest: same range, same bytes. Read its seal back.
-            None if !written => seal_of(t, &name, origin, first, last, &prev)?,
-            None => unreachable!("a written segment is sealed"),
+            heads.insert(origin, (last, seal.last_hash));
+            segments.push(SegmentRef {
+                object: name.clone(),
+                origin: origin.to_string(),
+                first,
+                last,
+                prev_hash: hex::encode(seal.prev_hash),
+                last_hash: hex::encode(seal.last_hash),
+                closing: hex::encode(seal.closing),
+                len: seal.len,
+                offset: Some(offset),
+            });
+        }
+        // The manifest, then the footer that locates it.
+        let m = Manifest {
+            format: layout::LAYOUT_FORMAT,
+            node_id: pos.node_id.clone(),
+            number,
+            prev: hex::encode(pos.manifest_hash),
+            created_ms: now_ms(),
+            order_from: from,
+            order_to: to,
+            time_from_ms: tmin,
+            time_to_ms: tmax,
+            runs: runs
+                .iter()
+                .map(|(o, f, l)| Run {
+                    origin: o.to_string(),
+                    first: *f,
+                    last: *l,
+                })
+                .collect(),
+            segments: segments.clone(),
+            heads: heads
+                .iter()
+                .map(|(o, (s, h))| {
+                    (
+                        o.to_string(),
+                        Head {
+                            seq: *s,
+                            hash: hex::encode(h),
+                        },
+                    )
+                })
+                .collect(),
+            bodies_referenced: referenced,
+            bodies_written: new_bodies.len() as u64,
+            body_bytes_written: body_bytes,
+            packs,
         };
-        heads.insert(origin, (last, seal.last_hash));
-        report.segments += 1;
-        report.segment_bytes += if written { seal.len } else { 0 };
-        segments.push(SegmentRef {
-            object: name,
-            origin: origin.to_string(),
-            first,
-            last,
-            prev_hash: hex::encode(seal.prev_hash),
-            last_hash: hex::encode(seal.last_hash),
-            closing: hex::encode(seal.closing),
-            len: seal.len,
+        let bytes = layout::encode_manifest(&m);
+        let moff = w.n;
+        std::io::Write::write_all(&mut w, &bytes)?;
+        std::io::Write::write_all(&mut w, &moff.to_be_bytes())?;
+        std::io::Write::write_all(&mut w, layout::RUN_FOOTER_MAGIC)?;
+        written = Some(Written {
+            manifest: bytes,
+            heads,
+            segments,
+            body_bytes,
         });
-    }
-    t.sync().map_err(|e| BackupError::io("segments and bodies", e))?;
-    // The manifest, last: only now is the run backed up.
-    let number = pos.number + 1;
-    let m = Manifest {
-        format: layout::LAYOUT_FORMAT,
-        node_id: pos.node_id.clone(),
-        number,
-        prev: hex::encode(pos.manifest_hash),
-        created_ms: now_ms(),
-        order_from: from,
-        order_to: to,
-        time_from_ms: tmin,
-        time_to_ms: tmax,
-        runs: runs
-            .iter()
-            .map(|(o, f, l)| Run {
-                origin: o.to_string(),
-                first: *f,
-                last: *l,
-            })
-            .collect(),
-        segments,
-        heads: heads
-            .iter()
-            .map(|(o, (s, h))| {
-                (
-                    o.to_string(),
-                    Head {
-                        seq: *s,
-                        hash: hex::encode(h),
-                    },
-                )
-            })
-            .collect(),
-        bodies_referenced: bodies.len() as u64,
-        bodies_written: report.bodies_written,
-        body_bytes_written: report.body_bytes,
-        packs,
-    };
-    let bytes = layout::encode_manifest(&m);
-    let name = layout::manifest_name(number);
-    if !t
-        .put_new(&name, &mut |w| w.write_all(&bytes))
-        .map_err(|e| BackupError::io(&name, e))?
-    {
+        Ok(())
+    });
+    let put = put.map_err(|e| fail.take().unwrap_or_else(|| BackupError::io(&name, e)))?;
+    if !put {
         return Err(BackupError::Corrupt {
             object: name,
             reason: "exists already: another writer is backing up into this target".into(),
         });
     }
     t.sync().map_err(|e| BackupError::io(&name, e))?;
+    let Written {
+        manifest: bytes,
+        heads,
+        segments,
+        body_bytes,
+    } = written.expect("a written run object was produced");
+    report.segments = segments.len() as u64;
+    report.segment_bytes = segments.iter().map(|s| s.len).sum();
+    report.body_bytes = body_bytes;
+    report.objects = 1;
     pos.number = number;
     pos.manifest_hash = *blake3::hash(&bytes).as_bytes();
     pos.order = to;
@@ -409,95 +495,12 @@ pub fn run_once(store: &Store, t: &dyn Target, pos: &mut Position, upto: u64, ma
     Ok(Some(report))
 }
 
-/// Verify a segment object already in the target and describe it.
-fn seal_of(t: &dyn Target, name: &str, origin: Origin, first: u64, last: u64, prev: &Hash) -> Result<Sealed, BackupError> {
-    let r = t.open(name).map_err(|e| BackupError::io(name, e))?;
-    let mut sr = SegmentReader::open(r).map_err(|source| BackupError::Segment {
-        object: name.to_string(),
-        source,
-    })?;
-    if sr.origin() != origin || sr.first_seq() != first || sr.last_seq() != last || sr.prev_hash() != prev {
-        return Err(BackupError::Corrupt {
-            object: name.to_string(),
-            reason: "its header does not match its name or the chain before it".into(),
-        });
+/// Whether a format-1 body object holds `hash` (only looked for in a
+/// backup that holds such objects).
+fn legacy_holds(t: &dyn Target, pos: &Position, hash: &[u8; 32]) -> Result<bool, BackupError> {
+    if !pos.legacy_bodies {
+        return Ok(false);
     }
-    sr.verify_rest().map_err(|source| BackupError::Segment {
-        object: name.to_string(),
-        source,
-    })?;
-    Ok(sr.sealed().expect("verified to the end"))
-}
-
-/// A pack is closed once it holds this many bytes (a body is never split:
-/// one larger than this is a pack of its own).
-pub const PACK_MAX_BYTES: u64 = 256 << 20;
-/// Most packs one run writes (their number has three digits).
-const MAX_PACKS: u32 = 1000;
-
-/// Write `bodies` (read from the node's store) into packs of run `number`,
-/// each streamed to the target. A pack name already taken (by a run that
-/// died before its manifest, so no manifest names it) is skipped.
-fn write_packs(store: &Store, t: &dyn Target, number: u64, bodies: &[([u8; 32], Place)]) -> Result<Vec<PackRef>, BackupError> {
-    let magic = layout::PACK_MAGIC.len() as u64;
-    let mut out = Vec::new();
-    let (mut i, mut k) = (0usize, 0u32);
-    while i < bodies.len() {
-        if k >= MAX_PACKS {
-            return Err(BackupError::Corrupt {
-                object: layout::pack_name(number, k),
-                reason: format!("run {number} would need more than {MAX_PACKS} packs"),
-            });
-        }
-        let name = layout::pack_name(number, k);
-        k += 1;
-        let mut index = Vec::new();
-        let mut hasher = blake3::Hasher::new();
-        let (mut end, mut len) = (i, 0u64);
-        let mut fail: Option<BackupError> = None;
-        let put = t.put_new(&name, &mut |w| {
-            index.clear();
-            hasher.reset();
-            end = i;
-            w.write_all(layout::PACK_MAGIC)?;
-            hasher.update(layout::PACK_MAGIC);
-            let mut off = magic;
-            while end < bodies.len() && off < PACK_MAX_BYTES {
-                let (hash, place) = &bodies[end];
-                let body = match store.blob(&crate::event::BlobHash(*hash)) {
-                    Ok(Some(b)) => b,
-                    Ok(None) => {
-                        fail = Some(BackupError::Body {
-                            object: layout::body_name(hash),
-                            place: place.clone(),
-                            reason: "the node does not hold this body".into(),
-                        });
-                        return Err(std::io::Error::other("a body is missing"));
-                    }
-                    Err(e) => {
-                        fail = Some(e.into());
-                        return Err(std::io::Error::other("reading a body failed"));
-                    }
-                };
-                w.write_all(&body)?;
-                hasher.update(&body);
-                index.push(PackedBody(hex::encode(hash), off, body.len() as u64));
-                off += body.len() as u64;
-                end += 1;
-            }
-            len = off;
-            Ok(())
-        });
-        if !put.map_err(|e| fail.take().unwrap_or_else(|| BackupError::io(&name, e)))? {
-            continue;
-        }
-        out.push(PackRef {
-            object: name,
-            len,
-            blake3: hasher.finalize().to_hex().to_string(),
-            bodies: index,
-        });
-        i = end;
-    }
-    Ok(out)
+    let name = layout::body_name(hash);
+    t.exists(&name).map_err(|e| BackupError::io(&name, e))
 }

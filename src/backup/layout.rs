@@ -3,33 +3,53 @@
 //!
 //! ```text
 //! tandem-backup                         marker: format and node id
-//! segments/<origin>/<first>-<last>.seg  wal segments (origin 16 hex digits,
-//!                                       seqs 20 decimal digits)
-//! packs/<n>-<k>.pack                    the bodies run n wrote (n: 20
-//!                                       digits, k: 3), indexed by manifest n
+//! runs/<n>.run                          format 3: everything run n wrote, in
+//!                                       one object (n: 20 digits): its new
+//!                                       bodies, a segment per origin, its
+//!                                       manifest, and a footer locating it
+//! segments/<origin>/<first>-<last>.seg  formats 1-2: wal segments (origin
+//!                                       16 hex digits, seqs 20 decimal digits)
+//! packs/<n>-<k>.pack                    format 2: the bodies run n wrote (n:
+//!                                       20 digits, k: 3), indexed by manifest n
 //! bodies/<hh>/<hash>                    format 1: one object per body, by
-//!                                       blake3 (read, never written now)
-//! manifests/<n>.man                     one per backup run (n: 20 digits)
+//!                                       blake3
+//! manifests/<n>.man                     formats 1-2: one per backup run
 //! leases/<name>.lease                   restores in progress (prune keeps
 //!                                       what they use)
 //! ```
+//!
+//! Formats 1 and 2 are read, never written now.
 
 use super::target::Target;
 use super::BackupError;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::io::Read;
-use wal::{Hash, Origin};
+use wal::segment::SegmentReader;
+use wal::{Hash, Origin, SegmentError};
 
-/// Version of the layout written, in the marker and every manifest: 2
-/// packs a run's bodies into pack objects; 1 wrote one object per body.
-/// Readers take both, also mixed in one backup (a format-1 backup that a
-/// newer writer continues).
-pub const LAYOUT_FORMAT: u32 = 2;
+/// Version of the layout written, in the marker and every manifest: 3
+/// writes one run object per run (bodies, segments and manifest together);
+/// 2 wrote a pack, a segment per origin and a manifest per run; 1 one
+/// object per body. Readers take all three, also mixed in one backup (an
+/// older backup that a newer writer continues).
+pub const LAYOUT_FORMAT: u32 = 3;
 /// Oldest layout still read.
 pub const OLDEST_FORMAT: u32 = 1;
 pub const MARKER: &str = "tandem-backup";
 pub const MANIFEST_DIR: &str = "manifests";
+/// Format 3's run objects.
+pub const RUN_DIR: &str = "runs";
+/// The first bytes of every run object; its new bodies follow back to back.
+pub const RUN_MAGIC: &[u8; 16] = b"tandem-run 3\n\0\0\0";
+/// The last 8 bytes of every run object, after the manifest's byte offset
+/// (u64 big-endian).
+pub const RUN_FOOTER_MAGIC: &[u8; 8] = b"TNDMRUN3";
+/// Length of a run object's footer.
+pub const RUN_FOOTER_LEN: u64 = 16;
+/// Bytes read from a run object's end at once: the footer and, mostly,
+/// the whole manifest in one ranged read.
+pub const RUN_TAIL_READ: u64 = 64 << 10;
 pub const PACK_DIR: &str = "packs";
 /// Format 1's body objects.
 pub const BODY_DIR: &str = "bodies";
@@ -59,6 +79,29 @@ pub fn pack_number(file: &str) -> Option<u64> {
     (n.len() == 20 && k.len() == 3 && k.bytes().all(|b| b.is_ascii_digit()))
         .then(|| n.parse().ok())
         .flatten()
+}
+
+/// Run object of run (manifest) `number` (format 3).
+pub fn run_name(number: u64) -> String {
+    format!("{RUN_DIR}/{number:020}.run")
+}
+
+/// The run number a run object's name (below `runs/`) carries.
+pub fn run_number(file: &str) -> Option<u64> {
+    let n = file.strip_suffix(".run")?;
+    (n.len() == 20 && n.bytes().all(|b| b.is_ascii_digit()))
+        .then(|| n.parse().ok())
+        .flatten()
+}
+
+/// The run a body-holding object belongs to: a pack (`packs/N-K.pack`,
+/// format 2) or a run object (`runs/N.run`, format 3).
+pub fn body_object_number(object: &str) -> Option<u64> {
+    if let Some(f) = object.strip_prefix("packs/") {
+        pack_number(f)
+    } else {
+        run_number(object.strip_prefix("runs/")?)
+    }
 }
 
 pub fn manifest_name(number: u64) -> String {
@@ -113,13 +156,30 @@ pub struct SegmentRef {
     /// The segment's closing hash (hex) and length in bytes.
     pub closing: String,
     pub len: u64,
+    /// Format 3: the segment's byte offset inside the run object `object`
+    /// (absent in formats 1-2, where the segment is an object of its own).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub offset: Option<u64>,
+}
+
+impl SegmentRef {
+    /// The segment as error messages name it: its object, and where in
+    /// the object it starts when it shares a run object.
+    pub fn describe(&self) -> String {
+        match self.offset {
+            Some(off) => format!("{} (the segment of origin {} at byte offset {off})", self.object, self.origin),
+            None => self.object.clone(),
+        }
+    }
 }
 
 /// One body in a pack: blake3 (hex), byte offset in the pack, length.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PackedBody(pub String, pub u64, pub u64);
 
-/// A pack object as a manifest (or a base) names it, with its index.
+/// A pack object as a manifest (or a base) names it, with its index. In
+/// format 3 the "pack" is the body section of a run object: `object` is
+/// the run object, `len` where its bodies end.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PackRef {
     pub object: String,
@@ -131,17 +191,16 @@ pub struct PackRef {
 }
 
 impl PackRef {
-    /// Check the index against itself: a pack name, bodies inside the
-    /// object after the magic, in order and not overlapping, hashes that
-    /// parse. `owner` names the manifest or base it came from.
+    /// Check the index against itself: a pack or run object name, bodies
+    /// after the 16-byte magic, in order, back to back, ending at `len`,
+    /// hashes that parse. `owner` names the manifest or base it came from.
     pub fn check(&self, owner: &str) -> Result<(), BackupError> {
         let bad = |reason: String| BackupError::Corrupt {
             object: owner.to_string(),
             reason,
         };
-        let file = self.object.strip_prefix("packs/").unwrap_or("");
-        if pack_number(file).is_none() {
-            return Err(bad(format!("{:?} is not a pack name", self.object)));
+        if body_object_number(&self.object).is_none() {
+            return Err(bad(format!("{:?} is not a pack or run object name", self.object)));
         }
         let mut end = PACK_MAGIC.len() as u64;
         for b in &self.bodies {
@@ -239,8 +298,30 @@ pub fn decode_manifest(object: &str, bytes: &[u8]) -> Result<Manifest, BackupErr
     }
     for p in &m.packs {
         p.check(object)?;
-        if pack_number(p.object.strip_prefix("packs/").unwrap_or("")) != Some(m.number) {
+        let own = if m.format >= 3 {
+            p.object == run_name(m.number)
+        } else {
+            pack_number(p.object.strip_prefix("packs/").unwrap_or("")) == Some(m.number)
+        };
+        if !own {
             return Err(bad(format!("names pack {} of another run", p.object)));
+        }
+    }
+    if m.format >= 3 && m.packs.len() > 1 {
+        return Err(bad(format!("a run object has one body section, not {}", m.packs.len())));
+    }
+    for sref in &m.segments {
+        let own = if m.format >= 3 {
+            sref.object == run_name(m.number) && sref.offset.is_some()
+        } else {
+            sref.offset.is_none()
+        };
+        if !own {
+            return Err(bad(format!(
+                "segment {} is not where format {} keeps it",
+                sref.describe(),
+                m.format
+            )));
         }
     }
     Ok(m)
@@ -297,34 +378,228 @@ pub struct Loaded {
     pub file_hash: Hash,
 }
 
-/// Numbers of the manifests present, in order.
-pub fn manifest_numbers(t: &dyn Target) -> Result<Vec<u64>, BackupError> {
-    let mut out = Vec::new();
+/// The manifests present, in order: number and object (a manifest file of
+/// formats 1-2, or a run object of format 3). A number held by both is
+/// refused: two writers (an older one that does not know run objects)
+/// continued the backup.
+pub fn manifest_list(t: &dyn Target) -> Result<Vec<(u64, String)>, BackupError> {
+    let mut out = BTreeMap::new();
     for n in t.list(MANIFEST_DIR).map_err(|e| BackupError::io(MANIFEST_DIR, e))? {
         if let Some(num) = n.strip_suffix(".man").and_then(|s| s.parse::<u64>().ok()) {
-            out.push(num);
+            out.insert(num, manifest_name(num));
         }
     }
-    out.sort_unstable();
-    Ok(out)
+    for n in t.list(RUN_DIR).map_err(|e| BackupError::io(RUN_DIR, e))? {
+        if let Some(num) = run_number(&n) {
+            if out.insert(num, run_name(num)).is_some() {
+                return Err(BackupError::Corrupt {
+                    object: run_name(num),
+                    reason: format!(
+                        "{} holds number {num} as well: two writers continued this backup (a writer of format 2 or older does not see run objects)",
+                        manifest_name(num)
+                    ),
+                });
+            }
+        }
+    }
+    Ok(out.into_iter().collect())
 }
 
-/// Read manifest `number` and check it on its own.
+/// Numbers of the manifests present (files and run objects), in order.
+pub fn manifest_numbers(t: &dyn Target) -> Result<Vec<u64>, BackupError> {
+    Ok(manifest_list(t)?.into_iter().map(|(n, _)| n).collect())
+}
+
+/// Read manifest `number` (a run object, else a manifest file) and check
+/// it on its own.
 pub fn load_manifest(t: &dyn Target, number: u64) -> Result<Loaded, BackupError> {
-    let object = manifest_name(number);
-    let bytes = read_object(t, &object, MAX_MANIFEST_LEN)?;
-    let manifest = decode_manifest(&object, &bytes)?;
+    let run = run_name(number);
+    if t.exists(&run).map_err(|e| BackupError::io(&run, e))? {
+        load_object(t, number, &run)
+    } else {
+        load_object(t, number, &manifest_name(number))
+    }
+}
+
+/// Read manifest `number` from `object` (as [`manifest_list`] names it)
+/// and check it on its own.
+pub fn load_object(t: &dyn Target, number: u64, object: &str) -> Result<Loaded, BackupError> {
+    let (manifest, file_hash) = if object.starts_with("runs/") {
+        load_run(t, object)?
+    } else {
+        let bytes = read_object(t, object, MAX_MANIFEST_LEN)?;
+        let m = decode_manifest(object, &bytes)?;
+        if m.format >= 3 {
+            return Err(BackupError::Corrupt {
+                object: object.into(),
+                reason: format!("a manifest file of format {} (format 3 keeps manifests in run objects)", m.format),
+            });
+        }
+        (m, *blake3::hash(&bytes).as_bytes())
+    };
     if manifest.number != number {
         return Err(BackupError::Corrupt {
-            object,
+            object: object.into(),
             reason: format!("names itself number {}", manifest.number),
         });
     }
     Ok(Loaded {
-        object,
+        object: object.into(),
         manifest,
-        file_hash: *blake3::hash(&bytes).as_bytes(),
+        file_hash,
     })
+}
+
+/// A run object's manifest, found by its footer (one ranged read of the
+/// object's tail, two when the manifest is longer than that), checked on
+/// its own and against the object's layout: bodies from byte 16, the
+/// segments back to back after them, the manifest after the segments.
+/// The hash returned is the blake3 of the manifest's bytes (the next
+/// manifest's `prev`).
+fn load_run(t: &dyn Target, object: &str) -> Result<(Manifest, Hash), BackupError> {
+    let bad = |reason: String| BackupError::Corrupt {
+        object: object.to_string(),
+        reason,
+    };
+    let (size, tail) = t.read_tail(object, RUN_TAIL_READ).map_err(|e| BackupError::io(object, e))?;
+    let fl = RUN_FOOTER_LEN as usize;
+    if size < RUN_MAGIC.len() as u64 + RUN_FOOTER_LEN || tail.len() < fl {
+        return Err(bad(format!("{size} bytes is too short for a run object")));
+    }
+    let footer = &tail[tail.len() - fl..];
+    if &footer[8..] != RUN_FOOTER_MAGIC {
+        return Err(bad(format!("no run footer at byte offset {}", size - RUN_FOOTER_LEN)));
+    }
+    let moff = u64::from_be_bytes(footer[..8].try_into().expect("8 bytes"));
+    let mend = size - RUN_FOOTER_LEN;
+    if moff < RUN_MAGIC.len() as u64 || moff > mend || mend - moff > MAX_MANIFEST_LEN {
+        return Err(bad(format!(
+            "the footer at byte offset {mend} places the manifest at byte offset {moff}, outside the object"
+        )));
+    }
+    let tail_start = size - tail.len() as u64;
+    let bytes = if moff >= tail_start {
+        tail[(moff - tail_start) as usize..tail.len() - fl].to_vec()
+    } else {
+        t.read_range(object, moff, mend - moff).map_err(|e| BackupError::io(object, e))?
+    };
+    let m = decode_manifest(object, &bytes).map_err(|e| match e {
+        BackupError::Corrupt { object, reason } => BackupError::Corrupt {
+            object,
+            reason: format!("the manifest at byte offset {moff}: {reason}"),
+        },
+        e => e,
+    })?;
+    if m.format < 3 {
+        return Err(bad(format!("holds a manifest of format {}", m.format)));
+    }
+    let mut at = m.packs.first().map(|p| p.len).unwrap_or(RUN_MAGIC.len() as u64);
+    for s in &m.segments {
+        if s.offset != Some(at) {
+            return Err(bad(format!(
+                "the manifest places segment of origin {} at byte offset {:?}, the layout at {at}",
+                s.origin, s.offset
+            )));
+        }
+        at = at.checked_add(s.len).ok_or_else(|| bad("segment lengths overflow".into()))?;
+    }
+    if at != moff {
+        return Err(bad(format!("its segments end at byte offset {at}, its manifest starts at {moff}")));
+    }
+    Ok((m, *blake3::hash(&bytes).as_bytes()))
+}
+
+/// Open the segment `s` for reading: its own object (formats 1-2), or
+/// its bytes inside a run object (format 3, a ranged read). Errors name
+/// the segment as [`SegmentRef::describe`] does.
+pub fn open_segment(t: &dyn Target, s: &SegmentRef, named_by: &str) -> Result<SegmentReader<Box<dyn Read + Send>>, BackupError> {
+    let r: Box<dyn Read + Send> = match s.offset {
+        None => t.open(&s.object),
+        Some(off) => t.open_at(&s.object, off).map(|r| Box::new(r.take(s.len)) as Box<dyn Read + Send>),
+    }
+    .map_err(|e| match BackupError::io(&s.object, e) {
+        BackupError::Missing { object, .. } => BackupError::Missing {
+            object,
+            what: format!("segment of origin {} seqs {}..={} named by {named_by}", s.origin, s.first, s.last),
+        },
+        other => other,
+    })?;
+    SegmentReader::open(r).map_err(|e| segment_error(s, e))
+}
+
+/// A segment error of `s` as a backup error: the segment named as
+/// [`SegmentRef::describe`] does, and, inside a run object, every byte
+/// offset counted from the start of the object.
+pub fn segment_error(s: &SegmentRef, e: SegmentError) -> BackupError {
+    let by = s.offset.unwrap_or(0);
+    let source = if by == 0 {
+        e
+    } else {
+        match e {
+            SegmentError::BadMagic => SegmentError::Header {
+                offset: by,
+                reason: "bad magic".into(),
+            },
+            SegmentError::Version { version } => SegmentError::Header {
+                offset: by + 8,
+                reason: format!("unsupported format version {version}"),
+            },
+            SegmentError::Truncated { origin, seq, offset } => SegmentError::Truncated {
+                origin,
+                seq,
+                offset: offset + by,
+            },
+            SegmentError::Header { offset, reason } => SegmentError::Header {
+                offset: offset + by,
+                reason,
+            },
+            SegmentError::Entry {
+                origin,
+                seq,
+                offset,
+                reason,
+            } => SegmentError::Entry {
+                origin,
+                seq,
+                offset: offset + by,
+                reason,
+            },
+            SegmentError::MissingClosingHash {
+                origin,
+                first,
+                last,
+                offset,
+            } => SegmentError::MissingClosingHash {
+                origin,
+                first,
+                last,
+                offset: offset + by,
+            },
+            SegmentError::ClosingHash {
+                origin,
+                first,
+                last,
+                offset,
+            } => SegmentError::ClosingHash {
+                origin,
+                first,
+                last,
+                offset: offset + by,
+            },
+            SegmentError::Trailing { offset, extra } => SegmentError::Trailing {
+                offset: offset + by,
+                extra,
+            },
+            SegmentError::Io { offset, reason } => SegmentError::Io {
+                offset: offset + by,
+                reason,
+            },
+        }
+    };
+    BackupError::Segment {
+        object: s.describe(),
+        source,
+    }
 }
 
 /// Read every manifest and check that they form one chain: numbers 1..=n
@@ -346,17 +621,17 @@ pub fn load_chain_after(
     mut order: u64,
     mut heads: BTreeMap<Origin, (u64, Hash)>,
 ) -> Result<Vec<Loaded>, BackupError> {
-    let numbers: Vec<u64> = manifest_numbers(t)?.into_iter().filter(|n| *n > after).collect();
+    let numbers: Vec<(u64, String)> = manifest_list(t)?.into_iter().filter(|(n, _)| *n > after).collect();
     let mut out: Vec<Loaded> = Vec::with_capacity(numbers.len());
-    for (i, n) in numbers.iter().enumerate() {
+    for (i, (n, object)) in numbers.iter().enumerate() {
         let want = after + i as u64 + 1;
         if *n != want {
             return Err(BackupError::Missing {
-                object: manifest_name(want),
+                object: run_name(want),
                 what: format!("manifest {want} (the backup holds {} next)", n),
             });
         }
-        let l = load_manifest(t, *n)?;
+        let l = load_object(t, *n, object)?;
         check_follows(&l, node_id, &prev_hash, order, &mut heads)?;
         prev_hash = l.file_hash;
         order = l.manifest.order_to;
@@ -416,7 +691,12 @@ pub fn check_follows(
     for s in &m.segments {
         let o = parse_origin(&l.object, &s.origin)?;
         let (hseq, hhash) = heads.get(&o).copied().unwrap_or((0, [0u8; 32]));
-        if s.first != hseq + 1 || seen.get(&o) != Some(&s.last) || s.object != segment_name(o, s.first, s.last) {
+        let named = if m.format >= 3 {
+            s.object == run_name(m.number)
+        } else {
+            s.object == segment_name(o, s.first, s.last)
+        };
+        if s.first != hseq + 1 || seen.get(&o) != Some(&s.last) || !named {
             return Err(bad(format!("segment {} does not match the runs", s.object)));
         }
         if parse_hash(&l.object, "prev_hash", &s.prev_hash)? != hhash {
@@ -459,14 +739,24 @@ mod tests {
             bodies_written: 0,
             body_bytes_written: 0,
             packs: vec![PackRef {
-                object: pack_name(1, 0),
-                len: PACK_MAGIC.len() as u64 + 3,
+                object: run_name(1),
+                len: RUN_MAGIC.len() as u64 + 3,
                 blake3: hex::encode([1u8; 32]),
-                bodies: vec![PackedBody(hex::encode([2u8; 32]), PACK_MAGIC.len() as u64, 3)],
+                bodies: vec![PackedBody(hex::encode([2u8; 32]), RUN_MAGIC.len() as u64, 3)],
             }],
         };
         let b = encode_manifest(&m);
         assert_eq!(decode_manifest("m", &b).unwrap(), m);
+        // Each format keeps bodies where it writes them: a format-3
+        // manifest naming a pack, or a format-2 one naming a run object,
+        // is refused.
+        let mut other = m.clone();
+        other.packs[0].object = pack_name(1, 0);
+        assert!(decode_manifest("m", &encode_manifest(&other)).is_err());
+        other.format = 2;
+        assert!(decode_manifest("m", &encode_manifest(&other)).is_ok());
+        other.packs[0].object = run_name(1);
+        assert!(decode_manifest("m", &encode_manifest(&other)).is_err());
         for i in 0..b.len() {
             let mut c = b.clone();
             c[i] ^= 0x04;
@@ -481,6 +771,7 @@ mod tests {
     fn marker_round_trip() {
         assert_eq!(parse_marker(&marker("node-a")).unwrap(), "node-a");
         assert_eq!(parse_marker("tandem-backup 1\nnode a\n").unwrap(), "a", "format 1 is still read");
+        assert_eq!(parse_marker("tandem-backup 2\nnode a\n").unwrap(), "a", "format 2 is still read");
         assert!(parse_marker("tandem-backup 9\nnode a\n").is_err());
     }
 
@@ -518,6 +809,10 @@ mod tests {
         };
         p.check("m").unwrap();
         assert_eq!(pack_number("00000000000000000007-000.pack"), Some(7));
+        assert_eq!(run_number("00000000000000000007.run"), Some(7));
+        assert_eq!(body_object_number(&run_name(7)), Some(7));
+        assert_eq!(body_object_number(&pack_name(7, 2)), Some(7));
+        assert_eq!(body_object_number("runs/7.run"), None);
         p.bodies[1].1 += 1;
         assert!(p.check("m").is_err(), "a gap");
         p.bodies[1].1 -= 2;

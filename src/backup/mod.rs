@@ -1,14 +1,15 @@
-//! Backups: the node's log exported as sealed, self-verifying segments per
-//! origin, its bodies content-addressed (each written once, ever) into one
-//! pack object per run, and a manifest per run holding the packs' index,
-//! into a write-once [`target::Target`].
+//! Backups: the node's log exported into a write-once [`target::Target`],
+//! one run object per backup run holding the run's new bodies
+//! (content-addressed: each written once, ever), a sealed, self-verifying
+//! segment per origin, and the run's manifest with the bodies' index.
 //!
 //! # Layout
 //! - [`target`]: write-once object stores (a directory), retries and
 //!   fault injection.
 //! - [`s3`]: an S3-compatible bucket as a target.
-//! - [`layout`]: object names, marker and manifests; the manifest chain check.
-//! - [`export`]: one backup run (segments streamed from the log).
+//! - [`layout`]: object names, marker, run objects and manifests; the
+//!   manifest chain check.
+//! - [`export`]: one backup run (one run object, streamed from the log).
 //! - [`restore`]: read a backup back, verifying as it goes, into a store.
 //! - [`retention`]: bases, leases and prune.
 //! - [`pitr`]: a user's or a folder's past state back into new folders of
@@ -119,12 +120,15 @@ pub struct BackupStatus {
     pub entries: u64,
     pub segments: u64,
     pub segment_bytes: u64,
-    /// Bodies written (into packs) and their bytes.
+    /// Bodies written (into run objects) and their bytes.
     pub bodies: u64,
     pub body_bytes: u64,
-    /// Pack objects written.
+    /// Pack objects written (format 2 only; format 3 writes none).
     #[serde(default)]
     pub packs: u64,
+    /// Objects written into the target (format 3: one per run).
+    #[serde(default)]
+    pub objects: u64,
     /// When the last run finished (ms since the epoch).
     pub last_run_ms: u64,
     pub failures: u64,
@@ -147,6 +151,9 @@ pub struct Backups {
     jobs: Mutex<BTreeMap<PathBuf, Arc<Job>>>,
     /// How S3 targets are reached (`[backup]` endpoint, region, credentials).
     s3: s3::S3Settings,
+    /// A run ends once its new bodies reach this many bytes (0: the
+    /// default, [`export::RUN_MAX_BODY_BYTES`]).
+    run_max_body_bytes: u64,
 }
 
 fn now_ms() -> u64 {
@@ -162,7 +169,15 @@ impl Backups {
         Backups {
             jobs: Mutex::default(),
             s3,
+            run_max_body_bytes: 0,
         }
+    }
+
+    /// End each run once its new bodies reach `bytes` (smaller run
+    /// objects; tests use it to reach the limit with little mail).
+    pub fn with_run_max_body_bytes(mut self, bytes: u64) -> Backups {
+        self.run_max_body_bytes = bytes;
+        self
     }
 
     fn job(&self, dir: &Path, continuous: bool) -> Result<Arc<Job>, BackupError> {
@@ -192,7 +207,11 @@ impl Backups {
     /// the backup was already current.
     pub fn run(&self, store: &crate::store::Store, dir: &Path, continuous: bool) -> Result<Vec<RunReport>, BackupError> {
         let job = self.job(dir, continuous)?;
-        let r = run_job(store, &job);
+        let max_body = match self.run_max_body_bytes {
+            0 => export::RUN_MAX_BODY_BYTES,
+            n => n,
+        };
+        let r = run_job(store, &job, max_body);
         let mut st = job.status.lock().expect("status lock");
         st.last_run_ms = now_ms();
         match &r {
@@ -237,7 +256,7 @@ impl Backups {
     }
 }
 
-fn run_job(store: &crate::store::Store, job: &Job) -> Result<Vec<RunReport>, BackupError> {
+fn run_job(store: &crate::store::Store, job: &Job, max_body_bytes: u64) -> Result<Vec<RunReport>, BackupError> {
     // One run at a time per target: the position lock is held throughout.
     let mut guard = job.pos.lock().expect("position lock");
     if guard.is_none() {
@@ -251,7 +270,7 @@ fn run_job(store: &crate::store::Store, job: &Job) -> Result<Vec<RunReport>, Bac
     let upto = store.wal().last_order();
     let mut out = Vec::new();
     loop {
-        let r = export::run_once(store, job.target.as_ref(), pos, upto, MAX_RUN_ENTRIES);
+        let r = export::run_once(store, job.target.as_ref(), pos, upto, MAX_RUN_ENTRIES, max_body_bytes);
         let r = match r {
             Ok(r) => r,
             Err(e) => {
@@ -272,6 +291,7 @@ fn run_job(store: &crate::store::Store, job: &Job) -> Result<Vec<RunReport>, Bac
             st.bodies += r.bodies_written;
             st.body_bytes += r.body_bytes;
             st.packs += r.packs;
+            st.objects += r.objects;
         }
         out.push(r);
     }

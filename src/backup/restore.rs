@@ -1,9 +1,10 @@
 //! Reading a backup back: the manifest chain, then every segment entry
 //! verified against its origin's chain before it is applied, bodies read
-//! by ranged reads from their packs (neighbours coalesced into one read)
-//! or, in format-1 backups, from their own objects, and checked against
-//! their blake3, all applied through the same path a mirror's batch takes.
-//! A restore that is interrupted continues where the store stands.
+//! by ranged reads from their run objects or packs (neighbours coalesced
+//! into one read) or, in format-1 backups, from their own objects, and
+//! checked against their blake3, all applied through the same path a
+//! mirror's batch takes, by a thread of its own while the next batch is
+//! read. A restore that is interrupted continues where the store stands.
 
 use super::layout::{self, Loaded, PackRef};
 use super::retention::{self, Base};
@@ -15,7 +16,6 @@ use crate::repl::frame::{WireBlob, WireEntry};
 use crate::store::Store;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
-use wal::segment::SegmentReader;
 use wal::{Origin, Place};
 
 /// Where a restore stops.
@@ -32,8 +32,13 @@ pub enum Stop {
 
 /// Largest body read (guards allocations).
 pub const MAX_BODY_LEN: u64 = 1 << 30;
-const BATCH_ENTRIES: usize = 512;
-const BATCH_BYTES: usize = 16 << 20;
+/// A batch is applied once it holds this many entries, bytes or bodies to
+/// fetch. Large enough that its bodies usually pass the store's bulk
+/// threshold (written once, straight to blob files, instead of through
+/// RocksDB's WAL and again at flush) and that a restore syncs a few dozen
+/// times, not once per few dozen messages.
+const BATCH_ENTRIES: usize = 4096;
+const BATCH_BYTES: usize = 24 << 20;
 
 /// Where a body lies in a pack.
 #[derive(Debug, Clone)]
@@ -131,8 +136,10 @@ fn choose_base(t: &dyn Target, node_id: &str, stop: Stop) -> Result<Option<Base>
         oldest = Some(b);
     }
     match oldest {
-        // Earlier than every base: only the whole chain can serve it.
-        Some(b) if layout::manifest_numbers(t)?.first() != Some(&1) => Err(BackupError::Usage(format!(
+        // Earlier than every base: only the whole chain from manifest 1
+        // can serve it (run objects prune keeps for their bodies do not
+        // make a chain).
+        Some(b) if !(1..=b.number).eq(layout::manifest_numbers(t)?.into_iter().take_while(|n| *n <= b.number)) => Err(BackupError::Usage(format!(
             "that point is older than the oldest restore point the backup keeps (base {}, time {} ms, apply order {}): earlier ones were pruned",
             b.number, b.time_ms, b.order
         ))),
@@ -213,15 +220,16 @@ pub struct RestoreReport {
 /// Body objects fetched at once by default while restoring.
 pub const DEFAULT_FETCHERS: usize = 8;
 /// Most bodies waiting to be fetched in one batch.
-const BATCH_BODIES: usize = 64;
+const BATCH_BODIES: usize = 1024;
 
 struct Batch {
     entries: Vec<WireEntry>,
     /// Bodies the entries need that the store lacks, by the entry that
     /// first named them; fetched together, in parallel, at the flush.
     pending: Vec<([u8; 32], Place)>,
-    blob_set: HashSet<[u8; 32]>,
     bytes: usize,
+    /// Apply-order position of the last entry.
+    pos: u64,
 }
 
 impl Batch {
@@ -229,11 +237,32 @@ impl Batch {
         Batch {
             entries: Vec::new(),
             pending: Vec::new(),
-            blob_set: HashSet::new(),
             bytes: 0,
+            pos: 0,
         }
     }
 }
+
+/// A batch ready to apply: verified entries and their checked bodies.
+struct Ready {
+    entries: Vec<WireEntry>,
+    blobs: Vec<WireBlob>,
+    pos: u64,
+}
+
+/// The reading side of a restore: it verifies entries and fetches bodies
+/// while the applier thread applies the batch before.
+struct Pipeline<'a> {
+    store: &'a Store,
+    t: &'a dyn Target,
+    index: &'a BodyIndex,
+    fetchers: usize,
+    tx: std::sync::mpsc::SyncSender<Ready>,
+}
+
+/// The applier stopped (on an error of its own, which is the one
+/// reported).
+struct ApplierGone;
 
 /// Ranged reads of neighbouring bodies in one pack are joined when the
 /// gap between them is at most this many bytes...
@@ -402,34 +431,58 @@ fn fetch_all(t: &dyn Target, index: &BodyIndex, pending: &[([u8; 32], Place)], f
     }
 }
 
-fn flush(
-    store: &Store,
-    t: &dyn Target,
-    index: &BodyIndex,
-    fetchers: usize,
-    rep: &mut RestoreReport,
-    b: &mut Batch,
-) -> Result<(), BackupError> {
+/// Fetch and check the batch's bodies and hand the batch to the applier.
+/// Errors name the entry; `Ok(Err(ApplierGone))`: the applier stopped,
+/// and its error is the one to report.
+fn flush(p: &Pipeline<'_>, rep: &mut RestoreReport, b: &mut Batch) -> Result<Result<(), ApplierGone>, BackupError> {
     if b.entries.is_empty() {
-        return Ok(());
+        return Ok(Ok(()));
     }
-    let blobs = fetch_all(t, index, &b.pending, fetchers)?;
+    let blobs = fetch_all(p.t, p.index, &b.pending, p.fetchers)?;
     rep.bodies_fetched += blobs.len() as u64;
     rep.body_bytes += blobs.iter().map(|w| w.body.len() as u64).sum::<u64>();
-    let entries = std::mem::take(&mut b.entries);
-    b.pending.clear();
-    b.blob_set.clear();
-    b.bytes = 0;
-    let first = Place {
-        origin: Origin(entries[0].origin),
-        seq: entries[0].seq,
+    let ready = Ready {
+        entries: std::mem::take(&mut b.entries),
+        blobs,
+        pos: b.pos,
     };
-    store
-        .run_blocking(move |t, c| apply_batch(t, c, &entries, &blobs, &[]).map_err(Into::into))
-        .map_err(|e| BackupError::Apply {
-            place: first,
-            reason: e.to_string(),
-        })?;
+    b.pending.clear();
+    b.bytes = 0;
+    Ok(p.tx.send(ready).map_err(|_| ApplierGone))
+}
+
+/// Apply batches as they come, in order; stops at the first failure.
+/// A batch with many bodies has them written once, straight to blob files
+/// and flushed (`wal::Wal::put_flushed`, as the mirror's receiver does),
+/// before its entries are applied. `applied` follows the apply-order
+/// position reached.
+fn applier(store: &Store, rx: std::sync::mpsc::Receiver<Ready>, applied: &std::sync::atomic::AtomicU64) -> Result<(), BackupError> {
+    let bulk = store.wal().bulk_bytes();
+    for r in rx {
+        let first = Place {
+            origin: Origin(r.entries[0].origin),
+            seq: r.entries[0].seq,
+        };
+        let apply_error = |reason: String| BackupError::Apply {
+            place: first.clone(),
+            reason,
+        };
+        let bytes: u64 = r.blobs.iter().map(|w| w.body.len() as u64).sum();
+        let (blobs, stored) = if bulk > 0 && bytes >= bulk {
+            let items: Vec<(&[u8], &[u8])> = r.blobs.iter().map(|w| (&w.hash[..], &w.body[..])).collect();
+            store
+                .put_bodies_flushed(&items)
+                .map_err(|e| apply_error(format!("storing the batch's bodies: {e}")))?;
+            (Vec::new(), r.blobs.iter().map(|w| w.hash).collect())
+        } else {
+            (r.blobs, Vec::new())
+        };
+        let (pos, entries) = (r.pos, r.entries);
+        store
+            .run_blocking(move |t, c| apply_batch(t, c, &entries, &blobs, &stored).map_err(Into::into))
+            .map_err(|e| apply_error(e.to_string()))?;
+        applied.store(pos, std::sync::atomic::Ordering::Relaxed);
+    }
     Ok(())
 }
 
@@ -482,7 +535,55 @@ pub fn apply_with(
         resumed_at,
         ..RestoreReport::default()
     };
+    // Reading (segments verified, bodies fetched and checked) runs here
+    // while the applier thread stores and applies the batch before: one
+    // batch ahead at most.
+    let applied = std::sync::atomic::AtomicU64::new(resumed_at);
+    let (read, applied_result) = std::thread::scope(|s| {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Ready>(1);
+        let applied = &applied;
+        let handle = s.spawn(move || applier(store, rx, applied));
+        let p = Pipeline {
+            store,
+            t,
+            index: &plan.bodies,
+            fetchers,
+            tx,
+        };
+        let read = read_batches(&p, plan, stop, resumed_at, &mut rep, &mut |_| {
+            progress(applied.load(std::sync::atomic::Ordering::Relaxed))
+        });
+        drop(p);
+        (read, handle.join())
+    });
+    match applied_result {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => return Err(e),
+        Err(panic) => std::panic::resume_unwind(panic),
+    }
+    // The applier ran to the end, so the reader was not cut short by it.
+    read?.map_err(|ApplierGone| BackupError::Usage("the applier stopped without an error".into()))?;
+    rep.order = wal.last_order();
+    progress(rep.order);
+    Ok(rep)
+}
+
+/// The reading side of [`apply_with`]: every manifest's entries from
+/// `resumed_at` on, in batches handed to the applier.
+fn read_batches(
+    p: &Pipeline<'_>,
+    plan: &Plan,
+    stop: Stop,
+    resumed_at: u64,
+    rep: &mut RestoreReport,
+    progress: &mut dyn FnMut(u64),
+) -> Result<Result<(), ApplierGone>, BackupError> {
+    let (t, store) = (p.t, p.store);
+    let wal = store.wal();
     let mut batch = Batch::new();
+    // Bodies already handed on in this run (the store learns of a body
+    // only once its entry is applied).
+    let mut queued: HashSet<[u8; 32]> = HashSet::new();
     let mut done = matches!(stop, Stop::Seq { .. }) && resumed_at >= plan.target_order;
     for l in &plan.manifests {
         if done {
@@ -511,42 +612,29 @@ pub fn apply_with(
         let mut readers = BTreeMap::new();
         for s in &m.segments {
             let origin = layout::parse_origin(&l.object, &s.origin)?;
-            let r = t.open(&s.object).map_err(|e| match BackupError::io(&s.object, e) {
-                BackupError::Missing { object, .. } => BackupError::Missing {
-                    object,
-                    what: format!("segment of origin {} seqs {}..={} named by {}", s.origin, s.first, s.last, l.object),
-                },
-                other => other,
-            })?;
-            let sr = SegmentReader::open(r).map_err(|source| BackupError::Segment {
-                object: s.object.clone(),
-                source,
-            })?;
+            let sr = layout::open_segment(t, s, &l.object)?;
             let prev = layout::parse_hash(&l.object, "prev_hash", &s.prev_hash)?;
             if sr.origin() != origin || sr.first_seq() != s.first || sr.last_seq() != s.last || sr.prev_hash() != &prev {
                 return Err(BackupError::Corrupt {
-                    object: s.object.clone(),
+                    object: s.describe(),
                     reason: format!(
                         "header does not match {} (origin {}, seqs {}..={})",
                         l.object, s.origin, s.first, s.last
                     ),
                 });
             }
-            readers.insert(origin, (s.object.clone(), sr));
+            readers.insert(origin, (s, sr));
         }
         let mut pos = m.order_from;
         'runs: for r in &m.runs {
             let origin = layout::parse_origin(&l.object, &r.origin)?;
-            let (object, sr) = readers.get_mut(&origin).expect("the chain check matched runs to segments");
+            let (sref, sr) = readers.get_mut(&origin).expect("the chain check matched runs to segments");
             for seq in r.first..=r.last {
                 let e = sr
                     .next_entry()
-                    .map_err(|source| BackupError::Segment {
-                        object: object.clone(),
-                        source,
-                    })?
+                    .map_err(|e| layout::segment_error(sref, e))?
                     .ok_or_else(|| BackupError::Corrupt {
-                        object: object.clone(),
+                        object: sref.describe(),
                         reason: format!("ends before origin {origin} seq {seq}"),
                     })?;
                 rep.entries_verified += 1;
@@ -574,7 +662,7 @@ pub fn apply_with(
                     reason: err.to_string(),
                 })?;
                 if let Event::MessageAppended { blob, size, .. } = &event {
-                    if !batch.blob_set.contains(&blob.0)
+                    if !queued.contains(&blob.0)
                         && !store.holds_body(blob).map_err(|err| BackupError::Apply {
                             place: place.clone(),
                             reason: err.to_string(),
@@ -583,7 +671,7 @@ pub fn apply_with(
                         // The entry's size bounds the batch before the body
                         // is fetched (the fetched length is what counts).
                         batch.bytes += (*size).min(MAX_BODY_LEN) as usize;
-                        batch.blob_set.insert(blob.0);
+                        queued.insert(blob.0);
                         batch.pending.push((blob.0, place.clone()));
                     }
                 }
@@ -596,9 +684,12 @@ pub fn apply_with(
                     hash: e.hash,
                     payload: e.payload,
                 });
+                batch.pos = pos;
                 rep.entries_applied += 1;
                 if batch.entries.len() >= BATCH_ENTRIES || batch.bytes >= BATCH_BYTES || batch.pending.len() >= BATCH_BODIES {
-                    flush(store, t, &plan.bodies, fetchers, &mut rep, &mut batch)?;
+                    if let Err(gone) = flush(p, rep, &mut batch)? {
+                        return Ok(Err(gone));
+                    }
                     progress(pos);
                 }
                 if matches!(stop, Stop::Seq { .. }) && pos >= plan.target_order {
@@ -610,17 +701,10 @@ pub fn apply_with(
         }
         if !done {
             // Every segment read to its closing hash and its end.
-            for (object, sr) in readers.values_mut() {
-                sr.verify_rest().map_err(|source| BackupError::Segment {
-                    object: object.clone(),
-                    source,
-                })?;
+            for (sref, sr) in readers.values_mut() {
+                sr.verify_rest().map_err(|e| layout::segment_error(sref, e))?;
             }
         }
-        flush(store, t, &plan.bodies, fetchers, &mut rep, &mut batch)?;
-        progress(wal.last_order());
     }
-    flush(store, t, &plan.bodies, fetchers, &mut rep, &mut batch)?;
-    rep.order = wal.last_order();
-    Ok(rep)
+    flush(p, rep, &mut batch)
 }

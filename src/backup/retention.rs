@@ -437,19 +437,11 @@ pub struct PruneReport {
 
 /// Bodies that append entries of `manifests` name.
 fn bodies_named(t: &dyn Target, manifests: &[Loaded]) -> Result<HashSet<[u8; 32]>, BackupError> {
-    use wal::segment::SegmentReader;
     let mut out = HashSet::new();
     for l in manifests {
         for s in &l.manifest.segments {
-            let r = t.open(&s.object).map_err(io_err(&s.object))?;
-            let mut sr = SegmentReader::open(r).map_err(|source| BackupError::Segment {
-                object: s.object.clone(),
-                source,
-            })?;
-            while let Some(e) = sr.next_entry().map_err(|source| BackupError::Segment {
-                object: s.object.clone(),
-                source,
-            })? {
+            let mut sr = layout::open_segment(t, s, &l.object)?;
+            while let Some(e) = sr.next_entry().map_err(|e| layout::segment_error(s, e))? {
                 if let Ok(crate::event::Event::MessageAppended { blob, .. }) = crate::event::Event::decode(&e.payload) {
                     out.insert(blob.0);
                 }
@@ -593,10 +585,11 @@ pub fn prune(t: &dyn Target, o: &PruneOptions) -> Result<PruneReport, BackupErro
     }
 
     // Manifests up to the base, newest first (a reader listing meanwhile
-    // sees a chain that starts at the base, never a gap after it).
-    for n in layout::manifest_numbers(t)?.into_iter().rev() {
-        if n <= base.number {
-            let object = layout::manifest_name(n);
+    // sees a chain that starts at the base, never a gap after it); a run
+    // object the base keeps for its bodies stays whole.
+    let kept_packs: HashSet<&str> = base.packs.iter().map(|p| p.object.as_str()).collect();
+    for (n, object) in layout::manifest_list(t)?.into_iter().rev() {
+        if n <= base.number && !kept_packs.contains(object.as_str()) {
             t.delete(&object).map_err(io_err(&object))?;
             rep.manifests_deleted += 1;
         }
@@ -620,8 +613,7 @@ pub fn prune(t: &dyn Target, o: &PruneOptions) -> Result<PruneReport, BackupErro
             }
         }
     }
-    // Packs up to the base that the base does not keep.
-    let kept_packs: HashSet<&str> = base.packs.iter().map(|p| p.object.as_str()).collect();
+    // Packs (format 2) up to the base that the base does not keep.
     for n in t.list(layout::PACK_DIR).map_err(io_err(layout::PACK_DIR))? {
         let object = format!("{}/{n}", layout::PACK_DIR);
         if layout::pack_number(&n).is_some_and(|num| num <= base.number) && !kept_packs.contains(object.as_str()) {

@@ -441,6 +441,22 @@ impl Target for S3Target {
         }
     }
 
+    fn read_tail(&self, name: &str, max: u64) -> io::Result<(u64, Vec<u8>)> {
+        let p = self.path(name)?;
+        self.request("GET suffix", move |s| {
+            let p = p.clone();
+            async move {
+                let opts = GetOptions {
+                    range: Some(GetRange::Suffix(max.max(1))),
+                    ..GetOptions::default()
+                };
+                let r = s.get_opts(&p, opts).await?;
+                let size = r.meta.size;
+                Ok((size, r.bytes().await?.to_vec()))
+            }
+        })
+    }
+
     fn exists(&self, name: &str) -> io::Result<bool> {
         let p = self.path(name)?;
         match self.request("HEAD", move |s| {

@@ -41,6 +41,10 @@ pub trait Target: Send + Sync {
         }
         Ok(v)
     }
+    /// The object's length and its last `max` bytes (all of it when
+    /// shorter): one ranged read of the tail, as a run object's footer
+    /// and manifest are found.
+    fn read_tail(&self, name: &str, max: u64) -> io::Result<(u64, Vec<u8>)>;
     /// Whether an object exists.
     fn exists(&self, name: &str) -> io::Result<bool>;
     /// Names of the objects directly below `dir` (not recursive), sorted.
@@ -189,6 +193,17 @@ impl Target for DirTarget {
         let mut v = vec![0u8; len as usize];
         f.read_exact_at(&mut v, offset)?;
         Ok(v)
+    }
+
+    fn read_tail(&self, name: &str, max: u64) -> io::Result<(u64, Vec<u8>)> {
+        use std::os::unix::fs::FileExt;
+        check_name(name)?;
+        let f = std::fs::File::open(self.root.join(name))?;
+        let size = f.metadata()?.len();
+        let n = size.min(max);
+        let mut v = vec![0u8; n as usize];
+        f.read_exact_at(&mut v, size - n)?;
+        Ok((size, v))
     }
 
     fn exists(&self, name: &str) -> io::Result<bool> {
@@ -365,6 +380,9 @@ impl Target for Retrying {
             }
         }
     }
+    fn read_tail(&self, name: &str, max: u64) -> io::Result<(u64, Vec<u8>)> {
+        with_retries(self.attempts, &self.retries, || self.inner.read_tail(name, max))
+    }
     fn exists(&self, name: &str) -> io::Result<bool> {
         with_retries(self.attempts, &self.retries, || self.inner.exists(name))
     }
@@ -447,6 +465,12 @@ impl Target for Faulty {
         maybe_fail(self.rate, &self.injected)?;
         let v = self.inner.read_range(name, offset, len)?;
         // A fault in the middle of the transfer.
+        maybe_fail(self.rate, &self.injected)?;
+        Ok(v)
+    }
+    fn read_tail(&self, name: &str, max: u64) -> io::Result<(u64, Vec<u8>)> {
+        maybe_fail(self.rate, &self.injected)?;
+        let v = self.inner.read_tail(name, max)?;
         maybe_fail(self.rate, &self.injected)?;
         Ok(v)
     }

@@ -5,8 +5,8 @@
 //!   of the log (into a scratch store), reporting the first problem with
 //!   its place.
 //! - [`audit_backup`]: the same for a backup directory: the manifest chain,
-//!   every segment and body (in packs, or format-1 body objects), and a
-//!   replay of all of it.
+//!   every segment and body (in run objects, format-2 packs or format-1
+//!   body objects), and a replay of all of it.
 //! - [`rebuild`]: throw the views away and materialise them again from the
 //!   log, in the node's own apply order.
 //! - [`restore`]: a whole node from a backup into a new data directory, to

@@ -76,7 +76,8 @@ fn prune_keeps_the_window_removes_the_rest_and_honours_leases() {
 
     // Phase A: five messages; three of them are deleted in phase B, before
     // the window starts.
-    // The three go into packs of their own: the backup catches up first.
+    // The three go into run objects of their own: the backup catches up
+    // first.
     for i in 0..5 {
         deliver(&lmtp, "u@example.org", &format!("Subject: a{i}\r\n\r\nold {i}\r\n"));
         if i == 2 {
@@ -127,9 +128,9 @@ fn prune_keeps_the_window_removes_the_rest_and_honours_leases() {
     let old_packs: Vec<String> = old_bodies.iter().map(|(_, b)| pack_of(b)).collect();
     assert!(
         old_packs[..3].iter().all(|p| !old_packs[3..].contains(p)),
-        "the deleted mail's bodies share no pack with the kept mail: {old_packs:?}"
+        "the deleted mail's bodies share no run object with the kept mail: {old_packs:?}"
     );
-    let packs_before = t.list(layout::PACK_DIR).unwrap().len();
+    let runs_before = t.list(layout::RUN_DIR).unwrap().len();
     assert!(manifests_before.len() >= 4, "{manifests_before:?}");
 
     // A restore in progress: it holds its lease and planned from the
@@ -143,7 +144,7 @@ fn prune_keeps_the_window_removes_the_rest_and_honours_leases() {
     assert_eq!(r["manifests_deleted"], 0, "{r}");
     assert_eq!(r["bodies_deleted"], 0, "{r}");
     assert_eq!(r["packs_deleted"], 0, "{r}");
-    assert_eq!(t.list(layout::PACK_DIR).unwrap().len(), packs_before);
+    assert_eq!(t.list(layout::RUN_DIR).unwrap().len(), runs_before);
     assert_eq!(r["skipped_for_leases"].as_array().unwrap().len(), 1, "{r}");
     assert_eq!(layout::manifest_numbers(t.as_ref()).unwrap(), manifests_before);
     let base = r["base"].as_u64().unwrap();
@@ -155,8 +156,8 @@ fn prune_keeps_the_window_removes_the_rest_and_honours_leases() {
     assert_eq!(views_digest(&s).unwrap(), final_digest);
     s.close().unwrap();
 
-    // A pack left by a run that died before its manifest (no manifest
-    // names it): gone once a base passes its run.
+    // A format-2 pack left by a run that died before its manifest (no
+    // manifest names it): gone once a base passes its run.
     let orphan = layout::pack_name(1, 999);
     assert!(t.put_new(&orphan, &mut |w| w.write_all(b"orphan")).unwrap());
 
@@ -173,26 +174,35 @@ fn prune_keeps_the_window_removes_the_rest_and_honours_leases() {
     assert!(started.elapsed() >= Duration::from_millis(900), "prune did not wait for the lease");
     assert_eq!(r["base"].as_u64().unwrap(), base, "{r}");
     assert!(r["skipped_for_leases"].as_array().unwrap().is_empty(), "{r}");
-    assert_eq!(r["manifests_deleted"].as_u64().unwrap(), base, "{r}");
-    assert!(r["segments_deleted"].as_u64().unwrap() >= 1, "{r}");
+    let kept_base = retention::load_base(t.as_ref(), base).unwrap();
+    // Run objects up to the base are deleted, but for those holding a
+    // body still needed: the base keeps them whole and names them.
+    let kept_runs = kept_base.packs.len() as u64;
+    assert_eq!(r["manifests_deleted"].as_u64().unwrap(), base - kept_runs, "{r}");
     assert!(r["lease_objects_deleted"].as_u64().unwrap() >= 2, "{r}");
-    // The packs holding only the three bodies deleted before the window
-    // are gone; the packs of the others stay, and the base names those of
-    // them its manifests no longer do.
+    // The run objects holding only the three bodies deleted before the
+    // window are gone; those of the others stay, and the base names those
+    // of them at or before it.
     assert_eq!(r["bodies_deleted"], 0, "no per-body objects: {r}");
-    let dead: std::collections::BTreeSet<&String> = old_packs[..3].iter().collect();
-    assert_eq!(r["packs_deleted"].as_u64().unwrap(), dead.len() as u64 + 1, "{r}");
+    assert_eq!(r["packs_deleted"].as_u64().unwrap(), 1, "the orphan pack: {r}");
     assert!(!t.exists(&orphan).unwrap());
     for (i, p) in old_packs.iter().enumerate() {
-        assert_eq!(t.exists(p).unwrap(), i >= 3, "pack {p} of message {}", i + 1);
+        assert_eq!(t.exists(p).unwrap(), i >= 3, "run object {p} of message {}", i + 1);
     }
-    let kept_base = retention::load_base(t.as_ref(), base).unwrap();
     for p in &old_packs[3..] {
-        let n = layout::pack_number(p.strip_prefix("packs/").unwrap()).unwrap();
-        assert_eq!(kept_base.packs.iter().any(|k| k.object == *p), n <= base, "pack {p}, base {base}");
+        let n = layout::body_object_number(p).unwrap();
+        assert_eq!(
+            kept_base.packs.iter().any(|k| k.object == *p),
+            n <= base,
+            "run object {p}, base {base}"
+        );
     }
     let left = layout::manifest_numbers(t.as_ref()).unwrap();
-    assert!(left.iter().all(|n| *n > base), "{left:?}");
+    assert!(
+        left.iter()
+            .all(|n| *n > base || kept_base.packs.iter().any(|k| layout::body_object_number(&k.object) == Some(*n))),
+        "{left:?}"
+    );
     assert_eq!(left.last(), manifests_before.last());
     assert!(retention::base_numbers(t.as_ref()).unwrap() == vec![base]);
 

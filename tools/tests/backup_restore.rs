@@ -135,8 +135,8 @@ fn backup_destroy_restore_and_points_in_time() {
     rt.block_on(node.stop()).unwrap();
     assert_eq!(digest_of(&data), final_digest);
 
-    // Bodies: each distinct body packed once, ever, in packs the
-    // manifests name; no per-body objects.
+    // Bodies: each distinct body written once, ever, in the run objects
+    // the chain names; no per-body objects, packs or segment objects.
     let packed = packed_bodies(&bk);
     let distinct: std::collections::BTreeSet<&String> = packed.iter().map(|(h, _)| h).collect();
     assert_eq!(
@@ -144,11 +144,13 @@ fn backup_destroy_restore_and_points_in_time() {
         (8, 8),
         "8 distinct bodies were delivered: {packed:?}"
     );
-    let packs: std::collections::BTreeSet<&String> = packed.iter().map(|(_, p)| p).collect();
-    assert_eq!(files(&bk.join("packs")).len(), packs.len(), "every pack is named by a manifest");
-    assert!(!bk.join("bodies").exists());
-    // The one-shot backup wrote everything in one run: one pack.
-    assert_eq!(files(&bk2.join("packs")).len(), 1);
+    assert!(
+        packed.iter().all(|(_, p)| bk.join(p).is_file() && p.starts_with("runs/")),
+        "{packed:?}"
+    );
+    assert!(!bk.join("bodies").exists() && !bk.join("packs").exists() && !bk.join("segments").exists());
+    // The one-shot backup wrote everything in one run: one run object.
+    assert_eq!(files(&bk2.join("runs")).len(), 1);
     assert_eq!(packed_bodies(&bk2).len(), 8);
 
     // Destroy the node; restore it from each backup.

@@ -137,14 +137,14 @@ fn backup_to_s3_restore_point_in_time_audit_and_tamper() {
     rt.block_on(node.stop()).unwrap();
 
     // Write once: a taken name is refused and keeps its bytes.
-    let first = layout::manifest_name(1);
+    let first = layout::run_name(1);
     let mut before = Vec::new();
     t.open(&first).unwrap().read_to_end(&mut before).unwrap();
     assert!(!t.put_new(&first, &mut |w| w.write_all(b"replaced")).unwrap());
     let mut after = Vec::new();
     t.open(&first).unwrap().read_to_end(&mut after).unwrap();
     assert_eq!(before, after);
-    // The big body lies in a pack (uploaded in parts), and comes back
+    // The big body lies in a run object (uploaded in parts), and comes back
     // whole by a ranged read of its bytes only.
     let index = tandem::backup::restore::plan(&t, tandem::backup::restore::Stop::Latest)
         .unwrap()
@@ -158,7 +158,7 @@ fn backup_to_s3_restore_point_in_time_audit_and_tamper() {
         .get(&tandem::event::BlobHash::of(big).0)
         .expect("the big body is packed")
         .clone();
-    assert!(loc.pack.starts_with("packs/"), "{loc:?}");
+    assert!(loc.pack.starts_with("runs/"), "{loc:?}");
     assert_eq!(&t.read_range(&loc.pack, loc.offset, loc.len).unwrap(), big);
     let mut tail = Vec::new();
     t.open_at(&loc.pack, loc.offset + (9 << 20))
@@ -197,9 +197,9 @@ fn backup_to_s3_restore_point_in_time_audit_and_tamper() {
     c.ok("LOGOUT");
     rt.block_on(node.stop()).unwrap();
 
-    // Tamper with one body in its pack in the bucket (as someone holding
-    // delete rights could): audit and restore refuse, naming the pack, the
-    // body and its byte offset.
+    // Tamper with one body in its run object in the bucket (as someone
+    // holding delete rights could): audit and restore refuse, naming the
+    // object, the body and its byte offset.
     let small = bodies.iter().map(|(_, b)| b).find(|b| b.len() < 1000).unwrap();
     let hash = tandem::event::BlobHash::of(small).0;
     let loc = index.get(&hash).unwrap().clone();
@@ -308,7 +308,13 @@ fn s3_outage_mid_backup_is_retried_and_nothing_is_claimed_early() {
     let r: serde_json::Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
     assert_eq!(r["base_written"], true, "{r}");
     assert_eq!(r["base"].as_u64().unwrap(), manifests.last().unwrap() - 1, "{r}");
-    assert_eq!(layout::manifest_numbers(&t).unwrap(), vec![*manifests.last().unwrap()]);
+    // Left: the last run, and the run objects before the base that hold
+    // a body still needed, which the base names.
+    let base = tandem::backup::retention::load_base(&t, r["base"].as_u64().unwrap()).unwrap();
+    let mut left: Vec<u64> = base.packs.iter().filter_map(|p| layout::body_object_number(&p.object)).collect();
+    assert!(!left.is_empty(), "the mail delivered is still there: its run objects stay");
+    left.push(*manifests.last().unwrap());
+    assert_eq!(layout::manifest_numbers(&t).unwrap(), left);
     let (ok, out) = run(replay(&ep, &creds).args(["audit", URL]));
     assert!(ok, "{out}");
     let to = dir.path().join("restored-after-prune");

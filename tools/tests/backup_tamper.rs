@@ -1,13 +1,14 @@
 //! Damaged backups: audit and restore refuse them, naming the object, the
-//! origin, the seq and the byte offset (for a pack: the body's blake3 and
-//! its byte offset in the pack), and a restore applies nothing past the
-//! last entry it verified. Interrupted restores continue.
+//! origin, the seq and the byte offset (for a body: its blake3 and its byte
+//! offset in the run object), and a restore applies nothing past the last
+//! entry it verified. Interrupted restores continue.
 
 mod common;
 use common::copy_dir;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
+use tandem::backup::layout;
 use tandem::backup::Backups;
 use tandem::event::Flags;
 use tandem::mutate::{self, NewMessage};
@@ -56,14 +57,6 @@ fn run(cmd: &mut Command) -> (bool, String) {
     )
 }
 
-fn segments(bk: &Path) -> Vec<PathBuf> {
-    let origin = Origin::from_node_id(NODE);
-    let d = bk.join("segments").join(origin.to_string());
-    let mut v: Vec<PathBuf> = std::fs::read_dir(d).unwrap().map(|e| e.unwrap().path()).collect();
-    v.sort();
-    v
-}
-
 /// Head of the node's origin in a restored data dir (0 if nothing).
 fn restored_head(data: &Path) -> u64 {
     if !data.join("db").exists() {
@@ -98,58 +91,69 @@ fn flipped_missing_and_truncated_objects_are_refused_by_name() {
     let bk = dir.path().join("bk");
     backed_up(&dir.path().join("node"), &bk, 40);
     let origin = Origin::from_node_id(NODE).to_string();
-    let segs = segments(&bk);
-    assert_eq!(segs.len(), 2, "two runs, one origin: {segs:?}");
-    let seg2 = segs[1].strip_prefix(&bk).unwrap().to_string_lossy().into_owned();
-    let first2: u64 = seg2.rsplit('/').next().unwrap()[..20].parse().unwrap();
+    let t = tandem::backup::target::DirTarget::new(&bk).unwrap();
+    assert_eq!(layout::manifest_numbers(&t).unwrap(), vec![1, 2], "two runs");
+    let run2 = layout::run_name(2);
+    let m2 = layout::load_manifest(&t, 2).unwrap().manifest;
+    assert_eq!(m2.segments.len(), 1, "one origin");
+    let seg = m2.segments[0].clone();
+    let seg_at = seg.offset.unwrap();
+    let bytes = std::fs::read(bk.join(&run2)).unwrap();
 
-    // A flipped byte inside the third entry of the second segment.
+    // A flipped byte inside the third entry of the second run's segment:
+    // named by the run object, the origin, the seq and the byte offset of
+    // the entry in the object.
     let case = tempfile::tempdir().unwrap();
     let b = case.path().join("bk");
     copy_dir(&bk, &b);
-    let bytes = std::fs::read(b.join(&seg2)).unwrap();
-    let r = wal::segment::SegmentReader::open(&bytes[..]).unwrap();
-    let mut r = r;
+    let mut r = wal::segment::SegmentReader::open(&bytes[seg_at as usize..(seg_at + seg.len) as usize]).unwrap();
     r.next_entry().unwrap();
     r.next_entry().unwrap();
-    let off = r.offset();
+    let off = seg_at + r.offset();
     let mut damaged = bytes.clone();
     damaged[off as usize + 4 + 45] ^= 0x10;
-    std::fs::write(b.join(&seg2), &damaged).unwrap();
-    let seq = first2 + 2;
+    std::fs::write(b.join(&run2), &damaged).unwrap();
+    let seq = seg.first + 2;
     let head = refused(
         &b,
         case.path(),
-        &[&seg2, &origin, &format!("seq {seq}"), &format!("byte offset {off}")],
+        &[&run2, &origin, &format!("seq {seq}"), &format!("byte offset {off}")],
     );
     assert!(head < seq, "restore applied seq {head}, past the damaged seq {seq}");
 
-    // A missing segment.
+    // A missing run object: the chain names the gap.
     let case = tempfile::tempdir().unwrap();
     let b = case.path().join("bk");
     copy_dir(&bk, &b);
-    std::fs::remove_file(b.join(&seg2)).unwrap();
-    let head = refused(&b, case.path(), &[&seg2, "missing", &origin]);
-    assert!(head < first2);
+    std::fs::remove_file(b.join(layout::run_name(1))).unwrap();
+    let head = refused(&b, case.path(), &[&layout::run_name(1), "missing"]);
+    assert_eq!(head, 0);
 
-    // A truncated segment.
+    // A truncated run object: its footer is gone.
     let case = tempfile::tempdir().unwrap();
     let b = case.path().join("bk");
     copy_dir(&bk, &b);
-    std::fs::write(b.join(&seg2), &bytes[..bytes.len() - 100]).unwrap();
-    let head = refused(&b, case.path(), &[&seg2, "truncated", &origin, "byte offset"]);
-    assert!(head < first2 + (bytes.len() as u64 / 60), "a truncated segment applied everything");
+    std::fs::write(b.join(&run2), &bytes[..bytes.len() - 100]).unwrap();
+    let head = refused(&b, case.path(), &[&run2, "footer", "byte offset"]);
+    assert!(head < seg.first, "a truncated run object applied entries");
 
-    // Packs: the second run's pack and its index, from manifest 2.
-    let t = tandem::backup::target::DirTarget::new(&bk).unwrap();
-    let m2 = tandem::backup::layout::load_manifest(&t, 2).unwrap().manifest;
-    assert_eq!(m2.packs.len(), 1, "one pack per run");
+    // A footer pointing elsewhere.
+    let case = tempfile::tempdir().unwrap();
+    let b = case.path().join("bk");
+    copy_dir(&bk, &b);
+    let mut damaged = bytes.clone();
+    let at = damaged.len() - 12;
+    damaged[at] ^= 0x01;
+    std::fs::write(b.join(&run2), &damaged).unwrap();
+    refused(&b, case.path(), &[&run2, "footer", "byte offset"]);
+
+    // Bodies: the second run's body section and its index, from its manifest.
+    assert_eq!(m2.packs.len(), 1, "one body section per run");
     let pack = m2.packs[0].clone();
+    assert_eq!(pack.object, run2);
     assert!(pack.bodies.len() >= 10, "{pack:?}");
-    assert!(!bk.join("bodies").exists(), "no per-body objects are written");
-    let pack_bytes = std::fs::read(bk.join(&pack.object)).unwrap();
-    assert_eq!(pack_bytes.len() as u64, pack.len);
-    assert_eq!(blake3::hash(&pack_bytes).to_hex().as_str(), pack.blake3);
+    assert!(!bk.join("bodies").exists() && !bk.join("packs").exists() && !bk.join("segments").exists());
+    assert_eq!(blake3::hash(&bytes[..pack.len as usize]).to_hex().as_str(), pack.blake3);
     // The seq of the entry naming a body, from the place a refusal names.
     let seq_named = |out: &str| -> u64 {
         let at = out.find(&format!("origin {origin} seq ")).expect("the refusal names the entry");
@@ -161,18 +165,18 @@ fn flipped_missing_and_truncated_objects_are_refused_by_name() {
             .unwrap()
     };
 
-    // A flipped byte inside the fourth body of the pack.
+    // A flipped byte inside the fourth body.
     let case = tempfile::tempdir().unwrap();
     let b = case.path().join("bk");
     copy_dir(&bk, &b);
     let victim = &pack.bodies[3];
-    let mut damaged = pack_bytes.clone();
+    let mut damaged = bytes.clone();
     damaged[(victim.1 + victim.2 / 2) as usize] ^= 0x20;
-    std::fs::write(b.join(&pack.object), &damaged).unwrap();
+    std::fs::write(b.join(&run2), &damaged).unwrap();
     let (ok, out) = run(replay().arg("audit").arg(&b));
     assert!(!ok, "{out}");
     let needles = [
-        pack.object.as_str(),
+        run2.as_str(),
         victim.0.as_str(),
         &format!("byte offset {}", victim.1),
         "does not match its blake3",
@@ -181,41 +185,15 @@ fn flipped_missing_and_truncated_objects_are_refused_by_name() {
     let seq = seq_named(&out);
     assert!(head < seq, "restore applied seq {head}, past seq {seq} whose body is damaged");
 
-    // A truncated pack: cut inside its sixth body.
+    // A flipped byte in the manifest.
     let case = tempfile::tempdir().unwrap();
     let b = case.path().join("bk");
     copy_dir(&bk, &b);
-    let victim = &pack.bodies[5];
-    std::fs::write(b.join(&pack.object), &pack_bytes[..(victim.1 + 3) as usize]).unwrap();
-    let (_, out) = run(replay().arg("audit").arg(&b));
-    let head = refused(
-        &b,
-        case.path(),
-        &[
-            pack.object.as_str(),
-            victim.0.as_str(),
-            &format!("byte offset {}", victim.1),
-            "truncated",
-        ],
-    );
-    assert!(head < seq_named(&out), "a truncated pack applied the entry whose body it lost");
-
-    // A missing pack.
-    let case = tempfile::tempdir().unwrap();
-    let b = case.path().join("bk");
-    copy_dir(&bk, &b);
-    std::fs::remove_file(b.join(&pack.object)).unwrap();
-    refused(&b, case.path(), &[pack.object.as_str(), pack.bodies[0].0.as_str(), "missing"]);
-
-    // A flipped byte in a manifest.
-    let case = tempfile::tempdir().unwrap();
-    let b = case.path().join("bk");
-    copy_dir(&bk, &b);
-    let m = b.join("manifests").join(format!("{:020}.man", 2));
-    let mut mb = std::fs::read(&m).unwrap();
-    mb[20] ^= 0x01;
-    std::fs::write(&m, &mb).unwrap();
-    refused(&b, case.path(), &["manifests/00000000000000000002.man", "checksum"]);
+    let moff = seg_at + seg.len;
+    let mut damaged = bytes.clone();
+    damaged[moff as usize + 20] ^= 0x01;
+    std::fs::write(b.join(&run2), &damaged).unwrap();
+    refused(&b, case.path(), &[&run2, "checksum", &format!("byte offset {moff}")]);
 }
 
 #[test]

@@ -71,7 +71,7 @@ enum Cmd {
         /// Stop after this entry: ORIGIN:SEQ (origin as 16 hex digits or node id).
         #[arg(long)]
         seq: Option<String>,
-        /// Body reads at once (ranged reads of packs, neighbours joined; 1: one after the other).
+        /// Body reads at once (ranged reads of run objects or packs, neighbours joined; 1: one after the other).
         #[arg(long, default_value_t = tandem::backup::restore::DEFAULT_FETCHERS)]
         fetchers: usize,
         /// Print the report as JSON.

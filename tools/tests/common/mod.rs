@@ -314,19 +314,77 @@ impl Drop for Relay {
     }
 }
 
-/// Every body the packs of the backup at `bk` hold, by the indexes of its
-/// manifests: (blake3 hex, pack object).
+/// Every body the backup at `bk` holds, by the indexes of its manifests:
+/// (blake3 hex, run object or pack).
 #[allow(dead_code)]
 pub fn packed_bodies(bk: &Path) -> Vec<(String, String)> {
     use tandem::backup::layout;
     let t = tandem::backup::target::DirTarget::new(bk).unwrap();
     let mut out = Vec::new();
-    for n in layout::manifest_numbers(&t).unwrap() {
-        for p in layout::load_manifest(&t, n).unwrap().manifest.packs {
+    for (n, object) in layout::manifest_list(&t).unwrap() {
+        for p in layout::load_object(&t, n, &object).unwrap().manifest.packs {
             out.extend(p.bodies.iter().map(|b| (b.0.clone(), p.object.clone())));
         }
     }
     out
+}
+
+/// Rewrite the format-3 backup at `bk` as format `format` (2 or 1) wrote
+/// it: every run object split into a segment object per origin, a pack
+/// (format 2) or an object per body (format 1), and a manifest file naming
+/// them, the chain of manifest hashes recomputed, the marker of that
+/// format. The bytes of segments and bodies stay as they were.
+#[allow(dead_code)]
+pub fn to_older_format(bk: &Path, format: u32) {
+    use tandem::backup::layout;
+    assert!(format == 1 || format == 2);
+    let t = tandem::backup::target::DirTarget::new(bk).unwrap();
+    let node = layout::read_marker(&t).unwrap().unwrap();
+    let mut prev = [0u8; 32];
+    for (n, object) in layout::manifest_list(&t).unwrap() {
+        assert!(object.starts_with("runs/"), "{object} is not a run object");
+        let mut m = layout::load_object(&t, n, &object).unwrap().manifest;
+        let run = std::fs::read(bk.join(&object)).unwrap();
+        for s in &mut m.segments {
+            let off = s.offset.take().unwrap() as usize;
+            let origin = tandem::backup::layout::parse_origin("test", &s.origin).unwrap();
+            s.object = layout::segment_name(origin, s.first, s.last);
+            let path = bk.join(&s.object);
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(path, &run[off..off + s.len as usize]).unwrap();
+        }
+        if format == 2 {
+            for p in &mut m.packs {
+                let mut pack = layout::PACK_MAGIC.to_vec();
+                pack.extend_from_slice(&run[layout::RUN_MAGIC.len()..p.len as usize]);
+                p.object = layout::pack_name(n, 0);
+                p.blake3 = blake3::hash(&pack).to_hex().to_string();
+                let path = bk.join(&p.object);
+                std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+                std::fs::write(path, &pack).unwrap();
+            }
+        } else {
+            for p in &m.packs {
+                for b in &p.bodies {
+                    let hash: [u8; 32] = layout::parse_hash("test", "body", &b.0).unwrap();
+                    let path = bk.join(layout::body_name(&hash));
+                    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+                    std::fs::write(path, &run[b.1 as usize..(b.1 + b.2) as usize]).unwrap();
+                }
+            }
+            m.packs.clear();
+        }
+        m.format = format;
+        m.prev = prev.iter().map(|b| format!("{b:02x}")).collect();
+        let bytes = layout::encode_manifest(&m);
+        let path = bk.join(layout::manifest_name(n));
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, &bytes).unwrap();
+        prev = *blake3::hash(&bytes).as_bytes();
+        std::fs::remove_file(bk.join(&object)).unwrap();
+    }
+    std::fs::remove_dir_all(bk.join(layout::RUN_DIR)).unwrap();
+    std::fs::write(bk.join(layout::MARKER), format!("tandem-backup {format}\nnode {node}\n")).unwrap();
 }
 
 /// Every file below `dir`, relative to it, sorted.
