@@ -3,7 +3,7 @@
 //! deletion, new folder); Tandem's state matches.
 
 mod common;
-use common::{messages, node_with_users, python, Node};
+use common::{messages, node_for_sync_client};
 use std::path::Path;
 use std::process::Command;
 
@@ -36,23 +36,7 @@ fn files(dir: &Path) -> Vec<std::path::PathBuf> {
 #[test]
 fn mbsync_pulls_then_pushes_local_changes() {
     let dir = tempfile::tempdir().unwrap();
-    let node: Node = node_with_users(dir.path(), "mbsync", "", &["alice@example.org"]);
-    python(
-        &node,
-        r#"
-from imaptest import *
-for i in range(3):
-    lmtp_deliver("alice@example.org", message("inbox %d" % i))
-c = connect("alice@example.org")
-ok(c.create("Work"))
-ok(c.append("Work", "(\\Seen)", None, message("work item")))
-"#,
-    );
-    let (host, port) = node
-        .addr("imap")
-        .rsplit_once(':')
-        .map(|(h, p)| (h.to_string(), p.to_string()))
-        .unwrap();
+    let (node, host, port) = node_for_sync_client(dir.path(), "mbsync");
     let local = dir.path().join("local");
     std::fs::create_dir_all(&local).unwrap();
     let cfg = dir.path().join("mbsyncrc");

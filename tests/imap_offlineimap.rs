@@ -4,7 +4,7 @@
 //! further sync changes nothing on either side.
 
 mod common;
-use common::{blob, messages, node_with_users, python, Node};
+use common::{blob, messages, node_for_sync_client, Node};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -72,23 +72,7 @@ fn server_state(node: &Node, folder: &str) -> Vec<(u64, Vec<String>, String)> {
 #[test]
 fn offlineimap_pulls_then_pushes_local_changes() {
     let dir = tempfile::tempdir().unwrap();
-    let node: Node = node_with_users(dir.path(), "offlineimap", "", &["alice@example.org"]);
-    python(
-        &node,
-        r#"
-from imaptest import *
-for i in range(3):
-    lmtp_deliver("alice@example.org", message("inbox %d" % i))
-c = connect("alice@example.org")
-ok(c.create("Work"))
-ok(c.append("Work", "(\\Seen)", None, message("work item")))
-"#,
-    );
-    let (host, port) = node
-        .addr("imap")
-        .rsplit_once(':')
-        .map(|(h, p)| (h.to_string(), p.to_string()))
-        .unwrap();
+    let (node, host, port) = node_for_sync_client(dir.path(), "offlineimap");
     let local = dir.path().join("local");
     let meta = dir.path().join("meta");
     let cfg = dir.path().join("offlineimaprc");

@@ -38,6 +38,26 @@ fn metrics_get(node: &Node, path: &str) -> String {
     body.to_string()
 }
 
+/// Mirror ports and data dirs for nodes A and B under `dir`.
+fn pair(dir: &std::path::Path) -> (u16, u16, std::path::PathBuf, std::path::PathBuf) {
+    let (da, db) = (dir.join("a"), dir.join("b"));
+    std::fs::create_dir_all(&da).unwrap();
+    std::fs::create_dir_all(&db).unwrap();
+    (free_udp_port(), free_udp_port(), da, db)
+}
+
+/// Start A (its mirror section followed by `a_extra`) and B mirroring
+/// each other, with the user u@example.org added on A.
+fn start_pair((da, pa): (&std::path::Path, u16), (db, pb): (&std::path::Path, u16), a_extra: &str) -> (Node, Node) {
+    let ca = write_config(da, "node-a", &format!("{}{a_extra}", mirror_section(pa, &[pb], SECRET)));
+    let cb = write_config(db, "node-b", &mirror_section(pb, &[pa], SECRET));
+    let a = Node::start(da, Some(&ca));
+    let b = Node::start(db, Some(&cb));
+    let (ok, _, err) = a.cli(&["user", "add", "u@example.org", "--password-stdin"], Some("secret\n"));
+    assert!(ok, "{err}");
+    (a, b)
+}
+
 fn converged(a: &Node, b: &Node, secs: u64) -> bool {
     wait_until(secs, || digest(a) == digest(b))
 }
@@ -45,16 +65,8 @@ fn converged(a: &Node, b: &Node, secs: u64) -> bool {
 #[test]
 fn pruning_waits_for_a_stopped_peer_which_then_catches_up() {
     let dir = tempfile::tempdir().unwrap();
-    let (pa, pb) = (free_udp_port(), free_udp_port());
-    let (da, db) = (dir.path().join("a"), dir.path().join("b"));
-    std::fs::create_dir_all(&da).unwrap();
-    std::fs::create_dir_all(&db).unwrap();
-    let ca = write_config(&da, "node-a", &format!("{}{RETENTION}", mirror_section(pa, &[pb], SECRET)));
-    let cb = write_config(&db, "node-b", &mirror_section(pb, &[pa], SECRET));
-    let a = Node::start(&da, Some(&ca));
-    let b = Node::start(&db, Some(&cb));
-    let (ok, _, err) = a.cli(&["user", "add", "u@example.org", "--password-stdin"], Some("secret\n"));
-    assert!(ok, "{err}");
+    let (pa, pb, da, db) = pair(dir.path());
+    let (a, b) = start_pair((&da, pa), (&db, pb), RETENTION);
     deliver_range(&a, "u@example.org", "early", 0..10);
     assert!(converged(&a, &b, 20));
     let origin = origin_of(&a);
@@ -212,10 +224,7 @@ fn pruning_waits_for_the_backup_position() {
 #[test]
 fn a_peer_behind_the_pruned_point_is_refused_then_joins_by_trees() {
     let dir = tempfile::tempdir().unwrap();
-    let (pa, pb) = (free_udp_port(), free_udp_port());
-    let (da, db) = (dir.path().join("a"), dir.path().join("b"));
-    std::fs::create_dir_all(&da).unwrap();
-    std::fs::create_dir_all(&db).unwrap();
+    let (pa, pb, da, db) = pair(dir.path());
     // A alone at first: nothing but the window holds its pruning.
     let ca = write_config(&da, "node-a", RETENTION);
     let a = Node::start(&da, Some(&ca));
@@ -311,10 +320,7 @@ fn pruned_node_a(da: &std::path::Path, pa: u16, pb: u16) -> (Node, String, u64) 
 #[test]
 fn an_empty_peer_behind_the_pruned_point_joins_by_trees_on_its_own() {
     let dir = tempfile::tempdir().unwrap();
-    let (pa, pb) = (free_udp_port(), free_udp_port());
-    let (da, db) = (dir.path().join("a"), dir.path().join("b"));
-    std::fs::create_dir_all(&da).unwrap();
-    std::fs::create_dir_all(&db).unwrap();
+    let (pa, pb, da, db) = pair(dir.path());
     let (a, origin, head_a) = pruned_node_a(&da, pa, pb);
     // B: an empty data dir, default settings (auto_join on). Nobody runs
     // a command: A refuses B's link, B reads A's bases, finds A pruned
@@ -377,19 +383,11 @@ fn an_empty_peer_behind_the_pruned_point_joins_by_trees_on_its_own() {
 #[test]
 fn a_restarted_node_prunes_what_a_stopped_peer_acknowledged_before_and_no_further() {
     let dir = tempfile::tempdir().unwrap();
-    let (pa, pb) = (free_udp_port(), free_udp_port());
-    let (da, db) = (dir.path().join("a"), dir.path().join("b"));
-    std::fs::create_dir_all(&da).unwrap();
-    std::fs::create_dir_all(&db).unwrap();
+    let (pa, pb, da, db) = pair(dir.path());
     // A keeps everything younger than an hour at first: it prunes nothing,
     // but records what B acknowledges.
     let keep_all = "[retention]\nkeep = \"1h\"\nkeep_entries = 1\ninterval = \"200ms\"\n";
-    let ca = write_config(&da, "node-a", &format!("{}{keep_all}", mirror_section(pa, &[pb], SECRET)));
-    let cb = write_config(&db, "node-b", &mirror_section(pb, &[pa], SECRET));
-    let a = Node::start(&da, Some(&ca));
-    let b = Node::start(&db, Some(&cb));
-    let (ok, _, err) = a.cli(&["user", "add", "u@example.org", "--password-stdin"], Some("secret\n"));
-    assert!(ok, "{err}");
+    let (a, b) = start_pair((&da, pa), (&db, pb), keep_all);
     deliver_range(&a, "u@example.org", "early", 0..8);
     assert!(converged(&a, &b, 20));
     let origin = origin_of(&a);
@@ -455,16 +453,8 @@ fn a_restarted_node_prunes_what_a_stopped_peer_acknowledged_before_and_no_furthe
 #[test]
 fn a_returning_peer_left_behind_the_pruned_point_joins_on_its_own_and_keeps_its_log() {
     let dir = tempfile::tempdir().unwrap();
-    let (pa, pb) = (free_udp_port(), free_udp_port());
-    let (da, db) = (dir.path().join("a"), dir.path().join("b"));
-    std::fs::create_dir_all(&da).unwrap();
-    std::fs::create_dir_all(&db).unwrap();
-    let ca = write_config(&da, "node-a", &format!("{}{RETENTION}", mirror_section(pa, &[pb], SECRET)));
-    let cb = write_config(&db, "node-b", &mirror_section(pb, &[pa], SECRET));
-    let a = Node::start(&da, Some(&ca));
-    let b = Node::start(&db, Some(&cb));
-    let (ok, _, err) = a.cli(&["user", "add", "u@example.org", "--password-stdin"], Some("secret\n"));
-    assert!(ok, "{err}");
+    let (pa, pb, da, db) = pair(dir.path());
+    let (a, b) = start_pair((&da, pa), (&db, pb), RETENTION);
     deliver_range(&a, "u@example.org", "early", 0..4);
     deliver_range(&b, "u@example.org", "from-b", 0..2);
     assert!(converged(&a, &b, 20));

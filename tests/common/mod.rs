@@ -256,6 +256,30 @@ impl Raw {
     }
 }
 
+/// A node with alice@example.org holding three messages in INBOX and one
+/// `\Seen` message in `Work`, for the tests of sync clients (mbsync,
+/// offlineimap); returns it with its IMAP host and port.
+pub fn node_for_sync_client(dir: &Path, id: &str) -> (Node, String, String) {
+    let node: Node = node_with_users(dir, id, "", &["alice@example.org"]);
+    python(
+        &node,
+        r#"
+from imaptest import *
+for i in range(3):
+    lmtp_deliver("alice@example.org", message("inbox %d" % i))
+c = connect("alice@example.org")
+ok(c.create("Work"))
+ok(c.append("Work", "(\\Seen)", None, message("work item")))
+"#,
+    );
+    let (host, port) = node
+        .addr("imap")
+        .rsplit_once(':')
+        .map(|(h, p)| (h.to_string(), p.to_string()))
+        .unwrap();
+    (node, host, port)
+}
+
 /// Run a Python script (with tests/py on its path) against a node; the
 /// script gets IMAP_HOST, IMAP_PORT, LMTP_PORT in its environment. Panics
 /// with the script's output if it fails.
