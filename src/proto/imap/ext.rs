@@ -423,11 +423,9 @@ impl StatusItem {
     }
 }
 
-/// `STATUS mailbox (items)` after the command name: the mailbox name as
-/// sent, and the items (for the items imap-codec 1.0 does not know, SIZE
-/// of RFC 8438).
-pub fn status(lx: &mut Lexer<'_>) -> R<(Vec<u8>, Vec<StatusItem>)> {
-    let mailbox = lx.astring("expected a mailbox name")?;
+/// A parenthesised, non-empty list of STATUS items (STATUS, and LIST's
+/// `RETURN (STATUS (...))`).
+fn status_items(lx: &mut Lexer<'_>) -> R<Vec<StatusItem>> {
     let mut items = Vec::new();
     for (at, w) in lx.atom_list()? {
         match StatusItem::parse(&w) {
@@ -443,6 +441,15 @@ pub fn status(lx: &mut Lexer<'_>) -> R<(Vec<u8>, Vec<StatusItem>)> {
     if items.is_empty() {
         return lx.err("STATUS needs an item");
     }
+    Ok(items)
+}
+
+/// `STATUS mailbox (items)` after the command name: the mailbox name as
+/// sent, and the items (for the items imap-codec 1.0 does not know, SIZE
+/// of RFC 8438).
+pub fn status(lx: &mut Lexer<'_>) -> R<(Vec<u8>, Vec<StatusItem>)> {
+    let mailbox = lx.astring("expected a mailbox name")?;
+    let items = status_items(lx)?;
     if !lx.at_end() {
         return lx.err("unexpected text after the STATUS items");
     }
@@ -559,22 +566,7 @@ pub fn list(lx: &mut Lexer<'_>) -> R<ListCommand> {
                 "CHILDREN" => ret.children = true,
                 "SPECIAL-USE" => ret.special_use = true,
                 "STATUS" if ret.status.is_none() => {
-                    let mut items = Vec::new();
-                    for (at, w) in lx.atom_list()? {
-                        match StatusItem::parse(&w) {
-                            Some(i) => items.push(i),
-                            None => {
-                                return Err(SyntaxError {
-                                    at,
-                                    what: "unknown STATUS item",
-                                })
-                            }
-                        }
-                    }
-                    if items.is_empty() {
-                        return lx.err("STATUS needs an item");
-                    }
-                    ret.status = Some(items);
+                    ret.status = Some(status_items(lx)?);
                 }
                 _ => {
                     return Err(SyntaxError {
