@@ -160,6 +160,9 @@ pub struct RunReport {
     /// Objects written: 1 (the run object).
     #[serde(default)]
     pub objects: u64,
+    /// The run stopped at its byte bound: more may wait behind it.
+    #[serde(default)]
+    pub full: bool,
 }
 
 fn now_ms() -> u64 {
@@ -201,6 +204,136 @@ impl std::io::Write for Counting<'_> {
     }
 }
 
+/// What a run has taken from the apply order so far: its runs, each
+/// origin's range, and the bodies it references, the new ones among them
+/// (payloads are dropped as they are read).
+struct Taken {
+    from: u64,
+    /// The next apply-order position to read.
+    next: u64,
+    runs: Vec<(Origin, u64, u64)>,
+    ranges: BTreeMap<Origin, (u64, u64)>,
+    referenced: u64,
+    seen_bodies: HashSet<[u8; 32]>,
+    new_bodies: Vec<([u8; 32], Place)>,
+    new_bytes: u64,
+    tmin: u64,
+    tmax: u64,
+    /// The new bodies reached the run's byte bound: it takes no more.
+    full: bool,
+}
+
+impl Taken {
+    fn new(from: u64) -> Taken {
+        Taken {
+            from,
+            next: from,
+            runs: Vec::new(),
+            ranges: BTreeMap::new(),
+            referenced: 0,
+            seen_bodies: HashSet::new(),
+            new_bodies: Vec::new(),
+            new_bytes: 0,
+            tmin: u64::MAX,
+            tmax: 0,
+            full: false,
+        }
+    }
+
+    /// The last position taken.
+    fn to(&self) -> u64 {
+        self.next - 1
+    }
+
+    /// Take the apply order from `next` up to `to`, stopping after the
+    /// entry whose new body reaches `max_body_bytes`.
+    fn read(&mut self, store: &Store, t: &dyn Target, pos: &Position, to: u64, max_body_bytes: u64) -> Result<(), BackupError> {
+        let wal = store.wal();
+        while self.next <= to && !self.full {
+            let chunk = wal.read_order(self.next, ((to - self.next + 1) as usize).min(1024))?;
+            if chunk.is_empty() {
+                return Err(BackupError::Corrupt {
+                    object: "log".into(),
+                    reason: format!("apply order position {} is missing", self.next),
+                });
+            }
+            for (n, e) in chunk {
+                if n != self.next {
+                    return Err(BackupError::Corrupt {
+                        object: "log".into(),
+                        reason: format!("apply order jumps from {} to {n}", self.next),
+                    });
+                }
+                self.next += 1;
+                let t_ms = e.hlc >> 16;
+                self.tmin = self.tmin.min(t_ms);
+                self.tmax = self.tmax.max(t_ms);
+                match self.runs.last_mut() {
+                    Some((o, _, last)) if *o == e.origin && *last + 1 == e.seq => *last = e.seq,
+                    _ => self.runs.push((e.origin, e.seq, e.seq)),
+                }
+                let held = pos.heads.get(&e.origin).map(|h| h.0).unwrap_or(0);
+                let r = self.ranges.entry(e.origin).or_insert((e.seq, e.seq));
+                if r.1 + 1 != e.seq && r.0 != e.seq {
+                    return Err(BackupError::Corrupt {
+                        object: "log".into(),
+                        reason: format!("origin {} seq {} follows seq {} in the apply order", e.origin, e.seq, r.1),
+                    });
+                }
+                r.1 = e.seq;
+                if r.0 != held + 1 {
+                    return Err(BackupError::Corrupt {
+                        object: "log".into(),
+                        reason: format!(
+                            "origin {} starts at seq {} here but the backup holds up to seq {held}",
+                            e.origin, r.0
+                        ),
+                    });
+                }
+                if let Ok(Event::MessageAppended { blob, size, .. }) = Event::decode(&e.payload) {
+                    if self.seen_bodies.insert(blob.0) {
+                        self.referenced += 1;
+                        if !pos.packed.contains(&blob.0) && !legacy_holds(t, pos, &blob.0)? {
+                            self.new_bodies.push((
+                                blob.0,
+                                Place {
+                                    origin: e.origin,
+                                    seq: e.seq,
+                                },
+                            ));
+                            self.new_bytes += size;
+                        }
+                    }
+                }
+                if self.new_bytes >= max_body_bytes {
+                    // The rest goes into the next run.
+                    self.full = true;
+                    break;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// How long a run may stay open taking entries, for the continuous job.
+pub struct Stream<'a> {
+    /// Close the run (take no more entries) at this instant.
+    pub deadline: std::time::Instant,
+    /// Close the run now (the daemon is stopping).
+    pub stop: &'a std::sync::atomic::AtomicBool,
+}
+
+/// How often an open run looks for newly applied entries.
+const STREAM_POLL: std::time::Duration = std::time::Duration::from_millis(5);
+
+/// How often an open run flushes what it wrote (in a directory: makes it
+/// durable), so that the sync closing the object is short.
+const STREAM_FLUSH: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// The last flush of an open run comes this close to its deadline.
+const STREAM_TAIL: std::time::Duration = std::time::Duration::from_millis(15);
+
 /// Back up the apply order after `pos` up to `upto` (at most `max_entries`
 /// of it, fewer once the new bodies reach `max_body_bytes`) as one
 /// run object (`docs/format.md`, "Backups"): the bodies the backup does
@@ -215,8 +348,45 @@ pub fn run_once(
     max_entries: u64,
     max_body_bytes: u64,
 ) -> Result<Option<RunReport>, BackupError> {
+    run(store, t, pos, upto, max_entries, max_body_bytes, None)
+}
+
+/// One run of the continuous job: like [`run_once`] up to what is applied
+/// now, but the run object stays open until `stream.deadline`, taking
+/// entries (and writing their new bodies into it) as they are applied, so
+/// that closing it costs only the segments, the manifest and the sync.
+/// An entry applied while the object is closed goes into the next run.
+/// Returns `None` when nothing was applied since `pos`.
+pub fn run_streaming(
+    store: &Store,
+    t: &dyn Target,
+    pos: &mut Position,
+    max_entries: u64,
+    max_body_bytes: u64,
+    stream: Stream<'_>,
+) -> Result<Option<RunReport>, BackupError> {
+    let upto = store.wal().last_order();
+    run(store, t, pos, upto, max_entries, max_body_bytes, Some(stream))
+}
+
+/// Whether a run's report says it stopped at its bounds (entries or
+/// bytes), so more may wait right behind it.
+pub fn run_was_full(r: &RunReport, max_entries: u64) -> bool {
+    r.entries >= max_entries || r.full
+}
+
+fn run(
+    store: &Store,
+    t: &dyn Target,
+    pos: &mut Position,
+    upto: u64,
+    max_entries: u64,
+    max_body_bytes: u64,
+    stream: Option<Stream<'_>>,
+) -> Result<Option<RunReport>, BackupError> {
     let wal = store.wal();
-    let mut to = upto.min(wal.last_order()).min(pos.order.saturating_add(max_entries.max(1)));
+    let limit = pos.order.saturating_add(max_entries.max(1));
+    let to = upto.min(wal.last_order()).min(limit);
     if to <= pos.order {
         return Ok(None);
     }
@@ -243,89 +413,10 @@ pub fn run_once(
     if super::retention::base_numbers(t)?.last().copied().unwrap_or(0) != pos.base {
         read_packed(t, pos)?;
     }
-    // Pass 1: the runs of the apply order, each origin's range and the
-    // bodies referenced, the new ones among them (payloads are dropped as
-    // they are read).
-    let mut runs: Vec<(Origin, u64, u64)> = Vec::new();
-    let mut ranges: BTreeMap<Origin, (u64, u64)> = BTreeMap::new();
-    let mut referenced = 0u64;
-    let mut new_bodies: Vec<([u8; 32], Place)> = Vec::new();
-    let mut new_bytes = 0u64;
-    let mut seen_bodies = HashSet::new();
-    let (mut tmin, mut tmax) = (u64::MAX, 0u64);
-    let mut next = from;
-    'read: while next <= to {
-        let chunk = wal.read_order(next, ((to - next + 1) as usize).min(1024))?;
-        if chunk.is_empty() {
-            return Err(BackupError::Corrupt {
-                object: "log".into(),
-                reason: format!("apply order position {next} is missing"),
-            });
-        }
-        for (n, e) in chunk {
-            if n != next {
-                return Err(BackupError::Corrupt {
-                    object: "log".into(),
-                    reason: format!("apply order jumps from {next} to {n}"),
-                });
-            }
-            next += 1;
-            let t_ms = e.hlc >> 16;
-            tmin = tmin.min(t_ms);
-            tmax = tmax.max(t_ms);
-            match runs.last_mut() {
-                Some((o, _, last)) if *o == e.origin && *last + 1 == e.seq => *last = e.seq,
-                _ => runs.push((e.origin, e.seq, e.seq)),
-            }
-            let held = pos.heads.get(&e.origin).map(|h| h.0).unwrap_or(0);
-            let r = ranges.entry(e.origin).or_insert((e.seq, e.seq));
-            if r.1 + 1 != e.seq && r.0 != e.seq {
-                return Err(BackupError::Corrupt {
-                    object: "log".into(),
-                    reason: format!("origin {} seq {} follows seq {} in the apply order", e.origin, e.seq, r.1),
-                });
-            }
-            r.1 = e.seq;
-            if r.0 != held + 1 {
-                return Err(BackupError::Corrupt {
-                    object: "log".into(),
-                    reason: format!(
-                        "origin {} starts at seq {} here but the backup holds up to seq {held}",
-                        e.origin, r.0
-                    ),
-                });
-            }
-            if let Ok(Event::MessageAppended { blob, size, .. }) = Event::decode(&e.payload) {
-                if seen_bodies.insert(blob.0) {
-                    referenced += 1;
-                    if !pos.packed.contains(&blob.0) && !legacy_holds(t, pos, &blob.0)? {
-                        new_bodies.push((
-                            blob.0,
-                            Place {
-                                origin: e.origin,
-                                seq: e.seq,
-                            },
-                        ));
-                        new_bytes += size;
-                    }
-                }
-            }
-            if new_bytes >= max_body_bytes {
-                // The rest goes into the next run.
-                to = n;
-                break 'read;
-            }
-        }
-    }
+    let mut taken = Taken::new(from);
+    taken.read(store, t, pos, to, max_body_bytes)?;
     let number = pos.number + 1;
     let name = layout::run_name(number);
-    let mut report = RunReport {
-        order_from: from,
-        order_to: to,
-        entries: to - from + 1,
-        bodies_written: new_bodies.len() as u64,
-        ..RunReport::default()
-    };
     // The run object, streamed: magic, bodies, segments, manifest, footer.
     let mut fail: Option<BackupError> = None;
     let mut written: Option<Written> = None;
@@ -334,27 +425,56 @@ pub fn run_once(
         let mut hasher = blake3::Hasher::new();
         std::io::Write::write_all(&mut w, layout::RUN_MAGIC)?;
         hasher.update(layout::RUN_MAGIC);
-        let mut index = Vec::with_capacity(new_bodies.len());
-        for (hash, place) in &new_bodies {
-            let body = match store.blob(&crate::event::BlobHash(*hash)) {
-                Ok(Some(b)) => b,
-                Ok(None) => {
-                    fail = Some(BackupError::Body {
-                        object: layout::body_name(hash),
-                        place: place.clone(),
-                        reason: "the node does not hold this body".into(),
-                    });
-                    return Err(std::io::Error::other("a body is missing"));
+        let mut index = Vec::with_capacity(taken.new_bodies.len());
+        // What an open run has written but not yet flushed, and when it
+        // last flushed (a target's flush may make the bytes durable).
+        let (mut flushed, mut flushed_at) = (w.n, std::time::Instant::now());
+        loop {
+            // The new bodies taken since the last pass.
+            for (hash, place) in &taken.new_bodies[index.len()..] {
+                let body = match store.blob(&crate::event::BlobHash(*hash)) {
+                    Ok(Some(b)) => b,
+                    Ok(None) => {
+                        fail = Some(BackupError::Body {
+                            object: layout::body_name(hash),
+                            place: place.clone(),
+                            reason: "the node does not hold this body".into(),
+                        });
+                        return Err(std::io::Error::other("a body is missing"));
+                    }
+                    Err(e) => {
+                        fail = Some(e.into());
+                        return Err(std::io::Error::other("reading a body failed"));
+                    }
+                };
+                let off = w.n;
+                std::io::Write::write_all(&mut w, &body)?;
+                hasher.update(&body);
+                index.push(PackedBody(hex::encode(hash), off, body.len() as u64));
+            }
+            let Some(s) = &stream else { break };
+            let stopping = s.stop.load(std::sync::atomic::Ordering::Relaxed);
+            let now = std::time::Instant::now();
+            if taken.full || taken.to() >= limit || stopping || now >= s.deadline {
+                break;
+            }
+            let since = now - flushed_at;
+            if w.n > flushed && (since >= STREAM_FLUSH || (s.deadline - now <= STREAM_TAIL && since >= STREAM_TAIL)) {
+                // Once more just before the deadline: then the sync that
+                // ends the object has only the last few bodies and the
+                // segments.
+                std::io::Write::flush(&mut w)?;
+                (flushed, flushed_at) = (w.n, now);
+            }
+            std::thread::sleep(STREAM_POLL.min(s.deadline.saturating_duration_since(std::time::Instant::now())));
+            // Closing: the last entries are whatever is applied now.
+            let upto = wal.last_order().min(limit);
+            if upto >= taken.next {
+                if let Err(e) = taken.read(store, t, pos, upto, max_body_bytes) {
+                    fail = Some(e);
+                    return Err(std::io::Error::other("reading the log failed"));
                 }
-                Err(e) => {
-                    fail = Some(e.into());
-                    return Err(std::io::Error::other("reading a body failed"));
-                }
-            };
-            let off = w.n;
-            std::io::Write::write_all(&mut w, &body)?;
-            hasher.update(&body);
-            index.push(PackedBody(hex::encode(hash), off, body.len() as u64));
+            }
         }
         let packs = if index.is_empty() {
             Vec::new()
@@ -370,7 +490,7 @@ pub fn run_once(
         // Segments, streamed from the log.
         let mut segments = Vec::new();
         let mut heads = pos.heads.clone();
-        for (origin, (first, last)) in &ranges {
+        for (origin, (first, last)) in &taken.ranges {
             let (origin, first, last) = (*origin, *first, *last);
             let prev = heads.get(&origin).map(|h| h.1).unwrap_or([0u8; 32]);
             let offset = w.n;
@@ -424,11 +544,12 @@ pub fn run_once(
             number,
             prev: hex::encode(pos.manifest_hash),
             created_ms: now_ms(),
-            order_from: from,
-            order_to: to,
-            time_from_ms: tmin,
-            time_to_ms: tmax,
-            runs: runs
+            order_from: taken.from,
+            order_to: taken.to(),
+            time_from_ms: taken.tmin,
+            time_to_ms: taken.tmax,
+            runs: taken
+                .runs
                 .iter()
                 .map(|(o, f, l)| Run {
                     origin: o.to_string(),
@@ -449,8 +570,8 @@ pub fn run_once(
                     )
                 })
                 .collect(),
-            bodies_referenced: referenced,
-            bodies_written: new_bodies.len() as u64,
+            bodies_referenced: taken.referenced,
+            bodies_written: taken.new_bodies.len() as u64,
             body_bytes_written: body_bytes,
             packs,
         };
@@ -481,17 +602,26 @@ pub fn run_once(
         segments,
         body_bytes,
     } = written.expect("a written run object was produced");
-    report.segments = segments.len() as u64;
-    report.segment_bytes = segments.iter().map(|s| s.len).sum();
-    report.body_bytes = body_bytes;
-    report.objects = 1;
+    let to = taken.to();
+    let report = RunReport {
+        manifest: number,
+        order_from: from,
+        order_to: to,
+        entries: to - from + 1,
+        segments: segments.len() as u64,
+        segment_bytes: segments.iter().map(|s| s.len).sum(),
+        bodies_written: taken.new_bodies.len() as u64,
+        body_bytes,
+        packs: 0,
+        objects: 1,
+        full: taken.full,
+    };
     pos.number = number;
     pos.manifest_hash = *blake3::hash(&bytes).as_bytes();
     pos.order = to;
     pos.heads = heads;
-    pos.time_ms = pos.time_ms.max(tmax);
-    pos.packed.extend(new_bodies.iter().map(|(h, _)| *h));
-    report.manifest = number;
+    pos.time_ms = pos.time_ms.max(taken.tmax);
+    pos.packed.extend(taken.new_bodies.iter().map(|(h, _)| *h));
     Ok(Some(report))
 }
 

@@ -224,6 +224,63 @@ impl Backups {
         r
     }
 
+    /// One run of the continuous job into `dir` (see
+    /// [`export::run_streaming`]): the run object stays open until
+    /// `deadline`, taking entries as they are applied. Returns the run
+    /// written (none when nothing was applied since the last one) and
+    /// whether it stopped at its bounds, so that more waits right behind it.
+    pub fn run_stream(
+        &self,
+        store: &crate::store::Store,
+        dir: &Path,
+        deadline: std::time::Instant,
+        stop: &std::sync::atomic::AtomicBool,
+    ) -> Result<Option<(RunReport, bool)>, BackupError> {
+        let job = self.job(dir, true)?;
+        let max_body = match self.run_max_body_bytes {
+            0 => export::RUN_MAX_BODY_BYTES,
+            n => n,
+        };
+        let r = (|| {
+            let mut guard = job.pos.lock().expect("position lock");
+            if guard.is_none() {
+                let p = export::open(job.target.as_ref(), store.node_id())?;
+                let mut st = job.status.lock().expect("status lock");
+                st.manifest = p.number;
+                st.position = p.order;
+                *guard = Some(p);
+            }
+            let pos = guard.as_mut().expect("loaded above");
+            let stream = export::Stream { deadline, stop };
+            match export::run_streaming(store, job.target.as_ref(), pos, MAX_RUN_ENTRIES, max_body, stream) {
+                Ok(r) => {
+                    if let Some(r) = &r {
+                        job.record(pos, r);
+                    }
+                    Ok(r.map(|r| {
+                        let full = export::run_was_full(&r, MAX_RUN_ENTRIES);
+                        (r, full)
+                    }))
+                }
+                Err(e) => {
+                    // Reload from the target next time: it is the truth.
+                    *guard = None;
+                    Err(e)
+                }
+            }
+        })();
+        let mut st = job.status.lock().expect("status lock");
+        st.last_run_ms = now_ms();
+        match &r {
+            Ok(_) => st.last_error = None,
+            Err(e) => {
+                st.failures += 1;
+                st.last_error = Some(e.to_string());
+            }
+        }
+        r
+    }
+
     /// The last apply-order position durable in the backup at `dir`, once
     /// a run has read it from the target (`None` before: unknown).
     pub fn durable_position(&self, dir: &Path) -> Option<u64> {
@@ -256,6 +313,23 @@ impl Backups {
     }
 }
 
+impl Job {
+    /// Count a run that is durable in the target.
+    fn record(&self, pos: &Position, r: &RunReport) {
+        let mut st = self.status.lock().expect("status lock");
+        st.manifest = pos.number;
+        st.position = pos.order;
+        st.runs += 1;
+        st.entries += r.entries;
+        st.segments += r.segments;
+        st.segment_bytes += r.segment_bytes;
+        st.bodies += r.bodies_written;
+        st.body_bytes += r.body_bytes;
+        st.packs += r.packs;
+        st.objects += r.objects;
+    }
+}
+
 fn run_job(store: &crate::store::Store, job: &Job, max_body_bytes: u64) -> Result<Vec<RunReport>, BackupError> {
     // One run at a time per target: the position lock is held throughout.
     let mut guard = job.pos.lock().expect("position lock");
@@ -280,26 +354,20 @@ fn run_job(store: &crate::store::Store, job: &Job, max_body_bytes: u64) -> Resul
             }
         };
         let Some(r) = r else { break };
-        {
-            let mut st = job.status.lock().expect("status lock");
-            st.manifest = pos.number;
-            st.position = pos.order;
-            st.runs += 1;
-            st.entries += r.entries;
-            st.segments += r.segments;
-            st.segment_bytes += r.segment_bytes;
-            st.bodies += r.bodies_written;
-            st.body_bytes += r.body_bytes;
-            st.packs += r.packs;
-            st.objects += r.objects;
-        }
+        job.record(pos, &r);
         out.push(r);
     }
     Ok(out)
 }
 
-/// The continuous backup job: every `interval`, back up what was applied
-/// since the last run. Failures are logged and retried with backoff.
+/// The continuous backup job. A run opens as soon as something is applied
+/// and stays open, writing the new bodies of entries as they are applied,
+/// until one `interval` after the previous run stopped taking entries; so
+/// runs close at most once per interval in steady state, and an entry
+/// waits at most one interval plus the closing of one run (its segments,
+/// manifest and sync). A run that stopped at its bounds (a backlog) is
+/// followed at once by the next. Failures are logged and retried with
+/// backoff.
 pub async fn run_continuous(
     backups: Arc<Backups>,
     store: crate::store::Store,
@@ -308,43 +376,65 @@ pub async fn run_continuous(
     mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) {
     let mut commits = store.commits();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let mut backoff = interval;
-    let mut last_done = u64::MAX;
-    loop {
-        let order = store.wal().last_order();
-        // Runs start every `interval` (not `interval` after the last one
-        // ended), so an entry waits at most one interval plus one run.
-        let started = tokio::time::Instant::now();
-        if order != last_done {
-            let (b, s, d) = (backups.clone(), store.clone(), dir.clone());
-            let r = tokio::task::spawn_blocking(move || b.run(&s, &d, true)).await;
-            match r {
-                Ok(Ok(_)) => {
-                    last_done = order;
-                    backoff = interval;
-                }
-                Ok(Err(e)) => {
-                    tracing::warn!(target = %dir.display(), error = %e, "backup run failed; retrying");
-                    backoff = (backoff * 2).min(Duration::from_secs(60));
-                }
-                Err(e) => tracing::error!(error = %e, "backup run panicked"),
+    // When the previous run stopped taking entries (none: take at once).
+    let mut closed: Option<std::time::Instant> = None;
+    // The last position backed up (none: not known yet, run at once).
+    let mut done: Option<u64> = None;
+    'jobs: loop {
+        // Wait until something is applied that the backup lacks.
+        loop {
+            commits.borrow_and_update();
+            match done {
+                Some(d) if store.wal().last_order() <= d => {}
+                _ => break,
+            }
+            tokio::select! {
+                _ = crate::server::wait_shutdown(&mut shutdown) => break 'jobs,
+                r = commits.changed() => if r.is_err() { break 'jobs },
             }
         }
-        let wait = if last_done == order {
-            interval.saturating_sub(started.elapsed())
-        } else {
-            backoff
+        let started = std::time::Instant::now();
+        let deadline = closed.map(|c| c + interval).unwrap_or(started).max(started);
+        let (b, s, d, st) = (backups.clone(), store.clone(), dir.clone(), stop.clone());
+        let mut run = tokio::task::spawn_blocking(move || b.run_stream(&s, &d, deadline, &st));
+        let r = tokio::select! {
+            r = &mut run => r,
+            _ = crate::server::wait_shutdown(&mut shutdown) => {
+                // Close the open run now; the last run below takes the rest.
+                stop.store(true, std::sync::atomic::Ordering::Relaxed);
+                let _ = run.await;
+                break 'jobs;
+            }
         };
-        tokio::select! {
-            _ = crate::server::wait_shutdown(&mut shutdown) => break,
-            _ = tokio::time::sleep(wait) => {}
-        }
-        // Between runs, sleep until something is applied (no busy polling
-        // of an idle node).
-        if store.wal().last_order() == last_done {
+        let wait = match r {
+            Ok(Ok(r)) => {
+                backoff = interval;
+                done = Some(backups.durable_position(&dir).unwrap_or(0));
+                if let Some((_, full)) = r {
+                    closed = (!full).then_some(deadline);
+                }
+                None
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(target = %dir.display(), error = %e, "backup run failed; retrying");
+                closed = None;
+                done = None;
+                backoff = (backoff * 2).min(Duration::from_secs(60));
+                Some(backoff)
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "backup run panicked");
+                closed = None;
+                done = None;
+                Some(backoff)
+            }
+        };
+        if let Some(wait) = wait {
             tokio::select! {
                 _ = crate::server::wait_shutdown(&mut shutdown) => break,
-                r = commits.changed() => if r.is_err() { break },
+                _ = tokio::time::sleep(wait) => {}
             }
         }
     }

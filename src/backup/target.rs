@@ -111,6 +111,25 @@ impl DirTarget {
     }
 }
 
+/// The writer of a new object in a directory. `flush` makes what was
+/// written so far durable (`sync_data`): a writer that keeps an object
+/// open for a while (the continuous backup's run) flushes as it goes, so
+/// little is left for the sync that ends the object.
+struct DirWriter(BufWriter<std::fs::File>);
+
+impl Write for DirWriter {
+    fn write(&mut self, b: &[u8]) -> io::Result<usize> {
+        self.0.write(b)
+    }
+    fn write_all(&mut self, b: &[u8]) -> io::Result<()> {
+        self.0.write_all(b)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.0.flush()?;
+        self.0.get_ref().sync_data()
+    }
+}
+
 impl Target for DirTarget {
     fn put_new(&self, name: &str, write: &mut dyn FnMut(&mut dyn Write) -> io::Result<()>) -> io::Result<bool> {
         check_name(name)?;
@@ -146,9 +165,9 @@ impl Target for DirTarget {
         ));
         let r = (|| -> io::Result<bool> {
             let f = std::fs::OpenOptions::new().write(true).create_new(true).open(&tmp)?;
-            let mut w = BufWriter::with_capacity(1 << 20, f);
+            let mut w = DirWriter(BufWriter::with_capacity(1 << 20, f));
             write(&mut w)?;
-            let f = w.into_inner().map_err(|e| e.into_error())?;
+            let f = w.0.into_inner().map_err(|e| e.into_error())?;
             f.sync_all()?;
             drop(f);
             // A hard link fails when the name is taken: rename-if-absent.

@@ -174,6 +174,94 @@ fn a_run_object_is_bounded_by_its_bodies() {
     assert_eq!(restore_and_audit(&bk, &dir.path().join("restored")), digest);
 }
 
+/// The continuous job's run stays open until its deadline and takes what
+/// is applied meanwhile, bodies included, into its one object; a stop
+/// closes it early; a run that reached its byte bound says so; and the
+/// backup restores to the node's state.
+#[test]
+fn a_streamed_run_takes_what_is_applied_while_it_is_open() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::time::{Duration, Instant};
+    let dir = tempfile::tempdir().unwrap();
+    let bk = dir.path().join("bk");
+    let store = store_with_user(dir.path());
+    for i in 0..5 {
+        append(&store, &format!("Subject: {i}\r\n\r\nbefore {i}\r\n"));
+    }
+    let before = store.wal().last_order();
+    let backups = Backups::default();
+    let stop = AtomicBool::new(false);
+    let writer = {
+        let store = store.clone();
+        std::thread::spawn(move || {
+            for i in 0..10 {
+                std::thread::sleep(Duration::from_millis(20));
+                append(&store, &format!("Subject: {i}\r\n\r\nduring {i}\r\n"));
+            }
+        })
+    };
+    let t0 = Instant::now();
+    let (r, full) = backups
+        .run_stream(&store, &bk, t0 + Duration::from_millis(1500), &stop)
+        .unwrap()
+        .expect("something to back up");
+    writer.join().unwrap();
+    assert!(t0.elapsed() >= Duration::from_millis(1500), "the run closed before its deadline");
+    assert!(!full, "{r:?}");
+    assert_eq!(r.objects, 1, "{r:?}");
+    assert_eq!(r.order_from, 1, "{r:?}");
+    assert_eq!(
+        r.order_to,
+        before + 10,
+        "the entries applied while the run was open are in it: {r:?}"
+    );
+    assert_eq!(r.bodies_written, 15, "{r:?}");
+    assert_eq!(backups.durable_position(&bk), Some(before + 10));
+    // Nothing new: no run, no object.
+    let t1 = Instant::now();
+    assert!(backups
+        .run_stream(&store, &bk, t1 + Duration::from_secs(30), &stop)
+        .unwrap()
+        .is_none());
+    assert!(t1.elapsed() < Duration::from_secs(5));
+    // A stop closes an open run long before its deadline.
+    append(&store, "Subject: last\r\n\r\nlast\r\n");
+    let t2 = Instant::now();
+    let (r, _) = std::thread::scope(|s| {
+        s.spawn(|| {
+            std::thread::sleep(Duration::from_millis(100));
+            stop.store(true, Ordering::Relaxed);
+        });
+        backups
+            .run_stream(&store, &bk, t2 + Duration::from_secs(60), &stop)
+            .unwrap()
+            .expect("one entry")
+    });
+    assert!(t2.elapsed() < Duration::from_secs(10), "a stop did not close the run");
+    assert_eq!((r.entries, r.bodies_written), (1, 1), "{r:?}");
+    let runs: Vec<_> = files(&bk).into_iter().filter(|p| p.to_string_lossy().ends_with(".run")).collect();
+    assert_eq!(runs.len(), 2, "{runs:?}");
+    // A run at its byte bound says so, and the next takes the rest.
+    let small = Backups::default().with_run_max_body_bytes(200);
+    let bk2 = dir.path().join("bk2");
+    let unstopped = AtomicBool::new(false);
+    let (r, full) = small.run_stream(&store, &bk2, Instant::now(), &unstopped).unwrap().unwrap();
+    assert!(full, "{r:?}");
+    let mut n = 1;
+    while let Some((_, full)) = small.run_stream(&store, &bk2, Instant::now(), &unstopped).unwrap() {
+        n += 1;
+        if !full {
+            break;
+        }
+    }
+    assert!(n >= 2, "{n} runs");
+    assert_eq!(small.durable_position(&bk2), Some(store.wal().last_order()));
+    let digest = views_digest(&store).unwrap();
+    store.close().unwrap();
+    assert_eq!(restore_and_audit(&bk, &dir.path().join("restored")), digest);
+    assert_eq!(restore_and_audit(&bk2, &dir.path().join("restored2")), digest);
+}
+
 /// A backup written in an older layout (`format` 1: an object per body;
 /// 2: a pack, a segment and a manifest per run) restores and audits as it
 /// is, damage in it is refused by name, and a format-3 writer continues
