@@ -152,9 +152,17 @@ fn pruning_waits_for_the_backup_position() {
     let why = st["retention"]["held_back"][&origin].as_str().unwrap().to_string();
     assert!(why.contains("backup"), "{why}");
 
-    // Once the backup has it, it may go.
+    // Once the backup has it, it may go. The continuous job's run is open
+    // (until ten minutes after the last one closed): a one-shot run to the
+    // same target closes it at once instead of waiting for it.
+    let asked = std::time::Instant::now();
     let (ok, out, err) = node.cli(&["backup", "--to", backup.to_str().unwrap()], None);
     assert!(ok, "{out} {err}");
+    assert!(
+        asked.elapsed() < std::time::Duration::from_secs(60),
+        "the one-shot backup waited {:?} for the open run",
+        asked.elapsed()
+    );
     assert!(
         wait_until(20, || pruned_up_to(&node, &origin) == head - 1),
         "{}",

@@ -322,6 +322,8 @@ pub struct Stream<'a> {
     pub deadline: std::time::Instant,
     /// Close the run now (the daemon is stopping).
     pub stop: &'a std::sync::atomic::AtomicBool,
+    /// Close the run now when non-zero (other runs wait for the target).
+    pub wanted: &'a std::sync::atomic::AtomicUsize,
 }
 
 /// How often an open run looks for newly applied entries.
@@ -453,7 +455,7 @@ fn run(
                 index.push(PackedBody(hex::encode(hash), off, body.len() as u64));
             }
             let Some(s) = &stream else { break };
-            let stopping = s.stop.load(std::sync::atomic::Ordering::Relaxed);
+            let stopping = s.stop.load(std::sync::atomic::Ordering::Relaxed) || s.wanted.load(std::sync::atomic::Ordering::Relaxed) > 0;
             let now = std::time::Instant::now();
             if taken.full || taken.to() >= limit || stopping || now >= s.deadline {
                 break;

@@ -143,6 +143,9 @@ struct Job {
     /// Loaded on first use; kept across runs.
     pos: Mutex<Option<Position>>,
     status: Mutex<BackupStatus>,
+    /// One-shot runs waiting for `pos`: an open streamed run closes at
+    /// once for them instead of at its deadline.
+    wanted: std::sync::atomic::AtomicUsize,
 }
 
 /// The daemon's backup jobs, one per target.
@@ -192,6 +195,7 @@ impl Backups {
         let j = Arc::new(Job {
             target: t,
             pos: Mutex::new(None),
+            wanted: std::sync::atomic::AtomicUsize::new(0),
             status: Mutex::new(BackupStatus {
                 target: dir.display().to_string(),
                 continuous,
@@ -211,7 +215,9 @@ impl Backups {
             0 => export::RUN_MAX_BODY_BYTES,
             n => n,
         };
+        job.wanted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let r = run_job(store, &job, max_body);
+        job.wanted.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
         let mut st = job.status.lock().expect("status lock");
         st.last_run_ms = now_ms();
         match &r {
@@ -251,7 +257,11 @@ impl Backups {
                 *guard = Some(p);
             }
             let pos = guard.as_mut().expect("loaded above");
-            let stream = export::Stream { deadline, stop };
+            let stream = export::Stream {
+                deadline,
+                stop,
+                wanted: &job.wanted,
+            };
             match export::run_streaming(store, job.target.as_ref(), pos, MAX_RUN_ENTRIES, max_body, stream) {
                 Ok(r) => {
                     if let Some(r) = &r {
@@ -413,7 +423,9 @@ pub async fn run_continuous(
                 backoff = interval;
                 done = Some(backups.durable_position(&dir).unwrap_or(0));
                 if let Some((_, full)) = r {
-                    closed = (!full).then_some(deadline);
+                    // Closed early (a one-shot run wanted the target):
+                    // the next interval counts from the close.
+                    closed = (!full).then_some(deadline.min(std::time::Instant::now()));
                 }
                 None
             }
