@@ -12,6 +12,11 @@
 #      them (`tandem resync`, until B's root equals A's / plain `rsync -a`).
 #
 #   USERS=40000 MSGS=10 SIZE=300 DIFFS=100 benches/resync_scale.sh
+#   BULK=1 USERS=4000 MSGS=1000 ...   # metadata only (`gen_store bulk`):
+#                          # shared tiny bodies, no Maildir and no rsync;
+#                          # DIFFS defaults to 0.1 % of the messages; adds
+#                          # `resync --fast`, a no-change verify after the
+#                          # repair and the nodes' RSS during the run
 #   PROFILE=debug ...      # a debug build (much slower)
 #   PROFILE=devopt ...     # see benches/devopt.sh
 #
@@ -22,26 +27,37 @@ ROOT=$(cd "$(dirname "$0")/.." && pwd)
 USERS=${USERS:-40000}
 MSGS=${MSGS:-10}
 SIZE=${SIZE:-300}
-DIFFS=${DIFFS:-100}
+BULK=${BULK:-}
+if [ -n "$BULK" ]; then DIFFS=${DIFFS:-$((USERS * MSGS / 1000))}; else DIFFS=${DIFFS:-100}; fi
 PROFILE=${PROFILE:-release}
 . "$ROOT/benches/devopt.sh"
 build_bench_bins gen_store
 G=$BIN_DIR/examples/gen_store
 OUT=${OUT:-$(mktemp -d /tmp/resync-scale.XXXXXX)}
 PA= PB=
-trap 'kill $PA $PB 2>/dev/null || true' EXIT
+SAMPLER=
+trap 'kill $PA $PB $SAMPLER 2>/dev/null || true' EXIT
 secs() { python3 -c "import sys; print(f'{float(sys.argv[2]) - float(sys.argv[1]):.3f}')" "$1" "$2"; }
 now() { date +%s.%N; }
 
 t0=$(now)
 if [ -z "${SKIP_GEN:-}" ]; then # SKIP_GEN=1: reuse the undamaged store of an earlier run in OUT
-  "$G" build "$OUT" "$USERS" "$MSGS" "$SIZE"
-  cp -a "$OUT/maildir-a" "$OUT/maildir-b"
+  if [ -n "$BULK" ]; then
+    "$G" bulk "$OUT" "$USERS" "$MSGS"
+  else
+    "$G" build "$OUT" "$USERS" "$MSGS" "$SIZE"
+    cp -a "$OUT/maildir-a" "$OUT/maildir-b"
+  fi
 fi
 t1=$(now)
-files=$(find "$OUT/maildir-a" -type f | wc -l)
-echo "store: $USERS users x $MSGS messages of ~$SIZE bytes = $((USERS * MSGS)) messages, built in $(secs "$t0" "$t1") s"
-echo "sizes: node A $(du -sh "$OUT/a/data" | cut -f1), node B $(du -sh "$OUT/b/data" | cut -f1), Maildir $(du -sh "$OUT/maildir-a" | cut -f1) in $files files"
+if [ -n "$BULK" ]; then
+  echo "store: $USERS users x $MSGS messages (metadata only, shared bodies) = $((USERS * MSGS)) messages, built in $(secs "$t0" "$t1") s"
+  echo "sizes: node A $(du -sh "$OUT/a/data" | cut -f1), node B $(du -sh "$OUT/b/data" | cut -f1)"
+else
+  files=$(find "$OUT/maildir-a" -type f | wc -l)
+  echo "store: $USERS users x $MSGS messages of ~$SIZE bytes = $((USERS * MSGS)) messages, built in $(secs "$t0" "$t1") s"
+  echo "sizes: node A $(du -sh "$OUT/a/data" | cut -f1), node B $(du -sh "$OUT/b/data" | cut -f1), Maildir $(du -sh "$OUT/maildir-a" | cut -f1) in $files files"
+fi
 
 ma=$(udp_port); mb=$(udp_port)
 mirror_conf "$OUT/a" node-a "$ma" "$mb"
@@ -57,6 +73,18 @@ up() {
 }
 PA=$(start_node "$OUT/a"); PB=$(start_node "$OUT/b")
 up "$OUT/a"; up "$OUT/b"
+# RSS of both nodes, sampled every 0.2 s from here to the end (B's pid
+# changes when it restarts after the damage): "a|b KB" lines.
+echo "$PA $PB" > "$OUT/pids"
+( while [ -e "$OUT/pids" ]; do
+    read -r pa pb < "$OUT/pids" || true
+    for x in "a $pa" "b $pb"; do
+      set -- $x
+      kb=$(awk '/VmRSS/ {print $2}' /proc/"$2"/status 2>/dev/null) && [ -n "$kb" ] && echo "$1 $kb"
+    done
+    sleep 0.2
+  done > "$OUT/rss.log" ) &
+SAMPLER=$!
 [ "$(root a)" = "$(root b)" ] || { echo "the nodes differ before the damage" >&2; exit 1; }
 
 # tandem verify/resync with --json: the node's own figures and the command's wall time.
@@ -74,6 +102,7 @@ print(f"tandem {sys.argv[2]:<28} compared {r['compared']:>9}  differences {r['di
 PY
 }
 rsync_run() {
+  [ -n "$BULK" ] && return
   local label=$1; shift
   local s e n
   s=$(now)
@@ -90,14 +119,21 @@ rsync_run "quick check, equal trees" -an
 
 # Damage B behind its log's back (B stopped), and the Maildir copy alike.
 stop_node "$PB"
-"$G" damage "$OUT" "$DIFFS"
+"$G" damage "$OUT" "$DIFFS" 2> "$OUT/damage.log"
+cat "$OUT/damage.log"
 PB=$(start_node "$OUT/b")
 up "$OUT/b"
+echo "$PA $PB" > "$OUT/pids"
 echo
 run "verify, $DIFFS differences" verify
 rsync_run "checksum, $DIFFS differences" -an --checksum
-s=$(now)
-run "resync, $DIFFS differences" resync
+if [ -n "$BULK" ]; then
+  s=$(now)
+  run "resync --fast, $DIFFS diffs" resync --fast
+else
+  s=$(now)
+  run "resync, $DIFFS differences" resync
+fi
 for _ in $(seq 1 600); do [ "$(root a)" = "$(root b)" ] && break; sleep 0.05; done
 e=$(now)
 [ "$(root a)" = "$(root b)" ] || { echo "B did not converge after the repair" >&2; exit 1; }
@@ -105,9 +141,22 @@ echo "tandem resync until B's root equals A's: $(secs "$s" "$e") s"
 rsync_run "repair, $DIFFS differences" -a
 rsync_run "checksum after the repair" -an --checksum
 run "verify after the repair" verify
+if [ -n "$BULK" ]; then
+  run "verify, no change" verify
+  run "verify, no change, again" verify
+  true_bytes=$(awk '/^true difference:/ {print $3}' "$OUT/damage.log")
+  python3 - "$OUT/r.json" "$true_bytes" "$DIFFS" <<'PY'
+import sys
+print(f"true difference: {sys.argv[2]} B for {sys.argv[3]} differences ({int(sys.argv[2]) / max(int(sys.argv[3]), 1):.0f} B each); goal: a repair's bytes <= 2x that plus tree overhead")
+PY
+fi
 echo
 for n in a b; do
   pid=$([ $n = a ] && echo "$PA" || echo "$PB")
   echo "node $n: peak RSS $(grep VmHWM /proc/"$pid"/status | awk '{print $2, $3}'), RSS now $(grep VmRSS /proc/"$pid"/status | awk '{print $2, $3}')"
+done
+rm -f "$OUT/pids"; wait "$SAMPLER" 2>/dev/null || true
+for n in a b; do
+  echo "node $n: highest sampled RSS from start-up to the end $(awk -v n=$n '$1 == n && $2 > m {m = $2} END {print m}' "$OUT/rss.log") kB"
 done
 echo "data in $OUT"

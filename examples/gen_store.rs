@@ -7,7 +7,17 @@
 //! `tests/resync.rs`.
 //!
 //!     gen_store build OUT USERS MSGS SIZE
+//!     gen_store bulk OUT USERS MSGS   # metadata only: no Maildir copy, shared bodies
 //!     gen_store damage OUT N       # N differences on B, half expunges, half flags
+//!
+//! `bulk` is for stores of tens of millions of messages: every message's
+//! body is one of [`SHARED_BODIES`] small bodies (stored once each, bodies
+//! being content-addressed), so the store is its metadata: log, views and
+//! merkle trees. A's views are held in a shadow (`wal::Wal::shadow_begin`)
+//! of GEN_SHADOW_MB megabytes (default 2048; 0: none) while they are
+//! written; GEN_CACHE_MB sets each store's block cache (default 1024; the
+//! daemon's is 64); GEN_TXN_USERS users go in one transaction (default 50), and a
+//! progress line comes every GEN_PROGRESS users (default USERS/20).
 //!
 //! OUT/a/data/db and OUT/b/data/db are opened with node ids node-a and
 //! node-b; OUT/maildir-a holds userN/Maildir/cur/UID:2,FLAGS files.
@@ -22,6 +32,11 @@ fn open(dir: &Path, node: &str) -> Store {
     std::fs::create_dir_all(dir).unwrap();
     let mut o = wal_options(node);
     o.sync = false;
+    // Writing a store reads what it wrote (mostly keys not there yet, each
+    // a table block read without a filter): past the daemon's 64 MB cache,
+    // block decompression took three quarters of a replay's time.
+    // (The views of 4 M messages are about 0.6 GB compressed.)
+    o.memory.block_cache_bytes = env_num("GEN_CACHE_MB", 1024) << 20;
     Store::open(dir, node, o).unwrap()
 }
 
@@ -77,6 +92,12 @@ fn build(out: &Path, users: usize, msgs: usize, size: usize) {
             eprintln!("A: {done} users in {:.1}s", t0.elapsed().as_secs_f64());
         }
     }
+    mirror_b(out, a, t0);
+}
+
+/// Node B from A's log (as the mirror would bring it) and A's bodies;
+/// checks that both digests agree and closes both.
+fn mirror_b(out: &Path, a: Store, t0: std::time::Instant) {
     let b = open(&out.join("b/data/db"), "node-b");
     let n = tandem::replay::replay_into(&a, &b).unwrap();
     eprintln!("B: {n} entries replayed in {:.1}s", t0.elapsed().as_secs_f64());
@@ -102,44 +123,129 @@ fn build(out: &Path, users: usize, msgs: usize, size: usize) {
     eprintln!("built in {:.1}s, root {ra}", t0.elapsed().as_secs_f64());
 }
 
+/// Distinct bodies of a `bulk` store.
+const SHARED_BODIES: usize = 8;
+
+fn env_num(name: &str, default: usize) -> usize {
+    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+/// A metadata-only store of USERS x MSGS messages (see the module doc).
+fn bulk(out: &Path, users: usize, msgs: usize) {
+    let t0 = std::time::Instant::now();
+    let a = open(&out.join("a/data/db"), "node-a");
+    let shadow_mb = env_num("GEN_SHADOW_MB", 2048);
+    let txn_users = env_num("GEN_TXN_USERS", 50).max(1);
+    let progress = env_num("GEN_PROGRESS", (users / 20).max(1)).max(1);
+    if shadow_mb > 0 {
+        a.wal().shadow_begin(a.cfs().views, shadow_mb << 20).unwrap();
+    }
+    let bodies: Vec<NewMessage> = (0..SHARED_BODIES)
+        .map(|k| {
+            let b = format!("From: sender{k}@example.net\r\nTo: users@example.org\r\nSubject: shared body {k}\r\n\r\nbody {k}\r\n");
+            NewMessage::new(b.into_bytes(), Flags::default(), 0)
+        })
+        .collect();
+    let seen = Flags::new(["\\Seen"]);
+    let all: Vec<usize> = (1..=users).collect();
+    let mut next_report = progress;
+    for chunk in all.chunks(txn_users) {
+        let chunk = chunk.to_vec();
+        let last = chunk[chunk.len() - 1];
+        let (bodies, seen) = (bodies.clone(), seen.clone());
+        a.run_blocking(move |t, c| {
+            for &u in &chunk {
+                let user = format!("user{u}");
+                mutate::create_user(t, c, &user, "$argon2id$bench".into(), 1_700_000_000)?;
+                let v = tandem::views::TxnViews { txn: t, cf: c.views };
+                let mb = v.mailbox_by_name(&user, "INBOX")?.expect("INBOX").id;
+                for i in 1..=msgs {
+                    let mut m = bodies[(u + i) % SHARED_BODIES].clone();
+                    if i % 3 == 0 {
+                        m.flags = seen.clone();
+                    }
+                    m.internal_date = 1_700_000_000 + i as i64;
+                    mutate::append_to(t, c, &user, mb, &m)?;
+                }
+            }
+            Ok(())
+        })
+        .unwrap();
+        if last >= next_report || last == users {
+            let secs = t0.elapsed().as_secs_f64();
+            eprintln!(
+                "A: {last} of {users} users ({} messages) in {secs:.1}s, {:.0} messages/s",
+                last * msgs,
+                (last * msgs) as f64 / secs
+            );
+            next_report = (last / progress + 1) * progress;
+        }
+    }
+    if shadow_mb > 0 {
+        a.wal().shadow_end().unwrap();
+    }
+    eprintln!("A: {} messages in {:.1}s", users * msgs, t0.elapsed().as_secs_f64());
+    mirror_b(out, a, t0);
+}
+
 /// N differences on B without log entries: every other one an expunge,
-/// the others a flag set, each in another user; the same on `maildir-b`.
+/// the others a flag set, spread over the users (one per user while N is
+/// at most the number of users, else several per user at spread UIDs);
+/// the same on `maildir-b` when there is one.
 fn damage(out: &Path, n: usize) {
     let b = open(&out.join("b/data/db"), "node-b");
     let v = b.views();
     let users = v.users().unwrap();
-    let step = (users.len() / n.max(1)).max(1);
+    let per = n.div_ceil(users.len().max(1)).max(1);
+    let step = (users.len() / n.div_ceil(per).max(1)).max(1);
+    let maildir = out.join("maildir-b");
+    let with_maildir = maildir.exists();
     let mut events = Vec::new();
-    for (k, user) in users.iter().step_by(step).take(n).enumerate() {
+    // What a repair has to bring: the changed messages' records (key and
+    // value) as A holds them.
+    let mut record_bytes = 0;
+    'users: for user in users.iter().step_by(step) {
         let mb = v.mailbox_by_name(user, "INBOX").unwrap().unwrap();
         let msgs = v.messages(mb.id).unwrap();
-        let (uid, m) = &msgs[msgs.len() / 2];
-        let cur = out.join("maildir-b").join(user).join("Maildir/cur");
-        let file = |flags: &str| cur.join(format!("{uid}:2,{flags}"));
-        let old = if m.flags.is_empty() { file("") } else { file("S") };
-        if k % 2 == 0 {
-            events.push(Event::Expunged {
-                user: user.clone(),
-                mailbox: mb.id,
-                messages: vec![(*uid, m.guid)],
-            });
-            std::fs::remove_file(&old).unwrap();
-        } else {
-            events.push(Event::FlagsChanged {
-                user: user.clone(),
-                mailbox: mb.id,
-                messages: vec![(*uid, m.guid)],
-                op: FlagOp::Set,
-                flags: Flags::new(["\\Flagged"]),
-            });
-            std::fs::rename(&old, file("F")).unwrap();
+        for j in 0..per.min(msgs.len()) {
+            if events.len() == n {
+                break 'users;
+            }
+            let (uid, m) = &msgs[msgs.len() * (2 * j + 1) / (2 * per.min(msgs.len()))];
+            let cur = maildir.join(user).join("Maildir/cur");
+            let file = |flags: &str| cur.join(format!("{uid}:2,{flags}"));
+            let old = if m.flags.is_empty() { file("") } else { file("S") };
+            let k = tandem::views::keys::message(mb.id, *uid);
+            record_bytes += k.len() + v.vget(&k).unwrap().map_or(0, |r| r.len());
+            if events.len() % 2 == 0 {
+                events.push(Event::Expunged {
+                    user: user.clone(),
+                    mailbox: mb.id,
+                    messages: vec![(*uid, m.guid)],
+                });
+                if with_maildir {
+                    std::fs::remove_file(&old).unwrap();
+                }
+            } else {
+                events.push(Event::FlagsChanged {
+                    user: user.clone(),
+                    mailbox: mb.id,
+                    messages: vec![(*uid, m.guid)],
+                    op: FlagOp::Set,
+                    flags: Flags::new(["\\Flagged"]),
+                });
+                if with_maildir {
+                    std::fs::rename(&old, file("F")).unwrap();
+                }
+            }
         }
     }
     drop(v);
     let made = events.len();
     b.apply_unlogged(events).unwrap();
     b.wal().close().unwrap();
-    eprintln!("{made} differences made on B");
+    eprintln!("{made} differences made on B ({per} per user at most)");
+    eprintln!("true difference: {record_bytes} bytes (the changed messages' view records, key and value)");
 }
 
 fn main() {
@@ -147,9 +253,10 @@ fn main() {
     let num = |i: usize| args.get(i).and_then(|a| a.parse::<usize>().ok()).expect("a number");
     match args.get(1).map(String::as_str) {
         Some("build") => build(Path::new(&args[2]), num(3), num(4), num(5)),
+        Some("bulk") => bulk(Path::new(&args[2]), num(3), num(4)),
         Some("damage") => damage(Path::new(&args[2]), num(3)),
         _ => {
-            eprintln!("usage: gen_store build OUT USERS MSGS SIZE | gen_store damage OUT N");
+            eprintln!("usage: gen_store build OUT USERS MSGS SIZE | gen_store bulk OUT USERS MSGS | gen_store damage OUT N");
             std::process::exit(2);
         }
     }

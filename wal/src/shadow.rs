@@ -9,8 +9,10 @@
 //! reads that miss the transaction's own writes are answered from the map
 //! alone: the column family was empty when the shadow began, so a key the
 //! map lacks is a key the column family lacks. [`crate::Wal::shadow_end`]
-//! writes the map out as one sorted table file, ingested whole, and
-//! flushes, so the column family is durable when it returns.
+//! writes the map out as sorted table files of at most [`TABLE_BYTES`]
+//! each (one ~300 MB table made later reads several times slower: every
+//! lookup decompressed parts of its one huge index), ingested together,
+//! and flushes, so the column family is durable when it returns.
 //!
 //! Memory is bounded: when the map grows past its budget it is written out
 //! the same way, and the shadow ends early; the rest of the rebuild reads
@@ -21,7 +23,10 @@
 //! rebuilds of a stopped node.
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+
+/// Bytes of keys and values per table file written at the end.
+pub(crate) const TABLE_BYTES: usize = 64 << 20;
 
 /// Bytes a map entry costs beyond its key and value (tree node share and
 /// two vector headers), for the budget.
@@ -86,17 +91,37 @@ impl Shadow {
         self.map.is_empty()
     }
 
-    /// Write the whole map as one sorted table file at `path` (compressed
-    /// like the views' own tables), for ingestion.
-    pub(crate) fn write_table(&self, path: &Path) -> Result<(), rocksdb::Error> {
+    /// Write the whole map as sorted table files in `dir`, named
+    /// `{stem}-N.sst`, each holding at most `bound` bytes of keys and
+    /// values (and at least one entry), compressed like the views' own
+    /// tables; their key ranges do not overlap, so they are ingested
+    /// together. Returns their paths, in key order.
+    pub(crate) fn write_tables(&self, dir: &Path, stem: &str, bound: usize) -> Result<Vec<PathBuf>, rocksdb::Error> {
         let mut o = rocksdb::Options::default();
         o.set_compression_type(rocksdb::DBCompressionType::Lz4);
-        let mut w = rocksdb::SstFileWriter::create(&o);
-        w.open(path)?;
+        let mut paths = Vec::new();
+        let mut w: Option<rocksdb::SstFileWriter> = None;
+        let mut in_file = 0;
         for (k, v) in &self.map {
-            w.put(k, v)?;
+            let size = k.len() + v.len();
+            if w.is_some() && in_file + size > bound {
+                w.take().expect("open").finish()?;
+            }
+            if w.is_none() {
+                let path = dir.join(format!("{stem}-{}.sst", paths.len()));
+                let f = rocksdb::SstFileWriter::create(&o);
+                f.open(&path)?;
+                paths.push(path);
+                w = Some(f);
+                in_file = 0;
+            }
+            w.as_mut().expect("open").put(k, v)?;
+            in_file += size;
         }
-        w.finish()
+        if let Some(mut f) = w {
+            f.finish()?;
+        }
+        Ok(paths)
     }
 }
 
@@ -128,5 +153,42 @@ mod tests {
         }
         let got: Vec<&[u8]> = s.scan(b"b").map(|(k, _)| &k[..]).collect();
         assert_eq!(got, vec![&b"b1"[..], b"b2", b"b\xff"]);
+    }
+
+    #[test]
+    fn a_map_larger_than_the_bound_is_written_as_several_tables_that_read_back() {
+        let mut s = Shadow::new(5, usize::MAX);
+        let key = |i: u32| format!("k{i:06}").into_bytes();
+        for i in 0..3000u32 {
+            s.write(&key(i), Some(&vec![(i % 251) as u8; 100]));
+        }
+        let dir = tempfile::tempdir().unwrap();
+        // 3,000 entries of 107 bytes, at most 64 KiB per file: 5 files.
+        let paths = s.write_tables(dir.path(), "shadow", 64 << 10).unwrap();
+        assert_eq!(paths.len(), 5);
+        for p in &paths {
+            assert!(std::fs::metadata(p).unwrap().len() > 0);
+        }
+        let mut o = rocksdb::Options::default();
+        o.create_if_missing(true);
+        let db = rocksdb::DB::open(&o, dir.path().join("db")).unwrap();
+        db.ingest_external_file(paths).unwrap();
+        let got: Vec<(Vec<u8>, Vec<u8>)> = db
+            .iterator(rocksdb::IteratorMode::Start)
+            .map(|kv| {
+                let (k, v) = kv.unwrap();
+                (k.into_vec(), v.into_vec())
+            })
+            .collect();
+        let want: Vec<(Vec<u8>, Vec<u8>)> = s.map.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        assert_eq!(got, want);
+        assert_eq!(db.get(key(2999)).unwrap(), Some(vec![(2999 % 251) as u8; 100]));
+    }
+
+    #[test]
+    fn an_empty_map_writes_no_table() {
+        let s = Shadow::new(5, 1 << 20);
+        let dir = tempfile::tempdir().unwrap();
+        assert!(s.write_tables(dir.path(), "shadow", 1 << 10).unwrap().is_empty());
     }
 }

@@ -315,16 +315,23 @@ impl Shared {
             .map(|s| s.scan(prefix).map(|(k, v)| (k.clone(), v.clone())).collect())
     }
 
-    /// Write a shadow's map into its column family as one ingested table
-    /// file, then flush the column family: durable when this returns.
+    /// Write a shadow's map into its column family as ingested tables
+    /// (of bounded size), then flush the column family: durable when this returns.
     fn write_shadow(&self, shadow: &Shadow) -> Result<(), WalError> {
         if !shadow.is_empty() {
-            let path = self.db.path().join(format!("shadow-{}.sst", std::process::id()));
-            shadow.write_table(&path)?;
-            let mut io = rocksdb::IngestExternalFileOptions::default();
-            io.set_move_files(true);
-            let r = self.db.ingest_external_file_cf_opts(self.handle(shadow.cf), &io, vec![&path]);
-            let _ = std::fs::remove_file(&path);
+            let stem = format!("shadow-{}", std::process::id());
+            let written = shadow.write_tables(self.db.path(), &stem, crate::shadow::TABLE_BYTES);
+            let r = written.and_then(|paths| {
+                let mut io = rocksdb::IngestExternalFileOptions::default();
+                io.set_move_files(true);
+                let r = self
+                    .db
+                    .ingest_external_file_cf_opts(self.handle(shadow.cf), &io, paths.iter().collect());
+                for p in &paths {
+                    let _ = std::fs::remove_file(p);
+                }
+                r
+            });
             r?;
         }
         let mut fo = rocksdb::FlushOptions::default();
@@ -1029,8 +1036,8 @@ impl Wal {
         Ok(())
     }
 
-    /// End a shadow: its content is written into the column family as one
-    /// sorted table and flushed, durable when this returns. Call it when no
+    /// End a shadow: its content is written into the column family as
+    /// sorted tables of bounded size and flushed, durable when this returns. Call it when no
     /// transaction runs. Nothing to do if the shadow already ended because
     /// it outgrew its budget.
     pub fn shadow_end(&self) -> Result<(), WalError> {
