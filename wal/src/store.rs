@@ -272,6 +272,9 @@ pub(crate) struct Shared {
     write_buffers: rocksdb::WriteBufferManager,
     /// A caller column family being rebuilt in memory ([`Wal::shadow_begin`]).
     shadow: Mutex<Option<Shadow>>,
+    /// Whether `shadow` holds one: read without the lock on every view
+    /// read, which mostly finds none.
+    shadow_on: AtomicBool,
 }
 
 impl Shared {
@@ -302,6 +305,9 @@ impl Shared {
     /// `Some(value or None)` when `cf` is held in a shadow: its answer is
     /// the whole truth. `None` when it is not: ask RocksDB.
     pub(crate) fn shadow_get(&self, cf: Cf, key: &[u8]) -> Option<Option<Vec<u8>>> {
+        if !self.shadow_on.load(Ordering::Acquire) {
+            return None;
+        }
         let s = self.shadow.lock().expect("shadow lock");
         s.as_ref().filter(|s| s.cf == cf.0).map(|s| s.get(key))
     }
@@ -309,6 +315,9 @@ impl Shared {
     /// The committed keys of `cf` starting with `prefix`, when `cf` is
     /// held in a shadow.
     pub(crate) fn shadow_scan(&self, cf: Cf, prefix: &[u8]) -> Option<KeyValues> {
+        if !self.shadow_on.load(Ordering::Acquire) {
+            return None;
+        }
         let s = self.shadow.lock().expect("shadow lock");
         s.as_ref()
             .filter(|s| s.cf == cf.0)
@@ -419,7 +428,7 @@ impl Shared {
         Ok(())
     }
 
-    pub(crate) fn write_group(&self, overlay: &BTreeMap<(u8, Vec<u8>), Option<Vec<u8>>>, order_next: u64) -> Result<(), WalError> {
+    pub(crate) fn write_group(&self, overlay: writer::Overlay, order_next: u64) -> Result<(), WalError> {
         #[cfg(feature = "failpoints")]
         if self.fail_writes.load(Ordering::SeqCst) {
             return Err(WalError::Poisoned("injected write failure".into()));
@@ -430,35 +439,42 @@ impl Shared {
         // batch leaves only unreferenced bodies behind.
         let blob_bytes: u64 = overlay
             .iter()
-            .filter(|((cf, _), _)| self.is_blob_cf(*cf))
-            .filter_map(|(_, v)| v.as_ref().map(|v| v.len() as u64))
+            .filter(|(cf, _, _)| self.is_blob_cf(*cf))
+            .filter_map(|(_, _, v)| v.as_ref().map(|v| v.len() as u64))
             .sum();
         let bulk = self.opts.sync && self.opts.bulk_bytes > 0 && blob_bytes >= self.opts.bulk_bytes;
         let mut batch = WriteBatch::default();
         let mut unlogged = WriteBatch::default();
         let mut flush: Vec<u8> = Vec::new();
         let mut shadow = self.shadow.lock().expect("shadow lock");
-        for ((cf, k), v) in overlay {
-            if let Some(s) = shadow.as_mut().filter(|s| s.cf == *cf) {
-                s.write(k, v.as_ref());
+        for (cf, writes) in overlay.into_families() {
+            if writes.is_empty() {
                 continue;
             }
-            let h = self.handle(*cf);
-            match v {
-                Some(v) if bulk && self.is_blob_cf(*cf) => {
-                    unlogged.put_cf(h, k, v);
-                    if !flush.contains(cf) {
-                        flush.push(*cf);
+            if let Some(s) = shadow.as_mut().filter(|s| s.cf == cf) {
+                // Keys and values move into the shadow, not copied.
+                s.write_all(writes);
+                continue;
+            }
+            let h = self.handle(cf);
+            for (k, v) in &writes {
+                match v {
+                    Some(v) if bulk && self.is_blob_cf(cf) => {
+                        unlogged.put_cf(h, k, v);
+                        if !flush.contains(&cf) {
+                            flush.push(cf);
+                        }
                     }
+                    Some(v) => batch.put_cf(h, k, v),
+                    None => batch.delete_cf(h, k),
                 }
-                Some(v) => batch.put_cf(h, k, v),
-                None => batch.delete_cf(h, k),
             }
         }
         if shadow.as_ref().is_some_and(Shadow::over_budget) {
             // Out of memory budget: the column family goes to RocksDB now
             // and is read and written there from here on.
             let s = shadow.take().expect("checked above");
+            self.shadow_on.store(false, Ordering::Release);
             self.write_shadow(&s)?;
         }
         drop(shadow);
@@ -654,6 +670,7 @@ impl Wal {
             cache,
             write_buffers,
             shadow: Mutex::new(None),
+            shadow_on: AtomicBool::new(false),
         };
         if let Some(v) = meta_get(&shared, META_ORIGIN)? {
             let stored = <[u8; 8]>::try_from(v.as_slice())
@@ -1026,6 +1043,7 @@ impl Wal {
             });
         }
         *self.shared.shadow.lock().expect("shadow lock") = Some(Shadow::new(cf.0, budget));
+        self.shared.shadow_on.store(true, Ordering::Release);
         Ok(())
     }
 
@@ -1035,6 +1053,7 @@ impl Wal {
     /// it outgrew its budget.
     pub fn shadow_end(&self) -> Result<(), WalError> {
         let s = self.shared.shadow.lock().expect("shadow lock").take();
+        self.shared.shadow_on.store(false, Ordering::Release);
         match s {
             Some(s) => self.shared.write_shadow(&s),
             None => Ok(()),
