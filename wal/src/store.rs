@@ -1096,21 +1096,41 @@ impl Wal {
             })?;
             named.push((n, o, s));
         }
-        let keys: Vec<[u8; 16]> = named.iter().map(|(_, o, s)| log_key(*o, *s)).collect();
-        let values = self.shared.db.batched_multi_get_cf(self.shared.handle(CF_LOG), &keys, false);
+        // Each origin's entries come in seq order in the apply order, so
+        // each is read with one forward iterator over its log, stepped to
+        // the next key, instead of a lookup per entry (a rebuild spent a
+        // tenth of its time in batched point reads).
+        let mut walks: Vec<(Origin, rocksdb::DBRawIterator<'_>)> = Vec::new();
         let mut out = Vec::with_capacity(named.len());
-        for ((n, o, s), v) in named.into_iter().zip(values) {
+        for (n, o, s) in named {
             let place = || Place { origin: o, seq: s };
-            let v = match v {
-                Ok(v) => v,
-                Err(e) if e.kind() == rocksdb::ErrorKind::Corruption => {
+            let key = log_key(o, s);
+            let i = match walks.iter().position(|(w, _)| *w == o) {
+                Some(i) => i,
+                None => {
+                    let mut it = self.shared.db.raw_iterator_cf(self.shared.handle(CF_LOG));
+                    it.seek(key);
+                    walks.push((o, it));
+                    walks.len() - 1
+                }
+            };
+            let it = &mut walks[i].1;
+            if it.valid() && it.key() != Some(&key[..]) {
+                it.next();
+                if it.valid() && it.key() != Some(&key[..]) {
+                    it.seek(key);
+                }
+            }
+            if let Err(e) = it.status() {
+                if e.kind() == rocksdb::ErrorKind::Corruption {
                     return Err(WalError::Corrupt {
                         place: place(),
                         reason: e.to_string(),
-                    })
+                    });
                 }
-                Err(e) => return Err(e.into()),
-            };
+                return Err(e.into());
+            }
+            let v = it.key().filter(|k| *k == &key[..]).and(it.value());
             let Some(v) = v else {
                 // Pruned after this walk began (its position goes with it).
                 if s <= self.shared.base(o).seq {
@@ -1121,7 +1141,7 @@ impl Wal {
                     reason: format!("apply order position {n} names a missing entry"),
                 });
             };
-            let e = Entry::decode_value(o, s, &v).map_err(|reason| WalError::Corrupt { place: place(), reason })?;
+            let e = Entry::decode_value(o, s, v).map_err(|reason| WalError::Corrupt { place: place(), reason })?;
             out.push((n, e));
         }
         Ok(out)
