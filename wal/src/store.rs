@@ -995,6 +995,7 @@ impl Wal {
     /// Delete every key of the given caller column families (rebuild).
     pub fn clear(&self, cfs: &[Cf]) -> Result<(), WalError> {
         let mut b = WriteBatch::default();
+        let mut ranges = Vec::new();
         for cf in cfs {
             assert!(cf.0 >= FIRST_USER_CF);
             let h = self.shared.handle(cf.0);
@@ -1008,12 +1009,20 @@ impl Wal {
             // instead of a deletion per key.
             if let (Some(first), Some(mut end)) = (first, last) {
                 end.push(0);
-                b.delete_range_cf(h, first, end);
+                b.delete_range_cf(h, &first, &end);
+                ranges.push((cf.0, first, end));
             }
         }
         let mut wo = WriteOptions::default();
         wo.set_sync(self.shared.opts.sync);
         self.shared.db.write_opt(b, &wo)?;
+        // Table files wholly inside the deleted range are dropped as they
+        // are (below level 0), so the compaction below does not read the
+        // old views key by key only to drop them (8 % of a rebuild's
+        // instructions did).
+        for (cf, first, end) in &ranges {
+            self.shared.db.delete_file_in_range_cf(self.shared.handle(*cf), first, end)?;
+        }
         // Compact the deletions away: otherwise every later seek and scan
         // of these column families steps over the deleted keys (a rebuild
         // ran at under 1,000 entries/s doing so).
