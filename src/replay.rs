@@ -117,14 +117,17 @@ pub fn rebuild_views(store: &Store) -> Result<u64, ReplayError> {
     refuse_pruned(wal)?;
     let marks = join_marks(store)?;
     wal.clear(&[cfs.views])?;
-    let n = in_shadow(store, || {
+    // The merkle tree is built while the views are still in memory: its
+    // reads are map lookups, and its nodes go into the one table written
+    // at the end, not through RocksDB's memtables.
+    in_shadow(store, || {
         put_join_marks(store, marks)?;
-        apply_order(wal, |chunk| {
+        let n = apply_order(wal, |chunk| {
             unwrap_append(wal.transact(move |txn| apply_entries(txn, cfs, chunk, false)))
-        })
-    })?;
-    crate::merkle::build_stored(store)?;
-    Ok(n)
+        })?;
+        crate::merkle::build_stored(store)?;
+        Ok(n)
+    })
 }
 
 /// Copy `src`'s log, in its apply order, into `dst` (normally empty),

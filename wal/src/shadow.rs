@@ -60,23 +60,35 @@ impl Shadow {
     }
 
     /// Take one committed write (`None`: a delete).
+    #[cfg(test)]
     pub(crate) fn write(&mut self, key: &[u8], value: Option<&Vec<u8>>) {
+        self.write_owned(key.to_vec(), value.cloned());
+    }
+
+    /// Take a group's committed writes, keys and values moved in.
+    pub(crate) fn write_all(&mut self, writes: BTreeMap<Vec<u8>, Option<Vec<u8>>>) {
+        for (k, v) in writes {
+            self.write_owned(k, v);
+        }
+    }
+
+    /// One write, with one search of the map (not a lookup, then an
+    /// insert) and no copy of the key or value.
+    fn write_owned(&mut self, key: Vec<u8>, value: Option<Vec<u8>>) {
+        use std::collections::btree_map::Entry;
         match value {
-            Some(v) => {
-                let add = v.len();
-                match self.map.get_mut(key) {
-                    Some(old) => {
-                        self.bytes = self.bytes - old.len() + add;
-                        old.clone_from(v);
-                    }
-                    None => {
-                        self.bytes += key.len() + add + ENTRY_OVERHEAD;
-                        self.map.insert(key.to_vec(), v.clone());
-                    }
+            Some(v) => match self.map.entry(key) {
+                Entry::Occupied(mut o) => {
+                    self.bytes = self.bytes - o.get().len() + v.len();
+                    o.insert(v);
                 }
-            }
+                Entry::Vacant(e) => {
+                    self.bytes += e.key().len() + v.len() + ENTRY_OVERHEAD;
+                    e.insert(v);
+                }
+            },
             None => {
-                if let Some(old) = self.map.remove(key) {
+                if let Some(old) = self.map.remove(&key) {
                     self.bytes -= key.len() + old.len() + ENTRY_OVERHEAD;
                 }
             }

@@ -45,7 +45,72 @@ pub struct Rehomed {
     pub moved: u64,
 }
 
-type Overlay = BTreeMap<(u8, Vec<u8>), Option<Vec<u8>>>;
+/// Pending writes, one sorted map per column family: a read looks its key
+/// up as a borrowed slice (no key copy per read), and a write lands in its
+/// family's map, whose keys share no column family byte.
+#[derive(Default)]
+pub(crate) struct Overlay(Vec<BTreeMap<Vec<u8>, Option<Vec<u8>>>>);
+
+impl Overlay {
+    pub(crate) fn new() -> Overlay {
+        Overlay(Vec::new())
+    }
+
+    fn cf(&self, cf: u8) -> Option<&BTreeMap<Vec<u8>, Option<Vec<u8>>>> {
+        self.0.get(cf as usize)
+    }
+
+    fn get(&self, cf: u8, key: &[u8]) -> Option<&Option<Vec<u8>>> {
+        self.cf(cf)?.get(key)
+    }
+
+    fn insert(&mut self, (cf, key): (u8, Vec<u8>), value: Option<Vec<u8>>) {
+        let i = cf as usize;
+        if self.0.len() <= i {
+            self.0.resize_with(i + 1, BTreeMap::new);
+        }
+        self.0[i].insert(key, value);
+    }
+
+    /// The pending writes of `cf` under `prefix`, in key order.
+    fn prefixed<'s>(&'s self, cf: u8, prefix: &'s [u8]) -> impl Iterator<Item = (&'s Vec<u8>, &'s Option<Vec<u8>>)> + 's {
+        self.cf(cf).into_iter().flat_map(move |m| {
+            m.range::<[u8], _>((std::ops::Bound::Included(prefix), std::ops::Bound::Unbounded))
+                .take_while(move |(k, _)| k.starts_with(prefix))
+        })
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.0.iter().all(BTreeMap::is_empty)
+    }
+
+    fn extend(&mut self, other: Overlay) {
+        if self.0.len() < other.0.len() {
+            self.0.resize_with(other.0.len(), BTreeMap::new);
+        }
+        for (mine, theirs) in self.0.iter_mut().zip(other.0) {
+            if mine.is_empty() {
+                *mine = theirs;
+            } else {
+                mine.extend(theirs);
+            }
+        }
+    }
+
+    /// Every write as (column family, key, value), in column family then
+    /// key order.
+    pub(crate) fn iter(&self) -> impl Iterator<Item = (u8, &Vec<u8>, &Option<Vec<u8>>)> {
+        self.0
+            .iter()
+            .enumerate()
+            .flat_map(|(cf, m)| m.iter().map(move |(k, v)| (cf as u8, k, v)))
+    }
+
+    /// The writes of each column family, taken out.
+    pub(crate) fn into_families(self) -> impl Iterator<Item = (u8, BTreeMap<Vec<u8>, Option<Vec<u8>>>)> {
+        self.0.into_iter().enumerate().map(|(cf, m)| (cf as u8, m))
+    }
+}
 
 /// The first bytes of a hash in hex, for messages.
 fn short(h: &Hash) -> String {
@@ -129,11 +194,10 @@ impl<'a> Txn<'a> {
 
     /// Read a key, seeing this transaction's and this group's writes.
     pub fn get(&self, cf: Cf, key: &[u8]) -> Result<Option<Vec<u8>>, WalError> {
-        let k = (cf.0, key.to_vec());
-        if let Some(v) = self.scratch.get(&k) {
+        if let Some(v) = self.scratch.get(cf.0, key) {
             return Ok(v.clone());
         }
-        if let Some(v) = self.group.overlay.get(&k) {
+        if let Some(v) = self.group.overlay.get(cf.0, key) {
             return Ok(v.clone());
         }
         if let Some(v) = self.shared.shadow_get(cf, key) {
@@ -148,12 +212,14 @@ impl<'a> Txn<'a> {
             Some(kv) => kv,
             None => self.shared.scan_prefix_raw(cf, prefix)?,
         };
+        let pending = |layer| Overlay::prefixed(layer, cf.0, prefix);
+        if pending(&self.group.overlay).next().is_none() && pending(&self.scratch).next().is_none() {
+            // Nothing pending under the prefix: the committed keys as they are.
+            return Ok(committed);
+        }
         let mut merged: BTreeMap<Vec<u8>, Option<Vec<u8>>> = committed.into_iter().map(|(k, v)| (k, Some(v))).collect();
         for layer in [&self.group.overlay, &self.scratch] {
-            for ((c, k), v) in layer.range((cf.0, prefix.to_vec())..) {
-                if *c != cf.0 || !k.starts_with(prefix) {
-                    break;
-                }
+            for (k, v) in pending(layer) {
                 merged.insert(k.clone(), v.clone());
             }
         }
@@ -438,7 +504,7 @@ impl<'a> Txn<'a> {
         };
         let mut more = true;
         for layer in [&self.scratch, &self.group.overlay] {
-            for ((_, k), v) in layer.range((CF_ORDER, Vec::new())..(CF_ORDER + 1, Vec::new())) {
+            for (k, v) in layer.cf(CF_ORDER).into_iter().flatten() {
                 if let (Some(v), Ok(b)) = (v, <[u8; 8]>::try_from(k.as_slice())) {
                     more = look(u64::from_be_bytes(b), v);
                 }
@@ -477,13 +543,9 @@ impl<'a> Txn<'a> {
             ..
         } = self;
         group.origin = origin.or(group.origin);
-        if group.overlay.is_empty() {
-            // The group's first transaction: its writes become the group's
-            // as they are, not key by key.
-            group.overlay = scratch;
-        } else {
-            group.overlay.extend(scratch);
-        }
+        // The group's first transaction's writes become the group's as
+        // they are, not key by key (per column family).
+        group.overlay.extend(scratch);
         group.heads.extend(heads);
         group.order_next = order_next;
         group.hlc_last = hlc_last;
@@ -573,7 +635,7 @@ fn commit_group(shared: &Shared, jobs: Vec<Job>) {
         return;
     }
     let writing = std::time::Instant::now();
-    let result = shared.write_group(&group.overlay, group.order_next);
+    let result = shared.write_group(group.overlay, group.order_next);
     let write = writing.elapsed();
     match result {
         Ok(()) => {
