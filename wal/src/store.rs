@@ -1131,9 +1131,13 @@ impl Wal {
                 }
             };
             let it = &mut walks[i].1;
-            if it.valid() && it.key() != Some(&key[..]) {
-                it.next();
-                if it.valid() && it.key() != Some(&key[..]) {
+            // Step once (the usual case); else seek, also when the walk ran
+            // off the end or stands past the key (a pruned entry skipped).
+            if !(it.valid() && it.key() == Some(&key[..])) {
+                if it.valid() {
+                    it.next();
+                }
+                if !(it.valid() && it.key() == Some(&key[..])) {
                     it.seek(key);
                 }
             }
