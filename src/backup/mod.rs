@@ -248,14 +248,7 @@ impl Backups {
             n => n,
         };
         let r = (|| {
-            let mut guard = job.pos.lock().expect("position lock");
-            if guard.is_none() {
-                let p = export::open(job.target.as_ref(), store.node_id())?;
-                let mut st = job.status.lock().expect("status lock");
-                st.manifest = p.number;
-                st.position = p.order;
-                *guard = Some(p);
-            }
+            let mut guard = job.position(store)?;
             let pos = guard.as_mut().expect("loaded above");
             let stream = export::Stream {
                 deadline,
@@ -324,6 +317,20 @@ impl Backups {
 }
 
 impl Job {
+    /// The job's position, locked (one run at a time per target), read
+    /// from the target when not known yet (after a start or a failed run).
+    fn position(&self, store: &crate::store::Store) -> Result<std::sync::MutexGuard<'_, Option<Position>>, BackupError> {
+        let mut guard = self.pos.lock().expect("position lock");
+        if guard.is_none() {
+            let p = export::open(self.target.as_ref(), store.node_id())?;
+            let mut st = self.status.lock().expect("status lock");
+            st.manifest = p.number;
+            st.position = p.order;
+            *guard = Some(p);
+        }
+        Ok(guard)
+    }
+
     /// Count a run that is durable in the target.
     fn record(&self, pos: &Position, r: &RunReport) {
         let mut st = self.status.lock().expect("status lock");
@@ -342,14 +349,7 @@ impl Job {
 
 fn run_job(store: &crate::store::Store, job: &Job, max_body_bytes: u64) -> Result<Vec<RunReport>, BackupError> {
     // One run at a time per target: the position lock is held throughout.
-    let mut guard = job.pos.lock().expect("position lock");
-    if guard.is_none() {
-        let p = export::open(job.target.as_ref(), store.node_id())?;
-        let mut st = job.status.lock().expect("status lock");
-        st.manifest = p.number;
-        st.position = p.order;
-        *guard = Some(p);
-    }
+    let mut guard = job.position(store)?;
     let pos = guard.as_mut().expect("loaded above");
     let upto = store.wal().last_order();
     let mut out = Vec::new();
