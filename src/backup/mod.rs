@@ -218,15 +218,7 @@ impl Backups {
         job.wanted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let r = run_job(store, &job, max_body);
         job.wanted.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
-        let mut st = job.status.lock().expect("status lock");
-        st.last_run_ms = now_ms();
-        match &r {
-            Ok(_) => st.last_error = None,
-            Err(e) => {
-                st.failures += 1;
-                st.last_error = Some(e.to_string());
-            }
-        }
+        job.ended(r.as_ref().err());
         r
     }
 
@@ -272,15 +264,7 @@ impl Backups {
                 }
             }
         })();
-        let mut st = job.status.lock().expect("status lock");
-        st.last_run_ms = now_ms();
-        match &r {
-            Ok(_) => st.last_error = None,
-            Err(e) => {
-                st.failures += 1;
-                st.last_error = Some(e.to_string());
-            }
-        }
+        job.ended(r.as_ref().err());
         r
     }
 
@@ -317,6 +301,19 @@ impl Backups {
 }
 
 impl Job {
+    /// Note a run's end in the status: when, and its error if it failed.
+    fn ended(&self, err: Option<&BackupError>) {
+        let mut st = self.status.lock().expect("status lock");
+        st.last_run_ms = now_ms();
+        match err {
+            None => st.last_error = None,
+            Some(e) => {
+                st.failures += 1;
+                st.last_error = Some(e.to_string());
+            }
+        }
+    }
+
     /// The job's position, locked (one run at a time per target), read
     /// from the target when not known yet (after a start or a failed run).
     fn position(&self, store: &crate::store::Store) -> Result<std::sync::MutexGuard<'_, Option<Position>>, BackupError> {
