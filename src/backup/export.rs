@@ -469,7 +469,7 @@ fn run(
                 (flushed, flushed_at) = (w.n, now);
             }
             std::thread::sleep(STREAM_POLL.min(s.deadline.saturating_duration_since(std::time::Instant::now())));
-            // Closing: the last entries are whatever is applied now.
+            // Take what was applied meanwhile (up to the run's entry bound).
             let upto = wal.last_order().min(limit);
             if upto >= taken.next {
                 if let Err(e) = taken.read(store, t, pos, upto, max_body_bytes) {
