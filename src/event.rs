@@ -320,6 +320,18 @@ pub enum Event {
         guid: Id,
         uid: u32,
     },
+    /// A node that is not master reports UIDs of `mailbox` it holds a
+    /// collision mark for, so the master renumbers them even where the
+    /// master itself shows one message under the UID and holds no mark (a
+    /// resolution that reached the nodes in different orders). Every node
+    /// that applies it marks each UID under which it shows or keeps aside
+    /// a message, and records each as reported (`replication.md` section
+    /// 8a). Renumbering a UID is always safe; the report only asks for it.
+    ConflictsReported {
+        user: String,
+        mailbox: Id,
+        uids: Vec<u32>,
+    },
 }
 
 /// A renumbering or merge ([`Event::MessagesMoved`] or
@@ -495,6 +507,7 @@ impl Event {
             | Event::MessagePlaced { user, .. }
             | Event::MessagesMovedInEpoch { user, .. }
             | Event::MessagePlacedInEpoch { user, .. }
+            | Event::ConflictsReported { user, .. }
             | Event::MailboxRestored { user, .. }
             | Event::QuotaSet { user, .. } => Some(user),
             Event::ConfigSet { .. } | Event::RoleChanged { .. } | Event::SideFileSet { .. } | Event::SideFileRemoved { .. } => None,
@@ -610,6 +623,9 @@ impl Event {
                 guid,
                 uid,
             } => format!("message-placed {user} mailbox={mailbox:?} guid={guid:?} uid={uid} epoch={epoch}"),
+            Event::ConflictsReported { user, mailbox, uids } => {
+                format!("conflicts-reported {user} mailbox={mailbox:?} uids={uids:?}")
+            }
             Event::SideFileSet {
                 dir,
                 name,
@@ -736,6 +752,23 @@ mod tests {
         assert_eq!(back.as_placement().map(|p| (p.epoch, p.uid, p.guid)), Some((2, 7, Id([2; 16]))));
         assert_eq!(back.user(), Some("a@b"));
         assert!(back.describe().ends_with("uid=7 epoch=2"));
+    }
+
+    /// A conflict report carries tag 22 and the bytes docs/format.md gives.
+    #[test]
+    fn conflict_report_has_tag_22() {
+        let e = Event::ConflictsReported {
+            user: "a@b".into(),
+            mailbox: Id([1; 16]),
+            uids: vec![3, 300],
+        };
+        let mut want = vec![1, 22, 3];
+        want.extend_from_slice(b"a@b");
+        want.extend_from_slice(&[1; 16]);
+        want.extend_from_slice(&[2, 3, 0xac, 0x02]);
+        assert_eq!(e.encode(), want);
+        assert_eq!(Event::decode(&want).unwrap(), e);
+        assert_eq!(e.user(), Some("a@b"));
     }
 
     #[test]

@@ -197,8 +197,13 @@ pub fn update(v: &mut TxnViews<'_, '_>, event: &Event) -> Result<(), ViewError> 
             refresh_user(v, user)?
         }
         // Which node is master is not state the nodes compare; side files
-        // converge through the log alone (`crate::sidefiles`), as quotas do.
-        Event::RoleChanged { .. } | Event::SideFileSet { .. } | Event::SideFileRemoved { .. } | Event::QuotaSet { .. } => {}
+        // converge through the log alone (`crate::sidefiles`), as quotas do;
+        // a conflict report only marks UIDs (marks are not in the tree).
+        Event::ConflictsReported { .. }
+        | Event::RoleChanged { .. }
+        | Event::SideFileSet { .. }
+        | Event::SideFileRemoved { .. }
+        | Event::QuotaSet { .. } => {}
         Event::UserCreated { user, .. } | Event::PasswordChanged { user, .. } => {
             let s = v.user(user)?.map(|u| (account_hash(&u.password_hash), 0));
             change_user(v, user, &[(super::account_key(), s)])?;

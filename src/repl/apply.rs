@@ -181,6 +181,7 @@ pub fn apply_batch(
             | Event::MessagePlaced { .. }
             | Event::MessagesMovedInEpoch { .. }
             | Event::MessagePlacedInEpoch { .. }
+            | Event::ConflictsReported { .. }
             | Event::RoleChanged { .. }
             | Event::SideFileSet { .. }
             | Event::SideFileRemoved { .. }

@@ -31,19 +31,6 @@ use std::time::Duration;
 use tokio::sync::watch;
 use wal::Txn;
 
-/// Whether this node resolves conflicts: the master of the highest epoch
-/// this node holds (`repl::role`; `[mirror] mode` decides at epoch 0), so
-/// the job moves with `tandem promote` and an old master stops by itself.
-pub fn is_master(store: &Store, cfg: &MirrorConfig) -> bool {
-    match crate::repl::role::is_master(&store.views(), store.node_id(), cfg.mode) {
-        Ok(m) => m,
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot read the role; not resolving");
-            false
-        }
-    }
-}
-
 /// What one pass emitted.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Resolved {
@@ -56,6 +43,8 @@ pub struct Resolved {
     pub moved: u64,
     /// Mailboxes merged into the one holding their name.
     pub merged: u64,
+    /// Collision marks this node (not master) reported to the master.
+    pub reported: u64,
 }
 
 impl Resolved {
@@ -77,6 +66,9 @@ pub fn resolve(txn: &mut Txn<'_>, cfs: Cfs, node_id: &str, seed: Role) -> Result
     let mut done = Resolved::default();
     let role = crate::repl::role::current(&views(txn, cfs), node_id, seed)?;
     if !role.master {
+        if role.epoch > 0 {
+            report_marks(txn, cfs, &mut done)?;
+        }
         return Ok(done);
     }
     place_pendings(txn, cfs, &mut done)?;
@@ -292,6 +284,61 @@ fn renumber(txn: &mut Txn<'_>, cfs: Cfs, epoch: u64, done: &mut Resolved) -> Res
     Ok(())
 }
 
+/// Most UIDs one report names.
+const MAX_REPORT: usize = 1024;
+
+/// A node that is not master reports every collision mark it holds and has
+/// not reported ([`Event::ConflictsReported`], one per mailbox and at most
+/// [`MAX_REPORT`] UIDs): the master renumbers what it marks from it. This
+/// reaches the master with a mark only a slave holds: a message a
+/// resolution put under a UID below this node's UIDNEXT, kept aside here
+/// while the master shows it, because competing resolutions (of a stale
+/// master and a promoted one) reached the nodes in different orders
+/// (`replication.md` section 8a). Only above epoch 0: a mirror that was
+/// never promoted has one resolver, and writes no event older builds
+/// cannot read (`format.md` section 16).
+fn report_marks(txn: &mut Txn<'_>, cfs: Cfs, done: &mut Resolved) -> Result<(), MutationError> {
+    let v = views(txn, cfs);
+    let mut by_mailbox: BTreeMap<(String, Id), Vec<u32>> = BTreeMap::new();
+    for (mb, uid, rec) in v.collisions()? {
+        // UID 0 holds pending messages of a deleted mailbox: the master
+        // marks those itself when it applies the deletion.
+        if uid != 0 && v.vget(&crate::views::keys::reported(mb, uid))?.is_none() {
+            by_mailbox.entry((rec.user, mb)).or_default().push(uid);
+        }
+    }
+    for ((user, mailbox), uids) in by_mailbox {
+        for part in uids.chunks(MAX_REPORT) {
+            done.reported += part.len() as u64;
+            tracing::info!(user, mailbox = ?mailbox, uids = part.len(), "reporting collision marks to the master");
+            emit(
+                txn,
+                cfs,
+                Event::ConflictsReported {
+                    user: user.clone(),
+                    mailbox,
+                    uids: part.to_vec(),
+                },
+            )?;
+        }
+    }
+    Ok(())
+}
+
+/// Whether this node holds a collision mark it has not reported (cheap
+/// while there are none: one prefix seek).
+pub fn unreported(v: &impl ViewRead) -> Result<bool, crate::views::ViewError> {
+    use crate::views::keys;
+    for (k, _) in v.vscan(&keys::collisions_prefix())? {
+        if let Some((mb, uid)) = keys::collision_of(&k) {
+            if uid != 0 && v.vget(&keys::reported(mb, uid))?.is_none() {
+                return Ok(true);
+            }
+        }
+    }
+    Ok(false)
+}
+
 /// Whether anything waits for the master (cheap: two prefix seeks).
 pub fn pending(v: &impl ViewRead) -> Result<bool, crate::views::ViewError> {
     Ok(!v.vscan(&crate::views::keys::collisions_prefix())?.is_empty()
@@ -299,23 +346,32 @@ pub fn pending(v: &impl ViewRead) -> Result<bool, crate::views::ViewError> {
         || !v.vscan(&crate::views::keys::pendings_prefix())?.is_empty())
 }
 
-/// One pass through the writer, if anything is pending; `seed` is the
-/// node's configured `mirror.mode` (see [`resolve`]).
+/// One pass through the writer, if anything is pending: on the master its
+/// resolutions, on another node its report of unreported marks; `seed` is
+/// the node's configured `mirror.mode` (see [`resolve`]).
 pub fn run_once(store: &Store, seed: Role) -> Result<Resolved, StoreError> {
-    if !pending(&store.views()).map_err(MutationError::from)? {
+    let node_id = store.node_id().to_string();
+    let v = store.views();
+    let role = crate::repl::role::current(&v, &node_id, seed).map_err(MutationError::from)?;
+    let due = match (role.master, role.epoch) {
+        (true, _) => pending(&v),
+        (false, 0) => Ok(false),
+        (false, _) => unreported(&v),
+    };
+    if !due.map_err(MutationError::from)? {
         return Ok(Resolved::default());
     }
-    let node_id = store.node_id().to_string();
     store.run_blocking(move |t, c| resolve(t, c, &node_id, seed))
 }
 
-/// The resolver job: a pass at start and after every commit, while this
-/// node is master, until shutdown. Errors are logged and retried.
+/// The resolver job: a pass at start and after every commit, until
+/// shutdown: the master resolves, another node reports its marks. Errors
+/// are logged and retried.
 pub async fn run(store: Store, cfg: MirrorConfig, mut shutdown: watch::Receiver<bool>) {
     let mut commits = store.commits();
     let mut backoff = Duration::from_millis(100);
     loop {
-        if is_master(&store, &cfg) {
+        {
             let (st, seed) = (store.clone(), cfg.mode);
             match tokio::task::spawn_blocking(move || run_once(&st, seed)).await {
                 Ok(Ok(r)) => {
@@ -325,6 +381,9 @@ pub async fn run(store: Store, cfg: MirrorConfig, mut shutdown: watch::Receiver<
                     }
                     if r.placed > 0 {
                         tracing::debug!(placed = r.placed, "pending messages placed");
+                    }
+                    if r.reported > 0 {
+                        tracing::info!(reported = r.reported, "collision marks reported to the master");
                     }
                 }
                 Ok(Err(e)) => {

@@ -94,6 +94,9 @@ fn drop_mailbox(v: &mut TxnViews<'_, '_>, user: &str, mb: &MailboxRec, at: &Appe
         for (k, _) in v.vscan(&collisions_in(mb.id))? {
             v.delete(&k);
         }
+        for (k, _) in v.vscan(&reported_in(mb.id))? {
+            v.delete(&k);
+        }
         for (k, _) in v.vscan(&pendings_in(mb.id))? {
             v.delete(&k);
         }
@@ -132,6 +135,12 @@ fn pendings_in(mailbox: Id) -> Vec<u8> {
 
 fn collisions_in(mailbox: Id) -> Vec<u8> {
     let mut k = keys::collisions_prefix();
+    k.extend_from_slice(&mailbox.0);
+    k
+}
+
+fn reported_in(mailbox: Id) -> Vec<u8> {
+    let mut k = keys::reported_prefix();
     k.extend_from_slice(&mailbox.0);
     k
 }
@@ -382,6 +391,31 @@ fn mark(v: &mut TxnViews<'_, '_>, user: &str, mailbox: Id, uid: u32) -> Result<(
     Ok(())
 }
 
+/// Clear the mark of (mailbox, uid) and its record of having been
+/// reported to the master.
+fn unmark(v: &mut TxnViews<'_, '_>, mailbox: Id, uid: u32) {
+    v.delete(&keys::collision(mailbox, uid));
+    v.delete(&keys::reported(mailbox, uid));
+}
+
+/// A node's report of its marks (`Event::ConflictsReported`): each UID
+/// under which this node shows or keeps aside a message is marked, if it
+/// is not, and every mark it names is recorded as reported, so no node
+/// reports it again. On the master the mark goes to the renumbering, which
+/// moves every message under the UID; a UID with nothing under it here
+/// (moved or expunged meanwhile) is left alone.
+fn apply_report(v: &mut TxnViews<'_, '_>, user: &str, mailbox: Id, uids: &[u32]) -> Result<(), ViewError> {
+    for uid in uids {
+        let held =
+            v.collision(mailbox, *uid)?.is_some() || v.message(mailbox, *uid)?.is_some() || !v.conflicts_at(mailbox, *uid)?.is_empty();
+        if held {
+            mark(v, user, mailbox, *uid)?;
+            v.put(&keys::reported(mailbox, *uid), &[]);
+        }
+    }
+    Ok(())
+}
+
 /// A message kept aside under (mailbox, uid, guid).
 fn conflict(v: &TxnViews<'_, '_>, mailbox: Id, uid: u32, guid: Id) -> Result<Option<MessageRec>, ViewError> {
     let k = keys::conflict(mailbox, uid, guid);
@@ -480,7 +514,7 @@ fn take(v: &mut TxnViews<'_, '_>, mailbox: Id, uid: u32, spot: Spot, m: &Message
     if let Some(rec) = v.collision(mailbox, uid)? {
         let shown = v.mailbox(&rec.user, mailbox)?.is_some() && v.message(mailbox, uid)?.is_some();
         if !shown && v.conflicts_at(mailbox, uid)?.is_empty() {
-            v.delete(&keys::collision(mailbox, uid));
+            unmark(v, mailbox, uid);
         }
     }
     Ok(())
@@ -582,7 +616,7 @@ fn apply_views(v: &mut TxnViews<'_, '_>, at: &Appended, event: &Event) -> Result
                             v.delete(&keys::pending(mailbox, guid));
                         }
                     }
-                    v.delete(&keys::collision(mailbox, uid));
+                    unmark(v, mailbox, uid);
                 }
             }
             for name in v.subscriptions(user)? {
@@ -659,6 +693,7 @@ fn apply_views(v: &mut TxnViews<'_, '_>, at: &Appended, event: &Event) -> Result
                 }
             }
         }
+        Event::ConflictsReported { user, mailbox, uids } => apply_report(v, user, *mailbox, uids)?,
         Event::MessagePlaced { .. } | Event::MessagePlacedInEpoch { .. } => {
             let p = event.as_placement().expect("a placement");
             if p.uid == 0 {
@@ -814,7 +849,7 @@ fn apply_moves(v: &mut TxnViews<'_, '_>, at: &Appended, m: Moves<'_>) -> Result<
         if let Some(rec) = v.collision(from, *uid)? {
             causes.extend(rec.causes.into_iter().map(|c| (*uid, c)));
         }
-        v.delete(&keys::collision(from, *uid));
+        unmark(v, from, *uid);
     }
     for (index, (old, guid, new)) in moves.iter().enumerate() {
         let here = enc_moved(to, *new, by);
@@ -1127,7 +1162,8 @@ mod tests {
     /// every apply order the links allow (the move always after the
     /// placement it moved from). (When the placement ranks above the move,
     /// the nodes that applied the move first keep the message aside under
-    /// UID 3, below their UIDNEXT: `replication.md` section 10.)
+    /// UID 3, below their UIDNEXT, until their report reaches the master:
+    /// the next test.)
     #[test]
     fn a_move_made_from_a_beaten_placement_is_ranked_against_the_winner() {
         let dir = tempfile::tempdir().unwrap();
@@ -1181,6 +1217,127 @@ mod tests {
                 ends.push((shown, uidnext, left, crate::merkle::node_root(&v).unwrap()));
             }
             assert!(ends.windows(2).all(|w| w[0] == w[1]), "{case}: {ends:?}");
+        }
+    }
+
+    /// The entries `store` wrote itself from `from` on (its resolver's),
+    /// as (origin, hlc, event).
+    fn written_since(store: &Store, from: u64) -> Vec<(u64, u64, Event)> {
+        store
+            .wal()
+            .read_order(from, 1000)
+            .unwrap()
+            .into_iter()
+            .map(|(_, e)| (e.origin.0, e.hlc, Event::decode(&e.payload).unwrap()))
+            .collect()
+    }
+
+    /// As above, but the placement of epoch 1 ranks above the move made
+    /// from the stale UID. A node that applied the stale placement and the
+    /// move before the winner keeps the message aside under UID 3, below
+    /// its UIDNEXT, and marks it; the nodes that applied the winner first
+    /// show it there and hold no mark, the master among them. The marked
+    /// node reports its mark (`ConflictsReported`), the master marks the
+    /// UID it shows from the report and renumbers it, and every node ends
+    /// alike with nothing left aside, marked or recorded as reported.
+    /// Without the report the master never learns of the mark.
+    #[test]
+    fn a_mark_only_a_slave_holds_reaches_the_master_by_its_report() {
+        use crate::config::Role;
+        use crate::repl::resolve;
+        let dir = tempfile::tempdir().unwrap();
+        let (inbox, g) = (Id([1; 16]), Id([4; 16]));
+        let base = vec![
+            (
+                STALE,
+                1,
+                Event::UserCreated {
+                    user: "u".into(),
+                    password_hash: "x".into(),
+                },
+            ),
+            (
+                STALE,
+                2,
+                Event::MailboxCreated {
+                    user: "u".into(),
+                    mailbox: inbox,
+                    name: "INBOX".into(),
+                    uidvalidity: 1,
+                    special_use: None,
+                },
+            ),
+            (SLAVE, 12, append(inbox, 0, g)),
+            // Node "m" was promoted; the stale master has not learnt it.
+            (
+                PROMOTED,
+                20,
+                Event::RoleChanged {
+                    node: "m".into(),
+                    epoch: 1,
+                },
+            ),
+        ];
+        let old = (STALE, 30, Event::placed(0, "u".into(), inbox, g, 2));
+        let new = (PROMOTED, 40, Event::placed(1, "u".into(), inbox, g, 3));
+        let mv = (STALE, 50, Event::moved(0, "u".into(), inbox, inbox, vec![2], vec![(2, g, 6)]));
+        let orders = [
+            vec![new.clone(), old.clone(), mv.clone()],
+            vec![old.clone(), new.clone(), mv.clone()],
+            vec![old.clone(), mv.clone(), new.clone()],
+        ];
+        let stores: Vec<Store> = ["m", "s1", "s2"]
+            .into_iter()
+            .map(|id| Store::open(&dir.path().join(id), id, wal_options(id)).unwrap())
+            .collect();
+        for (store, order) in stores.iter().zip(&orders) {
+            apply_in_order(store, &base);
+            apply_in_order(store, order);
+        }
+        let (master, marked) = (&stores[0], &stores[2]);
+        assert!(marked.views().collision(inbox, 3).unwrap().is_some(), "the case this test is about");
+        assert!(master.views().collision(inbox, 3).unwrap().is_none());
+        assert_eq!(master.views().message(inbox, 3).unwrap().map(|m| m.guid), Some(g));
+        // The master has nothing to resolve by itself.
+        assert!(resolve::run_once(master, Role::Master).unwrap().is_empty());
+
+        // The marked node (not master) reports, once.
+        let from = marked.wal().last_order() + 1;
+        assert_eq!(resolve::run_once(marked, Role::Slave).unwrap().reported, 1);
+        assert_eq!(resolve::run_once(marked, Role::Slave).unwrap().reported, 0, "reported twice");
+        let report = written_since(marked, from);
+        let reported: Vec<&Event> = report.iter().map(|e| &e.2).collect();
+        assert_eq!(
+            reported,
+            vec![&Event::ConflictsReported {
+                user: "u".into(),
+                mailbox: inbox,
+                uids: vec![3],
+            }]
+        );
+        for store in &stores[..2] {
+            apply_in_order(store, &report);
+        }
+        // The master renumbers the UID the report marked there.
+        let from = master.wal().last_order() + 1;
+        let r = resolve::run_once(master, Role::Master).unwrap();
+        assert_eq!((r.collisions, r.moved), (1, 1));
+        let resolution = written_since(master, from);
+        for store in &stores[1..] {
+            apply_in_order(store, &resolution);
+        }
+        let ends: Vec<_> = stores.iter().map(|s| state(s, inbox)).collect();
+        assert!(ends.windows(2).all(|w| w[0] == w[1]), "{ends:?}");
+        for store in &stores {
+            let v = store.views();
+            assert_eq!(
+                v.messages(inbox).unwrap().into_iter().map(|(u, m)| (u, m.guid)).collect::<Vec<_>>(),
+                vec![(7, g)]
+            );
+            assert!(
+                v.vscan(&keys::reported_prefix()).unwrap().is_empty(),
+                "a report record outlived its mark"
+            );
         }
     }
 

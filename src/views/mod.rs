@@ -373,6 +373,16 @@ pub mod keys {
     pub fn collisions_prefix() -> Vec<u8> {
         vec![b'Y']
     }
+    /// `y mailbox uid`: the collision mark `Y mailbox uid` was reported to
+    /// the master (`Event::ConflictsReported`); it goes with the mark.
+    pub fn reported(mailbox: Id, uid: u32) -> Vec<u8> {
+        let mut k = collision(mailbox, uid);
+        k[0] = b'y';
+        k
+    }
+    pub fn reported_prefix() -> Vec<u8> {
+        vec![b'y']
+    }
     /// (mailbox, uid) of a collision key.
     pub fn collision_of(key: &[u8]) -> Option<(Id, u32)> {
         let id: [u8; 16] = key.get(1..17)?.try_into().ok()?;

@@ -125,6 +125,17 @@ fn main() {
     for (i, e) in epoch.iter().enumerate() {
         write("event", &(events.len() + placement.len() + side.len() + 1 + i).to_string(), &e.encode());
     }
+    // A slave's report of its collision marks; only for the event target.
+    let report = Event::ConflictsReported {
+        user: "a@example.org".into(),
+        mailbox: Id([7; 16]),
+        uids: vec![42, 300],
+    };
+    write(
+        "event",
+        &(events.len() + placement.len() + side.len() + 1 + epoch.len()).to_string(),
+        &report.encode(),
+    );
 
     let origin = Origin(0x0123_4567_89ab_cdef);
     let mut prev = GENESIS;
