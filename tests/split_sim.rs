@@ -99,12 +99,29 @@ impl Node {
             for (uid, m) in v.messages(mb.id).unwrap() {
                 let key = (user.to_string(), mb.name.clone(), mb.uidvalidity, uid);
                 let prev = self.by_name.entry(key).or_insert(m.guid);
+                if *prev != m.guid {
+                    dump(self.store.as_ref().unwrap(), user);
+                }
                 assert_eq!(
                     *prev, m.guid,
                     "{ctx}: node {} showed {} UIDVALIDITY {} UID {uid} as two messages",
                     self.id, mb.name, mb.uidvalidity
                 );
             }
+        }
+    }
+}
+
+/// With `SPLIT_SIM_DUMP` set, print the entries of `user` in `store`'s
+/// apply order (for a failing seed).
+fn dump(store: &Store, user: &str) {
+    if std::env::var("SPLIT_SIM_DUMP").is_err() {
+        return;
+    }
+    for (o, e) in store.wal().read_order(1, 100_000).unwrap() {
+        let ev = Event::decode(&e.payload).unwrap();
+        if ev.user() == Some(user) || matches!(ev, Event::RoleChanged { .. }) {
+            eprintln!("  {o} {:016x}:{} hlc={} {}", e.origin.0, e.seq, e.hlc, ev.describe());
         }
     }
 }
@@ -592,14 +609,7 @@ impl Sim {
                 for n in &self.nodes {
                     let r = resolve::report(&n.store().views()).unwrap();
                     eprintln!("{} pending {:?} names {:?}", n.id, r.pending, r.name_conflicts);
-                    if std::env::var("SPLIT_SIM_DUMP").is_ok() {
-                        for (o, e) in n.store().wal().read_order(1, 100_000).unwrap() {
-                            let ev = Event::decode(&e.payload).unwrap();
-                            if ev.user() == Some(self.user.as_str()) {
-                                eprintln!("  {o} {:016x}:{} hlc={} {}", e.origin.0, e.seq, e.hlc, ev.describe());
-                            }
-                        }
-                    }
+                    dump(n.store(), &self.user);
                 }
                 panic!("{ctx}: no quiescence after 50 exchanges (moved {moved})");
             }

@@ -139,13 +139,16 @@ fn merge_into(
     Ok(Some(next))
 }
 
-/// The id of the mailbox two mailboxes of one name and UIDVALIDITY are
-/// merged into: the same on every node that resolves them.
-fn merged_id(a: Id, b: Id) -> Id {
-    let (a, b) = if a < b { (a, b) } else { (b, a) };
-    let mut h = blake3::Hasher::new_derive_key("tandem merged mailbox v1");
-    h.update(&a.0);
-    h.update(&b.0);
+/// The id of the mailbox that mailboxes created as (name, uidvalidity)
+/// more than once are merged into: the same on every node that resolves
+/// them, however many of the twins it holds.
+fn twins_id(user: &str, name: &str, uidvalidity: u32) -> Id {
+    let mut h = blake3::Hasher::new_derive_key("tandem merged twins v1");
+    h.update(&(user.len() as u64).to_be_bytes());
+    h.update(user.as_bytes());
+    h.update(&(name.len() as u64).to_be_bytes());
+    h.update(name.as_bytes());
+    h.update(&uidvalidity.to_be_bytes());
     let mut id = [0u8; 16];
     id.copy_from_slice(&h.finalize().as_bytes()[..16]);
     Id(id)
@@ -153,43 +156,54 @@ fn merged_id(a: Id, b: Id) -> Id {
 
 /// Mailboxes that lost their name to another: their messages (shown and
 /// kept aside) move into the one holding the name, and they are deleted.
-/// When both have the same UIDVALIDITY, clients of each node may have seen
-/// either under that (name, UIDVALIDITY): both go into a fresh mailbox of
-/// that name with a higher UIDVALIDITY, which takes the name everywhere.
+/// A mailbox not bound because another was created under the same name
+/// and UIDVALIDITY (`views::apply`, `rebind`; clients of some node may
+/// have seen either under that pair) goes with the mailbox holding the
+/// name, if any, into a fresh mailbox of that name with a higher
+/// UIDVALIDITY, which takes the name everywhere.
 fn merge_losers(txn: &mut Txn<'_>, cfs: Cfs, epoch: u64, done: &mut Resolved) -> Result<(), MutationError> {
     for (user, loser) in views(txn, cfs).losers()? {
         let v = views(txn, cfs);
         let Some(l) = v.mailbox(&user, loser)? else { continue };
-        let Some(w) = v.mailbox_by_name(&user, &l.name)? else { continue };
-        if w.id == l.id {
+        let w = v.mailbox_by_name(&user, &l.name)?;
+        if w.as_ref().is_some_and(|w| w.id == l.id) {
             continue;
         }
-        if l.uidvalidity < w.uidvalidity {
-            let into = MergeTarget { to: &w, first: w.uidnext };
+        if let Some(w) = w.as_ref().filter(|w| l.uidvalidity < w.uidvalidity) {
+            let into = MergeTarget { to: w, first: w.uidnext };
             merge_into(txn, cfs, epoch, &user, &l, into, done)?;
             continue;
         }
-        // Derived from the pair, so two nodes that both act as master
-        // create the same mailbox instead of a new pair of twins.
-        let uidvalidity = w.uidvalidity.max(l.uidvalidity).saturating_add(1);
-        let fresh = merged_id(w.id, l.id);
-        tracing::info!(user, mailbox = %w.name, uidvalidity, "two mailboxes of one name and UIDVALIDITY: merging both into a fresh one");
-        emit(
-            txn,
-            cfs,
-            Event::MailboxCreated {
-                user: user.clone(),
-                mailbox: fresh,
-                name: w.name.clone(),
-                uidvalidity,
-                special_use: w.special_use,
-            },
-        )?;
+        // Derived from the name and UIDVALIDITY, so two nodes that both
+        // act as master create the same mailbox instead of a new pair of
+        // twins, and every twin of the pair goes into it.
+        let top = w.as_ref().map_or(l.uidvalidity, |w| w.uidvalidity.max(l.uidvalidity));
+        let fresh = twins_id(&user, &l.name, top);
+        if v.mailbox(&user, fresh)?.is_none() {
+            let uidvalidity = top.saturating_add(1);
+            tracing::info!(user, mailbox = %l.name, uidvalidity, "one name and UIDVALIDITY given to two mailboxes: merging them into a fresh one");
+            emit(
+                txn,
+                cfs,
+                Event::MailboxCreated {
+                    user: user.clone(),
+                    mailbox: fresh,
+                    name: l.name.clone(),
+                    uidvalidity,
+                    special_use: l.special_use,
+                },
+            )?;
+        }
         let Some(f) = views(txn, cfs).mailbox(&user, fresh)? else {
             continue;
         };
-        if let Some(next) = merge_into(txn, cfs, epoch, &user, &w, MergeTarget { to: &f, first: f.uidnext }, done)? {
-            merge_into(txn, cfs, epoch, &user, &l, MergeTarget { to: &f, first: next }, done)?;
+        let first = f.uidnext;
+        let Some(next) = merge_into(txn, cfs, epoch, &user, &l, MergeTarget { to: &f, first }, done)? else {
+            continue;
+        };
+        if let Some(w) = w.filter(|w| w.id != f.id) {
+            let f = views(txn, cfs).mailbox(&user, fresh)?.unwrap_or(f);
+            merge_into(txn, cfs, epoch, &user, &w, MergeTarget { to: &f, first: next }, done)?;
         }
     }
     Ok(())

@@ -145,31 +145,58 @@ fn reported_in(mailbox: Id) -> Vec<u8> {
     k
 }
 
+/// Record that `mailbox` was created as (name, uidvalidity).
+fn record_creation(v: &mut TxnViews<'_, '_>, user: &str, name: &str, uidvalidity: u32, mailbox: Id) -> Result<(), ViewError> {
+    let mut ids = v.created_as(user, name, uidvalidity)?;
+    if let Err(at) = ids.binary_search(&mailbox) {
+        ids.insert(at, mailbox);
+        v.put(&keys::created(user, name, uidvalidity), &enc(&ids));
+    }
+    Ok(())
+}
+
 /// Bind `name` among the mailboxes of that name (two arise when a name is
 /// created, or renamed onto, on both sides of a split): the highest
 /// UIDVALIDITY wins, so the binding is the same on every node and a client
 /// that saw the other one sees a new UIDVALIDITY, never other messages
-/// under UIDs it knows. Between equal UIDVALIDITYs the mailbox bound now
-/// keeps the name (a switch would show other messages under the same
-/// UIDVALIDITY); the master then merges both into a fresh mailbox. The
-/// others are marked for the master.
+/// under UIDs it knows. A mailbox is not bound at all while another was
+/// created under the same name with the same UIDVALIDITY (both sides of a
+/// split creating the name in the same second): a node may have shown
+/// either under that pair, so showing the other there later would show
+/// other messages under UIDs its clients know. That record of creations is
+/// the same on every node whatever the apply order, so the binding is too;
+/// the master merges such twins into a fresh mailbox of a higher
+/// UIDVALIDITY, which takes the name. (Views written before the record
+/// have none: between equal UIDVALIDITYs the mailbox bound now keeps the
+/// name, as those builds did.) The others are marked for the master.
 fn rebind(v: &mut TxnViews<'_, '_>, user: &str, name: &str) -> Result<(), ViewError> {
     let same: Vec<MailboxRec> = v.all_mailboxes(user)?.into_iter().filter(|m| m.name == name).collect();
-    let Some(top) = same.iter().map(|m| m.uidvalidity).max() else {
-        v.delete(&keys::name(user, name));
-        return Ok(());
-    };
-    let current = v.mailbox_id(user, name)?;
-    let winner = same
-        .iter()
-        .filter(|m| m.uidvalidity == top)
-        .map(|m| m.id)
-        .find(|id| Some(*id) == current)
-        .or_else(|| same.iter().filter(|m| m.uidvalidity == top).map(|m| m.id).min())
-        .expect("one mailbox has the top UIDVALIDITY");
-    v.put(&keys::name(user, name), &winner.0);
+    let mut eligible = Vec::with_capacity(same.len());
     for m in &same {
-        if m.id == winner {
+        if v.created_as(user, name, m.uidvalidity)?.iter().all(|id| *id == m.id) {
+            eligible.push(m);
+        }
+    }
+    let winner = match eligible.iter().map(|m| m.uidvalidity).max() {
+        None => {
+            v.delete(&keys::name(user, name));
+            None
+        }
+        Some(top) => {
+            let current = v.mailbox_id(user, name)?;
+            let winner = eligible
+                .iter()
+                .filter(|m| m.uidvalidity == top)
+                .map(|m| m.id)
+                .find(|id| Some(*id) == current)
+                .or_else(|| eligible.iter().filter(|m| m.uidvalidity == top).map(|m| m.id).min())
+                .expect("one mailbox has the top UIDVALIDITY");
+            v.put(&keys::name(user, name), &winner.0);
+            Some(winner)
+        }
+    };
+    for m in &same {
+        if Some(m.id) == winner {
             v.delete(&keys::loser(user, m.id));
         } else {
             v.put(&keys::loser(user, m.id), &[]);
@@ -633,6 +660,7 @@ fn apply_views(v: &mut TxnViews<'_, '_>, at: &Appended, event: &Event) -> Result
             uidvalidity,
             special_use,
         } => {
+            record_creation(v, user, name, *uidvalidity, *mailbox)?;
             // Created twice (two nodes merging the same pair of mailboxes):
             // the first stays.
             if v.mailbox(user, *mailbox)?.is_some() {

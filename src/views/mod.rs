@@ -290,6 +290,17 @@ pub mod keys {
     pub fn names_prefix(user: &str) -> Vec<u8> {
         user_sub(b'N', user, &[])
     }
+    /// `k user 0 name 0 uidvalidity`: every mailbox id created under that
+    /// name with that UIDVALIDITY (two when the name was created on both
+    /// sides of a split in the same second). Never deleted: a name whose
+    /// (name, UIDVALIDITY) was given to two mailboxes is bound to neither
+    /// (`format.md` section 8.5).
+    pub fn created(user: &str, name: &str, uidvalidity: u32) -> Vec<u8> {
+        let mut k = user_sub(b'k', user, name.as_bytes());
+        k.push(0);
+        k.extend_from_slice(&uidvalidity.to_be_bytes());
+        k
+    }
     pub fn subscription(user: &str, name: &str) -> Vec<u8> {
         user_sub(b'S', user, name.as_bytes())
     }

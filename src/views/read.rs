@@ -359,6 +359,19 @@ pub trait ViewRead {
             .unwrap_or(0))
     }
 
+    /// Every mailbox id created as (name, uidvalidity), sorted (see
+    /// [`keys::created`]).
+    fn created_as(&self, user: &str, name: &str, uidvalidity: u32) -> Result<Vec<Id>, ViewError> {
+        let k = keys::created(user, name, uidvalidity);
+        match self.vget(&k)? {
+            Some(b) => postcard::from_bytes(&b).map_err(|e| ViewError::Corrupt {
+                key: hex::encode(&k),
+                reason: format!("creation record does not decode: {e}"),
+            }),
+            None => Ok(Vec::new()),
+        }
+    }
+
     fn last_uidvalidity(&self, user: &str) -> Result<u32, ViewError> {
         match self.vget(&keys::uidvalidity(user))? {
             Some(v) => Ok(v.as_slice().try_into().map(u32::from_be_bytes).unwrap_or(0)),
