@@ -761,10 +761,7 @@ fn seeded_promotions_during_partitions_converge() {
     let rounds: u64 = std::env::var("SPLIT_SIM_PROMOTE_ROUNDS")
         .ok()
         .and_then(|s| s.parse().ok())
-        // 24 rounds in CI: a rare order of competing resolutions still
-        // leaves nodes apart (docs/replication.md section 10; about one
-        // round in a thousand), and more rounds would make that a flake.
-        .unwrap_or(24);
+        .unwrap_or(200);
     let mut sim = Sim::new();
     sim.promotions = 0.03;
     let mut moved = 0;

@@ -1369,6 +1369,117 @@ mod tests {
         }
     }
 
+    /// One name created on both sides of a split in the same second: two
+    /// mailboxes with one (name, UIDVALIDITY), each with a message under
+    /// UID 1. Whatever the order a node applies the two creations and the
+    /// removal of the first in, the name is never bound to the second (its
+    /// clients may have seen the first under that pair), and the master
+    /// merges what is left into a fresh mailbox of a higher UIDVALIDITY,
+    /// the same on every node.
+    #[test]
+    fn a_name_is_never_bound_to_the_twin_of_a_mailbox_clients_saw() {
+        use crate::config::Role;
+        use crate::repl::resolve;
+        let dir = tempfile::tempdir().unwrap();
+        let (inbox, a, c) = (Id([1; 16]), Id([0xa; 16]), Id([0xc; 16]));
+        let create = |id: Id| Event::MailboxCreated {
+            user: "u".into(),
+            mailbox: id,
+            name: "C".into(),
+            uidvalidity: 6,
+            special_use: None,
+        };
+        let base = vec![
+            (
+                STALE,
+                1,
+                Event::UserCreated {
+                    user: "u".into(),
+                    password_hash: "x".into(),
+                },
+            ),
+            (
+                STALE,
+                2,
+                Event::MailboxCreated {
+                    user: "u".into(),
+                    mailbox: inbox,
+                    name: "INBOX".into(),
+                    uidvalidity: 1,
+                    special_use: None,
+                },
+            ),
+        ];
+        let a_side = vec![(STALE, 10, create(a)), (STALE, 11, append(a, 1, Id([0x1a; 16])))];
+        let c_side = vec![(SLAVE, 10, create(c)), (SLAVE, 11, append(c, 1, Id([0x1c; 16])))];
+        // A deletion expunges what the deleting node shows, then removes.
+        let remove_a = vec![
+            (
+                STALE,
+                20,
+                Event::Expunged {
+                    user: "u".into(),
+                    mailbox: a,
+                    messages: vec![(1, Id([0x1a; 16]))],
+                },
+            ),
+            (
+                STALE,
+                21,
+                Event::MailboxRemoved {
+                    user: "u".into(),
+                    mailbox: a,
+                },
+            ),
+        ];
+        // Both sides, then the removal; one side, its removal, the other.
+        let orders = [
+            [a_side.clone(), c_side.clone(), remove_a.clone()].concat(),
+            [c_side.clone(), a_side.clone(), remove_a.clone()].concat(),
+            [a_side.clone(), remove_a.clone(), c_side.clone()].concat(),
+        ];
+        let stores: Vec<Store> = ["m", "s1", "s2"]
+            .into_iter()
+            .map(|id| Store::open(&dir.path().join(id), id, wal_options(id)).unwrap())
+            .collect();
+        for (k, (store, order)) in stores.iter().zip(&orders).enumerate() {
+            apply_in_order(store, &base);
+            for e in order {
+                apply_in_order(store, std::slice::from_ref(e));
+                let v = store.views();
+                if let Some(id) = v.mailbox_id("u", "C").unwrap() {
+                    // Bound to `c` only while `a`'s creation is unknown here.
+                    assert!(id == a || v.created_as("u", "C", 6).unwrap() == vec![c], "order {k}: twin bound");
+                }
+            }
+            assert_eq!(store.views().mailbox_id("u", "C").unwrap(), None, "order {k}");
+        }
+        // The master merges the twin left into a fresh mailbox.
+        let master = &stores[0];
+        let from = master.wal().last_order() + 1;
+        let r = resolve::run_once(master, Role::Master).unwrap();
+        assert_eq!((r.merged, r.moved), (1, 1));
+        let merge = written_since(master, from);
+        for store in &stores[1..] {
+            apply_in_order(store, &merge);
+        }
+        let mut ends = Vec::new();
+        for store in &stores {
+            let v = store.views();
+            let mb = v.mailbox_by_name("u", "C").unwrap().expect("the name is bound again");
+            assert!(mb.id != a && mb.id != c && mb.uidvalidity == 7);
+            let shown: Vec<(u32, Id)> = v.messages(mb.id).unwrap().into_iter().map(|(u, m)| (u, m.guid)).collect();
+            assert_eq!(shown, vec![(1, Id([0x1c; 16]))]);
+            assert!(v.losers().unwrap().is_empty());
+            ends.push((mb, shown, crate::merkle::node_root(&v).unwrap()));
+        }
+        assert!(
+            ends.windows(2)
+                .all(|w| w[0].0.id == w[1].0.id && w[0].1 == w[1].1 && w[0].2 == w[1].2),
+            "{ends:?}"
+        );
+    }
+
     /// Of two resolutions in one epoch the smaller (HLC, origin) wins, as
     /// before epochs were ranked; a higher epoch wins whatever its clock.
     #[test]
