@@ -724,8 +724,8 @@ fn print_status(st: &Status) {
     }
     let c = &st.conflicts;
     println!(
-        "conflicts   kept aside {}   uid collisions pending {}   name conflicts pending {}   messages moved by the master {}",
-        c.kept_aside, c.uid_collisions, c.name_conflicts, c.resolved
+        "conflicts   kept aside {}   uid collisions pending {} ({} reported to the master)   name conflicts pending {}   messages moved by the master {}",
+        c.kept_aside, c.uid_collisions, c.reported, c.name_conflicts, c.resolved
     );
     let mi = &st.mirror;
     if mi.enabled {

@@ -126,7 +126,7 @@ fn split(n: usize, master: usize, writers: &[usize]) {
     assert!(ok, "{err}");
     assert!(
         status.contains(&format!(
-            "conflicts   kept aside 0   uid collisions pending 0   name conflicts pending 0   messages moved by the master {}",
+            "conflicts   kept aside 0   uid collisions pending 0 (0 reported to the master)   name conflicts pending 0   messages moved by the master {}",
             moved.len()
         )),
         "{status}"

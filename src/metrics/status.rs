@@ -337,8 +337,8 @@ fn build(st: &Status, history: &History, peers: &[(String, Result<Live, String>)
         "Conflicts",
         "node.conflicts",
         format!(
-            "kept aside {}, UID collisions pending {}, name conflicts pending {}, moved by the master {}",
-            c.kept_aside, c.uid_collisions, c.name_conflicts, c.resolved
+            "kept aside {}, UID collisions pending {} ({} reported to the master), name conflicts pending {}, moved by the master {}",
+            c.kept_aside, c.uid_collisions, c.reported, c.name_conflicts, c.resolved
         ),
     );
     d.html.push_str("</table>\n");

@@ -433,6 +433,10 @@ pub struct Counts {
     pub awaiting_master: u64,
     /// UIDs given to two messages, waiting for the master.
     pub uid_collisions: u64,
+    /// Of those, the ones a node that is not master reported to it
+    /// (`ConflictsReported`).
+    #[serde(default)]
+    pub reported: u64,
     /// Mailboxes hidden by a name conflict, waiting for the master.
     pub name_conflicts: u64,
     /// Messages the master moved (renumbered or merged), as applied here.
@@ -446,6 +450,7 @@ pub fn counts(v: &impl ViewRead) -> Result<Counts, crate::views::ViewError> {
         kept_aside: v.vscan(&keys::conflicts_prefix())?.len() as u64,
         awaiting_master: v.vscan(&keys::pendings_prefix())?.len() as u64,
         uid_collisions: v.vscan(&keys::collisions_prefix())?.len() as u64,
+        reported: v.vscan(&keys::reported_prefix())?.len() as u64,
         name_conflicts: v.vscan(&keys::losers_prefix())?.len() as u64,
         resolved: v.vscan(&keys::resolutions_prefix())?.len() as u64,
     })
