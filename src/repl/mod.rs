@@ -57,6 +57,15 @@ pub fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
+/// Milliseconds of a clock that only goes forward (since the first call):
+/// the time the master's relayed signs of life are judged by
+/// (`engine::authority::Liveness`), which a wall clock stepping back must
+/// not stretch.
+pub fn mono_ms() -> u64 {
+    static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    START.get_or_init(std::time::Instant::now).elapsed().as_millis() as u64
+}
+
 /// One outgoing link as `tandem status` shows it.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct OutLink {
@@ -331,9 +340,25 @@ pub struct Mirror {
     pub repair: resync::Schedule,
     /// Joins by trees this node starts on its own.
     pub join: resync::join::Joins,
+    /// The masters' signs of life heard (`Alive`), and this node's own
+    /// writes of the last seconds (`engine::authority::Liveness`).
+    pub liveness: Mutex<engine::authority::Liveness>,
+    /// The stamp of the last `Alive` this node sent as master.
+    pub alive_stamp: AtomicU64,
 }
 
 impl Mirror {
+    /// The stamp of a new `Alive`: the clock in the log's HLC form (unix
+    /// ms shifted by 16 bits), above every stamp this process sent before.
+    pub fn next_alive_stamp(&self) -> u64 {
+        let now = now_ms() << 16;
+        let prev = self
+            .alive_stamp
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |s| Some(now.max(s + 1)))
+            .unwrap_or(0);
+        now.max(prev + 1)
+    }
+
     pub fn status(&self, uid_conflicts: u64) -> MirrorStatus {
         let now = now_ms();
         let mut outgoing = self.out.lock().expect("mirror lock").clone();
