@@ -72,6 +72,10 @@ fn three_nodes_with_one_link_cut_lose_nothing() {
         }),
         "node-a did not notice the cut"
     );
+    // It still hears the master's signs of life, through node-b.
+    let st = common::admin_get(mesh.node(0), "/v1/status");
+    let age = st["mirror"]["alive"][&master]["age_ms"].as_u64();
+    assert!(age.is_some_and(|a| a <= 2_000), "{}", st["mirror"]["alive"]);
     std::thread::scope(|s| {
         for i in 0..3 {
             let node = mesh.node(i);

@@ -233,6 +233,21 @@ pub struct MirrorStatus {
     /// Joins by trees started on their own (`replication.md` section 5.8).
     #[serde(default)]
     pub join: resync::join::JoinStatus,
+    /// The newest sign of life (`Alive`) heard of each master, by node id
+    /// (`replication.md` section 8b).
+    #[serde(default)]
+    pub alive: BTreeMap<String, AliveHeard>,
+}
+
+/// A master's newest sign of life as `tandem status --json` shows it.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct AliveHeard {
+    pub epoch: u64,
+    pub stamp: u64,
+    /// Milliseconds since it arrived.
+    pub age_ms: u64,
+    /// This node's own origin as its vector holds it.
+    pub holds_own: u64,
 }
 
 impl MirrorStatus {
@@ -345,6 +360,8 @@ pub struct Mirror {
     pub liveness: Mutex<engine::authority::Liveness>,
     /// The stamp of the last `Alive` this node sent as master.
     pub alive_stamp: AtomicU64,
+    /// This node's own origin, once the mirror started (for status).
+    pub own_origin: std::sync::OnceLock<u64>,
 }
 
 impl Mirror {
@@ -389,7 +406,30 @@ impl Mirror {
             forks: self.forks.load(Ordering::Relaxed),
             last_divergence: self.last_divergence.lock().expect("mirror lock").clone(),
             join: self.join.status(),
+            alive: self.alive_heard(),
         }
+    }
+
+    /// The newest `Alive` of each master, with its age now.
+    fn alive_heard(&self) -> BTreeMap<String, AliveHeard> {
+        let own = *self.own_origin.get().unwrap_or(&0);
+        let now = mono_ms();
+        self.liveness
+            .lock()
+            .expect("mirror lock")
+            .newest()
+            .map(|h| {
+                (
+                    h.node.clone(),
+                    AliveHeard {
+                        epoch: h.epoch,
+                        stamp: h.stamp,
+                        age_ms: now.saturating_sub(h.at_ms),
+                        holds_own: h.holds.get(own),
+                    },
+                )
+            })
+            .collect()
     }
 
     /// Count and log a rollback or fork.

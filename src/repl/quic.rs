@@ -168,6 +168,7 @@ pub fn start(
     *mirror.listen.lock().expect("mirror lock") = Some(local_addr.to_string());
     *mirror.role.lock().expect("mirror lock") = format!("{:?}", cfg.mode).to_lowercase();
     *mirror.seed.lock().expect("mirror lock") = cfg.mode;
+    let _ = mirror.own_origin.set(store.wal().local_origin().0);
     let secret = Arc::new(secret);
     let window = Window {
         batches: cfg.window_batches,
