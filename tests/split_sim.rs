@@ -1303,3 +1303,172 @@ fn a_peer_that_never_authenticates_ends_the_link_in_virtual_time() {
     assert_eq!(uids(&sim, 1, "INBOX"), uids(&sim, 0, "INBOX"));
     sim.check(1, "opened");
 }
+
+/// The masters' signs of life on the virtual clock (`Alive`,
+/// `replication.md` section 8b): each node's `Liveness`, and per direction
+/// `j` → `i` the `Relay` of `j`'s outgoing link and the intake at `i`.
+struct Signs {
+    liveness: Vec<authority::Liveness>,
+    relay: Vec<authority::Relay>,
+    intake: Vec<Intake>,
+}
+
+use tandem::repl::engine::authority;
+
+impl Signs {
+    fn new(sim: &Sim) -> Signs {
+        Signs {
+            liveness: vec![authority::Liveness::default(); NODES],
+            relay: vec![authority::Relay::default(); NODES * NODES],
+            intake: (0..NODES * NODES)
+                .map(|k| Intake::new(sim.nodes[k / NODES].store().wal().local_origin().0))
+                .collect(),
+        }
+    }
+
+    /// One round at `t` ms: every node notes its own head, the master
+    /// sends its sign of life on every link that is up, and every node
+    /// passes on what it holds, each frame over the wire.
+    fn round(&mut self, sim: &Sim, t: u64) {
+        for j in 0..NODES {
+            let store = sim.nodes[j].store();
+            let own = store.wal().local_origin();
+            self.liveness[j].wrote(store.wal().heads().get(own), t);
+        }
+        for j in 0..NODES {
+            let r = role::current(&sim.nodes[j].store().views(), &sim.nodes[j].id, sim.seed(j)).unwrap();
+            for i in (0..NODES).filter(|i| *i != j && sim.link[j][*i]) {
+                let own = r.master.then(|| Frame::Alive {
+                    node: sim.nodes[j].id.clone(),
+                    epoch: r.epoch,
+                    stamp: t + 1,
+                    holds: heads(sim.nodes[j].store()),
+                });
+                for f in self.relay[i * NODES + j].round(own, &self.liveness[j], t) {
+                    let Some(Arrival::Alive(f)) = self.intake[i * NODES + j].arrive(wire(&f), || 0, false).unwrap() else {
+                        panic!("a sign of life arrives as one")
+                    };
+                    self.liveness[i].heard(&sim.nodes[i].id, f, t);
+                }
+            }
+        }
+    }
+
+    /// Whether node `i` waits for its master at `t`: over direct links both
+    /// ways, as the daemon decides, or through the relayed signs of life.
+    fn reaches_master(&self, sim: &Sim, i: usize, t: u64) -> bool {
+        let r = role::current(&sim.nodes[i].store().views(), &sim.nodes[i].id, sim.seed(i)).unwrap();
+        let role = authority::Role {
+            master: r.master,
+            master_node: r.master_node.as_deref(),
+            epoch: r.epoch,
+        };
+        let own = sim.nodes[i].store().wal().local_origin().0;
+        !r.master && (sim.pending_for(i) || self.liveness[i].relayed(role, own, t).is_some())
+    }
+}
+
+/// Three nodes, one link cut: node-0 (master) and node-2 hear each other
+/// only through node-1. node-2 still counts the master as reachable through
+/// node-1's relay of its signs of life: it appends pending, node-1 carries
+/// its entries to the master, the master places them and the placements
+/// come back the same way, all within the bounds, so nothing is placed
+/// locally, no UID is given twice and nothing is renumbered. Once node-1
+/// is cut from the master as well, node-2 stops waiting 2 s after the last
+/// sign of life came through.
+#[test]
+fn a_slave_cut_off_from_the_master_waits_through_the_relay() {
+    let mut sim = Sim::new();
+    sim.user = "relay@example.org".into();
+    sim.master = 0;
+    let u = sim.user.clone();
+    sim.nodes[0]
+        .store()
+        .run_blocking(move |t, c| mutate::create_user(t, c, &u, "x".into(), 1_700_000_000))
+        .unwrap();
+    sim.heal("setup");
+    sim.set_link(0, 2, false);
+    let mut signs = Signs::new(&sim);
+    let (mut t, mut want) = (0u64, Vec::new());
+    // When each of node-2's pending messages was appended (virtual ms).
+    let mut since: HashMap<Id, u64> = HashMap::new();
+    for round in 0..24 {
+        signs.round(&sim, t);
+        if round >= 1 {
+            assert!(signs.reaches_master(&sim, 2, t), "round {round}: node-2 lost its master");
+        }
+        for node in 0..NODES {
+            let pending = node != 0 && signs.reaches_master(&sim, node, t);
+            let (u, subject) = (sim.user.clone(), format!("n{node}-{round}"));
+            let mut msg = NewMessage::new(format!("Subject: {subject}\r\n\r\nx\r\n").into_bytes(), Flags::default(), 1);
+            msg.pending = pending;
+            let g = sim.nodes[node]
+                .store()
+                .run_blocking(move |t, c| mutate::append(t, c, &u, "INBOX", &msg).map(|p| p.guid))
+                .unwrap();
+            if node == 2 {
+                assert!(pending, "round {round}: node-2 gave a UID itself");
+                since.insert(g, t);
+            }
+            want.push(g);
+        }
+        sim.exchange();
+        sim.record("one link cut");
+        // node-2's sweep: every message still pending waits, none is past
+        // the bound or without a master.
+        let reach = signs.reaches_master(&sim, 2, t);
+        let own = sim.nodes[2].store().wal().local_origin().0;
+        for (_, g, _) in sim.nodes[2]
+            .store()
+            .views()
+            .pendings()
+            .unwrap()
+            .into_iter()
+            .filter(|p| p.2.since.1 == own)
+        {
+            let d = authority::decide(since[&g], t, reach, authority::PENDING_BOUND_MS);
+            assert!(matches!(d, authority::Pending::Wait { .. }), "round {round}: {d:?}");
+        }
+        t += authority::ALIVE_EVERY_MS;
+    }
+    // Whatever was still pending is placed by the master through node-1.
+    for _ in 0..6 {
+        signs.round(&sim, t);
+        sim.exchange();
+        t += authority::ALIVE_EVERY_MS;
+    }
+    assert!(sim.nodes[2].store().views().pendings().unwrap().is_empty(), "node-2 still waits");
+    sim.record("one link cut");
+    want.sort();
+    let first = uids(&sim, 0, "INBOX");
+    assert_eq!(
+        first.iter().map(|m| m.0).collect::<Vec<_>>(),
+        (1..=want.len() as u32).collect::<Vec<_>>(),
+        "the master gave every UID, without gaps"
+    );
+    let mut got: Vec<Id> = first.iter().map(|m| m.1).collect();
+    got.sort();
+    assert_eq!(got, want);
+    for n in 0..NODES {
+        assert_eq!(uids(&sim, n, "INBOX"), first, "node-{n} shows other UIDs");
+        let v = sim.nodes[n].store().views();
+        assert!(
+            v.resolutions().unwrap().is_empty(),
+            "node-{n} renumbered: {:?}",
+            v.resolutions().unwrap()
+        );
+    }
+    // The relay goes too: node-2 stops waiting once the last sign of life
+    // is 2 s old, not before.
+    sim.set_link(0, 1, false);
+    let last = t - authority::ALIVE_EVERY_MS;
+    while t <= last + authority::ALIVE_WITHIN_MS {
+        signs.round(&sim, t);
+        assert!(signs.reaches_master(&sim, 2, t), "{} ms after the last sign of life", t - last);
+        t += authority::ALIVE_EVERY_MS / 5;
+    }
+    signs.round(&sim, t);
+    assert!(!signs.reaches_master(&sim, 2, t), "node-2 still waits for a master it cannot reach");
+    sim.heal("healed");
+    sim.check(1, "healed");
+}

@@ -45,11 +45,13 @@ fn three_nodes_heal_a_split_of_the_slaves_while_the_master_is_down() {
 }
 
 /// Not a split: only the link between the master and one slave is cut,
-/// and each still hears the other through the second slave. Every node
-/// takes deliveries into INBOX meanwhile. The cut-off slave does not wait
-/// for a master it reaches only through another node (`replication.md`
-/// section 8b), so it assigns its UIDs locally and the master renumbers
-/// the collisions; nothing may be lost or shown under two UIDs.
+/// and each still hears the other through the second slave. Once both
+/// ends have noticed the cut (their 1 s idle timeout), every node takes
+/// deliveries into INBOX. The cut-off slave still counts its master as
+/// reachable through the relay (its `Alive` frames, `replication.md`
+/// section 8b): it appends pending, the master places its messages, and
+/// so no UID is given twice and nothing is renumbered; nothing may be lost
+/// or shown under two UIDs.
 #[test]
 fn three_nodes_with_one_link_cut_lose_nothing() {
     use split::{deliver, subjects, Mesh, Recorder, USER};
@@ -60,6 +62,20 @@ fn three_nodes_with_one_link_cut_lose_nothing() {
     assert!(ok, "{err}");
     assert!(common::wait_until(30, || mesh.settled()), "the nodes did not converge");
     mesh.cut_link(0, 2);
+    // The direct link is gone for the slave before anything is delivered:
+    // only the relay can keep it waiting for the master.
+    let master = mesh.names[2].clone();
+    assert!(
+        common::wait_until(10, || {
+            let st = common::admin_get(mesh.node(0), "/v1/status");
+            st["mirror"]["incoming"][&master]["connected"] == false
+        }),
+        "node-a did not notice the cut"
+    );
+    // It still hears the master's signs of life, through node-b.
+    let st = common::admin_get(mesh.node(0), "/v1/status");
+    let age = st["mirror"]["alive"][&master]["age_ms"].as_u64();
+    assert!(age.is_some_and(|a| a <= 2_000), "{}", st["mirror"]["alive"]);
     std::thread::scope(|s| {
         for i in 0..3 {
             let node = mesh.node(i);
@@ -91,4 +107,8 @@ fn three_nodes_with_one_link_cut_lose_nothing() {
         .unwrap()
         .len();
     eprintln!("the master moved {moved} messages");
+    assert_eq!(moved, 0, "the cut-off slave gave UIDs the master renumbered");
+    // The master gave every UID: 1 to 60, no gaps left by renumbering.
+    let uids: Vec<u32> = views[0].0.keys().filter(|k| k.0 == "INBOX").map(|k| k.2).collect();
+    assert_eq!(uids, (1..=60).collect::<Vec<u32>>());
 }

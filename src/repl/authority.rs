@@ -7,7 +7,7 @@
 //! (`resolve::resolve`).
 
 use super::engine::authority::{self as decide, Incoming, Pending, Role};
-use super::{now_ms, Mirror};
+use super::{mono_ms, now_ms, Mirror};
 use crate::event::Id;
 use crate::mutate::{self, Placed};
 use crate::store::{Store, StoreError};
@@ -15,7 +15,19 @@ use crate::views::ViewRead;
 use std::time::Duration;
 use tokio::sync::watch;
 
-/// The master this node can wait for now, if it is a slave that reaches it.
+/// Tell the liveness state what this node's own origin holds now (the
+/// entries the master must have received for a slave to wait through a
+/// relay, `engine::authority::Liveness`).
+pub fn note_written(mirror: &Mirror, store: &Store) {
+    let wal = store.wal();
+    let head = wal.heads().get(wal.local_origin());
+    mirror.liveness.lock().expect("mirror lock").wrote(head, mono_ms());
+}
+
+/// The master this node can wait for now, if it is a slave that reaches it:
+/// over direct links both ways, or else through other nodes, as the
+/// master's relayed signs of life show (`Alive`, `replication.md` section
+/// 8b).
 pub fn reachable_master(mirror: &Mirror, store: &Store) -> Option<String> {
     let seed = *mirror.seed.lock().expect("mirror lock");
     let role = match super::role::current(&store.views(), store.node_id(), seed) {
@@ -40,8 +52,22 @@ pub fn reachable_master(mirror: &Mirror, store: &Store) -> Option<String> {
     let role = Role {
         master: role.master,
         master_node: role.master_node.as_deref(),
+        epoch: role.epoch,
     };
-    decide::reachable_master(role, &links, outgoing_up).map(str::to_string)
+    if let Some(m) = decide::reachable_master(role, &links, outgoing_up) {
+        return Some(m.to_string());
+    }
+    drop(links);
+    drop(incoming);
+    if role.master {
+        return None;
+    }
+    let wal = store.wal();
+    let (own, now) = (wal.local_origin(), mono_ms());
+    let head = wal.heads().get(own);
+    let mut liveness = mirror.liveness.lock().expect("mirror lock");
+    liveness.wrote(head, now);
+    liveness.relayed(role, own.0, now).map(str::to_string)
 }
 
 /// Whether a new message is appended pending on this node now.
@@ -52,6 +78,7 @@ pub fn append_pending(mirror: &Mirror, store: &Store) -> bool {
         Role {
             master: false,
             master_node: None,
+            epoch: 0,
         },
         reachable,
     )
@@ -152,7 +179,12 @@ pub async fn run(store: Store, mirror: std::sync::Arc<Mirror>, mut shutdown: wat
     let started = now_ms();
     loop {
         let (st, m) = (store.clone(), mirror.clone());
-        match tokio::task::spawn_blocking(move || sweep(&m, &st, started)).await {
+        match tokio::task::spawn_blocking(move || {
+            note_written(&m, &st);
+            sweep(&m, &st, started)
+        })
+        .await
+        {
             Ok(Ok(_)) => {}
             Ok(Err(e)) => tracing::warn!(error = %e, "placing pending messages failed; retrying"),
             Err(e) => {

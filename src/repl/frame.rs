@@ -5,9 +5,13 @@
 use super::engine::Vector;
 use serde::{Deserialize, Serialize};
 
-/// Protocol version spoken by this build (2: body queries; 3: SPAKE2
-/// authentication, bodies in chunks; 4: chain hashes in the receiver's
-/// vector; 5: merkle resync frames).
+/// Protocol version of the frames' encoding, the byte every frame carries
+/// (2: body queries; 3: SPAKE2 authentication, bodies in chunks; 4: chain
+/// hashes in the receiver's vector; 5: merkle resync frames). Version 6
+/// of the link adds one frame, `Alive`, and keeps this byte: it is agreed
+/// by ALPN ([`ALPN`], [`alive_allowed`]), and a node sends `Alive` only on
+/// a link that agreed on it, so a node of version 5 never receives a frame
+/// it cannot decode.
 pub const PROTOCOL: u8 = 5;
 /// Largest frame accepted (a batch with its blobs).
 pub const MAX_FRAME: u32 = 96 << 20;
@@ -28,8 +32,19 @@ pub const MAX_MESSAGE: u64 = 1 << 30;
 /// Largest body a receiver puts together from chunks: [`MAX_MESSAGE`] and
 /// room for the header lines LMTP adds when it stores a message.
 pub const MAX_BODY: u64 = MAX_MESSAGE + (1 << 20);
-/// The QUIC application protocol (ALPN) of the mirror.
-pub const ALPN: &[u8] = b"tandem-mirror/5";
+/// The QUIC application protocol (ALPN) of the mirror: version 6, which
+/// carries `Alive` frames.
+pub const ALPN: &[u8] = b"tandem-mirror/6";
+/// The ALPN of version 5 (no `Alive`), which nodes of version 5 speak.
+pub const ALPN_V5: &[u8] = b"tandem-mirror/5";
+/// What a node offers and accepts, newest first: two nodes of version 6
+/// agree on 6, a node of version 6 and one of version 5 on 5.
+pub const ALPNS: [&[u8]; 2] = [ALPN, ALPN_V5];
+
+/// Whether a link that agreed on `alpn` may carry `Alive` frames.
+pub fn alive_allowed(alpn: Option<&[u8]>) -> bool {
+    alpn == Some(ALPN)
+}
 
 /// One log entry as shipped. (`serde_bytes` keeps postcard's encoding of
 /// a byte vector — a length and the bytes — but decodes it in one copy
@@ -111,6 +126,17 @@ pub enum Frame {
         id: u64,
         values: Vec<Option<serde_bytes::ByteBuf>>,
     },
+    /// Dialer to acceptor, on links of version 6 only: a sign of life of
+    /// the master `node` under `epoch`, sent by the master every 500 ms
+    /// and passed on by every node (`replication.md` section 8b). `stamp`:
+    /// the master's clock (HLC) when it sent it; `holds`: its version
+    /// vector then. Nothing durable.
+    Alive {
+        node: String,
+        epoch: u64,
+        stamp: u64,
+        holds: Vector,
+    },
 }
 
 /// Why bytes are not a frame.
@@ -164,6 +190,7 @@ impl Frame {
             Frame::ResyncHello { .. } => "resync-hello",
             Frame::Read { .. } => "read",
             Frame::Values { .. } => "values",
+            Frame::Alive { .. } => "alive",
         }
     }
 
@@ -296,6 +323,18 @@ mod tests {
             .encode()[5],
             9
         );
+        // Alive is variant 13 and, like every frame, carries version byte 5.
+        let alive = Frame::Alive {
+            node: "node-a".into(),
+            epoch: 2,
+            stamp: 300,
+            holds: Vector::from([(1, 4), (9, 2)]),
+        };
+        let bytes = alive.encode();
+        assert_eq!((bytes[4], bytes[5]), (PROTOCOL, 13));
+        assert_eq!(Frame::decode(&bytes[4..]).unwrap(), alive);
+        assert!(alive_allowed(Some(b"tandem-mirror/6")));
+        assert!(!alive_allowed(Some(b"tandem-mirror/5")) && !alive_allowed(None));
         let mut rng = crate::testrng::XorShift(0xdead_beef_1234_5678);
         for _ in 0..5000 {
             let x = rng.next_u64();

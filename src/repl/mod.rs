@@ -57,6 +57,15 @@ pub fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
+/// Milliseconds of a clock that only goes forward (since the first call):
+/// the time the master's relayed signs of life are judged by
+/// (`engine::authority::Liveness`), which a wall clock stepping back must
+/// not stretch.
+pub fn mono_ms() -> u64 {
+    static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    START.get_or_init(std::time::Instant::now).elapsed().as_millis() as u64
+}
+
 /// One outgoing link as `tandem status` shows it.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct OutLink {
@@ -224,6 +233,21 @@ pub struct MirrorStatus {
     /// Joins by trees started on their own (`replication.md` section 5.8).
     #[serde(default)]
     pub join: resync::join::JoinStatus,
+    /// The newest sign of life (`Alive`) heard of each master, by node id
+    /// (`replication.md` section 8b).
+    #[serde(default)]
+    pub alive: BTreeMap<String, AliveHeard>,
+}
+
+/// A master's newest sign of life as `tandem status --json` shows it.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct AliveHeard {
+    pub epoch: u64,
+    pub stamp: u64,
+    /// Milliseconds since it arrived.
+    pub age_ms: u64,
+    /// This node's own origin as its vector holds it.
+    pub holds_own: u64,
 }
 
 impl MirrorStatus {
@@ -331,9 +355,27 @@ pub struct Mirror {
     pub repair: resync::Schedule,
     /// Joins by trees this node starts on its own.
     pub join: resync::join::Joins,
+    /// The masters' signs of life heard (`Alive`), and this node's own
+    /// writes of the last seconds (`engine::authority::Liveness`).
+    pub liveness: Mutex<engine::authority::Liveness>,
+    /// The stamp of the last `Alive` this node sent as master.
+    pub alive_stamp: AtomicU64,
+    /// This node's own origin, once the mirror started (for status).
+    pub own_origin: std::sync::OnceLock<u64>,
 }
 
 impl Mirror {
+    /// The stamp of a new `Alive`: the clock in the log's HLC form (unix
+    /// ms shifted by 16 bits), above every stamp this process sent before.
+    pub fn next_alive_stamp(&self) -> u64 {
+        let now = now_ms() << 16;
+        let prev = self
+            .alive_stamp
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |s| Some(now.max(s + 1)))
+            .unwrap_or(0);
+        now.max(prev + 1)
+    }
+
     pub fn status(&self, uid_conflicts: u64) -> MirrorStatus {
         let now = now_ms();
         let mut outgoing = self.out.lock().expect("mirror lock").clone();
@@ -364,7 +406,30 @@ impl Mirror {
             forks: self.forks.load(Ordering::Relaxed),
             last_divergence: self.last_divergence.lock().expect("mirror lock").clone(),
             join: self.join.status(),
+            alive: self.alive_heard(),
         }
+    }
+
+    /// The newest `Alive` of each master, with its age now.
+    fn alive_heard(&self) -> BTreeMap<String, AliveHeard> {
+        let own = *self.own_origin.get().unwrap_or(&0);
+        let now = mono_ms();
+        self.liveness
+            .lock()
+            .expect("mirror lock")
+            .newest()
+            .map(|h| {
+                (
+                    h.node.clone(),
+                    AliveHeard {
+                        epoch: h.epoch,
+                        stamp: h.stamp,
+                        age_ms: now.saturating_sub(h.at_ms),
+                        holds_own: h.holds.get(own),
+                    },
+                )
+            })
+            .collect()
     }
 
     /// Count and log a rollback or fork.

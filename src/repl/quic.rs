@@ -8,10 +8,10 @@ use super::engine::handshake::{Deadline, Opening, Side};
 use super::engine::receiver::{self, Arrival, Intake, Prepared, Receiver, Step};
 use super::engine::{self, Window};
 use super::error::LinkError;
-use super::frame::{Frame, WireBlob, WireEntry, ALPN, CHUNK_BYTES, MAX_FRAME, PREAUTH_FRAME};
+use super::frame::{self, Frame, WireBlob, WireEntry, ALPNS, CHUNK_BYTES, MAX_FRAME, PREAUTH_FRAME};
 use super::handshake;
 use super::stream::{read_frame, write_frame};
-use super::{now_ms, Mirror, OutLink};
+use super::{mono_ms, now_ms, Mirror, OutLink};
 use crate::config::MirrorConfig;
 use crate::store::Store;
 use anyhow::{bail, Context};
@@ -79,7 +79,9 @@ fn endpoint(listen: SocketAddr, data_dir: &Path, idle: Duration) -> anyhow::Resu
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .with_no_client_auth()
         .with_single_cert(certs, key)?;
-    server.alpn_protocols = vec![ALPN.to_vec()];
+    // Version 6 first, then 5: a node of either version connects, and
+    // only a link that agreed on 6 carries `Alive` (`frame::alive_allowed`).
+    server.alpn_protocols = ALPNS.iter().map(|a| a.to_vec()).collect();
     let mut transport = quinn::TransportConfig::default();
     transport.max_idle_timeout(Some(idle.try_into().context("mirror.idle_timeout_ms is too large")?));
     transport.keep_alive_interval(Some((idle / 3).min(Duration::from_secs(5))));
@@ -103,7 +105,7 @@ fn endpoint(listen: SocketAddr, data_dir: &Path, idle: Duration) -> anyhow::Resu
         .dangerous()
         .with_custom_certificate_verifier(Arc::new(PeerCert(provider)))
         .with_no_client_auth();
-    client.alpn_protocols = vec![ALPN.to_vec()];
+    client.alpn_protocols = ALPNS.iter().map(|a| a.to_vec()).collect();
     let mut cc = quinn::ClientConfig::new(Arc::new(quinn::crypto::rustls::QuicClientConfig::try_from(client)?));
     cc.transport_config(transport);
     let socket = udp_socket(listen)?;
@@ -166,6 +168,7 @@ pub fn start(
     *mirror.listen.lock().expect("mirror lock") = Some(local_addr.to_string());
     *mirror.role.lock().expect("mirror lock") = format!("{:?}", cfg.mode).to_lowercase();
     *mirror.seed.lock().expect("mirror lock") = cfg.mode;
+    let _ = mirror.own_origin.set(store.wal().local_origin().0);
     let secret = Arc::new(secret);
     let window = Window {
         batches: cfg.window_batches,
@@ -352,6 +355,8 @@ async fn link(
     resume: &mut Option<engine::Resume>,
 ) -> Result<(), LinkError> {
     let conn = connect(ep, peer, peer_back).await?;
+    // Whether the peer decodes `Alive`: it agreed on version 6.
+    let alive_ok = frame::alive_allowed(alpn(&conn).as_deref());
     let wal = store.wal().clone();
     let seed = *mirror.seed.lock().expect("mirror lock");
     let role = super::role::current(&store.views(), store.node_id(), seed).map_err(|e| LinkError::Local(e.into()))?;
@@ -504,6 +509,12 @@ async fn link(
     });
     let budget = Arc::new(Semaphore::new(BUILD_BUDGET_MIB as usize));
     let mut commits = store.commits();
+    // Signs of life: the master's own and the newest of each master heard,
+    // every ALIVE_EVERY_MS, through the writer like queries (small, and
+    // never behind a batch still being built).
+    let mut alive = tokio::time::interval(Duration::from_millis(engine::authority::ALIVE_EVERY_MS));
+    alive.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut relay = engine::authority::Relay::default();
     let result: Result<(), LinkError> = async {
         loop {
             while let Some((from, max)) = engine.poll() {
@@ -569,6 +580,13 @@ async fn link(
                 e = werr.recv() => return Err(e.unwrap_or_else(|| anyhow::anyhow!("the batch writer stopped").into())),
                 _ = until(answers.poll_timeout()) => answers.handle_timeout()?,
                 _ = answers.asked.notified() => {}
+                _ = alive.tick(), if alive_ok => {
+                    let own = own_alive(store, mirror, seed)?;
+                    let frames = relay.round(own, &mirror.liveness.lock().expect("mirror lock"), mono_ms());
+                    for f in frames {
+                        qtx.send(f.encode()).map_err(|_| LinkError::Closed)?;
+                    }
+                }
                 f = rx.recv() => match f {
                     Some(Ok(f)) => {
                         if let Some(confirmed) = engine.frame(f)? {
@@ -590,6 +608,29 @@ async fn link(
     writer.abort();
     conn.close(0u32.into(), b"bye");
     result
+}
+
+/// The application protocol a connection agreed on (ALPN).
+fn alpn(conn: &quinn::Connection) -> Option<Vec<u8>> {
+    conn.handshake_data()?
+        .downcast::<quinn::crypto::rustls::HandshakeData>()
+        .ok()?
+        .protocol
+}
+
+/// This node's own sign of life, when its views name it master: its node
+/// id and epoch, a new stamp, and its version vector.
+fn own_alive(store: &Store, mirror: &Mirror, seed: crate::config::Role) -> Result<Option<Frame>, LinkError> {
+    let role = super::role::current(&store.views(), store.node_id(), seed).map_err(|e| LinkError::Local(e.into()))?;
+    if !role.master {
+        return Ok(None);
+    }
+    Ok(Some(Frame::Alive {
+        node: store.node_id().to_string(),
+        epoch: role.epoch,
+        stamp: mirror.next_alive_stamp(),
+        holds: to_vec(&store.wal().heads()),
+    }))
 }
 
 /// The place of a fork that refused a batch, if that was why.
@@ -1054,6 +1095,7 @@ async fn serve(
     let m2 = mirror.clone();
     let st = store.clone();
     let own_origin = store.wal().local_origin().0;
+    let own_node = store.node_id().to_string();
     // Several batches are prepared at once (their bodies hashed and, when
     // large, written and flushed), so one batch's disk flush overlaps the
     // next one's work; results are passed on in arrival order.
@@ -1071,6 +1113,10 @@ async fn serve(
                     let behind = m2.rollbacks.load(Ordering::Relaxed) > 0;
                     match intake.arrive(f, own_head, behind) {
                         Ok(None) => continue,
+                        Ok(Some(Arrival::Alive(f))) => {
+                            m2.liveness.lock().expect("mirror lock").heard(&own_node, f, mono_ms());
+                            continue;
+                        }
                         Ok(Some(a)) => Ok(a),
                         Err(e) => Err(e),
                     }
@@ -1105,6 +1151,7 @@ async fn serve(
                     })
                 }),
                 Ok(Arrival::Query { id, hashes }) => tokio::spawn(async move { Ok(Prepared::Query { id, hashes }) }),
+                Ok(Arrival::Alive(_)) => unreachable!("taken on arrival"),
                 Err(e) => tokio::spawn(async move { Err(e) }),
             };
             if htx.send(h).await.is_err() || stop {

@@ -194,6 +194,12 @@ fn main() {
             held: vec![true, false],
         },
         Frame::Refused { reason: "no".into() },
+        Frame::Alive {
+            node: "node-a".into(),
+            epoch: 2,
+            stamp: 0x0196_5a3c_1e00_0001,
+            holds: [(origin.0, 6), (7, 9)].into(),
+        },
     ];
     for (i, f) in frames.iter().enumerate() {
         write("repl_frame", &i.to_string(), &f.encode()[4..]);

@@ -8,6 +8,18 @@
 //! When the master cannot be reached, or does not answer within a bound,
 //! the slave places its pending messages itself (local assignment, the
 //! path of a cut; the master renumbers any collision after the heal).
+//!
+//! With three nodes or more a slave may reach its master only through
+//! another node (one link cut). [`Liveness`] keeps the master's relayed
+//! signs of life (`Alive` frames, `replication.md` section 8b) and says
+//! whether they show a master that is alive and holds this node's entries;
+//! [`Relay`] decides which of them each outgoing link passes on. Time is
+//! passed in (milliseconds of a clock that only goes forward), so the
+//! simulation runs them on a virtual clock.
+
+use super::vector::Vector;
+use crate::repl::frame::Frame;
+use std::collections::{BTreeMap, VecDeque};
 
 /// How long IMAP APPEND, COPY and MOVE on a slave wait for the master's
 /// placement before placing the message themselves (their OK names the
@@ -26,6 +38,8 @@ pub struct Role<'a> {
     pub master: bool,
     /// The master's node id, once a role event named one (epoch > 0).
     pub master_node: Option<&'a str>,
+    /// The highest epoch the views hold (0: no role event yet).
+    pub epoch: u64,
 }
 
 /// One incoming link (the peer pushes its entries here), as the mirror
@@ -57,6 +71,165 @@ pub fn reachable_master<'a>(role: Role<'_>, incoming: &[Incoming<'a>], outgoing_
                 }
         })
         .map(|l| l.node)
+}
+
+/// How often the master sends `Alive` on each of its outgoing links, and
+/// how often every node passes the newest one it holds on to its own.
+pub const ALIVE_EVERY_MS: u64 = 500;
+
+/// How recent the master's last sign of progress must be for a slave to
+/// count it as reachable through another node, and how old the entries of
+/// this node are that it must hold by then.
+pub const ALIVE_WITHIN_MS: u64 = 2_000;
+
+/// Masters whose signs of life a node keeps at most (the newest of each);
+/// more are not taken (only nodes that proved the secret send them).
+const MAX_HEARD: usize = 16;
+
+/// The newest `Alive` heard of one master.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Heard {
+    pub node: String,
+    pub epoch: u64,
+    /// The master's clock when it sent it (its HLC): only larger ones
+    /// count as progress.
+    pub stamp: u64,
+    /// The master's version vector when it sent it.
+    pub holds: Vector,
+    /// When it arrived here (the caller's clock).
+    pub at_ms: u64,
+}
+
+impl Heard {
+    /// The frame that passes it on.
+    pub fn frame(&self) -> Frame {
+        Frame::Alive {
+            node: self.node.clone(),
+            epoch: self.epoch,
+            stamp: self.stamp,
+            holds: self.holds.clone(),
+        }
+    }
+}
+
+/// What a node knows of its masters' signs of life, and of its own writes
+/// over the last [`ALIVE_WITHIN_MS`]: enough to say whether the master is
+/// alive and receives this node's entries, through whichever node.
+#[derive(Debug, Default, Clone)]
+pub struct Liveness {
+    heard: BTreeMap<String, Heard>,
+    /// This node's own head as it grew: (when first seen, seq), oldest
+    /// first; the newest one at least [`ALIVE_WITHIN_MS`] old is kept.
+    written: VecDeque<(u64, u64)>,
+}
+
+impl Liveness {
+    /// An `Alive` arrived at `now_ms`. It is kept if it is newer (a larger
+    /// (epoch, stamp)) than what this node holds of that master; returns
+    /// whether it was, that is whether it is worth passing on. This node's
+    /// own signs of life (a loop) are dropped.
+    pub fn heard(&mut self, own_node: &str, alive: Frame, now_ms: u64) -> bool {
+        let Frame::Alive { node, epoch, stamp, holds } = alive else {
+            return false;
+        };
+        if node == own_node {
+            return false;
+        }
+        match self.heard.get(&node) {
+            Some(h) if (epoch, stamp) <= (h.epoch, h.stamp) => return false,
+            None if self.heard.len() >= MAX_HEARD => return false,
+            _ => {}
+        }
+        self.heard.insert(
+            node.clone(),
+            Heard {
+                node,
+                epoch,
+                stamp,
+                holds,
+                at_ms: now_ms,
+            },
+        );
+        true
+    }
+
+    /// This node's own origin holds `own_head` at `now_ms`.
+    pub fn wrote(&mut self, own_head: u64, now_ms: u64) {
+        if self.written.back().is_none_or(|w| own_head > w.1) {
+            self.written.push_back((now_ms, own_head));
+        }
+        let old = now_ms.saturating_sub(ALIVE_WITHIN_MS);
+        while self.written.len() >= 2 && self.written[1].0 <= old {
+            self.written.pop_front();
+        }
+    }
+
+    /// What this node's own origin held [`ALIVE_WITHIN_MS`] before
+    /// `now_ms`, as far as [`Liveness::wrote`] was told (0 before that).
+    pub fn written_before(&self, now_ms: u64) -> u64 {
+        let Some(old) = now_ms.checked_sub(ALIVE_WITHIN_MS) else {
+            return 0;
+        };
+        self.written.iter().take_while(|w| w.0 <= old).last().map_or(0, |w| w.1)
+    }
+
+    /// The master of `role` as its relayed signs of life show it: one of
+    /// the views' epoch (at epoch 0, any node that says it is master),
+    /// whose stamp grew within the last [`ALIVE_WITHIN_MS`], and whose
+    /// vector holds this node's own origin (`own_origin`) up to what it
+    /// held [`ALIVE_WITHIN_MS`] ago. `None` on the master itself.
+    pub fn relayed(&self, role: Role<'_>, own_origin: u64, now_ms: u64) -> Option<&str> {
+        if role.master {
+            return None;
+        }
+        let need = self.written_before(now_ms);
+        self.heard
+            .values()
+            .find(|h| {
+                h.epoch == role.epoch
+                    && role.master_node.is_none_or(|m| m == h.node)
+                    && now_ms.saturating_sub(h.at_ms) <= ALIVE_WITHIN_MS
+                    && h.holds.get(own_origin) >= need
+            })
+            .map(|h| h.node.as_str())
+    }
+
+    /// The newest signs of life held, one per master.
+    pub fn newest(&self) -> impl Iterator<Item = &Heard> {
+        self.heard.values()
+    }
+}
+
+/// Which `Alive` frames one outgoing link sends, every
+/// [`ALIVE_EVERY_MS`]: the master's own, and the newest one held of each
+/// master that this link has not sent yet. A sign of life thus crosses
+/// each link once, and one that comes back round a loop is not newer
+/// than what the node holds, so it goes no further.
+#[derive(Debug, Default, Clone)]
+pub struct Relay {
+    /// Per master, the (epoch, stamp) this link last sent.
+    sent: BTreeMap<String, (u64, u64)>,
+}
+
+impl Relay {
+    /// The frames of this round: `own` (this node's sign of life, when it
+    /// is master) and what `liveness` holds newer than this link sent.
+    /// Signs of life older than [`ALIVE_WITHIN_MS`] are not passed on: a
+    /// master that went quiet stays quiet.
+    pub fn round(&mut self, own: Option<Frame>, liveness: &Liveness, now_ms: u64) -> Vec<Frame> {
+        let mut out: Vec<Frame> = own.into_iter().collect();
+        for h in liveness.newest() {
+            if now_ms.saturating_sub(h.at_ms) > ALIVE_WITHIN_MS {
+                continue;
+            }
+            let last = self.sent.get(&h.node);
+            if last.is_none_or(|l| (h.epoch, h.stamp) > *l) {
+                self.sent.insert(h.node.clone(), (h.epoch, h.stamp));
+                out.push(h.frame());
+            }
+        }
+        out
+    }
 }
 
 /// What to do with one of this node's own pending messages.
@@ -103,6 +276,7 @@ mod tests {
     const SLAVE: Role<'static> = Role {
         master: false,
         master_node: None,
+        epoch: 0,
     };
 
     fn link(node: &'static str, connected: bool, role: &'static str) -> Incoming<'static> {
@@ -131,6 +305,7 @@ mod tests {
         let master = Role {
             master: true,
             master_node: None,
+            epoch: 0,
         };
         assert_eq!(reachable_master(master, &links, true), None, "the master assigns itself");
     }
@@ -142,6 +317,7 @@ mod tests {
         let role = Role {
             master: false,
             master_node: Some("b"),
+            epoch: 1,
         };
         let links = [link("a", true, "master"), link("b", true, "slave")];
         assert_eq!(reachable_master(role, &links, true), Some("b"));
@@ -172,7 +348,150 @@ mod tests {
         let master = Role {
             master: true,
             master_node: Some("a"),
+            epoch: 1,
         };
         assert!(!append_pending(master, true));
+    }
+
+    fn alive(node: &str, epoch: u64, stamp: u64, holds: Vector) -> Frame {
+        Frame::Alive {
+            node: node.into(),
+            epoch,
+            stamp,
+            holds,
+        }
+    }
+
+    const B: Role<'static> = Role {
+        master: false,
+        master_node: Some("a"),
+        epoch: 1,
+    };
+
+    /// Origin of the slave "b" in these tests.
+    const OWN: u64 = 0xb;
+
+    #[test]
+    fn a_relayed_master_counts_while_its_stamp_grows() {
+        let mut l = Liveness::default();
+        l.wrote(0, 0);
+        assert_eq!(l.relayed(B, OWN, 0), None, "nothing heard yet");
+        assert!(l.heard("b", alive("a", 1, 100, Vector::default()), 1_000));
+        assert_eq!(l.relayed(B, OWN, 1_000), Some("a"));
+        assert_eq!(l.relayed(B, OWN, 3_000), Some("a"), "2 s after the last progress");
+        assert_eq!(l.relayed(B, OWN, 3_001), None, "no progress for more than 2 s");
+        // The same stamp again (a loop, or a node that relays a stale
+        // one) is no progress.
+        assert!(!l.heard("b", alive("a", 1, 100, Vector::default()), 2_900));
+        assert_eq!(l.relayed(B, OWN, 3_001), None);
+        assert!(!l.heard("b", alive("a", 1, 90, Vector::default()), 2_950), "older");
+        assert!(l.heard("b", alive("a", 1, 101, Vector::default()), 3_100));
+        assert_eq!(l.relayed(B, OWN, 3_100), Some("a"));
+        // The master itself never waits for anyone.
+        let master = Role {
+            master: true,
+            master_node: Some("a"),
+            epoch: 1,
+        };
+        assert_eq!(l.relayed(master, OWN, 3_100), None);
+        // Its own signs of life coming back round a loop are dropped.
+        let mut a = Liveness::default();
+        assert!(!a.heard("a", alive("a", 1, 500, Vector::default()), 0));
+        assert_eq!(a.newest().count(), 0);
+    }
+
+    #[test]
+    fn only_the_master_of_the_views_epoch_counts() {
+        let mut l = Liveness::default();
+        l.wrote(0, 0);
+        assert!(l.heard("b", alive("c", 1, 100, Vector::default()), 0), "kept and relayed");
+        assert_eq!(l.relayed(B, OWN, 10), None, "c is not the master the views name");
+        assert!(l.heard("b", alive("a", 0, 100, Vector::default()), 0));
+        assert_eq!(l.relayed(B, OWN, 10), None, "a stale epoch");
+        assert!(l.heard("b", alive("a", 2, 50, Vector::default()), 0), "a higher epoch is newer");
+        assert_eq!(l.relayed(B, OWN, 10), None, "the views do not know epoch 2 yet");
+        let later = Role { epoch: 2, ..B };
+        assert_eq!(l.relayed(later, OWN, 10), Some("a"));
+        // At epoch 0 any node that says it is master counts.
+        let seed = Role {
+            master: false,
+            master_node: None,
+            epoch: 0,
+        };
+        let mut l = Liveness::default();
+        assert!(l.heard("b", alive("x", 0, 7, Vector::default()), 0));
+        assert_eq!(l.relayed(seed, OWN, 10), Some("x"));
+    }
+
+    #[test]
+    fn a_relayed_master_counts_only_once_it_holds_what_this_node_wrote_2_s_before() {
+        let mut l = Liveness::default();
+        l.wrote(10, 0);
+        l.wrote(12, 500);
+        l.wrote(12, 900);
+        l.wrote(15, 1_000);
+        assert_eq!(l.written_before(1_999), 0, "nothing was written 2 s before");
+        assert_eq!(l.written_before(2_000), 10);
+        assert_eq!(l.written_before(2_999), 12);
+        assert_eq!(l.written_before(3_000), 15);
+        let holds = |seq| Vector::from([(OWN, seq), (0xa, 40)]);
+        assert!(l.heard("b", alive("a", 1, 1, holds(12)), 2_800));
+        assert_eq!(l.relayed(B, OWN, 2_800), Some("a"), "holds seq 12, written by 800 ms");
+        assert_eq!(l.relayed(B, OWN, 3_000), None, "seq 15 was written 2 s ago and has not reached it");
+        assert!(l.heard("b", alive("a", 1, 2, holds(15)), 3_100));
+        assert_eq!(l.relayed(B, OWN, 3_100), Some("a"));
+        // Old samples go, the baseline stays.
+        l.wrote(15, 10_000);
+        assert_eq!(l.written_before(10_000), 15);
+        assert!(l.written.len() <= 2, "{:?}", l.written);
+    }
+
+    #[test]
+    fn each_link_passes_each_sign_of_life_on_once() {
+        let mut l = Liveness::default();
+        let mut link = Relay::default();
+        let own = || Some(alive("b", 0, 1, Vector::default()));
+        assert_eq!(link.round(None, &l, 0), vec![]);
+        assert_eq!(
+            link.round(own(), &l, 0),
+            own().into_iter().collect::<Vec<_>>(),
+            "the master's own goes every round"
+        );
+        assert!(l.heard("b", alive("a", 1, 100, Vector::from([(1, 2)])), 0));
+        assert_eq!(link.round(None, &l, 500), vec![alive("a", 1, 100, Vector::from([(1, 2)]))]);
+        assert_eq!(link.round(None, &l, 1_000), vec![], "already sent on this link");
+        let mut other = Relay::default();
+        assert_eq!(other.round(None, &l, 1_000).len(), 1, "each link sends it once");
+        assert!(l.heard("b", alive("a", 1, 101, Vector::default()), 1_200));
+        assert_eq!(link.round(None, &l, 1_500).len(), 1, "a newer one goes");
+        // A sign of life older than the window is not passed on.
+        assert!(l.heard("b", alive("c", 0, 5, Vector::default()), 1_500));
+        let mut late = Relay::default();
+        assert_eq!(late.round(None, &l, 4_000), vec![]);
+    }
+
+    #[test]
+    fn a_loop_of_three_relays_dies_out() {
+        // a (master) -> b -> c -> b -> ...: b and c relay every round; a
+        // stamp crosses each link once, and nothing circulates once a
+        // stops.
+        let (mut lb, mut lc) = (Liveness::default(), Liveness::default());
+        let (mut b_to_c, mut c_to_b) = (Relay::default(), Relay::default());
+        let mut frames = 0;
+        for round in 0..10u64 {
+            let now = round * ALIVE_EVERY_MS;
+            if round < 3 {
+                lb.heard("b", alive("a", 1, round + 1, Vector::default()), now);
+            }
+            for f in b_to_c.round(None, &lb, now) {
+                frames += 1;
+                lc.heard("c", f, now);
+            }
+            for f in c_to_b.round(None, &lc, now) {
+                frames += 1;
+                lb.heard("b", f, now);
+            }
+        }
+        assert_eq!(frames, 6, "three stamps, each over each of two links once");
     }
 }

@@ -111,6 +111,9 @@ pub enum Arrival {
     },
     /// Which of these bodies does this node hold?
     Query { id: u64, hashes: Vec<[u8; 32]> },
+    /// A master's sign of life (a `Frame::Alive`), for the node's
+    /// [`super::authority::Liveness`]; nothing to apply or answer.
+    Alive(Frame),
 }
 
 /// Prepared work, handed back in arrival order.
@@ -188,6 +191,7 @@ impl Intake {
                 self.query_budget -= 1;
                 Ok(Some(Arrival::Query { id, hashes }))
             }
+            alive @ Frame::Alive { .. } => Ok(Some(Arrival::Alive(alive))),
             other => Err(LinkError::Unexpected {
                 expected: "batch or query",
                 got: other.kind(),
@@ -310,7 +314,24 @@ mod tests {
                 stored: Vec::new(),
             },
             Arrival::Query { id, hashes } => Prepared::Query { id, hashes },
+            Arrival::Alive(f) => panic!("nothing to prepare for {}", f.kind()),
         }
+    }
+
+    #[test]
+    fn a_sign_of_life_arrives_between_batches_and_changes_nothing_else() {
+        let mut i = Intake::new(1);
+        let alive = Frame::Alive {
+            node: "m".into(),
+            epoch: 1,
+            stamp: 9,
+            holds: Default::default(),
+        };
+        assert_eq!(i.arrive(alive.clone(), || 0, false).unwrap(), Some(Arrival::Alive(alive)));
+        assert!(matches!(
+            i.arrive(batch(1, 2), || 0, false).unwrap(),
+            Some(Arrival::Batch { id: 1, .. })
+        ));
     }
 
     #[test]

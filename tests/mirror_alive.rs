@@ -1,0 +1,123 @@
+//! The master's signs of life (`Alive`, `replication.md` sections 4 and
+//! 8b) on the wire, against a peer in this process that a real daemon
+//! dials: a peer that agrees on version 6 (ALPN `tandem-mirror/6`) gets
+//! them every 500 ms with growing stamps; a peer that offers only version 5
+//! still connects and never gets a frame it cannot decode.
+
+mod common;
+use common::{free_udp_port, start_mirror};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tandem::repl::engine::handshake::{AcceptAuth, AuthStep, EXPORTER_LABEL};
+use tandem::repl::frame::{Frame, ALPN, ALPN_V5, MAX_FRAME};
+
+const SECRET: &str = "correct horse battery staple";
+
+/// A QUIC server in this process that speaks `alpns`.
+fn listener(alpns: &[&[u8]]) -> quinn::Endpoint {
+    let ck = rcgen::generate_simple_self_signed(vec!["tandem".into()]).unwrap();
+    let key = rustls::pki_types::PrivateKeyDer::Pkcs8(ck.signing_key.serialize_der().into());
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut tls = rustls::ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(vec![ck.cert.der().clone()], key)
+        .unwrap();
+    tls.alpn_protocols = alpns.iter().map(|a| a.to_vec()).collect();
+    let sc = quinn::ServerConfig::with_crypto(Arc::new(quinn::crypto::rustls::QuicServerConfig::try_from(tls).unwrap()));
+    quinn::Endpoint::server(sc, "127.0.0.1:0".parse().unwrap()).unwrap()
+}
+
+/// Accept the node's link as a peer would: prove the secret, take its
+/// `Hello`, answer with an empty vector, then read for `window`. Returns
+/// the ALPN agreed and every frame that arrived after the handshake.
+async fn serve_link(ep: &quinn::Endpoint, window: Duration) -> (Option<Vec<u8>>, Vec<Frame>) {
+    let conn = tokio::time::timeout(Duration::from_secs(10), async { ep.accept().await.unwrap().await.unwrap() })
+        .await
+        .expect("the node did not dial");
+    let alpn = conn
+        .handshake_data()
+        .and_then(|h| h.downcast::<quinn::crypto::rustls::HandshakeData>().ok())
+        .and_then(|h| h.protocol);
+    let (mut send, mut recv) = conn.accept_bi().await.unwrap();
+    let counters = tandem::repl::Mirror::default();
+    let mut ekm = [0u8; 32];
+    conn.export_keying_material(&mut ekm, EXPORTER_LABEL, b"").unwrap();
+    let mut auth = AcceptAuth::new(SECRET.as_bytes(), ekm);
+    loop {
+        let f = tandem::repl::stream::read_frame(&mut recv, &counters, 4096).await.unwrap();
+        match auth.frame(f) {
+            Ok(AuthStep::Send(f)) => send.write_all(&f.encode()).await.unwrap(),
+            Ok(AuthStep::Done(f)) => {
+                if let Some(f) = f {
+                    send.write_all(&f.encode()).await.unwrap();
+                }
+                break;
+            }
+            Err(_) => panic!("the node did not prove the secret"),
+        }
+    }
+    let hello = tandem::repl::stream::read_frame(&mut recv, &counters, 4096).await.unwrap();
+    assert_eq!(hello.kind(), "hello");
+    let vector = Frame::Vector {
+        vector: Default::default(),
+        hashes: vec![],
+    };
+    send.write_all(&vector.encode()).await.unwrap();
+    let mut frames = Vec::new();
+    let end = tokio::time::Instant::now() + window;
+    while let Ok(f) = tokio::time::timeout_at(end, tandem::repl::stream::read_frame(&mut recv, &counters, MAX_FRAME)).await {
+        frames.push(f.expect("a frame this build decodes"));
+    }
+    conn.close(0u32.into(), b"");
+    (alpn, frames)
+}
+
+/// The `Alive` frames among `frames`: (node, epoch, stamp).
+fn alives(frames: &[Frame]) -> Vec<(String, u64, u64)> {
+    frames
+        .iter()
+        .filter_map(|f| match f {
+            Frame::Alive { node, epoch, stamp, .. } => Some((node.clone(), *epoch, *stamp)),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Run a master node that dials a peer speaking `alpns`; what the peer got.
+fn master_dials(alpns: &[&[u8]]) -> (Option<Vec<u8>>, Vec<Frame>, Duration) {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let ep = rt.block_on(async { listener(alpns) });
+    let port = ep.local_addr().unwrap().port();
+    let _node = start_mirror(&dir.path().join("a"), "node-a", free_udp_port(), &[port], SECRET, "master", "");
+    let window = Duration::from_millis(2_200);
+    let started = Instant::now();
+    let (alpn, frames) = rt.block_on(serve_link(&ep, window));
+    (alpn, frames, started.elapsed())
+}
+
+#[test]
+fn a_master_sends_signs_of_life_to_a_peer_of_version_6() {
+    let (alpn, frames, _) = master_dials(&[ALPN, ALPN_V5]);
+    assert_eq!(alpn.as_deref(), Some(ALPN), "two nodes of this build agree on version 6");
+    let seen = alives(&frames);
+    // Every 500 ms over 2.2 s: four or five.
+    assert!((4..=6).contains(&seen.len()), "{seen:?}");
+    assert!(seen.iter().all(|(node, epoch, _)| node == "node-a" && *epoch == 0), "{seen:?}");
+    assert!(seen.windows(2).all(|w| w[0].2 < w[1].2), "stamps grow: {seen:?}");
+}
+
+#[test]
+fn a_peer_of_version_5_connects_and_gets_no_alive() {
+    let (alpn, frames, _) = master_dials(&[ALPN_V5]);
+    assert_eq!(alpn.as_deref(), Some(ALPN_V5), "a node of version 5 is still spoken to");
+    assert_eq!(alives(&frames), vec![], "a frame version 5 cannot decode");
+    let kinds: Vec<&str> = frames.iter().map(|f| f.kind()).collect();
+    assert!(kinds.iter().all(|k| ["batch", "query", "chunk"].contains(k)), "{kinds:?}");
+}
