@@ -1118,6 +1118,11 @@ fn a_promoted_masters_resolution_beats_a_stale_masters_across_a_cut() {
     // epoch 1.
     sim.pull_one(0, 2);
     resolve::run_once(sim.nodes[0].store(), Role::Master).unwrap();
+    // The HLC's physical part is the wall clock's millisecond: two
+    // resolutions in one millisecond can carry the same HLC, and this
+    // test needs node-0's to be the smaller one (the order that alone
+    // used to decide), so node-1 resolves in a later millisecond.
+    std::thread::sleep(std::time::Duration::from_millis(3));
     sim.pull_one(1, 2);
     resolve::run_once(sim.nodes[1].store(), Role::Slave).unwrap();
     let (stale, promoted) = (resolutions_by(&sim, 0), resolutions_by(&sim, 1));
