@@ -1335,6 +1335,13 @@ impl Signs {
     /// sends its sign of life on every link that is up, and every node
     /// passes on what it holds, each frame over the wire.
     fn round(&mut self, sim: &Sim, t: u64) {
+        // A link down either way takes the signs of life it brought, as
+        // the daemon's link tasks do when they end.
+        for i in 0..NODES {
+            for j in (0..NODES).filter(|j| *j != i && !(sim.link[i][*j] && sim.link[*j][i])) {
+                self.liveness[i].link_lost(&sim.nodes[j].id);
+            }
+        }
         for j in 0..NODES {
             let store = sim.nodes[j].store();
             let own = store.wal().local_origin();
@@ -1353,7 +1360,7 @@ impl Signs {
                     let Some(Arrival::Alive(f)) = self.intake[i * NODES + j].arrive(wire(&f), || 0, false).unwrap() else {
                         panic!("a sign of life arrives as one")
                     };
-                    self.liveness[i].heard(&sim.nodes[i].id, f, t);
+                    self.liveness[i].heard(&sim.nodes[i].id, &sim.nodes[j].id, f, t);
                 }
             }
         }

@@ -496,6 +496,27 @@ impl Mirror {
         }
     }
 
+    /// A link to or from `peer` ended: the master's signs of life it
+    /// brought stop counting (`engine::authority::Liveness::link_lost`).
+    /// Called before the link is shown down, so that no delivery sees the
+    /// link down and the master still alive through it.
+    pub(crate) fn link_lost(&self, peer: &str) {
+        self.liveness.lock().expect("mirror lock").link_lost(peer);
+    }
+
+    /// A peer proved itself on an incoming link from `remote`: its links
+    /// come from its mirror endpoint, so an outgoing link dialled at that
+    /// address reaches the same node, which is how the dialer learns whom
+    /// it reaches (shown in the status, and whose signs of life to drop
+    /// when its link ends). Addresses given as host names are not matched.
+    pub(crate) fn learn_peer(&self, remote: std::net::SocketAddr, node: &str) {
+        for l in self.out.lock().expect("mirror lock").iter_mut() {
+            if l.address.parse::<std::net::SocketAddr>().is_ok_and(|a| a == remote) {
+                l.peer = Some(node.to_string());
+            }
+        }
+    }
+
     pub(crate) fn update_in(&self, peer: &str, f: impl FnOnce(&mut InLink)) {
         f(self.incoming.lock().expect("mirror lock").entry(peer.to_string()).or_default())
     }

@@ -267,6 +267,10 @@ async fn dial_loop(
             r = link(&ep, peer, i, &store, &mirror, &secret, window, auth_timeout, &peer_back, &mut resume) => r,
             _ = wait_shutdown(&mut shutdown) => return,
         };
+        let known = mirror.out.lock().expect("mirror lock").get(i).and_then(|l| l.peer.clone());
+        if let Some(p) = known {
+            mirror.link_lost(&p);
+        }
         if let Err(e) = r {
             let msg = format!("{e:#}");
             let refused = e.is_refusal();
@@ -1024,6 +1028,7 @@ async fn receive(
     if epoch > ours.epoch {
         tracing::info!(peer_role = %role, epoch, ours = ours.epoch, "the peer holds a higher epoch; its role event follows on this link");
     }
+    mirror.learn_peer(conn.remote_address(), &node_id);
     mirror.update_in(&node_id, |l| {
         l.connected = true;
         l.since_ms = now_ms();
@@ -1031,6 +1036,7 @@ async fn receive(
         l.peer_epoch = epoch;
     });
     let result = serve(send, recv, store, mirror, &node_id).await;
+    mirror.link_lost(&node_id);
     mirror.update_in(&node_id, |l| l.connected = false);
     // The peer refused to send to this node (it pruned what this node
     // lacks, or the histories diverge): whether to join it by trees is
@@ -1096,6 +1102,7 @@ async fn serve(
     let st = store.clone();
     let own_origin = store.wal().local_origin().0;
     let own_node = store.node_id().to_string();
+    let peer_node = node_id.to_string();
     // Several batches are prepared at once (their bodies hashed and, when
     // large, written and flushed), so one batch's disk flush overlaps the
     // next one's work; results are passed on in arrival order.
@@ -1114,7 +1121,7 @@ async fn serve(
                     match intake.arrive(f, own_head, behind) {
                         Ok(None) => continue,
                         Ok(Some(Arrival::Alive(f))) => {
-                            m2.liveness.lock().expect("mirror lock").heard(&own_node, f, mono_ms());
+                            m2.liveness.lock().expect("mirror lock").heard(&own_node, &peer_node, f, mono_ms());
                             continue;
                         }
                         Ok(Some(a)) => Ok(a),
@@ -1258,6 +1265,7 @@ async fn serve(
             _ => 0,
         };
         if e.refuses_peer() {
+            mirror.link_lost(node_id);
             mirror.update_in(node_id, |l| {
                 l.connected = false;
                 l.failed += 1;

@@ -98,6 +98,9 @@ pub struct Heard {
     pub holds: Vector,
     /// When it arrived here (the caller's clock).
     pub at_ms: u64,
+    /// The node whose link brought it here: when that link goes down the
+    /// sign of life goes with it ([`Liveness::link_lost`]).
+    pub via: String,
 }
 
 impl Heard {
@@ -127,8 +130,9 @@ impl Liveness {
     /// An `Alive` arrived at `now_ms`. It is kept if it is newer (a larger
     /// (epoch, stamp)) than what this node holds of that master; returns
     /// whether it was, that is whether it is worth passing on. This node's
-    /// own signs of life (a loop) are dropped.
-    pub fn heard(&mut self, own_node: &str, alive: Frame, now_ms: u64) -> bool {
+    /// own signs of life (a loop) are dropped. `via` is the node whose
+    /// link brought it.
+    pub fn heard(&mut self, own_node: &str, via: &str, alive: Frame, now_ms: u64) -> bool {
         let Frame::Alive { node, epoch, stamp, holds } = alive else {
             return false;
         };
@@ -148,9 +152,20 @@ impl Liveness {
                 stamp,
                 holds,
                 at_ms: now_ms,
+                via: via.to_string(),
             },
         );
         true
+    }
+
+    /// A link to or from `peer` went down: the signs of life it brought
+    /// are no longer evidence. Without this, a master that stops counts as
+    /// reachable for [`ALIVE_WITHIN_MS`] after its direct link is seen
+    /// down, and deliveries meanwhile wait for it instead of being shown
+    /// at once. A master still alive through another node is heard again
+    /// within [`ALIVE_EVERY_MS`] per hop.
+    pub fn link_lost(&mut self, peer: &str) {
+        self.heard.retain(|_, h| h.via != peer);
     }
 
     /// This node's own origin holds `own_head` at `now_ms`.
@@ -376,16 +391,16 @@ mod tests {
         let mut l = Liveness::default();
         l.wrote(0, 0);
         assert_eq!(l.relayed(B, OWN, 0), None, "nothing heard yet");
-        assert!(l.heard("b", alive("a", 1, 100, Vector::default()), 1_000));
+        assert!(l.heard("b", "r", alive("a", 1, 100, Vector::default()), 1_000));
         assert_eq!(l.relayed(B, OWN, 1_000), Some("a"));
         assert_eq!(l.relayed(B, OWN, 3_000), Some("a"), "2 s after the last progress");
         assert_eq!(l.relayed(B, OWN, 3_001), None, "no progress for more than 2 s");
         // The same stamp again (a loop, or a node that relays a stale
         // one) is no progress.
-        assert!(!l.heard("b", alive("a", 1, 100, Vector::default()), 2_900));
+        assert!(!l.heard("b", "r", alive("a", 1, 100, Vector::default()), 2_900));
         assert_eq!(l.relayed(B, OWN, 3_001), None);
-        assert!(!l.heard("b", alive("a", 1, 90, Vector::default()), 2_950), "older");
-        assert!(l.heard("b", alive("a", 1, 101, Vector::default()), 3_100));
+        assert!(!l.heard("b", "r", alive("a", 1, 90, Vector::default()), 2_950), "older");
+        assert!(l.heard("b", "r", alive("a", 1, 101, Vector::default()), 3_100));
         assert_eq!(l.relayed(B, OWN, 3_100), Some("a"));
         // The master itself never waits for anyone.
         let master = Role {
@@ -396,19 +411,41 @@ mod tests {
         assert_eq!(l.relayed(master, OWN, 3_100), None);
         // Its own signs of life coming back round a loop are dropped.
         let mut a = Liveness::default();
-        assert!(!a.heard("a", alive("a", 1, 500, Vector::default()), 0));
+        assert!(!a.heard("a", "r", alive("a", 1, 500, Vector::default()), 0));
         assert_eq!(a.newest().count(), 0);
+    }
+
+    #[test]
+    fn a_lost_link_takes_the_signs_of_life_it_brought_with_it() {
+        let mut l = Liveness::default();
+        l.wrote(0, 0);
+        // Straight from the master, and one of another master through c.
+        assert!(l.heard("b", "a", alive("a", 1, 100, Vector::default()), 1_000));
+        assert!(l.heard("b", "c", alive("x", 1, 7, Vector::default()), 1_000));
+        assert_eq!(l.relayed(B, OWN, 1_100), Some("a"));
+        l.link_lost("c");
+        assert_eq!(l.relayed(B, OWN, 1_100), Some("a"), "a link that did not bring it");
+        assert_eq!(l.newest().count(), 1);
+        // The master stops: its link is seen down well before 2 s pass.
+        l.link_lost("a");
+        assert_eq!(l.relayed(B, OWN, 1_100), None, "counted as reachable after its link went down");
+        // Still alive through c: heard again, and counts again.
+        assert!(l.heard("b", "c", alive("a", 1, 101, Vector::default()), 1_500));
+        assert_eq!(l.relayed(B, OWN, 1_500), Some("a"));
     }
 
     #[test]
     fn only_the_master_of_the_views_epoch_counts() {
         let mut l = Liveness::default();
         l.wrote(0, 0);
-        assert!(l.heard("b", alive("c", 1, 100, Vector::default()), 0), "kept and relayed");
+        assert!(l.heard("b", "r", alive("c", 1, 100, Vector::default()), 0), "kept and relayed");
         assert_eq!(l.relayed(B, OWN, 10), None, "c is not the master the views name");
-        assert!(l.heard("b", alive("a", 0, 100, Vector::default()), 0));
+        assert!(l.heard("b", "r", alive("a", 0, 100, Vector::default()), 0));
         assert_eq!(l.relayed(B, OWN, 10), None, "a stale epoch");
-        assert!(l.heard("b", alive("a", 2, 50, Vector::default()), 0), "a higher epoch is newer");
+        assert!(
+            l.heard("b", "r", alive("a", 2, 50, Vector::default()), 0),
+            "a higher epoch is newer"
+        );
         assert_eq!(l.relayed(B, OWN, 10), None, "the views do not know epoch 2 yet");
         let later = Role { epoch: 2, ..B };
         assert_eq!(l.relayed(later, OWN, 10), Some("a"));
@@ -419,7 +456,7 @@ mod tests {
             epoch: 0,
         };
         let mut l = Liveness::default();
-        assert!(l.heard("b", alive("x", 0, 7, Vector::default()), 0));
+        assert!(l.heard("b", "r", alive("x", 0, 7, Vector::default()), 0));
         assert_eq!(l.relayed(seed, OWN, 10), Some("x"));
     }
 
@@ -435,10 +472,10 @@ mod tests {
         assert_eq!(l.written_before(2_999), 12);
         assert_eq!(l.written_before(3_000), 15);
         let holds = |seq| Vector::from([(OWN, seq), (0xa, 40)]);
-        assert!(l.heard("b", alive("a", 1, 1, holds(12)), 2_800));
+        assert!(l.heard("b", "r", alive("a", 1, 1, holds(12)), 2_800));
         assert_eq!(l.relayed(B, OWN, 2_800), Some("a"), "holds seq 12, written by 800 ms");
         assert_eq!(l.relayed(B, OWN, 3_000), None, "seq 15 was written 2 s ago and has not reached it");
-        assert!(l.heard("b", alive("a", 1, 2, holds(15)), 3_100));
+        assert!(l.heard("b", "r", alive("a", 1, 2, holds(15)), 3_100));
         assert_eq!(l.relayed(B, OWN, 3_100), Some("a"));
         // Old samples go, the baseline stays.
         l.wrote(15, 10_000);
@@ -457,15 +494,15 @@ mod tests {
             own().into_iter().collect::<Vec<_>>(),
             "the master's own goes every round"
         );
-        assert!(l.heard("b", alive("a", 1, 100, Vector::from([(1, 2)])), 0));
+        assert!(l.heard("b", "r", alive("a", 1, 100, Vector::from([(1, 2)])), 0));
         assert_eq!(link.round(None, &l, 500), vec![alive("a", 1, 100, Vector::from([(1, 2)]))]);
         assert_eq!(link.round(None, &l, 1_000), vec![], "already sent on this link");
         let mut other = Relay::default();
         assert_eq!(other.round(None, &l, 1_000).len(), 1, "each link sends it once");
-        assert!(l.heard("b", alive("a", 1, 101, Vector::default()), 1_200));
+        assert!(l.heard("b", "r", alive("a", 1, 101, Vector::default()), 1_200));
         assert_eq!(link.round(None, &l, 1_500).len(), 1, "a newer one goes");
         // A sign of life older than the window is not passed on.
-        assert!(l.heard("b", alive("c", 0, 5, Vector::default()), 1_500));
+        assert!(l.heard("b", "r", alive("c", 0, 5, Vector::default()), 1_500));
         let mut late = Relay::default();
         assert_eq!(late.round(None, &l, 4_000), vec![]);
     }
@@ -481,15 +518,15 @@ mod tests {
         for round in 0..10u64 {
             let now = round * ALIVE_EVERY_MS;
             if round < 3 {
-                lb.heard("b", alive("a", 1, round + 1, Vector::default()), now);
+                lb.heard("b", "a", alive("a", 1, round + 1, Vector::default()), now);
             }
             for f in b_to_c.round(None, &lb, now) {
                 frames += 1;
-                lc.heard("c", f, now);
+                lc.heard("c", "b", f, now);
             }
             for f in c_to_b.round(None, &lc, now) {
                 frames += 1;
-                lb.heard("b", f, now);
+                lb.heard("b", "c", f, now);
             }
         }
         assert_eq!(frames, 6, "three stamps, each over each of two links once");
