@@ -116,6 +116,8 @@ assert "Projects" in names and "Renamed" in names and "Tmp" not in names and "Ju
     let out = &st["mirror"]["outgoing"][0];
     assert_eq!(out["state"], "connected", "{st}");
     assert_eq!(out["queue"], 0);
+    // The dialer learnt whom it reaches from B's incoming link.
+    assert_eq!(out["peer"], "node-b", "{st}");
     assert!(st["mirror"]["incoming"]["node-b"]["add"].as_u64().unwrap() >= 1, "{st}");
 }
 
