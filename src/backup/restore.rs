@@ -585,6 +585,9 @@ fn read_batches(
     // only once its entry is applied).
     let mut queued: HashSet<[u8; 32]> = HashSet::new();
     let mut done = matches!(stop, Stop::Seq { .. }) && resumed_at >= plan.target_order;
+    // An empty store holds no body: the only bodies a lookup could find
+    // are those of earlier batches of this run, which `queued` names.
+    let fresh = resumed_at == 0;
     for l in &plan.manifests {
         if done {
             break;
@@ -663,10 +666,11 @@ fn read_batches(
                 })?;
                 if let Event::MessageAppended { blob, size, .. } = &event {
                     if !queued.contains(&blob.0)
-                        && !store.holds_body(blob).map_err(|err| BackupError::Apply {
-                            place: place.clone(),
-                            reason: err.to_string(),
-                        })?
+                        && (fresh
+                            || !store.holds_body(blob).map_err(|err| BackupError::Apply {
+                                place: place.clone(),
+                                reason: err.to_string(),
+                            })?)
                     {
                         // The entry's size bounds the batch before the body
                         // is fetched (the fetched length is what counts).
