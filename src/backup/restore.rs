@@ -13,7 +13,7 @@ use super::retention::{self, Base};
 use super::target::Target;
 use super::BackupError;
 use crate::event::{BlobHash, Event};
-use crate::repl::apply::apply_batch;
+use crate::repl::apply::apply_batch_without_tree;
 use crate::repl::frame::{WireBlob, WireEntry};
 use crate::store::Store;
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -518,7 +518,7 @@ fn applier(store: &Store, rx: std::sync::mpsc::Receiver<Stored>, applied: &std::
             pos,
         } = s;
         store
-            .run_blocking(move |t, c| apply_batch(t, c, &entries, &blobs, &stored).map_err(Into::into))
+            .run_blocking(move |t, c| apply_batch_without_tree(t, c, &entries, &blobs, &stored).map_err(Into::into))
             .map_err(|e| BackupError::Apply {
                 place: first,
                 reason: e.to_string(),
@@ -526,6 +526,13 @@ fn applier(store: &Store, rx: std::sync::mpsc::Receiver<Stored>, applied: &std::
         applied.store(pos, std::sync::atomic::Ordering::Relaxed);
     }
     Ok(())
+}
+
+fn tree_error(e: crate::store::StoreError) -> BackupError {
+    match e {
+        crate::store::StoreError::Wal(w) => BackupError::Wal(w),
+        other => BackupError::Usage(format!("building the merkle tree of the restored views: {other}")),
+    }
 }
 
 /// Fetch and check a format-1 body object.
@@ -577,6 +584,12 @@ pub fn apply_with(
         resumed_at,
         ..RestoreReport::default()
     };
+    // Entries are applied without the merkle tree, which is built once at
+    // the end: cheaper than keeping it up to date entry by entry. Until
+    // then the store is durably marked as lacking it, so a restore cut
+    // short here leaves no stale tree marked current: resuming it (or
+    // starting the node) builds the tree from the views.
+    crate::merkle::invalidate(store).map_err(tree_error)?;
     // Three stages, one batch apart at most: reading (segments verified,
     // bodies fetched and checked) runs here while the body writer makes
     // the batch before's bodies durable and the applier commits the
@@ -613,6 +626,7 @@ pub fn apply_with(
     }
     // Both ran to the end, so the reader was not cut short by them.
     read?.map_err(|ApplierGone| BackupError::Usage("the applier stopped without an error".into()))?;
+    crate::merkle::ensure(store).map_err(tree_error)?;
     rep.order = wal.last_order();
     progress(rep.order);
     Ok(rep)
