@@ -328,13 +328,13 @@ pub fn decode_manifest(object: &str, bytes: &[u8]) -> Result<Manifest, BackupErr
 }
 
 pub fn parse_hash(object: &str, field: &str, hex_str: &str) -> Result<Hash, BackupError> {
-    hex::decode(hex_str)
-        .ok()
-        .and_then(|b| <[u8; 32]>::try_from(b).ok())
-        .ok_or_else(|| BackupError::Corrupt {
-            object: object.to_string(),
-            reason: format!("{field} is not 64 hex digits"),
-        })
+    // Decoded in place: a restore parses one per body of the backup.
+    let mut h = [0u8; 32];
+    hex::decode_to_slice(hex_str, &mut h).map_err(|_| BackupError::Corrupt {
+        object: object.to_string(),
+        reason: format!("{field} is not 64 hex digits"),
+    })?;
+    Ok(h)
 }
 
 pub fn parse_origin(object: &str, s: &str) -> Result<Origin, BackupError> {

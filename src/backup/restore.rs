@@ -3,15 +3,17 @@
 //! by ranged reads from their run objects or packs (neighbours coalesced
 //! into one read) or, in format-1 backups, from their own objects, and
 //! checked against their blake3, all applied through the same path a
-//! mirror's batch takes, by a thread of its own while the next batch is
-//! read. A restore that is interrupted continues where the store stands.
+//! mirror's batch takes. Three stages overlap: the next batch is read
+//! while a body writer makes the bodies of the one before durable and an
+//! applier commits the entries of the one before that. A restore that is
+//! interrupted continues where the store stands.
 
 use super::layout::{self, Loaded, PackRef};
 use super::retention::{self, Base};
 use super::target::Target;
 use super::BackupError;
 use crate::event::{BlobHash, Event};
-use crate::repl::apply::apply_batch;
+use crate::repl::apply::apply_batch_without_tree;
 use crate::repl::frame::{WireBlob, WireEntry};
 use crate::store::Store;
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -251,7 +253,7 @@ struct Ready {
 }
 
 /// The reading side of a restore: it verifies entries and fetches bodies
-/// while the applier thread applies the batch before.
+/// while the body writer and the applier store the batches before.
 struct Pipeline<'a> {
     store: &'a Store,
     t: &'a dyn Target,
@@ -451,39 +453,86 @@ fn flush(p: &Pipeline<'_>, rep: &mut RestoreReport, b: &mut Batch) -> Result<Res
     Ok(p.tx.send(ready).map_err(|_| ApplierGone))
 }
 
-/// Apply batches as they come, in order; stops at the first failure.
-/// A batch with many bodies has them written once, straight to blob files
-/// and flushed (`wal::Wal::put_flushed`, as the mirror's receiver does),
-/// before its entries are applied. `applied` follows the apply-order
-/// position reached.
-fn applier(store: &Store, rx: std::sync::mpsc::Receiver<Ready>, applied: &std::sync::atomic::AtomicU64) -> Result<(), BackupError> {
+/// A batch on its way to the applier: its entries, with the bodies that
+/// are still to be written with them (`blobs`) or that are already
+/// durable (`stored`).
+struct Stored {
+    entries: Vec<WireEntry>,
+    blobs: Vec<WireBlob>,
+    stored: Vec<[u8; 32]>,
+    pos: u64,
+}
+
+/// The first entry of a batch, which names it in errors.
+fn first_place(entries: &[WireEntry]) -> Place {
+    Place {
+        origin: Origin(entries[0].origin),
+        seq: entries[0].seq,
+    }
+}
+
+/// Write the bodies of batches as they come, in order, and hand each on
+/// to the applier; stops at the first failure. A batch with many bodies
+/// has them written once, straight to blob files and flushed
+/// (`wal::Wal::put_flushed`, as the mirror's receiver does): durable
+/// before its entries, which reference them, are handed on. This runs
+/// while the applier commits the batch before, so body writes and their
+/// flush overlap entry commits. Returns `Ok` when the applier stopped
+/// (its error is the one reported).
+fn body_writer(store: &Store, rx: std::sync::mpsc::Receiver<Ready>, tx: std::sync::mpsc::SyncSender<Stored>) -> Result<(), BackupError> {
     let bulk = store.wal().bulk_bytes();
     for r in rx {
-        let first = Place {
-            origin: Origin(r.entries[0].origin),
-            seq: r.entries[0].seq,
-        };
-        let apply_error = |reason: String| BackupError::Apply {
-            place: first.clone(),
-            reason,
-        };
         let bytes: u64 = r.blobs.iter().map(|w| w.body.len() as u64).sum();
         let (blobs, stored) = if bulk > 0 && bytes >= bulk {
             let items: Vec<(&[u8], &[u8])> = r.blobs.iter().map(|w| (&w.hash[..], &w.body[..])).collect();
-            store
-                .put_bodies_flushed(&items)
-                .map_err(|e| apply_error(format!("storing the batch's bodies: {e}")))?;
+            store.put_bodies_flushed(&items).map_err(|e| BackupError::Apply {
+                place: first_place(&r.entries),
+                reason: format!("storing the batch's bodies: {e}"),
+            })?;
             (Vec::new(), r.blobs.iter().map(|w| w.hash).collect())
         } else {
             (r.blobs, Vec::new())
         };
-        let (pos, entries) = (r.pos, r.entries);
+        let s = Stored {
+            entries: r.entries,
+            blobs,
+            stored,
+            pos: r.pos,
+        };
+        if tx.send(s).is_err() {
+            return Ok(());
+        }
+    }
+    Ok(())
+}
+
+/// Apply batches as they come, in order; stops at the first failure.
+/// `applied` follows the apply-order position reached.
+fn applier(store: &Store, rx: std::sync::mpsc::Receiver<Stored>, applied: &std::sync::atomic::AtomicU64) -> Result<(), BackupError> {
+    for s in rx {
+        let first = first_place(&s.entries);
+        let Stored {
+            entries,
+            blobs,
+            stored,
+            pos,
+        } = s;
         store
-            .run_blocking(move |t, c| apply_batch(t, c, &entries, &blobs, &stored).map_err(Into::into))
-            .map_err(|e| apply_error(e.to_string()))?;
+            .run_blocking(move |t, c| apply_batch_without_tree(t, c, &entries, &blobs, &stored).map_err(Into::into))
+            .map_err(|e| BackupError::Apply {
+                place: first,
+                reason: e.to_string(),
+            })?;
         applied.store(pos, std::sync::atomic::Ordering::Relaxed);
     }
     Ok(())
+}
+
+fn tree_error(e: crate::store::StoreError) -> BackupError {
+    match e {
+        crate::store::StoreError::Wal(w) => BackupError::Wal(w),
+        other => BackupError::Usage(format!("building the merkle tree of the restored views: {other}")),
+    }
 }
 
 /// Fetch and check a format-1 body object.
@@ -535,14 +584,23 @@ pub fn apply_with(
         resumed_at,
         ..RestoreReport::default()
     };
-    // Reading (segments verified, bodies fetched and checked) runs here
-    // while the applier thread stores and applies the batch before: one
-    // batch ahead at most.
+    // Entries are applied without the merkle tree, which is built once at
+    // the end: cheaper than keeping it up to date entry by entry. Until
+    // then the store is durably marked as lacking it, so a restore cut
+    // short here leaves no stale tree marked current: resuming it (or
+    // starting the node) builds the tree from the views.
+    crate::merkle::invalidate(store).map_err(tree_error)?;
+    // Three stages, one batch apart at most: reading (segments verified,
+    // bodies fetched and checked) runs here while the body writer makes
+    // the batch before's bodies durable and the applier commits the
+    // entries of the one before that.
     let applied = std::sync::atomic::AtomicU64::new(resumed_at);
-    let (read, applied_result) = std::thread::scope(|s| {
+    let (read, written, applied_result) = std::thread::scope(|s| {
         let (tx, rx) = std::sync::mpsc::sync_channel::<Ready>(1);
+        let (stored_tx, stored_rx) = std::sync::mpsc::sync_channel::<Stored>(1);
         let applied = &applied;
-        let handle = s.spawn(move || applier(store, rx, applied));
+        let writer = s.spawn(move || body_writer(store, rx, stored_tx));
+        let applier = s.spawn(move || applier(store, stored_rx, applied));
         let p = Pipeline {
             store,
             t,
@@ -554,15 +612,21 @@ pub fn apply_with(
             progress(applied.load(std::sync::atomic::Ordering::Relaxed))
         });
         drop(p);
-        (read, handle.join())
+        (read, writer.join(), applier.join())
     });
-    match applied_result {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => return Err(e),
-        Err(panic) => std::panic::resume_unwind(panic),
+    // The first failure in apply order is the one reported: the applier's
+    // batch comes before the body writer's, which comes before the
+    // reader's.
+    for r in [applied_result, written] {
+        match r {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err(e),
+            Err(panic) => std::panic::resume_unwind(panic),
+        }
     }
-    // The applier ran to the end, so the reader was not cut short by it.
+    // Both ran to the end, so the reader was not cut short by them.
     read?.map_err(|ApplierGone| BackupError::Usage("the applier stopped without an error".into()))?;
+    crate::merkle::ensure(store).map_err(tree_error)?;
     rep.order = wal.last_order();
     progress(rep.order);
     Ok(rep)
@@ -585,6 +649,9 @@ fn read_batches(
     // only once its entry is applied).
     let mut queued: HashSet<[u8; 32]> = HashSet::new();
     let mut done = matches!(stop, Stop::Seq { .. }) && resumed_at >= plan.target_order;
+    // An empty store holds no body: the only bodies a lookup could find
+    // are those of earlier batches of this run, which `queued` names.
+    let fresh = resumed_at == 0;
     for l in &plan.manifests {
         if done {
             break;
@@ -663,10 +730,11 @@ fn read_batches(
                 })?;
                 if let Event::MessageAppended { blob, size, .. } = &event {
                     if !queued.contains(&blob.0)
-                        && !store.holds_body(blob).map_err(|err| BackupError::Apply {
-                            place: place.clone(),
-                            reason: err.to_string(),
-                        })?
+                        && (fresh
+                            || !store.holds_body(blob).map_err(|err| BackupError::Apply {
+                                place: place.clone(),
+                                reason: err.to_string(),
+                            })?)
                     {
                         // The entry's size bounds the batch before the body
                         // is fetched (the fetched length is what counts).

@@ -346,6 +346,21 @@ pub fn ensure(store: &crate::store::Store) -> Result<bool, crate::store::StoreEr
     Ok(true)
 }
 
+/// Mark the store as not holding a tree of this layout, durably (a
+/// synced commit), so that [`ensure`] builds it again: for a writer about
+/// to change the views without their tree (a restore), so that a crash or
+/// an interruption before the tree is built leaves no stale tree marked
+/// as current.
+pub fn invalidate(store: &crate::store::Store) -> Result<(), crate::store::StoreError> {
+    if store.wal().get(store.cfs().cache, FORMAT_KEY)?.is_none() {
+        return Ok(());
+    }
+    store.run_blocking(|txn, cfs| {
+        txn.delete(cfs.cache, FORMAT_KEY);
+        Ok(())
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

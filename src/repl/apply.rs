@@ -4,7 +4,7 @@
 use super::frame::{WireBlob, WireEntry};
 use crate::event::{BlobHash, Event};
 use crate::mutate::{Cfs, MutationError};
-use crate::views::{apply, TxnViews};
+use crate::views::{apply, apply_without_tree, TxnViews};
 use wal::{Entry, Origin, Txn};
 
 /// What a batch changed, by kind (for the incoming counters).
@@ -106,6 +106,39 @@ pub fn apply_batch(
     blobs: &[WireBlob],
     stored: &[[u8; 32]],
 ) -> Result<Applied, ApplyError> {
+    apply_batch_in(txn, cfs, entries, blobs, stored, Tree::Update)
+}
+
+/// [`apply_batch`], but the views' merkle tree is left as it was: for a
+/// writer that builds the whole tree once afterwards (a restore, see
+/// `crate::backup::restore`), where keeping it up to date entry by entry
+/// costs more than one pass at the end. Until that pass the tree is stale,
+/// so the caller must first have marked it so ([`crate::merkle::invalidate`]).
+pub fn apply_batch_without_tree(
+    txn: &mut Txn<'_>,
+    cfs: Cfs,
+    entries: &[WireEntry],
+    blobs: &[WireBlob],
+    stored: &[[u8; 32]],
+) -> Result<Applied, ApplyError> {
+    apply_batch_in(txn, cfs, entries, blobs, stored, Tree::Leave)
+}
+
+/// Whether a batch keeps the merkle tree in step with the views.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Tree {
+    Update,
+    Leave,
+}
+
+fn apply_batch_in(
+    txn: &mut Txn<'_>,
+    cfs: Cfs,
+    entries: &[WireEntry],
+    blobs: &[WireBlob],
+    stored: &[[u8; 32]],
+    tree: Tree,
+) -> Result<Applied, ApplyError> {
     let mut in_batch: std::collections::HashSet<[u8; 32]> = stored.iter().copied().collect();
     for WireBlob { hash, body } in blobs {
         if in_batch.insert(*hash) && !holds_blob(txn, cfs, &BlobHash(*hash))? {
@@ -159,7 +192,11 @@ pub fn apply_batch(
                 });
             }
         }
-        apply(&mut TxnViews { txn, cf: cfs.views }, &at, &event)?;
+        let mut v = TxnViews { txn, cf: cfs.views };
+        match tree {
+            Tree::Update => apply(&mut v, &at, &event)?,
+            Tree::Leave => apply_without_tree(&mut v, &at, &event)?,
+        }
         n.entries += 1;
         let written_ms = w.hlc >> 16;
         if n.oldest_ms == 0 || written_ms < n.oldest_ms {

@@ -435,7 +435,14 @@ pub fn restore(
             retention::fetch_base(t.as_ref(), b, &db)?;
         }
     }
-    let store = Store::open(&db, &plan.node_id, wal_options(&plan.node_id)).with_context(|| format!("opening {}", db.display()))?;
+    // The restore writes gigabytes once and reads little of it back:
+    // flushes (bodies to blob files, tables) bypass the page cache, which
+    // would otherwise be filled with them, written back and reclaimed (as
+    // the node's own store does by default, `node.direct-io`). Audits and
+    // rebuilds keep the page cache: they read what they write.
+    let mut opts = wal_options(&plan.node_id);
+    opts.direct_flush = true;
+    let store = Store::open(&db, &plan.node_id, opts).with_context(|| format!("opening {}", db.display()))?;
     if let Some(b) = &plan.base {
         if store.wal().last_order() < b.order {
             store.close()?;

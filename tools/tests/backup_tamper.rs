@@ -261,3 +261,56 @@ fn interrupted_restore_continues_without_reapplying() {
     assert_eq!(views_digest(&s).unwrap(), digest);
     s.close().unwrap();
 }
+
+/// A restore cut short after it applied some batches (entries applied
+/// without their merkle tree, which a restore builds once at the end)
+/// leaves no stale tree marked current: run again, it ends with the views
+/// and the tree of the original node.
+#[test]
+fn a_restore_cut_short_before_its_tree_was_built_ends_with_the_right_tree() {
+    let dir = tempfile::tempdir().unwrap();
+    let bk = dir.path().join("bk");
+    // More bodies than one batch takes (1,024), so the first batch is
+    // applied before the damaged body of the last is read.
+    let digest = backed_up(&dir.path().join("node"), &bk, 1500);
+    let t = tandem::backup::target::DirTarget::new(&bk).unwrap();
+    let run2 = layout::run_name(2);
+    let pack = layout::load_manifest(&t, 2).unwrap().manifest.packs[0].clone();
+    let victim = pack.bodies.last().unwrap().clone();
+    let b = dir.path().join("damaged");
+    copy_dir(&bk, &b);
+    let mut bytes = std::fs::read(b.join(&run2)).unwrap();
+    bytes[(victim.1 + victim.2 / 2) as usize] ^= 0x20;
+    std::fs::write(b.join(&run2), &bytes).unwrap();
+
+    let to = dir.path().join("restored");
+    let (ok, out) = run(replay().args(["restore", "--from"]).arg(&b).arg("--data-dir").arg(&to));
+    assert!(!ok && out.contains("does not match its blake3"), "{out}");
+    let cut = restored_head(&to);
+    assert!(cut > 0 && cut < 1500, "the first batch, and only it, was applied: head {cut}");
+    // What it left: views without their tree, not marked as holding one.
+    let s = Store::open(&to.join("db"), NODE, wal_options(NODE)).unwrap();
+    let built = tandem::merkle::build(&s.views()).unwrap();
+    assert!(
+        s.wal()
+            .scan_prefix(s.cfs().views, &tandem::merkle::keys::all())
+            .unwrap()
+            .iter()
+            .map(|(k, v)| (k.to_vec(), v.to_vec()))
+            .ne(built.into_iter()),
+        "the cut restore's tree is already complete: the test tests nothing"
+    );
+    s.close().unwrap();
+    drop(s);
+
+    // Run again from the intact backup: it continues, and builds the tree.
+    let (ok, out) = run(replay().args(["restore", "--json", "--from"]).arg(&bk).arg("--data-dir").arg(&to));
+    assert!(ok, "{out}");
+    let r: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(r["resumed_at"].as_u64().unwrap(), cut, "{r}");
+    let s = Store::open(&to.join("db"), NODE, wal_options(NODE)).unwrap();
+    assert_eq!(views_digest(&s).unwrap(), digest, "views and tree as the original's");
+    // The tree is marked current: a node starting on it builds nothing.
+    assert!(!tandem::merkle::ensure(&s).unwrap());
+    s.close().unwrap();
+}
