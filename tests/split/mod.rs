@@ -36,7 +36,15 @@ for line in ok(c.list()):
     names.append(line.decode().rsplit(' "/" ', 1)[1].strip('"'))
 print('LIST', ' '.join(sorted(names)))
 for n in names:
-    exists = int(ok(c.select(n), n)[0])
+    typ, data = c.select(n)
+    if typ != 'OK':
+        # Renamed or deleted by an event that arrived after the LIST: a
+        # name still listed must open.
+        again = [l.decode().rsplit(' "/" ', 1)[1].strip('"') for l in ok(c.list())]
+        assert n not in again, (n, typ, data)
+        print('GONE', n)
+        continue
+    exists = int(data[0])
     uv = c.response('UIDVALIDITY')[1][0].decode()
     if exists == 0:
         continue
@@ -58,6 +66,8 @@ for n in names:
     for line in out.lines() {
         if let Some(rest) = line.strip_prefix("LIST ") {
             names = rest.split(' ').map(String::from).collect();
+        } else if let Some(gone) = line.strip_prefix("GONE ") {
+            names.retain(|n| n != gone);
         } else if let Some(rest) = line.strip_prefix("MSG ") {
             let (head, flags) = rest.split_once(" |").unwrap();
             let f: Vec<&str> = head.splitn(4, ' ').collect();
