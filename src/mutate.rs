@@ -58,6 +58,31 @@ pub fn emit(txn: &mut Txn<'_>, cfs: Cfs, event: Event) -> R<Appended> {
     Ok(at)
 }
 
+/// Append and apply messages added to one mailbox, each
+/// `MessageAppended` of `user` into `mailbox` under a UID (not pending),
+/// updating the merkle tree once for all of them instead of once each: for
+/// bulk copies (a point-in-time restore). Any other event is refused
+/// before anything is appended.
+pub fn emit_appends(txn: &mut Txn<'_>, cfs: Cfs, user: &str, mailbox: Id, events: Vec<Event>) -> R<Vec<Appended>> {
+    let mut uids = Vec::with_capacity(events.len());
+    for e in &events {
+        match e {
+            Event::MessageAppended {
+                user: u, mailbox: m, uid, ..
+            } if u == user && *m == mailbox && *uid != 0 => uids.push(*uid),
+            _ => return Err(MutationError::NotAllowed("a batch of appends holds another event")),
+        }
+    }
+    let mut out = Vec::with_capacity(events.len());
+    for event in &events {
+        let at = txn.append(event.encode());
+        crate::views::apply_without_tree(&mut TxnViews { txn, cf: cfs.views }, &at, event)?;
+        out.push(at);
+    }
+    crate::merkle::refresh_messages_of(&mut TxnViews { txn, cf: cfs.views }, user, mailbox, uids)?;
+    Ok(out)
+}
+
 /// Normalise a user name: trimmed, lower-cased, no spaces or controls.
 pub fn normalize_user(user: &str) -> R<String> {
     let u = user.trim().to_lowercase();

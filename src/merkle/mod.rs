@@ -34,7 +34,7 @@ mod build;
 mod update;
 
 pub use build::{build, build_stored, ensure, invalidate, node_root, read_node, report, DigestReport, MailboxDigest, UserDigest, FORMAT};
-pub use update::{refresh_place, update};
+pub use update::{refresh_messages_of, refresh_place, update};
 
 use crate::event::{Id, SpecialUse};
 use crate::views::{MailboxRec, MessageRec, ViewError};

@@ -178,6 +178,21 @@ pub fn refresh_place(v: &mut TxnViews<'_, '_>, user: &str, mailbox: Id, uid: u32
     refresh_mailbox(v, user, mailbox)
 }
 
+/// Sum up again the messages `uids` of `user`'s `mailbox` and the
+/// mailbox itself, once for all of them: for a writer that applied many
+/// appends to one mailbox without the tree, in the same transaction
+/// (`crate::mutate::emit_appends`). The result is what [`update`] after
+/// each would have left, for one climb of the tree instead of one each.
+pub fn refresh_messages_of(
+    v: &mut TxnViews<'_, '_>,
+    user: &str,
+    mailbox: Id,
+    uids: impl IntoIterator<Item = u32>,
+) -> Result<(), ViewError> {
+    refresh_messages(v, mailbox, uids)?;
+    refresh_mailbox(v, user, mailbox)
+}
+
 /// Sum up again what `event` touched. Called by `views::apply` after the
 /// event changed the views, in the same transaction.
 pub fn update(v: &mut TxnViews<'_, '_>, event: &Event) -> Result<(), ViewError> {

@@ -245,6 +245,14 @@ fn folder_deleted_by_mistake_comes_back_on_the_running_node() {
     let flags_after = c.ok("UID FETCH 1:* (UID FLAGS)");
     let flags = |r: &Resp| -> Vec<String> { r.iter().map(|(l, _)| l.split("FLAGS ").nth(1).unwrap_or("").to_string()).collect() };
     assert_eq!(flags(&flags_after), flags(&flags_before));
+    // The copies were applied with one climb of the tree per batch: the
+    // tree kept is the one the views call for.
+    {
+        use tandem::views::ViewRead;
+        let v = node.store.views();
+        let kept: std::collections::BTreeMap<Vec<u8>, Vec<u8>> = v.vscan(&tandem::merkle::keys::all()).unwrap().into_iter().collect();
+        assert_eq!(kept, tandem::merkle::build(&v).unwrap());
+    }
     // Restoring a folder the user never had is refused with a reason.
     let e = rt
         .block_on(admin.send::<serde_json::Value>(
