@@ -76,6 +76,13 @@ fn three_nodes_with_one_link_cut_lose_nothing() {
     let st = common::admin_get(mesh.node(0), "/v1/status");
     let age = st["mirror"]["alive"][&master]["age_ms"].as_u64();
     assert!(age.is_some_and(|a| a <= 2_000), "{}", st["mirror"]["alive"]);
+    assert_eq!(
+        st["mirror"]["alive"][&master]["via"],
+        mesh.names[1].as_str(),
+        "{}",
+        st["mirror"]["alive"]
+    );
+    assert_eq!(st["mirror"]["alive"][&master]["direct"], false);
     std::thread::scope(|s| {
         for i in 0..3 {
             let node = mesh.node(i);

@@ -248,6 +248,13 @@ pub struct AliveHeard {
     pub age_ms: u64,
     /// This node's own origin as its vector holds it.
     pub holds_own: u64,
+    /// The peer whose link brought it: the master itself (heard directly)
+    /// or the node relaying it.
+    #[serde(default)]
+    pub via: String,
+    /// Heard on the master's own link rather than through a relay.
+    #[serde(default)]
+    pub direct: bool,
 }
 
 impl MirrorStatus {
@@ -426,6 +433,8 @@ impl Mirror {
                         stamp: h.stamp,
                         age_ms: now.saturating_sub(h.at_ms),
                         holds_own: h.holds.get(own),
+                        via: h.via.clone(),
+                        direct: h.via == h.node,
                     },
                 )
             })
