@@ -357,6 +357,69 @@ pub struct Placement<'a> {
     pub uid: u32,
 }
 
+/// The first fields of each [`Event`] variant, in its order (postcard
+/// names a variant by its index and writes fields in order, so a prefix
+/// of the fields decodes from the start of the event): enough to find
+/// whose event it is ([`Event::user_of`]). The test
+/// `user_of_reads_every_variant` keeps the two enums in step.
+#[derive(Deserialize)]
+enum Head<'a> {
+    UserCreated(&'a str),
+    PasswordChanged(&'a str),
+    UserDeleted(&'a str),
+    MailboxCreated(&'a str),
+    MailboxRenamed(&'a str),
+    MailboxDeleted(&'a str),
+    Subscribed(&'a str),
+    MessageAppended(&'a str),
+    FlagsChanged(&'a str),
+    Expunged(&'a str),
+    ConfigSet,
+    MessagesMoved(&'a str),
+    MailboxRemoved(&'a str),
+    RoleChanged,
+    MessageRestored(&'a str),
+    MailboxRestored(&'a str),
+    MessagePlaced(&'a str),
+    SideFileSet,
+    SideFileRemoved,
+    QuotaSet(&'a str),
+    // The epoch comes first, read past.
+    #[allow(dead_code)]
+    MessagesMovedInEpoch(u64, &'a str),
+    #[allow(dead_code)]
+    MessagePlacedInEpoch(u64, &'a str),
+    ConflictsReported(&'a str),
+}
+
+impl<'a> Head<'a> {
+    fn user(self) -> Option<&'a str> {
+        use Head::*;
+        match self {
+            UserCreated(u)
+            | PasswordChanged(u)
+            | UserDeleted(u)
+            | MailboxCreated(u)
+            | MailboxRenamed(u)
+            | MailboxDeleted(u)
+            | Subscribed(u)
+            | MessageAppended(u)
+            | FlagsChanged(u)
+            | Expunged(u)
+            | MessagesMoved(u)
+            | MailboxRemoved(u)
+            | MessageRestored(u)
+            | MailboxRestored(u)
+            | MessagePlaced(u)
+            | QuotaSet(u)
+            | MessagesMovedInEpoch(_, u)
+            | MessagePlacedInEpoch(_, u)
+            | ConflictsReported(u) => Some(u),
+            ConfigSet | RoleChanged | SideFileSet | SideFileRemoved => None,
+        }
+    }
+}
+
 /// Why a payload is not an event.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum EventDecodeError {
@@ -381,6 +444,21 @@ impl Event {
             Some(&EVENT_FORMAT) => match postcard::take_from_bytes(&payload[1..]) {
                 Ok((e, [])) => Ok(e),
                 Ok((_, rest)) => Err(EventDecodeError::Body(format!("{} unexpected bytes after the event", rest.len()))),
+                Err(e) => Err(EventDecodeError::Body(e.to_string())),
+            },
+            Some(&f) => Err(EventDecodeError::Format(f)),
+        }
+    }
+
+    /// The user an encoded event names (as [`Event::user`]), read without
+    /// decoding the rest of it: for scans that look for one user's entries
+    /// among many (a point-in-time restore). An error where the payload is
+    /// not an event as far as its user.
+    pub fn user_of(payload: &[u8]) -> Result<Option<&str>, EventDecodeError> {
+        match payload.first() {
+            None => Err(EventDecodeError::Empty),
+            Some(&EVENT_FORMAT) => match postcard::take_from_bytes::<Head<'_>>(&payload[1..]) {
+                Ok((h, _)) => Ok(h.user()),
                 Err(e) => Err(EventDecodeError::Body(e.to_string())),
             },
             Some(&f) => Err(EventDecodeError::Format(f)),
@@ -649,6 +727,169 @@ impl Event {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// One event of every variant (the match has no wildcard, so a new
+    /// variant must be added here, and to `Head`).
+    fn one_of_each() -> Vec<Event> {
+        let (u, id, b) = ("who@example.org".to_string(), Id([7; 16]), BlobHash([9; 32]));
+        let all = vec![
+            Event::UserCreated {
+                user: u.clone(),
+                password_hash: "h".into(),
+            },
+            Event::PasswordChanged {
+                user: u.clone(),
+                password_hash: "h".into(),
+            },
+            Event::UserDeleted { user: u.clone() },
+            Event::MailboxCreated {
+                user: u.clone(),
+                mailbox: id,
+                name: "A".into(),
+                uidvalidity: 1,
+                special_use: None,
+            },
+            Event::MailboxRenamed {
+                user: u.clone(),
+                mailbox: id,
+                name: "B".into(),
+            },
+            Event::MailboxDeleted {
+                user: u.clone(),
+                mailbox: id,
+            },
+            Event::Subscribed {
+                user: u.clone(),
+                name: "A".into(),
+                subscribed: true,
+            },
+            Event::MessageAppended {
+                user: u.clone(),
+                mailbox: id,
+                uid: 3,
+                guid: id,
+                blob: b,
+                size: 10,
+                internal_date: 1,
+                tz_minutes: 0,
+                flags: Flags::new(["\\Seen"]),
+            },
+            Event::FlagsChanged {
+                user: u.clone(),
+                mailbox: id,
+                messages: vec![(3, id)],
+                op: FlagOp::Add,
+                flags: Flags::default(),
+            },
+            Event::Expunged {
+                user: u.clone(),
+                mailbox: id,
+                messages: vec![(3, id)],
+            },
+            Event::ConfigSet {
+                key: "k".into(),
+                value: "v".into(),
+            },
+            Event::moved(0, u.clone(), id, id, vec![3], vec![(3, id, 4)]),
+            Event::MailboxRemoved {
+                user: u.clone(),
+                mailbox: id,
+            },
+            Event::RoleChanged {
+                node: "n".into(),
+                epoch: 2,
+            },
+            Event::MessageRestored {
+                user: u.clone(),
+                mailbox: id,
+                uid: 3,
+                guid: id,
+                blob: b,
+                size: 10,
+                internal_date: 1,
+                tz_minutes: 0,
+                flags: Flags::default(),
+            },
+            Event::MailboxRestored {
+                user: u.clone(),
+                mailbox: id,
+                name: "A".into(),
+                uidvalidity: 1,
+                uidnext: 5,
+                special_use: None,
+            },
+            Event::placed(0, u.clone(), id, id, 4),
+            Event::SideFileSet {
+                dir: "/d".into(),
+                name: "f".into(),
+                hash: b,
+                mode: 0o644,
+                body: vec![1],
+            },
+            Event::SideFileRemoved {
+                dir: "/d".into(),
+                name: "f".into(),
+            },
+            Event::QuotaSet {
+                user: u.clone(),
+                storage_kib: Some(1),
+                messages: None,
+            },
+            Event::moved(5, u.clone(), id, id, vec![3], vec![(3, id, 4)]),
+            Event::placed(5, u.clone(), id, id, 4),
+            Event::ConflictsReported {
+                user: u.clone(),
+                mailbox: id,
+                uids: vec![3],
+            },
+        ];
+        let mut seen = std::collections::BTreeSet::new();
+        for e in &all {
+            let i = match e {
+                Event::UserCreated { .. } => 0,
+                Event::PasswordChanged { .. } => 1,
+                Event::UserDeleted { .. } => 2,
+                Event::MailboxCreated { .. } => 3,
+                Event::MailboxRenamed { .. } => 4,
+                Event::MailboxDeleted { .. } => 5,
+                Event::Subscribed { .. } => 6,
+                Event::MessageAppended { .. } => 7,
+                Event::FlagsChanged { .. } => 8,
+                Event::Expunged { .. } => 9,
+                Event::ConfigSet { .. } => 10,
+                Event::MessagesMoved { .. } => 11,
+                Event::MailboxRemoved { .. } => 12,
+                Event::RoleChanged { .. } => 13,
+                Event::MessageRestored { .. } => 14,
+                Event::MailboxRestored { .. } => 15,
+                Event::MessagePlaced { .. } => 16,
+                Event::SideFileSet { .. } => 17,
+                Event::SideFileRemoved { .. } => 18,
+                Event::QuotaSet { .. } => 19,
+                Event::MessagesMovedInEpoch { .. } => 20,
+                Event::MessagePlacedInEpoch { .. } => 21,
+                Event::ConflictsReported { .. } => 22,
+            };
+            seen.insert(i);
+        }
+        assert_eq!(seen.len(), 23, "one event of every variant");
+        all
+    }
+
+    #[test]
+    fn user_of_reads_every_variant() {
+        for e in one_of_each() {
+            let p = e.encode();
+            assert_eq!(Event::user_of(&p).unwrap(), e.user(), "{e:?}");
+            // Cut inside the user: an error, not a wrong answer.
+            if let Some(u) = e.user() {
+                let at = p.windows(u.len()).position(|w| w == u.as_bytes()).unwrap();
+                assert!(Event::user_of(&p[..at + 3]).is_err(), "{e:?}");
+            }
+        }
+        assert_eq!(Event::user_of(&[]), Err(EventDecodeError::Empty));
+        assert!(matches!(Event::user_of(&[0xEE, 0]), Err(EventDecodeError::Format(0xEE))));
+    }
 
     #[test]
     fn round_trip_and_bad_format() {

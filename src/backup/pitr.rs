@@ -102,11 +102,14 @@ fn run(store: &Store, scratch_dir: &Path, req: &PitrRequest) -> Result<PitrRepor
                 origin: e.origin,
                 seq: e.seq,
             };
-            let ev = Event::decode(&e.payload).map_err(|err| BackupError::Apply {
+            // Whose entry it is, read from its first fields: only the
+            // user's own are decoded whole.
+            let bad = |err: crate::event::EventDecodeError| BackupError::Apply {
                 place: place.clone(),
                 reason: err.to_string(),
-            })?;
-            if ev.user() == Some(user.as_str()) {
+            };
+            if Event::user_of(&e.payload).map_err(bad)? == Some(user.as_str()) {
+                let ev = Event::decode(&e.payload).map_err(bad)?;
                 let at = wal::Appended {
                     origin: e.origin,
                     seq: e.seq,
