@@ -285,38 +285,44 @@ fn damage_is_named_repaired_and_scrubbed() {
 /// Stop `node`, change its views behind its log's back (one message
 /// expunged, one message's flags, one mailbox renamed), start it again.
 fn damage_stopped(node: Node, dir: &std::path::Path, cfg: &std::path::Path, id: &str) -> Node {
+    damage_stopped_at(node, dir, cfg, id, 2, 3, true)
+}
+
+/// Stop `node`, expunge UID `expunge` and flag UID `flag` of its INBOX
+/// behind its log's back (and rename Archive to Attic with `rename`), and
+/// start it again.
+fn damage_stopped_at(node: Node, dir: &std::path::Path, cfg: &std::path::Path, id: &str, expunge: u32, flag: u32, rename: bool) -> Node {
     assert!(node.stop());
     let db = dir.join("data").join("db");
     {
         let store = Store::open(&db, id, wal_options(id)).unwrap();
         let v = store.views();
         let mb = v.mailbox_by_name(USER, "INBOX").unwrap().unwrap();
-        let archive = v.mailbox_by_name(USER, "Archive").unwrap().unwrap();
         let msgs = v.messages(mb.id).unwrap();
         let guid = |uid: u32| msgs.iter().find(|m| m.0 == uid).unwrap().1.guid;
-        damage(
-            &store,
-            vec![
-                Event::Expunged {
-                    user: USER.into(),
-                    mailbox: mb.id,
-                    messages: vec![(2, guid(2))],
-                },
-                Event::FlagsChanged {
-                    user: USER.into(),
-                    mailbox: mb.id,
-                    messages: vec![(3, guid(3))],
-                    op: FlagOp::Set,
-                    flags: Flags::new(["\\Flagged"]),
-                },
-                Event::MailboxRenamed {
-                    user: USER.into(),
-                    mailbox: archive.id,
-                    name: "Attic".into(),
-                },
-            ],
-        );
+        let mut events = vec![
+            Event::Expunged {
+                user: USER.into(),
+                mailbox: mb.id,
+                messages: vec![(expunge, guid(expunge))],
+            },
+            Event::FlagsChanged {
+                user: USER.into(),
+                mailbox: mb.id,
+                messages: vec![(flag, guid(flag))],
+                op: FlagOp::Set,
+                flags: Flags::new(["\\Flagged"]),
+            },
+        ];
+        if rename {
+            events.push(Event::MailboxRenamed {
+                user: USER.into(),
+                mailbox: v.mailbox_by_name(USER, "Archive").unwrap().unwrap().id,
+                name: "Attic".into(),
+            });
+        }
         drop(v);
+        damage(&store, events);
         store.wal().close().unwrap();
     }
     Node::start(dir, Some(cfg))
@@ -557,36 +563,8 @@ fn a_wide_mailbox_is_compared_by_eighths() {
         b_mirror,
         ..
     } = p;
-    assert!(b.stop());
-    {
-        let store = Store::open(&b_dir.join("data").join("db"), "node-b", wal_options("node-b")).unwrap();
-        let v = store.views();
-        let mb = v.mailbox_by_name(USER, "INBOX").unwrap().unwrap();
-        let msgs = v.messages(mb.id).unwrap();
-        let guid = |uid: u32| msgs.iter().find(|m| m.0 == uid).unwrap().1.guid;
-        // UID 40 in the first leaf (UIDs 0-63), UID 90 in the second.
-        let (g40, g90) = (guid(40), guid(90));
-        drop(v);
-        damage(
-            &store,
-            vec![
-                Event::FlagsChanged {
-                    user: USER.into(),
-                    mailbox: mb.id,
-                    messages: vec![(40, g40)],
-                    op: FlagOp::Set,
-                    flags: Flags::new(["\\Flagged"]),
-                },
-                Event::Expunged {
-                    user: USER.into(),
-                    mailbox: mb.id,
-                    messages: vec![(90, g90)],
-                },
-            ],
-        );
-        store.wal().close().unwrap();
-    }
-    let b = Node::start(&b_dir, Some(&b_cfg));
+    // UID 40 in the first leaf (UIDs 0-63), UID 90 in the second.
+    let b = damage_stopped_at(b, &b_dir, &b_cfg, "node-b", 90, 40, false);
     let (ok, r, _) = json_cli(&a, &["verify", "--json", "--peer", &b_mirror]);
     assert!(!ok, "verify exited 0 with differences: {r}");
     let mut uids: Vec<u64> = r["items"].as_array().unwrap().iter().map(|i| i["uid"].as_u64().unwrap()).collect();
