@@ -2190,6 +2190,44 @@ mod tests {
         );
     }
 
+    /// Eighths are answered for nodes of a mailbox's trie only, and an
+    /// eighth's number must be one of the eight; an absent node answers
+    /// nothing, an empty eighth of a present node an empty digest.
+    #[test]
+    fn eighths_reads_answer_trie_nodes_only() {
+        let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let (a, b) = (open(da.path(), "a"), open(db.path(), "b"));
+        populate(&a, &b, 1, 10);
+        let v = a.views();
+        let inbox = v.mailbox_by_name("user0@example.org", "INBOX").unwrap().unwrap();
+        let leaf = tk::mailbox_node(inbox.id, 0, 0);
+        let sums = answer(&a, &v, EIGHTHS, &leaf).unwrap().unwrap();
+        let parts = Node::from_eighths(&leaf, &sums).unwrap();
+        // UIDs 1-10: slots 1-7 and 8-10.
+        assert_eq!(
+            parts.iter().map(|p| p.map_or(0, |p| p.1)).collect::<Vec<_>>(),
+            [7, 3, 0, 0, 0, 0, 0, 0]
+        );
+        let with = |e: u8| {
+            let mut k = leaf.clone();
+            k.push(e);
+            k
+        };
+        let first = answer(&a, &v, EIGHTH, &with(0)).unwrap().unwrap();
+        assert_eq!(Node::from_digest(&leaf, &first).unwrap().entries.len(), 7);
+        let empty = answer(&a, &v, EIGHTH, &with(5)).unwrap().unwrap();
+        assert!(Node::from_digest(&leaf, &empty).unwrap().entries.is_empty());
+        // Refused: an eighth past the eighth, keys outside a mailbox trie.
+        assert!(answer(&a, &v, EIGHTH, &with(8)).is_err());
+        assert!(answer(&a, &v, EIGHTHS, &tk::users_root()).is_err());
+        assert!(answer(&a, &v, EIGHTHS, &tk::user("user0@example.org")).is_err());
+        assert!(answer(&a, &v, EIGHTH, &[]).is_err());
+        assert!(answer(&a, &v, EIGHTHS, &leaf[..22]).is_err());
+        // A node that is not there answers nothing.
+        let absent = tk::mailbox_node(inbox.id, 0, 9);
+        assert_eq!(answer(&a, &v, EIGHTHS, &absent).unwrap(), None);
+    }
+
     /// Digests whose cut hashes all look alike (as two children alike in
     /// their first 8 bytes would): the summaries still differ, and the
     /// walk by whole nodes finds the differences.
