@@ -4,7 +4,7 @@
 use crate::event::Event;
 use crate::mutate::Cfs;
 use crate::store::Store;
-use crate::views::{apply_without_tree, read::TxnViews, read::ViewError};
+use crate::views::{apply_without_tree, read::TxnViews, read::ViewError, ViewRead, ViewWrite};
 use wal::{AppendError, Entry, Place, WalError};
 
 /// Why a replay stopped.
@@ -106,10 +106,80 @@ fn put_join_marks(store: &Store, marks: wal::KeyValues) -> Result<(), ReplayErro
     }))
 }
 
+/// The views of a rebuild held in a shadow of its own
+/// ([`wal::Wal::shadow_detached`]): read and written directly, each write
+/// going once into the one map, with no transaction around it.
+struct ShadowViews<'s>(&'s mut wal::Shadow);
+
+impl ViewRead for ShadowViews<'_> {
+    fn vget(&self, key: &[u8]) -> Result<Option<Vec<u8>>, WalError> {
+        Ok(self.0.get(key))
+    }
+    fn vscan(&self, prefix: &[u8]) -> Result<wal::KeyValues, WalError> {
+        Ok(self.0.scan(prefix).map(|(k, v)| (k.clone(), v.clone())).collect())
+    }
+}
+
+impl ViewWrite for ShadowViews<'_> {
+    fn put(&mut self, key: &[u8], value: &[u8]) {
+        self.0.put(key, value)
+    }
+    fn delete(&mut self, key: &[u8]) {
+        self.0.delete(key)
+    }
+}
+
+/// Apply one entry of the apply order (at `order`) to `v`, as
+/// [`apply_entries`] does without appending.
+fn apply_entry(v: &mut impl ViewWrite, order: u64, e: &Entry) -> Result<(), ReplayError> {
+    let place = Place {
+        origin: e.origin,
+        seq: e.seq,
+    };
+    let event = Event::decode(&e.payload).map_err(|err| ReplayError::Event {
+        place: place.clone(),
+        reason: err.to_string(),
+    })?;
+    let at = wal::Appended {
+        origin: e.origin,
+        seq: e.seq,
+        order,
+        hlc: e.hlc,
+        hash: e.hash,
+    };
+    let view_error = |source| ReplayError::View {
+        place: place.clone(),
+        source,
+    };
+    if crate::repl::resync::joined(&*v, e.origin.0, e.seq, &event).map_err(view_error)? {
+        return Ok(());
+    }
+    apply_without_tree(v, &at, &event).map_err(view_error)
+}
+
 /// Throw away the views and re-apply every entry in the apply order, then
 /// build the merkle tree from the views in one pass (cheaper than keeping
 /// it up to date entry by entry). Returns the number of entries applied.
+///
+/// The views are held in memory while they are rebuilt (a shadow the
+/// rebuild holds itself: reads are map lookups, each write goes once into
+/// the map, no transaction per chunk) and written out at the end as sorted
+/// tables; the merkle tree is built in the map too, before that. Past the
+/// shadow's memory budget, what the map holds is written out and the rest
+/// of the log is applied through transactions, as it was before shadows.
+/// After a failure, what the map holds is written out all the same (the
+/// join marks must survive it): the entries before the failing one and
+/// part of that one. The views are then not a function of the log until
+/// the next rebuild succeeds.
 pub fn rebuild_views(store: &Store) -> Result<u64, ReplayError> {
+    rebuild_views_within(store, SHADOW_BUDGET, CHUNK)
+}
+
+/// [`rebuild_views`] with a memory budget for the views held in memory
+/// and the entries applied per transaction once past it: small ones make
+/// tests go through the path a large store takes.
+#[doc(hidden)]
+pub fn rebuild_views_within(store: &Store, budget: usize, chunk: usize) -> Result<u64, ReplayError> {
     let wal = store.wal();
     let cfs = store.cfs();
     // Checked before the views are cleared: they are the only copy of the
@@ -117,17 +187,60 @@ pub fn rebuild_views(store: &Store) -> Result<u64, ReplayError> {
     refuse_pruned(wal)?;
     let marks = join_marks(store)?;
     wal.clear(&[cfs.views])?;
-    // The merkle tree is built while the views are still in memory: its
-    // reads are map lookups, and its nodes go into the one table written
-    // at the end, not through RocksDB's memtables.
-    in_shadow(store, || {
+    let Ok(mut shadow) = wal.shadow_detached(cfs.views, budget) else {
         put_join_marks(store, marks)?;
-        let n = apply_order(wal, |chunk| {
+        let n = apply_order(wal, 1, chunk, |chunk| {
             unwrap_append(wal.transact(move |txn| apply_entries(txn, cfs, chunk, false)))
         })?;
         crate::merkle::build_stored(store)?;
-        Ok(n)
-    })
+        return Ok(n);
+    };
+    for (k, v) in marks {
+        shadow.put_owned(k, v);
+    }
+    let r = rebuild_in(wal, &mut shadow, chunk);
+    // Written out even after a failure.
+    let written = wal.shadow_write(&shadow);
+    drop(shadow);
+    let (n, spilled_at) = r?;
+    written?;
+    let Some(from) = spilled_at else { return Ok(n) };
+    // Out of the memory budget: the rest goes through RocksDB.
+    let rest = apply_order(wal, from, chunk, |chunk| {
+        unwrap_append(wal.transact(move |txn| apply_entries(txn, cfs, chunk, false)))
+    })?;
+    crate::merkle::build_stored(store)?;
+    Ok(n + rest)
+}
+
+/// Apply the apply order to `shadow` from its start, then build the merkle
+/// tree in it. Returns the entries applied and, when the shadow outgrew
+/// its budget first, the order the rest starts at (the tree not built).
+fn rebuild_in(wal: &wal::Wal, shadow: &mut wal::Shadow, chunk: usize) -> Result<(u64, Option<u64>), ReplayError> {
+    let mut v = ShadowViews(shadow);
+    let mut from = 1;
+    let mut n = 0;
+    loop {
+        let entries = wal.read_order(from, chunk)?;
+        let Some((last, _)) = entries.last() else { break };
+        from = last + 1;
+        n += entries.len() as u64;
+        for (order, e) in &entries {
+            apply_entry(&mut v, *order, e)?;
+        }
+        if v.0.over_budget() {
+            return Ok((n, Some(from)));
+        }
+    }
+    // The tree's nodes, computed from the views in the map, go into it.
+    for (k, _) in v.vscan(&crate::merkle::keys::all())? {
+        v.delete(&k);
+    }
+    let tree = crate::merkle::build(&v).map_err(|e| ReplayError::Tree(crate::mutate::MutationError::from(e).into()))?;
+    for (k, b) in tree {
+        v.0.put_owned(k, b);
+    }
+    Ok((n, None))
 }
 
 /// Copy `src`'s log, in its apply order, into `dst` (normally empty),
@@ -139,7 +252,7 @@ pub fn replay_into(src: &Store, dst: &Store) -> Result<u64, ReplayError> {
     let marks = join_marks(src)?;
     let n = in_shadow(dst, || {
         put_join_marks(dst, marks)?;
-        apply_order(src.wal(), |chunk| {
+        apply_order(src.wal(), 1, CHUNK, |chunk| {
             unwrap_append(dst.wal().transact(move |txn| apply_entries(txn, cfs, chunk, true)))
         })
     })?;
@@ -165,13 +278,17 @@ fn in_shadow(store: &Store, f: impl FnOnce() -> Result<u64, ReplayError>) -> Res
     Ok(n)
 }
 
-/// Hand `wal`'s apply order to `apply` in chunks of [`CHUNK`] entries;
-/// returns how many there were.
-fn apply_order(wal: &wal::Wal, mut apply: impl FnMut(Vec<(u64, Entry)>) -> Result<(), ReplayError>) -> Result<u64, ReplayError> {
-    let mut from = 1;
+/// Hand `wal`'s apply order from `from` to `apply` in chunks of `chunk`
+/// entries; returns how many there were.
+fn apply_order(
+    wal: &wal::Wal,
+    mut from: u64,
+    chunk: usize,
+    mut apply: impl FnMut(Vec<(u64, Entry)>) -> Result<(), ReplayError>,
+) -> Result<u64, ReplayError> {
     let mut n = 0;
     loop {
-        let chunk = wal.read_order(from, CHUNK)?;
+        let chunk = wal.read_order(from, chunk)?;
         let Some((last, _)) = chunk.last() else { break };
         from = last + 1;
         n += chunk.len() as u64;

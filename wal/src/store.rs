@@ -1047,6 +1047,29 @@ impl Wal {
     /// and used through RocksDB again. For an offline rebuild only: nothing
     /// outside transactions sees the column family's content until the end.
     pub fn shadow_begin(&self, cf: Cf, budget: usize) -> Result<(), WalError> {
+        self.check_shadowable(cf)?;
+        *self.shared.shadow.lock().expect("shadow lock") = Some(Shadow::new(cf.0, budget));
+        self.shared.shadow_on.store(true, Ordering::Release);
+        Ok(())
+    }
+
+    /// A shadow of the caller column family `cf`, which must be empty, for
+    /// the caller to hold, read and write itself (see `shadow.rs`), then
+    /// write out with [`Wal::shadow_write`]. For an offline rebuild that
+    /// writes nothing but `cf`; transactions do not see it.
+    pub fn shadow_detached(&self, cf: Cf, budget: usize) -> Result<Shadow, WalError> {
+        self.check_shadowable(cf)?;
+        Ok(Shadow::new(cf.0, budget))
+    }
+
+    /// Write a shadow from [`Wal::shadow_detached`] into its column family
+    /// as sorted tables of bounded size, and flush: durable when this
+    /// returns. Keys the shadow holds replace those of the column family.
+    pub fn shadow_write(&self, shadow: &Shadow) -> Result<(), WalError> {
+        self.shared.write_shadow(shadow)
+    }
+
+    fn check_shadowable(&self, cf: Cf) -> Result<(), WalError> {
         assert!(
             cf.0 >= FIRST_USER_CF && !self.shared.is_blob_cf(cf.0),
             "shadows hold small caller values"
@@ -1058,8 +1081,6 @@ impl Wal {
                 reason: "a shadow needs an empty column family".into(),
             });
         }
-        *self.shared.shadow.lock().expect("shadow lock") = Some(Shadow::new(cf.0, budget));
-        self.shared.shadow_on.store(true, Ordering::Release);
         Ok(())
     }
 
