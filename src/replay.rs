@@ -16,6 +16,10 @@ pub enum ReplayError {
     Event { place: Place, reason: String },
     #[error("applying the event at {place}: {source}")]
     View { place: Place, source: ViewError },
+    /// The log's chains do not verify (`wal::Wal::verify_all`): the views
+    /// were left as they were.
+    #[error("the log does not verify; not rebuilding from it: {0}")]
+    Unverified(WalError),
     #[error("building the merkle tree from the views: {0}")]
     Tree(#[from] crate::store::StoreError),
     /// The log was pruned (`wal::prune`): its entries no longer explain
@@ -161,48 +165,61 @@ fn apply_entry(v: &mut impl ViewWrite, order: u64, e: &Entry) -> Result<(), Repl
 /// build the merkle tree from the views in one pass (cheaper than keeping
 /// it up to date entry by entry). Returns the number of entries applied.
 ///
-/// The views are held in memory while they are rebuilt (a shadow the
-/// rebuild holds itself: reads are map lookups, each write goes once into
-/// the map, no transaction per chunk) and written out at the end as sorted
-/// tables; the merkle tree is built in the map too, before that. Past the
-/// shadow's memory budget, what the map holds is written out and the rest
-/// of the log is applied through transactions, as it was before shadows.
-/// After a failure, what the map holds is written out all the same (the
-/// join marks must survive it): the entries before the failing one and
-/// part of that one. The views are then not a function of the log until
-/// the next rebuild succeeds.
+/// The views are computed in memory (a shadow the rebuild holds itself:
+/// reads are map lookups, each write goes once into the map, no
+/// transaction per chunk), the merkle tree too, while another thread
+/// clears the views on disk; the map is then written out as sorted
+/// tables. Past the shadow's memory budget, what the map holds is written
+/// out and the rest of the log is applied through transactions, as it was
+/// before shadows. After a failure to apply, what the map holds is
+/// written out all the same (the join marks must survive it): the entries
+/// before the failing one and part of that one. The views are then not a
+/// function of the log until the next rebuild succeeds.
 pub fn rebuild_views(store: &Store) -> Result<u64, ReplayError> {
-    rebuild_views_within(store, SHADOW_BUDGET, CHUNK)
+    rebuild_views_within(store, false, SHADOW_BUDGET, CHUNK)
 }
 
-/// [`rebuild_views`] with a memory budget for the views held in memory
-/// and the entries applied per transaction once past it: small ones make
-/// tests go through the path a large store takes.
+/// [`rebuild_views`] after verifying the log's chains
+/// (`wal::Wal::verify_all`), on the thread that clears the views, before
+/// it does: the verification costs no time beside applying the log, and a
+/// log that does not verify leaves the views as they were
+/// ([`ReplayError::Unverified`]).
+pub fn rebuild_views_verified(store: &Store) -> Result<u64, ReplayError> {
+    rebuild_views_within(store, true, SHADOW_BUDGET, CHUNK)
+}
+
+/// [`rebuild_views`] (verifying first if `verify`) with a memory budget
+/// for the views held in memory and the entries applied per transaction
+/// once past it: small ones make tests go through the path a large store
+/// takes.
 #[doc(hidden)]
-pub fn rebuild_views_within(store: &Store, budget: usize, chunk: usize) -> Result<u64, ReplayError> {
+pub fn rebuild_views_within(store: &Store, verify: bool, budget: usize, chunk: usize) -> Result<u64, ReplayError> {
     let wal = store.wal();
     let cfs = store.cfs();
     // Checked before the views are cleared: they are the only copy of the
     // state the pruned entries made.
     refuse_pruned(wal)?;
-    let marks = join_marks(store)?;
-    wal.clear(&[cfs.views])?;
-    let Ok(mut shadow) = wal.shadow_detached(cfs.views, budget) else {
-        put_join_marks(store, marks)?;
-        let n = apply_order(wal, 1, chunk, |chunk| {
-            unwrap_append(wal.transact(move |txn| apply_entries(txn, cfs, chunk, false)))
-        })?;
-        crate::merkle::build_stored(store)?;
-        return Ok(n);
-    };
-    for (k, v) in marks {
+    let mut shadow = wal.shadow_detached(cfs.views, budget);
+    for (k, v) in join_marks(store)? {
         shadow.put_owned(k, v);
     }
-    let r = rebuild_in(wal, &mut shadow, chunk);
-    // Written out even after a failure.
+    let (applied, cleared) = std::thread::scope(|s| {
+        let clearing = s.spawn(|| {
+            if verify {
+                wal.verify_all().map_err(ReplayError::Unverified)?;
+            }
+            wal.clear(&[cfs.views])?;
+            Ok::<(), ReplayError>(())
+        });
+        let applied = rebuild_in(wal, &mut shadow, chunk);
+        (applied, clearing.join().expect("the thread clearing the views panicked"))
+    });
+    // Not verified, or not cleared: nothing is written.
+    cleared?;
+    // Written out even after a failure to apply.
     let written = wal.shadow_write(&shadow);
     drop(shadow);
-    let (n, spilled_at) = r?;
+    let (n, spilled_at) = applied?;
     written?;
     let Some(from) = spilled_at else { return Ok(n) };
     // Out of the memory budget: the rest goes through RocksDB.

@@ -351,7 +351,7 @@ proptest! {
 
         // Out of memory after the first few entries: the rest goes through
         // transactions of a few entries each, the tree built from RocksDB.
-        let rebuilt = rebuild_views_within(&a, 0, 3).unwrap();
+        let rebuilt = rebuild_views_within(&a, true, 0, 3).unwrap();
         prop_assert_eq!(rebuilt, n);
         prop_assert_eq!(views_digest(&a).unwrap(), live, "rebuild past the memory budget differs");
         check_tree(&a)?;

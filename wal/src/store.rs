@@ -1053,27 +1053,34 @@ impl Wal {
         Ok(())
     }
 
-    /// A shadow of the caller column family `cf`, which must be empty, for
-    /// the caller to hold, read and write itself (see `shadow.rs`), then
-    /// write out with [`Wal::shadow_write`]. For an offline rebuild that
-    /// writes nothing but `cf`; transactions do not see it.
-    pub fn shadow_detached(&self, cf: Cf, budget: usize) -> Result<Shadow, WalError> {
-        self.check_shadowable(cf)?;
-        Ok(Shadow::new(cf.0, budget))
+    /// A shadow for the caller to hold, read and write itself (see
+    /// `shadow.rs`): the content of the caller column family `cf` computed
+    /// from nothing, written out with [`Wal::shadow_write`] once `cf` was
+    /// cleared ([`Wal::clear`]). For an offline rebuild that writes nothing
+    /// but `cf`; transactions do not see it, and it reads nothing of `cf`,
+    /// so it may be filled before or while `cf` is cleared.
+    pub fn shadow_detached(&self, cf: Cf, budget: usize) -> Shadow {
+        self.assert_shadowable(cf);
+        Shadow::new(cf.0, budget)
     }
 
     /// Write a shadow from [`Wal::shadow_detached`] into its column family
     /// as sorted tables of bounded size, and flush: durable when this
-    /// returns. Keys the shadow holds replace those of the column family.
+    /// returns. Keys the shadow holds replace those of the column family
+    /// (which the caller cleared first).
     pub fn shadow_write(&self, shadow: &Shadow) -> Result<(), WalError> {
         self.shared.write_shadow(shadow)
     }
 
-    fn check_shadowable(&self, cf: Cf) -> Result<(), WalError> {
+    fn assert_shadowable(&self, cf: Cf) {
         assert!(
             cf.0 >= FIRST_USER_CF && !self.shared.is_blob_cf(cf.0),
             "shadows hold small caller values"
         );
+    }
+
+    fn check_shadowable(&self, cf: Cf) -> Result<(), WalError> {
+        self.assert_shadowable(cf);
         if let Some(item) = self.shared.db.iterator_cf(self.shared.handle(cf.0), IteratorMode::Start).next() {
             let (k, _) = item?;
             return Err(WalError::CorruptMeta {
