@@ -115,12 +115,24 @@ fn put_join_marks(store: &Store, marks: wal::KeyValues) -> Result<(), ReplayErro
 /// going once into the one map, with no transaction around it.
 struct ShadowViews<'s>(&'s mut wal::Shadow);
 
-impl ViewRead for ShadowViews<'_> {
+/// The same views, read only (by the merkle build, while they are written out).
+struct ShadowRead<'s>(&'s wal::Shadow);
+
+impl ViewRead for ShadowRead<'_> {
     fn vget(&self, key: &[u8]) -> Result<Option<Vec<u8>>, WalError> {
         Ok(self.0.get(key))
     }
     fn vscan(&self, prefix: &[u8]) -> Result<wal::KeyValues, WalError> {
         Ok(self.0.scan(prefix).map(|(k, v)| (k.clone(), v.clone())).collect())
+    }
+}
+
+impl ViewRead for ShadowViews<'_> {
+    fn vget(&self, key: &[u8]) -> Result<Option<Vec<u8>>, WalError> {
+        ShadowRead(self.0).vget(key)
+    }
+    fn vscan(&self, prefix: &[u8]) -> Result<wal::KeyValues, WalError> {
+        ShadowRead(self.0).vscan(prefix)
     }
 }
 
@@ -167,9 +179,9 @@ fn apply_entry(v: &mut impl ViewWrite, order: u64, e: &Entry) -> Result<(), Repl
 ///
 /// The views are computed in memory (a shadow the rebuild holds itself:
 /// reads are map lookups, each write goes once into the map, no
-/// transaction per chunk), the merkle tree too, while another thread
-/// clears the views on disk; the map is then written out as sorted
-/// tables. Past the shadow's memory budget, what the map holds is written
+/// transaction per chunk) while another thread clears the views on disk;
+/// the map is then written out as sorted tables while another thread
+/// builds the merkle tree from it, whose nodes are written after. Past the shadow's memory budget, what the map holds is written
 /// out and the rest of the log is applied through transactions, as it was
 /// before shadows. After a failure to apply, what the map holds is
 /// written out all the same (the join marks must survive it): the entries
@@ -216,12 +228,34 @@ pub fn rebuild_views_within(store: &Store, verify: bool, budget: usize, chunk: u
     });
     // Not verified, or not cleared: nothing is written.
     cleared?;
-    // Written out even after a failure to apply.
-    let written = wal.shadow_write(&shadow);
+    let (n, spilled_at) = match applied {
+        Ok(done) => done,
+        Err(e) => {
+            // Written out even after a failure to apply.
+            wal.shadow_write(&shadow)?;
+            return Err(e);
+        }
+    };
+    let Some(from) = spilled_at else {
+        // The views are written out on this thread while another builds
+        // the merkle tree from them; its nodes are written after.
+        let (written, tree) = std::thread::scope(|s| {
+            let tree = s.spawn(|| crate::merkle::build(&ShadowRead(&shadow)));
+            let written = wal.shadow_write(&shadow);
+            (written, tree.join().expect("the thread building the tree panicked"))
+        });
+        written?;
+        drop(shadow);
+        let tree = tree.map_err(|e| ReplayError::Tree(crate::mutate::MutationError::from(e).into()))?;
+        let mut nodes = wal.shadow_detached(cfs.views, usize::MAX);
+        for (k, b) in tree {
+            nodes.put_owned(k, b);
+        }
+        wal.shadow_write(&nodes)?;
+        return Ok(n);
+    };
+    wal.shadow_write(&shadow)?;
     drop(shadow);
-    let (n, spilled_at) = applied?;
-    written?;
-    let Some(from) = spilled_at else { return Ok(n) };
     // Out of the memory budget: the rest goes through RocksDB.
     let rest = apply_order(wal, from, chunk, |chunk| {
         unwrap_append(wal.transact(move |txn| apply_entries(txn, cfs, chunk, false)))
@@ -230,9 +264,9 @@ pub fn rebuild_views_within(store: &Store, verify: bool, budget: usize, chunk: u
     Ok(n + rest)
 }
 
-/// Apply the apply order to `shadow` from its start, then build the merkle
-/// tree in it. Returns the entries applied and, when the shadow outgrew
-/// its budget first, the order the rest starts at (the tree not built).
+/// Apply the apply order to `shadow` from its start. Returns the entries
+/// applied and, when the shadow outgrew its budget first, the order the
+/// rest starts at.
 fn rebuild_in(wal: &wal::Wal, shadow: &mut wal::Shadow, chunk: usize) -> Result<(u64, Option<u64>), ReplayError> {
     let mut v = ShadowViews(shadow);
     let mut from = 1;
@@ -249,13 +283,9 @@ fn rebuild_in(wal: &wal::Wal, shadow: &mut wal::Shadow, chunk: usize) -> Result<
             return Ok((n, Some(from)));
         }
     }
-    // The tree's nodes, computed from the views in the map, go into it.
+    // The tree is built from the views afresh: no node is kept.
     for (k, _) in v.vscan(&crate::merkle::keys::all())? {
         v.delete(&k);
-    }
-    let tree = crate::merkle::build(&v).map_err(|e| ReplayError::Tree(crate::mutate::MutationError::from(e).into()))?;
-    for (k, b) in tree {
-        v.0.put_owned(k, b);
     }
     Ok((n, None))
 }
