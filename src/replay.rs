@@ -146,8 +146,10 @@ impl ViewWrite for ShadowViews<'_> {
 }
 
 /// Apply one entry of the apply order (at `order`) to `v`, as
-/// [`apply_entries`] does without appending.
-fn apply_entry(v: &mut impl ViewWrite, order: u64, e: &Entry) -> Result<(), ReplayError> {
+/// [`apply_entries`] does without appending. `joins`: whether the views
+/// hold any join mark (with none, no entry is covered by one, and the
+/// lookup per entry is saved: applying events never writes marks).
+fn apply_entry(v: &mut impl ViewWrite, joins: bool, order: u64, e: &Entry) -> Result<(), ReplayError> {
     let place = Place {
         origin: e.origin,
         seq: e.seq,
@@ -167,7 +169,7 @@ fn apply_entry(v: &mut impl ViewWrite, order: u64, e: &Entry) -> Result<(), Repl
         place: place.clone(),
         source,
     };
-    if crate::repl::resync::joined(&*v, e.origin.0, e.seq, &event).map_err(view_error)? {
+    if joins && crate::repl::resync::joined(&*v, e.origin.0, e.seq, &event).map_err(view_error)? {
         return Ok(());
     }
     apply_without_tree(v, &at, &event).map_err(view_error)
@@ -212,7 +214,9 @@ pub fn rebuild_views_within(store: &Store, verify: bool, budget: usize, chunk: u
     // state the pruned entries made.
     refuse_pruned(wal)?;
     let mut shadow = wal.shadow_detached(cfs.views, budget);
-    for (k, v) in join_marks(store)? {
+    let marks = join_marks(store)?;
+    let joins = !marks.is_empty();
+    for (k, v) in marks {
         shadow.put_owned(k, v);
     }
     let (applied, cleared) = std::thread::scope(|s| {
@@ -223,7 +227,7 @@ pub fn rebuild_views_within(store: &Store, verify: bool, budget: usize, chunk: u
             wal.clear(&[cfs.views])?;
             Ok::<(), ReplayError>(())
         });
-        let applied = rebuild_in(wal, &mut shadow, chunk);
+        let applied = rebuild_in(wal, &mut shadow, joins, chunk);
         (applied, clearing.join().expect("the thread clearing the views panicked"))
     });
     // Not verified, or not cleared: nothing is written.
@@ -267,7 +271,7 @@ pub fn rebuild_views_within(store: &Store, verify: bool, budget: usize, chunk: u
 /// Apply the apply order to `shadow` from its start. Returns the entries
 /// applied and, when the shadow outgrew its budget first, the order the
 /// rest starts at.
-fn rebuild_in(wal: &wal::Wal, shadow: &mut wal::Shadow, chunk: usize) -> Result<(u64, Option<u64>), ReplayError> {
+fn rebuild_in(wal: &wal::Wal, shadow: &mut wal::Shadow, joins: bool, chunk: usize) -> Result<(u64, Option<u64>), ReplayError> {
     let mut v = ShadowViews(shadow);
     let mut from = 1;
     let mut n = 0;
@@ -277,7 +281,7 @@ fn rebuild_in(wal: &wal::Wal, shadow: &mut wal::Shadow, chunk: usize) -> Result<
         from = last + 1;
         n += entries.len() as u64;
         for (order, e) in &entries {
-            apply_entry(&mut v, *order, e)?;
+            apply_entry(&mut v, joins, *order, e)?;
         }
         if v.0.over_budget() {
             return Ok((n, Some(from)));
