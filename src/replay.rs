@@ -4,7 +4,7 @@
 use crate::event::Event;
 use crate::mutate::Cfs;
 use crate::store::Store;
-use crate::views::{apply_without_tree, read::TxnViews, read::ViewError};
+use crate::views::{apply_without_tree, read::TxnViews, read::ViewError, ViewRead, ViewWrite};
 use wal::{AppendError, Entry, Place, WalError};
 
 /// Why a replay stopped.
@@ -16,6 +16,10 @@ pub enum ReplayError {
     Event { place: Place, reason: String },
     #[error("applying the event at {place}: {source}")]
     View { place: Place, source: ViewError },
+    /// The log's chains do not verify (`wal::Wal::verify_all`): the views
+    /// were left as they were.
+    #[error("the log does not verify; not rebuilding from it: {0}")]
+    Unverified(WalError),
     #[error("building the merkle tree from the views: {0}")]
     Tree(#[from] crate::store::StoreError),
     /// The log was pruned (`wal::prune`): its entries no longer explain
@@ -106,28 +110,188 @@ fn put_join_marks(store: &Store, marks: wal::KeyValues) -> Result<(), ReplayErro
     }))
 }
 
+/// The views of a rebuild held in a shadow of its own
+/// ([`wal::Wal::shadow_detached`]): read and written directly, each write
+/// going once into the one map, with no transaction around it.
+struct ShadowViews<'s>(&'s mut wal::Shadow);
+
+/// The same views, read only (by the merkle build, while they are written out).
+struct ShadowRead<'s>(&'s wal::Shadow);
+
+impl ViewRead for ShadowRead<'_> {
+    fn vget(&self, key: &[u8]) -> Result<Option<Vec<u8>>, WalError> {
+        Ok(self.0.get(key))
+    }
+    fn vscan(&self, prefix: &[u8]) -> Result<wal::KeyValues, WalError> {
+        Ok(self.0.scan(prefix).map(|(k, v)| (k.clone(), v.clone())).collect())
+    }
+}
+
+impl ViewRead for ShadowViews<'_> {
+    fn vget(&self, key: &[u8]) -> Result<Option<Vec<u8>>, WalError> {
+        ShadowRead(self.0).vget(key)
+    }
+    fn vscan(&self, prefix: &[u8]) -> Result<wal::KeyValues, WalError> {
+        ShadowRead(self.0).vscan(prefix)
+    }
+}
+
+impl ViewWrite for ShadowViews<'_> {
+    fn put(&mut self, key: &[u8], value: &[u8]) {
+        self.0.put(key, value)
+    }
+    fn delete(&mut self, key: &[u8]) {
+        self.0.delete(key)
+    }
+}
+
+/// Apply one entry of the apply order (at `order`) to `v`, as
+/// [`apply_entries`] does without appending. `joins`: whether the views
+/// hold any join mark (with none, no entry is covered by one, and the
+/// lookup per entry is saved: applying events never writes marks).
+fn apply_entry(v: &mut impl ViewWrite, joins: bool, order: u64, e: &Entry) -> Result<(), ReplayError> {
+    let place = Place {
+        origin: e.origin,
+        seq: e.seq,
+    };
+    let event = Event::decode(&e.payload).map_err(|err| ReplayError::Event {
+        place: place.clone(),
+        reason: err.to_string(),
+    })?;
+    let at = wal::Appended {
+        origin: e.origin,
+        seq: e.seq,
+        order,
+        hlc: e.hlc,
+        hash: e.hash,
+    };
+    let view_error = |source| ReplayError::View {
+        place: place.clone(),
+        source,
+    };
+    if joins && crate::repl::resync::joined(&*v, e.origin.0, e.seq, &event).map_err(view_error)? {
+        return Ok(());
+    }
+    apply_without_tree(v, &at, &event).map_err(view_error)
+}
+
 /// Throw away the views and re-apply every entry in the apply order, then
 /// build the merkle tree from the views in one pass (cheaper than keeping
 /// it up to date entry by entry). Returns the number of entries applied.
+///
+/// The views are computed in memory (a shadow the rebuild holds itself:
+/// reads are map lookups, each write goes once into the map, no
+/// transaction per chunk) while another thread clears the views on disk;
+/// the map is then written out as sorted tables while another thread
+/// builds the merkle tree from it, whose nodes are written after. Past the shadow's memory budget, what the map holds is written
+/// out and the rest of the log is applied through transactions, as it was
+/// before shadows. After a failure to apply, what the map holds is
+/// written out all the same (the join marks must survive it): the entries
+/// before the failing one and part of that one. The views are then not a
+/// function of the log until the next rebuild succeeds.
 pub fn rebuild_views(store: &Store) -> Result<u64, ReplayError> {
+    rebuild_views_within(store, false, SHADOW_BUDGET, CHUNK)
+}
+
+/// [`rebuild_views`] after verifying the log's chains
+/// (`wal::Wal::verify_all`), on the thread that clears the views, before
+/// it does: the verification costs no time beside applying the log, and a
+/// log that does not verify leaves the views as they were
+/// ([`ReplayError::Unverified`]).
+pub fn rebuild_views_verified(store: &Store) -> Result<u64, ReplayError> {
+    rebuild_views_within(store, true, SHADOW_BUDGET, CHUNK)
+}
+
+/// [`rebuild_views`] (verifying first if `verify`) with a memory budget
+/// for the views held in memory and the entries applied per transaction
+/// once past it: small ones make tests go through the path a large store
+/// takes.
+#[doc(hidden)]
+pub fn rebuild_views_within(store: &Store, verify: bool, budget: usize, chunk: usize) -> Result<u64, ReplayError> {
     let wal = store.wal();
     let cfs = store.cfs();
     // Checked before the views are cleared: they are the only copy of the
     // state the pruned entries made.
     refuse_pruned(wal)?;
+    let mut shadow = wal.shadow_detached(cfs.views, budget);
     let marks = join_marks(store)?;
-    wal.clear(&[cfs.views])?;
-    // The merkle tree is built while the views are still in memory: its
-    // reads are map lookups, and its nodes go into the one table written
-    // at the end, not through RocksDB's memtables.
-    in_shadow(store, || {
-        put_join_marks(store, marks)?;
-        let n = apply_order(wal, |chunk| {
-            unwrap_append(wal.transact(move |txn| apply_entries(txn, cfs, chunk, false)))
-        })?;
-        crate::merkle::build_stored(store)?;
-        Ok(n)
-    })
+    let joins = !marks.is_empty();
+    for (k, v) in marks {
+        shadow.put_owned(k, v);
+    }
+    let (applied, cleared) = std::thread::scope(|s| {
+        let clearing = s.spawn(|| {
+            if verify {
+                wal.verify_all().map_err(ReplayError::Unverified)?;
+            }
+            wal.clear(&[cfs.views])?;
+            Ok::<(), ReplayError>(())
+        });
+        let applied = rebuild_in(wal, &mut shadow, joins, chunk);
+        (applied, clearing.join().expect("the thread clearing the views panicked"))
+    });
+    // Not verified, or not cleared: nothing is written.
+    cleared?;
+    let (n, spilled_at) = match applied {
+        Ok(done) => done,
+        Err(e) => {
+            // Written out even after a failure to apply.
+            wal.shadow_write(&shadow)?;
+            return Err(e);
+        }
+    };
+    let Some(from) = spilled_at else {
+        // The views are written out on this thread while another builds
+        // the merkle tree from them; its nodes are written after.
+        let (written, tree) = std::thread::scope(|s| {
+            let tree = s.spawn(|| crate::merkle::build(&ShadowRead(&shadow)));
+            let written = wal.shadow_write(&shadow);
+            (written, tree.join().expect("the thread building the tree panicked"))
+        });
+        written?;
+        drop(shadow);
+        let tree = tree.map_err(|e| ReplayError::Tree(crate::mutate::MutationError::from(e).into()))?;
+        let mut nodes = wal.shadow_detached(cfs.views, usize::MAX);
+        for (k, b) in tree {
+            nodes.put_owned(k, b);
+        }
+        wal.shadow_write(&nodes)?;
+        return Ok(n);
+    };
+    wal.shadow_write(&shadow)?;
+    drop(shadow);
+    // Out of the memory budget: the rest goes through RocksDB.
+    let rest = apply_order(wal, from, chunk, |chunk| {
+        unwrap_append(wal.transact(move |txn| apply_entries(txn, cfs, chunk, false)))
+    })?;
+    crate::merkle::build_stored(store)?;
+    Ok(n + rest)
+}
+
+/// Apply the apply order to `shadow` from its start. Returns the entries
+/// applied and, when the shadow outgrew its budget first, the order the
+/// rest starts at.
+fn rebuild_in(wal: &wal::Wal, shadow: &mut wal::Shadow, joins: bool, chunk: usize) -> Result<(u64, Option<u64>), ReplayError> {
+    let mut v = ShadowViews(shadow);
+    let mut from = 1;
+    let mut n = 0;
+    loop {
+        let entries = wal.read_order(from, chunk)?;
+        let Some((last, _)) = entries.last() else { break };
+        from = last + 1;
+        n += entries.len() as u64;
+        for (order, e) in &entries {
+            apply_entry(&mut v, joins, *order, e)?;
+        }
+        if v.0.over_budget() {
+            return Ok((n, Some(from)));
+        }
+    }
+    // The tree is built from the views afresh: no node is kept.
+    for (k, _) in v.vscan(&crate::merkle::keys::all())? {
+        v.delete(&k);
+    }
+    Ok((n, None))
 }
 
 /// Copy `src`'s log, in its apply order, into `dst` (normally empty),
@@ -139,7 +303,7 @@ pub fn replay_into(src: &Store, dst: &Store) -> Result<u64, ReplayError> {
     let marks = join_marks(src)?;
     let n = in_shadow(dst, || {
         put_join_marks(dst, marks)?;
-        apply_order(src.wal(), |chunk| {
+        apply_order(src.wal(), 1, CHUNK, |chunk| {
             unwrap_append(dst.wal().transact(move |txn| apply_entries(txn, cfs, chunk, true)))
         })
     })?;
@@ -165,13 +329,17 @@ fn in_shadow(store: &Store, f: impl FnOnce() -> Result<u64, ReplayError>) -> Res
     Ok(n)
 }
 
-/// Hand `wal`'s apply order to `apply` in chunks of [`CHUNK`] entries;
-/// returns how many there were.
-fn apply_order(wal: &wal::Wal, mut apply: impl FnMut(Vec<(u64, Entry)>) -> Result<(), ReplayError>) -> Result<u64, ReplayError> {
-    let mut from = 1;
+/// Hand `wal`'s apply order from `from` to `apply` in chunks of `chunk`
+/// entries; returns how many there were.
+fn apply_order(
+    wal: &wal::Wal,
+    mut from: u64,
+    chunk: usize,
+    mut apply: impl FnMut(Vec<(u64, Entry)>) -> Result<(), ReplayError>,
+) -> Result<u64, ReplayError> {
     let mut n = 0;
     loop {
-        let chunk = wal.read_order(from, CHUNK)?;
+        let chunk = wal.read_order(from, chunk)?;
         let Some((last, _)) = chunk.last() else { break };
         from = last + 1;
         n += chunk.len() as u64;

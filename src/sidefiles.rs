@@ -51,7 +51,7 @@
 use crate::event::{BlobHash, Event};
 use crate::metrics::{Collect, Counter, Encoder};
 use crate::store::Store;
-use crate::views::{keys, TxnViews, ViewError, ViewRead};
+use crate::views::{keys, TxnViews, ViewError, ViewRead, ViewWrite};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Component, Path, PathBuf};
@@ -235,7 +235,7 @@ pub fn mode_bits(mode: u32) -> u32 {
 /// A name or directory no node would have logged, or a body that is not
 /// what its hash says or is over [`MAX_FILE`], changes nothing (logged as
 /// a warning): the views stay a function of the log.
-pub fn apply(v: &mut TxnViews<'_, '_>, ts: (u64, u64), event: &Event) -> Result<(), ViewError> {
+pub fn apply(v: &mut impl ViewWrite, ts: (u64, u64), event: &Event) -> Result<(), ViewError> {
     let (dir, name) = match event {
         Event::SideFileSet { dir, name, .. } | Event::SideFileRemoved { dir, name } => (dir, name),
         _ => return Ok(()),

@@ -13,7 +13,7 @@
 use crate::config::Role;
 use crate::event::Event;
 use crate::mutate::{self, Cfs, MutationError};
-use crate::views::{TxnViews, ViewError, ViewRead};
+use crate::views::{TxnViews, ViewError, ViewRead, ViewWrite};
 use serde::{Deserialize, Serialize};
 use wal::Txn;
 
@@ -61,7 +61,7 @@ pub fn highest(v: &impl ViewRead) -> Result<Option<Master>, ViewError> {
 /// Apply a role event: kept if above the highest so far. Equal epochs
 /// (two nodes promoted during a cut) are ordered by node id, so every
 /// node that holds both events picks the same master.
-pub fn apply(v: &mut TxnViews<'_, '_>, node: &str, epoch: u64) -> Result<(), ViewError> {
+pub fn apply(v: &mut impl ViewWrite, node: &str, epoch: u64) -> Result<(), ViewError> {
     let new = Master {
         epoch,
         node: node.to_string(),

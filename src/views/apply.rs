@@ -3,12 +3,12 @@
 //! events in the same order it writes the same bytes, whether live or in
 //! replay. It never reads the clock or a random source.
 
-use super::read::{TxnViews, ViewError, ViewRead};
+use super::read::{TxnViews, ViewError, ViewRead, ViewWrite};
 use super::{enc, enc_moved, keys, CollisionRec, MailboxRec, MessageRec, PendingRec, Rank, ResolutionRec, UserRec};
 use crate::event::{BlobHash, Event, Id, Moves, Placement};
 use wal::Appended;
 
-fn bump_refcount(v: &mut TxnViews<'_, '_>, blob: &BlobHash, delta: i64) -> Result<(), ViewError> {
+fn bump_refcount(v: &mut impl ViewWrite, blob: &BlobHash, delta: i64) -> Result<(), ViewError> {
     let n = v.refcount(blob)? as i64 + delta;
     let k = keys::refcount(blob);
     if n <= 0 {
@@ -21,7 +21,7 @@ fn bump_refcount(v: &mut TxnViews<'_, '_>, blob: &BlobHash, delta: i64) -> Resul
     Ok(())
 }
 
-fn bump_content(v: &mut TxnViews<'_, '_>, mailbox: Id, blob: &BlobHash, delta: i64) -> Result<(), ViewError> {
+fn bump_content(v: &mut impl ViewWrite, mailbox: Id, blob: &BlobHash, delta: i64) -> Result<(), ViewError> {
     let n = v.content_count(mailbox, blob)? as i64 + delta;
     let k = keys::content(mailbox, blob);
     if n <= 0 {
@@ -34,7 +34,7 @@ fn bump_content(v: &mut TxnViews<'_, '_>, mailbox: Id, blob: &BlobHash, delta: i
 
 /// Remove one message and its references; an expunge at `modseq` is left
 /// in the change index (a dropped mailbox leaves none).
-fn remove_message(v: &mut TxnViews<'_, '_>, mailbox: Id, uid: u32, m: &MessageRec, modseq: Option<u64>) -> Result<(), ViewError> {
+fn remove_message(v: &mut impl ViewWrite, mailbox: Id, uid: u32, m: &MessageRec, modseq: Option<u64>) -> Result<(), ViewError> {
     bump_refcount(v, &m.blob, -1)?;
     bump_content(v, mailbox, &m.blob, -1)?;
     v.delete(&keys::message(mailbox, uid));
@@ -49,19 +49,19 @@ fn remove_message(v: &mut TxnViews<'_, '_>, mailbox: Id, uid: u32, m: &MessageRe
 }
 
 /// A message changed at `modseq` (it was at `old` before, if it existed).
-fn note_change(v: &mut TxnViews<'_, '_>, mailbox: Id, uid: u32, old: Option<u64>, modseq: u64) {
+fn note_change(v: &mut impl ViewWrite, mailbox: Id, uid: u32, old: Option<u64>, modseq: u64) {
     if let Some(old) = old {
         v.delete(&keys::change(mailbox, old, uid));
     }
     v.put(&keys::change(mailbox, modseq, uid), &[0]);
 }
 
-fn touch_mailbox(v: &mut TxnViews<'_, '_>, user: &str, mut mb: MailboxRec, modseq: u64) {
+fn touch_mailbox(v: &mut impl ViewWrite, user: &str, mut mb: MailboxRec, modseq: u64) {
     mb.highestmodseq = mb.highestmodseq.max(modseq);
     v.put(&keys::mailbox(user, mb.id), &enc(&mb));
 }
 
-fn drop_messages(v: &mut TxnViews<'_, '_>, mailbox: Id) -> Result<(), ViewError> {
+fn drop_messages(v: &mut impl ViewWrite, mailbox: Id) -> Result<(), ViewError> {
     for (uid, m) in v.messages(mailbox)? {
         remove_message(v, mailbox, uid, &m, None)?;
     }
@@ -83,7 +83,7 @@ fn corrupt(k: &[u8], e: impl std::fmt::Display) -> ViewError {
 /// by expunging it first) are kept aside, never dropped, for the master to
 /// bring back. With `drop_all` (a deleted user, or a `MailboxDeleted` of an
 /// older build) they are dropped, with those kept aside.
-fn drop_mailbox(v: &mut TxnViews<'_, '_>, user: &str, mb: &MailboxRec, at: &Appended, drop_all: bool) -> Result<(), ViewError> {
+fn drop_mailbox(v: &mut impl ViewWrite, user: &str, mb: &MailboxRec, at: &Appended, drop_all: bool) -> Result<(), ViewError> {
     if drop_all {
         drop_messages(v, mb.id)?;
         for (k, b) in v.vscan(&keys::conflicts_in(mb.id))? {
@@ -146,7 +146,7 @@ fn reported_in(mailbox: Id) -> Vec<u8> {
 }
 
 /// Record that `mailbox` was created as (name, uidvalidity).
-fn record_creation(v: &mut TxnViews<'_, '_>, user: &str, name: &str, uidvalidity: u32, mailbox: Id) -> Result<(), ViewError> {
+fn record_creation(v: &mut impl ViewWrite, user: &str, name: &str, uidvalidity: u32, mailbox: Id) -> Result<(), ViewError> {
     let mut ids = v.created_as(user, name, uidvalidity)?;
     if let Err(at) = ids.binary_search(&mailbox) {
         ids.insert(at, mailbox);
@@ -169,7 +169,7 @@ fn record_creation(v: &mut TxnViews<'_, '_>, user: &str, name: &str, uidvalidity
 /// UIDVALIDITY, which takes the name. (Views written before the record
 /// have none: between equal UIDVALIDITYs the mailbox bound now keeps the
 /// name, as those builds did.) The others are marked for the master.
-fn rebind(v: &mut TxnViews<'_, '_>, user: &str, name: &str) -> Result<(), ViewError> {
+fn rebind(v: &mut impl ViewWrite, user: &str, name: &str) -> Result<(), ViewError> {
     let same: Vec<MailboxRec> = v.all_mailboxes(user)?.into_iter().filter(|m| m.name == name).collect();
     let mut eligible = Vec::with_capacity(same.len());
     for m in &same {
@@ -207,7 +207,7 @@ fn rebind(v: &mut TxnViews<'_, '_>, user: &str, name: &str) -> Result<(), ViewEr
 
 /// Keep a message aside under (mailbox, uid) and mark the UID for the
 /// master's renumbering.
-fn keep_aside(v: &mut TxnViews<'_, '_>, user: &str, mailbox: Id, uid: u32, m: MessageRec, at: &Appended) -> Result<(), ViewError> {
+fn keep_aside(v: &mut impl ViewWrite, user: &str, mailbox: Id, uid: u32, m: MessageRec, at: &Appended) -> Result<(), ViewError> {
     // The same message appended twice to one UID (two nodes moving it
     // alike) stays one record, with the flags it has.
     let held = conflict(v, mailbox, uid, m.guid)?.is_some();
@@ -230,7 +230,7 @@ fn keep_aside(v: &mut TxnViews<'_, '_>, user: &str, mailbox: Id, uid: u32, m: Me
 /// Show a message under (mailbox, uid), or keep it aside when that UID
 /// already names another message or was used before here, or when the
 /// mailbox is gone. Never overwrites, never drops.
-fn place(v: &mut TxnViews<'_, '_>, user: &str, mailbox: Id, uid: u32, m: MessageRec, at: &Appended) -> Result<(), ViewError> {
+fn place(v: &mut impl ViewWrite, user: &str, mailbox: Id, uid: u32, m: MessageRec, at: &Appended) -> Result<(), ViewError> {
     let modseq = at.order;
     let Some(mut mb) = v.mailbox(user, mailbox)? else {
         // Delivered into a mailbox deleted concurrently on another node:
@@ -269,7 +269,7 @@ fn place(v: &mut TxnViews<'_, '_>, user: &str, mailbox: Id, uid: u32, m: Message
 /// one message written on both sides of a cut) is logged at debug level.
 /// Placements never make one: a pending message whose GUID the mailbox
 /// shows is placed under that UID.
-fn show_guid(v: &mut TxnViews<'_, '_>, mailbox: Id, uid: u32, guid: Id) -> Result<(), ViewError> {
+fn show_guid(v: &mut impl ViewWrite, mailbox: Id, uid: u32, guid: Id) -> Result<(), ViewError> {
     if let Some(other) = v.uid_of_guid(mailbox, guid)? {
         if other != uid && v.message(mailbox, other)?.is_some_and(|m| m.guid == guid) {
             tracing::debug!(mailbox = ?mailbox, uid, other, guid = ?guid, "one GUID shown under two UIDs of a mailbox");
@@ -283,7 +283,7 @@ fn show_guid(v: &mut TxnViews<'_, '_>, mailbox: Id, uid: u32, guid: Id) -> Resul
 /// and never lost, and marked as awaiting the master's placement rather
 /// than as a collision. Into a missing mailbox it is kept aside like any
 /// other delivery there, for the master to bring back.
-fn keep_pending(v: &mut TxnViews<'_, '_>, user: &str, mailbox: Id, m: MessageRec, at: &Appended) -> Result<(), ViewError> {
+fn keep_pending(v: &mut impl ViewWrite, user: &str, mailbox: Id, m: MessageRec, at: &Appended) -> Result<(), ViewError> {
     if v.mailbox(user, mailbox)?.is_none() {
         tracing::warn!(user, mailbox = ?mailbox, "pending message for a missing mailbox kept aside");
         return keep_aside(v, user, mailbox, 0, m, at);
@@ -318,7 +318,7 @@ fn rank(at: &Appended, epoch: u64) -> Rank {
 /// placement of the higher [`Rank`] (epoch, then the smaller (HLC,
 /// origin)) wins on every node whatever the order, as two moves of one
 /// message do; the other UID forwards to it.
-fn place_pending(v: &mut TxnViews<'_, '_>, p: Placement<'_>, at: &Appended) -> Result<(), ViewError> {
+fn place_pending(v: &mut impl ViewWrite, p: Placement<'_>, at: &Appended) -> Result<(), ViewError> {
     let Placement {
         epoch,
         user,
@@ -399,7 +399,7 @@ fn place_pending(v: &mut TxnViews<'_, '_>, p: Placement<'_>, at: &Appended) -> R
 /// Mark (mailbox, uid) for the master's renumbering if a message other
 /// than `guid` is shown under it here: a losing resolution put `guid`
 /// there on the nodes that applied it first.
-fn mark_if_shown_elsewhere(v: &mut TxnViews<'_, '_>, user: &str, mailbox: Id, uid: u32, guid: Id) -> Result<(), ViewError> {
+fn mark_if_shown_elsewhere(v: &mut impl ViewWrite, user: &str, mailbox: Id, uid: u32, guid: Id) -> Result<(), ViewError> {
     if v.message(mailbox, uid)?.is_some_and(|h| h.guid != guid) {
         mark(v, user, mailbox, uid)?;
     }
@@ -407,7 +407,7 @@ fn mark_if_shown_elsewhere(v: &mut TxnViews<'_, '_>, user: &str, mailbox: Id, ui
 }
 
 /// Mark (mailbox, uid) for the master's renumbering, if it is not.
-fn mark(v: &mut TxnViews<'_, '_>, user: &str, mailbox: Id, uid: u32) -> Result<(), ViewError> {
+fn mark(v: &mut impl ViewWrite, user: &str, mailbox: Id, uid: u32) -> Result<(), ViewError> {
     if v.collision(mailbox, uid)?.is_none() {
         let rec = CollisionRec {
             user: user.to_string(),
@@ -420,7 +420,7 @@ fn mark(v: &mut TxnViews<'_, '_>, user: &str, mailbox: Id, uid: u32) -> Result<(
 
 /// Clear the mark of (mailbox, uid) and its record of having been
 /// reported to the master.
-fn unmark(v: &mut TxnViews<'_, '_>, mailbox: Id, uid: u32) {
+fn unmark(v: &mut impl ViewWrite, mailbox: Id, uid: u32) {
     v.delete(&keys::collision(mailbox, uid));
     v.delete(&keys::reported(mailbox, uid));
 }
@@ -431,7 +431,7 @@ fn unmark(v: &mut TxnViews<'_, '_>, mailbox: Id, uid: u32) {
 /// reports it again. On the master the mark goes to the renumbering, which
 /// moves every message under the UID; a UID with nothing under it here
 /// (moved or expunged meanwhile) is left alone.
-fn apply_report(v: &mut TxnViews<'_, '_>, user: &str, mailbox: Id, uids: &[u32]) -> Result<(), ViewError> {
+fn apply_report(v: &mut impl ViewWrite, user: &str, mailbox: Id, uids: &[u32]) -> Result<(), ViewError> {
     for uid in uids {
         let held =
             v.collision(mailbox, *uid)?.is_some() || v.message(mailbox, *uid)?.is_some() || !v.conflicts_at(mailbox, *uid)?.is_empty();
@@ -444,7 +444,7 @@ fn apply_report(v: &mut TxnViews<'_, '_>, user: &str, mailbox: Id, uids: &[u32])
 }
 
 /// A message kept aside under (mailbox, uid, guid).
-fn conflict(v: &TxnViews<'_, '_>, mailbox: Id, uid: u32, guid: Id) -> Result<Option<MessageRec>, ViewError> {
+fn conflict(v: &impl ViewRead, mailbox: Id, uid: u32, guid: Id) -> Result<Option<MessageRec>, ViewError> {
     let k = keys::conflict(mailbox, uid, guid);
     match v.vget(&k)? {
         Some(b) => Ok(Some(postcard::from_bytes(&b).map_err(|e| corrupt(&k, e))?)),
@@ -460,7 +460,7 @@ enum Spot {
 }
 
 /// The message (mailbox, uid, guid) exactly there: shown or kept aside.
-fn find(v: &TxnViews<'_, '_>, mailbox: Id, uid: u32, guid: Id) -> Result<Option<(Spot, MessageRec)>, ViewError> {
+fn find(v: &impl ViewRead, mailbox: Id, uid: u32, guid: Id) -> Result<Option<(Spot, MessageRec)>, ViewError> {
     if let Some(m) = v.message(mailbox, uid)? {
         if m.guid == guid {
             return Ok(Some((Spot::Shown, m)));
@@ -471,7 +471,7 @@ fn find(v: &TxnViews<'_, '_>, mailbox: Id, uid: u32, guid: Id) -> Result<Option<
 
 /// The message (mailbox, uid, guid), following the master's moves: an
 /// event written before a move still reaches the message.
-fn locate(v: &TxnViews<'_, '_>, mut mailbox: Id, mut uid: u32, guid: Id) -> Result<Option<(Id, u32, Spot, MessageRec)>, ViewError> {
+fn locate(v: &impl ViewRead, mut mailbox: Id, mut uid: u32, guid: Id) -> Result<Option<(Id, u32, Spot, MessageRec)>, ViewError> {
     // Each move goes to a fresh UID, so a chain is as long as the number of
     // times one message was renumbered; the bound only guards bad data.
     for _ in 0..256 {
@@ -502,7 +502,7 @@ enum Follow {
 /// long as `by` beats each: a move after the one `by` beat was made from
 /// a place only that one gave, and whichever of them ranks higher decides,
 /// whatever the order they were applied in here.
-fn follow(v: &TxnViews<'_, '_>, mut mailbox: Id, mut uid: u32, guid: Id, by: Rank) -> Result<Follow, ViewError> {
+fn follow(v: &impl ViewRead, mut mailbox: Id, mut uid: u32, guid: Id, by: Rank) -> Result<Follow, ViewError> {
     for _ in 0..256 {
         if let Some((spot, m)) = find(v, mailbox, uid, guid)? {
             return Ok(Follow::Here(mailbox, uid, spot, m));
@@ -523,7 +523,7 @@ fn follow(v: &TxnViews<'_, '_>, mut mailbox: Id, mut uid: u32, guid: Id, by: Ran
 
 /// Take a found message out of its place (an expunge at `modseq` when it
 /// was shown).
-fn take(v: &mut TxnViews<'_, '_>, mailbox: Id, uid: u32, spot: Spot, m: &MessageRec, modseq: u64) -> Result<(), ViewError> {
+fn take(v: &mut impl ViewWrite, mailbox: Id, uid: u32, spot: Spot, m: &MessageRec, modseq: u64) -> Result<(), ViewError> {
     match spot {
         Spot::Shown => remove_message(v, mailbox, uid, m, Some(modseq))?,
         Spot::Aside => {
@@ -547,7 +547,7 @@ fn take(v: &mut TxnViews<'_, '_>, mailbox: Id, uid: u32, spot: Spot, m: &Message
     Ok(())
 }
 
-fn touch_if_exists(v: &mut TxnViews<'_, '_>, user: &str, mailbox: Id, modseq: u64) -> Result<(), ViewError> {
+fn touch_if_exists(v: &mut impl ViewWrite, user: &str, mailbox: Id, modseq: u64) -> Result<(), ViewError> {
     if let Some(mb) = v.mailbox(user, mailbox)? {
         touch_mailbox(v, user, mb, modseq);
     }
@@ -611,11 +611,11 @@ pub fn apply(v: &mut TxnViews<'_, '_>, at: &Appended, event: &Event) -> Result<(
 /// Apply an event to the views but not to the merkle tree, for a writer
 /// that builds the whole tree afterwards ([`crate::merkle::build_stored`]):
 /// the rebuild of views from the log. The tree is stale until then.
-pub fn apply_without_tree(v: &mut TxnViews<'_, '_>, at: &Appended, event: &Event) -> Result<(), ViewError> {
+pub fn apply_without_tree(v: &mut impl ViewWrite, at: &Appended, event: &Event) -> Result<(), ViewError> {
     apply_views(v, at, event)
 }
 
-fn apply_views(v: &mut TxnViews<'_, '_>, at: &Appended, event: &Event) -> Result<(), ViewError> {
+fn apply_views(v: &mut impl ViewWrite, at: &Appended, event: &Event) -> Result<(), ViewError> {
     let modseq = at.order;
     let ts = (at.hlc, at.origin.0);
     match event {
@@ -861,7 +861,7 @@ fn apply_views(v: &mut TxnViews<'_, '_>, at: &Appended, event: &Event) -> Result
 /// message (two nodes acting as master, or a stale master and the master
 /// of a later epoch) the one of the higher [`Rank`] wins on every node,
 /// whatever the order.
-fn apply_moves(v: &mut TxnViews<'_, '_>, at: &Appended, m: Moves<'_>) -> Result<(), ViewError> {
+fn apply_moves(v: &mut impl ViewWrite, at: &Appended, m: Moves<'_>) -> Result<(), ViewError> {
     let Moves {
         epoch,
         user,
@@ -984,7 +984,7 @@ fn apply_moves(v: &mut TxnViews<'_, '_>, at: &Appended, m: Moves<'_>) -> Result<
 /// A message restored under its UID: a free UID takes it (whatever
 /// UIDNEXT says), the same GUID there takes its fields, another GUID
 /// there keeps it aside.
-fn restore_message(v: &mut TxnViews<'_, '_>, user: &str, mailbox: Id, uid: u32, m: MessageRec) -> Result<(), ViewError> {
+fn restore_message(v: &mut impl ViewWrite, user: &str, mailbox: Id, uid: u32, m: MessageRec) -> Result<(), ViewError> {
     let Some(mut mb) = v.mailbox(user, mailbox)? else {
         tracing::warn!(user, uid, mailbox = ?mailbox, "restored message for a missing mailbox kept aside");
         v.put(&keys::conflict(mailbox, uid, m.guid), &enc(&m));

@@ -61,7 +61,7 @@ mod apply;
 pub mod read;
 
 pub use apply::{apply, apply_without_tree};
-pub use read::{TxnViews, ViewError, ViewRead, Views};
+pub use read::{TxnViews, ViewError, ViewRead, ViewWrite, Views};
 
 use crate::event::{BlobHash, Flags, Id, SpecialUse};
 use serde::{Deserialize, Serialize};

@@ -484,6 +484,23 @@ impl TxnViews<'_, '_> {
     }
 }
 
+/// Write access to the views, for the single writer `views::apply`: a
+/// transaction's views ([`TxnViews`]), or a rebuild's views held in memory
+/// (`crate::replay`).
+pub trait ViewWrite: ViewRead {
+    fn put(&mut self, key: &[u8], value: &[u8]);
+    fn delete(&mut self, key: &[u8]);
+}
+
+impl ViewWrite for TxnViews<'_, '_> {
+    fn put(&mut self, key: &[u8], value: &[u8]) {
+        TxnViews::put(self, key, value)
+    }
+    fn delete(&mut self, key: &[u8]) {
+        TxnViews::delete(self, key)
+    }
+}
+
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;

@@ -26,7 +26,7 @@ use tandem::backup::retention::{self, LeaseGuard, PruneOptions, PruneReport};
 use tandem::backup::s3::S3Settings;
 use tandem::backup::target::{Faulty, Retrying, Target};
 use tandem::event::{BlobHash, Event};
-use tandem::replay::{rebuild_views, replay_into, views_digest};
+use tandem::replay::{rebuild_views_verified, replay_into, views_digest};
 use tandem::store::{wal_options, Store};
 use wal::Origin;
 
@@ -366,11 +366,7 @@ pub fn audit_backup(dir: &Path, scratch: &Path, s3: &S3Settings) -> anyhow::Resu
 /// Rebuild the views of a stopped node from its log. Returns entries applied.
 pub fn rebuild(data_dir: &Path) -> anyhow::Result<u64> {
     let (_, store) = open(data_dir)?;
-    store
-        .wal()
-        .verify_all()
-        .context("the log does not verify; not rebuilding from it")?;
-    let n = rebuild_views(&store)?;
+    let n = rebuild_views_verified(&store)?;
     store.close()?;
     Ok(n)
 }

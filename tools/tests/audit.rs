@@ -60,6 +60,28 @@ fn damaged_views_are_found_and_rebuilt() {
 }
 
 #[test]
+fn a_rebuild_refuses_a_broken_chain_and_leaves_the_views_as_they_were() {
+    let dir = tempfile::tempdir().unwrap();
+    let n = dir.path().join("n");
+    node(&n);
+    let origin = wal::Origin::from_node_id("audited");
+    let mut o = wal_options("audited");
+    o.verify_tail = 1; // open checks the tail only; the damage is deeper
+    let store = Store::open(&n.join("db"), "audited", o).unwrap();
+    let before = tandem::replay::views_digest(&store).unwrap();
+    let mut v = store.wal().raw_entry(origin, 10).unwrap().unwrap();
+    let last = v.len() - 1;
+    v[last] ^= 1;
+    store.wal().put_raw_entry(origin, 10, &v).unwrap();
+    // The chain is verified beside applying the log, before the views are
+    // cleared: a broken one leaves them untouched.
+    let err = tandem::replay::rebuild_views_verified(&store).unwrap_err();
+    assert!(matches!(err, tandem::replay::ReplayError::Unverified(_)), "{err}");
+    assert_eq!(tandem::replay::views_digest(&store).unwrap(), before);
+    store.close().unwrap();
+}
+
+#[test]
 fn broken_chain_is_reported_with_its_place() {
     let dir = tempfile::tempdir().unwrap();
     let n = dir.path().join("n");

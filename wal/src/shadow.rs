@@ -21,6 +21,13 @@
 //! Nothing else may read the column family while a shadow is on (it looks
 //! empty from outside the writer until the end): shadows are for offline
 //! rebuilds of a stopped node.
+//!
+//! A rebuild that writes nothing but the column family can also hold the
+//! shadow itself ([`crate::Wal::shadow_detached`]) and read and write it
+//! directly, without transactions: each write then goes once into the
+//! one map (not into a transaction's map first, then this one), and the
+//! caller checks [`Shadow::over_budget`] and writes the map out with
+//! [`crate::Wal::shadow_write`].
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -32,7 +39,7 @@ pub(crate) const TABLE_BYTES: usize = 64 << 20;
 /// two vector headers), for the budget.
 const ENTRY_OVERHEAD: usize = 80;
 
-pub(crate) struct Shadow {
+pub struct Shadow {
     pub(crate) cf: u8,
     map: BTreeMap<Vec<u8>, Vec<u8>>,
     bytes: usize,
@@ -50,13 +57,45 @@ impl Shadow {
     }
 
     /// The committed value of `key`, authoritative: `None` means absent.
-    pub(crate) fn get(&self, key: &[u8]) -> Option<Vec<u8>> {
+    pub fn get(&self, key: &[u8]) -> Option<Vec<u8>> {
         self.map.get(key).cloned()
     }
 
     /// Every committed key starting with `prefix`, in key order.
-    pub(crate) fn scan<'a>(&'a self, prefix: &'a [u8]) -> impl Iterator<Item = (&'a Vec<u8>, &'a Vec<u8>)> + 'a {
-        self.map.range(prefix.to_vec()..).take_while(move |(k, _)| k.starts_with(prefix))
+    pub fn scan<'a>(&'a self, prefix: &'a [u8]) -> impl Iterator<Item = (&'a Vec<u8>, &'a Vec<u8>)> + 'a {
+        self.map
+            .range::<[u8], _>((std::ops::Bound::Included(prefix), std::ops::Bound::Unbounded))
+            .take_while(move |(k, _)| k.starts_with(prefix))
+    }
+
+    /// Write `key` (one search of the map; a value already held keeps its
+    /// buffer).
+    pub fn put(&mut self, key: &[u8], value: &[u8]) {
+        use std::collections::btree_map::Entry;
+        match self.map.entry(key.to_vec()) {
+            Entry::Occupied(mut o) => {
+                let held = o.get_mut();
+                self.bytes = self.bytes - held.len() + value.len();
+                held.clear();
+                held.extend_from_slice(value);
+            }
+            Entry::Vacant(e) => {
+                self.bytes += key.len() + value.len() + ENTRY_OVERHEAD;
+                e.insert(value.to_vec());
+            }
+        }
+    }
+
+    /// Write `key`, both moved in.
+    pub fn put_owned(&mut self, key: Vec<u8>, value: Vec<u8>) {
+        self.write_owned(key, Some(value));
+    }
+
+    /// Delete `key`.
+    pub fn delete(&mut self, key: &[u8]) {
+        if let Some(old) = self.map.remove(key) {
+            self.bytes -= key.len() + old.len() + ENTRY_OVERHEAD;
+        }
     }
 
     /// Take one committed write (`None`: a delete).
@@ -95,11 +134,13 @@ impl Shadow {
         }
     }
 
-    pub(crate) fn over_budget(&self) -> bool {
+    /// Whether the map holds more than its budget (keys, values and an
+    /// estimate of the map's own cost).
+    pub fn over_budget(&self) -> bool {
         self.bytes > self.budget
     }
 
-    pub(crate) fn is_empty(&self) -> bool {
+    pub fn is_empty(&self) -> bool {
         self.map.is_empty()
     }
 
@@ -155,6 +196,30 @@ mod tests {
         assert_eq!(s.get(b"b"), Some(vec![0; 10]));
         s.write(b"c", Some(&vec![0; 1000]));
         assert!(s.over_budget());
+    }
+
+    #[test]
+    fn put_and_delete_keep_the_same_count_as_committed_writes() {
+        let mut a = Shadow::new(5, 1000);
+        let mut b = Shadow::new(5, 1000);
+        for (k, v) in [
+            (&b"a"[..], Some(&vec![1; 100])),
+            (b"a", Some(&vec![2; 10])),
+            (b"b", Some(&vec![3; 7])),
+            (b"a", None),
+            (b"zz", None),
+        ] {
+            a.write(k, v);
+            match v {
+                Some(v) => b.put(k, v),
+                None => b.delete(k),
+            }
+        }
+        assert_eq!(a.bytes, b.bytes);
+        assert_eq!(a.map, b.map);
+        b.put(b"b", &[9; 3]);
+        assert_eq!(b.get(b"b"), Some(vec![9; 3]));
+        assert_eq!(b.bytes, 1 + 3 + ENTRY_OVERHEAD);
     }
 
     #[test]

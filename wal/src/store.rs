@@ -1047,10 +1047,40 @@ impl Wal {
     /// and used through RocksDB again. For an offline rebuild only: nothing
     /// outside transactions sees the column family's content until the end.
     pub fn shadow_begin(&self, cf: Cf, budget: usize) -> Result<(), WalError> {
+        self.check_shadowable(cf)?;
+        *self.shared.shadow.lock().expect("shadow lock") = Some(Shadow::new(cf.0, budget));
+        self.shared.shadow_on.store(true, Ordering::Release);
+        Ok(())
+    }
+
+    /// A shadow for the caller to hold, read and write itself (see
+    /// `shadow.rs`): the content of the caller column family `cf` computed
+    /// from nothing, written out with [`Wal::shadow_write`] once `cf` was
+    /// cleared ([`Wal::clear`]). For an offline rebuild that writes nothing
+    /// but `cf`; transactions do not see it, and it reads nothing of `cf`,
+    /// so it may be filled before or while `cf` is cleared.
+    pub fn shadow_detached(&self, cf: Cf, budget: usize) -> Shadow {
+        self.assert_shadowable(cf);
+        Shadow::new(cf.0, budget)
+    }
+
+    /// Write a shadow from [`Wal::shadow_detached`] into its column family
+    /// as sorted tables of bounded size, and flush: durable when this
+    /// returns. Keys the shadow holds replace those of the column family
+    /// (which the caller cleared first).
+    pub fn shadow_write(&self, shadow: &Shadow) -> Result<(), WalError> {
+        self.shared.write_shadow(shadow)
+    }
+
+    fn assert_shadowable(&self, cf: Cf) {
         assert!(
             cf.0 >= FIRST_USER_CF && !self.shared.is_blob_cf(cf.0),
             "shadows hold small caller values"
         );
+    }
+
+    fn check_shadowable(&self, cf: Cf) -> Result<(), WalError> {
+        self.assert_shadowable(cf);
         if let Some(item) = self.shared.db.iterator_cf(self.shared.handle(cf.0), IteratorMode::Start).next() {
             let (k, _) = item?;
             return Err(WalError::CorruptMeta {
@@ -1058,8 +1088,6 @@ impl Wal {
                 reason: "a shadow needs an empty column family".into(),
             });
         }
-        *self.shared.shadow.lock().expect("shadow lock") = Some(Shadow::new(cf.0, budget));
-        self.shared.shadow_on.store(true, Ordering::Release);
         Ok(())
     }
 
