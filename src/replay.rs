@@ -60,13 +60,7 @@ fn apply_entries(txn: &mut wal::Txn<'_>, cfs: Cfs, entries: Vec<(u64, Entry)>, a
                 None => continue,
             }
         } else {
-            wal::Appended {
-                origin: e.origin,
-                seq: e.seq,
-                order,
-                hlc: e.hlc,
-                hash: e.hash,
-            }
+            e.at(order)
         };
         // Entries a join by trees already reflects were stored, not
         // applied, when they arrived; a replay skips them the same way.
@@ -158,13 +152,7 @@ fn apply_entry(v: &mut impl ViewWrite, joins: bool, order: u64, e: &Entry) -> Re
         place: place.clone(),
         reason: err.to_string(),
     })?;
-    let at = wal::Appended {
-        origin: e.origin,
-        seq: e.seq,
-        order,
-        hlc: e.hlc,
-        hash: e.hash,
-    };
+    let at = e.at(order);
     let view_error = |source| ReplayError::View {
         place: place.clone(),
         source,

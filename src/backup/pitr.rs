@@ -110,14 +110,7 @@ fn run(store: &Store, scratch_dir: &Path, req: &PitrRequest) -> Result<PitrRepor
             };
             if Event::user_of(&e.payload).map_err(bad)? == Some(user.as_str()) {
                 let ev = Event::decode(&e.payload).map_err(bad)?;
-                let at = wal::Appended {
-                    origin: e.origin,
-                    seq: e.seq,
-                    order,
-                    hlc: e.hlc,
-                    hash: e.hash,
-                };
-                mine.push((place, at, ev));
+                mine.push((place, e.at(order), ev));
             }
         }
         rep.entries_replayed += mine.len() as u64;

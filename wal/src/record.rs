@@ -47,6 +47,19 @@ pub fn chain_hash(prev: &Hash, origin: Origin, seq: u64, hlc: u64, payload: &[u8
 }
 
 impl Entry {
+    /// Where this entry stands once applied at `order` of this node's
+    /// apply order: what the views are given for an entry read back from
+    /// the log (a replay, a point-in-time restore).
+    pub fn at(&self, order: u64) -> crate::Appended {
+        crate::Appended {
+            origin: self.origin,
+            seq: self.seq,
+            order,
+            hlc: self.hlc,
+            hash: self.hash,
+        }
+    }
+
     /// Build the entry that follows `prev` in `origin`'s chain.
     pub fn new(prev: &Hash, origin: Origin, seq: u64, hlc: u64, payload: Vec<u8>) -> Entry {
         let hash = chain_hash(prev, origin, seq, hlc, &payload);
