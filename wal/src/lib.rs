@@ -38,6 +38,7 @@ pub use error::{AppendError, Place, SegmentError, WalError};
 pub use prune::{Base, Kept, PruneLimits, PruneReport};
 pub use record::{Entry, Hash, GENESIS};
 pub use seq::{Origin, VersionVector};
+#[cfg(feature = "store")]
 pub use shadow::Shadow;
 #[cfg(feature = "store")]
 pub use store::{Cf, GroupTiming, KeyValues, MemoryBudget, MemorySnapshot, RecoveryMode, RecoveryReport, StatsSnapshot, Wal, WalOptions};

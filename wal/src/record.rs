@@ -50,6 +50,7 @@ impl Entry {
     /// Where this entry stands once applied at `order` of this node's
     /// apply order: what the views are given for an entry read back from
     /// the log (a replay, a point-in-time restore).
+    #[cfg(feature = "store")]
     pub fn at(&self, order: u64) -> crate::Appended {
         crate::Appended {
             origin: self.origin,
