@@ -41,19 +41,7 @@ pub fn refuse_pruned(wal: &wal::Wal) -> Result<(), ReplayError> {
 }
 
 fn apply_entries(txn: &mut wal::Txn<'_>, cfs: Cfs, entries: Vec<(u64, Entry)>, append: bool) -> Result<(), ReplayError> {
-    let view_error = |place: &Place| {
-        let place = place.clone();
-        move |source| ReplayError::View { place, source }
-    };
     for (order, e) in entries {
-        let place = Place {
-            origin: e.origin,
-            seq: e.seq,
-        };
-        let event = Event::decode(&e.payload).map_err(|err| ReplayError::Event {
-            place: place.clone(),
-            reason: err.to_string(),
-        })?;
         let at = if append {
             match txn.append_remote(&e)? {
                 Some(at) => at,
@@ -62,12 +50,7 @@ fn apply_entries(txn: &mut wal::Txn<'_>, cfs: Cfs, entries: Vec<(u64, Entry)>, a
         } else {
             e.at(order)
         };
-        // Entries a join by trees already reflects were stored, not
-        // applied, when they arrived; a replay skips them the same way.
-        if crate::repl::resync::joined(&TxnViews { txn, cf: cfs.views }, e.origin.0, e.seq, &event).map_err(view_error(&place))? {
-            continue;
-        }
-        apply_without_tree(&mut TxnViews { txn, cf: cfs.views }, &at, &event).map_err(|source| ReplayError::View { place, source })?;
+        apply_entry(&mut TxnViews { txn, cf: cfs.views }, true, &at, &e)?;
     }
     Ok(())
 }
@@ -139,11 +122,12 @@ impl ViewWrite for ShadowViews<'_> {
     }
 }
 
-/// Apply one entry of the apply order (at `order`) to `v`, as
-/// [`apply_entries`] does without appending. `joins`: whether the views
-/// hold any join mark (with none, no entry is covered by one, and the
-/// lookup per entry is saved: applying events never writes marks).
-fn apply_entry(v: &mut impl ViewWrite, joins: bool, order: u64, e: &Entry) -> Result<(), ReplayError> {
+/// Apply one entry, appended at `at`, to `v`; entries a join by trees
+/// already reflects were stored, not applied, when they arrived, and a
+/// replay skips them the same way. `joins`: whether the views may hold
+/// any join mark (with none, no entry is covered by one, and the lookup
+/// per entry is saved: applying events never writes marks).
+fn apply_entry(v: &mut impl ViewWrite, joins: bool, at: &wal::Appended, e: &Entry) -> Result<(), ReplayError> {
     let place = Place {
         origin: e.origin,
         seq: e.seq,
@@ -152,7 +136,6 @@ fn apply_entry(v: &mut impl ViewWrite, joins: bool, order: u64, e: &Entry) -> Re
         place: place.clone(),
         reason: err.to_string(),
     })?;
-    let at = e.at(order);
     let view_error = |source| ReplayError::View {
         place: place.clone(),
         source,
@@ -160,7 +143,7 @@ fn apply_entry(v: &mut impl ViewWrite, joins: bool, order: u64, e: &Entry) -> Re
     if joins && crate::repl::resync::joined(&*v, e.origin.0, e.seq, &event).map_err(view_error)? {
         return Ok(());
     }
-    apply_without_tree(v, &at, &event).map_err(view_error)
+    apply_without_tree(v, at, &event).map_err(view_error)
 }
 
 /// Throw away the views and re-apply every entry in the apply order, then
@@ -269,7 +252,7 @@ fn rebuild_in(wal: &wal::Wal, shadow: &mut wal::Shadow, joins: bool, chunk: usiz
         from = last + 1;
         n += entries.len() as u64;
         for (order, e) in &entries {
-            apply_entry(&mut v, joins, *order, e)?;
+            apply_entry(&mut v, joins, &e.at(*order), e)?;
         }
         if v.0.over_budget() {
             return Ok((n, Some(from)));
