@@ -59,20 +59,31 @@ fn damaged_views_are_found_and_rebuilt() {
     assert!(r.ok, "{:?}", r.problems);
 }
 
+/// Open the node's store checking only the tail of its log at open (the
+/// damage the tests make is deeper).
+fn open_tail_checked(n: &std::path::Path) -> Store {
+    let mut o = wal_options("audited");
+    o.verify_tail = 1;
+    Store::open(&n.join("db"), "audited", o).unwrap()
+}
+
+/// Flip the last byte of the node's own entry `seq` as stored.
+fn flip_last_byte(store: &Store, seq: u64) {
+    let origin = wal::Origin::from_node_id("audited");
+    let mut v = store.wal().raw_entry(origin, seq).unwrap().unwrap();
+    let last = v.len() - 1;
+    v[last] ^= 1;
+    store.wal().put_raw_entry(origin, seq, &v).unwrap();
+}
+
 #[test]
 fn a_rebuild_refuses_a_broken_chain_and_leaves_the_views_as_they_were() {
     let dir = tempfile::tempdir().unwrap();
     let n = dir.path().join("n");
     node(&n);
-    let origin = wal::Origin::from_node_id("audited");
-    let mut o = wal_options("audited");
-    o.verify_tail = 1; // open checks the tail only; the damage is deeper
-    let store = Store::open(&n.join("db"), "audited", o).unwrap();
+    let store = open_tail_checked(&n);
     let before = tandem::replay::views_digest(&store).unwrap();
-    let mut v = store.wal().raw_entry(origin, 10).unwrap().unwrap();
-    let last = v.len() - 1;
-    v[last] ^= 1;
-    store.wal().put_raw_entry(origin, 10, &v).unwrap();
+    flip_last_byte(&store, 10);
     // The chain is verified beside applying the log, before the views are
     // cleared: a broken one leaves them untouched.
     let err = tandem::replay::rebuild_views_verified(&store).unwrap_err();
@@ -88,13 +99,8 @@ fn broken_chain_is_reported_with_its_place() {
     node(&n);
     let origin = wal::Origin::from_node_id("audited");
     {
-        let mut o = wal_options("audited");
-        o.verify_tail = 1; // open checks the tail only; the damage is deeper
-        let store = Store::open(&n.join("db"), "audited", o).unwrap();
-        let mut v = store.wal().raw_entry(origin, 10).unwrap().unwrap();
-        let last = v.len() - 1;
-        v[last] ^= 1;
-        store.wal().put_raw_entry(origin, 10, &v).unwrap();
+        let store = open_tail_checked(&n);
+        flip_last_byte(&store, 10);
         store.close().unwrap();
     }
     let scratch = tempfile::tempdir().unwrap();
@@ -139,11 +145,7 @@ fn a_pruned_store_audits_from_its_base_and_refuses_a_rebuild() {
         let store = Store::open(&n.join("db"), "audited", wal_options("audited")).unwrap();
         assert_eq!(tandem::replay::views_digest(&store).unwrap(), views_before);
         // Damage to the first held entry is still found: it must follow the base.
-        let first = head - 4;
-        let mut v = store.wal().raw_entry(origin, first).unwrap().unwrap();
-        let last = v.len() - 1;
-        v[last] ^= 1;
-        store.wal().put_raw_entry(origin, first, &v).unwrap();
+        flip_last_byte(&store, head - 4);
         store.close().unwrap();
     }
     let mut o = wal_options("audited");
