@@ -134,6 +134,10 @@ impl Session {
                         vec![None; uids.len()].into_iter()
                     }
                 };
+                if need_summary {
+                    let hashes: Vec<crate::event::BlobHash> = records.as_slice().iter().flatten().map(|m| m.blob).collect();
+                    self.shared.cache.prefetch(&store, &hashes);
+                }
             }
             let Some(Some(m)) = records.next() else { continue };
             if since.is_some_and(|s| m.modseq <= s) {
