@@ -263,6 +263,7 @@ pub enum LogCommand {
 }
 
 pub fn main() -> ExitCode {
+    crate::alloc::bound_retention();
     let cli = Cli::parse();
     // Needs no configuration and has exit codes of its own.
     if let Command::Watchdog(a) = &cli.command {

@@ -17,6 +17,7 @@
 //! - [`admin`], [`server`], [`cli`]: the running node and its operators' tools.
 
 pub mod admin;
+pub mod alloc;
 pub mod auth;
 pub mod backup;
 pub mod cli;

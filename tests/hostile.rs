@@ -646,3 +646,40 @@ fn attacked_node_serves_others_and_stops_on_sigterm() {
     assert!(status.is_some_and(|s| s.success()), "{status:?}");
     assert!(took < Duration::from_secs(5), "SIGTERM took {took:?}");
 }
+
+#[test]
+fn password_checks_leave_no_memory_behind() {
+    // Failed logins are never cached: each one is a full argon2id check of
+    // 19 MiB. Before the allocator's threshold was fixed (src/alloc.rs),
+    // each blocking thread's heap arena kept its last check's memory:
+    // 16 concurrent checks left 200-300 MiB behind.
+    let (_d, node) = node(
+        "argon-memory",
+        "[imap]\nlisten = \"127.0.0.1:0\"\ntls_listen = \"127.0.0.1:0\"\nlogin_attempts_per_ip = 0\nlogin_attempts_per_user = 0\n",
+    );
+    let pid = node.child.id();
+    let imap = node.addr("imap");
+    let before = rss_kib(pid);
+    for round in 0..3 {
+        let threads: Vec<_> = (0..16)
+            .map(|i| {
+                let imap = imap.clone();
+                std::thread::spawn(move || {
+                    let mut c = Imap::connect(&imap);
+                    let r = c.cmd("a", &format!("LOGIN {U} wrong{round}x{i}"));
+                    assert!(r.last().unwrap().starts_with("a NO"), "{r:?}");
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let after = rss_kib(pid);
+    println!("RSS before {before} KiB, after 48 failed password checks {after} KiB");
+    assert!(after < before + 48 * 1024, "RSS grew from {before} KiB to {after} KiB");
+    // The right password still logs in.
+    let mut c = Imap::login(&imap, U);
+    assert!(ok(&c.cmd("b", "NOOP")));
+}
