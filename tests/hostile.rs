@@ -683,3 +683,56 @@ fn password_checks_leave_no_memory_behind() {
     let mut c = Imap::login(&imap, U);
     assert!(ok(&c.cmd("b", "NOOP")));
 }
+
+#[test]
+fn clients_idling_on_a_large_mailbox_cost_little_memory_each() {
+    // What a mail client does all day: SELECT INBOX, then IDLE. Before a
+    // selected session stopped keeping every message's flags, each of
+    // these cost ~60 bytes per message in the mailbox (120 KiB here).
+    let (d, node) = node(
+        "idle-memory",
+        "[imap]\nlisten = \"127.0.0.1:0\"\ntls_listen = \"127.0.0.1:0\"\nmax_connections_per_ip = 500\nmax_connections_per_user = 500\n",
+    );
+    let n = 2000;
+    let mut mbox = String::new();
+    for i in 0..n {
+        mbox.push_str(&format!(
+            "From sender@example.net Thu Jan  1 00:00:00 2026\nSubject: m{i}\nMessage-ID: <{i}@x>\n\nbody {i}\n\n"
+        ));
+    }
+    let path = d.path().join("in.mbox");
+    std::fs::write(&path, mbox).unwrap();
+    let (done, out, err) = node.cli(&["import", "mbox", path.to_str().unwrap(), "--user", U], None);
+    assert!(done, "import: {out} {err}");
+    let imap = node.addr("imap");
+    let pid = node.child.id();
+    // The first SELECT warms what every later one shares (block cache).
+    let mut first = Imap::login(&imap, U);
+    let r = first.cmd("s", "SELECT INBOX");
+    assert!(r.iter().any(|l| l == &format!("* {n} EXISTS")), "{r:?}");
+    std::thread::sleep(Duration::from_millis(300));
+    let before = rss_kib(pid);
+    let conns: Vec<Imap> = (0..200)
+        .map(|_| {
+            let mut c = Imap::login(&imap, U);
+            assert!(ok(&c.cmd("s", "SELECT INBOX")));
+            c.send(b"i IDLE\r\n");
+            assert!(c.line().starts_with('+'));
+            c
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    let after = rss_kib(pid);
+    let per = (after.saturating_sub(before)) * 1024 / conns.len() as u64;
+    println!(
+        "RSS before {before} KiB, with {} clients in IDLE {after} KiB: {per} bytes each",
+        conns.len()
+    );
+    assert!(per < 48 * 1024, "{per} bytes per idling client on a {n}-message mailbox");
+    // They are live: a delivery reaches one of them.
+    let mut c = conns.into_iter().next().unwrap();
+    first.send(b"a APPEND INBOX {20+}\r\nSubject: new\r\n\r\nhi\r\n\r\n");
+    assert!(ok(&first.until_tagged("a")));
+    let l = c.line();
+    assert_eq!(l, format!("* {} EXISTS", n + 1));
+}

@@ -38,6 +38,50 @@ assert b"fresh" in r[0][1], r
 }
 
 #[test]
+fn a_flag_change_is_reported_once_and_never_back_to_its_maker() {
+    // A selected session keeps no copy of every message's flags: what it
+    // reported is known by MODSEQ. Each change still reaches the other
+    // session exactly once, and a session's own STORE (silent or not) is
+    // not reported back to it by the next NOOP.
+    let dir = tempfile::tempdir().unwrap();
+    let node = node_with_users(dir.path(), "once", "", &["alice@example.org"]);
+    python(
+        &node,
+        r#"
+from imaptest import *
+a = connect("alice@example.org")
+b = connect("alice@example.org")
+for i in range(4):
+    ok(a.append("INBOX", None, None, message("m%d" % i)))
+ok(a.select("INBOX"))
+ok(b.select("INBOX"))
+
+def fetches(c):
+    c.noop()
+    return [r for r in c.response("FETCH")[1] if r]
+
+ok(a.store("2", "+FLAGS", "(\\Flagged)"))
+got = fetches(b)
+assert len(got) == 1 and got[0].startswith(b"2 (") and b"\\Flagged" in got[0], got
+assert fetches(b) == [], "reported twice"
+ok(b.store("3", "+FLAGS", "(\\Seen)"))
+ok(b.store("1", "+FLAGS.SILENT", "(\\Answered)"))
+assert fetches(b) == [], "own change reported back"
+got = fetches(a)
+assert sorted(r.split(b" ")[0] for r in got) == [b"1", b"3"], got
+assert fetches(a) == []
+# Changed and changed back before the other session looks: it still learns
+# the message's flags (now as they were), once.
+ok(a.store("4", "+FLAGS", "(\\Flagged)"))
+ok(a.store("4", "-FLAGS", "(\\Flagged)"))
+got = fetches(b)
+assert len(got) == 1 and got[0].startswith(b"4 (") and b"\\Flagged" not in got[0], got
+assert fetches(b) == []
+"#,
+    );
+}
+
+#[test]
 fn idle_sees_lmtp_delivery_promptly() {
     let dir = tempfile::tempdir().unwrap();
     let node = node_with_users(dir.path(), "idle", "", &["alice@example.org"]);

@@ -59,8 +59,12 @@ struct Selected {
     readonly: bool,
     /// Sequence number - 1 -> UID.
     uids: Vec<u32>,
-    /// Flags as last told to the client.
-    flags: HashMap<u32, Flags>,
+    /// Messages whose flags this session reported (FETCH, STORE, a sync)
+    /// at a MODSEQ above `modseq`, with that MODSEQ: the next sync does not
+    /// report them again. A message at or below `modseq` was reported or
+    /// predates the SELECT, so a selected mailbox costs its UID list and
+    /// this handful of entries, not a copy of every message's flags.
+    told: HashMap<u32, u64>,
     /// Keywords announced in FLAGS; a keyword is announced before the
     /// first FETCH that shows it (RFC 3501 §7.2.6).
     keywords: BTreeSet<String>,
@@ -84,6 +88,18 @@ struct Found {
 }
 
 impl Selected {
+    /// The client now knows the flags of `uid` as of `modseq`.
+    fn tell(&mut self, uid: u32, modseq: u64) {
+        if modseq > self.modseq {
+            self.told.insert(uid, modseq);
+        }
+    }
+
+    /// Whether the flags of `uid` at `modseq` are news to the client.
+    fn untold(&self, uid: u32, modseq: u64) -> bool {
+        modseq > self.modseq && self.told.get(&uid) != Some(&modseq)
+    }
+
     /// Note the keywords of `flags`; when some are new, the untagged FLAGS
     /// and PERMANENTFLAGS that announce them (to go out before the FETCH
     /// that shows them).
@@ -233,6 +249,9 @@ pub struct Session {
 
 type R<T> = std::io::Result<T>;
 
+/// The most response buffer a session keeps between commands.
+const OUT_KEEP: usize = 16 * 1024;
+
 fn now_secs() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -322,7 +341,7 @@ impl Session {
             shared,
             shutdown,
             framer,
-            out: Vec::with_capacity(8192),
+            out: Vec::new(),
             auth: Auth::None,
             selected: None,
             bad: 0,
@@ -410,8 +429,12 @@ impl Session {
         // even when nothing new is buffered.
         let out = std::mem::take(&mut self.out);
         let r = self.write_out(&out).await;
-        self.out = out;
-        self.out.clear();
+        // The buffer is kept for the next response unless a large one
+        // (a FETCH of many messages) grew it: an idle session holds little.
+        if out.capacity() <= OUT_KEEP {
+            self.out = out;
+            self.out.clear();
+        }
         r
     }
 
@@ -460,15 +483,12 @@ impl Session {
             }
             timeout = timeout.min(left);
         }
-        let mut buf = [0u8; 16 * 1024];
         let mut shutdown = self.shutdown.clone();
+        let buf = self.framer.read_buffer();
         tokio::select! {
-            r = tokio::time::timeout(timeout, self.stream.read(&mut buf)) => match r {
+            r = tokio::time::timeout(timeout, self.stream.read_buf(buf)) => match r {
                 Ok(Ok(0)) => Ok(false),
-                Ok(Ok(n)) => {
-                    self.framer.feed(&buf[..n]);
-                    Ok(true)
-                }
+                Ok(Ok(_)) => Ok(true),
                 Ok(Err(e)) => Err(e),
                 Err(_) => {
                     bump(&self.shared.counters.timeouts);
@@ -947,7 +967,6 @@ impl Session {
         self.flush().await?;
         let mut commits = self.commits.clone();
         commits.borrow_and_update();
-        let mut buf = [0u8; 4096];
         let timeout = Duration::from_secs(self.shared.cfg.idle_timeout_secs);
         let mut shutdown = self.shutdown.clone();
         loop {
@@ -965,10 +984,11 @@ impl Session {
                     }
                 }
             }
+            let buf = self.framer.read_buffer();
             tokio::select! {
-                r = tokio::time::timeout(timeout, self.stream.read(&mut buf)) => match r {
+                r = tokio::time::timeout(timeout, self.stream.read_buf(buf)) => match r {
                     Ok(Ok(0)) | Ok(Err(_)) => return Ok(Flow::Logout),
-                    Ok(Ok(n)) => self.framer.feed(&buf[..n]),
+                    Ok(Ok(_)) => {}
                     Err(_) => {
                         self.line("* BYE Idle for too long");
                         return Ok(Flow::Logout);

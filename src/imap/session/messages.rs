@@ -212,7 +212,7 @@ impl Session {
                 self.flush().await?;
             }
             if let Some(sel) = self.selected.as_mut() {
-                sel.flags.insert(u, m.flags.clone());
+                sel.tell(u, m.modseq);
             }
         }
         // No expunges during FETCH by sequence number.
@@ -378,7 +378,7 @@ impl Session {
                 self.line(&format!("* {seq} FETCH ({uid_part}FLAGS {})", fetch::flags_list(&m.flags)));
             }
             if let Some(sel) = self.selected.as_mut() {
-                sel.flags.insert(u, m.flags.clone());
+                sel.tell(u, m.modseq);
             }
         }
         self.sync(uid);

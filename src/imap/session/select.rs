@@ -90,7 +90,7 @@ impl Session {
             id: mb.id,
             name,
             readonly,
-            flags: msgs.into_iter().collect(),
+            told: HashMap::new(),
             keywords,
             uids,
             modseq: mb.highestmodseq,
@@ -204,7 +204,7 @@ impl Session {
                 let Some(sel) = self.selected.as_mut() else { return };
                 let Ok(pos) = sel.uids.binary_search(u) else { continue };
                 let announce = sel.announce(&m.flags);
-                sel.flags.insert(*u, m.flags.clone());
+                sel.tell(*u, m.modseq);
                 for l in announce.into_iter().flatten() {
                     self.line(&l);
                 }
@@ -252,7 +252,7 @@ impl Session {
                         }
                     }
                     sel.uids.clear();
-                    sel.flags.clear();
+                    sel.told.clear();
                 }
                 return;
             }
@@ -286,6 +286,8 @@ impl Session {
             sel.expunge_floor = sel.modseq;
         }
         sel.modseq = mb.highestmodseq;
+        let floor = sel.modseq;
+        sel.told.retain(|_, m| *m > floor);
         sel.expunge_pending = pending;
         for l in lines {
             self.line(&l);
@@ -323,7 +325,7 @@ pub(super) fn changed_since(
                     lines.push(format!("* {} EXPUNGE", pos + 1));
                 }
                 sel.uids.remove(pos);
-                sel.flags.remove(&uid);
+                sel.told.remove(&uid);
             } else {
                 pending = true;
             }
@@ -340,13 +342,13 @@ pub(super) fn changed_since(
         if uid > last {
             lines.extend(sel.announce(&m.flags).into_iter().flatten());
             sel.uids.push(uid);
-            sel.flags.insert(uid, m.flags);
+            sel.tell(uid, m.modseq);
             added = true;
         } else if let Ok(pos) = sel.uids.binary_search(&uid) {
-            if sel.flags.get(&uid) != Some(&m.flags) {
+            if sel.untold(uid, m.modseq) {
                 lines.extend(sel.announce(&m.flags).into_iter().flatten());
                 lines.push(report.flags(pos + 1, uid, &m));
-                sel.flags.insert(uid, m.flags);
+                sel.tell(uid, m.modseq);
             }
         }
     }
@@ -373,7 +375,7 @@ pub(super) fn compare_whole(sel: &mut Selected, v: &crate::views::Views, expunge
                 } else {
                     lines.push(format!("* {seq} EXPUNGE"));
                 }
-                sel.flags.remove(uid);
+                sel.told.remove(uid);
                 seq -= 1;
             }
         }
@@ -387,10 +389,10 @@ pub(super) fn compare_whole(sel: &mut Selected, v: &crate::views::Views, expunge
     for i in 0..sel.uids.len() {
         let uid = sel.uids[i];
         if let Some(m) = current.get(&uid) {
-            if sel.flags.get(&uid) != Some(&m.flags) {
+            if sel.untold(uid, m.modseq) {
                 lines.extend(sel.announce(&m.flags).into_iter().flatten());
                 lines.push(report.flags(i + 1, uid, m));
-                sel.flags.insert(uid, m.flags.clone());
+                sel.tell(uid, m.modseq);
             }
         }
     }
@@ -400,7 +402,7 @@ pub(super) fn compare_whole(sel: &mut Selected, v: &crate::views::Views, expunge
         if *uid > last {
             lines.extend(sel.announce(&m.flags).into_iter().flatten());
             sel.uids.push(*uid);
-            sel.flags.insert(*uid, m.flags.clone());
+            sel.tell(*uid, m.modseq);
             added = true;
         }
     }

@@ -37,6 +37,14 @@ enum State {
     SkipLiteral { remaining: u64 },
 }
 
+/// Room reserved for a read of a command line, and the most reserved for
+/// a read of a literal (`Framer::read_buffer`).
+const READ_MIN: usize = 4 * 1024;
+const READ_MAX: usize = 64 * 1024;
+/// Past this, the buffer left after a command is shrunk: one large APPEND
+/// must not stay allocated for the rest of the session.
+const KEEP_CAPACITY: usize = 256 * 1024;
+
 /// The framer.
 #[derive(Debug)]
 pub struct Framer {
@@ -112,6 +120,22 @@ impl Framer {
     /// Add input.
     pub fn feed(&mut self, bytes: &[u8]) {
         self.buf.extend_from_slice(bytes);
+    }
+
+    /// The buffer the next read appends to, with room for it: 4 KiB for
+    /// a command line, up to 64 KiB while a literal is coming. Received
+    /// bytes may only be appended. Reading straight into it keeps an idle
+    /// connection at one small buffer instead of a read buffer of its own
+    /// beside this one.
+    pub fn read_buffer(&mut self) -> &mut Vec<u8> {
+        let want = match self.state {
+            State::Literal { remaining } | State::SkipLiteral { remaining } => {
+                usize::try_from(remaining).unwrap_or(usize::MAX).clamp(READ_MIN, READ_MAX)
+            }
+            State::Line | State::SkipLine => READ_MIN,
+        };
+        self.buf.reserve(want);
+        &mut self.buf
     }
 
     /// Octets buffered.
@@ -230,8 +254,18 @@ impl Framer {
                         }
                         continue;
                     }
-                    // End of the command.
-                    let mut cmd: Vec<u8> = self.buf.drain(..=lf).collect();
+                    // End of the command: the whole buffer when nothing
+                    // follows it (no copy of a large literal, and its
+                    // memory goes with the command), else a copy.
+                    let mut cmd: Vec<u8> = if lf + 1 == self.buf.len() {
+                        std::mem::take(&mut self.buf)
+                    } else {
+                        let cmd = self.buf.drain(..=lf).collect();
+                        if self.buf.capacity() > KEEP_CAPACITY {
+                            self.buf.shrink_to(READ_MIN.max(self.buf.len()));
+                        }
+                        cmd
+                    };
                     if !cmd.ends_with(b"\r\n") {
                         // Bare LF: repair so the parser sees CRLF.
                         cmd.pop();
@@ -252,6 +286,39 @@ mod tests {
 
     fn frames(f: &mut Framer) -> Vec<Frame> {
         std::iter::from_fn(|| f.next_frame()).collect()
+    }
+
+    #[test]
+    fn a_large_literal_does_not_stay_allocated() {
+        let big = 1 << 20;
+        let mut f = Framer::new(1024, 4 << 20);
+        // Reads go straight into the framer's buffer, sized by what comes.
+        let b = f.read_buffer();
+        assert!(b.capacity() - b.len() >= READ_MIN && b.capacity() < READ_MAX);
+        b.extend_from_slice(format!("a APPEND INBOX {{{big}+}}\r\n").as_bytes());
+        assert!(f.next_frame().is_none());
+        let b = f.read_buffer();
+        assert!(b.capacity() - b.len() >= READ_MAX, "room for a literal");
+        b.resize(b.len() + big, b'x');
+        b.extend_from_slice(b"\r\n");
+        // Alone in the buffer: the command takes the allocation with it.
+        match f.next_frame() {
+            Some(Frame::Command(c)) => assert_eq!(c.len(), "a APPEND INBOX {1048576+}\r\n".len() + big + 2),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(f.buf.capacity(), 0);
+        // With a pipelined command behind it, the rest is kept in a
+        // buffer of its own size.
+        let mut wire = format!("b APPEND INBOX {{{big}+}}\r\n").into_bytes();
+        wire.resize(wire.len() + big, b'y');
+        wire.extend_from_slice(b"\r\nc NOOP\r\n");
+        f.feed(&wire);
+        assert!(matches!(f.next_frame(), Some(Frame::Command(_))));
+        assert!(f.buf.capacity() <= KEEP_CAPACITY, "{}", f.buf.capacity());
+        match f.next_frame() {
+            Some(Frame::Command(c)) => assert_eq!(c, b"c NOOP\r\n"),
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]
