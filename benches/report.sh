@@ -6,7 +6,7 @@
 #   benches/report.sh                      # release build, RUNS=3 (~15-20 min on 2 cores)
 #   RUNS=1 benches/report.sh               # quicker
 #   TANDEM=/path/to/release/tandem benches/report.sh    # no build
-#   ONLY="imap lmtp" benches/report.sh     # some sections: imap login lmtp reads sync mirror rebuild
+#   ONLY="imap lmtp" benches/report.sh     # some sections: imap login lmtp reads sync mirror rebuild footprint
 #
 # Sections and the scripts they reuse:
 #   imap     10 IMAP clients staying logged in, mixed commands (imap_load.py --mode mixed)
@@ -14,8 +14,10 @@
 #   lmtp     durable LMTP ingest, corpus mix (~27 KB), 16 connections (lmtp_vs_dovecot.sh)
 #   reads    FETCH/SELECT/SEARCH/STATUS on COUNT messages, RSS, data size (imap_vs_dovecot.sh)
 #   sync     initial sync of a fresh peer against rsync -a (initial_sync.sh)
-#   mirror   replication lag at 500 and 2,000 msg/s, catch-up after a restart (mirror_lag.sh)
+#   mirror   replication lag at 500 and 2,000 msg/s (2 and 5 LMTP connections), catch-up after a restart (mirror_lag.sh)
 #   rebuild  tandem-rebuild of REBUILD_EVENTS deliveries, events/s
+#   footprint  RSS, data dir and memory per connection at 1,000,000 messages
+#            (footprint.sh; ~10 min; FOOT_MSGS, FOOT_USERS, FOOT_CONNS, FOOT_IDLE)
 # Dovecot runs from ../shared/tools/peer/dovecot as a private instance
 # (PEER_DIR, default /tmp/peer-report, ports 11143/11024). Its passdb is
 # switched to {ARGON2ID} hashes of Tandem's cost (m=19456 KiB, t=2, p=1,
@@ -33,7 +35,7 @@ IMAP_COUNT=${IMAP_COUNT:-10000}             # messages of the reads section
 LMTP_COUNT=${LMTP_COUNT:-3000}              # deliveries per LMTP run
 SYNC_USERS=${SYNC_USERS:-2}; SYNC_MSGS=${SYNC_MSGS:-2000}
 REBUILD_EVENTS=${REBUILD_EVENTS:-30000}
-ONLY=${ONLY:-"imap login lmtp reads sync mirror rebuild"}
+ONLY=${ONLY:-"imap login lmtp reads sync mirror rebuild footprint"}
 OUT=${OUT:-$(mktemp -d /tmp/tandem-report.XXXXXX)}
 mkdir -p "$OUT"
 export PEER_DIR=${PEER_DIR:-/tmp/peer-report} PEER_IMAP_PORT=${PEER_IMAP_PORT:-11143} PEER_LMTP_PORT=${PEER_LMTP_PORT:-11024}
@@ -193,7 +195,9 @@ for rate in sorted({l["lag"]["rate"] for l in lines if "lag" in l}):
     ls = [l["lag"] for l in lines if "lag" in l and l["lag"]["rate"] == rate]
     p99 = statistics.median(l["p99"] for l in ls)
     ach = statistics.median(l["achieved"] for l in ls)
-    print(json.dumps({"workload": "replication lag p99 at %.0f msg/s offered (%.0f achieved, 1 LMTP conn)" % (rate, ach),
+    conns = ls[0].get("conns", 1)
+    print(json.dumps({"workload": "replication lag p99 at %.0f msg/s offered (%.0f achieved, %d LMTP conn%s)"
+                      % (rate, ach, conns, "s" if conns > 1 else ""),
                       "peer_name": "-", "peer": "-", "tandem": "%.2f" % p99, "unit": "ms", "ratio": "-", "goal": "≤ 2 ms",
                       "met": "yes" if p99 <= 2 else "no"}))
 c = statistics.median(l["catchup_s"] for l in lines if "catchup_s" in l)
@@ -227,6 +231,36 @@ rate = statistics.median(int(a) / (float(t1) - float(t0)) for a, t0, t1 in rows)
 print(json.dumps({"workload": "rebuild views by replay (tandem-rebuild, whole process), %d entries" % n, "peer_name": "-",
                   "peer": "-", "tandem": "%.0f" % rate, "unit": "events/s", "ratio": "-", "goal": "≥ 200,000/s",
                   "met": "yes" if rate >= 200000 else "no"}))
+PY
+fi
+
+if want footprint; then
+  section "footprint at scale"
+  d=$OUT/footprint; mkdir -p "$d"
+  OUT=$d bash "$ROOT/benches/footprint.sh" | tee -a "$LOG"
+  python3 - "$d/results.json" >> "$ROWS" <<'PY'
+import json, sys
+r = json.load(open(sys.argv[1]))
+n, u = r["messages"], r["users"]
+def row(workload, tandem, unit, goal, met):
+    print(json.dumps({"workload": workload, "peer_name": "-", "peer": "-", "tandem": tandem, "unit": unit,
+                      "ratio": "-", "goal": goal, "met": met if isinstance(met, str) else "yes" if met else "no"}))
+for k, what in (("idle", "idle"), ("after_fetch", "after SELECT + FETCH 1:* (FLAGS ENVELOPE) of %d" % r["fetch"]["messages"])):
+    mb = r["rss_kb"][k] / 1024
+    row("Tandem RSS, %d msgs (%d users, %d B), %s" % (n, u, r["mail_bytes"] // max(n, 1), what), "%.0f" % mb, "MB",
+        "≤ 300 MB", mb <= 300)
+dd = r["data_dir"]
+row("data dir right after %d deliveries vs the mail as stored (%.0f MB; %.0f MB delivered)"
+    % (n, r["stored_bytes"] / 1e6, r["mail_bytes"] / 1e6),
+    "%.0f (%.2f x)" % (dd["apparent_bytes"] / 1e6, dd["ratio"]), "MB", "-", "-")
+row("data dir at rest (after a restart) vs the mail as stored",
+    "%.0f (%.2f x)" % (dd["at_rest_bytes"] / 1e6, dd["at_rest_ratio"]), "MB", "≤ 1.3 x", dd["at_rest_ratio"] <= 1.3)
+c = r["idle_connections"]
+row("memory per idle logged-in IMAP connection (%d connections)" % c["connections"],
+    "%.1f" % (c["bytes_per_connection"] / 1024), "KiB", "≤ 64 KiB", c["bytes_per_connection"] <= 64 * 1024)
+i = r["idle_on_inbox"]
+row("memory per client in IDLE on a %s-message INBOX (%d connections)" % (",".join(map(str, i["messages_in_inbox"])), i["connections"]),
+    "%.1f" % (i["bytes_per_connection"] / 1024), "KiB", "≤ 64 KiB", i["bytes_per_connection"] <= 64 * 1024)
 PY
 fi
 

@@ -85,6 +85,9 @@ pub struct LogStatus {
     /// RocksDB's memory and WAL files against the store's budget.
     #[serde(default)]
     pub memory: wal::MemorySnapshot,
+    /// The store's files on disk, by column family.
+    #[serde(default)]
+    pub disk: wal::DiskUsage,
 }
 
 /// One log entry, readable.
@@ -199,6 +202,7 @@ pub fn status(st: &AdminState) -> Result<Status, crate::views::read::ViewError> 
             bulk_flushes: s.bulk_flushes,
             bulk_bytes: s.bulk_bytes,
             memory: wal.memory(),
+            disk: wal.disk(),
         },
         users: st.store.views().users()?.len() as u64,
         lmtp: st.lmtp.snapshot(),

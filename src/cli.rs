@@ -668,6 +668,26 @@ fn print_status(st: &Status) {
         mib(m.wal_files_bytes),
         mib(m.max_wal_bytes)
     );
+    let d = &l.disk;
+    let tables: Vec<String> = d
+        .column_families
+        .iter()
+        .filter(|c| c.table_bytes > 0)
+        .map(|c| format!("{} {:.1}", c.name, mib(c.table_bytes)))
+        .collect();
+    let blobs: Vec<String> = d
+        .column_families
+        .iter()
+        .filter(|c| c.blob_bytes > 0)
+        .map(|c| format!("{} {:.1}", c.name, mib(c.blob_bytes)))
+        .collect();
+    println!(
+        "disk        {:.1} MiB   tables {} MiB   blob files {} MiB   RocksDB WAL files {:.1} MiB",
+        mib(d.total()),
+        if tables.is_empty() { "0".to_string() } else { tables.join(", ") },
+        if blobs.is_empty() { "0".to_string() } else { blobs.join(", ") },
+        mib(d.wal_files_bytes)
+    );
     if l.bulk_flushes > 0 {
         println!(
             "  bulk      {} groups wrote {} bytes of bodies straight to blob files",

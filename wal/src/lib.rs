@@ -41,6 +41,9 @@ pub use seq::{Origin, VersionVector};
 #[cfg(feature = "store")]
 pub use shadow::Shadow;
 #[cfg(feature = "store")]
-pub use store::{Cf, GroupTiming, KeyValues, MemoryBudget, MemorySnapshot, RecoveryMode, RecoveryReport, StatsSnapshot, Wal, WalOptions};
+pub use store::{
+    Cf, CfDisk, DiskUsage, GroupTiming, KeyValues, MemoryBudget, MemorySnapshot, RecoveryMode, RecoveryReport, StatsSnapshot, Wal,
+    WalOptions,
+};
 #[cfg(feature = "store")]
 pub use writer::{Appended, Rehomed, Txn};

@@ -148,6 +148,31 @@ pub struct MemorySnapshot {
     pub max_wal_bytes: u64,
 }
 
+/// What the store takes on disk, by column family.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct DiskUsage {
+    pub column_families: Vec<CfDisk>,
+    /// RocksDB's WAL files (entries not yet flushed to tables).
+    pub wal_files_bytes: u64,
+}
+
+/// One column family's files: table files (`rocksdb.total-sst-files-size`,
+/// which counts tables a compaction has replaced but a reader still
+/// holds) and blob files (`rocksdb.total-blob-file-size`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct CfDisk {
+    pub name: String,
+    pub table_bytes: u64,
+    pub blob_bytes: u64,
+}
+
+impl DiskUsage {
+    /// Everything together.
+    pub fn total(&self) -> u64 {
+        self.wal_files_bytes + self.column_families.iter().map(|c| c.table_bytes + c.blob_bytes).sum::<u64>()
+    }
+}
+
 impl WalOptions {
     pub fn new(local_origin: Origin) -> WalOptions {
         WalOptions {
@@ -1476,11 +1501,9 @@ impl Wal {
         }
     }
 
-    /// Memory RocksDB holds now (block cache, memtables) and the size of
-    /// its WAL files, against the budget it was opened with.
-    pub fn memory(&self) -> MemorySnapshot {
-        let s = &self.shared;
-        let wal_files_bytes = std::fs::read_dir(&self.path)
+    /// Bytes of RocksDB's WAL files.
+    fn wal_files_bytes(&self) -> u64 {
+        std::fs::read_dir(&self.path)
             .map(|d| {
                 d.filter_map(|e| e.ok())
                     .filter(|e| e.file_name().to_string_lossy().ends_with(".log"))
@@ -1488,7 +1511,36 @@ impl Wal {
                     .map(|m| m.len())
                     .sum()
             })
-            .unwrap_or(0);
+            .unwrap_or(0)
+    }
+
+    /// What the store takes on disk now, by column family.
+    pub fn disk(&self) -> DiskUsage {
+        let s = &self.shared;
+        let prop = |cf: &rocksdb::ColumnFamily, name: &str| s.db.property_int_value_cf(cf, name).ok().flatten().unwrap_or(0);
+        let column_families = s
+            .cf_names
+            .iter()
+            .filter_map(|n| {
+                let cf = s.db.cf_handle(n)?;
+                Some(CfDisk {
+                    name: n.clone(),
+                    table_bytes: prop(cf, "rocksdb.total-sst-files-size"),
+                    blob_bytes: prop(cf, "rocksdb.total-blob-file-size"),
+                })
+            })
+            .collect();
+        DiskUsage {
+            column_families,
+            wal_files_bytes: self.wal_files_bytes(),
+        }
+    }
+
+    /// Memory RocksDB holds now (block cache, memtables) and the size of
+    /// its WAL files, against the budget it was opened with.
+    pub fn memory(&self) -> MemorySnapshot {
+        let s = &self.shared;
+        let wal_files_bytes = self.wal_files_bytes();
         MemorySnapshot {
             block_cache_bytes: s.cache.get_usage() as u64,
             block_cache_capacity: s.opts.memory.block_cache_bytes as u64,

@@ -400,5 +400,28 @@ fn the_memory_budget_bounds_rocksdb_wal_files_and_is_reported() {
     assert!(m.wal_files_bytes <= 14 << 20, "32 MiB written, WAL files not bounded: {m:?}");
     assert!(m.memtable_bytes <= 16 << 20, "memtables past the budget: {m:?}");
     assert_eq!(wal.get(cf, b"k").unwrap().as_deref(), Some(&b"v"[..]));
+    // What is on disk, by column family: the flushed log's tables and
+    // RocksDB's WAL files add up to what the directory holds.
+    wal.flush_all().unwrap();
+    let d = wal.disk();
+    let log = d.column_families.iter().find(|c| c.name == "log").unwrap();
+    assert!(log.table_bytes >= 512 * (64 << 10), "{d:?}");
+    let views = d.column_families.iter().find(|c| c.name == "views").unwrap();
+    assert!(views.table_bytes > 0, "{d:?}");
+    let files: u64 = std::fs::read_dir(dir.path())
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| {
+            let n = e.file_name().to_string_lossy().into_owned();
+            n.ends_with(".sst") || n.ends_with(".blob") || n.ends_with(".log")
+        })
+        .map(|e| e.metadata().unwrap().len())
+        .sum();
+    // (A compaction may replace tables between the two readings.)
+    assert!(
+        d.total().abs_diff(files) <= files / 4,
+        "{} vs {files} in the directory: {d:?}",
+        d.total()
+    );
     wal.close().unwrap();
 }

@@ -1,0 +1,280 @@
+#!/usr/bin/env bash
+# Footprint at scale: one node, FOOT_USERS users, FOOT_MSGS deliveries of
+# FOOT_SIZE bytes (default 100 users, 1,000,000 messages of 1.5 KB: 1.5 GB
+# of mail, ~8 minutes of LMTP on 2 cores), then
+#   - RSS idle (after the deliveries and a settle of SETTLE seconds),
+#   - the data dir against the mail as stored (the sum of the messages'
+#     sizes: what a Maildir of them holds), right after the deliveries and
+#     at rest (after a restart has flushed RocksDB's WAL files), with the
+#     disk and memory figures of `tandem status --json`,
+#   - RSS after SELECT INBOX + FETCH 1:* (FLAGS ENVELOPE) of one user
+#     (FOOT_MSGS / FOOT_USERS messages),
+#   - RSS with FOOT_CONNS idle IMAP connections logged in (default 10,000),
+#     reported per connection,
+#   - RSS with FOOT_IDLE connections (default 1,000) that selected INBOX
+#     (FOOT_MSGS / FOOT_USERS messages) and wait in IDLE, as mail clients
+#     do, reported per connection.
+# Goals (issue 15): RSS ≤ 300 MB idle and after the FETCH, data dir ≤ 1.3x
+# the mail at rest, ≤ 64 KB per idle IMAP connection.
+#
+#   benches/footprint.sh                                  # release build, full size
+#   FOOT_MSGS=100000 FOOT_CONNS=2000 benches/footprint.sh # quicker
+#   TANDEM=/path/to/tandem OUT=/tmp/foot benches/footprint.sh
+#
+# Results: $OUT/results.json (and the node's dir $OUT/node, removed at the
+# end unless KEEP=1). Needs an open-file limit above FOOT_CONNS (the hard
+# limit of the shell; the script raises the soft one).
+set -euo pipefail
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+SHARED=${SHARED:-$(cd "$ROOT/../shared" 2>/dev/null && pwd || echo /work/shared)}
+FOOT_USERS=${FOOT_USERS:-100}
+FOOT_MSGS=${FOOT_MSGS:-1000000}
+FOOT_SIZE=${FOOT_SIZE:-1536}
+FOOT_CONNS=${FOOT_CONNS:-10000}
+FOOT_IDLE=${FOOT_IDLE:-1000}
+SETTLE=${SETTLE:-15}
+OUT=${OUT:-$(mktemp -d /tmp/tandem-footprint.XXXXXX)}
+mkdir -p "$OUT"
+. "$ROOT/benches/lib.sh"
+build_tandem
+
+need=$((FOOT_CONNS + 1024))
+hard=$(ulimit -Hn)
+if [ "$hard" != unlimited ] && [ "$hard" -lt "$need" ]; then
+  echo "the open-file hard limit ($hard) is below $need: lower FOOT_CONNS or raise it" >&2
+  exit 1
+fi
+ulimit -n "$need"
+
+d=$OUT/node
+rm -rf "$d"; mkdir -p "$d"
+imap_port=$(tcp_port); lmtp_port=$(tcp_port)
+cat > "$d/tandem.toml" <<TOML
+[node]
+id = "footprint"
+data_dir = "$d/data"
+[imap]
+listen = "127.0.0.1:$imap_port"
+tls_listen = "127.0.0.1:0"
+max_connections = $((FOOT_CONNS + 100))
+max_connections_per_ip = $((FOOT_CONNS + 100))
+max_connections_per_user = $((FOOT_CONNS + 100))
+login_attempts_per_ip = 0
+login_attempts_per_user = 0
+[lmtp]
+listen = "127.0.0.1:$lmtp_port"
+[admin]
+listen = "127.0.0.1:0"
+TOML
+pid=$(start_node "$d")
+trap 'kill "$pid" 2>/dev/null || true' EXIT
+wait_up "$d"
+for i in $(seq 1 "$FOOT_USERS"); do
+  echo pass | "$T" --config "$d/tandem.toml" user add "user$i" --password-stdin > /dev/null
+done
+
+echo "== delivering $FOOT_MSGS messages of $FOOT_SIZE bytes to $FOOT_USERS users ($(date -u +%H:%M:%S))"
+python3 "$SHARED/tools/peer/lmtp_load.py" --port "$lmtp_port" --users 'user%d@localhost' --nusers "$FOOT_USERS" \
+  --count "$FOOT_MSGS" --concurrency 16 --size "$FOOT_SIZE" --max-seconds 3000 --json "$OUT/lmtp.json" | tail -n 1
+sleep "$SETTLE"
+
+rss() { awk '/^VmRSS/ {print $2}' "/proc/$pid/status"; }
+rss_idle=$(rss)
+"$T" --config "$d/tandem.toml" status --json > "$OUT/status_idle.json"
+data_apparent=$(du -sb "$d/data" | cut -f1)
+data_blocks=$(du -sB1 "$d/data" | cut -f1)
+echo "RSS idle: $rss_idle kB; data dir $data_apparent bytes ($data_blocks on disk)"
+# The mail as stored (trace headers added): what a Maildir of the same
+# messages holds, byte for byte.
+python3 - "$imap_port" "$FOOT_USERS" > "$OUT/stored.json" <<'PY'
+import imaplib, json, re, sys
+port, users = int(sys.argv[1]), int(sys.argv[2])
+n = size = 0
+for u in range(1, users + 1):
+    m = imaplib.IMAP4("127.0.0.1", port)
+    m.login("user%d" % u, "pass")
+    typ, d = m.status("INBOX", "(MESSAGES SIZE)")
+    m.logout()
+    s = d[0].decode()
+    n += int(re.search(r"MESSAGES (\d+)", s).group(1))
+    size += int(re.search(r"SIZE (\d+)", s).group(1))
+print(json.dumps({"messages": n, "bytes": size}))
+PY
+cat "$OUT/stored.json"
+
+echo "== SELECT + FETCH 1:* (FLAGS ENVELOPE) of user1 ($(date -u +%H:%M:%S))"
+python3 - "$imap_port" > "$OUT/fetch.json" <<'PY'
+import imaplib, json, sys, time
+m = imaplib.IMAP4("127.0.0.1", int(sys.argv[1]))
+m.login("user1", "pass")
+t0 = time.time()
+typ, data = m.select("INBOX")
+n = int(data[0])
+t1 = time.time()
+typ, data = m.fetch("1:*", "(FLAGS ENVELOPE)")
+t2 = time.time()
+assert typ == "OK", typ
+fetched = sum(1 for x in data if isinstance(x, bytes) and b"ENVELOPE" in x or isinstance(x, tuple))
+m.logout()
+print(json.dumps({"messages": n, "fetched": fetched, "select_ms": (t1 - t0) * 1e3, "fetch_ms": (t2 - t1) * 1e3}))
+PY
+cat "$OUT/fetch.json"
+sleep 2
+rss_after=$(rss)
+echo "RSS after the FETCH: $rss_after kB"
+
+echo "== $FOOT_CONNS idle IMAP connections ($(date -u +%H:%M:%S))"
+python3 - "$imap_port" "$FOOT_CONNS" "$FOOT_USERS" "$pid" "$OUT/conns.json" <<'PY'
+import json, resource, socket, sys, time
+port, n, users, pid, out = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], sys.argv[5]
+
+def rss():
+    for l in open("/proc/%s/status" % pid):
+        if l.startswith("VmRSS"):
+            return int(l.split()[1])
+
+def read_until(s, end):
+    buf = b""
+    while not buf.endswith(end):
+        chunk = s.recv(4096)
+        if not chunk:
+            raise SystemExit("connection closed after %r" % buf[-200:])
+        buf += chunk
+    return buf
+
+# Every user logs in once first: the first login of a user runs argon2id
+# (19 MiB, on a blocking thread) and fills the authentication cache; that
+# memory is not the connections'.
+for u in range(users):
+    s = socket.create_connection(("127.0.0.1", port), timeout=30)
+    read_until(s, b"\r\n")
+    s.sendall(b"a LOGIN user%d pass\r\nb LOGOUT\r\n" % (u + 1))
+    while s.recv(4096):
+        pass
+    s.close()
+time.sleep(2)
+before = rss()
+socks = []
+t0 = time.time()
+for i in range(n):
+    s = socket.create_connection(("127.0.0.1", port), timeout=30)
+    read_until(s, b"\r\n")
+    s.sendall(b"a LOGIN user%d pass\r\n" % (i % users + 1))
+    r = read_until(s, b"\r\n")
+    while not r.split(b"\r\n")[-2].startswith(b"a "):
+        r += read_until(s, b"\r\n")
+    if b"a OK" not in r:
+        raise SystemExit("login %d failed: %r" % (i, r[-200:]))
+    socks.append(s)
+t1 = time.time()
+time.sleep(5)
+with_conns = rss()
+# Every connection still answers: a NOOP on each of the first and last 100.
+for s in socks[:100] + socks[100:][-100:]:
+    s.sendall(b"b NOOP\r\n")
+    r = read_until(s, b"\r\n")
+    while b"b OK" not in r:
+        r += read_until(s, b"\r\n")
+per_conn = (with_conns - before) * 1024 / n
+for s in socks:
+    s.close()
+time.sleep(3)
+after_close = rss()
+res = {"connections": n, "login_seconds": t1 - t0, "rss_kb_before": before, "rss_kb_with_connections": with_conns,
+       "rss_kb_after_close": after_close, "bytes_per_connection": per_conn}
+json.dump(res, open(out, "w"))
+print(json.dumps(res))
+PY
+
+stop_node "$pid"
+# At rest: started again (RocksDB flushes what its WAL files held) and
+# stopped.
+pid=$(start_node "$d")
+wait_up "$d"
+"$T" --config "$d/tandem.toml" status --json > "$OUT/status_rest.json"
+rest_apparent=$(du -sb "$d/data" | cut -f1)
+echo "data dir at rest: $rest_apparent bytes"
+
+# Clients in IDLE, on this fresh process: memory the 10,000 connections
+# above freed would otherwise be reused and hide their cost. Every user
+# selects INBOX once first, which fills the block cache (shared, bounded)
+# and the authentication cache before the baseline.
+echo "== $FOOT_IDLE connections in IDLE on INBOX ($(date -u +%H:%M:%S))"
+python3 - "$imap_port" "$FOOT_IDLE" "$FOOT_USERS" "$pid" "$OUT/idle.json" <<'PY'
+import json, socket, sys, time
+port, n, users, pid, out = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], sys.argv[5]
+
+def rss():
+    for l in open("/proc/%s/status" % pid):
+        if l.startswith("VmRSS"):
+            return int(l.split()[1])
+
+def until(s, tag):
+    buf = b""
+    while True:
+        chunk = s.recv(65536)
+        if not chunk:
+            raise SystemExit("connection closed after %r" % buf[-200:])
+        buf += chunk
+        for l in buf.split(b"\r\n"):
+            if l.startswith(tag):
+                return buf
+
+for u in range(users):
+    s = socket.create_connection(("127.0.0.1", port), timeout=60)
+    until(s, b"* OK")
+    s.sendall(b"a LOGIN user%d pass\r\nb SELECT INBOX\r\nc LOGOUT\r\n" % (u + 1))
+    until(s, b"c OK")
+    s.close()
+time.sleep(2)
+before = rss()
+socks = []
+exists = set()
+for i in range(n):
+    s = socket.create_connection(("127.0.0.1", port), timeout=60)
+    until(s, b"* OK")
+    s.sendall(b"a LOGIN user%d pass\r\nb SELECT INBOX\r\nc IDLE\r\n" % (i % users + 1))
+    r = until(s, b"+ ")
+    if b"a OK" not in r or b"b OK" not in r:
+        raise SystemExit("connection %d: %r" % (i, r[-300:]))
+    exists.update(int(l.split()[1]) for l in r.split(b"\r\n") if l.endswith(b" EXISTS"))
+    socks.append(s)
+time.sleep(5)
+with_conns = rss()
+for s in socks[:50] + socks[50:][-50:]:
+    s.sendall(b"DONE\r\n")
+    if b"c OK" not in until(s, b"c "):
+        raise SystemExit("IDLE did not end")
+for s in socks:
+    s.close()
+res = {"connections": n, "messages_in_inbox": sorted(exists), "rss_kb_before": before,
+       "rss_kb_with_connections": with_conns, "bytes_per_connection": (with_conns - before) * 1024 / max(n, 1)}
+json.dump(res, open(out, "w"))
+print(json.dumps(res))
+PY
+
+stop_node "$pid"
+trap - EXIT
+python3 - "$OUT" "$rss_idle" "$rss_after" "$data_apparent" "$data_blocks" "$rest_apparent" "$FOOT_USERS" <<'PY' | tee "$OUT/results.json"
+import json, sys
+out, rss_idle, rss_after, apparent, blocks, rest, users = sys.argv[1], *map(int, sys.argv[2:])
+lmtp = json.load(open(out + "/lmtp.json"))
+st = json.load(open(out + "/status_idle.json"))
+stored = json.load(open(out + "/stored.json"))["bytes"]
+mail = lmtp["delivered"] * lmtp["avg_msg_bytes"]
+res = {
+    "messages": lmtp["delivered"], "users": users, "mail_bytes": mail, "stored_bytes": stored,
+    "lmtp_msgs_per_s": lmtp.get("msgs_per_s"),
+    "rss_kb": {"idle": rss_idle, "after_fetch": rss_after},
+    "data_dir": {"apparent_bytes": apparent, "disk_bytes": blocks, "ratio": apparent / stored,
+                 "at_rest_bytes": rest, "at_rest_ratio": rest / stored, "ratio_to_delivered": apparent / mail},
+    "memory": st["log"].get("memory"),
+    "disk": st["log"].get("disk"),
+    "disk_at_rest": json.load(open(out + "/status_rest.json"))["log"].get("disk"),
+    "fetch": json.load(open(out + "/fetch.json")),
+    "idle_connections": json.load(open(out + "/conns.json")),
+    "idle_on_inbox": json.load(open(out + "/idle.json")),
+}
+print(json.dumps(res, indent=1))
+PY
+[ "${KEEP:-0}" = 1 ] || rm -rf "$d"
