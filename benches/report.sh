@@ -14,7 +14,7 @@
 #   lmtp     durable LMTP ingest, corpus mix (~27 KB), 16 connections (lmtp_vs_dovecot.sh)
 #   reads    FETCH/SELECT/SEARCH/STATUS on COUNT messages, RSS, data size (imap_vs_dovecot.sh)
 #   sync     initial sync of a fresh peer against rsync -a (initial_sync.sh)
-#   mirror   replication lag at 500 and 2,000 msg/s (2 and 5 LMTP connections), catch-up after a restart (mirror_lag.sh)
+#   mirror   replication lag at 500 and 2,000 msg/s (1 and 8 LMTP connections), catch-up after a restart (mirror_lag.sh)
 #   rebuild  tandem-rebuild of REBUILD_EVENTS deliveries, events/s
 #   footprint  RSS, data dir and memory per connection at 1,000,000 messages
 #            (footprint.sh; ~10 min; FOOT_MSGS, FOOT_USERS, FOOT_CONNS, FOOT_IDLE)
