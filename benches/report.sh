@@ -34,7 +34,7 @@ SECONDS_EACH=${SECONDS_EACH:-10}            # each IMAP load run, per server
 IMAP_COUNT=${IMAP_COUNT:-10000}             # messages of the reads section
 LMTP_COUNT=${LMTP_COUNT:-3000}              # deliveries per LMTP run
 SYNC_USERS=${SYNC_USERS:-2}; SYNC_MSGS=${SYNC_MSGS:-2000}
-REBUILD_EVENTS=${REBUILD_EVENTS:-30000}
+REBUILD_EVENTS=${REBUILD_EVENTS:-100000}
 ONLY=${ONLY:-"imap login lmtp reads sync mirror rebuild footprint"}
 OUT=${OUT:-$(mktemp -d /tmp/tandem-report.XXXXXX)}
 mkdir -p "$OUT"
