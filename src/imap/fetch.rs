@@ -69,6 +69,14 @@ impl Cache {
         }
     }
 
+    /// Whether a FETCH of `n` messages is a sweep: one that would push
+    /// out most of what the cache holds (a client's first FETCH 1:* of a
+    /// large mailbox) and so reads summaries without keeping them, leaving
+    /// every session's working set in place.
+    pub fn is_sweep(&self, n: usize) -> bool {
+        n > self.max / 2
+    }
+
     /// The summary of a body: from memory, else from the store's cache
     /// column family, else parsed from the body (which `load` fetches) and
     /// kept in both.
@@ -76,6 +84,18 @@ impl Cache {
         &self,
         store: &crate::store::Store,
         hash: &BlobHash,
+        load: impl FnOnce() -> Option<Cow<'b, [u8]>>,
+    ) -> Option<Arc<Summary>> {
+        self.get_or_keep(store, hash, true, load)
+    }
+
+    /// [`Cache::get_or`], keeping what it reads or parses in memory only
+    /// with `keep` (a parsed summary always goes to the column family).
+    pub fn get_or_keep<'b>(
+        &self,
+        store: &crate::store::Store,
+        hash: &BlobHash,
+        keep: bool,
         load: impl FnOnce() -> Option<Cow<'b, [u8]>>,
     ) -> Option<Arc<Summary>> {
         if let Some(s) = self.inner.lock().expect("cache lock").0.get(hash) {
@@ -102,34 +122,53 @@ impl Cache {
                 Arc::new(s)
             }
         };
-        self.keep(*hash, s.clone());
+        if keep {
+            self.keep(*hash, s.clone());
+        }
         Some(s)
     }
 
-    /// Read the summaries of `hashes` that are not in memory from the
-    /// cache column family in one batched lookup and keep them in memory,
-    /// so that a FETCH of many messages pays one RocksDB lookup per batch
-    /// instead of one per message. Summaries not kept there are left to
-    /// [`Cache::get_or`] to parse.
-    pub fn prefetch(&self, store: &crate::store::Store, hashes: &[BlobHash]) {
+    /// The summaries of `hashes`: those in memory, and the others read
+    /// from the cache column family in one batched lookup, so that a FETCH
+    /// of many messages pays one RocksDB lookup per batch instead of one
+    /// per message. What is read is kept in memory only with `keep`.
+    /// Summaries found in neither are left to [`Cache::get_or_keep`] to
+    /// parse.
+    pub fn prefetch(&self, store: &crate::store::Store, hashes: &[BlobHash], keep: bool) -> HashMap<BlobHash, Arc<Summary>> {
+        let mut found = HashMap::with_capacity(hashes.len());
         let mut missing: Vec<BlobHash> = {
             let g = self.inner.lock().expect("cache lock");
-            hashes.iter().filter(|h| !g.0.contains_key(*h)).copied().collect()
+            hashes
+                .iter()
+                .filter(|h| match g.0.get(*h) {
+                    Some(s) => {
+                        found.insert(**h, s.clone());
+                        false
+                    }
+                    None => true,
+                })
+                .copied()
+                .collect()
         };
         if missing.is_empty() {
-            return;
+            return found;
         }
         missing.sort_unstable_by_key(|h| h.0);
         missing.dedup();
         let keys: Vec<Vec<u8>> = missing.iter().map(cache_key).collect();
         let Ok(values) = store.wal().multi_get(store.cfs().cache, &keys, true) else {
-            return;
+            return found;
         };
         for (h, v) in missing.into_iter().zip(values) {
             if let Some(s) = v.and_then(|v| postcard::from_bytes::<Summary>(&v).ok()) {
-                self.keep(h, Arc::new(s));
+                let s = Arc::new(s);
+                if keep {
+                    self.keep(h, s.clone());
+                }
+                found.insert(h, s);
             }
         }
+        found
     }
 
     fn keep(&self, hash: BlobHash, s: Arc<Summary>) {
@@ -580,13 +619,43 @@ mod tests {
         let mut hashes: Vec<BlobHash> = bodies.iter().map(|b| hash(b)).collect();
         hashes.push(unknown);
         hashes.push(hashes[3]);
-        c.prefetch(&store, &hashes);
-        assert_eq!(c.inner.lock().unwrap().0.len(), 40, "the unknown body has no summary to read");
+        let got = c.prefetch(&store, &hashes, true);
+        assert_eq!(got.len(), 40, "the unknown body has no summary to read");
+        assert_eq!(c.inner.lock().unwrap().0.len(), 40);
         for b in &bodies {
+            assert_eq!(got[&hash(b)].envelope, Summary::of(b, false).envelope);
             let s = c.get_or(&store, &hash(b), || panic!("read from memory, not parsed")).unwrap();
             assert_eq!(s.envelope, Summary::of(b, false).envelope);
         }
         assert!(c.get_or(&store, &unknown, || None).is_none());
+    }
+
+    /// A sweep (a FETCH of more than half the cache) reads summaries
+    /// without pushing out what the cache holds.
+    #[test]
+    fn a_sweep_leaves_the_working_set_in_memory() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = crate::store::Store::open(dir.path(), "n", crate::store::wal_options("n")).unwrap();
+        let bodies: Vec<Vec<u8>> = (0..30)
+            .map(|i| format!("Subject: message {i}\r\n\r\nbody {i}\r\n").into_bytes())
+            .collect();
+        let hash = |b: &[u8]| BlobHash(*blake3::hash(b).as_bytes());
+        let c = Cache::new(10);
+        assert!(!c.is_sweep(5) && c.is_sweep(6));
+        // The working set: the first five, parsed and kept.
+        for b in &bodies[..5] {
+            c.get_or(&store, &hash(b), || Some(Cow::Borrowed(b.as_slice()))).unwrap();
+        }
+        // A sweep of all 30: parsed (first time) or read back, not kept.
+        for b in &bodies {
+            c.get_or_keep(&store, &hash(b), false, || Some(Cow::Borrowed(b.as_slice())))
+                .unwrap();
+        }
+        let hashes: Vec<BlobHash> = bodies.iter().map(|b| hash(b)).collect();
+        let got = c.prefetch(&store, &hashes, false);
+        assert_eq!(got.len(), 30, "every summary is in the column family now");
+        let held = c.inner.lock().unwrap().0.keys().copied().collect::<std::collections::HashSet<_>>();
+        assert_eq!(held, hashes[..5].iter().copied().collect());
     }
 
     /// Summaries kept in the cache column family by earlier builds (plain

@@ -121,6 +121,10 @@ impl Session {
         // Records are read 64 at a time in one batched lookup; other
         // sessions get the thread between the batches.
         let mut records: std::vec::IntoIter<Option<crate::views::MessageRec>> = Vec::new().into_iter();
+        // A FETCH of much of a large mailbox reads its summaries without
+        // keeping them: it would push out every session's working set.
+        let keep = !self.shared.cache.is_sweep(targets.len());
+        let mut summaries = std::collections::HashMap::new();
         for (i, (seq, u)) in targets.iter().copied().enumerate() {
             if i % 64 == 0 {
                 if i > 0 {
@@ -136,7 +140,7 @@ impl Session {
                 };
                 if need_summary {
                     let hashes: Vec<crate::event::BlobHash> = records.as_slice().iter().flatten().map(|m| m.blob).collect();
-                    self.shared.cache.prefetch(&store, &hashes);
+                    summaries = self.shared.cache.prefetch(&store, &hashes, keep);
                 }
             }
             let Some(Some(m)) = records.next() else { continue };
@@ -145,11 +149,14 @@ impl Session {
             }
             let mut body = if need_raw { store.blob(&m.blob).ok().flatten() } else { None };
             let mut summary = if need_summary {
-                self.shared.cache.get_or(&store, &m.blob, || {
-                    body.as_deref()
-                        .map(std::borrow::Cow::Borrowed)
-                        .or_else(|| store.blob(&m.blob).ok().flatten().map(std::borrow::Cow::Owned))
-                })
+                match summaries.get(&m.blob) {
+                    Some(s) => Some(s.clone()),
+                    None => self.shared.cache.get_or_keep(&store, &m.blob, keep, || {
+                        body.as_deref()
+                            .map(std::borrow::Cow::Borrowed)
+                            .or_else(|| store.blob(&m.blob).ok().flatten().map(std::borrow::Cow::Owned))
+                    }),
+                }
             } else {
                 None
             };
