@@ -86,109 +86,21 @@ data_blocks=$(du -sB1 "$d/data" | cut -f1)
 echo "RSS idle: $rss_idle kB; data dir $data_apparent bytes ($data_blocks on disk)"
 # The mail as stored (trace headers added): what a Maildir of the same
 # messages holds, byte for byte.
-python3 - "$imap_port" "$FOOT_USERS" > "$OUT/stored.json" <<'PY'
-import imaplib, json, re, sys
-port, users = int(sys.argv[1]), int(sys.argv[2])
-n = size = 0
-for u in range(1, users + 1):
-    m = imaplib.IMAP4("127.0.0.1", port)
-    m.login("user%d" % u, "pass")
-    typ, d = m.status("INBOX", "(MESSAGES SIZE)")
-    m.logout()
-    s = d[0].decode()
-    n += int(re.search(r"MESSAGES (\d+)", s).group(1))
-    size += int(re.search(r"SIZE (\d+)", s).group(1))
-print(json.dumps({"messages": n, "bytes": size}))
-PY
+python3 "$ROOT/benches/footprint_imap.py" stored "$imap_port" "$FOOT_USERS" > "$OUT/stored.json"
 cat "$OUT/stored.json"
 
 echo "== SELECT + FETCH 1:* (FLAGS ENVELOPE) of user1 ($(date -u +%H:%M:%S))"
-python3 - "$imap_port" > "$OUT/fetch.json" <<'PY'
-import imaplib, json, sys, time
-m = imaplib.IMAP4("127.0.0.1", int(sys.argv[1]))
-m.login("user1", "pass")
-t0 = time.time()
-typ, data = m.select("INBOX")
-n = int(data[0])
-t1 = time.time()
-typ, data = m.fetch("1:*", "(FLAGS ENVELOPE)")
-t2 = time.time()
-assert typ == "OK", typ
-fetched = sum(1 for x in data if isinstance(x, bytes) and b"ENVELOPE" in x or isinstance(x, tuple))
-m.logout()
-print(json.dumps({"messages": n, "fetched": fetched, "select_ms": (t1 - t0) * 1e3, "fetch_ms": (t2 - t1) * 1e3}))
-PY
+python3 "$ROOT/benches/footprint_imap.py" fetch "$imap_port" > "$OUT/fetch.json"
 cat "$OUT/fetch.json"
 sleep 2
 rss_after=$(rss)
 echo "RSS after the FETCH: $rss_after kB"
 
 echo "== $FOOT_CONNS idle IMAP connections ($(date -u +%H:%M:%S))"
-python3 - "$imap_port" "$FOOT_CONNS" "$FOOT_USERS" "$pid" "$OUT/conns.json" <<'PY'
-import json, resource, socket, sys, time
-port, n, users, pid, out = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], sys.argv[5]
-
-def rss():
-    for l in open("/proc/%s/status" % pid):
-        if l.startswith("VmRSS"):
-            return int(l.split()[1])
-
-def read_until(s, end):
-    buf = b""
-    while not buf.endswith(end):
-        chunk = s.recv(4096)
-        if not chunk:
-            raise SystemExit("connection closed after %r" % buf[-200:])
-        buf += chunk
-    return buf
-
-# Every user logs in once first: the first login of a user runs argon2id
-# (19 MiB, on a blocking thread) and fills the authentication cache; that
-# memory is not the connections'.
-for u in range(users):
-    s = socket.create_connection(("127.0.0.1", port), timeout=30)
-    read_until(s, b"\r\n")
-    s.sendall(b"a LOGIN user%d pass\r\nb LOGOUT\r\n" % (u + 1))
-    while s.recv(4096):
-        pass
-    s.close()
-time.sleep(2)
-before = rss()
-socks = []
-t0 = time.time()
-for i in range(n):
-    s = socket.create_connection(("127.0.0.1", port), timeout=30)
-    read_until(s, b"\r\n")
-    s.sendall(b"a LOGIN user%d pass\r\n" % (i % users + 1))
-    r = read_until(s, b"\r\n")
-    while not r.split(b"\r\n")[-2].startswith(b"a "):
-        r += read_until(s, b"\r\n")
-    if b"a OK" not in r:
-        raise SystemExit("login %d failed: %r" % (i, r[-200:]))
-    socks.append(s)
-t1 = time.time()
-time.sleep(5)
-with_conns = rss()
-# Every connection still answers: a NOOP on each of the first and last 100.
-for s in socks[:100] + socks[100:][-100:]:
-    s.sendall(b"b NOOP\r\n")
-    r = read_until(s, b"\r\n")
-    while b"b OK" not in r:
-        r += read_until(s, b"\r\n")
-per_conn = (with_conns - before) * 1024 / n
-for s in socks:
-    s.close()
-time.sleep(3)
-after_close = rss()
-res = {"connections": n, "login_seconds": t1 - t0, "rss_kb_before": before, "rss_kb_with_connections": with_conns,
-       "rss_kb_after_close": after_close, "bytes_per_connection": per_conn}
-json.dump(res, open(out, "w"))
-print(json.dumps(res))
-PY
+python3 "$ROOT/benches/footprint_imap.py" logins "$imap_port" "$FOOT_CONNS" "$FOOT_USERS" "$pid" | tee "$OUT/conns.json"
 
 stop_node "$pid"
-# At rest: started again (RocksDB flushes what its WAL files held) and
-# stopped.
+# At rest: started again (RocksDB flushes what its WAL files held).
 pid=$(start_node "$d")
 wait_up "$d"
 "$T" --config "$d/tandem.toml" status --json > "$OUT/status_rest.json"
@@ -200,58 +112,7 @@ echo "data dir at rest: $rest_apparent bytes"
 # selects INBOX once first, which fills the block cache (shared, bounded)
 # and the authentication cache before the baseline.
 echo "== $FOOT_IDLE connections in IDLE on INBOX ($(date -u +%H:%M:%S))"
-python3 - "$imap_port" "$FOOT_IDLE" "$FOOT_USERS" "$pid" "$OUT/idle.json" <<'PY'
-import json, socket, sys, time
-port, n, users, pid, out = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], sys.argv[5]
-
-def rss():
-    for l in open("/proc/%s/status" % pid):
-        if l.startswith("VmRSS"):
-            return int(l.split()[1])
-
-def until(s, tag):
-    buf = b""
-    while True:
-        chunk = s.recv(65536)
-        if not chunk:
-            raise SystemExit("connection closed after %r" % buf[-200:])
-        buf += chunk
-        for l in buf.split(b"\r\n"):
-            if l.startswith(tag):
-                return buf
-
-for u in range(users):
-    s = socket.create_connection(("127.0.0.1", port), timeout=60)
-    until(s, b"* OK")
-    s.sendall(b"a LOGIN user%d pass\r\nb SELECT INBOX\r\nc LOGOUT\r\n" % (u + 1))
-    until(s, b"c OK")
-    s.close()
-time.sleep(2)
-before = rss()
-socks = []
-exists = set()
-for i in range(n):
-    s = socket.create_connection(("127.0.0.1", port), timeout=60)
-    until(s, b"* OK")
-    s.sendall(b"a LOGIN user%d pass\r\nb SELECT INBOX\r\nc IDLE\r\n" % (i % users + 1))
-    r = until(s, b"+ ")
-    if b"a OK" not in r or b"b OK" not in r:
-        raise SystemExit("connection %d: %r" % (i, r[-300:]))
-    exists.update(int(l.split()[1]) for l in r.split(b"\r\n") if l.endswith(b" EXISTS"))
-    socks.append(s)
-time.sleep(5)
-with_conns = rss()
-for s in socks[:50] + socks[50:][-50:]:
-    s.sendall(b"DONE\r\n")
-    if b"c OK" not in until(s, b"c "):
-        raise SystemExit("IDLE did not end")
-for s in socks:
-    s.close()
-res = {"connections": n, "messages_in_inbox": sorted(exists), "rss_kb_before": before,
-       "rss_kb_with_connections": with_conns, "bytes_per_connection": (with_conns - before) * 1024 / max(n, 1)}
-json.dump(res, open(out, "w"))
-print(json.dumps(res))
-PY
+python3 "$ROOT/benches/footprint_imap.py" idle "$imap_port" "$FOOT_IDLE" "$FOOT_USERS" "$pid" | tee "$OUT/idle.json"
 
 stop_node "$pid"
 trap - EXIT

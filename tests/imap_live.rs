@@ -4,20 +4,30 @@
 mod common;
 use common::{node_with_users, python};
 
+/// The start of a script: sessions `a` and `b` of alice, `n` messages
+/// appended by `a`, INBOX selected in both.
+fn two_sessions(n: usize) -> String {
+    format!(
+        r#"
+from imaptest import *
+a = connect("alice@example.org")
+b = connect("alice@example.org")
+for i in range({n}):
+    ok(a.append("INBOX", None, None, message("m%d" % i)))
+ok(a.select("INBOX"))
+ok(b.select("INBOX"))
+"#
+    )
+}
+
 #[test]
 fn two_sessions_see_each_others_changes_on_noop() {
     let dir = tempfile::tempdir().unwrap();
     let node = node_with_users(dir.path(), "two", "", &["alice@example.org"]);
     python(
         &node,
-        r#"
-from imaptest import *
-a = connect("alice@example.org")
-b = connect("alice@example.org")
-for i in range(3):
-    ok(a.append("INBOX", None, None, message("m%d" % i)))
-ok(a.select("INBOX"))
-ok(b.select("INBOX"))
+        &(two_sessions(3)
+            + r#"
 ok(a.store("2", "+FLAGS", "(\\Flagged)"))
 typ, data = b.noop()
 resp = b.response("FETCH")[1]
@@ -33,7 +43,7 @@ exists = b.response("EXISTS")[1]
 assert exists and exists[-1] == b"3", exists
 r = ok(b.fetch("3", "(BODY.PEEK[HEADER.FIELDS (SUBJECT)])"))
 assert b"fresh" in r[0][1], r
-"#,
+"#),
     );
 }
 
@@ -47,15 +57,8 @@ fn a_flag_change_is_reported_once_and_never_back_to_its_maker() {
     let node = node_with_users(dir.path(), "once", "", &["alice@example.org"]);
     python(
         &node,
-        r#"
-from imaptest import *
-a = connect("alice@example.org")
-b = connect("alice@example.org")
-for i in range(4):
-    ok(a.append("INBOX", None, None, message("m%d" % i)))
-ok(a.select("INBOX"))
-ok(b.select("INBOX"))
-
+        &(two_sessions(4)
+            + r#"
 def fetches(c):
     c.noop()
     return [r for r in c.response("FETCH")[1] if r]
@@ -77,7 +80,7 @@ ok(a.store("4", "-FLAGS", "(\\Flagged)"))
 got = fetches(b)
 assert len(got) == 1 and got[0].startswith(b"4 (") and b"\\Flagged" not in got[0], got
 assert fetches(b) == []
-"#,
+"#),
     );
 }
 
