@@ -959,6 +959,22 @@ impl Wal {
         self.shared.scan_prefix_raw(cf, prefix)
     }
 
+    /// All committed keys with `prefix`, in key order, handed to `f`
+    /// without copying them out of RocksDB, until `f` returns false.
+    pub fn scan_prefix_each(&self, cf: Cf, prefix: &[u8], f: &mut dyn FnMut(&[u8], &[u8]) -> bool) -> Result<(), WalError> {
+        let s = &self.shared;
+        let mut it = s.db.raw_iterator_cf(s.handle(cf.0));
+        it.seek(prefix);
+        while let (Some(k), Some(v)) = (it.key(), it.value()) {
+            if !k.starts_with(prefix) || !f(k, v) {
+                return Ok(());
+            }
+            it.next();
+        }
+        it.status()?;
+        Ok(())
+    }
+
     /// Committed keys with `prefix` from `start` on (`start` begins with
     /// `prefix`), in key order.
     pub fn scan_from(&self, cf: Cf, prefix: &[u8], start: &[u8]) -> Result<KeyValues, WalError> {
