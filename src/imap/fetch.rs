@@ -79,19 +79,9 @@ impl Cache {
 
     /// The summary of a body: from memory, else from the store's cache
     /// column family, else parsed from the body (which `load` fetches) and
-    /// kept in both.
+    /// kept in the column family. What is read or parsed is kept in memory
+    /// too with `keep` (not during a sweep, [`Cache::is_sweep`]).
     pub fn get_or<'b>(
-        &self,
-        store: &crate::store::Store,
-        hash: &BlobHash,
-        load: impl FnOnce() -> Option<Cow<'b, [u8]>>,
-    ) -> Option<Arc<Summary>> {
-        self.get_or_keep(store, hash, true, load)
-    }
-
-    /// [`Cache::get_or`], keeping what it reads or parses in memory only
-    /// with `keep` (a parsed summary always goes to the column family).
-    pub fn get_or_keep<'b>(
         &self,
         store: &crate::store::Store,
         hash: &BlobHash,
@@ -132,7 +122,7 @@ impl Cache {
     /// from the cache column family in one batched lookup, so that a FETCH
     /// of many messages pays one RocksDB lookup per batch instead of one
     /// per message. What is read is kept in memory only with `keep`.
-    /// Summaries found in neither are left to [`Cache::get_or_keep`] to
+    /// Summaries found in neither are left to [`Cache::get_or`] to
     /// parse.
     pub fn prefetch(&self, store: &crate::store::Store, hashes: &[BlobHash], keep: bool) -> HashMap<BlobHash, Arc<Summary>> {
         let mut found = HashMap::with_capacity(hashes.len());
@@ -601,18 +591,27 @@ mod tests {
     /// A batched read of summaries from the cache column family gives each
     /// body its own summary (the keys are sorted for the lookup), keeps
     /// them in memory, and leaves a body without one to be parsed.
-    #[test]
-    fn prefetched_summaries_belong_to_their_bodies() {
+    /// A store and `n` small distinct messages.
+    fn store_and_bodies(n: usize) -> (tempfile::TempDir, crate::store::Store, Vec<Vec<u8>>) {
         let dir = tempfile::tempdir().unwrap();
         let store = crate::store::Store::open(dir.path(), "n", crate::store::wal_options("n")).unwrap();
-        let bodies: Vec<Vec<u8>> = (0..40)
+        let bodies = (0..n)
             .map(|i| format!("Subject: message {i}\r\nFrom: a{i}@b\r\n\r\nbody {i}\r\n").into_bytes())
             .collect();
-        let hash = |b: &[u8]| BlobHash(*blake3::hash(b).as_bytes());
+        (dir, store, bodies)
+    }
+
+    fn hash(b: &[u8]) -> BlobHash {
+        BlobHash(*blake3::hash(b).as_bytes())
+    }
+
+    #[test]
+    fn prefetched_summaries_belong_to_their_bodies() {
+        let (_dir, store, bodies) = store_and_bodies(40);
         // Every summary is in the column family; memory is empty again.
         let writer = Cache::new(100);
         for b in &bodies {
-            writer.get_or(&store, &hash(b), || Some(Cow::Borrowed(b.as_slice()))).unwrap();
+            writer.get_or(&store, &hash(b), true, || Some(Cow::Borrowed(b.as_slice()))).unwrap();
         }
         let unknown = hash(b"never seen");
         let c = Cache::new(100);
@@ -624,32 +623,26 @@ mod tests {
         assert_eq!(c.inner.lock().unwrap().0.len(), 40);
         for b in &bodies {
             assert_eq!(got[&hash(b)].envelope, Summary::of(b, false).envelope);
-            let s = c.get_or(&store, &hash(b), || panic!("read from memory, not parsed")).unwrap();
+            let s = c.get_or(&store, &hash(b), true, || panic!("read from memory, not parsed")).unwrap();
             assert_eq!(s.envelope, Summary::of(b, false).envelope);
         }
-        assert!(c.get_or(&store, &unknown, || None).is_none());
+        assert!(c.get_or(&store, &unknown, true, || None).is_none());
     }
 
     /// A sweep (a FETCH of more than half the cache) reads summaries
     /// without pushing out what the cache holds.
     #[test]
     fn a_sweep_leaves_the_working_set_in_memory() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = crate::store::Store::open(dir.path(), "n", crate::store::wal_options("n")).unwrap();
-        let bodies: Vec<Vec<u8>> = (0..30)
-            .map(|i| format!("Subject: message {i}\r\n\r\nbody {i}\r\n").into_bytes())
-            .collect();
-        let hash = |b: &[u8]| BlobHash(*blake3::hash(b).as_bytes());
+        let (_dir, store, bodies) = store_and_bodies(30);
         let c = Cache::new(10);
         assert!(!c.is_sweep(5) && c.is_sweep(6));
         // The working set: the first five, parsed and kept.
         for b in &bodies[..5] {
-            c.get_or(&store, &hash(b), || Some(Cow::Borrowed(b.as_slice()))).unwrap();
+            c.get_or(&store, &hash(b), true, || Some(Cow::Borrowed(b.as_slice()))).unwrap();
         }
         // A sweep of all 30: parsed (first time) or read back, not kept.
         for b in &bodies {
-            c.get_or_keep(&store, &hash(b), false, || Some(Cow::Borrowed(b.as_slice())))
-                .unwrap();
+            c.get_or(&store, &hash(b), false, || Some(Cow::Borrowed(b.as_slice()))).unwrap();
         }
         let hashes: Vec<BlobHash> = bodies.iter().map(|b| hash(b)).collect();
         let got = c.prefetch(&store, &hashes, false);

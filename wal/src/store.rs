@@ -380,17 +380,26 @@ impl Shared {
 
     pub(crate) fn scan_from_raw(&self, cf: Cf, prefix: &[u8], start: &[u8]) -> Result<KeyValues, WalError> {
         let mut out = Vec::new();
-        for item in self
-            .db
-            .iterator_cf(self.handle(cf.0), IteratorMode::From(start, Direction::Forward))
-        {
-            let (k, v) = item?;
-            if !k.starts_with(prefix) {
-                break;
-            }
-            out.push((k.into_vec(), v.into_vec()));
-        }
+        self.scan_each(cf, prefix, start, &mut |k, v| {
+            out.push((k.to_vec(), v.to_vec()));
+            true
+        })?;
         Ok(out)
+    }
+
+    /// Committed keys with `prefix` from `start` on, in key order, handed
+    /// to `f` as RocksDB holds them (no copy) until it returns false.
+    pub(crate) fn scan_each(&self, cf: Cf, prefix: &[u8], start: &[u8], f: &mut dyn FnMut(&[u8], &[u8]) -> bool) -> Result<(), WalError> {
+        let mut it = self.db.raw_iterator_cf(self.handle(cf.0));
+        it.seek(start);
+        while let (Some(k), Some(v)) = (it.key(), it.value()) {
+            if !k.starts_with(prefix) || !f(k, v) {
+                return Ok(());
+            }
+            it.next();
+        }
+        it.status()?;
+        Ok(())
     }
 
     /// Walk the committed apply order from its end backwards, calling
@@ -962,17 +971,7 @@ impl Wal {
     /// All committed keys with `prefix`, in key order, handed to `f`
     /// without copying them out of RocksDB, until `f` returns false.
     pub fn scan_prefix_each(&self, cf: Cf, prefix: &[u8], f: &mut dyn FnMut(&[u8], &[u8]) -> bool) -> Result<(), WalError> {
-        let s = &self.shared;
-        let mut it = s.db.raw_iterator_cf(s.handle(cf.0));
-        it.seek(prefix);
-        while let (Some(k), Some(v)) = (it.key(), it.value()) {
-            if !k.starts_with(prefix) || !f(k, v) {
-                return Ok(());
-            }
-            it.next();
-        }
-        it.status()?;
-        Ok(())
+        self.shared.scan_each(cf, prefix, prefix, f)
     }
 
     /// Committed keys with `prefix` from `start` on (`start` begins with

@@ -151,7 +151,7 @@ impl Session {
             let mut summary = if need_summary {
                 match summaries.get(&m.blob) {
                     Some(s) => Some(s.clone()),
-                    None => self.shared.cache.get_or_keep(&store, &m.blob, keep, || {
+                    None => self.shared.cache.get_or(&store, &m.blob, keep, || {
                         body.as_deref()
                             .map(std::borrow::Cow::Borrowed)
                             .or_else(|| store.blob(&m.blob).ok().flatten().map(std::borrow::Cow::Owned))
