@@ -47,25 +47,14 @@ fi
 ulimit -n "$need"
 
 d=$OUT/node
-rm -rf "$d"; mkdir -p "$d"
+rm -rf "$d"
 imap_port=$(tcp_port); lmtp_port=$(tcp_port)
-cat > "$d/tandem.toml" <<TOML
-[node]
-id = "footprint"
-data_dir = "$d/data"
-[imap]
-listen = "127.0.0.1:$imap_port"
-tls_listen = "127.0.0.1:0"
-max_connections = $((FOOT_CONNS + 100))
-max_connections_per_ip = $((FOOT_CONNS + 100))
-max_connections_per_user = $((FOOT_CONNS + 100))
+limit=$((FOOT_CONNS + 100))
+IMAP_EXTRA="max_connections = $limit
+max_connections_per_ip = $limit
+max_connections_per_user = $limit
 login_attempts_per_ip = 0
-login_attempts_per_user = 0
-[lmtp]
-listen = "127.0.0.1:$lmtp_port"
-[admin]
-listen = "127.0.0.1:0"
-TOML
+login_attempts_per_user = 0" node_conf "$d" footprint "$lmtp_port" "$imap_port"
 pid=$(start_node "$d")
 trap 'kill "$pid" 2>/dev/null || true' EXIT
 wait_up "$d"
