@@ -23,14 +23,15 @@ udp_port() { python3 -c 'import socket; s=socket.socket(socket.AF_INET, socket.S
 tcp_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
 # node_conf DIR ID [LMTP_PORT] [IMAP_PORT] [ADMIN_PORT]: DIR/tandem.toml
-# for a node on loopback (port 0 or none: the kernel picks). IMAP_EXTRA,
-# if set, is more lines for the [imap] section.
+# for a node on loopback (port 0 or none: the kernel picks). NODE_EXTRA and
+# IMAP_EXTRA, if set, are more lines for the [node] and [imap] sections.
 node_conf() {
   mkdir -p "$1"
   cat > "$1/tandem.toml" <<TOML
 [node]
 id = "$2"
 data_dir = "$1/data"
+${NODE_EXTRA:-}
 [imap]
 listen = "127.0.0.1:${4:-0}"
 tls_listen = "127.0.0.1:0"

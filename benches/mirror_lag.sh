@@ -52,44 +52,19 @@ for i in range(100):
     assert r.startswith(b"250"), r
 PY
   want=$(heads "$OUT/a")
-  # One process starts B and watches it, so the figure holds no harness
-  # start-up: B's status is read over its admin API every 2 ms, without
-  # spawning a client (a Python start alone costs about 0.13 s here).
-  python3 - "$T" "$OUT" "$want" <<'PY'
-import json, os, subprocess, sys, time, urllib.request
-t, out, want = sys.argv[1], sys.argv[2], sys.argv[3]
-data = f"{out}/b/data"
-listen = f"{data}/listen.json"
-if os.path.exists(listen):
-    os.remove(listen)
-started = time.time()
-b = subprocess.Popen([t, "--config", f"{out}/b/tandem.toml", "serve"], stdout=open(f"{out}/b/serve.log", "w"), stderr=subprocess.STDOUT)
-open(f"{out}/b/pid", "w").write(str(b.pid))
-def admin_status(data):
-    base = json.load(open(f"{data}/listen.json"))["admin"]
-    token = open(f"{data}/admin.token").read().strip()
-    req = urllib.request.Request(base + "/v1/status", headers={"Authorization": "Bearer " + token})
-    return json.load(urllib.request.urlopen(req, timeout=5))
-up = None
-while True:
-    if time.time() - started > 30:
-        sys.exit("B did not catch up")
-    try:
-        st = admin_status(data)
-    except (OSError, ValueError, KeyError):
-        time.sleep(0.002)
-        continue
-    if up is None:
-        up = time.time()
-    if json.dumps(st["log"]["heads"], sort_keys=True) == want:
-        done = time.time()
-        break
-    time.sleep(0.002)
+  # One process starts B and watches it (benches/watch_heads.py), so the
+  # figure holds no harness start-up: B's status is read over its admin
+  # API every 2 ms, without spawning a client (a Python start alone costs
+  # about 0.13 s here).
+  w=$(python3 "$ROOT/benches/watch_heads.py" "$T" "$OUT/b/tandem.toml" "$want" --every 2 --timeout 30)
+  python3 - "$w" <<'PY'
+import json, os, sys
+w = json.loads(sys.argv[1])
 print("(d) catch-up of 100 changes: %.3f s from B's process start, %.3f s from B's admin API up to caught up"
-      % (done - started, done - up))
+      % (w["start_to_done"], w["up_to_done"]))
 if os.environ.get("RESULTS"):
     with open(os.environ["RESULTS"], "a") as f:
-        f.write(json.dumps({"catchup_s": done - started, "catchup_after_listen_s": done - up}) + "\n")
+        f.write(json.dumps({"catchup_s": w["start_to_done"], "catchup_after_listen_s": w["up_to_done"]}) + "\n")
 PY
   PB=$(cat "$OUT/b/pid")
 done

@@ -122,8 +122,10 @@ pub struct NodeConfig {
     /// Where the RocksDB store, the node id and the admin token live.
     pub data_dir: PathBuf,
     /// Write RocksDB flushes and compactions with O_DIRECT (bodies are
-    /// written once without a page-cache copy). Turned off by itself, with
-    /// a warning, on a file system that refuses O_DIRECT.
+    /// written without a page-cache copy, each write waiting for the disk).
+    /// Off by default: through the page cache an initial sync ran faster
+    /// (`operations.md`). Turned off by itself, with a warning, on a file
+    /// system that refuses O_DIRECT.
     pub direct_io: bool,
 }
 
@@ -454,7 +456,7 @@ impl Default for NodeConfig {
         NodeConfig {
             id: String::new(),
             data_dir: PathBuf::from("tandem-data"),
-            direct_io: true,
+            direct_io: false,
         }
     }
 }
