@@ -31,6 +31,9 @@ pub enum Command {
     Send { id: u64, orders: Vec<u64> },
 }
 
+/// The byte bound of a link's first batch (see `Sender::batch_bytes`).
+pub const FIRST_BATCH_BYTES: u64 = 1 << 20;
+
 /// Limits of a link.
 #[derive(Debug, Clone, Copy)]
 pub struct Window {
@@ -161,7 +164,7 @@ impl Sender {
             if it.seq <= have {
                 continue; // the peer has it (or it is on its way)
             }
-            if !batch.is_empty() && (batch.len() >= self.window.entries || bytes + it.bytes > self.window.bytes) {
+            if !batch.is_empty() && (batch.len() >= self.window.entries || bytes + it.bytes > self.batch_bytes()) {
                 out.push(self.batch(std::mem::take(&mut batch), bytes));
                 bytes = 0;
             }
@@ -177,6 +180,15 @@ impl Sender {
             out.push(self.batch(batch, bytes));
         }
         out
+    }
+
+    /// The byte bound of the next batch: the link's first batches are
+    /// smaller (`FIRST_BATCH_BYTES`, doubling up to the window's bound),
+    /// so the peer has the first entries to apply while the later, larger
+    /// batches are still being built and sent.
+    fn batch_bytes(&self) -> u64 {
+        let made = (self.next_id - 1).min(32) as u32;
+        FIRST_BATCH_BYTES.saturating_mul(1 << made).min(self.window.bytes)
     }
 
     fn batch(&mut self, orders: Vec<u64>, bytes: u64) -> Command {
@@ -419,6 +431,52 @@ mod tests {
         assert_eq!(sends, 2, "a third batch went out before an acknowledgement");
         s.ack(1, &[(1, 10)].into());
         assert!(s.poll().is_some());
+    }
+
+    /// A link's first batches are smaller: 1 MiB, then twice as large each
+    /// time up to the window's bound, so the peer applies its first entries
+    /// while the large batches are still being built and sent.
+    #[test]
+    fn a_link_starts_with_small_batches() {
+        let log = interleaved(2000, 1);
+        let window = Window {
+            batches: 64,
+            entries: 512,
+            bytes: 8 << 20,
+        };
+        let bytes = 100 << 10; // 100 KiB entries
+        let mut s = Sender::new(window);
+        s.start(&Vector::default(), log.len() as u64);
+        let mut sizes = Vec::new();
+        while let Some(Command::Read { from, max }) = s.poll() {
+            for c in s.read(&items(&log, from, max, bytes)) {
+                if let Command::Send { orders, .. } = c {
+                    sizes.push(orders.len() as u64 * bytes);
+                }
+            }
+        }
+        let bounds: Vec<u64> = (0..6).map(|k| (FIRST_BATCH_BYTES << k).min(window.bytes)).collect();
+        for (k, (size, bound)) in sizes.iter().zip(&bounds).enumerate() {
+            assert!(size <= bound, "batch {k}: {size} bytes over {bound}");
+            assert!(size + bytes > *bound, "batch {k}: {size} bytes, room for more under {bound}");
+        }
+        // After the ramp, batches are cut by the window's bound (or where a
+        // read of the apply order ends).
+        assert!(sizes.iter().all(|&b| b <= window.bytes), "{sizes:?}");
+        assert!(
+            sizes[4..].iter().filter(|&&b| b + bytes > window.bytes).count() >= sizes.len() / 2,
+            "{sizes:?}"
+        );
+        // A new link (a reconnect) starts small again.
+        let mut s = Sender::new(window);
+        s.start(&Vector::default(), log.len() as u64);
+        let Some(Command::Read { from, max }) = s.poll() else {
+            panic!("nothing to read")
+        };
+        let Some(Command::Send { orders, .. }) = s.read(&items(&log, from, max, bytes)).into_iter().next() else {
+            panic!("no batch")
+        };
+        assert_eq!(orders.len() as u64 * bytes, 10 * bytes, "the first batch of a new link");
     }
 
     /// Three nodes writing concurrently, links that deliver in random
