@@ -350,13 +350,15 @@ assert r[0][1] == b"one body, three mailboxes\r\n", r
 fn catch_up_writes_large_batches_of_bodies_once() {
     let (dir, a, b) = converged_pair();
     assert!(b.stop());
-    // 200 messages of about 40 KB: batches well over the 4 MiB bulk bound.
+    // 400 messages of about 43 KB (17 MB): after a link's first batches
+    // (1, 2 and 4 MiB, replication.md section 5.3), batches of 8 MiB, over
+    // the 4 MiB bulk bound.
     let mut c = common::Raw::connect(&a.addr("lmtp"));
     c.reply();
     c.send(b"LHLO bulk\r\n");
     c.reply();
     let line = "x".repeat(76);
-    for i in 0..200 {
+    for i in 0..400 {
         let mut m = format!("MAIL FROM:<s@x>\r\nRCPT TO:<u@example.org>\r\nDATA\r\nSubject: bulk {i}\r\n\r\n");
         for j in 0..520 {
             m.push_str(&format!("{i:04}{j:04}{line}\r\n"));
@@ -374,7 +376,7 @@ fn catch_up_writes_large_batches_of_bodies_once() {
     assert!(log["bulk_flushes"].as_u64().unwrap() > 0, "no batch took the bulk path: {log}");
     assert!(log["bulk_bytes"].as_u64().unwrap() > 4 << 20, "{log}");
     let msgs = messages(&b, "u@example.org", "INBOX");
-    assert_eq!(msgs.len(), 200);
+    assert_eq!(msgs.len(), 400);
     for m in msgs.iter().step_by(37) {
         let hash = m["blob"].as_str().unwrap();
         assert_eq!(common::blob(&b, hash), common::blob(&a, hash), "body {hash} differs");
