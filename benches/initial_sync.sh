@@ -65,9 +65,8 @@ for run in $(seq 1 "${RUNS:-1}"); do
   # One process starts B and reads its status over the admin API until
   # its heads equal A's (benches/watch_heads.py): no `tandem status` and
   # Python start per poll taking CPU from the two nodes being timed.
-  w=$(python3 "$ROOT/benches/watch_heads.py" "$T" "$OUT/b/tandem.toml" "$want")
+  read -r took _ < <(python3 "$ROOT/benches/watch_heads.py" "$T" "$OUT/b/tandem.toml" "$want")
   PB=$(cat "$OUT/b/pid")
-  t2=0; t3=$(python3 -c 'import json,sys; print(json.loads(sys.argv[1])["start_to_done"])' "$w")
   warm "$OUT/corpus"
   sync   # start rsync with no earlier writes still in flight
   t4=$(date +%s.%N)
@@ -75,7 +74,7 @@ for run in $(seq 1 "${RUNS:-1}"); do
   t5=$(date +%s.%N)
   sync   # rsync does not fsync; Tandem's copy is durable when counted
   t6=$(date +%s.%N)
-  echo "$t2 $t3 $t4 $t5 $t6" >> "$RESULTS"
+  echo "$took $t4 $t5 $t6" >> "$RESULTS"
 done
 python3 - "$bytes" "$USERS" "$MSGS" "$t0" "$t1" "$RESULTS" <<'PY'
 import statistics, sys
@@ -86,8 +85,8 @@ print(f"{n} messages, {b / 1e6:.0f} MB of Maildir")
 if imp > 1: print(f"  tandem import into A   {imp:8.1f} s  ({n / imp:.0f} msg/s)")
 rows = []
 for line in open(path):
-    t2, t3, t4, t5, t6 = map(float, line.split())
-    rows.append((t3 - t2, t5 - t4, t6 - t4))
+    took, t4, t5, t6 = map(float, line.split())
+    rows.append((took, t5 - t4, t6 - t4))
 for i, (sync, rs, rsd) in enumerate(rows, 1):
     print(f"  run {i}: tandem {sync:6.1f} s   rsync -a {rs:6.1f} s   rsync -a + sync {rsd:6.1f} s"
           f"   tandem/rsync {sync / rs:.2f} x ({sync / rsd:.2f} x against rsync + sync)")

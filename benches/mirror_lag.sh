@@ -56,16 +56,11 @@ PY
   # figure holds no harness start-up: B's status is read over its admin
   # API every 2 ms, without spawning a client (a Python start alone costs
   # about 0.13 s here).
-  w=$(python3 "$ROOT/benches/watch_heads.py" "$T" "$OUT/b/tandem.toml" "$want" --every 2 --timeout 30)
-  python3 - "$w" <<'PY'
-import json, os, sys
-w = json.loads(sys.argv[1])
-print("(d) catch-up of 100 changes: %.3f s from B's process start, %.3f s from B's admin API up to caught up"
-      % (w["start_to_done"], w["up_to_done"]))
-if os.environ.get("RESULTS"):
-    with open(os.environ["RESULTS"], "a") as f:
-        f.write(json.dumps({"catchup_s": w["start_to_done"], "catchup_after_listen_s": w["up_to_done"]}) + "\n")
-PY
+  read -r took after < <(python3 "$ROOT/benches/watch_heads.py" "$T" "$OUT/b/tandem.toml" "$want" --every 2 --timeout 30)
+  printf "(d) catch-up of 100 changes: %.3f s from B's process start, %.3f s from B's admin API up to caught up\n" "$took" "$after"
+  if [ -n "${RESULTS:-}" ]; then
+    printf '{"catchup_s": %s, "catchup_after_listen_s": %s}\n' "$took" "$after" >> "$RESULTS"
+  fi
   PB=$(cat "$OUT/b/pid")
 done
 echo "raw logs: $OUT"

@@ -12,9 +12,9 @@ start-up and the polling costs the node one small request, not a
 `tandem status` process and a Python start per poll (about 0.15 s of CPU
 each on a 2-core machine, taken from the nodes being measured).
 
-Prints one JSON line: `start_to_done` (seconds from the exec to equal
-heads), `up_to_done` (from the admin API's first answer) and `pid`. The
-node keeps running. Exits 1 if the heads are not equal within S seconds
+Prints one line of two numbers: the seconds from the exec to equal heads,
+and from the admin API's first answer to equal heads. The node keeps
+running. Exits 1 if the heads are not equal within S seconds
 (default 600).
 """
 import argparse
@@ -77,4 +77,4 @@ while True:
         done = time.time()
         break
     time.sleep(a.every / 1000)
-print(json.dumps({"start_to_done": done - started, "up_to_done": done - up, "pid": node.pid}))
+print(f"{done - started:.6f} {done - up:.6f}")
