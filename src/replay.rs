@@ -100,7 +100,7 @@ impl ViewRead for ShadowRead<'_> {
         Ok(self.0.get(key))
     }
     fn vscan(&self, prefix: &[u8]) -> Result<wal::KeyValues, WalError> {
-        Ok(self.0.scan(prefix).map(|(k, v)| (k.clone(), v.clone())).collect())
+        Ok(self.0.scan(prefix).into_iter().map(|(k, v)| (k.to_vec(), v.to_vec())).collect())
     }
 }
 
@@ -128,22 +128,33 @@ impl ViewWrite for ShadowViews<'_> {
 /// any join mark (with none, no entry is covered by one, and the lookup
 /// per entry is saved: applying events never writes marks).
 fn apply_entry(v: &mut impl ViewWrite, joins: bool, at: &wal::Appended, e: &Entry) -> Result<(), ReplayError> {
-    let place = Place {
-        origin: e.origin,
-        seq: e.seq,
-    };
-    let event = Event::decode(&e.payload).map_err(|err| ReplayError::Event {
-        place: place.clone(),
+    apply_decoded(v, joins, at, e, &decode(e)?)
+}
+
+/// The event an entry carries.
+fn decode(e: &Entry) -> Result<Event, ReplayError> {
+    Event::decode(&e.payload).map_err(|err| ReplayError::Event {
+        place: Place {
+            origin: e.origin,
+            seq: e.seq,
+        },
         reason: err.to_string(),
-    })?;
+    })
+}
+
+/// [`apply_entry`] with the entry's event already decoded.
+fn apply_decoded(v: &mut impl ViewWrite, joins: bool, at: &wal::Appended, e: &Entry, event: &Event) -> Result<(), ReplayError> {
     let view_error = |source| ReplayError::View {
-        place: place.clone(),
+        place: Place {
+            origin: e.origin,
+            seq: e.seq,
+        },
         source,
     };
-    if joins && crate::repl::resync::joined(&*v, e.origin.0, e.seq, &event).map_err(view_error)? {
+    if joins && crate::repl::resync::joined(&*v, e.origin.0, e.seq, event).map_err(view_error)? {
         return Ok(());
     }
-    apply_without_tree(v, at, &event).map_err(view_error)
+    apply_without_tree(v, at, event).map_err(view_error)
 }
 
 /// Throw away the views and re-apply every entry in the apply order, then
@@ -185,6 +196,7 @@ pub fn rebuild_views_within(store: &Store, verify: bool, budget: usize, chunk: u
     // state the pruned entries made.
     refuse_pruned(wal)?;
     let mut shadow = wal.shadow_detached(cfs.views, budget);
+    shadow.hash_tags(crate::views::keys::POINT_TAGS);
     let marks = join_marks(store)?;
     let joins = !marks.is_empty();
     for (k, v) in marks {
@@ -220,13 +232,16 @@ pub fn rebuild_views_within(store: &Store, verify: bool, budget: usize, chunk: u
             (written, tree.join().expect("the thread building the tree panicked"))
         });
         written?;
-        drop(shadow);
+        // The map is freed (a twentieth of a rebuild) beside the writing
+        // of the tree's nodes.
+        let freeing = std::thread::spawn(move || drop(shadow));
         let tree = tree.map_err(|e| ReplayError::Tree(crate::mutate::MutationError::from(e).into()))?;
         let mut nodes = wal.shadow_detached(cfs.views, usize::MAX);
         for (k, b) in tree {
             nodes.put_owned(k, b);
         }
         wal.shadow_write(&nodes)?;
+        freeing.join().expect("the thread freeing the views panicked");
         return Ok(n);
     };
     wal.shadow_write(&shadow)?;
@@ -241,28 +256,65 @@ pub fn rebuild_views_within(store: &Store, verify: bool, budget: usize, chunk: u
 
 /// Apply the apply order to `shadow` from its start. Returns the entries
 /// applied and, when the shadow outgrew its budget first, the order the
-/// rest starts at.
+/// rest starts at. The log is read and its events decoded on a second
+/// thread, a chunk ahead of the applying (a tenth of a rebuild's time was
+/// reading and decoding on the applying thread).
 fn rebuild_in(wal: &wal::Wal, shadow: &mut wal::Shadow, joins: bool, chunk: usize) -> Result<(u64, Option<u64>), ReplayError> {
+    type Decoded = Vec<(u64, Entry, Result<Event, ReplayError>)>;
     let mut v = ShadowViews(shadow);
-    let mut from = 1;
     let mut n = 0;
-    loop {
-        let entries = wal.read_order(from, chunk)?;
-        let Some((last, _)) = entries.last() else { break };
-        from = last + 1;
-        n += entries.len() as u64;
-        for (order, e) in &entries {
-            apply_entry(&mut v, joins, &e.at(*order), e)?;
+    std::thread::scope(|s| {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Result<Decoded, ReplayError>>(2);
+        s.spawn(move || {
+            let mut from = 1;
+            loop {
+                let entries = match wal.read_order(from, chunk) {
+                    Ok(e) => e,
+                    Err(e) => {
+                        let _ = tx.send(Err(e.into()));
+                        return;
+                    }
+                };
+                let Some((last, _)) = entries.last() else { return };
+                from = last + 1;
+                let decoded: Decoded = entries
+                    .into_iter()
+                    .map(|(order, e)| {
+                        let event = decode(&e);
+                        (order, e, event)
+                    })
+                    .collect();
+                // The applying side stopped (a failure, or past its
+                // budget): nothing more to read.
+                if tx.send(Ok(decoded)).is_err() {
+                    return;
+                }
+            }
+        });
+        for entries in rx {
+            let entries = entries?;
+            let Some((last, _, _)) = entries.last() else { continue };
+            let from = last + 1;
+            n += entries.len() as u64;
+            for (order, e, event) in entries {
+                apply_decoded(&mut v, joins, &e.at(order), &e, &event?)?;
+            }
+            if v.0.over_budget() {
+                return Ok(Some(from));
+            }
         }
-        if v.0.over_budget() {
-            return Ok((n, Some(from)));
+        Ok(None)
+    })
+    .and_then(|spilled| {
+        if spilled.is_some() {
+            return Ok((n, spilled));
         }
-    }
-    // The tree is built from the views afresh: no node is kept.
-    for (k, _) in v.vscan(&crate::merkle::keys::all())? {
-        v.delete(&k);
-    }
-    Ok((n, None))
+        // The tree is built from the views afresh: no node is kept.
+        for (k, _) in v.vscan(&crate::merkle::keys::all())? {
+            v.delete(&k);
+        }
+        Ok((n, None))
+    })
 }
 
 /// Copy `src`'s log, in its apply order, into `dst` (normally empty),

@@ -260,6 +260,12 @@ pub(crate) fn enc<T: Serialize>(v: &T) -> Vec<u8> {
 pub mod keys {
     use crate::event::{BlobHash, Id};
 
+    /// The tags of keys that are only ever read by key, never by a scan
+    /// of a prefix: a body's reference count (`R`), a body's count in a
+    /// mailbox (`H`) and the UID a GUID is shown under (`G`). A rebuild
+    /// holds them in a hash map (`wal::Shadow::hash_tags`).
+    pub const POINT_TAGS: &[u8] = b"RHG";
+
     fn user_key(tag: u8, user: &str) -> Vec<u8> {
         let mut k = Vec::with_capacity(user.len() + 2);
         k.push(tag);

@@ -28,20 +28,47 @@
 //! one map (not into a transaction's map first, then this one), and the
 //! caller checks [`Shadow::over_budget`] and writes the map out with
 //! [`crate::Wal::shadow_write`].
+//!
+//! Keys that are only ever read by key, never scanned (the caller names
+//! them by their first byte, [`Shadow::hash_tags`]), are held in a hash
+//! map instead of the ordered one: a rebuild looks up such keys at random
+//! places of a map of hundreds of thousands (a body's reference count by
+//! its hash, a message by its GUID), and each search of the ordered map
+//! was a walk through several cold tree nodes. They are sorted once, when
+//! the map is written out. A scan that does reach them is still answered,
+//! by a filter over them (slow, and never made by the views' own code).
 
+use rustc_hash::FxHashMap;
+use smallvec::SmallVec;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+
+/// A key as the maps hold it: inline up to 56 bytes (every view key but
+/// those that carry a long user or mailbox name), so a search compares
+/// bytes inside the tree's node instead of following a pointer per key.
+type Key = SmallVec<[u8; 56]>;
+/// A value as the maps hold it: inline up to 24 bytes (counts, UIDs, ids),
+/// so most writes and the map's drop allocate and free nothing.
+type Value = SmallVec<[u8; 24]>;
 
 /// Bytes of keys and values per table file written at the end.
 pub(crate) const TABLE_BYTES: usize = 64 << 20;
 
-/// Bytes a map entry costs beyond its key and value (tree node share and
-/// two vector headers), for the budget.
-const ENTRY_OVERHEAD: usize = 80;
+/// A map of more keys and values than this is written out as several
+/// tables at once.
+const SPLIT_BYTES: usize = 4 << 20;
+
+/// Bytes a map entry costs beyond its key and value (its inline key and
+/// value and its share of a tree node or hash table), for the budget.
+const ENTRY_OVERHEAD: usize = 100;
 
 pub struct Shadow {
     pub(crate) cf: u8,
-    map: BTreeMap<Vec<u8>, Vec<u8>>,
+    /// Keys whose first byte is not in `hashed`, in key order.
+    map: BTreeMap<Key, Value>,
+    /// Keys whose first byte is in `hashed`.
+    points: FxHashMap<Key, Value>,
+    hashed: [bool; 256],
     bytes: usize,
     budget: usize,
 }
@@ -51,38 +78,79 @@ impl Shadow {
         Shadow {
             cf,
             map: BTreeMap::new(),
+            points: FxHashMap::default(),
+            hashed: [false; 256],
             bytes: 0,
             budget,
         }
     }
 
+    /// Hold keys that start with one of `tags` in a hash map: keys the
+    /// caller reads only by key, never by a scan of a prefix. Set before
+    /// the first write.
+    pub fn hash_tags(&mut self, tags: &[u8]) {
+        assert!(self.is_empty(), "tags are chosen before the first write");
+        for t in tags {
+            self.hashed[usize::from(*t)] = true;
+        }
+    }
+
+    fn is_point(&self, key: &[u8]) -> bool {
+        key.first().is_some_and(|t| self.hashed[usize::from(*t)])
+    }
+
     /// The committed value of `key`, authoritative: `None` means absent.
     pub fn get(&self, key: &[u8]) -> Option<Vec<u8>> {
-        self.map.get(key).cloned()
+        let v = if self.is_point(key) {
+            self.points.get(key)
+        } else {
+            self.map.get(key)
+        };
+        v.map(|v| v.to_vec())
     }
 
     /// Every committed key starting with `prefix`, in key order.
-    pub fn scan<'a>(&'a self, prefix: &'a [u8]) -> impl Iterator<Item = (&'a Vec<u8>, &'a Vec<u8>)> + 'a {
-        self.map
+    pub fn scan<'a>(&'a self, prefix: &'a [u8]) -> Vec<(&'a [u8], &'a [u8])> {
+        let ordered = self
+            .map
             .range::<[u8], _>((std::ops::Bound::Included(prefix), std::ops::Bound::Unbounded))
-            .take_while(move |(k, _)| k.starts_with(prefix))
+            .map(|(k, v)| (&k[..], &v[..]))
+            .take_while(move |(k, _)| k.starts_with(prefix));
+        let reaches_points = match prefix.first() {
+            Some(t) => self.hashed[usize::from(*t)],
+            None => !self.points.is_empty(),
+        };
+        if !reaches_points {
+            return ordered.collect();
+        }
+        let points = sorted(self.points.iter().filter(|(k, _)| k.starts_with(prefix)));
+        merged(ordered, points.into_iter()).collect()
     }
 
     /// Write `key` (one search of the map; a value already held keeps its
     /// buffer).
     pub fn put(&mut self, key: &[u8], value: &[u8]) {
-        use std::collections::btree_map::Entry;
-        match self.map.entry(key.to_vec()) {
-            Entry::Occupied(mut o) => {
-                let held = o.get_mut();
-                self.bytes = self.bytes - held.len() + value.len();
-                held.clear();
-                held.extend_from_slice(value);
+        use std::collections::{btree_map, hash_map};
+        let added = if self.is_point(key) {
+            match self.points.entry(Key::from_slice(key)) {
+                hash_map::Entry::Occupied(mut o) => replace(o.get_mut(), value),
+                hash_map::Entry::Vacant(e) => {
+                    e.insert(Value::from_slice(value));
+                    None
+                }
             }
-            Entry::Vacant(e) => {
-                self.bytes += key.len() + value.len() + ENTRY_OVERHEAD;
-                e.insert(value.to_vec());
+        } else {
+            match self.map.entry(Key::from_slice(key)) {
+                btree_map::Entry::Occupied(mut o) => replace(o.get_mut(), value),
+                btree_map::Entry::Vacant(e) => {
+                    e.insert(Value::from_slice(value));
+                    None
+                }
             }
+        };
+        match added {
+            Some(old_len) => self.bytes = self.bytes - old_len + value.len(),
+            None => self.bytes += key.len() + value.len() + ENTRY_OVERHEAD,
         }
     }
 
@@ -93,7 +161,12 @@ impl Shadow {
 
     /// Delete `key`.
     pub fn delete(&mut self, key: &[u8]) {
-        if let Some(old) = self.map.remove(key) {
+        let old = if self.is_point(key) {
+            self.points.remove(key)
+        } else {
+            self.map.remove(key)
+        };
+        if let Some(old) = old {
             self.bytes -= key.len() + old.len() + ENTRY_OVERHEAD;
         }
     }
@@ -112,25 +185,22 @@ impl Shadow {
     }
 
     /// One write, with one search of the map (not a lookup, then an
-    /// insert) and no copy of the key or value.
+    /// insert); a key or value longer than its inline room is moved in,
+    /// not copied.
     fn write_owned(&mut self, key: Vec<u8>, value: Option<Vec<u8>>) {
-        use std::collections::btree_map::Entry;
-        match value {
-            Some(v) => match self.map.entry(key) {
-                Entry::Occupied(mut o) => {
-                    self.bytes = self.bytes - o.get().len() + v.len();
-                    o.insert(v);
-                }
-                Entry::Vacant(e) => {
-                    self.bytes += e.key().len() + v.len() + ENTRY_OVERHEAD;
-                    e.insert(v);
-                }
-            },
-            None => {
-                if let Some(old) = self.map.remove(&key) {
-                    self.bytes -= key.len() + old.len() + ENTRY_OVERHEAD;
-                }
-            }
+        let Some(v) = value else {
+            self.delete(&key);
+            return;
+        };
+        let (klen, vlen) = (key.len(), v.len());
+        let old = if self.is_point(&key) {
+            self.points.insert(Key::from_vec(key), Value::from_vec(v))
+        } else {
+            self.map.insert(Key::from_vec(key), Value::from_vec(v))
+        };
+        match old {
+            Some(old) => self.bytes = self.bytes - old.len() + vlen,
+            None => self.bytes += klen + vlen + ENTRY_OVERHEAD,
         }
     }
 
@@ -141,41 +211,121 @@ impl Shadow {
     }
 
     pub fn is_empty(&self) -> bool {
-        self.map.is_empty()
+        self.map.is_empty() && self.points.is_empty()
+    }
+
+    /// Every entry, in key order: the ordered map's merged with the hash
+    /// map's, sorted.
+    fn entries(&self) -> impl Iterator<Item = (&[u8], &[u8])> {
+        let points = sorted(self.points.iter());
+        merged(self.map.iter().map(|(k, v)| (&k[..], &v[..])), points.into_iter())
     }
 
     /// Write the whole map as sorted table files in `dir`, named
     /// `{stem}-N.sst`, each holding at most `bound` bytes of keys and
     /// values (and at least one entry), compressed like the views' own
     /// tables; their key ranges do not overlap, so they are ingested
-    /// together. Returns their paths, in key order.
+    /// together. Returns their paths, in key order. A map of more than
+    /// [`SPLIT_BYTES`] is cut into at least as many files as the machine
+    /// has cores (up to four), written at once: writing the tables
+    /// (compression included) took a third of a rebuild on one core.
     pub(crate) fn write_tables(&self, dir: &Path, stem: &str, bound: usize) -> Result<Vec<PathBuf>, rocksdb::Error> {
-        let mut o = rocksdb::Options::default();
-        o.set_compression_type(rocksdb::DBCompressionType::Lz4);
-        let mut paths = Vec::new();
-        let mut w: Option<rocksdb::SstFileWriter> = None;
-        let mut in_file = 0;
-        for (k, v) in &self.map {
+        let entries: Vec<(&[u8], &[u8])> = self.entries().collect();
+        let total: usize = entries.iter().map(|(k, v)| k.len() + v.len()).sum();
+        let writers = std::thread::available_parallelism().map_or(1, |n| n.get()).clamp(1, 4);
+        let target = bound.min((total / writers + 1).max(SPLIT_BYTES));
+        let mut runs: Vec<&[(&[u8], &[u8])]> = Vec::new();
+        let (mut start, mut in_run) = (0, 0);
+        for (i, (k, v)) in entries.iter().enumerate() {
             let size = k.len() + v.len();
-            if w.is_some() && in_file + size > bound {
-                w.take().expect("open").finish()?;
+            if i > start && in_run + size > target {
+                runs.push(&entries[start..i]);
+                (start, in_run) = (i, 0);
             }
-            if w.is_none() {
-                let path = dir.join(format!("{stem}-{}.sst", paths.len()));
-                let f = rocksdb::SstFileWriter::create(&o);
-                f.open(&path)?;
-                paths.push(path);
-                w = Some(f);
-                in_file = 0;
+            in_run += size;
+        }
+        if start < entries.len() {
+            runs.push(&entries[start..]);
+        }
+        let paths: Vec<PathBuf> = (0..runs.len()).map(|i| dir.join(format!("{stem}-{i}.sst"))).collect();
+        let write = |run: &[(&[u8], &[u8])], path: &Path| -> Result<(), rocksdb::Error> {
+            let mut o = rocksdb::Options::default();
+            o.set_compression_type(rocksdb::DBCompressionType::Lz4);
+            let mut w = rocksdb::SstFileWriter::create(&o);
+            w.open(path)?;
+            for (k, v) in run {
+                w.put(k, v)?;
             }
-            w.as_mut().expect("open").put(k, v)?;
-            in_file += size;
-        }
-        if let Some(mut f) = w {
-            f.finish()?;
-        }
+            w.finish()
+        };
+        std::thread::scope(|s| {
+            let tasks: Vec<_> = (0..writers.min(runs.len()))
+                .map(|t| {
+                    let (runs, paths, write) = (&runs, &paths, &write);
+                    s.spawn(move || -> Result<(), rocksdb::Error> {
+                        for i in (t..runs.len()).step_by(writers) {
+                            write(runs[i], &paths[i])?;
+                        }
+                        Ok(())
+                    })
+                })
+                .collect();
+            tasks
+                .into_iter()
+                .try_for_each(|t| t.join().expect("a thread writing a table panicked"))
+        })?;
         Ok(paths)
     }
+}
+
+/// Replace a held value in its buffer; the old length.
+fn replace(held: &mut Value, value: &[u8]) -> Option<usize> {
+    let old = held.len();
+    held.clear();
+    held.extend_from_slice(value);
+    Some(old)
+}
+
+/// The hash map's entries in key order. Sorted by their first 32 bytes
+/// read as two big-endian integers (zero-padded: that order never
+/// contradicts the bytes' order), and by the whole key only where those
+/// are equal: sorting by the keys themselves spent most of its time
+/// following a pointer per comparison.
+fn sorted<'a>(entries: impl Iterator<Item = (&'a Key, &'a Value)>) -> Vec<(&'a [u8], &'a [u8])> {
+    fn word(k: &[u8], at: usize) -> u128 {
+        let mut b = [0u8; 16];
+        let part = k.get(at..).unwrap_or(&[]);
+        let n = part.len().min(16);
+        b[..n].copy_from_slice(&part[..n]);
+        u128::from_be_bytes(b)
+    }
+    let mut v: Vec<(u128, u128, &[u8], &[u8])> = entries.map(|(k, v)| (word(k, 0), word(k, 16), &k[..], &v[..])).collect();
+    v.sort_unstable_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)).then_with(|| a.2.cmp(b.2)));
+    v.into_iter().map(|(_, _, k, v)| (k, v)).collect()
+}
+
+/// The ordered map's entries and the hash map's (each in key order),
+/// merged in key order. The two hold keys of different first bytes, so
+/// the first bytes decide; whole keys are compared only if they are equal
+/// (never, while the maps are kept apart).
+fn merged<'a>(
+    a: impl Iterator<Item = (&'a [u8], &'a [u8])>,
+    b: impl Iterator<Item = (&'a [u8], &'a [u8])>,
+) -> impl Iterator<Item = (&'a [u8], &'a [u8])> {
+    let mut a = a.peekable();
+    let mut b = b.peekable();
+    std::iter::from_fn(move || match (a.peek(), b.peek()) {
+        (Some(x), Some(y)) => {
+            let first = x.0.first().cmp(&y.0.first()).then_with(|| x.0.cmp(y.0));
+            if first.is_le() {
+                a.next()
+            } else {
+                b.next()
+            }
+        }
+        (Some(_), None) => a.next(),
+        (None, _) => b.next(),
+    })
 }
 
 #[cfg(test)]
@@ -217,6 +367,7 @@ mod tests {
         }
         assert_eq!(a.bytes, b.bytes);
         assert_eq!(a.map, b.map);
+        assert_eq!(a.points, b.points);
         b.put(b"b", &[9; 3]);
         assert_eq!(b.get(b"b"), Some(vec![9; 3]));
         assert_eq!(b.bytes, 1 + 3 + ENTRY_OVERHEAD);
@@ -228,7 +379,7 @@ mod tests {
         for k in [&b"a1"[..], b"b1", b"b2", b"b\xff", b"c"] {
             s.write(k, Some(&k.to_vec()));
         }
-        let got: Vec<&[u8]> = s.scan(b"b").map(|(k, _)| &k[..]).collect();
+        let got: Vec<&[u8]> = s.scan(b"b").into_iter().map(|(k, _)| k).collect();
         assert_eq!(got, vec![&b"b1"[..], b"b2", b"b\xff"]);
     }
 
@@ -257,7 +408,7 @@ mod tests {
                 (k.into_vec(), v.into_vec())
             })
             .collect();
-        let want: Vec<(Vec<u8>, Vec<u8>)> = s.map.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        let want: Vec<(Vec<u8>, Vec<u8>)> = s.entries().map(|(k, v)| (k.to_vec(), v.to_vec())).collect();
         assert_eq!(got, want);
         assert_eq!(db.get(key(2999)).unwrap(), Some(vec![(2999 % 251) as u8; 100]));
     }
@@ -267,5 +418,143 @@ mod tests {
         let s = Shadow::new(5, 1 << 20);
         let dir = tempfile::tempdir().unwrap();
         assert!(s.write_tables(dir.path(), "shadow", 1 << 10).unwrap().is_empty());
+    }
+
+    /// A shadow holding keys of tags `R` and `H` in its hash map, with
+    /// writes of every kind to both maps.
+    fn mixed() -> (Shadow, BTreeMap<Vec<u8>, Vec<u8>>) {
+        let mut s = Shadow::new(5, usize::MAX);
+        s.hash_tags(b"RH");
+        let mut model = BTreeMap::new();
+        for i in 0..500u32 {
+            // Keys spread over both maps, long ones (past the inline room)
+            // among them; values short and long.
+            let tag = [b'A', b'H', b'R', b'm', b'z'][(i % 5) as usize];
+            let mut k = vec![tag];
+            k.extend_from_slice(&(i.wrapping_mul(2_654_435_761)).to_be_bytes());
+            if i % 7 == 0 {
+                k.extend_from_slice(&[b'x'; 60]);
+            }
+            let v = vec![(i % 251) as u8; if i % 3 == 0 { 40 } else { 4 }];
+            if i % 2 == 0 {
+                s.put(&k, &v);
+            } else {
+                s.put_owned(k.clone(), v.clone());
+            }
+            model.insert(k, v);
+        }
+        // Overwrites and deletes, through each path.
+        let keys: Vec<Vec<u8>> = model.keys().cloned().collect();
+        for (n, k) in keys.iter().enumerate() {
+            match n % 6 {
+                0 => {
+                    s.delete(k);
+                    model.remove(k);
+                }
+                1 => {
+                    s.write(k, None);
+                    model.remove(k);
+                }
+                2 => {
+                    s.put(k, b"again");
+                    model.insert(k.clone(), b"again".to_vec());
+                }
+                _ => {}
+            }
+        }
+        (s, model)
+    }
+
+    #[test]
+    fn hashed_keys_read_back_and_scan_and_write_out_in_key_order() {
+        let (s, model) = mixed();
+        assert!(!s.points.is_empty() && !s.map.is_empty());
+        assert!(s.points.keys().all(|k| k[0] == b'R' || k[0] == b'H'));
+        for (k, v) in &model {
+            assert_eq!(s.get(k).as_ref(), Some(v));
+        }
+        assert_eq!(s.get(b"Rnothing"), None);
+        let all: Vec<(Vec<u8>, Vec<u8>)> = model.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        let scanned = |p: &[u8]| -> Vec<(Vec<u8>, Vec<u8>)> { s.scan(p).into_iter().map(|(k, v)| (k.to_vec(), v.to_vec())).collect() };
+        // A scan reaching the hash map (all keys, or one hashed tag) is
+        // answered in key order like any other.
+        assert_eq!(scanned(b""), all);
+        let of = |t: u8| -> Vec<(Vec<u8>, Vec<u8>)> { all.iter().filter(|(k, _)| k[0] == t).cloned().collect() };
+        assert_eq!(scanned(b"R"), of(b'R'));
+        assert_eq!(scanned(b"m"), of(b'm'));
+        let dir = tempfile::tempdir().unwrap();
+        let paths = s.write_tables(dir.path(), "shadow", 4 << 10).unwrap();
+        assert!(paths.len() > 1);
+        let mut o = rocksdb::Options::default();
+        o.create_if_missing(true);
+        let db = rocksdb::DB::open(&o, dir.path().join("db")).unwrap();
+        db.ingest_external_file(paths).unwrap();
+        let got: Vec<(Vec<u8>, Vec<u8>)> = db
+            .iterator(rocksdb::IteratorMode::Start)
+            .map(|kv| {
+                let (k, v) = kv.unwrap();
+                (k.into_vec(), v.into_vec())
+            })
+            .collect();
+        assert_eq!(got, all);
+    }
+
+    #[test]
+    fn hashed_keys_count_in_the_budget_like_ordered_ones() {
+        let (s, model) = mixed();
+        let want: usize = model.iter().map(|(k, v)| k.len() + v.len() + ENTRY_OVERHEAD).sum();
+        assert_eq!(s.bytes, want);
+    }
+
+    #[test]
+    fn hashed_keys_sort_like_their_bytes() {
+        // Short keys, keys that share 32 bytes and differ after, and keys
+        // that are prefixes of others (zero bytes included).
+        let raw: Vec<Vec<u8>> = vec![
+            b"R".to_vec(),
+            b"R\0".to_vec(),
+            b"R\0\0".to_vec(),
+            [&b"R"[..], &[7; 40]].concat(),
+            [&b"R"[..], &[7; 31], &[0]].concat(),
+            [&b"R"[..], &[7; 31]].concat(),
+            [&b"R"[..], &[7; 40], &[1]].concat(),
+            [&b"R"[..], &[7; 39], &[8]].concat(),
+            b"Ra".to_vec(),
+            [&b"R"[..], &[255; 20]].concat(),
+        ];
+        let keys: Vec<Key> = raw.iter().map(|k| Key::from_slice(k)).collect();
+        let value = Value::new();
+        let got: Vec<&[u8]> = sorted(keys.iter().rev().map(|k| (k, &value))).into_iter().map(|(k, _)| k).collect();
+        let mut want: Vec<&[u8]> = raw.iter().map(|k| &k[..]).collect();
+        want.sort();
+        assert_eq!(got, want);
+    }
+
+    #[test]
+    fn a_large_map_is_written_as_several_tables_at_once() {
+        let mut s = Shadow::new(5, usize::MAX);
+        s.hash_tags(b"R");
+        for i in 0..100_000u32 {
+            let tag = if i % 2 == 0 { b'R' } else { b'm' };
+            s.put(&[&[tag][..], &i.to_be_bytes()].concat(), &[(i % 251) as u8; 96]);
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let paths = s.write_tables(dir.path(), "shadow", usize::MAX).unwrap();
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        assert!(paths.len() >= cores.min(2), "{} tables on {cores} cores", paths.len());
+        let mut o = rocksdb::Options::default();
+        o.create_if_missing(true);
+        let db = rocksdb::DB::open(&o, dir.path().join("db")).unwrap();
+        db.ingest_external_file(paths).unwrap();
+        let mut n = 0;
+        let mut last: Option<Vec<u8>> = None;
+        for kv in db.iterator(rocksdb::IteratorMode::Start) {
+            let (k, v) = kv.unwrap();
+            assert!(last.as_deref() < Some(&k[..]));
+            assert_eq!(s.get(&k).as_deref(), Some(&v[..]));
+            last = Some(k.into_vec());
+            n += 1;
+        }
+        assert_eq!(n, 100_000);
     }
 }

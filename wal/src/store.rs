@@ -346,7 +346,7 @@ impl Shared {
         let s = self.shadow.lock().expect("shadow lock");
         s.as_ref()
             .filter(|s| s.cf == cf.0)
-            .map(|s| s.scan(prefix).map(|(k, v)| (k.clone(), v.clone())).collect())
+            .map(|s| s.scan(prefix).into_iter().map(|(k, v)| (k.to_vec(), v.to_vec())).collect())
     }
 
     /// Write a shadow's map into its column family as ingested tables
