@@ -1,15 +1,20 @@
 //! The master's signs of life (`Alive`, `replication.md` sections 4 and
-//! 8b) on the wire, against a peer in this process that a real daemon
-//! dials: a peer that agrees on version 6 (ALPN `tandem-mirror/6`) gets
-//! them every 500 ms with growing stamps; a peer that offers only version 5
-//! still connects and never gets a frame it cannot decode.
+//! 8b) and the acceptor's introduction (section 5.1) on the wire, against
+//! a peer in this process that a real daemon dials: a peer that agrees on
+//! version 7 (ALPN `tandem-mirror/7`) introduces itself and is known by its
+//! node id, which it never could be by its address (it never dials back);
+//! one of version 6 sends no introduction and the node does not wait for
+//! one; both get signs of life every 500 ms with growing stamps; a peer
+//! that offers only version 5 still connects and never gets a frame it
+//! cannot decode.
 
 mod common;
+mod split;
 use common::{free_udp_port, start_mirror};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tandem::repl::engine::handshake::{AcceptAuth, AuthStep, EXPORTER_LABEL};
-use tandem::repl::frame::{Frame, ALPN, ALPN_V5, MAX_FRAME};
+use tandem::repl::frame::{Frame, ALPN, ALPN_V5, ALPN_V6, MAX_FRAME};
 
 const SECRET: &str = "correct horse battery staple";
 
@@ -60,6 +65,15 @@ async fn serve_link(ep: &quinn::Endpoint, window: Duration) -> (Option<Vec<u8>>,
     }
     let hello = tandem::repl::stream::read_frame(&mut recv, &counters, 4096).await.unwrap();
     assert_eq!(hello.kind(), "hello");
+    if alpn.as_deref() == Some(ALPN) {
+        let me = Frame::Hello {
+            node_id: "node-x".into(),
+            origin: 77,
+            role: "slave".into(),
+            epoch: 0,
+        };
+        send.write_all(&me.encode()).await.unwrap();
+    }
     let vector = Frame::Vector {
         vector: Default::default(),
         hashes: vec![],
@@ -85,8 +99,9 @@ fn alives(frames: &[Frame]) -> Vec<(String, u64, u64)> {
         .collect()
 }
 
-/// Run a master node that dials a peer speaking `alpns`; what the peer got.
-fn master_dials(alpns: &[&[u8]]) -> (Option<Vec<u8>>, Vec<Frame>, Duration) {
+/// Run a master node that dials a peer speaking `alpns`; what the peer
+/// got, and whom the node says its outgoing link reached.
+fn master_dials(alpns: &[&[u8]]) -> (Option<Vec<u8>>, Vec<Frame>, serde_json::Value) {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -95,17 +110,30 @@ fn master_dials(alpns: &[&[u8]]) -> (Option<Vec<u8>>, Vec<Frame>, Duration) {
     let dir = tempfile::tempdir().unwrap();
     let ep = rt.block_on(async { listener(alpns) });
     let port = ep.local_addr().unwrap().port();
-    let _node = start_mirror(&dir.path().join("a"), "node-a", free_udp_port(), &[port], SECRET, "master", "");
+    let node = start_mirror(&dir.path().join("a"), "node-a", free_udp_port(), &[port], SECRET, "master", "");
     let window = Duration::from_millis(2_200);
-    let started = Instant::now();
     let (alpn, frames) = rt.block_on(serve_link(&ep, window));
-    (alpn, frames, started.elapsed())
+    // The link is over; what it learnt of its peer stays.
+    let peer = common::admin_get(&node, "/v1/status")["mirror"]["outgoing"][0]["peer"].clone();
+    (alpn, frames, peer)
+}
+
+#[test]
+fn a_peer_of_version_7_introduces_itself_and_is_known_by_its_node_id() {
+    let (alpn, frames, peer) = master_dials(&[ALPN, ALPN_V6, ALPN_V5]);
+    assert_eq!(alpn.as_deref(), Some(ALPN), "two nodes of this build agree on version 7");
+    // Its address (a listener that never dials back) could not tell.
+    assert_eq!(peer, "node-x");
+    let seen = alives(&frames);
+    assert!((4..=6).contains(&seen.len()), "{seen:?}");
 }
 
 #[test]
 fn a_master_sends_signs_of_life_to_a_peer_of_version_6() {
-    let (alpn, frames, _) = master_dials(&[ALPN, ALPN_V5]);
-    assert_eq!(alpn.as_deref(), Some(ALPN), "two nodes of this build agree on version 6");
+    let (alpn, frames, peer) = master_dials(&[ALPN_V6, ALPN_V5]);
+    assert_eq!(alpn.as_deref(), Some(ALPN_V6), "a node of version 6 is spoken to in 6");
+    // No introduction: the node went on with the vector.
+    assert_eq!(peer, serde_json::Value::Null);
     let seen = alives(&frames);
     // Every 500 ms over 2.2 s: four or five.
     assert!((4..=6).contains(&seen.len()), "{seen:?}");
@@ -115,9 +143,26 @@ fn a_master_sends_signs_of_life_to_a_peer_of_version_6() {
 
 #[test]
 fn a_peer_of_version_5_connects_and_gets_no_alive() {
-    let (alpn, frames, _) = master_dials(&[ALPN_V5]);
+    let (alpn, frames, peer) = master_dials(&[ALPN_V5]);
+    assert_eq!(peer, serde_json::Value::Null);
     assert_eq!(alpn.as_deref(), Some(ALPN_V5), "a node of version 5 is still spoken to");
     assert_eq!(alives(&frames), vec![], "a frame version 5 cannot decode");
     let kinds: Vec<&str> = frames.iter().map(|f| f.kind()).collect();
     assert!(kinds.iter().all(|k| ["batch", "query", "chunk"].contains(k)), "{kinds:?}");
+}
+
+/// Two real daemons whose links each run through a UDP relay, as through
+/// NAT: no incoming link comes from an address either node dialled, so
+/// only the introductions tell each whom its outgoing link reaches.
+#[test]
+fn nodes_behind_relays_know_whom_their_links_reach() {
+    let mesh = split::Mesh::start(2, 0);
+    for (i, other) in [(0, "node-b"), (1, "node-a")] {
+        let mut last = serde_json::Value::Null;
+        let known = common::wait_until(20, || {
+            last = common::admin_get(mesh.node(i), "/v1/status")["mirror"]["outgoing"][0].clone();
+            last["peer"] == other && last["state"] == "connected"
+        });
+        assert!(known, "node {i}'s outgoing link: {last}");
+    }
 }

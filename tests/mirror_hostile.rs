@@ -271,6 +271,12 @@ impl Intruder {
             epoch: 0,
         })
         .await;
+        // On a link of version 7 the node introduces itself, then sends
+        // its vector.
+        match me.read().await {
+            Some(Frame::Hello { node_id, .. }) => assert_eq!(node_id, "target"),
+            other => panic!("expected the node's hello, got {other:?}"),
+        }
         match me.read().await {
             Some(Frame::Vector { .. }) => me,
             other => panic!("expected the vector, got {other:?}"),

@@ -8,10 +8,11 @@ use serde::{Deserialize, Serialize};
 /// Protocol version of the frames' encoding, the byte every frame carries
 /// (2: body queries; 3: SPAKE2 authentication, bodies in chunks; 4: chain
 /// hashes in the receiver's vector; 5: merkle resync frames). Version 6
-/// of the link adds one frame, `Alive`, and keeps this byte: it is agreed
-/// by ALPN ([`ALPN`], [`alive_allowed`]), and a node sends `Alive` only on
-/// a link that agreed on it, so a node of version 5 never receives a frame
-/// it cannot decode.
+/// of the link adds one frame, `Alive`, and version 7 the acceptor's own
+/// `Hello`; both keep this byte: they are agreed by ALPN ([`ALPN`],
+/// [`alive_allowed`], [`acceptor_introduces`]), and a node sends `Alive`
+/// or its `Hello` as acceptor only on a link that agreed on them, so an
+/// older node never receives a frame it does not expect.
 pub const PROTOCOL: u8 = 5;
 /// Largest frame accepted (a batch with its blobs).
 pub const MAX_FRAME: u32 = 96 << 20;
@@ -32,17 +33,28 @@ pub const MAX_MESSAGE: u64 = 1 << 30;
 /// Largest body a receiver puts together from chunks: [`MAX_MESSAGE`] and
 /// room for the header lines LMTP adds when it stores a message.
 pub const MAX_BODY: u64 = MAX_MESSAGE + (1 << 20);
-/// The QUIC application protocol (ALPN) of the mirror: version 6, which
-/// carries `Alive` frames.
-pub const ALPN: &[u8] = b"tandem-mirror/6";
+/// The QUIC application protocol (ALPN) of the mirror: version 7, whose
+/// acceptor answers the dialer's `Hello` with its own before `Vector`, and
+/// which carries `Alive` frames.
+pub const ALPN: &[u8] = b"tandem-mirror/7";
+/// The ALPN of version 6 (`Alive`, but the acceptor does not introduce
+/// itself), which nodes of version 6 speak.
+pub const ALPN_V6: &[u8] = b"tandem-mirror/6";
 /// The ALPN of version 5 (no `Alive`), which nodes of version 5 speak.
 pub const ALPN_V5: &[u8] = b"tandem-mirror/5";
-/// What a node offers and accepts, newest first: two nodes of version 6
-/// agree on 6, a node of version 6 and one of version 5 on 5.
-pub const ALPNS: [&[u8]; 2] = [ALPN, ALPN_V5];
+/// What a node offers and accepts, newest first: two nodes of this build
+/// agree on 7, one of this build and an older one on the older one's.
+pub const ALPNS: [&[u8]; 3] = [ALPN, ALPN_V6, ALPN_V5];
 
 /// Whether a link that agreed on `alpn` may carry `Alive` frames.
 pub fn alive_allowed(alpn: Option<&[u8]>) -> bool {
+    alpn == Some(ALPN) || alpn == Some(ALPN_V6)
+}
+
+/// Whether the acceptor of a link that agreed on `alpn` answers the
+/// dialer's `Hello` with its own, so that the dialer learns whom it
+/// reached whatever address it dialled (a host behind NAT, a relay).
+pub fn acceptor_introduces(alpn: Option<&[u8]>) -> bool {
     alpn == Some(ALPN)
 }
 

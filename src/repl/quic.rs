@@ -359,8 +359,11 @@ async fn link(
     resume: &mut Option<engine::Resume>,
 ) -> Result<(), LinkError> {
     let conn = connect(ep, peer, peer_back).await?;
-    // Whether the peer decodes `Alive`: it agreed on version 6.
-    let alive_ok = frame::alive_allowed(alpn(&conn).as_deref());
+    let agreed = alpn(&conn);
+    // Whether the peer decodes `Alive`: it agreed on version 6 or later.
+    let alive_ok = frame::alive_allowed(agreed.as_deref());
+    // Whether the peer answers `Hello` with its own: version 7.
+    let introduces = frame::acceptor_introduces(agreed.as_deref());
     let wal = store.wal().clone();
     let seed = *mirror.seed.lock().expect("mirror lock");
     let role = super::role::current(&store.views(), store.node_id(), seed).map_err(|e| LinkError::Local(e.into()))?;
@@ -378,12 +381,29 @@ async fn link(
             },
         )
         .await?;
+        let introduced = match introduces {
+            true => Some(engine::handshake::introduction(
+                read_frame(&mut recv, mirror, PREAUTH_FRAME).await?,
+                wal.local_origin().0,
+            )?),
+            false => None,
+        };
         let (vector, hashes) = engine::handshake::vector(read_frame(&mut recv, mirror, MAX_FRAME).await?)?;
-        Ok::<_, LinkError>((send, recv, vector, hashes))
+        Ok::<_, LinkError>((send, recv, vector, hashes, introduced))
     };
     let mut deadline = Deadline::start(Side::Dialer, clock(), auth_timeout);
-    let (mut send, mut recv, vector, hashes) = within(&mut deadline, handshake).await??;
+    let (mut send, mut recv, vector, hashes, introduced) = within(&mut deadline, handshake).await??;
     deadline.opened();
+    // Whom this link reaches, as it said itself: known whatever address
+    // was dialled (a relay, NAT), so its signs of life stop counting as
+    // soon as this link ends. Peers of versions 5 and 6 are learnt from
+    // their incoming link's address instead (`Mirror::learn_peer`).
+    if let Some(intro) = introduced {
+        if intro.epoch > role.epoch {
+            tracing::info!(peer = %intro.node_id, peer_role = %intro.role, epoch = intro.epoch, ours = role.epoch, "the peer holds a higher epoch");
+        }
+        mirror.update_out(i, |l| l.peer = Some(intro.node_id));
+    }
     // Never trust a vector that claims more of this node's own origin than
     // it holds, or other entries at held seqs: nothing is sent, and the
     // link never confirms `ack = "peer"`.
@@ -1039,6 +1059,21 @@ async fn receive(
         .map_err(|e| LinkError::Local(e.into()))?;
     if epoch > ours.epoch {
         tracing::info!(peer_role = %role, epoch, ours = ours.epoch, "the peer holds a higher epoch; its role event follows on this link");
+    }
+    let mut send = send;
+    // A dialer of version 7 learns whom it reached from this node's own
+    // `Hello`, before the vector (`replication.md` section 5.1).
+    if frame::acceptor_introduces(alpn(&conn).as_deref()) {
+        write_frame(
+            &mut send,
+            &Frame::Hello {
+                node_id: store.node_id().to_string(),
+                origin: store.wal().local_origin().0,
+                role: ours.name().to_string(),
+                epoch: ours.epoch,
+            },
+        )
+        .await?;
     }
     mirror.learn_peer(conn.remote_address(), &node_id);
     mirror.update_in(&node_id, |l| {

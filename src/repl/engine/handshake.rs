@@ -249,6 +249,33 @@ pub fn opening(f: Frame, own_origin: u64) -> Result<Opening, LinkError> {
     }
 }
 
+/// Whom a dialer reached, as the acceptor introduced itself (on a link of
+/// version 7, `frame::acceptor_introduces`).
+#[derive(Debug, PartialEq, Eq)]
+pub struct Introduction {
+    pub node_id: String,
+    pub role: String,
+    pub epoch: u64,
+}
+
+/// The dialer's reading of the acceptor's `Hello`, checked as the acceptor
+/// checks the dialer's ([`opening`]): a valid node id, and not this node's
+/// own origin. A refusal in its place is the peer's.
+pub fn introduction(f: Frame, own_origin: u64) -> Result<Introduction, LinkError> {
+    match f {
+        Frame::Hello { node_id, .. } if !valid_node_id(&node_id) => {
+            Err(LinkError::BadHello("the node id is not 1-64 characters of A-Z a-z 0-9 - _ ."))
+        }
+        Frame::Hello { origin, .. } if origin == own_origin => Err(LinkError::BadHello("a peer claims this node's own origin")),
+        Frame::Hello { node_id, role, epoch, .. } => Ok(Introduction { node_id, role, epoch }),
+        Frame::Refused { reason } => Err(LinkError::refused_by_peer(&reason)),
+        other => Err(LinkError::Unexpected {
+            expected: "hello",
+            got: other.kind(),
+        }),
+    }
+}
+
 /// What the acceptor holds: (origin, seq) pairs and the chain hash at each.
 pub type Held = (Vector, Vec<(u64, [u8; 32])>);
 
@@ -350,6 +377,48 @@ mod tests {
             d.handle_timeout(t0 + ms(300)).unwrap_err().to_string(),
             "no handshake within 200 ms"
         );
+    }
+
+    #[test]
+    fn an_acceptors_introduction_is_checked_like_a_hello() {
+        let hello = |id: &str, origin| Frame::Hello {
+            node_id: id.into(),
+            origin,
+            role: "master".into(),
+            epoch: 3,
+        };
+        assert_eq!(
+            introduction(hello("node-b", 2), 1).unwrap(),
+            Introduction {
+                node_id: "node-b".into(),
+                role: "master".into(),
+                epoch: 3
+            }
+        );
+        assert!(matches!(introduction(hello("", 2), 1), Err(LinkError::BadHello(_))));
+        assert!(matches!(introduction(hello("a b", 2), 1), Err(LinkError::BadHello(_))));
+        assert!(matches!(introduction(hello("node-b", 1), 1), Err(LinkError::BadHello(_))));
+        let refused = introduction(
+            Frame::Refused {
+                reason: "bad-hello: x".into(),
+            },
+            1,
+        )
+        .unwrap_err();
+        assert!(refused.is_refusal(), "{refused:?}");
+        // A peer that answers with its vector at once did not agree on
+        // version 7.
+        let vector = Frame::Vector {
+            vector: Default::default(),
+            hashes: vec![],
+        };
+        assert!(matches!(
+            introduction(vector, 1),
+            Err(LinkError::Unexpected {
+                expected: "hello",
+                got: "vector"
+            })
+        ));
     }
 
     #[test]
