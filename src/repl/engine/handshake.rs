@@ -379,14 +379,18 @@ mod tests {
         );
     }
 
-    #[test]
-    fn an_acceptors_introduction_is_checked_like_a_hello() {
-        let hello = |id: &str, origin| Frame::Hello {
+    /// A `Hello` of a master at epoch 3.
+    fn hello(id: &str, origin: u64) -> Frame {
+        Frame::Hello {
             node_id: id.into(),
             origin,
             role: "master".into(),
             epoch: 3,
-        };
+        }
+    }
+
+    #[test]
+    fn an_acceptors_introduction_is_checked_like_a_hello() {
         assert_eq!(
             introduction(hello("node-b", 2), 1).unwrap(),
             Introduction {
@@ -423,12 +427,6 @@ mod tests {
 
     #[test]
     fn hellos_are_checked() {
-        let hello = |id: &str, origin| Frame::Hello {
-            node_id: id.into(),
-            origin,
-            role: "master".into(),
-            epoch: 3,
-        };
         assert_eq!(
             opening(hello("node-b", 2), 1).unwrap(),
             Opening::Link {
