@@ -371,22 +371,12 @@ async fn link(
         let (mut send, mut recv) = conn.open_bi().await.map_err(|e| LinkError::transport("opening the stream", e))?;
         handshake::dial(&conn, &mut send, &mut recv, secret, mirror).await?;
         conn.set_receive_window(quinn::VarInt::from_u32(LINK_WINDOW));
-        write_frame(
-            &mut send,
-            &Frame::Hello {
-                node_id: store.node_id().to_string(),
-                origin: wal.local_origin().0,
-                role: role.name().to_string(),
-                epoch: role.epoch,
-            },
-        )
-        .await?;
-        let introduced = match introduces {
-            true => Some(engine::handshake::introduction(
-                read_frame(&mut recv, mirror, PREAUTH_FRAME).await?,
-                wal.local_origin().0,
-            )?),
-            false => None,
+        write_frame(&mut send, &own_hello(store, &role)).await?;
+        let introduced = if introduces {
+            let f = read_frame(&mut recv, mirror, PREAUTH_FRAME).await?;
+            Some(engine::handshake::introduction(f, wal.local_origin().0)?)
+        } else {
+            None
         };
         let (vector, hashes) = engine::handshake::vector(read_frame(&mut recv, mirror, MAX_FRAME).await?)?;
         Ok::<_, LinkError>((send, recv, vector, hashes, introduced))
@@ -649,6 +639,16 @@ fn alpn(conn: &quinn::Connection) -> Option<Vec<u8>> {
         .downcast::<quinn::crypto::rustls::HandshakeData>()
         .ok()?
         .protocol
+}
+
+/// This node's `Hello`: its node id, origin, and `role` as its views say.
+fn own_hello(store: &Store, role: &super::role::RoleState) -> Frame {
+    Frame::Hello {
+        node_id: store.node_id().to_string(),
+        origin: store.wal().local_origin().0,
+        role: role.name().to_string(),
+        epoch: role.epoch,
+    }
 }
 
 /// This node's own sign of life, when its views name it master: its node
@@ -1064,16 +1064,7 @@ async fn receive(
     // A dialer of version 7 learns whom it reached from this node's own
     // `Hello`, before the vector (`replication.md` section 5.1).
     if frame::acceptor_introduces(alpn(&conn).as_deref()) {
-        write_frame(
-            &mut send,
-            &Frame::Hello {
-                node_id: store.node_id().to_string(),
-                origin: store.wal().local_origin().0,
-                role: ours.name().to_string(),
-                epoch: ours.epoch,
-            },
-        )
-        .await?;
+        write_frame(&mut send, &own_hello(store, &ours)).await?;
     }
     mirror.learn_peer(conn.remote_address(), &node_id);
     mirror.update_in(&node_id, |l| {

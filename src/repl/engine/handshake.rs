@@ -223,6 +223,18 @@ pub fn valid_node_id(id: &str) -> bool {
     (1..=64).contains(&id.len()) && id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.')
 }
 
+/// The checks of a `Hello`, from either side: a node id of the right
+/// shape, and an origin other than this node's own.
+fn check_hello(node_id: &str, origin: u64, own_origin: u64) -> Result<(), LinkError> {
+    if !valid_node_id(node_id) {
+        return Err(LinkError::BadHello("the node id is not 1-64 characters of A-Z a-z 0-9 - _ ."));
+    }
+    if origin == own_origin {
+        return Err(LinkError::BadHello("a peer claims this node's own origin"));
+    }
+    Ok(())
+}
+
 /// What the acceptor makes of the dialer's first frame after the proof.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Opening {
@@ -237,11 +249,15 @@ pub enum Opening {
 pub fn opening(f: Frame, own_origin: u64) -> Result<Opening, LinkError> {
     match f {
         Frame::ResyncHello { node_id } if valid_node_id(&node_id) => Ok(Opening::Resync { node_id }),
-        Frame::Hello { node_id, .. } if !valid_node_id(&node_id) => {
-            Err(LinkError::BadHello("the node id is not 1-64 characters of A-Z a-z 0-9 - _ ."))
+        Frame::Hello {
+            node_id,
+            origin,
+            role,
+            epoch,
+        } => {
+            check_hello(&node_id, origin, own_origin)?;
+            Ok(Opening::Link { node_id, role, epoch })
         }
-        Frame::Hello { origin, .. } if origin == own_origin => Err(LinkError::BadHello("a peer claims this node's own origin")),
-        Frame::Hello { node_id, role, epoch, .. } => Ok(Opening::Link { node_id, role, epoch }),
         other => Err(LinkError::Unexpected {
             expected: "hello",
             got: other.kind(),
@@ -263,11 +279,15 @@ pub struct Introduction {
 /// own origin. A refusal in its place is the peer's.
 pub fn introduction(f: Frame, own_origin: u64) -> Result<Introduction, LinkError> {
     match f {
-        Frame::Hello { node_id, .. } if !valid_node_id(&node_id) => {
-            Err(LinkError::BadHello("the node id is not 1-64 characters of A-Z a-z 0-9 - _ ."))
+        Frame::Hello {
+            node_id,
+            origin,
+            role,
+            epoch,
+        } => {
+            check_hello(&node_id, origin, own_origin)?;
+            Ok(Introduction { node_id, role, epoch })
         }
-        Frame::Hello { origin, .. } if origin == own_origin => Err(LinkError::BadHello("a peer claims this node's own origin")),
-        Frame::Hello { node_id, role, epoch, .. } => Ok(Introduction { node_id, role, epoch }),
         Frame::Refused { reason } => Err(LinkError::refused_by_peer(&reason)),
         other => Err(LinkError::Unexpected {
             expected: "hello",
