@@ -131,9 +131,9 @@ impl Shadow {
     /// buffer).
     pub fn put(&mut self, key: &[u8], value: &[u8]) {
         use std::collections::{btree_map, hash_map};
-        let added = if self.is_point(key) {
+        let old = if self.is_point(key) {
             match self.points.entry(Key::from_slice(key)) {
-                hash_map::Entry::Occupied(mut o) => replace(o.get_mut(), value),
+                hash_map::Entry::Occupied(mut o) => Some(replace(o.get_mut(), value)),
                 hash_map::Entry::Vacant(e) => {
                     e.insert(Value::from_slice(value));
                     None
@@ -141,16 +141,22 @@ impl Shadow {
             }
         } else {
             match self.map.entry(Key::from_slice(key)) {
-                btree_map::Entry::Occupied(mut o) => replace(o.get_mut(), value),
+                btree_map::Entry::Occupied(mut o) => Some(replace(o.get_mut(), value)),
                 btree_map::Entry::Vacant(e) => {
                     e.insert(Value::from_slice(value));
                     None
                 }
             }
         };
-        match added {
-            Some(old_len) => self.bytes = self.bytes - old_len + value.len(),
-            None => self.bytes += key.len() + value.len() + ENTRY_OVERHEAD,
+        self.count_write(key.len(), old, value.len());
+    }
+
+    /// Count a write of a `vlen`-byte value under a `klen`-byte key that
+    /// replaced a value of `old` bytes, or added the key (`None`).
+    fn count_write(&mut self, klen: usize, old: Option<usize>, vlen: usize) {
+        match old {
+            Some(old) => self.bytes = self.bytes - old + vlen,
+            None => self.bytes += klen + vlen + ENTRY_OVERHEAD,
         }
     }
 
@@ -198,10 +204,7 @@ impl Shadow {
         } else {
             self.map.insert(Key::from_vec(key), Value::from_vec(v))
         };
-        match old {
-            Some(old) => self.bytes = self.bytes - old.len() + vlen,
-            None => self.bytes += klen + vlen + ENTRY_OVERHEAD,
-        }
+        self.count_write(klen, old.map(|v| v.len()), vlen);
     }
 
     /// Whether the map holds more than its budget (keys, values and an
@@ -279,11 +282,11 @@ impl Shadow {
 }
 
 /// Replace a held value in its buffer; the old length.
-fn replace(held: &mut Value, value: &[u8]) -> Option<usize> {
+fn replace(held: &mut Value, value: &[u8]) -> usize {
     let old = held.len();
     held.clear();
     held.extend_from_slice(value);
-    Some(old)
+    old
 }
 
 /// The hash map's entries in key order. Sorted by their first 32 bytes
