@@ -166,3 +166,36 @@ fn nodes_behind_relays_know_whom_their_links_reach() {
         assert!(known, "node {i}'s outgoing link: {last}");
     }
 }
+
+/// Three real daemons, node-a master, whose a–c link is cut, so node-c
+/// hears node-a only through node-b. node-a stops and starts again with
+/// its wall clock ten minutes back (libfaketime): its signs of life still
+/// rank above those it sent before (the stamps' ceiling is kept in its
+/// data dir), so node-b passes them on and node-c hears node-a again as
+/// soon as the links are up, not ten minutes later.
+#[test]
+fn a_master_restarted_with_its_clock_stepped_back_is_heard_through_a_relay() {
+    let mut mesh = split::Mesh::start(3, 0);
+    mesh.cut_link(0, 2);
+    let alive_at_c = |mesh: &split::Mesh| common::admin_get(mesh.node(2), "/v1/status")["mirror"]["alive"]["node-a"].clone();
+    let fresh = |a: &serde_json::Value| a["via"] == "node-b" && a["age_ms"].as_u64().is_some_and(|ms| ms < 1_000);
+    let mut last = serde_json::Value::Null;
+    assert!(
+        common::wait_until(30, || {
+            last = alive_at_c(&mesh);
+            fresh(&last)
+        }),
+        "node-c never heard node-a through node-b: {last}"
+    );
+    mesh.stop(0);
+    let before = alive_at_c(&mesh)["stamp"].as_u64().expect("a stamp");
+    mesh.restart_env(0, &common::faketime_env("-600"));
+    let heard = common::wait_until(30, || {
+        last = alive_at_c(&mesh);
+        fresh(&last) && last["stamp"].as_u64().is_some_and(|s| s > before)
+    });
+    assert!(
+        heard,
+        "node-c, after node-a came back with its clock stepped back (stamp before {before}): {last}"
+    );
+}

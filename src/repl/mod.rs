@@ -365,22 +365,35 @@ pub struct Mirror {
     /// The masters' signs of life heard (`Alive`), and this node's own
     /// writes of the last seconds (`engine::authority::Liveness`).
     pub liveness: Mutex<engine::authority::Liveness>,
-    /// The stamp of the last `Alive` this node sent as master.
-    pub alive_stamp: AtomicU64,
+    /// The stamps of this node's `Alive` as master, once the first was
+    /// sent (`engine::authority::Stamps`; the ceiling is kept in the log's
+    /// application values under [`ALIVE_CEILING`]).
+    pub alive_stamps: Mutex<Option<engine::authority::Stamps>>,
     /// This node's own origin, once the mirror started (for status).
     pub own_origin: std::sync::OnceLock<u64>,
 }
 
+/// The log's application value that keeps the ceiling of this node's
+/// `Alive` stamps (u64 BE).
+pub const ALIVE_CEILING: &str = "alive_ceiling";
+
 impl Mirror {
     /// The stamp of a new `Alive`: the clock in the log's HLC form (unix
-    /// ms shifted by 16 bits), above every stamp this process sent before.
-    pub fn next_alive_stamp(&self) -> u64 {
-        let now = now_ms() << 16;
-        let prev = self
-            .alive_stamp
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |s| Some(now.max(s + 1)))
-            .unwrap_or(0);
-        now.max(prev + 1)
+    /// ms shifted by 16 bits), above every stamp this node sent before, in
+    /// this process or an earlier one on the same data dir.
+    pub fn next_alive_stamp(&self, wal: &wal::Wal) -> Result<u64, wal::WalError> {
+        let mut held = self.alive_stamps.lock().expect("mirror lock");
+        let stamps = match held.as_mut() {
+            Some(s) => s,
+            None => {
+                let kept = wal
+                    .app_meta(ALIVE_CEILING)?
+                    .and_then(|v| <[u8; 8]>::try_from(v).ok())
+                    .map_or(0, u64::from_be_bytes);
+                held.insert(engine::authority::Stamps::resume(kept))
+            }
+        };
+        stamps.next(now_ms() << 16, |ceiling| wal.set_app_meta(ALIVE_CEILING, &ceiling.to_be_bytes()))
     }
 
     pub fn status(&self, uid_conflicts: u64) -> MirrorStatus {

@@ -661,7 +661,9 @@ fn own_alive(store: &Store, mirror: &Mirror, seed: crate::config::Role) -> Resul
     Ok(Some(Frame::Alive {
         node: store.node_id().to_string(),
         epoch: role.epoch,
-        stamp: mirror.next_alive_stamp(),
+        stamp: mirror
+            .next_alive_stamp(store.wal())
+            .map_err(|e| LinkError::Local(anyhow::Error::new(e).context("keeping the ceiling of the Alive stamps")))?,
         holds: to_vec(&store.wal().heads()),
     }))
 }

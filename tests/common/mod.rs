@@ -23,7 +23,13 @@ impl Node {
     /// Start `tandem serve` in `cwd` (with `config` if given) and wait until
     /// it prints its listeners.
     pub fn start(cwd: &Path, config: Option<&Path>) -> Node {
+        Node::start_env(cwd, config, &[])
+    }
+
+    /// [`Node::start`] with extra environment variables for the daemon.
+    pub fn start_env(cwd: &Path, config: Option<&Path>, env: &[(String, String)]) -> Node {
         let mut cmd = tandem();
+        cmd.envs(env.iter().map(|(k, v)| (k, v)));
         if let Some(c) = config {
             cmd.arg("--config").arg(c);
         }
@@ -357,6 +363,25 @@ pub fn start_mirror(dir: &Path, id: &str, port: u16, peers: &[u16], secret: &str
 /// Start again the node whose config `write_config` put in `dir`.
 pub fn restart(dir: &Path) -> Node {
     Node::start(dir, Some(&dir.join("tandem.toml")))
+}
+
+/// The environment that runs a process with its wall clock moved by
+/// `offset` (e.g. `"-600"`: ten minutes back) through libfaketime (Debian's
+/// `faketime`, installed by `.ci/setup`); its monotonic clock is left alone.
+pub fn faketime_env(offset: &str) -> Vec<(String, String)> {
+    let lib = std::fs::read_dir("/usr/lib")
+        .unwrap()
+        .flatten()
+        .map(|d| d.path().join("faketime/libfaketime.so.1"))
+        .chain([PathBuf::from("/usr/lib/faketime/libfaketime.so.1")])
+        .find(|p| p.exists())
+        .expect("libfaketime (Debian package faketime): run .ci/setup");
+    vec![
+        ("LD_PRELOAD".into(), lib.display().to_string()),
+        ("FAKETIME".into(), offset.into()),
+        ("FAKETIME_DONT_FAKE_MONOTONIC".into(), "1".into()),
+        ("FAKETIME_NO_CACHE".into(), "1".into()),
+    ]
 }
 
 /// Poll `f` until it returns true or `secs` pass.

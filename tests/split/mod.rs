@@ -254,8 +254,14 @@ impl Mesh {
     }
 
     pub fn restart(&mut self, i: usize) {
+        self.restart_env(i, &[]);
+    }
+
+    /// Start node `i` again with extra environment variables.
+    pub fn restart_env(&mut self, i: usize, env: &[(String, String)]) {
         assert!(self.nodes[i].is_none());
-        self.nodes[i] = Some(common::restart(&self.dirs[i]));
+        let dir = &self.dirs[i];
+        self.nodes[i] = Some(Node::start_env(dir, Some(&dir.join("tandem.toml")), env));
     }
 
     /// Cut every link between nodes on different sides (`side[i]` is node

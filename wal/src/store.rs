@@ -887,6 +887,24 @@ impl Wal {
         self.record_peer_ack(peer, &lowered)
     }
 
+    /// A value the application keeps beside the log, outside any entry
+    /// (not replicated, not in segments or backups): `key` lives under a
+    /// prefix of its own, apart from the log's meta keys.
+    pub fn app_meta(&self, key: &str) -> Result<Option<Vec<u8>>, WalError> {
+        meta_get(&self.shared, &app_meta_key(key))
+    }
+
+    /// Set an application value ([`Wal::app_meta`]), with fsync (when the
+    /// log syncs) before this returns.
+    pub fn set_app_meta(&self, key: &str, value: &[u8]) -> Result<(), WalError> {
+        let mut wo = WriteOptions::default();
+        wo.set_sync(self.shared.opts.sync);
+        let mut b = WriteBatch::default();
+        b.put_cf(self.shared.handle(CF_META), app_meta_key(key), value);
+        self.shared.db.write_opt(b, &wo)?;
+        Ok(())
+    }
+
     /// Forget what `peer` acknowledged (with fsync): its history and this
     /// node's diverged, or it is no longer a peer.
     pub fn forget_peer_ack(&self, peer: &str) -> Result<(), WalError> {
@@ -1774,6 +1792,13 @@ fn decode_peer_ack(peer: &str, v: &[u8]) -> Result<VersionVector, WalError> {
             })
             .collect(),
     ))
+}
+
+/// Key prefix of the application's values ([`Wal::app_meta`]).
+const META_APP: &[u8] = b"app/";
+
+fn app_meta_key(key: &str) -> Vec<u8> {
+    [META_APP, key.as_bytes()].concat()
 }
 
 pub(crate) fn meta_get(shared: &Shared, key: &[u8]) -> Result<Option<Vec<u8>>, WalError> {

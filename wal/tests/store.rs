@@ -40,6 +40,27 @@ fn append_read_reopen() {
     );
 }
 
+/// The application's values survive a reopen and stay apart from the
+/// log: a key named like one of the log's own meta keys changes nothing
+/// of the log.
+#[test]
+fn application_values_survive_a_reopen_apart_from_the_log() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let wal = Wal::open(dir.path(), opts()).unwrap();
+        assert_eq!(wal.app_meta("ceiling").unwrap(), None);
+        wal.append(b"e1".to_vec()).unwrap();
+        wal.set_app_meta("ceiling", &7u64.to_be_bytes()).unwrap();
+        wal.set_app_meta("order_next", b"not the log's").unwrap();
+        wal.close().unwrap();
+    }
+    let wal = Wal::open(dir.path(), opts()).unwrap();
+    assert_eq!(wal.app_meta("ceiling").unwrap(), Some(7u64.to_be_bytes().to_vec()));
+    assert_eq!(wal.app_meta("order_next").unwrap(), Some(b"not the log's".to_vec()));
+    assert_eq!(wal.append(b"e2".to_vec()).unwrap().order, 2);
+    assert_eq!(wal.verify_all().unwrap(), 2);
+}
+
 #[test]
 fn views_land_with_their_entry_and_rejections_leave_nothing() {
     let dir = tempfile::tempdir().unwrap();

@@ -82,6 +82,46 @@ pub const ALIVE_EVERY_MS: u64 = 500;
 /// this node are that it must hold by then.
 pub const ALIVE_WITHIN_MS: u64 = 2_000;
 
+/// How far above the stamps it sent a master's kept ceiling runs
+/// ([`Stamps`]): 60 s in the HLC form (ms shifted by 16 bits), so the
+/// ceiling is written about once a minute.
+pub const STAMP_LEASE: u64 = 60_000 << 16;
+
+/// The stamps of this node's own signs of life. Each is above every stamp
+/// the node sent before, in this process and in any earlier one whose data
+/// dir it runs on, however its clock moved: no stamp is sent above a
+/// ceiling kept beforehand (the caller writes it durably), and a node
+/// resumes above the ceiling it kept. Without that, a master restarted
+/// with its clock stepped back sends stamps lower than those its relays
+/// hold, and nodes that hear it only through a relay count it as gone
+/// until its clock passes the old stamps.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Stamps {
+    last: u64,
+    ceiling: u64,
+}
+
+impl Stamps {
+    /// Resume under the ceiling kept by an earlier process (0: none).
+    pub fn resume(kept: u64) -> Stamps {
+        Stamps { last: kept, ceiling: kept }
+    }
+
+    /// The stamp to send at `now` (HLC form). When it would pass the
+    /// ceiling, a new one is kept first with `keep`; if that fails, no
+    /// stamp is given and nothing changes.
+    pub fn next<E>(&mut self, now: u64, keep: impl FnOnce(u64) -> Result<(), E>) -> Result<u64, E> {
+        let stamp = now.max(self.last.saturating_add(1));
+        if stamp > self.ceiling {
+            let ceiling = stamp.saturating_add(STAMP_LEASE);
+            keep(ceiling)?;
+            self.ceiling = ceiling;
+        }
+        self.last = stamp;
+        Ok(stamp)
+    }
+}
+
 /// Masters whose signs of life a node keeps at most (the newest of each);
 /// more are not taken (only nodes that proved the secret send them).
 const MAX_HEARD: usize = 16;
@@ -128,10 +168,14 @@ pub struct Liveness {
 
 impl Liveness {
     /// An `Alive` arrived at `now_ms`. It is kept if it is newer (a larger
-    /// (epoch, stamp)) than what this node holds of that master; returns
-    /// whether it was, that is whether it is worth passing on. This node's
-    /// own signs of life (a loop) are dropped. `via` is the node whose
-    /// link brought it.
+    /// (epoch, stamp)) than what this node holds of that master, or if it
+    /// differs from a held one that is more than [`ALIVE_WITHIN_MS`] old
+    /// (no longer evidence: a master whose stamps went back, its data dir
+    /// restored from an older copy, is heard again after that long rather
+    /// than only once its clock passes the old stamps); returns whether it
+    /// was kept, that is whether it is worth passing on. This node's own
+    /// signs of life (a loop) are dropped. `via` is the node whose link
+    /// brought it.
     pub fn heard(&mut self, own_node: &str, via: &str, alive: Frame, now_ms: u64) -> bool {
         let Frame::Alive { node, epoch, stamp, holds } = alive else {
             return false;
@@ -140,7 +184,12 @@ impl Liveness {
             return false;
         }
         match self.heard.get(&node) {
-            Some(h) if (epoch, stamp) <= (h.epoch, h.stamp) => return false,
+            Some(h)
+                if (epoch, stamp) <= (h.epoch, h.stamp)
+                    && ((epoch, stamp) == (h.epoch, h.stamp) || now_ms.saturating_sub(h.at_ms) <= ALIVE_WITHIN_MS) =>
+            {
+                return false
+            }
             None if self.heard.len() >= MAX_HEARD => return false,
             _ => {}
         }
@@ -222,7 +271,9 @@ impl Liveness {
 /// than what the node holds, so it goes no further.
 #[derive(Debug, Default, Clone)]
 pub struct Relay {
-    /// Per master, the (epoch, stamp) this link last sent.
+    /// Per master, the (epoch, stamp) this link last sent. Another one is
+    /// sent when the node holds a different one (a newer one, or a lower
+    /// one that replaced a stale one, see [`Liveness::heard`]).
     sent: BTreeMap<String, (u64, u64)>,
 }
 
@@ -238,7 +289,7 @@ impl Relay {
                 continue;
             }
             let last = self.sent.get(&h.node);
-            if last.is_none_or(|l| (h.epoch, h.stamp) > *l) {
+            if last.is_none_or(|l| (h.epoch, h.stamp) != *l) {
                 self.sent.insert(h.node.clone(), (h.epoch, h.stamp));
                 out.push(h.frame());
             }
@@ -413,6 +464,56 @@ mod tests {
         let mut a = Liveness::default();
         assert!(!a.heard("a", "r", alive("a", 1, 500, Vector::default()), 0));
         assert_eq!(a.newest().count(), 0);
+    }
+
+    #[test]
+    fn stamps_rise_across_restarts_and_a_clock_that_steps_back() {
+        let mut kept = 0;
+        let mut s = Stamps::resume(kept);
+        let keep = |k: &mut u64, c: u64| -> Result<(), ()> {
+            *k = c;
+            Ok(())
+        };
+        let first = s.next(1_000 << 16, |c| keep(&mut kept, c)).unwrap();
+        assert_eq!(first, 1_000 << 16);
+        assert_eq!(kept, first + STAMP_LEASE, "the ceiling is kept before the first stamp goes");
+        let second = s.next(1_500 << 16, |_| Err(())).unwrap();
+        assert_eq!(second, 1_500 << 16, "under the ceiling: nothing to keep");
+        // The clock steps back within the process: still rising.
+        assert_eq!(s.next(10 << 16, |_| Err(())).unwrap(), second + 1);
+        // A restart with the clock ten minutes back resumes above the
+        // ceiling, so above every stamp sent before.
+        let mut r = Stamps::resume(kept);
+        let after = r.next(0, |c| keep(&mut kept, c)).unwrap();
+        assert!(after > second && after > first + STAMP_LEASE);
+        assert_eq!(kept, after + STAMP_LEASE);
+        // A ceiling that cannot be kept gives no stamp and changes nothing.
+        let mut f = Stamps::resume(kept);
+        let held = f;
+        assert_eq!(f.next(0, |_| Err("disk")), Err("disk"));
+        assert_eq!(f, held);
+    }
+
+    #[test]
+    fn a_stale_sign_of_life_gives_way_to_a_lower_stamp() {
+        let mut l = Liveness::default();
+        l.wrote(0, 0);
+        assert!(l.heard("c", "b", alive("a", 1, 900, Vector::default()), 1_000));
+        // A lower stamp (the master's stamps went back) is refused while
+        // the held one is evidence, and the same stamp always is.
+        assert!(!l.heard("c", "b", alive("a", 1, 100, Vector::default()), 3_000));
+        assert!(!l.heard("c", "b", alive("a", 1, 900, Vector::default()), 3_001));
+        assert_eq!(l.relayed(B, OWN, 3_001), None);
+        // Past that, it is taken, and relayed on a link that sent the
+        // higher one before.
+        let mut relay = Relay::default();
+        assert_eq!(relay.round(None, &l, 2_000), vec![alive("a", 1, 900, Vector::default())]);
+        assert!(l.heard("c", "b", alive("a", 1, 100, Vector::default()), 3_001));
+        assert_eq!(l.relayed(B, OWN, 3_001), Some("a"));
+        assert_eq!(relay.round(None, &l, 3_100), vec![alive("a", 1, 100, Vector::default())]);
+        assert!(relay.round(None, &l, 3_600).is_empty(), "each stamp once");
+        assert!(l.heard("c", "b", alive("a", 1, 101, Vector::default()), 3_500));
+        assert_eq!(relay.round(None, &l, 3_600), vec![alive("a", 1, 101, Vector::default())]);
     }
 
     #[test]
