@@ -122,6 +122,7 @@ fn drop_mailbox(v: &mut impl ViewWrite, user: &str, mb: &MailboxRec, at: &Append
         }
     }
     v.delete(&keys::mailbox(user, mb.id));
+    v.put(&keys::gone(user, mb.id), &mb.uidvalidity.to_be_bytes());
     v.delete(&keys::name_clock(user, mb.id));
     v.delete(&keys::loser(user, mb.id));
     rebind(v, user, &mb.name)
@@ -145,7 +146,7 @@ fn reported_in(mailbox: Id) -> Vec<u8> {
     k
 }
 
-/// Record that `mailbox` was created as (name, uidvalidity).
+/// Record that `mailbox` was created, or renamed, as (name, uidvalidity).
 fn record_creation(v: &mut impl ViewWrite, user: &str, name: &str, uidvalidity: u32, mailbox: Id) -> Result<(), ViewError> {
     let mut ids = v.created_as(user, name, uidvalidity)?;
     if let Err(at) = ids.binary_search(&mailbox) {
@@ -681,16 +682,31 @@ fn apply_views(v: &mut impl ViewWrite, at: &Appended, event: &Event) -> Result<(
             v.put(&keys::uidvalidity(user), &last.max(*uidvalidity).to_be_bytes());
         }
         Event::MailboxRenamed { user, mailbox, name } => {
-            if let Some(mut mb) = v.mailbox(user, *mailbox)? {
+            // Recorded under its new name like a creation, whether the
+            // rename wins here or not, and also when the mailbox is gone:
+            // some node may have shown it as (name, UIDVALIDITY), so that
+            // pair may not name another mailbox there, and the record is
+            // the same on every node whatever the order (format.md 8.5).
+            let held = v.mailbox(user, *mailbox)?;
+            let uidvalidity = match &held {
+                Some(mb) => Some(mb.uidvalidity),
+                None => v.gone_uidvalidity(user, *mailbox)?,
+            };
+            if let Some(u) = uidvalidity {
+                record_creation(v, user, name, u, *mailbox)?;
+            }
+            match held {
                 // Concurrent renames of one mailbox: the latest by (HLC,
                 // origin) names it on every node, whatever the order.
-                if ts > v.name_clock(user, *mailbox)? {
+                Some(mut mb) if ts > v.name_clock(user, *mailbox)? => {
                     let old = std::mem::replace(&mut mb.name, name.clone());
                     v.put(&keys::name_clock(user, *mailbox), &enc(&ts));
                     touch_mailbox(v, user, mb, modseq);
                     rebind(v, user, &old)?;
                     rebind(v, user, name)?;
                 }
+                _ if uidvalidity.is_some() => rebind(v, user, name)?,
+                _ => {}
             }
         }
         Event::MailboxDeleted { user, mailbox } => {
@@ -1471,6 +1487,125 @@ mod tests {
             let shown: Vec<(u32, Id)> = v.messages(mb.id).unwrap().into_iter().map(|(u, m)| (u, m.guid)).collect();
             assert_eq!(shown, vec![(1, Id([0x1c; 16]))]);
             assert!(v.losers().unwrap().is_empty());
+            ends.push((mb, shown, crate::merkle::node_root(&v).unwrap()));
+        }
+        assert!(
+            ends.windows(2)
+                .all(|w| w[0].0.id == w[1].0.id && w[0].1 == w[1].1 && w[0].2 == w[1].2),
+            "{ends:?}"
+        );
+    }
+
+    /// A mailbox renamed onto a name under which another mailbox of the
+    /// same UIDVALIDITY was created on the other side of a split, in any
+    /// order, also after the renamed one was deleted by a third node: no
+    /// node ever binds (name, UIDVALIDITY) to a second mailbox, every node
+    /// ends with the name bound to neither, and the master's merge gives
+    /// every node the same fresh mailbox.
+    #[test]
+    fn a_rename_onto_a_twin_name_binds_neither_in_any_order() {
+        use crate::config::Role;
+        use crate::repl::resolve;
+        let dir = tempfile::tempdir().unwrap();
+        let (inbox, a, c) = (Id([1; 16]), Id([0xa; 16]), Id([0xc; 16]));
+        let created = |id: Id, name: &str| Event::MailboxCreated {
+            user: "u".into(),
+            mailbox: id,
+            name: name.into(),
+            uidvalidity: 6,
+            special_use: None,
+        };
+        let base = vec![
+            (
+                STALE,
+                1,
+                Event::UserCreated {
+                    user: "u".into(),
+                    password_hash: "x".into(),
+                },
+            ),
+            (
+                STALE,
+                2,
+                Event::MailboxCreated {
+                    user: "u".into(),
+                    mailbox: inbox,
+                    name: "INBOX".into(),
+                    uidvalidity: 1,
+                    special_use: None,
+                },
+            ),
+        ];
+        let a_side = vec![(STALE, 10, created(a, "C")), (STALE, 11, append(a, 1, Id([0x1a; 16])))];
+        let c_made = vec![(SLAVE, 10, created(c, "D")), (SLAVE, 11, append(c, 1, Id([0x1c; 16])))];
+        let c_renamed = vec![(
+            SLAVE,
+            12,
+            Event::MailboxRenamed {
+                user: "u".into(),
+                mailbox: c,
+                name: "C".into(),
+            },
+        )];
+        // A third node, on the slave's side, deletes `c` (still `D` there).
+        let c_deleted = vec![
+            (
+                PROMOTED,
+                20,
+                Event::Expunged {
+                    user: "u".into(),
+                    mailbox: c,
+                    messages: vec![(1, Id([0x1c; 16]))],
+                },
+            ),
+            (
+                PROMOTED,
+                21,
+                Event::MailboxRemoved {
+                    user: "u".into(),
+                    mailbox: c,
+                },
+            ),
+        ];
+        let orders = [
+            [a_side.clone(), c_made.clone(), c_renamed.clone(), c_deleted.clone()].concat(),
+            [c_made.clone(), c_renamed.clone(), a_side.clone(), c_deleted.clone()].concat(),
+            [c_made.clone(), c_deleted.clone(), c_renamed.clone(), a_side.clone()].concat(),
+            [c_made.clone(), c_renamed.clone(), c_deleted.clone(), a_side.clone()].concat(),
+            [a_side.clone(), c_made.clone(), c_deleted.clone(), c_renamed.clone()].concat(),
+        ];
+        let stores: Vec<Store> = ["m", "s1", "s2", "s3", "s4"]
+            .into_iter()
+            .map(|id| Store::open(&dir.path().join(id), id, wal_options(id)).unwrap())
+            .collect();
+        for (k, (store, order)) in stores.iter().zip(&orders).enumerate() {
+            apply_in_order(store, &base);
+            let mut shown = None;
+            for e in order {
+                apply_in_order(store, std::slice::from_ref(e));
+                if let Some(id) = store.views().mailbox_id("u", "C").unwrap() {
+                    assert!(shown.is_none_or(|s| s == id), "order {k}: (C, 6) named {shown:?}, then {id:?}");
+                    shown = Some(id);
+                }
+            }
+            assert_eq!(store.views().mailbox_id("u", "C").unwrap(), None, "order {k}");
+            assert_eq!(store.views().created_as("u", "C", 6).unwrap(), vec![a, c], "order {k}");
+        }
+        let master = &stores[0];
+        let from = master.wal().last_order() + 1;
+        let r = resolve::run_once(master, Role::Master).unwrap();
+        assert_eq!((r.merged, r.moved), (1, 1));
+        let merge = written_since(master, from);
+        let mut ends = Vec::new();
+        for store in &stores {
+            if !std::ptr::eq(store, master) {
+                apply_in_order(store, &merge);
+            }
+            let v = store.views();
+            let mb = v.mailbox_by_name("u", "C").unwrap().expect("the name is bound again");
+            assert!(mb.id != a && mb.id != c && mb.uidvalidity == 7);
+            let shown: Vec<(u32, Id)> = v.messages(mb.id).unwrap().into_iter().map(|(u, m)| (u, m.guid)).collect();
+            assert_eq!(shown, vec![(1, Id([0x1a; 16]))]);
             ends.push((mb, shown, crate::merkle::node_root(&v).unwrap()));
         }
         assert!(

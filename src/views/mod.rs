@@ -307,6 +307,12 @@ pub mod keys {
         k.extend_from_slice(&uidvalidity.to_be_bytes());
         k
     }
+    /// `v user 0 mailbox`: the UIDVALIDITY a deleted mailbox had, so a
+    /// rename of it that arrives after its deletion is still recorded
+    /// under its new name (`format.md` section 8.5). Never deleted.
+    pub fn gone(user: &str, mailbox: Id) -> Vec<u8> {
+        user_sub(b'v', user, &mailbox.0)
+    }
     pub fn subscription(user: &str, name: &str) -> Vec<u8> {
         user_sub(b'S', user, name.as_bytes())
     }

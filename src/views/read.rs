@@ -399,6 +399,21 @@ pub trait ViewRead {
         }
     }
 
+    /// The UIDVALIDITY `mailbox` had when it was deleted, if it was (see
+    /// [`keys::gone`]).
+    fn gone_uidvalidity(&self, user: &str, mailbox: Id) -> Result<Option<u32>, ViewError> {
+        let k = keys::gone(user, mailbox);
+        match self.vget(&k)? {
+            Some(b) => <[u8; 4]>::try_from(b.as_slice())
+                .map(|b| Some(u32::from_be_bytes(b)))
+                .map_err(|_| ViewError::Corrupt {
+                    key: hex::encode(&k),
+                    reason: format!("a deleted mailbox's UIDVALIDITY has {} bytes, not 4", b.len()),
+                }),
+            None => Ok(None),
+        }
+    }
+
     fn last_uidvalidity(&self, user: &str) -> Result<u32, ViewError> {
         match self.vget(&keys::uidvalidity(user))? {
             Some(v) => Ok(v.as_slice().try_into().map(u32::from_be_bytes).unwrap_or(0)),
