@@ -61,6 +61,16 @@ pub trait ViewRead {
         }
         Ok(())
     }
+    /// Keys with `prefix` from `start` on (`start` begins with `prefix`),
+    /// in key order, handed to `f` until it returns false.
+    fn vscan_from_each(&self, prefix: &[u8], start: &[u8], f: &mut dyn FnMut(&[u8], &[u8]) -> bool) -> Result<(), WalError> {
+        for (k, v) in self.vscan(prefix)? {
+            if k.as_slice() >= start && !f(&k, &v) {
+                break;
+            }
+        }
+        Ok(())
+    }
     /// Several keys at once, in the order given; `sorted`: they ascend.
     fn vget_many(&self, keys: &[Vec<u8>], _sorted: bool) -> Result<Vec<Option<Vec<u8>>>, WalError> {
         keys.iter().map(|k| self.vget(k)).collect()
@@ -345,6 +355,50 @@ pub trait ViewRead {
             .collect()
     }
 
+    /// The messages at `uids` (ascending) of a mailbox, like
+    /// [`ViewRead::messages_at`]; UIDs that lie close together (as a
+    /// SEARCH over a whole mailbox reads them) are read with one walk over
+    /// their range instead of a lookup each.
+    fn messages_in(&self, mailbox: Id, uids: &[u32]) -> Result<Vec<Option<MessageRec>>, ViewError> {
+        let (Some(first), Some(last)) = (uids.first(), uids.last()) else {
+            return Ok(Vec::new());
+        };
+        let dense = uids.windows(2).all(|w| w[0] < w[1]) && ((last - first) as usize) < uids.len().saturating_mul(2);
+        if !dense {
+            return self.messages_at(mailbox, uids);
+        }
+        let mut out: Vec<Option<MessageRec>> = Vec::with_capacity(uids.len());
+        let mut want = uids.iter().peekable();
+        let mut bad = None;
+        self.vscan_from_each(&keys::messages_prefix(mailbox), &keys::message(mailbox, *first), &mut |k, v| {
+            let uid = match message_uid(k) {
+                Ok(u) => u,
+                Err(e) => {
+                    bad = Some(e);
+                    return false;
+                }
+            };
+            while want.next_if(|w| **w < uid).is_some() {
+                out.push(None);
+            }
+            if want.next_if(|w| **w == uid).is_some() {
+                match dec(k, v) {
+                    Ok(m) => out.push(Some(m)),
+                    Err(e) => {
+                        bad = Some(e);
+                        return false;
+                    }
+                }
+            }
+            want.peek().is_some()
+        })?;
+        if let Some(e) = bad {
+            return Err(e);
+        }
+        out.resize_with(uids.len(), || None);
+        Ok(out)
+    }
+
     fn message(&self, mailbox: Id, uid: u32) -> Result<Option<MessageRec>, ViewError> {
         let k = keys::message(mailbox, uid);
         self.vget(&k)?.map(|v| dec(&k, &v)).transpose()
@@ -503,6 +557,9 @@ impl ViewRead for Views {
     fn vscan_each(&self, prefix: &[u8], f: &mut dyn FnMut(&[u8], &[u8]) -> bool) -> Result<(), WalError> {
         self.wal.scan_prefix_each(self.cf, prefix, f)
     }
+    fn vscan_from_each(&self, prefix: &[u8], start: &[u8], f: &mut dyn FnMut(&[u8], &[u8]) -> bool) -> Result<(), WalError> {
+        self.wal.scan_from_each(self.cf, prefix, start, f)
+    }
 }
 
 /// The views as seen from inside a transaction.
@@ -633,6 +690,31 @@ pub(crate) mod tests {
             assert_eq!(v.messages_at(mb.id, &uids).unwrap(), one);
         }
         assert!(v.messages_at(mb.id, &[9]).unwrap()[0].is_none());
+        // A walk over a range equals the lookups too: dense, with UIDs
+        // that name nothing before, between and after (the walk stops
+        // early or runs out), and sparse (read by lookups).
+        store
+            .run_blocking(move |t, c| mutate::expunge(t, c, "u", mb.id, &[3]).map(|_| ()))
+            .unwrap();
+        for uids in [
+            vec![1, 2, 3, 4, 5],
+            vec![2, 3, 4],
+            vec![4, 5, 6, 7],
+            vec![0, 1, 3],
+            vec![1, 5],
+            vec![3],
+            vec![],
+        ] {
+            let one: Vec<Option<MessageRec>> = uids.iter().map(|u| v.message(mb.id, *u).unwrap()).collect();
+            assert_eq!(v.messages_in(mb.id, &uids).unwrap(), one, "{uids:?}");
+            let txn_side = store
+                .run_blocking({
+                    let uids = uids.clone();
+                    move |t, c| Ok::<_, crate::mutate::MutationError>(TxnViews { txn: t, cf: c.views }.messages_in(mb.id, &uids)?)
+                })
+                .unwrap();
+            assert_eq!(txn_side, one, "in a transaction, {uids:?}");
+        }
     }
 
     /// Apply `events` to a store's views as entries of the given

@@ -993,6 +993,14 @@ impl Wal {
     }
 
     /// Committed keys with `prefix` from `start` on (`start` begins with
+    /// `prefix`), in key order, handed to `f` without a copy until it
+    /// returns false.
+    pub fn scan_from_each(&self, cf: Cf, prefix: &[u8], start: &[u8], f: &mut dyn FnMut(&[u8], &[u8]) -> bool) -> Result<(), WalError> {
+        debug_assert!(start.starts_with(prefix));
+        self.shared.scan_each(cf, prefix, start, f)
+    }
+
+    /// Committed keys with `prefix` from `start` on (`start` begins with
     /// `prefix`), in key order.
     pub fn scan_from(&self, cf: Cf, prefix: &[u8], start: &[u8]) -> Result<KeyValues, WalError> {
         debug_assert!(start.starts_with(prefix));

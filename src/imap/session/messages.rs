@@ -3,6 +3,9 @@
 
 use super::*;
 
+/// Message records a SEARCH reads in one batched lookup.
+const SEARCH_CHUNK: usize = 256;
+
 impl Session {
     /// Resolve a sequence or UID set against the session's view: (seq, uid)
     /// pairs in ascending order.
@@ -118,8 +121,9 @@ impl Session {
         });
         let v = self.shared.store.views();
         let store = self.shared.store.clone();
-        // Records are read 64 at a time in one batched lookup; other
-        // sessions get the thread between the batches.
+        // Records are read 64 at a time (one walk over their range, or a
+        // batched lookup when they lie apart); other sessions get the
+        // thread between the batches.
         let mut records: std::vec::IntoIter<Option<crate::views::MessageRec>> = Vec::new().into_iter();
         // A FETCH of much of a large mailbox reads its summaries without
         // keeping them: it would push out every session's working set.
@@ -131,7 +135,7 @@ impl Session {
                     tokio::task::yield_now().await;
                 }
                 let uids: Vec<u32> = targets[i..].iter().take(64).map(|(_, u)| *u).collect();
-                records = match v.messages_at(id, &uids) {
+                records = match v.messages_in(id, &uids) {
                     Ok(r) => r.into_iter(),
                     Err(e) => {
                         tracing::error!(error = %e, "reading messages");
@@ -538,6 +542,9 @@ impl Session {
         // other sessions (a turn after every 64 messages, or after any
         // message whose body was read), and ends at shutdown.
         let mut work = 0usize;
+        // Records are read a chunk at a time, by one walk over the chunk's
+        // UIDs (one lookup per message took most of a SEARCH SINCE).
+        let mut chunk: Vec<Option<crate::views::MessageRec>> = Vec::new();
         for (i, u) in sel.uids.iter().enumerate() {
             if work >= 64 {
                 work = 0;
@@ -548,7 +555,12 @@ impl Session {
                 }
             }
             work += 1;
-            let Ok(Some(m)) = v.message(sel.id, *u) else { continue };
+            if i % SEARCH_CHUNK == 0 {
+                let end = (i + SEARCH_CHUNK).min(sel.uids.len());
+                chunk = v.messages_in(sel.id, &sel.uids[i..end]).unwrap_or_default();
+                chunk.reverse();
+            }
+            let Some(m) = chunk.pop().flatten() else { continue };
             let msg = LazyMessage {
                 seq: i as u32 + 1,
                 uid: *u,
