@@ -1392,20 +1392,9 @@ mod tests {
     /// clients may have seen the first under that pair), and the master
     /// merges what is left into a fresh mailbox of a higher UIDVALIDITY,
     /// the same on every node.
-    #[test]
-    fn a_name_is_never_bound_to_the_twin_of_a_mailbox_clients_saw() {
-        use crate::config::Role;
-        use crate::repl::resolve;
-        let dir = tempfile::tempdir().unwrap();
-        let (inbox, a, c) = (Id([1; 16]), Id([0xa; 16]), Id([0xc; 16]));
-        let create = |id: Id| Event::MailboxCreated {
-            user: "u".into(),
-            mailbox: id,
-            name: "C".into(),
-            uidvalidity: 6,
-            special_use: None,
-        };
-        let base = vec![
+    /// User `u` and its INBOX, written by the old master.
+    fn user_u_with_inbox(inbox: Id) -> Vec<(u64, u64, Event)> {
+        vec![
             (
                 STALE,
                 1,
@@ -1425,7 +1414,54 @@ mod tests {
                     special_use: None,
                 },
             ),
-        ];
+        ]
+    }
+
+    /// `stores[0]`, as master, merges the one twin of `C` (UIDVALIDITY 6)
+    /// left unbound into a fresh mailbox; every store applies the merge
+    /// and ends with the same mailbox `C` (UIDVALIDITY 7, none of `twins`)
+    /// showing the message `guid` under UID 1, no mailbox marked, and the
+    /// same merkle root.
+    fn master_merges_twins_alike(stores: &[Store], twins: &[Id], guid: Id) {
+        use crate::config::Role;
+        use crate::repl::resolve;
+        let master = &stores[0];
+        let from = master.wal().last_order() + 1;
+        let r = resolve::run_once(master, Role::Master).unwrap();
+        assert_eq!((r.merged, r.moved), (1, 1));
+        let merge = written_since(master, from);
+        let mut ends = Vec::new();
+        for (i, store) in stores.iter().enumerate() {
+            if i > 0 {
+                apply_in_order(store, &merge);
+            }
+            let v = store.views();
+            let mb = v.mailbox_by_name("u", "C").unwrap().expect("the name is bound again");
+            assert!(!twins.contains(&mb.id) && mb.uidvalidity == 7);
+            let shown: Vec<(u32, Id)> = v.messages(mb.id).unwrap().into_iter().map(|(u, m)| (u, m.guid)).collect();
+            assert_eq!(shown, vec![(1, guid)]);
+            assert!(v.losers().unwrap().is_empty());
+            ends.push((mb, shown, crate::merkle::node_root(&v).unwrap()));
+        }
+        assert!(
+            ends.windows(2)
+                .all(|w| w[0].0.id == w[1].0.id && w[0].1 == w[1].1 && w[0].2 == w[1].2),
+            "{ends:?}"
+        );
+    }
+
+    #[test]
+    fn a_name_is_never_bound_to_the_twin_of_a_mailbox_clients_saw() {
+        let dir = tempfile::tempdir().unwrap();
+        let (inbox, a, c) = (Id([1; 16]), Id([0xa; 16]), Id([0xc; 16]));
+        let create = |id: Id| Event::MailboxCreated {
+            user: "u".into(),
+            mailbox: id,
+            name: "C".into(),
+            uidvalidity: 6,
+            special_use: None,
+        };
+        let base = user_u_with_inbox(inbox);
         let a_side = vec![(STALE, 10, create(a)), (STALE, 11, append(a, 1, Id([0x1a; 16])))];
         let c_side = vec![(SLAVE, 10, create(c)), (SLAVE, 11, append(c, 1, Id([0x1c; 16])))];
         // A deletion expunges what the deleting node shows, then removes.
@@ -1471,29 +1507,7 @@ mod tests {
             assert_eq!(store.views().mailbox_id("u", "C").unwrap(), None, "order {k}");
         }
         // The master merges the twin left into a fresh mailbox.
-        let master = &stores[0];
-        let from = master.wal().last_order() + 1;
-        let r = resolve::run_once(master, Role::Master).unwrap();
-        assert_eq!((r.merged, r.moved), (1, 1));
-        let merge = written_since(master, from);
-        for store in &stores[1..] {
-            apply_in_order(store, &merge);
-        }
-        let mut ends = Vec::new();
-        for store in &stores {
-            let v = store.views();
-            let mb = v.mailbox_by_name("u", "C").unwrap().expect("the name is bound again");
-            assert!(mb.id != a && mb.id != c && mb.uidvalidity == 7);
-            let shown: Vec<(u32, Id)> = v.messages(mb.id).unwrap().into_iter().map(|(u, m)| (u, m.guid)).collect();
-            assert_eq!(shown, vec![(1, Id([0x1c; 16]))]);
-            assert!(v.losers().unwrap().is_empty());
-            ends.push((mb, shown, crate::merkle::node_root(&v).unwrap()));
-        }
-        assert!(
-            ends.windows(2)
-                .all(|w| w[0].0.id == w[1].0.id && w[0].1 == w[1].1 && w[0].2 == w[1].2),
-            "{ends:?}"
-        );
+        master_merges_twins_alike(&stores, &[a, c], Id([0x1c; 16]));
     }
 
     /// A mailbox renamed onto a name under which another mailbox of the
@@ -1504,8 +1518,6 @@ mod tests {
     /// every node the same fresh mailbox.
     #[test]
     fn a_rename_onto_a_twin_name_binds_neither_in_any_order() {
-        use crate::config::Role;
-        use crate::repl::resolve;
         let dir = tempfile::tempdir().unwrap();
         let (inbox, a, c) = (Id([1; 16]), Id([0xa; 16]), Id([0xc; 16]));
         let created = |id: Id, name: &str| Event::MailboxCreated {
@@ -1515,27 +1527,7 @@ mod tests {
             uidvalidity: 6,
             special_use: None,
         };
-        let base = vec![
-            (
-                STALE,
-                1,
-                Event::UserCreated {
-                    user: "u".into(),
-                    password_hash: "x".into(),
-                },
-            ),
-            (
-                STALE,
-                2,
-                Event::MailboxCreated {
-                    user: "u".into(),
-                    mailbox: inbox,
-                    name: "INBOX".into(),
-                    uidvalidity: 1,
-                    special_use: None,
-                },
-            ),
-        ];
+        let base = user_u_with_inbox(inbox);
         let a_side = vec![(STALE, 10, created(a, "C")), (STALE, 11, append(a, 1, Id([0x1a; 16])))];
         let c_made = vec![(SLAVE, 10, created(c, "D")), (SLAVE, 11, append(c, 1, Id([0x1c; 16])))];
         let c_renamed = vec![(
@@ -1591,28 +1583,7 @@ mod tests {
             assert_eq!(store.views().mailbox_id("u", "C").unwrap(), None, "order {k}");
             assert_eq!(store.views().created_as("u", "C", 6).unwrap(), vec![a, c], "order {k}");
         }
-        let master = &stores[0];
-        let from = master.wal().last_order() + 1;
-        let r = resolve::run_once(master, Role::Master).unwrap();
-        assert_eq!((r.merged, r.moved), (1, 1));
-        let merge = written_since(master, from);
-        let mut ends = Vec::new();
-        for store in &stores {
-            if !std::ptr::eq(store, master) {
-                apply_in_order(store, &merge);
-            }
-            let v = store.views();
-            let mb = v.mailbox_by_name("u", "C").unwrap().expect("the name is bound again");
-            assert!(mb.id != a && mb.id != c && mb.uidvalidity == 7);
-            let shown: Vec<(u32, Id)> = v.messages(mb.id).unwrap().into_iter().map(|(u, m)| (u, m.guid)).collect();
-            assert_eq!(shown, vec![(1, Id([0x1a; 16]))]);
-            ends.push((mb, shown, crate::merkle::node_root(&v).unwrap()));
-        }
-        assert!(
-            ends.windows(2)
-                .all(|w| w[0].0.id == w[1].0.id && w[0].1 == w[1].1 && w[0].2 == w[1].2),
-            "{ends:?}"
-        );
+        master_merges_twins_alike(&stores, &[a, c], Id([0x1a; 16]));
     }
 
     /// Of two resolutions in one epoch the smaller (HLC, origin) wins, as
