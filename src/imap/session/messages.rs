@@ -3,7 +3,7 @@
 
 use super::*;
 
-/// Message records a SEARCH reads in one batched lookup.
+/// Message records a SEARCH reads at a time (`ViewRead::messages_in`).
 const SEARCH_CHUNK: usize = 256;
 
 impl Session {
