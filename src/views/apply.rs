@@ -87,7 +87,7 @@ fn drop_mailbox(v: &mut impl ViewWrite, user: &str, mb: &MailboxRec, at: &Append
     if drop_all {
         drop_messages(v, mb.id)?;
         for (k, b) in v.vscan(&keys::conflicts_in(mb.id))? {
-            let m: MessageRec = postcard::from_bytes(&b).map_err(|e| corrupt(&k, e))?;
+            let m = MessageRec::decode(&b).map_err(|e| corrupt(&k, e))?;
             bump_refcount(v, &m.blob, -1)?;
             v.delete(&k);
         }
@@ -223,7 +223,7 @@ fn keep_aside(v: &mut impl ViewWrite, user: &str, mailbox: Id, uid: u32, m: Mess
     rec.causes.push((m.guid, at.origin.0, at.seq));
     v.put(&keys::collision(mailbox, uid), &enc(&rec));
     if !held {
-        v.put(&keys::conflict(mailbox, uid, m.guid), &enc(&m));
+        v.put(&keys::conflict(mailbox, uid, m.guid), &m.encode());
     }
     Ok(())
 }
@@ -257,7 +257,7 @@ fn place(v: &mut impl ViewWrite, user: &str, mailbox: Id, uid: u32, m: MessageRe
     bump_refcount(v, &m.blob, 1)?;
     bump_content(v, mailbox, &m.blob, 1)?;
     show_guid(v, mailbox, uid, m.guid)?;
-    v.put(&keys::message(mailbox, uid), &enc(&m));
+    v.put(&keys::message(mailbox, uid), &m.encode());
     note_change(v, mailbox, uid, None, modseq);
     mb.uidnext = mb.uidnext.max(uid.saturating_add(1));
     touch_mailbox(v, user, mb, modseq);
@@ -300,7 +300,7 @@ fn keep_pending(v: &mut impl ViewWrite, user: &str, mailbox: Id, m: MessageRec, 
             since: (at.hlc, at.origin.0),
         }),
     );
-    v.put(&keys::conflict(mailbox, 0, m.guid), &enc(&m));
+    v.put(&keys::conflict(mailbox, 0, m.guid), &m.encode());
     Ok(())
 }
 
@@ -774,8 +774,8 @@ fn apply_views(v: &mut impl ViewWrite, at: &Appended, event: &Event) -> Result<(
                     }
                 }
                 match spot {
-                    Spot::Shown => v.put(&keys::message(mb, uid), &enc(&m)),
-                    Spot::Aside => v.put(&keys::conflict(mb, uid, *guid), &enc(&m)),
+                    Spot::Shown => v.put(&keys::message(mb, uid), &m.encode()),
+                    Spot::Aside => v.put(&keys::conflict(mb, uid, *guid), &m.encode()),
                 }
             }
             for mb in touched {
@@ -1003,14 +1003,14 @@ fn apply_moves(v: &mut impl ViewWrite, at: &Appended, m: Moves<'_>) -> Result<()
 fn restore_message(v: &mut impl ViewWrite, user: &str, mailbox: Id, uid: u32, m: MessageRec) -> Result<(), ViewError> {
     let Some(mut mb) = v.mailbox(user, mailbox)? else {
         tracing::warn!(user, uid, mailbox = ?mailbox, "restored message for a missing mailbox kept aside");
-        v.put(&keys::conflict(mailbox, uid, m.guid), &enc(&m));
+        v.put(&keys::conflict(mailbox, uid, m.guid), &m.encode());
         return bump_refcount(v, &m.blob, 1);
     };
     let modseq = m.modseq;
     match v.message(mailbox, uid)? {
         Some(h) if h.guid != m.guid => {
             tracing::warn!(user, uid, mailbox = ?mailbox, "restored message meets another under its uid: kept aside");
-            v.put(&keys::conflict(mailbox, uid, m.guid), &enc(&m));
+            v.put(&keys::conflict(mailbox, uid, m.guid), &m.encode());
             bump_refcount(v, &m.blob, 1)?;
         }
         Some(h) => {
@@ -1024,11 +1024,11 @@ fn restore_message(v: &mut impl ViewWrite, user: &str, mailbox: Id, uid: u32, m:
                 bump_content(v, mailbox, &m.blob, 1)?;
             }
             note_change(v, mailbox, uid, Some(h.modseq), modseq);
-            v.put(&keys::message(mailbox, uid), &enc(&m));
+            v.put(&keys::message(mailbox, uid), &m.encode());
         }
         None => {
             show_guid(v, mailbox, uid, m.guid)?;
-            v.put(&keys::message(mailbox, uid), &enc(&m));
+            v.put(&keys::message(mailbox, uid), &m.encode());
             note_change(v, mailbox, uid, None, modseq);
             bump_refcount(v, &m.blob, 1)?;
             bump_content(v, mailbox, &m.blob, 1)?;

@@ -23,6 +23,14 @@ fn dec<T: DeserializeOwned>(key: &[u8], v: &[u8]) -> Result<T, ViewError> {
     })
 }
 
+/// A message record ([`MessageRec::decode`]), with the error `dec` gives.
+fn dec_msg(key: &[u8], v: &[u8]) -> Result<MessageRec, ViewError> {
+    MessageRec::decode(v).map_err(|e| ViewError::Corrupt {
+        key: String::from_utf8_lossy(key).into_owned(),
+        reason: e.to_string(),
+    })
+}
+
 /// The UID of a message key.
 fn message_uid(k: &[u8]) -> Result<u32, ViewError> {
     keys::uid_of(k).ok_or_else(|| ViewError::Corrupt {
@@ -150,7 +158,7 @@ pub trait ViewRead {
                     key: hex::encode(&k),
                     reason: "conflict key too short".into(),
                 })?;
-                Ok((guid, dec(&k, &v)?))
+                Ok((guid, dec_msg(&k, &v)?))
             })
             .collect()
     }
@@ -178,7 +186,7 @@ pub trait ViewRead {
                     key: hex::encode(&k),
                     reason: "conflict key too short".into(),
                 })?;
-                Ok((mb, uid, guid, dec(&k, &v)?))
+                Ok((mb, uid, guid, dec_msg(&k, &v)?))
             })
             .collect()
     }
@@ -308,7 +316,7 @@ pub trait ViewRead {
     fn messages(&self, mailbox: Id) -> Result<Vec<(u32, MessageRec)>, ViewError> {
         self.vscan(&keys::messages_prefix(mailbox))?
             .into_iter()
-            .map(|(k, v)| Ok((message_uid(&k)?, dec(&k, &v)?)))
+            .map(|(k, v)| Ok((message_uid(&k)?, dec_msg(&k, &v)?)))
             .collect()
     }
 
@@ -351,7 +359,7 @@ pub trait ViewRead {
         self.vget_many(&keys, sorted)?
             .into_iter()
             .zip(&keys)
-            .map(|(v, k)| v.map(|v| dec(k, &v)).transpose())
+            .map(|(v, k)| v.map(|v| dec_msg(k, &v)).transpose())
             .collect()
     }
 
@@ -382,7 +390,7 @@ pub trait ViewRead {
                 out.push(None);
             }
             if want.next_if(|w| **w == uid).is_some() {
-                match dec(k, v) {
+                match dec_msg(k, v) {
                     Ok(m) => out.push(Some(m)),
                     Err(e) => {
                         bad = Some(e);
@@ -401,7 +409,7 @@ pub trait ViewRead {
 
     fn message(&self, mailbox: Id, uid: u32) -> Result<Option<MessageRec>, ViewError> {
         let k = keys::message(mailbox, uid);
-        self.vget(&k)?.map(|v| dec(&k, &v)).transpose()
+        self.vget(&k)?.map(|v| dec_msg(&k, &v)).transpose()
     }
 
     fn subscriptions(&self, user: &str) -> Result<Vec<String>, ViewError> {
