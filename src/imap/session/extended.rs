@@ -566,16 +566,35 @@ impl Session {
 
     /// `* STATUS name (items)` of one mailbox.
     pub(super) fn status_line(&self, name: &str, mb: &MailboxRec, items: &[StatusItem]) -> String {
-        let msgs = self.shared.store.views().messages(mb.id).unwrap_or_default();
-        let count = |f: &str| msgs.iter().filter(|(_, m)| m.flags.contains(f)).count();
+        // What the items need of the messages: nothing, their flags (read
+        // from the front of each record), or whole records (sizes). A
+        // mailbox whose UIDNEXT is 1 has never held a message under a UID.
+        let v = self.shared.store.views();
+        let sizes = items.iter().any(|i| matches!(i, StatusItem::Size | StatusItem::DeletedStorage));
+        let flags_needed = items
+            .iter()
+            .any(|i| matches!(i, StatusItem::Messages | StatusItem::Unseen | StatusItem::Deleted));
+        let msgs = if sizes && mb.uidnext > 1 {
+            v.messages(mb.id).unwrap_or_default()
+        } else {
+            Vec::new()
+        };
+        let flags: Vec<(u32, crate::event::Flags)> = if sizes {
+            msgs.iter().map(|(u, m)| (*u, m.flags.clone())).collect()
+        } else if flags_needed && mb.uidnext > 1 {
+            v.message_flags(mb.id).unwrap_or_default()
+        } else {
+            Vec::new()
+        };
+        let count = |f: &str| flags.iter().filter(|(_, fl)| fl.contains(f)).count();
         let parts: Vec<String> = items
             .iter()
             .map(|i| match i {
-                StatusItem::Messages => format!("MESSAGES {}", msgs.len()),
+                StatusItem::Messages => format!("MESSAGES {}", flags.len()),
                 StatusItem::Recent => "RECENT 0".into(),
                 StatusItem::UidNext => format!("UIDNEXT {}", mb.uidnext),
                 StatusItem::UidValidity => format!("UIDVALIDITY {}", mb.uidvalidity),
-                StatusItem::Unseen => format!("UNSEEN {}", msgs.len() - count("\\Seen")),
+                StatusItem::Unseen => format!("UNSEEN {}", flags.len() - count("\\Seen")),
                 StatusItem::Deleted => format!("DELETED {}", count("\\Deleted")),
                 StatusItem::HighestModSeq => format!("HIGHESTMODSEQ {}", self.scale.wire(mb.highestmodseq)),
                 StatusItem::Size => format!("SIZE {}", msgs.iter().map(|(_, m)| m.size).sum::<u64>()),
