@@ -991,7 +991,7 @@ async fn authenticate(conn: &quinn::Connection, store: &Store, mirror: &Mirror, 
     let first = read_frame(&mut recv, mirror, PREAUTH_FRAME).await?;
     match engine::handshake::opening(first, store.wal().local_origin().0) {
         Ok(Opening::Resync { node_id }) => Ok(Opened::Resync(send, recv, node_id)),
-        Ok(Opening::Link { node_id, role, epoch }) => Ok(Opened::Link(send, recv, node_id, role, epoch)),
+        Ok(Opening::Link(h)) => Ok(Opened::Link(send, recv, h.node_id, h.role, h.epoch)),
         Err(e) if e.refuses_peer() => {
             let _ = write_frame(&mut send, &Frame::Refused { reason: e.to_string() }).await;
             let _ = send.finish();

@@ -223,23 +223,41 @@ pub fn valid_node_id(id: &str) -> bool {
     (1..=64).contains(&id.len()) && id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.')
 }
 
+/// A peer's `Hello`, checked (from either side): whom a link reaches.
+#[derive(Debug, PartialEq, Eq)]
+pub struct PeerHello {
+    pub node_id: String,
+    pub role: String,
+    pub epoch: u64,
+}
+
 /// The checks of a `Hello`, from either side: a node id of the right
-/// shape, and an origin other than this node's own.
-fn check_hello(node_id: &str, origin: u64, own_origin: u64) -> Result<(), LinkError> {
-    if !valid_node_id(node_id) {
+/// shape, and an origin other than this node's own. `Ok(Err(f))`: `f` is
+/// not a `Hello`.
+fn check_hello(f: Frame, own_origin: u64) -> Result<Result<PeerHello, Frame>, LinkError> {
+    let Frame::Hello {
+        node_id,
+        origin,
+        role,
+        epoch,
+    } = f
+    else {
+        return Ok(Err(f));
+    };
+    if !valid_node_id(&node_id) {
         return Err(LinkError::BadHello("the node id is not 1-64 characters of A-Z a-z 0-9 - _ ."));
     }
     if origin == own_origin {
         return Err(LinkError::BadHello("a peer claims this node's own origin"));
     }
-    Ok(())
+    Ok(Ok(PeerHello { node_id, role, epoch }))
 }
 
 /// What the acceptor makes of the dialer's first frame after the proof.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Opening {
-    /// A mirror link: the peer's node id, role and epoch.
-    Link { node_id: String, role: String, epoch: u64 },
+    /// A mirror link, and whom it comes from.
+    Link(PeerHello),
     /// A merkle resync exchange (`super::super::resync`).
     Resync { node_id: String },
 }
@@ -247,49 +265,25 @@ pub enum Opening {
 /// Check the dialer's `Hello` (or `ResyncHello`) against this node's own
 /// origin. An error that [`LinkError::refuses_peer`] is told to the peer.
 pub fn opening(f: Frame, own_origin: u64) -> Result<Opening, LinkError> {
-    match f {
-        Frame::ResyncHello { node_id } if valid_node_id(&node_id) => Ok(Opening::Resync { node_id }),
-        Frame::Hello {
-            node_id,
-            origin,
-            role,
-            epoch,
-        } => {
-            check_hello(&node_id, origin, own_origin)?;
-            Ok(Opening::Link { node_id, role, epoch })
-        }
-        other => Err(LinkError::Unexpected {
+    match check_hello(f, own_origin)? {
+        Ok(hello) => Ok(Opening::Link(hello)),
+        Err(Frame::ResyncHello { node_id }) if valid_node_id(&node_id) => Ok(Opening::Resync { node_id }),
+        Err(other) => Err(LinkError::Unexpected {
             expected: "hello",
             got: other.kind(),
         }),
     }
 }
 
-/// Whom a dialer reached, as the acceptor introduced itself (on a link of
-/// version 7, `frame::acceptor_introduces`).
-#[derive(Debug, PartialEq, Eq)]
-pub struct Introduction {
-    pub node_id: String,
-    pub role: String,
-    pub epoch: u64,
-}
-
-/// The dialer's reading of the acceptor's `Hello`, checked as the acceptor
-/// checks the dialer's ([`opening`]): a valid node id, and not this node's
-/// own origin. A refusal in its place is the peer's.
-pub fn introduction(f: Frame, own_origin: u64) -> Result<Introduction, LinkError> {
-    match f {
-        Frame::Hello {
-            node_id,
-            origin,
-            role,
-            epoch,
-        } => {
-            check_hello(&node_id, origin, own_origin)?;
-            Ok(Introduction { node_id, role, epoch })
-        }
-        Frame::Refused { reason } => Err(LinkError::refused_by_peer(&reason)),
-        other => Err(LinkError::Unexpected {
+/// The dialer's reading of the acceptor's `Hello` (its introduction, on a
+/// link of version 7, `frame::acceptor_introduces`), checked as the
+/// acceptor checks the dialer's ([`opening`]). A refusal in its place is
+/// the peer's.
+pub fn introduction(f: Frame, own_origin: u64) -> Result<PeerHello, LinkError> {
+    match check_hello(f, own_origin)? {
+        Ok(hello) => Ok(hello),
+        Err(Frame::Refused { reason }) => Err(LinkError::refused_by_peer(&reason)),
+        Err(other) => Err(LinkError::Unexpected {
             expected: "hello",
             got: other.kind(),
         }),
@@ -413,7 +407,7 @@ mod tests {
     fn an_acceptors_introduction_is_checked_like_a_hello() {
         assert_eq!(
             introduction(hello("node-b", 2), 1).unwrap(),
-            Introduction {
+            PeerHello {
                 node_id: "node-b".into(),
                 role: "master".into(),
                 epoch: 3
@@ -449,11 +443,11 @@ mod tests {
     fn hellos_are_checked() {
         assert_eq!(
             opening(hello("node-b", 2), 1).unwrap(),
-            Opening::Link {
+            Opening::Link(PeerHello {
                 node_id: "node-b".into(),
                 role: "master".into(),
                 epoch: 3
-            }
+            })
         );
         assert!(opening(hello("node b", 2), 1).unwrap_err().refuses_peer());
         assert!(opening(hello(&"x".repeat(65), 2), 1).unwrap_err().refuses_peer());
