@@ -129,14 +129,12 @@ impl MessageRec {
     /// encoding of the struct: the same bytes), reading the two arrays
     /// whole. Bytes after the record are ignored, as postcard does.
     pub fn decode(b: &[u8]) -> Result<MessageRec, postcard::Error> {
-        let short = || postcard::Error::DeserializeUnexpectedEnd;
-        let guid: [u8; 16] = b.get(..16).ok_or_else(short)?.try_into().map_err(|_| short())?;
-        let blob: [u8; 32] = b.get(16..48).ok_or_else(short)?.try_into().map_err(|_| short())?;
-        type Rest = (u64, i64, i16, crate::event::Flags, u64, Vec<(String, u64, u64)>, (u64, u64));
-        let ((size, internal_date, tz_minutes, flags, modseq, clocks, set_clock), _): (Rest, _) = postcard::take_from_bytes(&b[48..])?;
+        let (guid, blob, rest) = Self::split_arrays(b)?;
+        type Rest = (u64, i64, i16, Flags, u64, Vec<(String, u64, u64)>, (u64, u64));
+        let ((size, internal_date, tz_minutes, flags, modseq, clocks, set_clock), _): (Rest, _) = postcard::take_from_bytes(rest)?;
         Ok(MessageRec {
-            guid: Id(guid),
-            blob: BlobHash(blob),
+            guid,
+            blob,
             size,
             internal_date,
             tz_minutes,
@@ -145,6 +143,25 @@ impl MessageRec {
             clocks,
             set_clock,
         })
+    }
+
+    /// The flags of a record's bytes, and the rest left unread (what
+    /// SELECT needs: the flag clocks after them are a string per flag ever
+    /// touched).
+    pub fn decode_flags(b: &[u8]) -> Result<Flags, postcard::Error> {
+        let (_, _, rest) = Self::split_arrays(b)?;
+        let ((_size, _date, _tz, flags), _): ((u64, i64, i16, Flags), _) = postcard::take_from_bytes(rest)?;
+        Ok(flags)
+    }
+
+    /// The GUID and the blob hash at the front of a record's bytes (postcard
+    /// writes arrays byte after byte, with no length), and what follows.
+    fn split_arrays(b: &[u8]) -> Result<(Id, BlobHash, &[u8]), postcard::Error> {
+        let (Some(guid), Some(blob), Some(rest)) = (b.get(..16), b.get(16..48), b.get(48..)) else {
+            return Err(postcard::Error::DeserializeUnexpectedEnd);
+        };
+        let guid = Id(guid.try_into().expect("16 bytes"));
+        Ok((guid, BlobHash(blob.try_into().expect("32 bytes")), rest))
     }
 
     /// The last writer of `flag`.

@@ -16,19 +16,21 @@ pub enum ViewError {
     Corrupt { key: String, reason: String },
 }
 
-fn dec<T: DeserializeOwned>(key: &[u8], v: &[u8]) -> Result<T, ViewError> {
-    postcard::from_bytes(v).map_err(|e| ViewError::Corrupt {
+/// A record of `key` whose bytes do not decode.
+fn undecodable(key: &[u8], e: postcard::Error) -> ViewError {
+    ViewError::Corrupt {
         key: String::from_utf8_lossy(key).into_owned(),
         reason: e.to_string(),
-    })
+    }
 }
 
-/// A message record ([`MessageRec::decode`]), with the error `dec` gives.
+fn dec<T: DeserializeOwned>(key: &[u8], v: &[u8]) -> Result<T, ViewError> {
+    postcard::from_bytes(v).map_err(|e| undecodable(key, e))
+}
+
+/// A message record ([`MessageRec::decode`]).
 fn dec_msg(key: &[u8], v: &[u8]) -> Result<MessageRec, ViewError> {
-    MessageRec::decode(v).map_err(|e| ViewError::Corrupt {
-        key: String::from_utf8_lossy(key).into_owned(),
-        reason: e.to_string(),
-    })
+    MessageRec::decode(v).map_err(|e| undecodable(key, e))
 }
 
 /// The UID of a message key.
@@ -39,38 +41,18 @@ fn message_uid(k: &[u8]) -> Result<u32, ViewError> {
     })
 }
 
-/// Bytes of the GUID and blob hash at the front of an encoded
-/// [`MessageRec`]: postcard writes arrays as tuples, byte after byte, with
-/// no length.
-const HEAD_ARRAYS: usize = 16 + 32;
-
-/// The flags of an encoded [`MessageRec`], decoded from the front of its
-/// bytes and the rest left unread (`message_flags`). The two arrays are
-/// skipped by their fixed width rather than decoded: serde visits an
-/// array byte by byte, which was a third of a SELECT of 10,000 messages.
-fn head_flags(v: &[u8]) -> Result<crate::event::Flags, postcard::Error> {
-    let rest = v.get(HEAD_ARRAYS..).ok_or(postcard::Error::DeserializeUnexpectedEnd)?;
-    let ((_size, _date, _tz, flags), _): ((u64, i64, i16, crate::event::Flags), _) = postcard::take_from_bytes(rest)?;
-    Ok(flags)
-}
-
 /// Read access to the views.
 pub trait ViewRead {
     fn vget(&self, key: &[u8]) -> Result<Option<Vec<u8>>, WalError>;
     fn vscan(&self, prefix: &[u8]) -> Result<KeyValues, WalError>;
     /// Every key with `prefix`, in key order, handed to `f` until it
-    /// returns false; readers that can avoid copying each key and value
-    /// out do.
+    /// returns false.
     fn vscan_each(&self, prefix: &[u8], f: &mut dyn FnMut(&[u8], &[u8]) -> bool) -> Result<(), WalError> {
-        for (k, v) in self.vscan(prefix)? {
-            if !f(&k, &v) {
-                break;
-            }
-        }
-        Ok(())
+        self.vscan_from_each(prefix, prefix, f)
     }
     /// Keys with `prefix` from `start` on (`start` begins with `prefix`),
-    /// in key order, handed to `f` until it returns false.
+    /// in key order, handed to `f` until it returns false; readers that
+    /// can avoid copying each key and value out do.
     fn vscan_from_each(&self, prefix: &[u8], start: &[u8], f: &mut dyn FnMut(&[u8], &[u8]) -> bool) -> Result<(), WalError> {
         for (k, v) in self.vscan(prefix)? {
             if k.as_slice() >= start && !f(&k, &v) {
@@ -328,7 +310,7 @@ pub trait ViewRead {
         let mut bad = None;
         self.vscan_each(&keys::messages_prefix(mailbox), &mut |k, v| {
             let head = message_uid(k).and_then(|uid| {
-                let flags = head_flags(v).map_err(|e| ViewError::Corrupt {
+                let flags = MessageRec::decode_flags(v).map_err(|e| ViewError::Corrupt {
                     key: hex::encode(k),
                     reason: e.to_string(),
                 })?;
@@ -562,9 +544,6 @@ impl ViewRead for Views {
     fn vscan(&self, prefix: &[u8]) -> Result<KeyValues, WalError> {
         self.wal.scan_prefix(self.cf, prefix)
     }
-    fn vscan_each(&self, prefix: &[u8], f: &mut dyn FnMut(&[u8], &[u8]) -> bool) -> Result<(), WalError> {
-        self.wal.scan_prefix_each(self.cf, prefix, f)
-    }
     fn vscan_from_each(&self, prefix: &[u8], start: &[u8], f: &mut dyn FnMut(&[u8], &[u8]) -> bool) -> Result<(), WalError> {
         self.wal.scan_from_each(self.cf, prefix, start, f)
     }
@@ -641,22 +620,22 @@ pub(crate) mod tests {
                     set_clock: (3, 4),
                 };
                 let v = postcard::to_allocvec(&rec).unwrap();
-                assert_eq!(head_flags(&v).unwrap(), rec.flags);
+                assert_eq!(MessageRec::decode_flags(&v).unwrap(), rec.flags);
                 let end = postcard::to_allocvec(&(rec.guid, rec.blob, size, date, tz, &rec.flags))
                     .unwrap()
                     .len();
                 for cut in 0..end {
-                    assert!(head_flags(&v[..cut]).is_err(), "cut at {cut} of {end}");
+                    assert!(MessageRec::decode_flags(&v[..cut]).is_err(), "cut at {cut} of {end}");
                 }
             }
         }
         // A flag that is not UTF-8.
         let mut v = postcard::to_allocvec(&(Id([0; 16]), BlobHash([0; 32]), 1u64, 2i64, 3i16, vec![vec![0xffu8]])).unwrap();
-        assert!(head_flags(&v).is_err());
+        assert!(MessageRec::decode_flags(&v).is_err());
         // A count far beyond the bytes left.
         v.truncate(16 + 32 + 3);
         v.extend_from_slice(&[0xff, 0xff, 0xff, 0xff, 0x0f]);
-        assert!(head_flags(&v).is_err());
+        assert!(MessageRec::decode_flags(&v).is_err());
     }
 
     /// `message_flags` reads the same flags as `messages`, for records with
