@@ -566,45 +566,51 @@ impl Session {
 
     /// `* STATUS name (items)` of one mailbox.
     pub(super) fn status_line(&self, name: &str, mb: &MailboxRec, items: &[StatusItem]) -> String {
-        // What the items need of the messages: nothing, their flags (read
-        // from the front of each record), or whole records (sizes). A
-        // mailbox whose UIDNEXT is 1 has never held a message under a UID.
+        // Counted from what the items need: nothing, the flags (read from
+        // the front of each record), or whole records (sizes). A mailbox
+        // whose UIDNEXT is 1 has never held a message under a UID.
+        #[derive(Default)]
+        struct Counts {
+            messages: usize,
+            seen: usize,
+            deleted: usize,
+            size: u64,
+            deleted_size: u64,
+        }
+        let mut c = Counts::default();
+        let mut add = |flags: &crate::event::Flags, size: u64| {
+            let deleted = flags.contains("\\Deleted");
+            c.messages += 1;
+            c.seen += usize::from(flags.contains("\\Seen"));
+            c.deleted += usize::from(deleted);
+            c.size += size;
+            c.deleted_size += if deleted { size } else { 0 };
+        };
         let v = self.shared.store.views();
         let sizes = items.iter().any(|i| matches!(i, StatusItem::Size | StatusItem::DeletedStorage));
-        let flags_needed = items
+        let counts = items
             .iter()
             .any(|i| matches!(i, StatusItem::Messages | StatusItem::Unseen | StatusItem::Deleted));
-        let msgs = if sizes && mb.uidnext > 1 {
-            v.messages(mb.id).unwrap_or_default()
-        } else {
-            Vec::new()
-        };
-        let flags: Vec<(u32, crate::event::Flags)> = if sizes {
-            msgs.iter().map(|(u, m)| (*u, m.flags.clone())).collect()
-        } else if flags_needed && mb.uidnext > 1 {
-            v.message_flags(mb.id).unwrap_or_default()
-        } else {
-            Vec::new()
-        };
-        let count = |f: &str| flags.iter().filter(|(_, fl)| fl.contains(f)).count();
+        if mb.uidnext > 1 && sizes {
+            v.messages(mb.id)
+                .unwrap_or_default()
+                .iter()
+                .for_each(|(_, m)| add(&m.flags, m.size));
+        } else if mb.uidnext > 1 && counts {
+            v.message_flags(mb.id).unwrap_or_default().iter().for_each(|(_, f)| add(f, 0));
+        }
         let parts: Vec<String> = items
             .iter()
             .map(|i| match i {
-                StatusItem::Messages => format!("MESSAGES {}", flags.len()),
+                StatusItem::Messages => format!("MESSAGES {}", c.messages),
                 StatusItem::Recent => "RECENT 0".into(),
                 StatusItem::UidNext => format!("UIDNEXT {}", mb.uidnext),
                 StatusItem::UidValidity => format!("UIDVALIDITY {}", mb.uidvalidity),
-                StatusItem::Unseen => format!("UNSEEN {}", flags.len() - count("\\Seen")),
-                StatusItem::Deleted => format!("DELETED {}", count("\\Deleted")),
+                StatusItem::Unseen => format!("UNSEEN {}", c.messages - c.seen),
+                StatusItem::Deleted => format!("DELETED {}", c.deleted),
                 StatusItem::HighestModSeq => format!("HIGHESTMODSEQ {}", self.scale.wire(mb.highestmodseq)),
-                StatusItem::Size => format!("SIZE {}", msgs.iter().map(|(_, m)| m.size).sum::<u64>()),
-                StatusItem::DeletedStorage => format!(
-                    "DELETED-STORAGE {}",
-                    msgs.iter()
-                        .filter(|(_, m)| m.flags.contains("\\Deleted"))
-                        .map(|(_, m)| m.size)
-                        .sum::<u64>()
-                ),
+                StatusItem::Size => format!("SIZE {}", c.size),
+                StatusItem::DeletedStorage => format!("DELETED-STORAGE {}", c.deleted_size),
             })
             .collect();
         format!("* STATUS {} ({})", self.name_out(name), parts.join(" "))
