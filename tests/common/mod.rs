@@ -362,7 +362,12 @@ pub fn start_mirror(dir: &Path, id: &str, port: u16, peers: &[u16], secret: &str
 
 /// Start again the node whose config `write_config` put in `dir`.
 pub fn restart(dir: &Path) -> Node {
-    Node::start(dir, Some(&dir.join("tandem.toml")))
+    restart_env(dir, &[])
+}
+
+/// [`restart`] with extra environment variables for the daemon.
+pub fn restart_env(dir: &Path, env: &[(String, String)]) -> Node {
+    Node::start_env(dir, Some(&dir.join("tandem.toml")), env)
 }
 
 /// The environment that runs a process with its wall clock moved by

@@ -260,8 +260,7 @@ impl Mesh {
     /// Start node `i` again with extra environment variables.
     pub fn restart_env(&mut self, i: usize, env: &[(String, String)]) {
         assert!(self.nodes[i].is_none());
-        let dir = &self.dirs[i];
-        self.nodes[i] = Some(Node::start_env(dir, Some(&dir.join("tandem.toml")), env));
+        self.nodes[i] = Some(common::restart_env(&self.dirs[i], env));
     }
 
     /// Cut every link between nodes on different sides (`side[i]` is node
