@@ -251,53 +251,30 @@ impl Shadow {
             }
             return Ok(paths);
         }
-        // Groups in key order: the ordered map's keys below the first
-        // hashed tag, that tag's keys, the ordered keys up to the next, ...
-        let mut tags: Vec<u8> = (0..=255u8).filter(|t| self.hashed[usize::from(*t)]).collect();
-        tags.sort_unstable();
-        let mut groups: Vec<Group<'_>> = (0..=tags.len())
-            .flat_map(|i| {
-                let ordered = Group::Sorted(Vec::new());
-                if i < tags.len() {
-                    vec![ordered, Group::Hashed(Vec::new())]
-                } else {
-                    vec![ordered]
-                }
-            })
-            .collect();
-        let segment = |first: u8| tags.iter().take_while(|t| **t < first).count();
+        // Groups whose key ranges cannot overlap, numbered in key order:
+        // the ordered map's keys below the first hashed tag (0), that tag's
+        // keys (1), the ordered keys up to the next tag (2), ...
+        let tags: Vec<u8> = (0..=255u8).filter(|t| self.hashed[usize::from(*t)]).collect();
+        let mut ordered: Vec<Vec<(&[u8], &[u8])>> = vec![Vec::new(); tags.len() + 1];
+        let mut hashed: Vec<Vec<(&Key, &Value)>> = vec![Vec::new(); tags.len()];
         for (k, v) in &self.map {
-            if let Group::Sorted(g) = &mut groups[2 * segment(k.first().copied().unwrap_or(0))] {
-                g.push((&k[..], &v[..]));
-            }
+            let first = k.first().copied().unwrap_or(0);
+            ordered[tags.iter().take_while(|t| **t < first).count()].push((&k[..], &v[..]));
         }
         for (k, v) in &self.points {
-            let at = tags.binary_search(&k[0]).expect("a hashed key starts with a hashed tag");
-            if let Group::Hashed(g) = &mut groups[2 * at + 1] {
-                g.push((k, v));
+            hashed[tags.binary_search(&k[0]).expect("a hashed key starts with a hashed tag")].push((k, v));
+        }
+        // Tasks, the largest first, taken by whichever writer is free: each
+        // run of an ordered group, and each hashed group (sorted, then cut
+        // into runs, by the thread that takes it).
+        let mut tasks: Vec<(usize, Task<'_, '_>)> = Vec::new();
+        for (i, group) in ordered.iter().enumerate() {
+            for (r, run) in runs(group, target).into_iter().enumerate() {
+                tasks.push((run.iter().map(|(k, v)| k.len() + v.len()).sum(), Task::Run(2 * i, r, run)));
             }
         }
-        // Tasks: each run of an ordered group, and each hashed group (sorted,
-        // then cut into runs, by the thread that takes it); the largest
-        // first, taken by whichever writer is free.
-        let cut: Vec<Vec<&Run<'_>>> = groups
-            .iter()
-            .map(|g| match g {
-                Group::Sorted(e) => runs(e, target),
-                Group::Hashed(_) => Vec::new(),
-            })
-            .collect();
-        let mut tasks: Vec<(usize, usize, usize)> = Vec::new(); // (bytes or entries, group, run)
-        for (g, group) in groups.iter().enumerate() {
-            match group {
-                Group::Sorted(_) => {
-                    for (r, run) in cut[g].iter().enumerate() {
-                        tasks.push((run.iter().map(|(k, v)| k.len() + v.len()).sum(), g, r));
-                    }
-                }
-                Group::Hashed(e) if !e.is_empty() => tasks.push((e.iter().map(|(k, v)| k.len() + v.len()).sum(), g, 0)),
-                Group::Hashed(_) => {}
-            }
+        for (i, group) in hashed.iter().enumerate().filter(|(_, g)| !g.is_empty()) {
+            tasks.push((group.iter().map(|(k, v)| k.len() + v.len()).sum(), Task::Sort(2 * i + 1, group)));
         }
         tasks.sort_by_key(|t| std::cmp::Reverse(t.0));
         let next = std::sync::atomic::AtomicUsize::new(0);
@@ -311,17 +288,17 @@ impl Shadow {
         std::thread::scope(|s| {
             let threads: Vec<_> = (0..writers.min(tasks.len()))
                 .map(|_| {
-                    let (groups, cut, tasks, next, write) = (&groups, &cut, &tasks, &next, &write);
+                    let (tasks, next, write) = (&tasks, &next, &write);
                     s.spawn(move || -> Result<(), rocksdb::Error> {
                         loop {
                             let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                            let Some(&(_, g, r)) = tasks.get(i) else { return Ok(()) };
-                            match &groups[g] {
-                                Group::Sorted(_) => write(g, r, cut[g][r])?,
-                                Group::Hashed(e) => {
-                                    let sorted = sorted(e.iter().copied());
+                            match tasks.get(i).map(|t| &t.1) {
+                                None => return Ok(()),
+                                Some(Task::Run(g, r, run)) => write(*g, *r, run)?,
+                                Some(Task::Sort(g, entries)) => {
+                                    let sorted = sorted(entries.iter().copied());
                                     for (r, run) in runs(&sorted, target).into_iter().enumerate() {
-                                        write(g, r, run)?;
+                                        write(*g, r, run)?;
                                     }
                                 }
                             }
@@ -339,13 +316,13 @@ impl Shadow {
     }
 }
 
-/// Entries of a map written out together, whose key range overlaps no
-/// other group's.
-enum Group<'a> {
-    /// From the ordered map, in key order.
-    Sorted(Vec<(&'a [u8], &'a [u8])>),
-    /// From the hash map, in no order.
-    Hashed(Vec<(&'a Key, &'a Value)>),
+/// One piece of a map's write-out ([`Shadow::write_tables`]), with the
+/// number of its group (groups in key order).
+enum Task<'e, 'a> {
+    /// Write run `.1` of an ordered group.
+    Run(usize, usize, &'e Run<'a>),
+    /// Sort a hashed group's entries, then write its runs.
+    Sort(usize, &'e [(&'a Key, &'a Value)]),
 }
 
 /// Entries in key order, written as one table.
