@@ -23,7 +23,9 @@
 # records Tandem's RSS idle after the import and after the runs, and the
 # size of its data directory against the Maildir's. Results (medians too)
 # go to $OUT/results.json; the corpus, Tandem's store and the peer user's
-# Maildir are removed at the end unless KEEP=1.
+# Maildir are removed at the end unless KEEP=1. Timed commands run with
+# each server on core 0 and the client on core 1 (PIN=0: the scheduler's
+# placement), so both servers are measured under the same placement.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 SHARED=${SHARED:-$(cd "$ROOT/../shared" && pwd)}
@@ -65,6 +67,10 @@ dmail=$PEER_DIR/mail/$PEER_USER
 loaded_peer=0
 cleanup() {
   kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true
+  # The peer outlives this script: give it every core back (see PIN below).
+  for p in $(pgrep -f "$PEER_CONF" || true); do
+    for q in $p $(pgrep -P "$p" || true); do taskset -a -p -c "0-$(( $(nproc) - 1 ))" "$q" > /dev/null 2>&1 || true; done
+  done
   # The corpus, Tandem's store and the peer's copy are large; KEEP=1 keeps them.
   if [ "${KEEP:-0}" != 1 ]; then
     rm -rf "$corpus" "$node/data"
@@ -93,7 +99,23 @@ mkdir -p "$dmail"
 cp -a "$maildir" "$dmail/Maildir"
 chown -R "$PEER_MAIL_USER:" "$dmail"
 
-python3 - "$OUT" "$RUNS" "$SEARCH_WORD" "$COUNT" "$MAX_SECONDS" \
+# Placement: each server's processes and threads on core 0, the client on
+# core 1 (PIN=0 leaves placement to the scheduler). Commands here take
+# 0.02-0.2 ms of server time, and a wake-up across cores costs this
+# machine's VMs 60-70 us: left to the scheduler, which of the two servers
+# happened to share the client's core decided the STATUS and
+# FETCH 1:100 rows, not the servers' own work.
+client=(python3)
+if [ "${PIN:-1}" = 1 ] && [ "$(nproc)" -ge 2 ] && command -v taskset > /dev/null; then
+  taskset -a -p -c 0 "$pid" > /dev/null
+  for p in $(pgrep -f "$PEER_CONF"); do
+    for q in $p $(pgrep -P "$p"); do taskset -a -p -c 0 "$q" > /dev/null || true; done
+  done
+  client=(taskset -c 1 python3)
+  echo "placement: Tandem and Dovecot on core 0, the client on core 1"
+fi
+
+"${client[@]}" - "$OUT" "$RUNS" "$SEARCH_WORD" "$COUNT" "$MAX_SECONDS" \
   "$PEER_IMAP_PORT" "$PEER_USER" "$PEER_PASS" "$TANDEM_IMAP_PORT" user1 pass "$since" "$FOLDERS" <<'PY'
 import imaplib, json, re, statistics, sys, time
 out, runs, word, count, max_s = sys.argv[1], int(sys.argv[2]), sys.argv[3], int(sys.argv[4]), float(sys.argv[5])
