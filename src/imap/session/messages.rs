@@ -6,6 +6,14 @@ use super::*;
 /// Message records a SEARCH reads at a time (`ViewRead::messages_in`).
 const SEARCH_CHUNK: usize = 256;
 
+/// A FETCH's responses are first sent once this many bytes are buffered:
+/// a client that parses as it reads (imaplib, most clients) starts on the
+/// first messages while the server makes the rest.
+const FIRST_FLUSH: usize = 4 * 1024;
+
+/// After the first send, a FETCH's responses go out in writes of this size.
+const LATER_FLUSH: usize = 64 * 1024;
+
 impl Session {
     /// Resolve a sequence or UID set against the session's view: (seq, uid)
     /// pairs in ascending order.
@@ -129,6 +137,10 @@ impl Session {
         // keeping them: it would push out every session's working set.
         let keep = !self.shared.cache.is_sweep(targets.len());
         let mut summaries = std::collections::HashMap::new();
+        // The first responses go out as soon as a few KiB are ready, so the
+        // client parses them while the rest are made; later ones in 64 KiB
+        // writes.
+        let mut flush_at = FIRST_FLUSH;
         for (i, (seq, u)) in targets.iter().copied().enumerate() {
             if i % 64 == 0 {
                 if i > 0 {
@@ -219,8 +231,9 @@ impl Session {
                     }
                 }
             }
-            if self.out.len() >= 64 * 1024 {
+            if self.out.len() >= flush_at {
                 self.flush().await?;
+                flush_at = LATER_FLUSH;
             }
             if let Some(sel) = self.selected.as_mut() {
                 sel.tell(u, m.modseq);
