@@ -18,6 +18,7 @@
 #   UID SEARCH SINCE <the INTERNALDATE of the message at 90 %>
 #   SEARCH TEXT "$SEARCH_WORD"     (a name found in some messages' headers)
 #   STATUS of the FOLDERS folders (one command each)
+#   STATUS INBOX (MESSAGES UIDNEXT UNSEEN), FOLDERS times
 # and prints a table of medians. Fails if the servers disagree on the number
 # of messages or of FETCH responses; prints both SEARCH counts. Also
 # records Tandem's RSS idle after the import and after the runs, and the
@@ -173,9 +174,18 @@ def status(c):
         n += 1
     return n
 
+def status_inbox(c):
+    n = 0
+    for _ in range(len(folders)):
+        typ, data = c.status("INBOX", "(MESSAGES UIDNEXT UNSEEN)")
+        assert typ == "OK", (typ, data)
+        n += int(re.search(rb"MESSAGES (\d+)", data[0]).group(1)) == count
+    return n
+
 ops = [("SELECT INBOX", select), ("FETCH 1:* (FLAGS ENVELOPE)", fetch), ("FETCH 1:100 (BODYSTRUCTURE)", bodystructure),
        ("FETCH 1:100 (BODY[])", body), ("UID SEARCH SINCE %s" % since, uid_since), ('SEARCH TEXT "%s"' % word, search),
-       ("STATUS of %d folders" % nfolders, status)]
+       ("STATUS of %d folders" % nfolders, status),
+       ("STATUS INBOX (MESSAGES UIDNEXT UNSEEN), %d times" % nfolders, status_inbox)]
 conns, counts, times = {}, {}, {}
 for name in servers:
     t = time.monotonic()

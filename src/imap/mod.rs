@@ -7,6 +7,7 @@
 //! (from any session, LMTP or replication) into untagged responses.
 
 pub(crate) mod conn;
+pub mod counts;
 mod deflate;
 mod fetch;
 mod modseq;
@@ -347,6 +348,8 @@ pub struct Shared {
     pub per_ip: Arc<Slots>,
     pub per_user: Arc<Slots>,
     pub cache: fetch::Cache,
+    /// STATUS counts of large mailboxes ([`counts`]).
+    pub counts: counts::StatusCounts,
     /// Recent successful password checks (see [`crate::auth::AuthCache`]).
     pub auth_cache: crate::auth::AuthCache,
     /// TLS for STARTTLS and the implicit-TLS listener.
@@ -375,6 +378,7 @@ impl Shared {
             per_ip: Arc::new(Slots::default()),
             per_user: Arc::new(Slots::default()),
             cache: fetch::Cache::new(4096),
+            counts: counts::StatusCounts::default(),
             auth_cache,
             tls,
             durability,

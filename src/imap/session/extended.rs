@@ -597,7 +597,10 @@ impl Session {
                 .iter()
                 .for_each(|(_, m)| add(&m.flags, m.size));
         } else if mb.uidnext > 1 && counts {
-            v.message_flags(mb.id).unwrap_or_default().iter().for_each(|(_, f)| add(f, 0));
+            let kept = self.shared.counts.counts(&v, mb.id, mb.highestmodseq).unwrap_or_default();
+            c.messages = kept.messages;
+            c.seen = kept.seen;
+            c.deleted = kept.deleted;
         }
         let parts: Vec<String> = items
             .iter()
