@@ -15,6 +15,7 @@
 #   SELECT INBOX
 #   FETCH 1:* (FLAGS ENVELOPE)
 #   FETCH 1:100 (BODYSTRUCTURE), FETCH 1:100 (BODY[])
+#   FETCH 1:100 (BODY.PEEK[HEADER.FIELDS (DATE FROM SUBJECT)])
 #   UID SEARCH SINCE <the INTERNALDATE of the message at 90 %>
 #   SEARCH TEXT "$SEARCH_WORD"     (a name found in some messages' headers)
 #   STATUS of the FOLDERS folders (one command each)
@@ -156,6 +157,9 @@ def bodystructure(c):
 def body(c):
     return fetch_items(c, "1:100", "(BODY[])")
 
+def header_fields(c):
+    return fetch_items(c, "1:100", "(BODY.PEEK[HEADER.FIELDS (DATE FROM SUBJECT)])")
+
 def uid_since(c):
     typ, data = c.uid("SEARCH", "SINCE", since)
     assert typ == "OK", (typ, data)
@@ -183,7 +187,7 @@ def status_inbox(c):
     return n
 
 ops = [("SELECT INBOX", select), ("FETCH 1:* (FLAGS ENVELOPE)", fetch), ("FETCH 1:100 (BODYSTRUCTURE)", bodystructure),
-       ("FETCH 1:100 (BODY[])", body), ("UID SEARCH SINCE %s" % since, uid_since), ('SEARCH TEXT "%s"' % word, search),
+       ("FETCH 1:100 (BODY[])", body), ("FETCH 1:100 (BODY.PEEK[HEADER.FIELDS (DATE FROM SUBJECT)])", header_fields), ("UID SEARCH SINCE %s" % since, uid_since), ('SEARCH TEXT "%s"' % word, search),
        ("STATUS of %d folders" % nfolders, status),
        ("STATUS INBOX (MESSAGES UIDNEXT UNSEEN), %d times" % nfolders, status_inbox)]
 conns, counts, times = {}, {}, {}

@@ -174,6 +174,73 @@ impl Cache {
     }
 }
 
+impl Cache {
+    /// The top-level header sections of `hashes` kept in the cache column
+    /// family ([`header_of`]), in one batched lookup; those not kept are
+    /// left to [`Cache::header_or`].
+    pub fn headers(&self, store: &crate::store::Store, hashes: &[BlobHash]) -> HashMap<BlobHash, Vec<u8>> {
+        let mut hashes = hashes.to_vec();
+        hashes.sort_unstable_by_key(|h| h.0);
+        hashes.dedup();
+        let keys: Vec<Vec<u8>> = hashes.iter().map(header_key).collect();
+        let Ok(values) = store.wal().multi_get(store.cfs().cache, &keys, true) else {
+            return HashMap::new();
+        };
+        hashes.into_iter().zip(values).filter_map(|(h, v)| v.map(|v| (h, v))).collect()
+    }
+
+    /// The top-level header section of a body: kept in the cache column
+    /// family, else cut from the body (which `load` fetches) and kept.
+    pub fn header_or(&self, store: &crate::store::Store, hash: &BlobHash, load: impl FnOnce() -> Option<Vec<u8>>) -> Option<Vec<u8>> {
+        let cf = store.cfs().cache;
+        let key = header_key(hash);
+        if let Some(h) = store.wal().get(cf, &key).ok().flatten() {
+            return Some(h);
+        }
+        let header = header_of(&load()?);
+        if let Err(e) = store.wal().put_derived(cf, &key, &header) {
+            tracing::debug!(error = %e, "could not keep a header section");
+        }
+        Some(header)
+    }
+}
+
+/// The top-level header section of the message `raw` (`BODY[HEADER]`, up
+/// to and including the empty line). A FETCH whose items need no more of
+/// the message ([`needs_header_only`]) renders the same from these bytes
+/// as from the whole message.
+pub fn header_of(raw: &[u8]) -> Vec<u8> {
+    Parsed::new(raw).section(&[], SectionText::Header).unwrap_or_default()
+}
+
+/// Key of a header section in the cache column family.
+fn header_key(hash: &BlobHash) -> Vec<u8> {
+    let mut k = b"head1:".to_vec();
+    k.extend_from_slice(&hash.0);
+    k
+}
+
+/// Do the items that need the message's bytes need only its top-level
+/// header section (`RFC822.HEADER`, `BODY[HEADER]`, `BODY[HEADER.FIELDS
+/// (…)]`, `BODY[HEADER.FIELDS.NOT (…)]`, partial or not), and at least one
+/// does? Such a FETCH (without BINARY items) is served from the kept header
+/// sections: the request mail clients make for new messages.
+pub fn needs_header_only(items: &[MessageDataItemName<'_>]) -> bool {
+    let mut any = false;
+    for i in items {
+        match i {
+            MessageDataItemName::Rfc822Header
+            | MessageDataItemName::BodyExt {
+                section: Some(Section::Header(None) | Section::HeaderFields(None, _) | Section::HeaderFieldsNot(None, _)),
+                ..
+            } => any = true,
+            MessageDataItemName::BodyExt { .. } | MessageDataItemName::Rfc822 | MessageDataItemName::Rfc822Text => return false,
+            _ => {}
+        }
+    }
+    any
+}
+
 /// Key of a summary in the cache column family (versioned: a new parser
 /// writes new keys).
 fn cache_key(hash: &BlobHash) -> Vec<u8> {
@@ -721,6 +788,105 @@ mod tests {
         }
         want.extend_from_slice(b" FLAGS (\\Seen))\r\n");
         assert_eq!(all, want);
+    }
+
+    /// The items of `A1 FETCH 1 <items>` (a parenthesised list).
+    fn items_of(items: &str) -> Vec<MessageDataItemName<'static>> {
+        use imap_codec::decode::Decoder;
+        use imap_codec::imap_types::command::CommandBody;
+        use imap_codec::imap_types::fetch::MacroOrMessageDataItemNames;
+        let line = format!("A1 FETCH 1 {items}\r\n");
+        let (_, command) = imap_codec::CommandCodec::default().decode_static(line.as_bytes()).unwrap();
+        match command.body {
+            CommandBody::Fetch {
+                macro_or_item_names: MacroOrMessageDataItemNames::MessageDataItemNames(names),
+                ..
+            } => names,
+            other => panic!("not a FETCH of items: {other:?}"),
+        }
+    }
+
+    /// Every header-only item renders byte for byte the same from the kept
+    /// header section as from the whole message, for messages with CRLF
+    /// and bare LF line ends, folded fields, repeated fields, no body, no
+    /// empty line at all, an empty message, multiparts and stray bytes;
+    /// and `needs_header_only` says which item lists may be served so.
+    #[test]
+    fn header_items_render_the_same_from_the_kept_header() {
+        let mut messages: Vec<Vec<u8>> = vec![
+            b"Date: Mon, 1 Jan 2024 00:00:00 +0000\r\nFrom: a@b\r\nSubject: hi\r\n\r\nbody\r\n".to_vec(),
+            b"Date: x\nFrom: a@b\nSubject: lf only\n\nbody\n".to_vec(),
+            b"Subject: folded\r\n  on two lines\r\nDATE: late\r\ndate: twice\r\n\r\n".to_vec(),
+            b"Subject: no body at all\r\nDate: d\r\n".to_vec(),
+            b"Subject: no line end".to_vec(),
+            Vec::new(),
+            b"\r\nbody after an empty header\r\n".to_vec(),
+            b"Content-Type: multipart/mixed; boundary=b\r\nDate: m\r\n\r\n--b\r\nContent-Type: text/plain\r\nDate: inner\r\n\r\npart\r\n--b--\r\n".to_vec(),
+            b"Content-Type: message/rfc822\r\n\r\nDate: inner\r\nSubject: s\r\n\r\ninner body\r\n".to_vec(),
+            b"Bad line without colon\r\nDate: d\r\n\r\nx".to_vec(),
+        ];
+        // Stray bytes: CR and LF in every mix, colons, spaces, NUL, 8-bit.
+        let mut rng = crate::testrng::XorShift(0x04ea_de25);
+        for _ in 0..300 {
+            let alphabet = b"\r\n: \tDaSubjectdte\0\xff-=";
+            messages.push((0..rng.below(120)).map(|_| alphabet[rng.below(alphabet.len())]).collect());
+        }
+        let lists = [
+            "(BODY.PEEK[HEADER.FIELDS (DATE FROM SUBJECT)])",
+            "(UID RFC822.SIZE FLAGS BODY.PEEK[HEADER.FIELDS (Date Subject)] BODY[HEADER.FIELDS.NOT (DATE)])",
+            "(RFC822.HEADER)",
+            "(BODY.PEEK[HEADER] BODY.PEEK[HEADER]<2.7> BODY.PEEK[HEADER.FIELDS (DATE)]<0.5>)",
+        ];
+        for list in lists {
+            let items = items_of(list);
+            assert!(needs_header_only(&items), "{list}");
+            for raw in &messages {
+                let m = rec(raw.len());
+                let head = header_of(raw);
+                let full = render(1, 1, &m, Some(raw), None, &items, &[], true, false, None, false)
+                    .unwrap()
+                    .concat();
+                let kept = render(1, 1, &m, Some(&head), None, &items, &[], true, false, None, false)
+                    .unwrap()
+                    .concat();
+                assert_eq!(
+                    String::from_utf8_lossy(&kept),
+                    String::from_utf8_lossy(&full),
+                    "{list} of {:?}",
+                    String::from_utf8_lossy(raw)
+                );
+            }
+        }
+        for list in [
+            "(FLAGS UID)",
+            "(BODY.PEEK[HEADER] BODY.PEEK[TEXT])",
+            "(BODY[])",
+            "(BODY.PEEK[1.HEADER])",
+            "(BODY.PEEK[HEADER] RFC822)",
+            "(RFC822.TEXT)",
+            "(BODY.PEEK[1])",
+        ] {
+            assert!(!needs_header_only(&items_of(list)), "{list}");
+        }
+    }
+
+    /// Header sections are kept in the cache column family: read back in
+    /// a batch and one by one, without loading the body again.
+    #[test]
+    fn header_sections_are_kept_and_read_back() {
+        let (_dir, store, bodies) = store_and_bodies(10);
+        let c = Cache::new(100);
+        for b in &bodies[..6] {
+            assert_eq!(c.header_or(&store, &hash(b), || Some(b.clone())).unwrap(), header_of(b));
+        }
+        let hashes: Vec<BlobHash> = bodies.iter().map(|b| hash(b)).collect();
+        let got = c.headers(&store, &hashes);
+        assert_eq!(got.len(), 6, "only the kept ones");
+        for b in &bodies[..6] {
+            assert_eq!(got[&hash(b)], header_of(b));
+            assert_eq!(c.header_or(&store, &hash(b), || panic!("kept, not loaded")).unwrap(), header_of(b));
+        }
+        assert!(c.header_or(&store, &hash(b"unknown"), || None).is_none());
     }
 
     fn rec(size: usize) -> MessageRec {

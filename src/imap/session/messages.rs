@@ -120,7 +120,10 @@ impl Session {
                 }
             }
         }
-        let need_raw = fetch::needs_raw(items) || !binary.is_empty();
+        // Header fields only (what clients ask of new messages): read from
+        // the kept header sections, not the bodies.
+        let header_only = binary.is_empty() && fetch::needs_header_only(items);
+        let need_raw = !header_only && (fetch::needs_raw(items) || !binary.is_empty());
         let need_summary = items.iter().any(|i| {
             matches!(
                 i,
@@ -137,6 +140,7 @@ impl Session {
         // keeping them: it would push out every session's working set.
         let keep = !self.shared.cache.is_sweep(targets.len());
         let mut summaries = std::collections::HashMap::new();
+        let mut headers = std::collections::HashMap::new();
         // The first responses go out as soon as a few KiB are ready, so the
         // client parses them while the rest are made; later ones in 64 KiB
         // writes.
@@ -154,9 +158,12 @@ impl Session {
                         vec![None; uids.len()].into_iter()
                     }
                 };
+                let hashes = || -> Vec<crate::event::BlobHash> { records.as_slice().iter().flatten().map(|m| m.blob).collect() };
                 if need_summary {
-                    let hashes: Vec<crate::event::BlobHash> = records.as_slice().iter().flatten().map(|m| m.blob).collect();
-                    summaries = self.shared.cache.prefetch(&store, &hashes, keep);
+                    summaries = self.shared.cache.prefetch(&store, &hashes(), keep);
+                }
+                if header_only {
+                    headers = self.shared.cache.headers(&store, &hashes());
                 }
             }
             let Some(Some(m)) = records.next() else { continue };
@@ -164,6 +171,14 @@ impl Session {
                 continue;
             }
             let mut body = if need_raw { store.blob(&m.blob).ok().flatten() } else { None };
+            let header = if header_only {
+                headers
+                    .get(&m.blob)
+                    .cloned()
+                    .or_else(|| self.shared.cache.header_or(&store, &m.blob, || store.blob(&m.blob).ok().flatten()))
+            } else {
+                None
+            };
             let mut summary = if need_summary {
                 match summaries.get(&m.blob) {
                     Some(s) => Some(s.clone()),
@@ -202,7 +217,7 @@ impl Session {
                 seq,
                 u,
                 &m,
-                body.as_deref(),
+                body.as_deref().or(header.as_deref()),
                 summary.as_deref(),
                 items,
                 binary,
