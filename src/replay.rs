@@ -102,6 +102,16 @@ impl ViewRead for ShadowRead<'_> {
     fn vscan(&self, prefix: &[u8]) -> Result<wal::KeyValues, WalError> {
         Ok(self.0.scan(prefix).into_iter().map(|(k, v)| (k.to_vec(), v.to_vec())).collect())
     }
+    /// Straight from the map, without copying each key and value out: the
+    /// tree is built from every message record this way.
+    fn vscan_from_each(&self, prefix: &[u8], start: &[u8], f: &mut dyn FnMut(&[u8], &[u8]) -> bool) -> Result<(), WalError> {
+        for (k, v) in self.0.scan(prefix) {
+            if k >= start && !f(k, v) {
+                break;
+            }
+        }
+        Ok(())
+    }
 }
 
 impl ViewRead for ShadowViews<'_> {
@@ -197,6 +207,9 @@ pub fn rebuild_views_within(store: &Store, verify: bool, budget: usize, chunk: u
     refuse_pruned(wal)?;
     let mut shadow = wal.shadow_detached(cfs.views, budget);
     shadow.hash_tags(crate::views::keys::POINT_TAGS);
+    // A delivery writes one key of each hashed tag.
+    let entries = usize::try_from(wal.last_order()).unwrap_or(usize::MAX);
+    shadow.reserve_points(entries.saturating_mul(crate::views::keys::POINT_TAGS.len()));
     let marks = join_marks(store)?;
     let joins = !marks.is_empty();
     for (k, v) in marks {

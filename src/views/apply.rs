@@ -239,7 +239,10 @@ fn place(v: &mut impl ViewWrite, user: &str, mailbox: Id, uid: u32, m: MessageRe
         tracing::warn!(user, uid, mailbox = ?mailbox, "message for a missing mailbox kept aside");
         return keep_aside(v, user, mailbox, uid, m, at);
     };
-    let held = v.message(mailbox, uid)?;
+    // Every message shown in a mailbox has a UID below its UIDNEXT (each
+    // place that shows one raises UIDNEXT past it), so a UID at or above
+    // UIDNEXT, what every new delivery takes, names nothing: no lookup.
+    let held = if uid < mb.uidnext { v.message(mailbox, uid)? } else { None };
     if held.as_ref().is_some_and(|h| h.guid == m.guid) {
         return Ok(());
     }
