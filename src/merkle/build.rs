@@ -34,11 +34,10 @@ fn split_user_key(key: &[u8]) -> Result<(String, &[u8]), ViewError> {
 
 /// A mailbox's trie built from its messages; every node goes to `out`.
 fn build_trie(v: &impl ViewRead, mailbox: Id, out: &mut BTreeMap<Vec<u8>, Vec<u8>>) -> Result<Summary, ViewError> {
-    let mut level_entries: BTreeMap<u32, Summary> = v
-        .messages(mailbox)?
-        .into_iter()
-        .map(|(uid, m)| (uid, (message_hash(&m), 1)))
-        .collect();
+    let mut level_entries: BTreeMap<u32, Summary> = BTreeMap::new();
+    v.messages_each(mailbox, &mut |uid, m| {
+        level_entries.insert(uid, (message_hash(&m), 1));
+    })?;
     if level_entries.is_empty() {
         return Ok(super::empty(ROOT_LEVEL));
     }

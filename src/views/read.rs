@@ -302,6 +302,27 @@ pub trait ViewRead {
             .collect()
     }
 
+    /// A mailbox's messages in UID order, each handed to `f` as it is
+    /// decoded (readers that can walk without copying each record out
+    /// do).
+    fn messages_each(&self, mailbox: Id, f: &mut dyn FnMut(u32, MessageRec)) -> Result<(), ViewError> {
+        let mut bad = None;
+        self.vscan_each(
+            &keys::messages_prefix(mailbox),
+            &mut |k, v| match message_uid(k).and_then(|uid| Ok((uid, dec_msg(k, v)?))) {
+                Ok((uid, m)) => {
+                    f(uid, m);
+                    true
+                }
+                Err(e) => {
+                    bad = Some(e);
+                    false
+                }
+            },
+        )?;
+        bad.map_or(Ok(()), Err)
+    }
+
     /// A mailbox's messages in UID order, with their flags only: what
     /// SELECT needs, without decoding the rest of each record (its flag
     /// clocks are a string per flag ever touched).
