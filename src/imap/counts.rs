@@ -49,30 +49,57 @@ struct Entry {
     modseq: u64,
     /// (UID, bits), in UID order.
     bits: Vec<(u32, u8)>,
+    /// How many of `bits` are seen and how many deleted, kept with them
+    /// (a STATUS that finds the entry current reads these, not every bit).
+    seen: usize,
+    deleted: usize,
     /// When this entry was last used (a counter, for eviction).
     used: u64,
 }
 
 impl Entry {
-    fn counts(&self) -> Counts {
-        let mut c = Counts {
-            messages: self.bits.len(),
-            ..Counts::default()
+    fn new(modseq: u64, bits: Vec<(u32, u8)>) -> Entry {
+        let mut e = Entry {
+            modseq,
+            bits,
+            seen: 0,
+            deleted: 0,
+            used: 0,
         };
-        for (_, b) in &self.bits {
-            c.seen += usize::from(b & SEEN != 0);
-            c.deleted += usize::from(b & DELETED != 0);
+        for i in 0..e.bits.len() {
+            e.tally(e.bits[i].1, 1);
         }
-        c
+        e
+    }
+
+    fn tally(&mut self, bits: u8, sign: isize) {
+        self.seen = self.seen.wrapping_add_signed(sign * isize::from(bits & SEEN != 0));
+        self.deleted = self.deleted.wrapping_add_signed(sign * isize::from(bits & DELETED != 0));
+    }
+
+    fn counts(&self) -> Counts {
+        Counts {
+            messages: self.bits.len(),
+            seen: self.seen,
+            deleted: self.deleted,
+        }
     }
 
     fn set(&mut self, uid: u32, bits: Option<u8>) {
         match (self.bits.binary_search_by_key(&uid, |e| e.0), bits) {
-            (Ok(i), Some(b)) => self.bits[i].1 = b,
-            (Ok(i), None) => {
-                self.bits.remove(i);
+            (Ok(i), Some(b)) => {
+                self.tally(self.bits[i].1, -1);
+                self.tally(b, 1);
+                self.bits[i].1 = b;
             }
-            (Err(i), Some(b)) => self.bits.insert(i, (uid, b)),
+            (Ok(i), None) => {
+                let (_, old) = self.bits.remove(i);
+                self.tally(old, -1);
+            }
+            (Err(i), Some(b)) => {
+                self.tally(b, 1);
+                self.bits.insert(i, (uid, b));
+            }
             (Err(_), None) => {}
         }
     }
@@ -125,15 +152,14 @@ impl StatusCounts {
                 e.modseq = modseq;
                 e
             }
-            None => Entry {
+            None => Entry::new(
                 modseq,
-                bits: views
+                views
                     .message_flags(mailbox)?
                     .into_iter()
                     .map(|(uid, f)| (uid, bits_of(&f)))
                     .collect(),
-                used: 0,
-            },
+            ),
         };
         let counts = entry.counts();
         if entry.bits.len() >= MIN_MESSAGES {
@@ -285,11 +311,7 @@ mod tests {
     #[test]
     fn entries_give_way_to_the_bound() {
         let cache = StatusCounts::default();
-        let entry = |n: usize, modseq: u64| Entry {
-            modseq,
-            bits: (0..n as u32).map(|u| (u, 0)).collect(),
-            used: 0,
-        };
+        let entry = |n: usize, modseq: u64| Entry::new(modseq, (0..n as u32).map(|u| (u, 0)).collect());
         let half = MAX_MESSAGES / 2;
         cache.keep(Id([1; 16]), entry(half, 1));
         cache.keep(Id([2; 16]), entry(half, 1));
