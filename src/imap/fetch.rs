@@ -491,6 +491,16 @@ impl<'a> Response<'a> {
     }
 }
 
+/// What a FETCH response is made from.
+#[derive(Clone, Copy)]
+pub enum Source<'a> {
+    /// The whole message.
+    Message(&'a [u8]),
+    /// Only its top-level header section ([`header_of`]), for items that
+    /// need no more ([`needs_header_only`]).
+    Header(&'a [u8]),
+}
+
 /// Render `* seq FETCH (...)` for one message. `body` is the message bytes
 /// when [`needs_raw`] said so (or BINARY items are asked for); `summary`
 /// its parsed forms when ENVELOPE, BODY or BODYSTRUCTURE are asked for.
@@ -501,7 +511,7 @@ pub fn render<'a>(
     seq: u32,
     uid: u32,
     m: &MessageRec,
-    body: Option<&'a [u8]>,
+    body: Option<Source<'a>>,
     summary: Option<&Summary>,
     items: &[MessageDataItemName<'_>],
     binary: &[BinaryItem],
@@ -526,7 +536,11 @@ pub fn render<'a>(
         sep(out);
         out.extend(format!("UID {uid}").as_bytes());
     }
-    let raw: &'a [u8] = body.unwrap_or(&[]);
+    let (raw, kept_header): (&'a [u8], bool) = match body {
+        Some(Source::Message(b)) => (b, false),
+        Some(Source::Header(h)) => (h, true),
+        None => (&[], false),
+    };
     let parsed = std::cell::OnceCell::new();
     let parsed = || {
         parsed.get_or_init(|| {
@@ -536,6 +550,15 @@ pub fn render<'a>(
                 Parsed::new(raw)
             }
         })
+    };
+    // A top-level header section, read from the kept section by its own
+    // lines, without parsing a MIME tree.
+    let top_header = |what: SectionText| -> Vec<u8> {
+        if kept_header {
+            crate::proto::imap::mime::top_header_section(raw, &what).unwrap_or_default()
+        } else {
+            parsed().section(&[], what).unwrap_or_default()
+        }
     };
     for item in items {
         sep(out);
@@ -564,7 +587,7 @@ pub fn render<'a>(
             }
             MessageDataItemName::Rfc822Header => {
                 out.extend(b"RFC822.HEADER ");
-                let h = parsed().section(&[], SectionText::Header).unwrap_or_default();
+                let h = top_header(SectionText::Header);
                 out.literal(Cow::Owned(h));
             }
             MessageDataItemName::Rfc822Text => {
@@ -576,6 +599,13 @@ pub fn render<'a>(
                 let (spec, part, what) = section_spec(section);
                 let data: Cow<'a, [u8]> = if part.is_empty() && matches!(what, SectionText::Full) {
                     Cow::Borrowed(raw)
+                } else if part.is_empty()
+                    && matches!(
+                        what,
+                        SectionText::Header | SectionText::HeaderFields(_) | SectionText::HeaderFieldsNot(_)
+                    )
+                {
+                    Cow::Owned(top_header(what))
                 } else {
                     Cow::Owned(parsed().section(&part, what).unwrap_or_default())
                 };
@@ -758,7 +788,7 @@ mod tests {
             peek: true,
         };
         let items = vec![item.clone(), item.clone(), item, MessageDataItemName::Flags];
-        let r = render(7, 9, &m, Some(&body), None, &items, &[], true, false, None, false).unwrap();
+        let r = render(7, 9, &m, Some(Source::Message(&body)), None, &items, &[], true, false, None, false).unwrap();
         let borrowed: Vec<&[u8]> = r
             .parts
             .iter()
@@ -843,10 +873,10 @@ mod tests {
             for raw in &messages {
                 let m = rec(raw.len());
                 let head = header_of(raw);
-                let full = render(1, 1, &m, Some(raw), None, &items, &[], true, false, None, false)
+                let full = render(1, 1, &m, Some(Source::Message(raw)), None, &items, &[], true, false, None, false)
                     .unwrap()
                     .concat();
-                let kept = render(1, 1, &m, Some(&head), None, &items, &[], true, false, None, false)
+                let kept = render(1, 1, &m, Some(Source::Header(&head)), None, &items, &[], true, false, None, false)
                     .unwrap()
                     .concat();
                 assert_eq!(
@@ -924,13 +954,26 @@ Content-Transfer-Encoding: x-unknown\r\n\r\n??\r\n--b--\r\n";
             bin(&[9], None),
             BinaryItem::Size { part: vec![9] },
         ];
-        let r = render(3, 5, &m, Some(body), None, &[], &items, false, false, None, false).unwrap();
+        let r = render(3, 5, &m, Some(Source::Message(body)), None, &[], &items, false, false, None, false).unwrap();
         let want: &[u8] = "* 3 FETCH (BINARY[1] {11}\r\nnaïve text BINARY[2] ~{4}\r\n\x00\x01\x00\x02 BINARY.SIZE[2] 4 \
 BINARY[1]<2> {4}\r\nïve BINARY[1]<100> {0}\r\n BINARY[9] NIL BINARY.SIZE[9] 0)\r\n"
             .as_bytes();
         assert_eq!(r.concat(), want, "{}", String::from_utf8_lossy(&r.concat()));
         // The whole message is sent as stored, header included.
-        let r = render(3, 5, &m, Some(body), None, &[], &[bin(&[], None)], true, false, Some(42), false).unwrap();
+        let r = render(
+            3,
+            5,
+            &m,
+            Some(Source::Message(body)),
+            None,
+            &[],
+            &[bin(&[], None)],
+            true,
+            false,
+            Some(42),
+            false,
+        )
+        .unwrap();
         assert!(r
             .concat()
             .starts_with(format!("* 3 FETCH (UID 5 BINARY[] {{{}}}\r\nContent-Type", body.len()).as_bytes()));
@@ -940,7 +983,7 @@ BINARY[1]<2> {4}\r\nïve BINARY[1]<100> {0}\r\n BINARY[9] NIL BINARY.SIZE[9] 0)\
             3,
             5,
             &m,
-            Some(body),
+            Some(Source::Message(body)),
             None,
             &[],
             &items[..1].iter().cloned().chain([bin(&[3], None)]).collect::<Vec<_>>(),

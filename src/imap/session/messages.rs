@@ -217,7 +217,9 @@ impl Session {
                 seq,
                 u,
                 &m,
-                body.as_deref().or(header.as_deref()),
+                body.as_deref()
+                    .map(fetch::Source::Message)
+                    .or(header.as_deref().map(fetch::Source::Header)),
                 summary.as_deref(),
                 items,
                 binary,

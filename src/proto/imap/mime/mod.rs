@@ -483,28 +483,7 @@ impl<'a> Parsed<'a> {
     }
 
     fn header_fields(&self, msg: &Entity, names: &[String], keep_named: bool) -> Vec<u8> {
-        let raw = self.raw;
-        let header = &raw[msg.header.clone()];
-        // Use the message's own line-break style for the line breaks that are added.
-        let eol: &[u8] = if header.ends_with(b"\n") && !header.ends_with(b"\r\n") {
-            b"\n"
-        } else {
-            b"\r\n"
-        };
-        let mut out = Vec::new();
-        for field in &msg.fields {
-            let name = &raw[field.name.clone()];
-            let named = names.iter().any(|n| n.as_bytes().eq_ignore_ascii_case(name));
-            if named == keep_named {
-                let bytes = &raw[field.full.clone()];
-                out.extend_from_slice(bytes);
-                if !bytes.ends_with(b"\n") {
-                    out.extend_from_slice(eol);
-                }
-            }
-        }
-        out.extend_from_slice(eol);
-        out
+        select_fields(self.raw, msg.header.clone(), &msg.fields, names, keep_named)
     }
 
     /// The unfolded, trimmed value of the first field called `name`, which may be empty.
@@ -707,6 +686,53 @@ enum Shape {
     Message,
 }
 
+/// The fields of a header (`header`, a range of `raw`, holding `fields`)
+/// named in `names` (`keep_named`) or not named there, each with its line
+/// break, and an empty line: `HEADER.FIELDS` and `HEADER.FIELDS.NOT`.
+fn select_fields(raw: &[u8], header: Range<usize>, fields: &[Field], names: &[String], keep_named: bool) -> Vec<u8> {
+    let header = &raw[header];
+    // Use the message's own line-break style for the line breaks that are added.
+    let eol: &[u8] = if header.ends_with(b"\n") && !header.ends_with(b"\r\n") {
+        b"\n"
+    } else {
+        b"\r\n"
+    };
+    let mut out = Vec::new();
+    for field in fields {
+        let name = &raw[field.name.clone()];
+        let named = names.iter().any(|n| n.as_bytes().eq_ignore_ascii_case(name));
+        if named == keep_named {
+            let bytes = &raw[field.full.clone()];
+            out.extend_from_slice(bytes);
+            if !bytes.ends_with(b"\n") {
+                out.extend_from_slice(eol);
+            }
+        }
+    }
+    out.extend_from_slice(eol);
+    out
+}
+
+/// `BODY[HEADER]`, `BODY[HEADER.FIELDS (…)]` or `BODY[HEADER.FIELDS.NOT (…)]`
+/// of a message's top level, from `header`: that message's header section
+/// alone, as [`Parsed::section`] gives it for `HEADER` (what a FETCH of header
+/// fields keeps). Only the header's own lines are read; `None` for other
+/// sections. Equal to [`Parsed::section`] of the whole message.
+pub fn top_header_section(header: &[u8], what: &SectionText) -> Option<Vec<u8>> {
+    let parser = TreeParser {
+        raw: header,
+        boundaries: Vec::new(),
+        global: false,
+    };
+    let (fields, end, _, _) = parser.header(0);
+    match what {
+        SectionText::Header => Some(header[..end].to_vec()),
+        SectionText::HeaderFields(names) => Some(select_fields(header, 0..end, &fields, names, true)),
+        SectionText::HeaderFieldsNot(names) => Some(select_fields(header, 0..end, &fields, names, false)),
+        _ => None,
+    }
+}
+
 /// Builds the entity tree in one forward pass over the message.
 struct TreeParser<'a> {
     raw: &'a [u8],
@@ -789,8 +815,10 @@ impl TreeParser<'_> {
         (self.raw.len(), Stop::Eof)
     }
 
-    /// Parses the entity that starts at `start` (a line start).
-    fn entity(&mut self, start: usize, depth: usize, in_digest: bool) -> (Entity, Stop) {
+    /// The header fields of the entity that starts at `start`, where its header ends, what
+    /// stopped it (the end of input or a delimiter of an enclosing multipart; `None`: an empty
+    /// line), and where that empty line starts.
+    fn header(&self, start: usize) -> (Vec<Field>, usize, Option<Stop>, Option<usize>) {
         let raw = self.raw;
         let mut fields: Vec<Field> = Vec::new();
         let mut pos = start;
@@ -843,6 +871,13 @@ impl TreeParser<'_> {
             field.value.start = field.value.start.min(field.value.end);
         }
 
+        (fields, header_end, header_stop, blank)
+    }
+
+    /// Parses the entity that starts at `start` (a line start).
+    fn entity(&mut self, start: usize, depth: usize, in_digest: bool) -> (Entity, Stop) {
+        let raw = self.raw;
+        let (fields, header_end, header_stop, blank) = self.header(start);
         let parsed_type = fields
             .iter()
             .find(|f| raw[f.name.clone()].eq_ignore_ascii_case(b"Content-Type"))
