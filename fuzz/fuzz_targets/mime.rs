@@ -1,16 +1,31 @@
 //! MIME parsing of arbitrary messages, as IMAP4rev1 and as IMAP4rev2 read
 //! them: ENVELOPE, BODYSTRUCTURE, every section and its BINARY form. No
 //! panic; every section that is not transfer-decoded is a slice of the
-//! input.
+//! input; the top-level header sections read from the kept header alone
+//! (`top_header_section`) equal the whole message's.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
-use tandem_fuzz::proto::imap::mime::{Parsed, SectionText, Transfer};
+use tandem_fuzz::proto::imap::mime::{top_header_section, Parsed, SectionText, Transfer};
 
 fuzz_target!(|data: &[u8]| {
     // Both readings: IMAP4rev1's, and IMAP4rev2's, where message/global
     // parts are encapsulated messages.
     for p in [Parsed::new(data), Parsed::with_global_messages(data)] {
         check(data, &p);
+    }
+    let whole = Parsed::new(data);
+    let kept = whole.section(&[], SectionText::Header).unwrap_or_default();
+    let names = vec!["DATE".to_string(), "FROM".to_string(), "X".to_string()];
+    for what in [
+        SectionText::Header,
+        SectionText::HeaderFields(names.clone()),
+        SectionText::HeaderFieldsNot(names),
+    ] {
+        assert_eq!(
+            top_header_section(&kept, &what),
+            whole.section(&[], what.clone()),
+            "{what:?} from the kept header differs from the whole message's"
+        );
     }
 });
 
