@@ -177,7 +177,7 @@ impl Cache {
 impl Cache {
     /// The top-level header sections of `hashes` kept in the cache column
     /// family ([`header_of`]), in one batched lookup; those not kept are
-    /// left to [`Cache::header_or`].
+    /// left to [`Cache::keep_header`].
     pub fn headers(&self, store: &crate::store::Store, hashes: &[BlobHash]) -> HashMap<BlobHash, Vec<u8>> {
         let mut hashes = hashes.to_vec();
         hashes.sort_unstable_by_key(|h| h.0);
@@ -189,16 +189,12 @@ impl Cache {
         hashes.into_iter().zip(values).filter_map(|(h, v)| v.map(|v| (h, v))).collect()
     }
 
-    /// The top-level header section of a body: kept in the cache column
-    /// family, else cut from the body (which `load` fetches) and kept.
-    pub fn header_or(&self, store: &crate::store::Store, hash: &BlobHash, load: impl FnOnce() -> Option<Vec<u8>>) -> Option<Vec<u8>> {
-        let cf = store.cfs().cache;
-        let key = header_key(hash);
-        if let Some(h) = store.wal().get(cf, &key).ok().flatten() {
-            return Some(h);
-        }
+    /// The top-level header section of a body that [`Cache::headers`]
+    /// found no kept section for: cut from the body (which `load` fetches)
+    /// and kept, without looking it up again.
+    pub fn keep_header(&self, store: &crate::store::Store, hash: &BlobHash, load: impl FnOnce() -> Option<Vec<u8>>) -> Option<Vec<u8>> {
         let header = header_of(&load()?);
-        if let Err(e) = store.wal().put_derived(cf, &key, &header) {
+        if let Err(e) = store.wal().put_derived(store.cfs().cache, &header_key(hash), &header) {
             tracing::debug!(error = %e, "could not keep a header section");
         }
         Some(header)
@@ -907,16 +903,15 @@ mod tests {
         let (_dir, store, bodies) = store_and_bodies(10);
         let c = Cache::new(100);
         for b in &bodies[..6] {
-            assert_eq!(c.header_or(&store, &hash(b), || Some(b.clone())).unwrap(), header_of(b));
+            assert_eq!(c.keep_header(&store, &hash(b), || Some(b.clone())).unwrap(), header_of(b));
         }
         let hashes: Vec<BlobHash> = bodies.iter().map(|b| hash(b)).collect();
         let got = c.headers(&store, &hashes);
         assert_eq!(got.len(), 6, "only the kept ones");
         for b in &bodies[..6] {
             assert_eq!(got[&hash(b)], header_of(b));
-            assert_eq!(c.header_or(&store, &hash(b), || panic!("kept, not loaded")).unwrap(), header_of(b));
         }
-        assert!(c.header_or(&store, &hash(b"unknown"), || None).is_none());
+        assert!(c.keep_header(&store, &hash(b"unknown"), || None).is_none());
     }
 
     fn rec(size: usize) -> MessageRec {

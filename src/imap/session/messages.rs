@@ -158,12 +158,14 @@ impl Session {
                         vec![None; uids.len()].into_iter()
                     }
                 };
-                let hashes = || -> Vec<crate::event::BlobHash> { records.as_slice().iter().flatten().map(|m| m.blob).collect() };
-                if need_summary {
-                    summaries = self.shared.cache.prefetch(&store, &hashes(), keep);
-                }
-                if header_only {
-                    headers = self.shared.cache.headers(&store, &hashes());
+                if need_summary || header_only {
+                    let hashes: Vec<crate::event::BlobHash> = records.as_slice().iter().flatten().map(|m| m.blob).collect();
+                    if need_summary {
+                        summaries = self.shared.cache.prefetch(&store, &hashes, keep);
+                    }
+                    if header_only {
+                        headers = self.shared.cache.headers(&store, &hashes);
+                    }
                 }
             }
             let Some(Some(m)) = records.next() else { continue };
@@ -172,10 +174,17 @@ impl Session {
             }
             let mut body = if need_raw { store.blob(&m.blob).ok().flatten() } else { None };
             let header = if header_only {
-                headers
-                    .get(&m.blob)
-                    .cloned()
-                    .or_else(|| self.shared.cache.header_or(&store, &m.blob, || store.blob(&m.blob).ok().flatten()))
+                // Cut once; a copy of the body later in the batch finds it.
+                if let std::collections::hash_map::Entry::Vacant(e) = headers.entry(m.blob) {
+                    if let Some(h) = self
+                        .shared
+                        .cache
+                        .keep_header(&store, &m.blob, || store.blob(&m.blob).ok().flatten())
+                    {
+                        e.insert(h);
+                    }
+                }
+                headers.get(&m.blob).cloned()
             } else {
                 None
             };
