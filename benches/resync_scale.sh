@@ -99,6 +99,9 @@ import json, sys
 r = json.load(open(sys.argv[1]))
 wall = float(sys.argv[4]) - float(sys.argv[3])
 print(f"tandem {sys.argv[2]:<28} compared {r['compared']:>9}  differences {r['differences']:>5}  repaired {r['repaired']:>5}  sent {r['bytes_sent']:>8} B  received {r['bytes_received']:>9} B  round trips {r['round_trips']:>2}  {r['seconds']*1000:9.1f} ms  (command {wall*1000:.0f} ms)")
+c = r.get('carried')
+if c:
+    print(f"       {'':<28} by what they carried: tree {c['tree']} B, records {c['records']} B, bodies {c['bodies']} B, heads {c['heads']} B")
 PY
 }
 rsync_run() {
@@ -127,6 +130,10 @@ echo "$PA $PB" > "$OUT/pids"
 echo
 run "verify, $DIFFS differences" verify
 rsync_run "checksum, $DIFFS differences" -an --checksum
+# What A's mirror link carries to B while the repair's events travel.
+link_bytes() { A status --json | python3 -c 'import json,sys; o=json.load(sys.stdin)["mirror"]["outgoing"]; print(sum(l["sent_bytes"] + l["body_bytes_sent"] for l in o))'; }
+cp "$OUT/r.json" "$OUT/verify.json"
+link0=$(link_bytes)
 if [ -n "$BULK" ]; then
   s=$(now)
   run "resync --fast, $DIFFS diffs" resync --fast
@@ -138,6 +145,9 @@ for _ in $(seq 1 600); do [ "$(root a)" = "$(root b)" ] && break; sleep 0.05; do
 e=$(now)
 [ "$(root a)" = "$(root b)" ] || { echo "B did not converge after the repair" >&2; exit 1; }
 echo "tandem resync until B's root equals A's: $(secs "$s" "$e") s"
+link1=$(link_bytes)
+cp "$OUT/r.json" "$OUT/resync.json"
+echo "mirror link A->B during the repair: $((link1 - link0)) B (log entries and bodies)"
 rsync_run "repair, $DIFFS differences" -a
 rsync_run "checksum after the repair" -an --checksum
 run "verify after the repair" verify
@@ -145,9 +155,17 @@ if [ -n "$BULK" ]; then
   run "verify, no change" verify
   run "verify, no change, again" verify
   true_bytes=$(awk '/^true difference:/ {print $3}' "$OUT/damage.log")
-  python3 - "$OUT/r.json" "$true_bytes" "$DIFFS" <<'PY'
-import sys
-print(f"true difference: {sys.argv[2]} B for {sys.argv[3]} differences ({int(sys.argv[2]) / max(int(sys.argv[3]), 1):.0f} B each); goal: a repair's bytes <= 2x that plus tree overhead")
+  python3 - "$OUT/verify.json" "$OUT/resync.json" "$true_bytes" "$DIFFS" "$((link1 - link0))" <<'PY'
+import json, sys
+v, r = json.load(open(sys.argv[1])), json.load(open(sys.argv[2]))
+true, n, link = int(sys.argv[3]), max(int(sys.argv[4]), 1), int(sys.argv[5])
+print(f"true difference: {true} B for {n} differences ({true / n:.0f} B each); goal: a repair's bytes <= 2x that plus tree overhead")
+for label, x in [("verify", v), ("resync --fast", r)]:
+    c = x.get("carried", {})
+    whole = x["bytes_sent"] + x["bytes_received"]
+    beyond = whole - c.get("tree", 0)
+    print(f"{label}: {whole / n:.0f} B per difference in all; tree nodes {c.get('tree', 0) / n:.0f} B, the rest (records, bodies, heads) {beyond / n:.0f} B = {beyond / max(true, 1):.2f}x the true difference")
+print(f"resync --fast and the mirror link's repair events together, beyond the tree: {(r['bytes_sent'] + r['bytes_received'] - r.get('carried', {}).get('tree', 0) + link) / max(true, 1):.2f}x the true difference ({link / n:.0f} B per difference on the link)")
 PY
 fi
 echo

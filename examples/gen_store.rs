@@ -15,7 +15,14 @@
 //! being content-addressed), so the store is its metadata: log, views and
 //! merkle trees. A's views are held in a shadow (`wal::Wal::shadow_begin`)
 //! of GEN_SHADOW_MB megabytes (default 2048; 0: none) while they are
-//! written; GEN_CACHE_MB sets each store's block cache (default 1024; the
+//! written. With GEN_CHUNK_MSGS=N the shadow is written out after about N
+//! messages and begun again over what the users share (bodies' reference
+//! counts, the users' part of the tree, the configuration: see
+//! [`SHARED_KEYS`]), so a store larger than memory is written at the
+//! shadow's speed. GEN_B=copy makes node B a copy of A's finished store
+//! (its tables hard-linked, its origin set to B's): what a mirror brings
+//! B to, without replaying A's log, for stores where that replay takes
+//! longer than A's writing. GEN_CACHE_MB sets each store's block cache (default 1024; the
 //! daemon's is 64); GEN_TXN_USERS users go in one transaction (default 50), and a
 //! progress line comes every GEN_PROGRESS users (default USERS/20).
 //!
@@ -126,6 +133,13 @@ fn mirror_b(out: &Path, a: Store, t0: std::time::Instant) {
 /// Distinct bodies of a `bulk` store.
 const SHARED_BODIES: usize = 8;
 
+/// Views keys that later users of a `bulk` store read or change after
+/// earlier users wrote them: the shared bodies' reference counts, the
+/// users' buckets, groups and root of the tree, and the configuration
+/// (its records and its tree node). Every other key a user's writes touch
+/// is that user's own, or under one of its mailboxes.
+const SHARED_KEYS: &[&[u8]] = &[b"R", b"Tn", b"Tc", b"C"];
+
 fn env_num(name: &str, default: usize) -> usize {
     std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
 }
@@ -137,6 +151,8 @@ fn bulk(out: &Path, users: usize, msgs: usize) {
     let shadow_mb = env_num("GEN_SHADOW_MB", 2048);
     let txn_users = env_num("GEN_TXN_USERS", 50).max(1);
     let progress = env_num("GEN_PROGRESS", (users / 20).max(1)).max(1);
+    let chunk_msgs = env_num("GEN_CHUNK_MSGS", 0);
+    let mut in_shadow = 0;
     if shadow_mb > 0 {
         a.wal().shadow_begin(a.cfs().views, shadow_mb << 20).unwrap();
     }
@@ -171,6 +187,13 @@ fn bulk(out: &Path, users: usize, msgs: usize) {
             Ok(())
         })
         .unwrap();
+        in_shadow += txn_users * msgs;
+        if shadow_mb > 0 && chunk_msgs > 0 && in_shadow >= chunk_msgs && last < users {
+            let views = a.cfs().views;
+            a.wal().shadow_end().unwrap();
+            a.wal().shadow_begin_over(views, shadow_mb << 20, SHARED_KEYS).unwrap();
+            in_shadow = 0;
+        }
         if last >= next_report || last == users {
             let secs = t0.elapsed().as_secs_f64();
             eprintln!(
@@ -185,7 +208,46 @@ fn bulk(out: &Path, users: usize, msgs: usize) {
         a.wal().shadow_end().unwrap();
     }
     eprintln!("A: {} messages in {:.1}s", users * msgs, t0.elapsed().as_secs_f64());
-    mirror_b(out, a, t0);
+    if std::env::var("GEN_B").is_ok_and(|v| v == "copy") {
+        copy_b(out, a, t0);
+    } else {
+        mirror_b(out, a, t0);
+    }
+}
+
+/// Node B as a copy of A's closed store: table files hard-linked (RocksDB
+/// never changes one), the rest copied, and B's origin written where the
+/// store keeps its own. A mirror that caught B up would leave it with the
+/// same log (A's entries), the same apply order and so the same views.
+fn copy_b(out: &Path, a: Store, t0: std::time::Instant) {
+    let root = tandem::replay::mirror_digest(&a).unwrap();
+    a.wal().close().unwrap();
+    drop(a);
+    let (from, to) = (out.join("a/data/db"), out.join("b/data/db"));
+    std::fs::create_dir_all(&to).unwrap();
+    for e in std::fs::read_dir(&from).unwrap() {
+        let e = e.unwrap();
+        let name = e.file_name();
+        if name.to_string_lossy().ends_with(".sst") {
+            std::fs::hard_link(e.path(), to.join(&name)).unwrap();
+        } else if e.file_type().unwrap().is_file() {
+            std::fs::copy(e.path(), to.join(&name)).unwrap();
+        }
+    }
+    {
+        let cfs = rocksdb::DB::list_cf(&rocksdb::Options::default(), &to).unwrap();
+        let db = rocksdb::DB::open_cf(&rocksdb::Options::default(), &to, &cfs).unwrap();
+        let meta = db.cf_handle("meta").expect("a meta column family");
+        let origin = wal::Origin::from_node_id("node-b");
+        let mut wo = rocksdb::WriteOptions::default();
+        wo.set_sync(true);
+        db.put_cf_opt(&meta, b"origin", origin.0.to_be_bytes(), &wo).unwrap();
+    }
+    let b = open(&to, "node-b");
+    let rb = tandem::replay::mirror_digest(&b).unwrap();
+    assert_eq!(root, rb, "the copy differs from A");
+    b.wal().close().unwrap();
+    eprintln!("B: a copy of A, built in {:.1}s, root {rb}", t0.elapsed().as_secs_f64());
 }
 
 /// N differences on B without log entries: every other one an expunge,

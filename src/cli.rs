@@ -600,6 +600,13 @@ fn print_resync(r: &crate::repl::resync::Report, json: bool) -> anyhow::Result<(
         "compared {} messages with {}: {} difference(s), {} repaired   {} bytes sent, {} received, {} round trips, {:.3}s",
         r.compared, r.peer, r.differences, r.repaired, r.bytes_sent, r.bytes_received, r.round_trips, r.seconds
     );
+    let c = &r.carried;
+    if c.total() > 0 {
+        println!(
+            "bytes       {} of tree nodes, {} of records, {} of bodies, {} of heads",
+            c.tree, c.records, c.bodies, c.heads
+        );
+    }
     if !r.logs_in_step {
         println!("note        the log heads here and on the peer differed: entries in flight may explain some differences");
     }

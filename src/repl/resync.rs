@@ -160,6 +160,9 @@ pub struct Report {
     /// Bytes of the exchange sent and received by this node.
     pub bytes_sent: u64,
     pub bytes_received: u64,
+    /// The same bytes (sent and received together) by what they carried.
+    #[serde(default)]
+    pub carried: Carried,
     pub round_trips: u64,
     /// Bodies re-hashed (`full`), and those found bad or missing.
     pub bodies_checked: u64,
@@ -178,6 +181,63 @@ pub struct Report {
     pub logs_in_step: bool,
     pub seconds: f64,
     pub items: Vec<Difference>,
+}
+
+/// Bytes of an exchange by what they carried. Each frame's bytes (header,
+/// id and length prefixes included) are shared among its keys (a read) or
+/// values (an answer) in proportion to their lengths, each counted with
+/// one byte more, so the four sum to the bytes sent and received.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Carried {
+    /// Tree nodes: digests, summaries and eighths, and nodes read whole
+    /// (keys under `T`): what finds where the trees differ.
+    pub tree: u64,
+    /// View records (messages, mailboxes, names, accounts): the state
+    /// itself, compared where the trees differ.
+    pub records: u64,
+    /// Bodies read from the peer for a repair.
+    pub bodies: u64,
+    /// Log heads, bases and the questions of what the peer serves.
+    pub heads: u64,
+}
+
+impl Carried {
+    pub fn total(&self) -> u64 {
+        self.tree + self.records + self.bodies + self.heads
+    }
+
+    fn slot(&mut self, family: u8, key: &[u8]) -> &mut u64 {
+        match family {
+            VIEWS if key.first() == Some(&tk::PREFIX) => &mut self.tree,
+            VIEWS => &mut self.records,
+            BODIES => &mut self.bodies,
+            HEADS => &mut self.heads,
+            _ => &mut self.tree,
+        }
+    }
+
+    /// Count one read of `keys` of `family` (a frame of `sent` bytes) and
+    /// its answer `values` (a frame of `received` bytes).
+    fn count(&mut self, family: u8, keys: &[Vec<u8>], values: &[Option<Vec<u8>>], sent: u64, received: u64) {
+        let weights = |len: &dyn Fn(usize) -> u64| keys.iter().enumerate().map(|(i, k)| (k, len(i))).collect::<Vec<_>>();
+        let asked = weights(&|i| keys[i].len() as u64 + 1);
+        let answered = weights(&|i| values.get(i).and_then(|v| v.as_ref()).map_or(0, |v| v.len() as u64) + 1);
+        for (bytes, parts) in [(sent, asked), (received, answered)] {
+            let whole: u64 = parts.iter().map(|(_, w)| w).sum();
+            if whole == 0 {
+                *self.slot(family, &[]) += bytes;
+                continue;
+            }
+            let mut given = 0;
+            for (k, w) in &parts {
+                let share = (bytes as u128 * *w as u128 / whole as u128) as u64;
+                *self.slot(family, k) += share;
+                given += share;
+            }
+            // What rounding left over goes with the first key.
+            *self.slot(family, parts[0].0) += bytes - given;
+        }
+    }
 }
 
 /// Where a running comparison is: what the walk has settled, of what it
@@ -520,6 +580,7 @@ struct Peer<'m> {
     next_id: u64,
     sent: u64,
     received: u64,
+    carried: Carried,
     round_trips: u64,
 }
 
@@ -545,23 +606,29 @@ impl Source for Peer<'_> {
         }
         let mut ids = Vec::new();
         for (g, (family, keys)) in reads.iter().enumerate() {
-            for chunk in keys.chunks(MAX_KEYS) {
+            for (c, chunk) in keys.chunks(MAX_KEYS).enumerate() {
                 self.next_id += 1;
-                ids.push((g, self.next_id, chunk.len()));
                 let f = Frame::Read {
                     id: self.next_id,
                     family: *family,
                     keys: chunk.to_vec(),
                 };
+                let before = self.sent;
                 write_frame(&mut self.send, &f, &mut self.sent).await?;
+                ids.push((g, c, self.next_id, chunk.len(), self.sent - before));
             }
         }
         self.round_trips += 1;
         let mut out: Vec<Vec<Option<Vec<u8>>>> = reads.iter().map(|(_, k)| Vec::with_capacity(k.len())).collect();
-        for (g, id, n) in ids {
+        for (g, c, id, n, sent) in ids {
+            let before = self.received;
             match read_frame(&mut self.recv, self.mirror, &mut self.received).await? {
                 Frame::Values { id: got, values } if got == id && values.len() == n => {
-                    out[g].extend(values.into_iter().map(|v| v.map(|b| b.into_vec())));
+                    let values: Vec<Option<Vec<u8>>> = values.into_iter().map(|v| v.map(|b| b.into_vec())).collect();
+                    let (family, keys) = &reads[g];
+                    let chunk = &keys[c * MAX_KEYS..(c * MAX_KEYS + n)];
+                    self.carried.count(*family, chunk, &values, sent, self.received - before);
+                    out[g].extend(values);
                 }
                 Frame::Values { id: got, values } => {
                     bail!("resync answer {got} with {} values, expected {id} with {n}", values.len())
@@ -1249,6 +1316,7 @@ async fn open<'m>(
         next_id: 0,
         sent: 0,
         received: 0,
+        carried: Carried::default(),
         round_trips: 0,
     };
     write_frame(
@@ -1259,6 +1327,8 @@ async fn open<'m>(
         &mut peer.sent,
     )
     .await?;
+    // The greeting counts with the heads: what opens the exchange.
+    peer.carried.heads += peer.sent;
     Ok((ep, conn, peer))
 }
 
@@ -1474,6 +1544,7 @@ async fn exchange(store: &Store, mirror: &Arc<Mirror>, dialer: &Dialer, req: &Re
     report.items = walk.items.into_iter().map(|i| i.0).collect();
     report.bytes_sent = peer.sent;
     report.bytes_received = peer.received;
+    report.carried = peer.carried;
     report.round_trips = peer.round_trips;
     report.seconds = started.elapsed().as_secs_f64();
     tracing::info!(
@@ -1847,6 +1918,7 @@ mod tests {
         inner: Local,
         next_id: u64,
         rounds: Vec<(u64, u64)>,
+        carried: Carried,
     }
 
     impl Source for Counted {
@@ -1857,15 +1929,18 @@ mod tests {
                 for (k, v) in keys.chunks(MAX_KEYS).zip(values.chunks(MAX_KEYS)) {
                     self.next_id += 1;
                     let (id, family) = (self.next_id, *family);
-                    sent += Frame::Read {
+                    let asked = Frame::Read {
                         id,
                         family,
                         keys: k.to_vec(),
                     }
                     .encode()
                     .len() as u64;
-                    let values = v.iter().map(|v| v.clone().map(serde_bytes::ByteBuf::from)).collect();
-                    received += Frame::Values { id, values }.encode().len() as u64;
+                    let answer = v.iter().map(|v| v.clone().map(serde_bytes::ByteBuf::from)).collect();
+                    let answered = Frame::Values { id, values: answer }.encode().len() as u64;
+                    self.carried.count(family, k, v, asked, answered);
+                    sent += asked;
+                    received += answered;
                 }
             }
             if sent > 0 {
@@ -1906,15 +1981,20 @@ mod tests {
 
     /// `n` differences on `b` behind its log's back, each in another user:
     /// every other one an expunge, the others a flag change.
-    fn damage_spread(b: &Store, n: usize) {
+    /// Returns the true difference: the bytes (keys and values) of the
+    /// damaged messages' records as they were, which both sides held.
+    fn damage_spread(b: &Store, n: usize) -> u64 {
         let v = b.views();
         let users = v.users().unwrap();
         let step = (users.len() / n.max(1)).max(1);
         let mut events = Vec::new();
+        let mut true_bytes = 0;
         for (k, user) in users.iter().step_by(step).take(n).enumerate() {
             let mb = v.mailbox_by_name(user, "INBOX").unwrap().unwrap();
             let msgs = v.messages(mb.id).unwrap();
             let (uid, m) = &msgs[msgs.len() / 2];
+            let key = vk::message(mb.id, *uid);
+            true_bytes += (key.len() + v.vget(&key).unwrap().unwrap().len()) as u64;
             events.push(if k % 2 == 0 {
                 Event::Expunged {
                     user: user.clone(),
@@ -1933,6 +2013,7 @@ mod tests {
         }
         drop(v);
         damage(b, events);
+        true_bytes
     }
 
     fn open(dir: &std::path::Path, node: &str) -> Store {
@@ -2105,6 +2186,7 @@ mod tests {
             inner: Local(b.clone()),
             next_id: 0,
             rounds: Vec::new(),
+            carried: Carried::default(),
         };
         let mut equal = [counted(), counted()];
         for (src, reads) in equal.iter_mut().zip([Reads::ALL, Reads::WHOLE]) {
@@ -2112,7 +2194,7 @@ mod tests {
             assert!(w.items.is_empty());
             assert_eq!(w.messages_total, (USERS * MSGS) as u64);
         }
-        damage_spread(&b, DIFFS);
+        let true_bytes = damage_spread(&b, DIFFS);
         let mut diff = [counted(), counted()];
         let mut found = Vec::new();
         for (src, reads) in diff.iter_mut().zip([Reads::ALL, Reads::WHOLE]) {
@@ -2144,6 +2226,19 @@ mod tests {
         // (2.7 KB with the shortcuts below the user).
         assert!(per_diff(&diff[0]) <= 1200, "{} B per difference", per_diff(&diff[0]));
         assert!(per_diff(&diff[0]) * 2 <= per_diff(&diff[1]));
+        // The bytes by what they carried add up to the whole, and the
+        // records compared (the state itself, beyond the tree's walk) are
+        // within twice the true difference, with either kind of peer.
+        for c in &diff {
+            assert_eq!(c.carried.total(), c.total(), "{:?}", c.carried);
+            assert!(c.carried.tree > 0 && c.carried.records > 0, "{:?}", c.carried);
+            assert!(
+                c.carried.records <= 2 * true_bytes,
+                "records {} B against a true difference of {true_bytes} B",
+                c.carried.records
+            );
+        }
+        eprintln!("true difference {true_bytes} B; by digests {:?}", diff[0].carried);
     }
 
     /// Mailboxes of 300 messages, whose leaves are full: a leaf read by
@@ -2166,6 +2261,7 @@ mod tests {
                 inner: Local(b.clone()),
                 next_id: 0,
                 rounds: Vec::new(),
+                carried: Carried::default(),
             };
             let w = compare(&a, &mut c, start(), false, reads, &Schedule::default()).await.unwrap();
             assert_eq!(w.items.len(), DIFFS, "{:?}", kinds(&w));

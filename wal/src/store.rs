@@ -1119,6 +1119,26 @@ impl Wal {
         Ok(())
     }
 
+    /// [`Wal::shadow_begin`] over a column family that is not empty, for
+    /// a store written in parts that do not share keys (a generator's
+    /// users, say): the keys under `shared` (the parts' common keys) are
+    /// read into the shadow first. The caller promises the rest: outside
+    /// `shared`, what its transactions read or write is not in the column
+    /// family (a key the shadow lacks is taken to be absent), and nothing
+    /// it deletes is there either (a delete only leaves the shadow).
+    pub fn shadow_begin_over(&self, cf: Cf, budget: usize, shared: &[&[u8]]) -> Result<(), WalError> {
+        self.assert_shadowable(cf);
+        let mut s = Shadow::new(cf.0, budget);
+        for prefix in shared {
+            for (k, v) in self.scan_prefix(cf, prefix)? {
+                s.put_owned(k, v);
+            }
+        }
+        *self.shared.shadow.lock().expect("shadow lock") = Some(s);
+        self.shared.shadow_on.store(true, Ordering::Release);
+        Ok(())
+    }
+
     /// A shadow for the caller to hold, read and write itself (see
     /// `shadow.rs`): the content of the caller column family `cf` computed
     /// from nothing, written out with [`Wal::shadow_write`] once `cf` was
