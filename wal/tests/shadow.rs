@@ -132,3 +132,39 @@ fn a_cleared_column_family_is_empty_takes_a_shadow_and_keeps_what_follows() {
     wal.shadow_end().unwrap();
     assert_eq!(wal.scan_prefix(views, b"").unwrap(), vec![(b"z".to_vec(), b"new".to_vec())]);
 }
+
+/// A shadow begun again over a column family written in parts: the shared
+/// keys are read in first, so a later part reads and changes them, and its
+/// own keys join the earlier parts' when it ends.
+#[test]
+fn a_shadow_over_earlier_parts_reads_their_shared_keys() {
+    let dir = tempfile::tempdir().unwrap();
+    let wal = Wal::open(dir.path(), opts()).unwrap();
+    let views = wal.cf("views").unwrap();
+    wal.shadow_begin(views, 1 << 20).unwrap();
+    wal.transact(move |t| {
+        t.put(views, b"count", b"1");
+        t.put(views, b"user1", b"a");
+        Ok::<_, WalError>(())
+    })
+    .unwrap();
+    wal.shadow_end().unwrap();
+    wal.shadow_begin_over(views, 1 << 20, &[b"count"]).unwrap();
+    wal.transact(move |t| {
+        // A shared key reads as the earlier part left it.
+        assert_eq!(t.get(views, b"count")?, Some(b"1".to_vec()));
+        t.put(views, b"count", b"2");
+        t.put(views, b"user2", b"b");
+        Ok::<_, WalError>(())
+    })
+    .unwrap();
+    wal.shadow_end().unwrap();
+    assert_eq!(
+        wal.scan_prefix(views, b"").unwrap(),
+        vec![
+            (b"count".to_vec(), b"2".to_vec()),
+            (b"user1".to_vec(), b"a".to_vec()),
+            (b"user2".to_vec(), b"b".to_vec()),
+        ]
+    );
+}
