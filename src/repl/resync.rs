@@ -219,23 +219,24 @@ impl Carried {
     /// Count one read of `keys` of `family` (a frame of `sent` bytes) and
     /// its answer `values` (a frame of `received` bytes).
     fn count(&mut self, family: u8, keys: &[Vec<u8>], values: &[Option<Vec<u8>>], sent: u64, received: u64) {
-        let weights = |len: &dyn Fn(usize) -> u64| keys.iter().enumerate().map(|(i, k)| (k, len(i))).collect::<Vec<_>>();
-        let asked = weights(&|i| keys[i].len() as u64 + 1);
-        let answered = weights(&|i| values.get(i).and_then(|v| v.as_ref()).map_or(0, |v| v.len() as u64) + 1);
-        for (bytes, parts) in [(sent, asked), (received, answered)] {
-            let whole: u64 = parts.iter().map(|(_, w)| w).sum();
-            if whole == 0 {
-                *self.slot(family, &[]) += bytes;
-                continue;
-            }
+        let Some(first) = keys.first() else {
+            *self.slot(family, &[]) += sent + received;
+            return;
+        };
+        let asked: Vec<u64> = keys.iter().map(|k| k.len() as u64 + 1).collect();
+        let answered: Vec<u64> = (0..keys.len())
+            .map(|i| values.get(i).and_then(|v| v.as_ref()).map_or(0, |v| v.len() as u64) + 1)
+            .collect();
+        for (bytes, weights) in [(sent, asked), (received, answered)] {
+            let whole: u64 = weights.iter().sum();
             let mut given = 0;
-            for (k, w) in &parts {
-                let share = (bytes as u128 * *w as u128 / whole as u128) as u64;
+            for (k, w) in keys.iter().zip(weights) {
+                let share = (bytes as u128 * w as u128 / whole as u128) as u64;
                 *self.slot(family, k) += share;
                 given += share;
             }
             // What rounding left over goes with the first key.
-            *self.slot(family, parts[0].0) += bytes - given;
+            *self.slot(family, first) += bytes - given;
         }
     }
 }

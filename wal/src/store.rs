@@ -1114,9 +1114,13 @@ impl Wal {
     /// outside transactions sees the column family's content until the end.
     pub fn shadow_begin(&self, cf: Cf, budget: usize) -> Result<(), WalError> {
         self.check_shadowable(cf)?;
-        *self.shared.shadow.lock().expect("shadow lock") = Some(Shadow::new(cf.0, budget));
-        self.shared.shadow_on.store(true, Ordering::Release);
+        self.hold_shadow(Shadow::new(cf.0, budget));
         Ok(())
+    }
+
+    fn hold_shadow(&self, s: Shadow) {
+        *self.shared.shadow.lock().expect("shadow lock") = Some(s);
+        self.shared.shadow_on.store(true, Ordering::Release);
     }
 
     /// [`Wal::shadow_begin`] over a column family that is not empty, for
@@ -1134,8 +1138,7 @@ impl Wal {
                 s.put_owned(k, v);
             }
         }
-        *self.shared.shadow.lock().expect("shadow lock") = Some(s);
-        self.shared.shadow_on.store(true, Ordering::Release);
+        self.hold_shadow(s);
         Ok(())
     }
 
