@@ -292,6 +292,10 @@ pub(crate) struct Shared {
     stats: Stats,
     #[cfg(feature = "failpoints")]
     pub(crate) fail_writes: AtomicBool,
+    /// While true, the writer waits after a group's durable write and
+    /// before publishing it ([`Wal::hold_publish`]).
+    #[cfg(feature = "failpoints")]
+    pub(crate) publish_held: (Mutex<bool>, Condvar),
     closed: AtomicBool,
     cache: rocksdb::Cache,
     write_buffers: rocksdb::WriteBufferManager,
@@ -529,6 +533,16 @@ impl Shared {
         Ok(())
     }
 
+    /// Wait while a test holds publication ([`Wal::hold_publish`]).
+    #[cfg(feature = "failpoints")]
+    pub(crate) fn wait_publish(&self) {
+        let (held, cv) = &self.publish_held;
+        let mut h = held.lock().expect("publish lock");
+        while *h {
+            h = cv.wait(h).expect("publish lock");
+        }
+    }
+
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn committed(
         &self,
@@ -707,6 +721,8 @@ impl Wal {
             stats: Stats::default(),
             #[cfg(feature = "failpoints")]
             fail_writes: AtomicBool::new(false),
+            #[cfg(feature = "failpoints")]
+            publish_held: (Mutex::new(false), Condvar::new()),
             closed: AtomicBool::new(false),
             cache,
             write_buffers,
@@ -1203,8 +1219,14 @@ impl Wal {
         read_range(&self.shared, origin, from, to, max)
     }
 
-    /// Entries in this node's apply order from position `from` (at most `max`).
+    /// Entries in this node's apply order from position `from` (at most `max`),
+    /// up to the last committed position: a group the writer has written but
+    /// not yet published (its heads not raised) is not read, so nothing read
+    /// here is ahead of [`Wal::heads`]. A peer that got an entry of this node's
+    /// origin before this node's heads held it would send it back as a copy
+    /// that looks forged (`OwnOrigin` on the mirror link).
     pub fn read_order(&self, from: u64, max: usize) -> Result<Vec<(u64, Entry)>, WalError> {
+        let last = self.last_order();
         // The positions first, then their entries in one batched read
         // (cheaper than a lookup per entry on long walks: rebuilds, a new
         // peer's first pass).
@@ -1223,6 +1245,9 @@ impl Wal {
                 key: "order".into(),
                 reason: "key is not 8 bytes".into(),
             })?);
+            if n > last {
+                break;
+            }
             let (o, s) = parse_log_key(&v).ok_or_else(|| WalError::CorruptMeta {
                 key: format!("order {n}"),
                 reason: "value is not a log key".into(),
@@ -1619,6 +1644,17 @@ impl Wal {
     /// The reason the log refuses writes, if an earlier write failed.
     pub fn poisoned(&self) -> Option<String> {
         self.shared.poisoned()
+    }
+
+    /// While `on`, hold the writer between a group's durable write and its
+    /// publication (heads and apply order raised, callers answered), so a
+    /// test can read the store in that window. Turning it off lets the
+    /// writer go on.
+    #[cfg(feature = "failpoints")]
+    pub fn hold_publish(&self, on: bool) {
+        let (held, cv) = &self.shared.publish_held;
+        *held.lock().expect("publish lock") = on;
+        cv.notify_all();
     }
 
     /// Make every later durable write fail, as a failed fsync would.

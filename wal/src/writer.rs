@@ -639,6 +639,8 @@ fn commit_group(shared: &Shared, jobs: Vec<Job>) {
     let write = writing.elapsed();
     match result {
         Ok(()) => {
+            #[cfg(feature = "failpoints")]
+            shared.wait_publish();
             shared.committed(
                 group.origin,
                 group.heads,

@@ -40,6 +40,36 @@ fn append_read_reopen() {
     );
 }
 
+/// A group the writer has made durable but not yet published is not read
+/// by `read_order`: nothing read there is ahead of the heads, so a peer
+/// never gets an entry of this node's origin before this node holds it.
+#[test]
+fn the_apply_order_is_read_only_up_to_what_is_published() {
+    let dir = tempfile::tempdir().unwrap();
+    let origin = Origin::from_node_id("a");
+    let wal = Arc::new(Wal::open(dir.path(), opts()).unwrap());
+    wal.append(b"e1".to_vec()).unwrap();
+    wal.hold_publish(true);
+    let w = wal.clone();
+    let appender = std::thread::spawn(move || w.append(b"e2".to_vec()).unwrap());
+    // Written (durably, in the store) but held before publication.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while wal.raw_entry(origin, 2).unwrap().is_none() {
+        assert!(std::time::Instant::now() < deadline, "the second entry was never written");
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    assert_eq!(wal.heads().get(origin), 1);
+    assert_eq!(wal.last_order(), 1);
+    let read = wal.read_order(1, 10).unwrap();
+    assert_eq!(read.iter().map(|(n, e)| (*n, e.seq)).collect::<Vec<_>>(), vec![(1, 1)]);
+    assert!(wal.read_order(2, 10).unwrap().is_empty());
+    wal.hold_publish(false);
+    assert_eq!(appender.join().unwrap().seq, 2);
+    assert_eq!(wal.heads().get(origin), 2);
+    let read = wal.read_order(1, 10).unwrap();
+    assert_eq!(read.iter().map(|(n, e)| (*n, e.seq)).collect::<Vec<_>>(), vec![(1, 1), (2, 2)]);
+}
+
 /// The application's values survive a reopen and stay apart from the
 /// log: a key named like one of the log's own meta keys changes nothing
 /// of the log.
