@@ -376,6 +376,115 @@ fn a_batch_for_the_receivers_own_origin_is_refused_and_nothing_applies() {
     assert!(!node.cli(&["user", "list"], None).1.contains("b@example.org"));
 }
 
+/// A peer refused on one link and back on a new one before the old link
+/// is torn down (the refusal is given time to leave) is shown connected:
+/// the old link's end does not mark the new one down.
+#[test]
+fn a_peer_back_on_a_new_link_stays_connected_when_its_refused_link_ends() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_udp_port();
+    let node = target(&dir.path().join("t"), port, "");
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let own = own_origin(&node);
+    let theirs = own ^ 0x5555;
+    let rt = runtime();
+    let (refused, mut second) = rt.block_on(async {
+        let mut first = Intruder::connect(addr, theirs).await;
+        first
+            .write(&Frame::Batch {
+                id: 1,
+                entries: vec![first_entry(own, "b@example.org")],
+                blobs: vec![],
+            })
+            .await;
+        let refused = first.read().await;
+        // Back at once, as a dialer with a short backoff would be, while
+        // the first link still lets its refusal leave.
+        let second = Intruder::connect(addr, theirs).await;
+        assert!(first.read().await.is_none(), "the refused link stayed open");
+        // The node closes the connection once it has torn the link down.
+        tokio::time::timeout(Duration::from_secs(10), first.conn.closed())
+            .await
+            .expect("the refused link's connection stayed open");
+        (refused, second)
+    });
+    assert!(
+        matches!(&refused, Some(Frame::Refused { reason }) if reason.contains("own origin")),
+        "{refused:?}"
+    );
+    // The old link is gone (closed by the node) and the new one is up.
+    let st = status(&node);
+    assert_eq!(st["mirror"]["incoming"]["intruder"]["failed"], 1, "{st}");
+    assert_eq!(st["mirror"]["incoming"]["intruder"]["connected"], true, "{st}");
+    // And it works: a batch on it is applied and acknowledged.
+    let acked = rt.block_on(async {
+        second
+            .write(&Frame::Batch {
+                id: 1,
+                entries: vec![first_entry(theirs, "a@example.org")],
+                blobs: vec![],
+            })
+            .await;
+        second.read().await
+    });
+    assert!(matches!(acked, Some(Frame::Ack { id: 1, .. })), "{acked:?}");
+    assert_eq!(status(&node)["mirror"]["incoming"]["intruder"]["connected"], true);
+    drop(second);
+}
+
+/// A batch already at the writer when a later one is refused is applied
+/// all the same, and counted as applied from the peer.
+#[test]
+fn a_batch_applied_as_its_link_is_refused_is_counted() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_udp_port();
+    let node = target(&dir.path().join("t"), port, "");
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let own = own_origin(&node);
+    let theirs = own ^ 0x5555;
+    let rt = runtime();
+    let answers = rt.block_on(async {
+        let mut i = Intruder::connect(addr, theirs).await;
+        // Back to back: the first is on its way to the writer when the
+        // second is refused on arrival.
+        let mut both = Frame::Batch {
+            id: 1,
+            entries: vec![first_entry(theirs, "a@example.org")],
+            blobs: vec![],
+        }
+        .encode();
+        both.extend(
+            Frame::Batch {
+                id: 2,
+                entries: vec![first_entry(own, "b@example.org")],
+                blobs: vec![],
+            }
+            .encode(),
+        );
+        i.send.write_all(&both).await.unwrap();
+        let mut answers = Vec::new();
+        while let Some(f) = i.read().await {
+            answers.push(f);
+        }
+        tokio::time::timeout(Duration::from_secs(10), i.conn.closed())
+            .await
+            .expect("the refused link's connection stayed open");
+        answers
+    });
+    assert!(
+        answers
+            .iter()
+            .any(|f| matches!(f, Frame::Refused { reason } if reason.contains("own origin"))),
+        "{answers:?}"
+    );
+    let st = status(&node);
+    assert_eq!(st["log"]["apply_order"], 1, "{st}");
+    let link = &st["mirror"]["incoming"]["intruder"];
+    assert_eq!(link["entries"], 1, "the applied batch was not counted: {st}");
+    assert_eq!(link["batches"], 1, "{st}");
+    assert_eq!(link["failed"], 1, "{st}");
+}
+
 #[test]
 fn a_flood_of_queries_is_refused_counted_and_closes_the_link() {
     let dir = tempfile::tempdir().unwrap();

@@ -149,6 +149,10 @@ pub struct InLink {
     /// their skew; a negative difference counts as 0).
     #[serde(skip)]
     pub lag: crate::metrics::HistogramSnapshot,
+    /// Which incoming link from the peer is the current one (see
+    /// [`Mirror::in_link_up`]).
+    #[serde(skip)]
+    pub link: u64,
 }
 
 /// A per-second rate of a growing count, measured over windows of at least
@@ -337,6 +341,8 @@ impl Durability {
 pub struct Mirror {
     pub out: Mutex<Vec<OutLink>>,
     pub incoming: Mutex<BTreeMap<String, InLink>>,
+    /// Incoming links authenticated since start (numbers them).
+    in_links: AtomicU64,
     pub auth_failures: AtomicU64,
     pub bad_frames: AtomicU64,
     pub connections_refused: AtomicU64,
@@ -536,6 +542,38 @@ impl Mirror {
             if l.address.parse::<std::net::SocketAddr>().is_ok_and(|a| a == remote) {
                 l.peer = Some(node.to_string());
             }
+        }
+    }
+
+    /// An incoming link from `peer` authenticated: it is the peer's current
+    /// link from now on. Returns its number, for [`Mirror::in_link_ended`].
+    pub(crate) fn in_link_up(&self, peer: &str, f: impl FnOnce(&mut InLink)) -> u64 {
+        let link = self.in_links.fetch_add(1, Ordering::Relaxed) + 1;
+        self.update_in(peer, |l| {
+            l.connected = true;
+            l.link = link;
+            f(l)
+        });
+        link
+    }
+
+    /// Incoming link `link` from `peer` ended. Only when it is still the
+    /// peer's current link is the peer shown disconnected and its signs of
+    /// life dropped: a peer that came back on a new link before the old
+    /// one was torn down (it reconnects within its backoff, while the old
+    /// link still waits for a refusal to leave) stays connected.
+    pub(crate) fn in_link_ended(&self, peer: &str, link: u64) {
+        let current = {
+            let mut incoming = self.incoming.lock().expect("mirror lock");
+            let l = incoming.entry(peer.to_string()).or_default();
+            let current = l.link == link;
+            if current {
+                l.connected = false;
+            }
+            current
+        };
+        if current {
+            self.link_lost(peer);
         }
     }
 

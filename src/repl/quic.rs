@@ -1069,15 +1069,13 @@ async fn receive(
         write_frame(&mut send, &own_hello(store, &ours)).await?;
     }
     mirror.learn_peer(conn.remote_address(), &node_id);
-    mirror.update_in(&node_id, |l| {
-        l.connected = true;
+    let link = mirror.in_link_up(&node_id, |l| {
         l.since_ms = now_ms();
         l.peer_role = Some(role);
         l.peer_epoch = epoch;
     });
-    let result = serve(send, recv, store, mirror, &node_id).await;
-    mirror.link_lost(&node_id);
-    mirror.update_in(&node_id, |l| l.connected = false);
+    let result = serve(send, recv, store, mirror, &node_id, link).await;
+    mirror.in_link_ended(&node_id, link);
     // The peer refused to send to this node (it pruned what this node
     // lacks, or the histories diverge): whether to join it by trees is
     // decided on its log bases, by `resync::join`. Its link comes from
@@ -1122,6 +1120,7 @@ async fn serve(
     store: &Store,
     mirror: &Arc<Mirror>,
     node_id: &str,
+    link: u64,
 ) -> Result<(), LinkError> {
     let held = super::history::advertised(store.wal()).map_err(|e| LinkError::Local(e.into()))?;
     write_frame(
@@ -1297,6 +1296,15 @@ async fn serve(
     .await;
     reader.abort();
     forward.abort();
+    // Batches already handed to the writer are written whether or not the
+    // link goes on: what they applied is counted (they are not
+    // acknowledged, so the peer sends them again, and they are then
+    // duplicates here).
+    while let Some(p) = pending.pop_front() {
+        if let Ok(n) = p.await {
+            mirror.update_in(node_id, |l| l.applied_batch(n, now_ms()));
+        }
+    }
     if let Err(e) = &result {
         match e {
             LinkError::OwnOrigin { .. } => mirror.own_origin_refused.fetch_add(1, Ordering::Relaxed),
@@ -1305,12 +1313,11 @@ async fn serve(
             _ => 0,
         };
         if e.refuses_peer() {
-            mirror.link_lost(node_id);
             mirror.update_in(node_id, |l| {
-                l.connected = false;
                 l.failed += 1;
                 l.last_error = Some(e.to_string());
             });
+            mirror.in_link_ended(node_id, link);
             let _ = write_frame(&mut send, &Frame::Refused { reason: e.to_string() }).await;
             let _ = send.finish();
             // Give the refusal time to leave before the connection closes.
