@@ -9,7 +9,19 @@
 #
 # Prints, for each comparison: differences, bytes sent and received, round
 # trips and seconds as `tandem verify --json` reports them, and the wall
-# time of the command.
+# time of the command. Then A is let push to B (the extra messages travel)
+# and:
+#
+#   - DAMAGE differences (default 100) are made on B behind its log's
+#     back (stopped; `examples/gen_store.rs damage`: half expunges, half
+#     flag changes, one per user's INBOX in turn) and repaired by
+#     `tandem resync` on A, timed until B's root equals A's;
+#   - `tandem resync --full` re-reads and hashes every body: its rate in
+#     MB/s against the disk's sequential read (dd of node A's largest
+#     file), each from a cold page cache when run as root.
+#
+#   USERS=10 MSGS=10000 benches/resync.sh   # the 100,000-message corpus (~2.9 GB)
+#   TANDEM=... GEN=...                      # built binaries (tandem, gen_store)
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 . "$ROOT/benches/lib.sh"
@@ -19,6 +31,16 @@ EXTRA=${EXTRA:-100}
 SEED=${SEED:-7}
 SHARED=${TANDEM_SHARED:-$ROOT/../shared}
 build_tandem
+if [ -z "${GEN:-}" ]; then
+  if [ "${PROFILE:-release}" = release ]; then
+    cargo build --release --example gen_store --manifest-path "$ROOT/Cargo.toml"
+    GEN=$CARGO_TARGET_DIR/release/examples/gen_store
+  else
+    cargo build --example gen_store --manifest-path "$ROOT/Cargo.toml"
+    GEN=$CARGO_TARGET_DIR/debug/examples/gen_store
+  fi
+fi
+DAMAGE=${DAMAGE:-100}
 OUT=$(mktemp -d)
 PA= PB=
 trap 'kill $PA $PB 2>/dev/null || true; rm -rf "$OUT"' EXIT
@@ -54,7 +76,7 @@ report() {
   local label=$1; shift
   local s e
   s=$(date +%s.%N)
-  A verify --json --peer "127.0.0.1:$mb" "$@" > "$OUT/r.json" || true
+  TANDEM_NO_PROGRESS=1 A verify --json --peer "127.0.0.1:$mb" "$@" > "$OUT/r.json" || true
   e=$(date +%s.%N)
   python3 - "$OUT/r.json" "$label" "$s" "$e" <<'PY'
 import json, sys
@@ -68,3 +90,56 @@ report "equal nodes, again"
 TANDEM_NO_PROGRESS=1 A import maildir "$OUT/extra/user1/Maildir" --user user1 --folder Extra >/dev/null
 report "$EXTRA messages only on A"
 report "$EXTRA messages only on A, one user" --user user1
+
+# A pushes to B from here: the extra messages travel by the log.
+stop_node "$PA"
+mirror_conf "$OUT/a" node-a "$ma" "$mb"
+PA=$(start_node "$OUT/a"); wait_up "$OUT/a"
+for _ in $(seq 1 600); do [ "$(root a)" = "$(root b)" ] && break; sleep 0.1; done
+[ "$(root a)" = "$(root b)" ] || { echo "the pair did not converge after A's link came up" >&2; exit 1; }
+echo
+
+# Damage on B that its log cannot explain, then A repairs it.
+stop_node "$PB"
+"$GEN" damage "$OUT" "$DAMAGE" 2> "$OUT/damage.log"
+cat "$OUT/damage.log"
+PB=$(start_node "$OUT/b"); wait_up "$OUT/b"
+report "$DAMAGE differences on B"
+s=$(date +%s.%N)
+TANDEM_NO_PROGRESS=1 A resync --json --peer "127.0.0.1:$mb" > "$OUT/repair.json"
+e=$(date +%s.%N)
+ra=$(root a)
+for _ in $(seq 1 3000); do [ "$(root b)" = "$ra" ] && break; sleep 0.01; done
+eq=$(date +%s.%N)
+[ "$(root b)" = "$ra" ] || { echo "B's root did not reach A's after the repair" >&2; exit 1; }
+python3 - "$OUT/repair.json" "$s" "$e" "$eq" <<'PY'
+import json, sys
+r = json.load(open(sys.argv[1]))
+s, e, eq = map(float, sys.argv[2:5])
+print(f"{'resync':<34} differences {r['differences']:>5}  repaired {r['repaired']:>5}  sent {r['bytes_sent']:>7} B  received {r['bytes_received']:>8} B  round trips {r['round_trips']:>2}  {r['seconds']*1000:8.1f} ms  (command {(e-s)*1000:.0f} ms; B's root equal to A's {(eq-s)*1000:.0f} ms after the command started)")
+PY
+report "after the repair"
+
+# Scrub: every body re-read and hashed, against the disk's sequential read.
+drop() {
+  sync
+  if [ "$(id -u)" = 0 ]; then echo 3 > /proc/sys/vm/drop_caches; else echo "(cannot drop caches: not root)"; fi
+}
+drop
+s=$(date +%s.%N)
+TANDEM_NO_PROGRESS=1 A resync --full --dry-run --json --peer "127.0.0.1:$mb" > "$OUT/full.json"
+e=$(date +%s.%N)
+big=$(find "$OUT/a/data" -type f -printf '%s %p\n' | sort -n | tail -1 | cut -d' ' -f2-)
+drop
+dd if="$big" of=/dev/null bs=1M 2> "$OUT/dd.log"
+python3 - "$OUT/full.json" "$s" "$e" "$OUT/dd.log" <<'PY'
+import json, re, sys
+r = json.load(open(sys.argv[1]))
+s, e = float(sys.argv[2]), float(sys.argv[3])
+mb = r["body_bytes_checked"] / 1e6
+dd = open(sys.argv[4]).read()
+m = re.search(r"(\d+) bytes .* copied, ([0-9.]+) s", dd)
+disk = int(m.group(1)) / 1e6 / float(m.group(2))
+print(f"{'resync --full (scrub)':<34} bodies {r['bodies_checked']:>7} checked, {r['bodies_bad']} bad  {mb:.0f} MB of bodies in {r['seconds']:.2f} s = {mb / r['seconds']:.0f} MB/s  (command {e - s:.2f} s)")
+print(f"{'disk sequential read (dd)':<34} {int(m.group(1)) / 1e6:.0f} MB in {float(m.group(2)):.2f} s = {disk:.0f} MB/s; scrub / disk = {mb / r['seconds'] / disk:.2f}")
+PY

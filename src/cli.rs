@@ -611,7 +611,13 @@ fn print_resync(r: &crate::repl::resync::Report, json: bool) -> anyhow::Result<(
         println!("note        the log heads here and on the peer differed: entries in flight may explain some differences");
     }
     if r.bodies_checked > 0 {
-        println!("bodies      {} checked, {} bad or missing", r.bodies_checked, r.bodies_bad);
+        let mb = r.body_bytes_checked as f64 / 1e6;
+        println!(
+            "bodies      {} checked ({mb:.1} MB, {:.0} MB/s over the whole run), {} bad or missing",
+            r.bodies_checked,
+            mb / r.seconds.max(1e-9),
+            r.bodies_bad
+        );
     }
     for d in &r.items {
         let mut place = d.user.clone().unwrap_or_default();

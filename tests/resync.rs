@@ -280,6 +280,14 @@ fn damage_is_named_repaired_and_scrubbed() {
     assert!(ok);
     assert_eq!(r["bodies_bad"], 0, "{r}");
     assert_eq!(r["differences"], 0, "{r}");
+    // Every body held was re-read: their count and their bytes.
+    let held: std::collections::BTreeSet<String> = messages(&b, USER, "INBOX")
+        .iter()
+        .map(|m| m["blob"].as_str().unwrap().to_string())
+        .collect();
+    let bytes: usize = held.iter().map(|h| blob(&b, h).len()).sum();
+    assert_eq!(r["bodies_checked"], held.len() as u64, "{r}");
+    assert_eq!(r["body_bytes_checked"], bytes as u64, "{r}");
 }
 
 /// Stop `node`, change its views behind its log's back (one message

@@ -167,6 +167,9 @@ pub struct Report {
     /// Bodies re-hashed (`full`), and those found bad or missing.
     pub bodies_checked: u64,
     pub bodies_bad: u64,
+    /// Bytes of the bodies re-hashed (`full`).
+    #[serde(default)]
+    pub body_bytes_checked: u64,
     /// Mailboxes whose records the walk compared (only those under a user
     /// whose summary differs are opened), and those it repaired.
     #[serde(default)]
@@ -1441,8 +1444,9 @@ async fn exchange(store: &Store, mirror: &Arc<Mirror>, dialer: &Dialer, req: &Re
     if req.full {
         sched.progress(|p| p.phase = "scrubbing".into());
         let st = store.clone();
-        let (checked, bad) = tokio::task::spawn_blocking(move || scrub(&st)).await??;
+        let (checked, bytes, bad) = tokio::task::spawn_blocking(move || scrub(&st)).await??;
         report.bodies_checked = checked;
+        report.body_bytes_checked = bytes;
         report.bodies_bad = bad.len() as u64;
         let got = read_bodies(&mut peer, &bad.iter().map(|b| (*b, 0)).collect::<Vec<_>>()).await?;
         for h in bad {
@@ -1777,8 +1781,8 @@ async fn read_bodies(peer: &mut impl Source, want: &[(BlobHash, u64)]) -> anyhow
 
 /// Re-hash every body this node holds a reference count for: (checked,
 /// bad or missing).
-fn scrub(store: &Store) -> anyhow::Result<(u64, Vec<BlobHash>)> {
-    let mut checked = 0;
+fn scrub(store: &Store) -> anyhow::Result<(u64, u64, Vec<BlobHash>)> {
+    let (mut checked, mut bytes) = (0, 0);
     let mut bad = Vec::new();
     for (k, v) in store.wal().scan_prefix(store.cfs().views, b"R")? {
         let Ok(h) = <[u8; 32]>::try_from(&k[1..]) else { continue };
@@ -1788,12 +1792,14 @@ fn scrub(store: &Store) -> anyhow::Result<(u64, Vec<BlobHash>)> {
         }
         checked += 1;
         let h = BlobHash(h);
-        match store.blob(&h)? {
+        let b = store.blob(&h)?;
+        bytes += b.as_ref().map_or(0, |b| b.len() as u64);
+        match b {
             Some(b) if BlobHash::of(&b) == h => {}
             _ => bad.push(h),
         }
     }
-    Ok((checked, bad))
+    Ok((checked, bytes, bad))
 }
 
 /// Repairs appended in one transaction (with the bodies they need, read
