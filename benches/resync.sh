@@ -22,6 +22,7 @@
 #
 #   USERS=10 MSGS=10000 benches/resync.sh   # the 100,000-message corpus (~2.9 GB)
 #   TANDEM=... GEN=...                      # built binaries (tandem, gen_store)
+#   CORPUS=DIR ...                          # keep the generated corpus in DIR for later runs
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 . "$ROOT/benches/lib.sh"
@@ -45,7 +46,13 @@ OUT=$(mktemp -d)
 PA= PB=
 trap 'kill $PA $PB 2>/dev/null || true; rm -rf "$OUT"' EXIT
 
-python3 "$SHARED/tools/corpus/gen_corpus.py" maildir --out "$OUT/corpus" --users "$USERS" --messages "$MSGS" --seed "$SEED" >/dev/null
+# CORPUS=DIR: a corpus made earlier by the same command (same USERS, MSGS, SEED), kept.
+if [ -n "${CORPUS:-}" ]; then
+  [ -d "$CORPUS/user$USERS/Maildir" ] || python3 "$SHARED/tools/corpus/gen_corpus.py" maildir --out "$CORPUS" --users "$USERS" --messages "$MSGS" --seed "$SEED" >/dev/null
+  ln -s "$CORPUS" "$OUT/corpus"
+else
+  python3 "$SHARED/tools/corpus/gen_corpus.py" maildir --out "$OUT/corpus" --users "$USERS" --messages "$MSGS" --seed "$SEED" >/dev/null
+fi
 python3 "$SHARED/tools/corpus/gen_corpus.py" maildir --out "$OUT/extra" --users 1 --messages "$EXTRA" --seed $((SEED + 1)) >/dev/null
 
 ma=$(udp_port); mb=$(udp_port)

@@ -1779,27 +1779,83 @@ async fn read_bodies(peer: &mut impl Source, want: &[(BlobHash, u64)]) -> anyhow
     Ok(out)
 }
 
-/// Re-hash every body this node holds a reference count for: (checked,
-/// bad or missing).
+/// Re-hash every body this node holds a reference count for, a page at a
+/// time with several reads in flight: (checked, their bytes, bad or
+/// missing in hash order).
 fn scrub(store: &Store) -> anyhow::Result<(u64, u64, Vec<BlobHash>)> {
-    let (mut checked, mut bytes) = (0, 0);
+    scrub_paged(store, SCRUB_PAGE)
+}
+
+fn scrub_paged(store: &Store, page_size: usize) -> anyhow::Result<(u64, u64, Vec<BlobHash>)> {
+    let (mut checked, mut bytes) = (0u64, 0u64);
     let mut bad = Vec::new();
-    for (k, v) in store.wal().scan_prefix(store.cfs().views, b"R")? {
-        let Ok(h) = <[u8; 32]>::try_from(&k[1..]) else { continue };
-        // A body no message references any more is not needed.
-        if v.iter().all(|b| *b == 0) {
-            continue;
-        }
-        checked += 1;
-        let h = BlobHash(h);
-        let b = store.blob(&h)?;
-        bytes += b.as_ref().map_or(0, |b| b.len() as u64);
-        match b {
-            Some(b) if BlobHash::of(&b) == h => {}
-            _ => bad.push(h),
-        }
+    let mut start = b"R".to_vec();
+    loop {
+        // A page of the bodies referenced, in hash order.
+        let mut page: Vec<BlobHash> = Vec::with_capacity(page_size);
+        let mut last = None;
+        store.wal().scan_from_each(store.cfs().views, b"R", &start, &mut |k, v| {
+            if page.len() == page_size {
+                return false;
+            }
+            last = Some(k.to_vec());
+            // A body no message references any more is not needed.
+            if let (Ok(h), false) = (<[u8; 32]>::try_from(&k[1..]), v.iter().all(|b| *b == 0)) {
+                page.push(BlobHash(h));
+            }
+            true
+        })?;
+        let Some(mut last) = last else { break };
+        let (n, b, mut page_bad) = scrub_page(store, &page)?;
+        checked += n;
+        bytes += b;
+        bad.append(&mut page_bad);
+        // On past the page's last key.
+        last.push(0);
+        start = last;
     }
+    bad.sort_by_key(|h| h.0);
     Ok((checked, bytes, bad))
+}
+
+/// Bodies named per page of a scrub.
+const SCRUB_PAGE: usize = 4096;
+
+/// Reads a scrub keeps in flight on the disk: each reader holds one body at
+/// a time, so memory stays at this many bodies.
+const SCRUB_READERS: usize = 4;
+
+/// Re-read and hash the bodies of `page` with [`SCRUB_READERS`] readers
+/// taking them in order: (checked, bytes, bad or missing).
+fn scrub_page(store: &Store, page: &[BlobHash]) -> anyhow::Result<(u64, u64, Vec<BlobHash>)> {
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let read = || -> anyhow::Result<(u64, u64, Vec<BlobHash>)> {
+        let (mut n, mut bytes, mut bad) = (0, 0, Vec::new());
+        while let Some(h) = page.get(next.fetch_add(1, std::sync::atomic::Ordering::Relaxed)) {
+            n += 1;
+            match store.blob(h)? {
+                Some(b) => {
+                    bytes += b.len() as u64;
+                    if BlobHash::of(&b) != *h {
+                        bad.push(*h);
+                    }
+                }
+                None => bad.push(*h),
+            }
+        }
+        Ok((n, bytes, bad))
+    };
+    std::thread::scope(|s| {
+        let readers: Vec<_> = (0..SCRUB_READERS).map(|_| s.spawn(read)).collect();
+        let mut all = (0, 0, Vec::new());
+        for r in readers {
+            let (n, b, mut bad) = r.join().map_err(|_| anyhow::anyhow!("a scrub reader panicked"))??;
+            all.0 += n;
+            all.1 += b;
+            all.2.append(&mut bad);
+        }
+        Ok(all)
+    })
 }
 
 /// Repairs appended in one transaction (with the bodies they need, read
@@ -2032,6 +2088,40 @@ mod tests {
     /// Views changed without a log entry.
     fn damage(store: &Store, events: Vec<Event>) {
         store.apply_unlogged(events).unwrap();
+    }
+
+    /// A scrub pages through the bodies referenced (several readers a
+    /// page) and names exactly the rotten ones, in hash order.
+    #[test]
+    fn a_scrub_reads_every_body_page_by_page_and_names_the_rotten() {
+        let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let (a, b) = (open(da.path(), "node-a"), open(db.path(), "node-b"));
+        populate(&a, &b, 3, 5);
+        let held: Vec<(BlobHash, usize)> = a
+            .wal()
+            .scan_prefix(a.cfs().views, b"R")
+            .unwrap()
+            .into_iter()
+            .map(|(k, _)| {
+                let h = BlobHash(k[1..].try_into().unwrap());
+                (h, a.blob(&h).unwrap().unwrap().len())
+            })
+            .collect();
+        assert_eq!(held.len(), 15);
+        let whole: usize = held.iter().map(|(_, n)| n).sum();
+        for page in [1, 4, 15, 4096] {
+            assert_eq!(scrub_paged(&a, page).unwrap(), (15, whole as u64, vec![]), "page {page}");
+        }
+        // Two bodies rot on disk.
+        let mut rotten = vec![held[11].0, held[2].0];
+        for h in &rotten {
+            a.wal().put_derived(a.cfs().blobs, &h.0, b"rotten").unwrap();
+        }
+        rotten.sort_by_key(|h| h.0);
+        let bytes = (whole - held[11].1 - held[2].1 + 2 * 6) as u64;
+        for page in [1, 4, 4096] {
+            assert_eq!(scrub_paged(&a, page).unwrap(), (15, bytes, rotten.clone()), "page {page}");
+        }
     }
 
     /// What the mirror would do: `a`'s log, with its bodies, into `b`.
