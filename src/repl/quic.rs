@@ -1229,7 +1229,9 @@ async fn serve(
                         parts: true,
                         ..
                     } => pending.push_back(Box::pin(apply_in_parts(store.clone(), entries, blobs, stored))),
-                    Step::Apply { entries, blobs, stored, .. } => {
+                    Step::Apply {
+                        entries, blobs, stored, ..
+                    } => {
                         pending.push_back(Box::pin(
                             store.submit(move |t, c| apply_batch(t, c, &entries, &blobs, &stored).map_err(Into::into)),
                         ));
@@ -1266,16 +1268,7 @@ async fn serve(
                         }
                     };
                     let id = engine.applied(id, Ok(()))?;
-                    if let Some(r) = n.moved {
-                        mirror.diverged(
-                            false,
-                            format!(
-                                "history fork at origin {} seq {}: this node's log went backwards; its {} entries from there moved to the new origin {}",
-                                r.old, r.from, r.moved, r.new
-                            ),
-                        );
-                    }
-                    mirror.update_in(node_id, |l| l.applied_batch(n, now_ms()));
+                    count_applied(mirror, node_id, n);
                     write_frame(
                         &mut send,
                         &Frame::Ack {
@@ -1302,7 +1295,7 @@ async fn serve(
     // duplicates here).
     while let Some(p) = pending.pop_front() {
         if let Ok(n) = p.await {
-            mirror.update_in(node_id, |l| l.applied_batch(n, now_ms()));
+            count_applied(mirror, node_id, n);
         }
     }
     if let Err(e) = &result {
@@ -1325,6 +1318,21 @@ async fn serve(
         }
     }
     result
+}
+
+/// Count a batch applied from `node_id` on its incoming link, and report
+/// the move of this node's entries to a successor origin if it made one.
+fn count_applied(mirror: &Mirror, node_id: &str, n: Applied) {
+    if let Some(r) = n.moved {
+        mirror.diverged(
+            false,
+            format!(
+                "history fork at origin {} seq {}: this node's log went backwards; its {} entries from there moved to the new origin {}",
+                r.old, r.from, r.moved, r.new
+            ),
+        );
+    }
+    mirror.update_in(node_id, |l| l.applied_batch(n, now_ms()));
 }
 
 /// Dial `peer` from a fresh endpoint and prove the shared secret both
