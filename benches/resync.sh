@@ -44,7 +44,8 @@ fi
 DAMAGE=${DAMAGE:-100}
 OUT=$(mktemp -d)
 PA= PB=
-trap 'kill $PA $PB 2>/dev/null || true; rm -rf "$OUT"' EXIT
+# KEEP=1: leave the nodes' directories (stopped) in OUT for a look afterwards.
+trap 'kill $PA $PB 2>/dev/null || true; if [ -n "${KEEP:-}" ]; then echo "kept: $OUT"; else rm -rf "$OUT"; fi' EXIT
 
 # CORPUS=DIR: a corpus made earlier by the same command (same USERS, MSGS, SEED), kept.
 if [ -n "${CORPUS:-}" ]; then
