@@ -318,15 +318,43 @@ fn own_origin(node: &Node) -> u64 {
     u64::from_str_radix(status(node)["origin"].as_str().unwrap(), 16).unwrap()
 }
 
-#[test]
-fn a_batch_for_the_receivers_own_origin_is_refused_and_nothing_applies() {
+/// A node with no peers of its own, for an intruder that knows the secret.
+struct Alone {
+    _dir: tempfile::TempDir,
+    node: Node,
+    /// Its mirror address.
+    addr: SocketAddr,
+    /// Its own origin, and another for the intruder.
+    own: u64,
+    theirs: u64,
+    rt: tokio::runtime::Runtime,
+}
+
+fn alone() -> Alone {
     let dir = tempfile::tempdir().unwrap();
     let port = free_udp_port();
     let node = target(&dir.path().join("t"), port, "");
-    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     let own = own_origin(&node);
-    let theirs = own ^ 0x5555;
-    let rt = runtime();
+    Alone {
+        _dir: dir,
+        node,
+        addr: format!("127.0.0.1:{port}").parse().unwrap(),
+        own,
+        theirs: own ^ 0x5555,
+        rt: runtime(),
+    }
+}
+
+#[test]
+fn a_batch_for_the_receivers_own_origin_is_refused_and_nothing_applies() {
+    let Alone {
+        _dir,
+        node,
+        addr,
+        own,
+        theirs,
+        rt,
+    } = alone();
     // An entry of the intruder's own origin, and one that chains onto this
     // node's empty log of its own origin: both would apply on their own.
     let refused = rt.block_on(async {
@@ -381,13 +409,14 @@ fn a_batch_for_the_receivers_own_origin_is_refused_and_nothing_applies() {
 /// the old link's end does not mark the new one down.
 #[test]
 fn a_peer_back_on_a_new_link_stays_connected_when_its_refused_link_ends() {
-    let dir = tempfile::tempdir().unwrap();
-    let port = free_udp_port();
-    let node = target(&dir.path().join("t"), port, "");
-    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    let own = own_origin(&node);
-    let theirs = own ^ 0x5555;
-    let rt = runtime();
+    let Alone {
+        _dir,
+        node,
+        addr,
+        own,
+        theirs,
+        rt,
+    } = alone();
     let (refused, mut second) = rt.block_on(async {
         let mut first = Intruder::connect(addr, theirs).await;
         first
@@ -436,13 +465,14 @@ fn a_peer_back_on_a_new_link_stays_connected_when_its_refused_link_ends() {
 /// all the same, and counted as applied from the peer.
 #[test]
 fn a_batch_applied_as_its_link_is_refused_is_counted() {
-    let dir = tempfile::tempdir().unwrap();
-    let port = free_udp_port();
-    let node = target(&dir.path().join("t"), port, "");
-    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    let own = own_origin(&node);
-    let theirs = own ^ 0x5555;
-    let rt = runtime();
+    let Alone {
+        _dir,
+        node,
+        addr,
+        own,
+        theirs,
+        rt,
+    } = alone();
     let answers = rt.block_on(async {
         let mut i = Intruder::connect(addr, theirs).await;
         // Back to back: the first is on its way to the writer when the
@@ -487,12 +517,14 @@ fn a_batch_applied_as_its_link_is_refused_is_counted() {
 
 #[test]
 fn a_flood_of_queries_is_refused_counted_and_closes_the_link() {
-    let dir = tempfile::tempdir().unwrap();
-    let port = free_udp_port();
-    let node = target(&dir.path().join("t"), port, "");
-    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    let theirs = own_origin(&node) ^ 0x5555;
-    let rt = runtime();
+    let Alone {
+        _dir,
+        node,
+        addr,
+        theirs,
+        rt,
+        ..
+    } = alone();
     let started = Instant::now();
     let (held, last, wrote) = rt.block_on(async {
         let Intruder {
@@ -743,13 +775,15 @@ fn chain_of_users(origin: u64, n: u64) -> Vec<WireEntry> {
 /// at most 512 entries.
 #[test]
 fn batches_are_bounded_in_entries() {
-    let dir = tempfile::tempdir().unwrap();
-    let port = free_udp_port();
-    let node = target(&dir.path().join("t"), port, "");
-    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    let theirs = own_origin(&node) ^ 0x5555;
+    let Alone {
+        _dir,
+        node,
+        addr,
+        theirs,
+        rt,
+        ..
+    } = alone();
     let max = tandem::repl::frame::MAX_BATCH_ENTRIES as u64;
-    let rt = runtime();
     let refused = rt.block_on(async {
         let mut i = Intruder::connect(addr, theirs).await;
         i.write(&Frame::Batch {
