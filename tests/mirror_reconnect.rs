@@ -80,3 +80,44 @@ fn a_peer_that_starts_during_a_connection_attempt_is_dialled_afresh() {
     assert!(b.stop());
     assert!(a.stop());
 }
+
+fn out_link(n: &Node) -> serde_json::Value {
+    common::admin_get(n, "/v1/status")["mirror"]["outgoing"][0].clone()
+}
+
+/// A node that restarts starts its link where the peer was known to hold
+/// everything (kept in its store), not at the start of its apply order,
+/// which at tens of millions of entries took minutes to read through; a
+/// peer that comes back holding less than that (its data wiped) is read
+/// for from the start.
+#[test]
+fn a_restarted_node_resumes_its_link_where_the_peer_was() {
+    let dir = tempfile::tempdir().unwrap();
+    let (da, db) = (dir.path().join("a"), dir.path().join("b"));
+    let (pa, pb) = (free_udp_port(), free_udp_port());
+    let a = common::start_mirror(&da, "node-a", pa, &[pb], SECRET, "master", "");
+    let b = common::start_mirror(&db, "node-b", pb, &[pa], SECRET, "slave", "");
+    let (ok, _, err) = a.cli(&["user", "add", "u@example.org", "--password-stdin"], Some("secret\n"));
+    assert!(ok, "{err}");
+    common::deliver_range(&a, "u@example.org", "before", 0..20);
+    assert!(converged(&a, &b, 20), "B did not catch up");
+    assert_eq!(out_link(&a)["read_from"], 1);
+    let order = common::admin_get(&a, "/v1/status")["log"]["apply_order"].as_u64().unwrap();
+    assert!(order > 20);
+
+    assert!(a.stop());
+    let a = common::restart(&da);
+    assert!(wait_until(15, || out_link(&a)["state"] == "connected"), "{}", out_link(&a));
+    assert_eq!(out_link(&a)["read_from"], order + 1, "{}", out_link(&a));
+    common::deliver_range(&a, "u@example.org", "after", 0..3);
+    assert!(converged(&a, &b, 20), "B did not get what A took after its restart");
+
+    // B comes back empty: it holds less than A's link knew, so it gets all.
+    assert!(b.stop());
+    std::fs::remove_dir_all(db.join("data")).unwrap();
+    let b = common::restart(&db);
+    assert!(converged(&a, &b, 30), "the wiped B did not get everything again");
+    assert_eq!(out_link(&a)["read_from"], 1, "{}", out_link(&a));
+    assert_eq!(common::messages(&b, "u@example.org", "INBOX").len(), 23);
+    assert!(a.stop() && b.stop());
+}

@@ -81,6 +81,11 @@ pub struct OutLink {
     /// Entries sent on this link since start.
     pub sent: u64,
     pub sent_bytes: u64,
+    /// Position of this node's apply order the current link began reading
+    /// at: past what the peer was known to hold when an earlier link (or
+    /// an earlier run of this node) ended, else 1.
+    #[serde(default)]
+    pub read_from: u64,
     /// Entries of this node's own origin (added locally), for comparing
     /// with what the peer acknowledged of them.
     #[serde(default)]

@@ -253,7 +253,7 @@ async fn dial_loop(
     let mut backoff = engine::backoff::Backoff::new(min, max);
     // Where the next link to this peer may start reading the apply order
     // (kept across reconnects, lost with the process).
-    let mut resume: Option<engine::Resume> = None;
+    let mut resume: Option<engine::Resume> = load_resume(store.wal(), peer);
     let mut last_refusal_log: Option<Instant> = None;
     loop {
         mirror.update_out(i, |l| {
@@ -265,7 +265,13 @@ async fn dial_loop(
         let started = Instant::now();
         let r = tokio::select! {
             r = link(&ep, peer, i, &store, &mirror, &secret, window, auth_timeout, &peer_back, &mut resume) => r,
-            _ = wait_shutdown(&mut shutdown) => return,
+            _ = wait_shutdown(&mut shutdown) => {
+                // The link (dropped by now) left where the next may start.
+                if resume.is_some() {
+                    save_resume(&store, peer, resume.as_ref()).await;
+                }
+                return;
+            }
         };
         let known = mirror.out.lock().expect("mirror lock").get(i).and_then(|l| l.peer.clone());
         if let Some(p) = known {
@@ -408,6 +414,7 @@ async fn link(
             tracing::warn!(error = %e, "forgetting what the peer acknowledged failed");
         }
         *resume = None;
+        save_resume(store, peer, None).await;
         let reason = format!("diverged: {d}");
         refuse(&mut send, reason.clone()).await;
         return Err(LinkError::Diverged(reason));
@@ -438,7 +445,9 @@ async fn link(
     });
     let mut engine = Dialer::new(window, own.0, &held.vector, wal.last_order(), resume.as_ref());
     wal.confirm(engine.confirmed()).map_err(|e| LinkError::Local(e.into()))?;
+    let read_from = engine.next_order();
     mirror.update_out(i, |l| {
+        l.read_from = read_from;
         l.state = "connected".into();
         l.since_ms = now_ms();
         l.caught_up_ms = now_ms();
@@ -530,6 +539,12 @@ async fn link(
     let mut alive = tokio::time::interval(Duration::from_millis(engine::authority::ALIVE_EVERY_MS));
     alive.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut relay = engine::authority::Relay::default();
+    // Where a later link may start is kept in the store now and then, so a
+    // restart of this node does not read its whole apply order again.
+    let mut keep = tokio::time::interval(RESUME_KEEP_EVERY);
+    keep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    keep.tick().await;
+    let mut kept = resume.clone();
     let result: Result<(), LinkError> = async {
         loop {
             while let Some((from, max)) = engine.poll() {
@@ -576,6 +591,8 @@ async fn link(
                     }
                 }
             }
+            // Where a later link may start, should this one be dropped.
+            *resume = Some(engine.resume());
             let heads = wal.heads();
             let queue = engine.queue(&to_vec(&heads));
             let inflight = engine.inflight_batches() as u64;
@@ -603,6 +620,13 @@ async fn link(
                 e = werr.recv() => return Err(e.unwrap_or_else(|| anyhow::anyhow!("the batch writer stopped").into())),
                 _ = until(answers.poll_timeout()) => answers.handle_timeout()?,
                 _ = answers.asked.notified() => {}
+                _ = keep.tick() => {
+                    let now = engine.resume();
+                    if kept.as_ref() != Some(&now) {
+                        save_resume(store, peer, Some(&now)).await;
+                        kept = Some(now);
+                    }
+                }
                 _ = alive.tick(), if alive_ok => {
                     let own = own_alive(store, mirror, seed)?;
                     let frames = relay.round(own, &mirror.liveness.lock().expect("mirror lock"), mono_ms());
@@ -624,13 +648,55 @@ async fn link(
     }
     .await;
     // Where the next link to this peer starts: taken once, as the link ends.
-    *resume = Some(engine.resume());
+    let now = engine.resume();
+    if kept.as_ref() != Some(&now) {
+        save_resume(store, peer, Some(&now)).await;
+    }
+    *resume = Some(now);
     // Builders still waiting for an answer learn that none will come.
     answers.close();
     reader.abort();
     writer.abort();
     conn.close(0u32.into(), b"bye");
     result
+}
+
+/// How often a link keeps where a later link to its peer may start.
+const RESUME_KEEP_EVERY: Duration = Duration::from_secs(5);
+
+/// The application meta key of where a link to `peer` may start.
+fn resume_key(peer: SocketAddr) -> String {
+    format!("mirror-resume {peer}")
+}
+
+/// Where a link to `peer` may start reading the apply order, as an earlier
+/// link kept it (in this run or an earlier one): postcard of `(position,
+/// [(origin, seq)])`, the peer's acknowledged vector then. Absent or
+/// unreadable: none, and the link reads from the start. A peer that now
+/// holds less than that vector (restored from an older copy) is read for
+/// from the start anyway (`Resume::fits`).
+fn load_resume(wal: &wal::Wal, peer: SocketAddr) -> Option<engine::Resume> {
+    let b = wal.app_meta(&resume_key(peer)).ok()??;
+    let (order, vector): (u64, Vec<(u64, u64)>) = postcard::from_bytes(&b).ok()?;
+    Some(engine::Resume {
+        order,
+        vector: engine::Vector(vector.into_iter().collect()),
+    })
+}
+
+/// Keep (or, with `None`, drop) where a link to `peer` may start. A failed
+/// write is only logged: the next link then starts earlier, never later.
+async fn save_resume(store: &Store, peer: SocketAddr, r: Option<&engine::Resume>) {
+    let value = r.map_or_else(Vec::new, |r| {
+        postcard::to_allocvec(&(r.order, r.vector.iter().collect::<Vec<_>>())).expect("encoding to memory")
+    });
+    let st = store.clone();
+    let error = match tokio::task::spawn_blocking(move || st.wal().set_app_meta(&resume_key(peer), &value)).await {
+        Ok(Ok(())) => return,
+        Ok(Err(e)) => e.to_string(),
+        Err(e) => e.to_string(),
+    };
+    tracing::warn!(error, "keeping where the next link to {peer} may start failed");
 }
 
 /// The application protocol a connection agreed on (ALPN).

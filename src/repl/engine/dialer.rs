@@ -186,6 +186,11 @@ impl Dialer {
         }
     }
 
+    /// The position of the apply order this link reads next.
+    pub fn next_order(&self) -> u64 {
+        self.sender.next_order()
+    }
+
     /// Where the next link to this peer may start reading.
     pub fn resume(&self) -> Resume {
         self.sender.resume()

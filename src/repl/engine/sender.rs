@@ -137,6 +137,11 @@ impl Sender {
         }
     }
 
+    /// The next apply-order position to look at.
+    pub fn next_order(&self) -> u64 {
+        self.next_order
+    }
+
     /// This node committed up to apply-order position `last`.
     pub fn local_commit(&mut self, last: u64) {
         self.local_last = self.local_last.max(last);
