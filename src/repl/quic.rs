@@ -620,13 +620,7 @@ async fn link(
                 e = werr.recv() => return Err(e.unwrap_or_else(|| anyhow::anyhow!("the batch writer stopped").into())),
                 _ = until(answers.poll_timeout()) => answers.handle_timeout()?,
                 _ = answers.asked.notified() => {}
-                _ = keep.tick() => {
-                    let now = engine.resume();
-                    if kept.as_ref() != Some(&now) {
-                        save_resume(store, peer, Some(&now)).await;
-                        kept = Some(now);
-                    }
-                }
+                _ = keep.tick() => keep_resume(store, peer, &mut kept, engine.resume()).await,
                 _ = alive.tick(), if alive_ok => {
                     let own = own_alive(store, mirror, seed)?;
                     let frames = relay.round(own, &mirror.liveness.lock().expect("mirror lock"), mono_ms());
@@ -648,11 +642,8 @@ async fn link(
     }
     .await;
     // Where the next link to this peer starts: taken once, as the link ends.
-    let now = engine.resume();
-    if kept.as_ref() != Some(&now) {
-        save_resume(store, peer, Some(&now)).await;
-    }
-    *resume = Some(now);
+    keep_resume(store, peer, &mut kept, engine.resume()).await;
+    *resume = kept;
     // Builders still waiting for an answer learn that none will come.
     answers.close();
     reader.abort();
@@ -682,6 +673,15 @@ fn load_resume(wal: &wal::Wal, peer: SocketAddr) -> Option<engine::Resume> {
         order,
         vector: engine::Vector(vector.into_iter().collect()),
     })
+}
+
+/// Keep `now` as where a link to `peer` may start, unless it is what was
+/// `kept` last.
+async fn keep_resume(store: &Store, peer: SocketAddr, kept: &mut Option<engine::Resume>, now: engine::Resume) {
+    if kept.as_ref() != Some(&now) {
+        save_resume(store, peer, Some(&now)).await;
+        *kept = Some(now);
+    }
 }
 
 /// Keep (or, with `None`, drop) where a link to `peer` may start. A failed
