@@ -17,8 +17,9 @@
 #     flag changes, one per user's INBOX in turn) and repaired by
 #     `tandem resync` on A, timed until B's root equals A's;
 #   - `tandem resync --full` re-reads and hashes every body: its rate in
-#     MB/s against the disk's sequential read (dd of node A's largest
-#     file), each from a cold page cache when run as root.
+#     MB/s against the disk's sequential read (dd of a file as large
+#     as the bodies, written beside the nodes), each from a cold page cache
+#     when run as root.
 #
 #   USERS=10 MSGS=10000 benches/resync.sh   # the 100,000-message corpus (~2.9 GB)
 #   TANDEM=... GEN=...                      # built binaries (tandem, gen_store)
@@ -45,7 +46,7 @@ DAMAGE=${DAMAGE:-100}
 OUT=$(mktemp -d)
 PA= PB=
 # KEEP=1: leave the nodes' directories (stopped) in OUT for a look afterwards.
-trap 'kill $PA $PB 2>/dev/null || true; if [ -n "${KEEP:-}" ]; then echo "kept: $OUT"; else rm -rf "$OUT"; fi' EXIT
+trap 'for p in $PA $PB; do stop_node "$p"; done; if [ -n "${KEEP:-}" ]; then echo "kept: $OUT"; else rm -rf "$OUT"; fi' EXIT
 
 # CORPUS=DIR: a corpus made earlier by the same command (same USERS, MSGS, SEED), kept.
 if [ -n "${CORPUS:-}" ]; then
@@ -113,18 +114,44 @@ stop_node "$PB"
 cat "$OUT/damage.log"
 PB=$(start_node "$OUT/b"); wait_up "$OUT/b"
 report "$DAMAGE differences on B"
+# B's root is polled over its admin API from one process (about 1 ms a
+# poll), from the moment the command starts.
+python3 - "$OUT/a/data" "$OUT/b/data" "$OUT/eq" <<'PY' &
+import json, os, sys, time, urllib.request
+def digest(d):
+    base = json.load(open(f"{d}/listen.json"))["admin"]
+    tok = open(f"{d}/admin.token").read().strip()
+    req = urllib.request.Request(base + "/v1/digest", headers={"Authorization": "Bearer " + tok})
+    return json.load(urllib.request.urlopen(req))
+a0, b0 = digest(sys.argv[1]), digest(sys.argv[2])
+open(sys.argv[3] + ".ready", "w").close()
+while not os.path.exists(sys.argv[3] + ".go"):
+    time.sleep(0.0005)
+t0 = time.time()
+moved = None
+while time.time() - t0 < 30:
+    a, b = digest(sys.argv[1]), digest(sys.argv[2])
+    if moved is None and (a["heads"] != a0["heads"] or b["root"] != b0["root"]):
+        moved = time.time()
+    if a["root"] == b["root"] and a["heads"] == b["heads"]:
+        open(sys.argv[3], "w").write(f"{time.time()} {moved or t0}\n")
+        break
+    time.sleep(0.0005)
+PY
+poll=$!
+for _ in $(seq 1 1000); do [ -e "$OUT/eq.ready" ] && break; sleep 0.01; done
 s=$(date +%s.%N)
+touch "$OUT/eq.go"
 TANDEM_NO_PROGRESS=1 A resync --json --peer "127.0.0.1:$mb" > "$OUT/repair.json"
 e=$(date +%s.%N)
-ra=$(root a)
-for _ in $(seq 1 3000); do [ "$(root b)" = "$ra" ] && break; sleep 0.01; done
-eq=$(date +%s.%N)
-[ "$(root b)" = "$ra" ] || { echo "B's root did not reach A's after the repair" >&2; exit 1; }
-python3 - "$OUT/repair.json" "$s" "$e" "$eq" <<'PY'
+wait $poll
+[ -s "$OUT/eq" ] || { echo "B's root did not reach A's within 30 s of the repair" >&2; exit 1; }
+read -r eq moved < "$OUT/eq"
+python3 - "$OUT/repair.json" "$s" "$e" "$eq" "$moved" <<'PY'
 import json, sys
 r = json.load(open(sys.argv[1]))
-s, e, eq = map(float, sys.argv[2:5])
-print(f"{'resync':<34} differences {r['differences']:>5}  repaired {r['repaired']:>5}  sent {r['bytes_sent']:>7} B  received {r['bytes_received']:>8} B  round trips {r['round_trips']:>2}  {r['seconds']*1000:8.1f} ms  (command {(e-s)*1000:.0f} ms; B's root equal to A's {(eq-s)*1000:.0f} ms after the command started)")
+s, e, eq, moved = map(float, sys.argv[2:6])
+print(f"{'resync':<34} differences {r['differences']:>5}  repaired {r['repaired']:>5}  sent {r['bytes_sent']:>7} B  received {r['bytes_received']:>8} B  round trips {r['round_trips']:>2}  {r['seconds']*1000:8.1f} ms  (command {(e-s)*1000:.0f} ms; repair first seen at {(moved-s)*1000:.0f} ms, B's root and heads equal to A's {(eq-s)*1000:.0f} ms after the command started)")
 PY
 report "after the repair"
 
@@ -137,9 +164,13 @@ drop
 s=$(date +%s.%N)
 TANDEM_NO_PROGRESS=1 A resync --full --dry-run --json --peer "127.0.0.1:$mb" > "$OUT/full.json"
 e=$(date +%s.%N)
-big=$(find "$OUT/a/data" -type f -printf '%s %p\n' | sort -n | tail -1 | cut -d' ' -f2-)
+# The disk's sequential read: a file as large as the bodies scrubbed (at
+# most 4 GB), written and synced beside the nodes, read back cold.
+mb_bodies=$(python3 -c "import json; print(min(4096, max(64, json.load(open('$OUT/full.json'))['body_bytes_checked'] >> 20)))")
+head -c "${mb_bodies}M" /dev/urandom > "$OUT/seq"; sync "$OUT/seq"
 drop
-dd if="$big" of=/dev/null bs=1M 2> "$OUT/dd.log"
+dd if="$OUT/seq" of=/dev/null bs=1M 2> "$OUT/dd.log"
+rm -f "$OUT/seq"
 python3 - "$OUT/full.json" "$s" "$e" "$OUT/dd.log" <<'PY'
 import json, re, sys
 r = json.load(open(sys.argv[1]))
