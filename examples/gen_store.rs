@@ -9,6 +9,7 @@
 //!     gen_store build OUT USERS MSGS SIZE
 //!     gen_store bulk OUT USERS MSGS   # metadata only: no Maildir copy, shared bodies
 //!     gen_store damage OUT N       # N differences on B, half expunges, half flags
+//!     gen_store compact OUT        # both stores compacted whole (tables rewritten with current options)
 //!
 //! `bulk` is for stores of tens of millions of messages: every message's
 //! body is one of [`SHARED_BODIES`] small bodies (stored once each, bodies
@@ -321,6 +322,19 @@ fn damage(out: &Path, n: usize) {
     eprintln!("true difference: {record_bytes} bytes (the changed messages' view records, key and value)");
 }
 
+/// Compact both nodes' stores whole, rewriting every table file with the
+/// current table options (a store made by an older build, brought to the
+/// shape a fresh generation would have).
+fn compact(out: &Path) {
+    for (dir, id) in [("a", "node-a"), ("b", "node-b")] {
+        let t = std::time::Instant::now();
+        let s = open(&out.join(dir).join("data/db"), id);
+        s.wal().compact_all().unwrap();
+        s.wal().close().unwrap();
+        eprintln!("node {dir}: compacted in {:.1} s", t.elapsed().as_secs_f64());
+    }
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let num = |i: usize| args.get(i).and_then(|a| a.parse::<usize>().ok()).expect("a number");
@@ -328,8 +342,9 @@ fn main() {
         Some("build") => build(Path::new(&args[2]), num(3), num(4), num(5)),
         Some("bulk") => bulk(Path::new(&args[2]), num(3), num(4)),
         Some("damage") => damage(Path::new(&args[2]), num(3)),
+        Some("compact") => compact(Path::new(&args[2])),
         _ => {
-            eprintln!("usage: gen_store build OUT USERS MSGS SIZE | gen_store bulk OUT USERS MSGS | gen_store damage OUT N");
+            eprintln!("usage: gen_store build OUT USERS MSGS SIZE | gen_store bulk OUT USERS MSGS | gen_store damage OUT N | gen_store compact OUT");
             std::process::exit(2);
         }
     }
