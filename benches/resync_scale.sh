@@ -16,7 +16,9 @@
 #                          # shared tiny bodies, no Maildir and no rsync;
 #                          # DIFFS defaults to 0.1 % of the messages; adds
 #                          # `resync --fast`, a no-change verify after the
-#                          # repair and the nodes' RSS during the run
+#                          # repair (NOCHANGE_RUNS=20 more: median and
+#                          # worst) and the nodes' RSS during the run
+#   SKIP_GEN=1 OUT=DIR ... # again on the stores of an earlier run in DIR
 #   PROFILE=debug ...      # a debug build (much slower)
 #   PROFILE=devopt ...     # see benches/devopt.sh
 #
@@ -59,7 +61,15 @@ else
   echo "sizes: node A $(du -sh "$OUT/a/data" | cut -f1), node B $(du -sh "$OUT/b/data" | cut -f1), Maildir $(du -sh "$OUT/maildir-a" | cut -f1) in $files files"
 fi
 
-ma=$(udp_port); mb=$(udp_port)
+# A rerun on the same stores (SKIP_GEN=1) keeps the mirror's ports: where
+# a link may resume is kept per peer address, and a new address would make
+# A's first link read its whole apply order again (about a minute at 40 M).
+old_port() { sed -n 's/^listen = "127.0.0.1:\([0-9]*\)"$/\1/p' "$OUT/$1/tandem.toml" 2>/dev/null | tail -1; }
+if [ -n "${SKIP_GEN:-}" ] && [ -n "$(old_port a)" ] && [ -n "$(old_port b)" ]; then
+  ma=$(old_port a); mb=$(old_port b)
+else
+  ma=$(udp_port); mb=$(udp_port)
+fi
 mirror_conf "$OUT/a" node-a "$ma" "$mb"
 mirror_conf "$OUT/b" node-b "$mb" "$ma"
 echo 'mode = "slave"' >> "$OUT/b/tandem.toml"
@@ -154,6 +164,15 @@ run "verify after the repair" verify
 if [ -n "$BULK" ]; then
   run "verify, no change" verify
   run "verify, no change, again" verify
+  # The no-change check's spread: NOCHANGE_RUNS more, median and worst.
+  for _ in $(seq 1 "${NOCHANGE_RUNS:-20}"); do
+    TANDEM_NO_PROGRESS=1 A verify --json --peer "127.0.0.1:$mb" 2>/dev/null | python3 -c 'import json,sys; print(json.load(sys.stdin)["seconds"])'
+  done > "$OUT/nochange.txt"
+  python3 - "$OUT/nochange.txt" <<'PY'
+import statistics, sys
+t = sorted(float(x) * 1000 for x in open(sys.argv[1]))
+print(f"tandem verify, no change, {len(t)} more runs: median {statistics.median(t):.1f} ms, best {t[0]:.1f} ms, worst {t[-1]:.1f} ms")
+PY
   true_bytes=$(awk '/^true difference:/ {print $3}' "$OUT/damage.log")
   python3 - "$OUT/verify.json" "$OUT/resync.json" "$true_bytes" "$DIFFS" "$((link1 - link0))" <<'PY'
 import json, sys

@@ -467,17 +467,19 @@ pub async fn serve(store: &Store, mirror: &Mirror, mut send: quinn::SendStream, 
         let st = store.clone();
         let values = tokio::task::spawn_blocking(move || -> anyhow::Result<Vec<Option<serde_bytes::ByteBuf>>> {
             let views = st.views();
-            let v =
-                Prefetched::new(&views, keys.iter().filter_map(|k| stored_key(family, k))).with_context(|| format!("resync read {id}"))?;
             let mut total = 0u64;
             let mut out = Vec::with_capacity(keys.len());
-            for k in &keys {
-                let val = answer(&st, &v, family, k).with_context(|| format!("resync read {id}"))?;
-                total += val.as_ref().map_or(0, |b| b.len() as u64 + 8);
-                if total + (1 << 20) > MAX_FRAME as u64 {
-                    bail!("resync read {id}: the answer would exceed the frame limit");
+            for chunk in keys.chunks(PREFETCH_KEYS) {
+                let v = Prefetched::new(&views, chunk.iter().filter_map(|k| stored_key(family, k)))
+                    .with_context(|| format!("resync read {id}"))?;
+                for k in chunk {
+                    let val = answer(&st, &v, family, k).with_context(|| format!("resync read {id}"))?;
+                    total += val.as_ref().map_or(0, |b| b.len() as u64 + 8);
+                    if total + (1 << 20) > MAX_FRAME as u64 {
+                        bail!("resync read {id}: the answer would exceed the frame limit");
+                    }
+                    out.push(val.map(serde_bytes::ByteBuf::from));
                 }
-                out.push(val.map(serde_bytes::ByteBuf::from));
             }
             Ok(out)
         })
@@ -495,6 +497,11 @@ fn stored_key(family: u8, k: &[u8]) -> Option<Vec<u8>> {
         _ => None,
     }
 }
+
+/// Keys looked up together (a [`Prefetched`] at a time): whole tree nodes
+/// are kilobytes each, and only what is made of them (digests, eighths)
+/// outlives the batch, so memory stays bounded whatever a round reads.
+const PREFETCH_KEYS: usize = 256;
 
 /// Views with the keys a read needs looked up ahead, in one batched lookup
 /// (RocksDB's MultiGet, sorted: one visit of each block for the keys it
@@ -1742,8 +1749,14 @@ async fn walk_from(
         let v2 = views.clone();
         let f2: Vec<(Read, Vec<u8>)> = flat.iter().map(|x| (*x).clone()).collect();
         let here = tokio::task::spawn_blocking(move || {
-            let v = Prefetched::new(&v2, f2.iter().map(|(r, k)| r.stored_key(k).to_vec()))?;
-            f2.iter().map(|(r, k)| ours(&v, *r, k, digests)).collect::<anyhow::Result<Vec<_>>>()
+            let mut out = Vec::with_capacity(f2.len());
+            for chunk in f2.chunks(PREFETCH_KEYS) {
+                let v = Prefetched::new(&v2, chunk.iter().map(|(r, k)| r.stored_key(k).to_vec()))?;
+                for (r, k) in chunk {
+                    out.push(ours(&v, *r, k, digests)?);
+                }
+            }
+            anyhow::Ok(out)
         });
         let got = src.read_all(&asked).await?;
         if got.len() != asked.len() || got.iter().zip(&asked).any(|(v, (_, k))| v.len() != k.len()) {
