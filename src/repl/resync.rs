@@ -493,9 +493,15 @@ pub async fn serve(store: &Store, mirror: &Mirror, mut send: quinn::SendStream, 
 fn stored_key(family: u8, k: &[u8]) -> Option<Vec<u8>> {
     match family {
         VIEWS | DIGEST | SUMMARY | EIGHTHS => Some(k.to_vec()),
-        EIGHTH => k.split_last().map(|(_, node)| node.to_vec()),
+        EIGHTH => eighth_node(k).map(<[u8]>::to_vec),
         _ => None,
     }
+}
+
+/// The key of the node an eighth's key (the node's key and the eighth's
+/// number) names.
+fn eighth_node(k: &[u8]) -> Option<&[u8]> {
+    k.split_last().map(|(_, node)| node)
 }
 
 /// Keys looked up together (a [`Prefetched`] at a time): whole tree nodes
@@ -762,7 +768,7 @@ impl Read {
     /// The views key whose stored value this key's value comes from.
     fn stored_key(self, k: &[u8]) -> &[u8] {
         match self {
-            Read::Eighth => k.split_last().map_or(k, |(_, node)| node),
+            Read::Eighth => eighth_node(k).unwrap_or(k),
             _ => k,
         }
     }
