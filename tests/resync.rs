@@ -121,6 +121,46 @@ fn equal_nodes_show_no_difference() {
     assert!(text.contains("uids 0..=63"), "{text}");
 }
 
+/// The connection of one exchange is kept for the next with the same
+/// peer (no handshakes: the greeting is not sent again), and a kept
+/// connection that ended with the peer's process is dialed again.
+#[test]
+fn a_connection_is_kept_for_the_next_exchange_and_redialed_after_the_peer_restarts() {
+    let Pair {
+        _dir,
+        a,
+        b,
+        b_dir,
+        b_mirror,
+        ..
+    } = start_pair();
+    deliver(&a, 5);
+    assert!(converged(&a, &b, 20), "the pair did not converge");
+    let verify = || {
+        let (ok, r, err) = json_cli(&a, &["verify", "--json", "--peer", &b_mirror]);
+        assert!(ok, "{r} {err}");
+        assert_eq!(r["differences"], 0, "{r}");
+        r
+    };
+    let first = verify();
+    assert_eq!(first["connection_kept"], false, "{first}");
+    let again = verify();
+    assert_eq!(again["connection_kept"], true, "{again}");
+    // Without the greeting, the same reads cost fewer bytes.
+    assert!(
+        again["bytes_sent"].as_u64().unwrap() < first["bytes_sent"].as_u64().unwrap(),
+        "{first} {again}"
+    );
+    assert_eq!(again["round_trips"], first["round_trips"], "{first} {again}");
+
+    assert!(b.stop());
+    let b = common::restart(&b_dir);
+    assert!(converged(&a, &b, 20), "the pair did not converge after the restart");
+    let after = verify();
+    assert_eq!(after["connection_kept"], false, "{after}");
+    assert_eq!(verify()["connection_kept"], true);
+}
+
 /// Without a terminal, `tandem resync` names its phase and counts on
 /// standard error while the node runs it, and keeps standard output for
 /// the report. The peer is frozen for a while so the run outlasts a few
