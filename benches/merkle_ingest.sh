@@ -33,35 +33,6 @@ else
   cp "$T" "$OUT/tandem-trees"
 fi
 
-PID=
-trap 'kill $PID 2>/dev/null || true' EXIT
-one() { # label run
-  local bin=$OUT/tandem-$1 dir=$OUT/$1-r$2
-  T=$bin
-  node_conf "$dir" bench
-  PID=$(start_node "$dir")
-  wait_up "$dir"
-  for i in $(seq 1 "$NUSERS"); do echo pass | "$bin" --config "$dir/tandem.toml" user add "user$i" --password-stdin >/dev/null; done
-  local port
-  port=$("$bin" --config "$dir/tandem.toml" status --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["listeners"]["lmtp"].rsplit(":",1)[1])')
-  python3 "$SHARED/tools/peer/lmtp_load.py" --port "$port" --users 'user%d@localhost' --nusers "$NUSERS" \
-    --count "$COUNT" --concurrency "$CONCURRENCY" --size "$SIZE" --max-seconds 600 --label "$1" --json "$OUT/$1-r$2.json" | tail -n 1
-  "$bin" --config "$dir/tandem.toml" status --json > "$OUT/$1-r$2-status.json"
-  stop_node "$PID"
-  rm -rf "$dir/data"
-}
-for r in $(seq 1 "$RUNS"); do
-  one trees "$r"
-  one no-trees "$r"
-done
-python3 - "$OUT" <<'PY'
-import json, glob, statistics, sys
-out = sys.argv[1]
-def med(label, f):
-    return statistics.median(f(json.load(open(p))) for p in sorted(glob.glob(f"{out}/{label}-r*[0-9].json")))
-t, n = med("trees", lambda s: s["msgs_per_s"]), med("no-trees", lambda s: s["msgs_per_s"])
-print(f"{'build':<10} {'msg/s':>9} {'p50 ms':>8} {'p99 ms':>8}")
-for label in ("trees", "no-trees"):
-    print(f"{label:<10} {med(label, lambda s: s['msgs_per_s']):>9.1f} {med(label, lambda s: s['latency_ms']['p50']):>8.2f} {med(label, lambda s: s['latency_ms']['p99']):>8.2f}")
-print(f"trees / no trees throughput: {t / n:.3f}   (medians of the runs; raw results in {out})")
-PY
+A_BIN=$OUT/tandem-trees B_BIN=$OUT/tandem-no-trees A_LABEL=trees B_LABEL=no-trees \
+  OUT=$OUT RUNS=$RUNS COUNT=$COUNT CONCURRENCY=$CONCURRENCY SIZE=$SIZE NUSERS=$NUSERS SHARED=$SHARED \
+  exec "$ROOT/benches/ab_ingest.sh"

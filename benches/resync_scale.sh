@@ -17,7 +17,8 @@
 #                          # DIFFS defaults to 0.1 % of the messages; adds
 #                          # `resync --fast`, a no-change verify after the
 #                          # repair (NOCHANGE_RUNS=20 more: median and
-#                          # worst) and the nodes' RSS during the run
+#                          # worst; NOCHANGE_SETTLE=S: 20 more S seconds
+#                          # later) and the nodes' RSS during the run
 #   SKIP_GEN=1 OUT=DIR ... # again on the stores of an earlier run in DIR
 #   PROFILE=debug ...      # a debug build (much slower)
 #   PROFILE=devopt ...     # see benches/devopt.sh
@@ -164,15 +165,26 @@ run "verify after the repair" verify
 if [ -n "$BULK" ]; then
   run "verify, no change" verify
   run "verify, no change, again" verify
-  # The no-change check's spread: NOCHANGE_RUNS more, median and worst.
-  for _ in $(seq 1 "${NOCHANGE_RUNS:-20}"); do
-    TANDEM_NO_PROGRESS=1 A verify --json --peer "127.0.0.1:$mb" 2>/dev/null | python3 -c 'import json,sys; print(json.load(sys.stdin)["seconds"])'
-  done > "$OUT/nochange.txt"
-  python3 - "$OUT/nochange.txt" <<'PY'
+  # The no-change check's spread: NOCHANGE_RUNS more, median and worst,
+  # right after the repair (the nodes flush and compact its writes) and,
+  # with NOCHANGE_SETTLE=S, again S seconds later.
+  spread() {
+    for _ in $(seq 1 "${NOCHANGE_RUNS:-20}"); do
+      TANDEM_NO_PROGRESS=1 A verify --json --peer "127.0.0.1:$mb" 2>/dev/null | python3 -c 'import json,sys; r = json.load(sys.stdin); print(r["seconds"], int(r.get("connection_kept", False)))'
+    done > "$OUT/nochange.txt"
+    python3 - "$OUT/nochange.txt" "$1" <<'PY'
 import statistics, sys
-t = sorted(float(x) * 1000 for x in open(sys.argv[1]))
-print(f"tandem verify, no change, {len(t)} more runs: median {statistics.median(t):.1f} ms, best {t[0]:.1f} ms, worst {t[-1]:.1f} ms")
+rows = [l.split() for l in open(sys.argv[1])]
+t = sorted(float(r[0]) * 1000 for r in rows)
+kept = sum(int(r[1]) for r in rows)
+print(f"tandem verify, no change, {len(t)} more runs {sys.argv[2]}: median {statistics.median(t):.1f} ms, best {t[0]:.1f} ms, worst {t[-1]:.1f} ms, {sum(x <= 10 for x in t)} of {len(t)} within 10 ms ({kept} on a kept connection)")
 PY
+  }
+  spread "right after the repair"
+  if [ -n "${NOCHANGE_SETTLE:-}" ]; then
+    sleep "$NOCHANGE_SETTLE"
+    spread "$NOCHANGE_SETTLE s later"
+  fi
   true_bytes=$(awk '/^true difference:/ {print $3}' "$OUT/damage.log")
   python3 - "$OUT/verify.json" "$OUT/resync.json" "$true_bytes" "$DIFFS" "$((link1 - link0))" <<'PY'
 import json, sys
