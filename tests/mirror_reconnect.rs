@@ -121,3 +121,33 @@ fn a_restarted_node_resumes_its_link_where_the_peer_was() {
     assert_eq!(common::messages(&b, "u@example.org", "INBOX").len(), 23);
     assert!(a.stop() && b.stop());
 }
+
+/// A peer that holds everything this node holds needs none of its apply
+/// order, though no resume point was kept for its address (it moved to a
+/// new port): the link starts past the apply order at once instead of
+/// reading it all, and carries what comes after.
+#[test]
+fn a_peer_at_a_new_address_that_holds_everything_is_not_read_for() {
+    let dir = tempfile::tempdir().unwrap();
+    let (da, db) = (dir.path().join("a"), dir.path().join("b"));
+    let (pa, pb) = (free_udp_port(), free_udp_port());
+    let a = common::start_mirror(&da, "node-a", pa, &[pb], SECRET, "master", "");
+    let b = common::start_mirror(&db, "node-b", pb, &[pa], SECRET, "slave", "");
+    let (ok, _, err) = a.cli(&["user", "add", "u@example.org", "--password-stdin"], Some("secret\n"));
+    assert!(ok, "{err}");
+    common::deliver_range(&a, "u@example.org", "before", 0..20);
+    assert!(converged(&a, &b, 20), "B did not catch up");
+    let order = common::admin_get(&a, "/v1/status")["log"]["apply_order"].as_u64().unwrap();
+    assert!(order > 20);
+
+    assert!(a.stop() && b.stop());
+    let pb2 = free_udp_port();
+    let a = common::start_mirror(&da, "node-a", pa, &[pb2], SECRET, "master", "");
+    let b = common::start_mirror(&db, "node-b", pb2, &[pa], SECRET, "slave", "");
+    assert!(wait_until(15, || out_link(&a)["state"] == "connected"), "{}", out_link(&a));
+    assert_eq!(out_link(&a)["read_from"], order + 1, "{}", out_link(&a));
+    common::deliver_range(&a, "u@example.org", "after", 0..3);
+    assert!(converged(&a, &b, 20), "B did not get what A took at its new address");
+    assert_eq!(common::messages(&b, "u@example.org", "INBOX").len(), 23);
+    assert!(a.stop() && b.stop());
+}
