@@ -85,6 +85,19 @@ fn out_link(n: &Node) -> serde_json::Value {
     common::admin_get(n, "/v1/status")["mirror"]["outgoing"][0].clone()
 }
 
+/// Master A and slave B in `da` and `db`, converged on 20 messages of one
+/// user: A's mirror port, A and B.
+fn pair_with_20_messages(da: &std::path::Path, db: &std::path::Path) -> (u16, Node, Node) {
+    let (pa, pb) = (free_udp_port(), free_udp_port());
+    let a = common::start_mirror(da, "node-a", pa, &[pb], SECRET, "master", "");
+    let b = common::start_mirror(db, "node-b", pb, &[pa], SECRET, "slave", "");
+    let (ok, _, err) = a.cli(&["user", "add", "u@example.org", "--password-stdin"], Some("secret\n"));
+    assert!(ok, "{err}");
+    common::deliver_range(&a, "u@example.org", "before", 0..20);
+    assert!(converged(&a, &b, 20), "B did not catch up");
+    (pa, a, b)
+}
+
 /// A node that restarts starts its link where the peer was known to hold
 /// everything (kept in its store), not at the start of its apply order,
 /// which at tens of millions of entries took minutes to read through; a
@@ -94,13 +107,7 @@ fn out_link(n: &Node) -> serde_json::Value {
 fn a_restarted_node_resumes_its_link_where_the_peer_was() {
     let dir = tempfile::tempdir().unwrap();
     let (da, db) = (dir.path().join("a"), dir.path().join("b"));
-    let (pa, pb) = (free_udp_port(), free_udp_port());
-    let a = common::start_mirror(&da, "node-a", pa, &[pb], SECRET, "master", "");
-    let b = common::start_mirror(&db, "node-b", pb, &[pa], SECRET, "slave", "");
-    let (ok, _, err) = a.cli(&["user", "add", "u@example.org", "--password-stdin"], Some("secret\n"));
-    assert!(ok, "{err}");
-    common::deliver_range(&a, "u@example.org", "before", 0..20);
-    assert!(converged(&a, &b, 20), "B did not catch up");
+    let (_, a, b) = pair_with_20_messages(&da, &db);
     assert_eq!(out_link(&a)["read_from"], 1);
     let order = common::admin_get(&a, "/v1/status")["log"]["apply_order"].as_u64().unwrap();
     assert!(order > 20);
@@ -130,13 +137,7 @@ fn a_restarted_node_resumes_its_link_where_the_peer_was() {
 fn a_peer_at_a_new_address_that_holds_everything_is_not_read_for() {
     let dir = tempfile::tempdir().unwrap();
     let (da, db) = (dir.path().join("a"), dir.path().join("b"));
-    let (pa, pb) = (free_udp_port(), free_udp_port());
-    let a = common::start_mirror(&da, "node-a", pa, &[pb], SECRET, "master", "");
-    let b = common::start_mirror(&db, "node-b", pb, &[pa], SECRET, "slave", "");
-    let (ok, _, err) = a.cli(&["user", "add", "u@example.org", "--password-stdin"], Some("secret\n"));
-    assert!(ok, "{err}");
-    common::deliver_range(&a, "u@example.org", "before", 0..20);
-    assert!(converged(&a, &b, 20), "B did not catch up");
+    let (pa, a, b) = pair_with_20_messages(&da, &db);
     let order = common::admin_get(&a, "/v1/status")["log"]["apply_order"].as_u64().unwrap();
     assert!(order > 20);
 
