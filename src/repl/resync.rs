@@ -363,6 +363,8 @@ struct Kept {
     send: quinn::SendStream,
     recv: quinn::RecvStream,
     next_id: u64,
+    /// What the peer serves, as its first heads read said.
+    reads: Reads,
     /// Which keeping this is: a timer ends only its own.
     generation: u64,
 }
@@ -1633,6 +1635,11 @@ async fn exchange(store: &Store, mirror: &Arc<Mirror>, dialer: &Dialer, req: &Re
         }
     };
     let heads_keys = [Vec::new(), DIGESTS_KEY.to_vec(), EIGHTHS_KEY.to_vec(), CORES_KEY.to_vec()];
+    let summary_keys: Vec<Vec<u8>> = start.iter().filter_map(Probe::summary_key).collect();
+    // On a kept connection what the peer serves is known: the summaries of
+    // the starts are read with the heads, so a no-change check is one round
+    // trip. They count only if the heads are not read again.
+    let mut known_reads = None;
     let (mut ep, mut conn, mut peer, mut kept) = match sched.take_kept(addr) {
         Some(k) => (
             k.ep,
@@ -1647,7 +1654,10 @@ async fn exchange(store: &Store, mirror: &Arc<Mirror>, dialer: &Dialer, req: &Re
                 carried: Carried::default(),
                 round_trips: 0,
             },
-            true,
+            {
+                known_reads = Some(k.reads);
+                true
+            },
         ),
         None => {
             let (ep, conn, peer) = open(store, mirror, dialer, addr).await?;
@@ -1656,8 +1666,19 @@ async fn exchange(store: &Store, mirror: &Arc<Mirror>, dialer: &Dialer, req: &Re
     };
     // A kept connection may have ended with the peer's process: the first
     // read then fails, and one fresh dial follows.
-    let mut first = match peer.read(HEADS, &heads_keys).await {
-        Ok(got) => Some(got),
+    let with_summaries = known_reads.is_some_and(|r| r.digests) && !summary_keys.is_empty();
+    let mut asked = vec![(HEADS, heads_keys.to_vec())];
+    if with_summaries {
+        asked.push((SUMMARY, summary_keys.clone()));
+    }
+    let mut summaries = None;
+    let mut first = match peer.read_all(&asked).await {
+        Ok(mut got) => {
+            if with_summaries {
+                summaries = got.pop();
+            }
+            got.pop()
+        }
         Err(e) if kept => {
             tracing::debug!(error = %format!("{e:#}"), "a kept resync connection to {addr} failed; dialing again");
             conn.close(0u32.into(), b"resync redial");
@@ -1677,7 +1698,10 @@ async fn exchange(store: &Store, mirror: &Arc<Mirror>, dialer: &Dialer, req: &Re
         loop {
             let got = match first.take() {
                 Some(got) => got,
-                None => peer.read(HEADS, &heads_keys).await?,
+                None => {
+                    summaries = None;
+                    peer.read(HEADS, &heads_keys).await?
+                }
             };
             let theirs: Vec<(u64, u64)> = match got.first() {
                 Some(Some(b)) => postcard::from_bytes(b).context("the peer's log heads do not decode")?,
@@ -1708,7 +1732,8 @@ async fn exchange(store: &Store, mirror: &Arc<Mirror>, dialer: &Dialer, req: &Re
             STEP_WAIT.as_secs()
         );
     }
-    let mut walk = compare(store, &mut peer, start, req.from_peer, reads, sched).await?;
+    let summaries = summaries.filter(|_| reads.digests);
+    let mut walk = compare_with(store, &mut peer, start, req.from_peer, reads, sched, summaries).await?;
     let mut report = Report {
         peer: req.peer.clone(),
         compared,
@@ -1836,6 +1861,7 @@ async fn exchange(store: &Store, mirror: &Arc<Mirror>, dialer: &Dialer, req: &Re
             send: peer.send,
             recv: peer.recv,
             next_id: peer.next_id,
+            reads,
             generation: 0,
         },
     );
@@ -1858,6 +1884,7 @@ async fn exchange(store: &Store, mirror: &Arc<Mirror>, dialer: &Dialer, req: &Re
 /// them); if that walk finds nothing although a summary differed (two
 /// children alike in their first 8 hash bytes), it is walked again by
 /// whole nodes.
+#[cfg(test)]
 async fn compare(
     store: &Store,
     src: &mut impl Source,
@@ -1865,6 +1892,20 @@ async fn compare(
     from_peer: bool,
     reads: Reads,
     sched: &Schedule,
+) -> anyhow::Result<Walk> {
+    compare_with(store, src, start, from_peer, reads, sched, None).await
+}
+
+/// [`compare`], with the peer's summaries of the starts read already
+/// (with its heads, on a kept connection).
+async fn compare_with(
+    store: &Store,
+    src: &mut impl Source,
+    start: Vec<Probe>,
+    from_peer: bool,
+    reads: Reads,
+    sched: &Schedule,
+    summaries: Option<Vec<Option<Vec<u8>>>>,
 ) -> anyhow::Result<Walk> {
     let mut walk = Walk {
         from_peer,
@@ -1875,7 +1916,10 @@ async fn compare(
         return Ok(walk);
     }
     let keys: Vec<Vec<u8>> = start.iter().filter_map(Probe::summary_key).collect();
-    let there = src.read(SUMMARY, &keys).await?;
+    let there = match summaries {
+        Some(there) => there,
+        None => src.read(SUMMARY, &keys).await?,
+    };
     if there.len() != keys.len() {
         bail!("{} summaries for {} keys", there.len(), keys.len());
     }
