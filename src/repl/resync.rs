@@ -1733,7 +1733,7 @@ async fn exchange(store: &Store, mirror: &Arc<Mirror>, dialer: &Dialer, req: &Re
         );
     }
     let summaries = summaries.filter(|_| reads.digests);
-    let mut walk = compare_with(store, &mut peer, start, req.from_peer, reads, sched, summaries).await?;
+    let mut walk = compare(store, &mut peer, start, req.from_peer, reads, sched, summaries).await?;
     let mut report = Report {
         peer: req.peer.clone(),
         compared,
@@ -1884,21 +1884,9 @@ async fn exchange(store: &Store, mirror: &Arc<Mirror>, dialer: &Dialer, req: &Re
 /// them); if that walk finds nothing although a summary differed (two
 /// children alike in their first 8 hash bytes), it is walked again by
 /// whole nodes.
-#[cfg(test)]
+/// Compare from the `start` probes; `summaries`: the peer's summaries of
+/// the starts, if read already (with its heads, on a kept connection).
 async fn compare(
-    store: &Store,
-    src: &mut impl Source,
-    start: Vec<Probe>,
-    from_peer: bool,
-    reads: Reads,
-    sched: &Schedule,
-) -> anyhow::Result<Walk> {
-    compare_with(store, src, start, from_peer, reads, sched, None).await
-}
-
-/// [`compare`], with the peer's summaries of the starts read already
-/// (with its heads, on a kept connection).
-async fn compare_with(
     store: &Store,
     src: &mut impl Source,
     start: Vec<Probe>,
@@ -2517,11 +2505,13 @@ mod tests {
         mirror(&a, &b);
         assert_eq!(merkle::node_root(&a.views()).unwrap(), merkle::node_root(&b.views()).unwrap());
         let start = || vec![Probe::UsersRoot, Probe::Config];
-        assert!(compare(&a, &mut Local(b.clone()), start(), false, reads, &Schedule::default())
-            .await
-            .unwrap()
-            .items
-            .is_empty());
+        assert!(
+            compare(&a, &mut Local(b.clone()), start(), false, reads, &Schedule::default(), None)
+                .await
+                .unwrap()
+                .items
+                .is_empty()
+        );
 
         let v = a.views();
         let inbox = v.mailbox_by_name(U, "INBOX").unwrap().unwrap();
@@ -2575,7 +2565,7 @@ mod tests {
         })
         .unwrap();
 
-        let mut walk = compare(&a, &mut Local(b.clone()), start(), false, reads, &Schedule::default())
+        let mut walk = compare(&a, &mut Local(b.clone()), start(), false, reads, &Schedule::default(), None)
             .await
             .unwrap();
         let s = |k: &str, u: Option<u32>| (k.to_string(), u);
@@ -2608,11 +2598,13 @@ mod tests {
         // trees agree.
         mirror(&a, &b);
         assert_eq!(merkle::node_root(&a.views()).unwrap(), merkle::node_root(&b.views()).unwrap());
-        assert!(compare(&a, &mut Local(b.clone()), start(), false, reads, &Schedule::default())
-            .await
-            .unwrap()
-            .items
-            .is_empty());
+        assert!(
+            compare(&a, &mut Local(b.clone()), start(), false, reads, &Schedule::default(), None)
+                .await
+                .unwrap()
+                .items
+                .is_empty()
+        );
         let vb = b.views();
         assert_eq!(vb.messages(inbox.id).unwrap().len(), 3);
         assert_eq!(vb.mailbox(U, archive.id).unwrap().unwrap().name, "Archive");
@@ -2640,7 +2632,7 @@ mod tests {
         };
         let mut equal = [counted(), counted()];
         for (src, reads) in equal.iter_mut().zip([Reads::ALL, Reads::WHOLE]) {
-            let w = compare(&a, src, start(), false, reads, &Schedule::default()).await.unwrap();
+            let w = compare(&a, src, start(), false, reads, &Schedule::default(), None).await.unwrap();
             assert!(w.items.is_empty());
             assert_eq!(w.messages_total, (USERS * MSGS) as u64);
         }
@@ -2648,7 +2640,7 @@ mod tests {
         let mut diff = [counted(), counted()];
         let mut found = Vec::new();
         for (src, reads) in diff.iter_mut().zip([Reads::ALL, Reads::WHOLE]) {
-            let w = compare(&a, src, start(), false, reads, &Schedule::default()).await.unwrap();
+            let w = compare(&a, src, start(), false, reads, &Schedule::default(), None).await.unwrap();
             assert_eq!(w.items.len(), DIFFS, "{:?}", kinds(&w));
             found.push(w.items.into_iter().map(|i| i.0).collect::<Vec<_>>());
         }
@@ -2721,7 +2713,9 @@ mod tests {
                 rounds: Vec::new(),
                 carried: Carried::default(),
             };
-            let w = compare(&a, &mut c, start(), false, reads, &Schedule::default()).await.unwrap();
+            let w = compare(&a, &mut c, start(), false, reads, &Schedule::default(), None)
+                .await
+                .unwrap();
             assert_eq!(w.items.len(), DIFFS, "{:?}", kinds(&w));
             eprintln!(
                 "{USERS} users x {MSGS} messages, {reads:?}: {} B in {} round trips, {} B a difference; per round: {:?}",
@@ -2813,6 +2807,7 @@ mod tests {
             false,
             Reads::ALL,
             &Schedule::default(),
+            None,
         )
         .await
         .unwrap();
@@ -2866,6 +2861,7 @@ mod tests {
                 false,
                 reads,
                 &Schedule::default(),
+                None,
             )
             .await
             .unwrap();
