@@ -1639,8 +1639,7 @@ async fn exchange(store: &Store, mirror: &Arc<Mirror>, dialer: &Dialer, req: &Re
     // On a kept connection what the peer serves is known: the summaries of
     // the starts are read with the heads, so a no-change check is one round
     // trip. They count only if the heads are not read again.
-    let mut known_reads = None;
-    let (mut ep, mut conn, mut peer, mut kept) = match sched.take_kept(addr) {
+    let (mut ep, mut conn, mut peer, known_reads) = match sched.take_kept(addr) {
         Some(k) => (
             k.ep,
             k.conn,
@@ -1654,16 +1653,14 @@ async fn exchange(store: &Store, mirror: &Arc<Mirror>, dialer: &Dialer, req: &Re
                 carried: Carried::default(),
                 round_trips: 0,
             },
-            {
-                known_reads = Some(k.reads);
-                true
-            },
+            Some(k.reads),
         ),
         None => {
             let (ep, conn, peer) = open(store, mirror, dialer, addr).await?;
-            (ep, conn, peer, false)
+            (ep, conn, peer, None)
         }
     };
+    let mut kept = known_reads.is_some();
     // A kept connection may have ended with the peer's process: the first
     // read then fails, and one fresh dial follows.
     let with_summaries = known_reads.is_some_and(|r| r.digests) && !summary_keys.is_empty();
@@ -1883,9 +1880,8 @@ async fn exchange(store: &Store, mirror: &Arc<Mirror>, dialer: &Dialer, req: &Re
 /// by node digests (and wide trie nodes by eighths, where the peer serves
 /// them); if that walk finds nothing although a summary differed (two
 /// children alike in their first 8 hash bytes), it is walked again by
-/// whole nodes.
-/// Compare from the `start` probes; `summaries`: the peer's summaries of
-/// the starts, if read already (with its heads, on a kept connection).
+/// whole nodes. `summaries`: the peer's summaries of the starts, if read
+/// already (with its heads, on a kept connection).
 async fn compare(
     store: &Store,
     src: &mut impl Source,
