@@ -710,6 +710,11 @@ impl Wal {
         // background jobs are flush threads, so two flushes may run at
         // once (one fsyncing while the next writes) beside compaction.
         dbo.set_max_background_jobs(8);
+        // Flushes and compactions write their files out a megabyte at a
+        // time (sync_file_range) rather than leaving a whole memtable's
+        // worth of dirty pages for their final fsync, in front of which
+        // the next group's WAL fsync would queue on the same disk.
+        dbo.set_bytes_per_sync(1 << 20);
         if opts.direct_flush {
             if direct_io_works(&path) {
                 dbo.set_use_direct_io_for_flush_and_compaction(true);
