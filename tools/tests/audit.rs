@@ -59,6 +59,40 @@ fn damaged_views_are_found_and_rebuilt() {
     assert!(r.ok, "{:?}", r.problems);
 }
 
+/// The `tandem-rebuild` command itself, as an operator runs it: it starts
+/// itself again with huge pages (its arguments carried over), or not when
+/// told so, and either way the damaged views come back as the log says.
+#[test]
+fn the_rebuild_command_repairs_views_with_and_without_huge_pages() {
+    for tunables in [None, Some("glibc.malloc.hugetlb=0")] {
+        let dir = tempfile::tempdir().unwrap();
+        let n = dir.path().join("n");
+        node(&n);
+        {
+            let store = Store::open(&n.join("db"), "audited", wal_options("audited")).unwrap();
+            store.wal().put_derived(store.cfs().views, b"Zbogus", b"not from the log").unwrap();
+            store.close().unwrap();
+        }
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_tandem-rebuild"));
+        cmd.arg(&n).env_remove("GLIBC_TUNABLES");
+        if let Some(t) = tunables {
+            cmd.env("GLIBC_TUNABLES", t);
+        }
+        let out = cmd.output().unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{tunables:?}: {stdout} {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(stdout.starts_with("rebuilt the views from "), "{stdout}");
+        assert!(out.stderr.is_empty(), "{}", String::from_utf8_lossy(&out.stderr));
+        let scratch = tempfile::tempdir().unwrap();
+        let r = tandem_tools::audit(&n, scratch.path()).unwrap();
+        assert!(r.ok, "{tunables:?}: {:?}", r.problems);
+    }
+}
+
 /// Open the node's store checking only the tail of its log at open (the
 /// damage the tests make is deeper).
 fn open_tail_checked(n: &std::path::Path) -> Store {
