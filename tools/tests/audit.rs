@@ -59,12 +59,17 @@ fn damaged_views_are_found_and_rebuilt() {
     assert!(r.ok, "{:?}", r.problems);
 }
 
-/// The `tandem-rebuild` command itself, as an operator runs it: it starts
-/// itself again with huge pages (its arguments carried over), or not when
-/// told so, and either way the damaged views come back as the log says.
+/// The rebuild commands themselves (`tandem-rebuild`, `tandem-replay
+/// rebuild`), as an operator runs them: each starts itself again with huge
+/// pages (its arguments carried over), or not when told so, and either way
+/// the damaged views come back as the log says.
 #[test]
 fn the_rebuild_command_repairs_views_with_and_without_huge_pages() {
-    for tunables in [None, Some("glibc.malloc.hugetlb=0")] {
+    let commands: [(&str, &[&str]); 2] = [
+        (env!("CARGO_BIN_EXE_tandem-rebuild"), &[]),
+        (env!("CARGO_BIN_EXE_tandem-replay"), &["rebuild"]),
+    ];
+    for ((exe, sub), tunables) in commands.into_iter().flat_map(|c| [(c, None), (c, Some("glibc.malloc.hugetlb=0"))]) {
         let dir = tempfile::tempdir().unwrap();
         let n = dir.path().join("n");
         node(&n);
@@ -73,8 +78,8 @@ fn the_rebuild_command_repairs_views_with_and_without_huge_pages() {
             store.wal().put_derived(store.cfs().views, b"Zbogus", b"not from the log").unwrap();
             store.close().unwrap();
         }
-        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_tandem-rebuild"));
-        cmd.arg(&n).env_remove("GLIBC_TUNABLES");
+        let mut cmd = std::process::Command::new(exe);
+        cmd.args(sub).arg(&n).env_remove("GLIBC_TUNABLES");
         if let Some(t) = tunables {
             cmd.env("GLIBC_TUNABLES", t);
         }
@@ -89,7 +94,7 @@ fn the_rebuild_command_repairs_views_with_and_without_huge_pages() {
         assert!(out.stderr.is_empty(), "{}", String::from_utf8_lossy(&out.stderr));
         let scratch = tempfile::tempdir().unwrap();
         let r = tandem_tools::audit(&n, scratch.path()).unwrap();
-        assert!(r.ok, "{tunables:?}: {:?}", r.problems);
+        assert!(r.ok, "{exe} {tunables:?}: {:?}", r.problems);
     }
 }
 

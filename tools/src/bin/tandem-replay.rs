@@ -116,6 +116,7 @@ fn run(a: Args) -> anyhow::Result<ExitCode> {
     };
     match a.command {
         Cmd::Rebuild { data_dir } => {
+            tandem_tools::start_again_with_huge_pages("tandem-replay");
             let n = tandem_tools::rebuild(&data_dir)?;
             println!("rebuilt the views from {n} entries");
             Ok(ExitCode::SUCCESS)
