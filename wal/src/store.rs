@@ -483,31 +483,32 @@ impl Shared {
         if self.fail_writes.load(Ordering::SeqCst) {
             return Err(WalError::Poisoned("injected write failure".into()));
         }
+        let mut shadow = self.shadow.lock().expect("shadow lock");
+        let shadow_cf = shadow.as_ref().map(|s| s.cf);
+        // One pass over the group for both sizes: the bodies' bytes (which
+        // decide the bulk path) and the batch's records. The batch's buffer
+        // is sized once from them: grown by doubling, it was copied and
+        // reallocated (fresh mappings, page faults) several times per group
+        // of 27 KB deliveries; sized, LMTP ingest at 16 connections ran
+        // 1.12x faster (benches/README.md).
+        let (mut blob_bytes, mut blob_records, mut other_records) = (0u64, 0usize, 0usize);
+        for (cf, k, v) in overlay.iter() {
+            let record = k.len() + v.as_ref().map_or(0, Vec::len) + BATCH_RECORD_OVERHEAD;
+            match v {
+                Some(v) if self.is_blob_cf(cf) => {
+                    blob_bytes += v.len() as u64;
+                    blob_records += record;
+                }
+                _ if Some(cf) == shadow_cf => {}
+                _ => other_records += record,
+            }
+        }
         // Large values bound for blob column families, when there are
         // enough of them, skip the WAL and are made durable by a flush
         // first: written once instead of twice. A crash before the logged
         // batch leaves only unreferenced bodies behind.
-        let blob_bytes: u64 = overlay
-            .iter()
-            .filter(|(cf, _, _)| self.is_blob_cf(*cf))
-            .filter_map(|(_, _, v)| v.as_ref().map(|v| v.len() as u64))
-            .sum();
         let bulk = self.opts.sync && self.opts.bulk_bytes > 0 && blob_bytes >= self.opts.bulk_bytes;
-        let mut shadow = self.shadow.lock().expect("shadow lock");
-        let shadow_cf = shadow.as_ref().map(|s| s.cf);
-        // The batch's buffer sized once: grown by doubling, it was copied
-        // and reallocated (fresh mappings, page faults) several times per
-        // group of 27 KB deliveries; sized, LMTP ingest at 16 connections
-        // ran 1.12x faster (benches/README.md).
-        let logged: usize = overlay
-            .iter()
-            .filter(|(cf, _, _)| Some(*cf) != shadow_cf)
-            .map(|(cf, k, v)| match v {
-                Some(_) if bulk && self.is_blob_cf(cf) => 0,
-                Some(v) => k.len() + v.len() + BATCH_RECORD_OVERHEAD,
-                None => k.len() + BATCH_RECORD_OVERHEAD,
-            })
-            .sum();
+        let logged = other_records + if bulk { 0 } else { blob_records };
         let meta = META_ORDER_NEXT.len() + 8 + BATCH_RECORD_OVERHEAD;
         let mut batch = WriteBatch::with_capacity_bytes(BATCH_HEADER + logged + meta);
         let mut unlogged = WriteBatch::default();
